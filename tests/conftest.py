@@ -1,0 +1,127 @@
+"""Shared fixtures: an isolated MLflow store per session, a real `mlflow server`, SLURM detection."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def session_mlflow_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(session_mlflow_dir, monkeypatch):
+    """Never let a test write to ./mlflow.db: point MLflow at a per-session sqlite store."""
+    if os.environ.get("DITSCALE_TEST_KEEP_URI") != "1":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{session_mlflow_dir}/mlflow.db")
+    yield
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite MLflow store for one test (creating one costs a few seconds of migrations)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(store_dir: Path, timeout_s: float = 90.0) -> tuple[subprocess.Popen, str]:
+    """Start a real `mlflow server` on 127.0.0.1 with one worker; returns (process, url)."""
+    port = free_port()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{store_dir}/mlflow.db",
+        "--artifacts-destination", str(store_dir / "artifacts"),
+    ]  # fmt: skip
+    log = open(store_dir / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (store_dir / "server.log").read_text()[-3000:]
+            raise RuntimeError(f"mlflow server exited early:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    stop_mlflow_server(proc)
+    raise RuntimeError(f"mlflow server did not answer /health within {timeout_s} s")
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """URL of a real `mlflow server` on 127.0.0.1 (one worker), stopped at the end of the session."""
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield url
+    stop_mlflow_server(proc)
+
+
+def slurm_available() -> tuple[bool, str]:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False, "SLURM client tools not found (run `bash slurm/slurm-ci.sh up`)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"sinfo failed: {e}"
+    if out.returncode != 0 or not out.stdout.strip():
+        return False, f"SLURM cluster not reachable: {out.stderr.strip()[:200]}"
+    return True, ""
+
+
+def pytest_collection_modifyitems(config, items):
+    ok, why = slurm_available()
+    if ok:
+        return
+    skip = pytest.mark.skip(reason=why)
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Folder for files a test keeps (screenshots, plots) for humans to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
