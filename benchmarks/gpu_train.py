@@ -1,0 +1,178 @@
+"""GPU training-step benchmark: images/s, model TFLOP/s and MFU for a DiT training step.
+
+Compares, in one process and on identical random latents:
+  ours-bf16-compile   bf16 autocast, flash SDPA, torch.compile, fused AdamW (the ditscale GPU recipe)
+  ours-bf16-ckpt      the same with activation checkpointing (peak memory vs step time)
+  diffusers-bf16      diffusers.DiTTransformer2DModel, same shape, bf16 autocast, fused AdamW
+  fp32-nocompile      the original DiT recipe: fp32, no compile, plain AdamW
+
+MFU = true training FLOPs per second (2 x 3 x forward multiply-adds, DESIGN.md) / the card's dense bf16
+peak. Run on a GPU with `bash benchmarks/gpu_check.sh`; `--device cpu --model tiny` smoke-tests the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dit_core.flops import train_flops_per_image
+from dit_core.models import DiT, model_config
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets.
+BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H200": 989.4, "A100": 312.0}
+
+
+def bf16_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    if "H100" in name:
+        if "PCIe" in name:
+            return BF16_PEAK_TFLOPS["H100 PCIe"]
+        if "NVL" in name:
+            return BF16_PEAK_TFLOPS["H100 NVL"]
+        return BF16_PEAK_TFLOPS["H100 SXM"]
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+@dataclass
+class Result:
+    name: str
+    images_per_s: float
+    step_ms: float
+    peak_mem_gb: float
+
+
+def _diffusers_model(cfg, device):
+    from diffusers import DiTTransformer2DModel
+
+    return DiTTransformer2DModel(
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.hidden_size // cfg.num_heads,
+        in_channels=cfg.in_channels,
+        out_channels=2 * cfg.in_channels,
+        num_layers=cfg.depth,
+        sample_size=cfg.input_size,
+        patch_size=cfg.patch_size,
+        num_embeds_ada_norm=cfg.num_classes,
+        norm_type="ada_norm_zero",
+    ).to(device)
+
+
+def run_mode(name, cfg, args, device) -> Result:
+    """Time `args.steps` optimizer steps after `args.warmup` untimed ones; medians over windows."""
+    torch.manual_seed(0)
+    is_diffusers = name.startswith("diffusers")
+    bf16 = "bf16" in name
+    if is_diffusers:
+        model = _diffusers_model(cfg, device)
+    else:
+        model = DiT.from_config(cfg).to(device)
+        model.grad_checkpointing = "ckpt" in name
+        if hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing("ckpt" in name)
+    fused = device.type == "cuda" and name != "fp32-nocompile"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused or None)
+    step_model = model
+    if "compile" in name and "nocompile" not in name:
+        step_model = torch.compile(model)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    b, c, s = args.batch_size, cfg.in_channels, cfg.input_size
+    x = torch.randn(b, c, s, s, device=device)
+    t = torch.randint(0, 1000, (b,), device=device)
+    y = torch.randint(0, cfg.num_classes, (b,), device=device)
+    noise = torch.randn_like(x)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if is_diffusers:
+                out = step_model(x, timestep=t, class_labels=y).sample
+            else:
+                out = step_model(x, t, y)
+            loss = F.mse_loss(out[:, :c].float(), noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    window = max(1, args.steps // 5)
+    times = []
+    for _ in range(max(1, args.steps // window)):
+        t0 = time.perf_counter()
+        for _ in range(window):
+            step()
+        sync()
+        times.append((time.perf_counter() - t0) / window)
+    step_s = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    del model, step_model, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Result(name, b / step_s, step_s * 1e3, peak)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="DiT-XL/2", help="official name, or 'tiny' for a CPU smoke test")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=200, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--modes",
+        default="ours-bf16-compile,ours-bf16-ckpt,diffusers-bf16,fp32-nocompile",
+        help="comma-separated subset of the four modes",
+    )
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.model == "tiny":
+        cfg = model_config(None, depth=2, hidden_size=64, num_heads=2, patch_size=2, input_size=8)
+    else:
+        cfg = model_config(args.model, input_size=32)
+    flops_img = train_flops_per_image(cfg)
+    peak = bf16_peak_tflops(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; model {args.model} (latent 32x32x4), batch {args.batch_size}")
+    print(f"train FLOPs/image (true): {flops_img / 1e9:.1f} GFLOP; bf16 peak: {peak} TFLOP/s")
+    results = {}
+    for mode in args.modes.split(","):
+        r = run_mode(mode.strip(), cfg, args, device)
+        results[r.name] = r
+        tflops = r.images_per_s * flops_img / 1e12
+        mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
+        print(
+            f"{r.name:>18}: {r.images_per_s:8.1f} img/s  {r.step_ms:8.1f} ms/step  "
+            f"{tflops:7.1f} TFLOP/s  MFU {mfu:>6}  peak mem {r.peak_mem_gb:6.2f} GiB",
+            flush=True,
+        )
+    base = results.get("ours-bf16-compile")
+    if base:
+        for other in ("diffusers-bf16", "fp32-nocompile"):
+            if other in results:
+                print(f"ratio ours-bf16-compile / {other}: {base.images_per_s / results[other].images_per_s:.2f}x")
+        ck = results.get("ours-bf16-ckpt")
+        if ck:
+            print(
+                f"activation checkpointing: peak memory {base.peak_mem_gb / ck.peak_mem_gb:.2f}x lower, "
+                f"step {100 * (ck.step_ms / base.step_ms - 1):+.1f}% time"
+            )
+
+
+if __name__ == "__main__":
+    main()

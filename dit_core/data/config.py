@@ -1,0 +1,65 @@
+"""`DataConfig`: which dataset to train on and how items are built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATASET_NAMES = ("digits", "imagefolder", "latents")
+DIGITS_SPLITS = ("train", "val", "all")
+SPLITS = ("train", "val", "all")
+
+
+@dataclass
+class DataConfig:
+    """Data settings; logged whole to MLflow as ``data.<field>``.
+
+    name: ``"digits"`` (scikit-learn's bundled 8x8 digits, no download), ``"imagefolder"``
+        (class subfolders of images, pixel space) or ``"latents"`` (shards written by
+        ``python -m dit_core.extract_latents``).
+    root: folder for ``imagefolder`` / ``latents`` (unused for ``digits``).
+    image_size: pixel resolution of x for ``digits`` and ``imagefolder``; for ``latents`` the
+        spatial size comes from the manifest and this field is ignored.
+    random_flip: horizontal flip decided by hashing ``(seed, epoch, index)``; for latents it picks
+        the stored latent of the flipped image.
+    digits_split: which digits images the *train* split uses: ``"train"`` (90 %), ``"val"``
+        (the held-out 10 %, stratified by class) or ``"all"`` (1797 images).
+    seed: seed of the flip hash (not of any global RNG).
+    val_root: optional separate folder for ``split="val"`` (imagefolder / latents).
+    validate_images: imagefolder: open and ``verify()`` every file at build time and drop the
+        unreadable ones (with a warning naming each). Turn off for huge folders you trust.
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    image_size: int = 16
+    random_flip: bool = True
+    digits_split: str = "train"
+    seed: int = 0
+    val_root: str | None = None
+    validate_images: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            raise ValueError(
+                f"DataConfig.name={self.name!r} is not a dataset; valid names: {list(DATASET_NAMES)}"
+            )
+        if self.digits_split not in DIGITS_SPLITS:
+            raise ValueError(
+                f"DataConfig.digits_split={self.digits_split!r} is not valid; "
+                f"choose one of {list(DIGITS_SPLITS)}"
+            )
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size <= 0:
+            raise ValueError(f"DataConfig.image_size must be a positive int, got {self.image_size!r}")
+        if self.name == "digits" and self.image_size < 8:
+            raise ValueError(
+                f"DataConfig.image_size={self.image_size} is below the digits' native 8 px; use 8, 16 or 32"
+            )
+        if self.name in ("imagefolder", "latents") and not self.root:
+            raise ValueError(
+                f"DataConfig(name={self.name!r}) needs root=<folder> "
+                + (
+                    "(a folder of class subfolders of images)"
+                    if self.name == "imagefolder"
+                    else "(the --output folder of python -m dit_core.extract_latents)"
+                )
+            )

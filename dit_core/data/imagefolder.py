@@ -1,0 +1,155 @@
+"""A folder of class subfolders (ImageNet layout) as a pixel-space dataset.
+
+``root/<class>/<image>``: classes are the sorted subfolder names -> labels 0..K-1. Unreadable
+files are dropped at build time (each named in a warning, then a count); a file that still fails
+while training is named in a warning, recorded in ``dataset.skipped`` and replaced by the next
+readable item, so a run never crashes and batch sizes never change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .flip import EpochFlipMixin
+from .transforms import center_crop_arr, load_rgb, to_tensor
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".jpeg2000")
+
+
+@dataclass
+class FolderScan:
+    """Result of scanning an image folder: class names, ``(path, label)`` samples, dropped files."""
+
+    root: str
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    skipped: list[str] = field(default_factory=list)
+
+
+def _verify(path: str) -> str | None:
+    """None if PIL can identify and verify ``path``, else the error text."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises many types for bad files
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def scan_image_folder(root: str, validate: bool = True, num_threads: int = 8) -> FolderScan:
+    """List ``root/<class>/*.<image ext>`` (sorted) and, if ``validate``, drop unreadable files.
+
+    Raises ValueError naming ``root`` if it is missing, has no class subfolders, or no images.
+    """
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise ValueError(f"image folder {root!r} does not exist or is not a directory")
+    classes = sorted(
+        d.name for d in os.scandir(root) if d.is_dir(follow_symlinks=True) and not d.name.startswith(".")
+    )
+    if not classes:
+        raise ValueError(
+            f"image folder {root!r} has no class subfolders; expected the ImageNet layout "
+            "root/<class_name>/<image files>"
+        )
+    samples: list[tuple[str, int]] = []
+    for label, cls in enumerate(classes):
+        cdir = os.path.join(root, cls)
+        for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                if fname.lower().endswith(IMG_EXTENSIONS) and not fname.startswith("."):
+                    samples.append((os.path.join(dirpath, fname), label))
+    if not samples:
+        raise ValueError(
+            f"image folder {root!r} has class subfolders {classes[:5]}{'...' if len(classes) > 5 else ''} "
+            f"but no image files with extensions {list(IMG_EXTENSIONS)}"
+        )
+    skipped: list[str] = []
+    if validate:
+        with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+            errors = list(pool.map(_verify, (p for p, _ in samples)))
+        kept = []
+        for (path, label), err in zip(samples, errors):
+            if err is None:
+                kept.append((path, label))
+            else:
+                log.warning("skipping unreadable image %s (%s)", path, err)
+                skipped.append(path)
+        if skipped:
+            log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(samples), root)
+        samples = kept
+        if not samples:
+            raise ValueError(f"image folder {root!r}: none of its {len(skipped)} image files could be read")
+    return FolderScan(root=root, classes=classes, samples=samples, skipped=skipped)
+
+
+class ImageFolderDataset(EpochFlipMixin, Dataset):
+    """Items ``(x, y)``: x float32 ``(3, S, S)`` in [-1, 1] (ADM center crop), y int64 label.
+
+    Attributes: ``classes``, ``samples``, ``skipped`` (files dropped at scan time plus files that
+    failed at load time in *this* process; DataLoader workers keep their own copies).
+    """
+
+    name = "imagefolder"
+    channels = 3
+
+    def __init__(
+        self,
+        root: str,
+        resolution: int = 256,
+        random_flip: bool = True,
+        seed: int = 0,
+        validate: bool = True,
+    ):
+        scan = scan_image_folder(root, validate=validate)
+        self.root = scan.root
+        self.classes = scan.classes
+        self.samples = scan.samples
+        self.skipped: list[str] = list(scan.skipped)
+        self.load_failures = 0
+        self.num_classes = len(self.classes)
+        self.resolution = self.image_size = resolution
+        self.random_flip = random_flip
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> torch.Tensor:
+        """The unflipped image of item ``index``: float32 ``(3, S, S)`` in [-1, 1] (raises if unreadable)."""
+        return to_tensor(center_crop_arr(load_rgb(self.samples[index][0]), self.resolution))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.samples)
+        for k in range(n):
+            j = (index + k) % n
+            path, label = self.samples[j]
+            try:
+                x = self.load(j)
+            except Exception as e:
+                self.load_failures += 1
+                if path not in self.skipped:
+                    self.skipped.append(path)
+                log.warning(
+                    "could not load image %s (%s: %s); using the next item instead (%d load failures so far)",
+                    path,
+                    type(e).__name__,
+                    e,
+                    self.load_failures,
+                )
+                continue
+            if self.is_flipped(index):
+                x = x.flip(-1)
+            return x, torch.tensor(label, dtype=torch.int64)
+        raise RuntimeError(f"no image in {self.root!r} could be loaded")

@@ -1,0 +1,128 @@
+"""Pre-extracted VAE latents (written by ``python -m dit_core.extract_latents``).
+
+Layout of ``root``::
+
+    manifest.json                      written last; see ``MANIFEST_KEYS``
+    latents_00000.safetensors          "latents": (n, 2, C, h, w) [unflipped, flipped], already
+    latents_00001.safetensors          multiplied by the scale factor; "labels": (n,) int64
+    ...
+
+Shards are opened lazily with ``safetensors.safe_open`` (memory-mapped), one handle per shard per
+process, so DataLoader workers each read only the items they need.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from .flip import EpochFlipMixin
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "ditscale-latents"
+MANIFEST_KEYS = (
+    "format",
+    "version",
+    "vae",
+    "scale_factor",
+    "image_size",
+    "latent_shape",
+    "classes",
+    "num_items",
+    "shards",
+    "skipped",
+)
+
+
+def shard_name(k: int) -> str:
+    """File name of shard ``k``."""
+    return f"latents_{k:05d}.safetensors"
+
+
+def read_manifest(root: str) -> dict[str, Any]:
+    """Load and check ``root/manifest.json``; ValueError with a fix when missing or malformed."""
+    path = os.path.join(root, MANIFEST_NAME)
+    if not os.path.isdir(root):
+        raise ValueError(
+            f"latents folder {root!r} does not exist; create it with python -m dit_core.extract_latents"
+        )
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"no {MANIFEST_NAME} in {root!r}: not a finished latents folder. Run (or resume) "
+            f"python -m dit_core.extract_latents --data-path <images> --output {root} --vae <vae>"
+        )
+    with open(path) as f:
+        manifest = json.load(f)
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if manifest.get("format") != MANIFEST_FORMAT or missing:
+        raise ValueError(f"{path} is not a {MANIFEST_FORMAT} manifest (missing keys: {missing})")
+    for shard in manifest["shards"]:
+        if not os.path.isfile(os.path.join(root, shard["file"])):
+            raise ValueError(f"{path} lists shard {shard['file']} but the file is missing from {root!r}")
+    return manifest
+
+
+class LatentsDataset(EpochFlipMixin, Dataset):
+    """Items ``(x, y)``: x float32 ``(C, h, w)`` scaled latent (flipped image's latent when the
+    flip hash says so), y int64 label. ``manifest`` holds the VAE id and ``scale_factor`` needed
+    to decode samples: ``vae.decode(x / scale_factor)``.
+    """
+
+    name = "latents"
+
+    def __init__(self, root: str, random_flip: bool = True, seed: int = 0):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.manifest = read_manifest(self.root)
+        self.classes: list[str] = list(self.manifest["classes"])
+        self.num_classes = len(self.classes)
+        c, h, w = self.manifest["latent_shape"]
+        self.channels, self.resolution = int(c), int(h)
+        self.image_size = int(self.manifest["image_size"])  # pixel size the latents decode to
+        self.scale_factor = float(self.manifest["scale_factor"])
+        self.vae = self.manifest["vae"]
+        self.shard_files = [os.path.join(self.root, s["file"]) for s in self.manifest["shards"]]
+        counts = [int(s["count"]) for s in self.manifest["shards"]]
+        self._starts = [0]
+        for n in counts:
+            self._starts.append(self._starts[-1] + n)
+        if self._starts[-1] == 0:
+            raise ValueError(f"latents folder {self.root!r} holds no items (manifest lists 0)")
+        self.random_flip = random_flip
+        self.seed = seed
+        self.epoch = 0
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # file handles do not cross process boundaries
+        return state
+
+    def _handle(self, k: int) -> Any:
+        if k not in self._handles:
+            from safetensors import safe_open
+
+            self._handles[k] = safe_open(self.shard_files[k], framework="pt", device="cpu")
+        return self._handles[k]
+
+    def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both stored latents of item ``index`` ``(2, C, h, w)`` [unflipped, flipped] and its label."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} latents")
+        k = bisect.bisect_right(self._starts, index) - 1
+        i = index - self._starts[k]
+        f = self._handle(k)
+        lat = f.get_slice("latents")[i : i + 1][0]
+        lab = f.get_slice("labels")[i : i + 1][0]
+        return lat.float(), lab.long()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lat, label = self.pair(index)
+        return lat[1 if self.is_flipped(index) else 0].contiguous(), label

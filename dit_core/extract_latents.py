@@ -1,0 +1,350 @@
+"""Encode an image folder into VAE latents once, so DiT trains on latents (the fast-DiT approach).
+
+    python -m dit_core.extract_latents --data-path imagenet/train --output latents256 \\
+        --image-size 256 --vae ./sd-vae-ft-ema
+
+Each image is ADM-center-cropped to ``--image-size``, mapped to [-1, 1] and encoded together with
+its horizontal flip by ``diffusers.AutoencoderKL``; the posterior sample (or mean) times the scale
+factor (0.18215, Stable Diffusion's VAE) is stored. Shards ``latents_{k:05d}.safetensors`` hold
+``latents`` ``(n, 2, C, h, w)`` [image, flipped image] and ``labels`` ``(n,)``; each is written to a
+temporary file and renamed, and ``manifest.json`` is written last. Rerunning the same command
+resumes: finished shards are kept (checked against a fingerprint of the file list and settings).
+Read the result with ``build_dataset(DataConfig(name="latents", root=<output>))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import urllib.parse
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dit_core.data.imagefolder import scan_image_folder
+from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, shard_name
+from dit_core.data.transforms import center_crop_arr, load_rgb, to_tensor
+
+log = logging.getLogger(__name__)
+
+SD_VAE_SCALE = 0.18215
+POSTERIORS = ("sample", "mean")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of one extraction (all recorded in the manifest).
+
+    data_path: image folder ``root/<class>/<images>``. output: folder for shards + manifest.
+    vae: local ``AutoencoderKL`` folder (``save_pretrained`` layout) or a hub id (needs network).
+    vae_subfolder: e.g. ``"vae"`` for a whole Stable Diffusion pipeline folder.
+    posterior: ``"sample"`` (fast-DiT) or ``"mean"`` of the VAE's Gaussian posterior.
+    device: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    dtype: storage dtype of the latents (encoding itself runs in float32).
+    """
+
+    data_path: str
+    output: str
+    vae: str
+    image_size: int = 256
+    vae_subfolder: str | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    posterior: str = "sample"
+    scale_factor: float = SD_VAE_SCALE
+    shard_size: int = 10_000
+    dtype: str = "float32"
+    seed: int = 0
+    num_workers: int = 4
+    validate_images: bool = True
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.posterior not in POSTERIORS:
+            raise ValueError(f"posterior={self.posterior!r} is not valid; choose one of {list(POSTERIORS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not valid; choose one of {list(DTYPES)}")
+        for name in ("image_size", "batch_size", "shard_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not self.scale_factor > 0:
+            raise ValueError(f"scale_factor must be positive, got {self.scale_factor}")
+
+
+def load_vae(vae: str, subfolder: str | None = None) -> torch.nn.Module:
+    """``AutoencoderKL.from_pretrained`` from a local folder or a hub id, with errors that say what to do."""
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as e:
+        raise ValueError(
+            "extract_latents needs diffusers: pip install 'ditscale[latents]' (or pip install diffusers)"
+        ) from e
+    expanded = os.path.expanduser(vae)
+    looks_local = os.path.isabs(expanded) or vae.startswith((".", "~")) or os.path.exists(expanded)
+    if looks_local:
+        folder = os.path.join(expanded, subfolder) if subfolder else expanded
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ValueError(
+                f"VAE folder {folder!r} not found or has no config.json; pass a folder written by "
+                "AutoencoderKL.save_pretrained (or a pipeline folder with --vae-subfolder vae)"
+            )
+        return AutoencoderKL.from_pretrained(expanded, subfolder=subfolder)
+    try:  # already in the local Hugging Face cache: no network needed
+        return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, local_files_only=True)
+    except Exception:
+        pass
+    hint = (
+        "Without network access, download it where the hub is reachable, e.g. "
+        f"`hf download {vae} --local-dir ./vae`, copy the folder here and pass --vae ./vae"
+    )
+    if not _hub_reachable():
+        raise ValueError(
+            f"VAE {vae!r} is not a local folder and the Hugging Face hub is not reachable. {hint}"
+        )
+    try:
+        return AutoencoderKL.from_pretrained(vae, subfolder=subfolder)
+    except Exception as e:
+        raise ValueError(
+            f"could not load VAE {vae!r} from the Hugging Face hub ({type(e).__name__}: {e}). {hint}"
+        ) from e
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or the hub's host does not resolve/connect (fast, no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class _ShardImages(Dataset):
+    """Images of one shard: ``(x (3, S, S) in [-1, 1], label, error text or "")``; never raises."""
+
+    def __init__(self, samples: list[tuple[str, int]], image_size: int):
+        self.samples = samples
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        path, label = self.samples[i]
+        try:
+            return to_tensor(center_crop_arr(load_rgb(path), self.image_size)), label, ""
+        except Exception as e:
+            return torch.zeros(3, self.image_size, self.image_size), label, f"{type(e).__name__}: {e}"
+
+
+def _fingerprint(cfg: ExtractConfig, samples: list[tuple[str, int]], root: str) -> str:
+    """Hash of everything that determines the shards' contents."""
+    h = hashlib.sha256()
+    settings = {
+        k: getattr(cfg, k)
+        for k in (
+            "vae",
+            "vae_subfolder",
+            "image_size",
+            "posterior",
+            "scale_factor",
+            "shard_size",
+            "dtype",
+            "seed",
+        )
+    }
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for path, label in samples:
+        h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
+    return h.hexdigest()
+
+
+def _existing_shard(path: str, fingerprint: str, k: int) -> dict[str, Any] | None:
+    """Metadata of a finished shard ``k`` from this same extraction, None if absent; raises if foreign."""
+    if not os.path.isfile(path):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("fingerprint") != fingerprint or meta.get("shard") != str(k):
+        raise ValueError(
+            f"{path} comes from a different extraction (other images or settings); "
+            "use a new --output folder or delete the old shards"
+        )
+    return meta
+
+
+def _atomic_write_json(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def _encode(vae: torch.nn.Module, x: torch.Tensor, cfg: ExtractConfig, gen: torch.Generator) -> torch.Tensor:
+    """``(B, 3, S, S)`` images -> ``(B, 2, C, h, w)`` scaled latents of [image, flipped image]."""
+    b = x.shape[0]
+    dist = vae.encode(torch.cat([x, x.flip(-1)])).latent_dist
+    z = dist.sample(generator=gen) if cfg.posterior == "sample" else dist.mean
+    z = z.float() * cfg.scale_factor
+    return torch.stack([z[:b], z[b:]], dim=1)
+
+
+def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
+    """Encode ``cfg.data_path`` into shards under ``cfg.output``; returns the manifest (also written)."""
+    if not os.path.isdir(cfg.data_path):
+        raise ValueError(f"image folder {cfg.data_path!r} does not exist or is not a directory")
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
+    scan = scan_image_folder(cfg.data_path, validate=cfg.validate_images)
+    os.makedirs(cfg.output, exist_ok=True)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if cfg.image_size % factor:
+        raise ValueError(
+            f"image_size={cfg.image_size} must be a multiple of the VAE's downsampling factor {factor}"
+        )
+    latent_shape = [int(vae.config.latent_channels), cfg.image_size // factor, cfg.image_size // factor]
+    fingerprint = _fingerprint(cfg, scan.samples, scan.root)
+    n_shards = math.ceil(len(scan.samples) / cfg.shard_size)
+    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    shards, skipped = [], list(scan.skipped)
+    bar = tqdm(total=len(scan.samples), unit="img", disable=not progress, desc="extract_latents")
+    for k in range(n_shards):
+        part = scan.samples[k * cfg.shard_size : (k + 1) * cfg.shard_size]
+        path = os.path.join(cfg.output, shard_name(k))
+        meta = _existing_shard(path, fingerprint, k)
+        if meta is None:
+            meta = _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save_file)
+        else:
+            log.info("shard %s already done, skipping", path)
+        shard_skipped = json.loads(meta["skipped"])
+        skipped += shard_skipped
+        shards.append({"file": shard_name(k), "count": int(meta["count"])})
+        bar.update(len(part))
+    bar.close()
+    if skipped:
+        log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(scan.samples), scan.root)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": 1,
+        "vae": cfg.vae,
+        "vae_subfolder": cfg.vae_subfolder,
+        "scale_factor": cfg.scale_factor,
+        "posterior": cfg.posterior,
+        "image_size": cfg.image_size,
+        "latent_shape": latent_shape,
+        "dtype": cfg.dtype,
+        "classes": scan.classes,
+        "num_items": sum(s["count"] for s in shards),
+        "shards": shards,
+        "skipped": skipped,
+        "data_path": scan.root,
+        "fingerprint": fingerprint,
+        "config": asdict(cfg),
+    }
+    _atomic_write_json(manifest, os.path.join(cfg.output, MANIFEST_NAME))
+    log.info("wrote %d latents in %d shards to %s", manifest["num_items"], len(shards), cfg.output)
+    return manifest
+
+
+def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save_file) -> dict[str, str]:
+    """Encode one shard's images and write it atomically; returns its metadata."""
+    loader = DataLoader(
+        _ShardImages(part, cfg.image_size),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        shuffle=False,
+    )
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k)
+    lats, labels, bad = [], [], []
+    offset = 0
+    for x, y, errors in loader:
+        ok = torch.tensor([not e for e in errors], dtype=torch.bool)
+        for j, e in enumerate(errors):
+            if e:
+                file = part[offset + j][0]
+                log.warning("skipping unreadable image %s (%s)", file, e)
+                bad.append(file)
+        offset += len(errors)
+        if ok.any():
+            z = _encode(vae, x[ok].to(device), cfg, gen)
+            lats.append(z.to("cpu", DTYPES[cfg.dtype]))
+            labels.append(y[ok].long())
+    latents = torch.cat(lats) if lats else torch.zeros(0, 2, *latent_shape, dtype=DTYPES[cfg.dtype])
+    labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+    meta = {
+        "fingerprint": fingerprint,
+        "shard": str(k),
+        "count": str(len(labels_t)),
+        "skipped": json.dumps(bad),
+    }
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_file({"latents": latents.contiguous(), "labels": labels_t.contiguous()}, tmp, metadata=meta)
+    os.replace(tmp, path)
+    return meta
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dit_core.extract_latents",
+        description="Encode an image folder (root/<class>/<images>) into VAE latent shards for DiT training.",
+    )
+    p.add_argument("--data-path", required=True, help="image folder with one subfolder per class")
+    p.add_argument("--output", required=True, help="output folder (shards + manifest.json); rerun to resume")
+    p.add_argument(
+        "--vae", required=True, help="local AutoencoderKL folder, or a hub id where the hub is reachable"
+    )
+    p.add_argument("--vae-subfolder", default=None, help="subfolder of --vae holding the VAE (e.g. 'vae')")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--posterior", choices=POSTERIORS, default="sample")
+    p.add_argument("--scale-factor", type=float, default=SD_VAE_SCALE)
+    p.add_argument("--shard-size", type=int, default=10_000)
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument(
+        "--no-validate", dest="validate_images", action="store_false", help="skip the PIL verify pass"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 with a message on bad input)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        manifest = extract_latents(ExtractConfig(**vars(args)))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{manifest['num_items']} latents {manifest['latent_shape']} -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

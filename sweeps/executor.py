@@ -1,0 +1,154 @@
+"""Running cells through submitit: executor set-up (slurm / local / debug) and the job callable.
+
+`CellJob` is `submitit.helpers.Checkpointable`: on SLURM's warning signal (USR2, ``signal_delay_s``
+before the time limit, or ``scancel --signal=USR2``) the trainer saves a checkpoint at the next step
+boundary and chains to submitit's handler, which calls `CellJob.checkpoint` (resubmit the same task)
+and requeues the job; the requeued job calls `train` again, which resumes from the cell's run folder
+and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from sweeps.grid import ExecutorSpec
+from sweeps.task import CellTask, apply_overrides
+
+__all__ = ["CellJob", "make_executor", "parse_sbatch_lines", "resolve_executor_kind"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_executor_kind(name: str) -> str:
+    """``auto`` -> ``slurm`` where ``sbatch`` is on PATH, else ``local``; checks SLURM when asked for."""
+    if name == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    if name == "slurm" and shutil.which("sbatch") is None:
+        raise ValueError(
+            "SLURM was requested (--executor slurm) but `sbatch` is not on PATH; bring a cluster up "
+            "(`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, or use --executor local"
+        )
+    if name not in ("slurm", "local", "debug"):
+        raise ValueError(f"unknown executor {name!r}; choose auto, slurm, local or debug")
+    return name
+
+
+def parse_sbatch_lines(lines: list[str]) -> dict[str, Any]:
+    """``["--qos=high", "#SBATCH --exclusive", "constraint=a100"]`` -> submitit additional_parameters."""
+    out: dict[str, Any] = {}
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("#SBATCH"):
+            line = line[len("#SBATCH") :].strip()
+        line = line.lstrip("-")
+        if not line or " " in line.split("=", 1)[0]:
+            raise ValueError(f"extra sbatch line {raw!r} is not of the form --key=value or --flag")
+        key, sep, value = line.partition("=")
+        out[key.replace("-", "_")] = value if sep else True
+    return out
+
+
+def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) -> submitit.Executor:
+    """A configured submitit executor writing its pickles and logs under ``folder``."""
+    folder = Path(folder)
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if kind == "local":
+        if spec.nodes != 1:
+            raise ValueError(
+                f"the local executor runs on one node; got nodes={spec.nodes} (use --executor slurm)"
+            )
+        ex = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=spec.max_num_timeout)
+        ex.update_parameters(
+            timeout_min=spec.timeout_min,
+            tasks_per_node=spec.tasks_per_node,
+            gpus_per_node=spec.gpus_per_node,
+            signal_delay_s=spec.signal_delay_s,
+        )
+        if spec.setup:
+            ex.update_parameters(setup=list(spec.setup))
+        return ex
+    if kind != "slurm":
+        raise ValueError(f"unknown executor kind {kind!r}")
+    resolve_executor_kind("slurm")
+    ex = submitit.AutoExecutor(
+        folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=spec.max_num_timeout
+    )
+    extra = {"requeue": True, **parse_sbatch_lines(spec.sbatch)}
+    params: dict[str, Any] = {
+        "name": job_name,
+        "nodes": spec.nodes,
+        "tasks_per_node": spec.tasks_per_node,
+        "cpus_per_task": spec.cpus_per_task,
+        "timeout_min": int(spec.timeout_min),
+        "slurm_array_parallelism": spec.array_parallelism,
+        "slurm_signal_delay_s": spec.signal_delay_s,
+        "slurm_additional_parameters": extra,
+    }
+    if spec.gpus_per_node:
+        params["gpus_per_node"] = spec.gpus_per_node
+    if spec.mem_gb:
+        params["mem_gb"] = spec.mem_gb
+    if spec.partition:
+        params["slurm_partition"] = spec.partition
+    if spec.setup:
+        params["slurm_setup"] = list(spec.setup)
+    ex.update_parameters(**params)
+    return ex
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """The callable each job runs: ``CellJob()(task)`` trains one cell to completion.
+
+    With more than one task (``tasks_per_node`` x ``nodes``) every task is one rank: submitit's
+    environment is exported as torch-distributed variables (MASTER_ADDR, RANK, WORLD_SIZE, ...) that
+    Accelerate reads when the trainer builds its ``Accelerator``.
+    """
+
+    def __call__(self, task: CellTask) -> dict[str, Any]:
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            # one GPU per rank when GPUs were allocated (checked without initialising CUDA)
+            has_gpus = bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
+            submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=has_gpus, overwrite=True
+            )
+        log.info(
+            "cell %s (sweep %s), job %s, rank %d/%d",
+            task.cell_id,
+            task.sweep,
+            env.job_id,
+            env.global_rank,
+            env.num_tasks,
+        )
+        os.environ.setdefault("DITSCALE_EXECUTOR_JOB_ID", str(env.job_id))
+        Path(task.run_dir).mkdir(parents=True, exist_ok=True)
+        trainer = importlib.import_module(task.trainer)
+        cfg = apply_overrides(trainer.TrainConfig(), task.overrides)
+        result = trainer.train(cfg)
+        return _as_dict(result)
+
+    def checkpoint(self, task: CellTask) -> submitit.helpers.DelayedSubmission:
+        """Resubmit the same task: the trainer has already saved its checkpoint in ``task.run_dir``."""
+        log.info("cell %s: requeue, resuming from %s", task.cell_id, task.run_dir)
+        return submitit.helpers.DelayedSubmission(CellJob(), task)
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return {k: v for k, v in dataclasses.asdict(result).items() if _plain(v)}
+    if isinstance(result, dict):
+        return result
+    return {"result": repr(result)}
+
+
+def _plain(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool, list, tuple, dict))

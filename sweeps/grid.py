@@ -1,0 +1,317 @@
+"""A sweep: `SweepSpec` (YAML + overrides) and its expansion into grid cells with stable ids.
+
+A cell is one (model shape, patch size, compute budget) triple; its id is stable across launches,
+e.g. ``S-2-1e15`` (family S, patch 2, 1e15 training FLOPs) or ``d4w64h4-2-3e12`` for a custom
+shape. The number of optimizer steps is ``floor(budget / (batch_size * train_flops_per_image))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeps.compute import model_compute
+from sweeps.families import ModelShape, Scale, custom_shape, family_shape
+
+__all__ = [
+    "CONFIG_DIR",
+    "Cell",
+    "DataSpec",
+    "ExecutorSpec",
+    "SweepSpec",
+    "expand",
+    "format_budget",
+    "load_spec",
+    "parse_budget",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DESIGNS = ("grid", "isoflop")
+EXECUTORS = ("auto", "slurm", "local", "debug")
+
+
+@dataclass
+class DataSpec:
+    """What the models see. input_size/in_channels are the model's input (pixels, or VAE latents:
+    256 px images -> input_size 32, in_channels 4); root is the data folder for imagefolder/latents."""
+
+    name: str = "digits"
+    input_size: int = 16
+    in_channels: int = 1
+    num_classes: int = 10
+    root: str | None = None
+
+
+@dataclass
+class ExecutorSpec:
+    """Where cells run (submitit). ``auto`` = SLURM when ``sbatch`` is on PATH, else local.
+
+    SLURM: partition, nodes, gpus_per_node, tasks_per_node (one task per GPU; >1 runs Accelerate
+    through submitit's torch-distributed environment), cpus_per_task, mem_gb, timeout_min,
+    array_parallelism (``--array=0-N%k``), signal_delay_s (USR2 this long before the time limit),
+    sbatch (extra ``#SBATCH`` flags such as ``--qos=high``), setup (shell lines run before the job).
+    local_parallelism: cells run at once by the local executor. max_retries: resubmissions of a failed
+    cell. max_num_timeout: time-limit requeues per submission before a job counts as failed.
+    """
+
+    name: str = "auto"
+    partition: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    timeout_min: int = 60
+    array_parallelism: int = 64
+    local_parallelism: int = 2
+    signal_delay_s: int = 90
+    sbatch: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    max_retries: int = 2
+    max_num_timeout: int = 3
+
+
+@dataclass
+class SweepSpec:
+    """A whole sweep; `load_spec` reads it from YAML, `SweepSpec.replace` applies overrides.
+
+    name: sweep id (MLflow tag ``sweep``; folder ``<output_dir>/<name>``).
+    experiment: MLflow experiment. tracking_uri: None = MLflow's default (``sqlite:///mlflow.db``).
+    families/scale/patch_sizes/shapes: the model axis (shapes = custom ``[depth, width, heads]``).
+    budgets: training FLOPs (true FLOPs). design: ``grid`` = every model at every budget;
+    ``isoflop`` = per budget, the models whose step count lies in [isoflop_min_steps, isoflop_max_steps].
+    batch_size: global batch. train: dotted `TrainConfig` overrides applied to every cell.
+    trainer: module providing ``TrainConfig`` and ``train(cfg)`` (the contract of `dit_core.train`).
+    """
+
+    name: str = "demo"
+    experiment: str = "ditscale-demo"
+    tracking_uri: str | None = None
+    output_dir: str = "sweep_runs"
+    families: list[str] = field(default_factory=lambda: ["S", "B", "L", "XL"])
+    scale: Scale = field(default_factory=Scale)
+    patch_sizes: list[int] = field(default_factory=lambda: [2])
+    shapes: list[list[int]] = field(default_factory=list)
+    budgets: list[float] = field(default_factory=lambda: [1e12])
+    design: str = "grid"
+    isoflop_min_steps: int = 20
+    isoflop_max_steps: int = 100_000
+    batch_size: int = 64
+    learn_sigma: bool = True
+    data: DataSpec = field(default_factory=DataSpec)
+    train: dict[str, Any] = field(default_factory=dict)
+    trainer: str = "dit_core.train"
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+
+    def replace(self, **overrides: Any) -> SweepSpec:
+        """A copy with top-level fields replaced; ``executor``/``data`` take dicts of their fields."""
+        kw: dict[str, Any] = {}
+        for k, v in overrides.items():
+            if k in ("executor", "data") and isinstance(v, dict):
+                v = dataclasses.replace(getattr(self, k), **v)
+            kw[k] = v
+        spec = dataclasses.replace(self, **kw)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field and how to fix it."""
+        if not self.name or any(c in self.name for c in "/\\ '\""):
+            raise ValueError(f"sweep name {self.name!r} must be non-empty without '/', spaces or quotes")
+        if not self.families and not self.shapes:
+            raise ValueError("the grid has no models: give --grid S,B,L,XL and/or custom --depths/--widths")
+        for f in self.families:
+            family_shape(f, self.scale)  # raises on unknown names
+        for p in self.patch_sizes:
+            if not isinstance(p, int) or isinstance(p, bool) or p < 1:
+                raise ValueError(f"patch size {p!r} must be a positive integer (e.g. --patch 2,4,8)")
+            if self.data.input_size % p:
+                divisors = [d for d in range(1, self.data.input_size + 1) if self.data.input_size % d == 0]
+                raise ValueError(
+                    f"patch size {p} does not divide the input size {self.data.input_size} "
+                    f"(data.input_size); choose from {divisors}"
+                )
+        if not self.patch_sizes:
+            raise ValueError("patch_sizes is empty; give e.g. --patch 2")
+        for s in self.shapes:
+            if len(s) != 3:
+                raise ValueError(f"custom shape {s!r} must be [depth, hidden_size, num_heads]")
+            custom_shape(*s)
+        if not self.budgets:
+            raise ValueError("budgets is empty; give e.g. --budgets 1e12,3e12 (training FLOPs)")
+        for b in self.budgets:
+            if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
+                raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
+        if self.design not in DESIGNS:
+            raise ValueError(f"design {self.design!r} is not one of {list(DESIGNS)}")
+        if not 1 <= self.isoflop_min_steps <= self.isoflop_max_steps:
+            raise ValueError("need 1 <= isoflop_min_steps <= isoflop_max_steps")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        e = self.executor
+        if e.name not in EXECUTORS:
+            raise ValueError(f"executor {e.name!r} is not one of {list(EXECUTORS)}")
+        for k in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism"):
+            if int(getattr(e, k)) < 1:
+                raise ValueError(f"executor.{k} must be >= 1, got {getattr(e, k)}")
+        if e.gpus_per_node < 0 or e.max_retries < 0 or e.local_parallelism < 1:
+            raise ValueError("executor: gpus_per_node/max_retries must be >= 0, local_parallelism >= 1")
+        if self.batch_size % (e.nodes * e.tasks_per_node):
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "
+                "processes (nodes x tasks_per_node)"
+            )
+
+    def models(self) -> list[ModelShape]:
+        """The model axis: the (scaled) families, then the custom shapes."""
+        out = [family_shape(f, self.scale) for f in self.families]
+        out += [custom_shape(*s) for s in self.shapes]
+        seen: dict[str, ModelShape] = {}
+        for m in out:
+            seen.setdefault(m.name, m)
+        return list(seen.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the sweep; ``steps * batch_size * train_flops_per_image <= budget``."""
+
+    cell_id: str
+    model: ModelShape
+    patch_size: int
+    budget: float
+    params: int
+    forward_gflops: float
+    train_flops_per_image: float
+    batch_size: int
+    steps: int
+
+    @property
+    def images(self) -> int:
+        return self.steps * self.batch_size
+
+    @property
+    def train_flops(self) -> float:
+        """FLOPs actually spent (whole steps), <= budget."""
+        return self.images * self.train_flops_per_image
+
+    @property
+    def model_name(self) -> str:
+        return f"DiT-{self.model.name}/{self.patch_size}"
+
+
+def format_budget(b: float) -> str:
+    """``1e15`` -> "1e15", ``3e15`` -> "3e15", ``1.5e15`` -> "1.5e15" (used in cell ids)."""
+    mant, exp = f"{b:.3e}".split("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}"
+
+
+def parse_budget(text: str | float) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget {text!r} is not a number; write training FLOPs like 1e15 or 3e15") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"budget {text!r} must be a positive number of training FLOPs")
+    return v
+
+
+def expand(spec: SweepSpec) -> list[Cell]:
+    """All cells of ``spec``, ordered by budget, then model (as listed), then patch size."""
+    spec.validate()
+    computes = {
+        (m, p): model_compute(
+            m, p, spec.data.input_size, spec.data.in_channels, spec.data.num_classes, spec.learn_sigma
+        )
+        for m in spec.models()
+        for p in spec.patch_sizes
+    }
+    cells: list[Cell] = []
+    for budget in sorted(set(spec.budgets)):
+        row: list[Cell] = []
+        for (m, p), mc in computes.items():
+            step_flops = spec.batch_size * mc.train_flops_per_image
+            steps = int(budget // step_flops)
+            cell = Cell(
+                cell_id=f"{m.name}-{p}-{format_budget(budget)}",
+                model=m,
+                patch_size=p,
+                budget=budget,
+                params=mc.params,
+                forward_gflops=mc.forward_gflops,
+                train_flops_per_image=mc.train_flops_per_image,
+                batch_size=spec.batch_size,
+                steps=steps,
+            )
+            if spec.design == "grid" and steps < 1:
+                raise ValueError(
+                    f"budget {format_budget(budget)} is smaller than one training step of {cell.model_name} "
+                    f"({spec.batch_size} images x {mc.train_flops_per_image:.3g} FLOPs = {step_flops:.3g} "
+                    "FLOPs); raise the budget or lower batch_size"
+                )
+            if spec.design == "isoflop" and not (spec.isoflop_min_steps <= steps <= spec.isoflop_max_steps):
+                continue
+            row.append(cell)
+        if spec.design == "isoflop" and len(row) < 2:
+            raise ValueError(
+                f"IsoFLOP budget {format_budget(budget)} spans {len(row)} model size(s) with "
+                f"{spec.isoflop_min_steps}..{spec.isoflop_max_steps} steps; add model sizes or widen "
+                "isoflop_min_steps/isoflop_max_steps"
+            )
+        cells += row
+    return cells
+
+
+# ---------------------------------------------------------------- YAML
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    return data
+
+
+def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSpec:
+    """Build and validate a `SweepSpec` from a parsed YAML mapping; unknown keys are errors."""
+    data = dict(_from_dict(SweepSpec, data, where))
+    if "scale" in data:
+        data["scale"] = Scale(**_from_dict(Scale, data["scale"] or {}, f"{where}: scale"))
+    if "data" in data:
+        data["data"] = DataSpec(**_from_dict(DataSpec, data["data"] or {}, f"{where}: data"))
+    if "executor" in data:
+        data["executor"] = ExecutorSpec(
+            **_from_dict(ExecutorSpec, data["executor"] or {}, f"{where}: executor")
+        )
+    if "budgets" in data:
+        data["budgets"] = [parse_budget(b) for b in data["budgets"]]
+    spec = SweepSpec(**data)
+    spec.validate()
+    return spec
+
+
+def load_spec(path: str | Path | None = None) -> SweepSpec:
+    """Read a sweep YAML; ``None`` = the bundled demo, a bare name = ``sweeps/configs/<name>.yaml``."""
+    if path is None:
+        path = CONFIG_DIR / "demo.yaml"
+    p = Path(path)
+    if not p.exists() and not p.suffix and (CONFIG_DIR / f"{p}.yaml").exists():
+        p = CONFIG_DIR / f"{p}.yaml"
+    if not p.exists():
+        bundled = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"sweep config {str(path)!r} not found; bundled configs: {bundled}")
+    with open(p) as f:
+        data = yaml.safe_load(f) or {}
+    return spec_from_dict(data, where=str(p))

@@ -1,0 +1,292 @@
+"""``python sweeps/launch.py [run] --grid S,B,L,XL ...`` and ``python sweeps/launch.py status``.
+
+A thin CLI over `sweeps.runner.launch` / `sweeps.state.read_states`. Defaults: the bundled demo
+sweep (``sweeps/configs/demo.yaml``), ``--executor auto`` (SLURM where ``sbatch`` is found, else
+local), MLflow's default local store, wait for the jobs with a progress line, then print a summary.
+Exit status: 0 all cells finished, 1 some failed, 2 bad input (nothing submitted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repo importable here and in the jobs
+    _ROOT = str(Path(__file__).resolve().parents[1])
+    sys.path.insert(0, _ROOT)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+
+import yaml  # noqa: E402
+
+from sweeps.grid import SweepSpec, expand, load_spec, parse_budget  # noqa: E402
+from sweeps.ledger import Ledger  # noqa: E402
+from sweeps.runner import Progress, launch, sweep_dir  # noqa: E402
+from sweeps.state import read_runs, read_states, resolve_tracking_uri  # noqa: E402
+from sweeps.table import cells_table, status_table  # noqa: E402
+
+NEXT_COMMAND = "python analysis/fit_scaling.py"
+
+
+def _csv(kind):
+    def parse(text: str):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"empty list {text!r}")
+        try:
+            return [kind(x) for x in items]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        d, w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} must be DEPTHxWIDTHxHEADS, e.g. 4x64x4") from None
+    return [d, w, h]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python sweeps/launch.py",
+        description="Train a grid of DiT shapes x patch sizes x compute budgets, one job per cell "
+        "(SLURM or local, via submitit), logged to MLflow. Subcommands: run (default), status.",
+    )
+    p.add_argument("command", nargs="?", choices=["run", "status"], default="run")
+    g = p.add_argument_group("sweep")
+    g.add_argument("-c", "--config", help="sweep YAML, or a bundled name (demo, imagenet256); default demo")
+    g.add_argument("--name", help="sweep id (MLflow tag `sweep`, folder <output-dir>/<name>)")
+    g.add_argument("--experiment", help="MLflow experiment")
+    g.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
+    g.add_argument("--output-dir", help="folder for checkpoints and job logs (default sweep_runs)")
+    g.add_argument("--grid", type=_csv(str), help="model families, e.g. S,B,L,XL")
+    g.add_argument("--patch", type=_csv(int), help="patch sizes, e.g. 2,4,8")
+    g.add_argument("--shapes", type=_csv(_shape), help="custom DEPTHxWIDTHxHEADS shapes, e.g. 4x64x4,6x96x6")
+    g.add_argument("--depths", type=_csv(int), help="custom depths (crossed with --widths)")
+    g.add_argument("--widths", type=_csv(int), help="custom widths (crossed with --depths)")
+    g.add_argument(
+        "--head-dim", type=int, default=None, help="width per head for --depths/--widths (default 64)"
+    )
+    g.add_argument("--budgets", type=_csv(parse_budget), help="training FLOPs, e.g. 1e15,3e15,1e16")
+    g.add_argument(
+        "--design",
+        choices=["grid", "isoflop"],
+        help="grid: every model at every budget; isoflop: per budget, the models with min..max steps",
+    )
+    g.add_argument("--min-steps", type=int, help="IsoFLOP: fewest steps a cell may have")
+    g.add_argument("--max-steps", type=int, help="IsoFLOP: most steps a cell may have")
+    g.add_argument("--batch-size", type=int, help="global batch size")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig override for every cell, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    e = p.add_argument_group("executor")
+    e.add_argument("--executor", choices=["auto", "slurm", "local", "debug"])
+    e.add_argument("--partition")
+    e.add_argument("--nodes", type=int)
+    e.add_argument("--gpus-per-node", type=int)
+    e.add_argument("--tasks-per-node", type=int, help="processes per node (one per GPU)")
+    e.add_argument("--cpus-per-task", type=int)
+    e.add_argument("--mem-gb", type=float)
+    e.add_argument("--time", type=int, dest="timeout_min", help="time limit per job in minutes")
+    e.add_argument("--array-parallelism", type=int, help="SLURM: array tasks running at once")
+    e.add_argument("--parallel", type=int, dest="local_parallelism", help="local: cells running at once")
+    e.add_argument(
+        "--signal-delay", type=int, dest="signal_delay_s", help="USR2 this many s before the limit"
+    )
+    e.add_argument(
+        "--sbatch", action="append", metavar="FLAG", help="extra sbatch flag, e.g. --sbatch=--qos=high"
+    )
+    e.add_argument("--setup", action="append", metavar="CMD", help="shell line run before each job")
+    e.add_argument("--max-retries", type=int, help="resubmissions of a failed cell on relaunch")
+    r = p.add_argument_group("run")
+    r.add_argument("--dry-run", action="store_true", help="print the table of cells and submit nothing")
+    r.add_argument("--no-wait", action="store_true", help="submit and return (SLURM); see `status` later")
+    r.add_argument("--poll", type=float, default=2.0, help="seconds between progress updates")
+    r.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def spec_from_args(args: argparse.Namespace) -> SweepSpec:
+    """The YAML sweep with the command-line overrides applied (validated)."""
+    spec = load_spec(args.config)
+    top: dict = {}
+    for arg, key in (
+        ("name", "name"),
+        ("experiment", "experiment"),
+        ("tracking_uri", "tracking_uri"),
+        ("output_dir", "output_dir"),
+        ("grid", "families"),
+        ("patch", "patch_sizes"),
+        ("budgets", "budgets"),
+        ("design", "design"),
+        ("min_steps", "isoflop_min_steps"),
+        ("max_steps", "isoflop_max_steps"),
+        ("batch_size", "batch_size"),
+    ):
+        v = getattr(args, arg)
+        if v is not None:
+            top[key] = v
+    shapes = list(args.shapes or [])
+    if (args.depths is None) != (args.widths is None):
+        raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
+    if args.depths:
+        head_dim = args.head_dim or 64
+        for d in args.depths:
+            for w in args.widths:
+                if w % head_dim:
+                    raise ValueError(f"width {w} is not a multiple of --head-dim {head_dim}")
+                shapes.append([d, w, w // head_dim])
+    if shapes:
+        top["shapes"] = shapes
+        if args.grid is None:
+            top["families"] = []
+    if args.set:
+        train = dict(spec.train)
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--set {item!r} must be KEY=VALUE, e.g. --set optim.lr=3e-4")
+            train[key.strip()] = yaml.safe_load(value)
+        top["train"] = train
+    ex = {}
+    for k in (
+        "executor",
+        "partition",
+        "nodes",
+        "gpus_per_node",
+        "tasks_per_node",
+        "cpus_per_task",
+        "mem_gb",
+        "timeout_min",
+        "array_parallelism",
+        "local_parallelism",
+        "signal_delay_s",
+        "max_retries",
+    ):
+        v = getattr(args, k)
+        if v is not None:
+            ex["name" if k == "executor" else k] = v
+    if args.sbatch:
+        ex["sbatch"] = list(spec.executor.sbatch) + args.sbatch
+    if args.setup:
+        ex["setup"] = list(spec.executor.setup) + args.setup
+    if ex:
+        top["executor"] = ex
+    return spec.replace(**top) if top else spec
+
+
+def _progress_printer():
+    tty = sys.stderr.isatty()
+    last = [None]
+
+    def show(p: Progress) -> None:
+        line = (
+            f"[{int(p.elapsed_s) // 60:02d}:{int(p.elapsed_s) % 60:02d}] {p.done}/{p.total} done, "
+            f"{p.running} running, {p.failed} failed" + (f", {p.pending} waiting" if p.pending else "")
+        )
+        if tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif line.split("] ", 1)[1] != last[0]:
+            print(line, file=sys.stderr, flush=True)
+        last[0] = line.split("] ", 1)[1]
+
+    return show
+
+
+def cmd_status(spec: SweepSpec) -> int:
+    cells = {c.cell_id: c for c in expand(spec)}
+    uri = resolve_tracking_uri(spec.tracking_uri)
+    ledger = Ledger.load(sweep_dir(spec))
+    ids = list(cells) + sorted(set(read_runs(uri, spec.experiment, spec.name)) - set(cells))
+    states = read_states(uri, spec.experiment, spec.name, ids, ledger, with_progress=True)
+    print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
+    print(status_table(list(states.values()), cells))
+    counts: dict[str, int] = {}
+    for s in states.values():
+        counts[s.state] = counts.get(s.state, 0) + 1
+    print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
+def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
+    cells = expand(spec)
+    total = sum(c.train_flops for c in cells)
+    if args.dry_run:
+        print(
+            f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
+            f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
+            f"total {total:.3g} training FLOPs (true FLOPs)"
+        )
+        print(cells_table(cells))
+        print("dry run: nothing submitted")
+        return 0
+    res = launch(spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer())
+    prep, pl = res.prepared, res.plan
+    if sys.stderr.isatty() and res.job_ids and res.waited:
+        print(file=sys.stderr)
+    print(
+        f"sweep {spec.name} on {prep.kind}: {len(res.job_ids)} submitted, "
+        f"{len(pl.finished)} already finished, {len(pl.running)} still running, "
+        f"{len(pl.exhausted)} out of retries"
+    )
+    if not res.waited:
+        print(f"jobs: {', '.join(f'{c}={j}' for c, j in res.job_ids.items())}")
+        print(f"watch with: python sweeps/launch.py status {_sweep_args(args)}".rstrip())
+        return 0
+    code = cmd_status(spec)
+    failed = list(res.errors) + pl.exhausted
+    for cid, err in res.errors.items():
+        print(f"FAILED {cid}: {err}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} cell(s) failed; relaunch the same command to retry them", file=sys.stderr)
+        return 1
+    print(
+        f"\nnext: {NEXT_COMMAND} --experiment {spec.experiment}"
+        + ("" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}")
+    )
+    return code
+
+
+def _sweep_args(args: argparse.Namespace) -> str:
+    parts = []
+    for flag in ("config", "name", "experiment", "tracking_uri", "output_dir"):
+        v = getattr(args, flag)
+        if v:
+            parts.append(f"--{flag.replace('_', '-')} {v}")
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        spec = spec_from_args(args)
+        if args.command == "status":
+            return cmd_status(spec)
+        return cmd_run(spec, args)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: submitted jobs keep running; relaunch to resume or `status` to watch",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""What one job runs: a `CellTask` (picklable) and the `TrainConfig` it becomes inside the job.
+
+The sweep never imports the trainer at launch time: a task carries dotted `TrainConfig` overrides
+(``{"model.depth": 3, ...}``) that are applied inside the job with `build_train_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweeps.grid import Cell, SweepSpec
+
+__all__ = ["CellTask", "apply_overrides", "check_trainer", "make_task"]
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a job needs: the cell id, its run folder (checkpoints + MLflow run id, stable
+    across requeues and relaunches) and the dotted `TrainConfig` overrides."""
+
+    sweep: str
+    cell_id: str
+    run_dir: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    trainer: str = "dit_core.train"
+
+
+def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str) -> dict[str, Any]:
+    """Dotted `dit_core.train.TrainConfig` fields for ``cell``; ``spec.train`` is applied first."""
+    out: dict[str, Any] = dict(spec.train)
+    out.update(
+        {
+            "model.depth": cell.model.depth,
+            "model.hidden_size": cell.model.hidden_size,
+            "model.num_heads": cell.model.num_heads,
+            "model.patch_size": cell.patch_size,
+            "model.input_size": spec.data.input_size,
+            "model.in_channels": spec.data.in_channels,
+            "model.num_classes": spec.data.num_classes,
+            "model.learn_sigma": spec.learn_sigma,
+            "data.name": spec.data.name,
+            "data.root": spec.data.root,
+            "batch_size": cell.batch_size,
+            "steps": cell.steps,
+            "budget_train_flops": cell.budget,
+            "out_dir": str(run_dir),
+            "mlflow.tracking_uri": tracking_uri,
+            "mlflow.experiment": spec.experiment,
+            "mlflow.sweep": spec.name,
+            "mlflow.grid_cell": cell.cell_id,
+        }
+    )
+    if spec.data.name != "latents":
+        out["data.image_size"] = spec.data.input_size
+    return out
+
+
+def make_task(spec: SweepSpec, cell: Cell, sweep_dir: Path, tracking_uri: str) -> CellTask:
+    run_dir = (sweep_dir / "cells" / cell.cell_id).resolve()
+    overrides = cell_overrides(spec, cell, run_dir, tracking_uri)
+    return CellTask(spec.name, cell.cell_id, str(run_dir), overrides, spec.trainer)
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of the nested dataclass ``cfg`` with dotted fields replaced.
+
+    ``apply_overrides(TrainConfig(), {"model.depth": 3})``; an unknown path raises ValueError
+    naming it and the valid fields at that level.
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for head in list(direct) + list(nested):
+        if head not in names:
+            raise ValueError(
+                f"{type(cfg).__name__} has no field {head!r} (override {head}...); valid: {sorted(names)}"
+            )
+    for head, sub in nested.items():
+        child = getattr(cfg, head)
+        if not dataclasses.is_dataclass(child):
+            raise ValueError(f"{type(cfg).__name__}.{head} is not a nested config; cannot set {sorted(sub)}")
+        direct[head] = apply_overrides(child, sub)
+    return dataclasses.replace(cfg, **direct) if direct else cfg
+
+
+def check_trainer(module: str, tasks: list[CellTask]) -> None:
+    """Import the trainer here and build every task's config, so a wrong module or an override
+    naming no `TrainConfig` field fails before anything is submitted."""
+    try:
+        trainer = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(
+            f"trainer module {module!r} cannot be imported ({e}); check `trainer:` in the sweep"
+        ) from e
+    for name in ("TrainConfig", "train"):
+        if not hasattr(trainer, name):
+            raise ValueError(
+                f"trainer module {module!r} has no {name}; it must provide TrainConfig and train(cfg)"
+            )
+    for t in tasks:
+        try:
+            apply_overrides(trainer.TrainConfig(), t.overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"cell {t.cell_id}: {e}") from e
