@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import urllib.parse
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +51,8 @@ class ExtractConfig:
     posterior: ``"sample"`` (fast-DiT) or ``"mean"`` of the VAE's Gaussian posterior.
     device: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     dtype: storage dtype of the latents (encoding itself runs in float32).
+    rank, world_size: split the shards over processes (e.g. one per GPU or SLURM array task: shard k
+        goes to rank ``k % world_size``); the last rank to finish writes the manifest.
     """
 
     data_path: str
@@ -67,6 +70,8 @@ class ExtractConfig:
     num_workers: int = 4
     validate_images: bool = True
     progress: bool | None = None
+    rank: int = 0
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         if self.posterior not in POSTERIORS:
@@ -78,8 +83,18 @@ class ExtractConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={self.rank}, world_size={self.world_size}"
+            )
         if not self.scale_factor > 0:
             raise ValueError(f"scale_factor must be positive, got {self.scale_factor}")
+
+
+def _is_local(vae: str) -> bool:
+    """Whether ``vae`` is a local folder (absolute, ./ ../ ~ prefixed, or existing), not a hub id."""
+    expanded = os.path.expanduser(vae)
+    return os.path.isabs(expanded) or vae.startswith((".", "~")) or os.path.exists(expanded)
 
 
 def load_vae(vae: str, subfolder: str | None = None) -> torch.nn.Module:
@@ -91,8 +106,7 @@ def load_vae(vae: str, subfolder: str | None = None) -> torch.nn.Module:
             "extract_latents needs diffusers: pip install 'ditscale[latents]' (or pip install diffusers)"
         ) from e
     expanded = os.path.expanduser(vae)
-    looks_local = os.path.isabs(expanded) or vae.startswith((".", "~")) or os.path.exists(expanded)
-    if looks_local:
+    if _is_local(vae):
         folder = os.path.join(expanded, subfolder) if subfolder else expanded
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise ValueError(
@@ -101,7 +115,9 @@ def load_vae(vae: str, subfolder: str | None = None) -> torch.nn.Module:
             )
         return AutoencoderKL.from_pretrained(expanded, subfolder=subfolder)
     try:  # already in the local Hugging Face cache: no network needed
-        return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, local_files_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, local_files_only=True)
     except Exception:
         pass
     hint = (
@@ -124,9 +140,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     """False when HF_HUB_OFFLINE is set or the hub's host does not resolve/connect (fast, no retries)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((url.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -215,13 +232,13 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
-    scan = scan_image_folder(cfg.data_path, validate=cfg.validate_images)
-    os.makedirs(cfg.output, exist_ok=True)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if cfg.image_size % factor:
         raise ValueError(
             f"image_size={cfg.image_size} must be a multiple of the VAE's downsampling factor {factor}"
         )
+    scan = scan_image_folder(cfg.data_path, validate=cfg.validate_images)
+    os.makedirs(cfg.output, exist_ok=True)
     latent_shape = [int(vae.config.latent_channels), cfg.image_size // factor, cfg.image_size // factor]
     fingerprint = _fingerprint(cfg, scan.samples, scan.root)
     n_shards = math.ceil(len(scan.samples) / cfg.shard_size)
@@ -229,27 +246,28 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    shards, skipped = [], list(scan.skipped)
-    bar = tqdm(total=len(scan.samples), unit="img", disable=not progress, desc="extract_latents")
-    for k in range(n_shards):
-        part = scan.samples[k * cfg.shard_size : (k + 1) * cfg.shard_size]
+    mine = [k for k in range(n_shards) if k % cfg.world_size == cfg.rank]
+    for k in tqdm(mine, unit="shard", disable=not progress, desc="extract_latents"):
         path = os.path.join(cfg.output, shard_name(k))
-        meta = _existing_shard(path, fingerprint, k)
-        if meta is None:
-            meta = _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save_file)
-        else:
+        if _existing_shard(path, fingerprint, k) is not None:
             log.info("shard %s already done, skipping", path)
-        shard_skipped = json.loads(meta["skipped"])
-        skipped += shard_skipped
+            continue
+        part = scan.samples[k * cfg.shard_size : (k + 1) * cfg.shard_size]
+        _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save_file)
+    shards, skipped, missing = [], list(scan.skipped), []
+    for k in range(n_shards):  # after our own shards, so the last rank to finish sees them all
+        meta = _existing_shard(os.path.join(cfg.output, shard_name(k)), fingerprint, k)
+        if meta is None:
+            missing.append(k)
+            continue
+        skipped += json.loads(meta["skipped"])
         shards.append({"file": shard_name(k), "count": int(meta["count"])})
-        bar.update(len(part))
-    bar.close()
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(scan.samples), scan.root)
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": 1,
-        "vae": cfg.vae,
+        "vae": os.path.abspath(os.path.expanduser(cfg.vae)) if _is_local(cfg.vae) else cfg.vae,
         "vae_subfolder": cfg.vae_subfolder,
         "scale_factor": cfg.scale_factor,
         "posterior": cfg.posterior,
@@ -262,8 +280,18 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
         "skipped": skipped,
         "data_path": scan.root,
         "fingerprint": fingerprint,
-        "config": asdict(cfg),
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("rank", "world_size", "progress")},
+        "complete": not missing,
     }
+    if missing:
+        log.info(
+            "rank %d/%d done; shards %s of other ranks are not finished, so no manifest yet "
+            "(the last rank to finish writes it; or rerun with --world-size 1)",
+            cfg.rank,
+            cfg.world_size,
+            missing,
+        )
+        return manifest
     _atomic_write_json(manifest, os.path.join(cfg.output, MANIFEST_NAME))
     log.info("wrote %d latents in %d shards to %s", manifest["num_items"], len(shards), cfg.output)
     return manifest
@@ -329,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-validate", dest="validate_images", action="store_false", help="skip the PIL verify pass"
     )
+    p.add_argument(
+        "--rank", type=int, default=0, help="this process's share: shards k with k %% world-size == rank"
+    )
+    p.add_argument("--world-size", type=int, default=1, help="number of processes sharing the shards")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     return p
 
@@ -342,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{manifest['num_items']} latents {manifest['latent_shape']} -> {args.output}")
+    done = "" if manifest["complete"] else " (partial: other ranks' shards missing, no manifest yet)"
+    print(f"{manifest['num_items']} latents {manifest['latent_shape']} -> {args.output}{done}")
     return 0
 
 

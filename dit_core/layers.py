@@ -72,7 +72,9 @@ class LabelEmbedder(nn.Module):
     ) -> torch.Tensor:
         if (train and self.dropout_prob > 0) or force_drop_ids is not None:
             if self.dropout_prob <= 0:
-                raise ValueError("force_drop_ids needs a null class: build the model with class_dropout_prob > 0")
+                raise ValueError(
+                    "force_drop_ids needs a null class: build the model with class_dropout_prob > 0"
+                )
             labels = self.token_drop(labels, force_drop_ids)
         return self.embedding_table(labels)
 

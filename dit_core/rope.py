@@ -27,7 +27,9 @@ def rope_angles(
     i.e. no rotation. Returns `(cos, sin)`, each `(num_prefix + grid_h * grid_w, head_dim)` float32.
     """
     if head_dim % 4:
-        raise ValueError(f"2-D RoPE needs a head dim divisible by 4 (two axes x rotation pairs), got {head_dim}")
+        raise ValueError(
+            f"2-D RoPE needs a head dim divisible by 4 (two axes x rotation pairs), got {head_dim}"
+        )
     quarter = head_dim // 4
     freqs = theta ** (-torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
     rows, cols = torch.meshgrid(

@@ -7,7 +7,9 @@ the sweep's dry run works on its own. Both count one multiply-add as one flop in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from sweeps.families import ModelShape
 
@@ -31,13 +33,26 @@ def model_compute(
     in_channels: int,
     num_classes: int,
     learn_sigma: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> ModelCompute:
-    """Parameters and FLOPs of DiT ``shape`` with ``patch_size`` on ``(in_channels, input_size^2)`` inputs."""
+    """Parameters and FLOPs of DiT ``shape`` with ``patch_size`` on ``(in_channels, input_size^2)`` inputs.
+
+    extra: further `DiTConfig` fields (``mlp_ratio``, ``block_type``, ...) from the sweep's
+    ``model.*`` train overrides; the local closed form supports only the defaults.
+    """
     try:
         from dit_core.flops import forward_gflops, param_count, train_flops_per_image
         from dit_core.models import DiTConfig
     except ImportError:
+        if extra:
+            raise ValueError(
+                f"model overrides {sorted(extra)} need dit_core.flops, which is not importable"
+            ) from None
         return _closed_form(shape, patch_size, input_size, in_channels, num_classes, learn_sigma)
+    valid = {f.name for f in dataclasses.fields(DiTConfig)}
+    unknown = sorted(set(extra or {}) - valid)
+    if unknown:
+        raise ValueError(f"model override(s) {unknown} are not DiTConfig fields; valid: {sorted(valid)}")
     cfg = DiTConfig(
         depth=shape.depth,
         hidden_size=shape.hidden_size,
@@ -47,6 +62,7 @@ def model_compute(
         in_channels=in_channels,
         num_classes=num_classes,
         learn_sigma=learn_sigma,
+        **(extra or {}),
     )
     return ModelCompute(
         params=int(param_count(cfg)),

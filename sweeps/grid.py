@@ -228,9 +228,10 @@ def parse_budget(text: str | float) -> float:
 def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of ``spec``, ordered by budget, then model (as listed), then patch size."""
     spec.validate()
+    extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
     computes = {
         (m, p): model_compute(
-            m, p, spec.data.input_size, spec.data.in_channels, spec.data.num_classes, spec.learn_sigma
+            m, p, spec.data.input_size, spec.data.in_channels, spec.data.num_classes, spec.learn_sigma, extra
         )
         for m in spec.models()
         for p in spec.patch_sizes
@@ -238,6 +239,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
     cells: list[Cell] = []
     for budget in sorted(set(spec.budgets)):
         row: list[Cell] = []
+        too_small: list[str] = []
         for (m, p), mc in computes.items():
             step_flops = spec.batch_size * mc.train_flops_per_image
             steps = int(budget // step_flops)
@@ -253,14 +255,17 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 steps=steps,
             )
             if spec.design == "grid" and steps < 1:
-                raise ValueError(
-                    f"budget {format_budget(budget)} is smaller than one training step of {cell.model_name} "
-                    f"({spec.batch_size} images x {mc.train_flops_per_image:.3g} FLOPs = {step_flops:.3g} "
-                    "FLOPs); raise the budget or lower batch_size"
+                too_small.append(
+                    f"{cell.model_name} ({spec.batch_size} x {mc.train_flops_per_image:.3g} FLOPs)"
                 )
             if spec.design == "isoflop" and not (spec.isoflop_min_steps <= steps <= spec.isoflop_max_steps):
                 continue
             row.append(cell)
+        if too_small:
+            raise ValueError(
+                f"budget {format_budget(budget)} is smaller than one training step of "
+                f"{', '.join(too_small)}; raise the budget or lower batch_size"
+            )
         if spec.design == "isoflop" and len(row) < 2:
             raise ValueError(
                 f"IsoFLOP budget {format_budget(budget)} spans {len(row)} model size(s) with "

@@ -8,6 +8,7 @@ for but absent) raises ValueError before anything is submitted.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -175,8 +176,7 @@ class _Runner:
         try:
             self.result.results[cid] = job.result()
         except Exception as e:  # a failed cell is reported, the sweep goes on
-            msg = str(e).strip().splitlines()
-            self.result.errors[cid] = msg[-1] if msg else type(e).__name__
+            self.result.errors[cid] = _error_line(e)
             log.error("cell %s failed (job %s): %s", cid, job.job_id, self.result.errors[cid])
 
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
@@ -194,3 +194,10 @@ class _Runner:
                 elapsed_s=time.monotonic() - self.t0,
             )
         )
+
+
+def _error_line(e: BaseException) -> str:
+    """The remote exception line (``RuntimeError: ...``) of a submitit FailedJobError, else str(e)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    found = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", ln)]
+    return found[-1] if found else (lines[0] if lines else type(e).__name__)

@@ -85,12 +85,28 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
             raise ValueError(
                 f"{type(cfg).__name__} has no field {head!r} (override {head}...); valid: {sorted(names)}"
             )
+    for head, value in direct.items():
+        direct[head] = _coerce(value, getattr(cfg, head), f"{type(cfg).__name__}.{head}")
     for head, sub in nested.items():
         child = getattr(cfg, head)
         if not dataclasses.is_dataclass(child):
             raise ValueError(f"{type(cfg).__name__}.{head} is not a nested config; cannot set {sorted(sub)}")
         direct[head] = apply_overrides(child, sub)
     return dataclasses.replace(cfg, **direct) if direct else cfg
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """YAML 1.1 reads ``3e-4`` as a string: convert strings/ints to the current field's number type."""
+    try:
+        if isinstance(current, bool) or current is None or value is None:
+            return value
+        if isinstance(current, float) and isinstance(value, (str, int)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(current, int) and isinstance(value, str):
+            return int(value)
+    except ValueError:
+        raise ValueError(f"{where}: cannot use {value!r} for a {type(current).__name__} field") from None
+    return value
 
 
 def check_trainer(module: str, tasks: list[CellTask]) -> None:

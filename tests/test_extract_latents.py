@@ -250,3 +250,20 @@ def test_hub_id_offline_fails_fast_with_a_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=r"hub is not reachable.*--vae ./vae"):
         ex.load_vae("nobody-here/no-such-vae")
+
+
+def test_shards_split_over_ranks_match_single_process(extracted, image_dir, vae_dir, tmp_path):
+    out = tmp_path / "ranks"
+    part = extract_latents(_cfg(image_dir, vae_dir, out, rank=1, world_size=2))
+    assert not part["complete"] and not (out / "manifest.json").exists()
+    assert sorted(os.listdir(out)) == ["latents_00001.safetensors"]
+    full = extract_latents(_cfg(image_dir, vae_dir, out, rank=0, world_size=2, num_workers=2))
+    assert full["complete"] and (out / "manifest.json").is_file()
+    _, single = extracted
+    assert full["fingerprint"] == single["fingerprint"] and full["shards"] == single["shards"]
+    a = build_dataset(DataConfig(name="latents", root=str(out)))
+    b = build_dataset(DataConfig(name="latents", root=str(extracted[0])))
+    for i in range(len(b)):
+        torch.testing.assert_close(a.pair(i)[0], b.pair(i)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rank < world_size"):
+        _cfg(image_dir, vae_dir, out, rank=2, world_size=2)

@@ -126,9 +126,10 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> torch.Tensor:
-        """The unflipped image of item ``index``: float32 ``(3, S, S)`` in [-1, 1] (raises if unreadable)."""
-        return to_tensor(center_crop_arr(load_rgb(self.samples[index][0]), self.resolution))
+    def load(self, index: int, flip: bool = False) -> torch.Tensor:
+        """Image of item ``index``: float32 ``(3, S, S)`` in [-1, 1] (raises if unreadable)."""
+        arr = center_crop_arr(load_rgb(self.samples[index][0]), self.resolution)
+        return to_tensor(arr[:, ::-1] if flip else arr)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.samples)
@@ -136,7 +137,7 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
             j = (index + k) % n
             path, label = self.samples[j]
             try:
-                x = self.load(j)
+                x = self.load(j, flip=self.is_flipped(index))
             except Exception as e:
                 self.load_failures += 1
                 if path not in self.skipped:
@@ -149,7 +150,5 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
                     self.load_failures,
                 )
                 continue
-            if self.is_flipped(index):
-                x = x.flip(-1)
             return x, torch.tensor(label, dtype=torch.int64)
         raise RuntimeError(f"no image in {self.root!r} could be loaded")

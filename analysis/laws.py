@@ -1,0 +1,248 @@
+"""Power laws in one variable and the compute-efficient frontier (Chinchilla approach 1).
+
+- pure power law        y = A * x^-alpha          (least squares on log y vs log x)
+- saturating power law  y = E + A * x^-alpha      (least squares on log y; E = exp(e) >= 0)
+A positive exponent `alpha` means y falls with x; for growth laws (N_opt ~ C^a) alpha = -a.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from analysis.bootstrap import BootstrapResult, bootstrap_points
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PowerLawFit:
+    """y = E + A x^-alpha (E = 0 for the pure law); params in the units of the data."""
+
+    kind: str  # "pure" | "saturating"
+    params: dict[str, float]
+    rmse_log: float  # root mean square of log residuals
+    n_points: int
+    x_name: str = "x"
+    y_name: str = "y"
+    bootstrap: BootstrapResult | None = None
+
+    def predict(self, x) -> np.ndarray:
+        p = self.params
+        return p.get("E", 0.0) + p["A"] * np.asarray(x, float) ** (-p["alpha"])
+
+    def predict_interval(self, x, level: float = 0.95):
+        """Bootstrap percentile band of the prediction at x: (lo, hi), or (nan, nan) without bootstrap."""
+        x = np.asarray(x, float)
+        if self.bootstrap is None or self.bootstrap.n_ok < 2:
+            return np.full_like(x, np.nan), np.full_like(x, np.nan)
+        return self.bootstrap.interval_of(
+            lambda p: p.get("E", 0.0) + p["A"] * x ** (-p["alpha"]), level
+        )
+
+    @property
+    def se(self) -> dict[str, float]:
+        return self.bootstrap.se() if self.bootstrap is not None else {}
+
+    def conf_int(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
+        return self.bootstrap.conf_int(level) if self.bootstrap is not None else {}
+
+    def formula(self) -> str:
+        p = self.params
+        body = f"{p['A']:.4g} * {self.x_name}^(-{p['alpha']:.4g})"
+        return f"{self.y_name} = " + (f"{p['E']:.4g} + {body}" if self.kind == "saturating" else body)
+
+    def summary(self) -> str:
+        lines = [f"{self.kind} power law: {self.formula()}  (n={self.n_points}, rmse log={self.rmse_log:.3g})"]
+        se, ci = self.se, self.conf_int()
+        for k, v in self.params.items():
+            lo, hi = ci.get(k, (math.nan, math.nan))
+            lines.append(f"  {k:>6} = {v:.5g}  se {se.get(k, math.nan):.3g}  95% [{lo:.5g}, {hi:.5g}]")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind, **self.params, "rmse_log": self.rmse_log, "n_points": self.n_points}
+        if self.bootstrap is not None:
+            out["se"] = self.se
+            out["ci95"] = {k: list(v) for k, v in self.conf_int().items()}
+        return out
+
+
+def _check_xy(x, y, n_params: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    if len(x) != len(y):
+        raise ValueError(f"{what}: x and y lengths differ ({len(x)} vs {len(y)})")
+    if np.any(~np.isfinite(x) | (x <= 0)) or np.any(~np.isfinite(y) | (y <= 0)):
+        raise ValueError(f"{what}: x and y must be positive and finite")
+    if len(x) <= n_params:
+        raise ValueError(f"{what}: {len(x)} points for {n_params} parameters; need more points than parameters")
+    if np.ptp(np.log(x)) == 0:
+        raise ValueError(f"{what}: all x are equal; a power law needs a range of x")
+    return x, y
+
+
+def _pure(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
+    slope, icpt = np.polyfit(lx, ly, 1)
+    return math.exp(icpt), -slope
+
+
+def _saturating(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float, float]:
+    """(E, A, alpha) minimising sum (log(E + A x^-alpha) - log y)^2, x centred for conditioning."""
+    xc = lx.mean()
+    u = lx - xc
+    y = np.exp(ly)
+    best = None
+    for frac in (0.0, 0.5, 0.9):  # a few starts for E as a fraction of min(y)
+        e0 = frac * y.min()
+        a0, al0 = _pure(u, np.log(y - e0))
+        x0 = np.array([math.log(max(e0, 1e-12 * y.min())), math.log(a0), al0])
+
+        def res(th):
+            return np.logaddexp(th[0], th[1] - th[2] * u) - ly
+
+        r = least_squares(res, x0, method="lm", xtol=1e-12, ftol=1e-12)
+        if best is None or r.cost < best.cost:
+            best = r
+    e, a, alpha = best.x
+    return math.exp(e), math.exp(a + alpha * xc), float(alpha)
+
+
+def fit_power_law(
+    x,
+    y,
+    *,
+    saturating: bool = True,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    x_name: str = "x",
+    y_name: str = "y",
+) -> PowerLawFit:
+    """Fit y = E + A x^-alpha (saturating) or y = A x^-alpha (pure); optional point bootstrap."""
+    n_params = 3 if saturating else 2
+    x, y = _check_xy(x, y, n_params, f"power law {y_name}({x_name})")
+    lx, ly = np.log(x), np.log(y)
+
+    def params_of(idx) -> dict[str, float]:
+        if saturating:
+            e, a, alpha = _saturating(lx[idx], ly[idx])
+            return {"E": e, "A": a, "alpha": alpha}
+        a, alpha = _pure(lx[idx], ly[idx])
+        return {"A": a, "alpha": alpha}
+
+    all_idx = np.arange(len(x))
+    params = params_of(all_idx)
+    fit = PowerLawFit("saturating" if saturating else "pure", params, 0.0, len(x), x_name, y_name)
+    fit.rmse_log = float(np.sqrt(np.mean((np.log(fit.predict(x)) - ly) ** 2)))
+    if n_bootstrap > 0:
+
+        def one(idx):
+            if np.ptp(lx[idx]) == 0 or len(np.unique(idx)) <= n_params:
+                return None
+            return params_of(idx)
+
+        fit.bootstrap = bootstrap_points(one, len(x), n_bootstrap, seed=seed)
+    return fit
+
+
+# ----------------------------------------------------------------------------------------------
+# frontier
+
+
+def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
+    """Lower envelope of y over runs against compute (Chinchilla approach 1).
+
+    With several points per run, each run's curve is interpolated (in log C) on a log grid of
+    `n_grid` budgets and the best run is taken at each; with one point per run, the frontier is
+    the Pareto set (each point beats every point of smaller compute). Returns columns
+    C, y, N, D, run_id, model (one row per frontier point, sorted by C).
+    """
+    pts = points.dropna(subset=[y]).sort_values("C")
+    if len(pts) == 0:
+        return pd.DataFrame(columns=["C", y, "N", "D", "run_id", "model"])
+    per_run = pts.groupby("run_id").size()
+    if per_run.max() < 2:
+        best = np.minimum.accumulate(pts[y].to_numpy())
+        keep = pts[y].to_numpy() <= best
+        keep &= np.r_[True, pts[y].to_numpy()[1:] < best[:-1]]
+        out = pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]]
+        return out.reset_index(drop=True)
+    lc = np.log(pts["C"].to_numpy())
+    grid = np.linspace(lc.min(), lc.max(), n_grid)
+    best_y = np.full(n_grid, np.inf)
+    rows: list[dict | None] = [None] * n_grid
+    for rid, g in pts.groupby("run_id"):
+        g = g.sort_values("C")
+        gc = np.log(g["C"].to_numpy())
+        inside = (grid >= gc.min()) & (grid <= gc.max())
+        if not inside.any():
+            continue
+        yi = np.interp(grid[inside], gc, g[y].to_numpy())
+        di = np.exp(np.interp(grid[inside], gc, np.log(g["D"].to_numpy())))
+        for j, yv, dv in zip(np.flatnonzero(inside), yi, di):
+            if yv < best_y[j]:
+                best_y[j] = yv
+                rows[j] = {
+                    "C": math.exp(grid[j]),
+                    y: yv,
+                    "N": g["N"].iloc[0],
+                    "D": dv,
+                    "run_id": rid,
+                    "model": g["model"].iloc[0],
+                }
+    return pd.DataFrame([r for r in rows if r is not None])
+
+
+@dataclass
+class FrontierFit:
+    """Approach 1: the frontier and power laws fitted to it: y(C), N_opt(C), D_opt(C)."""
+
+    frontier: pd.DataFrame
+    y_law: PowerLawFit | None
+    n_opt: PowerLawFit | None
+    d_opt: PowerLawFit | None
+
+    @property
+    def a(self) -> float:
+        return -self.n_opt.params["alpha"] if self.n_opt else math.nan
+
+    @property
+    def b(self) -> float:
+        return -self.d_opt.params["alpha"] if self.d_opt else math.nan
+
+    def to_dict(self) -> dict:
+        return {
+            "n_frontier_points": len(self.frontier),
+            "law": self.y_law.to_dict() if self.y_law else None,
+            "N_opt": self.n_opt.to_dict() if self.n_opt else None,
+            "D_opt": self.d_opt.to_dict() if self.d_opt else None,
+            "a": self.a,
+            "b": self.b,
+        }
+
+
+def fit_frontier(
+    points: pd.DataFrame, y: str = "loss", *, n_bootstrap: int = 0, seed: int = 0, n_grid: int = 40
+) -> FrontierFit:
+    """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws.
+
+    A law that cannot be fitted (too few frontier points, one model everywhere) is None.
+    """
+    fr = compute_frontier(points, y, n_grid)
+    laws: list[PowerLawFit | None] = []
+    for col, sat, name in ((y, True, y), ("N", False, "N_opt"), ("D", False, "D_opt")):
+        try:
+            laws.append(
+                fit_power_law(
+                    fr["C"], fr[col], saturating=sat, n_bootstrap=n_bootstrap, seed=seed, x_name="C",
+                    y_name=name,
+                )  # fmt: skip
+            )
+        except ValueError as e:
+            log.info("frontier %s(C) not fitted: %s", name, e)
+            laws.append(None)
+    return FrontierFit(fr, *laws)

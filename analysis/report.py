@@ -1,0 +1,147 @@
+"""Markdown report + JSON + plots of an Analysis, optionally logged to MLflow as an analysis run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from analysis.pipeline import Analysis, HoldoutResult, Prediction
+from analysis.plots import plot_all
+
+log = logging.getLogger(__name__)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def results_dict(an: Analysis, predictions=(), holdout: HoldoutResult | None = None) -> dict:
+    """Everything as one JSON-ready dict (parametric E, A, B, alpha, beta at the top level)."""
+    out = an.to_dict()
+    out["predictions"] = [p.to_dict() for p in predictions]
+    out["holdout"] = holdout.to_dict() if holdout else None
+    return _jsonable(out)
+
+
+def write_json(path, an: Analysis, predictions=(), holdout: HoldoutResult | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results_dict(an, predictions, holdout), indent=2))
+    return path
+
+
+def _fmt_law(law) -> str:
+    return "not fitted" if law is None else f"`{law.formula()}`"
+
+
+def markdown(an: Analysis, plots: dict[str, Path], predictions=(), holdout: HoldoutResult | None = None,
+             source: str = "") -> str:  # fmt: skip
+    """The report text; plot paths are written relative to the report's folder."""
+    pts = an.points
+    lines = [
+        "# DiT scaling-law analysis",
+        "",
+        f"Data: {source} - {len(pts)} points from {pts['run_id'].nunique()} runs, "
+        f"N {pts['N'].min():.3g}..{pts['N'].max():.3g}, C {pts['C'].min():.3g}..{pts['C'].max():.3g} FLOPs "
+        "(true FLOPs = 2 x multiply-adds).",
+        f"Bootstrap: {an.config.n_bootstrap} resamples, seed {an.config.seed}; intervals are "
+        f"{100 * an.config.level:g}% percentile intervals.",
+        "",
+        "## Removed points",
+        "",
+    ]
+    if len(an.removed):
+        lines.append("| run | model | N | D | C | loss | reason |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for _, r in an.removed.iterrows():
+            lines.append(
+                f"| {r['run_id']} | {r['model']} | {r['N']:.4g} | {r['D']:.4g} | {r['C']:.4g} | {r['loss']:.4g} | "
+                f"{r['reason']} |"
+            )
+    else:
+        lines.append("None (outlier removal is off unless `--drop-highest-loss` or `--outlier-sigma` is given).")
+    lines += ["", "## Approach 3: parametric law L(N, D) = E + A/N^alpha + B/D^beta", ""]
+    if an.parametric is not None:
+        lines += ["```", an.parametric.summary(), "```"]
+        lines.append(
+            f"Compute-optimal allocation with C = {an.flops_per_param_datum:.4g} N D: "
+            f"N_opt ~ C^{an.parametric.a:.4f}, D_opt ~ C^{an.parametric.b:.4f}."
+        )
+    lines += ["", "## Approach 1: compute-efficient frontier", ""]
+    fr = an.frontier
+    lines.append(f"- loss frontier (saturating): {_fmt_law(fr.y_law)}")
+    lines.append(f"- loss frontier (pure power law): {_fmt_law(an.loss_vs_compute_pure)}")
+    lines.append(f"- N_opt(C): {_fmt_law(fr.n_opt)} (a = {fr.a:.4f})")
+    lines.append(f"- D_opt(C): {_fmt_law(fr.d_opt)} (b = {fr.b:.4f})")
+    lines += ["", "## Approach 2: IsoFLOP profiles", "", "```", an.isoflop.summary(), "```"]
+    lines += ["", "## FID", ""]
+    lines.append(f"- FID vs validation loss: {_fmt_law(an.fid_vs_loss)}")
+    lines.append(f"- FID frontier vs compute: {_fmt_law(an.fid_frontier.y_law if an.fid_frontier else None)}")
+    if predictions:
+        lines += ["", "## Predictions", ""]
+        for p in predictions:
+            lines += ["```", p.text(), "```"]
+    if holdout is not None:
+        lines += ["", "## Holdout: fit without the largest-compute runs", "", "```", holdout.text(), "```"]
+    if an.messages:
+        lines += ["", "## Notes", ""] + [f"- {m}" for m in an.messages]
+    lines += ["", "## Figures", ""]
+    for name, p in plots.items():
+        lines += [f"![{name}]({Path(p).name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    an: Analysis,
+    out_dir,
+    predictions: list[Prediction] | tuple = (),
+    holdout: HoldoutResult | None = None,
+    source: str = "",
+) -> dict[str, Path]:
+    """Write report.md, results.json and the PNGs into out_dir; returns name -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = dict(plot_all(an, out))
+    md = out / "report.md"
+    md.write_text(markdown(an, paths, predictions, holdout, source))
+    paths["report"] = md
+    paths["json"] = write_json(out / "results.json", an, predictions, holdout)
+    return paths
+
+
+def log_to_mlflow(paths: dict[str, Path], experiment: str, tracking_uri: str | None, summary: dict) -> str:
+    """Log the report files as artifacts of a new run (tag analysis=true) in the experiment; returns its id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"MLflow experiment {experiment!r} not found")
+    run = client.create_run(exp.experiment_id, run_name="scaling-analysis", tags={"analysis": "true"})
+    rid = run.info.run_id
+    try:
+        for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
+            v = summary.get(k)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                client.log_metric(rid, f"fit/{k}", float(v))
+        for name, p in paths.items():
+            client.log_artifact(rid, str(p), artifact_path="analysis")
+        client.set_terminated(rid, "FINISHED")
+    except Exception:
+        client.set_terminated(rid, "FAILED")
+        raise
+    return rid

@@ -1,0 +1,225 @@
+"""Load scaling points into one tidy DataFrame, from MLflow run histories or from a CSV.
+
+Columns of the tidy frame (one row per evaluation point):
+  N (parameters), D (images or tokens seen), C (true training FLOPs), loss, fid (NaN if not logged),
+  run_id, model (shape name), step, final (last point of its run), budget (planned FLOPs or NaN),
+  forward_gflops (NaN if unknown), status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
+FID_METRICS = ("eval/fid", "eval/fid_digits")
+DEFAULT_EXPERIMENT = "ditscale-demo"
+
+
+def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
+    """Check the required columns and positivity; raise ValueError naming the problem."""
+    missing = [c for c in ("N", "D", "loss") if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{source}: missing column(s) {missing}; need N (parameters), D (training images or tokens) "
+            f"and loss (optional: C, fid). Columns found: {list(df.columns)}"
+        )
+    if len(df) == 0:
+        raise ValueError(f"{source}: no rows")
+    for col in ("N", "D", "C", "loss"):
+        if col not in df.columns:
+            continue
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        bad = ~np.isfinite(v) | (v <= 0)
+        if bad.any():
+            rows = list(np.flatnonzero(bad)[:5])
+            raise ValueError(
+                f"{source}: column {col} must be a positive number in every row; "
+                f"{int(bad.sum())} row(s) are not (first at row index {rows})"
+            )
+    if "fid" in df.columns:
+        f = pd.to_numeric(df["fid"], errors="coerce")
+        if (f.dropna() <= 0).any():
+            raise ValueError(f"{source}: column fid must be > 0 where given")
+    return df
+
+
+def _finish(df: pd.DataFrame, flops_per_param_datum: float | None) -> pd.DataFrame:
+    """Fill optional columns with defaults and order the columns."""
+    df = df.copy()
+    if "C" not in df.columns:
+        k = 6.0 if flops_per_param_datum is None else flops_per_param_datum
+        log.info("no C column: using C = %g * N * D", k)
+        df["C"] = k * df["N"] * df["D"]
+    defaults = {
+        "fid": np.nan,
+        "run_id": None,
+        "model": None,
+        "step": np.nan,
+        "final": True,
+        "budget": np.nan,
+        "forward_gflops": np.nan,
+    }
+    for col, val in defaults.items():
+        if col not in df.columns:
+            df[col] = val
+    if df["run_id"].isna().all():
+        df["run_id"] = [f"row{i}" for i in range(len(df))]
+    if df["model"].isna().all():
+        df["model"] = [f"N={n:.3g}" for n in df["N"]]
+    for col in ("N", "D", "C", "loss", "fid", "budget", "forward_gflops"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[COLUMNS + extra].reset_index(drop=True)
+
+
+def load_csv(path: str | os.PathLike, *, flops_per_param_datum: float | None = None) -> pd.DataFrame:
+    """Read a CSV with columns N, D, loss (optional C, fid, run_id, model, ...) into the tidy frame.
+
+    Without C, C = k N D with k = flops_per_param_datum (default 6, the LM convention).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"CSV file not found: {path}")
+    df = pd.read_csv(path)
+    validate_points(df, source=str(path))
+    return _finish(df, flops_per_param_datum)
+
+
+def load_epoch_chinchilla(path: str | os.PathLike, *, drop_highest: int = 5) -> pd.DataFrame:
+    """Epoch AI's extraction of Hoffmann et al.'s Figure 4 (arXiv:2404.10102, 2203.15556) as tidy points.
+
+    D = C / (6 N) as in Epoch's notebook; Epoch drop the `drop_highest` highest-loss rows (5 -> 240).
+    """
+    raw = pd.read_csv(path)
+    df = pd.DataFrame({"N": raw["Model Size"], "C": raw["Training FLOP"], "loss": raw["loss"]})
+    df["D"] = df["C"] / (6.0 * df["N"])
+    if drop_highest:
+        df = df[df["loss"] < np.sort(df["loss"].to_numpy())[-drop_highest]]
+    validate_points(df, source=str(path))
+    return _finish(df, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# MLflow
+
+
+def _history(client, run_id: str, key: str) -> pd.Series:
+    """Metric history as a Series indexed by step (last value wins on duplicate steps)."""
+    hist = client.get_metric_history(run_id, key)
+    if not hist:
+        return pd.Series(dtype=float)
+    s = pd.Series({m.step: m.value for m in sorted(hist, key=lambda m: (m.step, m.timestamp))})
+    return s.sort_index()
+
+
+def _model_name(params: dict) -> str:
+    if params.get("model.name"):
+        return params["model.name"]
+    d, h, p = (params.get(f"model.{k}") for k in ("depth", "hidden_size", "patch_size"))
+    return f"DiT-d{d}-w{h}/{p}" if d and h and p else "unknown"
+
+
+def _float(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run_points(client, run) -> pd.DataFrame:
+    """Tidy points from one run's metric history: one row per step where val/loss was logged."""
+    rid = run.info.run_id
+    params = run.data.params
+    loss = _history(client, rid, "val/loss")
+    if loss.empty:
+        return pd.DataFrame()
+    comp = _history(client, rid, "compute/train_flops")
+    seen = _history(client, rid, "data/images_seen")
+    if comp.empty or seen.empty:
+        log.warning("run %s has val/loss but no compute/train_flops or data/images_seen; skipped", rid)
+        return pd.DataFrame()
+    steps = loss.index.to_numpy(float)
+    # compute and data grow linearly in steps: interpolate where they were logged at other steps
+    c = np.interp(steps, comp.index.to_numpy(float), comp.to_numpy(float))
+    d = np.interp(steps, seen.index.to_numpy(float), seen.to_numpy(float))
+    fid = pd.Series(np.nan, index=loss.index)
+    for key in FID_METRICS:
+        f = _history(client, rid, key)
+        if not f.empty:
+            fid = f.reindex(loss.index)
+            break
+    df = pd.DataFrame(
+        {
+            "N": _float(params.get("model.params")),
+            "D": d,
+            "C": c,
+            "loss": loss.to_numpy(float),
+            "fid": fid.to_numpy(float),
+            "run_id": rid,
+            "model": _model_name(params),
+            "step": steps,
+            "final": False,
+            "budget": _float(params.get("budget.train_flops")),
+            "forward_gflops": _float(params.get("model.forward_gflops")),
+            "depth": _float(params.get("model.depth")),
+            "hidden_size": _float(params.get("model.hidden_size")),
+            "patch_size": _float(params.get("model.patch_size")),
+            "status": run.data.tags.get("status", run.info.status.lower()),
+        }
+    )
+    df = df[(df["C"] > 0) & (df["D"] > 0)]  # the step-0 evaluation has no compute yet
+    if len(df):
+        df.loc[df.index[-1], "final"] = True
+    return df
+
+
+def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """Tidy points from every usable run of an MLflow experiment (see module docstring).
+
+    Skips runs tagged status=failed (or MLflow status FAILED) and analysis runs (tag analysis=true).
+    Raises ValueError if the experiment is missing or has no finished run.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(
+            f"MLflow experiment {experiment!r} not found at {uri}; run `python sweeps/launch.py` first "
+            "(or pass --experiment NAME / --tracking-uri URI, or --csv FILE)"
+        )
+    runs = client.search_runs([exp.experiment_id], max_results=50000)
+    frames, n_finished = [], 0
+    for run in runs:
+        tags = run.data.tags
+        if tags.get("analysis", "").lower() == "true":
+            continue
+        status = tags.get("status", run.info.status.lower())
+        if status.lower() == "failed" or run.info.status == "FAILED":
+            log.info("skipping failed run %s", run.info.run_id)
+            continue
+        n_finished += status.lower() == "finished"
+        if not np.isfinite(_float(run.data.params.get("model.params"))):
+            log.warning("run %s has no model.params param; skipped", run.info.run_id)
+            continue
+        frames.append(run_points(client, run))
+    if n_finished == 0:
+        raise ValueError(
+            f"MLflow experiment {experiment!r} has no finished runs (tag status=finished); "
+            "wait for the sweep to finish or run `python sweeps/launch.py`"
+        )
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        raise ValueError(f"MLflow experiment {experiment!r}: no run logged val/loss with compute and data")
+    df = pd.concat(frames, ignore_index=True)
+    validate_points(df, source=f"experiment {experiment!r}")
+    return _finish(df, None)

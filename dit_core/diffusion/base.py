@@ -1,0 +1,102 @@
+"""`Diffusion`: what the trainer, the samplers and the validation loss need from any process."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import DiffusionConfig
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """(N, ...) -> (N,): mean over every dimension but the batch."""
+    return x.mean(dim=tuple(range(1, x.ndim)))
+
+
+def broadcast_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(N,) per-example values -> (N, 1, ..., 1) in x's dtype and device, to multiply with x (N, ...)."""
+    return values.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode for the block and restore its previous training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class Diffusion(ABC):
+    """A forward noising process plus its training objective.
+
+    Timesteps `t` are whatever `sample_timesteps` returns: int64 step indices in [0, T) for the
+    Gaussian (eps/v/x0) diffusion, float64-precise floats in [0, 1] for "flow". The model always
+    receives `model_timesteps(t)`, on the 0..num_timesteps scale that DiT's embedding expects.
+    """
+
+    def __init__(self, config: DiffusionConfig):
+        self.config = config
+        self.objective = config.objective
+
+    @property
+    @abstractmethod
+    def num_timesteps(self) -> int:
+        """Number of discrete steps (Gaussian) or the scale of the model timestep (flow)."""
+
+    @property
+    def learn_sigma(self) -> bool:
+        """True iff the model must output 2*C channels (mean and variance interpolation)."""
+        return False
+
+    @abstractmethod
+    def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """Map u ~ U[0, 1) (N,) to timesteps (N,) distributed as the training timestep distribution."""
+
+    @abstractmethod
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Timesteps (N,) -> the values (N,) passed to the model, on the 0..num_timesteps scale."""
+
+    @abstractmethod
+    def training_losses(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-example losses: {"loss": (N,), ...} for data x0 (N, C, H, W) at timesteps t (N,)."""
+
+    def sample_timesteps(
+        self, n: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw n training timesteps (N,) on `device` from the configured distribution."""
+        gen_device = generator.device if generator is not None else device
+        u = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64)
+        return self.timesteps_from_uniform(u).to(device)
+
+    def _unit_time_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """u ~ U[0, 1) -> s in [0, 1] (float64): identity or the logit-normal inverse CDF."""
+        u = u.to(torch.float64)
+        if self.config.timestep_sampling == "uniform":
+            return u
+        z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-12, 1 - 1e-12) - 1.0)
+        return torch.sigmoid(self.config.logit_normal_mean + self.config.logit_normal_std * z)
+
+    def _check_output(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        want = x.shape[1] * (2 if self.learn_sigma else 1)
+        if out.shape[0] != x.shape[0] or out.shape[1] != want or out.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"model output has shape {tuple(out.shape)} but this diffusion expects "
+                f"({x.shape[0]}, {want}, {', '.join(map(str, x.shape[2:]))}) "
+                f"(learn_sigma={self.learn_sigma}); build the model with learn_sigma=diffusion.learn_sigma"
+            )

@@ -1,0 +1,92 @@
+"""`DiffusionConfig`: the typed, validated description of a diffusion process and its training loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+OBJECTIVES = ("eps", "v", "x0", "flow")
+SCHEDULES = ("linear", "cosine", "quadratic")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+FIXED_VARIANCES = ("large", "small")
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"DiffusionConfig.{name}={value!r} is unknown; valid choices: {list(choices)}")
+
+
+@dataclass
+class DiffusionConfig:
+    """How data is noised and what the model predicts.
+
+    objective: "eps" | "v" | "x0" (discrete-time Gaussian diffusion, DDPM family) or "flow"
+        (rectified flow: x_t = (1 - t) x0 + t noise, t in [0, 1], t = 1 is pure noise, the model
+        predicts the velocity noise - x0; it receives t * num_timesteps as its timestep).
+    schedule: beta schedule of the Gaussian diffusion (ignored by "flow" and when `betas` is given).
+    num_timesteps: trained number of discrete steps T; model timesteps are on the 0..T scale.
+    learn_sigma: eps/v/x0 only: the model also outputs C channels that interpolate the log
+        variance, trained with the hybrid loss mse + vb_lambda * T * L_t (improved DDPM; DiT).
+        Ignored by "flow" (a flow model never outputs a variance).
+    timestep_sampling: "uniform" or "logit_normal" (t = sigmoid(N(mean, std)), SD3-style).
+    betas: optional custom beta sequence (length num_timesteps, values in (0, 1)).
+    vb_lambda: weight lambda of the variational bound L_vlb = T * E_t[L_t] (1e-3 as in improved
+        DDPM / DiT, so that with T = 1000 the loss is mse + vb as in DiT).
+    fixed_variance: reverse variance when learn_sigma is False: "large" (beta_t, DiT's default)
+        or "small" (the posterior variance).
+    beta_start / beta_end: endpoints of the linear and quadratic schedules at T = 1000 (they are
+        scaled by 1000 / T for other T, as in improved DDPM).
+    """
+
+    objective: str = "eps"
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    learn_sigma: bool = True
+    timestep_sampling: str = "uniform"
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+    betas: tuple[float, ...] | None = None
+    vb_lambda: float = 1e-3
+    fixed_variance: str = "large"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
+        _check_choice("fixed_variance", self.fixed_variance, FIXED_VARIANCES)
+        if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int):
+            raise ValueError(f"DiffusionConfig.num_timesteps must be an int >= 1, got {self.num_timesteps!r}")
+        if self.num_timesteps < 1:
+            raise ValueError(f"DiffusionConfig.num_timesteps must be >= 1, got {self.num_timesteps}")
+        if not (math.isfinite(self.logit_normal_std) and self.logit_normal_std > 0):
+            raise ValueError(f"DiffusionConfig.logit_normal_std must be > 0, got {self.logit_normal_std}")
+        if not math.isfinite(self.logit_normal_mean):
+            raise ValueError(
+                f"DiffusionConfig.logit_normal_mean must be finite, got {self.logit_normal_mean}"
+            )
+        if not (math.isfinite(self.vb_lambda) and self.vb_lambda >= 0):
+            raise ValueError(f"DiffusionConfig.vb_lambda must be >= 0, got {self.vb_lambda}")
+        if not (0 < self.beta_start <= self.beta_end < 1):
+            raise ValueError(
+                "DiffusionConfig needs 0 < beta_start <= beta_end < 1, "
+                f"got beta_start={self.beta_start}, beta_end={self.beta_end}"
+            )
+        if self.betas is not None:
+            betas = tuple(float(b) for b in self.betas)
+            if len(betas) != self.num_timesteps:
+                raise ValueError(
+                    f"DiffusionConfig.betas has {len(betas)} entries but num_timesteps={self.num_timesteps}; "
+                    f"set num_timesteps={len(betas)}"
+                )
+            bad = [b for b in betas if not (0 < b < 1)]
+            if bad:
+                raise ValueError(f"DiffusionConfig.betas must lie in (0, 1); offending values: {bad[:5]}")
+            self.betas = betas
+
+    @property
+    def model_learns_sigma(self) -> bool:
+        """True iff the model must output 2*C channels (eps/v/x0 with learn_sigma; flow never)."""
+        return self.learn_sigma and self.objective != "flow"

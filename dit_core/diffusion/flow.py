@@ -1,0 +1,73 @@
+"""Rectified flow (linear interpolant, velocity objective), as in SD3 (Esser et al. 2024).
+
+Direction convention: x_t = (1 - t) x0 + t noise with t in [0, 1], so t = 0 is data and t = 1 is
+pure noise ("large t = noisy", as in DDPM). The model predicts the velocity dx_t/dt = noise - x0 and
+receives t * num_timesteps as its timestep. Sampling integrates the ODE from t = 1 down to t = 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Diffusion, broadcast_to, mean_flat
+from .config import DiffusionConfig
+
+
+class FlowMatching(Diffusion):
+    """Linear-interpolant flow matching with a velocity-predicting model (C output channels)."""
+
+    def __init__(self, config: DiffusionConfig):
+        super().__init__(config)
+        if config.objective != "flow":
+            raise ValueError(f"FlowMatching needs objective='flow', got {config.objective!r}")
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.config.num_timesteps
+
+    def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        return self._unit_time_from_uniform(u)
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        return t.float() * self.num_timesteps
+
+    def interpolate(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = (1 - t) x0 + t noise, (N, ...)."""
+        tt = broadcast_to(t, x0)
+        return (1.0 - tt) * x0 + tt * noise
+
+    @staticmethod
+    def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """d x_t / d t = noise - x0."""
+        return noise - x0
+
+    def predict_x0_eps(
+        self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, noise_hat) implied by a velocity (N, C, ...) at x_t and time t (N,)."""
+        tt = broadcast_to(t, x_t)
+        return x_t - tt * velocity, x_t + (1.0 - tt) * velocity
+
+    def training_losses(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """{"loss", "mse"} (N,): mean squared error of the predicted velocity at t in [0, 1] (N,)."""
+        if not t.is_floating_point():
+            raise ValueError(
+                "flow timesteps must be floats in [0, 1]; draw them with diffusion.sample_timesteps"
+            )
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.interpolate(x0, noise, t)
+        out = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
+        self._check_output(out, x_t)
+        mse = mean_flat((self.velocity_target(x0, noise) - out.float()) ** 2)
+        return {"loss": mse, "mse": mse}

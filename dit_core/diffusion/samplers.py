@@ -1,0 +1,273 @@
+"""Samplers: ancestral DDPM and DDIM (Gaussian diffusion, respaced), Euler / Heun / DDIM (flow).
+
+Classifier-free guidance uses ONE batched forward per model evaluation: the batch [x; x] with labels
+[y; null] goes through `model.forward_with_cfg` (official DiT convention) and the first half of the
+guided output is kept, so exactly N samples come back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .base import Diffusion, eval_mode
+from .flow import FlowMatching
+from .gaussian import GaussianDiffusion
+
+SAMPLERS = ("ddpm", "ddim", "euler", "heun")
+GAUSSIAN_SAMPLERS = ("ddpm", "ddim")
+FLOW_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _validate(diffusion: Diffusion, sampler: str, steps: int, cfg_scale: float, eta: float) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid choices: {list(SAMPLERS)}")
+    valid = FLOW_SAMPLERS if isinstance(diffusion, FlowMatching) else GAUSSIAN_SAMPLERS
+    if sampler not in valid:
+        raise ValueError(
+            f"sampler {sampler!r} does not apply to objective {diffusion.objective!r}; "
+            f"valid choices: {list(valid)}"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if steps > diffusion.num_timesteps:
+        raise ValueError(
+            f"steps={steps} is larger than the {diffusion.num_timesteps} trained timesteps; "
+            f"use 1..{diffusion.num_timesteps}"
+        )
+    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise ValueError(f"cfg_scale must be >= 0 (1.0 = no guidance), got {cfg_scale}")
+    if not (0.0 <= eta <= 1.0):
+        raise ValueError(f"eta must lie in [0, 1] (0 = deterministic DDIM), got {eta}")
+    if eta != 0.0 and sampler != "ddim":
+        raise ValueError(f"eta={eta} only applies to sampler='ddim', not {sampler!r}; leave eta=0")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
+
+
+def make_denoiser(
+    model: nn.Module, y: torch.Tensor, cfg_scale: float = 1.0, guide_channels: int | None = None
+) -> Denoiser:
+    """(x (N, C, H, W), t_model (N,)) -> model output (N, C_out, H, W), guided when cfg_scale != 1.
+
+    Guidance runs one forward on the 2N batch [x; x] with labels [y; null] through
+    `model.forward_with_cfg(x, t, y, cfg_scale[, guide_channels])`; the first N rows are returned.
+    """
+    if cfg_scale == 1.0:
+        return lambda x, t: model(x, t, y).to(x.dtype)
+    if not hasattr(model, "forward_with_cfg") or not hasattr(model, "num_classes"):
+        raise ValueError(
+            "cfg_scale != 1 needs a model with forward_with_cfg(x, t, y, cfg_scale) and num_classes"
+        )
+    y_both = torch.cat([y, torch.full_like(y, model.num_classes)])
+    extra = {} if guide_channels is None else {"guide_channels": guide_channels}
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), y_both, cfg_scale, **extra)
+        return out[: x.shape[0]].to(x.dtype)
+
+    return denoise
+
+
+def _labels(model: nn.Module, y: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    if y is None:
+        if not hasattr(model, "num_classes"):
+            raise ValueError("y=None means the null class, which needs model.num_classes")
+        return torch.full((n,), model.num_classes, dtype=torch.long, device=device)
+    y = torch.as_tensor(y, device=device)
+    if y.shape != (n,):
+        raise ValueError(f"y must have shape ({n},) to match the batch, got {tuple(y.shape)}")
+    return y.long()
+
+
+def ddim_step(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    cur: tuple[float, float],
+    nxt: tuple[float, float],
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One DDIM step between noise levels x = a x0 + s eps: cur = (a, s) -> nxt = (a', s').
+
+    x' = a' x0 + sqrt(s'^2 - sigma^2) eps + sigma z with sigma = eta * sqrt(posterior variance of
+    x' given (x, x0)), i.e. eta = 0 is the deterministic DDIM and eta = 1 the ancestral step. Works for
+    any Gaussian path (VP diffusion, linear flow interpolant) and in either direction when eta = 0.
+    """
+    (a, s), (a_n, s_n) = cur, nxt
+    sigma = 0.0
+    if eta > 0 and s > 0 and s_n > 0 and a_n > 0:
+        sigma = eta * (s_n / s) * math.sqrt(max(s * s - (a / a_n) ** 2 * s_n * s_n, 0.0))
+    out = a_n * x0 + math.sqrt(max(s_n * s_n - sigma * sigma, 0.0)) * eps
+    if sigma > 0:
+        out = out + sigma * _randn(x0.shape, generator, x0.device)
+    return out
+
+
+# ---------------------------------------------------------------------- Gaussian diffusion
+def _levels(d: GaussianDiffusion, i: int) -> tuple[float, float]:
+    """(a, s) = (sqrt(abar_i), sqrt(1 - abar_i)) of step i, or (1, 0) (clean data) for i = -1."""
+    if i < 0:
+        return 1.0, 0.0
+    abar = float(d.alphas_cumprod[i])
+    return math.sqrt(abar), math.sqrt(1.0 - abar)
+
+
+def _gaussian_predict(
+    d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, i: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    out = f(x, d.model_timesteps(t))
+    return t, d.p_mean_variance(out, x, t)
+
+
+def _sample_gaussian(
+    d: GaussianDiffusion,
+    f: Denoiser,
+    x: torch.Tensor,
+    sampler: str,
+    eta: float,
+    generator: torch.Generator | None,
+    progress: bool,
+) -> torch.Tensor:
+    for i in tqdm(range(d.num_timesteps - 1, -1, -1), disable=not progress, desc=sampler):
+        _, p = _gaussian_predict(d, f, x, i)
+        if sampler == "ddpm":
+            x = p["mean"]
+            if i > 0:
+                x = x + torch.exp(0.5 * p["log_variance"]) * _randn(x.shape, generator, x.device)
+        else:
+            x = ddim_step(p["pred_x0"], p["pred_eps"], _levels(d, i), _levels(d, i - 1), eta, generator)
+    return x
+
+
+def _invert_gaussian(d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, progress: bool) -> torch.Tensor:
+    for i in tqdm(range(d.num_timesteps), disable=not progress, desc="ddim-invert"):
+        # evaluate at the current (less noisy) level; from clean data x0_hat is x itself.
+        _, p = _gaussian_predict(d, f, x, max(i - 1, 0))
+        x0_hat = x if i == 0 else p["pred_x0"]
+        x = ddim_step(x0_hat, p["pred_eps"], _levels(d, i - 1), _levels(d, i))
+    return x
+
+
+# ---------------------------------------------------------------------- flow
+def _integrate_flow(
+    fm: FlowMatching,
+    f: Denoiser,
+    x: torch.Tensor,
+    times: Sequence[float],
+    sampler: str,
+    eta: float,
+    generator: torch.Generator | None,
+    progress: bool,
+) -> torch.Tensor:
+    """Follow the flow ODE (or DDIM/ancestral steps) through `times` (decreasing = sampling)."""
+    n = x.shape[0]
+    velocity = lambda x_, t_: f(x_, torch.full((n,), t_ * fm.num_timesteps, device=x.device))
+    for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=sampler):
+        v = velocity(x, t)
+        dt = t_next - t
+        if sampler == "euler":
+            x = x + dt * v
+        elif sampler == "heun":
+            v_next = velocity(x + dt * v, t_next)
+            x = x + dt * 0.5 * (v + v_next)
+        else:  # ddim (eta) or ddpm (ancestral = DDIM with eta = 1)
+            x0_hat, eps_hat = x - t * v, x + (1.0 - t) * v
+            step_eta = 1.0 if sampler == "ddpm" else eta
+            x = ddim_step(x0_hat, eps_hat, (1.0 - t, t), (1.0 - t_next, t_next), step_eta, generator)
+    return x
+
+
+def _time_grid(steps: int, reverse: bool) -> list[float]:
+    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    return grid[::-1] if reverse else grid
+
+
+# ---------------------------------------------------------------------- public API
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    diffusion: Diffusion,
+    shape: Sequence[int],
+    y: torch.Tensor | None,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    cfg_scale: float = 1.0,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    guide_channels: int | None = None,
+    progress: bool = False,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw N = shape[0] samples (N, C, H, W) from `model`.
+
+    y: (N,) class labels (the null label model.num_classes is allowed; None = all null).
+    Gaussian diffusion: sampler "ddpm" (ancestral, model variance) or "ddim" (eta in [0, 1]) on
+    `steps` evenly spaced trained timesteps. Flow: "euler", "heun" (ODE from t = 1 to 0 on a uniform
+    grid of `steps` intervals; Heun costs 2 evaluations per step), "ddim" or "ddpm".
+    cfg_scale: classifier-free guidance scale (1 = none), one batched forward per evaluation.
+    noise: optional starting noise (N, C, H, W); otherwise drawn with `generator`.
+    The model runs in eval mode under no_grad; its training flag is restored afterwards.
+    """
+    _validate(diffusion, sampler, steps, cfg_scale, eta)
+    shape = tuple(int(s) for s in shape)
+    if noise is not None and tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)} but shape={shape}")
+    device = noise.device if noise is not None else (y.device if torch.is_tensor(y) else _model_device(model))
+    x = noise.float() if noise is not None else _randn(shape, generator, device)
+    labels = _labels(model, y, shape[0], device)
+    with eval_mode(model):
+        f = make_denoiser(model, labels, cfg_scale, guide_channels)
+        if isinstance(diffusion, FlowMatching):
+            return _integrate_flow(
+                diffusion, f, x, _time_grid(steps, False), sampler, eta, generator, progress
+            )
+        if not isinstance(diffusion, GaussianDiffusion):
+            raise ValueError(f"unsupported diffusion type {type(diffusion).__name__}")
+        d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
+        return _sample_gaussian(d, f, x, sampler, eta, generator, progress)
+
+
+@torch.no_grad()
+def invert(
+    model: nn.Module,
+    diffusion: Diffusion,
+    x0: torch.Tensor,
+    y: torch.Tensor | None,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    cfg_scale: float = 1.0,
+    guide_channels: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Deterministic inversion: data x0 (N, C, H, W) -> the noise (N, C, H, W) from which
+    `sample(..., sampler, steps, eta=0, noise=result)` returns x0 (up to discretisation error).
+    Gaussian diffusion: "ddim"; flow: "ddim", "euler" or "heun"."""
+    _validate(diffusion, sampler, steps, cfg_scale, 0.0)
+    if sampler == "ddpm":
+        raise ValueError("the ancestral 'ddpm' sampler is stochastic and cannot be inverted; use 'ddim'")
+    labels = _labels(model, y, x0.shape[0], x0.device)
+    with eval_mode(model):
+        f = make_denoiser(model, labels, cfg_scale, guide_channels)
+        x = x0.float()
+        if isinstance(diffusion, FlowMatching):
+            return _integrate_flow(diffusion, f, x, _time_grid(steps, True), sampler, 0.0, None, progress)
+        d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
+        return _invert_gaussian(d, f, x, progress)

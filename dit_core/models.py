@@ -1,0 +1,432 @@
+"""The DiT model family (Peebles & Xie, "Scalable Diffusion Models with Transformers", arXiv:2212.09748).
+
+`DiT` keeps the official constructor, defaults and `state_dict` layout, so the released checkpoints
+(e.g. `DiT-XL-2-256x256.pt`) load with `load_state_dict(strict=True)`. On top of the paper's model it
+offers 2-D RoPE (`pos_embed="rope"`, resolution-agnostic), the paper's block-design ablation
+(`block_type`), and per-block activation checkpointing.
+
+Shapes: latents `x (N, C, H, W)`, tokens `(N, T, D)` with `T = (H/p) * (W/p)`, conditioning `c (N, D)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import BLOCK_CLASSES, BLOCK_TYPES, FinalLayer
+from .layers import LabelEmbedder, PatchEmbed, TimestepEmbedder
+from .pos_embed import sincos_2d
+from .rope import rope_angles
+
+logger = logging.getLogger(__name__)
+
+POS_EMBEDS = ("sincos", "rope")
+
+#: Official shapes: name -> (depth, hidden_size, num_heads); patch sizes 2, 4, 8 for each.
+MODEL_SHAPES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+PATCH_SIZES = (2, 4, 8)
+
+
+@dataclass
+class DiTConfig:
+    """Everything that defines a DiT (defaults: DiT-XL/2 on 32x32x4 latents, i.e. 256 px images).
+
+    `grad_checkpointing` changes memory/compute, not the model, so it is excluded from equality.
+    """
+
+    depth: int = 28
+    hidden_size: int = 1152
+    num_heads: int = 16
+    patch_size: int = 2
+    input_size: int = 32
+    in_channels: int = 4
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    class_dropout_prob: float = 0.1
+    mlp_ratio: float = 4.0
+    pos_embed: str = "sincos"
+    block_type: str = "adaln_zero"
+    grad_checkpointing: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the offending field and a fix."""
+        for name in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_classes < 1:
+            raise ValueError(f"DiTConfig.num_classes must be >= 1, got {self.num_classes}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
+                "pick a width that is a multiple of the head count"
+            )
+        if self.input_size % self.patch_size:
+            raise ValueError(
+                f"patch_size={self.patch_size} does not divide input_size={self.input_size}; "
+                "use a patch size that divides the latent size"
+            )
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed={self.pos_embed!r} is unknown; choose one of {POS_EMBEDS}")
+        if self.block_type not in BLOCK_TYPES:
+            raise ValueError(f"block_type={self.block_type!r} is unknown; choose one of {BLOCK_TYPES}")
+        if self.pos_embed == "sincos" and self.hidden_size % 4:
+            raise ValueError(f"sin-cos position embedding needs hidden_size % 4 == 0, got {self.hidden_size}")
+        if self.pos_embed == "rope" and self.head_dim % 4:
+            raise ValueError(
+                f"pos_embed='rope' needs head_dim = hidden_size/num_heads divisible by 4 "
+                f"(even per axis), got {self.head_dim}; change hidden_size or num_heads"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    def num_tokens(self, input_size: int | tuple[int, int] | None = None) -> int:
+        """Image tokens for a latent of side `input_size` (default: the config's) or `(H, W)`."""
+        h, w = _hw(self.input_size if input_size is None else input_size)
+        for side in (h, w):
+            if side % self.patch_size:
+                raise ValueError(f"latent side {side} is not divisible by patch_size={self.patch_size}")
+        return (h // self.patch_size) * (w // self.patch_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def official_names() -> list[str]:
+    """`["DiT-XL/2", "DiT-XL/4", ..., "DiT-S/8"]`."""
+    return [f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S") for p in PATCH_SIZES]
+
+
+def model_config(name: str | None = None, **overrides) -> DiTConfig:
+    """`DiTConfig` for an official name (`"DiT-B/4"`), optionally overridden, or a custom shape.
+
+    Examples: `model_config("DiT-S/2", input_size=16)`,
+    `model_config(depth=4, hidden_size=64, num_heads=2, patch_size=2, input_size=16, in_channels=1,
+    num_classes=10)`.
+    """
+    known = {f.name for f in dataclasses.fields(DiTConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown DiTConfig field(s) {unknown}; valid fields: {sorted(known)}")
+    base: dict = {}
+    if name is not None:
+        size, _, patch = name.removeprefix("DiT-").partition("/")
+        if size not in MODEL_SHAPES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
+            raise ValueError(
+                f"unknown model name {name!r}; valid names: {official_names()} "
+                "(or pass name=None with depth/hidden_size/num_heads/patch_size for a custom shape)"
+            )
+        depth, width, heads = MODEL_SHAPES[size]
+        base = dict(depth=depth, hidden_size=width, num_heads=heads, patch_size=int(patch))
+    return DiTConfig(**{**base, **overrides})
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer: noisy latents, timesteps and labels -> noise (and variance) prediction."""
+
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        pos_embed: str = "sincos",
+        block_type: str = "adaln_zero",
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        cfg = DiTConfig(
+            depth=depth,
+            hidden_size=hidden_size,
+            num_heads=num_heads,
+            patch_size=patch_size,
+            input_size=input_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            class_dropout_prob=class_dropout_prob,
+            mlp_ratio=mlp_ratio,
+            pos_embed=pos_embed,
+            block_type=block_type,
+            grad_checkpointing=grad_checkpointing,
+        )
+        self._config = cfg
+        self.in_channels = in_channels
+        self.out_channels = cfg.out_channels
+        self.learn_sigma = learn_sigma
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.num_heads = num_heads
+        self.input_size = input_size
+        self.block_type = block_type
+        self.grad_checkpointing = grad_checkpointing
+
+        # Registration order follows the official model, so a seed gives the same initial weights.
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        if pos_embed == "sincos":
+            # Fixed table, stored as a frozen Parameter (official checkpoints carry it).
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens(), hidden_size), requires_grad=False)
+        else:
+            self.pos_embed = None
+        block_cls = BLOCK_CLASSES[block_type]
+        self.blocks = nn.ModuleList([block_cls(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: DiTConfig, **overrides) -> DiT:
+        """Build from a `DiTConfig` (fields in `overrides` win)."""
+        return cls(**{**cfg.to_dict(), **overrides})
+
+    @property
+    def config(self) -> DiTConfig:
+        return dataclasses.replace(self._config, grad_checkpointing=self.grad_checkpointing)
+
+    def initialize_weights(self) -> None:
+        """Official initialisation; the modulation and output layers start at zero, so the output is 0."""
+
+        def basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+        self.apply(basic)
+        if self.pos_embed is not None and not self.pos_embed.is_meta:
+            grid = self.input_size // self.patch_size
+            with torch.no_grad():
+                self.pos_embed.copy_(sincos_2d(self.pos_embed.shape[-1], grid).unsqueeze(0))
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            mod = getattr(block, "adaLN_modulation", None)
+            if mod is not None:
+                nn.init.zeros_(mod[-1].weight)
+                nn.init.zeros_(mod[-1].bias)
+        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ------------------------------------------------------------------ (un)patchify
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """`(N, C, H, W)` -> `(N, T, p*p*C)`, per-patch layout `(p_row, p_col, C)` (inverse of unpatchify)."""
+        return patchify(x, self.patch_size)
+
+    def unpatchify(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """`(N, T, p*p*C_out)` -> `(N, C_out, H, W)`; `hw` is the token grid (default: square)."""
+        return unpatchify(x, self.patch_size, self.out_channels, hw)
+
+    # ------------------------------------------------------------------ forward
+    def _rope(self, grid_h: int, grid_w: int, num_prefix: int, device: torch.device):
+        key = (grid_h, grid_w, num_prefix, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_angles(
+                self._config.head_dim, grid_h, grid_w, num_prefix=num_prefix, device=device
+            )
+        return self._rope_cache[key]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        force_drop_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict noise (and variance).
+
+        Args:
+            x: `(N, C, H, W)` noisy latents. With sin-cos positions H = W = input_size; with RoPE any
+                H, W divisible by the patch size.
+            t: `(N,)` timesteps on the 0..num_timesteps scale (float or long; a scalar is broadcast).
+            y: `(N,)` long labels; `num_classes` is the null label. In training mode labels are dropped
+                to null with probability `class_dropout_prob` (global RNG); `force_drop_ids (N,)` == 1
+                forces it.
+        Returns:
+            `(N, out_channels, H, W)`, `out_channels = 2C` if `learn_sigma` else `C`.
+        """
+        n, c_in, h, w = x.shape
+        p = self.patch_size
+        if c_in != self.in_channels:
+            raise ValueError(f"x has {c_in} channels, the model expects in_channels={self.in_channels}")
+        if h % p or w % p:
+            raise ValueError(f"latent size {h}x{w} is not divisible by patch_size={p}")
+        if self.pos_embed is not None and (h != self.input_size or w != self.input_size):
+            raise ValueError(
+                f"latent size {h}x{w} differs from input_size={self.input_size}; sin-cos positions are "
+                "fixed to one size: build the model with that input_size, or use pos_embed='rope'"
+            )
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(n)
+        gh, gw = h // p, w // p
+
+        tokens = self.x_embedder(x)  # (N, T, D)
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed
+        t_emb = self.t_embedder(t)  # (N, D)
+        y_emb = self.y_embedder(y, self.training, force_drop_ids)  # (N, D)
+        c = t_emb + y_emb
+        cond = c
+        num_prefix = 0
+        if self.block_type == "cross_attention":
+            cond = torch.stack([t_emb, y_emb], dim=1)  # (N, 2, D)
+        elif self.block_type == "in_context":
+            tokens = torch.cat([t_emb.unsqueeze(1), y_emb.unsqueeze(1), tokens], dim=1)  # (N, 2 + T, D)
+            num_prefix = 2
+        rope = self._rope(gh, gw, num_prefix, x.device) if self.pos_embed is None else None
+
+        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            if use_ckpt:
+                tokens = checkpoint(block, tokens, cond, rope, use_reentrant=False)
+            else:
+                tokens = block(tokens, cond, rope)
+        if num_prefix:
+            tokens = tokens[:, num_prefix:]
+        out = self.final_layer(tokens, c)  # (N, T, p*p*C_out)
+        return self.unpatchify(out, (gh, gw))
+
+    def forward_with_cfg(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        cfg_scale: float,
+        guide_channels: int | None = None,
+    ) -> torch.Tensor:
+        """Classifier-free guidance in one batched pass (official convention).
+
+        The batch is `[cond; uncond]`: `x (2N, C, H, W)` whose first half is used for both halves,
+        `y = [labels; null]`. The guided prediction `uncond + s * (cond - uncond)` is returned for both
+        halves, `(2N, out_channels, H, W)`. Guidance acts on the first `guide_channels` output channels
+        (default: all `in_channels` noise channels; `3` reproduces the released code and the paper's
+        FID); the remaining channels (and the learned variance) are passed through unguided, i.e. each
+        half keeps its own (conditional / unconditional) output there.
+        """
+        if x.shape[0] % 2:
+            raise ValueError(f"forward_with_cfg needs an even batch [cond; uncond], got {x.shape[0]}")
+        if self.y_embedder.embedding_table.num_embeddings <= self.num_classes:
+            raise ValueError(
+                "classifier-free guidance needs the null class: build with class_dropout_prob > 0"
+            )
+        g = self.in_channels if guide_channels is None else int(guide_channels)
+        if not 0 < g <= self.out_channels:
+            raise ValueError(f"guide_channels must be in 1..{self.out_channels}, got {guide_channels}")
+        half = x[: x.shape[0] // 2]
+        out = self.forward(torch.cat([half, half], dim=0), t, y)
+        guided, rest = out[:, :g], out[:, g:]
+        cond, uncond = guided.chunk(2, dim=0)
+        mixed = uncond + cfg_scale * (cond - uncond)
+        return torch.cat([torch.cat([mixed, mixed], dim=0), rest], dim=1)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """`(N, C, H, W)` -> `(N, (H/p)(W/p), p*p*C)` with per-patch layout `(p_row, p_col, C)`."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: torch.Tensor, p: int, channels: int, hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """Inverse of `patchify`: `(N, gh*gw, p*p*C)` -> `(N, C, gh*p, gw*p)`; square grid if `hw` is None."""
+    n, t, _ = x.shape
+    if hw is None:
+        side = int(round(t**0.5))
+        if side * side != t:
+            raise ValueError(f"{t} tokens do not form a square grid; pass hw=(grid_h, grid_w)")
+        hw = (side, side)
+    gh, gw = hw
+    x = x.reshape(n, gh, gw, p, p, channels).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(n, channels, gh * p, gw * p)
+
+
+def _factory(name: str) -> Callable[..., DiT]:
+    def build(**kwargs) -> DiT:
+        return DiT.from_config(model_config(name, **kwargs))
+
+    build.__name__ = name.replace("-", "_").replace("/", "_")
+    build.__doc__ = f"Build {name} (keyword arguments override DiTConfig fields)."
+    return build
+
+
+#: `"DiT-XL/2"` ... `"DiT-S/8"` -> factory `(**kwargs) -> DiT`.
+DiT_models: dict[str, Callable[..., DiT]] = {name: _factory(name) for name in official_names()}
+
+
+def load_official_checkpoint(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a DiT checkpoint (`.pt`) and return a model `state_dict`.
+
+    Accepts the released files (a plain state dict) and official training checkpoints
+    (`{"model", "ema", "opt", "args"}`; the EMA weights are returned unless `key="model"`). Loaded with
+    `torch.load(weights_only=True)`; `module.` / `_orig_mod.` prefixes (DDP, torch.compile) are removed.
+    """
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f"{path}: expected a state dict or a dict with 'model'/'ema', got {type(obj).__name__}"
+        )
+    if key is not None:
+        if key not in obj:
+            raise ValueError(f"{path}: no {key!r} entry; it has {sorted(obj)[:10]}")
+        obj = obj[key]
+    elif "ema" in obj and isinstance(obj["ema"], Mapping):
+        obj = obj["ema"]
+    elif "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    state = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            k = k.removeprefix(prefix)
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        state[k] = v
+    return state

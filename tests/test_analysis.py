@@ -1,0 +1,294 @@
+"""Scaling-law fits: published Chinchilla refit, synthetic recovery, closed forms, bad input, CLI on CSV."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.fidloss import fit_fid_vs_loss
+from analysis.isoflop import fit_isoflop
+from analysis.laws import compute_frontier, fit_frontier, fit_power_law
+from analysis.parametric import (
+    ConvergenceError,
+    ParametricConfig,
+    fit_parametric,
+    objective,
+    optimal_allocation,
+    parametric_loss,
+)
+from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
+from analysis.runs import load_csv, load_epoch_chinchilla
+from analysis.shapes import dit_param_count, family_shapes, nearest_shape
+
+DATA = Path(__file__).parent / "data" / "chinchilla_fig4_svg_extracted_epoch.csv"
+# Besiroglu et al. 2024 (arXiv:2404.10102), Table: estimate (bootstrap standard error)
+EPOCH = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
+EPOCH_SE = {"E": 0.03, "A": 124.58, "B": 1293.23, "alpha": 0.02, "beta": 0.02}
+TRUE = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
+
+
+@pytest.fixture(scope="module")
+def chinchilla() -> pd.DataFrame:
+    return load_epoch_chinchilla(DATA, drop_highest=5)
+
+
+@pytest.fixture(scope="module")
+def chinchilla_fit(chinchilla):
+    return fit_parametric(chinchilla["N"], chinchilla["D"], chinchilla["loss"], n_bootstrap=40, seed=0)
+
+
+def synthetic_isoflop(params=TRUE, budgets=(1e18, 1e19, 1e20, 1e21), n_sizes=9, noise=0.0, seed=0, k=6.0):
+    """Points on IsoFLOP slices of a known law: N spread +-1 decade around the optimum, D = C/(kN)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in budgets:
+        n_opt = optimal_allocation(params, c, k)[0]
+        for i, n in enumerate(n_opt * np.logspace(-1, 1, n_sizes)):
+            d = c / (k * n)
+            loss = float(
+                (params["E"] + params["A"] / n ** params["alpha"] + params["B"] / d ** params["beta"])
+                * math.exp(noise * rng.standard_normal())
+            )
+            rows.append({"N": n, "D": d, "C": c, "loss": loss, "run_id": f"c{c:.0e}-{i}", "model": f"m{i}"})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# published fit
+
+
+def test_chinchilla_data_matches_epoch_readme(chinchilla):
+    assert len(chinchilla) == 240
+    assert np.allclose(chinchilla["C"], 6 * chinchilla["N"] * chinchilla["D"])
+    assert chinchilla["loss"].max() < 3.45
+
+
+def test_chinchilla_refit_matches_epoch(chinchilla, chinchilla_fit):
+    p = chinchilla_fit.params
+    assert chinchilla_fit.converged
+    # E is reproduced to the 4 digits Epoch publish; the exponents to the 2nd decimal (|diff| < 0.002,
+    # a tenth of Epoch's standard error of 0.02); A and B, which are poorly identified (SE 26% and 62%),
+    # within 1% and 3%. Our minimum has the lower objective of the two (see docs/analysis.md).
+    assert p["E"] == pytest.approx(EPOCH["E"], abs=5e-4)
+    assert p["alpha"] == pytest.approx(EPOCH["alpha"], abs=2e-3)
+    assert p["beta"] == pytest.approx(EPOCH["beta"], abs=2e-3)
+    assert p["A"] == pytest.approx(EPOCH["A"], rel=0.01)
+    assert p["B"] == pytest.approx(EPOCH["B"], rel=0.03)
+    assert round(chinchilla_fit.a, 2) == round(EPOCH["beta"] / (EPOCH["alpha"] + EPOCH["beta"]), 2)
+    logs = [np.log(chinchilla[c].to_numpy()) for c in ("N", "D", "loss")]
+    theta_epoch = np.array(
+        [math.log(EPOCH["E"]), math.log(EPOCH["A"]), math.log(EPOCH["B"]), EPOCH["alpha"], EPOCH["beta"]]
+    )
+    assert chinchilla_fit.objective <= objective(theta_epoch, *logs, 1e-3)[0]
+
+
+def test_chinchilla_bootstrap_se_near_epoch(chinchilla_fit):
+    se = chinchilla_fit.se
+    assert chinchilla_fit.bootstrap.n_ok >= 38
+    for k, ref in EPOCH_SE.items():
+        # 40 resamples estimate an SE to about +-25%; Epoch round E, alpha, beta SEs to 1 digit
+        assert ref / 2 < se[k] < ref * 2, (k, se[k], ref)
+    lo, hi = chinchilla_fit.conf_int()["alpha"]
+    assert lo < chinchilla_fit.params["alpha"] < hi
+
+
+def test_averaged_huber_stops_at_start_and_is_caught(chinchilla):
+    n, d, loss = chinchilla["N"], chinchilla["D"], chinchilla["loss"]
+    scipy_defaults = {"ftol": None, "gtol": None}
+    with pytest.raises(ConvergenceError, match="stationary"):
+        fit_parametric(n, d, loss, ParametricConfig(reduction="mean", **scipy_defaults))
+    stuck = fit_parametric(n, d, loss, ParametricConfig(reduction="mean", check_convergence=False, **scipy_defaults))
+    assert not stuck.converged
+    # it stopped on a grid point (where it started): alpha is still one of the grid values
+    assert min(abs(stuck.params["alpha"] - g) for g in (0.0, 0.5, 1.0, 1.5, 2.0)) < 1e-3
+    # the summed objective with the same scipy defaults does converge to the right minimum
+    ok = fit_parametric(n, d, loss, ParametricConfig(reduction="sum", **scipy_defaults))
+    assert ok.converged and ok.params["alpha"] == pytest.approx(0.3473, abs=1e-3)
+
+
+def test_objective_gradient_matches_finite_differences(chinchilla):
+    logs = [np.log(chinchilla[c].to_numpy()) for c in ("N", "D", "loss")]
+    theta = np.array([0.6, 6.0, 7.5, 0.35, 0.37])
+    f, g = objective(theta, *logs, 1e-3)
+    num = np.zeros(5)
+    for i in range(5):
+        h = np.zeros(5)
+        h[i] = 1e-7
+        num[i] = (objective(theta + h, *logs, 1e-3)[0] - objective(theta - h, *logs, 1e-3)[0]) / 2e-7
+    assert np.allclose(g, num, rtol=1e-4, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic recovery and closed forms
+
+
+def test_parametric_recovers_known_law_with_noise():
+    pts = synthetic_isoflop(budgets=(1e18, 1e19, 1e20, 1e21, 1e22), n_sizes=11, noise=0.003, seed=1)
+    fit = fit_parametric(pts["N"], pts["D"], pts["loss"])
+    assert fit.converged
+    assert fit.params["E"] == pytest.approx(TRUE["E"], rel=0.03)
+    assert fit.params["alpha"] == pytest.approx(TRUE["alpha"], abs=0.03)
+    assert fit.params["beta"] == pytest.approx(TRUE["beta"], abs=0.03)
+    assert fit.a == pytest.approx(TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"]), abs=0.02)
+    grid_n = np.logspace(8, 11, 7)
+    assert np.allclose(fit.predict(grid_n, 20 * grid_n), parametric_loss(TRUE, grid_n, 20 * grid_n), rtol=0.01)
+
+
+def test_optimal_allocation_closed_form_is_the_constrained_minimum():
+    c = 1e21
+    n, d, lopt = optimal_allocation(TRUE, c, 6.0)
+    assert 6 * n * d == pytest.approx(c)
+    ns = n * np.logspace(-0.5, 0.5, 2001)
+    losses = TRUE["E"] + TRUE["A"] / ns ** TRUE["alpha"] + TRUE["B"] / (c / (6 * ns)) ** TRUE["beta"]
+    assert ns[np.argmin(losses)] == pytest.approx(n, rel=2e-3)
+    assert losses.min() == pytest.approx(lopt, rel=1e-9)
+
+
+def test_isoflop_recovers_allocation_exponents():
+    pts = synthetic_isoflop()
+    fit = fit_isoflop(pts)
+    assert len(fit.profiles) == 4
+    a_true = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert fit.a == pytest.approx(a_true, abs=0.01)
+    assert fit.b == pytest.approx(1 - a_true, abs=0.01)
+    for p in fit.profiles:  # parabola minimum vs the exact constrained optimum
+        assert p.n_opt == pytest.approx(optimal_allocation(TRUE, p.compute, 6.0)[0], rel=0.1)
+
+
+def test_power_laws_exact_recovery():
+    x = np.logspace(15, 20, 20)
+    pure = fit_power_law(x, 3.0 * x**-0.2, saturating=False)
+    assert pure.params["A"] == pytest.approx(3.0, rel=1e-8) and pure.params["alpha"] == pytest.approx(0.2)
+    sat = fit_power_law(x, 1.5 + 20.0 * x**-0.08, saturating=True)
+    assert sat.params["E"] == pytest.approx(1.5, rel=1e-4)
+    assert sat.params["alpha"] == pytest.approx(0.08, rel=1e-4)
+    assert sat.predict(1e22) == pytest.approx(1.5 + 20.0 * 1e22**-0.08, rel=1e-6)
+
+
+def test_power_law_bootstrap_interval_covers_truth():
+    rng = np.random.default_rng(0)
+    x = np.logspace(15, 20, 40)
+    y = 3.0 * x**-0.2 * np.exp(0.02 * rng.standard_normal(40))
+    fit = fit_power_law(x, y, saturating=False, n_bootstrap=60, seed=1)
+    lo, hi = fit.conf_int()["alpha"]
+    assert lo < 0.2 < hi and hi - lo < 0.02
+    band = fit.predict_interval(np.array([1e21]))
+    assert band[0][0] < 3.0 * 1e21**-0.2 < band[1][0]
+
+
+def test_frontier_is_lower_envelope_of_run_curves():
+    rows = []
+    for i, n in enumerate([1e6, 1e7, 1e8]):  # three runs, curves L = E + A/N^a + B/D^b along D
+        for d in np.logspace(6, 10, 15):
+            rows.append({"N": n, "D": d, "C": 6 * n * d, "loss": 1 + 30 / n**0.3 + 40 / d**0.3,
+                         "run_id": f"r{i}", "model": f"m{i}"})  # fmt: skip
+    pts = pd.DataFrame(rows)
+    fr = compute_frontier(pts, n_grid=30)
+    for _, r in fr.iterrows():  # no run is below the frontier at the frontier's compute
+        for _, g in pts.groupby("run_id"):
+            g = g.sort_values("C")
+            if g["C"].min() <= r["C"] <= g["C"].max():
+                assert r["loss"] <= np.interp(np.log(r["C"]), np.log(g["C"]), g["loss"]) + 1e-12
+    assert fr["N"].is_monotonic_increasing  # bigger models win at bigger budgets
+    fit = fit_frontier(pts)
+    assert fit.a > 0 and fit.y_law is not None
+
+
+def test_fid_vs_loss_recovers_power():
+    loss = np.linspace(0.05, 0.2, 12)
+    pts = pd.DataFrame({"loss": loss, "fid": 400.0 * loss**1.7})
+    fit = fit_fid_vs_loss(pts)
+    assert fit.params["alpha"] == pytest.approx(-1.7) and fit.params["A"] == pytest.approx(400.0)
+    assert fit_fid_vs_loss(pts.assign(fid=np.nan)) is None
+
+
+def test_dit_param_counts_match_paper():
+    # Peebles & Xie (arXiv:2212.09748) Table 1 / Fig. 2: S 33M, B 130M, L 458M, XL 675M (patch 2)
+    for (d, w), ref in {(12, 384): 33e6, (12, 768): 130e6, (24, 1024): 458e6, (28, 1152): 675e6}.items():
+        assert dit_param_count(d, w, 2) == pytest.approx(ref, rel=0.01)
+    assert nearest_shape(6.0e8, family_shapes()).name.startswith("DiT-XL/")
+    assert nearest_shape(1.2e8, family_shapes()).name.startswith("DiT-B/")
+
+
+# ------------------------------------------------------------------------------------------------
+# pipeline, prediction, holdout
+
+
+def test_analyze_predict_and_holdout_on_synthetic():
+    pts = synthetic_isoflop(noise=0.002, seed=3, budgets=(1e18, 1e19, 1e20, 1e21, 1e22))
+    pts["fid"] = 50.0 * pts["loss"] ** 4
+    an = analyze(pts, AnalysisConfig(n_bootstrap=20, seed=0))
+    assert an.parametric is not None and an.isoflop.n_opt is not None and an.fid_vs_loss is not None
+    assert an.flops_per_param_datum == pytest.approx(6.0)
+    pr = predict(an, 1e23)
+    n_true, d_true, l_true = optimal_allocation(TRUE, 1e23, 6.0)
+    assert pr.n_opt.value == pytest.approx(n_true, rel=0.35)
+    assert pr.n_opt.lo < pr.n_opt.value < pr.n_opt.hi
+    assert pr.loss.value == pytest.approx(l_true, rel=0.01)
+    assert pr.fid.value == pytest.approx(50.0 * l_true**4, rel=0.05)
+    assert pr.nearest_run_shape is not None and "DiT" in pr.nearest_dit_shape.name
+    assert "FLOPs" in pr.text()
+    hold = holdout_largest(pts, AnalysisConfig(n_bootstrap=0))
+    assert hold.held_out["C"].min() >= 1e22 * 0.99 or hold.held_out["C"].min() >= np.quantile(pts["C"], 0.8)
+    assert hold.mape_loss < 0.01
+
+
+def test_outlier_removal_is_explicit_and_reported(chinchilla):
+    raw = load_epoch_chinchilla(DATA, drop_highest=0)
+    an = analyze(raw, AnalysisConfig(n_bootstrap=0, drop_highest_loss=5))
+    assert len(an.points) == 240 and len(an.removed) == 5
+    assert set(an.removed["loss"].round(6)) == set(raw["loss"].nlargest(5).round(6))
+    assert an.parametric.params["alpha"] == pytest.approx(0.3473, abs=1e-3)
+    assert len(analyze(raw, AnalysisConfig(n_bootstrap=0)).removed) == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="more points than parameters"):
+        fit_parametric([1e6, 1e7, 1e8], [1e9, 1e9, 1e9], [3.0, 2.5, 2.2])
+    with pytest.raises(ValueError, match="N must be > 0"):
+        fit_parametric([0.0] + [1e6] * 6, [1e9] * 7, [3.0] * 7)
+    p = tmp_path / "bad.csv"
+    pd.DataFrame({"N": [1e6, 1e7], "loss": [3.0, 2.0]}).to_csv(p, index=False)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['D'\]"):
+        load_csv(p)
+    pd.DataFrame({"N": [1e6, -1e7], "D": [1e9, 1e9], "loss": [3.0, 2.0]}).to_csv(p, index=False)
+    with pytest.raises(ValueError, match="column N must be a positive"):
+        load_csv(p)
+    with pytest.raises(ValueError, match="not found"):
+        load_csv(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="more points than parameters"):
+        fit_power_law([1.0, 2.0], [1.0, 0.5])
+
+
+def test_cli_on_csv(tmp_path, capsys):
+    from analysis.fit_scaling import main
+
+    csv = tmp_path / "points.csv"
+    load_epoch_chinchilla(DATA, drop_highest=0)[["N", "D", "C", "loss"]].to_csv(csv, index=False)
+    out_json = tmp_path / "fit.json"
+    rc = main(["--csv", str(csv), "--drop-highest-loss", "5", "--bootstrap", "8", "--predict", "5.76e23",
+               "--holdout", "largest", "--json", str(out_json), "--out", str(tmp_path / "rep")])  # fmt: skip
+    assert rc == 0
+    res = json.loads(out_json.read_text())
+    assert res["E"] == pytest.approx(1.8172, abs=5e-4) and res["alpha"] == pytest.approx(0.3473, abs=1e-3)
+    assert {"E", "A", "B", "alpha", "beta"} <= set(res)
+    assert len(res["removed_points"]) == 5 and res["holdout"]["n_held_out"] > 0
+    # Chinchilla's own budget (5.76e23 FLOPs) -> about 70B parameters
+    assert 4e10 < res["predictions"][0]["n_opt"]["value"] < 1.2e11
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "highest losses" in md and "loss_vs_compute.png" in md
+    assert (tmp_path / "rep" / "optimal_allocation.png").stat().st_size > 10_000
+    assert "N_opt" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"N": [1e6], "loss": [3.0]}).to_csv(bad, index=False)
+    assert main(["--csv", str(bad)]) == 2
+    assert "missing column" in capsys.readouterr().err

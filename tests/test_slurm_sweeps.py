@@ -1,0 +1,127 @@
+"""Sweeps on the real single-node SLURM cluster (`bash slurm/slurm-ci.sh up`, accounting on).
+
+Skipped with a reason where `sinfo` is absent or the cluster is down (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.families import Scale
+from sweeps.grid import ExecutorSpec, SweepSpec, expand
+from sweeps.ledger import Ledger
+from sweeps.runner import launch, sweep_dir
+
+pytestmark = pytest.mark.slurm
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+
+@pytest.fixture
+def slurm_env(monkeypatch, tmp_path, session_mlflow_dir):
+    """Jobs (sbatch exports the environment) import the repo and the stand-in trainer."""
+    path = os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path.rstrip(os.pathsep))
+    monkeypatch.chdir(tmp_path)
+    return f"sqlite:///{session_mlflow_dir}/mlflow.db"
+
+
+def slurm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
+    return SweepSpec(
+        name="slurm",
+        experiment=f"slurm-{tmp_path.name}",
+        tracking_uri=uri,
+        output_dir=str(tmp_path / "runs"),
+        families=["S", "B"],
+        scale=Scale(8, 4),
+        budgets=[1.3e9, 2.6e9],
+        batch_size=8,
+        trainer="test_sweeps_fake_trainer",
+        train={"step_s": 0.01, **train},
+        executor=ExecutorSpec(name="slurm", timeout_min=10, array_parallelism=4, mem_gb=1, signal_delay_s=30),
+    )
+
+
+def finished_runs(uri: str, experiment: str) -> dict[str, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    out: dict[str, list] = {}
+    for r in client.search_runs([exp.experiment_id]):
+        out.setdefault(r.data.tags["grid_cell"], []).append(r)
+    return out
+
+
+def sacct_states(job: str, until: str, timeout_s: float = 30.0) -> list[str]:
+    """States of the array's tasks from accounting, polled until all are ``until`` (or timeout):
+    a task's result pickle appears a moment before SLURM marks it COMPLETED."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job], capture_output=True, text=True
+        ).stdout.split()
+        states = [line.split("|")[1] for line in sorted(out)]
+        if (states and all(s == until for s in states)) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing(slurm_env, tmp_path):
+    spec = slurm_spec(tmp_path, slurm_env)
+    cells = expand(spec)
+    assert len(cells) == 4
+    res = launch(spec, poll_s=1.0)
+    assert res.errors == {}, res.errors
+    arrays = {j.split("_")[0] for j in res.job_ids.values()}
+    assert len(arrays) == 1 and sorted(j.split("_")[1] for j in res.job_ids.values()) == ["0", "1", "2", "3"]
+    runs = finished_runs(slurm_env, spec.experiment)
+    assert {k: len(v) for k, v in runs.items()} == {c.cell_id: 1 for c in cells}
+    for c in cells:
+        run = runs[c.cell_id][0]
+        assert run.data.tags["status"] == "finished" and run.data.tags["executor_job_id"]
+        target = 1.0 + c.model.hidden_size / 100.0
+        assert res.results[c.cell_id]["weight"] == pytest.approx(target * (1 - 0.9**c.steps))
+    assert sacct_states(arrays.pop(), until="COMPLETED") == ["COMPLETED"] * 4
+
+    again = launch(spec, poll_s=1.0)
+    assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
+    assert {k: len(v) for k, v in finished_runs(slurm_env, spec.experiment).items()} == {
+        c.cell_id: 1 for c in cells
+    }
+
+
+def test_scancel_usr2_requeues_and_resumes_to_the_uninterrupted_result(slurm_env, tmp_path):
+    progress = tmp_path / "progress"
+    spec = slurm_spec(tmp_path, slurm_env, step_s=0.2, progress_file=str(progress)).replace(
+        families=["S"], budgets=[1e10]
+    )
+    (cell,) = expand(spec)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=1.0)))
+    t.start()
+    deadline = time.monotonic() + 90
+    while not (progress.exists() and progress.read_text() and int(progress.read_text()) >= 5):
+        assert time.monotonic() < deadline and t.is_alive(), "job never made progress"
+        time.sleep(0.2)
+    job_id = Ledger.load(sweep_dir(spec)).last(cell.cell_id).job_id
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    t.join(150)
+    assert not t.is_alive(), "the requeued job did not finish"
+    res = box["r"]
+    assert res.errors == {}
+    out = res.results[cell.cell_id]
+    target = 1.0 + cell.model.hidden_size / 100.0
+    assert out["starts"] == 2 and out["step"] == cell.steps
+    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
+    show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    assert "Restarts=1" in show
+    (run,) = finished_runs(slurm_env, spec.experiment)[cell.cell_id]  # the same MLflow run continued
+    hist = MlflowClient(slurm_env).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))

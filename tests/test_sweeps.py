@@ -1,0 +1,280 @@
+"""Unit tests of the sweep: families, compute, grid expansion, validation, CLI dry run, relaunch plan."""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import dataclass, field
+
+import pytest
+
+from sweeps import launch as cli
+from sweeps.compute import _closed_form, model_compute
+from sweeps.executor import make_executor, parse_sbatch_lines, resolve_executor_kind
+from sweeps.families import FAMILIES, Scale, family_shape
+from sweeps.grid import SweepSpec, expand, format_budget, load_spec, parse_budget, spec_from_dict
+from sweeps.ledger import Ledger
+from sweeps.state import CellState, check_tracking_uri, plan
+from sweeps.task import apply_overrides
+
+# Peebles & Xie, Table 4: forward Gflops on 256 px images (32x32x4 latents).
+PAPER_GFLOPS = {
+    ("S", 8): 0.36, ("S", 4): 1.41, ("S", 2): 6.06,
+    ("B", 8): 1.42, ("B", 4): 5.56, ("B", 2): 23.01,
+    ("L", 8): 5.01, ("L", 4): 19.70, ("L", 2): 80.71,
+    ("XL", 8): 7.39, ("XL", 4): 29.05, ("XL", 2): 118.64,
+}  # fmt: skip
+PAPER_PARAMS_M = {"S": 33, "B": 130, "L": 458, "XL": 675}  # Table 1 (DiT-*/2), millions
+
+
+@pytest.mark.parametrize(("fam", "patch"), sorted(PAPER_GFLOPS))
+def test_model_compute_matches_the_paper(fam, patch):
+    for mc in (
+        model_compute(family_shape(fam), patch, 32, 4, 1000),
+        _closed_form(family_shape(fam), patch, 32, 4, 1000, True),
+    ):
+        assert mc.forward_gflops == pytest.approx(PAPER_GFLOPS[fam, patch], rel=3e-3, abs=0.006)
+        assert mc.train_flops_per_image == pytest.approx(6e9 * mc.forward_gflops)
+        if patch == 2:
+            assert mc.params / 1e6 == pytest.approx(PAPER_PARAMS_M[fam], abs=0.6)  # fmt: skip
+
+
+def test_demo_scale_keeps_the_family_ratios():
+    scale = Scale(width_div=8, depth_div=4)
+    demo = {f: family_shape(f, scale) for f in FAMILIES}
+    assert [(s.depth, s.hidden_size, s.num_heads) for s in demo.values()] == [
+        (3, 48, 6), (3, 96, 12), (6, 128, 16), (7, 144, 16),
+    ]  # fmt: skip
+    for f, s in demo.items():
+        paper = FAMILIES[f]
+        assert s.hidden_size * 8 == paper.hidden_size and s.depth * 4 == paper.depth
+        assert s.num_heads == paper.num_heads
+    with pytest.raises(ValueError, match="not divisible by 5"):
+        Scale(width_div=5).apply(FAMILIES["S"])
+
+
+def test_expand_steps_images_and_stable_ids():
+    spec = SweepSpec(
+        families=["S", "XL"], patch_sizes=[2, 4], budgets=[1e12, 3e11], batch_size=32, scale=Scale(8, 4)
+    )
+    cells = expand(spec)
+    assert [c.cell_id for c in cells] == [
+        "S-2-3e11", "S-4-3e11", "XL-2-3e11", "XL-4-3e11", "S-2-1e12", "S-4-1e12", "XL-2-1e12", "XL-4-1e12",
+    ]  # fmt: skip
+    for c in cells:
+        step_flops = c.batch_size * c.train_flops_per_image
+        assert c.steps == math.floor(c.budget / step_flops) and c.steps >= 1
+        assert c.train_flops <= c.budget < c.train_flops + step_flops  # as many whole steps as fit
+        assert c.images == c.steps * 32
+    assert [c.cell_id for c in expand(spec)] == [c.cell_id for c in cells]  # deterministic
+
+
+def test_budget_format_round_trips():
+    for b in (1e15, 3e15, 1.5e15, 2.6e9, 1e18):
+        assert parse_budget(format_budget(b)) == pytest.approx(b)
+    assert format_budget(1e15) == "1e15" and format_budget(1.5e15) == "1.5e15"
+    with pytest.raises(ValueError, match="not a number"):
+        parse_budget("lots")
+
+
+def test_isoflop_design_spans_several_models_within_the_step_window():
+    spec = load_spec("imagenet256")
+    cells = expand(spec)
+    by_budget: dict[float, list] = {}
+    for c in cells:
+        by_budget.setdefault(c.budget, []).append(c)
+        assert spec.isoflop_min_steps <= c.steps <= spec.isoflop_max_steps
+    assert sorted(by_budget) == sorted(spec.budgets)
+    assert all(len({c.params for c in v}) >= 2 for v in by_budget.values())
+    with pytest.raises(ValueError, match="spans 0 model size"):
+        expand(spec.replace(isoflop_min_steps=10**8, isoflop_max_steps=10**9))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"families": ["S", "XXL"]}, "unknown model family 'XXL'"),
+        ({"patch_sizes": [3]}, "patch size 3 does not divide the input size 16"),
+        ({"budgets": [-1.0]}, "positive number of training FLOPs"),
+        ({"shapes": [[4, 60, 8]]}, "not divisible by num_heads 8"),
+        ({"design": "random"}, "design 'random'"),
+        ({"executor": {"name": "kubernetes"}}, "executor 'kubernetes'"),
+        ({"batch_size": 30, "executor": {"tasks_per_node": 4}}, "not divisible by the 4 processes"),
+    ],
+)
+def test_bad_input_is_a_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_spec().replace(**overrides)
+
+
+def test_budget_below_one_step_is_an_error():
+    with pytest.raises(
+        ValueError, match=r"budget 1e10 is smaller than one training step of DiT-L/2 .*DiT-XL/2"
+    ):
+        expand(load_spec().replace(budgets=[1e12, 1e10]))
+
+
+def test_yaml_unknown_keys_are_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['familes'\]"):
+        spec_from_dict({"familes": ["S"]})
+    with pytest.raises(ValueError, match="executor: unknown key"):
+        spec_from_dict({"executor": {"partiton": "gpu"}})
+    with pytest.raises(ValueError, match="not found; bundled configs"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_bundled_configs_load():
+    demo = load_spec()
+    assert demo.name == "demo" and demo.scale == Scale(8, 4) and demo.data.input_size == 16
+    assert demo.data.in_channels == 1 and demo.executor.name == "auto" and demo.tracking_uri is None
+    big = load_spec("imagenet256")
+    assert big.scale.is_identity and big.data.in_channels == 4 and big.patch_sizes == [2, 4, 8]
+
+
+def test_dry_run_prints_the_table_and_submits_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["--grid", "S,B", "--patch", "2,4", "--budgets", "3e11,1e12", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "nothing submitted" in out
+    spec = load_spec().replace(families=["S", "B"], patch_sizes=[2, 4], budgets=[3e11, 1e12])
+    for c in expand(spec):
+        row = next(line for line in out.splitlines() if line.startswith(c.cell_id + " "))
+        assert row.split()[1] == c.model_name and row.split()[-2:] == [str(c.steps), str(c.images)]
+    assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_custom_shapes_and_overrides():
+    args = cli.build_parser().parse_args(
+        [
+            "--depths",
+            "2,4",
+            "--widths",
+            "64,128",
+            "--head-dim",
+            "32",
+            "--set",
+            "optim.lr=3e-4",
+            "--parallel",
+            "1",
+        ]
+    )
+    spec = cli.spec_from_args(args)
+    assert spec.families == [] and spec.shapes == [[2, 64, 2], [2, 128, 4], [4, 64, 2], [4, 128, 4]]
+    assert spec.train["optim.lr"] == pytest.approx(3e-4) and spec.executor.local_parallelism == 1
+    assert [m.name for m in spec.models()] == ["d2w64h2", "d2w128h4", "d4w64h2", "d4w128h4"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--grid", "S,Q"], "unknown model family 'Q'"),
+        (["--patch", "5"], "patch size 5 does not divide"),
+        (["--budgets", "1e6"], "smaller than one training step"),
+        (["--depths", "2"], "--depths and --widths go together"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_the_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "sweep_runs").exists()
+
+
+def test_unreachable_tracking_server_fails_before_submitting(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(ValueError, match="unreachable"):
+        check_tracking_uri(f"http://127.0.0.1:{port}", timeout_s=2)
+    assert cli.main(["--executor", "local", "--tracking-uri", f"http://127.0.0.1:{port}"]) == 2
+    assert "is unreachable" in capsys.readouterr().err
+    assert not (tmp_path / "sweep_runs").exists()
+
+
+def test_slurm_requested_where_there_is_none(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match="`sbatch` is not on PATH"):
+        resolve_executor_kind("slurm")
+    assert resolve_executor_kind("auto") == "local"
+    assert cli.main(["--executor", "slurm"]) == 2
+    assert "sbatch" in capsys.readouterr().err and not (tmp_path / "sweep_runs").exists()
+
+
+def test_slurm_executor_settings_reach_the_sbatch_script(monkeypatch, tmp_path):
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    spec = load_spec().replace(
+        executor={
+            "name": "slurm",
+            "partition": "gpu",
+            "gpus_per_node": 2,
+            "tasks_per_node": 2,
+            "timeout_min": 30,
+            "array_parallelism": 3,
+            "signal_delay_s": 45,
+            "sbatch": ["--qos=high", "#SBATCH --exclusive"],
+            "setup": ["module load cuda"],
+        }  # fmt: skip
+    )
+    ex = make_executor(spec.executor, "slurm", tmp_path, job_name="ditscale-demo")
+    text = ex._executor._make_submission_file_text("python -c pass", "uid")
+    for line in ("--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2", "--time=30", "--requeue",
+                 "--signal=USR2@45", "--qos=high", "--exclusive", "--job-name=ditscale-demo"):  # fmt: skip
+        assert f"#SBATCH {line}" in text
+    assert "module load cuda" in text
+    assert parse_sbatch_lines(["--mem-per-gpu=10G", "constraint=a100"]) == {
+        "mem_per_gpu": "10G",
+        "constraint": "a100",
+    }
+    with pytest.raises(ValueError, match="--key=value"):
+        parse_sbatch_lines(["--qos high"])
+
+
+@dataclass
+class _Inner:
+    depth: int = 1
+    lr: float = 0.1
+
+
+@dataclass
+class _Outer:
+    model: _Inner = field(default_factory=_Inner)
+    steps: int = 5
+
+
+def test_apply_overrides_sets_nested_fields_and_names_unknown_ones():
+    cfg = apply_overrides(_Outer(), {"model.depth": 3, "steps": 7})
+    assert cfg == _Outer(_Inner(3, 0.1), 7)
+    cfg = apply_overrides(_Outer(), {"model.lr": "3e-4", "steps": "9"})  # YAML 1.1 strings
+    assert cfg.model.lr == 3e-4 and cfg.steps == 9
+    with pytest.raises(ValueError, match="cannot use 'fast'"):
+        apply_overrides(_Outer(), {"model.lr": "fast"})
+    with pytest.raises(ValueError, match="has no field 'dept'"):
+        apply_overrides(_Outer(), {"model.dept": 3})
+    with pytest.raises(ValueError, match="not a nested config"):
+        apply_overrides(_Outer(), {"steps.x": 1})
+
+
+def test_relaunch_plan():
+    st = {
+        "a": CellState("a", "finished", attempts=1),
+        "b": CellState("b", "running", attempts=1),
+        "c": CellState("c", "missing"),
+        "d": CellState("d", "failed", attempts=1),
+        "e": CellState("e", "failed", attempts=3),
+        "f": CellState("f", "interrupted", attempts=2),
+    }
+    p = plan(st, max_retries=2)
+    assert p.finished == ["a"] and p.running == ["b"]
+    assert p.submit == ["c", "d", "f"] and p.exhausted == ["e"]
+    assert plan(st, max_retries=0).submit == ["c"]
+
+
+def test_ledger_round_trips(tmp_path):
+    led = Ledger.load(tmp_path)
+    led.record("S-2-1e12", "slurm", "12_0")
+    led.record("S-2-1e12", "slurm", "15_0")
+    again = Ledger.load(tmp_path)
+    assert again.attempts("S-2-1e12") == 2 and again.last("S-2-1e12").job_id == "15_0"
+    assert again.attempts("other") == 0 and again.last("other") is None

@@ -1,0 +1,140 @@
+"""A stand-in trainer that keeps `dit_core.train`'s contract, for fast tests of the sweep machinery.
+
+Contract (docs/interfaces.md and the trainer issue): ``train(cfg) -> result`` runs one cell to
+completion; resumes from ``cfg.out_dir`` when a checkpoint exists and continues the same MLflow run
+(its id is kept in the folder); tags runs ``sweep``, ``grid_cell``, ``status``; on SIGUSR1/SIGUSR2/
+SIGTERM it checkpoints at the next step boundary and then chains to the previously installed Python
+handler (submitit's requeue handler) or exits. "Training" is a deterministic recurrence
+``w <- w - lr * (w - target)`` so the final state after an interruption can be compared exactly.
+
+Jobs import this module by name (``trainer: test_sweeps_fake_trainer``) with ``tests/`` on PYTHONPATH.
+No tests here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ModelCfg:
+    depth: int = 2
+    hidden_size: int = 32
+    num_heads: int = 2
+    patch_size: int = 2
+    input_size: int = 16
+    in_channels: int = 1
+    num_classes: int = 10
+    learn_sigma: bool = True
+
+
+@dataclass
+class DataCfg:
+    name: str = "digits"
+    root: str | None = None
+    image_size: int = 16
+
+
+@dataclass
+class MlflowCfg:
+    tracking_uri: str | None = None
+    experiment: str = "fake"
+    sweep: str = ""
+    grid_cell: str = ""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    mlflow: MlflowCfg = field(default_factory=MlflowCfg)
+    batch_size: int = 8
+    steps: int = 10
+    budget_train_flops: float = 0.0
+    out_dir: str = "fake_run"
+    step_s: float = 0.02  # sleep per step, so that a signal can arrive mid-run
+    fail_cell: str = ""  # this grid cell raises ...
+    fail_times: int = 0  # ... on its first `fail_times` starts
+    progress_file: str = ""  # optional: write the step here each step (tests wait on it)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    weight: float
+    loss: float
+    run_id: str
+    starts: int
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    import mlflow
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.json"
+    state = json.loads(ckpt.read_text()) if ckpt.exists() else {"step": 0, "w": 0.0}
+    starts_file = out / "starts"
+    starts = int(starts_file.read_text()) + 1 if starts_file.exists() else 1
+    starts_file.write_text(str(starts))
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    run_id_file = out / "mlflow_run_id"
+    if run_id_file.exists():
+        run = mlflow.start_run(run_id=run_id_file.read_text().strip())
+    else:
+        mlflow.set_experiment(cfg.mlflow.experiment)
+        run = mlflow.start_run(tags={"sweep": cfg.mlflow.sweep, "grid_cell": cfg.mlflow.grid_cell})
+        run_id_file.write_text(run.info.run_id)
+        mlflow.log_params({"model.hidden_size": cfg.model.hidden_size, "steps": cfg.steps})
+    mlflow.set_tag("status", "running")
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+    if job_id:
+        mlflow.set_tag("executor_job_id", job_id)
+
+    caught: list[int] = []
+    sigs = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in sigs}
+    try:
+        if cfg.mlflow.grid_cell == cfg.fail_cell and starts <= cfg.fail_times:
+            raise RuntimeError(f"injected failure of {cfg.fail_cell} (start {starts})")
+        target = 1.0 + cfg.model.hidden_size / 100.0
+        while state["step"] < cfg.steps:
+            time.sleep(cfg.step_s)
+            state["w"] = state["w"] - 0.1 * (state["w"] - target)
+            state["step"] += 1
+            loss = (state["w"] - target) ** 2
+            mlflow.log_metric("train/loss", loss, step=state["step"])
+            _save(ckpt, state)
+            if cfg.progress_file:
+                Path(cfg.progress_file).write_text(str(state["step"]))
+            if caught:  # checkpoint is on disk: hand over to submitit (requeue) or exit
+                mlflow.set_tag("status", "preempted")
+                mlflow.end_run(status="KILLED")
+                handler = previous[caught[0]]
+                if callable(handler):
+                    handler(caught[0], None)
+                sys.exit(0)
+        mlflow.log_metric("eval/fid", 100.0 * loss, step=state["step"])
+        mlflow.set_tag("status", "finished")
+        mlflow.end_run()
+        return TrainResult(state["step"], state["w"], loss, run.info.run_id, starts)
+    except Exception:
+        mlflow.set_tag("status", "failed")
+        mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
