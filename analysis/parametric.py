@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize, nnls
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
 
@@ -34,30 +34,40 @@ class ParametricConfig:
     """How to fit L(N, D) = E + A/N^alpha + B/D^beta.
 
     The default grid is Hoffmann et al.'s: e in {-1, -0.5, ..., 1}, a and b in {0, 5, ..., 25},
-    alpha and beta in {0, 0.5, ..., 2} (4,500 starts). All are scored, L-BFGS-B runs from the best
-    `n_starts` (Hoffmann/Epoch ran all of them; the best few reach the same minimum).
+    alpha and beta in {0, 0.5, ..., 2} (4,500 starts), plus e = ln(f * min loss) for f in
+    `e_fractions`, since diffusion losses (~0.1) sit far below the LM range the grid was made for.
+    All are scored; L-BFGS-B runs from the best `n_starts` (Hoffmann/Epoch ran all of them; on the
+    Chinchilla data the best 8 reach the same minimum as all 4,500).
     """
 
     delta: float = 1e-3
     reduction: str = "sum"  # "sum" (correct) or "mean" (the known failure, kept to test the check)
     e_grid: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    e_fractions: tuple[float, ...] = (0.05, 0.3, 0.7, 0.95)
     a_grid: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
     b_grid: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
     alpha_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
     beta_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
     n_starts: int = 8
+    # Extra starts from variable projection: for each (alpha, beta) on this grid, (E, A, B) >= 0 by
+    # non-negative least squares on L / L_obs; the best `n_varpro_starts` are added.
+    varpro_exponents: tuple[float, ...] = tuple(np.round(np.linspace(0.05, 1.2, 24), 3))
+    n_varpro_starts: int = 4
     # L-BFGS-B options; None keeps scipy's defaults (ftol 2.2e-9 absolute below |f| = 1, gtol 1e-5).
-    ftol: float | None = 1e-15
-    gtol: float | None = 1e-12
+    ftol: float | None = 1e-12
+    gtol: float | None = 1e-10
     maxiter: int = 2000
+    # The best start is polished with these (None: no polish); they cost ~10x more per start.
+    polish_ftol: float | None = 1e-15
+    polish_gtol: float | None = 1e-12
     check_convergence: bool = True
     # Bootstrap refits start next to the optimum; looser tolerances make them ~7x cheaper.
     bootstrap_ftol: float = 1e-12
     bootstrap_gtol: float = 1e-10
-    # A start counts as converged when max_i |df/dtheta_i| * max(|theta_i|, 1) / |f| is below this:
-    # a unit relative step in any parameter would lower the objective by under 1% (first order).
-    # A fit stopped at its start scores ~1; converged fits score 1e-5 .. 5e-3.
-    stationarity_tol: float = 1e-2
+    # A start counts as converged when `stationarity` (how far the points' gradient pulls are from
+    # cancelling, 0..1) is below this. On the Chinchilla data: converged starts 1e-10 .. 2e-5,
+    # scipy-default tolerances on the summed loss 1e-5 .. 6e-3, the averaged loss 0.015 .. 0.9.
+    stationarity_tol: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.delta <= 0:
@@ -134,9 +144,21 @@ def grid_objective(
     return out
 
 
-def _relative_stationarity(theta: np.ndarray, f: float, g: np.ndarray) -> float:
-    """Scale-free stationarity: the first-order relative decrease a unit relative step would give."""
-    return float(np.max(np.abs(g) * np.maximum(np.abs(theta), 1.0)) / max(abs(f), 1e-300))
+def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float) -> float:
+    """Scale-free stationarity: max_j |sum_i c_ij| / sum_i |c_ij|, c_ij = point i's gradient share.
+
+    At a stationary point the points' pulls cancel (-> 0); at a start the optimiser never left they
+    do not (~ 1). Unlike |grad| it does not depend on the scale (sum vs mean) or on the residual size.
+    """
+    t = _terms(theta, log_n, log_d)
+    m = t.max(axis=0)
+    ex = np.exp(t - m)
+    s = ex.sum(axis=0)
+    w = ex / s
+    _, dh = _huber(m + np.log(s) - log_loss, delta)
+    jac = np.stack([w[2], w[0], w[1], -w[0] * log_n, -w[1] * log_d], axis=1)  # (n, 5)
+    c = dh[:, None] * jac
+    return float(np.max(np.abs(c.sum(axis=0)) / np.maximum(np.abs(c).sum(axis=0), 1e-300)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,19 +285,23 @@ def check_points(n, d, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.log(a) for a in arrs)  # type: ignore[return-value]
 
 
-def _grid(cfg: ParametricConfig) -> np.ndarray:
+def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarray:
+    e_vals = list(cfg.e_grid)
+    if log_loss is not None:
+        e_vals += [float(log_loss.min()) + math.log(f) for f in cfg.e_fractions]
     return np.array(
-        list(itertools.product(cfg.e_grid, cfg.a_grid, cfg.b_grid, cfg.alpha_grid, cfg.beta_grid)),
+        list(itertools.product(e_vals, cfg.a_grid, cfg.b_grid, cfg.alpha_grid, cfg.beta_grid)),
         dtype=float,
     )
 
 
-def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig):
+def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, polish: bool = False):
     opts: dict = {"maxiter": cfg.maxiter}
-    if cfg.ftol is not None:
-        opts["ftol"] = cfg.ftol
-    if cfg.gtol is not None:
-        opts["gtol"] = cfg.gtol
+    ftol, gtol = (cfg.polish_ftol, cfg.polish_gtol) if polish else (cfg.ftol, cfg.gtol)
+    if ftol is not None:
+        opts["ftol"] = ftol
+    if gtol is not None:
+        opts["gtol"] = gtol
     res = minimize(
         objective,
         theta0,
@@ -284,15 +310,41 @@ def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig):
         method="L-BFGS-B",
         options=opts,
     )
-    f, g = objective(res.x, log_n, log_d, log_loss, cfg.delta, cfg.reduction)
-    return res.x, f, _relative_stationarity(res.x, f, g), int(res.nit)
+    f, _ = objective(res.x, log_n, log_d, log_loss, cfg.delta, cfg.reduction)
+    return res.x, f, stationarity(res.x, log_n, log_d, log_loss, cfg.delta), int(res.nit)
+
+
+def _varpro_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.ndarray]:
+    """Starts from linear least squares: at fixed exponents L is linear in (E, A, B) >= 0."""
+    if cfg.n_varpro_starts <= 0:
+        return []
+    loss = np.exp(log_loss)
+    cands = []
+    for alpha in cfg.varpro_exponents:
+        xa = np.exp(-alpha * log_n) / loss
+        for beta in cfg.varpro_exponents:
+            design = np.stack([1.0 / loss, xa, np.exp(-beta * log_d) / loss], axis=1)
+            coef, rnorm = nnls(design, np.ones_like(loss))
+            cands.append((rnorm, coef, alpha, beta))
+    cands.sort(key=lambda c: c[0])
+    out = []
+    floor = 1e-8 * loss.min()
+    for _, (e, a, b), alpha, beta in cands[: cfg.n_varpro_starts]:
+        out.append(np.array([math.log(max(e, floor)), math.log(max(a, floor)), math.log(max(b, floor)), alpha, beta]))
+    return out
+
+
+def _converged(f: float, stat: float, n: int, cfg: ParametricConfig) -> bool:
+    """Stationary, or an exact fit (every log residual ~< 1e-6, where the imbalance is just rounding)."""
+    scale = n if cfg.reduction == "sum" else 1.0
+    return stat < cfg.stationarity_tol or f < scale * 0.5e-12
 
 
 def _grid_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.ndarray]:
-    """The `cfg.n_starts` grid points with the lowest objective."""
-    grid = _grid(cfg)
+    """The `cfg.n_starts` grid points with the lowest objective, then the variable-projection starts."""
+    grid = _grid(cfg, log_loss)
     scores = grid_objective(grid, log_n, log_d, log_loss, cfg.delta)
-    return [grid[i] for i in np.argsort(scores)[: cfg.n_starts]]
+    return [grid[i] for i in np.argsort(scores)[: cfg.n_starts]] + _varpro_starts(log_n, log_d, log_loss, cfg)
 
 
 def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts):
@@ -301,7 +353,7 @@ def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts):
     n_conv = 0
     for s in starts:
         theta, f, stat, nit = _minimize(s, log_n, log_d, log_loss, cfg)
-        ok = stat < cfg.stationarity_tol and np.all(np.isfinite(theta))
+        ok = _converged(f, stat, len(log_loss), cfg) and np.all(np.isfinite(theta))
         n_conv += ok
         log.debug("start %s -> f=%.6g stationarity=%.2g nit=%d", s, f, stat, nit)
         key = (not ok, f)
@@ -336,10 +388,14 @@ def fit_parametric(
     starts = _grid_starts(log_n, log_d, log_loss, cfg)
     theta, f, stat, n_conv = _fit_theta(log_n, log_d, log_loss, cfg, starts)
     n_starts = len(starts)
-    converged = stat < cfg.stationarity_tol
+    converged = _converged(f, stat, len(log_n), cfg)
+    if converged and (cfg.polish_ftol is not None or cfg.polish_gtol is not None):
+        t2, f2, s2, _ = _minimize(theta, log_n, log_d, log_loss, cfg, polish=True)
+        if f2 <= f:
+            theta, f, stat = t2, f2, s2
     if not converged:
         msg = (
-            f"L-BFGS-B stopped before a stationary point (relative gradient {stat:.3g} > "
+            f"L-BFGS-B stopped before a stationary point (gradient imbalance {stat:.3g} > "
             f"{cfg.stationarity_tol:g}; reduction={cfg.reduction!r}, ftol={cfg.ftol}, gtol={cfg.gtol}). "
             "A mean-reduced Huber objective with a small delta is below scipy's absolute tolerances; "
             "use reduction='sum' and tighter ftol/gtol."
@@ -365,22 +421,23 @@ def fit_parametric(
 def bootstrap_parametric(
     fit: ParametricFit, n, d, loss, n_resamples: int, *, seed: int = 0, groups=None
 ) -> BootstrapResult:
-    """Refit on resampled points, starting from the full-data optimum and the 2 best grid points.
+    """Refit on resampled points, starting from the full-data optimum and the best grid point.
 
     The grid is scored once on the full data (scoring it per resample costs more than the fits).
     Resamples whose fit does not converge are dropped (their count is in the result).
     """
     base = fit.config
     cfg = ParametricConfig(
-        **{**base.__dict__, "check_convergence": False, "ftol": base.bootstrap_ftol, "gtol": base.bootstrap_gtol}
-    )
+        **{**base.__dict__, "check_convergence": False, "ftol": base.bootstrap_ftol, "gtol": base.bootstrap_gtol,
+           "polish_ftol": None, "polish_gtol": None}
+    )  # fmt: skip
     logs = [np.log(np.asarray(x, float).ravel()) for x in (n, d, loss)]
-    starts = [fit.theta, *_grid_starts(*logs, ParametricConfig(**{**cfg.__dict__, "n_starts": 2}))]
+    starts = [fit.theta, *_grid_starts(*logs, ParametricConfig(**{**cfg.__dict__, "n_starts": 1, "n_varpro_starts": 1}))]
 
     def one(idx: np.ndarray) -> dict[str, float] | None:
         ln, ld, ll = (x[idx] for x in logs)
-        theta, _, stat, _ = _fit_theta(ln, ld, ll, cfg, starts)
-        if stat >= cfg.stationarity_tol:
+        theta, f, stat, _ = _fit_theta(ln, ld, ll, cfg, starts)
+        if not _converged(f, stat, len(ll), cfg):
             return None
         p = _theta_to_params(theta)
         p["a"] = p["beta"] / (p["alpha"] + p["beta"])

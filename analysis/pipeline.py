@@ -13,6 +13,7 @@ from analysis.fidloss import fit_fid_vs_loss
 from analysis.isoflop import IsoFlopFit, fit_isoflop
 from analysis.laws import FrontierFit, PowerLawFit, fit_frontier, fit_power_law
 from analysis.parametric import ParametricConfig, ParametricFit, fit_parametric
+from analysis.runs import tidy, validate_points
 from analysis.shapes import Shape, family_shapes, nearest_shape, shapes_from_points
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def remove_outliers(
 def analyze(points: pd.DataFrame, config: AnalysisConfig | None = None) -> Analysis:
     """Run every fit the data supports. The parametric law needs > 5 points and spread in N and D."""
     cfg = config or AnalysisConfig()
+    points = tidy(validate_points(points))
     pts, removed = remove_outliers(points, cfg.drop_highest_loss, cfg.outlier_sigma, cfg.delta)
     if len(pts) <= 5:
         raise ValueError(f"{len(pts)} points after outlier removal; the parametric law needs more than 5")
@@ -142,6 +144,9 @@ class Estimate:
     value: float
     lo: float = math.nan
     hi: float = math.nan
+
+    def __post_init__(self) -> None:
+        self.value, self.lo, self.hi = float(self.value), float(self.lo), float(self.hi)
 
     def __str__(self) -> str:
         return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
@@ -323,6 +328,7 @@ def largest_compute_runs(points: pd.DataFrame, frac: float = 0.1) -> np.ndarray:
 def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) -> HoldoutResult:
     """Fit on all runs but the largest-compute ones and measure the error on those."""
     cfg = config or AnalysisConfig()
+    points = tidy(validate_points(points))
     ids = largest_compute_runs(points)
     test = points[points["run_id"].isin(ids)].copy()
     train = points[~points["run_id"].isin(ids)]

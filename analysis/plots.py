@@ -87,10 +87,11 @@ def plot_isoflop(an: Analysis, path) -> Path:
         nn = np.logspace(np.log10(p.n_range[0]) - 0.2, np.log10(p.n_range[1]) + 0.2, 60)
         ax.plot(nn, p.predict(nn), "-", color=col, lw=1, label=f"C = {p.compute:.2g} FLOPs")
         ax.plot([p.n_opt], [p.loss_opt], "k*", ms=9)
-    if not profiles:
+    if profiles:
+        ax.legend(fontsize=7)
+    else:
         ax.text(0.5, 0.5, "no budget with >= 3 model sizes", transform=ax.transAxes, ha="center")
     ax.set(xscale="log", xlabel=N_LABEL, ylabel=LOSS_LABEL, title="IsoFLOP profiles (parabola in log N; * = minimum)")
-    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

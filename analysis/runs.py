@@ -50,8 +50,8 @@ def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
     return df
 
 
-def _finish(df: pd.DataFrame, flops_per_param_datum: float | None) -> pd.DataFrame:
-    """Fill optional columns with defaults and order the columns."""
+def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.DataFrame:
+    """Fill optional columns (C = k N D, fid, run_id, model, ...) with defaults and order the columns."""
     df = df.copy()
     if "C" not in df.columns:
         k = 6.0 if flops_per_param_datum is None else flops_per_param_datum
@@ -89,7 +89,7 @@ def load_csv(path: str | os.PathLike, *, flops_per_param_datum: float | None = N
         raise ValueError(f"CSV file not found: {path}")
     df = pd.read_csv(path)
     validate_points(df, source=str(path))
-    return _finish(df, flops_per_param_datum)
+    return tidy(df, flops_per_param_datum)
 
 
 def load_epoch_chinchilla(path: str | os.PathLike, *, drop_highest: int = 5) -> pd.DataFrame:
@@ -103,7 +103,7 @@ def load_epoch_chinchilla(path: str | os.PathLike, *, drop_highest: int = 5) -> 
     if drop_highest:
         df = df[df["loss"] < np.sort(df["loss"].to_numpy())[-drop_highest]]
     validate_points(df, source=str(path))
-    return _finish(df, None)
+    return tidy(df, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,4 +222,4 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         raise ValueError(f"MLflow experiment {experiment!r}: no run logged val/loss with compute and data")
     df = pd.concat(frames, ignore_index=True)
     validate_points(df, source=f"experiment {experiment!r}")
-    return _finish(df, None)
+    return tidy(df, None)

@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +23,36 @@ import submitit
 from sweeps.grid import ExecutorSpec
 from sweeps.task import CellTask, apply_overrides
 
-__all__ = ["CellJob", "make_executor", "parse_sbatch_lines", "resolve_executor_kind"]
+__all__ = ["CellJob", "make_executor", "parse_sbatch_lines", "resolve_executor_kind", "slurm_status"]
 
 log = logging.getLogger(__name__)
 
 
+def slurm_status() -> str:
+    """ "" when a SLURM controller answers, else why not (no ``sbatch`` on PATH, ``sinfo`` fails)."""
+    if shutil.which("sbatch") is None:
+        return "`sbatch` is not on PATH"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`sinfo` failed ({e})"
+    if out.returncode != 0:
+        return f"`sinfo` failed: {(out.stderr or out.stdout).strip()[:300]}"
+    return ""
+
+
 def resolve_executor_kind(name: str) -> str:
-    """``auto`` -> ``slurm`` where ``sbatch`` is on PATH, else ``local``; checks SLURM when asked for."""
+    """``auto`` -> ``slurm`` where a SLURM controller answers, else ``local``; checks SLURM when asked for."""
     if name == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    if name == "slurm" and shutil.which("sbatch") is None:
-        raise ValueError(
-            "SLURM was requested (--executor slurm) but `sbatch` is not on PATH; bring a cluster up "
-            "(`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, or use --executor local"
-        )
-    if name not in ("slurm", "local", "debug"):
+        return "slurm" if not slurm_status() else "local"
+    if name == "slurm":
+        why = slurm_status()
+        if why:
+            raise ValueError(
+                f"SLURM was requested (--executor slurm) but {why}; bring a cluster up "
+                "(`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, or use --executor local"
+            )
+    elif name not in ("local", "debug"):
         raise ValueError(f"unknown executor {name!r}; choose auto, slurm, local or debug")
     return name
 
@@ -78,7 +94,6 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
         return ex
     if kind != "slurm":
         raise ValueError(f"unknown executor kind {kind!r}")
-    resolve_executor_kind("slurm")
     ex = submitit.AutoExecutor(
         folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=spec.max_num_timeout
     )

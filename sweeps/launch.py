@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "\ninterrupted: submitted jobs keep running; relaunch to resume or `status` to watch",
+            "\ninterrupted: SLURM jobs keep running, local jobs stop with the launcher; "
+            "relaunch the same command to resume (finished cells are kept)",
             file=sys.stderr,
         )
         return 130

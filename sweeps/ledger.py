@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Ledger", "Submission", "sweep_lock"]
 
@@ -34,6 +35,7 @@ class Ledger:
 
     path: Path
     cells: dict[str, list[Submission]] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, sweep_dir: Path) -> Ledger:
@@ -41,7 +43,8 @@ class Ledger:
         if not path.exists():
             return cls(path)
         raw = json.loads(path.read_text())
-        return cls(path, {c: [Submission(**s) for s in subs] for c, subs in raw.get("cells", {}).items()})
+        cells = {c: [Submission(**s) for s in subs] for c, subs in raw.get("cells", {}).items()}
+        return cls(path, cells, raw.get("configs", {}))
 
     def attempts(self, cell_id: str) -> int:
         return len(self.cells.get(cell_id, []))
@@ -50,15 +53,31 @@ class Ledger:
         subs = self.cells.get(cell_id)
         return subs[-1] if subs else None
 
-    def record(self, cell_id: str, executor: str, job_id: str, folder: str = "") -> None:
+    def record(
+        self, cell_id: str, executor: str, job_id: str, folder: str = "", config: dict[str, Any] | None = None
+    ) -> None:
+        """Append a submission (and the cell's config, to detect changed settings on relaunch)."""
         self.cells.setdefault(cell_id, []).append(Submission(executor, str(job_id), time.time(), folder))
+        if config is not None:
+            self.configs[cell_id] = json.loads(json.dumps(config))
         self.save()
+
+    def changed_settings(self, cell_id: str, config: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """``{key: (launched, now)}`` where ``config`` differs from the one the cell was launched with."""
+        old = self.configs.get(cell_id)
+        if old is None:
+            return {}
+        new = json.loads(json.dumps(config))
+        return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
     def save(self) -> None:
         """Atomic write (temp file + rename)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        data = {"cells": {c: [asdict(s) for s in subs] for c, subs in self.cells.items()}}
+        data = {
+            "cells": {c: [asdict(s) for s in subs] for c, subs in self.cells.items()},
+            "configs": self.configs,
+        }
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self.path)
 

@@ -7,6 +7,7 @@ for but absent) raises ValueError before anything is submitted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -18,7 +19,15 @@ from typing import Any
 from sweeps.executor import CellJob, make_executor, resolve_executor_kind
 from sweeps.grid import Cell, SweepSpec, expand
 from sweeps.ledger import Ledger, sweep_lock
-from sweeps.state import Plan, check_tracking_uri, ensure_experiment, plan, read_states, resolve_tracking_uri
+from sweeps.state import (
+    Plan,
+    check_tracking_uri,
+    create_cell_run,
+    ensure_experiment,
+    plan,
+    read_states,
+    resolve_tracking_uri,
+)
 from sweeps.task import CellTask, check_trainer, make_task
 
 __all__ = ["LaunchResult", "Prepared", "Progress", "launch", "prepare", "sweep_dir"]
@@ -92,11 +101,12 @@ def launch(
     block until they end. Relaunching the same sweep submits only what is missing or failed."""
     prep = prepare(spec)
     sdir = prep.sweep_dir
-    by_id = {c.cell_id: c for c in prep.cells}
-    check_trainer(spec.trainer, [make_task(spec, c, sdir, prep.tracking_uri) for c in prep.cells])
+    all_tasks = {c.cell_id: make_task(spec, c, sdir, prep.tracking_uri) for c in prep.cells}
+    check_trainer(spec.trainer, list(all_tasks.values()))
     with sweep_lock(sdir):
-        ensure_experiment(prep.tracking_uri, spec.experiment)
         ledger = Ledger.load(sdir)
+        _check_unchanged(ledger, all_tasks)
+        ensure_experiment(prep.tracking_uri, spec.experiment)
         ids = [c.cell_id for c in prep.cells]
         states = read_states(prep.tracking_uri, spec.experiment, spec.name, ids, ledger)
         the_plan = plan(states, spec.executor.max_retries)
@@ -105,7 +115,11 @@ def launch(
                 "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].attempts
             )
         result = LaunchResult(prep, the_plan, waited=wait)
-        tasks = [make_task(spec, by_id[cid], sdir, prep.tracking_uri) for cid in the_plan.submit]
+        tasks = []
+        for cid in the_plan.submit:  # every submitted cell continues its one MLflow run
+            run_id = states[cid].run_id or create_cell_run(prep.tracking_uri, spec.experiment, spec.name, cid)
+            task = all_tasks[cid]
+            tasks.append(dataclasses.replace(task, overrides={**task.overrides, "tracking.run_id": run_id}))
         if not tasks:
             log.info(
                 "nothing to submit: %d finished, %d running", len(the_plan.finished), len(the_plan.running)
@@ -141,7 +155,9 @@ class _Runner:
         for t, j in zip(tasks, jobs):
             self.jobs[t.cell_id] = j
             self.result.job_ids[t.cell_id] = str(j.job_id)
-            self.ledger.record(t.cell_id, self.prep.kind, str(j.job_id), str(getattr(j.paths, "folder", "")))
+            folder = str(getattr(j.paths, "folder", ""))
+            config = {k: v for k, v in t.overrides.items() if k != "tracking.run_id"}
+            self.ledger.record(t.cell_id, self.prep.kind, str(j.job_id), folder, config)
             log.info("submitted %s as %s job %s", t.cell_id, self.prep.kind, j.job_id)
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
@@ -194,6 +210,18 @@ class _Runner:
                 elapsed_s=time.monotonic() - self.t0,
             )
         )
+
+
+def _check_unchanged(ledger: Ledger, tasks: dict[str, CellTask]) -> None:
+    """A cell id must keep its settings: resuming a checkpoint under other settings would mix runs."""
+    for cid, task in tasks.items():
+        diff = ledger.changed_settings(cid, task.overrides)
+        if diff:
+            what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:5])
+            raise ValueError(
+                f"cell {cid} of sweep {task.sweep!r} was launched with other settings ({what}); "
+                "start a new sweep with --name NEW, or delete its folder and MLflow runs to redo it"
+            )
 
 
 def _error_line(e: BaseException) -> str:

@@ -1,9 +1,10 @@
 """Each cell's state, from its MLflow run (tags ``sweep``, ``grid_cell``, ``status``) and its last job.
 
-States: ``finished``; ``running`` (run or job alive, including queued and requeued jobs);
-``failed`` (the run failed, or the job died before creating a run); ``interrupted`` (the run says
-running/preempted but its job is gone); ``missing`` (never submitted). `plan` turns states into the
-idempotent relaunch decision: skip finished and live cells, resubmit the rest up to ``max_retries``.
+States: ``finished``; ``queued`` (job alive, training not started); ``running`` (job alive, including
+requeued jobs); ``failed`` (the run failed, or the job died before training); ``interrupted`` (the
+run says queued/running/preempted but its job is gone); ``missing`` (never submitted). `plan` turns
+states into the idempotent relaunch decision: skip finished and live cells, resubmit the rest up to
+``max_retries``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "CellState",
     "Plan",
     "check_tracking_uri",
+    "create_cell_run",
     "ensure_experiment",
     "job_alive",
     "plan",
@@ -30,7 +32,7 @@ __all__ = [
     "resolve_tracking_uri",
 ]
 
-STATES = ("finished", "running", "failed", "interrupted", "missing")
+STATES = ("finished", "queued", "running", "failed", "interrupted", "missing")
 
 
 @dataclass
@@ -100,6 +102,19 @@ def ensure_experiment(tracking_uri: str, experiment: str) -> str:
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     return exp.experiment_id if exp is not None else client.create_experiment(experiment)
+
+
+def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str) -> str:
+    """Pre-create a cell's MLflow run (tags ``sweep``, ``grid_cell``, ``status=queued``); the trainer
+    continues it (``tracking.run_id``), so a cell never gets a second run, whatever happens to its jobs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp_id = ensure_experiment(tracking_uri, experiment)
+    run = client.create_run(
+        exp_id, run_name=cell_id, tags={"sweep": sweep, "grid_cell": cell_id, "status": "queued"}
+    )
+    return run.info.run_id
 
 
 def job_alive(sub: Submission | None, squeue: dict[str, str] | None = None) -> bool:
@@ -212,13 +227,13 @@ def read_states(
             if st.run_status == "finished":
                 st.state = "finished"
             elif alive:
-                st.state = "running"
+                st.state = "queued" if st.run_status == "queued" else "running"
             elif st.run_status == "failed":
                 st.state = "failed"
             else:
                 st.state = "interrupted"
         elif alive:
-            st.state = "running"
+            st.state = "queued"
         elif sub is not None:
             st.state = "failed"  # submitted, job gone, no run: died before the trainer started
         out[cid] = st
@@ -232,7 +247,7 @@ def plan(states: dict[str, CellState], max_retries: int) -> Plan:
     for cid, st in states.items():
         if st.state == "finished":
             p.finished.append(cid)
-        elif st.state == "running":
+        elif st.state in ("running", "queued"):
             p.running.append(cid)
         elif st.state == "missing" or st.attempts <= max_retries:
             p.submit.append(cid)

@@ -30,10 +30,15 @@ class CellTask:
 
 
 def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str) -> dict[str, Any]:
-    """Dotted `dit_core.train.TrainConfig` fields for ``cell``; ``spec.train`` is applied first."""
+    """Dotted `dit_core.train.TrainConfig` fields for ``cell``; ``spec.train`` is applied first.
+
+    The model is given by its shape (``model.name`` None; the trainer names official shapes itself);
+    both ``budget.max_steps`` and ``budget.train_flops`` are set and agree (``steps`` whole steps fit).
+    """
     out: dict[str, Any] = dict(spec.train)
     out.update(
         {
+            "model.name": None,
             "model.depth": cell.model.depth,
             "model.hidden_size": cell.model.hidden_size,
             "model.num_heads": cell.model.num_heads,
@@ -43,17 +48,19 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
             "model.num_classes": spec.data.num_classes,
             "model.learn_sigma": spec.learn_sigma,
             "data.name": spec.data.name,
-            "data.root": spec.data.root,
-            "batch_size": cell.batch_size,
-            "steps": cell.steps,
-            "budget_train_flops": cell.budget,
-            "out_dir": str(run_dir),
-            "mlflow.tracking_uri": tracking_uri,
-            "mlflow.experiment": spec.experiment,
-            "mlflow.sweep": spec.name,
-            "mlflow.grid_cell": cell.cell_id,
+            "budget.global_batch_size": cell.batch_size,
+            "budget.max_steps": cell.steps,
+            "budget.train_flops": cell.budget,
+            "out": str(run_dir),
+            "tracking.uri": tracking_uri,
+            "tracking.experiment": spec.experiment,
+            "tracking.sweep": spec.name,
+            "tracking.grid_cell": cell.cell_id,
+            "tracking.run_name": cell.cell_id,
         }
     )
+    if spec.data.root is not None:
+        out["data.root"] = spec.data.root
     if spec.data.name != "latents":
         out["data.image_size"] = spec.data.input_size
     return out

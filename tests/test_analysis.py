@@ -21,7 +21,7 @@ from analysis.parametric import (
     optimal_allocation,
     parametric_loss,
 )
-from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
+from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict, remove_outliers
 from analysis.runs import load_csv, load_epoch_chinchilla
 from analysis.shapes import dit_param_count, family_shapes, nearest_shape
 
@@ -39,7 +39,7 @@ def chinchilla() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def chinchilla_fit(chinchilla):
-    return fit_parametric(chinchilla["N"], chinchilla["D"], chinchilla["loss"], n_bootstrap=40, seed=0)
+    return fit_parametric(chinchilla["N"], chinchilla["D"], chinchilla["loss"], n_bootstrap=30, seed=0)
 
 
 def synthetic_isoflop(params=TRUE, budgets=(1e18, 1e19, 1e20, 1e21), n_sizes=9, noise=0.0, seed=0, k=6.0):
@@ -89,23 +89,25 @@ def test_chinchilla_refit_matches_epoch(chinchilla, chinchilla_fit):
 
 def test_chinchilla_bootstrap_se_near_epoch(chinchilla_fit):
     se = chinchilla_fit.se
-    assert chinchilla_fit.bootstrap.n_ok >= 38
+    assert chinchilla_fit.bootstrap.n_ok >= 28
     for k, ref in EPOCH_SE.items():
-        # 40 resamples estimate an SE to about +-25%; Epoch round E, alpha, beta SEs to 1 digit
+        # 30 resamples estimate an SE to about +-25%; Epoch round E, alpha, beta SEs to 1 digit
         assert ref / 2 < se[k] < ref * 2, (k, se[k], ref)
     lo, hi = chinchilla_fit.conf_int()["alpha"]
     assert lo < chinchilla_fit.params["alpha"] < hi
 
 
-def test_averaged_huber_stops_at_start_and_is_caught(chinchilla):
+def test_averaged_huber_stops_at_start_and_is_caught(chinchilla, chinchilla_fit):
     n, d, loss = chinchilla["N"], chinchilla["D"], chinchilla["loss"]
     scipy_defaults = {"ftol": None, "gtol": None}
     with pytest.raises(ConvergenceError, match="stationary"):
         fit_parametric(n, d, loss, ParametricConfig(reduction="mean", **scipy_defaults))
     stuck = fit_parametric(n, d, loss, ParametricConfig(reduction="mean", check_convergence=False, **scipy_defaults))
     assert not stuck.converged
-    # it stopped on a grid point (where it started): alpha is still one of the grid values
-    assert min(abs(stuck.params["alpha"] - g) for g in (0.0, 0.5, 1.0, 1.5, 2.0)) < 1e-3
+    # it stopped near its grid start, far from the minimum: alpha ~1.35 and a 5x larger objective
+    assert abs(stuck.params["alpha"] - 0.347) > 0.1
+    logs = [np.log(chinchilla[c].to_numpy()) for c in ("N", "D", "loss")]
+    assert objective(stuck.theta, *logs, 1e-3)[0] > 3 * chinchilla_fit.objective
     # the summed objective with the same scipy defaults does converge to the right minimum
     ok = fit_parametric(n, d, loss, ParametricConfig(reduction="sum", **scipy_defaults))
     assert ok.converged and ok.params["alpha"] == pytest.approx(0.3473, abs=1e-3)
@@ -222,7 +224,7 @@ def test_dit_param_counts_match_paper():
 def test_analyze_predict_and_holdout_on_synthetic():
     pts = synthetic_isoflop(noise=0.002, seed=3, budgets=(1e18, 1e19, 1e20, 1e21, 1e22))
     pts["fid"] = 50.0 * pts["loss"] ** 4
-    an = analyze(pts, AnalysisConfig(n_bootstrap=20, seed=0))
+    an = analyze(pts, AnalysisConfig(n_bootstrap=10, seed=0))
     assert an.parametric is not None and an.isoflop.n_opt is not None and an.fid_vs_loss is not None
     assert an.flops_per_param_datum == pytest.approx(6.0)
     pr = predict(an, 1e23)
@@ -244,7 +246,7 @@ def test_outlier_removal_is_explicit_and_reported(chinchilla):
     assert len(an.points) == 240 and len(an.removed) == 5
     assert set(an.removed["loss"].round(6)) == set(raw["loss"].nlargest(5).round(6))
     assert an.parametric.params["alpha"] == pytest.approx(0.3473, abs=1e-3)
-    assert len(analyze(raw, AnalysisConfig(n_bootstrap=0)).removed) == 0
+    assert len(remove_outliers(raw)[1]) == 0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -125,3 +125,21 @@ def test_scancel_usr2_requeues_and_resumes_to_the_uninterrupted_result(slurm_env
     (run,) = finished_runs(slurm_env, spec.experiment)[cell.cell_id]  # the same MLflow run continued
     hist = MlflowClient(slurm_env).get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
+
+
+@pytest.mark.slow
+def test_time_limit_requeues_and_resumes(slurm_env, tmp_path):
+    """A real 1-minute SLURM time limit: USR2 45 s before it, checkpoint, requeue, resume."""
+    spec = slurm_spec(tmp_path, slurm_env, step_s=0.5).replace(
+        families=["S"], budgets=[1.3e10], executor={"timeout_min": 1, "signal_delay_s": 45}
+    )
+    (cell,) = expand(spec)
+    assert cell.steps * 0.5 > 15  # more work than fits before the first USR2
+    res = launch(spec, poll_s=1.0)
+    assert res.errors == {}
+    out = res.results[cell.cell_id]
+    target = 1.0 + cell.model.hidden_size / 100.0
+    assert out["starts"] >= 2 and out["step"] == cell.steps
+    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
+    (run,) = finished_runs(slurm_env, spec.experiment)[cell.cell_id]
+    assert run.data.tags["status"] == "finished"

@@ -278,3 +278,17 @@ def test_ledger_round_trips(tmp_path):
     again = Ledger.load(tmp_path)
     assert again.attempts("S-2-1e12") == 2 and again.last("S-2-1e12").job_id == "15_0"
     assert again.attempts("other") == 0 and again.last("other") is None
+
+
+def test_local_job_liveness_needs_a_live_submitit_controller():
+    import os
+    import subprocess
+
+    from sweeps.ledger import Submission
+    from sweeps.state import job_alive
+
+    assert not job_alive(Submission("local", str(os.getpid()), 0.0))  # alive, but not a controller
+    p = subprocess.Popen(["true"])
+    p.wait()
+    assert not job_alive(Submission("local", str(p.pid), 0.0))  # gone
+    assert not job_alive(Submission("debug", "1", 0.0)) and not job_alive(None)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 @dataclass
 class ModelCfg:
+    name: str | None = None
     depth: int = 2
     hidden_size: int = 32
     num_heads: int = 2
@@ -42,22 +43,29 @@ class DataCfg:
 
 
 @dataclass
-class MlflowCfg:
-    tracking_uri: str | None = None
+class BudgetCfg:
+    max_steps: int | None = 10
+    train_flops: float | None = None
+    global_batch_size: int = 8
+
+
+@dataclass
+class TrackingCfg:
+    uri: str | None = None
     experiment: str = "fake"
-    sweep: str = ""
-    grid_cell: str = ""
+    run_name: str | None = None
+    run_id: str | None = None
+    sweep: str | None = None
+    grid_cell: str | None = None
 
 
 @dataclass
 class TrainConfig:
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
-    mlflow: MlflowCfg = field(default_factory=MlflowCfg)
-    batch_size: int = 8
-    steps: int = 10
-    budget_train_flops: float = 0.0
-    out_dir: str = "fake_run"
+    budget: BudgetCfg = field(default_factory=BudgetCfg)
+    tracking: TrackingCfg = field(default_factory=TrackingCfg)
+    out: str = "fake_run"
     step_s: float = 0.02  # sleep per step, so that a signal can arrive mid-run
     fail_cell: str = ""  # this grid cell raises ...
     fail_times: int = 0  # ... on its first `fail_times` starts
@@ -82,7 +90,7 @@ def _save(path: Path, state: dict) -> None:
 def train(cfg: TrainConfig) -> TrainResult:
     import mlflow
 
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.json"
     state = json.loads(ckpt.read_text()) if ckpt.exists() else {"step": 0, "w": 0.0}
@@ -90,15 +98,20 @@ def train(cfg: TrainConfig) -> TrainResult:
     starts = int(starts_file.read_text()) + 1 if starts_file.exists() else 1
     starts_file.write_text(str(starts))
 
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    tr = cfg.tracking
+    mlflow.set_tracking_uri(tr.uri)
     run_id_file = out / "mlflow_run_id"
-    if run_id_file.exists():
-        run = mlflow.start_run(run_id=run_id_file.read_text().strip())
+    run_id = tr.run_id or (run_id_file.read_text().strip() if run_id_file.exists() else None)
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
     else:
-        mlflow.set_experiment(cfg.mlflow.experiment)
-        run = mlflow.start_run(tags={"sweep": cfg.mlflow.sweep, "grid_cell": cfg.mlflow.grid_cell})
-        run_id_file.write_text(run.info.run_id)
-        mlflow.log_params({"model.hidden_size": cfg.model.hidden_size, "steps": cfg.steps})
+        mlflow.set_experiment(tr.experiment)
+        run = mlflow.start_run(run_name=tr.run_name, tags={"sweep": tr.sweep, "grid_cell": tr.grid_cell})
+    run_id_file.write_text(run.info.run_id)
+    if state["step"] == 0:
+        mlflow.log_params(
+            {"model.hidden_size": cfg.model.hidden_size, "budget.max_steps": cfg.budget.max_steps}
+        )
     mlflow.set_tag("status", "running")
     job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
     if job_id:
@@ -108,10 +121,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     sigs = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
     previous = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in sigs}
     try:
-        if cfg.mlflow.grid_cell == cfg.fail_cell and starts <= cfg.fail_times:
+        if tr.grid_cell == cfg.fail_cell and starts <= cfg.fail_times:
             raise RuntimeError(f"injected failure of {cfg.fail_cell} (start {starts})")
         target = 1.0 + cfg.model.hidden_size / 100.0
-        while state["step"] < cfg.steps:
+        while state["step"] < cfg.budget.max_steps:
             time.sleep(cfg.step_s)
             state["w"] = state["w"] - 0.1 * (state["w"] - target)
             state["step"] += 1

@@ -86,6 +86,9 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(fake_env, tmp_path)
         c.cell_id: 1 for c in cells
     }
     assert all(Ledger.load(sweep_dir(spec)).attempts(c.cell_id) == 1 for c in cells)
+    # the same cell ids with other settings would resume checkpoints under a different config
+    with pytest.raises(ValueError, match=r"launched with other settings \(budget.global_batch_size: 8 -> 4"):
+        launch(spec.replace(batch_size=4))
 
 
 def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(fake_env, tmp_path):

@@ -155,47 +155,70 @@ def _sample_gaussian(
     return x
 
 
-def _invert_gaussian(d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, progress: bool) -> torch.Tensor:
+def _invert_gaussian(
+    d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, fixed_point_iters: int, progress: bool
+) -> torch.Tensor:
     for i in tqdm(range(d.num_timesteps), disable=not progress, desc="ddim-invert"):
-        # evaluate at the current (less noisy) level; from clean data x0_hat is x itself.
+        # explicit guess: evaluate at the current (less noisy) level; from clean data x0_hat is x itself.
         _, p = _gaussian_predict(d, f, x, max(i - 1, 0))
         x0_hat = x if i == 0 else p["pred_x0"]
-        x = ddim_step(x0_hat, p["pred_eps"], _levels(d, i - 1), _levels(d, i))
+        guess = ddim_step(x0_hat, p["pred_eps"], _levels(d, i - 1), _levels(d, i))
+        # refine so that the DDIM sampling step i -> i-1 maps guess exactly onto x
+        jac = _levels(d, i - 1)[0] / _levels(d, i)[0]  # d(step)/dx through the x0_hat path
+        for _ in range(fixed_point_iters):
+            _, q = _gaussian_predict(d, f, guess, i)
+            stepped = ddim_step(q["pred_x0"], q["pred_eps"], _levels(d, i), _levels(d, i - 1))
+            guess = guess + (x - stepped) / jac
+        x = guess
     return x
 
 
 # ---------------------------------------------------------------------- flow
-def _integrate_flow(
+def _flow_step(
     fm: FlowMatching,
     f: Denoiser,
     x: torch.Tensor,
-    times: Sequence[float],
+    t: float,
+    t_next: float,
     sampler: str,
     eta: float,
     generator: torch.Generator | None,
-    progress: bool,
 ) -> torch.Tensor:
-    """Follow the flow ODE (or DDIM/ancestral steps) through `times` (decreasing = sampling)."""
+    """One step of the flow sampler from time t to t_next (either direction when deterministic)."""
     n = x.shape[0]
     velocity = lambda x_, t_: f(x_, torch.full((n,), t_ * fm.num_timesteps, device=x.device))
+    v = velocity(x, t)
+    dt = t_next - t
+    if sampler == "euler":
+        return x + dt * v
+    if sampler == "heun":
+        return x + dt * 0.5 * (v + velocity(x + dt * v, t_next))
+    # ddim (eta) or ddpm (ancestral = DDIM with eta = 1); at eta = 0 this equals the Euler step
+    x0_hat, eps_hat = x - t * v, x + (1.0 - t) * v
+    step_eta = 1.0 if sampler == "ddpm" else eta
+    return ddim_step(x0_hat, eps_hat, (1.0 - t, t), (1.0 - t_next, t_next), step_eta, generator)
+
+
+def _time_grid(steps: int) -> list[float]:
+    """Sampling times 1 = t_0 > t_1 > ... > t_steps = 0 (uniform)."""
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+
+
+def _sample_flow(fm, f, x, steps, sampler, eta, generator, progress) -> torch.Tensor:
+    times = _time_grid(steps)
     for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=sampler):
-        v = velocity(x, t)
-        dt = t_next - t
-        if sampler == "euler":
-            x = x + dt * v
-        elif sampler == "heun":
-            v_next = velocity(x + dt * v, t_next)
-            x = x + dt * 0.5 * (v + v_next)
-        else:  # ddim (eta) or ddpm (ancestral = DDIM with eta = 1)
-            x0_hat, eps_hat = x - t * v, x + (1.0 - t) * v
-            step_eta = 1.0 if sampler == "ddpm" else eta
-            x = ddim_step(x0_hat, eps_hat, (1.0 - t, t), (1.0 - t_next, t_next), step_eta, generator)
+        x = _flow_step(fm, f, x, t, t_next, sampler, eta, generator)
     return x
 
 
-def _time_grid(steps: int, reverse: bool) -> list[float]:
-    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
-    return grid[::-1] if reverse else grid
+def _invert_flow(fm, f, x, steps, sampler, fixed_point_iters, progress) -> torch.Tensor:
+    times = _time_grid(steps)[::-1]
+    for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=f"{sampler}-invert"):
+        guess = _flow_step(fm, f, x, t, t_next, sampler, 0.0, None)
+        for _ in range(fixed_point_iters):  # make the sampling step t_next -> t map guess onto x
+            guess = guess + (x - _flow_step(fm, f, guess, t_next, t, sampler, 0.0, None))
+        x = guess
+    return x
 
 
 # ---------------------------------------------------------------------- public API
@@ -235,9 +258,7 @@ def sample(
     with eval_mode(model):
         f = make_denoiser(model, labels, cfg_scale, guide_channels)
         if isinstance(diffusion, FlowMatching):
-            return _integrate_flow(
-                diffusion, f, x, _time_grid(steps, False), sampler, eta, generator, progress
-            )
+            return _sample_flow(diffusion, f, x, steps, sampler, eta, generator, progress)
         if not isinstance(diffusion, GaussianDiffusion):
             raise ValueError(f"unsupported diffusion type {type(diffusion).__name__}")
         d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
@@ -255,11 +276,19 @@ def invert(
     steps: int = 50,
     cfg_scale: float = 1.0,
     guide_channels: int | None = None,
+    fixed_point_iters: int = 0,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Deterministic inversion: data x0 (N, C, H, W) -> the noise (N, C, H, W) from which
-    `sample(..., sampler, steps, eta=0, noise=result)` returns x0 (up to discretisation error).
-    Gaussian diffusion: "ddim"; flow: "ddim", "euler" or "heun"."""
+    """Deterministic inversion: data x0 (N, C, H, W) -> noise (N, C, H, W) from which
+    `sample(..., sampler, steps, eta=0, noise=result)` returns x0.
+
+    Gaussian diffusion: "ddim"; flow: "ddim", "euler" or "heun". Each step first takes the usual
+    explicit inversion step (model evaluated at the less noisy point, error O(1/steps) overall), then
+    `fixed_point_iters` fixed-point refinements (one model evaluation each, two for heun) that make
+    the sampler's own step map the result back onto the previous point (a fixed-point solve of the
+    implicit inversion equation), so the round trip becomes exact up to float precision."""
+    if isinstance(fixed_point_iters, bool) or not isinstance(fixed_point_iters, int) or fixed_point_iters < 0:
+        raise ValueError(f"fixed_point_iters must be an int >= 0, got {fixed_point_iters!r}")
     _validate(diffusion, sampler, steps, cfg_scale, 0.0)
     if sampler == "ddpm":
         raise ValueError("the ancestral 'ddpm' sampler is stochastic and cannot be inverted; use 'ddim'")
@@ -268,6 +297,6 @@ def invert(
         f = make_denoiser(model, labels, cfg_scale, guide_channels)
         x = x0.float()
         if isinstance(diffusion, FlowMatching):
-            return _integrate_flow(diffusion, f, x, _time_grid(steps, True), sampler, 0.0, None, progress)
+            return _invert_flow(diffusion, f, x, steps, sampler, fixed_point_iters, progress)
         d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
-        return _invert_gaussian(d, f, x, progress)
+        return _invert_gaussian(d, f, x, fixed_point_iters, progress)

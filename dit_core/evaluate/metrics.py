@@ -24,7 +24,7 @@ from .frechet import GaussianStats, fid_from_stats
 from .images import as_image_array
 from .inception_score import inception_score
 from .precision_recall import precision_recall
-from .reference import resolve_reference, reference_stats
+from .reference import reference_stats, resolve_reference
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,9 @@ def evaluate_samples(
         needed = list(dict.fromkeys(METRICS[m][1] for m in names))
         if "probs" in needed and "probs" not in ext.outputs:
             raise ValueError(
-                f"metric 'is' needs class logits, but {ext.name} has none (fid-helper's default_1.pt is the "
-                "pool3 trunk only); pass NVIDIA's inception-2015-12-05.pt via --inception-weights, or drop 'is'"
+                f"metric 'is' needs class logits, but {ext.name} has none (fid-helper's default_1.pt "
+                "is the pool3 trunk only); pass NVIDIA's inception-2015-12-05.pt via "
+                "--inception-weights, or drop 'is'"
             )
         fake = ext.extract(x, needed)
         ref = reference_stats(source, ext, [o for o in needed if o != "probs"], use_cache=use_cache)
@@ -123,6 +124,6 @@ def evaluate_samples(
                 out[f"precision{suffix}"] = p
             if f"recall{suffix}" in names:
                 out[f"recall{suffix}"] = r
-        if family == "digits":
+        if family == "digits" and getattr(ext, "val_accuracy", None) is not None:
             out["digits_classifier_acc"] = float(ext.val_accuracy)
     return {m: out[m] for m in (*metrics, "digits_classifier_acc") if m in out}

@@ -87,7 +87,9 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
                 raise ValueError(f"reference {p} has no `arr_0` (uint8 NHWC images); keys: {z.files}")
             shape = z["arr_0"].shape
         if len(shape) != 4 or shape[1] != shape[2] or shape[1] != resolution:
-            raise ValueError(f"reference {p}: arr_0 has shape {shape}, expected (N, {resolution}, {resolution}, C)")
+            raise ValueError(
+                f"reference {p}: arr_0 has shape {shape}, expected (N, {resolution}, {resolution}, C)"
+            )
         return ReferenceSource(spec, resolution, "npz", files=[p])
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)

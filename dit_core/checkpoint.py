@@ -1,0 +1,129 @@
+"""Training checkpoints: atomic writes, a ``latest.json`` pointer, and loading for evaluation.
+
+Layout: ``<out>/checkpoints/step_0001000.pt`` (``torch.save`` of a dict of tensors, numbers, strings,
+lists and dicts only, so ``torch.load(weights_only=True)`` reads it) and ``<out>/checkpoints/latest.json``
+``{"step": 1000, "file": "step_0001000.pt"}``. Keys: ``model`` and ``ema`` (DiT state dicts),
+``optimizer``, ``scheduler``, ``rng``, ``data_position``, ``ledger``, ``step``, ``config`` (the flat
+`TrainConfig` dict), ``mlflow_run_id``, plus ``loop`` (the partial log interval) and ``format``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "checkpoint_dir",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_model_from_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = 1
+_STEP_FILE = re.compile(r"^step_(\d{7,})\.pt$")
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    """``<out>/checkpoints`` (``out`` may already be that folder)."""
+    p = Path(out)
+    return p if p.name == "checkpoints" else p / "checkpoints"
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(out: str | os.PathLike, state: dict[str, Any], *, keep_last: int = 0) -> Path:
+    """Write ``state`` (must hold ``"step"``) to ``<out>/checkpoints/step_{step:07d}.pt`` atomically,
+    point ``latest.json`` at it, and delete all but the newest ``keep_last`` (0 = keep all)."""
+    if "step" not in state:
+        raise ValueError("save_checkpoint: state needs a 'step' entry")
+    folder = checkpoint_dir(out)
+    step = int(state["step"])
+    path = folder / f"step_{step:07d}.pt"
+    state = {"format": CHECKPOINT_FORMAT, **state}
+    _atomic_write_bytes(path, lambda f: torch.save(state, f))
+    pointer = json.dumps({"step": step, "file": path.name}).encode()
+    _atomic_write_bytes(folder / "latest.json", lambda f: f.write(pointer))
+    if keep_last > 0:
+        for old in list_checkpoints(folder)[:-keep_last]:
+            if old != path:
+                old.unlink(missing_ok=True)
+    log.info("checkpoint step %d -> %s", step, path)
+    return path
+
+
+def list_checkpoints(out: str | os.PathLike) -> list[Path]:
+    """Checkpoint files in ``<out>/checkpoints``, oldest step first."""
+    folder = checkpoint_dir(out)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a run folder (via ``latest.json``, else the highest step file), or None."""
+    folder = checkpoint_dir(out)
+    pointer = folder / "latest.json"
+    if pointer.is_file():
+        try:
+            target = folder / json.loads(pointer.read_text())["file"]
+            if target.is_file():
+                return target
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable %s", pointer)
+    files = list_checkpoints(folder)
+    return files[-1] if files else None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file (or the latest one of a run folder) with ``weights_only=True``."""
+    p = Path(path)
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is None:
+            raise ValueError(f"no checkpoint in {checkpoint_dir(p)}")
+        p = found
+    if not p.is_file():
+        raise ValueError(f"checkpoint {p} does not exist")
+    return torch.load(p, map_location=map_location, weights_only=True)
+
+
+def load_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, map_location: str = "cpu"):
+    """``(model, diffusion, config)`` from a training checkpoint (file or run folder).
+
+    model: a `dit_core.models.DiT` in eval mode with the EMA weights (``use_ema=False``: the raw
+    weights); diffusion: ``create_diffusion(config.diffusion)``; config: the run's `TrainConfig`.
+    """
+    from .config import TrainConfig
+    from .diffusion import create_diffusion
+    from .models import DiT
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    cfg = TrainConfig.from_flat_dict(ckpt["config"])
+    model = DiT.from_config(cfg.model.to_dit_config())
+    model.load_state_dict(ckpt["ema" if use_ema else "model"])
+    return model.eval(), create_diffusion(cfg.diffusion), cfg

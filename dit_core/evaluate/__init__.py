@@ -1,0 +1,49 @@
+"""Evaluation: sample a model, then FID / sFID / IS / precision-recall against cached reference stats.
+
+    from dit_core.evaluate import evaluate_model, evaluate_samples, log_metrics
+    m = evaluate_model(model, diffusion, num_samples=500, batch_size=100, sampler="ddim", steps=50,
+                       cfg_scale=1.5, seed=0, num_classes=10, image_size=16, channels=1,
+                       reference="digits", metrics=("fid_digits", "is_digits"))
+    log_metrics(m, step)   # -> MLflow eval/fid_digits, eval/is_digits at `step`
+
+FID uses clean-fid's "clean" preprocessing (its own PIL bicubic resizer) and the TF Inception weights
+from a local file (see ``features.resolve_inception_weights``); ``*_digits`` metrics use a small CNN
+trained on the digits training split (``digits_classifier``). See docs/evaluation.md.
+"""
+
+from .digits_classifier import DigitsClassifierRecipe, DigitsExtractor
+from .features import FeatureExtractor, InceptionExtractor, RandomConvExtractor, resolve_inception_weights
+from .frechet import GaussianStats, fid_from_features, frechet_distance
+from .images import to_uint8
+from .inception_score import inception_score
+from .metrics import DIGITS_METRICS, INCEPTION_METRICS, METRICS, default_metrics, evaluate_samples
+from .pipeline import evaluate_model, log_metrics
+from .precision_recall import precision_recall
+from .reference import reference_stats, resolve_reference
+from .sampling import generate_images, shard
+
+__all__ = [
+    "DIGITS_METRICS",
+    "INCEPTION_METRICS",
+    "METRICS",
+    "DigitsClassifierRecipe",
+    "DigitsExtractor",
+    "FeatureExtractor",
+    "GaussianStats",
+    "InceptionExtractor",
+    "RandomConvExtractor",
+    "default_metrics",
+    "evaluate_model",
+    "evaluate_samples",
+    "fid_from_features",
+    "frechet_distance",
+    "generate_images",
+    "inception_score",
+    "log_metrics",
+    "precision_recall",
+    "reference_stats",
+    "resolve_inception_weights",
+    "resolve_reference",
+    "shard",
+    "to_uint8",
+]

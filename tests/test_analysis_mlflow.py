@@ -1,0 +1,131 @@
+"""The MLflow path: synthetic sweep runs in the DESIGN.md schema -> load_runs -> CLI -> analysis run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.parametric import optimal_allocation
+from analysis.runs import load_runs
+
+LAW = {"E": 0.05, "A": 4.0, "B": 30.0, "alpha": 0.3, "beta": 0.32}
+K = 6.0 * 64  # true FLOPs per parameter per image (64 tokens per image)
+BUDGETS = (1e14, 1e15, 1e16)
+EXP = "analysis-test-sweep"
+
+
+def law(n, d):
+    return LAW["E"] + LAW["A"] / n ** LAW["alpha"] + LAW["B"] / d ** LAW["beta"]
+
+
+def log_sweep(client, exp_id: str) -> dict:
+    """9 finished runs (3 budgets x 3 sizes around the optimum) + 1 failed run; returns counts."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    n_points = 0
+    for b in BUDGETS:
+        n_opt = optimal_allocation(LAW, b, K)[0]
+        for j, f in enumerate((0.25, 1.0, 4.0)):
+            n = float(round(n_opt * f))
+            run = client.create_run(exp_id, run_name=f"b{b:.0e}-{j}", tags={"sweep": "t", "grid_cell": f"{b}-{j}"})
+            rid = run.info.run_id
+            params = {"model.params": n, "model.forward_gflops": n * 64 / 1e9, "model.depth": 2 + j,
+                      "model.hidden_size": 32 * (j + 1), "model.patch_size": 2, "budget.train_flops": b}  # fmt: skip
+            d_final = b / (K * n)
+            metrics = []
+            for s in range(0, 6):  # eval every 20 steps; step 0 has no compute yet
+                step = 20 * s
+                d = d_final * s / 5
+                metrics += [Metric("compute/train_flops", K * n * d, 0, step),
+                            Metric("data/images_seen", d, 0, step)]  # fmt: skip
+                if s > 0:
+                    metrics.append(Metric("val/loss", law(n, d), 0, step))
+                    n_points += 1
+                    if s % 2 == 1:
+                        metrics.append(Metric("eval/fid_digits", 200.0 * law(n, d) ** 2, 0, step))
+                metrics.append(Metric("train/loss", 1.0, 0, step))
+            client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
+                             tags=[RunTag("status", "finished")])  # fmt: skip
+            client.set_terminated(rid, "FINISHED")
+    bad = client.create_run(exp_id, run_name="crashed", tags={"status": "failed"})
+    client.log_batch(bad.info.run_id, metrics=[Metric("val/loss", 9.0, 0, 10), Metric("compute/train_flops", 1e9, 0, 10),
+                     Metric("data/images_seen", 10, 0, 10)], params=[Param("model.params", "1000")])  # fmt: skip
+    client.set_terminated(bad.info.run_id, "FAILED")
+    return {"runs": 9, "points": n_points}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow-analysis')}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(EXP)
+    counts = log_sweep(client, exp_id)
+    empty_id = client.create_experiment("only-failed")
+    r = client.create_run(empty_id, tags={"status": "failed"})
+    client.set_terminated(r.info.run_id, "FAILED")
+    return uri, counts
+
+
+def test_load_runs_tidy_points(sweep):
+    uri, counts = sweep
+    df = load_runs(EXP, tracking_uri=uri)
+    assert len(df) == counts["points"] and df["run_id"].nunique() == counts["runs"]  # failed run skipped
+    assert (df["C"] > 0).all() and np.allclose(df["C"], K * df["N"] * df["D"])
+    assert np.allclose(df["loss"], law(df["N"], df["D"]))
+    assert df["fid"].notna().sum() == 3 * counts["runs"]  # steps 20, 60, 100 of each run
+    assert df.groupby("run_id")["final"].sum().eq(1).all()
+    assert set(df["budget"]) == set(BUDGETS)
+    assert df["model"].str.startswith("DiT-d").all()
+
+
+def test_load_runs_errors(sweep):
+    uri, _ = sweep
+    with pytest.raises(ValueError, match="sweeps/launch.py"):
+        load_runs("no-such-experiment", tracking_uri=uri)
+    with pytest.raises(ValueError, match="no finished runs"):
+        load_runs("only-failed", tracking_uri=uri)
+
+
+def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.fit_scaling import main
+
+    uri, counts = sweep
+    out_json = tmp_path / "fit.json"
+    rc = main(["--experiment", EXP, "--tracking-uri", uri, "--bootstrap", "6", "--predict", "1e17",
+               "--holdout", "largest", "--json", str(out_json), "--out", str(tmp_path / "rep")])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out_json.read_text())
+    for k in ("alpha", "beta"):  # noiseless data from LAW: the parametric law comes back
+        assert res[k] == pytest.approx(LAW[k], abs=0.01)
+    assert res["flops_per_param_datum"] == pytest.approx(K)
+    assert res["approach2_isoflop"]["a"] == pytest.approx(LAW["beta"] / (LAW["alpha"] + LAW["beta"]), abs=0.03)
+    pred = res["predictions"][0]
+    assert pred["n_opt"]["value"] == pytest.approx(optimal_allocation(LAW, 1e17, K)[0], rel=0.1)
+    assert pred["fid"]["value"] == pytest.approx(200 * optimal_allocation(LAW, 1e17, K)[2] ** 2, rel=0.05)
+    assert pred["nearest_run_shape"]["name"].startswith("DiT-d")
+    assert res["holdout"]["held_out_min_C"] >= 0.99e16 * 0.2 and res["holdout"]["mape_loss"] < 0.02
+    assert (tmp_path / "rep" / "fid.png").exists()
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(EXP)
+    ana = client.search_runs([exp.experiment_id], filter_string="tags.analysis = 'true'")
+    assert len(ana) == 1
+    names = {a.path.split("/")[-1] for a in client.list_artifacts(ana[0].info.run_id, "analysis")}
+    assert {"report.md", "results.json", "loss_vs_compute.png", "isoflop.png", "optimal_allocation.png"} <= names
+    assert ana[0].data.metrics["fit/alpha"] == pytest.approx(res["alpha"])
+    assert len(load_runs(EXP, tracking_uri=uri)) == counts["points"]  # the analysis run is not data
+
+
+def test_cli_without_arguments_names_the_fix(tmp_path, monkeypatch, capsys):
+    from analysis.fit_scaling import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/empty.db")
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "ditscale-demo" in err and "sweeps/launch.py" in err

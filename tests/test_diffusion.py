@@ -1,0 +1,347 @@
+"""dit_core.diffusion: schedules, forward process, posterior, losses, respacing, bad input.
+
+Every expectation is an independent closed form (formulas written out here in numpy/scipy) or a
+Monte Carlo estimate, never the library's own output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from test_diffusion_analytic import COV, MU, SHAPE, make_oracle
+from torch import nn
+
+from dit_core.diffusion import (
+    DiffusionConfig,
+    FlowMatching,
+    GaussianDiffusion,
+    create_diffusion,
+    make_betas,
+    space_timesteps,
+)
+
+# ---------------------------------------------------------------- config and bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"objective": "score"}, r"objective='score'.*\['eps', 'v', 'x0', 'flow'\]"),
+        ({"schedule": "sigmoid"}, r"schedule='sigmoid'.*\['linear', 'cosine', 'quadratic'\]"),
+        ({"timestep_sampling": "beta"}, r"\['uniform', 'logit_normal'\]"),
+        ({"fixed_variance": "medium"}, r"\['large', 'small'\]"),
+        ({"num_timesteps": 0}, "num_timesteps must be >= 1"),
+        ({"num_timesteps": 10.5}, "must be an int"),
+        ({"logit_normal_std": 0.0}, "logit_normal_std must be > 0"),
+        ({"vb_lambda": -1.0}, "vb_lambda must be >= 0"),
+        ({"betas": [0.1, 0.2]}, "set num_timesteps=2"),
+        ({"betas": [0.1, 1.5], "num_timesteps": 2}, r"\(0, 1\)"),
+        ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start <= beta_end"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionConfig(**kwargs)
+
+
+def test_create_diffusion_types_and_learn_sigma():
+    assert isinstance(create_diffusion(DiffusionConfig()), GaussianDiffusion)
+    assert create_diffusion(DiffusionConfig()).learn_sigma is True
+    assert create_diffusion(DiffusionConfig(objective="v", learn_sigma=False)).learn_sigma is False
+    flow = create_diffusion(DiffusionConfig(objective="flow"))  # learn_sigma=True is ignored by flow
+    assert isinstance(flow, FlowMatching) and flow.learn_sigma is False
+    assert flow.num_timesteps == 1000
+    with pytest.raises(ValueError, match="DiffusionConfig"):
+        create_diffusion({"objective": "eps"})
+
+
+def test_custom_betas_are_used_verbatim():
+    betas = [0.01, 0.02, 0.05, 0.1]
+    d = create_diffusion(DiffusionConfig(betas=betas, num_timesteps=4))
+    np.testing.assert_allclose(d.betas.numpy(), betas)
+    np.testing.assert_allclose(d.alphas_cumprod.numpy(), np.cumprod(1 - np.array(betas)))
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def test_linear_schedule_is_ddpm_default():
+    betas = make_betas("linear", 1000)
+    assert betas.dtype == np.float64 and betas.shape == (1000,)
+    assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
+    np.testing.assert_allclose(np.diff(betas), (0.02 - 1e-4) / 999)
+    # DDPM: sqrt(abar_T) ~ 6.4e-3, so x_T is N(0, I) up to a 4e-5 variance fraction of signal
+    abar_T = math.exp(sum(math.log(1 - (1e-4 + k * (0.02 - 1e-4) / 999)) for k in range(1000)))
+    assert create_diffusion(DiffusionConfig()).alphas_cumprod[-1].item() == pytest.approx(abar_T, rel=1e-9)
+    assert abar_T == pytest.approx(4.04e-5, rel=0.01)
+    # improved-DDPM scaling: for T = 100 the endpoints are 10x larger
+    assert make_betas("linear", 100)[-1] == pytest.approx(0.2)
+
+
+def test_cosine_schedule_matches_nichol_dhariwal():
+    T, s = 1000, 0.008
+    d = create_diffusion(DiffusionConfig(schedule="cosine", num_timesteps=T))
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+    want = np.array([f(t + 1) / f(0) for t in range(T)])
+    abar = d.alphas_cumprod.numpy()
+    unclipped = slice(0, 990)  # beta is capped at 0.999 only at the very end
+    np.testing.assert_allclose(abar[unclipped], want[unclipped], rtol=1e-10)
+    assert d.betas.max().item() == pytest.approx(0.999)
+
+
+def test_quadratic_schedule_is_linear_in_sqrt_beta():
+    betas = make_betas("quadratic", 1000)
+    np.testing.assert_allclose(np.sqrt(betas), np.linspace(0.01, math.sqrt(0.02), 1000), rtol=1e-12)
+
+
+def test_unknown_schedule_lists_choices():
+    with pytest.raises(ValueError, match=r"\['linear', 'cosine', 'quadratic'\]"):
+        make_betas("sigmoid", 10)
+
+
+# ---------------------------------------------------------------- forward process and posterior
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_forward_marginals_match_the_markov_chain(schedule):
+    """Run x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) z step by step; compare its moments with q(x_t|x0)."""
+    d = create_diffusion(DiffusionConfig(schedule=schedule, num_timesteps=100))
+    betas = d.betas.numpy()
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    x0 = torch.tensor([0.8, -0.3], dtype=torch.float64).expand(n, 2)
+    x = x0.clone()
+    checks = {0, 10, 99}
+    for t in range(100):
+        x = math.sqrt(1 - betas[t]) * x + math.sqrt(betas[t]) * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        if t in checks:
+            tt = torch.full((n,), t)
+            mean, var = d.q_mean_variance(x0, tt)
+            np.testing.assert_allclose(x.mean(0).numpy(), mean[0].numpy(), atol=5 * math.sqrt(var[0, 0] / n))
+            np.testing.assert_allclose(x.var(0).numpy(), var[0].expand(2).numpy(), rtol=0.04)
+            # q_sample draws have the same moments
+            xs = d.q_sample(x0, tt, torch.randn(n, 2, generator=g, dtype=torch.float64))
+            np.testing.assert_allclose(xs.var(0).numpy(), x.var(0).numpy(), rtol=0.05)
+
+
+@pytest.mark.parametrize("t", [1, 5, 500, 999])
+def test_posterior_is_bayes_rule(t):
+    """q(x_{t-1} | x_t, x0) from generic Gaussian conditioning of the joint (x_{t-1}, x_t) given x0."""
+    d = create_diffusion(DiffusionConfig())
+    betas = make_betas("linear", 1000)
+    abar = np.cumprod(1 - betas)
+    a_prev, beta = abar[t - 1], betas[t]
+    x0 = torch.tensor([[0.7, -1.2, 0.1]], dtype=torch.float64)
+    x_t = torch.tensor([[0.3, 0.9, -2.0]], dtype=torch.float64)
+    # joint given x0: x_{t-1} ~ N(sqrt(a_prev) x0, 1 - a_prev); x_t = sqrt(1-beta) x_{t-1} + sqrt(beta) z
+    m1, v1 = math.sqrt(a_prev) * x0, 1 - a_prev
+    m2, v2 = math.sqrt(1 - beta) * m1, (1 - beta) * v1 + beta
+    cov12 = math.sqrt(1 - beta) * v1
+    want_mean = m1 + cov12 / v2 * (x_t - m2)
+    want_var = v1 - cov12**2 / v2
+    mean, var, logvar = d.q_posterior_mean_variance(x0, x_t, torch.tensor([t]))
+    np.testing.assert_allclose(mean.numpy(), want_mean.numpy(), rtol=1e-9, atol=1e-12)
+    assert var.item() == pytest.approx(want_var, rel=1e-9)
+    assert logvar.item() == pytest.approx(math.log(want_var), rel=1e-9)
+
+
+# ---------------------------------------------------------------- VB term and hybrid loss
+
+
+def _kl(m1, v1, m2, v2):
+    return 0.5 * (np.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1.0)
+
+
+@pytest.mark.parametrize("t", [1, 37, 999])
+@pytest.mark.parametrize("var_value", [-1.0, 0.3, 1.0])
+def test_vb_term_is_gaussian_kl_in_bits(t, var_value):
+    d = create_diffusion(DiffusionConfig(learn_sigma=True))
+    betas = make_betas("linear", 1000)
+    alphas, abar = 1 - betas, np.cumprod(1 - betas)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    g = torch.Generator().manual_seed(t)
+    x0, eps_pred, x_t = (torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    out = torch.cat([eps_pred, torch.full_like(eps_pred, var_value)], dim=1)
+    got = d.vb_terms(out, x0, x_t, torch.full((2,), t))
+    # DDPM eq. 7 (posterior) and eq. 11 (model mean from eps); improved DDPM eq. 15 (variance)
+    post_var = betas[t] * (1 - abar_prev[t]) / (1 - abar[t])
+    post_mean = (math.sqrt(abar_prev[t]) * betas[t] * x0 + math.sqrt(alphas[t]) * (1 - abar_prev[t]) * x_t) / (
+        1 - abar[t]
+    )
+    model_mean = (x_t - betas[t] / math.sqrt(1 - abar[t]) * eps_pred) / math.sqrt(alphas[t])
+    frac = (var_value + 1) / 2
+    model_var = math.exp(frac * math.log(betas[t]) + (1 - frac) * math.log(post_var))
+    want = _kl(post_mean.numpy(), post_var, model_mean.numpy(), model_var).mean(axis=(1, 2, 3)) / math.log(2)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-8)
+
+
+def test_vb_term_at_t0_is_discretized_decoder_nll():
+    d = create_diffusion(DiffusionConfig(learn_sigma=True))
+    beta0 = make_betas("linear", 1000)[0]
+    x0 = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0], dtype=torch.float64).reshape(5, 1, 1, 1)
+    eps = torch.tensor([0.2, -1.0, 0.7, 1.5, -0.4], dtype=torch.float64).reshape(5, 1, 1, 1)
+    x_t = math.sqrt(1 - beta0) * x0 + math.sqrt(beta0) * eps
+    eps_pred = eps + torch.tensor([0.5, -0.3, 0.1, 0.0, 1.2], dtype=torch.float64).reshape(5, 1, 1, 1)
+    out = torch.cat([eps_pred, torch.ones_like(eps_pred)], dim=1)  # var_value 1 -> beta_0
+    got = d.vb_terms(out, x0, x_t, torch.zeros(5, dtype=torch.long)).numpy()
+    mean = ((x_t - math.sqrt(beta0) * eps_pred) / math.sqrt(1 - beta0)).flatten().numpy()
+    # at t=0 the posterior mean of x_{-1} is x0_hat itself: coef1 = 1, coef2 = 0
+    sd = math.sqrt(beta0)
+    want = []
+    for x, m in zip(x0.flatten().numpy(), mean):
+        lo = -np.inf if x <= -1 + 1e-9 else x - 1 / 255
+        hi = np.inf if x >= 1 - 1e-9 else x + 1 / 255
+        want.append(-math.log(stats.norm.cdf(hi, m, sd) - stats.norm.cdf(lo, m, sd)) / math.log(2))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+class ConstantModel(nn.Module):
+    """Outputs [p_mean; p_var] everywhere, so gradients per channel group are easy to read."""
+
+    def __init__(self, channels: int = 1):
+        super().__init__()
+        self.p_mean = nn.Parameter(torch.tensor(0.3))
+        self.p_var = nn.Parameter(torch.tensor(0.2))
+        self.c = channels
+
+    def forward(self, x, t, y=None):
+        n, _, h, w = x.shape
+        return torch.cat([self.p_mean.expand(n, self.c, h, w), self.p_var.expand(n, self.c, h, w)], 1)
+
+
+def test_hybrid_loss_is_mse_plus_vb_with_stop_gradient():
+    d = create_diffusion(DiffusionConfig(learn_sigma=True))
+    model = ConstantModel()
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 1, 4, 4, generator=g), torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 1, 10, 100, 500, 999])
+    terms = d.training_losses(model, x0, t, noise=noise)
+    assert set(terms) == {"loss", "mse", "vb"} and terms["loss"].shape == (6,)
+    np.testing.assert_allclose(terms["mse"].detach().numpy(), ((noise - 0.3) ** 2).mean((1, 2, 3)).numpy(), rtol=1e-5)
+    # lambda = 1e-3 on L_vlb = T * L_t: with T = 1000 the loss is DiT's mse + vb
+    torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
+    terms["vb"].sum().backward()
+    assert model.p_mean.grad.item() == 0.0 and model.p_var.grad.abs().item() > 0
+    model.zero_grad()
+    d.training_losses(model, x0, t, noise=noise)["mse"].sum().backward()
+    assert model.p_var.grad.item() == 0.0 and model.p_mean.grad.abs().item() > 0
+
+
+def test_vb_weight_scales_with_respaced_length():
+    d = create_diffusion(DiffusionConfig(num_timesteps=250, vb_lambda=2e-3))
+    x0, noise = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    terms = d.training_losses(ConstantModel(), x0, torch.tensor([3, 100]), noise=noise)
+    torch.testing.assert_close(terms["loss"], terms["mse"] + 0.5 * terms["vb"])
+
+
+def test_wrong_output_channels_is_a_clear_error():
+    d = create_diffusion(DiffusionConfig(learn_sigma=False))
+    with pytest.raises(ValueError, match="learn_sigma=diffusion.learn_sigma"):
+        d.training_losses(ConstantModel(), torch.zeros(2, 1, 2, 2), torch.tensor([1, 2]))
+
+
+# ---------------------------------------------------------------- objectives at the optimum
+
+
+def _irreducible_mse(objective: str, a: float, s: float) -> float:
+    """min_f E||target - f(x_t)||^2 / D for target = P x0 + Q eps and x0 ~ N(mu, COV)."""
+    P, Q = {"eps": (0.0, 1.0), "x0": (1.0, 0.0), "v": (-s, a), "flow": (-1.0, 1.0)}[objective]
+    eye = np.eye(4)
+    K = a * a * COV + s * s * eye
+    cross = P * a * COV + Q * s * eye
+    cond = P * P * COV + Q * Q * eye - cross @ np.linalg.solve(K, cross.T)
+    return float(np.trace(cond) / 4)
+
+
+@pytest.mark.parametrize("objective", ["eps", "v", "x0", "flow"])
+def test_optimal_model_reaches_the_irreducible_loss(objective):
+    d = create_diffusion(DiffusionConfig(objective=objective, learn_sigma=False))
+    oracle = make_oracle(d)
+    g = torch.Generator().manual_seed(1)
+    n = 20_000
+    L = np.linalg.cholesky(COV)
+    x0 = torch.as_tensor(MU[1] + np.random.default_rng(0).standard_normal((n, 4)) @ L.T).float().reshape(n, *SHAPE)
+    y = torch.ones(n, dtype=torch.long)
+    for t_value in ([100, 600] if objective != "flow" else [0.2, 0.7]):
+        if objective == "flow":
+            t = torch.full((n,), t_value, dtype=torch.float64)
+            a, s = 1 - t_value, t_value
+        else:
+            t = torch.full((n,), t_value)
+            abar = float(np.cumprod(1 - make_betas("linear", 1000))[t_value])
+            a, s = math.sqrt(abar), math.sqrt(1 - abar)
+        noise = torch.randn(n, *SHAPE, generator=g)
+        mse = d.training_losses(oracle, x0, t, {"y": y}, noise=noise)["loss"].double()
+        want = _irreducible_mse(objective, a, s)
+        assert mse.mean().item() == pytest.approx(want, abs=4 * mse.std().item() / math.sqrt(n))
+
+
+# ---------------------------------------------------------------- timestep sampling
+
+
+def test_uniform_timesteps_cover_all_steps():
+    d = create_diffusion(DiffusionConfig(num_timesteps=10))
+    t = d.sample_timesteps(20_000, "cpu", torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and t.shape == (20_000,)
+    counts = torch.bincount(t, minlength=10).numpy()
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("objective", ["flow", "eps"])
+def test_logit_normal_timesteps(objective):
+    cfg = DiffusionConfig(objective=objective, timestep_sampling="logit_normal", logit_normal_mean=0.5,
+                          logit_normal_std=0.8)  # fmt: skip
+    d = create_diffusion(cfg)
+    t = d.sample_timesteps(5000, "cpu", torch.Generator().manual_seed(0)).double()
+    u = t if objective == "flow" else (t + torch.rand(t.shape, generator=torch.Generator().manual_seed(1))) / 1000
+    logit = torch.log(u / (1 - u)).numpy()
+    assert stats.kstest(logit, stats.norm(0.5, 0.8).cdf).pvalue > 1e-3
+
+
+# ---------------------------------------------------------------- respacing
+
+
+def test_space_timesteps_conventions():
+    assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
+    kept = space_timesteps(1000, "250")
+    assert len(kept) == 250 and kept[0] == 0 and kept[-1] == 999
+    assert space_timesteps(1000, 1000) == list(range(1000))
+    assert space_timesteps(1000, 1) == [0]
+    sections = space_timesteps(300, "10,5,1")
+    assert len(sections) == 16 and sections[:10] == list(range(0, 100, 11))[:10]
+    assert sections[-1] == 200  # a one-step section keeps its first step
+
+
+@pytest.mark.parametrize("spec, match", [("2000", "at most 1000"), ("ddim0", "at least 1"), ("abc", "cannot parse")])
+def test_space_timesteps_bad_input(spec, match):
+    with pytest.raises(ValueError, match=match):
+        space_timesteps(1000, spec)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "quadratic"])
+@pytest.mark.parametrize("spec", ["250", "ddim50", "10,20,30"])
+def test_respaced_betas_reproduce_alphas_cumprod(schedule, spec):
+    d = create_diffusion(DiffusionConfig(schedule=schedule))
+    r = d.respace(spec)
+    kept = space_timesteps(1000, spec)
+    abar = np.cumprod(1 - make_betas(schedule, 1000))
+    np.testing.assert_allclose(np.cumprod(1 - r.betas.numpy()), abar[kept], rtol=1e-10)
+    assert r.num_timesteps == len(kept)
+    assert r.timestep_map.tolist() == kept
+
+
+def test_respaced_model_sees_original_timesteps():
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x, t, y=None):
+            seen.append(t.clone())
+            return torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:])
+
+    r = create_diffusion(DiffusionConfig()).respace("ddim10")
+    r.training_losses(Recorder(), torch.zeros(3, 1, 2, 2), torch.tensor([0, 4, 9]))
+    assert seen[0].tolist() == [0, 400, 900]

@@ -1,0 +1,221 @@
+"""Samplers against closed forms: with the exact denoiser for Gaussian data N(mu, Sigma), every sampler
+must reproduce mu and Sigma (deterministic samplers exactly up to discretisation, computed through
+their affine map; stochastic ones within Monte Carlo error). Also CFG, inversion and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_diffusion_analytic import COV, MU, SHAPE, make_oracle
+
+from dit_core.diffusion import DiffusionConfig, create_diffusion, invert, sample
+
+D = 4
+
+
+def diffusion_and_oracle(objective="eps", schedule="linear", learn_sigma=False, **oracle_kwargs):
+    d = create_diffusion(DiffusionConfig(objective=objective, schedule=schedule, learn_sigma=learn_sigma))
+    return d, make_oracle(d, learn_sigma=learn_sigma, **oracle_kwargs)
+
+
+def affine_moments(oracle, d, label=0, **kwargs):
+    """Exact mean and covariance of a deterministic sampler's output for z ~ N(0, I).
+
+    With the linear oracle the sampler is an affine map x = M z + b, so running it on z = 0 and the
+    unit vectors gives b and M; then E[x] = b and Cov[x] = M M^T with no sampling error."""
+    z = torch.cat([torch.zeros(1, D), torch.eye(D)]).reshape(D + 1, *SHAPE)
+    y = torch.full((D + 1,), label, dtype=torch.long)
+    x = sample(oracle, d, z.shape, y, noise=z, **kwargs).reshape(D + 1, D).double()
+    M = (x[1:] - x[0]).T
+    return x[0].numpy(), (M @ M.T).numpy()
+
+
+@pytest.mark.parametrize(
+    "objective, schedule, sampler, steps, mean_tol, cov_tol",
+    [
+        ("eps", "linear", "ddim", 250, 0.01, 0.025),  # mean: x_T is N(0, I) but abar_T = 4e-5 > 0
+        ("v", "cosine", "ddim", 100, 1e-3, 0.045),
+        ("x0", "quadratic", "ddim", 100, 0.035, 0.045),
+        ("flow", "linear", "euler", 200, 1e-4, 0.02),
+        ("flow", "linear", "ddim", 200, 1e-4, 0.02),
+        ("flow", "linear", "heun", 10, 1e-4, 0.005),
+    ],
+)
+def test_deterministic_samplers_reproduce_gaussian_data(objective, schedule, sampler, steps, mean_tol, cov_tol):
+    d, oracle = diffusion_and_oracle(objective, schedule)
+    mean, cov = affine_moments(oracle, d, sampler=sampler, steps=steps)
+    np.testing.assert_allclose(mean, MU[0], atol=mean_tol)
+    np.testing.assert_allclose(cov, COV, atol=cov_tol)
+
+
+@pytest.mark.parametrize(
+    "objective, schedule, sampler, steps, order",
+    [("eps", "cosine", "ddim", 20, 1), ("flow", "linear", "euler", 20, 1), ("flow", "linear", "heun", 32, 2)],
+)
+def test_sampler_convergence_order(objective, schedule, sampler, steps, order):
+    """Doubling the steps divides the covariance error by 2 (first order) or 4 (Heun, second order)."""
+    d, oracle = diffusion_and_oracle(objective, schedule)
+    err = [np.abs(affine_moments(oracle, d, sampler=sampler, steps=k)[1] - COV).max() for k in (steps, 2 * steps)]
+    assert math.log2(err[0] / err[1]) == pytest.approx(order, abs=0.25)
+
+
+def _mc_check(x, mean, cov, z_max=4.5):
+    n = x.shape[0]
+    x = x.reshape(n, D).double()
+    se_mean = np.sqrt(np.diag(cov) / n)
+    se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)
+    z_mean = np.abs(x.mean(0).numpy() - mean) / se_mean
+    z_cov = np.abs(torch.cov(x.T).numpy() - cov) / se_cov
+    assert z_mean.max() < z_max, f"mean off by {z_mean.max():.1f} standard errors"
+    assert z_cov.max() < z_max, f"covariance off by {z_cov.max():.1f} standard errors"
+
+
+@pytest.mark.parametrize(
+    "objective, sampler, steps, eta, learn_sigma",
+    [
+        ("eps", "ddpm", 250, 0.0, False),  # fixed "large" variance
+        ("v", "ddpm", 250, 0.0, True),  # learned-range variance channel set to +1 (beta_t)
+        ("eps", "ddim", 250, 1.0, False),
+        ("x0", "ddim", 250, 0.0, False),
+        ("flow", "ddpm", 100, 0.0, False),
+        ("flow", "heun", 10, 0.0, False),
+    ],
+)
+def test_samplers_match_gaussian_data_within_sampling_error(objective, sampler, steps, eta, learn_sigma):
+    d, oracle = diffusion_and_oracle(objective, learn_sigma=learn_sigma, var_value=1.0)
+    n = 4000
+    x = sample(oracle, d, (n, *SHAPE), torch.ones(n, dtype=torch.long), sampler=sampler, steps=steps, eta=eta,
+               generator=torch.Generator().manual_seed(7))  # fmt: skip
+    assert x.shape == (n, *SHAPE)
+    _mc_check(x, MU[1], COV)
+
+
+def test_ddim_eta0_is_deterministic_and_eta1_is_not():
+    d, oracle = diffusion_and_oracle()
+    y = torch.zeros(8, dtype=torch.long)
+    run = lambda seed, eta: sample(oracle, d, (8, *SHAPE), y, steps=20, eta=eta,
+                                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    assert torch.equal(run(0, 0.0), run(0, 0.0))
+    noise = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(run(0, 0.0), sample(oracle, d, (8, *SHAPE), y, steps=20, noise=noise))
+    assert torch.equal(run(1, 1.0), run(1, 1.0))
+    # with eta = 1 the same starting noise but other step noise gives other samples
+    a = sample(oracle, d, (8, *SHAPE), y, steps=20, eta=1.0, noise=noise, generator=torch.Generator().manual_seed(2))
+    b = sample(oracle, d, (8, *SHAPE), y, steps=20, eta=1.0, noise=noise, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    "objective, sampler, steps, explicit_tol",
+    [("eps", "ddim", 50, 0.3), ("v", "ddim", 25, 0.6), ("flow", "euler", 25, 0.4), ("flow", "heun", 10, 0.01)],
+)
+def test_inversion_round_trip(objective, sampler, steps, explicit_tol):
+    d, oracle = diffusion_and_oracle(objective)
+    n = 32
+    L = np.linalg.cholesky(COV)
+    x0 = torch.as_tensor(MU[0] + np.random.default_rng(0).standard_normal((n, D)) @ L.T).float().reshape(n, *SHAPE)
+    y = torch.zeros(n, dtype=torch.long)
+    errors = []
+    for iters in (0, 4):
+        z = invert(oracle, d, x0, y, sampler=sampler, steps=steps, fixed_point_iters=iters)
+        back = sample(oracle, d, x0.shape, y, sampler=sampler, steps=steps, noise=z)
+        errors.append((back - x0).abs().max().item())
+    assert errors[0] < explicit_tol  # the classic explicit inversion: O(1/steps)
+    assert errors[1] < 1e-4  # fixed-point refined: exact up to float32
+
+
+# ---------------------------------------------------------------- classifier-free guidance
+
+
+@pytest.mark.parametrize("objective, sampler, steps", [("eps", "ddim", 100), ("flow", "heun", 10)])
+@pytest.mark.parametrize("scale", [0.0, 2.5])
+def test_guidance_moves_the_mean_as_expected(objective, sampler, steps, scale):
+    """Class 0 ~ N(mu_0, S), null ~ N(mu_null, S): the guided denoiser is the exact denoiser of
+    N(mu_null + w (mu_0 - mu_null), S), because the prediction is affine in the mean."""
+    d, oracle = diffusion_and_oracle(objective)
+    mean, cov = affine_moments(oracle, d, sampler=sampler, steps=steps, cfg_scale=scale)
+    want = MU[2] + scale * (MU[0] - MU[2])
+    np.testing.assert_allclose(mean, want, atol=0.02)
+    np.testing.assert_allclose(cov, COV, atol=0.05)
+    # every model evaluation was ONE batched forward of 2N = 2 * 5 rows
+    evals = steps * (2 if sampler == "heun" else 1)
+    assert oracle.calls == [2 * (D + 1)] * evals
+
+
+def test_guidance_scale_one_is_conditional_and_zero_is_unconditional():
+    d, oracle = diffusion_and_oracle()
+    noise = torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 0, 1, 2, 0])  # label 2 is the null class
+    cond = sample(oracle, d, noise.shape, y, steps=10, noise=noise)
+    assert oracle.calls == [6] * 10  # scale 1: plain conditional forward, no doubled batch
+    via_cfg = sample(oracle, d, noise.shape, y, steps=10, noise=noise, cfg_scale=1.0 + 1e-12)
+    torch.testing.assert_close(via_cfg, cond, atol=1e-5, rtol=0)
+    uncond = sample(oracle, d, noise.shape, None, steps=10, noise=noise)
+    guided0 = sample(oracle, d, noise.shape, y, steps=10, noise=noise, cfg_scale=0.0)
+    torch.testing.assert_close(guided0, uncond, atol=1e-5, rtol=0)
+
+
+def test_guide_channels_reach_the_model_and_learned_sigma_is_not_guided():
+    d, oracle = diffusion_and_oracle(learn_sigma=True, var_value=0.5)
+    seen = []
+    original = oracle.forward_with_cfg
+
+    def spy(x, t, y, cfg_scale, guide_channels=None):
+        out = original(x, t, y, cfg_scale, guide_channels)
+        seen.append((guide_channels, out[:, 1:].unique().tolist()))
+        return out
+
+    oracle.forward_with_cfg = spy
+    x = sample(oracle, d, (4, *SHAPE), torch.zeros(4, dtype=torch.long), steps=3, cfg_scale=3.0, guide_channels=1)
+    assert x.shape == (4, *SHAPE)
+    assert seen == [(1, [0.5])] * 3
+
+
+# ---------------------------------------------------------------- bad input and bookkeeping
+
+
+@pytest.mark.parametrize(
+    "objective, kwargs, match",
+    [
+        ("eps", {"sampler": "dpm++"}, r"valid choices: \['ddpm', 'ddim', 'euler', 'heun'\]"),
+        ("eps", {"sampler": "euler"}, r"valid choices: \['ddpm', 'ddim'\]"),
+        ("eps", {"steps": 1001}, "larger than the 1000 trained timesteps"),
+        ("flow", {"steps": 1001}, "larger than the 1000 trained timesteps"),
+        ("eps", {"steps": 0}, "steps must be an int >= 1"),
+        ("eps", {"cfg_scale": -0.5}, "cfg_scale must be >= 0"),
+        ("eps", {"eta": 1.5}, r"eta must lie in \[0, 1\]"),
+        ("flow", {"sampler": "heun", "eta": 0.5}, "only applies to sampler='ddim'"),
+        ("eps", {"noise": torch.zeros(3, 1, 2, 2)}, "noise has shape"),
+        ("eps", {"y": torch.zeros(3, dtype=torch.long)}, r"y must have shape \(2,\)"),
+    ],
+)
+def test_sample_bad_input(objective, kwargs, match):
+    d, oracle = diffusion_and_oracle(objective)
+    kwargs = {"y": torch.zeros(2, dtype=torch.long), **kwargs}
+    y = kwargs.pop("y")
+    with pytest.raises(ValueError, match=match):
+        sample(oracle, d, (2, *SHAPE), y, **kwargs)
+    assert oracle.calls == []
+
+
+def test_invert_bad_input():
+    d, oracle = diffusion_and_oracle()
+    x0 = torch.zeros(2, *SHAPE)
+    with pytest.raises(ValueError, match=r"valid choices: \['ddpm', 'ddim'\]"):
+        invert(oracle, d, x0, None, sampler="heun")
+    with pytest.raises(ValueError, match="cannot be inverted"):
+        invert(oracle, d, x0, None, sampler="ddpm")
+    with pytest.raises(ValueError, match="fixed_point_iters"):
+        invert(oracle, d, x0, None, fixed_point_iters=-1)
+
+
+def test_sample_restores_training_flag_and_shows_progress(capsys):
+    d, oracle = diffusion_and_oracle()
+    oracle.train()
+    x = sample(oracle, d, (3, *SHAPE), torch.zeros(3, dtype=torch.long), steps=4, progress=True)
+    assert oracle.training and x.shape == (3, *SHAPE) and not x.requires_grad
+    assert "4/4" in capsys.readouterr().err
+    assert math.isfinite(x.sum().item())
