@@ -74,7 +74,9 @@ def bootstrap_points(
         if r is not None:
             rows.append(r)
     if len(rows) < n_resamples:
-        log.info("bootstrap: %d of %d resamples failed and were dropped", n_resamples - len(rows), n_resamples)
+        log.info(
+            "bootstrap: %d of %d resamples failed and were dropped", n_resamples - len(rows), n_resamples
+        )
     keys = list(rows[0]) if rows else []
     samples = {k: np.array([r[k] for r in rows], dtype=float) for k in keys}
     return BootstrapResult(samples, n_resamples, unit="groups" if groups is not None else "points")

@@ -15,5 +15,11 @@ def fit_fid_vs_loss(points: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0
     if len(pts) < 3 or np.ptp(np.log(pts["loss"].to_numpy(float))) == 0:
         return None
     return fit_power_law(
-        pts["loss"], pts["fid"], saturating=False, n_bootstrap=n_bootstrap, seed=seed, x_name="loss", y_name="FID"
+        pts["loss"],
+        pts["fid"],
+        saturating=False,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        x_name="loss",
+        y_name="FID",
     )

@@ -1,8 +1,8 @@
 """CLI: fit scaling laws to an MLflow sweep or a CSV and write a report.
 
-    python analysis/fit_scaling.py                                   # MLflow experiment ditscale-demo
-    python analysis/fit_scaling.py --experiment my-sweep --predict 1e21 --holdout largest
-    python -m analysis.fit_scaling --csv points.csv --json fit.json --out report/
+python analysis/fit_scaling.py                                   # MLflow experiment ditscale-demo
+python analysis/fit_scaling.py --experiment my-sweep --predict 1e21 --holdout largest
+python -m analysis.fit_scaling --csv points.csv --json fit.json --out report/
 """
 
 from __future__ import annotations
@@ -32,19 +32,34 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--experiment", help=f"MLflow experiment name (default {DEFAULT_EXPERIMENT})")
     src.add_argument("--csv", type=Path, help="CSV with columns N, D, loss (optional C, fid, run_id, model)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
     p.add_argument("--json", type=Path, help="write the fitted parameters and predictions here")
     p.add_argument("--out", type=Path, default=Path("scaling_report"), help="folder for report.md and plots")
-    p.add_argument("--predict", type=float, action="append", default=[], metavar="FLOPS",
-                   help="compute budget in true FLOPs to recommend a model for (repeatable)")  # fmt: skip
-    p.add_argument("--holdout", choices=["largest"], help="fit without the largest-compute runs; report the error")
+    p.add_argument(
+        "--predict",
+        type=float,
+        action="append",
+        default=[],
+        metavar="FLOPS",
+        help="compute budget in true FLOPs to recommend a model for (repeatable)",
+    )
+    p.add_argument(
+        "--holdout", choices=["largest"], help="fit without the largest-compute runs; report the error"
+    )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (0 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss")
-    p.add_argument("--drop-highest-loss", type=int, default=0, metavar="K", help="remove the K highest-loss points")
+    p.add_argument(
+        "--drop-highest-loss", type=int, default=0, metavar="K", help="remove the K highest-loss points"
+    )
     p.add_argument("--outlier-sigma", type=float, help="remove points > S robust sigmas from a first fit")
-    p.add_argument("--flops-per-param-datum", type=float,
-                   help="for a CSV without C: C = k N D (default 6, the LM convention)")  # fmt: skip
+    p.add_argument(
+        "--flops-per-param-datum",
+        type=float,
+        help="for a CSV without C: C = k N D (default 6, the LM convention)",
+    )
     p.add_argument("--no-mlflow-log", action="store_true", help="do not log the analysis run back to MLflow")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -52,10 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         if args.csv is not None:
-            points, source = load_csv(args.csv, flops_per_param_datum=args.flops_per_param_datum), str(args.csv)
+            points, source = (
+                load_csv(args.csv, flops_per_param_datum=args.flops_per_param_datum),
+                str(args.csv),
+            )
             uri = None
         else:
             import mlflow

@@ -1,4 +1,4 @@
-"""IsoFLOP profiles (Chinchilla approach 2): per budget, loss = parabola in log N; minima -> N_opt(C), D_opt(C).
+"""IsoFLOP profiles (Chinchilla approach 2): loss = parabola in log N per budget -> N_opt(C), D_opt(C).
 
 Points are grouped into budgets by their `budget` column when present (the planned FLOPs of a sweep
 cell; each run contributes its final point) and otherwise by clustering log10 C: sorted points
@@ -117,13 +117,21 @@ class IsoFlopFit:
         for name, law in (("N_opt", self.n_opt), ("D_opt", self.d_opt)):
             if law:
                 e = -law.params["alpha"]
-                lines.append(f"  {name} = {law.params['A']:.4g} C^{e:.4f} (se {se.get(name + '_exp', math.nan):.3g})")
+                lines.append(
+                    f"  {name} = {law.params['A']:.4g} C^{e:.4f} (se {se.get(name + '_exp', math.nan):.3g})"
+                )
         return "\n".join(lines + self.messages)
 
     def to_dict(self) -> dict:
         out: dict = {
             "profiles": [
-                {"C": p.compute, "N_opt": p.n_opt, "D_opt": p.d_opt, "loss_opt": p.loss_opt, "n_points": p.n_points}
+                {
+                    "C": p.compute,
+                    "N_opt": p.n_opt,
+                    "D_opt": p.d_opt,
+                    "loss_opt": p.loss_opt,
+                    "n_points": p.n_points,
+                }
                 for p in self.profiles
             ],
             "a": self.a,
@@ -144,14 +152,18 @@ def _laws(profiles: list[IsoFlopProfile]) -> tuple[PowerLawFit, PowerLawFit]:
     return n, d
 
 
-def fit_isoflop(points: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0, gap_dex: float = 0.1) -> IsoFlopFit:
+def fit_isoflop(
+    points: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0, gap_dex: float = 0.1
+) -> IsoFlopFit:
     """Approach 2. Needs >= 3 budgets with >= 3 model sizes each; otherwise the laws are None.
 
     The bootstrap resamples points within the data set and refits everything (profiles and laws).
     """
     profiles = isoflop_profiles(points, gap_dex)
     if len(profiles) < 3:
-        msg = f"IsoFLOP: {len(profiles)} usable budget(s) (need 3, each with >= 3 model sizes); no N_opt(C) law"
+        msg = (
+            f"IsoFLOP: {len(profiles)} usable budget(s) (need 3, each with >= 3 model sizes); no N_opt(C) law"
+        )
         log.info(msg)
         return IsoFlopFit(profiles, None, None, messages=[msg])
     n_law, d_law = _laws(profiles)

@@ -41,9 +41,7 @@ class PowerLawFit:
         x = np.asarray(x, float)
         if self.bootstrap is None or self.bootstrap.n_ok < 2:
             return np.full_like(x, np.nan), np.full_like(x, np.nan)
-        return self.bootstrap.interval_of(
-            lambda p: p.get("E", 0.0) + p["A"] * x ** (-p["alpha"]), level
-        )
+        return self.bootstrap.interval_of(lambda p: p.get("E", 0.0) + p["A"] * x ** (-p["alpha"]), level)
 
     @property
     def se(self) -> dict[str, float]:
@@ -54,11 +52,13 @@ class PowerLawFit:
 
     def formula(self) -> str:
         p = self.params
-        body = f"{p['A']:.4g} * {self.x_name}^(-{p['alpha']:.4g})"
+        body = f"{p['A']:.4g} * {self.x_name}^({-p['alpha']:.4g})"
         return f"{self.y_name} = " + (f"{p['E']:.4g} + {body}" if self.kind == "saturating" else body)
 
     def summary(self) -> str:
-        lines = [f"{self.kind} power law: {self.formula()}  (n={self.n_points}, rmse log={self.rmse_log:.3g})"]
+        lines = [
+            f"{self.kind} power law: {self.formula()}  (n={self.n_points}, rmse log={self.rmse_log:.3g})"
+        ]
         se, ci = self.se, self.conf_int()
         for k, v in self.params.items():
             lo, hi = ci.get(k, (math.nan, math.nan))
@@ -80,7 +80,9 @@ def _check_xy(x, y, n_params: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     if np.any(~np.isfinite(x) | (x <= 0)) or np.any(~np.isfinite(y) | (y <= 0)):
         raise ValueError(f"{what}: x and y must be positive and finite")
     if len(x) <= n_params:
-        raise ValueError(f"{what}: {len(x)} points for {n_params} parameters; need more points than parameters")
+        raise ValueError(
+            f"{what}: {len(x)} points for {n_params} parameters; need more points than parameters"
+        )
     if np.ptp(np.log(x)) == 0:
         raise ValueError(f"{what}: all x are equal; a power law needs a range of x")
     return x, y
@@ -166,9 +168,8 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
         return pd.DataFrame(columns=["C", y, "N", "D", "run_id", "model"])
     per_run = pts.groupby("run_id").size()
     if per_run.max() < 2:
-        best = np.minimum.accumulate(pts[y].to_numpy())
-        keep = pts[y].to_numpy() <= best
-        keep &= np.r_[True, pts[y].to_numpy()[1:] < best[:-1]]
+        v = pts[y].to_numpy()
+        keep = np.r_[True, v[1:] < np.minimum.accumulate(v)[:-1]]  # a new running minimum
         out = pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]]
         return out.reset_index(drop=True)
     lc = np.log(pts["C"].to_numpy())
@@ -238,9 +239,14 @@ def fit_frontier(
         try:
             laws.append(
                 fit_power_law(
-                    fr["C"], fr[col], saturating=sat, n_bootstrap=n_bootstrap, seed=seed, x_name="C",
+                    fr["C"],
+                    fr[col],
+                    saturating=sat,
+                    n_bootstrap=n_bootstrap,
+                    seed=seed,
+                    x_name="C",
                     y_name=name,
-                )  # fmt: skip
+                )
             )
         except ValueError as e:
             log.info("frontier %s(C) not fitted: %s", name, e)

@@ -12,7 +12,7 @@ import pandas as pd
 from analysis.fidloss import fit_fid_vs_loss
 from analysis.isoflop import IsoFlopFit, fit_isoflop
 from analysis.laws import FrontierFit, PowerLawFit, fit_frontier, fit_power_law
-from analysis.parametric import ParametricConfig, ParametricFit, fit_parametric
+from analysis.parametric import ParametricConfig, ParametricFit, fit_parametric, single_threaded_blas
 from analysis.runs import tidy, validate_points
 from analysis.shapes import Shape, family_shapes, nearest_shape, shapes_from_points
 
@@ -47,6 +47,7 @@ class Analysis:
     loss_vs_compute_pure: PowerLawFit | None
     fid_frontier: FrontierFit | None
     fid_vs_loss: PowerLawFit | None
+    fid_vs_compute_pure: PowerLawFit | None = None
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -60,8 +61,11 @@ class Analysis:
         out["flops_per_param_datum"] = self.flops_per_param_datum
         out["approach1_frontier"] = self.frontier.to_dict()
         out["approach2_isoflop"] = self.isoflop.to_dict()
-        out["loss_vs_compute_pure"] = self.loss_vs_compute_pure.to_dict() if self.loss_vs_compute_pure else None
+        out["loss_vs_compute_pure"] = (
+            self.loss_vs_compute_pure.to_dict() if self.loss_vs_compute_pure else None
+        )
         out["fid_frontier"] = self.fid_frontier.to_dict() if self.fid_frontier else None
+        out["fid_vs_compute_pure"] = self.fid_vs_compute_pure.to_dict() if self.fid_vs_compute_pure else None
         out["fid_vs_loss"] = self.fid_vs_loss.to_dict() if self.fid_vs_loss else None
         out["config"] = asdict(self.config)
         out["messages"] = self.messages
@@ -95,6 +99,11 @@ def remove_outliers(
 
 def analyze(points: pd.DataFrame, config: AnalysisConfig | None = None) -> Analysis:
     """Run every fit the data supports. The parametric law needs > 5 points and spread in N and D."""
+    with single_threaded_blas():
+        return _analyze(points, config)
+
+
+def _analyze(points: pd.DataFrame, config: AnalysisConfig | None) -> Analysis:
     cfg = config or AnalysisConfig()
     points = tidy(validate_points(points))
     pts, removed = remove_outliers(points, cfg.drop_highest_loss, cfg.outlier_sigma, cfg.delta)
@@ -105,8 +114,8 @@ def analyze(points: pd.DataFrame, config: AnalysisConfig | None = None) -> Analy
     spread = np.ptp(np.log(pts["C"] / (pts["N"] * pts["D"])))
     if spread > math.log(2):
         msgs.append(
-            f"C/(N D) varies by {math.exp(spread):.3g}x across points (patch sizes differ?); the compute-optimal "
-            f"allocation uses its median {k:.4g}"
+            f"C/(N D) varies by {math.exp(spread):.3g}x across points (patch sizes differ?); "
+            f"the compute-optimal allocation uses its median {k:.4g}"
         )
     several = pts.groupby("run_id").size().max() > 1
     groups = pts["run_id"].to_numpy() if (cfg.bootstrap_by_run and several) else None
@@ -114,23 +123,47 @@ def analyze(points: pd.DataFrame, config: AnalysisConfig | None = None) -> Analy
     parametric = None
     try:
         parametric = fit_parametric(
-            pts["N"], pts["D"], pts["loss"], ParametricConfig(delta=cfg.delta), n_bootstrap=B, seed=seed,
+            pts["N"],
+            pts["D"],
+            pts["loss"],
+            ParametricConfig(delta=cfg.delta),
+            n_bootstrap=B,
+            seed=seed,
             groups=groups,
-        )  # fmt: skip
+        )
     except (ValueError, RuntimeError) as e:
         msgs.append(f"parametric law not fitted: {e}")
     frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed)
-    pure = None
-    if len(frontier.frontier) > 2:
-        pure = fit_power_law(
-            frontier.frontier["C"], frontier.frontier["loss"], saturating=False, n_bootstrap=B, seed=seed,
-            x_name="C", y_name="loss",
-        )  # fmt: skip
+    pure = _pure_law(frontier, "loss", B, seed)
     iso = fit_isoflop(pts, n_bootstrap=B, seed=seed, gap_dex=cfg.isoflop_gap_dex)
     msgs.extend(iso.messages)
     fid_front = fit_frontier(pts, "fid", n_bootstrap=B, seed=seed) if pts["fid"].notna().sum() > 3 else None
     fvl = fit_fid_vs_loss(pts, n_bootstrap=B, seed=seed)
-    return Analysis(pts, removed, cfg, k, parametric, frontier, iso, pure, fid_front, fvl, msgs)
+    fid_pure = _pure_law(fid_front, "fid", B, seed) if fid_front is not None else None
+    return Analysis(
+        points=pts,
+        removed=removed,
+        config=cfg,
+        flops_per_param_datum=k,
+        parametric=parametric,
+        frontier=frontier,
+        isoflop=iso,
+        loss_vs_compute_pure=pure,
+        fid_frontier=fid_front,
+        fid_vs_loss=fvl,
+        fid_vs_compute_pure=fid_pure,
+        messages=msgs,
+    )
+
+
+def _pure_law(frontier: FrontierFit, y: str, n_bootstrap: int, seed: int) -> PowerLawFit | None:
+    """Pure power law y = A C^-alpha through the frontier (the saturating law's E = 0 special case)."""
+    fr = frontier.frontier
+    if len(fr) <= 2 or np.ptp(np.log(fr["C"].to_numpy(float))) == 0:
+        return None
+    return fit_power_law(
+        fr["C"], fr[y], saturating=False, n_bootstrap=n_bootstrap, seed=seed, x_name="C", y_name=y
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,9 +217,12 @@ class Prediction:
             f"  model size N_opt : {self.n_opt} parameters ({pct} interval)",
         ]
         if self.nearest_run_shape:
-            lines.append(f"  nearest run shape: {self.nearest_run_shape.name} ({self.nearest_run_shape.n_params:.4g})")
+            lines.append(
+                f"  nearest run shape: {self.nearest_run_shape.name} ({self.nearest_run_shape.n_params:.4g})"
+            )
         lines.append(
-            f"  nearest DiT shape: {self.nearest_dit_shape.name} ({self.nearest_dit_shape.n_params:.4g}, 256 px latents)"
+            f"  nearest DiT shape: {self.nearest_dit_shape.name} "
+            f"({self.nearest_dit_shape.n_params:.4g}, 256 px latents)"
         )
         lines.append(f"  data D_opt       : {self.d_opt} images/tokens")
         lines.append(f"  expected loss    : {self.loss}")
@@ -238,7 +274,11 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         n_e = Estimate(float(iso.n_opt.predict(compute)), *iso.n_opt.predict_interval(compute, lvl))
         d_e = Estimate(float(iso.d_opt.predict(compute)), *iso.d_opt.predict_interval(compute, lvl))
         law = analysis.frontier.y_law
-        loss_e = Estimate(float(law.predict(compute)), *law.predict_interval(compute, lvl)) if law else Estimate(math.nan)
+        loss_e = (
+            Estimate(float(law.predict(compute)), *law.predict_interval(compute, lvl))
+            if law
+            else Estimate(math.nan)
+        )
         source = "IsoFLOP laws (approach 2)"
     else:
         fr = analysis.frontier

@@ -65,7 +65,9 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
     if an.parametric is not None:
         _, _, lopt = optimal_allocation(an.parametric.params, cc, an.flops_per_param_datum)
         ax.plot(cc, lopt, "r-", lw=1, label="parametric law, compute-optimal")
-    sm = plt.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.LogNorm(ns.min(), max(ns.max(), ns.min() * 1.01)))
+    sm = plt.cm.ScalarMappable(
+        cmap="viridis", norm=matplotlib.colors.LogNorm(ns.min(), max(ns.max(), ns.min() * 1.01))
+    )
     fig.colorbar(sm, ax=ax, label=N_LABEL)
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=LOSS_LABEL, title="Loss vs compute")
     ax.legend(fontsize=7)
@@ -91,7 +93,12 @@ def plot_isoflop(an: Analysis, path) -> Path:
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no budget with >= 3 model sizes", transform=ax.transAxes, ha="center")
-    ax.set(xscale="log", xlabel=N_LABEL, ylabel=LOSS_LABEL, title="IsoFLOP profiles (parabola in log N; * = minimum)")
+    ax.set(
+        xscale="log",
+        xlabel=N_LABEL,
+        ylabel=LOSS_LABEL,
+        title="IsoFLOP profiles (parabola in log N; * = minimum)",
+    )
     return _save(fig, path)
 
 
@@ -103,14 +110,23 @@ def plot_allocation(an: Analysis, path) -> Path:
     for j, (ax, name, label) in enumerate(zip(axes, ("N_opt", "D_opt"), (N_LABEL, D_LABEL))):
         pf = an.parametric
         if pf is not None:
-            ax.plot(cc, optimal_allocation(pf.params, cc, k)[j], "r-", label=f"parametric law (approach 3), C = {k:.3g} N D")
+            ax.plot(
+                cc,
+                optimal_allocation(pf.params, cc, k)[j],
+                "r-",
+                label=f"parametric law (approach 3), C = {k:.3g} N D",
+            )
             if pf.bootstrap is not None and pf.bootstrap.n_ok > 1:
                 lo, hi = pf.bootstrap.interval_of(lambda p, j=j: optimal_allocation(p, cc, k)[j])
                 ax.fill_between(cc, lo, hi, color="r", alpha=0.15, label="95% bootstrap band")
         iso = an.isoflop
         if iso.profiles:
-            ax.plot([p.compute for p in iso.profiles], [p.n_opt if j == 0 else p.d_opt for p in iso.profiles],
-                    "bs", label="IsoFLOP minima")  # fmt: skip
+            ax.plot(
+                [p.compute for p in iso.profiles],
+                [p.n_opt if j == 0 else p.d_opt for p in iso.profiles],
+                "bs",
+                label="IsoFLOP minima",
+            )
         law = iso.n_opt if j == 0 else iso.d_opt
         if law is not None:
             ax.plot(cc, law.predict(cc), "b--", label=f"IsoFLOP law, exponent {-law.params['alpha']:.3f}")
@@ -144,7 +160,13 @@ def plot_fid(an: Analysis, path) -> Path | None:
             ax.annotate(str(r["model"]), (r["forward_gflops"], r["fid"]), fontsize=6)
     else:
         ax.text(0.5, 0.5, "no model.forward_gflops logged", transform=ax.transAxes, ha="center")
-    ax.set(xscale="log", yscale="log", xlabel=GFLOPS_LABEL, ylabel="FID (final evaluation)", title="FID vs Gflops")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel=GFLOPS_LABEL,
+        ylabel="FID (final evaluation)",
+        title="FID vs Gflops",
+    )
     ax = axes[1]
     for rid, g in pts.groupby("run_id"):
         g = g.sort_values("C")
@@ -155,6 +177,9 @@ def plot_fid(an: Analysis, path) -> Path | None:
         if an.fid_frontier.y_law is not None:
             cc = _c_range(an)
             ax.plot(cc, an.fid_frontier.y_law.predict(cc), "k--", label=an.fid_frontier.y_law.formula())
+        if an.fid_vs_compute_pure is not None:
+            cc = _c_range(an)
+            ax.plot(cc, an.fid_vs_compute_pure.predict(cc), ":", color="gray", label="pure power law")
         ax.legend(fontsize=7)
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel="FID", title="FID vs training compute")
     ax = axes[2]

@@ -50,8 +50,13 @@ def _fmt_law(law) -> str:
     return "not fitted" if law is None else f"`{law.formula()}`"
 
 
-def markdown(an: Analysis, plots: dict[str, Path], predictions=(), holdout: HoldoutResult | None = None,
-             source: str = "") -> str:  # fmt: skip
+def markdown(
+    an: Analysis,
+    plots: dict[str, Path],
+    predictions=(),
+    holdout: HoldoutResult | None = None,
+    source: str = "",
+) -> str:
     """The report text; plot paths are written relative to the report's folder."""
     pts = an.points
     lines = [
@@ -71,11 +76,13 @@ def markdown(an: Analysis, plots: dict[str, Path], predictions=(), holdout: Hold
         lines.append("|---|---|---|---|---|---|---|")
         for _, r in an.removed.iterrows():
             lines.append(
-                f"| {r['run_id']} | {r['model']} | {r['N']:.4g} | {r['D']:.4g} | {r['C']:.4g} | {r['loss']:.4g} | "
-                f"{r['reason']} |"
+                f"| {r['run_id']} | {r['model']} | {r['N']:.4g} | {r['D']:.4g} | {r['C']:.4g} | "
+                f"{r['loss']:.4g} | {r['reason']} |"
             )
     else:
-        lines.append("None (outlier removal is off unless `--drop-highest-loss` or `--outlier-sigma` is given).")
+        lines.append(
+            "None (outlier removal is off unless `--drop-highest-loss` or `--outlier-sigma` is given)."
+        )
     lines += ["", "## Approach 3: parametric law L(N, D) = E + A/N^alpha + B/D^beta", ""]
     if an.parametric is not None:
         lines += ["```", an.parametric.summary(), "```"]
@@ -92,7 +99,9 @@ def markdown(an: Analysis, plots: dict[str, Path], predictions=(), holdout: Hold
     lines += ["", "## Approach 2: IsoFLOP profiles", "", "```", an.isoflop.summary(), "```"]
     lines += ["", "## FID", ""]
     lines.append(f"- FID vs validation loss: {_fmt_law(an.fid_vs_loss)}")
-    lines.append(f"- FID frontier vs compute: {_fmt_law(an.fid_frontier.y_law if an.fid_frontier else None)}")
+    fid_sat = an.fid_frontier.y_law if an.fid_frontier else None
+    lines.append(f"- FID frontier vs compute (saturating): {_fmt_law(fid_sat)}")
+    lines.append(f"- FID frontier vs compute (pure power law): {_fmt_law(an.fid_vs_compute_pure)}")
     if predictions:
         lines += ["", "## Predictions", ""]
         for p in predictions:
@@ -126,7 +135,7 @@ def write_report(
 
 
 def log_to_mlflow(paths: dict[str, Path], experiment: str, tracking_uri: str | None, summary: dict) -> str:
-    """Log the report files as artifacts of a new run (tag analysis=true) in the experiment; returns its id."""
+    """Log the report files as artifacts of a new run tagged analysis=true; returns the run id."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -140,7 +149,7 @@ def log_to_mlflow(paths: dict[str, Path], experiment: str, tracking_uri: str | N
             v = summary.get(k)
             if isinstance(v, (int, float)) and math.isfinite(v):
                 client.log_metric(rid, f"fit/{k}", float(v))
-        for name, p in paths.items():
+        for p in paths.values():
             client.log_artifact(rid, str(p), artifact_path="analysis")
         client.set_terminated(rid, "FINISHED")
     except Exception:

@@ -120,8 +120,9 @@ def _history(client, run_id: str, key: str) -> pd.Series:
 
 
 def _model_name(params: dict) -> str:
-    if params.get("model.name"):
-        return params["model.name"]
+    name = params.get("model.name", "")
+    if name and name.lower() not in ("none", "custom", "null"):
+        return name
     d, h, p = (params.get(f"model.{k}") for k in ("depth", "hidden_size", "patch_size"))
     return f"DiT-d{d}-w{h}/{p}" if d and h and p else "unknown"
 
@@ -190,13 +191,16 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or mlflow.get_tracking_uri()
+    missing = (
+        f"MLflow experiment {experiment!r} not found at {uri}; run `python sweeps/launch.py` first "
+        "(or pass --experiment NAME / --tracking-uri URI, or --csv FILE)"
+    )
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        raise ValueError(missing)  # do not let MLflow create an empty store just to look
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(
-            f"MLflow experiment {experiment!r} not found at {uri}; run `python sweeps/launch.py` first "
-            "(or pass --experiment NAME / --tracking-uri URI, or --csv FILE)"
-        )
+        raise ValueError(missing)
     runs = client.search_runs([exp.experiment_id], max_results=50000)
     frames, n_finished = [], 0
     for run in runs:

@@ -44,14 +44,19 @@ def build_diffusers(name: str, input_size: int) -> nn.Module:
     )
 
 
-def make_step(model: nn.Module, call: Callable, batch: int, input_size: int, seed: int) -> Callable[[], None]:
-    """A closure running one optimizer step on fixed random data."""
+OPTIMIZERS = {"fused": dict(fused=True), "foreach": dict(foreach=True), "plain": dict(foreach=False)}
+
+
+def make_step(
+    model: nn.Module, call: Callable, batch: int, input_size: int, seed: int, optimizer: str = "fused"
+) -> Callable[[], None]:
+    """A closure running one optimizer step (AdamW, `OPTIMIZERS[optimizer]`) on fixed random data."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, input_size, input_size, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g)
     y = torch.randint(0, 1000, (batch,), generator=g)
     target = torch.randn(batch, 8, input_size, input_size, generator=g)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **OPTIMIZERS[optimizer])
     model.train()
 
     def step() -> None:
@@ -71,7 +76,9 @@ def diffusers_call(model, x, t, y):
     return model(x, timestep=t, class_labels=y).sample
 
 
-def time_pair(steps: dict[str, Callable[[], None]], warmup: int, rounds: int, iters: int) -> dict[str, list[float]]:
+def time_pair(
+    steps: dict[str, Callable[[], None]], warmup: int, rounds: int, iters: int
+) -> dict[str, list[float]]:
     """Alternate the contenders round by round; return seconds per step for every timed step."""
     for step in steps.values():
         for _ in range(warmup):
@@ -87,13 +94,15 @@ def time_pair(steps: dict[str, Callable[[], None]], warmup: int, rounds: int, it
     return times
 
 
-def run(name: str, batch: int, input_size: int, warmup: int, rounds: int, iters: int) -> dict[str, float]:
+def run(
+    name: str, batch: int, input_size: int, warmup: int, rounds: int, iters: int, optimizer: str = "fused"
+) -> dict[str, float]:
     torch.manual_seed(0)
     ours = build_ours(name, input_size)
     peer = build_diffusers(name, input_size)
     steps = {
-        "ditscale": make_step(ours, ours_call, batch, input_size, seed=1),
-        "diffusers": make_step(peer, diffusers_call, batch, input_size, seed=1),
+        "ditscale": make_step(ours, ours_call, batch, input_size, 1, optimizer),
+        "diffusers": make_step(peer, diffusers_call, batch, input_size, 1, optimizer),
     }
     times = time_pair(steps, warmup, rounds, iters)
     ips = {k: batch / statistics.median(v) for k, v in times.items()}
@@ -114,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=6, help="alternating rounds (A,B / B,A ...)")
     ap.add_argument("--iters", type=int, default=2, help="timed steps per contender per round")
+    ap.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="fused",
+        help="AdamW implementation for both models (fused runs on CPU since torch 2.4)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -123,13 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("diffusers is not installed: pip install 'diffusers>=0.30'", file=sys.stderr)
         return 2
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, batch {args.batch}, "
-          f"latent {args.input_size}x{args.input_size}x4, AdamW(foreach), median of "
-          f"{args.rounds * args.iters} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, batch {args.batch}, "
+        f"latent {args.input_size}x{args.input_size}x4, AdamW({args.optimizer}), median of "
+        f"{args.rounds * args.iters} steps"
+    )
     print(f"{'model':10s} {'ditscale img/s':>15s} {'diffusers img/s':>16s} {'ratio':>7s}")
     for name in args.models:
-        r = run(name, args.batch, args.input_size, args.warmup, args.rounds, args.iters)
-        print(f"{name:10s} {r['ours_img_s']:15.2f} {r['diffusers_img_s']:16.2f} {r['ratio']:6.2f}x")
+        r = run(name, args.batch, args.input_size, args.warmup, args.rounds, args.iters, args.optimizer)
+        print(
+            f"{name:10s} {r['ours_img_s']:15.2f} {r['diffusers_img_s']:16.2f} {r['ratio']:6.2f}x", flush=True
+        )
     return 0
 
 

@@ -96,7 +96,9 @@ class ModelConfig:
 
     _SHAPE = ("depth", "hidden_size", "num_heads", "patch_size")
 
-    def resolve(self, *, input_size: int, in_channels: int, num_classes: int, learn_sigma: bool) -> ModelConfig:
+    def resolve(
+        self, *, input_size: int, in_channels: int, num_classes: int, learn_sigma: bool
+    ) -> ModelConfig:
         """A copy with every field set: the shape from ``name`` (explicit fields win), the data fields
         where None, and ``name`` = the official name of the resulting shape (None if custom)."""
         shape = {k: getattr(self, k) for k in self._SHAPE if getattr(self, k) is not None}
@@ -104,9 +106,9 @@ class ModelConfig:
         full = {k: shape.get(k, getattr(base, k, None)) for k in self._SHAPE}
         official = None
         for size, (depth, width, heads) in MODEL_SHAPES.items():
-            if (full["depth"], full["hidden_size"], full["num_heads"]) == (depth, width, heads):
-                if full["patch_size"] in (2, 4, 8):
-                    official = f"DiT-{size}/{full['patch_size']}"
+            same = (full["depth"], full["hidden_size"], full["num_heads"]) == (depth, width, heads)
+            if same and full["patch_size"] in (2, 4, 8):
+                official = f"DiT-{size}/{full['patch_size']}"
         out = dataclasses.replace(
             self,
             name=official,
@@ -121,7 +123,9 @@ class ModelConfig:
 
     def to_dit_config(self, grad_checkpointing: bool = False) -> DiTConfig:
         """The `DiTConfig` of a resolved model config."""
-        missing = [f.name for f in dataclasses.fields(self) if f.name != "name" and getattr(self, f.name) is None]
+        missing = [
+            f.name for f in dataclasses.fields(self) if f.name != "name" and getattr(self, f.name) is None
+        ]
         if missing:
             raise ValueError(f"ModelConfig is not resolved: {missing} unset (call resolve() with the data)")
         return DiTConfig(
@@ -356,7 +360,7 @@ def _flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
             out[key] = value
 
 
-def apply_flat(cfg: Any, flat: dict[str, Any], *, strict: bool = True) -> Any:
+def apply_flat(cfg: Any, flat: dict[str, Any], *, strict: bool = True, _prefix: str = "") -> Any:
     """Copy of nested dataclass ``cfg`` with dotted keys replaced (values parsed by field type)."""
     nested: dict[str, dict[str, Any]] = {}
     direct: dict[str, Any] = {}
@@ -382,25 +386,28 @@ def apply_flat(cfg: Any, flat: dict[str, Any], *, strict: bool = True) -> Any:
             raise ValueError(f"{type(cfg).__name__}.{head} is not a nested config; cannot set {sorted(sub)}")
         prefix = head + "."
         sub = {k: v for k, v in sub.items() if prefix + k not in DERIVED_PARAMS}
-        kwargs[head] = apply_flat(child, sub, strict=strict)
+        kwargs[head] = apply_flat(child, sub, strict=strict, _prefix=_prefix + prefix)
     hints = _hints(type(cfg))
     for head, value in direct.items():
-        kwargs[head] = parse_value(value, hints[head], f"{type(cfg).__name__}.{head}")
+        kwargs[head] = parse_value(value, hints[head], _prefix + head)
     if not kwargs:
         return cfg
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
     values.update(kwargs)
-    return build_dataclass(type(cfg), values)
+    return build_dataclass(type(cfg), values, _prefix)
 
 
-def build_dataclass(cls: type, values: dict[str, Any]) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """``cls(**values)`` with each value parsed by its annotated type first (works for any dataclass)."""
     hints = _hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid: {sorted(known)}")
-    parsed = {k: parse_value(v, hints[k], f"{cls.__name__}.{k}") for k, v in values.items()}
+    parsed = {
+        k: parse_value(v, hints[k], f"{prefix}{k}" if prefix else f"{cls.__name__}.{k}")
+        for k, v in values.items()
+    }
     return cls(**parsed)
 
 
@@ -430,9 +437,9 @@ def parse_value(value: Any, hint: Any, where: str) -> Any:
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip() in ("None", "none", "null", "")):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.strip() in ("None", "none", "null", ""))
+        if is_none and type(None) in args:
+            return None
         if len(options) == 1:
             return parse_value(value, options[0], where)
         return value
@@ -518,7 +525,9 @@ def resolve_budget_steps(budget: BudgetConfig, flops_per_image: float) -> int:
     """Optimizer steps the budget allows: ``floor(train_flops / (flops_per_image * batch))``,
     and/or ``max_steps`` (the smaller when both are set)."""
     if budget.max_steps is None and budget.train_flops is None:
-        raise ValueError("no stop condition: set budget.max_steps (--max-steps) or budget.train_flops (--train-flops)")
+        raise ValueError(
+            "no stop condition: set budget.max_steps (--max-steps) or budget.train_flops (--train-flops)"
+        )
     steps = budget.max_steps if budget.max_steps is not None else math.inf
     if budget.train_flops is not None:
         per_step = flops_per_image * budget.global_batch_size

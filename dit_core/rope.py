@@ -43,6 +43,7 @@ def rope_angles(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x` `(..., T, d)` by the tables `(T, d)` from `rope_angles`."""
+    """Rotate `x` `(..., T, d)` by the tables `(T, d)` from `rope_angles` (computed in `x.dtype`)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     a, b = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-b, a], dim=-1) * sin

@@ -86,15 +86,16 @@ class RunTracker:
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
         out_dir: str | os.PathLike | None = None,
+        reuse_saved_id: bool = True,
     ) -> RunTracker:
-        """Continue ``run_id`` (or the id saved in ``<out_dir>/mlflow_run_id``) or create a run in
-        ``experiment``; the id is saved to ``<out_dir>/mlflow_run_id``."""
+        """Continue ``run_id`` (or, with ``reuse_saved_id``, the id saved in ``<out_dir>/mlflow_run_id``)
+        or create a run in ``experiment``; the id is saved to ``<out_dir>/mlflow_run_id``."""
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         client = MlflowClient(tracking_uri=uri)
         id_file = Path(out_dir) / RUN_ID_FILE if out_dir is not None else None
-        if run_id is None and id_file is not None and id_file.is_file():
+        if run_id is None and reuse_saved_id and id_file is not None and id_file.is_file():
             run_id = id_file.read_text().strip() or None
         tags = {k: str(v) for k, v in (tags or {}).items()}
         if run_id is not None:
@@ -102,7 +103,8 @@ class RunTracker:
                 run = client.get_run(run_id)
             except MlflowException as e:
                 raise ValueError(
-                    f"MLflow run {run_id} (to resume) is not in the tracking store {client.tracking_uri}: {e}. "
+                    f"MLflow run {run_id} (to resume) is not in the tracking store "
+                    f"{client.tracking_uri}: {e}. "
                     "Point --tracking-uri at the store the run was created in, or start a new --out"
                 ) from None
             client.update_run(run_id, status="RUNNING")
@@ -152,7 +154,6 @@ class RunTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
-
         from mlflow.utils.time import get_current_time_millis
 
         now = get_current_time_millis()

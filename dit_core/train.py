@@ -69,6 +69,9 @@ __all__ = [
 #: Exit code of the CLI when a signal stopped the run after a checkpoint (128 + SIGTERM).
 EXIT_PREEMPTED = 143
 
+#: With several processes, steps between the all-reduces that agree on a received signal.
+SIGNAL_SYNC_EVERY = 10
+
 #: Fields that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_CHANGES = ("tracking.", "checkpoint.", "eval.", "budget.max_steps", "budget.train_flops",
                      "num_workers", "log_every", "out", "compile", "grad_checkpointing")  # fmt: skip
@@ -144,13 +147,13 @@ def _check_resumable(saved: dict[str, Any], now: dict[str, Any], path: Path) -> 
 class _Trainer:
     """State of one run; `train` drives it. Kept as one object so checkpointing sees everything."""
 
-    def __init__(self, cfg: TrainConfig, accelerator, resume: str):
+    def __init__(self, cfg: TrainConfig, accelerator, resume: str, train_set=None):
         self.acc = accelerator
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.main = accelerator.is_main_process
         self.device = accelerator.device
         self.out = Path(cfg.out)
-        self.train_set = build_dataset(cfg.data, "train")
+        self.train_set = train_set if train_set is not None else build_dataset(cfg.data, "train")
         self.cfg = cfg = resolve_config(cfg, self.train_set)
         self.flat = cfg.to_flat_dict()
         self.total = int(cfg.budget.max_steps)
@@ -158,6 +161,7 @@ class _Trainer:
         self.fpi = train_flops_per_image(self.dit_cfg)
         self.batch = cfg.budget.global_batch_size
 
+        self.resume = resume
         self.ckpt_path = self._find_checkpoint(resume)
         ckpt = load_checkpoint(self.ckpt_path) if self.ckpt_path else None
         if ckpt is not None:
@@ -177,7 +181,7 @@ class _Trainer:
             self.train_set, self.batch, seed=cfg.seed, rank=self.rank, world_size=self.world,
             num_workers=cfg.num_workers,
         )  # fmt: skip
-        self.random = StepRandom(cfg.seed, self.rank, self.device, cfg.model.class_dropout_prob)
+        self.random = StepRandom(cfg.seed, self.device, cfg.model.class_dropout_prob, self.rank, self.world)
         self.step, self.images_seen = 0, 0
         self.pending: list[torch.Tensor] = []  # per-step losses since the last log (rank-reduced on save)
         self.last_loss: float | None = None
@@ -211,7 +215,9 @@ class _Trainer:
                 raise ValueError(f"--resume {resume}: no checkpoint in that folder")
             return found
         if not p.is_file():
-            raise ValueError(f"--resume must be 'auto', 'never' or a checkpoint file/run folder; {p} does not exist")
+            raise ValueError(
+                f"--resume must be 'auto', 'never' or a checkpoint file/run folder; {p} does not exist"
+            )
         return p
 
     def _load(self, ckpt: dict[str, Any]) -> None:
@@ -220,6 +226,9 @@ class _Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.stream.load_state_dict(ckpt["data_position"])
         set_rng_state(ckpt["rng"])
+        scaler = getattr(self.acc, "scaler", None)
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
         self.images_seen = int(ckpt["ledger"]["images_seen"])
         loop = ckpt.get("loop", {})
@@ -243,7 +252,7 @@ class _Trainer:
         run_id = self.run_id or t.run_id
         self.tracker = RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=run_id, run_name=t.run_name, tags=tags,
-            out_dir=self.out,
+            out_dir=self.out, reuse_saved_id=self.resume != "never",
         )  # fmt: skip
         self.run_id = self.tracker.run_id
         derived = {
@@ -347,13 +356,15 @@ class _Trainer:
             self._val_data = (xs.to(self.device), ys.to(self.device), lo)
         x, y, lo = self._val_data
         metrics = {}
-        models = [("val/loss", self.model)] + ([("val/loss_ema", self.ema.model)] if self.cfg.eval.val_ema else [])
+        models = [("val/loss", self.model)] + (
+            [("val/loss_ema", self.ema.model)] if self.cfg.eval.val_ema else []
+        )
         for key, model in models:
             if len(x):
                 with self.acc.autocast():
                     losses = validation_losses(
                         self.diffusion, model, x, y, seed=self.cfg.eval.val_seed, index_offset=lo,
-                        batch_size=256,
+                        batch_size=self.cfg.eval.batch_size or None,
                     )  # fmt: skip
                 sums = torch.tensor([losses.sum().item(), float(len(losses))], dtype=torch.float64)
             else:
@@ -375,7 +386,11 @@ class _Trainer:
         reference = e.reference or ("digits" if data.name == "digits" else None)
         cfg_scale = e.cfg_scale if self.cfg.model.class_dropout_prob > 0 else 1.0
         metrics: dict[str, float] = {}
-        if reference is None:
+        if data.name == "latents":
+            log.warning(
+                "eval: latent runs are scored from checkpoints with a VAE (dit_core.evaluate); skipped"
+            )
+        elif reference is None:
             log.warning("eval: no eval.reference set for %s data; sample metrics skipped", data.name)
         else:
             from .evaluate import evaluate_model
@@ -390,10 +405,9 @@ class _Trainer:
                 accelerator=self.acc if self.world > 1 else None,
             )  # fmt: skip
         self.last_eval = dict(metrics)
-        if self.main and e.grid_images > 0 and data.name != "latents":
+        if self.tracker and e.grid_images > 0 and data.name != "latents":
             grid = self._sample_grid(e.grid_images, cfg_scale)
-            if self.tracker:
-                self.tracker.log_image(grid, f"samples/step_{self.step:07d}.png")
+            self.tracker.log_image(grid, f"samples/step_{self.step:07d}.png")
         if self.tracker and metrics:
             self.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         log.info("step %d: eval %s", self.step, metrics)
@@ -453,9 +467,37 @@ class _Trainer:
         self.acc.wait_for_everyone()
         return path
 
+    def run_loop(self, guard: PreemptionGuard, progress: Progress, stop_at_step: int | None = None) -> str:
+        """Step until the budget (-> "finished"), a signal or ``stop_at_step`` (-> "preempted"), with
+        logging, validation, evaluation and periodic checkpoints at their intervals."""
+        cfg, e = self.cfg, self.cfg.eval
+        train_time, interval_images = 0.0, 0
+        while self.step < self.total:
+            if self.preempt_requested(guard) or (stop_at_step is not None and self.step >= stop_at_step):
+                return "preempted"
+            t0 = time.perf_counter()
+            self.train_step()
+            train_time += time.perf_counter() - t0
+            interval_images += self.batch
+            s = self.step
+            if s % cfg.log_every == 0 or s == self.total:
+                self.log_interval(train_time, interval_images, progress)
+                train_time, interval_images = 0.0, 0
+            if e.val_every and s % e.val_every == 0:
+                self.validate()
+            if e.eval_every and s % e.eval_every == 0:
+                self.evaluate()
+            if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and s < self.total:
+                self.save()
+        return "finished"
+
     def preempt_requested(self, guard: PreemptionGuard) -> bool:
+        """Whether a signal arrived (on any rank). With several processes the ranks agree through
+        an all-reduce, done every `SIGNAL_SYNC_EVERY` steps to avoid a device sync per step."""
         flag = guard.received is not None
         if self.world > 1:
+            if self.step % SIGNAL_SYNC_EVERY:
+                return False
             t = torch.tensor([1.0 if flag else 0.0], device=self.device)
             flag = bool(self.acc.reduce(t, reduction="sum").item() > 0)
         return flag
@@ -477,23 +519,36 @@ def train(
     stop_at_step: int | None = None,
     accelerator=None,
     progress_bar: bool | None = None,
+    train_set=None,
 ) -> TrainResult:
     """Train ``cfg`` to its budget (or until a preemption signal) and return a `TrainResult`.
 
     resume: "auto" (continue from ``<cfg.out>`` if it holds a checkpoint), "never" (error if it
     does), or a checkpoint file / run folder. stop_at_step: behave as if preempted once this step
     is reached (checkpoint, MLflow status "preempted"); for tests and time-sliced jobs.
+    train_set: use this dataset instead of ``build_dataset(cfg.data)`` (items ``(x, y)``, attributes
+    ``resolution``, ``channels``, ``num_classes``). progress_bar: None = a tqdm bar on a terminal.
     Raises FloatingPointError on a non-finite loss (MLflow run marked failed).
     """
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"train() takes a TrainConfig, got {type(cfg).__name__}")
     acc = accelerator or _make_accelerator(cfg)
-    tr = _Trainer(cfg, acc, resume)
+    try:
+        return _run(_Trainer(cfg, acc, resume, train_set), stop_at_step, progress_bar)
+    finally:
+        if accelerator is None and acc.num_processes == 1:
+            # let the next in-process run pick another precision (Accelerate keeps a singleton state)
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _run(tr: _Trainer, stop_at_step: int | None, progress_bar: bool | None) -> TrainResult:
     cfg = tr.cfg
     if tr.main:
-        tr.out.mkdir(parents=True, exist_ok=True)
         import json
 
+        tr.out.mkdir(parents=True, exist_ok=True)
         (tr.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     tr.start_tracking()
     log.info(
@@ -501,40 +556,16 @@ def train(
         "from step %d", cfg.model.name or "custom DiT", f"{param_count(tr.dit_cfg):,}", tr.fpi, tr.total,
         tr.batch, tr.world, tr.step,
     )  # fmt: skip
-    e = cfg.eval
     progress = Progress(tr.total, tr.step, enabled=tr.main, use_bar=progress_bar)
-    status, signame, ckpt_path = "finished", None, None
-    prev_handler = None
+    ckpt_path, signum = None, None
     try:
         with PreemptionGuard() as guard:
-            if e.val_every and tr.step == 0:
+            if cfg.eval.val_every and tr.step == 0:
                 tr.validate()
-            train_time, interval_images = 0.0, 0
-            while tr.step < tr.total:
-                if tr.preempt_requested(guard) or (stop_at_step is not None and tr.step >= stop_at_step):
-                    status = "preempted"
-                    if guard.received is not None:
-                        import signal as _signal
-
-                        signame = _signal.Signals(guard.received).name
-                        prev_handler = guard.previous_handler(guard.received)
-                    break
-                t0 = time.perf_counter()
-                tr.train_step()
-                train_time += time.perf_counter() - t0
-                interval_images += tr.batch
-                s = tr.step
-                if s % cfg.log_every == 0 or s == tr.total:
-                    tr.log_interval(train_time, interval_images, progress)
-                    train_time, interval_images = 0.0, 0
-                if e.val_every and s % e.val_every == 0:
-                    tr.validate()
-                if e.eval_every and s % e.eval_every == 0:
-                    tr.evaluate()
-                if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and s < tr.total:
-                    tr.save()
+            status = tr.run_loop(guard, progress, stop_at_step)
             ckpt_path = tr.save()
-            signum = guard.received
+            signum = guard.received if status == "preempted" else None
+            prev_handler = guard.previous_handler(signum) if signum is not None else None
         progress.close()
     except BaseException as err:
         progress.close()
@@ -544,6 +575,9 @@ def train(
         raise
     if tr.tracker:
         tr.tracker.finish(status)
+    import signal as _signal
+
+    signame = _signal.Signals(signum).name if signum is not None else None
     result = TrainResult(
         status=status, step=tr.step, total_steps=tr.total, out=str(tr.out), run_id=tr.run_id,
         checkpoint=str(ckpt_path) if ckpt_path else None, images_seen=tr.images_seen,
@@ -578,8 +612,12 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--image-size",), "data.image_size", int, "pixel resolution (digits, imagefolder; default 16)"),
     (("--max-steps",), "budget.max_steps", int, "stop after this many optimizer steps"),
     (("--train-flops",), "budget.train_flops", float, "stop at this training budget (true FLOPs)"),
-    (("--global-batch-size", "--batch-size"), "budget.global_batch_size", int,
-     "images per step over all processes (default 32)"),
+    (
+        ("--global-batch-size", "--batch-size"),
+        "budget.global_batch_size",
+        int,
+        "images per step over all processes (default 32)",
+    ),
     (("--lr",), "optim.lr", float, "AdamW learning rate (default 1e-4)"),
     (("--weight-decay",), "optim.weight_decay", float, "AdamW weight decay (default 0)"),
     (("--warmup-steps",), "optim.warmup_steps", int, "linear warmup steps (default 0)"),
@@ -643,7 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of fields (nested or dotted); flags win")
     for flags, key, typ, help_ in _FLAGS:
-        p.add_argument(*flags, dest=key, type=typ, default=None, help=f"{help_} [{key}]")
+        meta = key.rsplit(".", 1)[-1].upper()
+        p.add_argument(*flags, dest=key, type=typ, default=None, metavar=meta, help=f"{help_} [{key}]")
     p.add_argument("--no-flip", dest="data.random_flip", action="store_const", const=False, default=None,
                    help="no random horizontal flips [data.random_flip]")  # fmt: skip
     p.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_const", const=True,
@@ -655,8 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any TrainConfig field by its dotted name, e.g. --set optim.beta2=0.95")  # fmt: skip
-    p.add_argument("--resume", default="auto",
-                   help="auto (continue --out if it has a checkpoint; default) | never | checkpoint path")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (continue --out if it has a checkpoint; default) | never | PATH",
+    )
     p.add_argument("--print-config", action="store_true", help="print the config as flat fields and exit")
     return p
 
@@ -672,12 +714,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < --config YAML < flags < --set."""
     cfg = load_yaml_config(args.config) if args.config else TrainConfig()
     flat: dict[str, Any] = {}
+    top_level = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in vars(args).items():
-        if "." in key or key in ("out", "seed", "precision", "num_workers", "log_every", "compile",
-                                 "grad_checkpointing"):  # fmt: skip
-            if value is not None:
-                flat[key] = value
-    if flat.get("model.name", "").lower() in ("none", "custom"):
+        if ("." in key or key in top_level) and value is not None:
+            flat[key] = value
+    if (flat.get("model.name") or "").lower() in ("none", "custom"):
         flat["model.name"] = None
     if args.tag:
         tags = dict(cfg.tracking.tags)

@@ -15,13 +15,14 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import submitit
 
 from sweeps.grid import ExecutorSpec
-from sweeps.task import CellTask, apply_overrides
+from sweeps.task import CellTask, build_config
 
 __all__ = ["CellJob", "make_executor", "parse_sbatch_lines", "resolve_executor_kind", "slurm_status"]
 
@@ -129,6 +130,7 @@ class CellJob(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, task: CellTask) -> dict[str, Any]:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # one GPU per rank when GPUs were allocated (checked without initialising CUDA)
@@ -146,9 +148,19 @@ class CellJob(submitit.helpers.Checkpointable):
         )
         os.environ.setdefault("DITSCALE_EXECUTOR_JOB_ID", str(env.job_id))
         Path(task.run_dir).mkdir(parents=True, exist_ok=True)
+        if task.threads:  # before the trainer imports torch; set directly if it is already imported
+            os.environ["OMP_NUM_THREADS"] = str(task.threads)
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(task.threads)
         trainer = importlib.import_module(task.trainer)
-        cfg = apply_overrides(trainer.TrainConfig(), task.overrides)
-        result = trainer.train(cfg)
+        result = trainer.train(build_config(trainer, task.overrides))
+        if getattr(result, "status", "finished") == "preempted":
+            # a signal without a requeue handler behind it (e.g. SIGTERM: cancel, hard time limit):
+            # the checkpoint is saved; fail this job so that a relaunch resumes the cell
+            raise RuntimeError(
+                f"cell {task.cell_id} stopped by {getattr(result, 'signal', None)} at step "
+                f"{getattr(result, 'step', '?')}; its checkpoint is saved: relaunch the sweep to resume"
+            )
         return _as_dict(result)
 
     def checkpoint(self, task: CellTask) -> submitit.helpers.DelayedSubmission:

@@ -87,6 +87,8 @@ class SweepSpec:
     ``isoflop`` = per budget, the models whose step count lies in [isoflop_min_steps, isoflop_max_steps].
     batch_size: global batch. train: dotted `TrainConfig` overrides applied to every cell.
     trainer: module providing ``TrainConfig`` and ``train(cfg)`` (the contract of `dit_core.train`).
+    final_eval: validation loss and sample metrics (FID) at each cell's last step (sets
+    ``eval.val_every`` / ``eval.eval_every`` to the cell's step count unless ``train`` sets them).
     """
 
     name: str = "demo"
@@ -102,10 +104,10 @@ class SweepSpec:
     isoflop_min_steps: int = 20
     isoflop_max_steps: int = 100_000
     batch_size: int = 64
-    learn_sigma: bool = True
     data: DataSpec = field(default_factory=DataSpec)
     train: dict[str, Any] = field(default_factory=dict)
     trainer: str = "dit_core.train"
+    final_eval: bool = True
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
 
     def replace(self, **overrides: Any) -> SweepSpec:
@@ -208,6 +210,17 @@ class Cell:
         return f"DiT-{self.model.name}/{self.patch_size}"
 
 
+def _as_bool(v: Any) -> bool:
+    return v.strip().lower() in ("true", "1", "yes", "on") if isinstance(v, str) else bool(v)
+
+
+def model_learns_sigma(train: dict[str, Any]) -> bool:
+    """Does the model output 2C channels (learned variance)? As `dit_core.diffusion.DiffusionConfig`
+    decides it: ``diffusion.learn_sigma`` (default True) and an objective other than ``flow``."""
+    objective = str(train.get("diffusion.objective", "eps")).strip().lower()
+    return _as_bool(train.get("diffusion.learn_sigma", True)) and objective != "flow"
+
+
 def format_budget(b: float) -> str:
     """``1e15`` -> "1e15", ``3e15`` -> "3e15", ``1.5e15`` -> "1.5e15" (used in cell ids)."""
     mant, exp = f"{b:.3e}".split("e")
@@ -229,9 +242,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of ``spec``, ordered by budget, then model (as listed), then patch size."""
     spec.validate()
     extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
+    learn_sigma = _as_bool(extra.pop("learn_sigma", model_learns_sigma(spec.train)))
     computes = {
         (m, p): model_compute(
-            m, p, spec.data.input_size, spec.data.in_channels, spec.data.num_classes, spec.learn_sigma, extra
+            m, p, spec.data.input_size, spec.data.in_channels, spec.data.num_classes, learn_sigma, extra
         )
         for m in spec.models()
         for p in spec.patch_sizes

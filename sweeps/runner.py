@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -101,7 +102,8 @@ def launch(
     block until they end. Relaunching the same sweep submits only what is missing or failed."""
     prep = prepare(spec)
     sdir = prep.sweep_dir
-    all_tasks = {c.cell_id: make_task(spec, c, sdir, prep.tracking_uri) for c in prep.cells}
+    threads = _threads_per_process(prep)
+    all_tasks = {c.cell_id: make_task(spec, c, sdir, prep.tracking_uri, threads) for c in prep.cells}
     check_trainer(spec.trainer, list(all_tasks.values()))
     with sweep_lock(sdir):
         ledger = Ledger.load(sdir)
@@ -115,18 +117,15 @@ def launch(
                 "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].attempts
             )
         result = LaunchResult(prep, the_plan, waited=wait)
-        tasks = []
-        for cid in the_plan.submit:  # every submitted cell continues its one MLflow run
-            run_id = states[cid].run_id or create_cell_run(prep.tracking_uri, spec.experiment, spec.name, cid)
-            task = all_tasks[cid]
-            tasks.append(dataclasses.replace(task, overrides={**task.overrides, "tracking.run_id": run_id}))
+        tasks = [all_tasks[cid] for cid in the_plan.submit]
+        run_ids = {cid: states[cid].run_id for cid in the_plan.submit if states[cid].run_id}
         if not tasks:
             log.info(
                 "nothing to submit: %d finished, %d running", len(the_plan.finished), len(the_plan.running)
             )
             return result
         executor = make_executor(spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}")
-        _Runner(prep, executor, ledger, result, on_progress, poll_s).run(tasks, wait)
+        _Runner(prep, executor, ledger, result, on_progress, poll_s, run_ids).run(tasks, wait)
     return result
 
 
@@ -141,13 +140,23 @@ class _Runner:
         result: LaunchResult,
         on_progress: Callable[[Progress], None] | None,
         poll_s: float,
+        run_ids: dict[str, str],
     ) -> None:
         self.prep, self.executor, self.ledger, self.result = prep, executor, ledger, result
-        self.on_progress, self.poll_s = on_progress, poll_s
+        self.on_progress, self.poll_s, self.run_ids = on_progress, poll_s, run_ids
         self.jobs: dict[str, Any] = {}
         self.t0 = time.monotonic()
 
+    def _with_run(self, task: CellTask) -> CellTask:
+        """Every submitted cell continues its one MLflow run: the existing one, else one created now."""
+        spec = self.prep.spec
+        run_id = self.run_ids.get(task.cell_id) or create_cell_run(
+            self.prep.tracking_uri, spec.experiment, spec.name, task.cell_id
+        )
+        return dataclasses.replace(task, overrides={**task.overrides, "tracking.run_id": run_id})
+
     def _submit(self, tasks: list[CellTask]) -> None:
+        tasks = [self._with_run(t) for t in tasks]
         if self.prep.kind == "slurm":
             jobs = self.executor.map_array(CellJob(), tasks)  # one job array
         else:
@@ -190,7 +199,7 @@ class _Runner:
 
     def _collect(self, cid: str, job: Any) -> None:
         try:
-            self.result.results[cid] = job.result()
+            self.result.results[cid] = job.results()[0]  # rank 0's result when a cell has several tasks
         except Exception as e:  # a failed cell is reported, the sweep goes on
             self.result.errors[cid] = _error_line(e)
             log.error("cell %s failed (job %s): %s", cid, job.job_id, self.result.errors[cid])
@@ -210,6 +219,15 @@ class _Runner:
                 elapsed_s=time.monotonic() - self.t0,
             )
         )
+
+
+def _threads_per_process(prep: Prepared) -> int:
+    """CPU threads for torch in each job process: SLURM gives each task ``cpus_per_task`` cores; local
+    jobs share this machine's cores between ``local_parallelism`` cells x ``tasks_per_node``."""
+    ex = prep.spec.executor
+    if prep.kind == "slurm":
+        return ex.cpus_per_task
+    return max(1, (os.cpu_count() or 1) // (ex.local_parallelism * ex.tasks_per_node))
 
 
 def _check_unchanged(ledger: Ledger, tasks: dict[str, CellTask]) -> None:

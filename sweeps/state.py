@@ -97,11 +97,20 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
 def ensure_experiment(tracking_uri: str, experiment: str) -> str:
     """Create the store's tables and the experiment once, before jobs start (concurrent jobs would
     otherwise race on sqlite migrations and on creating the experiment); returns its id."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    return exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(experiment)
+    except MlflowException:  # created meanwhile by another launcher or job
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str) -> str:
@@ -216,7 +225,7 @@ def read_states(
             st.run_id, st.run_status = run.info.run_id, _run_status(run)
             st.duplicates = len(cell_runs) - 1
             st.loss = run.data.metrics.get("train/loss")
-            st.fid = run.data.metrics.get("eval/fid")
+            st.fid = run.data.metrics.get("eval/fid", run.data.metrics.get("eval/fid_digits"))
             if with_progress and st.loss is not None:
                 if client is None:
                     from mlflow.tracking import MlflowClient

@@ -14,7 +14,7 @@ from typing import Any
 
 from sweeps.grid import Cell, SweepSpec
 
-__all__ = ["CellTask", "apply_overrides", "check_trainer", "make_task"]
+__all__ = ["CellTask", "apply_overrides", "build_config", "check_trainer", "make_task"]
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,14 @@ class CellTask:
     run_dir: str
     overrides: dict[str, Any] = field(default_factory=dict)
     trainer: str = "dit_core.train"
+    threads: int = 0
 
 
 def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str) -> dict[str, Any]:
     """Dotted `dit_core.train.TrainConfig` fields for ``cell``; ``spec.train`` is applied first.
 
-    The model is given by its shape (``model.name`` None; the trainer names official shapes itself);
+    The model is given by its shape (``model.name`` None; the trainer names official shapes itself,
+    and sets ``model.learn_sigma`` from the diffusion as `sweeps.grid.model_learns_sigma` does);
     both ``budget.max_steps`` and ``budget.train_flops`` are set and agree (``steps`` whole steps fit).
     """
     out: dict[str, Any] = dict(spec.train)
@@ -46,7 +48,6 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
             "model.input_size": spec.data.input_size,
             "model.in_channels": spec.data.in_channels,
             "model.num_classes": spec.data.num_classes,
-            "model.learn_sigma": spec.learn_sigma,
             "data.name": spec.data.name,
             "budget.global_batch_size": cell.batch_size,
             "budget.max_steps": cell.steps,
@@ -59,6 +60,9 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
             "tracking.run_name": cell.cell_id,
         }
     )
+    if spec.final_eval:
+        for key in ("eval.val_every", "eval.eval_every"):
+            out.setdefault(key, cell.steps)
     if spec.data.root is not None:
         out["data.root"] = spec.data.root
     if spec.data.name != "latents":
@@ -66,10 +70,11 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
     return out
 
 
-def make_task(spec: SweepSpec, cell: Cell, sweep_dir: Path, tracking_uri: str) -> CellTask:
+def make_task(spec: SweepSpec, cell: Cell, sweep_dir: Path, tracking_uri: str, threads: int = 0) -> CellTask:
+    """The task of ``cell``; ``threads``: torch CPU threads per process (0 = torch's default)."""
     run_dir = (sweep_dir / "cells" / cell.cell_id).resolve()
     overrides = cell_overrides(spec, cell, run_dir, tracking_uri)
-    return CellTask(spec.name, cell.cell_id, str(run_dir), overrides, spec.trainer)
+    return CellTask(spec.name, cell.cell_id, str(run_dir), overrides, spec.trainer, threads)
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
@@ -102,6 +107,15 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     return dataclasses.replace(cfg, **direct) if direct else cfg
 
 
+def build_config(trainer: Any, overrides: dict[str, Any]) -> Any:
+    """``trainer.TrainConfig()`` with the dotted overrides; uses the config's own ``replace`` (which
+    parses values by field type) when it has one."""
+    cfg = trainer.TrainConfig()
+    if callable(getattr(cfg, "replace", None)):
+        return cfg.replace(**overrides)
+    return apply_overrides(cfg, overrides)
+
+
 def _coerce(value: Any, current: Any, where: str) -> Any:
     """YAML 1.1 reads ``3e-4`` as a string: convert strings/ints to the current field's number type."""
     try:
@@ -132,6 +146,6 @@ def check_trainer(module: str, tasks: list[CellTask]) -> None:
             )
     for t in tasks:
         try:
-            apply_overrides(trainer.TrainConfig(), t.overrides)
+            build_config(trainer, t.overrides)
         except (TypeError, ValueError) as e:
             raise ValueError(f"cell {t.cell_id}: {e}") from e

@@ -29,29 +29,50 @@ def log_sweep(client, exp_id: str) -> dict:
         n_opt = optimal_allocation(LAW, b, K)[0]
         for j, f in enumerate((0.25, 1.0, 4.0)):
             n = float(round(n_opt * f))
-            run = client.create_run(exp_id, run_name=f"b{b:.0e}-{j}", tags={"sweep": "t", "grid_cell": f"{b}-{j}"})
+            run = client.create_run(
+                exp_id, run_name=f"b{b:.0e}-{j}", tags={"sweep": "t", "grid_cell": f"{b}-{j}"}
+            )
             rid = run.info.run_id
-            params = {"model.params": n, "model.forward_gflops": n * 64 / 1e9, "model.depth": 2 + j,
-                      "model.hidden_size": 32 * (j + 1), "model.patch_size": 2, "budget.train_flops": b}  # fmt: skip
+            params = {
+                "model.params": n,
+                "model.forward_gflops": n * 64 / 1e9,
+                "model.depth": 2 + j,
+                "model.hidden_size": 32 * (j + 1),
+                "model.patch_size": 2,
+                "budget.train_flops": b,
+            }
             d_final = b / (K * n)
             metrics = []
             for s in range(0, 6):  # eval every 20 steps; step 0 has no compute yet
                 step = 20 * s
                 d = d_final * s / 5
-                metrics += [Metric("compute/train_flops", K * n * d, 0, step),
-                            Metric("data/images_seen", d, 0, step)]  # fmt: skip
+                metrics += [
+                    Metric("compute/train_flops", K * n * d, 0, step),
+                    Metric("data/images_seen", d, 0, step),
+                ]
                 if s > 0:
                     metrics.append(Metric("val/loss", law(n, d), 0, step))
                     n_points += 1
                     if s % 2 == 1:
                         metrics.append(Metric("eval/fid_digits", 200.0 * law(n, d) ** 2, 0, step))
                 metrics.append(Metric("train/loss", 1.0, 0, step))
-            client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
-                             tags=[RunTag("status", "finished")])  # fmt: skip
+            client.log_batch(
+                rid,
+                metrics=metrics,
+                params=[Param(k, str(v)) for k, v in params.items()],
+                tags=[RunTag("status", "finished")],
+            )
             client.set_terminated(rid, "FINISHED")
     bad = client.create_run(exp_id, run_name="crashed", tags={"status": "failed"})
-    client.log_batch(bad.info.run_id, metrics=[Metric("val/loss", 9.0, 0, 10), Metric("compute/train_flops", 1e9, 0, 10),
-                     Metric("data/images_seen", 10, 0, 10)], params=[Param("model.params", "1000")])  # fmt: skip
+    client.log_batch(
+        bad.info.run_id,
+        metrics=[
+            Metric("val/loss", 9.0, 0, 10),
+            Metric("compute/train_flops", 1e9, 0, 10),
+            Metric("data/images_seen", 10, 0, 10),
+        ],
+        params=[Param("model.params", "1000")],
+    )
     client.set_terminated(bad.info.run_id, "FAILED")
     return {"runs": 9, "points": n_points}
 
@@ -60,9 +81,11 @@ def log_sweep(client, exp_id: str) -> dict:
 def sweep(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow-analysis')}/mlflow.db"
+    store = tmp_path_factory.mktemp("mlflow-analysis")
+    uri = f"sqlite:///{store}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment(EXP)
+    # explicit artifact location: the default is ./mlruns in the current directory (the repo)
+    exp_id = client.create_experiment(EXP, artifact_location=(store / "artifacts").as_uri())
     counts = log_sweep(client, exp_id)
     empty_id = client.create_experiment("only-failed")
     r = client.create_run(empty_id, tags={"status": "failed"})
@@ -97,14 +120,32 @@ def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
 
     uri, counts = sweep
     out_json = tmp_path / "fit.json"
-    rc = main(["--experiment", EXP, "--tracking-uri", uri, "--bootstrap", "6", "--predict", "1e17",
-               "--holdout", "largest", "--json", str(out_json), "--out", str(tmp_path / "rep")])  # fmt: skip
+    rc = main(
+        [
+            "--experiment",
+            EXP,
+            "--tracking-uri",
+            uri,
+            "--bootstrap",
+            "6",
+            "--predict",
+            "1e17",
+            "--holdout",
+            "largest",
+            "--json",
+            str(out_json),
+            "--out",
+            str(tmp_path / "rep"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out_json.read_text())
     for k in ("alpha", "beta"):  # noiseless data from LAW: the parametric law comes back
         assert res[k] == pytest.approx(LAW[k], abs=0.01)
     assert res["flops_per_param_datum"] == pytest.approx(K)
-    assert res["approach2_isoflop"]["a"] == pytest.approx(LAW["beta"] / (LAW["alpha"] + LAW["beta"]), abs=0.03)
+    assert res["approach2_isoflop"]["a"] == pytest.approx(
+        LAW["beta"] / (LAW["alpha"] + LAW["beta"]), abs=0.03
+    )
     pred = res["predictions"][0]
     assert pred["n_opt"]["value"] == pytest.approx(optimal_allocation(LAW, 1e17, K)[0], rel=0.1)
     assert pred["fid"]["value"] == pytest.approx(200 * optimal_allocation(LAW, 1e17, K)[2] ** 2, rel=0.05)
@@ -116,16 +157,22 @@ def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
     ana = client.search_runs([exp.experiment_id], filter_string="tags.analysis = 'true'")
     assert len(ana) == 1
     names = {a.path.split("/")[-1] for a in client.list_artifacts(ana[0].info.run_id, "analysis")}
-    assert {"report.md", "results.json", "loss_vs_compute.png", "isoflop.png", "optimal_allocation.png"} <= names
+    assert {
+        "report.md",
+        "results.json",
+        "loss_vs_compute.png",
+        "isoflop.png",
+        "optimal_allocation.png",
+    } <= names
     assert ana[0].data.metrics["fit/alpha"] == pytest.approx(res["alpha"])
     assert len(load_runs(EXP, tracking_uri=uri)) == counts["points"]  # the analysis run is not data
 
 
-def test_cli_without_arguments_names_the_fix(tmp_path, monkeypatch, capsys):
+def test_cli_without_arguments_names_the_fix(sweep, tmp_path, monkeypatch, capsys):
     from analysis.fit_scaling import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/empty.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep[0])  # a store without the default experiment
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "ditscale-demo" in err and "sweeps/launch.py" in err

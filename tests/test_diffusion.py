@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from test_diffusion_analytic import COV, MU, SHAPE, make_oracle
+from test_diffusion_analytic import COV, MU, SHAPE, _one_thread, make_oracle  # noqa: F401
 from torch import nn
 
 from dit_core.diffusion import (
@@ -108,7 +108,7 @@ def test_unknown_schedule_lists_choices():
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_forward_marginals_match_the_markov_chain(schedule):
-    """Run x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) z step by step; compare its moments with q(x_t|x0)."""
+    """Run x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) z step by step; compare moments with q(x_t|x0)."""
     d = create_diffusion(DiffusionConfig(schedule=schedule, num_timesteps=100))
     betas = d.betas.numpy()
     g = torch.Generator().manual_seed(0)
@@ -117,7 +117,9 @@ def test_forward_marginals_match_the_markov_chain(schedule):
     x = x0.clone()
     checks = {0, 10, 99}
     for t in range(100):
-        x = math.sqrt(1 - betas[t]) * x + math.sqrt(betas[t]) * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        x = math.sqrt(1 - betas[t]) * x + math.sqrt(betas[t]) * torch.randn(
+            n, 2, generator=g, dtype=torch.float64
+        )
         if t in checks:
             tt = torch.full((n,), t)
             mean, var = d.q_mean_variance(x0, tt)
@@ -169,9 +171,9 @@ def test_vb_term_is_gaussian_kl_in_bits(t, var_value):
     got = d.vb_terms(out, x0, x_t, torch.full((2,), t))
     # DDPM eq. 7 (posterior) and eq. 11 (model mean from eps); improved DDPM eq. 15 (variance)
     post_var = betas[t] * (1 - abar_prev[t]) / (1 - abar[t])
-    post_mean = (math.sqrt(abar_prev[t]) * betas[t] * x0 + math.sqrt(alphas[t]) * (1 - abar_prev[t]) * x_t) / (
-        1 - abar[t]
-    )
+    post_mean = (
+        math.sqrt(abar_prev[t]) * betas[t] * x0 + math.sqrt(alphas[t]) * (1 - abar_prev[t]) * x_t
+    ) / (1 - abar[t])
     model_mean = (x_t - betas[t] / math.sqrt(1 - abar[t]) * eps_pred) / math.sqrt(alphas[t])
     frac = (var_value + 1) / 2
     model_var = math.exp(frac * math.log(betas[t]) + (1 - frac) * math.log(post_var))
@@ -179,18 +181,23 @@ def test_vb_term_is_gaussian_kl_in_bits(t, var_value):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-8)
 
 
-def test_vb_term_at_t0_is_discretized_decoder_nll():
+@pytest.mark.parametrize("var_value", [1.0, -1.0, 0.0])
+def test_vb_term_at_t0_is_discretized_decoder_nll(var_value):
     d = create_diffusion(DiffusionConfig(learn_sigma=True))
-    beta0 = make_betas("linear", 1000)[0]
+    betas = make_betas("linear", 1000)
+    beta0 = betas[0]
+    abar = np.cumprod(1 - betas)
+    post_var1 = betas[1] * (1 - abar[0]) / (1 - abar[1])  # beta~_0 = 0 is replaced by beta~_1 (DDPM)
     x0 = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0], dtype=torch.float64).reshape(5, 1, 1, 1)
     eps = torch.tensor([0.2, -1.0, 0.7, 1.5, -0.4], dtype=torch.float64).reshape(5, 1, 1, 1)
     x_t = math.sqrt(1 - beta0) * x0 + math.sqrt(beta0) * eps
     eps_pred = eps + torch.tensor([0.5, -0.3, 0.1, 0.0, 1.2], dtype=torch.float64).reshape(5, 1, 1, 1)
-    out = torch.cat([eps_pred, torch.ones_like(eps_pred)], dim=1)  # var_value 1 -> beta_0
+    out = torch.cat([eps_pred, torch.full_like(eps_pred, var_value)], dim=1)
     got = d.vb_terms(out, x0, x_t, torch.zeros(5, dtype=torch.long)).numpy()
     mean = ((x_t - math.sqrt(beta0) * eps_pred) / math.sqrt(1 - beta0)).flatten().numpy()
     # at t=0 the posterior mean of x_{-1} is x0_hat itself: coef1 = 1, coef2 = 0
-    sd = math.sqrt(beta0)
+    frac = (var_value + 1) / 2
+    sd = math.exp(0.5 * (frac * math.log(beta0) + (1 - frac) * math.log(post_var1)))
     want = []
     for x, m in zip(x0.flatten().numpy(), mean):
         lo = -np.inf if x <= -1 + 1e-9 else x - 1 / 255
@@ -221,7 +228,9 @@ def test_hybrid_loss_is_mse_plus_vb_with_stop_gradient():
     t = torch.tensor([0, 1, 10, 100, 500, 999])
     terms = d.training_losses(model, x0, t, noise=noise)
     assert set(terms) == {"loss", "mse", "vb"} and terms["loss"].shape == (6,)
-    np.testing.assert_allclose(terms["mse"].detach().numpy(), ((noise - 0.3) ** 2).mean((1, 2, 3)).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        terms["mse"].detach().numpy(), ((noise - 0.3) ** 2).mean((1, 2, 3)).numpy(), rtol=1e-5
+    )
     # lambda = 1e-3 on L_vlb = T * L_t: with T = 1000 the loss is DiT's mse + vb
     torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
     terms["vb"].sum().backward()
@@ -264,9 +273,13 @@ def test_optimal_model_reaches_the_irreducible_loss(objective):
     g = torch.Generator().manual_seed(1)
     n = 20_000
     L = np.linalg.cholesky(COV)
-    x0 = torch.as_tensor(MU[1] + np.random.default_rng(0).standard_normal((n, 4)) @ L.T).float().reshape(n, *SHAPE)
+    x0 = (
+        torch.as_tensor(MU[1] + np.random.default_rng(0).standard_normal((n, 4)) @ L.T)
+        .float()
+        .reshape(n, *SHAPE)
+    )
     y = torch.ones(n, dtype=torch.long)
-    for t_value in ([100, 600] if objective != "flow" else [0.2, 0.7]):
+    for t_value in [100, 600] if objective != "flow" else [0.2, 0.7]:
         if objective == "flow":
             t = torch.full((n,), t_value, dtype=torch.float64)
             a, s = 1 - t_value, t_value
@@ -297,7 +310,11 @@ def test_logit_normal_timesteps(objective):
                           logit_normal_std=0.8)  # fmt: skip
     d = create_diffusion(cfg)
     t = d.sample_timesteps(5000, "cpu", torch.Generator().manual_seed(0)).double()
-    u = t if objective == "flow" else (t + torch.rand(t.shape, generator=torch.Generator().manual_seed(1))) / 1000
+    u = (
+        t
+        if objective == "flow"
+        else (t + torch.rand(t.shape, generator=torch.Generator().manual_seed(1))) / 1000
+    )
     logit = torch.log(u / (1 - u)).numpy()
     assert stats.kstest(logit, stats.norm(0.5, 0.8).cdf).pvalue > 1e-3
 
@@ -316,7 +333,9 @@ def test_space_timesteps_conventions():
     assert sections[-1] == 200  # a one-step section keeps its first step
 
 
-@pytest.mark.parametrize("spec, match", [("2000", "at most 1000"), ("ddim0", "at least 1"), ("abc", "cannot parse")])
+@pytest.mark.parametrize(
+    "spec, match", [("2000", "at most 1000"), ("ddim0", "at least 1"), ("abc", "cannot parse")]
+)
 def test_space_timesteps_bad_input(spec, match):
     with pytest.raises(ValueError, match=match):
         space_timesteps(1000, spec)
@@ -345,3 +364,13 @@ def test_respaced_model_sees_original_timesteps():
     r = create_diffusion(DiffusionConfig()).respace("ddim10")
     r.training_losses(Recorder(), torch.zeros(3, 1, 2, 2), torch.tensor([0, 4, 9]))
     assert seen[0].tolist() == [0, 400, 900]
+
+
+def test_timestep_dtype_mismatch_is_a_clear_error():
+    x0 = torch.zeros(2, 1, 2, 2)
+    gauss = create_diffusion(DiffusionConfig(learn_sigma=True))
+    with pytest.raises(ValueError, match="integer step indices"):
+        gauss.training_losses(ConstantModel(), x0, torch.tensor([0.5, 0.1]))
+    flow = create_diffusion(DiffusionConfig(objective="flow"))
+    with pytest.raises(ValueError, match=r"floats in \[0, 1\]"):
+        flow.training_losses(ConstantModel(), x0, torch.tensor([1, 2]))

@@ -398,3 +398,14 @@ def test_config_round_trip():
     cfg = model_config("DiT-B/4", input_size=16, block_type="adaln", pos_embed="rope")
     assert DiTConfig(**cfg.to_dict()) == cfg
     assert DiT.from_config(model_config(**TINY)).config == model_config(**TINY)
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
+def test_runs_under_bf16_autocast(pos_embed):
+    model = randomize(tiny(pos_embed=pos_embed)).eval()
+    x, t, y = inputs()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, y)
+    ref = model(x, t, y).detach()
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)

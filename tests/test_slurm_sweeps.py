@@ -45,6 +45,7 @@ def slurm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
         budgets=[1.3e9, 2.6e9],
         batch_size=8,
         trainer="test_sweeps_fake_trainer",
+        final_eval=False,
         train={"step_s": 0.01, **train},
         executor=ExecutorSpec(name="slurm", timeout_min=10, array_parallelism=4, mem_gb=1, signal_delay_s=30),
     )
@@ -97,36 +98,6 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
     }
 
 
-def test_scancel_usr2_requeues_and_resumes_to_the_uninterrupted_result(slurm_env, tmp_path):
-    progress = tmp_path / "progress"
-    spec = slurm_spec(tmp_path, slurm_env, step_s=0.2, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
-    )
-    (cell,) = expand(spec)
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=1.0)))
-    t.start()
-    deadline = time.monotonic() + 90
-    while not (progress.exists() and progress.read_text() and int(progress.read_text()) >= 5):
-        assert time.monotonic() < deadline and t.is_alive(), "job never made progress"
-        time.sleep(0.2)
-    job_id = Ledger.load(sweep_dir(spec)).last(cell.cell_id).job_id
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    t.join(150)
-    assert not t.is_alive(), "the requeued job did not finish"
-    res = box["r"]
-    assert res.errors == {}
-    out = res.results[cell.cell_id]
-    target = 1.0 + cell.model.hidden_size / 100.0
-    assert out["starts"] == 2 and out["step"] == cell.steps
-    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
-    show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
-    assert "Restarts=1" in show
-    (run,) = finished_runs(slurm_env, spec.experiment)[cell.cell_id]  # the same MLflow run continued
-    hist = MlflowClient(slurm_env).get_metric_history(run.info.run_id, "train/loss")
-    assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
-
-
 @pytest.mark.slow
 def test_time_limit_requeues_and_resumes(slurm_env, tmp_path):
     """A real 1-minute SLURM time limit: USR2 45 s before it, checkpoint, requeue, resume."""
@@ -143,3 +114,70 @@ def test_time_limit_requeues_and_resumes(slurm_env, tmp_path):
     assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
     (run,) = finished_runs(slurm_env, spec.experiment)[cell.cell_id]
     assert run.data.tags["status"] == "finished"
+
+
+def real_spec(tmp_path: Path, uri: str, name: str) -> SweepSpec:
+    """One tiny cell through `dit_core.train` (1 block, width 32, patch 4 on 16 px, batch 8, ~1500 steps)."""
+    return SweepSpec(
+        name=name,
+        experiment=f"slurm-real-{tmp_path.name}",
+        tracking_uri=uri,
+        output_dir=str(tmp_path / name),
+        families=[],
+        shapes=[[1, 32, 2]],
+        patch_sizes=[4],
+        budgets=[2.5e10],
+        batch_size=8,
+        final_eval=False,
+        train={"log_every": 50, "checkpoint.every": 100, "checkpoint.keep_last": 0},
+        executor=ExecutorSpec(name="slurm", timeout_min=10, mem_gb=2, signal_delay_s=30),
+    )
+
+
+@pytest.mark.slow
+def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(slurm_env, tmp_path):
+    """Two identical cells run side by side on SLURM; one gets USR2 mid-run, is requeued and resumes.
+    Both must end with bit-identical weights, EMA and loss, and the interrupted one in one MLflow run."""
+    pytest.importorskip("dit_core.train")
+    import torch
+
+    from dit_core.checkpoint import latest_checkpoint, load_checkpoint
+
+    specs = {n: real_spec(tmp_path, slurm_env, n) for n in ("plain", "requeued")}
+    (cell,) = expand(specs["plain"])
+    assert cell.steps > 1000
+    box: dict = {}
+    threads = [
+        threading.Thread(target=lambda n=n: box.setdefault(n, launch(specs[n], poll_s=1.0))) for n in specs
+    ]
+    for t in threads:
+        t.start()
+    run_dir = sweep_dir(specs["requeued"]) / "cells" / cell.cell_id
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(run_dir) is None:
+        assert time.monotonic() < deadline and threads[1].is_alive(), "the job wrote no checkpoint"
+        time.sleep(0.2)
+    job_id = Ledger.load(sweep_dir(specs["requeued"])).last(cell.cell_id).job_id
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    for t in threads:
+        t.join(240)
+        assert not t.is_alive(), "a job did not finish"
+    assert box["plain"].errors == {} and box["requeued"].errors == {}
+    a, b = box["plain"].results[cell.cell_id], box["requeued"].results[cell.cell_id]
+    assert a["step"] == b["step"] == cell.steps and a["train_loss"] == b["train_loss"]
+    assert (
+        "Restarts=1"
+        in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    )
+    ca = load_checkpoint(sweep_dir(specs["plain"]) / "cells" / cell.cell_id)
+    cb = load_checkpoint(run_dir)
+    for key in ("model", "ema"):
+        assert ca[key].keys() == cb[key].keys()
+        for name in ca[key]:
+            assert torch.equal(ca[key][name], cb[key][name]), f"{key}.{name} differs after the requeue"
+    runs = finished_runs(slurm_env, specs["plain"].experiment)
+    assert len(runs[cell.cell_id]) == 2  # one per sweep: the requeued cell continued its run
+    for run in runs[cell.cell_id]:
+        assert run.data.tags["status"] == "finished"
+        hist = MlflowClient(slurm_env).get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in sorted(hist, key=lambda m: m.step)][-1] == cell.steps

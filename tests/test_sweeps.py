@@ -292,3 +292,12 @@ def test_local_job_liveness_needs_a_live_submitit_controller():
     p.wait()
     assert not job_alive(Submission("local", str(p.pid), 0.0))  # gone
     assert not job_alive(Submission("debug", "1", 0.0)) and not job_alive(None)
+
+
+def test_unknown_train_field_fails_before_submitting(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("dit_core.train")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--executor", "local", "--set", "optim.lrr=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "lrr" in err and "cell S-2-1.5e11" in err
+    assert not (tmp_path / "sweep_runs" / "demo" / "launches.json").exists()

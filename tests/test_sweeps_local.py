@@ -45,6 +45,7 @@ def small_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
         budgets=[2.6e9],
         batch_size=8,
         trainer="test_sweeps_fake_trainer",
+        final_eval=False,
         train={"step_s": 0.01, **train},
         scale=Scale(8, 4),
         executor=ExecutorSpec(name="local", local_parallelism=2, max_retries=1),
@@ -92,23 +93,24 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(fake_env, tmp_path)
 
 
 def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(fake_env, tmp_path):
-    spec = small_spec(tmp_path, fake_env, fail_cell="B-2-2.6e9", fail_times=2)
+    spec = small_spec(tmp_path, fake_env, fail_cell="B-2-2.6e9", fail_times=2).replace(families=["B"])
     first = launch(spec, poll_s=0.3)
     assert list(first.errors) == ["B-2-2.6e9"] and "injected failure" in first.errors["B-2-2.6e9"]
     ledger = Ledger.load(sweep_dir(spec))
-    states = read_states(fake_env, spec.experiment, spec.name, ["S-2-2.6e9", "B-2-2.6e9"], ledger)
-    assert states["S-2-2.6e9"].state == "finished" and states["B-2-2.6e9"].state == "failed"
+    states = read_states(fake_env, spec.experiment, spec.name, ["B-2-2.6e9"], ledger)
+    assert states["B-2-2.6e9"].state == "failed" and states["B-2-2.6e9"].attempts == 1
 
     second = launch(spec, poll_s=0.3)  # retry 1 of max_retries=1: fails again (fail_times=2)
     assert second.submitted == ["B-2-2.6e9"] and list(second.errors) == ["B-2-2.6e9"]
     third = launch(spec, poll_s=0.3)  # out of retries: nothing submitted
     assert third.submitted == [] and third.plan.exhausted == ["B-2-2.6e9"]
 
-    fourth = launch(spec.replace(executor={"max_retries": 2}), poll_s=0.3)
+    fourth = launch(spec.replace(executor={"max_retries": 2}), poll_s=0.3)  # allowed again: succeeds
     assert fourth.submitted == ["B-2-2.6e9"] and fourth.errors == {}
     runs = runs_by_cell(fake_env, spec.experiment)
-    assert len(runs["B-2-2.6e9"]) == 1  # every retry continued the same MLflow run
+    assert len(runs["B-2-2.6e9"]) == 1  # every retry continued the cell's one MLflow run
     assert runs["B-2-2.6e9"][0].data.tags["status"] == "finished"
+    assert fourth.results["B-2-2.6e9"]["starts"] == 3
     assert Ledger.load(sweep_dir(spec)).attempts("B-2-2.6e9") == 3
 
 

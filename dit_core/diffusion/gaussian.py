@@ -228,6 +228,11 @@ class GaussianDiffusion(Diffusion):
     ) -> dict[str, torch.Tensor]:
         """{"loss", "mse"[, "vb"]}, each (N,). With learn_sigma: loss = mse + vb_lambda * T * vb, where
         the vb term sees the mean prediction through a stop-gradient (only the variance learns from it)."""
+        if t.is_floating_point():
+            raise ValueError(
+                f"objective {self.objective!r} takes integer step indices t in [0, {self._T}); "
+                "draw them with diffusion.sample_timesteps"
+            )
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)

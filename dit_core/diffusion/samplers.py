@@ -127,12 +127,10 @@ def _levels(d: GaussianDiffusion, i: int) -> tuple[float, float]:
     return math.sqrt(abar), math.sqrt(1.0 - abar)
 
 
-def _gaussian_predict(
-    d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, i: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _gaussian_predict(d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, i: int) -> dict[str, torch.Tensor]:
+    """Model evaluation at step i (N, C, H, W) -> p_mean_variance dict (mean, log_variance, pred_x0/eps)."""
     t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-    out = f(x, d.model_timesteps(t))
-    return t, d.p_mean_variance(out, x, t)
+    return d.p_mean_variance(f(x, d.model_timesteps(t)), x, t)
 
 
 def _sample_gaussian(
@@ -145,7 +143,7 @@ def _sample_gaussian(
     progress: bool,
 ) -> torch.Tensor:
     for i in tqdm(range(d.num_timesteps - 1, -1, -1), disable=not progress, desc=sampler):
-        _, p = _gaussian_predict(d, f, x, i)
+        p = _gaussian_predict(d, f, x, i)
         if sampler == "ddpm":
             x = p["mean"]
             if i > 0:
@@ -160,15 +158,13 @@ def _invert_gaussian(
 ) -> torch.Tensor:
     for i in tqdm(range(d.num_timesteps), disable=not progress, desc="ddim-invert"):
         # explicit guess: evaluate at the current (less noisy) level; from clean data x0_hat is x itself.
-        _, p = _gaussian_predict(d, f, x, max(i - 1, 0))
+        p = _gaussian_predict(d, f, x, max(i - 1, 0))
         x0_hat = x if i == 0 else p["pred_x0"]
         guess = ddim_step(x0_hat, p["pred_eps"], _levels(d, i - 1), _levels(d, i))
-        # refine so that the DDIM sampling step i -> i-1 maps guess exactly onto x
-        jac = _levels(d, i - 1)[0] / _levels(d, i)[0]  # d(step)/dx through the x0_hat path
+        # refine until the DDIM sampling step i -> i-1 maps guess onto x (residual fixed-point iteration)
         for _ in range(fixed_point_iters):
-            _, q = _gaussian_predict(d, f, guess, i)
-            stepped = ddim_step(q["pred_x0"], q["pred_eps"], _levels(d, i), _levels(d, i - 1))
-            guess = guess + (x - stepped) / jac
+            q = _gaussian_predict(d, f, guess, i)
+            guess = guess + (x - ddim_step(q["pred_x0"], q["pred_eps"], _levels(d, i), _levels(d, i - 1)))
         x = guess
     return x
 
@@ -204,14 +200,31 @@ def _time_grid(steps: int) -> list[float]:
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
 
 
-def _sample_flow(fm, f, x, steps, sampler, eta, generator, progress) -> torch.Tensor:
+def _sample_flow(
+    fm: FlowMatching,
+    f: Denoiser,
+    x: torch.Tensor,
+    steps: int,
+    sampler: str,
+    eta: float,
+    generator: torch.Generator | None,
+    progress: bool,
+) -> torch.Tensor:
     times = _time_grid(steps)
     for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=sampler):
         x = _flow_step(fm, f, x, t, t_next, sampler, eta, generator)
     return x
 
 
-def _invert_flow(fm, f, x, steps, sampler, fixed_point_iters, progress) -> torch.Tensor:
+def _invert_flow(
+    fm: FlowMatching,
+    f: Denoiser,
+    x: torch.Tensor,
+    steps: int,
+    sampler: str,
+    fixed_point_iters: int,
+    progress: bool,
+) -> torch.Tensor:
     times = _time_grid(steps)[::-1]
     for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=f"{sampler}-invert"):
         guess = _flow_step(fm, f, x, t, t_next, sampler, 0.0, None)
@@ -252,7 +265,7 @@ def sample(
     shape = tuple(int(s) for s in shape)
     if noise is not None and tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)} but shape={shape}")
-    device = noise.device if noise is not None else (y.device if torch.is_tensor(y) else _model_device(model))
+    device = noise.device if noise is not None else _model_device(model)
     x = noise.float() if noise is not None else _randn(shape, generator, device)
     labels = _labels(model, y, shape[0], device)
     with eval_mode(model):

@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .features import FeatureExtractor
@@ -39,6 +40,7 @@ def evaluate_model(
     inception_weights: str | None = None,
     extractors: Mapping[str, FeatureExtractor] | None = None,
     metric_device: str | torch.device | None = None,
+    save_samples: str | None = None,
 ) -> dict[str, float]:
     """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
 
@@ -46,7 +48,8 @@ def evaluate_model(
     is seeded by ``(seed, i)``, so the set does not depend on batch size or process count. Rank 0
     computes the metrics; the dict is broadcast so every rank returns it. ``image_size`` and
     ``channels`` describe the model's input (latent size/channels when ``vae`` is given; the
-    latents are then decoded with ``vae.decode(z / 0.18215)``).
+    latents are then decoded with ``vae.decode(z / 0.18215)``). ``save_samples``: rank 0 also
+    writes the images to this ``.npz`` as ``arr_0`` (N, H, W, C) uint8 (ADM's format) and ``labels``.
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to fit a covariance, got {num_samples}")
@@ -66,6 +69,9 @@ def evaluate_model(
     if images is not None:
         if len(images) != num_samples:
             raise RuntimeError(f"gathered {len(images)} samples, expected {num_samples}")
+        if save_samples:
+            labels = np.arange(num_samples) % num_classes
+            np.savez(save_samples, arr_0=images.permute(0, 2, 3, 1).numpy(), labels=labels)
         result = evaluate_samples(
             images, reference, metrics=metrics, extractors=extractors,
             inception_weights=inception_weights, device=metric_device or device,

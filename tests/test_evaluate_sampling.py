@@ -1,0 +1,148 @@
+"""Sampling glue of dit_core.evaluate: seeding, sharding, guidance, the trainer API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dit_core.checkpoint import save_checkpoint
+from dit_core.config import ModelConfig, TrainConfig
+from dit_core.diffusion import DiffusionConfig, create_diffusion
+from dit_core.evaluate import RandomConvExtractor, evaluate_model, generate_images, log_metrics, shard
+from dit_core.evaluate.__main__ import main as cli_main
+from dit_core.models import DiT
+
+REPO = Path(__file__).resolve().parents[1]
+KW = dict(sampler="ddim", steps=4, seed=3, num_classes=10, image_size=16, channels=1)
+
+
+def _train_config() -> TrainConfig:
+    model = ModelConfig(
+        name=None, depth=1, hidden_size=32, num_heads=2, patch_size=4, input_size=16, in_channels=1,
+        num_classes=10, learn_sigma=True,
+    )  # fmt: skip
+    return TrainConfig(model=model)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 1-block DiT whose zero-initialised layers are perturbed, so outputs depend on x, t and y."""
+    cfg = _train_config()
+    model = DiT.from_config(cfg.model.to_dit_config())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return model.eval(), create_diffusion(DiffusionConfig()), cfg
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DITSCALE_CACHE", str(tmp_path_factory.getbasetemp() / "ditscale-cache"))
+
+
+def test_cfg_scale_changes_samples_and_seed_reproduces(tiny):
+    model, diffusion, _ = tiny
+    a = generate_images(model, diffusion, range(6), batch_size=6, cfg_scale=1.0, **KW)
+    b = generate_images(model, diffusion, range(6), batch_size=6, cfg_scale=4.0, **KW)
+    again = generate_images(model, diffusion, range(6), batch_size=6, cfg_scale=4.0, **KW)
+    assert a.dtype == torch.uint8 and a.shape == (6, 1, 16, 16)
+    assert torch.equal(b, again)
+    assert (a.int() - b.int()).abs().float().mean() > 1.0  # guidance moves the samples
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal up to float round-off of different batch shapes: <= 1 grey level, nearly all exact."""
+    d = (a.int() - b.int()).abs()
+    assert d.max() <= 1 and (d == 0).float().mean() > 0.99
+
+
+def test_sample_set_independent_of_batch_size_and_process_count(tiny):
+    model, diffusion, _ = tiny
+    n = 7
+    full = generate_images(model, diffusion, range(n), batch_size=n, cfg_scale=2.0, **KW)
+    _close(generate_images(model, diffusion, range(n), batch_size=3, cfg_scale=2.0, **KW), full)
+    for world in (2, 3):  # what each rank of a world-size run would draw, in index order
+        parts = [generate_images(model, diffusion, shard(n, r, world), batch_size=2, cfg_scale=2.0, **KW)
+                 for r in range(world)]  # fmt: skip
+        joined = torch.cat(parts)
+        assert len(joined) == n
+        _close(joined, full)
+
+
+def test_evaluate_model_exact_count_and_mlflow_logging(tiny, tmp_path):
+    import mlflow
+
+    model, diffusion, _ = tiny
+    out = tmp_path / "s.npz"
+    ext = {"inception": RandomConvExtractor(dim=8)}
+    m = evaluate_model(
+        model, diffusion, num_samples=11, batch_size=4, cfg_scale=1.5, reference="digits",
+        metrics=("fid", "sfid", "precision", "recall"), extractors=ext, save_samples=str(out), **KW,
+    )  # fmt: skip
+    saved = np.load(out)
+    assert saved["arr_0"].shape == (11, 16, 16, 1) and list(saved["labels"]) == [i % 10 for i in range(11)]
+    assert set(m) == {"fid", "sfid", "precision", "recall"} and m["fid"] > 0 and 0 <= m["recall"] <= 1
+    with mlflow.start_run() as run:
+        log_metrics(m, step=42)
+    hist = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "eval/fid")
+    assert [(h.step, h.value) for h in hist] == [(42, pytest.approx(m["fid"]))]
+    with pytest.raises(ValueError, match="num_samples"):
+        evaluate_model(model, diffusion, num_samples=1, batch_size=4, **KW)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny, tmp_path_factory):
+    model, _, cfg = tiny
+    out = tmp_path_factory.mktemp("run")
+    sd = model.state_dict()
+    save_checkpoint(out, {"model": sd, "ema": sd, "config": cfg.to_flat_dict(), "step": 7})
+    return out
+
+
+def test_cli_evaluates_checkpoint_and_logs_to_mlflow(checkpoint, tmp_path, capsys):
+    import mlflow
+
+    with mlflow.start_run() as run:
+        pass
+    args = ["--checkpoint", str(checkpoint), "--num-samples", "12", "--batch-size", "5", "--steps", "3",
+            "--metrics", "fid_digits,is_digits", "--mlflow-run-id", run.info.run_id,
+            "--output", str(tmp_path / "m.json")]  # fmt: skip
+    assert cli_main(args) == 0
+    out = json.loads((tmp_path / "m.json").read_text())
+    assert out["step"] == 7 and out["num_samples"] == 12 and out["eval/fid_digits"] > 0
+    assert 1.0 <= out["eval/is_digits"] <= 10.0
+    hist = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "eval/is_digits")
+    assert [(h.step, h.value) for h in hist] == [(7, pytest.approx(out["eval/is_digits"]))]
+
+
+def test_cli_bad_input_exits_nonzero(checkpoint, tmp_path, capsys):
+    assert cli_main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["--checkpoint", str(checkpoint), "--metrics", "fidd"]) == 2
+    assert "unknown metrics" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_samples(checkpoint, tmp_path):
+    """accelerate launch with 2 CPU processes: N=7 (odd) samples, identical to one process."""
+    common = ["--checkpoint", str(checkpoint), "--num-samples", "7", "--batch-size", "3", "--steps", "3",
+              "--metrics", "fid_digits"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "dit_core.evaluate"]  # fmt: skip
+    r = subprocess.run(launch + common + ["--save-samples", str(tmp_path / "two.npz")],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert cli_main(common + ["--save-samples", str(tmp_path / "one.npz")]) == 0
+    two, one = np.load(tmp_path / "two.npz")["arr_0"], np.load(tmp_path / "one.npz")["arr_0"]
+    assert two.shape == one.shape == (7, 16, 16, 1)
+    _close(torch.from_numpy(two), torch.from_numpy(one))

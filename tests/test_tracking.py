@@ -1,0 +1,132 @@
+"""MLflow schema helpers against a real local sqlite store, and one run against a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _train_helpers import ensure_experiment, one_thread, tiny_config
+from mlflow import MlflowClient
+
+from dit_core.config import TrainConfig
+from dit_core.tracking import RUN_ID_FILE, RunTracker, executor_tags, format_param
+
+
+@pytest.fixture(autouse=True)
+def _experiment_artifacts_in_tmp(_isolated_mlflow, tmp_path_factory):
+    ensure_experiment("test-train", tmp_path_factory.getbasetemp() / "mlartifacts")
+
+
+def test_format_param():
+    assert [format_param(v) for v in (None, 3, 1e-4, True, "x", [1, 2], {"a": "b"}, (0.5,))] == [
+        "", "3", "0.0001", "True", "x", "[1, 2]", '{"a": "b"}', "[0.5]"
+    ]  # fmt: skip
+
+
+def test_executor_tags_from_environment():
+    assert executor_tags({}) == {}
+    assert executor_tags({"SLURM_JOB_ID": "41"}) == {"executor": "slurm", "job_id": "41"}
+    slurm_array = {"SLURM_JOB_ID": "41", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "1"}
+    assert executor_tags(slurm_array)["job_id"] == "40_1"
+    local = {"SUBMITIT_LOCAL_JOB_ID": "123", "SUBMITIT_EXECUTOR": "local"}
+    assert executor_tags(local) == {"executor": "local", "job_id": "123"}
+
+
+def test_tracker_creates_then_continues_the_same_run(tmp_path):
+    exp = f"trk-{tmp_path.name}"  # the session's sqlite store (its tables are made once)
+    ensure_experiment(exp, tmp_path)
+    t1 = RunTracker.start(uri=None, experiment=exp, run_name="r", tags={"sweep": "s1"}, out_dir=tmp_path)
+    t1.log_params({"a": 1, "b": None})
+    t1.log_metrics({"train/loss": 0.5}, step=3)
+    t1.finish("preempted")
+    client = MlflowClient()
+    run = client.get_run(t1.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["status"] == "preempted"
+    assert (tmp_path / RUN_ID_FILE).read_text().strip() == t1.run_id
+
+    t2 = RunTracker.start(uri=None, experiment=exp, out_dir=tmp_path)  # id from <out>/mlflow_run_id
+    assert t2.run_id == t1.run_id and t2.resumed
+    assert client.get_run(t2.run_id).info.status == "RUNNING"
+    t2.log_params({"a": 1, "c": 2.5})  # "a" again with the same value is fine
+    t2.log_params({"a": 7})  # a changed value is kept as first logged (and warned about)
+    t2.finish("finished")
+    run = client.get_run(t2.run_id)
+    assert run.data.params == {"a": "1", "b": "", "c": "2.5"}
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+    assert run.data.tags["sweep"] == "s1"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    with pytest.raises(ValueError, match="not in the tracking store"):
+        RunTracker.start(uri=None, experiment=exp, run_id="0" * 32)
+
+
+def test_train_logs_the_schema_and_params_rebuild_the_config(tmp_path, monkeypatch):
+    """params -> `TrainConfig.from_flat_dict` gives the run's resolved config back; tags and
+    executor job id; config.json artifact; a run id handed in by a sweep is used."""
+    from dit_core.train import train
+
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("test-train") or client.get_experiment(
+        client.create_experiment("test-train")
+    )
+    pre = client.create_run(exp.experiment_id, run_name="pre-created by the sweep")
+    extra = {"tracking.sweep": "sw1", "tracking.grid_cell": "S2-1e12", "tracking.run_id": pre.info.run_id}
+    cfg = tiny_config(tmp_path, steps=5, **extra, **{"eval.val_every": 5})
+    with one_thread():
+        res = train(cfg)
+    assert res.run_id == pre.info.run_id
+    run = client.get_run(res.run_id)
+    tags = run.data.tags
+    assert (tags["sweep"], tags["grid_cell"], tags["status"]) == ("sw1", "S2-1e12", "finished")
+    assert (tags["executor"], tags["job_id"]) == ("slurm", "777")
+    params = run.data.params
+    rebuilt = TrainConfig.from_flat_dict(params)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert rebuilt.to_flat_dict() == TrainConfig.from_flat_dict(_flatten(saved)).to_flat_dict()
+    assert rebuilt.model.depth == 2 and rebuilt.budget.max_steps == 5 and rebuilt.tracking.sweep == "sw1"
+    assert params["data.name"] == "digits" and int(params["model.params"]) > 0
+    assert float(params["model.forward_gflops"]) > 0 and "world_size" in params
+    keys = set(run.data.metrics)
+    assert {
+        "train/loss",
+        "val/loss",
+        "lr",
+        "compute/train_flops",
+        "data/images_seen",
+        "perf/images_per_s",
+    } <= keys
+    val_steps = [m.step for m in client.get_metric_history(res.run_id, "val/loss")]
+    assert val_steps == [0, 5]
+    art = client.download_artifacts(res.run_id, "config.json", str(tmp_path / "dl"))
+    with open(art) as f:
+        assert json.load(f)["model"]["depth"] == 2
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "tags":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.server
+def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server, monkeypatch):
+    """--tracking-uri http://127.0.0.1:PORT: metrics, params, artifacts go through the server;
+    a preempted and resumed run stays one run on the server."""
+    from dit_core.train import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = tiny_config(tmp_path, steps=10, **{"tracking.uri": mlflow_server, "tracking.experiment": "srv"})
+    with one_thread():
+        first = train(cfg, stop_at_step=5)
+        second = train(cfg)
+    assert first.run_id == second.run_id
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("srv").experiment_id])
+    assert [r.info.run_id for r in runs] == [second.run_id]
+    assert runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(second.run_id, "train/loss")) == [5, 10]
+    assert [a.path for a in client.list_artifacts(second.run_id)] == ["config.json"]

@@ -1,0 +1,319 @@
+"""End-to-end tests of `dit_core.train.train` on a tiny DiT (depth 2, width 32) on 16 px digits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _train_helpers import ensure_experiment, one_thread, tiny_config
+from mlflow import MlflowClient
+
+from dit_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from dit_core.flops import train_flops_per_image
+from dit_core.train import train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _experiment_artifacts_in_tmp(_isolated_mlflow, tmp_path_factory):
+    ensure_experiment("test-train", tmp_path_factory.getbasetemp() / "mlartifacts")
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path):
+    """Run A: 40 steps. Run B: stopped at step 17 (mid log interval), resumed, finished to 40.
+    Same final weights, EMA and optimizer state, same logged losses, one MLflow run."""
+    a = train(tiny_config(tmp_path / "a", **{"eval.val_every": 10}))
+    cfg_b = tiny_config(tmp_path / "b", **{"eval.val_every": 10})
+    b1 = train(cfg_b, stop_at_step=17)
+    assert b1.status == "preempted" and b1.step == 17
+    assert latest_checkpoint(tmp_path / "b").name == "step_0000017.pt"
+    b2 = train(cfg_b)
+    assert (a.status, b2.status, b2.step) == ("finished", "finished", 40)
+    assert b2.run_id == b1.run_id != a.run_id  # continued the same MLflow run
+
+    ca, cb = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for key in ("model", "ema"):
+        for name, t in ca[key].items():
+            assert torch.equal(t, cb[key][name]), f"{key}.{name} differs after resume"
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert ca["ledger"] == cb["ledger"] and ca["data_position"] == cb["data_position"]
+
+    client = MlflowClient()
+    for key in ("train/loss", "val/loss", "compute/train_flops", "data/images_seen"):
+        ha, hb = _history(client, a.run_id, key), _history(client, b2.run_id, key)
+        assert ha == hb, key
+    assert sorted(_history(client, a.run_id, "train/loss")) == [5, 10, 15, 20, 25, 30, 35, 40]
+    runs = client.search_runs(
+        [client.get_experiment_by_name("test-train").experiment_id],
+        filter_string=f"attributes.run_id = '{b2.run_id}'",
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["status"] == "finished"
+
+
+def test_flops_budget_and_ledger(tmp_path):
+    """steps = floor(budget / (train FLOPs per image * batch)); the ledger counts true FLOPs."""
+    cfg = tiny_config(tmp_path, steps=None, batch=8, **{"checkpoint.every": 0})
+    fpi = train_flops_per_image(
+        cfg.model.resolve(input_size=16, in_channels=1, num_classes=10, learn_sigma=True).to_dit_config()
+    )
+    budget = 7.5 * fpi * 8  # 7.5 steps -> 7
+    res = train(cfg.replace(**{"budget.train_flops": budget}))
+    assert res.step == res.total_steps == 7
+    assert res.images_seen == 7 * 8
+    assert res.train_flops == pytest.approx(fpi * 56, rel=1e-12)
+    ck = load_checkpoint(tmp_path)
+    assert ck["ledger"]["train_flops"] == pytest.approx(fpi * 56, rel=1e-12)
+    client = MlflowClient()
+    flops = _history(client, res.run_id, "compute/train_flops")
+    assert flops == {5: pytest.approx(fpi * 40), 7: pytest.approx(fpi * 56)}
+    assert _history(client, res.run_id, "data/images_seen") == {5: 40.0, 7: 56.0}
+    params = client.get_run(res.run_id).data.params
+    assert float(params["budget.train_flops"]) == pytest.approx(budget)
+    assert params["budget.max_steps"] == "7" and params["model.depth"] == "2"
+    assert float(params["model.train_flops_per_image"]) == pytest.approx(fpi)
+    assert int(params["model.params"]) == sum(p.numel() for p in _model(ck).parameters())
+
+
+def _model(ck):
+    from dit_core.config import TrainConfig
+    from dit_core.models import DiT
+
+    return DiT.from_config(TrainConfig.from_flat_dict(ck["config"]).model.to_dit_config())
+
+
+def test_budget_below_one_step_is_a_clear_error(tmp_path):
+    cfg = tiny_config(tmp_path, steps=None, **{"budget.train_flops": 1e3})
+    with pytest.raises(ValueError, match="budget smaller than one step.*raise --train-flops"):
+        train(cfg)
+
+
+def test_non_finite_loss_stops_keeps_last_good_checkpoint_and_fails_run(tmp_path, monkeypatch):
+    """A NaN loss at step 13 (checkpoints every 5): FloatingPointError naming step 13, the newest
+    checkpoint is step 10 (nothing written with NaN weights), the MLflow run is FAILED."""
+    from dit_core.diffusion.gaussian import GaussianDiffusion
+
+    real = GaussianDiffusion.training_losses
+    calls = {"n": 0}
+
+    def poisoned(self, model, x0, t, model_kwargs=None, noise=None):
+        out = real(self, model, x0, t, model_kwargs, noise)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 13:
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
+    cfg = tiny_config(tmp_path, steps=30, **{"checkpoint.every": 5, "log_every": 4})
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at step 13"):
+        train(cfg)
+    assert [p.name for p in list_checkpoints(tmp_path)][-1] == "step_0000010.pt"
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(tmp_path)["model"].values())
+    run_id = (tmp_path / "mlflow_run_id").read_text().strip()
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+    assert "step 13" in run.data.tags["error"]
+
+
+def test_lr_overflow_is_caught_before_a_checkpoint(tmp_path):
+    """lr = 1e30 blows the weights up; the run fails and keeps no non-finite checkpoint."""
+    cfg = tiny_config(tmp_path, steps=20, **{"optim.lr": 1e30, "checkpoint.every": 3})
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train(cfg)
+    for p in list_checkpoints(tmp_path):
+        assert all(torch.isfinite(t).all() for t in load_checkpoint(p)["model"].values())
+
+
+def test_options_bf16_gradclip_checkpointing_cosine_run(tmp_path):
+    """bf16 autocast, grad clipping, activation checkpointing, warmup + cosine: the run finishes
+    with finite losses and the logged lr follows the closed form."""
+    cfg = tiny_config(
+        tmp_path, steps=10,
+        **{"precision": "bf16", "optim.grad_clip": 0.5, "grad_checkpointing": True, "checkpoint.every": 0,
+           "optim.schedule": "cosine", "optim.warmup_steps": 3, "optim.lr": 1e-3, "optim.min_lr_ratio": 0.1},
+    )  # fmt: skip
+    res = train(cfg)
+    assert res.status == "finished" and math.isfinite(res.train_loss)
+    lrs = _history(MlflowClient(), res.run_id, "lr")
+    # step 5 logs the lr of step index 4: cosine from 1e-3 (index 3) to 1e-4 (index 9), progress 1/6
+    assert lrs[5] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi / 6)))
+    assert lrs[10] == pytest.approx(1e-4)
+
+
+def test_progress_lines_when_not_a_terminal(tmp_path, caplog):
+    caplog.set_level("INFO", logger="dit_core.train")
+    train(tiny_config(tmp_path, steps=10, **{"tracking.enabled": False}), progress_bar=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert any(line.startswith("step 5/10 | loss ") and "img/s | eta" in line for line in lines)
+
+
+def _launch_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+_TINY_FLAGS = ["--model", "none", "--depth", "2", "--width", "32", "--heads", "2", "--patch-size", "2",
+               "--data", "digits", "--image-size", "16", "--global-batch-size", "8", "--log-every", "3",
+               "--experiment", "test-train"]  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+def test_two_process_accelerate_launch_matches_one_process(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: 2 gloo ranks split the global batch
+    of 8 (4 each); the MLflow run is created once; the weights equal a 1-process run's (the step
+    randomness is drawn per global batch), up to the all-reduce order."""
+    import subprocess
+    import sys
+
+    one = train(tiny_config(tmp_path / "one", steps=6, **{"log_every": 3}))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           "0", "-m", "dit_core.train", *_TINY_FLAGS, "--max-steps", "6", "--ckpt-every", "10",
+           "--out", str(tmp_path / "two")]  # fmt: skip
+    proc = subprocess.run(cmd, env=_launch_env(), capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    run_id = (tmp_path / "two" / "mlflow_run_id").read_text().strip()
+    exp = client.get_experiment_by_name("test-train").experiment_id
+    mine = client.search_runs([exp], filter_string=f"params.out = '{tmp_path / 'two'}'")
+    assert [r.info.run_id for r in mine] == [run_id]  # rank 1 created no run
+    run = client.get_run(run_id)
+    assert run.data.params["world_size"] == "2" and run.info.status == "FINISHED"
+    assert _history(client, run_id, "data/images_seen") == {3: 24.0, 6: 48.0}
+    a, b = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
+    assert b["step"] == 6 and b["ledger"]["images_seen"] == 48
+    for name, t in a["model"].items():
+        torch.testing.assert_close(b["model"][name], t, atol=2e-6, rtol=0, msg=name)
+    la, lb = _history(client, one.run_id, "train/loss"), _history(client, run_id, "train/loss")
+    assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) < 1e-5 for k in la)
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_checkpoints_exits_143_and_resumes_into_the_same_run(tmp_path):
+    """SIGTERM to `python -m dit_core.train`: checkpoint at a step > 0 that loads, exit code 143,
+    MLflow run KILLED with status=preempted; resuming finishes the same run."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dit_core.train", *_TINY_FLAGS, "--max-steps", "100000", "--ckpt-every", "0",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=_launch_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "step 6/100000 | loss" in line:
+                break
+        else:
+            pytest.fail("no progress line:\n" + "".join(seen[-30:]))
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 143, rest[-3000:]
+    assert "received SIGTERM" in rest
+    ck = load_checkpoint(out)  # weights_only load of the newest checkpoint
+    step = ck["step"]
+    assert step >= 6 and ck["ledger"]["images_seen"] == 8 * step
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["status"] == "preempted"
+
+    cfg = tiny_config(out, steps=step + 4, **{"log_every": 3, "checkpoint.every": 0})
+    res = train(cfg)  # --resume auto is the default
+    assert (res.status, res.step, res.run_id) == ("finished", step + 4, run_id)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+    assert max(_history(client, run_id, "data/images_seen").values()) == 8 * (step + 4)
+
+
+def test_eval_every_logs_sample_metrics_and_a_grid(tmp_path):
+    """eval_every: `dit_core.evaluate.evaluate_model` on the EMA model -> eval/<metric> at that step,
+    plus a PNG sample grid artifact."""
+    cfg = tiny_config(
+        tmp_path, steps=5,
+        **{"eval.eval_every": 5, "eval.num_samples": 16, "eval.steps": 4, "eval.batch_size": 16,
+           "eval.grid_images": 4, "eval.metrics": ["fid_digits"], "checkpoint.every": 0},
+    )  # fmt: skip
+    res = train(cfg)
+    assert set(res.eval) >= {"fid_digits"} and math.isfinite(res.eval["fid_digits"])
+    client = MlflowClient()
+    assert _history(client, res.run_id, "eval/fid_digits") == {5: pytest.approx(res.eval["fid_digits"])}
+    grid = client.download_artifacts(res.run_id, "samples/step_0000005.png", str(tmp_path / "dl"))
+    from PIL import Image
+
+    img = Image.open(grid)
+    assert img.mode == "RGB" and img.size == (2 * 16 + 3, 2 * 16 + 3)  # 2x2 grid, 1 px padding
+
+
+def test_signal_hands_over_to_a_previous_handler_after_the_checkpoint(tmp_path, monkeypatch):
+    """submitit installs a USR2 handler that requeues the job: on USR2 the trainer checkpoints at the
+    next step boundary, ends the MLflow run as KILLED, restores the handler and then calls it."""
+    import os
+    import signal
+
+    from dit_core.train import _Trainer
+
+    calls = []
+
+    def requeue(signum, frame):
+        calls.append((signum, latest_checkpoint(tmp_path)))
+
+    real_step = _Trainer.train_step
+
+    def step_then_signal(self):
+        real_step(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    monkeypatch.setattr(_Trainer, "train_step", step_then_signal)
+    old = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        res = train(tiny_config(tmp_path, steps=50, **{"checkpoint.every": 0}))
+        assert signal.getsignal(signal.SIGUSR2) is requeue  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert (res.status, res.signal, res.step) == ("preempted", "SIGUSR2", 3)
+    assert calls == [(signal.SIGUSR2, tmp_path / "checkpoints" / "step_0000003.pt")]
+    run = MlflowClient().get_run(res.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["status"] == "preempted"
+
+
+def test_resume_refuses_a_different_config_and_resume_never(tmp_path):
+    train(tiny_config(tmp_path, steps=3, **{"tracking.enabled": False}))
+    with pytest.raises(ValueError, match=r"different config \(model.depth: '2' -> '3'"):
+        train(tiny_config(tmp_path, steps=6, **{"model.depth": 3, "tracking.enabled": False}))
+    with pytest.raises(ValueError, match="already holds checkpoints and --resume never"):
+        train(tiny_config(tmp_path, steps=6, **{"tracking.enabled": False}), resume="never")
+    longer = train(tiny_config(tmp_path, steps=6, **{"tracking.enabled": False}))  # a bigger budget is fine
+    assert (longer.step, longer.images_seen) == (6, 48)
+
+
+def test_cli_exit_codes_in_process(tmp_path):
+    from dit_core.train import main
+
+    flags = [*_TINY_FLAGS, "--no-mlflow", "--ckpt-every", "0"]
+    assert main([*flags, "--max-steps", "3", "--out", str(tmp_path / "ok")]) == 0
+    assert load_checkpoint(tmp_path / "ok")["step"] == 3
+    assert main([*flags, "--max-steps", "20", "--lr", "1e30", "--out", str(tmp_path / "nan")]) == 1
+    assert main([*flags, "--train-flops", "10", "--out", str(tmp_path / "small")]) == 2

@@ -1,0 +1,236 @@
+"""Unit tests of the training pieces: config, CLI, lr schedules, data stream, EMA, RNG state."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from _train_helpers import tiny_config
+
+from dit_core.config import (
+    BudgetConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    load_yaml_config,
+    resolve_budget_steps,
+)
+from dit_core.ema import EMA
+from dit_core.tracking import format_param
+from dit_core.train import build_parser, config_from_args, main, resolve_config
+from dit_core.trainer.data_stream import DataStream
+from dit_core.trainer.lr_schedule import lr_at
+from dit_core.trainer.rng import StepRandom, get_rng_state, set_rng_state
+
+
+class _Data:
+    resolution, channels, num_classes = 16, 1, 10
+
+
+# ---------------------------------------------------------------------- config
+def test_flat_dict_round_trip_through_mlflow_strings(tmp_path):
+    cfg = tiny_config(tmp_path, **{"tracking.tags": {"a": "b"}, "eval.metrics": ["fid_digits"],
+                                   "diffusion.objective": "v", "optim.grad_clip": 1.0})  # fmt: skip
+    cfg = resolve_config(cfg, _Data)
+    flat = cfg.to_flat_dict()
+    assert flat["model.depth"] == 2 and flat["model.input_size"] == 16 and flat["model.learn_sigma"] is True
+    assert flat["budget.train_flops"] > 0 and flat["budget.max_steps"] == 40
+    as_params = {k: format_param(v) for k, v in flat.items()}
+    as_params |= {"model.params": "123", "git.commit": "abc"}  # derived params are skipped
+    back = TrainConfig.from_flat_dict(as_params)
+    assert back == cfg
+    assert resolve_config(back, _Data) == cfg  # resolution is idempotent
+
+
+def test_model_resolution_names_and_shapes():
+    m = ModelConfig(name="DiT-S/2").resolve(input_size=16, in_channels=1, num_classes=10, learn_sigma=True)
+    assert (m.name, m.depth, m.hidden_size, m.num_heads, m.patch_size) == ("DiT-S/2", 12, 384, 6, 2)
+    # explicit shape overrides the name; an official shape gets its official name
+    m = ModelConfig(name="DiT-S/2", depth=12, hidden_size=768, num_heads=12, patch_size=4)
+    assert m.resolve(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True).name == "DiT-B/4"
+    m = ModelConfig(name="DiT-S/2", depth=3)
+    assert m.resolve(input_size=16, in_channels=1, num_classes=10, learn_sigma=False).name is None
+    with pytest.raises(ValueError, match="custom model .* needs depth"):
+        ModelConfig(name=None, depth=2)
+    with pytest.raises(ValueError, match="patch_size=8 does not divide input_size=12"):
+        ModelConfig(name="DiT-S/8").resolve(input_size=12, in_channels=1, num_classes=10, learn_sigma=True)
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(ValueError, match=r"optim.schedule: 'linear' is unknown"):
+        OptimConfig(schedule="linear")
+    with pytest.raises(ValueError, match=r"optim.lr: cannot read 'fast' as float"):
+        TrainConfig().replace(**{"optim.lr": "fast"})
+    with pytest.raises(ValueError, match="has no field 'optimizer'"):
+        TrainConfig().replace(**{"optimizer.lr": 1.0})
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    # strings from YAML/MLflow are parsed by type
+    cfg = TrainConfig().replace(**{"optim.lr": "3e-4", "budget.max_steps": "1e3", "compile": "true"})
+    assert (cfg.optim.lr, cfg.budget.max_steps, cfg.compile) == (3e-4, 1000, True)
+
+
+def test_budget_steps_closed_form():
+    b = BudgetConfig(train_flops=1e12, global_batch_size=32)
+    assert resolve_budget_steps(b, 1e9) == math.floor(1e12 / (1e9 * 32)) == 31
+    assert resolve_budget_steps(BudgetConfig(train_flops=32e9, global_batch_size=32), 1e9) == 1
+    assert resolve_budget_steps(BudgetConfig(max_steps=10, train_flops=1e12, global_batch_size=32), 1e9) == 10
+    with pytest.raises(ValueError, match="budget smaller than one step.*lower the batch"):
+        resolve_budget_steps(BudgetConfig(train_flops=31e9, global_batch_size=32), 1e9)
+    with pytest.raises(ValueError, match="no stop condition"):
+        resolve_budget_steps(BudgetConfig(), 1e9)
+
+
+def test_yaml_config_nested_and_dotted(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "optim:\n  lr: 3e-4\n  schedule: cosine\nbudget.max_steps: 7\ntracking:\n  tags: {team: x}\n"
+    )
+    cfg = load_yaml_config(p)
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.budget.max_steps) == (3e-4, "cosine", 7)
+    assert cfg.tracking.tags == {"team": "x"}
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_flags_map_to_fields(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("optim: {lr: 5.0e-4, warmup_steps: 3}\nseed: 9\n")
+    args = build_parser().parse_args(
+        ["--config", str(y), "--model", "DiT-B/4", "--data", "digits", "--image-size", "32",
+         "--max-steps", "200", "--train-flops", "1e13", "--global-batch-size", "16", "--lr", "1e-4",
+         "--out", str(tmp_path / "o"), "--tracking-uri", "http://127.0.0.1:5000", "--experiment", "e",
+         "--tag", "k=v", "--set", "optim.beta2=0.95", "--no-flip", "--grad-checkpointing"]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.model.name == "DiT-B/4" and cfg.data.image_size == 32 and not cfg.data.random_flip
+    assert (cfg.budget.max_steps, cfg.budget.train_flops, cfg.budget.global_batch_size) == (200, 1e13, 16)
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.beta2, cfg.seed) == (1e-4, 3, 0.95, 9)
+    assert cfg.tracking.uri == "http://127.0.0.1:5000" and cfg.tracking.tags == {"k": "v"}
+    assert cfg.grad_checkpointing and cfg.out == str(tmp_path / "o")
+    custom = config_from_args(build_parser().parse_args(["--model", "none", "--depth", "2", "--width", "32",
+                                                         "--heads", "2", "--patch-size", "2"]))  # fmt: skip
+    assert custom.model.name is None and custom.model.hidden_size == 32
+
+
+def test_cli_help_teaches_and_bad_input_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--train-flops" in out and "examples:" in out and "accelerate launch" in out and "143" in out
+    assert main(["--set", "optim.lr=fast"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    assert main(["--max-steps", "3", "--print-config"]) == 0
+    assert "budget.max_steps = 3" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- lr schedules
+def test_lr_schedules_closed_forms():
+    c = OptimConfig(lr=1.0, warmup_steps=4)
+    assert [lr_at(s, 100, c) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cos = OptimConfig(lr=1.0, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(0, 11, cos) == 1.0 and lr_at(10, 11, cos) == pytest.approx(0.1)
+    assert lr_at(5, 11, cos) == pytest.approx(0.55)  # half way: the mean of lr and the floor
+    wsd = OptimConfig(lr=2.0, schedule="constant_cooldown", cooldown_frac=0.25)
+    assert [lr_at(s, 8, wsd) for s in range(8)] == [2.0] * 6 + [1.0, 0.0]
+
+
+# ---------------------------------------------------------------------- data stream
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, e):
+        self.epoch = e
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i), float(self.epoch)]), torch.tensor(i % 3)
+
+
+def test_data_stream_resumes_at_its_position_and_splits_ranks():
+    ds = _Indexed(10)
+    full = DataStream(ds, 4, seed=3)
+    ref = [full.next_batch()[0] for _ in range(7)]  # 2 batches per epoch (2 images skipped)
+    part = DataStream(ds, 4, seed=3)
+    got = [part.next_batch()[0] for _ in range(3)]
+    state = part.state_dict()
+    again = DataStream(ds, 4, seed=3)
+    again.load_state_dict(state)
+    got += [again.next_batch()[0] for _ in range(4)]
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    first_epoch = torch.cat(ref[:2])[:, 0]
+    assert len(set(first_epoch.tolist())) == 8 and (torch.cat(ref[:2])[:, 1] == 0).all()
+    assert (ref[2][:, 1] == 1).all()  # set_epoch reached the dataset
+    r0, r1 = DataStream(ds, 4, seed=3, rank=0, world_size=2), DataStream(ds, 4, seed=3, rank=1, world_size=2)
+    assert torch.equal(torch.cat([r0.next_batch()[0], r1.next_batch()[0]]), ref[0])
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        DataStream(ds, 4, seed=0, world_size=3)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        DataStream(ds, 11, seed=0)
+
+
+def test_data_stream_with_workers_matches_in_process():
+    ds = _Indexed(12)
+    a, b = DataStream(ds, 4, seed=1), DataStream(ds, 4, seed=1, num_workers=1)
+    for _ in range(4):
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+
+
+# ---------------------------------------------------------------------- EMA and RNG
+def test_ema_update_closed_form():
+    m = torch.nn.Linear(3, 2)
+    ema = EMA(m, decay=0.9)
+    e0 = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update()
+    torch.testing.assert_close(ema.model.weight, 0.9 * e0 + 0.1 * m.weight.detach())
+    assert not ema.model.weight.requires_grad
+
+
+def test_step_randomness_depends_only_on_seed_and_step_and_splits_ranks():
+    x, cpu = torch.zeros(4, 1, 2, 2), torch.device("cpu")
+    r = StepRandom(0, cpu, 0.5)
+    a = r.draw(7, x)
+    r.draw(8, x)
+    b = r.draw(7, x)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not torch.equal(a[1], r.draw(8, x)[1])
+    halves = [StepRandom(0, cpu, 0.5, rank=k, world_size=2).draw(7, x[:2]) for k in (0, 1)]
+    for i in range(3):  # two ranks draw exactly the single process's rows
+        assert torch.equal(torch.cat([halves[0][i], halves[1][i]]), a[i])
+
+
+def test_rng_state_survives_weights_only_load():
+    import random
+
+    import numpy as np
+
+    state = get_rng_state()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    want = (torch.rand(2), np.random.rand(2), random.random())
+    set_rng_state(loaded)
+    got = (torch.rand(2), np.random.rand(2), random.random())
+    assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
+
+
+def test_progress_bar_and_eta(capsys):
+    from dit_core.trainer.progress import Progress, format_eta
+
+    assert [format_eta(s) for s in (5, 65, 3725, float("inf"))] == ["5s", "1m05s", "1h02m05s", "?"]
+    p = Progress(total=10, start=0, use_bar=True)
+    p.update(5, 0.5, images_per_s=100.0, steps_per_s=12.5)
+    p.close()
+    err = capsys.readouterr().err
+    assert "5/10" in err and "loss=0.5000" in err and "img_s=100.0" in err
+    quiet = Progress(total=10, start=0, enabled=False)
+    quiet.update(5, 0.5, 100.0, 12.5)
+    assert capsys.readouterr().err == ""
