@@ -68,7 +68,7 @@ def bootstrap_points(
         idx = resample_indices(n, rng, groups)
         try:
             r = fit_one(idx)
-        except (ValueError, np.linalg.LinAlgError, FloatingPointError) as e:
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError, OverflowError) as e:
             log.debug("bootstrap refit failed: %s", e)
             r = None
         if r is not None:

@@ -90,24 +90,35 @@ def _check_xy(x, y, n_params: int, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _pure(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
     slope, icpt = np.polyfit(lx, ly, 1)
+    if not -700 < icpt < 700:
+        raise ValueError(
+            f"power-law exponent {-slope:.3g} is implausibly steep (the prefactor overflows); "
+            "the points span too little x or jump between few values"
+        )
     return math.exp(icpt), -slope
 
 
 def _saturating(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float, float]:
-    """(E, A, alpha) minimising sum (log(E + A x^-alpha) - log y)^2, x centred for conditioning."""
+    """(E, A, alpha) minimising sum (log(E + A x^-alpha) - log y)^2, x centred for conditioning.
+
+    Bounded (0 <= E <= min y, 0 <= alpha <= 10) so that flat or noisy data, which small sweeps
+    produce, ends at a boundary instead of diverging."""
     xc = lx.mean()
     u = lx - xc
     y = np.exp(ly)
+    lo = np.array([math.log(1e-9 * y.min()), math.log(1e-12 * y.max()), 0.0])
+    hi = np.array([math.log(y.min()), math.log(y.max()) + 5.0, 10.0])
     best = None
     for frac in (0.0, 0.5, 0.9):  # a few starts for E as a fraction of min(y)
         e0 = frac * y.min()
         a0, al0 = _pure(u, np.log(y - e0))
-        x0 = np.array([math.log(max(e0, 1e-12 * y.min())), math.log(a0), al0])
+        x0 = np.array([math.log(max(e0, 1e-6 * y.min())), math.log(a0), al0])
+        x0 = np.clip(x0, lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo))
 
         def res(th):
             return np.logaddexp(th[0], th[1] - th[2] * u) - ly
 
-        r = least_squares(res, x0, method="lm", xtol=1e-12, ftol=1e-12)
+        r = least_squares(res, x0, bounds=(lo, hi), method="trf", xtol=1e-12, ftol=1e-12)
         if best is None or r.cost < best.cost:
             best = r
     e, a, alpha = best.x
@@ -143,7 +154,7 @@ def fit_power_law(
     if n_bootstrap > 0:
 
         def one(idx):
-            if np.ptp(lx[idx]) == 0 or len(np.unique(idx)) <= n_params:
+            if len(np.unique(lx[idx])) <= n_params - 1 or len(np.unique(idx)) <= n_params:
                 return None
             return params_of(idx)
 

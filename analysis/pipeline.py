@@ -161,9 +161,13 @@ def _pure_law(frontier: FrontierFit, y: str, n_bootstrap: int, seed: int) -> Pow
     fr = frontier.frontier
     if len(fr) <= 2 or np.ptp(np.log(fr["C"].to_numpy(float))) == 0:
         return None
-    return fit_power_law(
-        fr["C"], fr[y], saturating=False, n_bootstrap=n_bootstrap, seed=seed, x_name="C", y_name=y
-    )
+    try:
+        return fit_power_law(
+            fr["C"], fr[y], saturating=False, n_bootstrap=n_bootstrap, seed=seed, x_name="C", y_name=y
+        )
+    except ValueError as e:
+        log.info("pure power law %s(C) not fitted: %s", y, e)
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -121,7 +121,6 @@ def run_mode(name, cfg, args, device) -> Result:
         times.append((time.perf_counter() - t0) / window)
     step_s = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    del model, step_model, opt
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return Result(name, b / step_s, step_s * 1e3, peak)
@@ -165,7 +164,8 @@ def main(argv=None) -> None:
     if base:
         for other in ("diffusers-bf16", "fp32-nocompile"):
             if other in results:
-                print(f"ratio ours-bf16-compile / {other}: {base.images_per_s / results[other].images_per_s:.2f}x")
+                ratio = base.images_per_s / results[other].images_per_s
+                print(f"ratio ours-bf16-compile / {other}: {ratio:.2f}x")
         ck = results.get("ours-bf16-ckpt")
         if ck:
             print(

@@ -214,7 +214,8 @@ class BudgetConfig:
 
 @dataclass
 class EvalConfig:
-    """Validation loss and sample-based evaluation; an interval of 0 disables it.
+    """Validation loss and sample-based evaluation; an interval of 0 disables it. Either, when on,
+    also runs at the last step, so every run ends with a validation loss and its metrics.
 
     val_every: steps between validation losses (common random numbers: fixed t and noise per
         validation example, ``dit_core.diffusion.validation_loss``), on ``val_examples`` images of

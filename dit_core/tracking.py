@@ -70,6 +70,29 @@ def executor_tags(env: dict[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
+# MLflow >= 3 opens experiments without this tag on its GenAI overview; "custom_model_development"
+# makes the UI open on the runs table, where sweeps are compared.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    """Id of experiment `name`, created (tagged as a model-training experiment) if missing.
+
+    Safe against a concurrent job creating it at the same time."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND_TAG]))
+    except MlflowException:  # created meanwhile by another launcher or job
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 class RunTracker:
     """One MLflow run: created, or continued when a run id is known (resume, or given by a sweep)."""
 
@@ -111,14 +134,7 @@ class RunTracker:
             tracker = cls(client, run_id, resumed=True)
             log.info("continuing MLflow run %s (%s)", run_id, run.info.run_name)
         else:
-            exp = client.get_experiment_by_name(experiment)
-            if exp is None:
-                try:
-                    exp_id = client.create_experiment(experiment)
-                except MlflowException:  # created by a concurrent job
-                    exp_id = client.get_experiment_by_name(experiment).experiment_id
-            else:
-                exp_id = exp.experiment_id
+            exp_id = get_or_create_experiment(client, experiment)
             run = client.create_run(exp_id, run_name=run_name, tags=tags)
             tracker = cls(client, run.info.run_id, resumed=False)
             log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name,

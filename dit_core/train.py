@@ -483,9 +483,10 @@ class _Trainer:
             if s % cfg.log_every == 0 or s == self.total:
                 self.log_interval(train_time, interval_images, progress)
                 train_time, interval_images = 0.0, 0
-            if e.val_every and s % e.val_every == 0:
+            last = s == self.total
+            if e.val_every and (s % e.val_every == 0 or last):
                 self.validate()
-            if e.eval_every and s % e.eval_every == 0:
+            if e.eval_every and (s % e.eval_every == 0 or last):
                 self.evaluate()
             if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and s < self.total:
                 self.save()
@@ -625,9 +626,9 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--cooldown-frac",), "optim.cooldown_frac", float, "fraction of steps in the cooldown (0.2)"),
     (("--grad-clip",), "optim.grad_clip", float, "max gradient norm, 0 = off (default 0)"),
     (("--ema-decay",), "optim.ema_decay", float, "EMA decay (default 0.9999)"),
-    (("--val-every",), "eval.val_every", int, "steps between validation losses, 0 = off"),
+    (("--val-every",), "eval.val_every", int, "steps between validation losses (+ the last step), 0 = off"),
     (("--val-examples",), "eval.val_examples", int, "validation images (default 256)"),
-    (("--eval-every",), "eval.eval_every", int, "steps between sample evaluations (FID), 0 = off"),
+    (("--eval-every",), "eval.eval_every", int, "steps between FID evaluations (+ the last step), 0 = off"),
     (("--num-samples",), "eval.num_samples", int, "samples per evaluation (default 500)"),
     (("--sampler",), "eval.sampler", str, "ddim | ddpm | euler | heun"),
     (("--sample-steps",), "eval.steps", int, "sampler steps (default 50)"),

@@ -89,6 +89,8 @@ class SweepSpec:
     trainer: module providing ``TrainConfig`` and ``train(cfg)`` (the contract of `dit_core.train`).
     final_eval: validation loss and sample metrics (FID) at each cell's last step (sets
     ``eval.val_every`` / ``eval.eval_every`` to the cell's step count unless ``train`` sets them).
+    val_points: with final_eval, validation losses per cell, evenly spaced and the last at the final
+    step; each is a point for the scaling fits (``eval.val_every`` = ceil(steps / val_points)).
     """
 
     name: str = "demo"
@@ -108,6 +110,7 @@ class SweepSpec:
     train: dict[str, Any] = field(default_factory=dict)
     trainer: str = "dit_core.train"
     final_eval: bool = True
+    val_points: int = 1
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
 
     def replace(self, **overrides: Any) -> SweepSpec:

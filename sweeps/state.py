@@ -97,20 +97,11 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
 def ensure_experiment(tracking_uri: str, experiment: str) -> str:
     """Create the store's tables and the experiment once, before jobs start (concurrent jobs would
     otherwise race on sqlite migrations and on creating the experiment); returns its id."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(experiment)
-    except MlflowException:  # created meanwhile by another launcher or job
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    from dit_core.tracking import get_or_create_experiment
+
+    return get_or_create_experiment(MlflowClient(tracking_uri=tracking_uri), experiment)
 
 
 def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str) -> str:

@@ -61,8 +61,8 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
         }
     )
     if spec.final_eval:
-        for key in ("eval.val_every", "eval.eval_every"):
-            out.setdefault(key, cell.steps)
+        out.setdefault("eval.val_every", -(-cell.steps // max(1, spec.val_points)))
+        out.setdefault("eval.eval_every", cell.steps)
     if spec.data.root is not None:
         out["data.root"] = spec.data.root
     if spec.data.name != "latents":

@@ -28,6 +28,9 @@ def _isolated_mlflow(session_mlflow_dir, monkeypatch):
     """Never let a test write to ./mlflow.db: point MLflow at a per-session sqlite store."""
     if os.environ.get("DITSCALE_TEST_KEEP_URI") != "1":
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{session_mlflow_dir}/mlflow.db")
+    # A sqlite store puts artifacts under ./mlruns of the working directory unless this is set
+    # (MLflow's own variable, read when a client store is created); keep them out of the checkout.
+    monkeypatch.setenv("_MLFLOW_SERVER_ARTIFACT_ROOT", str(session_mlflow_dir / "artifacts"))
     yield
 
 
