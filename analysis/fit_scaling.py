@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FLOPS",
-        help="compute budget in true FLOPs to recommend a model for (repeatable)",
+        help="compute budget in true FLOPs to recommend a model for (repeatable; "
+        "default: 10x the largest compute in the data)",
     )
     p.add_argument(
         "--holdout", choices=["largest"], help="fit without the largest-compute runs; report the error"
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             delta=args.delta,
         )
         an = analyze(points, cfg)
-        preds = [predict(an, c) for c in args.predict]
+        budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up
+        preds = [predict(an, c) for c in budgets]
         hold = holdout_largest(points, cfg) if args.holdout == "largest" else None
         paths = write_report(an, args.out, preds, hold, source)
         if args.json is not None:

@@ -49,7 +49,7 @@ def assign_budgets(points: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
     return pd.Series(med.loc[cluster].to_numpy(), index=points.index)
 
 
-def _profile(g: pd.DataFrame, c: float) -> IsoFlopProfile | None:
+def _profile(g: pd.DataFrame, c: float, skipped: list[str] | None = None) -> IsoFlopProfile | None:
     ln = np.log(g["N"].to_numpy(float))
     if len(np.unique(ln)) < 3:
         return None
@@ -58,6 +58,15 @@ def _profile(g: pd.DataFrame, c: float) -> IsoFlopProfile | None:
         log.info("budget %.3g: parabola opens downward, no minimum; skipped", c)
         return None
     x_opt = -coef[1] / (2 * coef[0])
+    if not ln.min() <= x_opt <= ln.max():
+        side = "smaller" if x_opt < ln.min() else "larger"
+        if skipped is not None:
+            skipped.append(
+                f"IsoFLOP budget {c:.3g}: the parabola's minimum (N={math.exp(x_opt):.3g}) lies outside "
+                f"the models trained there (N {math.exp(ln.min()):.3g}..{math.exp(ln.max()):.3g}); "
+                f"budget skipped - add {side} models at this budget"
+            )
+        return None
     # D at the optimum: ln D is linear in ln N at a fixed budget (exactly ln(C/kN) for C = kND)
     dcoef = np.polyfit(ln, np.log(g["D"].to_numpy(float)), 1)
     return IsoFlopProfile(
@@ -71,18 +80,21 @@ def _profile(g: pd.DataFrame, c: float) -> IsoFlopProfile | None:
     )
 
 
-def isoflop_profiles(points: pd.DataFrame, gap_dex: float = 0.1) -> list[IsoFlopProfile]:
+def isoflop_profiles(
+    points: pd.DataFrame, gap_dex: float = 0.1, skipped: list[str] | None = None
+) -> list[IsoFlopProfile]:
     """Fit a parabola per budget with >= 3 distinct N; budgets with a maximum or fewer N are skipped.
 
     A group of points spanning more than 2 x gap_dex in log10 C is not an IsoFLOP slice (continuous
-    compute, e.g. the Chinchilla Figure 4 points) and is skipped too.
+    compute, e.g. the Chinchilla Figure 4 points) and is skipped too. So is a budget whose minimum
+    lies outside its sampled model sizes (an extrapolation); `skipped` collects why.
     """
     lab = assign_budgets(points, gap_dex)
     out = []
     for _, g in points.assign(_b=lab).dropna(subset=["_b"]).groupby("_b"):
         if np.ptp(np.log10(g["C"].to_numpy(float))) > 2 * gap_dex:
             continue
-        p = _profile(g, float(g["C"].median()))
+        p = _profile(g, float(g["C"].median()), skipped)
         if p is not None:
             out.append(p)
     return sorted(out, key=lambda p: p.compute)
@@ -159,15 +171,17 @@ def fit_isoflop(
 
     The bootstrap resamples points within the data set and refits everything (profiles and laws).
     """
-    profiles = isoflop_profiles(points, gap_dex)
+    skipped: list[str] = []
+    profiles = isoflop_profiles(points, gap_dex, skipped)
     if len(profiles) < 3:
         msg = (
-            f"IsoFLOP: {len(profiles)} usable budget(s) (need 3, each with >= 3 model sizes); no N_opt(C) law"
+            f"IsoFLOP: {len(profiles)} usable budget(s) (need 3, each with >= 3 model sizes and its "
+            "minimum inside them); no N_opt(C) law"
         )
         log.info(msg)
-        return IsoFlopFit(profiles, None, None, messages=[msg])
+        return IsoFlopFit(profiles, None, None, messages=skipped + [msg])
     n_law, d_law = _laws(profiles)
-    fit = IsoFlopFit(profiles, n_law, d_law)
+    fit = IsoFlopFit(profiles, n_law, d_law, messages=skipped)
     if n_bootstrap > 0:
         pts = points.reset_index(drop=True)
 

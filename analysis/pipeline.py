@@ -186,6 +186,8 @@ class Estimate:
         self.value, self.lo, self.hi = float(self.value), float(self.lo), float(self.hi)
 
     def __str__(self) -> str:
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            return f"{self.value:.4g} (no bootstrap interval)"
         return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
 
 
@@ -212,6 +214,7 @@ class Prediction:
         out["nearest_run_shape"] = asdict(self.nearest_run_shape) if self.nearest_run_shape else None
         out["nearest_dit_shape"] = asdict(self.nearest_dit_shape)
         out["alternatives"] = self.alternatives
+        out["n_opt_spread"] = self.n_opt_spread()
         return out
 
     def text(self) -> str:
@@ -233,7 +236,19 @@ class Prediction:
         lines.append(f"  expected FID     : {self.fid if self.fid else 'n/a (no FID logged)'}")
         for k, v in self.alternatives.items():
             lines.append(f"  ({k}: {v:.4g})")
+        spread = self.n_opt_spread()
+        if spread > 5.0:
+            lines.append(
+                f"  caution: the approaches disagree on N_opt by {spread:.3g}x - the grid probably does not "
+                "bracket the optimum (add smaller or larger models, or more budgets); see the report"
+            )
         return "\n".join(lines)
+
+    def n_opt_spread(self) -> float:
+        """max / min of N_opt over the approaches that gave one (1.0 if only one did)."""
+        ns = [self.n_opt.value] + [v for k, v in self.alternatives.items() if k.startswith("N_opt")]
+        ns = [v for v in ns if math.isfinite(v) and v > 0]
+        return max(ns) / min(ns) if ns else 1.0
 
 
 def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:

@@ -44,7 +44,8 @@ class CellState:
     run_id: str | None = None
     run_status: str | None = None
     step: int | None = None
-    loss: float | None = None
+    loss: float | None = None  # last train/loss
+    val_loss: float | None = None  # last val/loss
     fid: float | None = None
     attempts: int = 0
     job_id: str | None = None
@@ -216,6 +217,7 @@ def read_states(
             st.run_id, st.run_status = run.info.run_id, _run_status(run)
             st.duplicates = len(cell_runs) - 1
             st.loss = run.data.metrics.get("train/loss")
+            st.val_loss = run.data.metrics.get("val/loss")
             st.fid = run.data.metrics.get("eval/fid", run.data.metrics.get("eval/fid_digits"))
             if with_progress and st.loss is not None:
                 if client is None:

@@ -48,8 +48,8 @@ def cells_table(cells: Sequence[Cell]) -> str:
 
 
 def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
-    """cell | model | state | step | loss | FID | attempts | job | run."""
-    header = ["cell", "model", "state", "step", "loss", "FID", "tries", "job", "run"]
+    """cell | model | state | step | train loss | val loss | FID | attempts | job | run."""
+    header = ["cell", "model", "state", "step", "train loss", "val loss", "FID", "tries", "job", "run"]
     rows = []
     for s in states:
         c = cells.get(s.cell_id)
@@ -63,6 +63,7 @@ def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
                 s.state + (f" (+{s.duplicates} dup)" if s.duplicates else ""),
                 step,
                 "-" if s.loss is None else f"{s.loss:.4f}",
+                "-" if s.val_loss is None else f"{s.val_loss:.4f}",
                 "-" if s.fid is None else f"{s.fid:.2f}",
                 str(s.attempts),
                 s.job_id or "-",

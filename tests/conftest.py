@@ -115,7 +115,7 @@ def slurm_available() -> tuple[bool, str]:
 
 def pytest_collection_modifyitems(config, items):
     ok, why = slurm_available()
-    if ok:
+    if ok or os.environ.get("DITSCALE_CI") == "1":  # in CI a missing cluster fails, never skips
         return
     skip = pytest.mark.skip(reason=why)
     for item in items:

@@ -168,6 +168,17 @@ def test_isoflop_recovers_allocation_exponents():
         assert p.n_opt == pytest.approx(optimal_allocation(TRUE, p.compute, 6.0)[0], rel=0.1)
 
 
+def test_isoflop_skips_a_budget_whose_minimum_lies_outside_its_models():
+    pts = synthetic_isoflop(budgets=(1e18, 1e19, 1e20, 1e21))
+    # at 1e21 keep only models larger than the optimum: the parabola's minimum is an extrapolation
+    n_opt = optimal_allocation(TRUE, 1e21, 6.0)[0]
+    pts = pts[(pts["C"] != 1e21) | (pts["N"] > 1.5 * n_opt)]
+    fit = fit_isoflop(pts)
+    assert [p.compute for p in fit.profiles] == [1e18, 1e19, 1e20]
+    (msg,) = fit.messages
+    assert "1e+21" in msg and "outside" in msg and "add smaller models" in msg
+
+
 def test_power_laws_exact_recovery():
     x = np.logspace(15, 20, 20)
     pure = fit_power_law(x, 3.0 * x**-0.2, saturating=False)
@@ -249,6 +260,10 @@ def test_analyze_predict_and_holdout_on_synthetic():
     assert pr.fid.value == pytest.approx(50.0 * l_true**4, rel=0.05)
     assert pr.nearest_run_shape is not None and "DiT" in pr.nearest_dit_shape.name
     assert "FLOPs" in pr.text()
+    # the approaches agree on well-sampled data; a large disagreement is called out
+    assert pr.n_opt_spread() < 5.0 and "caution" not in pr.text()
+    pr.alternatives["N_opt from frontier (approach 1)"] = pr.n_opt.value / 10  # was ~1/3
+    assert pr.n_opt_spread() == pytest.approx(10.3, abs=0.2) and "disagree on N_opt by 10.3x" in pr.text()
     hold = holdout_largest(pts, AnalysisConfig(n_bootstrap=0))
     assert hold.held_out["C"].min() >= 1e22 * 0.99 or hold.held_out["C"].min() >= np.quantile(pts["C"], 0.8)
     assert hold.mape_loss < 0.01
