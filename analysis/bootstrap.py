@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ class BootstrapResult:
 
     def se(self) -> dict[str, float]:
         """Standard deviation of each quantity across resamples (ddof=1)."""
-        return {k: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for k, v in self.samples.items()}
+        with np.errstate(over="ignore", invalid="ignore"):  # a divergent resample gives inf, not a warning
+            return {k: float(np.std(v, ddof=1)) if len(v) > 1 else math.nan for k, v in self.samples.items()}
 
     def conf_int(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
         """Percentile intervals."""

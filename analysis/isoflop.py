@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
-from analysis.laws import PowerLawFit, fit_power_law
+from analysis.laws import AllocationExponents, PowerLawFit, fit_power_law
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def isoflop_profiles(
 
 
 @dataclass
-class IsoFlopFit:
+class IsoFlopFit(AllocationExponents):
     """Approach 2: the per-budget profiles and N_opt(C), D_opt(C) power laws through their minima."""
 
     profiles: list[IsoFlopProfile]
@@ -109,14 +109,6 @@ class IsoFlopFit:
     d_opt: PowerLawFit | None
     bootstrap: BootstrapResult | None = None
     messages: list[str] = field(default_factory=list)
-
-    @property
-    def a(self) -> float:
-        return -self.n_opt.params["alpha"] if self.n_opt else math.nan
-
-    @property
-    def b(self) -> float:
-        return -self.d_opt.params["alpha"] if self.d_opt else math.nan
 
     def summary(self) -> str:
         lines = [f"IsoFLOP profiles: {len(self.profiles)} budgets"]

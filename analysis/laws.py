@@ -170,7 +170,8 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
     """Lower envelope of y over runs against compute (Chinchilla approach 1).
 
     With several points per run, each run's curve is interpolated (in log C) on a log grid of
-    `n_grid` budgets and the best run is taken at each; with one point per run, the frontier is
+    `n_grid` budgets, from the compute at which every model size has been evaluated at least once,
+    and the best run is taken at each; with one point per run, the frontier is
     the Pareto set (each point beats every point of smaller compute). Returns columns
     C, y, N, D, run_id, model (one row per frontier point, sorted by C).
     """
@@ -184,7 +185,10 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
         out = pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]]
         return out.reset_index(drop=True)
     lc = np.log(pts["C"].to_numpy())
-    grid = np.linspace(lc.min(), lc.max(), n_grid)
+    # Start where every model size has been observed: below that, a model whose first evaluation
+    # came later would look better than it is (only the models evaluated that early compete).
+    start = float(np.log(pts.groupby("N")["C"].min()).max())
+    grid = np.linspace(start if start < lc.max() else lc.min(), lc.max(), n_grid)
     best_y = np.full(n_grid, np.inf)
     rows: list[dict | None] = [None] * n_grid
     for rid, g in pts.groupby("run_id"):
@@ -209,12 +213,9 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
     return pd.DataFrame([r for r in rows if r is not None])
 
 
-@dataclass
-class FrontierFit:
-    """Approach 1: the frontier and power laws fitted to it: y(C), N_opt(C), D_opt(C)."""
+class AllocationExponents:
+    """`a` and `b` of N_opt ~ C^a and D_opt ~ C^b from fitted `n_opt` / `d_opt` pure laws (NaN if absent)."""
 
-    frontier: pd.DataFrame
-    y_law: PowerLawFit | None
     n_opt: PowerLawFit | None
     d_opt: PowerLawFit | None
 
@@ -225,6 +226,16 @@ class FrontierFit:
     @property
     def b(self) -> float:
         return -self.d_opt.params["alpha"] if self.d_opt else math.nan
+
+
+@dataclass
+class FrontierFit(AllocationExponents):
+    """Approach 1: the frontier and power laws fitted to it: y(C), N_opt(C), D_opt(C)."""
+
+    frontier: pd.DataFrame
+    y_law: PowerLawFit | None
+    n_opt: PowerLawFit | None
+    d_opt: PowerLawFit | None
 
     def to_dict(self) -> dict:
         return {

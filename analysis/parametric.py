@@ -258,8 +258,9 @@ def optimal_allocation(params: dict[str, float], compute, flops_per_param_datum:
     """(N_opt, D_opt, L_opt) for C = k N D; see ParametricFit.optimal_allocation."""
     alpha, beta = params["alpha"], params["beta"]
     c = np.asarray(compute, float) / flops_per_param_datum
-    g = (alpha * params["A"] / (beta * params["B"])) ** (1.0 / (alpha + beta))
-    n = g * c ** (beta / (alpha + beta))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # alpha <= 0: no optimum, NaN
+        g = (alpha * params["A"] / (beta * params["B"])) ** (1.0 / (alpha + beta))
+        n = g * c ** (beta / (alpha + beta))
     d = c / n
     return n, d, parametric_loss(params, n, d)
 

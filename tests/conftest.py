@@ -128,3 +128,15 @@ def artifacts_dir() -> Path:
     """Folder for files a test keeps (screenshots, plots) for humans to look at."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def job_env(monkeypatch, tmp_path, session_mlflow_dir) -> str:
+    """Jobs (local processes, or sbatch, which exports the environment) import the repo and tests/
+    (the stand-in trainer); cwd is tmp_path. Returns the session's tracking URI: tests use their own
+    experiment names, since a fresh sqlite store costs ~5 s of migrations per test."""
+    tests = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(tests), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path.rstrip(os.pathsep))
+    monkeypatch.chdir(tmp_path)
+    return f"sqlite:///{session_mlflow_dir}/mlflow.db"

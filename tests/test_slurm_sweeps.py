@@ -5,7 +5,6 @@ Skipped with a reason where `sinfo` is absent or the cluster is down (tests/conf
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -20,18 +19,6 @@ from sweeps.ledger import Ledger
 from sweeps.runner import launch, sweep_dir
 
 pytestmark = pytest.mark.slurm
-
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-
-
-@pytest.fixture
-def slurm_env(monkeypatch, tmp_path, session_mlflow_dir):
-    """Jobs (sbatch exports the environment) import the repo and the stand-in trainer."""
-    path = os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")])
-    monkeypatch.setenv("PYTHONPATH", path.rstrip(os.pathsep))
-    monkeypatch.chdir(tmp_path)
-    return f"sqlite:///{session_mlflow_dir}/mlflow.db"
 
 
 def slurm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
@@ -74,15 +61,15 @@ def sacct_states(job: str, until: str, timeout_s: float = 30.0) -> list[str]:
         time.sleep(0.5)
 
 
-def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing(slurm_env, tmp_path):
-    spec = slurm_spec(tmp_path, slurm_env)
+def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing(job_env, tmp_path):
+    spec = slurm_spec(tmp_path, job_env)
     cells = expand(spec)
     assert len(cells) == 4
     res = launch(spec, poll_s=1.0)
     assert res.errors == {}, res.errors
     arrays = {j.split("_")[0] for j in res.job_ids.values()}
     assert len(arrays) == 1 and sorted(j.split("_")[1] for j in res.job_ids.values()) == ["0", "1", "2", "3"]
-    runs = finished_runs(slurm_env, spec.experiment)
+    runs = finished_runs(job_env, spec.experiment)
     assert {k: len(v) for k, v in runs.items()} == {c.cell_id: 1 for c in cells}
     for c in cells:
         run = runs[c.cell_id][0]
@@ -93,15 +80,15 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
 
     again = launch(spec, poll_s=1.0)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
-    assert {k: len(v) for k, v in finished_runs(slurm_env, spec.experiment).items()} == {
+    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {
         c.cell_id: 1 for c in cells
     }
 
 
 @pytest.mark.slow
-def test_time_limit_requeues_and_resumes(slurm_env, tmp_path):
+def test_time_limit_requeues_and_resumes(job_env, tmp_path):
     """A real 1-minute SLURM time limit: USR2 45 s before it, checkpoint, requeue, resume."""
-    spec = slurm_spec(tmp_path, slurm_env, step_s=0.5).replace(
+    spec = slurm_spec(tmp_path, job_env, step_s=0.5).replace(
         families=["S"], budgets=[1.3e10], executor={"timeout_min": 1, "signal_delay_s": 45}
     )
     (cell,) = expand(spec)
@@ -112,7 +99,7 @@ def test_time_limit_requeues_and_resumes(slurm_env, tmp_path):
     target = 1.0 + cell.model.hidden_size / 100.0
     assert out["starts"] >= 2 and out["step"] == cell.steps
     assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
-    (run,) = finished_runs(slurm_env, spec.experiment)[cell.cell_id]
+    (run,) = finished_runs(job_env, spec.experiment)[cell.cell_id]
     assert run.data.tags["status"] == "finished"
 
 
@@ -135,7 +122,7 @@ def real_spec(tmp_path: Path, uri: str, name: str) -> SweepSpec:
 
 
 @pytest.mark.slow
-def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(slurm_env, tmp_path):
+def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(job_env, tmp_path):
     """Two identical cells run side by side on SLURM; one gets USR2 mid-run, is requeued and resumes.
     Both must end with bit-identical weights, EMA and loss, and the interrupted one in one MLflow run."""
     pytest.importorskip("dit_core.train")
@@ -143,7 +130,7 @@ def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(sl
 
     from dit_core.checkpoint import latest_checkpoint, load_checkpoint
 
-    specs = {n: real_spec(tmp_path, slurm_env, n) for n in ("plain", "requeued")}
+    specs = {n: real_spec(tmp_path, job_env, n) for n in ("plain", "requeued")}
     (cell,) = expand(specs["plain"])
     assert cell.steps > 1000
     box: dict = {}
@@ -175,9 +162,9 @@ def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(sl
         assert ca[key].keys() == cb[key].keys()
         for name in ca[key]:
             assert torch.equal(ca[key][name], cb[key][name]), f"{key}.{name} differs after the requeue"
-    runs = finished_runs(slurm_env, specs["plain"].experiment)
+    runs = finished_runs(job_env, specs["plain"].experiment)
     assert len(runs[cell.cell_id]) == 2  # one per sweep: the requeued cell continued its run
     for run in runs[cell.cell_id]:
         assert run.data.tags["status"] == "finished"
-        hist = MlflowClient(slurm_env).get_metric_history(run.info.run_id, "train/loss")
+        hist = MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")
         assert [m.step for m in sorted(hist, key=lambda m: m.step)][-1] == cell.steps

@@ -108,10 +108,9 @@ def test_bad_input_is_a_clear_error(overrides, message):
 
 
 def test_budget_below_one_step_is_an_error():
-    with pytest.raises(
-        ValueError, match=r"budget 1e10 is smaller than one training step of DiT-L/2 .*DiT-XL/2"
-    ):
-        expand(load_spec().replace(budgets=[1e12, 1e10]))
+    msg = r"budget 5e9 is smaller than one training step of DiT-L/2 \(16 x 4.96e\+08 FLOPs\), DiT-XL/2"
+    with pytest.raises(ValueError, match=msg):
+        expand(load_spec().replace(budgets=[1e12, 5e9]))  # demo: batch 16
 
 
 def test_yaml_unknown_keys_are_errors(tmp_path):

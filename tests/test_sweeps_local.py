@@ -20,19 +20,6 @@ from sweeps.ledger import Ledger
 from sweeps.runner import launch, sweep_dir
 from sweeps.state import read_states
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-
-
-@pytest.fixture
-def fake_env(monkeypatch, tmp_path, session_mlflow_dir):
-    """Jobs can import the fake trainer and the repo; returns the session's tracking URI (tests use
-    their own experiment names; a fresh sqlite store would cost ~5 s of migrations per test)."""
-    path = os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")])
-    monkeypatch.setenv("PYTHONPATH", path.rstrip(os.pathsep))
-    monkeypatch.chdir(tmp_path)
-    return f"sqlite:///{session_mlflow_dir}/mlflow.db"
-
 
 def small_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
     """S and B (demo scale), patch 2, one budget: S trains 8 steps, B 2 steps (batch 8)."""
@@ -61,17 +48,17 @@ def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
     return out
 
 
-def test_local_sweep_completes_then_relaunch_submits_nothing(fake_env, tmp_path):
-    spec = small_spec(tmp_path, fake_env)
+def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path):
+    spec = small_spec(tmp_path, job_env)
     cells = expand(spec)
     assert [c.steps for c in cells] == [8, 2]
 
     res = launch(spec, poll_s=0.3)
     assert res.errors == {}
     assert sorted(res.submitted) == sorted(c.cell_id for c in cells)
-    runs = runs_by_cell(fake_env, spec.experiment)
+    runs = runs_by_cell(job_env, spec.experiment)
     assert sorted(runs) == sorted(c.cell_id for c in cells)
-    client = MlflowClient(fake_env)
+    client = MlflowClient(job_env)
     for c in cells:
         (run,) = runs[c.cell_id]  # exactly one run per cell
         assert run.data.tags["status"] == "finished" and run.data.tags["sweep"] == "t"
@@ -83,7 +70,7 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(fake_env, tmp_path)
 
     again = launch(spec, poll_s=0.3)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
-    assert {k: len(v) for k, v in runs_by_cell(fake_env, spec.experiment).items()} == {
+    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {
         c.cell_id: 1 for c in cells
     }
     assert all(Ledger.load(sweep_dir(spec)).attempts(c.cell_id) == 1 for c in cells)
@@ -92,12 +79,12 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(fake_env, tmp_path)
         launch(spec.replace(batch_size=4))
 
 
-def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(fake_env, tmp_path):
-    spec = small_spec(tmp_path, fake_env, fail_cell="B-2-2.6e9", fail_times=2).replace(families=["B"])
+def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(job_env, tmp_path):
+    spec = small_spec(tmp_path, job_env, fail_cell="B-2-2.6e9", fail_times=2).replace(families=["B"])
     first = launch(spec, poll_s=0.3)
     assert list(first.errors) == ["B-2-2.6e9"] and "injected failure" in first.errors["B-2-2.6e9"]
     ledger = Ledger.load(sweep_dir(spec))
-    states = read_states(fake_env, spec.experiment, spec.name, ["B-2-2.6e9"], ledger)
+    states = read_states(job_env, spec.experiment, spec.name, ["B-2-2.6e9"], ledger)
     assert states["B-2-2.6e9"].state == "failed" and states["B-2-2.6e9"].attempts == 1
 
     second = launch(spec, poll_s=0.3)  # retry 1 of max_retries=1: fails again (fail_times=2)
@@ -107,17 +94,17 @@ def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(fake_env, tmp_pa
 
     fourth = launch(spec.replace(executor={"max_retries": 2}), poll_s=0.3)  # allowed again: succeeds
     assert fourth.submitted == ["B-2-2.6e9"] and fourth.errors == {}
-    runs = runs_by_cell(fake_env, spec.experiment)
+    runs = runs_by_cell(job_env, spec.experiment)
     assert len(runs["B-2-2.6e9"]) == 1  # every retry continued the cell's one MLflow run
     assert runs["B-2-2.6e9"][0].data.tags["status"] == "finished"
     assert fourth.results["B-2-2.6e9"]["starts"] == 3
     assert Ledger.load(sweep_dir(spec)).attempts("B-2-2.6e9") == 3
 
 
-def test_preempted_local_job_requeues_and_resumes_to_the_same_result(fake_env, tmp_path):
+def test_preempted_local_job_requeues_and_resumes_to_the_same_result(job_env, tmp_path):
     """USR2 mid-run: checkpoint, requeue by submitit's local controller, resume, same final state."""
     progress = tmp_path / "progress"
-    spec = small_spec(tmp_path, fake_env, step_s=0.1, progress_file=str(progress)).replace(
+    spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
         families=["S"], budgets=[1e10]
     )
     (cell,) = expand(spec)
@@ -140,8 +127,8 @@ def test_preempted_local_job_requeues_and_resumes_to_the_same_result(fake_env, t
     assert out["starts"] == 2 and out["step"] == cell.steps
     target = 1.0 + cell.model.hidden_size / 100.0
     assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
-    (run,) = runs_by_cell(fake_env, spec.experiment)[cell.cell_id]
-    hist = MlflowClient(fake_env).get_metric_history(run.info.run_id, "train/loss")
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    hist = MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
 
 
