@@ -122,6 +122,11 @@ def _saturating(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float, float]:
         if best is None or r.cost < best.cost:
             best = r
     e, a, alpha = best.x
+    if alpha >= 0.999 * hi[2]:
+        raise ValueError(
+            f"the saturating law's exponent ran to its bound ({hi[2]:g}): the points do not determine "
+            "E, A and alpha (too few, or a drop followed by a plateau); use the pure power law"
+        )
     return math.exp(e), math.exp(a + alpha * xc), float(alpha)
 
 
@@ -166,29 +171,38 @@ def fit_power_law(
 # frontier
 
 
+def _frontier_start(pts: pd.DataFrame, gap_dex: float = 0.1) -> float:
+    """The compute (FLOPs) where the frontier starts: the last of the model sizes' first evaluations
+    that lie within `gap_dex` (log10) of the earliest one."""
+    first = np.sort(pts.groupby("N")["C"].min().to_numpy(float))
+    return float(first[first <= first[0] * 10**gap_dex].max())
+
+
 def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
     """Lower envelope of y over runs against compute (Chinchilla approach 1).
 
     With several points per run, each run's curve is interpolated (in log C) on a log grid of
-    `n_grid` budgets, from the compute at which every model size has been evaluated at least once,
-    and the best run is taken at each; with one point per run, the frontier is
-    the Pareto set (each point beats every point of smaller compute). Returns columns
-    C, y, N, D, run_id, model (one row per frontier point, sorted by C).
+    `n_grid` budgets and the best run is taken at each; with one point per run, the frontier is
+    the Pareto set (each point beats every point of smaller compute). Either way the frontier
+    starts at `_frontier_start`: the first evaluations of the model sizes, which differ by a few
+    steps' compute, count as one budget, so a model evaluated slightly earlier than the others
+    does not make the frontier's first point. Returns columns C, y, N, D, run_id, model (one row
+    per frontier point, sorted by C).
     """
     pts = points.dropna(subset=[y]).sort_values("C")
     if len(pts) == 0:
         return pd.DataFrame(columns=["C", y, "N", "D", "run_id", "model"])
     per_run = pts.groupby("run_id").size()
+    start = _frontier_start(pts)
     if per_run.max() < 2:
+        first = pts[pts["C"] <= start]
+        pts = pd.concat([first.loc[[first[y].idxmin()]], pts[pts["C"] > start]])  # best of the first budget
         v = pts[y].to_numpy()
         keep = np.r_[True, v[1:] < np.minimum.accumulate(v)[:-1]]  # a new running minimum
         out = pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]]
         return out.reset_index(drop=True)
     lc = np.log(pts["C"].to_numpy())
-    # Start where every model size has been observed: below that, a model whose first evaluation
-    # came later would look better than it is (only the models evaluated that early compete).
-    start = float(np.log(pts.groupby("N")["C"].min()).max())
-    grid = np.linspace(start if start < lc.max() else lc.min(), lc.max(), n_grid)
+    grid = np.linspace(math.log(start), lc.max(), n_grid)
     best_y = np.full(n_grid, np.inf)
     rows: list[dict | None] = [None] * n_grid
     for rid, g in pts.groupby("run_id"):

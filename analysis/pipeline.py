@@ -138,7 +138,11 @@ def _analyze(points: pd.DataFrame, config: AnalysisConfig | None) -> Analysis:
     iso = fit_isoflop(pts, n_bootstrap=B, seed=seed, gap_dex=cfg.isoflop_gap_dex)
     msgs.extend(iso.messages)
     fid_front = fit_frontier(pts, "fid", n_bootstrap=B, seed=seed) if pts["fid"].notna().sum() > 3 else None
-    fvl = fit_fid_vs_loss(pts, n_bootstrap=B, seed=seed)
+    try:
+        fvl = fit_fid_vs_loss(pts, n_bootstrap=B, seed=seed)
+    except ValueError as e:
+        fvl = None
+        msgs.append(f"FID(loss) not fitted: {e}")
     fid_pure = _pure_law(fid_front, "fid", B, seed) if fid_front is not None else None
     return Analysis(
         points=pts,

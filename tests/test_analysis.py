@@ -179,6 +179,15 @@ def test_isoflop_skips_a_budget_whose_minimum_lies_outside_its_models():
     assert "1e+21" in msg and "outside" in msg and "add smaller models" in msg
 
 
+def test_saturating_law_that_runs_to_its_exponent_bound_is_refused():
+    # a drop then a plateau (a small sweep's FID frontier): E + A C^-alpha fits it only as a step
+    x = np.array([1.4e11, 1.45e11, 4e11, 1e12])
+    y = np.array([600.0, 250.0, 240.0, 214.0])
+    with pytest.raises(ValueError, match="ran to its bound"):
+        fit_power_law(x, y, saturating=True)
+    assert fit_power_law(x, y, saturating=False).params["alpha"] > 0  # the pure law still fits
+
+
 def test_power_laws_exact_recovery():
     x = np.logspace(15, 20, 20)
     pure = fit_power_law(x, 3.0 * x**-0.2, saturating=False)
