@@ -44,7 +44,7 @@ class RandomLatents(Dataset):
 
 def bare_step_fn(model, diffusion, batch: int, channels: int, size: int, lr: float):
     """A closure running one bare step: loss, backward, AdamW step (same settings as the trainer)."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, foreach=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
     x = torch.randn(batch, channels, size, size)
     y = torch.randint(0, model.num_classes, (batch,))
     t = torch.randint(0, diffusion.num_timesteps, (batch,))

@@ -171,10 +171,11 @@ class _Trainer:
         self.model = DiT.from_config(self.dit_cfg).to(self.device)
         self.ema = EMA(self.model, cfg.optim.ema_decay)
         o = cfg.optim
-        kind = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        # fused AdamW (CUDA, and CPU since torch 2.4): 3-6x faster than foreach on CPU (14-18 ms vs
+        # 60-88 ms per DiT-S/2 step here), which matters for the demo's small models
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
-            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay, **kind,
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay, fused=True,
         )  # fmt: skip
         self.diffusion = create_diffusion(cfg.diffusion)
         self.stream = DataStream(
