@@ -204,7 +204,10 @@ def _progress_printer():
     def show(p: Progress) -> None:
         line = (
             f"[{int(p.elapsed_s) // 60:02d}:{int(p.elapsed_s) % 60:02d}] {p.done}/{p.total} done, "
-            f"{p.running} running, {p.failed} failed" + (f", {p.pending} waiting" if p.pending else "")
+            f"{p.running} running, "
+            + (f"{p.queued} queued, " if p.queued else "")
+            + f"{p.failed} failed"
+            + (f", {p.pending} waiting" if p.pending else "")
         )
         if tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)

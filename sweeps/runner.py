@@ -49,7 +49,8 @@ class Prepared:
 
 @dataclass
 class Progress:
-    """Counts shown while waiting: done / running / failed / waiting to be submitted (local waves)."""
+    """Counts shown while waiting: done / running / queued in the scheduler (SLURM) / failed /
+    waiting to be submitted (local waves)."""
 
     total: int
     done: int = 0
@@ -57,6 +58,7 @@ class Progress:
     failed: int = 0
     pending: int = 0
     elapsed_s: float = 0.0
+    queued: int = 0
 
 
 @dataclass
@@ -209,16 +211,26 @@ class _Runner:
             return
         failed = len(self.result.errors)
         done = len(self.result.results)
+        queued = sum(_is_queued(self.jobs[cid]) for cid in live) if self.prep.kind == "slurm" else 0
         self.on_progress(
             Progress(
                 total=len(self.result.job_ids) + len(pending),
                 done=done,
-                running=len(live),
+                running=len(live) - queued,
                 failed=failed,
                 pending=len(pending),
                 elapsed_s=time.monotonic() - self.t0,
+                queued=queued,
             )
         )
+
+
+def _is_queued(job: Any) -> bool:
+    """Whether a SLURM job still waits in the queue (submitit batches the sacct/squeue calls)."""
+    try:
+        return str(job.state).upper() in ("PENDING", "REQUEUED", "CONFIGURING")
+    except Exception:  # the state is cosmetic here; never let it break the wait loop
+        return False
 
 
 def _threads_per_process(prep: Prepared) -> int:

@@ -300,3 +300,22 @@ def test_unknown_train_field_fails_before_submitting(capsys, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "lrr" in err and "cell S-2-1.5e11" in err
     assert not (tmp_path / "sweep_runs" / "demo" / "launches.json").exists()
+
+
+def test_progress_line_separates_queued_from_running_jobs(capsys):
+    from sweeps.launch import _progress_printer
+    from sweeps.runner import Progress, _is_queued
+
+    class Job:
+        def __init__(self, state):
+            self.state = state
+
+    class Broken:
+        @property
+        def state(self):
+            raise RuntimeError("sacct down")
+
+    assert [_is_queued(Job(s)) for s in ("PENDING", "RUNNING", "COMPLETED", "requeued")] == [1, 0, 0, 1]
+    assert _is_queued(Broken()) is False  # cosmetic: never breaks the wait loop
+    _progress_printer()(Progress(total=12, done=3, running=2, queued=7, elapsed_s=75.0))
+    assert capsys.readouterr().err.strip() == "[01:15] 3/12 done, 2 running, 7 queued, 0 failed"
