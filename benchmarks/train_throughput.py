@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     from dit_core.trainer.signals import PreemptionGuard
 
     tmp = Path(tempfile.mkdtemp(prefix="train-throughput-"))
+    from mlflow.tracking import MlflowClient
+
+    # artifacts beside the temporary store, not in ./mlruns of wherever the benchmark is run from
+    MlflowClient(f"sqlite:///{tmp}/mlflow.db").create_experiment("throughput", str(tmp / "artifacts"))
     data = RandomLatents(max(64, 4 * args.batch), args.channels, args.size, 1000)
     cfg = TrainConfig(
         model=ModelConfig(name=args.model),
