@@ -41,15 +41,3 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def ensure_experiment(name: str, artifact_root) -> str:
-    """Create MLflow experiment ``name`` in the current store with artifacts under ``artifact_root``
-    (a sqlite store would otherwise put them in ``./mlruns`` of the working directory)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=str(artifact_root / name))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.ledger import Ledger
 from sweeps.runner import launch, sweep_dir
 from sweeps.state import read_states
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("dit_core.train")
 
@@ -37,12 +34,8 @@ def tiny_spec(tmp_path: Path, uri: str) -> SweepSpec:
 
 
 @pytest.mark.slow
-def test_tiny_grid_through_the_real_trainer(tmp_path, monkeypatch, session_mlflow_dir):
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    )
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{session_mlflow_dir}/mlflow.db"
+def test_tiny_grid_through_the_real_trainer(tmp_path, job_env):
+    uri = job_env
     spec = tiny_spec(tmp_path, uri)
     cells = expand(spec)
     assert [c.cell_id for c in cells] == ["d1w32h2-4-3e8", "d2w32h2-4-3e8"]
@@ -73,13 +66,9 @@ def test_tiny_grid_through_the_real_trainer(tmp_path, monkeypatch, session_mlflo
 
 
 @pytest.mark.slow
-def test_two_tasks_per_cell_train_as_one_distributed_run(tmp_path, monkeypatch, session_mlflow_dir):
+def test_two_tasks_per_cell_train_as_one_distributed_run(tmp_path, job_env):
     """tasks_per_node=2: submitit's environment becomes torch-distributed (gloo on CPU), world size 2."""
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    )
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{session_mlflow_dir}/mlflow.db"
+    uri = job_env
     spec = tiny_spec(tmp_path, uri).replace(
         name="ddp", shapes=[[1, 32, 2]], executor={"tasks_per_node": 2, "local_parallelism": 1}
     )

@@ -5,16 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from _train_helpers import ensure_experiment, one_thread, tiny_config
+from _train_helpers import one_thread, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.config import TrainConfig
 from dit_core.tracking import RUN_ID_FILE, RunTracker, executor_tags, format_param
-
-
-@pytest.fixture(autouse=True)
-def _experiment_artifacts_in_tmp(_isolated_mlflow, tmp_path_factory):
-    ensure_experiment("test-train", tmp_path_factory.getbasetemp() / "mlartifacts")
 
 
 def test_format_param():
@@ -34,7 +29,6 @@ def test_executor_tags_from_environment():
 
 def test_tracker_creates_then_continues_the_same_run(tmp_path):
     exp = f"trk-{tmp_path.name}"  # the session's sqlite store (its tables are made once)
-    ensure_experiment(exp, tmp_path)
     t1 = RunTracker.start(uri=None, experiment=exp, run_name="r", tags={"sweep": "s1"}, out_dir=tmp_path)
     t1.log_params({"a": 1, "b": None})
     t1.log_metrics({"train/loss": 0.5}, step=3)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _train_helpers import ensure_experiment, one_thread, tiny_config
+from _train_helpers import one_thread, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -18,11 +18,6 @@ from dit_core.train import train
 def _one_thread():
     with one_thread():
         yield
-
-
-@pytest.fixture(autouse=True)
-def _experiment_artifacts_in_tmp(_isolated_mlflow, tmp_path_factory):
-    ensure_experiment("test-train", tmp_path_factory.getbasetemp() / "mlartifacts")
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
