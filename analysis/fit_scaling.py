@@ -13,14 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import from the repo root, not from analysis/
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict  # noqa: E402
-from analysis.report import log_to_mlflow, results_dict, write_json, write_report  # noqa: E402
-from analysis.runs import DEFAULT_EXPERIMENT, load_csv, load_runs  # noqa: E402
+from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
+from analysis.report import log_to_mlflow, results_dict, write_json, write_report
+from analysis.runs import load_csv, load_runs
+from dit_core.tracking import DEFAULT_EXPERIMENT
 
 log = logging.getLogger("analysis.fit_scaling")
 

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
 FID_METRICS = ("eval/fid", "eval/fid_digits")
-DEFAULT_EXPERIMENT = "ditscale-demo"
 
 
 def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """Nearest model shape for a recommended parameter count.
 
 Candidates are the shapes of the runs themselves when the data has them (one per `model` name with
-its logged N), else the DiT family table (Peebles & Xie, Table 1) x patch sizes {2, 4, 8} with the
-parameter count below. Nearest means nearest in log N.
+its logged N), else the 12 official DiTs (`dit_core.spec`: the families of Peebles & Xie, Table 1, x
+patch sizes 2, 4, 8) with `dit_core.spec.param_count`, as the trainer logs N. Nearest means nearest in
+log N.
 """
 
 from __future__ import annotations
@@ -13,38 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# name -> (depth, hidden size, heads)
-DIT_FAMILY = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-DIT_PATCHES = (2, 4, 8)
-
-
-def dit_param_count(
-    depth: int,
-    hidden: int,
-    patch: int,
-    *,
-    input_size: int = 32,
-    in_channels: int = 4,
-    num_classes: int = 1000,
-    learn_sigma: bool = True,
-    mlp_ratio: float = 4.0,
-    freq_dim: int = 256,
-) -> int:
-    """Trainable parameters of an official-style DiT (adaLN-Zero); the fixed sin-cos pos-embed is not counted.
-
-    patch embed conv + timestep MLP (freq_dim -> h -> h) + label table (classes + 1 null) +
-    depth x (qkv, proj, MLP, adaLN 6h) + final layer (adaLN 2h, linear to p*p*out_channels).
-    input_size is unused by the count (kept so a call can pass a whole config).
-    """
-    h = hidden
-    m = int(h * mlp_ratio)
-    out_ch = in_channels * (2 if learn_sigma else 1)
-    patch_embed = in_channels * patch * patch * h + h
-    t_embed = freq_dim * h + h + h * h + h
-    y_embed = (num_classes + 1) * h
-    block = (3 * h * h + 3 * h) + (h * h + h) + (h * m + m) + (m * h + h) + (6 * h * h + 6 * h)
-    final = (2 * h * h + 2 * h) + (h * patch * patch * out_ch + patch * patch * out_ch)
-    return patch_embed + t_embed + y_embed + depth * block + final
+from dit_core.spec import model_config, official_names, param_count
 
 
 @dataclass(frozen=True)
@@ -53,13 +23,10 @@ class Shape:
     n_params: float
 
 
-def family_shapes(**kwargs) -> list[Shape]:
-    """DiT-S/2 ... DiT-XL/8 with parameter counts for the given data shape (kwargs of dit_param_count)."""
-    return [
-        Shape(f"DiT-{k}/{p}", float(dit_param_count(d, w, p, **kwargs)))
-        for k, (d, w, _) in DIT_FAMILY.items()
-        for p in DIT_PATCHES
-    ]
+def family_shapes(**fields) -> list[Shape]:
+    """DiT-XL/2 ... DiT-S/8 with parameter counts for the given `DiTConfig` fields (default: the
+    paper's 32x32x4 latents and 1000 classes), e.g. ``family_shapes(input_size=16, in_channels=1)``."""
+    return [Shape(name, float(param_count(model_config(name, **fields)))) for name in official_names()]
 
 
 def shapes_from_points(points: pd.DataFrame) -> list[Shape]:

@@ -6,7 +6,7 @@ Compares, in one process and on identical random latents:
   diffusers-bf16      diffusers.DiTTransformer2DModel, same shape, bf16 autocast, fused AdamW
   fp32-nocompile      the original DiT recipe: fp32, no compile, plain AdamW
 
-MFU = true training FLOPs per second (2 x 3 x forward multiply-adds, DESIGN.md) / the card's dense bf16
+MFU = true training FLOPs per second (2 x 3 x forward multiply-adds, `dit_core.spec`) / the card's dense bf16
 peak. Run on a GPU with `bash benchmarks/gpu_check.sh`; `--device cpu --model tiny` smoke-tests the code.
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dit_core.flops import train_flops_per_image
-from dit_core.models import DiT, model_config
+from dit_core.models import DiT
+from dit_core.spec import model_config, train_flops_per_image
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets.
 BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H200": 989.4, "A100": 312.0}

@@ -17,8 +17,6 @@ from torch import nn
 
 from .layers import Attention, CrossAttention, Mlp, modulate
 
-BLOCK_TYPES = ("adaln_zero", "adaln", "cross_attention", "in_context")
-
 
 def _ln(hidden_size: int, affine: bool) -> nn.LayerNorm:
     return nn.LayerNorm(hidden_size, elementwise_affine=affine, eps=1e-6)
@@ -89,6 +87,7 @@ class InContextBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+#: One class per `dit_core.spec.BLOCK_TYPES` entry.
 BLOCK_CLASSES: dict[str, type[nn.Module]] = {
     "adaln_zero": DiTBlock,
     "adaln": AdaLNBlock,

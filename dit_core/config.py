@@ -23,7 +23,8 @@ from typing import Any
 
 from .data import DataConfig
 from .diffusion import DiffusionConfig
-from .models import MODEL_SHAPES, DiTConfig, model_config
+from .spec import DiTConfig, model_config, official_name, resolve_budget_steps
+from .tracking import DEFAULT_EXPERIMENT
 
 __all__ = [
     "DERIVED_PARAMS",
@@ -48,6 +49,7 @@ PRECISIONS = ("no", "bf16", "fp16")
 DERIVED_PARAMS = frozenset(
     {
         "model.params",
+        "model.params_non_embedding",
         "model.forward_gflops",
         "model.train_flops_per_image",
         "git.commit",
@@ -63,13 +65,14 @@ def _fail(where: str, msg: str) -> ValueError:
 
 @dataclass
 class ModelConfig:
-    """Which DiT to train.
+    """Which DiT to train: the fields of `dit_core.spec.DiTConfig`, some left open, plus ``name``.
 
     name: an official name (``"DiT-S/2"`` ... ``"DiT-XL/8"``) giving depth/width/heads/patch, or
         None for a custom shape. Explicit ``depth``/``hidden_size``/``num_heads``/``patch_size``
         override the name; after resolution ``name`` is the official name the shape matches, else None.
     input_size / in_channels / num_classes: None = taken from the data (latent side, channels, classes).
     learn_sigma: None = what the diffusion needs (``DiffusionConfig.model_learns_sigma``).
+    frequency_embedding_size: sinusoidal timestep features (the paper's 256; smaller for tiny models).
     """
 
     name: str | None = "DiT-S/2"
@@ -85,13 +88,14 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     pos_embed: str = "sincos"
     block_type: str = "adaln_zero"
+    frequency_embedding_size: int = 256
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         if self.name is None and None in (self.depth, self.hidden_size, self.num_heads, self.patch_size):
             raise ValueError(
                 "ModelConfig: a custom model (name=None) needs depth, hidden_size, num_heads and "
-                "patch_size, e.g. --model-depth 2 --model-width 32 --model-heads 2 --patch-size 2"
+                "patch_size, e.g. model.depth=2 model.hidden_size=32 model.num_heads=2 model.patch_size=2"
             )
 
     _SHAPE = ("depth", "hidden_size", "num_heads", "patch_size")
@@ -101,48 +105,21 @@ class ModelConfig:
     ) -> ModelConfig:
         """A copy with every field set: the shape from ``name`` (explicit fields win), the data fields
         where None, and ``name`` = the official name of the resulting shape (None if custom)."""
-        shape = {k: getattr(self, k) for k in self._SHAPE if getattr(self, k) is not None}
         base = model_config(self.name) if self.name else None
-        full = {k: shape.get(k, getattr(base, k, None)) for k in self._SHAPE}
-        official = None
-        for size, (depth, width, heads) in MODEL_SHAPES.items():
-            same = (full["depth"], full["hidden_size"], full["num_heads"]) == (depth, width, heads)
-            if same and full["patch_size"] in (2, 4, 8):
-                official = f"DiT-{size}/{full['patch_size']}"
-        out = dataclasses.replace(
-            self,
-            name=official,
-            **full,
-            input_size=self.input_size if self.input_size is not None else input_size,
-            in_channels=self.in_channels if self.in_channels is not None else in_channels,
-            num_classes=self.num_classes if self.num_classes is not None else num_classes,
-            learn_sigma=self.learn_sigma if self.learn_sigma is not None else learn_sigma,
-        )
+        fill = dict(input_size=input_size, in_channels=in_channels, num_classes=num_classes)
+        fill |= {"learn_sigma": learn_sigma, **{k: getattr(base, k) for k in self._SHAPE if base is not None}}
+        out = dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+        out.name = official_name(out.depth, out.hidden_size, out.num_heads, out.patch_size)
         out.to_dit_config()  # validates the shape (divisibility etc.)
         return out
 
     def to_dit_config(self, grad_checkpointing: bool = False) -> DiTConfig:
         """The `DiTConfig` of a resolved model config."""
-        missing = [
-            f.name for f in dataclasses.fields(self) if f.name != "name" and getattr(self, f.name) is None
-        ]
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
+        missing = [k for k, v in values.items() if v is None]
         if missing:
             raise ValueError(f"ModelConfig is not resolved: {missing} unset (call resolve() with the data)")
-        return DiTConfig(
-            depth=self.depth,
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            patch_size=self.patch_size,
-            input_size=self.input_size,
-            in_channels=self.in_channels,
-            num_classes=self.num_classes,
-            learn_sigma=self.learn_sigma,
-            class_dropout_prob=self.class_dropout_prob,
-            mlp_ratio=self.mlp_ratio,
-            pos_embed=self.pos_embed,
-            block_type=self.block_type,
-            grad_checkpointing=grad_checkpointing,
-        )
+        return DiTConfig(**values, grad_checkpointing=grad_checkpointing)
 
 
 @dataclass
@@ -193,7 +170,7 @@ class OptimConfig:
 @dataclass
 class BudgetConfig:
     """When to stop: ``max_steps`` optimizer steps, or a training budget ``train_flops`` (true FLOPs,
-    ``dit_core.flops.train_flops_per_image`` per image); with both, whichever comes first.
+    ``dit_core.spec.train_flops_per_image`` per image); with both, whichever comes first.
 
     global_batch_size: images per optimizer step over all processes (split evenly across them).
     """
@@ -275,7 +252,7 @@ class TrackingConfig:
 
     enabled: bool = True
     uri: str | None = None
-    experiment: str = "ditscale"
+    experiment: str = DEFAULT_EXPERIMENT
     run_name: str | None = None
     run_id: str | None = None
     parent_run_id: str | None = None
@@ -520,24 +497,3 @@ def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> Train
         return apply_flat(base or TrainConfig(), flat)
     except ValueError as e:
         raise ValueError(f"config file {p}: {e}") from None
-
-
-def resolve_budget_steps(budget: BudgetConfig, flops_per_image: float) -> int:
-    """Optimizer steps the budget allows: ``floor(train_flops / (flops_per_image * batch))``,
-    and/or ``max_steps`` (the smaller when both are set)."""
-    if budget.max_steps is None and budget.train_flops is None:
-        raise ValueError(
-            "no stop condition: set budget.max_steps (--max-steps) or budget.train_flops (--train-flops)"
-        )
-    steps = budget.max_steps if budget.max_steps is not None else math.inf
-    if budget.train_flops is not None:
-        per_step = flops_per_image * budget.global_batch_size
-        by_flops = math.floor(budget.train_flops / per_step * (1 + 1e-12))
-        if by_flops < 1:
-            raise ValueError(
-                f"budget smaller than one step: train_flops={budget.train_flops:.4g} but one step of "
-                f"{budget.global_batch_size} images costs {per_step:.4g} FLOPs; raise --train-flops or "
-                "lower the batch (--global-batch-size)"
-            )
-        steps = min(steps, by_flops)
-    return int(steps)

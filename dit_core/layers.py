@@ -32,7 +32,8 @@ class PatchEmbed(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Timesteps `(N,)` -> `(N, D)`: 256 sinusoidal features, then Linear-SiLU-Linear."""
+    """Timesteps `(N,)` -> `(N, D)`: `frequency_embedding_size` sinusoidal features (the paper's 256),
+    then Linear-SiLU-Linear."""
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()

@@ -1,8 +1,10 @@
 """The DiT model family (Peebles & Xie, "Scalable Diffusion Models with Transformers", arXiv:2212.09748).
 
-`DiT` keeps the official constructor, defaults and `state_dict` layout, so the released checkpoints
-(e.g. `DiT-XL-2-256x256.pt`) load with `load_state_dict(strict=True)`. On top of the paper's model it
-offers 2-D RoPE (`pos_embed="rope"`, resolution-agnostic), the paper's block-design ablation
+`DiT(config)` builds from a `dit_core.spec.DiTConfig` (as nanoGPT's `GPT(config)`); the official
+keyword constructor `DiT(input_size=32, patch_size=2, ...)`, the factories `DiT_XL_2()` ... `DiT_S_8()`
+(also as `DiT_models["DiT-XL/2"]`), the defaults and the `state_dict` layout are kept, so the released
+checkpoints (e.g. `DiT-XL-2-256x256.pt`) load with `load_state_dict(strict=True)`. On top of the
+paper's model it offers 2-D RoPE (`pos_embed="rope"`, resolution-agnostic), the paper's block-design ablation
 (`block_type`), and per-block activation checkpointing.
 
 Shapes: latents `x (N, C, H, W)`, tokens `(N, T, D)` with `T = (H/p) * (W/p)`, conditioning `c (N, D)`.
@@ -11,219 +13,91 @@ Shapes: latents `x (N, C, H, W)`, tokens `(N, T, D)` with `T = (H/p) * (W/p)`, c
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import BLOCK_CLASSES, BLOCK_TYPES, FinalLayer
+from .blocks import BLOCK_CLASSES, FinalLayer
 from .layers import LabelEmbedder, PatchEmbed, TimestepEmbedder
 from .pos_embed import sincos_2d
 from .rope import rope_angles
+from .spec import FAMILIES, PATCH_SIZES, DiTConfig, model_config, official_names
+
+__all__ = [
+    "FAMILIES",
+    "PATCH_SIZES",
+    "DiT",
+    "DiTConfig",
+    "DiT_models",
+    "load_official_checkpoint",
+    "model_config",
+    "official_names",
+    "patchify",
+    "unpatchify",
+]
 
 logger = logging.getLogger(__name__)
-
-POS_EMBEDS = ("sincos", "rope")
-
-#: Official shapes: name -> (depth, hidden_size, num_heads); patch sizes 2, 4, 8 for each.
-MODEL_SHAPES: dict[str, tuple[int, int, int]] = {
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
-PATCH_SIZES = (2, 4, 8)
-
-
-@dataclass
-class DiTConfig:
-    """Everything that defines a DiT (defaults: DiT-XL/2 on 32x32x4 latents, i.e. 256 px images).
-
-    `grad_checkpointing` changes memory/compute, not the model, so it is excluded from equality.
-    """
-
-    depth: int = 28
-    hidden_size: int = 1152
-    num_heads: int = 16
-    patch_size: int = 2
-    input_size: int = 32
-    in_channels: int = 4
-    num_classes: int = 1000
-    learn_sigma: bool = True
-    class_dropout_prob: float = 0.1
-    mlp_ratio: float = 4.0
-    pos_embed: str = "sincos"
-    block_type: str = "adaln_zero"
-    grad_checkpointing: bool = field(default=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise `ValueError` naming the offending field and a fix."""
-        for name in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 1:
-            raise ValueError(f"DiTConfig.num_classes must be >= 1, got {self.num_classes}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
-                "pick a width that is a multiple of the head count"
-            )
-        if self.input_size % self.patch_size:
-            raise ValueError(
-                f"patch_size={self.patch_size} does not divide input_size={self.input_size}; "
-                "use a patch size that divides the latent size"
-            )
-        if not 0.0 <= self.class_dropout_prob < 1.0:
-            raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if self.pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed={self.pos_embed!r} is unknown; choose one of {POS_EMBEDS}")
-        if self.block_type not in BLOCK_TYPES:
-            raise ValueError(f"block_type={self.block_type!r} is unknown; choose one of {BLOCK_TYPES}")
-        if self.pos_embed == "sincos" and self.hidden_size % 4:
-            raise ValueError(f"sin-cos position embedding needs hidden_size % 4 == 0, got {self.hidden_size}")
-        if self.pos_embed == "rope" and self.head_dim % 4:
-            raise ValueError(
-                f"pos_embed='rope' needs head_dim = hidden_size/num_heads divisible by 4 "
-                f"(even per axis), got {self.head_dim}; change hidden_size or num_heads"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def out_channels(self) -> int:
-        return 2 * self.in_channels if self.learn_sigma else self.in_channels
-
-    @property
-    def mlp_hidden(self) -> int:
-        return int(self.hidden_size * self.mlp_ratio)
-
-    def num_tokens(self, input_size: int | tuple[int, int] | None = None) -> int:
-        """Image tokens for a latent of side `input_size` (default: the config's) or `(H, W)`."""
-        h, w = _hw(self.input_size if input_size is None else input_size)
-        for side in (h, w):
-            if side % self.patch_size:
-                raise ValueError(f"latent side {side} is not divisible by patch_size={self.patch_size}")
-        return (h // self.patch_size) * (w // self.patch_size)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def official_names() -> list[str]:
-    """`["DiT-XL/2", "DiT-XL/4", ..., "DiT-S/8"]`."""
-    return [f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S") for p in PATCH_SIZES]
-
-
-def model_config(name: str | None = None, **overrides) -> DiTConfig:
-    """`DiTConfig` for an official name (`"DiT-B/4"`), optionally overridden, or a custom shape.
-
-    Examples: `model_config("DiT-S/2", input_size=16)`,
-    `model_config(depth=4, hidden_size=64, num_heads=2, patch_size=2, input_size=16, in_channels=1,
-    num_classes=10)`.
-    """
-    known = {f.name for f in dataclasses.fields(DiTConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown DiTConfig field(s) {unknown}; valid fields: {sorted(known)}")
-    base: dict = {}
-    if name is not None:
-        size, _, patch = name.removeprefix("DiT-").partition("/")
-        if size not in MODEL_SHAPES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
-            raise ValueError(
-                f"unknown model name {name!r}; valid names: {official_names()} "
-                "(or pass name=None with depth/hidden_size/num_heads/patch_size for a custom shape)"
-            )
-        depth, width, heads = MODEL_SHAPES[size]
-        base = dict(depth=depth, hidden_size=width, num_heads=heads, patch_size=int(patch))
-    return DiTConfig(**{**base, **overrides})
 
 
 class DiT(nn.Module):
     """Diffusion Transformer: noisy latents, timesteps and labels -> noise (and variance) prediction."""
 
-    def __init__(
-        self,
-        input_size: int = 32,
-        patch_size: int = 2,
-        in_channels: int = 4,
-        hidden_size: int = 1152,
-        depth: int = 28,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.1,
-        num_classes: int = 1000,
-        learn_sigma: bool = True,
-        pos_embed: str = "sincos",
-        block_type: str = "adaln_zero",
-        grad_checkpointing: bool = False,
-    ):
+    def __init__(self, config: DiTConfig | None = None, /, **fields):
+        """`DiT(config)`, or the official keywords `DiT(input_size=32, patch_size=2, depth=28, ...)`
+        (any `DiTConfig` field; keywords override `config`). No arguments: DiT-XL/2 on 32x32x4."""
         super().__init__()
-        cfg = DiTConfig(
-            depth=depth,
-            hidden_size=hidden_size,
-            num_heads=num_heads,
-            patch_size=patch_size,
-            input_size=input_size,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            learn_sigma=learn_sigma,
-            class_dropout_prob=class_dropout_prob,
-            mlp_ratio=mlp_ratio,
-            pos_embed=pos_embed,
-            block_type=block_type,
-            grad_checkpointing=grad_checkpointing,
-        )
-        self._config = cfg
-        self.in_channels = in_channels
-        self.out_channels = cfg.out_channels
-        self.learn_sigma = learn_sigma
-        self.num_classes = num_classes
-        self.patch_size = patch_size
-        self.num_heads = num_heads
-        self.input_size = input_size
-        self.block_type = block_type
-        self.grad_checkpointing = grad_checkpointing
+        if config is not None and not isinstance(config, DiTConfig):
+            raise TypeError(
+                f"DiT(config) takes a DiTConfig, got {type(config).__name__}; pass the official "
+                "arguments by keyword (DiT(input_size=32, ...)) or use dit_core.spec.model_config"
+            )
+        self.config = (config if config is not None else DiTConfig()).replace(**fields)
+        cfg = self.config
+        d = cfg.hidden_size
 
         # Registration order follows the official model, so a seed gives the same initial weights.
-        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
-        if pos_embed == "sincos":
+        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, d)
+        self.t_embedder = TimestepEmbedder(d, cfg.frequency_embedding_size)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, d, cfg.class_dropout_prob)
+        if cfg.pos_embed == "sincos":
             # Fixed table, stored as a frozen Parameter (official checkpoints carry it).
-            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens(), hidden_size), requires_grad=False)
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens(), d), requires_grad=False)
         else:
             self.pos_embed = None
-        block_cls = BLOCK_CLASSES[block_type]
-        self.blocks = nn.ModuleList([block_cls(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        block_cls = BLOCK_CLASSES[cfg.block_type]
+        self.blocks = nn.ModuleList([block_cls(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.final_layer = FinalLayer(d, cfg.patch_size, cfg.out_channels)
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.initialize_weights()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: DiTConfig, **overrides) -> DiT:
-        """Build from a `DiTConfig` (fields in `overrides` win)."""
-        return cls(**{**cfg.to_dict(), **overrides})
+        """Build from a `DiTConfig` (fields in `overrides` win); the same as `DiT(cfg, **overrides)`."""
+        return cls(cfg, **overrides)
+
+    # The official model's attributes, read from the config.
+    in_channels = property(lambda self: self.config.in_channels)
+    out_channels = property(lambda self: self.config.out_channels)
+    learn_sigma = property(lambda self: self.config.learn_sigma)
+    num_classes = property(lambda self: self.config.num_classes)
+    patch_size = property(lambda self: self.config.patch_size)
+    num_heads = property(lambda self: self.config.num_heads)
+    input_size = property(lambda self: self.config.input_size)
+    block_type = property(lambda self: self.config.block_type)
 
     @property
-    def config(self) -> DiTConfig:
-        return dataclasses.replace(self._config, grad_checkpointing=self.grad_checkpointing)
+    def grad_checkpointing(self) -> bool:
+        """Recompute each block in the backward pass (settable on a built model)."""
+        return self.config.grad_checkpointing
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, on: bool) -> None:
+        self.config = self.config.replace(grad_checkpointing=bool(on))
 
     def initialize_weights(self) -> None:
         """Official initialisation; the modulation and output layers start at zero, so the output is 0."""
@@ -268,7 +142,7 @@ class DiT(nn.Module):
         key = (grid_h, grid_w, num_prefix, str(device))
         if key not in self._rope_cache:
             self._rope_cache[key] = rope_angles(
-                self._config.head_dim, grid_h, grid_w, num_prefix=num_prefix, device=device
+                self.config.head_dim, grid_h, grid_w, num_prefix=num_prefix, device=device
             )
         return self._rope_cache[key]
 
@@ -390,7 +264,7 @@ def unpatchify(x: torch.Tensor, p: int, channels: int, hw: tuple[int, int] | Non
 
 def _factory(name: str) -> Callable[..., DiT]:
     def build(**kwargs) -> DiT:
-        return DiT.from_config(model_config(name, **kwargs))
+        return DiT(model_config(name, **kwargs))
 
     build.__name__ = name.replace("-", "_").replace("/", "_")
     build.__doc__ = f"Build {name} (keyword arguments override DiTConfig fields)."
@@ -399,6 +273,7 @@ def _factory(name: str) -> Callable[..., DiT]:
 
 #: `"DiT-XL/2"` ... `"DiT-S/8"` -> factory `(**kwargs) -> DiT`.
 DiT_models: dict[str, Callable[..., DiT]] = {name: _factory(name) for name in official_names()}
+globals().update({build.__name__: build for build in DiT_models.values()})  # DiT_XL_2 ... DiT_S_8
 
 
 def load_official_checkpoint(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:

@@ -1,8 +1,8 @@
-"""MLflow tracking for a training run, following the schema in DESIGN.md.
+"""MLflow tracking for a training run, in the schema of docs/training.md ("MLflow schema").
 
 - params: every `TrainConfig` field, dotted (``model.depth``, ``optim.lr``, ...; None is logged as
-  ""), plus ``model.params``, ``model.forward_gflops``, ``model.train_flops_per_image``,
-  ``data.train_size``, ``world_size`` and ``git.commit``;
+  ""), plus ``model.params``, ``model.params_non_embedding``, ``model.forward_gflops``,
+  ``model.train_flops_per_image``, ``data.train_size``, ``world_size`` and ``git.commit``;
 - metrics with ``step`` = optimizer step: ``train/loss``, ``val/loss``, ``eval/<metric>``, ``lr``,
   ``compute/train_flops`` (cumulative true FLOPs), ``data/images_seen``, ``perf/images_per_s``;
 - tags: ``status`` (running / finished / failed / preempted), ``sweep``, ``grid_cell``,
@@ -24,8 +24,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RUN_ID_FILE", "RunTracker", "executor_tags", "format_param", "git_commit"]
+__all__ = ["DEFAULT_EXPERIMENT", "RUN_ID_FILE", "RunTracker", "executor_tags", "format_param", "git_commit"]
 
+#: The MLflow experiment the trainer, the demo sweep and the analysis use unless told otherwise.
+DEFAULT_EXPERIMENT = "ditscale-demo"
 RUN_ID_FILE = "mlflow_run_id"
 _TERMINAL = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED"}
 _MAX_PARAM_LEN = 6000

@@ -35,13 +35,18 @@ from .config import (
     TrainConfig,
     apply_flat,
     load_yaml_config,
-    resolve_budget_steps,
 )
 from .data import build_dataset
 from .diffusion import create_diffusion
 from .ema import EMA
-from .flops import forward_gflops, param_count, train_flops_per_image
 from .models import DiT
+from .spec import (
+    forward_gflops,
+    non_embedding_param_count,
+    param_count,
+    resolve_budget_steps,
+    train_flops_per_image,
+)
 from .trainer.data_stream import DataStream
 from .trainer.lr_schedule import lr_at
 from .trainer.progress import Progress
@@ -258,6 +263,7 @@ class _Trainer:
         self.run_id = self.tracker.run_id
         derived = {
             "model.params": param_count(self.dit_cfg),
+            "model.params_non_embedding": non_embedding_param_count(self.dit_cfg),
             "model.forward_gflops": forward_gflops(self.dit_cfg),
             "model.train_flops_per_image": self.fpi,
             "data.train_size": len(self.train_set),
@@ -638,7 +644,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--ckpt-every",), "checkpoint.every", int, "steps between checkpoints, 0 = end only (1000)"),
     (("--keep-last",), "checkpoint.keep_last", int, "checkpoints to keep, 0 = all (default 2)"),
     (("--tracking-uri",), "tracking.uri", str, "MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"),
-    (("--experiment",), "tracking.experiment", str, "MLflow experiment (default ditscale)"),
+    (("--experiment",), "tracking.experiment", str, "MLflow experiment (default ditscale-demo)"),
     (("--run-name",), "tracking.run_name", str, "MLflow run name"),
     (("--run-id",), "tracking.run_id", str, "continue this existing MLflow run"),
     (("--sweep",), "tracking.sweep", str, "sweep id (param and tag)"),

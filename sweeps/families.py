@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dit_core import spec
+
 __all__ = ["FAMILIES", "ModelShape", "Scale", "family_shape", "custom_shape"]
 
 
@@ -28,13 +30,8 @@ class ModelShape:
         return f"d{self.depth} w{self.hidden_size} h{self.num_heads}"
 
 
-# Table 1 of Peebles & Xie (arXiv:2212.09748): layers N, hidden size d, heads.
-FAMILIES: dict[str, ModelShape] = {
-    "S": ModelShape("S", 12, 384, 6),
-    "B": ModelShape("B", 12, 768, 12),
-    "L": ModelShape("L", 24, 1024, 16),
-    "XL": ModelShape("XL", 28, 1152, 16),
-}
+#: The paper's families (`dit_core.spec.FAMILIES`, Table 1 of Peebles & Xie) as shapes.
+FAMILIES: dict[str, ModelShape] = {name: ModelShape(name, *shape) for name, shape in spec.FAMILIES.items()}
 
 
 @dataclass(frozen=True)

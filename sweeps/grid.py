@@ -2,7 +2,8 @@
 
 A cell is one (model shape, patch size, compute budget) triple; its id is stable across launches,
 e.g. ``S-2-1e15`` (family S, patch 2, 1e15 training FLOPs) or ``d4w64h4-2-3e12`` for a custom
-shape. The number of optimizer steps is ``floor(budget / (batch_size * train_flops_per_image))``.
+shape. Parameters, FLOPs and the number of optimizer steps, ``floor(budget / (batch_size *
+train_flops_per_image))``, come from `dit_core.spec`, as in the trainer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 
 import yaml
 
-from sweeps.compute import model_compute
+from dit_core.spec import (
+    DiTConfig,
+    budget_steps,
+    forward_gflops,
+    model_config,
+    param_count,
+    train_flops_per_image,
+)
+from dit_core.tracking import DEFAULT_EXPERIMENT
 from sweeps.families import ModelShape, Scale, custom_shape, family_shape
 
 __all__ = [
@@ -94,7 +103,7 @@ class SweepSpec:
     """
 
     name: str = "demo"
-    experiment: str = "ditscale-demo"
+    experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
     output_dir: str = "sweep_runs"
     families: list[str] = field(default_factory=lambda: ["S", "B", "L", "XL"])
@@ -241,40 +250,42 @@ def parse_budget(text: str | float) -> float:
     return v
 
 
+def cell_model_config(spec: SweepSpec, model: ModelShape, patch_size: int) -> DiTConfig:
+    """The `DiTConfig` a cell trains: ``model`` at ``patch_size`` on the sweep's data, with the
+    ``model.*`` fields of ``spec.train`` (``mlp_ratio``, ``frequency_embedding_size``, ...)."""
+    extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
+    extra["learn_sigma"] = _as_bool(extra.get("learn_sigma", model_learns_sigma(spec.train)))
+    cell = dict(depth=model.depth, hidden_size=model.hidden_size, num_heads=model.num_heads)
+    cell |= dict(patch_size=patch_size, input_size=spec.data.input_size, in_channels=spec.data.in_channels)
+    cell |= dict(num_classes=spec.data.num_classes)
+    extra.pop("name", None)
+    return model_config(**{**extra, **cell})  # the cell's shape and data win, as in `sweeps.task`
+
+
 def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of ``spec``, ordered by budget, then model (as listed), then patch size."""
     spec.validate()
-    extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
-    learn_sigma = _as_bool(extra.pop("learn_sigma", model_learns_sigma(spec.train)))
-    computes = {
-        (m, p): model_compute(
-            m, p, spec.data.input_size, spec.data.in_channels, spec.data.num_classes, learn_sigma, extra
-        )
-        for m in spec.models()
-        for p in spec.patch_sizes
-    }
+    configs = {(m, p): cell_model_config(spec, m, p) for m in spec.models() for p in spec.patch_sizes}
     cells: list[Cell] = []
     for budget in sorted(set(spec.budgets)):
         row: list[Cell] = []
         too_small: list[str] = []
-        for (m, p), mc in computes.items():
-            step_flops = spec.batch_size * mc.train_flops_per_image
-            steps = int(budget // step_flops)
+        for (m, p), cfg in configs.items():
+            fpi = train_flops_per_image(cfg)
+            steps = budget_steps(budget, fpi, spec.batch_size)
             cell = Cell(
                 cell_id=f"{m.name}-{p}-{format_budget(budget)}",
                 model=m,
                 patch_size=p,
                 budget=budget,
-                params=mc.params,
-                forward_gflops=mc.forward_gflops,
-                train_flops_per_image=mc.train_flops_per_image,
+                params=param_count(cfg),
+                forward_gflops=forward_gflops(cfg),
+                train_flops_per_image=fpi,
                 batch_size=spec.batch_size,
                 steps=steps,
             )
             if spec.design == "grid" and steps < 1:
-                too_small.append(
-                    f"{cell.model_name} ({spec.batch_size} x {mc.train_flops_per_image:.3g} FLOPs)"
-                )
+                too_small.append(f"{cell.model_name} ({spec.batch_size} x {fpi:.3g} FLOPs)")
             if spec.design == "isoflop" and not (spec.isoflop_min_steps <= steps <= spec.isoflop_max_steps):
                 continue
             row.append(cell)

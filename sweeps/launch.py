@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repo importable here and in the jobs
-    _ROOT = str(Path(__file__).resolve().parents[1])
-    sys.path.insert(0, _ROOT)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+import yaml
 
-import yaml  # noqa: E402
-
-from sweeps.grid import SweepSpec, expand, load_spec, parse_budget  # noqa: E402
-from sweeps.ledger import Ledger  # noqa: E402
-from sweeps.runner import Progress, launch, sweep_dir  # noqa: E402
-from sweeps.state import read_runs, read_states, resolve_tracking_uri  # noqa: E402
-from sweeps.table import cells_table, status_table  # noqa: E402
+from sweeps.grid import SweepSpec, expand, load_spec, parse_budget
+from sweeps.ledger import Ledger
+from sweeps.runner import Progress, launch, sweep_dir
+from sweeps.state import read_runs, read_states, resolve_tracking_uri
+from sweeps.table import cells_table, status_table
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 

@@ -25,7 +25,7 @@ from analysis.parametric import (
 )
 from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict, remove_outliers
 from analysis.runs import load_csv, load_epoch_chinchilla
-from analysis.shapes import dit_param_count, family_shapes, nearest_shape
+from analysis.shapes import family_shapes, nearest_shape
 
 DATA = Path(__file__).parent / "data" / "chinchilla_fig4_svg_extracted_epoch.csv"
 # Besiroglu et al. 2024 (arXiv:2404.10102), Table: estimate (bootstrap standard error)
@@ -245,8 +245,9 @@ def test_fid_vs_loss_recovers_power():
 
 def test_dit_param_counts_match_paper():
     # Peebles & Xie (arXiv:2212.09748) Table 1 / Fig. 2: S 33M, B 130M, L 458M, XL 675M (patch 2)
-    for (d, w), ref in {(12, 384): 33e6, (12, 768): 130e6, (24, 1024): 458e6, (28, 1152): 675e6}.items():
-        assert dit_param_count(d, w, 2) == pytest.approx(ref, rel=0.01)
+    shapes = {s.name: s.n_params for s in family_shapes()}
+    for name, ref in {"DiT-S/2": 33e6, "DiT-B/2": 130e6, "DiT-L/2": 458e6, "DiT-XL/2": 675e6}.items():
+        assert shapes[name] == pytest.approx(ref, rel=0.01)
     assert nearest_shape(6.0e8, family_shapes()).name.startswith("DiT-XL/")
     assert nearest_shape(1.2e8, family_shapes()).name.startswith("DiT-B/")
 

@@ -1,4 +1,4 @@
-"""The MLflow path: synthetic sweep runs in the DESIGN.md schema -> load_runs -> CLI -> analysis run."""
+"""The MLflow path: synthetic sweep runs (schema: docs/training.md) -> load_runs -> CLI -> analysis run."""
 
 from __future__ import annotations
 

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from sweeps import launch as cli
-from sweeps.compute import _closed_form, model_compute
 from sweeps.executor import make_executor, parse_sbatch_lines, resolve_executor_kind
 from sweeps.families import FAMILIES, Scale, family_shape
-from sweeps.grid import SweepSpec, expand, format_budget, load_spec, parse_budget, spec_from_dict
+from sweeps.grid import DataSpec, SweepSpec, expand, format_budget, load_spec, parse_budget, spec_from_dict
 from sweeps.ledger import Ledger
 from sweeps.state import CellState, check_tracking_uri, plan
 from sweeps.task import apply_overrides
@@ -28,15 +27,13 @@ PAPER_PARAMS_M = {"S": 33, "B": 130, "L": 458, "XL": 675}  # Table 1 (DiT-*/2), 
 
 
 @pytest.mark.parametrize(("fam", "patch"), sorted(PAPER_GFLOPS))
-def test_model_compute_matches_the_paper(fam, patch):
-    for mc in (
-        model_compute(family_shape(fam), patch, 32, 4, 1000),
-        _closed_form(family_shape(fam), patch, 32, 4, 1000, True),
-    ):
-        assert mc.forward_gflops == pytest.approx(PAPER_GFLOPS[fam, patch], rel=3e-3, abs=0.006)
-        assert mc.train_flops_per_image == pytest.approx(6e9 * mc.forward_gflops)
-        if patch == 2:
-            assert mc.params / 1e6 == pytest.approx(PAPER_PARAMS_M[fam], abs=0.6)  # fmt: skip
+def test_cell_compute_matches_the_paper(fam, patch):
+    paper_data = DataSpec(input_size=32, in_channels=4, num_classes=1000)
+    (mc,) = expand(SweepSpec(families=[fam], patch_sizes=[patch], budgets=[1e18], data=paper_data))
+    assert mc.forward_gflops == pytest.approx(PAPER_GFLOPS[fam, patch], rel=3e-3, abs=0.006)
+    assert mc.train_flops_per_image == pytest.approx(6e9 * mc.forward_gflops)
+    if patch == 2:
+        assert mc.params / 1e6 == pytest.approx(PAPER_PARAMS_M[fam], abs=0.6)  # fmt: skip
 
 
 def test_demo_scale_keeps_the_family_ratios():

@@ -10,7 +10,7 @@ from _train_helpers import one_thread, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from dit_core.flops import train_flops_per_image
+from dit_core.spec import train_flops_per_image
 from dit_core.train import train
 
 

@@ -1,0 +1,362 @@
+"""The DiT specification without torch: shapes, `DiTConfig`, analytic counts, budget -> steps.
+
+The one place for what the model (`dit_core.models`), the sweeps and the analysis all need to agree
+on. Importing it does not import torch, so the sweep's dry run and the analysis stay light.
+
+**Shapes.** `FAMILIES` is Table 1 of Peebles & Xie (arXiv:2212.09748): name -> (depth, hidden_size,
+num_heads); every family comes with patch sizes `PATCH_SIZES`; `"DiT-XL/2"` names one of the 12.
+
+**Counts.** Convention of the paper's Table 4: **one multiply-add = 1 flop**, forward pass, batch 1,
+VAE excluded. Counted per forward pass with `T` image tokens of width `D` and `F` timestep
+frequencies (`frequency_embedding_size`, 256 in the paper):
+
+- every matrix multiply: patch embedding (`T p^2 C D`), timestep MLP (`F D + D^2`), per block the
+  q;k;v and output projections (`4 T D^2`), the MLP (`2 T D H_mlp`), the adaLN regressions
+  (`D x 6D` for adaLN-Zero), the final adaLN (`D x 2D`) and output projection (`T D p^2 C_out`);
+- attention's `T^2` terms: `Q K^T` and `softmax(.) V`, `2 T^2 D` per block;
+- the adaLN modulation `x * (1 + scale) + shift`, one multiply-add per element (`T D` each; two per
+  block plus the final layer's).
+
+Not counted (the paper's counter does not either): biases, label-embedding lookups, position-embedding
+adds, LayerNorm, softmax, GELU/SiLU, residual adds and gates, RoPE rotations. With this convention the
+12 configs of Table 4 come out within 0.06% (DiT-XL/2 at 256 px: 118.638 vs 118.64; at 512 px 524.606
+vs 524.60), except DiT-L/8: 5.012 here vs 5.44 printed (docs/models.md).
+
+Training compute per image is 3 x the forward multiply-adds (forward + backward), reported as true
+FLOPs = 2 x that: `train_flops_per_image = 6 x forward_macs`. A budget of `C` training FLOPs at
+`B` images per step buys `floor(C / (B x train_flops_per_image))` optimizer steps (`budget_steps`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "BLOCK_TYPES",
+    "FAMILIES",
+    "PATCH_SIZES",
+    "POS_EMBEDS",
+    "DiTConfig",
+    "budget_steps",
+    "flop_breakdown",
+    "forward_gflops",
+    "forward_macs",
+    "model_config",
+    "non_embedding_param_count",
+    "official_name",
+    "official_names",
+    "param_count",
+    "resolve_budget_steps",
+    "train_flops_per_image",
+]
+
+#: Table 1 of the DiT paper: family -> (depth, hidden_size, num_heads).
+FAMILIES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+PATCH_SIZES = (2, 4, 8)
+POS_EMBEDS = ("sincos", "rope")
+#: The paper's block-design ablation (Sec. 3.2, Fig. 5); `dit_core.blocks` implements each.
+BLOCK_TYPES = ("adaln_zero", "adaln", "cross_attention", "in_context")
+NUM_COND_TOKENS = 2  # t and y tokens (cross-attention context / in-context prefix)
+
+
+@dataclass
+class DiTConfig:
+    """Everything that defines a DiT (defaults: DiT-XL/2 on 32x32x4 latents, i.e. 256 px images).
+
+    frequency_embedding_size: sinusoidal timestep features fed to the timestep MLP (the paper's
+    256); a smaller value shrinks the `F x D` first layer, which dominates models below ~50K
+    parameters. `grad_checkpointing` changes memory/compute, not the model, so it is excluded from
+    equality.
+    """
+
+    depth: int = 28
+    hidden_size: int = 1152
+    num_heads: int = 16
+    patch_size: int = 2
+    input_size: int = 32
+    in_channels: int = 4
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    class_dropout_prob: float = 0.1
+    mlp_ratio: float = 4.0
+    pos_embed: str = "sincos"
+    block_type: str = "adaln_zero"
+    frequency_embedding_size: int = 256
+    grad_checkpointing: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the offending field and a fix."""
+        for name in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_classes < 1:
+            raise ValueError(f"DiTConfig.num_classes must be >= 1, got {self.num_classes}")
+        if self.frequency_embedding_size < 2:
+            raise ValueError(
+                f"DiTConfig.frequency_embedding_size must be >= 2 (one sin-cos pair), "
+                f"got {self.frequency_embedding_size}; the paper uses 256"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
+                "pick a width that is a multiple of the head count"
+            )
+        if self.input_size % self.patch_size:
+            raise ValueError(
+                f"patch_size={self.patch_size} does not divide input_size={self.input_size}; "
+                "use a patch size that divides the latent size"
+            )
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed={self.pos_embed!r} is unknown; choose one of {POS_EMBEDS}")
+        if self.block_type not in BLOCK_TYPES:
+            raise ValueError(f"block_type={self.block_type!r} is unknown; choose one of {BLOCK_TYPES}")
+        if self.pos_embed == "sincos" and self.hidden_size % 4:
+            raise ValueError(f"sin-cos position embedding needs hidden_size % 4 == 0, got {self.hidden_size}")
+        if self.pos_embed == "rope" and self.head_dim % 4:
+            raise ValueError(
+                f"pos_embed='rope' needs head_dim = hidden_size/num_heads divisible by 4 "
+                f"(even per axis), got {self.head_dim}; change hidden_size or num_heads"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    def num_tokens(self, input_size: int | tuple[int, int] | None = None) -> int:
+        """Image tokens for a latent of side `input_size` (default: the config's) or `(H, W)`."""
+        size = self.input_size if input_size is None else input_size
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        for side in (h, w):
+            if side % self.patch_size:
+                raise ValueError(f"latent side {side} is not divisible by patch_size={self.patch_size}")
+        return (h // self.patch_size) * (w // self.patch_size)
+
+    def replace(self, **changes: Any) -> DiTConfig:
+        """A validated copy with fields changed; unknown field names raise `ValueError`."""
+        _check_fields(changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_fields(values: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(DiTConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown DiTConfig field(s) {unknown}; valid fields: {sorted(known)}")
+
+
+def official_names() -> list[str]:
+    """`["DiT-XL/2", "DiT-XL/4", ..., "DiT-S/8"]`."""
+    return [f"DiT-{s}/{p}" for s in reversed(FAMILIES) for p in PATCH_SIZES]
+
+
+def official_name(depth: int, hidden_size: int, num_heads: int, patch_size: int) -> str | None:
+    """`"DiT-B/4"` if the shape is one of the paper's 12 models, else None."""
+    for size, shape in FAMILIES.items():
+        if shape == (depth, hidden_size, num_heads) and patch_size in PATCH_SIZES:
+            return f"DiT-{size}/{patch_size}"
+    return None
+
+
+def model_config(name: str | None = None, **overrides: Any) -> DiTConfig:
+    """`DiTConfig` for an official name (`"DiT-B/4"`), optionally overridden, or a custom shape.
+
+    Examples: `model_config("DiT-S/2", input_size=16)`,
+    `model_config(depth=4, hidden_size=64, num_heads=2, patch_size=2, input_size=16, in_channels=1,
+    num_classes=10)`.
+    """
+    _check_fields(overrides)
+    base: dict[str, Any] = {}
+    if name is not None:
+        size, _, patch = name.removeprefix("DiT-").partition("/")
+        if size not in FAMILIES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
+            raise ValueError(
+                f"unknown model name {name!r}; valid names: {official_names()} "
+                "(or pass name=None with depth/hidden_size/num_heads/patch_size for a custom shape)"
+            )
+        depth, width, heads = FAMILIES[size]
+        base = dict(depth=depth, hidden_size=width, num_heads=heads, patch_size=int(patch))
+    return DiTConfig(**{**base, **overrides})
+
+
+# ---------------------------------------------------------------------- analytic counts
+def _as_config(model_or_config: Any) -> DiTConfig:
+    """A `DiTConfig` from itself, an official name, or anything with a `.config` (a built `DiT`)."""
+    if isinstance(model_or_config, DiTConfig):
+        return model_or_config
+    if isinstance(model_or_config, str):
+        return model_config(model_or_config)
+    cfg = getattr(model_or_config, "config", None)
+    if isinstance(cfg, DiTConfig):
+        return cfg
+    raise ValueError(
+        f"expected a DiT, DiTConfig or model name, got {type(model_or_config).__name__}; "
+        "build a config with dit_core.spec.model_config(...)"
+    )
+
+
+def flop_breakdown(model_or_config: Any, input_size: int | tuple[int, int] | None = None) -> dict[str, int]:
+    """Forward multiply-adds per component for one image (batch 1), as exact integers.
+
+    `model_or_config`: a `DiTConfig`, an official name or a built `DiT`. `input_size` is the latent
+    side (or `(H, W)`); default: the config's `input_size`.
+    """
+    cfg = _as_config(model_or_config)
+    t = cfg.num_tokens(input_size)
+    d, p, hm, depth = cfg.hidden_size, cfg.patch_size, cfg.mlp_hidden, cfg.depth
+    s = NUM_COND_TOKENS
+
+    def self_attention(n: int) -> tuple[int, int]:
+        """(projections, T^2 terms) for n tokens."""
+        return 4 * n * d * d, 2 * n * n * d
+
+    out: dict[str, int] = {
+        "patch_embed": t * p * p * cfg.in_channels * d,
+        "t_embed": cfg.frequency_embedding_size * d + d * d,
+        "final_adaLN": 2 * d * d,
+        "final_modulate": t * d,
+        "final_linear": t * d * p * p * cfg.out_channels,
+    }
+    if cfg.block_type in ("adaln_zero", "adaln"):
+        k = 6 if cfg.block_type == "adaln_zero" else 4
+        proj, quad = self_attention(t)
+        block = {"attn_proj": proj, "attn_quadratic": quad, "mlp": 2 * t * d * hm}
+        block |= {"adaLN": k * d * d, "modulate": 2 * t * d}
+    elif cfg.block_type == "cross_attention":
+        proj, quad = self_attention(t)
+        block = {"attn_proj": proj, "attn_quadratic": quad, "mlp": 2 * t * d * hm}
+        block |= {"cross_proj": 2 * t * d * d + s * 2 * d * d, "cross_quadratic": 2 * t * s * d}
+    else:  # in_context: the sequence carries the two conditioning tokens
+        n = t + s
+        proj, quad = self_attention(n)
+        block = {"attn_proj": proj, "attn_quadratic": quad, "mlp": 2 * n * d * hm}
+    for name, value in block.items():
+        out[f"blocks.{name}"] = depth * value
+    return out
+
+
+def forward_macs(model_or_config: Any, input_size: int | tuple[int, int] | None = None) -> int:
+    """Forward multiply-adds for one image (the paper's "flops"), exact integer."""
+    return sum(flop_breakdown(model_or_config, input_size).values())
+
+
+def forward_gflops(model_or_config: Any, input_size: int | tuple[int, int] | None = None) -> float:
+    """Forward Gflops in the paper's convention (multiply-adds / 1e9, batch 1).
+
+    DiT-XL/2 on a 32x32x4 latent (256 px): 118.64."""
+    return forward_macs(model_or_config, input_size) / 1e9
+
+
+def train_flops_per_image(model_or_config: Any, input_size: int | tuple[int, int] | None = None) -> float:
+    """True training FLOPs per image: 2 (flops per multiply-add) x 3 (forward + backward) x forward MACs."""
+    return 6.0 * forward_macs(model_or_config, input_size)
+
+
+def _linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+def _embedding_params(cfg: DiTConfig) -> dict[str, int]:
+    """Parameters of the embeddings `non_embedding_param_count` leaves out, by module name."""
+    d = cfg.hidden_size
+    return {
+        "pos_embed": cfg.num_tokens() * d if cfg.pos_embed == "sincos" else 0,
+        "t_embedder": _linear(cfg.frequency_embedding_size, d) + _linear(d, d),
+        "y_embedder": (cfg.num_classes + int(cfg.class_dropout_prob > 0)) * d,  # + null row
+    }
+
+
+def param_count(model_or_config: Any, *, include_pos_embed: bool = True) -> int:
+    """Number of parameters, analytically (no allocation). Includes the frozen sin-cos `pos_embed`
+    table by default, as `sum(p.numel() for p in model.parameters())` does (DiT-XL/2: 675,129,632)."""
+    cfg = _as_config(model_or_config)
+    d, p, hm, c = cfg.hidden_size, cfg.patch_size, cfg.mlp_hidden, cfg.in_channels
+    embeddings = _embedding_params(cfg)
+    if not include_pos_embed:
+        embeddings["pos_embed"] = 0
+    attn = _linear(d, 3 * d) + _linear(d, d)
+    mlp = _linear(d, hm) + _linear(hm, d)
+    if cfg.block_type in ("adaln_zero", "adaln"):
+        block = attn + mlp + _linear(d, (6 if cfg.block_type == "adaln_zero" else 4) * d)
+    elif cfg.block_type == "cross_attention":
+        block = attn + mlp + _linear(d, d) + _linear(d, 2 * d) + _linear(d, d) + 3 * 2 * d
+    else:
+        block = attn + mlp + 2 * 2 * d
+    patch_embed = _linear(c * p * p, d)
+    final = _linear(d, 2 * d) + _linear(d, p * p * cfg.out_channels)
+    return sum(embeddings.values()) + patch_embed + cfg.depth * block + final
+
+
+def non_embedding_param_count(model_or_config: Any) -> int:
+    """Parameters without the embeddings, as N in Kaplan et al. (2020, arXiv:2001.08361).
+
+    Excluded, exactly: the sin-cos position table `pos_embed` (fixed, not trained), the timestep
+    embedder `t_embedder` (its `F x D` and `D x D` MLP with biases) and the label table
+    `y_embedder` (classes + the null row). Kept: the patch embedding `x_embedder` and the final
+    layer (they act on every token like the blocks do), and all blocks.
+    """
+    cfg = _as_config(model_or_config)
+    return param_count(cfg) - sum(_embedding_params(cfg).values())
+
+
+# ---------------------------------------------------------------------- budget -> steps
+def budget_steps(train_flops: float, flops_per_image: float, batch_size: int) -> int:
+    """Whole optimizer steps of `batch_size` images that fit in `train_flops` (true FLOPs):
+    `floor(train_flops / (batch_size * flops_per_image))`, 0 if not even one.
+
+    A relative 1e-12 of slack absorbs float rounding, so a budget of exactly k steps gives k.
+    """
+    return math.floor(train_flops / (flops_per_image * batch_size) * (1 + 1e-12))
+
+
+class Budget(Protocol):
+    """What `resolve_budget_steps` reads (`dit_core.config.BudgetConfig` has these fields)."""
+
+    max_steps: int | None
+    train_flops: float | None
+    global_batch_size: int
+
+
+def resolve_budget_steps(budget: Budget, flops_per_image: float) -> int:
+    """Optimizer steps of a run: `budget_steps` of `budget.train_flops` and/or `budget.max_steps`
+    (the smaller when both are set); `ValueError` if neither is set or one step does not fit."""
+    if budget.max_steps is None and budget.train_flops is None:
+        raise ValueError(
+            "no stop condition: set budget.max_steps (--max-steps) or budget.train_flops (--train-flops)"
+        )
+    steps = budget.max_steps if budget.max_steps is not None else math.inf
+    if budget.train_flops is not None:
+        by_flops = budget_steps(budget.train_flops, flops_per_image, budget.global_batch_size)
+        if by_flops < 1:
+            raise ValueError(
+                f"budget smaller than one step: train_flops={budget.train_flops:.4g} but one step of "
+                f"{budget.global_batch_size} images costs {flops_per_image * budget.global_batch_size:.4g}"
+                " FLOPs; raise --train-flops or lower the batch (--global-batch-size)"
+            )
+        steps = min(steps, by_flops)
+    return int(steps)
