@@ -1,13 +1,30 @@
-"""Compute accounting: the paper's Table 4, torch's own FLOP counter, parameter counts."""
+"""`dit_core.spec`: the paper's Table 4, torch's own FLOP counter, parameter counts, budget -> steps."""
 
 from __future__ import annotations
+
+import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dit_core.flops import flop_breakdown, forward_gflops, forward_macs, param_count, train_flops_per_image
-from dit_core.models import DiT, model_config
+from dit_core.config import BudgetConfig
+from dit_core.models import DiT
+from dit_core.spec import (
+    BLOCK_TYPES,
+    budget_steps,
+    flop_breakdown,
+    forward_gflops,
+    forward_macs,
+    model_config,
+    non_embedding_param_count,
+    param_count,
+    resolve_budget_steps,
+    train_flops_per_image,
+)
+from sweeps.grid import SweepSpec, expand, load_spec
 
 # DiT paper (arXiv:2212.09748), Table 4: forward Gflops at 256x256 (32x32x4 latents).
 TABLE4 = {
@@ -19,7 +36,6 @@ TABLE4 = {
 # The printed DiT-L/8 value does not follow from its shape under any counting convention that
 # reproduces the other eleven (5.01 here, +0.43 G would need ~2 extra layers); see docs/models.md.
 TABLE4_INCONSISTENT = {"DiT-L/8"}
-BLOCK_TYPES = ("adaln_zero", "adaln", "cross_attention", "in_context")
 
 
 @pytest.mark.parametrize("name", sorted(TABLE4))
@@ -50,7 +66,7 @@ def test_matmul_terms_match_torch_flop_counter(block_type, pos_embed, hw):
     """torch's FlopCounterMode (2 flops per MAC, matmuls incl. attention) on a meta-device model."""
     cfg = model_config(
         depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=8, num_classes=10,
-        block_type=block_type, pos_embed=pos_embed, mlp_ratio=3.0,
+        block_type=block_type, pos_embed=pos_embed, mlp_ratio=3.0, frequency_embedding_size=40,
     )  # fmt: skip
     with torch.device("meta"):
         model = DiT.from_config(cfg)
@@ -94,3 +110,49 @@ def test_param_count_official_configs_on_meta(name):
     with torch.device("meta"):
         model = DiT.from_config(model_config(name))
     assert param_count(name) == sum(p.numel() for p in model.parameters())
+
+
+def test_non_embedding_params_leave_out_positions_timesteps_and_labels():
+    d, f = 1152, 256
+    embeddings = 256 * d + (f * d + d + d * d + d) + 1001 * d  # pos table, t MLP, labels + null
+    assert non_embedding_param_count("DiT-XL/2") == 675_129_632 - embeddings
+    tiny = model_config(depth=1, hidden_size=16, num_heads=2, patch_size=2, input_size=8, num_classes=10)
+    small_f = model_config(**{**tiny.to_dict(), "frequency_embedding_size": 8})
+    assert param_count(tiny) - param_count(small_f) == (256 - 8) * 16
+    assert non_embedding_param_count(tiny) == non_embedding_param_count(small_f)
+
+
+def test_spec_imports_without_torch():
+    code = "import sys, dit_core.spec, sweeps.grid; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_budget_steps_closed_form():
+    assert budget_steps(1e12, 1e9, 32) == math.floor(1e12 / (1e9 * 32)) == 31
+    assert 0.3 // 0.1 == 2.0 and budget_steps(0.3, 0.1, 1) == 3  # exactly 3 steps fit: float slack
+    assert budget_steps(31e9, 1e9, 32) == 0
+    b = BudgetConfig(max_steps=10, train_flops=1e12, global_batch_size=32)
+    assert resolve_budget_steps(b, 1e9) == 10
+    with pytest.raises(ValueError, match="smaller than one step"):
+        resolve_budget_steps(BudgetConfig(train_flops=31e9, global_batch_size=32), 1e9)
+
+
+@pytest.mark.parametrize("batch", [16, 48])
+def test_sweep_and_trainer_plan_the_same_steps(batch):
+    """A cell's step count (sweeps.grid) is what the trainer resolves from the same budget."""
+    spec = load_spec().replace(batch_size=batch, budgets=[1.5e11, 4e11, 1e12, 3.3e12])
+    cells = expand(spec)
+    for c in cells:
+        budget = BudgetConfig(train_flops=c.budget, global_batch_size=c.batch_size)
+        assert c.steps == resolve_budget_steps(budget, c.train_flops_per_image) >= 1
+        assert c.steps == math.floor(c.budget / (c.batch_size * c.train_flops_per_image))
+    assert len({c.steps for c in cells}) > len(spec.budgets)  # the sizes differ in steps
+
+
+def test_sweep_cells_use_the_models_config():
+    spec = SweepSpec(
+        families=["S"], budgets=[1e12], batch_size=16, train={"model.frequency_embedding_size": 32}
+    )
+    (cell,) = expand(spec)
+    cfg = model_config("DiT-S/2", input_size=16, in_channels=1, num_classes=10, frequency_embedding_size=32)
+    assert (cell.params, cell.train_flops_per_image) == (param_count(cfg), train_flops_per_image(cfg))

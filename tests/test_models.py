@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from dit_core.flops import param_count
+from dit_core.blocks import BLOCK_CLASSES
+from dit_core.config import ModelConfig
 from dit_core.models import (
     DiT,
     DiT_models,
@@ -22,8 +24,8 @@ from dit_core.models import (
 )
 from dit_core.pos_embed import sincos_2d, timestep_embedding
 from dit_core.rope import apply_rope, rope_angles
+from dit_core.spec import BLOCK_TYPES, FAMILIES, PATCH_SIZES, non_embedding_param_count, param_count
 
-BLOCK_TYPES = ("adaln_zero", "adaln", "cross_attention", "in_context")
 TINY = dict(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=8, in_channels=4, num_classes=10)
 
 
@@ -92,6 +94,8 @@ def test_xl2_parameter_count_on_meta_device():
         dict(depth=2, hidden_size=64, num_heads=2, patch_size=2, input_size=8, learn_sigma=False),
         dict(depth=1, hidden_size=32, num_heads=2, patch_size=1, input_size=4, class_dropout_prob=0.0),
         dict(depth=2, hidden_size=48, num_heads=4, patch_size=2, input_size=8, mlp_ratio=2.5),
+        dict(depth=2, hidden_size=32, num_heads=2, patch_size=2, input_size=8, frequency_embedding_size=16),
+        dict(depth=1, hidden_size=16, num_heads=1, patch_size=4, input_size=8, frequency_embedding_size=7),
     ],
 )
 @pytest.mark.parametrize("block_type", BLOCK_TYPES)
@@ -102,6 +106,22 @@ def test_param_count_matches_numel(cfg, block_type):
     assert param_count(config, include_pos_embed=False) == sum(
         p.numel() for p in model.parameters() if p.requires_grad
     )
+    embeddings = ("pos_embed", "t_embedder.", "y_embedder.")  # what Kaplan et al. leave out of N
+    assert non_embedding_param_count(config) == sum(
+        p.numel() for name, p in model.named_parameters() if not name.startswith(embeddings)
+    )
+
+
+def test_frequency_embedding_size_sets_the_timestep_mlp():
+    model = tiny(frequency_embedding_size=32)
+    assert model.t_embedder.mlp[0].weight.shape == (64, 32)
+    x, t, y = inputs()
+    assert model(x, t, y).shape == (2, 8, 8, 8)
+    default = tiny()
+    assert default.t_embedder.mlp[0].weight.shape == (64, 256)  # the paper's 256 stays the default
+    assert param_count(default.config) - param_count(model.config) == (256 - 32) * 64
+    with pytest.raises(ValueError, match="frequency_embedding_size"):
+        model_config(**TINY, frequency_embedding_size=1)
 
 
 def expected_official_shapes(depth, d, c, p, t, num_classes, mlp_hidden, out_c):
@@ -398,6 +418,48 @@ def test_config_round_trip():
     cfg = model_config("DiT-B/4", input_size=16, block_type="adaln", pos_embed="rope")
     assert DiTConfig(**cfg.to_dict()) == cfg
     assert DiT.from_config(model_config(**TINY)).config == model_config(**TINY)
+
+
+def test_dit_from_config_official_keywords_and_factories_agree():
+    cfg = model_config(**TINY, block_type="adaln")
+    torch.manual_seed(0)
+    a = DiT(cfg)
+    torch.manual_seed(0)
+    b = DiT(**cfg.to_dict())  # the official keyword signature
+    torch.manual_seed(0)
+    c = DiT(model_config(**TINY), block_type="adaln")  # keywords override the config
+    assert a.config == b.config == c.config == cfg
+    for other in (b, c):
+        assert all(torch.equal(a.state_dict()[k], v) for k, v in other.state_dict().items())
+    assert (a.in_channels, a.out_channels, a.num_classes, a.patch_size, a.input_size) == (4, 8, 10, 2, 8)
+    from dit_core import models
+
+    assert models.DiT_S_8(input_size=16).config == model_config("DiT-S/8", input_size=16)
+    for size in FAMILIES:
+        for p in PATCH_SIZES:
+            assert callable(getattr(models, f"DiT_{size}_{p}"))
+    with pytest.raises(TypeError, match="DiTConfig"):
+        DiT(32)
+    with pytest.raises(ValueError, match="unknown DiTConfig field"):
+        DiT(widht=3)
+
+
+def test_grad_checkpointing_is_a_switch_on_the_built_model():
+    model = tiny()
+    model.grad_checkpointing = True
+    assert model.config.grad_checkpointing and model.config == model_config(**TINY)
+
+
+def test_block_classes_cover_the_spec_and_model_config_mirrors_dit_config():
+    assert set(BLOCK_CLASSES) == set(BLOCK_TYPES)
+    dit = {f.name for f in dataclasses.fields(DiTConfig)} - {"grad_checkpointing"}
+    assert {f.name for f in dataclasses.fields(ModelConfig)} - {"name"} == dit
+    m = ModelConfig(name="DiT-S/2", frequency_embedding_size=64, mlp_ratio=2.0)
+    resolved = m.resolve(input_size=16, in_channels=1, num_classes=10, learn_sigma=False)
+    assert resolved.to_dit_config() == model_config(
+        "DiT-S/2", input_size=16, in_channels=1, num_classes=10, learn_sigma=False,
+        frequency_embedding_size=64, mlp_ratio=2.0,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
