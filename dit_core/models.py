@@ -1,11 +1,12 @@
 """The DiT model family (Peebles & Xie, "Scalable Diffusion Models with Transformers", arXiv:2212.09748).
 
-`DiT(config)` builds from a `dit_core.spec.DiTConfig` (as nanoGPT's `GPT(config)`); the official
+`DiT(config)` builds from a `dit_core.spec.DiTConfig` (as nanoGPT's `GPT(config)`). The official
 keyword constructor `DiT(input_size=32, patch_size=2, ...)`, the factories `DiT_XL_2()` ... `DiT_S_8()`
-(also as `DiT_models["DiT-XL/2"]`), the defaults and the `state_dict` layout are kept, so the released
+(also `DiT_models["DiT-XL/2"]`), the defaults and the `state_dict` layout are kept, so the released
 checkpoints (e.g. `DiT-XL-2-256x256.pt`) load with `load_state_dict(strict=True)`. On top of the
-paper's model it offers 2-D RoPE (`pos_embed="rope"`, resolution-agnostic), the paper's block-design ablation
-(`block_type`), and per-block activation checkpointing.
+paper's model it offers 2-D RoPE (`pos_embed="rope"`, resolution-agnostic), the paper's block-design
+ablation (`block_type`), a smaller timestep embedding (`frequency_embedding_size`) and per-block
+activation checkpointing.
 
 Shapes: latents `x (N, C, H, W)`, tokens `(N, T, D)` with `T = (H/p) * (W/p)`, conditioning `c (N, D)`.
 """
