@@ -78,7 +78,12 @@ def test_flops_budget_and_ledger(tmp_path):
     assert float(params["budget.train_flops"]) == pytest.approx(budget)
     assert params["budget.max_steps"] == "7" and params["model.depth"] == "2"
     assert float(params["model.train_flops_per_image"]) == pytest.approx(fpi)
-    assert int(params["model.params"]) == sum(p.numel() for p in _model(ck).parameters())
+    model = _model(ck)
+    assert int(params["model.params"]) == sum(p.numel() for p in model.parameters())
+    embeddings = ("pos_embed", "t_embedder.", "y_embedder.")
+    assert int(params["model.params_non_embedding"]) == sum(
+        p.numel() for n, p in model.named_parameters() if not n.startswith(embeddings)
+    )
 
 
 def _model(ck):
