@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from dit_core.configio import check_keys, parse_value
 from sweeps.compute import model_compute
 from sweeps.families import ModelShape, Scale, custom_shape, family_shape
 
@@ -213,8 +214,8 @@ class Cell:
         return f"DiT-{self.model.name}/{self.patch_size}"
 
 
-def _as_bool(v: Any) -> bool:
-    return v.strip().lower() in ("true", "1", "yes", "on") if isinstance(v, str) else bool(v)
+def _as_bool(v: Any, where: str = "diffusion.learn_sigma") -> bool:
+    return parse_value(v, bool, where)
 
 
 def model_learns_sigma(train: dict[str, Any]) -> bool:
@@ -245,7 +246,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of ``spec``, ordered by budget, then model (as listed), then patch size."""
     spec.validate()
     extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
-    learn_sigma = _as_bool(extra.pop("learn_sigma", model_learns_sigma(spec.train)))
+    learn_sigma = _as_bool(extra.pop("learn_sigma", model_learns_sigma(spec.train)), "model.learn_sigma")
     computes = {
         (m, p): model_compute(
             m, p, spec.data.input_size, spec.data.in_channels, spec.data.num_classes, learn_sigma, extra
@@ -297,13 +298,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    return data
+    return check_keys(cls, data, where)
 
 
 def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSpec:

@@ -19,8 +19,8 @@ if __package__ in (None, ""):  # run as a file: make the repo importable here an
     sys.path.insert(0, _ROOT)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
-import yaml  # noqa: E402
 
+from dit_core.configio import parse_scalar  # noqa: E402
 from sweeps.grid import SweepSpec, expand, load_spec, parse_budget  # noqa: E402
 from sweeps.ledger import Ledger  # noqa: E402
 from sweeps.runner import Progress, launch, sweep_dir  # noqa: E402
@@ -157,7 +157,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"--set {item!r} must be KEY=VALUE, e.g. --set optim.lr=3e-4")
-            train[key.strip()] = _parse_value(value)
+            train[key.strip()] = parse_scalar(value)
         top["train"] = train
     ex = {}
     for k in (
@@ -184,17 +184,6 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     if ex:
         top["executor"] = ex
     return spec.replace(**top) if top else spec
-
-
-def _parse_value(text: str):
-    """YAML scalar, with numbers such as ``3e-4`` (a string to YAML 1.1) read as floats."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _progress_printer():

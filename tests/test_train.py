@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from dit_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from dit_core.flops import train_flops_per_image
-from dit_core.train import train
+from dit_core.train import Trainer, train
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +147,39 @@ def test_options_bf16_gradclip_checkpointing_cosine_run(tmp_path):
     assert lrs[10] == pytest.approx(1e-4)
 
 
+def test_optimizer_lr_follows_the_closed_form_in_warmup_schedule_end_and_after_resume(tmp_path):
+    """The lr AdamW holds in its param groups after chosen steps, against the closed form, with
+    the lr rule across widths, scaled warmup and cosine: width 32 with inverse_width at base 64
+    -> peak 2e-3; 20 steps; warmup max(2, round(0.2 * 20)) = 4; cosine to 0.1 x peak."""
+    peak, total, warm, floor = 2e-3, 20, 4, 2e-4
+
+    def closed(s):
+        if s < warm:
+            return peak * (s + 1) / warm
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - 1 - warm)))
+
+    opts = {"optim.lr": 1e-3, "optim.lr_scaling": "inverse_width", "optim.lr_base_width": 64,
+            "optim.warmup_steps": 2, "optim.warmup_frac": 0.2, "optim.schedule": "cosine",
+            "optim.min_lr_ratio": 0.1, "checkpoint.every": 0}  # fmt: skip
+    tr = Trainer(tiny_config(tmp_path / "a", steps=total, **opts, **{"tracking.enabled": False}))
+    used = {}
+    for _ in range(total):
+        tr.train_step()
+        used[tr.step - 1] = [g["lr"] for g in tr.optimizer.param_groups]
+    for s in (0, 1, 3, 4, 11, 19):  # warmup, its last step, the peak, mid-cosine, the last step
+        assert used[s] == [pytest.approx(closed(s), rel=1e-12)], s
+    assert used[19] == [pytest.approx(floor)]
+
+    stopped = train(tiny_config(tmp_path / "b", steps=total, **opts), stop_at_step=7)
+    params = MlflowClient().get_run(stopped.run_id).data.params
+    assert float(params["optim.lr_effective"]) == pytest.approx(peak)
+    assert params["optim.warmup_steps_effective"] == str(warm)
+    resumed = Trainer(tiny_config(tmp_path / "b", steps=total, **opts))
+    assert resumed.step == 7
+    resumed.train_step()
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [pytest.approx(closed(7), rel=1e-12)]
+
+
 def test_progress_lines_when_not_a_terminal(tmp_path, caplog):
     caplog.set_level("INFO", logger="dit_core.train")
     train(tiny_config(tmp_path, steps=10, **{"tracking.enabled": False}), progress_bar=False)
@@ -267,21 +300,21 @@ def test_signal_hands_over_to_a_previous_handler_after_the_checkpoint(tmp_path, 
     import os
     import signal
 
-    from dit_core.train import _Trainer
+    from dit_core.train import Trainer
 
     calls = []
 
     def requeue(signum, frame):
         calls.append((signum, latest_checkpoint(tmp_path)))
 
-    real_step = _Trainer.train_step
+    real_step = Trainer.train_step
 
     def step_then_signal(self):
         real_step(self)
         if self.step == 3:
             os.kill(os.getpid(), signal.SIGUSR2)
 
-    monkeypatch.setattr(_Trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     old = signal.signal(signal.SIGUSR2, requeue)
     try:
         res = train(tiny_config(tmp_path, steps=50, **{"checkpoint.every": 0}))
