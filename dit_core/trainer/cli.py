@@ -8,6 +8,7 @@ Precedence: defaults <- ``--config FILE.yaml`` <- ``--set KEY=VALUE`` <- flags.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -123,7 +124,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .loop import Trainer
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        flags = {s for a in parser._actions for s in a.option_strings}
+        close = [m for e in extra for m in difflib.get_close_matches(e.split("=")[0], flags, n=2)]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint} (--help lists every field)")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

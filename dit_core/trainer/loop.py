@@ -116,7 +116,7 @@ class Trainer:
         ckpt = load_checkpoint(self.ckpt_path) if self.ckpt_path else None
         if ckpt is not None:
             saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}  # fields added since: defaults
-            check_resumable(saved, self.flat, str(self.ckpt_path))
+            check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}")
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = DiT.from_config(self.dit_cfg).to(self.device)
