@@ -180,6 +180,34 @@ def test_optimizer_lr_follows_the_closed_form_in_warmup_schedule_end_and_after_r
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [pytest.approx(closed(7), rel=1e-12)]
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_the_blocks_in_low_precision_and_resumes(tmp_path, precision):
+    """The trainer's own autocast (no Accelerate mixed precision): the attention projections compute
+    in the low precision, the model returns fp32, and fp16's loss scaler is checkpointed and
+    restored. fp16 runs on CPU here through an explicit accelerator (the CLI asks for CUDA)."""
+    from accelerate import Accelerator
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    cfg = tiny_config(tmp_path, steps=4, **{"precision": precision, "tracking.enabled": False,
+                                            "checkpoint.every": 0, "optim.grad_clip": 1.0})  # fmt: skip
+    tr = Trainer(cfg, accelerator=Accelerator(cpu=True))
+    seen = []
+    linear = next(m for m in tr.model.blocks[0].modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    assert (
+        tr.train_model(torch.randn(2, 1, 16, 16), torch.tensor([3, 9]), torch.tensor([0, 1])).dtype
+        == torch.float32
+    )
+    res = tr.run(stop_at_step=2)
+    assert seen and set(seen) == {dtype} and res.step == 2
+    ck = load_checkpoint(tmp_path)
+    assert ("scaler" in ck) == (precision == "fp16")
+    again = Trainer(cfg, accelerator=Accelerator(cpu=True))
+    if precision == "fp16":
+        assert again.scaler.state_dict() == ck["scaler"] and again.scaler.get_scale() == ck["scaler"]["scale"]
+    assert again.run().status == "finished"
+
+
 def test_progress_lines_when_not_a_terminal(tmp_path, caplog):
     caplog.set_level("INFO", logger="dit_core.train")
     train(tiny_config(tmp_path, steps=10, **{"tracking.enabled": False}), progress_bar=False)
