@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py                      # DiT-S/2, batch 8, 32x32x4 latents
     python benchmarks/train_throughput.py --model DiT-B/2 --batch 16 --rounds 5 --steps 10
 
-full: `dit_core.train`'s loop (`_Trainer.run_loop`): data stream from an in-memory dataset of random
+full: `dit_core.train`'s loop (`Trainer.run_loop`): data stream from an in-memory dataset of random
     latents, per-step random draws, forward, backward, AdamW, EMA, lr schedule, preemption check,
     and MLflow logging every ``--log-every`` steps (to a temporary sqlite store).
 bare: the same model, diffusion loss and AdamW on one pre-made batch (forward, backward, step).
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dit_core.config import BudgetConfig, ModelConfig, TrackingConfig, TrainConfig
     from dit_core.models import DiT
-    from dit_core.train import _Trainer
+    from dit_core.train import Trainer
     from dit_core.trainer.progress import Progress
     from dit_core.trainer.signals import PreemptionGuard
 
@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         log_every=args.log_every,
     )
     cfg.checkpoint.every = 0
-    tr = _Trainer(cfg, Accelerator(cpu=not torch.cuda.is_available()), "never", train_set=data)
+    tr = Trainer(
+        cfg, accelerator=Accelerator(cpu=not torch.cuda.is_available()), resume="never", train_set=data
+    )
     tr.start_tracking()
     torch.manual_seed(0)
     bare_model = DiT.from_config(tr.dit_cfg).to(tr.device).train()

@@ -3,46 +3,46 @@
 A config is nested dataclasses (model, diffusion, data, optim, budget, eval, checkpoint, tracking)
 plus a few top-level fields. ``cfg.to_flat_dict()`` gives ``{"model.depth": 12, "optim.lr": 1e-4,
 "seed": 0, ...}``, logged whole as MLflow params; ``TrainConfig.from_flat_dict(params)`` rebuilds the
-config from those params alone (string values are parsed by the field's type).
+config from those params alone (string values are parsed by the field's type, `dit_core.configio`).
+Each class's docstring documents its fields; ``python -m dit_core.train --help`` shows that text.
 
-``resolve_config(cfg, data_info)`` fills what the user may leave open (the model shape from its name,
-``input_size``/``in_channels``/``num_classes`` from the data, ``learn_sigma`` from the diffusion,
-``max_steps`` from a FLOPs budget); a run logs and checkpoints the resolved config.
+``dit_core.train.resolve_config(cfg, dataset)`` fills what the user may leave open (the model shape
+from its name, ``input_size``/``in_channels``/``num_classes`` from the data, ``learn_sigma`` from the
+diffusion, ``max_steps`` from a FLOPs budget); a run logs and checkpoints the resolved config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .configio import ConfigError, apply_flat, coerce_fields, flatten, require, yaml_to_flat
 from .data import DataConfig
 from .diffusion import DiffusionConfig
-from .spec import DiTConfig, model_config, official_name, resolve_budget_steps
+from .spec import DiTConfig, model_config, official_name
 from .tracking import DEFAULT_EXPERIMENT
 
 __all__ = [
     "DERIVED_PARAMS",
+    "LR_SCALINGS",
     "PRECISIONS",
     "SCHEDULES",
     "BudgetConfig",
     "CheckpointConfig",
+    "ConfigError",
     "EvalConfig",
     "ModelConfig",
     "OptimConfig",
     "TrackingConfig",
     "TrainConfig",
-    "build_dataclass",
     "load_yaml_config",
-    "resolve_budget_steps",
 ]
 
 SCHEDULES = ("constant", "cosine", "constant_cooldown")
+LR_SCALINGS = ("none", "inverse_width")
 PRECISIONS = ("no", "bf16", "fp16")
 
 #: Params a run logs besides the config fields; `from_flat_dict` skips them.
@@ -52,15 +52,13 @@ DERIVED_PARAMS = frozenset(
         "model.params_non_embedding",
         "model.forward_gflops",
         "model.train_flops_per_image",
+        "optim.lr_effective",
+        "optim.warmup_steps_effective",
         "git.commit",
         "world_size",
         "data.train_size",
     }
 )
-
-
-def _fail(where: str, msg: str) -> ValueError:
-    return ValueError(f"{where}: {msg}")
 
 
 @dataclass
@@ -124,20 +122,37 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning-rate schedule (defaults: the DiT recipe, lr 1e-4 constant, wd 0, EMA 0.9999).
+    """AdamW, the learning-rate schedule and the lr rule across model sizes (defaults: the DiT
+    recipe, lr 1e-4 constant, wd 0, EMA 0.9999).
 
-    schedule: "constant"; "cosine" (to ``min_lr_ratio * lr`` at the last step); "constant_cooldown"
-        (constant, then linear decay to ``min_lr_ratio * lr`` over the last ``cooldown_frac`` of the
-        steps). A linear warmup over ``warmup_steps`` comes first in every schedule.
+    lr: peak learning rate at ``lr_base_width`` (the lr the optimizer uses is logged as the param
+        ``optim.lr_effective``).
+    lr_scaling: "none" (every model uses ``lr``) or "inverse_width" (peak lr = ``lr * lr_base_width
+        / model.hidden_size``: muP's 1/width rule for hidden matrices, applied here to every parameter).
+    lr_base_width: the width at which ``lr`` was tuned (used by "inverse_width").
+    weight_decay: AdamW's decoupled weight decay.
+    beta1 / beta2 / eps: AdamW's moment decays and epsilon.
+    warmup_steps: linear warmup length in steps, and the floor of the scaled warmup.
+    warmup_frac: warmup as a fraction of the run's steps: warmup = max(warmup_steps,
+        round(warmup_frac * steps)).
+    schedule: after warmup, "constant"; "cosine" (to ``min_lr_ratio * lr`` at the run's last step);
+        "constant_cooldown" (constant, then linear to ``min_lr_ratio * lr`` over the last
+        ``cooldown_frac`` of the steps). Both end exactly at the run's last step.
+    cooldown_frac: fraction of the steps in the cooldown of "constant_cooldown".
+    min_lr_ratio: the lr at the last step, as a fraction of the peak (cosine, constant_cooldown).
     grad_clip: max global grad norm; 0 disables clipping.
+    ema_decay: decay of the EMA weights used for sampling.
     """
 
     lr: float = 1e-4
+    lr_scaling: str = "none"
+    lr_base_width: int = 384
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
     warmup_steps: int = 0
+    warmup_frac: float = 0.0
     schedule: str = "constant"
     cooldown_frac: float = 0.2
     min_lr_ratio: float = 0.0
@@ -146,25 +161,34 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.schedule not in SCHEDULES:
-            raise _fail("optim.schedule", f"{self.schedule!r} is unknown; choose one of {list(SCHEDULES)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise _fail("optim.lr", f"must be a finite number > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise _fail("optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(
+            self.schedule in SCHEDULES,
+            "optim.schedule",
+            f"{self.schedule!r} is unknown; choose one of {list(SCHEDULES)}",
+        )
+        require(
+            self.lr_scaling in LR_SCALINGS,
+            "optim.lr_scaling",
+            f"{self.lr_scaling!r} is unknown; choose one of {list(LR_SCALINGS)}",
+        )
+        require(
+            self.lr > 0 and math.isfinite(self.lr), "optim.lr", f"must be a finite number > 0, got {self.lr}"
+        )
+        require(self.lr_base_width >= 1, "optim.lr_base_width", f"must be >= 1, got {self.lr_base_width}")
+        require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
         for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise _fail(f"optim.{name}", f"must be in [0, 1), got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise _fail("optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.cooldown_frac <= 1:
-            raise _fail("optim.cooldown_frac", f"must be in [0, 1], got {self.cooldown_frac}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise _fail("optim.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip < 0:
-            raise _fail("optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
-        if not 0 <= self.ema_decay < 1:
-            raise _fail("optim.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+            require(
+                0 <= getattr(self, name) < 1, f"optim.{name}", f"must be in [0, 1), got {getattr(self, name)}"
+            )
+        require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        for name in ("warmup_frac", "cooldown_frac", "min_lr_ratio"):
+            require(
+                0 <= getattr(self, name) <= 1,
+                f"optim.{name}",
+                f"must be in [0, 1], got {getattr(self, name)}",
+            )
+        require(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        require(0 <= self.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass
@@ -172,6 +196,9 @@ class BudgetConfig:
     """When to stop: ``max_steps`` optimizer steps, or a training budget ``train_flops`` (true FLOPs,
     ``dit_core.spec.train_flops_per_image`` per image); with both, whichever comes first.
 
+    max_steps: stop after this many optimizer steps.
+    train_flops: stop at this training budget in true FLOPs (``dit_core.spec.train_flops_per_image``
+        per image).
     global_batch_size: images per optimizer step over all processes (split evenly across them).
     """
 
@@ -181,12 +208,18 @@ class BudgetConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.max_steps is not None and self.max_steps < 1:
-            raise _fail("budget.max_steps", f"must be >= 1, got {self.max_steps}")
-        if self.train_flops is not None and not (self.train_flops > 0 and math.isfinite(self.train_flops)):
-            raise _fail("budget.train_flops", f"must be a finite number > 0, got {self.train_flops}")
-        if self.global_batch_size < 1:
-            raise _fail("budget.global_batch_size", f"must be >= 1, got {self.global_batch_size}")
+        require(
+            self.max_steps is None or self.max_steps >= 1,
+            "budget.max_steps",
+            f"must be >= 1, got {self.max_steps}",
+        )
+        ok = self.train_flops is None or (self.train_flops > 0 and math.isfinite(self.train_flops))
+        require(ok, "budget.train_flops", f"must be a finite number > 0, got {self.train_flops}")
+        require(
+            self.global_batch_size >= 1,
+            "budget.global_batch_size",
+            f"must be >= 1, got {self.global_batch_size}",
+        )
 
 
 @dataclass
@@ -195,13 +228,20 @@ class EvalConfig:
     also runs at the last step, so every run ends with a validation loss and its metrics.
 
     val_every: steps between validation losses (common random numbers: fixed t and noise per
-        validation example, ``dit_core.diffusion.validation_loss``), on ``val_examples`` images of
-        the data's "val" split; ``val_ema`` also logs ``val/loss_ema``.
-    eval_every: steps between ``dit_core.evaluate.evaluate_model`` calls on the EMA model
-        (``num_samples`` samples, ``sampler`` with ``steps`` steps, ``cfg_scale``); metrics are logged
-        as ``eval/<name>``. ``reference``/``metrics`` None = the digits reference and metrics for
-        digits data (other data must name a reference). ``grid_images`` samples also go to a PNG grid
-        artifact ``samples/step_XXXXXXX.png`` (0 = no grid).
+        validation example, ``dit_core.diffusion.validation_loss``); 0 = off.
+    val_examples: images of the data's "val" split used for the validation loss.
+    val_seed: seed of the validation draws.
+    val_ema: also log ``val/loss_ema`` of the EMA model.
+    eval_every: steps between ``dit_core.evaluate.evaluate_model`` calls on the EMA model (metrics
+        logged as ``eval/<name>``); 0 = off.
+    num_samples: samples per evaluation.
+    sampler: ddim | ddpm | euler | heun.
+    steps: sampler steps.
+    cfg_scale: classifier-free guidance scale of the samples.
+    batch_size: batch of validation and sampling.
+    reference: FID reference; None = "digits" for digits data (other data must name one).
+    metrics: metric names; None = the reference's default metrics.
+    grid_images: samples also saved as a PNG grid artifact ``samples/step_XXXXXXX.png`` (0 = none).
     """
 
     val_every: int = 0
@@ -220,34 +260,48 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        for name in ("val_every", "val_examples", "eval_every", "num_samples", "steps", "batch_size"):
-            if getattr(self, name) < 0:
-                raise _fail(f"eval.{name}", f"must be >= 0, got {getattr(self, name)}")
-        if self.grid_images < 0:
-            raise _fail("eval.grid_images", f"must be >= 0, got {self.grid_images}")
+        for name in (
+            "val_every",
+            "val_examples",
+            "eval_every",
+            "num_samples",
+            "steps",
+            "batch_size",
+            "grid_images",
+        ):
+            require(getattr(self, name) >= 0, f"eval.{name}", f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
 class CheckpointConfig:
-    """Checkpoints under ``<out>/checkpoints``: every ``every`` steps (0 = only at the end and on
-    preemption), keeping the newest ``keep_last`` (0 = keep all)."""
+    """Checkpoints under ``<out>/checkpoints``.
+
+    every: steps between checkpoints (0 = only at the end and on preemption).
+    keep_last: how many of the newest checkpoints to keep (0 = all).
+    """
 
     every: int = 1000
     keep_last: int = 2
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.every < 0 or self.keep_last < 0:
-            raise _fail("checkpoint", f"every and keep_last must be >= 0, got {self.every}, {self.keep_last}")
+        require(self.every >= 0, "checkpoint.every", f"must be >= 0 (0 = end only), got {self.every}")
+        require(self.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0 (0 = all), got {self.keep_last}")
 
 
 @dataclass
 class TrackingConfig:
-    """MLflow: ``uri`` None = ``MLFLOW_TRACKING_URI`` or MLflow's default (``sqlite:///./mlflow.db``).
+    """MLflow.
 
+    enabled: log to MLflow.
+    uri: tracking URI; None = ``MLFLOW_TRACKING_URI`` or MLflow's default (``sqlite:///./mlflow.db``).
+    experiment: MLflow experiment name.
+    run_name: MLflow run name.
     run_id: continue this existing run (a sweep may pre-create it); otherwise the run id saved in
         ``<out>/mlflow_run_id`` or in the checkpoint is continued, else a new run is created.
-    sweep / grid_cell: logged as params and tags. tags: extra tags. parent_run_id: nest under a run.
+    parent_run_id: nest the run under this one.
+    sweep / grid_cell: sweep and cell ids, logged as params and tags.
+    tags: extra MLflow tags (JSON mapping; or ``--tag KEY=VALUE``).
     """
 
     enabled: bool = True
@@ -269,9 +323,13 @@ class TrainConfig:
     """One training run. ``out`` holds checkpoints and the MLflow run id, and identifies the run:
     ``resume="auto"`` continues whatever ``out`` holds.
 
-    precision: "no" (fp32), "bf16" or "fp16" (fp16 needs CUDA). grad_checkpointing: recompute each
-    block in the backward pass. compile: ``torch.compile`` the model. log_every: steps between
-    ``train/loss`` (mean over the interval) and the other step metrics.
+    out: run folder: checkpoints, config.json, mlflow_run_id.
+    seed: seed of the weights, the data order and the per-step noise.
+    precision: "no" (fp32), "bf16" or "fp16" (fp16 needs CUDA).
+    grad_checkpointing: recompute each block in the backward pass (activation checkpointing).
+    compile: ``torch.compile`` the model.
+    num_workers: DataLoader worker processes.
+    log_every: steps between ``train/loss`` (mean over the interval) and the other step metrics.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -292,22 +350,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.precision not in PRECISIONS:
-            raise _fail("precision", f"{self.precision!r} is unknown; choose one of {list(PRECISIONS)}")
-        if self.log_every < 1:
-            raise _fail("log_every", f"must be >= 1, got {self.log_every}")
-        if self.num_workers < 0:
-            raise _fail("num_workers", f"must be >= 0, got {self.num_workers}")
-        if self.seed < 0:
-            raise _fail("seed", f"must be >= 0, got {self.seed}")
+        require(
+            self.precision in PRECISIONS,
+            "precision",
+            f"{self.precision!r} is unknown; choose one of {list(PRECISIONS)}",
+        )
+        require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
-    # ------------------------------------------------------------------ flat dict (MLflow params)
     def to_flat_dict(self) -> dict[str, Any]:
-        """``{"model.depth": 12, ..., "seed": 0}``: every field, dotted, with plain values
-        (tuples become lists)."""
-        out: dict[str, Any] = {}
-        _flatten(self, "", out)
-        return out
+        """``{"model.depth": 12, ..., "seed": 0}``: every field, dotted (tuples become lists)."""
+        return flatten(self)
 
     @classmethod
     def from_flat_dict(cls, flat: dict[str, Any], *, strict: bool = True) -> TrainConfig:
@@ -316,160 +370,11 @@ class TrainConfig:
         Derived params (`DERIVED_PARAMS`) are skipped; other unknown keys raise unless ``strict=False``.
         Missing keys keep their defaults.
         """
-        return apply_flat(cls(), flat, strict=strict)
+        return apply_flat(cls(), flat, strict=strict, skip=DERIVED_PARAMS)
 
     def replace(self, **flat: Any) -> TrainConfig:
         """A copy with dotted fields replaced: ``cfg.replace(**{"optim.lr": 3e-4})``."""
         return apply_flat(self, flat)
-
-
-# ---------------------------------------------------------------------- flattening helpers
-def _flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = prefix + f.name
-        if dataclasses.is_dataclass(value):
-            _flatten(value, key + ".", out)
-        elif isinstance(value, tuple):
-            out[key] = list(value)
-        elif isinstance(value, dict):
-            out[key] = dict(value)
-        else:
-            out[key] = value
-
-
-def apply_flat(cfg: Any, flat: dict[str, Any], *, strict: bool = True, _prefix: str = "") -> Any:
-    """Copy of nested dataclass ``cfg`` with dotted keys replaced (values parsed by field type)."""
-    nested: dict[str, dict[str, Any]] = {}
-    direct: dict[str, Any] = {}
-    names = {f.name: f for f in dataclasses.fields(cfg)}
-    for key, value in flat.items():
-        head, _, rest = key.partition(".")
-        if head not in names:
-            if key in DERIVED_PARAMS or not strict:
-                continue
-            raise ValueError(
-                f"{type(cfg).__name__} has no field {head!r} (key {key!r}); valid: {sorted(names)}"
-            )
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            direct[head] = value
-    kwargs = {}
-    for head, sub in nested.items():
-        child = getattr(cfg, head)
-        if not dataclasses.is_dataclass(child):
-            if all(f"{head}.{k}" in DERIVED_PARAMS for k in sub) or not strict:
-                continue
-            raise ValueError(f"{type(cfg).__name__}.{head} is not a nested config; cannot set {sorted(sub)}")
-        prefix = head + "."
-        sub = {k: v for k, v in sub.items() if prefix + k not in DERIVED_PARAMS}
-        kwargs[head] = apply_flat(child, sub, strict=strict, _prefix=_prefix + prefix)
-    hints = _hints(type(cfg))
-    for head, value in direct.items():
-        kwargs[head] = parse_value(value, hints[head], _prefix + head)
-    if not kwargs:
-        return cfg
-    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
-    values.update(kwargs)
-    return build_dataclass(type(cfg), values, _prefix)
-
-
-def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """``cls(**values)`` with each value parsed by its annotated type first (works for any dataclass)."""
-    hints = _hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid: {sorted(known)}")
-    parsed = {
-        k: parse_value(v, hints[k], f"{prefix}{k}" if prefix else f"{cls.__name__}.{k}")
-        for k, v in values.items()
-    }
-    return cls(**parsed)
-
-
-_HINT_CACHE: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINT_CACHE:
-        _HINT_CACHE[cls] = typing.get_type_hints(cls)
-    return _HINT_CACHE[cls]
-
-
-def coerce_fields(obj: Any) -> None:
-    """Parse string/number field values of dataclass ``obj`` in place by their annotated types
-    (so YAML strings like ``"3e-4"`` and MLflow param strings become numbers)."""
-    hints = _hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            continue
-        setattr(obj, f.name, parse_value(value, hints[f.name], f"{type(obj).__name__}.{f.name}"))
-
-
-def parse_value(value: Any, hint: Any, where: str) -> Any:
-    """Convert ``value`` (maybe a string from MLflow/CLI/YAML) to type ``hint``; ValueError if impossible."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        is_none = value is None or (isinstance(value, str) and value.strip() in ("None", "none", "null", ""))
-        if is_none and type(None) in args:
-            return None
-        if len(options) == 1:
-            return parse_value(value, options[0], where)
-        return value
-    if dataclasses.is_dataclass(hint) or hint is Any:
-        return value
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
-                return False
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, int):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, str):
-                v = float(value) if any(c in value for c in ".eE") else int(value)
-                if isinstance(v, float) and not v.is_integer():
-                    raise ValueError
-                return int(v)
-            raise ValueError
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is str:
-            return value if isinstance(value, str) else str(value)
-        if origin in (tuple, list):
-            if isinstance(value, str):
-                value = json.loads(value) if value.strip().startswith("[") else value.split(",")
-            inner = args[0] if args else Any
-            items = [parse_value(v, inner, where) for v in value]
-            return tuple(items) if origin is tuple else items
-        if origin is dict:
-            if isinstance(value, str):
-                value = json.loads(value) if value.strip() else {}
-            return {str(k): str(v) for k, v in dict(value).items()}
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise ValueError(f"{where}: cannot read {value!r} as {_type_name(hint)}") from None
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint)
 
 
 def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
@@ -477,23 +382,9 @@ def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> Train
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file {p} does not exist")
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"config file {p} must hold a mapping of fields, got {type(raw).__name__}")
-    flat: dict[str, Any] = {}
-
-    def walk(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict) and key not in ("tracking.tags",):
-                walk(v, key + ".")
-            else:
-                flat[key] = v
-
-    walk(raw, "")
+    require(p.is_file(), "--config", f"the file {p} does not exist; give a YAML file of fields")
+    flat = yaml_to_flat(TrainConfig, yaml.safe_load(p.read_text()) or {}, f"config file {p}")
     try:
         return apply_flat(base or TrainConfig(), flat)
-    except ValueError as e:
-        raise ValueError(f"config file {p}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}: {e}") from None

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from dit_core.configio import check_keys, parse_value
 from dit_core.spec import (
     DiTConfig,
     budget_steps,
@@ -222,8 +223,8 @@ class Cell:
         return f"DiT-{self.model.name}/{self.patch_size}"
 
 
-def _as_bool(v: Any) -> bool:
-    return v.strip().lower() in ("true", "1", "yes", "on") if isinstance(v, str) else bool(v)
+def _as_bool(v: Any, where: str = "diffusion.learn_sigma") -> bool:
+    return parse_value(v, bool, where)
 
 
 def model_learns_sigma(train: dict[str, Any]) -> bool:
@@ -308,13 +309,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    return data
+    return check_keys(cls, data, where)
 
 
 def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSpec:

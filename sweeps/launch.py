@@ -12,8 +12,7 @@ import argparse
 import logging
 import sys
 
-import yaml
-
+from dit_core.configio import parse_scalar
 from sweeps.grid import SweepSpec, expand, load_spec, parse_budget
 from sweeps.ledger import Ledger
 from sweeps.runner import Progress, launch, sweep_dir
@@ -150,7 +149,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"--set {item!r} must be KEY=VALUE, e.g. --set optim.lr=3e-4")
-            train[key.strip()] = _parse_value(value)
+            train[key.strip()] = parse_scalar(value)
         top["train"] = train
     ex = {}
     for k in (
@@ -177,17 +176,6 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     if ex:
         top["executor"] = ex
     return spec.replace(**top) if top else spec
-
-
-def _parse_value(text: str):
-    """YAML scalar, with numbers such as ``3e-4`` (a string to YAML 1.1) read as floats."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _progress_printer():

@@ -6,12 +6,12 @@ The sweep never imports the trainer at launch time: a task carries dotted `Train
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dit_core.configio import apply_flat
 from sweeps.grid import Cell, SweepSpec
 
 __all__ = ["CellTask", "apply_overrides", "build_config", "check_trainer", "make_task"]
@@ -78,56 +78,17 @@ def make_task(spec: SweepSpec, cell: Cell, sweep_dir: Path, tracking_uri: str, t
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
-    """Return a copy of the nested dataclass ``cfg`` with dotted fields replaced.
-
-    ``apply_overrides(TrainConfig(), {"model.depth": 3})``; an unknown path raises ValueError
-    naming it and the valid fields at that level.
-    """
-    nested: dict[str, dict[str, Any]] = {}
-    direct: dict[str, Any] = {}
-    for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            direct[head] = value
-    names = {f.name for f in dataclasses.fields(cfg)}
-    for head in list(direct) + list(nested):
-        if head not in names:
-            raise ValueError(
-                f"{type(cfg).__name__} has no field {head!r} (override {head}...); valid: {sorted(names)}"
-            )
-    for head, value in direct.items():
-        direct[head] = _coerce(value, getattr(cfg, head), f"{type(cfg).__name__}.{head}")
-    for head, sub in nested.items():
-        child = getattr(cfg, head)
-        if not dataclasses.is_dataclass(child):
-            raise ValueError(f"{type(cfg).__name__}.{head} is not a nested config; cannot set {sorted(sub)}")
-        direct[head] = apply_overrides(child, sub)
-    return dataclasses.replace(cfg, **direct) if direct else cfg
+    """A copy of the nested dataclass ``cfg`` with dotted fields replaced, values parsed by field
+    type (`dit_core.configio.apply_flat`); an unknown key raises ValueError naming the valid ones."""
+    return apply_flat(cfg, overrides)
 
 
 def build_config(trainer: Any, overrides: dict[str, Any]) -> Any:
-    """``trainer.TrainConfig()`` with the dotted overrides; uses the config's own ``replace`` (which
-    parses values by field type) when it has one."""
+    """``trainer.TrainConfig()`` with the dotted overrides (its own ``replace`` if it has one)."""
     cfg = trainer.TrainConfig()
     if callable(getattr(cfg, "replace", None)):
         return cfg.replace(**overrides)
     return apply_overrides(cfg, overrides)
-
-
-def _coerce(value: Any, current: Any, where: str) -> Any:
-    """YAML 1.1 reads ``3e-4`` as a string: convert strings/ints to the current field's number type."""
-    try:
-        if isinstance(current, bool) or current is None or value is None:
-            return value
-        if isinstance(current, float) and isinstance(value, (str, int)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(current, int) and isinstance(value, str):
-            return int(value)
-    except ValueError:
-        raise ValueError(f"{where}: cannot use {value!r} for a {type(current).__name__} field") from None
-    return value
 
 
 def check_trainer(module: str, tasks: list[CellTask]) -> None:

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from dit_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from dit_core.spec import train_flops_per_image
-from dit_core.train import train
+from dit_core.train import Trainer, train
 
 
 @pytest.fixture(autouse=True)
@@ -152,6 +152,67 @@ def test_options_bf16_gradclip_checkpointing_cosine_run(tmp_path):
     assert lrs[10] == pytest.approx(1e-4)
 
 
+def test_optimizer_lr_follows_the_closed_form_in_warmup_schedule_end_and_after_resume(tmp_path):
+    """The lr AdamW holds in its param groups after chosen steps, against the closed form, with
+    the lr rule across widths, scaled warmup and cosine: width 32 with inverse_width at base 64
+    -> peak 2e-3; 20 steps; warmup max(2, round(0.2 * 20)) = 4; cosine to 0.1 x peak."""
+    peak, total, warm, floor = 2e-3, 20, 4, 2e-4
+
+    def closed(s):
+        if s < warm:
+            return peak * (s + 1) / warm
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - 1 - warm)))
+
+    opts = {"optim.lr": 1e-3, "optim.lr_scaling": "inverse_width", "optim.lr_base_width": 64,
+            "optim.warmup_steps": 2, "optim.warmup_frac": 0.2, "optim.schedule": "cosine",
+            "optim.min_lr_ratio": 0.1, "checkpoint.every": 0}  # fmt: skip
+    tr = Trainer(tiny_config(tmp_path / "a", steps=total, **opts, **{"tracking.enabled": False}))
+    used = {}
+    for _ in range(total):
+        tr.train_step()
+        used[tr.step - 1] = [g["lr"] for g in tr.optimizer.param_groups]
+    for s in (0, 1, 3, 4, 11, 19):  # warmup, its last step, the peak, mid-cosine, the last step
+        assert used[s] == [pytest.approx(closed(s), rel=1e-12)], s
+    assert used[19] == [pytest.approx(floor)]
+
+    stopped = train(tiny_config(tmp_path / "b", steps=total, **opts), stop_at_step=7)
+    params = MlflowClient().get_run(stopped.run_id).data.params
+    assert float(params["optim.lr_effective"]) == pytest.approx(peak)
+    assert params["optim.warmup_steps_effective"] == str(warm)
+    resumed = Trainer(tiny_config(tmp_path / "b", steps=total, **opts))
+    assert resumed.step == 7
+    resumed.train_step()
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [pytest.approx(closed(7), rel=1e-12)]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_the_blocks_in_low_precision_and_resumes(tmp_path, precision):
+    """The trainer's own autocast (no Accelerate mixed precision): the attention projections compute
+    in the low precision, the model returns fp32, and fp16's loss scaler is checkpointed and
+    restored. fp16 runs on CPU here through an explicit accelerator (the CLI asks for CUDA)."""
+    from accelerate import Accelerator
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    cfg = tiny_config(tmp_path, steps=4, **{"precision": precision, "tracking.enabled": False,
+                                            "checkpoint.every": 0, "optim.grad_clip": 1.0})  # fmt: skip
+    tr = Trainer(cfg, accelerator=Accelerator(cpu=True))
+    seen = []
+    linear = next(m for m in tr.model.blocks[0].modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    assert (
+        tr.train_model(torch.randn(2, 1, 16, 16), torch.tensor([3, 9]), torch.tensor([0, 1])).dtype
+        == torch.float32
+    )
+    res = tr.run(stop_at_step=2)
+    assert seen and set(seen) == {dtype} and res.step == 2
+    ck = load_checkpoint(tmp_path)
+    assert ("scaler" in ck) == (precision == "fp16")
+    again = Trainer(cfg, accelerator=Accelerator(cpu=True))
+    if precision == "fp16":
+        assert again.scaler.state_dict() == ck["scaler"] and again.scaler.get_scale() == ck["scaler"]["scale"]
+    assert again.run().status == "finished"
+
+
 def test_progress_lines_when_not_a_terminal(tmp_path, caplog):
     caplog.set_level("INFO", logger="dit_core.train")
     train(tiny_config(tmp_path, steps=10, **{"tracking.enabled": False}), progress_bar=False)
@@ -272,21 +333,21 @@ def test_signal_hands_over_to_a_previous_handler_after_the_checkpoint(tmp_path, 
     import os
     import signal
 
-    from dit_core.train import _Trainer
+    from dit_core.train import Trainer
 
     calls = []
 
     def requeue(signum, frame):
         calls.append((signum, latest_checkpoint(tmp_path)))
 
-    real_step = _Trainer.train_step
+    real_step = Trainer.train_step
 
     def step_then_signal(self):
         real_step(self)
         if self.step == 3:
             os.kill(os.getpid(), signal.SIGUSR2)
 
-    monkeypatch.setattr(_Trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     old = signal.signal(signal.SIGUSR2, requeue)
     try:
         res = train(tiny_config(tmp_path, steps=50, **{"checkpoint.every": 0}))

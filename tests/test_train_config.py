@@ -11,13 +11,14 @@ from _train_helpers import tiny_config
 
 from dit_core.config import (
     BudgetConfig,
+    ConfigError,
     ModelConfig,
     OptimConfig,
     TrainConfig,
     load_yaml_config,
-    resolve_budget_steps,
 )
 from dit_core.ema import EMA
+from dit_core.spec import resolve_budget_steps
 from dit_core.tracking import format_param
 from dit_core.train import build_parser, config_from_args, main, resolve_config
 from dit_core.trainer.data_stream import DataStream
@@ -61,9 +62,9 @@ def test_model_resolution_names_and_shapes():
 def test_bad_values_name_the_field():
     with pytest.raises(ValueError, match=r"optim.schedule: 'linear' is unknown"):
         OptimConfig(schedule="linear")
-    with pytest.raises(ValueError, match=r"optim.lr: cannot read 'fast' as float"):
+    with pytest.raises(ConfigError, match=r"optim.lr: cannot use 'fast' as float"):
         TrainConfig().replace(**{"optim.lr": "fast"})
-    with pytest.raises(ValueError, match="has no field 'optimizer'"):
+    with pytest.raises(ConfigError, match="has no field 'optimizer'"):
         TrainConfig().replace(**{"optimizer.lr": 1.0})
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp8")
@@ -234,3 +235,123 @@ def test_progress_bar_and_eta(capsys):
     quiet = Progress(total=10, start=0, enabled=False)
     quiet.update(5, 0.5, 100.0, 12.5)
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------- one config mechanism
+def test_every_field_has_a_flag_in_help_and_flags_round_trip_the_defaults(capsys):
+    """Each leaf field of TrainConfig has ``--<dotted.key>`` in --help; giving every field its
+    default as a string (MLflow's format) through the real parser rebuilds the default config."""
+    from dit_core.configio import iter_fields
+
+    keys = [k for k, _, _ in iter_fields(TrainConfig)]
+    assert len(keys) > 80 and "optim.warmup_frac" in keys and "tracking.tags" in keys
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    missing = [k for k in keys if f"--{k} " not in out and f"--{k}," not in out and f"--{k}\n" not in out]
+    assert not missing
+    argv = [a for k, v in TrainConfig().to_flat_dict().items() for a in (f"--{k}", format_param(v))]
+    assert config_from_args(build_parser().parse_args(argv)) == TrainConfig()
+    # the aliases users know still set their fields
+    cfg = config_from_args(build_parser().parse_args(["--optim.lr", "2e-4", "--width", "64", "--compile"]))
+    assert (cfg.optim.lr, cfg.model.hidden_size, cfg.compile) == (2e-4, 64, True)
+
+
+def test_help_text_comes_from_the_docstrings_of_the_trainer_configs():
+    from dit_core.config import CheckpointConfig, EvalConfig, TrackingConfig
+    from dit_core.configio import field_help
+
+    for cls in (OptimConfig, BudgetConfig, EvalConfig, CheckpointConfig, TrackingConfig, TrainConfig):
+        docs = field_help(cls)
+        nested = {"model", "diffusion", "data", "optim", "budget", "eval", "checkpoint", "tracking"}
+        undocumented = [f for f in cls.__dataclass_fields__ if f not in docs and f not in nested]
+        assert not undocumented, (cls.__name__, undocumented)
+    assert field_help(OptimConfig)["beta2"].startswith("AdamW's moment decays")
+
+
+def test_unknown_keys_name_the_valid_ones_everywhere(tmp_path, capsys):
+    with pytest.raises(
+        ConfigError, match=r"optim.lrr: OptimConfig has no field 'lrr'; valid keys: optim.lr, "
+    ):
+        TrainConfig().replace(**{"optim.lrr": 1e-3})
+    with pytest.raises(ConfigError, match=r"valid keys: model.name, .* out, seed"):
+        TrainConfig.from_flat_dict({"optimizer.lr": "1"})
+    y = tmp_path / "c.yaml"
+    y.write_text("optim: {lrr: 1.0e-3}\n")
+    with pytest.raises(ConfigError, match=r"config file .*c.yaml: optim.lrr: .*valid keys: optim.lr"):
+        load_yaml_config(y)
+    assert main(["--set", "optim.lrr=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "optim.warmup_frac" in err
+    with pytest.raises(ConfigError, match="optim.warmup_frac: must be in"):
+        OptimConfig(warmup_frac=1.5)
+
+
+def test_precedence_defaults_yaml_set_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("optim: {lr: 1.0e-3, beta2: 0.9}\nseed: 4\nlog_every: 7\n")
+    args = build_parser().parse_args(
+        ["--config", str(y), "--set", "optim.lr=2e-3", "--set", "seed=5", "--lr", "3e-3"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.optim.lr, cfg.seed, cfg.optim.beta2, cfg.log_every, cfg.optim.eps) == (3e-3, 5, 0.9, 7, 1e-8)
+
+
+def test_the_custom_model_message_names_flags_and_keys_that_exist():
+    from dit_core.configio import iter_fields
+
+    with pytest.raises(ValueError) as e:
+        ModelConfig(name=None, depth=2)
+    words = str(e.value).replace(",", " ").split()
+    flags = [w for w in words if w.startswith("--")]
+    keys = [w.partition("=")[0] for w in words if "=" in w and "." in w.partition("=")[0]]
+    assert flags or keys
+    assert set(flags) <= {s for a in build_parser()._actions for s in a.option_strings}, flags
+    assert set(keys) <= {k for k, _, _ in iter_fields(TrainConfig)}, keys
+
+
+# ---------------------------------------------------------------------- lr protocol
+def test_warmup_scales_with_the_run_and_has_a_floor():
+    from dit_core.trainer.lr_schedule import warmup_steps
+
+    assert warmup_steps(OptimConfig(warmup_steps=3, warmup_frac=0.1), 100) == 10
+    assert warmup_steps(OptimConfig(warmup_steps=20, warmup_frac=0.1), 100) == 20  # the floor
+    assert warmup_steps(OptimConfig(warmup_frac=0.05), 1000) == 50
+    c = OptimConfig(lr=1.0, warmup_frac=0.1)  # 40 steps -> warmup 4
+    assert [lr_at(s, 40, c) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_cosine_and_cooldown_end_at_the_floor_for_any_run_length():
+    for total in (7, 50, 333):
+        cos = OptimConfig(lr=1.0, schedule="cosine", min_lr_ratio=0.1, warmup_frac=0.1)
+        wsd = OptimConfig(lr=1.0, schedule="constant_cooldown", min_lr_ratio=0.1, cooldown_frac=0.2)
+        for c in (cos, wsd):
+            assert lr_at(total - 1, total, c) == pytest.approx(0.1)
+            assert lr_at(total - 2, total, c) > 0.1 + 1e-9
+
+
+def test_lr_rule_across_widths():
+    from dit_core.trainer.lr_schedule import peak_lr
+
+    inv = OptimConfig(lr=1e-3, lr_scaling="inverse_width", lr_base_width=128)
+    assert [peak_lr(inv, w) for w in (64, 128, 512)] == pytest.approx([2e-3, 1e-3, 2.5e-4])
+    assert peak_lr(OptimConfig(lr=1e-3), 64) == 1e-3  # "none"
+    with pytest.raises(ConfigError, match="optim.lr_scaling: 'muP' is unknown"):
+        OptimConfig(lr_scaling="muP")
+    half = OptimConfig(lr=1.0, warmup_steps=2)
+    assert lr_at(0, 10, half, peak=0.5) == 0.25 and lr_at(5, 10, half, peak=0.5) == 0.5
+
+
+def test_check_resumable_is_the_one_rule():
+    from dit_core.trainer.resume import check_resumable, config_changes
+
+    saved = TrainConfig().to_flat_dict()
+    as_params = {k: format_param(v) for k, v in saved.items()}
+    check_resumable(as_params, saved)  # MLflow strings compare equal to values
+    check_resumable(
+        saved, TrainConfig().replace(**{"budget.max_steps": 9, "eval.val_every": 3}).to_flat_dict()
+    )
+    new = TrainConfig().replace(**{"optim.lr": 3e-4, "seed": 1}).to_flat_dict()
+    assert config_changes(saved, new) == ["optim.lr: '0.0001' -> '0.0003'", "seed: '0' -> '1'"]
+    with pytest.raises(ConfigError, match=r"different config \(optim.lr: '0.0001' -> '0.0003'; seed"):
+        check_resumable(saved, new)

@@ -1,4 +1,9 @@
-"""Learning-rate schedules as a pure function of the step (so resuming needs only the step)."""
+"""Learning-rate schedules as a pure function of the step (so resuming needs only the step).
+
+The peak lr follows the rule across model sizes (`peak_lr`), the warmup scales with the run
+(`warmup_steps`), and "cosine" and "constant_cooldown" end exactly at the run's last step, so a
+run of any length ends at ``min_lr_ratio`` x its peak.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,47 @@ import math
 
 from ..config import OptimConfig
 
-__all__ = ["lr_at"]
+__all__ = ["lr_at", "peak_lr", "warmup_steps"]
 
 
-def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
+def peak_lr(cfg: OptimConfig, hidden_size: int) -> float:
+    """The peak lr of a model of width ``hidden_size``: ``lr`` ("none") or
+    ``lr * lr_base_width / hidden_size`` ("inverse_width")."""
+    if cfg.lr_scaling == "inverse_width":
+        return cfg.lr * cfg.lr_base_width / hidden_size
+    return cfg.lr
 
-    Linear warmup: ``lr * (step + 1) / warmup_steps`` for ``step < warmup_steps``; then
-    "constant": ``lr``; "cosine": from ``lr`` down to ``min_lr_ratio * lr`` at the last step;
-    "constant_cooldown": ``lr`` until the last ``ceil(cooldown_frac * total_steps)`` steps, then
-    linear down to ``min_lr_ratio * lr`` at the last step.
+
+def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
+    """``max(warmup_steps, round(warmup_frac * total_steps))``."""
+    return max(cfg.warmup_steps, round(cfg.warmup_frac * total_steps))
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig, peak: float | None = None) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``; ``peak`` defaults
+    to ``cfg.lr``.
+
+    Linear warmup ``peak * (step + 1) / W`` for ``step < W`` (W = `warmup_steps`); then
+    "constant": ``peak``; "cosine": from ``peak`` down to ``min_lr_ratio * peak`` at the last step;
+    "constant_cooldown": ``peak`` until the last ``ceil(cooldown_frac * total_steps)`` steps, then
+    linear down to ``min_lr_ratio * peak`` at the last step.
     """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    floor = cfg.min_lr_ratio * cfg.lr
+    lr = cfg.lr if peak is None else peak
+    warm = warmup_steps(cfg, total_steps)
+    if step < warm:
+        return lr * (step + 1) / warm
+    floor = cfg.min_lr_ratio * lr
     if cfg.schedule == "constant":
-        return cfg.lr
+        return lr
     if cfg.schedule == "cosine":
-        span = max(total_steps - 1 - cfg.warmup_steps, 1)
-        progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-        return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        span = max(total_steps - 1 - warm, 1)
+        progress = min(max(step - warm, 0) / span, 1.0)
+        return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.schedule == "constant_cooldown":
         cooldown = math.ceil(cfg.cooldown_frac * total_steps)
         start = total_steps - cooldown
         if cooldown == 0 or step < start:
-            return cfg.lr
+            return lr
         progress = min((step - start + 1) / cooldown, 1.0)
-        return cfg.lr + (floor - cfg.lr) * progress
-    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+        return lr + (floor - lr) * progress
+    raise ValueError(f"optim.schedule: {cfg.schedule!r} is unknown")

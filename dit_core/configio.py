@@ -1,0 +1,288 @@
+"""Reading nested config dataclasses from strings: one parser for YAML files, dotted overrides,
+MLflow params and CLI flags.
+
+Precedence (`dit_core.trainer.cli`): defaults <- YAML (``--config``) <- dotted overrides (``--set``)
+<- flags. Every value is parsed by its field's annotated type (`parse_value`), so ``"3e-4"`` from
+YAML 1.1 or MLflow and ``"1e3"`` for an int both work; a key that names no field raises
+`ConfigError` listing the valid keys. Field help for ``--help`` comes from the dataclass
+docstrings (``name: text`` lines), the only place it is written.
+
+Plain dataclasses are enough for this (no OmegaConf/tyro): see docs/training.md, "Configuration".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "add_field_flags",
+    "apply_flat",
+    "check_keys",
+    "coerce_fields",
+    "field_help",
+    "flags_to_flat",
+    "flatten",
+    "iter_fields",
+    "parse_scalar",
+    "parse_value",
+    "require",
+    "yaml_to_flat",
+]
+
+_NONE = ("none", "null", "")
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message reads ``"<dotted.field>: what is wrong; how to fix"``."""
+
+
+def require(ok: bool, where: str, msg: str) -> None:
+    """The one validation style: ``raise ConfigError(f"{where}: {msg}")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{where}: {msg}")
+
+
+# ---------------------------------------------------------------------- values
+def parse_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` (maybe a string from YAML, MLflow or the CLI) as type ``hint``; ConfigError if it
+    cannot be. Handles bool, int (``"1e3"`` -> 1000), float, str, ``X | None``, tuple/list
+    (JSON or comma-separated) and ``dict[str, str]`` (JSON)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
+        ):
+            return None
+        options = [a for a in args if a is not type(None)]
+        return parse_value(value, options[0], where) if len(options) == 1 else value
+    if value is None or dataclasses.is_dataclass(hint) or hint is Any:
+        return value
+    try:
+        return _parse(value, hint, origin, args, where)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        name = getattr(hint, "__name__", None) or str(hint)
+        raise ConfigError(f"{where}: cannot use {value!r} as {name}; give a {name} value") from None
+
+
+def _parse(value: Any, hint: Any, origin: Any, args: tuple, where: str) -> Any:
+    text = value.strip() if isinstance(value, str) else None
+    if hint is bool:
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        return {"true": True, "1": True, "yes": True, "on": True,
+                "false": False, "0": False, "no": False, "off": False}[text.lower()]  # fmt: skip
+    if hint is int:
+        if isinstance(value, str):
+            value = float(text) if any(c in text for c in ".eE") else int(text)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if hint is str:
+        return value if isinstance(value, str) else str(value)
+    if origin in (tuple, list):
+        if text is not None:
+            value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+        inner = args[0] if args else Any
+        items = [parse_value(v.strip() if isinstance(v, str) else v, inner, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if text is not None:
+            value = json.loads(text) if text else {}
+        return {str(k): str(v) for k, v in dict(value).items()}
+    return value
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value with no known field type: YAML's reading (bool, None, int, str),
+    with numbers like ``3e-4`` (a string to YAML 1.1) read as floats."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+# ---------------------------------------------------------------------- nested <-> dotted
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def iter_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted_key, type, default)`` of every leaf field of dataclass ``cls``, in order."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from iter_fields(hint, f"{prefix}{f.name}.")
+        else:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            yield prefix + f.name, hint, default
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 1e-4, ...}``: every leaf field of dataclass ``obj``; tuples become lists."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def check_keys(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """``data`` if it is a mapping whose keys are all fields of ``cls``; else ConfigError naming
+    the unknown keys and the valid ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
+    return data
+
+
+def apply_flat(
+    cfg: Any, flat: dict[str, Any], *, strict: bool = True, skip=frozenset(), _at: str = ""
+) -> Any:
+    """A copy of nested dataclass ``cfg`` with dotted keys replaced, each value parsed by its
+    field's type, the result validated by the dataclasses' ``__post_init__``.
+
+    Keys in ``skip`` are ignored; other unknown keys raise ConfigError naming the valid ones
+    (or are ignored with ``strict=False``).
+    """
+    names = {f.name: f for f in dataclasses.fields(cfg) if f.init}
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if _at + key in skip:
+            continue
+        head, dot, rest = key.partition(".")
+        if head not in names:
+            if not strict:
+                continue
+            valid = ", ".join(k for k, _, _ in iter_fields(type(cfg), _at))
+            raise ConfigError(f"{_at + key}: {type(cfg).__name__} has no field {head!r}; valid keys: {valid}")
+        if dot:
+            if not dataclasses.is_dataclass(getattr(cfg, head)):
+                if not strict:
+                    continue
+                raise ConfigError(
+                    f"{_at + key}: {_at + head} is not a nested config; set {_at + head} itself"
+                )
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = parse_value(value, _hints(type(cfg))[head], _at + head)
+    for head, sub in nested.items():
+        direct[head] = apply_flat(getattr(cfg, head), sub, strict=strict, skip=skip, _at=f"{_at}{head}.")
+    return dataclasses.replace(cfg, **direct) if direct else cfg
+
+
+def coerce_fields(obj: Any) -> None:
+    """Parse the leaf fields of dataclass ``obj`` in place by their types (for ``__post_init__``,
+    so ``OptimConfig(lr="3e-4")`` holds a float)."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not dataclasses.is_dataclass(value):
+            setattr(obj, f.name, parse_value(value, hints[f.name], f"{type(obj).__name__}.{f.name}"))
+
+
+def yaml_to_flat(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """Dotted keys from a parsed YAML mapping that may nest sections (``optim: {lr: 3e-4}``) or
+    use dotted keys (``optim.lr: 3e-4``); a mapping for a non-dataclass field (a dict) stays whole."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must hold a mapping of fields, got {type(data).__name__}")
+    hints, flat = _hints(cls), {}
+    for key, value in data.items():
+        hint = hints.get(key)
+        if isinstance(value, dict) and hint is not None and dataclasses.is_dataclass(hint):
+            flat.update({f"{key}.{k}": v for k, v in yaml_to_flat(hint, value, where).items()})
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+# ---------------------------------------------------------------------- help and CLI flags
+def field_help(cls: type) -> dict[str, str]:
+    """``{field: text}`` from ``field(metadata={"help": ...})`` or from the class docstring's
+    ``name: text`` lines (``a / b: text`` documents both; indented lines continue the text)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    current: list[str] = []
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
+        m = re.match(r"^([\w`]+(?:\s*[/,]\s*[\w`]+)*): (.*)$", line)
+        keys = [k.strip("` ") for k in re.split(r"[/,]", m.group(1))] if m else []
+        if keys and all(k in names for k in keys):
+            current = keys
+            for k in keys:
+                out[k] = m.group(2).strip().replace("``", "")
+        elif current and line.startswith((" ", "\t")) and line.strip():
+            for k in current:
+                out[k] += " " + line.strip().replace("``", "")
+        else:
+            current = []
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            out[f.name] = f.metadata["help"]
+    return out
+
+
+def add_field_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str]) -> None:
+    """One ``--<dotted.key>`` flag per leaf field of ``cls`` (plus the short names in ``aliases``,
+    ``{"--lr": "optim.lr"}``), one argument group per section. Values stay strings until
+    `flags_to_flat` + `apply_flat` parse them; a bool flag alone means true."""
+    extra: dict[str, list[str]] = {}
+    for flag, key in aliases.items():
+        extra.setdefault(key, []).append(flag)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    docs: dict[str, dict[str, str]] = {}
+    for key, hint, default in iter_fields(cls):
+        section, _, name = key.rpartition(".")
+        if section not in groups:
+            sub = cls
+            for part in filter(None, section.split(".")):
+                sub = _hints(sub)[part]
+            title = f"{section}. ({sub.__name__})" if section else f"top level ({cls.__name__})"
+            groups[section] = parser.add_argument_group(title)
+            docs[section] = field_help(sub)
+        text = docs[section].get(name, "")
+        shown = default if not isinstance(default, tuple) else ",".join(map(str, default))
+        kwargs: dict[str, Any] = {"nargs": "?", "const": "true"} if hint is bool else {}
+        groups[section].add_argument(
+            *dict.fromkeys([*extra.get(key, []), f"--{key}"]), dest=key, default=argparse.SUPPRESS,
+            metavar=name.upper(), help=f"{text} (default: {shown})".replace("%", "%%").strip(), **kwargs,
+        )  # fmt: skip
+
+
+def flags_to_flat(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The dotted fields that flags from `add_field_flags` set (unset flags are absent)."""
+    keys = {k for k, _, _ in iter_fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in keys}

@@ -1,0 +1,168 @@
+"""``python -m dit_core.train`` (also ``ditscale-train``): a thin CLI over `Trainer`.
+
+Every `TrainConfig` field is a flag by its dotted name (``--optim.lr``), with the help text of its
+dataclass docstring and its real default; `ALIASES` gives the short names of the common ones.
+Precedence: defaults <- ``--config FILE.yaml`` <- ``--set KEY=VALUE`` <- flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import os
+import sys
+
+import torch
+
+from ..config import TrainConfig, load_yaml_config
+from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat
+
+log = logging.getLogger("dit_core.train")
+
+__all__ = ["ALIASES", "EXIT_PREEMPTED", "build_parser", "config_from_args", "main"]
+
+#: Exit code of the CLI when a signal stopped the run after a checkpoint (128 + SIGTERM).
+EXIT_PREEMPTED = 143
+
+#: Short flags for common fields (flag -> dotted field); every field also has ``--<dotted.name>``.
+ALIASES = {
+    "--model": "model.name", "--depth": "model.depth", "--hidden-size": "model.hidden_size",
+    "--width": "model.hidden_size", "--num-heads": "model.num_heads", "--heads": "model.num_heads",
+    "--patch-size": "model.patch_size", "--pos-embed": "model.pos_embed", "--block-type": "model.block_type",
+    "--objective": "diffusion.objective", "--noise-schedule": "diffusion.schedule",
+    "--data": "data.name", "--data-root": "data.root", "--image-size": "data.image_size",
+    "--max-steps": "budget.max_steps", "--train-flops": "budget.train_flops",
+    "--global-batch-size": "budget.global_batch_size", "--batch-size": "budget.global_batch_size",
+    "--lr": "optim.lr", "--lr-scaling": "optim.lr_scaling", "--lr-base-width": "optim.lr_base_width",
+    "--weight-decay": "optim.weight_decay", "--warmup-steps": "optim.warmup_steps",
+    "--warmup-frac": "optim.warmup_frac", "--schedule": "optim.schedule",
+    "--cooldown-frac": "optim.cooldown_frac", "--min-lr-ratio": "optim.min_lr_ratio",
+    "--grad-clip": "optim.grad_clip", "--ema-decay": "optim.ema_decay",
+    "--val-every": "eval.val_every", "--val-examples": "eval.val_examples", "--eval-every": "eval.eval_every",
+    "--num-samples": "eval.num_samples", "--sampler": "eval.sampler", "--sample-steps": "eval.steps",
+    "--cfg-scale": "eval.cfg_scale", "--reference": "eval.reference",
+    "--ckpt-every": "checkpoint.every", "--keep-last": "checkpoint.keep_last",
+    "--tracking-uri": "tracking.uri", "--experiment": "tracking.experiment",
+    "--run-name": "tracking.run_name", "--run-id": "tracking.run_id", "--sweep": "tracking.sweep",
+    "--grid-cell": "tracking.grid_cell",
+    "--grad-checkpointing": "grad_checkpointing", "--num-workers": "num_workers", "--log-every": "log_every",
+}  # fmt: skip
+
+#: Flags that switch a bool field off.
+NEGATIONS = {"--no-flip": "data.random_flip", "--no-mlflow": "tracking.enabled"}
+
+_EPILOG = """\
+examples:
+  # 200 steps of DiT-S/2 on 16 px digits, validation every 50 steps, logged to ./mlflow.db
+  python -m dit_core.train --model DiT-S/2 --data digits --image-size 16 --max-steps 200 --val-every 50
+
+  # a compute budget instead of steps (steps = floor(FLOPs / (train FLOPs per image * batch)))
+  python -m dit_core.train --model DiT-B/4 --train-flops 1e14 --global-batch-size 64 --out runs/b4
+
+  # a tiny custom model, cosine schedule with warmup, any other field with --set
+  python -m dit_core.train --model none --depth 2 --width 32 --heads 2 --patch-size 2 \\
+      --schedule cosine --warmup-steps 20 --max-steps 500 --set optim.beta2=0.95
+
+  # two CPU processes (gloo)
+  accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
+      --dynamo_backend no -m dit_core.train --max-steps 100 --global-batch-size 32
+
+resume and signals:
+  Running again with the same --out continues from its latest checkpoint and the same MLflow run
+  (--resume auto, the default). SIGTERM, SIGUSR1 or SIGUSR2 write a checkpoint at the next step and
+  exit with code 143; the MLflow run is tagged status=preempted. Exit codes: 0 finished,
+  1 training error (e.g. non-finite loss), 2 bad arguments or config, 143 preempted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dit_core.train",
+        description="Train one DiT (the job every sweep cell runs); logs to MLflow, checkpoints to --out. "
+        "Precedence: defaults <- --config <- --set <- flags.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run = p.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE.yaml", help="YAML file of fields, nested or dotted")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="any field by its dotted name, e.g. --set optim.beta2=0.95")  # fmt: skip
+    run.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag")
+    run.add_argument(
+        "--resume", default="auto", help="auto (continue --out if it has a checkpoint) | never | PATH"
+    )
+    run.add_argument("--print-config", action="store_true", help="print the config as dotted fields and exit")
+    for flag, key in NEGATIONS.items():
+        run.add_argument(flag, dest=key, action="store_const", const="false", default=argparse.SUPPRESS,
+                         help=f"set {key} to false")  # fmt: skip
+    add_field_flags(p, TrainConfig, ALIASES)
+    return p
+
+
+def _key_value(item: str, what: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{what}: {item!r} is not KEY=VALUE; write e.g. {what} optim.lr=3e-4")
+    return key.strip(), value
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """defaults <- ``--config`` YAML <- ``--set`` <- flags (``--tag`` adds to ``tracking.tags``)."""
+    cfg = load_yaml_config(args.config) if args.config else TrainConfig()
+    cfg = apply_flat(cfg, dict(_key_value(item, "--set") for item in args.set))
+    cfg = apply_flat(cfg, flags_to_flat(args, TrainConfig))
+    if args.tag:
+        tags = dict(cfg.tracking.tags) | dict(_key_value(t, "--tag") for t in args.tag)
+        cfg = apply_flat(cfg, {"tracking.tags": tags})
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 143 preempted)."""
+    from accelerate import PartialState
+
+    from .loop import Trainer
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        flags = {s for a in parser._actions for s in a.option_strings}
+        close = [m for e in extra for m in difflib.get_close_matches(e.split("=")[0], flags, n=2)]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint} (--help lists every field)")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        for k, v in cfg.to_flat_dict().items():
+            print(f"{k} = {v!r}")
+        return 0
+    code = 0
+    try:
+        state = PartialState(cpu=not torch.cuda.is_available())
+        if not state.is_main_process:
+            logging.getLogger().setLevel(logging.WARNING)
+        result = Trainer(cfg, resume=args.resume).run()
+        code = EXIT_PREEMPTED if result.status == "preempted" else 0
+    except ValueError as e:
+        log.error("%s", e)
+        code = 2
+    except FloatingPointError as e:
+        log.error("%s", e)
+        code = 1
+    state = PartialState()
+    if state.num_processes > 1:
+        # torch + gloo can abort at interpreter exit (notes/dependencies.md section 5): leave directly
+        if code == 0:
+            state.wait_for_everyone()
+        state.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -1,0 +1,69 @@
+"""Sample-based evaluation during training: metrics of the EMA model and a PNG grid of samples.
+
+`evaluate_samples` calls `dit_core.evaluate.evaluate_model` with the run's settings (``eval.*``);
+`sample_grid` draws a few labelled samples for a look at progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..models import DiTConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate_samples", "guidance_scale", "sample_grid"]
+
+
+def guidance_scale(cfg: TrainConfig) -> float:
+    """``eval.cfg_scale``, or 1 (no guidance) for a model trained without label dropout."""
+    return cfg.eval.cfg_scale if cfg.model.class_dropout_prob > 0 else 1.0
+
+
+def evaluate_samples(
+    model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, accelerator
+) -> dict[str, float]:
+    """Metrics of ``model``'s samples against ``eval.reference`` (None = digits for digits data);
+    ``{}`` with a warning when there is no reference or the data are latents."""
+    e, data = cfg.eval, cfg.data
+    reference = e.reference or ("digits" if data.name == "digits" else None)
+    if data.name == "latents":
+        log.warning("eval: latent runs are scored from checkpoints with a VAE (dit_core.evaluate); skipped")
+        return {}
+    if reference is None:
+        log.warning("eval: no eval.reference set for %s data; sample metrics skipped", data.name)
+        return {}
+    from ..evaluate import evaluate_model
+    from ..evaluate.metrics import DIGITS_METRICS
+
+    names = e.metrics or (DIGITS_METRICS if reference.startswith("digits") else ("fid",))
+    return evaluate_model(
+        model, diffusion, num_samples=e.num_samples, batch_size=e.batch_size, sampler=e.sampler,
+        steps=e.steps, cfg_scale=guidance_scale(cfg), seed=cfg.seed, num_classes=dit.num_classes,
+        image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=tuple(names),
+        accelerator=accelerator if accelerator.num_processes > 1 else None,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def sample_grid(model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, n: int, device) -> np.ndarray:
+    """A uint8 ``(H, W, 3)`` grid of ``n`` samples, labels cycling through the classes."""
+    from torchvision.utils import make_grid
+
+    from ..diffusion import sample
+
+    e = cfg.eval
+    c, s = dit.in_channels, dit.input_size
+    y = torch.arange(n, device=device) % dit.num_classes
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    imgs = sample(model, diffusion, (n, c, s, s), y, sampler=e.sampler, steps=e.steps,
+                  cfg_scale=guidance_scale(cfg), generator=g)  # fmt: skip
+    grid = make_grid(imgs.float().clamp(-1, 1).cpu(), nrow=int(math.ceil(math.sqrt(n))), padding=1)
+    grid = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return grid[..., :1].repeat(3, axis=2) if c == 1 else grid[..., :3]

@@ -1,0 +1,440 @@
+"""`Trainer`: one run from start to finish, ``Trainer(cfg).run() -> TrainResult``.
+
+Construction resolves the config, builds the model, EMA, AdamW, diffusion and data stream and
+loads the checkpoint to resume from; `Trainer.run` owns the lifecycle (run folder, MLflow run,
+signals, the loop, the final checkpoint, the MLflow status). Tests may build a `Trainer` and call
+`Trainer.train_step` themselves to look at ``trainer.optimizer`` after any step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import TrainConfig
+from ..configio import ConfigError
+from ..data import build_dataset
+from ..diffusion import create_diffusion
+from ..ema import EMA
+from ..models import DiT
+from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
+from .data_stream import DataStream
+from .evaluation import evaluate_samples, sample_grid
+from .lr_schedule import lr_at, peak_lr, warmup_steps
+from .progress import Progress
+from .resolve import resolve_config
+from .resume import check_resumable, find_checkpoint
+from .rng import StepRandom, get_rng_state, set_rng_state
+from .signals import PreemptionGuard
+from .validation import Validator
+
+log = logging.getLogger("dit_core.train")
+
+__all__ = ["SIGNAL_SYNC_EVERY", "TrainResult", "Trainer", "make_accelerator"]
+
+#: With several processes, steps between the all-reduces that agree on a received signal.
+SIGNAL_SYNC_EVERY = 10
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with. status: "finished" or "preempted" (a checkpoint was written and the
+    run can be resumed); failures raise instead."""
+
+    status: str
+    step: int
+    total_steps: int
+    out: str
+    run_id: str | None
+    checkpoint: str | None
+    images_seen: int
+    train_flops: float
+    train_loss: float | None = None
+    val_loss: float | None = None
+    eval: dict[str, float] = field(default_factory=dict)
+    signal: str | None = None
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An `accelerate.Accelerator` for this machine. Its mixed precision is always "no": the
+    trainer applies ``cfg.precision`` itself, so runs of any precision can follow each other in
+    one process (Accelerate keeps one process-wide state)."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    if cfg.precision == "fp16" and not cuda:
+        raise ConfigError("precision: fp16 needs a CUDA GPU; use --precision bf16 (or no) on CPU")
+    return Accelerator(cpu=not cuda, mixed_precision="no")
+
+
+def _autocast_forward(model: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
+    """Run ``model``'s forward under autocast and return fp32 outputs (the loss stays in fp32)."""
+    forward = model.forward
+
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=dtype):
+            return forward(*args, **kwargs).float()
+
+    model.forward = autocast_forward
+
+
+class Trainer:
+    """State of one run. ``resume``: "auto" | "never" | PATH (`dit_core.trainer.resume`);
+    ``train_set``: a dataset to use instead of ``build_dataset(cfg.data, "train")``;
+    ``accelerator``: None = `make_accelerator`."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: str = "auto", accelerator=None, train_set=None):
+        if not isinstance(cfg, TrainConfig):
+            raise ConfigError(f"config: train() takes a TrainConfig, got {type(cfg).__name__}")
+        self.acc = acc = accelerator or make_accelerator(cfg)
+        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.device = acc.device
+        self.out = Path(cfg.out)
+        self.train_set = train_set if train_set is not None else build_dataset(cfg.data, "train")
+        self.cfg = cfg = resolve_config(cfg, self.train_set)
+        self.flat = cfg.to_flat_dict()
+        self.total = int(cfg.budget.max_steps)
+        self.dit_cfg = cfg.model.to_dit_config(grad_checkpointing=cfg.grad_checkpointing)
+        self.fpi = train_flops_per_image(self.dit_cfg)
+        self.batch = cfg.budget.global_batch_size
+        o = cfg.optim
+        self.peak_lr = peak_lr(o, self.dit_cfg.hidden_size)
+        self.warmup = warmup_steps(o, self.total)
+
+        self.resume = resume
+        self.ckpt_path = find_checkpoint(self.out, resume)
+        ckpt = load_checkpoint(self.ckpt_path) if self.ckpt_path else None
+        if ckpt is not None:
+            saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}  # fields added since: defaults
+            check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}")
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model = DiT.from_config(self.dit_cfg).to(self.device)
+        self.ema = EMA(self.model, o.ema_decay)
+        # fused AdamW (CUDA, and CPU since torch 2.4): 3-6x faster than foreach on CPU
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.peak_lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay, fused=True,
+        )  # fmt: skip
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.diffusion = create_diffusion(cfg.diffusion)
+        self.stream = DataStream(
+            self.train_set, self.batch, seed=cfg.seed, rank=self.rank, world_size=self.world,
+            num_workers=cfg.num_workers,
+        )  # fmt: skip
+        self.random = StepRandom(cfg.seed, self.device, cfg.model.class_dropout_prob, self.rank, self.world)
+        self.step, self.images_seen = 0, 0
+        self.pending: list[torch.Tensor] = []  # per-step losses since the last log
+        self.last_loss: float | None = None
+        self.last_val: float | None = None
+        self.last_eval: dict[str, float] = {}
+        self.run_id: str | None = None
+        if ckpt is not None:
+            self._load(ckpt)
+
+        if self.amp_dtype is not None:
+            _autocast_forward(self.model, self.device.type, self.amp_dtype)
+        self.train_model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.validator = Validator(cfg, self.diffusion, acc, self.autocast)
+        self.tracker = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to ``cfg.precision`` (a no-op for "no")."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _load(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.stream.load_state_dict(ckpt["data_position"])
+        set_rng_state(ckpt["rng"])
+        if self.scaler is not None and "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        self.images_seen = int(ckpt["ledger"]["images_seen"])
+        loop = ckpt.get("loop", {})
+        self.pending = [torch.tensor(v, dtype=torch.float32) for v in loop.get("pending_losses", [])]
+        self.last_loss, self.last_val = loop.get("last_loss"), loop.get("last_val")
+        self.run_id = ckpt.get("mlflow_run_id") or None
+        log.info("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self, stop_at_step: int | None = None, progress_bar: bool | None = None) -> TrainResult:
+        """Train to the budget, a preemption signal or ``stop_at_step`` (which behaves like a
+        signal); end with a checkpoint and the MLflow status. Raises on failure (run FAILED)."""
+        cfg = self.cfg
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+        self.start_tracking()
+        log.info(
+            "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images on "
+            "%d process(es), from step %d", cfg.model.name or "custom DiT", f"{param_count(self.dit_cfg):,}",
+            self.fpi, self.peak_lr, self.total, self.batch, self.world, self.step,
+        )  # fmt: skip
+        progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
+        try:
+            with PreemptionGuard() as guard:
+                if cfg.eval.val_every and self.step == 0:
+                    self.validate()
+                status = self.run_loop(guard, progress, stop_at_step)
+                ckpt_path = self.save()
+                signum = guard.received if status == "preempted" else None
+                handler = guard.previous_handler(signum) if signum is not None else None
+        except BaseException as err:
+            if self.tracker:
+                self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+                self.tracker.finish("failed")
+            raise
+        finally:
+            progress.close()
+        if self.tracker:
+            self.tracker.finish(status)
+        signame = signal.Signals(signum).name if signum is not None else None
+        if status == "preempted":
+            log.warning("stopped at step %d/%d (%s); checkpoint %s; resume with the same --out",
+                        self.step, self.total, signame or "stop_at_step", ckpt_path)  # fmt: skip
+            if handler is not None:
+                log.info("handing %s on to the previously installed handler", signame)
+                handler(signum, None)
+        else:
+            log.info("finished %d steps; train/loss %s, checkpoint %s", self.step, self.last_loss, ckpt_path)
+        return TrainResult(
+            status=status, step=self.step, total_steps=self.total, out=str(self.out), run_id=self.run_id,
+            checkpoint=str(ckpt_path) if ckpt_path else None, images_seen=self.images_seen,
+            train_flops=self.fpi * self.images_seen, train_loss=self.last_loss, val_loss=self.last_val,
+            eval=self.last_eval, signal=signame,
+        )  # fmt: skip
+
+    def run_loop(self, guard: PreemptionGuard, progress: Progress, stop_at_step: int | None = None) -> str:
+        """Step until the budget (-> "finished"), a signal or ``stop_at_step`` (-> "preempted"), with
+        logging, validation, evaluation and periodic checkpoints at their intervals."""
+        cfg, e = self.cfg, self.cfg.eval
+        train_time, interval_images = 0.0, 0
+        while self.step < self.total:
+            if self.preempt_requested(guard) or (stop_at_step is not None and self.step >= stop_at_step):
+                return "preempted"
+            t0 = time.perf_counter()
+            self.train_step()
+            train_time += time.perf_counter() - t0
+            interval_images += self.batch
+            s, last = self.step, self.step == self.total
+            if s % cfg.log_every == 0 or last:
+                self.log_interval(train_time, interval_images, progress)
+                train_time, interval_images = 0.0, 0
+            if e.val_every and (s % e.val_every == 0 or last):
+                self.validate()
+            if e.eval_every and (s % e.eval_every == 0 or last):
+                self.evaluate()
+            if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and not last:
+                self.save()
+        return "finished"
+
+    def preempt_requested(self, guard: PreemptionGuard) -> bool:
+        """Whether a signal arrived (on any rank). With several processes the ranks agree through
+        an all-reduce, done every `SIGNAL_SYNC_EVERY` steps to avoid a device sync per step."""
+        flag = guard.received is not None
+        if self.world > 1:
+            if self.step % SIGNAL_SYNC_EVERY:
+                return False
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            flag = bool(self.acc.reduce(t, reduction="sum").item() > 0)
+        return flag
+
+    # ------------------------------------------------------------------ one step
+    def lr(self, step: int) -> float:
+        """The lr of optimizer step ``step`` (0-based), `dit_core.trainer.lr_schedule.lr_at`."""
+        return lr_at(step, self.total, self.cfg.optim, self.peak_lr)
+
+    def train_step(self) -> None:
+        """One optimizer step on the next global batch, at lr ``self.lr(self.step)``."""
+        x, y = self.stream.next_batch()
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        u, noise, drop = self.random.draw(self.step, x)
+        t = self.diffusion.timesteps_from_uniform(u).to(self.device)
+        lr = self.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        kwargs = {"y": y} if drop is None else {"y": y, "force_drop_ids": drop}
+        loss = self.diffusion.training_losses(self.train_model, x, t, kwargs, noise=noise)["loss"].mean()
+        self.acc.backward(self.scaler.scale(loss) if self.scaler else loss)
+        if self.cfg.optim.grad_clip > 0:
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update()
+        self.pending.append(loss.detach())
+        self.step += 1
+        self.images_seen += self.batch
+
+    # ------------------------------------------------------------------ tracking and logs
+    def start_tracking(self) -> None:
+        """Start or continue the MLflow run (main process) and log the config and derived params."""
+        t = self.cfg.tracking
+        if not (self.main and t.enabled):
+            return
+        from ..tracking import RunTracker, executor_tags, git_commit
+
+        tags = dict(t.tags)
+        tags.update({k: v for k, v in (("sweep", t.sweep), ("grid_cell", t.grid_cell)) if v})
+        if t.parent_run_id:
+            tags["mlflow.parentRunId"] = t.parent_run_id
+        tags.update(executor_tags())
+        self.tracker = RunTracker.start(
+            uri=t.uri, experiment=t.experiment, run_id=self.run_id or t.run_id, run_name=t.run_name,
+            tags=tags, out_dir=self.out, reuse_saved_id=self.resume != "never",
+        )  # fmt: skip
+        self.run_id = self.tracker.run_id
+        derived = {
+            "model.params": param_count(self.dit_cfg),
+            "model.params_non_embedding": non_embedding_param_count(self.dit_cfg),
+            "model.forward_gflops": forward_gflops(self.dit_cfg),
+            "model.train_flops_per_image": self.fpi,
+            "optim.lr_effective": self.peak_lr,
+            "optim.warmup_steps_effective": self.warmup,
+            "data.train_size": len(self.train_set),
+            "world_size": self.world,
+        }
+        commit = git_commit()
+        if commit:
+            derived["git.commit"] = commit
+        self.tracker.log_params({**self.flat, **derived})
+        self.tracker.log_dict(dataclasses.asdict(self.cfg), "config.json")
+
+    def ledger(self) -> dict[str, Any]:
+        return {
+            "images_seen": self.images_seen,
+            "train_flops": self.fpi * self.images_seen,
+            "train_flops_per_image": self.fpi,
+            "steps": self.step,
+        }
+
+    def reduced_pending(self) -> torch.Tensor:
+        """Per-step losses since the last log, averaged over ranks ``(K,)`` (a collective)."""
+        if not self.pending:
+            return torch.empty(0)
+        vec = torch.stack(self.pending).float()
+        if self.world > 1:
+            vec = self.acc.reduce(vec.to(self.device), reduction="mean").cpu()
+        return vec
+
+    def check_finite(self, vec: torch.Tensor) -> None:
+        bad = (~torch.isfinite(vec)).nonzero()
+        if len(bad):
+            first = int(bad[0, 0])
+            step = self.step - len(vec) + first + 1
+            raise FloatingPointError(
+                f"non-finite training loss ({float(vec[first])}) at step {step} "
+                f"(lr {self.lr(step - 1):.3g}); the run stopped and kept its last good checkpoint "
+                f"({latest_checkpoint(self.out) or 'none yet'}). Lower --lr, set --grad-clip, "
+                "or use bf16 instead of fp16"
+            )
+
+    def log_interval(self, train_time: float, interval_images: int, progress: Progress) -> None:
+        vec = self.reduced_pending()
+        self.check_finite(vec)
+        self.pending = []
+        if len(vec) == 0:
+            return
+        self.last_loss = float(vec.mean())
+        ips = interval_images / train_time if train_time > 0 else 0.0
+        led = self.ledger()
+        metrics = {
+            "train/loss": self.last_loss,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),  # what the last step used
+            "compute/train_flops": led["train_flops"],
+            "data/images_seen": float(led["images_seen"]),
+            "perf/images_per_s": ips,
+        }
+        if self.tracker:
+            self.tracker.log_metrics(metrics, self.step)
+        progress.update(self.step, self.last_loss, ips, ips / self.batch)
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.tracker and metrics:
+            led = self.ledger()
+            extra = {"compute/train_flops": led["train_flops"], "data/images_seen": float(led["images_seen"])}
+            self.tracker.log_metrics({**metrics, **extra}, self.step)
+
+    def validate(self) -> None:
+        """``val/loss`` (and ``val/loss_ema``) at this step (`dit_core.trainer.validation`)."""
+        models = {"val/loss": self.model} | (
+            {"val/loss_ema": self.ema.model} if self.cfg.eval.val_ema else {}
+        )
+        metrics = self.validator(models)
+        self.last_val = metrics["val/loss"]
+        self._log(metrics)
+        log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def evaluate(self) -> None:
+        """Sample metrics ``eval/<name>`` of the EMA model and a sample grid artifact."""
+        e = self.cfg.eval
+        metrics = evaluate_samples(self.ema.model, self.diffusion, self.cfg, self.dit_cfg, self.acc)
+        self.last_eval = dict(metrics)
+        if self.tracker and e.grid_images > 0 and self.cfg.data.name != "latents":
+            grid = sample_grid(
+                self.ema.model, self.diffusion, self.cfg, self.dit_cfg, e.grid_images, self.device
+            )
+            self.tracker.log_image(grid, f"samples/step_{self.step:07d}.png")
+        if self.tracker and metrics:
+            self.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, self.step)
+        log.info("step %d: eval %s", self.step, metrics)
+
+    # ------------------------------------------------------------------ checkpoints
+    def weights_finite(self) -> bool:
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
+    def save(self) -> Path | None:
+        """Write a checkpoint (main process) of the current step; all ranks take part."""
+        vec = self.reduced_pending()
+        self.check_finite(vec)
+        if not self.weights_finite():
+            raise FloatingPointError(
+                f"non-finite weights at step {self.step}; the run stopped and kept its last good "
+                f"checkpoint ({latest_checkpoint(self.out) or 'none yet'}). Lower --lr or set --grad-clip"
+            )
+        path = None
+        if self.main:
+            state = {
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": {"schedule": self.cfg.optim.schedule, "last_step": self.step,
+                              "total_steps": self.total, "lr": self.lr(max(self.step - 1, 0))},
+                "rng": get_rng_state(),
+                "data_position": self.stream.state_dict(),
+                "ledger": self.ledger(),
+                "step": self.step,
+                "config": self.flat,
+                "mlflow_run_id": self.run_id or "",
+                "loop": {"pending_losses": [float(v) for v in vec], "last_loss": self.last_loss,
+                         "last_val": self.last_val},
+            }  # fmt: skip
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
+            path = save_checkpoint(self.out, state, keep_last=self.cfg.checkpoint.keep_last)
+        self.acc.wait_for_everyone()
+        return path

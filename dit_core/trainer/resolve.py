@@ -1,0 +1,42 @@
+"""Resolving a config against its data: what the user may leave open, filled before training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..config import TrainConfig
+from ..configio import ConfigError
+from ..spec import resolve_budget_steps, train_flops_per_image
+
+__all__ = ["resolve_config"]
+
+
+def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
+    """Fill the model's open fields from ``dataset`` and the diffusion, and the budget's step count
+    (``budget.max_steps``) and planned FLOPs (``budget.train_flops``); see `ModelConfig.resolve`."""
+    needs_sigma = cfg.diffusion.model_learns_sigma
+    if cfg.model.learn_sigma is not None and cfg.model.learn_sigma != needs_sigma:
+        raise ConfigError(
+            f"model.learn_sigma: {cfg.model.learn_sigma} but the diffusion (objective="
+            f"{cfg.diffusion.objective!r}, learn_sigma={cfg.diffusion.learn_sigma}) needs {needs_sigma}; "
+            "leave model.learn_sigma unset or set diffusion.learn_sigma to match"
+        )
+    model = cfg.model.resolve(
+        input_size=int(dataset.resolution),
+        in_channels=int(dataset.channels),
+        num_classes=int(dataset.num_classes),
+        learn_sigma=needs_sigma,
+    )
+    if (model.input_size, model.in_channels) != (dataset.resolution, dataset.channels):
+        raise ConfigError(
+            f"model.input_size: the model input {model.in_channels}x{model.input_size}x{model.input_size} "
+            f"does not match the data ({dataset.channels}x{dataset.resolution}x{dataset.resolution}); "
+            "leave model.input_size / model.in_channels unset to take them from the data"
+        )
+    fpi = train_flops_per_image(model.to_dit_config())
+    steps = resolve_budget_steps(cfg.budget, fpi)
+    flops = cfg.budget.train_flops
+    if flops is None:
+        flops = float(steps * cfg.budget.global_batch_size * fpi)
+    budget = dataclasses.replace(cfg.budget, max_steps=steps, train_flops=flops)
+    return dataclasses.replace(cfg, model=model, budget=budget)

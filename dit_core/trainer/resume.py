@@ -1,0 +1,68 @@
+"""Where a run continues from, and the one check that a checkpoint's settings allow it.
+
+``resume``: "auto" (the newest checkpoint in the run folder, if any), "never" (the folder must
+hold none) or a checkpoint file / run folder. A run may only continue with the settings it was
+started with, except those in `RESUMABLE_CHANGES` (budget, eval, checkpointing, tracking and
+speed settings, e.g. to extend a run); `check_resumable` is that rule, for the trainer and the
+sweeps alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import latest_checkpoint
+from ..configio import ConfigError
+
+__all__ = ["RESUMABLE_CHANGES", "check_resumable", "config_changes", "find_checkpoint"]
+
+#: Dotted fields (or prefixes ending in ".") that may change when a run is resumed.
+RESUMABLE_CHANGES = ("tracking.", "checkpoint.", "eval.", "budget.max_steps", "budget.train_flops",
+                     "num_workers", "log_every", "out", "compile", "grad_checkpointing")  # fmt: skip
+
+
+def config_changes(saved_flat: dict[str, Any], new_flat: dict[str, Any]) -> list[str]:
+    """``["model.depth: '2' -> '3'", ...]``: the fields outside `RESUMABLE_CHANGES` whose values
+    differ, compared as MLflow param strings (so a flat config read back from MLflow compares equal)."""
+    from ..tracking import format_param
+
+    keys = [k for k in dict.fromkeys([*saved_flat, *new_flat]) if not k.startswith(RESUMABLE_CHANGES)]
+    old = {k: format_param(saved_flat.get(k)) for k in keys}
+    new = {k: format_param(new_flat.get(k)) for k in keys}
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in keys if old[k] != new[k]]
+
+
+def check_resumable(saved_flat: dict[str, Any], new_flat: dict[str, Any], where: str = "checkpoint") -> None:
+    """ConfigError naming the differences if a run saved with ``saved_flat`` may not continue
+    with ``new_flat`` (both flat dotted configs, e.g. ``TrainConfig.to_flat_dict()``)."""
+    diff = config_changes(saved_flat, new_flat)
+    if diff:
+        raise ConfigError(
+            f"{where}: was written by a different config ({'; '.join(diff[:8])}); "
+            "use a new --out for a new run, or --resume never to start over in this folder"
+        )
+
+
+def find_checkpoint(out: Path, resume: str) -> Path | None:
+    """The checkpoint to continue from (None = start at step 0); see the module docstring."""
+    if resume == "auto":
+        return latest_checkpoint(out)
+    if resume == "never":
+        if latest_checkpoint(out) is not None:
+            raise ConfigError(
+                f"--resume: {out} already holds checkpoints and --resume never was given; "
+                "use a new --out, or --resume auto to continue that run"
+            )
+        return None
+    p = Path(resume)
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is None:
+            raise ConfigError(f"--resume: no checkpoint in {p}; give a folder with checkpoints/")
+        return found
+    if not p.is_file():
+        raise ConfigError(
+            f"--resume: must be 'auto', 'never' or a checkpoint file/run folder; {p} does not exist"
+        )
+    return p

@@ -1,0 +1,62 @@
+"""The validation loss during training: common random numbers on a fixed slice of the "val" split.
+
+Each rank scores its share of the first ``eval.val_examples`` validation images with fixed
+timesteps and noise per example (`dit_core.diffusion.validation_losses`); the ranks' sums are
+all-reduced, so the loss is the same whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..data import build_dataset
+
+__all__ = ["Validator"]
+
+
+class Validator:
+    """``validator({"val/loss": model, ...}) -> {"val/loss": mean loss, ...}`` (a collective)."""
+
+    def __init__(
+        self, cfg: TrainConfig, diffusion, accelerator, autocast: Callable[[], AbstractContextManager]
+    ):
+        self.cfg, self.diffusion, self.acc, self.autocast = cfg, diffusion, accelerator, autocast
+        self._data: tuple[torch.Tensor, torch.Tensor, int] | None = None
+
+    def data(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This rank's images ``(n, C, H, W)``, labels ``(n,)`` and the index of its first example."""
+        if self._data is None:
+            rank, world = self.acc.process_index, self.acc.num_processes
+            val = build_dataset(self.cfg.data, "val")
+            n = min(self.cfg.eval.val_examples, len(val))
+            lo, hi = rank * n // world, (rank + 1) * n // world
+            items = [val[i] for i in range(lo, hi)]
+            xs = torch.stack([a for a, _ in items]) if items else torch.empty(0)
+            ys = torch.stack([torch.as_tensor(b) for _, b in items]) if items else torch.empty(0)
+            self._data = (xs.to(self.acc.device), ys.to(self.acc.device), lo)
+        return self._data
+
+    def __call__(self, models: dict[str, nn.Module]) -> dict[str, float]:
+        from ..diffusion import validation_losses
+
+        x, y, lo = self.data()
+        e = self.cfg.eval
+        out = {}
+        for key, model in models.items():
+            sums = torch.zeros(2, dtype=torch.float64)
+            if len(x):
+                with self.autocast():
+                    losses = validation_losses(
+                        self.diffusion, model, x, y, seed=e.val_seed, index_offset=lo,
+                        batch_size=e.batch_size or None,
+                    )  # fmt: skip
+                sums = torch.tensor([losses.sum().item(), float(len(losses))], dtype=torch.float64)
+            if self.acc.num_processes > 1:
+                sums = self.acc.reduce(sums.to(self.acc.device), reduction="sum").cpu()
+            out[key] = float(sums[0] / sums[1])
+        return out
