@@ -1,0 +1,184 @@
+"""The bill before the run: training and evaluation FLOPs of every cell, and GPU-hours on a device.
+
+GPU-hours = FLOPs / (peak x MFU) / 3600, with the device's dense bf16 peak (true FLOPs/s, no
+sparsity) and an assumed model FLOPs utilisation. Both inputs are printed with the estimate.
+
+- training FLOPs: the cell's whole steps, ``steps x batch x train_flops_per_image`` (`dit_core.spec`);
+- validation: ``val_examples`` forward passes each time validation runs (2 x forward multiply-adds);
+- sample evaluation: ``num_samples x sampler steps`` forward passes each time it runs, doubled with
+  classifier-free guidance (the conditional and unconditional halves of one batch). Inception, the
+  VAE decoder and data loading are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sweeps.grid import Cell
+
+__all__ = ["DEVICES", "CellCost", "Device", "StudyCost", "cell_eval_flops", "estimate"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """An accelerator: ``peak_tflops`` is its dense bf16 tensor-core peak in true TFLOP/s."""
+
+    name: str
+    peak_tflops: float
+    source: str
+
+
+#: Dense (not sparse) bf16 peaks from the vendors' datasheets (SXM / OAM parts).
+DEVICES = {
+    d.name: d
+    for d in (
+        Device("H100", 989.4, "NVIDIA H100 SXM datasheet: 1,979 TFLOPS bf16 with sparsity, /2 dense"),
+        Device("H200", 989.4, "NVIDIA H200 SXM datasheet: same tensor cores as H100 SXM"),
+        Device("A100", 312.0, "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense"),
+        Device("L40S", 362.05, "NVIDIA L40S datasheet: 733 TFLOPS bf16 with sparsity, /2 dense"),
+        Device("MI300X", 1307.4, "AMD MI300X datasheet: 1,307.4 TFLOPS bf16 dense"),
+    )
+}
+
+#: MFU assumed when none is given: not measured by this project (no GPU was lent to its CI);
+#: `bash benchmarks/gpu_check.sh` prints the MFU of DiT-XL/2 on the machine it runs on.
+DEFAULT_MFU = 0.40
+
+
+def device(name: str) -> Device:
+    key = name.strip().upper()
+    if key not in DEVICES:
+        raise ValueError(f"unknown accelerator {name!r}; choose one of {', '.join(DEVICES)} (--device)")
+    return DEVICES[key]
+
+
+@dataclass(frozen=True)
+class CellCost:
+    """One cell's bill: FLOPs (true) for training and for validation + sample evaluation."""
+
+    cell_id: str
+    steps: int
+    images: int
+    train_flops: float
+    eval_flops: float
+    gpu_hours: float
+
+    @property
+    def total_flops(self) -> float:
+        return self.train_flops + self.eval_flops
+
+
+@dataclass(frozen=True)
+class StudyCost:
+    """The whole study's bill on ``device`` at ``mfu``; `summary()` prints it with its inputs."""
+
+    device: Device
+    mfu: float
+    gpus_per_cell: int
+    cells: tuple[CellCost, ...]
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(c.gpu_hours for c in self.cells)
+
+    @property
+    def train_flops(self) -> float:
+        return sum(c.train_flops for c in self.cells)
+
+    @property
+    def eval_flops(self) -> float:
+        return sum(c.eval_flops for c in self.cells)
+
+    def summary(self) -> str:
+        from sweeps.table import render
+
+        rows = [
+            [
+                c.cell_id,
+                str(c.steps),
+                str(c.images),
+                f"{c.train_flops:.3g}",
+                f"{c.eval_flops:.3g}",
+                f"{c.gpu_hours:.3g}",
+                f"{c.gpu_hours / self.gpus_per_cell:.3g}",
+            ]
+            for c in self.cells
+        ]
+        rows.append(
+            [
+                "total",
+                str(sum(c.steps for c in self.cells)),
+                str(sum(c.images for c in self.cells)),
+                f"{self.train_flops:.3g}",
+                f"{self.eval_flops:.3g}",
+                f"{self.gpu_hours:.3g}",
+                "",
+            ]
+        )
+        header = ["cell", "steps", "images", "train FLOPs", "eval FLOPs", "GPU-hours", "wall h"]
+        peak = self.device.peak_tflops * 1e12
+        return "\n".join(
+            [
+                render(header, rows),
+                "",
+                f"estimate: {self.gpu_hours:.4g} GPU-hours on {self.device.name} for {len(self.cells)} cells",
+                f"  = (train + eval FLOPs) / (peak x MFU) / 3600 = {self.train_flops + self.eval_flops:.4g}"
+                f" / ({peak:.4g} x {self.mfu:g}) / 3600",
+                f"  peak: {self.device.peak_tflops:g} TFLOP/s dense bf16 ({self.device.source})",
+                f"  MFU: {self.mfu:g} "
+                + (
+                    "(assumed, not measured here: measure it with `bash benchmarks/gpu_check.sh`, then --mfu)"
+                    if self.mfu == DEFAULT_MFU
+                    else "(given)"
+                ),
+                f"  wall h: per cell on {self.gpus_per_cell} GPU(s) (nodes x gpus_per_node); FLOPs are true"
+                " FLOPs (2 x multiply-adds); eval = validation + sampling forward passes (no Inception/VAE)",
+            ]
+        )
+
+
+def _times_run(steps: int, every: int) -> int:
+    """How often a periodic job runs in ``steps`` steps: every ``every`` steps and at the last step."""
+    if every <= 0:
+        return 0
+    return steps // every + (1 if steps % every else 0)
+
+
+def cell_eval_flops(cell: Cell, overrides: dict[str, Any]) -> float:
+    """Validation + sampling FLOPs of ``cell`` under its dotted `TrainConfig` overrides."""
+    from dit_core.config import TrainConfig
+
+    cfg = TrainConfig().replace(**{k: v for k, v in overrides.items() if k.startswith(("eval.", "model."))})
+    e = cfg.eval
+    forward = 2e9 * cell.forward_gflops  # true FLOPs of one forward pass of one image
+    val = _times_run(cell.steps, e.val_every) * e.val_examples * forward * (2 if e.val_ema else 1)
+    guided = 2 if (e.cfg_scale != 1.0 and cfg.model.class_dropout_prob > 0) else 1
+    samples = _times_run(cell.steps, e.eval_every) * e.num_samples * e.steps * guided * forward
+    return float(val + samples)
+
+
+def estimate(
+    cells: Sequence[Cell],
+    eval_flops: dict[str, float] | None = None,
+    *,
+    device_name: str = "H100",
+    mfu: float = DEFAULT_MFU,
+    gpus_per_cell: int = 1,
+) -> StudyCost:
+    """GPU-hours of ``cells`` on ``device_name`` at ``mfu`` (0 < mfu <= 1)."""
+    if not (0 < mfu <= 1) or not math.isfinite(mfu):
+        raise ValueError(f"--mfu {mfu} must be in (0, 1], e.g. 0.4 for 40% of the bf16 peak")
+    if gpus_per_cell < 1:
+        raise ValueError(f"gpus per cell must be >= 1, got {gpus_per_cell}")
+    dev = device(device_name)
+    rate = dev.peak_tflops * 1e12 * mfu
+    out = []
+    for c in cells:
+        ev = (eval_flops or {}).get(c.cell_id, 0.0)
+        out.append(
+            CellCost(c.cell_id, c.steps, c.images, c.train_flops, ev, (c.train_flops + ev) / rate / 3600)
+        )
+    return StudyCost(dev, mfu, gpus_per_cell, tuple(out))

@@ -1,0 +1,70 @@
+"""The sweep's bill before the run (sweeps/cost.py): closed forms from the DiT paper's numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from dit_core.spec import forward_macs, model_config
+from sweeps.cost import DEFAULT_MFU, cell_eval_flops, estimate
+from sweeps.grid import SweepSpec, expand, load_spec
+
+
+def _xl2_cell(steps: int):
+    spec = SweepSpec(
+        families=["XL"],
+        patch_sizes=[2],
+        budgets=[6 * forward_macs(model_config("DiT-XL/2")) * 256 * steps],
+        batch_size=256,
+    )
+    spec = spec.replace(data={"name": "latents", "input_size": 32, "in_channels": 4, "num_classes": 1000})
+    (cell,) = expand(spec)
+    return spec, cell
+
+
+def test_paper_xl2_run_costs_what_the_closed_form_says():
+    """DiT-XL/2, 400K steps at batch 256: 6 x 118.64 GFLOPs x 1.024e8 images = 7.29e19 true FLOPs;
+    on an H100 (989.4 TFLOP/s dense bf16) at 40% MFU that is 7.29e19 / 3.958e14 / 3600 = 51.2 h."""
+    _, cell = _xl2_cell(400_000)
+    assert cell.steps == 400_000
+    macs = forward_macs(model_config("DiT-XL/2"))
+    bill = estimate([cell], device_name="H100", mfu=0.4)
+    assert bill.train_flops == pytest.approx(6 * macs * 256 * 400_000, rel=1e-12)
+    assert bill.gpu_hours == pytest.approx(6 * macs * 256 * 400_000 / (989.4e12 * 0.4) / 3600, rel=1e-12)
+    assert 50.5 < bill.gpu_hours < 52.0
+    # the A100's 312 TFLOP/s peak makes the same run 989.4 / 312 times longer
+    a100 = estimate([cell], device_name="a100", mfu=0.4)
+    assert a100.gpu_hours / bill.gpu_hours == pytest.approx(989.4 / 312.0)
+
+
+def test_eval_flops_count_validation_and_guided_sampling():
+    spec, cell = _xl2_cell(1000)
+    fwd = 2 * forward_macs(model_config("DiT-XL/2"))
+    ov = {"eval.val_every": 300, "eval.val_examples": 100, "eval.eval_every": 1000}
+    ov |= {"eval.num_samples": 50, "eval.steps": 25, "eval.cfg_scale": 1.5}
+    # validation at 300, 600, 900 and the last step; sampling once, guided (2 forward passes)
+    assert cell_eval_flops(cell, ov) == pytest.approx(4 * 100 * fwd + 50 * 25 * 2 * fwd)
+    no_guidance = cell_eval_flops(cell, ov | {"eval.cfg_scale": 1.0})
+    assert no_guidance == pytest.approx(4 * 100 * fwd + 50 * 25 * fwd)
+    assert cell_eval_flops(cell, {}) == 0.0  # evaluation off by default
+
+
+def test_summary_prints_the_inputs_and_the_total():
+    spec = load_spec("imagenet256")
+    cells = expand(spec)
+    bill = estimate(cells, {c.cell_id: 1e15 for c in cells}, device_name="H100", gpus_per_cell=8)
+    text = bill.summary()
+    assert "989.4 TFLOP/s" in text and f"MFU: {DEFAULT_MFU:g}" in text and "assumed" in text
+    assert f"{bill.gpu_hours:.4g} GPU-hours on H100 for {len(cells)} cells" in text
+    assert bill.eval_flops == pytest.approx(1e15 * len(cells))
+    assert bill.gpu_hours == pytest.approx(sum(c.total_flops for c in bill.cells) / (989.4e12 * 0.4) / 3600)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"device_name": "TPU9"}, "unknown accelerator 'TPU9'"), ({"mfu": 1.5}, "--mfu 1.5 must be in"),
+     ({"mfu": 0}, "must be in (0, 1]"), ({"gpus_per_cell": 0}, "gpus per cell")],
+)  # fmt: skip
+def test_bad_inputs_are_named(kwargs, message):
+    _, cell = _xl2_cell(10)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        estimate([cell], **kwargs)
