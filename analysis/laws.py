@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
+from analysis.status import NOT_IDENTIFIED, Status
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class PowerLawFit:
         if self.bootstrap is not None:
             out["se"] = self.se
             out["ci95"] = {k: list(v) for k, v in self.conf_int().items()}
+            out["bootstrap"] = self.bootstrap.to_dict()
         return out
 
 
@@ -195,6 +197,11 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
     per_run = pts.groupby("run_id").size()
     start = _frontier_start(pts)
     if per_run.max() < 2:
+        # one point per run: at one budget (the `budget` column, else exactly equal C) only the best
+        # run is on the frontier, whatever order the tied points come in
+        key = pts["budget"] if "budget" in pts.columns and pts["budget"].notna().all() else pts["C"]
+        pts = pts.loc[pts.groupby(key)[y].idxmin()].sort_values("C")
+        start = _frontier_start(pts)
         first = pts[pts["C"] <= start]
         pts = pd.concat([first.loc[[first[y].idxmin()]], pts[pts["C"] > start]])  # best of the first budget
         v = pts[y].to_numpy()
@@ -244,16 +251,24 @@ class AllocationExponents:
 
 @dataclass
 class FrontierFit(AllocationExponents):
-    """Approach 1: the frontier and power laws fitted to it: y(C), N_opt(C), D_opt(C)."""
+    """Approach 1: the frontier and power laws fitted to it: y(C), N_opt(C), D_opt(C).
+
+    The bootstrap resamples whole runs and recomputes the frontier each time. When one model holds
+    the whole frontier there is no N_opt(C) law (None) and `status` says so.
+    """
 
     frontier: pd.DataFrame
     y_law: PowerLawFit | None
     n_opt: PowerLawFit | None
     d_opt: PowerLawFit | None
+    status: Status = field(default_factory=Status)
 
     def to_dict(self) -> dict:
         return {
+            "status": self.status.status,
+            "reasons": list(self.status.reasons),
             "n_frontier_points": len(self.frontier),
+            "frontier_models": sorted(map(str, self.frontier["model"].unique())) if len(self.frontier) else [],
             "law": self.y_law.to_dict() if self.y_law else None,
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
@@ -262,29 +277,90 @@ class FrontierFit(AllocationExponents):
         }
 
 
-def fit_frontier(
-    points: pd.DataFrame, y: str = "loss", *, n_bootstrap: int = 0, seed: int = 0, n_grid: int = 40
-) -> FrontierFit:
-    """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws.
+def _frontier_laws(fr: pd.DataFrame, y: str) -> list[PowerLawFit | None]:
+    """y(C) saturating, N_opt(C) and D_opt(C) pure laws on a frontier; None where not identified.
 
-    A law that cannot be fitted (too few frontier points, one model everywhere) is None.
-    """
-    fr = compute_frontier(points, y, n_grid)
+    N_opt and D_opt are None when one model holds the whole frontier (its N is then constant and its
+    D is just C / (k N): no allocation law)."""
     laws: list[PowerLawFit | None] = []
+    one_model = fr["N"].nunique() < 2 if len(fr) else True
     for col, sat, name in ((y, True, y), ("N", False, "N_opt"), ("D", False, "D_opt")):
+        if col != y and one_model:
+            laws.append(None)
+            continue
         try:
-            laws.append(
-                fit_power_law(
-                    fr["C"],
-                    fr[col],
-                    saturating=sat,
-                    n_bootstrap=n_bootstrap,
-                    seed=seed,
-                    x_name="C",
-                    y_name=name,
-                )
-            )
+            laws.append(fit_power_law(fr["C"], fr[col], saturating=sat, x_name="C", y_name=name))
         except ValueError as e:
             log.info("frontier %s(C) not fitted: %s", name, e)
             laws.append(None)
-    return FrontierFit(fr, *laws)
+    return laws
+
+
+def fit_frontier(
+    points: pd.DataFrame,
+    y: str = "loss",
+    *,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    n_grid: int = 40,
+    level: float = 0.95,
+    units: str = "parameters",
+) -> FrontierFit:
+    """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws.
+
+    A law that cannot be fitted (too few frontier points, one model everywhere) is None. The
+    bootstrap resamples runs (not frontier points) and recomputes the frontier for each resample.
+    """
+    pts = points.dropna(subset=[y])
+    fr = compute_frontier(pts, y, n_grid)
+    laws = _frontier_laws(fr, y)
+    st = Status()
+    if len(fr) and fr["N"].nunique() < 2:
+        n_hold = float(fr["N"].iloc[0])
+        sizes = np.sort(pts["N"].unique())
+        if len(sizes) > 1 and n_hold <= sizes[0]:
+            where, fix = "the smallest model trained", "add smaller models"
+        elif len(sizes) > 1 and n_hold >= sizes[-1]:
+            where, fix = "the largest model trained", "add larger models"
+        else:
+            where, fix = "a model in the middle of the grid", "add budgets at lower and higher compute"
+        st.add(
+            NOT_IDENTIFIED,
+            f"one model ({fr['model'].iloc[0]}, N = {n_hold:.4g} {units}), {where}, holds the whole "
+            f"{y} frontier: no N_opt(C) or D_opt(C) law from approach 1; {fix}",
+        )
+    fit = FrontierFit(fr, *laws, status=st)
+    if n_bootstrap > 0 and len(fr):
+        _bootstrap_frontier(fit, pts, y, n_bootstrap, seed, n_grid)
+        if fit.n_opt is not None and fit.n_opt.bootstrap is not None and fit.n_opt.bootstrap.n_ok > 1:
+            lo, hi = fit.n_opt.bootstrap.conf_int(level)["alpha"]
+            if lo <= 0 <= hi:
+                st.add(
+                    NOT_IDENTIFIED,
+                    f"the frontier's N_opt exponent a = {fit.a:.3g} has a {100 * level:g}% interval "
+                    f"[{-hi:.3g}, {-lo:.3g}] that includes 0: approach 1 does not resolve how N_opt grows",
+                )
+    return fit
+
+
+def _bootstrap_frontier(fit: FrontierFit, pts: pd.DataFrame, y: str, n_bootstrap: int, seed: int, n_grid: int):
+    """Resample runs with replacement, recompute the frontier, refit its laws; attach to each law."""
+    rng = np.random.default_rng(seed)
+    runs = pts["run_id"].unique()
+    rows: list[list[dict]] = [[], [], []]
+    failed = [0, 0, 0]
+    for _ in range(n_bootstrap):
+        pick = np.unique(rng.choice(runs, size=len(runs), replace=True))
+        fr = compute_frontier(pts[pts["run_id"].isin(pick)], y, n_grid)
+        laws = _frontier_laws(fr, y) if len(fr) else [None, None, None]
+        for j, law in enumerate(laws):
+            if law is None:
+                failed[j] += 1
+            else:
+                rows[j].append(law.params)
+    for j, law in enumerate((fit.y_law, fit.n_opt, fit.d_opt)):
+        if law is None:
+            continue
+        keys = list(law.params)
+        samples = {k: np.array([r[k] for r in rows[j]], float) for k in keys}
+        law.bootstrap = BootstrapResult(samples, n_bootstrap, unit="runs", n_failed=failed[j])
