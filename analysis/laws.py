@@ -180,15 +180,23 @@ def _frontier_start(pts: pd.DataFrame, gap_dex: float = 0.1) -> float:
     return float(first[first <= first[0] * 10**gap_dex].max())
 
 
+def _frontier_end(pts: pd.DataFrame, gap_dex: float = 0.1) -> float:
+    """The compute where the frontier ends: the first of the model sizes' last evaluations that lie
+    within `gap_dex` (log10) of the latest one (runs of one budget end a few steps' compute apart)."""
+    last = np.sort(pts.groupby("N")["C"].max().to_numpy(float))
+    return float(last[last >= last[-1] / 10**gap_dex].min())
+
+
 def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
     """Lower envelope of y over runs against compute (Chinchilla approach 1).
 
     With several points per run, each run's curve is interpolated (in log C) on a log grid of
     `n_grid` budgets and the best run is taken at each; with one point per run, the frontier is
     the Pareto set (each point beats every point of smaller compute). Either way the frontier
-    starts at `_frontier_start`: the first evaluations of the model sizes, which differ by a few
-    steps' compute, count as one budget, so a model evaluated slightly earlier than the others
-    does not make the frontier's first point. Returns columns C, y, N, D, run_id, model (one row
+    starts at `_frontier_start` and ends at `_frontier_end`: the first (last) evaluations of the
+    model sizes, which differ by a few steps' compute, count as one budget, so a model evaluated
+    slightly earlier (or stopped slightly later) than the others does not make the frontier's
+    first (last) point. Returns columns C, y, N, D, run_id, model (one row
     per frontier point, sorted by C).
     """
     pts = points.dropna(subset=[y]).sort_values("C")
@@ -208,8 +216,8 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
         keep = np.r_[True, v[1:] < np.minimum.accumulate(v)[:-1]]  # a new running minimum
         out = pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]]
         return out.reset_index(drop=True)
-    lc = np.log(pts["C"].to_numpy())
-    grid = np.linspace(math.log(start), lc.max(), n_grid)
+    end = max(_frontier_end(pts), start)
+    grid = np.linspace(math.log(start), math.log(end), n_grid)
     best_y = np.full(n_grid, np.inf)
     rows: list[dict | None] = [None] * n_grid
     for rid, g in pts.groupby("run_id"):

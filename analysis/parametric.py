@@ -189,6 +189,17 @@ def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float, free=N
     return float(np.max(r)) if len(r) else 0.0
 
 
+def term_shares(theta: np.ndarray, log_n, log_d) -> dict[str, float]:
+    """Largest share of the predicted loss over the points of each term: E, "N" (A/N^alpha), "D" (B/D^beta).
+
+    A share below ~1e-3 everywhere means the term vanished: its parameters are not determined."""
+    t = _terms(theta, log_n, log_d)
+    m = t.max(axis=0)
+    w = np.exp(t - m)
+    w = w / w.sum(axis=0)
+    return {"N": float(w[0].max()), "D": float(w[1].max()), "E": float(w[2].max())}
+
+
 # ----------------------------------------------------------------------------------------------
 # result
 
@@ -220,6 +231,8 @@ class ParametricFit:
     e_profile: list[tuple[float, float]] = field(default_factory=list)  # (E, objective) with E fixed
     level: float = 0.95
     status: Status = field(default_factory=Status)
+    vanished: dict[str, bool] = field(default_factory=dict)  # "N" / "D": that term < 0.1% of every loss
+    allocation_identified: bool = True  # set by assess(): False withholds N_opt, a and b
 
     @property
     def theta(self) -> np.ndarray:
@@ -239,13 +252,6 @@ class ParametricFit:
         """Exponent of D_opt ~ C^b: alpha / (alpha + beta)."""
         s = self.params["alpha"] + self.params["beta"]
         return self.params["alpha"] / s if s > 0 else math.nan
-
-    @property
-    def allocation_identified(self) -> bool:
-        """False when N_opt, a and b must be withheld (an exponent not resolved, or no convergence)."""
-        return self.converged and not any(
-            "includes 0" in r or "bound" in r and ("alpha" in r or "beta" in r) for r in self.status.reasons
-        )
 
     def predict(self, n, d) -> np.ndarray:
         """Expected loss at N parameters and D data (arrays broadcast)."""
@@ -297,24 +303,39 @@ class ParametricFit:
         lo_b, hi_b = self.config.exponent_bounds
         ci = self.conf_int()
         what = {
-            "alpha": ("model size N", "add model sizes spanning at least 10x in N at each budget"),
-            "beta": ("data D", "add budgets spanning at least 10x in D (longer runs of each model)"),
+            "alpha": ("N", "model size N", "add model sizes spanning at least 10x in N at each budget"),
+            "beta": ("D", "data D", "add budgets spanning at least 10x in D (longer runs of each model)"),
         }
-        for k, (dep, fix) in what.items():
+        shares = self.bootstrap.share_at_bound() if self.bootstrap is not None else {}
+        tail = (1 - self.level) / 2
+        for k, (term, dep, fix) in what.items():
             v = self.params[k]
             lo, hi = ci.get(k, (v, v))
+            share = shares.get(f"{term}_term_vanished", 0.0)
+            if self.vanished.get(term) or share > tail:
+                where = "in the fit" if self.vanished.get(term) else f"in {100 * share:.0f}% of the bootstrap refits"
+                st.add(
+                    NOT_IDENTIFIED,
+                    f"the {term} term ({'A/N^alpha' if term == 'N' else 'B/D^beta'}) vanished {where} (< 0.1% of "
+                    f"every predicted loss): the loss's dependence on {dep} is not resolved, so N_opt, a and b are "
+                    f"withheld; {fix}",
+                )
             if min(v, lo) <= lo_b + 1e-6:
                 st.add(
                     NOT_IDENTIFIED,
                     f"{k}'s {pct} interval [{lo:.3g}, {hi:.3g}] includes 0 (estimate {v:.3g}): the loss's "
                     f"dependence on {dep} is not resolved, so N_opt, a and b are withheld; {fix}",
                 )
-            elif max(v, hi) >= hi_b - 1e-6:
+            elif max(v, hi) >= hi_b - 1e-6 and not self.vanished.get(term):
                 st.add(
                     NOT_IDENTIFIED,
                     f"{k} reached its upper bound {hi_b:g} ({pct} interval [{lo:.3g}, {hi:.3g}]): "
                     f"the {dep} term is not identified, so N_opt, a and b are withheld; {fix}",
                 )
+        self.allocation_identified = self.converged and not any(
+            r.startswith((f"{k}'s", f"{k} reached", f"the {t} term")) for k, t in (("alpha", "N"), ("beta", "D"))
+            for r in st.reasons
+        )
         bs = self.bootstrap
         if bs is not None and bs.share_failed > 0.2:
             st.add(
@@ -373,6 +394,7 @@ class ParametricFit:
         out["at_bound"] = dict(self.at_bound)
         out["E_at_floor"] = self.e_at_floor
         out["E_upper95"] = self.e_upper
+        out["term_vanished"] = dict(self.vanished)
         if self.bootstrap is not None:
             out["se"] = self.se  # ln_E, ln_A, ln_B in log space
             ci = self.conf_int()
@@ -494,6 +516,10 @@ def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, pol
     free = ~_at_bound(theta, bounds)
     if fix_e is not None:
         free[0] = False
+    shares = term_shares(theta, log_n, log_d)  # a vanished term's parameters lie on a flat direction
+    for term, idx in (("E", [0]), ("N", [1, 3]), ("D", [2, 4])):
+        if shares[term] < cfg.e_at_floor_frac:
+            free[idx] = False
     return theta, f, stationarity(theta, log_n, log_d, log_loss, cfg.delta, free), int(res.nit)
 
 
@@ -658,6 +684,7 @@ def _fit_parametric(
         e_upper=e_up,
         e_profile=profile,
         level=level,
+        vanished={k: v < cfg.e_at_floor_frac for k, v in term_shares(theta, log_n, log_d).items() if k != "E"},
     )
     if n_bootstrap > 0:
         fit.bootstrap = bootstrap_parametric(fit, n, d, loss, n_bootstrap, seed=seed, groups=groups)
@@ -709,6 +736,9 @@ def _bootstrap_parametric(
         flags = _at_bound(theta, bounds)
         flags[0] = flags[0] or p["E"] < cfg.e_at_floor_frac * float(np.exp(ll.min()))
         p.update({BOUND_PREFIX + k: float(flags[i]) for i, k in enumerate(PARAM_NAMES)})
+        for term, v in term_shares(theta, ln, ld).items():
+            if term != "E":
+                p[f"{BOUND_PREFIX}{term}_term_vanished"] = float(v < cfg.e_at_floor_frac)
         return p
 
     return bootstrap_points(one, len(logs[0]), n_resamples, seed=seed, groups=groups)

@@ -567,9 +567,10 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             n_e = Estimate(float(fr.n_opt.predict(compute)), *fr.n_opt.predict_interval(compute, lvl))
             d_e = Estimate(float(fr.d_opt.predict(compute)), *fr.d_opt.predict_interval(compute, lvl))
             loss_e = Estimate(float(fr.y_law.predict(compute)), *fr.y_law.predict_interval(compute, lvl))
-    if analysis.isoflop.n_opt is not None:
+    # the other approaches' N_opt, where they identify one (their statuses are folded in below)
+    if analysis.isoflop.n_opt is not None and analysis.isoflop.status.ok:
         alt["N_opt from IsoFLOP (approach 2)"] = float(analysis.isoflop.n_opt.predict(compute))
-    if analysis.frontier.n_opt is not None:
+    if analysis.frontier.n_opt is not None and analysis.frontier.status.ok:
         alt["N_opt from frontier (approach 1)"] = float(analysis.frontier.n_opt.predict(compute))
     if analysis.frontier.y_law is not None:
         alt["frontier loss law L(C)"] = float(analysis.frontier.y_law.predict(compute))
