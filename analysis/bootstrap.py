@@ -134,7 +134,9 @@ def bootstrap_points(
     keys = list(rows[0]) if rows else []
     samples = {k: np.array([r[k] for r in rows], dtype=float) for k in keys if not k.startswith(BOUND_PREFIX)}
     at_bound = {
-        k[len(BOUND_PREFIX) :]: np.array([bool(r[k]) for r in rows]) for k in keys if k.startswith(BOUND_PREFIX)
+        k[len(BOUND_PREFIX) :]: np.array([bool(r[k]) for r in rows])
+        for k in keys
+        if k.startswith(BOUND_PREFIX)
     }
     unit = "groups" if groups is not None else "points"
     return BootstrapResult(samples, n_resamples, unit=unit, n_failed=n_failed, at_bound=at_bound)

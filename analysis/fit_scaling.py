@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--holdout",
         choices=["largest"],
-        help="fit without the largest-compute runs; report the error (run anyway when a prediction extrapolates)",
+        help="fit without the largest-compute runs; report the error "
+        "(run anyway when a prediction extrapolates)",
     )
     p.add_argument(
         "--data-axis",
@@ -95,12 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--r-star", type=float, help="R* of D' (implies --effective-data; default: fitted)")
     p.add_argument(
-        "--min-steps", type=int, default=50, help="drop runs that ended below this many optimizer steps (default 50)"
+        "--min-steps",
+        type=int,
+        default=50,
+        help="drop runs that ended below this many optimizer steps (default 50)",
     )
     p.add_argument(
         "--all-points",
         action="store_true",
-        help="use every intermediate point, also of cosine / constant_cooldown runs (default: final point only)",
+        help="use every intermediate point, also of cosine / constant_cooldown runs "
+        "(default: their final point only)",
     )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (0 = none)")
     p.add_argument("--seed", type=int, default=0)
@@ -169,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is not None:
             write_json(args.json, an, preds, hold)
         if args.csv is None and not args.no_mlflow_log:
-            rid = log_to_mlflow(paths, args.experiment or DEFAULT_EXPERIMENT, uri, results_dict(an, preds, hold))
+            rid = log_to_mlflow(
+                paths, args.experiment or DEFAULT_EXPERIMENT, uri, results_dict(an, preds, hold)
+            )
             print(f"analysis run: {rid}")
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -184,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {paths['report']}")
     code = EXIT_CODES[status]
     if code:
-        print(f"status {status}: exit code {code} (see the reasons above and docs/analysis.md)", file=sys.stderr)
+        print(
+            f"status {status}: exit code {code} (see the reasons above and docs/analysis.md)", file=sys.stderr
+        )
     return code
 
 

@@ -176,12 +176,15 @@ def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
         if all(s.side == side for s in usable):
             bound = [s.sizes[edge] for s in usable]
             x = max(bound) if side == "below" else min(bound)
-            per = "; ".join(f"{s.compute:.3g} FLOPs{_patch_txt(s.patch)}: < {s.sizes[edge]:.3g}" for s in usable)
+            per = "; ".join(
+                f"{s.compute:.3g} FLOPs{_patch_txt(s.patch)}: < {s.sizes[edge]:.3g}" for s in usable
+            )
             if side == "above":
                 per = per.replace("< ", "> ")
             st.add(
                 CENSORED,
-                f"N_opt {side} {x:.3g} {units} at every budget: the {'smallest' if side == 'below' else 'largest'} "
+                f"N_opt {side} {x:.3g} {units} at every budget: the "
+                f"{'smallest' if side == 'below' else 'largest'} "
                 f"model trained wins at each of the {len(usable)} budget(s) ({per}); the optimum is outside "
                 f"the grid - {fix}",
             )
@@ -259,7 +262,8 @@ class IsoFlopFit(AllocationExponents):
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
             "by_patch": {
-                str(k): {"a": -n.params["alpha"], "b": -d.params["alpha"]} for k, (n, d) in self.by_patch.items()
+                str(k): {"a": -n.params["alpha"], "b": -d.params["alpha"]}
+                for k, (n, d) in self.by_patch.items()
             },
         }
         if self.bootstrap is not None:
@@ -337,5 +341,7 @@ def fit_isoflop(
                 "D_opt_A": dl.params["A"],
             }
 
-        fit.bootstrap = bootstrap_points(one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy())
+        fit.bootstrap = bootstrap_points(
+            one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy()
+        )
     return fit

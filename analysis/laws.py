@@ -276,7 +276,9 @@ class FrontierFit(AllocationExponents):
             "status": self.status.status,
             "reasons": list(self.status.reasons),
             "n_frontier_points": len(self.frontier),
-            "frontier_models": sorted(map(str, self.frontier["model"].unique())) if len(self.frontier) else [],
+            "frontier_models": sorted(map(str, self.frontier["model"].unique()))
+            if len(self.frontier)
+            else [],
             "law": self.y_law.to_dict() if self.y_law else None,
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
@@ -351,7 +353,9 @@ def fit_frontier(
     return fit
 
 
-def _bootstrap_frontier(fit: FrontierFit, pts: pd.DataFrame, y: str, n_bootstrap: int, seed: int, n_grid: int):
+def _bootstrap_frontier(
+    fit: FrontierFit, pts: pd.DataFrame, y: str, n_bootstrap: int, seed: int, n_grid: int
+):
     """Resample runs with replacement, recompute the frontier, refit its laws; attach to each law."""
     rng = np.random.default_rng(seed)
     runs = pts["run_id"].unique()

@@ -291,7 +291,10 @@ class ParametricFit:
         st = Status()
         pct = f"{100 * self.level:g}%"
         if not self.converged:
-            st.add(NOT_IDENTIFIED, f"the fit did not reach a stationary point (imbalance {self.stationarity:.3g})")
+            st.add(
+                NOT_IDENTIFIED,
+                f"the fit did not reach a stationary point (imbalance {self.stationarity:.3g})",
+            )
         if self.e_at_floor:
             st.add(
                 NOT_IDENTIFIED,
@@ -313,12 +316,16 @@ class ParametricFit:
             lo, hi = ci.get(k, (v, v))
             share = shares.get(f"{term}_term_vanished", 0.0)
             if self.vanished.get(term) or share > tail:
-                where = "in the fit" if self.vanished.get(term) else f"in {100 * share:.0f}% of the bootstrap refits"
+                where = (
+                    "in the fit"
+                    if self.vanished.get(term)
+                    else f"in {100 * share:.0f}% of the bootstrap refits"
+                )
                 st.add(
                     NOT_IDENTIFIED,
-                    f"the {term} term ({'A/N^alpha' if term == 'N' else 'B/D^beta'}) vanished {where} (< 0.1% of "
-                    f"every predicted loss): the loss's dependence on {dep} is not resolved, so N_opt, a and b are "
-                    f"withheld; {fix}",
+                    f"the {term} term ({'A/N^alpha' if term == 'N' else 'B/D^beta'}) vanished {where} "
+                    f"(< 0.1% of every predicted loss): the loss's dependence on {dep} is not resolved, so "
+                    f"N_opt, a and b are withheld; {fix}",
                 )
             if min(v, lo) <= lo_b + 1e-6:
                 st.add(
@@ -333,7 +340,8 @@ class ParametricFit:
                     f"the {dep} term is not identified, so N_opt, a and b are withheld; {fix}",
                 )
         self.allocation_identified = self.converged and not any(
-            r.startswith((f"{k}'s", f"{k} reached", f"the {t} term")) for k, t in (("alpha", "N"), ("beta", "D"))
+            r.startswith((f"{k}'s", f"{k} reached", f"the {t} term"))
+            for k, t in (("alpha", "N"), ("beta", "D"))
             for r in st.reasons
         )
         bs = self.bootstrap
@@ -401,7 +409,10 @@ class ParametricFit:
             out["ci95"] = {k: (list(v) if (alloc or k not in ("a", "b")) else None) for k, v in ci.items()}
             out["bootstrap"] = self.bootstrap.to_dict(self.level)
             corr = self.correlation()
-            out["correlation"] = {"keys": list(LOG_SE_KEYS), "matrix": None if corr is None else corr.tolist()}
+            out["correlation"] = {
+                "keys": list(LOG_SE_KEYS),
+                "matrix": None if corr is None else corr.tolist(),
+            }
         return out
 
 
@@ -451,7 +462,13 @@ def check_points(n, d, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _bounds(cfg: ParametricConfig, log_loss: np.ndarray) -> list[tuple[float | None, float | None]]:
     """L-BFGS-B bounds of (e, a, b, alpha, beta): E >= its floor, exponents in `exponent_bounds`."""
     lo, hi = cfg.exponent_bounds
-    return [(float(log_loss.min()) + math.log(cfg.e_floor_frac), None), (None, None), (None, None), (lo, hi), (lo, hi)]
+    return [
+        (float(log_loss.min()) + math.log(cfg.e_floor_frac), None),
+        (None, None),
+        (None, None),
+        (lo, hi),
+        (lo, hi),
+    ]
 
 
 def _clip(theta: np.ndarray, bounds) -> np.ndarray:
@@ -594,7 +611,9 @@ def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, fractions=N
     return out
 
 
-def e_upper_bound(profile: list[tuple[float, float]], f0: float, n: int, threshold: float, e_max: float) -> float:
+def e_upper_bound(
+    profile: list[tuple[float, float]], f0: float, n: int, threshold: float, e_max: float
+) -> float:
     """Largest E with n ln(f(E) / f0) <= threshold, interpolated between profile points (E = 0 at f0).
 
     `e_max` (min loss) when every profiled E stays within the threshold."""
@@ -684,7 +703,9 @@ def _fit_parametric(
         e_upper=e_up,
         e_profile=profile,
         level=level,
-        vanished={k: v < cfg.e_at_floor_frac for k, v in term_shares(theta, log_n, log_d).items() if k != "E"},
+        vanished={
+            k: v < cfg.e_at_floor_frac for k, v in term_shares(theta, log_n, log_d).items() if k != "E"
+        },
     )
     if n_bootstrap > 0:
         fit.bootstrap = bootstrap_parametric(fit, n, d, loss, n_bootstrap, seed=seed, groups=groups)

@@ -112,7 +112,11 @@ class Analysis:
             out["approach3_parametric"] = self.parametric.status.to_dict()
         out["units"] = dict(self.units)
         out["axes"] = {"data": self.config.data_axis, "params": self.config.params}
-        out["effective_data"] = {"on": self.config.effective_data, "R_star": self.r_star, "fitted": self.r_star_fitted}
+        out["effective_data"] = {
+            "on": self.config.effective_data,
+            "R_star": self.r_star,
+            "fitted": self.r_star_fitted,
+        }
         out["n_points"] = len(self.points)
         out["n_runs"] = int(self.points["run_id"].nunique())
         out["removed_points"] = self.removed.to_dict(orient="records")
@@ -216,7 +220,8 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
         pts["D"] = effective_data(pts["D"], pts["unique"], r_star)
         reps = pts["D_raw"] / np.where(np.isfinite(u) & (u > 0), u, np.inf)
         notes.append(
-            f"effective data D' (Muennighoff et al. 2023) with R* = {r_star:.3g} ({'fitted' if fitted else 'given'}); "
+            f"effective data D' (Muennighoff et al. 2023) with R* = {r_star:.3g} "
+            f"({'fitted' if fitted else 'given'}); "
             f"at most {float(np.nanmax(reps)):.3g} epochs over the unique data"
         )
     return Prepared(pts, dropped, notes, r_star, fitted)
@@ -375,7 +380,11 @@ def residual_summary(res: pd.DataFrame | None) -> dict | None:
             for (k, m), a, n in zip(g.mean().items(), g.apply(lambda r: r.abs().max()), g.size())
         ]
 
-    return {"by_budget": agg("budget"), "by_model": agg("model"), "rmse": float(np.sqrt(np.mean(res["resid"] ** 2)))}
+    return {
+        "by_budget": agg("budget"),
+        "by_model": agg("model"),
+        "rmse": float(np.sqrt(np.mean(res["resid"] ** 2))),
+    }
 
 
 def ranking_check(an: Analysis) -> list[dict]:
@@ -496,7 +505,8 @@ class Prediction:
             h = self.holdout
             lines.append(
                 f"  holdout (largest budget left out): loss error mean {100 * h['mape_loss']:.2f}%, "
-                f"max {100 * h['max_ape_loss']:.2f}%, best loss at its compute {100 * h['frontier_error']:+.2f}%"
+                f"max {100 * h['max_ape_loss']:.2f}%, "
+                f"best loss at its compute {100 * h['frontier_error']:+.2f}%"
             )
         return "\n".join(lines)
 
@@ -596,8 +606,9 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
     if compute > cfg.extrapolation_factor * c_max:
         st.add(
             EXTRAPOLATING,
-            f"{compute:.3g} FLOPs is {compute / c_max:.3g}x the largest compute measured ({c_max:.3g} FLOPs), "
-            f"more than {cfg.extrapolation_factor:g}x: trust it as far as the holdout error (--holdout largest)",
+            f"{compute:.3g} FLOPs is {compute / c_max:.3g}x the largest compute measured "
+            f"({c_max:.3g} FLOPs), more than {cfg.extrapolation_factor:g}x: trust it as far as the "
+            "holdout error (--holdout largest)",
         )
     fid_e = None
     fvl = analysis.fid_vs_loss

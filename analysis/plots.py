@@ -101,7 +101,9 @@ def plot_isoflop(an: Analysis, path) -> Path:
     if slices:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no IsoFLOP slice (points at distinct budgets)", transform=ax.transAxes, ha="center")
+        ax.text(
+            0.5, 0.5, "no IsoFLOP slice (points at distinct budgets)", transform=ax.transAxes, ha="center"
+        )
     if not an.isoflop.status.ok:
         msg = an.isoflop.status.reasons[0]
         ax.text(0.02, 0.02, f"{an.isoflop.status.status}: {msg[:90]}...", transform=ax.transAxes, fontsize=6)

@@ -91,7 +91,8 @@ def markdown(
         *[f"- {r}" for r in st.reasons],
         "",
         f"Data: {source} - {len(pts)} points from {pts['run_id'].nunique()} runs, "
-        f"N {pts['N'].min():.3g}..{pts['N'].max():.3g} {u['N']}, D {pts['D'].min():.3g}..{pts['D'].max():.3g} "
+        f"N {pts['N'].min():.3g}..{pts['N'].max():.3g} {u['N']}, "
+        f"D {pts['D'].min():.3g}..{pts['D'].max():.3g} "
         f"{u['D']}, C {pts['C'].min():.3g}..{pts['C'].max():.3g} {u['C']}; loss is {u['loss']}.",
         f"Bootstrap: {an.config.n_bootstrap} resamples, seed {an.config.seed}; intervals are "
         f"{100 * an.config.level:g}% percentile intervals.",
@@ -119,7 +120,8 @@ def markdown(
         lines += ["```", an.parametric.summary(), "```"]
         if an.parametric.allocation_identified:
             lines.append(
-                f"Compute-optimal allocation with C = {an.flops_per_param_datum:.4g} N D ({u['N']}, {u['D']}): "
+                f"Compute-optimal allocation with C = {an.flops_per_param_datum:.4g} N D "
+                f"({u['N']}, {u['D']}): "
                 f"N_opt ~ C^{an.parametric.a:.4f}, D_opt ~ C^{an.parametric.b:.4f}."
             )
         else:
@@ -160,7 +162,9 @@ def markdown(
         summ = an.to_dict()["diagnostics"]["residuals"]
         lines.append(f"- residuals ln(L_obs / L_fit): rms {summ['rmse']:.3g}; by budget (FLOPs) and model:")
         for row in summ["by_budget"]:
-            lines.append(f"  - {row['budget']:.3g} FLOPs: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}")
+            lines.append(
+                f"  - {row['budget']:.3g} FLOPs: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}"
+            )
         for row in summ["by_model"]:
             lines.append(f"  - {row['model']}: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}")
     if an.messages:

@@ -286,10 +286,13 @@ def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = 
     short = last.notna() & (last < min_steps)
     is_final = pts["final"].astype(bool)
     dropped = pts[short & is_final].copy()
-    dropped["reason"] = [f"cell ended at step {s:.0f} < --min-steps {min_steps}" for s in last[short & is_final]]
+    dropped["reason"] = [
+        f"cell ended at step {s:.0f} < --min-steps {min_steps}" for s in last[short & is_final]
+    ]
     if short.any():
         notes.append(
-            f"{dropped['run_id'].nunique()} run(s) dropped: fewer than --min-steps {min_steps} optimizer steps "
+            f"{dropped['run_id'].nunique()} run(s) dropped: fewer than --min-steps {min_steps} "
+            "optimizer steps "
             f"({', '.join(f'{m} at {c:.3g} FLOPs' for m, c in zip(dropped['model'], dropped['C']))})"
         )
     pts = pts[~short]
@@ -305,8 +308,9 @@ def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = 
     if mid.any():
         n_runs = pts.loc[final_only, "run_id"].nunique()
         notes.append(
-            f"{n_runs} run(s) with a {'/'.join(sorted(set(sched[final_only])))} schedule: only the final point "
-            f"of each is used ({int(mid.sum())} intermediate points left out: mid-schedule, not finished runs)"
+            f"{n_runs} run(s) with a {'/'.join(sorted(set(sched[final_only])))} schedule: only the "
+            f"final point of each is used ({int(mid.sum())} intermediate points left out: "
+            "mid-schedule, not finished runs)"
         )
     for name in ("constant", "unknown"):
         m = (sched == name) & several

@@ -191,7 +191,16 @@ def test_cli_on_mlflow_in_tokens_and_non_embedding_params(sweep, tmp_path):
     uri, _ = sweep
     out_json = tmp_path / "fit.json"
     args = ["--experiment", EXP, "--tracking-uri", uri, "--bootstrap", "0", "--no-mlflow-log"]
-    args += ["--data-axis", "tokens", "--params", "non_embedding", "--json", str(out_json), "--out", str(tmp_path)]
+    args += [
+        "--data-axis",
+        "tokens",
+        "--params",
+        "non_embedding",
+        "--json",
+        str(out_json),
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     res = json.loads(out_json.read_text())
     # C = K N images = (K / (64 x 0.9)) x N_non_embedding x tokens

@@ -42,7 +42,17 @@ def isoflop_sweep(params=TRUE, budgets=BUDGETS, n_sizes=9, span=(-1.0, 1.0), noi
         for i, n in enumerate(n0 * np.logspace(*span, n_sizes)):
             d = c / (k * n)
             loss = float(parametric_loss(params, n, d)) * math.exp(noise * rng.standard_normal())
-            rows.append({"N": n, "D": d, "C": c, "loss": loss, "run_id": f"c{c:.0e}-{i}", "model": f"m{i}", "budget": c})
+            rows.append(
+                {
+                    "N": n,
+                    "D": d,
+                    "C": c,
+                    "loss": loss,
+                    "run_id": f"c{c:.0e}-{i}",
+                    "model": f"m{i}",
+                    "budget": c,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -57,7 +67,9 @@ def demo_like_sweep(noise=0.01, seed=0, schedule="constant"):
             steps = round(b / (K_DEMO * n) / 16)
             for s in np.linspace(steps / 6, steps, 6).round():
                 d = 16 * s
-                loss = (0.05 + 0.002 * (n / 1e5) ** 0.05 + 2.0 / d**0.3) * math.exp(noise * rng.standard_normal())
+                loss = (0.05 + 0.002 * (n / 1e5) ** 0.05 + 2.0 / d**0.3) * math.exp(
+                    noise * rng.standard_normal()
+                )
                 rows.append(
                     {
                         "N": n, "D": d, "C": K_DEMO * n * d, "loss": loss, "run_id": f"{m}@{b:.0e}",
@@ -247,7 +259,9 @@ def test_frontier_bootstraps_runs_and_gives_no_law_for_a_one_model_frontier():
     rows = []
     for i, n in enumerate([1e6, 1e7, 1e8]):  # learning curves of three runs of a known law
         for dd in np.logspace(6, 10, 12):
-            rows.append({"N": n, "D": dd, "C": 6 * n * dd, "loss": 1 + 30 / n**0.3 + 40 / dd**0.3, "run_id": f"r{i}"})
+            rows.append(
+                {"N": n, "D": dd, "C": 6 * n * dd, "loss": 1 + 30 / n**0.3 + 40 / dd**0.3, "run_id": f"r{i}"}
+            )
     an = analyze(pd.DataFrame(rows), AnalysisConfig(n_bootstrap=6, min_steps=0))
     assert an.frontier.n_opt is not None and an.frontier.n_opt.bootstrap.unit == "runs"
     assert an.frontier.n_opt.bootstrap.n_requested == 6
@@ -317,7 +331,9 @@ def test_effective_data_closed_form_and_fitted_r_star():
 
 def test_isoflop_slices_group_patch_variants():
     base = isoflop_sweep(n_sizes=5, budgets=BUDGETS[:3])
-    twin = base.assign(N=base["N"] * 0.9999, loss=base["loss"] * 1.02, patch_size=4, run_id=base["run_id"] + "/4")
+    twin = base.assign(
+        N=base["N"] * 0.9999, loss=base["loss"] * 1.02, patch_size=4, run_id=base["run_id"] + "/4"
+    )
     fit = fit_isoflop(pd.concat([base.assign(patch_size=2), twin], ignore_index=True))
     assert {p.patch for p in fit.profiles} == {2.0, 4.0} and all(p.n_points == 5 for p in fit.profiles)
     assert fit.patch == 2.0 and set(fit.by_patch) == {2.0, 4.0}
