@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if hold is not None:
         print(hold.text())
     status = results_dict(an, preds, hold)["status"]
+    print(f"status: {status}")
     print(f"report: {paths['report']}")
     code = EXIT_CODES[status]
     if code:

@@ -208,13 +208,14 @@ class IsoFlopFit(AllocationExponents):
     status: Status = field(default_factory=Status)
     patch: float = math.nan  # the patch size of n_opt / d_opt
     by_patch: dict[float, tuple[PowerLawFit, PowerLawFit]] = field(default_factory=dict)
+    units: tuple[str, str] = ("parameters", "images")  # of N and D
 
     def summary(self) -> str:
         lines = [f"IsoFLOP profiles: {len(self.profiles)} usable slice(s) (budget x patch size)"]
         for p in self.profiles:
             lines.append(
-                f"  C={p.compute:.3g} FLOPs{_patch_txt(p.patch)}: N_opt={p.n_opt:.3g} D_opt={p.d_opt:.3g} "
-                f"L_opt={p.loss_opt:.4g} ({p.n_points} points)"
+                f"  C={p.compute:.3g} FLOPs{_patch_txt(p.patch)}: N_opt={p.n_opt:.3g} {self.units[0]}, "
+                f"D_opt={p.d_opt:.3g} {self.units[1]}, L_opt={p.loss_opt:.4g} ({p.n_points} points)"
             )
         se = self.bootstrap.se() if self.bootstrap else {}
         for name, law in (("N_opt", self.n_opt), ("D_opt", self.d_opt)):
@@ -294,6 +295,7 @@ def fit_isoflop(
     seed: int = 0,
     gap_dex: float = 0.1,
     units: str = "parameters",
+    data_units: str = "images",
 ) -> IsoFlopFit:
     """Approach 2. Needs >= 3 budgets of one patch size with >= 3 model sizes each, or the laws are None.
 
@@ -310,7 +312,15 @@ def fit_isoflop(
             "model sizes and its minimum inside them); no N_opt(C) law"
         )
         log.info(msg)
-        return IsoFlopFit(profiles, None, None, messages=skipped + [msg], slices=slices, status=status)
+        return IsoFlopFit(
+            profiles,
+            None,
+            None,
+            messages=skipped + [msg],
+            slices=slices,
+            status=status,
+            units=(units, data_units),
+        )
     by_patch = {k: _laws(v) for k, v in groups.items()}
     main = max(groups, key=lambda k: (len(groups[k]), -k))
     n_law, d_law = by_patch[main]
@@ -323,6 +333,7 @@ def fit_isoflop(
         status=status,
         patch=math.nan if main < 0 else main,
         by_patch={k: v for k, v in by_patch.items() if k >= 0},
+        units=(units, data_units),
     )
     if n_bootstrap > 0:
         pts = points.reset_index(drop=True)

@@ -306,7 +306,12 @@ class ParametricFit:
         lo_b, hi_b = self.config.exponent_bounds
         ci = self.conf_int()
         what = {
-            "alpha": ("N", "model size N", "add model sizes spanning at least 10x in N at each budget"),
+            "alpha": (
+                "N",
+                "model size N",
+                "add model sizes that bracket the best one at each budget (the IsoFLOP status says on which "
+                "side), spanning at least 10x in N",
+            ),
             "beta": ("D", "data D", "add budgets spanning at least 10x in D (longer runs of each model)"),
         }
         shares = self.bootstrap.share_at_bound() if self.bootstrap is not None else {}

@@ -284,7 +284,9 @@ def _analyze(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
         msgs.append("no bootstrap (--bootstrap 0): whether alpha and beta are resolved was not checked")
     frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
     pure = _pure_law(frontier, "loss", B, seed)
-    iso = fit_isoflop(pts, n_bootstrap=B, seed=seed, gap_dex=cfg.isoflop_gap_dex, units=units["N"])
+    iso = fit_isoflop(
+        pts, n_bootstrap=B, seed=seed, gap_dex=cfg.isoflop_gap_dex, units=units["N"], data_units=units["D"]
+    )
     msgs.extend(iso.messages)
     fid_front = (
         fit_frontier(pts, "fid", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])

@@ -118,6 +118,7 @@ def markdown(
     lines += ["", "## Approach 3: parametric law L(N, D) = E + A/N^alpha + B/D^beta", ""]
     if an.parametric is not None:
         lines += ["```", an.parametric.summary(), "```"]
+        lines.append(f"Units: N in {u['N']}, D in {u['D']}, E and L in {u['loss']}.")
         if an.parametric.allocation_identified:
             lines.append(
                 f"Compute-optimal allocation with C = {an.flops_per_param_datum:.4g} N D "

@@ -53,6 +53,10 @@ def log_sweep(client, exp_id: str) -> dict:
                     Metric("compute/train_flops", K * n * d, 0, step),
                     Metric("data/images_seen", d, 0, step),
                 ]
+                if j == 0:  # one run per budget logs its unique images, one its epochs (-> 2 x 1617)
+                    metrics.append(Metric("data/unique_images", 1617.0, 0, step))
+                elif j == 1 and s > 0:
+                    metrics.append(Metric("data/epochs", d / 3234.0, 0, step))
                 if s > 0:
                     metrics.append(Metric("val/loss", law(n, d), 0, step))
                     n_points += 1
@@ -107,7 +111,9 @@ def test_load_runs_tidy_points(sweep):
     assert set(df["budget"]) == set(BUDGETS)
     assert df["model"].str.startswith("DiT-d").all()
     assert (df["tokens_per_image"] == 64.0).all() and np.allclose(df["N_non_embedding"], 0.9 * df["N"])
-    assert (df["schedule"] == "constant").all() and df["unique"].isna().all()
+    assert (df["schedule"] == "constant").all()
+    uniq = df.groupby("run_id")["unique"].first().round(6).value_counts(dropna=False).to_dict()
+    assert {k: v for k, v in uniq.items() if k == k} == {1617.0: 3, 3234.0: 3}  # NaN (not logged) for 3
 
 
 def test_load_runs_errors(sweep):
