@@ -68,6 +68,8 @@ def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
 def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.DataFrame:
     """Fill optional columns (C = k N D, fid, run_id, model, ...) with defaults and order the columns."""
     df = df.copy()
+    if "final" not in df.columns and {"step", "run_id"} <= set(df.columns) and df["step"].notna().all():
+        df["final"] = df["step"] == df.groupby("run_id")["step"].transform("max")  # last point of each run
     if "C" not in df.columns:
         k = 6.0 if flops_per_param_datum is None else flops_per_param_datum
         log.info("no C column: using C = %g * N * D", k)

@@ -287,6 +287,8 @@ def test_points_valid_for_the_schedule_and_min_steps():
     assert len(const) == 72 and any("constant lr" in n for n in notes)
     allp, _, _ = select_points(tidy(demo_like_sweep(schedule="cosine")), min_steps=0, all_points=True)
     assert len(allp) == 72
+    derived = tidy(demo_like_sweep().drop(columns="final"))  # a CSV with steps: final = last step of a run
+    assert derived["final"].sum() == 12 and (derived["final"] == pts["final"]).all()
     an = analyze(demo_like_sweep(schedule="constant_cooldown"), AnalysisConfig(n_bootstrap=0, min_steps=20))
     assert len(an.points) == 12 - len(dropped) and set(dropped["run_id"]) <= set(an.removed["run_id"])
 
