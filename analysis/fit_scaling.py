@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             params=args.params,
             effective_data=args.effective_data or args.r_star is not None,
             r_star=args.r_star,
+            # a CSV's D is in its own units unless --data-axis tokens converted it
+            data_units="images or tokens (as in the CSV)"
+            if args.csv is not None and args.data_axis == "images"
+            else None,
         )
         an = analyze(points, cfg)
         budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up

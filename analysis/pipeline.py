@@ -51,6 +51,7 @@ class AnalysisConfig:
     r_star: float | None = None  # R* of D'; None with effective_data: fitted (profile over a grid)
     extrapolation_factor: float = 10.0  # `extrapolating` beyond this x the largest compute measured
     disagreement_factor: float = 3.0  # `not_identified` when approaches' N_opt differ by more
+    data_units: str | None = None  # the unit of D when not set by data_axis (a CSV's own D column)
 
     def __post_init__(self) -> None:
         if self.min_steps < 0:
@@ -64,7 +65,7 @@ class AnalysisConfig:
 def units_of(cfg: AnalysisConfig, r_star: float | None = None) -> dict[str, str]:
     """The unit of each quantity, as printed beside every number."""
     n = "parameters" if cfg.params == "total" else "non-embedding parameters"
-    d = cfg.data_axis
+    d = cfg.data_units or cfg.data_axis
     if cfg.effective_data:
         d = f"effective {d} (Muennighoff D', R* = {r_star:.3g})" if r_star else f"effective {d}"
     return {"N": n, "D": d, "C": COMPUTE_UNITS, "loss": LOSS_UNITS}
