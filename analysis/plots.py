@@ -70,7 +70,7 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
             ax.fill_between(cc, lo, hi, color="k", alpha=0.1)
     if an.loss_vs_compute_pure is not None:
         ax.plot(cc, an.loss_vs_compute_pure.predict(cc), ":", color="gray", label="pure power law")
-    if an.parametric is not None:
+    if an.parametric is not None and an.parametric.allocation_identified:
         _, _, lopt = optimal_allocation(an.parametric.params, cc, an.flops_per_param_datum)
         ax.plot(cc, lopt, "r-", lw=1, label="parametric law, compute-optimal")
     sm = plt.cm.ScalarMappable(
