@@ -185,10 +185,14 @@ def fit_r_star(points: pd.DataFrame, cfg: AnalysisConfig, grid=None) -> float:
     """R* of D' minimising the parametric objective (a profile over a log grid of R*)."""
     grid = np.logspace(-0.5, 2.5, 13) if grid is None else grid
     best = (math.inf, math.nan)
+    # cheaper fits along the profile (fewer starts, no polish); the final fit at R* is the full one
+    quick = ParametricConfig(
+        delta=cfg.delta, n_starts=4, n_varpro_starts=2, polish_ftol=None, polish_gtol=None
+    )
     for r in grid:
         d = effective_data(points["D"], points["unique"], float(r))
         try:
-            f = fit_parametric(points["N"], d, points["loss"], ParametricConfig(delta=cfg.delta)).objective
+            f = fit_parametric(points["N"], d, points["loss"], quick).objective
         except (ValueError, RuntimeError):
             continue
         best = min(best, (f, float(r)))
