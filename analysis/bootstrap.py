@@ -1,28 +1,57 @@
-"""Nonparametric bootstrap over points (or over groups of points, e.g. whole runs)."""
+"""Nonparametric bootstrap over points (or over groups of points, e.g. whole runs).
+
+Nothing is dropped silently: a resample whose refit fails is counted (`n_failed`), and a refit that
+ends on a parameter bound is kept in the intervals and counted per parameter (`at_bound`).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
+BOUND_PREFIX = "_bound_"  # keys of fit_one's dict that flag a parameter at its bound (1.0 / 0.0)
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `values` (NaN ignored; +-inf kept, so an unbounded side stays unbounded)."""
+    v = np.asarray(values, float)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return math.nan, math.nan
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    method = "linear" if np.all(np.isfinite(v)) else "inverted_cdf"  # no inf - inf interpolation
+    lo, hi = np.quantile(v, q, method=method)
+    return float(lo), float(hi)
+
 
 @dataclass
 class BootstrapResult:
-    """Refitted values per resample: samples[name] is (n_ok,)."""
+    """Refitted values per resample: samples[name] is (n_ok,); at_bound[name] is (n_ok,) bool."""
 
     samples: dict[str, np.ndarray]
     n_requested: int
     unit: str = "points"
+    n_failed: int = 0
+    at_bound: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_ok(self) -> int:
         return len(next(iter(self.samples.values()))) if self.samples else 0
+
+    @property
+    def share_failed(self) -> float:
+        """Share of the requested resamples whose refit failed (no values; not in the intervals)."""
+        return self.n_failed / self.n_requested if self.n_requested else 0.0
+
+    def share_at_bound(self) -> dict[str, float]:
+        """Per parameter, the share of successful resamples that ended on a bound (kept in intervals)."""
+        return {k: float(np.mean(v)) if len(v) else 0.0 for k, v in self.at_bound.items()}
 
     def se(self) -> dict[str, float]:
         """Standard deviation of each quantity across resamples (ddof=1)."""
@@ -31,18 +60,36 @@ class BootstrapResult:
 
     def conf_int(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
         """Percentile intervals."""
-        q = 100 * (1 - level) / 2
-        return {
-            k: (float(np.percentile(v, q)), float(np.percentile(v, 100 - q))) if len(v) else (np.nan, np.nan)
-            for k, v in self.samples.items()
-        }
+        return {k: percentile_interval(v, level) for k, v in self.samples.items()}
 
     def interval_of(self, fn: Callable[[dict[str, float]], np.ndarray], level: float = 0.95):
         """Percentile band of a derived prediction fn(params) -> array, over resamples: (lo, hi)."""
         keys = list(self.samples)
         vals = np.array([fn({k: self.samples[k][i] for k in keys}) for i in range(self.n_ok)])
-        q = 100 * (1 - level) / 2
-        return np.percentile(vals, q, axis=0), np.percentile(vals, 100 - q, axis=0)
+        q = [(1 - level) / 2, 1 - (1 - level) / 2]
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.nanquantile(vals, q, axis=0)
+        return lo, hi
+
+    def correlation(self, keys) -> np.ndarray:
+        """Correlation matrix (len(keys), len(keys)) of the named quantities over resamples."""
+        x = np.array([self.samples[k] for k in keys], float)
+        ok = np.all(np.isfinite(x), axis=0)
+        if ok.sum() < 3:
+            return np.full((len(keys), len(keys)), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.corrcoef(x[:, ok])
+
+    def to_dict(self, level: float = 0.95) -> dict:
+        return {
+            "unit": self.unit,
+            "n_requested": self.n_requested,
+            "n_ok": self.n_ok,
+            "n_failed": self.n_failed,
+            "share_failed": self.share_failed,
+            "share_at_bound": self.share_at_bound(),
+            "interval": f"{100 * level:g}% percentile",
+        }
 
 
 def resample_indices(n: int, rng: np.random.Generator, groups=None) -> np.ndarray:
@@ -63,9 +110,14 @@ def bootstrap_points(
     seed: int = 0,
     groups=None,
 ) -> BootstrapResult:
-    """Call fit_one(indices) on `n_resamples` resamples; None results (failed fits) are dropped."""
+    """Call fit_one(indices) on `n_resamples` resamples.
+
+    fit_one returns a dict of values (keys starting with `BOUND_PREFIX` flag a parameter that ended on
+    its bound) or None when the refit failed; failures are counted in `n_failed`, never hidden.
+    """
     rng = np.random.default_rng(seed)
     rows: list[dict[str, float]] = []
+    n_failed = 0
     for _ in range(n_resamples):
         idx = resample_indices(n, rng, groups)
         try:
@@ -73,12 +125,18 @@ def bootstrap_points(
         except (ValueError, np.linalg.LinAlgError, FloatingPointError, OverflowError) as e:
             log.debug("bootstrap refit failed: %s", e)
             r = None
-        if r is not None:
+        if r is None:
+            n_failed += 1
+        else:
             rows.append(r)
-    if len(rows) < n_resamples:
-        log.info(
-            "bootstrap: %d of %d resamples failed and were dropped", n_resamples - len(rows), n_resamples
-        )
+    if n_failed:
+        log.info("bootstrap: %d of %d resamples failed (reported as share_failed)", n_failed, n_resamples)
     keys = list(rows[0]) if rows else []
-    samples = {k: np.array([r[k] for r in rows], dtype=float) for k in keys}
-    return BootstrapResult(samples, n_resamples, unit="groups" if groups is not None else "points")
+    samples = {k: np.array([r[k] for r in rows], dtype=float) for k in keys if not k.startswith(BOUND_PREFIX)}
+    at_bound = {
+        k[len(BOUND_PREFIX) :]: np.array([bool(r[k]) for r in rows])
+        for k in keys
+        if k.startswith(BOUND_PREFIX)
+    }
+    unit = "groups" if groups is not None else "points"
+    return BootstrapResult(samples, n_resamples, unit=unit, n_failed=n_failed, at_bound=at_bound)

@@ -15,19 +15,43 @@ from pathlib import Path
 
 from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
 from analysis.report import log_to_mlflow, results_dict, write_json, write_report
-from analysis.runs import load_csv, load_runs
+from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
+from analysis.status import (
+    EXIT_BAD_INPUT,
+    EXIT_CENSORED,
+    EXIT_CODES,
+    EXIT_NOT_IDENTIFIED,
+)
 from dit_core.tracking import DEFAULT_EXPERIMENT
 
 log = logging.getLogger("analysis.fit_scaling")
 
+EPILOG = f"""\
+status and exit codes (status is also in results.json, with its reasons):
+  {EXIT_CODES["ok"]}  ok, or extrapolating (a budget > 10x the largest measured; the holdout error is shown)
+  1  crash (a bug: please report it)
+  {EXIT_BAD_INPUT}  bad input (missing column, unknown experiment, too few points, ...)
+  {EXIT_NOT_IDENTIFIED}  not_identified: the data do not determine the recommendation (N_opt withheld)
+  {EXIT_CENSORED}  censored: the optimum lies outside the models trained ("N_opt below X at every budget")
+See docs/analysis.md for what to add to the sweep in each case.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fit_scaling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="fit_scaling",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--experiment", help=f"MLflow experiment name (default {DEFAULT_EXPERIMENT})")
-    src.add_argument("--csv", type=Path, help="CSV with columns N, D, loss (optional C, fid, run_id, model)")
+    src.add_argument(
+        "--csv",
+        type=Path,
+        help="CSV with columns N, D, loss (optional C, fid, run_id, model, step, schedule, patch_size, "
+        "tokens_per_image, N_non_embedding, unique)",
+    )
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     )
@@ -43,7 +67,41 @@ def build_parser() -> argparse.ArgumentParser:
         "default: 10x the largest compute in the data)",
     )
     p.add_argument(
-        "--holdout", choices=["largest"], help="fit without the largest-compute runs; report the error"
+        "--holdout",
+        choices=["largest"],
+        help="fit without the largest-compute runs; report the error "
+        "(run anyway when a prediction extrapolates)",
+    )
+    p.add_argument(
+        "--data-axis",
+        choices=DATA_AXES,
+        default="images",
+        help="D in images, or in tokens = images x (model.input_size / model.patch_size)^2 (default images)",
+    )
+    p.add_argument(
+        "--params",
+        choices=PARAM_AXES,
+        default="total",
+        help="N = all trainable parameters, or non-embedding ones (param model.params_non_embedding; "
+        "Kaplan et al. 2020) (default total)",
+    )
+    p.add_argument(
+        "--effective-data",
+        action="store_true",
+        help="use Muennighoff et al. 2023's effective data D' for repeated images (needs data/unique_images)",
+    )
+    p.add_argument("--r-star", type=float, help="R* of D' (implies --effective-data; default: fitted)")
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=50,
+        help="drop runs that ended below this many optimizer steps (default 50)",
+    )
+    p.add_argument(
+        "--all-points",
+        action="store_true",
+        help="use every intermediate point, also of cosine / constant_cooldown runs "
+        "(default: their final point only)",
     )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (0 = none)")
     p.add_argument("--seed", type=int, default=0)
@@ -86,28 +144,58 @@ def main(argv: list[str] | None = None) -> int:
             drop_highest_loss=args.drop_highest_loss,
             outlier_sigma=args.outlier_sigma,
             delta=args.delta,
+            min_steps=args.min_steps,
+            all_points=args.all_points,
+            data_axis=args.data_axis,
+            params=args.params,
+            effective_data=args.effective_data or args.r_star is not None,
+            r_star=args.r_star,
+            # a CSV's D is in its own units unless --data-axis tokens converted it
+            data_units="images or tokens (as in the CSV)"
+            if args.csv is not None and args.data_axis == "images"
+            else None,
         )
         an = analyze(points, cfg)
         budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up
         preds = [predict(an, c) for c in budgets]
-        hold = holdout_largest(points, cfg) if args.holdout == "largest" else None
+        hold = None
+        if args.holdout == "largest" or any(p.extrapolating for p in preds):
+            try:
+                hold = holdout_largest(points, cfg)
+            except ValueError as e:
+                if args.holdout == "largest":
+                    raise
+                an.messages.append(f"holdout for the extrapolated budget not possible: {e}")
+        if hold is not None:
+            for p in preds:
+                if p.extrapolating:
+                    p.holdout = hold.to_dict()
         paths = write_report(an, args.out, preds, hold, source)
         if args.json is not None:
             write_json(args.json, an, preds, hold)
         if args.csv is None and not args.no_mlflow_log:
-            rid = log_to_mlflow(paths, args.experiment or DEFAULT_EXPERIMENT, uri, results_dict(an))
+            rid = log_to_mlflow(
+                paths, args.experiment or DEFAULT_EXPERIMENT, uri, results_dict(an, preds, hold)
+            )
             print(f"analysis run: {rid}")
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if an.parametric is not None:
         print(an.parametric.summary())
     for p in preds:
         print(p.text())
     if hold is not None:
         print(hold.text())
+    status = results_dict(an, preds, hold)["status"]
+    print(f"status: {status}")
     print(f"report: {paths['report']}")
-    return 0
+    code = EXIT_CODES[status]
+    if code:
+        print(
+            f"status {status}: exit code {code} (see the reasons above and docs/analysis.md)", file=sys.stderr
+        )
+    return code
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """IsoFLOP profiles (Chinchilla approach 2): loss = parabola in log N per budget -> N_opt(C), D_opt(C).
 
-Points are grouped into budgets by their `budget` column when present (the planned FLOPs of a sweep
-cell; each run contributes its final point) and otherwise by clustering log10 C: sorted points
-whose neighbours are within `gap_dex` fall in one budget.
+Points are grouped into slices by budget and patch size. The budget is the `budget` column when
+present (the planned FLOPs of a sweep cell; each run contributes its final point), otherwise a
+cluster of log10 C: sorted points whose neighbours are within `gap_dex` fall in one budget. Patch
+variants of one shape have nearly the same N but different compute per image, so they are not
+different sizes: each patch size gets its own slices and its own N_opt(C) law.
+
+When the best model at every budget is the smallest (or largest) one trained, the optimum lies
+outside the grid: the result is `censored` ("N_opt below X at every budget"), never a number.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import pandas as pd
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
 from analysis.laws import AllocationExponents, PowerLawFit, fit_power_law
+from analysis.status import CENSORED, Status
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class IsoFlopProfile:
-    """One budget: loss ~ c2 (ln N)^2 + c1 ln N + c0 and its minimum."""
+    """One slice (budget, patch size): loss ~ c2 (ln N)^2 + c1 ln N + c0 and its minimum."""
 
     compute: float  # budget (FLOPs): the median C of its points (true FLOPs)
     coef: tuple[float, float, float]  # (c2, c1, c0)
@@ -31,16 +37,27 @@ class IsoFlopProfile:
     loss_opt: float
     n_points: int
     n_range: tuple[float, float]
+    patch: float = math.nan  # patch size of the slice (NaN when unknown)
 
     def predict(self, n) -> np.ndarray:
         return np.polyval(self.coef, np.log(np.asarray(n, float)))
 
 
+@dataclass(frozen=True)
+class IsoFlopSlice:
+    """Where the best observed model of one slice sits among the sizes trained there."""
+
+    compute: float
+    patch: float
+    sizes: tuple[float, ...]  # distinct N trained (sorted)
+    best_n: float  # N of the lowest observed loss
+    side: str  # "below" (smallest wins), "above" (largest wins), "interior", or "single" (one size)
+
+
 def assign_budgets(points: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
     """A budget label (FLOPs) per row: the `budget` column of final points, or clusters of log10 C."""
     if "budget" in points.columns and points["budget"].notna().all() and "final" in points.columns:
-        lab = points["budget"].where(points["final"].astype(bool))
-        return lab
+        return points["budget"].where(points["final"].astype(bool))
     lc = np.log10(points["C"].to_numpy(float))
     order = np.argsort(lc)
     cluster = np.zeros(len(lc), int)
@@ -49,21 +66,54 @@ def assign_budgets(points: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
     return pd.Series(med.loc[cluster].to_numpy(), index=points.index)
 
 
-def _profile(g: pd.DataFrame, c: float, skipped: list[str] | None = None) -> IsoFlopProfile | None:
+def _patch_of(points: pd.DataFrame) -> pd.Series:
+    if "patch_size" in points.columns:
+        return pd.to_numeric(points["patch_size"], errors="coerce").fillna(-1.0)
+    return pd.Series(-1.0, index=points.index)
+
+
+def iter_slices(points: pd.DataFrame, gap_dex: float = 0.1):
+    """Yield (compute, patch, group) per IsoFLOP slice; a group spanning > 2 gap_dex in log10 C is
+    not a slice (continuous compute, e.g. the Chinchilla Figure 4 points) and is left out."""
+    lab = assign_budgets(points, gap_dex)
+    pts = points.assign(_b=lab, _p=_patch_of(points)).dropna(subset=["_b"])
+    for (_, patch), g in pts.groupby(["_b", "_p"]):
+        if np.ptp(np.log10(g["C"].to_numpy(float))) > 2 * gap_dex:
+            continue
+        yield float(g["C"].median()), (math.nan if patch < 0 else float(patch)), g
+
+
+def _patch_txt(patch: float) -> str:
+    return "" if math.isnan(patch) else f", patch {patch:g}"
+
+
+def _profile(
+    g: pd.DataFrame, c: float, patch: float, skipped: list[str] | None = None, units: str = "parameters"
+) -> IsoFlopProfile | None:
     ln = np.log(g["N"].to_numpy(float))
     if len(np.unique(ln)) < 3:
+        if skipped is not None:
+            skipped.append(
+                f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: {len(np.unique(ln))} model size(s); a "
+                "parabola needs 3 - add model sizes at this budget"
+            )
         return None
     coef = np.polyfit(ln, g["loss"].to_numpy(float), 2)
     if coef[0] <= 0:
-        log.info("budget %.3g: parabola opens downward, no minimum; skipped", c)
+        if skipped is not None:
+            skipped.append(
+                f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: the parabola opens downward (no minimum); "
+                "skipped"
+            )
         return None
     x_opt = -coef[1] / (2 * coef[0])
     if not ln.min() <= x_opt <= ln.max():
         side = "smaller" if x_opt < ln.min() else "larger"
         if skipped is not None:
             skipped.append(
-                f"IsoFLOP budget {c:.3g}: the parabola's minimum (N={math.exp(x_opt):.3g}) lies outside "
-                f"the models trained there (N {math.exp(ln.min()):.3g}..{math.exp(ln.max()):.3g}); "
+                f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: the parabola's minimum "
+                f"(N={math.exp(x_opt):.3g} {units}) lies outside the models trained there "
+                f"(N {math.exp(ln.min()):.3g}..{math.exp(ln.max()):.3g} {units}); "
                 f"budget skipped - add {side} models at this budget"
             )
         return None
@@ -77,45 +127,95 @@ def _profile(g: pd.DataFrame, c: float, skipped: list[str] | None = None) -> Iso
         loss_opt=float(np.polyval(coef, x_opt)),
         n_points=len(g),
         n_range=(float(np.exp(ln.min())), float(np.exp(ln.max()))),
+        patch=patch,
     )
 
 
 def isoflop_profiles(
-    points: pd.DataFrame, gap_dex: float = 0.1, skipped: list[str] | None = None
+    points: pd.DataFrame, gap_dex: float = 0.1, skipped: list[str] | None = None, units: str = "parameters"
 ) -> list[IsoFlopProfile]:
-    """Fit a parabola per budget with >= 3 distinct N; budgets with a maximum or fewer N are skipped.
+    """A parabola per slice (budget, patch) with >= 3 distinct N and its minimum inside them;
+    `skipped` collects why the other slices were left out."""
+    out = [
+        p
+        for c, patch, g in iter_slices(points, gap_dex)
+        if (p := _profile(g, c, patch, skipped, units)) is not None
+    ]
+    return sorted(out, key=lambda p: (p.patch if not math.isnan(p.patch) else -1, p.compute))
 
-    A group of points spanning more than 2 x gap_dex in log10 C is not an IsoFLOP slice (continuous
-    compute, e.g. the Chinchilla Figure 4 points) and is skipped too. So is a budget whose minimum
-    lies outside its sampled model sizes (an extrapolation); `skipped` collects why.
-    """
-    lab = assign_budgets(points, gap_dex)
+
+def slice_sides(points: pd.DataFrame, gap_dex: float = 0.1) -> list[IsoFlopSlice]:
+    """Per slice, whether its best observed model is the smallest, the largest or an interior size."""
     out = []
-    for _, g in points.assign(_b=lab).dropna(subset=["_b"]).groupby("_b"):
-        if np.ptp(np.log10(g["C"].to_numpy(float))) > 2 * gap_dex:
-            continue
-        p = _profile(g, float(g["C"].median()), skipped)
-        if p is not None:
-            out.append(p)
-    return sorted(out, key=lambda p: p.compute)
+    for c, patch, g in iter_slices(points, gap_dex):
+        best = g.groupby("N")["loss"].min()
+        sizes = tuple(float(n) for n in best.index)
+        n_best = float(best.idxmin())
+        if len(sizes) < 2:
+            side = "single"
+        elif n_best == sizes[0]:
+            side = "below"
+        elif n_best == sizes[-1]:
+            side = "above"
+        else:
+            side = "interior"
+        out.append(IsoFlopSlice(c, patch, sizes, n_best, side))
+    return sorted(out, key=lambda s: s.compute)
+
+
+def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
+    """`censored` when the best model is the smallest (or the largest) trained at every budget."""
+    st = Status()
+    usable = [s for s in slices if s.side != "single"]
+    if not usable or (len(usable) < 2 and len(usable[0].sizes) < 3):
+        return st  # one slice of two sizes is too little to call (and may be an accidental cluster)
+    for side, edge, fix in (
+        ("below", 0, "add models smaller than that (at least two sizes below it) at every budget"),
+        ("above", -1, "add models larger than that (at least two sizes above it) at every budget"),
+    ):
+        if all(s.side == side for s in usable):
+            bound = [s.sizes[edge] for s in usable]
+            x = max(bound) if side == "below" else min(bound)
+            per = "; ".join(
+                f"{s.compute:.3g} FLOPs{_patch_txt(s.patch)}: < {s.sizes[edge]:.3g}" for s in usable
+            )
+            if side == "above":
+                per = per.replace("< ", "> ")
+            st.add(
+                CENSORED,
+                f"N_opt {side} {x:.3g} {units} at every budget: the "
+                f"{'smallest' if side == 'below' else 'largest'} "
+                f"model trained wins at each of the {len(usable)} budget(s) ({per}); the optimum is outside "
+                f"the grid - {fix}",
+            )
+    return st
 
 
 @dataclass
 class IsoFlopFit(AllocationExponents):
-    """Approach 2: the per-budget profiles and N_opt(C), D_opt(C) power laws through their minima."""
+    """Approach 2: the per-slice profiles and N_opt(C), D_opt(C) power laws through their minima.
+
+    With several patch sizes each gets its own laws (`by_patch`); `n_opt` / `d_opt` are those of the
+    patch size with the most usable budgets.
+    """
 
     profiles: list[IsoFlopProfile]
     n_opt: PowerLawFit | None
     d_opt: PowerLawFit | None
     bootstrap: BootstrapResult | None = None
     messages: list[str] = field(default_factory=list)
+    slices: list[IsoFlopSlice] = field(default_factory=list)
+    status: Status = field(default_factory=Status)
+    patch: float = math.nan  # the patch size of n_opt / d_opt
+    by_patch: dict[float, tuple[PowerLawFit, PowerLawFit]] = field(default_factory=dict)
+    units: tuple[str, str] = ("parameters", "images")  # of N and D
 
     def summary(self) -> str:
-        lines = [f"IsoFLOP profiles: {len(self.profiles)} budgets"]
+        lines = [f"IsoFLOP profiles: {len(self.profiles)} usable slice(s) (budget x patch size)"]
         for p in self.profiles:
             lines.append(
-                f"  C={p.compute:.3g}: N_opt={p.n_opt:.3g} D_opt={p.d_opt:.3g} L_opt={p.loss_opt:.4g} "
-                f"({p.n_points} points)"
+                f"  C={p.compute:.3g} FLOPs{_patch_txt(p.patch)}: N_opt={p.n_opt:.3g} {self.units[0]}, "
+                f"D_opt={p.d_opt:.3g} {self.units[1]}, L_opt={p.loss_opt:.4g} ({p.n_points} points)"
             )
         se = self.bootstrap.se() if self.bootstrap else {}
         for name, law in (("N_opt", self.n_opt), ("D_opt", self.d_opt)):
@@ -123,14 +223,23 @@ class IsoFlopFit(AllocationExponents):
                 e = -law.params["alpha"]
                 lines.append(
                     f"  {name} = {law.params['A']:.4g} C^{e:.4f} (se {se.get(name + '_exp', math.nan):.3g})"
+                    f"{_patch_txt(self.patch)}"
                 )
-        return "\n".join(lines + self.messages)
+        if self.bootstrap is not None:
+            lines.append(
+                f"  bootstrap: {self.bootstrap.n_requested} resamples of runs, {self.bootstrap.n_failed} "
+                f"failed ({100 * self.bootstrap.share_failed:.0f}%: fewer than 3 usable budgets)"
+            )
+        return "\n".join(lines + self.messages + [self.status.text()])
 
     def to_dict(self) -> dict:
         out: dict = {
+            "status": self.status.status,
+            "reasons": list(self.status.reasons),
             "profiles": [
                 {
                     "C": p.compute,
+                    "patch": None if math.isnan(p.patch) else p.patch,
                     "N_opt": p.n_opt,
                     "D_opt": p.d_opt,
                     "loss_opt": p.loss_opt,
@@ -138,14 +247,30 @@ class IsoFlopFit(AllocationExponents):
                 }
                 for p in self.profiles
             ],
+            "slices": [
+                {
+                    "C": s.compute,
+                    "patch": None if math.isnan(s.patch) else s.patch,
+                    "sizes": list(s.sizes),
+                    "best_N": s.best_n,
+                    "side": s.side,
+                }
+                for s in self.slices
+            ],
+            "patch": None if math.isnan(self.patch) else self.patch,
             "a": self.a,
             "b": self.b,
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
+            "by_patch": {
+                str(k): {"a": -n.params["alpha"], "b": -d.params["alpha"]}
+                for k, (n, d) in self.by_patch.items()
+            },
         }
         if self.bootstrap is not None:
             out["se"] = self.bootstrap.se()
             out["ci95"] = {k: list(v) for k, v in self.bootstrap.conf_int().items()}
+            out["bootstrap"] = self.bootstrap.to_dict()
         return out
 
 
@@ -156,26 +281,64 @@ def _laws(profiles: list[IsoFlopProfile]) -> tuple[PowerLawFit, PowerLawFit]:
     return n, d
 
 
-def fit_isoflop(
-    points: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0, gap_dex: float = 0.1
-) -> IsoFlopFit:
-    """Approach 2. Needs >= 3 budgets with >= 3 model sizes each; otherwise the laws are None.
+def _by_patch(profiles: list[IsoFlopProfile]) -> dict[float, list[IsoFlopProfile]]:
+    out: dict[float, list[IsoFlopProfile]] = {}
+    for p in profiles:
+        out.setdefault(-1.0 if math.isnan(p.patch) else p.patch, []).append(p)
+    return out
 
-    The bootstrap resamples points within the data set and refits everything (profiles and laws).
+
+def fit_isoflop(
+    points: pd.DataFrame,
+    *,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    gap_dex: float = 0.1,
+    units: str = "parameters",
+    data_units: str = "images",
+) -> IsoFlopFit:
+    """Approach 2. Needs >= 3 budgets of one patch size with >= 3 model sizes each, or the laws are None.
+
+    The bootstrap resamples runs and refits everything (profiles and laws) for the main patch size.
     """
     skipped: list[str] = []
-    profiles = isoflop_profiles(points, gap_dex, skipped)
-    if len(profiles) < 3:
+    profiles = isoflop_profiles(points, gap_dex, skipped, units)
+    slices = slice_sides(points, gap_dex)
+    status = censoring(slices, units)
+    groups = {k: v for k, v in _by_patch(profiles).items() if len(v) >= 3}
+    if not groups:
         msg = (
-            f"IsoFLOP: {len(profiles)} usable budget(s) (need 3, each with >= 3 model sizes and its "
-            "minimum inside them); no N_opt(C) law"
+            f"IsoFLOP: {len(profiles)} usable slice(s) (need 3 budgets of one patch size, each with >= 3 "
+            "model sizes and its minimum inside them); no N_opt(C) law"
         )
         log.info(msg)
-        return IsoFlopFit(profiles, None, None, messages=skipped + [msg])
-    n_law, d_law = _laws(profiles)
-    fit = IsoFlopFit(profiles, n_law, d_law, messages=skipped)
+        return IsoFlopFit(
+            profiles,
+            None,
+            None,
+            messages=skipped + [msg],
+            slices=slices,
+            status=status,
+            units=(units, data_units),
+        )
+    by_patch = {k: _laws(v) for k, v in groups.items()}
+    main = max(groups, key=lambda k: (len(groups[k]), -k))
+    n_law, d_law = by_patch[main]
+    fit = IsoFlopFit(
+        profiles,
+        n_law,
+        d_law,
+        messages=skipped,
+        slices=slices,
+        status=status,
+        patch=math.nan if main < 0 else main,
+        by_patch={k: v for k, v in by_patch.items() if k >= 0},
+        units=(units, data_units),
+    )
     if n_bootstrap > 0:
         pts = points.reset_index(drop=True)
+        patch = _patch_of(pts).to_numpy()
+        pts = pts[patch == main].reset_index(drop=True)
 
         def one(idx):
             prof = isoflop_profiles(pts.iloc[idx], gap_dex)
@@ -189,5 +352,7 @@ def fit_isoflop(
                 "D_opt_A": dl.params["A"],
             }
 
-        fit.bootstrap = bootstrap_points(one, len(pts), n_bootstrap, seed=seed)
+        fit.bootstrap = bootstrap_points(
+            one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy()
+        )
     return fit

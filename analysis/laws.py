@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
+from analysis.status import NOT_IDENTIFIED, Status
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class PowerLawFit:
         if self.bootstrap is not None:
             out["se"] = self.se
             out["ci95"] = {k: list(v) for k, v in self.conf_int().items()}
+            out["bootstrap"] = self.bootstrap.to_dict()
         return out
 
 
@@ -178,15 +180,23 @@ def _frontier_start(pts: pd.DataFrame, gap_dex: float = 0.1) -> float:
     return float(first[first <= first[0] * 10**gap_dex].max())
 
 
+def _frontier_end(pts: pd.DataFrame, gap_dex: float = 0.1) -> float:
+    """The compute where the frontier ends: the first of the model sizes' last evaluations that lie
+    within `gap_dex` (log10) of the latest one (runs of one budget end a few steps' compute apart)."""
+    last = np.sort(pts.groupby("N")["C"].max().to_numpy(float))
+    return float(last[last >= last[-1] / 10**gap_dex].min())
+
+
 def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
     """Lower envelope of y over runs against compute (Chinchilla approach 1).
 
     With several points per run, each run's curve is interpolated (in log C) on a log grid of
     `n_grid` budgets and the best run is taken at each; with one point per run, the frontier is
     the Pareto set (each point beats every point of smaller compute). Either way the frontier
-    starts at `_frontier_start`: the first evaluations of the model sizes, which differ by a few
-    steps' compute, count as one budget, so a model evaluated slightly earlier than the others
-    does not make the frontier's first point. Returns columns C, y, N, D, run_id, model (one row
+    starts at `_frontier_start` and ends at `_frontier_end`: the first (last) evaluations of the
+    model sizes, which differ by a few steps' compute, count as one budget, so a model evaluated
+    slightly earlier (or stopped slightly later) than the others does not make the frontier's
+    first (last) point. Returns columns C, y, N, D, run_id, model (one row
     per frontier point, sorted by C).
     """
     pts = points.dropna(subset=[y]).sort_values("C")
@@ -195,14 +205,19 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
     per_run = pts.groupby("run_id").size()
     start = _frontier_start(pts)
     if per_run.max() < 2:
+        # one point per run: at one budget (the `budget` column, else exactly equal C) only the best
+        # run is on the frontier, whatever order the tied points come in
+        key = pts["budget"] if "budget" in pts.columns and pts["budget"].notna().all() else pts["C"]
+        pts = pts.loc[pts.groupby(key)[y].idxmin()].sort_values("C")
+        start = _frontier_start(pts)
         first = pts[pts["C"] <= start]
         pts = pd.concat([first.loc[[first[y].idxmin()]], pts[pts["C"] > start]])  # best of the first budget
         v = pts[y].to_numpy()
         keep = np.r_[True, v[1:] < np.minimum.accumulate(v)[:-1]]  # a new running minimum
         out = pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]]
         return out.reset_index(drop=True)
-    lc = np.log(pts["C"].to_numpy())
-    grid = np.linspace(math.log(start), lc.max(), n_grid)
+    end = max(_frontier_end(pts), start)
+    grid = np.linspace(math.log(start), math.log(end), n_grid)
     best_y = np.full(n_grid, np.inf)
     rows: list[dict | None] = [None] * n_grid
     for rid, g in pts.groupby("run_id"):
@@ -244,16 +259,26 @@ class AllocationExponents:
 
 @dataclass
 class FrontierFit(AllocationExponents):
-    """Approach 1: the frontier and power laws fitted to it: y(C), N_opt(C), D_opt(C)."""
+    """Approach 1: the frontier and power laws fitted to it: y(C), N_opt(C), D_opt(C).
+
+    The bootstrap resamples whole runs and recomputes the frontier each time. When one model holds
+    the whole frontier there is no N_opt(C) law (None) and `status` says so.
+    """
 
     frontier: pd.DataFrame
     y_law: PowerLawFit | None
     n_opt: PowerLawFit | None
     d_opt: PowerLawFit | None
+    status: Status = field(default_factory=Status)
 
     def to_dict(self) -> dict:
         return {
+            "status": self.status.status,
+            "reasons": list(self.status.reasons),
             "n_frontier_points": len(self.frontier),
+            "frontier_models": sorted(map(str, self.frontier["model"].unique()))
+            if len(self.frontier)
+            else [],
             "law": self.y_law.to_dict() if self.y_law else None,
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
@@ -262,29 +287,92 @@ class FrontierFit(AllocationExponents):
         }
 
 
-def fit_frontier(
-    points: pd.DataFrame, y: str = "loss", *, n_bootstrap: int = 0, seed: int = 0, n_grid: int = 40
-) -> FrontierFit:
-    """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws.
+def _frontier_laws(fr: pd.DataFrame, y: str) -> list[PowerLawFit | None]:
+    """y(C) saturating, N_opt(C) and D_opt(C) pure laws on a frontier; None where not identified.
 
-    A law that cannot be fitted (too few frontier points, one model everywhere) is None.
-    """
-    fr = compute_frontier(points, y, n_grid)
+    N_opt and D_opt are None when one model holds the whole frontier (its N is then constant and its
+    D is just C / (k N): no allocation law)."""
     laws: list[PowerLawFit | None] = []
+    one_model = fr["N"].nunique() < 2 if len(fr) else True
     for col, sat, name in ((y, True, y), ("N", False, "N_opt"), ("D", False, "D_opt")):
+        if col != y and one_model:
+            laws.append(None)
+            continue
         try:
-            laws.append(
-                fit_power_law(
-                    fr["C"],
-                    fr[col],
-                    saturating=sat,
-                    n_bootstrap=n_bootstrap,
-                    seed=seed,
-                    x_name="C",
-                    y_name=name,
-                )
-            )
+            laws.append(fit_power_law(fr["C"], fr[col], saturating=sat, x_name="C", y_name=name))
         except ValueError as e:
             log.info("frontier %s(C) not fitted: %s", name, e)
             laws.append(None)
-    return FrontierFit(fr, *laws)
+    return laws
+
+
+def fit_frontier(
+    points: pd.DataFrame,
+    y: str = "loss",
+    *,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    n_grid: int = 40,
+    level: float = 0.95,
+    units: str = "parameters",
+) -> FrontierFit:
+    """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws.
+
+    A law that cannot be fitted (too few frontier points, one model everywhere) is None. The
+    bootstrap resamples runs (not frontier points) and recomputes the frontier for each resample.
+    """
+    pts = points.dropna(subset=[y])
+    fr = compute_frontier(pts, y, n_grid)
+    laws = _frontier_laws(fr, y)
+    st = Status()
+    if len(fr) and fr["N"].nunique() < 2:
+        n_hold = float(fr["N"].iloc[0])
+        sizes = np.sort(pts["N"].unique())
+        if len(sizes) > 1 and n_hold <= sizes[0]:
+            where, fix = "the smallest model trained", "add smaller models"
+        elif len(sizes) > 1 and n_hold >= sizes[-1]:
+            where, fix = "the largest model trained", "add larger models"
+        else:
+            where, fix = "a model in the middle of the grid", "add budgets at lower and higher compute"
+        st.add(
+            NOT_IDENTIFIED,
+            f"one model ({fr['model'].iloc[0]}, N = {n_hold:.4g} {units}), {where}, holds the whole "
+            f"{y} frontier: no N_opt(C) or D_opt(C) law from approach 1; {fix}",
+        )
+    fit = FrontierFit(fr, *laws, status=st)
+    if n_bootstrap > 0 and len(fr):
+        _bootstrap_frontier(fit, pts, y, n_bootstrap, seed, n_grid)
+        if fit.n_opt is not None and fit.n_opt.bootstrap is not None and fit.n_opt.bootstrap.n_ok > 1:
+            lo, hi = fit.n_opt.bootstrap.conf_int(level)["alpha"]
+            if lo <= 0 <= hi:
+                st.add(
+                    NOT_IDENTIFIED,
+                    f"the frontier's N_opt exponent a = {fit.a:.3g} has a {100 * level:g}% interval "
+                    f"[{-hi:.3g}, {-lo:.3g}] that includes 0: approach 1 does not resolve how N_opt grows",
+                )
+    return fit
+
+
+def _bootstrap_frontier(
+    fit: FrontierFit, pts: pd.DataFrame, y: str, n_bootstrap: int, seed: int, n_grid: int
+):
+    """Resample runs with replacement, recompute the frontier, refit its laws; attach to each law."""
+    rng = np.random.default_rng(seed)
+    runs = pts["run_id"].unique()
+    rows: list[list[dict]] = [[], [], []]
+    failed = [0, 0, 0]
+    for _ in range(n_bootstrap):
+        pick = np.unique(rng.choice(runs, size=len(runs), replace=True))
+        fr = compute_frontier(pts[pts["run_id"].isin(pick)], y, n_grid)
+        laws = _frontier_laws(fr, y) if len(fr) else [None, None, None]
+        for j, law in enumerate(laws):
+            if law is None:
+                failed[j] += 1
+            else:
+                rows[j].append(law.params)
+    for j, law in enumerate((fit.y_law, fit.n_opt, fit.d_opt)):
+        if law is None:
+            continue
+        keys = list(law.params)
+        samples = {k: np.array([r[k] for r in rows[j]], float) for k in keys}
+        law.bootstrap = BootstrapResult(samples, n_bootstrap, unit="runs", n_failed=failed[j])

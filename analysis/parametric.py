@@ -5,6 +5,11 @@ B = exp(b); predict log L with a log-sum-exp of the three terms; minimise the Hu
 of the log residuals *summed* over points with L-BFGS-B, started from the best points of a grid of
 initialisations. Averaging instead of summing shrinks the objective below L-BFGS-B's absolute
 tolerances so the optimiser stops next to its start; `check_convergence` catches that.
+
+What the fit cannot identify it says (`ParametricFit.status`): the exponents are bounded to
+[0, 3]; an E that runs to its floor (E -> 0) is refitted with E = 0 and given a one-sided bound from
+the profile of the objective over E; an exponent whose bootstrap interval includes 0 withholds the
+compute-optimal allocation. Bootstrap refits restart from the grid, never from the full-data optimum.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import contextlib
 import itertools
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import minimize, nnls
 
-from analysis.bootstrap import BootstrapResult, bootstrap_points
+from analysis.bootstrap import BOUND_PREFIX, BootstrapResult, bootstrap_points
+from analysis.status import NOT_IDENTIFIED, Status
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +68,21 @@ class ParametricConfig:
     polish_ftol: float | None = 1e-15
     polish_gtol: float | None = 1e-12
     check_convergence: bool = True
-    # Bootstrap refits start next to the optimum and use these, without the polish (~10x cheaper).
+    # Bootstrap refits rescore the grid on each resample and run L-BFGS-B from its best
+    # `bootstrap_n_starts` points and best `bootstrap_n_varpro_starts` NNLS starts, with these
+    # tolerances and without the polish; they never start from the full-data optimum.
     bootstrap_ftol: float = 1e-12
     bootstrap_gtol: float = 1e-10
+    bootstrap_n_starts: int = 4
+    bootstrap_n_varpro_starts: int = 2
+    # alpha and beta are bounded to this range (0: no dependence on N or D)
+    exponent_bounds: tuple[float, float] = (0.0, 3.0)
+    # E >= e_floor_frac * min(loss) while fitting; E below e_at_floor_frac * min(loss) counts as
+    # "at its floor" (E contributes < 0.1% of every predicted loss): refitted with E = 0.
+    e_floor_frac: float = 1e-6
+    e_at_floor_frac: float = 1e-3
+    # one-sided 95% bound on E from the profile: n ln(f(E) / f_min) <= chi2_1(0.90) = 2.706
+    profile_threshold: float = 2.706
     # A start counts as converged when `stationarity` (how far the points' gradient pulls are from
     # cancelling, 0..1) is below this. On the Chinchilla data: converged starts 1e-10 .. 2e-5,
     # scipy-default tolerances on the summed loss 1e-5 .. 6e-3, the averaged loss 0.015 .. 0.9.
@@ -77,6 +95,11 @@ class ParametricConfig:
             raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
         if self.n_starts < 1:
             raise ValueError(f"n_starts must be >= 1, got {self.n_starts}")
+        lo, hi = self.exponent_bounds
+        if not 0 <= lo < hi:
+            raise ValueError(f"exponent_bounds must be 0 <= lo < hi, got {self.exponent_bounds}")
+        if not 0 < self.e_floor_frac < self.e_at_floor_frac < 1:
+            raise ValueError("need 0 < e_floor_frac < e_at_floor_frac < 1")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,11 +168,12 @@ def grid_objective(
     return out
 
 
-def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float) -> float:
+def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float, free=None) -> float:
     """Scale-free stationarity: max_j |sum_i c_ij| / sum_i |c_ij|, c_ij = point i's gradient share.
 
     At a stationary point the points' pulls cancel (-> 0); at a start the optimiser never left they
     do not (~ 1). Unlike |grad| it does not depend on the scale (sum vs mean) or on the residual size.
+    free: (5,) bool, the parameters to check (one held on a bound or fixed is not stationary there).
     """
     t = _terms(theta, log_n, log_d)
     m = t.max(axis=0)
@@ -159,16 +183,37 @@ def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float) -> flo
     _, dh = _huber(m + np.log(s) - log_loss, delta)
     jac = np.stack([w[2], w[0], w[1], -w[0] * log_n, -w[1] * log_d], axis=1)  # (n, 5)
     c = dh[:, None] * jac
-    return float(np.max(np.abs(c.sum(axis=0)) / np.maximum(np.abs(c).sum(axis=0), 1e-300)))
+    r = np.abs(c.sum(axis=0)) / np.maximum(np.abs(c).sum(axis=0), 1e-300)
+    if free is not None:
+        r = r[np.asarray(free, bool)]
+    return float(np.max(r)) if len(r) else 0.0
+
+
+def term_shares(theta: np.ndarray, log_n, log_d) -> dict[str, float]:
+    """Largest share of the predicted loss over the points of each term: E, "N" (A/N^alpha), "D" (B/D^beta).
+
+    A share below ~1e-3 everywhere means the term vanished: its parameters are not determined."""
+    t = _terms(theta, log_n, log_d)
+    m = t.max(axis=0)
+    w = np.exp(t - m)
+    w = w / w.sum(axis=0)
+    return {"N": float(w[0].max()), "D": float(w[1].max()), "E": float(w[2].max())}
 
 
 # ----------------------------------------------------------------------------------------------
 # result
 
+LOG_SE_KEYS = ("ln_E", "ln_A", "ln_B", "alpha", "beta")  # the bootstrap correlation's order
+
 
 @dataclass
 class ParametricFit:
-    """Result of fitting L(N, D) = E + A/N^alpha + B/D^beta (statsmodels-style result object)."""
+    """Result of fitting L(N, D) = E + A/N^alpha + B/D^beta (statsmodels-style result object).
+
+    `status` says what the data identify (see `assess`); when alpha's or beta's interval includes 0
+    the compute-optimal allocation (N_opt, a, b) is withheld (`allocation_identified` is False).
+    E is 0 exactly when it ran to its floor; then `e_upper` is its one-sided 95% bound.
+    """
 
     params: dict[str, float]
     objective: float
@@ -180,22 +225,33 @@ class ParametricFit:
     config: ParametricConfig
     bootstrap: BootstrapResult | None = None
     messages: list[str] = field(default_factory=list)
+    at_bound: dict[str, bool] = field(default_factory=dict)
+    e_at_floor: bool = False
+    e_upper: float | None = None
+    e_profile: list[tuple[float, float]] = field(default_factory=list)  # (E, objective) with E fixed
+    level: float = 0.95
+    status: Status = field(default_factory=Status)
+    vanished: dict[str, bool] = field(default_factory=dict)  # "N" / "D": that term < 0.1% of every loss
+    allocation_identified: bool = True  # set by assess(): False withholds N_opt, a and b
 
     @property
     def theta(self) -> np.ndarray:
-        """Internal parameters (e, a, b, alpha, beta)."""
+        """Internal parameters (e, a, b, alpha, beta); e = -inf when E = 0."""
         p = self.params
-        return np.array([math.log(p["E"]), math.log(p["A"]), math.log(p["B"]), p["alpha"], p["beta"]])
+        with np.errstate(divide="ignore"):
+            return np.array([np.log(p["E"]), math.log(p["A"]), math.log(p["B"]), p["alpha"], p["beta"]])
 
     @property
     def a(self) -> float:
         """Exponent of N_opt ~ C^a: beta / (alpha + beta)."""
-        return self.params["beta"] / (self.params["alpha"] + self.params["beta"])
+        s = self.params["alpha"] + self.params["beta"]
+        return self.params["beta"] / s if s > 0 else math.nan
 
     @property
     def b(self) -> float:
         """Exponent of D_opt ~ C^b: alpha / (alpha + beta)."""
-        return self.params["alpha"] / (self.params["alpha"] + self.params["beta"])
+        s = self.params["alpha"] + self.params["beta"]
+        return self.params["alpha"] / s if s > 0 else math.nan
 
     def predict(self, n, d) -> np.ndarray:
         """Expected loss at N parameters and D data (arrays broadcast)."""
@@ -211,40 +267,157 @@ class ParametricFit:
 
     @property
     def se(self) -> dict[str, float]:
-        """Bootstrap standard errors ({} without a bootstrap)."""
-        return self.bootstrap.se() if self.bootstrap is not None else {}
+        """Bootstrap standard errors: of ln E, ln A, ln B (log space), alpha, beta, a, b ({} without)."""
+        if self.bootstrap is None:
+            return {}
+        se = self.bootstrap.se()
+        return {k: se[k] for k in (*LOG_SE_KEYS, "a", "b") if k in se}
 
-    def conf_int(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap intervals for each parameter and for a, b."""
-        return self.bootstrap.conf_int(level) if self.bootstrap is not None else {}
+    def conf_int(self, level: float | None = None) -> dict[str, tuple[float, float]]:
+        """Percentile bootstrap intervals for E, A, B, alpha, beta, a, b."""
+        if self.bootstrap is None:
+            return {}
+        ci = self.bootstrap.conf_int(level or self.level)
+        return {k: ci[k] for k in ("E", "A", "B", "alpha", "beta", "a", "b") if k in ci}
+
+    def correlation(self) -> np.ndarray | None:
+        """Bootstrap correlation matrix of (ln E, ln A, ln B, alpha, beta), (5, 5); None without."""
+        if self.bootstrap is None or self.bootstrap.n_ok < 3:
+            return None
+        return self.bootstrap.correlation(LOG_SE_KEYS)
+
+    def assess(self) -> Status:
+        """What the data identify: convergence, E at its floor, exponents resolved and not at bounds."""
+        st = Status()
+        pct = f"{100 * self.level:g}%"
+        if not self.converged:
+            st.add(
+                NOT_IDENTIFIED,
+                f"the fit did not reach a stationary point (imbalance {self.stationarity:.3g})",
+            )
+        if self.e_at_floor:
+            st.add(
+                NOT_IDENTIFIED,
+                "E ran to its floor (E -> 0 fits best): refitted with E = 0; "
+                f"E < {self.e_upper:.3g} (loss units; 95% one-sided bound from the profile of the objective "
+                "over E). The irreducible loss is not identified: add larger budgets (longer runs) so the "
+                "losses bend towards their floor",
+            )
+        lo_b, hi_b = self.config.exponent_bounds
+        ci = self.conf_int()
+        what = {
+            "alpha": (
+                "N",
+                "model size N",
+                "add model sizes that bracket the best one at each budget (the IsoFLOP status says on which "
+                "side), spanning at least 10x in N",
+            ),
+            "beta": ("D", "data D", "add budgets spanning at least 10x in D (longer runs of each model)"),
+        }
+        shares = self.bootstrap.share_at_bound() if self.bootstrap is not None else {}
+        tail = (1 - self.level) / 2
+        for k, (term, dep, fix) in what.items():
+            v = self.params[k]
+            lo, hi = ci.get(k, (v, v))
+            share = shares.get(f"{term}_term_vanished", 0.0)
+            if self.vanished.get(term) or share > tail:
+                where = (
+                    "in the fit"
+                    if self.vanished.get(term)
+                    else f"in {100 * share:.0f}% of the bootstrap refits"
+                )
+                st.add(
+                    NOT_IDENTIFIED,
+                    f"the {term} term ({'A/N^alpha' if term == 'N' else 'B/D^beta'}) vanished {where} "
+                    f"(< 0.1% of every predicted loss): the loss's dependence on {dep} is not resolved, so "
+                    f"N_opt, a and b are withheld; {fix}",
+                )
+            if min(v, lo) <= lo_b + 1e-6:
+                st.add(
+                    NOT_IDENTIFIED,
+                    f"{k}'s {pct} interval [{lo:.3g}, {hi:.3g}] includes 0 (estimate {v:.3g}): the loss's "
+                    f"dependence on {dep} is not resolved, so N_opt, a and b are withheld; {fix}",
+                )
+            elif max(v, hi) >= hi_b - 1e-6 and not self.vanished.get(term):
+                st.add(
+                    NOT_IDENTIFIED,
+                    f"{k} reached its upper bound {hi_b:g} ({pct} interval [{lo:.3g}, {hi:.3g}]): "
+                    f"the {dep} term is not identified, so N_opt, a and b are withheld; {fix}",
+                )
+        self.allocation_identified = self.converged and not any(
+            r.startswith((f"{k}'s", f"{k} reached", f"the {t} term"))
+            for k, t in (("alpha", "N"), ("beta", "D"))
+            for r in st.reasons
+        )
+        bs = self.bootstrap
+        if bs is not None and bs.share_failed > 0.2:
+            st.add(
+                NOT_IDENTIFIED,
+                f"{100 * bs.share_failed:.0f}% of the bootstrap refits failed to converge: the intervals "
+                "describe only the rest",
+            )
+        return st
 
     def summary(self) -> str:
-        """A plain-text table of estimates, standard errors and 95% intervals."""
+        """A plain-text table of estimates, standard errors and intervals, with the status."""
+        pct = f"{100 * self.level:g}%"
+        lo_q, hi_q = f"{50 * (1 - self.level):g}%", f"{100 - 50 * (1 - self.level):g}%"
         lines = [
             "Parametric law L(N, D) = E + A/N^alpha + B/D^beta "
-            f"(Huber delta={self.config.delta:g} on log L, {self.config.reduction})",
+            f"(Huber delta={self.config.delta:g} on log L, {self.config.reduction}; "
+            f"alpha, beta in [{self.config.exponent_bounds[0]:g}, {self.config.exponent_bounds[1]:g}])",
             f"points: {self.n_points}   objective: {self.objective:.6g}   converged: {self.converged} "
             f"({self.n_converged_starts}/{self.n_starts} starts)",
-            f"{'param':>8} {'estimate':>12} {'std.err':>10} {'2.5%':>12} {'97.5%':>12}",
+            f"{'param':>8} {'estimate':>12} {'std.err':>16} {lo_q:>12} {hi_q:>12}",
         ]
         se, ci = self.se, self.conf_int()
-        values = dict(self.params, a=self.a, b=self.b)
+        alloc = self.allocation_identified
+        values = dict(self.params, a=self.a if alloc else math.nan, b=self.b if alloc else math.nan)
         for k, v in values.items():
-            lo, hi = ci.get(k, (float("nan"), float("nan")))
-            lines.append(f"{k:>8} {v:12.5g} {se.get(k, float('nan')):10.4g} {lo:12.5g} {hi:12.5g}")
+            lo, hi = ci.get(k, (math.nan, math.nan))
+            s = se.get(f"ln_{k}" if k in ("E", "A", "B") else k, math.nan)
+            s_txt = f"{s:.4g}" + (" (ln)" if k in ("E", "A", "B") else "     ")
+            if k in ("a", "b") and not alloc:
+                lines.append(f"{k:>8} {'withheld':>12}")
+                continue
+            lines.append(f"{k:>8} {v:12.5g} {s_txt:>16} {lo:12.5g} {hi:12.5g}")
+        if self.e_at_floor:
+            lines.append(f"E = 0 (at its floor); E < {self.e_upper:.4g} at 95% (one-sided, profile)")
         if self.bootstrap is not None:
-            lines.append(f"bootstrap: {self.bootstrap.n_ok} resamples ({self.bootstrap.unit})")
+            bs = self.bootstrap
+            at = ", ".join(f"{k} {100 * v:.0f}%" for k, v in bs.share_at_bound().items() if v > 0) or "none"
+            lines.append(
+                f"bootstrap: {bs.n_requested} resamples of {bs.unit}, {bs.n_failed} failed "
+                f"({100 * bs.share_failed:.0f}%, not in the intervals); at a bound: {at} (kept); "
+                f"{pct} percentile intervals; std.err of E, A, B in ln units"
+            )
+        lines.append(self.status.text())
         lines.extend(self.messages)
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """JSON-ready: the five parameters at the top level, then exponents, errors, diagnostics."""
         out: dict = dict(self.params)
-        out.update(a=self.a, b=self.b, objective=self.objective, converged=self.converged)
-        out["n_points"] = self.n_points
+        alloc = self.allocation_identified
+        out.update(a=self.a if alloc else None, b=self.b if alloc else None)
+        out.update(objective=self.objective, converged=self.converged, n_points=self.n_points)
+        out["status"] = self.status.status
+        out["reasons"] = list(self.status.reasons)
+        out["exponent_bounds"] = list(self.config.exponent_bounds)
+        out["at_bound"] = dict(self.at_bound)
+        out["E_at_floor"] = self.e_at_floor
+        out["E_upper95"] = self.e_upper
+        out["term_vanished"] = dict(self.vanished)
         if self.bootstrap is not None:
-            out["se"] = self.se
-            out["ci95"] = {k: list(v) for k, v in self.conf_int().items()}
+            out["se"] = self.se  # ln_E, ln_A, ln_B in log space
+            ci = self.conf_int()
+            out["ci95"] = {k: (list(v) if (alloc or k not in ("a", "b")) else None) for k, v in ci.items()}
+            out["bootstrap"] = self.bootstrap.to_dict(self.level)
+            corr = self.correlation()
+            out["correlation"] = {
+                "keys": list(LOG_SE_KEYS),
+                "matrix": None if corr is None else corr.tolist(),
+            }
         return out
 
 
@@ -255,14 +428,18 @@ def parametric_loss(params: dict[str, float], n, d) -> np.ndarray:
 
 
 def optimal_allocation(params: dict[str, float], compute, flops_per_param_datum: float = 6.0):
-    """(N_opt, D_opt, L_opt) for C = k N D; see ParametricFit.optimal_allocation."""
+    """(N_opt, D_opt, L_opt) for C = k N D; see ParametricFit.optimal_allocation.
+
+    alpha = 0 gives N_opt = 0 and beta = 0 gives N_opt = inf (no optimum inside (0, inf)).
+    """
     alpha, beta = params["alpha"], params["beta"]
     c = np.asarray(compute, float) / flops_per_param_datum
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # alpha <= 0: no optimum, NaN
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         g = (alpha * params["A"] / (beta * params["B"])) ** (1.0 / (alpha + beta))
         n = g * c ** (beta / (alpha + beta))
-    d = c / n
-    return n, d, parametric_loss(params, n, d)
+        d = c / n
+        loss = parametric_loss(params, n, d)
+    return n, d, loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +464,32 @@ def check_points(n, d, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.log(a) for a in arrs)  # type: ignore[return-value]
 
 
+def _bounds(cfg: ParametricConfig, log_loss: np.ndarray) -> list[tuple[float | None, float | None]]:
+    """L-BFGS-B bounds of (e, a, b, alpha, beta): E >= its floor, exponents in `exponent_bounds`."""
+    lo, hi = cfg.exponent_bounds
+    return [
+        (float(log_loss.min()) + math.log(cfg.e_floor_frac), None),
+        (None, None),
+        (None, None),
+        (lo, hi),
+        (lo, hi),
+    ]
+
+
+def _clip(theta: np.ndarray, bounds) -> np.ndarray:
+    lo = np.array([-np.inf if b[0] is None else b[0] for b in bounds])
+    hi = np.array([np.inf if b[1] is None else b[1] for b in bounds])
+    return np.clip(theta, lo, hi)
+
+
+def _at_bound(theta: np.ndarray, bounds, tol: float = 1e-6) -> np.ndarray:
+    """(5,) bool: each parameter on (within tol of) one of its bounds."""
+    out = np.zeros(len(theta), bool)
+    for i, (lo, hi) in enumerate(bounds):
+        out[i] = (lo is not None and theta[i] <= lo + tol) or (hi is not None and theta[i] >= hi - tol)
+    return out
+
+
 def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarray:
     e_vals = list(cfg.e_grid)
     if log_loss is not None:
@@ -307,23 +510,39 @@ def single_threaded_blas():
     return threadpool_limits(1, user_api="blas")
 
 
-def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, polish: bool = False):
+def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, polish=False, fix_e=None):
+    """L-BFGS-B from theta0 within `bounds`; fix_e (e.g. -inf for E = 0) holds e fixed.
+
+    Returns (theta, objective, stationarity over the free parameters off their bounds, iterations).
+    """
     opts: dict = {"maxiter": cfg.maxiter}
     ftol, gtol = (cfg.polish_ftol, cfg.polish_gtol) if polish else (cfg.ftol, cfg.gtol)
     if ftol is not None:
         opts["ftol"] = ftol
     if gtol is not None:
         opts["gtol"] = gtol
-    res = minimize(
-        objective,
-        theta0,
-        args=(log_n, log_d, log_loss, cfg.delta, cfg.reduction),
-        jac=True,
-        method="L-BFGS-B",
-        options=opts,
-    )
-    f, _ = objective(res.x, log_n, log_d, log_loss, cfg.delta, cfg.reduction)
-    return res.x, f, stationarity(res.x, log_n, log_d, log_loss, cfg.delta), int(res.nit)
+    args = (log_n, log_d, log_loss, cfg.delta, cfg.reduction)
+    x0 = _clip(np.asarray(theta0, float), bounds)
+    if fix_e is None:
+        res = minimize(objective, x0, args=args, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        theta = res.x
+    else:
+
+        def fun(x):
+            f, g = objective(np.r_[fix_e, x], *args)
+            return f, g[1:]
+
+        res = minimize(fun, x0[1:], jac=True, method="L-BFGS-B", bounds=bounds[1:], options=opts)
+        theta = np.r_[fix_e, res.x]
+    f, _ = objective(theta, *args)
+    free = ~_at_bound(theta, bounds)
+    if fix_e is not None:
+        free[0] = False
+    shares = term_shares(theta, log_n, log_d)  # a vanished term's parameters lie on a flat direction
+    for term, idx in (("E", [0]), ("N", [1, 3]), ("D", [2, 4])):
+        if shares[term] < cfg.e_at_floor_frac:
+            free[idx] = False
+    return theta, f, stationarity(theta, log_n, log_d, log_loss, cfg.delta, free), int(res.nit)
 
 
 def _varpro_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.ndarray]:
@@ -340,7 +559,7 @@ def _varpro_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.nda
             cands.append((rnorm, coef, alpha, beta))
     cands.sort(key=lambda c: c[0])
     out = []
-    floor = 1e-8 * loss.min()
+    floor = cfg.e_floor_frac * loss.min()  # an NNLS zero becomes the floor (a bound, not a start value)
     for _, (e, a, b), alpha, beta in cands[: cfg.n_varpro_starts]:
         out.append(
             np.array([math.log(max(e, floor)), math.log(max(a, floor)), math.log(max(b, floor)), alpha, beta])
@@ -361,13 +580,13 @@ def _grid_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.ndarr
     return [grid[i] for i in np.argsort(scores)[: cfg.n_starts]] + _varpro_starts(log_n, log_d, log_loss, cfg)
 
 
-def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts):
+def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts, bounds, fix_e=None):
     """Best (theta, f, stationarity, n_converged) over the starts; converged starts win."""
     best = None
     n_conv = 0
     for s in starts:
-        theta, f, stat, nit = _minimize(s, log_n, log_d, log_loss, cfg)
-        ok = _converged(f, stat, len(log_loss), cfg) and np.all(np.isfinite(theta))
+        theta, f, stat, nit = _minimize(s, log_n, log_d, log_loss, cfg, bounds, fix_e=fix_e)
+        ok = _converged(f, stat, len(log_loss), cfg) and np.all(np.isfinite(theta[1:]))
         n_conv += ok
         log.debug("start %s -> f=%.6g stationarity=%.2g nit=%d", s, f, stat, nit)
         key = (not ok, f)
@@ -382,6 +601,39 @@ def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
 
 
+def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, fractions=None):
+    """Profile of the objective over E: for E on a grid of fractions of min(loss), the objective
+    minimised over (A, B, alpha, beta) with E held there. Returns [(E, objective)] (E increasing)."""
+    fractions = fractions or (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+    bounds = _bounds(cfg, log_loss)
+    lmin = float(np.exp(log_loss.min()))
+    out, prev = [], np.asarray(theta0, float)
+    for frac in fractions:
+        e = math.log(frac * lmin)
+        theta, f, _, _ = _minimize(np.r_[e, prev[1:]], log_n, log_d, log_loss, cfg, bounds, fix_e=e)
+        out.append((frac * lmin, f))
+        prev = theta
+    return out
+
+
+def e_upper_bound(
+    profile: list[tuple[float, float]], f0: float, n: int, threshold: float, e_max: float
+) -> float:
+    """Largest E with n ln(f(E) / f0) <= threshold, interpolated between profile points (E = 0 at f0).
+
+    `e_max` (min loss) when every profiled E stays within the threshold."""
+    f0 = max(f0, 1e-300)
+    es = np.r_[0.0, [e for e, _ in profile]]
+    stat = np.r_[0.0, [n * math.log(max(f, f0) / f0) for _, f in profile]]
+    inside = np.flatnonzero(stat <= threshold)
+    j = int(inside.max())
+    if j == len(es) - 1:
+        return float(e_max)
+    # linear interpolation of the statistic between E_j (inside) and E_{j+1} (outside)
+    t = (threshold - stat[j]) / (stat[j + 1] - stat[j])
+    return float(es[j] + t * (es[j + 1] - es[j]))
+
+
 def fit_parametric(
     n,
     d,
@@ -391,26 +643,46 @@ def fit_parametric(
     n_bootstrap: int = 0,
     seed: int = 0,
     groups=None,
+    level: float = 0.95,
 ) -> ParametricFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to points (n,) arrays; optional bootstrap.
 
     groups: optional (n,) labels (e.g. run ids) to resample whole groups instead of points.
     Raises ConvergenceError when `config.check_convergence` and no start reached a stationary point.
+    The returned fit carries `status` (see ParametricFit.assess).
     """
     with single_threaded_blas():
-        return _fit_parametric(n, d, loss, config or ParametricConfig(), n_bootstrap, seed, groups)
+        return _fit_parametric(n, d, loss, config or ParametricConfig(), n_bootstrap, seed, groups, level)
 
 
-def _fit_parametric(n, d, loss, cfg: ParametricConfig, n_bootstrap: int, seed: int, groups) -> ParametricFit:
+def _fit_parametric(
+    n, d, loss, cfg: ParametricConfig, n_bootstrap: int, seed: int, groups, level: float
+) -> ParametricFit:
     log_n, log_d, log_loss = check_points(n, d, loss)
-    starts = _grid_starts(log_n, log_d, log_loss, cfg)
-    theta, f, stat, n_conv = _fit_theta(log_n, log_d, log_loss, cfg, starts)
+    logs = (log_n, log_d, log_loss)
+    bounds = _bounds(cfg, log_loss)
+    starts = _grid_starts(*logs, cfg)
+    theta, f, stat, n_conv = _fit_theta(*logs, cfg, starts, bounds)
     n_starts = len(starts)
     converged = _converged(f, stat, len(log_n), cfg)
-    if converged and (cfg.polish_ftol is not None or cfg.polish_gtol is not None):
-        t2, f2, s2, _ = _minimize(theta, log_n, log_d, log_loss, cfg, polish=True)
+    polish = cfg.polish_ftol is not None or cfg.polish_gtol is not None
+    if converged and polish:
+        t2, f2, s2, _ = _minimize(theta, *logs, cfg, bounds, polish=True)
         if f2 <= f:
             theta, f, stat = t2, f2, s2
+    lmin = float(np.exp(log_loss.min()))
+    e_at_floor = bool(converged and math.exp(theta[0]) < cfg.e_at_floor_frac * lmin)
+    e_up, profile = None, []
+    if e_at_floor:  # the best fit wants E -> 0: fit E = 0 exactly, then bound E by its profile
+        theta0, f0, s0, _ = _fit_theta(*logs, cfg, [theta, *starts], bounds, fix_e=-np.inf)
+        if polish:
+            t2, f2, s2, _ = _minimize(theta0, *logs, cfg, bounds, polish=True, fix_e=-np.inf)
+            if f2 <= f0:
+                theta0, f0, s0 = t2, f2, s2
+        theta, f, stat = theta0, f0, s0
+        converged = _converged(f, stat, len(log_n), cfg)
+        profile = profile_e(theta, *logs, cfg)
+        e_up = e_upper_bound(profile, f, len(log_n), cfg.profile_threshold, lmin)
     if not converged:
         msg = (
             f"L-BFGS-B stopped before a stationary point (gradient imbalance {stat:.3g} > "
@@ -421,6 +693,7 @@ def _fit_parametric(n, d, loss, cfg: ParametricConfig, n_bootstrap: int, seed: i
         if cfg.check_convergence:
             raise ConvergenceError(msg)
         log.warning(msg)
+    flags = _at_bound(theta, bounds)
     fit = ParametricFit(
         params=_theta_to_params(theta),
         objective=f,
@@ -430,19 +703,28 @@ def _fit_parametric(n, d, loss, cfg: ParametricConfig, n_bootstrap: int, seed: i
         n_converged_starts=n_conv,
         stationarity=stat,
         config=cfg,
+        at_bound={k: bool(flags[i]) or (k == "E" and e_at_floor) for i, k in enumerate(PARAM_NAMES)},
+        e_at_floor=e_at_floor,
+        e_upper=e_up,
+        e_profile=profile,
+        level=level,
+        vanished={
+            k: v < cfg.e_at_floor_frac for k, v in term_shares(theta, log_n, log_d).items() if k != "E"
+        },
     )
     if n_bootstrap > 0:
         fit.bootstrap = bootstrap_parametric(fit, n, d, loss, n_bootstrap, seed=seed, groups=groups)
+    fit.status = fit.assess()
     return fit
 
 
 def bootstrap_parametric(
     fit: ParametricFit, n, d, loss, n_resamples: int, *, seed: int = 0, groups=None
 ) -> BootstrapResult:
-    """Refit on resampled points, starting from the full-data optimum and the best grid point.
+    """Refit on resampled points (or groups), each from its own grid and NNLS starts.
 
-    The grid is scored once on the full data (scoring it per resample costs more than the fits).
-    Resamples whose fit does not converge are dropped (their count is in the result).
+    Never from the full-data optimum: a start there would inherit a stuck parameter. A refit that
+    does not converge counts as failed (`n_failed`); one that ends on a bound is kept and flagged.
     """
     with single_threaded_blas():
         return _bootstrap_parametric(fit, n, d, loss, n_resamples, seed, groups)
@@ -452,30 +734,37 @@ def _bootstrap_parametric(
     fit: ParametricFit, n, d, loss, n_resamples: int, seed: int, groups
 ) -> BootstrapResult:
     base = fit.config
-    cfg = ParametricConfig(
-        **{
-            **base.__dict__,
-            "check_convergence": False,
-            "ftol": base.bootstrap_ftol,
-            "gtol": base.bootstrap_gtol,
-            "polish_ftol": None,
-            "polish_gtol": None,
-        }
+    cfg = replace(
+        base,
+        check_convergence=False,
+        ftol=base.bootstrap_ftol,
+        gtol=base.bootstrap_gtol,
+        polish_ftol=None,
+        polish_gtol=None,
+        n_starts=base.bootstrap_n_starts,
+        n_varpro_starts=base.bootstrap_n_varpro_starts,
     )
     logs = [np.log(np.asarray(x, float).ravel()) for x in (n, d, loss)]
-    starts = [
-        fit.theta,
-        *_grid_starts(*logs, ParametricConfig(**{**cfg.__dict__, "n_starts": 1, "n_varpro_starts": 1})),
-    ]
 
     def one(idx: np.ndarray) -> dict[str, float] | None:
         ln, ld, ll = (x[idx] for x in logs)
-        theta, f, stat, _ = _fit_theta(ln, ld, ll, cfg, starts)
+        if np.ptp(ln) == 0 or np.ptp(ld) == 0:
+            return None  # a resample with one model size (or one D) cannot determine the law
+        bounds = _bounds(cfg, ll)
+        theta, f, stat, _ = _fit_theta(ln, ld, ll, cfg, _grid_starts(ln, ld, ll, cfg), bounds)
         if not _converged(f, stat, len(ll), cfg):
             return None
         p = _theta_to_params(theta)
-        p["a"] = p["beta"] / (p["alpha"] + p["beta"])
-        p["b"] = p["alpha"] / (p["alpha"] + p["beta"])
+        s = p["alpha"] + p["beta"]
+        p["a"] = p["beta"] / s if s > 0 else math.nan
+        p["b"] = p["alpha"] / s if s > 0 else math.nan
+        p.update(ln_E=float(theta[0]), ln_A=float(theta[1]), ln_B=float(theta[2]))
+        flags = _at_bound(theta, bounds)
+        flags[0] = flags[0] or p["E"] < cfg.e_at_floor_frac * float(np.exp(ll.min()))
+        p.update({BOUND_PREFIX + k: float(flags[i]) for i, k in enumerate(PARAM_NAMES)})
+        for term, v in term_shares(theta, ln, ld).items():
+            if term != "E":
+                p[f"{BOUND_PREFIX}{term}_term_vanished"] = float(v < cfg.e_at_floor_frac)
         return p
 
     return bootstrap_points(one, len(logs[0]), n_resamples, seed=seed, groups=groups)

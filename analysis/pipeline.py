@@ -1,4 +1,5 @@
-"""The whole analysis over a tidy points frame: outliers, the three approaches, FID, prediction, holdout."""
+"""The whole analysis over a tidy points frame: point selection, axes, outliers, the three
+approaches, FID, diagnostics, prediction with a status, holdout."""
 
 from __future__ import annotations
 
@@ -9,14 +10,25 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis.bootstrap import percentile_interval
 from analysis.fidloss import fit_fid_vs_loss
-from analysis.isoflop import IsoFlopFit, fit_isoflop
+from analysis.isoflop import IsoFlopFit, fit_isoflop, iter_slices
 from analysis.laws import FrontierFit, PowerLawFit, fit_frontier, fit_power_law
-from analysis.parametric import ParametricConfig, ParametricFit, fit_parametric, single_threaded_blas
-from analysis.runs import tidy, validate_points
+from analysis.parametric import (
+    ParametricConfig,
+    ParametricFit,
+    fit_parametric,
+    optimal_allocation,
+    single_threaded_blas,
+)
+from analysis.runs import effective_data, select_points, set_axes, tidy, validate_points
 from analysis.shapes import Shape, family_shapes, nearest_shape, shapes_from_points
+from analysis.status import CENSORED, EXTRAPOLATING, NOT_IDENTIFIED, Status, worst
 
 log = logging.getLogger(__name__)
+
+COMPUTE_UNITS = "FLOPs (true FLOPs = 2 x multiply-adds)"
+LOSS_UNITS = "val loss (per-element MSE)"
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,32 @@ class AnalysisConfig:
     bootstrap_by_run: bool = True  # resample whole runs when there are several points per run
     isoflop_gap_dex: float = 0.1
     level: float = 0.95
+    min_steps: int = 50  # runs that ended below this many optimizer steps are dropped
+    all_points: bool = False  # True: every intermediate point, whatever the lr schedule
+    data_axis: str = "images"  # "images" | "tokens" (images x tokens per image)
+    params: str = "total"  # "total" | "non_embedding" (Kaplan et al. 2020)
+    effective_data: bool = False  # D -> Muennighoff et al. 2023's D' (needs unique images per run)
+    r_star: float | None = None  # R* of D'; None with effective_data: fitted (profile over a grid)
+    extrapolation_factor: float = 10.0  # `extrapolating` beyond this x the largest compute measured
+    disagreement_factor: float = 3.0  # `not_identified` when approaches' N_opt differ by more
+    data_units: str | None = None  # the unit of D when not set by data_axis (a CSV's own D column)
+
+    def __post_init__(self) -> None:
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
+        if self.r_star is not None and not self.r_star > 0:
+            raise ValueError(f"r_star must be > 0, got {self.r_star}")
+        if not 0 < self.level < 1:
+            raise ValueError(f"level must be in (0, 1), got {self.level}")
+
+
+def units_of(cfg: AnalysisConfig, r_star: float | None = None) -> dict[str, str]:
+    """The unit of each quantity, as printed beside every number."""
+    n = "parameters" if cfg.params == "total" else "non-embedding parameters"
+    d = cfg.data_units or cfg.data_axis
+    if cfg.effective_data:
+        d = f"effective {d} (Muennighoff D', R* = {r_star:.3g})" if r_star else f"effective {d}"
+    return {"N": n, "D": d, "C": COMPUTE_UNITS, "loss": LOSS_UNITS}
 
 
 @dataclass
@@ -40,7 +78,7 @@ class Analysis:
     points: pd.DataFrame
     removed: pd.DataFrame
     config: AnalysisConfig
-    flops_per_param_datum: float  # median C / (N D): 6 for LMs; for DiT ~ 6 x tokens per image
+    flops_per_param_datum: float  # median C / (N D): 6 for LMs; for DiT ~ 4 x tokens per image
     parametric: ParametricFit | None
     frontier: FrontierFit
     isoflop: IsoFlopFit
@@ -49,15 +87,45 @@ class Analysis:
     fid_vs_loss: PowerLawFit | None
     fid_vs_compute_pure: PowerLawFit | None = None
     messages: list[str] = field(default_factory=list)
+    selection_notes: list[str] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)
+    r_star: float | None = None
+    r_star_fitted: bool = False
+    residuals: pd.DataFrame | None = None
+    ranking: list[dict] = field(default_factory=list)
+
+    @property
+    def status(self) -> Status:
+        """What the data identify, before any prediction: the fits' statuses (approach 2: censoring)."""
+        return worst(
+            Status().merge(self.parametric.status if self.parametric else None, "approach 3: "),
+            Status().merge(self.isoflop.status, "approach 2: "),
+            Status().merge(self.frontier.status, "approach 1: "),
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready results; the parametric law's E, A, B, alpha, beta are at the top level."""
         out: dict = {}
+        st = self.status
+        out["status"], out["reasons"] = st.status, list(st.reasons)
         if self.parametric is not None:
-            out.update(self.parametric.to_dict())
+            out.update({k: v for k, v in self.parametric.to_dict().items() if k not in ("status", "reasons")})
+            out["approach3_parametric"] = self.parametric.status.to_dict()
+        out["units"] = dict(self.units)
+        out["axes"] = {"data": self.config.data_axis, "params": self.config.params}
+        out["effective_data"] = {
+            "on": self.config.effective_data,
+            "R_star": self.r_star,
+            "fitted": self.r_star_fitted,
+        }
         out["n_points"] = len(self.points)
         out["n_runs"] = int(self.points["run_id"].nunique())
         out["removed_points"] = self.removed.to_dict(orient="records")
+        out["point_selection"] = {
+            "min_steps": self.config.min_steps,
+            "all_points": self.config.all_points,
+            "notes": list(self.selection_notes),
+        }
         out["flops_per_param_datum"] = self.flops_per_param_datum
         out["approach1_frontier"] = self.frontier.to_dict()
         out["approach2_isoflop"] = self.isoflop.to_dict()
@@ -67,6 +135,7 @@ class Analysis:
         out["fid_frontier"] = self.fid_frontier.to_dict() if self.fid_frontier else None
         out["fid_vs_compute_pure"] = self.fid_vs_compute_pure.to_dict() if self.fid_vs_compute_pure else None
         out["fid_vs_loss"] = self.fid_vs_loss.to_dict() if self.fid_vs_loss else None
+        out["diagnostics"] = {"ranking": self.ranking, "residuals": residual_summary(self.residuals)}
         out["config"] = asdict(self.config)
         out["messages"] = self.messages
         return out
@@ -97,29 +166,111 @@ def remove_outliers(
     return pts, rem.reset_index(drop=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# preparing the points
+
+
+@dataclass
+class Prepared:
+    """Points after schedule-based selection, axes and effective data; what was dropped and why."""
+
+    points: pd.DataFrame
+    dropped: pd.DataFrame
+    notes: list[str]
+    r_star: float | None = None
+    r_star_fitted: bool = False
+
+
+def fit_r_star(points: pd.DataFrame, cfg: AnalysisConfig, grid=None) -> float:
+    """R* of D' minimising the parametric objective (a profile over a log grid of R*)."""
+    grid = np.logspace(-0.5, 2.5, 13) if grid is None else grid
+    best = (math.inf, math.nan)
+    # cheaper fits along the profile (fewer starts, no polish); the final fit at R* is the full one
+    quick = ParametricConfig(
+        delta=cfg.delta, n_starts=4, n_varpro_starts=2, polish_ftol=None, polish_gtol=None
+    )
+    for r in grid:
+        d = effective_data(points["D"], points["unique"], float(r))
+        try:
+            f = fit_parametric(points["N"], d, points["loss"], quick).objective
+        except (ValueError, RuntimeError):
+            continue
+        best = min(best, (f, float(r)))
+    if not math.isfinite(best[0]):
+        raise ValueError("no R* on the grid gave a parametric fit; pass --r-star")
+    return best[1]
+
+
+def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
+    """Select valid points (schedule, --min-steps), set N and D axes, optionally D -> D'."""
+    points = tidy(validate_points(points))
+    pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
+    if len(pts) == 0:
+        raise ValueError(
+            f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "
+            "or train longer cells"
+        )
+    pts = set_axes(pts, cfg.data_axis, cfg.params)
+    r_star, fitted = None, False
+    if cfg.effective_data:
+        u = pts["unique"].to_numpy(float)
+        if np.isnan(u).all():
+            raise ValueError(
+                "--effective-data needs the unique training images of the runs (metric data/unique_images, "
+                "or data/epochs; CSV column unique); none were logged"
+            )
+        pts["D_raw"] = pts["D"]
+        r_star = cfg.r_star if cfg.r_star is not None else fit_r_star(pts, cfg)
+        fitted = cfg.r_star is None
+        pts["D"] = effective_data(pts["D"], pts["unique"], r_star)
+        reps = pts["D_raw"] / np.where(np.isfinite(u) & (u > 0), u, np.inf)
+        notes.append(
+            f"effective data D' (Muennighoff et al. 2023) with R* = {r_star:.3g} "
+            f"({'fitted' if fitted else 'given'}); "
+            f"at most {float(np.nanmax(reps)):.3g} epochs over the unique data"
+        )
+    return Prepared(pts, dropped, notes, r_star, fitted)
+
+
+# ----------------------------------------------------------------------------------------------
+# analysis
+
+
 def analyze(points: pd.DataFrame, config: AnalysisConfig | None = None) -> Analysis:
     """Run every fit the data supports. The parametric law needs > 5 points and spread in N and D."""
-    with single_threaded_blas():
-        return _analyze(points, config)
-
-
-def _analyze(points: pd.DataFrame, config: AnalysisConfig | None) -> Analysis:
     cfg = config or AnalysisConfig()
-    points = tidy(validate_points(points))
-    pts, removed = remove_outliers(points, cfg.drop_highest_loss, cfg.outlier_sigma, cfg.delta)
+    with single_threaded_blas():
+        return analyze_prepared(prepare(points, cfg), cfg)
+
+
+def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
+    """The fits on already prepared points (see `prepare`)."""
+    with single_threaded_blas():
+        return _analyze(prep, cfg)
+
+
+def _analyze(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
+    units = units_of(cfg, prep.r_star)
+    pts, removed = remove_outliers(prep.points, cfg.drop_highest_loss, cfg.outlier_sigma, cfg.delta)
+    if len(prep.dropped):
+        cols = ["run_id", "model", "N", "D", "C", "loss", "reason"]
+        removed = pd.concat([prep.dropped[cols], removed[cols]] if len(removed) else [prep.dropped[cols]])
+        removed = removed.reset_index(drop=True)
     if len(pts) <= 5:
-        raise ValueError(f"{len(pts)} points after outlier removal; the parametric law needs more than 5")
+        raise ValueError(f"{len(pts)} points after point selection; the parametric law needs more than 5")
     msgs: list[str] = []
-    k = float(np.median(pts["C"] / (pts["N"] * pts["D"])))
-    spread = np.ptp(np.log(pts["C"] / (pts["N"] * pts["D"])))
+    d_raw = pts["D_raw"] if "D_raw" in pts.columns else pts["D"]
+    k = float(np.median(pts["C"] / (pts["N"] * d_raw)))
+    spread = np.ptp(np.log(pts["C"] / (pts["N"] * d_raw)))
     if spread > math.log(2):
         msgs.append(
-            f"C/(N D) varies by {math.exp(spread):.3g}x across points (patch sizes differ?); "
-            f"the compute-optimal allocation uses its median {k:.4g}"
+            f"C/(N D) varies by {math.exp(spread):.3g}x across points (patch sizes differ? try --data-axis "
+            f"tokens); the compute-optimal allocation uses its median {k:.4g} FLOPs per {units['N'][:-1]} "
+            f"per {units['D'].rstrip('s')}"
         )
     several = pts.groupby("run_id").size().max() > 1
     groups = pts["run_id"].to_numpy() if (cfg.bootstrap_by_run and several) else None
-    B, seed = cfg.n_bootstrap, cfg.seed
+    B, seed, lvl = cfg.n_bootstrap, cfg.seed, cfg.level
     parametric = None
     try:
         parametric = fit_parametric(
@@ -130,21 +281,30 @@ def _analyze(points: pd.DataFrame, config: AnalysisConfig | None) -> Analysis:
             n_bootstrap=B,
             seed=seed,
             groups=groups,
+            level=lvl,
         )
     except (ValueError, RuntimeError) as e:
         msgs.append(f"parametric law not fitted: {e}")
-    frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed)
+    if parametric is not None and B == 0:
+        msgs.append("no bootstrap (--bootstrap 0): whether alpha and beta are resolved was not checked")
+    frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
     pure = _pure_law(frontier, "loss", B, seed)
-    iso = fit_isoflop(pts, n_bootstrap=B, seed=seed, gap_dex=cfg.isoflop_gap_dex)
+    iso = fit_isoflop(
+        pts, n_bootstrap=B, seed=seed, gap_dex=cfg.isoflop_gap_dex, units=units["N"], data_units=units["D"]
+    )
     msgs.extend(iso.messages)
-    fid_front = fit_frontier(pts, "fid", n_bootstrap=B, seed=seed) if pts["fid"].notna().sum() > 3 else None
+    fid_front = (
+        fit_frontier(pts, "fid", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
+        if pts["fid"].notna().sum() > 3
+        else None
+    )
     try:
         fvl = fit_fid_vs_loss(pts, n_bootstrap=B, seed=seed)
     except ValueError as e:
         fvl = None
         msgs.append(f"FID(loss) not fitted: {e}")
     fid_pure = _pure_law(fid_front, "fid", B, seed) if fid_front is not None else None
-    return Analysis(
+    an = Analysis(
         points=pts,
         removed=removed,
         config=cfg,
@@ -157,7 +317,21 @@ def _analyze(points: pd.DataFrame, config: AnalysisConfig | None) -> Analysis:
         fid_vs_loss=fvl,
         fid_vs_compute_pure=fid_pure,
         messages=msgs,
+        selection_notes=list(prep.notes),
+        units=units,
+        r_star=prep.r_star,
+        r_star_fitted=prep.r_star_fitted,
     )
+    if parametric is not None:
+        an.residuals = residuals(an)
+        an.ranking = ranking_check(an)
+        for r in an.ranking:
+            if not r["agrees"]:
+                msgs.append(
+                    f"ranking: at {r['C']:.3g} FLOPs the fitted law orders the models {r['predicted']}, "
+                    f"the data {r['observed']}"
+                )
+    return an
 
 
 def _pure_law(frontier: FrontierFit, y: str, n_bootstrap: int, seed: int) -> PowerLawFit | None:
@@ -172,6 +346,74 @@ def _pure_law(frontier: FrontierFit, y: str, n_bootstrap: int, seed: int) -> Pow
     except ValueError as e:
         log.info("pure power law %s(C) not fitted: %s", y, e)
         return None
+
+
+# ----------------------------------------------------------------------------------------------
+# diagnostics
+
+
+def _budget_labels(points: pd.DataFrame) -> pd.Series:
+    """A budget per point: the `budget` column, else the point's C rounded to 2 significant digits."""
+    if points["budget"].notna().all():
+        return points["budget"]
+    return points["C"].map(lambda c: float(f"{c:.2g}"))
+
+
+def residuals(an: Analysis) -> pd.DataFrame:
+    """Log residuals ln(L_obs / L_pred) of the parametric law, with run, model and budget per point."""
+    pts = an.points
+    pred = an.parametric.predict(pts["N"], pts["D"])
+    return pd.DataFrame(
+        {
+            "run_id": pts["run_id"],
+            "model": pts["model"],
+            "N": pts["N"],
+            "C": pts["C"],
+            "budget": _budget_labels(pts),
+            "resid": np.log(pts["loss"].to_numpy(float) / pred),
+        }
+    )
+
+
+def residual_summary(res: pd.DataFrame | None) -> dict | None:
+    """Mean and largest absolute log residual per budget and per model."""
+    if res is None or len(res) == 0:
+        return None
+
+    def agg(col):
+        g = res.groupby(col)["resid"]
+        return [
+            {col: k, "mean": float(m), "max_abs": float(a), "n": int(n)}
+            for (k, m), a, n in zip(g.mean().items(), g.apply(lambda r: r.abs().max()), g.size())
+        ]
+
+    return {
+        "by_budget": agg("budget"),
+        "by_model": agg("model"),
+        "rmse": float(np.sqrt(np.mean(res["resid"] ** 2))),
+    }
+
+
+def ranking_check(an: Analysis) -> list[dict]:
+    """Per IsoFLOP slice: does the fitted law order the models' final losses as observed?"""
+    out = []
+    for c, patch, g in iter_slices(an.points, an.config.isoflop_gap_dex):
+        best = g.sort_values("loss").drop_duplicates("model")
+        if len(best) < 2:
+            continue
+        pred = an.parametric.predict(best["N"], best["D"])
+        observed = list(best["model"].astype(str))
+        predicted = list(best["model"].astype(str).to_numpy()[np.argsort(pred, kind="stable")])
+        out.append(
+            {
+                "C": c,
+                "patch": None if math.isnan(patch) else patch,
+                "observed": observed,
+                "predicted": predicted,
+                "agrees": observed == predicted,
+            }
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,98 +432,129 @@ class Estimate:
         self.value, self.lo, self.hi = float(self.value), float(self.lo), float(self.hi)
 
     def __str__(self) -> str:
-        if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+        if math.isnan(self.lo) or math.isnan(self.hi):
             return f"{self.value:.4g} (no bootstrap interval)"
         return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
 
 
 @dataclass
 class Prediction:
-    """Recommended N, D and expected loss / FID at one compute budget (true FLOPs)."""
+    """Recommended N, D and expected loss / FID at one compute budget (true FLOPs), with a status.
+
+    n_opt, d_opt, loss and fid are None when withheld (status not_identified or censored); then
+    `n_opt_bound` ({"side": "below" | "above", "N": x}) says what is known when the result is censored.
+    """
 
     compute: float
-    n_opt: Estimate
-    d_opt: Estimate
-    loss: Estimate
+    n_opt: Estimate | None
+    d_opt: Estimate | None
+    loss: Estimate | None
     fid: Estimate | None
     nearest_run_shape: Shape | None
-    nearest_dit_shape: Shape
+    nearest_dit_shape: Shape | None
     source: str
     level: float = 0.95
     alternatives: dict[str, float] = field(default_factory=dict)
+    status: Status = field(default_factory=Status)
+    n_opt_bound: dict | None = None
+    units: dict[str, str] = field(default_factory=dict)
+    holdout: dict | None = None
+    extrapolation: float = 1.0  # compute / the largest compute measured
+    extrapolating: bool = False  # extrapolation > AnalysisConfig.extrapolation_factor
 
     def to_dict(self) -> dict:
         out = {"compute": self.compute, "source": self.source, "level": self.level}
+        out["extrapolation"] = self.extrapolation
+        out.update(self.status.to_dict())
         for k in ("n_opt", "d_opt", "loss", "fid"):
             v = getattr(self, k)
             out[k] = None if v is None else asdict(v)
+        out["n_opt_bound"] = self.n_opt_bound
         out["nearest_run_shape"] = asdict(self.nearest_run_shape) if self.nearest_run_shape else None
-        out["nearest_dit_shape"] = asdict(self.nearest_dit_shape)
+        out["nearest_dit_shape"] = asdict(self.nearest_dit_shape) if self.nearest_dit_shape else None
         out["alternatives"] = self.alternatives
         out["n_opt_spread"] = self.n_opt_spread()
+        out["units"] = dict(self.units)
+        out["holdout"] = self.holdout
         return out
 
     def text(self) -> str:
         pct = f"{100 * self.level:g}%"
+        u = {"N": "parameters", "D": "images", "loss": LOSS_UNITS, **self.units}
         lines = [
-            f"Compute budget: {self.compute:.3g} FLOPs (true FLOPs = 2 x multiply-adds); from {self.source}",
-            f"  model size N_opt : {self.n_opt} parameters ({pct} interval)",
+            f"Compute budget: {self.compute:.3g} {COMPUTE_UNITS}; from {self.source}",
+            f"  {self.status.text()}",
         ]
-        if self.nearest_run_shape:
-            lines.append(
-                f"  nearest run shape: {self.nearest_run_shape.name} ({self.nearest_run_shape.n_params:.4g})"
-            )
-        lines.append(
-            f"  nearest DiT shape: {self.nearest_dit_shape.name} "
-            f"({self.nearest_dit_shape.n_params:.4g}, 256 px latents)"
-        )
-        lines.append(f"  data D_opt       : {self.d_opt} images/tokens")
-        lines.append(f"  expected loss    : {self.loss}")
-        lines.append(f"  expected FID     : {self.fid if self.fid else 'n/a (no FID logged)'}")
+        if self.n_opt is None:
+            bound = self.n_opt_bound
+            known = f"N_opt {bound['side']} {bound['N']:.3g} {u['N']}" if bound else "not identified"
+            lines.append(f"  model size N_opt : withheld ({known})")
+            lines.append("  data D_opt       : withheld")
+        else:
+            lines.append(f"  model size N_opt : {self.n_opt} {u['N']} ({pct} interval)")
+            if self.nearest_run_shape:
+                lines.append(
+                    f"  nearest run shape: {self.nearest_run_shape.name} "
+                    f"({self.nearest_run_shape.n_params:.4g} {u['N']})"
+                )
+            if self.nearest_dit_shape:
+                lines.append(
+                    f"  nearest DiT shape: {self.nearest_dit_shape.name} "
+                    f"({self.nearest_dit_shape.n_params:.4g} parameters, 256 px latents)"
+                )
+            lines.append(f"  data D_opt       : {self.d_opt} {u['D']}")
+        lines.append(f"  expected loss    : {self.loss if self.loss else 'withheld'} ({u['loss']})")
+        lines.append(f"  expected FID     : {self.fid if self.fid else 'n/a'}")
         for k, v in self.alternatives.items():
-            lines.append(f"  ({k}: {v:.4g})")
-        spread = self.n_opt_spread()
-        if spread > 5.0:
+            unit = u["N"] if k.startswith("N_opt") else (u["loss"] if "loss law" in k else "")
+            lines.append(f"  ({k}: {v:.4g} {unit})".rstrip())
+        if self.holdout:
+            h = self.holdout
             lines.append(
-                f"  caution: the approaches disagree on N_opt by {spread:.3g}x - the grid probably does not "
-                "bracket the optimum (add smaller or larger models, or more budgets); see the report"
+                f"  holdout (largest budget left out): loss error mean {100 * h['mape_loss']:.2f}%, "
+                f"max {100 * h['max_ape_loss']:.2f}%, "
+                f"best loss at its compute {100 * h['frontier_error']:+.2f}%"
             )
         return "\n".join(lines)
 
     def n_opt_spread(self) -> float:
         """max / min of N_opt over the approaches that gave one (1.0 if only one did)."""
-        ns = [self.n_opt.value] + [v for k, v in self.alternatives.items() if k.startswith("N_opt")]
+        ns = [v for k, v in self.alternatives.items() if k.startswith("N_opt")]
         ns = [v for v in ns if math.isfinite(v) and v > 0]
         return max(ns) / min(ns) if ns else 1.0
 
 
 def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
-    s = samples[np.isfinite(samples)]
-    if len(s) < 2:
-        return math.nan, math.nan
-    q = 100 * (1 - level) / 2
-    return float(np.percentile(s, q)), float(np.percentile(s, 100 - q))
+    return percentile_interval(samples, level)
 
 
 def predict(analysis: Analysis, compute: float) -> Prediction:
-    """Compute-optimal N, D, loss and FID at `compute` FLOPs, with bootstrap intervals.
+    """Compute-optimal N, D, loss and FID at `compute` FLOPs, with bootstrap intervals and a status.
 
-    Uses the parametric law (approach 3) when fitted, else the IsoFLOP laws, else the frontier.
+    Uses the parametric law (approach 3) when fitted, else the IsoFLOP laws, else the frontier. The
+    status folds in what the fits could not identify, IsoFLOP censoring, approaches that disagree by
+    more than `disagreement_factor`, and extrapolation beyond `extrapolation_factor` x the largest
+    compute measured. N_opt, D_opt and the loss are withheld unless the status is ok or extrapolating
+    (an E at its floor alone withholds nothing: the allocation does not depend on E).
     FID comes from FID(loss) applied to the predicted loss (bootstrap pairs resampled together).
     """
     if not (compute > 0):
         raise ValueError(f"compute must be > 0 FLOPs, got {compute}")
-    lvl = analysis.config.level
+    cfg = analysis.config
+    lvl = cfg.level
     k = analysis.flops_per_param_datum
     pf, alt = analysis.parametric, {}
+    st = Status()
     loss_samples = None
+    n_e = d_e = loss_e = None
+    withhold = False
     if pf is not None:
-        n, d, loss = (float(v) for v in pf.optimal_allocation(compute, k))
+        st.merge(pf.status, "approach 3: ")
         source = "parametric law L(N, D) (approach 3)"
+        withhold = not pf.allocation_identified
+        n, d, loss = (float(v) for v in pf.optimal_allocation(compute, k))
         if pf.bootstrap is not None and pf.bootstrap.n_ok > 1:
             s = pf.bootstrap.samples
-            from analysis.parametric import optimal_allocation
-
             arr = np.array(
                 [
                     [float(v) for v in optimal_allocation({p: s[p][i] for p in s}, compute, k)]
@@ -292,34 +565,61 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             loss_e, loss_samples = Estimate(loss, *_interval(arr[:, 2], lvl)), arr[:, 2]
         else:
             n_e, d_e, loss_e = Estimate(n), Estimate(d), Estimate(loss)
+        if not withhold:
+            alt["N_opt from parametric law (approach 3)"] = n
     elif analysis.isoflop.n_opt is not None:
         iso = analysis.isoflop
         n_e = Estimate(float(iso.n_opt.predict(compute)), *iso.n_opt.predict_interval(compute, lvl))
         d_e = Estimate(float(iso.d_opt.predict(compute)), *iso.d_opt.predict_interval(compute, lvl))
         law = analysis.frontier.y_law
-        loss_e = (
-            Estimate(float(law.predict(compute)), *law.predict_interval(compute, lvl))
-            if law
-            else Estimate(math.nan)
-        )
+        loss_e = Estimate(float(law.predict(compute)), *law.predict_interval(compute, lvl)) if law else None
         source = "IsoFLOP laws (approach 2)"
     else:
         fr = analysis.frontier
-        if fr.n_opt is None or fr.d_opt is None or fr.y_law is None:
-            raise ValueError("no law could be fitted to these points; cannot predict")
-        n_e = Estimate(float(fr.n_opt.predict(compute)), *fr.n_opt.predict_interval(compute, lvl))
-        d_e = Estimate(float(fr.d_opt.predict(compute)), *fr.d_opt.predict_interval(compute, lvl))
-        loss_e = Estimate(float(fr.y_law.predict(compute)), *fr.y_law.predict_interval(compute, lvl))
         source = "compute-efficient frontier (approach 1)"
-    if analysis.isoflop.n_opt is not None:
+        if fr.n_opt is None or fr.d_opt is None or fr.y_law is None:
+            st.add(NOT_IDENTIFIED, "no approach could fit an N_opt(C) law to these points")
+            withhold = True
+        else:
+            n_e = Estimate(float(fr.n_opt.predict(compute)), *fr.n_opt.predict_interval(compute, lvl))
+            d_e = Estimate(float(fr.d_opt.predict(compute)), *fr.d_opt.predict_interval(compute, lvl))
+            loss_e = Estimate(float(fr.y_law.predict(compute)), *fr.y_law.predict_interval(compute, lvl))
+    # the other approaches' N_opt, where they identify one (their statuses are folded in below)
+    if analysis.isoflop.n_opt is not None and analysis.isoflop.status.ok:
         alt["N_opt from IsoFLOP (approach 2)"] = float(analysis.isoflop.n_opt.predict(compute))
-    if analysis.frontier.n_opt is not None:
+    if analysis.frontier.n_opt is not None and analysis.frontier.status.ok:
         alt["N_opt from frontier (approach 1)"] = float(analysis.frontier.n_opt.predict(compute))
     if analysis.frontier.y_law is not None:
         alt["frontier loss law L(C)"] = float(analysis.frontier.y_law.predict(compute))
+    st.merge(analysis.isoflop.status, "approach 2: ")
+    st.merge(analysis.frontier.status, "approach 1: ")
+    bound = None
+    if analysis.isoflop.status.status == CENSORED:
+        withhold = True
+        sl = [s for s in analysis.isoflop.slices if s.side != "single"]
+        side = sl[0].side
+        edge = [s.sizes[0] if side == "below" else s.sizes[-1] for s in sl]
+        bound = {"side": side, "N": max(edge) if side == "below" else min(edge)}
+    ns = [v for kk, v in alt.items() if kk.startswith("N_opt") and math.isfinite(v) and v > 0]
+    if len(ns) > 1 and max(ns) / min(ns) > cfg.disagreement_factor:
+        withhold = True
+        st.add(
+            NOT_IDENTIFIED,
+            f"the approaches disagree on N_opt by {max(ns) / min(ns):.3g}x (more than "
+            f"{cfg.disagreement_factor:g}x): the grid probably does not bracket the optimum; add smaller or "
+            "larger models, or more budgets",
+        )
+    c_max = float(analysis.points["C"].max())
+    if compute > cfg.extrapolation_factor * c_max:
+        st.add(
+            EXTRAPOLATING,
+            f"{compute:.3g} FLOPs is {compute / c_max:.3g}x the largest compute measured "
+            f"({c_max:.3g} FLOPs), more than {cfg.extrapolation_factor:g}x: trust it as far as the "
+            "holdout error (--holdout largest)",
+        )
     fid_e = None
     fvl = analysis.fid_vs_loss
-    if fvl is not None:
+    if fvl is not None and loss_e is not None:
         fid_e = Estimate(float(fvl.predict(loss_e.value)))
         if fvl.bootstrap is not None and loss_samples is not None:
             s = fvl.bootstrap.samples
@@ -328,6 +628,8 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             fid_e.lo, fid_e.hi = _interval(f, lvl)
     if analysis.fid_frontier is not None and analysis.fid_frontier.y_law is not None:
         alt["FID frontier law FID(C)"] = float(analysis.fid_frontier.y_law.predict(compute))
+    if withhold:
+        n_e = d_e = loss_e = fid_e = None
     run_shapes = shapes_from_points(analysis.points)
     return Prediction(
         compute=float(compute),
@@ -335,11 +637,16 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         d_opt=d_e,
         loss=loss_e,
         fid=fid_e,
-        nearest_run_shape=nearest_shape(n_e.value, run_shapes) if run_shapes else None,
-        nearest_dit_shape=nearest_shape(n_e.value, family_shapes()),
+        nearest_run_shape=nearest_shape(n_e.value, run_shapes) if (run_shapes and n_e) else None,
+        nearest_dit_shape=nearest_shape(n_e.value, family_shapes()) if n_e else None,
         source=source,
         level=lvl,
         alternatives=alt,
+        status=st,
+        n_opt_bound=bound,
+        units=dict(analysis.units),
+        extrapolation=compute / c_max,
+        extrapolating=compute > cfg.extrapolation_factor * c_max,
     )
 
 
@@ -367,6 +674,7 @@ class HoldoutResult:
             "max_ape_loss": self.max_ape_loss,
             "frontier_error": self.frontier_error,
             "mape_fid": self.mape_fid,
+            "status_without_them": self.analysis.status.status,
         }
 
     def text(self) -> str:
@@ -391,13 +699,14 @@ def largest_compute_runs(points: pd.DataFrame, frac: float = 0.1) -> np.ndarray:
 def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) -> HoldoutResult:
     """Fit on all runs but the largest-compute ones and measure the error on those."""
     cfg = config or AnalysisConfig()
-    points = tidy(validate_points(points))
-    ids = largest_compute_runs(points)
-    test = points[points["run_id"].isin(ids)].copy()
-    train = points[~points["run_id"].isin(ids)]
+    prep = prepare(points, cfg)
+    pts = prep.points
+    ids = largest_compute_runs(pts)
+    test = pts[pts["run_id"].isin(ids)].copy()
+    train = pts[~pts["run_id"].isin(ids)]
     if len(train) <= 5:
         raise ValueError(f"holdout leaves {len(train)} training points; need more than 5")
-    an = analyze(train, cfg)
+    an = analyze_prepared(Prepared(train, prep.dropped, prep.notes, prep.r_star, prep.r_star_fitted), cfg)
     if an.parametric is not None:
         test["pred_loss"] = an.parametric.predict(test["N"], test["D"])
     elif an.frontier.y_law is not None:

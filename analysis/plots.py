@@ -20,6 +20,14 @@ N_LABEL = "parameters N"
 D_LABEL = "training data D (images or tokens)"
 
 
+def _n_label(an: Analysis) -> str:
+    return f"N ({an.units.get('N', 'parameters')})"
+
+
+def _d_label(an: Analysis) -> str:
+    return f"D ({an.units.get('D', 'images')})"
+
+
 def _colors(values):
     v = np.log(np.asarray(values, float))
     span = np.ptp(v) or 1.0
@@ -62,13 +70,13 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
             ax.fill_between(cc, lo, hi, color="k", alpha=0.1)
     if an.loss_vs_compute_pure is not None:
         ax.plot(cc, an.loss_vs_compute_pure.predict(cc), ":", color="gray", label="pure power law")
-    if an.parametric is not None:
+    if an.parametric is not None and an.parametric.allocation_identified:
         _, _, lopt = optimal_allocation(an.parametric.params, cc, an.flops_per_param_datum)
         ax.plot(cc, lopt, "r-", lw=1, label="parametric law, compute-optimal")
     sm = plt.cm.ScalarMappable(
         cmap="viridis", norm=matplotlib.colors.LogNorm(ns.min(), max(ns.max(), ns.min() * 1.01))
     )
-    fig.colorbar(sm, ax=ax, label=N_LABEL)
+    fig.colorbar(sm, ax=ax, label=_n_label(an))
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=LOSS_LABEL, title="Loss vs compute")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -77,27 +85,33 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
 def plot_isoflop(an: Analysis, path) -> Path:
     """IsoFLOP profiles: loss against N per budget, the fitted parabolas in log N and their minima."""
     fig, ax = plt.subplots(figsize=(7, 5))
-    profiles = an.isoflop.profiles
-    cols = _colors([p.compute for p in profiles]) if profiles else []
-    from analysis.isoflop import assign_budgets
+    from analysis.isoflop import iter_slices
 
-    lab = assign_budgets(an.points, an.config.isoflop_gap_dex)
-    pts = an.points.assign(_b=lab).dropna(subset=["_b"])
-    for p, col in zip(profiles, cols):
-        g = pts[np.isclose(pts.groupby("_b")["C"].transform("median"), p.compute)]
-        ax.plot(g["N"], g["loss"], "o", ms=3, color=col, alpha=0.6)
-        nn = np.logspace(np.log10(p.n_range[0]) - 0.2, np.log10(p.n_range[1]) + 0.2, 60)
-        ax.plot(nn, p.predict(nn), "-", color=col, lw=1, label=f"C = {p.compute:.2g} FLOPs")
-        ax.plot([p.n_opt], [p.loss_opt], "k*", ms=9)
-    if profiles:
+    slices = list(iter_slices(an.points, an.config.isoflop_gap_dex))
+    cols = _colors([c for c, _, _ in slices]) if slices else []
+    for (c, patch, g), col in zip(slices, cols):
+        ptxt = "" if np.isnan(patch) else f", patch {patch:g}"
+        g = g.sort_values("N")
+        ax.plot(g["N"], g["loss"], "o:", ms=4, lw=0.8, color=col, alpha=0.7, label=f"C = {c:.2g} FLOPs{ptxt}")
+        for p in an.isoflop.profiles:
+            if np.isclose(p.compute, c) and (np.isnan(p.patch) and np.isnan(patch) or p.patch == patch):
+                nn = np.logspace(np.log10(p.n_range[0]) - 0.2, np.log10(p.n_range[1]) + 0.2, 60)
+                ax.plot(nn, p.predict(nn), "-", color=col, lw=1)
+                ax.plot([p.n_opt], [p.loss_opt], "k*", ms=9)
+    if slices:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no budget with >= 3 model sizes", transform=ax.transAxes, ha="center")
+        ax.text(
+            0.5, 0.5, "no IsoFLOP slice (points at distinct budgets)", transform=ax.transAxes, ha="center"
+        )
+    if not an.isoflop.status.ok:
+        msg = an.isoflop.status.reasons[0]
+        ax.text(0.02, 0.02, f"{an.isoflop.status.status}: {msg[:90]}...", transform=ax.transAxes, fontsize=6)
     ax.set(
         xscale="log",
-        xlabel=N_LABEL,
+        xlabel=_n_label(an),
         ylabel=LOSS_LABEL,
-        title="IsoFLOP profiles (parabola in log N; * = minimum)",
+        title="IsoFLOP slices (parabola in log N where >= 3 sizes; * = minimum)",
     )
     return _save(fig, path)
 
@@ -107,9 +121,9 @@ def plot_allocation(an: Analysis, path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     cc = _c_range(an, extend=2.0)
     k = an.flops_per_param_datum
-    for j, (ax, name, label) in enumerate(zip(axes, ("N_opt", "D_opt"), (N_LABEL, D_LABEL))):
+    for j, (ax, name, label) in enumerate(zip(axes, ("N_opt", "D_opt"), (_n_label(an), _d_label(an)))):
         pf = an.parametric
-        if pf is not None:
+        if pf is not None and pf.allocation_identified:
             ax.plot(
                 cc,
                 optimal_allocation(pf.params, cc, k)[j],
@@ -192,6 +206,33 @@ def plot_fid(an: Analysis, path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_residuals(an: Analysis, path) -> Path | None:
+    """Parametric log residuals ln(L_obs / L_fit) by budget and by model (None without a fit)."""
+    res = an.residuals
+    if res is None or len(res) == 0:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    models = sorted(res["model"].astype(str).unique(), key=lambda m: res.loc[res["model"] == m, "N"].iloc[0])
+    colors = dict(zip(models, _colors([res.loc[res["model"] == m, "N"].iloc[0] for m in models])))
+    ax = axes[0]
+    for m in models:
+        g = res[res["model"].astype(str) == m]
+        ax.plot(g["budget"], g["resid"], "o", ms=4, color=colors[m], alpha=0.8, label=m)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel="budget (FLOPs; true FLOPs = 2 x multiply-adds)", ylabel="ln(L_obs / L_fit)")
+    ax.set_title("Residuals of the parametric law by budget")
+    if len(models) <= 12:
+        ax.legend(fontsize=7)
+    ax = axes[1]
+    for i, m in enumerate(models):
+        g = res[res["model"].astype(str) == m]
+        ax.plot(np.full(len(g), i) + np.linspace(-0.15, 0.15, len(g)), g["resid"], "o", ms=4, color=colors[m])
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=7)
+    ax.set(ylabel="ln(L_obs / L_fit)", title="Residuals by model (sorted by N)")
+    return _save(fig, path)
+
+
 def plot_all(an: Analysis, out_dir) -> dict[str, Path]:
     """Every figure into out_dir; returns name -> path (FID figure only when FID was logged)."""
     out = Path(out_dir)
@@ -203,4 +244,7 @@ def plot_all(an: Analysis, out_dir) -> dict[str, Path]:
     fid = plot_fid(an, out / "fid.png")
     if fid is not None:
         paths["fid"] = fid
+    res = plot_residuals(an, out / "residuals.png")
+    if res is not None:
+        paths["residuals"] = res
     return paths

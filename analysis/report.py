@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.parametric import LOG_SE_KEYS
 from analysis.pipeline import Analysis, HoldoutResult, Prediction
 from analysis.plots import plot_all
+from analysis.status import Status, worst
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,17 @@ def _jsonable(x):
     return x
 
 
+def overall_status(an: Analysis, predictions=()) -> Status:
+    """The status of the whole result: the fits' and every prediction's, whichever is worst."""
+    return worst(an.status, *(p.status for p in predictions))
+
+
 def results_dict(an: Analysis, predictions=(), holdout: HoldoutResult | None = None) -> dict:
-    """Everything as one JSON-ready dict (parametric E, A, B, alpha, beta at the top level)."""
+    """Everything as one JSON-ready dict: status and reasons first, then the parametric law's E, A, B,
+    alpha, beta at the top level, then everything else."""
     out = an.to_dict()
+    st = overall_status(an, predictions)
+    out["status"], out["reasons"] = st.status, list(st.reasons)
     out["predictions"] = [p.to_dict() for p in predictions]
     out["holdout"] = holdout.to_dict() if holdout else None
     return _jsonable(out)
@@ -50,6 +60,18 @@ def _fmt_law(law) -> str:
     return "not fitted" if law is None else f"`{law.formula()}`"
 
 
+def _corr_table(an: Analysis) -> list[str]:
+    corr = an.parametric.correlation() if an.parametric is not None else None
+    if corr is None:
+        return []
+    lines = ["", "Bootstrap correlation of the parameters (E, A, B in log space):", ""]
+    lines.append("| | " + " | ".join(LOG_SE_KEYS) + " |")
+    lines.append("|---" * (len(LOG_SE_KEYS) + 1) + "|")
+    for k, row in zip(LOG_SE_KEYS, corr):
+        lines.append(f"| {k} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
+    return lines
+
+
 def markdown(
     an: Analysis,
     plots: dict[str, Path],
@@ -59,20 +81,29 @@ def markdown(
 ) -> str:
     """The report text; plot paths are written relative to the report's folder."""
     pts = an.points
+    u = an.units
+    st = overall_status(an, predictions)
     lines = [
         "# DiT scaling-law analysis",
         "",
+        f"**Status: {st.status}**" + ("" if st.reasons else " (the data identify every reported result)"),
+        "",
+        *[f"- {r}" for r in st.reasons],
+        "",
         f"Data: {source} - {len(pts)} points from {pts['run_id'].nunique()} runs, "
-        f"N {pts['N'].min():.3g}..{pts['N'].max():.3g}, C {pts['C'].min():.3g}..{pts['C'].max():.3g} FLOPs "
-        "(true FLOPs = 2 x multiply-adds).",
+        f"N {pts['N'].min():.3g}..{pts['N'].max():.3g} {u['N']}, "
+        f"D {pts['D'].min():.3g}..{pts['D'].max():.3g} "
+        f"{u['D']}, C {pts['C'].min():.3g}..{pts['C'].max():.3g} {u['C']}; loss is {u['loss']}.",
         f"Bootstrap: {an.config.n_bootstrap} resamples, seed {an.config.seed}; intervals are "
         f"{100 * an.config.level:g}% percentile intervals.",
         "",
-        "## Removed points",
+        "## Points used",
         "",
     ]
+    lines += [f"- {n}" for n in an.selection_notes] or ["- every point of every run (one point per run)"]
+    lines += ["", "## Removed points", ""]
     if len(an.removed):
-        lines.append("| run | model | N | D | C | loss | reason |")
+        lines.append("| run | model | N | D | C (FLOPs) | loss | reason |")
         lines.append("|---|---|---|---|---|---|---|")
         for _, r in an.removed.iterrows():
             lines.append(
@@ -81,21 +112,32 @@ def markdown(
             )
     else:
         lines.append(
-            "None (outlier removal is off unless `--drop-highest-loss` or `--outlier-sigma` is given)."
+            "None (outlier removal is off unless `--drop-highest-loss` or `--outlier-sigma` is given; "
+            f"no run ended below --min-steps {an.config.min_steps})."
         )
     lines += ["", "## Approach 3: parametric law L(N, D) = E + A/N^alpha + B/D^beta", ""]
     if an.parametric is not None:
         lines += ["```", an.parametric.summary(), "```"]
-        lines.append(
-            f"Compute-optimal allocation with C = {an.flops_per_param_datum:.4g} N D: "
-            f"N_opt ~ C^{an.parametric.a:.4f}, D_opt ~ C^{an.parametric.b:.4f}."
-        )
+        lines.append(f"Units: N in {u['N']}, D in {u['D']}, E and L in {u['loss']}.")
+        if an.parametric.allocation_identified:
+            lines.append(
+                f"Compute-optimal allocation with C = {an.flops_per_param_datum:.4g} N D "
+                f"({u['N']}, {u['D']}): "
+                f"N_opt ~ C^{an.parametric.a:.4f}, D_opt ~ C^{an.parametric.b:.4f}."
+            )
+        else:
+            lines.append("Compute-optimal allocation withheld (see the status).")
+        lines += _corr_table(an)
     lines += ["", "## Approach 1: compute-efficient frontier", ""]
     fr = an.frontier
+    lines.append(f"- {fr.status.text()}")
     lines.append(f"- loss frontier (saturating): {_fmt_law(fr.y_law)}")
     lines.append(f"- loss frontier (pure power law): {_fmt_law(an.loss_vs_compute_pure)}")
-    lines.append(f"- N_opt(C): {_fmt_law(fr.n_opt)} (a = {fr.a:.4f})")
-    lines.append(f"- D_opt(C): {_fmt_law(fr.d_opt)} (b = {fr.b:.4f})")
+    lines.append(f"- N_opt(C): {_fmt_law(fr.n_opt)} (a = {fr.a:.4f}; N in {u['N']}, C in FLOPs)")
+    lines.append(f"- D_opt(C): {_fmt_law(fr.d_opt)} (b = {fr.b:.4f}; D in {u['D']})")
+    if fr.n_opt is not None and fr.n_opt.bootstrap is not None:
+        bs = fr.n_opt.bootstrap
+        lines.append(f"- bootstrap over runs: {bs.n_requested} resamples, {bs.n_failed} without an N_opt law")
     lines += ["", "## Approach 2: IsoFLOP profiles", "", "```", an.isoflop.summary(), "```"]
     lines += ["", "## FID", ""]
     lines.append(f"- FID vs validation loss: {_fmt_law(an.fid_vs_loss)}")
@@ -108,6 +150,24 @@ def markdown(
             lines += ["```", p.text(), "```"]
     if holdout is not None:
         lines += ["", "## Holdout: fit without the largest-compute runs", "", "```", holdout.text(), "```"]
+    lines += ["", "## Diagnostics", ""]
+    if an.ranking:
+        bad = [r for r in an.ranking if not r["agrees"]]
+        lines.append(
+            f"- ranking: the fitted law orders the models as observed at {len(an.ranking) - len(bad)} of "
+            f"{len(an.ranking)} budget(s)"
+        )
+        for r in bad:
+            lines.append(f"  - {r['C']:.3g} FLOPs: observed {r['observed']}, fitted law {r['predicted']}")
+    if an.residuals is not None:
+        summ = an.to_dict()["diagnostics"]["residuals"]
+        lines.append(f"- residuals ln(L_obs / L_fit): rms {summ['rmse']:.3g}; by budget (FLOPs) and model:")
+        for row in summ["by_budget"]:
+            lines.append(
+                f"  - {row['budget']:.3g} FLOPs: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}"
+            )
+        for row in summ["by_model"]:
+            lines.append(f"  - {row['model']}: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}")
     if an.messages:
         lines += ["", "## Notes", ""] + [f"- {m}" for m in an.messages]
     lines += ["", "## Figures", ""]
@@ -145,6 +205,7 @@ def log_to_mlflow(paths: dict[str, Path], experiment: str, tracking_uri: str | N
     run = client.create_run(exp.experiment_id, run_name="scaling-analysis", tags={"analysis": "true"})
     rid = run.info.run_id
     try:
+        client.set_tag(rid, "analysis_status", str(summary.get("status")))
         for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
             v = summary.get(k)
             if isinstance(v, (int, float)) and math.isfinite(v):

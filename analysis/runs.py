@@ -3,7 +3,14 @@
 Columns of the tidy frame (one row per evaluation point):
   N (parameters), D (images or tokens seen), C (true training FLOPs), loss, fid (NaN if not logged),
   run_id, model (shape name), step, final (last point of its run), budget (planned FLOPs or NaN),
-  forward_gflops (NaN if unknown), status.
+  forward_gflops (NaN if unknown), and, NaN / None when unknown: schedule (`optim.schedule`),
+  patch_size, tokens_per_image ((model.input_size / model.patch_size)^2), N_non_embedding
+  (`model.params_non_embedding`), unique (unique training images: `data/unique_images`, or
+  images seen / `data/epochs`; inf for an unbounded stream), status.
+
+`select_points` keeps the points valid for each run's lr schedule and drops too-short cells;
+`set_axes` chooses what N and D mean (total or non-embedding parameters; images or tokens) and,
+optionally, Muennighoff et al.'s effective data for repeated images.
 """
 
 from __future__ import annotations
@@ -18,6 +25,14 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
+OPTIONAL = {  # optional columns and their value when unknown
+    "schedule": None,
+    "patch_size": np.nan,
+    "tokens_per_image": np.nan,
+    "N_non_embedding": np.nan,
+    "unique": np.nan,
+}
+FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits")
 
 
@@ -52,6 +67,8 @@ def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
 def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.DataFrame:
     """Fill optional columns (C = k N D, fid, run_id, model, ...) with defaults and order the columns."""
     df = df.copy()
+    if "final" not in df.columns and {"step", "run_id"} <= set(df.columns) and df["step"].notna().all():
+        df["final"] = df["step"] == df.groupby("run_id")["step"].transform("max")  # last point of each run
     if "C" not in df.columns:
         k = 6.0 if flops_per_param_datum is None else flops_per_param_datum
         log.info("no C column: using C = %g * N * D", k)
@@ -65,21 +82,23 @@ def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.Dat
         "budget": np.nan,
         "forward_gflops": np.nan,
     }
-    for col, val in defaults.items():
+    for col, val in {**defaults, **OPTIONAL}.items():
         if col not in df.columns:
             df[col] = val
     if df["run_id"].isna().all():
         df["run_id"] = [f"row{i}" for i in range(len(df))]
     if df["model"].isna().all():
         df["model"] = [f"N={n:.3g}" for n in df["N"]]
-    for col in ("N", "D", "C", "loss", "fid", "budget", "forward_gflops"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "step", *OPTIONAL):
+        if col != "schedule":
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra].reset_index(drop=True)
 
 
 def load_csv(path: str | os.PathLike, *, flops_per_param_datum: float | None = None) -> pd.DataFrame:
-    """Read a CSV with columns N, D, loss (optional C, fid, run_id, model, ...) into the tidy frame.
+    """Read a CSV with columns N, D, loss (optional C, fid, run_id, model, step, schedule, patch_size,
+    tokens_per_image, N_non_embedding, unique, ...) into the tidy frame.
 
     Without C, C = k N D with k = flops_per_param_datum (default 6, the LM convention).
     """
@@ -133,6 +152,21 @@ def _float(x) -> float:
         return float("nan")
 
 
+def _unique_images(client, rid: str, params: dict, seen: pd.Series) -> float:
+    """Unique training images of a run: metric or param data/unique_images (0 or inf, or param
+    data.unbounded = true: an unbounded stream -> inf), else images seen / data/epochs, else NaN."""
+    if str(params.get("data.unbounded", "")).lower() == "true":
+        return float("inf")
+    u = _history(client, rid, "data/unique_images")
+    val = float(u.iloc[-1]) if not u.empty else _float(params.get("data.unique_images"))
+    if np.isfinite(val) or val == float("inf"):
+        return float("inf") if val <= 0 or val == float("inf") else val
+    ep = _history(client, rid, "data/epochs")
+    if not ep.empty and float(ep.iloc[-1]) > 0 and not seen.empty:
+        return float(seen.iloc[-1]) / float(ep.iloc[-1])
+    return float("nan")
+
+
 def run_points(client, run) -> pd.DataFrame:
     """Tidy points from one run's metric history: one row per step where val/loss was logged."""
     rid = run.info.run_id
@@ -149,6 +183,7 @@ def run_points(client, run) -> pd.DataFrame:
     # compute and data grow linearly in steps: interpolate where they were logged at other steps
     c = np.interp(steps, comp.index.to_numpy(float), comp.to_numpy(float))
     d = np.interp(steps, seen.index.to_numpy(float), seen.to_numpy(float))
+    tpi = _float(params.get("model.input_size")) / _float(params.get("model.patch_size"))
     fid = pd.Series(np.nan, index=loss.index)
     for key in FID_METRICS:
         f = _history(client, rid, key)
@@ -171,6 +206,10 @@ def run_points(client, run) -> pd.DataFrame:
             "depth": _float(params.get("model.depth")),
             "hidden_size": _float(params.get("model.hidden_size")),
             "patch_size": _float(params.get("model.patch_size")),
+            "schedule": params.get("optim.schedule"),
+            "tokens_per_image": tpi**2,
+            "N_non_embedding": _float(params.get("model.params_non_embedding")),
+            "unique": _unique_images(client, rid, params, seen),
             "status": run.data.tags.get("status", run.info.status.lower()),
         }
     )
@@ -226,3 +265,111 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     validate_points(df, source=f"experiment {experiment!r}")
     return tidy(df, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# which points, and what N and D mean
+
+
+def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = False):
+    """Keep the points valid for each run's lr schedule; drop runs that ended below `min_steps`.
+
+    - `cosine` and `constant_cooldown` runs: the final point only (earlier points are mid-schedule,
+      not finished runs); `constant` runs: every point (the report says so); unknown schedule: every
+      point (the report says so). `all_points=True` keeps every point of every run.
+    - a run whose last step is below `min_steps` is dropped whole (runs without steps are kept).
+    Returns (kept, dropped, notes): dropped has one row per dropped run (its final point) with a
+    `reason`; notes are sentences for the report.
+    """
+    pts = points.copy()
+    notes: list[str] = []
+    last = pts.groupby("run_id")["step"].transform("max")
+    short = last.notna() & (last < min_steps)
+    is_final = pts["final"].astype(bool)
+    dropped = pts[short & is_final].copy()
+    dropped["reason"] = [
+        f"cell ended at step {s:.0f} < --min-steps {min_steps}" for s in last[short & is_final]
+    ]
+    if short.any():
+        notes.append(
+            f"{dropped['run_id'].nunique()} run(s) dropped: fewer than --min-steps {min_steps} "
+            "optimizer steps "
+            f"({', '.join(f'{m} at {c:.3g} FLOPs' for m, c in zip(dropped['model'], dropped['C']))})"
+        )
+    pts = pts[~short]
+    sched = pts["schedule"].fillna("unknown").astype(str)
+    per_run = pts.groupby("run_id").size()
+    several = pts["run_id"].map(per_run) > 1
+    if all_points:
+        if several.any():
+            notes.append("--all-points: every intermediate point of every run is used, whatever its schedule")
+        return pts, dropped.reset_index(drop=True), notes
+    final_only = sched.isin(FINAL_ONLY_SCHEDULES)
+    mid = final_only & ~pts["final"].astype(bool)
+    if mid.any():
+        n_runs = pts.loc[final_only, "run_id"].nunique()
+        notes.append(
+            f"{n_runs} run(s) with a {'/'.join(sorted(set(sched[final_only])))} schedule: only the "
+            f"final point of each is used ({int(mid.sum())} intermediate points left out: "
+            "mid-schedule, not finished runs)"
+        )
+    for name in ("constant", "unknown"):
+        m = (sched == name) & several
+        if m.any():
+            what = "a constant lr" if name == "constant" else "no logged optim.schedule"
+            notes.append(
+                f"{pts.loc[m, 'run_id'].nunique()} run(s) with {what}: every intermediate point is used as "
+                "if it were a finished run (no cooldown: these points sit above a finished run's loss)"
+            )
+    return pts[~mid], dropped.reset_index(drop=True), notes
+
+
+DATA_AXES = ("images", "tokens")
+PARAM_AXES = ("total", "non_embedding")
+
+
+def effective_data(d, unique, r_star: float) -> np.ndarray:
+    """Muennighoff et al. 2023 (arXiv:2305.16264), effective data under repetition:
+    D' = U + U R* (1 - exp(-R / R*)), U = min(unique, D), R = D / U - 1 (repetitions beyond the
+    first epoch). D' = D without repetition; D' -> U (1 + R*) for many epochs. unique NaN or inf: D.
+    """
+    d = np.asarray(d, float)
+    u = np.asarray(unique, float)
+    u = np.where(np.isfinite(u) & (u > 0), np.minimum(u, d), d)
+    r = d / u - 1.0
+    return u + u * r_star * (1.0 - np.exp(-r / r_star))
+
+
+def set_axes(points: pd.DataFrame, data_axis: str = "images", params: str = "total") -> pd.DataFrame:
+    """N and D as asked: N total or non-embedding parameters, D images or tokens (images x tokens
+    per image). Keeps the originals in N_total and images. ValueError names runs that lack a field."""
+    if data_axis not in DATA_AXES:
+        raise ValueError(f"--data-axis must be one of {DATA_AXES}, got {data_axis!r}")
+    if params not in PARAM_AXES:
+        raise ValueError(f"--params must be one of {PARAM_AXES}, got {params!r}")
+    pts = points.copy()
+    pts["N_total"], pts["images"] = pts["N"], pts["D"]
+    if data_axis == "tokens":
+        tpi = pts["tokens_per_image"].to_numpy(float)
+        bad = ~(np.isfinite(tpi) & (tpi > 0))
+        if bad.any():
+            runs = sorted(map(str, pts.loc[bad, "run_id"].unique()))
+            raise ValueError(
+                f"--data-axis tokens needs the tokens per image of every run (params model.input_size and "
+                f"model.patch_size, or a tokens_per_image CSV column); {len(runs)} run(s) lack it: "
+                f"{runs[:5]}. Use --data-axis images, or log those params"
+            )
+        pts["D"] = pts["D"] * tpi
+        pts["unique"] = pts["unique"] * tpi
+    if params == "non_embedding":
+        ne = pts["N_non_embedding"].to_numpy(float)
+        bad = ~(np.isfinite(ne) & (ne > 0))
+        if bad.any():
+            runs = sorted(map(str, pts.loc[bad, "run_id"].unique()))
+            raise ValueError(
+                f"--params non_embedding reads the param model.params_non_embedding (CSV column "
+                f"N_non_embedding), which {len(runs)} run(s) do not have: {runs[:5]}. Rerun them with a "
+                "trainer that logs it, or use --params total"
+            )
+        pts["N"] = ne
+    return pts

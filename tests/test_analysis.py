@@ -91,10 +91,15 @@ def test_chinchilla_refit_matches_epoch(chinchilla, chinchilla_fit):
 
 def test_chinchilla_bootstrap_se_near_epoch(chinchilla_fit):
     se = chinchilla_fit.se
-    assert chinchilla_fit.bootstrap.n_ok >= 28
+    bs = chinchilla_fit.bootstrap
+    assert bs.n_ok + bs.n_failed == 30 and bs.share_failed <= 0.1
     for k, ref in EPOCH_SE.items():
-        # 30 resamples estimate an SE to about +-25%; Epoch round E, alpha, beta SEs to 1 digit
-        assert ref / 2 < se[k] < ref * 2, (k, se[k], ref)
+        # 30 resamples estimate an SE to about +-25%; Epoch round E, alpha, beta SEs to 1 digit.
+        # E, A and B have standard errors in log space, i.e. relative to the estimate (to first order).
+        ours = se[f"ln_{k}"] if k in ("E", "A", "B") else se[k]
+        if k in ("E", "A", "B"):
+            ref = ref / EPOCH[k]
+        assert ref / 2 < ours < ref * 2, (k, ours, ref)
     lo, hi = chinchilla_fit.conf_int()["alpha"]
     assert lo < chinchilla_fit.params["alpha"] < hi
 
@@ -140,6 +145,11 @@ def test_parametric_recovers_known_law_with_noise():
     assert fit.params["E"] == pytest.approx(TRUE["E"], rel=0.03)
     assert fit.params["alpha"] == pytest.approx(TRUE["alpha"], abs=0.03)
     assert fit.params["beta"] == pytest.approx(TRUE["beta"], abs=0.03)
+    # A and B in log space: an exponent error of 0.01 moves ln A by ~0.01 x ln N ~ 0.2 here; the fit
+    # does much better (measured: A 406, B 1567 for 400, 1500)
+    assert math.log(fit.params["A"]) == pytest.approx(math.log(TRUE["A"]), abs=0.05)
+    assert math.log(fit.params["B"]) == pytest.approx(math.log(TRUE["B"]), abs=0.08)
+    assert fit.status.status == "ok"
     assert fit.a == pytest.approx(TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"]), abs=0.02)
     grid_n = np.logspace(8, 11, 7)
     assert np.allclose(
@@ -270,10 +280,8 @@ def test_analyze_predict_and_holdout_on_synthetic():
     assert pr.fid.value == pytest.approx(50.0 * l_true**4, rel=0.05)
     assert pr.nearest_run_shape is not None and "DiT" in pr.nearest_dit_shape.name
     assert "FLOPs" in pr.text()
-    # the approaches agree on well-sampled data; a large disagreement is called out
-    assert pr.n_opt_spread() < 5.0 and "caution" not in pr.text()
-    pr.alternatives["N_opt from frontier (approach 1)"] = pr.n_opt.value / 10  # was ~1/3
-    assert pr.n_opt_spread() == pytest.approx(10.3, abs=0.2) and "disagree on N_opt by 10.3x" in pr.text()
+    # the approaches agree on well-sampled data: status ok, N_opt within 3x across approaches
+    assert pr.n_opt_spread() < 1.5 and pr.status.status == "ok" and "status: ok" in pr.text()
     hold = holdout_largest(pts, AnalysisConfig(n_bootstrap=0))
     assert hold.held_out["C"].min() >= 1e22 * 0.99 or hold.held_out["C"].min() >= np.quantile(pts["C"], 0.8)
     assert hold.mape_loss < 0.01

@@ -39,6 +39,9 @@ def log_sweep(client, exp_id: str) -> dict:
                 "model.depth": 2 + j,
                 "model.hidden_size": 32 * (j + 1),
                 "model.patch_size": 2,
+                "model.input_size": 16,
+                "model.params_non_embedding": 0.9 * n,
+                "optim.schedule": "constant",
                 "budget.train_flops": b,
             }
             d_final = b / (K * n)
@@ -50,6 +53,10 @@ def log_sweep(client, exp_id: str) -> dict:
                     Metric("compute/train_flops", K * n * d, 0, step),
                     Metric("data/images_seen", d, 0, step),
                 ]
+                if j == 0:  # one run per budget logs its unique images, one its epochs (-> 2 x 1617)
+                    metrics.append(Metric("data/unique_images", 1617.0, 0, step))
+                elif j == 1 and s > 0:
+                    metrics.append(Metric("data/epochs", d / 3234.0, 0, step))
                 if s > 0:
                     metrics.append(Metric("val/loss", law(n, d), 0, step))
                     n_points += 1
@@ -103,6 +110,10 @@ def test_load_runs_tidy_points(sweep):
     assert df.groupby("run_id")["final"].sum().eq(1).all()
     assert set(df["budget"]) == set(BUDGETS)
     assert df["model"].str.startswith("DiT-d").all()
+    assert (df["tokens_per_image"] == 64.0).all() and np.allclose(df["N_non_embedding"], 0.9 * df["N"])
+    assert (df["schedule"] == "constant").all()
+    uniq = df.groupby("run_id")["unique"].first().round(6).value_counts(dropna=False).to_dict()
+    assert {k: v for k, v in uniq.items() if k == k} == {1617.0: 3, 3234.0: 3}  # NaN (not logged) for 3
 
 
 def test_load_runs_errors(sweep):
@@ -140,6 +151,8 @@ def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
     )
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out_json.read_text())
+    assert res["status"] == "ok" and res["point_selection"]["min_steps"] == 50
+    assert any("constant lr" in n for n in res["point_selection"]["notes"])
     for k in ("alpha", "beta"):  # noiseless data from LAW: the parametric law comes back
         assert res[k] == pytest.approx(LAW[k], abs=0.01)
     assert res["flops_per_param_datum"] == pytest.approx(K)
@@ -176,3 +189,27 @@ def test_cli_without_arguments_names_the_fix(sweep, tmp_path, monkeypatch, capsy
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "ditscale-demo" in err and "sweeps/launch.py" in err
+
+
+def test_cli_on_mlflow_in_tokens_and_non_embedding_params(sweep, tmp_path):
+    from analysis.fit_scaling import main
+
+    uri, _ = sweep
+    out_json = tmp_path / "fit.json"
+    args = ["--experiment", EXP, "--tracking-uri", uri, "--bootstrap", "0", "--no-mlflow-log"]
+    args += [
+        "--data-axis",
+        "tokens",
+        "--params",
+        "non_embedding",
+        "--json",
+        str(out_json),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    res = json.loads(out_json.read_text())
+    # C = K N images = (K / (64 x 0.9)) x N_non_embedding x tokens
+    assert res["flops_per_param_datum"] == pytest.approx(K / (64 * 0.9))
+    assert res["units"]["D"] == "tokens" and res["units"]["N"] == "non-embedding parameters"
+    assert main([*args[:-4], "--min-steps", "1000", "--json", str(out_json), "--out", str(tmp_path)]) == 2

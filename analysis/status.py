@@ -1,0 +1,76 @@
+"""What a result can claim: a status with the reasons behind it, and the CLI's exit codes.
+
+Statuses, from best to worst:
+- ``ok``: the data identify the result; the interval is the answer.
+- ``extrapolating``: identified, but asked for more than 10x beyond the largest compute measured.
+- ``censored``: the optimum lies outside the models trained (only a bound is known).
+- ``not_identified``: the data do not determine the result (a flat direction, an interval that
+  includes 0, approaches that disagree); no number is given as an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OK, EXTRAPOLATING, CENSORED, NOT_IDENTIFIED = "ok", "extrapolating", "censored", "not_identified"
+SEVERITY = {OK: 0, EXTRAPOLATING: 1, CENSORED: 2, NOT_IDENTIFIED: 3}
+
+# Exit codes of `python analysis/fit_scaling.py` (1 is left to crashes, 2 to bad input).
+EXIT_OK = 0  # status ok or extrapolating (the report says which)
+EXIT_BAD_INPUT = 2
+EXIT_NOT_IDENTIFIED = 3
+EXIT_CENSORED = 4
+EXIT_CODES = {
+    OK: EXIT_OK,
+    EXTRAPOLATING: EXIT_OK,
+    CENSORED: EXIT_CENSORED,
+    NOT_IDENTIFIED: EXIT_NOT_IDENTIFIED,
+}
+
+
+@dataclass
+class Status:
+    """A status and the reasons for it (each reason one sentence that says what to do)."""
+
+    status: str = OK
+    reasons: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.status not in SEVERITY:
+            raise ValueError(f"unknown status {self.status!r}; one of {list(SEVERITY)}")
+
+    def add(self, status: str, reason: str) -> Status:
+        """Raise the status to `status` if that is worse, and record the reason."""
+        if SEVERITY[status] > SEVERITY[self.status]:
+            self.status = status
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return self
+
+    def merge(self, other: Status | None, prefix: str = "") -> Status:
+        """Fold another status into this one (its reasons prefixed, e.g. with the approach's name)."""
+        if other is None:
+            return self
+        for r in other.reasons:
+            self.add(other.status, prefix + r)
+        if SEVERITY[other.status] > SEVERITY[self.status]:
+            self.status = other.status
+        return self
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "reasons": list(self.reasons)}
+
+    def text(self) -> str:
+        return f"status: {self.status}" + "".join(f"\n  - {r}" for r in self.reasons)
+
+
+def worst(*statuses: Status | None) -> Status:
+    """One status that is as bad as the worst of `statuses`, with all their reasons."""
+    out = Status()
+    for s in statuses:
+        out.merge(s)
+    return out
