@@ -152,14 +152,15 @@ _SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGU
 _SLURM_ALIVE = _SLURM_PENDING | {"RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
-def job_liveness(refs: dict[str, JobRef], live_jobs: dict[str, Any]) -> dict[str, str]:
+def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     """``{cell: "pending" | "running"}`` for cells whose job is alive (absent: the job is over).
 
-    - jobs this process submitted (``live_jobs``, submitit job objects): local ones by submitit's
-      own ``job.done()`` (it polls the controller process it started);
-    - local jobs of another launcher: submitit cannot tell (a `LocalJob` rebuilt from folder and id
-      has no process and reports "NO PROCESS AND NO RESULT" alive or dead), so by the cell's lock,
-      which the job's controller holds until it exits (`sweeps.lock`);
+    (The launcher's wait loop asks the job objects it submitted, ``job.done()``; this is for the
+    jobs of another launcher: a relaunch, ``status``.)
+
+    - local jobs: by the cell's lock, which the job's controller holds until it exits
+      (`sweeps.lock`); submitit cannot tell: a `LocalJob` rebuilt from folder and id has no process
+      handle and reports "NO PROCESS AND NO RESULT" whether the job is alive or dead;
     - SLURM jobs: ``submitit.SlurmJob(folder, job_id).state``, one batched ``sacct`` call for all;
       where that says UNKNOWN (no accounting storage, or not in sacct yet), one batched ``squeue``;
     - debug jobs ran inside their launcher: never alive afterwards.
@@ -167,12 +168,8 @@ def job_liveness(refs: dict[str, JobRef], live_jobs: dict[str, Any]) -> dict[str
     out: dict[str, str] = {}
     slurm: dict[str, JobRef] = {}
     for cid, ref in refs.items():
-        job = live_jobs.get(cid)
         if ref.executor == "slurm":
             slurm[cid] = ref
-        elif ref.executor == "local" and job is not None and str(job.job_id) == ref.job_id:
-            if not job.done():
-                out[cid] = "running"
         elif ref.executor == "local" and cell_lock_held(ref.run_dir):
             out[cid] = "running"
     if slurm:

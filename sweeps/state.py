@@ -240,13 +240,12 @@ def read_states(
     sweep: str,
     cells: dict[str, str],
     with_progress: bool = False,
-    live_jobs: dict[str, Any] | None = None,
 ) -> dict[str, CellState]:
     """The state of every cell in ``cells`` (``{cell_id: run folder}``); ``with_progress``: also the
-    last step; ``live_jobs``: submitit jobs of this process, whose liveness it knows directly."""
+    last step of each run."""
     runs = read_runs(tracking_uri, experiment, sweep)
     refs = {cid: job_ref(runs[cid][0], rd) for cid, rd in cells.items() if cid in runs}
-    alive = job_liveness({c: r for c, r in refs.items() if r is not None}, live_jobs or {})
+    alive = job_liveness({c: r for c, r in refs.items() if r is not None})
     client = None
     out: dict[str, CellState] = {}
     for cid in cells:

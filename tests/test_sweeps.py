@@ -288,7 +288,7 @@ def test_cell_lock_is_held_by_a_live_job_and_freed_by_sigkill(tmp_path):
         assert job.stdout.readline().strip() == "locked"
         assert cell_lock_held(tmp_path) and cell_lock_held(tmp_path)  # checking does not take it
         ref = JobRef("local", str(job.pid), "", str(tmp_path))
-        assert job_liveness({"c": ref}, {}) == {"c": "running"}
+        assert job_liveness({"c": ref}) == {"c": "running"}
         # a second job of the same cell cannot start while the first is alive
         second = subprocess.run(" && ".join([*lines, "echo second"]), shell=True, capture_output=True,
                                 text=True, timeout=60)  # fmt: skip
@@ -297,8 +297,8 @@ def test_cell_lock_is_held_by_a_live_job_and_freed_by_sigkill(tmp_path):
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
         assert not cell_lock_held(tmp_path)
-        assert job_liveness({"c": ref}, {}) == {}
-        assert job_liveness({"d": ref._replace(executor="debug")}, {}) == {}  # ran in its launcher
+        assert job_liveness({"c": ref}) == {}
+        assert job_liveness({"d": ref._replace(executor="debug")}) == {}  # ran in its launcher
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
