@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with errors raised as ValueError (so `main` prints them like every other bad input)."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise ValueError(f"{message}\n{self.format_usage().strip()}")
+        raise ValueError(f"{message} (`{self.prog} --help` lists the options)")
 
 
 def _join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
