@@ -17,14 +17,24 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import submitit
 
 from sweeps.grid import ExecutorSpec
+from sweeps.lock import cell_job_lock_lines, cell_lock_held
 from sweeps.task import CellTask, build_config
 
-__all__ = ["CellJob", "make_executor", "parse_sbatch_lines", "resolve_executor_kind", "slurm_status"]
+__all__ = [
+    "CellJob",
+    "JobRef",
+    "job_liveness",
+    "local_job_setup",
+    "make_executor",
+    "parse_sbatch_lines",
+    "resolve_executor_kind",
+    "slurm_status",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +129,92 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
         params["slurm_setup"] = list(spec.setup)
     ex.update_parameters(**params)
     return ex
+
+
+def local_job_setup(spec: ExecutorSpec, run_dir: str, threads: int) -> list[str]:
+    """submitit ``setup`` lines of one local job: hold the cell's lock (`sweeps.lock`) for the job's
+    life, export the thread count for every process of the job, then the sweep's own lines."""
+    env = [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"] if threads else []
+    return cell_job_lock_lines(run_dir) + env + list(spec.setup)
+
+
+class JobRef(NamedTuple):
+    """A cell's last job as its MLflow run records it; ``run_dir`` holds the cell's lock."""
+
+    executor: str  # slurm / local / debug
+    job_id: str
+    folder: str
+    run_dir: str
+
+
+# SLURM job states (sacct/squeue) of a job that is not over; PENDING-like ones are "pending"
+_SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD"}
+_SLURM_ALIVE = _SLURM_PENDING | {"RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+
+
+def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
+    """``{cell: "pending" | "running"}`` for cells whose job is alive (absent: the job is over).
+
+    (The launcher's wait loop asks the job objects it submitted, ``job.done()``; this is for the
+    jobs of another launcher: a relaunch, ``status``.)
+
+    - local jobs: by the cell's lock, which the job's controller holds until it exits
+      (`sweeps.lock`); submitit cannot tell: a `LocalJob` rebuilt from folder and id has no process
+      handle and reports "NO PROCESS AND NO RESULT" whether the job is alive or dead;
+    - SLURM jobs: ``submitit.SlurmJob(folder, job_id).state``, one batched ``sacct`` call for all;
+      where that says UNKNOWN (no accounting storage, or not in sacct yet), one batched ``squeue``;
+    - debug jobs ran inside their launcher: never alive afterwards.
+    """
+    out: dict[str, str] = {}
+    slurm: dict[str, JobRef] = {}
+    for cid, ref in refs.items():
+        if ref.executor == "slurm":
+            slurm[cid] = ref
+        elif ref.executor == "local" and cell_lock_held(ref.run_dir):
+            out[cid] = "running"
+    if slurm:
+        out.update(_slurm_liveness(slurm))
+    return out
+
+
+def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
+    jobs = {cid: submitit.SlurmJob(folder=r.folder or ".", job_id=r.job_id) for cid, r in refs.items()}
+    submitit.SlurmJob.watcher.update()  # one sacct call for every registered job
+    states: dict[str, str] = {}
+    unknown = []
+    for cid, job in jobs.items():
+        state = str(job.watcher.get_state(job.job_id, mode="cache")).split()[0].upper()
+        if state == "UNKNOWN":
+            unknown.append(cid)
+        else:
+            states[cid] = state
+    if unknown:
+        queue = squeue_states([refs[c].job_id for c in unknown])
+        states.update({c: queue[refs[c].job_id] for c in unknown if refs[c].job_id in queue})
+    return {
+        c: ("pending" if s in _SLURM_PENDING else "running") for c, s in states.items() if s in _SLURM_ALIVE
+    }
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """``{job_id: state}`` for the given jobs still known to squeue (array tasks as ``N_i``)."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
 
 
 class CellJob(submitit.helpers.Checkpointable):

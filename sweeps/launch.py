@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from dit_core.configio import parse_scalar
 from sweeps.grid import SweepSpec, expand, load_spec, parse_budget
-from sweeps.ledger import Ledger
-from sweeps.runner import Progress, launch, sweep_dir
+from sweeps.runner import Progress, launch, sweep_dir, validate_tasks
 from sweeps.state import read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
 
@@ -43,8 +43,33 @@ def _shape(text: str) -> list[int]:
     return [d, w, h]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors raised as ValueError (so `main` prints them like every other bad input)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ValueError(f"{message} (`{self.prog} --help` lists the options)")
+
+
+def _join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--budgets -1e11`` -> ``--budgets=-1e11``: argparse takes a value starting with ``-`` (other
+    than ``-1`` or ``-.5``) for an option and says "expected one argument"; joined, the value reaches
+    its parser, whose message names what is wrong with it."""
+    takes_value = {s for a in parser._actions if a.nargs is None for s in a.option_strings}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in takes_value and i + 1 < len(argv) and re.match(r"^-\.?\d", argv[i + 1]):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python sweeps/launch.py",
         description="Train a grid of DiT shapes x patch sizes x compute budgets, one job per cell "
         "(SLURM or local, via submitit), logged to MLflow. Subcommands: run (default), status.",
@@ -202,9 +227,9 @@ def _progress_printer():
 def cmd_status(spec: SweepSpec) -> int:
     cells = {c.cell_id: c for c in expand(spec)}
     uri = resolve_tracking_uri(spec.tracking_uri)
-    ledger = Ledger.load(sweep_dir(spec))
     ids = list(cells) + sorted(set(read_runs(uri, spec.experiment, spec.name)) - set(cells))
-    states = read_states(uri, spec.experiment, spec.name, ids, ledger, with_progress=True)
+    run_dirs = {cid: str(sweep_dir(spec) / "cells" / cid) for cid in ids}
+    states = read_states(uri, spec.experiment, spec.name, run_dirs, with_progress=True)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
     print(status_table(list(states.values()), cells))
     counts: dict[str, int] = {}
@@ -218,6 +243,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     cells = expand(spec)
     total = sum(c.train_flops for c in cells)
     if args.dry_run:
+        validate_tasks(spec)  # the --set overrides become every cell's TrainConfig, or an error
         print(
             f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
             f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
@@ -263,7 +289,12 @@ def _sweep_args(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv, parser))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps.executor import CellJob, make_executor, resolve_executor_kind
+from sweeps.executor import CellJob, JobRef, local_job_setup, make_executor, resolve_executor_kind
 from sweeps.grid import Cell, SweepSpec, expand
-from sweeps.ledger import Ledger, sweep_lock
+from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
+    CellState,
     Plan,
+    check_resumable_cell,
     check_tracking_uri,
+    config_hash,
     create_cell_run,
     ensure_experiment,
     plan,
     read_states,
+    record_submission,
     resolve_tracking_uri,
 )
 from sweeps.task import CellTask, check_trainer, make_task
@@ -50,7 +54,7 @@ class Prepared:
 @dataclass
 class Progress:
     """Counts shown while waiting: done / running / queued in the scheduler (SLURM) / failed /
-    waiting to be submitted (local waves)."""
+    waiting for a free local slot."""
 
     total: int
     done: int = 0
@@ -63,7 +67,8 @@ class Progress:
 
 @dataclass
 class LaunchResult:
-    """What a launch did: the plan, the submitted cells with job ids, and failures (cell -> error)."""
+    """What a launch did: the plan, the submitted cells with job ids, failures (cell -> error), and
+    per cell the seconds since the launch when its job was submitted and when it was seen to end."""
 
     prepared: Prepared
     plan: Plan
@@ -71,10 +76,20 @@ class LaunchResult:
     errors: dict[str, str] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     waited: bool = True
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def submitted(self) -> list[str]:
         return list(self.job_ids)
+
+    def busy_slots(self) -> float:
+        """Average number of cells alive from the first submission to the last end (at most the
+        executor's parallelism): the local executor's busy cores = this x threads per cell."""
+        if not self.timings:
+            return 0.0
+        t0 = min(a for a, _ in self.timings.values())
+        t1 = max(b for _, b in self.timings.values())
+        return sum(b - a for a, b in self.timings.values()) / max(t1 - t0, 1e-9)
 
 
 def sweep_dir(spec: SweepSpec) -> Path:
@@ -93,6 +108,22 @@ def prepare(spec: SweepSpec, check_tracking: bool = True) -> Prepared:
     return Prepared(spec, cells, kind, uri, sweep_dir(spec))
 
 
+def validate_tasks(spec: SweepSpec) -> None:
+    """Build every cell's trainer config (as the jobs will) without touching disk or MLflow: an
+    unknown ``--set`` key or a value of the wrong type raises ValueError naming the cell."""
+    uri = resolve_tracking_uri(spec.tracking_uri)
+    sdir = sweep_dir(spec)
+    check_trainer(spec.trainer, [make_task(spec, c, sdir, uri) for c in expand(spec)])
+
+
+def longest_first(cells: list[Cell]) -> list[Cell]:
+    """Cells by decreasing budget (training FLOPs), then steps: the local executor starts the longest
+    cells first so that the last ones to finish are short. Within a budget the cell with more steps
+    (the smaller model) takes longer: small models run further below the GEMM roof, and every step
+    pays a fixed overhead."""
+    return sorted(cells, key=lambda c: (c.budget, c.steps), reverse=True)
+
+
 def launch(
     spec: SweepSpec,
     *,
@@ -100,104 +131,137 @@ def launch(
     poll_s: float = 2.0,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> LaunchResult:
-    """Submit the cells that are not finished or live (one job array on SLURM) and, with ``wait``,
-    block until they end. Relaunching the same sweep submits only what is missing or failed."""
+    """Submit the cells that are not finished or live (one job array on SLURM; locally, a new cell
+    as soon as a slot frees, longest first) and, with ``wait``, block until they end. Relaunching
+    the same sweep submits only what is missing, failed or interrupted."""
     prep = prepare(spec)
     sdir = prep.sweep_dir
     threads = _threads_per_process(prep)
     all_tasks = {c.cell_id: make_task(spec, c, sdir, prep.tracking_uri, threads) for c in prep.cells}
     check_trainer(spec.trainer, list(all_tasks.values()))
     with sweep_lock(sdir):
-        ledger = Ledger.load(sdir)
-        _check_unchanged(ledger, all_tasks)
         ensure_experiment(prep.tracking_uri, spec.experiment)
-        ids = [c.cell_id for c in prep.cells]
-        states = read_states(prep.tracking_uri, spec.experiment, spec.name, ids, ledger)
+        run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
+        states = read_states(prep.tracking_uri, spec.experiment, spec.name, run_dirs)
+        for cid, st in states.items():  # before anything is submitted
+            check_resumable_cell(spec.name, st, all_tasks[cid].overrides)
         the_plan = plan(states, spec.executor.max_retries)
         for cid in the_plan.exhausted:
             log.warning(
                 "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].attempts
             )
         result = LaunchResult(prep, the_plan, waited=wait)
-        tasks = [all_tasks[cid] for cid in the_plan.submit]
-        run_ids = {cid: states[cid].run_id for cid in the_plan.submit if states[cid].run_id}
+        todo = set(the_plan.submit)
+        tasks = [all_tasks[c.cell_id] for c in longest_first(prep.cells) if c.cell_id in todo]
         if not tasks:
             log.info(
                 "nothing to submit: %d finished, %d running", len(the_plan.finished), len(the_plan.running)
             )
             return result
         executor = make_executor(spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}")
-        _Runner(prep, executor, ledger, result, on_progress, poll_s, run_ids).run(tasks, wait)
+        others = {cid: run_dirs[cid] for cid in the_plan.running}
+        _Runner(prep, executor, result, states, on_progress, poll_s, others).run(tasks, wait)
     return result
 
 
 class _Runner:
-    """Submits tasks (one array on SLURM; at most ``local_parallelism`` at once locally) and waits."""
+    """Submits tasks (one array on SLURM; locally one per free slot of ``local_parallelism``) and waits."""
 
     def __init__(
         self,
         prep: Prepared,
         executor: Any,
-        ledger: Ledger,
         result: LaunchResult,
+        states: dict[str, CellState],
         on_progress: Callable[[Progress], None] | None,
         poll_s: float,
-        run_ids: dict[str, str],
+        others: dict[str, str],
     ) -> None:
-        self.prep, self.executor, self.ledger, self.result = prep, executor, ledger, result
-        self.on_progress, self.poll_s, self.run_ids = on_progress, poll_s, run_ids
+        self.prep, self.executor, self.result, self.states = prep, executor, result, states
+        self.on_progress, self.poll_s = on_progress, poll_s
+        self.others = others  # live cells of an earlier launcher: {cell: run folder}; they hold slots
         self.jobs: dict[str, Any] = {}
+        self.run_dirs: dict[str, str] = {}
         self.t0 = time.monotonic()
 
-    def _with_run(self, task: CellTask) -> CellTask:
-        """Every submitted cell continues its one MLflow run: the existing one, else one created now."""
-        spec = self.prep.spec
-        run_id = self.run_ids.get(task.cell_id) or create_cell_run(
-            self.prep.tracking_uri, spec.experiment, spec.name, task.cell_id
-        )
-        return dataclasses.replace(task, overrides={**task.overrides, "tracking.run_id": run_id})
-
     def _submit(self, tasks: list[CellTask]) -> None:
-        tasks = [self._with_run(t) for t in tasks]
+        """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
+        spec, uri = self.prep.spec, self.prep.tracking_uri
+        prepared = []
+        for t in tasks:
+            st = self.states[t.cell_id]
+            if st.run_id is None:
+                st.run_id = create_cell_run(
+                    uri, spec.experiment, spec.name, t.cell_id, config_hash(t.overrides)
+                )
+            Path(t.run_dir).mkdir(parents=True, exist_ok=True)
+            prepared.append(dataclasses.replace(t, overrides={**t.overrides, "tracking.run_id": st.run_id}))
         if self.prep.kind == "slurm":
-            jobs = self.executor.map_array(CellJob(), tasks)  # one job array
+            jobs = self.executor.map_array(CellJob(), prepared)  # one job array
         else:
-            jobs = [self.executor.submit(CellJob(), t) for t in tasks]
-        for t, j in zip(tasks, jobs):
+            jobs = []
+            for t in prepared:
+                if self.prep.kind == "local":
+                    self.executor.update_parameters(
+                        setup=local_job_setup(spec.executor, t.run_dir, t.threads)
+                    )
+                jobs.append(self.executor.submit(CellJob(), t))
+        now = time.monotonic() - self.t0
+        for t, j in zip(prepared, jobs):
+            st = self.states[t.cell_id]
             self.jobs[t.cell_id] = j
+            self.run_dirs[t.cell_id] = t.run_dir
             self.result.job_ids[t.cell_id] = str(j.job_id)
-            folder = str(getattr(j.paths, "folder", ""))
-            config = {k: v for k, v in t.overrides.items() if k != "tracking.run_id"}
-            self.ledger.record(t.cell_id, self.prep.kind, str(j.job_id), folder, config)
+            self.result.timings[t.cell_id] = (now, now)
+            ref = JobRef(self.prep.kind, str(j.job_id), str(getattr(j.paths, "folder", "")), t.run_dir)
+            record_submission(uri, st.run_id, ref, st.attempts + 1, config_hash(t.overrides), st.attempts > 0)
             log.info("submitted %s as %s job %s", t.cell_id, self.prep.kind, j.job_id)
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
-        kind, ex = self.prep.kind, self.prep.spec.executor
-        if kind == "local" and wait:
-            pending = list(tasks)
-            width = ex.local_parallelism
-        else:
-            if kind == "local" and len(tasks) > ex.local_parallelism:
+        kind, width = self.prep.kind, self.prep.spec.executor.local_parallelism
+        pending = list(tasks) if kind == "local" and wait else []
+        if not pending:
+            if kind == "local" and len(tasks) > width:
                 log.warning("not waiting: all %d local jobs start at once", len(tasks))
-            pending, width = [], 0
             self._submit(tasks)
         if not wait:
+            if kind == "local":
+                self._until_locked()
             return
         live: set[str] = set(self.jobs)
+        # locally a freed slot is refilled within 50 ms; SLURM state is polled every poll_s
+        tick = min(self.poll_s, 0.05) if kind == "local" else self.poll_s
+        last_report = -1.0
         while True:
-            if pending and len(live) < width:
-                batch, pending = pending[: width - len(live)], pending[width - len(live) :]
-                self._submit(batch)
-                live |= {t.cell_id for t in batch}
+            if pending:
+                self.others = {c: d for c, d in self.others.items() if cell_lock_held(d)}
+                free = width - len(live) - len(self.others)
+                if free > 0:
+                    batch, pending = pending[:free], pending[free:]
+                    self._submit(batch)
+                    live |= {t.cell_id for t in batch}
             for cid in sorted(live):
                 job = self.jobs[cid]
                 if kind == "debug" or job.done():
                     live.discard(cid)
+                    start = self.result.timings[cid][0]
+                    self.result.timings[cid] = (start, time.monotonic() - self.t0)
                     self._collect(cid, job)
-            self._report(live, pending)
+            now = time.monotonic()
+            if now - last_report >= self.poll_s or (not live and not pending):
+                self._report(live, pending)
+                last_report = now
             if not live and not pending:
                 return
-            time.sleep(self.poll_s)
+            time.sleep(tick)
+
+    def _until_locked(self, timeout_s: float = 30.0) -> None:
+        """Before the sweep lock is released: wait until each local job holds its cell's lock (or
+        has ended), so that a relaunch right after a --no-wait launch sees every job alive."""
+        deadline = time.monotonic() + timeout_s
+        for cid, job in self.jobs.items():
+            while not cell_lock_held(self.run_dirs[cid]) and not job.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def _collect(self, cid: str, job: Any) -> None:
         try:
@@ -240,18 +304,6 @@ def _threads_per_process(prep: Prepared) -> int:
     if prep.kind == "slurm":
         return ex.cpus_per_task
     return max(1, (os.cpu_count() or 1) // (ex.local_parallelism * ex.tasks_per_node))
-
-
-def _check_unchanged(ledger: Ledger, tasks: dict[str, CellTask]) -> None:
-    """A cell id must keep its settings: resuming a checkpoint under other settings would mix runs."""
-    for cid, task in tasks.items():
-        diff = ledger.changed_settings(cid, task.overrides)
-        if diff:
-            what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:5])
-            raise ValueError(
-                f"cell {cid} of sweep {task.sweep!r} was launched with other settings ({what}); "
-                "start a new sweep with --name NEW, or delete its folder and MLflow runs to redo it"
-            )
 
 
 def _error_line(e: BaseException) -> str:

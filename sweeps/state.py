@@ -1,48 +1,68 @@
-"""Each cell's state, from its MLflow run (tags ``sweep``, ``grid_cell``, ``status``) and its last job.
+"""The record of a cell: its one MLflow run, plus submitit's job for liveness.
 
-States: ``finished``; ``queued`` (job alive, training not started); ``running`` (job alive, including
-requeued jobs); ``failed`` (the run failed, or the job died before training); ``interrupted`` (the
-run says queued/running/preempted but its job is gone); ``missing`` (never submitted). `plan` turns
-states into the idempotent relaunch decision: skip finished and live cells, resubmit the rest up to
-``max_retries``.
+A cell's run (tags ``sweep``, ``grid_cell``) is created by the launcher when the cell is first
+submitted and carries the launcher's record in tags: ``executor``, ``job_id`` and ``job_folder``
+(the last submission, enough for submitit to rebuild the job), ``attempts`` (submissions so far) and
+``config_hash`` (of the cell's dotted `TrainConfig` overrides). Every job of the cell continues that
+run (``tracking.run_id``), so a cell never gets a second run.
+
+States, from the run's MLflow status and whether its job is alive (`sweeps.executor.job_liveness`):
+``finished`` (run FINISHED); ``queued`` (job alive, waiting in SLURM's queue or training not yet
+started); ``running`` (job alive); ``failed`` (run FAILED, or SCHEDULED: the job died before the
+trainer started); ``interrupted`` (run RUNNING or KILLED but its job is gone: killed, preempted
+without requeue, out of time); ``missing`` (never submitted). `plan` turns states into the
+idempotent relaunch decision: skip finished and live cells, resubmit the rest up to ``max_retries``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps.ledger import Ledger, Submission
+from sweeps.executor import JobRef, job_liveness
 
 __all__ = [
     "CellState",
     "Plan",
+    "check_resumable_cell",
     "check_tracking_uri",
+    "config_hash",
     "create_cell_run",
     "ensure_experiment",
-    "job_alive",
     "plan",
     "read_runs",
     "read_states",
+    "record_submission",
     "resolve_tracking_uri",
 ]
 
 STATES = ("finished", "queued", "running", "failed", "interrupted", "missing")
+# tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
+# to the same values, from the job's environment)
+RECORD_TAGS = ("executor", "job_id", "job_folder", "attempts", "config_hash")
+
+AUTH_HINT = (
+    "start it on this machine (`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "
+    "sqlite:///mlflow.db`), or, for jobs on other nodes, one with authentication (`mlflow server "
+    "--app-name basic-auth ...`, credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; "
+    "see slurm/README.md), or pass --tracking-uri"
+)
 
 
 @dataclass
 class CellState:
-    """One row of ``launch.py status``: the cell's state, run, progress and submissions."""
+    """One row of ``launch.py status``: the cell's state, run, progress and last job."""
 
     cell_id: str
     state: str
     run_id: str | None = None
-    run_status: str | None = None
+    run_status: str | None = None  # MLflow's: SCHEDULED, RUNNING, FINISHED, FAILED, KILLED
     step: int | None = None
     loss: float | None = None  # last train/loss
     val_loss: float | None = None  # last val/loss
@@ -50,6 +70,8 @@ class CellState:
     attempts: int = 0
     job_id: str | None = None
     duplicates: int = 0
+    config_hash: str | None = None
+    params: dict[str, str] = field(default_factory=dict, repr=False)  # the trainer's flat config
 
 
 @dataclass
@@ -85,10 +107,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                 why = f"HTTP {r.status}"
         except (urllib.error.URLError, OSError) as e:
             why = str(getattr(e, "reason", e))
-        raise ValueError(
-            f"MLflow tracking server {uri} is unreachable ({why}); start it (`mlflow server --host 0.0.0.0 "
-            "--port 5000 --backend-store-uri sqlite:///mlflow.db`) or pass --tracking-uri"
-        )
+        raise ValueError(f"MLflow tracking server {uri} is unreachable ({why}); {AUTH_HINT}")
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir():
@@ -105,66 +124,70 @@ def ensure_experiment(tracking_uri: str, experiment: str) -> str:
     return get_or_create_experiment(MlflowClient(tracking_uri=tracking_uri), experiment)
 
 
-def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str) -> str:
-    """Pre-create a cell's MLflow run (tags ``sweep``, ``grid_cell``, ``status=queued``); the trainer
-    continues it (``tracking.run_id``), so a cell never gets a second run, whatever happens to its jobs."""
+def config_hash(overrides: dict[str, Any]) -> str:
+    """16 hex digits of SHA-256 over a cell's dotted overrides (without ``tracking.run_id``)."""
+    cfg = {k: v for k, v in overrides.items() if k != "tracking.run_id"}
+    text = json.dumps(cfg, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str, cfg_hash: str) -> str:
+    """Create a cell's one MLflow run (status SCHEDULED, tags ``sweep``, ``grid_cell``,
+    ``config_hash``, ``attempts=0``); the trainer continues it (``tracking.run_id``)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp_id = ensure_experiment(tracking_uri, experiment)
-    run = client.create_run(
-        exp_id, run_name=cell_id, tags={"sweep": sweep, "grid_cell": cell_id, "status": "queued"}
-    )
+    tags = {"sweep": sweep, "grid_cell": cell_id, "config_hash": cfg_hash, "attempts": "0"}
+    run = client.create_run(exp_id, run_name=cell_id, tags=tags)
+    client.update_run(run.info.run_id, status="SCHEDULED")
     return run.info.run_id
 
 
-def job_alive(sub: Submission | None, squeue: dict[str, str] | None = None) -> bool:
-    """Is the job of ``sub`` still pending/running (SLURM: in squeue; local: controller pid alive)?"""
-    if sub is None:
-        return False
-    if sub.executor == "slurm":
-        if squeue is None:
-            squeue = squeue_states([sub.job_id])
-        return sub.job_id in squeue
-    if sub.executor == "local":
-        return _local_controller_alive(sub.job_id)
-    return False  # debug jobs run in-process
+def record_submission(
+    tracking_uri: str, run_id: str, job: JobRef, attempts: int, cfg_hash: str, resubmitted: bool
+) -> None:
+    """Write a submission into the cell's run: the job (executor, id, folder), the attempt count and
+    the config hash; a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    tags = {
+        "executor": job.executor,
+        "job_id": job.job_id,
+        "job_folder": job.folder,
+        "attempts": str(attempts),
+        "config_hash": cfg_hash,
+    }
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    if resubmitted:
+        client.update_run(run_id, status="SCHEDULED")
 
 
-def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """``{job_id: state}`` for the given jobs still known to squeue (array tasks as ``N_i``)."""
-    if not job_ids:
-        return {}
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
-            capture_output=True,
-            text=True,
-            timeout=30,
+def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any]) -> None:
+    """Refuse to continue a cell whose settings changed since its run was created: resuming its
+    checkpoint under other settings would mix two experiments. Equal config hashes pass at once;
+    otherwise the new config is compared with the one the trainer logged as the run's params."""
+    if st.run_id is None or st.config_hash in (None, config_hash(overrides)):
+        return
+    new = {k: v for k, v in overrides.items() if k != "tracking.run_id" and v is not None}
+    from dit_core.configio import parse_scalar
+    from dit_core.trainer.resume import config_changes  # the trainer's rule, one place
+
+    saved = {k: v for k, v in st.params.items() if k in new}  # the run's params hold the full config
+    typed = {k: parse_scalar(new[k]) if isinstance(new[k], str) else new[k] for k in saved}  # "1e-3"
+    diff = config_changes(saved, typed)
+    if diff:
+        raise ValueError(
+            f"cell {st.cell_id} of sweep {sweep!r} was launched with other settings ({'; '.join(diff[:8])}); "
+            "start a new sweep with --name NEW, or delete its folder and MLflow runs to redo it"
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
-
-
-def _local_controller_alive(pid_text: str) -> bool:
-    try:
-        pid = int(pid_text)
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (ValueError, OSError):
-        return False
-    zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-    return b"submitit.local._local" in cmd and not zombie
 
 
 def read_runs(tracking_uri: str, experiment: str, sweep: str) -> dict[str, list[Any]]:
-    """MLflow runs of ``sweep`` in ``experiment`` grouped by ``grid_cell`` tag (newest first)."""
+    """MLflow runs of ``sweep`` in ``experiment`` grouped by ``grid_cell`` tag (oldest first: a
+    cell's record is its first run; more than one would be a duplicate)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -175,7 +198,7 @@ def read_runs(tracking_uri: str, experiment: str, sweep: str) -> dict[str, list[
         [exp.experiment_id],
         filter_string=f"tags.sweep = '{sweep}'",
         max_results=50_000,
-        order_by=["attributes.start_time DESC"],
+        order_by=["attributes.start_time ASC"],
     )
     by_cell: dict[str, list[Any]] = {}
     for r in runs:
@@ -185,60 +208,61 @@ def read_runs(tracking_uri: str, experiment: str, sweep: str) -> dict[str, list[
     return by_cell
 
 
-def _run_status(run: Any) -> str:
-    tag = (run.data.tags.get("status") or "").lower()
-    if tag:
-        return tag
-    return {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed"}.get(run.info.status, "running")
+def job_ref(run: Any, run_dir: str) -> JobRef | None:
+    """The last submission recorded on ``run``, or None if it was never submitted."""
+    t = run.data.tags
+    if not t.get("job_id") or not t.get("executor") or int(t.get("attempts") or 0) < 1:
+        return None
+    return JobRef(t["executor"], t["job_id"], t.get("job_folder", ""), run_dir)
 
 
 def read_states(
     tracking_uri: str,
     experiment: str,
     sweep: str,
-    cell_ids: list[str],
-    ledger: Ledger,
+    cells: dict[str, str],
     with_progress: bool = False,
 ) -> dict[str, CellState]:
-    """The state of every cell in ``cell_ids`` (``with_progress``: also last step and loss)."""
+    """The state of every cell in ``cells`` (``{cell_id: run folder}``); ``with_progress``: also the
+    last step of each run."""
     runs = read_runs(tracking_uri, experiment, sweep)
-    subs = {c: ledger.last(c) for c in cell_ids}
-    slurm_ids = [s.job_id for s in subs.values() if s is not None and s.executor == "slurm"]
-    squeue = squeue_states(slurm_ids) if slurm_ids else {}
+    refs = {cid: job_ref(runs[cid][0], rd) for cid, rd in cells.items() if cid in runs}
+    alive = job_liveness({c: r for c, r in refs.items() if r is not None})
     client = None
     out: dict[str, CellState] = {}
-    for cid in cell_ids:
-        sub = subs[cid]
-        alive = job_alive(sub, squeue)
-        st = CellState(cid, "missing", attempts=ledger.attempts(cid), job_id=sub.job_id if sub else None)
-        cell_runs = runs.get(cid, [])
-        if cell_runs:
-            run = cell_runs[0]
-            st.run_id, st.run_status = run.info.run_id, _run_status(run)
-            st.duplicates = len(cell_runs) - 1
-            st.loss = run.data.metrics.get("train/loss")
-            st.val_loss = run.data.metrics.get("val/loss")
-            st.fid = run.data.metrics.get("eval/fid", run.data.metrics.get("eval/fid_digits"))
-            if with_progress and st.loss is not None:
-                if client is None:
-                    from mlflow.tracking import MlflowClient
-
-                    client = MlflowClient(tracking_uri=tracking_uri)
-                hist = client.get_metric_history(run.info.run_id, "train/loss")
-                st.step = max((m.step for m in hist), default=None)
-            if st.run_status == "finished":
-                st.state = "finished"
-            elif alive:
-                st.state = "queued" if st.run_status == "queued" else "running"
-            elif st.run_status == "failed":
-                st.state = "failed"
-            else:
-                st.state = "interrupted"
-        elif alive:
-            st.state = "queued"
-        elif sub is not None:
-            st.state = "failed"  # submitted, job gone, no run: died before the trainer started
+    for cid in cells:
+        st = CellState(cid, "missing")
         out[cid] = st
+        if cid not in runs:
+            continue
+        run, ref = runs[cid][0], refs[cid]
+        t = run.data.tags
+        st.run_id, st.run_status = run.info.run_id, run.info.status
+        st.duplicates = len(runs[cid]) - 1
+        st.attempts = int(t.get("attempts") or 0)
+        st.job_id, st.config_hash = t.get("job_id"), t.get("config_hash")
+        st.params = dict(run.data.params)
+        st.loss = run.data.metrics.get("train/loss")
+        st.val_loss = run.data.metrics.get("val/loss")
+        st.fid = run.data.metrics.get("eval/fid", run.data.metrics.get("eval/fid_digits"))
+        if with_progress and st.loss is not None:
+            if client is None:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(tracking_uri=tracking_uri)
+            hist = client.get_metric_history(run.info.run_id, "train/loss")
+            st.step = max((m.step for m in hist), default=None)
+        live = alive.get(cid, "")
+        if st.run_status == "FINISHED":
+            st.state = "finished"
+        elif live:
+            st.state = "queued" if live == "pending" or st.run_status == "SCHEDULED" else "running"
+        elif ref is None:
+            st.state = "missing"  # run created, submission never recorded
+        elif st.run_status in ("FAILED", "SCHEDULED"):
+            st.state = "failed"
+        else:
+            st.state = "interrupted"
     return out
 
 

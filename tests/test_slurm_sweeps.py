@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.families import Scale
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
-from sweeps.ledger import Ledger
 from sweeps.runner import launch, sweep_dir
+from sweeps.state import read_states
 
 pytestmark = pytest.mark.slurm
 
@@ -45,6 +45,16 @@ def finished_runs(uri: str, experiment: str) -> dict[str, list]:
     for r in client.search_runs([exp.experiment_id]):
         out.setdefault(r.data.tags["grid_cell"], []).append(r)
     return out
+
+
+def cell_tags(uri: str, spec: SweepSpec, cell_id: str) -> dict[str, str]:
+    """The tags of the cell's one MLflow run (its record: job id, folder, attempts, config hash)."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(spec.experiment)
+    (run,) = client.search_runs(
+        [exp.experiment_id], f"tags.sweep = '{spec.name}' and tags.grid_cell = '{cell_id}'"
+    )
+    return run.data.tags
 
 
 def sacct_states(job: str, until: str, timeout_s: float = 30.0) -> list[str]:
@@ -83,6 +93,30 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
     assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {
         c.cell_id: 1 for c in cells
     }
+
+
+def test_relaunch_while_the_array_is_queued_or_running_submits_nothing(job_env, tmp_path):
+    """Right after a --no-wait launch the array's tasks are pending or running (sacct may not know
+    them yet: squeue answers then); a relaunch submits nothing and creates no MLflow run."""
+    spec = slurm_spec(tmp_path, job_env, step_s=0.3)
+    cells = [c.cell_id for c in expand(spec)]
+    first = launch(spec, wait=False)
+    assert sorted(first.submitted) == sorted(cells)
+    again = launch(spec, wait=False)
+    assert again.submitted == [] and sorted(again.plan.running) == sorted(cells)
+    run_dirs = {c: str(sweep_dir(spec) / "cells" / c) for c in cells}
+    states = read_states(job_env, spec.experiment, spec.name, run_dirs)
+    assert {s.state for s in states.values()} <= {"queued", "running"}
+    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {c: 1 for c in cells}
+    assert all(cell_tags(job_env, spec, c)["attempts"] == "1" for c in cells)
+    deadline = time.monotonic() + 180
+    while {s.state for s in read_states(job_env, spec.experiment, spec.name, run_dirs).values()} != {
+        "finished"
+    }:
+        assert time.monotonic() < deadline, "the array did not finish"
+        time.sleep(1.0)
+    assert launch(spec, wait=False).submitted == []
+    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {c: 1 for c in cells}
 
 
 @pytest.mark.slow
@@ -144,7 +178,7 @@ def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(jo
     while latest_checkpoint(run_dir) is None:
         assert time.monotonic() < deadline and threads[1].is_alive(), "the job wrote no checkpoint"
         time.sleep(0.2)
-    job_id = Ledger.load(sweep_dir(specs["requeued"])).last(cell.cell_id).job_id
+    job_id = cell_tags(job_env, specs["requeued"], cell.cell_id)["job_id"]  # the cell's record
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     for t in threads:
         t.join(240)

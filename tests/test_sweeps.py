@@ -12,8 +12,7 @@ from sweeps import launch as cli
 from sweeps.executor import make_executor, parse_sbatch_lines, resolve_executor_kind
 from sweeps.families import FAMILIES, Scale, family_shape
 from sweeps.grid import DataSpec, SweepSpec, expand, format_budget, load_spec, parse_budget, spec_from_dict
-from sweeps.ledger import Ledger
-from sweeps.state import CellState, check_tracking_uri, plan
+from sweeps.state import CellState, check_resumable_cell, check_tracking_uri, config_hash, plan
 from sweeps.task import apply_overrides
 
 # Peebles & Xie, Table 4: forward Gflops on 256 px images (32x32x4 latents).
@@ -184,7 +183,9 @@ def test_unreachable_tracking_server_fails_before_submitting(capsys, tmp_path, m
     with pytest.raises(ValueError, match="unreachable"):
         check_tracking_uri(f"http://127.0.0.1:{port}", timeout_s=2)
     assert cli.main(["--executor", "local", "--tracking-uri", f"http://127.0.0.1:{port}"]) == 2
-    assert "is unreachable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is unreachable" in err and "--app-name basic-auth" in err and "MLFLOW_TRACKING_PASSWORD" in err
+    assert "0.0.0.0" not in err  # never advise a server open to every interface without auth
     assert not (tmp_path / "sweep_runs").exists()
 
 
@@ -267,36 +268,87 @@ def test_relaunch_plan():
     assert plan(st, max_retries=0).submit == ["c"]
 
 
-def test_ledger_round_trips(tmp_path):
-    led = Ledger.load(tmp_path)
-    led.record("S-2-1e12", "slurm", "12_0")
-    led.record("S-2-1e12", "slurm", "15_0")
-    again = Ledger.load(tmp_path)
-    assert again.attempts("S-2-1e12") == 2 and again.last("S-2-1e12").job_id == "15_0"
-    assert again.attempts("other") == 0 and again.last("other") is None
-
-
-def test_local_job_liveness_needs_a_live_submitit_controller():
+def test_cell_lock_is_held_by_a_live_job_and_freed_by_sigkill(tmp_path):
+    """The lines a local job's shell runs hold the cell's lock for the job's life; SIGKILL frees it."""
     import os
+    import signal
     import subprocess
 
-    from sweeps.ledger import Submission
-    from sweeps.state import job_alive
+    from sweeps.executor import JobRef, job_liveness
+    from sweeps.lock import cell_job_lock_lines, cell_lock_held
 
-    assert not job_alive(Submission("local", str(os.getpid()), 0.0))  # alive, but not a controller
-    p = subprocess.Popen(["true"])
-    p.wait()
-    assert not job_alive(Submission("local", str(p.pid), 0.0))  # gone
-    assert not job_alive(Submission("debug", "1", 0.0)) and not job_alive(None)
+    assert not cell_lock_held(tmp_path)  # no lock file: no job ever ran
+    lines = cell_job_lock_lines(tmp_path)
+    job = subprocess.Popen(" && ".join([*lines, "echo locked", "exec sleep 60"]), shell=True,
+                           stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert job.stdout.readline().strip() == "locked"
+        assert cell_lock_held(tmp_path) and cell_lock_held(tmp_path)  # checking does not take it
+        ref = JobRef("local", str(job.pid), "", str(tmp_path))
+        assert job_liveness({"c": ref}) == {"c": "running"}
+        # a second job of the same cell cannot start while the first is alive
+        second = subprocess.run(" && ".join([*lines, "echo second"]), shell=True, capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert second.returncode != 0 and "another job of this cell is alive" in second.stderr
+        assert "second" not in second.stdout
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        assert not cell_lock_held(tmp_path)
+        assert job_liveness({"c": ref}) == {}
+        assert job_liveness({"d": ref._replace(executor="debug")}) == {}  # ran in its launcher
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
 
 
-def test_unknown_train_field_fails_before_submitting(capsys, tmp_path, monkeypatch):
-    pytest.importorskip("dit_core.train")
+def test_changed_settings_are_refused_by_one_rule():
+    old = {"model.depth": 3, "optim.lr": 1e-3, "out": "/r", "tracking.run_id": "abc"}
+    h = config_hash(old)
+    assert config_hash({**old, "tracking.run_id": "other"}) == h and len(h) == 16
+    assert config_hash({**old, "optim.lr": 2e-3}) != h
+    st = CellState("S-2-1e12", "running", run_id="abc", config_hash=h,
+                   params={"model.depth": "3", "optim.lr": "0.001", "out": "/r"})  # fmt: skip
+    check_resumable_cell("demo", st, old)  # same hash: nothing to compare
+    check_resumable_cell("demo", st, {**old, "optim.lr": "1e-3"})  # other hash, same values (YAML 1.1)
+    msg = r"cell S-2-1e12 of sweep 'demo' was launched with other settings \(optim.lr: '0.001' -> '0.002'\); "
+    with pytest.raises(ValueError, match=msg + "start a new sweep with --name"):
+        check_resumable_cell("demo", st, {**old, "optim.lr": 2e-3})
+    check_resumable_cell("demo", CellState("x", "missing"), old)  # no run yet: nothing to resume
+
+
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_unknown_train_field_fails_before_submitting(dry, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["--executor", "local", "--set", "optim.lrr=1e-3"]) == 2
+    assert cli.main(["--executor", "local", "--set", "optim.lrr=1e-3", *dry]) == 2
     err = capsys.readouterr().err
     assert "lrr" in err and "cell S-2-1.5e11" in err
-    assert not (tmp_path / "sweep_runs" / "demo" / "launches.json").exists()
+    assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_checks_override_values(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--dry-run", "--set", "optim.lr=fast"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr" in err and "fast" in err and "nothing submitted" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budgets", "-1e11"], "budget '-1e11' must be a positive number of training FLOPs"),
+        (["--budgets", "-5"], "budget '-5' must be a positive number"),
+        (["--budgets", "1e12,-3e11"], "budget '-3e11' must be a positive number"),
+        (["--budgets", "lots"], "budget 'lots' is not a number"),
+        (["--parallel", "-2"], "local_parallelism >= 1"),
+        (["--budgets"], "expected one argument"),
+    ],
+)
+def test_bad_budgets_and_counts_are_named(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
 
 
 def test_progress_line_separates_queued_from_running_jobs(capsys):

@@ -13,6 +13,7 @@ No tests here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -70,6 +71,7 @@ class TrainConfig:
     fail_cell: str = ""  # this grid cell raises ...
     fail_times: int = 0  # ... on its first `fail_times` starts
     progress_file: str = ""  # optional: write the step here each step (tests wait on it)
+    events_file: str = ""  # optional: append "<cell> start|end <unix time>" (parallelism tests)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class TrainResult:
     loss: float
     run_id: str
     starts: int
+    threads: int  # OMP_NUM_THREADS the job gave this process (0: unset)
 
 
 def _save(path: Path, state: dict) -> None:
@@ -87,8 +90,28 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _flat(cfg, prefix: str = "") -> dict:
+    """``{"model.depth": 2, ...}``: the config as the real trainer logs it (MLflow params)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(_flat(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = "" if v is None else str(v)
+    return out
+
+
+def _event(cfg: TrainConfig, what: str) -> None:
+    if cfg.events_file:
+        with open(cfg.events_file, "a") as f:
+            f.write(f"{cfg.tracking.grid_cell} {what} {time.time()!r}\n")
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     import mlflow
+
+    _event(cfg, "start")
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +120,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     starts_file = out / "starts"
     starts = int(starts_file.read_text()) + 1 if starts_file.exists() else 1
     starts_file.write_text(str(starts))
+    (out / "pid").write_text(str(os.getpid()))  # tests signal the trainer process by this
 
     tr = cfg.tracking
     mlflow.set_tracking_uri(tr.uri)
@@ -109,9 +133,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         run = mlflow.start_run(run_name=tr.run_name, tags={"sweep": tr.sweep, "grid_cell": tr.grid_cell})
     run_id_file.write_text(run.info.run_id)
     if state["step"] == 0:
-        mlflow.log_params(
-            {"model.hidden_size": cfg.model.hidden_size, "budget.max_steps": cfg.budget.max_steps}
-        )
+        mlflow.log_params({k: v for k, v in _flat(cfg).items() if not k.startswith("tracking.")})
     mlflow.set_tag("status", "running")
     job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
     if job_id:
@@ -136,6 +158,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if caught:  # checkpoint is on disk: hand over to submitit (requeue) or exit
                 mlflow.set_tag("status", "preempted")
                 mlflow.end_run(status="KILLED")
+                _event(cfg, "end")
                 handler = previous[caught[0]]
                 if callable(handler):
                     handler(caught[0], None)
@@ -143,10 +166,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         mlflow.log_metric("eval/fid", 100.0 * loss, step=state["step"])
         mlflow.set_tag("status", "finished")
         mlflow.end_run()
-        return TrainResult(state["step"], state["w"], loss, run.info.run_id, starts)
+        _event(cfg, "end")
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+        return TrainResult(state["step"], state["w"], loss, run.info.run_id, starts, threads)
     except Exception:
         mlflow.set_tag("status", "failed")
         mlflow.end_run(status="FAILED")
+        _event(cfg, "end")
         raise
     finally:
         for s, h in previous.items():

@@ -1,24 +1,30 @@
-"""The sweep machinery on submitit's local executor: completion, idempotent relaunch, retries, requeue.
+"""The sweep machinery on submitit's local executor: completion, idempotent relaunch, retries, requeue,
+and the cell record under concurrency (relaunch while jobs run, SIGKILL, two launchers, the cap).
 
 Jobs run `tests/test_sweeps_fake_trainer.py` (the trainer contract with a deterministic recurrence
-instead of a DiT) so that these checks take seconds; `test_real_trainer_cell` runs one tiny cell
-through `dit_core.train`.
+instead of a DiT) so that these checks take seconds; `test_sweeps_real.py` runs the real trainer.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from sweeps.families import Scale
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
-from sweeps.ledger import Ledger
-from sweeps.runner import launch, sweep_dir
+from sweeps.runner import launch, longest_first, sweep_dir
 from sweeps.state import read_states
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def small_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
@@ -48,6 +54,23 @@ def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
     return out
 
 
+def states_of(spec: SweepSpec, uri: str) -> dict:
+    cells = {c.cell_id: str(sweep_dir(spec) / "cells" / c.cell_id) for c in expand(spec)}
+    return read_states(uri, spec.experiment, spec.name, cells)
+
+
+def wait_for(pred, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def step_of(progress: Path) -> int:
+    text = progress.read_text() if progress.exists() else ""
+    return int(text) if text.strip() else 0
+
+
 def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path):
     spec = small_spec(tmp_path, job_env)
     cells = expand(spec)
@@ -61,21 +84,27 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path):
     client = MlflowClient(job_env)
     for c in cells:
         (run,) = runs[c.cell_id]  # exactly one run per cell
-        assert run.data.tags["status"] == "finished" and run.data.tags["sweep"] == "t"
+        tags = run.data.tags
+        assert run.info.status == "FINISHED" and tags["sweep"] == "t"
+        # the launcher's record of the cell: executor, job, folder, attempts, config hash
+        assert tags["executor"] == "local" and tags["job_id"] == res.job_ids[c.cell_id]
+        assert Path(tags["job_folder"]).is_dir() and tags["attempts"] == "1"
+        assert len(tags["config_hash"]) == 16
         hist = client.get_metric_history(run.info.run_id, "train/loss")
         assert sorted(m.step for m in hist) == list(range(1, c.steps + 1))
         # the job's result is the trainer's: w_k = target * (1 - 0.9^k)
         target = 1.0 + c.model.hidden_size / 100.0
         assert res.results[c.cell_id]["weight"] == pytest.approx(target * (1 - 0.9**c.steps))
+        assert res.results[c.cell_id]["threads"] == max(1, (os.cpu_count() or 1) // 2)
 
     again = launch(spec, poll_s=0.3)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
-    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {
-        c.cell_id: 1 for c in cells
-    }
-    assert all(Ledger.load(sweep_dir(spec)).attempts(c.cell_id) == 1 for c in cells)
+    runs = runs_by_cell(job_env, spec.experiment)
+    assert {k: len(v) for k, v in runs.items()} == {c.cell_id: 1 for c in cells}
+    assert all(v[0].data.tags["attempts"] == "1" for v in runs.values())
     # the same cell ids with other settings would resume checkpoints under a different config
-    with pytest.raises(ValueError, match=r"launched with other settings \(budget.global_batch_size: 8 -> 4"):
+    msg = r"launched with other settings \(budget.global_batch_size: '8' -> '4'"
+    with pytest.raises(ValueError, match=msg):
         launch(spec.replace(batch_size=4))
 
 
@@ -83,9 +112,8 @@ def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(job_env, tmp_pat
     spec = small_spec(tmp_path, job_env, fail_cell="B-2-2.6e9", fail_times=2).replace(families=["B"])
     first = launch(spec, poll_s=0.3)
     assert list(first.errors) == ["B-2-2.6e9"] and "injected failure" in first.errors["B-2-2.6e9"]
-    ledger = Ledger.load(sweep_dir(spec))
-    states = read_states(job_env, spec.experiment, spec.name, ["B-2-2.6e9"], ledger)
-    assert states["B-2-2.6e9"].state == "failed" and states["B-2-2.6e9"].attempts == 1
+    st = states_of(spec, job_env)["B-2-2.6e9"]
+    assert st.state == "failed" and st.attempts == 1
 
     second = launch(spec, poll_s=0.3)  # retry 1 of max_retries=1: fails again (fail_times=2)
     assert second.submitted == ["B-2-2.6e9"] and list(second.errors) == ["B-2-2.6e9"]
@@ -96,9 +124,9 @@ def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(job_env, tmp_pat
     assert fourth.submitted == ["B-2-2.6e9"] and fourth.errors == {}
     runs = runs_by_cell(job_env, spec.experiment)
     assert len(runs["B-2-2.6e9"]) == 1  # every retry continued the cell's one MLflow run
-    assert runs["B-2-2.6e9"][0].data.tags["status"] == "finished"
+    assert runs["B-2-2.6e9"][0].info.status == "FINISHED"
     assert fourth.results["B-2-2.6e9"]["starts"] == 3
-    assert Ledger.load(sweep_dir(spec)).attempts("B-2-2.6e9") == 3
+    assert runs["B-2-2.6e9"][0].data.tags["attempts"] == "3"
 
 
 def test_preempted_local_job_requeues_and_resumes_to_the_same_result(job_env, tmp_path):
@@ -109,17 +137,12 @@ def test_preempted_local_job_requeues_and_resumes_to_the_same_result(job_env, tm
     )
     (cell,) = expand(spec)
     assert cell.steps == 31
-    import threading
-
     res_box = {}
     t = threading.Thread(target=lambda: res_box.setdefault("r", launch(spec, poll_s=0.3)))
     t.start()
-    deadline = time.monotonic() + 60
-    while not (progress.exists() and progress.read_text() and int(progress.read_text()) >= 5):
-        assert time.monotonic() < deadline, "job never made progress"
-        time.sleep(0.1)
-    job_id = Ledger.load(sweep_dir(spec)).last(cell.cell_id).job_id
-    os.kill(_task_pid(int(job_id)), 12)  # SIGUSR2 to the task, as SLURM does before a time limit
+    wait_for(lambda: step_of(progress) >= 5, "progress")
+    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    os.kill(int((run_dir / "pid").read_text()), signal.SIGUSR2)  # as SLURM does before a time limit
     t.join(90)
     res = res_box["r"]
     assert res.errors == {}
@@ -132,8 +155,119 @@ def test_preempted_local_job_requeues_and_resumes_to_the_same_result(job_env, tm
     assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
 
 
-def _task_pid(controller_pid: int) -> int:
-    """The python task process started by submitit's local controller."""
-    children = Path(f"/proc/{controller_pid}/task/{controller_pid}/children").read_text().split()
-    assert children, "local controller has no task process"
-    return int(children[0])
+def test_relaunch_while_jobs_run_submits_nothing_and_creates_no_run(job_env, tmp_path):
+    """A --no-wait launch leaves its jobs running; a relaunch (another launcher with no submitit job
+    objects of its own) sees them alive through the cell locks and submits nothing."""
+    progress = tmp_path / "progress"
+    spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
+        budgets=[1e10], families=["S", "B"]
+    )
+    first = launch(spec, wait=False)
+    assert sorted(first.submitted) == sorted(c.cell_id for c in expand(spec))
+    wait_for(lambda: step_of(progress) >= 2, "progress")
+    again = launch(spec, wait=False)
+    assert again.submitted == [] and sorted(again.plan.running) == sorted(first.submitted)
+    states = states_of(spec, job_env)
+    assert {s.state for s in states.values()} <= {"queued", "running"}  # queued: trainer not started yet
+    runs = runs_by_cell(job_env, spec.experiment)
+    assert {k: len(v) for k, v in runs.items()} == {c: 1 for c in first.submitted}
+    assert all(v[0].data.tags["attempts"] == "1" for v in runs.values())
+    wait_for(lambda: all(s.state == "finished" for s in states_of(spec, job_env).values()), "the cells")
+    assert launch(spec, wait=False).submitted == []
+
+
+def test_sigkilled_job_is_interrupted_and_resumes_into_its_own_run(job_env, tmp_path):
+    progress = tmp_path / "progress"
+    spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
+        families=["S"], budgets=[1e10]
+    )
+    (cell,) = expand(spec)
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.3)))
+    t.start()
+    wait_for(lambda: step_of(progress) >= 5, "progress")
+    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)  # no handler, no checkpoint-on-exit
+    t.join(60)
+    assert cell.cell_id in box["r"].errors  # the job died without a result
+    st = states_of(spec, job_env)[cell.cell_id]
+    assert st.state == "interrupted" and st.run_status == "RUNNING" and st.attempts == 1
+
+    res = launch(spec, poll_s=0.3)
+    assert res.submitted == [cell.cell_id] and res.errors == {}
+    out = res.results[cell.cell_id]
+    assert out["starts"] == 2 and out["run_id"] == st.run_id  # resumed into the cell's one run
+    target = 1.0 + cell.model.hidden_size / 100.0
+    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
+
+
+def _write_yaml(spec: SweepSpec, path: Path, **train) -> Path:
+    data = {
+        "name": spec.name,
+        "experiment": spec.experiment,
+        "tracking_uri": spec.tracking_uri,
+        "output_dir": spec.output_dir,
+        "families": spec.families,
+        "scale": {"width_div": 8, "depth_div": 4},
+        "budgets": spec.budgets,
+        "batch_size": spec.batch_size,
+        "trainer": spec.trainer,
+        "final_eval": False,
+        "train": {**spec.train, **train},
+        "executor": {"name": "local", "local_parallelism": 2},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_two_launchers_started_at_once_submit_each_cell_once(job_env, tmp_path):
+    spec = small_spec(tmp_path, job_env, step_s=0.05)
+    cfg = _write_yaml(spec, tmp_path / "sweep.yaml")
+    cmd = [sys.executable, str(REPO / "sweeps" / "launch.py"), "-c", str(cfg), "--poll", "0.2"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = [subprocess.Popen(cmd, **pipes) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes[0] == 0, outs
+    # the other one either found the lock taken (exit 2) or ran after the first and found all done
+    loser = outs[[p.returncode for p in procs].index(codes[1])] if codes[1] else None
+    if codes[1]:
+        assert codes[1] == 2 and "another launch of this sweep is running" in loser[1]
+    runs = runs_by_cell(job_env, spec.experiment)
+    assert {k: len(v) for k, v in runs.items()} == {c.cell_id: 1 for c in expand(spec)}
+    assert all(v[0].data.tags["attempts"] == "1" and v[0].info.status == "FINISHED" for v in runs.values())
+
+
+def test_local_slots_refill_at_once_longest_first_and_never_exceed_the_cap(job_env, tmp_path):
+    """Four cells, --parallel 2: never more than 2 alive; the longest (S at 3e10, 94 steps) starts
+    first, and the three short ones run one after another beside it (no wave waits for the slowest)."""
+    events = tmp_path / "events"
+    spec = small_spec(tmp_path, job_env, step_s=0.15, events_file=str(events)).replace(
+        families=["S", "B"], budgets=[2.6e9, 3e10]
+    )
+    cells = {c.cell_id: c for c in expand(spec)}
+    res = launch(spec, poll_s=0.3)
+    assert res.errors == {}
+    spans: dict[str, list[float]] = {}
+    for line in events.read_text().splitlines():
+        cid, what, t = line.split()
+        spans.setdefault(cid, []).append(float(t))
+    assert sorted(spans) == sorted(cells) and all(len(v) == 2 for v in spans.values())
+    edges = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+    alive = peak = 0
+    for _, d in edges:
+        alive += d
+        peak = max(peak, alive)
+    assert peak == 2  # the cap holds, and is reached
+    longest = longest_first(list(cells.values()))[0].cell_id
+    assert longest == "S-2-3e10" and min(spans, key=lambda c: spans[c][0]) == longest
+    others = sorted((c for c in spans if c != longest), key=lambda c: spans[c][0])
+    # the third cell starts while the long one still runs: a freed slot is refilled at once (in
+    # waves of two it would wait for the long cell)
+    t0 = spans[longest][0]
+    seen = {c: [round(t - t0, 2) for t in v] for c, v in spans.items()}
+    assert spans[others[1]][0] < spans[longest][1], seen
+    # the launcher's own timings agree: the slots were busy most of the time
+    assert set(res.timings) == set(cells) and 1.0 < res.busy_slots() <= 2.0

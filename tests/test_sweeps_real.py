@@ -8,7 +8,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
-from sweeps.ledger import Ledger
 from sweeps.runner import launch, sweep_dir
 from sweeps.state import read_states
 
@@ -42,9 +41,8 @@ def test_tiny_grid_through_the_real_trainer(tmp_path, job_env):
     res = launch(spec, poll_s=0.5)
     assert res.errors == {}, res.errors
     client = MlflowClient(uri)
-    states = read_states(
-        uri, spec.experiment, spec.name, [c.cell_id for c in cells], Ledger.load(sweep_dir(spec))
-    )
+    run_dirs = {c.cell_id: str(sweep_dir(spec) / "cells" / c.cell_id) for c in cells}
+    states = read_states(uri, spec.experiment, spec.name, run_dirs)
     for c in cells:
         st = states[c.cell_id]
         assert st.state == "finished" and st.duplicates == 0
