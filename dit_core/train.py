@@ -37,7 +37,7 @@ from .config import (
     load_yaml_config,
     resolve_budget_steps,
 )
-from .data import build_dataset
+from .data import build_dataset, data_accounting, default_reference, unique_images
 from .diffusion import create_diffusion
 from .ema import EMA
 from .flops import forward_gflops, param_count, train_flops_per_image
@@ -250,6 +250,7 @@ class _Trainer:
         if t.parent_run_id:
             tags["mlflow.parentRunId"] = t.parent_run_id
         tags.update(executor_tags())
+        tags["data.unique_images"] = str(unique_images(self.train_set) or "unbounded")
         run_id = self.run_id or t.run_id
         self.tracker = RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=run_id, run_name=t.run_name, tags=tags,
@@ -338,6 +339,7 @@ class _Trainer:
             "compute/train_flops": led["train_flops"],
             "data/images_seen": float(led["images_seen"]),
             "perf/images_per_s": ips,
+            **data_accounting(self.train_set, led["images_seen"]),
         }
         if self.tracker:
             self.tracker.log_metrics(metrics, self.step)
@@ -378,13 +380,14 @@ class _Trainer:
             led = self.ledger()
             metrics["compute/train_flops"] = led["train_flops"]
             metrics["data/images_seen"] = float(led["images_seen"])
+            metrics.update(data_accounting(self.train_set, led["images_seen"]))
             self.tracker.log_metrics(metrics, self.step)
         log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def evaluate(self) -> None:
         e = self.cfg.eval
         data = self.cfg.data
-        reference = e.reference or ("digits" if data.name == "digits" else None)
+        reference = e.reference or default_reference(data)
         cfg_scale = e.cfg_scale if self.cfg.model.class_dropout_prob > 0 else 1.0
         metrics: dict[str, float] = {}
         if data.name == "latents":
@@ -609,7 +612,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--block-type",), "model.block_type", str, "adaln_zero | adaln | cross_attention | in_context"),
     (("--objective",), "diffusion.objective", str, "eps | v | x0 | flow (default eps)"),
     (("--noise-schedule",), "diffusion.schedule", str, "linear | cosine | quadratic"),
-    (("--data",), "data.name", str, "digits | imagefolder | latents (default digits)"),
+    (("--data",), "data.name", str, "digits | photos | imagefolder | latents (default digits)"),
     (("--data-root",), "data.root", str, "folder for imagefolder / latents"),
     (("--image-size",), "data.image_size", int, "pixel resolution (digits, imagefolder; default 16)"),
     (("--max-steps",), "budget.max_steps", int, "stop after this many optimizer steps"),
@@ -634,7 +637,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--sampler",), "eval.sampler", str, "ddim | ddpm | euler | heun"),
     (("--sample-steps",), "eval.steps", int, "sampler steps (default 50)"),
     (("--cfg-scale",), "eval.cfg_scale", float, "classifier-free guidance scale (default 1.5)"),
-    (("--reference",), "eval.reference", str, "FID reference (default digits for digits data)"),
+    (("--reference",), "eval.reference", str, "FID reference (default: digits / held-out photos crops)"),
     (("--ckpt-every",), "checkpoint.every", int, "steps between checkpoints, 0 = end only (1000)"),
     (("--keep-last",), "checkpoint.keep_last", int, "checkpoints to keep, 0 = all (default 2)"),
     (("--tracking-uri",), "tracking.uri", str, "MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"),
