@@ -22,10 +22,10 @@ from dit_core.trainer.data_stream import DataStream
 
 CASES = [
     ("digits 16 px", DataConfig(name="digits", image_size=16)),
-    ("photos grey 8 px", DataConfig(name="photos", image_size=8)),
-    ("photos grey 16 px", DataConfig(name="photos", image_size=16)),
+    ("photos grey 8 px", DataConfig(name="photos", image_size=8, channels=1)),
+    ("photos grey 16 px", DataConfig(name="photos", image_size=16, channels=1)),
     ("photos colour 16 px", DataConfig(name="photos", image_size=16, channels=3)),
-    ("photos grey 32 px", DataConfig(name="photos", image_size=32)),
+    ("photos grey 32 px", DataConfig(name="photos", image_size=32, channels=1)),
 ]
 
 

@@ -64,7 +64,7 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
         return DigitsDataset(digits_split, cfg.image_size, random_flip=flip, seed=cfg.seed)
     if cfg.name == "photos":
         return PhotoCropsDataset(
-            "train" if split == "train" else "val", cfg.image_size, channels=cfg.channels or 1,
+            "train" if split == "train" else "val", cfg.image_size, channels=cfg.channels or 3,
             num_photos=cfg.num_photos, crop_scale=tuple(cfg.crop_scale), holdout=cfg.holdout,
             random_flip=flip, seed=cfg.seed, epoch_size=cfg.epoch_size,
         )  # fmt: skip
@@ -104,5 +104,5 @@ def default_reference(cfg: DataConfig) -> str | None:
     if cfg.name == "digits":
         return "digits"
     if cfg.name == "photos":
-        return photos_reference(cfg.channels or 1, cfg.num_photos, tuple(cfg.crop_scale), cfg.holdout)
+        return photos_reference(cfg.channels or 3, cfg.num_photos, tuple(cfg.crop_scale), cfg.holdout)
     return None

@@ -27,7 +27,7 @@ class DataConfig:
     val_root: optional separate folder for ``split="val"`` (imagefolder / latents).
     validate_images: imagefolder: open and ``verify()`` every file at build time and drop the
         unreadable ones (with a warning naming each). Turn off for huge folders you trust.
-    channels: photos: 1 (grey, BT.709 luma) or 3 (colour); None = 1. Other datasets: must be None
+    channels: photos: 1 (grey, BT.709 luma) or 3 (colour); None = 3. Other datasets: must be None
         (their channels are fixed: digits 1, imagefolder 3, latents from the manifest).
     num_photos: photos: how many of the bundled photographs (classes) to use, 1..13.
     crop_scale: photos: (min, max) crop side as a fraction of the photo's short side (log-uniform);
@@ -71,7 +71,7 @@ class DataConfig:
             from .photos import PHOTOS, check_photo_options
 
             self.crop_scale = tuple(float(s) for s in self.crop_scale)
-            check_photo_options(self.channels or 1, self.crop_scale, self.holdout, self.num_photos)
+            check_photo_options(self.channels or 3, self.crop_scale, self.holdout, self.num_photos)
             if not 1 <= self.num_photos <= len(PHOTOS):
                 raise ValueError(f"DataConfig.num_photos must be 1..{len(PHOTOS)}, got {self.num_photos}")
             if self.epoch_size < 1:

@@ -133,7 +133,7 @@ def uniforms(key: int, index: np.ndarray, k: int) -> np.ndarray:
 class PhotoCrops:
     """Crops of a list of images; ``sample(index, split)`` draws them, ``render(...)`` resamples.
 
-    images: uint8 or float arrays ``(H, W, c)`` in 0..255 (class k = images[k]); channels: 1 or 3.
+    images: uint8 or float arrays ``(H, W, c)`` in 0..255 (class k = images[k]); channels: 1 or 3 (default 3).
     crop_scale: (min, max) crop side as a fraction of the image's short side (log-uniform).
     holdout: fraction of each image's columns (right-most) reserved for validation.
     """
@@ -141,7 +141,7 @@ class PhotoCrops:
     def __init__(
         self,
         images: Sequence[np.ndarray],
-        channels: int = 1,
+        channels: int = 3,
         crop_scale: tuple[float, float] = (0.08, 0.2),
         holdout: float = 0.25,
     ):
@@ -263,7 +263,7 @@ def check_photo_options(channels: int, crop_scale: Sequence[float], holdout: flo
 @functools.lru_cache(maxsize=8)
 def photo_crops(
     num_photos: int = 10,
-    channels: int = 1,
+    channels: int = 3,
     crop_scale: tuple[float, float] = (0.08, 0.2),
     holdout: float = 0.25,
 ) -> PhotoCrops:
@@ -288,7 +288,7 @@ class PhotoCropsDataset(EpochFlipMixin, Dataset):
         self,
         split: str = "train",
         resolution: int = 16,
-        channels: int = 1,
+        channels: int = 3,
         num_photos: int = 10,
         crop_scale: tuple[float, float] = (0.08, 0.2),
         holdout: float = 0.25,
@@ -336,7 +336,7 @@ class PhotoCropsDataset(EpochFlipMixin, Dataset):
 def photos_images(
     n: int,
     resolution: int = 16,
-    channels: int = 1,
+    channels: int = 3,
     num_photos: int = 10,
     crop_scale: tuple[float, float] = (0.08, 0.2),
     holdout: float = 0.25,
@@ -353,14 +353,14 @@ _REF_KEYS = {"channels": int, "num_photos": int, "crop_scale": str, "holdout": f
 
 
 def photos_reference(
-    channels: int = 1,
+    channels: int = 3,
     num_photos: int = 10,
     crop_scale: tuple[float, float] = (0.08, 0.2),
     holdout: float = 0.25,
     n: int = 2000,
 ) -> str:
     """The FID reference name of these photos options, e.g.
-    ``"photos:channels=1,num_photos=10,crop_scale=0.08-0.2,holdout=0.25,n=2000"``."""
+    ``"photos:channels=3,num_photos=10,crop_scale=0.08-0.2,holdout=0.25,n=2000"``."""
     lo, hi = (float(s) for s in crop_scale)
     return (
         f"photos:channels={channels},num_photos={num_photos},crop_scale={lo:g}-{hi:g},"
@@ -373,7 +373,7 @@ def parse_photos_reference(spec: str) -> dict:
     head, _, rest = spec.partition(":")
     if head != "photos":
         raise ValueError(f"not a photos reference: {spec!r}")
-    opts: dict = {"channels": 1, "num_photos": 10, "crop_scale": (0.08, 0.2), "holdout": 0.25, "n": 2000}
+    opts: dict = {"channels": 3, "num_photos": 10, "crop_scale": (0.08, 0.2), "holdout": 0.25, "n": 2000}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if not eq or key not in _REF_KEYS:

@@ -3,7 +3,7 @@
 A reference is named by a string:
 - ``"digits"`` (all 1797 images), ``"digits:train"`` / ``"digits:val"``: scikit-learn's digits at the
   run's resolution, exactly the pixels the ``digits`` dataset trains on (``dit_core.data.digits_images``);
-- ``"photos"`` or ``"photos:channels=1,num_photos=10,crop_scale=0.08-0.2,holdout=0.25,n=2000"``: the
+- ``"photos"`` or ``"photos:channels=3,num_photos=10,crop_scale=0.08-0.2,holdout=0.25,n=2000"``: the
   first ``n`` validation crops of the ``photos`` dataset (held-out strips of the photographs, never
   overlapping the training region; ``dit_core.data.photos_images``); a ``photos`` run's default;
 - a folder of images (searched recursively), each ADM-center-cropped to the run's resolution;
