@@ -239,7 +239,8 @@ class EvalConfig:
     steps: sampler steps.
     cfg_scale: classifier-free guidance scale of the samples.
     batch_size: batch of validation and sampling.
-    reference: FID reference; None = "digits" for digits data (other data must name one).
+    reference: FID reference; None = the data's own (``digits``; held-out crops for ``photos``);
+        other data must name one.
     metrics: metric names; None = the reference's default metrics.
     grid_images: samples also saved as a PNG grid artifact ``samples/step_XXXXXXX.png`` (0 = none).
     """

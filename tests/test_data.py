@@ -28,7 +28,7 @@ from dit_core.data.flip import _splitmix64
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"name": "cifar"}, r"valid names: \['digits', 'imagefolder', 'latents'\]"),
+        ({"name": "cifar"}, r"valid names: \['digits', 'imagefolder', 'latents', 'photos'\]"),
         ({"digits_split": "test"}, r"choose one of \['train', 'val', 'all'\]"),
         ({"image_size": 0}, "positive int"),
         ({"image_size": 4}, "8 px"),

@@ -1,9 +1,10 @@
-"""Datasets for DiT training: ``digits`` (bundled), ``imagefolder`` (pixels), ``latents`` (VAE).
+"""Datasets for DiT training: ``digits``, ``photos`` (bundled), ``imagefolder`` (pixels), ``latents`` (VAE).
 
 ``build_dataset(DataConfig(...), split)`` returns a ``torch.utils.data.Dataset`` of ``(x, y)``:
 x float32 ``(C, H, W)`` (pixels in [-1, 1], or latents already times the scale factor), y int64.
 Every dataset has ``name``, ``num_classes``, ``channels``, ``resolution`` and ``set_epoch(epoch)``;
-items are deterministic functions of ``(seed, epoch, index)``.
+items are deterministic functions of ``(seed, epoch, index)``. ``unique_images(ds)`` is the number of
+distinct training images (None for the unbounded ``photos`` stream).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .digits import DigitsDataset, digits_images, digits_split_indices
 from .flip import flip_decision
 from .imagefolder import ImageFolderDataset, scan_image_folder
 from .latents import LatentsDataset, read_manifest
+from .photos import PHOTOS, PhotoCropsDataset, photos_images, photos_reference
 from .transforms import center_crop_arr
 
 log = logging.getLogger(__name__)
@@ -27,13 +29,20 @@ __all__ = [
     "DigitsDataset",
     "ImageFolderDataset",
     "LatentsDataset",
+    "PHOTOS",
+    "PhotoCropsDataset",
     "build_dataset",
     "center_crop_arr",
+    "data_accounting",
+    "default_reference",
     "digits_images",
     "digits_split_indices",
     "flip_decision",
+    "photos_images",
+    "photos_reference",
     "read_manifest",
     "scan_image_folder",
+    "unique_images",
 ]
 
 
@@ -41,6 +50,8 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     """The dataset ``cfg`` names, for ``split`` in {"train", "val", "all"}.
 
     - digits: "train" uses ``cfg.digits_split``; "val" the held-out 10 %; "all" all 1797 images.
+    - photos: "train" is the unbounded crop stream (``cfg.epoch_size`` items per epoch, each epoch
+      new crops); "val" and "all" are the first 10 000 held-out crops (fixed, whatever the seed).
     - imagefolder / latents: "train" and "all" read ``cfg.root``; "val" reads ``cfg.val_root`` if
       set, else ``cfg.root`` (a log line says so).
     The "val" split never flips, so validation items are fixed.
@@ -51,6 +62,12 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     if cfg.name == "digits":
         digits_split = cfg.digits_split if split == "train" else split
         return DigitsDataset(digits_split, cfg.image_size, random_flip=flip, seed=cfg.seed)
+    if cfg.name == "photos":
+        return PhotoCropsDataset(
+            "train" if split == "train" else "val", cfg.image_size, channels=cfg.channels or 3,
+            num_photos=cfg.num_photos, crop_scale=tuple(cfg.crop_scale), holdout=cfg.holdout,
+            random_flip=flip, seed=cfg.seed, epoch_size=cfg.epoch_size,
+        )  # fmt: skip
     root = cfg.root
     if split == "val":
         if cfg.val_root:
@@ -64,3 +81,28 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     if cfg.name == "latents":
         return LatentsDataset(root, random_flip=flip, seed=cfg.seed)
     raise ValueError(f"unknown dataset {cfg.name!r}; valid names: {list(DATASET_NAMES)}")
+
+
+def unique_images(dataset: Dataset) -> int | None:
+    """Distinct images ``dataset`` holds: its ``unique_images`` attribute if it has one (None =
+    an unbounded stream), else ``len(dataset)``."""
+    return getattr(dataset, "unique_images", len(dataset))
+
+
+def data_accounting(dataset: Dataset, images_seen: int) -> dict[str, float]:
+    """Metrics of data reuse: ``data/unique_images`` (finite datasets only) and ``data/epochs`` =
+    images seen / unique images (0.0 for an unbounded stream, where no image repeats)."""
+    n = unique_images(dataset)
+    if n is None:
+        return {"data/epochs": 0.0}
+    return {"data/unique_images": float(n), "data/epochs": images_seen / n}
+
+
+def default_reference(cfg: DataConfig) -> str | None:
+    """The FID reference a run on ``cfg`` uses when ``eval.reference`` is unset: ``"digits"``, the
+    held-out photos crops (``photos_reference``), or None (other data must name one)."""
+    if cfg.name == "digits":
+        return "digits"
+    if cfg.name == "photos":
+        return photos_reference(cfg.channels or 3, cfg.num_photos, tuple(cfg.crop_scale), cfg.holdout)
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DATASET_NAMES = ("digits", "imagefolder", "latents")
+DATASET_NAMES = ("digits", "imagefolder", "latents", "photos")
 DIGITS_SPLITS = ("train", "val", "all")
 SPLITS = ("train", "val", "all")
 
@@ -13,7 +13,8 @@ SPLITS = ("train", "val", "all")
 class DataConfig:
     """Data settings; logged whole to MLflow as ``data.<field>``.
 
-    name: ``"digits"`` (scikit-learn's bundled 8x8 digits, no download), ``"imagefolder"``
+    name: ``"digits"`` (scikit-learn's bundled 8x8 digits, no download), ``"photos"`` (unbounded
+        crops of scikit-image's bundled photographs, `dit_core.data.photos`), ``"imagefolder"``
         (class subfolders of images, pixel space) or ``"latents"`` (shards written by
         ``python -m dit_core.extract_latents``).
     root: folder for ``imagefolder`` / ``latents`` (unused for ``digits``).
@@ -27,6 +28,14 @@ class DataConfig:
     val_root: optional separate folder for ``split="val"`` (imagefolder / latents).
     validate_images: imagefolder: open and ``verify()`` every file at build time and drop the
         unreadable ones (with a warning naming each). Turn off for huge folders you trust.
+    channels: photos: 1 (grey, BT.709 luma) or 3 (colour); None = 3. Other datasets: must be None
+        (their channels are fixed: digits 1, imagefolder 3, latents from the manifest).
+    num_photos: photos: how many of the bundled photographs (classes) to use, 1..13.
+    crop_scale: photos: (min, max) crop side as a fraction of the photo's short side (log-uniform);
+        max must not exceed ``holdout``.
+    holdout: photos: fraction of each photo's columns (the right-most) kept for validation and FID.
+    epoch_size: photos: items per training "epoch" of the (unbounded) stream; only sets how often
+        the data order is reshuffled, never repeats a crop.
     """
 
     name: str = "digits"
@@ -37,6 +46,11 @@ class DataConfig:
     seed: int = 0
     val_root: str | None = None
     validate_images: bool = True
+    channels: int | None = None
+    num_photos: int = 10
+    crop_scale: tuple[float, ...] = (0.08, 0.2)
+    holdout: float = 0.25
+    epoch_size: int = 1 << 18
 
     def __post_init__(self) -> None:
         if self.name not in DATASET_NAMES:
@@ -53,6 +67,20 @@ class DataConfig:
         if self.name == "digits" and self.image_size < 8:
             raise ValueError(
                 f"DataConfig.image_size={self.image_size} is below the digits' native 8 px; use 8, 16 or 32"
+            )
+        if self.name == "photos":
+            from .photos import PHOTOS, check_photo_options
+
+            self.crop_scale = tuple(float(s) for s in self.crop_scale)
+            check_photo_options(self.channels or 3, self.crop_scale, self.holdout, self.num_photos)
+            if not 1 <= self.num_photos <= len(PHOTOS):
+                raise ValueError(f"DataConfig.num_photos must be 1..{len(PHOTOS)}, got {self.num_photos}")
+            if self.epoch_size < 1:
+                raise ValueError(f"DataConfig.epoch_size must be >= 1, got {self.epoch_size}")
+        elif self.channels is not None:
+            raise ValueError(
+                f"DataConfig.channels={self.channels} is only an option of the photos dataset; "
+                f"leave it unset for {self.name!r}"
             )
         if self.name in ("imagefolder", "latents") and not self.root:
             raise ValueError(

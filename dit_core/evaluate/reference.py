@@ -3,6 +3,9 @@
 A reference is named by a string:
 - ``"digits"`` (all 1797 images), ``"digits:train"`` / ``"digits:val"``: scikit-learn's digits at the
   run's resolution, exactly the pixels the ``digits`` dataset trains on (``dit_core.data.digits_images``);
+- ``"photos"`` or ``"photos:channels=3,num_photos=10,crop_scale=0.08-0.2,holdout=0.25,n=2000"``: the
+  first ``n`` validation crops of the ``photos`` dataset (held-out strips of the photographs, never
+  overlapping the training region; ``dit_core.data.photos_images``); a ``photos`` run's default;
 - a folder of images (searched recursively), each ADM-center-cropped to the run's resolution;
 - an ``.npz`` whose ``arr_0`` holds uint8 NHWC images (the format of ADM / DiT sample and
   reference batches). Precomputed ``mu``/``sigma`` in ADM batches are *not* used: they come from the
@@ -36,21 +39,28 @@ class ReferenceSource:
 
     spec: str
     resolution: int
-    kind: str  # "digits" | "folder" | "npz"
+    kind: str  # "digits" | "photos" | "folder" | "npz"
     files: list[Path] = field(default_factory=list)
     split: str = "all"
+    options: dict = field(default_factory=dict)  # photos: parse_photos_reference(spec)
 
     def key(self) -> dict:
         info: dict = {"kind": self.kind, "resolution": self.resolution}
         if self.kind == "digits":
             info["split"] = self.split
+        elif self.kind == "photos":
+            info["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
         else:
             info["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files]
         return info
 
     @property
     def label(self) -> str:
-        base = f"digits-{self.split}" if self.kind == "digits" else Path(self.spec).name or "ref"
+        if self.kind == "photos":
+            o = self.options
+            base = f"photos-{o['num_photos']}x{o['channels']}ch-n{o['n']}"
+        else:
+            base = f"digits-{self.split}" if self.kind == "digits" else Path(self.spec).name or "ref"
         return f"{base}-{self.resolution}px"
 
     def chunks(self, size: int = 256) -> Iterator[np.ndarray]:
@@ -58,6 +68,13 @@ class ReferenceSource:
             from dit_core.data import digits_images
 
             x = digits_images(self.split, self.resolution)[0].numpy()
+            for i in range(0, len(x), size):
+                yield x[i : i + size]
+        elif self.kind == "photos":
+            from dit_core.data import photos_images
+
+            opts = dict(self.options)
+            x = photos_images(opts.pop("n"), self.resolution, **opts)[0].numpy()
             for i in range(0, len(x), size):
                 yield x[i : i + size]
         elif self.kind == "npz":
@@ -80,6 +97,10 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
         if split not in DIGITS_SPLITS:
             raise ValueError(f"reference {spec!r}: digits split must be one of {list(DIGITS_SPLITS)}")
         return ReferenceSource(spec, resolution, "digits", split=split)
+    if spec == "photos" or spec.startswith("photos:"):
+        from dit_core.data.photos import parse_photos_reference
+
+        return ReferenceSource(spec, resolution, "photos", options=parse_photos_reference(spec))
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".npz":
         with np.load(p, mmap_mode="r") as z:
@@ -97,7 +118,8 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
             raise ValueError(f"reference folder {p} holds no images ({sorted(IMAGE_EXTENSIONS)})")
         return ReferenceSource(spec, resolution, "folder", files=files)
     raise ValueError(
-        f"reference {spec!r} is neither 'digits[:split]', an existing image folder, nor an .npz with arr_0"
+        f"reference {spec!r} is neither 'digits[:split]', 'photos[:options]', an existing image folder, "
+        "nor an .npz with arr_0"
     )
 
 

@@ -91,7 +91,10 @@ class DataStream:
             self.dataset.set_epoch(self.epoch)
         batches = self._local_batches(self.epoch, self.index)
         if self.num_workers == 0:
-            self._iter = (_collate([self.dataset[i] for i in idx]) for idx in batches)
+            fetch = getattr(self.dataset, "__getitems__", None)  # a whole batch at once (photos)
+            self._iter = (
+                _collate(fetch(idx) if fetch else [self.dataset[i] for i in idx]) for idx in batches
+            )
         else:
             loader = DataLoader(
                 self.dataset, batch_sampler=batches, num_workers=self.num_workers, persistent_workers=False

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..data import default_reference
 from ..models import DiTConfig
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,11 @@ def guidance_scale(cfg: TrainConfig) -> float:
 def evaluate_samples(
     model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, accelerator
 ) -> dict[str, float]:
-    """Metrics of ``model``'s samples against ``eval.reference`` (None = digits for digits data);
+    """Metrics of ``model``'s samples against ``eval.reference`` (None = the data's own,
+    `dit_core.data.default_reference`);
     ``{}`` with a warning when there is no reference or the data are latents."""
     e, data = cfg.eval, cfg.data
-    reference = e.reference or ("digits" if data.name == "digits" else None)
+    reference = e.reference or default_reference(data)
     if data.name == "latents":
         log.warning("eval: latent runs are scored from checkpoints with a VAE (dit_core.evaluate); skipped")
         return {}

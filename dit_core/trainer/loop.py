@@ -23,7 +23,7 @@ import torch
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..configio import ConfigError
-from ..data import build_dataset
+from ..data import build_dataset, data_accounting, unique_images
 from ..diffusion import create_diffusion
 from ..ema import EMA
 from ..models import DiT
@@ -302,6 +302,7 @@ class Trainer:
         if t.parent_run_id:
             tags["mlflow.parentRunId"] = t.parent_run_id
         tags.update(executor_tags())
+        tags["data.unique_images"] = str(unique_images(self.train_set) or "unbounded")
         self.tracker = RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=self.run_id or t.run_id, run_name=t.run_name,
             tags=tags, out_dir=self.out, reuse_saved_id=self.resume != "never",
@@ -367,6 +368,7 @@ class Trainer:
             "compute/train_flops": led["train_flops"],
             "data/images_seen": float(led["images_seen"]),
             "perf/images_per_s": ips,
+            **data_accounting(self.train_set, led["images_seen"]),
         }
         if self.tracker:
             self.tracker.log_metrics(metrics, self.step)
@@ -376,6 +378,7 @@ class Trainer:
         if self.tracker and metrics:
             led = self.ledger()
             extra = {"compute/train_flops": led["train_flops"], "data/images_seen": float(led["images_seen"])}
+            extra |= data_accounting(self.train_set, led["images_seen"])
             self.tracker.log_metrics({**metrics, **extra}, self.step)
 
     def validate(self) -> None:
