@@ -14,10 +14,12 @@ import re
 import sys
 
 from dit_core.configio import parse_scalar
+from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.grid import SweepSpec, expand, load_spec, parse_budget
 from sweeps.runner import Progress, launch, sweep_dir, validate_tasks
 from sweeps.state import read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
+from sweeps.task import cell_overrides
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 
@@ -127,7 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--setup", action="append", metavar="CMD", help="shell line run before each job")
     e.add_argument("--max-retries", type=int, help="resubmissions of a failed cell on relaunch")
     r = p.add_argument_group("run")
-    r.add_argument("--dry-run", action="store_true", help="print the table of cells and submit nothing")
+    r.add_argument(
+        "--dry-run", action="store_true", help="print the cells and the study's bill; submit nothing"
+    )
+    r.add_argument(
+        "--device",
+        default="H100",
+        type=str.upper,
+        choices=sorted(DEVICES),
+        help="accelerator the dry run prices the study on (its dense bf16 peak)",
+    )
+    r.add_argument(
+        "--mfu",
+        type=float,
+        default=DEFAULT_MFU,
+        help="model FLOPs utilisation assumed for the bill (measure it: bash benchmarks/gpu_check.sh)",
+    )
     r.add_argument("--no-wait", action="store_true", help="submit and return (SLURM); see `status` later")
     r.add_argument("--poll", type=float, default=2.0, help="seconds between progress updates")
     r.add_argument("-v", "--verbose", action="store_true")
@@ -243,6 +260,10 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     cells = expand(spec)
     total = sum(c.train_flops for c in cells)
     if args.dry_run:
+        note = None
+        if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
+            note = f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in {spec.name}.yaml)"
+            spec = spec.replace(data={"root": "<data.root>"})
         validate_tasks(spec)  # the --set overrides become every cell's TrainConfig, or an error
         print(
             f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
@@ -250,6 +271,13 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             f"total {total:.3g} training FLOPs (true FLOPs)"
         )
         print(cells_table(cells))
+        sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
+        evals = {c.cell_id: cell_eval_flops(c, cell_overrides(spec, c, sdir, uri)) for c in cells}
+        gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
+        print()
+        print(estimate(cells, evals, device_name=args.device, mfu=args.mfu, gpus_per_cell=gpus).summary())
+        if note:
+            print(note)
         print("dry run: nothing submitted")
         return 0
     res = launch(spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer())

@@ -68,3 +68,21 @@ def test_bad_inputs_are_named(kwargs, message):
     _, cell = _xl2_cell(10)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         estimate([cell], **kwargs)
+
+
+def test_dry_run_prints_the_bill_with_its_assumptions(capsys, tmp_path, monkeypatch):
+    """`-c imagenet256 --dry-run --device H100` answers "what will this study cost" without data."""
+    from sweeps import launch
+
+    monkeypatch.chdir(tmp_path)
+    assert launch.main(["-c", "imagenet256", "--dry-run", "--device", "h100", "--mfu", "0.5"]) == 0
+    out = capsys.readouterr().out
+    cells = expand(load_spec("imagenet256"))
+    train = sum(c.train_flops for c in cells)
+    assert f"{train:.3g}" in out and "GPU-hours on H100 for 28 cells" in out
+    hours = float(out.split("estimate: ")[1].split(" GPU-hours")[0])
+    assert hours > train / (989.4e12 * 0.5) / 3600 * 0.999  # eval adds to training, never subtracts
+    assert "MFU: 0.5 (given)" in out and "data.root is not set" in out
+    assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
+    assert launch.main(["--dry-run", "--device", "tpu"]) == 2  # argparse names the valid choices
+    assert "invalid choice: 'TPU'" in capsys.readouterr().err
