@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DESIGNS = ("grid", "isoflop")
+DESIGNS = ("grid", "isoflop", "adaptive")
 EXECUTORS = ("auto", "slurm", "local", "debug")
 
 
@@ -94,7 +94,12 @@ class SweepSpec:
     experiment: MLflow experiment. tracking_uri: None = MLflow's default (``sqlite:///mlflow.db``).
     families/scale/patch_sizes/shapes: the model axis (shapes = custom ``[depth, width, heads]``).
     budgets: training FLOPs (true FLOPs). design: ``grid`` = every model at every budget;
-    ``isoflop`` = per budget, the models whose step count lies in [isoflop_min_steps, isoflop_max_steps].
+    ``isoflop`` = per budget, ``sizes_per_budget`` shapes on the families' depth/width curve,
+    log-spaced from N_opt / ``size_spread`` to N_opt x ``size_spread`` around a prior N_opt(C)
+    (``tokens_per_param``, or the fit ``prior``), each with [isoflop_min_steps, isoflop_max_steps]
+    steps (`sweeps.design`); ``adaptive`` = the same, each budget after the first centred on the
+    fit of the budgets before it. ``design_head_dim``: width per head of those shapes (None: the
+    families' 64 / scale.width_div). ``isoflop_centres``: {budget: N} centres that replace the prior.
     batch_size: global batch. train: dotted `TrainConfig` overrides applied to every cell.
     trainer: module providing ``TrainConfig`` and ``train(cfg)`` (the contract of `dit_core.train`).
     final_eval: validation loss and sample metrics (FID) at each cell's last step (sets
@@ -115,6 +120,12 @@ class SweepSpec:
     design: str = "grid"
     isoflop_min_steps: int = 20
     isoflop_max_steps: int = 100_000
+    sizes_per_budget: int = 5
+    size_spread: float = 4.0
+    tokens_per_param: float = 20.0
+    prior: str | None = None
+    design_head_dim: int | None = None
+    isoflop_centres: dict[float, float] = field(default_factory=dict)
     batch_size: int = 64
     data: DataSpec = field(default_factory=DataSpec)
     train: dict[str, Any] = field(default_factory=dict)
@@ -166,6 +177,7 @@ class SweepSpec:
             raise ValueError(f"design {self.design!r} is not one of {list(DESIGNS)}")
         if not 1 <= self.isoflop_min_steps <= self.isoflop_max_steps:
             raise ValueError("need 1 <= isoflop_min_steps <= isoflop_max_steps")
+        self._validate_design()
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         e = self.executor
@@ -181,6 +193,31 @@ class SweepSpec:
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "
                 "processes (nodes x tasks_per_node)"
             )
+
+    def _validate_design(self) -> None:
+        if isinstance(self.sizes_per_budget, bool) or not isinstance(self.sizes_per_budget, int):
+            raise ValueError(f"sizes_per_budget must be an integer >= 3, got {self.sizes_per_budget!r}")
+        if self.sizes_per_budget < 3:
+            raise ValueError(
+                f"sizes_per_budget {self.sizes_per_budget} < 3: an IsoFLOP parabola needs 3 sizes per budget"
+            )
+        if not (isinstance(self.size_spread, (int, float)) and self.size_spread > 1):
+            raise ValueError(f"size_spread must be > 1 (e.g. --spread 4), got {self.size_spread!r}")
+        if self.size_spread ** (2.0 / (self.sizes_per_budget - 1)) < 1.2:
+            raise ValueError(
+                f"{self.sizes_per_budget} sizes within {self.size_spread:g}x either side are closer than "
+                "1.2x apart: raise --spread or lower --sizes-per-budget"
+            )
+        if not (isinstance(self.tokens_per_param, (int, float)) and self.tokens_per_param > 0):
+            raise ValueError(f"tokens_per_param must be > 0 (e.g. 20), got {self.tokens_per_param!r}")
+        hd = self.design_head_dim
+        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 4 or hd % 4):
+            raise ValueError(
+                f"design_head_dim must be a positive multiple of 4 (e.g. --head-dim 8), got {hd!r}"
+            )
+        for b, n in self.isoflop_centres.items():
+            if not (isinstance(n, (int, float)) and n > 0 and isinstance(b, (int, float)) and b > 0):
+                raise ValueError(f"isoflop_centres: {b!r}: {n!r} must map a budget to a size > 0")
 
     def models(self) -> list[ModelShape]:
         """The model axis: the (scaled) families, then the custom shapes."""
@@ -264,8 +301,13 @@ def cell_model_config(spec: SweepSpec, model: ModelShape, patch_size: int) -> Di
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
-    """All cells of ``spec``, ordered by budget, then model (as listed), then patch size."""
+    """All cells of ``spec``, ordered by budget, then model (as listed), then patch size; for the
+    isoflop/adaptive designs by budget, patch size, then size (`sweeps.design.design_cells`)."""
     spec.validate()
+    if spec.design in ("isoflop", "adaptive"):
+        from sweeps.design import design_cells
+
+        return design_cells(spec)
     configs = {(m, p): cell_model_config(spec, m, p) for m in spec.models() for p in spec.patch_sizes}
     cells: list[Cell] = []
     for budget in sorted(set(spec.budgets)):
@@ -285,21 +327,13 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 batch_size=spec.batch_size,
                 steps=steps,
             )
-            if spec.design == "grid" and steps < 1:
+            if steps < 1:
                 too_small.append(f"{cell.model_name} ({spec.batch_size} x {fpi:.3g} FLOPs)")
-            if spec.design == "isoflop" and not (spec.isoflop_min_steps <= steps <= spec.isoflop_max_steps):
-                continue
             row.append(cell)
         if too_small:
             raise ValueError(
                 f"budget {format_budget(budget)} is smaller than one training step of "
                 f"{', '.join(too_small)}; raise the budget or lower batch_size"
-            )
-        if spec.design == "isoflop" and len(row) < 2:
-            raise ValueError(
-                f"IsoFLOP budget {format_budget(budget)} spans {len(row)} model size(s) with "
-                f"{spec.isoflop_min_steps}..{spec.isoflop_max_steps} steps; add model sizes or widen "
-                "isoflop_min_steps/isoflop_max_steps"
             )
         cells += row
     return cells
@@ -325,6 +359,8 @@ def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSp
         )
     if "budgets" in data:
         data["budgets"] = [parse_budget(b) for b in data["budgets"]]
+    if data.get("isoflop_centres"):
+        data["isoflop_centres"] = {parse_budget(b): float(n) for b, n in data["isoflop_centres"].items()}
     spec = SweepSpec(**data)
     spec.validate()
     return spec

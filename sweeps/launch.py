@@ -15,7 +15,8 @@ import sys
 
 from dit_core.configio import parse_scalar
 from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
-from sweeps.grid import SweepSpec, expand, load_spec, parse_budget
+from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
+from sweeps.grid import SweepSpec, expand, format_budget, load_spec, parse_budget
 from sweeps.runner import Progress, launch, sweep_dir, validate_tasks
 from sweeps.state import read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
@@ -91,16 +92,46 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--depths", type=_csv(int), help="custom depths (crossed with --widths)")
     g.add_argument("--widths", type=_csv(int), help="custom widths (crossed with --depths)")
     g.add_argument(
-        "--head-dim", type=int, default=None, help="width per head for --depths/--widths (default 64)"
+        "--head-dim",
+        type=int,
+        default=None,
+        help="width per head: of --depths/--widths (default 64), and of the shapes the isoflop/adaptive "
+        "designs generate (default the families' 64 / scale.width_div: 8 for the demo)",
     )
     g.add_argument("--budgets", type=_csv(parse_budget), help="training FLOPs, e.g. 1e15,3e15,1e16")
     g.add_argument(
         "--design",
-        choices=["grid", "isoflop"],
-        help="grid: every model at every budget; isoflop: per budget, the models with min..max steps",
+        choices=["grid", "isoflop", "adaptive"],
+        help="grid: every model (--grid/--shapes) at every budget. isoflop: per budget, --sizes-per-budget "
+        "shapes on the DiT families' depth/width curve, log-spaced within --spread x of a prior N_opt(C) "
+        "(--tokens-per-param or --prior). adaptive: isoflop, budgets run smallest first, each next one "
+        "centred on the refit of those before (docs/sweeps.md)",
     )
-    g.add_argument("--min-steps", type=int, help="IsoFLOP: fewest steps a cell may have")
-    g.add_argument("--max-steps", type=int, help="IsoFLOP: most steps a cell may have")
+    g.add_argument(
+        "--sizes-per-budget",
+        type=int,
+        help="isoflop/adaptive: model sizes per budget (default 5, at least 3)",
+    )
+    g.add_argument(
+        "--spread",
+        type=float,
+        dest="size_spread",
+        help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, log-spaced "
+        "(default 4: 1/4, 1/2, 1, 2, 4 x N_opt with 5 sizes)",
+    )
+    g.add_argument(
+        "--tokens-per-param",
+        type=float,
+        help="isoflop/adaptive prior: training tokens (images x patches per image) per parameter at the "
+        "optimum (default 20, Chinchilla's ratio; Hoffmann et al. 2022)",
+    )
+    g.add_argument(
+        "--prior",
+        metavar="FIT.json",
+        help="isoflop/adaptive prior: the N_opt(C) law of a previous `analysis/fit_scaling.py --json` result",
+    )
+    g.add_argument("--min-steps", type=int, help="isoflop/adaptive: fewest steps a cell may have")
+    g.add_argument("--max-steps", type=int, help="isoflop/adaptive: most steps a cell may have")
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument(
         "--set",
@@ -167,10 +198,26 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         ("min_steps", "isoflop_min_steps"),
         ("max_steps", "isoflop_max_steps"),
         ("batch_size", "batch_size"),
+        ("sizes_per_budget", "sizes_per_budget"),
+        ("size_spread", "size_spread"),
+        ("tokens_per_param", "tokens_per_param"),
+        ("prior", "prior"),
     ):
         v = getattr(args, arg)
         if v is not None:
             top[key] = v
+    design = args.design or spec.design
+    if design != "grid":
+        given = [
+            f for f, v in (("--grid", args.grid), ("--shapes", args.shapes), ("--depths", args.depths)) if v
+        ]
+        if given:
+            raise ValueError(
+                f"{'/'.join(given)} choose the models of the grid design; the {design} design generates its "
+                "own shapes (--sizes-per-budget, --spread, --head-dim)"
+            )
+        if args.head_dim is not None:
+            top["design_head_dim"] = args.head_dim
     shapes = list(args.shapes or [])
     if (args.depths is None) != (args.widths is None):
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
@@ -242,6 +289,12 @@ def _progress_printer():
 
 
 def cmd_status(spec: SweepSpec) -> int:
+    if spec.design == "adaptive":  # the budgets placed so far, at their recorded centres
+        placed = recorded_spec(spec, sweep_dir(spec))
+        if placed is None:
+            print(f"sweep {spec.name}: adaptive, no budget placed yet (launch it)")
+            return 0
+        spec = placed
     cells = {c.cell_id: c for c in expand(spec)}
     uri = resolve_tracking_uri(spec.tracking_uri)
     ids = list(cells) + sorted(set(read_runs(uri, spec.experiment, spec.name)) - set(cells))
@@ -256,7 +309,26 @@ def cmd_status(spec: SweepSpec) -> int:
     return 0
 
 
+def _design_lines(spec: SweepSpec) -> list[str]:
+    """Where the isoflop/adaptive design centred each budget (dry run)."""
+    if spec.design == "grid":
+        return []
+    lines = [p.text() for p in plan_budgets(spec)]
+    if spec.design == "adaptive":
+        lines.append(
+            "adaptive: budgets run smallest first; each one not yet placed is centred on the refit of the "
+            "finished ones when its turn comes (shown here at the prior)"
+        )
+    return lines
+
+
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
+    if spec.design == "adaptive":
+        recorded = {b: v["centre"] for b, v in read_record(sweep_dir(spec)).items() if b in spec.budgets}
+        if recorded:
+            spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
+        if not args.dry_run:
+            return cmd_adaptive(spec, args)
     cells = expand(spec)
     total = sum(c.train_flops for c in cells)
     if args.dry_run:
@@ -271,6 +343,8 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             f"total {total:.3g} training FLOPs (true FLOPs)"
         )
         print(cells_table(cells))
+        for line in _design_lines(spec):
+            print(line)
         sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
         evals = {c.cell_id: cell_eval_flops(c, cell_overrides(spec, c, sdir, uri)) for c in cells}
         gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
@@ -305,6 +379,38 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         + ("" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}")
     )
     return code
+
+
+def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
+    """Run an adaptive sweep budget by budget (`sweeps.design.launch_adaptive`), then the status."""
+
+    def show(step) -> None:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        r = step.launch
+        print(
+            f"budget {format_budget(step.budget)}: centred on N {step.centre.n:.3g} ({step.centre.source}); "
+            f"{len(step.cells)} cells, {len(r.job_ids)} submitted, {len(r.plan.finished)} already finished"
+            + (f"\n  {step.centre.note}" if step.centre.note else "")
+        )
+
+    res = launch_adaptive(
+        spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer(), on_step=show
+    )
+    if res.final is not None:
+        print(
+            f"fit after the last budget: N_opt at {format_budget(max(spec.budgets))} = "
+            f"{res.final.n:.3g} ({res.final.source})"
+        )
+    if res.stopped:
+        print(res.stopped)
+    cmd_status(spec)
+    for cid, err in res.errors.items():
+        print(f"FAILED {cid}: {err}", file=sys.stderr)
+    if res.errors or (res.stopped and not args.no_wait):
+        print("relaunch the same command to retry; placed budgets keep their cells", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _sweep_args(args: argparse.Namespace) -> str:

@@ -1,0 +1,624 @@
+"""Where an IsoFLOP study puts its model sizes, so that every budget brackets the optimum.
+
+- **Shapes** (`FamilyCurve`): depth = c x width^gamma, least squares in log space through the DiT
+  families S, B, L, XL of `dit_core.spec.FAMILIES` (scaled like the sweep's families); widths are
+  multiples of a fixed head dim (heads = width / head_dim); cell ids read ``d2w32-2-1e11``.
+- **Prior** N_opt(C): from a tokens-per-parameter ratio R (`RatioPrior`; tokens = images x tokens
+  per image, and the compute identity C = train_flops_per_image(N) x images, solved along the
+  curve) or from a previous fit, the ``results.json`` of ``analysis/fit_scaling.py`` (`FitPrior`).
+- **Placement** (`place_sizes`): k sizes log-spaced from N_opt / spread to N_opt x spread, snapped to
+  shapes on the curve, every one inside the step window, neighbours at least `min_ratio` apart.
+- **Adaptive** (`launch_adaptive`): budgets from the smallest up; after each, refit with
+  `analysis.pipeline` and centre the next budget on the fitted N_opt; the centre chosen for each
+  budget is recorded in ``<sweep folder>/design.json`` (written under the sweep lock) so that a
+  relaunch proposes the same cells.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dit_core.spec import (
+    FAMILIES,
+    budget_steps,
+    non_embedding_param_count,
+    param_count,
+    train_flops_per_image,
+)
+from sweeps.families import ModelShape, Scale
+from sweeps.grid import Cell, SweepSpec, cell_model_config, format_budget, parse_budget
+
+__all__ = [
+    "DEFAULT_TOKENS_PER_PARAM",
+    "AdaptiveResult",
+    "BudgetPlan",
+    "FamilyCurve",
+    "FitPrior",
+    "RatioPrior",
+    "design_cells",
+    "family_curve",
+    "launch_adaptive",
+    "load_fit_prior",
+    "make_prior",
+    "place_sizes",
+    "plan_budgets",
+    "read_record",
+    "recorded_spec",
+]
+
+log = logging.getLogger(__name__)
+
+#: Hoffmann et al. 2022 (Chinchilla, arXiv:2203.15556): ~20 training tokens per parameter is
+#: compute-optimal for language models. For a DiT a token is one patch of one noised image, so
+#: images per parameter = R / tokens_per_image. Only the centre of the first grid: the spread
+#: around it absorbs a prior that is off by up to `spread`, and `adaptive` replaces it by fits.
+DEFAULT_TOKENS_PER_PARAM = 20.0
+FAMILY_HEAD_DIM = 64  # every family of Table 1 has 64-wide heads
+MIN_SIZE_RATIO = 1.2  # two sizes of one budget closer than this are "near-identical"
+USABLE = ("ok", "extrapolating")
+RECORD = "design.json"
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True)
+class FamilyCurve:
+    """depth = exp(log_c) x width^gamma through the (scaled) families; widths k x head_dim."""
+
+    log_c: float
+    gamma: float
+    head_dim: int
+
+    def depth(self, width: float) -> float:
+        return math.exp(self.log_c + self.gamma * math.log(width))
+
+    def shape(self, depth: int, width: int) -> ModelShape:
+        """``d{depth}w{width}``, heads = width / head_dim."""
+        return ModelShape(f"d{depth}w{width}", depth, width, width // self.head_dim)
+
+    def shapes_at(self, width: int) -> list[ModelShape]:
+        """The shapes of one width: the curve's depth rounded down and up (at least 1)."""
+        d = self.depth(width)
+        return [self.shape(x, width) for x in sorted({max(1, math.floor(d)), max(1, math.ceil(d))})]
+
+
+def default_head_dim(scale: Scale) -> int:
+    """The families' head dim (64) scaled like their widths: 8 for the demo's width / 8; a
+    ``head_dim`` of `Scale` wins when it has one."""
+    hd = getattr(scale, "head_dim", None)
+    return int(hd) if hd else max(4, FAMILY_HEAD_DIM // scale.width_div)
+
+
+def family_curve(scale: Scale, head_dim: int | None = None) -> FamilyCurve:
+    """Least squares of ln depth on ln width over S, B, L, XL, each scaled by ``scale``."""
+    w = np.log([s[1] / scale.width_div for s in FAMILIES.values()])
+    d = np.log([s[0] / scale.depth_div for s in FAMILIES.values()])
+    gamma, log_c = np.polyfit(w, d, 1)
+    hd = default_head_dim(scale) if head_dim is None else head_dim
+    if hd < 4 or hd % 4:
+        raise ValueError(
+            f"head dim {hd} must be a positive multiple of 4 (sin-cos/RoPE embeddings need widths % 4 == 0); "
+            "give --head-dim 8, 16, ..."
+        )
+    return FamilyCurve(float(log_c), float(gamma), hd)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A shape at one patch size: size measure n (total or non-embedding parameters), FLOPs/image."""
+
+    model: ModelShape
+    params: int
+    n: float
+    fpi: float
+
+
+def _measure(cfg, n_axis: str) -> float:
+    return float(non_embedding_param_count(cfg) if n_axis == "non_embedding" else param_count(cfg))
+
+
+def ladder(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: str, n_max: float) -> list[Candidate]:
+    """Shapes along the curve, widths head_dim, 2 head_dim, ... up to size ``n_max``; sorted by n."""
+    out: list[Candidate] = []
+    for m in range(1, 1 << 14):
+        width = m * curve.head_dim
+        row = []
+        for shape in curve.shapes_at(width):
+            cfg = cell_model_config(spec, shape, patch)
+            row.append(Candidate(shape, param_count(cfg), _measure(cfg, n_axis), train_flops_per_image(cfg)))
+        out += row
+        if min(c.n for c in row) > n_max:
+            break
+    return sorted(out, key=lambda c: (c.n, c.model.depth))
+
+
+def continuous_curve(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: str):
+    """(n, flops per image) along the curve with a real-valued depth (both are linear in depth),
+    on a geometric grid of widths from 4 to 2^17: arrays of shape (W,), increasing."""
+    widths = np.unique(np.round(4 * 1.03 ** np.arange(0, 400) / 4).astype(int) * 4)
+    widths = widths[widths <= 1 << 17]
+    ns, fs = [], []
+    for w in widths:
+        one, two = (cell_model_config(spec, ModelShape("c", d, int(w), 1), patch) for d in (1, 2))
+        n1, n2 = _measure(one, n_axis), _measure(two, n_axis)
+        f1, f2 = train_flops_per_image(one), train_flops_per_image(two)
+        depth = max(1.0, curve.depth(float(w)))
+        ns.append(n1 + (depth - 1) * (n2 - n1))
+        fs.append(f1 + (depth - 1) * (f2 - f1))
+    return np.array(ns), np.array(fs)
+
+
+# ---------------------------------------------------------------------------------------------- priors
+
+
+@dataclass
+class RatioPrior:
+    """N_opt(C) where tokens / N = R: solves C = train_flops_per_image(N) x R N / tokens_per_image
+    along the family curve (log-log interpolation; FLOPs per image is not exactly 6 N x tokens)."""
+
+    spec: SweepSpec
+    curve: FamilyCurve
+    tokens_per_param: float = DEFAULT_TOKENS_PER_PARAM
+    n_axis: str = "total"
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def n_opt(self, compute: float, patch: int) -> float:
+        if patch not in self._cache:
+            self._cache[patch] = continuous_curve(self.spec, patch, self.curve, self.n_axis)
+        n, fpi = self._cache[patch]
+        tokens = (self.spec.data.input_size // patch) ** 2
+        g = np.log(fpi * self.tokens_per_param * n / tokens)  # ln C at each point of the curve
+        if not g[0] <= math.log(compute) <= g[-1]:
+            raise ValueError(
+                f"budget {format_budget(compute)}: at {self.tokens_per_param:g} tokens per parameter the "
+                f"compute-optimal size lies off the family curve (C spans {math.exp(g[0]):.3g}.."
+                f"{math.exp(g[-1]):.3g} FLOPs there); change the budget or --tokens-per-param"
+            )
+        return float(np.exp(np.interp(math.log(compute), g, np.log(n))))
+
+    def describe(self) -> str:
+        return f"prior: {self.tokens_per_param:g} tokens per parameter"
+
+
+@dataclass
+class FitPrior:
+    """N_opt(C) of a previous analysis (``results.json`` of ``analysis/fit_scaling.py``)."""
+
+    path: str
+    kind: str  # "parametric" | "isoflop" | "frontier"
+    law: dict
+    n_axis: str = "total"
+    overall_status: str = "ok"
+
+    def n_opt(self, compute: float, patch: int) -> float:
+        p = self.law
+        if self.kind == "parametric":
+            a, b = p["alpha"], p["beta"]
+            g = (a * p["A"] / (b * p["B"])) ** (1.0 / (a + b))
+            return float(g * (compute / p["k"]) ** (b / (a + b)))
+        return float(p["A"] * compute ** (-p["alpha"]))
+
+    def describe(self) -> str:
+        what = {
+            "parametric": "parametric law",
+            "isoflop": "IsoFLOP N_opt law",
+            "frontier": "frontier N_opt law",
+        }
+        return f"prior: {what[self.kind]} of {self.path} (overall status {self.overall_status})"
+
+
+def load_fit_prior(path: str) -> FitPrior:
+    """The first usable N_opt law of a ``results.json``: the parametric law (approach 3, when its
+    allocation is identified), else the IsoFLOP law (approach 2), else the frontier's (approach 1).
+    ValueError naming what is missing or not identified."""
+    p = Path(path)
+    hint = (
+        "write one with `python analysis/fit_scaling.py --json FIT.json`, "
+        "or drop --prior to use --tokens-per-param"
+    )
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--prior {path}: no such file; {hint}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--prior {path}: not readable JSON ({e}); {hint}") from None
+    if not isinstance(data, dict) or "status" not in data:
+        raise ValueError(f"--prior {path}: not an analysis results.json (no 'status'); {hint}")
+    n_axis = (data.get("axes") or {}).get("params", "total")
+    overall = str(data["status"])
+    p3 = data.get("approach3_parametric") or {}
+    tried = []
+    if p3.get("status") in USABLE and data.get("a") is not None and data.get("flops_per_param_datum"):
+        law = {k: float(data[k]) for k in ("A", "B", "alpha", "beta")}
+        return FitPrior(
+            str(path), "parametric", {**law, "k": float(data["flops_per_param_datum"])}, n_axis, overall
+        )
+    tried.append(
+        f"parametric law {p3.get('status', 'absent')}"
+        + ("" if data.get("a") is not None else ", allocation withheld")
+    )
+    for key, kind in (("approach2_isoflop", "isoflop"), ("approach1_frontier", "frontier")):
+        part = data.get(key) or {}
+        law = part.get("N_opt")
+        if part.get("status") in USABLE and isinstance(law, dict) and {"A", "alpha"} <= set(law):
+            return FitPrior(
+                str(path), kind, {"A": float(law["A"]), "alpha": float(law["alpha"])}, n_axis, overall
+            )
+        tried.append(f"{kind} {part.get('status', 'absent')}" + ("" if law else " without an N_opt law"))
+    reasons = "; ".join(map(str, data.get("reasons", [])[:2]))
+    raise ValueError(
+        f"--prior {path}: no usable N_opt law (status {overall}: {', '.join(tried)})"
+        + (f"; {reasons}" if reasons else "")
+        + "; use --tokens-per-param, or refit with budgets that bracket the optimum"
+    )
+
+
+def make_prior(spec: SweepSpec) -> RatioPrior | FitPrior:
+    """The sweep's prior: ``spec.prior`` (a results.json) if set, else the tokens-per-parameter ratio."""
+    if spec.prior:
+        return load_fit_prior(spec.prior)
+    return RatioPrior(spec, family_curve(spec.scale, spec.design_head_dim), spec.tokens_per_param)
+
+
+# ---------------------------------------------------------------------------------------------- placement
+
+
+def size_targets(centre: float, k: int, spread: float) -> np.ndarray:
+    """k sizes log-spaced from centre / spread to centre x spread, shape (k,)."""
+    return centre * spread ** np.linspace(-1.0, 1.0, k)
+
+
+def place_sizes(
+    cands: list[Candidate], centre: float, k: int, spread: float, min_ratio: float
+) -> list[Candidate]:
+    """k of ``cands`` (sorted by n) closest to the log-spaced targets (least squares in ln n), with
+    neighbours at least ``min_ratio`` apart; fewer (down to 1) when k do not fit. Exact dynamic
+    programme over the candidates in order."""
+    n = np.log([c.n for c in cands])
+    for kk in range(min(k, len(cands)), 0, -1):
+        t = np.log(size_targets(centre, kk, spread)) if kk > 1 else np.array([math.log(centre)])
+        # prev[i]: the last candidate index at least min_ratio below candidate i
+        prev = np.searchsorted(n, n - math.log(min_ratio), side="right") - 1
+        cost = np.full((kk, len(n)), np.inf)
+        arg = np.zeros((kk, len(n)), int)
+        cost[0] = (n - t[0]) ** 2
+        for j in range(1, kk):
+            best = np.minimum.accumulate(cost[j - 1])
+            where = np.array([int(np.argmin(cost[j - 1][: p + 1])) if p >= 0 else -1 for p in prev])
+            ok = prev >= 0
+            cost[j, ok] = best[prev[ok]] + (n[ok] - t[j]) ** 2
+            arg[j] = where
+        if np.isfinite(cost[-1]).any():
+            i = int(np.argmin(cost[-1]))
+            picks = [i]
+            for j in range(kk - 1, 0, -1):
+                i = int(arg[j, i])
+                picks.append(i)
+            return [cands[i] for i in reversed(picks)]
+    return []
+
+
+@dataclass
+class BudgetPlan:
+    """The sizes of one (budget, patch size) slice and where they came from."""
+
+    budget: float
+    patch: int
+    centre: float
+    source: str
+    cells: list[Cell]
+    notes: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        from sweeps.table import format_count
+
+        sizes = ", ".join(format_count(c.params) for c in self.cells)
+        head = (
+            f"budget {format_budget(self.budget)} patch {self.patch}: centre N_opt {self.centre:.3g} "
+            f"({self.source}); sizes {sizes}"
+        )
+        return "\n".join([head] + [f"  {n}" for n in self.notes])
+
+
+def min_ratio_of(spec: SweepSpec) -> float:
+    """Neighbouring sizes of one budget differ at least by this factor: the square root of the
+    targets' own ratio, and never less than MIN_SIZE_RATIO."""
+    step = spec.size_spread ** (2.0 / (spec.sizes_per_budget - 1))
+    return max(MIN_SIZE_RATIO, math.sqrt(step))
+
+
+def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
+    """The isoflop/adaptive design of ``spec``: per budget (ascending) and patch size, the cells."""
+    prior = prior if prior is not None else make_prior(spec)
+    curve = family_curve(spec.scale, spec.design_head_dim)
+    n_axis = getattr(prior, "n_axis", "total")
+    k, spread, ratio = spec.sizes_per_budget, spec.size_spread, min_ratio_of(spec)
+    lo_s, hi_s = spec.isoflop_min_steps, spec.isoflop_max_steps
+    plans: list[BudgetPlan] = []
+    for budget in sorted(set(spec.budgets)):
+        for patch in spec.patch_sizes:
+            given = spec.isoflop_centres.get(budget)
+            centre = float(given) if given else prior.n_opt(budget, patch)
+            source = "centre given for this budget" if given else prior.describe()
+            # a slice cut by the step window may shift by one more spread factor, never further
+            window = (centre / spread**2, centre * spread**2)
+            cands = [
+                c
+                for c in ladder(spec, patch, curve, n_axis, window[1])
+                if window[0] <= c.n <= window[1]
+                and lo_s <= budget_steps(budget, c.fpi, spec.batch_size) <= hi_s
+            ]
+            picked = place_sizes(cands, centre, k, spread, ratio)
+            if len(picked) < 3:
+                raise ValueError(
+                    f"IsoFLOP budget {format_budget(budget)} spans {len(picked)} model size(s) with "
+                    f"{lo_s}..{hi_s} steps within {spread**2:g}x of its N_opt {centre:.3g} ({source}, patch "
+                    f"{patch}); need 3: lower --min-steps (isoflop_min_steps), raise the budget, "
+                    "or widen --spread"
+                )
+            notes = []
+            if len(picked) < k:
+                notes.append(f"only {len(picked)} of {k} sizes fit the step window {lo_s}..{hi_s}")
+            t = size_targets(centre, k, spread)
+            if picked[0].n > t[0] * math.sqrt(ratio):
+                notes.append(
+                    f"the step window {lo_s}..{hi_s} cuts the small end (smallest {picked[0].n:.3g} for a "
+                    f"target {t[0]:.3g})"
+                    + ("; every size is above the centre" if picked[0].n > centre else "")
+                )
+            if picked[-1].n < t[-1] / math.sqrt(ratio):
+                notes.append(
+                    f"the step window {lo_s}..{hi_s} cuts the large end (largest {picked[-1].n:.3g} for a "
+                    f"target {t[-1]:.3g})"
+                    + ("; every size is below the centre" if picked[-1].n < centre else "")
+                )
+            cells = [_cell(spec, c, patch, budget) for c in picked]
+            plans.append(BudgetPlan(budget, patch, centre, source, cells, notes))
+    return plans
+
+
+def _cell(spec: SweepSpec, c: Candidate, patch: int, budget: float) -> Cell:
+    from dit_core.spec import forward_gflops
+
+    cfg = cell_model_config(spec, c.model, patch)
+    return Cell(
+        cell_id=f"{c.model.name}-{patch}-{format_budget(budget)}",
+        model=c.model,
+        patch_size=patch,
+        budget=budget,
+        params=c.params,
+        forward_gflops=forward_gflops(cfg),
+        train_flops_per_image=c.fpi,
+        batch_size=spec.batch_size,
+        steps=budget_steps(budget, c.fpi, spec.batch_size),
+    )
+
+
+def design_cells(spec: SweepSpec) -> list[Cell]:
+    """All cells of an isoflop/adaptive design (what `sweeps.grid.expand` returns for it)."""
+    return [c for p in plan_budgets(spec) for c in p.cells]
+
+
+# ---------------------------------------------------------------------------------------------- adaptive
+
+
+def _record_path(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / RECORD
+
+
+def read_record(sweep_dir: Path) -> dict[float, dict]:
+    """{budget: {"centre", "source", "cells", ...}} of an adaptive sweep ({} before its first launch)."""
+    path = _record_path(sweep_dir)
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {parse_budget(k): v for k, v in data.get("budgets", {}).items()}
+
+
+def _write_record(sweep_dir: Path, record: dict[float, dict]) -> None:
+    path = _record_path(sweep_dir)
+    tmp = path.with_suffix(".tmp")
+    body = {"design": "adaptive", "budgets": {format_budget(b): v for b, v in sorted(record.items())}}
+    tmp.write_text(json.dumps(body, indent=2))
+    os.replace(tmp, path)
+
+
+def recorded_spec(spec: SweepSpec, sweep_dir: Path) -> SweepSpec | None:
+    """The adaptive sweep restricted to its placed budgets, each at its recorded centre (what
+    ``status`` shows); None when no budget has been placed yet."""
+    rec = {b: v for b, v in read_record(sweep_dir).items() if b in set(spec.budgets)}
+    if not rec:
+        return None
+    return spec.replace(budgets=sorted(rec), isoflop_centres={b: v["centre"] for b, v in rec.items()})
+
+
+@dataclass
+class Centre:
+    """Where a budget's sizes are centred and why."""
+
+    n: float
+    source: str
+    note: str = ""
+
+
+@dataclass
+class AdaptiveStep:
+    budget: float
+    centre: Centre
+    cells: list[str]
+    launch: object | None = None  # sweeps.runner.LaunchResult
+    finished: bool = False
+
+
+@dataclass
+class AdaptiveResult:
+    """Per budget: its centre, cells and launch; ``final`` is the refit after the last finished
+    budget at the largest budget (its N_opt), ``stopped`` says why the loop ended early."""
+
+    steps: list[AdaptiveStep] = field(default_factory=list)
+    final: Centre | None = None
+    stopped: str = ""
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return {k: v for s in self.steps if s.launch is not None for k, v in s.launch.errors.items()}
+
+
+def sweep_points(spec: SweepSpec, tracking_uri: str, cell_ids: list[str]):
+    """The analysis points (`analysis.runs.load_runs`) of this sweep's ``cell_ids``."""
+    from analysis.runs import load_runs
+    from sweeps.state import read_runs
+
+    runs = read_runs(tracking_uri, spec.experiment, spec.name)
+    ids = {r.info.run_id for c in cell_ids for r in runs.get(c, [])[:1]}
+    pts = load_runs(spec.experiment, tracking_uri)
+    return pts[pts["run_id"].isin(ids)].reset_index(drop=True)
+
+
+def refit_centre(spec: SweepSpec, prior, points, done: list[float], target: float, patch: int) -> Centre:
+    """N_opt at ``target`` FLOPs from the finished budgets ``done``: the analysis' prediction
+    (`analysis.pipeline.analyze` + `predict`) when it identifies N_opt; else the latest budget's
+    IsoFLOP minimum, or its best size when the minimum is censored, grown to ``target`` with the
+    prior's exponent; else the prior."""
+    from analysis.isoflop import isoflop_profiles, slice_sides
+    from analysis.pipeline import AnalysisConfig, analyze, predict, prepare
+
+    growth = prior.n_opt(target, patch) / prior.n_opt(max(done), patch)
+    cfg = AnalysisConfig(n_bootstrap=0, min_steps=spec.isoflop_min_steps)
+    why = ""
+    try:
+        pr = predict(analyze(points, cfg), target)
+        if pr.n_opt is not None:
+            return Centre(pr.n_opt.value, f"fit of budgets {_budgets(done)}: {pr.source}", pr.status.text())
+        why = f"the fit withholds N_opt ({'; '.join(pr.status.reasons[:1])})"
+    except ValueError as e:
+        why = f"no fit yet ({e})"
+    try:
+        pts = prepare(points, cfg).points
+    except ValueError as e:
+        return Centre(prior.n_opt(target, patch), prior.describe(), f"{why}; no points ({e})")
+    last = max(done)
+    prof = [p for p in isoflop_profiles(pts) if abs(math.log(p.compute / last)) < 0.25]
+    if prof:
+        n = prof[0].n_opt * growth
+        src = (
+            f"IsoFLOP minimum at {format_budget(last)} ({prof[0].n_opt:.3g}) grown with the prior's exponent"
+        )
+        return Centre(n, src, why)
+    sides = [
+        s for s in slice_sides(pts) if abs(math.log(s.compute / last)) < 0.25 and s.side in ("below", "above")
+    ]
+    if sides:
+        s = sides[0]
+        src = (
+            f"best size at {format_budget(last)} ({s.best_n:.3g}, the "
+            f"{'smallest' if s.side == 'below' else 'largest'}: censored) grown with the prior's exponent"
+        )
+        return Centre(s.best_n * growth, src, why)
+    return Centre(prior.n_opt(target, patch), prior.describe() + " (fit not identified)", why)
+
+
+def _budgets(bs) -> str:
+    return ",".join(format_budget(b) for b in sorted(bs))
+
+
+def launch_adaptive(
+    spec: SweepSpec,
+    *,
+    wait: bool = True,
+    poll_s: float = 2.0,
+    on_progress: Callable | None = None,
+    on_step: Callable[[AdaptiveStep], None] | None = None,
+) -> AdaptiveResult:
+    """Run the budgets from the smallest up; place each on the refit of the ones before (the
+    first on the prior). A budget placed once keeps its centre (``design.json``); a relaunch
+    submits only what is missing. Stops at a budget whose cells are not all finished."""
+    from sweeps.lock import sweep_lock
+    from sweeps.runner import launch, sweep_dir
+    from sweeps.state import read_states, resolve_tracking_uri
+
+    if spec.design != "adaptive":
+        raise ValueError(f"launch_adaptive needs design 'adaptive', got {spec.design!r}")
+    if len(spec.patch_sizes) != 1:
+        raise ValueError(
+            "the adaptive design refits one N_opt(C) law: give one patch size (--patch 2), "
+            f"got {spec.patch_sizes}"
+        )
+    patch = spec.patch_sizes[0]
+    prior = make_prior(spec)
+    sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
+    budgets = sorted(set(spec.budgets))
+    result = AdaptiveResult()
+    done: list[float] = []
+    done_cells: list[str] = []
+    for b in budgets:
+        rec = read_record(sdir).get(b)
+        if rec is None:
+            if done:
+                centre = refit_centre(spec, prior, sweep_points(spec, uri, done_cells), done, b, patch)
+            else:
+                given = spec.isoflop_centres.get(b)
+                centre = (
+                    Centre(given, "centre given for this budget")
+                    if given
+                    else Centre(prior.n_opt(b, patch), prior.describe())
+                )
+            sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
+            ids = [c.cell_id for c in design_cells(sub)]
+            with sweep_lock(sdir):
+                record = read_record(sdir)
+                if b not in record:  # another launcher may have placed it meanwhile: its choice stands
+                    record[b] = {
+                        "centre": centre.n,
+                        "source": centre.source,
+                        "note": centre.note,
+                        "cells": ids,
+                    }
+                    _write_record(sdir, record)
+                rec = record[b]
+        centre = Centre(float(rec["centre"]), rec["source"], rec.get("note", ""))
+        sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
+        ids = [c.cell_id for c in design_cells(sub)]
+        if ids != rec["cells"]:
+            raise ValueError(
+                f"budget {format_budget(b)} of adaptive sweep {spec.name!r} was placed as {rec['cells']}; "
+                f"the settings now give {ids} (sizes, spread, step window or model options changed). "
+                f"Use --name for a new sweep, or delete {_record_path(sdir)} with its runs"
+            )
+        log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
+        res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress)
+        cells = {cid: str(sdir / "cells" / cid) for cid in ids}
+        states = read_states(uri, spec.experiment, spec.name, cells)
+        step = AdaptiveStep(b, centre, ids, res, all(s.state == "finished" for s in states.values()))
+        result.steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        if not step.finished:
+            left = sorted(c for c, s in states.items() if s.state != "finished")
+            result.stopped = (
+                f"budget {format_budget(b)} has unfinished cells ({', '.join(left)}); the next budget is "
+                "placed on its fit: relaunch the same command when they finish"
+            )
+            return result
+        done.append(b)
+        done_cells += ids
+    result.final = refit_centre(spec, prior, sweep_points(spec, uri, done_cells), done, budgets[-1], patch)
+    return result
+
+
+def step_dict(step: AdaptiveStep) -> dict:
+    return {
+        "budget": step.budget,
+        "centre": asdict(step.centre),
+        "cells": step.cells,
+        "finished": step.finished,
+    }
