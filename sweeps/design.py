@@ -351,12 +351,9 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
             source = "centre given for this budget" if given else prior.describe()
             # a slice cut by the step window may shift by one more spread factor, never further
             window = (centre / spread**2, centre * spread**2)
-            cands = [
-                c
-                for c in ladder(spec, patch, curve, n_axis, window[1])
-                if window[0] <= c.n <= window[1]
-                and lo_s <= budget_steps(budget, c.fpi, spec.batch_size) <= hi_s
-            ]
+            near = [c for c in ladder(spec, patch, curve, n_axis, window[1]) if window[0] <= c.n <= window[1]]
+            cands = [c for c in near if lo_s <= budget_steps(budget, c.fpi, spec.batch_size) <= hi_s]
+            cut = [c.n for c in near if c not in cands]
             picked = place_sizes(cands, centre, k, spread, ratio)
             if len(picked) < 3:
                 raise ValueError(
@@ -369,13 +366,13 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
             if len(picked) < k:
                 notes.append(f"only {len(picked)} of {k} sizes fit the step window {lo_s}..{hi_s}")
             t = size_targets(centre, k, spread)
-            if picked[0].n > t[0] * math.sqrt(ratio):
+            if picked[0].n > t[0] * math.sqrt(ratio) and any(n < picked[0].n for n in cut):
                 notes.append(
                     f"the step window {lo_s}..{hi_s} cuts the small end (smallest {picked[0].n:.3g} for a "
                     f"target {t[0]:.3g})"
                     + ("; every size is above the centre" if picked[0].n > centre else "")
                 )
-            if picked[-1].n < t[-1] / math.sqrt(ratio):
+            if picked[-1].n < t[-1] / math.sqrt(ratio) and any(n > picked[-1].n for n in cut):
                 notes.append(
                     f"the step window {lo_s}..{hi_s} cuts the large end (largest {picked[-1].n:.3g} for a "
                     f"target {t[-1]:.3g})"

@@ -110,18 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--sizes-per-budget",
         type=int,
+        metavar="K",
         help="isoflop/adaptive: model sizes per budget (default 5, at least 3)",
     )
     g.add_argument(
         "--spread",
         type=float,
         dest="size_spread",
+        metavar="F",
         help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, log-spaced "
         "(default 4: 1/4, 1/2, 1, 2, 4 x N_opt with 5 sizes)",
     )
     g.add_argument(
         "--tokens-per-param",
         type=float,
+        metavar="R",
         help="isoflop/adaptive prior: training tokens (images x patches per image) per parameter at the "
         "optimum (default 20, Chinchilla's ratio; Hoffmann et al. 2022)",
     )
