@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from dit_core.spec import FAMILIES, model_config, param_count, train_flops_per_image
 from sweeps import launch as cli
@@ -312,7 +313,7 @@ def law_spec(tmp_path: Path, uri: str, **kw) -> SweepSpec:
     )
 
 
-def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tmp_path):
+def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tmp_path, capsys):
     spec = law_spec(tmp_path, job_env)
     prior = make_prior(spec)
     truth = {b: true_n_opt(spec, b) for b in spec.budgets}
@@ -339,9 +340,19 @@ def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tm
     assert all(s.launch.submitted == [] for s in again.steps)
     assert [s.cells for s in again.steps] == [s.cells for s in res.steps]
     assert read_record(Path(spec.output_dir) / spec.name) == record
+    # the CLI on the same sweep: nothing to submit, the placed budgets and the status table
+    conf = tmp_path / "law.yaml"
+    conf.write_text(yaml.safe_dump(spec.to_dict()))
+    assert cli.main(["-c", str(conf), "--poll", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "budget 3e12: centred on N" in out and "0 submitted, 5 already finished" in out
+    assert "fit after the last budget: N_opt at 3e12" in out and out.count(" finished ") >= 20
     # other settings would place other cells for the recorded budgets: refused
     with pytest.raises(ValueError, match="budget 1e11 of adaptive sweep 'adaptive' was placed as"):
         launch_adaptive(spec.replace(size_spread=3.0), poll_s=0.05)
-    print(f"adaptive: N_opt(3e12) fitted {res.final.n:.4g}, true {truth[3e12]:.4g} ({ratio:.3f}x)")
-    for s in res.steps:
-        print(f"  {s.budget:.0e}: centre {s.centre.n:.3g} ({s.centre.source}); true {truth[s.budget]:.3g}")
+    with capsys.disabled():
+        print(f"\nadaptive: N_opt(3e12) fitted {res.final.n:.4g}, true {truth[3e12]:.4g} ({ratio:.3f}x)")
+        for s in res.steps:
+            print(
+                f"  {s.budget:.0e}: centre {s.centre.n:.3g} ({s.centre.source}); true {truth[s.budget]:.3g}"
+            )
