@@ -482,46 +482,57 @@ def sweep_points(spec: SweepSpec, tracking_uri: str, cell_ids: list[str]):
 
 
 def refit_centre(spec: SweepSpec, prior, points, done: list[float], target: float, patch: int) -> Centre:
-    """N_opt at ``target`` FLOPs from the finished budgets ``done``: the analysis' prediction
-    (`analysis.pipeline.analyze` + `predict`) when it identifies N_opt; else the latest budget's
-    IsoFLOP minimum, or its best size when the minimum is censored, grown to ``target`` with the
-    prior's exponent; else the prior."""
-    from analysis.isoflop import isoflop_profiles, slice_sides
+    """N_opt at ``target`` FLOPs from the finished budgets ``done``.
+
+    The analysis' prediction (`analysis.pipeline.analyze` + `predict`, no bootstrap) when it
+    identifies N_opt and lies within ``size_spread`` of the anchor; the anchor is the latest
+    budget's IsoFLOP minimum, or its best size when the minimum is not inside its sizes (censored),
+    grown to ``target`` with the prior's exponent, and is used when the fit withholds N_opt or
+    strays further; with neither, the prior (the note says why)."""
     from analysis.pipeline import AnalysisConfig, analyze, predict, prepare
 
-    growth = prior.n_opt(target, patch) / prior.n_opt(max(done), patch)
     cfg = AnalysisConfig(n_bootstrap=0, min_steps=spec.isoflop_min_steps)
-    why = ""
+    fit, why = None, ""
     try:
         pr = predict(analyze(points, cfg), target)
         if pr.n_opt is not None:
-            return Centre(pr.n_opt.value, f"fit of budgets {_budgets(done)}: {pr.source}", pr.status.text())
-        why = f"the fit withholds N_opt ({'; '.join(pr.status.reasons[:1])})"
+            fit = Centre(pr.n_opt.value, f"fit of budgets {_budgets(done)}: {pr.source}", pr.status.text())
+        else:
+            why = f"the fit withholds N_opt ({'; '.join(pr.status.reasons[:1])})"
     except ValueError as e:
         why = f"no fit yet ({e})"
     try:
-        pts = prepare(points, cfg).points
+        anchor = _anchor(prepare(points, cfg).points, max(done), prior, target, patch)
     except ValueError as e:
-        return Centre(prior.n_opt(target, patch), prior.describe(), f"{why}; no points ({e})")
-    last = max(done)
-    prof = [p for p in isoflop_profiles(pts) if abs(math.log(p.compute / last)) < 0.25]
-    if prof:
-        n = prof[0].n_opt * growth
-        src = (
-            f"IsoFLOP minimum at {format_budget(last)} ({prof[0].n_opt:.3g}) grown with the prior's exponent"
+        anchor, why = None, f"{why}; no usable points ({e})"
+    if fit is not None and (anchor is None or abs(math.log(fit.n / anchor.n)) <= math.log(spec.size_spread)):
+        return fit
+    if fit is not None:
+        why = (
+            f"the fit's N_opt {fit.n:.3g} ({fit.source}) is more than {spec.size_spread:g}x from this anchor"
         )
-        return Centre(n, src, why)
-    sides = [
-        s for s in slice_sides(pts) if abs(math.log(s.compute / last)) < 0.25 and s.side in ("below", "above")
-    ]
-    if sides:
-        s = sides[0]
-        src = (
-            f"best size at {format_budget(last)} ({s.best_n:.3g}, the "
-            f"{'smallest' if s.side == 'below' else 'largest'}: censored) grown with the prior's exponent"
-        )
-        return Centre(s.best_n * growth, src, why)
+    if anchor is not None:
+        return Centre(anchor.n, anchor.source, why)
     return Centre(prior.n_opt(target, patch), prior.describe() + " (fit not identified)", why)
+
+
+def _anchor(pts, last: float, prior, target: float, patch: int) -> Centre | None:
+    """The latest budget's IsoFLOP minimum (or best size) grown to ``target`` as the prior grows."""
+    from analysis.isoflop import isoflop_profiles, slice_sides
+
+    growth = prior.n_opt(target, patch) / prior.n_opt(last, patch)
+    grown = "grown with the prior's exponent"
+    at = format_budget(last)
+    for p in isoflop_profiles(pts):
+        if abs(math.log(p.compute / last)) < 0.25:
+            return Centre(p.n_opt * growth, f"IsoFLOP minimum at {at} ({p.n_opt:.3g}) {grown}")
+    for s in slice_sides(pts):
+        if abs(math.log(s.compute / last)) < 0.25 and s.side != "single":
+            where = {"below": "the smallest: censored", "above": "the largest: censored"}.get(
+                s.side, "interior"
+            )
+            return Centre(s.best_n * growth, f"best size at {at} ({s.best_n:.3g}, {where}) {grown}")
+    return None
 
 
 def _budgets(bs) -> str:

@@ -356,3 +356,22 @@ def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tm
             print(
                 f"  {s.budget:.0e}: centre {s.centre.n:.3g} ({s.centre.source}); true {truth[s.budget]:.3g}"
             )
+
+
+def test_refit_falls_back_to_the_last_isoflop_minimum_then_to_the_prior():
+    from sweeps.design import refit_centre
+
+    spec = load_spec().replace(budgets=[1e11, 1e12], design="adaptive")
+    prior = make_prior(spec)
+    a, b, k = LAW["alpha"], LAW["beta"], 264.0
+    n_law = (a * LAW["A"] / (b * LAW["B"])) ** (1 / (a + b)) * (1e11 / k) ** (b / (a + b))
+    n = n_law * np.logspace(-0.6, 0.6, 5)  # 5 sizes around the law's optimum: too few for the law
+    one = pd.DataFrame({"N": n, "D": 1e11 / (k * n), "C": 1e11, "loss": law_loss(n, 1e11 / (k * n))})
+    c = refit_centre(spec, prior, one, [1e11], 1e12, 2)
+    assert c.source.startswith("IsoFLOP minimum at 1e11") and "no fit yet" in c.note
+    profile_min = float(c.source.split("(")[1].split(")")[0])
+    growth = prior.n_opt(1e12, 2) / prior.n_opt(1e11, 2)
+    assert c.n == pytest.approx(profile_min * growth, rel=3e-3)  # profile_min printed to 3 digits
+    assert profile_min == pytest.approx(n_law, rel=0.2)
+    c = refit_centre(spec, prior, one.iloc[:0], [1e11], 1e12, 2)  # nothing to fit
+    assert c.source.endswith("(fit not identified)") and c.n == pytest.approx(prior.n_opt(1e12, 2))
