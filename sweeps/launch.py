@@ -316,7 +316,13 @@ def _design_lines(spec: SweepSpec) -> list[str]:
     """Where the isoflop/adaptive design centred each budget (dry run)."""
     if spec.design == "grid":
         return []
-    lines = [p.text() for p in plan_budgets(spec)]
+    plans = plan_budgets(spec)
+    if spec.design == "adaptive":
+        record = read_record(sweep_dir(spec))
+        for p in plans:
+            if p.budget in record:
+                p.source = f"placed on {record[p.budget]['source']}"
+    lines = [p.text() for p in plans]
     if spec.design == "adaptive":
         lines.append(
             "adaptive: budgets run smallest first; each one not yet placed is centred on the refit of the "

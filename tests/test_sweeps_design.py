@@ -313,7 +313,10 @@ def law_spec(tmp_path: Path, uri: str, **kw) -> SweepSpec:
     )
 
 
-def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tmp_path, capsys):
+def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(
+        str(Path(__file__).parent)
+    )  # the debug executor imports this module in-process
     spec = law_spec(tmp_path, job_env)
     prior = make_prior(spec)
     truth = {b: true_n_opt(spec, b) for b in spec.budgets}
