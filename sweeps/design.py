@@ -21,7 +21,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import numpy as np
 from dit_core.spec import (
     FAMILIES,
     budget_steps,
+    forward_gflops,
     non_embedding_param_count,
     param_count,
     train_flops_per_image,
@@ -384,8 +385,6 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
 
 
 def _cell(spec: SweepSpec, c: Candidate, patch: int, budget: float) -> Cell:
-    from dit_core.spec import forward_gflops
-
     cfg = cell_model_config(spec, c.model, patch)
     return Cell(
         cell_id=f"{c.model.name}-{patch}-{format_budget(budget)}",
@@ -621,12 +620,3 @@ def launch_adaptive(
         done_cells += ids
     result.final = refit_centre(spec, prior, sweep_points(spec, uri, done_cells), done, budgets[-1], patch)
     return result
-
-
-def step_dict(step: AdaptiveStep) -> dict:
-    return {
-        "budget": step.budget,
-        "centre": asdict(step.centre),
-        "cells": step.cells,
-        "finished": step.finished,
-    }
