@@ -159,7 +159,8 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(tmp_path, monkeypatch, ca
         times["up"] = time.monotonic()
         up.set()
 
-    overrides = {"tracking.uri": uri, "tracking.experiment": "restart", "log_every": 1, "eval.val_every": val_every}
+    overrides = {"tracking.uri": uri, "tracking.experiment": "restart", "log_every": 1,
+                 "eval.val_every": val_every}  # fmt: skip
     cfg = tiny_config(tmp_path / "run", steps=steps, **overrides)
     restarter = threading.Thread(target=restart, daemon=True)
     steps_while_down = []
