@@ -4,7 +4,13 @@ Layout: ``<out>/checkpoints/step_0001000.pt`` (``torch.save`` of a dict of tenso
 lists and dicts only, so ``torch.load(weights_only=True)`` reads it) and ``<out>/checkpoints/latest.json``
 ``{"step": 1000, "file": "step_0001000.pt"}``. Keys: ``model`` and ``ema`` (DiT state dicts),
 ``optimizer``, ``scheduler``, ``rng``, ``data_position``, ``ledger``, ``step``, ``config`` (the flat
-`TrainConfig` dict), ``mlflow_run_id``, plus ``loop`` (the partial log interval) and ``format``.
+`TrainConfig` dict), ``mlflow_run_id``, plus ``loop`` (the partial log interval and the metric
+points not yet sent to MLflow) and ``format``.
+
+A write goes to a temporary file in the same folder, is fsynced and renamed over the target, and the
+folder is fsynced: a job killed at any moment (SIGKILL included) leaves either the old or the new
+checkpoint, never a torn one. The temporary files such a kill leaves behind are removed by the next
+`save_checkpoint` (`remove_partial_writes`).
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_model_from_checkpoint",
+    "remove_partial_writes",
     "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = 1
 _STEP_FILE = re.compile(r"^step_(\d{7,})\.pt$")
+_PARTIAL_FILE = re.compile(r"^\.(step_\d{7,}\.pt|latest\.json)\..+\.tmp$")
 
 
 def checkpoint_dir(out: str | os.PathLike) -> Path:
@@ -53,17 +61,49 @@ def _atomic_write_bytes(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power cut after it keeps the new file)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_partial_writes(out: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that never finished (a killed job) in
+    ``<out>/checkpoints``; returns them. Only one process may write a run's checkpoints."""
+    folder = checkpoint_dir(out)
+    if not folder.is_dir():
+        return []
+    partial = sorted(p for p in folder.iterdir() if _PARTIAL_FILE.match(p.name))
+    for p in partial:
+        p.unlink(missing_ok=True)
+    if partial:
+        log.warning("removed %d unfinished checkpoint write(s) of an earlier, killed job: %s",
+                    len(partial), ", ".join(p.name for p in partial))  # fmt: skip
+    return partial
 
 
 def save_checkpoint(out: str | os.PathLike, state: dict[str, Any], *, keep_last: int = 0) -> Path:
     """Write ``state`` (must hold ``"step"``) to ``<out>/checkpoints/step_{step:07d}.pt`` atomically,
-    point ``latest.json`` at it, and delete all but the newest ``keep_last`` (0 = keep all)."""
+    point ``latest.json`` at it, and delete all but the newest ``keep_last`` (0 = keep all), and the
+    temporary files of earlier writes that were killed."""
     if "step" not in state:
         raise ValueError("save_checkpoint: state needs a 'step' entry")
     folder = checkpoint_dir(out)
     step = int(state["step"])
     path = folder / f"step_{step:07d}.pt"
     state = {"format": CHECKPOINT_FORMAT, **state}
+    remove_partial_writes(folder)
     _atomic_write_bytes(path, lambda f: torch.save(state, f))
     pointer = json.dumps({"step": step, "file": path.name}).encode()
     _atomic_write_bytes(folder / "latest.json", lambda f: f.write(pointer))

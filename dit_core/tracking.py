@@ -11,24 +11,56 @@
 
 Only the main process creates a `RunTracker`; the client API is used (no fluent global run), so a
 caller that has its own active run (a sweep) is not disturbed.
+
+Faults (docs/testing-faults.md): metrics go through a `MetricSender`, a bounded buffer emptied by a
+background thread, so training never waits on the tracking server; while the server is unreachable
+points stay buffered and are retried, and are sent when it is back. Each ``(key, step)`` is logged
+once per run: a resumed run skips the points the server already holds (a SIGKILLed job replays the
+steps after its checkpoint), and the points not yet sent when a checkpoint is written are stored in
+it (`RunTracker.unsent_points` / `RunTracker.requeue`). A run is created with a key saved in
+``<out>/mlflow_run_key`` first, so a job killed between creating the run and saving its id finds
+the run again instead of creating a second one.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import subprocess
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_EXPERIMENT", "RUN_ID_FILE", "RunTracker", "executor_tags", "format_param", "git_commit"]
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "MAX_BUFFERED_POINTS",
+    "RUN_ID_FILE",
+    "RUN_KEY_FILE",
+    "RUN_KEY_TAG",
+    "MetricSender",
+    "RunTracker",
+    "executor_tags",
+    "format_param",
+    "git_commit",
+]
 
 #: The MLflow experiment the trainer, the demo sweep and the analysis use unless told otherwise.
 DEFAULT_EXPERIMENT = "ditscale-demo"
 RUN_ID_FILE = "mlflow_run_id"
+#: ``<out>/mlflow_run_key``: written before the run is created, and tagged on it as `RUN_KEY_TAG`.
+RUN_KEY_FILE = "mlflow_run_key"
+RUN_KEY_TAG = "ditscale.run_key"
+#: Metric points a `MetricSender` holds while the server is unreachable before dropping the oldest
+#: (about 100 bytes each; 6 points per log interval: some 16k intervals of outage).
+MAX_BUFFERED_POINTS = 100_000
+#: Points per MLflow ``log_batch`` request (MLflow's limit is 1000 metrics).
+_BATCH = 1000
 _TERMINAL = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED"}
 _MAX_PARAM_LEN = 6000
 
@@ -95,11 +127,168 @@ def get_or_create_experiment(client, name: str) -> str:
         return exp.experiment_id
 
 
-class RunTracker:
-    """One MLflow run: created, or continued when a run id is known (resume, or given by a sweep)."""
+class MetricSender:
+    """Sends metric points to one MLflow run from a background thread, through a bounded buffer.
 
-    def __init__(self, client, run_id: str, resumed: bool):
+    `put` never blocks on the network. The thread sends batches of up to 1000 points with
+    ``client.log_batch``; when that fails (server down, network), the batch goes back to the front
+    of the buffer, one warning names the outage, and the send is retried after ``retry_s[0]``
+    seconds, doubling up to ``retry_s[1]``. When it succeeds again a warning says how long the
+    outage lasted and how many points were sent late. More than ``max_buffered`` points: the oldest
+    are dropped, with a warning (``stats["dropped"]``).
+
+    MLflow's own HTTP client retries a failed request for minutes before raising
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` = 7 with backoff factor 2, capped at 120 s: about 4 min); that
+    only delays delivery here, in this thread. Set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` to leave the
+    retrying to this class (points arrive at most ``retry_s[1]`` s after the server is back).
+    """
+
+    def __init__(
+        self,
+        client,
+        run_id: str,
+        *,
+        max_buffered: int = MAX_BUFFERED_POINTS,
+        retry_s: tuple[float, float] = (0.5, 10.0),
+    ):
+        if max_buffered < 1:
+            raise ValueError(f"max_buffered must be >= 1, got {max_buffered}")
+        self.client, self.run_id = client, run_id
+        self.max_buffered, self.retry_s = int(max_buffered), retry_s
+        self._buffer: collections.deque = collections.deque()
+        self._in_flight: list = []
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._down_since: float | None = None
+        #: sent, dropped, failed_sends, outages, max_buffered (the most points held at once),
+        #: late (points held when the last outage ended), outage_s (total seconds unreachable).
+        self.stats = dict.fromkeys(
+            ("sent", "dropped", "failed_sends", "outages", "max_buffered", "late"), 0
+        ) | {"outage_s": 0.0}
+        self._thread = threading.Thread(target=self._run, name=f"mlflow-metrics-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def put(self, points: list) -> None:
+        """Queue ``mlflow.entities.Metric`` points for sending."""
+        if not points:
+            return
+        with self._cond:
+            self._buffer.extend(points)
+            held = len(self._buffer) + len(self._in_flight)
+            self.stats["max_buffered"] = max(self.stats["max_buffered"], held)
+            over = len(self._buffer) - self.max_buffered
+            if over > 0:
+                for _ in range(over):
+                    self._buffer.popleft()
+                if self.stats["dropped"] == 0:
+                    log.warning("MLflow metric buffer full (%d points) while %s is unreachable: dropping the "
+                                "oldest points (raise max_buffered, or bring the tracking server back)",
+                                self.max_buffered, self.client.tracking_uri)  # fmt: skip
+                self.stats["dropped"] += over
+            self._cond.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        """Points of the ``log_batch`` request under way (0 when none)."""
+        with self._cond:
+            return len(self._in_flight)
+
+    def pending(self) -> list:
+        """Points not yet known to be on the server (in flight first, then buffered), oldest first."""
+        with self._cond:
+            return [*self._in_flight, *self._buffer]
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every point was sent or ``timeout`` seconds passed; return how many are left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._buffer or self._in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(timeout=left if left is not None else 1.0)
+            return len(self._buffer) + len(self._in_flight)
+
+    def close(self, timeout: float | None = None) -> int:
+        """`flush`, then stop the thread; returns the points left unsent (each was warned about)."""
+        left = self.flush(timeout)
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=1.0)
+        if left:
+            log.warning("%d metric points of run %s were not sent to %s (unreachable for %.0f s)", left,
+                        self.run_id, self.client.tracking_uri, self._outage_so_far())  # fmt: skip
+        return left
+
+    def _outage_so_far(self) -> float:
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
+    def _run(self) -> None:
+        delay = self.retry_s[0]
+        while True:
+            with self._cond:
+                while not self._buffer and not self._stopping.is_set():
+                    self._cond.wait()
+                if not self._buffer:
+                    return
+                batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), _BATCH))]
+                self._in_flight = batch
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as err:  # noqa: BLE001 - any failure: keep the points, retry later
+                with self._cond:
+                    self._buffer.extendleft(reversed(batch))
+                    self._in_flight = []
+                    self.stats["failed_sends"] += 1
+                    if self._down_since is None:
+                        self._down_since = time.monotonic()
+                        self.stats["outages"] += 1
+                        log.warning("MLflow at %s is unreachable (%s); training continues, metrics are "
+                                    "buffered (%d now, at most %d) and retried", self.client.tracking_uri,
+                                    _short(err), len(self._buffer), self.max_buffered)  # fmt: skip
+                    self._cond.notify_all()
+                if self._stopping.wait(delay):
+                    return  # closing: what is left is reported by close()
+                delay = min(2 * delay, self.retry_s[1])
+                continue
+            with self._cond:
+                self._in_flight = []
+                self.stats["sent"] += len(batch)
+                if self._down_since is not None:
+                    down = time.monotonic() - self._down_since
+                    self.stats["outage_s"] += down
+                    self.stats["late"] = len(batch) + len(self._buffer)
+                    log.warning("MLflow at %s is reachable again after %.1f s; sending %d buffered metric "
+                                "points", self.client.tracking_uri, down, self.stats["late"])  # fmt: skip
+                    self._down_since = None
+                delay = self.retry_s[0]
+                self._cond.notify_all()
+
+
+def _short(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+class RunTracker:
+    """One MLflow run: created, or continued when a run id is known (resume, or given by a sweep).
+
+    Metrics go through a `MetricSender` (never blocking on the server) and are deduplicated by
+    ``(key, step)``: the first value logged for a step is kept, later ones are skipped, including
+    the ones a resumed run finds already on the server."""
+
+    def __init__(self, client, run_id: str, resumed: bool, *, max_buffered: int = MAX_BUFFERED_POINTS):
         self.client, self.run_id, self.resumed = client, run_id, resumed
+        self._logged: dict[str, set[int]] = {}
+        self.skipped = 0  # points not logged because their (key, step) was already logged
+        if resumed:
+            self._logged = self._steps_on_server()
+        self.sender = MetricSender(client, run_id, max_buffered=max_buffered)
+
+    def _steps_on_server(self) -> dict[str, set[int]]:
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {k: {m.step for m in self.client.get_metric_history(self.run_id, k)} for k in keys}
 
     @classmethod
     def start(
@@ -112,17 +301,24 @@ class RunTracker:
         tags: dict[str, str] | None = None,
         out_dir: str | os.PathLike | None = None,
         reuse_saved_id: bool = True,
+        max_buffered: int = MAX_BUFFERED_POINTS,
     ) -> RunTracker:
-        """Continue ``run_id`` (or, with ``reuse_saved_id``, the id saved in ``<out_dir>/mlflow_run_id``)
-        or create a run in ``experiment``; the id is saved to ``<out_dir>/mlflow_run_id``."""
+        """Continue ``run_id`` (or, with ``reuse_saved_id``, the id saved in ``<out_dir>/mlflow_run_id``,
+        or the run tagged with the key in ``<out_dir>/mlflow_run_key``) or create a run in
+        ``experiment``; the id is saved to ``<out_dir>/mlflow_run_id``."""
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         client = MlflowClient(tracking_uri=uri)
-        id_file = Path(out_dir) / RUN_ID_FILE if out_dir is not None else None
+        out = Path(out_dir) if out_dir is not None else None
+        id_file = out / RUN_ID_FILE if out is not None else None
         if run_id is None and reuse_saved_id and id_file is not None and id_file.is_file():
             run_id = id_file.read_text().strip() or None
         tags = {k: str(v) for k, v in (tags or {}).items()}
+        exp_id = None
+        if run_id is None and out is not None and reuse_saved_id:
+            exp_id = get_or_create_experiment(client, experiment)
+            run_id = _run_with_saved_key(client, exp_id, out)
         if run_id is not None:
             try:
                 run = client.get_run(run_id)
@@ -133,19 +329,20 @@ class RunTracker:
                     "Point --tracking-uri at the store the run was created in, or start a new --out"
                 ) from None
             client.update_run(run_id, status="RUNNING")
-            tracker = cls(client, run_id, resumed=True)
+            tracker = cls(client, run_id, resumed=True, max_buffered=max_buffered)
             log.info("continuing MLflow run %s (%s)", run_id, run.info.run_name)
         else:
-            exp_id = get_or_create_experiment(client, experiment)
-            run = client.create_run(exp_id, run_name=run_name, tags=tags)
-            tracker = cls(client, run.info.run_id, resumed=False)
+            exp_id = exp_id or get_or_create_experiment(client, experiment)
+            run_tags = dict(tags)
+            if out is not None:  # saved before the run exists: a job killed right after finds it
+                run_tags[RUN_KEY_TAG] = uuid.uuid4().hex
+                _atomic_write_text(out / RUN_KEY_FILE, run_tags[RUN_KEY_TAG] + "\n")
+            run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
+            tracker = cls(client, run.info.run_id, resumed=False, max_buffered=max_buffered)
             log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name,
                      experiment, client.tracking_uri)  # fmt: skip
         if id_file is not None:
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = id_file.with_suffix(".tmp")
-            tmp.write_text(tracker.run_id + "\n")
-            os.replace(tmp, id_file)
+            _atomic_write_text(id_file, tracker.run_id + "\n")
         tracker.set_tags({**tags, "status": "running"})
         return tracker
 
@@ -171,12 +368,38 @@ class RunTracker:
             self.client.log_batch(self.run_id, params=new[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        """Queue ``metrics`` at ``step`` (returns at once; see `MetricSender`). A ``(key, step)``
+        already logged in this run is skipped."""
         from mlflow.utils.time import get_current_time_millis
 
         now = get_current_time_millis()
-        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self._queue([(k, float(v), now, int(step)) for k, v in metrics.items()])
+
+    def _queue(self, points: list[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric
+
+        batch = []
+        for key, value, timestamp, step in points:
+            steps = self._logged.setdefault(key, set())
+            if step in steps:
+                self.skipped += 1
+                continue
+            steps.add(step)
+            batch.append(Metric(key, value, timestamp, step))
+        self.sender.put(batch)
+
+    def unsent_points(self) -> list[list]:
+        """``[[key, value, timestamp_ms, step], ...]``: points logged but not known to be on the server
+        (plain lists, for a checkpoint)."""
+        return [[m.key, m.value, m.timestamp, m.step] for m in self.sender.pending()]
+
+    def requeue(self, points: list) -> None:
+        """Queue points saved by `unsent_points` (a resumed run); those already on the server are skipped."""
+        self._queue([(str(k), float(v), int(t), int(s)) for k, v, t, s in points])
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait for buffered metrics to be sent (at most ``timeout`` s); returns how many are left."""
+        return self.sender.flush(timeout)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -191,10 +414,36 @@ class RunTracker:
         """``image``: uint8 ``(H, W, C)`` numpy array or PIL image."""
         self.client.log_image(self.run_id, image, artifact_file=artifact_file)
 
-    def finish(self, status: str) -> None:
-        """Set the ``status`` tag and end the run: finished -> FINISHED, failed -> FAILED,
-        preempted -> KILLED (a requeued job continues the same run)."""
+    def finish(self, status: str, flush_timeout: float | None = 300.0) -> None:
+        """Send the buffered metrics (waiting at most ``flush_timeout`` s), set the ``status`` tag and
+        end the run: finished -> FINISHED, failed -> FAILED, preempted -> KILLED (a requeued job
+        continues the same run)."""
         if status not in _TERMINAL:
             raise ValueError(f"status must be one of {sorted(_TERMINAL)}, got {status!r}")
+        self.sender.close(flush_timeout)
         self.set_tags({"status": status})
         self.client.set_terminated(self.run_id, status=_TERMINAL[status])
+
+
+def _run_with_saved_key(client, exp_id: str, out: Path) -> str | None:
+    """The run of ``exp_id`` tagged with the key in ``<out>/mlflow_run_key``, if there is one."""
+    key_file = out / RUN_KEY_FILE
+    if not key_file.is_file():
+        return None
+    key = key_file.read_text().strip()
+    if not key.isalnum():
+        log.warning("ignoring unreadable %s", key_file)
+        return None
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=2)
+    if runs:
+        log.warning("found MLflow run %s by its key in %s (the run id was never saved: the job that "
+                    "created it was killed); continuing it", runs[0].info.run_id, key_file)  # fmt: skip
+        return runs[0].info.run_id
+    return None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

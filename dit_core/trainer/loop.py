@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -140,6 +141,7 @@ class Trainer:
         self.last_val: float | None = None
         self.last_eval: dict[str, float] = {}
         self.run_id: str | None = None
+        self.unsent_metrics: list[list] = []  # metric points of the checkpoint not yet on the server
         if ckpt is not None:
             self._load(ckpt)
 
@@ -170,6 +172,7 @@ class Trainer:
         loop = ckpt.get("loop", {})
         self.pending = [torch.tensor(v, dtype=torch.float32) for v in loop.get("pending_losses", [])]
         self.last_loss, self.last_val = loop.get("last_loss"), loop.get("last_val")
+        self.unsent_metrics = loop.get("unsent_metrics", [])
         self.run_id = ckpt.get("mlflow_run_id") or None
         log.info("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
 
@@ -180,7 +183,9 @@ class Trainer:
         cfg = self.cfg
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+            tmp = self.out / ".config.json.tmp"  # written whole or not at all (a job may be SIGKILLed)
+            tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+            os.replace(tmp, self.out / "config.json")
         self.start_tracking()
         log.info(
             "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images on "
@@ -308,6 +313,7 @@ class Trainer:
             tags=tags, out_dir=self.out, reuse_saved_id=self.resume != "never",
         )  # fmt: skip
         self.run_id = self.tracker.run_id
+        self.tracker.requeue(self.unsent_metrics)
         derived = {
             "model.params": param_count(self.dit_cfg),
             "model.params_non_embedding": non_embedding_param_count(self.dit_cfg),
@@ -434,7 +440,8 @@ class Trainer:
                 "config": self.flat,
                 "mlflow_run_id": self.run_id or "",
                 "loop": {"pending_losses": [float(v) for v in vec], "last_loss": self.last_loss,
-                         "last_val": self.last_val},
+                         "last_val": self.last_val,
+                         "unsent_metrics": self.tracker.unsent_points() if self.tracker else []},
             }  # fmt: skip
             if self.scaler is not None:
                 state["scaler"] = self.scaler.state_dict()
