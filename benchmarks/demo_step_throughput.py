@@ -5,9 +5,8 @@ learned sigma), backward, fused AdamW. Shapes: 16 px, 1 channel, patch 2 (64 tok
 batch 16; models tiny (d2 w32 h2), S (d3 w48 h6), B (d3 w96 h12), L (d6 w128 h16), XL (d7 w144 h16).
 
 Paths (`--paths`):
-  plain    eager, SDPA attention (the code before the fast path);
-  fast     eager with `dit_core.layers.attention`'s padded attention for narrow heads (the default);
-  compiled fast + `torch.compile` (what `dit_core.fast_path.compile_for_training` does when it compiles).
+  plain    eager (the model as written);
+  compiled `torch.compile` of the model, as `dit_core.fast_path.compile_for_training` does on CPU.
 
 Per thread count, the paths and two fp32 GEMMs (the roof: (B*T) x D x 4D like the model's MLP, and
 512^3) are timed in alternating rounds (A B C / C B A ...) so machine load hits all alike; medians of
@@ -29,7 +28,6 @@ from collections.abc import Callable
 import torch
 
 from dit_core.diffusion import DiffusionConfig, create_diffusion
-from dit_core.layers import fast_cpu_attention
 from dit_core.models import DiT
 from dit_core.spec import model_config, train_flops_per_image
 
@@ -41,7 +39,7 @@ SHAPES: dict[str, tuple[int, int, int]] = {
     "L": (6, 128, 16),
     "XL": (7, 144, 16),
 }
-PATHS = ("plain", "fast", "compiled")
+PATHS = ("plain", "compiled")
 
 
 def demo_config(shape: str):
@@ -67,13 +65,11 @@ def make_step(path: str, cfg, batch: int, seed: int = 0) -> Callable[[], float]:
     call = model
     if path == "compiled":
         call = torch.compile(model, dynamic=False, options={"fallback_random": True})
-    fast = path != "plain"
 
     def step() -> float:
-        with fast_cpu_attention(fast):
-            kwargs = {"y": y, "force_drop_ids": drop}
-            loss = diffusion.training_losses(call, x, t, kwargs, noise=noise)["loss"].mean()
-            loss.backward()
+        kwargs = {"y": y, "force_drop_ids": drop}
+        loss = diffusion.training_losses(call, x, t, kwargs, noise=noise)["loss"].mean()
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())

@@ -7,13 +7,13 @@ model itself (eager) or `torch.compile(model)`. `mode` is the trainer's `compile
 - `"auto"` (or `None`): compile on CUDA (the GPU path as before: `--compile` behaviour), and on
   CPU only when the run is long enough that the compile time is paid back (`cpu_compile_pays`).
 
-Narrow attention heads on CPU take `dit_core.layers.padded_attention` in both eager and compiled
-mode (no setting needed). Compiling changes float rounding only (fused kernels); the inductor uses
-the eager RNG (`fallback_random`), so random ops in the model draw what eager draws.
+Compiling changes float rounding only (fused kernels); on CPU the inductor is told to use the eager
+RNG (`fallback_random`), so random ops in the model draw what eager draws.
 
-Measured on the demo's shapes (2 busy CPU cores, docs/training.md "CPU speed"): compiling the
-model speeds a training step up by ~1.0-1.3x on CPU at 1 thread, and costs 30-130 s with a cold
-inductor cache, ~4 s with a warm one (`TORCHINDUCTOR_CACHE_DIR`, default under /tmp).
+Measured at the demo's shapes (2 busy CPU cores, docs/training.md "CPU speed"): compiling the model
+speeds a CPU training step up by ~1.1-1.2x, and costs 30-130 s with a cold inductor cache and
+1-9 s with a warm one (`TORCHINDUCTOR_CACHE_DIR`, default under /tmp), so on CPU `"auto"` compiles
+only runs planned to take over `CPU_COMPILE_MIN_EAGER_S` eager seconds.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def _normalise(mode: Any) -> str:
 def cpu_compile_pays(train_flops: float | None, threads: int | None = None) -> bool:
     """Whether compiling pays on CPU for a run of `train_flops` true FLOPs (None: unknown, no).
 
-    The compile costs tens of seconds with a cold cache and gains at most ~1.3x at the demo's
-    shapes, so only runs planned to take more than `CPU_COMPILE_MIN_EAGER_S` eager seconds compile.
+    A cold compile costs 30-130 s and saves ~10-15% of the step time, so it pays after roughly
+    10 minutes of eager training: runs planned longer than `CPU_COMPILE_MIN_EAGER_S` compile.
     """
     if train_flops is None or train_flops <= 0:
         return False

@@ -6,9 +6,6 @@ Module and parameter names follow the official DiT checkpoints (facebookresearch
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,51 +17,6 @@ from .rope import apply_rope
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: `x * (1 + scale) + shift`; x `(N, T, D)`, shift/scale `(N, D)`."""
     return torch.addcmul(shift.unsqueeze(1), x, scale.unsqueeze(1) + 1)
-
-
-#: Heads narrower than this run `padded_attention` on CPU (see `attention`).
-CPU_PAD_HEAD_DIM = 16
-_fast_cpu_attention = True
-
-
-@contextlib.contextmanager
-def fast_cpu_attention(enabled: bool) -> Iterator[None]:
-    """Within the block, `attention` on CPU uses `padded_attention` for narrow heads (`enabled`, the
-    default) or always SDPA (`enabled=False`, the plain reference path). Not thread-safe."""
-    global _fast_cpu_attention
-    before, _fast_cpu_attention = _fast_cpu_attention, bool(enabled)
-    try:
-        yield
-    finally:
-        _fast_cpu_attention = before
-
-
-def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, multiple: int = CPU_PAD_HEAD_DIM):
-    """softmax(q k^T / sqrt(d)) v with the head dim zero-padded to a multiple of `multiple`.
-
-    q, k, v `(N, heads, T, d)` -> `(N, heads, T, d)`. The zero channels add exact zeros to every dot
-    product and are sliced off the output, so the result equals SDPA up to float rounding. Why: at
-    d = 8 or 9 (the demo's heads) the CPU's batched GEMMs with an inner or outer size of 8-9 run
-    1.5-2x slower than at 16, and CPU SDPA is no faster than them (benchmarks/demo_step_throughput.py).
-    """
-    d = q.shape[-1]
-    pad = -d % multiple
-    if pad:
-        q, k, v = (F.pad(z, (0, pad)) for z in (q, k, v))
-    scores = torch.matmul(q * d**-0.5, k.transpose(-2, -1))  # (N, heads, T, T)
-    out = torch.matmul(scores.softmax(dim=-1), v)
-    return out[..., :d] if pad else out
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention, q `(N, heads, T, d)`, k, v `(N, heads, S, d)` -> `(N, heads, T, d)`.
-
-    SDPA everywhere (flash / memory-efficient kernels on GPU), except on CPU with heads narrower than
-    `CPU_PAD_HEAD_DIM`, where `padded_attention` is faster (unless disabled by `fast_cpu_attention`).
-    """
-    if _fast_cpu_attention and q.device.type == "cpu" and q.shape[-1] < CPU_PAD_HEAD_DIM:
-        return padded_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 class PatchEmbed(nn.Module):
@@ -142,7 +94,7 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused q;k;v projection and `attention`; optional RoPE on q, k."""
+    """Multi-head self-attention with a fused q;k;v projection and SDPA; optional RoPE on q, k."""
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
@@ -157,7 +109,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # (N, heads, T, head_dim)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(n, t, d))
 
 
@@ -176,5 +128,5 @@ class CrossAttention(nn.Module):
         h, hd = self.num_heads, d // self.num_heads
         q = self.q(x).view(n, t, h, hd).transpose(1, 2)
         k, v = self.kv(context).view(n, context.shape[1], 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        out = attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(n, t, d))
