@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["COMPILE_MODES", "compile_for_training", "cpu_compile_pays", "resolve_compile"]
+__all__ = ["COMPILE_MODES", "compile_for_training", "compile_mode", "cpu_compile_pays", "resolve_compile"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ CPU_COMPILE_MIN_EAGER_S = 600.0
 CPU_EAGER_FLOPS_PER_THREAD = 20e9
 
 
-def _normalise(mode: Any) -> str:
+def compile_mode(mode: Any) -> str:
+    """`"auto"`, `"on"` or `"off"` from a `compile` setting (None -> auto, True/False, any case);
+    `ValueError` otherwise. For validating the trainer's config field."""
     if mode is None:
         return "auto"
     if isinstance(mode, bool):
@@ -67,7 +69,7 @@ def resolve_compile(mode: Any, device: torch.device | str, *, train_flops: float
     `train_flops`: the run's planned training FLOPs (steps x batch x train_flops_per_image), used by
     `"auto"` on CPU. `TORCHDYNAMO_DISABLE=1` in the environment always means no.
     """
-    m = _normalise(mode)
+    m = compile_mode(mode)
     if m == "off" or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
         return False
     if m == "on":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dit_core.diffusion import DiffusionConfig, create_diffusion
-from dit_core.fast_path import compile_for_training, cpu_compile_pays, resolve_compile
+from dit_core.fast_path import compile_for_training, compile_mode, cpu_compile_pays, resolve_compile
 from dit_core.models import DiT
 from dit_core.spec import model_config
 
@@ -70,6 +70,15 @@ def test_resolve_compile_modes():
     assert resolve_compile("auto", "cpu", train_flops=1e15) is True  # hours of CPU: compile
     with pytest.raises(ValueError, match="compile must be one of"):
         resolve_compile("fast", "cpu")
+
+
+def test_compile_mode_normalises_config_values():
+    assert [compile_mode(v) for v in (None, "AUTO", True, "true", False, "off", "on")] == [
+        "auto", "auto", "on", "on", "off", "off", "on",
+    ]  # fmt: skip
+    for bad in ("yes", 1, 0.5):
+        with pytest.raises(ValueError, match="auto"):
+            compile_mode(bad)
 
 
 def test_cpu_compile_pays_threshold_is_monotone():
