@@ -27,6 +27,7 @@ from ..configio import ConfigError
 from ..data import build_dataset, data_accounting, unique_images
 from ..diffusion import create_diffusion
 from ..ema import EMA
+from ..fast_path import compile_for_training
 from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
 from .data_stream import DataStream
@@ -148,8 +149,9 @@ class Trainer:
         if self.amp_dtype is not None:
             _autocast_forward(self.model, self.device.type, self.amp_dtype)
         self.train_model, self.optimizer = acc.prepare(self.model, self.optimizer)
-        if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
+        self.train_model = compile_for_training(
+            self.train_model, cfg.compile, device=self.device, train_flops=self.total * self.batch * self.fpi
+        )
         self.validator = Validator(cfg, self.diffusion, acc, self.autocast)
         self.tracker = None
 
