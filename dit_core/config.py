@@ -328,7 +328,8 @@ class TrainConfig:
     seed: seed of the weights, the data order and the per-step noise.
     precision: "no" (fp32), "bf16" or "fp16" (fp16 needs CUDA).
     grad_checkpointing: recompute each block in the backward pass (activation checkpointing).
-    compile: ``torch.compile`` the model.
+    compile: ``torch.compile`` the model: true, false, or unset (None) = auto: on CPU only when the
+        run is long enough to pay for the compile (`dit_core.fast_path`), on CUDA as false.
     num_workers: DataLoader worker processes.
     log_every: steps between ``train/loss`` (mean over the interval) and the other step metrics.
     """
@@ -345,7 +346,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "no"
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | None = None
     num_workers: int = 0
     log_every: int = 50
 

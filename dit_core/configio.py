@@ -275,7 +275,8 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[st
             docs[section] = field_help(sub)
         text = docs[section].get(name, "")
         shown = default if not isinstance(default, tuple) else ",".join(map(str, default))
-        kwargs: dict[str, Any] = {"nargs": "?", "const": "true"} if hint is bool else {}
+        flag = hint is bool or set(typing.get_args(hint)) == {bool, type(None)}  # alone means true
+        kwargs: dict[str, Any] = {"nargs": "?", "const": "true"} if flag else {}
         groups[section].add_argument(
             *dict.fromkeys([*extra.get(key, []), f"--{key}"]), dest=key, default=argparse.SUPPRESS,
             metavar=name.upper(), help=f"{text} (default: {shown})".replace("%", "%%").strip(), **kwargs,

@@ -14,7 +14,6 @@ from mlflow.tracking import MlflowClient
 
 from dit_core.checkpoint import load_checkpoint
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
-from sweeps.ledger import Ledger
 from sweeps.runner import launch, sweep_dir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -59,7 +58,8 @@ def test_two_task_slurm_cell_is_one_distributed_run_equal_to_one_process(job_env
     for n, res in results.items():
         assert res.errors == {}, f"{n}: {res.errors}"
         assert res.results[cell.cell_id]["step"] == cell.steps
-    job = Ledger.load(sweep_dir(specs["two"])).last(cell.cell_id).job_id
+    (two,) = _runs(uri, specs["two"])
+    job = two.data.tags["job_id"]  # the cell's record: its MLflow run
     assert "NumTasks=2" in _scontrol_job(job).split()
     (r1,), (r2,) = _runs(uri, specs["one"]), _runs(uri, specs["two"])
     assert (r1.data.params["world_size"], r2.data.params["world_size"]) == ("1", "2")

@@ -262,7 +262,8 @@ def test_local_slots_refill_at_once_longest_first_and_never_exceed_the_cap(job_e
         peak = max(peak, alive)
     assert peak == 2  # the cap holds, and is reached
     longest = longest_first(list(cells.values()))[0].cell_id
-    assert longest == "S-2-3e10" and min(spans, key=lambda c: spans[c][0]) == longest
+    first_two = sorted(spans, key=lambda c: spans[c][0])[:2]  # two processes started ms apart may swap
+    assert longest == "S-2-3e10" and longest in first_two
     others = sorted((c for c in spans if c != longest), key=lambda c: spans[c][0])
     # the third cell starts while the long one still runs: a freed slot is refilled at once (in
     # waves of two it would wait for the long cell)
