@@ -294,7 +294,6 @@ def test_local_job_liveness_needs_a_live_submitit_controller():
 
 
 def test_unknown_train_field_fails_before_submitting(capsys, tmp_path, monkeypatch):
-    pytest.importorskip("dit_core.train")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--executor", "local", "--set", "optim.lrr=1e-3"]) == 2
     err = capsys.readouterr().err
