@@ -47,3 +47,17 @@ def test_unpatchify_refuses_a_non_square_token_count_without_hw():
     with pytest.raises(ValueError, match=r"^6 tokens do not form a square grid; pass hw=\(grid_h, grid_w\)$"):
         unpatchify(torch.zeros(1, 6, 4), 2, 1)
     assert unpatchify(torch.zeros(1, 6, 4), 2, 1, hw=(2, 3)).shape == (1, 1, 4, 6)
+
+
+def test_a_latent_with_one_side_not_divisible_by_the_patch_is_refused():
+    model = DiT(**{**TINY, "patch_size": 4}, pos_embed="rope").eval()
+    with pytest.raises(ValueError, match=r"^latent size 8x6 is not divisible by patch_size=4$"):
+        model(torch.randn(1, 2, 8, 6), torch.ones(1), torch.zeros(1, dtype=torch.long))
+
+
+def test_a_sincos_model_refuses_another_width():
+    model = DiT(**TINY).eval()
+    with pytest.raises(
+        ValueError, match=r"^latent size 8x16 differs from input_size=8; .* or use pos_embed='rope'$"
+    ):
+        model(torch.randn(1, 2, 8, 16), torch.ones(1), torch.zeros(1, dtype=torch.long))

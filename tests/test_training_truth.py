@@ -160,9 +160,10 @@ def _saved_activation_bytes(model: DiT, x, t, y, drop) -> tuple[int, torch.Tenso
     return sum(storages.values()), loss
 
 
-def test_activation_checkpointing_same_gradients_less_saved_memory():
-    plain = random_dit(depth=4).train()
-    ckpt = random_dit(depth=4, grad_checkpointing=True).train()
+@pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
+def test_activation_checkpointing_same_gradients_less_saved_memory(pos_embed):
+    plain = random_dit(depth=4, pos_embed=pos_embed).train()
+    ckpt = random_dit(depth=4, pos_embed=pos_embed, grad_checkpointing=True).train()
     ckpt.load_state_dict(plain.state_dict())
     x, t, y, drop = batch(plain, n=8)
     saved = {}
