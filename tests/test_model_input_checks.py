@@ -61,3 +61,9 @@ def test_a_sincos_model_refuses_another_width():
         ValueError, match=r"^latent size 8x16 differs from input_size=8; .* or use pos_embed='rope'$"
     ):
         model(torch.randn(1, 2, 8, 16), torch.ones(1), torch.zeros(1, dtype=torch.long))
+
+
+def test_a_wrong_channel_count_is_refused():
+    model = DiT(**TINY).eval()
+    with pytest.raises(ValueError, match=r"^x has 3 channels, the model expects in_channels=2$"):
+        model(torch.randn(1, 3, 8, 8), torch.ones(1), torch.zeros(1, dtype=torch.long))

@@ -70,3 +70,29 @@ def test_force_drop_ids_select_the_null_label():
         plain = model(x, t, y)
     torch.testing.assert_close(forced, expected)
     assert not torch.allclose(forced[0], plain[0])
+
+
+@pytest.mark.parametrize("block_type", BLOCKS)
+def test_only_in_context_conditioning_adds_two_tokens_to_the_sequence(block_type):
+    model = random_dit(block_type)
+    lengths = []
+    model.blocks[0].register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    x, t, y = inputs()
+    with torch.no_grad():
+        out = model(x, t, y)
+    tokens = (8 // 2) ** 2
+    assert lengths == [tokens + 2 if block_type == "in_context" else tokens]
+    assert out.shape == (3, 4, 8, 8)  # the two conditioning tokens are removed again
+
+
+def test_the_models_patchify_and_unpatchify_are_inverse_and_row_major():
+    model = DiT(
+        input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2, learn_sigma=False
+    )
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float64).reshape(2, 3, 8, 8)
+    tokens = model.patchify(x)
+    assert tokens.shape == (2, 16, 2 * 2 * 3)
+    # token 1 is the patch at grid row 0, column 1; its features are laid out (p_row, p_col, C)
+    torch.testing.assert_close(tokens[0, 1], x[0, :, 0:2, 2:4].permute(1, 2, 0).reshape(-1))
+    torch.testing.assert_close(model.unpatchify(tokens), x)
+    torch.testing.assert_close(model.unpatchify(tokens[:, :8], hw=(2, 4)), x[:, :, :4, :])
