@@ -1,4 +1,7 @@
-"""Shared fixtures: an isolated MLflow store per session, a real `mlflow server`, SLURM detection."""
+"""Shared fixtures: an isolated MLflow store per session, a real `mlflow server`, SLURM detection.
+
+Under DITSCALE_CI=1 every skip fails (the plugin `_ci_policy`, with its allow-list ALLOWED_SKIPS).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+pytest_plugins = ["pytester", "_ci_policy"]
 
 
 @pytest.fixture(scope="session")

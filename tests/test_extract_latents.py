@@ -6,6 +6,7 @@ import json
 import logging
 import os
 
+import diffusers  # a [test] dependency: without it this module errors instead of skipping
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,6 @@ from PIL import Image
 from dit_core import extract_latents as ex
 from dit_core.data import DataConfig, build_dataset, center_crop_arr, flip_decision
 from dit_core.extract_latents import ExtractConfig, extract_latents, main
-
-diffusers = pytest.importorskip("diffusers")
 
 SCALE = 0.18215
 

@@ -159,7 +159,6 @@ def real_spec(tmp_path: Path, uri: str, name: str) -> SweepSpec:
 def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(job_env, tmp_path):
     """Two identical cells run side by side on SLURM; one gets USR2 mid-run, is requeued and resumes.
     Both must end with bit-identical weights, EMA and loss, and the interrupted one in one MLflow run."""
-    pytest.importorskip("dit_core.train")
     import torch
 
     from dit_core.checkpoint import latest_checkpoint, load_checkpoint

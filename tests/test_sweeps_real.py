@@ -11,8 +11,6 @@ from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.runner import launch, sweep_dir
 from sweeps.state import read_states
 
-pytest.importorskip("dit_core.train")
-
 
 def tiny_spec(tmp_path: Path, uri: str) -> SweepSpec:
     """Two custom shapes (1 and 2 blocks, width 32, 2 heads), patch 4 on 16 px digits, batch 8."""
