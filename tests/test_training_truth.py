@@ -9,11 +9,10 @@ import math
 import pytest
 import torch
 from _train_helpers import tiny_config
-from accelerate.state import AcceleratorState
 
 from dit_core.ema import EMA
 from dit_core.models import DiT
-from dit_core.train import _make_accelerator
+from dit_core.trainer.loop import Trainer, make_accelerator
 from dit_core.trainer.rng import StepRandom
 
 TINY = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=2, num_classes=10)
@@ -37,14 +36,6 @@ def batch(model: DiT, n: int = 6, seed: int = 1):
     t = torch.randint(0, 1000, (n,), generator=g)
     y = torch.randint(0, model.num_classes, (n,), generator=g)
     return x, t, y, torch.zeros(n, dtype=torch.long)  # force_drop_ids: none dropped, no global RNG
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps a process-wide state; reset it so each test picks its own precision."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 # ------------------------------------------------------------------ EMA
@@ -120,10 +111,10 @@ def test_label_dropout_rate_drawn_by_the_trainer(p):
 
 # ------------------------------------------------------------------ gradient clipping
 @pytest.mark.parametrize("max_norm", [0.05, 1e6])
-def test_grad_clipping_bounds_the_global_norm(max_norm, fresh_accelerate_state, tmp_path):
+def test_grad_clipping_bounds_the_global_norm(max_norm, tmp_path):
     """The trainer's call, `accelerator.clip_grad_norm_(model.parameters(), max)`, on a prepared model:
     the global norm after it is min(norm, max) and the direction is kept."""
-    acc = _make_accelerator(tiny_config(tmp_path, **{"optim.grad_clip": max_norm}))
+    acc = make_accelerator(tiny_config(tmp_path, **{"optim.grad_clip": max_norm}))
     model = random_dit()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model, opt = acc.prepare(model, opt)
@@ -179,15 +170,13 @@ def test_activation_checkpointing_same_gradients_less_saved_memory(pos_embed):
 
 # ------------------------------------------------------------------ bf16 autocast
 @pytest.mark.parametrize("precision", ["bf16", "no"])
-def test_bf16_autocast_computes_matmuls_in_bf16_on_cpu(precision, fresh_accelerate_state, tmp_path):
-    """The trainer's Accelerator: under bf16 the prepared model's linear layers run in bfloat16 while
-    LayerNorm, the weights and the returned prediction stay float32; with "no", all float32."""
-    acc = _make_accelerator(tiny_config(tmp_path, precision=precision))
-    model = random_dit()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model, opt = acc.prepare(model, opt)
+def test_bf16_autocast_computes_matmuls_in_bf16_on_cpu(precision, tmp_path):
+    """The trainer's own autocast (Accelerate runs with mixed precision "no"): under bf16 the model
+    it trains runs its linear layers in bfloat16 while LayerNorm, the weights and the returned
+    prediction stay float32; with "no", all float32."""
+    tr = Trainer(tiny_config(tmp_path, precision=precision, **{"tracking.enabled": False}))
     dtypes: dict[str, set[torch.dtype]] = {"linear": set(), "layernorm": set()}
-    for m in model.modules():
+    for m in tr.model.modules():
         kind = (
             "linear"
             if isinstance(m, torch.nn.Linear)
@@ -197,7 +186,12 @@ def test_bf16_autocast_computes_matmuls_in_bf16_on_cpu(precision, fresh_accelera
         )
         if kind:
             m.register_forward_hook(lambda mod, inp, out, kind=kind: dtypes[kind].add(out.dtype))
-    x, t, y, drop = batch(model)
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.2)
+    model = tr.train_model
+    x, t, y, drop = batch(tr.model)
     out = model(x, t, y, force_drop_ids=drop)
     low = torch.bfloat16 if precision == "bf16" else torch.float32
     assert dtypes["linear"] == {low}
