@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 1  # bump when the architecture or training loop changes (invalidates caches)
 DOMAINS = ("digits", "photos")
 #: a cached classifier below this held-out accuracy is used, with a warning
-MIN_ACCURACY = {"digits": 0.95, "photos": 0.8}
+MIN_ACCURACY = {"digits": 0.95, "photos": 0.7}
 
 
 @dataclass(frozen=True)
@@ -102,14 +102,16 @@ def photos_recipe(
     holdout: float = 0.25,
 ) -> DomainClassifierRecipe:
     """The ``fid_photos`` classifier of these photos options: the same 3-conv CNN on the data's
-    resolution and channels, 8 epochs over the stream's first 8 192 training crops with random
-    flips, scored on the first 2 000 held-out (validation) crops."""
+    resolution and channels, trained with random flips on the stream's first training crops
+    (colour: 8 192 crops, 8 epochs; grey, where colour cannot help: 16 384 crops, 12 epochs) and
+    scored on the first 2 000 held-out (validation) crops."""
     size = max(8, 4 * round(resolution / 4))
+    grey = channels == 1
     return DomainClassifierRecipe(
         domain="photos", resolution=resolution, input_size=size, channels=channels, width=16,
-        feature_dim=64, epochs=8, batch_size=128, lr=5e-3, max_shift=0, flip=True, train_size=8192,
-        val_size=2000, num_photos=num_photos, crop_scale=tuple(float(s) for s in crop_scale),
-        holdout=float(holdout),
+        feature_dim=64, epochs=12 if grey else 8, batch_size=128, lr=5e-3, max_shift=0, flip=True,
+        train_size=16_384 if grey else 8192, val_size=2000, num_photos=num_photos,
+        crop_scale=tuple(float(s) for s in crop_scale), holdout=float(holdout),
     )  # fmt: skip
 
 
