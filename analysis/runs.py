@@ -33,7 +33,7 @@ OPTIONAL = {  # optional columns and their value when unknown
     "unique": np.nan,
 }
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
-FID_METRICS = ("eval/fid", "eval/fid_digits")
+FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
 
 
 def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:

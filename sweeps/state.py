@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 STATES = ("finished", "queued", "running", "failed", "interrupted", "missing")
+FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present is the cell's FID
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)
 RECORD_TAGS = ("executor", "job_id", "job_folder", "attempts", "config_hash")
@@ -244,7 +245,7 @@ def read_states(
         st.params = dict(run.data.params)
         st.loss = run.data.metrics.get("train/loss")
         st.val_loss = run.data.metrics.get("val/loss")
-        st.fid = run.data.metrics.get("eval/fid", run.data.metrics.get("eval/fid_digits"))
+        st.fid = next((run.data.metrics[k] for k in FID_KEYS if k in run.data.metrics), None)
         if with_progress and st.loss is not None:
             if client is None:
                 from mlflow.tracking import MlflowClient

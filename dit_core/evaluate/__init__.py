@@ -7,16 +7,24 @@
     log_metrics(m, step)   # -> MLflow eval/fid_digits, eval/is_digits at `step`
 
 FID uses clean-fid's "clean" preprocessing (its own PIL bicubic resizer) and the TF Inception weights
-from a local file (see ``features.resolve_inception_weights``); ``*_digits`` metrics use a small CNN
-trained on the digits training split (``digits_classifier``). See docs/evaluation.md.
+from a local file (see ``features.resolve_inception_weights``); ``*_digits`` and ``*_photos`` metrics
+use a small CNN trained on that dataset's training images (``domain_classifier``). See docs/evaluation.md.
 """
 
 from .digits_classifier import DigitsClassifierRecipe, DigitsExtractor
+from .domain_classifier import DomainClassifierRecipe, DomainExtractor, digits_recipe, photos_recipe
 from .features import FeatureExtractor, InceptionExtractor, RandomConvExtractor, resolve_inception_weights
 from .frechet import GaussianStats, fid_from_features, frechet_distance
 from .images import to_uint8
 from .inception_score import inception_score
-from .metrics import DIGITS_METRICS, INCEPTION_METRICS, METRICS, default_metrics, evaluate_samples
+from .metrics import (
+    DIGITS_METRICS,
+    INCEPTION_METRICS,
+    METRICS,
+    PHOTOS_METRICS,
+    default_metrics,
+    evaluate_samples,
+)
 from .pipeline import evaluate_model, log_metrics
 from .precision_recall import precision_recall
 from .reference import reference_stats, resolve_reference
@@ -26,13 +34,17 @@ __all__ = [
     "DIGITS_METRICS",
     "INCEPTION_METRICS",
     "METRICS",
+    "PHOTOS_METRICS",
     "DigitsClassifierRecipe",
     "DigitsExtractor",
+    "DomainClassifierRecipe",
+    "DomainExtractor",
     "FeatureExtractor",
     "GaussianStats",
     "InceptionExtractor",
     "RandomConvExtractor",
     "default_metrics",
+    "digits_recipe",
     "evaluate_model",
     "evaluate_samples",
     "fid_from_features",
@@ -40,6 +52,7 @@ __all__ = [
     "generate_images",
     "inception_score",
     "log_metrics",
+    "photos_recipe",
     "precision_recall",
     "reference_stats",
     "resolve_inception_weights",

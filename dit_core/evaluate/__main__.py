@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reference", default=None, help="digits[:split] | image folder | .npz with arr_0")
+    p.add_argument(
+        "--reference", default=None, help="digits[:split] | photos[:options] | image folder | .npz with arr_0"
+    )
     p.add_argument("--metrics", default=None, help=f"comma list of {sorted(METRICS)}")
     p.add_argument("--inception-weights", default=None, help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
     p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder (latent runs)")

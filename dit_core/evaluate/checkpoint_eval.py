@@ -26,7 +26,7 @@ class CheckpointEvalConfig:
     steps: int = 50
     cfg_scale: float = 1.5
     seed: int = 0
-    reference: str | None = None  # None: "digits" for digits runs, required otherwise
+    reference: str | None = None  # None: the data's own (digits; held-out crops for photos), else required
     metrics: Sequence[str] | None = None  # None: default_metrics(reference)
     inception_weights: str | None = None
     vae: str | None = None  # local diffusers AutoencoderKL folder, for latent runs
@@ -47,6 +47,7 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
     """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder)."""
     from dit_core.checkpoint import load_checkpoint
     from dit_core.config import TrainConfig
+    from dit_core.data import default_reference
     from dit_core.diffusion import create_diffusion
     from dit_core.models import DiT
 
@@ -63,7 +64,7 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
     model = model.to(device).eval()
     diffusion = create_diffusion(tcfg.diffusion)
     data = tcfg.data
-    reference = cfg.reference or ("digits" if data.name == "digits" else None)
+    reference = cfg.reference or default_reference(data)
     if reference is None:
         raise ValueError(
             f"the run trained on {data.name!r} data: pass --reference FOLDER_OR_NPZ of real images"

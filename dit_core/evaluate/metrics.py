@@ -1,4 +1,4 @@
-"""Metrics of a set of samples against a reference: FID, sFID, IS, precision/recall (+ digits variants).
+"""Metrics of a set of samples against a reference: FID, sFID, IS, precision/recall (+ domain variants).
 
 ``evaluate_samples(images, reference, metrics=...)`` -> ``{name: value}`` (no ``eval/`` prefix).
 
@@ -9,6 +9,11 @@
 | is | Inception 1008-way softmax (needs a weights file with logits) | "inception" |
 | fid_digits, precision_digits, recall_digits | digits CNN penultimate (64) | "digits" |
 | is_digits | digits CNN 10-way softmax | "digits" |
+| fid_photos, precision_photos, recall_photos | photos CNN penultimate (64) | "photos" |
+| is_photos | photos CNN softmax over the photographs | "photos" |
+
+A domain metric (``*_digits``, ``*_photos``) needs a reference of its domain (``digits[:split]``,
+``photos[:options]``); its classifier (`domain_classifier`) is chosen from the reference.
 """
 
 from __future__ import annotations
@@ -19,14 +24,21 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .domain_classifier import DOMAINS, DomainExtractor, recipe_for_reference
 from .features import FeatureExtractor, InceptionExtractor
 from .frechet import GaussianStats, fid_from_stats
 from .images import as_image_array
 from .inception_score import inception_score
 from .precision_recall import precision_recall
-from .reference import reference_stats, resolve_reference
+from .reference import ReferenceSource, reference_stats, resolve_reference
 
 log = logging.getLogger(__name__)
+
+
+def domain_metrics(domain: str) -> tuple[str, ...]:
+    """The four metrics of a domain classifier: ``fid_<d>``, ``is_<d>``, ``precision_<d>``, ``recall_<d>``."""
+    return tuple(f"{m}_{domain}" for m in ("fid", "is", "precision", "recall"))
+
 
 # metric -> (extractor family, extractor output)
 METRICS: dict[str, tuple[str, str]] = {
@@ -35,40 +47,51 @@ METRICS: dict[str, tuple[str, str]] = {
     "is": ("inception", "probs"),
     "precision": ("inception", "pool"),
     "recall": ("inception", "pool"),
-    "fid_digits": ("digits", "pool"),
-    "is_digits": ("digits", "probs"),
-    "precision_digits": ("digits", "pool"),
-    "recall_digits": ("digits", "pool"),
 }
-DIGITS_METRICS = ("fid_digits", "is_digits", "precision_digits", "recall_digits")
+for _d in DOMAINS:
+    METRICS |= {m: (_d, "probs" if m.startswith("is_") else "pool") for m in domain_metrics(_d)}
+DIGITS_METRICS = domain_metrics("digits")
+PHOTOS_METRICS = domain_metrics("photos")
 INCEPTION_METRICS = ("fid", "sfid", "precision", "recall")
 
 
+def reference_domain(reference: str) -> str | None:
+    """The domain of a reference name (``"digits"``, ``"photos"``), None for folders and ``.npz`` files."""
+    head = reference.split(":")[0]
+    return head if head in DOMAINS else None
+
+
 def default_metrics(reference: str, inception: bool = True) -> tuple[str, ...]:
-    """Digits metrics for a digits reference, plus the Inception ones when ``inception``."""
-    digits = DIGITS_METRICS if reference.split(":")[0] == "digits" else ()
-    return digits + (INCEPTION_METRICS if inception or not digits else ())
+    """The domain metrics of a digits / photos reference, plus the Inception ones when ``inception``
+    (always for other references)."""
+    domain = reference_domain(reference)
+    own = domain_metrics(domain) if domain else ()
+    return own + (INCEPTION_METRICS if inception or not own else ())
 
 
 def check_metrics(metrics: Sequence[str], reference: str) -> None:
-    """ValueError for unknown names or digits metrics on a non-digits reference."""
+    """ValueError for unknown names or domain metrics on a reference of another domain."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; valid: {sorted(METRICS)}")
-    if reference.split(":")[0] != "digits" and any(METRICS[m][0] == "digits" for m in metrics):
-        raise ValueError(f"*_digits metrics need reference='digits', got {reference!r}")
+    domain = reference_domain(reference)
+    for d in DOMAINS:
+        if d != domain and any(METRICS[m][0] == d for m in metrics):
+            raise ValueError(f"*_{d} metrics need reference='{d}' (or '{d}:...'), got {reference!r}")
 
 
 def build_extractor(
-    family: str, resolution: int, inception_weights: str | None = None, device: str | torch.device = "cpu"
+    family: str,
+    source: ReferenceSource,
+    inception_weights: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> FeatureExtractor:
-    """The default extractor of a family: clean-fid Inception, or the cached digits classifier."""
+    """The default extractor of a family: clean-fid Inception, or the cached classifier of the
+    reference's domain (photos: trained on the same photos options as ``source``)."""
     if family == "inception":
         return InceptionExtractor(inception_weights, device=device)
-    if family == "digits":
-        from .digits_classifier import DigitsExtractor
-
-        return DigitsExtractor(resolution)
+    if family in DOMAINS:
+        return DomainExtractor(recipe_for_reference(family, source.resolution, source.options))
     raise ValueError(f"unknown extractor family {family!r}")
 
 
@@ -86,8 +109,9 @@ def evaluate_samples(
 ) -> dict[str, float]:
     """Metrics of ``images`` (N, C, H, W), uint8 (or float in [0, 255]), against ``reference``.
 
-    extractors: optional ``{"inception": ..., "digits": ...}`` overrides (tests pass tiny ones).
-    The reference stats are computed at the samples' resolution and cached.
+    extractors: optional ``{"inception": ..., "digits": ..., "photos": ...}`` overrides (tests pass
+    tiny ones). The reference stats are computed at the samples' resolution and cached. A domain
+    family also reports its classifier's held-out accuracy as ``<domain>_classifier_acc``.
     """
     check_metrics(metrics, reference)
     x = as_image_array(images)
@@ -100,7 +124,7 @@ def evaluate_samples(
     for family in dict.fromkeys(METRICS[m][0] for m in metrics):
         names = [m for m in metrics if METRICS[m][0] == family]
         if family not in extractors:
-            extractors[family] = build_extractor(family, resolution, inception_weights, device)
+            extractors[family] = build_extractor(family, source, inception_weights, device)
         ext = extractors[family]
         needed = list(dict.fromkeys(METRICS[m][1] for m in names))
         if "probs" in needed and "probs" not in ext.outputs:
@@ -111,19 +135,20 @@ def evaluate_samples(
             )
         fake = ext.extract(x, needed)
         ref = reference_stats(source, ext, [o for o in needed if o != "probs"], use_cache=use_cache)
+        suffix = f"_{family}" if family in DOMAINS else ""
         for m in names:
-            base, out_name = m.removesuffix("_digits"), METRICS[m][1]
+            base, out_name = m.removesuffix(suffix), METRICS[m][1]
             if base in ("fid", "sfid"):
                 out[m] = fid_from_stats(GaussianStats.from_features(fake[out_name]), ref.stats[out_name])
             elif base == "is":
                 out[m] = inception_score(fake["probs"], splits=is_splits)
-        if any(m.removesuffix("_digits") in ("precision", "recall") for m in names):
+        if any(m.removesuffix(suffix) in ("precision", "recall") for m in names):
             p, r = precision_recall(ref.feats["pool"], fake["pool"], k=k)
-            suffix = "_digits" if family == "digits" else ""
             if f"precision{suffix}" in names:
                 out[f"precision{suffix}"] = p
             if f"recall{suffix}" in names:
                 out[f"recall{suffix}"] = r
-        if family == "digits" and getattr(ext, "val_accuracy", None) is not None:
-            out["digits_classifier_acc"] = float(ext.val_accuracy)
-    return {m: out[m] for m in (*metrics, "digits_classifier_acc") if m in out}
+        if family in DOMAINS and getattr(ext, "val_accuracy", None) is not None:
+            out[f"{family}_classifier_acc"] = float(ext.val_accuracy)
+    extra = [f"{d}_classifier_acc" for d in DOMAINS]
+    return {m: out[m] for m in (*metrics, *extra) if m in out}

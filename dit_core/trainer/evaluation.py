@@ -42,9 +42,12 @@ def evaluate_samples(
         log.warning("eval: no eval.reference set for %s data; sample metrics skipped", data.name)
         return {}
     from ..evaluate import evaluate_model
-    from ..evaluate.metrics import DIGITS_METRICS
+    from ..evaluate.metrics import default_metrics, reference_domain
 
-    names = e.metrics or (DIGITS_METRICS if reference.startswith("digits") else ("fid",))
+    # default: the domain metrics (eval/fid_digits, eval/fid_photos, ...; no Inception), else Inception FID
+    names = e.metrics or (
+        default_metrics(reference, inception=False) if reference_domain(reference) else ("fid",)
+    )
     return evaluate_model(
         model, diffusion, num_samples=e.num_samples, batch_size=e.batch_size, sampler=e.sampler,
         steps=e.steps, cfg_scale=guidance_scale(cfg), seed=cfg.seed, num_classes=dit.num_classes,
