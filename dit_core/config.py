@@ -239,6 +239,8 @@ class EvalConfig:
     steps: sampler steps.
     cfg_scale: classifier-free guidance scale of the samples.
     batch_size: batch of validation and sampling.
+    clip_denoised: clamp the sampler's x0 estimate to [-1, 1] at every step; None = on for pixel-space
+        data, off for latents (whose range is not [-1, 1]).
     reference: FID reference; None = the data's own (``digits``; held-out crops for ``photos``);
         other data must name one.
     metrics: metric names; None = the reference's default metrics.
@@ -256,6 +258,7 @@ class EvalConfig:
     cfg_scale: float = 1.5
     batch_size: int = 100
     reference: str | None = None
+    clip_denoised: bool | None = None
     metrics: tuple[str, ...] | None = None
     grid_images: int = 16
 

@@ -133,6 +133,18 @@ def _gaussian_predict(d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, i: int
     return d.p_mean_variance(f(x, d.model_timesteps(t)), x, t)
 
 
+def _clip_x0(
+    d: GaussianDiffusion, p: dict[str, torch.Tensor], x: torch.Tensor, i: int
+) -> dict[str, torch.Tensor]:
+    """``p`` with x0_hat clamped to the data range [-1, 1] and eps_hat, the posterior mean made
+    consistent with it (ADM's ``clip_denoised``, for pixel-space models)."""
+    x0 = p["pred_x0"].clamp(-1.0, 1.0)
+    a, s = _levels(d, i)
+    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    mean, _, _ = d.q_posterior_mean_variance(x0, x, t)
+    return {**p, "pred_x0": x0, "pred_eps": (x - a * x0) / s, "mean": mean}
+
+
 def _sample_gaussian(
     d: GaussianDiffusion,
     f: Denoiser,
@@ -141,9 +153,12 @@ def _sample_gaussian(
     eta: float,
     generator: torch.Generator | None,
     progress: bool,
+    clip_denoised: bool = False,
 ) -> torch.Tensor:
     for i in tqdm(range(d.num_timesteps - 1, -1, -1), disable=not progress, desc=sampler):
         p = _gaussian_predict(d, f, x, i)
+        if clip_denoised:
+            p = _clip_x0(d, p, x, i)
         if sampler == "ddpm":
             x = p["mean"]
             if i > 0:
@@ -250,6 +265,7 @@ def sample(
     guide_channels: int | None = None,
     progress: bool = False,
     noise: torch.Tensor | None = None,
+    clip_denoised: bool = False,
 ) -> torch.Tensor:
     """Draw N = shape[0] samples (N, C, H, W) from `model`.
 
@@ -259,6 +275,7 @@ def sample(
     grid of `steps` intervals; Heun costs 2 evaluations per step), "ddim" or "ddpm".
     cfg_scale: classifier-free guidance scale (1 = none), one batched forward per evaluation.
     noise: optional starting noise (N, C, H, W); otherwise drawn with `generator`.
+    clip_denoised: clamp each step's x0 estimate to [-1, 1] (pixel-space data; Gaussian diffusion).
     The model runs in eval mode under no_grad; its training flag is restored afterwards.
     """
     _validate(diffusion, sampler, steps, cfg_scale, eta)
@@ -271,11 +288,13 @@ def sample(
     with eval_mode(model):
         f = make_denoiser(model, labels, cfg_scale, guide_channels)
         if isinstance(diffusion, FlowMatching):
+            if clip_denoised:
+                raise ValueError("clip_denoised is for Gaussian diffusion; flow sampling does not clip")
             return _sample_flow(diffusion, f, x, steps, sampler, eta, generator, progress)
         if not isinstance(diffusion, GaussianDiffusion):
             raise ValueError(f"unsupported diffusion type {type(diffusion).__name__}")
         d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
-        return _sample_gaussian(d, f, x, sampler, eta, generator, progress)
+        return _sample_gaussian(d, f, x, sampler, eta, generator, progress, clip_denoised)
 
 
 @torch.no_grad()

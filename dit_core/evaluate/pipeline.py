@@ -41,6 +41,7 @@ def evaluate_model(
     extractors: Mapping[str, FeatureExtractor] | None = None,
     metric_device: str | torch.device | None = None,
     save_samples: str | None = None,
+    clip_denoised: bool = False,
 ) -> dict[str, float]:
     """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
 
@@ -62,7 +63,7 @@ def evaluate_model(
         model, diffusion, indices,
         batch_size=batch_size, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
         num_classes=num_classes, image_size=image_size, channels=channels, eta=eta,
-        decode=vae_decoder(vae) if vae is not None else None, device=device,
+        decode=vae_decoder(vae) if vae is not None else None, device=device, clip_denoised=clip_denoised,
     )  # fmt: skip
     images = gather_samples(local, num_samples, accelerator) if accelerator is not None else local
     result: dict[str, float] = {}

@@ -73,6 +73,7 @@ def generate_images(
     eta: float = 0.0,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str | None = None,
+    clip_denoised: bool = False,
 ) -> torch.Tensor:
     """uint8 images (len(indices), C, H, W) for the given global sample indices, in ``batch_size`` batches.
 
@@ -92,6 +93,7 @@ def generate_images(
         x = sample(
             model, diffusion, noise.shape, y,
             sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
+            clip_denoised=clip_denoised,
         )  # fmt: skip
         if decode is not None:
             x = decode(x)

@@ -27,6 +27,12 @@ def guidance_scale(cfg: TrainConfig) -> float:
     return cfg.eval.cfg_scale if cfg.model.class_dropout_prob > 0 else 1.0
 
 
+def clip_denoised(cfg: TrainConfig) -> bool:
+    """``eval.clip_denoised``, or by default: clip for pixel-space data, not for latents."""
+    c = cfg.eval.clip_denoised
+    return c if c is not None else cfg.data.name != "latents"
+
+
 def evaluate_samples(
     model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, accelerator
 ) -> dict[str, float]:
@@ -53,6 +59,7 @@ def evaluate_samples(
         steps=e.steps, cfg_scale=guidance_scale(cfg), seed=cfg.seed, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=tuple(names),
         accelerator=accelerator if accelerator.num_processes > 1 else None,
+        clip_denoised=clip_denoised(cfg),
     )  # fmt: skip
 
 
@@ -68,7 +75,7 @@ def sample_grid(model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, n
     y = torch.arange(n, device=device) % dit.num_classes
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     imgs = sample(model, diffusion, (n, c, s, s), y, sampler=e.sampler, steps=e.steps,
-                  cfg_scale=guidance_scale(cfg), generator=g)  # fmt: skip
+                  cfg_scale=guidance_scale(cfg), generator=g, clip_denoised=clip_denoised(cfg))  # fmt: skip
     grid = make_grid(imgs.float().clamp(-1, 1).cpu(), nrow=int(math.ceil(math.sqrt(n))), padding=1)
     grid = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return grid[..., :1].repeat(3, axis=2) if c == 1 else grid[..., :3]
