@@ -61,7 +61,9 @@ class Scale:
                 raise ValueError(f"scale.{f} must be a positive integer, got {v!r}")
         h = self.head_dim
         if h is not None and (not isinstance(h, int) or isinstance(h, bool) or h < 1):
-            raise ValueError(f"scale.head_dim must be a positive integer or null (keep head counts), got {h!r}")
+            raise ValueError(
+                f"scale.head_dim must be a positive integer or null (keep the head counts), got {h!r}"
+            )
 
     @property
     def is_identity(self) -> bool:

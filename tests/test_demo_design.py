@@ -3,8 +3,9 @@ optimum, heads from a head dim, and a protocol every cell of which the analysis 
 
 from __future__ import annotations
 
-import pytest
 from pathlib import Path
+
+import pytest
 
 from dit_core.spec import model_config, param_count
 from sweeps.families import FAMILIES, Scale, family_shape

@@ -322,7 +322,7 @@ def test_unknown_train_field_fails_before_submitting(dry, capsys, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--executor", "local", "--set", "optim.lrr=1e-3", *dry]) == 2
     err = capsys.readouterr().err
-    assert "lrr" in err and "cell S-2-1.5e11" in err
+    assert "lrr" in err and "cell S-2-" in err  # the demo's first cell
     assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
