@@ -121,7 +121,7 @@ def test_yaml_unknown_keys_are_errors(tmp_path):
 def test_bundled_configs_load():
     demo = load_spec()
     assert demo.name == "demo" and demo.scale == Scale(32, 4, head_dim=4) and demo.data.input_size == 16
-    assert demo.data.in_channels == 3 and demo.executor.name == "auto" and demo.tracking_uri is None
+    assert demo.data.in_channels == 1 and demo.executor.name == "auto" and demo.tracking_uri is None
     big = load_spec("imagenet256")
     assert big.scale.is_identity and big.data.in_channels == 4 and big.patch_sizes == [2, 4, 8]
 
