@@ -104,7 +104,7 @@ def test_bad_input_is_a_clear_error(overrides, message):
 
 
 def test_budget_below_one_step_is_an_error():
-    msg = r"budget 1e9 is smaller than one training step of DiT-L/2 \(32 x 3.86e\+07 FLOPs\), DiT-XL/2"
+    msg = r"budget 1e9 is smaller than one training step of DiT-L/2 \(32 x 3.83e\+07 FLOPs\), DiT-XL/2"
     with pytest.raises(ValueError, match=msg):
         expand(load_spec().replace(budgets=[1e12, 1e9]))  # demo: batch 32
 
