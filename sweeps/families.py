@@ -36,25 +36,38 @@ FAMILIES: dict[str, ModelShape] = {name: ModelShape(name, *shape) for name, shap
 
 @dataclass(frozen=True)
 class Scale:
-    """Shrinks the families for CPU demos: width / width_div, depth / depth_div, heads unchanged.
+    """Shrinks the families for CPU demos: width / width_div, depth / depth_div, and heads.
 
-    With the demo's factors (8, 4) the families become S d3 w48, B d3 w96, L d6 w128, XL d7 w144:
-    the depth ratios (1:1:2:2.33), width ratios (1:2:2.67:3) and head counts of the paper's
-    family are kept exactly, so S < B < L < XL still spans ~30x in parameters.
+    width_div: divides every family's width (must divide 384, 768, 1024 and 1152: 1, 2, 4, ..., 128).
+    depth_div: divides every family's depth (must divide 12, 24 and 28: 1, 2 or 4).
+    head_dim: ``None`` keeps the paper's head counts (6, 12, 16, 16), which at large width_div leaves
+        heads of 2-4 channels (or none that divide, e.g. XL at width_div 32); an integer sets
+        ``heads = width / head_dim`` for every family (the paper's head dim is 64 for S/B/L and 72
+        for XL), so tiny models keep usable attention heads.
+
+    The depth ratios (1:1:2:2.33) and width ratios (1:2:2.67:3) of the paper's families are kept
+    exactly, so S < B < L < XL still spans ~17-20x in parameters. The demo uses (32, 4, head_dim 4):
+    S d3 w12 h3, B d3 w24 h6, L d6 w32 h8, XL d7 w36 h9 (docs/study.md).
     """
 
     width_div: int = 1
     depth_div: int = 1
+    head_dim: int | None = None
 
     def __post_init__(self) -> None:
         for f in ("width_div", "depth_div"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"scale.{f} must be a positive integer, got {v!r}")
+        h = self.head_dim
+        if h is not None and (not isinstance(h, int) or isinstance(h, bool) or h < 1):
+            raise ValueError(
+                f"scale.head_dim must be a positive integer or null (keep the head counts), got {h!r}"
+            )
 
     @property
     def is_identity(self) -> bool:
-        return self.width_div == 1 and self.depth_div == 1
+        return self.width_div == 1 and self.depth_div == 1 and self.head_dim is None
 
     def apply(self, shape: ModelShape) -> ModelShape:
         """The scaled shape; errors if a factor does not divide the family's depth/width evenly."""
@@ -65,15 +78,24 @@ class Scale:
             if size % div:
                 raise ValueError(
                     f"scale: {what} {size} of DiT-{shape.name} is not divisible by {div}; "
-                    "pick factors that divide all family sizes (width_div 1,2,4,8,16; depth_div 1,2,4)"
+                    "pick factors that divide all family sizes (width_div 1,2,4,...,128; depth_div 1,2,4)"
                 )
         width = shape.hidden_size // self.width_div
-        if width % shape.num_heads:
-            raise ValueError(
-                f"scale: width {width} of scaled DiT-{shape.name} is not divisible by its "
-                f"{shape.num_heads} heads; use a smaller width_div"
-            )
-        return ModelShape(shape.name, shape.depth // self.depth_div, width, shape.num_heads)
+        if self.head_dim is None:
+            if width % shape.num_heads:
+                raise ValueError(
+                    f"scale: width {width} of scaled DiT-{shape.name} is not divisible by its "
+                    f"{shape.num_heads} heads; use a smaller width_div or set scale.head_dim"
+                )
+            heads = shape.num_heads
+        else:
+            if width % self.head_dim:
+                raise ValueError(
+                    f"scale: width {width} of scaled DiT-{shape.name} is not divisible by "
+                    f"head_dim {self.head_dim}; choose a head_dim that divides every scaled width"
+                )
+            heads = width // self.head_dim
+        return ModelShape(shape.name, shape.depth // self.depth_div, width, heads)
 
 
 def family_shape(name: str, scale: Scale | None = None) -> ModelShape:

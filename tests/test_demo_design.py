@@ -1,0 +1,84 @@
+"""The default demo's design (issue 11, docs/study.md): scaled families that bracket the measured
+optimum, heads from a head dim, and a protocol every cell of which the analysis can use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dit_core.spec import model_config, param_count
+from sweeps.families import FAMILIES, Scale, family_shape
+from sweeps.grid import expand, load_spec
+from sweeps.task import cell_overrides
+
+DEMO_MIN_STEPS = 50  # analysis/fit_scaling.py --min-steps default: shorter cells are dropped
+
+
+def test_head_dim_sets_heads_from_the_width():
+    scale = Scale(width_div=32, depth_div=4, head_dim=4)
+    shapes = {n: family_shape(n, scale) for n in FAMILIES}
+    for name, shape in shapes.items():
+        paper = FAMILIES[name]
+        assert shape.depth * 4 == paper.depth and shape.hidden_size * 32 == paper.hidden_size
+        assert shape.num_heads * 4 == shape.hidden_size  # heads = width / head_dim
+    assert [shapes[n].num_heads for n in ("S", "B", "L", "XL")] == [3, 6, 8, 9]
+    # without head_dim the paper's head counts are kept, as before
+    assert family_shape("B", Scale(8, 4)).num_heads == FAMILIES["B"].num_heads
+
+
+def test_scale_errors_name_the_fix():
+    with pytest.raises(ValueError, match=r"16 heads; use a smaller width_div or set scale.head_dim"):
+        family_shape("XL", Scale(width_div=32))  # 1152 / 32 = 36 channels for 16 heads
+    with pytest.raises(ValueError, match="not divisible by head_dim 5"):
+        family_shape("S", Scale(width_div=32, head_dim=5))
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="scale.head_dim must be a positive integer"):
+            Scale(head_dim=bad)
+    assert Scale().is_identity and not Scale(head_dim=64).is_identity
+
+
+def test_demo_families_increase_and_bracket_the_measured_optimum():
+    """docs/data.md measured the optimum near 50K parameters at 3e11-1.5e12 FLOPs on 16 px colour
+    crops; the demo's sizes must lie on both sides of it, within ~10K-300K, and keep the paper's ratios."""
+    demo = load_spec()
+    models = demo.models()
+    assert [m.name for m in models] == ["S", "B", "L", "XL"]
+    params = []
+    for m in models:
+        cfg = model_config(
+            depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=2,
+            input_size=demo.data.input_size, in_channels=demo.data.in_channels,
+            num_classes=demo.data.num_classes,
+            frequency_embedding_size=int(demo.train["model.frequency_embedding_size"]),
+        )  # fmt: skip
+        assert m.hidden_size % m.num_heads == 0
+        params.append(param_count(cfg))
+    assert params == sorted(params) and len(set(params)) == 4
+    assert 8e3 <= params[0] < 50e3 < params[-1] <= 300e3
+    # the cells agree with the count above (the sweep passes frequency_embedding_size to the model)
+    by_name = {c.model_name.split("/")[0]: c.params for c in expand(demo) if c.budget == demo.budgets[0]}
+    assert [by_name[f"DiT-{m.name}"] for m in models] == params
+
+
+def test_demo_is_photos_with_tokens_narrower_than_every_width():
+    """A patch token holds p^2 C pixel values; a family whose width is not larger cannot carry the
+    noisy input and the denoising context (measured: S at width 12 on colour, 12 values per token,
+    stays at val loss 0.22-0.25 while B reaches 0.05-0.08; docs/study.md)."""
+    demo = load_spec()
+    assert (demo.data.name, demo.data.input_size, demo.data.in_channels) == ("photos", 16, 1)
+    assert int(demo.train["data.channels"]) == demo.data.in_channels
+    assert int(demo.train["model.frequency_embedding_size"]) < 256
+    for p in demo.patch_sizes:
+        assert min(m.hidden_size for m in demo.models()) >= 2 * p * p * demo.data.in_channels
+
+
+def test_every_demo_cell_is_a_finished_cosine_run_the_analysis_keeps():
+    demo = load_spec()
+    cells = expand(demo)
+    assert len(cells) == 4 * len(demo.budgets) and len(demo.budgets) >= 3
+    assert min(c.steps for c in cells) >= DEMO_MIN_STEPS
+    for c in cells:
+        o = cell_overrides(demo, c, Path("/tmp/x"), "sqlite:///x.db")
+        assert o["optim.schedule"] == "cosine" and float(o["optim.min_lr_ratio"]) > 0
+        assert int(o["eval.val_every"]) == c.steps  # one validation point, at the last step
