@@ -1,4 +1,4 @@
-"""The default demo's design (issue 11, docs/study.md): scaled families that bracket the measured
+"""The photos study's design (`-c photos`, issue 11, docs/study.md): scaled families that bracket the measured
 optimum, heads from a head dim, and a protocol every cell of which the analysis can use."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_scale_errors_name_the_fix():
 def test_demo_families_increase_and_bracket_the_measured_optimum():
     """docs/data.md measured the optimum near 50K parameters at 3e11-1.5e12 FLOPs on 16 px colour
     crops; the demo's sizes must lie on both sides of it, within ~10K-300K, and keep the paper's ratios."""
-    demo = load_spec()
+    demo = load_spec("photos")
     models = demo.models()
     assert [m.name for m in models] == ["S", "B", "L", "XL"]
     params = []
@@ -65,7 +65,7 @@ def test_demo_is_photos_with_tokens_narrower_than_every_width():
     """A patch token holds p^2 C pixel values; a family whose width is not larger cannot carry the
     noisy input and the denoising context (measured: S at width 12 on colour, 12 values per token,
     stays at val loss 0.22-0.25 while B reaches 0.05-0.08; docs/study.md)."""
-    demo = load_spec()
+    demo = load_spec("photos")
     assert (demo.data.name, demo.data.input_size, demo.data.in_channels) == ("photos", 16, 1)
     assert int(demo.train["data.channels"]) == demo.data.in_channels
     assert int(demo.train["model.frequency_embedding_size"]) < 256
@@ -74,7 +74,7 @@ def test_demo_is_photos_with_tokens_narrower_than_every_width():
 
 
 def test_every_demo_cell_is_a_finished_cosine_run_the_analysis_keeps():
-    demo = load_spec()
+    demo = load_spec("photos")
     cells = expand(demo)
     assert len(cells) == 4 * len(demo.budgets) and len(demo.budgets) >= 3
     assert min(c.steps for c in cells) >= DEMO_MIN_STEPS

@@ -194,7 +194,8 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(tmp_path, monkeypatch, ca
         every = list(range(1, steps + 1))
         vals = list(range(0, steps + 1, val_every))
         expected = {"train/loss": every, "lr": every, "perf/images_per_s": every, "val/loss": vals,
-                    "compute/train_flops": [0, *every], "data/images_seen": [0, *every]}  # fmt: skip
+                    "compute/train_flops": [0, *every], "data/images_seen": [0, *every],
+                    "data/unique_images": [0, *every], "data/epochs": [0, *every]}  # fmt: skip
         got = {k: sorted(client.get_metric_history(result.run_id, k), key=lambda m: m.step) for k in expected}
         assert set(runs[0].data.metrics) == set(expected)
         for key, want in expected.items():

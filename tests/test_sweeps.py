@@ -104,9 +104,9 @@ def test_bad_input_is_a_clear_error(overrides, message):
 
 
 def test_budget_below_one_step_is_an_error():
-    msg = r"budget 1e9 is smaller than one training step of DiT-L/2 \(32 x 3.83e\+07 FLOPs\), DiT-XL/2"
+    msg = r"budget 5e9 is smaller than one training step of DiT-L/2 \(16 x 4.96e\+08 FLOPs\), DiT-XL/2"
     with pytest.raises(ValueError, match=msg):
-        expand(load_spec().replace(budgets=[1e12, 1e9]))  # demo: batch 32
+        expand(load_spec().replace(budgets=[1e12, 5e9]))  # demo: batch 16
 
 
 def test_yaml_unknown_keys_are_errors(tmp_path):
@@ -120,7 +120,7 @@ def test_yaml_unknown_keys_are_errors(tmp_path):
 
 def test_bundled_configs_load():
     demo = load_spec()
-    assert demo.name == "demo" and demo.scale == Scale(32, 4, head_dim=4) and demo.data.input_size == 16
+    assert demo.name == "demo" and demo.scale == Scale(8, 4) and demo.data.input_size == 16
     assert demo.data.in_channels == 1 and demo.executor.name == "auto" and demo.tracking_uri is None
     big = load_spec("imagenet256")
     assert big.scale.is_identity and big.data.in_channels == 4 and big.patch_sizes == [2, 4, 8]
@@ -322,7 +322,7 @@ def test_unknown_train_field_fails_before_submitting(dry, capsys, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--executor", "local", "--set", "optim.lrr=1e-3", *dry]) == 2
     err = capsys.readouterr().err
-    assert "lrr" in err and "cell S-2-" in err  # the demo's first cell
+    assert "lrr" in err and "cell S-2-1.5e11" in err
     assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
