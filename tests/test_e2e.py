@@ -19,6 +19,8 @@ import pytest
 from conftest import start_mlflow_server, stop_mlflow_server
 from mlflow.tracking import MlflowClient
 
+from analysis.status import EXIT_CODES
+
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "e2e-demo"
 FAMILIES = ["S", "B", "L", "XL"]
@@ -31,9 +33,11 @@ LAUNCH = [
 ]  # fmt: skip
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: int, ok: tuple[int, ...] = (0,)
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode in ok, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
@@ -52,8 +56,9 @@ def demo(tmp_path_factory):
         [
             sys.executable, str(REPO / "analysis/fit_scaling.py"), "--experiment", EXPERIMENT,
             "--holdout", "largest", "--bootstrap", "50", "--json", "fit.json", "--out", "report",
+            "--min-steps", "10",  # this small grid's cells are short (the default, 50, keeps 3 of 8)
         ],
-        work, env, timeout=600,
+        work, env, timeout=600, ok=tuple(EXIT_CODES.values()),
     )  # fmt: skip
     exp = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
     return {
@@ -117,31 +122,33 @@ def test_relaunching_the_finished_demo_submits_nothing(demo):
 
 
 @pytest.mark.slow
-def test_fit_gives_a_positive_loss_exponent_a_recommendation_and_the_holdout_error(demo):
+def test_fit_reports_a_status_the_exit_code_and_the_holdout_error(demo):
     res = demo["fit_json"]
+    # the exit code is the documented one for the status, and the status comes with its reasons
+    assert demo["fit"].returncode == EXIT_CODES[res["status"]]
+    assert res["status"] == "ok" or res["reasons"], res["status"]
     pure = res["loss_vs_compute_pure"]
-    frontier = res["approach1_frontier"]["law"]
-    # loss falls with compute, significantly: the pure law's 95% interval on alpha excludes 0, and
-    # both laws fit the points (measured on one run: alpha 0.71 [0.61, 0.78], rmse_log 0.17 and 0.04)
-    assert pure["ci95"]["alpha"][0] > 0 and frontier["alpha"] > 0
-    assert pure["rmse_log"] < 0.35 and frontier["rmse_log"] < 0.35
-    # a recommendation (default: at 10x the largest compute run) with a model size and a loss
+    # loss falls with compute, significantly: the pure law's 95% interval on alpha excludes 0 and the
+    # law fits the points (measured on one run: alpha 0.71 [0.61, 0.78], rmse_log 0.17)
+    assert pure["ci95"]["alpha"][0] > 0 and pure["rmse_log"] < 0.35
+    # the prediction (default: at 10x the largest compute run) gives N_opt only when it is identified
     (pred,) = res["predictions"]
     client = MlflowClient(demo["uri"])
     max_c = max(r.data.metrics["compute/train_flops"] for r in _cell_runs(client, demo["experiment_id"]))
     assert pred["compute"] == pytest.approx(10 * max_c, rel=1e-6)
-    assert pred["n_opt"]["value"] > 0 and pred["loss"]["value"] > 0
-    assert pred["nearest_run_shape"]["name"]
-    # the holdout error on the largest-compute runs is reported, in the JSON and on stdout
+    if pred["status"] in ("ok", "extrapolating"):
+        assert pred["n_opt"]["value"] > 0 and pred["loss"]["value"] > 0
+    else:
+        assert pred["n_opt"] is None and pred["reasons"]
+    # the holdout error on the largest-compute runs is reported, in the JSON and on stdout; mape is a
+    # fraction: every held-out loss predicted within 100% ("right order of magnitude", this grid is tiny)
     hold = res["holdout"]
-    # mape is a fraction. This tiny grid extrapolates poorly (measured on one run: mean 0.61, max 0.88),
-    # so the bound is "right order of magnitude": every held-out loss predicted within 100%
     assert hold["n_held_out"] >= 1 and 0 < hold["mape_loss"] <= hold["max_ape_loss"] < 1.0
     out = demo["fit"].stdout
     assert "Holdout (largest compute)" in out and "mean abs error" in out
-    assert "Compute budget" in out
+    assert "Compute budget" in out and res["status"] in out
     report = (demo["dir"] / "report" / "report.md").read_text()
-    for png in ("loss_vs_compute.png", "isoflop.png", "optimal_allocation.png", "fid.png"):
+    for png in ("loss_vs_compute.png", "isoflop.png", "fid.png"):
         assert (demo["dir"] / "report" / png).stat().st_size > 10_000
         assert png in report
 
