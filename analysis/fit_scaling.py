@@ -22,7 +22,8 @@ from analysis.status import (
     EXIT_CODES,
     EXIT_NOT_IDENTIFIED,
 )
-from dit_core.tracking import DEFAULT_EXPERIMENT
+from dit_core.configio import join_negative_values
+from dit_core.tracking import DEFAULT_EXPERIMENT, check_tracking_server
 
 log = logging.getLogger("analysis.fit_scaling")
 
@@ -35,6 +36,17 @@ status and exit codes (status is also in results.json, with its reasons):
   {EXIT_CENSORED}  censored: the optimum lies outside the models trained ("N_opt below X at every budget")
 See docs/analysis.md for what to add to the sweep in each case.
 """
+
+
+def _flops(text: str) -> float:
+    """An argparse type: a positive, finite compute budget in FLOPs."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; write FLOPs like 1e21") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of FLOPs, e.g. 1e21")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("scaling_report"), help="folder for report.md and plots")
     p.add_argument(
         "--predict",
-        type=float,
+        type=_flops,
         action="append",
         default=[],
         metavar="FLOPS",
@@ -121,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -136,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             import mlflow
 
             uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+            check_tracking_server(uri, "start it, or pass --tracking-uri URI (or --csv FILE)")
             exp = args.experiment or DEFAULT_EXPERIMENT
             points, source = load_runs(exp, uri), f"MLflow experiment {exp!r} ({uri})"
         cfg = AnalysisConfig(

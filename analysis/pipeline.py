@@ -257,7 +257,10 @@ def _analyze(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
         removed = pd.concat([prep.dropped[cols], removed[cols]] if len(removed) else [prep.dropped[cols]])
         removed = removed.reset_index(drop=True)
     if len(pts) <= 5:
-        raise ValueError(f"{len(pts)} points after point selection; the parametric law needs more than 5")
+        raise ValueError(
+            f"{len(pts)} points after point selection; the parametric law needs more than 5: "
+            "add runs (more sizes or budgets), or keep more points (--all-points, a lower --min-steps)"
+        )
     msgs: list[str] = []
     d_raw = pts["D_raw"] if "D_raw" in pts.columns else pts["D"]
     k = float(np.median(pts["C"] / (pts["N"] * d_raw)))

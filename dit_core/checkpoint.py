@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -148,8 +149,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise ValueError(f"no checkpoint in {checkpoint_dir(p)}")
         p = found
     if not p.is_file():
-        raise ValueError(f"checkpoint {p} does not exist")
-    return torch.load(p, map_location=map_location, weights_only=True)
+        raise ValueError(
+            f"checkpoint {p} does not exist; pass a run folder or a step_*.pt file in <out>/checkpoints"
+        )
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(
+            f"checkpoint {p} is not a checkpoint written by dit_core.train ({type(e).__name__}); "
+            "pass a run folder or a step_*.pt file in <out>/checkpoints"
+        ) from None
 
 
 def load_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, map_location: str = "cpu"):

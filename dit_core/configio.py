@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
+    "join_negative_values",
     "ConfigError",
     "add_field_flags",
     "apply_flat",
@@ -287,3 +288,21 @@ def flags_to_flat(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The dotted fields that flags from `add_field_flags` set (unset flags are absent)."""
     keys = {k for k, _, _ in iter_fields(cls)}
     return {k: v for k, v in vars(args).items() if k in keys}
+
+
+def join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--budgets -1e11`` -> ``--budgets=-1e11``: argparse takes a value starting with ``-`` (other
+    than ``-1`` or ``-.5``) for an option and says "expected one argument"; joined, the value reaches
+    its parser, whose message names what is wrong with it."""
+    takes_value = {s for a in parser._actions if a.nargs is None for s in a.option_strings}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in takes_value and i + 1 < len(argv) and re.match(r"^-\.?\d", argv[i + 1]):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out

@@ -447,3 +447,23 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def check_tracking_server(uri: str | None, hint: str, timeout_s: float = 5.0) -> None:
+    """Raise ValueError, before anything is created, when ``uri`` is an http(s) MLflow server that
+    does not answer its ``/health`` probe (MLflow itself would retry for minutes). ``hint`` says how
+    to fix it; other URIs (sqlite, file) are not checked here."""
+    import urllib.error
+    import urllib.request
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            if r.status == 200:
+                return
+            why = f"HTTP {r.status}"
+    except (urllib.error.URLError, OSError) as e:
+        why = str(getattr(e, "reason", e))
+    raise ValueError(f"MLflow tracking server {uri} is unreachable ({why}); {hint}")

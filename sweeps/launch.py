@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
+from pathlib import Path
 
-from dit_core.configio import parse_scalar
+from dit_core.configio import join_negative_values, parse_scalar
 from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
 from sweeps.grid import SweepSpec, expand, format_budget, load_spec, parse_budget
@@ -51,24 +51,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise ValueError(f"{message} (`{self.prog} --help` lists the options)")
-
-
-def _join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    """``--budgets -1e11`` -> ``--budgets=-1e11``: argparse takes a value starting with ``-`` (other
-    than ``-1`` or ``-.5``) for an option and says "expected one argument"; joined, the value reaches
-    its parser, whose message names what is wrong with it."""
-    takes_value = {s for a in parser._actions if a.nargs is None for s in a.option_strings}
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        if tok in takes_value and i + 1 < len(argv) and re.match(r"^-\.?\d", argv[i + 1]):
-            out.append(f"{tok}={argv[i + 1]}")
-            i += 2
-            continue
-        out.append(tok)
-        i += 1
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +282,11 @@ def cmd_status(spec: SweepSpec) -> int:
         spec = placed
     cells = {c.cell_id: c for c in expand(spec)}
     uri = resolve_tracking_uri(spec.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise ValueError(  # do not let MLflow create an empty store just to look
+            f"sweep {spec.name}: no MLflow store at {uri}; launch the sweep first, or pass the "
+            "--tracking-uri (and --name / --config) it was launched with"
+        )
     ids = list(cells) + sorted(set(read_runs(uri, spec.experiment, spec.name)) - set(cells))
     run_dirs = {cid: str(sweep_dir(spec) / "cells" / cid) for cid in ids}
     states = read_states(uri, spec.experiment, spec.name, run_dirs, with_progress=True)
@@ -434,7 +421,7 @@ def _sweep_args(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv, parser))
+        args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

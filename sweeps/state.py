@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dit_core.tracking import check_tracking_server
 from sweeps.executor import JobRef, job_liveness
 
 __all__ = [
@@ -99,16 +98,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     """Raise ValueError when the tracking store cannot be used (server down, folder missing)."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as r:
-                if r.status == 200:
-                    return
-                why = f"HTTP {r.status}"
-        except (urllib.error.URLError, OSError) as e:
-            why = str(getattr(e, "reason", e))
-        raise ValueError(f"MLflow tracking server {uri} is unreachable ({why}); {AUTH_HINT}")
+    check_tracking_server(uri, AUTH_HINT, timeout_s)
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir():

@@ -30,6 +30,18 @@ class CellTask:
     threads: int = 0
 
 
+#: `TrainConfig` fields every cell sets itself: `SweepSpec.train` may not set them.
+CELL_KEYS = frozenset(
+    {
+        "model.name", "model.depth", "model.hidden_size", "model.num_heads", "model.patch_size",
+        "model.input_size", "model.in_channels", "model.num_classes", "data.name", "data.root",
+        "data.image_size", "budget.global_batch_size", "budget.max_steps", "budget.train_flops", "out",
+        "tracking.uri",
+        "tracking.experiment", "tracking.sweep", "tracking.grid_cell", "tracking.run_name",
+    }
+)  # fmt: skip
+
+
 def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str) -> dict[str, Any]:
     """Dotted `dit_core.train.TrainConfig` fields for ``cell``; ``spec.train`` is applied first.
 
@@ -37,6 +49,13 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
     and sets ``model.learn_sigma`` from the diffusion as `sweeps.grid.model_learns_sigma` does);
     both ``budget.max_steps`` and ``budget.train_flops`` are set and agree (``steps`` whole steps fit).
     """
+    owned = sorted(k for k in spec.train if k in CELL_KEYS)
+    if owned:
+        raise ValueError(
+            f"train: {', '.join(owned)} set per cell by the sweep, so an override would be ignored; "
+            "use the sweep's own options instead (--grid/--shapes/--patch for the model, --budgets and "
+            "--batch-size for the budget, data: in the YAML, --experiment/--tracking-uri/--output-dir)"
+        )
     out: dict[str, Any] = dict(spec.train)
     out.update(
         {

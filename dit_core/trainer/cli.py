@@ -16,7 +16,8 @@ import sys
 import torch
 
 from ..config import TrainConfig, load_yaml_config
-from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat
+from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat, join_negative_values
+from ..tracking import check_tracking_server
 
 log = logging.getLogger("dit_core.train")
 
@@ -24,6 +25,7 @@ __all__ = ["ALIASES", "EXIT_PREEMPTED", "build_parser", "config_from_args", "mai
 
 #: Exit code of the CLI when a signal stopped the run after a checkpoint (128 + SIGTERM).
 EXIT_PREEMPTED = 143
+TRACKING_HINT = "start it, pass --tracking-uri sqlite:///mlflow.db (a local file), or --no-mlflow"
 
 #: Short flags for common fields (flag -> dotted field); every field also has ``--<dotted.name>``.
 ALIASES = {
@@ -125,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import Trainer
 
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(
+        join_negative_values(sys.argv[1:] if argv is None else argv, parser)
+    )
     if extra:
         flags = {s for a in parser._actions for s in a.option_strings}
         close = [m for e in extra for m in difflib.get_close_matches(e.split("=")[0], flags, n=2)]
@@ -136,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = config_from_args(args)
+        if cfg.tracking.enabled and not args.print_config:
+            check_tracking_server(cfg.tracking.uri, TRACKING_HINT)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
