@@ -4,7 +4,9 @@
   ""), plus ``model.params``, ``model.params_non_embedding``, ``model.forward_gflops``,
   ``model.train_flops_per_image``, ``data.train_size``, ``world_size`` and ``git.commit``;
 - metrics with ``step`` = optimizer step: ``train/loss``, ``val/loss``, ``eval/<metric>``, ``lr``,
-  ``compute/train_flops`` (cumulative true FLOPs), ``data/images_seen``, ``perf/images_per_s``;
+  ``compute/train_flops`` (cumulative true FLOPs), ``data/images_seen``, ``perf/images_per_s``, and at
+  the last step of a finished run ``perf/{startup,mlflow,val,eval,train}_s`` (the trainer's
+  ``FIXED_COST_METRICS``);
 - tags: ``status`` (running / finished / failed / preempted), ``sweep``, ``grid_cell``,
   ``executor``/``job_id`` when run under SLURM or submitit;
 - artifacts: ``config.json`` (the resolved config), ``samples/step_XXXXXXX.png`` sample grids.

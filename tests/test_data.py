@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -101,6 +103,22 @@ def test_digits_native_size_matches_sklearn_values():
     u8, labels = digits_images("all", 8)
     np.testing.assert_array_equal(u8[:, 0].numpy(), np.round(d.images / 16 * 255).astype(np.uint8))
     np.testing.assert_array_equal(labels.numpy(), d.target)
+
+
+def test_digits_raw_equal_sklearn_and_read_without_importing_it():
+    from dit_core.data.digits import _load_raw
+
+    images, labels = _load_raw()
+    d = load_digits()
+    np.testing.assert_array_equal(images, d.images)
+    np.testing.assert_array_equal(labels, d.target)
+    code = (
+        "import sys; from dit_core.data import DataConfig, build_dataset; "
+        "build_dataset(DataConfig(name='digits', image_size=16), 'train')[0]; "
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("size", [16, 32])

@@ -27,6 +27,7 @@ import torch
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint
+from dit_core.trainer.loop import FIXED_COST_METRICS
 
 TESTS = Path(__file__).resolve().parent
 N_KILLS = 20
@@ -39,7 +40,7 @@ OVERRIDES = {
     "eval.val_every": 10,
 }
 #: Metrics whose values depend on timing, not on the training state.
-TIMING_METRICS = {"perf/images_per_s"}
+TIMING_METRICS = {"perf/images_per_s", *FIXED_COST_METRICS}
 
 
 class Zygote:

@@ -137,7 +137,7 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(tmp_path, monkeypatch, ca
     """Train 60 steps logging every step against a real server; at step 10 the server is stopped and
     started again on the same port; training goes on meanwhile. Afterwards the experiment holds one
     FINISHED run with every metric at every expected step exactly once, with exact values."""
-    from dit_core.trainer.loop import Trainer
+    from dit_core.trainer.loop import FIXED_COST_METRICS, Trainer
 
     # MLflow's own retries would only delay the late points (see MetricSender); leave it to ours
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -195,7 +195,8 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(tmp_path, monkeypatch, ca
         vals = list(range(0, steps + 1, val_every))
         expected = {"train/loss": every, "lr": every, "perf/images_per_s": every, "val/loss": vals,
                     "compute/train_flops": [0, *every], "data/images_seen": [0, *every],
-                    "data/unique_images": [0, *every], "data/epochs": [0, *every]}  # fmt: skip
+                    "data/unique_images": [0, *every], "data/epochs": [0, *every],
+                    **dict.fromkeys(FIXED_COST_METRICS, [steps])}  # fmt: skip
         got = {k: sorted(client.get_metric_history(result.run_id, k), key=lambda m: m.step) for k in expected}
         assert set(runs[0].data.metrics) == set(expected)
         for key, want in expected.items():

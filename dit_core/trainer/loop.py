@@ -42,10 +42,24 @@ from .validation import Validator
 
 log = logging.getLogger("dit_core.train")
 
-__all__ = ["SIGNAL_SYNC_EVERY", "TrainResult", "Trainer", "make_accelerator"]
+__all__ = ["FIXED_COST_METRICS", "SIGNAL_SYNC_EVERY", "TrainResult", "Trainer", "make_accelerator"]
 
 #: With several processes, steps between the all-reduces that agree on a received signal.
 SIGNAL_SYNC_EVERY = 10
+#: Seconds a finished run logs once, at its last step (this process only; docs/training.md "Sweep
+#: throughput"): process start until `Trainer.run` (imports, data, model), MLflow (run start, params,
+#: final flush), validation, evaluation (samples, metrics, grid), training steps.
+FIXED_COST_METRICS = ("perf/startup_s", "perf/mlflow_s", "perf/val_s", "perf/eval_s", "perf/train_s")
+
+
+def process_start_time() -> float | None:
+    """Wall-clock time (``time.time()``) at which this process started, or None if unknown."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - psutil missing or no access: the start-up time is not logged
+        return None
 
 
 @dataclass
@@ -154,6 +168,8 @@ class Trainer:
         )
         self.validator = Validator(cfg, self.diffusion, acc, self.autocast)
         self.tracker = None
+        #: seconds of this process by phase, logged as ``perf/<key>`` (`FIXED_COST_METRICS`)
+        self.seconds = dict.fromkeys(("mlflow_s", "val_s", "eval_s", "train_s"), 0.0)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to ``cfg.precision`` (a no-op for "no")."""
@@ -183,12 +199,17 @@ class Trainer:
         """Train to the budget, a preemption signal or ``stop_at_step`` (which behaves like a
         signal); end with a checkpoint and the MLflow status. Raises on failure (run FAILED)."""
         cfg = self.cfg
+        started = process_start_time()
+        if started is not None:
+            self.seconds["startup_s"] = time.time() - started
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             tmp = self.out / ".config.json.tmp"  # written whole or not at all (a job may be SIGKILLed)
             tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
             os.replace(tmp, self.out / "config.json")
+        t0 = time.perf_counter()
         self.start_tracking()
+        self.seconds["mlflow_s"] += time.perf_counter() - t0
         log.info(
             "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images on "
             "%d process(es), from step %d", cfg.model.name or "custom DiT", f"{param_count(self.dit_cfg):,}",
@@ -211,6 +232,8 @@ class Trainer:
         finally:
             progress.close()
         if self.tracker:
+            if status == "finished":
+                self.log_fixed_cost()
             self.tracker.finish(status)
         signame = signal.Signals(signum).name if signum is not None else None
         if status == "preempted":
@@ -238,7 +261,9 @@ class Trainer:
                 return "preempted"
             t0 = time.perf_counter()
             self.train_step()
-            train_time += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            train_time += dt
+            self.seconds["train_s"] += dt
             interval_images += self.batch
             s, last = self.step, self.step == self.total
             if s % cfg.log_every == 0 or last:
@@ -332,6 +357,14 @@ class Trainer:
         self.tracker.log_params({**self.flat, **derived})
         self.tracker.log_dict(dataclasses.asdict(self.cfg), "config.json")
 
+    def log_fixed_cost(self) -> None:
+        """Send the buffered metrics, then log `FIXED_COST_METRICS` at this step (MLflow time
+        includes that flush)."""
+        t0 = time.perf_counter()
+        self.tracker.flush(timeout=300.0)
+        self.seconds["mlflow_s"] += time.perf_counter() - t0
+        self.tracker.log_metrics({f"perf/{k}": v for k, v in self.seconds.items()}, self.step)
+
     def ledger(self) -> dict[str, Any]:
         return {
             "images_seen": self.images_seen,
@@ -394,14 +427,16 @@ class Trainer:
         models = {"val/loss": self.model} | (
             {"val/loss_ema": self.ema.model} if self.cfg.eval.val_ema else {}
         )
+        t0 = time.perf_counter()
         metrics = self.validator(models)
+        self.seconds["val_s"] += time.perf_counter() - t0
         self.last_val = metrics["val/loss"]
         self._log(metrics)
         log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def evaluate(self) -> None:
         """Sample metrics ``eval/<name>`` of the EMA model and a sample grid artifact."""
-        e = self.cfg.eval
+        e, t0 = self.cfg.eval, time.perf_counter()
         metrics = evaluate_samples(self.ema.model, self.diffusion, self.cfg, self.dit_cfg, self.acc)
         self.last_eval = dict(metrics)
         if self.tracker and e.grid_images > 0 and self.cfg.data.name != "latents":
@@ -411,6 +446,7 @@ class Trainer:
             self.tracker.log_image(grid, f"samples/step_{self.step:07d}.png")
         if self.tracker and metrics:
             self.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, self.step)
+        self.seconds["eval_s"] += time.perf_counter() - t0
         log.info("step %d: eval %s", self.step, metrics)
 
     # ------------------------------------------------------------------ checkpoints
