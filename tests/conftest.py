@@ -57,9 +57,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(store_dir: Path, timeout_s: float = 90.0) -> tuple[subprocess.Popen, str]:
-    """Start a real `mlflow server` on 127.0.0.1 with one worker; returns (process, url)."""
-    port = free_port()
+def start_mlflow_server(
+    store_dir: Path, timeout_s: float = 90.0, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start a real `mlflow server` on 127.0.0.1 with one worker; returns (process, url).
+
+    ``port``: a chosen port (so that a restarted server comes back where the client expects it);
+    default a free one. The store and its log are appended to, so a restart keeps both."""
+    port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -69,7 +74,7 @@ def start_mlflow_server(store_dir: Path, timeout_s: float = 90.0) -> tuple[subpr
         "--backend-store-uri", f"sqlite:///{store_dir}/mlflow.db",
         "--artifacts-destination", str(store_dir / "artifacts"),
     ]  # fmt: skip
-    log = open(store_dir / "server.log", "wb")  # noqa: SIM115
+    log = open(store_dir / "server.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
@@ -96,6 +101,7 @@ def stop_mlflow_server(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, subprocess.TimeoutExpired):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
