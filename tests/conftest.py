@@ -112,6 +112,21 @@ def mlflow_server(tmp_path_factory):
     stop_mlflow_server(proc)
 
 
+@pytest.fixture(scope="session")
+def eval_cache(tmp_path_factory) -> Path:
+    """DITSCALE_CACHE for the test_evaluate* modules, so each domain classifier trains once a session."""
+    path = tmp_path_factory.getbasetemp() / "ditscale-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def eval_cache_env(eval_cache, monkeypatch) -> Path:
+    """Point DITSCALE_CACHE at `eval_cache` for one test (modules: ``pytest.mark.usefixtures``)."""
+    monkeypatch.setenv("DITSCALE_CACHE", str(eval_cache))
+    return eval_cache
+
+
 def slurm_available() -> tuple[bool, str]:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return False, "SLURM client tools not found (run `bash slurm/slurm-ci.sh up`)"
