@@ -65,9 +65,14 @@ class Diffusion(ABC):
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Timesteps (N,) -> the values (N,) passed to the model, on the 0..num_timesteps scale."""
 
-    @abstractmethod
     def check_timesteps(self, t: torch.Tensor) -> None:
-        """Raise ValueError naming the expected kind if t (N,) is not this process's timesteps."""
+        """Raise ValueError naming the expected kind if t (N,) is not what `sample_timesteps` gives."""
+        flow = self.objective == "flow"
+        if t.is_floating_point() != flow:
+            want = "floats in [0, 1]" if flow else f"integer step indices t in [0, {self.num_timesteps})"
+            raise ValueError(
+                f"objective {self.objective!r} takes {want}; draw them with diffusion.sample_timesteps"
+            )
 
     @abstractmethod
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

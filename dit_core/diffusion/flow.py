@@ -48,12 +48,6 @@ class FlowMatching(Diffusion):
         tt = broadcast_to(t, x_t)
         return x_t - tt * velocity, x_t + (1.0 - tt) * velocity
 
-    def check_timesteps(self, t: torch.Tensor) -> None:
-        if not t.is_floating_point():
-            raise ValueError(
-                "flow timesteps must be floats in [0, 1]; draw them with diffusion.sample_timesteps"
-            )
-
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.interpolate(x0, noise, t)
 

@@ -216,13 +216,6 @@ class GaussianDiffusion(Diffusion):
         return torch.where(t == 0, nll, kl)
 
     # ------------------------------------------------------------------ training
-    def check_timesteps(self, t: torch.Tensor) -> None:
-        if t.is_floating_point():
-            raise ValueError(
-                f"objective {self.objective!r} takes integer step indices t in [0, {self._T}); "
-                "draw them with diffusion.sample_timesteps"
-            )
-
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.q_sample(x0, t, noise)
 
