@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from _sweep_specs import fake_trainer_spec, tiny_real_spec
 from mlflow.tracking import MlflowClient
 
-from sweeps.families import Scale
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.runner import launch, sweep_dir
 from sweeps.state import read_states
@@ -22,20 +22,10 @@ pytestmark = pytest.mark.slurm
 
 
 def slurm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
-    return SweepSpec(
-        name="slurm",
-        experiment=f"slurm-{tmp_path.name}",
-        tracking_uri=uri,
-        output_dir=str(tmp_path / "runs"),
-        families=["S", "B"],
-        scale=Scale(8, 4),
-        budgets=[1.3e9, 2.6e9],
-        batch_size=8,
-        trainer="test_sweeps_fake_trainer",
-        final_eval=False,
-        train={"step_s": 0.01, **train},
+    return fake_trainer_spec(
+        tmp_path, uri, name="slurm", experiment="slurm", budgets=[1.3e9, 2.6e9], train=train,
         executor=ExecutorSpec(name="slurm", timeout_min=10, array_parallelism=4, mem_gb=1, signal_delay_s=30),
-    )
+    )  # fmt: skip
 
 
 def finished_runs(uri: str, experiment: str) -> dict[str, list]:
@@ -139,20 +129,11 @@ def test_time_limit_requeues_and_resumes(job_env, tmp_path):
 
 def real_spec(tmp_path: Path, uri: str, name: str) -> SweepSpec:
     """One tiny cell through `dit_core.train` (1 block, width 32, patch 4 on 16 px, batch 8, ~1500 steps)."""
-    return SweepSpec(
-        name=name,
-        experiment=f"slurm-real-{tmp_path.name}",
-        tracking_uri=uri,
-        output_dir=str(tmp_path / name),
-        families=[],
-        shapes=[[1, 32, 2]],
-        patch_sizes=[4],
-        budgets=[2.5e10],
-        batch_size=8,
-        final_eval=False,
+    return tiny_real_spec(
+        tmp_path, uri, name, experiment="slurm-real", budget=2.5e10,
         train={"log_every": 50, "checkpoint.every": 100, "checkpoint.keep_last": 0},
         executor=ExecutorSpec(name="slurm", timeout_min=10, mem_gb=2, signal_delay_s=30),
-    )
+    )  # fmt: skip
 
 
 @pytest.mark.slow
