@@ -1,8 +1,11 @@
-"""Sweep specs shared by the sweep tests: the fake trainer at demo scale, and one tiny real cell."""
+"""Shared by the sweep tests: specs (the fake trainer at demo scale, one tiny real cell) and the
+MLflow runs of a sweep by grid cell."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from mlflow.tracking import MlflowClient
 
 from sweeps.families import Scale
 from sweeps.grid import ExecutorSpec, SweepSpec
@@ -63,3 +66,13 @@ def tiny_real_spec(
         train=train,
         executor=executor,
     )
+
+
+def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
+    """The experiment's MLflow runs grouped by their ``grid_cell`` tag."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    out: dict[str, list] = {}
+    for r in client.search_runs([exp.experiment_id]):
+        out.setdefault(r.data.tags["grid_cell"], []).append(r)
+    return out

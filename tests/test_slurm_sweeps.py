@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _sweep_specs import fake_trainer_spec, tiny_real_spec
+from _sweep_specs import fake_trainer_spec, runs_by_cell, tiny_real_spec
 from mlflow.tracking import MlflowClient
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
@@ -26,15 +26,6 @@ def slurm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
         tmp_path, uri, name="slurm", experiment="slurm", budgets=[1.3e9, 2.6e9], train=train,
         executor=ExecutorSpec(name="slurm", timeout_min=10, array_parallelism=4, mem_gb=1, signal_delay_s=30),
     )  # fmt: skip
-
-
-def finished_runs(uri: str, experiment: str) -> dict[str, list]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    out: dict[str, list] = {}
-    for r in client.search_runs([exp.experiment_id]):
-        out.setdefault(r.data.tags["grid_cell"], []).append(r)
-    return out
 
 
 def cell_tags(uri: str, spec: SweepSpec, cell_id: str) -> dict[str, str]:
@@ -69,7 +60,7 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
     assert res.errors == {}, res.errors
     arrays = {j.split("_")[0] for j in res.job_ids.values()}
     assert len(arrays) == 1 and sorted(j.split("_")[1] for j in res.job_ids.values()) == ["0", "1", "2", "3"]
-    runs = finished_runs(job_env, spec.experiment)
+    runs = runs_by_cell(job_env, spec.experiment)
     assert {k: len(v) for k, v in runs.items()} == {c.cell_id: 1 for c in cells}
     for c in cells:
         run = runs[c.cell_id][0]
@@ -80,7 +71,7 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
 
     again = launch(spec, poll_s=1.0)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
-    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {
+    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {
         c.cell_id: 1 for c in cells
     }
 
@@ -97,7 +88,7 @@ def test_relaunch_while_the_array_is_queued_or_running_submits_nothing(job_env, 
     run_dirs = {c: str(sweep_dir(spec) / "cells" / c) for c in cells}
     states = read_states(job_env, spec.experiment, spec.name, run_dirs)
     assert {s.state for s in states.values()} <= {"queued", "running"}
-    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {c: 1 for c in cells}
+    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {c: 1 for c in cells}
     assert all(cell_tags(job_env, spec, c)["attempts"] == "1" for c in cells)
     deadline = time.monotonic() + 180
     while {s.state for s in read_states(job_env, spec.experiment, spec.name, run_dirs).values()} != {
@@ -106,7 +97,7 @@ def test_relaunch_while_the_array_is_queued_or_running_submits_nothing(job_env, 
         assert time.monotonic() < deadline, "the array did not finish"
         time.sleep(1.0)
     assert launch(spec, wait=False).submitted == []
-    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {c: 1 for c in cells}
+    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {c: 1 for c in cells}
 
 
 @pytest.mark.slow
@@ -123,7 +114,7 @@ def test_time_limit_requeues_and_resumes(job_env, tmp_path):
     target = 1.0 + cell.model.hidden_size / 100.0
     assert out["starts"] >= 2 and out["step"] == cell.steps
     assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
-    (run,) = finished_runs(job_env, spec.experiment)[cell.cell_id]
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
     assert run.data.tags["status"] == "finished"
 
 
@@ -176,7 +167,7 @@ def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(jo
         assert ca[key].keys() == cb[key].keys()
         for name in ca[key]:
             assert torch.equal(ca[key][name], cb[key][name]), f"{key}.{name} differs after the requeue"
-    runs = finished_runs(job_env, specs["plain"].experiment)
+    runs = runs_by_cell(job_env, specs["plain"].experiment)
     assert len(runs[cell.cell_id]) == 2  # one per sweep: the requeued cell continued its run
     for run in runs[cell.cell_id]:
         assert run.data.tags["status"] == "finished"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _sweep_specs import fake_trainer_spec
+from _sweep_specs import fake_trainer_spec, runs_by_cell
 from mlflow.tracking import MlflowClient
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
@@ -33,15 +33,6 @@ def small_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
         tmp_path, uri, name="t", experiment="sweep-test", budgets=[2.6e9], train=train,
         executor=ExecutorSpec(name="local", local_parallelism=2, max_retries=1),
     )  # fmt: skip
-
-
-def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    out: dict[str, list] = {}
-    for r in client.search_runs([exp.experiment_id]):
-        out.setdefault(r.data.tags["grid_cell"], []).append(r)
-    return out
 
 
 def states_of(spec: SweepSpec, uri: str) -> dict:
