@@ -340,6 +340,12 @@ def effective_data(d, unique, r_star: float) -> np.ndarray:
     return u + u * r_star * (1.0 - np.exp(-r / r_star))
 
 
+def _runs_lacking(pts: pd.DataFrame, values: np.ndarray) -> list[str]:
+    """Sorted run ids of the rows whose ``values`` (one per row) are not finite and positive."""
+    bad = ~(np.isfinite(values) & (values > 0))
+    return sorted(map(str, pts.loc[bad, "run_id"].unique()))
+
+
 def set_axes(points: pd.DataFrame, data_axis: str = "images", params: str = "total") -> pd.DataFrame:
     """N and D as asked: N total or non-embedding parameters, D images or tokens (images x tokens
     per image). Keeps the originals in N_total and images. ValueError names runs that lack a field."""
@@ -351,9 +357,7 @@ def set_axes(points: pd.DataFrame, data_axis: str = "images", params: str = "tot
     pts["N_total"], pts["images"] = pts["N"], pts["D"]
     if data_axis == "tokens":
         tpi = pts["tokens_per_image"].to_numpy(float)
-        bad = ~(np.isfinite(tpi) & (tpi > 0))
-        if bad.any():
-            runs = sorted(map(str, pts.loc[bad, "run_id"].unique()))
+        if runs := _runs_lacking(pts, tpi):
             raise ValueError(
                 f"--data-axis tokens needs the tokens per image of every run (params model.input_size and "
                 f"model.patch_size, or a tokens_per_image CSV column); {len(runs)} run(s) lack it: "
@@ -363,9 +367,7 @@ def set_axes(points: pd.DataFrame, data_axis: str = "images", params: str = "tot
         pts["unique"] = pts["unique"] * tpi
     if params == "non_embedding":
         ne = pts["N_non_embedding"].to_numpy(float)
-        bad = ~(np.isfinite(ne) & (ne > 0))
-        if bad.any():
-            runs = sorted(map(str, pts.loc[bad, "run_id"].unique()))
+        if runs := _runs_lacking(pts, ne):
             raise ValueError(
                 f"--params non_embedding reads the param model.params_non_embedding (CSV column "
                 f"N_non_embedding), which {len(runs)} run(s) do not have: {runs[:5]}. Rerun them with a "

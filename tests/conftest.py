@@ -57,9 +57,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(store_dir: Path, timeout_s: float = 90.0) -> tuple[subprocess.Popen, str]:
-    """Start a real `mlflow server` on 127.0.0.1 with one worker; returns (process, url)."""
-    port = free_port()
+def start_mlflow_server(
+    store_dir: Path, timeout_s: float = 90.0, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start a real `mlflow server` on 127.0.0.1 with one worker; returns (process, url).
+
+    ``port``: a chosen port (so that a restarted server comes back where the client expects it);
+    default a free one. The store and its log are appended to, so a restart keeps both."""
+    port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -69,7 +74,7 @@ def start_mlflow_server(store_dir: Path, timeout_s: float = 90.0) -> tuple[subpr
         "--backend-store-uri", f"sqlite:///{store_dir}/mlflow.db",
         "--artifacts-destination", str(store_dir / "artifacts"),
     ]  # fmt: skip
-    log = open(store_dir / "server.log", "wb")  # noqa: SIM115
+    log = open(store_dir / "server.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
@@ -96,6 +101,7 @@ def stop_mlflow_server(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, subprocess.TimeoutExpired):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +110,21 @@ def mlflow_server(tmp_path_factory):
     proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     yield url
     stop_mlflow_server(proc)
+
+
+@pytest.fixture(scope="session")
+def eval_cache(tmp_path_factory) -> Path:
+    """DITSCALE_CACHE for the test_evaluate* modules, so each domain classifier trains once a session."""
+    path = tmp_path_factory.getbasetemp() / "ditscale-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def eval_cache_env(eval_cache, monkeypatch) -> Path:
+    """Point DITSCALE_CACHE at `eval_cache` for one test (modules: ``pytest.mark.usefixtures``)."""
+    monkeypatch.setenv("DITSCALE_CACHE", str(eval_cache))
+    return eval_cache
 
 
 def slurm_available() -> tuple[bool, str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _fit_helpers import run_fit_cli
 
 from analysis.fidloss import fit_fid_vs_loss
 from analysis.isoflop import fit_isoflop
@@ -339,24 +340,8 @@ def test_cli_on_csv(tmp_path, capsys):
 
     csv = tmp_path / "points.csv"
     load_epoch_chinchilla(DATA, drop_highest=0)[["N", "D", "C", "loss"]].to_csv(csv, index=False)
-    out_json = tmp_path / "fit.json"
-    rc = main(
-        [
-            "--csv",
-            str(csv),
-            "--drop-highest-loss",
-            "5",
-            "--bootstrap",
-            "8",
-            "--predict",
-            "5.76e23",
-            "--holdout",
-            "largest",
-            "--json",
-            str(out_json),
-            "--out",
-            str(tmp_path / "rep"),
-        ]
+    rc, out_json = run_fit_cli(
+        tmp_path, "--csv", str(csv), "--drop-highest-loss", "5", "--bootstrap", "8", "--predict", "5.76e23"
     )
     assert rc == 0
     res = json.loads(out_json.read_text())

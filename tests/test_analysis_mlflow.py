@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _fit_helpers import run_fit_cli
 
 from analysis.parametric import optimal_allocation
 from analysis.runs import load_runs
@@ -127,27 +128,9 @@ def test_load_runs_errors(sweep):
 def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from analysis.fit_scaling import main
-
     uri, counts = sweep
-    out_json = tmp_path / "fit.json"
-    rc = main(
-        [
-            "--experiment",
-            EXP,
-            "--tracking-uri",
-            uri,
-            "--bootstrap",
-            "6",
-            "--predict",
-            "1e17",
-            "--holdout",
-            "largest",
-            "--json",
-            str(out_json),
-            "--out",
-            str(tmp_path / "rep"),
-        ]
+    rc, out_json = run_fit_cli(
+        tmp_path, "--experiment", EXP, "--tracking-uri", uri, "--bootstrap", "6", "--predict", "1e17"
     )
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out_json.read_text())

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from test_diffusion_analytic import COV, MU, SHAPE, _one_thread, make_oracle  # noqa: F401
+from test_diffusion_analytic import (  # noqa: F401
+    COV,
+    SHAPE,
+    _one_thread,
+    class_samples,
+    diffusion_and_oracle,
+)
 from torch import nn
 
 from dit_core.diffusion import (
@@ -268,16 +274,10 @@ def _irreducible_mse(objective: str, a: float, s: float) -> float:
 
 @pytest.mark.parametrize("objective", ["eps", "v", "x0", "flow"])
 def test_optimal_model_reaches_the_irreducible_loss(objective):
-    d = create_diffusion(DiffusionConfig(objective=objective, learn_sigma=False))
-    oracle = make_oracle(d)
+    d, oracle = diffusion_and_oracle(objective)
     g = torch.Generator().manual_seed(1)
     n = 20_000
-    L = np.linalg.cholesky(COV)
-    x0 = (
-        torch.as_tensor(MU[1] + np.random.default_rng(0).standard_normal((n, 4)) @ L.T)
-        .float()
-        .reshape(n, *SHAPE)
-    )
+    x0 = class_samples(1, torch.as_tensor(np.random.default_rng(0).standard_normal((n, 4)))).float()
     y = torch.ones(n, dtype=torch.long)
     for t_value in [100, 600] if objective != "flow" else [0.2, 0.7]:
         if objective == "flow":

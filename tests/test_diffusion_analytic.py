@@ -106,17 +106,25 @@ def make_oracle(diffusion, objective=None, **kwargs) -> GaussianOracle:
     return GaussianOracle(MU, COV, SHAPE, objective, diffusion.num_timesteps, abar, **kwargs)
 
 
+def diffusion_and_oracle(objective: str):
+    """A fixed-variance diffusion for `objective` and its exact optimal model (`GaussianOracle`)."""
+    diffusion = create_diffusion(DiffusionConfig(objective=objective, learn_sigma=False))
+    return diffusion, make_oracle(diffusion)
+
+
+def class_samples(label: int, z: torch.Tensor) -> torch.Tensor:
+    """x0 (N, *SHAPE) float64 of class `label`: MU[label] + L z for standard normal z (N, 4), L L^T = COV."""
+    L = torch.linalg.cholesky(torch.as_tensor(COV))
+    return (torch.as_tensor(MU[label]) + z.double() @ L.T).reshape(len(z), *SHAPE)
+
+
 @pytest.mark.parametrize("objective", ["eps", "v", "x0", "flow"])
 def test_oracle_is_the_conditional_expectation(objective):
     """Regressing the training target on x_t over Monte Carlo draws recovers the oracle's linear map."""
-    diffusion = create_diffusion(DiffusionConfig(objective=objective, learn_sigma=False))
-    oracle = make_oracle(diffusion)
+    diffusion, oracle = diffusion_and_oracle(objective)
     g = torch.Generator().manual_seed(0)
     n = 200_000
-    L = torch.linalg.cholesky(torch.as_tensor(COV))
-    x0 = (torch.as_tensor(MU[0]) + torch.randn(n, 4, generator=g, dtype=torch.float64) @ L.T).reshape(
-        n, *SHAPE
-    )
+    x0 = class_samples(0, torch.randn(n, 4, generator=g, dtype=torch.float64))
     noise = torch.randn(n, *SHAPE, generator=g, dtype=torch.float64)
     if objective == "flow":
         t = torch.full((n,), 0.4, dtype=torch.float64)

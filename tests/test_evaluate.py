@@ -29,24 +29,13 @@ from dit_core.evaluate import (
 from dit_core.evaluate import features as features_mod
 from dit_core.evaluate.digits_classifier import DigitsClassifierRecipe, train_digits_classifier
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Shared with the other test_evaluate* modules, so the digits classifier trains once a session."""
-    path = tmp_path_factory.getbasetemp() / "ditscale-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(cache, monkeypatch):
-    monkeypatch.setenv("DITSCALE_CACHE", str(cache))
+pytestmark = pytest.mark.usefixtures("eval_cache_env")
 
 
 @pytest.fixture(scope="module")
-def digits_extractor(cache):
+def digits_extractor(eval_cache):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DITSCALE_CACHE", str(cache))
+        mp.setenv("DITSCALE_CACHE", str(eval_cache))
         return DigitsExtractor(16)
 
 
@@ -184,9 +173,9 @@ def test_fid_of_set_with_itself_is_zero_and_blur_raises_it(family, digits_extrac
     assert all(b > a for a, b in zip(fids, fids[1:])), fids
 
 
-def test_digits_classifier_accurate_deterministic_and_cached(digits_extractor, cache):
+def test_digits_classifier_accurate_deterministic_and_cached(digits_extractor, eval_cache):
     assert digits_extractor.val_accuracy > 0.95
-    assert digits_extractor.path.parent.parent == cache and digits_extractor.path.is_file()
+    assert digits_extractor.path.parent.parent == eval_cache and digits_extractor.path.is_file()
     again = DigitsExtractor(16)  # loads the cached file
     assert again.path == digits_extractor.path
     net, acc = train_digits_classifier(DigitsClassifierRecipe(resolution=16))  # retrain: same weights

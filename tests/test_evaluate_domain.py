@@ -27,23 +27,13 @@ from dit_core.evaluate.metrics import default_metrics
 PHOTOS_ACC_FLOOR = 0.8  # measured 0.88 (10 photos, colour, 16 px): chance is 0.1
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Shared with the other test_evaluate* modules, so each classifier trains once a session."""
-    path = tmp_path_factory.getbasetemp() / "ditscale-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(cache, monkeypatch):
-    monkeypatch.setenv("DITSCALE_CACHE", str(cache))
+pytestmark = pytest.mark.usefixtures("eval_cache_env")
 
 
 @pytest.fixture(scope="module")
-def photos_extractor(cache):
+def photos_extractor(eval_cache):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DITSCALE_CACHE", str(cache))
+        mp.setenv("DITSCALE_CACHE", str(eval_cache))
         return DomainExtractor(photos_recipe(16, channels=3))
 
 
@@ -68,10 +58,10 @@ def test_recipe_checks_and_presets():
     assert default_metrics("photos") == (*PHOTOS_METRICS, "fid", "sfid", "precision", "recall")
 
 
-def test_training_is_deterministic_and_cached(cache, monkeypatch):
+def test_training_is_deterministic_and_cached(eval_cache, monkeypatch):
     recipe = _small_photos_recipe()
     first = DomainExtractor(recipe)
-    assert first.path.is_file() and first.path.parent.parent == cache
+    assert first.path.is_file() and first.path.parent.parent == eval_cache
     net, acc = train_domain_classifier(recipe)  # same recipe -> bit-identical weights and accuracy
     assert acc == first.val_accuracy
     _assert_same_weights(net, first.net)

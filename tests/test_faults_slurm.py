@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _sweep_specs import tiny_real_spec
 from mlflow.tracking import MlflowClient
 
 from dit_core.checkpoint import load_checkpoint
@@ -21,17 +22,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 def _spec(tmp_path: Path, uri: str, name: str, tasks: int = 1, budget: float = 3e8, **train) -> SweepSpec:
     """One tiny cell through `dit_core.train` (1 block, width 32, patch 4 on 16 px digits, batch 8)."""
-    return SweepSpec(
-        name=name,
-        experiment=f"faults-slurm-{tmp_path.name}",
-        tracking_uri=uri,
-        output_dir=str(tmp_path / name),
-        families=[],
-        shapes=[[1, 32, 2]],
-        patch_sizes=[4],
-        budgets=[budget],
-        batch_size=8,
-        final_eval=False,
+    return tiny_real_spec(
+        tmp_path, uri, name, experiment="faults-slurm", budget=budget,
         train={"log_every": 1, "checkpoint.every": 2, **train},
         executor=ExecutorSpec(name="slurm", tasks_per_node=tasks, timeout_min=10, mem_gb=2 * tasks,
                               signal_delay_s=30),

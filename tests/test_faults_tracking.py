@@ -6,21 +6,14 @@ logs each step once and finds a run whose id was never saved. Figures: docs/test
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from _train_helpers import one_thread, tiny_config
-from conftest import free_port
+from conftest import free_port, start_mlflow_server, stop_mlflow_server
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
@@ -96,40 +89,6 @@ def test_resumed_run_logs_each_step_once_and_a_run_whose_id_was_lost_is_found(tm
 # ---------------------------------------------------------------------- a real server, restarted
 
 
-def _start_server(store: Path, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
-    """`mlflow server` on 127.0.0.1:port over ``store``/mlflow.db (as conftest.start_mlflow_server,
-    with a chosen port so that it can come back where the client expects it)."""
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-           "--artifacts-destination", str(store / "artifacts")]  # fmt: skip
-    log = open(store / "server.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited early:\n{(store / 'server.log').read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    _stop_server(proc)
-    raise RuntimeError(f"mlflow server did not answer /health within {timeout_s} s")
-
-
-def _stop_server(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
 @pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.timeout(600)
@@ -146,16 +105,16 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(tmp_path, monkeypatch, ca
     store.mkdir()
     uri = f"http://127.0.0.1:{port}"
     steps, stop_at, resume_at, val_every = 60, 10, 40, 5
-    server = {"proc": _start_server(store, port)}
+    server = {"proc": start_mlflow_server(store, timeout_s=120.0, port=port)[0]}
     down, up = threading.Event(), threading.Event()
     times: dict[str, float] = {}
 
     def restart():
         times["stop"] = time.monotonic()
-        _stop_server(server["proc"])
+        stop_mlflow_server(server["proc"])
         times["down"] = time.monotonic()
         down.set()
-        server["proc"] = _start_server(store, port)
+        server["proc"] = start_mlflow_server(store, timeout_s=120.0, port=port)[0]
         times["up"] = time.monotonic()
         up.set()
 
@@ -207,7 +166,7 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(tmp_path, monkeypatch, ca
         points = sum(len(v) for v in got.values())
         assert points == sum(len(v) for v in expected.values())
     finally:
-        _stop_server(server["proc"])
+        stop_mlflow_server(server["proc"])
 
     stats = trainer.tracker.sender.stats
     downtime = times["up"] - times["stop"]

@@ -29,9 +29,13 @@ def inputs(n: int = 3):
     return x, torch.tensor([10.0, 500.0, 900.0][:n], dtype=torch.float64), torch.tensor([0, 3, 5][:n])
 
 
-@pytest.mark.parametrize("block_type", BLOCKS)
-def test_each_sample_is_processed_on_its_own(block_type):
-    model = random_dit(block_type)
+@pytest.fixture(params=BLOCKS)
+def model(request) -> DiT:
+    """`random_dit` of each block design in turn."""
+    return random_dit(request.param)
+
+
+def test_each_sample_is_processed_on_its_own(model):
     x, t, y = inputs()
     with torch.no_grad():
         together = model(x, t, y)
@@ -39,9 +43,7 @@ def test_each_sample_is_processed_on_its_own(block_type):
     torch.testing.assert_close(together, alone, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("block_type", BLOCKS)
-def test_the_output_depends_on_timestep_and_label(block_type):
-    model = random_dit(block_type)
+def test_the_output_depends_on_timestep_and_label(model):
     x, t, y = inputs()
     with torch.no_grad():
         out = model(x, t, y)

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from _sweep_specs import fake_trainer_spec, runs_by_cell, tiny_real_spec
 from mlflow.tracking import MlflowClient
 
-from sweeps.families import Scale
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.runner import launch, sweep_dir
 from sweeps.state import read_states
@@ -22,29 +22,10 @@ pytestmark = pytest.mark.slurm
 
 
 def slurm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
-    return SweepSpec(
-        name="slurm",
-        experiment=f"slurm-{tmp_path.name}",
-        tracking_uri=uri,
-        output_dir=str(tmp_path / "runs"),
-        families=["S", "B"],
-        scale=Scale(8, 4),
-        budgets=[1.3e9, 2.6e9],
-        batch_size=8,
-        trainer="test_sweeps_fake_trainer",
-        final_eval=False,
-        train={"step_s": 0.01, **train},
+    return fake_trainer_spec(
+        tmp_path, uri, name="slurm", experiment="slurm", budgets=[1.3e9, 2.6e9], train=train,
         executor=ExecutorSpec(name="slurm", timeout_min=10, array_parallelism=4, mem_gb=1, signal_delay_s=30),
-    )
-
-
-def finished_runs(uri: str, experiment: str) -> dict[str, list]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    out: dict[str, list] = {}
-    for r in client.search_runs([exp.experiment_id]):
-        out.setdefault(r.data.tags["grid_cell"], []).append(r)
-    return out
+    )  # fmt: skip
 
 
 def cell_tags(uri: str, spec: SweepSpec, cell_id: str) -> dict[str, str]:
@@ -79,7 +60,7 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
     assert res.errors == {}, res.errors
     arrays = {j.split("_")[0] for j in res.job_ids.values()}
     assert len(arrays) == 1 and sorted(j.split("_")[1] for j in res.job_ids.values()) == ["0", "1", "2", "3"]
-    runs = finished_runs(job_env, spec.experiment)
+    runs = runs_by_cell(job_env, spec.experiment)
     assert {k: len(v) for k, v in runs.items()} == {c.cell_id: 1 for c in cells}
     for c in cells:
         run = runs[c.cell_id][0]
@@ -90,7 +71,7 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
 
     again = launch(spec, poll_s=1.0)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
-    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {
+    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {
         c.cell_id: 1 for c in cells
     }
 
@@ -107,7 +88,7 @@ def test_relaunch_while_the_array_is_queued_or_running_submits_nothing(job_env, 
     run_dirs = {c: str(sweep_dir(spec) / "cells" / c) for c in cells}
     states = read_states(job_env, spec.experiment, spec.name, run_dirs)
     assert {s.state for s in states.values()} <= {"queued", "running"}
-    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {c: 1 for c in cells}
+    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {c: 1 for c in cells}
     assert all(cell_tags(job_env, spec, c)["attempts"] == "1" for c in cells)
     deadline = time.monotonic() + 180
     while {s.state for s in read_states(job_env, spec.experiment, spec.name, run_dirs).values()} != {
@@ -116,7 +97,7 @@ def test_relaunch_while_the_array_is_queued_or_running_submits_nothing(job_env, 
         assert time.monotonic() < deadline, "the array did not finish"
         time.sleep(1.0)
     assert launch(spec, wait=False).submitted == []
-    assert {k: len(v) for k, v in finished_runs(job_env, spec.experiment).items()} == {c: 1 for c in cells}
+    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {c: 1 for c in cells}
 
 
 @pytest.mark.slow
@@ -133,26 +114,17 @@ def test_time_limit_requeues_and_resumes(job_env, tmp_path):
     target = 1.0 + cell.model.hidden_size / 100.0
     assert out["starts"] >= 2 and out["step"] == cell.steps
     assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
-    (run,) = finished_runs(job_env, spec.experiment)[cell.cell_id]
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
     assert run.data.tags["status"] == "finished"
 
 
 def real_spec(tmp_path: Path, uri: str, name: str) -> SweepSpec:
     """One tiny cell through `dit_core.train` (1 block, width 32, patch 4 on 16 px, batch 8, ~1500 steps)."""
-    return SweepSpec(
-        name=name,
-        experiment=f"slurm-real-{tmp_path.name}",
-        tracking_uri=uri,
-        output_dir=str(tmp_path / name),
-        families=[],
-        shapes=[[1, 32, 2]],
-        patch_sizes=[4],
-        budgets=[2.5e10],
-        batch_size=8,
-        final_eval=False,
+    return tiny_real_spec(
+        tmp_path, uri, name, experiment="slurm-real", budget=2.5e10,
         train={"log_every": 50, "checkpoint.every": 100, "checkpoint.keep_last": 0},
         executor=ExecutorSpec(name="slurm", timeout_min=10, mem_gb=2, signal_delay_s=30),
-    )
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -195,7 +167,7 @@ def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(jo
         assert ca[key].keys() == cb[key].keys()
         for name in ca[key]:
             assert torch.equal(ca[key][name], cb[key][name]), f"{key}.{name} differs after the requeue"
-    runs = finished_runs(job_env, specs["plain"].experiment)
+    runs = runs_by_cell(job_env, specs["plain"].experiment)
     assert len(runs[cell.cell_id]) == 2  # one per sweep: the requeued cell continued its run
     for run in runs[cell.cell_id]:
         assert run.data.tags["status"] == "finished"

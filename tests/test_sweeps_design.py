@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_sweeps_fake_trainer import TrainConfig  # the same config classes as the fake trainer
 
 from dit_core.spec import FAMILIES, model_config, param_count, train_flops_per_image
 from sweeps import launch as cli
@@ -44,50 +44,6 @@ def law_loss(n, d):
     )
 
 
-@dataclass
-class ModelCfg:
-    name: str | None = None
-    depth: int = 2
-    hidden_size: int = 32
-    num_heads: int = 2
-    patch_size: int = 2
-    input_size: int = 16
-    in_channels: int = 1
-    num_classes: int = 10
-
-
-@dataclass
-class DataCfg:
-    name: str = "digits"
-    image_size: int = 16
-
-
-@dataclass
-class BudgetCfg:
-    max_steps: int | None = 10
-    train_flops: float | None = None
-    global_batch_size: int = 8
-
-
-@dataclass
-class TrackingCfg:
-    uri: str | None = None
-    experiment: str = "law"
-    run_name: str | None = None
-    run_id: str | None = None
-    sweep: str | None = None
-    grid_cell: str | None = None
-
-
-@dataclass
-class TrainConfig:
-    model: ModelCfg = field(default_factory=ModelCfg)
-    data: DataCfg = field(default_factory=DataCfg)
-    budget: BudgetCfg = field(default_factory=BudgetCfg)
-    tracking: TrackingCfg = field(default_factory=TrackingCfg)
-    out: str = "law_run"
-
-
 def train(cfg: TrainConfig) -> dict:
     """Log at once what `analysis.runs.load_runs` reads: params (model.params, budget.train_flops,
     optim.schedule = cosine, ...), and at the final step val/loss = LAW(N, images),
@@ -95,15 +51,7 @@ def train(cfg: TrainConfig) -> dict:
     import mlflow
 
     m = cfg.model
-    dit = model_config(
-        depth=m.depth,
-        hidden_size=m.hidden_size,
-        num_heads=m.num_heads,
-        patch_size=m.patch_size,
-        input_size=m.input_size,
-        in_channels=m.in_channels,
-        num_classes=m.num_classes,
-    )
+    dit = model_config(**dataclasses.asdict(m))  # name None: the custom shape in `m`
     n, fpi = param_count(dit), train_flops_per_image(dit)
     steps, batch = cfg.budget.max_steps, cfg.budget.global_batch_size
     images = steps * batch

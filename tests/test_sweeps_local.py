@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _sweep_specs import fake_trainer_spec, runs_by_cell
 from mlflow.tracking import MlflowClient
 
-from sweeps.families import Scale
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.runner import launch, longest_first, sweep_dir
 from sweeps.state import read_states
@@ -29,29 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def small_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
     """S and B (demo scale), patch 2, one budget: S trains 8 steps, B 2 steps (batch 8)."""
-    return SweepSpec(
-        name="t",
-        experiment=f"sweep-test-{tmp_path.name}",
-        tracking_uri=uri,
-        output_dir=str(tmp_path / "runs"),
-        families=["S", "B"],
-        budgets=[2.6e9],
-        batch_size=8,
-        trainer="test_sweeps_fake_trainer",
-        final_eval=False,
-        train={"step_s": 0.01, **train},
-        scale=Scale(8, 4),
+    return fake_trainer_spec(
+        tmp_path, uri, name="t", experiment="sweep-test", budgets=[2.6e9], train=train,
         executor=ExecutorSpec(name="local", local_parallelism=2, max_retries=1),
-    )
-
-
-def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    out: dict[str, list] = {}
-    for r in client.search_runs([exp.experiment_id]):
-        out.setdefault(r.data.tags["grid_cell"], []).append(r)
-    return out
+    )  # fmt: skip
 
 
 def states_of(spec: SweepSpec, uri: str) -> dict:

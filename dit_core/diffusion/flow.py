@@ -7,10 +7,7 @@ receives t * num_timesteps as its timestep. Sampling integrates the ODE from t =
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
 from .base import Diffusion, broadcast_to, mean_flat
 from .config import DiffusionConfig
@@ -51,23 +48,12 @@ class FlowMatching(Diffusion):
         tt = broadcast_to(t, x_t)
         return x_t - tt * velocity, x_t + (1.0 - tt) * velocity
 
-    def training_losses(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        t: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
-        noise: torch.Tensor | None = None,
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.interpolate(x0, noise, t)
+
+    def losses_from_output(
+        self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """{"loss", "mse"} (N,): mean squared error of the predicted velocity at t in [0, 1] (N,)."""
-        if not t.is_floating_point():
-            raise ValueError(
-                "flow timesteps must be floats in [0, 1]; draw them with diffusion.sample_timesteps"
-            )
-        if noise is None:
-            noise = torch.randn_like(x0)
-        x_t = self.interpolate(x0, noise, t)
-        out = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
-        self._check_output(out, x_t)
         mse = mean_flat((self.velocity_target(x0, noise) - out.float()) ** 2)
         return {"loss": mse, "mse": mse}

@@ -10,11 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .base import Diffusion, broadcast_to, mean_flat
 from .config import DiffusionConfig
@@ -218,26 +216,14 @@ class GaussianDiffusion(Diffusion):
         return torch.where(t == 0, nll, kl)
 
     # ------------------------------------------------------------------ training
-    def training_losses(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        t: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
-        noise: torch.Tensor | None = None,
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.q_sample(x0, t, noise)
+
+    def losses_from_output(
+        self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """{"loss", "mse"[, "vb"]}, each (N,). With learn_sigma: loss = mse + vb_lambda * T * vb, where
         the vb term sees the mean prediction through a stop-gradient (only the variance learns from it)."""
-        if t.is_floating_point():
-            raise ValueError(
-                f"objective {self.objective!r} takes integer step indices t in [0, {self._T}); "
-                "draw them with diffusion.sample_timesteps"
-            )
-        if noise is None:
-            noise = torch.randn_like(x0)
-        x_t = self.q_sample(x0, t, noise)
-        out = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
-        self._check_output(out, x_t)
         pred, var_values = self.split_output(out)
         terms = {"mse": mean_flat((self.training_target(x0, noise, t) - pred.float()) ** 2)}
         if var_values is None:

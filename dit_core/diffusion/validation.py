@@ -10,6 +10,7 @@ distribution, which stratifies t over the set.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,25 +94,14 @@ def validation_losses(
 
 
 def validation_loss(
-    diffusion: Diffusion,
-    model: nn.Module,
-    x0: torch.Tensor,
-    y: torch.Tensor | None,
-    *,
-    seed: int = 0,
-    index_offset: int = 0,
-    batch_size: int | None = None,
-    term: str = "loss",
-    timesteps: str = "stratified",
+    diffusion: Diffusion, model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None, **options: Any
 ) -> float:
-    """Mean validation loss over x0 (N, C, H, W) with common random numbers (see `validation_losses`).
+    """Mean validation loss over x0 (N, C, H, W) with common random numbers; `options` are
+    `validation_losses`'s keywords (seed, index_offset, batch_size, term, timesteps).
 
     For a validation set split over several calls (a data loader), give each call the index_offset
     of its first example, or concatenate `validation_losses` results and average them yourself."""
-    losses = validation_losses(
-        diffusion, model, x0, y, seed=seed, index_offset=index_offset, batch_size=batch_size,
-        term=term, timesteps=timesteps,
-    )  # fmt: skip
+    losses = validation_losses(diffusion, model, x0, y, **options)
     if losses.numel() == 0:
         raise ValueError("validation_loss needs at least one example")
     return float(losses.mean())

@@ -1,0 +1,78 @@
+"""Shared by the sweep tests: specs (the fake trainer at demo scale, one tiny real cell) and the
+MLflow runs of a sweep by grid cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from sweeps.families import Scale
+from sweeps.grid import ExecutorSpec, SweepSpec
+
+
+def fake_trainer_spec(
+    tmp_path: Path,
+    uri: str,
+    *,
+    name: str,
+    experiment: str,
+    budgets: list[float],
+    executor: ExecutorSpec,
+    train: dict | None = None,
+) -> SweepSpec:
+    """Families S and B at demo scale (Scale(8, 4)), patch 2, batch 8, through
+    `test_sweeps_fake_trainer` (0.01 s a step, plus ``train``); runs under ``tmp_path/runs`` in
+    the experiment ``<experiment>-<tmp_path.name>``."""
+    return SweepSpec(
+        name=name,
+        experiment=f"{experiment}-{tmp_path.name}",
+        tracking_uri=uri,
+        output_dir=str(tmp_path / "runs"),
+        families=["S", "B"],
+        scale=Scale(8, 4),
+        budgets=budgets,
+        batch_size=8,
+        trainer="test_sweeps_fake_trainer",
+        final_eval=False,
+        train={"step_s": 0.01, **(train or {})},
+        executor=executor,
+    )
+
+
+def tiny_real_spec(
+    tmp_path: Path,
+    uri: str,
+    name: str,
+    *,
+    experiment: str,
+    budget: float,
+    train: dict,
+    executor: ExecutorSpec,
+) -> SweepSpec:
+    """One tiny cell through `dit_core.train` (1 block, width 32, 2 heads, patch 4, batch 8); runs
+    under ``tmp_path/name`` in the experiment ``<experiment>-<tmp_path.name>``."""
+    return SweepSpec(
+        name=name,
+        experiment=f"{experiment}-{tmp_path.name}",
+        tracking_uri=uri,
+        output_dir=str(tmp_path / name),
+        families=[],
+        shapes=[[1, 32, 2]],
+        patch_sizes=[4],
+        budgets=[budget],
+        batch_size=8,
+        final_eval=False,
+        train=train,
+        executor=executor,
+    )
+
+
+def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
+    """The experiment's MLflow runs grouped by their ``grid_cell`` tag."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    out: dict[str, list] = {}
+    for r in client.search_runs([exp.experiment_id]):
+        out.setdefault(r.data.tags["grid_cell"], []).append(r)
+    return out
