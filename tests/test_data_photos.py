@@ -299,9 +299,9 @@ def test_data_accounting_finite_and_unbounded():
 
 def test_trainer_logs_data_accounting(tmp_path, mlflow_uri):
     import mlflow
+    from _train_helpers import one_thread, tiny_config
 
     from dit_core.train import train
-    from tests._train_helpers import one_thread, tiny_config
 
     with one_thread():
         for name in ("digits", "photos"):
