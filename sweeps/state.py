@@ -32,6 +32,7 @@ __all__ = [
     "check_resumable_cell",
     "check_tracking_uri",
     "config_hash",
+    "latest_step",
     "create_cell_run",
     "ensure_experiment",
     "plan",
@@ -176,27 +177,49 @@ def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any]) -
         )
 
 
+#: Runs per ``search_runs`` request (MLflow's default page; its maximum is 50,000).
+PAGE_SIZE = 1000
+
+
 def read_runs(tracking_uri: str, experiment: str, sweep: str) -> dict[str, list[Any]]:
     """MLflow runs of ``sweep`` in ``experiment`` grouped by ``grid_cell`` tag (oldest first: a
-    cell's record is its first run; more than one would be a duplicate)."""
+    cell's record is its first run; more than one would be a duplicate).
+
+    Read in pages of `PAGE_SIZE` runs filtered on the ``sweep`` tag: a 1,000-cell sweep costs one
+    request, and each run arrives with its tags, params and latest metrics (nothing per run)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return {}
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.sweep = '{sweep}'",
-        max_results=50_000,
-        order_by=["attributes.start_time ASC"],
-    )
     by_cell: dict[str, list[Any]] = {}
-    for r in runs:
-        cell = r.data.tags.get("grid_cell")
-        if cell:
-            by_cell.setdefault(cell, []).append(r)
-    return by_cell
+    token = None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.sweep = '{sweep}'",
+            max_results=PAGE_SIZE,
+            order_by=["attributes.start_time ASC"],  # the store breaks ties by run id: stable pages
+            page_token=token,
+        )
+        for r in page:
+            cell = r.data.tags.get("grid_cell")
+            if cell:
+                by_cell.setdefault(cell, []).append(r)
+        token = page.token
+        if not token:
+            return by_cell
+
+
+def latest_step(run: Any, key: str) -> int | None:
+    """The step of the latest ``key`` point of a run as `search_runs` returns it: MLflow keeps per
+    key the point with the largest (step, timestamp, value), so this is the run's last step of
+    ``key`` without reading its history."""
+    for m in run.data._metric_objs:  # RunData keeps the Metric entities (with steps) it was built from
+        if m.key == key:
+            return int(m.step)
+    return None
 
 
 def job_ref(run: Any, run_dir: str) -> JobRef | None:
@@ -213,13 +236,17 @@ def read_states(
     sweep: str,
     cells: dict[str, str],
     with_progress: bool = False,
+    runs: dict[str, list[Any]] | None = None,
 ) -> dict[str, CellState]:
     """The state of every cell in ``cells`` (``{cell_id: run folder}``); ``with_progress``: also the
-    last step of each run."""
-    runs = read_runs(tracking_uri, experiment, sweep)
+    last step of each run. ``runs``: `read_runs` already done by the caller (else read here). The
+    tracking store is read in `read_runs`' pages only; job liveness is one batched SLURM query."""
+    if runs is None:
+        runs = read_runs(tracking_uri, experiment, sweep)
     refs = {cid: job_ref(runs[cid][0], rd) for cid, rd in cells.items() if cid in runs}
-    alive = job_liveness({c: r for c, r in refs.items() if r is not None})
-    client = None
+    # a FINISHED run is finished whatever its job does: ask the scheduler about the others only
+    unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
+    alive = job_liveness(unfinished)
     out: dict[str, CellState] = {}
     for cid in cells:
         st = CellState(cid, "missing")
@@ -237,12 +264,7 @@ def read_states(
         st.val_loss = run.data.metrics.get("val/loss")
         st.fid = next((run.data.metrics[k] for k in FID_KEYS if k in run.data.metrics), None)
         if with_progress and st.loss is not None:
-            if client is None:
-                from mlflow.tracking import MlflowClient
-
-                client = MlflowClient(tracking_uri=tracking_uri)
-            hist = client.get_metric_history(run.info.run_id, "train/loss")
-            st.step = max((m.step for m in hist), default=None)
+            st.step = latest_step(run, "train/loss")
         live = alive.get(cid, "")
         if st.run_status == "FINISHED":
             st.state = "finished"
