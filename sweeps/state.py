@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dit_core.tracking import check_tracking_server
 from sweeps.executor import JobRef, job_liveness
@@ -29,16 +30,19 @@ from sweeps.executor import JobRef, job_liveness
 __all__ = [
     "CellState",
     "Plan",
+    "Submission",
     "check_resumable_cell",
     "check_tracking_uri",
     "config_hash",
     "latest_step",
     "create_cell_run",
+    "create_cell_runs",
     "ensure_experiment",
     "plan",
     "read_runs",
     "read_states",
     "record_submission",
+    "record_submissions",
     "resolve_tracking_uri",
 ]
 
@@ -123,38 +127,87 @@ def config_hash(overrides: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str, cfg_hash: str) -> str:
-    """Create a cell's one MLflow run (status SCHEDULED, tags ``sweep``, ``grid_cell``,
-    ``config_hash``, ``attempts=0``); the trainer continues it (``tracking.run_id``)."""
+#: Concurrent requests when the launcher writes many cells' runs to an mlflow server (one at a time
+#: for a sqlite or file store, whose writers would only wait on each other's locks).
+WRITE_THREADS = 8
+
+
+def _each(tracking_uri: str, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[fn(x) for x in items]``, `WRITE_THREADS` at a time against an HTTP tracking server."""
+    if len(items) < 2 or not tracking_uri.startswith(("http://", "https://")):
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(WRITE_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def create_cell_runs(
+    tracking_uri: str, experiment: str, sweep: str, hashes: dict[str, str]
+) -> dict[str, str]:
+    """Create each cell's one MLflow run (``hashes``: ``{cell_id: config hash}``; status SCHEDULED,
+    tags ``sweep``, ``grid_cell``, ``config_hash``, ``attempts=0``); the trainer continues it
+    (``tracking.run_id``). Returns ``{cell_id: run_id}``."""
+    if not hashes:
+        return {}
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp_id = ensure_experiment(tracking_uri, experiment)
-    tags = {"sweep": sweep, "grid_cell": cell_id, "config_hash": cfg_hash, "attempts": "0"}
-    run = client.create_run(exp_id, run_name=cell_id, tags=tags)
-    client.update_run(run.info.run_id, status="SCHEDULED")
-    return run.info.run_id
+
+    def one(cell_id: str) -> str:
+        tags = {"sweep": sweep, "grid_cell": cell_id, "config_hash": hashes[cell_id], "attempts": "0"}
+        run = client.create_run(exp_id, run_name=cell_id, tags=tags)
+        client.update_run(run.info.run_id, status="SCHEDULED")
+        return run.info.run_id
+
+    cells = list(hashes)
+    return dict(zip(cells, _each(tracking_uri, one, cells)))
+
+
+def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str, cfg_hash: str) -> str:
+    """`create_cell_runs` for one cell; returns its run id."""
+    return create_cell_runs(tracking_uri, experiment, sweep, {cell_id: cfg_hash})[cell_id]
+
+
+class Submission(NamedTuple):
+    """One cell's submission as `record_submissions` writes it into the cell's run."""
+
+    run_id: str
+    job: JobRef
+    attempts: int
+    config_hash: str
+    resubmitted: bool
+
+
+def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
+    """Write each submission into its cell's run: the job (executor, id, folder), the attempt count
+    and the config hash; a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def one(sub: Submission) -> None:
+        tags = {
+            "executor": sub.job.executor,
+            "job_id": sub.job.job_id,
+            "job_folder": sub.job.folder,
+            "attempts": str(sub.attempts),
+            "config_hash": sub.config_hash,
+        }
+        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if sub.resubmitted:
+            client.update_run(sub.run_id, status="SCHEDULED")
+
+    _each(tracking_uri, one, subs)
 
 
 def record_submission(
     tracking_uri: str, run_id: str, job: JobRef, attempts: int, cfg_hash: str, resubmitted: bool
 ) -> None:
-    """Write a submission into the cell's run: the job (executor, id, folder), the attempt count and
-    the config hash; a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
-    from mlflow.entities import RunTag
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    tags = {
-        "executor": job.executor,
-        "job_id": job.job_id,
-        "job_folder": job.folder,
-        "attempts": str(attempts),
-        "config_hash": cfg_hash,
-    }
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    if resubmitted:
-        client.update_run(run_id, status="SCHEDULED")
+    """`record_submissions` for one cell."""
+    record_submissions(tracking_uri, [Submission(run_id, job, attempts, cfg_hash, resubmitted)])
 
 
 def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any]) -> None:
