@@ -118,6 +118,9 @@ DefMemPerCPU=1024
 SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=300
+# one job array per sweep: up to 10,000 cells (default 1001); MaxJobCount must hold them all
+MaxArraySize=10001
+MaxJobCount=50000
 $acct
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP

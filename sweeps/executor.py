@@ -217,6 +217,23 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def slurm_requeued() -> bool:
+    """Inside a SLURM job: has the controller already requeued it (``JobState`` PENDING/REQUEUED*,
+    as after a node failure under ``--requeue`` or a preemption that requeues)? False outside SLURM,
+    for a cancelled or timed-out job, and when ``scontrol`` does not answer."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    try:
+        out = subprocess.run(
+            ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+    return fields.get("JobState", "") in _SLURM_PENDING
+
+
 class CellJob(submitit.helpers.Checkpointable):
     """The callable each job runs: ``CellJob()(task)`` trains one cell to completion.
 
@@ -251,7 +268,15 @@ class CellJob(submitit.helpers.Checkpointable):
         trainer = importlib.import_module(task.trainer)
         result = trainer.train(build_config(trainer, task.overrides))
         if getattr(result, "status", "finished") == "preempted":
-            # a signal without a requeue handler behind it (e.g. SIGTERM: cancel, hard time limit):
+            if slurm_requeued():
+                # SLURM requeued this job before it signalled it (a node failure under --requeue):
+                # the requeued attempt resumes from the checkpoint and writes the cell's result, so
+                # this attempt leaves it open (SystemExit: submitit writes no result pickle)
+                log.warning(
+                    "cell %s: SLURM requeued job %s; the next attempt resumes it", task.cell_id, env.job_id
+                )
+                raise SystemExit(0)
+            # a signal without a requeue behind it (e.g. SIGTERM: cancel, hard time limit):
             # the checkpoint is saved; fail this job so that a relaunch resumes the cell
             raise RuntimeError(
                 f"cell {task.cell_id} stopped by {getattr(result, 'signal', None)} at step "

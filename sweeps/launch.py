@@ -287,9 +287,10 @@ def cmd_status(spec: SweepSpec) -> int:
             f"sweep {spec.name}: no MLflow store at {uri}; launch the sweep first, or pass the "
             "--tracking-uri (and --name / --config) it was launched with"
         )
-    ids = list(cells) + sorted(set(read_runs(uri, spec.experiment, spec.name)) - set(cells))
+    runs = read_runs(uri, spec.experiment, spec.name)  # one paged search, shared with read_states
+    ids = list(cells) + sorted(set(runs) - set(cells))
     run_dirs = {cid: str(sweep_dir(spec) / "cells" / cid) for cid in ids}
-    states = read_states(uri, spec.experiment, spec.name, run_dirs, with_progress=True)
+    states = read_states(uri, spec.experiment, spec.name, run_dirs, with_progress=True, runs=runs)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
     print(status_table(list(states.values()), cells))
     counts: dict[str, int] = {}

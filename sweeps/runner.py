@@ -23,14 +23,15 @@ from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
     CellState,
     Plan,
+    Submission,
     check_resumable_cell,
     check_tracking_uri,
     config_hash,
-    create_cell_run,
+    create_cell_runs,
     ensure_experiment,
     plan,
     read_states,
-    record_submission,
+    record_submissions,
     resolve_tracking_uri,
 )
 from sweeps.task import CellTask, check_trainer, make_task
@@ -187,13 +188,12 @@ class _Runner:
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
         spec, uri = self.prep.spec, self.prep.tracking_uri
+        new = {t.cell_id: config_hash(t.overrides) for t in tasks if self.states[t.cell_id].run_id is None}
+        for cid, run_id in create_cell_runs(uri, spec.experiment, spec.name, new).items():
+            self.states[cid].run_id = run_id
         prepared = []
         for t in tasks:
             st = self.states[t.cell_id]
-            if st.run_id is None:
-                st.run_id = create_cell_run(
-                    uri, spec.experiment, spec.name, t.cell_id, config_hash(t.overrides)
-                )
             Path(t.run_dir).mkdir(parents=True, exist_ok=True)
             prepared.append(dataclasses.replace(t, overrides={**t.overrides, "tracking.run_id": st.run_id}))
         if self.prep.kind == "slurm":
@@ -207,6 +207,7 @@ class _Runner:
                     )
                 jobs.append(self.executor.submit(CellJob(), t))
         now = time.monotonic() - self.t0
+        subs = []
         for t, j in zip(prepared, jobs):
             st = self.states[t.cell_id]
             self.jobs[t.cell_id] = j
@@ -214,8 +215,10 @@ class _Runner:
             self.result.job_ids[t.cell_id] = str(j.job_id)
             self.result.timings[t.cell_id] = (now, now)
             ref = JobRef(self.prep.kind, str(j.job_id), str(getattr(j.paths, "folder", "")), t.run_dir)
-            record_submission(uri, st.run_id, ref, st.attempts + 1, config_hash(t.overrides), st.attempts > 0)
+            cfg_hash = config_hash(t.overrides)
+            subs.append(Submission(st.run_id, ref, st.attempts + 1, cfg_hash, st.attempts > 0))
             log.info("submitted %s as %s job %s", t.cell_id, self.prep.kind, j.job_id)
+        record_submissions(uri, subs)
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
         kind, width = self.prep.kind, self.prep.spec.executor.local_parallelism

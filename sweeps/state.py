@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dit_core.tracking import check_tracking_server
 from sweeps.executor import JobRef, job_liveness
@@ -29,15 +30,19 @@ from sweeps.executor import JobRef, job_liveness
 __all__ = [
     "CellState",
     "Plan",
+    "Submission",
     "check_resumable_cell",
     "check_tracking_uri",
     "config_hash",
+    "latest_step",
     "create_cell_run",
+    "create_cell_runs",
     "ensure_experiment",
     "plan",
     "read_runs",
     "read_states",
     "record_submission",
+    "record_submissions",
     "resolve_tracking_uri",
 ]
 
@@ -122,38 +127,87 @@ def config_hash(overrides: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str, cfg_hash: str) -> str:
-    """Create a cell's one MLflow run (status SCHEDULED, tags ``sweep``, ``grid_cell``,
-    ``config_hash``, ``attempts=0``); the trainer continues it (``tracking.run_id``)."""
+#: Concurrent requests when the launcher writes many cells' runs to an mlflow server (one at a time
+#: for a sqlite or file store, whose writers would only wait on each other's locks).
+WRITE_THREADS = 8
+
+
+def _each(tracking_uri: str, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[fn(x) for x in items]``, `WRITE_THREADS` at a time against an HTTP tracking server."""
+    if len(items) < 2 or not tracking_uri.startswith(("http://", "https://")):
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(WRITE_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def create_cell_runs(
+    tracking_uri: str, experiment: str, sweep: str, hashes: dict[str, str]
+) -> dict[str, str]:
+    """Create each cell's one MLflow run (``hashes``: ``{cell_id: config hash}``; status SCHEDULED,
+    tags ``sweep``, ``grid_cell``, ``config_hash``, ``attempts=0``); the trainer continues it
+    (``tracking.run_id``). Returns ``{cell_id: run_id}``."""
+    if not hashes:
+        return {}
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp_id = ensure_experiment(tracking_uri, experiment)
-    tags = {"sweep": sweep, "grid_cell": cell_id, "config_hash": cfg_hash, "attempts": "0"}
-    run = client.create_run(exp_id, run_name=cell_id, tags=tags)
-    client.update_run(run.info.run_id, status="SCHEDULED")
-    return run.info.run_id
+
+    def one(cell_id: str) -> str:
+        tags = {"sweep": sweep, "grid_cell": cell_id, "config_hash": hashes[cell_id], "attempts": "0"}
+        run = client.create_run(exp_id, run_name=cell_id, tags=tags)
+        client.update_run(run.info.run_id, status="SCHEDULED")
+        return run.info.run_id
+
+    cells = list(hashes)
+    return dict(zip(cells, _each(tracking_uri, one, cells)))
+
+
+def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str, cfg_hash: str) -> str:
+    """`create_cell_runs` for one cell; returns its run id."""
+    return create_cell_runs(tracking_uri, experiment, sweep, {cell_id: cfg_hash})[cell_id]
+
+
+class Submission(NamedTuple):
+    """One cell's submission as `record_submissions` writes it into the cell's run."""
+
+    run_id: str
+    job: JobRef
+    attempts: int
+    config_hash: str
+    resubmitted: bool
+
+
+def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
+    """Write each submission into its cell's run: the job (executor, id, folder), the attempt count
+    and the config hash; a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def one(sub: Submission) -> None:
+        tags = {
+            "executor": sub.job.executor,
+            "job_id": sub.job.job_id,
+            "job_folder": sub.job.folder,
+            "attempts": str(sub.attempts),
+            "config_hash": sub.config_hash,
+        }
+        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if sub.resubmitted:
+            client.update_run(sub.run_id, status="SCHEDULED")
+
+    _each(tracking_uri, one, subs)
 
 
 def record_submission(
     tracking_uri: str, run_id: str, job: JobRef, attempts: int, cfg_hash: str, resubmitted: bool
 ) -> None:
-    """Write a submission into the cell's run: the job (executor, id, folder), the attempt count and
-    the config hash; a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
-    from mlflow.entities import RunTag
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    tags = {
-        "executor": job.executor,
-        "job_id": job.job_id,
-        "job_folder": job.folder,
-        "attempts": str(attempts),
-        "config_hash": cfg_hash,
-    }
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    if resubmitted:
-        client.update_run(run_id, status="SCHEDULED")
+    """`record_submissions` for one cell."""
+    record_submissions(tracking_uri, [Submission(run_id, job, attempts, cfg_hash, resubmitted)])
 
 
 def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any]) -> None:
@@ -176,27 +230,49 @@ def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any]) -
         )
 
 
+#: Runs per ``search_runs`` request (MLflow's default page; its maximum is 50,000).
+PAGE_SIZE = 1000
+
+
 def read_runs(tracking_uri: str, experiment: str, sweep: str) -> dict[str, list[Any]]:
     """MLflow runs of ``sweep`` in ``experiment`` grouped by ``grid_cell`` tag (oldest first: a
-    cell's record is its first run; more than one would be a duplicate)."""
+    cell's record is its first run; more than one would be a duplicate).
+
+    Read in pages of `PAGE_SIZE` runs filtered on the ``sweep`` tag: a 1,000-cell sweep costs one
+    request, and each run arrives with its tags, params and latest metrics (nothing per run)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return {}
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.sweep = '{sweep}'",
-        max_results=50_000,
-        order_by=["attributes.start_time ASC"],
-    )
     by_cell: dict[str, list[Any]] = {}
-    for r in runs:
-        cell = r.data.tags.get("grid_cell")
-        if cell:
-            by_cell.setdefault(cell, []).append(r)
-    return by_cell
+    token = None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.sweep = '{sweep}'",
+            max_results=PAGE_SIZE,
+            order_by=["attributes.start_time ASC"],  # the store breaks ties by run id: stable pages
+            page_token=token,
+        )
+        for r in page:
+            cell = r.data.tags.get("grid_cell")
+            if cell:
+                by_cell.setdefault(cell, []).append(r)
+        token = page.token
+        if not token:
+            return by_cell
+
+
+def latest_step(run: Any, key: str) -> int | None:
+    """The step of the latest ``key`` point of a run as `search_runs` returns it: MLflow keeps per
+    key the point with the largest (step, timestamp, value), so this is the run's last step of
+    ``key`` without reading its history."""
+    for m in run.data._metric_objs:  # RunData keeps the Metric entities (with steps) it was built from
+        if m.key == key:
+            return int(m.step)
+    return None
 
 
 def job_ref(run: Any, run_dir: str) -> JobRef | None:
@@ -213,13 +289,17 @@ def read_states(
     sweep: str,
     cells: dict[str, str],
     with_progress: bool = False,
+    runs: dict[str, list[Any]] | None = None,
 ) -> dict[str, CellState]:
     """The state of every cell in ``cells`` (``{cell_id: run folder}``); ``with_progress``: also the
-    last step of each run."""
-    runs = read_runs(tracking_uri, experiment, sweep)
+    last step of each run. ``runs``: `read_runs` already done by the caller (else read here). The
+    tracking store is read in `read_runs`' pages only; job liveness is one batched SLURM query."""
+    if runs is None:
+        runs = read_runs(tracking_uri, experiment, sweep)
     refs = {cid: job_ref(runs[cid][0], rd) for cid, rd in cells.items() if cid in runs}
-    alive = job_liveness({c: r for c, r in refs.items() if r is not None})
-    client = None
+    # a FINISHED run is finished whatever its job does: ask the scheduler about the others only
+    unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
+    alive = job_liveness(unfinished)
     out: dict[str, CellState] = {}
     for cid in cells:
         st = CellState(cid, "missing")
@@ -237,12 +317,7 @@ def read_states(
         st.val_loss = run.data.metrics.get("val/loss")
         st.fid = next((run.data.metrics[k] for k in FID_KEYS if k in run.data.metrics), None)
         if with_progress and st.loss is not None:
-            if client is None:
-                from mlflow.tracking import MlflowClient
-
-                client = MlflowClient(tracking_uri=tracking_uri)
-            hist = client.get_metric_history(run.info.run_id, "train/loss")
-            st.step = max((m.step for m in hist), default=None)
+            st.step = latest_step(run, "train/loss")
         live = alive.get(cid, "")
         if st.run_status == "FINISHED":
             st.state = "finished"

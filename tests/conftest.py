@@ -113,6 +113,20 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pg_mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (2 workers) over a fresh PostgreSQL database, for many writers: an
+    `_pg_server.MlflowServer` (``.url``). PostgreSQL comes from `bash slurm/mlflow-db.sh up`."""
+    from _pg_server import pg_status, start_pg_mlflow_server, stop_pg_mlflow_server
+
+    why = pg_status()
+    if why:
+        pytest.skip(why)
+    server = start_pg_mlflow_server(tmp_path_factory.mktemp("pg-mlflow-server"))
+    yield server
+    stop_pg_mlflow_server(server)
+
+
+@pytest.fixture(scope="session")
 def eval_cache(tmp_path_factory) -> Path:
     """DITSCALE_CACHE for the test_evaluate* modules, so each domain classifier trains once a session."""
     path = tmp_path_factory.getbasetemp() / "ditscale-cache"

@@ -1,0 +1,135 @@
+"""A real `mlflow server` backed by PostgreSQL, for tests and `benchmarks/sweep_scale.py`.
+
+PostgreSQL itself is started by ``bash slurm/mlflow-db.sh up`` (CI: ``.ci/run``); its role may create
+databases, so every user of this module gets a fresh database (no state shared between sessions).
+``DITSCALE_PG_URI`` names the server and role (default: the role the script creates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_PG_URI = "postgresql://ditscale:ditscale@127.0.0.1:5432/mlflow"
+
+
+def pg_uri() -> str:
+    return os.environ.get("DITSCALE_PG_URI", DEFAULT_PG_URI)
+
+
+def _with_db(uri: str, db: str) -> str:
+    p = urlsplit(uri)
+    return urlunsplit((p.scheme, p.netloc, f"/{db}", "", ""))
+
+
+def pg_status(uri: str | None = None) -> str:
+    """ "" when PostgreSQL answers at ``uri`` with the role's password, else why not."""
+    try:
+        import psycopg2
+    except ImportError:
+        return "psycopg2 is not installed (pip install -e '.[test]')"
+    try:
+        psycopg2.connect(uri or pg_uri(), connect_timeout=5).close()
+    except psycopg2.Error as e:
+        host = urlsplit(uri or pg_uri()).hostname
+        return f"PostgreSQL at {host} unreachable ({str(e).strip()[:200]}): run `bash slurm/mlflow-db.sh up`"
+    return ""
+
+
+def _admin(uri: str, sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(uri, connect_timeout=10)
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def create_database(prefix: str = "ditscale_test") -> str:
+    """A fresh, empty database; returns its URI (``postgresql://...``)."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    _admin(pg_uri(), f'CREATE DATABASE "{name}"')
+    return _with_db(pg_uri(), name)
+
+
+def drop_database(uri: str) -> None:
+    name = urlsplit(uri).path.lstrip("/")
+    _admin(pg_uri(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MlflowServer:
+    """A running `mlflow server`: its URL, process, backend database and folder (log, artifacts)."""
+
+    url: str
+    proc: subprocess.Popen
+    db_uri: str
+    folder: Path
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def start_pg_mlflow_server(folder: Path, workers: int = 2, timeout_s: float = 180.0) -> MlflowServer:
+    """`mlflow server` on 127.0.0.1 (a free port) over a fresh PostgreSQL database, artifacts served
+    from ``folder/artifacts`` (``--artifacts-destination``); log in ``folder/server.log``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    db = create_database()
+    port = free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--backend-store-uri", db.replace("postgresql://", "postgresql+psycopg2://", 1),
+        "--artifacts-destination", str(folder / "artifacts"),
+    ]  # fmt: skip
+    log = open(folder / "server.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = MlflowServer(f"http://127.0.0.1:{port}", proc, db, folder)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            drop_database(db)
+            raise RuntimeError(f"mlflow server exited early:\n{(folder / 'server.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=1) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.3)
+    server.stop()
+    drop_database(db)
+    raise RuntimeError(f"mlflow server over {db} did not answer /health within {timeout_s} s")
+
+
+def stop_pg_mlflow_server(server: MlflowServer) -> None:
+    server.stop()
+    drop_database(server.db_uri)
