@@ -244,6 +244,9 @@ def _warm_up(trainer: str, tracking_uri: str | None) -> None:
         except Exception as e:  # noqa: BLE001 - the children will report a real problem themselves
             log.warning("could not open the MLflow store %s in the warm worker: %s", tracking_uri, e)
     _dispose_sql_engines(close=True)
+    tracking = sys.modules.get("dit_core.tracking")
+    if tracking is not None:
+        tracking.git_commit()  # cached: the children skip the `git rev-parse`
 
 
 def _dispose_sql_engines(close: bool) -> None:
