@@ -2,11 +2,13 @@
 
     python benchmarks/sweep_throughput.py                      # S,XL x 1.5e11,4e11, --parallel 2, 3 repeats
     python benchmarks/sweep_throughput.py --grid S,B,L,XL --budgets 4e11 --repeats 5 --json out.json
+    python benchmarks/sweep_throughput.py --paths warm,plain   # warm workers vs a python per cell
 
 Each repeat launches the demo sweep (``sweeps/configs/demo.yaml``: 16 px digits, patch 2, batch 16,
 final validation and 200-sample evaluation) restricted to ``--grid`` x ``--budgets`` with
 `sweeps.runner.launch` on the local executor (``--parallel`` slots, one torch thread per slot on a
-machine with as many cores), in a temporary folder with its own sqlite MLflow store (created before
+machine with as many cores; ``--paths``: warm workers, `sweeps.warm`, and/or a python per cell,
+alternated within each repeat), in a temporary folder with its own sqlite MLflow store (created before
 the clock starts: a store's tables are made once, not per sweep). From the cells' MLflow runs
 (`dit_core.trainer.loop.FIXED_COST_METRICS`) and the launcher's `LaunchResult.timings` it reports:
 
@@ -60,8 +62,9 @@ def gemm_gflops(m: int, k: int, n: int, min_s: float = 0.3) -> float:
     return 2 * m * k * n / best / 1e9
 
 
-def run_once(args: argparse.Namespace, i: int, folder: Path) -> dict:
-    """One launch of the mini-sweep in ``folder``; returns its figures."""
+def run_once(args: argparse.Namespace, i: int, folder: Path, warm: bool = True) -> dict:
+    """One launch of the mini-sweep in ``folder`` (``warm``: cells forked from a warm worker, else a
+    fresh python per cell); returns its figures."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     spec = load_spec(ROOT / "sweeps" / "configs" / "demo.yaml").replace(
         name=f"throughput{i}",
@@ -70,7 +73,12 @@ def run_once(args: argparse.Namespace, i: int, folder: Path) -> dict:
         output_dir=str(folder / "runs"),
         families=args.grid,
         budgets=args.budgets,
-        executor={"name": "local", "local_parallelism": args.parallel, "max_retries": 0},
+        executor={
+            "name": "local",
+            "local_parallelism": args.parallel,
+            "max_retries": 0,
+            "local_warm": warm,
+        },  # fmt: skip
     )
     ensure_experiment(uri, spec.experiment)  # the store's tables, once (not part of a sweep's cost)
     t0 = time.monotonic()
@@ -164,17 +172,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--parallel", type=int, default=2, help="local executor slots")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--paths", type=lambda s: s.split(","), default=["warm"],
+        help="local executor paths, alternated per repeat: warm (sweeps.warm), plain (a python per cell)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, help="also write every repeat's figures here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows = []
+    bad = sorted(set(args.paths) - {"warm", "plain"})
+    if bad:
+        p.error(f"--paths: unknown {bad}; choose warm, plain")
+    rows: dict[str, list[dict]] = {path: [] for path in args.paths}
     for i in range(args.repeats):
-        with tempfile.TemporaryDirectory(prefix="sweep_throughput_") as tmp:
-            rows.append(run_once(args, i, Path(tmp)))
-        r = rows[-1]
-        print(f"repeat {i + 1}: wall {r['wall_s']:.1f} s, train share {r['train_share']:.0%}, "
-              f"busy slots {r['busy_slots']:.2f}", flush=True)  # fmt: skip
-    print(report(rows, args.parallel))
+        for path in args.paths:
+            with tempfile.TemporaryDirectory(prefix="sweep_throughput_") as tmp:
+                rows[path].append(run_once(args, i, Path(tmp), warm=path == "warm"))
+            r = rows[path][-1]
+            print(f"repeat {i + 1} ({path}): wall {r['wall_s']:.1f} s, train share {r['train_share']:.0%}, "
+                  f"busy slots {r['busy_slots']:.2f}", flush=True)  # fmt: skip
+    for path, path_rows in rows.items():
+        print(f"== {path} ==")
+        print(report(path_rows, args.parallel))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

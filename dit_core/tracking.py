@@ -27,6 +27,7 @@ the run again instead of creating a second one.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import os
@@ -76,8 +77,11 @@ def format_param(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=16)
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """HEAD commit of the repository holding ``path`` (default: this package), or None."""
+    """HEAD commit of the repository holding ``path`` (default: this package), or None. Looked up once
+    per process and path: a process runs the code it imported (a warm sweep worker looks it up
+    before forking its cells, `sweeps.warm`)."""
     where = Path(path) if path else Path(__file__).resolve().parent
     try:
         out = subprocess.run(

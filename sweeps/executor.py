@@ -33,7 +33,9 @@ __all__ = [
     "make_executor",
     "parse_sbatch_lines",
     "resolve_executor_kind",
+    "run_task",
     "slurm_status",
+    "warm_unsupported",
 ]
 
 log = logging.getLogger(__name__)
@@ -259,35 +261,56 @@ class CellJob(submitit.helpers.Checkpointable):
             env.global_rank,
             env.num_tasks,
         )
-        os.environ.setdefault("DITSCALE_EXECUTOR_JOB_ID", str(env.job_id))
-        Path(task.run_dir).mkdir(parents=True, exist_ok=True)
-        if task.threads:  # before the trainer imports torch; set directly if it is already imported
-            os.environ["OMP_NUM_THREADS"] = str(task.threads)
-            if "torch" in sys.modules:
-                sys.modules["torch"].set_num_threads(task.threads)
-        trainer = importlib.import_module(task.trainer)
-        result = trainer.train(build_config(trainer, task.overrides))
-        if getattr(result, "status", "finished") == "preempted":
-            if slurm_requeued():
-                # SLURM requeued this job before it signalled it (a node failure under --requeue):
-                # the requeued attempt resumes from the checkpoint and writes the cell's result, so
-                # this attempt leaves it open (SystemExit: submitit writes no result pickle)
-                log.warning(
-                    "cell %s: SLURM requeued job %s; the next attempt resumes it", task.cell_id, env.job_id
-                )
-                raise SystemExit(0)
-            # a signal without a requeue behind it (e.g. SIGTERM: cancel, hard time limit):
-            # the checkpoint is saved; fail this job so that a relaunch resumes the cell
-            raise RuntimeError(
-                f"cell {task.cell_id} stopped by {getattr(result, 'signal', None)} at step "
-                f"{getattr(result, 'step', '?')}; its checkpoint is saved: relaunch the sweep to resume"
-            )
-        return _as_dict(result)
+        return run_task(task, str(env.job_id))
 
     def checkpoint(self, task: CellTask) -> submitit.helpers.DelayedSubmission:
         """Resubmit the same task: the trainer has already saved its checkpoint in ``task.run_dir``."""
         log.info("cell %s: requeue, resuming from %s", task.cell_id, task.run_dir)
         return submitit.helpers.DelayedSubmission(CellJob(), task)
+
+
+def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
+    """Train ``task``'s cell in this process (the body of every job: submitit's or a warm worker's)
+    and return the trainer's result as a dict; a run stopped by a signal without a requeue handler
+    behind it raises RuntimeError (its checkpoint is saved: a relaunch resumes it)."""
+    os.environ.setdefault("DITSCALE_EXECUTOR_JOB_ID", job_id)
+    Path(task.run_dir).mkdir(parents=True, exist_ok=True)
+    if task.threads:  # before the trainer imports torch; set directly if it is already imported
+        os.environ["OMP_NUM_THREADS"] = str(task.threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(task.threads)
+    trainer = importlib.import_module(task.trainer)
+    result = trainer.train(build_config(trainer, task.overrides))
+    if getattr(result, "status", "finished") == "preempted":
+        if slurm_requeued():
+            # SLURM requeued this job before it signalled it (a node failure under --requeue): the
+            # requeued attempt resumes from the checkpoint and writes the cell's result, so this
+            # attempt leaves it open (SystemExit: submitit writes no result pickle)
+            log.warning("cell %s: SLURM requeued job %s; the next attempt resumes it", task.cell_id, job_id)
+            raise SystemExit(0)
+        # a signal without a requeue handler behind it (e.g. SIGTERM: cancel, hard time limit):
+        # the checkpoint is saved; fail this job so that a relaunch resumes the cell
+        raise RuntimeError(
+            f"cell {task.cell_id} stopped by {getattr(result, 'signal', None)} at step "
+            f"{getattr(result, 'step', '?')}; its checkpoint is saved: relaunch the sweep to resume"
+        )
+    return _as_dict(result)
+
+
+def warm_unsupported(spec: ExecutorSpec) -> str:
+    """Why the local executor cannot run ``spec``'s cells in warm workers (`sweeps.warm`), "" if it
+    can: ``local_warm`` off, several processes per cell, GPUs, or ``setup`` lines (a fork runs no shell)."""
+    if not spec.local_warm:
+        return "local_warm is off"
+    if spec.tasks_per_node != 1:
+        return f"tasks_per_node={spec.tasks_per_node}"
+    if spec.gpus_per_node:
+        return f"gpus_per_node={spec.gpus_per_node}"
+    if spec.setup:
+        return "setup lines are set"
+    if not hasattr(os, "fork"):
+        return "no os.fork on this platform"
+    return ""
 
 
 def _as_dict(result: Any) -> dict[str, Any]:

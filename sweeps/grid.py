@@ -65,7 +65,9 @@ class ExecutorSpec:
     through submitit's torch-distributed environment), cpus_per_task, mem_gb, timeout_min,
     array_parallelism (``--array=0-N%k``), signal_delay_s (USR2 this long before the time limit),
     sbatch (extra ``#SBATCH`` flags such as ``--qos=high``), setup (shell lines run before the job).
-    local_parallelism: cells run at once by the local executor. max_retries: resubmissions of a failed
+    local_parallelism: cells run at once by the local executor. local_warm: fork the local executor's
+    cells from one process that imported the trainer once (`sweeps.warm`); off: a fresh ``python`` per
+    cell (submitit's LocalExecutor). max_retries: resubmissions of a failed
     cell. max_num_timeout: time-limit requeues per submission before a job counts as failed.
     """
 
@@ -79,6 +81,7 @@ class ExecutorSpec:
     timeout_min: int = 60
     array_parallelism: int = 64
     local_parallelism: int = 2
+    local_warm: bool = True
     signal_delay_s: int = 90
     sbatch: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)

@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--array-parallelism", type=int, help="SLURM: array tasks running at once")
     e.add_argument("--parallel", type=int, dest="local_parallelism", help="local: cells running at once")
     e.add_argument(
+        "--no-warm", action="store_const", const=False, dest="local_warm",
+        help="local: a fresh python per cell instead of forking cells from one warm worker",
+    )  # fmt: skip
+    e.add_argument(
         "--signal-delay", type=int, dest="signal_delay_s", help="USR2 this many s before the limit"
     )
     e.add_argument(
@@ -237,6 +241,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         "timeout_min",
         "array_parallelism",
         "local_parallelism",
+        "local_warm",
         "signal_delay_s",
         "max_retries",
     ):

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeps.executor import CellJob, JobRef, local_job_setup, make_executor, resolve_executor_kind
+from sweeps.executor import (
+    CellJob,
+    JobRef,
+    local_job_setup,
+    make_executor,
+    resolve_executor_kind,
+    warm_unsupported,
+)
 from sweeps.grid import Cell, SweepSpec, expand
 from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
@@ -35,6 +42,7 @@ from sweeps.state import (
     resolve_tracking_uri,
 )
 from sweeps.task import CellTask, check_trainer, make_task
+from sweeps.warm import WarmExecutor
 
 __all__ = ["LaunchResult", "Prepared", "Progress", "launch", "prepare", "sweep_dir"]
 
@@ -136,8 +144,42 @@ def launch(
     as soon as a slot frees, longest first) and, with ``wait``, block until they end. Relaunching
     the same sweep submits only what is missing, failed or interrupted."""
     prep = prepare(spec)
-    sdir = prep.sweep_dir
     threads = _threads_per_process(prep)
+    # a warm worker starts first: its imports overlap with the checks and MLflow reads below
+    warm = _start_warm(prep, threads)
+    try:
+        return _launch(prep, threads, warm, wait, poll_s, on_progress)
+    finally:
+        if warm is not None and not warm.submitted:
+            warm.kill()  # nothing to run (all done or live, or an error): stop its imports
+        elif warm is not None:
+            warm.close(wait_s=30.0 if wait else None)  # it exits once its cells have
+
+
+def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
+    """A `sweeps.warm.WarmExecutor` for a local sweep that can use one, else None (plain submitit)."""
+    ex = prep.spec.executor
+    if prep.kind != "local":
+        return None
+    why = warm_unsupported(ex)
+    if why:
+        log.info("local cells run as fresh processes (no warm worker: %s)", why)
+        return None
+    return WarmExecutor(
+        prep.sweep_dir / "jobs", threads=threads, trainer=prep.spec.trainer, tracking_uri=prep.tracking_uri,
+        timeout_min=ex.timeout_min, signal_delay_s=ex.signal_delay_s, max_num_timeout=ex.max_num_timeout,
+    )  # fmt: skip
+
+
+def _launch(
+    prep: Prepared,
+    threads: int,
+    warm: WarmExecutor | None,
+    wait: bool,
+    poll_s: float,
+    on_progress: Callable[[Progress], None] | None,
+) -> LaunchResult:
+    spec, sdir = prep.spec, prep.sweep_dir
     all_tasks = {c.cell_id: make_task(spec, c, sdir, prep.tracking_uri, threads) for c in prep.cells}
     check_trainer(spec.trainer, list(all_tasks.values()))
     with sweep_lock(sdir):
@@ -159,7 +201,9 @@ def launch(
                 "nothing to submit: %d finished, %d running", len(the_plan.finished), len(the_plan.running)
             )
             return result
-        executor = make_executor(spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}")
+        executor = warm or make_executor(
+            spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
+        )
         others = {cid: run_dirs[cid] for cid in the_plan.running}
         _Runner(prep, executor, result, states, on_progress, poll_s, others).run(tasks, wait)
     return result
@@ -201,7 +245,7 @@ class _Runner:
         else:
             jobs = []
             for t in prepared:
-                if self.prep.kind == "local":
+                if self.prep.kind == "local" and not isinstance(self.executor, WarmExecutor):
                     self.executor.update_parameters(
                         setup=local_job_setup(spec.executor, t.run_dir, t.threads)
                     )
@@ -260,7 +304,10 @@ class _Runner:
 
     def _until_locked(self, timeout_s: float = 30.0) -> None:
         """Before the sweep lock is released: wait until each local job holds its cell's lock (or
-        has ended), so that a relaunch right after a --no-wait launch sees every job alive."""
+        has ended), so that a relaunch right after a --no-wait launch sees every job alive. A warm
+        worker takes the locks once its imports are done: it is waited for as long as it lives."""
+        if isinstance(self.executor, WarmExecutor):
+            timeout_s = float("inf")
         deadline = time.monotonic() + timeout_s
         for cid, job in self.jobs.items():
             while not cell_lock_held(self.run_dirs[cid]) and not job.done() and time.monotonic() < deadline:

@@ -1,0 +1,438 @@
+"""Warm workers for the local executor: every cell forked from one process that imported it all once.
+
+A plain local job is a fresh ``python`` (submitit's `LocalExecutor`): each cell pays the interpreter,
+``import torch`` (and ``torch._dynamo``, which the first optimizer imports), MLflow, its SQL store's
+modules and schema check, 5-15 s on the demo machine before its first step (docs/training.md,
+"Sweep throughput"). `WarmExecutor` instead starts one *zygote* per launch (``python -m sweeps.warm``)
+that imports the trainer and all of that, opens the sweep's MLflow store, and then forks one child
+per cell. The zygote never runs a torch op, so no intra-op thread pool exists when it forks; each
+child sets its thread count (the executor's share of the cores) before its first op.
+
+What the plain local path guarantees holds here too:
+
+- liveness: the zygote takes the cell's ``flock`` (`sweeps.lock.CELL_LOCK`) before forking, and the
+  child inherits it, so it is held while either lives (a relaunch or ``status`` sees the cell alive,
+  and a SIGKILLed child's cell is seen as interrupted once the zygote has reaped it);
+- requeue: SIGUSR2 (as SLURM sends before a time limit; the zygote sends it ``signal_delay_s`` before
+  ``timeout_min``) makes the trainer checkpoint and exit with `REQUEUE_EXIT`; the zygote forks the
+  cell again (at most ``max_num_timeout`` times) and it resumes into the same MLflow run;
+- exit codes and logs in the job folder ``<jobs>/<job_id>/``: ``<job_id>_0_log.out`` / ``.err``,
+  ``<job_id>_0_result.pkl`` (``("success", result)`` or ``("error", traceback)``) and
+  ``<job_id>_exit`` (the exit status; negative: killed by that signal);
+- cancel: `WarmJob.cancel` sends the child SIGINT, as submitit's local jobs do;
+- Ctrl-C on the launcher's terminal reaches the zygote and the children (one process group).
+
+Protocol: the launcher writes the task to ``<job_id>_submitted.pkl`` and one JSON line
+``{"op": "run"|"cancel", "job_id", "folder", "run_dir"}`` to the zygote's stdin; the zygote reports
+through the files above only, so it outlives a ``--no-wait`` launcher (at end of input it exits once
+its children have).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import json
+import logging
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from sweeps.lock import CELL_LOCK, cell_lock_held
+
+__all__ = ["REQUEUE_EXIT", "WARM_IMPORTS", "WarmExecutor", "WarmJob", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a child that checkpointed on SIGUSR2 and wants to be forked again.
+REQUEUE_EXIT = 75
+#: Modules the zygote imports before forking (missing ones are skipped): what a demo cell's trainer
+#: would otherwise import in every job (torch._dynamo: the first optimizer; torchvision and the
+#: evaluation stack: the first evaluation; the SQL store: the first MLflow request).
+WARM_IMPORTS = (
+    "torch",
+    "torch._dynamo",
+    "accelerate",
+    "psutil",
+    "mlflow",
+    "mlflow.tracking",
+    "mlflow.entities",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "torchvision.utils",
+    "dit_core.tracking",
+    "dit_core.evaluate",
+    "dit_core.evaluate.metrics",
+    "dit_core.diffusion",
+    "sweeps.executor",
+)
+_POLL_S = 0.05
+_LOCK_WAIT_S = 10.0
+
+
+class _Requeue(BaseException):
+    """Raised by the child's SIGUSR2 handler, after the trainer's checkpoint: fork this cell again."""
+
+
+# ---------------------------------------------------------------------------------- launcher side
+class WarmJob:
+    """A cell's job in a `WarmExecutor`; the interface `sweeps.runner` uses of a submitit job."""
+
+    def __init__(self, executor: WarmExecutor, job_id: str, folder: Path, run_dir: str):
+        self.executor, self.job_id, self.run_dir = executor, job_id, run_dir
+        self.paths = SimpleNamespace(folder=folder)
+
+    def _file(self, suffix: str) -> Path:
+        return self.paths.folder / f"{self.job_id}{suffix}"
+
+    def exit_code(self) -> int | None:
+        """The job's exit status once the zygote has reaped it (negative: killed by that signal)."""
+        try:
+            return int(self._file("_exit").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def done(self) -> bool:
+        if self._file("_exit").exists():
+            return True
+        # the zygote died (killed, Ctrl-C): the job is over once nothing holds the cell's lock
+        return not self.executor.alive() and not cell_lock_held(self.run_dir)
+
+    def results(self) -> list[Any]:
+        """``[result]`` of a job that succeeded; raises RuntimeError (with the remote traceback) else."""
+        code = self.exit_code()
+        try:
+            with open(self._file("_0_result.pkl"), "rb") as f:
+                kind, value = pickle.load(f)
+        except FileNotFoundError:
+            kind, value = "error", None
+        if kind == "success" and code == 0:
+            return [value]
+        if code is None:
+            why = "its warm worker exited before the job ended"
+        elif code < 0:
+            why = f"killed by {signal.Signals(-code).name}"
+        else:
+            why = f"exit status {code}"
+        raise RuntimeError(
+            f"job {self.job_id} failed ({why}); logs in {self.paths.folder}\n{value or ''}".rstrip()
+        )
+
+    def cancel(self, check: bool = True) -> None:  # noqa: ARG002 - submitit's signature
+        """SIGINT to the job's process, as submitit's local jobs get."""
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(self._file("_pid").read_text()), signal.SIGINT)
+
+
+class WarmExecutor:
+    """Runs cells as children of one zygote process (module docstring); ``submit(fn, task)`` like
+    submitit's executors (``fn`` is ignored: a child runs `sweeps.executor.run_task`)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        threads: int,
+        trainer: str,
+        tracking_uri: str | None,
+        timeout_min: float = 60,
+        signal_delay_s: int = 90,
+        max_num_timeout: int = 3,
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if threads:  # read by OpenMP / MKL / OpenBLAS when torch and numpy load in the zygote
+            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[k] = str(threads)
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        config = {
+            "threads": threads, "trainer": trainer, "tracking_uri": tracking_uri,
+            "timeout_s": 60.0 * timeout_min, "signal_delay_s": signal_delay_s,
+            "max_num_timeout": max_num_timeout,
+        }  # fmt: skip
+        self.log_path = self.folder / f"warm_{os.getpid()}_{time.time_ns()}.log"
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sweeps.warm", json.dumps(config)],
+                stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
+            )  # fmt: skip
+        self._seq = 0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    @property
+    def submitted(self) -> int:
+        """Jobs submitted so far."""
+        return self._seq
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError) as e:
+            raise RuntimeError(f"the warm worker (pid {self.proc.pid}) is gone; see {self.log_path}") from e
+
+    def submit(self, fn: Any, task: Any) -> WarmJob:  # noqa: ARG002 - submitit's signature
+        self._seq += 1
+        job_id = f"{self.proc.pid}_{self._seq}"
+        folder = self.folder / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{job_id}_submitted.pkl"
+        with open(tmp, "wb") as f:
+            pickle.dump(task, f)
+        os.replace(tmp, folder / f"{job_id}_submitted.pkl")
+        self._send({"op": "run", "job_id": job_id, "folder": str(folder), "run_dir": task.run_dir})
+        return WarmJob(self, job_id, folder, task.run_dir)
+
+    def cancel(self, job: WarmJob) -> None:
+        self._send({"op": "cancel", "job_id": job.job_id})
+
+    def close(self, wait_s: float | None = None) -> None:
+        """End of input: the zygote exits once its children have; ``wait_s``: wait that long for it."""
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        if wait_s:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=wait_s)
+
+    def kill(self) -> None:
+        """Stop a zygote that has no job yet (nothing to submit)."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------- zygote side
+@dataclass
+class _Slot:
+    job_id: str
+    folder: Path
+    run_dir: str
+    lock_fd: int
+    pid: int = 0
+    started: float = 0.0
+    warned: bool = False
+    requeues: int = 0
+    cancelled: bool = False
+
+
+def _warm_up(trainer: str, tracking_uri: str | None) -> None:
+    """Import what a job imports, and open the MLflow store once (its engine and schema check are
+    cached by MLflow per URI, so children reuse them; pooled connections are closed before forking)."""
+    for name in (*WARM_IMPORTS, trainer):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            log.info("warm import %s skipped: %s", name, e)
+    if tracking_uri:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - the children will report a real problem themselves
+            log.warning("could not open the MLflow store %s in the warm worker: %s", tracking_uri, e)
+    _dispose_sql_engines(close=True)
+    tracking = sys.modules.get("dit_core.tracking")
+    if tracking is not None:
+        tracking.git_commit()  # cached: the children skip the `git rev-parse`
+
+
+def _dispose_sql_engines(close: bool) -> None:
+    """Drop pooled SQL connections (MLflow's SQLAlchemy store) so no connection spans a fork."""
+    mod = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if mod is not None:
+        for engine in list(mod.SqlAlchemyStore._engine_map.values()):
+            engine.dispose(close=close)
+
+
+def _lock(run_dir: str) -> int:
+    """An fd holding the cell's lock exclusively; RuntimeError if a live job holds it for 10 s."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(run_dir) / CELL_LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    end = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > end:
+                os.close(fd)
+                raise RuntimeError(f"{run_dir}: another job of this cell is alive") from None
+            time.sleep(0.05)
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _child(slot: _Slot, others: list[int], threads: int) -> int:
+    """The forked cell: its own logs, signals and thread count, then `run_task`. Returns the exit status."""
+    for fd in others:  # other cells' locks must not live on in this process
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    out = os.open(slot.folder / f"{slot.job_id}_0_log.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    err = os.open(slot.folder / f"{slot.job_id}_0_log.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def requeue(signum, frame):  # the trainer calls this after its checkpoint (its previous handler)
+        raise _Requeue()
+
+    signal.signal(signal.SIGUSR2, requeue)
+    import random
+
+    random.seed()
+    _dispose_sql_engines(close=False)
+    os.environ["DITSCALE_EXECUTOR_JOB_ID"] = slot.job_id
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    result_path = slot.folder / f"{slot.job_id}_0_result.pkl"
+    code = 0
+    try:
+        from sweeps.executor import run_task
+
+        with open(slot.folder / f"{slot.job_id}_submitted.pkl", "rb") as f:
+            task = pickle.load(f)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log.info("cell %s (sweep %s), warm job %s", task.cell_id, task.sweep, slot.job_id)
+        outcome: tuple[str, Any] = ("success", run_task(task, slot.job_id))
+    except _Requeue:
+        log.info("requeue: the cell is forked again and resumes from its checkpoint")
+        return REQUEUE_EXIT
+    except BaseException:  # noqa: BLE001 - everything is reported through the result file
+        traceback.print_exc()
+        outcome, code = ("error", traceback.format_exc()), 1
+    try:
+        _write(result_path, pickle.dumps(outcome))
+    except Exception:  # noqa: BLE001 - an unpicklable result
+        _write(result_path, pickle.dumps(("error", traceback.format_exc())))
+        code = 1
+    return code
+
+
+class _Zygote:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.cfg = config
+        self.slots: dict[str, _Slot] = {}  # job_id -> slot
+        self.by_pid: dict[int, _Slot] = {}
+
+    def fork(self, slot: _Slot) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        others = [s.lock_fd for s in self.slots.values() if s is not slot] + [sys.stdin.fileno()]
+        pid = os.fork()
+        if pid == 0:  # the child never returns into the zygote's loop
+            code = 1
+            try:
+                code = _child(slot, others, int(self.cfg["threads"]))
+            finally:
+                with contextlib.suppress(Exception):
+                    logging.shutdown()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        slot.pid, slot.started, slot.warned = pid, time.monotonic(), False
+        self.by_pid[pid] = slot
+        _write(slot.folder / f"{slot.job_id}_pid", str(pid).encode())
+
+    def request(self, msg: dict[str, Any]) -> None:
+        if msg.get("op") == "cancel":
+            slot = self.slots.get(msg["job_id"])
+            if slot is not None and slot.pid:
+                slot.cancelled = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGINT)
+            return
+        folder = Path(msg["folder"])
+        try:
+            fd = _lock(msg["run_dir"])
+        except (RuntimeError, OSError) as e:
+            _write(folder / f"{msg['job_id']}_0_result.pkl", pickle.dumps(("error", f"RuntimeError: {e}")))
+            _write(folder / f"{msg['job_id']}_exit", b"1")
+            return
+        slot = _Slot(msg["job_id"], folder, msg["run_dir"], fd)
+        self.slots[slot.job_id] = slot
+        self.fork(slot)
+
+    def reap(self) -> None:
+        while self.by_pid:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.by_pid.pop(pid, None)
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code == REQUEUE_EXIT and not slot.cancelled:
+                if slot.requeues < int(self.cfg["max_num_timeout"]):
+                    slot.requeues += 1
+                    print(f"job {slot.job_id}: requeue {slot.requeues}", flush=True)
+                    self.fork(slot)
+                    continue
+                msg = f"RuntimeError: job {slot.job_id} requeued {slot.requeues} times (max_num_timeout)"
+                _write(slot.folder / f"{slot.job_id}_0_result.pkl", pickle.dumps(("error", msg)))
+            del self.slots[slot.job_id]
+            os.close(slot.lock_fd)  # released before the exit is reported: a relaunch sees it over
+            _write(slot.folder / f"{slot.job_id}_exit", str(code).encode())
+
+    def time_limits(self) -> None:
+        limit = float(self.cfg["timeout_s"]) - float(self.cfg["signal_delay_s"])
+        now = time.monotonic()
+        for slot in self.by_pid.values():
+            if not slot.warned and now - slot.started > limit:
+                slot.warned = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGUSR2)
+
+    def loop(self) -> int:
+        fd, buf, eof = sys.stdin.fileno(), b"", False
+        while not eof or self.by_pid:
+            if not eof:
+                ready, _, _ = select.select([fd], [], [], _POLL_S)
+                if ready:
+                    chunk = os.read(fd, 1 << 16)
+                    eof = not chunk
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            self.request(json.loads(line))
+            else:
+                time.sleep(_POLL_S)
+            self.reap()
+            self.time_limits()
+        return 0
+
+
+def serve(config: dict[str, Any]) -> int:
+    """The zygote: warm up, then fork a child per request on stdin until end of input and no child."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t0 = time.perf_counter()
+    _warm_up(config["trainer"], config.get("tracking_uri"))
+    log.info("warm worker %d ready in %.2f s", os.getpid(), time.perf_counter() - t0)
+    return _Zygote(config).loop()
+
+
+if __name__ == "__main__":
+    sys.exit(serve(json.loads(sys.argv[1])))

@@ -1,0 +1,219 @@
+"""The local executor's warm workers (`sweeps.warm`): cells forked from one process that imported the
+trainer once, with the plain path's guarantees (one run per cell, liveness by the cell lock, a
+SIGKILLed cell seen as interrupted and resumed, requeue on USR2, logs and exit codes in the job
+folder), and the same training results as a fresh process per cell.
+
+Most jobs run the stand-in trainer (`test_sweeps_fake_trainer`); one tiny cell runs the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _sweep_specs import fake_trainer_spec, runs_by_cell, tiny_real_spec
+from mlflow.tracking import MlflowClient
+
+from sweeps.executor import warm_unsupported
+from sweeps.grid import ExecutorSpec, SweepSpec, expand
+from sweeps.lock import cell_lock_held
+from sweeps.runner import launch, sweep_dir
+from sweeps.state import read_states
+
+
+def warm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
+    """S and B (demo scale), patch 2, one budget: S trains 8 steps, B 2 steps (batch 8)."""
+    return fake_trainer_spec(
+        tmp_path, uri, name="w", experiment="sweep-warm", budgets=[2.6e9], train=train,
+        executor=ExecutorSpec(name="local", local_parallelism=2, max_retries=1),
+    )  # fmt: skip
+
+
+def states_of(spec: SweepSpec, uri: str) -> dict:
+    cells = {c.cell_id: str(sweep_dir(spec) / "cells" / c.cell_id) for c in expand(spec)}
+    return read_states(uri, spec.experiment, spec.name, cells)
+
+
+def wait_for(pred, what: str, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def step_of(progress: Path) -> int:
+    text = progress.read_text() if progress.exists() else ""
+    return int(text) if text.strip() else 0
+
+
+def warm_jobs(spec: SweepSpec) -> list[Path]:
+    """Job folders of warm workers: ``<zygote pid>_<n>`` holding the zygote's exit-status file."""
+    jobs = sweep_dir(spec) / "jobs"
+    return sorted(p for p in jobs.iterdir() if p.is_dir() and (p / f"{p.name}_exit").exists())
+
+
+def test_warm_is_the_default_local_path_and_falls_back_when_it_cannot_fork():
+    assert warm_unsupported(ExecutorSpec(name="local")) == ""
+    assert "local_warm" in warm_unsupported(ExecutorSpec(name="local", local_warm=False))
+    assert "tasks_per_node=2" in warm_unsupported(ExecutorSpec(name="local", tasks_per_node=2))
+    assert "gpus_per_node=1" in warm_unsupported(ExecutorSpec(name="local", gpus_per_node=1))
+    assert "setup" in warm_unsupported(ExecutorSpec(name="local", setup=["echo hi"]))
+
+
+def test_warm_sweep_one_run_per_cell_logs_and_exit_codes_then_relaunch_submits_nothing(job_env, tmp_path):
+    spec = warm_spec(tmp_path, job_env)
+    cells = expand(spec)
+    res = launch(spec, poll_s=0.3)
+    assert res.errors == {}
+    jobs = warm_jobs(spec)
+    assert sorted(p.name for p in jobs) == sorted(res.job_ids.values())  # every cell ran warm
+    zygotes = {name.split("_")[0] for name in res.job_ids.values()}
+    assert len(zygotes) == 1  # one warm worker forked both cells
+    runs = runs_by_cell(job_env, spec.experiment)
+    client = MlflowClient(job_env)
+    for c in cells:
+        (run,) = runs[c.cell_id]
+        job = res.job_ids[c.cell_id]
+        folder = sweep_dir(spec) / "jobs" / job
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["executor"] == "local" and run.data.tags["job_id"] == job
+        assert Path(run.data.tags["job_folder"]) == folder
+        assert (folder / f"{job}_exit").read_text() == "0"
+        kind, result = pickle.loads((folder / f"{job}_0_result.pkl").read_bytes())
+        assert kind == "success" and result == res.results[c.cell_id]
+        assert f"cell {c.cell_id}" in (folder / f"{job}_0_log.err").read_text()
+        hist = client.get_metric_history(run.info.run_id, "train/loss")
+        assert sorted(m.step for m in hist) == list(range(1, c.steps + 1))
+        target = 1.0 + c.model.hidden_size / 100.0
+        assert res.results[c.cell_id]["weight"] == pytest.approx(target * (1 - 0.9**c.steps), rel=1e-12)
+        assert res.results[c.cell_id]["threads"] == max(1, (os.cpu_count() or 1) // 2)
+        assert not cell_lock_held(sweep_dir(spec) / "cells" / c.cell_id)  # released at the end
+
+    again = launch(spec, poll_s=0.3)
+    assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
+    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {
+        c.cell_id: 1 for c in cells
+    }
+
+
+def test_failing_cell_reports_the_remote_error_and_exit_status(job_env, tmp_path):
+    spec = warm_spec(tmp_path, job_env, fail_cell="B-2-2.6e9", fail_times=1).replace(families=["B"])
+    res = launch(spec, poll_s=0.3)
+    assert list(res.errors) == ["B-2-2.6e9"]
+    assert res.errors["B-2-2.6e9"].startswith("RuntimeError: injected failure of B-2-2.6e9")
+    job = res.job_ids["B-2-2.6e9"]
+    assert (sweep_dir(spec) / "jobs" / job / f"{job}_exit").read_text() == "1"
+    assert states_of(spec, job_env)["B-2-2.6e9"].state == "failed"
+    retry = launch(spec, poll_s=0.3)  # the retry continues the same run and succeeds
+    assert retry.errors == {} and retry.results["B-2-2.6e9"]["starts"] == 2
+    (run,) = runs_by_cell(job_env, spec.experiment)["B-2-2.6e9"]
+    assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
+
+
+def test_relaunch_while_warm_cells_run_submits_nothing(job_env, tmp_path):
+    """A --no-wait launch returns once the warm worker holds every cell's lock; its cells go on
+    after the launcher has returned, and a relaunch sees them alive and submits nothing."""
+    progress = tmp_path / "progress"
+    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(budgets=[1e10])
+    first = launch(spec, wait=False)
+    assert sorted(first.submitted) == sorted(c.cell_id for c in expand(spec))
+    assert all(cell_lock_held(sweep_dir(spec) / "cells" / c) for c in first.submitted)
+    wait_for(lambda: step_of(progress) >= 2, "progress")
+    again = launch(spec, wait=False)
+    assert again.submitted == [] and sorted(again.plan.running) == sorted(first.submitted)
+    assert {s.state for s in states_of(spec, job_env).values()} <= {"queued", "running"}
+    wait_for(lambda: all(s.state == "finished" for s in states_of(spec, job_env).values()), "the cells")
+    runs = runs_by_cell(job_env, spec.experiment)
+    assert {k: len(v) for k, v in runs.items()} == {c: 1 for c in first.submitted}
+    assert launch(spec, wait=False).submitted == []
+
+
+def test_sigkilled_warm_child_is_interrupted_and_resumes_into_its_own_run(job_env, tmp_path):
+    progress = tmp_path / "progress"
+    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
+        families=["S"], budgets=[1e10]
+    )
+    (cell,) = expand(spec)
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.3)))
+    t.start()
+    wait_for(lambda: step_of(progress) >= 5, "progress")
+    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    pid = int((run_dir / "pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    t.join(60)
+    res = box["r"]
+    assert "SIGKILL" in res.errors[cell.cell_id]
+    folder = sweep_dir(spec) / "jobs" / res.job_ids[cell.cell_id]
+    assert (folder / f"{res.job_ids[cell.cell_id]}_exit").read_text() == str(-signal.SIGKILL)
+    assert (folder / f"{res.job_ids[cell.cell_id]}_pid").read_text() == str(pid)  # the child was the trainer
+    st = states_of(spec, job_env)[cell.cell_id]
+    assert st.state == "interrupted" and st.run_status == "RUNNING" and st.attempts == 1
+
+    again = launch(spec, poll_s=0.3)
+    assert again.submitted == [cell.cell_id] and again.errors == {}
+    out = again.results[cell.cell_id]
+    assert out["starts"] == 2 and out["run_id"] == st.run_id  # resumed into the cell's one run
+    target = 1.0 + cell.model.hidden_size / 100.0
+    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
+
+
+def test_usr2_requeues_the_warm_child_which_resumes_to_the_same_result(job_env, tmp_path):
+    progress = tmp_path / "progress"
+    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
+        families=["S"], budgets=[1e10]
+    )
+    (cell,) = expand(spec)
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.3)))
+    t.start()
+    wait_for(lambda: step_of(progress) >= 5, "progress")
+    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    first_pid = int((run_dir / "pid").read_text())
+    os.kill(first_pid, signal.SIGUSR2)  # as SLURM (or the warm worker's time limit) does
+    t.join(90)
+    res = box["r"]
+    assert res.errors == {}
+    out = res.results[cell.cell_id]
+    assert out["starts"] == 2 and out["step"] == cell.steps
+    assert int((run_dir / "pid").read_text()) != first_pid  # forked again
+    target = 1.0 + cell.model.hidden_size / 100.0
+    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert run.data.tags["attempts"] == "1"  # a requeue is not a resubmission
+    hist = MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
+
+
+@pytest.mark.slow
+def test_real_trainer_warm_and_plain_give_the_same_run(job_env, tmp_path):
+    """A tiny real cell (validation on) through the warm worker and through a fresh process: the
+    same losses bit for bit, each in one MLflow run with the fixed-cost metrics."""
+    train = {"log_every": 1, "eval.val_every": 3, "eval.val_examples": 16}
+    losses = {}
+    for warm in (True, False):
+        name = "warm" if warm else "plain"
+        spec = tiny_real_spec(
+            tmp_path, job_env, name, experiment=f"warm-real-{name}", budget=3e8, train=train,
+            executor=ExecutorSpec(name="local", local_parallelism=2, local_warm=warm),
+        )  # fmt: skip
+        res = launch(spec, poll_s=0.3)
+        assert res.errors == {}, res.errors
+        (cid,) = res.job_ids
+        assert (sweep_dir(spec) / "jobs" / res.job_ids[cid] / f"{res.job_ids[cid]}_exit").exists() == warm
+        (run,) = runs_by_cell(job_env, spec.experiment)[cid]
+        assert run.info.status == "FINISHED"
+        assert {"perf/startup_s", "perf/mlflow_s", "perf/val_s", "perf/train_s"} <= set(run.data.metrics)
+        client = MlflowClient(job_env)
+        losses[name] = {
+            k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
+            for k in ("train/loss", "val/loss")
+        }
+    assert losses["warm"] == losses["plain"] and len(losses["warm"]["train/loss"]) > 1
