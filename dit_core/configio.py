@@ -39,6 +39,7 @@ def require(ok: bool, where: str, msg: str) -> None:
 _BOUNDS = {
     ">= 0": lambda v: v >= 0,
     ">= 1": lambda v: v >= 1,
+    "> 0": lambda v: v > 0,
     "in [0, 1)": lambda v: 0 <= v < 1,
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "a finite number > 0": lambda v: v > 0 and math.isfinite(v),
