@@ -28,17 +28,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "checkpoint_dir",
-    "latest_checkpoint",
-    "list_checkpoints",
-    "load_checkpoint",
-    "load_model_from_checkpoint",
-    "remove_partial_writes",
-    "save_checkpoint",
-]
-
 CHECKPOINT_FORMAT = 1
 _STEP_FILE = re.compile(r"^step_(\d{7,})\.pt$")
 _PARTIAL_FILE = re.compile(r"^\.(step_\d{7,}\.pt|latest\.json)\..+\.tmp$")

@@ -19,8 +19,6 @@ from typing import Any
 
 from sweeps.grid import Cell
 
-__all__ = ["DEVICES", "CellCost", "Device", "StudyCost", "cell_eval_flops", "estimate"]
-
 
 @dataclass(frozen=True)
 class Device:

@@ -37,24 +37,6 @@ from dit_core.spec import (
 from sweeps.families import ModelShape, Scale
 from sweeps.grid import Cell, SweepSpec, cell_model_config, format_budget, parse_budget
 
-__all__ = [
-    "DEFAULT_TOKENS_PER_PARAM",
-    "AdaptiveResult",
-    "BudgetPlan",
-    "FamilyCurve",
-    "FitPrior",
-    "RatioPrior",
-    "design_cells",
-    "family_curve",
-    "launch_adaptive",
-    "load_fit_prior",
-    "make_prior",
-    "place_sizes",
-    "plan_budgets",
-    "read_record",
-    "recorded_spec",
-]
-
 log = logging.getLogger(__name__)
 
 #: Hoffmann et al. 2022 (Chinchilla, arXiv:2203.15556): ~20 training tokens per parameter is

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 from dit_core import spec
 
-__all__ = ["FAMILIES", "ModelShape", "Scale", "family_shape", "custom_shape"]
-
 
 @dataclass(frozen=True)
 class ModelShape:

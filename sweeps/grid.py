@@ -28,18 +28,6 @@ from dit_core.spec import (
 from dit_core.tracking import DEFAULT_EXPERIMENT
 from sweeps.families import ModelShape, Scale, custom_shape, family_shape
 
-__all__ = [
-    "CONFIG_DIR",
-    "Cell",
-    "DataSpec",
-    "ExecutorSpec",
-    "SweepSpec",
-    "expand",
-    "format_budget",
-    "load_spec",
-    "parse_budget",
-]
-
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DESIGNS = ("grid", "isoflop", "adaptive")
 EXECUTORS = ("auto", "slurm", "local", "debug")

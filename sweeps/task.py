@@ -14,8 +14,6 @@ from typing import Any
 from dit_core.configio import apply_flat
 from sweeps.grid import Cell, SweepSpec
 
-__all__ = ["CellTask", "apply_overrides", "build_config", "check_trainer", "make_task"]
-
 
 @dataclass(frozen=True)
 class CellTask:

@@ -31,16 +31,6 @@ from torch.utils.data import Dataset
 
 from .flip import EpochFlipMixin, item_hash
 
-__all__ = [
-    "PHOTOS",
-    "Photo",
-    "PhotoCrops",
-    "PhotoCropsDataset",
-    "photos_images",
-    "photos_reference",
-    "parse_photos_reference",
-]
-
 
 @dataclass(frozen=True)
 class Photo:

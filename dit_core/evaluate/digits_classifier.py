@@ -11,8 +11,6 @@ from .domain_classifier import DomainClassifierRecipe, DomainExtractor, digits_r
 DigitsClassifierRecipe = DomainClassifierRecipe
 train_digits_classifier = train_domain_classifier
 
-__all__ = ["DigitsClassifierRecipe", "DigitsExtractor", "train_digits_classifier"]
-
 
 class DigitsExtractor(DomainExtractor):
     """Digits features: ``pool`` (N, 64) penultimate activations, ``probs`` (N, 10)."""
