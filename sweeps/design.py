@@ -29,13 +29,12 @@ import numpy as np
 from dit_core.spec import (
     FAMILIES,
     budget_steps,
-    forward_gflops,
     non_embedding_param_count,
     param_count,
     train_flops_per_image,
 )
 from sweeps.families import ModelShape, Scale
-from sweeps.grid import Cell, SweepSpec, cell_model_config, format_budget, parse_budget
+from sweeps.grid import Cell, SweepSpec, cell_model_config, format_budget, make_cell, parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,6 @@ class Candidate:
     """A shape at one patch size: size measure n (total or non-embedding parameters), FLOPs/image."""
 
     model: ModelShape
-    params: int
     n: float
     fpi: float
 
@@ -117,7 +115,7 @@ def ladder(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: str, n_max: 
         row = []
         for shape in curve.shapes_at(width):
             cfg = cell_model_config(spec, shape, patch)
-            row.append(Candidate(shape, param_count(cfg), _measure(cfg, n_axis), train_flops_per_image(cfg)))
+            row.append(Candidate(shape, _measure(cfg, n_axis), train_flops_per_image(cfg)))
         out += row
         if min(c.n for c in row) > n_max:
             break
@@ -361,24 +359,9 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                     f"target {t[-1]:.3g})"
                     + ("; every size is below the centre" if picked[-1].n < centre else "")
                 )
-            cells = [_cell(spec, c, patch, budget) for c in picked]
+            cells = [make_cell(spec, c.model, patch, budget) for c in picked]
             plans.append(BudgetPlan(budget, patch, centre, source, cells, notes))
     return plans
-
-
-def _cell(spec: SweepSpec, c: Candidate, patch: int, budget: float) -> Cell:
-    cfg = cell_model_config(spec, c.model, patch)
-    return Cell(
-        cell_id=f"{c.model.name}-{patch}-{format_budget(budget)}",
-        model=c.model,
-        patch_size=patch,
-        budget=budget,
-        params=c.params,
-        forward_gflops=forward_gflops(cfg),
-        train_flops_per_image=c.fpi,
-        batch_size=spec.batch_size,
-        steps=budget_steps(budget, c.fpi, spec.batch_size),
-    )
 
 
 def design_cells(spec: SweepSpec) -> list[Cell]:

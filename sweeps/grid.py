@@ -248,15 +248,14 @@ class Cell:
         return f"DiT-{self.model.name}/{self.patch_size}"
 
 
-def _as_bool(v: Any, where: str = "diffusion.learn_sigma") -> bool:
-    return parse_value(v, bool, where)
-
-
 def model_learns_sigma(train: dict[str, Any]) -> bool:
     """Does the model output 2C channels (learned variance)? As `dit_core.diffusion.DiffusionConfig`
     decides it: ``diffusion.learn_sigma`` (default True) and an objective other than ``flow``."""
     objective = str(train.get("diffusion.objective", "eps")).strip().lower()
-    return _as_bool(train.get("diffusion.learn_sigma", True)) and objective != "flow"
+    return (
+        parse_value(train.get("diffusion.learn_sigma", True), bool, "diffusion.learn_sigma")
+        and objective != "flow"
+    )
 
 
 def format_budget(b: float) -> str:
@@ -280,7 +279,8 @@ def cell_model_config(spec: SweepSpec, model: ModelShape, patch_size: int) -> Di
     """The `DiTConfig` a cell trains: ``model`` at ``patch_size`` on the sweep's data, with the
     ``model.*`` fields of ``spec.train`` (``mlp_ratio``, ``frequency_embedding_size``, ...)."""
     extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
-    extra["learn_sigma"] = _as_bool(extra.get("learn_sigma", model_learns_sigma(spec.train)))
+    learn_sigma = extra.get("learn_sigma", model_learns_sigma(spec.train))
+    extra["learn_sigma"] = parse_value(learn_sigma, bool, "model.learn_sigma")
     cell = dict(depth=model.depth, hidden_size=model.hidden_size, num_heads=model.num_heads)
     cell |= dict(patch_size=patch_size, input_size=spec.data.input_size, in_channels=spec.data.in_channels)
     cell |= dict(num_classes=spec.data.num_classes)
@@ -296,28 +296,14 @@ def expand(spec: SweepSpec) -> list[Cell]:
         from sweeps.design import design_cells
 
         return design_cells(spec)
-    configs = {(m, p): cell_model_config(spec, m, p) for m in spec.models() for p in spec.patch_sizes}
     cells: list[Cell] = []
     for budget in sorted(set(spec.budgets)):
-        row: list[Cell] = []
-        too_small: list[str] = []
-        for (m, p), cfg in configs.items():
-            fpi = train_flops_per_image(cfg)
-            steps = budget_steps(budget, fpi, spec.batch_size)
-            cell = Cell(
-                cell_id=f"{m.name}-{p}-{format_budget(budget)}",
-                model=m,
-                patch_size=p,
-                budget=budget,
-                params=param_count(cfg),
-                forward_gflops=forward_gflops(cfg),
-                train_flops_per_image=fpi,
-                batch_size=spec.batch_size,
-                steps=steps,
-            )
-            if steps < 1:
-                too_small.append(f"{cell.model_name} ({spec.batch_size} x {fpi:.3g} FLOPs)")
-            row.append(cell)
+        row = [make_cell(spec, m, p, budget) for m in spec.models() for p in spec.patch_sizes]
+        too_small = [
+            f"{c.model_name} ({c.batch_size} x {c.train_flops_per_image:.3g} FLOPs)"
+            for c in row
+            if c.steps < 1
+        ]
         if too_small:
             raise ValueError(
                 f"budget {format_budget(budget)} is smaller than one training step of "
@@ -327,24 +313,32 @@ def expand(spec: SweepSpec) -> list[Cell]:
     return cells
 
 
+def make_cell(spec: SweepSpec, model: ModelShape, patch_size: int, budget: float) -> Cell:
+    """The cell ``{model}-{patch}-{budget}``: its counts and whole steps within ``budget``."""
+    cfg = cell_model_config(spec, model, patch_size)
+    fpi = train_flops_per_image(cfg)
+    return Cell(
+        cell_id=f"{model.name}-{patch_size}-{format_budget(budget)}",
+        model=model,
+        patch_size=patch_size,
+        budget=budget,
+        params=param_count(cfg),
+        forward_gflops=forward_gflops(cfg),
+        train_flops_per_image=fpi,
+        batch_size=spec.batch_size,
+        steps=budget_steps(budget, fpi, spec.batch_size),
+    )
+
+
 # ---------------------------------------------------------------- YAML
-
-
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    return check_keys(cls, data, where)
 
 
 def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSpec:
     """Build and validate a `SweepSpec` from a parsed YAML mapping; unknown keys are errors."""
-    data = dict(_from_dict(SweepSpec, data, where))
-    if "scale" in data:
-        data["scale"] = Scale(**_from_dict(Scale, data["scale"] or {}, f"{where}: scale"))
-    if "data" in data:
-        data["data"] = DataSpec(**_from_dict(DataSpec, data["data"] or {}, f"{where}: data"))
-    if "executor" in data:
-        data["executor"] = ExecutorSpec(
-            **_from_dict(ExecutorSpec, data["executor"] or {}, f"{where}: executor")
-        )
+    data = dict(check_keys(SweepSpec, data, where))
+    for key, cls in (("scale", Scale), ("data", DataSpec), ("executor", ExecutorSpec)):
+        if key in data:
+            data[key] = cls(**check_keys(cls, data[key] or {}, f"{where}: {key}"))
     if "budgets" in data:
         data["budgets"] = [parse_budget(b) for b in data["budgets"]]
     if data.get("isoflop_centres"):
