@@ -73,19 +73,13 @@ class FamilyCurve:
         return [self.shape(x, width) for x in sorted({max(1, math.floor(d)), max(1, math.ceil(d))})]
 
 
-def default_head_dim(scale: Scale) -> int:
-    """The families' head dim (64) scaled like their widths: 8 for the demo's width / 8; a
-    ``head_dim`` of `Scale` wins when it has one."""
-    hd = getattr(scale, "head_dim", None)
-    return int(hd) if hd else max(4, FAMILY_HEAD_DIM // scale.width_div)
-
-
 def family_curve(scale: Scale, head_dim: int | None = None) -> FamilyCurve:
-    """Least squares of ln depth on ln width over S, B, L, XL, each scaled by ``scale``."""
+    """Least squares of ln depth on ln width over S, B, L, XL, each scaled by ``scale``; head dim
+    None = ``scale.head_dim``, else the families' 64 scaled like their widths (8 at width / 8)."""
     w = np.log([s[1] / scale.width_div for s in FAMILIES.values()])
     d = np.log([s[0] / scale.depth_div for s in FAMILIES.values()])
     gamma, log_c = np.polyfit(w, d, 1)
-    hd = default_head_dim(scale) if head_dim is None else head_dim
+    hd = (scale.head_dim or max(4, FAMILY_HEAD_DIM // scale.width_div)) if head_dim is None else head_dim
     if hd < 4 or hd % 4:
         raise ValueError(
             f"head dim {hd} must be a positive multiple of 4 (sin-cos/RoPE embeddings need widths % 4 == 0); "
@@ -310,19 +304,14 @@ class BudgetPlan:
         return "\n".join([head] + [f"  {n}" for n in self.notes])
 
 
-def min_ratio_of(spec: SweepSpec) -> float:
-    """Neighbouring sizes of one budget differ at least by this factor: the square root of the
-    targets' own ratio, and never less than MIN_SIZE_RATIO."""
-    step = spec.size_spread ** (2.0 / (spec.sizes_per_budget - 1))
-    return max(MIN_SIZE_RATIO, math.sqrt(step))
-
-
 def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
     """The isoflop/adaptive design of ``spec``: per budget (ascending) and patch size, the cells."""
     prior = prior if prior is not None else make_prior(spec)
     curve = family_curve(spec.scale, spec.design_head_dim)
     n_axis = getattr(prior, "n_axis", "total")
-    k, spread, ratio = spec.sizes_per_budget, spec.size_spread, min_ratio_of(spec)
+    k, spread = spec.sizes_per_budget, spec.size_spread
+    # neighbours differ by at least the square root of the targets' own ratio, and MIN_SIZE_RATIO
+    ratio = max(MIN_SIZE_RATIO, math.sqrt(spread ** (2.0 / (k - 1))))
     lo_s, hi_s = spec.isoflop_min_steps, spec.isoflop_max_steps
     plans: list[BudgetPlan] = []
     for budget in sorted(set(spec.budgets)):
@@ -460,7 +449,8 @@ def refit_centre(spec: SweepSpec, prior, points, done: list[float], target: floa
     try:
         pr = predict(analyze(points, cfg), target)
         if pr.n_opt is not None:
-            fit = Centre(pr.n_opt.value, f"fit of budgets {_budgets(done)}: {pr.source}", pr.status.text())
+            budgets = ",".join(format_budget(b) for b in sorted(done))
+            fit = Centre(pr.n_opt.value, f"fit of budgets {budgets}: {pr.source}", pr.status.text())
         else:
             why = f"the fit withholds N_opt ({'; '.join(pr.status.reasons[:1])})"
     except ValueError as e:
@@ -497,10 +487,6 @@ def _anchor(pts, last: float, prior, target: float, patch: int) -> Centre | None
             )
             return Centre(s.best_n * growth, f"best size at {at} ({s.best_n:.3g}, {where}) {grown}")
     return None
-
-
-def _budgets(bs) -> str:
-    return ",".join(format_budget(b) for b in sorted(bs))
 
 
 def launch_adaptive(
