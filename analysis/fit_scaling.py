@@ -16,12 +16,7 @@ from pathlib import Path
 from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
 from analysis.report import log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
-from analysis.status import (
-    EXIT_BAD_INPUT,
-    EXIT_CENSORED,
-    EXIT_CODES,
-    EXIT_NOT_IDENTIFIED,
-)
+from analysis.status import EXIT_BAD_INPUT, EXIT_CENSORED, EXIT_CODES, EXIT_NOT_IDENTIFIED
 from dit_core.configio import join_negative_values
 from dit_core.tracking import DEFAULT_EXPERIMENT, check_tracking_server
 
