@@ -20,10 +20,6 @@ class ModelShape:
     hidden_size: int
     num_heads: int
 
-    @property
-    def is_family(self) -> bool:
-        return self.name in FAMILIES
-
     def describe(self) -> str:
         return f"d{self.depth} w{self.hidden_size} h{self.num_heads}"
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from dit_core.configio import apply_flat
 from sweeps import launch as cli
 from sweeps.executor import make_executor, parse_sbatch_lines, resolve_executor_kind
 from sweeps.families import FAMILIES, Scale, family_shape
 from sweeps.grid import DataSpec, SweepSpec, expand, format_budget, load_spec, parse_budget, spec_from_dict
 from sweeps.state import CellState, check_resumable_cell, check_tracking_uri, config_hash, plan
-from sweeps.task import apply_overrides
 
 # Peebles & Xie, Table 4: forward Gflops on 256 px images (32x32x4 latents).
 PAPER_GFLOPS = {
@@ -241,16 +241,16 @@ class _Outer:
 
 
 def test_apply_overrides_sets_nested_fields_and_names_unknown_ones():
-    cfg = apply_overrides(_Outer(), {"model.depth": 3, "steps": 7})
+    cfg = apply_flat(_Outer(), {"model.depth": 3, "steps": 7})
     assert cfg == _Outer(_Inner(3, 0.1), 7)
-    cfg = apply_overrides(_Outer(), {"model.lr": "3e-4", "steps": "9"})  # YAML 1.1 strings
+    cfg = apply_flat(_Outer(), {"model.lr": "3e-4", "steps": "9"})  # YAML 1.1 strings
     assert cfg.model.lr == 3e-4 and cfg.steps == 9
     with pytest.raises(ValueError, match="cannot use 'fast'"):
-        apply_overrides(_Outer(), {"model.lr": "fast"})
+        apply_flat(_Outer(), {"model.lr": "fast"})
     with pytest.raises(ValueError, match="has no field 'dept'"):
-        apply_overrides(_Outer(), {"model.dept": 3})
+        apply_flat(_Outer(), {"model.dept": 3})
     with pytest.raises(ValueError, match="not a nested config"):
-        apply_overrides(_Outer(), {"steps.x": 1})
+        apply_flat(_Outer(), {"steps.x": 1})
 
 
 def test_relaunch_plan():
