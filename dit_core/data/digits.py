@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 
 from .flip import EpochFlipMixin
 
-NUM_DIGITS = 1797
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
 
