@@ -160,11 +160,9 @@ def reference_stats(
     feats = {o: np.concatenate(v) for o, v in parts.items()}
     stats = {o: GaussianStats.from_features(f) for o, f in feats.items()}
     rng = np.random.default_rng(0)
-    kept = {}
+    kept, arrays = {}, {}
     for o, f in feats.items():
         kept[o] = f if len(f) <= max_feats else f[np.sort(rng.choice(len(f), max_feats, replace=False))]
-    arrays = {}
-    for o in wanted:
         arrays |= {f"{o}_mu": stats[o].mu, f"{o}_sigma": stats[o].sigma, f"{o}_n": np.array(stats[o].n)}
         arrays[f"{o}_feats"] = kept[o]
     if use_cache:
