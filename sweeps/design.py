@@ -34,7 +34,15 @@ from dit_core.spec import (
     train_flops_per_image,
 )
 from sweeps.families import ModelShape, Scale
-from sweeps.grid import Cell, SweepSpec, cell_model_config, format_budget, make_cell, parse_budget
+from sweeps.grid import (
+    MIN_SIZE_RATIO,
+    Cell,
+    SweepSpec,
+    cell_model_config,
+    format_budget,
+    make_cell,
+    parse_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +52,6 @@ log = logging.getLogger(__name__)
 #: around it absorbs a prior that is off by up to `spread`, and `adaptive` replaces it by fits.
 DEFAULT_TOKENS_PER_PARAM = 20.0
 FAMILY_HEAD_DIM = 64  # every family of Table 1 has 64-wide heads
-MIN_SIZE_RATIO = 1.2  # two sizes of one budget closer than this are "near-identical"
 USABLE = ("ok", "extrapolating")
 RECORD = "design.json"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from dit_core.configio import check_keys, parse_value
+from dit_core.configio import check_fields, check_keys, parse_value
 from dit_core.spec import (
     DiTConfig,
     budget_steps,
@@ -31,6 +31,7 @@ from sweeps.families import ModelShape, Scale, custom_shape, family_shape
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DESIGNS = ("grid", "isoflop", "adaptive")
 EXECUTORS = ("auto", "slurm", "local", "debug")
+MIN_SIZE_RATIO = 1.2  # two sizes of one budget closer than this are "near-identical"
 
 
 @dataclass
@@ -161,21 +162,15 @@ class SweepSpec:
         for b in self.budgets:
             if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
                 raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
-        if self.design not in DESIGNS:
-            raise ValueError(f"design {self.design!r} is not one of {list(DESIGNS)}")
+        check_fields(self, "", {"design": DESIGNS, "batch_size": ">= 1"})
         if not 1 <= self.isoflop_min_steps <= self.isoflop_max_steps:
             raise ValueError("need 1 <= isoflop_min_steps <= isoflop_max_steps")
         self._validate_design()
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         e = self.executor
-        if e.name not in EXECUTORS:
-            raise ValueError(f"executor {e.name!r} is not one of {list(EXECUTORS)}")
-        for k in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism"):
-            if int(getattr(e, k)) < 1:
-                raise ValueError(f"executor.{k} must be >= 1, got {getattr(e, k)}")
-        if e.gpus_per_node < 0 or e.max_retries < 0 or e.local_parallelism < 1:
-            raise ValueError("executor: gpus_per_node/max_retries must be >= 0, local_parallelism >= 1")
+        rules = {"name": EXECUTORS, "gpus_per_node": ">= 0", "max_retries": ">= 0"}
+        rules |= dict.fromkeys(("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"), ">= 1")
+        rules |= dict.fromkeys(("array_parallelism", "local_parallelism"), ">= 1")
+        check_fields(e, "executor.", rules)
         if self.batch_size % (e.nodes * e.tasks_per_node):
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "
@@ -191,10 +186,10 @@ class SweepSpec:
             )
         if not (isinstance(self.size_spread, (int, float)) and self.size_spread > 1):
             raise ValueError(f"size_spread must be > 1 (e.g. --spread 4), got {self.size_spread!r}")
-        if self.size_spread ** (2.0 / (self.sizes_per_budget - 1)) < 1.2:
+        if self.size_spread ** (2.0 / (self.sizes_per_budget - 1)) < MIN_SIZE_RATIO:
             raise ValueError(
                 f"{self.sizes_per_budget} sizes within {self.size_spread:g}x either side are closer than "
-                "1.2x apart: raise --spread or lower --sizes-per-budget"
+                f"{MIN_SIZE_RATIO:g}x apart: raise --spread or lower --sizes-per-budget"
             )
         if not (isinstance(self.tokens_per_param, (int, float)) and self.tokens_per_param > 0):
             raise ValueError(f"tokens_per_param must be > 0 (e.g. 20), got {self.tokens_per_param!r}")

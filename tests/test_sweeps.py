@@ -93,8 +93,8 @@ def test_isoflop_design_spans_several_models_within_the_step_window():
         ({"patch_sizes": [3]}, "patch size 3 does not divide the input size 16"),
         ({"budgets": [-1.0]}, "positive number of training FLOPs"),
         ({"shapes": [[4, 60, 8]]}, "not divisible by num_heads 8"),
-        ({"design": "random"}, "design 'random'"),
-        ({"executor": {"name": "kubernetes"}}, "executor 'kubernetes'"),
+        ({"design": "random"}, "design: 'random' is unknown"),
+        ({"executor": {"name": "kubernetes"}}, "executor.name: 'kubernetes' is unknown"),
         ({"batch_size": 30, "executor": {"tasks_per_node": 4}}, "not divisible by the 4 processes"),
     ],
 )
@@ -340,7 +340,7 @@ def test_dry_run_checks_override_values(capsys, tmp_path, monkeypatch):
         (["--budgets", "-5"], "budget '-5' must be a positive number"),
         (["--budgets", "1e12,-3e11"], "budget '-3e11' must be a positive number"),
         (["--budgets", "lots"], "budget 'lots' is not a number"),
-        (["--parallel", "-2"], "local_parallelism >= 1"),
+        (["--parallel", "-2"], "executor.local_parallelism: must be >= 1, got -2"),
         (["--budgets"], "expected one argument"),
     ],
 )
