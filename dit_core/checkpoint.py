@@ -156,12 +156,20 @@ def load_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, ma
     model: a `dit_core.models.DiT` in eval mode with the EMA weights (``use_ema=False``: the raw
     weights); diffusion: ``create_diffusion(config.diffusion)``; config: the run's `TrainConfig`.
     """
+    return model_from_checkpoint(load_checkpoint(path, map_location=map_location), use_ema, str(path))
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, name: str = "checkpoint"):
+    """`load_model_from_checkpoint` on an already loaded checkpoint; ValueError if it is not one
+    written by the trainer."""
     from .config import TrainConfig
     from .diffusion import create_diffusion
     from .models import DiT
 
-    ckpt = load_checkpoint(path, map_location=map_location)
+    weights = "ema" if use_ema else "model"
+    if missing := sorted({"model", "config", "step", weights} - set(ckpt)):
+        raise ValueError(f"{name} is not a dit_core training checkpoint (missing {missing})")
     cfg = TrainConfig.from_flat_dict(ckpt["config"])
     model = DiT.from_config(cfg.model.to_dit_config())
-    model.load_state_dict(ckpt["ema" if use_ema else "model"])
+    model.load_state_dict(ckpt[weights])
     return model.eval(), create_diffusion(cfg.diffusion), cfg
