@@ -39,7 +39,9 @@ def checkpoint_dir(out: str | os.PathLike) -> Path:
     return p if p.name == "checkpoints" else p / "checkpoints"
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, fsync it and rename it over ``path``: a
+    reader (or a job killed at any moment) sees the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -94,9 +96,9 @@ def save_checkpoint(out: str | os.PathLike, state: dict[str, Any], *, keep_last:
     path = folder / f"step_{step:07d}.pt"
     state = {"format": CHECKPOINT_FORMAT, **state}
     remove_partial_writes(folder)
-    _atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     pointer = json.dumps({"step": step, "file": path.name}).encode()
-    _atomic_write_bytes(folder / "latest.json", lambda f: f.write(pointer))
+    atomic_write(folder / "latest.json", lambda f: f.write(pointer))
     if keep_last > 0:
         for old in list_checkpoints(folder)[:-keep_last]:
             if old != path:

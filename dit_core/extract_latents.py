@@ -25,11 +25,13 @@ import sys
 import urllib.parse
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dit_core.checkpoint import atomic_write
 from dit_core.configio import check_fields
 from dit_core.data.imagefolder import scan_image_folder
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, shard_name
@@ -187,15 +189,6 @@ def _existing_shard(path: str, fingerprint: str, k: int) -> dict[str, Any] | Non
     return meta
 
 
-def _atomic_write_json(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @torch.inference_mode()
 def _encode(vae: torch.nn.Module, x: torch.Tensor, cfg: ExtractConfig, gen: torch.Generator) -> torch.Tensor:
     """``(B, 3, S, S)`` images -> ``(B, 2, C, h, w)`` scaled latents of [image, flipped image]."""
@@ -274,7 +267,8 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
             missing,
         )
         return manifest
-    _atomic_write_json(manifest, os.path.join(cfg.output, MANIFEST_NAME))
+    text = json.dumps(manifest, indent=2)
+    atomic_write(Path(cfg.output) / MANIFEST_NAME, lambda f: f.write(text.encode()))
     log.info("wrote %d latents in %d shards to %s", manifest["num_items"], len(shards), cfg.output)
     return manifest
 

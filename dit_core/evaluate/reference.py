@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_dir, save_npz_atomic, stable_hash
+from ..checkpoint import atomic_write
+from .cache import cache_dir, stable_hash
 from .features import FeatureExtractor
 from .frechet import GaussianStats
 
@@ -166,6 +167,6 @@ def reference_stats(
         arrays |= {f"{o}_mu": stats[o].mu, f"{o}_sigma": stats[o].sigma, f"{o}_n": np.array(stats[o].n)}
         arrays[f"{o}_feats"] = kept[o]
     if use_cache:
-        save_npz_atomic(path, **arrays)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         log.info("cached reference stats (%d images, %s) -> %s", stats[wanted[0]].n, extractor.name, path)
     return ReferenceStats(stats, kept, path if use_cache else None)
