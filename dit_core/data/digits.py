@@ -67,9 +67,7 @@ def digits_split_indices(split: str) -> np.ndarray:
     val_idx = np.sort(np.concatenate(val))
     if split == "val":
         return val_idx
-    mask = np.ones(len(labels), dtype=bool)
-    mask[val_idx] = False
-    return np.flatnonzero(mask)
+    return np.setdiff1d(np.arange(len(labels)), val_idx)
 
 
 @functools.lru_cache(maxsize=8)

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import atomic_write
+from ..data.imagefolder import IMG_EXTENSIONS
 from .cache import cache_dir, stable_hash
 from .features import FeatureExtractor
 from .frechet import GaussianStats
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 DIGITS_SPLITS = ("all", "train", "val")
 
 
@@ -114,9 +114,9 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
             )
         return ReferenceSource(spec, resolution, "npz", files=[p])
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
         if not files:
-            raise ValueError(f"reference folder {p} holds no images ({sorted(IMAGE_EXTENSIONS)})")
+            raise ValueError(f"reference folder {p} holds no images ({list(IMG_EXTENSIONS)})")
         return ReferenceSource(spec, resolution, "folder", files=files)
     raise ValueError(
         f"reference {spec!r} is neither 'digits[:split]', 'photos[:options]', an existing image folder, "
