@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -694,20 +694,18 @@ def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) 
     train = pts[~pts["run_id"].isin(ids)]
     if len(train) <= 5:
         raise ValueError(f"holdout leaves {len(train)} training points; need more than 5")
-    an = analyze_prepared(Prepared(train, prep.dropped, prep.notes, prep.r_star, prep.r_star_fitted), cfg)
+    an = analyze_prepared(replace(prep, points=train), cfg)
+    c_max = float(test["C"].max())
     if an.parametric is not None:
         test["pred_loss"] = an.parametric.predict(test["N"], test["D"])
+        best_pred = float(an.parametric.optimal_allocation(c_max, an.flops_per_param_datum)[2])
     elif an.frontier.y_law is not None:
         test["pred_loss"] = an.frontier.y_law.predict(test["C"])
+        best_pred = float(an.frontier.y_law.predict(c_max))
     else:
         raise ValueError("holdout: no law could be fitted on the remaining runs")
     ape = np.abs(test["pred_loss"] - test["loss"]) / test["loss"]
-    c_max = float(test["C"].max())
     best_true = float(test.loc[test["C"] >= c_max / 1.5, "loss"].min())
-    if an.parametric is not None:
-        best_pred = float(an.parametric.optimal_allocation(c_max, an.flops_per_param_datum)[2])
-    else:
-        best_pred = float(an.frontier.y_law.predict(c_max))
     mape_fid = math.nan
     if an.fid_vs_loss is not None and test["fid"].notna().any():
         test["pred_fid"] = an.fid_vs_loss.predict(test["pred_loss"])
