@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -456,12 +456,9 @@ class Prediction:
         out = {"compute": self.compute, "source": self.source, "level": self.level}
         out["extrapolation"] = self.extrapolation
         out.update(self.status.to_dict())
-        for k in ("n_opt", "d_opt", "loss", "fid"):
+        for k in ("n_opt", "d_opt", "loss", "fid", "n_opt_bound", "nearest_run_shape", "nearest_dit_shape"):
             v = getattr(self, k)
-            out[k] = None if v is None else asdict(v)
-        out["n_opt_bound"] = self.n_opt_bound
-        out["nearest_run_shape"] = asdict(self.nearest_run_shape) if self.nearest_run_shape else None
-        out["nearest_dit_shape"] = asdict(self.nearest_dit_shape) if self.nearest_dit_shape else None
+            out[k] = asdict(v) if is_dataclass(v) else v  # None where withheld
         out["alternatives"] = self.alternatives
         out["n_opt_spread"] = self.n_opt_spread()
         out["units"] = dict(self.units)
