@@ -16,12 +16,7 @@ from pathlib import Path
 from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
 from analysis.report import log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
-from analysis.status import (
-    EXIT_BAD_INPUT,
-    EXIT_CENSORED,
-    EXIT_CODES,
-    EXIT_NOT_IDENTIFIED,
-)
+from analysis.status import EXIT_BAD_INPUT, EXIT_CENSORED, EXIT_CODES, EXIT_NOT_IDENTIFIED
 from dit_core.configio import join_negative_values
 from dit_core.tracking import DEFAULT_EXPERIMENT, check_tracking_server
 
@@ -138,20 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    exp = args.experiment or DEFAULT_EXPERIMENT
     try:
         if args.csv is not None:
-            points, source = (
-                load_csv(args.csv, flops_per_param_datum=args.flops_per_param_datum),
-                str(args.csv),
-            )
-            uri = None
+            points = load_csv(args.csv, flops_per_param_datum=args.flops_per_param_datum)
+            source, uri = str(args.csv), None
         else:
             import mlflow
 
             uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
             check_tracking_server(uri, "start it, or pass --tracking-uri URI (or --csv FILE)")
-            exp = args.experiment or DEFAULT_EXPERIMENT
             points, source = load_runs(exp, uri), f"MLflow experiment {exp!r} ({uri})"
+        # a CSV's D is in its own units unless --data-axis tokens converted it
+        csv_units = args.csv is not None and args.data_axis == "images"
         cfg = AnalysisConfig(
             n_bootstrap=args.bootstrap,
             seed=args.seed,
@@ -164,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             params=args.params,
             effective_data=args.effective_data or args.r_star is not None,
             r_star=args.r_star,
-            # a CSV's D is in its own units unless --data-axis tokens converted it
-            data_units="images or tokens (as in the CSV)"
-            if args.csv is not None and args.data_axis == "images"
-            else None,
+            data_units="images or tokens (as in the CSV)" if csv_units else None,
         )
         an = analyze(points, cfg)
         budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up
@@ -188,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is not None:
             write_json(args.json, an, preds, hold)
         if args.csv is None and not args.no_mlflow_log:
-            rid = log_to_mlflow(
-                paths, args.experiment or DEFAULT_EXPERIMENT, uri, results_dict(an, preds, hold)
-            )
+            rid = log_to_mlflow(paths, exp, uri, results_dict(an, preds, hold))
             print(f"analysis run: {rid}")
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

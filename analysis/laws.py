@@ -228,17 +228,11 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
             continue
         yi = np.interp(grid[inside], gc, g[y].to_numpy())
         di = np.exp(np.interp(grid[inside], gc, np.log(g["D"].to_numpy())))
+        n, model = g["N"].iloc[0], g["model"].iloc[0]
         for j, yv, dv in zip(np.flatnonzero(inside), yi, di):
             if yv < best_y[j]:
                 best_y[j] = yv
-                rows[j] = {
-                    "C": math.exp(grid[j]),
-                    y: yv,
-                    "N": g["N"].iloc[0],
-                    "D": dv,
-                    "run_id": rid,
-                    "model": g["model"].iloc[0],
-                }
+                rows[j] = {"C": math.exp(grid[j]), y: yv, "N": n, "D": dv, "run_id": rid, "model": model}
     return pd.DataFrame([r for r in rows if r is not None])
 
 

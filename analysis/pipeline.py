@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 COMPUTE_UNITS = "FLOPs (true FLOPs = 2 x multiply-adds)"
 LOSS_UNITS = "val loss (per-element MSE)"
+REMOVED_COLUMNS = ["run_id", "model", "N", "D", "C", "loss", "reason"]
 
 
 @dataclass(frozen=True)
@@ -105,38 +106,30 @@ class Analysis:
 
     def to_dict(self) -> dict:
         """JSON-ready results; the parametric law's E, A, B, alpha, beta are at the top level."""
-        out: dict = {}
-        st = self.status
-        out["status"], out["reasons"] = st.status, list(st.reasons)
+        st, cfg = self.status, self.config
+        out: dict = {"status": st.status, "reasons": list(st.reasons)}
         if self.parametric is not None:
             out.update({k: v for k, v in self.parametric.to_dict().items() if k not in ("status", "reasons")})
             out["approach3_parametric"] = self.parametric.status.to_dict()
         out["units"] = dict(self.units)
-        out["axes"] = {"data": self.config.data_axis, "params": self.config.params}
+        out["axes"] = {"data": cfg.data_axis, "params": cfg.params}
         out["effective_data"] = {
-            "on": self.config.effective_data,
+            "on": cfg.effective_data,
             "R_star": self.r_star,
             "fitted": self.r_star_fitted,
         }
-        out["n_points"] = len(self.points)
-        out["n_runs"] = int(self.points["run_id"].nunique())
+        out["n_points"], out["n_runs"] = len(self.points), int(self.points["run_id"].nunique())
         out["removed_points"] = self.removed.to_dict(orient="records")
-        out["point_selection"] = {
-            "min_steps": self.config.min_steps,
-            "all_points": self.config.all_points,
-            "notes": list(self.selection_notes),
-        }
+        notes = list(self.selection_notes)
+        out["point_selection"] = {"min_steps": cfg.min_steps, "all_points": cfg.all_points, "notes": notes}
         out["flops_per_param_datum"] = self.flops_per_param_datum
         out["approach1_frontier"] = self.frontier.to_dict()
         out["approach2_isoflop"] = self.isoflop.to_dict()
-        out["loss_vs_compute_pure"] = (
-            self.loss_vs_compute_pure.to_dict() if self.loss_vs_compute_pure else None
-        )
-        out["fid_frontier"] = self.fid_frontier.to_dict() if self.fid_frontier else None
-        out["fid_vs_compute_pure"] = self.fid_vs_compute_pure.to_dict() if self.fid_vs_compute_pure else None
-        out["fid_vs_loss"] = self.fid_vs_loss.to_dict() if self.fid_vs_loss else None
+        for key in ("loss_vs_compute_pure", "fid_frontier", "fid_vs_compute_pure", "fid_vs_loss"):
+            fit = getattr(self, key)
+            out[key] = fit.to_dict() if fit else None
         out["diagnostics"] = {"ranking": self.ranking, "residuals": residual_summary(self.residuals)}
-        out["config"] = asdict(self.config)
+        out["config"] = asdict(cfg)
         out["messages"] = self.messages
         return out
 
@@ -161,7 +154,7 @@ def remove_outliers(
         bad = np.abs(r - np.median(r)) > sigma * scale
         removed.append(pts[bad].assign(reason=f"log residual > {sigma:g} robust sigma"))
         pts = pts[~bad]
-    cols = ["run_id", "model", "N", "D", "C", "loss", "reason"]
+    cols = REMOVED_COLUMNS
     rem = pd.concat(removed)[cols] if removed else pd.DataFrame(columns=cols)
     return pts, rem.reset_index(drop=True)
 
@@ -253,7 +246,7 @@ def _analyze(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     units = units_of(cfg, prep.r_star)
     pts, removed = remove_outliers(prep.points, cfg.drop_highest_loss, cfg.outlier_sigma, cfg.delta)
     if len(prep.dropped):
-        cols = ["run_id", "model", "N", "D", "C", "loss", "reason"]
+        cols = REMOVED_COLUMNS
         removed = pd.concat([prep.dropped[cols], removed[cols]] if len(removed) else [prep.dropped[cols]])
         removed = removed.reset_index(drop=True)
     if len(pts) <= 5:
@@ -276,15 +269,9 @@ def _analyze(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     B, seed, lvl = cfg.n_bootstrap, cfg.seed, cfg.level
     parametric = None
     try:
+        pcfg = ParametricConfig(delta=cfg.delta)
         parametric = fit_parametric(
-            pts["N"],
-            pts["D"],
-            pts["loss"],
-            ParametricConfig(delta=cfg.delta),
-            n_bootstrap=B,
-            seed=seed,
-            groups=groups,
-            level=lvl,
+            pts["N"], pts["D"], pts["loss"], pcfg, n_bootstrap=B, seed=seed, groups=groups, level=lvl
         )
     except (ValueError, RuntimeError) as e:
         msgs.append(f"parametric law not fitted: {e}")
@@ -469,12 +456,9 @@ class Prediction:
         out = {"compute": self.compute, "source": self.source, "level": self.level}
         out["extrapolation"] = self.extrapolation
         out.update(self.status.to_dict())
-        for k in ("n_opt", "d_opt", "loss", "fid"):
+        for k in ("n_opt", "d_opt", "loss", "fid", "n_opt_bound", "nearest_run_shape", "nearest_dit_shape"):
             v = getattr(self, k)
-            out[k] = None if v is None else asdict(v)
-        out["n_opt_bound"] = self.n_opt_bound
-        out["nearest_run_shape"] = asdict(self.nearest_run_shape) if self.nearest_run_shape else None
-        out["nearest_dit_shape"] = asdict(self.nearest_dit_shape) if self.nearest_dit_shape else None
+            out[k] = asdict(v) if is_dataclass(v) else v  # None where withheld
         out["alternatives"] = self.alternatives
         out["n_opt_spread"] = self.n_opt_spread()
         out["units"] = dict(self.units)
@@ -527,8 +511,9 @@ class Prediction:
         return max(ns) / min(ns) if ns else 1.0
 
 
-def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
-    return percentile_interval(samples, level)
+def _at(law: PowerLawFit, compute: float, level: float) -> Estimate:
+    """A law's value at ``compute`` with its bootstrap band."""
+    return Estimate(float(law.predict(compute)), *law.predict_interval(compute, level))
 
 
 def predict(analysis: Analysis, compute: float) -> Prediction:
@@ -558,24 +543,23 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         n, d, loss = (float(v) for v in pf.optimal_allocation(compute, k))
         if pf.bootstrap is not None and pf.bootstrap.n_ok > 1:
             s = pf.bootstrap.samples
-            arr = np.array(
-                [
-                    [float(v) for v in optimal_allocation({p: s[p][i] for p in s}, compute, k)]
-                    for i in range(pf.bootstrap.n_ok)
-                ]
+            draws = [
+                optimal_allocation({p: s[p][i] for p in s}, compute, k) for i in range(pf.bootstrap.n_ok)
+            ]
+            arr = np.array(draws, dtype=float)  # (n_ok, 3): N, D, loss per bootstrap fit
+            n_e, d_e, loss_e = (
+                Estimate(v, *percentile_interval(arr[:, j], lvl)) for j, v in enumerate((n, d, loss))
             )
-            n_e, d_e = Estimate(n, *_interval(arr[:, 0], lvl)), Estimate(d, *_interval(arr[:, 1], lvl))
-            loss_e, loss_samples = Estimate(loss, *_interval(arr[:, 2], lvl)), arr[:, 2]
+            loss_samples = arr[:, 2]
         else:
             n_e, d_e, loss_e = Estimate(n), Estimate(d), Estimate(loss)
         if not withhold:
             alt["N_opt from parametric law (approach 3)"] = n
     elif analysis.isoflop.n_opt is not None:
         iso = analysis.isoflop
-        n_e = Estimate(float(iso.n_opt.predict(compute)), *iso.n_opt.predict_interval(compute, lvl))
-        d_e = Estimate(float(iso.d_opt.predict(compute)), *iso.d_opt.predict_interval(compute, lvl))
+        n_e, d_e = _at(iso.n_opt, compute, lvl), _at(iso.d_opt, compute, lvl)
         law = analysis.frontier.y_law
-        loss_e = Estimate(float(law.predict(compute)), *law.predict_interval(compute, lvl)) if law else None
+        loss_e = _at(law, compute, lvl) if law else None
         source = "IsoFLOP laws (approach 2)"
     else:
         fr = analysis.frontier
@@ -584,9 +568,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             st.add(NOT_IDENTIFIED, "no approach could fit an N_opt(C) law to these points")
             withhold = True
         else:
-            n_e = Estimate(float(fr.n_opt.predict(compute)), *fr.n_opt.predict_interval(compute, lvl))
-            d_e = Estimate(float(fr.d_opt.predict(compute)), *fr.d_opt.predict_interval(compute, lvl))
-            loss_e = Estimate(float(fr.y_law.predict(compute)), *fr.y_law.predict_interval(compute, lvl))
+            n_e, d_e, loss_e = (_at(law, compute, lvl) for law in (fr.n_opt, fr.d_opt, fr.y_law))
     # the other approaches' N_opt, where they identify one (their statuses are folded in below)
     if analysis.isoflop.n_opt is not None and analysis.isoflop.status.ok:
         alt["N_opt from IsoFLOP (approach 2)"] = float(analysis.isoflop.n_opt.predict(compute))
@@ -628,7 +610,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             s = fvl.bootstrap.samples
             m = min(len(loss_samples), fvl.bootstrap.n_ok)
             f = s["A"][:m] * loss_samples[:m] ** (-s["alpha"][:m])
-            fid_e.lo, fid_e.hi = _interval(f, lvl)
+            fid_e.lo, fid_e.hi = percentile_interval(f, lvl)
     if analysis.fid_frontier is not None and analysis.fid_frontier.y_law is not None:
         alt["FID frontier law FID(C)"] = float(analysis.fid_frontier.y_law.predict(compute))
     if withhold:
@@ -709,20 +691,18 @@ def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) 
     train = pts[~pts["run_id"].isin(ids)]
     if len(train) <= 5:
         raise ValueError(f"holdout leaves {len(train)} training points; need more than 5")
-    an = analyze_prepared(Prepared(train, prep.dropped, prep.notes, prep.r_star, prep.r_star_fitted), cfg)
+    an = analyze_prepared(replace(prep, points=train), cfg)
+    c_max = float(test["C"].max())
     if an.parametric is not None:
         test["pred_loss"] = an.parametric.predict(test["N"], test["D"])
+        best_pred = float(an.parametric.optimal_allocation(c_max, an.flops_per_param_datum)[2])
     elif an.frontier.y_law is not None:
         test["pred_loss"] = an.frontier.y_law.predict(test["C"])
+        best_pred = float(an.frontier.y_law.predict(c_max))
     else:
         raise ValueError("holdout: no law could be fitted on the remaining runs")
     ape = np.abs(test["pred_loss"] - test["loss"]) / test["loss"]
-    c_max = float(test["C"].max())
     best_true = float(test.loc[test["C"] >= c_max / 1.5, "loss"].min())
-    if an.parametric is not None:
-        best_pred = float(an.parametric.optimal_allocation(c_max, an.flops_per_param_datum)[2])
-    else:
-        best_pred = float(an.frontier.y_law.predict(c_max))
     mape_fid = math.nan
     if an.fid_vs_loss is not None and test["fid"].notna().any():
         test["pred_fid"] = an.fid_vs_loss.predict(test["pred_loss"])

@@ -16,8 +16,6 @@ from analysis.pipeline import Analysis  # noqa: E402
 COMPUTE_LABEL = "training compute C (FLOPs; true FLOPs = 2 x multiply-adds)"
 GFLOPS_LABEL = "model forward Gflops (multiply-adds per image, DiT paper convention)"
 LOSS_LABEL = "validation loss (per-element MSE / nats)"
-N_LABEL = "parameters N"
-D_LABEL = "training data D (images or tokens)"
 
 
 def _n_label(an: Analysis) -> str:
@@ -124,23 +122,15 @@ def plot_allocation(an: Analysis, path) -> Path:
     for j, (ax, name, label) in enumerate(zip(axes, ("N_opt", "D_opt"), (_n_label(an), _d_label(an)))):
         pf = an.parametric
         if pf is not None and pf.allocation_identified:
-            ax.plot(
-                cc,
-                optimal_allocation(pf.params, cc, k)[j],
-                "r-",
-                label=f"parametric law (approach 3), C = {k:.3g} N D",
-            )
+            opt = optimal_allocation(pf.params, cc, k)[j]
+            ax.plot(cc, opt, "r-", label=f"parametric law (approach 3), C = {k:.3g} N D")
             if pf.bootstrap is not None and pf.bootstrap.n_ok > 1:
                 lo, hi = pf.bootstrap.interval_of(lambda p, j=j: optimal_allocation(p, cc, k)[j])
                 ax.fill_between(cc, lo, hi, color="r", alpha=0.15, label="95% bootstrap band")
         iso = an.isoflop
         if iso.profiles:
-            ax.plot(
-                [p.compute for p in iso.profiles],
-                [p.n_opt if j == 0 else p.d_opt for p in iso.profiles],
-                "bs",
-                label="IsoFLOP minima",
-            )
+            minima = [p.n_opt if j == 0 else p.d_opt for p in iso.profiles]
+            ax.plot([p.compute for p in iso.profiles], minima, "bs", label="IsoFLOP minima")
         law = iso.n_opt if j == 0 else iso.d_opt
         if law is not None:
             ax.plot(cc, law.predict(cc), "b--", label=f"IsoFLOP law, exponent {-law.params['alpha']:.3f}")
@@ -188,11 +178,10 @@ def plot_fid(an: Analysis, path) -> Path | None:
     if an.fid_frontier is not None:
         fr = an.fid_frontier.frontier
         ax.plot(fr["C"], fr["fid"], "k.", label="frontier")
+        cc = _c_range(an)
         if an.fid_frontier.y_law is not None:
-            cc = _c_range(an)
             ax.plot(cc, an.fid_frontier.y_law.predict(cc), "k--", label=an.fid_frontier.y_law.formula())
         if an.fid_vs_compute_pure is not None:
-            cc = _c_range(an)
             ax.plot(cc, an.fid_vs_compute_pure.predict(cc), ":", color="gray", label="pure power law")
         ax.legend(fontsize=7)
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel="FID", title="FID vs training compute")
@@ -241,10 +230,7 @@ def plot_all(an: Analysis, out_dir) -> dict[str, Path]:
         "isoflop": plot_isoflop(an, out / "isoflop.png"),
         "allocation": plot_allocation(an, out / "optimal_allocation.png"),
     }
-    fid = plot_fid(an, out / "fid.png")
-    if fid is not None:
-        paths["fid"] = fid
-    res = plot_residuals(an, out / "residuals.png")
-    if res is not None:
-        paths["residuals"] = res
+    for name, plot in (("fid", plot_fid), ("residuals", plot_residuals)):
+        if (path := plot(an, out / f"{name}.png")) is not None:
+            paths[name] = path
     return paths

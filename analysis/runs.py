@@ -25,13 +25,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
-OPTIONAL = {  # optional columns and their value when unknown
-    "schedule": None,
-    "patch_size": np.nan,
-    "tokens_per_image": np.nan,
-    "N_non_embedding": np.nan,
-    "unique": np.nan,
-}
+OPTIONAL = {"schedule": None}  # optional columns and their value when unknown
+OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", "unique"), np.nan)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
 
@@ -73,15 +68,8 @@ def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.Dat
         k = 6.0 if flops_per_param_datum is None else flops_per_param_datum
         log.info("no C column: using C = %g * N * D", k)
         df["C"] = k * df["N"] * df["D"]
-    defaults = {
-        "fid": np.nan,
-        "run_id": None,
-        "model": None,
-        "step": np.nan,
-        "final": True,
-        "budget": np.nan,
-        "forward_gflops": np.nan,
-    }
+    defaults = {"fid": np.nan, "run_id": None, "model": None, "step": np.nan, "final": True}
+    defaults |= {"budget": np.nan, "forward_gflops": np.nan}
     for col, val in {**defaults, **OPTIONAL}.items():
         if col not in df.columns:
             df[col] = val

@@ -28,17 +28,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "checkpoint_dir",
-    "latest_checkpoint",
-    "list_checkpoints",
-    "load_checkpoint",
-    "load_model_from_checkpoint",
-    "remove_partial_writes",
-    "save_checkpoint",
-]
-
 CHECKPOINT_FORMAT = 1
 _STEP_FILE = re.compile(r"^step_(\d{7,})\.pt$")
 _PARTIAL_FILE = re.compile(r"^\.(step_\d{7,}\.pt|latest\.json)\..+\.tmp$")
@@ -50,7 +39,9 @@ def checkpoint_dir(out: str | os.PathLike) -> Path:
     return p if p.name == "checkpoints" else p / "checkpoints"
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, fsync it and rename it over ``path``: a
+    reader (or a job killed at any moment) sees the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -105,9 +96,9 @@ def save_checkpoint(out: str | os.PathLike, state: dict[str, Any], *, keep_last:
     path = folder / f"step_{step:07d}.pt"
     state = {"format": CHECKPOINT_FORMAT, **state}
     remove_partial_writes(folder)
-    _atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     pointer = json.dumps({"step": step, "file": path.name}).encode()
-    _atomic_write_bytes(folder / "latest.json", lambda f: f.write(pointer))
+    atomic_write(folder / "latest.json", lambda f: f.write(pointer))
     if keep_last > 0:
         for old in list_checkpoints(folder)[:-keep_last]:
             if old != path:
@@ -167,12 +158,20 @@ def load_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, ma
     model: a `dit_core.models.DiT` in eval mode with the EMA weights (``use_ema=False``: the raw
     weights); diffusion: ``create_diffusion(config.diffusion)``; config: the run's `TrainConfig`.
     """
+    return model_from_checkpoint(load_checkpoint(path, map_location=map_location), use_ema, str(path))
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, name: str = "checkpoint"):
+    """`load_model_from_checkpoint` on an already loaded checkpoint; ValueError if it is not one
+    written by the trainer."""
     from .config import TrainConfig
     from .diffusion import create_diffusion
     from .models import DiT
 
-    ckpt = load_checkpoint(path, map_location=map_location)
+    weights = "ema" if use_ema else "model"
+    if missing := sorted({"model", "config", "step", weights} - set(ckpt)):
+        raise ValueError(f"{name} is not a dit_core training checkpoint (missing {missing})")
     cfg = TrainConfig.from_flat_dict(ckpt["config"])
     model = DiT.from_config(cfg.model.to_dit_config())
-    model.load_state_dict(ckpt["ema" if use_ema else "model"])
+    model.load_state_dict(ckpt[weights])
     return model.eval(), create_diffusion(cfg.diffusion), cfg

@@ -14,32 +14,15 @@ diffusion, ``max_steps`` from a FLOPs budget); a run logs and checkpoints the re
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .configio import ConfigError, apply_flat, coerce_fields, flatten, require, yaml_to_flat
+from .configio import ConfigError, apply_flat, check_fields, coerce_fields, flatten, require, yaml_to_flat
 from .data import DataConfig
 from .diffusion import DiffusionConfig
 from .spec import DiTConfig, model_config, official_name
 from .tracking import DEFAULT_EXPERIMENT
-
-__all__ = [
-    "DERIVED_PARAMS",
-    "LR_SCALINGS",
-    "PRECISIONS",
-    "SCHEDULES",
-    "BudgetConfig",
-    "CheckpointConfig",
-    "ConfigError",
-    "EvalConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "TrackingConfig",
-    "TrainConfig",
-    "load_yaml_config",
-]
 
 SCHEDULES = ("constant", "cosine", "constant_cooldown")
 LR_SCALINGS = ("none", "inverse_width")
@@ -161,34 +144,11 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        require(
-            self.schedule in SCHEDULES,
-            "optim.schedule",
-            f"{self.schedule!r} is unknown; choose one of {list(SCHEDULES)}",
-        )
-        require(
-            self.lr_scaling in LR_SCALINGS,
-            "optim.lr_scaling",
-            f"{self.lr_scaling!r} is unknown; choose one of {list(LR_SCALINGS)}",
-        )
-        require(
-            self.lr > 0 and math.isfinite(self.lr), "optim.lr", f"must be a finite number > 0, got {self.lr}"
-        )
-        require(self.lr_base_width >= 1, "optim.lr_base_width", f"must be >= 1, got {self.lr_base_width}")
-        require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        for name in ("beta1", "beta2"):
-            require(
-                0 <= getattr(self, name) < 1, f"optim.{name}", f"must be in [0, 1), got {getattr(self, name)}"
-            )
-        require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        for name in ("warmup_frac", "cooldown_frac", "min_lr_ratio"):
-            require(
-                0 <= getattr(self, name) <= 1,
-                f"optim.{name}",
-                f"must be in [0, 1], got {getattr(self, name)}",
-            )
+        bounds = {"lr": "a finite number > 0", "lr_base_width": ">= 1", "weight_decay": ">= 0"}
+        bounds |= {"warmup_steps": ">= 0", **dict.fromkeys(("beta1", "beta2", "ema_decay"), "in [0, 1)")}
+        bounds |= {k: "in [0, 1]" for k in ("warmup_frac", "cooldown_frac", "min_lr_ratio")}
+        check_fields(self, "optim.", {"schedule": SCHEDULES, "lr_scaling": LR_SCALINGS, **bounds})
         require(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
-        require(0 <= self.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass
@@ -208,18 +168,8 @@ class BudgetConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        require(
-            self.max_steps is None or self.max_steps >= 1,
-            "budget.max_steps",
-            f"must be >= 1, got {self.max_steps}",
-        )
-        ok = self.train_flops is None or (self.train_flops > 0 and math.isfinite(self.train_flops))
-        require(ok, "budget.train_flops", f"must be a finite number > 0, got {self.train_flops}")
-        require(
-            self.global_batch_size >= 1,
-            "budget.global_batch_size",
-            f"must be >= 1, got {self.global_batch_size}",
-        )
+        rules = {"max_steps": ">= 1", "train_flops": "a finite number > 0", "global_batch_size": ">= 1"}
+        check_fields(self, "budget.", rules)
 
 
 @dataclass
@@ -264,16 +214,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        for name in (
-            "val_every",
-            "val_examples",
-            "eval_every",
-            "num_samples",
-            "steps",
-            "batch_size",
-            "grid_images",
-        ):
-            require(getattr(self, name) >= 0, f"eval.{name}", f"must be >= 0, got {getattr(self, name)}")
+        names = ("val_every", "val_examples", "eval_every", "num_samples", "steps", "batch_size")
+        check_fields(self, "eval.", dict.fromkeys((*names, "grid_images"), ">= 0"))
 
 
 @dataclass
@@ -355,14 +297,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        require(
-            self.precision in PRECISIONS,
-            "precision",
-            f"{self.precision!r} is unknown; choose one of {list(PRECISIONS)}",
-        )
-        require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
-        require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
-        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        rules = {"precision": PRECISIONS, "log_every": ">= 1", "num_workers": ">= 0", "seed": ">= 0"}
+        check_fields(self, "", rules)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"model.depth": 12, ..., "seed": 0}``: every field, dotted (tuples become lists)."""

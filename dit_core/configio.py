@@ -16,28 +16,12 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import re
 import types
 import typing
 from collections.abc import Iterator
 from typing import Any
-
-__all__ = [
-    "join_negative_values",
-    "ConfigError",
-    "add_field_flags",
-    "apply_flat",
-    "check_keys",
-    "coerce_fields",
-    "field_help",
-    "flags_to_flat",
-    "flatten",
-    "iter_fields",
-    "parse_scalar",
-    "parse_value",
-    "require",
-    "yaml_to_flat",
-]
 
 _NONE = ("none", "null", "")
 
@@ -50,6 +34,30 @@ def require(ok: bool, where: str, msg: str) -> None:
     """The one validation style: ``raise ConfigError(f"{where}: {msg}")`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"{where}: {msg}")
+
+
+_BOUNDS = {
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "> 0": lambda v: v > 0,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "a finite number > 0": lambda v: v > 0 and math.isfinite(v),
+}
+
+
+def check_fields(obj: Any, section: str, rules: dict[str, Any]) -> None:
+    """`require` each field of ``obj`` named in ``rules``: a tuple of choices or a `_BOUNDS` key
+    (None passes a bound where the field's type allows None: it means unset)."""
+    for name, rule in rules.items():
+        value = getattr(obj, name)
+        if isinstance(rule, tuple):
+            require(value in rule, section + name, f"{value!r} is unknown; choose one of {list(rule)}")
+        elif value is None:
+            unset = type(None) in typing.get_args(_hints(type(obj))[name])
+            require(unset, section + name, f"must be {rule}, got None")
+        else:
+            require(_BOUNDS[rule](value), section + name, f"must be {rule}, got {value}")
 
 
 # ---------------------------------------------------------------------- values

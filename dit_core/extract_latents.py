@@ -25,11 +25,14 @@ import sys
 import urllib.parse
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dit_core.checkpoint import atomic_write
+from dit_core.configio import check_fields
 from dit_core.data.imagefolder import scan_image_folder
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, shard_name
 from dit_core.data.transforms import center_crop_arr, load_rgb, to_tensor
@@ -74,21 +77,13 @@ class ExtractConfig:
     world_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.posterior not in POSTERIORS:
-            raise ValueError(f"posterior={self.posterior!r} is not valid; choose one of {list(POSTERIORS)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not valid; choose one of {list(DTYPES)}")
-        for name in ("image_size", "batch_size", "shard_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        rules = {"posterior": POSTERIORS, "dtype": tuple(DTYPES), "num_workers": ">= 0"}
+        rules |= {"scale_factor": "> 0", **dict.fromkeys(("image_size", "batch_size", "shard_size"), ">= 1")}
+        check_fields(self, "", rules)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(
                 f"need 0 <= rank < world_size, got rank={self.rank}, world_size={self.world_size}"
             )
-        if not self.scale_factor > 0:
-            raise ValueError(f"scale_factor must be positive, got {self.scale_factor}")
 
 
 def _is_local(vae: str) -> bool:
@@ -170,19 +165,8 @@ class _ShardImages(Dataset):
 def _fingerprint(cfg: ExtractConfig, samples: list[tuple[str, int]], root: str) -> str:
     """Hash of everything that determines the shards' contents."""
     h = hashlib.sha256()
-    settings = {
-        k: getattr(cfg, k)
-        for k in (
-            "vae",
-            "vae_subfolder",
-            "image_size",
-            "posterior",
-            "scale_factor",
-            "shard_size",
-            "dtype",
-            "seed",
-        )
-    }
+    keys = ("vae", "vae_subfolder", "image_size", "posterior", "scale_factor", "shard_size", "dtype", "seed")
+    settings = {k: getattr(cfg, k) for k in keys}
     h.update(json.dumps(settings, sort_keys=True).encode())
     for path, label in samples:
         h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
@@ -203,15 +187,6 @@ def _existing_shard(path: str, fingerprint: str, k: int) -> dict[str, Any] | Non
             "use a new --output folder or delete the old shards"
         )
     return meta
-
-
-def _atomic_write_json(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @torch.inference_mode()
@@ -292,19 +267,16 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
             missing,
         )
         return manifest
-    _atomic_write_json(manifest, os.path.join(cfg.output, MANIFEST_NAME))
+    text = json.dumps(manifest, indent=2)
+    atomic_write(Path(cfg.output) / MANIFEST_NAME, lambda f: f.write(text.encode()))
     log.info("wrote %d latents in %d shards to %s", manifest["num_items"], len(shards), cfg.output)
     return manifest
 
 
-def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save_file) -> dict[str, str]:
-    """Encode one shard's images and write it atomically; returns its metadata."""
-    loader = DataLoader(
-        _ShardImages(part, cfg.image_size),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        shuffle=False,
-    )
+def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save_file) -> None:
+    """Encode one shard's images and write it atomically."""
+    images = _ShardImages(part, cfg.image_size)
+    loader = DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shuffle=False)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k)
     lats, labels, bad = [], [], []
     offset = 0
@@ -331,7 +303,6 @@ def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, sav
     tmp = f"{path}.tmp-{os.getpid()}"
     save_file({"latents": latents.contiguous(), "labels": labels_t.contiguous()}, tmp, metadata=meta)
     os.replace(tmp, path)
-    return meta
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,24 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = [
-    "BLOCK_TYPES",
-    "FAMILIES",
-    "PATCH_SIZES",
-    "POS_EMBEDS",
-    "DiTConfig",
-    "budget_steps",
-    "flop_breakdown",
-    "forward_gflops",
-    "forward_macs",
-    "model_config",
-    "non_embedding_param_count",
-    "official_name",
-    "official_names",
-    "param_count",
-    "resolve_budget_steps",
-    "train_flops_per_image",
-]
+from .configio import check_fields, check_keys
 
 #: Table 1 of the DiT paper: family -> (depth, hidden_size, num_heads).
 FAMILIES: dict[str, tuple[int, int, int]] = {
@@ -96,12 +79,11 @@ class DiTConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise `ValueError` naming the offending field and a fix."""
-        for name in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 1:
-            raise ValueError(f"DiTConfig.num_classes must be >= 1, got {self.num_classes}")
+        """Raise `ConfigError` (a `ValueError`) naming the offending field and a fix."""
+        sizes = ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels")
+        sizes += ("num_classes",)
+        rules = {"class_dropout_prob": "in [0, 1)", "mlp_ratio": "> 0", **dict.fromkeys(sizes, ">= 1")}
+        check_fields(self, "DiTConfig.", {**rules, "pos_embed": POS_EMBEDS, "block_type": BLOCK_TYPES})
         if self.frequency_embedding_size < 2:
             raise ValueError(
                 f"DiTConfig.frequency_embedding_size must be >= 2 (one sin-cos pair), "
@@ -117,14 +99,6 @@ class DiTConfig:
                 f"patch_size={self.patch_size} does not divide input_size={self.input_size}; "
                 "use a patch size that divides the latent size"
             )
-        if not 0.0 <= self.class_dropout_prob < 1.0:
-            raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if self.pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed={self.pos_embed!r} is unknown; choose one of {POS_EMBEDS}")
-        if self.block_type not in BLOCK_TYPES:
-            raise ValueError(f"block_type={self.block_type!r} is unknown; choose one of {BLOCK_TYPES}")
         if self.pos_embed == "sincos" and self.hidden_size % 4:
             raise ValueError(f"sin-cos position embedding needs hidden_size % 4 == 0, got {self.hidden_size}")
         if self.pos_embed == "rope" and self.head_dim % 4:
@@ -156,18 +130,11 @@ class DiTConfig:
 
     def replace(self, **changes: Any) -> DiTConfig:
         """A validated copy with fields changed; unknown field names raise `ValueError`."""
-        _check_fields(changes)
+        check_keys(DiTConfig, changes, "DiTConfig")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _check_fields(values: dict[str, Any]) -> None:
-    known = {f.name for f in dataclasses.fields(DiTConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown DiTConfig field(s) {unknown}; valid fields: {sorted(known)}")
 
 
 def official_names() -> list[str]:
@@ -190,7 +157,7 @@ def model_config(name: str | None = None, **overrides: Any) -> DiTConfig:
     `model_config(depth=4, hidden_size=64, num_heads=2, patch_size=2, input_size=16, in_channels=1,
     num_classes=10)`.
     """
-    _check_fields(overrides)
+    check_keys(DiTConfig, overrides, "DiTConfig")
     base: dict[str, Any] = {}
     if name is not None:
         size, _, patch = name.removeprefix("DiT-").partition("/")

@@ -19,8 +19,6 @@ from typing import Any
 
 from sweeps.grid import Cell
 
-__all__ = ["DEVICES", "CellCost", "Device", "StudyCost", "cell_eval_flops", "estimate"]
-
 
 @dataclass(frozen=True)
 class Device:
@@ -95,31 +93,23 @@ class StudyCost:
     def summary(self) -> str:
         from sweeps.table import render
 
+        def row(name, steps, images, *flops_and_hours):
+            return [name, str(steps), str(images), *(f"{v:.3g}" for v in flops_and_hours)]
+
+        n = self.gpus_per_cell
         rows = [
-            [
-                c.cell_id,
-                str(c.steps),
-                str(c.images),
-                f"{c.train_flops:.3g}",
-                f"{c.eval_flops:.3g}",
-                f"{c.gpu_hours:.3g}",
-                f"{c.gpu_hours / self.gpus_per_cell:.3g}",
-            ]
+            row(c.cell_id, c.steps, c.images, c.train_flops, c.eval_flops, c.gpu_hours, c.gpu_hours / n)
             for c in self.cells
         ]
-        rows.append(
-            [
-                "total",
-                str(sum(c.steps for c in self.cells)),
-                str(sum(c.images for c in self.cells)),
-                f"{self.train_flops:.3g}",
-                f"{self.eval_flops:.3g}",
-                f"{self.gpu_hours:.3g}",
-                "",
-            ]
-        )
+        steps, images = sum(c.steps for c in self.cells), sum(c.images for c in self.cells)
+        rows.append(row("total", steps, images, self.train_flops, self.eval_flops, self.gpu_hours) + [""])
         header = ["cell", "steps", "images", "train FLOPs", "eval FLOPs", "GPU-hours", "wall h"]
         peak = self.device.peak_tflops * 1e12
+        mfu_source = "(given)"
+        if self.mfu == DEFAULT_MFU:
+            mfu_source = (
+                "(assumed, not measured here: measure it with `bash benchmarks/gpu_check.sh`, then --mfu)"
+            )
         return "\n".join(
             [
                 render(header, rows),
@@ -128,12 +118,7 @@ class StudyCost:
                 f"  = (train + eval FLOPs) / (peak x MFU) / 3600 = {self.train_flops + self.eval_flops:.4g}"
                 f" / ({peak:.4g} x {self.mfu:g}) / 3600",
                 f"  peak: {self.device.peak_tflops:g} TFLOP/s dense bf16 ({self.device.source})",
-                f"  MFU: {self.mfu:g} "
-                + (
-                    "(assumed, not measured here: measure it with `bash benchmarks/gpu_check.sh`, then --mfu)"
-                    if self.mfu == DEFAULT_MFU
-                    else "(given)"
-                ),
+                f"  MFU: {self.mfu:g} {mfu_source}",
                 f"  wall h: per cell on {self.gpus_per_cell} GPU(s) (nodes x gpus_per_node); FLOPs are true"
                 " FLOPs (2 x multiply-adds); eval = validation + sampling forward passes (no Inception/VAE)",
             ]
@@ -178,7 +163,6 @@ def estimate(
     out = []
     for c in cells:
         ev = (eval_flops or {}).get(c.cell_id, 0.0)
-        out.append(
-            CellCost(c.cell_id, c.steps, c.images, c.train_flops, ev, (c.train_flops + ev) / rate / 3600)
-        )
+        hours = (c.train_flops + ev) / rate / 3600
+        out.append(CellCost(c.cell_id, c.steps, c.images, c.train_flops, ev, hours))
     return StudyCost(dev, mfu, gpus_per_cell, tuple(out))

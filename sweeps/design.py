@@ -29,31 +29,20 @@ import numpy as np
 from dit_core.spec import (
     FAMILIES,
     budget_steps,
-    forward_gflops,
     non_embedding_param_count,
     param_count,
     train_flops_per_image,
 )
 from sweeps.families import ModelShape, Scale
-from sweeps.grid import Cell, SweepSpec, cell_model_config, format_budget, parse_budget
-
-__all__ = [
-    "DEFAULT_TOKENS_PER_PARAM",
-    "AdaptiveResult",
-    "BudgetPlan",
-    "FamilyCurve",
-    "FitPrior",
-    "RatioPrior",
-    "design_cells",
-    "family_curve",
-    "launch_adaptive",
-    "load_fit_prior",
-    "make_prior",
-    "place_sizes",
-    "plan_budgets",
-    "read_record",
-    "recorded_spec",
-]
+from sweeps.grid import (
+    MIN_SIZE_RATIO,
+    Cell,
+    SweepSpec,
+    cell_model_config,
+    format_budget,
+    make_cell,
+    parse_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +52,6 @@ log = logging.getLogger(__name__)
 #: around it absorbs a prior that is off by up to `spread`, and `adaptive` replaces it by fits.
 DEFAULT_TOKENS_PER_PARAM = 20.0
 FAMILY_HEAD_DIM = 64  # every family of Table 1 has 64-wide heads
-MIN_SIZE_RATIO = 1.2  # two sizes of one budget closer than this are "near-identical"
 USABLE = ("ok", "extrapolating")
 RECORD = "design.json"
 
@@ -92,19 +80,13 @@ class FamilyCurve:
         return [self.shape(x, width) for x in sorted({max(1, math.floor(d)), max(1, math.ceil(d))})]
 
 
-def default_head_dim(scale: Scale) -> int:
-    """The families' head dim (64) scaled like their widths: 8 for the demo's width / 8; a
-    ``head_dim`` of `Scale` wins when it has one."""
-    hd = getattr(scale, "head_dim", None)
-    return int(hd) if hd else max(4, FAMILY_HEAD_DIM // scale.width_div)
-
-
 def family_curve(scale: Scale, head_dim: int | None = None) -> FamilyCurve:
-    """Least squares of ln depth on ln width over S, B, L, XL, each scaled by ``scale``."""
+    """Least squares of ln depth on ln width over S, B, L, XL, each scaled by ``scale``; head dim
+    None = ``scale.head_dim``, else the families' 64 scaled like their widths (8 at width / 8)."""
     w = np.log([s[1] / scale.width_div for s in FAMILIES.values()])
     d = np.log([s[0] / scale.depth_div for s in FAMILIES.values()])
     gamma, log_c = np.polyfit(w, d, 1)
-    hd = default_head_dim(scale) if head_dim is None else head_dim
+    hd = (scale.head_dim or max(4, FAMILY_HEAD_DIM // scale.width_div)) if head_dim is None else head_dim
     if hd < 4 or hd % 4:
         raise ValueError(
             f"head dim {hd} must be a positive multiple of 4 (sin-cos/RoPE embeddings need widths % 4 == 0); "
@@ -118,7 +100,6 @@ class Candidate:
     """A shape at one patch size: size measure n (total or non-embedding parameters), FLOPs/image."""
 
     model: ModelShape
-    params: int
     n: float
     fpi: float
 
@@ -135,7 +116,7 @@ def ladder(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: str, n_max: 
         row = []
         for shape in curve.shapes_at(width):
             cfg = cell_model_config(spec, shape, patch)
-            row.append(Candidate(shape, param_count(cfg), _measure(cfg, n_axis), train_flops_per_image(cfg)))
+            row.append(Candidate(shape, _measure(cfg, n_axis), train_flops_per_image(cfg)))
         out += row
         if min(c.n for c in row) > n_max:
             break
@@ -330,19 +311,14 @@ class BudgetPlan:
         return "\n".join([head] + [f"  {n}" for n in self.notes])
 
 
-def min_ratio_of(spec: SweepSpec) -> float:
-    """Neighbouring sizes of one budget differ at least by this factor: the square root of the
-    targets' own ratio, and never less than MIN_SIZE_RATIO."""
-    step = spec.size_spread ** (2.0 / (spec.sizes_per_budget - 1))
-    return max(MIN_SIZE_RATIO, math.sqrt(step))
-
-
 def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
     """The isoflop/adaptive design of ``spec``: per budget (ascending) and patch size, the cells."""
     prior = prior if prior is not None else make_prior(spec)
     curve = family_curve(spec.scale, spec.design_head_dim)
     n_axis = getattr(prior, "n_axis", "total")
-    k, spread, ratio = spec.sizes_per_budget, spec.size_spread, min_ratio_of(spec)
+    k, spread = spec.sizes_per_budget, spec.size_spread
+    # neighbours differ by at least the square root of the targets' own ratio, and MIN_SIZE_RATIO
+    ratio = max(MIN_SIZE_RATIO, math.sqrt(spread ** (2.0 / (k - 1))))
     lo_s, hi_s = spec.isoflop_min_steps, spec.isoflop_max_steps
     plans: list[BudgetPlan] = []
     for budget in sorted(set(spec.budgets)):
@@ -379,24 +355,9 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                     f"target {t[-1]:.3g})"
                     + ("; every size is below the centre" if picked[-1].n < centre else "")
                 )
-            cells = [_cell(spec, c, patch, budget) for c in picked]
+            cells = [make_cell(spec, c.model, patch, budget) for c in picked]
             plans.append(BudgetPlan(budget, patch, centre, source, cells, notes))
     return plans
-
-
-def _cell(spec: SweepSpec, c: Candidate, patch: int, budget: float) -> Cell:
-    cfg = cell_model_config(spec, c.model, patch)
-    return Cell(
-        cell_id=f"{c.model.name}-{patch}-{format_budget(budget)}",
-        model=c.model,
-        patch_size=patch,
-        budget=budget,
-        params=c.params,
-        forward_gflops=forward_gflops(cfg),
-        train_flops_per_image=c.fpi,
-        batch_size=spec.batch_size,
-        steps=budget_steps(budget, c.fpi, spec.batch_size),
-    )
 
 
 def design_cells(spec: SweepSpec) -> list[Cell]:
@@ -495,7 +456,8 @@ def refit_centre(spec: SweepSpec, prior, points, done: list[float], target: floa
     try:
         pr = predict(analyze(points, cfg), target)
         if pr.n_opt is not None:
-            fit = Centre(pr.n_opt.value, f"fit of budgets {_budgets(done)}: {pr.source}", pr.status.text())
+            budgets = ",".join(format_budget(b) for b in sorted(done))
+            fit = Centre(pr.n_opt.value, f"fit of budgets {budgets}: {pr.source}", pr.status.text())
         else:
             why = f"the fit withholds N_opt ({'; '.join(pr.status.reasons[:1])})"
     except ValueError as e:
@@ -532,10 +494,6 @@ def _anchor(pts, last: float, prior, target: float, patch: int) -> Centre | None
             )
             return Centre(s.best_n * growth, f"best size at {at} ({s.best_n:.3g}, {where}) {grown}")
     return None
-
-
-def _budgets(bs) -> str:
-    return ",".join(format_budget(b) for b in sorted(bs))
 
 
 def launch_adaptive(

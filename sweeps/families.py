@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 from dit_core import spec
 
-__all__ = ["FAMILIES", "ModelShape", "Scale", "family_shape", "custom_shape"]
-
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -21,10 +19,6 @@ class ModelShape:
     depth: int
     hidden_size: int
     num_heads: int
-
-    @property
-    def is_family(self) -> bool:
-        return self.name in FAMILIES
 
     def describe(self) -> str:
         return f"d{self.depth} w{self.hidden_size} h{self.num_heads}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from dit_core.configio import check_keys, parse_value
+from dit_core.configio import check_fields, check_keys, parse_value
 from dit_core.spec import (
     DiTConfig,
     budget_steps,
@@ -28,21 +28,10 @@ from dit_core.spec import (
 from dit_core.tracking import DEFAULT_EXPERIMENT
 from sweeps.families import ModelShape, Scale, custom_shape, family_shape
 
-__all__ = [
-    "CONFIG_DIR",
-    "Cell",
-    "DataSpec",
-    "ExecutorSpec",
-    "SweepSpec",
-    "expand",
-    "format_budget",
-    "load_spec",
-    "parse_budget",
-]
-
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DESIGNS = ("grid", "isoflop", "adaptive")
 EXECUTORS = ("auto", "slurm", "local", "debug")
+MIN_SIZE_RATIO = 1.2  # two sizes of one budget closer than this are "near-identical"
 
 
 @dataclass
@@ -176,21 +165,15 @@ class SweepSpec:
         for b in self.budgets:
             if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
                 raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
-        if self.design not in DESIGNS:
-            raise ValueError(f"design {self.design!r} is not one of {list(DESIGNS)}")
+        check_fields(self, "", {"design": DESIGNS, "batch_size": ">= 1"})
         if not 1 <= self.isoflop_min_steps <= self.isoflop_max_steps:
             raise ValueError("need 1 <= isoflop_min_steps <= isoflop_max_steps")
         self._validate_design()
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         e = self.executor
-        if e.name not in EXECUTORS:
-            raise ValueError(f"executor {e.name!r} is not one of {list(EXECUTORS)}")
-        for k in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min", "array_parallelism"):
-            if int(getattr(e, k)) < 1:
-                raise ValueError(f"executor.{k} must be >= 1, got {getattr(e, k)}")
-        if e.gpus_per_node < 0 or e.max_retries < 0 or e.local_parallelism < 1:
-            raise ValueError("executor: gpus_per_node/max_retries must be >= 0, local_parallelism >= 1")
+        rules = {"name": EXECUTORS, "gpus_per_node": ">= 0", "max_retries": ">= 0"}
+        rules |= dict.fromkeys(("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"), ">= 1")
+        rules |= dict.fromkeys(("array_parallelism", "local_parallelism"), ">= 1")
+        check_fields(e, "executor.", rules)
         if self.batch_size % (e.nodes * e.tasks_per_node):
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "
@@ -206,10 +189,10 @@ class SweepSpec:
             )
         if not (isinstance(self.size_spread, (int, float)) and self.size_spread > 1):
             raise ValueError(f"size_spread must be > 1 (e.g. --spread 4), got {self.size_spread!r}")
-        if self.size_spread ** (2.0 / (self.sizes_per_budget - 1)) < 1.2:
+        if self.size_spread ** (2.0 / (self.sizes_per_budget - 1)) < MIN_SIZE_RATIO:
             raise ValueError(
                 f"{self.sizes_per_budget} sizes within {self.size_spread:g}x either side are closer than "
-                "1.2x apart: raise --spread or lower --sizes-per-budget"
+                f"{MIN_SIZE_RATIO:g}x apart: raise --spread or lower --sizes-per-budget"
             )
         if not (isinstance(self.tokens_per_param, (int, float)) and self.tokens_per_param > 0):
             raise ValueError(f"tokens_per_param must be > 0 (e.g. 20), got {self.tokens_per_param!r}")
@@ -263,15 +246,14 @@ class Cell:
         return f"DiT-{self.model.name}/{self.patch_size}"
 
 
-def _as_bool(v: Any, where: str = "diffusion.learn_sigma") -> bool:
-    return parse_value(v, bool, where)
-
-
 def model_learns_sigma(train: dict[str, Any]) -> bool:
     """Does the model output 2C channels (learned variance)? As `dit_core.diffusion.DiffusionConfig`
     decides it: ``diffusion.learn_sigma`` (default True) and an objective other than ``flow``."""
     objective = str(train.get("diffusion.objective", "eps")).strip().lower()
-    return _as_bool(train.get("diffusion.learn_sigma", True)) and objective != "flow"
+    return (
+        parse_value(train.get("diffusion.learn_sigma", True), bool, "diffusion.learn_sigma")
+        and objective != "flow"
+    )
 
 
 def format_budget(b: float) -> str:
@@ -295,7 +277,8 @@ def cell_model_config(spec: SweepSpec, model: ModelShape, patch_size: int) -> Di
     """The `DiTConfig` a cell trains: ``model`` at ``patch_size`` on the sweep's data, with the
     ``model.*`` fields of ``spec.train`` (``mlp_ratio``, ``frequency_embedding_size``, ...)."""
     extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
-    extra["learn_sigma"] = _as_bool(extra.get("learn_sigma", model_learns_sigma(spec.train)))
+    learn_sigma = extra.get("learn_sigma", model_learns_sigma(spec.train))
+    extra["learn_sigma"] = parse_value(learn_sigma, bool, "model.learn_sigma")
     cell = dict(depth=model.depth, hidden_size=model.hidden_size, num_heads=model.num_heads)
     cell |= dict(patch_size=patch_size, input_size=spec.data.input_size, in_channels=spec.data.in_channels)
     cell |= dict(num_classes=spec.data.num_classes)
@@ -311,28 +294,14 @@ def expand(spec: SweepSpec) -> list[Cell]:
         from sweeps.design import design_cells
 
         return design_cells(spec)
-    configs = {(m, p): cell_model_config(spec, m, p) for m in spec.models() for p in spec.patch_sizes}
     cells: list[Cell] = []
     for budget in sorted(set(spec.budgets)):
-        row: list[Cell] = []
-        too_small: list[str] = []
-        for (m, p), cfg in configs.items():
-            fpi = train_flops_per_image(cfg)
-            steps = budget_steps(budget, fpi, spec.batch_size)
-            cell = Cell(
-                cell_id=f"{m.name}-{p}-{format_budget(budget)}",
-                model=m,
-                patch_size=p,
-                budget=budget,
-                params=param_count(cfg),
-                forward_gflops=forward_gflops(cfg),
-                train_flops_per_image=fpi,
-                batch_size=spec.batch_size,
-                steps=steps,
-            )
-            if steps < 1:
-                too_small.append(f"{cell.model_name} ({spec.batch_size} x {fpi:.3g} FLOPs)")
-            row.append(cell)
+        row = [make_cell(spec, m, p, budget) for m in spec.models() for p in spec.patch_sizes]
+        too_small = [
+            f"{c.model_name} ({c.batch_size} x {c.train_flops_per_image:.3g} FLOPs)"
+            for c in row
+            if c.steps < 1
+        ]
         if too_small:
             raise ValueError(
                 f"budget {format_budget(budget)} is smaller than one training step of "
@@ -342,24 +311,32 @@ def expand(spec: SweepSpec) -> list[Cell]:
     return cells
 
 
+def make_cell(spec: SweepSpec, model: ModelShape, patch_size: int, budget: float) -> Cell:
+    """The cell ``{model}-{patch}-{budget}``: its counts and whole steps within ``budget``."""
+    cfg = cell_model_config(spec, model, patch_size)
+    fpi = train_flops_per_image(cfg)
+    return Cell(
+        cell_id=f"{model.name}-{patch_size}-{format_budget(budget)}",
+        model=model,
+        patch_size=patch_size,
+        budget=budget,
+        params=param_count(cfg),
+        forward_gflops=forward_gflops(cfg),
+        train_flops_per_image=fpi,
+        batch_size=spec.batch_size,
+        steps=budget_steps(budget, fpi, spec.batch_size),
+    )
+
+
 # ---------------------------------------------------------------- YAML
-
-
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    return check_keys(cls, data, where)
 
 
 def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSpec:
     """Build and validate a `SweepSpec` from a parsed YAML mapping; unknown keys are errors."""
-    data = dict(_from_dict(SweepSpec, data, where))
-    if "scale" in data:
-        data["scale"] = Scale(**_from_dict(Scale, data["scale"] or {}, f"{where}: scale"))
-    if "data" in data:
-        data["data"] = DataSpec(**_from_dict(DataSpec, data["data"] or {}, f"{where}: data"))
-    if "executor" in data:
-        data["executor"] = ExecutorSpec(
-            **_from_dict(ExecutorSpec, data["executor"] or {}, f"{where}: executor")
-        )
+    data = dict(check_keys(SweepSpec, data, where))
+    for key, cls in (("scale", Scale), ("data", DataSpec), ("executor", ExecutorSpec)):
+        if key in data:
+            data[key] = cls(**check_keys(cls, data[key] or {}, f"{where}: {key}"))
     if "budgets" in data:
         data["budgets"] = [parse_budget(b) for b in data["budgets"]]
     if data.get("isoflop_centres"):

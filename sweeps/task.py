@@ -14,8 +14,6 @@ from typing import Any
 from dit_core.configio import apply_flat
 from sweeps.grid import Cell, SweepSpec
 
-__all__ = ["CellTask", "apply_overrides", "build_config", "check_trainer", "make_task"]
-
 
 @dataclass(frozen=True)
 class CellTask:
@@ -96,18 +94,13 @@ def make_task(spec: SweepSpec, cell: Cell, sweep_dir: Path, tracking_uri: str, t
     return CellTask(spec.name, cell.cell_id, str(run_dir), overrides, spec.trainer, threads)
 
 
-def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
-    """A copy of the nested dataclass ``cfg`` with dotted fields replaced, values parsed by field
-    type (`dit_core.configio.apply_flat`); an unknown key raises ValueError naming the valid ones."""
-    return apply_flat(cfg, overrides)
-
-
 def build_config(trainer: Any, overrides: dict[str, Any]) -> Any:
-    """``trainer.TrainConfig()`` with the dotted overrides (its own ``replace`` if it has one)."""
+    """``trainer.TrainConfig()`` with the dotted overrides (its own ``replace`` if it has one, else
+    `dit_core.configio.apply_flat`)."""
     cfg = trainer.TrainConfig()
     if callable(getattr(cfg, "replace", None)):
         return cfg.replace(**overrides)
-    return apply_overrides(cfg, overrides)
+    return apply_flat(cfg, overrides)
 
 
 def check_trainer(module: str, tasks: list[CellTask]) -> None:

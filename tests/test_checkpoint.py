@@ -13,6 +13,7 @@ from dit_core.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_model_from_checkpoint,
+    model_from_checkpoint,
     save_checkpoint,
 )
 
@@ -72,3 +73,12 @@ def test_training_checkpoint_loads_weights_only_and_rebuilds_the_model(tmp_path)
     assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), raw.parameters()))
     x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([10, 500]), torch.tensor([1, 2])
     assert model(x, t, y).shape == (2, 2, 16, 16)
+
+
+def test_a_checkpoint_without_the_trainer_keys_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"^x.pt is not a dit_core training checkpoint \(missing \['config', 'ema'\]\)$"
+    ):
+        model_from_checkpoint({"model": {}, "step": 1}, name="x.pt")
+    with pytest.raises(ValueError, match=r"\(missing \['config'\]\)$"):
+        model_from_checkpoint({"model": {}, "step": 1}, use_ema=False)

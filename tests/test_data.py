@@ -30,9 +30,12 @@ from dit_core.data.flip import _splitmix64
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"name": "cifar"}, r"valid names: \['digits', 'imagefolder', 'latents', 'photos'\]"),
+        (
+            {"name": "cifar"},
+            r"data.name: 'cifar' is unknown; choose one of \['digits', 'imagefolder', 'latents', 'photos'\]",
+        ),
         ({"digits_split": "test"}, r"choose one of \['train', 'val', 'all'\]"),
-        ({"image_size": 0}, "positive int"),
+        ({"image_size": 0}, "data.image_size: must be >= 1, got 0"),
         ({"image_size": 4}, "8 px"),
         ({"name": "imagefolder"}, "needs root"),
         ({"name": "latents"}, "extract_latents"),

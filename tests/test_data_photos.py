@@ -248,7 +248,7 @@ def test_stream_batches_do_not_depend_on_workers():
     [
         ({"name": "photos", "channels": 2}, "channels must be 1"),
         ({"name": "photos", "crop_scale": (0.1, 0.3)}, "max <= holdout"),
-        ({"name": "photos", "num_photos": 14}, "num_photos must be 1..13"),
+        ({"name": "photos", "num_photos": 14}, "data.num_photos: must be 1..13"),
         ({"name": "photos", "holdout": 0.6}, r"holdout must be in \(0, 0.5\]"),
         ({"name": "photos", "epoch_size": 0}, "epoch_size"),
         ({"name": "digits", "channels": 3}, "only an option of the photos dataset"),

@@ -13,9 +13,10 @@ from PIL import Image
 
 from dit_core.data import digits_images
 from dit_core.evaluate import (
-    DigitsExtractor,
+    DomainExtractor,
     GaussianStats,
     RandomConvExtractor,
+    digits_recipe,
     evaluate_samples,
     fid_from_features,
     frechet_distance,
@@ -27,7 +28,7 @@ from dit_core.evaluate import (
     shard,
 )
 from dit_core.evaluate import features as features_mod
-from dit_core.evaluate.digits_classifier import DigitsClassifierRecipe, train_digits_classifier
+from dit_core.evaluate.domain_classifier import DomainClassifierRecipe, train_domain_classifier
 
 pytestmark = pytest.mark.usefixtures("eval_cache_env")
 
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("eval_cache_env")
 def digits_extractor(eval_cache):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DITSCALE_CACHE", str(eval_cache))
-        return DigitsExtractor(16)
+        return DomainExtractor(digits_recipe(16))
 
 
 def _random_spd(rng, d):
@@ -176,9 +177,9 @@ def test_fid_of_set_with_itself_is_zero_and_blur_raises_it(family, digits_extrac
 def test_digits_classifier_accurate_deterministic_and_cached(digits_extractor, eval_cache):
     assert digits_extractor.val_accuracy > 0.95
     assert digits_extractor.path.parent.parent == eval_cache and digits_extractor.path.is_file()
-    again = DigitsExtractor(16)  # loads the cached file
+    again = DomainExtractor(digits_recipe(16))  # loads the cached file
     assert again.path == digits_extractor.path
-    net, acc = train_digits_classifier(DigitsClassifierRecipe(resolution=16))  # retrain: same weights
+    net, acc = train_domain_classifier(DomainClassifierRecipe(resolution=16))  # retrain: same weights
     assert acc == digits_extractor.val_accuracy
     for (k, a), b in zip(net.state_dict().items(), digits_extractor.net.state_dict().values()):
         assert torch.equal(a, b), k

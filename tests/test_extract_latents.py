@@ -239,9 +239,9 @@ def test_latents_missing_manifest_is_a_clear_error(tmp_path):
 
 
 def test_extract_config_validation():
-    with pytest.raises(ValueError, match=r"posterior='mode'.*\['sample', 'mean'\]"):
+    with pytest.raises(ValueError, match=r"posterior: 'mode' is unknown; choose one of \['sample', 'mean'\]"):
         ExtractConfig(data_path="a", output="b", vae="c", posterior="mode")
-    with pytest.raises(ValueError, match="batch_size must be positive"):
+    with pytest.raises(ValueError, match="batch_size: must be >= 1, got 0"):
         ExtractConfig(data_path="a", output="b", vae="c", batch_size=0)
 
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from dit_core.configio import apply_flat
 from sweeps import launch as cli
 from sweeps.executor import make_executor, parse_sbatch_lines, resolve_executor_kind
 from sweeps.families import FAMILIES, Scale, family_shape
 from sweeps.grid import DataSpec, SweepSpec, expand, format_budget, load_spec, parse_budget, spec_from_dict
 from sweeps.state import CellState, check_resumable_cell, check_tracking_uri, config_hash, plan
-from sweeps.task import apply_overrides
 
 # Peebles & Xie, Table 4: forward Gflops on 256 px images (32x32x4 latents).
 PAPER_GFLOPS = {
@@ -93,8 +93,8 @@ def test_isoflop_design_spans_several_models_within_the_step_window():
         ({"patch_sizes": [3]}, "patch size 3 does not divide the input size 16"),
         ({"budgets": [-1.0]}, "positive number of training FLOPs"),
         ({"shapes": [[4, 60, 8]]}, "not divisible by num_heads 8"),
-        ({"design": "random"}, "design 'random'"),
-        ({"executor": {"name": "kubernetes"}}, "executor 'kubernetes'"),
+        ({"design": "random"}, "design: 'random' is unknown"),
+        ({"executor": {"name": "kubernetes"}}, "executor.name: 'kubernetes' is unknown"),
         ({"batch_size": 30, "executor": {"tasks_per_node": 4}}, "not divisible by the 4 processes"),
     ],
 )
@@ -241,16 +241,16 @@ class _Outer:
 
 
 def test_apply_overrides_sets_nested_fields_and_names_unknown_ones():
-    cfg = apply_overrides(_Outer(), {"model.depth": 3, "steps": 7})
+    cfg = apply_flat(_Outer(), {"model.depth": 3, "steps": 7})
     assert cfg == _Outer(_Inner(3, 0.1), 7)
-    cfg = apply_overrides(_Outer(), {"model.lr": "3e-4", "steps": "9"})  # YAML 1.1 strings
+    cfg = apply_flat(_Outer(), {"model.lr": "3e-4", "steps": "9"})  # YAML 1.1 strings
     assert cfg.model.lr == 3e-4 and cfg.steps == 9
     with pytest.raises(ValueError, match="cannot use 'fast'"):
-        apply_overrides(_Outer(), {"model.lr": "fast"})
+        apply_flat(_Outer(), {"model.lr": "fast"})
     with pytest.raises(ValueError, match="has no field 'dept'"):
-        apply_overrides(_Outer(), {"model.dept": 3})
+        apply_flat(_Outer(), {"model.dept": 3})
     with pytest.raises(ValueError, match="not a nested config"):
-        apply_overrides(_Outer(), {"steps.x": 1})
+        apply_flat(_Outer(), {"steps.x": 1})
 
 
 def test_relaunch_plan():
@@ -340,7 +340,7 @@ def test_dry_run_checks_override_values(capsys, tmp_path, monkeypatch):
         (["--budgets", "-5"], "budget '-5' must be a positive number"),
         (["--budgets", "1e12,-3e11"], "budget '-3e11' must be a positive number"),
         (["--budgets", "lots"], "budget 'lots' is not a number"),
-        (["--parallel", "-2"], "local_parallelism >= 1"),
+        (["--parallel", "-2"], "executor.local_parallelism: must be >= 1, got -2"),
         (["--budgets"], "expected one argument"),
     ],
 )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..configio import check_fields, coerce_fields, require
+
 DATASET_NAMES = ("digits", "imagefolder", "latents", "photos")
-DIGITS_SPLITS = ("train", "val", "all")
 SPLITS = ("train", "val", "all")
 
 
@@ -53,41 +54,26 @@ class DataConfig:
     epoch_size: int = 1 << 18
 
     def __post_init__(self) -> None:
-        if self.name not in DATASET_NAMES:
-            raise ValueError(
-                f"DataConfig.name={self.name!r} is not a dataset; valid names: {list(DATASET_NAMES)}"
-            )
-        if self.digits_split not in DIGITS_SPLITS:
-            raise ValueError(
-                f"DataConfig.digits_split={self.digits_split!r} is not valid; "
-                f"choose one of {list(DIGITS_SPLITS)}"
-            )
-        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size <= 0:
-            raise ValueError(f"DataConfig.image_size must be a positive int, got {self.image_size!r}")
-        if self.name == "digits" and self.image_size < 8:
-            raise ValueError(
-                f"DataConfig.image_size={self.image_size} is below the digits' native 8 px; use 8, 16 or 32"
-            )
+        coerce_fields(self)
+        check_fields(self, "data.", {"name": DATASET_NAMES, "digits_split": SPLITS, "image_size": ">= 1"})
+        size, n = self.image_size, self.num_photos
+        if self.name == "digits":
+            require(size >= 8, "data.image_size", f"{size} is below the digits' 8 px; use 8, 16 or 32")
         if self.name == "photos":
             from .photos import PHOTOS, check_photo_options
 
-            self.crop_scale = tuple(float(s) for s in self.crop_scale)
-            check_photo_options(self.channels or 3, self.crop_scale, self.holdout, self.num_photos)
-            if not 1 <= self.num_photos <= len(PHOTOS):
-                raise ValueError(f"DataConfig.num_photos must be 1..{len(PHOTOS)}, got {self.num_photos}")
-            if self.epoch_size < 1:
-                raise ValueError(f"DataConfig.epoch_size must be >= 1, got {self.epoch_size}")
-        elif self.channels is not None:
-            raise ValueError(
-                f"DataConfig.channels={self.channels} is only an option of the photos dataset; "
-                f"leave it unset for {self.name!r}"
+            check_photo_options(self.channels or 3, self.crop_scale, self.holdout, n)
+            require(1 <= n <= len(PHOTOS), "data.num_photos", f"must be 1..{len(PHOTOS)}, got {n}")
+            check_fields(self, "data.", {"epoch_size": ">= 1"})
+        else:
+            require(
+                self.channels is None,
+                "data.channels",
+                f"only an option of the photos dataset; unset it for {self.name!r}",
             )
-        if self.name in ("imagefolder", "latents") and not self.root:
-            raise ValueError(
-                f"DataConfig(name={self.name!r}) needs root=<folder> "
-                + (
-                    "(a folder of class subfolders of images)"
-                    if self.name == "imagefolder"
-                    else "(the --output folder of python -m dit_core.extract_latents)"
-                )
-            )
+        roots = {
+            "imagefolder": "a folder of class subfolders of images",
+            "latents": "the --output folder of python -m dit_core.extract_latents",
+        }
+        if self.name in roots:
+            require(bool(self.root), "data.root", f"{self.name!r} needs root=<folder> ({roots[self.name]})")

@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 
 from .flip import EpochFlipMixin
 
-NUM_DIGITS = 1797
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
 
@@ -68,9 +67,7 @@ def digits_split_indices(split: str) -> np.ndarray:
     val_idx = np.sort(np.concatenate(val))
     if split == "val":
         return val_idx
-    mask = np.ones(len(labels), dtype=bool)
-    mask[val_idx] = False
-    return np.flatnonzero(mask)
+    return np.setdiff1d(np.arange(len(labels)), val_idx)
 
 
 @functools.lru_cache(maxsize=8)

@@ -104,12 +104,7 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
     channels = 3
 
     def __init__(
-        self,
-        root: str,
-        resolution: int = 256,
-        random_flip: bool = True,
-        seed: int = 0,
-        validate: bool = True,
+        self, root: str, resolution: int = 256, random_flip: bool = True, seed: int = 0, validate: bool = True
     ):
         scan = scan_image_folder(root, validate=validate)
         self.root = scan.root

@@ -14,6 +14,7 @@ process, so DataLoader workers each read only the items they need.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 from typing import Any
@@ -86,10 +87,7 @@ class LatentsDataset(EpochFlipMixin, Dataset):
         self.scale_factor = float(self.manifest["scale_factor"])
         self.vae = self.manifest["vae"]
         self.shard_files = [os.path.join(self.root, s["file"]) for s in self.manifest["shards"]]
-        counts = [int(s["count"]) for s in self.manifest["shards"]]
-        self._starts = [0]
-        for n in counts:
-            self._starts.append(self._starts[-1] + n)
+        self._starts = [0, *itertools.accumulate(int(s["count"]) for s in self.manifest["shards"])]
         if self._starts[-1] == 0:
             raise ValueError(f"latents folder {self.root!r} holds no items (manifest lists 0)")
         self.random_flip = random_flip

@@ -31,16 +31,6 @@ from torch.utils.data import Dataset
 
 from .flip import EpochFlipMixin, item_hash
 
-__all__ = [
-    "PHOTOS",
-    "Photo",
-    "PhotoCrops",
-    "PhotoCropsDataset",
-    "photos_images",
-    "photos_reference",
-    "parse_photos_reference",
-]
-
 
 @dataclass(frozen=True)
 class Photo:
@@ -187,15 +177,7 @@ class PhotoCrops:
             x_lo, x_hi = self.train_cols[label], w
         x0 = x_lo + u[:, 1] * (x_hi - x_lo - side)
         y0 = u[:, 2] * (h - side)
-        return {
-            "label": label,
-            "x0": x0,
-            "y0": y0,
-            "side": side,
-            "flip": u[:, 3] < 0.5,
-            "x_lo": x_lo,
-            "x_hi": x_hi,
-        }
+        return dict(label=label, x0=x0, y0=y0, side=side, flip=u[:, 3] < 0.5, x_lo=x_lo, x_hi=x_hi)
 
     def render(self, label, x0, y0, side, resolution: int, x_lo=None, x_hi=None) -> torch.Tensor:
         """Area-averaged crops: uint8 ``(B, C, R, R)``; box b covers ``[x0, x0+side) x [y0, y0+side)``.

@@ -11,7 +11,6 @@ from a local file (see ``features.resolve_inception_weights``); ``*_digits`` and
 use a small CNN trained on that dataset's training images (``domain_classifier``). See docs/evaluation.md.
 """
 
-from .digits_classifier import DigitsClassifierRecipe, DigitsExtractor
 from .domain_classifier import DomainClassifierRecipe, DomainExtractor, digits_recipe, photos_recipe
 from .features import FeatureExtractor, InceptionExtractor, RandomConvExtractor, resolve_inception_weights
 from .frechet import GaussianStats, fid_from_features, frechet_distance
@@ -35,8 +34,6 @@ __all__ = [
     "INCEPTION_METRICS",
     "METRICS",
     "PHOTOS_METRICS",
-    "DigitsClassifierRecipe",
-    "DigitsExtractor",
     "DomainClassifierRecipe",
     "DomainExtractor",
     "FeatureExtractor",

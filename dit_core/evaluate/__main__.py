@@ -52,13 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    cfg = CheckpointEvalConfig(
-        checkpoint=args.checkpoint, num_samples=args.num_samples, batch_size=args.batch_size,
-        sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
-        reference=args.reference, metrics=args.metrics.split(",") if args.metrics else None,
-        inception_weights=args.inception_weights, vae=args.vae, use_ema=not args.raw_weights,
-        save_samples=args.save_samples,
-    )  # fmt: skip
+    opts = {k: v for k, v in vars(args).items() if k in CheckpointEvalConfig.__dataclass_fields__}
+    opts["metrics"] = args.metrics.split(",") if args.metrics else None
+    cfg = CheckpointEvalConfig(**opts, use_ema=not args.raw_weights)
     try:
         metrics, step, _ = evaluate_checkpoint(cfg, accelerator)
     except ValueError as e:

@@ -45,24 +45,13 @@ def load_vae(path: str, device: torch.device):
 
 def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[dict[str, float], int, dict]:
     """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder)."""
-    from dit_core.checkpoint import load_checkpoint
-    from dit_core.config import TrainConfig
+    from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
-    from dit_core.diffusion import create_diffusion
-    from dit_core.models import DiT
 
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
-    missing = [k for k in ("model", "config", "step") if k not in ckpt]
-    if missing or (cfg.use_ema and "ema" not in ckpt):
-        raise ValueError(
-            f"{cfg.checkpoint} is not a dit_core training checkpoint (missing {missing or ['ema']})"
-        )
-    tcfg = TrainConfig.from_flat_dict(ckpt["config"])
-    model = DiT.from_config(tcfg.model.to_dit_config())
-    model.load_state_dict(ckpt["ema" if cfg.use_ema else "model"])
-    model = model.to(device).eval()
-    diffusion = create_diffusion(tcfg.diffusion)
+    model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
+    model = model.to(device)
     data = tcfg.data
     reference = cfg.reference or default_reference(data)
     if reference is None:

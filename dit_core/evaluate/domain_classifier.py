@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import cache_dir, save_torch_atomic, stable_hash
+from ..checkpoint import atomic_write
+from .cache import cache_dir, stable_hash
 from .features import FeatureExtractor
 from .images import as_image_array
 
@@ -274,7 +275,8 @@ def load_or_train(recipe: DomainClassifierRecipe) -> tuple[DomainNet, float, Pat
     if acc < floor:
         log.warning("%s classifier held-out accuracy %.3f is below %.2f; fid_%s is less meaningful",
                     recipe.domain, acc, floor, recipe.domain)  # fmt: skip
-    save_torch_atomic(path, {"state_dict": net.state_dict(), "val_accuracy": acc, "recipe": asdict(recipe)})
+    blob = {"state_dict": net.state_dict(), "val_accuracy": acc, "recipe": asdict(recipe)}
+    atomic_write(path, lambda f: torch.save(blob, f))
     return net, acc, path
 
 

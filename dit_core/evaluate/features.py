@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "DITSCALE_INCEPTION_WEIGHTS"
 CLEANFID_CACHE = Path("/tmp/inception-2015-12-05.pt")
-INCEPTION_SIZE = 299
 
 
 class FeatureExtractor:

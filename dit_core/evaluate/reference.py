@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_dir, save_npz_atomic, stable_hash
+from ..checkpoint import atomic_write
+from ..data.imagefolder import IMG_EXTENSIONS
+from .cache import cache_dir, stable_hash
 from .features import FeatureExtractor
 from .frechet import GaussianStats
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 DIGITS_SPLITS = ("all", "train", "val")
 
 
@@ -113,9 +114,9 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
             )
         return ReferenceSource(spec, resolution, "npz", files=[p])
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
         if not files:
-            raise ValueError(f"reference folder {p} holds no images ({sorted(IMAGE_EXTENSIONS)})")
+            raise ValueError(f"reference folder {p} holds no images ({list(IMG_EXTENSIONS)})")
         return ReferenceSource(spec, resolution, "folder", files=files)
     raise ValueError(
         f"reference {spec!r} is neither 'digits[:split]', 'photos[:options]', an existing image folder, "
@@ -160,14 +161,12 @@ def reference_stats(
     feats = {o: np.concatenate(v) for o, v in parts.items()}
     stats = {o: GaussianStats.from_features(f) for o, f in feats.items()}
     rng = np.random.default_rng(0)
-    kept = {}
+    kept, arrays = {}, {}
     for o, f in feats.items():
         kept[o] = f if len(f) <= max_feats else f[np.sort(rng.choice(len(f), max_feats, replace=False))]
-    arrays = {}
-    for o in wanted:
         arrays |= {f"{o}_mu": stats[o].mu, f"{o}_sigma": stats[o].sigma, f"{o}_n": np.array(stats[o].n)}
         arrays[f"{o}_feats"] = kept[o]
     if use_cache:
-        save_npz_atomic(path, **arrays)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         log.info("cached reference stats (%d images, %s) -> %s", stats[wanted[0]].n, extractor.name, path)
     return ReferenceStats(stats, kept, path if use_cache else None)
