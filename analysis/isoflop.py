@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
 from analysis.laws import AllocationExponents, PowerLawFit, fit_power_law
-from analysis.status import CENSORED, Status
+from analysis.status import CENSORED, NOT_IDENTIFIED, Status
 
 log = logging.getLogger(__name__)
 
@@ -355,4 +355,12 @@ def fit_isoflop(
         fit.bootstrap = bootstrap_points(
             one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy()
         )
+        if fit.bootstrap.n_ok > 1:
+            lo, hi = fit.bootstrap.conf_int(0.95)["N_opt_exp"]
+            if lo <= 0 <= hi:
+                status.add(
+                    NOT_IDENTIFIED,
+                    f"the IsoFLOP N_opt exponent a = {-n_law.params['alpha']:.3g} has a 95% interval "
+                    f"[{lo:.3g}, {hi:.3g}] that includes 0: approach 2 does not resolve how N_opt grows",
+                )
     return fit

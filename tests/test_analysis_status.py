@@ -364,3 +364,43 @@ def test_diagnostics_ranking_residuals_correlation(tmp_path):
     assert {row["budget"] for row in res["by_budget"]} == set(BUDGETS)
     paths = write_report(bad, tmp_path, [predict(bad, 1e22)])
     assert paths["residuals"].stat().st_size > 10_000
+
+
+def _flat_optimum_sweep(noise: float, seed: int = 0) -> pd.DataFrame:
+    """IsoFLOP slices whose optimum sits at N0 = 1e5 at every budget (true exponent a = 0): the loss
+    is a parabola in log10 N around N0, lowered by compute, times log-normal noise; two seeds a cell."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in (1e11, 3e11, 1e12):
+        for i, n in enumerate(1e5 * np.logspace(-0.8, 0.8, 5)):
+            for s in range(2):
+                loss = (0.05 + 0.02 * math.log10(n / 1e5) ** 2 + 0.5 * c**-0.1) * math.exp(
+                    noise * rng.standard_normal()
+                )
+                rows.append(
+                    {
+                        "N": n,
+                        "D": c / (6 * n),
+                        "C": c,
+                        "loss": loss,
+                        "run_id": f"{c:.0e}-{i}-{s}",
+                        "model": f"m{i}",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_isoflop_n_opt_exponent_interval_including_zero_is_not_identified():
+    fit = fit_isoflop(_flat_optimum_sweep(noise=0.02), n_bootstrap=200, seed=0)
+    lo, hi = fit.bootstrap.conf_int(0.95)["N_opt_exp"]
+    assert lo < 0 < hi  # the data: an optimum that does not move, measured with noise
+    assert fit.status.status == "not_identified"
+    (reason,) = [r for r in fit.status.reasons if "IsoFLOP N_opt exponent" in r]
+    assert "includes 0" in reason and f"{lo:.3g}" in reason
+
+
+def test_isoflop_n_opt_exponent_resolved_is_not_flagged():
+    fit = fit_isoflop(isoflop_sweep(budgets=BUDGETS[:3], noise=0.005), n_bootstrap=200, seed=0)
+    lo, _ = fit.bootstrap.conf_int(0.95)["N_opt_exp"]
+    assert lo > 0.3  # true a = beta / (alpha + beta) = 0.47
+    assert not any("N_opt exponent" in r for r in fit.status.reasons)
