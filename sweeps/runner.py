@@ -144,10 +144,13 @@ def launch(
     the same sweep submits only what is missing, failed or interrupted."""
     prep = prepare(spec)
     threads = _threads_per_process(prep)
-    # a warm worker starts first: its imports overlap with the checks and MLflow reads below
+    sdir, uri = prep.sweep_dir, prep.tracking_uri
+    all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
+    check_trainer(spec.trainer, list(all_tasks.values()))  # nothing on disk before this passes
+    # a warm worker starts now: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
     try:
-        return _launch(prep, threads, warm, wait, poll_s, on_progress)
+        return _launch(prep, all_tasks, warm, wait, poll_s, on_progress)
     finally:
         if warm is not None and not warm.submitted:
             warm.kill()  # nothing to run (all done or live, or an error): stop its imports
@@ -172,15 +175,13 @@ def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
 
 def _launch(
     prep: Prepared,
-    threads: int,
+    all_tasks: dict[str, CellTask],
     warm: WarmExecutor | None,
     wait: bool,
     poll_s: float,
     on_progress: Callable[[Progress], None] | None,
 ) -> LaunchResult:
     spec, sdir = prep.spec, prep.sweep_dir
-    all_tasks = {c.cell_id: make_task(spec, c, sdir, prep.tracking_uri, threads) for c in prep.cells}
-    check_trainer(spec.trainer, list(all_tasks.values()))
     with sweep_lock(sdir):
         ensure_experiment(prep.tracking_uri, spec.experiment)
         run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
