@@ -65,6 +65,17 @@ def test_warm_is_the_default_local_path_and_falls_back_when_it_cannot_fork():
     assert "setup" in warm_unsupported(ExecutorSpec(name="local", setup=["echo hi"]))
 
 
+def test_no_warm_flag_and_yaml_key_turn_the_warm_worker_off(tmp_path):
+    from sweeps import launch as cli
+
+    parse = cli.build_parser().parse_args
+    assert cli.spec_from_args(parse([])).executor.local_warm is True
+    assert cli.spec_from_args(parse(["--no-warm"])).executor.local_warm is False
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("name: x\nexecutor: {name: local, local_warm: false}\n")
+    assert cli.spec_from_args(parse(["-c", str(cfg)])).executor.local_warm is False
+
+
 def test_warm_sweep_one_run_per_cell_logs_and_exit_codes_then_relaunch_submits_nothing(job_env, tmp_path):
     spec = warm_spec(tmp_path, job_env)
     cells = expand(spec)
