@@ -212,6 +212,7 @@ class WarmExecutor:
         if self.alive():
             self.proc.kill()
             self.proc.wait()
+        self.log_path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------- zygote side
@@ -299,7 +300,9 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
     signal.signal(signal.SIGUSR2, requeue)
     import random
 
-    random.seed()
+    random.seed()  # unseeded draws differ between cells, as in fresh processes (the trainer seeds its own)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
     _dispose_sql_engines(close=False)
     os.environ["DITSCALE_EXECUTOR_JOB_ID"] = slot.job_id
     if threads and "torch" in sys.modules:

@@ -65,6 +65,17 @@ def test_warm_is_the_default_local_path_and_falls_back_when_it_cannot_fork():
     assert "setup" in warm_unsupported(ExecutorSpec(name="local", setup=["echo hi"]))
 
 
+def test_no_warm_flag_and_yaml_key_turn_the_warm_worker_off(tmp_path):
+    from sweeps import launch as cli
+
+    parse = cli.build_parser().parse_args
+    assert cli.spec_from_args(parse([])).executor.local_warm is True
+    assert cli.spec_from_args(parse(["--no-warm"])).executor.local_warm is False
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("name: x\nexecutor: {name: local, local_warm: false}\n")
+    assert cli.spec_from_args(parse(["-c", str(cfg)])).executor.local_warm is False
+
+
 def test_warm_sweep_one_run_per_cell_logs_and_exit_codes_then_relaunch_submits_nothing(job_env, tmp_path):
     spec = warm_spec(tmp_path, job_env)
     cells = expand(spec)
@@ -217,3 +228,32 @@ def test_real_trainer_warm_and_plain_give_the_same_run(job_env, tmp_path):
             for k in ("train/loss", "val/loss")
         }
     assert losses["warm"] == losses["plain"] and len(losses["warm"]["train/loss"]) > 1
+
+
+def test_cancelled_warm_job_stops_with_its_error_and_frees_the_cell(job_env, tmp_path):
+    """`WarmJob.cancel` (SIGINT, as submitit's local jobs get): the child stops, the job ends with
+    exit status 1 and the KeyboardInterrupt in its result, and the cell's lock is released."""
+    from sweeps.task import make_task
+    from sweeps.warm import WarmExecutor
+
+    progress = tmp_path / "progress"
+    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
+        families=["S"], budgets=[1e10]
+    )
+    (cell,) = expand(spec)
+    task = make_task(spec, cell, sweep_dir(spec), job_env, threads=1)
+    ex = WarmExecutor(sweep_dir(spec) / "jobs", threads=1, trainer=spec.trainer, tracking_uri=job_env)
+    try:
+        job = ex.submit(None, task)
+        wait_for(lambda: step_of(progress) >= 2, "progress")
+        assert not job.done() and cell_lock_held(task.run_dir)
+        job.cancel()
+        wait_for(job.done, "the cancelled job")
+        assert job.exit_code() == 1
+        with pytest.raises(RuntimeError, match=r"(?s)exit status 1.*KeyboardInterrupt"):
+            job.results()
+        assert not cell_lock_held(task.run_dir)
+        assert step_of(progress) < cell.steps
+    finally:
+        ex.close(wait_s=30)
+    assert not ex.alive()
