@@ -30,14 +30,15 @@ from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
     CellState,
     Plan,
+    Submission,
     check_resumable_cell,
     check_tracking_uri,
     config_hash,
-    create_cell_run,
+    create_cell_runs,
     ensure_experiment,
     plan,
     read_states,
-    record_submission,
+    record_submissions,
     resolve_tracking_uri,
 )
 from sweeps.task import CellTask, check_trainer, make_task
@@ -146,8 +147,8 @@ def launch(
     threads = _threads_per_process(prep)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
     all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
-    check_trainer(spec.trainer, list(all_tasks.values()))  # nothing on disk before this passes
-    # a warm worker starts now: its imports overlap with the MLflow reads below
+    check_trainer(spec.trainer, list(all_tasks.values()))  # bad settings: refused before any folder exists
+    # a warm worker starts next: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
     try:
         return _launch(prep, all_tasks, warm, wait, poll_s, on_progress)
@@ -232,13 +233,12 @@ class _Runner:
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
         spec, uri = self.prep.spec, self.prep.tracking_uri
+        new = {t.cell_id: config_hash(t.overrides) for t in tasks if self.states[t.cell_id].run_id is None}
+        for cid, run_id in create_cell_runs(uri, spec.experiment, spec.name, new).items():
+            self.states[cid].run_id = run_id
         prepared = []
         for t in tasks:
             st = self.states[t.cell_id]
-            if st.run_id is None:
-                st.run_id = create_cell_run(
-                    uri, spec.experiment, spec.name, t.cell_id, config_hash(t.overrides)
-                )
             Path(t.run_dir).mkdir(parents=True, exist_ok=True)
             prepared.append(dataclasses.replace(t, overrides={**t.overrides, "tracking.run_id": st.run_id}))
         if self.prep.kind == "slurm":
@@ -252,6 +252,7 @@ class _Runner:
                     )
                 jobs.append(self.executor.submit(CellJob(), t))
         now = time.monotonic() - self.t0
+        subs = []
         for t, j in zip(prepared, jobs):
             st = self.states[t.cell_id]
             self.jobs[t.cell_id] = j
@@ -259,8 +260,10 @@ class _Runner:
             self.result.job_ids[t.cell_id] = str(j.job_id)
             self.result.timings[t.cell_id] = (now, now)
             ref = JobRef(self.prep.kind, str(j.job_id), str(getattr(j.paths, "folder", "")), t.run_dir)
-            record_submission(uri, st.run_id, ref, st.attempts + 1, config_hash(t.overrides), st.attempts > 0)
+            cfg_hash = config_hash(t.overrides)
+            subs.append(Submission(st.run_id, ref, st.attempts + 1, cfg_hash, st.attempts > 0))
             log.info("submitted %s as %s job %s", t.cell_id, self.prep.kind, j.job_id)
+        record_submissions(uri, subs)
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
         kind, width = self.prep.kind, self.prep.spec.executor.local_parallelism
