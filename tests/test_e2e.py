@@ -173,6 +173,8 @@ def _chromium() -> str:
     return path
 
 
+#: MLflow 3.17's UI opens its assistant panel on a first visit unless this localStorage flag is set.
+ASSISTANT_SHOWN_KEY = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -197,18 +199,26 @@ def test_mlflow_ui_shows_the_runs_and_compares_val_loss_and_compute(demo, artifa
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{url}/#/experiments/{demo['experiment_id']}/runs", wait_until="domcontentloaded")
+            # the model-training workspace (MLflow 3 opens the GenAI one), and its assistant panel,
+            # which opens by itself on a first visit, marked as already shown
+            page.add_init_script(f"window.localStorage.setItem('{ASSISTANT_SHOWN_KEY}', 'true')")
+            ml = "workflowType=machine_learning"
+            page.goto(f"{url}/#/experiments/{demo['experiment_id']}/runs?{ml}", wait_until="domcontentloaded")
             for r in runs:
                 page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=90_000)
             page.screenshot(path=str(artifacts_dir / "mlflow_ui_runs.png"), full_page=True)
 
             ids = json.dumps([r.info.run_id for r in runs[:4]]).replace(" ", "")
             page.goto(
-                f'{url}/#/compare-runs?runs={ids}&experiments=["{demo["experiment_id"]}"]',
+                f'{url}/#/compare-runs?runs={ids}&experiments=["{demo["experiment_id"]}"]&{ml}',
                 wait_until="domcontentloaded",
             )
             for key in ("val/loss", "compute/train_flops"):
                 page.get_by_text(key, exact=True).first.wait_for(timeout=90_000)
+            page.locator("svg text", has_text="val/loss").first.wait_for(timeout=90_000)  # the plot drawn
+            assert page.get_by_text("Model registry", exact=True).first.is_visible()  # training workspace
+            assert page.get_by_text("Playground", exact=True).count() == 0  # not the GenAI one
+            assert page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').count() == 0
             for r in runs[:4]:
                 page.get_by_text(r.info.run_name).first.wait_for(timeout=30_000)
             # the compared runs' val/loss values are on the page as MLflow formats them
