@@ -1,6 +1,6 @@
 """Faults on purpose on the real single-node SLURM cluster (`SLURM_CI_ACCOUNTING=1 SLURM_CI_CPUS=4
 bash slurm/slurm-ci.sh up`): a 2-task cell trains as one distributed run equal to 1 process.
-(The node-DOWN requeue test is not here yet: see docs/testing-faults.md.)
+(The node-DOWN requeue test is in tests/test_faults_slurm_down.py.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,114 @@
+"""A cell on a SLURM node set DOWN is requeued and finishes (the real single-node cluster).
+
+The node of a running cell is set DOWN after the cell's first checkpoint: slurmctld requeues the job
+(``--requeue``) and slurmd stops it with SIGTERM; the trainer checkpoints and returns "preempted",
+and the sweep's job wrapper sees that SLURM has requeued the job, so it leaves the result to the
+next attempt (`sweeps.executor.slurm_requeued`). slurmd still answers, so the node is back in service
+at once (``ReturnToService=2``); the requeued job is held until the stopped job's ``slurmstepd`` is
+gone, since on one node a copy started while it still ends is refused ("already running"), which
+drains the node (docs/testing-faults.md). On a real cluster another node would take the job. The
+launcher, waiting all along, must report the cell finished from one MLflow run that logged each
+step once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _sweep_specs import tiny_real_spec
+from mlflow.tracking import MlflowClient
+
+from sweeps.grid import ExecutorSpec, expand
+from sweeps.runner import launch, sweep_dir
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+NODE = "localhost"
+
+
+def _scontrol(*args: str) -> str:
+    out = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _job_fields(job: str) -> dict[str, str]:
+    return dict(f.split("=", 1) for f in _scontrol("-o", "show", "job", job).split() if "=" in f)
+
+
+def _slurmstepds() -> list[int]:
+    """Pids of slurmstepd processes on this machine (by executable name, which its title does not
+    change); this test is the only SLURM user while it runs."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "slurmstepd":
+                pids.append(int(comm.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait(what: str, cond, timeout_s: float, poll_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_cell_on_a_node_set_down_is_requeued_and_finishes(job_env, tmp_path):
+    spec = tiny_real_spec(
+        tmp_path, job_env, "down", experiment="faults-down", budget=3e10,
+        train={"log_every": 20, "checkpoint.every": 40},
+        executor=ExecutorSpec(name="slurm", timeout_min=20, mem_gb=2, signal_delay_s=30),
+    )  # fmt: skip
+    (cell,) = expand(spec)
+    assert cell.steps > 2000  # long enough to be stopped midway
+    latest = sweep_dir(spec) / "cells" / cell.cell_id / "checkpoints" / "latest.json"
+    box: dict = {}
+    launcher = threading.Thread(target=lambda: box.update(res=launch(spec, poll_s=1.0)), daemon=True)
+    launcher.start()
+    try:
+        job = _wait(
+            "the job's id",
+            lambda: subprocess.run(
+                ["squeue", "-h", "-n", f"ditscale-{spec.name}", "-o", "%A"], capture_output=True, text=True
+            ).stdout.split(),
+            240,
+        )[0]
+        _wait("the cell's first checkpoint", latest.exists, 240, poll_s=0.2)
+        assert _job_fields(job)["JobState"] == "RUNNING"
+        _scontrol("update", f"NodeName={NODE}", "State=DOWN", "Reason=ditscale-fault-test")
+        _wait("the requeue", lambda: int(_job_fields(job).get("Restarts", "0")) >= 1, 60, poll_s=0.1)
+        # slurmd still answers, so the node returns to service at once (ReturnToService=2); hold the
+        # requeued job (it waits cred_expire=5 s before it may start) until the old step is gone
+        _scontrol("hold", job)
+        assert _job_fields(job)["JobState"] in ("PENDING", "REQUEUED")
+        _wait("the stopped job's slurmstepd to exit", lambda: not _slurmstepds(), 120)
+        _scontrol("release", job)
+    finally:
+        state = _scontrol("-o", "show", "node", NODE).split("State=", 1)[1].split()[0]
+        if "DOWN" in state or "DRAIN" in state:
+            _scontrol("update", f"NodeName={NODE}", "State=RESUME")
+    launcher.join(timeout=600)
+    assert not launcher.is_alive(), "the launcher still waits 10 min after the node came back"
+    res = box["res"]
+    assert res.errors == {}, res.errors
+    assert res.results[cell.cell_id]["step"] == cell.steps
+    # the result pickle is written a moment before SLURM marks the job COMPLETED
+    _wait("the job to complete", lambda: _job_fields(job)["JobState"] == "COMPLETED", 60)
+    assert _job_fields(job)["Restarts"] == "1"
+    client = MlflowClient(job_env)
+    exp = client.get_experiment_by_name(spec.experiment)
+    (run,) = client.search_runs([exp.experiment_id], f"tags.sweep = '{spec.name}'")
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(20, cell.steps + 1, 20)) + ([cell.steps] if cell.steps % 20 else [])
+    assert _scontrol("-o", "show", "node", NODE).split("State=", 1)[1].split()[0] in ("IDLE", "MIXED")
