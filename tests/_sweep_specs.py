@@ -3,12 +3,15 @@ MLflow runs of a sweep by grid cell."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from sweeps.families import Scale
-from sweeps.grid import ExecutorSpec, SweepSpec
+from sweeps.grid import ExecutorSpec, SweepSpec, expand
+from sweeps.runner import sweep_dir
+from sweeps.state import read_states
 
 
 def fake_trainer_spec(
@@ -76,3 +79,23 @@ def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
     for r in client.search_runs([exp.experiment_id]):
         out.setdefault(r.data.tags["grid_cell"], []).append(r)
     return out
+
+
+def states_of(spec: SweepSpec, uri: str) -> dict:
+    """The launcher's view of every cell of ``spec`` (`sweeps.state.read_states`)."""
+    cells = {c.cell_id: str(sweep_dir(spec) / "cells" / c.cell_id) for c in expand(spec)}
+    return read_states(uri, spec.experiment, spec.name, cells)
+
+
+def wait_for(pred, what: str, timeout_s: float = 90.0) -> None:
+    """Poll ``pred`` every 50 ms; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def step_of(progress: Path) -> int:
+    """The step a fake-trainer cell has reached, from its progress file (0 before the first)."""
+    text = progress.read_text() if progress.exists() else ""
+    return int(text) if text.strip() else 0

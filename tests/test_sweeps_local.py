@@ -12,17 +12,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from _sweep_specs import fake_trainer_spec, runs_by_cell
+from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, step_of, wait_for
 from mlflow.tracking import MlflowClient
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.runner import launch, longest_first, sweep_dir
-from sweeps.state import read_states
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,23 +31,6 @@ def small_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
         tmp_path, uri, name="t", experiment="sweep-test", budgets=[2.6e9], train=train,
         executor=ExecutorSpec(name="local", local_parallelism=2, max_retries=1),
     )  # fmt: skip
-
-
-def states_of(spec: SweepSpec, uri: str) -> dict:
-    cells = {c.cell_id: str(sweep_dir(spec) / "cells" / c.cell_id) for c in expand(spec)}
-    return read_states(uri, spec.experiment, spec.name, cells)
-
-
-def wait_for(pred, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def step_of(progress: Path) -> int:
-    text = progress.read_text() if progress.exists() else ""
-    return int(text) if text.strip() else 0
 
 
 def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path):

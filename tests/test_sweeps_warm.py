@@ -12,18 +12,16 @@ import os
 import pickle
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from _sweep_specs import fake_trainer_spec, runs_by_cell, tiny_real_spec
+from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, step_of, tiny_real_spec, wait_for
 from mlflow.tracking import MlflowClient
 
 from sweeps.executor import warm_unsupported
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.lock import cell_lock_held
 from sweeps.runner import launch, sweep_dir
-from sweeps.state import read_states
 
 
 def warm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
@@ -32,23 +30,6 @@ def warm_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
         tmp_path, uri, name="w", experiment="sweep-warm", budgets=[2.6e9], train=train,
         executor=ExecutorSpec(name="local", local_parallelism=2, max_retries=1),
     )  # fmt: skip
-
-
-def states_of(spec: SweepSpec, uri: str) -> dict:
-    cells = {c.cell_id: str(sweep_dir(spec) / "cells" / c.cell_id) for c in expand(spec)}
-    return read_states(uri, spec.experiment, spec.name, cells)
-
-
-def wait_for(pred, what: str, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def step_of(progress: Path) -> int:
-    text = progress.read_text() if progress.exists() else ""
-    return int(text) if text.strip() else 0
 
 
 def warm_jobs(spec: SweepSpec) -> list[Path]:
