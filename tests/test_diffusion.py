@@ -374,3 +374,37 @@ def test_timestep_dtype_mismatch_is_a_clear_error():
     flow = create_diffusion(DiffusionConfig(objective="flow"))
     with pytest.raises(ValueError, match=r"floats in \[0, 1\]"):
         flow.training_losses(ConstantModel(), x0, torch.tensor([1, 2]))
+
+
+# ---------------------------------------------------------------- schedule defaults, flow conversions
+
+
+def test_schedule_functions_default_to_the_published_constants():
+    """DDPM's beta_1 = 1e-4, beta_T = 0.02 (Ho et al. 2020) and the cosine offset s = 0.008 (Nichol &
+    Dhariwal 2021), when the schedule functions are called without them."""
+    from dit_core.diffusion.schedules import cosine_alpha_bar, linear_betas, quadratic_betas
+
+    for betas in (linear_betas(1000), quadratic_betas(1000)):
+        assert betas[0] == pytest.approx(1e-4, rel=1e-12) and betas[-1] == pytest.approx(0.02, rel=1e-12)
+    quad = quadratic_betas(500)  # endpoints scale by 1000 / T
+    assert quad[0] == pytest.approx(2e-4, rel=1e-12) and quad[-1] == pytest.approx(0.04, rel=1e-12)
+    t = np.array([0.0, 0.5, 1.0])
+    want = np.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    np.testing.assert_allclose(cosine_alpha_bar(t), want, rtol=1e-12)
+
+
+def test_flow_velocity_converts_back_to_data_and_noise():
+    """x_t = (1 - t) x0 + t n with v = n - x0: x0 = x_t - t v and n = x_t + (1 - t) v."""
+    fm = create_diffusion(DiffusionConfig(objective="flow"))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, *SHAPE, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+    x0_hat, noise_hat = fm.predict_x0_eps(noise - x0, x_t, t)
+    torch.testing.assert_close(x0_hat, x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(noise_hat, noise, rtol=1e-12, atol=1e-12)
+    out = torch.zeros_like(x0)
+    losses = fm.losses_from_output(out, x0, x_t, t, noise)
+    want = ((noise - x0) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(losses["mse"].double(), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(losses["loss"], losses["mse"], rtol=0, atol=0)

@@ -236,3 +236,58 @@ def test_sample_restores_training_flag_and_shows_progress(capsys):
     assert oracle.training and x.shape == (3, *SHAPE) and not x.requires_grad
     assert "4/4" in capsys.readouterr().err
     assert math.isfinite(x.sum().item())
+
+
+@pytest.mark.parametrize(
+    "objective, call, sampler, label",
+    [
+        ("eps", "sample", "ddim", "ddim"),
+        ("eps", "invert", "ddim", "ddim-invert"),
+        ("flow", "sample", "euler", "euler"),
+        ("flow", "invert", "heun", "heun-invert"),
+    ],
+)
+def test_progress_bar_is_labelled_and_off_by_default(capsys, objective, call, sampler, label):
+    """progress=True draws one bar named after the sampler (and "-invert"); the default draws nothing."""
+    d, oracle = diffusion_and_oracle(objective)
+    x = torch.zeros(2, *SHAPE)
+    y = torch.zeros(2, dtype=torch.long)
+    run = (
+        (lambda **kw: sample(oracle, d, x.shape, y, noise=x, **kw))
+        if call == "sample"
+        else (lambda **kw: invert(oracle, d, x, y, **kw))
+    )
+    run(sampler=sampler, steps=3)
+    assert capsys.readouterr().err == ""
+    run(sampler=sampler, steps=3, progress=True)
+    err = capsys.readouterr().err
+    assert f"{label}:" in err and "3/3" in err
+
+
+class ZeroVelocity(torch.nn.Module):
+    """v = 0: x0_hat = eps_hat = x, so every flow step is x' = a' x + sqrt(s'^2 - sigma^2) x + sigma z."""
+
+    num_classes = 4
+
+    def forward(self, x, t, y):
+        return torch.zeros_like(x)
+
+
+def test_flow_ddpm_is_the_ancestral_step_with_its_closed_form_variance():
+    """Two steps 1 -> 0.5 -> 0 from x = 0: the first adds sigma z with sigma = (s'/s) sqrt(s^2 -
+    (a/a')^2 s'^2) = 0.5 (eta = 1), the second is deterministic (s' = 0). So the samples are 0.5 z:
+    variance 0.25 for "ddpm", 0 for the deterministic samplers; a seeded generator repeats them."""
+    d = create_diffusion(DiffusionConfig(objective="flow"))
+    shape = (4000, *SHAPE)
+    zeros = torch.zeros(shape)
+    kw = dict(steps=2, noise=zeros, y=None)
+    out = sample(ZeroVelocity(), d, shape, sampler="ddpm", generator=torch.Generator().manual_seed(0), **kw)
+    var = out.double().var().item()
+    n = out.numel()
+    assert var == pytest.approx(0.25, abs=5 * 0.25 * math.sqrt(2 / n))
+    assert out.double().mean().item() == pytest.approx(0.0, abs=5 * 0.5 / math.sqrt(n))
+    again = sample(ZeroVelocity(), d, shape, sampler="ddpm", generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    for sampler in ("ddim", "euler", "heun"):
+        det = sample(ZeroVelocity(), d, shape, sampler=sampler, **kw)
+        assert det.abs().max().item() == 0.0

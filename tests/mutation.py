@@ -1,0 +1,119 @@
+"""Mutation testing, one module at a time, each with its own narrow test selection.
+
+    python tests/mutation.py dit_core/diffusion/gaussian.py [--max-children 2]
+    python tests/mutation.py --list
+
+mutmut reads its settings only from `[tool.mutmut]` in the working directory's pyproject.toml.
+So this script copies the sources and tests into a scratch folder (default
+/tmp/ditscale-mutation/<module>), rewrites the section there for the one module and its tests,
+and runs `mutmut run` in it. The committed section (blocks.py and models.py) is left as it is.
+A rerun reuses the scratch folder's results. `mutmut results` / `mutmut show NAME` work in that
+folder. docs/testing.md ("Mutation testing") has the scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# module -> the tests that exercise it (fast ones only; slow trainer runs are left out).
+SELECTIONS: dict[str, list[str]] = {
+    "dit_core/blocks.py": [
+        "tests/test_blocks_reference.py",
+        "tests/test_model_input_checks.py",
+        "tests/test_model_properties.py",
+        "tests/test_models.py",
+        "tests/test_dit_parity.py",
+        "tests/test_training_truth.py",
+    ],
+    "dit_core/models.py": [
+        "tests/test_blocks_reference.py",
+        "tests/test_model_input_checks.py",
+        "tests/test_model_properties.py",
+        "tests/test_models.py",
+        "tests/test_dit_parity.py",
+        "tests/test_training_truth.py",
+    ],
+    # one run for the whole package (one stats collection); scores are split per file afterwards
+    "dit_core/diffusion/*.py": [
+        "tests/test_diffusion.py",
+        "tests/test_diffusion_analytic.py",
+        "tests/test_diffusion_sampling.py",
+        "tests/test_diffusion_validation.py",
+        "tests/test_clip_denoised.py",
+        "tests/test_diffusion_dit.py",
+    ],
+    "analysis/parametric.py": ["tests/test_analysis.py", "tests/test_mutation_analysis.py"],
+    "analysis/isoflop.py": ["tests/test_analysis.py", "tests/test_mutation_analysis.py"],
+}
+
+SOURCES = ["dit_core", "analysis", "sweeps", "tests", "pyproject.toml"]
+
+
+def _section(module: str, tests: list[str]) -> str:
+    quoted = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"
+    return (
+        "[tool.mutmut]\n"
+        'source_paths = ["dit_core/", "analysis/", "sweeps/"]\n'
+        f"only_mutate = {quoted([module])}\n"
+        f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
+        'process_isolation = "forkserver"\n\n'
+    )
+
+
+def prepare(module: str, work: Path) -> None:
+    """Copy the tree into `work` and point its [tool.mutmut] at `module` and its tests."""
+    work.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants")
+    for name in SOURCES:
+        src, dst = REPO / name, work / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dst)
+    toml = (work / "pyproject.toml").read_text()
+    tests = [t for t in SELECTIONS[module] if (REPO / t).exists()]
+    toml, n = re.subn(r"\[tool\.mutmut\].*?(?=^\[)", _section(module, tests), toml, flags=re.S | re.M)
+    if n != 1:
+        raise SystemExit("error: pyproject.toml: no [tool.mutmut] section to replace")
+    (work / "pyproject.toml").write_text(toml)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("module", nargs="?", help="a key of SELECTIONS, e.g. dit_core/diffusion/gaussian.py")
+    p.add_argument("--max-children", type=int, default=1)
+    p.add_argument(
+        "--work", type=Path, default=None, help="scratch folder (default /tmp/ditscale-mutation/...)"
+    )
+    p.add_argument("--list", action="store_true", help="print the modules and their tests")
+    p.add_argument("mutants", nargs="*", help="mutant names or globs to run (default: all)")
+    args = p.parse_args(argv)
+    if args.list or not args.module:
+        for module, tests in SELECTIONS.items():
+            print(module, " ".join(tests))
+        return 0
+    if args.module not in SELECTIONS:
+        p.error(f"module {args.module!r} has no test selection; choose from: {', '.join(SELECTIONS)}")
+    work = args.work or Path("/tmp/ditscale-mutation") / args.module.replace("/", "_").replace(
+        "*", "all"
+    ).removesuffix(".py")
+    prepare(args.module, work)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    mutmut = Path(sys.executable).with_name("mutmut")
+    cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *args.mutants]
+    rc = subprocess.call(cmd, cwd=work, env=env)
+    print(f"scratch folder: {work} (run `mutmut results` / `mutmut show NAME` there)")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
