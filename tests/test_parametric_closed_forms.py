@@ -1,0 +1,229 @@
+"""analysis.parametric piece by piece, each against a closed form or a plain-numpy reference.
+
+The fits themselves are tested on the Chinchilla data and on synthetic laws in test_analysis.py; these
+fast tests pin down the objective, its helpers and the checks (they are the mutation-testing selection
+for analysis/parametric.py, see docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import special
+
+from analysis import parametric as P
+
+LAW = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
+
+
+def _points(n_points=12, seed=0, noise=0.01):
+    rng = np.random.default_rng(seed)
+    n = np.logspace(7, 9, n_points)
+    d = np.logspace(9, 11, n_points)[rng.permutation(n_points)]
+    loss = P.parametric_loss(LAW, n, d) * np.exp(noise * rng.standard_normal(n_points))
+    return np.log(n), np.log(d), np.log(loss)
+
+
+def _theta(law):
+    return np.array([math.log(law["E"]), math.log(law["A"]), math.log(law["B"]), law["alpha"], law["beta"]])
+
+
+def _reference_residuals(theta, log_n, log_d, log_loss):
+    """log(E + A/N^alpha + B/D^beta) - log L, written out directly."""
+    e, a, b, alpha, beta = theta
+    pred = np.exp(e) + np.exp(a) * np.exp(-alpha * log_n) + np.exp(b) * np.exp(-beta * log_d)
+    return np.log(pred) - log_loss
+
+
+def test_huber_is_scipys_with_the_clipped_residual_as_derivative():
+    r = np.linspace(-0.01, 0.01, 41)
+    for delta in (1e-3, 4e-3):
+        val, grad = P._huber(r, delta)
+        np.testing.assert_allclose(val, special.huber(delta, r), rtol=1e-12, atol=1e-18)
+        np.testing.assert_allclose(grad, np.clip(r, -delta, delta), rtol=1e-12, atol=1e-18)
+
+
+@pytest.mark.parametrize("delta", [1e-3, 0.05])
+def test_objective_is_the_summed_huber_of_log_residuals(delta):
+    logs = _points()
+    law = {**LAW, "alpha": 0.3, "B": 1000.0}
+    theta = _theta(law)
+    res = _reference_residuals(theta, *logs)
+    f, g = P.objective(theta, *logs, delta)
+    assert f == pytest.approx(special.huber(delta, res).sum(), rel=1e-12)
+    fm, gm = P.objective(theta, *logs, delta, reduction="mean")
+    assert fm == pytest.approx(f / len(res), rel=1e-12)
+    np.testing.assert_allclose(gm, g / len(res), rtol=1e-12)
+    # gradient: central differences of the reference objective, parameter by parameter
+    for j in range(5):
+        h = np.zeros(5)
+        h[j] = 1e-6
+        up = special.huber(delta, _reference_residuals(theta + h, *logs)).sum()
+        down = special.huber(delta, _reference_residuals(theta - h, *logs)).sum()
+        assert g[j] == pytest.approx((up - down) / 2e-6, rel=1e-5, abs=1e-9)
+
+
+def test_grid_objective_scores_every_row_like_objective_across_chunks():
+    logs = _points()
+    rng = np.random.default_rng(1)
+    thetas = _theta(LAW) + rng.normal(0, 0.3, size=(1100, 5))  # three chunks of 512
+    scores = P.grid_objective(thetas, *logs, 1e-3)
+    want = [special.huber(1e-3, _reference_residuals(t, *logs)).sum() for t in thetas]
+    np.testing.assert_allclose(scores, want, rtol=1e-10)
+
+
+def test_term_shares_are_each_terms_largest_fraction_of_the_loss():
+    log_n, log_d, _ = _points()
+    theta = _theta(LAW)
+    n, d = np.exp(log_n), np.exp(log_d)
+    terms = {
+        "E": np.full_like(n, LAW["E"]),
+        "N": LAW["A"] / n ** LAW["alpha"],
+        "D": LAW["B"] / d ** LAW["beta"],
+    }
+    total = sum(terms.values())
+    shares = P.term_shares(theta, log_n, log_d)
+    assert set(shares) == {"E", "N", "D"}
+    for k, v in terms.items():
+        assert shares[k] == pytest.approx((v / total).max(), rel=1e-12)
+
+
+def test_stationarity_is_the_imbalance_of_the_points_gradient_pulls():
+    """max_j |sum_i c_ij| / sum_i |c_ij| with c_ij = huber'(r_i) d pred_i / d theta_j (finite differences)."""
+    logs = _points(noise=0.02)
+    theta = _theta({**LAW, "E": 1.5, "alpha": 0.36})
+    delta = 0.01
+    res = _reference_residuals(theta, *logs)
+    dh = np.clip(res, -delta, delta)
+    jac = np.empty((len(res), 5))
+    for j in range(5):
+        h = np.zeros(5)
+        h[j] = 1e-6
+        jac[:, j] = (_reference_residuals(theta + h, *logs) - _reference_residuals(theta - h, *logs)) / 2e-6
+    c = dh[:, None] * jac
+    ratio = np.abs(c.sum(0)) / np.abs(c).sum(0)
+    assert P.stationarity(theta, *logs, delta) == pytest.approx(ratio.max(), rel=1e-5)
+    free = np.array([False, True, False, True, False])
+    assert P.stationarity(theta, *logs, delta, free) == pytest.approx(ratio[free].max(), rel=1e-5)
+    assert P.stationarity(theta, *logs, delta, np.zeros(5, bool)) == 0.0
+    # every residual of one sign: no pull cancels, the imbalance is exactly 1
+    high = theta + np.array([1.0, 0, 0, 0, 0])
+    assert P.stationarity(high, *logs, delta) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_e_upper_bound_interpolates_the_profile_statistic():
+    """stat(E) = n ln(f(E) / f0), with stat(0) = 0; the bound is where it crosses the threshold."""
+    n, f0 = 10, 2.0
+    es = [0.1, 0.2, 0.3]
+    stats = [1.0, 2.0, 4.0]
+    profile = [(e, f0 * math.exp(s / n)) for e, s in zip(es, stats)]
+    assert P.e_upper_bound(profile, f0, n, 2.706, e_max=0.5) == pytest.approx(0.2 + 0.706 / 2 * 0.1, rel=1e-9)
+    # crossing before the first profiled E: interpolated from E = 0
+    assert P.e_upper_bound(profile, f0, n, 0.5, e_max=0.5) == pytest.approx(0.05, rel=1e-9)
+    # never crossed: the largest E allowed
+    assert P.e_upper_bound(profile, f0, n, 5.0, e_max=0.5) == 0.5
+    # a profile value below f0 (rounding) counts as f0, i.e. statistic 0
+    low = [(0.1, f0 * 0.99), (0.2, f0 * math.exp(0.4))]
+    assert P.e_upper_bound(low, f0, n, 2.0, e_max=1.0) == pytest.approx(0.1 + 0.5 * 0.1, rel=1e-9)
+
+
+def test_check_points_returns_logs_and_names_each_problem():
+    n, d, loss = np.logspace(6, 8, 6), np.logspace(9, 10, 6), np.linspace(2, 3, 6)
+    out = P.check_points(n, d, loss)
+    for got, x in zip(out, (n, d, loss)):
+        np.testing.assert_allclose(got, np.log(x), rtol=1e-15)
+    with pytest.raises(ValueError, match=r"same length, got \[6, 5, 6\]"):
+        P.check_points(n, d[:5], loss)
+    for i, name in enumerate(("N", "D", "loss")):
+        arrs = [n.copy(), d.copy(), loss.copy()]
+        arrs[i][2] = np.nan
+        with pytest.raises(ValueError, match=rf"^{name} has non-finite values"):
+            P.check_points(*arrs)
+        arrs[i][2] = 0.0
+        arrs[i][3] = -1.0
+        with pytest.raises(ValueError, match=rf"^{name} must be > 0 everywhere \(2 rows are not\)"):
+            P.check_points(*arrs)
+    with pytest.raises(ValueError, match="5 parameters but only 5 points"):
+        P.check_points(n[:5], d[:5], loss[:5])
+
+
+def test_bounds_clip_and_at_bound():
+    cfg = P.ParametricConfig(exponent_bounds=(0.0, 2.5), e_floor_frac=1e-4)
+    log_loss = np.log([0.5, 0.2, 0.8])
+    bounds = P._bounds(cfg, log_loss)
+    assert bounds[0] == (pytest.approx(math.log(0.2 * 1e-4)), None)
+    assert bounds[1:] == [(None, None), (None, None), (0.0, 2.5), (0.0, 2.5)]
+    theta = np.array([-100.0, -50.0, 80.0, -1.0, 3.0])
+    np.testing.assert_allclose(P._clip(theta, bounds), [math.log(0.2e-4), -50.0, 80.0, 0.0, 2.5], rtol=1e-15)
+    at = P._at_bound(np.array([math.log(0.2e-4) + 5e-7, 1.0, 1.0, 2.5 - 5e-7, 1.0]), bounds)
+    np.testing.assert_array_equal(at, [True, False, False, True, False])
+    at = P._at_bound(np.array([math.log(0.2e-4) + 2e-6, 1.0, 1.0, 2e-6, 2.5 - 2e-6]), bounds)
+    assert not at.any()
+
+
+def test_grid_is_the_product_of_the_axes_plus_loss_anchored_e():
+    cfg = P.ParametricConfig(e_grid=(0.0, 1.0), e_fractions=(0.5,), a_grid=(2.0,), b_grid=(3.0, 4.0),
+                             alpha_grid=(0.5,), beta_grid=(0.25, 0.75))  # fmt: skip
+    assert P._grid(cfg).shape == (2 * 1 * 2 * 1 * 2, 5)
+    grid = P._grid(cfg, np.log([0.4, 0.9]))
+    assert grid.shape == (3 * 4, 5)
+    assert sorted(set(grid[:, 0])) == pytest.approx(sorted([0.0, 1.0, math.log(0.5 * 0.4)]))
+    assert {tuple(r) for r in grid[:, 1:]} == {(2.0, b, 0.5, be) for b in (3.0, 4.0) for be in (0.25, 0.75)}
+    full = P._grid(P.ParametricConfig())  # Hoffmann et al.'s 4,500 starts
+    assert full.shape == (4500, 5)
+
+
+def test_converged_is_stationary_or_an_exact_fit():
+    cfg = P.ParametricConfig(stationarity_tol=1e-3)
+    assert P._converged(1.0, 0.9e-3, 10, cfg) and not P._converged(1.0, 1e-3, 10, cfg)
+    # exact fit: every log residual below ~1e-6, i.e. summed huber below n * 0.5e-12
+    assert P._converged(10 * 0.5e-12 * 0.99, 0.5, 10, cfg)
+    assert not P._converged(10 * 0.5e-12 * 1.01, 0.5, 10, cfg)
+    mean = P.ParametricConfig(reduction="mean")
+    assert P._converged(0.4e-12, 0.5, 10, mean) and not P._converged(0.6e-12, 0.5, 10, mean)
+
+
+def test_theta_and_params_round_trip_and_allocation_exponents():
+    params = P._theta_to_params(_theta(LAW))
+    assert params == pytest.approx(LAW, rel=1e-12)
+    fit = P.ParametricFit(params=dict(LAW), objective=0.0, converged=True, n_points=10, n_starts=1,
+                          n_converged_starts=1, stationarity=0.0, config=P.ParametricConfig())  # fmt: skip
+    np.testing.assert_allclose(fit.theta, _theta(LAW), rtol=1e-12)
+    assert fit.a == pytest.approx(0.30 / 0.64) and fit.b == pytest.approx(0.34 / 0.64)
+    fit.params = {**LAW, "E": 0.0, "alpha": 0.0, "beta": 0.0}
+    assert fit.theta[0] == -np.inf and math.isnan(fit.a) and math.isnan(fit.b)
+    assert fit.se == {} and fit.conf_int() == {} and fit.correlation() is None
+
+
+def test_optimal_allocation_defaults_to_six_flops_and_handles_zero_exponents():
+    n, d, loss = P.optimal_allocation(LAW, 1e21)
+    assert 6.0 * n * d == pytest.approx(1e21, rel=1e-12)
+    g = (LAW["alpha"] * LAW["A"] / (LAW["beta"] * LAW["B"])) ** (1 / 0.64)
+    assert n == pytest.approx(g * (1e21 / 6.0) ** (0.30 / 0.64), rel=1e-12)
+    assert loss == pytest.approx(P.parametric_loss(LAW, n, d), rel=1e-12)
+    assert P.optimal_allocation({**LAW, "alpha": 0.0}, 1e21)[0] == 0.0
+    assert P.optimal_allocation({**LAW, "beta": 0.0}, 1e21)[0] == np.inf
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"delta": 0.0}, "delta must be > 0"),
+        ({"reduction": "median"}, "reduction must be 'sum' or 'mean'"),
+        ({"n_starts": 0}, "n_starts must be >= 1"),
+        ({"exponent_bounds": (-0.1, 3.0)}, "exponent_bounds must be 0 <= lo < hi"),
+        ({"exponent_bounds": (1.0, 1.0)}, "exponent_bounds must be 0 <= lo < hi"),
+        ({"e_floor_frac": 0.0}, "0 < e_floor_frac < e_at_floor_frac < 1"),
+        ({"e_floor_frac": 1e-3}, "0 < e_floor_frac < e_at_floor_frac < 1"),
+        ({"e_at_floor_frac": 1.0}, "0 < e_floor_frac < e_at_floor_frac < 1"),
+    ],
+)
+def test_parametric_config_refuses_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        P.ParametricConfig(**kwargs)
+    # the boundary values just inside are accepted
+    P.ParametricConfig(
+        delta=1e-9, n_starts=1, exponent_bounds=(0.0, 1e-9), e_floor_frac=1e-9, e_at_floor_frac=0.999
+    )
