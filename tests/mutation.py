@@ -55,7 +55,8 @@ SELECTIONS: dict[str, list[str]] = {
         "tests/test_parametric_closed_forms.py",
         "tests/test_analysis.py",
         "-k",
-        "not cli and not chinchilla_refit and not bootstrap_se and not averaged_huber and not analyze_predict",
+        "not cli and not chinchilla_refit and not bootstrap_se and not averaged_huber"
+        " and not analyze_predict",
     ],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
