@@ -408,3 +408,29 @@ def test_flow_velocity_converts_back_to_data_and_noise():
     want = ((noise - x0) ** 2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(losses["mse"].double(), want, rtol=1e-6, atol=0)
     torch.testing.assert_close(losses["loss"], losses["mse"], rtol=0, atol=0)
+
+
+def test_flow_refuses_other_objectives_with_a_message():
+    with pytest.raises(ValueError, match=r"^FlowMatching needs objective='flow', got 'eps'$"):
+        FlowMatching(DiffusionConfig(objective="eps"))
+
+
+@pytest.mark.parametrize("objective", ["eps", "flow"])
+def test_timesteps_are_reproducible_from_the_generator_and_flow_times_are_float64(objective):
+    d = create_diffusion(DiffusionConfig(objective=objective))
+    draw = lambda seed: d.sample_timesteps(2000, "cpu", torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(draw(3), draw(3), rtol=0, atol=0)
+    assert not torch.equal(draw(3), draw(4))
+    if objective == "flow":  # "float64-precise floats in [0, 1]": most are not float32 numbers
+        t = draw(3)
+        assert t.dtype == torch.float64
+        assert (t.float().double() != t).float().mean().item() > 0.9
+
+
+def test_logit_normal_step_indices_stay_in_range_at_the_extremes():
+    """A wide logit-normal puts sigmoid(.) at exactly 0 or 1 in float64: floor(s T) must stay in [0, T)."""
+    cfg = DiffusionConfig(timestep_sampling="logit_normal", logit_normal_mean=0.0, logit_normal_std=10.0)
+    d = create_diffusion(cfg)
+    u = torch.tensor([0.0, 1e-300, 0.5, 1.0 - 1e-16, 1.0], dtype=torch.float64)
+    t = d.timesteps_from_uniform(u)
+    assert t.tolist() == [0, 0, 500, 999, 999]

@@ -291,3 +291,34 @@ def test_flow_ddpm_is_the_ancestral_step_with_its_closed_form_variance():
     for sampler in ("ddim", "euler", "heun"):
         det = sample(ZeroVelocity(), d, shape, sampler=sampler, **kw)
         assert det.abs().max().item() == 0.0
+
+
+class LinearEps(torch.nn.Module):
+    """eps_hat(x, t) = 0.5 x + t / 1000, with t the trained step index the model receives."""
+
+    num_classes = 4
+
+    def forward(self, x, t, y):
+        return 0.5 * x + t.view(-1, 1, 1, 1).to(x.dtype) / 1000
+
+
+def test_two_step_explicit_ddim_inversion_is_the_closed_form():
+    """steps = 2 keeps trained steps (0, 999). Without refinement the inversion is x1 = a0 x + s0 e(x, 0)
+    (from clean data x0_hat = x), then x2 = a1 x0_1 + s1 e1 with e1 = e(x1, 0), x0_1 = (x1 - s0 e1) / a0
+    (the model evaluated at the less noisy level)."""
+    d = create_diffusion(DiffusionConfig(learn_sigma=False))
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    (a0, s0), (a1, s1) = [(math.sqrt(abar[i]), math.sqrt(1 - abar[i])) for i in (0, 999)]
+    x = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(2, 1, 2, 2)
+    z = invert(LinearEps(), d, x.float(), None, sampler="ddim", steps=2).double()
+    xn = x.numpy()
+    x1 = a0 * xn + s0 * (0.5 * xn)
+    e1 = 0.5 * x1
+    want = a1 * (x1 - s0 * e1) / a0 + s1 * e1
+    np.testing.assert_allclose(z.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_flow_time_grid_is_uniform_in_float64():
+    from dit_core.diffusion.samplers import _time_grid
+
+    assert _time_grid(3) == pytest.approx([1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0], rel=1e-15, abs=0)

@@ -129,3 +129,13 @@ def test_bad_input(kwargs, match):
     x0, y = gaussian_data(4)
     with pytest.raises(ValueError, match=match):
         validation_loss(d, make_oracle(d), x0, y, **kwargs)
+
+
+def test_empty_validation_set_is_refused_and_one_example_is_enough():
+    d = create_diffusion(DiffusionConfig(learn_sigma=False))
+    x0 = torch.zeros(0, *SHAPE)
+    with pytest.raises(ValueError, match="^validation_loss needs at least one example$"):
+        validation_loss(d, ZeroModel(), x0, None)
+    # one example of zeros against the zero model: the eps loss is |eps|^2 / D at one timestep, finite
+    one = validation_loss(d, ZeroModel(), torch.zeros(1, *SHAPE), None)
+    assert math.isfinite(one) and one > 0

@@ -54,8 +54,7 @@ def test_profile_says_why_a_slice_is_skipped():
     low = _parabola_slice(1e20, ln_n=(20.5, 21.0, 22.0))  # vertex at ln N = 20, below the sizes
     assert I._profile(low, 1e20, math.nan, skipped, units="images") is None
     assert (
-        "(N=4.85e+08 images) lies outside the models trained there (N 8e+08..3.58e+09 images)"
-        in skipped[-1]
+        "(N=4.85e+08 images) lies outside the models trained there (N 8e+08..3.58e+09 images)" in skipped[-1]
     )
     assert skipped[-1].endswith("budget skipped - add smaller models at this budget")
     high = _parabola_slice(1e20, ln_n=(17.0, 18.0, 19.5))
