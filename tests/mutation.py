@@ -40,6 +40,7 @@ SELECTIONS: dict[str, list[str]] = {
         "tests/test_models.py",
         "tests/test_dit_parity.py",
         "tests/test_training_truth.py",
+        "tests/test_model_init_and_checkpoint.py",
     ],
     # one run for the whole package (one stats collection); scores are split per file afterwards
     "dit_core/diffusion/*.py": [
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--list", action="store_true", help="print the modules and their tests")
     p.add_argument("mutants", nargs="*", help="mutant names or globs to run (default: all)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     if args.list or not args.module:
         for module, tests in SELECTIONS.items():
             print(module, " ".join(tests))

@@ -124,6 +124,12 @@ def test_e_upper_bound_interpolates_the_profile_statistic():
     assert P.e_upper_bound(profile, f0, n, 0.5, e_max=0.5) == pytest.approx(0.05, rel=1e-9)
     # never crossed: the largest E allowed
     assert P.e_upper_bound(profile, f0, n, 5.0, e_max=0.5) == 0.5
+    # f0 below 1 (a small summed objective): the statistic is still relative to f0
+    small = [(e, 0.5 * math.exp(s / n)) for e, s in zip(es, stats)]
+    assert P.e_upper_bound(small, 0.5, n, 2.706, e_max=0.5) == pytest.approx(0.2 + 0.706 / 2 * 0.1, rel=1e-9)
+    # a statistic exactly at the threshold is inside: at the last point, the bound is e_max
+    exact = [(0.1, math.exp(1.0)), (0.2, math.exp(2.0))]
+    assert P.e_upper_bound(exact, 1.0, 1, 2.0, e_max=0.7) == 0.7
     # a profile value below f0 (rounding) counts as f0, i.e. statistic 0
     low = [(0.1, f0 * 0.99), (0.2, f0 * math.exp(0.4))]
     assert P.e_upper_bound(low, f0, n, 2.0, e_max=1.0) == pytest.approx(0.1 + 0.5 * 0.1, rel=1e-9)
