@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,9 @@ SELECTIONS: dict[str, list[str]] = {
         "not cli and not chinchilla_refit and not bootstrap_se and not averaged_huber"
         " and not analyze_predict",
     ],
+    # the pure parts of the trainer; loop.py & co. need real training runs (too slow per mutant)
+    "dit_core/trainer/lr_schedule.py": ["tests/test_trainer_units.py"],
+    "dit_core/trainer/rng.py": ["tests/test_trainer_units.py"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
@@ -100,6 +104,29 @@ def prepare(module: str, work: Path) -> None:
     (work / "pyproject.toml").write_text(toml)
 
 
+def report(work: Path) -> str:
+    """Per source file: mutants, killed, survived, other outcomes, and the score killed / tested."""
+    mutmut = Path(sys.executable).with_name("mutmut")
+    out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=work, capture_output=True, text=True)
+    counts: dict[str, Counter] = {}
+    for line in out.stdout.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if "__mutmut_" not in name:
+            continue
+        module = name.split(".x")[0]  # e.g. dit_core.diffusion.gaussian
+        counts.setdefault(module, Counter())[status] += 1
+    lines = []
+    for module, c in sorted(counts.items()):
+        tested = c["killed"] + c["survived"] + c["timeout"]
+        score = (c["killed"] + c["timeout"]) / tested if tested else float("nan")
+        rest = ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k not in ("killed", "survived"))
+        lines.append(
+            f"{module}: {sum(c.values())} mutants, {c['killed']} killed, {c['survived']} survived"
+            f"{', ' + rest if rest else ''}; score {100 * score:.1f}% of the tested"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("module", nargs="?", help="a key of SELECTIONS, e.g. dit_core/diffusion/gaussian.py")
@@ -108,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=None, help="scratch folder (default /tmp/ditscale-mutation/...)"
     )
     p.add_argument("--list", action="store_true", help="print the modules and their tests")
+    p.add_argument("--report", action="store_true", help="only print per-file counts of the last run")
     p.add_argument("mutants", nargs="*", help="mutant names or globs to run (default: all)")
     args = p.parse_intermixed_args(argv)
     if args.list or not args.module:
@@ -119,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path("/tmp/ditscale-mutation") / args.module.replace("/", "_").replace(
         "*", "all"
     ).removesuffix(".py")
+    if args.report:
+        print(report(work))
+        return 0
     prepare(args.module, work)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     mutmut = Path(sys.executable).with_name("mutmut")
