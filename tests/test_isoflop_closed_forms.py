@@ -183,3 +183,19 @@ def test_isoflop_bootstrap_of_exact_profiles_has_no_spread():
     np.testing.assert_allclose(bs.samples["D_opt_exp"], 0.5, atol=1e-8)
     np.testing.assert_allclose(bs.samples["N_opt_A"], 1e-3, rtol=1e-6)
     assert "bootstrap: 8 resamples of runs" in fit.summary() and "ci95" in fit.to_dict()
+
+
+def test_summary_lists_each_profile_and_both_laws_in_their_units():
+    fit = I.fit_isoflop(_law_points(budgets=(1e18, 1e19, 1e20)), units="params", data_units="tokens")
+    lines = fit.summary().splitlines()
+    assert lines[0] == "IsoFLOP profiles: 3 usable slice(s) (budget x patch size)"
+    n_opt, d_opt = 1e-3 * 1e9, 1e18 / (6 * 1e6)
+    assert lines[1].startswith(f"  C=1e+18 FLOPs: N_opt={n_opt:.3g} params, D_opt={d_opt:.3g} tokens, L_opt=")
+    assert lines[1].endswith("(5 points)")
+    law_lines = [line for line in lines if " C^" in line]
+    assert [line.split(" = ")[0] for line in law_lines] == ["  N_opt", "  D_opt"]
+    assert law_lines[0].startswith("  N_opt = 0.001 C^0.5000 (se nan)")
+    assert law_lines[1].startswith(f"  D_opt = {1 / 6e-3:.4g} C^0.5000 (se nan)")
+    boot = I.fit_isoflop(_law_points(), n_bootstrap=20, seed=0)
+    assert boot.bootstrap.n_ok >= 2
+    assert "(se nan)" not in boot.summary() and "bootstrap: 20 resamples of runs" in boot.summary()
