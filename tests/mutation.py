@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -104,17 +105,35 @@ def prepare(module: str, work: Path) -> None:
     (work / "pyproject.toml").write_text(toml)
 
 
-def report(work: Path) -> str:
-    """Per source file: mutants, killed, survived, other outcomes, and the score killed / tested."""
+def _statuses(work: Path) -> dict[str, str]:
+    """mutant name -> "killed", "survived", "not checked", ... from `mutmut results --all true`."""
     mutmut = Path(sys.executable).with_name("mutmut")
     out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=work, capture_output=True, text=True)
+    pairs = (line.strip().rpartition(": ") for line in out.stdout.splitlines())
+    return {name: status for name, _, status in pairs if "__mutmut_" in name}
+
+
+def _module_of(name: str) -> str:
+    return name.split(".x")[0]  # e.g. dit_core.diffusion.gaussian
+
+
+def _sample(work: Path, k: int, seed: int) -> list[str]:
+    """A uniform random sample of k mutants per source file (all of them when it has fewer)."""
+    by_module: dict[str, list[str]] = {}
+    for name in sorted(_statuses(work)):
+        by_module.setdefault(_module_of(name), []).append(name)
+    rng = random.Random(seed)
+    return [n for names in by_module.values() for n in rng.sample(names, min(k, len(names)))]
+
+
+def report(work: Path, only: list[str] | None = None) -> str:
+    """Per source file: mutants, killed, survived, other outcomes, and the score killed / tested
+    (over the sample `only` when given)."""
+    statuses = _statuses(work)
     counts: dict[str, Counter] = {}
-    for line in out.stdout.splitlines():
-        name, _, status = line.strip().rpartition(": ")
-        if "__mutmut_" not in name:
-            continue
-        module = name.split(".x")[0]  # e.g. dit_core.diffusion.gaussian
-        counts.setdefault(module, Counter())[status] += 1
+    for name, status in statuses.items():
+        if only is None or name in only:
+            counts.setdefault(_module_of(name), Counter())[status] += 1
     lines = []
     for module, c in sorted(counts.items()):
         tested = c["killed"] + c["survived"] + c["timeout"]
@@ -136,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--list", action="store_true", help="print the modules and their tests")
     p.add_argument("--report", action="store_true", help="only print per-file counts of the last run")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        help="test a uniform random sample of this many mutants per file (seed --seed), not all of them",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rerun-survivors", action="store_true", help="with --sample: test its survivors again")
     p.add_argument("mutants", nargs="*", help="mutant names or globs to run (default: all)")
     args = p.parse_intermixed_args(argv)
     if args.list or not args.module:
@@ -148,12 +175,24 @@ def main(argv: list[str] | None = None) -> int:
         "*", "all"
     ).removesuffix(".py")
     if args.report:
-        print(report(work))
+        print(report(work, _sample(work, args.sample, args.seed) if args.sample else None))
         return 0
     prepare(args.module, work)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     mutmut = Path(sys.executable).with_name("mutmut")
-    cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *args.mutants]
+    names = list(args.mutants)
+    if args.sample:
+        if not (work / "mutants").exists():  # first generate the mutants (and the stats) without running them
+            subprocess.call(
+                [str(mutmut), "run", "--max-children", "1", "nothing-matches-this"], cwd=work, env=env
+            )
+        status = _statuses(work)
+        redo = ("not checked", "survived") if args.rerun_survivors else ("not checked",)
+        names += [n for n in _sample(work, args.sample, args.seed) if status[n] in redo]
+        if not names:
+            print(report(work, _sample(work, args.sample, args.seed)))
+            return 0
+    cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *names]
     rc = subprocess.call(cmd, cwd=work, env=env)
     print(f"scratch folder: {work} (run `mutmut results` / `mutmut show NAME` there)")
     return rc
