@@ -54,6 +54,7 @@ SELECTIONS: dict[str, list[str]] = {
         "tests/test_diffusion_dit.py",
     ],
     # the fast tests: the Chinchilla refit (27 s), the CLI subprocesses and the pipeline runs are left out
+    # (-k matches substrings: no other test name may contain "cli")
     "analysis/parametric.py": [
         "tests/test_parametric_closed_forms.py",
         "tests/test_analysis.py",

@@ -37,7 +37,7 @@ def _reference_residuals(theta, log_n, log_d, log_loss):
     return np.log(pred) - log_loss
 
 
-def test_huber_is_scipys_with_the_clipped_residual_as_derivative():
+def test_huber_is_scipys_with_the_clamped_residual_as_derivative():
     r = np.linspace(-0.01, 0.01, 41)
     for delta in (1e-3, 4e-3):
         val, grad = P._huber(r, delta)
@@ -155,7 +155,7 @@ def test_check_points_returns_logs_and_names_each_problem():
         P.check_points(n[:5], d[:5], loss[:5])
 
 
-def test_bounds_clip_and_at_bound():
+def test_bounds_clamping_and_at_bound():
     cfg = P.ParametricConfig(exponent_bounds=(0.0, 2.5), e_floor_frac=1e-4)
     log_loss = np.log([0.5, 0.2, 0.8])
     bounds = P._bounds(cfg, log_loss)
