@@ -199,3 +199,45 @@ def test_summary_lists_each_profile_and_both_laws_in_their_units():
     boot = I.fit_isoflop(_law_points(), n_bootstrap=20, seed=0)
     assert boot.bootstrap.n_ok >= 2
     assert "(se nan)" not in boot.summary() and "bootstrap: 20 resamples of runs" in boot.summary()
+
+
+def test_laws_are_pure_power_laws_named_after_what_they_predict():
+    fit = I.fit_isoflop(_law_points())
+    assert fit.n_opt.kind == "pure" and fit.d_opt.kind == "pure"
+    assert (fit.n_opt.x_name, fit.n_opt.y_name, fit.d_opt.x_name, fit.d_opt.y_name) == (
+        "C",
+        "N_opt",
+        "C",
+        "D_opt",
+    )
+    assert fit.n_opt.formula() == "N_opt = 0.001 * C^(0.5)"
+
+
+def test_units_and_the_budget_gap_reach_every_message():
+    pts = _law_points()
+    # at the largest budget keep only models above the optimum: that slice is skipped with the units
+    n_opt = 1e-3 * 1e21**0.5
+    pts = pts[(pts["C"] != 1e21) | (pts["N"] > 1.5 * n_opt)]
+    default = I.fit_isoflop(pts)
+    assert default.units == ("parameters", "images")
+    assert any("parameters); budget skipped" in m for m in default.messages)
+    fit = I.fit_isoflop(pts, units="params", data_units="tokens")
+    assert any("params); budget skipped" in m for m in fit.messages) and fit.units == ("params", "tokens")
+    # censoring reasons carry the units too: every budget's best model is its smallest
+    below = pd.concat([_parabola_slice(c, ln_n=(18.0, 19.0, 20.0), shift=-3.0) for c in (1e18, 1e19, 1e20)])
+    assert " params at every budget" in I.fit_isoflop(below, units="params").status.reasons[0]
+    assert " parameters at every budget" in I.fit_isoflop(below).status.reasons[0]
+    # gap_dex reaches the slicing: budgets 0.3 dex apart are one cluster with gap 0.5
+    close = pd.concat([_parabola_slice(c) for c in (1e20, 2e20)])
+    assert len(I.isoflop_profiles(close)) == 2 and len(I.slice_sides(close)) == 2
+    assert [p.compute for p in I.isoflop_profiles(close, gap_dex=0.5)] == [pytest.approx(1.5e20)]
+    assert len(I.slice_sides(close, gap_dex=0.5)) == 1
+    assert len(I.fit_isoflop(close).profiles) == 2 and len(I.fit_isoflop(close, gap_dex=0.5).slices) == 1
+
+
+def test_profiles_of_unknown_patch_come_first():
+    nan_patch = _parabola_slice(1e20)
+    nan_patch["patch_size"] = np.nan
+    pts = pd.concat([nan_patch, _parabola_slice(1e19, patch=1, run="p1")])
+    assert [(p.compute, p.patch) for p in I.isoflop_profiles(pts)][0][0] == 1e20
+    assert math.isnan(I.isoflop_profiles(pts)[0].patch) and I.isoflop_profiles(pts)[1].patch == 1.0
