@@ -241,3 +241,34 @@ def test_profiles_of_unknown_patch_come_first():
     pts = pd.concat([nan_patch, _parabola_slice(1e19, patch=1, run="p1")])
     assert [(p.compute, p.patch) for p in I.isoflop_profiles(pts)][0][0] == 1e20
     assert math.isnan(I.isoflop_profiles(pts)[0].patch) and I.isoflop_profiles(pts)[1].patch == 1.0
+
+
+def test_to_dict_is_the_json_report_of_the_fit():
+    """The report written to results.json (test_analysis_status.py reads "slices"/"side"/"sizes")."""
+    import json
+
+    pts = pd.concat([_law_points(patch=2), _law_points(patch=4, budgets=(1e18, 1e19, 1e20), run="p4")])
+    fit = I.fit_isoflop(pts, n_bootstrap=6, seed=0)
+    d = json.loads(json.dumps(fit.to_dict()))
+    base = {"status", "reasons", "profiles", "slices", "patch", "a", "b", "N_opt", "D_opt", "by_patch"}
+    assert set(d) == base | {"se", "ci95", "bootstrap"}
+    assert d["status"] == fit.status.status and d["reasons"] == list(fit.status.reasons)
+    assert d["patch"] == 2.0 and d["a"] == pytest.approx(fit.a) and d["b"] == pytest.approx(fit.b)
+    assert d["N_opt"] == json.loads(json.dumps(fit.n_opt.to_dict()))
+    assert d["D_opt"] == json.loads(json.dumps(fit.d_opt.to_dict()))
+    assert len(d["profiles"]) == len(fit.profiles) == 7
+    for got, p in zip(d["profiles"], fit.profiles):
+        assert got == {"C": p.compute, "patch": p.patch, "N_opt": pytest.approx(p.n_opt),
+                       "D_opt": pytest.approx(p.d_opt), "loss_opt": pytest.approx(p.loss_opt),
+                       "n_points": 5}  # fmt: skip
+    for got, s in zip(d["slices"], fit.slices):
+        assert got == {"C": s.compute, "patch": s.patch, "sizes": pytest.approx(list(s.sizes)),
+                       "best_N": pytest.approx(s.best_n), "side": "interior"}  # fmt: skip
+    assert d["se"] == pytest.approx(fit.bootstrap.se(), nan_ok=True)
+    assert set(d["ci95"]) == set(fit.bootstrap.conf_int()) and d["bootstrap"] == fit.bootstrap.to_dict()
+    nan = I.fit_isoflop(_law_points()).to_dict()
+    assert nan["patch"] is None and nan["profiles"][0]["patch"] is None and nan["slices"][0]["patch"] is None
+    assert "se" not in nan and "bootstrap" not in nan
+    failed = fit.bootstrap.n_failed
+    assert f"{failed} failed ({100 * failed / 6:.0f}%: fewer than 3 usable budgets)" in fit.summary()
+    assert fit.summary().count("\n") == len(fit.summary().splitlines()) - 1
