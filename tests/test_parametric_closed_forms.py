@@ -233,3 +233,126 @@ def test_parametric_config_refuses_bad_values(kwargs, match):
     P.ParametricConfig(
         delta=1e-9, n_starts=1, exponent_bounds=(0.0, 1e-9), e_floor_frac=1e-9, e_at_floor_frac=0.999
     )
+
+
+# ---------------------------------------------------------------- starts, E at its floor, assess
+
+
+def test_variable_projection_start_is_exact_on_noise_free_data():
+    """At the true exponents (on the varpro grid) L is exactly linear in (E, A, B): NNLS recovers them."""
+    law = {"E": 0.5, "A": 40.0, "B": 300.0, "alpha": 0.35, "beta": 0.3}
+    logs = _points(noise=0.0)
+    logs = (logs[0], logs[1], np.log(P.parametric_loss(law, np.exp(logs[0]), np.exp(logs[1]))))
+    cfg = P.ParametricConfig(n_varpro_starts=2)
+    assert 0.35 in cfg.varpro_exponents and 0.3 in cfg.varpro_exponents
+    starts = P._varpro_starts(*logs, cfg)
+    assert len(starts) == 2
+    np.testing.assert_allclose(starts[0], _theta(law), rtol=1e-6, atol=1e-6)
+    assert P._varpro_starts(*logs, P.ParametricConfig(n_varpro_starts=0)) == []
+
+
+def test_grid_starts_are_the_best_grid_points_including_loss_anchored_e():
+    """Diffusion-scale losses (~0.1) lie below every E of Hoffmann's grid (e >= -1, E >= 0.37): the best
+    starts are the e = ln(f * min loss) ones."""
+    law = {"E": 0.05, "A": 2.0, "B": 30.0, "alpha": 0.3, "beta": 0.35}
+    log_n, log_d, _ = _points(noise=0.0)
+    log_loss = np.log(P.parametric_loss(law, np.exp(log_n), np.exp(log_d)))
+    cfg = P.ParametricConfig(n_starts=5, n_varpro_starts=0)
+    starts = P._grid_starts(log_n, log_d, log_loss, cfg)
+    assert len(starts) == 5
+    anchored = {log_loss.min() + math.log(f) for f in cfg.e_fractions}
+    assert all(min(abs(s[0] - e) for e in anchored) < 1e-12 for s in starts)
+    scores = P.grid_objective(np.array(starts), log_n, log_d, log_loss, cfg.delta)
+    all_scores = P.grid_objective(P._grid(cfg, log_loss), log_n, log_d, log_loss, cfg.delta)
+    np.testing.assert_allclose(scores, np.sort(all_scores)[:5], rtol=1e-12)
+
+
+def test_optimal_allocation_without_exponents_is_undefined_and_silent():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        n, d, _ = P.optimal_allocation({**LAW, "alpha": 0.0, "beta": 0.0}, 1e21)
+    assert math.isnan(n) and math.isnan(d)
+
+
+def _fit(**kw):
+    base = dict(params=dict(LAW), objective=0.0, converged=True, n_points=10, n_starts=1,
+                n_converged_starts=1, stationarity=1e-6, config=P.ParametricConfig())  # fmt: skip
+    return P.ParametricFit(**{**base, **kw})
+
+
+def _boot(alpha, beta, n_failed=0, vanished=None):
+    from analysis.bootstrap import BootstrapResult
+
+    alpha, beta = np.asarray(alpha, float), np.asarray(beta, float)
+    samples = {"alpha": alpha, "beta": beta, "a": beta / (alpha + beta), "b": alpha / (alpha + beta)}
+    at = {k: np.asarray(v, float) for k, v in (vanished or {}).items()}  # as bootstrap_points keeps them
+    return BootstrapResult(samples=samples, n_requested=len(alpha) + n_failed, n_failed=n_failed, at_bound=at)
+
+
+def test_assess_ok_fit_identifies_the_allocation():
+    fit = _fit(bootstrap=_boot(np.linspace(0.3, 0.4, 20), np.linspace(0.25, 0.35, 20)))
+    st = fit.assess()
+    assert st.status == "ok" and st.reasons == [] and fit.allocation_identified
+    assert set(fit.conf_int()) == {"alpha", "beta", "a", "b"}
+    assert fit.conf_int()["a"] == pytest.approx(fit.bootstrap.conf_int()["a"])
+    assert fit.conf_int(0.5)["alpha"] == pytest.approx(fit.bootstrap.conf_int(0.5)["alpha"])
+
+
+def test_assess_names_each_failure():
+    st = _fit(converged=False, stationarity=0.0123).assess()
+    assert st.status == "not_identified"
+    assert st.reasons == ["the fit did not reach a stationary point (imbalance 0.0123)"]
+
+    (reason,) = _fit(e_at_floor=True, e_upper=0.0456).assess().reasons
+    assert reason.startswith(
+        "E ran to its floor (E -> 0 fits best): refitted with E = 0; E < 0.0456 (loss units;"
+    )
+    assert reason.endswith("add larger budgets (longer runs) so the losses bend towards their floor")
+
+    alpha = np.r_[np.zeros(5), np.linspace(0.0, 0.1, 16)]  # a quarter of the refits at the bound 0
+    fit = _fit(params={**LAW, "alpha": 0.05}, level=0.9, bootstrap=_boot(alpha, np.linspace(0.25, 0.35, 21)))
+    lo, hi = fit.bootstrap.conf_int(0.9)["alpha"]
+    assert lo == 0.0
+    (reason,) = fit.assess().reasons
+    assert reason.startswith(
+        f"alpha's 90% interval [0, {hi:.3g}] includes 0 (estimate 0.05): the loss's dependence"
+    )
+    assert "on model size N is not resolved, so N_opt, a and b are withheld; add model sizes" in reason
+    assert not fit.allocation_identified
+
+    fit = _fit(
+        params={**LAW, "beta": 3.0}, bootstrap=_boot(np.linspace(0.3, 0.4, 20), np.linspace(2.8, 3.0, 20))
+    )
+    lo, hi = fit.bootstrap.conf_int()["beta"]
+    (reason,) = fit.assess().reasons
+    assert reason.startswith(
+        f"beta reached its upper bound 3 (95% interval [{lo:.3g}, {hi:.3g}]): the data D term"
+    )
+    assert reason.endswith("add budgets spanning at least 10x in D (longer runs of each model)")
+    assert not fit.allocation_identified
+
+    fit = _fit(vanished={"N": True, "D": False})
+    (reason,) = fit.assess().reasons
+    assert reason.startswith("the N term (A/N^alpha) vanished in the fit (< 0.1% of every predicted loss)")
+    assert not fit.allocation_identified
+    share = [1.0] * 3 + [0.0] * 17  # 15% of the refits lost the D term: above the 2.5% tail
+    fit = _fit(
+        bootstrap=_boot(
+            np.linspace(0.3, 0.4, 20), np.linspace(0.25, 0.35, 20), vanished={"D_term_vanished": share}
+        )
+    )
+    (reason,) = fit.assess().reasons
+    assert reason.startswith("the D term (B/D^beta) vanished in 15% of the bootstrap refits")
+    assert "dependence on data D is not resolved" in reason and not fit.allocation_identified
+
+    fit = _fit(bootstrap=_boot(np.linspace(0.3, 0.4, 10), np.linspace(0.25, 0.35, 10), n_failed=5))
+    (reason,) = fit.assess().reasons
+    assert reason == "33% of the bootstrap refits failed to converge: the intervals describe only the rest"
+    assert fit.allocation_identified  # failed refits widen nothing, they are reported
+
+
+def test_correlation_needs_three_refits():
+    few = _fit(bootstrap=_boot([0.3, 0.35], [0.3, 0.32]))
+    assert few.correlation() is None and _fit().correlation() is None
