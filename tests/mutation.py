@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 [str(mutmut), "run", "--max-children", "1", "nothing-matches-this"], cwd=work, env=env
             )
         status = _statuses(work)
-        redo = ("not checked", "survived") if args.rerun_survivors else ("not checked",)
+        redo = ("not checked", "survived", "no tests") if args.rerun_survivors else ("not checked",)
         names += [n for n in _sample(work, args.sample, args.seed) if status[n] in redo]
         if not names:
             print(report(work, _sample(work, args.sample, args.seed)))
