@@ -434,3 +434,54 @@ def test_logit_normal_step_indices_stay_in_range_at_the_extremes():
     u = torch.tensor([0.0, 1e-300, 0.5, 1.0 - 1e-16, 1.0], dtype=torch.float64)
     t = d.timesteps_from_uniform(u)
     assert t.tolist() == [0, 0, 500, 999, 999]
+
+
+def test_timesteps_without_a_generator_use_the_global_rng():
+    d = create_diffusion(DiffusionConfig(num_timesteps=10))
+    torch.manual_seed(0)
+    a = d.sample_timesteps(500, "cpu")
+    torch.manual_seed(0)
+    assert torch.equal(a, d.sample_timesteps(500, "cpu")) and a.dtype == torch.long
+    assert sorted(a.unique().tolist()) == list(range(10))
+
+
+def test_fixed_small_variance_is_the_posterior_variance():
+    """DDPM's fixed variances: "small" = beta~_t (log clipped at t = 0), "large" = beta_t (t = 0: beta~_1)."""
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1 - betas)
+    post = betas[1:] * (1 - abar[:-1]) / (1 - abar[1:])  # beta~_t for t >= 1
+    t = torch.tensor([0, 1, 500, 999])
+    x = torch.zeros(4, *SHAPE, dtype=torch.float64)
+    small = create_diffusion(DiffusionConfig(learn_sigma=False, fixed_variance="small"))
+    large = create_diffusion(DiffusionConfig(learn_sigma=False, fixed_variance="large"))
+    want_small = np.log(np.r_[post[0], post[0], post[499], post[998]])
+    want_large = np.log(np.r_[post[0], betas[1], betas[500], betas[999]])
+    np.testing.assert_allclose(small.model_log_variance(None, t, x).flatten().numpy(), want_small, rtol=1e-10)
+    np.testing.assert_allclose(large.model_log_variance(None, t, x).flatten().numpy(), want_large, rtol=1e-10)
+
+
+def test_output_shape_error_names_the_expected_shape():
+    d = create_diffusion(DiffusionConfig(learn_sigma=True))
+
+    class Wrong(nn.Module):
+        def forward(self, x, t, y=None):
+            return torch.zeros(x.shape[0], x.shape[1], *x.shape[2:])
+
+    with pytest.raises(
+        ValueError, match=r"has shape \(2, 3, 4, 5\) but this diffusion expects \(2, 6, 4, 5\) "
+    ):
+        d.training_losses(Wrong(), torch.zeros(2, 3, 4, 5), torch.tensor([1, 2]))
+
+
+def test_space_timesteps_with_a_list_of_section_counts_and_its_messages():
+    assert space_timesteps(100, [2, 3]) == space_timesteps(100, "2,3")
+    kept = space_timesteps(100, (2, 3))
+    assert len(kept) == 5 and kept[0] == 0 and kept[-1] == 99 and max(k for k in kept if k < 50) == 49
+    with pytest.raises(
+        ValueError, match=r"^section_counts is empty; give e.g. '250', 'ddim50' or '10,15,20'$"
+    ):
+        space_timesteps(100, [])
+    with pytest.raises(ValueError, match=r"^timestep respacing \[0\] asks for 0 steps"):
+        space_timesteps(100, [0])
+    with pytest.raises(ValueError, match=r"^timestep respacing 'ddim0' asks for 0 steps"):
+        space_timesteps(100, "ddim0")

@@ -322,3 +322,20 @@ def test_flow_time_grid_is_uniform_in_float64():
     from dit_core.diffusion.samplers import _time_grid
 
     assert _time_grid(3) == pytest.approx([1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0], rel=1e-15, abs=0)
+
+
+def test_ddim_noise_at_eta_one_is_the_ddpm_posterior_std():
+    """x' = a' x0 + sqrt(s'^2 - sigma^2) eps + sigma z, sigma^2 = (1 - abar') / (1 - abar) (1 - abar / abar')
+    at eta = 1 (DDIM paper eq. 16), and eta scales sigma."""
+    from dit_core.diffusion.samplers import ddim_step
+
+    abar, abar_n = 0.3, 0.6
+    cur, nxt = (math.sqrt(abar), math.sqrt(1 - abar)), (math.sqrt(abar_n), math.sqrt(1 - abar_n))
+    sigma = math.sqrt((1 - abar_n) / (1 - abar) * (1 - abar / abar_n))
+    zeros = torch.zeros(20_000, dtype=torch.float64)
+    for eta in (1.0, 0.5):
+        out = ddim_step(zeros, zeros, cur, nxt, eta=eta, generator=torch.Generator().manual_seed(0))
+        assert out.std().item() == pytest.approx(eta * sigma, rel=0.03)
+    ones = torch.ones(3, dtype=torch.float64)  # the deterministic part
+    det = ddim_step(ones, 2 * ones, cur, nxt, eta=0.0)
+    torch.testing.assert_close(det, (nxt[0] + 2 * nxt[1]) * ones)
