@@ -356,3 +356,124 @@ def test_assess_names_each_failure():
 def test_correlation_needs_three_refits():
     few = _fit(bootstrap=_boot([0.3, 0.35], [0.3, 0.32]))
     assert few.correlation() is None and _fit().correlation() is None
+
+
+def _boot_full(n=20, n_failed=0, seed=0):
+    """A bootstrap of every reported quantity around LAW, with ln-space E, A, B."""
+    from analysis.bootstrap import BootstrapResult
+
+    rng = np.random.default_rng(seed)
+    s = {k: v * np.exp(0.05 * rng.standard_normal(n)) for k, v in LAW.items()}
+    s.update({f"ln_{k}": np.log(s[k]) for k in ("E", "A", "B")})
+    s["a"], s["b"] = s["beta"] / (s["alpha"] + s["beta"]), s["alpha"] / (s["alpha"] + s["beta"])
+    at = {"alpha": np.r_[np.ones(2), np.zeros(n - 2)], "beta": np.zeros(n)}
+    return BootstrapResult(samples=s, n_requested=n + n_failed, n_failed=n_failed, at_bound=at)
+
+
+def test_summary_table_rows_are_the_estimates_errors_and_intervals():
+    fit = _fit(bootstrap=_boot_full(n_failed=5), level=0.9, n_starts=12, n_converged_starts=9, objective=0.25)
+    fit.status = fit.assess()
+    lines = fit.summary().splitlines()
+    assert lines[0] == (
+        "Parametric law L(N, D) = E + A/N^alpha + B/D^beta "
+        "(Huber delta=0.001 on log L, sum; alpha, beta in [0, 3])"
+    )
+    assert lines[1] == "points: 10   objective: 0.25   converged: True (9/12 starts)"
+    assert lines[2].split() == ["param", "estimate", "std.err", "5%", "95%"]
+    se, ci = fit.bootstrap.se(), fit.bootstrap.conf_int(0.9)
+    rows = {line.split()[0]: line for line in lines[3:10]}
+    assert list(rows) == ["E", "A", "B", "alpha", "beta", "a", "b"]
+    for k in ("E", "A", "B", "alpha", "a"):
+        tok = rows[k].split()
+        ln = k in ("E", "A", "B")
+        want = [LAW.get(k, fit.a), se[f"ln_{k}" if ln else k], *ci[k]]
+        got = [float(t) for t in (tok[1], tok[2], *tok[-2:])]
+        np.testing.assert_allclose(got, want, rtol=1e-3)
+        assert (tok[3] == "(ln)") == ln and len(tok) == (6 if ln else 5)
+    assert lines[10] == (
+        "bootstrap: 25 resamples of points, 5 failed (20%, not in the intervals); "
+        "at a bound: alpha 10% (kept); "
+        "90% percentile intervals; std.err of E, A, B in ln units"
+    )
+    assert lines[11] == fit.status.text()
+    floor = _fit(e_at_floor=True, e_upper=0.01234, params={**LAW, "E": 0.0})
+    floor.status = floor.assess()
+    text = floor.summary()
+    assert "E = 0 (at its floor); E < 0.01234 at 95% (one-sided, profile)" in text
+    assert "bootstrap:" not in text and "at a bound: none" not in text
+    withheld = _fit(vanished={"N": True})
+    withheld.status = withheld.assess()
+    rows = {line.split()[0]: line for line in withheld.summary().splitlines()[3:10]}
+    assert rows["a"] == f"{'a':>8} {'withheld':>12}" and rows["b"] == f"{'b':>8} {'withheld':>12}"
+    assert rows["alpha"].split()[1:3] == ["0.34", "nan"]
+
+
+def test_to_dict_is_the_json_report():
+    import json
+
+    fit = _fit(
+        bootstrap=_boot_full(), at_bound={"E": False, "alpha": True}, vanished={"N": False, "D": False}
+    )
+    fit.status = fit.assess()
+    d = json.loads(json.dumps(fit.to_dict()))
+    assert {k: d[k] for k in LAW} == LAW
+    assert d["a"] == pytest.approx(fit.a) and d["b"] == pytest.approx(fit.b)
+    assert (d["objective"], d["converged"], d["n_points"]) == (0.0, True, 10)
+    assert d["status"] == fit.status.status and d["reasons"] == list(fit.status.reasons)
+    assert d["exponent_bounds"] == [0.0, 3.0] and d["at_bound"] == {"E": False, "alpha": True}
+    assert (
+        d["E_at_floor"] is False and d["E_upper95"] is None and d["term_vanished"] == {"N": False, "D": False}
+    )
+    assert d["se"] == pytest.approx(fit.se)
+    assert d["ci95"] == {k: pytest.approx(list(v)) for k, v in fit.conf_int().items()}
+    assert set(d["ci95"]) == {"E", "A", "B", "alpha", "beta", "a", "b"}
+    assert d["bootstrap"] == json.loads(json.dumps(fit.bootstrap.to_dict(fit.level)))
+    assert d["correlation"]["keys"] == ["ln_E", "ln_A", "ln_B", "alpha", "beta"]
+    np.testing.assert_allclose(d["correlation"]["matrix"], fit.correlation(), rtol=1e-12)
+    withheld = _fit(bootstrap=_boot_full(), vanished={"N": True})
+    withheld.status = withheld.assess()
+    w = withheld.to_dict()
+    assert w["a"] is None and w["b"] is None and w["ci95"]["a"] is None and w["ci95"]["alpha"] is not None
+    few = _fit(bootstrap=_boot_full(n=2)).to_dict()
+    assert few["correlation"]["matrix"] is None
+    assert "se" not in _fit().to_dict()
+
+
+def test_e_at_its_floor_is_refitted_at_zero_with_a_profile_bound():
+    """Losses of a law without E (E = 0): the fit sets E = 0 and bounds it from the profile."""
+    law = {"E": 0.0, "A": 40.0, "B": 300.0, "alpha": 0.35, "beta": 0.3}
+    n = np.logspace(6, 8, 16)
+    d = np.logspace(8, 10, 16)[np.random.default_rng(0).permutation(16)]
+    loss = P.parametric_loss(law, n, d)  # noise-free: the best E is 0
+    fit = P.fit_parametric(n, d, loss)
+    assert fit.e_at_floor and fit.params["E"] == 0.0 and fit.at_bound["E"]
+    assert 0 < fit.e_upper < loss.min()
+    es = [e for e, _ in fit.e_profile]
+    assert es == sorted(es) and es[0] == pytest.approx(1e-3 * loss.min()) and len(es) == 15
+    f0 = max(fit.objective, 1e-300)
+    stats = [0.0] + [16 * math.log(max(f, f0) / f0) for _, f in fit.e_profile]  # E = 0 first
+    es = [0.0, *es]
+    j = max(i for i, s in enumerate(stats) if s <= 2.706)  # the bound lies between E_j and E_j+1
+    assert es[j] <= fit.e_upper <= es[j + 1]
+    assert fit.params["alpha"] == pytest.approx(0.35, abs=0.03) and fit.params["beta"] == pytest.approx(
+        0.3, abs=0.03
+    )
+    assert any(r.startswith("E ran to its floor") for r in fit.status.reasons)
+
+
+def test_bootstrap_refits_are_reproducible_from_the_seed():
+    logs = _points(n_points=14, noise=0.003)
+    n, d, loss = (np.exp(x) for x in logs)
+    cfg = P.ParametricConfig(polish_ftol=None, polish_gtol=None, n_starts=2, n_varpro_starts=1,
+                             bootstrap_n_starts=1, bootstrap_n_varpro_starts=1)  # fmt: skip
+    a = P.fit_parametric(n, d, loss, cfg, n_bootstrap=4, seed=3)
+    b = P.fit_parametric(n, d, loss, cfg, n_bootstrap=4, seed=3)
+    assert a.bootstrap.n_requested == 4 and a.bootstrap.n_ok + a.bootstrap.n_failed == 4
+    for k, v in a.bootstrap.samples.items():
+        np.testing.assert_array_equal(v, b.bootstrap.samples[k])
+    ok = a.bootstrap.samples
+    np.testing.assert_allclose(ok["a"], ok["beta"] / (ok["alpha"] + ok["beta"]), rtol=1e-12)
+    np.testing.assert_allclose(ok["ln_E"], np.log(ok["E"]), rtol=1e-12)
+    assert {"alpha", "beta", "E", "N_term_vanished", "D_term_vanished"} <= set(a.bootstrap.at_bound)
+    one_size = P.bootstrap_parametric(a, np.full(14, 1e8), d, loss, 2, seed=0)  # one N: nothing to fit
+    assert one_size.n_failed == 2
