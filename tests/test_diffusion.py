@@ -485,3 +485,34 @@ def test_space_timesteps_with_a_list_of_section_counts_and_its_messages():
         space_timesteps(100, [0])
     with pytest.raises(ValueError, match=r"^timestep respacing 'ddim0' asks for 0 steps"):
         space_timesteps(100, "ddim0")
+
+
+def test_create_diffusion_defaults_and_refuses_other_types():
+    d = create_diffusion()
+    assert isinstance(d, GaussianDiffusion) and d.config == DiffusionConfig()
+    with pytest.raises(ValueError, match=r"^create_diffusion takes a DiffusionConfig, got int$"):
+        create_diffusion(5)
+
+
+@pytest.mark.parametrize("betas", [[0.5, 1.5], [0.0, 0.1], [-0.1, 0.2], [], [[0.1, 0.2]]])
+def test_custom_betas_outside_the_unit_interval_are_refused(betas):
+    with pytest.raises(ValueError, match=r"^betas must be a non-empty 1-D sequence of values in \(0, 1\]$"):
+        GaussianDiffusion(DiffusionConfig(learn_sigma=False), betas=np.asarray(betas))
+
+
+def test_a_single_step_diffusion_uses_beta_as_its_variance():
+    """T = 1: no posterior step exists, so both fixed variances fall back to beta_0."""
+    d = GaussianDiffusion(DiffusionConfig(learn_sigma=False), betas=np.array([0.3]))
+    t, x = torch.tensor([0]), torch.zeros(1, *SHAPE, dtype=torch.float64)
+    assert d.model_log_variance(None, t, x).item() == pytest.approx(math.log(0.3), rel=1e-12)
+    assert d.posterior_log_variance_clipped.tolist() == pytest.approx([math.log(0.3)])
+    assert d.alphas_cumprod_prev.tolist() == [1.0]
+
+
+def test_schedule_endpoints_reach_make_betas():
+    for name in ("linear", "quadratic"):
+        betas = make_betas(name, 1000, beta_start=2e-4, beta_end=0.01)
+        assert betas[0] == pytest.approx(2e-4, rel=1e-12) and betas[-1] == pytest.approx(0.01, rel=1e-12)
+    d = create_diffusion(DiffusionConfig(num_timesteps=4))
+    abar = np.cumprod(1 - np.linspace(0.025, 5.0, 4).clip(max=0.999))
+    np.testing.assert_allclose(d.alphas_cumprod_prev.numpy(), np.r_[1.0, abar[:-1]], rtol=1e-12)
