@@ -125,3 +125,20 @@ def test_global_rng_state_round_trip():
     got = (torch.rand(3), np.random.standard_normal(3), [random.random() for _ in range(3)])
     assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
     assert set(state) >= {"torch", "numpy", "python"} and state["numpy"]["kind"] == "MT19937"
+
+
+def test_schedule_edges_end_at_the_floor():
+    """One step after the warmup: cosine reaches the floor at once; a one-step cooldown ends there too."""
+    cos = OptimConfig(lr=1.0, warmup_steps=3, schedule="cosine", min_lr_ratio=0.1)
+    assert [lr_at(s, 5, cos) for s in (3, 4)] == pytest.approx([1.0, 0.1])
+    one = OptimConfig(
+        lr=1.0, schedule="constant_cooldown", cooldown_frac=0.05, min_lr_ratio=0.2
+    )  # ceil(0.5) = 1
+    assert [lr_at(s, 10, one) for s in range(10)] == pytest.approx([1.0] * 9 + [0.2])
+
+
+def test_unknown_schedule_names_the_field():
+    cfg = OptimConfig()
+    object.__setattr__(cfg, "schedule", "bogus")  # past OptimConfig's own check
+    with pytest.raises(ValueError, match=r"^optim.schedule: 'bogus' is unknown$"):
+        lr_at(0, 10, cfg)
