@@ -272,3 +272,57 @@ def test_to_dict_is_the_json_report_of_the_fit():
     failed = fit.bootstrap.n_failed
     assert f"{failed} failed ({100 * failed / 6:.0f}%: fewer than 3 usable budgets)" in fit.summary()
     assert fit.summary().count("\n") == len(fit.summary().splitlines()) - 1
+
+
+def test_censoring_edges():
+    def sl(c, ln_n, shift):
+        return _parabola_slice(c, ln_n=ln_n, shift=shift)
+
+    two = I.slice_sides(sl(1e19, (18.0, 19.0), -3.0))
+    assert [s.side for s in two] == ["below"]  # two sizes already have a side
+    # two budgets of two sizes each, the smallest winning at both: censored at the larger of the two edges
+    pair = I.slice_sides(pd.concat([sl(1e19, (18.0, 19.0), -3.0), sl(1e20, (18.5, 19.5), -3.0)]))
+    st = I.censoring(pair)
+    assert st.status == "censored" and st.reasons[0].startswith(
+        f"N_opt below {math.exp(18.5):.3g} parameters"
+    )
+    above = I.slice_sides(pd.concat([sl(1e19, (18.0, 19.0), 3.0), sl(1e20, (18.5, 19.5), 3.0)]))
+    assert I.censoring(above).reasons[0].startswith(f"N_opt above {math.exp(19.0):.3g} parameters")
+    # a slice with one size has no side and does not break the pattern of the others
+    single = sl(1e21, (18.0, 18.0), 0.0)
+    with_single = I.slice_sides(
+        pd.concat([sl(1e19, (18.0, 19.0), -3.0), sl(1e20, (18.5, 19.5), -3.0), single])
+    )
+    assert [s.side for s in with_single] == ["below", "below", "single"]
+    assert I.censoring(with_single).status == "censored"
+
+
+def test_unreadable_patch_sizes_and_continuous_groups_before_real_slices():
+    pts = _parabola_slice(1e20).assign(patch_size=["n/a", None, "n/a", None, "n/a"])
+    assert [math.isnan(p) for _, p, _ in I.iter_slices(pts)] == [True]
+    spread = pd.DataFrame({"C": 10 ** np.arange(17.0, 17.26, 0.05), "N": 1.0, "D": 1.0, "loss": 1.0})
+    pts = pd.concat([spread, _parabola_slice(1e20)])
+    assert [c for c, _, _ in I.iter_slices(pts)] == [1e20]  # the continuous group is skipped, not the end
+
+
+def test_d_opt_is_the_linear_fit_of_ln_d_in_ln_n_at_the_vertex():
+    g = _parabola_slice(1e20)
+    ln_n = np.log(g["N"].to_numpy())
+    g["D"] = g["D"] * np.exp(0.1 * (ln_n - 20.0) ** 2)  # measured D bends away from C / (6 N)
+    p = I._profile(g, 1e20, math.nan)
+    line = np.polyfit(ln_n, np.log(g["D"].to_numpy()), 1)
+    assert p.d_opt == pytest.approx(math.exp(np.polyval(line, math.log(p.n_opt))), rel=1e-10)
+
+
+def test_bootstrap_resamples_whole_runs_reproducibly():
+    """Each run contributes two points (checkpoints): resampling runs keeps both or neither."""
+    pts = _law_points()
+    pts = pd.concat([pts, pts.assign(loss=pts["loss"] + 1e-9)], ignore_index=True)  # a second point per run
+    a = I.fit_isoflop(pts, n_bootstrap=6, seed=2).bootstrap
+    b = I.fit_isoflop(pts, n_bootstrap=6, seed=2).bootstrap
+    assert a.unit == "groups" and a.n_requested == 6  # resampled by run_id
+    assert set(a.samples) == {"N_opt_exp", "D_opt_exp", "N_opt_A", "D_opt_A"}
+    for k in a.samples:
+        np.testing.assert_array_equal(a.samples[k], b.samples[k])
+    np.testing.assert_allclose(a.samples["D_opt_A"], 1 / 6e-3, rtol=1e-5)
+    assert I.fit_isoflop(pts).bootstrap is None
