@@ -473,7 +473,18 @@ def test_bootstrap_refits_are_reproducible_from_the_seed():
         np.testing.assert_array_equal(v, b.bootstrap.samples[k])
     ok = a.bootstrap.samples
     np.testing.assert_allclose(ok["a"], ok["beta"] / (ok["alpha"] + ok["beta"]), rtol=1e-12)
+    np.testing.assert_allclose(ok["b"], ok["alpha"] / (ok["alpha"] + ok["beta"]), rtol=1e-12)
     np.testing.assert_allclose(ok["ln_E"], np.log(ok["E"]), rtol=1e-12)
     assert {"alpha", "beta", "E", "N_term_vanished", "D_term_vanished"} <= set(a.bootstrap.at_bound)
     one_size = P.bootstrap_parametric(a, np.full(14, 1e8), d, loss, 2, seed=0)  # one N: nothing to fit
     assert one_size.n_failed == 2
+
+
+def test_assess_leaves_exponents_inside_their_bounds_alone():
+    fit = _fit(
+        params={**LAW, "beta": 2.5}, bootstrap=_boot(np.linspace(0.3, 0.4, 20), np.linspace(2.4, 2.6, 20))
+    )
+    assert fit.assess().reasons == [] and fit.allocation_identified
+    every = _fit(bootstrap=_boot_full(n=4, n_failed=4))  # half failed, every alpha refit at a bound
+    every.bootstrap.at_bound["alpha"] = np.ones(4)
+    assert "4 failed (50%, not in the intervals); at a bound: alpha 100% (kept)" in every.summary()
