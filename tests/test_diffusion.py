@@ -516,3 +516,17 @@ def test_schedule_endpoints_reach_make_betas():
     d = create_diffusion(DiffusionConfig(num_timesteps=4))
     abar = np.cumprod(1 - np.linspace(0.025, 5.0, 4).clip(max=0.999))
     np.testing.assert_allclose(d.alphas_cumprod_prev.numpy(), np.r_[1.0, abar[:-1]], rtol=1e-12)
+
+
+def test_diffusion_config_boundaries_and_field_names():
+    DiffusionConfig(beta_start=0.01, beta_end=0.01)  # equal endpoints: a constant schedule
+    DiffusionConfig(num_timesteps=1)
+    with pytest.raises(ValueError, match=r"^DiffusionConfig needs 0 < beta_start <= beta_end < 1, "):
+        DiffusionConfig(beta_end=1.0)
+    with pytest.raises(ValueError, match=r"^DiffusionConfig.num_timesteps must be >= 1, got 0$"):
+        DiffusionConfig(num_timesteps=0)
+    for field in ("timestep_sampling", "fixed_variance"):
+        with pytest.raises(
+            ValueError, match=rf"^DiffusionConfig.{field}='bogus' is unknown; valid choices: \["
+        ):
+            DiffusionConfig(**{field: "bogus"})
