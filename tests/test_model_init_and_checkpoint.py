@@ -120,3 +120,16 @@ def test_load_checkpoint_names_what_is_wrong(tmp_path):
     torch.save({"module.a.weight": torch.zeros(1), "module.step": 3}, path)
     with pytest.raises(ValueError, match=r"bad.pt: entry 'step' is a int, not a tensor$"):
         load_official_checkpoint(path)
+
+
+class _NotATensor:
+    """Any pickled object that is not plain data: weights_only loading must refuse to build it."""
+
+
+def test_load_checkpoint_refuses_arbitrary_pickled_objects(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _state(), "extra": _NotATensor()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_official_checkpoint(path)
