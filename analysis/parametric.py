@@ -432,7 +432,7 @@ def optimal_allocation(params: dict[str, float], compute, flops_per_param_datum:
 
     alpha = 0 gives N_opt = 0 and beta = 0 gives N_opt = inf (no optimum inside (0, inf)).
     """
-    alpha, beta = params["alpha"], params["beta"]
+    alpha, beta = np.float64(params["alpha"]), np.float64(params["beta"])  # numpy: 1/0 gives inf
     c = np.asarray(compute, float) / flops_per_param_datum
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         g = (alpha * params["A"] / (beta * params["B"])) ** (1.0 / (alpha + beta))

@@ -374,3 +374,159 @@ def test_timestep_dtype_mismatch_is_a_clear_error():
     flow = create_diffusion(DiffusionConfig(objective="flow"))
     with pytest.raises(ValueError, match=r"floats in \[0, 1\]"):
         flow.training_losses(ConstantModel(), x0, torch.tensor([1, 2]))
+
+
+# ---------------------------------------------------------------- schedule defaults, flow conversions
+
+
+def test_schedule_functions_default_to_the_published_constants():
+    """DDPM's beta_1 = 1e-4, beta_T = 0.02 (Ho et al. 2020) and the cosine offset s = 0.008 (Nichol &
+    Dhariwal 2021), when the schedule functions are called without them."""
+    from dit_core.diffusion.schedules import cosine_alpha_bar, linear_betas, quadratic_betas
+
+    for betas in (linear_betas(1000), quadratic_betas(1000)):
+        assert betas[0] == pytest.approx(1e-4, rel=1e-12) and betas[-1] == pytest.approx(0.02, rel=1e-12)
+    quad = quadratic_betas(500)  # endpoints scale by 1000 / T
+    assert quad[0] == pytest.approx(2e-4, rel=1e-12) and quad[-1] == pytest.approx(0.04, rel=1e-12)
+    t = np.array([0.0, 0.5, 1.0])
+    want = np.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    np.testing.assert_allclose(cosine_alpha_bar(t), want, rtol=1e-12)
+
+
+def test_flow_velocity_converts_back_to_data_and_noise():
+    """x_t = (1 - t) x0 + t n with v = n - x0: x0 = x_t - t v and n = x_t + (1 - t) v."""
+    fm = create_diffusion(DiffusionConfig(objective="flow"))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, *SHAPE, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+    x0_hat, noise_hat = fm.predict_x0_eps(noise - x0, x_t, t)
+    torch.testing.assert_close(x0_hat, x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(noise_hat, noise, rtol=1e-12, atol=1e-12)
+    out = torch.zeros_like(x0)
+    losses = fm.losses_from_output(out, x0, x_t, t, noise)
+    want = ((noise - x0) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(losses["mse"].double(), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(losses["loss"], losses["mse"], rtol=0, atol=0)
+
+
+def test_flow_refuses_other_objectives_with_a_message():
+    with pytest.raises(ValueError, match=r"^FlowMatching needs objective='flow', got 'eps'$"):
+        FlowMatching(DiffusionConfig(objective="eps"))
+
+
+@pytest.mark.parametrize("objective", ["eps", "flow"])
+def test_timesteps_are_reproducible_from_the_generator_and_flow_times_are_float64(objective):
+    d = create_diffusion(DiffusionConfig(objective=objective))
+    draw = lambda seed: d.sample_timesteps(2000, "cpu", torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(draw(3), draw(3), rtol=0, atol=0)
+    assert not torch.equal(draw(3), draw(4))
+    if objective == "flow":  # "float64-precise floats in [0, 1]": most are not float32 numbers
+        t = draw(3)
+        assert t.dtype == torch.float64
+        assert (t.float().double() != t).float().mean().item() > 0.9
+
+
+def test_logit_normal_step_indices_stay_in_range_at_the_extremes():
+    """A wide logit-normal puts sigmoid(.) at exactly 0 or 1 in float64: floor(s T) must stay in [0, T)."""
+    cfg = DiffusionConfig(timestep_sampling="logit_normal", logit_normal_mean=0.0, logit_normal_std=10.0)
+    d = create_diffusion(cfg)
+    u = torch.tensor([0.0, 1e-300, 0.5, 1.0 - 1e-16, 1.0], dtype=torch.float64)
+    t = d.timesteps_from_uniform(u)
+    assert t.tolist() == [0, 0, 500, 999, 999]
+
+
+def test_timesteps_without_a_generator_use_the_global_rng():
+    d = create_diffusion(DiffusionConfig(num_timesteps=10))
+    torch.manual_seed(0)
+    a = d.sample_timesteps(500, "cpu")
+    torch.manual_seed(0)
+    assert torch.equal(a, d.sample_timesteps(500, "cpu")) and a.dtype == torch.long
+    assert sorted(a.unique().tolist()) == list(range(10))
+
+
+def test_fixed_small_variance_is_the_posterior_variance():
+    """DDPM's fixed variances: "small" = beta~_t (log clipped at t = 0), "large" = beta_t (t = 0: beta~_1)."""
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1 - betas)
+    post = betas[1:] * (1 - abar[:-1]) / (1 - abar[1:])  # beta~_t for t >= 1
+    t = torch.tensor([0, 1, 500, 999])
+    x = torch.zeros(4, *SHAPE, dtype=torch.float64)
+    small = create_diffusion(DiffusionConfig(learn_sigma=False, fixed_variance="small"))
+    large = create_diffusion(DiffusionConfig(learn_sigma=False, fixed_variance="large"))
+    want_small = np.log(np.r_[post[0], post[0], post[499], post[998]])
+    want_large = np.log(np.r_[post[0], betas[1], betas[500], betas[999]])
+    np.testing.assert_allclose(small.model_log_variance(None, t, x).flatten().numpy(), want_small, rtol=1e-10)
+    np.testing.assert_allclose(large.model_log_variance(None, t, x).flatten().numpy(), want_large, rtol=1e-10)
+
+
+def test_output_shape_error_names_the_expected_shape():
+    d = create_diffusion(DiffusionConfig(learn_sigma=True))
+
+    class Wrong(nn.Module):
+        def forward(self, x, t, y=None):
+            return torch.zeros(x.shape[0], x.shape[1], *x.shape[2:])
+
+    with pytest.raises(
+        ValueError, match=r"has shape \(2, 3, 4, 5\) but this diffusion expects \(2, 6, 4, 5\) "
+    ):
+        d.training_losses(Wrong(), torch.zeros(2, 3, 4, 5), torch.tensor([1, 2]))
+
+
+def test_space_timesteps_with_a_list_of_section_counts_and_its_messages():
+    assert space_timesteps(100, [2, 3]) == space_timesteps(100, "2,3")
+    kept = space_timesteps(100, (2, 3))
+    assert len(kept) == 5 and kept[0] == 0 and kept[-1] == 99 and max(k for k in kept if k < 50) == 49
+    with pytest.raises(
+        ValueError, match=r"^section_counts is empty; give e.g. '250', 'ddim50' or '10,15,20'$"
+    ):
+        space_timesteps(100, [])
+    with pytest.raises(ValueError, match=r"^timestep respacing \[0\] asks for 0 steps"):
+        space_timesteps(100, [0])
+    with pytest.raises(ValueError, match=r"^timestep respacing 'ddim0' asks for 0 steps"):
+        space_timesteps(100, "ddim0")
+
+
+def test_create_diffusion_defaults_and_refuses_other_types():
+    d = create_diffusion()
+    assert isinstance(d, GaussianDiffusion) and d.config == DiffusionConfig()
+    with pytest.raises(ValueError, match=r"^create_diffusion takes a DiffusionConfig, got int$"):
+        create_diffusion(5)
+
+
+@pytest.mark.parametrize("betas", [[0.5, 1.5], [0.0, 0.1], [-0.1, 0.2], [], [[0.1, 0.2]]])
+def test_custom_betas_outside_the_unit_interval_are_refused(betas):
+    with pytest.raises(ValueError, match=r"^betas must be a non-empty 1-D sequence of values in \(0, 1\]$"):
+        GaussianDiffusion(DiffusionConfig(learn_sigma=False), betas=np.asarray(betas))
+
+
+def test_a_single_step_diffusion_uses_beta_as_its_variance():
+    """T = 1: no posterior step exists, so both fixed variances fall back to beta_0."""
+    d = GaussianDiffusion(DiffusionConfig(learn_sigma=False), betas=np.array([0.3]))
+    t, x = torch.tensor([0]), torch.zeros(1, *SHAPE, dtype=torch.float64)
+    assert d.model_log_variance(None, t, x).item() == pytest.approx(math.log(0.3), rel=1e-12)
+    assert d.posterior_log_variance_clipped.tolist() == pytest.approx([math.log(0.3)])
+    assert d.alphas_cumprod_prev.tolist() == [1.0]
+
+
+def test_schedule_endpoints_reach_make_betas():
+    for name in ("linear", "quadratic"):
+        betas = make_betas(name, 1000, beta_start=2e-4, beta_end=0.01)
+        assert betas[0] == pytest.approx(2e-4, rel=1e-12) and betas[-1] == pytest.approx(0.01, rel=1e-12)
+    d = create_diffusion(DiffusionConfig(num_timesteps=4))
+    abar = np.cumprod(1 - np.linspace(0.025, 5.0, 4).clip(max=0.999))
+    np.testing.assert_allclose(d.alphas_cumprod_prev.numpy(), np.r_[1.0, abar[:-1]], rtol=1e-12)
+
+
+def test_diffusion_config_boundaries_and_field_names():
+    DiffusionConfig(beta_start=0.01, beta_end=0.01)  # equal endpoints: a constant schedule
+    DiffusionConfig(num_timesteps=1)
+    with pytest.raises(ValueError, match=r"^DiffusionConfig needs 0 < beta_start <= beta_end < 1, "):
+        DiffusionConfig(beta_end=1.0)
+    with pytest.raises(ValueError, match=r"^DiffusionConfig.num_timesteps must be >= 1, got 0$"):
+        DiffusionConfig(num_timesteps=0)
+    for field in ("timestep_sampling", "fixed_variance"):
+        with pytest.raises(
+            ValueError, match=rf"^DiffusionConfig.{field}='bogus' is unknown; valid choices: \["
+        ):
+            DiffusionConfig(**{field: "bogus"})

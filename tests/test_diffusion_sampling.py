@@ -236,3 +236,106 @@ def test_sample_restores_training_flag_and_shows_progress(capsys):
     assert oracle.training and x.shape == (3, *SHAPE) and not x.requires_grad
     assert "4/4" in capsys.readouterr().err
     assert math.isfinite(x.sum().item())
+
+
+@pytest.mark.parametrize(
+    "objective, call, sampler, label",
+    [
+        ("eps", "sample", "ddim", "ddim"),
+        ("eps", "invert", "ddim", "ddim-invert"),
+        ("flow", "sample", "euler", "euler"),
+        ("flow", "invert", "heun", "heun-invert"),
+    ],
+)
+def test_progress_bar_is_labelled_and_off_by_default(capsys, objective, call, sampler, label):
+    """progress=True draws one bar named after the sampler (and "-invert"); the default draws nothing."""
+    d, oracle = diffusion_and_oracle(objective)
+    x = torch.zeros(2, *SHAPE)
+    y = torch.zeros(2, dtype=torch.long)
+    run = (
+        (lambda **kw: sample(oracle, d, x.shape, y, noise=x, **kw))
+        if call == "sample"
+        else (lambda **kw: invert(oracle, d, x, y, **kw))
+    )
+    run(sampler=sampler, steps=3)
+    assert capsys.readouterr().err == ""
+    run(sampler=sampler, steps=3, progress=True)
+    err = capsys.readouterr().err
+    assert f"{label}:" in err and "3/3" in err
+
+
+class ZeroVelocity(torch.nn.Module):
+    """v = 0: x0_hat = eps_hat = x, so every flow step is x' = a' x + sqrt(s'^2 - sigma^2) x + sigma z."""
+
+    num_classes = 4
+
+    def forward(self, x, t, y):
+        return torch.zeros_like(x)
+
+
+def test_flow_ddpm_is_the_ancestral_step_with_its_closed_form_variance():
+    """Two steps 1 -> 0.5 -> 0 from x = 0: the first adds sigma z with sigma = (s'/s) sqrt(s^2 -
+    (a/a')^2 s'^2) = 0.5 (eta = 1), the second is deterministic (s' = 0). So the samples are 0.5 z:
+    variance 0.25 for "ddpm", 0 for the deterministic samplers; a seeded generator repeats them."""
+    d = create_diffusion(DiffusionConfig(objective="flow"))
+    shape = (4000, *SHAPE)
+    zeros = torch.zeros(shape)
+    kw = dict(steps=2, noise=zeros, y=None)
+    out = sample(ZeroVelocity(), d, shape, sampler="ddpm", generator=torch.Generator().manual_seed(0), **kw)
+    var = out.double().var().item()
+    n = out.numel()
+    assert var == pytest.approx(0.25, abs=5 * 0.25 * math.sqrt(2 / n))
+    assert out.double().mean().item() == pytest.approx(0.0, abs=5 * 0.5 / math.sqrt(n))
+    again = sample(ZeroVelocity(), d, shape, sampler="ddpm", generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    for sampler in ("ddim", "euler", "heun"):
+        det = sample(ZeroVelocity(), d, shape, sampler=sampler, **kw)
+        assert det.abs().max().item() == 0.0
+
+
+class LinearEps(torch.nn.Module):
+    """eps_hat(x, t) = 0.5 x + t / 1000, with t the trained step index the model receives."""
+
+    num_classes = 4
+
+    def forward(self, x, t, y):
+        return 0.5 * x + t.view(-1, 1, 1, 1).to(x.dtype) / 1000
+
+
+def test_two_step_explicit_ddim_inversion_is_the_closed_form():
+    """steps = 2 keeps trained steps (0, 999). Without refinement the inversion is x1 = a0 x + s0 e(x, 0)
+    (from clean data x0_hat = x), then x2 = a1 x0_1 + s1 e1 with e1 = e(x1, 0), x0_1 = (x1 - s0 e1) / a0
+    (the model evaluated at the less noisy level)."""
+    d = create_diffusion(DiffusionConfig(learn_sigma=False))
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    (a0, s0), (a1, s1) = [(math.sqrt(abar[i]), math.sqrt(1 - abar[i])) for i in (0, 999)]
+    x = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(2, 1, 2, 2)
+    z = invert(LinearEps(), d, x.float(), None, sampler="ddim", steps=2).double()
+    xn = x.numpy()
+    x1 = a0 * xn + s0 * (0.5 * xn)
+    e1 = 0.5 * x1
+    want = a1 * (x1 - s0 * e1) / a0 + s1 * e1
+    np.testing.assert_allclose(z.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_flow_time_grid_is_uniform_in_float64():
+    from dit_core.diffusion.samplers import _time_grid
+
+    assert _time_grid(3) == pytest.approx([1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0], rel=1e-15, abs=0)
+
+
+def test_ddim_noise_at_eta_one_is_the_ddpm_posterior_std():
+    """x' = a' x0 + sqrt(s'^2 - sigma^2) eps + sigma z, sigma^2 = (1 - abar') / (1 - abar) (1 - abar / abar')
+    at eta = 1 (DDIM paper eq. 16), and eta scales sigma."""
+    from dit_core.diffusion.samplers import ddim_step
+
+    abar, abar_n = 0.3, 0.6
+    cur, nxt = (math.sqrt(abar), math.sqrt(1 - abar)), (math.sqrt(abar_n), math.sqrt(1 - abar_n))
+    sigma = math.sqrt((1 - abar_n) / (1 - abar) * (1 - abar / abar_n))
+    zeros = torch.zeros(20_000, dtype=torch.float64)
+    for eta in (1.0, 0.5):
+        out = ddim_step(zeros, zeros, cur, nxt, eta=eta, generator=torch.Generator().manual_seed(0))
+        assert out.std().item() == pytest.approx(eta * sigma, rel=0.03)
+    ones = torch.ones(3, dtype=torch.float64)  # the deterministic part
+    det = ddim_step(ones, 2 * ones, cur, nxt, eta=0.0)
+    torch.testing.assert_close(det, (nxt[0] + 2 * nxt[1]) * ones)

@@ -129,3 +129,29 @@ def test_bad_input(kwargs, match):
     x0, y = gaussian_data(4)
     with pytest.raises(ValueError, match=match):
         validation_loss(d, make_oracle(d), x0, y, **kwargs)
+
+
+def test_empty_validation_set_is_refused_and_one_example_is_enough():
+    d = create_diffusion(DiffusionConfig(learn_sigma=False))
+    x0 = torch.zeros(0, *SHAPE)
+    with pytest.raises(ValueError, match="^validation_loss needs at least one example$"):
+        validation_loss(d, ZeroModel(), x0, None)
+    # one example of zeros against the zero model: the eps loss is |eps|^2 / D at one timestep, finite
+    one = validation_loss(d, ZeroModel(), torch.zeros(1, *SHAPE), None)
+    assert math.isfinite(one) and one > 0
+
+
+def test_per_example_draws_default_to_stratified_and_are_reproducible():
+    from dit_core.diffusion.validation import example_noise, example_uniforms
+
+    idx = torch.arange(6)
+    assert torch.equal(example_uniforms(3, idx), example_uniforms(3, idx, "stratified"))
+    rand = example_uniforms(3, idx, "random")
+    assert torch.equal(rand, example_uniforms(3, idx, "random")) and not torch.equal(
+        rand, example_uniforms(4, idx, "random")
+    )
+    assert torch.equal(rand[2:4], example_uniforms(3, torch.tensor([2, 3]), "random"))  # per example
+    assert example_noise(3, torch.tensor([], dtype=torch.long), (1, 2, 2)).shape == (0, 1, 2, 2)
+    # stratified: a golden-ratio sequence, so consecutive examples differ by the golden ratio (mod 1)
+    u = example_uniforms(3, idx).numpy()
+    np.testing.assert_allclose(np.mod(np.diff(u), 1.0), (math.sqrt(5) - 1) / 2, rtol=1e-12)

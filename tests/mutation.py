@@ -1,0 +1,203 @@
+"""Mutation testing, one module at a time, each with its own narrow test selection.
+
+    python tests/mutation.py dit_core/diffusion/gaussian.py [--max-children 2]
+    python tests/mutation.py --list
+
+mutmut reads its settings only from `[tool.mutmut]` in the working directory's pyproject.toml.
+So this script copies the sources and tests into a scratch folder (default
+/tmp/ditscale-mutation/<module>), rewrites the section there for the one module and its tests,
+and runs `mutmut run` in it. The committed section (blocks.py and models.py) is left as it is.
+A rerun reuses the scratch folder's results. `mutmut results` / `mutmut show NAME` work in that
+folder. docs/testing.md ("Mutation testing") has the scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# module -> the tests that exercise it (fast ones only; slow trainer runs are left out).
+SELECTIONS: dict[str, list[str]] = {
+    "dit_core/blocks.py": [
+        "tests/test_blocks_reference.py",
+        "tests/test_model_input_checks.py",
+        "tests/test_model_properties.py",
+        "tests/test_models.py",
+        "tests/test_dit_parity.py",
+        "tests/test_training_truth.py",
+    ],
+    "dit_core/models.py": [
+        "tests/test_blocks_reference.py",
+        "tests/test_model_input_checks.py",
+        "tests/test_model_properties.py",
+        "tests/test_models.py",
+        "tests/test_dit_parity.py",
+        "tests/test_training_truth.py",
+        "tests/test_model_init_and_checkpoint.py",
+    ],
+    # one run for the whole package (one stats collection); scores are split per file afterwards
+    "dit_core/diffusion/*.py": [
+        "tests/test_diffusion.py",
+        "tests/test_diffusion_analytic.py",
+        "tests/test_diffusion_sampling.py",
+        "tests/test_diffusion_validation.py",
+        "tests/test_clip_denoised.py",
+        "tests/test_diffusion_dit.py",
+    ],
+    # the fast tests: the Chinchilla refit (27 s), the CLI subprocesses and the pipeline runs are left out
+    # (-k matches substrings: no other test name may contain "cli")
+    "analysis/parametric.py": [
+        "tests/test_parametric_closed_forms.py",
+        "tests/test_analysis.py",
+        "-k",
+        "not cli and not chinchilla_refit and not bootstrap_se and not averaged_huber"
+        " and not analyze_predict",
+    ],
+    # the pure parts of the trainer; loop.py & co. need real training runs (too slow per mutant)
+    "dit_core/trainer/lr_schedule.py": ["tests/test_trainer_units.py"],
+    "dit_core/trainer/rng.py": ["tests/test_trainer_units.py"],
+    "analysis/isoflop.py": [
+        "tests/test_isoflop_closed_forms.py",
+        "tests/test_analysis.py",
+        "-k",
+        "not cli and not chinchilla and not averaged_huber and not analyze_predict",
+    ],
+}
+
+SOURCES = ["dit_core", "analysis", "sweeps", "tests", "pyproject.toml"]
+
+
+def _section(module: str, tests: list[str]) -> str:
+    quoted = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"
+    return (
+        "[tool.mutmut]\n"
+        'source_paths = ["dit_core/", "analysis/", "sweeps/"]\n'
+        f"only_mutate = {quoted([module])}\n"
+        f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
+        'process_isolation = "forkserver"\n\n'
+    )
+
+
+def prepare(module: str, work: Path) -> None:
+    """Copy the tree into `work` and point its [tool.mutmut] at `module` and its tests."""
+    work.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants")
+    for name in SOURCES:
+        src, dst = REPO / name, work / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dst)
+    toml = (work / "pyproject.toml").read_text()
+    tests = [t for t in SELECTIONS[module] if not t.startswith("tests/") or (REPO / t).exists()]
+    toml, n = re.subn(r"\[tool\.mutmut\].*?(?=^\[)", _section(module, tests), toml, flags=re.S | re.M)
+    if n != 1:
+        raise SystemExit("error: pyproject.toml: no [tool.mutmut] section to replace")
+    (work / "pyproject.toml").write_text(toml)
+
+
+def _statuses(work: Path) -> dict[str, str]:
+    """mutant name -> "killed", "survived", "not checked", ... from `mutmut results --all true`."""
+    mutmut = Path(sys.executable).with_name("mutmut")
+    out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=work, capture_output=True, text=True)
+    pairs = (line.strip().rpartition(": ") for line in out.stdout.splitlines())
+    return {name: status for name, _, status in pairs if "__mutmut_" in name}
+
+
+def _module_of(name: str) -> str:
+    return name.split(".x")[0]  # e.g. dit_core.diffusion.gaussian
+
+
+def _sample(work: Path, k: int, seed: int) -> list[str]:
+    """A uniform random sample of k mutants per source file (all of them when it has fewer)."""
+    by_module: dict[str, list[str]] = {}
+    for name in sorted(_statuses(work)):
+        by_module.setdefault(_module_of(name), []).append(name)
+    rng = random.Random(seed)
+    return [n for names in by_module.values() for n in rng.sample(names, min(k, len(names)))]
+
+
+def report(work: Path, only: list[str] | None = None) -> str:
+    """Per source file: mutants, killed, survived, other outcomes, and the score killed / tested
+    (over the sample `only` when given)."""
+    statuses = _statuses(work)
+    counts: dict[str, Counter] = {}
+    for name, status in statuses.items():
+        if only is None or name in only:
+            counts.setdefault(_module_of(name), Counter())[status] += 1
+    lines = []
+    for module, c in sorted(counts.items()):
+        tested = c["killed"] + c["survived"] + c["timeout"]
+        score = (c["killed"] + c["timeout"]) / tested if tested else float("nan")
+        rest = ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k not in ("killed", "survived"))
+        lines.append(
+            f"{module}: {sum(c.values())} mutants, {c['killed']} killed, {c['survived']} survived"
+            f"{', ' + rest if rest else ''}; score {100 * score:.1f}% of the tested"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("module", nargs="?", help="a key of SELECTIONS, e.g. dit_core/diffusion/gaussian.py")
+    p.add_argument("--max-children", type=int, default=1)
+    p.add_argument(
+        "--work", type=Path, default=None, help="scratch folder (default /tmp/ditscale-mutation/...)"
+    )
+    p.add_argument("--list", action="store_true", help="print the modules and their tests")
+    p.add_argument("--report", action="store_true", help="only print per-file counts of the last run")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        help="test a uniform random sample of this many mutants per file (seed --seed), not all of them",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rerun-survivors", action="store_true", help="with --sample: test its survivors again")
+    p.add_argument("mutants", nargs="*", help="mutant names or globs to run (default: all)")
+    args = p.parse_intermixed_args(argv)
+    if args.list or not args.module:
+        for module, tests in SELECTIONS.items():
+            print(module, " ".join(tests))
+        return 0
+    if args.module not in SELECTIONS:
+        p.error(f"module {args.module!r} has no test selection; choose from: {', '.join(SELECTIONS)}")
+    work = args.work or Path("/tmp/ditscale-mutation") / args.module.replace("/", "_").replace(
+        "*", "all"
+    ).removesuffix(".py")
+    if args.report:
+        print(report(work, _sample(work, args.sample, args.seed) if args.sample else None))
+        return 0
+    prepare(args.module, work)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    mutmut = Path(sys.executable).with_name("mutmut")
+    names = list(args.mutants)
+    if args.sample:
+        if not (work / "mutants").exists():  # first generate the mutants (and the stats) without running them
+            subprocess.call(
+                [str(mutmut), "run", "--max-children", "1", "nothing-matches-this"], cwd=work, env=env
+            )
+        status = _statuses(work)
+        redo = ("not checked", "survived", "no tests") if args.rerun_survivors else ("not checked",)
+        names += [n for n in _sample(work, args.sample, args.seed) if status[n] in redo]
+        if not names:
+            print(report(work, _sample(work, args.sample, args.seed)))
+            return 0
+    cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *names]
+    rc = subprocess.call(cmd, cwd=work, env=env)
+    print(f"scratch folder: {work} (run `mutmut results` / `mutmut show NAME` there)")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
