@@ -216,6 +216,12 @@ class EvalConfig:
         coerce_fields(self)
         names = ("val_every", "val_examples", "eval_every", "num_samples", "steps", "batch_size")
         check_fields(self, "eval.", dict.fromkeys((*names, "grid_images"), ">= 0"))
+        require(
+            self.eval_every == 0 or self.num_samples >= 2,
+            "eval.num_samples",
+            f"must be >= 2 when eval.eval_every > 0 (FID fits a covariance), got {self.num_samples}; "
+            "set eval.eval_every=0 to turn sample metrics off",
+        )
 
 
 @dataclass

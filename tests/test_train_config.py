@@ -12,6 +12,7 @@ from _train_helpers import tiny_config
 from dit_core.config import (
     BudgetConfig,
     ConfigError,
+    EvalConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
@@ -71,6 +72,16 @@ def test_bad_values_name_the_field():
     # strings from YAML/MLflow are parsed by type
     cfg = TrainConfig().replace(**{"optim.lr": "3e-4", "budget.max_steps": "1e3", "compile": "true"})
     assert (cfg.optim.lr, cfg.budget.max_steps, cfg.compile) == (3e-4, 1000, True)
+
+
+def test_sample_metrics_need_two_samples_before_training_starts():
+    # found when a sweep with eval.num_samples=0 trained every cell, then failed in its final FID
+    with pytest.raises(ConfigError, match=r"eval.num_samples: must be >= 2 when eval.eval_every > 0"):
+        EvalConfig(eval_every=100, num_samples=0)
+    with pytest.raises(ConfigError, match="set eval.eval_every=0 to turn sample metrics off"):
+        EvalConfig(eval_every=1, num_samples=1)
+    assert EvalConfig(eval_every=0, num_samples=0).num_samples == 0  # no sample metrics: nothing to fit
+    assert EvalConfig(eval_every=1, num_samples=2).num_samples == 2
 
 
 def test_budget_steps_closed_form():
