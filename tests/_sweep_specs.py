@@ -3,6 +3,7 @@ MLflow runs of a sweep by grid cell."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.families import Scale
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
-from sweeps.runner import sweep_dir
+from sweeps.runner import launch, sweep_dir
 from sweeps.state import read_states
 
 
@@ -99,3 +100,14 @@ def step_of(progress: Path) -> int:
     """The step a fake-trainer cell has reached, from its progress file (0 before the first)."""
     text = progress.read_text() if progress.exists() else ""
     return int(text) if text.strip() else 0
+
+
+def launch_until_step(spec: SweepSpec, progress: Path, step: int = 5) -> tuple[threading.Thread, dict, Path]:
+    """Launch one-cell ``spec`` in a thread (the result lands in ``box["r"]``) and return once its
+    fake trainer has reached ``step``: (thread, box, the cell's run folder, which holds its ``pid``)."""
+    (cell,) = expand(spec)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.3)))
+    t.start()
+    wait_for(lambda: step_of(progress) >= step, "progress")
+    return t, box, sweep_dir(spec) / "cells" / cell.cell_id

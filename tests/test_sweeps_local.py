@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, step_of, wait_for
+from _sweep_specs import fake_trainer_spec, launch_until_step, runs_by_cell, states_of, step_of, wait_for
 from mlflow.tracking import MlflowClient
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
@@ -144,11 +144,7 @@ def test_sigkilled_job_is_interrupted_and_resumes_into_its_own_run(job_env, tmp_
         families=["S"], budgets=[1e10]
     )
     (cell,) = expand(spec)
-    box = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.3)))
-    t.start()
-    wait_for(lambda: step_of(progress) >= 5, "progress")
-    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    t, box, run_dir = launch_until_step(spec, progress)
     os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)  # no handler, no checkpoint-on-exit
     t.join(60)
     assert cell.cell_id in box["r"].errors  # the job died without a result

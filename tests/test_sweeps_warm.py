@@ -11,11 +11,18 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import threading
 from pathlib import Path
 
 import pytest
-from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, step_of, tiny_real_spec, wait_for
+from _sweep_specs import (
+    fake_trainer_spec,
+    launch_until_step,
+    runs_by_cell,
+    states_of,
+    step_of,
+    tiny_real_spec,
+    wait_for,
+)
 from mlflow.tracking import MlflowClient
 
 from sweeps.executor import warm_unsupported
@@ -131,11 +138,7 @@ def test_sigkilled_warm_child_is_interrupted_and_resumes_into_its_own_run(job_en
         families=["S"], budgets=[1e10]
     )
     (cell,) = expand(spec)
-    box = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.3)))
-    t.start()
-    wait_for(lambda: step_of(progress) >= 5, "progress")
-    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    t, box, run_dir = launch_until_step(spec, progress)
     pid = int((run_dir / "pid").read_text())
     os.kill(pid, signal.SIGKILL)
     t.join(60)
@@ -163,11 +166,7 @@ def test_usr2_requeues_the_warm_child_which_resumes_to_the_same_result(job_env, 
         families=["S"], budgets=[1e10]
     )
     (cell,) = expand(spec)
-    box = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.3)))
-    t.start()
-    wait_for(lambda: step_of(progress) >= 5, "progress")
-    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    t, box, run_dir = launch_until_step(spec, progress)
     first_pid = int((run_dir / "pid").read_text())
     os.kill(first_pid, signal.SIGUSR2)  # as SLURM (or the warm worker's time limit) does
     t.join(90)
