@@ -47,6 +47,7 @@ class Scale:
     width_div: int = 1
     depth_div: int = 1
     head_dim: int | None = None
+    round_width: bool = False
 
     def __post_init__(self) -> None:
         for f in ("width_div", "depth_div"):
@@ -58,23 +59,32 @@ class Scale:
             raise ValueError(
                 f"scale.head_dim must be a positive integer or null (keep the head counts), got {h!r}"
             )
+        if self.round_width and h is None:
+            raise ValueError("scale.round_width rounds widths to a multiple of scale.head_dim: set scale.head_dim too")
 
     @property
     def is_identity(self) -> bool:
         return self.width_div == 1 and self.depth_div == 1 and self.head_dim is None
 
+    def scaled_width(self, width: int) -> float:
+        """``width / width_div``, rounded to a multiple of ``head_dim`` when ``round_width``."""
+        if self.round_width and width % self.width_div:
+            return max(1, round(width / self.width_div / self.head_dim)) * self.head_dim
+        return width / self.width_div
+
     def apply(self, shape: ModelShape) -> ModelShape:
         """The scaled shape; errors if a factor does not divide the family's depth/width evenly."""
         for size, div, what in (
-            (shape.hidden_size, self.width_div, "hidden_size"),
+            (shape.hidden_size, 1 if self.round_width else self.width_div, "hidden_size"),
             (shape.depth, self.depth_div, "depth"),
         ):
             if size % div:
                 raise ValueError(
                     f"scale: {what} {size} of DiT-{shape.name} is not divisible by {div}; "
                     "pick factors that divide all family sizes (width_div 1,2,4,...,128; depth_div 1,2,4)"
+                    + (", or set scale.round_width with scale.head_dim" if what == "hidden_size" else "")
                 )
-        width = shape.hidden_size // self.width_div
+        width = int(self.scaled_width(shape.hidden_size))
         if self.head_dim is None:
             if width % shape.num_heads:
                 raise ValueError(

@@ -82,3 +82,22 @@ def test_every_demo_cell_is_a_finished_cosine_run_the_analysis_keeps():
         o = cell_overrides(demo, c, Path("/tmp/x"), "sqlite:///x.db")
         assert o["optim.schedule"] == "cosine" and float(o["optim.min_lr_ratio"]) > 0
         assert int(o["eval.val_every"]) == c.steps  # one validation point, at the last step
+
+
+def test_round_width_opens_factors_between_powers_of_two():
+    """width / 48 does not divide L's 1024: with round_width it becomes the nearest multiple of the
+    head dim (1024 / 48 = 21.3 -> 20), the others are exact (8, 16, 24); depths / 4 as before."""
+    scale = Scale(width_div=48, depth_div=4, head_dim=4, round_width=True)
+    got = {f: family_shape(f, scale) for f in ("S", "B", "L", "XL")}
+    assert [(s.depth, s.hidden_size, s.num_heads) for s in got.values()] == [
+        (3, 8, 2),
+        (3, 16, 4),
+        (6, 20, 5),
+        (7, 24, 6),
+    ]
+    for f, s in got.items():  # within half a head of the exact scaled width
+        assert abs(s.hidden_size - FAMILIES[f].hidden_size / 48) <= 2
+    with pytest.raises(ValueError, match="round_width"):
+        family_shape("L", Scale(width_div=48, depth_div=4, head_dim=4))
+    with pytest.raises(ValueError, match="set scale.head_dim"):
+        Scale(width_div=48, round_width=True)
