@@ -85,11 +85,11 @@ def test_trainer_step_matches_a_plain_adamw_loop_with_closed_form_ema(tmp_path):
     moved = 0.0
     for (name, p), q in zip(tr.model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
-        moved = max(moved, float((p - q).abs().max()))
+        moved = max(moved, float((p - q).detach().abs().max()))
     for (name, p), e in zip(tr.ema.model.named_parameters(), ema):
         torch.testing.assert_close(p.double(), e, rtol=1e-4, atol=1e-6, msg=name)
     # training moved the weights far more than the two paths differ, so the comparison has teeth
-    delta = max(float((p - q).abs().max()) for p, q in zip(tr.model.parameters(), initial))
+    delta = max(float((p.detach() - q).abs().max()) for p, q in zip(tr.model.parameters(), initial))
     assert delta > 100 * max(moved, 1e-7), (delta, moved)
 
 
