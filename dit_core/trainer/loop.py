@@ -38,6 +38,7 @@ from .resolve import resolve_config
 from .resume import check_resumable, find_checkpoint
 from .rng import StepRandom, get_rng_state, set_rng_state
 from .signals import PreemptionGuard
+from .update import update_ops
 from .validation import Validator
 
 log = logging.getLogger("dit_core.train")
@@ -163,6 +164,8 @@ class Trainer:
         if self.amp_dtype is not None:
             _autocast_forward(self.model, self.device.type, self.amp_dtype)
         self.train_model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        #: backward, clipping, step, zero_grad: plain calls on one process (`dit_core.trainer.update`)
+        self.update = update_ops(acc, self.optimizer, self.model, scaler=self.scaler)
         self.train_model = compile_for_training(
             self.train_model, cfg.compile, device=self.device, train_flops=self.total * self.batch * self.fpi
         )
@@ -305,17 +308,18 @@ class Trainer:
             group["lr"] = lr
         kwargs = {"y": y} if drop is None else {"y": y, "force_drop_ids": drop}
         loss = self.diffusion.training_losses(self.train_model, x, t, kwargs, noise=noise)["loss"].mean()
-        self.acc.backward(self.scaler.scale(loss) if self.scaler else loss)
+        ops = self.update
+        ops.backward(self.scaler.scale(loss) if self.scaler else loss)
         if self.cfg.optim.grad_clip > 0:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
-            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            ops.clip_grad_norm_(self.cfg.optim.grad_clip)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            ops.optimizer.step()
+        ops.optimizer.zero_grad(set_to_none=True)
         self.ema.update()
         self.pending.append(loss.detach())
         self.step += 1
