@@ -60,7 +60,9 @@ class Scale:
                 f"scale.head_dim must be a positive integer or null (keep the head counts), got {h!r}"
             )
         if self.round_width and h is None:
-            raise ValueError("scale.round_width rounds widths to a multiple of scale.head_dim: set scale.head_dim too")
+            raise ValueError(
+                "scale.round_width rounds widths to a multiple of scale.head_dim: set scale.head_dim too"
+            )
 
     @property
     def is_identity(self) -> bool:
