@@ -70,7 +70,7 @@ def shape_config(name: str, grad_clip: float, steps: int = 15_000) -> TrainConfi
         "optim.grad_clip": grad_clip, "eval.val_every": 0, "checkpoint.every": 0,
         "tracking.enabled": False, "compile": False, "out": tempfile.mkdtemp(prefix="step-overhead-"),
     }  # fmt: skip
-    if data == "photos":  # sweeps/configs/photos.yaml
+    if data == "photos":  # sweeps/configs/demo.yaml (the default demo)
         flat |= {
             "data.channels": 1, "model.frequency_embedding_size": 32, "optim.schedule": "cosine",
             "optim.min_lr_ratio": 0.1, "optim.warmup_frac": 0.05, "optim.warmup_steps": 10,

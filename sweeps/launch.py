@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("command", nargs="?", choices=["run", "status"], default="run")
     g = p.add_argument_group("sweep")
-    g.add_argument("-c", "--config", help="sweep YAML, or a bundled name (demo, imagenet256); default demo")
+    g.add_argument(
+        "-c", "--config", help="sweep YAML or a bundled name (demo, digits, imagenet256); default demo"
+    )
     g.add_argument("--name", help="sweep id (MLflow tag `sweep`, folder <output-dir>/<name>)")
     g.add_argument("--experiment", help="MLflow experiment")
     g.add_argument(

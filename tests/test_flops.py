@@ -140,7 +140,7 @@ def test_budget_steps_closed_form():
 @pytest.mark.parametrize("batch", [16, 48])
 def test_sweep_and_trainer_plan_the_same_steps(batch):
     """A cell's step count (sweeps.grid) is what the trainer resolves from the same budget."""
-    spec = load_spec().replace(batch_size=batch, budgets=[1.5e11, 4e11, 1e12, 3.3e12])
+    spec = load_spec("digits").replace(batch_size=batch, budgets=[1.5e11, 4e11, 1e12, 3.3e12])
     cells = expand(spec)
     for c in cells:
         budget = BudgetConfig(train_flops=c.budget, global_batch_size=c.batch_size)

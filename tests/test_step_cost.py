@@ -24,7 +24,7 @@ from dit_core.trainer.rng import StepRandom
 from dit_core.trainer.update import can_bypass_accelerate, update_ops
 
 STEPS = 6
-# the photo study's settings (sweeps/configs/photos.yaml) at its smallest shape, plus clipping and decay
+# the default demo's settings (sweeps/configs/demo.yaml) at a 5K shape, plus clipping and decay
 STUDY = {
     "model.depth": 3, "model.hidden_size": 8, "model.num_heads": 2, "model.frequency_embedding_size": 32,
     "data.name": "photos", "data.channels": 1, "data.epoch_size": 64,

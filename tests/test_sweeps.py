@@ -100,13 +100,13 @@ def test_isoflop_design_spans_several_models_within_the_step_window():
 )
 def test_bad_input_is_a_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
-        load_spec().replace(**overrides)
+        load_spec("digits").replace(**overrides)
 
 
 def test_budget_below_one_step_is_an_error():
     msg = r"budget 5e9 is smaller than one training step of DiT-L/2 \(16 x 4.96e\+08 FLOPs\), DiT-XL/2"
     with pytest.raises(ValueError, match=msg):
-        expand(load_spec().replace(budgets=[1e12, 5e9]))  # demo: batch 16
+        expand(load_spec("digits").replace(budgets=[1e12, 5e9]))  # demo: batch 16
 
 
 def test_yaml_unknown_keys_are_errors(tmp_path):
@@ -120,18 +120,22 @@ def test_yaml_unknown_keys_are_errors(tmp_path):
 
 def test_bundled_configs_load():
     demo = load_spec()
-    assert demo.name == "demo" and demo.scale == Scale(8, 4) and demo.data.input_size == 16
-    assert demo.data.in_channels == 1 and demo.executor.name == "auto" and demo.tracking_uri is None
+    assert demo.name == "demo" and demo.scale == Scale(36, 4, 4, round_width=True)
+    assert (demo.data.name, demo.data.input_size, demo.data.in_channels) == ("photos", 16, 1)
+    assert demo.executor.name == "auto" and demo.tracking_uri is None
+    digits = load_spec("digits")
+    assert digits.name == "digits" and digits.scale == Scale(8, 4) and digits.data.name == "digits"
     big = load_spec("imagenet256")
     assert big.scale.is_identity and big.data.in_channels == 4 and big.patch_sizes == [2, 4, 8]
 
 
 def test_dry_run_prints_the_table_and_submits_nothing(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = cli.main(["--grid", "S,B", "--patch", "2,4", "--budgets", "3e11,1e12", "--dry-run"])
+    argv = ["-c", "digits", "--grid", "S,B", "--patch", "2,4", "--budgets", "3e11,1e12", "--dry-run"]
+    code = cli.main(argv)
     out = capsys.readouterr().out
     assert code == 0 and "nothing submitted" in out
-    spec = load_spec().replace(families=["S", "B"], patch_sizes=[2, 4], budgets=[3e11, 1e12])
+    spec = load_spec("digits").replace(families=["S", "B"], patch_sizes=[2, 4], budgets=[3e11, 1e12])
     for c in expand(spec):
         row = next(line for line in out.splitlines() if line.startswith(c.cell_id + " "))
         assert row.split()[1] == c.model_name and row.split()[-2:] == [str(c.steps), str(c.images)]
@@ -201,7 +205,7 @@ def test_slurm_requested_where_there_is_none(monkeypatch, capsys, tmp_path):
 
 def test_slurm_executor_settings_reach_the_sbatch_script(monkeypatch, tmp_path):
     monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
-    spec = load_spec().replace(
+    spec = load_spec("digits").replace(
         executor={
             "name": "slurm",
             "partition": "gpu",
@@ -322,7 +326,7 @@ def test_unknown_train_field_fails_before_submitting(dry, capsys, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--executor", "local", "--set", "optim.lrr=1e-3", *dry]) == 2
     err = capsys.readouterr().err
-    assert "lrr" in err and "cell S-2-1.5e11" in err
+    assert "lrr" in err and "cell S-2-1e11" in err
     assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 

@@ -72,8 +72,8 @@ def train(cfg: TrainConfig) -> dict:
 # ------------------------------------------------------------------ helpers
 
 
-def demo_isoflop(**kw) -> SweepSpec:
-    return load_spec().replace(design="isoflop", **kw)
+def demo_isoflop(config: str = "demo", **kw) -> SweepSpec:
+    return load_spec(config).replace(design="isoflop", **kw)
 
 
 def by_budget(cells) -> dict[float, list]:
@@ -150,7 +150,7 @@ def test_shapes_follow_the_family_curve_with_a_fixed_head_dim():
     for name, (d, w, _) in FAMILIES.items():  # the curve passes near every (scaled) family
         ratio = curve.depth(w / 8) / (d / 4)
         assert 0.6 < ratio < 1.6, name
-    for c in expand(demo_isoflop(budgets=[1e11, 1e12], patch_sizes=[2, 4], design_head_dim=16)):
+    for c in expand(demo_isoflop("digits", budgets=[1e11, 1e12], patch_sizes=[2, 4], design_head_dim=16)):
         m = c.model
         assert m.num_heads * 16 == m.hidden_size and m.name == f"d{m.depth}w{m.hidden_size}"
         assert (
@@ -177,9 +177,9 @@ def test_a_step_window_that_leaves_fewer_than_three_sizes_is_an_error():
     with pytest.raises(
         ValueError, match=r"IsoFLOP budget 1e11 spans [0-2] model size\(s\) with 5000\.\.100000 steps"
     ):
-        expand(demo_isoflop(budgets=[1e11], isoflop_min_steps=5000))
+        expand(demo_isoflop("digits", budgets=[1e11], isoflop_min_steps=5000))
     # a window that cuts one side shifts the slice and says so
-    (plan,) = plan_budgets(demo_isoflop(budgets=[1e11], isoflop_min_steps=700))
+    (plan,) = plan_budgets(demo_isoflop("digits", budgets=[1e11], isoflop_min_steps=700))
     assert all(c.steps >= 700 for c in plan.cells) and len(plan.cells) >= 3
     assert any("cut" in n for n in plan.notes)
 
@@ -312,7 +312,7 @@ def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tm
 def test_refit_falls_back_to_the_last_isoflop_minimum_then_to_the_prior():
     from sweeps.design import refit_centre
 
-    spec = load_spec().replace(budgets=[1e11, 1e12], design="adaptive")
+    spec = load_spec("digits").replace(budgets=[1e11, 1e12], design="adaptive")
     prior = make_prior(spec)
     a, b, k = LAW["alpha"], LAW["beta"], 264.0
     n_law = (a * LAW["A"] / (b * LAW["B"])) ** (1 / (a + b)) * (1e11 / k) ** (b / (a + b))
