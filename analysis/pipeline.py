@@ -649,6 +649,8 @@ class HoldoutResult:
     max_ape_loss: float
     frontier_error: float  # (predicted best loss - observed best loss) / observed, at the held-out max C
     mape_fid: float = math.nan
+    best_model_pred: str | None = None  # the held-out model with the lowest predicted loss (parametric law)
+    best_model_obs: str | None = None  # ... with the lowest observed loss (mean over its runs, e.g. seeds)
 
     def to_dict(self) -> dict:
         return {
@@ -659,6 +661,8 @@ class HoldoutResult:
             "max_ape_loss": self.max_ape_loss,
             "frontier_error": self.frontier_error,
             "mape_fid": self.mape_fid,
+            "best_model_pred": self.best_model_pred,
+            "best_model_obs": self.best_model_obs,
             "status_without_them": self.analysis.status.status,
         }
 
@@ -669,6 +673,11 @@ class HoldoutResult:
             f"  loss: mean abs error {100 * self.mape_loss:.2f}%, max {100 * self.max_ape_loss:.2f}%; "
             f"best-loss-at-C error {100 * self.frontier_error:+.2f}%"
             + (f"\n  FID: mean abs error {100 * self.mape_fid:.1f}%" if np.isfinite(self.mape_fid) else "")
+            + (
+                f"\n  best model there: predicted {self.best_model_pred}, observed {self.best_model_obs}"
+                if self.best_model_pred
+                else ""
+            )
         )
 
 
@@ -708,6 +717,9 @@ def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) 
         test["pred_fid"] = an.fid_vs_loss.predict(test["pred_loss"])
         f = test.dropna(subset=["fid"])
         mape_fid = float(np.mean(np.abs(f["pred_fid"] - f["fid"]) / f["fid"]))
+    best = (None, None)
+    if an.parametric is not None and test["model"].notna().all():  # a C-only law cannot rank models
+        best = tuple(str(test.groupby("model")[c].mean().idxmin()) for c in ("pred_loss", "loss"))
     return HoldoutResult(
-        test, an, float(ape.mean()), float(ape.max()), (best_pred - best_true) / best_true, mape_fid
+        test, an, float(ape.mean()), float(ape.max()), (best_pred - best_true) / best_true, mape_fid, *best
     )

@@ -286,6 +286,12 @@ def test_analyze_predict_and_holdout_on_synthetic():
     hold = holdout_largest(pts, AnalysisConfig(n_bootstrap=0))
     assert hold.held_out["C"].min() >= 1e22 * 0.99 or hold.held_out["C"].min() >= np.quantile(pts["C"], 0.8)
     assert hold.mape_loss < 0.01
+    # the law names the held-out budget's best model: the one the true law puts lowest there
+    test = hold.held_out
+    t = TRUE["E"] + TRUE["A"] / test["N"] ** TRUE["alpha"] + TRUE["B"] / test["D"] ** TRUE["beta"]
+    truth = test.assign(t=t)
+    assert hold.best_model_pred == hold.best_model_obs == truth.loc[truth["t"].idxmin(), "model"]
+    assert f"predicted {hold.best_model_obs}, observed {hold.best_model_obs}" in hold.text()
 
 
 def test_outlier_removal_is_explicit_and_reported(chinchilla):
