@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="width per head: of --depths/--widths (default 64), and of the shapes the isoflop/adaptive "
-        "designs generate (default the families' 64 / scale.width_div: 8 for the demo)",
+        "designs generate (default scale.head_dim, else the families' 64 / scale.width_div; 4 for the demo)",
     )
     g.add_argument("--budgets", type=_csv(parse_budget), help="training FLOPs, e.g. 1e15,3e15,1e16")
     g.add_argument(
