@@ -56,6 +56,13 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
     for rid, g in runs:
         g = g.sort_values("C")
         ax.plot(g["C"], g["loss"], "-o" if several else "o", ms=3, lw=1, color=colors[rid], alpha=0.7)
+    if not several and pts["model"].notna().all():  # one point per run: join each model's budgets
+        for model, g in pts.groupby("model"):
+            g = g.groupby("C", as_index=False)["loss"].mean().sort_values("C")  # seeds: their mean
+            col = colors[pts.loc[pts["model"] == model, "run_id"].iloc[0]]
+            ax.plot(g["C"], g["loss"], "-", lw=0.8, color=col, alpha=0.6)
+            ax.annotate(str(model), (g["C"].iloc[-1], g["loss"].iloc[-1]), xytext=(4, 0),
+                        textcoords="offset points", fontsize=7, color=col, va="center")  # fmt: skip
     fr = an.frontier.frontier
     if len(fr):
         ax.plot(fr["C"], fr["loss"], "k.", ms=5, label="frontier (min over runs)")
