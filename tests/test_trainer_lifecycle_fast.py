@@ -21,9 +21,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from dit_core.configio import ConfigError
-from dit_core.spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
+from dit_core.spec import param_count, train_flops_per_image
 from dit_core.train import TrainConfig, Trainer, train
-from dit_core.trainer.loop import FIXED_COST_METRICS, make_accelerator, process_start_time
+from dit_core.trainer.loop import make_accelerator, process_start_time
 from dit_core.trainer.resume import check_resumable, config_changes, find_checkpoint
 from dit_core.trainer.signals import PREEMPTION_SIGNALS, PreemptionGuard
 
@@ -96,7 +96,12 @@ def test_checkpoints_hold_the_true_state_and_resume_is_bitwise(tmp_path, caplog)
     assert b1.eval == {}
     c3 = load_checkpoint(b1.checkpoint)
     assert c3["step"] == 3
-    assert c3["ledger"] == {"images_seen": 12, "train_flops": fpi * 12, "train_flops_per_image": fpi, "steps": 3}
+    assert c3["ledger"] == {
+        "images_seen": 12,
+        "train_flops": fpi * 12,
+        "train_flops_per_image": fpi,
+        "steps": 3,
+    }
     assert c3["scheduler"] == {"schedule": "cosine", "last_step": 3, "total_steps": 6,
                                "lr": pytest.approx(_closed_lr(2, 1e-3, 2, 6, 1e-4), rel=1e-12)}  # fmt: skip
     assert c3["config"] == {**tr.flat, "out": str(tmp_path / "b"), "checkpoint.every": 2}
@@ -115,19 +120,32 @@ def test_checkpoints_hold_the_true_state_and_resume_is_bitwise(tmp_path, caplog)
     assert a.train_loss == b2.train_loss == pytest.approx((loss[4] + loss[5]) / 2, rel=1e-6)
     names = lambda out: [p.name for p in list_checkpoints(out)]  # noqa: E731
     assert names(tmp_path / "a") == ["step_0000002.pt", "step_0000004.pt", "step_0000006.pt"]
-    assert names(tmp_path / "b") == ["step_0000002.pt", "step_0000003.pt", "step_0000004.pt", "step_0000006.pt"]
+    assert names(tmp_path / "b") == [
+        "step_0000002.pt",
+        "step_0000003.pt",
+        "step_0000004.pt",
+        "step_0000006.pt",
+    ]
     for step in (2, 4, 6):
         ca = load_checkpoint(tmp_path / "a" / "checkpoints" / f"step_{step:07d}.pt")
         cb = load_checkpoint(tmp_path / "b" / "checkpoints" / f"step_{step:07d}.pt")
-        assert (ca["config"].pop("out"), cb["config"].pop("out")) == (str(tmp_path / "a"), str(tmp_path / "b"))
+        assert (ca["config"].pop("out"), cb["config"].pop("out")) == (
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+        )
         _same_tensors(ca, cb, f"step {step}")
         assert ca["loop"]["last_loss"] == pytest.approx((loss[step - 2] + loss[step - 1]) / 2, rel=1e-6)
         assert ca["loop"]["pending_losses"] == []
     assert load_checkpoint(a.checkpoint)["step"] == 6 and a.checkpoint.endswith("step_0000006.pt")
 
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert f"resumed from {tmp_path / 'b' / 'checkpoints' / 'step_0000003.pt'} at step 3 (12 images seen)" in text
-    assert f"stopped at step 3/6 (stop_at_step); checkpoint {b1.checkpoint}; resume with the same --out" in text
+    assert (
+        f"resumed from {tmp_path / 'b' / 'checkpoints' / 'step_0000003.pt'} at step 3 (12 images seen)"
+        in text
+    )
+    assert (
+        f"stopped at step 3/6 (stop_at_step); checkpoint {b1.checkpoint}; resume with the same --out" in text
+    )
     assert f"finished 6 steps; train/loss {a.train_loss}, checkpoint {a.checkpoint}" in text
     n = f"{param_count(tr.dit_cfg):,}"
     assert f"training custom DiT ({n} params, {fpi:.3g} train FLOPs/image, peak lr 0.001) for 6 steps of 4 " \
@@ -138,7 +156,9 @@ def test_run_writes_the_resolved_config_json(tmp_path):
     res = train(tiny(tmp_path / "r", steps=2))
     tr = Trainer(tiny(tmp_path / "other", steps=2))
     expected = {**dataclasses.asdict(tr.cfg), "out": str(tmp_path / "r")}
-    assert json.loads((tmp_path / "r" / "config.json").read_text()) == json.loads(json.dumps(expected, default=str))
+    assert json.loads((tmp_path / "r" / "config.json").read_text()) == json.loads(
+        json.dumps(expected, default=str)
+    )
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoints", "config.json"]
     assert res.checkpoint.endswith("step_0000002.pt")
 
@@ -158,7 +178,9 @@ def test_the_lr_in_the_param_groups_follows_the_closed_form_and_continues_after_
     resumed = Trainer(tiny(tmp_path / "b", total, **COSINE))
     assert (resumed.step, resumed.images_seen) == (4, 16)
     resumed.train_step()
-    assert [g["lr"] for g in resumed.optimizer.param_groups] == [pytest.approx(_closed_lr(4, 1e-3, 2, 6, 1e-4))]
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [
+        pytest.approx(_closed_lr(4, 1e-3, 2, 6, 1e-4))
+    ]
 
 
 def test_ema_is_the_closed_form_and_clipping_holds_every_step(tmp_path):
@@ -249,7 +271,9 @@ def test_resume_never_and_a_changed_config_are_refused_by_train(tmp_path):
 def test_bad_inputs_have_clear_messages(tmp_path):
     with pytest.raises(ConfigError, match=r"^config: train\(\) takes a TrainConfig, got dict$"):
         Trainer({})
-    with pytest.raises(ConfigError, match=r"^precision: fp16 needs a CUDA GPU; use --precision bf16 \(or no\) on CPU$"):
+    with pytest.raises(
+        ConfigError, match=r"^precision: fp16 needs a CUDA GPU; use --precision bf16 \(or no\) on CPU$"
+    ):
         make_accelerator(tiny(tmp_path, precision="fp16"))
     assert make_accelerator(tiny(tmp_path)).device.type == "cpu"
 
@@ -270,20 +294,39 @@ def test_non_finite_losses_and_weights_name_the_step_and_the_last_checkpoint(tmp
     assert path == tmp_path / "checkpoints" / "step_0000000.pt"
     with torch.no_grad():
         next(tr.model.parameters())[0] = float("inf")
-    with pytest.raises(FloatingPointError, match=r"^non-finite weights at step 0; .* last good checkpoint \(.*"
-                       r"step_0000000.pt\)\. Lower --lr or set --grad-clip$"):  # fmt: skip
+    msg = (
+        r"^non-finite weights at step 0; .* checkpoint \(.*step_0000000.pt\)\. Lower --lr or set --grad-clip$"
+    )
+    with pytest.raises(FloatingPointError, match=msg):
         tr.save()
     tr.step = 5
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(inf\) at step 5 .*step_0000000.pt"):
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite training loss \(inf\) at step 5 .*step_0000000.pt"
+    ):
         tr.check_finite(torch.tensor([float("inf")]))
 
 
 def test_a_diverging_run_raises_and_keeps_its_last_good_checkpoint(tmp_path):
-    with pytest.raises(FloatingPointError, match=r"^non-finite (training loss .* \(lr 1e\+30\)|weights at step \d+);"):
-        train(tiny(tmp_path, 20, log_every=1, **{"optim.lr": 1e30, "optim.warmup_steps": 0,
-                                                 "optim.warmup_frac": 0.0, "checkpoint.every": 1}))  # fmt: skip
+    with pytest.raises(
+        FloatingPointError, match=r"^non-finite (training loss .* \(lr 1e\+30\)|weights at step \d+);"
+    ):
+        train(
+            tiny(
+                tmp_path,
+                20,
+                log_every=1,
+                **{
+                    "optim.lr": 1e30,
+                    "optim.warmup_steps": 0,
+                    "optim.warmup_frac": 0.0,
+                    "checkpoint.every": 1,
+                },
+            )
+        )
     for p in list_checkpoints(tmp_path):
-        assert torch.isfinite(torch.stack([t.float().norm() for t in load_checkpoint(p)["model"].values()])).all()
+        assert torch.isfinite(
+            torch.stack([t.float().norm() for t in load_checkpoint(p)["model"].values()])
+        ).all()
 
 
 def test_bf16_autocasts_the_forward_and_returns_fp32(tmp_path):
@@ -376,7 +419,9 @@ def test_guard_records_each_preemption_signal_and_restores_the_handlers(caplog):
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGUSR2)
     assert guard.received == signal.SIGUSR2  # the latest one
-    assert [r.getMessage() for r in caplog.records] == ["received SIGUSR1: checkpointing at the next step boundary"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "received SIGUSR1: checkpointing at the next step boundary"
+    ]
     assert caplog.records[0].levelno == logging.WARNING
 
 
@@ -482,5 +527,6 @@ def test_find_checkpoint_for_each_kind_of_resume(tmp_path):
     with pytest.raises(ConfigError) as err:
         find_checkpoint(run, str(tmp_path / "nope.pt"))
     assert str(err.value) == (
-        f"--resume: must be 'auto', 'never' or a checkpoint file/run folder; {tmp_path / 'nope.pt'} does not exist"
+        "--resume: must be 'auto', 'never' or a checkpoint file/run folder; "
+        f"{tmp_path / 'nope.pt'} does not exist"
     )
