@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import types
 
 import pytest
 import torch
@@ -150,6 +151,45 @@ def test_checkpoints_hold_the_true_state_and_resume_is_bitwise(tmp_path, caplog)
     n = f"{param_count(tr.dit_cfg):,}"
     assert f"training custom DiT ({n} params, {fpi:.3g} train FLOPs/image, peak lr 0.001) for 6 steps of 4 " \
            "images on 1 process(es), from step 3" in text  # fmt: skip
+
+
+def test_keep_last_and_a_nested_new_out_folder(tmp_path):
+    out = tmp_path / "x" / "y" / "run"
+    res = train(tiny(out, 4, **{"checkpoint.every": 1, "checkpoint.keep_last": 2}))
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000003.pt", "step_0000004.pt"]
+    assert res.checkpoint == str(out / "checkpoints" / "step_0000004.pt")
+
+
+def test_several_processes_agree_on_a_signal_every_sync_interval_and_average_the_losses(tmp_path):
+    """With world_size 2 the ranks' flags and losses go through `reduce`; here a stand-in for the
+    collective adds the other rank's value (the real 2-process run is in test_train.py)."""
+    from dit_core.trainer.loop import SIGNAL_SYNC_EVERY
+
+    tr = Trainer(tiny(tmp_path, 2))
+    other = {"flag": 0.0, "losses": torch.zeros(0)}
+
+    def reduce(t, reduction):
+        if reduction == "sum":
+            return t + other["flag"]
+        assert reduction == "mean"
+        return (t + other["losses"]) / 2
+
+    tr.world, tr.acc = 2, types.SimpleNamespace(reduce=reduce)
+    guard = PreemptionGuard()
+    tr.step = SIGNAL_SYNC_EVERY
+    assert tr.preempt_requested(guard) is False
+    other["flag"] = 1.0  # the other rank received a signal
+    assert tr.preempt_requested(guard) is True
+    tr.step = SIGNAL_SYNC_EVERY + 1  # between syncs nobody stops, not even the rank that got it
+    guard.received = signal.SIGTERM
+    assert tr.preempt_requested(guard) is False
+    other["flag"], tr.step = 0.0, 2 * SIGNAL_SYNC_EVERY
+    assert tr.preempt_requested(guard) is True
+    tr.pending = [torch.tensor(1.0), torch.tensor(3.0)]
+    other["losses"] = torch.tensor([5.0, 7.0])
+    assert tr.reduced_pending().tolist() == [3.0, 5.0]
+    tr.pending = []
+    assert tr.reduced_pending().shape == (0,)
 
 
 def test_run_writes_the_resolved_config_json(tmp_path):
@@ -292,6 +332,7 @@ def test_non_finite_losses_and_weights_name_the_step_and_the_last_checkpoint(tmp
     tr.pending = []
     path = tr.save()
     assert path == tmp_path / "checkpoints" / "step_0000000.pt"
+    assert load_checkpoint(path)["scheduler"]["lr"] == tr.lr(0) == pytest.approx(1e-3 / 2)  # warmup step 0
     with torch.no_grad():
         next(tr.model.parameters())[0] = float("inf")
     msg = (
@@ -363,7 +404,10 @@ def test_process_start_time_is_this_process_start():
 # ------------------------------------------------------------------------------------- signals
 
 
-def test_a_signal_mid_run_checkpoints_that_step_then_calls_the_previous_handler(tmp_path, monkeypatch):
+def test_a_signal_mid_run_checkpoints_that_step_then_calls_the_previous_handler(
+    tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="dit_core.train")
     calls = []
 
     def previous(signum, frame):
@@ -386,6 +430,9 @@ def test_a_signal_mid_run_checkpoints_that_step_then_calls_the_previous_handler(
     assert (res.status, res.signal, res.step, res.images_seen) == ("preempted", "SIGUSR1", 2, 8)
     assert calls == [(signal.SIGUSR1, ["step_0000002.pt"])]
     assert load_checkpoint(res.checkpoint)["step"] == 2
+    text = caplog.text
+    assert f"stopped at step 2/6 (SIGUSR1); checkpoint {res.checkpoint}" in text
+    assert "handing SIGUSR1 on to the previously installed handler" in text
 
 
 def test_sigterm_with_no_previous_python_handler_stops_without_handing_on(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +36,7 @@ from dit_core.spec import (
 from dit_core.tracking import executor_tags, format_param, git_commit
 from dit_core.train import Trainer, train
 from dit_core.trainer.evaluation import clip_denoised, evaluate_samples, guidance_scale, sample_grid
-from dit_core.trainer.loop import FIXED_COST_METRICS
+from dit_core.trainer.loop import FIXED_COST_METRICS, process_start_time
 from dit_core.trainer.validation import Validator
 
 
@@ -52,7 +53,8 @@ def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
 # ------------------------------------------------------------------------------------ MLflow
 
 
-def test_mlflow_metrics_params_and_tags_of_a_preempted_then_resumed_run(tmp_path):
+def test_mlflow_metrics_params_and_tags_of_a_preempted_then_resumed_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dit_core.train")
     client = MlflowClient()
     exp = client.get_experiment_by_name("fast-lifecycle") or None
     exp_id = exp.experiment_id if exp else client.create_experiment("fast-lifecycle")
@@ -99,6 +101,10 @@ def test_mlflow_metrics_params_and_tags_of_a_preempted_then_resumed_run(tmp_path
     assert res.val_loss == pytest.approx(val[6], rel=1e-6) and val[6] != val_ema[6]
     perf = {k: h(k) for k in FIXED_COST_METRICS}
     assert all(set(v) == {6} for v in perf.values()), perf
+    # the resumed process trained steps 5 and 6, one log interval of 8 images: the same seconds
+    assert h("perf/images_per_s")[6] == pytest.approx(8 / perf["perf/train_s"][6], rel=1e-9)
+    assert perf["perf/startup_s"][6] <= time.time() - process_start_time()
+    assert f"step 6: val/loss {val[6]:.4f}, val/loss_ema {val_ema[6]:.4f}" in caplog.text
     assert (
         perf["perf/eval_s"][6] == 0.0 and min(perf[k][6] for k in FIXED_COST_METRICS if "eval" not in k) > 0
     )
@@ -154,24 +160,46 @@ def test_a_run_without_sweep_or_parent_has_no_such_tags_and_a_failure_is_recorde
     assert not {"sweep", "grid_cell", "mlflow.parentRunId"} & set(run.data.tags)
 
 
-def test_eval_every_logs_the_ema_models_metrics_and_its_sample_grid(tmp_path):
+def test_eval_every_logs_the_ema_models_metrics_and_its_sample_grid(tmp_path, caplog):
+    """eval_every 2 of 3 steps: at step 2 and at the last step."""
+    caplog.set_level(logging.INFO, logger="dit_core.train")
     opts = {"tracking.enabled": True, "eval.eval_every": 2, "eval.num_samples": 8, "eval.steps": 2,
             "eval.batch_size": 8, "eval.grid_images": 4, "eval.metrics": ["fid_digits"]}  # fmt: skip
-    cfg = tiny(tmp_path, 2, **opts)
+    cfg = tiny(tmp_path / "run", 3, **opts)
     res = train(cfg)
     tr = Trainer(cfg)  # the final weights and EMA
     expected = evaluate_samples(tr.ema.model, tr.diffusion, tr.cfg, tr.dit_cfg, tr.acc)
     assert set(res.eval) == set(expected) and res.eval == pytest.approx(expected, rel=1e-5)
     client = MlflowClient()
-    assert _history(client, res.run_id, "eval/fid_digits") == {
-        2: pytest.approx(expected["fid_digits"], rel=1e-5)
-    }
-    assert _history(client, res.run_id, "perf/eval_s")[2] > 0
+    fid = _history(client, res.run_id, "eval/fid_digits")
+    assert set(fid) == {2, 3} and fid[3] == pytest.approx(expected["fid_digits"], rel=1e-5)
+    assert _history(client, res.run_id, "perf/eval_s")[3] > 0
+    assert f"step 3: eval {res.eval}" in caplog.text
     from PIL import Image
 
-    png = client.download_artifacts(res.run_id, "samples/step_0000002.png", str(tmp_path / "dl"))
+    names = [a.path for a in client.list_artifacts(res.run_id, "samples")]
+    assert names == ["samples/step_0000002.png", "samples/step_0000003.png"]
+    png = client.download_artifacts(res.run_id, "samples/step_0000003.png", str(tmp_path / "dl"))
     grid = sample_grid(tr.ema.model, tr.diffusion, tr.cfg, tr.dit_cfg, 4, tr.device)
     assert np.array_equal(np.asarray(Image.open(png)), grid)
+
+    none = train(tiny(tmp_path / "nogrid", 2, **{**opts, "eval.grid_images": 0}))
+    assert client.list_artifacts(none.run_id, "samples") == []
+    assert set(_history(client, none.run_id, "eval/fid_digits")) == {2}
+
+
+def test_a_run_continues_a_given_run_id_under_its_name(tmp_path):
+    client = MlflowClient()
+    exp_id = client.create_experiment("fast-given-id")
+    given = client.create_run(exp_id).info.run_id
+    track = {"tracking.enabled": True, "tracking.experiment": "fast-given-id", "tracking.run_id": given,
+             "tracking.run_name": "cell-7"}  # fmt: skip
+    res = train(tiny(tmp_path, 2, **track))
+    assert res.run_id == given and load_checkpoint(res.checkpoint)["mlflow_run_id"] == given
+    run = client.get_run(given)
+    assert run.info.status == "FINISHED" and len(_history(client, given, "train/loss")) == 1
+    named = train(tiny(tmp_path / "named", 2, **{**track, "tracking.run_id": None}))
+    assert client.get_run(named.run_id).info.run_name == "cell-7" and named.run_id != given
 
 
 # ----------------------------------------------------------------------------------- validation
