@@ -139,7 +139,7 @@ def test_checkpoints_hold_the_true_state_and_resume_is_bitwise(tmp_path, caplog)
         assert ca["loop"]["pending_losses"] == []
     assert load_checkpoint(a.checkpoint)["step"] == 6 and a.checkpoint.endswith("step_0000006.pt")
 
-    text = "\n".join(r.getMessage() for r in caplog.records)
+    text = [r.getMessage() for r in caplog.records]  # whole messages
     assert (
         f"resumed from {tmp_path / 'b' / 'checkpoints' / 'step_0000003.pt'} at step 3 (12 images seen)"
         in text
@@ -430,8 +430,8 @@ def test_a_signal_mid_run_checkpoints_that_step_then_calls_the_previous_handler(
     assert (res.status, res.signal, res.step, res.images_seen) == ("preempted", "SIGUSR1", 2, 8)
     assert calls == [(signal.SIGUSR1, ["step_0000002.pt"])]
     assert load_checkpoint(res.checkpoint)["step"] == 2
-    text = caplog.text
-    assert f"stopped at step 2/6 (SIGUSR1); checkpoint {res.checkpoint}" in text
+    text = [r.getMessage() for r in caplog.records]
+    assert f"stopped at step 2/6 (SIGUSR1); checkpoint {res.checkpoint}; resume with the same --out" in text
     assert "handing SIGUSR1 on to the previously installed handler" in text
 
 
@@ -520,7 +520,9 @@ def test_guard_off_the_main_thread_installs_nothing(caplog):
     t.start()
     t.join()
     assert seen == {"handlers": before, "prev": None}
-    assert "not in the main thread: preemption signals are not intercepted" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "not in the main thread: preemption signals are not intercepted"
+    ]
 
 
 # -------------------------------------------------------------------------------------- resume
