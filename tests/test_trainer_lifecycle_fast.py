@@ -153,6 +153,23 @@ def test_checkpoints_hold_the_true_state_and_resume_is_bitwise(tmp_path, caplog)
            "images on 1 process(es), from step 3" in text  # fmt: skip
 
 
+def test_a_resumed_run_reports_the_last_losses_it_was_stopped_with(tmp_path):
+    """val_every 3, stopped at 4, resumed and stopped at 5: no log or validation since the resume, so
+    the result carries the train loss of steps 3-4 and the validation loss of step 3."""
+    cfg = tiny(tmp_path / "run", **{"eval.val_every": 3, "checkpoint.every": 3})
+    first = train(cfg, stop_at_step=4)
+    second = train(cfg, stop_at_step=5)
+    at3 = Trainer(
+        tiny(tmp_path / "other", **{"eval.val_every": 3}),
+        resume=str(tmp_path / "run" / "checkpoints" / "step_0000003.pt"),
+    )
+    assert at3.step == 3
+    val3 = at3.validator({"v": at3.model})["v"]
+    assert first.val_loss == second.val_loss == pytest.approx(val3, rel=1e-6)
+    assert second.train_loss == first.train_loss == load_checkpoint(first.checkpoint)["loop"]["last_loss"]
+    assert load_checkpoint(second.checkpoint)["loop"]["last_val"] == first.val_loss
+
+
 def test_keep_last_and_a_nested_new_out_folder(tmp_path):
     out = tmp_path / "x" / "y" / "run"
     res = train(tiny(out, 4, **{"checkpoint.every": 1, "checkpoint.keep_last": 2}))
