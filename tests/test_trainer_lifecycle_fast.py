@@ -5,6 +5,7 @@ Fast enough (about 10-20 s) to be the mutation-testing selection of `dit_core/tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -452,7 +453,20 @@ def test_a_signal_mid_run_checkpoints_that_step_then_calls_the_previous_handler(
     assert "handing SIGUSR1 on to the previously installed handler" in text
 
 
+@contextlib.contextmanager
+def _handlers(handlers: dict):
+    """Install ``{signum: handler}`` for the block. The tests never rely on a signal's default
+    action: a guard that failed to intercept must fail an assertion, not end the test process."""
+    old = {s: signal.signal(s, h) for s, h in handlers.items()}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def test_sigterm_with_no_previous_python_handler_stops_without_handing_on(tmp_path, monkeypatch):
+    """SIG_IGN before the run: not a Python handler, so nothing is handed on after the checkpoint."""
     real_step = Trainer.train_step
 
     def step_then_signal(self):
@@ -461,27 +475,30 @@ def test_sigterm_with_no_previous_python_handler_stops_without_handing_on(tmp_pa
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    res = train(tiny(tmp_path, 4))  # SIG_DFL would kill the process if it were handed on
+    with _handlers({signal.SIGTERM: signal.SIG_IGN}):
+        res = train(tiny(tmp_path, 4))
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     assert (res.status, res.signal, res.step) == ("preempted", "SIGTERM", 1)
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_guard_records_each_preemption_signal_and_restores_the_handlers(caplog):
     assert set(PREEMPTION_SIGNALS) == {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
-    before = {s: signal.getsignal(s) for s in PREEMPTION_SIGNALS}
+    outside = []
     caplog.set_level(logging.INFO, logger="dit_core.trainer.signals")
-    for s in PREEMPTION_SIGNALS:
-        with PreemptionGuard() as guard:
-            assert guard.received is None
-            os.kill(os.getpid(), s)
-            assert guard.received == s
-        assert {t: signal.getsignal(t) for t in PREEMPTION_SIGNALS} == before
-    guard = PreemptionGuard()
-    caplog.clear()
-    with guard:
-        os.kill(os.getpid(), signal.SIGUSR1)
-        os.kill(os.getpid(), signal.SIGUSR2)
+    with _handlers({s: lambda signum, f: outside.append(signum) for s in PREEMPTION_SIGNALS}):
+        before = {s: signal.getsignal(s) for s in PREEMPTION_SIGNALS}
+        for s in PREEMPTION_SIGNALS:
+            with PreemptionGuard() as guard:
+                assert guard.received is None
+                os.kill(os.getpid(), s)
+                assert guard.received == s
+            assert {t: signal.getsignal(t) for t in PREEMPTION_SIGNALS} == before
+        guard = PreemptionGuard()
+        caplog.clear()
+        with guard:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR2)
+    assert outside == []  # every one was intercepted
     assert guard.received == signal.SIGUSR2  # the latest one
     assert [r.getMessage() for r in caplog.records] == [
         "received SIGUSR1: checkpointing at the next step boundary"
@@ -491,20 +508,19 @@ def test_guard_records_each_preemption_signal_and_restores_the_handlers(caplog):
 
 def test_guard_only_takes_its_signals_and_can_be_entered_again():
     mine = []
-    old = signal.signal(signal.SIGUSR2, lambda s, f: mine.append(s))
-    try:
+    record = lambda s, f: mine.append(s)  # noqa: E731
+    with _handlers({signal.SIGUSR1: record, signal.SIGUSR2: record}):
         guard = PreemptionGuard((signal.SIGUSR1,))
         with guard:
             assert guard.previous_handler(signal.SIGUSR2) is None  # not one of its signals
             os.kill(os.getpid(), signal.SIGUSR2)
             assert guard.received is None and mine == [signal.SIGUSR2]
         with guard:  # a second time
+            assert guard.previous_handler(signal.SIGUSR1) is record
             os.kill(os.getpid(), signal.SIGUSR1)
-        assert guard.received == signal.SIGUSR1
+        assert guard.received == signal.SIGUSR1 and mine == [signal.SIGUSR2]
         assert guard.previous_handler(signal.SIGUSR1) is None  # forgotten after exit
-        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
-    finally:
-        signal.signal(signal.SIGUSR2, old)
+        assert signal.getsignal(signal.SIGUSR1) is record
 
 
 def test_previous_handler_is_the_python_handler_only():
