@@ -253,6 +253,20 @@ def test_validation_loss_is_the_mean_of_the_hand_computed_per_example_losses(tmp
     assert torch.equal(xs, x) and torch.equal(ys, y) and lo == 0
 
 
+def test_validation_runs_in_batches_of_eval_batch_size(tmp_path):
+    tr = Trainer(tiny(tmp_path, 2, **{"eval.val_examples": 6, "eval.batch_size": 4}))
+    sizes = []
+    h = tr.model.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+    try:
+        batched = tr.validator({"v": tr.model})["v"]
+        assert sizes == [4, 2]
+        sizes.clear()
+        whole = Validator(tr.cfg.replace(**{"eval.batch_size": 0}), tr.diffusion, tr.acc, tr.autocast)
+        assert whole({"v": tr.model})["v"] == pytest.approx(batched, rel=1e-5) and sizes == [6]
+    finally:
+        h.remove()
+
+
 def test_validation_uses_at_most_the_whole_val_split(tmp_path):
     tr = Trainer(tiny(tmp_path, 2, **{"eval.val_examples": 10**6}))
     xs, ys, lo = tr.validator.data()
@@ -264,6 +278,7 @@ def _rank(tr, rank: int, world: int, others: torch.Tensor | None = None):
 
     def reduce(t, reduction):
         assert reduction == "sum"
+        assert t.dtype == others.dtype == torch.float64  # an all-reduce needs one dtype on every rank
         return t + others
 
     acc = SimpleNamespace(process_index=rank, num_processes=world, device=torch.device("cpu"), reduce=reduce)
