@@ -296,7 +296,8 @@ def test_each_rank_scores_its_share_and_the_sums_are_all_reduced(tmp_path):
     assert _rank(tr, 0, 2, others)({"v": tr.model})["v"] == pytest.approx(sum(hand) / 8, rel=1e-5)
     # one example on two ranks: rank 0 has none, rank 1 has example 0
     tr1 = Trainer(tiny(tmp_path / "one", 2, **{"eval.val_examples": 1}))
-    assert len(_rank(tr1, 0, 2).data()[0]) == 0
+    xs0, ys0, lo0 = _rank(tr1, 0, 2).data()
+    assert (xs0.shape[0], ys0.shape, lo0) == (0, (0,), 0)
     one = _hand_val(tr1.model, tr1.diffusion, x[:1], y[:1], 0, 0)[0]
     got = _rank(tr1, 0, 2, torch.tensor([one, 1.0], dtype=torch.float64))({"v": tr1.model})["v"]
     assert got == pytest.approx(one, rel=1e-5)
