@@ -307,6 +307,20 @@ def test_train_set_replaces_the_dataset_and_sets_the_model(tmp_path):
     assert ckpt["config"]["model.num_classes"] == 3
 
 
+def test_train_uses_the_accelerator_it_is_given(tmp_path):
+    from accelerate import Accelerator
+
+    prepared = []
+
+    class Recording(Accelerator):
+        def prepare(self, *args, **kwargs):
+            prepared.append(len(args))
+            return super().prepare(*args, **kwargs)
+
+    res = train(tiny(tmp_path, 2), accelerator=Recording(cpu=True, mixed_precision="no"))
+    assert res.status == "finished" and prepared == [2]  # the model and the optimizer
+
+
 def test_progress_bar_true_draws_a_tqdm_bar(tmp_path, capsys):
     train(tiny(tmp_path / "p", 2), progress_bar=True)
     err = capsys.readouterr().err
