@@ -304,6 +304,20 @@ def test_training_depends_on_the_seed_and_step_only_not_on_the_global_rng(tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(*weights))
 
 
+def test_auto_compile_follows_the_runs_planned_flops(tmp_path):
+    """compile=None (auto) on CPU compiles when steps x batch x FLOPs/image is worth it (nothing is
+    compiled until the first call, so building the trainer stays cheap)."""
+    from dit_core.fast_path import cpu_compile_pays
+
+    decided = []
+    for steps in (10, 10_000_000):
+        tr = Trainer(tiny(tmp_path / str(steps), steps, compile=None))  # None = auto
+        planned = steps * 4 * train_flops_per_image(tr.dit_cfg)
+        decided.append(cpu_compile_pays(planned))
+        assert hasattr(tr.train_model, "_orig_mod") == decided[-1], steps
+    assert decided == [False, True]
+
+
 def test_train_set_replaces_the_dataset_and_sets_the_model(tmp_path):
     class Toy(torch.utils.data.Dataset):
         resolution, channels, num_classes = 8, 1, 3
