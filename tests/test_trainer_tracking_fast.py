@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -56,12 +57,12 @@ def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
 def test_mlflow_metrics_params_and_tags_of_a_preempted_then_resumed_run(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dit_core.train")
     client = MlflowClient()
-    exp = client.get_experiment_by_name("fast-lifecycle") or None
-    exp_id = exp.experiment_id if exp else client.create_experiment("fast-lifecycle")
+    name = f"fast-lifecycle-{uuid.uuid4().hex[:8]}"  # a store kept across sessions stays valid
+    exp_id = client.create_experiment(name)
     parent = client.create_run(exp_id).info.run_id
     track = {
         "tracking.enabled": True,
-        "tracking.experiment": "fast-lifecycle",
+        "tracking.experiment": name,
         "tracking.sweep": "sw",
         "tracking.grid_cell": "c1",
         "tracking.tags": {"k": "v"},
@@ -144,7 +145,7 @@ def test_a_run_without_sweep_or_parent_has_no_such_tags_and_a_failure_is_recorde
         log_every=1,
         **{
             "tracking.enabled": True,
-            "tracking.experiment": "fast-fail",
+            "tracking.experiment": f"fast-fail-{uuid.uuid4().hex[:8]}",
             "optim.lr": 1e30,
             "optim.warmup_steps": 0,
             "optim.warmup_frac": 0.0,
@@ -153,7 +154,7 @@ def test_a_run_without_sweep_or_parent_has_no_such_tags_and_a_failure_is_recorde
     with pytest.raises(FloatingPointError):
         train(cfg)
     client = MlflowClient()
-    (found,) = client.search_runs([client.get_experiment_by_name("fast-fail").experiment_id])
+    (found,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     run_id = found.info.run_id
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
@@ -191,9 +192,10 @@ def test_eval_every_logs_the_ema_models_metrics_and_its_sample_grid(tmp_path, ca
 
 def test_a_run_continues_a_given_run_id_under_its_name(tmp_path):
     client = MlflowClient()
-    exp_id = client.create_experiment("fast-given-id")
+    name = f"fast-given-id-{uuid.uuid4().hex[:8]}"
+    exp_id = client.create_experiment(name)
     given = client.create_run(exp_id).info.run_id
-    track = {"tracking.enabled": True, "tracking.experiment": "fast-given-id", "tracking.run_id": given,
+    track = {"tracking.enabled": True, "tracking.experiment": name, "tracking.run_id": given,
              "tracking.run_name": "cell-7"}  # fmt: skip
     res = train(tiny(tmp_path, 2, **track))
     assert res.run_id == given and load_checkpoint(res.checkpoint)["mlflow_run_id"] == given
