@@ -62,9 +62,20 @@ SELECTIONS: dict[str, list[str]] = {
         "not cli and not chinchilla_refit and not bootstrap_se and not averaged_huber"
         " and not analyze_predict",
     ],
-    # the pure parts of the trainer; loop.py & co. need real training runs (too slow per mutant)
+    # the pure parts of the trainer
     "dit_core/trainer/lr_schedule.py": ["tests/test_trainer_units.py"],
     "dit_core/trainer/rng.py": ["tests/test_trainer_units.py"],
+    # the trainer's lifecycle: a depth-1, width-16 DiT on 8 px digits, a few steps per run
+    # (each file 15-25 s)
+    "dit_core/train.py": ["tests/test_trainer_lifecycle_fast.py"],
+    "dit_core/trainer/loop.py": [
+        "tests/test_trainer_lifecycle_fast.py",
+        "tests/test_trainer_tracking_fast.py",
+    ],
+    "dit_core/trainer/resume.py": ["tests/test_trainer_lifecycle_fast.py"],
+    "dit_core/trainer/signals.py": ["tests/test_trainer_lifecycle_fast.py"],
+    "dit_core/trainer/validation.py": ["tests/test_trainer_tracking_fast.py"],
+    "dit_core/trainer/evaluation.py": ["tests/test_trainer_tracking_fast.py"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
