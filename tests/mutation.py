@@ -65,6 +65,13 @@ SELECTIONS: dict[str, list[str]] = {
     # the pure parts of the trainer; loop.py & co. need real training runs (too slow per mutant)
     "dit_core/trainer/lr_schedule.py": ["tests/test_trainer_units.py"],
     "dit_core/trainer/rng.py": ["tests/test_trainer_units.py"],
+    # the small trainer modules: parsing, help, data order, progress lines, budget resolution
+    "dit_core/trainer/cli.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    "dit_core/trainer/data_stream.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    "dit_core/trainer/progress.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    "dit_core/trainer/resolve.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    # cell states from real runs in a sqlite store (one store per session); no launcher, no trainer
+    "sweeps/state.py": ["tests/test_sweeps_state_units.py", "tests/test_sweeps_state_pages.py"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
