@@ -9,6 +9,7 @@ import io
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -131,8 +132,6 @@ def test_the_cli_logs_info_lines_with_time_level_and_name_to_stderr(monkeypatch,
     assert root.level == logging.INFO and len(root.handlers) == 1
     logging.getLogger("dit_core.train").info("hello %d", 7)
     err = capsys.readouterr().err
-    import re
-
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO dit_core\.train: hello 7\n", err), err
     assert root.handlers[0].stream is sys.stderr
 
@@ -348,7 +347,8 @@ def test_progress_bar_on_a_terminal_counts_from_the_resumed_step(monkeypatch):
     p.close()
     p.close()  # closing twice is harmless
     final = term.getvalue().split("\r")[-1]
-    assert final.startswith("train:  70%") and " 7/10 " in final and "step" in final
+    assert final.startswith("train:  70%") and " 7/10 " in final
+    assert re.search(r"[\d?]step/s|s/step", final)  # the rate is in steps
     assert "loss=0.1250" in final and "img_s=14.0" in final
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: log lines, no bar
     assert Progress(total=10, start=0).use_bar is False
@@ -357,6 +357,37 @@ def test_progress_bar_on_a_terminal_counts_from_the_resumed_step(monkeypatch):
     assert Progress(total=10, start=0, enabled=False).use_bar is False
     quiet = Progress(total=10, start=0, use_bar=False)
     assert quiet._bar is None
+
+
+def test_progress_bar_follows_the_terminal_width():
+    """On a real (pseudo) terminal, resized while training: the bar is redrawn at the new width."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    resize = lambda cols: fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))  # noqa: E731
+    resize(50)
+    term = os.fdopen(slave, "w")
+    out = b""
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "stderr", term)
+            p = Progress(total=10, start=0)
+            assert p.use_bar
+            resize(120)
+            p.update(7, 0.125, images_per_s=14.0, steps_per_s=1.0)
+            p.close()
+        term.flush()
+        while select.select([master], [], [], 0.5)[0]:
+            out += os.read(master, 65536)
+    finally:
+        term.close()
+        os.close(master)
+    final = out.decode().replace("\r\n", "\n").split("\r")[-1].strip("\n")
+    assert "7/10" in final and len(final) > 100, final
 
 
 # ---------------------------------------------------------------------- resolve
