@@ -51,7 +51,11 @@ def test_help_keeps_the_examples_verbatim_and_names_the_program(capsys):
     assert "      --dynamo_backend no -m dit_core.train --max-steps 100 --global-batch-size 32" in lines
     assert "Train one DiT (the job every sweep cell runs)" in out
     assert "set data.random_flip to false" in out and "set tracking.enabled to false" in out
-    assert "--config FILE.yaml" in out and "--set KEY=VALUE" in out and "--tag KEY=VALUE" in out
+    assert "checkpoints to --out. Precedence: defaults <- --config <- --set <- flags.\n" in out  # as written
+    run_flags = {"--config FILE.yaml": "YAML file", "--set KEY=VALUE": "any field",
+                 "--tag KEY=VALUE": "extra MLflow tag", "--resume RESUME": "auto (continue"}  # fmt: skip
+    for flag, text in run_flags.items():
+        assert re.search(rf"^  {flag}\s+{re.escape(text)}", out, re.M), flag
 
 
 def test_run_flags_defaults_and_repeats(tmp_path):
@@ -149,6 +153,16 @@ def test_a_finished_run_exits_0_and_logs_its_steps(tmp_path, caplog, monkeypatch
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [s.split(" |")[0] for s in steps] == ["step 1/2", "step 2/2"]
     assert (tmp_path / "checkpoints" / "step_0000002.pt").is_file()
+    caplog.clear()
+    # --resume reaches the trainer: "never" refuses a folder with checkpoints, "auto" continues it
+    assert main([*TINY, "--max-steps", "3", "--resume", "never", "--out", str(tmp_path)]) == 2
+    assert any("already holds checkpoints and --resume never" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dit_core.train"):
+        assert main([*TINY, "--max-steps", "3", "--out", str(tmp_path)]) == 0
+    assert [r.getMessage().split(" |")[0] for r in caplog.records if r.getMessage().startswith("step ")] == [
+        "step 3/3"
+    ]
 
 
 def test_a_non_finite_loss_exits_1(tmp_path, caplog):
