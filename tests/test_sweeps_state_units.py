@@ -253,12 +253,23 @@ def test_runs_are_read_in_pages_oldest_first(store, exp, monkeypatch):
         made.setdefault(cell, []).append((t0, run.info.run_id))
     client.create_run(exp_id, tags={"sweep": "t", "grid_cell": "c0"})  # another sweep
     want = {c: [r for _, r in sorted(rs)] for c, rs in made.items()}
+    pages: list[int] = []
+    search = MlflowClient.search_runs
+
+    def counted(self, *args, **kwargs):  # the real request, recording the size of each page
+        page = search(self, *args, **kwargs)
+        pages.append(len(page))
+        return page
+
+    monkeypatch.setattr(MlflowClient, "search_runs", counted)
     whole = read_runs(store, exp, "s")
-    monkeypatch.setattr(state, "PAGE_SIZE", 2)  # 9 runs: 5 pages
+    assert pages == [9]  # one request while the sweep fits in a page
+    pages.clear()
+    monkeypatch.setattr(state, "PAGE_SIZE", 2)
     paged = read_runs(store, exp, "s")
+    assert pages == [2, 2, 2, 2, 1]  # 9 runs in pages of 2
     for got in (whole, paged):
         assert {c: [r.info.run_id for r in rs] for c, rs in got.items()} == want
-    assert state.PAGE_SIZE == 2 and len(sum(want.values(), [])) == 9
 
 
 def test_latest_step_is_the_largest_step_of_that_key(store, exp, tmp_path):
