@@ -76,6 +76,13 @@ SELECTIONS: dict[str, list[str]] = {
     "dit_core/trainer/signals.py": ["tests/test_trainer_lifecycle_fast.py"],
     "dit_core/trainer/validation.py": ["tests/test_trainer_tracking_fast.py"],
     "dit_core/trainer/evaluation.py": ["tests/test_trainer_tracking_fast.py"],
+    # the small trainer modules: parsing, help, data order, progress lines, budget resolution
+    "dit_core/trainer/cli.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    "dit_core/trainer/data_stream.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    "dit_core/trainer/progress.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    "dit_core/trainer/resolve.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    # cell states from real runs in a sqlite store (one store per session); no launcher, no trainer
+    "sweeps/state.py": ["tests/test_sweeps_state_units.py", "tests/test_sweeps_state_pages.py"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
