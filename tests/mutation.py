@@ -78,7 +78,13 @@ SELECTIONS: dict[str, list[str]] = {
     "dit_core/trainer/evaluation.py": ["tests/test_trainer_tracking_fast.py"],
     # the small trainer modules: parsing, help, data order, progress lines, budget resolution
     "dit_core/trainer/cli.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
-    "dit_core/trainer/data_stream.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
+    "dit_core/trainer/data_stream.py": [
+        "tests/test_train_config.py",
+        "tests/test_trainer_pieces.py",
+        "tests/test_step_cost.py",
+    ],
+    # the direct backward/clip/AdamW calls against Accelerate's and a hand-written loop
+    "dit_core/trainer/update.py": ["tests/test_step_cost.py"],
     "dit_core/trainer/progress.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
     "dit_core/trainer/resolve.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
     # cell states from real runs in a sqlite store (one store per session); no launcher, no trainer
