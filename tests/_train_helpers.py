@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -41,3 +42,24 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def metric_history(client, run_id: str, key: str) -> dict[int, float]:
+    """{step: value} of one MLflow metric of a run (``client``: an ``MlflowClient``)."""
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Item i is ``([i, epoch, pid], i % 3)``: which image, in which epoch, read by which process."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, e: int) -> None:
+        self.epoch = e
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(i), float(self.epoch), float(os.getpid())]), i % 3

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _train_helpers import metric_history as _history
 from _train_helpers import one_thread, tiny_config
 from mlflow import MlflowClient
 
@@ -18,10 +19,6 @@ from dit_core.train import Trainer, train
 def _one_thread():
     with one_thread():
         yield
-
-
-def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
 def test_exact_resume_matches_uninterrupted_run(tmp_path):

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from _train_helpers import IndexedDataset
 
 from dit_core.config import BudgetConfig, ConfigError, ModelConfig, TrainConfig
 from dit_core.spec import train_flops_per_image
@@ -199,30 +200,14 @@ def test_a_preemption_signal_exits_143(tmp_path):
 
 
 # ---------------------------------------------------------------------- data stream
-class _Indexed(torch.utils.data.Dataset):
-    """Item i is ``([i, epoch, pid], i % 3)``: which image, in which epoch, read by which process."""
-
-    def __init__(self, n):
-        self.n, self.epoch = n, 0
-
-    def set_epoch(self, e):
-        self.epoch = e
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return torch.tensor([float(i), float(self.epoch), float(os.getpid())]), i % 3
-
-
-class _Batched(_Indexed):
+class _Batched(IndexedDataset):
     """A dataset that reads whole batches (like the photos stream); reading one item is refused."""
 
     def __getitem__(self, i):
         raise AssertionError("read by __getitems__ only")
 
     def __getitems__(self, idx):
-        return [_Indexed.__getitem__(self, i) for i in idx]
+        return [IndexedDataset.__getitem__(self, i) for i in idx]
 
 
 class _Plain(torch.utils.data.Dataset):  # no set_epoch
@@ -238,7 +223,7 @@ def _ids(batch):
 
 
 def test_each_epoch_visits_its_permutation_in_global_batches():
-    ds = _Indexed(10)
+    ds = IndexedDataset(10)
     s = DataStream(ds, 4, seed=3)  # 2 batches per epoch, 2 images of each epoch skipped
     assert s.batches_per_epoch == 2
     for epoch in range(3):
@@ -265,7 +250,7 @@ def test_one_batch_epochs_and_datasets_without_set_epoch():
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_ranks_split_every_global_batch_across_epochs(world):
-    ds = _Indexed(12)
+    ds = IndexedDataset(12)
     full = DataStream(ds, 8, seed=5)
     want = [_ids(full.next_batch()) for _ in range(4)]  # 1 batch per epoch: 4 epochs
     ranks = [DataStream(ds, 8, seed=5, rank=r, world_size=world) for r in range(world)]
@@ -275,7 +260,7 @@ def test_ranks_split_every_global_batch_across_epochs(world):
 
 
 def test_resume_mid_epoch_and_a_loaded_position_replaces_the_current_one():
-    ds = _Indexed(13)
+    ds = IndexedDataset(13)
     ref = DataStream(ds, 3, seed=1)  # 4 batches per epoch
     want = [_ids(ref.next_batch()) for _ in range(9)]
     a = DataStream(ds, 3, seed=1)
@@ -289,7 +274,7 @@ def test_resume_mid_epoch_and_a_loaded_position_replaces_the_current_one():
 
 
 def test_a_position_from_another_dataset_or_batch_is_refused():
-    s = DataStream(_Indexed(10), 4, seed=0)
+    s = DataStream(IndexedDataset(10), 4, seed=0)
     msg = (r"^cannot resume the data position: the checkpoint was written with {} images and global batch "
            r"{}, this run has 10 and 4$")  # fmt: skip
     with pytest.raises(ValueError, match=msg.format(12, 4)):
@@ -300,24 +285,24 @@ def test_a_position_from_another_dataset_or_batch_is_refused():
 
 def test_batch_sizes_that_cannot_work_are_named():
     with pytest.raises(ValueError) as e:
-        DataStream(_Indexed(10), 6, seed=0, world_size=4)
+        DataStream(IndexedDataset(10), 6, seed=0, world_size=4)
     assert str(e.value) == "global batch 6 is not divisible by 4 processes; use a multiple of 4"
     with pytest.raises(ValueError) as e:
-        DataStream(_Indexed(10), 11, seed=0)
+        DataStream(IndexedDataset(10), 11, seed=0)
     assert str(e.value) == ("the training set has 10 images, fewer than one global batch of 11; "
                             "lower --global-batch-size or use more data")  # fmt: skip
-    assert DataStream(_Indexed(10), 10, seed=0).batches_per_epoch == 1  # exactly one batch is enough
+    assert DataStream(IndexedDataset(10), 10, seed=0).batches_per_epoch == 1  # exactly one batch is enough
 
 
 def test_whole_batch_reads_and_worker_processes():
-    plain, batched = DataStream(_Indexed(10), 4, seed=2), DataStream(_Batched(10), 4, seed=2)
+    plain, batched = DataStream(IndexedDataset(10), 4, seed=2), DataStream(_Batched(10), 4, seed=2)
     for _ in range(3):
         x, y = plain.next_batch()
         xb, yb = batched.next_batch()
         assert torch.equal(x, xb) and torch.equal(y, yb)
     assert set(x[:, 2].tolist()) == {float(os.getpid())}  # num_workers=0: read in this process
-    workers = DataStream(_Indexed(10), 4, seed=2, num_workers=1)
-    ref = DataStream(_Indexed(10), 4, seed=2)
+    workers = DataStream(IndexedDataset(10), 4, seed=2, num_workers=1)
+    ref = DataStream(IndexedDataset(10), 4, seed=2)
     for _ in range(3):
         xw, yw = workers.next_batch()
         xr, yr = ref.next_batch()

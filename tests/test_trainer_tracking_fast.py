@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _train_helpers import metric_history as _history
 from _train_helpers import one_thread
 from mlflow import MlflowClient
 from test_trainer_lifecycle_fast import COSINE, _closed_lr, _per_step_losses, tiny
@@ -45,10 +46,6 @@ from dit_core.trainer.validation import Validator
 def _one_thread():
     with one_thread():
         yield
-
-
-def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
 # ------------------------------------------------------------------------------------ MLflow
