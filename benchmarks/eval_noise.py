@@ -3,8 +3,8 @@
     python benchmarks/eval_noise.py                                   # S, XL x 1.5e11, 4e11
     python benchmarks/eval_noise.py --cells S:4e11,B:4e11 --fid-n 50,100,200 --fid-seeds 4
 
-Trains each demo cell (``sweeps/configs/demo.yaml``: 16 px digits, patch 2, batch 16) in this process
-with the sweep's own settings (tracking, validation and evaluation off), then:
+Trains each cell of the digits demo (``sweeps/configs/digits.yaml``, the default before issue 11:
+16 px digits, patch 2, batch 16) in this process with the sweep's own settings (tracking, validation and evaluation off), then:
 
 - validation loss (``val/loss``: common random numbers, a fixed timestep and noise per held-out
   image): the per-image losses on the whole "val" split; the standard error of a cell's loss
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     wanted = [(f, parse_budget(b)) for f, b in (c.split(":") for c in args.cells.split(","))]
-    spec = load_spec(ROOT / "sweeps" / "configs" / "demo.yaml").replace(
+    spec = load_spec(ROOT / "sweeps" / "configs" / "digits.yaml").replace(
         families=sorted({f for f, _ in wanted}), budgets=sorted({b for _, b in wanted})
     )
     cells = {c.cell_id: c for c in expand(spec) if (c.model.name, c.budget) in wanted}

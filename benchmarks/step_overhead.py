@@ -76,7 +76,7 @@ def shape_config(name: str, grad_clip: float, steps: int = 15_000) -> TrainConfi
             "optim.min_lr_ratio": 0.1, "optim.warmup_frac": 0.05, "optim.warmup_steps": 10,
             "optim.ema_decay": 0.99, "log_every": 50,
         }  # fmt: skip
-    else:  # sweeps/configs/demo.yaml
+    else:  # sweeps/configs/digits.yaml
         flat |= {"optim.ema_decay": 0.9, "log_every": 10}
     return TrainConfig().replace(**flat)
 

@@ -4,7 +4,8 @@
     python benchmarks/sweep_throughput.py --grid S,B,L,XL --budgets 4e11 --repeats 5 --json out.json
     python benchmarks/sweep_throughput.py --paths warm,plain   # warm workers vs a python per cell
 
-Each repeat launches the demo sweep (``sweeps/configs/demo.yaml``: 16 px digits, patch 2, batch 16,
+Each repeat launches a bundled sweep (``--config``; default ``digits``, the demo before issue 11 and the
+one the figures in docs/training.md were measured on: 16 px digits, patch 2, batch 16,
 final validation and 200-sample evaluation) restricted to ``--grid`` x ``--budgets`` with
 `sweeps.runner.launch` on the local executor (``--parallel`` slots, one torch thread per slot on a
 machine with as many cores; ``--paths``: warm workers, `sweeps.warm`, and/or a python per cell,
@@ -66,7 +67,7 @@ def run_once(args: argparse.Namespace, i: int, folder: Path, warm: bool = True) 
     """One launch of the mini-sweep in ``folder`` (``warm``: cells forked from a warm worker, else a
     fresh python per cell); returns its figures."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    spec = load_spec(ROOT / "sweeps" / "configs" / "demo.yaml").replace(
+    spec = load_spec(args.config).replace(
         name=f"throughput{i}",
         experiment="sweep-throughput",
         tracking_uri=uri,
@@ -166,6 +167,9 @@ def report(rows: list[dict], parallel: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--config", default="digits", help="bundled sweep or YAML (default digits: the figures in docs; demo)"
+    )
     p.add_argument("--grid", type=lambda s: s.split(","), default=["S", "XL"], help="demo families")
     p.add_argument(
         "--budgets", type=lambda s: [parse_budget(x) for x in s.split(",")], default=[1.5e11, 4e11]
