@@ -4,7 +4,8 @@
     python benchmarks/eval_noise.py --cells S:4e11,B:4e11 --fid-n 50,100,200 --fid-seeds 4
 
 Trains each cell of the digits demo (``sweeps/configs/digits.yaml``, the default before issue 11:
-16 px digits, patch 2, batch 16) in this process with the sweep's own settings (tracking, validation and evaluation off), then:
+16 px digits, patch 2, batch 16) in this process with the sweep's own settings (tracking, validation
+and evaluation off), then:
 
 - validation loss (``val/loss``: common random numbers, a fixed timestep and noise per held-out
   image): the per-image losses on the whole "val" split; the standard error of a cell's loss
