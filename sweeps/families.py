@@ -32,16 +32,20 @@ FAMILIES: dict[str, ModelShape] = {name: ModelShape(name, *shape) for name, shap
 class Scale:
     """Shrinks the families for CPU demos: width / width_div, depth / depth_div, and heads.
 
-    width_div: divides every family's width (must divide 384, 768, 1024 and 1152: 1, 2, 4, ..., 128).
+    width_div: divides every family's width (must divide 384, 768, 1024 and 1152: 1, 2, 4, ..., 128,
+        unless ``round_width``).
     depth_div: divides every family's depth (must divide 12, 24 and 28: 1, 2 or 4).
     head_dim: ``None`` keeps the paper's head counts (6, 12, 16, 16), which at large width_div leaves
         heads of 2-4 channels (or none that divide, e.g. XL at width_div 32); an integer sets
         ``heads = width / head_dim`` for every family (the paper's head dim is 64 for S/B/L and 72
         for XL), so tiny models keep usable attention heads.
+    round_width: with ``head_dim`` set, every ``width / width_div`` is rounded to the nearest multiple
+        of ``head_dim`` (at least one head) instead of having to divide exactly; this opens factors
+        between the powers of 2, e.g. width_div 48: S 8, B 16, L 21.3 -> 20, XL 24.
 
-    The depth ratios (1:1:2:2.33) and width ratios (1:2:2.67:3) of the paper's families are kept
-    exactly, so S < B < L < XL still spans ~17-20x in parameters. The demo uses (32, 4, head_dim 4):
-    S d3 w12 h3, B d3 w24 h6, L d6 w32 h8, XL d7 w36 h9 (docs/study.md).
+    The depth ratios (1:1:2:2.33) of the paper's families are kept exactly, the width ratios
+    (1:2:2.67:3) exactly or, with ``round_width``, to within half a head. The demo uses (36, 4,
+    head_dim 4, round_width): S d3 w12 h3, B d3 w20 h5, L d6 w28 h7, XL d7 w32 h8 (docs/study.md).
     """
 
     width_div: int = 1
@@ -68,25 +72,26 @@ class Scale:
     def is_identity(self) -> bool:
         return self.width_div == 1 and self.depth_div == 1 and self.head_dim is None
 
-    def scaled_width(self, width: int) -> float:
-        """``width / width_div``, rounded to a multiple of ``head_dim`` when ``round_width``."""
-        if self.round_width and width % self.width_div:
+    def scaled_width(self, width: int) -> int:
+        """``width / width_div``: rounded to a multiple of ``head_dim`` when ``round_width``, else
+        exact (`apply` checks the division)."""
+        if self.round_width:
             return max(1, round(width / self.width_div / self.head_dim)) * self.head_dim
-        return width / self.width_div
+        return width // self.width_div
 
     def apply(self, shape: ModelShape) -> ModelShape:
         """The scaled shape; errors if a factor does not divide the family's depth/width evenly."""
         for size, div, what in (
-            (shape.hidden_size, 1 if self.round_width else self.width_div, "hidden_size"),
+            (shape.hidden_size, self.width_div, "hidden_size"),
             (shape.depth, self.depth_div, "depth"),
         ):
-            if size % div:
+            if size % div and not (what == "hidden_size" and self.round_width):
                 raise ValueError(
                     f"scale: {what} {size} of DiT-{shape.name} is not divisible by {div}; "
                     "pick factors that divide all family sizes (width_div 1,2,4,...,128; depth_div 1,2,4)"
                     + (", or set scale.round_width with scale.head_dim" if what == "hidden_size" else "")
                 )
-        width = int(self.scaled_width(shape.hidden_size))
+        width = self.scaled_width(shape.hidden_size)
         if self.head_dim is None:
             if width % shape.num_heads:
                 raise ValueError(

@@ -98,6 +98,9 @@ def test_round_width_opens_factors_between_powers_of_two():
     ]
     for f, s in got.items():  # within half a head of the exact scaled width
         assert abs(s.hidden_size - FAMILIES[f].hidden_size / 48) <= 2
+    # the demo's factor: 10.7 -> 12 and 21.3 -> 20 round to the nearest head, up and down
+    demo = Scale(width_div=36, depth_div=4, head_dim=4, round_width=True)
+    assert [family_shape(f, demo).hidden_size for f in ("S", "B", "L", "XL")] == [12, 20, 28, 32]
     with pytest.raises(ValueError, match="round_width"):
         family_shape("L", Scale(width_div=48, depth_div=4, head_dim=4))
     with pytest.raises(ValueError, match="set scale.head_dim"):
