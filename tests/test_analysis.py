@@ -290,8 +290,15 @@ def test_analyze_predict_and_holdout_on_synthetic():
     test = hold.held_out
     t = TRUE["E"] + TRUE["A"] / test["N"] ** TRUE["alpha"] + TRUE["B"] / test["D"] ** TRUE["beta"]
     truth = test.assign(t=t)
-    assert hold.best_model_pred == hold.best_model_obs == truth.loc[truth["t"].idxmin(), "model"]
-    assert f"predicted {hold.best_model_obs}, observed {hold.best_model_obs}" in hold.text()
+    best = truth.loc[truth["t"].idxmin(), "model"]
+    assert hold.best_model_pred == hold.best_model_obs == best
+    assert f"predicted {best}, observed {best}" in hold.text()
+    # the two are read from different columns: spoil the best model's held-out losses (not used by the
+    # fit) and only the observed name moves
+    spoiled = pts.copy()
+    spoiled.loc[spoiled["run_id"].isin(test.loc[test["model"] == best, "run_id"]), "loss"] *= 1.5
+    hold2 = holdout_largest(spoiled, AnalysisConfig(n_bootstrap=0))
+    assert hold2.best_model_pred == best and hold2.best_model_obs != best
 
 
 def test_outlier_removal_is_explicit_and_reported(chinchilla):
