@@ -111,3 +111,22 @@ def launch_until_step(spec: SweepSpec, progress: Path, step: int = 5) -> tuple[t
     t.start()
     wait_for(lambda: step_of(progress) >= step, "progress")
     return t, box, sweep_dir(spec) / "cells" / cell.cell_id
+
+
+def fake_final_weight(cell) -> float:
+    """The fake trainer's weight after all of ``cell``'s steps, from w = 0 and
+    ``w <- w - 0.1 (w - target)``: target (1 - 0.9^steps), however often it was interrupted."""
+    target = 1.0 + cell.model.hidden_size / 100.0
+    return target * (1 - 0.9**cell.steps)
+
+
+def assert_relaunch_resumes(spec: SweepSpec, uri: str, cell, run_id: str) -> None:
+    """A relaunch resubmits the interrupted ``cell`` only, which resumes into its one run ``run_id``
+    and ends where an uninterrupted run would (second attempt, FINISHED)."""
+    res = launch(spec, poll_s=0.3)
+    assert res.submitted == [cell.cell_id] and res.errors == {}
+    out = res.results[cell.cell_id]
+    assert out["starts"] == 2 and out["run_id"] == run_id
+    assert abs(out["weight"] - fake_final_weight(cell)) <= 1e-12 * fake_final_weight(cell)
+    (run,) = runs_by_cell(uri, spec.experiment)[cell.cell_id]
+    assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _sweep_specs import fake_trainer_spec, runs_by_cell, tiny_real_spec
+from _sweep_specs import fake_final_weight, fake_trainer_spec, runs_by_cell, tiny_real_spec
 from mlflow.tracking import MlflowClient
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
@@ -65,8 +65,7 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
     for c in cells:
         run = runs[c.cell_id][0]
         assert run.data.tags["status"] == "finished" and run.data.tags["executor_job_id"]
-        target = 1.0 + c.model.hidden_size / 100.0
-        assert res.results[c.cell_id]["weight"] == pytest.approx(target * (1 - 0.9**c.steps))
+        assert res.results[c.cell_id]["weight"] == pytest.approx(fake_final_weight(c), rel=1e-12)
     assert sacct_states(arrays.pop(), until="COMPLETED") == ["COMPLETED"] * 4
 
     again = launch(spec, poll_s=1.0)
@@ -115,9 +114,8 @@ def test_time_limit_requeues_and_resumes(job_env, tmp_path):
     res = launch(spec, poll_s=1.0)
     assert res.errors == {}
     out = res.results[cell.cell_id]
-    target = 1.0 + cell.model.hidden_size / 100.0
     assert out["starts"] >= 2 and out["step"] == cell.steps
-    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
+    assert out["weight"] == pytest.approx(fake_final_weight(cell), rel=1e-12)
     (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
     assert run.data.tags["status"] == "finished"
 

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _sweep_specs import fake_trainer_spec, launch_until_step, runs_by_cell, states_of, step_of, wait_for
+from _sweep_specs import (
+    assert_relaunch_resumes,
+    fake_final_weight,
+    fake_trainer_spec,
+    launch_until_step,
+    runs_by_cell,
+    states_of,
+    step_of,
+    wait_for,
+)
 from mlflow.tracking import MlflowClient
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
@@ -54,9 +63,8 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path):
         assert len(tags["config_hash"]) == 16
         hist = client.get_metric_history(run.info.run_id, "train/loss")
         assert sorted(m.step for m in hist) == list(range(1, c.steps + 1))
-        # the job's result is the trainer's: w_k = target * (1 - 0.9^k)
-        target = 1.0 + c.model.hidden_size / 100.0
-        assert res.results[c.cell_id]["weight"] == pytest.approx(target * (1 - 0.9**c.steps))
+        # the job's result is the trainer's closed form
+        assert res.results[c.cell_id]["weight"] == pytest.approx(fake_final_weight(c), rel=1e-12)
         assert res.results[c.cell_id]["threads"] == max(1, (os.cpu_count() or 1) // 2)
 
     again = launch(spec, poll_s=0.3)
@@ -110,8 +118,7 @@ def test_preempted_local_job_requeues_and_resumes_to_the_same_result(job_env, tm
     assert res.errors == {}
     out = res.results[cell.cell_id]
     assert out["starts"] == 2 and out["step"] == cell.steps
-    target = 1.0 + cell.model.hidden_size / 100.0
-    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
+    assert out["weight"] == pytest.approx(fake_final_weight(cell), rel=1e-12)
     (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
     hist = MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
@@ -151,14 +158,7 @@ def test_sigkilled_job_is_interrupted_and_resumes_into_its_own_run(job_env, tmp_
     st = states_of(spec, job_env)[cell.cell_id]
     assert st.state == "interrupted" and st.run_status == "RUNNING" and st.attempts == 1
 
-    res = launch(spec, poll_s=0.3)
-    assert res.submitted == [cell.cell_id] and res.errors == {}
-    out = res.results[cell.cell_id]
-    assert out["starts"] == 2 and out["run_id"] == st.run_id  # resumed into the cell's one run
-    target = 1.0 + cell.model.hidden_size / 100.0
-    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
-    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
-    assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
+    assert_relaunch_resumes(spec, job_env, cell, st.run_id)
 
 
 def _write_yaml(spec: SweepSpec, path: Path, **train) -> Path:

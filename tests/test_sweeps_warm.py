@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from _sweep_specs import (
+    assert_relaunch_resumes,
+    fake_final_weight,
     fake_trainer_spec,
     launch_until_step,
     runs_by_cell,
@@ -88,8 +90,7 @@ def test_warm_sweep_one_run_per_cell_logs_and_exit_codes_then_relaunch_submits_n
         assert f"cell {c.cell_id}" in (folder / f"{job}_0_log.err").read_text()
         hist = client.get_metric_history(run.info.run_id, "train/loss")
         assert sorted(m.step for m in hist) == list(range(1, c.steps + 1))
-        target = 1.0 + c.model.hidden_size / 100.0
-        assert res.results[c.cell_id]["weight"] == pytest.approx(target * (1 - 0.9**c.steps), rel=1e-12)
+        assert res.results[c.cell_id]["weight"] == pytest.approx(fake_final_weight(c), rel=1e-12)
         assert res.results[c.cell_id]["threads"] == max(1, (os.cpu_count() or 1) // 2)
         assert not cell_lock_held(sweep_dir(spec) / "cells" / c.cell_id)  # released at the end
 
@@ -150,14 +151,7 @@ def test_sigkilled_warm_child_is_interrupted_and_resumes_into_its_own_run(job_en
     st = states_of(spec, job_env)[cell.cell_id]
     assert st.state == "interrupted" and st.run_status == "RUNNING" and st.attempts == 1
 
-    again = launch(spec, poll_s=0.3)
-    assert again.submitted == [cell.cell_id] and again.errors == {}
-    out = again.results[cell.cell_id]
-    assert out["starts"] == 2 and out["run_id"] == st.run_id  # resumed into the cell's one run
-    target = 1.0 + cell.model.hidden_size / 100.0
-    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
-    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
-    assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
+    assert_relaunch_resumes(spec, job_env, cell, st.run_id)
 
 
 def test_usr2_requeues_the_warm_child_which_resumes_to_the_same_result(job_env, tmp_path):
@@ -175,8 +169,7 @@ def test_usr2_requeues_the_warm_child_which_resumes_to_the_same_result(job_env, 
     out = res.results[cell.cell_id]
     assert out["starts"] == 2 and out["step"] == cell.steps
     assert int((run_dir / "pid").read_text()) != first_pid  # forked again
-    target = 1.0 + cell.model.hidden_size / 100.0
-    assert out["weight"] == pytest.approx(target * (1 - 0.9**cell.steps), rel=1e-12)
+    assert out["weight"] == pytest.approx(fake_final_weight(cell), rel=1e-12)
     (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
     assert run.data.tags["attempts"] == "1"  # a requeue is not a resubmission
     hist = MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")
