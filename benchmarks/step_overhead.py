@@ -9,8 +9,10 @@ and XL (d7 w144 h16) on 16 px digits at batch 16.
 
 Paths, each a real `Trainer` calling `Trainer.train_step` (tracking off):
   old  Accelerate's backward / clip_grad_norm_ / optimizer step and zero_grad
-       (`update_ops(..., direct=False)`), and photo batches fetched one batch per call through
-       ``__getitems__`` and re-stacked (the data path before, reproduced here by `OldDataStream`);
+       (`update_ops(..., direct=False)`), photo batches fetched one batch per call through
+       ``__getitems__`` and re-stacked (the data path before, reproduced here by `OldDataStream`),
+       and the hybrid loss's decoder NLL evaluated on every row and selected with `torch.where`
+       (`old_vb_terms`; the trainer now evaluates it on CPU for the t = 0 rows only);
   new  the trainer as it is (direct calls on one process, photo batches rendered several at a time).
 Both use fused AdamW and the foreach EMA (already the trainer's before these changes).
   compiled (``--compiled``) new with ``compile: true`` (`dit_core.fast_path`; its compile time is
@@ -26,14 +28,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import tempfile
 import time
+import types
 from collections import defaultdict
 
 import torch
 
 from dit_core.config import TrainConfig
+from dit_core.diffusion.base import mean_flat
+from dit_core.diffusion.gaussian import discretized_gaussian_log_likelihood, normal_kl
 from dit_core.train import Trainer
 from dit_core.trainer.data_stream import DataStream, _collate
 from dit_core.trainer.update import update_ops
@@ -44,6 +50,10 @@ SHAPES = {
     "d3w16": (3, 16, 4, "photos", 32),
     "d6w20": (6, 20, 5, "photos", 32),
     "d7w24": (7, 24, 6, "photos", 32),
+    "dS": (3, 12, 3, "photos", 32),  # the default demo's families (sweeps/configs/demo.yaml)
+    "dB": (3, 20, 5, "photos", 32),
+    "dL": (6, 28, 7, "photos", 32),
+    "dXL": (7, 32, 8, "photos", 32),
     "S": (3, 48, 6, "digits", 16),
     "XL": (7, 144, 16, "digits", 16),
 }
@@ -59,6 +69,15 @@ class OldDataStream(DataStream):
         batches = self._local_batches(self.epoch, self.index)
         fetch = getattr(self.dataset, "__getitems__", None)
         self._iter = (_collate(fetch(idx) if fetch else [self.dataset[i] for i in idx]) for idx in batches)
+
+
+def old_vb_terms(self, out, x0, x_t, t):
+    """`GaussianDiffusion.vb_terms` before: the decoder NLL of every row, then `torch.where`."""
+    true_mean, _, true_logvar = self.q_posterior_mean_variance(x0, x_t, t)
+    p = self.p_mean_variance(out, x_t, t)
+    kl = mean_flat(normal_kl(true_mean, true_logvar, p["mean"], p["log_variance"])) / math.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"])
+    return torch.where(t == 0, mean_flat(nll) / math.log(2.0), kl)
 
 
 def shape_config(name: str, grad_clip: float, steps: int = 15_000) -> TrainConfig:
@@ -88,6 +107,7 @@ def build(name: str, path: str, grad_clip: float) -> Trainer:
         tr.update = update_ops(tr.acc, tr.optimizer, tr.model, direct=False)
         s = tr.stream
         tr.stream = OldDataStream(s.dataset, s.global_batch, seed=s.seed, rank=s.rank, world_size=1)
+        tr.diffusion.vb_terms = types.MethodType(old_vb_terms, tr.diffusion)
     return tr
 
 

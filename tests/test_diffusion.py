@@ -212,6 +212,27 @@ def test_vb_term_at_t0_is_discretized_decoder_nll(var_value):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_vb_term_of_a_mixed_batch_is_each_rows_own_term():
+    """Rows at t = 0 (decoder NLL) and t > 0 (KL) in one batch: each row's value and gradient are
+    those of the row alone (on CPU the NLL is computed for the t = 0 rows only)."""
+    d = create_diffusion(DiffusionConfig(learn_sigma=True))
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(5, 2, 3, 3, generator=g, dtype=torch.float64) * 2 - 1
+    x_t = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
+    out = torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64).clamp(-1, 1).requires_grad_()
+    t = torch.tensor([0, 7, 0, 999, 1])
+    got = d.vb_terms(out, x0, x_t, t)
+    (grad,) = torch.autograd.grad(got.sum(), out)
+    for i in range(5):
+        row = out[i : i + 1].detach().requires_grad_()
+        want = d.vb_terms(row, x0[i : i + 1], x_t[i : i + 1], t[i : i + 1])
+        (want_grad,) = torch.autograd.grad(want.sum(), row)
+        torch.testing.assert_close(got[i : i + 1], want, rtol=1e-12, atol=0)
+        torch.testing.assert_close(grad[i : i + 1], want_grad, rtol=1e-12, atol=0)
+    assert got[0] != got[1] and torch.isfinite(got).all()
+    assert d.vb_terms(out, x0, x_t, torch.full((5,), 3)).shape == (5,)  # no t = 0 row at all
+
+
 class ConstantModel(nn.Module):
     """Outputs [p_mean; p_var] everywhere, so gradients per channel group are easy to read."""
 
