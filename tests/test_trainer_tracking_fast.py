@@ -398,3 +398,30 @@ def test_sample_grid_tiles_seeded_samples_with_cycling_labels(tmp_path, channels
                   cfg_scale=2.0, generator=g, clip_denoised=True)  # fmt: skip
     assert grid.dtype == np.uint8 and grid.shape == (2 * 9 + 1, 3 * 9 + 1, 3)
     assert np.array_equal(grid, _tile(imgs, 3))
+
+
+def test_a_checkpoint_evaluation_reproduces_the_runs_own_sample_metrics(tmp_path):
+    """`python -m dit_core.evaluate` on a run's checkpoint, with the run's seed and sampler settings,
+    gives the metrics of the run's in-training evaluation: same EMA weights and the same x0 clipping
+    (pixel data: on), unless told otherwise with --no-clip-denoised."""
+    from dit_core.evaluate.__main__ import build_parser
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+
+    cfg = tiny(tmp_path, 2, seed=5, **{"eval.num_samples": 6, "eval.steps": 3, "eval.batch_size": 4,
+                                       "eval.sampler": "ddim", "eval.cfg_scale": 1.0})  # fmt: skip
+    tr = Trainer(cfg)
+    tr.train_step()
+    _perturbed(tr.ema.model)  # predictions beyond [-1, 1] for clipping to act on
+    path = tr.save()
+    in_run = evaluate_samples(tr.ema.model, tr.diffusion, tr.cfg, tr.dit_cfg, tr.acc)
+    from dit_core.evaluate.metrics import default_metrics
+
+    opts = dict(checkpoint=str(path), num_samples=6, batch_size=4, sampler="ddim", steps=3, cfg_scale=1.0,
+                seed=5, metrics=default_metrics("digits", inception=False))  # fmt: skip
+    got, step, _ = evaluate_checkpoint(CheckpointEvalConfig(**opts))
+    assert step == 1 and set(got) == set(in_run) and got == pytest.approx(in_run, rel=1e-6)
+    unclipped, _, _ = evaluate_checkpoint(CheckpointEvalConfig(**opts, clip_denoised=False))
+    assert unclipped["fid_digits"] != pytest.approx(in_run["fid_digits"], rel=1e-3)
+    args = build_parser().parse_args(["--checkpoint", "x"])
+    assert args.clip_denoised is None
+    assert build_parser().parse_args(["--checkpoint", "x", "--no-clip-denoised"]).clip_denoised is False

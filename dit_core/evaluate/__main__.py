@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None, help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
     p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder (latent runs)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument(
+        "--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+        help="clamp the sampler's x0 estimate to [-1, 1] at each step (default: as the run's own "
+        "evaluation, eval.clip_denoised: on for pixel data, off for latents)",
+    )  # fmt: skip
     p.add_argument("--mlflow-run-id", default=None, help="log eval/<metric> to this run at the ckpt step")
     p.add_argument("--output", default=None, help="also write the metrics JSON here")
     p.add_argument("--save-samples", default=None, help="write the samples to this .npz (arr_0 NHWC uint8)")

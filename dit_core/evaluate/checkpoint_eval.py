@@ -31,6 +31,7 @@ class CheckpointEvalConfig:
     inception_weights: str | None = None
     vae: str | None = None  # local diffusers AutoencoderKL folder, for latent runs
     use_ema: bool = True
+    clip_denoised: bool | None = None  # None: as the run's in-training evaluation (its eval.clip_denoised)
     save_samples: str | None = None  # .npz (arr_0 NHWC uint8, labels) written by rank 0
 
 
@@ -47,6 +48,7 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
     """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder)."""
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
+    from dit_core.trainer.evaluation import clip_denoised as run_clip_denoised
 
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
@@ -75,5 +77,6 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=metrics,
         accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
         save_samples=cfg.save_samples,
+        clip_denoised=run_clip_denoised(tcfg) if cfg.clip_denoised is None else cfg.clip_denoised,
     )  # fmt: skip
     return result, int(ckpt["step"]), ckpt["config"]
