@@ -24,7 +24,6 @@ from sweeps.executor import JobRef
 from sweeps.lock import cell_job_lock_lines
 from sweeps.state import (
     CellState,
-    Submission,
     check_resumable_cell,
     check_tracking_uri,
     config_hash,
@@ -75,7 +74,7 @@ def kill(job: subprocess.Popen) -> None:
 
 def record_submission(uri: str, run_id: str, job: JobRef, attempts: int, cfg_hash: str, resubmitted: bool):
     """`record_submissions` for one cell."""
-    record_submissions(uri, [Submission(run_id, job, attempts, cfg_hash, resubmitted)])
+    record_submissions(uri, [state.Submission(run_id, job, attempts, cfg_hash, resubmitted)])
 
 
 def submit(uri: str, run_id: str, run_dir: Path, attempts: int = 1, pid: int = 1, cfg_hash: str = "h"):
@@ -218,8 +217,8 @@ def test_record_submissions_writes_the_job_and_reschedules_resubmitted_runs(stor
     client.set_terminated(ids["b"], "FAILED")  # b's first job failed
     train(store, exp, ids["c"], tmp_path / "c", {1: 0.5}, end=None)  # c's trainer is running (RUNNING)
     record_submissions(store, [
-        Submission(ids["a"], JobRef("slurm", "17_0", "/logs/a", "/runs/a"), 1, "ha", False),
-        Submission(ids["b"], JobRef("local", "4242", "/logs/b", "/runs/b"), 2, "hb2", True),
+        state.Submission(ids["a"], JobRef("slurm", "17_0", "/logs/a", "/runs/a"), 1, "ha", False),
+        state.Submission(ids["b"], JobRef("local", "4242", "/logs/b", "/runs/b"), 2, "hb2", True),
     ])  # fmt: skip
     record_submission(store, ids["c"], JobRef("debug", "9", "/logs/c", "/runs/c"), 3, "hc", False)
     want = {
