@@ -90,32 +90,30 @@ def _patch_txt(patch: float) -> str:
 def _profile(
     g: pd.DataFrame, c: float, patch: float, skipped: list[str] | None = None, units: str = "parameters"
 ) -> IsoFlopProfile | None:
+    skipped = [] if skipped is None else skipped
     ln = np.log(g["N"].to_numpy(float))
     if len(np.unique(ln)) < 3:
-        if skipped is not None:
-            skipped.append(
-                f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: {len(np.unique(ln))} model size(s); a "
-                "parabola needs 3 - add model sizes at this budget"
-            )
+        skipped.append(
+            f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: {len(np.unique(ln))} model size(s); a "
+            "parabola needs 3 - add model sizes at this budget"
+        )
         return None
     coef = np.polyfit(ln, g["loss"].to_numpy(float), 2)
     if coef[0] <= 0:
-        if skipped is not None:
-            skipped.append(
-                f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: the parabola opens downward (no minimum); "
-                "skipped"
-            )
+        skipped.append(
+            f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: the parabola opens downward (no minimum); "
+            "skipped"
+        )
         return None
     x_opt = -coef[1] / (2 * coef[0])
     if not ln.min() <= x_opt <= ln.max():
         side = "smaller" if x_opt < ln.min() else "larger"
-        if skipped is not None:
-            skipped.append(
-                f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: the parabola's minimum "
-                f"(N={math.exp(x_opt):.3g} {units}) lies outside the models trained there "
-                f"(N {math.exp(ln.min()):.3g}..{math.exp(ln.max()):.3g} {units}); "
-                f"budget skipped - add {side} models at this budget"
-            )
+        skipped.append(
+            f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: the parabola's minimum "
+            f"(N={math.exp(x_opt):.3g} {units}) lies outside the models trained there "
+            f"(N {math.exp(ln.min()):.3g}..{math.exp(ln.max()):.3g} {units}); "
+            f"budget skipped - add {side} models at this budget"
+        )
         return None
     # D at the optimum: ln D is linear in ln N at a fixed budget (exactly ln(C/kN) for C = kND)
     dcoef = np.polyfit(ln, np.log(g["D"].to_numpy(float)), 1)
@@ -312,18 +310,10 @@ def fit_isoflop(
             "model sizes and its minimum inside them); no N_opt(C) law"
         )
         log.info(msg)
-        return IsoFlopFit(
-            profiles,
-            None,
-            None,
-            messages=skipped + [msg],
-            slices=slices,
-            status=status,
-            units=(units, data_units),
-        )
+        skipped.append(msg)
     by_patch = {k: _laws(v) for k, v in groups.items()}
-    main = max(groups, key=lambda k: (len(groups[k]), -k))
-    n_law, d_law = by_patch[main]
+    main = max(groups, key=lambda k: (len(groups[k]), -k)) if groups else -1.0
+    n_law, d_law = by_patch.get(main, (None, None))
     fit = IsoFlopFit(
         profiles,
         n_law,
@@ -335,7 +325,7 @@ def fit_isoflop(
         by_patch={k: v for k, v in by_patch.items() if k >= 0},
         units=(units, data_units),
     )
-    if n_bootstrap > 0:
+    if n_bootstrap > 0 and groups:
         pts = points.reset_index(drop=True)
         patch = _patch_of(pts).to_numpy()
         pts = pts[patch == main].reset_index(drop=True)

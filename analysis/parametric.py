@@ -14,7 +14,7 @@ compute-optimal allocation. Bootstrap refits restart from the grid, never from t
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -123,6 +123,16 @@ def _terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarra
     return np.stack([t1, t2, t3], axis=-2)
 
 
+def _log_loss_and_shares(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray):
+    """Predicted log L (..., n) and each term's share of L (..., 3, n) (the softmax weights, which are
+    d log L / d term); theta (..., 5)."""
+    t = _terms(theta, log_n, log_d)
+    m = t.max(axis=-2, keepdims=True)
+    ex = np.exp(t - m)
+    s = ex.sum(axis=-2, keepdims=True)
+    return (m + np.log(s))[..., 0, :], ex / s
+
+
 def objective(
     theta: np.ndarray,
     log_n: np.ndarray,
@@ -135,12 +145,7 @@ def objective(
 
     theta: (5,) = (e, a, b, alpha, beta); log_n, log_d, log_loss: (n,). Returns (value, grad (5,)).
     """
-    t = _terms(theta, log_n, log_d)  # (3, n)
-    m = t.max(axis=0)
-    ex = np.exp(t - m)
-    s = ex.sum(axis=0)
-    pred = m + np.log(s)
-    w = ex / s  # softmax weights, d pred / d term
+    pred, w = _log_loss_and_shares(theta, log_n, log_d)
     val, dh = _huber(pred - log_loss, delta)
     scale = 1.0 / len(log_loss) if reduction == "mean" else 1.0
     g = np.array(
@@ -161,9 +166,7 @@ def grid_objective(
     """Summed Huber objective for many parameter vectors at once: thetas (G, 5) -> (G,)."""
     out = np.empty(len(thetas))
     for i in range(0, len(thetas), 512):  # chunks keep memory at 512 x 3 x n floats
-        t = _terms(thetas[i : i + 512], log_n, log_d)
-        m = t.max(axis=-2)
-        pred = m + np.log(np.exp(t - m[..., None, :]).sum(axis=-2))
+        pred = _log_loss_and_shares(thetas[i : i + 512], log_n, log_d)[0]
         out[i : i + 512] = _huber(pred - log_loss, delta)[0].sum(axis=-1)
     return out
 
@@ -175,12 +178,8 @@ def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float, free=N
     do not (~ 1). Unlike |grad| it does not depend on the scale (sum vs mean) or on the residual size.
     free: (5,) bool, the parameters to check (one held on a bound or fixed is not stationary there).
     """
-    t = _terms(theta, log_n, log_d)
-    m = t.max(axis=0)
-    ex = np.exp(t - m)
-    s = ex.sum(axis=0)
-    w = ex / s
-    _, dh = _huber(m + np.log(s) - log_loss, delta)
+    pred, w = _log_loss_and_shares(theta, log_n, log_d)
+    _, dh = _huber(pred - log_loss, delta)
     jac = np.stack([w[2], w[0], w[1], -w[0] * log_n, -w[1] * log_d], axis=1)  # (n, 5)
     c = dh[:, None] * jac
     r = np.abs(c.sum(axis=0)) / np.maximum(np.abs(c).sum(axis=0), 1e-300)
@@ -193,10 +192,7 @@ def term_shares(theta: np.ndarray, log_n, log_d) -> dict[str, float]:
     """Largest share of the predicted loss over the points of each term: E, "N" (A/N^alpha), "D" (B/D^beta).
 
     A share below ~1e-3 everywhere means the term vanished: its parameters are not determined."""
-    t = _terms(theta, log_n, log_d)
-    m = t.max(axis=0)
-    w = np.exp(t - m)
-    w = w / w.sum(axis=0)
+    w = _log_loss_and_shares(theta, log_n, log_d)[1]
     return {"N": float(w[0].max()), "D": float(w[1].max()), "E": float(w[2].max())}
 
 
@@ -500,14 +496,21 @@ def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarr
     )
 
 
-def single_threaded_blas():
-    """Context limiting BLAS to one thread. scipy 1.17's L-BFGS-B calls BLAS on 5-vectors; with
-    OpenBLAS threads on a busy 2-core machine that made each fit ~20x slower (10 s instead of 0.5 s)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+def single_threaded_blas(fn):
+    """Decorator: ``fn`` with BLAS limited to one thread. scipy 1.17's L-BFGS-B calls BLAS on
+    5-vectors; with OpenBLAS threads on a busy 2-core machine that made each fit ~20x slower (10 s
+    instead of 0.5 s)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+            return fn(*args, **kwargs)
+        with threadpool_limits(1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, polish=False, fix_e=None):
@@ -596,6 +599,12 @@ def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts, bounds, fi
     return best[1], best[2], best[3], n_conv
 
 
+def _polished(theta, f: float, stat: float, logs, cfg: ParametricConfig, bounds, fix_e=None):
+    """(theta, f, stat) after a run with the polish tolerances, if that lowered the objective."""
+    t2, f2, s2, _ = _minimize(theta, *logs, cfg, bounds, polish=True, fix_e=fix_e)
+    return (t2, f2, s2) if f2 <= f else (theta, f, stat)
+
+
 def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
     e, a, b, alpha, beta = (float(x) for x in theta)
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
@@ -634,6 +643,7 @@ def e_upper_bound(
     return float(es[j] + t * (es[j + 1] - es[j]))
 
 
+@single_threaded_blas
 def fit_parametric(
     n,
     d,
@@ -651,13 +661,7 @@ def fit_parametric(
     Raises ConvergenceError when `config.check_convergence` and no start reached a stationary point.
     The returned fit carries `status` (see ParametricFit.assess).
     """
-    with single_threaded_blas():
-        return _fit_parametric(n, d, loss, config or ParametricConfig(), n_bootstrap, seed, groups, level)
-
-
-def _fit_parametric(
-    n, d, loss, cfg: ParametricConfig, n_bootstrap: int, seed: int, groups, level: float
-) -> ParametricFit:
+    cfg = config or ParametricConfig()
     log_n, log_d, log_loss = check_points(n, d, loss)
     logs = (log_n, log_d, log_loss)
     bounds = _bounds(cfg, log_loss)
@@ -667,18 +671,14 @@ def _fit_parametric(
     converged = _converged(f, stat, len(log_n), cfg)
     polish = cfg.polish_ftol is not None or cfg.polish_gtol is not None
     if converged and polish:
-        t2, f2, s2, _ = _minimize(theta, *logs, cfg, bounds, polish=True)
-        if f2 <= f:
-            theta, f, stat = t2, f2, s2
+        theta, f, stat = _polished(theta, f, stat, logs, cfg, bounds)
     lmin = float(np.exp(log_loss.min()))
     e_at_floor = bool(converged and math.exp(theta[0]) < cfg.e_at_floor_frac * lmin)
     e_up, profile = None, []
     if e_at_floor:  # the best fit wants E -> 0: fit E = 0 exactly, then bound E by its profile
         theta0, f0, s0, _ = _fit_theta(*logs, cfg, [theta, *starts], bounds, fix_e=-np.inf)
         if polish:
-            t2, f2, s2, _ = _minimize(theta0, *logs, cfg, bounds, polish=True, fix_e=-np.inf)
-            if f2 <= f0:
-                theta0, f0, s0 = t2, f2, s2
+            theta0, f0, s0 = _polished(theta0, f0, s0, logs, cfg, bounds, fix_e=-np.inf)
         theta, f, stat = theta0, f0, s0
         converged = _converged(f, stat, len(log_n), cfg)
         profile = profile_e(theta, *logs, cfg)
@@ -718,6 +718,7 @@ def _fit_parametric(
     return fit
 
 
+@single_threaded_blas
 def bootstrap_parametric(
     fit: ParametricFit, n, d, loss, n_resamples: int, *, seed: int = 0, groups=None
 ) -> BootstrapResult:
@@ -726,13 +727,6 @@ def bootstrap_parametric(
     Never from the full-data optimum: a start there would inherit a stuck parameter. A refit that
     does not converge counts as failed (`n_failed`); one that ends on a bound is kept and flagged.
     """
-    with single_threaded_blas():
-        return _bootstrap_parametric(fit, n, d, loss, n_resamples, seed, groups)
-
-
-def _bootstrap_parametric(
-    fit: ParametricFit, n, d, loss, n_resamples: int, seed: int, groups
-) -> BootstrapResult:
     base = fit.config
     cfg = replace(
         base,

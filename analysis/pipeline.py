@@ -232,17 +232,12 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
 def analyze(points: pd.DataFrame, config: AnalysisConfig | None = None) -> Analysis:
     """Run every fit the data supports. The parametric law needs > 5 points and spread in N and D."""
     cfg = config or AnalysisConfig()
-    with single_threaded_blas():
-        return analyze_prepared(prepare(points, cfg), cfg)
+    return analyze_prepared(prepare(points, cfg), cfg)
 
 
+@single_threaded_blas
 def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     """The fits on already prepared points (see `prepare`)."""
-    with single_threaded_blas():
-        return _analyze(prep, cfg)
-
-
-def _analyze(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     units = units_of(cfg, prep.r_star)
     pts, removed = remove_outliers(prep.points, cfg.drop_highest_loss, cfg.outlier_sigma, cfg.delta)
     if len(prep.dropped):

@@ -328,10 +328,14 @@ def effective_data(d, unique, r_star: float) -> np.ndarray:
     return u + u * r_star * (1.0 - np.exp(-r / r_star))
 
 
-def _runs_lacking(pts: pd.DataFrame, values: np.ndarray) -> list[str]:
-    """Sorted run ids of the rows whose ``values`` (one per row) are not finite and positive."""
+def _column_of_every_run(pts: pd.DataFrame, col: str, message: str) -> np.ndarray:
+    """``pts[col]`` as floats; ValueError ``message`` (formatted with ``n`` and ``runs``, the first 5
+    sorted run ids) when some rows' values are not finite and positive."""
+    values = pts[col].to_numpy(float)
     bad = ~(np.isfinite(values) & (values > 0))
-    return sorted(map(str, pts.loc[bad, "run_id"].unique()))
+    if runs := sorted(map(str, pts.loc[bad, "run_id"].unique())):
+        raise ValueError(message.format(n=len(runs), runs=runs[:5]))
+    return values
 
 
 def set_axes(points: pd.DataFrame, data_axis: str = "images", params: str = "total") -> pd.DataFrame:
@@ -344,22 +348,21 @@ def set_axes(points: pd.DataFrame, data_axis: str = "images", params: str = "tot
     pts = points.copy()
     pts["N_total"], pts["images"] = pts["N"], pts["D"]
     if data_axis == "tokens":
-        tpi = pts["tokens_per_image"].to_numpy(float)
-        if runs := _runs_lacking(pts, tpi):
-            raise ValueError(
-                f"--data-axis tokens needs the tokens per image of every run (params model.input_size and "
-                f"model.patch_size, or a tokens_per_image CSV column); {len(runs)} run(s) lack it: "
-                f"{runs[:5]}. Use --data-axis images, or log those params"
-            )
+        tpi = _column_of_every_run(
+            pts,
+            "tokens_per_image",
+            "--data-axis tokens needs the tokens per image of every run (params model.input_size and "
+            "model.patch_size, or a tokens_per_image CSV column); {n} run(s) lack it: {runs}. Use "
+            "--data-axis images, or log those params",
+        )
         pts["D"] = pts["D"] * tpi
         pts["unique"] = pts["unique"] * tpi
     if params == "non_embedding":
-        ne = pts["N_non_embedding"].to_numpy(float)
-        if runs := _runs_lacking(pts, ne):
-            raise ValueError(
-                f"--params non_embedding reads the param model.params_non_embedding (CSV column "
-                f"N_non_embedding), which {len(runs)} run(s) do not have: {runs[:5]}. Rerun them with a "
-                "trainer that logs it, or use --params total"
-            )
-        pts["N"] = ne
+        pts["N"] = _column_of_every_run(
+            pts,
+            "N_non_embedding",
+            "--params non_embedding reads the param model.params_non_embedding (CSV column "
+            "N_non_embedding), which {n} run(s) do not have: {runs}. Rerun them with a trainer that logs "
+            "it, or use --params total",
+        )
     return pts

@@ -197,11 +197,6 @@ def flop_breakdown(model_or_config: Any, input_size: int | tuple[int, int] | Non
     t = cfg.num_tokens(input_size)
     d, p, hm, depth = cfg.hidden_size, cfg.patch_size, cfg.mlp_hidden, cfg.depth
     s = NUM_COND_TOKENS
-
-    def self_attention(n: int) -> tuple[int, int]:
-        """(projections, T^2 terms) for n tokens."""
-        return 4 * n * d * d, 2 * n * n * d
-
     out: dict[str, int] = {
         "patch_embed": t * p * p * cfg.in_channels * d,
         "t_embed": cfg.frequency_embedding_size * d + d * d,
@@ -209,19 +204,12 @@ def flop_breakdown(model_or_config: Any, input_size: int | tuple[int, int] | Non
         "final_modulate": t * d,
         "final_linear": t * d * p * p * cfg.out_channels,
     }
+    n = t + s if cfg.block_type == "in_context" else t  # in_context: the sequence carries t and y
+    block = {"attn_proj": 4 * n * d * d, "attn_quadratic": 2 * n * n * d, "mlp": 2 * n * d * hm}
     if cfg.block_type in ("adaln_zero", "adaln"):
-        k = 6 if cfg.block_type == "adaln_zero" else 4
-        proj, quad = self_attention(t)
-        block = {"attn_proj": proj, "attn_quadratic": quad, "mlp": 2 * t * d * hm}
-        block |= {"adaLN": k * d * d, "modulate": 2 * t * d}
+        block |= {"adaLN": (6 if cfg.block_type == "adaln_zero" else 4) * d * d, "modulate": 2 * t * d}
     elif cfg.block_type == "cross_attention":
-        proj, quad = self_attention(t)
-        block = {"attn_proj": proj, "attn_quadratic": quad, "mlp": 2 * t * d * hm}
         block |= {"cross_proj": 2 * t * d * d + s * 2 * d * d, "cross_quadratic": 2 * t * s * d}
-    else:  # in_context: the sequence carries the two conditioning tokens
-        n = t + s
-        proj, quad = self_attention(n)
-        block = {"attn_proj": proj, "attn_quadratic": quad, "mlp": 2 * n * d * hm}
     for name, value in block.items():
         out[f"blocks.{name}"] = depth * value
     return out

@@ -64,10 +64,6 @@ class CellCost:
     eval_flops: float
     gpu_hours: float
 
-    @property
-    def total_flops(self) -> float:
-        return self.train_flops + self.eval_flops
-
 
 @dataclass(frozen=True)
 class StudyCost:

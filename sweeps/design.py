@@ -311,6 +311,14 @@ class BudgetPlan:
         return "\n".join([head] + [f"  {n}" for n in self.notes])
 
 
+def first_centre(spec: SweepSpec, prior, budget: float, patch: int) -> tuple[float, str]:
+    """(N, source) a budget is centred on before any fit: ``spec.isoflop_centres``, else the prior."""
+    given = spec.isoflop_centres.get(budget)
+    if given:
+        return float(given), "centre given for this budget"
+    return prior.n_opt(budget, patch), prior.describe()
+
+
 def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
     """The isoflop/adaptive design of ``spec``: per budget (ascending) and patch size, the cells."""
     prior = prior if prior is not None else make_prior(spec)
@@ -323,9 +331,7 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
     plans: list[BudgetPlan] = []
     for budget in sorted(set(spec.budgets)):
         for patch in spec.patch_sizes:
-            given = spec.isoflop_centres.get(budget)
-            centre = float(given) if given else prior.n_opt(budget, patch)
-            source = "centre given for this budget" if given else prior.describe()
+            centre, source = first_centre(spec, prior, budget, patch)
             # a slice cut by the step window may shift by one more spread factor, never further
             window = (centre / spread**2, centre * spread**2)
             near = [c for c in ladder(spec, patch, curve, n_axis, window[1]) if window[0] <= c.n <= window[1]]
@@ -531,12 +537,7 @@ def launch_adaptive(
             if done:
                 centre = refit_centre(spec, prior, sweep_points(spec, uri, done_cells), done, b, patch)
             else:
-                given = spec.isoflop_centres.get(b)
-                centre = (
-                    Centre(given, "centre given for this budget")
-                    if given
-                    else Centre(prior.n_opt(b, patch), prior.describe())
-                )
+                centre = Centre(*first_centre(spec, prior, b, patch))
             sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
             ids = [c.cell_id for c in design_cells(sub)]
             with sweep_lock(sdir):

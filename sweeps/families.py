@@ -68,10 +68,6 @@ class Scale:
                 "scale.round_width rounds widths to a multiple of scale.head_dim: set scale.head_dim too"
             )
 
-    @property
-    def is_identity(self) -> bool:
-        return self.width_div == 1 and self.depth_div == 1 and self.head_dim is None
-
     def scaled_width(self, width: int) -> int:
         """``width / width_div``: rounded to a multiple of ``head_dim`` when ``round_width``, else
         exact (`apply` checks the division)."""

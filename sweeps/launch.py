@@ -173,30 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Flags (argparse dests) that set the `SweepSpec` field of the same name, or of the name in `_RENAMED`.
+_SPEC_ARGS = (
+    "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "design", "min_steps",
+    "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param", "prior",
+)  # fmt: skip
+_RENAMED = {
+    "grid": "families", "patch": "patch_sizes", "min_steps": "isoflop_min_steps",
+    "max_steps": "isoflop_max_steps",
+}  # fmt: skip
+#: Flags that set an `ExecutorSpec` field (``--executor`` sets its ``name``).
+_EXECUTOR_ARGS = (
+    "executor", "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
+    "timeout_min", "array_parallelism", "local_parallelism", "local_warm", "signal_delay_s", "max_retries",
+)  # fmt: skip
+
+
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     """The YAML sweep with the command-line overrides applied (validated)."""
     spec = load_spec(args.config)
     top: dict = {}
-    for arg, key in (
-        ("name", "name"),
-        ("experiment", "experiment"),
-        ("tracking_uri", "tracking_uri"),
-        ("output_dir", "output_dir"),
-        ("grid", "families"),
-        ("patch", "patch_sizes"),
-        ("budgets", "budgets"),
-        ("design", "design"),
-        ("min_steps", "isoflop_min_steps"),
-        ("max_steps", "isoflop_max_steps"),
-        ("batch_size", "batch_size"),
-        ("sizes_per_budget", "sizes_per_budget"),
-        ("size_spread", "size_spread"),
-        ("tokens_per_param", "tokens_per_param"),
-        ("prior", "prior"),
-    ):
+    for arg in _SPEC_ARGS:
         v = getattr(args, arg)
         if v is not None:
-            top[key] = v
+            top[_RENAMED.get(arg, arg)] = v
     design = args.design or spec.design
     if design != "grid":
         given = [
@@ -232,21 +232,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             train[key.strip()] = parse_scalar(value)
         top["train"] = train
     ex = {}
-    for k in (
-        "executor",
-        "partition",
-        "nodes",
-        "gpus_per_node",
-        "tasks_per_node",
-        "cpus_per_task",
-        "mem_gb",
-        "timeout_min",
-        "array_parallelism",
-        "local_parallelism",
-        "local_warm",
-        "signal_delay_s",
-        "max_retries",
-    ):
+    for k in _EXECUTOR_ARGS:
         v = getattr(args, k)
         if v is not None:
             ex["name" if k == "executor" else k] = v

@@ -34,19 +34,16 @@ __all__ = [
     "check_resumable_cell",
     "check_tracking_uri",
     "config_hash",
-    "create_cell_run",
     "create_cell_runs",
     "ensure_experiment",
     "latest_step",
     "plan",
     "read_runs",
     "read_states",
-    "record_submission",
     "record_submissions",
     "resolve_tracking_uri",
 ]
 
-STATES = ("finished", "queued", "running", "failed", "interrupted", "missing")
 FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present is the cell's FID
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)
@@ -165,11 +162,6 @@ def create_cell_runs(
     return dict(zip(cells, _each(tracking_uri, one, cells)))
 
 
-def create_cell_run(tracking_uri: str, experiment: str, sweep: str, cell_id: str, cfg_hash: str) -> str:
-    """`create_cell_runs` for one cell; returns its run id."""
-    return create_cell_runs(tracking_uri, experiment, sweep, {cell_id: cfg_hash})[cell_id]
-
-
 class Submission(NamedTuple):
     """One cell's submission as `record_submissions` writes it into the cell's run."""
 
@@ -201,13 +193,6 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
             client.update_run(sub.run_id, status="SCHEDULED")
 
     _each(tracking_uri, one, subs)
-
-
-def record_submission(
-    tracking_uri: str, run_id: str, job: JobRef, attempts: int, cfg_hash: str, resubmitted: bool
-) -> None:
-    """`record_submissions` for one cell."""
-    record_submissions(tracking_uri, [Submission(run_id, job, attempts, cfg_hash, resubmitted)])
 
 
 def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any]) -> None:

@@ -56,7 +56,7 @@ def test_summary_prints_the_inputs_and_the_total():
     assert "989.4 TFLOP/s" in text and f"MFU: {DEFAULT_MFU:g}" in text and "assumed" in text
     assert f"{bill.gpu_hours:.4g} GPU-hours on H100 for {len(cells)} cells" in text
     assert bill.eval_flops == pytest.approx(1e15 * len(cells))
-    assert bill.gpu_hours == pytest.approx(sum(c.total_flops for c in bill.cells) / (989.4e12 * 0.4) / 3600)
+    assert bill.gpu_hours == pytest.approx((bill.train_flops + bill.eval_flops) / (989.4e12 * 0.4) / 3600)
 
 
 @pytest.mark.parametrize(

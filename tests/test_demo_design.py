@@ -36,7 +36,6 @@ def test_scale_errors_name_the_fix():
     for bad in (0, -4, 2.5, True):
         with pytest.raises(ValueError, match="scale.head_dim must be a positive integer"):
             Scale(head_dim=bad)
-    assert Scale().is_identity and not Scale(head_dim=64).is_identity
 
 
 def test_demo_families_increase_and_bracket_the_measured_optimum():

@@ -126,7 +126,7 @@ def test_bundled_configs_load():
     digits = load_spec("digits")
     assert digits.name == "digits" and digits.scale == Scale(8, 4) and digits.data.name == "digits"
     big = load_spec("imagenet256")
-    assert big.scale.is_identity and big.data.in_channels == 4 and big.patch_sizes == [2, 4, 8]
+    assert big.scale == Scale() and big.data.in_channels == 4 and big.patch_sizes == [2, 4, 8]
 
 
 def test_dry_run_prints_the_table_and_submits_nothing(capsys, tmp_path, monkeypatch):

@@ -24,18 +24,15 @@ from sweeps.executor import JobRef
 from sweeps.lock import cell_job_lock_lines
 from sweeps.state import (
     CellState,
-    Submission,
     check_resumable_cell,
     check_tracking_uri,
     config_hash,
-    create_cell_run,
     create_cell_runs,
     ensure_experiment,
     latest_step,
     plan,
     read_runs,
     read_states,
-    record_submission,
     record_submissions,
     resolve_tracking_uri,
 )
@@ -73,6 +70,11 @@ def kill(job: subprocess.Popen) -> None:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
     job.stdout.close()
+
+
+def record_submission(uri: str, run_id: str, job: JobRef, attempts: int, cfg_hash: str, resubmitted: bool):
+    """`record_submissions` for one cell."""
+    record_submissions(uri, [state.Submission(run_id, job, attempts, cfg_hash, resubmitted)])
 
 
 def submit(uri: str, run_id: str, run_dir: Path, attempts: int = 1, pid: int = 1, cfg_hash: str = "h"):
@@ -177,7 +179,7 @@ def test_create_cell_runs_makes_one_scheduled_run_per_cell(store, exp):
         assert (run.info.experiment_id, run.info.run_name, run.info.status) == (exp_id, cell, "SCHEDULED")
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
         assert tags == {"sweep": "s", "grid_cell": cell, "config_hash": hashes[cell], "attempts": "0"}
-    one = create_cell_run(store, exp, "s", "c3", "h3")
+    one = create_cell_runs(store, exp, "s", {"c3": "h3"})["c3"]
     assert client.get_run(one).data.tags["grid_cell"] == "c3"
     assert {c: [r.info.run_id for r in rs] for c, rs in read_runs(store, exp, "s").items()} == {
         **{c: [r] for c, r in ids.items()},
@@ -215,8 +217,8 @@ def test_record_submissions_writes_the_job_and_reschedules_resubmitted_runs(stor
     client.set_terminated(ids["b"], "FAILED")  # b's first job failed
     train(store, exp, ids["c"], tmp_path / "c", {1: 0.5}, end=None)  # c's trainer is running (RUNNING)
     record_submissions(store, [
-        Submission(ids["a"], JobRef("slurm", "17_0", "/logs/a", "/runs/a"), 1, "ha", False),
-        Submission(ids["b"], JobRef("local", "4242", "/logs/b", "/runs/b"), 2, "hb2", True),
+        state.Submission(ids["a"], JobRef("slurm", "17_0", "/logs/a", "/runs/a"), 1, "ha", False),
+        state.Submission(ids["b"], JobRef("local", "4242", "/logs/b", "/runs/b"), 2, "hb2", True),
     ])  # fmt: skip
     record_submission(store, ids["c"], JobRef("debug", "9", "/logs/c", "/runs/c"), 3, "hc", False)
     want = {

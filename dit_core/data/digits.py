@@ -108,9 +108,7 @@ class DigitsDataset(EpochFlipMixin, Dataset):
         self.labels = labels
         self.split = split
         self.resolution = self.image_size = resolution
-        self.random_flip = random_flip
-        self.seed = seed
-        self.epoch = 0
+        self.random_flip, self.seed = random_flip, seed  # epoch: EpochFlipMixin's 0 until set_epoch
 
     def __len__(self) -> int:
         return len(self.labels)

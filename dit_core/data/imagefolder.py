@@ -114,9 +114,7 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
         self.load_failures = 0
         self.num_classes = len(self.classes)
         self.resolution = self.image_size = resolution
-        self.random_flip = random_flip
-        self.seed = seed
-        self.epoch = 0
+        self.random_flip, self.seed = random_flip, seed  # epoch: EpochFlipMixin's 0 until set_epoch
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -90,9 +90,7 @@ class LatentsDataset(EpochFlipMixin, Dataset):
         self._starts = [0, *itertools.accumulate(int(s["count"]) for s in self.manifest["shards"])]
         if self._starts[-1] == 0:
             raise ValueError(f"latents folder {self.root!r} holds no items (manifest lists 0)")
-        self.random_flip = random_flip
-        self.seed = seed
-        self.epoch = 0
+        self.random_flip, self.seed = random_flip, seed  # epoch: EpochFlipMixin's 0 until set_epoch
         self._handles: dict[int, Any] = {}
 
     def __len__(self) -> int:

@@ -65,17 +65,14 @@ class ReferenceSource:
         return f"{base}-{self.resolution}px"
 
     def chunks(self, size: int = 256) -> Iterator[np.ndarray]:
-        if self.kind == "digits":
-            from dit_core.data import digits_images
+        if self.kind in ("digits", "photos"):
+            from dit_core.data import digits_images, photos_images
 
-            x = digits_images(self.split, self.resolution)[0].numpy()
-            for i in range(0, len(x), size):
-                yield x[i : i + size]
-        elif self.kind == "photos":
-            from dit_core.data import photos_images
-
-            opts = dict(self.options)
-            x = photos_images(opts.pop("n"), self.resolution, **opts)[0].numpy()
+            if self.kind == "digits":
+                x = digits_images(self.split, self.resolution)[0].numpy()
+            else:
+                opts = dict(self.options)
+                x = photos_images(opts.pop("n"), self.resolution, **opts)[0].numpy()
             for i in range(0, len(x), size):
                 yield x[i : i + size]
         elif self.kind == "npz":

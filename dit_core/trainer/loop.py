@@ -406,24 +406,17 @@ class Trainer:
             return
         self.last_loss = float(vec.mean())
         ips = interval_images / train_time if train_time > 0 else 0.0
-        led = self.ledger()
-        metrics = {
-            "train/loss": self.last_loss,
-            "lr": float(self.optimizer.param_groups[0]["lr"]),  # what the last step used
-            "compute/train_flops": led["train_flops"],
-            "data/images_seen": float(led["images_seen"]),
-            "perf/images_per_s": ips,
-            **data_accounting(self.train_set, led["images_seen"]),
-        }
-        if self.tracker:
-            self.tracker.log_metrics(metrics, self.step)
+        lr = float(self.optimizer.param_groups[0]["lr"])  # what the last step used
+        self._log({"train/loss": self.last_loss, "lr": lr, "perf/images_per_s": ips})
         progress.update(self.step, self.last_loss, ips, ips / self.batch)
 
     def _log(self, metrics: dict[str, float]) -> None:
+        """``metrics`` at this step, with ``compute/train_flops``, ``data/images_seen`` and the
+        data-reuse metrics (`dit_core.data.data_accounting`)."""
         if self.tracker and metrics:
-            led = self.ledger()
-            extra = {"compute/train_flops": led["train_flops"], "data/images_seen": float(led["images_seen"])}
-            extra |= data_accounting(self.train_set, led["images_seen"])
+            seen = self.images_seen
+            extra = {"compute/train_flops": self.fpi * seen, "data/images_seen": float(seen)}
+            extra |= data_accounting(self.train_set, seen)
             self.tracker.log_metrics({**metrics, **extra}, self.step)
 
     def validate(self) -> None:
