@@ -337,7 +337,7 @@ def _pure_law(frontier: FrontierFit, y: str, n_bootstrap: int, seed: int) -> Pow
 # diagnostics
 
 
-def _budget_labels(points: pd.DataFrame) -> pd.Series:
+def budget_labels(points: pd.DataFrame) -> pd.Series:
     """A budget per point: the `budget` column, else the point's C rounded to 2 significant digits."""
     if points["budget"].notna().all():
         return points["budget"]
@@ -354,7 +354,7 @@ def residuals(an: Analysis) -> pd.DataFrame:
             "model": pts["model"],
             "N": pts["N"],
             "C": pts["C"],
-            "budget": _budget_labels(pts),
+            "budget": budget_labels(pts),
             "resid": np.log(pts["loss"].to_numpy(float) / pred),
         }
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.parametric import LOG_SE_KEYS
-from analysis.pipeline import Analysis, HoldoutResult, Prediction
+from analysis.pipeline import Analysis, HoldoutResult, Prediction, budget_labels
 from analysis.plots import plot_all
 from analysis.status import Status, worst
 
@@ -54,6 +54,21 @@ def write_json(path, an: Analysis, predictions=(), holdout: HoldoutResult | None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results_dict(an, predictions, holdout), indent=2))
     return path
+
+
+def fid_frontier_note(an: Analysis) -> str:
+    """Why no FID(C) law: the best FID of each budget, and how many of them make the frontier (a
+    budget whose best FID is not below every smaller budget's best is off it; a law needs 3)."""
+    pts = an.points.dropna(subset=["fid"])
+    pts = pts.assign(_budget=budget_labels(pts))
+    best = pts.loc[pts.groupby("_budget")["fid"].idxmin()].sort_values("_budget")
+    per = ", ".join(f"{b:.3g}: {m} {f:.4g}" for b, m, f in zip(best["_budget"], best["model"], best["fid"]))
+    k = len(an.fid_frontier.frontier)
+    return (
+        f"best FID per budget ({per}); {k} of {len(best)} budgets improve on every smaller budget's best, "
+        f"so the FID frontier has {k} point(s) and no FID(C) law (it needs 3): more compute does not "
+        "lower the best FID here (FID noise, or FID and loss ranking the models differently)"
+    )
 
 
 def _fmt_law(law) -> str:
@@ -144,6 +159,8 @@ def markdown(
     fid_sat = an.fid_frontier.y_law if an.fid_frontier else None
     lines.append(f"- FID frontier vs compute (saturating): {_fmt_law(fid_sat)}")
     lines.append(f"- FID frontier vs compute (pure power law): {_fmt_law(an.fid_vs_compute_pure)}")
+    if an.fid_frontier is not None and an.fid_vs_compute_pure is None:
+        lines.append(f"- {fid_frontier_note(an)}")
     if predictions:
         lines += ["", "## Predictions", ""]
         for p in predictions:

@@ -371,3 +371,25 @@ def test_cli_on_csv(tmp_path, capsys):
     pd.DataFrame({"N": [1e6], "loss": [3.0]}).to_csv(bad, index=False)
     assert main(["--csv", str(bad)]) == 2
     assert "missing column" in capsys.readouterr().err
+
+
+def test_the_report_says_why_the_fid_frontier_has_no_law():
+    """Best FID per budget 30 -> 20 -> 25: the last budget is off the frontier, so it has 2 points and
+    no FID(C) law, and the report lists the per-budget bests; with 30 -> 20 -> 15 it has a law."""
+    from analysis.report import fid_frontier_note, markdown
+
+    pts = synthetic_isoflop(noise=0.002, seed=3, budgets=(1e18, 1e19, 1e20))
+    budgets = sorted(pts["C"].unique())
+    rank = pts.groupby("C")["N"].rank()  # 1 = the smallest model of its budget
+    for best_fids, want_law in (((30.0, 20.0, 25.0), False), ((30.0, 20.0, 15.0), True)):
+        base = pts["C"].map(dict(zip(budgets, best_fids)))
+        an = analyze(pts.assign(fid=base + 3.0 * (rank - 1)), AnalysisConfig(n_bootstrap=0))
+        assert (an.fid_vs_compute_pure is not None) == want_law
+        text = markdown(an, {})
+        if want_law:
+            assert "best FID per budget" not in text
+            continue
+        note = fid_frontier_note(an)
+        assert note in text
+        assert "1e+18: m0 30, 1e+19: m0 20, 1e+20: m0 25" in note
+        assert "2 of 3 budgets improve" in note and "has 2 point(s)" in note
