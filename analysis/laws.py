@@ -32,6 +32,10 @@ class PowerLawFit:
     x_name: str = "x"
     y_name: str = "y"
     bootstrap: BootstrapResult | None = None
+    #: pure law only: 95% t-intervals of the log-log least squares line (n - 2 degrees of freedom),
+    #: the intervals reported when the bootstrap cannot vary (n <= 3 points: every resample that can
+    #: be fitted holds the same points)
+    t_interval: dict[str, tuple[float, float]] | None = None
 
     def predict(self, x) -> np.ndarray:
         p = self.params
@@ -49,7 +53,10 @@ class PowerLawFit:
         return self.bootstrap.se() if self.bootstrap is not None else {}
 
     def conf_int(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
-        return self.bootstrap.conf_int(level) if self.bootstrap is not None else {}
+        """Bootstrap percentile intervals; without a bootstrap, a pure law's 95% t-intervals."""
+        if self.bootstrap is not None:
+            return self.bootstrap.conf_int(level)
+        return dict(self.t_interval or {}) if level == 0.95 else {}
 
     def formula(self) -> str:
         p = self.params
@@ -70,8 +77,10 @@ class PowerLawFit:
         out = {"kind": self.kind, **self.params, "rmse_log": self.rmse_log, "n_points": self.n_points}
         if self.bootstrap is not None:
             out["se"] = self.se
-            out["ci95"] = {k: list(v) for k, v in self.conf_int().items()}
             out["bootstrap"] = self.bootstrap.to_dict()
+        if self.conf_int():
+            out["ci95"] = {k: list(v) for k, v in self.conf_int().items()}
+            out["interval"] = "bootstrap" if self.bootstrap is not None else "t (log-log least squares)"
         return out
 
 
@@ -98,6 +107,22 @@ def _pure(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
             "the points span too little x or jump between few values"
         )
     return math.exp(icpt), -slope
+
+
+def _pure_t_interval(lx: np.ndarray, ly: np.ndarray, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """t-intervals of A and alpha from the least squares line ln y = ln A - alpha ln x (n >= 3)."""
+    from scipy.stats import t as student_t
+
+    n = len(lx)
+    slope, icpt = np.polyfit(lx, ly, 1)
+    s = math.sqrt(float(np.sum((ly - (icpt + slope * lx)) ** 2)) / (n - 2))
+    sxx = float(np.sum((lx - lx.mean()) ** 2))
+    q = float(student_t.ppf((1 + level) / 2, n - 2))
+    se_slope, se_icpt = s / math.sqrt(sxx), s * math.sqrt(1 / n + lx.mean() ** 2 / sxx)
+    return {
+        "A": (math.exp(icpt - q * se_icpt), math.exp(icpt + q * se_icpt)),
+        "alpha": (-slope - q * se_slope, -slope + q * se_slope),
+    }
 
 
 def _saturating(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float, float]:
@@ -158,7 +183,12 @@ def fit_power_law(
     params = params_of(all_idx)
     fit = PowerLawFit("saturating" if saturating else "pure", params, 0.0, len(x), x_name, y_name)
     fit.rmse_log = float(np.sqrt(np.mean((np.log(fit.predict(x)) - ly) ** 2)))
-    if n_bootstrap > 0:
+    if not saturating and len(x) > 2:
+        fit.t_interval = _pure_t_interval(lx, ly)
+    if n_bootstrap > 0 and len(x) <= n_params + 1:
+        log.info("%s(%s): %d points, no bootstrap (every resample would hold the same points)",
+                 y_name, x_name, len(x))  # fmt: skip
+    elif n_bootstrap > 0:
 
         def one(idx):
             if len(np.unique(lx[idx])) <= n_params - 1 or len(np.unique(idx)) <= n_params:

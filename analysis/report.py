@@ -72,7 +72,15 @@ def fid_frontier_note(an: Analysis) -> str:
 
 
 def _fmt_law(law) -> str:
-    return "not fitted" if law is None else f"`{law.formula()}`"
+    """The law's formula, with its exponent's 95% interval when it has one."""
+    if law is None:
+        return "not fitted"
+    lo, hi = law.conf_int().get("alpha", (math.nan, math.nan))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"`{law.formula()}`"
+    how = "bootstrap" if law.bootstrap is not None else f"t, {law.n_points} points"
+    zero = "includes 0" if lo <= 0 <= hi else "excludes 0"
+    return f"`{law.formula()}`; exponent 95% [{-hi:.3g}, {-lo:.3g}] ({how}; {zero})"
 
 
 def _corr_table(an: Analysis) -> list[str]:

@@ -393,3 +393,30 @@ def test_the_report_says_why_the_fid_frontier_has_no_law():
         assert note in text
         assert "1e+18: m0 30, 1e+19: m0 20, 1e+20: m0 25" in note
         assert "2 of 3 budgets improve" in note and "has 2 point(s)" in note
+
+
+def test_a_pure_law_through_three_points_reports_its_t_interval_not_a_degenerate_bootstrap():
+    """With 3 points every bootstrap resample that can be fitted holds the same 3 points (a zero-width
+    'interval'), so none is drawn; the interval is the least squares t-interval of the log-log line
+    (scipy's linregress standard errors, 1 degree of freedom)."""
+    from scipy import stats
+
+    from analysis.laws import fit_power_law
+
+    c = np.array([1e11, 3e11, 1e12])
+    fid = np.array([349.75, 161.09, 94.09])  # the demo's best FID per budget (docs/study.md)
+    fit = fit_power_law(c, fid, saturating=False, n_bootstrap=200, seed=0)
+    assert fit.bootstrap is None
+    ref = stats.linregress(np.log(c), np.log(fid))
+    q = stats.t.ppf(0.975, 1)
+    lo, hi = fit.conf_int()["alpha"]
+    assert fit.params["alpha"] == pytest.approx(-ref.slope)
+    assert (lo, hi) == pytest.approx((-ref.slope - q * ref.stderr, -ref.slope + q * ref.stderr))
+    assert lo < 0 < hi  # three points do not resolve the exponent
+    assert fit.to_dict()["interval"] == "t (log-log least squares)"
+    # more points: the bootstrap is drawn and gives the interval
+    c5 = np.logspace(11, 12, 5)
+    more = fit_power_law(c5, 3e7 * c5**-0.5 * np.array([1.02, 0.99, 1.01, 0.98, 1.0]), saturating=False,
+                         n_bootstrap=50, seed=0)  # fmt: skip
+    assert more.bootstrap is not None and more.conf_int() == more.bootstrap.conf_int()
+    assert 0 < more.conf_int()["alpha"][0] < 0.5 < more.conf_int()["alpha"][1]

@@ -88,6 +88,20 @@ def test_cpu_compile_pays_threshold_is_monotone():
     assert cpu_compile_pays(None) is False
 
 
+def test_cpu_eager_seconds_counts_steps_and_blocks_beside_flops():
+    """A tiny model's many cheap steps: 1e12 FLOPs alone are 50 s at 20 GFLOP/s, but 100,000 steps of
+    a 3-block model add 100,000 x 3 x 4 ms = 1,200 s, so auto compiles it."""
+    from dit_core.fast_path import cpu_eager_seconds
+
+    assert cpu_eager_seconds(1e12, threads=1) == pytest.approx(50.0)
+    assert cpu_eager_seconds(1e12, threads=2) == pytest.approx(25.0)
+    assert cpu_eager_seconds(1e12, threads=1, steps=100_000, depth=3) == pytest.approx(1250.0)
+    assert cpu_compile_pays(1e12, threads=1) is False
+    assert cpu_compile_pays(1e12, threads=1, steps=100_000, depth=3) is True
+    assert cpu_compile_pays(1e12, threads=1, steps=10_000, depth=3) is False  # 170 s: eager
+    assert resolve_compile("auto", "cpu", train_flops=1e12, steps=100_000, depth=3) is True
+
+
 def test_compile_for_training_off_returns_the_model():
     model = DiT(model_config(**DEMO))
     assert compile_for_training(model, "off") is model

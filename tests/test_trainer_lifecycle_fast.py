@@ -313,7 +313,7 @@ def test_auto_compile_follows_the_runs_planned_flops(tmp_path):
     for steps in (10, 10_000_000):
         tr = Trainer(tiny(tmp_path / str(steps), steps, compile=None))  # None = auto
         planned = steps * 4 * train_flops_per_image(tr.dit_cfg)
-        decided.append(cpu_compile_pays(planned))
+        decided.append(cpu_compile_pays(planned, steps=steps, depth=tr.dit_cfg.depth))
         assert hasattr(tr.train_model, "_orig_mod") == decided[-1], steps
     assert decided == [False, True]
 

@@ -167,8 +167,9 @@ class Trainer:
         #: backward, clipping, step, zero_grad: plain calls on one process (`dit_core.trainer.update`)
         self.update = update_ops(acc, self.optimizer, self.model, scaler=self.scaler)
         self.train_model = compile_for_training(
-            self.train_model, cfg.compile, device=self.device, train_flops=self.total * self.batch * self.fpi
-        )
+            self.train_model, cfg.compile, device=self.device, train_flops=self.total * self.batch * self.fpi,
+            steps=self.total, depth=self.dit_cfg.depth,
+        )  # fmt: skip
         self.validator = Validator(cfg, self.diffusion, acc, self.autocast)
         self.tracker = None
         #: seconds of this process by phase, logged as ``perf/<key>`` (`FIXED_COST_METRICS`)
