@@ -109,12 +109,15 @@ def _pure(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
     return math.exp(icpt), -slope
 
 
-def _pure_t_interval(lx: np.ndarray, ly: np.ndarray, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """t-intervals of A and alpha from the least squares line ln y = ln A - alpha ln x (n >= 3)."""
+def _pure_t_interval(
+    lx: np.ndarray, ly: np.ndarray, a: float, alpha: float, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """t-intervals of A and alpha of the least squares line ln y = ln A - alpha ln x (n >= 3) that
+    `_pure` fitted."""
     from scipy.stats import t as student_t
 
     n = len(lx)
-    slope, icpt = np.polyfit(lx, ly, 1)
+    slope, icpt = -alpha, math.log(a)
     s = math.sqrt(float(np.sum((ly - (icpt + slope * lx)) ** 2)) / (n - 2))
     sxx = float(np.sum((lx - lx.mean()) ** 2))
     q = float(student_t.ppf((1 + level) / 2, n - 2))
@@ -184,7 +187,7 @@ def fit_power_law(
     fit = PowerLawFit("saturating" if saturating else "pure", params, 0.0, len(x), x_name, y_name)
     fit.rmse_log = float(np.sqrt(np.mean((np.log(fit.predict(x)) - ly) ** 2)))
     if not saturating and len(x) > 2:
-        fit.t_interval = _pure_t_interval(lx, ly)
+        fit.t_interval = _pure_t_interval(lx, ly, params["A"], params["alpha"])
     if n_bootstrap > 0 and len(x) <= n_params + 1:
         log.info("%s(%s): %d points, no bootstrap (every resample would hold the same points)",
                  y_name, x_name, len(x))  # fmt: skip

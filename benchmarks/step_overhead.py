@@ -39,7 +39,7 @@ import torch
 
 from dit_core.config import TrainConfig
 from dit_core.diffusion.base import mean_flat
-from dit_core.diffusion.gaussian import discretized_gaussian_log_likelihood, normal_kl
+from dit_core.diffusion.gaussian import decoder_nll_bits, normal_kl
 from dit_core.train import Trainer
 from dit_core.trainer.data_stream import DataStream, _collate
 from dit_core.trainer.update import update_ops
@@ -76,8 +76,7 @@ def old_vb_terms(self, out, x0, x_t, t):
     true_mean, _, true_logvar = self.q_posterior_mean_variance(x0, x_t, t)
     p = self.p_mean_variance(out, x_t, t)
     kl = mean_flat(normal_kl(true_mean, true_logvar, p["mean"], p["log_variance"])) / math.log(2.0)
-    nll = -discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"])
-    return torch.where(t == 0, mean_flat(nll) / math.log(2.0), kl)
+    return torch.where(t == 0, decoder_nll_bits(x0, p["mean"], p["log_variance"]), kl)
 
 
 def shape_config(name: str, grad_clip: float, steps: int = 15_000) -> TrainConfig:
