@@ -420,3 +420,8 @@ def test_a_pure_law_through_three_points_reports_its_t_interval_not_a_degenerate
                          n_bootstrap=50, seed=0)  # fmt: skip
     assert more.bootstrap is not None and more.conf_int() == more.bootstrap.conf_int()
     assert 0 < more.conf_int()["alpha"][0] < 0.5 < more.conf_int()["alpha"][1]
+    # a bootstrap resample of a frontier can hold 3 close, scattered budgets: ln A's interval is
+    # thousands wide and its upper end must not overflow (it crashed the fit of a demo seed)
+    wild = fit_power_law(np.array([1e11, 1.05e11, 1.1e11]), np.array([300.0, 100.0, 300.0]), saturating=False)
+    assert wild.t_interval["A"][1] == pytest.approx(math.exp(709.0))
+    assert wild.t_interval["alpha"][0] < 0 < wild.t_interval["alpha"][1]
