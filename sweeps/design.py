@@ -327,7 +327,7 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
     k, spread = spec.sizes_per_budget, spec.size_spread
     # neighbours differ by at least the square root of the targets' own ratio, and MIN_SIZE_RATIO
     ratio = max(MIN_SIZE_RATIO, math.sqrt(spread ** (2.0 / (k - 1))))
-    lo_s, hi_s = spec.isoflop_min_steps, spec.isoflop_max_steps
+    lo_s, hi_s = spec.fewest_steps(), spec.isoflop_max_steps
     plans: list[BudgetPlan] = []
     for budget in sorted(set(spec.budgets)):
         for patch in spec.patch_sizes:
@@ -342,7 +342,7 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                 raise ValueError(
                     f"IsoFLOP budget {format_budget(budget)} spans {len(picked)} model size(s) with "
                     f"{lo_s}..{hi_s} steps within {spread**2:g}x of its N_opt {centre:.3g} ({source}, patch "
-                    f"{patch}); need 3: lower --min-steps (isoflop_min_steps), raise the budget, "
+                    f"{patch}); need 3: lower --min-steps (min_steps), raise the budget, "
                     "or widen --spread"
                 )
             notes = []
@@ -457,7 +457,7 @@ def refit_centre(spec: SweepSpec, prior, points, done: list[float], target: floa
     strays further; with neither, the prior (the note says why)."""
     from analysis.pipeline import AnalysisConfig, analyze, predict, prepare
 
-    cfg = AnalysisConfig(n_bootstrap=0, min_steps=spec.isoflop_min_steps)
+    cfg = AnalysisConfig(n_bootstrap=0, min_steps=spec.fewest_steps())
     fit, why = None, ""
     try:
         pr = predict(analyze(points, cfg), target)

@@ -88,9 +88,11 @@ class SweepSpec:
     budgets: training FLOPs (true FLOPs). design: ``grid`` = every model at every budget;
     ``isoflop`` = per budget, ``sizes_per_budget`` shapes on the families' depth/width curve,
     log-spaced from N_opt / ``size_spread`` to N_opt x ``size_spread`` around a prior N_opt(C)
-    (``tokens_per_param``, or the fit ``prior``), each with [isoflop_min_steps, isoflop_max_steps]
+    (``tokens_per_param``, or the fit ``prior``), each with [min_steps, isoflop_max_steps]
     steps (`sweeps.design`); ``adaptive`` = the same, each budget after the first centred on the
-    fit of the budgets before it. ``design_head_dim``: width per head of those shapes (None: the
+    fit of the budgets before it. ``min_steps``: fewest optimizer steps of a cell (None: 1 for
+    ``grid``, where every model must fit one step at every budget; 20 for the others); set for a
+    ``grid``, cells below it are left out (`left_out`). ``design_head_dim``: width per head of those shapes (None: the
     families' 64 / scale.width_div). ``isoflop_centres``: {budget: N} centres that replace the prior.
     batch_size: global batch. train: dotted `TrainConfig` overrides applied to every cell.
     trainer: module providing ``TrainConfig`` and ``train(cfg)`` (the contract of `dit_core.train`).
@@ -110,7 +112,7 @@ class SweepSpec:
     shapes: list[list[int]] = field(default_factory=list)
     budgets: list[float] = field(default_factory=lambda: [1e12])
     design: str = "grid"
-    isoflop_min_steps: int = 20
+    min_steps: int | None = None
     isoflop_max_steps: int = 100_000
     sizes_per_budget: int = 5
     size_spread: float = 4.0
@@ -166,8 +168,8 @@ class SweepSpec:
             if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
                 raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
         check_fields(self, "", {"design": DESIGNS, "batch_size": ">= 1"})
-        if not 1 <= self.isoflop_min_steps <= self.isoflop_max_steps:
-            raise ValueError("need 1 <= isoflop_min_steps <= isoflop_max_steps")
+        if isinstance(self.min_steps, bool) or not 1 <= self.fewest_steps() <= self.isoflop_max_steps:
+            raise ValueError("need 1 <= min_steps <= isoflop_max_steps (--min-steps, --max-steps)")
         self._validate_design()
         e = self.executor
         rules = {"name": EXECUTORS, "gpus_per_node": ">= 0", "max_retries": ">= 0"}
@@ -179,6 +181,10 @@ class SweepSpec:
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "
                 "processes (nodes x tasks_per_node)"
             )
+
+    def fewest_steps(self) -> int:
+        """``min_steps``, or its design's default: 1 for ``grid``, 20 for ``isoflop``/``adaptive``."""
+        return self.min_steps if self.min_steps is not None else (1 if self.design == "grid" else 20)
 
     def _validate_design(self) -> None:
         if isinstance(self.sizes_per_budget, bool) or not isinstance(self.sizes_per_budget, int):
@@ -297,6 +303,15 @@ def expand(spec: SweepSpec) -> list[Cell]:
     cells: list[Cell] = []
     for budget in sorted(set(spec.budgets)):
         row = [make_cell(spec, m, p, budget) for m in spec.models() for p in spec.patch_sizes]
+        if spec.min_steps is not None:
+            kept = [c for c in row if c.steps >= spec.min_steps]
+            if not kept:
+                raise ValueError(
+                    f"budget {format_budget(budget)} gives no model min_steps {spec.min_steps} steps (the "
+                    f"most: {max(c.steps for c in row)}); raise the budget or lower --min-steps"
+                )
+            cells += kept
+            continue
         too_small = [
             f"{c.model_name} ({c.batch_size} x {c.train_flops_per_image:.3g} FLOPs)"
             for c in row
@@ -309,6 +324,15 @@ def expand(spec: SweepSpec) -> list[Cell]:
             )
         cells += row
     return cells
+
+
+def left_out(spec: SweepSpec) -> list[Cell]:
+    """The cells of a ``grid`` design that `expand` leaves out for making fewer than ``min_steps``
+    steps (none for the other designs, whose sizes are chosen within the step window)."""
+    if spec.design != "grid" or spec.min_steps is None:
+        return []
+    row = [make_cell(spec, m, p, b) for b in sorted(set(spec.budgets)) for m in spec.models() for p in spec.patch_sizes]
+    return [c for c in row if c.steps < spec.min_steps]
 
 
 def make_cell(spec: SweepSpec, model: ModelShape, patch_size: int, budget: float) -> Cell:

@@ -16,7 +16,7 @@ from pathlib import Path
 from dit_core.configio import join_negative_values, parse_scalar
 from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
-from sweeps.grid import SweepSpec, expand, format_budget, load_spec, parse_budget
+from sweeps.grid import SweepSpec, expand, format_budget, left_out, load_spec, parse_budget
 from sweeps.runner import Progress, launch, sweep_dir, validate_tasks
 from sweeps.state import read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
@@ -117,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIT.json",
         help="isoflop/adaptive prior: the N_opt(C) law of a previous `analysis/fit_scaling.py --json` result",
     )
-    g.add_argument("--min-steps", type=int, help="isoflop/adaptive: fewest steps a cell may have")
+    g.add_argument(
+        "--min-steps", type=int,
+        help="fewest optimizer steps a cell may have: isoflop/adaptive propose no size below it (default "
+        "20); grid leaves out the cells below it (default: every cell, each at least 1 step)",
+    )  # fmt: skip
     g.add_argument("--max-steps", type=int, help="isoflop/adaptive: most steps a cell may have")
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument(
@@ -178,10 +182,7 @@ _SPEC_ARGS = (
     "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "design", "min_steps",
     "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param", "prior",
 )  # fmt: skip
-_RENAMED = {
-    "grid": "families", "patch": "patch_sizes", "min_steps": "isoflop_min_steps",
-    "max_steps": "isoflop_max_steps",
-}  # fmt: skip
+_RENAMED = {"grid": "families", "patch": "patch_sizes", "max_steps": "isoflop_max_steps"}
 #: Flags that set an `ExecutorSpec` field (``--executor`` sets its ``name``).
 _EXECUTOR_ARGS = (
     "executor", "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
@@ -290,13 +291,24 @@ def cmd_status(spec: SweepSpec) -> int:
     for s in states.values():
         counts[s.state] = counts.get(s.state, 0) + 1
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    for line in _left_out_lines(spec):
+        print(line)
     return 0
 
 
-def _design_lines(spec: SweepSpec) -> list[str]:
-    """Where the isoflop/adaptive design centred each budget (dry run)."""
-    if spec.design == "grid":
+def _left_out_lines(spec: SweepSpec) -> list[str]:
+    """The grid cells left out below ``min_steps``, in one line (none: no line)."""
+    out = left_out(spec)
+    if not out:
         return []
+    cells = ", ".join(f"{c.cell_id} ({c.steps} steps)" for c in out)
+    return [f"left out, below min_steps {spec.min_steps}: {cells}"]
+
+
+def _design_lines(spec: SweepSpec) -> list[str]:
+    """Where the isoflop/adaptive design centred each budget, or the grid cells left out (dry run)."""
+    if spec.design == "grid":
+        return _left_out_lines(spec)
     plans = plan_budgets(spec)
     if spec.design == "adaptive":
         record = read_record(sweep_dir(spec))

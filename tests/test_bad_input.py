@@ -80,7 +80,7 @@ LAUNCH = [
     (["--grid", "S,Q", "--dry-run"], "unknown model family 'Q'"),
     (["--budgets", "abc", "--dry-run"], "is not a number; write training FLOPs like 1e15"),
     (["--budgets", "0", "--dry-run"], "must be a positive number of training FLOPs"),
-    (["--budgets", "1", "--dry-run"], "smaller than one training step"),
+    (["--budgets", "1", "--dry-run"], "gives no model min_steps 50 steps (the most: 0); raise the budget"),
     (["--patch", "3", "--dry-run"], "does not divide the input size 16"),
     (["--set", "optim.lr=-1", "--dry-run"], "optim.lr: must be a finite number > 0"),
     (["--set", "optim.lr=abc", "--dry-run"], "optim.lr: cannot use 'abc' as float"),

@@ -10,7 +10,7 @@ import pytest
 
 from dit_core.spec import model_config, param_count
 from sweeps.families import FAMILIES, Scale, family_shape
-from sweeps.grid import expand, load_spec
+from sweeps.grid import expand, left_out, load_spec
 from sweeps.task import cell_overrides
 
 DEMO_MIN_STEPS = 50  # analysis/fit_scaling.py --min-steps default: shorter cells are dropped
@@ -57,7 +57,7 @@ def test_demo_families_increase_and_bracket_the_measured_optimum():
     assert params == sorted(params) and len(set(params)) == 4
     assert 8e3 <= params[0] < 12e3 and 20e3 < params[1] < 30e3 < params[2] and params[-1] <= 300e3
     # the cells agree with the count above (the sweep passes frequency_embedding_size to the model)
-    by_name = {c.model_name.split("/")[0]: c.params for c in expand(demo) if c.budget == demo.budgets[0]}
+    by_name = {c.model_name.split("/")[0]: c.params for c in expand(demo) if c.budget == max(demo.budgets)}
     assert [by_name[f"DiT-{m.name}"] for m in models] == params
 
 
@@ -76,8 +76,12 @@ def test_demo_is_photos_with_tokens_narrower_than_every_width():
 def test_every_demo_cell_is_a_finished_cosine_run_the_analysis_keeps():
     demo = load_spec()
     cells = expand(demo)
-    assert len(cells) == 4 * len(demo.budgets) and len(demo.budgets) >= 3
+    assert demo.min_steps == DEMO_MIN_STEPS and len(demo.budgets) >= 3
+    assert len(cells) + len(left_out(demo)) == 4 * len(demo.budgets)
     assert min(c.steps for c in cells) >= DEMO_MIN_STEPS
+    # every budget but the smallest runs all four families (an IsoFLOP profile needs 3 sizes)
+    for b in sorted(demo.budgets)[1:]:
+        assert len([c for c in cells if c.budget == b]) == 4
     for c in cells:
         o = cell_overrides(demo, c, Path("/tmp/x"), "sqlite:///x.db")
         assert o["optim.schedule"] == "cosine" and float(o["optim.min_lr_ratio"]) > 0

@@ -79,11 +79,11 @@ def test_isoflop_design_spans_several_models_within_the_step_window():
     by_budget: dict[float, list] = {}
     for c in cells:
         by_budget.setdefault(c.budget, []).append(c)
-        assert spec.isoflop_min_steps <= c.steps <= spec.isoflop_max_steps
+        assert spec.fewest_steps() <= c.steps <= spec.isoflop_max_steps
     assert sorted(by_budget) == sorted(spec.budgets)
     assert all(len({c.params for c in v}) >= 2 for v in by_budget.values())
     with pytest.raises(ValueError, match="spans 0 model size"):
-        expand(spec.replace(isoflop_min_steps=10**8, isoflop_max_steps=10**9))
+        expand(spec.replace(min_steps=10**8, isoflop_max_steps=10**9))
 
 
 @pytest.mark.parametrize(
@@ -168,7 +168,7 @@ def test_cli_custom_shapes_and_overrides():
     [
         (["--grid", "S,Q"], "unknown model family 'Q'"),
         (["--patch", "5"], "patch size 5 does not divide"),
-        (["--budgets", "1e6"], "smaller than one training step"),
+        (["--budgets", "1e6"], "budget 1e6 gives no model min_steps 50 steps"),
         (["--depths", "2"], "--depths and --widths go together"),
     ],
 )
@@ -326,7 +326,7 @@ def test_unknown_train_field_fails_before_submitting(dry, capsys, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--executor", "local", "--set", "optim.lrr=1e-3", *dry]) == 2
     err = capsys.readouterr().err
-    assert "lrr" in err and "cell S-2-1e11" in err
+    assert "lrr" in err and "cell S-2-3e10" in err
     assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
@@ -372,3 +372,22 @@ def test_progress_line_separates_queued_from_running_jobs(capsys):
     assert _is_queued(Broken()) is False  # cosmetic: never breaks the wait loop
     _progress_printer()(Progress(total=12, done=3, running=2, queued=7, elapsed_s=75.0))
     assert capsys.readouterr().err.strip() == "[01:15] 3/12 done, 2 running, 7 queued, 0 failed"
+
+
+def test_grid_min_steps_leaves_out_the_cells_below_it_and_says_which():
+    """A grid with ``min_steps`` keeps, per budget, exactly the cells that make that many steps
+    (`make_cell`'s whole-step count); the rest are `left_out`, and a budget keeping none is an error."""
+    from sweeps.grid import left_out, make_cell
+
+    spec = load_spec("demo").replace(budgets=[3e10, 1e11], min_steps=50)
+    cells, out = expand(spec), left_out(spec)
+    every = [make_cell(spec, m, 2, b) for b in (3e10, 1e11) for m in spec.models()]
+    assert {c.cell_id for c in cells} == {c.cell_id for c in every if c.steps >= 50}
+    assert {c.cell_id for c in out} == {c.cell_id for c in every if c.steps < 50}
+    assert {c.cell_id for c in out} == {"L-2-3e10", "XL-2-3e10"}  # 30 and 20 steps at batch 32
+    assert left_out(spec.replace(min_steps=None)) == []
+    assert len(expand(spec.replace(min_steps=None))) == 8  # without min_steps every cell runs
+    with pytest.raises(ValueError, match=r"budget 1e9 gives no model min_steps 50 steps \(the most: 8\)"):
+        expand(spec.replace(budgets=[1e9, 1e11]))
+    with pytest.raises(ValueError, match="need 1 <= min_steps"):
+        spec.replace(min_steps=0)

@@ -73,7 +73,8 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def demo_isoflop(config: str = "demo", **kw) -> SweepSpec:
-    return load_spec(config).replace(design="isoflop", **kw)
+    """The bundled sweep as an isoflop design, at the design's default step floor (20) unless given."""
+    return load_spec(config).replace(design="isoflop", **{"min_steps": None, **kw})
 
 
 def by_budget(cells) -> dict[float, list]:
@@ -110,7 +111,7 @@ def test_readme_isoflop_example_brackets_the_prior_with_five_usable_sizes(capsys
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "15 cells, isoflop design" in out and "20 tokens per parameter" in out
-    spec = demo_isoflop(budgets=[1e11, 3e11, 1e12], isoflop_min_steps=50)
+    spec = demo_isoflop(budgets=[1e11, 3e11, 1e12], min_steps=50)
     prior = make_prior(spec)
     for b, cells in by_budget(expand(spec)).items():
         n = np.array(sorted(c.params for c in cells), float)
@@ -177,9 +178,9 @@ def test_a_step_window_that_leaves_fewer_than_three_sizes_is_an_error():
     with pytest.raises(
         ValueError, match=r"IsoFLOP budget 1e11 spans [0-2] model size\(s\) with 5000\.\.100000 steps"
     ):
-        expand(demo_isoflop("digits", budgets=[1e11], isoflop_min_steps=5000))
+        expand(demo_isoflop("digits", budgets=[1e11], min_steps=5000))
     # a window that cuts one side shifts the slice and says so
-    (plan,) = plan_budgets(demo_isoflop("digits", budgets=[1e11], isoflop_min_steps=700))
+    (plan,) = plan_budgets(demo_isoflop("digits", budgets=[1e11], min_steps=700))
     assert all(c.steps >= 700 for c in plan.cells) and len(plan.cells) >= 3
     assert any("cut" in n for n in plan.notes)
 
@@ -251,7 +252,7 @@ def law_spec(tmp_path: Path, uri: str, **kw) -> SweepSpec:
         patch_sizes=[2],
         budgets=[1e11, 3e11, 1e12, 3e12],
         design="adaptive",
-        isoflop_min_steps=50,
+        min_steps=50,
         batch_size=16,
         data=DataSpec(),
         trainer="test_sweeps_design",
