@@ -92,8 +92,8 @@ class SweepSpec:
     steps (`sweeps.design`); ``adaptive`` = the same, each budget after the first centred on the
     fit of the budgets before it. ``min_steps``: fewest optimizer steps of a cell (None: 1 for
     ``grid``, where every model must fit one step at every budget; 20 for the others); set for a
-    ``grid``, cells below it are left out (`left_out`). ``design_head_dim``: width per head of those shapes (None: the
-    families' 64 / scale.width_div). ``isoflop_centres``: {budget: N} centres that replace the prior.
+    ``grid``, cells below it are left out (`left_out`). ``design_head_dim``: width per head of those
+    shapes (None: the families' 64 / scale.width_div). ``isoflop_centres``: {budget: N} centres that replace the prior.
     batch_size: global batch. train: dotted `TrainConfig` overrides applied to every cell.
     trainer: module providing ``TrainConfig`` and ``train(cfg)`` (the contract of `dit_core.train`).
     final_eval: validation loss and sample metrics (FID) at each cell's last step (sets
@@ -331,7 +331,8 @@ def left_out(spec: SweepSpec) -> list[Cell]:
     steps (none for the other designs, whose sizes are chosen within the step window)."""
     if spec.design != "grid" or spec.min_steps is None:
         return []
-    row = [make_cell(spec, m, p, b) for b in sorted(set(spec.budgets)) for m in spec.models() for p in spec.patch_sizes]
+    budgets, models = sorted(set(spec.budgets)), spec.models()
+    row = [make_cell(spec, m, p, b) for b in budgets for m in models for p in spec.patch_sizes]
     return [c for c in row if c.steps < spec.min_steps]
 
 
