@@ -122,6 +122,7 @@ def _pure_t_interval(
     sxx = float(np.sum((lx - lx.mean()) ** 2))
     q = float(student_t.ppf((1 + level) / 2, n - 2))
     se_slope, se_icpt = s / math.sqrt(sxx), s * math.sqrt(1 / n + lx.mean() ** 2 / sxx)
+
     def exp(v: float) -> float:  # a wide interval of ln A overflows: report it as (0, inf)
         return math.exp(min(v, 709.0))  # math.exp(-inf-ish) underflows to 0 by itself
 

@@ -93,7 +93,8 @@ class SweepSpec:
     fit of the budgets before it. ``min_steps``: fewest optimizer steps of a cell (None: 1 for
     ``grid``, where every model must fit one step at every budget; 20 for the others); set for a
     ``grid``, cells below it are left out (`left_out`). ``design_head_dim``: width per head of those
-    shapes (None: the families' 64 / scale.width_div). ``isoflop_centres``: {budget: N} centres that replace the prior.
+    shapes (None: the families' 64 / scale.width_div). ``isoflop_centres``: {budget: N} centres that
+    replace the prior.
     batch_size: global batch. train: dotted `TrainConfig` overrides applied to every cell.
     trainer: module providing ``TrainConfig`` and ``train(cfg)`` (the contract of `dit_core.train`).
     final_eval: validation loss and sample metrics (FID) at each cell's last step (sets
