@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
-from analysis.laws import AllocationExponents, PowerLawFit, fit_power_law
+from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
 from analysis.status import CENSORED, NOT_IDENTIFIED, Status
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,7 @@ def assign_budgets(points: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
     """A budget label (FLOPs) per row: the `budget` column of final points, or clusters of log10 C."""
     if "budget" in points.columns and points["budget"].notna().all() and "final" in points.columns:
         return points["budget"].where(points["final"].astype(bool))
-    lc = np.log10(points["C"].to_numpy(float))
-    order = np.argsort(lc)
-    cluster = np.zeros(len(lc), int)
-    cluster[order] = np.r_[0, np.cumsum(np.diff(lc[order]) > gap_dex)]
-    med = pd.Series(points["C"].to_numpy(float)).groupby(cluster).median()
-    return pd.Series(med.loc[cluster].to_numpy(), index=points.index)
+    return cluster_budgets(points["C"], gap_dex)
 
 
 def _patch_of(points: pd.DataFrame) -> pd.Series:

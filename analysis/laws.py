@@ -210,6 +210,18 @@ def fit_power_law(
 # frontier
 
 
+def cluster_budgets(c: pd.Series, gap_dex: float = 0.1) -> pd.Series:
+    """A budget (FLOPs) per point where none was recorded: sorted log10 C split wherever neighbours
+    are more than `gap_dex` apart, each cluster labelled by its median C. The cells of one budget end
+    a few steps' compute apart (whole steps), so their exact C differ by up to a few percent."""
+    lc = np.log10(c.to_numpy(float))
+    order = np.argsort(lc)
+    cluster = np.zeros(len(lc), int)
+    cluster[order] = np.r_[0, np.cumsum(np.diff(lc[order]) > gap_dex)]
+    med = pd.Series(c.to_numpy(float)).groupby(cluster).median()
+    return pd.Series(med.loc[cluster].to_numpy(), index=c.index)
+
+
 def _frontier_start(pts: pd.DataFrame, gap_dex: float = 0.1) -> float:
     """The compute (FLOPs) where the frontier starts: the last of the model sizes' first evaluations
     that lie within `gap_dex` (log10) of the earliest one."""
@@ -242,9 +254,10 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
     per_run = pts.groupby("run_id").size()
     start = _frontier_start(pts)
     if per_run.max() < 2:
-        # one point per run: at one budget (the `budget` column, else exactly equal C) only the best
+        # one point per run: at one budget (the `budget` column, else a cluster of C) only the best
         # run is on the frontier, whatever order the tied points come in
-        key = pts["budget"] if "budget" in pts.columns and pts["budget"].notna().all() else pts["C"]
+        has_budget = "budget" in pts.columns and pts["budget"].notna().all()
+        key = pts["budget"] if has_budget else cluster_budgets(pts["C"])
         pts = pts.loc[pts.groupby(key)[y].idxmin()].sort_values("C")
         start = _frontier_start(pts)
         first = pts[pts["C"] <= start]

@@ -13,7 +13,7 @@ import pandas as pd
 from analysis.bootstrap import percentile_interval
 from analysis.fidloss import fit_fid_vs_loss
 from analysis.isoflop import IsoFlopFit, fit_isoflop, iter_slices
-from analysis.laws import FrontierFit, PowerLawFit, fit_frontier, fit_power_law
+from analysis.laws import FrontierFit, PowerLawFit, cluster_budgets, fit_frontier, fit_power_law
 from analysis.parametric import (
     ParametricConfig,
     ParametricFit,
@@ -338,10 +338,11 @@ def _pure_law(frontier: FrontierFit, y: str, n_bootstrap: int, seed: int) -> Pow
 
 
 def budget_labels(points: pd.DataFrame) -> pd.Series:
-    """A budget per point: the `budget` column, else the point's C rounded to 2 significant digits."""
+    """A budget per point: the `budget` column, else its cluster of C (`cluster_budgets`) rounded to
+    2 significant digits."""
     if points["budget"].notna().all():
         return points["budget"]
-    return points["C"].map(lambda c: float(f"{c:.2g}"))
+    return cluster_budgets(points["C"]).map(lambda c: float(f"{c:.2g}"))
 
 
 def residuals(an: Analysis) -> pd.DataFrame:

@@ -246,6 +246,32 @@ def test_frontier_is_lower_envelope_of_run_curves():
     assert fit.a > 0 and fit.y_law is not None
 
 
+def test_one_point_frontier_without_budgets_groups_cells_that_end_a_few_steps_apart():
+    """The demo's seed 0 at 1e11 / 3e11 / 1e12 (final losses; whole steps make each cell's C a few
+    percent off its budget). Given as a CSV without a `budget` column the cells of one budget must
+    still count as one budget: the frontier is the best run of each (S, B, B), not every point that
+    beats all cheaper ones (the exact-C Pareto set also took L at 2.97e11 and XL at 9.86e11)."""
+    cells = [  # model, N, C, loss
+        ("S", 10244, 9.99e10, 0.0566), ("B", 26188, 1.0e11, 0.0587), ("L", 93012, 9.92e10, 0.0658),
+        ("XL", 139412, 9.86e10, 0.0715), ("S", 10244, 3.0e11, 0.0525), ("B", 26188, 3.0e11, 0.0500),
+        ("L", 93012, 2.97e11, 0.0556), ("XL", 139412, 2.96e11, 0.0599), ("S", 10244, 9.999e11, 0.0464),
+        ("B", 26188, 9.998e11, 0.0451), ("L", 93012, 9.93e11, 0.0493), ("XL", 139412, 9.86e11, 0.0471),
+    ]  # fmt: skip
+    pts = pd.DataFrame(
+        [
+            {"N": n, "D": c / (330 * n), "C": c, "loss": y, "run_id": f"{m}-{c:.0e}", "model": m}
+            for m, n, c, y in cells
+        ]
+    )
+    fr = compute_frontier(pts)
+    assert list(fr["model"]) == ["S", "B", "B"]
+    assert fr["loss"].tolist() == [0.0566, 0.0500, 0.0451]
+    with_budget = compute_frontier(
+        pts.assign(budget=[1e11, 1e11, 1e11, 1e11, 3e11, 3e11, 3e11, 3e11] + [1e12] * 4)
+    )
+    assert with_budget["run_id"].tolist() == fr["run_id"].tolist()
+
+
 def test_fid_vs_loss_recovers_power():
     loss = np.linspace(0.05, 0.2, 12)
     pts = pd.DataFrame({"loss": loss, "fid": 400.0 * loss**1.7})
