@@ -302,8 +302,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
         return design_cells(spec)
     cells: list[Cell] = []
-    for budget in sorted(set(spec.budgets)):
-        row = [make_cell(spec, m, p, budget) for m in spec.models() for p in spec.patch_sizes]
+    for budget, row in _grid_rows(spec):
         if spec.min_steps is not None:
             kept = [c for c in row if c.steps >= spec.min_steps]
             if not kept:
@@ -327,14 +326,20 @@ def expand(spec: SweepSpec) -> list[Cell]:
     return cells
 
 
+def _grid_rows(spec: SweepSpec) -> list[tuple[float, list[Cell]]]:
+    """Per budget (ascending), every model x patch size of a ``grid`` design, before ``min_steps``."""
+    return [
+        (b, [make_cell(spec, m, p, b) for m in spec.models() for p in spec.patch_sizes])
+        for b in sorted(set(spec.budgets))
+    ]
+
+
 def left_out(spec: SweepSpec) -> list[Cell]:
     """The cells of a ``grid`` design that `expand` leaves out for making fewer than ``min_steps``
     steps (none for the other designs, whose sizes are chosen within the step window)."""
     if spec.design != "grid" or spec.min_steps is None:
         return []
-    budgets, models = sorted(set(spec.budgets)), spec.models()
-    row = [make_cell(spec, m, p, b) for b in budgets for m in models for p in spec.patch_sizes]
-    return [c for c in row if c.steps < spec.min_steps]
+    return [c for _, row in _grid_rows(spec) for c in row if c.steps < spec.min_steps]
 
 
 def make_cell(spec: SweepSpec, model: ModelShape, patch_size: int, budget: float) -> Cell:
