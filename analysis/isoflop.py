@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
+from analysis.joint_isoflop import JointIsoFlop, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
 from analysis.status import CENSORED, NOT_IDENTIFIED, Status
 
@@ -90,7 +91,7 @@ def _profile(
     if len(np.unique(ln)) < 3:
         skipped.append(
             f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: {len(np.unique(ln))} model size(s); a "
-            "parabola needs 3 - add model sizes at this budget"
+            "parabola of its own needs 3 (the joint fit uses 2) - add model sizes at this budget"
         )
         return None
     coef = np.polyfit(ln, g["loss"].to_numpy(float), 2)
@@ -186,10 +187,12 @@ def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
 
 @dataclass
 class IsoFlopFit(AllocationExponents):
-    """Approach 2: the per-slice profiles and N_opt(C), D_opt(C) power laws through their minima.
+    """Approach 2: the per-slice profiles and the N_opt(C), D_opt(C) power laws.
 
-    With several patch sizes each gets its own laws (`by_patch`); `n_opt` / `d_opt` are those of the
-    patch size with the most usable budgets.
+    The laws come from the joint fit (`joint`, `analysis.joint_isoflop`) where it has >= 3 budgets
+    of >= 2 sizes, else from power laws through the per-slice parabolas' minima. With several patch
+    sizes each gets its own laws (`by_patch`); `n_opt` / `d_opt` are those of the patch size with
+    the most usable budgets. `minima_a`: the exponent through the per-slice minima (a check).
     """
 
     profiles: list[IsoFlopProfile]
@@ -202,6 +205,8 @@ class IsoFlopFit(AllocationExponents):
     patch: float = math.nan  # the patch size of n_opt / d_opt
     by_patch: dict[float, tuple[PowerLawFit, PowerLawFit]] = field(default_factory=dict)
     units: tuple[str, str] = ("parameters", "images")  # of N and D
+    joint: JointIsoFlop | None = None
+    minima_a: float = math.nan
 
     def summary(self) -> str:
         lines = [f"IsoFLOP profiles: {len(self.profiles)} usable slice(s) (budget x patch size)"]
@@ -211,13 +216,19 @@ class IsoFlopFit(AllocationExponents):
                 f"D_opt={p.d_opt:.3g} {self.units[1]}, L_opt={p.loss_opt:.4g} ({p.n_points} points)"
             )
         se = self.bootstrap.se() if self.bootstrap else {}
+        j = self.joint
+        if j is not None:
+            lo, hi = j.a_interval
+            lines.append(
+                f"  joint fit of {len(j.budgets)} budgets ({j.n_points} points, one curvature in log loss "
+                f"{j.curvature:.4g}, rmse of ln L {j.rmse_log:.3g}): a = {j.a:.4f}, 95% [{lo:.3g}, {hi:.3g}] "
+                f"(t, {j.dof} dof); through the per-budget minima above: a = {self.minima_a:.4f}"
+            )
         for name, law in (("N_opt", self.n_opt), ("D_opt", self.d_opt)):
             if law:
                 e = -law.params["alpha"]
-                lines.append(
-                    f"  {name} = {law.params['A']:.4g} C^{e:.4f} (se {se.get(name + '_exp', math.nan):.3g})"
-                    f"{_patch_txt(self.patch)}"
-                )
+                err = "" if j is not None else f" (se {se.get(name + '_exp', math.nan):.3g})"
+                lines.append(f"  {name} = {law.params['A']:.4g} C^{e:.4f}{err}{_patch_txt(self.patch)}")
         if self.bootstrap is not None:
             lines.append(
                 f"  bootstrap: {self.bootstrap.n_requested} resamples of runs, {self.bootstrap.n_failed} "
@@ -255,6 +266,9 @@ class IsoFlopFit(AllocationExponents):
             "b": self.b,
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
+            "method": "joint" if self.joint is not None else "per-budget minima",
+            "joint": self.joint.to_dict() if self.joint is not None else None,
+            "minima_a": self.minima_a,
             "by_patch": {
                 str(k): {"a": -n.params["alpha"], "b": -d.params["alpha"]}
                 for k, (n, d) in self.by_patch.items()
@@ -289,25 +303,38 @@ def fit_isoflop(
     gap_dex: float = 0.1,
     units: str = "parameters",
     data_units: str = "images",
+    joint: bool = True,
 ) -> IsoFlopFit:
-    """Approach 2. Needs >= 3 budgets of one patch size with >= 3 model sizes each, or the laws are None.
+    """Approach 2. The laws need >= 3 budgets of one patch size: with >= 2 sizes each for the joint
+    fit, else with >= 3 sizes and an inside minimum each for laws through the minima (`joint=False`:
+    only those); else None.
 
-    The bootstrap resamples runs and refits everything (profiles and laws) for the main patch size.
+    The joint fit's exponent gets a t-interval; laws through the minima get a bootstrap over runs
+    (`n_bootstrap`) that refits the profiles and laws for the main patch size.
     """
     skipped: list[str] = []
     profiles = isoflop_profiles(points, gap_dex, skipped, units)
     slices = slice_sides(points, gap_dex)
     status = censoring(slices, units)
+    by_slice: dict[float, list] = {}
+    for c, patch, g in iter_slices(points, gap_dex):
+        by_slice.setdefault(-1.0 if math.isnan(patch) else patch, []).append((c, g))
+    joints = {k: jf for k, v in by_slice.items() if joint and (jf := fit_joint_isoflop(sorted(v)))}
     groups = {k: v for k, v in _by_patch(profiles).items() if len(v) >= 3}
-    if not groups:
+    if not groups and not joints:
         msg = (
-            f"IsoFLOP: {len(profiles)} usable slice(s) (need 3 budgets of one patch size, each with >= 3 "
-            "model sizes and its minimum inside them); no N_opt(C) law"
+            f"IsoFLOP: {len(slices)} slice(s) (need 3 budgets of one patch size, each with >= 2 model "
+            "sizes); no N_opt(C) law"
         )
         log.info(msg)
         skipped.append(msg)
     by_patch = {k: _laws(v) for k, v in groups.items()}
-    main = max(groups, key=lambda k: (len(groups[k]), -k)) if groups else -1.0
+    minima = {k: -v[0].params["alpha"] for k, v in by_patch.items()}
+    by_patch.update({k: (jf.n_opt, jf.d_opt) for k, jf in joints.items()})
+    if joints:
+        main = max(joints, key=lambda k: (len(joints[k].budgets), -k))
+    else:
+        main = max(groups, key=lambda k: (len(groups[k]), -k)) if groups else -1.0
     n_law, d_law = by_patch.get(main, (None, None))
     fit = IsoFlopFit(
         profiles,
@@ -319,8 +346,19 @@ def fit_isoflop(
         patch=math.nan if main < 0 else main,
         by_patch={k: v for k, v in by_patch.items() if k >= 0},
         units=(units, data_units),
+        joint=joints.get(main),
+        minima_a=minima.get(main, math.nan),
     )
-    if n_bootstrap > 0 and groups:
+    if fit.joint is not None:
+        lo, hi = fit.joint.a_interval
+        if not lo > 0:
+            status.add(
+                NOT_IDENTIFIED,
+                f"the IsoFLOP N_opt exponent a = {fit.joint.a:.3g} (joint fit of {len(fit.joint.budgets)} "
+                f"budgets) has a 95% interval [{lo:.3g}, {hi:.3g}] that includes 0: approach 2 does not "
+                "resolve how N_opt grows",
+            )
+    elif n_bootstrap > 0 and groups:
         pts = points.reset_index(drop=True)
         patch = _patch_of(pts).to_numpy()
         pts = pts[patch == main].reset_index(drop=True)

@@ -103,6 +103,11 @@ def plot_isoflop(an: Analysis, path) -> Path:
                 nn = np.logspace(np.log10(p.n_range[0]) - 0.2, np.log10(p.n_range[1]) + 0.2, 60)
                 ax.plot(nn, p.predict(nn), "-", color=col, lw=1)
                 ax.plot([p.n_opt], [p.loss_opt], "k*", ms=9)
+        jf = an.isoflop.joint
+        if jf is not None and (np.isnan(patch) and np.isnan(an.isoflop.patch) or patch == an.isoflop.patch):
+            nn = np.logspace(np.log10(g["N"].min()) - 0.2, np.log10(g["N"].max()) + 0.2, 60)
+            ax.plot(nn, jf.profile(c, nn), "--", color=col, lw=1)
+            ax.plot([jf.n_opt.predict(c)], [jf.profile(c, [jf.n_opt.predict(c)])[0]], "kD", ms=5)
     if slices:
         ax.legend(fontsize=7)
     else:
@@ -116,7 +121,7 @@ def plot_isoflop(an: Analysis, path) -> Path:
         xscale="log",
         xlabel=_n_label(an),
         ylabel=LOSS_LABEL,
-        title="IsoFLOP slices (parabola in log N where >= 3 sizes; * = minimum)",
+        title="IsoFLOP slices: own parabola (-, * vertex), joint fit (--, \u25c6 vertex on the N_opt law)",
     )
     return _save(fig, path)
 
@@ -140,7 +145,10 @@ def plot_allocation(an: Analysis, path) -> Path:
             ax.plot([p.compute for p in iso.profiles], minima, "bs", label="IsoFLOP minima")
         law = iso.n_opt if j == 0 else iso.d_opt
         if law is not None:
-            ax.plot(cc, law.predict(cc), "b--", label=f"IsoFLOP law, exponent {-law.params['alpha']:.3f}")
+            how = " (joint fit)" if iso.joint is not None else ""
+            ax.plot(
+                cc, law.predict(cc), "b--", label=f"IsoFLOP law{how}, exponent {-law.params['alpha']:.3f}"
+            )
             lo, hi = law.predict_interval(cc)
             if np.isfinite(lo).all():
                 ax.fill_between(cc, lo, hi, color="b", alpha=0.1)

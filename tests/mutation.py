@@ -89,6 +89,8 @@ SELECTIONS: dict[str, list[str]] = {
     "dit_core/trainer/resolve.py": ["tests/test_train_config.py", "tests/test_trainer_pieces.py"],
     # cell states from real runs in a sqlite store (one store per session); no launcher, no trainer
     "sweeps/state.py": ["tests/test_sweeps_state_units.py", "tests/test_sweeps_state_pages.py"],
+    # the joint IsoFLOP fit against its own model (exact), the t-interval's coverage, two-size budgets
+    "analysis/joint_isoflop.py": ["tests/test_joint_isoflop.py"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",

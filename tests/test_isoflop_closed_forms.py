@@ -45,7 +45,8 @@ def test_profile_says_why_a_slice_is_skipped():
     two = _parabola_slice(1e20, ln_n=(18.0, 19.0, 19.0))
     assert I._profile(two, 1e20, 2.0, skipped) is None
     assert skipped[-1] == (
-        "IsoFLOP budget 1e+20 FLOPs, patch 2: 2 model size(s); a parabola needs 3 - "
+        "IsoFLOP budget 1e+20 FLOPs, patch 2: 2 model size(s); a parabola of its own needs 3 (the joint "
+        "fit uses 2) - "
         "add model sizes at this budget"
     )
     down = _parabola_slice(1e20).assign(loss=lambda df: -df["loss"])
@@ -142,7 +143,7 @@ def test_fit_isoflop_recovers_the_vertex_law_per_patch():
     pts = pd.concat(
         [_law_points(patch=2, a=0.5), _law_points(patch=4, budgets=(1e18, 1e19, 1e20), a=0.6, run="p4")]
     )
-    fit = I.fit_isoflop(pts)
+    fit = I.fit_isoflop(pts, joint=False)
     assert fit.patch == 2.0  # the patch size with the most usable budgets
     assert fit.n_opt.params["alpha"] == pytest.approx(-0.5, abs=1e-8)
     assert fit.n_opt.params["A"] == pytest.approx(1e-3, rel=1e-6)
@@ -165,18 +166,18 @@ def test_fit_isoflop_recovers_the_vertex_law_per_patch():
     assert "IsoFLOP profiles: 7 usable slice(s)" in text and "N_opt = 0.001 C^0.5000" in text
     # equal counts: the smaller patch size wins
     tie = pd.concat([_law_points(patch=4, a=0.6, run="p4"), _law_points(patch=2, a=0.5)])
-    assert I.fit_isoflop(tie).patch == 2.0
+    assert I.fit_isoflop(tie, joint=False).patch == 2.0
 
 
 def test_fit_isoflop_without_three_budgets_gives_no_law_and_says_why():
     fit = I.fit_isoflop(_law_points(budgets=(1e18, 1e19)))
     assert fit.n_opt is None and fit.d_opt is None and fit.a != fit.a or fit.n_opt is None
-    assert fit.messages[-1].startswith("IsoFLOP: 2 usable slice(s) (need 3 budgets of one patch size")
+    assert fit.messages[-1].startswith("IsoFLOP: 2 slice(s) (need 3 budgets of one patch size")
     assert fit.to_dict()["N_opt"] is None and math.isnan(fit.patch)
 
 
 def test_isoflop_bootstrap_of_exact_profiles_has_no_spread():
-    fit = I.fit_isoflop(_law_points(), n_bootstrap=8, seed=1)
+    fit = I.fit_isoflop(_law_points(), n_bootstrap=8, seed=1, joint=False)
     bs = fit.bootstrap
     assert bs.n_requested == 8 and bs.n_failed + bs.n_ok == 8 and bs.n_ok >= 1
     np.testing.assert_allclose(bs.samples["N_opt_exp"], 0.5, atol=1e-8)
@@ -186,7 +187,9 @@ def test_isoflop_bootstrap_of_exact_profiles_has_no_spread():
 
 
 def test_summary_lists_each_profile_and_both_laws_in_their_units():
-    fit = I.fit_isoflop(_law_points(budgets=(1e18, 1e19, 1e20)), units="params", data_units="tokens")
+    fit = I.fit_isoflop(
+        _law_points(budgets=(1e18, 1e19, 1e20)), units="params", data_units="tokens", joint=False
+    )
     lines = fit.summary().splitlines()
     assert lines[0] == "IsoFLOP profiles: 3 usable slice(s) (budget x patch size)"
     n_opt, d_opt = 1e-3 * 1e9, 1e18 / (6 * 1e6)
@@ -196,13 +199,13 @@ def test_summary_lists_each_profile_and_both_laws_in_their_units():
     assert [line.split(" = ")[0] for line in law_lines] == ["  N_opt", "  D_opt"]
     assert law_lines[0].startswith("  N_opt = 0.001 C^0.5000 (se nan)")
     assert law_lines[1].startswith(f"  D_opt = {1 / 6e-3:.4g} C^0.5000 (se nan)")
-    boot = I.fit_isoflop(_law_points(), n_bootstrap=20, seed=0)
+    boot = I.fit_isoflop(_law_points(), n_bootstrap=20, seed=0, joint=False)
     assert boot.bootstrap.n_ok >= 2
     assert "(se nan)" not in boot.summary() and "bootstrap: 20 resamples of runs" in boot.summary()
 
 
 def test_laws_are_pure_power_laws_named_after_what_they_predict():
-    fit = I.fit_isoflop(_law_points())
+    fit = I.fit_isoflop(_law_points(), joint=False)
     assert fit.n_opt.kind == "pure" and fit.d_opt.kind == "pure"
     assert (fit.n_opt.x_name, fit.n_opt.y_name, fit.d_opt.x_name, fit.d_opt.y_name) == (
         "C",
@@ -218,21 +221,24 @@ def test_units_and_the_budget_gap_reach_every_message():
     # at the largest budget keep only models above the optimum: that slice is skipped with the units
     n_opt = 1e-3 * 1e21**0.5
     pts = pts[(pts["C"] != 1e21) | (pts["N"] > 1.5 * n_opt)]
-    default = I.fit_isoflop(pts)
+    default = I.fit_isoflop(pts, joint=False)
     assert default.units == ("parameters", "images")
     assert any("parameters); budget skipped" in m for m in default.messages)
-    fit = I.fit_isoflop(pts, units="params", data_units="tokens")
+    fit = I.fit_isoflop(pts, units="params", data_units="tokens", joint=False)
     assert any("params); budget skipped" in m for m in fit.messages) and fit.units == ("params", "tokens")
     # censoring reasons carry the units too: every budget's best model is its smallest
     below = pd.concat([_parabola_slice(c, ln_n=(18.0, 19.0, 20.0), shift=-3.0) for c in (1e18, 1e19, 1e20)])
-    assert " params at every budget" in I.fit_isoflop(below, units="params").status.reasons[0]
-    assert " parameters at every budget" in I.fit_isoflop(below).status.reasons[0]
+    assert " params at every budget" in I.fit_isoflop(below, units="params", joint=False).status.reasons[0]
+    assert " parameters at every budget" in I.fit_isoflop(below, joint=False).status.reasons[0]
     # gap_dex reaches the slicing: budgets 0.3 dex apart are one cluster with gap 0.5
     close = pd.concat([_parabola_slice(c) for c in (1e20, 2e20)])
     assert len(I.isoflop_profiles(close)) == 2 and len(I.slice_sides(close)) == 2
     assert [p.compute for p in I.isoflop_profiles(close, gap_dex=0.5)] == [pytest.approx(1.5e20)]
     assert len(I.slice_sides(close, gap_dex=0.5)) == 1
-    assert len(I.fit_isoflop(close).profiles) == 2 and len(I.fit_isoflop(close, gap_dex=0.5).slices) == 1
+    assert (
+        len(I.fit_isoflop(close, joint=False).profiles) == 2
+        and len(I.fit_isoflop(close, gap_dex=0.5, joint=False).slices) == 1
+    )
 
 
 def test_profiles_of_unknown_patch_come_first():
@@ -248,9 +254,10 @@ def test_to_dict_is_the_json_report_of_the_fit():
     import json
 
     pts = pd.concat([_law_points(patch=2), _law_points(patch=4, budgets=(1e18, 1e19, 1e20), run="p4")])
-    fit = I.fit_isoflop(pts, n_bootstrap=6, seed=0)
+    fit = I.fit_isoflop(pts, n_bootstrap=6, seed=0, joint=False)
     d = json.loads(json.dumps(fit.to_dict()))
     base = {"status", "reasons", "profiles", "slices", "patch", "a", "b", "N_opt", "D_opt", "by_patch"}
+    base |= {"method", "joint", "minima_a"}
     assert set(d) == base | {"se", "ci95", "bootstrap"}
     assert d["status"] == fit.status.status and d["reasons"] == list(fit.status.reasons)
     assert d["patch"] == 2.0 and d["a"] == pytest.approx(fit.a) and d["b"] == pytest.approx(fit.b)
@@ -266,7 +273,7 @@ def test_to_dict_is_the_json_report_of_the_fit():
                        "best_N": pytest.approx(s.best_n), "side": "interior"}  # fmt: skip
     assert d["se"] == pytest.approx(fit.bootstrap.se(), nan_ok=True)
     assert set(d["ci95"]) == set(fit.bootstrap.conf_int()) and d["bootstrap"] == fit.bootstrap.to_dict()
-    nan = I.fit_isoflop(_law_points()).to_dict()
+    nan = I.fit_isoflop(_law_points(), joint=False).to_dict()
     assert nan["patch"] is None and nan["profiles"][0]["patch"] is None and nan["slices"][0]["patch"] is None
     assert "se" not in nan and "bootstrap" not in nan
     failed = fit.bootstrap.n_failed
@@ -318,11 +325,11 @@ def test_bootstrap_resamples_whole_runs_reproducibly():
     """Each run contributes two points (checkpoints): resampling runs keeps both or neither."""
     pts = _law_points()
     pts = pd.concat([pts, pts.assign(loss=pts["loss"] + 1e-9)], ignore_index=True)  # a second point per run
-    a = I.fit_isoflop(pts, n_bootstrap=6, seed=2).bootstrap
-    b = I.fit_isoflop(pts, n_bootstrap=6, seed=2).bootstrap
+    a = I.fit_isoflop(pts, n_bootstrap=6, seed=2, joint=False).bootstrap
+    b = I.fit_isoflop(pts, n_bootstrap=6, seed=2, joint=False).bootstrap
     assert a.unit == "groups" and a.n_requested == 6  # resampled by run_id
     assert set(a.samples) == {"N_opt_exp", "D_opt_exp", "N_opt_A", "D_opt_A"}
     for k in a.samples:
         np.testing.assert_array_equal(a.samples[k], b.samples[k])
     np.testing.assert_allclose(a.samples["D_opt_A"], 1 / 6e-3, rtol=1e-5)
-    assert I.fit_isoflop(pts).bootstrap is None
+    assert I.fit_isoflop(pts, joint=False).bootstrap is None
