@@ -678,10 +678,16 @@ class HoldoutResult:
 
 
 def largest_compute_runs(points: pd.DataFrame, frac: float = 0.1) -> np.ndarray:
-    """Run ids of the largest budget (the `budget` column), else of the top `frac` of runs by final C."""
+    """Run ids of the largest budget: the `budget` column, else the top cluster of final C
+    (`cluster_budgets`; cells of one budget end a few steps apart) when it holds >= 2 runs and
+    not all of them, else the top `frac` of runs by final C."""
     final = points.groupby("run_id").agg(C=("C", "max"), budget=("budget", "first"))
     if final["budget"].notna().all() and final["budget"].nunique() > 1:
         return final.index[final["budget"] == final["budget"].max()].to_numpy()
+    cluster = cluster_budgets(final["C"])
+    top = final.index[cluster == cluster.max()]
+    if 2 <= len(top) < len(final):
+        return top.to_numpy()
     k = max(1, int(round(frac * len(final))))
     return final["C"].nlargest(k).index.to_numpy()
 

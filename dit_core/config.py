@@ -113,6 +113,10 @@ class OptimConfig:
     lr_scaling: "none" (every model uses ``lr``) or "inverse_width" (peak lr = ``lr * lr_base_width
         / model.hidden_size``: muP's 1/width rule for hidden matrices, applied here to every parameter).
     lr_base_width: the width at which ``lr`` was tuned (used by "inverse_width").
+    lr_flops_ref / lr_flops_exponent: the lr rule across budgets. A run whose planned training FLOPs
+        C (steps x global batch x FLOPs per image) exceed ``lr_flops_ref`` gets its peak lr times
+        ``(C / lr_flops_ref) ** -lr_flops_exponent``; at or below it, and with ``lr_flops_ref`` 0
+        (off), the peak is unchanged. Longer runs want lower peaks (docs/study.md, session 8).
     weight_decay: AdamW's decoupled weight decay.
     beta1 / beta2 / eps: AdamW's moment decays and epsilon.
     warmup_steps: linear warmup length in steps, and the floor of the scaled warmup.
@@ -130,6 +134,8 @@ class OptimConfig:
     lr: float = 1e-4
     lr_scaling: str = "none"
     lr_base_width: int = 384
+    lr_flops_ref: float = 0.0
+    lr_flops_exponent: float = 0.0
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
@@ -145,6 +151,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         coerce_fields(self)
         bounds = {"lr": "a finite number > 0", "lr_base_width": ">= 1", "weight_decay": ">= 0"}
+        bounds |= {"lr_flops_ref": ">= 0", "lr_flops_exponent": ">= 0"}
         bounds |= {"warmup_steps": ">= 0", **dict.fromkeys(("beta1", "beta2", "ema_decay"), "in [0, 1)")}
         bounds |= {k: "in [0, 1]" for k in ("warmup_frac", "cooldown_frac", "min_lr_ratio")}
         check_fields(self, "optim.", {"schedule": SCHEDULES, "lr_scaling": LR_SCALINGS, **bounds})

@@ -24,7 +24,14 @@ from analysis.parametric import (
     optimal_allocation,
     parametric_loss,
 )
-from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict, remove_outliers
+from analysis.pipeline import (
+    AnalysisConfig,
+    analyze,
+    holdout_largest,
+    largest_compute_runs,
+    predict,
+    remove_outliers,
+)
 from analysis.runs import load_csv, load_epoch_chinchilla
 from analysis.shapes import family_shapes, nearest_shape
 
@@ -265,6 +272,11 @@ def test_one_point_frontier_without_budgets_groups_cells_that_end_a_few_steps_ap
     )
     fr = compute_frontier(pts)
     assert list(fr["model"]) == ["S", "B", "B"]
+    # the holdout leaves out the whole top budget (all four cells), not the one cell of largest C
+    no_budget = pts.assign(budget=np.nan)
+    assert sorted(largest_compute_runs(no_budget)) == ["B-1e+12", "L-1e+12", "S-1e+12", "XL-1e+12"]
+    spread = no_budget.assign(C=1e11 * 10 ** (0.3 * np.arange(12)))  # 0.3 dex apart: no clusters
+    assert list(largest_compute_runs(spread)) == ["XL-1e+12"]  # the top 10 % of 12 runs
     assert fr["loss"].tolist() == [0.0566, 0.0500, 0.0451]
     with_budget = compute_frontier(
         pts.assign(budget=[1e11, 1e11, 1e11, 1e11, 3e11, 3e11, 3e11, 3e11] + [1e12] * 4)

@@ -182,6 +182,19 @@ def test_optimizer_lr_follows_the_closed_form_in_warmup_schedule_end_and_after_r
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [pytest.approx(closed(7), rel=1e-12)]
 
 
+def test_lr_rule_across_budgets_uses_the_runs_planned_flops(tmp_path):
+    """lr_flops_ref at a quarter of the run's planned FLOPs (steps x batch x FLOPs per image) with
+    exponent 0.5 halves the peak AdamW uses; a ref above the run leaves it alone."""
+    opts = {"optim.lr": 1e-3, "optim.schedule": "constant", "checkpoint.every": 0, "tracking.enabled": False}
+    plain = Trainer(tiny_config(tmp_path / "a", steps=6, **opts))
+    planned = 6 * plain.batch * plain.fpi
+    for ref, peak in ((planned / 4, 5e-4), (planned * 1.01, 1e-3)):
+        rule = {"optim.lr_flops_ref": ref, "optim.lr_flops_exponent": 0.5}
+        tr = Trainer(tiny_config(tmp_path / f"r{ref:.0f}", steps=6, **opts, **rule))
+        tr.train_step()
+        assert [g["lr"] for g in tr.optimizer.param_groups] == [pytest.approx(peak, rel=1e-12)]
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_the_blocks_in_low_precision_and_resumes(tmp_path, precision):
     """The trainer's own autocast (no Accelerate mixed precision): the attention projections compute

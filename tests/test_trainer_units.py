@@ -24,6 +24,15 @@ def test_peak_lr_and_warmup_length():
     scaled = OptimConfig(lr=3e-4, lr_scaling="inverse_width", lr_base_width=384)
     assert peak_lr(scaled, 768) == pytest.approx(1.5e-4, rel=1e-15)
     assert peak_lr(scaled, 192) == pytest.approx(6e-4, rel=1e-15)
+    # the rule across budgets: unchanged up to lr_flops_ref, then (C / ref)^-exponent
+    budget = OptimConfig(lr=3e-2, lr_flops_ref=3e11, lr_flops_exponent=0.9)
+    assert peak_lr(budget, 12, 1e11) == peak_lr(budget, 12, 3e11) == 3e-2
+    assert peak_lr(budget, 12, 1e12) == pytest.approx(3e-2 * (10 / 3) ** -0.9, rel=1e-15)
+    assert peak_lr(OptimConfig(lr=3e-2, lr_flops_exponent=0.9), 12, 1e15) == 3e-2  # ref 0: off
+    both = OptimConfig(
+        lr=3e-4, lr_scaling="inverse_width", lr_base_width=384, lr_flops_ref=1e10, lr_flops_exponent=0.5
+    )
+    assert peak_lr(both, 768, 4e10) == pytest.approx(3e-4 / 2 / 2, rel=1e-15)
     assert warmup_steps(OptimConfig(warmup_steps=10, warmup_frac=0.05), 100) == 10
     assert warmup_steps(OptimConfig(warmup_steps=10, warmup_frac=0.05), 1000) == 50
     assert warmup_steps(OptimConfig(warmup_frac=0.05), 130) == 6  # round(6.5): to even

@@ -37,6 +37,7 @@ ALIASES = {
     "--max-steps": "budget.max_steps", "--train-flops": "budget.train_flops",
     "--global-batch-size": "budget.global_batch_size", "--batch-size": "budget.global_batch_size",
     "--lr": "optim.lr", "--lr-scaling": "optim.lr_scaling", "--lr-base-width": "optim.lr_base_width",
+    "--lr-flops-ref": "optim.lr_flops_ref", "--lr-flops-exponent": "optim.lr_flops_exponent",
     "--weight-decay": "optim.weight_decay", "--warmup-steps": "optim.warmup_steps",
     "--warmup-frac": "optim.warmup_frac", "--schedule": "optim.schedule",
     "--cooldown-frac": "optim.cooldown_frac", "--min-lr-ratio": "optim.min_lr_ratio",

@@ -125,7 +125,7 @@ class Trainer:
         self.fpi = train_flops_per_image(self.dit_cfg)
         self.batch = cfg.budget.global_batch_size
         o = cfg.optim
-        self.peak_lr = peak_lr(o, self.dit_cfg.hidden_size)
+        self.peak_lr = peak_lr(o, self.dit_cfg.hidden_size, self.total * self.batch * self.fpi)
         self.warmup = warmup_steps(o, self.total)
 
         self.resume = resume

@@ -1,6 +1,6 @@
 """Learning-rate schedules as a pure function of the step (so resuming needs only the step).
 
-The peak lr follows the rule across model sizes (`peak_lr`), the warmup scales with the run
+The peak lr follows the rules across model sizes and budgets (`peak_lr`), the warmup scales with the run
 (`warmup_steps`), and "cosine" and "constant_cooldown" end exactly at the run's last step, so a
 run of any length ends at ``min_lr_ratio`` x its peak.
 """
@@ -14,12 +14,14 @@ from ..config import OptimConfig
 __all__ = ["lr_at", "peak_lr", "warmup_steps"]
 
 
-def peak_lr(cfg: OptimConfig, hidden_size: int) -> float:
-    """The peak lr of a model of width ``hidden_size``: ``lr`` ("none") or
-    ``lr * lr_base_width / hidden_size`` ("inverse_width")."""
-    if cfg.lr_scaling == "inverse_width":
-        return cfg.lr * cfg.lr_base_width / hidden_size
-    return cfg.lr
+def peak_lr(cfg: OptimConfig, hidden_size: int, train_flops: float = 0.0) -> float:
+    """The peak lr of a model of width ``hidden_size`` trained for ``train_flops`` (planned):
+    ``lr`` ("none") or ``lr * lr_base_width / hidden_size`` ("inverse_width"), times
+    ``(train_flops / lr_flops_ref) ** -lr_flops_exponent`` when ``train_flops > lr_flops_ref > 0``."""
+    lr = cfg.lr * cfg.lr_base_width / hidden_size if cfg.lr_scaling == "inverse_width" else cfg.lr
+    if 0 < cfg.lr_flops_ref < train_flops:
+        lr *= (train_flops / cfg.lr_flops_ref) ** -cfg.lr_flops_exponent
+    return lr
 
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
