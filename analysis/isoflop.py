@@ -222,7 +222,12 @@ class IsoFlopFit(AllocationExponents):
             lines.append(
                 f"  joint fit of {len(j.budgets)} budgets ({j.n_points} points, one curvature in log loss "
                 f"{j.curvature:.4g}, rmse of ln L {j.rmse_log:.3g}): a = {j.a:.4f}, 95% [{lo:.3g}, {hi:.3g}] "
-                f"(t, {j.dof} dof); through the per-budget minima above: a = {self.minima_a:.4f}"
+                f"(t, {j.dof} dof); through the per-budget minima above: "
+                + (
+                    f"a = {self.minima_a:.4f}"
+                    if math.isfinite(self.minima_a)
+                    else "none (< 3 usable budgets)"
+                )
             )
         for name, law in (("N_opt", self.n_opt), ("D_opt", self.d_opt)):
             if law:
