@@ -647,6 +647,7 @@ class HoldoutResult:
     mape_fid: float = math.nan
     best_model_pred: str | None = None  # the held-out model with the lowest predicted loss (parametric law)
     best_model_obs: str | None = None  # ... with the lowest observed loss (mean over its runs, e.g. seeds)
+    pure_law_error: float = math.nan  # frontier_error of the frontier's pure power law L = A C^-alpha
 
     def to_dict(self) -> dict:
         return {
@@ -659,6 +660,7 @@ class HoldoutResult:
             "mape_fid": self.mape_fid,
             "best_model_pred": self.best_model_pred,
             "best_model_obs": self.best_model_obs,
+            "pure_law_error": self.pure_law_error,
             "status_without_them": self.analysis.status.status,
         }
 
@@ -668,6 +670,11 @@ class HoldoutResult:
             f"{self.held_out['run_id'].nunique()} run(s), C >= {self.held_out['C'].min():.3g} FLOPs\n"
             f"  loss: mean abs error {100 * self.mape_loss:.2f}%, max {100 * self.max_ape_loss:.2f}%; "
             f"best-loss-at-C error {100 * self.frontier_error:+.2f}%"
+            + (
+                f" (the frontier's pure power law: {100 * self.pure_law_error:+.2f}%)"
+                if np.isfinite(self.pure_law_error)
+                else ""
+            )
             + (f"\n  FID: mean abs error {100 * self.mape_fid:.1f}%" if np.isfinite(self.mape_fid) else "")
             + (
                 f"\n  best model there: predicted {self.best_model_pred}, observed {self.best_model_obs}"
@@ -722,6 +729,9 @@ def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) 
     best = (None, None)
     if an.parametric is not None and test["model"].notna().all():  # a C-only law cannot rank models
         best = tuple(str(test.groupby("model")[c].mean().idxmin()) for c in ("pred_loss", "loss"))
+    pure = an.loss_vs_compute_pure
+    pure_error = (float(pure.predict(c_max)) - best_true) / best_true if pure is not None else math.nan
     return HoldoutResult(
-        test, an, float(ape.mean()), float(ape.max()), (best_pred - best_true) / best_true, mape_fid, *best
-    )
+        test, an, float(ape.mean()), float(ape.max()), (best_pred - best_true) / best_true, mape_fid, *best,
+        pure_law_error=pure_error,
+    )  # fmt: skip

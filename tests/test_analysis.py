@@ -284,6 +284,22 @@ def test_one_point_frontier_without_budgets_groups_cells_that_end_a_few_steps_ap
     assert with_budget["run_id"].tolist() == fr["run_id"].tolist()
 
 
+def test_holdout_reports_the_pure_power_law_beside_the_parametric_one():
+    """Best loss per budget exactly 0.5 C^-0.1 (the others 3-9 % above it): the frontier's pure law
+    through the first three budgets predicts the fourth exactly, whatever the parametric law says."""
+    rows = []
+    for c in (1e10, 1e11, 1e12, 1e13):
+        best = 0.5 * c**-0.1
+        for i, (n, up) in enumerate(((1e4, 1.06), (3e4, 1.0), (1e5, 1.03), (3e5, 1.09))):
+            rows.append({"N": n * (c / 1e10) ** 0.4, "C": c, "loss": best * up, "run_id": f"{c:.0e}-{i}"})
+    pts = pd.DataFrame(rows).assign(D=lambda d: d["C"] / (6 * d["N"]), model=lambda d: d["run_id"].str[-1])
+    hold = holdout_largest(pts, AnalysisConfig(n_bootstrap=0))
+    assert sorted(hold.held_out["run_id"]) == [f"1e+13-{i}" for i in range(4)]
+    assert hold.pure_law_error == pytest.approx(0.0, abs=1e-9)
+    assert "(the frontier's pure power law: " in hold.text() and "0.00%)" in hold.text()
+    assert hold.to_dict()["pure_law_error"] == hold.pure_law_error
+
+
 def test_fid_vs_loss_recovers_power():
     loss = np.linspace(0.05, 0.2, 12)
     pts = pd.DataFrame({"loss": loss, "fid": 400.0 * loss**1.7})
