@@ -324,7 +324,11 @@ def fit_isoflop(
     by_slice: dict[float, list] = {}
     for c, patch, g in iter_slices(points, gap_dex):
         by_slice.setdefault(-1.0 if math.isnan(patch) else patch, []).append((c, g))
-    joints = {k: jf for k, v in by_slice.items() if joint and (jf := fit_joint_isoflop(sorted(v)))}
+    joints = {
+        k: jf
+        for k, v in by_slice.items()
+        if joint and (jf := fit_joint_isoflop(sorted(v, key=lambda t: t[0])))
+    }
     groups = {k: v for k, v in _by_patch(profiles).items() if len(v) >= 3}
     if not groups and not joints:
         msg = (
@@ -356,7 +360,7 @@ def fit_isoflop(
     )
     if fit.joint is not None:
         lo, hi = fit.joint.a_interval
-        if not lo > 0:
+        if lo <= 0 <= hi:
             status.add(
                 NOT_IDENTIFIED,
                 f"the IsoFLOP N_opt exponent a = {fit.joint.a:.3g} (joint fit of {len(fit.joint.budgets)} "

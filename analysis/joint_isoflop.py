@@ -120,6 +120,7 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0
         )
     except np.linalg.LinAlgError:
         se_a = se_ln_a = math.inf
+    se_a, se_ln_a = (v if math.isfinite(v) else math.inf for v in (se_a, se_ln_a))  # nan: unresolved
     a, ln_amp = float(th[0]), float(th[1] - th[0] * c0)
     n_opt = PowerLawFit(
         "pure",
