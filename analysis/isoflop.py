@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
-from analysis.joint_isoflop import JointIsoFlop, fit_joint_isoflop
+from analysis.joint_isoflop import JointIsoFlop, d_at, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
 from analysis.status import CENSORED, NOT_IDENTIFIED, Status
 
@@ -111,13 +111,11 @@ def _profile(
             f"budget skipped - add {side} models at this budget"
         )
         return None
-    # D at the optimum: ln D is linear in ln N at a fixed budget (exactly ln(C/kN) for C = kND)
-    dcoef = np.polyfit(ln, np.log(g["D"].to_numpy(float)), 1)
     return IsoFlopProfile(
         compute=float(c),
         coef=tuple(float(v) for v in coef),
         n_opt=math.exp(x_opt),
-        d_opt=math.exp(np.polyval(dcoef, x_opt)),
+        d_opt=d_at(g, x_opt),
         loss_opt=float(np.polyval(coef, x_opt)),
         n_points=len(g),
         n_range=(float(np.exp(ln.min())), float(np.exp(ln.max()))),

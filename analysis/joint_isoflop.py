@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 from scipy.stats import t as student_t
 
-from analysis.laws import PowerLawFit, fit_power_law
+from analysis.laws import PowerLawFit, fit_power_law, saturating_exp
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,16 @@ class JointIsoFlop:
     curvature: float
     budgets: tuple[float, ...]
     loss_opt: tuple[float, ...]
-    n_points: int
     dof: int
-    rmse_log: float
+
+    @property
+    def n_points(self) -> int:
+        return self.n_opt.n_points
+
+    @property
+    def rmse_log(self) -> float:
+        """Root mean square of the fit's ln L residuals."""
+        return self.n_opt.rmse_log
 
     def profile(self, compute: float, n) -> np.ndarray:
         """The fitted loss at budget `compute` (one of `budgets`) for sizes n: (len(n),)."""
@@ -70,8 +77,11 @@ class JointIsoFlop:
         }
 
 
-def _exp(v: float) -> float:
-    return math.exp(min(v, 709.0))  # saturates instead of overflowing (inf - inf is nan: kept as is)
+def d_at(g: pd.DataFrame, ln_n: float) -> float:
+    """D at ln N = ``ln_n`` within one slice: ln D is linear in ln N at a fixed budget (exactly
+    ln(C / kN) for C = kND), so a line through the slice's points."""
+    coef = np.polyfit(np.log(g["N"].to_numpy(float)), np.log(g["D"].to_numpy(float)), 1)
+    return math.exp(np.polyval(coef, ln_n))
 
 
 def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0.95) -> JointIsoFlop | None:
@@ -124,22 +134,18 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0
     a, ln_amp = float(th[0]), float(th[1] - th[0] * c0)
     n_opt = PowerLawFit(
         "pure",
-        {"A": _exp(ln_amp), "alpha": -a},
+        {"A": saturating_exp(ln_amp), "alpha": -a},
         rmse_log=float(np.sqrt(np.mean(best.fun**2))),
         n_points=len(pts),
         x_name="C",
         y_name="N_opt",
         t_interval={
-            "A": (_exp(ln_amp - q * se_ln_a), _exp(ln_amp + q * se_ln_a)),
+            "A": (saturating_exp(ln_amp - q * se_ln_a), saturating_exp(ln_amp + q * se_ln_a)),
             "alpha": (-a - q * se_a, -a + q * se_a),
         },
     )
-    # D at each vertex: ln D is linear in ln N within a budget (exactly ln(C / kN) for C = kND)
     ln_vertex = th[1] + th[0] * (lc - c0)
-    d_vertex = [
-        math.exp(np.polyval(np.polyfit(np.log(g["N"].to_numpy(float)), np.log(g["D"].to_numpy(float)), 1), v))
-        for (_, g), v in zip(slices, ln_vertex)
-    ]
+    d_vertex = [d_at(g, v) for (_, g), v in zip(slices, ln_vertex)]
     d_opt = fit_power_law(budgets, d_vertex, saturating=False, x_name="C", y_name="D_opt")
     return JointIsoFlop(
         n_opt=n_opt,
@@ -147,7 +153,5 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0
         curvature=float(math.exp(th[2])),
         budgets=tuple(float(c) for c in budgets),
         loss_opt=tuple(float(v) for v in np.exp(th[3:])),
-        n_points=len(pts),
         dof=dof,
-        rmse_log=n_opt.rmse_log,
     )

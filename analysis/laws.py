@@ -109,6 +109,11 @@ def _pure(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
     return math.exp(icpt), -slope
 
 
+def saturating_exp(v: float) -> float:
+    """exp(v) capped at exp(709) ~ 8e307 instead of overflowing (very negative v underflows to 0)."""
+    return math.exp(min(v, 709.0))
+
+
 def _pure_t_interval(
     lx: np.ndarray, ly: np.ndarray, a: float, alpha: float, level: float = 0.95
 ) -> dict[str, tuple[float, float]]:
@@ -123,11 +128,8 @@ def _pure_t_interval(
     q = float(student_t.ppf((1 + level) / 2, n - 2))
     se_slope, se_icpt = s / math.sqrt(sxx), s * math.sqrt(1 / n + lx.mean() ** 2 / sxx)
 
-    def exp(v: float) -> float:  # a wide interval of ln A overflows: report it as (0, inf)
-        return math.exp(min(v, 709.0))  # math.exp(-inf-ish) underflows to 0 by itself
-
-    return {
-        "A": (exp(icpt - q * se_icpt), exp(icpt + q * se_icpt)),
+    return {  # a wide interval of ln A would overflow: it saturates instead
+        "A": (saturating_exp(icpt - q * se_icpt), saturating_exp(icpt + q * se_icpt)),
         "alpha": (-slope - q * se_slope, -slope + q * se_slope),
     }
 
