@@ -401,27 +401,25 @@ def test_sample_grid_tiles_seeded_samples_with_cycling_labels(tmp_path, channels
 
 
 def test_a_checkpoint_evaluation_reproduces_the_runs_own_sample_metrics(tmp_path):
-    """`python -m dit_core.evaluate` on a run's checkpoint, with the run's seed and sampler settings,
-    gives the metrics of the run's in-training evaluation: same EMA weights and the same x0 clipping
-    (pixel data: on), unless told otherwise with --no-clip-denoised."""
+    """`python -m dit_core.evaluate` on a run's checkpoint with no sampling flags gives the metrics of
+    the run's in-training evaluation: same EMA weights, seed, sampler, steps, guidance, sample count,
+    metrics and x0 clipping (pixel data: on). Each flag given departs from the run's setting."""
     from dit_core.evaluate.__main__ import build_parser
     from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
 
     cfg = tiny(tmp_path, 2, seed=5, **{"eval.num_samples": 6, "eval.steps": 3, "eval.batch_size": 4,
-                                       "eval.sampler": "ddim", "eval.cfg_scale": 1.0})  # fmt: skip
+                                       "eval.sampler": "ddim", "eval.cfg_scale": 2.0,
+                                       "model.class_dropout_prob": 0.1})  # fmt: skip
     tr = Trainer(cfg)
     tr.train_step()
     _perturbed(tr.ema.model)  # predictions beyond [-1, 1] for clipping to act on
     path = tr.save()
     in_run = evaluate_samples(tr.ema.model, tr.diffusion, tr.cfg, tr.dit_cfg, tr.acc)
-    from dit_core.evaluate.metrics import default_metrics
-
-    opts = dict(checkpoint=str(path), num_samples=6, batch_size=4, sampler="ddim", steps=3, cfg_scale=1.0,
-                seed=5, metrics=default_metrics("digits", inception=False))  # fmt: skip
-    got, step, _ = evaluate_checkpoint(CheckpointEvalConfig(**opts))
+    got, step, _ = evaluate_checkpoint(CheckpointEvalConfig(checkpoint=str(path), batch_size=5))
     assert step == 1 and set(got) == set(in_run) and got == pytest.approx(in_run, rel=1e-6)
-    unclipped, _, _ = evaluate_checkpoint(CheckpointEvalConfig(**opts, clip_denoised=False))
-    assert unclipped["fid_digits"] != pytest.approx(in_run["fid_digits"], rel=1e-3)
+    for change in ({"clip_denoised": False}, {"seed": 6}, {"steps": 2}, {"cfg_scale": 1.0}):
+        other, _, _ = evaluate_checkpoint(CheckpointEvalConfig(checkpoint=str(path), **change))
+        assert other["fid_digits"] != pytest.approx(in_run["fid_digits"], rel=1e-3), change
     args = build_parser().parse_args(["--checkpoint", "x"])
-    assert args.clip_denoised is None
+    assert (args.clip_denoised, args.seed, args.steps, args.cfg_scale, args.num_samples) == (None,) * 5
     assert build_parser().parse_args(["--checkpoint", "x", "--no-clip-denoised"]).clip_denoised is False

@@ -3,7 +3,9 @@
 
 Samples with the checkpoint's EMA weights (on every process under ``accelerate launch``), computes
 the metrics against cached reference statistics, prints them as JSON and optionally logs them to
-MLflow as ``eval/<metric>`` at the checkpoint's step. Exits 2 with a message on bad input.
+MLflow as ``eval/<metric>`` at the checkpoint's step. Every sampling setting not given is the run's
+own (``eval.*`` and its seed), so the default result is comparable with the run's logged metrics.
+Exits 2 with a message on bad input.
 """
 
 from __future__ import annotations
@@ -21,16 +23,23 @@ from .metrics import METRICS
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dit_core.evaluate", description=__doc__.split("\n\n")[1])
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
-    p.add_argument("--num-samples", type=int, default=500)
+    own = "default: the run's own, as its logged eval/* metrics"
+    p.add_argument(
+        "--num-samples", type=int, default=None, help=f"samples to score ({own}: eval.num_samples)"
+    )
     p.add_argument("--batch-size", type=int, default=100, help="per-process sampling batch")
-    p.add_argument("--sampler", default="ddim", help="ddim | ddpm | euler | heun")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg-scale", type=float, default=1.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default=None, help=f"ddim | ddpm | euler | heun ({own}: eval.sampler)")
+    p.add_argument("--steps", type=int, default=None, help=f"sampler steps ({own}: eval.steps)")
+    p.add_argument("--cfg-scale", type=float, default=None, help=f"guidance scale ({own}: eval.cfg_scale)")
+    p.add_argument("--seed", type=int, default=None, help=f"sampling seed ({own}: the run's seed)")
     p.add_argument(
         "--reference", default=None, help="digits[:split] | photos[:options] | image folder | .npz with arr_0"
     )
-    p.add_argument("--metrics", default=None, help=f"comma list of {sorted(METRICS)}")
+    p.add_argument(
+        "--metrics", default=None,
+        help=f"comma list of {sorted(METRICS)} (default: the run's own on its own reference; with "
+        "--reference, that reference's default metrics)",
+    )  # fmt: skip
     p.add_argument("--inception-weights", default=None, help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
     p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder (latent runs)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
@@ -61,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     opts["metrics"] = args.metrics.split(",") if args.metrics else None
     cfg = CheckpointEvalConfig(**opts, use_ema=not args.raw_weights)
     try:
-        metrics, step, _ = evaluate_checkpoint(cfg, accelerator)
+        metrics, step, flat = evaluate_checkpoint(cfg, accelerator)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if accelerator is None or accelerator.is_main_process:
-        out = {"step": step, "num_samples": args.num_samples, **{f"eval/{k}": v for k, v in metrics.items()}}
+        num_samples = args.num_samples if args.num_samples is not None else flat["eval.num_samples"]
+        out = {"step": step, "num_samples": num_samples, **{f"eval/{k}": v for k, v in metrics.items()}}
         print(json.dumps(out, indent=2))
         if args.output:
             with open(args.output, "w") as f:

@@ -17,17 +17,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CheckpointEvalConfig:
-    """Settings of one checkpoint evaluation (the CLI's flags)."""
+    """Settings of one checkpoint evaluation (the CLI's flags).
+
+    A sampling setting left at None is the run's own (its ``eval.*`` and ``seed``), so by default
+    the result is comparable with the run's logged ``eval/*`` metrics; give a value to depart from it.
+    """
 
     checkpoint: str
-    num_samples: int = 500
+    num_samples: int | None = None  # None: the run's eval.num_samples
     batch_size: int = 100
-    sampler: str = "ddim"
-    steps: int = 50
-    cfg_scale: float = 1.5
-    seed: int = 0
+    sampler: str | None = None  # None: the run's eval.sampler
+    steps: int | None = None  # None: the run's eval.steps
+    cfg_scale: float | None = None  # None: the run's guidance (eval.cfg_scale; 1 without label dropout)
+    seed: int | None = None  # None: the run's seed (what its in-training evaluation samples with)
     reference: str | None = None  # None: the data's own (digits; held-out crops for photos), else required
-    metrics: Sequence[str] | None = None  # None: default_metrics(reference)
+    metrics: Sequence[str] | None = None  # None: the run's metrics on its own reference, else default_metrics
     inception_weights: str | None = None
     vae: str | None = None  # local diffusers AutoencoderKL folder, for latent runs
     use_ema: bool = True
@@ -49,6 +53,7 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
     from dit_core.trainer.evaluation import clip_denoised as run_clip_denoised
+    from dit_core.trainer.evaluation import guidance_scale, run_metrics
 
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
@@ -60,20 +65,27 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
         raise ValueError(
             f"the run trained on {data.name!r} data: pass --reference FOLDER_OR_NPZ of real images"
         )
-    metrics = tuple(cfg.metrics or default_metrics(reference))
+    if cfg.metrics:
+        metrics = tuple(cfg.metrics)
+    else:
+        metrics = run_metrics(tcfg, reference) if not cfg.reference else default_metrics(reference)
     check_metrics(metrics, reference)
     vae = None
     if data.name == "latents":
         if not cfg.vae:
             raise ValueError("the run trained on VAE latents: pass --vae PATH (a local AutoencoderKL folder)")
         vae = load_vae(cfg.vae, device)
-    dit = model.config
-    cfg_scale = cfg.cfg_scale if dit.class_dropout_prob > 0 else 1.0
-    if cfg_scale != cfg.cfg_scale:
+    dit, e = model.config, tcfg.eval
+    cfg_scale = guidance_scale(tcfg) if cfg.cfg_scale is None else cfg.cfg_scale
+    if dit.class_dropout_prob <= 0 and cfg_scale != 1.0:
         log.warning("model trained without label dropout: no unconditional branch, using cfg_scale 1")
+        cfg_scale = 1.0
+    num_samples = e.num_samples if cfg.num_samples is None else cfg.num_samples
     result = evaluate_model(
-        model, diffusion, num_samples=cfg.num_samples, batch_size=cfg.batch_size, sampler=cfg.sampler,
-        steps=cfg.steps, cfg_scale=cfg_scale, seed=cfg.seed, num_classes=dit.num_classes,
+        model, diffusion, num_samples=num_samples, batch_size=cfg.batch_size,
+        sampler=e.sampler if cfg.sampler is None else cfg.sampler,
+        steps=e.steps if cfg.steps is None else cfg.steps, cfg_scale=cfg_scale,
+        seed=tcfg.seed if cfg.seed is None else cfg.seed, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=metrics,
         accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
         save_samples=cfg.save_samples,

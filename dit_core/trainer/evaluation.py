@@ -19,7 +19,7 @@ from ..models import DiTConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_samples", "guidance_scale", "sample_grid"]
+__all__ = ["evaluate_samples", "guidance_scale", "run_metrics", "sample_grid"]
 
 
 def guidance_scale(cfg: TrainConfig) -> float:
@@ -31,6 +31,17 @@ def clip_denoised(cfg: TrainConfig) -> bool:
     """``eval.clip_denoised``, or by default: clip for pixel-space data, not for latents."""
     c = cfg.eval.clip_denoised
     return c if c is not None else cfg.data.name != "latents"
+
+
+def run_metrics(cfg: TrainConfig, reference: str) -> tuple[str, ...]:
+    """The metrics a run on ``cfg`` logs against ``reference``: ``eval.metrics``, else the domain
+    metrics of a digits / photos reference (eval/fid_digits, eval/fid_photos, ...; no Inception),
+    else Inception FID."""
+    from ..evaluate.metrics import default_metrics, reference_domain
+
+    if cfg.eval.metrics:
+        return tuple(cfg.eval.metrics)
+    return default_metrics(reference, inception=False) if reference_domain(reference) else ("fid",)
 
 
 def evaluate_samples(
@@ -48,12 +59,8 @@ def evaluate_samples(
         log.warning("eval: no eval.reference set for %s data; sample metrics skipped", data.name)
         return {}
     from ..evaluate import evaluate_model
-    from ..evaluate.metrics import default_metrics, reference_domain
 
-    # default: the domain metrics (eval/fid_digits, eval/fid_photos, ...; no Inception), else Inception FID
-    names = e.metrics or (
-        default_metrics(reference, inception=False) if reference_domain(reference) else ("fid",)
-    )
+    names = run_metrics(cfg, reference)
     return evaluate_model(
         model, diffusion, num_samples=e.num_samples, batch_size=e.batch_size, sampler=e.sampler,
         steps=e.steps, cfg_scale=guidance_scale(cfg), seed=cfg.seed, num_classes=dit.num_classes,
