@@ -71,6 +71,27 @@ def fid_frontier_note(an: Analysis) -> str:
     )
 
 
+def fid_resolution_note(an: Analysis) -> str | None:
+    """Whether the FIDs at the largest budget resolve its models: the best and worst FID with their
+    standard errors (``fid_se``: bootstrap over the samples, the noise under another sampling seed)
+    and their gap in standard errors; None without FIDs or standard errors there."""
+    pts = an.points.dropna(subset=["fid"])
+    if pts.empty:
+        return None
+    pts = pts.assign(_budget=budget_labels(pts))
+    top = pts[pts["_budget"] == pts["_budget"].max()].sort_values("C").groupby("N").tail(1)
+    best, worst = top.loc[top["fid"].idxmin()], top.loc[top["fid"].idxmax()]
+    if len(top) < 2 or not (np.isfinite(best["fid_se"]) and np.isfinite(worst["fid_se"])):
+        return None
+    z = (worst["fid"] - best["fid"]) / math.hypot(best["fid_se"], worst["fid_se"])
+    return (
+        f"FID at the largest budget ({top['_budget'].iloc[0]:.3g}): best {best['model']} "
+        f"{best['fid']:.4g} +- {best['fid_se']:.2g}, worst {worst['model']} {worst['fid']:.4g} +- "
+        f"{worst['fid_se']:.2g} (standard errors over the samples); the gap is {z:.1f} standard errors"
+        + ("" if z >= 2 else ", so sampling noise alone could reorder them: score more samples")
+    )
+
+
 def _fmt_law(law) -> str:
     """The law's formula, with its exponent's 95% interval when it has one."""
     if law is None:
@@ -169,6 +190,8 @@ def markdown(
     lines.append(f"- FID frontier vs compute (pure power law): {_fmt_law(an.fid_vs_compute_pure)}")
     if an.fid_frontier is not None and an.fid_vs_compute_pure is None:
         lines.append(f"- {fid_frontier_note(an)}")
+    if note := fid_resolution_note(an):
+        lines.append(f"- {note}")
     if predictions:
         lines += ["", "## Predictions", ""]
         for p in predictions:

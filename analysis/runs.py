@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
 OPTIONAL = {"schedule": None}  # optional columns and their value when unknown
-OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", "unique"), np.nan)
+OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se"), np.nan)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
 
@@ -172,11 +172,12 @@ def run_points(client, run) -> pd.DataFrame:
     c = np.interp(steps, comp.index.to_numpy(float), comp.to_numpy(float))
     d = np.interp(steps, seen.index.to_numpy(float), seen.to_numpy(float))
     tpi = _float(params.get("model.input_size")) / _float(params.get("model.patch_size"))
-    fid = pd.Series(np.nan, index=loss.index)
+    fid = fid_se = pd.Series(np.nan, index=loss.index)
     for key in FID_METRICS:
         f = _history(client, rid, key)
         if not f.empty:
             fid = f.reindex(loss.index)
+            fid_se = _history(client, rid, f"{key}_se").reindex(loss.index)  # domain FIDs log one
             break
     df = pd.DataFrame(
         {
@@ -198,6 +199,7 @@ def run_points(client, run) -> pd.DataFrame:
             "tokens_per_image": tpi**2,
             "N_non_embedding": _float(params.get("model.params_non_embedding")),
             "unique": _unique_images(client, rid, params, seen),
+            "fid_se": fid_se.to_numpy(float),
             "status": run.data.tags.get("status", run.info.status.lower()),
         }
     )

@@ -449,6 +449,27 @@ def test_the_report_says_why_the_fid_frontier_has_no_law():
         assert "2 of 3 budgets improve" in note and "has 2 point(s)" in note
 
 
+def test_the_report_gives_the_largest_budgets_fid_gap_in_standard_errors():
+    """FID = 10 + 3 x (size rank - 1) at each budget, with standard errors 1 (the best) and 2 (the
+    others): at the largest budget the gap best -> worst is 3 (k - 1) over hypot(1, 2) standard
+    errors. Standard errors 10x larger flag the ranking as unresolved; without them, no line."""
+    from analysis.report import fid_resolution_note, markdown
+
+    pts = synthetic_isoflop(noise=0.002, seed=3, budgets=(1e18, 1e19, 1e20))
+    rank = pts.groupby("C")["N"].rank()
+    k = int(rank[pts["C"] == pts["C"].max()].max())
+    fid = 10.0 + 3.0 * (rank - 1)
+    for scale in (1.0, 10.0):
+        se = np.where(rank == 1, 1.0, 2.0) * scale
+        an = analyze(pts.assign(fid=fid, fid_se=se), AnalysisConfig(n_bootstrap=0))
+        note = fid_resolution_note(an)
+        z = 3.0 * (k - 1) / (scale * np.hypot(1.0, 2.0))
+        assert note is not None and note in markdown(an, {})
+        assert "(1e+20): best m0 10 +- " in note and f"the gap is {z:.1f} standard errors" in note
+        assert ("could reorder them" in note) == (z < 2)
+    assert fid_resolution_note(analyze(pts.assign(fid=fid), AnalysisConfig(n_bootstrap=0))) is None
+
+
 def test_a_pure_law_through_three_points_reports_its_t_interval_not_a_degenerate_bootstrap():
     """With 3 points every bootstrap resample that can be fitted holds the same 3 points (a zero-width
     'interval'), so none is drawn; the interval is the least squares t-interval of the log-log line

@@ -29,6 +29,7 @@ from dit_core.evaluate import (
 )
 from dit_core.evaluate import features as features_mod
 from dit_core.evaluate.domain_classifier import DomainClassifierRecipe, train_domain_classifier
+from dit_core.evaluate.frechet import fid_bootstrap_se, fid_from_stats
 
 pytestmark = pytest.mark.usefixtures("eval_cache_env")
 
@@ -86,6 +87,23 @@ def test_frechet_rejects_mismatched_shapes():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
     with pytest.raises(ValueError, match="N >= 2"):
         GaussianStats.from_features(np.zeros((1, 3)))
+
+
+def test_fid_bootstrap_se_matches_the_sd_over_independent_sample_sets():
+    """The bootstrap standard error of one set's FID against fixed reference stats is the sd of the
+    FID over independent sets of the same size (Gaussian features, d = 8), at n = 400 and 1,600, so
+    it also halves when n quadruples. Resampling n / 2 (a plausible bug) would give 1.41x."""
+    d = 8
+    ref = GaussianStats(np.zeros(d), np.eye(d), 10**6)
+    rng = np.random.default_rng(1)
+    scale = np.sqrt(np.linspace(0.5, 2.5, d))
+    for n in (400, 1600):
+        sets = [0.3 + rng.standard_normal((n, d)) * scale for _ in range(210)]
+        sd = np.std([fid_from_stats(GaussianStats.from_features(f), ref) for f in sets[:200]], ddof=1)
+        se = np.mean([fid_bootstrap_se(f, ref, resamples=50, seed=i) for i, f in enumerate(sets[200:])])
+        assert 0.8 < se / sd < 1.2, (n, se, sd)
+    with pytest.raises(ValueError, match="resamples must be >= 2"):
+        fid_bootstrap_se(sets[0], ref, resamples=1)
 
 
 # ------------------------------------------------------------------ Inception score
@@ -199,6 +217,9 @@ def test_evaluate_samples_digits_metrics(digits_extractor):
     noise = torch.randint(0, 256, x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     bad = evaluate_samples(noise, "digits", metrics=("fid_digits", "is_digits"))
     assert bad["fid_digits"] > 10 * max(m["fid_digits"], 1.0) and bad["is_digits"] < m["is_digits"]
+    # a domain FID comes with its bootstrap standard error (the set against itself still varies)
+    assert 0 < m["fid_digits_se"] < bad["fid_digits_se"] < bad["fid_digits"]
+    assert set(bad) == {"fid_digits", "fid_digits_se", "is_digits", "digits_classifier_acc"}
 
 
 def test_reference_stats_cached_and_sources_agree(tmp_path):

@@ -138,3 +138,6 @@ def test_photos_training_run_logs_fid_photos(tmp_path, photos_extractor):
     assert math.isfinite(res.eval["fid_photos"]) and res.eval["fid_photos"] > 0
     hist = MlflowClient().get_metric_history(res.run_id, "eval/fid_photos")
     assert [(h.step, h.value) for h in hist] == [(4, pytest.approx(res.eval["fid_photos"]))]
+    se = MlflowClient().get_metric_history(res.run_id, "eval/fid_photos_se")
+    assert [(h.step, h.value) for h in se] == [(4, pytest.approx(res.eval["fid_photos_se"]))]
+    assert 0 < res.eval["fid_photos_se"] < res.eval["fid_photos"]
