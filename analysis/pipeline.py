@@ -512,6 +512,16 @@ def _at(law: PowerLawFit, compute: float, level: float) -> Estimate:
     return Estimate(float(law.predict(compute)), *law.predict_interval(compute, level))
 
 
+def allocation_draws(pf, compute: float, k: float) -> np.ndarray | None:
+    """(n_ok, 3) compute-optimal N, D and loss at ``compute`` from each bootstrap fit of the
+    parametric law ``pf``; None without a bootstrap."""
+    if pf.bootstrap is None or pf.bootstrap.n_ok <= 1:
+        return None
+    s = pf.bootstrap.samples
+    draws = [optimal_allocation({p: s[p][i] for p in s}, compute, k) for i in range(pf.bootstrap.n_ok)]
+    return np.array(draws, dtype=float)
+
+
 def predict(analysis: Analysis, compute: float) -> Prediction:
     """Compute-optimal N, D, loss and FID at `compute` FLOPs, with bootstrap intervals and a status.
 
@@ -537,12 +547,8 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         source = "parametric law L(N, D) (approach 3)"
         withhold = not pf.allocation_identified
         n, d, loss = (float(v) for v in pf.optimal_allocation(compute, k))
-        if pf.bootstrap is not None and pf.bootstrap.n_ok > 1:
-            s = pf.bootstrap.samples
-            draws = [
-                optimal_allocation({p: s[p][i] for p in s}, compute, k) for i in range(pf.bootstrap.n_ok)
-            ]
-            arr = np.array(draws, dtype=float)  # (n_ok, 3): N, D, loss per bootstrap fit
+        arr = allocation_draws(pf, compute, k)
+        if arr is not None:
             n_e, d_e, loss_e = (
                 Estimate(v, *percentile_interval(arr[:, j], lvl)) for j, v in enumerate((n, d, loss))
             )
@@ -648,6 +654,10 @@ class HoldoutResult:
     best_model_pred: str | None = None  # the held-out model with the lowest predicted loss (parametric law)
     best_model_obs: str | None = None  # ... with the lowest observed loss (mean over its runs, e.g. seeds)
     pure_law_error: float = math.nan  # frontier_error of the frontier's pure power law L = A C^-alpha
+    best_loss_pred: float = math.nan  # the predicted best loss at the held-out max C ...
+    best_loss_obs: float = math.nan  # ... and the observed one
+    best_loss_interval: tuple[float, float] = (math.nan, math.nan)  # the prediction's bootstrap interval
+    level: float = 0.95
 
     def to_dict(self) -> dict:
         return {
@@ -661,10 +671,29 @@ class HoldoutResult:
             "best_model_pred": self.best_model_pred,
             "best_model_obs": self.best_model_obs,
             "pure_law_error": self.pure_law_error,
+            "best_loss_pred": self.best_loss_pred,
+            "best_loss_obs": self.best_loss_obs,
+            "best_loss_interval": list(self.best_loss_interval),
+            "best_loss_inside": self.inside,
             "status_without_them": self.analysis.status.status,
         }
 
+    @property
+    def inside(self) -> bool | None:
+        """Whether the observed best loss lies in the prediction's interval (None without one)."""
+        lo, hi = self.best_loss_interval
+        return bool(lo <= self.best_loss_obs <= hi) if np.isfinite([lo, hi]).all() else None
+
     def text(self) -> str:
+        lo, hi = self.best_loss_interval
+        band = (
+            f"\n  best loss there: predicted {self.best_loss_pred:.4g}, {100 * self.level:g}% "
+            f"[{lo:.4g}, {hi:.4g}] (bootstrap); observed {self.best_loss_obs:.4g}, "
+            + ("inside" if self.inside else "outside")
+            + " the interval"
+            if self.inside is not None
+            else ""
+        )
         return (
             f"Holdout (largest compute): {len(self.held_out)} points from "
             f"{self.held_out['run_id'].nunique()} run(s), C >= {self.held_out['C'].min():.3g} FLOPs\n"
@@ -675,6 +704,7 @@ class HoldoutResult:
                 if np.isfinite(self.pure_law_error)
                 else ""
             )
+            + band
             + (f"\n  FID: mean abs error {100 * self.mape_fid:.1f}%" if np.isfinite(self.mape_fid) else "")
             + (
                 f"\n  best model there: predicted {self.best_model_pred}, observed {self.best_model_obs}"
@@ -711,9 +741,13 @@ def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) 
         raise ValueError(f"holdout leaves {len(train)} training points; need more than 5")
     an = analyze_prepared(replace(prep, points=train), cfg)
     c_max = float(test["C"].max())
+    interval = (math.nan, math.nan)
     if an.parametric is not None:
         test["pred_loss"] = an.parametric.predict(test["N"], test["D"])
         best_pred = float(an.parametric.optimal_allocation(c_max, an.flops_per_param_datum)[2])
+        draws = allocation_draws(an.parametric, c_max, an.flops_per_param_datum)
+        if draws is not None:
+            interval = percentile_interval(draws[:, 2], cfg.level)
     elif an.frontier.y_law is not None:
         test["pred_loss"] = an.frontier.y_law.predict(test["C"])
         best_pred = float(an.frontier.y_law.predict(c_max))
@@ -733,5 +767,6 @@ def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) 
     pure_error = (float(pure.predict(c_max)) - best_true) / best_true if pure is not None else math.nan
     return HoldoutResult(
         test, an, float(ape.mean()), float(ape.max()), (best_pred - best_true) / best_true, mape_fid, *best,
-        pure_law_error=pure_error,
+        pure_law_error=pure_error, best_loss_pred=best_pred, best_loss_obs=best_true,
+        best_loss_interval=interval, level=cfg.level,
     )  # fmt: skip

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from analysis.parametric import (
 )
 from analysis.pipeline import (
     AnalysisConfig,
+    allocation_draws,
     analyze,
     holdout_largest,
     largest_compute_runs,
@@ -298,6 +300,27 @@ def test_holdout_reports_the_pure_power_law_beside_the_parametric_one():
     assert hold.pure_law_error == pytest.approx(0.0, abs=1e-9)
     assert "(the frontier's pure power law: " in hold.text() and "0.00%)" in hold.text()
     assert hold.to_dict()["pure_law_error"] == hold.pure_law_error
+
+
+def test_holdout_gives_the_predicted_best_loss_a_bootstrap_interval():
+    """Noisy points from the known law: the held-out budget's best loss gets the percentile interval
+    of the bootstrap fits' compute-optimal losses, which holds the point prediction and the true law's
+    value there; `inside` compares the observed best loss with it, and without a bootstrap there is none."""
+    pts = synthetic_isoflop(noise=0.003, seed=5, budgets=(1e18, 1e19, 1e20, 1e21))
+    hold = holdout_largest(pts, AnalysisConfig(n_bootstrap=40, seed=0))
+    c_max = float(hold.held_out["C"].max())
+    lo, hi = hold.best_loss_interval
+    draws = allocation_draws(hold.analysis.parametric, c_max, hold.analysis.flops_per_param_datum)
+    assert (lo, hi) == pytest.approx(np.quantile(draws[:, 2], [0.025, 0.975]))
+    assert lo < hold.best_loss_pred < hi
+    assert lo < optimal_allocation(TRUE, c_max, 6.0)[2] < hi
+    assert hold.best_loss_obs == pytest.approx(hold.held_out["loss"].min())
+    assert hold.inside == (lo <= hold.best_loss_obs <= hi)
+    assert "best loss there: predicted" in hold.text() and hold.to_dict()["best_loss_inside"] == hold.inside
+    far = replace(hold, best_loss_obs=2 * hi)
+    assert far.inside is False and "outside the interval" in far.text()
+    bare = holdout_largest(pts, AnalysisConfig(n_bootstrap=0))
+    assert bare.inside is None and "best loss there" not in bare.text()
 
 
 def test_fid_vs_loss_recovers_power():
