@@ -649,15 +649,18 @@ class HoldoutResult:
     analysis: Analysis
     mape_loss: float  # mean |pred - true| / true over held-out points
     max_ape_loss: float
-    frontier_error: float  # (predicted best loss - observed best loss) / observed, at the held-out max C
+    best_loss_pred: float  # the predicted best loss at the held-out max C ...
+    best_loss_obs: float  # ... and the observed one
     mape_fid: float = math.nan
     best_model_pred: str | None = None  # the held-out model with the lowest predicted loss (parametric law)
     best_model_obs: str | None = None  # ... with the lowest observed loss (mean over its runs, e.g. seeds)
     pure_law_error: float = math.nan  # frontier_error of the frontier's pure power law L = A C^-alpha
-    best_loss_pred: float = math.nan  # the predicted best loss at the held-out max C ...
-    best_loss_obs: float = math.nan  # ... and the observed one
     best_loss_interval: tuple[float, float] = (math.nan, math.nan)  # the prediction's bootstrap interval
-    level: float = 0.95
+
+    @property
+    def frontier_error(self) -> float:
+        """(predicted best loss - observed best loss) / observed, at the held-out max C."""
+        return (self.best_loss_pred - self.best_loss_obs) / self.best_loss_obs
 
     def to_dict(self) -> dict:
         return {
@@ -686,8 +689,9 @@ class HoldoutResult:
 
     def text(self) -> str:
         lo, hi = self.best_loss_interval
+        pct = 100 * self.analysis.config.level
         band = (
-            f"\n  best loss there: predicted {self.best_loss_pred:.4g}, {100 * self.level:g}% "
+            f"\n  best loss there: predicted {self.best_loss_pred:.4g}, {pct:g}% "
             f"[{lo:.4g}, {hi:.4g}] (bootstrap); observed {self.best_loss_obs:.4g}, "
             + ("inside" if self.inside else "outside")
             + " the interval"
@@ -766,7 +770,6 @@ def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) 
     pure = an.loss_vs_compute_pure
     pure_error = (float(pure.predict(c_max)) - best_true) / best_true if pure is not None else math.nan
     return HoldoutResult(
-        test, an, float(ape.mean()), float(ape.max()), (best_pred - best_true) / best_true, mape_fid, *best,
-        pure_law_error=pure_error, best_loss_pred=best_pred, best_loss_obs=best_true,
-        best_loss_interval=interval, level=cfg.level,
+        test, an, float(ape.mean()), float(ape.max()), best_pred, best_true, mape_fid, *best,
+        pure_law_error=pure_error, best_loss_interval=interval,
     )  # fmt: skip
