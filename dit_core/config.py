@@ -192,7 +192,7 @@ class EvalConfig:
     eval_every: steps between ``dit_core.evaluate.evaluate_model`` calls on the EMA model (metrics
         logged as ``eval/<name>``); 0 = off.
     num_samples: samples per evaluation.
-    sampler: ddim | ddpm | euler | heun.
+    sampler: ddim | ddpm | dpmpp_2m | euler | heun (dpmpp_2m: DPM-Solver++(2M), second order).
     steps: sampler steps.
     cfg_scale: classifier-free guidance scale of the samples.
     batch_size: batch of validation and sampling.

@@ -42,6 +42,7 @@ def affine_moments(oracle, d, label=0, **kwargs):
         ("flow", "linear", "euler", 200, 1e-4, 0.02),
         ("flow", "linear", "ddim", 200, 1e-4, 0.02),
         ("flow", "linear", "heun", 10, 1e-4, 0.005),
+        ("eps", "cosine", "dpmpp_2m", 50, 1e-3, 0.015),  # DDIM needs ~5x the steps for this covariance
     ],
 )
 def test_deterministic_samplers_reproduce_gaussian_data(
@@ -55,15 +56,47 @@ def test_deterministic_samplers_reproduce_gaussian_data(
 
 @pytest.mark.parametrize(
     "objective, schedule, sampler, steps, order",
-    [("eps", "cosine", "ddim", 20, 1), ("flow", "linear", "euler", 20, 1), ("flow", "linear", "heun", 32, 2)],
+    [
+        ("eps", "cosine", "ddim", 20, 1),
+        ("flow", "linear", "euler", 20, 1),
+        ("flow", "linear", "heun", 32, 2),
+        ("eps", "cosine", "dpmpp_2m", 20, 2),
+        ("eps", "linear", "dpmpp_2m", 40, 2),
+    ],
 )
 def test_sampler_convergence_order(objective, schedule, sampler, steps, order):
-    """Doubling the steps divides the covariance error by 2 (first order) or 4 (Heun, second order)."""
+    """Doubling the steps divides the covariance error by 2 (first order) or 4 (Heun and
+    DPM-Solver++(2M), second order)."""
     d, oracle = diffusion_and_oracle(objective, schedule)
     err = [
         np.abs(affine_moments(oracle, d, sampler=sampler, steps=k)[1] - COV).max() for k in (steps, 2 * steps)
     ]
     assert math.log2(err[0] / err[1]) == pytest.approx(order, abs=0.25)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
+@pytest.mark.parametrize("schedule", ["linear", "quadratic"])
+def test_dpmpp_2m_matches_diffusers_scheduler(schedule):
+    """Our DPM-Solver++(2M) against diffusers' `DPMSolverMultistepScheduler` (dpmsolver++, order 2,
+    last step first order to sigma = 0) on the same trained timesteps and the same denoiser."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    d, oracle = diffusion_and_oracle("eps", schedule)
+    steps, n = 10, 6
+    ref = DPMSolverMultistepScheduler(
+        trained_betas=d.betas.tolist(), algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero"
+    )
+    ref.set_timesteps(timesteps=d.respace(steps).timestep_map.flip(0).tolist())
+    z = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    x = z.clone()
+    for t in ref.timesteps:
+        x = ref.step(oracle(x, torch.full((n,), int(t)), y), t, x).prev_sample
+    ours = sample(oracle, d, z.shape, y, sampler="dpmpp_2m", steps=steps, noise=z)
+    assert oracle.calls[-steps:] == [n] * steps
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=0)
+    ddim = sample(oracle, d, z.shape, y, sampler="ddim", steps=steps, noise=z)
+    assert (ddim - x).abs().max() > 1e-2  # the second-order correction is not a no-op
 
 
 def _mc_check(x, mean, cov, z_max=4.5):
@@ -197,8 +230,8 @@ def test_guide_channels_reach_the_model_and_learned_sigma_is_not_guided():
 @pytest.mark.parametrize(
     "objective, kwargs, match",
     [
-        ("eps", {"sampler": "dpm++"}, r"valid choices: \['ddpm', 'ddim', 'euler', 'heun'\]"),
-        ("eps", {"sampler": "euler"}, r"valid choices: \['ddpm', 'ddim'\]"),
+        ("eps", {"sampler": "dpm++"}, r"valid choices: \['ddpm', 'ddim', 'dpmpp_2m', 'euler', 'heun'\]"),
+        ("eps", {"sampler": "euler"}, r"valid choices: \['ddpm', 'ddim', 'dpmpp_2m'\]"),
         ("eps", {"steps": 1001}, "larger than the 1000 trained timesteps"),
         ("flow", {"steps": 1001}, "larger than the 1000 trained timesteps"),
         ("eps", {"steps": 0}, "steps must be an int >= 1"),
@@ -221,10 +254,12 @@ def test_sample_bad_input(objective, kwargs, match):
 def test_invert_bad_input():
     d, oracle = diffusion_and_oracle()
     x0 = torch.zeros(2, *SHAPE)
-    with pytest.raises(ValueError, match=r"valid choices: \['ddpm', 'ddim'\]"):
+    with pytest.raises(ValueError, match=r"valid choices: \['ddpm', 'ddim', 'dpmpp_2m'\]"):
         invert(oracle, d, x0, None, sampler="heun")
     with pytest.raises(ValueError, match="cannot be inverted"):
         invert(oracle, d, x0, None, sampler="ddpm")
+    with pytest.raises(ValueError, match="not 'dpmpp_2m'; use 'ddim'"):
+        invert(oracle, d, x0, None, sampler="dpmpp_2m")
     with pytest.raises(ValueError, match="fixed_point_iters"):
         invert(oracle, d, x0, None, fixed_point_iters=-1)
 

@@ -1,4 +1,5 @@
-"""Samplers: ancestral DDPM and DDIM (Gaussian diffusion, respaced), Euler / Heun / DDIM (flow).
+"""Samplers: ancestral DDPM, DDIM and DPM-Solver++(2M) (Gaussian diffusion, respaced), Euler / Heun /
+DDIM (flow).
 
 Classifier-free guidance uses ONE batched forward per model evaluation: the batch [x; x] with labels
 [y; null] goes through `model.forward_with_cfg` (official DiT convention) and the first half of the
@@ -18,8 +19,8 @@ from .base import Diffusion, eval_mode
 from .flow import FlowMatching
 from .gaussian import GaussianDiffusion
 
-SAMPLERS = ("ddpm", "ddim", "euler", "heun")
-GAUSSIAN_SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")
+GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 FLOW_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -118,6 +119,32 @@ def ddim_step(
     return out
 
 
+def dpmpp_2m_step(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    x0_prev: torch.Tensor | None,
+    cur: tuple[float, float],
+    nxt: tuple[float, float],
+    h_prev: float | None,
+) -> tuple[torch.Tensor, float]:
+    """One DPM-Solver++(2M) step (Lu et al. 2022, arXiv:2211.01095, Algorithm 2) from level
+    cur = (a, s) to nxt = (a', s') of x = a x0 + s eps; returns (x', h), h = lambda' - lambda with
+    lambda = log(a / s).
+
+    x' = (s' / s) x + a' (1 - e^-h) D, where D = x0 on the first step (h_prev None: DDIM) and
+    otherwise the multistep extrapolation D = (1 + 1/2r) x0 - (1/2r) x0_prev, r = h_prev / h.
+    The step to clean data (s' = 0) is first order: x' = x0, as DDIM's last step."""
+    (a, s), (a_n, s_n) = cur, nxt
+    if s_n == 0:
+        return x0, math.inf
+    h = math.log(a_n / s_n) - math.log(a / s)
+    d = x0
+    if x0_prev is not None and h_prev is not None and math.isfinite(h_prev):
+        c = h / (2.0 * h_prev)  # 1 / (2 r)
+        d = (1.0 + c) * x0 - c * x0_prev
+    return (s_n / s) * x - a_n * math.expm1(-h) * d, h
+
+
 # ---------------------------------------------------------------------- Gaussian diffusion
 def _levels(d: GaussianDiffusion, i: int) -> tuple[float, float]:
     """(a, s) = (sqrt(abar_i), sqrt(1 - abar_i)) of step i, or (1, 0) (clean data) for i = -1."""
@@ -155,11 +182,16 @@ def _sample_gaussian(
     progress: bool,
     clip_denoised: bool = False,
 ) -> torch.Tensor:
+    x0_prev, h_prev = None, None
     for i in tqdm(range(d.num_timesteps - 1, -1, -1), disable=not progress, desc=sampler):
         p = _gaussian_predict(d, f, x, i)
         if clip_denoised:
             p = _clip_x0(d, p, x, i)
-        if sampler == "ddpm":
+        if sampler == "dpmpp_2m":
+            x0 = p["pred_x0"]
+            x, h_prev = dpmpp_2m_step(x, x0, x0_prev, _levels(d, i), _levels(d, i - 1), h_prev)
+            x0_prev = x0
+        elif sampler == "ddpm":
             x = p["mean"]
             if i > 0:
                 x = x + torch.exp(0.5 * p["log_variance"]) * _randn(x.shape, generator, x.device)
@@ -270,8 +302,9 @@ def sample(
     """Draw N = shape[0] samples (N, C, H, W) from `model`.
 
     y: (N,) class labels (the null label model.num_classes is allowed; None = all null).
-    Gaussian diffusion: sampler "ddpm" (ancestral, model variance) or "ddim" (eta in [0, 1]) on
-    `steps` evenly spaced trained timesteps. Flow: "euler", "heun" (ODE from t = 1 to 0 on a uniform
+    Gaussian diffusion: sampler "ddpm" (ancestral, model variance), "ddim" (eta in [0, 1]) or
+    "dpmpp_2m" (DPM-Solver++(2M), second order, deterministic) on `steps` evenly spaced trained
+    timesteps. Flow: "euler", "heun" (ODE from t = 1 to 0 on a uniform
     grid of `steps` intervals; Heun costs 2 evaluations per step), "ddim" or "ddpm".
     cfg_scale: classifier-free guidance scale (1 = none), one batched forward per evaluation.
     noise: optional starting noise (N, C, H, W); otherwise drawn with `generator`.
@@ -324,6 +357,10 @@ def invert(
     _validate(diffusion, sampler, steps, cfg_scale, 0.0)
     if sampler == "ddpm":
         raise ValueError("the ancestral 'ddpm' sampler is stochastic and cannot be inverted; use 'ddim'")
+    if sampler == "dpmpp_2m":
+        raise ValueError(
+            "inversion is implemented for 'ddim' (Gaussian diffusion), not 'dpmpp_2m'; use 'ddim'"
+        )
     labels = _labels(model, y, x0.shape[0], x0.device)
     with eval_mode(model):
         f = make_denoiser(model, labels, cfg_scale, guide_channels)
