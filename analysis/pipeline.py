@@ -21,7 +21,7 @@ from analysis.parametric import (
     optimal_allocation,
     single_threaded_blas,
 )
-from analysis.runs import effective_data, select_points, set_axes, tidy, validate_points
+from analysis.runs import effective_data, one_fid_protocol, select_points, set_axes, tidy, validate_points
 from analysis.shapes import Shape, family_shapes, nearest_shape, shapes_from_points
 from analysis.status import CENSORED, EXTRAPOLATING, NOT_IDENTIFIED, Status, worst
 
@@ -96,6 +96,13 @@ class Analysis:
     ranking: list[dict] = field(default_factory=list)
 
     @property
+    def fid_protocol(self) -> str | None:
+        """How the FIDs in the fits were scored (`analysis.runs.fid_protocol`; one protocol, see
+        `prepare`), or None when unknown (CSV input) or no FID was logged."""
+        p = self.points.loc[self.points["fid"].notna(), "fid_protocol"].dropna().unique()
+        return str(p[0]) if len(p) == 1 else None
+
+    @property
     def status(self) -> Status:
         """What the data identify, before any prediction: the fits' statuses (approach 2: censoring)."""
         return worst(
@@ -128,6 +135,7 @@ class Analysis:
         for key in ("loss_vs_compute_pure", "fid_frontier", "fid_vs_compute_pure", "fid_vs_loss"):
             fit = getattr(self, key)
             out[key] = fit.to_dict() if fit else None
+        out["fid_protocol"] = self.fid_protocol
         out["diagnostics"] = {"ranking": self.ranking, "residuals": residual_summary(self.residuals)}
         out["config"] = asdict(cfg)
         out["messages"] = self.messages
@@ -198,6 +206,8 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     """Select valid points (schedule, --min-steps), set N and D axes, optionally D -> D'."""
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
+    pts, _, fid_note = one_fid_protocol(pts)
+    notes += [fid_note] if fid_note else []
     if len(pts) == 0:
         raise ValueError(
             f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "

@@ -184,6 +184,8 @@ def markdown(
         lines.append(f"- bootstrap over runs: {bs.n_requested} resamples, {bs.n_failed} without an N_opt law")
     lines += ["", "## Approach 2: IsoFLOP profiles", "", "```", an.isoflop.summary(), "```"]
     lines += ["", "## FID", ""]
+    if an.fid_protocol:
+        lines.append(f"- scored as: {an.fid_protocol} (FIDs compare only under one protocol)")
     lines.append(f"- FID vs validation loss: {_fmt_law(an.fid_vs_loss)}")
     fid_sat = an.fid_frontier.y_law if an.fid_frontier else None
     lines.append(f"- FID frontier vs compute (saturating): {_fmt_law(fid_sat)}")

@@ -25,7 +25,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
-OPTIONAL = {"schedule": None}  # optional columns and their value when unknown
+OPTIONAL = {"schedule": None, "fid_protocol": None}  # optional columns and their value when unknown
+TEXT_COLUMNS = ("schedule", "fid_protocol")
 OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se"), np.nan)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
@@ -78,7 +79,7 @@ def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.Dat
     if df["model"].isna().all():
         df["model"] = [f"N={n:.3g}" for n in df["N"]]
     for col in ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "step", *OPTIONAL):
-        if col != "schedule":
+        if col not in TEXT_COLUMNS:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra].reset_index(drop=True)
@@ -155,6 +156,42 @@ def _unique_images(client, rid: str, params: dict, seen: pd.Series) -> float:
     return float("nan")
 
 
+def fid_protocol(metric: str, params: dict) -> str:
+    """How a run's FID was scored, from its ``eval.*`` params: e.g. ``"fid_photos, 1000 samples,
+    ddim-50, cfg 1.0"``. FIDs compare only under one protocol: the sampler and its steps move the FID of
+    one checkpoint by 50 % or more (docs/evaluation.md)."""
+    g = params.get
+    return (
+        f"{metric.split('/')[-1]}, {g('eval.num_samples', '?')} samples, {g('eval.sampler', '?')}-"
+        f"{g('eval.steps', '?')}, cfg {g('eval.cfg_scale', '?')}"
+    )
+
+
+def one_fid_protocol(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None, str | None]:
+    """Points whose FIDs all share one protocol: FIDs under other protocols are blanked (NaN).
+
+    Returns (points, the protocol kept or None, a note on what was left out or None). The protocol kept
+    is the one with the most FID points (ties: the one used at the largest compute)."""
+    has = points["fid"].notna() & points["fid_protocol"].notna()
+    counts = points.loc[has, "fid_protocol"].value_counts()
+    if len(counts) == 0:
+        return points, None, None
+    if len(counts) == 1:
+        return points, str(counts.index[0]), None
+    top = counts[counts == counts.max()].index
+    at_max_c = points.loc[has & points["fid_protocol"].isin(top)].sort_values("C")["fid_protocol"].iloc[-1]
+    out = points.copy()
+    other = has & (out["fid_protocol"] != at_max_c)
+    out.loc[other, ["fid", "fid_se"]] = np.nan
+    left = "; ".join(f"{p}: {n}" for p, n in counts.items() if p != at_max_c)
+    note = (
+        f"FID: {int(other.sum())} point(s) scored under another protocol left out of the FID fits ({left}); "
+        f"kept {int(counts[at_max_c])} scored with {at_max_c}. Rescore the others with "
+        "`python -m dit_core.evaluate --checkpoint CELL` and the kept settings (docs/evaluation.md)"
+    )
+    return out, str(at_max_c), note
+
+
 def run_points(client, run) -> pd.DataFrame:
     """Tidy points from one run's metric history: one row per step where val/loss was logged."""
     rid = run.info.run_id
@@ -173,11 +210,13 @@ def run_points(client, run) -> pd.DataFrame:
     d = np.interp(steps, seen.index.to_numpy(float), seen.to_numpy(float))
     tpi = _float(params.get("model.input_size")) / _float(params.get("model.patch_size"))
     fid = fid_se = pd.Series(np.nan, index=loss.index)
+    protocol = None
     for key in FID_METRICS:
         f = _history(client, rid, key)
         if not f.empty:
             fid = f.reindex(loss.index)
             fid_se = _history(client, rid, f"{key}_se").reindex(loss.index)  # domain FIDs log one
+            protocol = fid_protocol(key, params)
             break
     df = pd.DataFrame(
         {
@@ -200,6 +239,7 @@ def run_points(client, run) -> pd.DataFrame:
             "N_non_embedding": _float(params.get("model.params_non_embedding")),
             "unique": _unique_images(client, rid, params, seen),
             "fid_se": fid_se.to_numpy(float),
+            "fid_protocol": protocol,
             "status": run.data.tags.get("status", run.info.status.lower()),
         }
     )

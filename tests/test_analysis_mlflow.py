@@ -15,6 +15,8 @@ LAW = {"E": 0.05, "A": 4.0, "B": 30.0, "alpha": 0.3, "beta": 0.32}
 K = 6.0 * 64  # true FLOPs per parameter per image (64 tokens per image)
 BUDGETS = (1e14, 1e15, 1e16)
 EXP = "analysis-test-sweep"
+OTHER_CELL, OTHER_STEPS = (BUDGETS[-1], 2), 250  # one run scored its FID with DDIM-250, not DDIM-50
+PROTOCOL = "fid_digits, 1000 samples, ddim-50, cfg 1.5"
 
 
 def law(n, d):
@@ -44,6 +46,10 @@ def log_sweep(client, exp_id: str) -> dict:
                 "model.params_non_embedding": 0.9 * n,
                 "optim.schedule": "constant",
                 "budget.train_flops": b,
+                "eval.num_samples": 1000,
+                "eval.sampler": "ddim",
+                "eval.steps": OTHER_STEPS if (b, j) == OTHER_CELL else 50,
+                "eval.cfg_scale": 1.5,
             }
             d_final = b / (K * n)
             metrics = []
@@ -113,6 +119,8 @@ def test_load_runs_tidy_points(sweep):
     assert df["model"].str.startswith("DiT-d").all()
     assert (df["tokens_per_image"] == 64.0).all() and np.allclose(df["N_non_embedding"], 0.9 * df["N"])
     assert (df["schedule"] == "constant").all()
+    protocols = df.groupby("run_id")["fid_protocol"].first().value_counts().to_dict()
+    assert protocols == {PROTOCOL: 8, PROTOCOL.replace("ddim-50", "ddim-250"): 1}
     uniq = df.groupby("run_id")["unique"].first().round(6).value_counts(dropna=False).to_dict()
     assert {k: v for k, v in uniq.items() if k == k} == {1617.0: 3, 3234.0: 3}  # NaN (not logged) for 3
 
@@ -136,6 +144,11 @@ def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
     res = json.loads(out_json.read_text())
     assert res["status"] == "ok" and res["point_selection"]["min_steps"] == 50
     assert any("constant lr" in n for n in res["point_selection"]["notes"])
+    # the DDIM-250 run's 3 FIDs are left out of the FID fits, and said so; the report names the protocol
+    assert res["fid_protocol"] == PROTOCOL
+    (note,) = [n for n in res["point_selection"]["notes"] if "another protocol" in n]
+    assert note.startswith("FID: 3 point(s)") and "ddim-250, cfg 1.5: 3" in note and "kept 24" in note
+    assert f"scored as: {PROTOCOL}" in (tmp_path / "rep" / "report.md").read_text()
     for k in ("alpha", "beta"):  # noiseless data from LAW: the parametric law comes back
         assert res[k] == pytest.approx(LAW[k], abs=0.01)
     assert res["flops_per_param_datum"] == pytest.approx(K)
@@ -196,3 +209,27 @@ def test_cli_on_mlflow_in_tokens_and_non_embedding_params(sweep, tmp_path):
     assert res["flops_per_param_datum"] == pytest.approx(K / (64 * 0.9))
     assert res["units"]["D"] == "tokens" and res["units"]["N"] == "non-embedding parameters"
     assert main([*args[:-4], "--min-steps", "1000", "--json", str(out_json), "--out", str(tmp_path)]) == 2
+
+
+def test_one_fid_protocol_keeps_the_most_used_and_breaks_ties_at_the_largest_compute():
+    import pandas as pd
+
+    from analysis.runs import one_fid_protocol
+
+    pts = pd.DataFrame(
+        {
+            "C": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "fid": [10.0, 9.0, 8.0, np.nan, 7.0],
+            "fid_se": [1.0] * 5,
+            "fid_protocol": ["a", "b", "a", "b", None],
+        }
+    )
+    kept, proto, note = one_fid_protocol(pts)  # a: 2 FIDs, b: 1 (its step-4 row has no FID)
+    assert proto == "a" and kept["fid"].notna().tolist() == [True, False, True, False, True]
+    assert note.startswith("FID: 1 point(s)") and "b: 1" in note
+    more_b = pts.assign(fid=[10.0, 9.0, np.nan, 8.0, 7.0])  # a: 1 FID, b: 2
+    assert one_fid_protocol(more_b)[1] == "b"
+    tie = pts.assign(fid=[np.nan, 9.0, np.nan, 8.0, 7.0], fid_protocol=["a", "b", "b", "a", None])
+    assert one_fid_protocol(tie)[1] == "a"  # one each: a's is at the larger compute (C = 4)
+    assert one_fid_protocol(pts.assign(fid_protocol="a"))[2] is None
+    assert one_fid_protocol(pts.assign(fid_protocol=None))[1] is None  # CSV input: unknown, kept

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,20 +108,60 @@ def checkpoint(tiny, tmp_path_factory):
     return out
 
 
-def test_cli_evaluates_checkpoint_and_logs_to_mlflow(checkpoint, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def checkpoint_own_eval(tiny, tmp_path_factory):
+    """The tiny model's checkpoint whose run scored itself with 12 DDIM-3 samples on fid/is_digits."""
+    model, _, cfg = tiny
+    own = replace(cfg, eval=replace(cfg.eval, num_samples=12, steps=3, metrics=("fid_digits", "is_digits")))
+    out = tmp_path_factory.mktemp("run_own_eval")
+    sd = model.state_dict()
+    save_checkpoint(out, {"model": sd, "ema": sd, "config": own.to_flat_dict(), "step": 7})
+    return out
+
+
+def test_cli_evaluates_checkpoint_and_logs_to_mlflow(checkpoint_own_eval, tmp_path, capsys):
     import mlflow
 
     with mlflow.start_run() as run:
         pass
-    args = ["--checkpoint", str(checkpoint), "--num-samples", "12", "--batch-size", "5", "--steps", "3",
-            "--metrics", "fid_digits,is_digits", "--mlflow-run-id", run.info.run_id,
-            "--output", str(tmp_path / "m.json")]  # fmt: skip
+    args = ["--checkpoint", str(checkpoint_own_eval), "--batch-size", "5", "--seed", "1",
+            "--mlflow-run-id", run.info.run_id, "--output", str(tmp_path / "m.json")]  # fmt: skip
     assert cli_main(args) == 0
     out = json.loads((tmp_path / "m.json").read_text())
     assert out["step"] == 7 and out["num_samples"] == 12 and out["eval/fid_digits"] > 0
     assert 1.0 <= out["eval/is_digits"] <= 10.0
     hist = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "eval/is_digits")
     assert [(h.step, h.value) for h in hist] == [(7, pytest.approx(out["eval/is_digits"]))]
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--steps", "5"], "steps 5 (run: 3)"),
+        (["--num-samples", "20", "--sampler", "ddpm"], "num_samples 20 (run: 12); sampler ddpm (run: ddim)"),
+        (["--raw-weights"], "--raw-weights (run: the EMA weights)"),
+        (["--metrics", "fid_digits"], "metrics fid_digits (run: its own)"),
+    ],
+)
+def test_cli_will_not_log_another_protocol_into_the_run(checkpoint_own_eval, tmp_path, capsys, extra, named):
+    """A score under other sampling settings would sit in the run's eval/* beside the sweep's other
+    runs, which the analysis compares only under one protocol: refused before sampling, nothing logged."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        pass
+    args = ["--checkpoint", str(checkpoint_own_eval), "--mlflow-run-id", run.info.run_id,
+            "--output", str(tmp_path / "m.json"), *extra]  # fmt: skip
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert named in err and "drop --mlflow-run-id" in err
+    assert not (tmp_path / "m.json").exists()
+    assert mlflow.tracking.MlflowClient().get_run(run.info.run_id).data.metrics == {}
+    # the same settings without --mlflow-run-id are a free rescoring
+    assert (
+        cli_main(["--checkpoint", str(checkpoint_own_eval), "--output", str(tmp_path / "m.json"), *extra])
+        == 0
+    )
 
 
 def test_cli_bad_input_exits_nonzero(checkpoint, tmp_path, capsys):

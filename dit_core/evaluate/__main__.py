@@ -50,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="clamp the sampler's x0 estimate to [-1, 1] at each step (default: as the run's own "
         "evaluation, eval.clip_denoised: on for pixel data, off for latents)",
     )  # fmt: skip
-    p.add_argument("--mlflow-run-id", default=None, help="log eval/<metric> to this run at the ckpt step")
+    p.add_argument(
+        "--mlflow-run-id",
+        default=None,
+        help="log eval/<metric> to this run at the ckpt step "
+        "(only with the run's own sampling settings; the seed may differ)",
+    )
     p.add_argument("--output", default=None, help="also write the metrics JSON here")
     p.add_argument("--save-samples", default=None, help="write the samples to this .npz (arr_0 NHWC uint8)")
     return p
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
     opts = {k: v for k, v in vars(args).items() if k in CheckpointEvalConfig.__dataclass_fields__}
     opts["metrics"] = args.metrics.split(",") if args.metrics else None
-    cfg = CheckpointEvalConfig(**opts, use_ema=not args.raw_weights)
+    cfg = CheckpointEvalConfig(**opts, use_ema=not args.raw_weights, log_to_run=bool(args.mlflow_run_id))
     try:
         metrics, step, flat = evaluate_checkpoint(cfg, accelerator)
     except ValueError as e:
