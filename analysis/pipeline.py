@@ -484,7 +484,10 @@ class Prediction:
             lines.append(f"  model size N_opt : withheld ({known})")
             lines.append("  data D_opt       : withheld")
         else:
-            lines.append(f"  model size N_opt : {self.n_opt} {u['N']} ({pct} interval)")
+            has_interval = not math.isnan(self.n_opt.lo)
+            lines.append(
+                f"  model size N_opt : {self.n_opt} {u['N']}" + (f" ({pct} interval)" if has_interval else "")
+            )
             if self.nearest_run_shape:
                 lines.append(
                     f"  nearest run shape: {self.nearest_run_shape.name} "
@@ -499,7 +502,7 @@ class Prediction:
         lines.append(f"  expected loss    : {self.loss if self.loss else 'withheld'} ({u['loss']})")
         lines.append(f"  expected FID     : {self.fid if self.fid else 'n/a'}")
         for k, v in self.alternatives.items():
-            unit = u["N"] if k.startswith("N_opt") else (u["loss"] if "loss law" in k else "")
+            unit = u["N"] if "N_opt" in k else (u["loss"] if "loss law" in k else "")
             lines.append(f"  ({k}: {v:.4g} {unit})".rstrip())
         if self.holdout:
             h = self.holdout
@@ -530,6 +533,11 @@ def allocation_draws(pf, compute: float, k: float) -> np.ndarray | None:
     s = pf.bootstrap.samples
     draws = [optimal_allocation({p: s[p][i] for p in s}, compute, k) for i in range(pf.bootstrap.n_ok)]
     return np.array(draws, dtype=float)
+
+
+#: The frontier's N_opt(C) when its exponent is not resolved: printed beside the others, not counted
+#: in the approaches' disagreement (an unresolved law's value is not evidence either way).
+UNRESOLVED_APPROACH1 = "approach 1's N_opt, its exponent not resolved"
 
 
 def predict(analysis: Analysis, compute: float) -> Prediction:
@@ -586,6 +594,8 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         alt["N_opt from IsoFLOP (approach 2)"] = float(analysis.isoflop.n_opt.predict(compute))
     if analysis.frontier.n_opt is not None and analysis.frontier.status.ok:
         alt["N_opt from frontier (approach 1)"] = float(analysis.frontier.n_opt.predict(compute))
+    elif analysis.frontier.n_opt is not None:  # shown for comparison; not in the disagreement check
+        alt[UNRESOLVED_APPROACH1] = float(analysis.frontier.n_opt.predict(compute))
     if analysis.frontier.y_law is not None:
         alt["frontier loss law L(C)"] = float(analysis.frontier.y_law.predict(compute))
     st.merge(analysis.isoflop.status, "approach 2: ")

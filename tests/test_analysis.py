@@ -26,6 +26,7 @@ from analysis.parametric import (
     parametric_loss,
 )
 from analysis.pipeline import (
+    UNRESOLVED_APPROACH1,
     AnalysisConfig,
     allocation_draws,
     analyze,
@@ -284,6 +285,36 @@ def test_one_point_frontier_without_budgets_groups_cells_that_end_a_few_steps_ap
         pts.assign(budget=[1e11, 1e11, 1e11, 1e11, 3e11, 3e11, 3e11, 3e11] + [1e12] * 4)
     )
     assert with_budget["run_id"].tolist() == fr["run_id"].tolist()
+
+
+def test_an_unresolved_frontier_shows_its_n_opt_beside_the_others_without_voting():
+    """The demo's seed-0 cells at 1e11-1e12: the frontier (S, B, B) cannot resolve its N_opt exponent,
+    so approach 1 is not_identified; its N_opt at the budget is still printed for comparison (the
+    acceptance compares the three approaches), but it is not counted in the approaches' disagreement."""
+    cells = [  # model, N, C, loss (as in the test above)
+        ("S", 10244, 9.99e10, 0.0566), ("B", 26188, 1.0e11, 0.0587), ("L", 93012, 9.92e10, 0.0658),
+        ("XL", 139412, 9.86e10, 0.0715), ("S", 10244, 3.0e11, 0.0525), ("B", 26188, 3.0e11, 0.0500),
+        ("L", 93012, 2.97e11, 0.0556), ("XL", 139412, 2.96e11, 0.0599), ("S", 10244, 9.999e11, 0.0464),
+        ("B", 26188, 9.998e11, 0.0451), ("L", 93012, 9.93e11, 0.0493), ("XL", 139412, 9.86e11, 0.0471),
+    ]  # fmt: skip
+    pts = pd.DataFrame(
+        [
+            {"N": n, "D": c / (330 * n), "C": c, "loss": y, "run_id": f"{m}-{c:.0e}", "model": m}
+            for m, n, c, y in cells
+        ]
+    )
+    an = analyze(pts, AnalysisConfig(n_bootstrap=40, seed=0))
+    assert not an.frontier.status.ok and "approach 1 does not resolve" in an.frontier.status.reasons[0]
+    p = predict(an, 3e12)
+    want = float(an.frontier.n_opt.predict(3e12))
+    assert p.alternatives[UNRESOLVED_APPROACH1] == pytest.approx(want)
+    assert "N_opt from frontier (approach 1)" not in p.alternatives
+    assert f"({UNRESOLVED_APPROACH1}: {want:.4g} parameters)" in p.text()
+    assert p.n_opt_spread() == 1.0  # no resolved approach gave an N_opt: nothing to disagree
+    assert "model size N_opt : withheld" in p.text()
+    bare = predict(analyze(pts, AnalysisConfig(n_bootstrap=0)), 3e12).text()  # no interval, none claimed
+    (line,) = [x for x in bare.splitlines() if x.startswith("  model size N_opt")]
+    assert line.endswith("(no bootstrap interval) parameters")
 
 
 def test_holdout_reports_the_pure_power_law_beside_the_parametric_one():
