@@ -21,6 +21,7 @@ from typing import Any
 from .configio import ConfigError, apply_flat, check_fields, coerce_fields, flatten, require, yaml_to_flat
 from .data import DataConfig
 from .diffusion import DiffusionConfig
+from .diffusion.config import SAMPLERS, samplers_for
 from .spec import DiTConfig, model_config, official_name
 from .tracking import DEFAULT_EXPERIMENT
 
@@ -222,7 +223,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         coerce_fields(self)
         names = ("val_every", "val_examples", "eval_every", "num_samples", "steps", "batch_size")
-        check_fields(self, "eval.", dict.fromkeys((*names, "grid_images"), ">= 0"))
+        check_fields(self, "eval.", dict.fromkeys((*names, "grid_images"), ">= 0") | {"sampler": SAMPLERS})
         require(
             self.eval_every == 0 or self.num_samples >= 2,
             "eval.num_samples",
@@ -312,6 +313,13 @@ class TrainConfig:
         coerce_fields(self)
         rules = {"precision": PRECISIONS, "log_every": ">= 1", "num_workers": ">= 0", "seed": ">= 0"}
         check_fields(self, "", rules)
+        valid = samplers_for(self.diffusion.objective)
+        require(
+            self.eval.sampler in valid,
+            "eval.sampler",
+            f"{self.eval.sampler!r} does not apply to diffusion.objective {self.diffusion.objective!r}; "
+            f"valid choices: {list(valid)}",
+        )
 
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"model.depth": 12, ..., "seed": 0}``: every field, dotted (tuples become lists)."""

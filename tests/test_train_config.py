@@ -84,6 +84,21 @@ def test_sample_metrics_need_two_samples_before_training_starts():
     assert EvalConfig(eval_every=1, num_samples=2).num_samples == 2
 
 
+def test_the_eval_sampler_is_checked_against_the_objective_before_training_starts():
+    """A sampler that does not exist, or does not apply to the objective, used to fail only at the
+    run's first sample evaluation, after training."""
+    with pytest.raises(ConfigError, match=r"eval.sampler: 'dpm' is unknown; choose one of .*'dpmpp_2m'"):
+        EvalConfig(sampler="dpm")
+    with pytest.raises(
+        ConfigError, match=r"eval.sampler: 'dpmpp_2m' does not apply to diffusion.objective 'flow'"
+    ):
+        TrainConfig().replace(**{"diffusion.objective": "flow", "eval.sampler": "dpmpp_2m"})
+    with pytest.raises(ConfigError, match=r"valid choices: \['ddpm', 'ddim', 'dpmpp_2m'\]"):
+        TrainConfig().replace(**{"eval.sampler": "heun"})
+    both = TrainConfig().replace(**{"diffusion.objective": "flow", "eval.sampler": "heun"})  # one step, valid
+    assert both.eval.sampler == "heun" and TrainConfig().replace(**{"eval.sampler": "dpmpp_2m"})
+
+
 def test_budget_steps_closed_form():
     b = BudgetConfig(train_flops=1e12, global_batch_size=32)
     assert resolve_budget_steps(b, 1e9) == math.floor(1e12 / (1e9 * 32)) == 31

@@ -10,6 +10,14 @@ OBJECTIVES = ("eps", "v", "x0", "flow")
 SCHEDULES = ("linear", "cosine", "quadratic")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 FIXED_VARIANCES = ("large", "small")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")
+GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # eps / v / x0
+FLOW_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
+
+
+def samplers_for(objective: str) -> tuple[str, ...]:
+    """The samplers that apply to a diffusion ``objective``."""
+    return FLOW_SAMPLERS if objective == "flow" else GAUSSIAN_SAMPLERS
 
 
 def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:

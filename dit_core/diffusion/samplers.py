@@ -16,12 +16,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .base import Diffusion, eval_mode
+from .config import SAMPLERS, samplers_for
 from .flow import FlowMatching
 from .gaussian import GaussianDiffusion
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")
-GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
-FLOW_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,7 +26,7 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _validate(diffusion: Diffusion, sampler: str, steps: int, cfg_scale: float, eta: float) -> None:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid choices: {list(SAMPLERS)}")
-    valid = FLOW_SAMPLERS if isinstance(diffusion, FlowMatching) else GAUSSIAN_SAMPLERS
+    valid = samplers_for("flow" if isinstance(diffusion, FlowMatching) else "eps")
     if sampler not in valid:
         raise ValueError(
             f"sampler {sampler!r} does not apply to objective {diffusion.objective!r}; "
