@@ -256,23 +256,28 @@ def test_frontier_is_lower_envelope_of_run_curves():
     assert fit.a > 0 and fit.y_law is not None
 
 
-def test_one_point_frontier_without_budgets_groups_cells_that_end_a_few_steps_apart():
-    """The demo's seed 0 at 1e11 / 3e11 / 1e12 (final losses; whole steps make each cell's C a few
-    percent off its budget). Given as a CSV without a `budget` column the cells of one budget must
-    still count as one budget: the frontier is the best run of each (S, B, B), not every point that
-    beats all cheaper ones (the exact-C Pareto set also took L at 2.97e11 and XL at 9.86e11)."""
+def demo_seed0_points() -> pd.DataFrame:
+    """The demo's seed 0 at 1e11 / 3e11 / 1e12 (session 8, lr 3e-2): final losses of the 12 cells, each
+    C a few percent off its budget (whole steps), D = C / (330 N), no `budget` column."""
     cells = [  # model, N, C, loss
         ("S", 10244, 9.99e10, 0.0566), ("B", 26188, 1.0e11, 0.0587), ("L", 93012, 9.92e10, 0.0658),
         ("XL", 139412, 9.86e10, 0.0715), ("S", 10244, 3.0e11, 0.0525), ("B", 26188, 3.0e11, 0.0500),
         ("L", 93012, 2.97e11, 0.0556), ("XL", 139412, 2.96e11, 0.0599), ("S", 10244, 9.999e11, 0.0464),
         ("B", 26188, 9.998e11, 0.0451), ("L", 93012, 9.93e11, 0.0493), ("XL", 139412, 9.86e11, 0.0471),
     ]  # fmt: skip
-    pts = pd.DataFrame(
-        [
-            {"N": n, "D": c / (330 * n), "C": c, "loss": y, "run_id": f"{m}-{c:.0e}", "model": m}
-            for m, n, c, y in cells
-        ]
-    )
+    rows = [
+        {"N": n, "D": c / (330 * n), "C": c, "loss": y, "run_id": f"{m}-{c:.0e}", "model": m}
+        for m, n, c, y in cells
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_one_point_frontier_without_budgets_groups_cells_that_end_a_few_steps_apart():
+    """The demo's seed 0 at 1e11 / 3e11 / 1e12 (final losses; whole steps make each cell's C a few
+    percent off its budget). Given as a CSV without a `budget` column the cells of one budget must
+    still count as one budget: the frontier is the best run of each (S, B, B), not every point that
+    beats all cheaper ones (the exact-C Pareto set also took L at 2.97e11 and XL at 9.86e11)."""
+    pts = demo_seed0_points()
     fr = compute_frontier(pts)
     assert list(fr["model"]) == ["S", "B", "B"]
     # the holdout leaves out the whole top budget (all four cells), not the one cell of largest C
@@ -291,18 +296,7 @@ def test_an_unresolved_frontier_shows_its_n_opt_beside_the_others_without_voting
     """The demo's seed-0 cells at 1e11-1e12: the frontier (S, B, B) cannot resolve its N_opt exponent,
     so approach 1 is not_identified; its N_opt at the budget is still printed for comparison (the
     acceptance compares the three approaches), but it is not counted in the approaches' disagreement."""
-    cells = [  # model, N, C, loss (as in the test above)
-        ("S", 10244, 9.99e10, 0.0566), ("B", 26188, 1.0e11, 0.0587), ("L", 93012, 9.92e10, 0.0658),
-        ("XL", 139412, 9.86e10, 0.0715), ("S", 10244, 3.0e11, 0.0525), ("B", 26188, 3.0e11, 0.0500),
-        ("L", 93012, 2.97e11, 0.0556), ("XL", 139412, 2.96e11, 0.0599), ("S", 10244, 9.999e11, 0.0464),
-        ("B", 26188, 9.998e11, 0.0451), ("L", 93012, 9.93e11, 0.0493), ("XL", 139412, 9.86e11, 0.0471),
-    ]  # fmt: skip
-    pts = pd.DataFrame(
-        [
-            {"N": n, "D": c / (330 * n), "C": c, "loss": y, "run_id": f"{m}-{c:.0e}", "model": m}
-            for m, n, c, y in cells
-        ]
-    )
+    pts = demo_seed0_points()
     an = analyze(pts, AnalysisConfig(n_bootstrap=40, seed=0))
     assert not an.frontier.status.ok and "approach 1 does not resolve" in an.frontier.status.reasons[0]
     p = predict(an, 3e12)
