@@ -140,6 +140,7 @@ def test_cli_evaluates_checkpoint_and_logs_to_mlflow(checkpoint_own_eval, tmp_pa
         (["--steps", "5"], "steps 5 (run: 3)"),
         (["--num-samples", "20", "--sampler", "ddpm"], "num_samples 20 (run: 12); sampler ddpm (run: ddim)"),
         (["--raw-weights"], "--raw-weights (run: the EMA weights)"),
+        (["--cfg-scale", "4"], "cfg_scale 4.0 (run: 1.5)"),
         (["--metrics", "fid_digits"], "metrics fid_digits (run: its own)"),
     ],
 )

@@ -26,7 +26,7 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _validate(diffusion: Diffusion, sampler: str, steps: int, cfg_scale: float, eta: float) -> None:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid choices: {list(SAMPLERS)}")
-    valid = samplers_for("flow" if isinstance(diffusion, FlowMatching) else "eps")
+    valid = samplers_for(diffusion.objective)
     if sampler not in valid:
         raise ValueError(
             f"sampler {sampler!r} does not apply to objective {diffusion.objective!r}; "

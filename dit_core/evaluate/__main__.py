@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from ..diffusion.config import SAMPLERS
 from .features import WEIGHTS_ENV
 from .metrics import METRICS
 
@@ -28,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples", type=int, default=None, help=f"samples to score ({own}: eval.num_samples)"
     )
     p.add_argument("--batch-size", type=int, default=100, help="per-process sampling batch")
-    p.add_argument(
-        "--sampler", default=None, help=f"ddim | ddpm | dpmpp_2m | euler | heun ({own}: eval.sampler)"
-    )
+    p.add_argument("--sampler", default=None, help=f"{' | '.join(SAMPLERS)} ({own}: eval.sampler)")
     p.add_argument("--steps", type=int, default=None, help=f"sampler steps ({own}: eval.steps)")
     p.add_argument("--cfg-scale", type=float, default=None, help=f"guidance scale ({own}: eval.cfg_scale)")
     p.add_argument("--seed", type=int, default=None, help=f"sampling seed ({own}: the run's seed)")

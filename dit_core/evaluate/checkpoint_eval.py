@@ -40,21 +40,24 @@ class CheckpointEvalConfig:
     log_to_run: bool = False  # the result goes into the run's eval/* metrics: sampling as the run's own
 
 
-def protocol_departures(cfg: CheckpointEvalConfig, run_eval, run_clip: bool) -> list[str]:
-    """The settings of ``cfg`` that depart from how the run scored itself (``run_eval``: its
-    EvalConfig), as "name X (run: Y)"; the seed may differ (another draw of the same protocol)."""
+def protocol_departures(cfg: CheckpointEvalConfig, run_cfg, cfg_scale: float) -> list[str]:
+    """The settings of ``cfg`` (guidance resolved to ``cfg_scale``) that depart from how the run
+    ``run_cfg`` (its TrainConfig) scored itself, as "name X (run: Y)"; the seed may differ (another
+    draw of the same protocol)."""
+    from dit_core.trainer.evaluation import clip_denoised, guidance_scale
+
+    e = run_cfg.eval
     pairs = {
-        "num_samples": (cfg.num_samples, run_eval.num_samples),
-        "sampler": (cfg.sampler, run_eval.sampler),
-        "steps": (cfg.steps, run_eval.steps),
-        "reference": (cfg.reference, run_eval.reference),
-        "clip_denoised": (cfg.clip_denoised, run_clip),
+        "num_samples": (cfg.num_samples, e.num_samples),
+        "sampler": (cfg.sampler, e.sampler),
+        "steps": (cfg.steps, e.steps),
+        "cfg_scale": (cfg_scale, guidance_scale(run_cfg)),
+        "reference": (cfg.reference, e.reference),
+        "clip_denoised": (cfg.clip_denoised, clip_denoised(run_cfg)),
     }
-    return [
-        f"{k} {mine} (run: {theirs})"
-        for k, (mine, theirs) in pairs.items()
-        if mine is not None and mine != theirs
-    ]
+    off = [f"{k} {mine} (run: {theirs})" for k, (mine, theirs) in pairs.items() if mine not in (None, theirs)]
+    off += [f"metrics {','.join(cfg.metrics)} (run: its own)"] if cfg.metrics else []
+    return off + (["--raw-weights (run: the EMA weights)"] if not cfg.use_ema else [])
 
 
 def load_vae(path: str, device: torch.device):
@@ -95,22 +98,13 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
         vae = load_vae(cfg.vae, device)
     dit, e = model.config, tcfg.eval
     cfg_scale = guidance_scale(tcfg) if cfg.cfg_scale is None else cfg.cfg_scale
-    if cfg.log_to_run:
-        off = protocol_departures(cfg, e, run_clip_denoised(tcfg))
-        off += (
-            [f"cfg_scale {cfg_scale} (run: {guidance_scale(tcfg)})"]
-            if cfg_scale != guidance_scale(tcfg)
-            else []
+    if cfg.log_to_run and (off := protocol_departures(cfg, tcfg, cfg_scale)):
+        raise ValueError(
+            "--mlflow-run-id logs into the run's eval/* metrics, which the analysis compares across "
+            "runs only under one protocol, and these settings depart from the run's own: "
+            f"{'; '.join(off)}. Drop them (the seed may differ), or drop --mlflow-run-id and keep the "
+            "result with --output"
         )
-        off += [f"metrics {','.join(cfg.metrics)} (run: its own)"] if cfg.metrics else []
-        off += ["--raw-weights (run: the EMA weights)"] if not cfg.use_ema else []
-        if off:
-            raise ValueError(
-                "--mlflow-run-id logs into the run's eval/* metrics, which the analysis compares across "
-                "runs only under one protocol, and these settings depart from the run's own: "
-                f"{'; '.join(off)}. Drop them (the seed may differ), or drop --mlflow-run-id and keep the "
-                "result with --output"
-            )
     if dit.class_dropout_prob <= 0 and cfg_scale != 1.0:
         log.warning("model trained without label dropout: no unconditional branch, using cfg_scale 1")
         cfg_scale = 1.0
