@@ -22,7 +22,7 @@ import pandas as pd
 from analysis.bootstrap import BootstrapResult, bootstrap_points
 from analysis.joint_isoflop import JointIsoFlop, d_at, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
-from analysis.status import CENSORED, NOT_IDENTIFIED, Status
+from analysis.status import CENSORED, Status, flag_unresolved_exponent
 
 log = logging.getLogger(__name__)
 
@@ -155,32 +155,32 @@ def slice_sides(points: pd.DataFrame, gap_dex: float = 0.1) -> list[IsoFlopSlice
     return sorted(out, key=lambda s: s.compute)
 
 
-def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
-    """`censored` when the best model is the smallest (or the largest) trained at every budget."""
-    st = Status()
+def censored_bound(slices: list[IsoFlopSlice]) -> dict | None:
+    """{"side": "below" | "above", "N": x} when the smallest (largest) model trained wins at every budget."""
     usable = [s for s in slices if s.side != "single"]
     if not usable or (len(usable) < 2 and len(usable[0].sizes) < 3):
-        return st  # one slice of two sizes is too little to call (and may be an accidental cluster)
-    for side, edge, fix in (
-        ("below", 0, "add models smaller than that (at least two sizes below it) at every budget"),
-        ("above", -1, "add models larger than that (at least two sizes above it) at every budget"),
-    ):
-        if all(s.side == side for s in usable):
-            bound = [s.sizes[edge] for s in usable]
-            x = max(bound) if side == "below" else min(bound)
-            per = "; ".join(
-                f"{s.compute:.3g} FLOPs{_patch_txt(s.patch)}: < {s.sizes[edge]:.3g}" for s in usable
-            )
-            if side == "above":
-                per = per.replace("< ", "> ")
-            st.add(
-                CENSORED,
-                f"N_opt {side} {x:.3g} {units} at every budget: the "
-                f"{'smallest' if side == 'below' else 'largest'} "
-                f"model trained wins at each of the {len(usable)} budget(s) ({per}); the optimum is outside "
-                f"the grid - {fix}",
-            )
-    return st
+        return None  # one slice of two sizes is too little to call (and may be an accidental cluster)
+    if (side := usable[0].side) == "interior" or any(s.side != side for s in usable):
+        return None
+    edge = [s.sizes[0 if side == "below" else -1] for s in usable]
+    return {"side": side, "N": max(edge) if side == "below" else min(edge)}
+
+
+def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
+    """`censored` when the best model is the smallest (or the largest) trained at every budget."""
+    if (bound := censored_bound(slices)) is None:
+        return Status()
+    usable = [s for s in slices if s.side != "single"]
+    side, below = bound["side"], bound["side"] == "below"
+    sign, edge = ("<", 0) if below else (">", -1)
+    per = "; ".join(f"{s.compute:.3g} FLOPs{_patch_txt(s.patch)}: {sign} {s.sizes[edge]:.3g}" for s in usable)
+    return Status().add(
+        CENSORED,
+        f"N_opt {side} {bound['N']:.3g} {units} at every budget: the {'smallest' if below else 'largest'} "
+        f"model trained wins at each of the {len(usable)} budget(s) ({per}); the optimum is outside the grid "
+        f"- add models {'smaller' if below else 'larger'} than that (at least two sizes {side} it) at every "
+        "budget",
+    )
 
 
 @dataclass
@@ -356,15 +356,9 @@ def fit_isoflop(
         joint=joints.get(main),
         minima_a=minima.get(main, math.nan),
     )
-    if fit.joint is not None:
-        lo, hi = fit.joint.a_interval
-        if lo <= 0 <= hi:
-            status.add(
-                NOT_IDENTIFIED,
-                f"the IsoFLOP N_opt exponent a = {fit.joint.a:.3g} (joint fit of {len(fit.joint.budgets)} "
-                f"budgets) has a 95% interval [{lo:.3g}, {hi:.3g}] that includes 0: approach 2 does not "
-                "resolve how N_opt grows",
-            )
+    if (jf := fit.joint) is not None:
+        what = f"the IsoFLOP N_opt exponent a = {jf.a:.3g} (joint fit of {len(jf.budgets)} budgets)"
+        flag_unresolved_exponent(status, what, jf.a_interval, 2)
     elif n_bootstrap > 0 and groups:
         pts = points.reset_index(drop=True)
         patch = _patch_of(pts).to_numpy()
@@ -386,11 +380,6 @@ def fit_isoflop(
             one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy()
         )
         if fit.bootstrap.n_ok > 1:
-            lo, hi = fit.bootstrap.conf_int(0.95)["N_opt_exp"]
-            if lo <= 0 <= hi:
-                status.add(
-                    NOT_IDENTIFIED,
-                    f"the IsoFLOP N_opt exponent a = {-n_law.params['alpha']:.3g} has a 95% interval "
-                    f"[{lo:.3g}, {hi:.3g}] that includes 0: approach 2 does not resolve how N_opt grows",
-                )
+            what = f"the IsoFLOP N_opt exponent a = {fit.a:.3g}"
+            flag_unresolved_exponent(status, what, fit.bootstrap.conf_int(0.95)["N_opt_exp"], 2)
     return fit

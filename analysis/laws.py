@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points
-from analysis.status import NOT_IDENTIFIED, Status
+from analysis.status import NOT_IDENTIFIED, Status, flag_unresolved_exponent
 
 log = logging.getLogger(__name__)
 
@@ -390,12 +390,9 @@ def fit_frontier(
         _bootstrap_frontier(fit, pts, y, n_bootstrap, seed, n_grid)
         if fit.n_opt is not None and fit.n_opt.bootstrap is not None and fit.n_opt.bootstrap.n_ok > 1:
             lo, hi = fit.n_opt.bootstrap.conf_int(level)["alpha"]
-            if lo <= 0 <= hi:
-                st.add(
-                    NOT_IDENTIFIED,
-                    f"the frontier's N_opt exponent a = {fit.a:.3g} has a {100 * level:g}% interval "
-                    f"[{-hi:.3g}, {-lo:.3g}] that includes 0: approach 1 does not resolve how N_opt grows",
-                )
+            flag_unresolved_exponent(
+                st, f"the frontier's N_opt exponent a = {fit.a:.3g}", (-hi, -lo), 1, level
+            )
     return fit
 
 

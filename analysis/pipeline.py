@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.bootstrap import percentile_interval
 from analysis.fidloss import fit_fid_vs_loss
-from analysis.isoflop import IsoFlopFit, fit_isoflop, iter_slices
+from analysis.isoflop import IsoFlopFit, censored_bound, fit_isoflop, iter_slices
 from analysis.laws import FrontierFit, PowerLawFit, cluster_budgets, fit_frontier, fit_power_law
 from analysis.parametric import (
     ParametricConfig,
@@ -23,7 +23,7 @@ from analysis.parametric import (
 )
 from analysis.runs import effective_data, one_fid_protocol, select_points, set_axes, tidy, validate_points
 from analysis.shapes import Shape, family_shapes, nearest_shape, shapes_from_points
-from analysis.status import CENSORED, EXTRAPOLATING, NOT_IDENTIFIED, Status, worst
+from analysis.status import CENSORED, EXTRAPOLATING, NOT_IDENTIFIED, Status
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,8 @@ class Analysis:
     @property
     def status(self) -> Status:
         """What the data identify, before any prediction: the fits' statuses (approach 2: censoring)."""
-        return worst(
-            Status().merge(self.parametric.status if self.parametric else None, "approach 3: "),
-            Status().merge(self.isoflop.status, "approach 2: "),
-            Status().merge(self.frontier.status, "approach 1: "),
-        )
+        st = Status().merge(self.parametric.status if self.parametric else None, "approach 3: ")
+        return st.merge(self.isoflop.status, "approach 2: ").merge(self.frontier.status, "approach 1: ")
 
     def to_dict(self) -> dict:
         """JSON-ready results; the parametric law's E, A, B, alpha, beta are at the top level."""
@@ -162,8 +159,7 @@ def remove_outliers(
         bad = np.abs(r - np.median(r)) > sigma * scale
         removed.append(pts[bad].assign(reason=f"log residual > {sigma:g} robust sigma"))
         pts = pts[~bad]
-    cols = REMOVED_COLUMNS
-    rem = pd.concat(removed)[cols] if removed else pd.DataFrame(columns=cols)
+    rem = pd.concat(removed)[REMOVED_COLUMNS] if removed else pd.DataFrame(columns=REMOVED_COLUMNS)
     return pts, rem.reset_index(drop=True)
 
 
@@ -251,9 +247,8 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     units = units_of(cfg, prep.r_star)
     pts, removed = remove_outliers(prep.points, cfg.drop_highest_loss, cfg.outlier_sigma, cfg.delta)
     if len(prep.dropped):
-        cols = REMOVED_COLUMNS
-        removed = pd.concat([prep.dropped[cols], removed[cols]] if len(removed) else [prep.dropped[cols]])
-        removed = removed.reset_index(drop=True)
+        parts = [prep.dropped, removed] if len(removed) else [prep.dropped]
+        removed = pd.concat([p[REMOVED_COLUMNS] for p in parts], ignore_index=True)
     if len(pts) <= 5:
         raise ValueError(
             f"{len(pts)} points after point selection; the parametric law needs more than 5: "
@@ -288,17 +283,14 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
         pts, n_bootstrap=B, seed=seed, gap_dex=cfg.isoflop_gap_dex, units=units["N"], data_units=units["D"]
     )
     msgs.extend(iso.messages)
-    fid_front = (
-        fit_frontier(pts, "fid", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
-        if pts["fid"].notna().sum() > 3
-        else None
-    )
+    fid_front = None
+    if pts["fid"].notna().sum() > 3:
+        fid_front = fit_frontier(pts, "fid", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
     try:
         fvl = fit_fid_vs_loss(pts, n_bootstrap=B, seed=seed)
     except ValueError as e:
         fvl = None
         msgs.append(f"FID(loss) not fitted: {e}")
-    fid_pure = _pure_law(fid_front, "fid", B, seed) if fid_front is not None else None
     an = Analysis(
         points=pts,
         removed=removed,
@@ -310,7 +302,7 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
         loss_vs_compute_pure=pure,
         fid_frontier=fid_front,
         fid_vs_loss=fvl,
-        fid_vs_compute_pure=fid_pure,
+        fid_vs_compute_pure=_pure_law(fid_front, "fid", B, seed),
         messages=msgs,
         selection_notes=list(prep.notes),
         units=units,
@@ -329,8 +321,10 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     return an
 
 
-def _pure_law(frontier: FrontierFit, y: str, n_bootstrap: int, seed: int) -> PowerLawFit | None:
+def _pure_law(frontier: FrontierFit | None, y: str, n_bootstrap: int, seed: int) -> PowerLawFit | None:
     """Pure power law y = A C^-alpha through the frontier (the saturating law's E = 0 special case)."""
+    if frontier is None:
+        return None
     fr = frontier.frontier
     if len(fr) <= 2 or np.ptp(np.log(fr["C"].to_numpy(float))) == 0:
         return None
@@ -358,17 +352,8 @@ def budget_labels(points: pd.DataFrame) -> pd.Series:
 def residuals(an: Analysis) -> pd.DataFrame:
     """Log residuals ln(L_obs / L_pred) of the parametric law, with run, model and budget per point."""
     pts = an.points
-    pred = an.parametric.predict(pts["N"], pts["D"])
-    return pd.DataFrame(
-        {
-            "run_id": pts["run_id"],
-            "model": pts["model"],
-            "N": pts["N"],
-            "C": pts["C"],
-            "budget": budget_labels(pts),
-            "resid": np.log(pts["loss"].to_numpy(float) / pred),
-        }
-    )
+    resid = np.log(pts["loss"].to_numpy(float) / an.parametric.predict(pts["N"], pts["D"]))
+    return pts[["run_id", "model", "N", "C"]].assign(budget=budget_labels(pts), resid=resid)
 
 
 def residual_summary(res: pd.DataFrame | None) -> dict | None:
@@ -484,19 +469,13 @@ class Prediction:
             lines.append(f"  model size N_opt : withheld ({known})")
             lines.append("  data D_opt       : withheld")
         else:
-            has_interval = not math.isnan(self.n_opt.lo)
-            lines.append(
-                f"  model size N_opt : {self.n_opt} {u['N']}" + (f" ({pct} interval)" if has_interval else "")
-            )
-            if self.nearest_run_shape:
+            interval = "" if math.isnan(self.n_opt.lo) else f" ({pct} interval)"
+            lines.append(f"  model size N_opt : {self.n_opt} {u['N']}{interval}")
+            if run := self.nearest_run_shape:
+                lines.append(f"  nearest run shape: {run.name} ({run.n_params:.4g} {u['N']})")
+            if dit := self.nearest_dit_shape:
                 lines.append(
-                    f"  nearest run shape: {self.nearest_run_shape.name} "
-                    f"({self.nearest_run_shape.n_params:.4g} {u['N']})"
-                )
-            if self.nearest_dit_shape:
-                lines.append(
-                    f"  nearest DiT shape: {self.nearest_dit_shape.name} "
-                    f"({self.nearest_dit_shape.n_params:.4g} parameters, 256 px latents)"
+                    f"  nearest DiT shape: {dit.name} ({dit.n_params:.4g} parameters, 256 px latents)"
                 )
             lines.append(f"  data D_opt       : {self.d_opt} {u['D']}")
         lines.append(f"  expected loss    : {self.loss if self.loss else 'withheld'} ({u['loss']})")
@@ -515,9 +494,12 @@ class Prediction:
 
     def n_opt_spread(self) -> float:
         """max / min of N_opt over the approaches that gave one (1.0 if only one did)."""
-        ns = [v for k, v in self.alternatives.items() if k.startswith("N_opt")]
-        ns = [v for v in ns if math.isfinite(v) and v > 0]
-        return max(ns) / min(ns) if ns else 1.0
+        return _n_opt_spread(self.alternatives)
+
+
+def _n_opt_spread(alternatives: dict[str, float]) -> float:
+    ns = [v for k, v in alternatives.items() if k.startswith("N_opt") and math.isfinite(v) and v > 0]
+    return max(ns) / min(ns) if ns else 1.0
 
 
 def _at(law: PowerLawFit, compute: float, level: float) -> Estimate:
@@ -552,13 +534,10 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
     """
     if not (compute > 0):
         raise ValueError(f"compute must be > 0 FLOPs, got {compute}")
-    cfg = analysis.config
-    lvl = cfg.level
-    k = analysis.flops_per_param_datum
-    pf, alt = analysis.parametric, {}
-    st = Status()
-    loss_samples = None
-    n_e = d_e = loss_e = None
+    cfg, k, lvl = analysis.config, analysis.flops_per_param_datum, analysis.config.level
+    pf, iso, fr = analysis.parametric, analysis.isoflop, analysis.frontier
+    alt, st = {}, Status()
+    n_e = d_e = loss_e = loss_samples = None
     withhold = False
     if pf is not None:
         st.merge(pf.status, "approach 3: ")
@@ -575,14 +554,11 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             n_e, d_e, loss_e = Estimate(n), Estimate(d), Estimate(loss)
         if not withhold:
             alt["N_opt from parametric law (approach 3)"] = n
-    elif analysis.isoflop.n_opt is not None:
-        iso = analysis.isoflop
+    elif iso.n_opt is not None:
         n_e, d_e = _at(iso.n_opt, compute, lvl), _at(iso.d_opt, compute, lvl)
-        law = analysis.frontier.y_law
-        loss_e = _at(law, compute, lvl) if law else None
+        loss_e = _at(fr.y_law, compute, lvl) if fr.y_law else None
         source = "IsoFLOP laws (approach 2)"
     else:
-        fr = analysis.frontier
         source = "compute-efficient frontier (approach 1)"
         if fr.n_opt is None or fr.d_opt is None or fr.y_law is None:
             st.add(NOT_IDENTIFIED, "no approach could fit an N_opt(C) law to these points")
@@ -590,34 +566,29 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         else:
             n_e, d_e, loss_e = (_at(law, compute, lvl) for law in (fr.n_opt, fr.d_opt, fr.y_law))
     # the other approaches' N_opt, where they identify one (their statuses are folded in below)
-    if analysis.isoflop.n_opt is not None and analysis.isoflop.status.ok:
-        alt["N_opt from IsoFLOP (approach 2)"] = float(analysis.isoflop.n_opt.predict(compute))
-    if analysis.frontier.n_opt is not None and analysis.frontier.status.ok:
-        alt["N_opt from frontier (approach 1)"] = float(analysis.frontier.n_opt.predict(compute))
-    elif analysis.frontier.n_opt is not None:  # shown for comparison; not in the disagreement check
-        alt[UNRESOLVED_APPROACH1] = float(analysis.frontier.n_opt.predict(compute))
-    if analysis.frontier.y_law is not None:
-        alt["frontier loss law L(C)"] = float(analysis.frontier.y_law.predict(compute))
-    st.merge(analysis.isoflop.status, "approach 2: ")
-    st.merge(analysis.frontier.status, "approach 1: ")
+    if iso.n_opt is not None and iso.status.ok:
+        alt["N_opt from IsoFLOP (approach 2)"] = float(iso.n_opt.predict(compute))
+    if fr.n_opt is not None:  # an unresolved one is shown for comparison; not in the disagreement check
+        alt["N_opt from frontier (approach 1)" if fr.status.ok else UNRESOLVED_APPROACH1] = float(
+            fr.n_opt.predict(compute)
+        )
+    if fr.y_law is not None:
+        alt["frontier loss law L(C)"] = float(fr.y_law.predict(compute))
+    st.merge(iso.status, "approach 2: ")
+    st.merge(fr.status, "approach 1: ")
     bound = None
-    if analysis.isoflop.status.status == CENSORED:
-        withhold = True
-        sl = [s for s in analysis.isoflop.slices if s.side != "single"]
-        side = sl[0].side
-        edge = [s.sizes[0] if side == "below" else s.sizes[-1] for s in sl]
-        bound = {"side": side, "N": max(edge) if side == "below" else min(edge)}
-    ns = [v for kk, v in alt.items() if kk.startswith("N_opt") and math.isfinite(v) and v > 0]
-    if len(ns) > 1 and max(ns) / min(ns) > cfg.disagreement_factor:
+    if iso.status.status == CENSORED:
+        withhold, bound = True, censored_bound(iso.slices)
+    if (spread := _n_opt_spread(alt)) > cfg.disagreement_factor:
         withhold = True
         st.add(
             NOT_IDENTIFIED,
-            f"the approaches disagree on N_opt by {max(ns) / min(ns):.3g}x (more than "
-            f"{cfg.disagreement_factor:g}x): the grid probably does not bracket the optimum; add smaller or "
-            "larger models, or more budgets",
+            f"the approaches disagree on N_opt by {spread:.3g}x (more than {cfg.disagreement_factor:g}x): "
+            "the grid probably does not bracket the optimum; add smaller or larger models, or more budgets",
         )
     c_max = float(analysis.points["C"].max())
-    if compute > cfg.extrapolation_factor * c_max:
+    extrapolating = compute > cfg.extrapolation_factor * c_max
+    if extrapolating:
         st.add(
             EXTRAPOLATING,
             f"{compute:.3g} FLOPs is {compute / c_max:.3g}x the largest compute measured "
@@ -653,7 +624,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         n_opt_bound=bound,
         units=dict(analysis.units),
         extrapolation=compute / c_max,
-        extrapolating=compute > cfg.extrapolation_factor * c_max,
+        extrapolating=extrapolating,
     )
 
 
@@ -708,34 +679,28 @@ class HoldoutResult:
         return bool(lo <= self.best_loss_obs <= hi) if np.isfinite([lo, hi]).all() else None
 
     def text(self) -> str:
-        lo, hi = self.best_loss_interval
-        pct = 100 * self.analysis.config.level
-        band = (
-            f"\n  best loss there: predicted {self.best_loss_pred:.4g}, {pct:g}% "
-            f"[{lo:.4g}, {hi:.4g}] (bootstrap); observed {self.best_loss_obs:.4g}, "
-            + ("inside" if self.inside else "outside")
-            + " the interval"
-            if self.inside is not None
-            else ""
-        )
-        return (
-            f"Holdout (largest compute): {len(self.held_out)} points from "
-            f"{self.held_out['run_id'].nunique()} run(s), C >= {self.held_out['C'].min():.3g} FLOPs\n"
+        h, (lo, hi), pct = self.held_out, self.best_loss_interval, 100 * self.analysis.config.level
+        lines = [
+            f"Holdout (largest compute): {len(h)} points from {h['run_id'].nunique()} run(s), "
+            f"C >= {h['C'].min():.3g} FLOPs",
             f"  loss: mean abs error {100 * self.mape_loss:.2f}%, max {100 * self.max_ape_loss:.2f}%; "
-            f"best-loss-at-C error {100 * self.frontier_error:+.2f}%"
-            + (
-                f" (the frontier's pure power law: {100 * self.pure_law_error:+.2f}%)"
-                if np.isfinite(self.pure_law_error)
-                else ""
+            f"best-loss-at-C error {100 * self.frontier_error:+.2f}%",
+        ]
+        if np.isfinite(self.pure_law_error):
+            lines[-1] += f" (the frontier's pure power law: {100 * self.pure_law_error:+.2f}%)"
+        if self.inside is not None:
+            lines.append(
+                f"  best loss there: predicted {self.best_loss_pred:.4g}, {pct:g}% [{lo:.4g}, {hi:.4g}] "
+                f"(bootstrap); observed {self.best_loss_obs:.4g}, {'inside' if self.inside else 'outside'} "
+                "the interval"
             )
-            + band
-            + (f"\n  FID: mean abs error {100 * self.mape_fid:.1f}%" if np.isfinite(self.mape_fid) else "")
-            + (
-                f"\n  best model there: predicted {self.best_model_pred}, observed {self.best_model_obs}"
-                if self.best_model_pred
-                else ""
+        if np.isfinite(self.mape_fid):
+            lines.append(f"  FID: mean abs error {100 * self.mape_fid:.1f}%")
+        if self.best_model_pred:
+            lines.append(
+                f"  best model there: predicted {self.best_model_pred}, observed {self.best_model_obs}"
             )
-        )
+        return "\n".join(lines)
 
 
 def largest_compute_runs(points: pd.DataFrame, frac: float = 0.1) -> np.ndarray:

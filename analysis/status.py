@@ -74,3 +74,14 @@ def worst(*statuses: Status | None) -> Status:
     for s in statuses:
         out.merge(s)
     return out
+
+
+def flag_unresolved_exponent(st: Status, what: str, interval, approach: int, level: float = 0.95) -> None:
+    """`not_identified` when the interval (lo, hi) of the N_opt exponent `what` includes 0."""
+    lo, hi = interval
+    if lo <= 0 <= hi:
+        st.add(
+            NOT_IDENTIFIED,
+            f"{what} has a {100 * level:g}% interval [{lo:.3g}, {hi:.3g}] that includes 0: approach "
+            f"{approach} does not resolve how N_opt grows",
+        )
