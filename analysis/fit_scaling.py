@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
@@ -144,22 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
             check_tracking_server(uri, "start it, or pass --tracking-uri URI (or --csv FILE)")
             points, source = load_runs(exp, uri), f"MLflow experiment {exp!r} ({uri})"
-        # a CSV's D is in its own units unless --data-axis tokens converted it
-        csv_units = args.csv is not None and args.data_axis == "images"
-        cfg = AnalysisConfig(
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-            drop_highest_loss=args.drop_highest_loss,
-            outlier_sigma=args.outlier_sigma,
-            delta=args.delta,
-            min_steps=args.min_steps,
-            all_points=args.all_points,
-            data_axis=args.data_axis,
-            params=args.params,
-            effective_data=args.effective_data or args.r_star is not None,
-            r_star=args.r_star,
-            data_units="images or tokens (as in the CSV)" if csv_units else None,
-        )
+        # the flags named after AnalysisConfig fields set them
+        opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
+        opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
+        if args.csv is not None and args.data_axis == "images":  # a CSV's D is in its own units
+            opts["data_units"] = "images or tokens (as in the CSV)"
+        cfg = AnalysisConfig(**opts)
         an = analyze(points, cfg)
         budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up
         preds = [predict(an, c) for c in budgets]

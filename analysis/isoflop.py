@@ -291,10 +291,11 @@ def _laws(profiles: list[IsoFlopProfile]) -> tuple[PowerLawFit, PowerLawFit]:
     return n, d
 
 
-def _by_patch(profiles: list[IsoFlopProfile]) -> dict[float, list[IsoFlopProfile]]:
-    out: dict[float, list[IsoFlopProfile]] = {}
-    for p in profiles:
-        out.setdefault(-1.0 if math.isnan(p.patch) else p.patch, []).append(p)
+def _by_patch(pairs) -> dict[float, list]:
+    """{patch size (-1.0 when unknown): [items]} from (patch, item) pairs."""
+    out: dict[float, list] = {}
+    for patch, item in pairs:
+        out.setdefault(-1.0 if math.isnan(patch) else patch, []).append(item)
     return out
 
 
@@ -319,15 +320,13 @@ def fit_isoflop(
     profiles = isoflop_profiles(points, gap_dex, skipped, units)
     slices = slice_sides(points, gap_dex)
     status = censoring(slices, units)
-    by_slice: dict[float, list] = {}
-    for c, patch, g in iter_slices(points, gap_dex):
-        by_slice.setdefault(-1.0 if math.isnan(patch) else patch, []).append((c, g))
+    by_slice = _by_patch((patch, (c, g)) for c, patch, g in iter_slices(points, gap_dex))
     joints = {
         k: jf
         for k, v in by_slice.items()
         if joint and (jf := fit_joint_isoflop(sorted(v, key=lambda t: t[0])))
     }
-    groups = {k: v for k, v in _by_patch(profiles).items() if len(v) >= 3}
+    groups = {k: v for k, v in _by_patch((p.patch, p) for p in profiles).items() if len(v) >= 3}
     if not groups and not joints:
         msg = (
             f"IsoFLOP: {len(slices)} slice(s) (need 3 budgets of one patch size, each with >= 2 model "
@@ -360,9 +359,7 @@ def fit_isoflop(
         what = f"the IsoFLOP N_opt exponent a = {jf.a:.3g} (joint fit of {len(jf.budgets)} budgets)"
         flag_unresolved_exponent(status, what, jf.a_interval, 2)
     elif n_bootstrap > 0 and groups:
-        pts = points.reset_index(drop=True)
-        patch = _patch_of(pts).to_numpy()
-        pts = pts[patch == main].reset_index(drop=True)
+        pts = points[_patch_of(points).to_numpy() == main].reset_index(drop=True)
 
         def one(idx):
             prof = isoflop_profiles(pts.iloc[idx], gap_dex)

@@ -224,18 +224,14 @@ def cluster_budgets(c: pd.Series, gap_dex: float = 0.1) -> pd.Series:
     return pd.Series(med.loc[cluster].to_numpy(), index=c.index)
 
 
-def _frontier_start(pts: pd.DataFrame, gap_dex: float = 0.1) -> float:
-    """The compute (FLOPs) where the frontier starts: the last of the model sizes' first evaluations
-    that lie within `gap_dex` (log10) of the earliest one."""
-    first = np.sort(pts.groupby("N")["C"].min().to_numpy(float))
-    return float(first[first <= first[0] * 10**gap_dex].max())
-
-
-def _frontier_end(pts: pd.DataFrame, gap_dex: float = 0.1) -> float:
-    """The compute where the frontier ends: the first of the model sizes' last evaluations that lie
-    within `gap_dex` (log10) of the latest one (runs of one budget end a few steps' compute apart)."""
-    last = np.sort(pts.groupby("N")["C"].max().to_numpy(float))
-    return float(last[last >= last[-1] / 10**gap_dex].min())
+def _frontier_span(pts: pd.DataFrame, gap_dex: float = 0.1) -> tuple[float, float]:
+    """The compute (FLOPs) where the frontier starts and ends: the last of the model sizes' first
+    evaluations that lie within `gap_dex` (log10) of the earliest one, and the first of their last
+    evaluations within `gap_dex` of the latest one (runs of one budget end a few steps' compute apart)."""
+    c = pts.groupby("N")["C"]
+    first, last = c.min().to_numpy(float), c.max().to_numpy(float)
+    start, end = first[first <= first.min() * 10**gap_dex].max(), last[last >= last.max() / 10**gap_dex].min()
+    return float(start), float(end)
 
 
 def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
@@ -244,7 +240,7 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
     With several points per run, each run's curve is interpolated (in log C) on a log grid of
     `n_grid` budgets and the best run is taken at each; with one point per run, the frontier is
     the Pareto set (each point beats every point of smaller compute). Either way the frontier
-    starts at `_frontier_start` and ends at `_frontier_end`: the first (last) evaluations of the
+    starts and ends at `_frontier_span`: the first (last) evaluations of the
     model sizes, which differ by a few steps' compute, count as one budget, so a model evaluated
     slightly earlier (or stopped slightly later) than the others does not make the frontier's
     first (last) point. Returns columns C, y, N, D, run_id, model (one row
@@ -254,21 +250,21 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
     if len(pts) == 0:
         return pd.DataFrame(columns=["C", y, "N", "D", "run_id", "model"])
     per_run = pts.groupby("run_id").size()
-    start = _frontier_start(pts)
+    start, end = _frontier_span(pts)
     if per_run.max() < 2:
         # one point per run: at one budget (the `budget` column, else a cluster of C) only the best
         # run is on the frontier, whatever order the tied points come in
         has_budget = "budget" in pts.columns and pts["budget"].notna().all()
         key = pts["budget"] if has_budget else cluster_budgets(pts["C"])
         pts = pts.loc[pts.groupby(key)[y].idxmin()].sort_values("C")
-        start = _frontier_start(pts)
+        start = _frontier_span(pts)[0]
         first = pts[pts["C"] <= start]
         pts = pd.concat([first.loc[[first[y].idxmin()]], pts[pts["C"] > start]])  # best of the first budget
         v = pts[y].to_numpy()
         keep = np.r_[True, v[1:] < np.minimum.accumulate(v)[:-1]]  # a new running minimum
         out = pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]]
         return out.reset_index(drop=True)
-    end = max(_frontier_end(pts), start)
+    end = max(end, start)
     grid = np.linspace(math.log(start), math.log(end), n_grid)
     best_y = np.full(n_grid, np.inf)
     rows: list[dict | None] = [None] * n_grid

@@ -133,6 +133,11 @@ def _log_loss_and_shares(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray
     return (m + np.log(s))[..., 0, :], ex / s
 
 
+def _dlogl_dtheta(w: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> tuple[np.ndarray, ...]:
+    """d log L / d (e, a, b, alpha, beta) per point: five (n,) arrays, from the term shares w (3, n)."""
+    return w[2], w[0], w[1], -w[0] * log_n, -w[1] * log_d
+
+
 def objective(
     theta: np.ndarray,
     log_n: np.ndarray,
@@ -148,15 +153,7 @@ def objective(
     pred, w = _log_loss_and_shares(theta, log_n, log_d)
     val, dh = _huber(pred - log_loss, delta)
     scale = 1.0 / len(log_loss) if reduction == "mean" else 1.0
-    g = np.array(
-        [
-            np.dot(dh, w[2]),
-            np.dot(dh, w[0]),
-            np.dot(dh, w[1]),
-            -np.dot(dh, w[0] * log_n),
-            -np.dot(dh, w[1] * log_d),
-        ]
-    )
+    g = np.array([np.dot(dh, v) for v in _dlogl_dtheta(w, log_n, log_d)])
     return float(val.sum() * scale), g * scale
 
 
@@ -180,7 +177,7 @@ def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float, free=N
     """
     pred, w = _log_loss_and_shares(theta, log_n, log_d)
     _, dh = _huber(pred - log_loss, delta)
-    jac = np.stack([w[2], w[0], w[1], -w[0] * log_n, -w[1] * log_d], axis=1)  # (n, 5)
+    jac = np.stack(_dlogl_dtheta(w, log_n, log_d), axis=1)  # (n, 5)
     c = dh[:, None] * jac
     r = np.abs(c.sum(axis=0)) / np.maximum(np.abs(c).sum(axis=0), 1e-300)
     if free is not None:
@@ -315,13 +312,9 @@ class ParametricFit:
         for k, (term, dep, fix) in what.items():
             v = self.params[k]
             lo, hi = ci.get(k, (v, v))
-            share = shares.get(f"{term}_term_vanished", 0.0)
-            if self.vanished.get(term) or share > tail:
-                where = (
-                    "in the fit"
-                    if self.vanished.get(term)
-                    else f"in {100 * share:.0f}% of the bootstrap refits"
-                )
+            share, gone = shares.get(f"{term}_term_vanished", 0.0), self.vanished.get(term)
+            if gone or share > tail:
+                where = "in the fit" if gone else f"in {100 * share:.0f}% of the bootstrap refits"
                 st.add(
                     NOT_IDENTIFIED,
                     f"the {term} term ({'A/N^alpha' if term == 'N' else 'B/D^beta'}) vanished {where} "
@@ -334,7 +327,7 @@ class ParametricFit:
                     f"{k}'s {pct} interval [{lo:.3g}, {hi:.3g}] includes 0 (estimate {v:.3g}): the loss's "
                     f"dependence on {dep} is not resolved, so N_opt, a and b are withheld; {fix}",
                 )
-            elif max(v, hi) >= hi_b - 1e-6 and not self.vanished.get(term):
+            elif max(v, hi) >= hi_b - 1e-6 and not gone:
                 st.add(
                     NOT_IDENTIFIED,
                     f"{k} reached its upper bound {hi_b:g} ({pct} interval [{lo:.3g}, {hi:.3g}]): "
@@ -397,8 +390,7 @@ class ParametricFit:
         alloc = self.allocation_identified
         out.update(a=self.a if alloc else None, b=self.b if alloc else None)
         out.update(objective=self.objective, converged=self.converged, n_points=self.n_points)
-        out["status"] = self.status.status
-        out["reasons"] = list(self.status.reasons)
+        out.update(self.status.to_dict())
         out["exponent_bounds"] = list(self.config.exponent_bounds)
         out["at_bound"] = dict(self.at_bound)
         out["E_at_floor"] = self.e_at_floor
@@ -462,14 +454,8 @@ def check_points(n, d, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _bounds(cfg: ParametricConfig, log_loss: np.ndarray) -> list[tuple[float | None, float | None]]:
     """L-BFGS-B bounds of (e, a, b, alpha, beta): E >= its floor, exponents in `exponent_bounds`."""
-    lo, hi = cfg.exponent_bounds
-    return [
-        (float(log_loss.min()) + math.log(cfg.e_floor_frac), None),
-        (None, None),
-        (None, None),
-        (lo, hi),
-        (lo, hi),
-    ]
+    e_floor = float(log_loss.min()) + math.log(cfg.e_floor_frac)
+    return [(e_floor, None), (None, None), (None, None), cfg.exponent_bounds, cfg.exponent_bounds]
 
 
 def _clip(theta: np.ndarray, bounds) -> np.ndarray:
@@ -491,8 +477,7 @@ def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarr
     if log_loss is not None:
         e_vals += [float(log_loss.min()) + math.log(f) for f in cfg.e_fractions]
     return np.array(
-        list(itertools.product(e_vals, cfg.a_grid, cfg.b_grid, cfg.alpha_grid, cfg.beta_grid)),
-        dtype=float,
+        list(itertools.product(e_vals, cfg.a_grid, cfg.b_grid, cfg.alpha_grid, cfg.beta_grid)), float
     )
 
 
@@ -518,12 +503,8 @@ def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, pol
 
     Returns (theta, objective, stationarity over the free parameters off their bounds, iterations).
     """
-    opts: dict = {"maxiter": cfg.maxiter}
     ftol, gtol = (cfg.polish_ftol, cfg.polish_gtol) if polish else (cfg.ftol, cfg.gtol)
-    if ftol is not None:
-        opts["ftol"] = ftol
-    if gtol is not None:
-        opts["gtol"] = gtol
+    opts = {k: v for k, v in (("maxiter", cfg.maxiter), ("ftol", ftol), ("gtol", gtol)) if v is not None}
     args = (log_n, log_d, log_loss, cfg.delta, cfg.reduction)
     x0 = _clip(np.asarray(theta0, float), bounds)
     if fix_e is None:
@@ -561,13 +542,11 @@ def _varpro_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.nda
             coef, rnorm = nnls(design, np.ones_like(loss))
             cands.append((rnorm, coef, alpha, beta))
     cands.sort(key=lambda c: c[0])
-    out = []
     floor = cfg.e_floor_frac * loss.min()  # an NNLS zero becomes the floor (a bound, not a start value)
-    for _, (e, a, b), alpha, beta in cands[: cfg.n_varpro_starts]:
-        out.append(
-            np.array([math.log(max(e, floor)), math.log(max(a, floor)), math.log(max(b, floor)), alpha, beta])
-        )
-    return out
+    return [
+        np.array([*(math.log(max(v, floor)) for v in coef), alpha, beta])
+        for _, coef, alpha, beta in cands[: cfg.n_varpro_starts]
+    ]
 
 
 def _converged(f: float, stat: float, n: int, cfg: ParametricConfig) -> bool:
@@ -667,7 +646,6 @@ def fit_parametric(
     bounds = _bounds(cfg, log_loss)
     starts = _grid_starts(*logs, cfg)
     theta, f, stat, n_conv = _fit_theta(*logs, cfg, starts, bounds)
-    n_starts = len(starts)
     converged = _converged(f, stat, len(log_n), cfg)
     polish = cfg.polish_ftol is not None or cfg.polish_gtol is not None
     if converged and polish:
@@ -699,7 +677,7 @@ def fit_parametric(
         objective=f,
         converged=bool(converged),
         n_points=len(log_n),
-        n_starts=n_starts,
+        n_starts=len(starts),
         n_converged_starts=n_conv,
         stationarity=stat,
         config=cfg,
