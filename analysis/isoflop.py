@@ -79,7 +79,7 @@ def iter_slices(points: pd.DataFrame, gap_dex: float = 0.1):
         yield float(g["C"].median()), (math.nan if patch < 0 else float(patch)), g
 
 
-def _patch_txt(patch: float) -> str:
+def patch_text(patch: float) -> str:
     return "" if math.isnan(patch) else f", patch {patch:g}"
 
 
@@ -90,14 +90,14 @@ def _profile(
     ln = np.log(g["N"].to_numpy(float))
     if len(np.unique(ln)) < 3:
         skipped.append(
-            f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: {len(np.unique(ln))} model size(s); a "
+            f"IsoFLOP budget {c:.3g} FLOPs{patch_text(patch)}: {len(np.unique(ln))} model size(s); a "
             "parabola of its own needs 3 (the joint fit uses 2) - add model sizes at this budget"
         )
         return None
     coef = np.polyfit(ln, g["loss"].to_numpy(float), 2)
     if coef[0] <= 0:
         skipped.append(
-            f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: the parabola opens downward (no minimum); "
+            f"IsoFLOP budget {c:.3g} FLOPs{patch_text(patch)}: the parabola opens downward (no minimum); "
             "skipped"
         )
         return None
@@ -105,7 +105,7 @@ def _profile(
     if not ln.min() <= x_opt <= ln.max():
         side = "smaller" if x_opt < ln.min() else "larger"
         skipped.append(
-            f"IsoFLOP budget {c:.3g} FLOPs{_patch_txt(patch)}: the parabola's minimum "
+            f"IsoFLOP budget {c:.3g} FLOPs{patch_text(patch)}: the parabola's minimum "
             f"(N={math.exp(x_opt):.3g} {units}) lies outside the models trained there "
             f"(N {math.exp(ln.min()):.3g}..{math.exp(ln.max()):.3g} {units}); "
             f"budget skipped - add {side} models at this budget"
@@ -173,7 +173,7 @@ def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
     usable = [s for s in slices if s.side != "single"]
     side, below = bound["side"], bound["side"] == "below"
     sign, edge = ("<", 0) if below else (">", -1)
-    per = "; ".join(f"{s.compute:.3g} FLOPs{_patch_txt(s.patch)}: {sign} {s.sizes[edge]:.3g}" for s in usable)
+    per = "; ".join(f"{s.compute:.3g} FLOPs{patch_text(s.patch)}: {sign} {s.sizes[edge]:.3g}" for s in usable)
     return Status().add(
         CENSORED,
         f"N_opt {side} {bound['N']:.3g} {units} at every budget: the {'smallest' if below else 'largest'} "
@@ -210,28 +210,26 @@ class IsoFlopFit(AllocationExponents):
         lines = [f"IsoFLOP profiles: {len(self.profiles)} usable slice(s) (budget x patch size)"]
         for p in self.profiles:
             lines.append(
-                f"  C={p.compute:.3g} FLOPs{_patch_txt(p.patch)}: N_opt={p.n_opt:.3g} {self.units[0]}, "
+                f"  C={p.compute:.3g} FLOPs{patch_text(p.patch)}: N_opt={p.n_opt:.3g} {self.units[0]}, "
                 f"D_opt={p.d_opt:.3g} {self.units[1]}, L_opt={p.loss_opt:.4g} ({p.n_points} points)"
             )
         se = self.bootstrap.se() if self.bootstrap else {}
         j = self.joint
         if j is not None:
             lo, hi = j.a_interval
+            minima = (
+                f"a = {self.minima_a:.4f}" if math.isfinite(self.minima_a) else "none (< 3 usable budgets)"
+            )
             lines.append(
                 f"  joint fit of {len(j.budgets)} budgets ({j.n_points} points, one curvature in log loss "
                 f"{j.curvature:.4g}, rmse of ln L {j.rmse_log:.3g}): a = {j.a:.4f}, 95% [{lo:.3g}, {hi:.3g}] "
-                f"(t, {j.dof} dof); through the per-budget minima above: "
-                + (
-                    f"a = {self.minima_a:.4f}"
-                    if math.isfinite(self.minima_a)
-                    else "none (< 3 usable budgets)"
-                )
+                f"(t, {j.dof} dof); through the per-budget minima above: {minima}"
             )
         for name, law in (("N_opt", self.n_opt), ("D_opt", self.d_opt)):
             if law:
                 e = -law.params["alpha"]
                 err = "" if j is not None else f" (se {se.get(name + '_exp', math.nan):.3g})"
-                lines.append(f"  {name} = {law.params['A']:.4g} C^{e:.4f}{err}{_patch_txt(self.patch)}")
+                lines.append(f"  {name} = {law.params['A']:.4g} C^{e:.4f}{err}{patch_text(self.patch)}")
         if self.bootstrap is not None:
             lines.append(
                 f"  bootstrap: {self.bootstrap.n_requested} resamples of runs, {self.bootstrap.n_failed} "
@@ -241,8 +239,7 @@ class IsoFlopFit(AllocationExponents):
 
     def to_dict(self) -> dict:
         out: dict = {
-            "status": self.status.status,
-            "reasons": list(self.status.reasons),
+            **self.status.to_dict(),
             "profiles": [
                 {
                     "C": p.compute,

@@ -315,8 +315,7 @@ class FrontierFit(AllocationExponents):
 
     def to_dict(self) -> dict:
         return {
-            "status": self.status.status,
-            "reasons": list(self.status.reasons),
+            **self.status.to_dict(),
             "n_frontier_points": len(self.frontier),
             "frontier_models": sorted(map(str, self.frontier["model"].unique()))
             if len(self.frontier)

@@ -466,8 +466,7 @@ class Prediction:
         if self.n_opt is None:
             bound = self.n_opt_bound
             known = f"N_opt {bound['side']} {bound['N']:.3g} {u['N']}" if bound else "not identified"
-            lines.append(f"  model size N_opt : withheld ({known})")
-            lines.append("  data D_opt       : withheld")
+            lines += [f"  model size N_opt : withheld ({known})", "  data D_opt       : withheld"]
         else:
             interval = "" if math.isnan(self.n_opt.lo) else f" ({pct} interval)"
             lines.append(f"  model size N_opt : {self.n_opt} {u['N']}{interval}")

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from analysis.isoflop import iter_slices, patch_text  # noqa: E402
 from analysis.parametric import optimal_allocation  # noqa: E402
 from analysis.pipeline import Analysis  # noqa: E402
 
@@ -18,18 +19,20 @@ GFLOPS_LABEL = "model forward Gflops (multiply-adds per image, DiT paper convent
 LOSS_LABEL = "validation loss (per-element MSE / nats)"
 
 
-def _n_label(an: Analysis) -> str:
-    return f"N ({an.units.get('N', 'parameters')})"
-
-
-def _d_label(an: Analysis) -> str:
-    return f"D ({an.units.get('D', 'images')})"
+def _label(an: Analysis, q: str) -> str:
+    """Axis label of N or D with its unit."""
+    return f"{q} ({an.units.get(q, 'parameters' if q == 'N' else 'images')})"
 
 
 def _colors(values):
     v = np.log(np.asarray(values, float))
-    span = np.ptp(v) or 1.0
-    return plt.cm.viridis((v - v.min()) / span)
+    return plt.cm.viridis((v - v.min()) / (np.ptp(v) or 1.0))
+
+
+def _run_colors(pts) -> tuple:
+    """(N per run, {run_id: colour by log N})."""
+    ns = pts.groupby("run_id")["N"].first()
+    return ns, dict(zip(ns.index, _colors(ns.to_numpy())))
 
 
 def _save(fig, path: Path) -> Path:
@@ -50,8 +53,7 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 5))
     pts = an.points
     runs = pts.groupby("run_id")
-    ns = runs["N"].first()
-    colors = dict(zip(ns.index, _colors(ns.to_numpy())))
+    ns, colors = _run_colors(pts)
     several = runs.size().max() > 1
     for rid, g in runs:
         g = g.sort_values("C")
@@ -81,7 +83,7 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
     sm = plt.cm.ScalarMappable(
         cmap="viridis", norm=matplotlib.colors.LogNorm(ns.min(), max(ns.max(), ns.min() * 1.01))
     )
-    fig.colorbar(sm, ax=ax, label=_n_label(an))
+    fig.colorbar(sm, ax=ax, label=_label(an, "N"))
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=LOSS_LABEL, title="Loss vs compute")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -90,14 +92,12 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
 def plot_isoflop(an: Analysis, path) -> Path:
     """IsoFLOP profiles: loss against N per budget, the fitted parabolas in log N and their minima."""
     fig, ax = plt.subplots(figsize=(7, 5))
-    from analysis.isoflop import iter_slices
-
     slices = list(iter_slices(an.points, an.config.isoflop_gap_dex))
     cols = _colors([c for c, _, _ in slices]) if slices else []
     for (c, patch, g), col in zip(slices, cols):
-        ptxt = "" if np.isnan(patch) else f", patch {patch:g}"
         g = g.sort_values("N")
-        ax.plot(g["N"], g["loss"], "o:", ms=4, lw=0.8, color=col, alpha=0.7, label=f"C = {c:.2g} FLOPs{ptxt}")
+        label = f"C = {c:.2g} FLOPs{patch_text(patch)}"
+        ax.plot(g["N"], g["loss"], "o:", ms=4, lw=0.8, color=col, alpha=0.7, label=label)
         for p in an.isoflop.profiles:
             if np.isclose(p.compute, c) and (np.isnan(p.patch) and np.isnan(patch) or p.patch == patch):
                 nn = np.logspace(np.log10(p.n_range[0]) - 0.2, np.log10(p.n_range[1]) + 0.2, 60)
@@ -119,7 +119,7 @@ def plot_isoflop(an: Analysis, path) -> Path:
         ax.text(0.02, 0.02, f"{an.isoflop.status.status}: {msg[:90]}...", transform=ax.transAxes, fontsize=6)
     ax.set(
         xscale="log",
-        xlabel=_n_label(an),
+        xlabel=_label(an, "N"),
         ylabel=LOSS_LABEL,
         title="IsoFLOP slices: own parabola (-, * vertex), joint fit (--, \u25c6 vertex on the N_opt law)",
     )
@@ -131,7 +131,7 @@ def plot_allocation(an: Analysis, path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     cc = _c_range(an, extend=2.0)
     k = an.flops_per_param_datum
-    for j, (ax, name, label) in enumerate(zip(axes, ("N_opt", "D_opt"), (_n_label(an), _d_label(an)))):
+    for j, (ax, name, label) in enumerate(zip(axes, ("N_opt", "D_opt"), (_label(an, "N"), _label(an, "D")))):
         pf = an.parametric
         if pf is not None and pf.allocation_identified:
             opt = optimal_allocation(pf.params, cc, k)[j]
@@ -170,8 +170,7 @@ def plot_fid(an: Analysis, path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     final = pts.sort_values("C").groupby("run_id").tail(1)
-    ns = pts.groupby("run_id")["N"].first()
-    colors = dict(zip(ns.index, _colors(ns.to_numpy())))
+    colors = _run_colors(pts)[1]
     ax = axes[0]
     if final["forward_gflops"].notna().any():
         for _, r in final.iterrows():
@@ -179,13 +178,8 @@ def plot_fid(an: Analysis, path) -> Path | None:
             ax.annotate(str(r["model"]), (r["forward_gflops"], r["fid"]), fontsize=6)
     else:
         ax.text(0.5, 0.5, "no model.forward_gflops logged", transform=ax.transAxes, ha="center")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel=GFLOPS_LABEL,
-        ylabel="FID (final evaluation)",
-        title="FID vs Gflops",
-    )
+    ax.set(xscale="log", yscale="log", xlabel=GFLOPS_LABEL, ylabel="FID (final evaluation)")
+    ax.set_title("FID vs Gflops")
     ax = axes[1]
     for rid, g in pts.groupby("run_id"):
         g = g.sort_values("C")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.parametric import LOG_SE_KEYS
-from analysis.pipeline import Analysis, HoldoutResult, Prediction, budget_labels
+from analysis.pipeline import Analysis, HoldoutResult, Prediction, budget_labels, residual_summary
 from analysis.plots import plot_all
 from analysis.status import Status, worst
 
@@ -147,8 +147,7 @@ def markdown(
     lines += [f"- {n}" for n in an.selection_notes] or ["- every point of every run (one point per run)"]
     lines += ["", "## Removed points", ""]
     if len(an.removed):
-        lines.append("| run | model | N | D | C (FLOPs) | loss | reason |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines += ["| run | model | N | D | C (FLOPs) | loss | reason |", "|---|---|---|---|---|---|---|"]
         for _, r in an.removed.iterrows():
             lines.append(
                 f"| {r['run_id']} | {r['model']} | {r['N']:.4g} | {r['D']:.4g} | {r['C']:.4g} | "
@@ -210,14 +209,11 @@ def markdown(
         for r in bad:
             lines.append(f"  - {r['C']:.3g} FLOPs: observed {r['observed']}, fitted law {r['predicted']}")
     if an.residuals is not None:
-        summ = an.to_dict()["diagnostics"]["residuals"]
+        summ = residual_summary(an.residuals)
         lines.append(f"- residuals ln(L_obs / L_fit): rms {summ['rmse']:.3g}; by budget (FLOPs) and model:")
-        for row in summ["by_budget"]:
-            lines.append(
-                f"  - {row['budget']:.3g} FLOPs: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}"
-            )
-        for row in summ["by_model"]:
-            lines.append(f"  - {row['model']}: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}")
+        for row in summ["by_budget"] + summ["by_model"]:
+            where = f"{row['budget']:.3g} FLOPs" if "budget" in row else row["model"]
+            lines.append(f"  - {where}: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}")
     if an.messages:
         lines += ["", "## Notes", ""] + [f"- {m}" for m in an.messages]
     lines += ["", "## Figures", ""]
