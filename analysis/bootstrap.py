@@ -116,20 +116,16 @@ def bootstrap_points(
     its bound) or None when the refit failed; failures are counted in `n_failed`, never hidden.
     """
     rng = np.random.default_rng(seed)
-    rows: list[dict[str, float]] = []
-    n_failed = 0
+    results: list[dict[str, float] | None] = []
     for _ in range(n_resamples):
         idx = resample_indices(n, rng, groups)
         try:
-            r = fit_one(idx)
+            results.append(fit_one(idx))
         except (ValueError, np.linalg.LinAlgError, FloatingPointError, OverflowError) as e:
             log.debug("bootstrap refit failed: %s", e)
-            r = None
-        if r is None:
-            n_failed += 1
-        else:
-            rows.append(r)
-    if n_failed:
+            results.append(None)
+    rows = [r for r in results if r is not None]
+    if n_failed := n_resamples - len(rows):
         log.info("bootstrap: %d of %d resamples failed (reported as share_failed)", n_failed, n_resamples)
     keys = list(rows[0]) if rows else []
     samples = {k: np.array([r[k] for r in rows], dtype=float) for k in keys if not k.startswith(BOUND_PREFIX)}

@@ -188,8 +188,7 @@ def fit_power_law(
         a, alpha = _pure(lx[idx], ly[idx])
         return {"A": a, "alpha": alpha}
 
-    all_idx = np.arange(len(x))
-    params = params_of(all_idx)
+    params = params_of(np.arange(len(x)))
     fit = PowerLawFit("saturating" if saturating else "pure", params, 0.0, len(x), x_name, y_name)
     fit.rmse_log = float(np.sqrt(np.mean((np.log(fit.predict(x)) - ly) ** 2)))
     if not saturating and len(x) > 2:
@@ -397,20 +396,13 @@ def _bootstrap_frontier(
     """Resample runs with replacement, recompute the frontier, refit its laws; attach to each law."""
     rng = np.random.default_rng(seed)
     runs = pts["run_id"].unique()
-    rows: list[list[dict]] = [[], [], []]
-    failed = [0, 0, 0]
+    draws = []  # per resample: the refitted (y, N_opt, D_opt) laws, None where not fitted
     for _ in range(n_bootstrap):
         pick = np.unique(rng.choice(runs, size=len(runs), replace=True))
         fr = compute_frontier(pts[pts["run_id"].isin(pick)], y, n_grid)
-        laws = _frontier_laws(fr, y) if len(fr) else [None, None, None]
-        for j, law in enumerate(laws):
-            if law is None:
-                failed[j] += 1
-            else:
-                rows[j].append(law.params)
+        draws.append(_frontier_laws(fr, y) if len(fr) else [None, None, None])
     for j, law in enumerate((fit.y_law, fit.n_opt, fit.d_opt)):
-        if law is None:
-            continue
-        keys = list(law.params)
-        samples = {k: np.array([r[k] for r in rows[j]], float) for k in keys}
-        law.bootstrap = BootstrapResult(samples, n_bootstrap, unit="runs", n_failed=failed[j])
+        if law is not None:
+            ok = [d[j].params for d in draws if d[j] is not None]
+            samples = {k: np.array([r[k] for r in ok], float) for k in law.params}
+            law.bootstrap = BootstrapResult(samples, n_bootstrap, unit="runs", n_failed=n_bootstrap - len(ok))

@@ -391,11 +391,8 @@ class ParametricFit:
         out.update(a=self.a if alloc else None, b=self.b if alloc else None)
         out.update(objective=self.objective, converged=self.converged, n_points=self.n_points)
         out.update(self.status.to_dict())
-        out["exponent_bounds"] = list(self.config.exponent_bounds)
-        out["at_bound"] = dict(self.at_bound)
-        out["E_at_floor"] = self.e_at_floor
-        out["E_upper95"] = self.e_upper
-        out["term_vanished"] = dict(self.vanished)
+        out.update(exponent_bounds=list(self.config.exponent_bounds), at_bound=dict(self.at_bound))
+        out.update(E_at_floor=self.e_at_floor, E_upper95=self.e_upper, term_vanished=dict(self.vanished))
         if self.bootstrap is not None:
             out["se"] = self.se  # ln_E, ln_A, ln_B in log space
             ci = self.conf_int()
@@ -654,10 +651,9 @@ def fit_parametric(
     e_at_floor = bool(converged and math.exp(theta[0]) < cfg.e_at_floor_frac * lmin)
     e_up, profile = None, []
     if e_at_floor:  # the best fit wants E -> 0: fit E = 0 exactly, then bound E by its profile
-        theta0, f0, s0, _ = _fit_theta(*logs, cfg, [theta, *starts], bounds, fix_e=-np.inf)
+        theta, f, stat, _ = _fit_theta(*logs, cfg, [theta, *starts], bounds, fix_e=-np.inf)
         if polish:
-            theta0, f0, s0 = _polished(theta0, f0, s0, logs, cfg, bounds, fix_e=-np.inf)
-        theta, f, stat = theta0, f0, s0
+            theta, f, stat = _polished(theta, f, stat, logs, cfg, bounds, fix_e=-np.inf)
         converged = _converged(f, stat, len(log_n), cfg)
         profile = profile_e(theta, *logs, cfg)
         e_up = e_upper_bound(profile, f, len(log_n), cfg.profile_threshold, lmin)
