@@ -236,14 +236,11 @@ def _frontier_span(pts: pd.DataFrame, gap_dex: float = 0.1) -> tuple[float, floa
 def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
     """Lower envelope of y over runs against compute (Chinchilla approach 1).
 
-    With several points per run, each run's curve is interpolated (in log C) on a log grid of
-    `n_grid` budgets and the best run is taken at each; with one point per run, the frontier is
-    the Pareto set (each point beats every point of smaller compute). Either way the frontier
-    starts and ends at `_frontier_span`: the first (last) evaluations of the
-    model sizes, which differ by a few steps' compute, count as one budget, so a model evaluated
-    slightly earlier (or stopped slightly later) than the others does not make the frontier's
-    first (last) point. Returns columns C, y, N, D, run_id, model (one row
-    per frontier point, sorted by C).
+    With several points per run, each run's curve is interpolated (in log C) on a log grid of `n_grid`
+    budgets and the best run is taken at each; with one point per run, the frontier is the Pareto set
+    (each point beats every point of smaller compute). Either way it spans `_frontier_span`, so a model
+    evaluated slightly earlier (or stopped slightly later) than the others does not make the frontier's
+    first (last) point. Returns columns C, y, N, D, run_id, model (one row per frontier point, by C).
     """
     pts = points.dropna(subset=[y]).sort_values("C")
     if len(pts) == 0:

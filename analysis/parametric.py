@@ -308,12 +308,13 @@ class ParametricFit:
             "beta": ("D", "data D", "add budgets spanning at least 10x in D (longer runs of each model)"),
         }
         shares = self.bootstrap.share_at_bound() if self.bootstrap is not None else {}
-        tail = (1 - self.level) / 2
+        tail, withheld = (1 - self.level) / 2, False
         for k, (term, dep, fix) in what.items():
             v = self.params[k]
             lo, hi = ci.get(k, (v, v))
             share, gone = shares.get(f"{term}_term_vanished", 0.0), self.vanished.get(term)
             if gone or share > tail:
+                withheld = True
                 where = "in the fit" if gone else f"in {100 * share:.0f}% of the bootstrap refits"
                 st.add(
                     NOT_IDENTIFIED,
@@ -322,22 +323,20 @@ class ParametricFit:
                     f"N_opt, a and b are withheld; {fix}",
                 )
             if min(v, lo) <= lo_b + 1e-6:
+                withheld = True
                 st.add(
                     NOT_IDENTIFIED,
                     f"{k}'s {pct} interval [{lo:.3g}, {hi:.3g}] includes 0 (estimate {v:.3g}): the loss's "
                     f"dependence on {dep} is not resolved, so N_opt, a and b are withheld; {fix}",
                 )
             elif max(v, hi) >= hi_b - 1e-6 and not gone:
+                withheld = True
                 st.add(
                     NOT_IDENTIFIED,
                     f"{k} reached its upper bound {hi_b:g} ({pct} interval [{lo:.3g}, {hi:.3g}]): "
                     f"the {dep} term is not identified, so N_opt, a and b are withheld; {fix}",
                 )
-        self.allocation_identified = self.converged and not any(
-            r.startswith((f"{k}'s", f"{k} reached", f"the {t} term"))
-            for k, t in (("alpha", "N"), ("beta", "D"))
-            for r in st.reasons
-        )
+        self.allocation_identified = self.converged and not withheld
         bs = self.bootstrap
         if bs is not None and bs.share_failed > 0.2:
             st.add(
@@ -361,14 +360,13 @@ class ParametricFit:
         ]
         se, ci = self.se, self.conf_int()
         alloc = self.allocation_identified
-        values = dict(self.params, a=self.a if alloc else math.nan, b=self.b if alloc else math.nan)
-        for k, v in values.items():
-            lo, hi = ci.get(k, (math.nan, math.nan))
-            s = se.get(f"ln_{k}" if k in ("E", "A", "B") else k, math.nan)
-            s_txt = f"{s:.4g}" + (" (ln)" if k in ("E", "A", "B") else "     ")
+        for k, v in dict(self.params, a=self.a, b=self.b).items():
             if k in ("a", "b") and not alloc:
                 lines.append(f"{k:>8} {'withheld':>12}")
                 continue
+            lo, hi = ci.get(k, (math.nan, math.nan))
+            s = se.get(f"ln_{k}" if k in ("E", "A", "B") else k, math.nan)
+            s_txt = f"{s:.4g}" + (" (ln)" if k in ("E", "A", "B") else "     ")
             lines.append(f"{k:>8} {v:12.5g} {s_txt:>16} {lo:12.5g} {hi:12.5g}")
         if self.e_at_floor:
             lines.append(f"E = 0 (at its floor); E < {self.e_upper:.4g} at 95% (one-sided, profile)")

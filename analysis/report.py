@@ -12,7 +12,7 @@ import numpy as np
 from analysis.parametric import LOG_SE_KEYS
 from analysis.pipeline import Analysis, HoldoutResult, Prediction, budget_labels, residual_summary
 from analysis.plots import plot_all
-from analysis.status import Status, worst
+from analysis.status import worst
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,11 @@ def _jsonable(x):
     return x
 
 
-def overall_status(an: Analysis, predictions=()) -> Status:
-    """The status of the whole result: the fits' and every prediction's, whichever is worst."""
-    return worst(an.status, *(p.status for p in predictions))
-
-
 def results_dict(an: Analysis, predictions=(), holdout: HoldoutResult | None = None) -> dict:
     """Everything as one JSON-ready dict: status and reasons first, then the parametric law's E, A, B,
     alpha, beta at the top level, then everything else."""
     out = an.to_dict()
-    st = overall_status(an, predictions)
+    st = worst(an.status, *(p.status for p in predictions))  # the fits' and every prediction's
     out["status"], out["reasons"] = st.status, list(st.reasons)
     out["predictions"] = [p.to_dict() for p in predictions]
     out["holdout"] = holdout.to_dict() if holdout else None
@@ -126,7 +121,7 @@ def markdown(
     """The report text; plot paths are written relative to the report's folder."""
     pts = an.points
     u = an.units
-    st = overall_status(an, predictions)
+    st = worst(an.status, *(p.status for p in predictions))
     lines = [
         "# DiT scaling-law analysis",
         "",
