@@ -143,14 +143,7 @@ def slice_sides(points: pd.DataFrame, gap_dex: float = 0.1) -> list[IsoFlopSlice
         best = g.groupby("N")["loss"].min()
         sizes = tuple(float(n) for n in best.index)
         n_best = float(best.idxmin())
-        if len(sizes) < 2:
-            side = "single"
-        elif n_best == sizes[0]:
-            side = "below"
-        elif n_best == sizes[-1]:
-            side = "above"
-        else:
-            side = "interior"
+        side = "single" if len(sizes) < 2 else {sizes[0]: "below", sizes[-1]: "above"}.get(n_best, "interior")
         out.append(IsoFlopSlice(c, patch, sizes, n_best, side))
     return sorted(out, key=lambda s: s.compute)
 

@@ -42,9 +42,7 @@ def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
         )
     if len(df) == 0:
         raise ValueError(f"{source}: no rows")
-    for col in ("N", "D", "C", "loss"):
-        if col not in df.columns:
-            continue
+    for col in [c for c in ("N", "D", "C", "loss") if c in df.columns]:
         v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
         bad = ~np.isfinite(v) | (v <= 0)
         if bad.any():
