@@ -341,10 +341,9 @@ def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = 
             f"final point of each is used ({int(mid.sum())} intermediate points left out: "
             "mid-schedule, not finished runs)"
         )
-    for name in ("constant", "unknown"):
+    for name, what in (("constant", "a constant lr"), ("unknown", "no logged optim.schedule")):
         m = (sched == name) & several
         if m.any():
-            what = "a constant lr" if name == "constant" else "no logged optim.schedule"
             notes.append(
                 f"{pts.loc[m, 'run_id'].nunique()} run(s) with {what}: every intermediate point is used as "
                 "if it were a finished run (no cooldown: these points sit above a finished run's loss)"
