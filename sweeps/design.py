@@ -543,12 +543,7 @@ def launch_adaptive(
             with sweep_lock(sdir):
                 record = read_record(sdir)
                 if b not in record:  # another launcher may have placed it meanwhile: its choice stands
-                    record[b] = {
-                        "centre": centre.n,
-                        "source": centre.source,
-                        "note": centre.note,
-                        "cells": ids,
-                    }
+                    record[b] = dict(centre=centre.n, source=centre.source, note=centre.note, cells=ids)
                     _write_record(sdir, record)
                 rec = record[b]
         centre = Centre(float(rec["centre"]), rec["source"], rec.get("note", ""))

@@ -121,12 +121,8 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
         "slurm_signal_delay_s": spec.signal_delay_s,
         "slurm_additional_parameters": extra,
     }
-    if spec.gpus_per_node:
-        params["gpus_per_node"] = spec.gpus_per_node
-    if spec.mem_gb:
-        params["mem_gb"] = spec.mem_gb
-    if spec.partition:
-        params["slurm_partition"] = spec.partition
+    optional = {"gpus_per_node": spec.gpus_per_node, "mem_gb": spec.mem_gb, "slurm_partition": spec.partition}
+    params |= {k: v for k, v in optional.items() if v}  # unset ones are left to the cluster's defaults
     if spec.setup:
         params["slurm_setup"] = list(spec.setup)
     ex.update_parameters(**params)
@@ -211,12 +207,8 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
         )
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
+    rows = (line.split() for line in out.stdout.splitlines())
+    return {row[0]: row[1] for row in rows if len(row) == 2}
 
 
 def slurm_requeued() -> bool:
@@ -253,14 +245,8 @@ class CellJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=has_gpus, overwrite=True
             )
-        log.info(
-            "cell %s (sweep %s), job %s, rank %d/%d",
-            task.cell_id,
-            task.sweep,
-            env.job_id,
-            env.global_rank,
-            env.num_tasks,
-        )
+        rank = f"{env.global_rank}/{env.num_tasks}"
+        log.info("cell %s (sweep %s), job %s, rank %s", task.cell_id, task.sweep, env.job_id, rank)
         return run_task(task, str(env.job_id))
 
     def checkpoint(self, task: CellTask) -> submitit.helpers.DelayedSubmission:
@@ -314,12 +300,8 @@ def warm_unsupported(spec: ExecutorSpec) -> str:
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
+    """A trainer result's plain fields (what pickles and logs anywhere)."""
     if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return {k: v for k, v in dataclasses.asdict(result).items() if _plain(v)}
-    if isinstance(result, dict):
-        return result
-    return {"result": repr(result)}
-
-
-def _plain(v: Any) -> bool:
-    return v is None or isinstance(v, (str, int, float, bool, list, tuple, dict))
+        plain = (type(None), str, int, float, bool, list, tuple, dict)
+        return {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, plain)}
+    return result if isinstance(result, dict) else {"result": repr(result)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from dit_core.configio import join_negative_values, parse_scalar
@@ -182,8 +183,8 @@ _SPEC_ARGS = (
     "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "design", "min_steps",
     "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param", "prior",
 )  # fmt: skip
-_RENAMED = {"grid": "families", "patch": "patch_sizes", "max_steps": "isoflop_max_steps"}
-#: Flags that set an `ExecutorSpec` field (``--executor`` sets its ``name``).
+_RENAMED = {"grid": "families", "patch": "patch_sizes", "max_steps": "isoflop_max_steps", "executor": "name"}
+#: Flags that set an `ExecutorSpec` field (of the same name; ``--executor`` sets its ``name``).
 _EXECUTOR_ARGS = (
     "executor", "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
     "timeout_min", "array_parallelism", "local_parallelism", "local_warm", "signal_delay_s", "max_retries",
@@ -193,11 +194,7 @@ _EXECUTOR_ARGS = (
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     """The YAML sweep with the command-line overrides applied (validated)."""
     spec = load_spec(args.config)
-    top: dict = {}
-    for arg in _SPEC_ARGS:
-        v = getattr(args, arg)
-        if v is not None:
-            top[_RENAMED.get(arg, arg)] = v
+    top = {_RENAMED.get(a, a): getattr(args, a) for a in _SPEC_ARGS if getattr(args, a) is not None}
     design = args.design or spec.design
     if design != "grid":
         given = [
@@ -232,11 +229,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
                 raise ValueError(f"--set {item!r} must be KEY=VALUE, e.g. --set optim.lr=3e-4")
             train[key.strip()] = parse_scalar(value)
         top["train"] = train
-    ex = {}
-    for k in _EXECUTOR_ARGS:
-        v = getattr(args, k)
-        if v is not None:
-            ex["name" if k == "executor" else k] = v
+    ex = {_RENAMED.get(a, a): getattr(args, a) for a in _EXECUTOR_ARGS if getattr(args, a) is not None}
     if args.sbatch:
         ex["sbatch"] = list(spec.executor.sbatch) + args.sbatch
     if args.setup:
@@ -287,9 +280,7 @@ def cmd_status(spec: SweepSpec) -> int:
     states = read_states(uri, spec.experiment, spec.name, run_dirs, with_progress=True, runs=runs)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
     print(status_table(list(states.values()), cells))
-    counts: dict[str, int] = {}
-    for s in states.values():
-        counts[s.state] = counts.get(s.state, 0) + 1
+    counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     for line in _left_out_lines(spec):
         print(line)
@@ -416,12 +407,8 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
 
 
 def _sweep_args(args: argparse.Namespace) -> str:
-    parts = []
-    for flag in ("config", "name", "experiment", "tracking_uri", "output_dir"):
-        v = getattr(args, flag)
-        if v:
-            parts.append(f"--{flag.replace('_', '-')} {v}")
-    return " ".join(parts)
+    flags = ("config", "name", "experiment", "tracking_uri", "output_dir")
+    return " ".join(f"--{f.replace('_', '-')} {getattr(args, f)}" for f in flags if getattr(args, f))
 
 
 def main(argv: list[str] | None = None) -> int:

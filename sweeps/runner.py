@@ -210,25 +210,20 @@ def _launch(
     return result
 
 
+@dataclass
 class _Runner:
     """Submits tasks (one array on SLURM; locally one per free slot of ``local_parallelism``) and waits."""
 
-    def __init__(
-        self,
-        prep: Prepared,
-        executor: Any,
-        result: LaunchResult,
-        states: dict[str, CellState],
-        on_progress: Callable[[Progress], None] | None,
-        poll_s: float,
-        others: dict[str, str],
-    ) -> None:
-        self.prep, self.executor, self.result, self.states = prep, executor, result, states
-        self.on_progress, self.poll_s = on_progress, poll_s
-        self.others = others  # live cells of an earlier launcher: {cell: run folder}; they hold slots
-        self.jobs: dict[str, Any] = {}
-        self.run_dirs: dict[str, str] = {}
-        self.t0 = time.monotonic()
+    prep: Prepared
+    executor: Any
+    result: LaunchResult
+    states: dict[str, CellState]
+    on_progress: Callable[[Progress], None] | None
+    poll_s: float
+    others: dict[str, str]  # live cells of an earlier launcher: {cell: run folder}; they hold slots
+    jobs: dict[str, Any] = field(default_factory=dict)
+    run_dirs: dict[str, str] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
 
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
@@ -324,15 +319,13 @@ class _Runner:
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
         if self.on_progress is None:
             return
-        failed = len(self.result.errors)
-        done = len(self.result.results)
         queued = sum(_is_queued(self.jobs[cid]) for cid in live) if self.prep.kind == "slurm" else 0
         self.on_progress(
             Progress(
                 total=len(self.result.job_ids) + len(pending),
-                done=done,
+                done=len(self.result.results),
                 running=len(live) - queued,
-                failed=failed,
+                failed=len(self.result.errors),
                 pending=len(pending),
                 elapsed_s=time.monotonic() - self.t0,
                 queued=queued,

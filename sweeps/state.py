@@ -181,14 +181,8 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
     client = MlflowClient(tracking_uri=tracking_uri)
 
     def one(sub: Submission) -> None:
-        tags = {
-            "executor": sub.job.executor,
-            "job_id": sub.job.job_id,
-            "job_folder": sub.job.folder,
-            "attempts": str(sub.attempts),
-            "config_hash": sub.config_hash,
-        }
-        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        values = (sub.job.executor, sub.job.job_id, sub.job.folder, str(sub.attempts), sub.config_hash)
+        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in zip(RECORD_TAGS, values)])
         if sub.resubmitted:
             client.update_run(sub.run_id, status="SCHEDULED")
 

@@ -23,7 +23,7 @@ What the plain local path guarantees holds here too:
 - Ctrl-C on the launcher's terminal reaches the zygote and the children (one process group).
 
 Protocol: the launcher writes the task to ``<job_id>_submitted.pkl`` and one JSON line
-``{"op": "run"|"cancel", "job_id", "folder", "run_dir"}`` to the zygote's stdin; the zygote reports
+``{"op": "run", "job_id", "folder", "run_dir"}`` to the zygote's stdin; the zygote reports
 through the files above only, so it outlives a ``--no-wait`` launcher (at end of input it exits once
 its children have).
 """
@@ -196,9 +196,6 @@ class WarmExecutor:
         self._send({"op": "run", "job_id": job_id, "folder": str(folder), "run_dir": task.run_dir})
         return WarmJob(self, job_id, folder, task.run_dir)
 
-    def cancel(self, job: WarmJob) -> None:
-        self._send({"op": "cancel", "job_id": job.job_id})
-
     def close(self, wait_s: float | None = None) -> None:
         """End of input: the zygote exits once its children have; ``wait_s``: wait that long for it."""
         with contextlib.suppress(OSError, ValueError):
@@ -226,7 +223,6 @@ class _Slot:
     started: float = 0.0
     warned: bool = False
     requeues: int = 0
-    cancelled: bool = False
 
 
 def _warm_up(trainer: str, tracking_uri: str | None) -> None:
@@ -285,12 +281,10 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
     for fd in others:  # other cells' locks must not live on in this process
         with contextlib.suppress(OSError):
             os.close(fd)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    out = os.open(slot.folder / f"{slot.job_id}_0_log.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    err = os.open(slot.folder / f"{slot.job_id}_0_log.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd, ext in ((1, "out"), (2, "err")):
+        log_file = slot.folder / f"{slot.job_id}_0_log.{ext}"
+        os.dup2(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), fd)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -357,13 +351,6 @@ class _Zygote:
         _write(slot.folder / f"{slot.job_id}_pid", str(pid).encode())
 
     def request(self, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "cancel":
-            slot = self.slots.get(msg["job_id"])
-            if slot is not None and slot.pid:
-                slot.cancelled = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGINT)
-            return
         folder = Path(msg["folder"])
         try:
             fd = _lock(msg["run_dir"])
@@ -387,7 +374,7 @@ class _Zygote:
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            if code == REQUEUE_EXIT and not slot.cancelled:
+            if code == REQUEUE_EXIT:
                 if slot.requeues < int(self.cfg["max_num_timeout"]):
                     slot.requeues += 1
                     print(f"job {slot.job_id}: requeue {slot.requeues}", flush=True)
