@@ -123,9 +123,7 @@ class StudyCost:
 
 def _times_run(steps: int, every: int) -> int:
     """How often a periodic job runs in ``steps`` steps: every ``every`` steps and at the last step."""
-    if every <= 0:
-        return 0
-    return steps // every + (1 if steps % every else 0)
+    return -(-steps // every) if every > 0 else 0
 
 
 def cell_eval_flops(cell: Cell, overrides: dict[str, Any]) -> float:

@@ -163,13 +163,8 @@ def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
       where that says UNKNOWN (no accounting storage, or not in sacct yet), one batched ``squeue``;
     - debug jobs ran inside their launcher: never alive afterwards.
     """
-    out: dict[str, str] = {}
-    slurm: dict[str, JobRef] = {}
-    for cid, ref in refs.items():
-        if ref.executor == "slurm":
-            slurm[cid] = ref
-        elif ref.executor == "local" and cell_lock_held(ref.run_dir):
-            out[cid] = "running"
+    out = {c: "running" for c, r in refs.items() if r.executor == "local" and cell_lock_held(r.run_dir)}
+    slurm = {c: r for c, r in refs.items() if r.executor == "slurm"}
     if slurm:
         out.update(_slurm_liveness(slurm))
     return out
@@ -178,14 +173,8 @@ def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
 def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     jobs = {cid: submitit.SlurmJob(folder=r.folder or ".", job_id=r.job_id) for cid, r in refs.items()}
     submitit.SlurmJob.watcher.update()  # one sacct call for every registered job
-    states: dict[str, str] = {}
-    unknown = []
-    for cid, job in jobs.items():
-        state = str(job.watcher.get_state(job.job_id, mode="cache")).split()[0].upper()
-        if state == "UNKNOWN":
-            unknown.append(cid)
-        else:
-            states[cid] = state
+    states = {c: str(j.watcher.get_state(j.job_id, mode="cache")).split()[0].upper() for c, j in jobs.items()}
+    unknown = [c for c, s in states.items() if s == "UNKNOWN"]
     if unknown:
         queue = squeue_states([refs[c].job_id for c in unknown])
         states.update({c: queue[refs[c].job_id] for c in unknown if refs[c].job_id in queue})

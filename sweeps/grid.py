@@ -131,12 +131,10 @@ class SweepSpec:
 
     def replace(self, **overrides: Any) -> SweepSpec:
         """A copy with top-level fields replaced; ``executor``/``data`` take dicts of their fields."""
-        kw: dict[str, Any] = {}
-        for k, v in overrides.items():
-            if k in ("executor", "data") and isinstance(v, dict):
-                v = dataclasses.replace(getattr(self, k), **v)
-            kw[k] = v
-        spec = dataclasses.replace(self, **kw)
+        for k in ("executor", "data"):
+            if isinstance(overrides.get(k), dict):
+                overrides[k] = dataclasses.replace(getattr(self, k), **overrides[k])
+        spec = dataclasses.replace(self, **overrides)
         spec.validate()
         return spec
 

@@ -301,18 +301,16 @@ def _design_lines(spec: SweepSpec) -> list[str]:
     if spec.design == "grid":
         return _left_out_lines(spec)
     plans = plan_budgets(spec)
-    if spec.design == "adaptive":
-        record = read_record(sweep_dir(spec))
-        for p in plans:
-            if p.budget in record:
-                p.source = f"placed on {record[p.budget]['source']}"
-    lines = [p.text() for p in plans]
-    if spec.design == "adaptive":
-        lines.append(
-            "adaptive: budgets run smallest first; each one not yet placed is centred on the refit of the "
-            "finished ones when its turn comes (shown here at the prior)"
-        )
-    return lines
+    if spec.design != "adaptive":
+        return [p.text() for p in plans]
+    record = read_record(sweep_dir(spec))
+    for p in plans:
+        if p.budget in record:
+            p.source = f"placed on {record[p.budget]['source']}"
+    return [p.text() for p in plans] + [
+        "adaptive: budgets run smallest first; each one not yet placed is centred on the refit of the "
+        "finished ones when its turn comes (shown here at the prior)"
+    ]
 
 
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:

@@ -167,15 +167,10 @@ class WarmExecutor:
                 [sys.executable, "-m", "sweeps.warm", json.dumps(config)],
                 stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
             )  # fmt: skip
-        self._seq = 0
+        self.submitted = 0  # jobs so far
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-    @property
-    def submitted(self) -> int:
-        """Jobs submitted so far."""
-        return self._seq
 
     def _send(self, msg: dict[str, Any]) -> None:
         try:
@@ -185,14 +180,11 @@ class WarmExecutor:
             raise RuntimeError(f"the warm worker (pid {self.proc.pid}) is gone; see {self.log_path}") from e
 
     def submit(self, fn: Any, task: Any) -> WarmJob:  # noqa: ARG002 - submitit's signature
-        self._seq += 1
-        job_id = f"{self.proc.pid}_{self._seq}"
+        self.submitted += 1
+        job_id = f"{self.proc.pid}_{self.submitted}"
         folder = self.folder / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{job_id}_submitted.pkl"
-        with open(tmp, "wb") as f:
-            pickle.dump(task, f)
-        os.replace(tmp, folder / f"{job_id}_submitted.pkl")
+        _write(folder / f"{job_id}_submitted.pkl", pickle.dumps(task))
         self._send({"op": "run", "job_id": job_id, "folder": str(folder), "run_dir": task.run_dir})
         return WarmJob(self, job_id, folder, task.run_dir)
 
