@@ -25,19 +25,6 @@ from sweeps.grid import ExecutorSpec
 from sweeps.lock import cell_job_lock_lines, cell_lock_held
 from sweeps.task import CellTask, build_config
 
-__all__ = [
-    "CellJob",
-    "JobRef",
-    "job_liveness",
-    "local_job_setup",
-    "make_executor",
-    "parse_sbatch_lines",
-    "resolve_executor_kind",
-    "run_task",
-    "slurm_status",
-    "warm_unsupported",
-]
-
 log = logging.getLogger(__name__)
 
 

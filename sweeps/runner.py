@@ -44,8 +44,6 @@ from sweeps.state import (
 from sweeps.task import CellTask, check_trainer, make_task
 from sweeps.warm import WarmExecutor
 
-__all__ = ["LaunchResult", "Prepared", "Progress", "launch", "prepare", "sweep_dir"]
-
 log = logging.getLogger(__name__)
 
 

@@ -27,23 +27,6 @@ from typing import Any, NamedTuple
 from dit_core.tracking import check_tracking_server
 from sweeps.executor import JobRef, job_liveness
 
-__all__ = [
-    "CellState",
-    "Plan",
-    "Submission",
-    "check_resumable_cell",
-    "check_tracking_uri",
-    "config_hash",
-    "create_cell_runs",
-    "ensure_experiment",
-    "latest_step",
-    "plan",
-    "read_runs",
-    "read_states",
-    "record_submissions",
-    "resolve_tracking_uri",
-]
-
 FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present is the cell's FID
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)

@@ -50,8 +50,6 @@ from typing import Any
 
 from sweeps.lock import CELL_LOCK, cell_lock_held
 
-__all__ = ["REQUEUE_EXIT", "WARM_IMPORTS", "WarmExecutor", "WarmJob", "serve"]
-
 log = logging.getLogger(__name__)
 
 #: Exit status of a child that checkpointed on SIGUSR2 and wants to be forked again.
