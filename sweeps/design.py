@@ -202,13 +202,12 @@ def load_fit_prior(path: str) -> FitPrior:
     """The first usable N_opt law of a ``results.json``: the parametric law (approach 3, when its
     allocation is identified), else the IsoFLOP law (approach 2), else the frontier's (approach 1).
     ValueError naming what is missing or not identified."""
-    p = Path(path)
     hint = (
         "write one with `python analysis/fit_scaling.py --json FIT.json`, "
         "or drop --prior to use --tokens-per-param"
     )
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ValueError(f"--prior {path}: no such file; {hint}") from None
     except (OSError, json.JSONDecodeError) as e:
@@ -374,13 +373,9 @@ def design_cells(spec: SweepSpec) -> list[Cell]:
 # ---------------------------------------------------------------------------------------------- adaptive
 
 
-def _record_path(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / RECORD
-
-
 def read_record(sweep_dir: Path) -> dict[float, dict]:
     """{budget: {"centre", "source", "cells", ...}} of an adaptive sweep ({} before its first launch)."""
-    path = _record_path(sweep_dir)
+    path = Path(sweep_dir) / RECORD
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
@@ -388,7 +383,7 @@ def read_record(sweep_dir: Path) -> dict[float, dict]:
 
 
 def _write_record(sweep_dir: Path, record: dict[float, dict]) -> None:
-    path = _record_path(sweep_dir)
+    path = Path(sweep_dir) / RECORD
     tmp = path.with_suffix(".tmp")
     body = {"design": "adaptive", "budgets": {format_budget(b): v for b, v in sorted(record.items())}}
     tmp.write_text(json.dumps(body, indent=2))
@@ -553,7 +548,7 @@ def launch_adaptive(
             raise ValueError(
                 f"budget {format_budget(b)} of adaptive sweep {spec.name!r} was placed as {rec['cells']}; "
                 f"the settings now give {ids} (sizes, spread, step window or model options changed). "
-                f"Use --name for a new sweep, or delete {_record_path(sdir)} with its runs"
+                f"Use --name for a new sweep, or delete {sdir / RECORD} with its runs"
             )
         log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
         res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress)

@@ -18,10 +18,10 @@ from dit_core.configio import join_negative_values, parse_scalar
 from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
 from sweeps.grid import SweepSpec, expand, format_budget, left_out, load_spec, parse_budget
-from sweeps.runner import Progress, launch, sweep_dir, validate_tasks
+from sweeps.runner import Progress, launch, sweep_dir
 from sweeps.state import read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
-from sweeps.task import cell_overrides
+from sweeps.task import check_trainer, make_task
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 
@@ -320,24 +320,23 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
         if not args.dry_run:
             return cmd_adaptive(spec, args)
-    cells = expand(spec)
-    total = sum(c.train_flops for c in cells)
     if args.dry_run:
-        note = None
+        cells, note = expand(spec), None
         if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
             note = f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in {spec.name}.yaml)"
             spec = spec.replace(data={"root": "<data.root>"})
-        validate_tasks(spec)  # the --set overrides become every cell's TrainConfig, or an error
+        sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
+        tasks = [make_task(spec, c, sdir, uri) for c in cells]
+        check_trainer(spec.trainer, tasks)  # the --set overrides become every cell's TrainConfig, or an error
         print(
             f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
             f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
-            f"total {total:.3g} training FLOPs (true FLOPs)"
+            f"total {sum(c.train_flops for c in cells):.3g} training FLOPs (true FLOPs)"
         )
         print(cells_table(cells))
         for line in _design_lines(spec):
             print(line)
-        sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
-        evals = {c.cell_id: cell_eval_flops(c, cell_overrides(spec, c, sdir, uri)) for c in cells}
+        evals = {c.cell_id: cell_eval_flops(c, t.overrides) for c, t in zip(cells, tasks)}
         gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
         print()
         print(estimate(cells, evals, device_name=args.device, mfu=args.mfu, gpus_per_cell=gpus).summary())

@@ -103,24 +103,15 @@ def sweep_dir(spec: SweepSpec) -> Path:
     return (Path(spec.output_dir) / spec.name).resolve()
 
 
-def prepare(spec: SweepSpec, check_tracking: bool = True) -> Prepared:
+def prepare(spec: SweepSpec) -> Prepared:
     """Validate everything; raises ValueError naming the problem. Submits nothing."""
     cells = expand(spec)
     kind = resolve_executor_kind(spec.executor.name)
     uri = resolve_tracking_uri(spec.tracking_uri)
-    if check_tracking:
-        check_tracking_uri(uri)
+    check_tracking_uri(uri)
     if kind == "local" and spec.executor.nodes > 1:
         raise ValueError(f"nodes={spec.executor.nodes} needs SLURM; the local executor runs on one node")
     return Prepared(spec, cells, kind, uri, sweep_dir(spec))
-
-
-def validate_tasks(spec: SweepSpec) -> None:
-    """Build every cell's trainer config (as the jobs will) without touching disk or MLflow: an
-    unknown ``--set`` key or a value of the wrong type raises ValueError naming the cell."""
-    uri = resolve_tracking_uri(spec.tracking_uri)
-    sdir = sweep_dir(spec)
-    check_trainer(spec.trainer, [make_task(spec, c, sdir, uri) for c in expand(spec)])
 
 
 def longest_first(cells: list[Cell]) -> list[Cell]:

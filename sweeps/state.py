@@ -262,10 +262,8 @@ def read_states(
     # a FINISHED run is finished whatever its job does: ask the scheduler about the others only
     unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
     alive = job_liveness(unfinished)
-    out: dict[str, CellState] = {}
-    for cid in cells:
-        st = CellState(cid, "missing")
-        out[cid] = st
+    out = {cid: CellState(cid, "missing") for cid in cells}
+    for cid, st in out.items():
         if cid not in runs:
             continue
         run, ref = runs[cid][0], refs[cid]
