@@ -22,10 +22,9 @@ What the plain local path guarantees holds here too:
 - cancel: `WarmJob.cancel` sends the child SIGINT, as submitit's local jobs do;
 - Ctrl-C on the launcher's terminal reaches the zygote and the children (one process group).
 
-Protocol: the launcher writes the task to ``<job_id>_submitted.pkl`` and one JSON line
-``{"op": "run", "job_id", "folder", "run_dir"}`` to the zygote's stdin; the zygote reports
-through the files above only, so it outlives a ``--no-wait`` launcher (at end of input it exits once
-its children have).
+Protocol: the launcher writes the task to ``<job_id>_submitted.pkl`` and one JSON line ``{"job_id",
+"folder", "run_dir"}`` to the zygote's stdin; the zygote reports through the files above only, so it
+outlives a ``--no-wait`` launcher (at end of input it exits once its children have).
 """
 
 from __future__ import annotations
@@ -150,8 +149,7 @@ class WarmExecutor:
         self.folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         if threads:  # read by OpenMP / MKL / OpenBLAS when torch and numpy load in the zygote
-            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                env[k] = str(threads)
+            env |= dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), str(threads))
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         config = {
@@ -170,20 +168,18 @@ class WarmExecutor:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _send(self, msg: dict[str, Any]) -> None:
-        try:
-            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError) as e:
-            raise RuntimeError(f"the warm worker (pid {self.proc.pid}) is gone; see {self.log_path}") from e
-
     def submit(self, fn: Any, task: Any) -> WarmJob:  # noqa: ARG002 - submitit's signature
         self.submitted += 1
         job_id = f"{self.proc.pid}_{self.submitted}"
         folder = self.folder / job_id
         folder.mkdir(parents=True, exist_ok=True)
         _write(folder / f"{job_id}_submitted.pkl", pickle.dumps(task))
-        self._send({"op": "run", "job_id": job_id, "folder": str(folder), "run_dir": task.run_dir})
+        msg = {"job_id": job_id, "folder": str(folder), "run_dir": task.run_dir}
+        try:
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError) as e:
+            raise RuntimeError(f"the warm worker (pid {self.proc.pid}) is gone; see {self.log_path}") from e
         return WarmJob(self, job_id, folder, task.run_dir)
 
     def close(self, wait_s: float | None = None) -> None:
