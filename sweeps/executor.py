@@ -77,11 +77,7 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
     folder = Path(folder)
     if kind == "debug":
         return submitit.DebugExecutor(folder=folder)
-    if kind == "local":
-        if spec.nodes != 1:
-            raise ValueError(
-                f"the local executor runs on one node; got nodes={spec.nodes} (use --executor slurm)"
-            )
+    if kind == "local":  # one node: `sweeps.runner.prepare` refuses nodes > 1 for it
         ex = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=spec.max_num_timeout)
         ex.update_parameters(
             timeout_min=spec.timeout_min,

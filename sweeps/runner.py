@@ -140,7 +140,30 @@ def launch(
     # a warm worker starts next: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
     try:
-        return _launch(prep, all_tasks, warm, wait, poll_s, on_progress)
+        with sweep_lock(sdir):
+            ensure_experiment(uri, spec.experiment)
+            run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
+            states = read_states(uri, spec.experiment, spec.name, run_dirs)
+            for cid, st in states.items():  # before anything is submitted
+                check_resumable_cell(spec.name, st, all_tasks[cid].overrides)
+            the_plan = plan(states, spec.executor.max_retries)
+            for cid in the_plan.exhausted:
+                log.warning(
+                    "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].attempts
+                )
+            result = LaunchResult(prep, the_plan, waited=wait)
+            todo = set(the_plan.submit)
+            tasks = [all_tasks[c.cell_id] for c in longest_first(prep.cells) if c.cell_id in todo]
+            if not tasks:
+                n_fin, n_live = len(the_plan.finished), len(the_plan.running)
+                log.info("nothing to submit: %d finished, %d running", n_fin, n_live)
+                return result
+            executor = warm or make_executor(
+                spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
+            )
+            others = {cid: run_dirs[cid] for cid in the_plan.running}
+            _Runner(prep, executor, result, states, on_progress, poll_s, others).run(tasks, wait)
+        return result
     finally:
         if warm is not None and not warm.submitted:
             warm.kill()  # nothing to run (all done or live, or an error): stop its imports
@@ -161,42 +184,6 @@ def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
         prep.sweep_dir / "jobs", threads=threads, trainer=prep.spec.trainer, tracking_uri=prep.tracking_uri,
         timeout_min=ex.timeout_min, signal_delay_s=ex.signal_delay_s, max_num_timeout=ex.max_num_timeout,
     )  # fmt: skip
-
-
-def _launch(
-    prep: Prepared,
-    all_tasks: dict[str, CellTask],
-    warm: WarmExecutor | None,
-    wait: bool,
-    poll_s: float,
-    on_progress: Callable[[Progress], None] | None,
-) -> LaunchResult:
-    spec, sdir = prep.spec, prep.sweep_dir
-    with sweep_lock(sdir):
-        ensure_experiment(prep.tracking_uri, spec.experiment)
-        run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
-        states = read_states(prep.tracking_uri, spec.experiment, spec.name, run_dirs)
-        for cid, st in states.items():  # before anything is submitted
-            check_resumable_cell(spec.name, st, all_tasks[cid].overrides)
-        the_plan = plan(states, spec.executor.max_retries)
-        for cid in the_plan.exhausted:
-            log.warning(
-                "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].attempts
-            )
-        result = LaunchResult(prep, the_plan, waited=wait)
-        todo = set(the_plan.submit)
-        tasks = [all_tasks[c.cell_id] for c in longest_first(prep.cells) if c.cell_id in todo]
-        if not tasks:
-            log.info(
-                "nothing to submit: %d finished, %d running", len(the_plan.finished), len(the_plan.running)
-            )
-            return result
-        executor = warm or make_executor(
-            spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
-        )
-        others = {cid: run_dirs[cid] for cid in the_plan.running}
-        _Runner(prep, executor, result, states, on_progress, poll_s, others).run(tasks, wait)
-    return result
 
 
 @dataclass
