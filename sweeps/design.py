@@ -54,6 +54,7 @@ DEFAULT_TOKENS_PER_PARAM = 20.0
 FAMILY_HEAD_DIM = 64  # every family of Table 1 has 64-wide heads
 USABLE = ("ok", "extrapolating")
 RECORD = "design.json"
+LAW_NAMES = {"parametric": "parametric law", "isoflop": "IsoFLOP N_opt law", "frontier": "frontier N_opt law"}
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -176,7 +177,7 @@ class FitPrior:
     """N_opt(C) of a previous analysis (``results.json`` of ``analysis/fit_scaling.py``)."""
 
     path: str
-    kind: str  # "parametric" | "isoflop" | "frontier"
+    kind: str  # a key of LAW_NAMES
     law: dict
     n_axis: str = "total"
     overall_status: str = "ok"
@@ -190,12 +191,7 @@ class FitPrior:
         return float(p["A"] * compute ** (-p["alpha"]))
 
     def describe(self) -> str:
-        what = {
-            "parametric": "parametric law",
-            "isoflop": "IsoFLOP N_opt law",
-            "frontier": "frontier N_opt law",
-        }
-        return f"prior: {what[self.kind]} of {self.path} (overall status {self.overall_status})"
+        return f"prior: {LAW_NAMES[self.kind]} of {self.path} (overall status {self.overall_status})"
 
 
 def load_fit_prior(path: str) -> FitPrior:
@@ -217,16 +213,15 @@ def load_fit_prior(path: str) -> FitPrior:
     n_axis = (data.get("axes") or {}).get("params", "total")
     overall = str(data["status"])
     p3 = data.get("approach3_parametric") or {}
-    tried = []
     if p3.get("status") in USABLE and data.get("a") is not None and data.get("flops_per_param_datum"):
         law = {k: float(data[k]) for k in ("A", "B", "alpha", "beta")}
         return FitPrior(
             str(path), "parametric", {**law, "k": float(data["flops_per_param_datum"])}, n_axis, overall
         )
-    tried.append(
+    tried = [
         f"parametric law {p3.get('status', 'absent')}"
         + ("" if data.get("a") is not None else ", allocation withheld")
-    )
+    ]
     for key, kind in (("approach2_isoflop", "isoflop"), ("approach1_frontier", "frontier")):
         part = data.get(key) or {}
         law = part.get("N_opt")
