@@ -46,13 +46,6 @@ DEVICES = {
 DEFAULT_MFU = 0.40
 
 
-def device(name: str) -> Device:
-    key = name.strip().upper()
-    if key not in DEVICES:
-        raise ValueError(f"unknown accelerator {name!r}; choose one of {', '.join(DEVICES)} (--device)")
-    return DEVICES[key]
-
-
 @dataclass(frozen=True)
 class CellCost:
     """One cell's bill: FLOPs (true) for training and for validation + sample evaluation."""
@@ -123,9 +116,7 @@ class StudyCost:
 
 def _times_run(steps: int, every: int) -> int:
     """How often a periodic job runs in ``steps`` steps: every ``every`` steps and at the last step."""
-    if every <= 0:
-        return 0
-    return steps // every + (1 if steps % every else 0)
+    return -(-steps // every) if every > 0 else 0
 
 
 def cell_eval_flops(cell: Cell, overrides: dict[str, Any]) -> float:
@@ -154,7 +145,11 @@ def estimate(
         raise ValueError(f"--mfu {mfu} must be in (0, 1], e.g. 0.4 for 40% of the bf16 peak")
     if gpus_per_cell < 1:
         raise ValueError(f"gpus per cell must be >= 1, got {gpus_per_cell}")
-    dev = device(device_name)
+    dev = DEVICES.get(device_name.strip().upper())
+    if dev is None:
+        raise ValueError(
+            f"unknown accelerator {device_name!r}; choose one of {', '.join(DEVICES)} (--device)"
+        )
     rate = dev.peak_tflops * 1e12 * mfu
     out = []
     for c in cells:

@@ -54,6 +54,7 @@ DEFAULT_TOKENS_PER_PARAM = 20.0
 FAMILY_HEAD_DIM = 64  # every family of Table 1 has 64-wide heads
 USABLE = ("ok", "extrapolating")
 RECORD = "design.json"
+LAW_NAMES = {"parametric": "parametric law", "isoflop": "IsoFLOP N_opt law", "frontier": "frontier N_opt law"}
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -176,7 +177,7 @@ class FitPrior:
     """N_opt(C) of a previous analysis (``results.json`` of ``analysis/fit_scaling.py``)."""
 
     path: str
-    kind: str  # "parametric" | "isoflop" | "frontier"
+    kind: str  # a key of LAW_NAMES
     law: dict
     n_axis: str = "total"
     overall_status: str = "ok"
@@ -190,25 +191,19 @@ class FitPrior:
         return float(p["A"] * compute ** (-p["alpha"]))
 
     def describe(self) -> str:
-        what = {
-            "parametric": "parametric law",
-            "isoflop": "IsoFLOP N_opt law",
-            "frontier": "frontier N_opt law",
-        }
-        return f"prior: {what[self.kind]} of {self.path} (overall status {self.overall_status})"
+        return f"prior: {LAW_NAMES[self.kind]} of {self.path} (overall status {self.overall_status})"
 
 
 def load_fit_prior(path: str) -> FitPrior:
     """The first usable N_opt law of a ``results.json``: the parametric law (approach 3, when its
     allocation is identified), else the IsoFLOP law (approach 2), else the frontier's (approach 1).
     ValueError naming what is missing or not identified."""
-    p = Path(path)
     hint = (
         "write one with `python analysis/fit_scaling.py --json FIT.json`, "
         "or drop --prior to use --tokens-per-param"
     )
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ValueError(f"--prior {path}: no such file; {hint}") from None
     except (OSError, json.JSONDecodeError) as e:
@@ -218,16 +213,15 @@ def load_fit_prior(path: str) -> FitPrior:
     n_axis = (data.get("axes") or {}).get("params", "total")
     overall = str(data["status"])
     p3 = data.get("approach3_parametric") or {}
-    tried = []
     if p3.get("status") in USABLE and data.get("a") is not None and data.get("flops_per_param_datum"):
         law = {k: float(data[k]) for k in ("A", "B", "alpha", "beta")}
         return FitPrior(
             str(path), "parametric", {**law, "k": float(data["flops_per_param_datum"])}, n_axis, overall
         )
-    tried.append(
+    tried = [
         f"parametric law {p3.get('status', 'absent')}"
         + ("" if data.get("a") is not None else ", allocation withheld")
-    )
+    ]
     for key, kind in (("approach2_isoflop", "isoflop"), ("approach1_frontier", "frontier")):
         part = data.get(key) or {}
         law = part.get("N_opt")
@@ -374,13 +368,9 @@ def design_cells(spec: SweepSpec) -> list[Cell]:
 # ---------------------------------------------------------------------------------------------- adaptive
 
 
-def _record_path(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / RECORD
-
-
 def read_record(sweep_dir: Path) -> dict[float, dict]:
     """{budget: {"centre", "source", "cells", ...}} of an adaptive sweep ({} before its first launch)."""
-    path = _record_path(sweep_dir)
+    path = Path(sweep_dir) / RECORD
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
@@ -388,7 +378,7 @@ def read_record(sweep_dir: Path) -> dict[float, dict]:
 
 
 def _write_record(sweep_dir: Path, record: dict[float, dict]) -> None:
-    path = _record_path(sweep_dir)
+    path = Path(sweep_dir) / RECORD
     tmp = path.with_suffix(".tmp")
     body = {"design": "adaptive", "budgets": {format_budget(b): v for b, v in sorted(record.items())}}
     tmp.write_text(json.dumps(body, indent=2))
@@ -543,12 +533,7 @@ def launch_adaptive(
             with sweep_lock(sdir):
                 record = read_record(sdir)
                 if b not in record:  # another launcher may have placed it meanwhile: its choice stands
-                    record[b] = {
-                        "centre": centre.n,
-                        "source": centre.source,
-                        "note": centre.note,
-                        "cells": ids,
-                    }
+                    record[b] = dict(centre=centre.n, source=centre.source, note=centre.note, cells=ids)
                     _write_record(sdir, record)
                 rec = record[b]
         centre = Centre(float(rec["centre"]), rec["source"], rec.get("note", ""))
@@ -558,7 +543,7 @@ def launch_adaptive(
             raise ValueError(
                 f"budget {format_budget(b)} of adaptive sweep {spec.name!r} was placed as {rec['cells']}; "
                 f"the settings now give {ids} (sizes, spread, step window or model options changed). "
-                f"Use --name for a new sweep, or delete {_record_path(sdir)} with its runs"
+                f"Use --name for a new sweep, or delete {sdir / RECORD} with its runs"
             )
         log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
         res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress)

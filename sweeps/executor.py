@@ -25,19 +25,6 @@ from sweeps.grid import ExecutorSpec
 from sweeps.lock import cell_job_lock_lines, cell_lock_held
 from sweeps.task import CellTask, build_config
 
-__all__ = [
-    "CellJob",
-    "JobRef",
-    "job_liveness",
-    "local_job_setup",
-    "make_executor",
-    "parse_sbatch_lines",
-    "resolve_executor_kind",
-    "run_task",
-    "slurm_status",
-    "warm_unsupported",
-]
-
 log = logging.getLogger(__name__)
 
 
@@ -90,11 +77,7 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
     folder = Path(folder)
     if kind == "debug":
         return submitit.DebugExecutor(folder=folder)
-    if kind == "local":
-        if spec.nodes != 1:
-            raise ValueError(
-                f"the local executor runs on one node; got nodes={spec.nodes} (use --executor slurm)"
-            )
+    if kind == "local":  # one node: `sweeps.runner.prepare` refuses nodes > 1 for it
         ex = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=spec.max_num_timeout)
         ex.update_parameters(
             timeout_min=spec.timeout_min,
@@ -121,12 +104,8 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
         "slurm_signal_delay_s": spec.signal_delay_s,
         "slurm_additional_parameters": extra,
     }
-    if spec.gpus_per_node:
-        params["gpus_per_node"] = spec.gpus_per_node
-    if spec.mem_gb:
-        params["mem_gb"] = spec.mem_gb
-    if spec.partition:
-        params["slurm_partition"] = spec.partition
+    optional = {"gpus_per_node": spec.gpus_per_node, "mem_gb": spec.mem_gb, "slurm_partition": spec.partition}
+    params |= {k: v for k, v in optional.items() if v}  # unset ones are left to the cluster's defaults
     if spec.setup:
         params["slurm_setup"] = list(spec.setup)
     ex.update_parameters(**params)
@@ -167,13 +146,8 @@ def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
       where that says UNKNOWN (no accounting storage, or not in sacct yet), one batched ``squeue``;
     - debug jobs ran inside their launcher: never alive afterwards.
     """
-    out: dict[str, str] = {}
-    slurm: dict[str, JobRef] = {}
-    for cid, ref in refs.items():
-        if ref.executor == "slurm":
-            slurm[cid] = ref
-        elif ref.executor == "local" and cell_lock_held(ref.run_dir):
-            out[cid] = "running"
+    out = {c: "running" for c, r in refs.items() if r.executor == "local" and cell_lock_held(r.run_dir)}
+    slurm = {c: r for c, r in refs.items() if r.executor == "slurm"}
     if slurm:
         out.update(_slurm_liveness(slurm))
     return out
@@ -182,14 +156,8 @@ def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
 def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     jobs = {cid: submitit.SlurmJob(folder=r.folder or ".", job_id=r.job_id) for cid, r in refs.items()}
     submitit.SlurmJob.watcher.update()  # one sacct call for every registered job
-    states: dict[str, str] = {}
-    unknown = []
-    for cid, job in jobs.items():
-        state = str(job.watcher.get_state(job.job_id, mode="cache")).split()[0].upper()
-        if state == "UNKNOWN":
-            unknown.append(cid)
-        else:
-            states[cid] = state
+    states = {c: str(j.watcher.get_state(j.job_id, mode="cache")).split()[0].upper() for c, j in jobs.items()}
+    unknown = [c for c, s in states.items() if s == "UNKNOWN"]
     if unknown:
         queue = squeue_states([refs[c].job_id for c in unknown])
         states.update({c: queue[refs[c].job_id] for c in unknown if refs[c].job_id in queue})
@@ -211,12 +179,8 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
         )
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
+    rows = (line.split() for line in out.stdout.splitlines())
+    return {row[0]: row[1] for row in rows if len(row) == 2}
 
 
 def slurm_requeued() -> bool:
@@ -253,14 +217,8 @@ class CellJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=has_gpus, overwrite=True
             )
-        log.info(
-            "cell %s (sweep %s), job %s, rank %d/%d",
-            task.cell_id,
-            task.sweep,
-            env.job_id,
-            env.global_rank,
-            env.num_tasks,
-        )
+        rank = f"{env.global_rank}/{env.num_tasks}"
+        log.info("cell %s (sweep %s), job %s, rank %s", task.cell_id, task.sweep, env.job_id, rank)
         return run_task(task, str(env.job_id))
 
     def checkpoint(self, task: CellTask) -> submitit.helpers.DelayedSubmission:
@@ -314,12 +272,8 @@ def warm_unsupported(spec: ExecutorSpec) -> str:
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
+    """A trainer result's plain fields (what pickles and logs anywhere)."""
     if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return {k: v for k, v in dataclasses.asdict(result).items() if _plain(v)}
-    if isinstance(result, dict):
-        return result
-    return {"result": repr(result)}
-
-
-def _plain(v: Any) -> bool:
-    return v is None or isinstance(v, (str, int, float, bool, list, tuple, dict))
+        plain = (type(None), str, int, float, bool, list, tuple, dict)
+        return {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, plain)}
+    return result if isinstance(result, dict) else {"result": repr(result)}

@@ -80,28 +80,9 @@ class ExecutorSpec:
 
 @dataclass
 class SweepSpec:
-    """A whole sweep; `load_spec` reads it from YAML, `SweepSpec.replace` applies overrides.
-
-    name: sweep id (MLflow tag ``sweep``; folder ``<output_dir>/<name>``).
-    experiment: MLflow experiment. tracking_uri: None = MLflow's default (``sqlite:///mlflow.db``).
-    families/scale/patch_sizes/shapes: the model axis (shapes = custom ``[depth, width, heads]``).
-    budgets: training FLOPs (true FLOPs). design: ``grid`` = every model at every budget;
-    ``isoflop`` = per budget, ``sizes_per_budget`` shapes on the families' depth/width curve,
-    log-spaced from N_opt / ``size_spread`` to N_opt x ``size_spread`` around a prior N_opt(C)
-    (``tokens_per_param``, or the fit ``prior``), each with [min_steps, isoflop_max_steps]
-    steps (`sweeps.design`); ``adaptive`` = the same, each budget after the first centred on the
-    fit of the budgets before it. ``min_steps``: fewest optimizer steps of a cell (None: 1 for
-    ``grid``, where every model must fit one step at every budget; 20 for the others); set for a
-    ``grid``, cells below it are left out (`left_out`). ``design_head_dim``: width per head of those
-    shapes (None: the families' 64 / scale.width_div). ``isoflop_centres``: {budget: N} centres that
-    replace the prior.
-    batch_size: global batch. train: dotted `TrainConfig` overrides applied to every cell.
-    trainer: module providing ``TrainConfig`` and ``train(cfg)`` (the contract of `dit_core.train`).
-    final_eval: validation loss and sample metrics (FID) at each cell's last step (sets
-    ``eval.val_every`` / ``eval.eval_every`` to the cell's step count unless ``train`` sets them).
-    val_points: with final_eval, validation losses per cell, evenly spaced and the last at the final
-    step; each is a point for the scaling fits (``eval.val_every`` = ceil(steps / val_points)).
-    """
+    """A whole sweep; `load_spec` reads it from YAML, `SweepSpec.replace` applies overrides. Each field
+    is a YAML key: its meaning, default and flag are in the option table of docs/sweeps.md (one place);
+    the isoflop/adaptive designs are `sweeps.design`."""
 
     name: str = "demo"
     experiment: str = DEFAULT_EXPERIMENT
@@ -131,12 +112,10 @@ class SweepSpec:
 
     def replace(self, **overrides: Any) -> SweepSpec:
         """A copy with top-level fields replaced; ``executor``/``data`` take dicts of their fields."""
-        kw: dict[str, Any] = {}
-        for k, v in overrides.items():
-            if k in ("executor", "data") and isinstance(v, dict):
-                v = dataclasses.replace(getattr(self, k), **v)
-            kw[k] = v
-        spec = dataclasses.replace(self, **kw)
+        for k in ("executor", "data"):
+            if isinstance(overrides.get(k), dict):
+                overrides[k] = dataclasses.replace(getattr(self, k), **overrides[k])
+        spec = dataclasses.replace(self, **overrides)
         spec.validate()
         return spec
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from dit_core.configio import join_negative_values, parse_scalar
 from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
 from sweeps.grid import SweepSpec, expand, format_budget, left_out, load_spec, parse_budget
-from sweeps.runner import Progress, launch, sweep_dir, validate_tasks
+from sweeps.runner import Progress, launch, sweep_dir
 from sweeps.state import read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
-from sweeps.task import cell_overrides
+from sweeps.task import check_trainer, make_task
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 
@@ -182,8 +183,8 @@ _SPEC_ARGS = (
     "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "design", "min_steps",
     "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param", "prior",
 )  # fmt: skip
-_RENAMED = {"grid": "families", "patch": "patch_sizes", "max_steps": "isoflop_max_steps"}
-#: Flags that set an `ExecutorSpec` field (``--executor`` sets its ``name``).
+_RENAMED = {"grid": "families", "patch": "patch_sizes", "max_steps": "isoflop_max_steps", "executor": "name"}
+#: Flags that set an `ExecutorSpec` field (of the same name; ``--executor`` sets its ``name``).
 _EXECUTOR_ARGS = (
     "executor", "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
     "timeout_min", "array_parallelism", "local_parallelism", "local_warm", "signal_delay_s", "max_retries",
@@ -193,11 +194,7 @@ _EXECUTOR_ARGS = (
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     """The YAML sweep with the command-line overrides applied (validated)."""
     spec = load_spec(args.config)
-    top: dict = {}
-    for arg in _SPEC_ARGS:
-        v = getattr(args, arg)
-        if v is not None:
-            top[_RENAMED.get(arg, arg)] = v
+    top = {_RENAMED.get(a, a): getattr(args, a) for a in _SPEC_ARGS if getattr(args, a) is not None}
     design = args.design or spec.design
     if design != "grid":
         given = [
@@ -232,11 +229,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
                 raise ValueError(f"--set {item!r} must be KEY=VALUE, e.g. --set optim.lr=3e-4")
             train[key.strip()] = parse_scalar(value)
         top["train"] = train
-    ex = {}
-    for k in _EXECUTOR_ARGS:
-        v = getattr(args, k)
-        if v is not None:
-            ex["name" if k == "executor" else k] = v
+    ex = {_RENAMED.get(a, a): getattr(args, a) for a in _EXECUTOR_ARGS if getattr(args, a) is not None}
     if args.sbatch:
         ex["sbatch"] = list(spec.executor.sbatch) + args.sbatch
     if args.setup:
@@ -287,9 +280,7 @@ def cmd_status(spec: SweepSpec) -> int:
     states = read_states(uri, spec.experiment, spec.name, run_dirs, with_progress=True, runs=runs)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
     print(status_table(list(states.values()), cells))
-    counts: dict[str, int] = {}
-    for s in states.values():
-        counts[s.state] = counts.get(s.state, 0) + 1
+    counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     for line in _left_out_lines(spec):
         print(line)
@@ -310,18 +301,16 @@ def _design_lines(spec: SweepSpec) -> list[str]:
     if spec.design == "grid":
         return _left_out_lines(spec)
     plans = plan_budgets(spec)
-    if spec.design == "adaptive":
-        record = read_record(sweep_dir(spec))
-        for p in plans:
-            if p.budget in record:
-                p.source = f"placed on {record[p.budget]['source']}"
-    lines = [p.text() for p in plans]
-    if spec.design == "adaptive":
-        lines.append(
-            "adaptive: budgets run smallest first; each one not yet placed is centred on the refit of the "
-            "finished ones when its turn comes (shown here at the prior)"
-        )
-    return lines
+    if spec.design != "adaptive":
+        return [p.text() for p in plans]
+    record = read_record(sweep_dir(spec))
+    for p in plans:
+        if p.budget in record:
+            p.source = f"placed on {record[p.budget]['source']}"
+    return [p.text() for p in plans] + [
+        "adaptive: budgets run smallest first; each one not yet placed is centred on the refit of the "
+        "finished ones when its turn comes (shown here at the prior)"
+    ]
 
 
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
@@ -331,24 +320,23 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
         if not args.dry_run:
             return cmd_adaptive(spec, args)
-    cells = expand(spec)
-    total = sum(c.train_flops for c in cells)
     if args.dry_run:
-        note = None
+        cells, note = expand(spec), None
         if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
             note = f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in {spec.name}.yaml)"
             spec = spec.replace(data={"root": "<data.root>"})
-        validate_tasks(spec)  # the --set overrides become every cell's TrainConfig, or an error
+        sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
+        tasks = [make_task(spec, c, sdir, uri) for c in cells]
+        check_trainer(spec.trainer, tasks)  # the --set overrides become every cell's TrainConfig, or an error
         print(
             f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
             f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
-            f"total {total:.3g} training FLOPs (true FLOPs)"
+            f"total {sum(c.train_flops for c in cells):.3g} training FLOPs (true FLOPs)"
         )
         print(cells_table(cells))
         for line in _design_lines(spec):
             print(line)
-        sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
-        evals = {c.cell_id: cell_eval_flops(c, cell_overrides(spec, c, sdir, uri)) for c in cells}
+        evals = {c.cell_id: cell_eval_flops(c, t.overrides) for c, t in zip(cells, tasks)}
         gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
         print()
         print(estimate(cells, evals, device_name=args.device, mfu=args.mfu, gpus_per_cell=gpus).summary())
@@ -416,12 +404,8 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
 
 
 def _sweep_args(args: argparse.Namespace) -> str:
-    parts = []
-    for flag in ("config", "name", "experiment", "tracking_uri", "output_dir"):
-        v = getattr(args, flag)
-        if v:
-            parts.append(f"--{flag.replace('_', '-')} {v}")
-    return " ".join(parts)
+    flags = ("config", "name", "experiment", "tracking_uri", "output_dir")
+    return " ".join(f"--{f.replace('_', '-')} {getattr(args, f)}" for f in flags if getattr(args, f))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["CELL_LOCK", "cell_job_lock_lines", "cell_lock_held", "sweep_lock"]
-
 CELL_LOCK = ".job.lock"  # in the cell's run folder
 _FD = 9  # the job shell's descriptor for the cell lock (dash/sh allow 0-9)
 #: A starting job waits this long for the cell lock (a `status` check holds it for microseconds).

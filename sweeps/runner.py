@@ -44,8 +44,6 @@ from sweeps.state import (
 from sweeps.task import CellTask, check_trainer, make_task
 from sweeps.warm import WarmExecutor
 
-__all__ = ["LaunchResult", "Prepared", "Progress", "launch", "prepare", "sweep_dir"]
-
 log = logging.getLogger(__name__)
 
 
@@ -105,24 +103,15 @@ def sweep_dir(spec: SweepSpec) -> Path:
     return (Path(spec.output_dir) / spec.name).resolve()
 
 
-def prepare(spec: SweepSpec, check_tracking: bool = True) -> Prepared:
+def prepare(spec: SweepSpec) -> Prepared:
     """Validate everything; raises ValueError naming the problem. Submits nothing."""
     cells = expand(spec)
     kind = resolve_executor_kind(spec.executor.name)
     uri = resolve_tracking_uri(spec.tracking_uri)
-    if check_tracking:
-        check_tracking_uri(uri)
+    check_tracking_uri(uri)
     if kind == "local" and spec.executor.nodes > 1:
         raise ValueError(f"nodes={spec.executor.nodes} needs SLURM; the local executor runs on one node")
     return Prepared(spec, cells, kind, uri, sweep_dir(spec))
-
-
-def validate_tasks(spec: SweepSpec) -> None:
-    """Build every cell's trainer config (as the jobs will) without touching disk or MLflow: an
-    unknown ``--set`` key or a value of the wrong type raises ValueError naming the cell."""
-    uri = resolve_tracking_uri(spec.tracking_uri)
-    sdir = sweep_dir(spec)
-    check_trainer(spec.trainer, [make_task(spec, c, sdir, uri) for c in expand(spec)])
 
 
 def longest_first(cells: list[Cell]) -> list[Cell]:
@@ -151,7 +140,30 @@ def launch(
     # a warm worker starts next: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
     try:
-        return _launch(prep, all_tasks, warm, wait, poll_s, on_progress)
+        with sweep_lock(sdir):
+            ensure_experiment(uri, spec.experiment)
+            run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
+            states = read_states(uri, spec.experiment, spec.name, run_dirs)
+            for cid, st in states.items():  # before anything is submitted
+                check_resumable_cell(spec.name, st, all_tasks[cid].overrides)
+            the_plan = plan(states, spec.executor.max_retries)
+            for cid in the_plan.exhausted:
+                log.warning(
+                    "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].attempts
+                )
+            result = LaunchResult(prep, the_plan, waited=wait)
+            todo = set(the_plan.submit)
+            tasks = [all_tasks[c.cell_id] for c in longest_first(prep.cells) if c.cell_id in todo]
+            if not tasks:
+                n_fin, n_live = len(the_plan.finished), len(the_plan.running)
+                log.info("nothing to submit: %d finished, %d running", n_fin, n_live)
+                return result
+            executor = warm or make_executor(
+                spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
+            )
+            others = {cid: run_dirs[cid] for cid in the_plan.running}
+            _Runner(prep, executor, result, states, on_progress, poll_s, others).run(tasks, wait)
+        return result
     finally:
         if warm is not None and not warm.submitted:
             warm.kill()  # nothing to run (all done or live, or an error): stop its imports
@@ -174,61 +186,20 @@ def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
     )  # fmt: skip
 
 
-def _launch(
-    prep: Prepared,
-    all_tasks: dict[str, CellTask],
-    warm: WarmExecutor | None,
-    wait: bool,
-    poll_s: float,
-    on_progress: Callable[[Progress], None] | None,
-) -> LaunchResult:
-    spec, sdir = prep.spec, prep.sweep_dir
-    with sweep_lock(sdir):
-        ensure_experiment(prep.tracking_uri, spec.experiment)
-        run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
-        states = read_states(prep.tracking_uri, spec.experiment, spec.name, run_dirs)
-        for cid, st in states.items():  # before anything is submitted
-            check_resumable_cell(spec.name, st, all_tasks[cid].overrides)
-        the_plan = plan(states, spec.executor.max_retries)
-        for cid in the_plan.exhausted:
-            log.warning(
-                "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].attempts
-            )
-        result = LaunchResult(prep, the_plan, waited=wait)
-        todo = set(the_plan.submit)
-        tasks = [all_tasks[c.cell_id] for c in longest_first(prep.cells) if c.cell_id in todo]
-        if not tasks:
-            log.info(
-                "nothing to submit: %d finished, %d running", len(the_plan.finished), len(the_plan.running)
-            )
-            return result
-        executor = warm or make_executor(
-            spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
-        )
-        others = {cid: run_dirs[cid] for cid in the_plan.running}
-        _Runner(prep, executor, result, states, on_progress, poll_s, others).run(tasks, wait)
-    return result
-
-
+@dataclass
 class _Runner:
     """Submits tasks (one array on SLURM; locally one per free slot of ``local_parallelism``) and waits."""
 
-    def __init__(
-        self,
-        prep: Prepared,
-        executor: Any,
-        result: LaunchResult,
-        states: dict[str, CellState],
-        on_progress: Callable[[Progress], None] | None,
-        poll_s: float,
-        others: dict[str, str],
-    ) -> None:
-        self.prep, self.executor, self.result, self.states = prep, executor, result, states
-        self.on_progress, self.poll_s = on_progress, poll_s
-        self.others = others  # live cells of an earlier launcher: {cell: run folder}; they hold slots
-        self.jobs: dict[str, Any] = {}
-        self.run_dirs: dict[str, str] = {}
-        self.t0 = time.monotonic()
+    prep: Prepared
+    executor: Any
+    result: LaunchResult
+    states: dict[str, CellState]
+    on_progress: Callable[[Progress], None] | None
+    poll_s: float
+    others: dict[str, str]  # live cells of an earlier launcher: {cell: run folder}; they hold slots
+    jobs: dict[str, Any] = field(default_factory=dict)
+    run_dirs: dict[str, str] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
 
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
@@ -324,15 +295,13 @@ class _Runner:
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
         if self.on_progress is None:
             return
-        failed = len(self.result.errors)
-        done = len(self.result.results)
         queued = sum(_is_queued(self.jobs[cid]) for cid in live) if self.prep.kind == "slurm" else 0
         self.on_progress(
             Progress(
                 total=len(self.result.job_ids) + len(pending),
-                done=done,
+                done=len(self.result.results),
                 running=len(live) - queued,
-                failed=failed,
+                failed=len(self.result.errors),
                 pending=len(pending),
                 elapsed_s=time.monotonic() - self.t0,
                 queued=queued,

@@ -27,23 +27,6 @@ from typing import Any, NamedTuple
 from dit_core.tracking import check_tracking_server
 from sweeps.executor import JobRef, job_liveness
 
-__all__ = [
-    "CellState",
-    "Plan",
-    "Submission",
-    "check_resumable_cell",
-    "check_tracking_uri",
-    "config_hash",
-    "create_cell_runs",
-    "ensure_experiment",
-    "latest_step",
-    "plan",
-    "read_runs",
-    "read_states",
-    "record_submissions",
-    "resolve_tracking_uri",
-]
-
 FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present is the cell's FID
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)
@@ -181,14 +164,8 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
     client = MlflowClient(tracking_uri=tracking_uri)
 
     def one(sub: Submission) -> None:
-        tags = {
-            "executor": sub.job.executor,
-            "job_id": sub.job.job_id,
-            "job_folder": sub.job.folder,
-            "attempts": str(sub.attempts),
-            "config_hash": sub.config_hash,
-        }
-        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        values = (sub.job.executor, sub.job.job_id, sub.job.folder, str(sub.attempts), sub.config_hash)
+        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in zip(RECORD_TAGS, values)])
         if sub.resubmitted:
             client.update_run(sub.run_id, status="SCHEDULED")
 
@@ -285,10 +262,8 @@ def read_states(
     # a FINISHED run is finished whatever its job does: ask the scheduler about the others only
     unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
     alive = job_liveness(unfinished)
-    out: dict[str, CellState] = {}
-    for cid in cells:
-        st = CellState(cid, "missing")
-        out[cid] = st
+    out = {cid: CellState(cid, "missing") for cid in cells}
+    for cid, st in out.items():
         if cid not in runs:
             continue
         run, ref = runs[cid][0], refs[cid]

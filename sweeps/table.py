@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from sweeps.grid import Cell, format_budget
 from sweeps.state import CellState
 
-__all__ = ["cells_table", "format_count", "render", "status_table"]
-
 
 def format_count(n: float) -> str:
     """1234 -> "1.23K", 2730968 -> "2.73M"."""

@@ -22,10 +22,9 @@ What the plain local path guarantees holds here too:
 - cancel: `WarmJob.cancel` sends the child SIGINT, as submitit's local jobs do;
 - Ctrl-C on the launcher's terminal reaches the zygote and the children (one process group).
 
-Protocol: the launcher writes the task to ``<job_id>_submitted.pkl`` and one JSON line
-``{"op": "run"|"cancel", "job_id", "folder", "run_dir"}`` to the zygote's stdin; the zygote reports
-through the files above only, so it outlives a ``--no-wait`` launcher (at end of input it exits once
-its children have).
+Protocol: the launcher writes the task to ``<job_id>_submitted.pkl`` and one JSON line ``{"job_id",
+"folder", "run_dir"}`` to the zygote's stdin; the zygote reports through the files above only, so it
+outlives a ``--no-wait`` launcher (at end of input it exits once its children have).
 """
 
 from __future__ import annotations
@@ -49,8 +48,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from sweeps.lock import CELL_LOCK, cell_lock_held
-
-__all__ = ["REQUEUE_EXIT", "WARM_IMPORTS", "WarmExecutor", "WarmJob", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +149,7 @@ class WarmExecutor:
         self.folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         if threads:  # read by OpenMP / MKL / OpenBLAS when torch and numpy load in the zygote
-            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                env[k] = str(threads)
+            env |= dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), str(threads))
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         config = {
@@ -167,37 +163,24 @@ class WarmExecutor:
                 [sys.executable, "-m", "sweeps.warm", json.dumps(config)],
                 stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
             )  # fmt: skip
-        self._seq = 0
+        self.submitted = 0  # jobs so far
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    @property
-    def submitted(self) -> int:
-        """Jobs submitted so far."""
-        return self._seq
-
-    def _send(self, msg: dict[str, Any]) -> None:
+    def submit(self, fn: Any, task: Any) -> WarmJob:  # noqa: ARG002 - submitit's signature
+        self.submitted += 1
+        job_id = f"{self.proc.pid}_{self.submitted}"
+        folder = self.folder / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        _write(folder / f"{job_id}_submitted.pkl", pickle.dumps(task))
+        msg = {"job_id": job_id, "folder": str(folder), "run_dir": task.run_dir}
         try:
             self.proc.stdin.write((json.dumps(msg) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, ValueError, OSError) as e:
             raise RuntimeError(f"the warm worker (pid {self.proc.pid}) is gone; see {self.log_path}") from e
-
-    def submit(self, fn: Any, task: Any) -> WarmJob:  # noqa: ARG002 - submitit's signature
-        self._seq += 1
-        job_id = f"{self.proc.pid}_{self._seq}"
-        folder = self.folder / job_id
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{job_id}_submitted.pkl"
-        with open(tmp, "wb") as f:
-            pickle.dump(task, f)
-        os.replace(tmp, folder / f"{job_id}_submitted.pkl")
-        self._send({"op": "run", "job_id": job_id, "folder": str(folder), "run_dir": task.run_dir})
         return WarmJob(self, job_id, folder, task.run_dir)
-
-    def cancel(self, job: WarmJob) -> None:
-        self._send({"op": "cancel", "job_id": job.job_id})
 
     def close(self, wait_s: float | None = None) -> None:
         """End of input: the zygote exits once its children have; ``wait_s``: wait that long for it."""
@@ -226,7 +209,6 @@ class _Slot:
     started: float = 0.0
     warned: bool = False
     requeues: int = 0
-    cancelled: bool = False
 
 
 def _warm_up(trainer: str, tracking_uri: str | None) -> None:
@@ -285,12 +267,10 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
     for fd in others:  # other cells' locks must not live on in this process
         with contextlib.suppress(OSError):
             os.close(fd)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    out = os.open(slot.folder / f"{slot.job_id}_0_log.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    err = os.open(slot.folder / f"{slot.job_id}_0_log.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd, ext in ((1, "out"), (2, "err")):
+        log_file = slot.folder / f"{slot.job_id}_0_log.{ext}"
+        os.dup2(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), fd)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -357,13 +337,6 @@ class _Zygote:
         _write(slot.folder / f"{slot.job_id}_pid", str(pid).encode())
 
     def request(self, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "cancel":
-            slot = self.slots.get(msg["job_id"])
-            if slot is not None and slot.pid:
-                slot.cancelled = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGINT)
-            return
         folder = Path(msg["folder"])
         try:
             fd = _lock(msg["run_dir"])
@@ -387,7 +360,7 @@ class _Zygote:
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            if code == REQUEUE_EXIT and not slot.cancelled:
+            if code == REQUEUE_EXIT:
                 if slot.requeues < int(self.cfg["max_num_timeout"]):
                     slot.requeues += 1
                     print(f"job {slot.job_id}: requeue {slot.requeues}", flush=True)
