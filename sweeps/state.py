@@ -165,7 +165,7 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
 
     def one(sub: Submission) -> None:
         values = (sub.job.executor, sub.job.job_id, sub.job.folder, str(sub.attempts), sub.config_hash)
-        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in zip(RECORD_TAGS, values)])
+        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in zip(RECORD_TAGS, values, strict=True)])
         if sub.resubmitted:
             client.update_run(sub.run_id, status="SCHEDULED")
 
