@@ -34,6 +34,9 @@ See docs/analysis.md for what to add to the sweep in each case.
 """
 
 
+_DEFAULTS = AnalysisConfig()
+
+
 def _flops(text: str) -> float:
     """An argparse type: a positive, finite compute budget in FLOPs."""
     try:
@@ -102,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-steps",
         type=int,
-        default=50,
-        help="drop runs that ended below this many optimizer steps (default 50)",
+        default=_DEFAULTS.min_steps,
+        help=f"drop runs that ended below this many optimizer steps (default {_DEFAULTS.min_steps})",
     )
     p.add_argument(
         "--all-points",
@@ -111,9 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="use every intermediate point, also of cosine / constant_cooldown runs "
         "(default: their final point only)",
     )
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (0 = none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=_DEFAULTS.n_bootstrap,
+        help=f"bootstrap resamples for the intervals (0 = none; default {_DEFAULTS.n_bootstrap})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=_DEFAULTS.seed, help=f"seed of the resamples (default {_DEFAULTS.seed})"
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=_DEFAULTS.delta,
+        help=f"Huber delta on log loss (default {_DEFAULTS.delta:g}, Hoffmann et al. 2022)",
+    )
     p.add_argument(
         "--drop-highest-loss", type=int, default=0, metavar="K", help="remove the K highest-loss points"
     )
