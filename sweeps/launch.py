@@ -133,13 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="TrainConfig override for every cell, e.g. --set optim.lr=3e-4 (repeatable)",
     )
     e = p.add_argument_group("executor")
-    e.add_argument("--executor", choices=["auto", "slurm", "local", "debug"])
-    e.add_argument("--partition")
-    e.add_argument("--nodes", type=int)
-    e.add_argument("--gpus-per-node", type=int)
+    e.add_argument(
+        "--executor",
+        choices=["auto", "slurm", "local", "debug"],
+        help="auto: SLURM where a SLURM controller answers, else local processes; debug: submitit's "
+        "in-process executor (default: the config's executor.name)",
+    )
+    e.add_argument("--partition", help="SLURM partition")
+    e.add_argument("--nodes", type=int, help="nodes per job (several: multi-node Accelerate)")
+    e.add_argument("--gpus-per-node", type=int, help="GPUs per node (0 on CPU)")
     e.add_argument("--tasks-per-node", type=int, help="processes per node (one per GPU)")
-    e.add_argument("--cpus-per-task", type=int)
-    e.add_argument("--mem-gb", type=float)
+    e.add_argument("--cpus-per-task", type=int, help="SLURM: CPU cores per process")
+    e.add_argument("--mem-gb", type=float, help="memory per node in GB (SLURM --mem)")
     e.add_argument("--time", type=int, dest="timeout_min", help="time limit per job in minutes")
     e.add_argument("--array-parallelism", type=int, help="SLURM: array tasks running at once")
     e.add_argument("--parallel", type=int, dest="local_parallelism", help="local: cells running at once")
