@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: their final point only)",
     )
     p.add_argument(
+        "--per-seed",
+        action="store_true",
+        help="keep each seed's run as its own point (default: runs that differ only in their seed are "
+        "averaged into one point per cell, and the report gives the loss's spread between seeds)",
+    )
+    p.add_argument(
         "--bootstrap",
         type=int,
         default=_DEFAULTS.n_bootstrap,
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         # the flags named after AnalysisConfig fields set them
         opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
         opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
+        opts["average_seeds"] = not args.per_seed
         if args.csv is not None and args.data_axis == "images":  # a CSV's D is in its own units
             opts["data_units"] = "images or tokens (as in the CSV)"
         cfg = AnalysisConfig(**opts)

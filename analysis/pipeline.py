@@ -21,7 +21,15 @@ from analysis.parametric import (
     optimal_allocation,
     single_threaded_blas,
 )
-from analysis.runs import effective_data, one_fid_protocol, select_points, set_axes, tidy, validate_points
+from analysis.runs import (
+    average_seeds,
+    effective_data,
+    one_fid_protocol,
+    select_points,
+    set_axes,
+    tidy,
+    validate_points,
+)
 from analysis.shapes import Shape, family_shapes, nearest_shape, shapes_from_points
 from analysis.status import CENSORED, EXTRAPOLATING, NOT_IDENTIFIED, Status
 
@@ -46,6 +54,7 @@ class AnalysisConfig:
     level: float = 0.95
     min_steps: int = 50  # runs that ended below this many optimizer steps are dropped
     all_points: bool = False  # True: every intermediate point, whatever the lr schedule
+    average_seeds: bool = True  # runs that differ only in their seed: one point (their mean) per step
     data_axis: str = "images"  # "images" | "tokens" (images x tokens per image)
     params: str = "total"  # "total" | "non_embedding" (Kaplan et al. 2020)
     effective_data: bool = False  # D -> Muennighoff et al. 2023's D' (needs unique images per run)
@@ -202,8 +211,11 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     """Select valid points (schedule, --min-steps), set N and D axes, optionally D -> D'."""
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
+    seed_note = None
+    if cfg.average_seeds and len(pts):
+        pts, seed_note = average_seeds(pts)
     pts, _, fid_note = one_fid_protocol(pts)
-    notes += [fid_note] if fid_note else []
+    notes += [n for n in (seed_note, fid_note) if n]
     if len(pts) == 0:
         raise ValueError(
             f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "

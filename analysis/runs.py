@@ -8,6 +8,8 @@ Columns of the tidy frame (one row per evaluation point):
   (`model.params_non_embedding`), unique (unique training images: `data/unique_images`, or
   images seen / `data/epochs`; inf for an unbounded stream), status.
 
+`replicate` (MLflow: a hash of the run's params without `seed`, `out` and `tracking.*`; CSV: an
+optional column) marks runs that are seeds of one cell; `average_seeds` makes them one point per step.
 `select_points` keeps the points valid for each run's lr schedule and drops too-short cells;
 `set_axes` chooses what N and D mean (total or non-embedding parameters; images or tokens) and,
 optionally, Muennighoff et al.'s effective data for repeated images.
@@ -15,6 +17,7 @@ optionally, Muennighoff et al.'s effective data for repeated images.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -25,8 +28,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
-OPTIONAL = {"schedule": None, "fid_protocol": None}  # optional columns and their value when unknown
-TEXT_COLUMNS = ("schedule", "fid_protocol")
+OPTIONAL = {"schedule": None, "fid_protocol": None, "replicate": None}  # optional columns, value if unknown
+TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate")
 OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se"), np.nan)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
@@ -154,6 +157,49 @@ def _unique_images(client, rid: str, params: dict, seen: pd.Series) -> float:
     return float("nan")
 
 
+def replicate_key(params: dict) -> str:
+    """A run's settings without its seed and bookkeeping (`seed`, `out`, `tracking.*`): runs that share
+    the key are seeds of one cell (same model, budget, data, lr, evaluation)."""
+    kept = sorted(
+        (k, v) for k, v in params.items() if k not in ("seed", "out") and not k.startswith("tracking.")
+    )
+    return hashlib.sha1(repr(kept).encode()).hexdigest()[:12]
+
+
+def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """One point per (replicate, step): the mean over the seeds of a cell.
+
+    loss, FID, N, D, C and the other numbers are means; `fid_se` is the standard error of the mean FID;
+    `run_id` joins the runs' ids with ' + ' (a bootstrap over runs then resamples whole cells); `n_seeds`
+    counts them. Returns (points, note); the note (None when no cell has two runs) gives the loss's
+    spread between seeds.
+    """
+    key = points["replicate"].where(points["replicate"].notna(), points["run_id"])
+    if points.assign(_k=key).groupby("_k")["run_id"].nunique().max() < 2:
+        return points, None
+    rows = []
+    for _, g in points.assign(_k=key).groupby(["_k", "step"], sort=False, dropna=False):
+        row = g.iloc[0].copy()
+        for col in g.columns:
+            if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "status"):
+                row[col] = pd.to_numeric(g[col], errors="coerce").mean()
+        row["fid_se"] = float(np.sqrt((g["fid_se"] ** 2).sum())) / len(g)
+        row["run_id"] = " + ".join(sorted(g["run_id"].astype(str)))
+        row["n_seeds"] = len(g)
+        row["loss_seed_sd"] = g["loss"].std(ddof=1) / g["loss"].mean() if len(g) > 1 else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows).drop(columns="_k").reset_index(drop=True)
+    many = out[out["n_seeds"] > 1]
+    worst = many.loc[many["loss_seed_sd"].idxmax()]
+    note = (
+        f"{len(many)} cell point(s) average the runs of a cell that differ only in their seed ("
+        f"{int(many['n_seeds'].sum())} runs; --per-seed keeps them apart): the loss's sd between seeds is "
+        f"{100 * many['loss_seed_sd'].median():.2g} % (median), {100 * worst['loss_seed_sd']:.2g} % at most "
+        f"({worst['model']}, {worst['C']:.3g} FLOPs)"
+    )
+    return out, note
+
+
 def fid_protocol(metric: str, params: dict) -> str:
     """How a run's FID was scored, from its ``eval.*`` params: e.g. ``"fid_photos, 1000 samples,
     ddim-50, cfg 1.0"``. FIDs compare only under one protocol: the sampler and its steps move the FID of
@@ -238,6 +284,7 @@ def run_points(client, run) -> pd.DataFrame:
             "unique": _unique_images(client, rid, params, seen),
             "fid_se": fid_se.to_numpy(float),
             "fid_protocol": protocol,
+            "replicate": replicate_key(params),
             "status": run.data.tags.get("status", run.info.status.lower()),
         }
     )

@@ -33,9 +33,10 @@ from analysis.pipeline import (
     holdout_largest,
     largest_compute_runs,
     predict,
+    prepare,
     remove_outliers,
 )
-from analysis.runs import load_csv, load_epoch_chinchilla
+from analysis.runs import load_csv, load_epoch_chinchilla, replicate_key
 from analysis.shapes import family_shapes, nearest_shape
 
 DATA = Path(__file__).parent / "data" / "chinchilla_fig4_svg_extracted_epoch.csv"
@@ -548,3 +549,47 @@ def test_a_pure_law_through_three_points_reports_its_t_interval_not_a_degenerate
     wild = fit_power_law(np.array([1e11, 1.05e11, 1.1e11]), np.array([300.0, 100.0, 300.0]), saturating=False)
     assert wild.t_interval["A"][1] == pytest.approx(math.exp(709.0))
     assert wild.t_interval["alpha"][0] < 0 < wild.t_interval["alpha"][1]
+
+
+def _two_seeds(seed1_factor: np.ndarray) -> pd.DataFrame:
+    """The demo's seed-0 cells and a 'seed 1' copy whose losses are seed0 x seed1_factor; every run has
+    its own id, the two seeds of a cell share a `replicate` key."""
+    s0 = demo_seed0_points().assign(replicate=lambda d: d["run_id"], fid=50.0, fid_se=4.0)
+    s1 = s0.assign(run_id=s0["run_id"] + "-s1", loss=s0["loss"] * seed1_factor, fid=60.0, fid_se=3.0)
+    return pd.concat([s0, s1], ignore_index=True)
+
+
+def test_the_seeds_of_a_cell_become_one_point_their_mean():
+    """Two seeds per cell: the fits see one point per cell, its loss the seeds' mean, its FID standard
+    error that of a mean of two independent FIDs, and the note gives the loss's spread between seeds
+    (sd / mean of two values a, b is |a - b| / sqrt(2) / ((a + b) / 2))."""
+    factor = np.linspace(0.97, 1.05, 12)
+    pts = _two_seeds(factor)
+    prep = prepare(pts, AnalysisConfig(n_bootstrap=0))
+    got = prep.points.set_index(prep.points["run_id"].str.split(" + ", regex=False).str[0])
+    s0 = demo_seed0_points().set_index("run_id")
+    assert len(got) == 12 and (got["n_seeds"] == 2).all()
+    expected = s0["loss"] * (1 + factor) / 2  # factor in demo_seed0_points' row order
+    np.testing.assert_allclose(got.loc[s0.index, "loss"], expected, rtol=1e-12)
+    np.testing.assert_allclose(got["fid"], 55.0)
+    np.testing.assert_allclose(got["fid_se"], 5.0 / 2)  # sqrt(4^2 + 3^2) / 2
+    assert all(" + " in r for r in got["run_id"])  # a bootstrap over runs resamples whole cells
+    spread = np.abs(1 - factor) / np.sqrt(2) / ((1 + factor) / 2)
+    note = next(n for n in prep.notes if "differ only in their seed" in n)
+    assert f"{100 * np.median(spread):.2g} % (median)" in note
+    assert f"{100 * spread.max():.2g} % at most" in note
+    kept = prepare(pts, AnalysisConfig(n_bootstrap=0, average_seeds=False))
+    assert len(kept.points) == 24 and not any("seed" in n for n in kept.notes)
+
+
+def test_runs_that_differ_in_more_than_their_seed_are_not_averaged():
+    """Another lr is another experiment, not a seed: the replicate key keeps it apart, while the seed,
+    the run folder and the tracking settings do not count."""
+    base = {"model.depth": "3", "optim.lr": "0.03", "seed": "0", "out": "/a", "tracking.run_id": "x"}
+    same = base | {"seed": "1", "out": "/b", "tracking.run_id": "y", "tracking.sweep": "demo-s1"}
+    assert replicate_key(base) == replicate_key(same)
+    assert replicate_key(base) != replicate_key(base | {"optim.lr": "0.02"})
+    pts = _two_seeds(np.full(12, 1.02))
+    pts.loc[pts["run_id"].str.endswith("-s1"), "replicate"] += "-lr2e-2"
+    prep = prepare(pts, AnalysisConfig(n_bootstrap=0))
+    assert len(prep.points) == 24 and "n_seeds" not in prep.points.columns

@@ -9,7 +9,7 @@ import pytest
 from _fit_helpers import run_fit_cli
 
 from analysis.parametric import optimal_allocation
-from analysis.runs import load_runs
+from analysis.runs import average_seeds, load_runs
 
 LAW = {"E": 0.05, "A": 4.0, "B": 30.0, "alpha": 0.3, "beta": 0.32}
 K = 6.0 * 64  # true FLOPs per parameter per image (64 tokens per image)
@@ -233,3 +233,41 @@ def test_one_fid_protocol_keeps_the_most_used_and_breaks_ties_at_the_largest_com
     assert one_fid_protocol(tie)[1] == "a"  # one each: a's is at the larger compute (C = 4)
     assert one_fid_protocol(pts.assign(fid_protocol="a"))[2] is None
     assert one_fid_protocol(pts.assign(fid_protocol=None))[1] is None  # CSV input: unknown, kept
+
+
+def test_two_seeds_logged_by_the_trainer_load_as_one_cell(sweep):
+    """Runs of one cell that differ in `seed`, `out` and `tracking.*` (as two launches with --set seed=N
+    log them) share a replicate key; a run at another lr does not. The analysis averages the first two."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    uri, _ = sweep
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("seeds")
+    losses = {}
+    for name, seed, lr, loss in (
+        ("s0", 0, "0.03", 0.050),
+        ("s1", 1, "0.03", 0.054),
+        ("lr", 0, "0.02", 0.049),
+    ):
+        rid = client.create_run(exp_id, run_name=name).info.run_id
+        params = {"model.params": 1000, "model.depth": 2, "model.hidden_size": 8, "model.patch_size": 2}
+        params |= {"model.input_size": 16, "optim.schedule": "cosine", "optim.lr": lr, "seed": seed}
+        params |= {"out": f"/runs/{name}", "tracking.run_id": rid, "tracking.sweep": f"demo-{name}"}
+        client.log_batch(
+            rid,
+            metrics=[
+                Metric("val/loss", loss, 0, 100),
+                Metric("compute/train_flops", 6e9, 0, 100),
+                Metric("data/images_seen", 1e6, 0, 100),
+            ],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        client.set_terminated(rid, "FINISHED")
+        losses[rid] = name
+    df = load_runs("seeds", tracking_uri=uri)
+    key = dict(zip(df["run_id"].map(losses), df["replicate"]))
+    assert key["s0"] == key["s1"] != key["lr"]
+    pts, note = average_seeds(df)
+    assert sorted(pts["loss"].round(6)) == [0.049, 0.052] and pts["n_seeds"].max() == 2
+    assert "5.4 % (median)" in note  # sd / mean of (0.050, 0.054): 0.00283 / 0.052
