@@ -148,8 +148,7 @@ class _ShardImages(Dataset):
     """Images of one shard: ``(x (3, S, S) in [-1, 1], label, error text or "")``; never raises."""
 
     def __init__(self, samples: list[tuple[str, int]], image_size: int):
-        self.samples = samples
-        self.image_size = image_size
+        self.samples, self.image_size = samples, image_size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -164,10 +163,8 @@ class _ShardImages(Dataset):
 
 def _fingerprint(cfg: ExtractConfig, samples: list[tuple[str, int]], root: str) -> str:
     """Hash of everything that determines the shards' contents."""
-    h = hashlib.sha256()
     keys = ("vae", "vae_subfolder", "image_size", "posterior", "scale_factor", "shard_size", "dtype", "seed")
-    settings = {k: getattr(cfg, k) for k in keys}
-    h.update(json.dumps(settings, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True).encode())
     for path, label in samples:
         h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
     return h.hexdigest()
@@ -259,12 +256,9 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
         "complete": not missing,
     }
     if missing:
+        done = f"rank {cfg.rank}/{cfg.world_size} done; shards {missing} of other ranks are not finished"
         log.info(
-            "rank %d/%d done; shards %s of other ranks are not finished, so no manifest yet "
-            "(the last rank to finish writes it; or rerun with --world-size 1)",
-            cfg.rank,
-            cfg.world_size,
-            missing,
+            "%s, so no manifest yet (the last rank to finish writes it; or rerun with --world-size 1)", done
         )
         return manifest
     text = json.dumps(manifest, indent=2)

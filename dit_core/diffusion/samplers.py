@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -244,40 +245,6 @@ def _time_grid(steps: int) -> list[float]:
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
 
 
-def _sample_flow(
-    fm: FlowMatching,
-    f: Denoiser,
-    x: torch.Tensor,
-    steps: int,
-    sampler: str,
-    eta: float,
-    generator: torch.Generator | None,
-    progress: bool,
-) -> torch.Tensor:
-    times = _time_grid(steps)
-    for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=sampler):
-        x = _flow_step(fm, f, x, t, t_next, sampler, eta, generator)
-    return x
-
-
-def _invert_flow(
-    fm: FlowMatching,
-    f: Denoiser,
-    x: torch.Tensor,
-    steps: int,
-    sampler: str,
-    fixed_point_iters: int,
-    progress: bool,
-) -> torch.Tensor:
-    times = _time_grid(steps)[::-1]
-    for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=f"{sampler}-invert"):
-        guess = _flow_step(fm, f, x, t, t_next, sampler, 0.0, None)
-        for _ in range(fixed_point_iters):  # make the sampling step t_next -> t map guess onto x
-            guess = guess + (x - _flow_step(fm, f, guess, t_next, t, sampler, 0.0, None))
-        x = guess
-    return x
-
-
 # ---------------------------------------------------------------------- public API
 @torch.no_grad()
 def sample(
@@ -320,7 +287,10 @@ def sample(
         if isinstance(diffusion, FlowMatching):
             if clip_denoised:
                 raise ValueError("clip_denoised is for Gaussian diffusion; flow sampling does not clip")
-            return _sample_flow(diffusion, f, x, steps, sampler, eta, generator, progress)
+            times = _time_grid(steps)
+            for t, t_next in tqdm(list(pairwise(times)), disable=not progress, desc=sampler):
+                x = _flow_step(diffusion, f, x, t, t_next, sampler, eta, generator)
+            return x
         if not isinstance(diffusion, GaussianDiffusion):
             raise ValueError(f"unsupported diffusion type {type(diffusion).__name__}")
         d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
@@ -363,6 +333,12 @@ def invert(
         f = make_denoiser(model, labels, cfg_scale, guide_channels)
         x = x0.float()
         if isinstance(diffusion, FlowMatching):
-            return _invert_flow(diffusion, f, x, steps, sampler, fixed_point_iters, progress)
+            times = _time_grid(steps)[::-1]
+            for t, t_next in tqdm(list(pairwise(times)), disable=not progress, desc=f"{sampler}-invert"):
+                guess = _flow_step(diffusion, f, x, t, t_next, sampler, 0.0, None)
+                for _ in range(fixed_point_iters):  # make the sampling step t_next -> t map guess onto x
+                    guess = guess + (x - _flow_step(diffusion, f, guess, t_next, t, sampler, 0.0, None))
+                x = guess
+            return x
         d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
         return _invert_gaussian(d, f, x, fixed_point_iters, progress)
