@@ -12,31 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
+from ..diffusion.validation import example_noise, example_seed
 from .images import to_uint8
 
 log = logging.getLogger(__name__)
 
 LATENT_SCALE = 0.18215
-
-
-def index_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A 63-bit seed for sample ``index`` of a set seeded by ``seed`` (SeedSequence mixing).
-
-    ``stream`` separates independent uses (0: starting noise, 1: per-batch sampler noise).
-    """
-    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
-
-
-def sample_noise(indices: range | list[int], shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Starting noise (len(indices), *shape) float32, one seeded generator per global index."""
-    out = torch.empty((len(indices), *shape))
-    for j, i in enumerate(indices):
-        out[j] = torch.randn(shape, generator=torch.Generator().manual_seed(index_seed(seed, i)))
-    return out
 
 
 def shard(num_samples: int, rank: int, world: int) -> range:
@@ -87,9 +70,9 @@ def generate_images(
     out = []
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
-        noise = sample_noise(idx, (channels, image_size, image_size), seed).to(device)
+        noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
         y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
-        g = torch.Generator(device=device).manual_seed(index_seed(seed, idx[0], stream=1))
+        g = torch.Generator(device=device).manual_seed(example_seed(seed, idx[0], 1))
         x = sample(
             model, diffusion, noise.shape, y,
             sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
