@@ -91,14 +91,7 @@ def log_metrics(metrics: Mapping[str, float], step: int, run_id: str | None = No
     """Log ``metrics`` to MLflow as ``eval/<name>`` at ``step`` (the active run, or ``run_id``)."""
     import mlflow
 
+    if run_id is None and mlflow.active_run() is None:
+        raise ValueError("no active MLflow run: start one or pass run_id")
     data = {f"eval/{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-    if run_id is None:
-        if mlflow.active_run() is None:
-            raise ValueError("no active MLflow run: start one or pass run_id")
-        mlflow.log_metrics(data, step=step)
-    else:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient()
-        for k, v in data.items():
-            client.log_metric(run_id, k, v, step=step)
+    mlflow.log_metrics(data, step=step, run_id=run_id)
