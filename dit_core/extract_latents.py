@@ -200,9 +200,8 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     """Encode ``cfg.data_path`` into shards under ``cfg.output``; returns the manifest (also written)."""
     if not os.path.isdir(cfg.data_path):
         raise ValueError(f"image folder {cfg.data_path!r} does not exist or is not a directory")
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if cfg.image_size % factor:
@@ -288,12 +287,7 @@ def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, sav
             labels.append(y[ok].long())
     latents = torch.cat(lats) if lats else torch.zeros(0, 2, *latent_shape, dtype=DTYPES[cfg.dtype])
     labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
-    meta = {
-        "fingerprint": fingerprint,
-        "shard": str(k),
-        "count": str(len(labels_t)),
-        "skipped": json.dumps(bad),
-    }
+    meta = dict(fingerprint=fingerprint, shard=str(k), count=str(len(labels_t)), skipped=json.dumps(bad))
     tmp = f"{path}.tmp-{os.getpid()}"
     save_file({"latents": latents.contiguous(), "labels": labels_t.contiguous()}, tmp, metadata=meta)
     os.replace(tmp, path)

@@ -148,12 +148,7 @@ class DiT(nn.Module):
         return self._rope_cache[key]
 
     def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        force_drop_ids: torch.Tensor | None = None,
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, force_drop_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Predict noise (and variance).
 

@@ -107,9 +107,7 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
         self, root: str, resolution: int = 256, random_flip: bool = True, seed: int = 0, validate: bool = True
     ):
         scan = scan_image_folder(root, validate=validate)
-        self.root = scan.root
-        self.classes = scan.classes
-        self.samples = scan.samples
+        self.root, self.classes, self.samples = scan.root, scan.classes, scan.samples
         self.skipped: list[str] = list(scan.skipped)
         self.load_failures = 0
         self.num_classes = len(self.classes)
@@ -135,12 +133,9 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
                 self.load_failures += 1
                 if path not in self.skipped:
                     self.skipped.append(path)
+                failure = f"could not load image {path} ({type(e).__name__}: {e})"
                 log.warning(
-                    "could not load image %s (%s: %s); using the next item instead (%d load failures so far)",
-                    path,
-                    type(e).__name__,
-                    e,
-                    self.load_failures,
+                    "%s; using the next item instead (%d load failures so far)", failure, self.load_failures
                 )
                 continue
             return x, torch.tensor(label, dtype=torch.int64)
