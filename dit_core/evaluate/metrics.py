@@ -149,12 +149,9 @@ def evaluate_samples(
                     out[f"{m}_se"] = fid_bootstrap_se(fake[out_name], ref.stats[out_name], FID_SE_RESAMPLES)
             elif base == "is":
                 out[m] = inception_score(fake["probs"], splits=is_splits)
-        if any(m.removesuffix(suffix) in ("precision", "recall") for m in names):
-            p, r = precision_recall(ref.feats["pool"], fake["pool"], k=k)
-            if f"precision{suffix}" in names:
-                out[f"precision{suffix}"] = p
-            if f"recall{suffix}" in names:
-                out[f"recall{suffix}"] = r
+        if {f"precision{suffix}", f"recall{suffix}"} & set(names):  # the return keeps the ones asked for
+            pr = precision_recall(ref.feats["pool"], fake["pool"], k=k)
+            out[f"precision{suffix}"], out[f"recall{suffix}"] = pr
         if family in DOMAINS and getattr(ext, "val_accuracy", None) is not None:
             out[f"{family}_classifier_acc"] = float(ext.val_accuracy)
     extra = [f"{m}_se" for m in metrics] + [f"{d}_classifier_acc" for d in DOMAINS]
