@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vae", required=True, help="local AutoencoderKL folder, or a hub id where the hub is reachable"
     )
-    p.add_argument("--vae-subfolder", default=None, help="subfolder of --vae holding the VAE (e.g. 'vae')")
+    p.add_argument("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae')")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
