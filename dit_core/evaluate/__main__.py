@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from .checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
-    from .pipeline import log_metrics
+    from .sampling import log_metrics
 
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

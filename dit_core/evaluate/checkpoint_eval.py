@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .metrics import check_metrics, default_metrics
-from .pipeline import evaluate_model
+from .sampling import evaluate_model
 
 log = logging.getLogger(__name__)
 

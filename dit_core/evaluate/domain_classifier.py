@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write
-from .cache import cache_dir, stable_hash
 from .features import FeatureExtractor
 from .images import as_image_array
+from .reference import cache_dir, stable_hash
 
 log = logging.getLogger(__name__)
 
