@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write
-from .features import FeatureExtractor
-from .images import as_image_array
+from .features import FeatureExtractor, as_image_array
 from .reference import cache_dir, stable_hash
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from ..diffusion.validation import example_noise, example_seed
-from .features import FeatureExtractor
-from .images import to_uint8
+from .features import FeatureExtractor, to_uint8
 from .metrics import DIGITS_METRICS, check_metrics, evaluate_samples
 
 log = logging.getLogger(__name__)
