@@ -299,9 +299,7 @@ class Trainer:
 
     def train_step(self) -> None:
         """One optimizer step on the next global batch, at lr ``self.lr(self.step)``."""
-        x, y = self.stream.next_batch()
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
+        x, y = (v.to(self.device, non_blocking=True) for v in self.stream.next_batch())
         u, noise, drop = self.random.draw(self.step, x)
         t = self.diffusion.timesteps_from_uniform(u).to(self.device)
         lr = self.lr(self.step)
