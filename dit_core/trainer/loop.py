@@ -332,11 +332,8 @@ class Trainer:
             return
         from ..tracking import RunTracker, executor_tags, git_commit
 
-        tags = dict(t.tags)
-        tags.update({k: v for k, v in (("sweep", t.sweep), ("grid_cell", t.grid_cell)) if v})
-        if t.parent_run_id:
-            tags["mlflow.parentRunId"] = t.parent_run_id
-        tags.update(executor_tags())
+        given = {"sweep": t.sweep, "grid_cell": t.grid_cell, "mlflow.parentRunId": t.parent_run_id}
+        tags = {**t.tags, **{k: v for k, v in given.items() if v}, **executor_tags()}
         tags["data.unique_images"] = str(unique_images(self.train_set) or "unbounded")
         self.tracker = RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=self.run_id or t.run_id, run_name=t.run_name,
