@@ -15,6 +15,7 @@ Read the result with ``build_dataset(DataConfig(name="latents", root=<output>))`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -109,12 +110,9 @@ def load_vae(vae: str, subfolder: str | None = None) -> torch.nn.Module:
                 "AutoencoderKL.save_pretrained (or a pipeline folder with --vae-subfolder vae)"
             )
         return AutoencoderKL.from_pretrained(expanded, subfolder=subfolder)
-    try:  # already in the local Hugging Face cache: no network needed
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, local_files_only=True)
-    except Exception:
-        pass
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # in the local HF cache: no network
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, local_files_only=True)
     hint = (
         "Without network access, download it where the hub is reachable, e.g. "
         f"`hf download {vae} --local-dir ./vae`, copy the folder here and pass --vae ./vae"

@@ -171,8 +171,7 @@ class InceptionExtractor(FeatureExtractor):
         self.logits_weight = w.detach().float() if w is not None and w.shape[-1] == 2048 else None
         self.outputs = ("pool", "spatial") + (("probs",) if self.logits_weight is not None else ())
         self.name = f"inception-{_file_digest(self.path)}"
-        has_logits = self.logits_weight is not None
-        log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, has_logits)
+        log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, "probs" in self.outputs)
 
     def resize(self, x: np.ndarray) -> torch.Tensor:
         """uint8/float (B, 3, H, W) -> float32 (B, 3, 299, 299) via clean-fid's resizer (threaded)."""
