@@ -34,9 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from dit_core.checkpoint import atomic_write
 from dit_core.configio import check_fields
-from dit_core.data.imagefolder import scan_image_folder
+from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, shard_name
-from dit_core.data.transforms import center_crop_arr, load_rgb, to_tensor
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,9 @@ from torch.utils.data import Dataset
 from .config import DATASET_NAMES, SPLITS, DataConfig
 from .digits import DigitsDataset, digits_images, digits_split_indices
 from .flip import flip_decision
-from .imagefolder import ImageFolderDataset, scan_image_folder
+from .imagefolder import ImageFolderDataset, center_crop_arr, scan_image_folder
 from .latents import LatentsDataset, read_manifest
 from .photos import PHOTOS, PhotoCropsDataset, photos_images, photos_reference
-from .transforms import center_crop_arr
 
 log = logging.getLogger(__name__)
 

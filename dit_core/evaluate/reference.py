@@ -99,8 +99,7 @@ class ReferenceSource:
             for i in range(0, len(arr), size):
                 yield np.ascontiguousarray(np.asarray(arr[i : i + size]).transpose(0, 3, 1, 2))
         else:
-            from dit_core.data import center_crop_arr
-            from dit_core.data.transforms import load_rgb
+            from dit_core.data.imagefolder import center_crop_arr, load_rgb
 
             for i in range(0, len(self.files), size):
                 batch = [center_crop_arr(load_rgb(str(p)), self.resolution) for p in self.files[i : i + size]]
