@@ -128,17 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import Trainer
 
     parser = build_parser()
-    args, extra = parser.parse_known_args(
-        join_negative_values(sys.argv[1:] if argv is None else argv, parser)
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parser.parse_known_args(join_negative_values(argv, parser))
     if extra:
         flags = {s for a in parser._actions for s in a.option_strings}
         close = [m for e in extra for m in difflib.get_close_matches(e.split("=")[0], flags, n=2)]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint} (--help lists every field)")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
         if cfg.tracking.enabled and not args.print_config:
