@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -131,13 +132,9 @@ def parse_scalar(text: str) -> Any:
 
 
 # ---------------------------------------------------------------------- nested <-> dotted
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+    return typing.get_type_hints(cls)
 
 
 def iter_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
