@@ -113,11 +113,9 @@ class GaussianDiffusion(Diffusion):
         """Schedule array `name` at step indices t (N,) -> (N, 1, ..., 1) in x's dtype and device
         (the float64 array is cast once per device and dtype; casting commutes with indexing)."""
         key = (name, x.device, x.dtype)
-        arr = self._device_cache.get(key)
-        if arr is None:
-            arr = getattr(self, name).to(device=x.device, dtype=x.dtype)
-            self._device_cache[key] = arr
-        return broadcast_to(arr[t.to(x.device).long()], x)
+        if key not in self._device_cache:
+            self._device_cache[key] = getattr(self, name).to(device=x.device, dtype=x.dtype)
+        return broadcast_to(self._device_cache[key][t.to(x.device).long()], x)
 
     def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
         s = self._unit_time_from_uniform(u)

@@ -168,12 +168,8 @@ def reference_stats(
         z = np.load(path)
         stats = {o: GaussianStats(z[f"{o}_mu"], z[f"{o}_sigma"], int(z[f"{o}_n"])) for o in wanted}
         return ReferenceStats(stats, {o: z[f"{o}_feats"] for o in wanted}, path)
-    parts: dict[str, list[np.ndarray]] = {o: [] for o in wanted}
-    for chunk in source.chunks():
-        out = extractor.extract(chunk, wanted)
-        for o in wanted:
-            parts[o].append(out[o])
-    feats = {o: np.concatenate(v) for o, v in parts.items()}
+    outs = [extractor.extract(chunk, wanted) for chunk in source.chunks()]
+    feats = {o: np.concatenate([out[o] for out in outs]) for o in wanted}
     stats = {o: GaussianStats.from_features(f) for o, f in feats.items()}
     rng = np.random.default_rng(0)
     kept, arrays = {}, {}
