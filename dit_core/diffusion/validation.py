@@ -42,11 +42,8 @@ def example_uniforms(seed: int, indices: torch.Tensor, mode: str = "stratified")
 
 def example_noise(seed: int, indices: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal noise (N, *shape) on CPU, row i drawn from a generator seeded by (seed, i)."""
-    gen = torch.Generator()
-    rows = []
-    for i in indices.tolist():
-        gen.manual_seed(example_seed(seed, i))
-        rows.append(torch.randn(shape, generator=gen))
+    gens = (torch.Generator().manual_seed(example_seed(seed, i)) for i in indices.tolist())
+    rows = [torch.randn(shape, generator=g) for g in gens]
     return torch.stack(rows) if rows else torch.empty((0, *shape))
 
 

@@ -103,9 +103,7 @@ def _coverage(query: np.ndarray, manifold: np.ndarray, radii: np.ndarray, block:
     q = torch.as_tensor(np.asarray(query, np.float64))
     m = torch.as_tensor(np.asarray(manifold, np.float64))
     r = torch.as_tensor(radii)
-    inside = []
-    for i in range(0, q.shape[0], block):
-        inside.append((_sq_dists(q[i : i + block], m) <= r[None, :]).any(dim=1))
+    inside = [(_sq_dists(q[i : i + block], m) <= r[None, :]).any(dim=1) for i in range(0, len(q), block)]
     return float(torch.cat(inside).double().mean())
 
 
