@@ -181,14 +181,12 @@ class PhotoCrops:
         ``x_lo``/``x_hi`` (optional, ``(B,)``) clamp the box's columns, so float rounding can never
         reach a pixel outside the split's region."""
         label = torch.as_tensor(np.asarray(label), dtype=torch.int64)
+        col = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))[:, None]  # (B,) -> float64 (B, 1)
         r = torch.arange(resolution + 1, dtype=torch.float64) / resolution
         side_t = torch.as_tensor(np.asarray(side, dtype=np.float64))
-        xs = torch.as_tensor(np.asarray(x0, dtype=np.float64))[:, None] + side_t[:, None] * r  # (B, R+1)
-        ys = torch.as_tensor(np.asarray(y0, dtype=np.float64))[:, None] + side_t[:, None] * r
+        xs, ys = col(x0) + side_t[:, None] * r, col(y0) + side_t[:, None] * r  # (B, R+1)
         if x_lo is not None:
-            lo = torch.as_tensor(np.asarray(x_lo, dtype=np.float64))[:, None]
-            hi = torch.as_tensor(np.asarray(x_hi, dtype=np.float64))[:, None]
-            xs = torch.maximum(torch.minimum(xs, hi), lo)
+            xs = torch.maximum(torch.minimum(xs, col(x_hi)), col(x_lo))
         h = torch.as_tensor(self.heights)[label][:, None]
         w = torch.as_tensor(self.widths)[label][:, None]
         ix = torch.minimum(xs.floor().long().clamp_min(0), w - 1)  # cell of each lattice point
