@@ -201,9 +201,8 @@ def domain_data(recipe: DomainClassifierRecipe) -> tuple[Split, Split]:
     from dit_core.data.photos import photo_crops
 
     crops = photo_crops(r.num_photos, r.channels, tuple(r.crop_scale), r.holdout)
-
-    index = np.arange(r.train_size)  # the stream's first crops (each flipped at random)
-    train = crops.sample(index, "train", r.resolution, seed=r.seed, flip=True)
+    # the stream's first crops (each flipped at random), and the first held-out ones
+    train = crops.sample(np.arange(r.train_size), "train", r.resolution, seed=r.seed, flip=True)
     return train, crops.sample(np.arange(r.val_size), "val", r.resolution, flip=False)
 
 
@@ -271,10 +270,8 @@ class DomainExtractor(FeatureExtractor):
     outputs = ("pool", "probs")
 
     def __init__(self, recipe: DomainClassifierRecipe) -> None:
-        self.recipe = recipe
-        self.domain = recipe.domain
+        self.recipe, self.domain, self.batch_size = recipe, recipe.domain, 512
         self.net, self.val_accuracy, self.path = load_or_train(recipe)
-        self.batch_size = 512
         self.name = f"{recipe.domain}cnn-{self.path.stem}"
 
     @torch.no_grad()
