@@ -281,10 +281,8 @@ class RunTracker:
 
     def __init__(self, client, run_id: str, resumed: bool, *, max_buffered: int = MAX_BUFFERED_POINTS):
         self.client, self.run_id, self.resumed = client, run_id, resumed
-        self._logged: dict[str, set[int]] = {}
+        self._logged: dict[str, set[int]] = self._steps_on_server() if resumed else {}
         self.skipped = 0  # points not logged because their (key, step) was already logged
-        if resumed:
-            self._logged = self._steps_on_server()
         self.sender = MetricSender(client, run_id, max_buffered=max_buffered)
 
     def _steps_on_server(self) -> dict[str, set[int]]:
