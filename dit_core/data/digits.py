@@ -65,9 +65,7 @@ def digits_split_indices(split: str) -> np.ndarray:
         n_val = int(round(VAL_FRACTION * len(idx)))
         val.append(rs.permutation(idx)[:n_val])
     val_idx = np.sort(np.concatenate(val))
-    if split == "val":
-        return val_idx
-    return np.setdiff1d(np.arange(len(labels)), val_idx)
+    return val_idx if split == "val" else np.setdiff1d(np.arange(len(labels)), val_idx)
 
 
 @functools.lru_cache(maxsize=8)
