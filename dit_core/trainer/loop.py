@@ -410,10 +410,9 @@ class Trainer:
         """``metrics`` at this step, with ``compute/train_flops``, ``data/images_seen`` and the
         data-reuse metrics (`dit_core.data.data_accounting`)."""
         if self.tracker and metrics:
-            led = self.ledger()
-            extra = {"compute/train_flops": led["train_flops"], "data/images_seen": float(led["images_seen"])}
-            extra |= data_accounting(self.train_set, led["images_seen"])
-            self.tracker.log_metrics({**metrics, **extra}, self.step)
+            seen = self.images_seen
+            extra = {"compute/train_flops": self.fpi * seen, "data/images_seen": float(seen)}
+            self.tracker.log_metrics({**metrics, **extra, **data_accounting(self.train_set, seen)}, self.step)
 
     def validate(self) -> None:
         """``val/loss`` (and ``val/loss_ema``) at this step (`dit_core.trainer.validation`)."""
