@@ -31,7 +31,7 @@ import torch
 from .domain_classifier import DOMAINS, DomainExtractor, recipe_for_reference
 from .features import FeatureExtractor, InceptionExtractor, as_image_array
 from .frechet import GaussianStats, fid_bootstrap_se, fid_from_stats
-from .reference import ReferenceSource, reference_stats, resolve_reference
+from .reference import reference_stats, resolve_reference
 
 log = logging.getLogger(__name__)
 
@@ -148,21 +148,6 @@ def check_metrics(metrics: Sequence[str], reference: str) -> None:
             raise ValueError(f"*_{d} metrics need reference='{d}' (or '{d}:...'), got {reference!r}")
 
 
-def build_extractor(
-    family: str,
-    source: ReferenceSource,
-    inception_weights: str | None = None,
-    device: str | torch.device = "cpu",
-) -> FeatureExtractor:
-    """The default extractor of a family: clean-fid Inception, or the cached classifier of the
-    reference's domain (photos: trained on the same photos options as ``source``)."""
-    if family == "inception":
-        return InceptionExtractor(inception_weights, device=device)
-    if family in DOMAINS:
-        return DomainExtractor(recipe_for_reference(family, source.resolution, source.options))
-    raise ValueError(f"unknown extractor family {family!r}")
-
-
 def evaluate_samples(
     images: torch.Tensor | np.ndarray,
     reference: str = "digits",
@@ -191,8 +176,12 @@ def evaluate_samples(
     out: dict[str, float] = {}
     for family in dict.fromkeys(METRICS[m][0] for m in metrics):
         names = [m for m in metrics if METRICS[m][0] == family]
-        if family not in extractors:
-            extractors[family] = build_extractor(family, source, inception_weights, device)
+        if family not in extractors:  # clean-fid Inception, or the classifier of the reference's domain
+            extractors[family] = (
+                InceptionExtractor(inception_weights, device=device)
+                if family == "inception"
+                else DomainExtractor(recipe_for_reference(family, source.resolution, source.options))
+            )
         ext = extractors[family]
         needed = list(dict.fromkeys(METRICS[m][1] for m in names))
         if "probs" in needed and "probs" not in ext.outputs:
