@@ -442,15 +442,12 @@ class Trainer:
         log.info("step %d: eval %s", self.step, metrics)
 
     # ------------------------------------------------------------------ checkpoints
-    def weights_finite(self) -> bool:
-        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
-        return bool(torch.isfinite(torch.stack(norms)).all())
-
     def save(self) -> Path | None:
         """Write a checkpoint (main process) of the current step; all ranks take part."""
         vec = self.reduced_pending()
         self.check_finite(vec)
-        if not self.weights_finite():
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        if not torch.isfinite(torch.stack(norms)).all():
             raise FloatingPointError(
                 f"non-finite weights at step {self.step}; the run stopped and kept its last good "
                 f"checkpoint ({latest_checkpoint(self.out) or 'none yet'}). Lower --lr or set --grad-clip"
