@@ -34,16 +34,6 @@ def shard(num_samples: int, rank: int, world: int) -> range:
     return range(start, start + base + (1 if rank < extra else 0))
 
 
-def vae_decoder(vae, scale: float = LATENT_SCALE) -> Callable[[torch.Tensor], torch.Tensor]:
-    """latents (N, 4, h, w) already times ``scale`` -> pixels (N, 3, 8h, 8w) in [-1, 1]."""
-
-    @torch.no_grad()
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(z / scale).sample
-
-    return decode
-
-
 @torch.no_grad()
 def generate_images(
     model: torch.nn.Module,
@@ -146,11 +136,12 @@ def evaluate_model(
     rank = accelerator.process_index if accelerator is not None else 0
     indices = shard(num_samples, rank, world)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    decode = (lambda z: vae.decode(z / LATENT_SCALE).sample) if vae is not None else None  # (N, 3, 8h, 8w)
     local = generate_images(
         model, diffusion, indices,
         batch_size=batch_size, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
         num_classes=num_classes, image_size=image_size, channels=channels, eta=eta,
-        decode=vae_decoder(vae) if vae is not None else None, device=device, clip_denoised=clip_denoised,
+        decode=decode, device=device, clip_denoised=clip_denoised,
     )  # fmt: skip
     images = gather_samples(local, num_samples, accelerator) if accelerator is not None else local
     result: dict[str, float] = {}
