@@ -15,6 +15,7 @@ checkpoint, never a torn one. The temporary files such a kill leaves behind are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -58,16 +59,12 @@ def atomic_write(path: Path, write) -> None:
 
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (a power cut after it keeps the new file)."""
-    try:
+    with contextlib.suppress(OSError):  # platforms that cannot open or fsync a directory
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms that cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_partial_writes(out: str | os.PathLike) -> list[Path]:

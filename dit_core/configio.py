@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -131,13 +132,9 @@ def parse_scalar(text: str) -> Any:
 
 
 # ---------------------------------------------------------------------- nested <-> dotted
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+    return typing.get_type_hints(cls)
 
 
 def iter_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -304,13 +301,9 @@ def join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> li
     its parser, whose message names what is wrong with it."""
     takes_value = {s for a in parser._actions if a.nargs is None for s in a.option_strings}
     out: list[str] = []
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        if tok in takes_value and i + 1 < len(argv) and re.match(r"^-\.?\d", argv[i + 1]):
-            out.append(f"{tok}={argv[i + 1]}")
-            i += 2
-            continue
-        out.append(tok)
-        i += 1
+    for tok in argv:
+        if out and out[-1] in takes_value and re.match(r"^-\.?\d", tok):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
     return out

@@ -94,6 +94,11 @@ def diffusers_kwargs(cfg: DiTConfig) -> dict:
     }
 
 
+def _renames(depth: int) -> dict[str, str]:
+    """DiT name -> diffusers name of every weight and bias that maps one to one, blocks 0..depth-1."""
+    return {**_TOP, **{src.format(i=i): dst.format(i=i) for i in range(depth) for src, dst in _BLOCK.items()}}
+
+
 def _depth(state: Mapping[str, Tensor], pattern: str) -> int:
     idx = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
     if idx != set(range(len(idx))):
@@ -112,12 +117,8 @@ def dit_to_diffusers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if grid * grid != pos.shape[1] or not torch.allclose(pos[0].float(), sincos_2d(pos.shape[2], grid)):
         raise ValueError("'pos_embed' is not the fixed sin-cos table; diffusers cannot store another one")
     out: dict[str, Tensor] = {}
-
-    def take(src: str) -> tuple[Tensor, Tensor]:
-        return state.pop(f"{src}.weight"), state.pop(f"{src}.bias")
-
-    for src, dst in _TOP.items():
-        out[f"{dst}.weight"], out[f"{dst}.bias"] = take(src)
+    for src, dst in _renames(depth).items():
+        out[f"{dst}.weight"], out[f"{dst}.bias"] = state.pop(f"{src}.weight"), state.pop(f"{src}.bias")
     for src, dst in _EMBEDDERS.items():
         for suffix in ("weight", "bias"):
             if f"{src}.{suffix}" in state:
@@ -125,9 +126,7 @@ def dit_to_diffusers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
                 for i in range(depth):
                     out[f"{_EMB.format(i=i)}{dst}.{suffix}"] = t.clone()
     for i in range(depth):
-        for src, dst in _BLOCK.items():
-            out[f"{dst.format(i=i)}.weight"], out[f"{dst.format(i=i)}.bias"] = take(src.format(i=i))
-        w, b = take(f"blocks.{i}.attn.qkv")
+        w, b = state.pop(f"blocks.{i}.attn.qkv.weight"), state.pop(f"blocks.{i}.attn.qkv.bias")
         for name, wi, bi in zip(("to_q", "to_k", "to_v"), w.chunk(3, 0), b.chunk(3, 0)):
             out[f"transformer_blocks.{i}.attn1.{name}.weight"] = wi.clone()
             out[f"transformer_blocks.{i}.attn1.{name}.bias"] = bi.clone()
@@ -145,7 +144,7 @@ def diffusers_to_dit(state: Mapping[str, Tensor], cfg: DiTConfig) -> dict[str, T
     if depth != cfg.depth:
         raise ValueError(f"the diffusers state has {depth} blocks, cfg.depth={cfg.depth}")
     out: dict[str, Tensor] = {}
-    for src, dst in _TOP.items():
+    for src, dst in _renames(depth).items():
         out[f"{src}.weight"], out[f"{src}.bias"] = state.pop(f"{dst}.weight"), state.pop(f"{dst}.bias")
     for src, dst in _EMBEDDERS.items():
         for suffix in ("weight", "bias"):
@@ -159,9 +158,6 @@ def diffusers_to_dit(state: Mapping[str, Tensor], cfg: DiTConfig) -> dict[str, T
                 )
             out[f"{src}.{suffix}"] = copies[0]
     for i in range(depth):
-        for src, dst in _BLOCK.items():
-            for suffix in ("weight", "bias"):
-                out[f"{src.format(i=i)}.{suffix}"] = state.pop(f"{dst.format(i=i)}.{suffix}")
         for suffix in ("weight", "bias"):
             parts = [
                 state.pop(f"transformer_blocks.{i}.attn1.{n}.{suffix}") for n in ("to_q", "to_k", "to_v")

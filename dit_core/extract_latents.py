@@ -15,6 +15,7 @@ Read the result with ``build_dataset(DataConfig(name="latents", root=<output>))`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,9 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from dit_core.checkpoint import atomic_write
 from dit_core.configio import check_fields
-from dit_core.data.imagefolder import scan_image_folder
+from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, shard_name
-from dit_core.data.transforms import center_crop_arr, load_rgb, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,9 @@ def load_vae(vae: str, subfolder: str | None = None) -> torch.nn.Module:
                 "AutoencoderKL.save_pretrained (or a pipeline folder with --vae-subfolder vae)"
             )
         return AutoencoderKL.from_pretrained(expanded, subfolder=subfolder)
-    try:  # already in the local Hugging Face cache: no network needed
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, local_files_only=True)
-    except Exception:
-        pass
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # in the local HF cache: no network
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        return AutoencoderKL.from_pretrained(vae, subfolder=subfolder, local_files_only=True)
     hint = (
         "Without network access, download it where the hub is reachable, e.g. "
         f"`hf download {vae} --local-dir ./vae`, copy the folder here and pass --vae ./vae"
@@ -148,8 +145,7 @@ class _ShardImages(Dataset):
     """Images of one shard: ``(x (3, S, S) in [-1, 1], label, error text or "")``; never raises."""
 
     def __init__(self, samples: list[tuple[str, int]], image_size: int):
-        self.samples = samples
-        self.image_size = image_size
+        self.samples, self.image_size = samples, image_size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -164,10 +160,8 @@ class _ShardImages(Dataset):
 
 def _fingerprint(cfg: ExtractConfig, samples: list[tuple[str, int]], root: str) -> str:
     """Hash of everything that determines the shards' contents."""
-    h = hashlib.sha256()
     keys = ("vae", "vae_subfolder", "image_size", "posterior", "scale_factor", "shard_size", "dtype", "seed")
-    settings = {k: getattr(cfg, k) for k in keys}
-    h.update(json.dumps(settings, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True).encode())
     for path, label in samples:
         h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
     return h.hexdigest()
@@ -203,9 +197,8 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     """Encode ``cfg.data_path`` into shards under ``cfg.output``; returns the manifest (also written)."""
     if not os.path.isdir(cfg.data_path):
         raise ValueError(f"image folder {cfg.data_path!r} does not exist or is not a directory")
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if cfg.image_size % factor:
@@ -259,12 +252,9 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
         "complete": not missing,
     }
     if missing:
+        done = f"rank {cfg.rank}/{cfg.world_size} done; shards {missing} of other ranks are not finished"
         log.info(
-            "rank %d/%d done; shards %s of other ranks are not finished, so no manifest yet "
-            "(the last rank to finish writes it; or rerun with --world-size 1)",
-            cfg.rank,
-            cfg.world_size,
-            missing,
+            "%s, so no manifest yet (the last rank to finish writes it; or rerun with --world-size 1)", done
         )
         return manifest
     text = json.dumps(manifest, indent=2)
@@ -294,12 +284,7 @@ def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, sav
             labels.append(y[ok].long())
     latents = torch.cat(lats) if lats else torch.zeros(0, 2, *latent_shape, dtype=DTYPES[cfg.dtype])
     labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
-    meta = {
-        "fingerprint": fingerprint,
-        "shard": str(k),
-        "count": str(len(labels_t)),
-        "skipped": json.dumps(bad),
-    }
+    meta = dict(fingerprint=fingerprint, shard=str(k), count=str(len(labels_t)), skipped=json.dumps(bad))
     tmp = f"{path}.tmp-{os.getpid()}"
     save_file({"latents": latents.contiguous(), "labels": labels_t.contiguous()}, tmp, metadata=meta)
     os.replace(tmp, path)
@@ -315,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vae", required=True, help="local AutoencoderKL folder, or a hub id where the hub is reachable"
     )
-    p.add_argument("--vae-subfolder", default=None, help="subfolder of --vae holding the VAE (e.g. 'vae')")
+    p.add_argument("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae')")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -54,10 +54,8 @@ class LabelEmbedder(nn.Module):
 
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
         super().__init__()
-        has_null = dropout_prob > 0
-        self.embedding_table = nn.Embedding(num_classes + int(has_null), hidden_size)
-        self.num_classes = num_classes
-        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)  # + null row
+        self.num_classes, self.dropout_prob = num_classes, dropout_prob
 
     def token_drop(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Replace labels by the null label: at random with `dropout_prob` (global RNG), or where

@@ -120,12 +120,8 @@ class DiT(nn.Module):
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            mod = getattr(block, "adaLN_modulation", None)
-            if mod is not None:
-                nn.init.zeros_(mod[-1].weight)
-                nn.init.zeros_(mod[-1].bias)
-        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        modulations = [b.adaLN_modulation[-1] for b in self.blocks if hasattr(b, "adaLN_modulation")]
+        for lin in (*modulations, self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
@@ -148,12 +144,7 @@ class DiT(nn.Module):
         return self._rope_cache[key]
 
     def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        force_drop_ids: torch.Tensor | None = None,
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, force_drop_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Predict noise (and variance).
 
@@ -189,8 +180,7 @@ class DiT(nn.Module):
         t_emb = self.t_embedder(t)  # (N, D)
         y_emb = self.y_embedder(y, self.training, force_drop_ids)  # (N, D)
         c = t_emb + y_emb
-        cond = c
-        num_prefix = 0
+        cond, num_prefix = c, 0
         if self.block_type == "cross_attention":
             cond = torch.stack([t_emb, y_emb], dim=1)  # (N, 2, D)
         elif self.block_type == "in_context":

@@ -210,9 +210,7 @@ def flop_breakdown(model_or_config: Any, input_size: int | tuple[int, int] | Non
         block |= {"adaLN": (6 if cfg.block_type == "adaln_zero" else 4) * d * d, "modulate": 2 * t * d}
     elif cfg.block_type == "cross_attention":
         block |= {"cross_proj": 2 * t * d * d + s * 2 * d * d, "cross_quadratic": 2 * t * s * d}
-    for name, value in block.items():
-        out[f"blocks.{name}"] = depth * value
-    return out
+    return out | {f"blocks.{name}": depth * value for name, value in block.items()}
 
 
 def forward_macs(model_or_config: Any, input_size: int | tuple[int, int] | None = None) -> int:

@@ -223,12 +223,10 @@ class MetricSender:
             self._cond.notify_all()
         self._thread.join(timeout=1.0)
         if left:
+            down = 0.0 if self._down_since is None else time.monotonic() - self._down_since
             log.warning("%d metric points of run %s were not sent to %s (unreachable for %.0f s)", left,
-                        self.run_id, self.client.tracking_uri, self._outage_so_far())  # fmt: skip
+                        self.run_id, self.client.tracking_uri, down)  # fmt: skip
         return left
-
-    def _outage_so_far(self) -> float:
-        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     def _run(self) -> None:
         delay = self.retry_s[0]
@@ -249,10 +247,12 @@ class MetricSender:
                     self.stats["failed_sends"] += 1
                     if self._down_since is None:
                         self._down_since = time.monotonic()
+                        why = f"{type(err).__name__}: {err}"
+                        why = why if len(why) < 300 else why[:300] + "..."
                         self.stats["outages"] += 1
                         log.warning("MLflow at %s is unreachable (%s); training continues, metrics are "
                                     "buffered (%d now, at most %d) and retried", self.client.tracking_uri,
-                                    _short(err), len(self._buffer), self.max_buffered)  # fmt: skip
+                                    why, len(self._buffer), self.max_buffered)  # fmt: skip
                     self._cond.notify_all()
                 if self._stopping.wait(delay):
                     return  # closing: what is left is reported by close()
@@ -272,11 +272,6 @@ class MetricSender:
                 self._cond.notify_all()
 
 
-def _short(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}"
-    return text if len(text) < 300 else text[:300] + "..."
-
-
 class RunTracker:
     """One MLflow run: created, or continued when a run id is known (resume, or given by a sweep).
 
@@ -286,10 +281,8 @@ class RunTracker:
 
     def __init__(self, client, run_id: str, resumed: bool, *, max_buffered: int = MAX_BUFFERED_POINTS):
         self.client, self.run_id, self.resumed = client, run_id, resumed
-        self._logged: dict[str, set[int]] = {}
+        self._logged: dict[str, set[int]] = self._steps_on_server() if resumed else {}
         self.skipped = 0  # points not logged because their (key, step) was already logged
-        if resumed:
-            self._logged = self._steps_on_server()
         self.sender = MetricSender(client, run_id, max_buffered=max_buffered)
 
     def _steps_on_server(self) -> dict[str, set[int]]:

@@ -16,10 +16,9 @@ from torch.utils.data import Dataset
 from .config import DATASET_NAMES, SPLITS, DataConfig
 from .digits import DigitsDataset, digits_images, digits_split_indices
 from .flip import flip_decision
-from .imagefolder import ImageFolderDataset, scan_image_folder
+from .imagefolder import ImageFolderDataset, center_crop_arr, scan_image_folder
 from .latents import LatentsDataset, read_manifest
 from .photos import PHOTOS, PhotoCropsDataset, photos_images, photos_reference
-from .transforms import center_crop_arr
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +67,9 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
             num_photos=cfg.num_photos, crop_scale=tuple(cfg.crop_scale), holdout=cfg.holdout,
             random_flip=flip, seed=cfg.seed, epoch_size=cfg.epoch_size,
         )  # fmt: skip
-    root = cfg.root
-    if split == "val":
-        if cfg.val_root:
-            root = cfg.val_root
-        else:
-            log.info("no data.val_root set: the %s val split reads the training folder %s", cfg.name, root)
+    root = cfg.val_root if split == "val" and cfg.val_root else cfg.root
+    if split == "val" and not cfg.val_root:
+        log.info("no data.val_root set: the %s val split reads the training folder %s", cfg.name, root)
     if cfg.name == "imagefolder":
         return ImageFolderDataset(
             root, cfg.image_size, random_flip=flip, seed=cfg.seed, validate=cfg.validate_images

@@ -65,9 +65,7 @@ def digits_split_indices(split: str) -> np.ndarray:
         n_val = int(round(VAL_FRACTION * len(idx)))
         val.append(rs.permutation(idx)[:n_val])
     val_idx = np.sort(np.concatenate(val))
-    if split == "val":
-        return val_idx
-    return np.setdiff1d(np.arange(len(labels)), val_idx)
+    return val_idx if split == "val" else np.setdiff1d(np.arange(len(labels)), val_idx)
 
 
 @functools.lru_cache(maxsize=8)
@@ -105,8 +103,7 @@ class DigitsDataset(EpochFlipMixin, Dataset):
     def __init__(self, split: str = "train", resolution: int = 16, random_flip: bool = True, seed: int = 0):
         images, labels = digits_images(split, resolution)
         self.images = images.float().div_(127.5).sub_(1.0)  # (N, 1, R, R)
-        self.labels = labels
-        self.split = split
+        self.labels, self.split = labels, split
         self.resolution = self.image_size = resolution
         self.random_flip, self.seed = random_flip, seed  # epoch: EpochFlipMixin's 0 until set_epoch
 

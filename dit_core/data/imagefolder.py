@@ -3,7 +3,8 @@
 ``root/<class>/<image>``: classes are the sorted subfolder names -> labels 0..K-1. Unreadable
 files are dropped at build time (each named in a warning, then a count); a file that still fails
 while training is named in a warning, recorded in ``dataset.skipped`` and replaced by the next
-readable item, so a run never crashes and batch sizes never change.
+readable item, so a run never crashes and batch sizes never change. The image preprocessing here
+(`center_crop_arr`, `load_rgb`, `to_tensor`) is also what ``extract_latents`` and folder references use.
 """
 
 from __future__ import annotations
@@ -13,16 +14,53 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from .flip import EpochFlipMixin
-from .transforms import center_crop_arr, load_rgb, to_tensor
 
 log = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".jpeg2000")
+
+
+def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
+    """ADM-style center crop: uint8 array ``(size, size, C)``.
+
+    Halve with a BOX filter while the smaller side is at least ``2 * size`` (cheap, alias-free),
+    then resize with BICUBIC so the smaller side is exactly ``size``, then crop the center square.
+    Same idea as guided-diffusion's ``center_crop_arr`` (Dhariwal & Nichol 2021), written anew.
+    """
+    if size <= 0:
+        raise ValueError(f"crop size must be positive, got {size}")
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.Resampling.BOX)
+    scale = size / min(image.size)
+    new_w, new_h = (max(size, round(s * scale)) for s in image.size)
+    image = image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+    arr = np.asarray(image)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return arr[top : top + size, left : left + size]
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open ``path`` fully decoded as RGB (raises on unreadable or truncated files)."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W, C)`` -> float32 ``(C, H, W)`` in [-1, 1] (x / 127.5 - 1).
+
+    Done in numpy: small torch ops pay intra-op thread overhead in the main process.
+    """
+    x = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    x /= 127.5
+    x -= 1.0
+    return torch.from_numpy(x)
 
 
 @dataclass
@@ -107,9 +145,7 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
         self, root: str, resolution: int = 256, random_flip: bool = True, seed: int = 0, validate: bool = True
     ):
         scan = scan_image_folder(root, validate=validate)
-        self.root = scan.root
-        self.classes = scan.classes
-        self.samples = scan.samples
+        self.root, self.classes, self.samples = scan.root, scan.classes, scan.samples
         self.skipped: list[str] = list(scan.skipped)
         self.load_failures = 0
         self.num_classes = len(self.classes)
@@ -135,12 +171,9 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
                 self.load_failures += 1
                 if path not in self.skipped:
                     self.skipped.append(path)
+                failure = f"could not load image {path} ({type(e).__name__}: {e})"
                 log.warning(
-                    "could not load image %s (%s: %s); using the next item instead (%d load failures so far)",
-                    path,
-                    type(e).__name__,
-                    e,
-                    self.load_failures,
+                    "%s; using the next item instead (%d load failures so far)", failure, self.load_failures
                 )
                 continue
             return x, torch.tensor(label, dtype=torch.int64)

@@ -163,18 +163,14 @@ class PhotoCrops:
         if split not in ("train", "val"):
             raise ValueError(f"photos split must be 'train' or 'val', got {split!r}")
         index = np.asarray(index, dtype=np.int64)
-        key = item_hash(
-            _VAL_SEED if split == "val" else seed, _VAL_STREAM if split == "val" else _TRAIN_STREAM, 0
-        )
+        val = split == "val"
+        key = item_hash(_VAL_SEED if val else seed, _VAL_STREAM if val else _TRAIN_STREAM, 0)
         u = uniforms(key, index, 4)
         label = index % self.num_classes
         h, w = self.heights[label], self.widths[label]
         lo_s, hi_s = np.log(self.crop_scale[0]), np.log(self.crop_scale[1])
         side = np.minimum(h, w) * np.exp(lo_s + u[:, 0] * (hi_s - lo_s))
-        if split == "train":
-            x_lo, x_hi = np.zeros_like(w), self.train_cols[label]
-        else:
-            x_lo, x_hi = self.train_cols[label], w
+        x_lo, x_hi = (self.train_cols[label], w) if val else (np.zeros_like(w), self.train_cols[label])
         x0 = x_lo + u[:, 1] * (x_hi - x_lo - side)
         y0 = u[:, 2] * (h - side)
         return dict(label=label, x0=x0, y0=y0, side=side, flip=u[:, 3] < 0.5, x_lo=x_lo, x_hi=x_hi)
@@ -185,14 +181,12 @@ class PhotoCrops:
         ``x_lo``/``x_hi`` (optional, ``(B,)``) clamp the box's columns, so float rounding can never
         reach a pixel outside the split's region."""
         label = torch.as_tensor(np.asarray(label), dtype=torch.int64)
+        col = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))[:, None]  # (B,) -> float64 (B, 1)
         r = torch.arange(resolution + 1, dtype=torch.float64) / resolution
         side_t = torch.as_tensor(np.asarray(side, dtype=np.float64))
-        xs = torch.as_tensor(np.asarray(x0, dtype=np.float64))[:, None] + side_t[:, None] * r  # (B, R+1)
-        ys = torch.as_tensor(np.asarray(y0, dtype=np.float64))[:, None] + side_t[:, None] * r
+        xs, ys = col(x0) + side_t[:, None] * r, col(y0) + side_t[:, None] * r  # (B, R+1)
         if x_lo is not None:
-            lo = torch.as_tensor(np.asarray(x_lo, dtype=np.float64))[:, None]
-            hi = torch.as_tensor(np.asarray(x_hi, dtype=np.float64))[:, None]
-            xs = torch.maximum(torch.minimum(xs, hi), lo)
+            xs = torch.maximum(torch.minimum(xs, col(x_hi)), col(x_lo))
         h = torch.as_tensor(self.heights)[label][:, None]
         w = torch.as_tensor(self.widths)[label][:, None]
         ix = torch.minimum(xs.floor().long().clamp_min(0), w - 1)  # cell of each lattice point

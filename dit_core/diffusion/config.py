@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 OBJECTIVES = ("eps", "v", "x0", "flow")
@@ -18,11 +17,6 @@ FLOW_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
 def samplers_for(objective: str) -> tuple[str, ...]:
     """The samplers that apply to a diffusion ``objective``."""
     return FLOW_SAMPLERS if objective == "flow" else GAUSSIAN_SAMPLERS
-
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"DiffusionConfig.{name}={value!r} is unknown; valid choices: {list(choices)}")
 
 
 @dataclass
@@ -61,10 +55,10 @@ class DiffusionConfig:
     beta_end: float = 0.02
 
     def __post_init__(self) -> None:
-        _check_choice("objective", self.objective, OBJECTIVES)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
-        _check_choice("fixed_variance", self.fixed_variance, FIXED_VARIANCES)
+        choices = {"objective": OBJECTIVES, "schedule": SCHEDULES, "timestep_sampling": TIMESTEP_SAMPLINGS}
+        for name, valid in {**choices, "fixed_variance": FIXED_VARIANCES}.items():
+            if (value := getattr(self, name)) not in valid:
+                raise ValueError(f"DiffusionConfig.{name}={value!r} is unknown; valid choices: {list(valid)}")
         if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int):
             raise ValueError(f"DiffusionConfig.num_timesteps must be an int >= 1, got {self.num_timesteps!r}")
         if self.num_timesteps < 1:

@@ -7,6 +7,7 @@ variance is v' log beta_t + (1 - v') log beta~_t with v' = (v + 1) / 2 (improved
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -68,12 +69,9 @@ class GaussianDiffusion(Diffusion):
             raise ValueError(
                 "GaussianDiffusion handles objective 'eps', 'v' or 'x0'; use FlowMatching for 'flow'"
             )
+        betas = betas if betas is not None else config.betas
         if betas is None:
-            betas = (
-                np.asarray(config.betas, dtype=np.float64)
-                if config.betas is not None
-                else make_betas(config.schedule, config.num_timesteps, config.beta_start, config.beta_end)
-            )
+            betas = make_betas(config.schedule, config.num_timesteps, config.beta_start, config.beta_end)
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) == 0 or not np.all((betas > 0) & (betas <= 1)):
             raise ValueError("betas must be a non-empty 1-D sequence of values in (0, 1]")
@@ -115,11 +113,9 @@ class GaussianDiffusion(Diffusion):
         """Schedule array `name` at step indices t (N,) -> (N, 1, ..., 1) in x's dtype and device
         (the float64 array is cast once per device and dtype; casting commutes with indexing)."""
         key = (name, x.device, x.dtype)
-        arr = self._device_cache.get(key)
-        if arr is None:
-            arr = getattr(self, name).to(device=x.device, dtype=x.dtype)
-            self._device_cache[key] = arr
-        return broadcast_to(arr[t.to(x.device).long()], x)
+        if key not in self._device_cache:
+            self._device_cache[key] = getattr(self, name).to(device=x.device, dtype=x.dtype)
+        return broadcast_to(self._device_cache[key][t.to(x.device).long()], x)
 
     def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
         s = self._unit_time_from_uniform(u)
@@ -142,15 +138,9 @@ class GaussianDiffusion(Diffusion):
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_{t-1} | x_t, x0): mean (N, ...), variance and clipped log variance (N, 1, ...)."""
-        mean = (
-            self._gather("posterior_mean_coef1", t, x_t) * x0
-            + self._gather("posterior_mean_coef2", t, x_t) * x_t
-        )
-        return (
-            mean,
-            self._gather("posterior_variance", t, x_t),
-            self._gather("posterior_log_variance_clipped", t, x_t),
-        )
+        at = functools.partial(self._gather, t=t, x=x_t)
+        mean = at("posterior_mean_coef1") * x0 + at("posterior_mean_coef2") * x_t
+        return mean, at("posterior_variance"), at("posterior_log_variance_clipped")
 
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the model's mean channels regress onto: eps, v = sqrt(abar) eps - sqrt(1-abar) x0, or x0."""
@@ -166,8 +156,7 @@ class GaussianDiffusion(Diffusion):
         """Model output (N, C or 2C, ...) -> (prediction (N, C, ...), variance values in [-1, 1] or None)."""
         if not self.learn_sigma:
             return out, None
-        pred, var_values = torch.chunk(out, 2, dim=1)
-        return pred, var_values
+        return torch.chunk(out, 2, dim=1)
 
     def predict_x0_eps(
         self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
@@ -202,12 +191,8 @@ class GaussianDiffusion(Diffusion):
         pred, var_values = self.split_output(out)
         x0_hat, eps_hat = self.predict_x0_eps(pred, x_t, t)
         mean, _, _ = self.q_posterior_mean_variance(x0_hat, x_t, t)
-        return {
-            "mean": mean,
-            "log_variance": self.model_log_variance(var_values, t, x_t),
-            "pred_x0": x0_hat,
-            "pred_eps": eps_hat,
-        }
+        log_variance = self.model_log_variance(var_values, t, x_t)
+        return {"mean": mean, "log_variance": log_variance, "pred_x0": x0_hat, "pred_eps": eps_hat}
 
     def vb_terms(
         self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor

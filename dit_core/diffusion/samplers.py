@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -169,50 +170,6 @@ def _clip_x0(
     return {**p, "pred_x0": x0, "pred_eps": (x - a * x0) / s, "mean": mean}
 
 
-def _sample_gaussian(
-    d: GaussianDiffusion,
-    f: Denoiser,
-    x: torch.Tensor,
-    sampler: str,
-    eta: float,
-    generator: torch.Generator | None,
-    progress: bool,
-    clip_denoised: bool = False,
-) -> torch.Tensor:
-    x0_prev, h_prev = None, None
-    for i in tqdm(range(d.num_timesteps - 1, -1, -1), disable=not progress, desc=sampler):
-        p = _gaussian_predict(d, f, x, i)
-        if clip_denoised:
-            p = _clip_x0(d, p, x, i)
-        if sampler == "dpmpp_2m":
-            x0 = p["pred_x0"]
-            x, h_prev = dpmpp_2m_step(x, x0, x0_prev, _levels(d, i), _levels(d, i - 1), h_prev)
-            x0_prev = x0
-        elif sampler == "ddpm":
-            x = p["mean"]
-            if i > 0:
-                x = x + torch.exp(0.5 * p["log_variance"]) * _randn(x.shape, generator, x.device)
-        else:
-            x = ddim_step(p["pred_x0"], p["pred_eps"], _levels(d, i), _levels(d, i - 1), eta, generator)
-    return x
-
-
-def _invert_gaussian(
-    d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, fixed_point_iters: int, progress: bool
-) -> torch.Tensor:
-    for i in tqdm(range(d.num_timesteps), disable=not progress, desc="ddim-invert"):
-        # explicit guess: evaluate at the current (less noisy) level; from clean data x0_hat is x itself.
-        p = _gaussian_predict(d, f, x, max(i - 1, 0))
-        x0_hat = x if i == 0 else p["pred_x0"]
-        guess = ddim_step(x0_hat, p["pred_eps"], _levels(d, i - 1), _levels(d, i))
-        # refine until the DDIM sampling step i -> i-1 maps guess onto x (residual fixed-point iteration)
-        for _ in range(fixed_point_iters):
-            q = _gaussian_predict(d, f, guess, i)
-            guess = guess + (x - ddim_step(q["pred_x0"], q["pred_eps"], _levels(d, i), _levels(d, i - 1)))
-        x = guess
-    return x
-
-
 # ---------------------------------------------------------------------- flow
 def _flow_step(
     fm: FlowMatching,
@@ -242,40 +199,6 @@ def _flow_step(
 def _time_grid(steps: int) -> list[float]:
     """Sampling times 1 = t_0 > t_1 > ... > t_steps = 0 (uniform)."""
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
-
-
-def _sample_flow(
-    fm: FlowMatching,
-    f: Denoiser,
-    x: torch.Tensor,
-    steps: int,
-    sampler: str,
-    eta: float,
-    generator: torch.Generator | None,
-    progress: bool,
-) -> torch.Tensor:
-    times = _time_grid(steps)
-    for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=sampler):
-        x = _flow_step(fm, f, x, t, t_next, sampler, eta, generator)
-    return x
-
-
-def _invert_flow(
-    fm: FlowMatching,
-    f: Denoiser,
-    x: torch.Tensor,
-    steps: int,
-    sampler: str,
-    fixed_point_iters: int,
-    progress: bool,
-) -> torch.Tensor:
-    times = _time_grid(steps)[::-1]
-    for t, t_next in tqdm(list(zip(times[:-1], times[1:])), disable=not progress, desc=f"{sampler}-invert"):
-        guess = _flow_step(fm, f, x, t, t_next, sampler, 0.0, None)
-        for _ in range(fixed_point_iters):  # make the sampling step t_next -> t map guess onto x
-            guess = guess + (x - _flow_step(fm, f, guess, t_next, t, sampler, 0.0, None))
-        x = guess
-    return x
 
 
 # ---------------------------------------------------------------------- public API
@@ -320,11 +243,29 @@ def sample(
         if isinstance(diffusion, FlowMatching):
             if clip_denoised:
                 raise ValueError("clip_denoised is for Gaussian diffusion; flow sampling does not clip")
-            return _sample_flow(diffusion, f, x, steps, sampler, eta, generator, progress)
+            times = _time_grid(steps)
+            for t, t_next in tqdm(list(pairwise(times)), disable=not progress, desc=sampler):
+                x = _flow_step(diffusion, f, x, t, t_next, sampler, eta, generator)
+            return x
         if not isinstance(diffusion, GaussianDiffusion):
             raise ValueError(f"unsupported diffusion type {type(diffusion).__name__}")
         d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
-        return _sample_gaussian(d, f, x, sampler, eta, generator, progress, clip_denoised)
+        x0_prev, h_prev = None, None
+        for i in tqdm(range(d.num_timesteps - 1, -1, -1), disable=not progress, desc=sampler):
+            p = _gaussian_predict(d, f, x, i)
+            if clip_denoised:
+                p = _clip_x0(d, p, x, i)
+            if sampler == "dpmpp_2m":
+                x0 = p["pred_x0"]
+                x, h_prev = dpmpp_2m_step(x, x0, x0_prev, _levels(d, i), _levels(d, i - 1), h_prev)
+                x0_prev = x0
+            elif sampler == "ddpm":
+                x = p["mean"]
+                if i > 0:
+                    x = x + torch.exp(0.5 * p["log_variance"]) * _randn(x.shape, generator, x.device)
+            else:
+                x = ddim_step(p["pred_x0"], p["pred_eps"], _levels(d, i), _levels(d, i - 1), eta, generator)
+        return x
 
 
 @torch.no_grad()
@@ -363,6 +304,21 @@ def invert(
         f = make_denoiser(model, labels, cfg_scale, guide_channels)
         x = x0.float()
         if isinstance(diffusion, FlowMatching):
-            return _invert_flow(diffusion, f, x, steps, sampler, fixed_point_iters, progress)
+            times = _time_grid(steps)[::-1]
+            for t, t_next in tqdm(list(pairwise(times)), disable=not progress, desc=f"{sampler}-invert"):
+                guess = _flow_step(diffusion, f, x, t, t_next, sampler, 0.0, None)
+                for _ in range(fixed_point_iters):  # make the sampling step t_next -> t map guess onto x
+                    guess = guess + (x - _flow_step(diffusion, f, guess, t_next, t, sampler, 0.0, None))
+                x = guess
+            return x
         d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
-        return _invert_gaussian(d, f, x, fixed_point_iters, progress)
+        for i in tqdm(range(d.num_timesteps), disable=not progress, desc="ddim-invert"):
+            # explicit guess: evaluate at the current (less noisy) level; from clean data x0_hat is x itself.
+            p = _gaussian_predict(d, f, x, max(i - 1, 0))
+            guess = ddim_step(x if i == 0 else p["pred_x0"], p["pred_eps"], _levels(d, i - 1), _levels(d, i))
+            # refine until the DDIM sampling step i -> i-1 maps guess onto x (residual fixed-point iteration)
+            for _ in range(fixed_point_iters):
+                q = _gaussian_predict(d, f, guess, i)
+                guess = guess + (x - ddim_step(q["pred_x0"], q["pred_eps"], _levels(d, i), _levels(d, i - 1)))
+            x = guess
+        return x

@@ -22,9 +22,11 @@ GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 TIMESTEP_MODES = ("stratified", "random")
 
 
-def example_seed(seed: int, index: int) -> int:
-    """A well-mixed 63-bit seed for example `index` under validation seed `seed`."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+def example_seed(seed: int, index: int, *stream: int) -> int:
+    """A well-mixed 63-bit seed for example `index` under seed `seed` (SeedSequence mixing); a
+    `stream` number separates independent uses (the sampling noise of `dit_core.evaluate.sampling`)."""
+    state = np.random.SeedSequence([seed, index, *stream]).generate_state(1, dtype=np.uint64)[0]
+    return int(state >> np.uint64(1))
 
 
 def example_uniforms(seed: int, indices: torch.Tensor, mode: str = "stratified") -> torch.Tensor:
@@ -40,11 +42,8 @@ def example_uniforms(seed: int, indices: torch.Tensor, mode: str = "stratified")
 
 def example_noise(seed: int, indices: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal noise (N, *shape) on CPU, row i drawn from a generator seeded by (seed, i)."""
-    gen = torch.Generator()
-    rows = []
-    for i in indices.tolist():
-        gen.manual_seed(example_seed(seed, i))
-        rows.append(torch.randn(shape, generator=gen))
+    gens = (torch.Generator().manual_seed(example_seed(seed, i)) for i in indices.tolist())
+    rows = [torch.randn(shape, generator=g) for g in gens]
     return torch.stack(rows) if rows else torch.empty((0, *shape))
 
 

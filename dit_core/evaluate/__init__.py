@@ -12,10 +12,14 @@ use a small CNN trained on that dataset's training images (``domain_classifier``
 """
 
 from .domain_classifier import DomainClassifierRecipe, DomainExtractor, digits_recipe, photos_recipe
-from .features import FeatureExtractor, InceptionExtractor, RandomConvExtractor, resolve_inception_weights
+from .features import (
+    FeatureExtractor,
+    InceptionExtractor,
+    RandomConvExtractor,
+    resolve_inception_weights,
+    to_uint8,
+)
 from .frechet import GaussianStats, fid_from_features, frechet_distance
-from .images import to_uint8
-from .inception_score import inception_score
 from .metrics import (
     DIGITS_METRICS,
     INCEPTION_METRICS,
@@ -23,11 +27,11 @@ from .metrics import (
     PHOTOS_METRICS,
     default_metrics,
     evaluate_samples,
+    inception_score,
+    precision_recall,
 )
-from .pipeline import evaluate_model, log_metrics
-from .precision_recall import precision_recall
 from .reference import reference_stats, resolve_reference
-from .sampling import generate_images, shard
+from .sampling import evaluate_model, generate_images, log_metrics, shard
 
 __all__ = [
     "DIGITS_METRICS",

@@ -25,24 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dit_core.evaluate", description=__doc__.split("\n\n")[1])
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
     own = "default: the run's own, as its logged eval/* metrics"
-    p.add_argument(
-        "--num-samples", type=int, default=None, help=f"samples to score ({own}: eval.num_samples)"
-    )
+    p.add_argument("--num-samples", type=int, help=f"samples to score ({own}: eval.num_samples)")
     p.add_argument("--batch-size", type=int, default=100, help="per-process sampling batch")
-    p.add_argument("--sampler", default=None, help=f"{' | '.join(SAMPLERS)} ({own}: eval.sampler)")
-    p.add_argument("--steps", type=int, default=None, help=f"sampler steps ({own}: eval.steps)")
-    p.add_argument("--cfg-scale", type=float, default=None, help=f"guidance scale ({own}: eval.cfg_scale)")
-    p.add_argument("--seed", type=int, default=None, help=f"sampling seed ({own}: the run's seed)")
+    p.add_argument("--sampler", help=f"{' | '.join(SAMPLERS)} ({own}: eval.sampler)")
+    p.add_argument("--steps", type=int, help=f"sampler steps ({own}: eval.steps)")
+    p.add_argument("--cfg-scale", type=float, help=f"guidance scale ({own}: eval.cfg_scale)")
+    p.add_argument("--seed", type=int, help=f"sampling seed ({own}: the run's seed)")
+    p.add_argument("--reference", help="digits[:split] | photos[:options] | image folder | .npz with arr_0")
     p.add_argument(
-        "--reference", default=None, help="digits[:split] | photos[:options] | image folder | .npz with arr_0"
-    )
-    p.add_argument(
-        "--metrics", default=None,
+        "--metrics",
         help=f"comma list of {sorted(METRICS)} (default: the run's own on its own reference; with "
         "--reference, that reference's default metrics)",
-    )  # fmt: skip
-    p.add_argument("--inception-weights", default=None, help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
-    p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder (latent runs)")
+    )
+    p.add_argument("--inception-weights", help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
+    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent runs)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument(
         "--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
@@ -51,12 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--mlflow-run-id",
-        default=None,
-        help="log eval/<metric> to this run at the ckpt step "
-        "(only with the run's own sampling settings; the seed may differ)",
+        help="log eval/<metric> to this run at the ckpt step (only with the run's own sampling settings; "
+        "the seed may differ)",
     )
-    p.add_argument("--output", default=None, help="also write the metrics JSON here")
-    p.add_argument("--save-samples", default=None, help="write the samples to this .npz (arr_0 NHWC uint8)")
+    p.add_argument("--output", help="also write the metrics JSON here")
+    p.add_argument("--save-samples", help="write the samples to this .npz (arr_0 NHWC uint8)")
     return p
 
 
@@ -64,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from .checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
-    from .pipeline import log_metrics
+    from .sampling import log_metrics
 
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .metrics import check_metrics, default_metrics
-from .pipeline import evaluate_model
+from .sampling import evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,12 @@ def protocol_departures(cfg: CheckpointEvalConfig, run_cfg, cfg_scale: float) ->
     """The settings of ``cfg`` (guidance resolved to ``cfg_scale``) that depart from how the run
     ``run_cfg`` (its TrainConfig) scored itself, as "name X (run: Y)"; the seed may differ (another
     draw of the same protocol)."""
-    from dit_core.trainer.evaluation import clip_denoised, guidance_scale
+    from dit_core.trainer.evaluation import sampling_settings
 
-    e = run_cfg.eval
-    pairs = {
-        "num_samples": (cfg.num_samples, e.num_samples),
-        "sampler": (cfg.sampler, e.sampler),
-        "steps": (cfg.steps, e.steps),
-        "cfg_scale": (cfg_scale, guidance_scale(run_cfg)),
-        "reference": (cfg.reference, e.reference),
-        "clip_denoised": (cfg.clip_denoised, clip_denoised(run_cfg)),
-    }
-    off = [f"{k} {mine} (run: {theirs})" for k, (mine, theirs) in pairs.items() if mine not in (None, theirs)]
+    run = sampling_settings(run_cfg) | {"reference": run_cfg.eval.reference}
+    mine = {k: getattr(cfg, k) for k in run} | {"cfg_scale": cfg_scale}
+    keys = ("num_samples", "sampler", "steps", "cfg_scale", "reference", "clip_denoised")
+    off = [f"{k} {mine[k]} (run: {run[k]})" for k in keys if mine[k] not in (None, run[k])]
     off += [f"metrics {','.join(cfg.metrics)} (run: its own)"] if cfg.metrics else []
     return off + (["--raw-weights (run: the EMA weights)"] if not cfg.use_ema else [])
 
@@ -73,8 +67,7 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
     """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder)."""
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
-    from dit_core.trainer.evaluation import clip_denoised as run_clip_denoised
-    from dit_core.trainer.evaluation import guidance_scale, run_metrics
+    from dit_core.trainer.evaluation import run_metrics, sampling_settings
 
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
@@ -96,27 +89,22 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
         if not cfg.vae:
             raise ValueError("the run trained on VAE latents: pass --vae PATH (a local AutoencoderKL folder)")
         vae = load_vae(cfg.vae, device)
-    dit, e = model.config, tcfg.eval
-    cfg_scale = guidance_scale(tcfg) if cfg.cfg_scale is None else cfg.cfg_scale
-    if cfg.log_to_run and (off := protocol_departures(cfg, tcfg, cfg_scale)):
+    dit, run = model.config, sampling_settings(tcfg)
+    settings = run | {k: getattr(cfg, k) for k in run if getattr(cfg, k) is not None}
+    if cfg.log_to_run and (off := protocol_departures(cfg, tcfg, settings["cfg_scale"])):
         raise ValueError(
             "--mlflow-run-id logs into the run's eval/* metrics, which the analysis compares across "
             "runs only under one protocol, and these settings depart from the run's own: "
             f"{'; '.join(off)}. Drop them (the seed may differ), or drop --mlflow-run-id and keep the "
             "result with --output"
         )
-    if dit.class_dropout_prob <= 0 and cfg_scale != 1.0:
+    if dit.class_dropout_prob <= 0 and settings["cfg_scale"] != 1.0:
         log.warning("model trained without label dropout: no unconditional branch, using cfg_scale 1")
-        cfg_scale = 1.0
-    num_samples = e.num_samples if cfg.num_samples is None else cfg.num_samples
+        settings["cfg_scale"] = 1.0
     result = evaluate_model(
-        model, diffusion, num_samples=num_samples, batch_size=cfg.batch_size,
-        sampler=e.sampler if cfg.sampler is None else cfg.sampler,
-        steps=e.steps if cfg.steps is None else cfg.steps, cfg_scale=cfg_scale,
-        seed=tcfg.seed if cfg.seed is None else cfg.seed, num_classes=dit.num_classes,
+        model, diffusion, **settings, batch_size=cfg.batch_size, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=metrics,
         accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
         save_samples=cfg.save_samples,
-        clip_denoised=run_clip_denoised(tcfg) if cfg.clip_denoised is None else cfg.clip_denoised,
     )  # fmt: skip
     return result, int(ckpt["step"]), ckpt["config"]

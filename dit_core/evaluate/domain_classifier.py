@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write
-from .cache import cache_dir, stable_hash
-from .features import FeatureExtractor
-from .images import as_image_array
+from .features import FeatureExtractor, as_image_array
+from .reference import cache_dir, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -128,28 +127,19 @@ def recipe_for_reference(domain: str, resolution: int, options: dict | None = No
 
 
 class DomainNet(nn.Module):
-    """(N, C, S, S) in [-1, 1] -> logits (N, K); ``features`` gives the (N, feature_dim) penultimate."""
+    """(N, C, S, S) in [-1, 1] -> logits (N, K); ``features`` gives the (N, feature_dim) penultimate.
+    C, S, K, the width and feature_dim are the recipe's."""
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        width: int = 16,
-        feature_dim: int = 64,
-        size: int = 16,
-    ) -> None:
+    def __init__(self, r: DomainClassifierRecipe) -> None:
         super().__init__()
+        width = r.width
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # S/2
+            nn.Conv2d(r.channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # S/2
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # S/4
             nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(),
         )  # fmt: skip
-        self.fc = nn.Linear(4 * width * (size // 4) ** 2, feature_dim)
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    @classmethod
-    def from_recipe(cls, r: DomainClassifierRecipe) -> DomainNet:
-        return cls(r.channels, r.num_classes, r.width, r.feature_dim, r.input_size)
+        self.fc = nn.Linear(4 * width * (r.input_size // 4) ** 2, r.feature_dim)
+        self.head = nn.Linear(r.feature_dim, r.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc(self.conv(x).flatten(1)))
@@ -211,9 +201,8 @@ def domain_data(recipe: DomainClassifierRecipe) -> tuple[Split, Split]:
     from dit_core.data.photos import photo_crops
 
     crops = photo_crops(r.num_photos, r.channels, tuple(r.crop_scale), r.holdout)
-
-    index = np.arange(r.train_size)  # the stream's first crops (each flipped at random)
-    train = crops.sample(index, "train", r.resolution, seed=r.seed, flip=True)
+    # the stream's first crops (each flipped at random), and the first held-out ones
+    train = crops.sample(np.arange(r.train_size), "train", r.resolution, seed=r.seed, flip=True)
     return train, crops.sample(np.arange(r.val_size), "val", r.resolution, flip=False)
 
 
@@ -225,7 +214,7 @@ def train_domain_classifier(recipe: DomainClassifierRecipe) -> tuple[DomainNet, 
     g = torch.Generator().manual_seed(recipe.seed)
     with _deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        net = DomainNet.from_recipe(recipe)
+        net = DomainNet(recipe)
         opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
         steps = recipe.epochs * ((len(xtr) + recipe.batch_size - 1) // recipe.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
@@ -260,17 +249,12 @@ def load_or_train(recipe: DomainClassifierRecipe) -> tuple[DomainNet, float, Pat
     path = classifier_path(recipe)
     if path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        net = DomainNet.from_recipe(recipe)
+        net = DomainNet(recipe)
         net.load_state_dict(blob["state_dict"])
         return net.eval(), float(blob["val_accuracy"]), path
     net, acc = train_domain_classifier(recipe)
-    log.info(
-        "trained %s classifier (%s px): held-out accuracy %.4f -> %s",
-        recipe.domain,
-        recipe.resolution,
-        acc,
-        path,
-    )
+    what = f"{recipe.domain} classifier ({recipe.resolution} px)"
+    log.info("trained %s: held-out accuracy %.4f -> %s", what, acc, path)
     floor = MIN_ACCURACY[recipe.domain]
     if acc < floor:
         log.warning("%s classifier held-out accuracy %.3f is below %.2f; fid_%s is less meaningful",
@@ -286,10 +270,8 @@ class DomainExtractor(FeatureExtractor):
     outputs = ("pool", "probs")
 
     def __init__(self, recipe: DomainClassifierRecipe) -> None:
-        self.recipe = recipe
-        self.domain = recipe.domain
+        self.recipe, self.domain, self.batch_size = recipe, recipe.domain, 512
         self.net, self.val_accuracy, self.path = load_or_train(recipe)
-        self.batch_size = 512
         self.name = f"{recipe.domain}cnn-{self.path.stem}"
 
     @torch.no_grad()

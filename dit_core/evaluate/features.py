@@ -1,4 +1,5 @@
-"""Feature extractors: images (N, C, H, W) in [0, 255] -> named float64 feature arrays.
+"""Feature extractors: images (N, C, H, W) in [0, 255] -> named float64 feature arrays, and the
+conversions from model outputs to the uint8 images every metric sees.
 
 Every extractor has a ``name`` (a cache key that changes with the weights), the ``outputs`` it
 can produce, and ``extract(images, outputs) -> {output: (N, D) float64}``; calling it returns the
@@ -19,12 +20,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import as_image_array, to_rgb
-
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "DITSCALE_INCEPTION_WEIGHTS"
 CLEANFID_CACHE = Path("/tmp/inception-2015-12-05.pt")
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model pixels in [-1, 1] (N, C, H, W) -> uint8 (N, C, H, W), as if saved to PNG.
+
+    Same rounding as DiT's ``sample_ddp.py``: clamp(127.5 x + 128, 0, 255) truncated to uint8.
+    """
+    return (x.float() * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)
+
+
+def as_image_array(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Images (N, C, H, W) with C in {1, 3}, uint8 or float in [0, 255] -> numpy, validated."""
+    x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, C, H, W) with C in {{1, 3}}, got shape {x.shape}")
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"images must be uint8 or float in [0, 255], got dtype {x.dtype}")
+        if x.size and (x.min() < -1e-3 or x.max() > 255.001):
+            raise ValueError(
+                f"float images must lie in [0, 255], got [{x.min():.3g}, {x.max():.3g}]; "
+                "map model outputs in [-1, 1] with dit_core.evaluate.to_uint8 first"
+            )
+    return x
+
+
+def to_rgb(x: np.ndarray) -> np.ndarray:
+    """(N, 1|3, H, W) -> (N, 3, H, W) (grey repeated, like PIL's ``convert("RGB")``)."""
+    return np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
 
 
 class FeatureExtractor:
@@ -143,8 +171,7 @@ class InceptionExtractor(FeatureExtractor):
         self.logits_weight = w.detach().float() if w is not None and w.shape[-1] == 2048 else None
         self.outputs = ("pool", "spatial") + (("probs",) if self.logits_weight is not None else ())
         self.name = f"inception-{_file_digest(self.path)}"
-        has_logits = self.logits_weight is not None
-        log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, has_logits)
+        log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, "probs" in self.outputs)
 
     def resize(self, x: np.ndarray) -> torch.Tensor:
         """uint8/float (B, 3, H, W) -> float32 (B, 3, 299, 299) via clean-fid's resizer (threaded)."""

@@ -29,12 +29,9 @@ import numpy as np
 import torch
 
 from .domain_classifier import DOMAINS, DomainExtractor, recipe_for_reference
-from .features import FeatureExtractor, InceptionExtractor
+from .features import FeatureExtractor, InceptionExtractor, as_image_array
 from .frechet import GaussianStats, fid_bootstrap_se, fid_from_stats
-from .images import as_image_array
-from .inception_score import inception_score
-from .precision_recall import precision_recall
-from .reference import ReferenceSource, reference_stats, resolve_reference
+from .reference import reference_stats, resolve_reference
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +57,72 @@ INCEPTION_METRICS = ("fid", "sfid", "precision", "recall")
 FID_SE_RESAMPLES = 50  # bootstrap resamples behind fid_<domain>_se
 
 
+def inception_score(probs: np.ndarray, splits: int = 1, eps: float = 1e-12) -> float:
+    """Inception Score (Salimans et al. 2016) from any classifier's class probabilities:
+    IS = exp(E_x KL(p(y|x) || p(y))), averaged over ``splits`` equal chunks (ADM: mean).
+
+    probs: (N, K) rows of class probabilities (softmax outputs). Uniform predictions give 1;
+    confident one-hot predictions spread evenly over K classes give K.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError(f"probs must be (N, K) with N >= 1, got shape {p.shape}")
+    if np.any(p < -1e-6) or not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError("probs rows must be probability vectors (softmax outputs), not logits")
+    if not 1 <= splits <= p.shape[0]:
+        raise ValueError(f"splits must be in 1..N={p.shape[0]}, got {splits}")
+    scores = []
+    for chunk in np.array_split(p, splits):
+        py = chunk.mean(axis=0, keepdims=True)
+        kl = np.sum(chunk * (np.log(chunk + eps) - np.log(py + eps)), axis=1)
+        scores.append(np.exp(kl.mean()))
+    return float(np.mean(scores))
+
+
+# improved precision and recall (Kynkaanniemi et al. 2019), k-NN manifolds as in ADM's evaluator
+def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (A, B) = |a|^2 - 2 a.b + |b|^2, clamped at 0."""
+    d = (a * a).sum(1, keepdim=True) - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
+    return d.clamp_(min=0.0)
+
+
+def knn_radii(feats: np.ndarray, k: int = 3, block: int = 4096) -> np.ndarray:
+    """Squared distance of each row of ``feats`` (N, D) to its k-th nearest other row: (N,)."""
+    x = torch.as_tensor(np.asarray(feats, np.float64))
+    if not 1 <= k < x.shape[0]:
+        raise ValueError(f"k={k} needs at least k+1={k + 1} points, got {x.shape[0]}")
+    out = []
+    for i in range(0, x.shape[0], block):
+        d = _sq_dists(x[i : i + block], x)
+        out.append(torch.kthvalue(d, k + 1, dim=1).values)  # index 0 is the point itself
+    return torch.cat(out).numpy()
+
+
+def _coverage(query: np.ndarray, manifold: np.ndarray, radii: np.ndarray, block: int) -> float:
+    """Fraction of ``query`` rows inside some ball (manifold_j, radii_j)."""
+    q = torch.as_tensor(np.asarray(query, np.float64))
+    m = torch.as_tensor(np.asarray(manifold, np.float64))
+    r = torch.as_tensor(radii)
+    inside = [(_sq_dists(q[i : i + block], m) <= r[None, :]).any(dim=1) for i in range(0, len(q), block)]
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(
+    real: np.ndarray, fake: np.ndarray, k: int = 3, block: int = 4096
+) -> tuple[float, float]:
+    """(precision, recall) of ``fake`` (M, D) against ``real`` (N, D) features.
+
+    Precision: fraction of fake points inside the real manifold (union of balls around each real
+    point reaching its k-th nearest real neighbour). Recall: fraction of real points inside the
+    fake manifold. k=3 as in ADM / the DiT paper.
+    """
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"features must be (N, D) with equal D, got {real.shape} and {fake.shape}")
+    precision = _coverage(fake, real, knn_radii(real, k, block), block)
+    recall = _coverage(real, fake, knn_radii(fake, k, block), block)
+    return precision, recall
+
+
 def reference_domain(reference: str) -> str | None:
     """The domain of a reference name (``"digits"``, ``"photos"``), None for folders and ``.npz`` files."""
     head = reference.split(":")[0]
@@ -83,21 +146,6 @@ def check_metrics(metrics: Sequence[str], reference: str) -> None:
     for d in DOMAINS:
         if d != domain and any(METRICS[m][0] == d for m in metrics):
             raise ValueError(f"*_{d} metrics need reference='{d}' (or '{d}:...'), got {reference!r}")
-
-
-def build_extractor(
-    family: str,
-    source: ReferenceSource,
-    inception_weights: str | None = None,
-    device: str | torch.device = "cpu",
-) -> FeatureExtractor:
-    """The default extractor of a family: clean-fid Inception, or the cached classifier of the
-    reference's domain (photos: trained on the same photos options as ``source``)."""
-    if family == "inception":
-        return InceptionExtractor(inception_weights, device=device)
-    if family in DOMAINS:
-        return DomainExtractor(recipe_for_reference(family, source.resolution, source.options))
-    raise ValueError(f"unknown extractor family {family!r}")
 
 
 def evaluate_samples(
@@ -128,8 +176,12 @@ def evaluate_samples(
     out: dict[str, float] = {}
     for family in dict.fromkeys(METRICS[m][0] for m in metrics):
         names = [m for m in metrics if METRICS[m][0] == family]
-        if family not in extractors:
-            extractors[family] = build_extractor(family, source, inception_weights, device)
+        if family not in extractors:  # clean-fid Inception, or the classifier of the reference's domain
+            extractors[family] = (
+                InceptionExtractor(inception_weights, device=device)
+                if family == "inception"
+                else DomainExtractor(recipe_for_reference(family, source.resolution, source.options))
+            )
         ext = extractors[family]
         needed = list(dict.fromkeys(METRICS[m][1] for m in names))
         if "probs" in needed and "probs" not in ext.outputs:
@@ -149,12 +201,9 @@ def evaluate_samples(
                     out[f"{m}_se"] = fid_bootstrap_se(fake[out_name], ref.stats[out_name], FID_SE_RESAMPLES)
             elif base == "is":
                 out[m] = inception_score(fake["probs"], splits=is_splits)
-        if any(m.removesuffix(suffix) in ("precision", "recall") for m in names):
-            p, r = precision_recall(ref.feats["pool"], fake["pool"], k=k)
-            if f"precision{suffix}" in names:
-                out[f"precision{suffix}"] = p
-            if f"recall{suffix}" in names:
-                out[f"recall{suffix}"] = r
+        if {f"precision{suffix}", f"recall{suffix}"} & set(names):  # the return keeps the ones asked for
+            pr = precision_recall(ref.feats["pool"], fake["pool"], k=k)
+            out[f"precision{suffix}"], out[f"recall{suffix}"] = pr
         if family in DOMAINS and getattr(ext, "val_accuracy", None) is not None:
             out[f"{family}_classifier_acc"] = float(ext.val_accuracy)
     extra = [f"{m}_se" for m in metrics] + [f"{d}_classifier_acc" for d in DOMAINS]

@@ -11,27 +11,46 @@ A reference is named by a string:
   reference batches). Precomputed ``mu``/``sigma`` in ADM batches are *not* used: they come from the
   TF Inception with a different resize; features are recomputed with the extractor in use.
 Cache: ``cache_dir("ref_stats")/<name>.npz`` holding, per output, ``<out>_mu``, ``<out>_sigma``,
-``<out>_n`` and ``<out>_feats`` (at most ``max_feats`` rows, for precision/recall).
+``<out>_n`` and ``<out>_feats`` (at most ``max_feats`` rows, for precision/recall). `cache_dir`
+(``$DITSCALE_CACHE``, default ``~/.cache/ditscale``) also holds the domain classifiers' weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..checkpoint import atomic_write
 from ..data.imagefolder import IMG_EXTENSIONS
-from .cache import cache_dir, stable_hash
 from .features import FeatureExtractor
 from .frechet import GaussianStats
 
 log = logging.getLogger(__name__)
 
 DIGITS_SPLITS = ("all", "train", "val")
+CACHE_ENV = "DITSCALE_CACHE"
+
+
+def cache_dir(sub: str = "") -> Path:
+    """``$DITSCALE_CACHE`` (default ``~/.cache/ditscale``) / ``sub``, created if missing."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ditscale")
+    path = root / sub if sub else root
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Short sha256 of ``obj``'s canonical JSON (dict keys sorted): a cache key."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
 
 
 @dataclass
@@ -80,8 +99,7 @@ class ReferenceSource:
             for i in range(0, len(arr), size):
                 yield np.ascontiguousarray(np.asarray(arr[i : i + size]).transpose(0, 3, 1, 2))
         else:
-            from dit_core.data import center_crop_arr
-            from dit_core.data.transforms import load_rgb
+            from dit_core.data.imagefolder import center_crop_arr, load_rgb
 
             for i in range(0, len(self.files), size):
                 batch = [center_crop_arr(load_rgb(str(p)), self.resolution) for p in self.files[i : i + size]]
@@ -150,12 +168,8 @@ def reference_stats(
         z = np.load(path)
         stats = {o: GaussianStats(z[f"{o}_mu"], z[f"{o}_sigma"], int(z[f"{o}_n"])) for o in wanted}
         return ReferenceStats(stats, {o: z[f"{o}_feats"] for o in wanted}, path)
-    parts: dict[str, list[np.ndarray]] = {o: [] for o in wanted}
-    for chunk in source.chunks():
-        out = extractor.extract(chunk, wanted)
-        for o in wanted:
-            parts[o].append(out[o])
-    feats = {o: np.concatenate(v) for o, v in parts.items()}
+    outs = [extractor.extract(chunk, wanted) for chunk in source.chunks()]
+    feats = {o: np.concatenate([out[o] for out in outs]) for o in wanted}
     stats = {o: GaussianStats.from_features(f) for o, f in feats.items()}
     rng = np.random.default_rng(0)
     kept, arrays = {}, {}

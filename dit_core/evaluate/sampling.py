@@ -1,4 +1,6 @@
-"""Class-conditional sample sets that are the same for any batch size and process count.
+"""Class-conditional sample sets that are the same for any batch size and process count, and
+``evaluate_model``: sample on every process, gather, score on rank 0 (the trainer calls it every E
+steps, the CLI once on a checkpoint's EMA weights).
 
 Sample ``i`` (global index 0..N-1) has label ``i % num_classes`` (balanced classes) and starting
 noise drawn from a generator seeded by ``(seed, i)``, so with a deterministic sampler (DDIM eta=0,
@@ -10,33 +12,19 @@ seeded by ``(seed, first index)``: reproducible for a fixed batch size and proce
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .images import to_uint8
+from ..diffusion.validation import example_noise, example_seed
+from .features import FeatureExtractor, to_uint8
+from .metrics import DIGITS_METRICS, check_metrics, evaluate_samples
 
 log = logging.getLogger(__name__)
 
 LATENT_SCALE = 0.18215
-
-
-def index_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A 63-bit seed for sample ``index`` of a set seeded by ``seed`` (SeedSequence mixing).
-
-    ``stream`` separates independent uses (0: starting noise, 1: per-batch sampler noise).
-    """
-    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
-
-
-def sample_noise(indices: range | list[int], shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Starting noise (len(indices), *shape) float32, one seeded generator per global index."""
-    out = torch.empty((len(indices), *shape))
-    for j, i in enumerate(indices):
-        out[j] = torch.randn(shape, generator=torch.Generator().manual_seed(index_seed(seed, i)))
-    return out
 
 
 def shard(num_samples: int, rank: int, world: int) -> range:
@@ -44,16 +32,6 @@ def shard(num_samples: int, rank: int, world: int) -> range:
     base, extra = divmod(num_samples, world)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
-
-
-def vae_decoder(vae, scale: float = LATENT_SCALE) -> Callable[[torch.Tensor], torch.Tensor]:
-    """latents (N, 4, h, w) already times ``scale`` -> pixels (N, 3, 8h, 8w) in [-1, 1]."""
-
-    @torch.no_grad()
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(z / scale).sample
-
-    return decode
 
 
 @torch.no_grad()
@@ -87,9 +65,9 @@ def generate_images(
     out = []
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
-        noise = sample_noise(idx, (channels, image_size, image_size), seed).to(device)
+        noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
         y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
-        g = torch.Generator(device=device).manual_seed(index_seed(seed, idx[0], stream=1))
+        g = torch.Generator(device=device).manual_seed(example_seed(seed, idx[0], 1))
         x = sample(
             model, diffusion, noise.shape, y,
             sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
@@ -116,3 +94,82 @@ def gather_samples(local: torch.Tensor, num_samples: int, accelerator) -> torch.
     if not accelerator.is_main_process:
         return None
     return torch.cat([gathered[r * pad : r * pad + sizes[r]] for r in range(world)])
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    diffusion,
+    *,
+    num_samples: int,
+    batch_size: int,
+    sampler: str = "ddim",
+    steps: int = 50,
+    cfg_scale: float = 1.5,
+    seed: int = 0,
+    num_classes: int,
+    image_size: int,
+    channels: int,
+    reference: str = "digits",
+    metrics: Sequence[str] = DIGITS_METRICS,
+    accelerator=None,
+    vae=None,
+    eta: float = 0.0,
+    inception_weights: str | None = None,
+    extractors: Mapping[str, FeatureExtractor] | None = None,
+    metric_device: str | torch.device | None = None,
+    save_samples: str | None = None,
+    clip_denoised: bool = False,
+) -> dict[str, float]:
+    """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
+
+    Each process samples its contiguous share of the global indices (``sampling.shard``); sample i
+    is seeded by ``(seed, i)``, so the set does not depend on batch size or process count. Rank 0
+    computes the metrics; the dict is broadcast so every rank returns it. ``image_size`` and
+    ``channels`` describe the model's input (latent size/channels when ``vae`` is given; the
+    latents are then decoded with ``vae.decode(z / 0.18215)``). ``save_samples``: rank 0 also
+    writes the images to this ``.npz`` as ``arr_0`` (N, H, W, C) uint8 (ADM's format) and ``labels``.
+    """
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be >= 2 to fit a covariance, got {num_samples}")
+    check_metrics(metrics, reference)
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    indices = shard(num_samples, rank, world)
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    decode = (lambda z: vae.decode(z / LATENT_SCALE).sample) if vae is not None else None  # (N, 3, 8h, 8w)
+    local = generate_images(
+        model, diffusion, indices,
+        batch_size=batch_size, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
+        num_classes=num_classes, image_size=image_size, channels=channels, eta=eta,
+        decode=decode, device=device, clip_denoised=clip_denoised,
+    )  # fmt: skip
+    images = gather_samples(local, num_samples, accelerator) if accelerator is not None else local
+    result: dict[str, float] = {}
+    if images is not None:
+        if len(images) != num_samples:
+            raise RuntimeError(f"gathered {len(images)} samples, expected {num_samples}")
+        if save_samples:
+            labels = np.arange(num_samples) % num_classes
+            np.savez(save_samples, arr_0=images.permute(0, 2, 3, 1).numpy(), labels=labels)
+        result = evaluate_samples(
+            images, reference, metrics=metrics, extractors=extractors,
+            inception_weights=inception_weights, device=metric_device or device,
+        )  # fmt: skip
+        log.info("eval (%d samples, %s-%d, cfg %.2f): %s", num_samples, sampler, steps, cfg_scale, result)
+    if accelerator is not None and world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [result]
+        broadcast_object_list(box, from_process=0)
+        result = box[0]
+    return result
+
+
+def log_metrics(metrics: Mapping[str, float], step: int, run_id: str | None = None) -> None:
+    """Log ``metrics`` to MLflow as ``eval/<name>`` at ``step`` (the active run, or ``run_id``)."""
+    import mlflow
+
+    if run_id is None and mlflow.active_run() is None:
+        raise ValueError("no active MLflow run: start one or pass run_id")
+    data = {f"eval/{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    mlflow.log_metrics(data, step=step, run_id=run_id)

@@ -128,17 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import Trainer
 
     parser = build_parser()
-    args, extra = parser.parse_known_args(
-        join_negative_values(sys.argv[1:] if argv is None else argv, parser)
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parser.parse_known_args(join_negative_values(argv, parser))
     if extra:
         flags = {s for a in parser._actions for s in a.option_strings}
         close = [m for e in extra for m in difflib.get_close_matches(e.split("=")[0], flags, n=2)]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint} (--help lists every field)")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
         if cfg.tracking.enabled and not args.print_config:
@@ -157,12 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         result = Trainer(cfg, resume=args.resume).run()
         code = EXIT_PREEMPTED if result.status == "preempted" else 0
-    except ValueError as e:
+    except (ValueError, FloatingPointError) as e:  # a bad config (2) or a non-finite loss (1)
         log.error("%s", e)
-        code = 2
-    except FloatingPointError as e:
-        log.error("%s", e)
-        code = 1
+        code = 2 if isinstance(e, ValueError) else 1
     state = PartialState()
     if state.num_processes > 1:
         # torch + gloo can abort at interpreter exit (notes/dependencies.md section 5): leave directly

@@ -82,12 +82,9 @@ class DataStream:
         return torch.randperm(self.size, generator=g)
 
     def _local_batches(self, epoch: int, start: int) -> list[list[int]]:
-        perm = self.permutation(epoch)
-        lo_r = self.rank * self.local_batch
-        out = []
-        for b in range(start, self.batches_per_epoch * self.global_batch, self.global_batch):
-            out.append(perm[b + lo_r : b + lo_r + self.local_batch].tolist())
-        return out
+        perm, lo = self.permutation(epoch), self.rank * self.local_batch
+        starts = range(start, self.batches_per_epoch * self.global_batch, self.global_batch)
+        return [perm[b + lo : b + lo + self.local_batch].tolist() for b in starts]
 
     def _start_epoch(self) -> None:
         if hasattr(self.dataset, "set_epoch"):
@@ -102,10 +99,7 @@ class DataStream:
                 _collate(fetch(idx) if fetch else [self.dataset[i] for i in idx]) for idx in batches
             )
         else:
-            loader = DataLoader(
-                self.dataset, batch_sampler=batches, num_workers=self.num_workers, persistent_workers=False
-            )
-            self._iter = iter(loader)
+            self._iter = iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next local batch; the position advances by one global batch (and wraps epochs)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from ..models import DiTConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_samples", "guidance_scale", "run_metrics", "sample_grid"]
+__all__ = ["evaluate_samples", "guidance_scale", "run_metrics", "sample_grid", "sampling_settings"]
 
 
 def guidance_scale(cfg: TrainConfig) -> float:
@@ -31,6 +32,13 @@ def clip_denoised(cfg: TrainConfig) -> bool:
     """``eval.clip_denoised``, or by default: clip for pixel-space data, not for latents."""
     c = cfg.eval.clip_denoised
     return c if c is not None else cfg.data.name != "latents"
+
+
+def sampling_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """How a run on ``cfg`` samples for its metrics, as `dit_core.evaluate.evaluate_model` keywords."""
+    e = cfg.eval
+    own = {"num_samples": e.num_samples, "sampler": e.sampler, "steps": e.steps, "seed": cfg.seed}
+    return own | {"cfg_scale": guidance_scale(cfg), "clip_denoised": clip_denoised(cfg)}
 
 
 def run_metrics(cfg: TrainConfig, reference: str) -> tuple[str, ...]:
@@ -62,11 +70,9 @@ def evaluate_samples(
 
     names = run_metrics(cfg, reference)
     return evaluate_model(
-        model, diffusion, num_samples=e.num_samples, batch_size=e.batch_size, sampler=e.sampler,
-        steps=e.steps, cfg_scale=guidance_scale(cfg), seed=cfg.seed, num_classes=dit.num_classes,
-        image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=tuple(names),
+        model, diffusion, **sampling_settings(cfg), batch_size=e.batch_size, num_classes=dit.num_classes,
+        image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=names,
         accelerator=accelerator if accelerator.num_processes > 1 else None,
-        clip_denoised=clip_denoised(cfg),
     )  # fmt: skip
 
 

@@ -299,9 +299,7 @@ class Trainer:
 
     def train_step(self) -> None:
         """One optimizer step on the next global batch, at lr ``self.lr(self.step)``."""
-        x, y = self.stream.next_batch()
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
+        x, y = (v.to(self.device, non_blocking=True) for v in self.stream.next_batch())
         u, noise, drop = self.random.draw(self.step, x)
         t = self.diffusion.timesteps_from_uniform(u).to(self.device)
         lr = self.lr(self.step)
@@ -334,11 +332,8 @@ class Trainer:
             return
         from ..tracking import RunTracker, executor_tags, git_commit
 
-        tags = dict(t.tags)
-        tags.update({k: v for k, v in (("sweep", t.sweep), ("grid_cell", t.grid_cell)) if v})
-        if t.parent_run_id:
-            tags["mlflow.parentRunId"] = t.parent_run_id
-        tags.update(executor_tags())
+        given = {"sweep": t.sweep, "grid_cell": t.grid_cell, "mlflow.parentRunId": t.parent_run_id}
+        tags = {**t.tags, **{k: v for k, v in given.items() if v}, **executor_tags()}
         tags["data.unique_images"] = str(unique_images(self.train_set) or "unbounded")
         self.tracker = RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=self.run_id or t.run_id, run_name=t.run_name,
@@ -415,10 +410,9 @@ class Trainer:
         """``metrics`` at this step, with ``compute/train_flops``, ``data/images_seen`` and the
         data-reuse metrics (`dit_core.data.data_accounting`)."""
         if self.tracker and metrics:
-            led = self.ledger()
-            extra = {"compute/train_flops": led["train_flops"], "data/images_seen": float(led["images_seen"])}
-            extra |= data_accounting(self.train_set, led["images_seen"])
-            self.tracker.log_metrics({**metrics, **extra}, self.step)
+            seen = self.images_seen
+            extra = {"compute/train_flops": self.fpi * seen, "data/images_seen": float(seen)}
+            self.tracker.log_metrics({**metrics, **extra, **data_accounting(self.train_set, seen)}, self.step)
 
     def validate(self) -> None:
         """``val/loss`` (and ``val/loss_ema``) at this step (`dit_core.trainer.validation`)."""
@@ -448,15 +442,12 @@ class Trainer:
         log.info("step %d: eval %s", self.step, metrics)
 
     # ------------------------------------------------------------------ checkpoints
-    def weights_finite(self) -> bool:
-        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
-        return bool(torch.isfinite(torch.stack(norms)).all())
-
     def save(self) -> Path | None:
         """Write a checkpoint (main process) of the current step; all ranks take part."""
         vec = self.reduced_pending()
         self.check_finite(vec)
-        if not self.weights_finite():
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        if not torch.isfinite(torch.stack(norms)).all():
             raise FloatingPointError(
                 f"non-finite weights at step {self.step}; the run stopped and kept its last good "
                 f"checkpoint ({latest_checkpoint(self.out) or 'none yet'}). Lower --lr or set --grad-clip"

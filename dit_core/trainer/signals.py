@@ -52,6 +52,4 @@ class PreemptionGuard:
     def previous_handler(self, signum: int) -> Callable | None:
         """The Python handler that was installed for ``signum`` before ours, if any."""
         prev = self._previous.get(signum)
-        if callable(prev) and prev not in (signal.default_int_handler,):
-            return prev  # type: ignore[return-value]
-        return None
+        return prev if callable(prev) and prev is not signal.default_int_handler else None
