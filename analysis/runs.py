@@ -8,7 +8,7 @@ Columns of the tidy frame (one row per evaluation point):
   (`model.params_non_embedding`), unique (unique training images: `data/unique_images`, or
   images seen / `data/epochs`; inf for an unbounded stream), status.
 
-`replicate` (MLflow: a hash of the run's params without `seed`, `out` and `tracking.*`; CSV: an
+`replicate` (MLflow: a hash of the run's params without `seed`, `out`, `tracking.*` and `git.*`; CSV: an
 optional column) marks runs that are seeds of one cell; `average_seeds` makes them one point per step.
 `select_points` keeps the points valid for each run's lr schedule and drops too-short cells;
 `set_axes` chooses what N and D mean (total or non-embedding parameters; images or tokens) and,
@@ -158,10 +158,13 @@ def _unique_images(client, rid: str, params: dict, seen: pd.Series) -> float:
 
 
 def replicate_key(params: dict) -> str:
-    """A run's settings without its seed and bookkeeping (`seed`, `out`, `tracking.*`): runs that share
-    the key are seeds of one cell (same model, budget, data, lr, evaluation)."""
+    """A run's settings without its seed and bookkeeping (`seed`, `out`, `tracking.*`, `git.*`): runs that
+    share the key are seeds of one cell (same model, budget, data, lr, evaluation), also when they were
+    trained from different commits."""
     kept = sorted(
-        (k, v) for k, v in params.items() if k not in ("seed", "out") and not k.startswith("tracking.")
+        (k, v)
+        for k, v in params.items()
+        if k not in ("seed", "out") and not k.startswith(("tracking.", "git."))
     )
     return hashlib.sha1(repr(kept).encode()).hexdigest()[:12]
 

@@ -586,7 +586,13 @@ def test_runs_that_differ_in_more_than_their_seed_are_not_averaged():
     """Another lr is another experiment, not a seed: the replicate key keeps it apart, while the seed,
     the run folder and the tracking settings do not count."""
     base = {"model.depth": "3", "optim.lr": "0.03", "seed": "0", "out": "/a", "tracking.run_id": "x"}
-    same = base | {"seed": "1", "out": "/b", "tracking.run_id": "y", "tracking.sweep": "demo-s1"}
+    same = base | {
+        "seed": "1",
+        "out": "/b",
+        "tracking.run_id": "y",
+        "tracking.sweep": "demo-s1",
+        "git.commit": "f",
+    }
     assert replicate_key(base) == replicate_key(same)
     assert replicate_key(base) != replicate_key(base | {"optim.lr": "0.02"})
     pts = _two_seeds(np.full(12, 1.02))
