@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import inspect
 import json
@@ -171,7 +172,9 @@ def check_keys(cls: type, data: Any, where: str) -> dict[str, Any]:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
+        close = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, names, n=1))}
+        hint = f" (did you mean {', '.join(f'{v} for {k}' for k, v in close.items())}?)" if close else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hint}; valid keys: {names}")
     return data
 
 
@@ -194,8 +197,13 @@ def apply_flat(
         if head not in names:
             if not strict:
                 continue
-            valid = ", ".join(k for k, _, _ in iter_fields(type(cfg), _at))
-            raise ConfigError(f"{_at + key}: {type(cfg).__name__} has no field {head!r}; valid keys: {valid}")
+            valid = [k for k, _, _ in iter_fields(type(cfg), _at)]
+            close = difflib.get_close_matches(_at + key, valid, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{_at + key}: {type(cfg).__name__} has no field {head!r}{hint}; "
+                f"valid keys: {', '.join(valid)}"
+            )
         if dot:
             if not dataclasses.is_dataclass(getattr(cfg, head)):
                 if not strict:

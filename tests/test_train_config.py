@@ -18,8 +18,9 @@ from dit_core.config import (
     TrainConfig,
     load_yaml_config,
 )
+from dit_core.configio import check_keys
 from dit_core.ema import EMA
-from dit_core.spec import resolve_budget_steps
+from dit_core.spec import DiTConfig, resolve_budget_steps
 from dit_core.tracking import format_param
 from dit_core.train import build_parser, config_from_args, main, resolve_config
 from dit_core.trainer.data_stream import DataStream
@@ -283,9 +284,16 @@ def test_help_text_comes_from_the_docstrings_of_the_trainer_configs():
 
 def test_unknown_keys_name_the_valid_ones_everywhere(tmp_path, capsys):
     with pytest.raises(
-        ConfigError, match=r"optim.lrr: OptimConfig has no field 'lrr'; valid keys: optim.lr, "
+        ConfigError,
+        match=r"optim.lrr: OptimConfig has no field 'lrr' \(did you mean optim.lr\?\); valid keys: optim.lr,",
     ):
         TrainConfig().replace(**{"optim.lrr": 1e-3})
+    with pytest.raises(ConfigError, match=r"has no field 'train' \(did you mean optim.lr\?\)"):
+        TrainConfig().replace(**{"train.optim.lr": 1e-3})  # the sweep YAML's prefix, given to the trainer
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['dpeth'\] \(did you mean depth for dpeth\?\)"):
+        check_keys(DiTConfig, {"dpeth": 3}, "DiTConfig")  # the sweeps' shape check
+    with pytest.raises(ConfigError, match=r"has no field 'zzz'; valid keys"):  # nothing close: no guess
+        TrainConfig().replace(**{"zzz": 1})
     with pytest.raises(ConfigError, match=r"valid keys: model.name, .* out, seed"):
         TrainConfig.from_flat_dict({"optimizer.lr": "1"})
     y = tmp_path / "c.yaml"
