@@ -485,8 +485,10 @@ class Prediction:
             if run := self.nearest_run_shape:
                 lines.append(f"  nearest run shape: {run.name} ({run.n_params:.4g} {u['N']})")
             if dit := self.nearest_dit_shape:
+                ratio = dit.n_params / self.n_opt.value
+                far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no paper shape is near it"
                 lines.append(
-                    f"  nearest DiT shape: {dit.name} ({dit.n_params:.4g} parameters, 256 px latents)"
+                    f"  nearest DiT shape: {dit.name} ({dit.n_params:.4g} parameters, 256 px latents{far})"
                 )
             lines.append(f"  data D_opt       : {self.d_opt} {u['D']}")
         lines.append(f"  expected loss    : {self.loss if self.loss else 'withheld'} ({u['loss']})")

@@ -28,6 +28,7 @@ from analysis.parametric import (
 from analysis.pipeline import (
     UNRESOLVED_APPROACH1,
     AnalysisConfig,
+    Estimate,
     allocation_draws,
     analyze,
     holdout_largest,
@@ -383,6 +384,12 @@ def test_analyze_predict_and_holdout_on_synthetic():
     assert pr.loss.value == pytest.approx(l_true, rel=0.01)
     assert pr.fid.value == pytest.approx(50.0 * l_true**4, rel=0.05)
     assert pr.nearest_run_shape is not None and "DiT" in pr.nearest_dit_shape.name
+    # a demo-sized N_opt (5e4) is 600x below the smallest paper shape: the report says so; within 3x not
+    small = nearest_shape(5e4, family_shapes())
+    far = replace(pr, n_opt=Estimate(5e4), nearest_dit_shape=small).text()
+    assert f"{small.n_params / 5e4:.3g}x N_opt, no paper shape is near it" in far
+    near = replace(pr, n_opt=Estimate(small.n_params / 2.5), nearest_dit_shape=small).text()
+    assert f"nearest DiT shape: {small.name}" in near and "no paper shape" not in near
     assert "FLOPs" in pr.text()
     # the approaches agree on well-sampled data: status ok, N_opt within 3x across approaches
     assert pr.n_opt_spread() < 1.5 and pr.status.status == "ok" and "status: ok" in pr.text()
