@@ -38,16 +38,17 @@ def cell_tags(uri: str, spec: SweepSpec, cell_id: str) -> dict[str, str]:
     return run.data.tags
 
 
-def sacct_states(job: str, until: str, timeout_s: float = 30.0) -> list[str]:
-    """States of the array's tasks from accounting, polled until all are ``until`` (or timeout):
-    a task's result pickle appears a moment before SLURM marks it COMPLETED."""
+def sacct_states(job: str, until: str, tasks: int, timeout_s: float = 30.0) -> list[str]:
+    """States of the array's tasks from accounting, polled until all ``tasks`` are ``until`` (or
+    timeout): a task's result pickle appears a moment before SLURM marks it COMPLETED, and until
+    slurmdbd splits the array, sacct can show its pending tasks as one row."""
     deadline = time.monotonic() + timeout_s
     while True:
         out = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job], capture_output=True, text=True
         ).stdout.split()
         states = [line.split("|")[1] for line in sorted(out)]
-        if (states and all(s == until for s in states)) or time.monotonic() > deadline:
+        if (len(states) == tasks and all(s == until for s in states)) or time.monotonic() > deadline:
             return states
         time.sleep(0.5)
 
@@ -66,7 +67,7 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
         run = runs[c.cell_id][0]
         assert run.data.tags["status"] == "finished" and run.data.tags["executor_job_id"]
         assert res.results[c.cell_id]["weight"] == pytest.approx(fake_final_weight(c), rel=1e-12)
-    assert sacct_states(arrays.pop(), until="COMPLETED") == ["COMPLETED"] * 4
+    assert sacct_states(arrays.pop(), until="COMPLETED", tasks=4) == ["COMPLETED"] * 4
 
     again = launch(spec, poll_s=1.0)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
