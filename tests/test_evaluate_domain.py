@@ -141,3 +141,36 @@ def test_photos_training_run_logs_fid_photos(tmp_path, photos_extractor):
     se = MlflowClient().get_metric_history(res.run_id, "eval/fid_photos_se")
     assert [(h.step, h.value) for h in se] == [(4, pytest.approx(res.eval["fid_photos_se"]))]
     assert 0 < res.eval["fid_photos_se"] < res.eval["fid_photos"]
+
+
+def test_the_demo_scores_fid_with_the_shipped_classifier(tmp_path, monkeypatch):
+    """The demo's cells resolve to the classifier that ships with the package (no training, on any
+    machine), and the shipped weights are that recipe's: its stored held-out accuracy is what the net
+    scores on the recipe's held-out crops."""
+    from dit_core import train
+    from dit_core.data import default_reference
+    from dit_core.evaluate.reference import resolve_reference
+    from sweeps.grid import expand, load_spec
+    from sweeps.task import build_config, make_task
+
+    spec = load_spec()  # sweeps/configs/demo.yaml
+    cfg = build_config(train, make_task(spec, expand(spec)[0], tmp_path, "sqlite:///x.db").overrides)
+    source = resolve_reference(default_reference(cfg.data), cfg.model.input_size)
+    recipe = dc.recipe_for_reference("photos", source.resolution, source.options)
+
+    def no_training(_):
+        raise AssertionError("the demo's classifier was trained, not loaded from the package")
+
+    monkeypatch.setattr(dc, "train_domain_classifier", no_training)
+    ext = DomainExtractor(recipe)
+    assert ext.path == dc.shipped_path(recipe) and ext.path.parent.name == "weights"
+    blob = torch.load(ext.path, map_location="cpu", weights_only=True)
+    assert blob["recipe"] == dc.asdict(recipe)
+    _, (x, y) = dc.domain_data(recipe)
+    with torch.no_grad():
+        acc = float(
+            (ext.net(dc.to_net_input(x, recipe.input_size, recipe.channels)).argmax(1) == y).float().mean()
+        )
+    assert abs(acc - ext.val_accuracy) <= 2 / recipe.val_size  # one or two argmax ties may flip by CPU
+    assert ext.val_accuracy >= dc.MIN_ACCURACY["photos"]
+    assert dc.shipped_path(replace(recipe, seed=1)) != ext.path  # other recipes: trained and cached

@@ -12,7 +12,11 @@ penultimate activations (``feature_dim``-d) of a CNN trained to tell the dataset
   validation crops (other columns of the photos); the net sees the data's resolution and channels.
 
 A `DomainClassifierRecipe` fixes everything that determines the weights. Training is deterministic
-(fixed seed, one thread, deterministic algorithms) and takes seconds; the weights are cached under
+on one machine (fixed seed, one thread, deterministic algorithms) and takes seconds, but not across
+CPUs: another machine's float kernels give other weights, and FIDs under two such classifiers differ
+by tens of percent (docs/evaluation.md). So the package ships the weights of the demo's recipe
+(``weights/<domain><res>-<hash of recipe>.pt``, like Inception's fixed weights for FID); any other
+recipe is trained on first use and cached under
 ``cache_dir("domain_classifier")/<domain><res>-<hash of recipe and torch version>.pt``.
 """
 
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 1  # bump when the architecture or training loop changes (invalidates caches)
 DOMAINS = ("digits", "photos")
+SHIPPED_DIR = Path(__file__).with_name("weights")  # trained classifiers that ship with the package
 #: a cached classifier below this held-out accuracy is used, with a warning
 MIN_ACCURACY = {"digits": 0.95, "photos": 0.7}
 
@@ -244,14 +249,20 @@ def classifier_path(recipe: DomainClassifierRecipe) -> Path:
     return cache_dir("domain_classifier") / f"{recipe.domain}{recipe.resolution}-{key}.pt"
 
 
+def shipped_path(recipe: DomainClassifierRecipe) -> Path:
+    """Where the package ships ``recipe``'s weights (a file exists for the demo's recipe only)."""
+    return SHIPPED_DIR / f"{recipe.domain}{recipe.resolution}-{stable_hash(asdict(recipe))}.pt"
+
+
 def load_or_train(recipe: DomainClassifierRecipe) -> tuple[DomainNet, float, Path]:
-    """The cached classifier for ``recipe`` (trained and cached on first use): (net, held-out acc, path)."""
-    path = classifier_path(recipe)
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        net = DomainNet(recipe)
-        net.load_state_dict(blob["state_dict"])
-        return net.eval(), float(blob["val_accuracy"]), path
+    """The classifier for ``recipe``: shipped, else cached, else trained and cached now:
+    (net, held-out acc, path)."""
+    for path in (shipped_path(recipe), classifier_path(recipe)):
+        if path.is_file():
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            net = DomainNet(recipe)
+            net.load_state_dict(blob["state_dict"])
+            return net.eval(), float(blob["val_accuracy"]), path
     net, acc = train_domain_classifier(recipe)
     what = f"{recipe.domain} classifier ({recipe.resolution} px)"
     log.info("trained %s: held-out accuracy %.4f -> %s", what, acc, path)
@@ -262,6 +273,17 @@ def load_or_train(recipe: DomainClassifierRecipe) -> tuple[DomainNet, float, Pat
     blob = {"state_dict": net.state_dict(), "val_accuracy": acc, "recipe": asdict(recipe)}
     atomic_write(path, lambda f: torch.save(blob, f))
     return net, acc, path
+
+
+def ship(recipe: DomainClassifierRecipe) -> Path:
+    """Copy ``recipe``'s classifier (cached, or trained now) into the package's shipped weights, so
+    every machine scores FIDs in the same feature space (a maintainer's step; docs/evaluation.md)."""
+    net, acc, _ = load_or_train(recipe)
+    blob = {"state_dict": net.state_dict(), "val_accuracy": acc, "recipe": asdict(recipe)}
+    path = shipped_path(recipe)
+    path.parent.mkdir(exist_ok=True)
+    atomic_write(path, lambda f: torch.save(blob, f))
+    return path
 
 
 class DomainExtractor(FeatureExtractor):
