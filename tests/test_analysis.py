@@ -606,3 +606,139 @@ def test_runs_that_differ_in_more_than_their_seed_are_not_averaged():
     pts.loc[pts["run_id"].str.endswith("-s1"), "replicate"] += "-lr2e-2"
     prep = prepare(pts, AnalysisConfig(n_bootstrap=0))
     assert len(prep.points) == 24 and "n_seeds" not in prep.points.columns
+
+
+# ------------------------------------------------------------------ analysis.laws: closed forms and edges
+
+
+def test_power_law_refuses_nonpositive_too_few_and_equal_x():
+    """Logs need x, y > 0; a law needs more points than parameters and a range of x."""
+    for x, y in (([0.0, 1.0, 2.0, 3.0], [1.0] * 4), ([1.0, 2.0, 3.0, 4.0], [1.0, 0.0, 1.0, 1.0])):
+        with pytest.raises(ValueError, match="positive and finite"):
+            fit_power_law(x, y, saturating=False)
+    with pytest.raises(ValueError, match="2 points for 2 parameters"):
+        fit_power_law([1.0, 2.0], [1.0, 0.5], saturating=False)
+    with pytest.raises(ValueError, match="3 points for 3 parameters"):
+        fit_power_law([1.0, 2.0, 4.0], [1.0, 0.7, 0.6], saturating=True)
+    with pytest.raises(ValueError, match="all x are equal"):
+        fit_power_law([5.0] * 4, [1.0, 2.0, 3.0, 4.0], saturating=False)
+
+
+def test_pure_law_prefactor_far_from_one_and_an_overflowing_one():
+    """ln A = 200 is fitted exactly; ln A > 700 (exp overflows) is refused with a ValueError."""
+    x = np.logspace(10, 12, 6)
+    fit = fit_power_law(x, np.exp(200.0 - 2.0 * np.log(x)), saturating=False)
+    assert math.log(fit.params["A"]) == pytest.approx(200.0, rel=1e-9) and fit.params[
+        "alpha"
+    ] == pytest.approx(2.0)
+    lx = np.log(np.array([1e11, 1.1e11, 1.2e11]))
+    steep = np.exp(-40.0 * (lx - lx[0]))  # ln A = 40 ln(1e11) ~ 1013
+    with pytest.raises(ValueError, match="implausibly steep"):
+        fit_power_law(np.exp(lx), steep, saturating=False)
+
+
+def test_pure_law_rmse_and_t_intervals_against_the_least_squares_line():
+    """Residuals (+d, -d, -d, +d) are orthogonal to 1 and ln x, so they are the fit's own: rmse = d; the
+    t-intervals of alpha and ln A are scipy's linregress slope and intercept errors (2 dof)."""
+    from scipy import stats
+
+    lx = np.log(1e10) + np.array([-3.0, -1.0, 1.0, 3.0])
+    d = 0.1
+    ly = math.log(3.0) - 0.2 * lx + d * np.array([1.0, -1.0, -1.0, 1.0])
+    fit = fit_power_law(np.exp(lx), np.exp(ly), saturating=False)
+    assert fit.rmse_log == pytest.approx(d, rel=1e-9)
+    ref, q = stats.linregress(lx, ly), stats.t.ppf(0.975, 2)
+    ci = fit.conf_int()
+    assert ci["alpha"] == pytest.approx((-ref.slope - q * ref.stderr, -ref.slope + q * ref.stderr), rel=1e-9)
+    want_a = (
+        math.exp(ref.intercept - q * ref.intercept_stderr),
+        math.exp(ref.intercept + q * ref.intercept_stderr),
+    )
+    assert ci["A"] == pytest.approx(want_a, rel=1e-9)
+    assert fit.conf_int(0.9) == {}  # the t-intervals are 95% only
+
+
+def test_saturating_law_keeps_alpha_and_e_within_their_bounds():
+    """0 <= alpha (rising data ends at alpha = 0, it is not fitted as growth) and E <= min y."""
+    x = np.logspace(1, 3, 8)
+    rising = fit_power_law(x, 1.0 + 0.1 * x**0.3, saturating=True)
+    assert rising.params["alpha"] >= 0.0
+    dip = np.array([10.0, 3.0, 1.2, 1.0, 1.0, 1.0, 0.9, 1.0])  # a plateau near 1 with one point at 0.9
+    assert fit_power_law(x, dip, saturating=True).params["E"] <= 0.9 * (1 + 1e-9)
+
+
+def test_saturating_law_steeper_than_the_exponent_bound_is_refused():
+    """alpha is bounded by 10: an exact law with alpha = 12 runs to that bound and is refused."""
+    x = np.logspace(1, 3, 8)
+    with pytest.raises(ValueError, match=r"ran to its bound \(10\)"):
+        fit_power_law(x, 1.0 + 1e3 * (x / 10) ** -12.0, saturating=True)
+
+
+def test_unresolved_frontier_reports_the_interval_of_a_not_of_alpha():
+    """N_opt ~ C^a with a = -alpha: the 95% interval printed for a is (-alpha_hi, -alpha_lo)."""
+    import re
+
+    fit = fit_frontier(demo_seed0_points(), n_bootstrap=40, seed=0)
+    alpha_lo, alpha_hi = fit.n_opt.bootstrap.conf_int()["alpha"]
+    (reason,) = [r for r in fit.status.reasons if "N_opt exponent" in r]
+    lo, hi = map(float, re.search(r"interval \[(\S+), (\S+)\]", reason).groups())
+    assert (lo, hi) == pytest.approx((-alpha_hi, -alpha_lo), rel=2e-3)
+
+
+def test_bootstrap_skips_resamples_of_one_x_value():
+    """Exact data y = 3 x^-0.2 with five points at one x: a resample that holds only that x (but
+    three distinct points) has no slope and is not refitted, so every refit gives alpha = 0.2."""
+    x = np.array([10.0] * 5 + [100.0, 1000.0])
+    fit = fit_power_law(x, 3.0 * x**-0.2, saturating=False, n_bootstrap=200, seed=0)
+    alphas = fit.bootstrap.samples["alpha"]
+    assert fit.bootstrap.n_failed > 0 and np.allclose(alphas, 0.2, rtol=1e-9)
+
+
+def test_prediction_band_needs_two_successful_resamples():
+    from analysis.bootstrap import BootstrapResult
+    from analysis.laws import PowerLawFit
+
+    one = BootstrapResult({"A": np.array([1.0]), "alpha": np.array([0.5])}, n_requested=5, n_failed=4)
+    fit = PowerLawFit("pure", {"A": 1.0, "alpha": 0.5}, 0.0, 4, bootstrap=one)
+    lo, hi = fit.predict_interval(np.array([2.0]))
+    assert np.isnan(lo).all() and np.isnan(hi).all()
+
+
+def test_budget_clusters_split_at_the_gap_and_take_the_median():
+    """Cells 0.046 dex apart are one budget (gap 0.1 dex), labelled by the cluster's median C."""
+    from analysis.laws import cluster_budgets
+
+    c = pd.Series([1e11, 0.9e11, 0.95e11, 3e11, 2.8e11])
+    assert cluster_budgets(c).tolist() == pytest.approx([0.95e11] * 3 + [2.9e11] * 2, rel=1e-12)
+
+
+def test_one_point_frontier_keeps_only_new_running_minima():
+    """One run per budget: a run on the frontier must beat every cheaper frontier run (a tie or a
+    loss below only its direct predecessor is not enough)."""
+    loss = [0.5, 0.5, 0.7, 0.6, 0.4]
+    pts = pd.DataFrame(
+        {
+            "N": [1e5, 2e5, 4e5, 8e5, 1.6e6],
+            "C": [1e11, 1e12, 1e13, 1e14, 1e15],
+            "loss": loss,
+            "run_id": list("abcde"),
+            "model": list("abcde"),
+        }
+    ).assign(D=lambda d: d["C"] / (6 * d["N"]), budget=lambda d: d["C"])
+    assert compute_frontier(pts)["run_id"].tolist() == ["a", "e"]
+
+
+def test_curve_frontier_spans_the_grid_and_splits_compute_into_n_and_d():
+    """Runs along D with C = 6 N D: all n_grid points from the smallest model's first C, D = C / (6 N)
+    at each (D is interpolated in log C), and since N_opt D_opt = C / 6 on every point, a + b = 1."""
+    rows = []
+    for i, n in enumerate([1e6, 1e7, 1e8]):
+        for d in np.logspace(6, 10, 15):
+            loss = 1 + 30 / n**0.3 + 40 / d**0.3
+            rows.append({"N": n, "D": d, "C": 6 * n * d, "loss": loss, "run_id": f"r{i}", "model": f"m{i}"})
+    pts = pd.DataFrame(rows)
+    fr = compute_frontier(pts, n_grid=30)
+    assert len(fr) == 30 and fr["C"].iloc[0] == pytest.approx(6e12, rel=1e-12)
+    np.testing.assert_allclose(fr["D"], fr["C"] / (6 * fr["N"]), rtol=1e-9)
+    fit = fit_frontier(pts, n_grid=30)
+    assert fit.a > 0 and fit.b > 0 and fit.a + fit.b == pytest.approx(1.0, abs=1e-9)

@@ -104,6 +104,27 @@ def test_quadratic_schedule_is_linear_in_sqrt_beta():
     np.testing.assert_allclose(np.sqrt(betas), np.linspace(0.01, math.sqrt(0.02), 1000), rtol=1e-12)
 
 
+def test_short_schedules_cap_beta_at_0_999():
+    """T = 10 scales the endpoints by 100: beta_end = 2 would destroy the signal; every beta is capped."""
+    scale, T = 100.0, 10
+    linear = np.linspace(scale * 1e-4, scale * 0.02, T)
+    quadratic = np.linspace(math.sqrt(scale * 1e-4), math.sqrt(scale * 0.02), T) ** 2
+    for name, want in (("linear", linear), ("quadratic", quadratic)):
+        betas = make_betas(name, T)
+        assert want[-1] > 1 and betas.max() == 0.999, name
+        np.testing.assert_allclose(betas, np.minimum(want, 0.999), rtol=1e-12, err_msg=name)
+
+
+def test_cosine_betas_use_their_offset():
+    """cosine_betas(T, s) follows Nichol & Dhariwal's abar with that s, not the default 0.008."""
+    from dit_core.diffusion.schedules import cosine_betas
+
+    T, s = 50, 0.05
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    want = np.array([1 - f(t + 1) / f(t) for t in range(T)])
+    np.testing.assert_allclose(cosine_betas(T, s)[:-1], want[:-1], rtol=1e-10)  # the last is capped
+
+
 def test_unknown_schedule_lists_choices():
     with pytest.raises(ValueError, match=r"\['linear', 'cosine', 'quadratic'\]"):
         make_betas("sigmoid", 10)

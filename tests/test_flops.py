@@ -20,6 +20,7 @@ from dit_core.spec import (
     forward_macs,
     model_config,
     non_embedding_param_count,
+    official_name,
     param_count,
     resolve_budget_steps,
     train_flops_per_image,
@@ -156,3 +157,71 @@ def test_sweep_cells_use_the_models_config():
     (cell,) = expand(spec)
     cfg = model_config("DiT-S/2", input_size=16, in_channels=1, num_classes=10, frequency_embedding_size=32)
     assert (cell.params, cell.train_flops_per_image) == (param_count(cfg), train_flops_per_image(cfg))
+
+
+def test_xl2_forward_macs_summed_from_first_principles():
+    """DiT-XL/2 at 256 px, every term written out: matmuls, attention's T^2 terms, and one multiply-add
+    per element for each adaLN modulation (two per block, one in the final layer)."""
+    t, d, p, c, f, depth, hm = 256, 1152, 2, 4, 256, 28, 4 * 1152
+    per_block = 4 * t * d * d + 2 * t * t * d + 2 * t * d * hm + d * 6 * d + 2 * t * d
+    total = (
+        t * p * p * c * d + (f * d + d * d) + depth * per_block + d * 2 * d + t * d + t * d * p * p * 2 * c
+    )
+    assert forward_macs("DiT-XL/2") == total
+    assert total / 1e9 == pytest.approx(118.64, abs=0.005)  # Table 4
+
+
+@pytest.mark.parametrize("block_type", BLOCK_TYPES)
+def test_modulation_terms_are_one_multiply_add_per_element(block_type):
+    """x * (1 + scale) + shift on every token and channel: twice per adaLN block, once in the final layer."""
+    cfg = model_config(
+        depth=3, hidden_size=32, num_heads=2, patch_size=2, input_size=8, block_type=block_type
+    )
+    t, d = 16, 32
+    per_block = 2 if block_type in ("adaln_zero", "adaln") else 0
+    elementwise = sum(v for k, v in flop_breakdown(cfg).items() if k.endswith("modulate"))
+    assert elementwise == (3 * per_block + 1) * t * d
+
+
+def test_learn_sigma_false_outputs_in_channels():
+    """Without the learned variance the final layer outputs C channels, not 2C: a (D + 1) p^2 C
+    smaller linear and T D p^2 C fewer multiply-adds."""
+    kw = dict(depth=2, hidden_size=32, num_heads=2, patch_size=2, input_size=8, in_channels=3)
+    eps, both = model_config(**kw, learn_sigma=False), model_config(**kw, learn_sigma=True)
+    assert (eps.out_channels, both.out_channels) == (3, 6)
+    assert param_count(both) - param_count(eps) == (32 + 1) * 2 * 2 * 3
+    assert forward_macs(both) - forward_macs(eps) == 16 * 32 * 2 * 2 * 3
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
+def test_param_count_matches_the_model_for_a_fractional_mlp_width_and_rope(pos_embed):
+    """mlp_ratio 2.51 at width 64: the MLP is int(160.64) = 160 wide (as in the DiT reference code);
+    a RoPE model has no position table, so it has T D fewer parameters than a sin-cos one."""
+    cfg = model_config(
+        depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=8, mlp_ratio=2.51, pos_embed=pos_embed
+    )
+    assert cfg.mlp_hidden == 160
+    with torch.device("meta"):
+        model = DiT.from_config(cfg)
+    assert param_count(cfg) == sum(p.numel() for p in model.parameters())
+    other = cfg.replace(pos_embed="rope" if pos_embed == "sincos" else "sincos")
+    assert abs(param_count(cfg) - param_count(other)) == 16 * 64
+
+
+def test_official_name_only_for_the_papers_shapes_and_patches():
+    assert official_name(12, 384, 6, 2) == "DiT-S/2" and official_name(28, 1152, 16, 8) == "DiT-XL/8"
+    assert official_name(24, 1024, 16, 4) == "DiT-L/4" and official_name(12, 768, 12, 2) == "DiT-B/2"
+    assert official_name(12, 384, 6, 1) is None  # patch 1 is not in the paper
+    assert official_name(12, 384, 12, 2) is None  # S's depth and width, B's heads
+    assert official_name(12, 384, 6, 16) is None
+
+
+def test_config_validation_boundaries():
+    """F = 2 is one sin-cos pair (allowed); a sin-cos table needs D % 4 == 0 (D = 18 has D % 2 == 0)."""
+    assert model_config("DiT-S/2", frequency_embedding_size=2).frequency_embedding_size == 2
+    with pytest.raises(ValueError, match="sin-cos position embedding needs hidden_size % 4 == 0, got 18"):
+        model_config(depth=1, hidden_size=18, num_heads=3, patch_size=2, input_size=8)
+
+
+def test_a_budget_of_exactly_one_step_resolves_to_one_step():
+    assert resolve_budget_steps(BudgetConfig(train_flops=32e9, global_batch_size=32), 1e9) == 1

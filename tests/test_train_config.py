@@ -207,6 +207,33 @@ def test_ema_update_closed_form():
     assert not ema.model.weight.requires_grad
 
 
+def test_ema_decay_must_be_in_the_half_open_unit_interval():
+    """decay 0 (a copy) is allowed; 1 (never moves) and negative decays are not; the default is DiT's
+    0.9999."""
+    m = torch.nn.Linear(3, 2)
+    assert EMA(m).decay == 0.9999 and EMA(m, 0.0).decay == 0.0
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"EMA decay must be in \[0, 1\)"):
+            EMA(m, bad)
+
+
+def test_ema_state_dict_round_trip():
+    """An EMA's state_dict holds its averaged weights and loads (strictly) into another EMA."""
+    m = torch.nn.Linear(3, 2)
+    ema = EMA(m, decay=0.5)
+    with torch.no_grad():
+        m.weight.add_(2.0)
+    ema.update()
+    state = ema.state_dict()
+    torch.testing.assert_close(state["weight"], m.weight.detach() - 1.0)  # halfway to the +2 step
+    other = EMA(torch.nn.Linear(3, 2), decay=0.5)
+    other.load_state_dict(state)
+    for k, v in state.items():
+        assert torch.equal(other.model.state_dict()[k], v), k
+    with pytest.raises(RuntimeError, match="bias"):
+        other.load_state_dict({"weight": state["weight"]})
+
+
 def test_step_randomness_depends_only_on_seed_and_step_and_splits_ranks():
     x, cpu = torch.zeros(4, 1, 2, 2), torch.device("cpu")
     r = StepRandom(0, cpu, 0.5)

@@ -151,3 +151,20 @@ def test_unknown_schedule_names_the_field():
     object.__setattr__(cfg, "schedule", "bogus")  # past OptimConfig's own check
     with pytest.raises(ValueError, match=r"^optim.schedule: 'bogus' is unknown$"):
         lr_at(0, 10, cfg)
+
+
+def test_peak_lr_without_a_planned_budget_is_not_scaled():
+    """The budget rule acts only when train_flops is given and exceeds lr_flops_ref."""
+    budget = OptimConfig(lr=3e-2, lr_flops_ref=3e11, lr_flops_exponent=0.9)
+    assert peak_lr(budget, 12) == 3e-2
+
+
+def test_scaled_warmup_rounds_to_the_nearest_step():
+    """round(0.05 x 139) = round(6.95) = 7 (not truncated to 6); round(0.1 x 34) = 3."""
+    assert warmup_steps(OptimConfig(warmup_frac=0.05), 139) == 7
+    assert warmup_steps(OptimConfig(warmup_frac=0.1), 34) == 3
+
+
+def test_constant_cooldown_without_a_cooldown_holds_the_peak_past_the_end():
+    none = OptimConfig(lr=1.0, schedule="constant_cooldown", cooldown_frac=0.0, min_lr_ratio=0.5)
+    assert [lr_at(s, 10, none) for s in (10, 15)] == [1.0, 1.0]
