@@ -263,6 +263,7 @@ def load_or_train(recipe: DomainClassifierRecipe) -> tuple[DomainNet, float, Pat
             net = DomainNet(recipe)
             net.load_state_dict(blob["state_dict"])
             return net.eval(), float(blob["val_accuracy"]), path
+    path = classifier_path(recipe)  # trained here: cached for this machine, never into the package
     net, acc = train_domain_classifier(recipe)
     what = f"{recipe.domain} classifier ({recipe.resolution} px)"
     log.info("trained %s: held-out accuracy %.4f -> %s", what, acc, path)
@@ -270,19 +271,22 @@ def load_or_train(recipe: DomainClassifierRecipe) -> tuple[DomainNet, float, Pat
     if acc < floor:
         log.warning("%s classifier held-out accuracy %.3f is below %.2f; fid_%s is less meaningful",
                     recipe.domain, acc, floor, recipe.domain)  # fmt: skip
+    _save(path, net, acc, recipe)
+    return net, acc, path
+
+
+def _save(path: Path, net: DomainNet, acc: float, recipe: DomainClassifierRecipe) -> None:
     blob = {"state_dict": net.state_dict(), "val_accuracy": acc, "recipe": asdict(recipe)}
     atomic_write(path, lambda f: torch.save(blob, f))
-    return net, acc, path
 
 
 def ship(recipe: DomainClassifierRecipe) -> Path:
     """Copy ``recipe``'s classifier (cached, or trained now) into the package's shipped weights, so
     every machine scores FIDs in the same feature space (a maintainer's step; docs/evaluation.md)."""
     net, acc, _ = load_or_train(recipe)
-    blob = {"state_dict": net.state_dict(), "val_accuracy": acc, "recipe": asdict(recipe)}
     path = shipped_path(recipe)
     path.parent.mkdir(exist_ok=True)
-    atomic_write(path, lambda f: torch.save(blob, f))
+    _save(path, net, acc, recipe)
     return path
 
 
