@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,6 +95,49 @@ class BootstrapResult:
         }
 
 
+_TASK: Callable | None = None  # the function a forked worker applies (inherited, never pickled)
+
+
+def _apply(item):
+    assert _TASK is not None
+    return _TASK(item)
+
+
+def workers_available() -> int:
+    """Worker processes for resamples: the CPUs this process may use, or DITSCALE_FIT_WORKERS."""
+    env = os.environ.get("DITSCALE_FIT_WORKERS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"DITSCALE_FIT_WORKERS must be an integer >= 1, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"DITSCALE_FIT_WORKERS must be an integer >= 1, got {env!r}")
+        return n
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallel_map(fn: Callable, items: Sequence, workers: int | None = None) -> list:
+    """[fn(x) for x in items], split over forked worker processes where that is possible.
+
+    The result (order included) does not depend on the number of workers: each item carries all its
+    randomness (e.g. a resample's indices, drawn in the parent). Forking (Linux) lets `fn` be a
+    closure; elsewhere, in a daemon worker, or for few items it runs in this process.
+    """
+    global _TASK
+    n = workers_available() if workers is None else workers
+    n = min(n, len(items) // 4)
+    forkable = sys.platform.startswith("linux") and not mp.current_process().daemon
+    if n < 2 or not forkable:
+        return [fn(x) for x in items]
+    _TASK = fn
+    try:
+        with mp.get_context("fork").Pool(n) as pool:
+            return pool.map(_apply, items, chunksize=max(1, len(items) // (4 * n)))
+    finally:
+        _TASK = None
+
+
 def resample_indices(n: int, rng: np.random.Generator, groups=None) -> np.ndarray:
     """Indices of one resample: n points with replacement, or whole groups with replacement."""
     if groups is None:
@@ -109,21 +155,24 @@ def bootstrap_points(
     *,
     seed: int = 0,
     groups=None,
+    workers: int | None = None,
 ) -> BootstrapResult:
-    """Call fit_one(indices) on `n_resamples` resamples.
+    """Call fit_one(indices) on `n_resamples` resamples, over `workers` processes (see parallel_map).
 
     fit_one returns a dict of values (keys starting with `BOUND_PREFIX` flag a parameter that ended on
     its bound) or None when the refit failed; failures are counted in `n_failed`, never hidden.
     """
     rng = np.random.default_rng(seed)
-    results: list[dict[str, float] | None] = []
-    for _ in range(n_resamples):
-        idx = resample_indices(n, rng, groups)
+    resamples = [resample_indices(n, rng, groups) for _ in range(n_resamples)]
+
+    def safe(idx: np.ndarray) -> dict[str, float] | None:
         try:
-            results.append(fit_one(idx))
+            return fit_one(idx)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError, OverflowError) as e:
             log.debug("bootstrap refit failed: %s", e)
-            results.append(None)
+            return None
+
+    results = parallel_map(safe, resamples, workers)
     rows = [r for r in results if r is not None]
     if n_failed := n_resamples - len(rows):
         log.info("bootstrap: %d of %d resamples failed (reported as share_failed)", n_failed, n_resamples)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.bootstrap import BootstrapResult, bootstrap_points
+from analysis.bootstrap import BootstrapResult, bootstrap_points, parallel_map
 from analysis.status import NOT_IDENTIFIED, Status, flag_unresolved_exponent
 
 log = logging.getLogger(__name__)
@@ -393,13 +393,17 @@ def _bootstrap_frontier(
     """Resample runs with replacement, recompute the frontier, refit its laws; attach to each law."""
     rng = np.random.default_rng(seed)
     runs = pts["run_id"].unique()
-    draws = []  # per resample: the refitted (y, N_opt, D_opt) laws, None where not fitted
-    for _ in range(n_bootstrap):
-        pick = np.unique(rng.choice(runs, size=len(runs), replace=True))
+    picks = [np.unique(rng.choice(runs, size=len(runs), replace=True)) for _ in range(n_bootstrap)]
+
+    def refit(pick: np.ndarray) -> list[dict | None]:  # the (y, N_opt, D_opt) laws' parameters
         fr = compute_frontier(pts[pts["run_id"].isin(pick)], y, n_grid)
-        draws.append(_frontier_laws(fr, y) if len(fr) else [None, None, None])
+        return (
+            [None if law is None else law.params for law in _frontier_laws(fr, y)] if len(fr) else [None] * 3
+        )
+
+    draws = parallel_map(refit, picks)
     for j, law in enumerate((fit.y_law, fit.n_opt, fit.d_opt)):
         if law is not None:
-            ok = [d[j].params for d in draws if d[j] is not None]
+            ok = [d[j] for d in draws if d[j] is not None]
             samples = {k: np.array([r[k] for r in ok], float) for k in law.params}
             law.bootstrap = BootstrapResult(samples, n_bootstrap, unit="runs", n_failed=n_bootstrap - len(ok))

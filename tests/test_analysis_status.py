@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.bootstrap import bootstrap_points
+from analysis.bootstrap import bootstrap_points, parallel_map, workers_available
 from analysis.fit_scaling import build_parser, main
 from analysis.isoflop import fit_isoflop
 from analysis.laws import PowerLawFit, fit_power_law
@@ -253,6 +254,30 @@ def test_bootstrap_counts_failed_resamples_instead_of_dropping_them():
     assert bs.share_failed == pytest.approx(bs.n_failed / 40)
     assert set(bs.share_at_bound()) == {"x"} and "_bound_x" not in bs.samples
     assert bs.to_dict()["n_failed"] == bs.n_failed
+
+
+def test_bootstrap_gives_the_same_resamples_in_order_whatever_the_number_of_workers(monkeypatch):
+    pids = []
+
+    def fit_one(idx):  # a closure, as the real refits are: forked workers inherit it
+        pids.append(os.getpid())
+        if idx[0] == 3:
+            raise ValueError("a failed refit")
+        return {"x": float(idx.mean()), "first": float(idx[0]), "pid": float(os.getpid())}
+
+    serial = bootstrap_points(fit_one, 12, 40, seed=3, workers=1)
+    forked = bootstrap_points(fit_one, 12, 40, seed=3, workers=2)
+    assert serial.n_failed == forked.n_failed > 0
+    for k in ("x", "first"):
+        np.testing.assert_array_equal(serial.samples[k], forked.samples[k])
+    assert set(serial.samples["pid"]) == {os.getpid()}
+    assert len(set(forked.samples["pid"])) == 2 and os.getpid() not in set(forked.samples["pid"])
+    monkeypatch.setenv("DITSCALE_FIT_WORKERS", "1")
+    assert workers_available() == 1
+    assert parallel_map(lambda i: (i, os.getpid()), list(range(20))) == [(i, os.getpid()) for i in range(20)]
+    monkeypatch.setenv("DITSCALE_FIT_WORKERS", "two")
+    with pytest.raises(ValueError, match="DITSCALE_FIT_WORKERS must be an integer >= 1, got 'two'"):
+        workers_available()
 
 
 def test_frontier_bootstraps_runs_and_gives_no_law_for_a_one_model_frontier():
