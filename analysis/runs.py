@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dit_core.tracking import FEATURE_SPACE_TAG
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
@@ -203,14 +205,17 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     return out, note
 
 
-def fid_protocol(metric: str, params: dict) -> str:
-    """How a run's FID was scored, from its ``eval.*`` params: e.g. ``"fid_photos, 1000 samples,
-    ddim-50, cfg 1.0"``. FIDs compare only under one protocol: the sampler and its steps move the FID of
-    one checkpoint by 50 % or more (docs/evaluation.md)."""
+def fid_protocol(metric: str, params: dict, tags: dict | None = None) -> str:
+    """How a run's FID was scored, from its ``eval.*`` params and its feature-space tag: e.g.
+    ``"fid_photos, 1000 samples, ddim-50, cfg 1.0, features photos: photoscnn-...-w<digest>"``. FIDs
+    compare only under one protocol: the sampler and its steps move the FID of one checkpoint by 50 % or
+    more, and two trainings of the photo classifier by 13-37 % (docs/evaluation.md). Runs logged before
+    the tag existed say ``features ?``: not pooled with runs that name theirs."""
     g = params.get
+    space = (tags or {}).get(FEATURE_SPACE_TAG, "?")
     return (
         f"{metric.split('/')[-1]}, {g('eval.num_samples', '?')} samples, {g('eval.sampler', '?')}-"
-        f"{g('eval.steps', '?')}, cfg {g('eval.cfg_scale', '?')}"
+        f"{g('eval.steps', '?')}, cfg {g('eval.cfg_scale', '?')}, features {space}"
     )
 
 
@@ -263,7 +268,7 @@ def run_points(client, run) -> pd.DataFrame:
         if not f.empty:
             fid = f.reindex(loss.index)
             fid_se = _history(client, rid, f"{key}_se").reindex(loss.index)  # domain FIDs log one
-            protocol = fid_protocol(key, params)
+            protocol = fid_protocol(key, params, run.data.tags)
             break
     df = pd.DataFrame(
         {

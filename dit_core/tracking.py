@@ -49,6 +49,8 @@ __all__ = [
     "MetricSender",
     "RunTracker",
     "executor_tags",
+    "FEATURE_SPACE_TAG",
+    "feature_space_tag",
     "format_param",
     "git_commit",
 ]
@@ -59,6 +61,16 @@ RUN_ID_FILE = "mlflow_run_id"
 #: ``<out>/mlflow_run_key``: written before the run is created, and tagged on it as `RUN_KEY_TAG`.
 RUN_KEY_FILE = "mlflow_run_key"
 RUN_KEY_TAG = "ditscale.run_key"
+#: Which features a run's FIDs were computed in (``family: extractor name``, the name changing with
+#: the weights): the analysis pools FIDs only within one (`analysis.runs.fid_protocol`).
+FEATURE_SPACE_TAG = "eval.feature_space"
+
+
+def feature_space_tag(spaces: dict[str, str]) -> str:
+    """`FEATURE_SPACE_TAG`'s value for ``{family: extractor name}``: ``"photos: photoscnn-...-w<digest>"``."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(spaces.items()))
+
+
 #: Metric points a `MetricSender` holds while the server is unreachable before dropping the oldest
 #: (about 100 bytes each; 6 points per log interval: some 16k intervals of outage).
 MAX_BUFFERED_POINTS = 100_000

@@ -10,13 +10,20 @@ from _fit_helpers import run_fit_cli
 
 from analysis.parametric import optimal_allocation
 from analysis.runs import average_seeds, load_runs
+from dit_core.tracking import FEATURE_SPACE_TAG
 
 LAW = {"E": 0.05, "A": 4.0, "B": 30.0, "alpha": 0.3, "beta": 0.32}
 K = 6.0 * 64  # true FLOPs per parameter per image (64 tokens per image)
 BUDGETS = (1e14, 1e15, 1e16)
 EXP = "analysis-test-sweep"
 OTHER_CELL, OTHER_STEPS = (BUDGETS[-1], 2), 250  # one run scored its FID with DDIM-250, not DDIM-50
-PROTOCOL = "fid_digits, 1000 samples, ddim-50, cfg 1.5"
+# and one with the same sampler in another classifier's features (another training of its recipe)
+OTHER_FEATURES_CELL = (BUDGETS[0], 1)
+SPACE, OTHER_SPACE = (
+    "digits: digitscnn-digits8-0123456789ab-wfeedc0ffee00",
+    "digits: digitscnn-digits8-0123456789ab-w000000000001",
+)
+PROTOCOL = f"fid_digits, 1000 samples, ddim-50, cfg 1.5, features {SPACE}"
 
 
 def law(n, d):
@@ -32,8 +39,11 @@ def log_sweep(client, exp_id: str) -> dict:
         n_opt = optimal_allocation(LAW, b, K)[0]
         for j, f in enumerate((0.25, 1.0, 4.0)):
             n = float(round(n_opt * f))
+            space = OTHER_SPACE if (b, j) == OTHER_FEATURES_CELL else SPACE
             run = client.create_run(
-                exp_id, run_name=f"b{b:.0e}-{j}", tags={"sweep": "t", "grid_cell": f"{b}-{j}"}
+                exp_id,
+                run_name=f"b{b:.0e}-{j}",
+                tags={"sweep": "t", "grid_cell": f"{b}-{j}", FEATURE_SPACE_TAG: space},
             )
             rid = run.info.run_id
             params = {
@@ -120,7 +130,11 @@ def test_load_runs_tidy_points(sweep):
     assert (df["tokens_per_image"] == 64.0).all() and np.allclose(df["N_non_embedding"], 0.9 * df["N"])
     assert (df["schedule"] == "constant").all()
     protocols = df.groupby("run_id")["fid_protocol"].first().value_counts().to_dict()
-    assert protocols == {PROTOCOL: 8, PROTOCOL.replace("ddim-50", "ddim-250"): 1}
+    assert protocols == {
+        PROTOCOL: 7,
+        PROTOCOL.replace("ddim-50", "ddim-250"): 1,
+        PROTOCOL.replace(SPACE, OTHER_SPACE): 1,
+    }
     uniq = df.groupby("run_id")["unique"].first().round(6).value_counts(dropna=False).to_dict()
     assert {k: v for k, v in uniq.items() if k == k} == {1617.0: 3, 3234.0: 3}  # NaN (not logged) for 3
 
@@ -144,10 +158,12 @@ def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
     res = json.loads(out_json.read_text())
     assert res["status"] == "ok" and res["point_selection"]["min_steps"] == 50
     assert any("constant lr" in n for n in res["point_selection"]["notes"])
-    # the DDIM-250 run's 3 FIDs are left out of the FID fits, and said so; the report names the protocol
+    # the DDIM-250 run's 3 FIDs and the other feature space's 3 are left out of the FID fits, and
+    # said so; the report names the protocol
     assert res["fid_protocol"] == PROTOCOL
     (note,) = [n for n in res["point_selection"]["notes"] if "another protocol" in n]
-    assert note.startswith("FID: 3 point(s)") and "ddim-250, cfg 1.5: 3" in note and "kept 24" in note
+    assert note.startswith("FID: 6 point(s)") and "kept 21" in note
+    assert f"ddim-250, cfg 1.5, features {SPACE}: 3" in note and f"features {OTHER_SPACE}: 3" in note
     assert f"scored as: {PROTOCOL}" in (tmp_path / "rep" / "report.md").read_text()
     for k in ("alpha", "beta"):  # noiseless data from LAW: the parametric law comes back
         assert res[k] == pytest.approx(LAW[k], abs=0.01)

@@ -78,6 +78,11 @@ def test_training_is_deterministic_and_cached(eval_cache, monkeypatch):
     x, _ = photos_images(8)
     np.testing.assert_array_equal(again(x), first(x))
     assert dc.classifier_path(replace(recipe, train_size=512)) != first.path  # the key covers the recipe
+    # another training of the same recipe (as on another CPU type) is another feature space
+    dc._save(first.path, other, 0.5, recipe)
+    elsewhere = DomainExtractor(recipe)
+    assert elsewhere.path == first.path and elsewhere.name != first.name
+    assert elsewhere.name.rsplit("-w", 1)[0] == first.name.rsplit("-w", 1)[0]
 
 
 def test_grey_photos_and_resolution_follow_the_recipe():
@@ -164,6 +169,9 @@ def test_the_demo_scores_fid_with_the_shipped_classifier(tmp_path, monkeypatch):
     monkeypatch.setattr(dc, "train_domain_classifier", no_training)
     ext = DomainExtractor(recipe)
     assert ext.path == dc.shipped_path(recipe) and ext.path.parent.name == "weights"
+    # the feature space every demo FID is in, pinned: new weights under this recipe would make FIDs
+    # logged before them incomparable, and the analysis would no longer pool the two (runs.fid_protocol)
+    assert ext.name == "photoscnn-photos16-74460ee9fb5c-w4f68fd77361b"
     blob = torch.load(ext.path, map_location="cpu", weights_only=True)
     assert blob["recipe"] == dc.asdict(recipe)
     _, (x, y) = dc.domain_data(recipe)

@@ -19,6 +19,7 @@ from dit_core.diffusion import DiffusionConfig, create_diffusion
 from dit_core.evaluate import RandomConvExtractor, evaluate_model, generate_images, log_metrics, shard
 from dit_core.evaluate.__main__ import main as cli_main
 from dit_core.models import DiT
+from dit_core.tracking import FEATURE_SPACE_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 KW = dict(sampler="ddim", steps=4, seed=3, num_classes=10, image_size=16, channels=1)
@@ -130,8 +131,20 @@ def test_cli_evaluates_checkpoint_and_logs_to_mlflow(checkpoint_own_eval, tmp_pa
     out = json.loads((tmp_path / "m.json").read_text())
     assert out["step"] == 7 and out["num_samples"] == 12 and out["eval/fid_digits"] > 0
     assert 1.0 <= out["eval/is_digits"] <= 10.0
-    hist = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "eval/is_digits")
+    client = mlflow.tracking.MlflowClient()
+    hist = client.get_metric_history(run.info.run_id, "eval/is_digits")
     assert [(h.step, h.value) for h in hist] == [(7, pytest.approx(out["eval/is_digits"]))]
+    space = client.get_run(run.info.run_id).data.tags[FEATURE_SPACE_TAG]
+    assert space.startswith("digits: digitscnn-digits") and "-w" in space
+    # a run whose FIDs are in another feature space (another training of the classifier) refuses
+    with mlflow.start_run() as other:
+        mlflow.set_tag(FEATURE_SPACE_TAG, space[:-1] + ("0" if space[-1] != "0" else "1"))
+    args[args.index("--mlflow-run-id") + 1] = other.info.run_id
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "in the feature space" in err and "Nothing was logged; keep the result with --output" in err
+    assert client.get_run(other.info.run_id).data.metrics == {}
+    assert json.loads((tmp_path / "m.json").read_text()) == out  # the scores are kept
 
 
 @pytest.mark.parametrize(

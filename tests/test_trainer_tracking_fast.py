@@ -35,7 +35,7 @@ from dit_core.spec import (
     param_count,
     train_flops_per_image,
 )
-from dit_core.tracking import executor_tags, format_param, git_commit
+from dit_core.tracking import FEATURE_SPACE_TAG, executor_tags, format_param, git_commit
 from dit_core.train import Trainer, train
 from dit_core.trainer.evaluation import clip_denoised, evaluate_samples, guidance_scale, sample_grid
 from dit_core.trainer.loop import FIXED_COST_METRICS, process_start_time
@@ -167,9 +167,13 @@ def test_eval_every_logs_the_ema_models_metrics_and_its_sample_grid(tmp_path, ca
     cfg = tiny(tmp_path / "run", 3, **opts)
     res = train(cfg)
     tr = Trainer(cfg)  # the final weights and EMA
-    expected = evaluate_samples(tr.ema.model, tr.diffusion, tr.cfg, tr.dit_cfg, tr.acc)
+    spaces: dict[str, str] = {}
+    expected = evaluate_samples(tr.ema.model, tr.diffusion, tr.cfg, tr.dit_cfg, tr.acc, spaces)
     assert set(res.eval) == set(expected) and res.eval == pytest.approx(expected, rel=1e-5)
     client = MlflowClient()
+    # the run names the features its FIDs are in: the digits classifier, down to its weights' digest
+    assert list(spaces) == ["digits"] and spaces["digits"].startswith("digitscnn-digits")
+    assert client.get_run(res.run_id).data.tags[FEATURE_SPACE_TAG] == f"digits: {spaces['digits']}"
     fid = _history(client, res.run_id, "eval/fid_digits")
     assert set(fid) == {2, 3} and fid[3] == pytest.approx(expected["fid_digits"], rel=1e-5)
     assert _history(client, res.run_id, "perf/eval_s")[3] > 0

@@ -55,9 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _other_feature_space(run_id: str, space: str) -> str | None:
+    """Why scores in ``space`` may not go into run ``run_id`` (its FIDs are in another), or None."""
+    from mlflow import MlflowClient
+
+    from ..tracking import FEATURE_SPACE_TAG
+
+    have = MlflowClient().get_run(run_id).data.tags.get(FEATURE_SPACE_TAG)
+    if have is None or have == space:
+        return None
+    return (
+        f"run {run_id}'s FIDs are in the feature space {have!r}, these in {space!r} (another training of "
+        "the classifier, e.g. on another CPU type; docs/evaluation.md): logging them would mix the two. "
+        "Nothing was logged; keep the result with --output, or score with the run's own classifier"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from ..tracking import FEATURE_SPACE_TAG, feature_space_tag
     from .checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
     from .sampling import log_metrics
 
@@ -70,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     opts = {k: v for k, v in vars(args).items() if k in CheckpointEvalConfig.__dataclass_fields__}
     opts["metrics"] = args.metrics.split(",") if args.metrics else None
     cfg = CheckpointEvalConfig(**opts, use_ema=not args.raw_weights, log_to_run=bool(args.mlflow_run_id))
+    spaces: dict[str, str] = {}
     try:
-        metrics, step, flat = evaluate_checkpoint(cfg, accelerator)
+        metrics, step, flat = evaluate_checkpoint(cfg, accelerator, spaces)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    refused = None
+    if args.mlflow_run_id and spaces and (accelerator is None or accelerator.is_main_process):
+        refused = _other_feature_space(args.mlflow_run_id, feature_space_tag(spaces))
     if accelerator is None or accelerator.is_main_process:
         num_samples = args.num_samples if args.num_samples is not None else flat["eval.num_samples"]
         out = {"step": step, "num_samples": num_samples, **{f"eval/{k}": v for k, v in metrics.items()}}
@@ -82,15 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:
             with open(args.output, "w") as f:
                 json.dump(out, f, indent=2)
-        if args.mlflow_run_id:
+        if refused:
+            print(f"error: {refused}", file=sys.stderr)
+        elif args.mlflow_run_id:
             log_metrics(metrics, step, run_id=args.mlflow_run_id)
+            if spaces:
+                from mlflow import MlflowClient
+
+                MlflowClient().set_tag(args.mlflow_run_id, FEATURE_SPACE_TAG, feature_space_tag(spaces))
     if accelerator is not None:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)  # gloo on CPU can abort at interpreter exit (notes/dependencies.md section 0)
-    return 0
+        os._exit(
+            2 if refused else 0
+        )  # gloo on CPU can abort at interpreter exit (notes/dependencies.md section 0)
+    return 2 if refused else 0
 
 
 if __name__ == "__main__":

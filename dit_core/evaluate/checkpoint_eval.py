@@ -63,8 +63,12 @@ def load_vae(path: str, device: torch.device):
     return AutoencoderKL.from_pretrained(path, local_files_only=True).to(device).eval()
 
 
-def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[dict[str, float], int, dict]:
-    """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder)."""
+def evaluate_checkpoint(
+    cfg: CheckpointEvalConfig, accelerator=None, feature_spaces: dict[str, str] | None = None
+) -> tuple[dict[str, float], int, dict]:
+    """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder).
+
+    feature_spaces: filled with ``{family: extractor name}`` on rank 0 (see `evaluate_samples`)."""
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
     from dit_core.trainer.evaluation import run_metrics, sampling_settings
@@ -105,6 +109,6 @@ def evaluate_checkpoint(cfg: CheckpointEvalConfig, accelerator=None) -> tuple[di
         model, diffusion, **settings, batch_size=cfg.batch_size, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=metrics,
         accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
-        save_samples=cfg.save_samples,
+        save_samples=cfg.save_samples, feature_spaces=feature_spaces,
     )  # fmt: skip
     return result, int(ckpt["step"]), ckpt["config"]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write
-from .features import FeatureExtractor, as_image_array
+from .features import FeatureExtractor, as_image_array, file_digest
 from .reference import cache_dir, stable_hash
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,9 @@ class DomainExtractor(FeatureExtractor):
     def __init__(self, recipe: DomainClassifierRecipe) -> None:
         self.recipe, self.domain, self.batch_size = recipe, recipe.domain, 512
         self.net, self.val_accuracy, self.path = load_or_train(recipe)
-        self.name = f"{recipe.domain}cnn-{self.path.stem}"
+        # the recipe's hash names the training; the weights' own digest tells two trainings of one
+        # recipe apart (a first-use training differs between CPU types, docs/evaluation.md)
+        self.name = f"{recipe.domain}cnn-{self.path.stem}-w{file_digest(self.path)}"
 
     @torch.no_grad()
     def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:

@@ -120,7 +120,8 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
     )
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256: which weights, whatever the file is called."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -170,7 +171,7 @@ class InceptionExtractor(FeatureExtractor):
         w = getattr(out, "weight", None) if out is not None else None
         self.logits_weight = w.detach().float() if w is not None and w.shape[-1] == 2048 else None
         self.outputs = ("pool", "spatial") + (("probs",) if self.logits_weight is not None else ())
-        self.name = f"inception-{_file_digest(self.path)}"
+        self.name = f"inception-{file_digest(self.path)}"
         log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, "probs" in self.outputs)
 
     def resize(self, x: np.ndarray) -> torch.Tensor:

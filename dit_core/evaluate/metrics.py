@@ -159,12 +159,15 @@ def evaluate_samples(
     k: int = 3,
     is_splits: int = 1,
     use_cache: bool = True,
+    feature_spaces: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``images`` (N, C, H, W), uint8 (or float in [0, 255]), against ``reference``.
 
     extractors: optional ``{"inception": ..., "digits": ..., "photos": ...}`` overrides (tests pass
     tiny ones). The reference stats are computed at the samples' resolution and cached. A domain
     family also reports its classifier's held-out accuracy as ``<domain>_classifier_acc``.
+    feature_spaces: when given, filled with ``{family: extractor name}`` (the name changes with the
+    weights), so a caller can record which features its FIDs were computed in.
     """
     check_metrics(metrics, reference)
     x = as_image_array(images)
@@ -183,6 +186,8 @@ def evaluate_samples(
                 else DomainExtractor(recipe_for_reference(family, source.resolution, source.options))
             )
         ext = extractors[family]
+        if feature_spaces is not None:
+            feature_spaces[family] = ext.name
         needed = list(dict.fromkeys(METRICS[m][1] for m in names))
         if "probs" in needed and "probs" not in ext.outputs:
             raise ValueError(

@@ -119,6 +119,7 @@ def evaluate_model(
     metric_device: str | torch.device | None = None,
     save_samples: str | None = None,
     clip_denoised: bool = False,
+    feature_spaces: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
 
@@ -128,6 +129,7 @@ def evaluate_model(
     ``channels`` describe the model's input (latent size/channels when ``vae`` is given; the
     latents are then decoded with ``vae.decode(z / 0.18215)``). ``save_samples``: rank 0 also
     writes the images to this ``.npz`` as ``arr_0`` (N, H, W, C) uint8 (ADM's format) and ``labels``.
+    ``feature_spaces``: filled on rank 0 with ``{family: extractor name}`` (see `evaluate_samples`).
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to fit a covariance, got {num_samples}")
@@ -154,6 +156,7 @@ def evaluate_model(
         result = evaluate_samples(
             images, reference, metrics=metrics, extractors=extractors,
             inception_weights=inception_weights, device=metric_device or device,
+            feature_spaces=feature_spaces,
         )  # fmt: skip
         log.info("eval (%d samples, %s-%d, cfg %.2f): %s", num_samples, sampler, steps, cfg_scale, result)
     if accelerator is not None and world > 1:

@@ -53,11 +53,12 @@ def run_metrics(cfg: TrainConfig, reference: str) -> tuple[str, ...]:
 
 
 def evaluate_samples(
-    model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, accelerator
+    model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, accelerator, feature_spaces=None
 ) -> dict[str, float]:
     """Metrics of ``model``'s samples against ``eval.reference`` (None = the data's own,
     `dit_core.data.default_reference`);
-    ``{}`` with a warning when there is no reference or the data are latents."""
+    ``{}`` with a warning when there is no reference or the data are latents. ``feature_spaces``: a
+    dict filled with ``{family: extractor name}`` on rank 0."""
     e, data = cfg.eval, cfg.data
     reference = e.reference or default_reference(data)
     if data.name == "latents":
@@ -72,7 +73,7 @@ def evaluate_samples(
     return evaluate_model(
         model, diffusion, **sampling_settings(cfg), batch_size=e.batch_size, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=names,
-        accelerator=accelerator if accelerator.num_processes > 1 else None,
+        accelerator=accelerator if accelerator.num_processes > 1 else None, feature_spaces=feature_spaces,
     )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from ..ema import EMA
 from ..fast_path import compile_for_training
 from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
+from ..tracking import FEATURE_SPACE_TAG, feature_space_tag
 from .data_stream import DataStream
 from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
@@ -429,7 +430,8 @@ class Trainer:
     def evaluate(self) -> None:
         """Sample metrics ``eval/<name>`` of the EMA model and a sample grid artifact."""
         e, t0 = self.cfg.eval, time.perf_counter()
-        metrics = evaluate_samples(self.ema.model, self.diffusion, self.cfg, self.dit_cfg, self.acc)
+        spaces: dict[str, str] = {}
+        metrics = evaluate_samples(self.ema.model, self.diffusion, self.cfg, self.dit_cfg, self.acc, spaces)
         self.last_eval = dict(metrics)
         if self.tracker and e.grid_images > 0 and self.cfg.data.name != "latents":
             grid = sample_grid(
@@ -438,6 +440,8 @@ class Trainer:
             self.tracker.log_image(grid, f"samples/step_{self.step:07d}.png")
         if self.tracker and metrics:
             self.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, self.step)
+        if self.tracker and spaces:
+            self.tracker.set_tags({FEATURE_SPACE_TAG: feature_space_tag(spaces)})
         self.seconds["eval_s"] += time.perf_counter() - t0
         log.info("step %d: eval %s", self.step, metrics)
 
