@@ -6,6 +6,7 @@ ends on a parameter bound is kept in the intervals and counted per parameter (`a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing as mp
@@ -96,6 +97,7 @@ class BootstrapResult:
 
 
 _TASK: Callable | None = None  # the function a forked worker applies (inherited, never pickled)
+_WORKERS: int | None = None  # set by `fit_workers` (the CLI's --workers)
 
 
 def _apply(item):
@@ -103,8 +105,24 @@ def _apply(item):
     return _TASK(item)
 
 
+@contextlib.contextmanager
+def fit_workers(n: int | None):
+    """Within the block, resamples are refitted in ``n`` processes (None: as `workers_available`)."""
+    global _WORKERS
+    if n is not None and n < 1:
+        raise ValueError(f"--workers must be >= 1 (1 refits in this process), got {n}")
+    old, _WORKERS = _WORKERS, n
+    try:
+        yield
+    finally:
+        _WORKERS = old
+
+
 def workers_available() -> int:
-    """Worker processes for resamples: the CPUs this process may use, or DITSCALE_FIT_WORKERS."""
+    """Worker processes for resamples: `fit_workers`'s number, else DITSCALE_FIT_WORKERS, else the CPUs
+    this process may use."""
+    if _WORKERS is not None:
+        return _WORKERS
     env = os.environ.get("DITSCALE_FIT_WORKERS")
     if env:
         try:

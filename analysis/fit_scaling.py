@@ -14,6 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from analysis.bootstrap import fit_workers
 from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
 from analysis.report import log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="for a CSV without C: C = k N D (default 6, the LM convention)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes that refit the bootstrap resamples (default: one per CPU, or $DITSCALE_FIT_WORKERS; "
+        "1 = in this process); the intervals do not depend on it",
+    )
     p.add_argument("--no-mlflow-log", action="store_true", help="do not log the analysis run back to MLflow")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -173,17 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.csv is not None and args.data_axis == "images":  # a CSV's D is in its own units
             opts["data_units"] = "images or tokens (as in the CSV)"
         cfg = AnalysisConfig(**opts)
-        an = analyze(points, cfg)
-        budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up
-        preds = [predict(an, c) for c in budgets]
-        hold = None
-        if args.holdout == "largest" or any(p.extrapolating for p in preds):
-            try:
-                hold = holdout_largest(points, cfg)
-            except ValueError as e:
-                if args.holdout == "largest":
-                    raise
-                an.messages.append(f"holdout for the extrapolated budget not possible: {e}")
+        with fit_workers(args.workers):
+            an = analyze(points, cfg)
+            budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up
+            preds = [predict(an, c) for c in budgets]
+            hold = None
+            if args.holdout == "largest" or any(p.extrapolating for p in preds):
+                try:
+                    hold = holdout_largest(points, cfg)
+                except ValueError as e:
+                    if args.holdout == "largest":
+                        raise
+                    an.messages.append(f"holdout for the extrapolated budget not possible: {e}")
         if hold is not None:
             for p in preds:
                 if p.extrapolating:

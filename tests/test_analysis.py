@@ -481,6 +481,8 @@ def test_cli_on_csv(tmp_path, capsys):
     pd.DataFrame({"N": [1e6], "loss": [3.0]}).to_csv(bad, index=False)
     assert main(["--csv", str(bad)]) == 2
     assert "missing column" in capsys.readouterr().err
+    assert main(["--csv", str(csv), "--workers", "0", "--out", str(tmp_path / "w0")]) == 2
+    assert "--workers must be >= 1 (1 refits in this process), got 0" in capsys.readouterr().err
 
 
 def test_the_report_says_why_the_fid_frontier_has_no_law():

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.bootstrap import bootstrap_points, parallel_map, workers_available
+from analysis.bootstrap import bootstrap_points, fit_workers, parallel_map, workers_available
 from analysis.fit_scaling import build_parser, main
 from analysis.isoflop import fit_isoflop
 from analysis.laws import PowerLawFit, fit_power_law
@@ -275,6 +275,9 @@ def test_bootstrap_gives_the_same_resamples_in_order_whatever_the_number_of_work
     monkeypatch.setenv("DITSCALE_FIT_WORKERS", "1")
     assert workers_available() == 1
     assert parallel_map(lambda i: (i, os.getpid()), list(range(20))) == [(i, os.getpid()) for i in range(20)]
+    with fit_workers(3):  # the CLI's --workers wins over the environment, inside its block only
+        assert workers_available() == 3
+    assert workers_available() == 1
     monkeypatch.setenv("DITSCALE_FIT_WORKERS", "two")
     with pytest.raises(ValueError, match="DITSCALE_FIT_WORKERS must be an integer >= 1, got 'two'"):
         workers_available()
