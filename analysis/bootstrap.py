@@ -13,6 +13,8 @@ import multiprocessing as mp
 import os
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,9 +151,14 @@ def parallel_map(fn: Callable, items: Sequence, workers: int | None = None) -> l
     if n < 2 or not forkable:
         return [fn(x) for x in items]
     _TASK = fn
-    try:
-        with mp.get_context("fork").Pool(n) as pool:
-            return pool.map(_apply, items, chunksize=max(1, len(items) // (4 * n)))
+    try:  # an executor, not a Pool: a worker that dies (e.g. out of memory) raises instead of hanging
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
+            return list(pool.map(_apply, items, chunksize=max(1, len(items) // (4 * n))))
+    except BrokenProcessPool as e:
+        raise RuntimeError(
+            f"a worker process refitting resamples died ({e}); rerun with --workers 1 "
+            "(or DITSCALE_FIT_WORKERS=1) to refit them in this process"
+        ) from e
     finally:
         _TASK = None
 

@@ -275,6 +275,16 @@ def test_bootstrap_gives_the_same_resamples_in_order_whatever_the_number_of_work
     monkeypatch.setenv("DITSCALE_FIT_WORKERS", "1")
     assert workers_available() == 1
     assert parallel_map(lambda i: (i, os.getpid()), list(range(20))) == [(i, os.getpid()) for i in range(20)]
+
+    def dies(i):  # a worker killed mid-refit (the OOM killer, a signal): an error, not a hang
+        if i == 5 and os.getpid() != parent:
+            os._exit(1)
+        return i
+
+    parent = os.getpid()
+    with pytest.raises(RuntimeError, match="a worker process refitting resamples died .* --workers 1"):
+        parallel_map(dies, list(range(20)), workers=2)
+    assert parallel_map(dies, list(range(20)), workers=1) == list(range(20))
     with fit_workers(3):  # the CLI's --workers wins over the environment, inside its block only
         assert workers_available() == 3
     assert workers_available() == 1
