@@ -100,10 +100,13 @@ class BootstrapResult:
 
 _TASK: Callable | None = None  # the function a forked worker applies (inherited, never pickled)
 _WORKERS: int | None = None  # set by `fit_workers` (the CLI's --workers)
+_IN_WORKER = False  # True in a forked worker: a nested parallel_map runs in it, not in more forks
 
 
 def _apply(item):
+    global _IN_WORKER
     assert _TASK is not None
+    _IN_WORKER = True
     return _TASK(item)
 
 
@@ -137,23 +140,36 @@ def workers_available() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def parallel_map(fn: Callable, items: Sequence, workers: int | None = None) -> list:
+def parallel_map(fn: Callable, items: Sequence, workers: int | None = None, desc: str | None = None) -> list:
     """[fn(x) for x in items], split over forked worker processes where that is possible.
 
     The result (order included) does not depend on the number of workers: each item carries all its
     randomness (e.g. a resample's indices, drawn in the parent). Forking (Linux) lets `fn` be a
-    closure; elsewhere, in a daemon worker, or for few items it runs in this process.
+    closure; elsewhere, in a worker or a daemon process, or for few items it runs in this process.
+    desc: a progress bar of that name on stderr when stderr is a terminal (it vanishes when done).
     """
     global _TASK
+    from tqdm.auto import tqdm
+
     n = workers_available() if workers is None else workers
     n = min(n, len(items) // 4)
-    forkable = sys.platform.startswith("linux") and not mp.current_process().daemon
+    forkable = sys.platform.startswith("linux") and not (_IN_WORKER or mp.current_process().daemon)
+    show = desc is not None and not _IN_WORKER and sys.stderr.isatty()
+    bar = tqdm(total=len(items), desc=desc, unit="fit", leave=False, disable=not show, dynamic_ncols=True)
+    out: list = []
     if n < 2 or not forkable:
-        return [fn(x) for x in items]
+        for x in items:
+            out.append(fn(x))
+            bar.update()
+        bar.close()
+        return out
     _TASK = fn
     try:  # an executor, not a Pool: a worker that dies (e.g. out of memory) raises instead of hanging
         with ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
-            return list(pool.map(_apply, items, chunksize=max(1, len(items) // (4 * n))))
+            for r in pool.map(_apply, items, chunksize=max(1, len(items) // (4 * n))):
+                out.append(r)
+                bar.update()
+        return out
     except BrokenProcessPool as e:
         raise RuntimeError(
             f"a worker process refitting resamples died ({e}); rerun with --workers 1 "
@@ -161,6 +177,7 @@ def parallel_map(fn: Callable, items: Sequence, workers: int | None = None) -> l
         ) from e
     finally:
         _TASK = None
+        bar.close()
 
 
 def resample_indices(n: int, rng: np.random.Generator, groups=None) -> np.ndarray:
@@ -181,6 +198,7 @@ def bootstrap_points(
     seed: int = 0,
     groups=None,
     workers: int | None = None,
+    desc: str | None = None,
 ) -> BootstrapResult:
     """Call fit_one(indices) on `n_resamples` resamples, over `workers` processes (see parallel_map).
 
@@ -197,7 +215,7 @@ def bootstrap_points(
             log.debug("bootstrap refit failed: %s", e)
             return None
 
-    results = parallel_map(safe, resamples, workers)
+    results = parallel_map(safe, resamples, workers, desc)
     rows = [r for r in results if r is not None]
     if n_failed := n_resamples - len(rows):
         log.info("bootstrap: %d of %d resamples failed (reported as share_failed)", n_failed, n_resamples)

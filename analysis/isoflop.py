@@ -364,7 +364,7 @@ def fit_isoflop(
             }
 
         fit.bootstrap = bootstrap_points(
-            one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy()
+            one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy(), desc="bootstrap IsoFLOP"
         )
         if fit.bootstrap.n_ok > 1:
             what = f"the IsoFLOP N_opt exponent a = {fit.a:.3g}"

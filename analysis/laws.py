@@ -203,7 +203,9 @@ def fit_power_law(
                 return None
             return params_of(idx)
 
-        fit.bootstrap = bootstrap_points(one, len(x), n_bootstrap, seed=seed)
+        fit.bootstrap = bootstrap_points(
+            one, len(x), n_bootstrap, seed=seed, desc=f"bootstrap {y_name}({x_name})"
+        )
     return fit
 
 
@@ -401,7 +403,7 @@ def _bootstrap_frontier(
             [None if law is None else law.params for law in _frontier_laws(fr, y)] if len(fr) else [None] * 3
         )
 
-    draws = parallel_map(refit, picks)
+    draws = parallel_map(refit, picks, desc=f"bootstrap {y} frontier")
     for j, law in enumerate((fit.y_law, fit.n_opt, fit.d_opt)):
         if law is not None:
             ok = [d[j] for d in draws if d[j] is not None]

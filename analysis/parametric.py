@@ -743,4 +743,6 @@ def bootstrap_parametric(
                 p[f"{BOUND_PREFIX}{term}_term_vanished"] = float(v < cfg.e_at_floor_frac)
         return p
 
-    return bootstrap_points(one, len(logs[0]), n_resamples, seed=seed, groups=groups)
+    return bootstrap_points(
+        one, len(logs[0]), n_resamples, seed=seed, groups=groups, desc="bootstrap L(N, D)"
+    )

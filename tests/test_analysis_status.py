@@ -3,9 +3,13 @@ N and D for DiT, point selection, diagnostics). Synthetic data from known laws; 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -285,12 +289,38 @@ def test_bootstrap_gives_the_same_resamples_in_order_whatever_the_number_of_work
     with pytest.raises(RuntimeError, match="a worker process refitting resamples died .* --workers 1"):
         parallel_map(dies, list(range(20)), workers=2)
     assert parallel_map(dies, list(range(20)), workers=1) == list(range(20))
+
+    def nested(i):  # a parallel_map inside a worker runs there, with no forks of its own
+        return parallel_map(lambda j: (j, os.getpid()), list(range(8)), workers=2)
+
+    inner = parallel_map(nested, list(range(8)), workers=2)
+    assert all(len({p for _, p in r}) == 1 and r[0][1] != parent for r in inner)
     with fit_workers(3):  # the CLI's --workers wins over the environment, inside its block only
         assert workers_available() == 3
     assert workers_available() == 1
     monkeypatch.setenv("DITSCALE_FIT_WORKERS", "two")
     with pytest.raises(ValueError, match="DITSCALE_FIT_WORKERS must be an integer >= 1, got 'two'"):
         workers_available()
+
+
+def test_bootstrap_shows_a_progress_bar_on_a_terminal_only(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    def slow(idx):  # ~0.4 s in all: past tqdm's 0.1 s refresh interval
+        time.sleep(0.01)
+        return {"x": float(idx.mean())}
+
+    for workers in (1, 2):
+        monkeypatch.setattr(sys, "stderr", Terminal())
+        bs = bootstrap_points(slow, 10, 40, workers=workers, desc="bootstrap x")
+        shown = sys.stderr.getvalue()
+        assert bs.n_ok == 40 and re.search(r"bootstrap x: +\d+%\|.*\| [1-9]\d*/40", shown), shown
+        assert shown.endswith("\r")  # cleared when done (leave=False): the report's lines follow clean
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file or a pipe: no bar
+    bootstrap_points(slow, 10, 40, workers=2, desc="bootstrap x")
+    assert sys.stderr.getvalue() == ""
 
 
 def test_frontier_bootstraps_runs_and_gives_no_law_for_a_one_model_frontier():
