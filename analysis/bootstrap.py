@@ -154,7 +154,7 @@ def parallel_map(fn: Callable, items: Sequence, workers: int | None = None, desc
     n = workers_available() if workers is None else workers
     n = min(n, len(items) // 4)
     forkable = sys.platform.startswith("linux") and not (_IN_WORKER or mp.current_process().daemon)
-    show = desc is not None and not _IN_WORKER and sys.stderr.isatty()
+    show = desc is not None and not _IN_WORKER and bool(getattr(sys.stderr, "isatty", lambda: False)())
     bar = tqdm(total=len(items), desc=desc, unit="fit", leave=False, disable=not show, dynamic_ncols=True)
     out: list = []
     if n < 2 or not forkable:
