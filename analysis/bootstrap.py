@@ -130,13 +130,9 @@ def workers_available() -> int:
         return _WORKERS
     env = os.environ.get("DITSCALE_FIT_WORKERS")
     if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"DITSCALE_FIT_WORKERS must be an integer >= 1, got {env!r}") from None
-        if n < 1:
+        if not env.isdigit() or int(env) < 1:
             raise ValueError(f"DITSCALE_FIT_WORKERS must be an integer >= 1, got {env!r}")
-        return n
+        return int(env)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -156,17 +152,22 @@ def parallel_map(fn: Callable, items: Sequence, workers: int | None = None, desc
     forkable = sys.platform.startswith("linux") and not (_IN_WORKER or mp.current_process().daemon)
     show = desc is not None and not _IN_WORKER and bool(getattr(sys.stderr, "isatty", lambda: False)())
     bar = tqdm(total=len(items), desc=desc, unit="fit", leave=False, disable=not show, dynamic_ncols=True)
+    parallel = n >= 2 and forkable
+    if parallel:
+        _TASK = fn
     out: list = []
-    if n < 2 or not forkable:
-        for x in items:
-            out.append(fn(x))
-            bar.update()
-        bar.close()
-        return out
-    _TASK = fn
     try:  # an executor, not a Pool: a worker that dies (e.g. out of memory) raises instead of hanging
-        with ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
-            for r in pool.map(_apply, items, chunksize=max(1, len(items) // (4 * n))):
+        with (
+            ProcessPoolExecutor(n, mp_context=mp.get_context("fork"))
+            if parallel
+            else contextlib.nullcontext() as pool
+        ):
+            results = (
+                pool.map(_apply, items, chunksize=max(1, len(items) // (4 * n)))
+                if parallel
+                else map(fn, items)
+            )
+            for r in results:
                 out.append(r)
                 bar.update()
         return out
@@ -176,7 +177,8 @@ def parallel_map(fn: Callable, items: Sequence, workers: int | None = None, desc
             "(or DITSCALE_FIT_WORKERS=1) to refit them in this process"
         ) from e
     finally:
-        _TASK = None
+        if parallel:
+            _TASK = None
         bar.close()
 
 

@@ -399,9 +399,9 @@ def _bootstrap_frontier(
 
     def refit(pick: np.ndarray) -> list[dict | None]:  # the (y, N_opt, D_opt) laws' parameters
         fr = compute_frontier(pts[pts["run_id"].isin(pick)], y, n_grid)
-        return (
-            [None if law is None else law.params for law in _frontier_laws(fr, y)] if len(fr) else [None] * 3
-        )
+        if not len(fr):
+            return [None] * 3
+        return [None if law is None else law.params for law in _frontier_laws(fr, y)]
 
     draws = parallel_map(refit, picks, desc=f"bootstrap {y} frontier")
     for j, law in enumerate((fit.y_law, fit.n_opt, fit.d_opt)):

@@ -150,7 +150,8 @@ def objective(
 
     theta: (5,) = (e, a, b, alpha, beta); log_n, log_d, log_loss: (n,). Returns (value, grad (5,)).
     The same numbers as `_log_loss_and_shares` + `_huber` + `_dlogl_dtheta`, written out for one
-    theta: L-BFGS-B calls it ~200 times per start, and the generic form costs twice as much.
+    theta: L-BFGS-B calls it ~200 times per start, and the generic form costs ~1.7x as much
+    (benchmarks/fit_speed.py).
     """
     e, a, b, alpha, beta = theta
     t1 = a - alpha * log_n

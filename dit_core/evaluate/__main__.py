@@ -17,6 +17,7 @@ import os
 import sys
 
 from ..diffusion.config import SAMPLERS
+from ..tracking import FEATURE_SPACE_TAG, feature_space_tag
 from .features import WEIGHTS_ENV
 from .metrics import METRICS
 
@@ -59,8 +60,6 @@ def _other_feature_space(run_id: str, space: str) -> str | None:
     """Why scores in ``space`` may not go into run ``run_id`` (its FIDs are in another), or None."""
     from mlflow import MlflowClient
 
-    from ..tracking import FEATURE_SPACE_TAG
-
     have = MlflowClient().get_run(run_id).data.tags.get(FEATURE_SPACE_TAG)
     if have is None or have == space:
         return None
@@ -74,7 +73,6 @@ def _other_feature_space(run_id: str, space: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from ..tracking import FEATURE_SPACE_TAG, feature_space_tag
     from .checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
     from .sampling import log_metrics
 
@@ -111,15 +109,14 @@ def main(argv: list[str] | None = None) -> int:
                 from mlflow import MlflowClient
 
                 MlflowClient().set_tag(args.mlflow_run_id, FEATURE_SPACE_TAG, feature_space_tag(spaces))
+    code = 2 if refused else 0
     if accelerator is not None:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(
-            2 if refused else 0
-        )  # gloo on CPU can abort at interpreter exit (notes/dependencies.md section 0)
-    return 2 if refused else 0
+        os._exit(code)  # gloo on CPU can abort at interpreter exit (notes/dependencies.md section 0)
+    return code
 
 
 if __name__ == "__main__":
