@@ -73,8 +73,11 @@ def _other_feature_space(run_id: str, space: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from ..memory import keep_freed_memory
     from .checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
     from .sampling import log_metrics
+
+    keep_freed_memory()  # sampling reuses its blocks instead of faulting them in (dit_core.memory)
 
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
