@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -145,6 +147,29 @@ def test_cli_evaluates_checkpoint_and_logs_to_mlflow(checkpoint_own_eval, tmp_pa
     assert "in the feature space" in err and "Nothing was logged; keep the result with --output" in err
     assert client.get_run(other.info.run_id).data.metrics == {}
     assert json.loads((tmp_path / "m.json").read_text()) == out  # the scores are kept
+
+
+def test_cli_shows_a_sampling_bar_on_a_terminal_only(checkpoint_own_eval, tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    args = [
+        "--checkpoint",
+        str(checkpoint_own_eval),
+        "--batch-size",
+        "5",
+        "--output",
+        str(tmp_path / "m.json"),
+    ]
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert cli_main(args) == 0
+    shown = sys.stderr.getvalue()
+    assert re.search(r"sampling: +\d+%\|.*\| \d+/12 ", shown), shown  # the run's 12 samples, in images
+    assert shown.endswith("\r")  # cleared when done (leave=False): the JSON on stdout follows clean
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file or a pipe: no bar
+    assert cli_main(args) == 0
+    assert "sampling" not in sys.stderr.getvalue()
 
 
 @pytest.mark.parametrize(

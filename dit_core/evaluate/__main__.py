@@ -87,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
     opts = {k: v for k, v in vars(args).items() if k in CheckpointEvalConfig.__dataclass_fields__}
     opts["metrics"] = args.metrics.split(",") if args.metrics else None
-    cfg = CheckpointEvalConfig(**opts, use_ema=not args.raw_weights, log_to_run=bool(args.mlflow_run_id))
+    cfg = CheckpointEvalConfig(
+        **opts,
+        use_ema=not args.raw_weights,
+        log_to_run=bool(args.mlflow_run_id),
+        progress=sys.stderr.isatty(),
+    )
     spaces: dict[str, str] = {}
     try:
         metrics, step, flat = evaluate_checkpoint(cfg, accelerator, spaces)

@@ -38,6 +38,7 @@ class CheckpointEvalConfig:
     clip_denoised: bool | None = None  # None: as the run's in-training evaluation (its eval.clip_denoised)
     save_samples: str | None = None  # .npz (arr_0 NHWC uint8, labels) written by rank 0
     log_to_run: bool = False  # the result goes into the run's eval/* metrics: sampling as the run's own
+    progress: bool = False  # a sampling progress bar on stderr (the CLI: when stderr is a terminal)
 
 
 def protocol_departures(cfg: CheckpointEvalConfig, run_cfg, cfg_scale: float) -> list[str]:
@@ -109,6 +110,6 @@ def evaluate_checkpoint(
         model, diffusion, **settings, batch_size=cfg.batch_size, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=metrics,
         accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
-        save_samples=cfg.save_samples, feature_spaces=feature_spaces,
+        save_samples=cfg.save_samples, feature_spaces=feature_spaces, progress=cfg.progress,
     )  # fmt: skip
     return result, int(ckpt["step"]), ckpt["config"]

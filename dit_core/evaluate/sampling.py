@@ -52,17 +52,22 @@ def generate_images(
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str | None = None,
     clip_denoised: bool = False,
+    progress: bool = False,
 ) -> torch.Tensor:
     """uint8 images (len(indices), C, H, W) for the given global sample indices, in ``batch_size`` batches.
 
     ``decode`` maps model outputs (latents) to pixels in [-1, 1]; None = the model works in pixels.
+    ``progress``: a bar of the images sampled so far on stderr, cleared when done.
     """
+    from tqdm.auto import tqdm
+
     from dit_core.diffusion import sample
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = []
+    bar = tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress, leave=False)
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
         noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
@@ -76,6 +81,8 @@ def generate_images(
         if decode is not None:
             x = decode(x)
         out.append(to_uint8(x).cpu())
+        bar.update(len(idx))
+    bar.close()
     if not out:
         return torch.empty((0, channels, image_size, image_size), dtype=torch.uint8)
     return torch.cat(out)
@@ -120,6 +127,7 @@ def evaluate_model(
     save_samples: str | None = None,
     clip_denoised: bool = False,
     feature_spaces: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
 
@@ -130,6 +138,7 @@ def evaluate_model(
     latents are then decoded with ``vae.decode(z / 0.18215)``). ``save_samples``: rank 0 also
     writes the images to this ``.npz`` as ``arr_0`` (N, H, W, C) uint8 (ADM's format) and ``labels``.
     ``feature_spaces``: filled on rank 0 with ``{family: extractor name}`` (see `evaluate_samples`).
+    ``progress``: rank 0 shows a bar of its share's sampling on stderr.
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to fit a covariance, got {num_samples}")
@@ -143,7 +152,7 @@ def evaluate_model(
         model, diffusion, indices,
         batch_size=batch_size, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
         num_classes=num_classes, image_size=image_size, channels=channels, eta=eta,
-        decode=decode, device=device, clip_denoised=clip_denoised,
+        decode=decode, device=device, clip_denoised=clip_denoised, progress=progress and rank == 0,
     )  # fmt: skip
     images = gather_samples(local, num_samples, accelerator) if accelerator is not None else local
     result: dict[str, float] = {}
