@@ -244,23 +244,30 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     return spec.replace(**top) if top else spec
 
 
+def _mm_ss(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60:02d}:{s % 60:02d}"
+
+
 def _progress_printer():
     tty = sys.stderr.isatty()
     last = [None]
 
     def show(p: Progress) -> None:
-        line = (
-            f"[{int(p.elapsed_s) // 60:02d}:{int(p.elapsed_s) % 60:02d}] {p.done}/{p.total} done, "
-            f"{p.running} running, "
+        counts = (
+            f"{p.done}/{p.total} done, {p.running} running, "
             + (f"{p.queued} queued, " if p.queued else "")
             + f"{p.failed} failed"
             + (f", {p.pending} waiting" if p.pending else "")
         )
+        line = f"[{_mm_ss(p.elapsed_s)}] {counts}"
+        if p.eta_s is not None and p.work_done is not None and p.done < p.total:
+            line += f"; {100 * p.work_done:.0f}% of the work, ~{_mm_ss(p.eta_s)} left"
         if tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif line.split("] ", 1)[1] != last[0]:
+            print("\r" + line + "\033[K", end="", file=sys.stderr, flush=True)
+        elif counts != last[0]:  # a log gets a line when a cell starts or ends, not every poll
             print(line, file=sys.stderr, flush=True)
-        last[0] = line.split("] ", 1)[1]
+        last[0] = counts
 
     return show
 

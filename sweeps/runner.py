@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeps.eta import cell_work, time_left
 from sweeps.executor import (
     CellJob,
     JobRef,
@@ -70,6 +71,8 @@ class Progress:
     pending: int = 0
     elapsed_s: float = 0.0
     queued: int = 0
+    work_done: float | None = None  # fraction of the launch's work done (`sweeps.eta`), once known
+    eta_s: float | None = None  # seconds left, estimated once a cell has finished
 
 
 @dataclass
@@ -162,7 +165,9 @@ def launch(
                 spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
             )
             others = {cid: run_dirs[cid] for cid in the_plan.running}
-            _Runner(prep, executor, result, states, on_progress, poll_s, others).run(tasks, wait)
+            runner = _Runner(prep, executor, result, states, on_progress, poll_s, others)
+            runner.work = _work(prep.cells, all_tasks)
+            runner.run(tasks, wait)
         return result
     finally:
         if warm is not None and not warm.submitted:
@@ -200,6 +205,7 @@ class _Runner:
     jobs: dict[str, Any] = field(default_factory=dict)
     run_dirs: dict[str, str] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
+    work: dict[str, float] = field(default_factory=dict)  # {cell: FLOP-equivalents}; {}: no estimate
 
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
@@ -296,6 +302,12 @@ class _Runner:
         if self.on_progress is None:
             return
         queued = sum(_is_queued(self.jobs[cid]) for cid in live) if self.prep.kind == "slurm" else 0
+        elapsed = time.monotonic() - self.t0
+        left = None
+        if self.work and self.prep.kind == "local":  # on SLURM the queue decides when cells start
+            spans = {c: (a, None if c in live else b) for c, (a, b) in self.result.timings.items()}
+            slots = self.prep.spec.executor.local_parallelism
+            left = time_left(self.work, spans, [t.cell_id for t in pending], elapsed, slots)
         self.on_progress(
             Progress(
                 total=len(self.result.job_ids) + len(pending),
@@ -303,10 +315,22 @@ class _Runner:
                 running=len(live) - queued,
                 failed=len(self.result.errors),
                 pending=len(pending),
-                elapsed_s=time.monotonic() - self.t0,
+                elapsed_s=elapsed,
                 queued=queued,
+                work_done=left[0] if left else None,
+                eta_s=left[1] if left else None,
             )
         )
+
+
+def _work(cells: list[Cell], tasks: dict[str, CellTask]) -> dict[str, float]:
+    """Each cell's work for the time-left estimate; {} (no estimate) when a trainer's overrides are
+    not `TrainConfig`'s: the estimate is cosmetic and never stops a launch."""
+    try:
+        return {c.cell_id: cell_work(c, tasks[c.cell_id].overrides) for c in cells}
+    except Exception as e:
+        log.debug("no time-left estimate: %s", e)
+        return {}
 
 
 def _is_queued(job: Any) -> bool:

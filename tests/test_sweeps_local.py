@@ -206,8 +206,13 @@ def test_local_slots_refill_at_once_longest_first_and_never_exceed_the_cap(job_e
         families=["S", "B"], budgets=[2.6e9, 3e10]
     )
     cells = {c.cell_id: c for c in expand(spec)}
-    res = launch(spec, poll_s=0.3)
+    reports = []
+    res = launch(spec, poll_s=0.3, on_progress=reports.append)
     assert res.errors == {}
+    # the time left: unknown until a cell ends, then estimated; all of the work done at the end
+    assert all(p.eta_s is None for p in reports if p.done == 0)
+    assert any(p.eta_s is not None for p in reports if 0 < p.done < p.total)
+    assert reports[-1].done == 4 and reports[-1].work_done == 1.0 and reports[-1].eta_s == 0.0
     spans: dict[str, list[float]] = {}
     for line in events.read_text().splitlines():
         cid, what, t = line.split()
