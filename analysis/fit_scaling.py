@@ -49,6 +49,13 @@ def _flops(text: str) -> float:
     return value
 
 
+def _config_flag(p: argparse.ArgumentParser, flag: str, help: str, field: str | None = None) -> None:
+    """Add ``flag`` for an `AnalysisConfig` field (``field``, else the flag's name), with the field's
+    default and type; ``%(default)s`` in ``help`` prints the default."""
+    default = getattr(_DEFAULTS, field or flag.removeprefix("--").replace("-", "_"))
+    p.add_argument(flag, type=type(default), default=default, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fit_scaling",
@@ -103,11 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="use Muennighoff et al. 2023's effective data D' for repeated images (needs data/unique_images)",
     )
     p.add_argument("--r-star", type=float, help="R* of D' (implies --effective-data; default: fitted)")
-    p.add_argument(
-        "--min-steps",
-        type=int,
-        default=_DEFAULTS.min_steps,
-        help=f"drop runs that ended below this many optimizer steps (default {_DEFAULTS.min_steps})",
+    _config_flag(
+        p, "--min-steps", "drop runs that ended below this many optimizer steps (default %(default)s)"
     )
     p.add_argument(
         "--all-points",
@@ -121,21 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep each seed's run as its own point (default: runs that differ only in their seed are "
         "averaged into one point per cell, and the report gives the loss's spread between seeds)",
     )
-    p.add_argument(
+    _config_flag(
+        p,
         "--bootstrap",
-        type=int,
-        default=_DEFAULTS.n_bootstrap,
-        help=f"bootstrap resamples for the intervals (0 = none; default {_DEFAULTS.n_bootstrap})",
+        "bootstrap resamples for the intervals (0 = none; default %(default)s)",
+        "n_bootstrap",
     )
-    p.add_argument(
-        "--seed", type=int, default=_DEFAULTS.seed, help=f"seed of the resamples (default {_DEFAULTS.seed})"
-    )
-    p.add_argument(
-        "--delta",
-        type=float,
-        default=_DEFAULTS.delta,
-        help=f"Huber delta on log loss (default {_DEFAULTS.delta:g}, Hoffmann et al. 2022)",
-    )
+    _config_flag(p, "--seed", "seed of the resamples (default %(default)s)")
+    _config_flag(p, "--delta", "Huber delta on log loss (default %(default)g, Hoffmann et al. 2022)")
     p.add_argument(
         "--drop-highest-loss", type=int, default=0, metavar="K", help="remove the K highest-loss points"
     )
