@@ -305,7 +305,11 @@ class _Runner:
         elapsed = time.monotonic() - self.t0
         left = None
         if self.work and self.prep.kind == "local":  # on SLURM the queue decides when cells start
-            spans = {c: (a, None if c in live else b) for c, (a, b) in self.result.timings.items()}
+            spans = {  # a failed cell teaches no rate and has no work left
+                c: (a, None if c in live else b)
+                for c, (a, b) in self.result.timings.items()
+                if c not in self.result.errors
+            }
             slots = self.prep.spec.executor.local_parallelism
             left = time_left(self.work, spans, [t.cell_id for t in pending], elapsed, slots)
         self.on_progress(

@@ -54,3 +54,24 @@ def test_progress_line_shows_the_time_left_and_a_log_gets_a_line_per_change(caps
         "[03:10] 1/14 done, 2 running, 0 failed, 11 waiting; 23% of the work, ~10:01 left",
         "[13:20] 14/14 done, 0 running, 0 failed",
     ]
+
+
+def test_a_failed_cell_teaches_the_estimate_no_rate():
+    """A cell that failed in 1 s would make the rate look huge and the time left ~0: it is left out."""
+    from sweeps.runner import LaunchResult, Plan, Prepared, _Runner
+
+    spec = load_spec("demo")
+    prep = Prepared(spec, expand(spec), "local", "sqlite:///unused.db", Path("unused"))
+    result = LaunchResult(prep, Plan())
+    reports = []
+    runner = _Runner(prep, None, result, {}, reports.append, 1.0, {})
+    runner.work = {"a": 100.0, "b": 100.0, "c": 100.0}
+    runner.t0 -= 10.0  # 10 s into the launch
+    result.timings = {"a": (0.0, 1.0), "b": (0.0, 0.0)}
+    result.errors = {"a": "injected failure"}
+    runner._report({"b"}, [])
+    assert reports[-1].failed == 1 and reports[-1].eta_s is None
+    result.timings["c"] = (0.0, 5.0)  # c finished in 5 s: 20 units/s, so b (running 10 s) is done
+    result.results["c"] = {}
+    runner._report({"b"}, [])
+    assert reports[-1].eta_s == 0.0 and reports[-1].work_done == pytest.approx(1.0)
