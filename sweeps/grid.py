@@ -93,6 +93,7 @@ class SweepSpec:
     patch_sizes: list[int] = field(default_factory=lambda: [2])
     shapes: list[list[int]] = field(default_factory=list)
     budgets: list[float] = field(default_factory=lambda: [1e12])
+    seeds: list[int] = field(default_factory=lambda: [0])
     design: str = "grid"
     min_steps: int | None = None
     isoflop_max_steps: int = 100_000
@@ -147,6 +148,7 @@ class SweepSpec:
         for b in self.budgets:
             if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
                 raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
+        self._validate_seeds()
         check_fields(self, "", {"design": DESIGNS, "batch_size": ">= 1"})
         if isinstance(self.min_steps, bool) or not 1 <= self.fewest_steps() <= self.isoflop_max_steps:
             raise ValueError("need 1 <= min_steps <= isoflop_max_steps (--min-steps, --max-steps)")
@@ -160,6 +162,20 @@ class SweepSpec:
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "
                 "processes (nodes x tasks_per_node)"
+            )
+
+    def _validate_seeds(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds is empty; give e.g. --seeds 0,1,2 (the default is one seed, 0)")
+        for x in self.seeds:
+            if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+                raise ValueError(f"seed {x!r} must be a whole number >= 0 (e.g. --seeds 0,1,2)")
+        if len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed; each seed trains every cell once")
+        if self.seeds != [0] and "seed" in self.train:
+            raise ValueError(
+                f"train.seed={self.train['seed']!r} and seeds {self.seeds} both choose the seed; "
+                "drop the one (e.g. --set seed=...) and keep --seeds"
             )
 
     def fewest_steps(self) -> int:
@@ -217,6 +233,7 @@ class Cell:
     train_flops_per_image: float
     batch_size: int
     steps: int
+    seed: int = 0  # the trainer's seed; cells of seed s > 0 have ids ending in -s{s}
 
     @property
     def images(self) -> int:
@@ -273,13 +290,25 @@ def cell_model_config(spec: SweepSpec, model: ModelShape, patch_size: int) -> Di
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
-    """All cells of ``spec``, ordered by budget, then model (as listed), then patch size; for the
-    isoflop/adaptive designs by budget, patch size, then size (`sweeps.design.design_cells`)."""
+    """All cells of ``spec``, ordered by budget, then model (as listed), then patch size (for the
+    isoflop/adaptive designs by budget, patch size, then size: `sweeps.design.design_cells`), each
+    once per seed of ``spec.seeds``, seeds next to each other. Seed 0 keeps the plain cell id, so
+    adding seeds to a sweep reuses the cells it has run."""
     spec.validate()
     if spec.design in ("isoflop", "adaptive"):
         from sweeps.design import design_cells
 
-        return design_cells(spec)
+        cells = design_cells(spec)
+    else:
+        cells = _grid_cells(spec)
+    return [
+        dataclasses.replace(c, seed=s, cell_id=c.cell_id + (f"-s{s}" if s else ""))
+        for c in cells
+        for s in spec.seeds
+    ]
+
+
+def _grid_cells(spec: SweepSpec) -> list[Cell]:
     cells: list[Cell] = []
     for budget, row in _grid_rows(spec):
         if spec.min_steps is not None:
@@ -344,6 +373,9 @@ def make_cell(spec: SweepSpec, model: ModelShape, patch_size: int, budget: float
 def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSpec:
     """Build and validate a `SweepSpec` from a parsed YAML mapping; unknown keys are errors."""
     data = dict(check_keys(SweepSpec, data, where))
+    for key in ("families", "patch_sizes", "shapes", "budgets", "seeds"):
+        if key in data and not isinstance(data[key], list):
+            raise ValueError(f"{where}: {key} must be a list, e.g. `{key}: [{data[key]}]`, got {data[key]!r}")
     for key, cls in (("scale", Scale), ("data", DataSpec), ("executor", ExecutorSpec)):
         if key in data:
             data[key] = cls(**check_keys(cls, data[key] or {}, f"{where}: {key}"))

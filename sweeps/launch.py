@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--budgets", type=_csv(parse_budget), help="training FLOPs, e.g. 1e15,3e15,1e16")
     g.add_argument(
+        "--seeds",
+        type=_csv(int),
+        help="train every cell once per seed, e.g. 0,1,2 (default 0); seed s > 0 adds -s{s} to the cell "
+        "id, and the analysis averages a cell's seeds. Two seeds before you believe a ranking",
+    )
+    g.add_argument(
         "--design",
         choices=["grid", "isoflop", "adaptive"],
         help="grid: every model (--grid/--shapes) at every budget. isoflop: per budget, --sizes-per-budget "
@@ -185,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Flags (argparse dests) that set the `SweepSpec` field of the same name, or of the name in `_RENAMED`.
 _SPEC_ARGS = (
-    "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "design", "min_steps",
-    "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param", "prior",
+    "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "seeds", "design",
+    "min_steps", "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param", "prior",
 )  # fmt: skip
 _RENAMED = {"grid": "families", "patch": "patch_sizes", "max_steps": "isoflop_max_steps", "executor": "name"}
 #: Flags that set an `ExecutorSpec` field (of the same name; ``--executor`` sets its ``name``).

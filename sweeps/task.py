@@ -77,6 +77,8 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
             "tracking.run_name": cell.cell_id,
         }
     )
+    if cell.seed:  # seed 0 is the trainer's default: its cells' settings stay as before seeds existed
+        out["seed"] = cell.seed
     if spec.final_eval:
         out.setdefault("eval.val_every", -(-cell.steps // max(1, spec.val_points)))
         out.setdefault("eval.eval_every", cell.steps)

@@ -67,6 +67,7 @@ class TrainConfig:
     budget: BudgetCfg = field(default_factory=BudgetCfg)
     tracking: TrackingCfg = field(default_factory=TrackingCfg)
     out: str = "fake_run"
+    seed: int = 0  # logged like the real trainer's (a sweep's `seeds` set it per cell); not used
     step_s: float = 0.02  # sleep per step, so that a signal can arrive mid-run
     fail_cell: str = ""  # this grid cell raises ...
     fail_times: int = 0  # ... on its first `fail_times` starts

@@ -78,6 +78,23 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path):
         launch(spec.replace(batch_size=4))
 
 
+def test_seeds_add_runs_beside_the_cells_already_run(job_env, tmp_path):
+    """A finished sweep relaunched with ``seeds: [0, 1]`` trains only the seed-1 cell, in a run of its
+    own whose params differ from seed 0's only in the seed (the analysis averages the two)."""
+    from analysis.runs import replicate_key
+
+    spec = small_spec(tmp_path, job_env).replace(families=["B"])
+    assert launch(spec, poll_s=0.3).submitted == ["B-2-2.6e9"]
+    two = spec.replace(seeds=[0, 1])
+    second = launch(two, poll_s=0.3)
+    assert second.errors == {} and second.submitted == ["B-2-2.6e9-s1"]
+    runs = runs_by_cell(job_env, spec.experiment)
+    assert {c: len(r) for c, r in runs.items()} == {"B-2-2.6e9": 1, "B-2-2.6e9-s1": 1}
+    p0, p1 = (runs[c][0].data.params for c in ("B-2-2.6e9", "B-2-2.6e9-s1"))
+    assert (p0["seed"], p1["seed"]) == ("0", "1") and replicate_key(p0) == replicate_key(p1)
+    assert launch(two, poll_s=0.3).submitted == []
+
+
 def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(job_env, tmp_path):
     spec = small_spec(tmp_path, job_env, fail_cell="B-2-2.6e9", fail_times=2).replace(families=["B"])
     first = launch(spec, poll_s=0.3)
