@@ -165,9 +165,8 @@ def launch(
                 spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
             )
             others = {cid: run_dirs[cid] for cid in the_plan.running}
-            runner = _Runner(prep, executor, result, states, on_progress, poll_s, others)
-            runner.work = _work(prep.cells, all_tasks)
-            runner.run(tasks, wait)
+            work = _work(prep.cells, all_tasks)
+            _Runner(prep, executor, result, states, on_progress, poll_s, others, work=work).run(tasks, wait)
         return result
     finally:
         if warm is not None and not warm.submitted:

@@ -346,6 +346,10 @@ def test_dry_run_checks_override_values(capsys, tmp_path, monkeypatch):
         (["--budgets", "lots"], "budget 'lots' is not a number"),
         (["--parallel", "-2"], "executor.local_parallelism: must be >= 1, got -2"),
         (["--budgets"], "expected one argument"),
+        (["--seeds", "0,0"], "repeat a seed"),
+        (["--seeds", "-1"], "must be a whole number >= 0"),
+        (["--seeds", "x"], "argument --seeds"),
+        (["--seeds", "0,1", "--set", "seed=3"], "both choose the seed"),
     ],
 )
 def test_bad_budgets_and_counts_are_named(argv, message, capsys, tmp_path, monkeypatch):

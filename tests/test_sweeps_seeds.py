@@ -9,7 +9,6 @@ import pytest
 
 from analysis.runs import replicate_key
 from dit_core.config import TrainConfig
-from sweeps import launch as cli
 from sweeps.grid import expand, load_spec
 from sweeps.state import config_hash
 from sweeps.task import make_task
@@ -41,22 +40,6 @@ def test_seeds_repeat_every_cell_next_to_each_other_and_keep_seed_0_as_it_was():
     other = replicate_key(logged_params(make_task(three, cells[3], Path("s"), URI).overrides))
     assert len(set(keys)) == 1 and other != keys[0]
     assert logged_params(s1.overrides)["seed"] == "1"
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--seeds", "0,0"], "repeat a seed"),
-        (["--seeds", "-1"], "must be a whole number >= 0"),
-        (["--seeds", "x"], "argument --seeds"),
-        (["--seeds", "0,1", "--set", "seed=3"], "both choose the seed"),
-    ],
-)
-def test_bad_seeds_are_named(argv, message, capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert cli.main([*argv, "--dry-run"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
 
 
 def test_a_list_key_given_one_value_in_yaml_is_named(tmp_path):
