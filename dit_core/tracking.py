@@ -347,13 +347,13 @@ class RunTracker:
             run_tags = dict(tags)
             if out is not None:  # saved before the run exists: a job killed right after finds it
                 run_tags[RUN_KEY_TAG] = uuid.uuid4().hex
-                _atomic_write_text(out / RUN_KEY_FILE, run_tags[RUN_KEY_TAG] + "\n")
+                atomic_write_text(out / RUN_KEY_FILE, run_tags[RUN_KEY_TAG] + "\n")
             run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
             tracker = cls(client, run.info.run_id, resumed=False, max_buffered=max_buffered)
             log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name,
                      experiment, client.tracking_uri)  # fmt: skip
         if id_file is not None:
-            _atomic_write_text(id_file, tracker.run_id + "\n")
+            atomic_write_text(id_file, tracker.run_id + "\n")
         tracker.set_tags({**tags, "status": "running"})
         return tracker
 
@@ -453,7 +453,9 @@ def _run_with_saved_key(client, exp_id: str, out: Path) -> str | None:
     return None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the
+    new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)

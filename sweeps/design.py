@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from dit_core.spec import (
     param_count,
     train_flops_per_image,
 )
+from dit_core.tracking import atomic_write_text
 from sweeps.families import ModelShape, Scale
 from sweeps.grid import (
     MIN_SIZE_RATIO,
@@ -378,11 +378,8 @@ def read_record(sweep_dir: Path) -> dict[float, dict]:
 
 
 def _write_record(sweep_dir: Path, record: dict[float, dict]) -> None:
-    path = Path(sweep_dir) / RECORD
-    tmp = path.with_suffix(".tmp")
     body = {"design": "adaptive", "budgets": {format_budget(b): v for b, v in sorted(record.items())}}
-    tmp.write_text(json.dumps(body, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(Path(sweep_dir) / RECORD, json.dumps(body, indent=2))
 
 
 def recorded_spec(spec: SweepSpec, sweep_dir: Path) -> SweepSpec | None:
@@ -546,7 +543,7 @@ def launch_adaptive(
                 f"Use --name for a new sweep, or delete {sdir / RECORD} with its runs"
             )
         log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
-        res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress)
+        res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress, record=spec)
         cells = {cid: str(sdir / "cells" / cid) for cid in ids}
         states = read_states(uri, spec.experiment, spec.name, cells)
         step = AdaptiveStep(b, centre, ids, res, all(s.state == "finished" for s in states.values()))

@@ -9,6 +9,8 @@ train_flops_per_image))``, come from `dit_core.spec`, as in the trainer.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +27,13 @@ from dit_core.spec import (
     param_count,
     train_flops_per_image,
 )
-from dit_core.tracking import DEFAULT_EXPERIMENT
+from dit_core.tracking import DEFAULT_EXPERIMENT, atomic_write_text
 from sweeps.families import ModelShape, Scale, custom_shape, family_shape
 
+log = logging.getLogger(__name__)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SPEC_RECORD = "sweep.json"  # <output_dir>/<name>/sweep.json: the spec of the sweep's last launch
 DESIGNS = ("grid", "isoflop", "adaptive")
 EXECUTORS = ("auto", "slurm", "local", "debug")
 MIN_SIZE_RATIO = 1.2  # two sizes of one budget closer than this are "near-identical"
@@ -401,3 +406,25 @@ def load_spec(path: str | Path | None = None) -> SweepSpec:
     with open(p) as f:
         data = yaml.safe_load(f) or {}
     return spec_from_dict(data, where=str(p))
+
+
+def write_spec_record(spec: SweepSpec, folder: Path) -> None:
+    """Keep ``spec`` as the sweep's last launch in ``folder/sweep.json``: what ``launch.py status``
+    shows when its command line names the sweep but not its cells. A prior is kept as an absolute path."""
+    data = spec.to_dict()
+    if spec.prior:
+        data["prior"] = str(Path(spec.prior).resolve())
+    atomic_write_text(Path(folder) / SPEC_RECORD, json.dumps(data, indent=2) + "\n")
+
+
+def read_spec_record(folder: Path) -> SweepSpec | None:
+    """The spec `write_spec_record` kept in ``folder``; None when there is none, or when it no longer
+    reads (a warning says why)."""
+    path = Path(folder) / SPEC_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return spec_from_dict(json.loads(path.read_text()), where=str(path))
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+        log.warning("%s does not read as a sweep (%s); showing the command line's cells instead", path, e)
+        return None

@@ -17,7 +17,15 @@ from pathlib import Path
 from dit_core.configio import join_negative_values, parse_scalar
 from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
-from sweeps.grid import SweepSpec, expand, format_budget, left_out, load_spec, parse_budget
+from sweeps.grid import (
+    SweepSpec,
+    expand,
+    format_budget,
+    left_out,
+    load_spec,
+    parse_budget,
+    read_spec_record,
+)
 from sweeps.runner import Progress, launch, sweep_dir
 from sweeps.state import read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
@@ -278,6 +286,26 @@ def _progress_printer():
     return show
 
 
+#: Flags that only say which sweep `status` reads; any other spec flag describes its cells.
+_LOCATING_ARGS = ("name", "experiment", "tracking_uri", "output_dir")
+
+
+def status_spec(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
+    """The sweep `status` shows: its last launch (`sweeps.grid.read_spec_record`), unless the command line
+    describes the cells itself (--grid, --budgets, --set, ...) or the sweep was never launched. A given
+    --experiment or --tracking-uri still applies."""
+    cells_args = [
+        a for a in _SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set") if a not in _LOCATING_ARGS
+    ]
+    if any(getattr(args, a) not in (None, []) for a in cells_args):
+        return spec
+    recorded = read_spec_record(sweep_dir(spec))
+    if recorded is None:
+        return spec
+    given = {a: getattr(args, a) for a in ("experiment", "tracking_uri") if getattr(args, a) is not None}
+    return recorded.replace(output_dir=spec.output_dir, **given)
+
+
 def cmd_status(spec: SweepSpec) -> int:
     if spec.design == "adaptive":  # the budgets placed so far, at their recorded centres
         placed = recorded_spec(spec, sweep_dir(spec))
@@ -439,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = spec_from_args(args)
         if args.command == "status":
-            return cmd_status(spec)
+            return cmd_status(status_spec(spec, args))
         return cmd_run(spec, args)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ from sweeps.executor import (
     resolve_executor_kind,
     warm_unsupported,
 )
-from sweeps.grid import Cell, SweepSpec, expand
+from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
 from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
     CellState,
@@ -131,10 +131,12 @@ def launch(
     wait: bool = True,
     poll_s: float = 2.0,
     on_progress: Callable[[Progress], None] | None = None,
+    record: SweepSpec | None = None,
 ) -> LaunchResult:
     """Submit the cells that are not finished or live (one job array on SLURM; locally, a new cell
     as soon as a slot frees, longest first) and, with ``wait``, block until they end. Relaunching
-    the same sweep submits only what is missing, failed or interrupted."""
+    the same sweep submits only what is missing, failed or interrupted. ``record`` (default ``spec``)
+    is kept as the sweep's last launch (`sweeps.grid.write_spec_record`) once the settings are checked."""
     prep = prepare(spec)
     threads = _threads_per_process(prep)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
@@ -149,6 +151,7 @@ def launch(
             states = read_states(uri, spec.experiment, spec.name, run_dirs)
             for cid, st in states.items():  # before anything is submitted
                 check_resumable_cell(spec.name, st, all_tasks[cid].overrides)
+            write_spec_record(record or spec, sdir)
             the_plan = plan(states, spec.executor.max_retries)
             for cid in the_plan.exhausted:
                 log.warning(

@@ -28,6 +28,7 @@ from _sweep_specs import (
 )
 from mlflow.tracking import MlflowClient
 
+from sweeps import launch as cli
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.runner import launch, longest_first, sweep_dir
 
@@ -42,7 +43,7 @@ def small_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
     )  # fmt: skip
 
 
-def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path):
+def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, capsys):
     spec = small_spec(tmp_path, job_env)
     cells = expand(spec)
     assert [c.steps for c in cells] == [8, 2]
@@ -66,6 +67,14 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path):
         # the job's result is the trainer's closed form
         assert res.results[c.cell_id]["weight"] == pytest.approx(fake_final_weight(c), rel=1e-12)
         assert res.results[c.cell_id]["threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+    # `status` given only the sweep's folder shows the cells launched there (its sweep.json), not the
+    # bundled demo's that the command line's defaults describe
+    capsys.readouterr()
+    assert cli.main(["status", "--name", spec.name, "--output-dir", spec.output_dir]) == 0
+    out = capsys.readouterr().out
+    assert f"experiment {spec.experiment!r} at {job_env}" in out and "2 finished" in out.splitlines()[-1]
+    assert "S-2-2.6e9 " in out and "DiT-S/2" in out and "missing" not in out and "?" not in out
 
     again = launch(spec, poll_s=0.3)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
