@@ -110,10 +110,15 @@ def _measure(cfg, n_axis: str) -> float:
 
 
 def ladder(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: str, n_max: float) -> list[Candidate]:
-    """Shapes along the curve, widths head_dim, 2 head_dim, ... up to size ``n_max``; sorted by n."""
+    """Shapes along the curve, widths head_dim, 2 head_dim, ... up to size ``n_max``; sorted by n.
+    Widths up to the values a token embeds (patch^2 x channels) are left out: they leave no room beyond
+    the patch itself (d2 w4 at patch 2, grey, stayed at val loss 0.40 where d2 w8 reached 0.067;
+    docs/study.md, session 17)."""
     out: list[Candidate] = []
     for m in range(1, 1 << 14):
         width = m * curve.head_dim
+        if width <= patch * patch * spec.data.in_channels:
+            continue
         row = []
         for shape in curve.shapes_at(width):
             cfg = cell_model_config(spec, shape, patch)

@@ -20,6 +20,7 @@ from dit_core.spec import FAMILIES, model_config, param_count, train_flops_per_i
 from sweeps import launch as cli
 from sweeps.design import (
     family_curve,
+    ladder,
     launch_adaptive,
     load_fit_prior,
     make_prior,
@@ -162,6 +163,20 @@ def test_shapes_follow_the_family_curve_with_a_fixed_head_dim():
     slices = {(p.budget, p.patch): p for p in plan_budgets(demo_isoflop(budgets=[1e12], patch_sizes=[2, 4]))}
     assert sorted(slices) == [(1e12, 2), (1e12, 4)]
     assert all(len({c.params for c in p.cells}) == len(p.cells) >= 3 for p in slices.values())
+
+
+def test_no_size_narrower_than_the_values_a_token_embeds():
+    """A slice centred near the smallest widths: at patch 2 (grey, 4 values a token) width 4 is never
+    proposed and width 8 is; at patch 4 (16 values) nothing up to width 16 is; RGB at patch 2 (12
+    values) starts at 16."""
+    low = demo_isoflop(budgets=[3e10], isoflop_centres={3e10: 2e3})
+    widths = sorted({c.model.hidden_size for c in expand(low)})
+    assert widths[0] == 8, widths
+    curve = family_curve(low.scale)
+    assert [c.model.hidden_size for c in ladder(low, 2, curve, "total", 1e4)][:2] == [8, 8]  # d2, d3
+    assert ladder(low, 4, curve, "total", 1e5)[0].model.hidden_size == 20
+    rgb = low.replace(data={"in_channels": 3}, train={**low.train, "data.channels": 3})
+    assert ladder(rgb, 2, curve, "total", 1e5)[0].model.hidden_size == 16
 
 
 def test_sizes_spread_and_count_options():
