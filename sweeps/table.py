@@ -45,6 +45,15 @@ def cells_table(cells: Sequence[Cell]) -> str:
     return render(header, rows)
 
 
+def _run_model_name(params: dict[str, str]) -> str:
+    """The model of a cell the spec does not name, from its run's params: the trainer's model name
+    where it has one (``DiT-S/2``), else ``DiT-d{depth}w{width}/{patch}``; ``?`` without params."""
+    if params.get("model.name"):
+        return params["model.name"]
+    depth, width, patch = (params.get(f"model.{k}") for k in ("depth", "hidden_size", "patch_size"))
+    return f"DiT-d{depth}w{width}/{patch}" if depth and width and patch else "?"
+
+
 def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
     """cell | model | state | step | train loss | val loss | FID | attempts | job | run."""
     header = ["cell", "model", "state", "step", "train loss", "val loss", "FID", "tries", "job", "run"]
@@ -57,7 +66,7 @@ def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
         rows.append(
             [
                 s.cell_id,
-                c.model_name if c else "?",
+                c.model_name if c else _run_model_name(s.params),
                 s.state + (f" (+{s.duplicates} dup)" if s.duplicates else ""),
                 step,
                 "-" if s.loss is None else f"{s.loss:.4f}",
