@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from ..ema import EMA
 from ..fast_path import compile_for_training
 from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
-from ..tracking import FEATURE_SPACE_TAG, feature_space_tag
+from ..tracking import FEATURE_SPACE_TAG, atomic_write_text, feature_space_tag
 from .data_stream import DataStream
 from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
@@ -208,10 +207,10 @@ class Trainer:
         if started is not None:
             self.seconds["startup_s"] = time.time() - started
         if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.out / ".config.json.tmp"  # written whole or not at all (a job may be SIGKILLed)
-            tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
-            os.replace(tmp, self.out / "config.json")
+            # written whole or not at all (a job may be SIGKILLed)
+            atomic_write_text(
+                self.out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
+            )
         t0 = time.perf_counter()
         self.start_tracking()
         self.seconds["mlflow_s"] += time.perf_counter() - t0
