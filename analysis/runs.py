@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dit_core.spec import model_label_of_params
 from dit_core.tracking import FEATURE_SPACE_TAG
 
 log = logging.getLogger(__name__)
@@ -130,11 +131,8 @@ def _history(client, run_id: str, key: str) -> pd.Series:
 
 
 def _model_name(params: dict) -> str:
-    name = params.get("model.name", "")
-    if name and name.lower() not in ("none", "custom", "null"):
-        return name
-    d, h, p = (params.get(f"model.{k}") for k in ("depth", "hidden_size", "patch_size"))
-    return f"DiT-d{d}-w{h}/{p}" if d and h and p else "unknown"
+    """`dit_core.spec.model_label` of the run's shape, as the sweep's tables name it."""
+    return model_label_of_params(params) or "unknown"
 
 
 def _float(x) -> float:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -148,6 +149,26 @@ def official_name(depth: int, hidden_size: int, num_heads: int, patch_size: int)
         if shape == (depth, hidden_size, num_heads) and patch_size in PATCH_SIZES:
             return f"DiT-{size}/{patch_size}"
     return None
+
+
+def model_label(depth: int, hidden_size: int, num_heads: int | None, patch_size: int) -> str:
+    """What the sweep's tables and the analysis's reports call a shape: the paper's name of one of its
+    12 models (`"DiT-B/4"`), else `"DiT-d{depth}-w{hidden_size}/{patch_size}"` (a scaled family too)."""
+    official = official_name(depth, hidden_size, num_heads, patch_size) if num_heads else None
+    return official or f"DiT-d{depth}-w{hidden_size}/{patch_size}"
+
+
+def model_label_of_params(params: Mapping[str, Any]) -> str | None:
+    """`model_label` of a run's logged params (``model.depth``, ``model.hidden_size``,
+    ``model.num_heads``, ``model.patch_size``; strings as MLflow keeps them); None without a shape."""
+    try:
+        depth, width, patch = (
+            int(float(params[f"model.{k}"])) for k in ("depth", "hidden_size", "patch_size")
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    heads = params.get("model.num_heads")
+    return model_label(depth, width, int(float(heads)) if heads not in (None, "", "None") else None, patch)
 
 
 def model_config(name: str | None = None, **overrides: Any) -> DiTConfig:

@@ -24,6 +24,7 @@ from dit_core.spec import (
     budget_steps,
     forward_gflops,
     model_config,
+    model_label,
     param_count,
     train_flops_per_image,
 )
@@ -251,7 +252,9 @@ class Cell:
 
     @property
     def model_name(self) -> str:
-        return f"DiT-{self.model.name}/{self.patch_size}"
+        """`dit_core.spec.model_label`: ``DiT-S/2`` for the paper's shape, ``DiT-d3-w12/2`` else."""
+        m = self.model
+        return model_label(m.depth, m.hidden_size, m.num_heads, self.patch_size)
 
 
 def model_learns_sigma(train: dict[str, Any]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dit_core.spec import model_label_of_params
 from sweeps.grid import Cell, format_budget
 from sweeps.state import CellState
 
@@ -46,12 +47,9 @@ def cells_table(cells: Sequence[Cell]) -> str:
 
 
 def _run_model_name(params: dict[str, str]) -> str:
-    """The model of a cell the spec does not name, from its run's params: the trainer's model name
-    where it has one (``DiT-S/2``), else ``DiT-d{depth}w{width}/{patch}``; ``?`` without params."""
-    if params.get("model.name"):
-        return params["model.name"]
-    depth, width, patch = (params.get(f"model.{k}") for k in ("depth", "hidden_size", "patch_size"))
-    return f"DiT-d{depth}w{width}/{patch}" if depth and width and patch else "?"
+    """The model of a cell the spec does not name, from its run's params (`model_label_of_params`, as
+    the analysis names it); ``?`` without them."""
+    return model_label_of_params(params) or "?"
 
 
 def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:

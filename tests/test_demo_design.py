@@ -57,8 +57,8 @@ def test_demo_families_increase_and_bracket_the_measured_optimum():
     assert params == sorted(params) and len(set(params)) == 4
     assert 8e3 <= params[0] < 12e3 and 20e3 < params[1] < 30e3 < params[2] and params[-1] <= 300e3
     # the cells agree with the count above (the sweep passes frequency_embedding_size to the model)
-    by_name = {c.model_name.split("/")[0]: c.params for c in expand(demo) if c.budget == max(demo.budgets)}
-    assert [by_name[f"DiT-{m.name}"] for m in models] == params
+    by_name = {c.model.name: c.params for c in expand(demo) if c.budget == max(demo.budgets)}
+    assert [by_name[m.name] for m in models] == params
 
 
 def test_demo_is_photos_with_tokens_narrower_than_every_width():

@@ -104,7 +104,7 @@ def test_bad_input_is_a_clear_error(overrides, message):
 
 
 def test_budget_below_one_step_is_an_error():
-    msg = r"budget 5e9 is smaller than one training step of DiT-L/2 \(16 x 4.96e\+08 FLOPs\), DiT-XL/2"
+    msg = r"budget 5e9 is smaller than one training step of DiT-d6-w128/2 \(16 x 4.96e\+08 FLOPs\), DiT-d7-w144/2"
     with pytest.raises(ValueError, match=msg):
         expand(load_spec("digits").replace(budgets=[1e12, 5e9]))  # demo: batch 16
 
@@ -140,6 +140,29 @@ def test_dry_run_prints_the_table_and_submits_nothing(capsys, tmp_path, monkeypa
         row = next(line for line in out.splitlines() if line.startswith(c.cell_id + " "))
         assert row.split()[1] == c.model_name and row.split()[-2:] == [str(c.steps), str(c.images)]
     assert not (tmp_path / "sweep_runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_sweep_and_the_analysis_name_a_cell_alike(tmp_path):
+    """One name per shape (`dit_core.spec.model_label`): the sweep's tables name a cell as the
+    analysis names the run it logs, from the params the trainer records: the paper's name for its
+    shapes, ``DiT-d{depth}-w{width}/{patch}`` for the demo's scaled families."""
+    import dit_core.config as trainer
+    from analysis.runs import _model_name
+    from sweeps.task import build_config, cell_overrides
+
+    demo = load_spec()
+    paper = load_spec("digits").replace(
+        families=["S", "XL"], scale=Scale(1, 1), patch_sizes=[2, 8], budgets=[1e18], min_steps=1
+    )
+    names = {}
+    for spec in (demo, paper):
+        for c in expand(spec):
+            cfg = build_config(trainer, cell_overrides(spec, c, tmp_path / c.cell_id, "sqlite:///x.db"))
+            logged = {k: str(v) for k, v in cfg.to_flat_dict().items()}  # MLflow keeps params as strings
+            assert _model_name(logged) == c.model_name
+            names[c.model.name, c.patch_size, spec.name] = c.model_name
+    assert names["S", 2, "demo"] == "DiT-d3-w12/2" and names["XL", 2, "demo"] == "DiT-d7-w32/2"
+    assert names["S", 2, "digits"] == "DiT-S/2" and names["XL", 8, "digits"] == "DiT-XL/8"
 
 
 def test_cli_custom_shapes_and_overrides():

@@ -74,12 +74,15 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, 
     assert cli.main(["status", "--name", spec.name, "--output-dir", spec.output_dir]) == 0
     out = capsys.readouterr().out
     assert f"experiment {spec.experiment!r} at {job_env}" in out and "2 finished" in out.splitlines()[-1]
-    assert "S-2-2.6e9 " in out and "DiT-S/2" in out and "missing" not in out and "?" not in out
+    assert "S-2-2.6e9 " in out and "DiT-d3-w48/2" in out and "missing" not in out and "?" not in out
     # a command line that names other cells shows those; the sweep's other cells keep their model
     argv = ["status", "--name", spec.name, "--output-dir", spec.output_dir, "--experiment", spec.experiment]
     assert cli.main([*argv, "--grid", "S", "--budgets", "1e11", "--min-steps", "1"]) == 0
     rows = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()[3:-1]}
-    assert rows["S-2-1e11"] == ["DiT-S/2", "missing"] and rows["B-2-2.6e9"] == ["DiT-d3w96/2", "finished"]
+    assert rows["S-2-1e11"] == ["DiT-d3-w12/2", "missing"] and rows["B-2-2.6e9"] == [
+        "DiT-d3-w96/2",
+        "finished",
+    ]
 
     again = launch(spec, poll_s=0.3)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted(c.cell_id for c in cells)
