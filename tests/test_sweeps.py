@@ -104,7 +104,10 @@ def test_bad_input_is_a_clear_error(overrides, message):
 
 
 def test_budget_below_one_step_is_an_error():
-    msg = r"budget 5e9 is smaller than one training step of DiT-d6-w128/2 \(16 x 4.96e\+08 FLOPs\), DiT-d7-w144/2"
+    msg = (
+        r"budget 5e9 is smaller than one training step of DiT-d6-w128/2 \(16 x 4.96e\+08 FLOPs\), "
+        r"DiT-d7-w144/2"
+    )
     with pytest.raises(ValueError, match=msg):
         expand(load_spec("digits").replace(budgets=[1e12, 5e9]))  # demo: batch 16
 
