@@ -313,7 +313,13 @@ def cmd_status(spec: SweepSpec) -> int:
             print(f"sweep {spec.name}: adaptive, no budget placed yet (launch it)")
             return 0
         spec = placed
-    cells = {c.cell_id: c for c in expand(spec)}
+    try:
+        cells, note = {c.cell_id: c for c in expand(spec)}, None
+    except ValueError as e:  # e.g. the prior file is gone: the runs in MLflow still say where it stands
+        if spec.design == "grid":
+            raise
+        cells = {}
+        note = f"{spec.design} design not placed again ({e}); the table shows the sweep's runs in MLflow only"
     uri = resolve_tracking_uri(spec.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise ValueError(  # do not let MLflow create an empty store just to look
@@ -328,7 +334,7 @@ def cmd_status(spec: SweepSpec) -> int:
     print(status_table(list(states.values()), cells))
     counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    for line in _left_out_lines(spec):
+    for line in _left_out_lines(spec) if note is None else [note]:
         print(line)
     return 0
 

@@ -325,6 +325,40 @@ def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tm
             )
 
 
+def test_status_of_an_isoflop_sweep_whose_prior_file_is_gone(job_env, tmp_path, capsys, monkeypatch):
+    """``status`` places an isoflop design's cells again from its ``--prior`` file; once that file is
+    gone it still shows the sweep's runs from MLflow, and says why the design is not placed."""
+    from analysis.pipeline import AnalysisConfig, analyze
+    from analysis.report import write_json
+    from sweeps.runner import launch
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # the debug executor imports this module
+    fit = write_json(
+        tmp_path / "fit.json", analyze(synthetic_points(), AnalysisConfig(n_bootstrap=0, min_steps=0))
+    )
+    base = law_spec(tmp_path, job_env)
+    spec = base.replace(
+        name="iso", design="isoflop", budgets=[1e11], prior=str(fit),
+        isoflop_centres={1e11: make_prior(base).n_opt(1e11, 2)},  # a slice these shapes can place
+    )  # fmt: skip
+    cells = sorted(c.cell_id for c in expand(spec))
+    assert len(cells) == 5 and launch(spec, poll_s=0.05).errors == {}
+    argv = ["status", "--name", spec.name, "--output-dir", spec.output_dir]
+
+    def finished_rows() -> list[str]:
+        assert cli.main(argv) == 0
+        out = capsys.readouterr().out
+        return out, sorted(line.split()[0] for line in out.splitlines() if " finished " in line)
+
+    capsys.readouterr()
+    out, rows = finished_rows()
+    assert rows == cells and "not placed again" not in out
+    fit.unlink()
+    out, rows = finished_rows()
+    assert rows == cells and "5 finished" in out
+    assert f"isoflop design not placed again (--prior {fit}: no such file" in out
+
+
 def test_refit_falls_back_to_the_last_isoflop_minimum_then_to_the_prior():
     from sweeps.design import refit_centre
 
