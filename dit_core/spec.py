@@ -161,14 +161,15 @@ def model_label(depth: int, hidden_size: int, num_heads: int | None, patch_size:
 def model_label_of_params(params: Mapping[str, Any]) -> str | None:
     """`model_label` of a run's logged params (``model.depth``, ``model.hidden_size``,
     ``model.num_heads``, ``model.patch_size``; strings as MLflow keeps them); None without a shape."""
-    try:
-        depth, width, patch = (
-            int(float(params[f"model.{k}"])) for k in ("depth", "hidden_size", "patch_size")
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-    heads = params.get("model.num_heads")
-    return model_label(depth, width, int(float(heads)) if heads not in (None, "", "None") else None, patch)
+
+    def whole(key: str) -> int | None:
+        try:
+            return int(float(params[f"model.{key}"]))
+        except (KeyError, TypeError, ValueError):  # absent, None or "None"
+            return None
+
+    depth, width, heads, patch = (whole(k) for k in ("depth", "hidden_size", "num_heads", "patch_size"))
+    return None if None in (depth, width, patch) else model_label(depth, width, heads, patch)
 
 
 def model_config(name: str | None = None, **overrides: Any) -> DiTConfig:
