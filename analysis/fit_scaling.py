@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from analysis.bootstrap import fit_workers
+from analysis.influence import run_influence
 from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
 from analysis.report import log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["largest"],
         help="fit without the largest-compute runs; report the error "
         "(run anyway when a prediction extrapolates)",
+    )
+    p.add_argument(
+        "--influence",
+        action="store_true",
+        help="refit without each run in turn and report how far N_opt, the expected loss, the exponents "
+        "and the holdout error move, and which run moves them most (at the first --predict budget)",
     )
     p.add_argument(
         "--data-axis",
@@ -189,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                     if args.holdout == "largest":
                         raise
                     an.messages.append(f"holdout for the extrapolated budget not possible: {e}")
+            if args.influence:
+                an.influence = run_influence(points, budgets[0], cfg, holdout=args.holdout == "largest")
         if hold is not None:
             for p in preds:
                 if p.extrapolating:
@@ -208,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(p.text())
     if hold is not None:
         print(hold.text())
+    if an.influence is not None:
+        print(an.influence.text())
     status = results_dict(an, preds, hold)["status"]
     print(f"status: {status}")
     print(f"report: {paths['report']}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,7 @@ class Analysis:
     r_star_fitted: bool = False
     residuals: pd.DataFrame | None = None
     ranking: list[dict] = field(default_factory=list)
+    influence: Any = None  # `analysis.influence.Influence` when asked for (fit_scaling.py --influence)
 
     @property
     def fid_protocol(self) -> str | None:
@@ -143,6 +145,7 @@ class Analysis:
             out[key] = fit.to_dict() if fit else None
         out["fid_protocol"] = self.fid_protocol
         out["diagnostics"] = {"ranking": self.ranking, "residuals": residual_summary(self.residuals)}
+        out["diagnostics"]["influence"] = self.influence.to_dict() if self.influence else None
         out["config"] = asdict(cfg)
         out["messages"] = self.messages
         return out
@@ -734,7 +737,11 @@ def largest_compute_runs(points: pd.DataFrame, frac: float = 0.1) -> np.ndarray:
 def holdout_largest(points: pd.DataFrame, config: AnalysisConfig | None = None) -> HoldoutResult:
     """Fit on all runs but the largest-compute ones and measure the error on those."""
     cfg = config or AnalysisConfig()
-    prep = prepare(points, cfg)
+    return holdout_prepared(prepare(points, cfg), cfg)
+
+
+def holdout_prepared(prep: Prepared, cfg: AnalysisConfig) -> HoldoutResult:
+    """`holdout_largest` on already prepared points (see `prepare`)."""
     pts = prep.points
     ids = largest_compute_runs(pts)
     test = pts[pts["run_id"].isin(ids)].copy()

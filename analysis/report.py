@@ -209,6 +209,8 @@ def markdown(
         for row in summ["by_budget"] + summ["by_model"]:
             where = f"{row['budget']:.3g} FLOPs" if "budget" in row else row["model"]
             lines.append(f"  - {where}: mean {row['mean']:+.3g}, max |r| {row['max_abs']:.3g}")
+    if an.influence is not None:
+        lines += ["- influence of each run (`--influence`):", "", "```", an.influence.text(top=10), "```"]
     if an.messages:
         lines += ["", "## Notes", ""] + [f"- {m}" for m in an.messages]
     lines += ["", "## Figures", ""]

@@ -1,0 +1,159 @@
+"""Leave-one-run-out influence: which runs a recommendation rests on.
+
+A law fitted to a dozen runs can hinge on one of them. On the demo's seed 0, leaving out one of the
+ten runs that the holdout fits moves its error on the held-out budget from +5.9 % to anywhere
+between +3.4 % and +7.8 % (docs/study.md, session 19). The bootstrap interval says how uncertain the
+fit is; this jackknife also says which run to retrain or add seeds to.
+
+For each run (a cell, its seeds averaged unless ``--per-seed``), the fits are redone without it and
+without bootstrap. The table gives, at one compute budget, the parametric law's N_opt and expected
+loss, its exponents alpha, beta and a, and, with a holdout, the holdout's best-loss error. The runs
+of the held-out budget get no holdout error of their own, since leaving one out changes the
+observed value as well as the fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from analysis.pipeline import (
+    Analysis,
+    AnalysisConfig,
+    HoldoutResult,
+    analyze_prepared,
+    holdout_prepared,
+    largest_compute_runs,
+    prepare,
+)
+
+#: what each refit reports: N_opt and the expected loss (pred_loss) at the budget, the exponents, and
+#: the holdout's best-loss error (pred - obs) / obs
+QUANTITIES = ("n_opt", "pred_loss", "alpha", "beta", "a", "holdout")
+
+
+def fit_summary(an: Analysis | None, compute: float, hold: HoldoutResult | None = None) -> dict[str, float]:
+    """The quantities of `QUANTITIES` for one analysis (nan where a fit is missing)."""
+    out = dict.fromkeys(QUANTITIES, math.nan)
+    pf = an.parametric if an is not None else None
+    if pf is not None:
+        n, _, loss = (float(v) for v in pf.optimal_allocation(compute, an.flops_per_param_datum))
+        out.update(n_opt=n, pred_loss=loss, alpha=pf.params["alpha"], beta=pf.params["beta"], a=pf.a)
+    if hold is not None:
+        out["holdout"] = hold.frontier_error
+    return out
+
+
+@dataclass
+class Influence:
+    """Each run left out in turn: `table` has one row per run (run_id, model, C, loss of its final
+    point, then `QUANTITIES` refitted without it), sorted by how far N_opt moved; `full` the same
+    quantities with every run."""
+
+    compute: float
+    full: dict[str, float]
+    table: pd.DataFrame
+
+    def ratio(self, key: str) -> np.ndarray:
+        """Each row's value of ``key`` over the value with every run."""
+        return self.table[key].to_numpy(float) / self.full[key]
+
+    def spread(self, key: str) -> tuple[float, float]:
+        """(min, max) of ``key`` over the refits that gave one (nan, nan if none did)."""
+        v = self.table[key].to_numpy(float)
+        v = v[np.isfinite(v)]
+        return (float(v.min()), float(v.max())) if len(v) else (math.nan, math.nan)
+
+    def most_influential(self) -> str | None:
+        """The run whose absence moves N_opt the most (by |ln ratio|), or None."""
+        r = np.abs(np.log(self.ratio("n_opt")))
+        return None if not np.isfinite(r).any() else str(self.table["run_id"].iloc[int(np.nanargmax(r))])
+
+    def to_dict(self) -> dict:
+        rows = self.table.replace({np.nan: None}).to_dict(orient="records")
+        return {
+            "compute": self.compute,
+            "full": self.full,
+            "runs": rows,
+            "most_influential": self.most_influential(),
+        }
+
+    def text(self, top: int = 5) -> str:
+        f, n = self.full, len(self.table)
+        lines = [
+            f"Influence: the fits redone with each of {n} runs left out (no bootstrap), "
+            f"at {self.compute:.3g} FLOPs"
+        ]
+        lo, hi = self.spread("n_opt")
+        if math.isfinite(lo):
+            lines.append(
+                f"  N_opt (approach 3): {f['n_opt']:.4g} with every run; {lo:.3g} .. {hi:.3g} "
+                f"(x{lo / f['n_opt']:.2f} .. x{hi / f['n_opt']:.2f}) with one left out"
+            )
+            lo, hi = self.spread("pred_loss")
+            lines.append(
+                f"  expected loss: {f['pred_loss']:.4g}; {lo:.4g} .. {hi:.4g} "
+                f"({100 * (lo / f['pred_loss'] - 1):+.1f}% .. {100 * (hi / f['pred_loss'] - 1):+.1f}%)"
+            )
+            ranges = (
+                f"{k} {f[k]:.3g} [{self.spread(k)[0]:.3g}, {self.spread(k)[1]:.3g}]"
+                for k in ("alpha", "beta", "a")
+            )
+            lines.append("  " + "; ".join(ranges))
+        if math.isfinite(f["holdout"]):
+            lo, hi = self.spread("holdout")
+            k = int(np.isfinite(self.table["holdout"].to_numpy(float)).sum())
+            lines.append(
+                f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; "
+                f"{100 * lo:+.2f}% .. {100 * hi:+.2f}% "
+                f"with one of the {k} runs it fits left out"
+            )
+        lines.append(f"  the {min(top, n)} runs that move N_opt most:")
+        head = ("run", "model", "C", "its loss", "N_opt", "x all", "E[loss]", "holdout")
+        lines.append("    {:<12} {:<14} {:>8} {:>8} {:>9} {:>6} {:>8} {:>8}".format(*head))
+        for row, ratio in list(zip(self.table.itertuples(), self.ratio("n_opt")))[:top]:
+            hold = f"{100 * row.holdout:+.2f}%" if math.isfinite(row.holdout) else "-"
+            lines.append(
+                f"    {str(row.run_id)[:12]:<12} {str(row.model)[:14]:<14} {row.C:>8.2g} {row.loss:>8.4f} "
+                f"{row.n_opt:>9.3g} {ratio:>6.2f} {row.pred_loss:>8.4f} {hold:>8}"
+            )
+        return "\n".join(lines)
+
+
+def run_influence(
+    points: pd.DataFrame, compute: float, config: AnalysisConfig | None = None, holdout: bool = False
+) -> Influence:
+    """Refit without each run in turn (see the module docstring). ``points`` as for `analyze`."""
+    cfg = replace(config or AnalysisConfig(), n_bootstrap=0)
+    prep = prepare(points, cfg)
+    pts = prep.points
+    held = set(largest_compute_runs(pts)) if holdout else set()
+
+    def summary(p: pd.DataFrame, with_holdout: bool) -> dict[str, float]:
+        sub = replace(prep, points=p)
+        try:
+            an = analyze_prepared(sub, cfg)
+        except ValueError:  # too few points left for the parametric law
+            an = None
+        try:
+            hold = holdout_prepared(sub, cfg) if with_holdout else None
+        except ValueError:
+            hold = None
+        return fit_summary(an, compute, hold)
+
+    full = summary(pts, holdout)
+    final = pts.sort_values("C").groupby("run_id").tail(1).set_index("run_id")
+    rows = []
+    for rid, last in final.iterrows():
+        s = summary(pts[pts["run_id"] != rid], holdout and rid not in held)
+        rows.append({"run_id": rid, "model": last["model"], "C": last["C"], "loss": last["loss"], **s})
+    return Influence(compute, full, _sorted(pd.DataFrame(rows), full))
+
+
+def _sorted(table: pd.DataFrame, full: dict[str, float]) -> pd.DataFrame:
+    moved = np.abs(np.log(table["n_opt"].to_numpy(float) / full["n_opt"]))
+    order = np.argsort(-np.nan_to_num(moved, nan=-1.0), kind="stable")
+    return table.iloc[order].reset_index(drop=True)
