@@ -49,9 +49,12 @@ def fit_summary(an: Analysis | None, compute: float, hold: HoldoutResult | None 
 
 @dataclass
 class Influence:
-    """Each run left out in turn: `table` has one row per run (run_id, model, C, loss of its final
-    point, then `QUANTITIES` refitted without it), sorted by how far N_opt moved; `full` the same
-    quantities with every run."""
+    """Each run left out in turn.
+
+    `table` has one row per run: run_id, model, budget (its budget's FLOPs, else its final C), C and
+    loss of its final point, then `QUANTITIES` refitted without it; sorted by how far N_opt moved.
+    `full` holds the same quantities with every run.
+    """
 
     compute: float
     full: dict[str, float]
@@ -112,12 +115,13 @@ class Influence:
                 f"with one of the {k} runs it fits left out"
             )
         lines.append(f"  the {min(top, n)} runs that move N_opt most:")
-        head = ("run", "model", "C", "its loss", "N_opt", "x all", "E[loss]", "holdout")
+        head = ("run", "model", "budget", "its loss", "N_opt", "x all", "E[loss]", "holdout")
         lines.append("    {:<12} {:<14} {:>8} {:>8} {:>9} {:>6} {:>8} {:>8}".format(*head))
         for row, ratio in list(zip(self.table.itertuples(), self.ratio("n_opt")))[:top]:
             hold = f"{100 * row.holdout:+.2f}%" if math.isfinite(row.holdout) else "-"
             lines.append(
-                f"    {str(row.run_id)[:12]:<12} {str(row.model)[:14]:<14} {row.C:>8.2g} {row.loss:>8.4f} "
+                f"    {str(row.run_id)[:12]:<12} {str(row.model)[:14]:<14} {row.budget:>8.2g} "
+                f"{row.loss:>8.4f} "
                 f"{row.n_opt:>9.3g} {ratio:>6.2f} {row.pred_loss:>8.4f} {hold:>8}"
             )
         return "\n".join(lines)
@@ -149,7 +153,10 @@ def run_influence(
     rows = []
     for rid, last in final.iterrows():
         s = summary(pts[pts["run_id"] != rid], holdout and rid not in held)
-        rows.append({"run_id": rid, "model": last["model"], "C": last["C"], "loss": last["loss"], **s})
+        budget = last.get("budget", math.nan)
+        budget = float(budget) if budget is not None and np.isfinite(budget) else float(last["C"])
+        row = {"run_id": rid, "model": last["model"], "budget": budget, "C": last["C"], "loss": last["loss"]}
+        rows.append(row | s)
     return Influence(compute, full, _sorted(pd.DataFrame(rows), full))
 
 

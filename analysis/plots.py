@@ -231,6 +231,39 @@ def plot_residuals(an: Analysis, path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_influence(an: Analysis, path) -> Path | None:
+    """Each run left out (`--influence`): N_opt at the budget over N_opt with every run, and the
+    holdout's best-loss error, one bar per run in the table's order (None without an influence)."""
+    inf = an.influence
+    if inf is None or len(inf.table) == 0:
+        return None
+    tab = inf.table
+    labels = [f"{m} @ {c:.2g}" for m, c in zip(tab["model"].astype(str), tab["budget"])]
+    holdout = np.isfinite(tab["holdout"].to_numpy(float)).any()
+    fig, axes = plt.subplots(1, 2 if holdout else 1, figsize=(12 if holdout else 6.5, 1.2 + 0.28 * len(tab)))
+    axes = np.atleast_1d(axes)
+    y = np.arange(len(tab))[::-1]
+    colors = _colors(tab["budget"].to_numpy(float))
+    ax = axes[0]
+    ax.barh(y, inf.ratio("n_opt") - 1.0, left=1.0, color=colors)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set(
+        xlabel=f"N_opt at {inf.compute:.3g} FLOPs without the run / with every run",
+        title=f"Leave one run out: N_opt (with every run {inf.full['n_opt']:.3g})",
+    )
+    if holdout:
+        ax = axes[1]
+        err = 100 * tab["holdout"].to_numpy(float)
+        ax.barh(y, np.nan_to_num(err), color=np.where(np.isfinite(err)[:, None], colors, 0.8))
+        ax.axvline(100 * inf.full["holdout"], color="r", lw=1, label="with every run")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, ["(held out)" if not np.isfinite(e) else "" for e in err], fontsize=7)
+        ax.set(xlabel="holdout best-loss error (%)", title="... and the holdout's error")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_all(an: Analysis, out_dir) -> dict[str, Path]:
     """Every figure into out_dir; returns name -> path (FID figure only when FID was logged)."""
     out = Path(out_dir)
@@ -239,7 +272,7 @@ def plot_all(an: Analysis, out_dir) -> dict[str, Path]:
         "isoflop": plot_isoflop(an, out / "isoflop.png"),
         "allocation": plot_allocation(an, out / "optimal_allocation.png"),
     }
-    for name, plot in (("fid", plot_fid), ("residuals", plot_residuals)):
+    for name, plot in (("fid", plot_fid), ("residuals", plot_residuals), ("influence", plot_influence)):
         if (path := plot(an, out / f"{name}.png")) is not None:
             paths[name] = path
     return paths

@@ -74,3 +74,4 @@ def test_cli_influence_prints_and_writes_it(tmp_path, capsys):
     inf = json.loads(out_json.read_text())["diagnostics"]["influence"]
     assert inf["most_influential"] == "c1e+20-4" and len(inf["runs"]) == 15
     assert "influence of each run" in (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "influence.png").stat().st_size > 10_000
