@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from analysis.bootstrap import parallel_map
 from analysis.pipeline import (
     Analysis,
     AnalysisConfig,
@@ -130,7 +131,11 @@ class Influence:
 def run_influence(
     points: pd.DataFrame, compute: float, config: AnalysisConfig | None = None, holdout: bool = False
 ) -> Influence:
-    """Refit without each run in turn (see the module docstring). ``points`` as for `analyze`."""
+    """Refit without each run in turn (see the module docstring). ``points`` as for `analyze`.
+
+    The refits run in forked workers like the bootstrap's (`analysis.bootstrap.parallel_map`,
+    ``--workers``), with a progress bar on a terminal; they have no randomness, so the table does not
+    depend on the number of workers."""
     cfg = replace(config or AnalysisConfig(), n_bootstrap=0)
     prep = prepare(points, cfg)
     pts = prep.points
@@ -148,15 +153,17 @@ def run_influence(
             hold = None
         return fit_summary(an, compute, hold)
 
-    full = summary(pts, holdout)
     final = pts.sort_values("C").groupby("run_id").tail(1).set_index("run_id")
-    rows = []
-    for rid, last in final.iterrows():
-        s = summary(pts[pts["run_id"] != rid], holdout and rid not in held)
+
+    def without(rid) -> dict:
+        last = final.loc[rid]
         budget = last.get("budget", math.nan)
         budget = float(budget) if budget is not None and np.isfinite(budget) else float(last["C"])
         row = {"run_id": rid, "model": last["model"], "budget": budget, "C": last["C"], "loss": last["loss"]}
-        rows.append(row | s)
+        return row | summary(pts[pts["run_id"] != rid], holdout and rid not in held)
+
+    full = summary(pts, holdout)
+    rows = parallel_map(without, list(final.index), desc="influence: runs left out")
     return Influence(compute, full, _sorted(pd.DataFrame(rows), full))
 
 

@@ -91,6 +91,8 @@ SELECTIONS: dict[str, list[str]] = {
     "sweeps/state.py": ["tests/test_sweeps_state_units.py", "tests/test_sweeps_state_pages.py"],
     # the joint IsoFLOP fit against its own model (exact), the t-interval's coverage, two-size budgets
     "analysis/joint_isoflop.py": ["tests/test_joint_isoflop.py"],
+    # leave-one-run-out refits on a known law, one corrupted run, the holdout, the CLI (~25 s)
+    "analysis/influence.py": ["tests/test_analysis_influence.py"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",

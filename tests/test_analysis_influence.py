@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from _fit_helpers import run_fit_cli
 from test_analysis import TRUE, synthetic_isoflop
 
+from analysis.bootstrap import fit_workers
 from analysis.influence import run_influence
 from analysis.parametric import optimal_allocation
 from analysis.pipeline import AnalysisConfig, holdout_largest
@@ -48,6 +50,16 @@ def test_a_corrupted_run_is_named_and_leaving_it_out_recovers_the_law():
     assert lo <= without["n_opt"] <= hi and lo < hi
 
 
+def test_the_table_does_not_depend_on_the_number_of_workers():
+    pts = synthetic_isoflop(budgets=BUDGETS, n_sizes=5, noise=0.02, seed=5)
+    with fit_workers(1):
+        one = run_influence(pts, C_PRED, CFG).table
+    with fit_workers(2):
+        two = run_influence(pts, C_PRED, CFG).table
+    pd.testing.assert_frame_equal(one, two)
+    assert one["n_opt"].nunique() == len(one)
+
+
 def test_holdout_errors_are_refits_of_the_holdout_without_each_training_run():
     pts = synthetic_isoflop(budgets=BUDGETS, n_sizes=5, noise=0.02, seed=3)
     inf = run_influence(pts, C_PRED, CFG, holdout=True)
@@ -60,6 +72,23 @@ def test_holdout_errors_are_refits_of_the_holdout_without_each_training_run():
     assert table.loc[rid, "holdout"] == pytest.approx(expected, rel=1e-9)
     assert table.loc[~held, "holdout"].nunique() == (~held).sum()  # each refit is its own
     assert "holdout best-loss error" in inf.text()
+
+
+def test_the_text_prints_the_table_s_ranges_and_a_run_s_budget():
+    pts = synthetic_isoflop(budgets=BUDGETS, n_sizes=5, noise=0.02, seed=3)
+    pts["budget"] = pts["C"]
+    pts["C"] *= 0.99  # a run ends a little below its budget, as the trainer's runs do
+    inf = run_influence(pts, C_PRED, CFG, holdout=True)
+    np.testing.assert_array_equal(np.sort(inf.table["budget"].unique()), BUDGETS)
+    text, t, f = inf.text(), inf.table, inf.full
+    lo, hi = t["pred_loss"].min(), t["pred_loss"].max()
+    rel = f"({100 * (lo / f['pred_loss'] - 1):+.1f}% .. {100 * (hi / f['pred_loss'] - 1):+.1f}%)"
+    assert f"expected loss: {f['pred_loss']:.4g}; {lo:.4g} .. {hi:.4g} {rel}" in text
+    lo, hi = t["holdout"].min(), t["holdout"].max()
+    assert f"{100 * f['holdout']:+.2f}%; {100 * lo:+.2f}% .. {100 * hi:+.2f}% with one of the 10 runs" in text
+    assert "\n    run          model            budget its loss     N_opt  x all  E[loss]  holdout\n" in text
+    first = t.iloc[0]
+    assert f"{first['budget']:>8.2g} {first['loss']:>8.4f} {first['n_opt']:>9.3g}" in text
 
 
 def test_cli_influence_prints_and_writes_it(tmp_path, capsys):
