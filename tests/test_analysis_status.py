@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
 import sys
@@ -266,10 +267,15 @@ def test_bootstrap_counts_failed_resamples_instead_of_dropping_them():
 
 
 def test_bootstrap_gives_the_same_resamples_in_order_whatever_the_number_of_workers(monkeypatch):
-    pids = []
+    # Each forked worker's first refit waits for the other's, so both take part however fast one of
+    # them is (without it, one worker could take all the chunks of these microsecond refits).
+    both, first = multiprocessing.get_context("fork").Barrier(2), []
+    parent = os.getpid()
 
     def fit_one(idx):  # a closure, as the real refits are: forked workers inherit it
-        pids.append(os.getpid())
+        if os.getpid() != parent and not first:
+            first.append(True)  # this worker's own copy of the list
+            both.wait(timeout=60)
         if idx[0] == 3:
             raise ValueError("a failed refit")
         return {"x": float(idx.mean()), "first": float(idx[0]), "pid": float(os.getpid())}
@@ -290,7 +296,6 @@ def test_bootstrap_gives_the_same_resamples_in_order_whatever_the_number_of_work
             os._exit(1)
         return i
 
-    parent = os.getpid()
     with pytest.raises(RuntimeError, match="a worker process refitting resamples died .* --workers 1"):
         parallel_map(dies, list(range(20)), workers=2)
     assert parallel_map(dies, list(range(20)), workers=1) == list(range(20))
