@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from analysis.runs import (
 )
 from analysis.shapes import Shape, family_shapes, nearest_shape, shapes_from_points
 from analysis.status import CENSORED, EXTRAPOLATING, NOT_IDENTIFIED, Status
+
+if TYPE_CHECKING:  # influence.py imports this module
+    from analysis.influence import Influence
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ class Analysis:
     r_star_fitted: bool = False
     residuals: pd.DataFrame | None = None
     ranking: list[dict] = field(default_factory=list)
-    influence: Any = None  # `analysis.influence.Influence` when asked for (fit_scaling.py --influence)
+    influence: Influence | None = None  # set by fit_scaling.py --influence
 
     @property
     def fid_protocol(self) -> str | None:
