@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -55,6 +56,30 @@ def resolve_executor_kind(name: str) -> str:
     elif name not in ("local", "debug"):
         raise ValueError(f"unknown executor {name!r}; choose auto, slurm, local or debug")
     return name
+
+
+# sbatch(1), --signal: "the signal may be sent up to 60 seconds earlier than specified"
+SLURM_SIGNAL_EARLY_S = 60
+# a job needs this long after SLURM starts it to install submitit's USR2 handler (python, imports)
+SLURM_HANDLER_STARTUP_S = 10
+
+
+def check_slurm_signal(spec: ExecutorSpec) -> None:
+    """Raise ValueError when SLURM may send the warning signal (USR2, ``signal_delay_s`` before the
+    time limit and up to 60 s earlier) before a job can catch it: a signal that lands during
+    start-up kills the job with no checkpoint and no requeue."""
+    earliest = 60 * spec.timeout_min - spec.signal_delay_s - SLURM_SIGNAL_EARLY_S
+    if earliest >= SLURM_HANDLER_STARTUP_S:
+        return
+    need = SLURM_SIGNAL_EARLY_S + SLURM_HANDLER_STARTUP_S
+    fix = f"give --time of at least {math.ceil((spec.signal_delay_s + need) / 60)} min"
+    if 60 * spec.timeout_min >= need:
+        fix += f" or a --signal-delay of at most {60 * spec.timeout_min - need} s"
+    raise ValueError(
+        f"--time {spec.timeout_min} min with --signal-delay {spec.signal_delay_s} s: SLURM may send USR2 "
+        f"up to {SLURM_SIGNAL_EARLY_S} s before the delay asks (sbatch --signal), {max(earliest, 0)} s after "
+        f"a job starts, before it can checkpoint and requeue; {fix}"
+    )
 
 
 def parse_sbatch_lines(lines: list[str]) -> dict[str, Any]:

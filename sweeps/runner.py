@@ -21,6 +21,7 @@ from sweeps.eta import cell_work, time_left
 from sweeps.executor import (
     CellJob,
     JobRef,
+    check_slurm_signal,
     local_job_setup,
     make_executor,
     resolve_executor_kind,
@@ -114,6 +115,8 @@ def prepare(spec: SweepSpec) -> Prepared:
     check_tracking_uri(uri)
     if kind == "local" and spec.executor.nodes > 1:
         raise ValueError(f"nodes={spec.executor.nodes} needs SLURM; the local executor runs on one node")
+    if kind == "slurm":
+        check_slurm_signal(spec.executor)
     return Prepared(spec, cells, kind, uri, sweep_dir(spec))
 
 

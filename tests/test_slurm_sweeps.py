@@ -102,19 +102,20 @@ def test_relaunch_while_the_array_is_queued_or_running_submits_nothing(job_env, 
 
 @pytest.mark.slow
 def test_time_limit_requeues_and_resumes(job_env, tmp_path):
-    """A real 1-minute SLURM time limit: USR2 45 s before it, checkpoint, requeue, resume."""
+    """A real 2-minute SLURM time limit: USR2 45 s before it, checkpoint, requeue, resume."""
     step_s = 1.0
     spec = slurm_spec(tmp_path, job_env, step_s=step_s).replace(
-        families=["S"], budgets=[2e10],
-        # each attempt gets ~15-30 s, less its start-up on a loaded machine: allow the requeues that
-        # takes (the default 3 failed the cell once in CI); the test is about resuming, not the cap
-        executor={"timeout_min": 1, "signal_delay_s": 45, "max_num_timeout": 10},
+        families=["S"], budgets=[3.5e10],
+        # SLURM may send USR2 up to 60 s before the delay asks (sbatch --signal): 15-75 s after each
+        # start (at --time 1 it once came 0.04 s in, before submitit's handler, and the job died).
+        # Allow the requeues that takes (the default 3 failed the cell once in CI); the test is about
+        # resuming, not the cap
+        executor={"timeout_min": 2, "signal_delay_s": 45, "max_num_timeout": 10},
     )  # fmt: skip
     (cell,) = expand(spec)
-    # more work than fits before the first USR2 (15 s after the start, but SLURM checks time limits
-    # on its own cadence and, on a loaded machine, signalled after 30 s of steps had ended: 60 s of
-    # steps outlast the 1-minute limit itself)
-    assert cell.steps * step_s > 60
+    # more work than fits before the latest first USR2 (75 s after the start), with room for SLURM's
+    # time-limit checks to run late on a loaded machine
+    assert cell.steps * step_s > 75 + 30
     res = launch(spec, poll_s=1.0)
     assert res.errors == {}
     out = res.results[cell.cell_id]

@@ -10,9 +10,18 @@ import pytest
 
 from dit_core.configio import apply_flat
 from sweeps import launch as cli
-from sweeps.executor import make_executor, parse_sbatch_lines, resolve_executor_kind
+from sweeps.executor import check_slurm_signal, make_executor, parse_sbatch_lines, resolve_executor_kind
 from sweeps.families import FAMILIES, Scale, family_shape
-from sweeps.grid import DataSpec, SweepSpec, expand, format_budget, load_spec, parse_budget, spec_from_dict
+from sweeps.grid import (
+    DataSpec,
+    ExecutorSpec,
+    SweepSpec,
+    expand,
+    format_budget,
+    load_spec,
+    parse_budget,
+    spec_from_dict,
+)
 from sweeps.state import CellState, check_resumable_cell, check_tracking_uri, config_hash, plan
 
 # Peebles & Xie, Table 4: forward Gflops on 256 px images (32x32x4 latents).
@@ -256,6 +265,25 @@ def test_slurm_executor_settings_reach_the_sbatch_script(monkeypatch, tmp_path):
     }
     with pytest.raises(ValueError, match="--key=value"):
         parse_sbatch_lines(["--qos high"])
+
+
+def test_a_warning_signal_that_may_land_during_start_up_is_refused(monkeypatch, tmp_path, capsys):
+    """SLURM may send USR2 up to 60 s before ``signal_delay_s`` asks (sbatch --signal); a job that
+    gets it before submitit's handler is installed dies unrequeued (it failed CI once at --time 1)."""
+    ok, bad = ExecutorSpec(timeout_min=2, signal_delay_s=50), ExecutorSpec(timeout_min=2, signal_delay_s=51)
+    check_slurm_signal(ok)  # the earliest USR2 lands 10 s after the start
+    with pytest.raises(
+        ValueError, match=r"9 s after a job starts.*at least 3 min or a --signal-delay of at most 50 s"
+    ):
+        check_slurm_signal(bad)
+    with pytest.raises(ValueError, match=r" 0 s after a job starts.*at least 2 min$"):
+        check_slurm_signal(ExecutorSpec(timeout_min=1, signal_delay_s=45))
+    check_slurm_signal(ExecutorSpec())  # the defaults: 60 min, 90 s
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sweeps.executor.slurm_status", lambda: "")  # as if a controller answered
+    assert cli.main(["--executor", "slurm", "--time", "1", "--signal-delay", "45"]) == 2
+    assert "--signal-delay of at most" not in (err := capsys.readouterr().err) and "--time 1 min" in err
+    assert not (tmp_path / "sweep_runs").exists()
 
 
 @dataclass
