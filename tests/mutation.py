@@ -91,6 +91,10 @@ SELECTIONS: dict[str, list[str]] = {
     "sweeps/state.py": ["tests/test_sweeps_state_units.py", "tests/test_sweeps_state_pages.py"],
     # the joint IsoFLOP fit against its own model (exact), the t-interval's coverage, two-size budgets
     "analysis/joint_isoflop.py": ["tests/test_joint_isoflop.py"],
+    # IsoFLOP shapes, priors, placement and the adaptive design against a fake trainer's known law
+    "sweeps/design.py": ["tests/test_sweeps_design.py", "tests/test_demo_design.py"],
+    # the photo stream: pure function of (seed, index), disjoint regions, accounting
+    "dit_core/data/photos.py": ["tests/test_data_photos.py"],
     # leave-one-run-out refits on a known law, one corrupted run, the holdout, the CLI (~25 s)
     "analysis/influence.py": ["tests/test_analysis_influence.py"],
     "analysis/isoflop.py": [

@@ -236,8 +236,11 @@ def test_prior_from_a_fit_uses_its_parametric_law(tmp_path):
     a, b = LAW["alpha"], LAW["beta"]
     closed = (a * LAW["A"] / (b * LAW["B"])) ** (1 / (a + b)) * (3e19 / 6.0) ** (b / (a + b))
     assert prior.n_opt(3e19, 2) == pytest.approx(closed, rel=0.05)
+    assert prior.path == str(path) and prior.n_axis == "total"
     spec = demo_isoflop(budgets=[1e11], prior=str(path))
-    assert "parametric law of" in plan_budgets(spec)[0].source
+    assert (
+        plan_budgets(spec)[0].source == f"prior: parametric law of {path} (overall status {an.status.status})"
+    )
 
     data = json.loads(path.read_text())
     data.update(a=None, approach3_parametric={"status": "not_identified"}, status="not_identified")
@@ -245,13 +248,60 @@ def test_prior_from_a_fit_uses_its_parametric_law(tmp_path):
     data["approach1_frontier"]["status"] = "not_identified"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"no usable N_opt law \(status not_identified: parametric law"):
+    del data["approach2_isoflop"]["N_opt"]
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as err:
         load_fit_prior(str(bad))
+    assert str(err.value).startswith(
+        f"--prior {bad}: no usable N_opt law (status not_identified: parametric law not_identified, "
+        "allocation withheld, isoflop censored without an N_opt law, frontier not_identified)"
+    )
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ValueError, match="not an analysis results.json"):
         load_fit_prior(str(tmp_path / "other.json"))
     with pytest.raises(ValueError, match="no such file"):
         load_fit_prior(str(tmp_path / "missing.json"))
+
+
+def test_prior_falls_back_to_the_isoflop_then_the_frontier_law(tmp_path):
+    """Without an identified allocation the prior is approach 2's N_opt(C) = A C^-alpha, else
+    approach 1's, on the fit's own parameter axis."""
+    from analysis.pipeline import AnalysisConfig, analyze
+    from analysis.report import write_json
+
+    an = analyze(synthetic_points(), AnalysisConfig(n_bootstrap=0, min_steps=0))
+    data = json.loads(write_json(tmp_path / "fit.json", an).read_text())
+    data.update(a=None, approach3_parametric={"status": "not_identified"}, status="not_identified")
+    data["axes"]["params"] = "non_embedding"
+    iso = {"status": "ok", "N_opt": {"A": 2.0, "alpha": -0.4}}
+    fr = {"status": "extrapolating", "N_opt": {"A": 3.0, "alpha": -0.5}}
+    for parts, kind, law in (((iso, fr), "isoflop", iso), (({"status": "censored"}, fr), "frontier", fr)):
+        data["approach2_isoflop"], data["approach1_frontier"] = parts
+        path = tmp_path / f"{kind}.json"
+        path.write_text(json.dumps(data))
+        prior = load_fit_prior(str(path))
+        assert (prior.kind, prior.path, prior.n_axis) == (kind, str(path), "non_embedding")
+        want = law["N_opt"]["A"] * 1e12 ** -law["N_opt"]["alpha"]
+        assert prior.n_opt(1e12, 2) == pytest.approx(want, rel=1e-12)
+        name = {"isoflop": "IsoFLOP", "frontier": "frontier"}[kind]
+        assert prior.describe() == f"prior: {name} N_opt law of {path} (overall status not_identified)"
+
+
+def test_step_window_notes_say_which_end_it_cuts():
+    """A tight step window moves the sizes off the prior's centre: the plan's note says which end
+    and, when every size lands on one side of the centre, that too."""
+    (small,) = plan_budgets(demo_isoflop(budgets=[1e11], isoflop_max_steps=300, min_steps=20))
+    assert min(c.params for c in small.cells) > small.centre
+    assert small.notes == [
+        f"the step window 20..300 cuts the small end (smallest 3.37e+04 for a target "
+        f"{small.centre / 4:.3g}); every size is above the centre"
+    ]
+    (mid,) = plan_budgets(demo_isoflop(budgets=[1e11], isoflop_max_steps=700, min_steps=20))
+    assert len(mid.notes) == 1 and mid.notes[0].endswith(f"for a target {mid.centre / 4:.3g})")
+    (large,) = plan_budgets(demo_isoflop(budgets=[1e11], min_steps=500))
+    assert max(c.params for c in large.cells) < large.centre
+    assert large.notes[-1].startswith("the step window 500..100000 cuts the large end (largest ")
+    assert large.notes[-1].endswith(f"for a target {large.centre * 4:.3g}); every size is below the centre")
 
 
 # ------------------------------------------------------------------ adaptive
@@ -290,6 +340,7 @@ def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tm
     assert res.stopped == "" and res.errors == {} and len(res.steps) == 4
     first, last = res.steps[0], res.steps[-1]
     assert first.centre.source.startswith("prior")
+    assert all(s.centre.note for s in res.steps[1:])  # each refit says why it chose its centre
     assert all("prior" not in s.centre.source or "grown" in s.centre.source for s in res.steps[1:])
     sizes = {}
     for s in res.steps:
@@ -376,3 +427,43 @@ def test_refit_falls_back_to_the_last_isoflop_minimum_then_to_the_prior():
     assert profile_min == pytest.approx(n_law, rel=0.2)
     c = refit_centre(spec, prior, one.iloc[:0], [1e11], 1e12, 2)  # nothing to fit
     assert c.source.endswith("(fit not identified)") and c.n == pytest.approx(prior.n_opt(1e12, 2))
+
+
+def test_refit_keeps_the_anchor_when_the_fit_strays_and_ignores_a_one_size_budget():
+    from sweeps.design import refit_centre
+
+    spec = load_spec("digits").replace(budgets=[1e11, 1e12], design="adaptive")
+    prior, a, b, k = make_prior(spec), LAW["alpha"], LAW["beta"], 264.0
+    rows = []
+    for c in (1e10, 3e10, 1e11, 3e11):
+        n_law = (a * LAW["A"] / (b * LAW["B"])) ** (1 / (a + b)) * (c / k) ** (b / (a + b))
+        for n in n_law * np.logspace(-0.8, 0.8, 7):
+            rows.append({"N": n, "D": c / (k * n), "C": c, "loss": float(law_loss(n, c / (k * n)))})
+    pts, done = pd.DataFrame(rows), [1e10, 3e10, 1e11, 3e11]
+    fit = refit_centre(spec, prior, pts, done, 1e12, 2)
+    assert fit.source.startswith("fit of budgets 1e10,3e10,1e11,3e11: parametric law")
+    # the same fit, now more than size_spread from the 3e11 IsoFLOP minimum: the anchor, and why
+    tight = dataclasses.replace(spec, size_spread=1.0001)
+    c = refit_centre(tight, prior, pts, done, 1e12, 2)
+    assert c.source.startswith("IsoFLOP minimum at 3e11") and c.n != pytest.approx(fit.n, rel=1e-3)
+    assert c.note == f"the fit's N_opt {fit.n:.3g} ({fit.source}) is more than 1.0001x from this anchor"
+    # one size at the last budget is no IsoFLOP slice: neither a minimum nor a best size
+    one = pd.DataFrame({"N": [3e4], "D": [1e11 / (k * 3e4)], "C": [1e11]})
+    one["loss"] = law_loss(one.N, one.D)
+    c = refit_centre(spec, prior, one, [1e11], 1e12, 2)
+    assert c.source == prior.describe() + " (fit not identified)" and c.note.startswith("no fit yet (")
+    assert c.n == pytest.approx(prior.n_opt(1e12, 2))
+
+
+def test_adaptive_needs_one_patch_size_and_a_head_dim_of_whole_4_channel_groups(tmp_path):
+    spec = law_spec(tmp_path, "sqlite:///unused.db").replace(patch_sizes=[2, 4])
+    with pytest.raises(
+        ValueError,
+        match=r"^the adaptive design refits one N_opt\(C\) law: give one patch size \(--patch 2\), "
+        r"got \[2, 4\]$",
+    ):
+        launch_adaptive(spec)
+    with pytest.raises(
+        ValueError, match=r"^head dim 6 must be a positive multiple of 4 .*; give --head-dim 8, 16, \.\.\.$"
+    ):
+        family_curve(Scale(8, 4), head_dim=6)
