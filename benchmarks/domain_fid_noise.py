@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         TrainConfig,
     )
     from dit_core.data import DataConfig, default_reference
-    from dit_core.data.photos import photo_crops
+    from dit_core.data.photos import PhotoOptions, photo_crops
     from dit_core.diffusion import create_diffusion
     from dit_core.evaluate import evaluate_samples, generate_images
     from dit_core.models import DiT
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = DataConfig(name="photos", image_size=16, channels=3)
     reference = default_reference(data)
-    crops = photo_crops(10, 3, (0.08, 0.2), 0.25)
+    crops = photo_crops(PhotoOptions(channels=3))
     t = time.perf_counter()
     evaluate_samples(crops.sample(np.arange(2), "val", 16, flip=False)[0], reference, metrics=("fid_photos",))
     emit({"what": "classifier+reference (first use, then cached)", "seconds": time.perf_counter() - t})

@@ -19,7 +19,14 @@ from dit_core.data import (
     photos_images,
     unique_images,
 )
-from dit_core.data.photos import PhotoCrops, load_photo, parse_photos_reference, uniforms
+from dit_core.data.photos import (
+    PhotoCrops,
+    PhotoOptions,
+    load_photo,
+    parse_photos_reference,
+    photos_reference,
+    uniforms,
+)
 from dit_core.trainer.data_stream import DataStream
 
 
@@ -99,7 +106,7 @@ def test_uniforms_are_uniform_and_independent():
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_train_and_val_regions_are_disjoint_on_the_photos(split):
-    ds = PhotoCropsDataset(split, 16, num_photos=13)
+    ds = PhotoCropsDataset(split, 16, PhotoOptions(num_photos=13))
     c = ds.crops
     b = c.boxes(np.arange(20_000), split)
     w, h, cut = c.widths[b["label"]], c.heights[b["label"]], c.train_cols[b["label"]]
@@ -154,7 +161,7 @@ def test_render_is_the_exact_area_average():
 
 
 def test_classes_are_balanced_and_labels_name_the_photo():
-    ds = PhotoCropsDataset("train", 16, num_photos=7, epoch_size=700)
+    ds = PhotoCropsDataset("train", 16, PhotoOptions(num_photos=7), epoch_size=700)
     _, y = ds.get_batch(range(700))
     assert torch.equal(torch.bincount(y, minlength=7), torch.full((7,), 100))
     assert torch.equal(y, torch.arange(700) % 7)
@@ -168,7 +175,7 @@ def test_classes_are_balanced_and_labels_name_the_photo():
 
 @pytest.mark.parametrize("channels, resolution", [(1, 16), (3, 16), (1, 8), (3, 32)])
 def test_values_shapes_and_levels(channels, resolution):
-    ds = PhotoCropsDataset("train", resolution, channels=channels)
+    ds = PhotoCropsDataset("train", resolution, PhotoOptions(channels=channels))
     x, y = ds[11]
     assert x.shape == (channels, resolution, resolution) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and y.ndim == 0
@@ -176,8 +183,8 @@ def test_values_shapes_and_levels(channels, resolution):
     assert xb.min() >= -1 and xb.max() <= 1 and xb.max() - xb.min() > 1  # real contrast
     levels = (xb + 1) * 127.5
     assert torch.allclose(levels, levels.round(), atol=1e-4)  # uint8 levels, like the FID reference
-    val = PhotoCropsDataset("val", resolution, channels=channels)
-    u8, _ = photos_images(16, resolution, channels=channels)
+    val = PhotoCropsDataset("val", resolution, PhotoOptions(channels=channels))
+    u8, _ = photos_images(16, resolution, PhotoOptions(channels=channels))
     assert torch.equal(((val.get_batch(range(16))[0] + 1) * 127.5).round().to(torch.uint8), u8)
 
 
@@ -185,11 +192,11 @@ def test_grey_and_colour_conversions():
     colour = np.empty((40, 40, 3))
     colour[:] = (100, 150, 200)
     grey = np.full((40, 40, 1), 77.0)
-    grey_crops = PhotoCrops([colour, grey], channels=1, crop_scale=(0.2, 0.25))
+    grey_crops = PhotoCrops([colour, grey], channels=1, crop_scale=(0.2, 0.25), holdout=0.25)
     x, _ = grey_crops.sample(np.arange(2), "train", 8)
     assert bool((x[0] == round(0.2125 * 100 + 0.7154 * 150 + 0.0721 * 200)).all())
     assert bool((x[1] == 77).all())
-    colour_crops = PhotoCrops([colour, grey], channels=3, crop_scale=(0.2, 0.25))
+    colour_crops = PhotoCrops([colour, grey], channels=3, crop_scale=(0.2, 0.25), holdout=0.25)
     x, _ = colour_crops.sample(np.arange(2), "train", 8)
     assert x[0, :, 0, 0].tolist() == [100, 150, 200] and bool((x[1] == 77).all())
 
@@ -274,8 +281,8 @@ def test_reference_names_the_held_out_crops():
     cfg = DataConfig(name="photos", channels=3, num_photos=5, crop_scale=(0.1, 0.2), holdout=0.3)
     spec = default_reference(cfg)
     assert spec == "photos:channels=3,num_photos=5,crop_scale=0.1-0.2,holdout=0.3,n=2000"
-    opts = parse_photos_reference(spec)
-    assert opts == {"channels": 3, "num_photos": 5, "crop_scale": (0.1, 0.2), "holdout": 0.3, "n": 2000}
+    assert parse_photos_reference(spec) == (PhotoOptions(3, 5, (0.1, 0.2), 0.3), 2000)
+    assert parse_photos_reference("photos:num_photos=5,n=300") == (PhotoOptions(num_photos=5), 300)
     src = resolve_reference(spec.replace("n=2000", "n=300"), 16)
     chunks = np.concatenate(list(src.chunks(size=128)))
     assert chunks.shape == (300, 3, 16, 16) and chunks.dtype == np.uint8
@@ -284,9 +291,29 @@ def test_reference_names_the_held_out_crops():
     assert src.key() != resolve_reference("photos:n=300", 16).key()
     assert default_reference(DataConfig()) == "digits"
     assert default_reference(DataConfig(name="imagefolder", root="x")) is None
-    for bad in ("photos:channels=2", "photos:size=3", "photos:n=x"):
-        with pytest.raises(ValueError, match="channels|size|n="):
+    for bad, why in (
+        ("photos:channels=2", "channels must be 1"),
+        ("photos:size=3", "'size=3' is not one of"),
+        ("photos:n=x", "cannot read n='x'"),
+        ("photos:n=1", "need n >= 2"),
+        ("photos:num_photos=14", "num_photos must be 1..13, got 14"),
+    ):
+        with pytest.raises(ValueError, match=rf"^reference '{bad}': .*{why}"):
             resolve_reference(bad, 16)
+
+
+def test_batched_items_are_the_single_items_and_the_defaults_agree():
+    """``__getitems__`` (what DataLoader and DataStream call) returns the items one by one would;
+    the dataset's defaults are 16 px colour, and the reference name's defaults are the parser's."""
+    ds = PhotoCropsDataset(split="val", val_size=8)
+    batch = ds.__getitems__([3, 5])
+    assert len(batch) == 2
+    for (x, y), i in zip(batch, (3, 5)):
+        x1, y1 = ds[i]
+        assert x.shape == (3, 16, 16) and y.shape == () and torch.equal(x, x1) and int(y) == int(y1)
+    with pytest.raises(ValueError, match=r"^photos split must be 'train' or 'val', got 'test'$"):
+        ds.crops.boxes(np.arange(2), "test")
+    assert parse_photos_reference(photos_reference()) == parse_photos_reference("photos")
 
 
 def test_data_accounting_finite_and_unbounded():

@@ -13,7 +13,7 @@ from _train_helpers import one_thread, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.data import photos_images
-from dit_core.data.photos import photo_crops
+from dit_core.data.photos import PhotoOptions, photo_crops
 from dit_core.evaluate import PHOTOS_METRICS, DomainExtractor, evaluate_samples, fid_from_features
 from dit_core.evaluate import domain_classifier as dc
 from dit_core.evaluate.domain_classifier import (
@@ -34,11 +34,13 @@ pytestmark = pytest.mark.usefixtures("eval_cache_env")
 def photos_extractor(eval_cache):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DITSCALE_CACHE", str(eval_cache))
-        return DomainExtractor(photos_recipe(16, channels=3))
+        return DomainExtractor(photos_recipe(16, PhotoOptions(channels=3)))
 
 
 def _small_photos_recipe(**changes) -> DomainClassifierRecipe:
-    return replace(photos_recipe(16, channels=3), train_size=256, epochs=1, val_size=64, **changes)
+    return replace(
+        photos_recipe(16, PhotoOptions(channels=3)), train_size=256, epochs=1, val_size=64, **changes
+    )
 
 
 def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -52,7 +54,7 @@ def test_recipe_checks_and_presets():
     with pytest.raises(ValueError, match="multiple of 4"):
         DomainClassifierRecipe(input_size=18)
     assert digits_recipe(32).num_classes == 10 and digits_recipe(32).input_size == 16
-    r = photos_recipe(32, channels=1, num_photos=7)
+    r = photos_recipe(32, PhotoOptions(channels=1, num_photos=7))
     assert (r.domain, r.input_size, r.channels, r.num_classes) == ("photos", 32, 1, 7)
     assert default_metrics("photos:n=500", inception=False) == PHOTOS_METRICS
     assert default_metrics("photos") == (*PHOTOS_METRICS, "fid", "sfid", "precision", "recall")
@@ -89,7 +91,7 @@ def test_grey_photos_and_resolution_follow_the_recipe():
     r = _small_photos_recipe(channels=1)
     ext = DomainExtractor(r)
     assert ext.net.conv[0].in_channels == 1
-    x, _ = photos_images(4, 16, channels=1)
+    x, _ = photos_images(4, 16, PhotoOptions(channels=1))
     assert ext.extract(x, ["pool", "probs"])["probs"].shape == (4, 10)
     rgb = x.expand(-1, 3, -1, -1)  # grey replicated to colour reads as the same grey image
     np.testing.assert_allclose(ext(rgb), ext(x), atol=1e-5)
@@ -99,7 +101,7 @@ def test_grey_photos_and_resolution_follow_the_recipe():
 def test_photos_features_separate_the_photographs(photos_extractor):
     assert photos_extractor.val_accuracy > PHOTOS_ACC_FLOOR
     # held-out crops the recipe did not score (indices 2000..2999): accuracy from the softmax
-    x, y = photo_crops(10, 3, (0.08, 0.2), 0.25).sample(np.arange(2000, 3000), "val", 16, flip=False)
+    x, y = photo_crops(PhotoOptions()).sample(np.arange(2000, 3000), "val", 16, flip=False)
     probs = photos_extractor.extract(x, ["probs"])["probs"]
     assert probs.shape == (1000, 10) and np.mean(probs.argmax(1) == y.numpy()) > PHOTOS_ACC_FLOOR
     # penultimate features: nearest class mean (fit on the reference crops) also separates them
@@ -117,7 +119,7 @@ def test_fid_photos_zero_on_itself_small_between_seeds_large_when_degraded(photo
     assert abs(m["fid_photos"]) < 1e-6 and m["precision_photos"] == m["recall_photos"] == 1.0
     assert 1.0 < m["is_photos"] <= 10.0 and m["photos_classifier_acc"] == photos_extractor.val_accuracy
     # other held-out crops (indices 2000..3999): the noise floor of two real sets
-    other, _ = photo_crops(10, 3, (0.08, 0.2), 0.25).sample(np.arange(2000, 4000), "val", 16, flip=False)
+    other, _ = photo_crops(PhotoOptions()).sample(np.arange(2000, 4000), "val", 16, flip=False)
     floor = evaluate_samples(other, "photos", metrics=("fid_photos",))["fid_photos"]
     blurred = F.avg_pool2d(F.pad(ref.float(), (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     brighter = (ref.float() + 40).clamp(0, 255)

@@ -63,8 +63,7 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
         return DigitsDataset(digits_split, cfg.image_size, random_flip=flip, seed=cfg.seed)
     if cfg.name == "photos":
         return PhotoCropsDataset(
-            "train" if split == "train" else "val", cfg.image_size, channels=cfg.channels or 3,
-            num_photos=cfg.num_photos, crop_scale=tuple(cfg.crop_scale), holdout=cfg.holdout,
+            "train" if split == "train" else "val", cfg.image_size, cfg.photo_options(),
             random_flip=flip, seed=cfg.seed, epoch_size=cfg.epoch_size,
         )  # fmt: skip
     root = cfg.val_root if split == "val" and cfg.val_root else cfg.root
@@ -100,5 +99,5 @@ def default_reference(cfg: DataConfig) -> str | None:
     if cfg.name == "digits":
         return "digits"
     if cfg.name == "photos":
-        return photos_reference(cfg.channels or 3, cfg.num_photos, tuple(cfg.crop_scale), cfg.holdout)
+        return photos_reference(cfg.photo_options())
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..configio import check_fields, coerce_fields, require
+from .photos import PHOTOS, PhotoOptions
 
 DATASET_NAMES = ("digits", "imagefolder", "latents", "photos")
 SPLITS = ("train", "val", "all")
@@ -48,9 +49,9 @@ class DataConfig:
     val_root: str | None = None
     validate_images: bool = True
     channels: int | None = None
-    num_photos: int = 10
-    crop_scale: tuple[float, ...] = (0.08, 0.2)
-    holdout: float = 0.25
+    num_photos: int = PhotoOptions.num_photos
+    crop_scale: tuple[float, ...] = PhotoOptions.crop_scale
+    holdout: float = PhotoOptions.holdout
     epoch_size: int = 1 << 18
 
     def __post_init__(self) -> None:
@@ -60,10 +61,8 @@ class DataConfig:
         if self.name == "digits":
             require(size >= 8, "data.image_size", f"{size} is below the digits' 8 px; use 8, 16 or 32")
         if self.name == "photos":
-            from .photos import PHOTOS, check_photo_options
-
-            check_photo_options(self.channels or 3, self.crop_scale, self.holdout, n)
             require(1 <= n <= len(PHOTOS), "data.num_photos", f"must be 1..{len(PHOTOS)}, got {n}")
+            self.photo_options()
             check_fields(self, "data.", {"epoch_size": ">= 1"})
         else:
             require(
@@ -77,3 +76,8 @@ class DataConfig:
         }
         if self.name in roots:
             require(bool(self.root), "data.root", f"{self.name!r} needs root=<folder> ({roots[self.name]})")
+
+    def photo_options(self) -> PhotoOptions:
+        """The photos stream's `PhotoOptions` (channels None = colour); ValueError naming a bad one."""
+        channels = PhotoOptions.channels if self.channels is None else self.channels
+        return PhotoOptions(channels, self.num_photos, tuple(self.crop_scale), self.holdout)

@@ -123,7 +123,7 @@ def uniforms(key: int, index: np.ndarray, k: int) -> np.ndarray:
 class PhotoCrops:
     """Crops of a list of images; ``sample(index, split)`` draws them, ``render(...)`` resamples.
 
-    images: uint8 or float arrays ``(H, W, c)`` in 0..255 (class k = images[k]); channels: 1 or 3 (default 3).
+    images: uint8 or float arrays ``(H, W, c)`` in 0..255 (class k = images[k]); channels: 1 or 3.
     crop_scale: (min, max) crop side as a fraction of the image's short side (log-uniform).
     holdout: fraction of each image's columns (right-most) reserved for validation.
     """
@@ -131,9 +131,9 @@ class PhotoCrops:
     def __init__(
         self,
         images: Sequence[np.ndarray],
-        channels: int = 3,
-        crop_scale: tuple[float, float] = (0.08, 0.2),
-        holdout: float = 0.25,
+        channels: int,
+        crop_scale: tuple[float, float],
+        holdout: float,
     ):
         check_photo_options(channels, crop_scale, holdout, len(images))
         self.channels, self.crop_scale, self.holdout = channels, tuple(crop_scale), float(holdout)
@@ -236,17 +236,32 @@ def check_photo_options(channels: int, crop_scale: Sequence[float], holdout: flo
         raise ValueError(f"photos: need at least one photo, got {num_photos}")
 
 
+@dataclass(frozen=True)
+class PhotoOptions:
+    """What a photos stream is cut from (the one place of these defaults): the first ``num_photos``
+    of `PHOTOS`, grey (``channels`` 1) or colour (3), crop sides ``crop_scale`` (min, max) of the
+    short side, the right-most ``holdout`` of each photo's columns kept for validation and FID."""
+
+    channels: int = 3
+    num_photos: int = 10
+    crop_scale: tuple[float, float] = (0.08, 0.2)
+    holdout: float = 0.25
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop_scale", tuple(float(v) for v in self.crop_scale))
+        object.__setattr__(self, "holdout", float(self.holdout))
+        check_photo_options(self.channels, self.crop_scale, self.holdout, self.num_photos)
+        if self.num_photos > len(PHOTOS):
+            raise ValueError(f"photos: num_photos must be 1..{len(PHOTOS)}, got {self.num_photos}")
+
+
 @functools.lru_cache(maxsize=8)
-def photo_crops(
-    num_photos: int = 10,
-    channels: int = 3,
-    crop_scale: tuple[float, float] = (0.08, 0.2),
-    holdout: float = 0.25,
-) -> PhotoCrops:
-    """`PhotoCrops` of the first ``num_photos`` of `PHOTOS`; decoded once per process (cached)."""
-    if not 1 <= num_photos <= len(PHOTOS):
-        raise ValueError(f"photos: num_photos must be 1..{len(PHOTOS)}, got {num_photos}")
-    return PhotoCrops([load_photo(p.name) for p in PHOTOS[:num_photos]], channels, crop_scale, holdout)
+def photo_crops(options: PhotoOptions = PhotoOptions()) -> PhotoCrops:
+    """`PhotoCrops` of ``options``' photographs; decoded once per process (cached)."""
+    o = options
+    return PhotoCrops(
+        [load_photo(p.name) for p in PHOTOS[: o.num_photos]], o.channels, o.crop_scale, o.holdout
+    )
 
 
 class PhotoCropsDataset(EpochFlipMixin, Dataset):
@@ -264,10 +279,7 @@ class PhotoCropsDataset(EpochFlipMixin, Dataset):
         self,
         split: str = "train",
         resolution: int = 16,
-        channels: int = 3,
-        num_photos: int = 10,
-        crop_scale: tuple[float, float] = (0.08, 0.2),
-        holdout: float = 0.25,
+        options: PhotoOptions = PhotoOptions(),
         random_flip: bool = True,
         seed: int = 0,
         epoch_size: int = 1 << 18,
@@ -275,10 +287,10 @@ class PhotoCropsDataset(EpochFlipMixin, Dataset):
     ):
         if split not in ("train", "val"):
             raise ValueError(f"photos split must be 'train' or 'val', got {split!r}")
-        self.crops = photo_crops(num_photos, channels, tuple(float(s) for s in crop_scale), float(holdout))
+        self.crops = photo_crops(options)
         self.split, self.resolution, self.image_size = split, resolution, resolution
-        self.channels, self.num_classes = channels, num_photos
-        self.classes = [p.name for p in PHOTOS[:num_photos]]
+        self.channels, self.num_classes = options.channels, options.num_photos
+        self.classes = [p.name for p in PHOTOS[: options.num_photos]]
         self.random_flip, self.seed, self.epoch = random_flip and split == "train", seed, 0
         self.size = epoch_size if split == "train" else val_size
         self.unique_images: int | None = None if split == "train" else self.size
@@ -310,46 +322,34 @@ class PhotoCropsDataset(EpochFlipMixin, Dataset):
 
 
 def photos_images(
-    n: int,
-    resolution: int = 16,
-    channels: int = 3,
-    num_photos: int = 10,
-    crop_scale: tuple[float, float] = (0.08, 0.2),
-    holdout: float = 0.25,
+    n: int, resolution: int = 16, options: PhotoOptions = PhotoOptions()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` validation crops (held-out strips): uint8 ``(n, C, R, R)``, int64 ``(n,)``.
 
     Exactly the pixels of the ``val`` split (before the [-1, 1] mapping); the FID reference set.
     """
-    crops = photo_crops(num_photos, channels, tuple(float(s) for s in crop_scale), float(holdout))
-    return crops.sample(np.arange(n), "val", resolution, flip=False)
+    return photo_crops(options).sample(np.arange(n), "val", resolution, flip=False)
 
 
 _REF_KEYS = {"channels": int, "num_photos": int, "crop_scale": str, "holdout": float, "n": int}
+REFERENCE_SIZE = 2000  # held-out crops in a photos FID reference unless its name says n=...
 
 
-def photos_reference(
-    channels: int = 3,
-    num_photos: int = 10,
-    crop_scale: tuple[float, float] = (0.08, 0.2),
-    holdout: float = 0.25,
-    n: int = 2000,
-) -> str:
+def photos_reference(options: PhotoOptions = PhotoOptions(), n: int = REFERENCE_SIZE) -> str:
     """The FID reference name of these photos options, e.g.
     ``"photos:channels=3,num_photos=10,crop_scale=0.08-0.2,holdout=0.25,n=2000"``."""
-    lo, hi = (float(s) for s in crop_scale)
-    return (
-        f"photos:channels={channels},num_photos={num_photos},crop_scale={lo:g}-{hi:g},"
-        f"holdout={holdout:g},n={n}"
-    )
+    (lo, hi), o = options.crop_scale, options
+    crops = f"crop_scale={lo:g}-{hi:g},holdout={o.holdout:g}"
+    return f"photos:channels={o.channels},num_photos={o.num_photos},{crops},n={n}"
 
 
-def parse_photos_reference(spec: str) -> dict:
-    """Options of a ``photos[:key=value,...]`` reference name (missing keys take the defaults)."""
+def parse_photos_reference(spec: str) -> tuple[PhotoOptions, int]:
+    """The options and the number of crops of a ``photos[:key=value,...]`` reference name (missing
+    keys take `PhotoOptions`' defaults and `REFERENCE_SIZE`)."""
     head, _, rest = spec.partition(":")
     if head != "photos":
         raise ValueError(f"not a photos reference: {spec!r}")
-    opts: dict = {"channels": 3, "num_photos": 10, "crop_scale": (0.08, 0.2), "holdout": 0.25, "n": 2000}
+    opts: dict = {"n": REFERENCE_SIZE}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if not eq or key not in _REF_KEYS:
@@ -362,7 +362,11 @@ def parse_photos_reference(spec: str) -> dict:
                 opts[key] = _REF_KEYS[key](value)
         except ValueError:
             raise ValueError(f"reference {spec!r}: cannot read {key}={value!r}") from None
-    check_photo_options(opts["channels"], opts["crop_scale"], opts["holdout"], opts["num_photos"])
-    if opts["n"] < 2 or not 1 <= opts["num_photos"] <= len(PHOTOS):
-        raise ValueError(f"reference {spec!r}: need n >= 2 and num_photos in 1..{len(PHOTOS)}")
-    return opts
+    n = opts.pop("n")
+    try:
+        options = PhotoOptions(**opts)
+    except ValueError as e:
+        raise ValueError(f"reference {spec!r}: {e}") from None
+    if n < 2:
+        raise ValueError(f"reference {spec!r}: need n >= 2")
+    return options, n

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write
+from ..data.photos import PhotoOptions
 from .features import FeatureExtractor, as_image_array, file_digest
 from .reference import cache_dir, stable_hash
 
@@ -73,9 +74,9 @@ class DomainClassifierRecipe:
     flip: bool = False
     train_size: int = 0
     val_size: int = 0
-    num_photos: int = 10
-    crop_scale: tuple[float, float] = (0.08, 0.2)
-    holdout: float = 0.25
+    num_photos: int = PhotoOptions.num_photos
+    crop_scale: tuple[float, float] = PhotoOptions.crop_scale
+    holdout: float = PhotoOptions.holdout
     seed: int = 0
     version: int = RECIPE_VERSION
 
@@ -99,24 +100,19 @@ def digits_recipe(resolution: int = 16) -> DomainClassifierRecipe:
     return DomainClassifierRecipe(domain="digits", resolution=resolution)
 
 
-def photos_recipe(
-    resolution: int = 16,
-    channels: int = 3,
-    num_photos: int = 10,
-    crop_scale: Sequence[float] = (0.08, 0.2),
-    holdout: float = 0.25,
-) -> DomainClassifierRecipe:
+def photos_recipe(resolution: int = 16, options: PhotoOptions = PhotoOptions()) -> DomainClassifierRecipe:
     """The ``fid_photos`` classifier of these photos options: the same 3-conv CNN on the data's
     resolution and channels, trained with random flips on the stream's first training crops
     (colour: 8 192 crops, 8 epochs; grey, where colour cannot help: 16 384 crops, 12 epochs) and
     scored on the first 2 000 held-out (validation) crops."""
     size = max(8, 4 * round(resolution / 4))
-    grey = channels == 1
+    o = options
+    grey = o.channels == 1
     return DomainClassifierRecipe(
-        domain="photos", resolution=resolution, input_size=size, channels=channels, width=16,
+        domain="photos", resolution=resolution, input_size=size, channels=o.channels, width=16,
         feature_dim=64, epochs=12 if grey else 8, batch_size=128, lr=5e-3, max_shift=0, flip=True,
-        train_size=16_384 if grey else 8192, val_size=2000, num_photos=num_photos,
-        crop_scale=tuple(float(s) for s in crop_scale), holdout=float(holdout),
+        train_size=16_384 if grey else 8192, val_size=2000, num_photos=o.num_photos,
+        crop_scale=o.crop_scale, holdout=o.holdout,
     )  # fmt: skip
 
 
@@ -127,7 +123,7 @@ def recipe_for_reference(domain: str, resolution: int, options: dict | None = No
     if domain == "photos":
         o = options or {}
         keys = ("channels", "num_photos", "crop_scale", "holdout")
-        return photos_recipe(resolution, **{k: o[k] for k in keys if k in o})
+        return photos_recipe(resolution, PhotoOptions(**{k: o[k] for k in keys if k in o}))
     raise ValueError(f"no domain classifier for {domain!r}; domains: {list(DOMAINS)}")
 
 
@@ -205,7 +201,7 @@ def domain_data(recipe: DomainClassifierRecipe) -> tuple[Split, Split]:
         return digits_images("train", r.resolution), digits_images("val", r.resolution)
     from dit_core.data.photos import photo_crops
 
-    crops = photo_crops(r.num_photos, r.channels, tuple(r.crop_scale), r.holdout)
+    crops = photo_crops(PhotoOptions(r.channels, r.num_photos, tuple(r.crop_scale), r.holdout))
     # the stream's first crops (each flipped at random), and the first held-out ones
     train = crops.sample(np.arange(r.train_size), "train", r.resolution, seed=r.seed, flip=True)
     return train, crops.sample(np.arange(r.val_size), "val", r.resolution, flip=False)

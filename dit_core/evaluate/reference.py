@@ -17,6 +17,7 @@ Cache: ``cache_dir("ref_stats")/<name>.npz`` holding, per output, ``<out>_mu``, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -62,7 +63,7 @@ class ReferenceSource:
     kind: str  # "digits" | "photos" | "folder" | "npz"
     files: list[Path] = field(default_factory=list)
     split: str = "all"
-    options: dict = field(default_factory=dict)  # photos: parse_photos_reference(spec)
+    options: dict = field(default_factory=dict)  # photos: `PhotoOptions`' fields and n
 
     def key(self) -> dict:
         info: dict = {"kind": self.kind, "resolution": self.resolution}
@@ -86,12 +87,13 @@ class ReferenceSource:
     def chunks(self, size: int = 256) -> Iterator[np.ndarray]:
         if self.kind in ("digits", "photos"):
             from dit_core.data import digits_images, photos_images
+            from dit_core.data.photos import PhotoOptions
 
             if self.kind == "digits":
                 x = digits_images(self.split, self.resolution)[0].numpy()
             else:
                 opts = dict(self.options)
-                x = photos_images(opts.pop("n"), self.resolution, **opts)[0].numpy()
+                x = photos_images(opts.pop("n"), self.resolution, PhotoOptions(**opts))[0].numpy()
             for i in range(0, len(x), size):
                 yield x[i : i + size]
         elif self.kind == "npz":
@@ -116,7 +118,8 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
     if spec == "photos" or spec.startswith("photos:"):
         from dit_core.data.photos import parse_photos_reference
 
-        return ReferenceSource(spec, resolution, "photos", options=parse_photos_reference(spec))
+        options, n = parse_photos_reference(spec)
+        return ReferenceSource(spec, resolution, "photos", options={**dataclasses.asdict(options), "n": n})
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".npz":
         with np.load(p, mmap_mode="r") as z:
