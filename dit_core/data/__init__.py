@@ -18,7 +18,7 @@ from .digits import DigitsDataset, digits_images, digits_split_indices
 from .flip import flip_decision
 from .imagefolder import ImageFolderDataset, center_crop_arr, scan_image_folder
 from .latents import LatentsDataset, read_manifest
-from .photos import PHOTOS, PhotoCropsDataset, photos_images, photos_reference
+from .photos import PHOTOS, PhotoCropsDataset, PhotoOptions, photos_images, photos_reference
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ __all__ = [
     "LatentsDataset",
     "PHOTOS",
     "PhotoCropsDataset",
+    "PhotoOptions",
     "build_dataset",
     "center_crop_arr",
     "data_accounting",
