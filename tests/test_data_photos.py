@@ -24,6 +24,7 @@ from dit_core.data.photos import (
     PhotoOptions,
     load_photo,
     parse_photos_reference,
+    photo_crops,
     photos_reference,
     uniforms,
 )
@@ -300,6 +301,37 @@ def test_reference_names_the_held_out_crops():
     ):
         with pytest.raises(ValueError, match=rf"^reference '{bad}': .*{why}"):
             resolve_reference(bad, 16)
+
+
+def test_the_stream_is_the_one_the_study_was_trained_on():
+    """Pinned values of the demo's grey stream (seed 0): every loss in docs/study.md was trained
+    and validated on exactly these crops. A change to the sampler (the uniforms' layout, which
+    uniform sets the side, the boxes) must be deliberate: update these values and say so there."""
+    crops = photo_crops(PhotoOptions(channels=1))
+    want = {
+        "train": {
+            "x0": [225.48036875280727, 57.17108689621874, 93.65927812833812],
+            "y0": [52.28857627442191, 245.6416499991501, 95.89900256758042],
+            "side": [83.79120174818327, 37.98419678154259, 102.22183779343762],
+            "flip": [True, False, True], "x_lo": [0, 0, 0], "x_hi": [384, 450, 384], "mean": 99.67328,
+        },
+        "val": {
+            "x0": [390.94029577953063, 566.9665835190495, 425.9093977397827],
+            "y0": [395.056338192526, 238.6377715211434, 401.2280604616127],
+            "side": [68.64689598342589, 32.46798351545452, 78.69376933138503],
+            "flip": [False, False, False], "x_lo": [384, 450, 384], "x_hi": [512, 600, 512], "mean": 97.50006,
+        },
+    }  # fmt: skip
+    for split, w in want.items():
+        b = crops.boxes(np.array([0, 1, 12345]), split, seed=0)
+        assert b["label"].tolist() == [0, 1, 5]
+        for key in ("x0", "y0", "side"):  # numpy's exp may differ in the last bit between CPUs
+            np.testing.assert_allclose(b[key], w[key], rtol=1e-12, err_msg=f"{split} {key}")
+        assert [b[k].tolist() for k in ("flip", "x_lo", "x_hi")] == [w["flip"], w["x_lo"], w["x_hi"]]
+        x, y = crops.sample(np.arange(64), split, 16, seed=0, flip=split == "train")
+        assert y.tolist() == [i % 10 for i in range(64)]
+        # a pixel that rounds the other way moves the mean by 6e-5; another stream moves it by ~1
+        assert x.float().mean().item() == pytest.approx(w["mean"], abs=2e-3)
 
 
 def test_batched_items_are_the_single_items_and_the_defaults_agree():
