@@ -122,7 +122,7 @@ def test_train_and_val_regions_are_disjoint_on_the_photos(split):
 
 
 @pytest.mark.parametrize("resolution", [8, 16])
-def test_pixels_never_cross_the_holdout_boundary(resolution):
+def test_pixels_never_cross_the_holdout_boundary(resolution, monkeypatch):
     """Training region = 10*(k+1), held-out strip = 255: every pixel of every crop says which it read."""
     crops = PhotoCrops(_strip_images(), channels=1, crop_scale=(0.05, 0.25), holdout=0.25)
     idx = np.arange(3_000)
@@ -131,6 +131,14 @@ def test_pixels_never_cross_the_holdout_boundary(resolution):
     assert torch.equal(xt, (10 * (yt + 1)).to(torch.uint8).view(-1, 1, 1, 1).expand_as(xt))
     assert bool((xv == 255).all())
     assert torch.equal(yt, torch.from_numpy(idx % 3)) and torch.equal(yv, yt)
+    # the last guard: a box that float rounding pushed over the boundary is clamped to its region
+    # (the columns past it cover no area and read 0, never the held-out strip's 255)
+    b = crops.boxes(idx[:2], "train")
+    b["x0"] = b["x_hi"] - b["side"] / 2  # the right half of each box in the held-out strip
+    monkeypatch.setattr(crops, "boxes", lambda index, split, seed=0: b)
+    x, y = crops.sample(idx[:2], "train", resolution, flip=False)
+    inside, half = (10 * (y + 1)).to(torch.uint8).view(-1, 1, 1, 1), resolution // 2
+    assert torch.equal(x[..., :half], inside.expand_as(x[..., :half])) and not x[..., half:].any()
 
 
 def _area_average_reference(img: np.ndarray, x0: float, y0: float, side: float, r: int) -> np.ndarray:
