@@ -422,6 +422,7 @@ def test_refit_falls_back_to_the_last_isoflop_minimum_then_to_the_prior():
     c = refit_centre(spec, prior, one, [1e11], 1e12, 2)
     assert c.source.startswith("IsoFLOP minimum at 1e11") and "no fit yet" in c.note
     profile_min = float(c.source.split("(")[1].split(")")[0])
+    assert c.source == f"IsoFLOP minimum at 1e11 ({profile_min:.3g}) grown with the prior's exponent"
     growth = prior.n_opt(1e12, 2) / prior.n_opt(1e11, 2)
     assert c.n == pytest.approx(profile_min * growth, rel=3e-3)  # profile_min printed to 3 digits
     assert profile_min == pytest.approx(n_law, rel=0.2)
@@ -455,6 +456,19 @@ def test_refit_keeps_the_anchor_when_the_fit_strays_and_ignores_a_one_size_budge
     assert c.n == pytest.approx(prior.n_opt(1e12, 2))
 
 
+def test_a_prior_on_non_embedding_parameters_places_sizes_on_that_axis():
+    """A fit on non-embedding parameters gives its N_opt on that axis: the same centre places larger
+    models than on the total axis (the embeddings no longer count towards N)."""
+    from sweeps.design import FitPrior
+
+    law = {"A": 30341 / 1e11**0.5, "alpha": -0.5}  # N_opt(1e11) = 30,341 on either axis
+    plans = {ax: plan_budgets(demo_isoflop(budgets=[1e11]), FitPrior("fit.json", "frontier", law, ax))[0]
+             for ax in ("total", "non_embedding")}  # fmt: skip
+    total, non_emb = ([c.params for c in plans[ax].cells] for ax in ("total", "non_embedding"))
+    assert plans["total"].centre == plans["non_embedding"].centre == pytest.approx(30341)
+    assert total != non_emb and min(non_emb) > min(total)
+
+
 def test_adaptive_needs_one_patch_size_and_a_head_dim_of_whole_4_channel_groups(tmp_path):
     spec = law_spec(tmp_path, "sqlite:///unused.db").replace(patch_sizes=[2, 4])
     with pytest.raises(
@@ -463,6 +477,10 @@ def test_adaptive_needs_one_patch_size_and_a_head_dim_of_whole_4_channel_groups(
         r"got \[2, 4\]$",
     ):
         launch_adaptive(spec)
+    with pytest.raises(ValueError, match=r"^launch_adaptive needs design 'adaptive', got 'isoflop'$"):
+        launch_adaptive(spec.replace(patch_sizes=[2], design="isoflop"))
+    with pytest.raises(ValueError, match=r"\(C spans 5\.7e\+12\.\.2\.99e\+36 FLOPs there\); change the"):
+        plan_budgets(demo_isoflop(budgets=[1e11], tokens_per_param=1e6))
     with pytest.raises(
         ValueError, match=r"^head dim 6 must be a positive multiple of 4 .*; give --head-dim 8, 16, \.\.\.$"
     ):
