@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -20,7 +21,9 @@ from sweeps.grid import (
     format_budget,
     load_spec,
     parse_budget,
+    read_spec_record,
     spec_from_dict,
+    write_spec_record,
 )
 from sweeps.state import CellState, check_resumable_cell, check_tracking_uri, config_hash, plan
 
@@ -284,6 +287,47 @@ def test_a_warning_signal_that_may_land_during_start_up_is_refused(monkeypatch, 
     assert cli.main(["--executor", "slurm", "--time", "1", "--signal-delay", "45"]) == 2
     assert "--signal-delay of at most" not in (err := capsys.readouterr().err) and "--time 1 min" in err
     assert not (tmp_path / "sweep_runs").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"budgets": [True]}, r"budget True must be a positive number of training FLOPs"),
+        ({"size_spread": "4"}, r"size_spread must be > 1 \(e\.g\. --spread 4\), got '4'$"),
+        ({"size_spread": 1.0}, r"size_spread must be > 1 \(e\.g\. --spread 4\), got 1\.0$"),
+        ({"tokens_per_param": 0}, r"tokens_per_param must be > 0 \(e\.g\. 20\), got 0$"),
+        ({"isoflop_centres": {1e11: -5}}, r"^isoflop_centres: 100000000000\.0: -5 must map a budget"),
+        ({"patch_sizes": [3]}, r"size 16 \(data\.input_size\); choose from \[1, 2, 4, 8, 16\]$"),
+    ],
+)  # fmt: skip
+def test_spec_validation_names_the_bad_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_spec("demo").replace(**changes)
+
+
+def test_spec_yaml_lists_file_names_adaptive_cells_and_the_spec_record(tmp_path, monkeypatch):
+    demo = load_spec("demo")
+    demo.replace(tokens_per_param=0.5)  # any positive ratio is a prior
+    for key, value in (("families", "S"), ("seeds", 0)):
+        with pytest.raises(
+            ValueError, match=rf"^sweep config: {key} must be a list, e\.g\. `{key}: \[{value}\]`"
+        ):
+            spec_from_dict({key: value})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("famlies: [S]\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: unknown key\(s\) \['famlies'\]"):
+        load_spec(str(bad))
+    # the adaptive design's cells, before any budget has run, are the isoflop design's (not the grid's)
+    kw = {"budgets": [1e11, 3e11], "min_steps": 50}
+    adaptive, isoflop = (
+        [c.cell_id for c in expand(demo.replace(design=d, **kw))] for d in ("adaptive", "isoflop")
+    )
+    assert adaptive == isoflop != [c.cell_id for c in expand(demo.replace(**kw))]
+    # the spec record keeps the launch (a relative prior made absolute) and reads back equal
+    monkeypatch.chdir(tmp_path)
+    spec = demo.replace(design="isoflop", prior="fit.json", budgets=[1e11])
+    write_spec_record(spec, tmp_path)
+    assert read_spec_record(tmp_path) == spec.replace(prior=str(tmp_path / "fit.json"))
 
 
 @dataclass
