@@ -292,6 +292,8 @@ def test_a_warning_signal_that_may_land_during_start_up_is_refused(monkeypatch, 
 @pytest.mark.parametrize(
     "changes, message",
     [
+        ({"budgets": []}, r"^budgets is empty; give e\.g\. --budgets 1e12,3e12 \(training FLOPs\)$"),
+        ({"families": [], "shapes": []}, r"^the grid has no models: give --grid S,B,L,XL and/or custom"),
         ({"budgets": [True]}, r"budget True must be a positive number of training FLOPs"),
         ({"size_spread": "4"}, r"size_spread must be > 1 \(e\.g\. --spread 4\), got '4'$"),
         ({"size_spread": 1.0}, r"size_spread must be > 1 \(e\.g\. --spread 4\), got 1\.0$"),
@@ -305,9 +307,14 @@ def test_spec_validation_names_the_bad_field(changes, message):
         load_spec("demo").replace(**changes)
 
 
-def test_spec_yaml_lists_file_names_adaptive_cells_and_the_spec_record(tmp_path, monkeypatch):
+def test_spec_yaml_lists_file_names_adaptive_cells_and_the_spec_record(tmp_path, monkeypatch, caplog):
     demo = load_spec("demo")
     demo.replace(tokens_per_param=0.5)  # any positive ratio is a prior
+    assert demo.replace(size_spread=1.5, sizes_per_budget=3).size_spread == 1.5  # sizes 1.5x apart
+    bare = demo.replace(min_steps=None)
+    assert (bare.fewest_steps(), bare.replace(design="isoflop").fewest_steps()) == (1, 20)
+    centres = spec_from_dict({"design": "isoflop", "isoflop_centres": {"1e11": 30000}}).isoflop_centres
+    assert centres == {1e11: 30000.0}
     for key, value in (("families", "S"), ("seeds", 0)):
         with pytest.raises(
             ValueError, match=rf"^sweep config: {key} must be a list, e\.g\. `{key}: \[{value}\]`"
@@ -328,6 +335,11 @@ def test_spec_yaml_lists_file_names_adaptive_cells_and_the_spec_record(tmp_path,
     spec = demo.replace(design="isoflop", prior="fit.json", budgets=[1e11])
     write_spec_record(spec, tmp_path)
     assert read_spec_record(tmp_path) == spec.replace(prior=str(tmp_path / "fit.json"))
+    (tmp_path / "sweep.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="sweeps.grid"):
+        assert read_spec_record(tmp_path) is None
+    assert f"{tmp_path / 'sweep.json'} does not read as a sweep (" in caplog.text
+    assert "showing the command line's cells instead" in caplog.text
 
 
 @dataclass
