@@ -93,6 +93,8 @@ SELECTIONS: dict[str, list[str]] = {
     "analysis/joint_isoflop.py": ["tests/test_joint_isoflop.py"],
     # IsoFLOP shapes, priors, placement and the adaptive design against a fake trainer's known law
     "sweeps/design.py": ["tests/test_sweeps_design.py", "tests/test_demo_design.py"],
+    # resampling (points or runs), intervals, bounds, failures, the forked workers and their order
+    "analysis/bootstrap.py": ["tests/test_analysis_status.py"],
     # the sweep spec: expansion, budgets, validation and its messages, YAML and the spec record
     "sweeps/grid.py": ["tests/test_sweeps.py", "tests/test_demo_design.py", "-k", "not cell_lock"],
     # the photo stream: pure function of (seed, index), disjoint regions, accounting

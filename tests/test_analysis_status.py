@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.bootstrap import bootstrap_points, fit_workers, parallel_map, workers_available
+from analysis.bootstrap import (
+    BootstrapResult,
+    bootstrap_points,
+    fit_workers,
+    parallel_map,
+    resample_indices,
+    workers_available,
+)
 from analysis.fit_scaling import build_parser, main
 from analysis.isoflop import fit_isoflop
 from analysis.laws import PowerLawFit, fit_power_law
@@ -482,3 +489,24 @@ def test_isoflop_n_opt_exponent_resolved_is_not_flagged():
     lo, hi = fit.joint.a_interval
     assert 0.3 < lo < 0.47 < hi  # true a = beta / (alpha + beta) = 0.47
     assert not any("N_opt exponent" in r for r in fit.status.reasons)
+
+
+def test_group_resamples_draw_whole_groups_with_replacement():
+    """A group resample is as many draws of whole groups as there are groups, with replacement:
+    the distinct groups of 20 average 20 (1 - (19/20)^20) = 12.83, never all 20 as a permutation."""
+    groups = np.repeat(np.arange(20), 3)
+    rng = np.random.default_rng(0)
+    distinct = []
+    for _ in range(200):
+        picked = groups[resample_indices(len(groups), rng, groups)]
+        assert len(picked) == 60 and all(np.sum(picked == g) % 3 == 0 for g in np.unique(picked))
+        distinct.append(len(np.unique(picked)))
+    assert abs(np.mean(distinct) - 20 * (1 - (19 / 20) ** 20)) < 0.3  # its se over 200 draws: ~0.1
+    res = bootstrap_points(lambda idx: {"m": float(np.mean(idx))}, 60, 8, groups=groups, workers=1)
+    assert (res.unit, bootstrap_points(lambda idx: {"m": 0.0}, 5, 4, workers=1).unit) == ("groups", "points")
+    two = BootstrapResult({"a": np.array([1.0, 2.0]), "b": np.array([3.0, 1.0])}, 2)
+    assert np.isnan(two.correlation(["a", "b"])).all() and two.correlation(["a", "b"]).shape == (2, 2)
+    # one worker: the items run in this process, in order
+    assert parallel_map(lambda x: (os.getpid(), x), range(8), workers=1) == [
+        (os.getpid(), x) for x in range(8)
+    ]
