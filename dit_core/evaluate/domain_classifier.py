@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import atomic_write
-from ..data.photos import PhotoOptions
+from ..data.photos import PhotoOptions, photo_crops
 from .features import FeatureExtractor, as_image_array, file_digest
 from .reference import cache_dir, stable_hash
 
@@ -199,8 +199,6 @@ def domain_data(recipe: DomainClassifierRecipe) -> tuple[Split, Split]:
         from dit_core.data import digits_images
 
         return digits_images("train", r.resolution), digits_images("val", r.resolution)
-    from dit_core.data.photos import photo_crops
-
     crops = photo_crops(PhotoOptions(r.channels, r.num_photos, tuple(r.crop_scale), r.holdout))
     # the stream's first crops (each flipped at random), and the first held-out ones
     train = crops.sample(np.arange(r.train_size), "train", r.resolution, seed=r.seed, flip=True)
