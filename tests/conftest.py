@@ -22,6 +22,11 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 pytest_plugins = ["pytester", "_ci_policy"]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share 2 cores: one torch thread each, in-process
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def session_mlflow_dir(tmp_path_factory) -> Path:
@@ -153,7 +158,47 @@ def slurm_available() -> tuple[bool, str]:
     return True, ""
 
 
+#: The test files on the one SLURM cluster: one pytest-xdist worker runs them all, in turn (one of them
+#: sets the cluster's only node DOWN). `pytest_collection_modifyitems` checks the list against the marks.
+SLURM_FILES = (
+    "tests/test_slurm_sweeps.py",
+    "tests/test_sweep_scale.py",
+    "tests/test_faults_slurm_down.py",
+    "tests/test_faults_slurm.py",
+)
+#: Scopes sent to the workers first: the longest, so that both workers end at about the same time.
+FIRST = ("slurm", "tests/test_e2e.py", "tests/test_sweeps_local.py", "tests/test_sweeps_warm.py")
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit a pytest-xdist worker runs whole: "slurm" for the SLURM files, else the test's file (so
+    a module fixture, such as the end-to-end demo sweep, runs once)."""
+    path = nodeid.split("::")[0]
+    return "slurm" if path in SLURM_FILES else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n 2` (pyproject's addopts): whole scopes (`xdist_scope`) per worker, in collection order
+    (`FIRST` first; xdist's default would reorder the scopes by their number of tests)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False
+
+    class ScopeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return ScopeScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    unlisted = sorted({it.nodeid.split("::")[0] for it in items if "slurm" in it.keywords} - set(SLURM_FILES))
+    if unlisted:
+        raise pytest.UsageError(
+            f"tests marked slurm outside conftest.SLURM_FILES: {unlisted}; add them there"
+        )
+    rank = {scope: i for i, scope in enumerate(FIRST)}
+    items.sort(key=lambda it: rank.get(xdist_scope(it.nodeid), len(FIRST)))  # stable: file order otherwise
     ok, why = slurm_available()
     if ok or os.environ.get("DITSCALE_CI") == "1":  # in CI a missing cluster fails, never skips
         return

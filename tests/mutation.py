@@ -101,6 +101,16 @@ SELECTIONS: dict[str, list[str]] = {
     "dit_core/data/photos.py": ["tests/test_data_photos.py"],
     # leave-one-run-out refits on a known law, one corrupted run, the holdout, the CLI (~25 s)
     "analysis/influence.py": ["tests/test_analysis_influence.py"],
+    # the points the fits see: a real sqlite MLflow store of synthetic runs, CSV input, seed averaging,
+    # the schedule's valid points, the axes (the CLI fits and the Chinchilla refit are left out)
+    "analysis/runs.py": [
+        "tests/test_analysis_mlflow.py",
+        "tests/test_analysis_status.py",
+        "tests/test_analysis.py",
+        "-k",
+        "load_runs or fid_protocol or seed or points_valid or data_axis or effective_data or bad_input"
+        " or chinchilla_data or csv",
+    ],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
@@ -119,7 +129,7 @@ def _section(module: str, tests: list[str]) -> str:
         'source_paths = ["dit_core/", "analysis/", "sweeps/"]\n'
         f"only_mutate = {quoted([module])}\n"
         f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-n", "0"]\n'  # in-process: no xdist workers
         'process_isolation = "forkserver"\n\n'
     )
 
