@@ -237,10 +237,16 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
                 "or data/epochs; CSV column unique); none were logged"
             )
         pts["D_raw"] = pts["D"]
+        reps = pts["D_raw"] / np.where(np.isfinite(u) & (u > 0), u, np.inf)
+        if not (reps > 1).any():  # D' = D for every R*: nothing to fit
+            notes.append(
+                "effective data: no run saw an image twice (an unbounded stream, or under one epoch), so "
+                "D' = D and R* is not fitted"
+            )
+            return Prepared(pts, dropped, notes, None, False)
         r_star = cfg.r_star if cfg.r_star is not None else fit_r_star(pts, cfg)
         fitted = cfg.r_star is None
         pts["D"] = effective_data(pts["D"], pts["unique"], r_star)
-        reps = pts["D_raw"] / np.where(np.isfinite(u) & (u > 0), u, np.inf)
         notes.append(
             f"effective data D' (Muennighoff et al. 2023) with R* = {r_star:.3g} "
             f"({'fitted' if fitted else 'given'}); "

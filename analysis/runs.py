@@ -5,8 +5,8 @@ Columns of the tidy frame (one row per evaluation point):
   run_id, model (shape name), step, final (last point of its run), budget (planned FLOPs or NaN),
   forward_gflops (NaN if unknown), and, NaN / None when unknown: schedule (`optim.schedule`),
   patch_size, tokens_per_image ((model.input_size / model.patch_size)^2), N_non_embedding
-  (`model.params_non_embedding`), unique (unique training images: `data/unique_images`, or
-  images seen / `data/epochs`; inf for an unbounded stream), status.
+  (`model.params_non_embedding`), unique (unique training images: the tag `data.unique_images`, the
+  metric `data/unique_images`, or images seen / `data/epochs`; inf for an unbounded stream), status.
 
 `replicate` (MLflow: a hash of the run's params without `seed`, `out`, `tracking.*` and `git.*`; CSV: an
 optional column) marks runs that are seeds of one cell; `average_seeds` makes them one point per step.
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from dit_core.spec import model_label_of_params
-from dit_core.tracking import FEATURE_SPACE_TAG
+from dit_core.tracking import FEATURE_SPACE_TAG, UNBOUNDED, UNIQUE_IMAGES_TAG
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +142,21 @@ def _float(x) -> float:
         return float("nan")
 
 
-def _unique_images(client, rid: str, params: dict, seen: pd.Series) -> float:
-    """Unique training images of a run: metric or param data/unique_images (0 or inf, or param
-    data.unbounded = true: an unbounded stream -> inf), else images seen / data/epochs, else NaN."""
-    if str(params.get("data.unbounded", "")).lower() == "true":
+def _unique_images(client, rid: str, tags: dict, seen: pd.Series) -> float:
+    """Unique training images of a run, as the trainer records them: the tag `UNIQUE_IMAGES_TAG` (a count,
+    or "unbounded" -> inf), else the metric data/unique_images, else images seen / data/epochs (epochs
+    0.0: an unbounded stream -> inf), else NaN (not recorded)."""
+    tag = tags.get(UNIQUE_IMAGES_TAG)
+    if tag == UNBOUNDED:
         return float("inf")
+    if tag is not None and np.isfinite(_float(tag)) and _float(tag) > 0:
+        return _float(tag)
     u = _history(client, rid, "data/unique_images")
-    val = float(u.iloc[-1]) if not u.empty else _float(params.get("data.unique_images"))
-    if np.isfinite(val) or val == float("inf"):
-        return float("inf") if val <= 0 or val == float("inf") else val
+    if not u.empty and float(u.iloc[-1]) > 0:
+        return float(u.iloc[-1])
     ep = _history(client, rid, "data/epochs")
-    if not ep.empty and float(ep.iloc[-1]) > 0 and not seen.empty:
-        return float(seen.iloc[-1]) / float(ep.iloc[-1])
+    if not ep.empty and not seen.empty and float(seen.iloc[-1]) > 0:
+        return float(seen.iloc[-1]) / float(ep.iloc[-1]) if float(ep.iloc[-1]) > 0 else float("inf")
     return float("nan")
 
 
@@ -287,7 +290,7 @@ def run_points(client, run) -> pd.DataFrame:
             "schedule": params.get("optim.schedule"),
             "tokens_per_image": tpi**2,
             "N_non_embedding": _float(params.get("model.params_non_embedding")),
-            "unique": _unique_images(client, rid, params, seen),
+            "unique": _unique_images(client, rid, run.data.tags, seen),
             "fid_se": fid_se.to_numpy(float),
             "fid_protocol": protocol,
             "replicate": replicate_key(params),

@@ -50,7 +50,9 @@ __all__ = [
     "RunTracker",
     "executor_tags",
     "FEATURE_SPACE_TAG",
+    "UNIQUE_IMAGES_TAG",
     "feature_space_tag",
+    "unique_images_tag",
     "format_param",
     "git_commit",
 ]
@@ -64,6 +66,17 @@ RUN_KEY_TAG = "ditscale.run_key"
 #: Which features a run's FIDs were computed in (``family: extractor name``, the name changing with
 #: the weights): the analysis pools FIDs only within one (`analysis.runs.fid_protocol`).
 FEATURE_SPACE_TAG = "eval.feature_space"
+
+
+#: The distinct training images of a run's dataset: a whole number, or ``"unbounded"`` for a stream where
+#: no image repeats (the trainer sets it; `analysis.runs` reads it as the run's `unique`, inf if unbounded).
+UNIQUE_IMAGES_TAG = "data.unique_images"
+UNBOUNDED = "unbounded"
+
+
+def unique_images_tag(n: int | None) -> str:
+    """`UNIQUE_IMAGES_TAG`'s value for ``n`` distinct images (None: an unbounded stream)."""
+    return UNBOUNDED if n is None else str(int(n))
 
 
 def feature_space_tag(spaces: dict[str, str]) -> str:

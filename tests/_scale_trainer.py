@@ -39,7 +39,7 @@ from dit_core.spec import (
     param_count,
     train_flops_per_image,
 )
-from dit_core.tracking import executor_tags
+from dit_core.tracking import UNIQUE_IMAGES_TAG, executor_tags, unique_images_tag
 
 FIXED_COSTS = ("perf/startup_s", "perf/mlflow_s", "perf/val_s", "perf/eval_s", "perf/train_s")
 
@@ -112,7 +112,7 @@ def train(cfg: TrainConfig) -> dict:
 
     rest.post("runs/update", {"run_id": tr.run_id, "status": "RUNNING"})
     tags = {"sweep": tr.sweep, "grid_cell": tr.grid_cell, **executor_tags(), "status": "running"}
-    tags["data.unique_images"] = "unbounded"
+    tags[UNIQUE_IMAGES_TAG] = unique_images_tag(None)  # the photo stream
     params = {k: v for k, v in _flat(cfg).items() if not k.startswith("tracking.")}
     params |= {
         "model.params": n,

@@ -287,3 +287,46 @@ def test_two_seeds_logged_by_the_trainer_load_as_one_cell(sweep):
     pts, note = average_seeds(df)
     assert sorted(pts["loss"].round(6)) == [0.049, 0.052] and pts["n_seeds"].max() == 2
     assert "5.4 % (median)" in note  # sd / mean of (0.050, 0.054): 0.00283 / 0.052
+
+
+def test_unique_images_read_as_the_trainer_records_them(sweep):
+    """The tag data.unique_images (a count, or "unbounded" -> inf) comes first; without it the metrics:
+    data/unique_images, else images seen / data/epochs, where 0.0 epochs is an unbounded stream."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from dit_core.tracking import UNIQUE_IMAGES_TAG, unique_images_tag
+
+    uri, _ = sweep
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("unique-images")
+    cases = {  # name: (tags, extra metrics, expected unique)
+        "stream": ({UNIQUE_IMAGES_TAG: unique_images_tag(None)}, [], float("inf")),
+        "tagged": (
+            {UNIQUE_IMAGES_TAG: unique_images_tag(500)},
+            [Metric("data/unique_images", 700, 0, 10)],
+            500,
+        ),
+        "metric": ({}, [Metric("data/unique_images", 700, 0, 10)], 700),
+        "epochs": ({}, [Metric("data/epochs", 4.0, 0, 10)], 250),  # 1000 images seen / 4 epochs
+        "no-repeat": ({}, [Metric("data/epochs", 0.0, 0, 10)], float("inf")),
+        "unknown": ({}, [], None),
+    }
+    names = {}
+    for name, (tags, extra, _) in cases.items():
+        rid = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+        client.log_batch(
+            rid,
+            metrics=[
+                Metric("val/loss", 0.05, 0, 10),
+                Metric("compute/train_flops", 6e9, 0, 10),
+                Metric("data/images_seen", 1000, 0, 10),
+                *extra,
+            ],
+            params=[Param("model.params", "1000"), Param("seed", name)],
+        )
+        client.set_terminated(rid, "FINISHED")
+        names[rid] = name
+    got = load_runs("unique-images", tracking_uri=uri).set_index("run_id")["unique"].rename(names)
+    for name, (_, _, want) in cases.items():
+        assert np.isnan(got[name]) if want is None else got[name] == want, (name, got[name])

@@ -416,6 +416,21 @@ def test_effective_data_closed_form_and_fitted_r_star():
         analyze(isoflop_sweep(), AnalysisConfig(n_bootstrap=0, effective_data=True))
 
 
+def test_effective_data_on_a_stream_that_never_repeats_fits_no_r_star():
+    """Unbounded (the demo's photo stream) or under one epoch: D' = D for every R*, so no R* is fitted
+    (a profile over equal objectives would report its first grid point as "fitted")."""
+    from analysis.pipeline import prepare
+
+    pts = isoflop_sweep(n_sizes=5, budgets=BUDGETS[:3])
+    pts["unique"] = np.where(np.arange(len(pts)) % 2, np.inf, pts["D"] * 1.5)
+    prep = prepare(pts, AnalysisConfig(n_bootstrap=0, effective_data=True))
+    assert prep.r_star is None and not prep.r_star_fitted
+    assert np.array_equal(prep.points["D"], prep.points["D_raw"])
+    assert any("no run saw an image twice" in n for n in prep.notes)
+    pts["unique"] = pts["D"] / 2  # two epochs each: R* is fitted again
+    assert prepare(pts, AnalysisConfig(n_bootstrap=0, effective_data=True)).r_star_fitted
+
+
 def test_isoflop_slices_group_patch_variants():
     base = isoflop_sweep(n_sizes=5, budgets=BUDGETS[:3])
     twin = base.assign(

@@ -368,11 +368,16 @@ def test_trainer_logs_data_accounting(tmp_path, mlflow_uri):
     import mlflow
     from _train_helpers import one_thread, tiny_config
 
+    from analysis.runs import load_runs
     from dit_core.train import train
 
     with one_thread():
         for name in ("digits", "photos"):
-            cfg = tiny_config(tmp_path / name, steps=10, **{"data.name": name, "tracking.uri": mlflow_uri})
+            cfg = tiny_config(
+                tmp_path / name,
+                steps=10,
+                **{"data.name": name, "tracking.uri": mlflow_uri, "eval.val_every": 10},
+            )
             train(cfg)
     client = mlflow.MlflowClient(mlflow_uri)
     runs = {
@@ -383,3 +388,7 @@ def test_trainer_logs_data_accounting(tmp_path, mlflow_uri):
     assert d.data.tags["data.unique_images"] == "1618" and p.data.tags["data.unique_images"] == "unbounded"
     assert d.data.metrics["data/unique_images"] == 1618 and "data/unique_images" not in p.data.metrics
     assert d.data.metrics["data/epochs"] == pytest.approx(80 / 1618) and p.data.metrics["data/epochs"] == 0.0
+    # what the analysis reads from these runs (the `unique` behind --effective-data): 1618, and inf for
+    # the stream, not NaN ("not recorded")
+    pts = load_runs("test-train", tracking_uri=mlflow_uri).groupby("run_id")["unique"].last()
+    assert pts[d.info.run_id] == 1618 and pts[p.info.run_id] == float("inf")

@@ -29,7 +29,13 @@ from ..ema import EMA
 from ..fast_path import compile_for_training
 from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
-from ..tracking import FEATURE_SPACE_TAG, atomic_write_text, feature_space_tag
+from ..tracking import (
+    FEATURE_SPACE_TAG,
+    UNIQUE_IMAGES_TAG,
+    atomic_write_text,
+    feature_space_tag,
+    unique_images_tag,
+)
 from .data_stream import DataStream
 from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
@@ -334,7 +340,7 @@ class Trainer:
 
         given = {"sweep": t.sweep, "grid_cell": t.grid_cell, "mlflow.parentRunId": t.parent_run_id}
         tags = {**t.tags, **{k: v for k, v in given.items() if v}, **executor_tags()}
-        tags["data.unique_images"] = str(unique_images(self.train_set) or "unbounded")
+        tags[UNIQUE_IMAGES_TAG] = unique_images_tag(unique_images(self.train_set))
         self.tracker = RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=self.run_id or t.run_id, run_name=t.run_name,
             tags=tags, out_dir=self.out, reuse_saved_id=self.resume != "never",
