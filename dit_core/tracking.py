@@ -51,6 +51,7 @@ __all__ = [
     "executor_tags",
     "FEATURE_SPACE_TAG",
     "UNIQUE_IMAGES_TAG",
+    "UNBOUNDED",
     "feature_space_tag",
     "unique_images_tag",
     "format_param",

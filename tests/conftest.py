@@ -177,6 +177,7 @@ def xdist_scope(nodeid: str) -> str:
     return "slurm" if path in SLURM_FILES else path
 
 
+@pytest.hookimpl(optionalhook=True)  # `pytest -p no:xdist -o addopts=` still loads this file
 def pytest_xdist_make_scheduler(config, log):
     """`pytest -n 2` (pyproject's addopts): whole scopes (`xdist_scope`) per worker, in collection order
     (`FIRST` first; xdist's default would reorder the scopes by their number of tests)."""
