@@ -4,7 +4,8 @@
 before the time limit, or ``scancel --signal=USR2``) the trainer saves a checkpoint at the next step
 boundary and chains to submitit's handler, which calls `CellJob.checkpoint` (resubmit the same task)
 and requeues the job; the requeued job calls `train` again, which resumes from the cell's run folder
-and continues the same MLflow run.
+and continues the same MLflow run. That handler runs with SIGTERM ignored
+(`shield_requeue_from_sigterm`): SLURM's SIGTERM to a requeued job must not kill ``scontrol requeue``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -243,6 +246,7 @@ class CellJob(submitit.helpers.Checkpointable):
                 set_cuda_visible_devices=has_gpus, overwrite=True
             )
         rank = f"{env.global_rank}/{env.num_tasks}"
+        shield_requeue_from_sigterm()
         log.info("cell %s (sweep %s), job %s, rank %s", task.cell_id, task.sweep, env.job_id, rank)
         return run_task(task, str(env.job_id))
 
@@ -250,6 +254,38 @@ class CellJob(submitit.helpers.Checkpointable):
         """Resubmit the same task: the trainer has already saved its checkpoint in ``task.run_dir``."""
         log.info("cell %s: requeue, resuming from %s", task.cell_id, task.run_dir)
         return submitit.helpers.DelayedSubmission(CellJob(), task)
+
+
+def requeue_signal() -> signal.Signals:
+    """The signal submitit's requeue handler listens on (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default)."""
+    name = str(submitit.JobEnvironment.USR_SIG).upper().removeprefix("SIG")
+    return signal.Signals["SIG" + name]
+
+
+def shield_requeue_from_sigterm() -> None:
+    """Make submitit's requeue handler run with SIGTERM ignored (its child processes inherit that).
+
+    The handler runs ``scontrol requeue``; SLURM answers by sending SIGTERM to every process of the
+    job, ``scontrol`` included. When the signal lands before ``scontrol`` exits, the handler raises
+    CalledProcessError, the job writes a failed result and the sweep records the cell as failed
+    although SLURM has requeued it (CI, stop 34). Call in the job's main thread, after submitit has
+    installed its handler; the trainer hands the signal on to this wrapper after its checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    sig = requeue_signal()
+    handler = signal.getsignal(sig)
+    if not callable(handler) or getattr(handler, "shields_sigterm", False):
+        return
+
+    def shielded(signum: int, frame: Any) -> None:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            handler(signum, frame)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    shielded.shields_sigterm = True  # type: ignore[attr-defined]
+    signal.signal(sig, shielded)
 
 
 def run_task(task: CellTask, job_id: str) -> dict[str, Any]:

@@ -125,6 +125,8 @@ def test_load_runs_tidy_points(sweep):
     assert np.allclose(df["loss"], law(df["N"], df["D"]))
     assert df["fid"].notna().sum() == 3 * counts["runs"]  # steps 20, 60, 100 of each run
     assert df.groupby("run_id")["final"].sum().eq(1).all()
+    # the logged steps (a NaN step would let --min-steps keep every point)
+    assert all(sorted(g) == [20, 40, 60, 80, 100] for _, g in df.groupby("run_id")["step"])
     assert set(df["budget"]) == set(BUDGETS)
     assert df["model"].str.startswith("DiT-d").all()
     assert (df["tokens_per_image"] == 64.0).all() and np.allclose(df["N_non_embedding"], 0.9 * df["N"])

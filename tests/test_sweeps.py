@@ -11,7 +11,13 @@ import pytest
 
 from dit_core.configio import apply_flat
 from sweeps import launch as cli
-from sweeps.executor import check_slurm_signal, make_executor, parse_sbatch_lines, resolve_executor_kind
+from sweeps.executor import (
+    check_slurm_signal,
+    make_executor,
+    parse_sbatch_lines,
+    resolve_executor_kind,
+    shield_requeue_from_sigterm,
+)
 from sweeps.families import FAMILIES, Scale, family_shape
 from sweeps.grid import (
     DataSpec,
@@ -287,6 +293,41 @@ def test_a_warning_signal_that_may_land_during_start_up_is_refused(monkeypatch, 
     assert cli.main(["--executor", "slurm", "--time", "1", "--signal-delay", "45"]) == 2
     assert "--signal-delay of at most" not in (err := capsys.readouterr().err) and "--time 1 min" in err
     assert not (tmp_path / "sweep_runs").exists()
+
+
+def test_the_requeue_handler_survives_the_sigterm_slurm_sends_when_it_requeues():
+    """submitit's USR2 handler runs ``scontrol requeue``, and SLURM's answer (SIGTERM to every process
+    of the job) once killed that child first: CalledProcessError, the cell recorded as failed (CI,
+    stop 34). Here the child sends itself SIGTERM; wrapped, it inherits SIG_IGN and exits 0."""
+    import signal
+    import subprocess
+    import sys
+
+    term_self = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    calls = []
+
+    def requeue(signum, frame):  # as submitit's: a child process, check_call
+        calls.append(signum)
+        subprocess.check_call(term_self, timeout=60)
+
+    def bypass(signum, frame):  # submitit's SIGTERM handler logs and returns
+        pass
+
+    old = {s: signal.signal(s, h) for s, h in ((signal.SIGUSR2, requeue), (signal.SIGTERM, bypass))}
+    try:
+        with pytest.raises(subprocess.CalledProcessError, match="died with <Signals.SIGTERM"):
+            signal.getsignal(signal.SIGUSR2)(signal.SIGUSR2, None)  # the race CI lost
+        shield_requeue_from_sigterm()
+        wrapped = signal.getsignal(signal.SIGUSR2)
+        assert wrapped is not requeue
+        shield_requeue_from_sigterm()  # idempotent: one wrapper, not two
+        assert signal.getsignal(signal.SIGUSR2) is wrapped
+        signal.raise_signal(signal.SIGUSR2)
+        assert calls == [signal.SIGUSR2, signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGTERM) is bypass  # restored after the handler
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @pytest.mark.parametrize(
