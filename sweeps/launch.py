@@ -292,17 +292,19 @@ _LOCATING_ARGS = ("name", "experiment", "tracking_uri", "output_dir")
 
 def status_spec(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
     """The sweep `status` shows: its last launch (`sweeps.grid.read_spec_record`), unless the command line
-    describes the cells itself (--grid, --budgets, --set, ...) or the sweep was never launched. A given
-    --experiment or --tracking-uri still applies."""
-    cells_args = [
-        a for a in _SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set") if a not in _LOCATING_ARGS
-    ]
-    if any(getattr(args, a) not in (None, []) for a in cells_args):
-        return spec
+    describes the cells itself (--grid, --budgets, --set, ...) or the sweep was never launched. The
+    cells a command line describes are looked up where the sweep logs them (the recorded experiment
+    and tracking URI). A given --experiment or --tracking-uri applies in every case."""
     recorded = read_spec_record(sweep_dir(spec))
     if recorded is None:
         return spec
     given = {a: getattr(args, a) for a in ("experiment", "tracking_uri") if getattr(args, a) is not None}
+    cells_args = [
+        a for a in _SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set") if a not in _LOCATING_ARGS
+    ]
+    if any(getattr(args, a) not in (None, []) for a in cells_args):
+        located = {"experiment": recorded.experiment, "tracking_uri": recorded.tracking_uri}
+        return spec.replace(**{**located, **given})
     return recorded.replace(output_dir=spec.output_dir, **given)
 
 

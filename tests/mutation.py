@@ -97,6 +97,15 @@ SELECTIONS: dict[str, list[str]] = {
     "analysis/bootstrap.py": ["tests/test_analysis_status.py"],
     # the sweep spec: expansion, budgets, validation and its messages, YAML and the spec record
     "sweeps/grid.py": ["tests/test_sweeps.py", "tests/test_demo_design.py", "-k", "not cell_lock"],
+    # the launcher: plan, longest first, slots refilled, retries, relaunch, progress and time left;
+    # the local sweeps run the fake trainer through submitit (~110 s for the three files)
+    "sweeps/runner.py": [
+        "tests/test_sweeps.py",
+        "tests/test_sweeps_eta.py",
+        "tests/test_sweeps_local.py",
+        "-k",
+        "not cell_lock and not two_launchers",  # launchers in child processes: mutmut's stats fail there
+    ],
     # the photo stream: pure function of (seed, index), disjoint regions, accounting
     "dit_core/data/photos.py": ["tests/test_data_photos.py"],
     # leave-one-run-out refits on a known law, one corrupted run, the holdout, the CLI (~25 s)

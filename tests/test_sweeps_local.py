@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import launch as cli
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
+from sweeps.lock import cell_lock_held
 from sweeps.runner import launch, longest_first, sweep_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,11 @@ def small_spec(tmp_path: Path, uri: str, **train) -> SweepSpec:
     )  # fmt: skip
 
 
-def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, capsys):
+def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, capsys, monkeypatch):
+    # the sweep's tracking URI reaches every job: MLflow's own default (what a job would use if the
+    # launcher passed none) points at another store, which nothing may create
+    elsewhere = tmp_path / "not-the-sweeps-store.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere}")
     spec = small_spec(tmp_path, job_env)
     cells = expand(spec)
     assert [c.steps for c in cells] == [8, 2]
@@ -93,6 +98,7 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, 
     msg = r"launched with other settings \(budget.global_batch_size: '8' -> '4'"
     with pytest.raises(ValueError, match=msg):
         launch(spec.replace(batch_size=4))
+    assert not elsewhere.exists()
 
 
 def test_seeds_add_runs_beside_the_cells_already_run(job_env, tmp_path):
@@ -167,6 +173,9 @@ def test_relaunch_while_jobs_run_submits_nothing_and_creates_no_run(job_env, tmp
     )
     first = launch(spec, wait=False)
     assert sorted(first.submitted) == sorted(c.cell_id for c in expand(spec))
+    # a --no-wait launch returns once each job holds its cell's lock (the cells run for seconds):
+    # a relaunch at once must see them alive
+    assert all(cell_lock_held(sweep_dir(spec) / "cells" / c) for c in first.submitted)
     wait_for(lambda: step_of(progress) >= 2, "progress")
     again = launch(spec, wait=False)
     assert again.submitted == [] and sorted(again.plan.running) == sorted(first.submitted)
