@@ -106,6 +106,9 @@ SELECTIONS: dict[str, list[str]] = {
         "-k",
         "not cell_lock and not two_launchers",  # launchers in child processes: mutmut's stats fail there
     ],
+    # executor set-up, sbatch lines, the warning signal's timing, the requeue handler's SIGTERM shield
+    # (the job-side code runs in child processes, which mutmut's stats cannot follow)
+    "sweeps/executor.py": ["tests/test_sweeps.py", "-k", "not cell_lock"],
     # the photo stream: pure function of (seed, index), disjoint regions, accounting
     "dit_core/data/photos.py": ["tests/test_data_photos.py"],
     # leave-one-run-out refits on a known law, one corrupted run, the holdout, the CLI (~25 s)
