@@ -276,6 +276,25 @@ def test_slurm_executor_settings_reach_the_sbatch_script(monkeypatch, tmp_path):
         parse_sbatch_lines(["--qos high"])
 
 
+def test_local_executor_gets_the_spec_s_limits_and_a_folder_per_job(tmp_path):
+    """What `make_executor` hands submitit's local executor (plain local processes, no warm worker)."""
+    spec = ExecutorSpec(
+        name="local", timeout_min=7, tasks_per_node=2, gpus_per_node=1, signal_delay_s=30, max_num_timeout=4,
+        setup=["export A=1"],
+    )  # fmt: skip
+    ex = make_executor(spec, "local", tmp_path, job_name="unused-locally")
+    assert ex.folder == (tmp_path / "%j").resolve() and ex.max_num_timeout == 4
+    assert ex.parameters == {
+        "timeout_min": 7, "tasks_per_node": 2, "gpus_per_node": 1, "signal_delay_s": 30,
+        "setup": ["export A=1"],
+    }  # fmt: skip
+    assert (
+        "setup" not in make_executor(ExecutorSpec(name="local"), "local", tmp_path, job_name="x").parameters
+    )
+    with pytest.raises(ValueError, match="unknown executor kind 'pbs'"):
+        make_executor(spec, "pbs", tmp_path, job_name="x")
+
+
 def test_a_warning_signal_that_may_land_during_start_up_is_refused(monkeypatch, tmp_path, capsys):
     """SLURM may send USR2 up to 60 s before ``signal_delay_s`` asks (sbatch --signal); a job that
     gets it before submitit's handler is installed dies unrequeued (it failed CI once at --time 1)."""
