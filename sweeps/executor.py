@@ -268,7 +268,7 @@ def shield_requeue_from_sigterm() -> None:
     The handler runs ``scontrol requeue``; SLURM answers by sending SIGTERM to every process of the
     job, ``scontrol`` included. When the signal lands before ``scontrol`` exits, the handler raises
     CalledProcessError, the job writes a failed result and the sweep records the cell as failed
-    although SLURM has requeued it (CI, stop 34). Call in the job's main thread, after submitit has
+    although SLURM has requeued it (seen once in CI). Call in the job's main thread, after submitit has
     installed its handler; the trainer hands the signal on to this wrapper after its checkpoint."""
     if threading.current_thread() is not threading.main_thread():
         return

@@ -316,8 +316,9 @@ def test_a_warning_signal_that_may_land_during_start_up_is_refused(monkeypatch, 
 
 def test_the_requeue_handler_survives_the_sigterm_slurm_sends_when_it_requeues():
     """submitit's USR2 handler runs ``scontrol requeue``, and SLURM's answer (SIGTERM to every process
-    of the job) once killed that child first: CalledProcessError, the cell recorded as failed (CI,
-    stop 34). Here the child sends itself SIGTERM; wrapped, it inherits SIG_IGN and exits 0."""
+    of the job) once killed that child first: CalledProcessError, the cell recorded as failed
+    (docs/testing.md, session 22). Here the child sends itself SIGTERM; wrapped, it inherits SIG_IGN
+    and exits 0."""
     import signal
     import subprocess
     import sys
