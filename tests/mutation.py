@@ -109,6 +109,8 @@ SELECTIONS: dict[str, list[str]] = {
     # executor set-up, sbatch lines, the warning signal's timing, the requeue handler's SIGTERM shield
     # (the job-side code runs in child processes, which mutmut's stats cannot follow)
     "sweeps/executor.py": ["tests/test_sweeps.py", "-k", "not cell_lock"],
+    # atomic saves, retention, the latest checkpoint, weights-only loads, and the trainer's resume
+    "dit_core/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_trainer_lifecycle_fast.py"],
     # the photo stream: pure function of (seed, index), disjoint regions, accounting
     "dit_core/data/photos.py": ["tests/test_data_photos.py"],
     # leave-one-run-out refits on a known law, one corrupted run, the holdout, the CLI (~25 s)

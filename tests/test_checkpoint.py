@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +20,7 @@ from dit_core.checkpoint import (
     load_checkpoint,
     load_model_from_checkpoint,
     model_from_checkpoint,
+    remove_partial_writes,
     save_checkpoint,
 )
 
@@ -82,3 +89,46 @@ def test_a_checkpoint_without_the_trainer_keys_is_refused_by_name():
         model_from_checkpoint({"model": {}, "step": 1}, name="x.pt")
     with pytest.raises(ValueError, match=r"\(missing \['config'\]\)$"):
         model_from_checkpoint({"model": {}, "step": 1}, use_ema=False)
+
+
+def test_a_write_killed_mid_file_leaves_a_temp_file_the_next_save_removes(tmp_path, caplog):
+    """SIGKILL runs no cleanup: the half-written temp file stays beside the checkpoints until the next
+    save (or resume) removes it, by the name `atomic_write` gives it; finished files are kept."""
+    save_checkpoint(tmp_path, {"step": 1})
+    killed = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from dit_core.checkpoint import atomic_write\n"
+        "def die(f):\n"
+        "    f.write(b'half a checkpoint'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "atomic_write(Path(sys.argv[1]) / 'checkpoints' / 'step_0000002.pt', die)\n"
+    )
+    import dit_core  # the child imports the same copy of the package as this process
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(dit_core.__file__).parents[1]), *sys.path])}
+    cmd = [sys.executable, "-c", killed, str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder = tmp_path / "checkpoints"
+    (left,) = [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert left.read_bytes() == b"half a checkpoint" and left.name.startswith(".step_0000002.pt.")
+    assert latest_checkpoint(tmp_path).name == "step_0000001.pt"  # the pointer never moved
+    with caplog.at_level(logging.WARNING, logger="dit_core.checkpoint"):
+        assert remove_partial_writes(tmp_path) == [left]
+    assert (
+        f"removed 1 unfinished checkpoint write(s) of an earlier, killed job: {left.name}" in caplog.messages
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["latest.json", "step_0000001.pt"]
+    assert remove_partial_writes(tmp_path) == [] and remove_partial_writes(tmp_path / "none") == []
+
+
+def test_load_checkpoint_refuses_a_pickled_object_that_is_not_plain_data(tmp_path):
+    """A checkpoint is read with weights_only=True: a file that would run code when unpickled is
+    refused, by name, before anything is built."""
+    path = tmp_path / "checkpoints" / "step_0000001.pt"
+    path.parent.mkdir()
+    torch.save({"step": 1, "hook": os.system}, path)  # unpickling it would import and call into os
+    with pytest.raises(
+        ValueError, match=r"is not a checkpoint written by dit_core.train \(UnpicklingError\)"
+    ):
+        load_checkpoint(path)
