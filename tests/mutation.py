@@ -111,6 +111,14 @@ SELECTIONS: dict[str, list[str]] = {
     "sweeps/executor.py": ["tests/test_sweeps.py", "-k", "not cell_lock"],
     # atomic saves, retention, the latest checkpoint, weights-only loads, and the trainer's resume
     "dit_core/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_trainer_lifecycle_fast.py"],
+    # one configuration mechanism: typed parsing, dotted overrides, YAML, generated flags, its errors
+    "dit_core/configio.py": [
+        "tests/test_configio.py",
+        "tests/test_train_config.py",
+        "tests/test_sweeps.py",
+        "-k",
+        "not cell_lock",
+    ],
     # the photo stream: pure function of (seed, index), disjoint regions, accounting
     "dit_core/data/photos.py": ["tests/test_data_photos.py"],
     # leave-one-run-out refits on a known law, one corrupted run, the holdout, the CLI (~25 s)
