@@ -81,7 +81,8 @@ def parse_value(value: Any, hint: Any, where: str) -> Any:
         return _parse(value, hint, origin, args, where)
     except (ValueError, TypeError, KeyError, AttributeError):
         name = getattr(hint, "__name__", None) or str(hint)
-        raise ConfigError(f"{where}: cannot use {value!r} as {name}; give a {name} value") from None
+        article = "an" if name[:1].lower() in "aeiou" else "a"
+        raise ConfigError(f"{where}: cannot use {value!r} as {name}; give {article} {name} value") from None
 
 
 def _parse(value: Any, hint: Any, origin: Any, args: tuple, where: str) -> Any:

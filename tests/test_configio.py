@@ -49,7 +49,7 @@ def test_an_int_field_takes_whole_numbers_and_refuses_booleans():
     assert parse_value("7", int, "steps") == 7 and parse_value("1e3", int, "steps") == 1000
     assert parse_value(5.0, int, "steps") == 5
     for bad in (True, 1.5, "abc"):
-        with pytest.raises(ConfigError, match=r"^steps: cannot use .* as int; give a int value$"):
+        with pytest.raises(ConfigError, match=r"^steps: cannot use .* as int; give an int value$"):
             parse_value(bad, int, "steps")
 
 
