@@ -507,7 +507,7 @@ class Prediction:
         lines.append(f"  expected FID     : {self.fid if self.fid else 'n/a'}")
         for k, v in self.alternatives.items():
             unit = u["N"] if "N_opt" in k else (u["loss"] if "loss law" in k else "")
-            lines.append(f"  ({k}: {v:.4g} {unit})".rstrip())
+            lines.append(f"  ({k}: {v:.4g} {unit}".rstrip() + ")")
         if self.holdout:
             h = self.holdout
             lines.append(

@@ -411,6 +411,57 @@ def test_analyze_predict_and_holdout_on_synthetic():
     assert hold2.best_model_pred == best and hold2.best_model_obs != best
 
 
+def test_holdout_uses_the_runs_flops_per_image_and_scores_fid_by_hand():
+    """C = 384 N D (not Chinchilla's 6): the held-out budget's best loss is predicted at the
+    allocation for 384 (6 would put it 64x more N D away); the FID error is the mean of
+    |FID(pred loss) - FID| / FID over the held-out runs; the text gives the configured level."""
+    pts = synthetic_isoflop(noise=0.002, seed=3, k=384.0)
+    rank = pts.groupby("C")["N"].rank()
+    pts = pts.assign(fid=200 * pts["loss"] ** 2 * (1 + 0.05 * np.sin(rank)))
+    hold = holdout_largest(pts, AnalysisConfig(n_bootstrap=8, level=0.9))
+    assert hold.analysis.flops_per_param_datum == pytest.approx(384.0)
+    assert abs(hold.frontier_error) < 0.01
+    h = hold.held_out
+    fid_pred = hold.analysis.fid_vs_loss.predict(hold.analysis.parametric.predict(h["N"], h["D"]))
+    assert hold.mape_fid == pytest.approx(float(np.mean(np.abs(fid_pred - h["fid"]) / h["fid"])))
+    assert 0 < hold.mape_fid < 0.1
+    lo, hi = hold.best_loss_interval
+    assert f"predicted {hold.best_loss_pred:.4g}, 90% [{lo:.4g}, {hi:.4g}] (bootstrap)" in hold.text()
+    d = hold.to_dict()
+    assert (d["best_model_pred"], d["best_model_obs"]) == (hold.best_model_pred, hold.best_model_obs)
+    assert d["best_model_obs"] == h.loc[h["loss"].idxmin(), "model"]
+
+
+def test_without_a_parametric_law_predict_uses_isoflop_then_the_frontier_at_the_configured_level():
+    """The fallbacks of `predict`: no parametric law -> the IsoFLOP laws (the loss from the loss
+    frontier, with its 80% band); no IsoFLOP law either -> the frontier's laws; no frontier D_opt
+    law -> nothing is recommended, and the status says why. The JSON keeps the analysis's own
+    status reasons and its axes."""
+    pts = synthetic_isoflop(noise=0.002, seed=3)
+    an = analyze(pts, AnalysisConfig(n_bootstrap=20, level=0.8))
+    full = predict(an, 1e21)
+    assert full.source == "parametric law L(N, D) (approach 3)"
+    law_loss = full.alternatives["frontier loss law L(C)"]
+    assert full.text().endswith(f"  (frontier loss law L(C): {law_loss:.4g} val loss (per-element MSE))")
+    fr = an.frontier
+    an.parametric = None
+    iso = predict(an, 1e21)
+    assert iso.source == "IsoFLOP laws (approach 2)" and iso.status.ok
+    assert iso.n_opt.value == pytest.approx(float(an.isoflop.n_opt.predict(1e21)))
+    assert (iso.loss.lo, iso.loss.hi) == pytest.approx(fr.y_law.predict_interval(1e21, 0.8))
+    assert (iso.loss.lo, iso.loss.hi) != pytest.approx(fr.y_law.predict_interval(1e21, 0.95))
+    an.isoflop.n_opt = None
+    front = predict(an, 1e21)
+    assert front.source == "compute-efficient frontier (approach 1)"
+    assert (front.d_opt.lo, front.d_opt.hi) == pytest.approx(fr.d_opt.predict_interval(1e21, 0.8))
+    an.frontier.d_opt = None
+    none = predict(an, 1e21)
+    assert none.n_opt is None and none.status.status == "not_identified"
+    assert none.status.reasons == ["no approach could fit an N_opt(C) law to these points"]
+    d = an.to_dict()
+    assert d["reasons"] == an.status.reasons and d["axes"] == {"data": "images", "params": "total"}
+
+
 def test_outlier_removal_is_explicit_and_reported(chinchilla):
     raw = load_epoch_chinchilla(DATA, drop_highest=0)
     an = analyze(raw, AnalysisConfig(n_bootstrap=0, drop_highest_loss=5))
@@ -744,3 +795,92 @@ def test_curve_frontier_spans_the_grid_and_splits_compute_into_n_and_d():
     np.testing.assert_allclose(fr["D"], fr["C"] / (6 * fr["N"]), rtol=1e-9)
     fit = fit_frontier(pts, n_grid=30)
     assert fit.a > 0 and fit.b > 0 and fit.a + fit.b == pytest.approx(1.0, abs=1e-9)
+
+
+def _tables(text: str) -> list[list[str]]:
+    """The markdown tables of `text`: runs of consecutive lines that start with '|'."""
+    tables, run = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            run.append(line)
+        elif run:
+            tables, run = [*tables, run], []
+    return tables
+
+
+def test_the_report_is_well_formed_markdown_with_every_section(tmp_path):
+    """A full report (removed points, predictions, holdout, notes, figures) on a known law: its
+    headings in order, balanced code fences, tables whose rows match their header, the removed
+    points with their compute, each law's interval method, and figure links that resolve."""
+    from analysis.report import markdown, write_json, write_report
+
+    pts = synthetic_isoflop(noise=0.002, seed=3, budgets=(1e18, 1e19, 1e20))
+    rank = pts.groupby("C")["N"].rank()
+    pts = pts.assign(fid=10 + 3 * (rank - 1) + 5 * (pts["C"] == 1e18) + 2 * (pts["C"] == 1e19))
+    an = analyze(pts, AnalysisConfig(n_bootstrap=8, drop_highest_loss=2))
+    assert an.status.status == "ok" and an.messages and not an.selection_notes
+    hold = holdout_largest(pts, AnalysisConfig(n_bootstrap=0))
+    out = tmp_path / "not" / "yet" / "there"
+    paths = write_report(an, out, [predict(an, 1e20)], hold, source="synthetic.csv")
+    md = paths["report"].read_text()
+    assert paths["report"] == out / "report.md" and json.loads(paths["json"].read_text())["status"] == "ok"
+    assert (
+        json.loads(write_json(tmp_path / "a" / "b" / "fit.json", an).read_text())["alpha"]
+        == an.parametric.params["alpha"]
+    )
+    assert [line for line in md.splitlines() if line.startswith("#")] == [
+        "# DiT scaling-law analysis",
+        "## Points used",
+        "## Removed points",
+        "## Approach 3: parametric law L(N, D) = E + A/N^alpha + B/D^beta",
+        "## Approach 1: compute-efficient frontier",
+        "## Approach 2: IsoFLOP profiles",
+        "## FID",
+        "## Predictions",
+        "## Holdout: fit without the largest-compute runs",
+        "## Diagnostics",
+        "## Notes",
+        "## Figures",
+    ]
+    fences = [line for line in md.splitlines() if line.lstrip().startswith("```")]
+    assert (
+        fences and set(fences) == {"```"} and len(fences) % 2 == 0
+    )  # parametric, IsoFLOP, predictions, holdout
+    assert len(fences) == 8
+    tables = _tables(md)
+    assert len(tables) == 2  # removed points, parameter correlations
+    for table in tables:
+        cols = table[0].count("|")
+        assert table[1] == "|---" * (cols - 1) + "|" and all(row.count("|") == cols for row in table)
+    removed = tables[0][2:]
+    assert len(removed) == 2 and all(r.endswith("| one of the 2 highest losses |") for r in removed)
+    assert {r.split(" | ")[4] for r in removed} == {f"{c:.4g}" for c in an.removed["C"]}
+    assert "**Status: ok** (the data identify every reported result)" in md
+    assert f"Data: synthetic.csv - {len(an.points)} points from {len(an.points)} runs" in md
+    assert "- every point of every run (one point per run)" in md
+    assert "(bootstrap; excludes 0)" in md and "(t, 3 points; " in md  # N_opt(C) by runs; the pure law by t
+    for name, p in paths.items():
+        if p.suffix == ".png":
+            assert f"![{name}]({p.name})" in md and (out / p.name).stat().st_size > 1000
+    # a report whose status has reasons lists them instead
+    weak = analyze(pts[pts["C"] == 1e19], AnalysisConfig(n_bootstrap=0))
+    text = markdown(weak, {}, source="one budget")
+    assert weak.status.reasons and f"**Status: {weak.status.status}**\n" in text
+    assert all(f"- {r}" in text for r in weak.status.reasons)
+
+
+def test_the_report_gives_the_saturating_fid_frontier_it_recovers():
+    """FID = 5 + 3000 C^-0.15 for the best size at each of 4 budgets (10% more per rank away from
+    it): the FID frontier's saturating law comes back exactly, and the report prints it."""
+    from analysis.report import markdown
+
+    pts = synthetic_isoflop(noise=0.002, seed=3)
+    rank = pts.groupby("C")["N"].rank()
+    fid = 5 + 3e3 * pts["C"] ** -0.15 * (1 + 0.1 * (rank - 5).abs())
+    an = analyze(pts.assign(fid=fid), AnalysisConfig(n_bootstrap=0))
+    law = an.fid_frontier.y_law
+    assert law.kind == "saturating" and law.n_points == 4
+    assert [law.params[k] for k in ("E", "A", "alpha")] == pytest.approx([5.0, 3000.0, 0.15], rel=1e-6)
+    assert "- FID frontier vs compute (saturating): `fid = 5 + 3000 * C^(-0.15)`" in markdown(an, {})
+    # a prediction lists the law's FID beside the approaches' N_opt (an FID has no unit)
+    assert predict(an, 1e21).text().endswith(f"  (FID frontier law FID(C): {5 + 3e3 * 1e21**-0.15:.4g})")
