@@ -192,6 +192,7 @@ def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
         "optimal_allocation.png",
     } <= names
     assert ana[0].data.metrics["fit/alpha"] == pytest.approx(res["alpha"])
+    assert ana[0].info.status == "FINISHED" and ana[0].data.tags["analysis_status"] == res["status"]
     assert len(load_runs(EXP, tracking_uri=uri)) == counts["points"]  # the analysis run is not data
 
 
@@ -332,3 +333,32 @@ def test_unique_images_read_as_the_trainer_records_them(sweep):
     got = load_runs("unique-images", tracking_uri=uri).set_index("run_id")["unique"].rename(names)
     for name, (_, _, want) in cases.items():
         assert np.isnan(got[name]) if want is None else got[name] == want, (name, got[name])
+
+
+def test_an_analysis_run_whose_upload_fails_ends_failed_not_orphaned(sweep, tmp_path):
+    """log_to_mlflow: the finite fit numbers become metrics (a missing one is skipped); an artifact
+    that cannot be uploaded leaves the run FAILED (not RUNNING forever) and the error goes up; an
+    unknown experiment is an error before any run is created."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.report import log_to_mlflow
+
+    uri, _ = sweep
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("analysis-log", artifact_location=(tmp_path / "art").as_uri())
+    report = tmp_path / "report.md"
+    report.write_text("# report")
+    summary = {"status": "censored", "alpha": 0.3, "beta": None, "E": float("nan")}
+    rid = log_to_mlflow({"report": report}, "analysis-log", uri, summary)
+    run = client.get_run(rid)
+    assert run.info.status == "FINISHED" and run.data.tags["analysis_status"] == "censored"
+    assert run.data.tags["analysis"] == "true" and run.info.run_name == "scaling-analysis"
+    assert run.data.metrics == {"fit/alpha": 0.3}
+    assert [a.path for a in client.list_artifacts(rid, "analysis")] == ["analysis/report.md"]
+    with pytest.raises(FileNotFoundError, match="missing.md"):
+        log_to_mlflow({"report": tmp_path / "missing.md"}, "analysis-log", uri, summary)
+    runs = client.search_runs([exp_id], order_by=["attribute.start_time DESC"])
+    assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
+    with pytest.raises(ValueError, match="'no-such-experiment' not found"):
+        log_to_mlflow({}, "no-such-experiment", uri, summary)
+    assert len(client.search_runs([exp_id])) == 2

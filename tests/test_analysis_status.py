@@ -188,6 +188,8 @@ def test_every_isoflop_minimum_on_one_side_is_censored(tmp_path, side):
     assert any(f"N_opt {side} {x:.3g} parameters at every budget" in r for r in iso["reasons"])
     pred = res["predictions"][0]
     assert pred["n_opt"] is None and pred["n_opt_bound"] == {"side": side, "N": pytest.approx(x)}
+    md = (tmp_path / "rep" / "report.md").read_text()  # the prediction's text says what is known
+    assert f"model size N_opt : withheld (N_opt {side} {x:.3g} parameters)" in md
     assert res["status"] in ("censored", "not_identified")
     assert rc == {"censored": EXIT_CENSORED, "not_identified": EXIT_NOT_IDENTIFIED}[res["status"]]
 
@@ -206,6 +208,10 @@ def test_demo_shaped_sweep_is_not_identified_and_gives_no_n_opt(tmp_path):
     assert any("constant lr" in n for n in res["point_selection"]["notes"])
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "**Status: not_identified**" in md and "withheld" in md
+    # the analysis's own JSON keeps its reasons, each named by its approach (not approach 3's alone)
+    an = analyze(pts, AnalysisConfig(n_bootstrap=8, min_steps=10))
+    assert an.to_dict()["reasons"] == an.status.reasons
+    assert {r.split(":")[0] for r in an.status.reasons} == {"approach 1", "approach 2", "approach 3"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ def test_eval_flops_count_validation_and_guided_sampling():
     no_guidance = cell_eval_flops(cell, ov | {"eval.cfg_scale": 1.0})
     assert no_guidance == pytest.approx(4 * 100 * fwd + 50 * 25 * fwd)
     assert cell_eval_flops(cell, {}) == 0.0  # evaluation off by default
+    # validating the EMA weights as well doubles the validation passes
+    with_ema = cell_eval_flops(cell, ov | {"eval.val_ema": True, "eval.val_every": 300})
+    assert with_ema == pytest.approx(2 * 4 * 100 * fwd + 50 * 25 * 2 * fwd)
 
 
 def test_summary_prints_the_inputs_and_the_total():
@@ -57,6 +60,32 @@ def test_summary_prints_the_inputs_and_the_total():
     assert f"{bill.gpu_hours:.4g} GPU-hours on H100 for {len(cells)} cells" in text
     assert bill.eval_flops == pytest.approx(1e15 * len(cells))
     assert bill.gpu_hours == pytest.approx((bill.train_flops + bill.eval_flops) / (989.4e12 * 0.4) / 3600)
+    # the table, read back: one row per cell and a total; wall h = GPU-hours / 8 GPUs per cell
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "cell",
+        "steps",
+        "images",
+        "train",
+        "FLOPs",
+        "eval",
+        "FLOPs",
+        "GPU-hours",
+        "wall",
+        "h",
+    ]
+    rows = [line.split() for line in lines[2 : 3 + len(cells)]]
+    assert [r[0] for r in rows] == [c.cell_id for c in cells] + ["total"] and lines[3 + len(cells)] == ""
+    for r, c in zip(rows, bill.cells):
+        assert r[1:] == [str(c.steps), str(c.images)] + [
+            f"{v:.3g}" for v in (c.train_flops, c.eval_flops, c.gpu_hours, c.gpu_hours / 8)
+        ]
+    assert rows[-1][1:] == [str(sum(c.steps for c in cells)), str(sum(c.images for c in cells))] + [
+        f"{v:.3g}" for v in (bill.train_flops, bill.eval_flops, bill.gpu_hours)
+    ]
+    total = bill.train_flops + bill.eval_flops
+    assert f"= {total:.4g} / (9.894e+14 x 0.4) / 3600" in text and "true FLOPs (2 x multiply-adds)" in text
+    assert "(given)" in estimate(cells, mfu=0.5).summary()
 
 
 @pytest.mark.parametrize(

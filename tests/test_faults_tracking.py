@@ -51,6 +51,56 @@ def test_sender_never_waits_for_a_dead_server_and_bounds_its_buffer(monkeypatch,
         MetricSender(client, "0" * 32, max_buffered=0)
 
 
+class _Switchable(MlflowClient):
+    """A real sqlite-backed client whose ``log_batch`` fails while ``down`` is set (a server outage
+    without a server: the restart test below has the real one)."""
+
+    down = threading.Event()
+
+    def log_batch(self, *args, **kwargs):
+        if self.down.is_set():
+            raise ConnectionError("server down")
+        return super().log_batch(*args, **kwargs)
+
+
+def test_two_outages_are_counted_and_their_lengths_add_up(tmp_path, caplog):
+    """Each outage is warned about once when it starts and once when it ends (with how long it lasted
+    and how many points were sent late); ``stats`` counts the outages and sums their lengths, and
+    every point reaches the run with its step and timestamp."""
+    client = _Switchable(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("outages")).info.run_id
+    sender = MetricSender(client, run_id, retry_s=(0.01, 0.02))
+    lengths = []
+    with caplog.at_level(logging.WARNING, logger="dit_core.tracking"):
+        for outage in range(2):
+            client.down.set()
+            sender.put(
+                [Metric("loss", float(s), 1000 + s, s) for s in (3 * outage, 3 * outage + 1, 3 * outage + 2)]
+            )
+            _wait(lambda n=outage: sender.stats["outages"] == n + 1, what="outage noticed")
+            t0 = time.monotonic()
+            time.sleep(0.2)
+            client.down.clear()
+            _wait(lambda: not sender.pending(), what="points sent")
+            lengths.append(time.monotonic() - t0)
+            assert sender.stats["late"] == 3
+        assert sender.close() == 0
+    assert sender.stats["outages"] == 2 and sender.stats["sent"] == 6
+    assert 0.4 <= sender.stats["outage_s"] <= sum(lengths) + 1.0
+    warnings = [r.getMessage() for r in caplog.records]
+    down = [w for w in warnings if "is unreachable" in w]
+    assert len(down) == 2 and all(
+        w.endswith("is unreachable (ConnectionError: server down); training continues, metrics are "
+                   "buffered (3 now, at most 100000) and retried") for w in down
+    ), down  # fmt: skip
+    back = [w for w in warnings if "reachable again" in w]
+    assert len(back) == 2 and all(w.endswith(" s; sending 3 buffered metric points") for w in back)
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value, m.timestamp) for m in history) == [
+        (s, float(s), 1000 + s) for s in range(6)
+    ]
+
+
 def test_resumed_run_logs_each_step_once_and_a_run_whose_id_was_lost_is_found(tmp_path):
     """A resumed tracker skips (key, step) pairs already on the server, including requeued points
     from a checkpoint; a job killed after creating its run but before saving the id continues that

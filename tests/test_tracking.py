@@ -9,7 +9,7 @@ from _train_helpers import one_thread, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.config import TrainConfig
-from dit_core.tracking import RUN_ID_FILE, RunTracker, executor_tags, format_param
+from dit_core.tracking import RUN_ID_FILE, RUN_KEY_FILE, RunTracker, executor_tags, format_param
 
 
 def test_format_param():
@@ -30,17 +30,20 @@ def test_executor_tags_from_environment():
 def test_tracker_creates_then_continues_the_same_run(tmp_path):
     exp = f"trk-{tmp_path.name}"  # the session's sqlite store (its tables are made once)
     t1 = RunTracker.start(uri=None, experiment=exp, run_name="r", tags={"sweep": "s1"}, out_dir=tmp_path)
+    client = MlflowClient()
+    assert client.get_run(t1.run_id).data.tags["status"] == "running"
     t1.log_params({"a": 1, "b": None})
     t1.log_metrics({"train/loss": 0.5}, step=3)
     t1.finish("preempted")
-    client = MlflowClient()
     run = client.get_run(t1.run_id)
     assert run.info.status == "KILLED" and run.data.tags["status"] == "preempted"
     assert (tmp_path / RUN_ID_FILE).read_text().strip() == t1.run_id
 
+    (tmp_path / RUN_KEY_FILE).unlink()  # the id file alone finds the run
     t2 = RunTracker.start(uri=None, experiment=exp, out_dir=tmp_path)  # id from <out>/mlflow_run_id
     assert t2.run_id == t1.run_id and t2.resumed
-    assert client.get_run(t2.run_id).info.status == "RUNNING"
+    run = client.get_run(t2.run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["status"] == "running"
     t2.log_params({"a": 1, "c": 2.5})  # "a" again with the same value is fine
     t2.log_params({"a": 7})  # a changed value is kept as first logged (and warned about)
     t2.finish("finished")
