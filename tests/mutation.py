@@ -133,6 +133,41 @@ SELECTIONS: dict[str, list[str]] = {
         "load_runs or fid_protocol or seed or points_valid or data_axis or effective_data or bad_input"
         " or chinchilla_data or csv",
     ],
+    # the results JSON, the markdown report's sections, notes and tables, the report folder, the
+    # analysis run in a real sqlite MLflow store (its failure path included); no CLI runs
+    "analysis/report.py": [
+        "tests/test_analysis.py",
+        "tests/test_analysis_status.py",
+        "tests/test_analysis_mlflow.py",
+        "-k",
+        "not cli",
+    ],
+    # the cost model: step and evaluation FLOPs, the dry-run bill and its assumptions
+    "sweeps/cost.py": ["tests/test_cost.py"],
+    # statuses, point selection, the three approaches' agreement, predictions and the holdout on known
+    # laws; the fit CLI in-process (the run from the repo root as a script is a child process)
+    "analysis/pipeline.py": [
+        "tests/test_analysis.py",
+        "tests/test_analysis_status.py",
+        "-k",
+        "not as_a_script",
+    ],
+    # the MLflow schema: params, tags, the run key, the sender's buffer and retries, resumed runs that
+    # log each step once, the trainer's own runs (the real `mlflow server` tests are left out)
+    "dit_core/tracking.py": [
+        "tests/test_tracking.py",
+        "tests/test_faults_tracking.py",
+        "tests/test_trainer_tracking_fast.py",
+        "-k",
+        "not real_mlflow_server and not restart_mid_run",
+    ],
+    # statuses from best to worst, merged reasons, exit codes: the analysis's tests, in-process
+    "analysis/status.py": [
+        "tests/test_analysis_status.py",
+        "tests/test_analysis.py",
+        "-k",
+        "not as_a_script",
+    ],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
