@@ -39,7 +39,7 @@ from analysis.parametric import (
 from analysis.pipeline import AnalysisConfig, analyze, predict
 from analysis.report import write_report
 from analysis.runs import effective_data, select_points, set_axes, tidy
-from analysis.status import EXIT_CENSORED, EXIT_NOT_IDENTIFIED
+from analysis.status import EXIT_CENSORED, EXIT_NOT_IDENTIFIED, Status, flag_unresolved_exponent, worst
 
 TRUE = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
 BUDGETS = (1e18, 1e19, 1e20, 1e21, 1e22)
@@ -531,3 +531,29 @@ def test_group_resamples_draw_whole_groups_with_replacement():
     assert parallel_map(lambda x: (os.getpid(), x), range(8), workers=1) == [
         (os.getpid(), x) for x in range(8)
     ]
+
+
+def test_status_rules_merge_text_and_the_exponent_interval_that_touches_0():
+    """`Status` by hand: the worse status wins (also one that comes without reasons), reasons are
+    kept once each and in order, `text()` lists them one per line; an exponent's interval that
+    includes 0, at either end exactly, is `not_identified` at the interval's own level."""
+    st = Status().add("censored", "a").add("extrapolating", "b").add("censored", "a")
+    assert st.status == "censored" and st.reasons == ["a", "b"] and not st.ok
+    assert st.text() == "status: censored\n  - a\n  - b"
+    assert Status().merge(Status("not_identified")).status == "not_identified"  # no reasons
+    merged = Status("extrapolating", ["x"]).merge(Status("censored", ["y"]), "approach 2: ")
+    assert merged.to_dict() == {"status": "censored", "reasons": ["x", "approach 2: y"]}
+    assert worst(None, Status("ok"), merged, Status("extrapolating")).status == "censored"
+    with pytest.raises(ValueError, match="unknown status 'fine'"):
+        Status("fine")
+    for interval, flagged in (((0.0, 1.0), True), ((-1.0, 0.0), True), ((-1.0, 1.0), True),
+                              ((1e-9, 1.0), False), ((-1.0, -1e-9), False)):  # fmt: skip
+        st = Status()
+        flag_unresolved_exponent(st, "a", interval, approach=2)
+        assert st.status == ("not_identified" if flagged else "ok"), interval
+    flag_unresolved_exponent(st, "a", (0.0, 0.5), approach=1)
+    assert st.reasons == [
+        "a has a 95% interval [0, 0.5] that includes 0: approach 1 does not resolve how N_opt grows"
+    ]
+    flag_unresolved_exponent(st := Status(), "b", (-0.5, 0.5), approach=3, level=0.9)
+    assert st.reasons[0].startswith("b has a 90% interval [-0.5, 0.5] that includes 0: approach 3")
