@@ -168,6 +168,9 @@ SELECTIONS: dict[str, list[str]] = {
         "-k",
         "not as_a_script",
     ],
+    # FID's Frechet distance, IS, precision/recall, the metric names per domain and evaluate_samples:
+    # closed forms, scipy and clean-fid's own function, the digits classifier (cached per session)
+    "dit_core/evaluate/metrics.py": ["tests/test_evaluate.py"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",

@@ -208,9 +208,14 @@ def test_digits_classifier_accurate_deterministic_and_cached(digits_extractor, e
 
 def test_evaluate_samples_digits_metrics(digits_extractor):
     x, _ = digits_images("all", 16)
+    spaces: dict[str, str] = {}
     m = evaluate_samples(
-        x, "digits", metrics=("fid_digits", "is_digits", "precision_digits", "recall_digits")
+        x,
+        "digits",
+        metrics=("fid_digits", "is_digits", "precision_digits", "recall_digits"),
+        feature_spaces=spaces,
     )
+    assert spaces == {"digits": digits_extractor.name}  # the name the run's FID tag records
     assert abs(m["fid_digits"]) < 1e-6 and m["precision_digits"] == m["recall_digits"] == 1.0
     assert 8.0 < m["is_digits"] <= 10.0  # confident, balanced classes -> close to 10
     assert m["digits_classifier_acc"] == digits_extractor.val_accuracy
@@ -289,3 +294,36 @@ def test_shard_covers_indices_exactly_once(n, world):
     parts = [shard(n, r, world) for r in range(world)]
     assert [i for p in parts for i in p] == list(range(n))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_metric_names_defaults_and_edge_inputs():
+    """The metric names a reference gets by default (its domain's four, plus Inception's unless
+    asked not to; Inception's alone for a folder); the IS of one sample (1: its own marginal); the
+    k-NN radius default k = 3 (Kynkaanniemi et al. 2019, as ADM) against brute force; mismatched
+    feature arrays and non-square images named before any work."""
+    from dit_core.evaluate.metrics import INCEPTION_METRICS, default_metrics, knn_radii
+
+    digits = ("fid_digits", "is_digits", "precision_digits", "recall_digits")
+    assert default_metrics("digits", inception=False) == digits
+    assert default_metrics("photos:val", inception=False) == tuple(
+        m.replace("digits", "photos") for m in digits
+    )
+    assert (
+        default_metrics("digits")
+        == digits + INCEPTION_METRICS
+        == digits + ("fid", "sfid", "precision", "recall")
+    )
+    assert default_metrics("some/folder", inception=False) == INCEPTION_METRICS
+    assert inception_score(np.array([[0.2, 0.3, 0.5]])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="N >= 1"):
+        inception_score(np.zeros((0, 3)))
+    feats = np.random.default_rng(6).normal(size=(40, 3))
+    d2 = ((feats[:, None] - feats[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(knn_radii(feats), np.sort(d2, axis=1)[:, 3], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match=r"features must be \(N, D\) with equal D"):
+        precision_recall(feats, feats[:, :, None])
+    x, _ = digits_images("val", 16)
+    with pytest.raises(ValueError, match="images must be square, got 16x8"):
+        evaluate_samples(
+            x[..., :8], "digits", metrics=("fid",), extractors={"inception": RandomConvExtractor()}
+        )
