@@ -55,7 +55,9 @@ class _Switchable(MlflowClient):
     """A real sqlite-backed client whose ``log_batch`` fails while ``down`` is set (a server outage
     without a server: the restart test below has the real one)."""
 
-    down = threading.Event()
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.down = threading.Event()
 
     def log_batch(self, *args, **kwargs):
         if self.down.is_set():
