@@ -171,6 +171,8 @@ SELECTIONS: dict[str, list[str]] = {
     # FID's Frechet distance, IS, precision/recall, the metric names per domain and evaluate_samples:
     # closed forms, scipy and clean-fid's own function, the digits classifier (cached per session)
     "dit_core/evaluate/metrics.py": ["tests/test_evaluate.py"],
+    # the paper's families, the demo's scaling (ratios, rounding to heads), custom shapes, their errors
+    "sweeps/families.py": ["tests/test_sweeps.py", "tests/test_demo_design.py", "-k", "not cell_lock"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",

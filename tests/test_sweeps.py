@@ -67,6 +67,30 @@ def test_demo_scale_keeps_the_family_ratios():
         Scale(width_div=5).apply(FAMILIES["S"])
 
 
+def test_family_names_custom_shapes_and_scale_factors_by_hand():
+    """Family names as users write them (``s``, ``DiT-XL``; the paper's Table 1 unscaled), a custom
+    shape's name and fields, and the errors that name the bad field: a bool is not a factor, a depth
+    factor that does not divide, a custom shape with a bad width or heads that do not divide it."""
+    from sweeps.families import ModelShape, custom_shape
+
+    assert family_shape("s") == FAMILIES["S"] == ModelShape("S", 12, 384, 6)
+    assert family_shape(" DiT-XL ") == FAMILIES["XL"] == ModelShape("XL", 28, 1152, 16)
+    assert family_shape("dit-b", Scale(8, 4)) == ModelShape("B", 3, 96, 12)
+    with pytest.raises(ValueError, match="unknown model family 'DiT-Q'; known families: S, B, L, XL"):
+        family_shape("DiT-Q")
+    assert custom_shape(4, 64, 4) == ModelShape("d4w64h4", 4, 64, 4)
+    assert custom_shape(4, 64, 4).describe() == "d4 w64 h4"
+    with pytest.raises(ValueError, match="custom shape: hidden_size must be a positive integer, got 0"):
+        custom_shape(4, 0, 4)
+    with pytest.raises(ValueError, match="hidden_size 64 is not divisible by num_heads 5"):
+        custom_shape(4, 64, 5)
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match=f"scale.width_div must be a positive integer, got {bad!r}"):
+            Scale(width_div=bad)
+    with pytest.raises(ValueError, match="scale: depth 28 of DiT-XL is not divisible by 3; pick factors"):
+        Scale(depth_div=3).apply(FAMILIES["XL"])
+
+
 def test_expand_steps_images_and_stable_ids():
     spec = SweepSpec(
         families=["S", "XL"], patch_sizes=[2, 4], budgets=[1e12, 3e11], batch_size=32, scale=Scale(8, 4)
