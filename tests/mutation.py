@@ -173,6 +173,15 @@ SELECTIONS: dict[str, list[str]] = {
     "dit_core/evaluate/metrics.py": ["tests/test_evaluate.py"],
     # the paper's families, the demo's scaling (ratios, rounding to heads), custom shapes, their errors
     "sweeps/families.py": ["tests/test_sweeps.py", "tests/test_demo_design.py", "-k", "not cell_lock"],
+    # the dry run's cell table, the status table, counts like 2.73M (the dry runs of three test files)
+    "sweeps/table.py": [
+        "tests/test_sweeps_tables.py",
+        "tests/test_sweeps.py",
+        "tests/test_cost.py",
+        "tests/test_sweeps_design.py",
+        "-k",
+        "not cell_lock",
+    ],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
