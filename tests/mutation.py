@@ -182,6 +182,39 @@ SELECTIONS: dict[str, list[str]] = {
         "-k",
         "not cell_lock",
     ],
+    # the layers every block uses, the 2-D RoPE tables and the sin-cos tables: the model's tests
+    # (parity with diffusers, blocks written out by hand, properties, input checks)
+    "dit_core/layers.py": [
+        "tests/test_blocks_reference.py",
+        "tests/test_model_input_checks.py",
+        "tests/test_model_properties.py",
+        "tests/test_models.py",
+        "tests/test_dit_parity.py",
+    ],
+    "dit_core/rope.py": [
+        "tests/test_blocks_reference.py",
+        "tests/test_model_properties.py",
+        "tests/test_models.py",
+    ],
+    "dit_core/pos_embed.py": [
+        "tests/test_blocks_reference.py",
+        "tests/test_models.py",
+        "tests/test_dit_parity.py",
+    ],
+    # Gaussian stats, the Frechet distance against closed forms and scipy, the bootstrap SE
+    "dit_core/evaluate/frechet.py": ["tests/test_evaluate.py"],
+    # the time a launch has left against schedules worked out by hand
+    "sweeps/eta.py": ["tests/test_sweeps_eta.py"],
+    # the launcher lock and the cell lock, taken in-process and by a real job shell
+    "sweeps/lock.py": ["tests/test_sweeps.py", "tests/test_sweeps_state_units.py"],
+    # the digits splits and images, the flip hash
+    "dit_core/data/digits.py": ["tests/test_data.py"],
+    "dit_core/data/flip.py": ["tests/test_data.py"],
+    # what each figure draws, read back from the open figures (lines, points, bars, axes, labels)
+    "analysis/plots.py": ["tests/test_analysis_plots.py"],
+    # FID against loss, and the nearest shape (the runs' own or the paper's) to a recommended N
+    "analysis/fidloss.py": ["tests/test_analysis.py", "-k", "fid_vs_loss"],
+    "analysis/shapes.py": ["tests/test_analysis.py", "-k", "shape or param_counts"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",

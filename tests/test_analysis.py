@@ -358,6 +358,38 @@ def test_fid_vs_loss_recovers_power():
     assert fit_fid_vs_loss(pts.assign(fid=np.nan)) is None
 
 
+def test_fid_vs_loss_uses_only_points_with_a_fid_and_needs_three_spread_losses():
+    loss = np.array([0.05, 0.08, 0.1, 0.2, 0.3])
+    pts = pd.DataFrame({"loss": loss, "fid": 400.0 * loss**1.7})
+    with_gaps = pts.assign(fid=[pts["fid"][0], np.nan, pts["fid"][2], np.nan, pts["fid"][4]])
+    fit = fit_fid_vs_loss(with_gaps)
+    assert fit.n_points == 3 and fit.params["alpha"] == pytest.approx(-1.7)
+    assert (fit.x_name, fit.y_name, fit.kind) == ("loss", "FID", "pure")
+    assert fit_fid_vs_loss(with_gaps.iloc[:3]) is None  # 2 points carry a FID
+    assert fit_fid_vs_loss(pts.assign(loss=0.1)) is None  # one loss: no slope
+    boot = fit_fid_vs_loss(pts.assign(fid=pts["fid"] * [1.0, 1.05, 0.97, 1.02, 0.99]), n_bootstrap=20, seed=1)
+    assert boot.bootstrap is not None and boot.bootstrap.n_requested == 20
+
+
+def test_shapes_from_runs_and_the_nearest_in_log_n():
+    from analysis.shapes import Shape, shapes_from_points
+    from dit_core.spec import model_config, official_names, param_count
+
+    pts = pd.DataFrame({"model": ["a", "a", "a", "b", None], "N": [10.0, 30.0, 11.0, 500.0, 7.0]})
+    assert shapes_from_points(pts) == [Shape("a", 11.0), Shape("b", 500.0)]  # median N per name
+    assert shapes_from_points(pts.drop(columns="model")) == []
+    assert shapes_from_points(pts.assign(model=None)) == []
+    two = [Shape("one", 1.0), Shape("hundred", 100.0)]
+    assert nearest_shape(12.0, two).name == "hundred"  # 8.3x away, not 12x (nearest in N would say one)
+    assert nearest_shape(9.0, two).name == "one"
+    with pytest.raises(ValueError, match="no candidate shapes"):
+        nearest_shape(5.0, [])
+    small = family_shapes(input_size=16, in_channels=1)
+    assert [s.name for s in small] == list(official_names()) and len(small) == 12
+    for s in small:
+        assert s.n_params == param_count(model_config(s.name, input_size=16, in_channels=1))
+
+
 def test_dit_param_counts_match_paper():
     # Peebles & Xie (arXiv:2212.09748) Table 1 / Fig. 2: S 33M, B 130M, L 458M, XL 675M (patch 2)
     shapes = {s.name: s.n_params for s in family_shapes()}

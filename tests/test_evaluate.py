@@ -106,6 +106,36 @@ def test_fid_bootstrap_se_matches_the_sd_over_independent_sample_sets():
         fid_bootstrap_se(sets[0], ref, resamples=1)
 
 
+def test_gaussian_stats_and_the_distance_work_in_float64_whatever_the_input():
+    """Extractors return float32; the mean, the traces and the square roots must still be float64
+    (a float32 mean of features near 1000 is off in the 5th digit). `n` is the sample count."""
+    rng = np.random.default_rng(3)
+    f32 = (1000.0 + rng.normal(size=(50, 3))).astype(np.float32)
+    stats = GaussianStats.from_features(f32)
+    assert stats.mu.dtype == np.float64 and stats.n == 50
+    assert np.array_equal(stats.mu, f32.astype(np.float64).mean(axis=0))
+    s1, s2 = (_random_spd(rng, 8).astype(np.float32) for _ in range(2))
+    mu1, mu2 = rng.normal(size=8), rng.normal(size=8)
+    exact = frechet_distance(mu1, s1.astype(np.float64), mu2, s2.astype(np.float64))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(exact, rel=1e-12)
+    assert frechet_distance(mu1, s2, mu2, s1) == pytest.approx(exact, rel=1e-12)  # symmetric
+    # means of different lengths are refused even when the covariances agree (they would broadcast)
+    with pytest.raises(ValueError, match="mu1 \\(1,\\), mu2 \\(3,\\).*same feature extractor"):
+        frechet_distance(np.zeros(1), np.eye(1), np.zeros(3), np.eye(1))
+
+
+def test_fid_bootstrap_se_of_two_resamples_by_hand():
+    """Two resamples (the least allowed): the sd (ddof 1) of their two FIDs is |v1 - v2| / sqrt(2),
+    each resample drawn with n indices from `default_rng(seed)`."""
+    rng = np.random.default_rng(4)
+    feats, ref = rng.normal(size=(30, 4)), GaussianStats(np.zeros(4), np.eye(4), 10**6)
+    draw = np.random.default_rng(7)
+    v1, v2 = (fid_from_stats(GaussianStats.from_features(feats[draw.integers(0, 30, 30)]), ref) for _ in "ab")
+    assert fid_bootstrap_se(feats, ref, resamples=2, seed=7) == pytest.approx(
+        abs(v1 - v2) / np.sqrt(2), rel=1e-12
+    )
+
+
 # ------------------------------------------------------------------ Inception score
 
 

@@ -206,6 +206,12 @@ def test_timestep_embedding_closed_form():
     freqs = np.exp(-math.log(10000) * np.arange(128) / 128)
     args = t.numpy()[:, None].astype(np.float64) * freqs[None]
     np.testing.assert_allclose(emb, np.concatenate([np.cos(args), np.sin(args)], 1), atol=2e-4)
+    assert torch.equal(timestep_embedding(t), timestep_embedding(t, 256))  # the paper's 256 by default
+    # an odd width: dim // 2 = 3 frequencies exp(-ln(10^4) i / 3), then one zero column
+    odd = timestep_embedding(t, 7).numpy()
+    args = t.numpy()[:, None].astype(np.float64) * np.exp(-math.log(10000) * np.arange(3) / 3)[None]
+    np.testing.assert_allclose(odd[:, :6], np.concatenate([np.cos(args), np.sin(args)], 1), atol=2e-4)
+    assert odd.shape == (4, 7) and not odd[:, 6].any()
 
 
 def test_sincos_2d_matches_mae_formula():
@@ -342,6 +348,30 @@ def test_rope_attention_depends_only_on_relative_offsets():
     # same (d_row, d_col) = (1, 2) at different absolute places
     torch.testing.assert_close(score(0 * 6 + 0, 1 * 6 + 2), score(3 * 6 + 1, 4 * 6 + 3), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(score(0, 1 * 6 + 2), score(0, 2 * 6 + 1))  # row and column axes differ
+
+
+def test_rope_tables_and_rotation_are_the_closed_form():
+    """Token (r, c) of a row-major grid: pair j < d/4 turns by r f_j, pair d/4 + j by c f_j, with
+    f_j = 10000^(-j / (d/4)), both halves of a pair sharing the angle; prefix tokens do not turn.
+    Angles in float64: float32 ones are off by up to 7e-7 at column 63. `apply_rope` turns each
+    (first-half, second-half) channel pair counter-clockwise: (a, b) -> (a cos - b sin, b cos + a sin)."""
+    hd, gh, gw, prefix = 32, 3, 64, 2
+    cos, sin = rope_angles(hd, gh, gw, num_prefix=prefix)
+    assert cos.dtype == sin.dtype == torch.float32 and cos.shape == (prefix + gh * gw, hd)
+    f = 10000.0 ** (-np.arange(hd // 4) / (hd // 4))
+    r, c = np.divmod(np.arange(gh * gw), gw)
+    ang = np.concatenate([r[:, None] * f, c[:, None] * f], axis=1)
+    ang = np.concatenate([np.zeros((prefix, hd // 2)), ang])  # (T, d/2)
+    ang = np.concatenate([ang, ang], axis=1)  # (T, d)
+    np.testing.assert_allclose(cos.numpy(), np.cos(ang), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(sin.numpy(), np.sin(ang), rtol=0, atol=1e-7)
+    x = torch.randn(2, prefix + gh * gw, hd, dtype=torch.float64)
+    a, b = x[..., : hd // 2], x[..., hd // 2 :]
+    ch, sh = torch.from_numpy(np.cos(ang[:, : hd // 2])), torch.from_numpy(np.sin(ang[:, : hd // 2]))
+    expected = torch.cat([a * ch - b * sh, b * ch + a * sh], dim=-1)
+    torch.testing.assert_close(apply_rope(x, cos, sin), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="head dim divisible by 4 .*got 6"):
+        rope_angles(6, 2, 2)
 
 
 def test_sincos_model_rejects_other_sizes():

@@ -467,6 +467,29 @@ def test_relaunch_plan():
     assert plan(st, max_retries=0).submit == ["c"]
 
 
+def test_sweep_lock_refuses_a_second_holder_names_the_first_and_is_freed_on_exit(tmp_path):
+    """flock locks belong to an open file, so a second `sweep_lock` in this same process is refused
+    like another launcher would be; the message names the holder's pid and the way out."""
+    import fcntl
+    import os
+
+    from sweeps.lock import sweep_lock
+
+    sdir = tmp_path / "not" / "yet" / "made"
+    with sweep_lock(sdir):
+        assert (sdir / ".launch.lock").read_text() == str(os.getpid())
+        with pytest.raises(RuntimeError) as err, sweep_lock(sdir):
+            pass
+        assert f"(pid {os.getpid()}, lock {sdir / '.launch.lock'})" in str(err.value)
+        assert "python sweeps/launch.py status" in str(err.value)
+    with sweep_lock(sdir):  # released on exit; the pid is rewritten, not appended
+        assert (sdir / ".launch.lock").read_text() == str(os.getpid())
+    with open(sdir / ".launch.lock", "w") as f:  # a holder that never wrote its pid
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match=r"\(pid \?, lock"), sweep_lock(sdir):
+            pass
+
+
 def test_cell_lock_is_held_by_a_live_job_and_freed_by_sigkill(tmp_path):
     """The lines a local job's shell runs hold the cell's lock for the job's life; SIGKILL frees it."""
     import os

@@ -31,6 +31,17 @@ def test_time_left_is_unknown_before_a_cell_ends_and_never_negative():
     assert (frac, left) == (1.0, 0.0)
 
 
+def test_time_left_uses_each_cells_own_start_and_end():
+    """Spans on the launcher's clock, not from 0: a (10 units) ran 100 -> 105 s, 2 units/s; b (20)
+    started at 103 and has 20 - 2 x 2 = 16 units (8 s) left at 105; c (10, 5 s) takes the idle slot."""
+    work = {"a": 10.0, "b": 20.0, "c": 10.0}
+    frac, left = time_left(work, {"a": (100.0, 105.0), "b": (103.0, None)}, ["c"], now=105.0, slots=2)
+    assert left == pytest.approx(8.0)
+    assert frac == pytest.approx(1 - (16 + 10) / 40)
+    # a cell that ended as it started (a cached result) gives no rate yet: unknown, not a crash
+    assert time_left(work, {"a": (100.0, 100.0)}, ["b", "c"], now=101.0, slots=2) is None
+
+
 def test_cell_work_adds_the_fixed_costs_to_the_flops():
     spec = load_spec("demo")
     cells = {c.cell_id: c for c in expand(spec)}
