@@ -215,6 +215,13 @@ SELECTIONS: dict[str, list[str]] = {
     # FID against loss, and the nearest shape (the runs' own or the paper's) to a recommended N
     "analysis/fidloss.py": ["tests/test_analysis.py", "-k", "fid_vs_loss"],
     "analysis/shapes.py": ["tests/test_analysis.py", "-k", "shape or param_counts"],
+    # reference names (digits splits, photos options, folders, .npz) and the cached stats
+    "dit_core/evaluate/reference.py": [
+        "tests/test_evaluate.py",
+        "tests/test_data_photos.py",
+        "-k",
+        "reference or clear_errors",
+    ],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
@@ -225,6 +232,12 @@ SELECTIONS: dict[str, list[str]] = {
 
 SOURCES = ["dit_core", "analysis", "sweeps", "tests", "pyproject.toml"]
 
+# mutmut kills a mutant's tests after (estimated seconds + timeout_constant) x 30 CPU seconds (its
+# default constant is 1). A test that only reads a module-scoped fixture is estimated at ~0 s, yet
+# under a mutant it may be the one that builds the fixture: the plots' fixture (a fit, a bootstrap
+# and 20 leave-one-out refits) takes ~30 CPU seconds with the imports, so every mutant timed out.
+TIMEOUT_CONSTANT = {"analysis/plots.py": 4.0}
+
 
 def _section(module: str, tests: list[str]) -> str:
     quoted = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"
@@ -234,7 +247,8 @@ def _section(module: str, tests: list[str]) -> str:
         f"only_mutate = {quoted([module])}\n"
         f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-n", "0"]\n'  # in-process: no xdist workers
-        'process_isolation = "forkserver"\n\n'
+        'process_isolation = "forkserver"\n'
+        f"timeout_constant = {TIMEOUT_CONSTANT.get(module, 1.0)}\n\n"
     )
 
 

@@ -362,13 +362,18 @@ def test_fid_vs_loss_uses_only_points_with_a_fid_and_needs_three_spread_losses()
     loss = np.array([0.05, 0.08, 0.1, 0.2, 0.3])
     pts = pd.DataFrame({"loss": loss, "fid": 400.0 * loss**1.7})
     with_gaps = pts.assign(fid=[pts["fid"][0], np.nan, pts["fid"][2], np.nan, pts["fid"][4]])
+    with_gaps["model"] = ["S", "S", None, "B", "B"]  # a gap elsewhere does not drop a point
     fit = fit_fid_vs_loss(with_gaps)
-    assert fit.n_points == 3 and fit.params["alpha"] == pytest.approx(-1.7)
+    assert fit.n_points == 3 and fit.params["alpha"] == pytest.approx(-1.7) and fit.bootstrap is None
     assert (fit.x_name, fit.y_name, fit.kind) == ("loss", "FID", "pure")
     assert fit_fid_vs_loss(with_gaps.iloc[:3]) is None  # 2 points carry a FID
     assert fit_fid_vs_loss(pts.assign(loss=0.1)) is None  # one loss: no slope
-    boot = fit_fid_vs_loss(pts.assign(fid=pts["fid"] * [1.0, 1.05, 0.97, 1.02, 0.99]), n_bootstrap=20, seed=1)
-    assert boot.bootstrap is not None and boot.bootstrap.n_requested == 20
+    noisy = pts.assign(fid=pts["fid"] * [1.0, 1.05, 0.97, 1.02, 0.99])
+    boot = {seed: fit_fid_vs_loss(noisy, n_bootstrap=20, seed=seed).bootstrap for seed in (0, 1)}
+    assert boot[1].n_requested == 20
+    again = fit_fid_vs_loss(noisy, n_bootstrap=20).bootstrap.samples["alpha"]  # seed 0 by default
+    np.testing.assert_array_equal(again, boot[0].samples["alpha"])
+    assert not np.array_equal(boot[0].samples["alpha"], boot[1].samples["alpha"])
 
 
 def test_shapes_from_runs_and_the_nearest_in_log_n():
@@ -376,6 +381,7 @@ def test_shapes_from_runs_and_the_nearest_in_log_n():
     from dit_core.spec import model_config, official_names, param_count
 
     pts = pd.DataFrame({"model": ["a", "a", "a", "b", None], "N": [10.0, 30.0, 11.0, 500.0, 7.0]})
+    pts["fid"] = [1.0, 1.0, np.nan, 1.0, 1.0]  # a run without a FID still has a shape
     assert shapes_from_points(pts) == [Shape("a", 11.0), Shape("b", 500.0)]  # median N per name
     assert shapes_from_points(pts.drop(columns="model")) == []
     assert shapes_from_points(pts.assign(model=None)) == []
