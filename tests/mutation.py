@@ -222,6 +222,15 @@ SELECTIONS: dict[str, list[str]] = {
         "-k",
         "reference or clear_errors",
     ],
+    # sampling for evaluation: the sample set's seeds, batches and guidance, the evaluation CLI and
+    # its MLflow logging (the two-process test runs the module in child processes: left out)
+    "dit_core/evaluate/sampling.py": ["tests/test_evaluate_sampling.py", "-k", "not two_processes"],
+    # torch.compile on CPU: when it pays, the modes, and the compiled path training like the plain one
+    "dit_core/fast_path.py": ["tests/test_fast_path.py"],
+    # latent extraction (shards, manifest, resume, skipped files) and the latents dataset (DataLoader
+    # workers and ranks run in child processes: left out)
+    "dit_core/extract_latents.py": ["tests/test_extract_latents.py", "-k", "not workers and not ranks"],
+    "dit_core/data/latents.py": ["tests/test_extract_latents.py", "-k", "not workers and not ranks"],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",

@@ -30,18 +30,19 @@ def an():
     return an
 
 
-@pytest.fixture(scope="module")
-def figures(an, tmp_path_factory):
-    """name -> the open figure `plot_all` would have saved, and the paths it returned."""
+@pytest.fixture
+def figures(an, tmp_path, monkeypatch):
+    """name -> the open figure `plot_all` would have saved, and the paths it returned. Drawn for each
+    test (~1 s), not once per module: mutmut runs only the tests that call a mutated function, and a
+    module-scoped drawing would count for the first test alone."""
     kept = {}
 
     def keep(fig, path):
         kept[Path(path).stem] = fig
         return Path(path)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plots, "_save", keep)
-        paths = plots.plot_all(an, tmp_path_factory.mktemp("figs"))
+    monkeypatch.setattr(plots, "_save", keep)
+    paths = plots.plot_all(an, tmp_path)
     yield kept, paths
     plt.close("all")
 
