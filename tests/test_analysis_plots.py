@@ -7,8 +7,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
-from test_analysis import synthetic_isoflop
+from test_analysis import TRUE, synthetic_isoflop
 
 from analysis import plots
 from analysis.influence import run_influence
@@ -20,11 +21,12 @@ BUDGETS = (1e18, 1e19, 1e20, 1e21)
 
 @pytest.fixture(scope="module")
 def an():
-    """A known law on 4 budgets x 5 sizes, FID 10 + 3 x (size rank) + 5 at the smallest budget, a
+    """A known law on 4 budgets x 5 sizes, FID falling with compute and rising with size rank, a
     forward cost per model, a bootstrap of 8, and each run's influence."""
     pts = synthetic_isoflop(noise=0.002, seed=3, budgets=BUDGETS, n_sizes=5)
     rank = pts.groupby("C")["N"].rank()
-    pts = pts.assign(fid=10 + 3 * (rank - 1) + 5 * (pts["C"] == 1e18), forward_gflops=pts["N"] * 1e-8)
+    fid = 10 + 3 * (rank - 1) + 40 * (pts["C"] / 1e18) ** -0.3  # the frontier: 10 + 40 (C / 1e18)^-0.3
+    pts = pts.assign(fid=fid, forward_gflops=pts["N"] * 1e-8)
     an = analyze(pts, AnalysisConfig(n_bootstrap=8))
     an.influence = run_influence(pts, 1e22, AnalysisConfig(n_bootstrap=0), holdout=True)
     return an
@@ -35,6 +37,11 @@ def figures(an, tmp_path, monkeypatch):
     """name -> the open figure `plot_all` would have saved, and the paths it returned. Drawn for each
     test (~1 s), not once per module: mutmut runs only the tests that call a mutated function, and a
     module-scoped drawing would count for the first test alone."""
+    yield _draw_all(an, tmp_path, monkeypatch)
+    plt.close("all")
+
+
+def _draw_all(an, out, monkeypatch):
     kept = {}
 
     def keep(fig, path):
@@ -42,9 +49,7 @@ def figures(an, tmp_path, monkeypatch):
         return Path(path)
 
     monkeypatch.setattr(plots, "_save", keep)
-    paths = plots.plot_all(an, tmp_path)
-    yield kept, paths
-    plt.close("all")
+    return kept, plots.plot_all(an, out)
 
 
 def _line(ax, label_start):
@@ -66,6 +71,7 @@ def test_plot_all_names_every_figure_and_its_file(figures):
 def test_loss_vs_compute_draws_every_run_the_frontier_and_the_laws(an, figures):
     fig = figures[0]["loss_vs_compute"]
     ax, cbar = fig.axes
+    assert tuple(fig.get_size_inches()) == (7, 5)
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
         plots.COMPUTE_LABEL,
@@ -109,6 +115,7 @@ def test_loss_vs_compute_draws_every_run_the_frontier_and_the_laws(an, figures):
 
 def test_isoflop_draws_each_slice_its_parabola_and_vertex(an, figures):
     ax = figures[0]["isoflop"].axes[0]
+    assert tuple(figures[0]["isoflop"].get_size_inches()) == (7, 5)
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "N (parameters)"
     assert ax.get_ylabel() == plots.LOSS_LABEL and ax.get_title().startswith("IsoFLOP slices")
     assert len(an.isoflop.profiles) == len(BUDGETS) and an.isoflop.joint is not None
@@ -141,6 +148,7 @@ def test_isoflop_draws_each_slice_its_parabola_and_vertex(an, figures):
 
 def test_allocation_draws_n_opt_and_d_opt_from_every_approach(an, figures):
     left, right = figures[0]["optimal_allocation"].axes
+    assert tuple(figures[0]["optimal_allocation"].get_size_inches()) == (12, 5)
     k = an.flops_per_param_datum
     for j, (ax, name, unit) in enumerate(((left, "N_opt", "N (parameters)"), (right, "D_opt", "D (images)"))):
         assert ax.get_title() == f"{name}(C)" and ax.get_ylabel() == unit
@@ -162,6 +170,7 @@ def test_allocation_draws_n_opt_and_d_opt_from_every_approach(an, figures):
 
 def test_fid_draws_the_papers_three_views(an, figures):
     gflops, compute, vs_loss = figures[0]["fid"].axes
+    assert tuple(figures[0]["fid"].get_size_inches()) == (17, 5)
     final = an.points.sort_values("C").groupby("run_id").tail(1)
     dots = sorted((ln.get_xdata()[0], ln.get_ydata()[0]) for ln in _by_style(gflops, "o"))
     assert dots == sorted(zip(final["forward_gflops"], final["fid"]))
@@ -171,6 +180,15 @@ def test_fid_draws_the_papers_three_views(an, figures):
     np.testing.assert_allclose(fx, an.fid_frontier.frontier["C"])
     np.testing.assert_allclose(fy, an.fid_frontier.frontier["fid"])
     assert compute.get_title() == "FID vs training compute"
+    law = an.fid_frontier.y_law
+    x, y = _line(compute, law.formula())
+    np.testing.assert_allclose(y, law.predict(x), rtol=1e-12)
+    x, y = _line(compute, "pure power law")
+    np.testing.assert_allclose(y, an.fid_vs_compute_pure.predict(x), rtol=1e-12)
+    x, y = _line(vs_loss, an.fid_vs_loss.formula())
+    loss = an.points["loss"]
+    assert (x[0], x[-1], len(x)) == pytest.approx((loss.min() * 0.95, loss.max() * 1.02, 50))
+    np.testing.assert_allclose(y, an.fid_vs_loss.predict(x), rtol=1e-12)
     (pts,) = _by_style(vs_loss, "o")
     np.testing.assert_allclose(pts.get_xdata(), an.points["loss"])
     np.testing.assert_allclose(pts.get_ydata(), an.points["fid"])
@@ -210,3 +228,33 @@ def test_influence_bars_are_each_runs_ratio_and_holdout_error(an, figures):
     (with_all,) = [ln for ln in holdout.get_lines() if ln.get_label() == "with every run"]
     assert with_all.get_xdata()[0] == pytest.approx(100 * an.influence.full["holdout"])
     assert holdout.get_xlabel() == "holdout best-loss error (%)"
+
+
+def test_the_figures_say_what_is_missing(tmp_path, monkeypatch):
+    """Compute spread continuously (as in Chinchilla's Figure 4): no IsoFLOP slice, said on the
+    figure; FID without a logged forward cost, said on its panel; no influence figure without
+    `--influence`. Flat profiles: the IsoFLOP figure carries the status and its first reason."""
+    rows = []
+    for i in range(8):
+        c, n = 1e18 * 10 ** (0.05 * i), 1e7 * 10 ** (0.25 * i)  # budgets 0.05 dex apart: no slice
+        d = c / (6 * n)
+        loss = TRUE["E"] + TRUE["A"] / n ** TRUE["alpha"] + TRUE["B"] / d ** TRUE["beta"]
+        rows.append(
+            {"N": n, "D": d, "C": c, "loss": loss, "run_id": f"r{i}", "model": f"m{i}", "fid": 20.0 - i}
+        )
+    kept, paths = _draw_all(analyze(pd.DataFrame(rows), AnalysisConfig(n_bootstrap=0)), tmp_path, monkeypatch)
+    assert "influence" not in paths and "fid" in paths
+    iso = kept["isoflop"].axes[0]
+    assert [t.get_text() for t in iso.texts] == ["no IsoFLOP slice (points at distinct budgets)"]
+    assert iso.get_legend() is None
+    assert [t.get_text() for t in kept["fid"].axes[0].texts] == ["no model.forward_gflops logged"]
+    plt.close("all")
+
+    flat = synthetic_isoflop(noise=0.02, seed=1, budgets=BUDGETS, n_sizes=5)
+    flat["loss"] = 0.05 * np.exp(0.02 * np.random.default_rng(0).standard_normal(len(flat)))
+    an = analyze(flat, AnalysisConfig(n_bootstrap=0))
+    assert not an.isoflop.status.ok
+    kept, _ = _draw_all(an, tmp_path, monkeypatch)
+    (text,) = kept["isoflop"].axes[0].texts
+    assert text.get_text() == f"{an.isoflop.status.status}: {an.isoflop.status.reasons[0][:90]}..."
+    plt.close("all")
