@@ -228,6 +228,7 @@ def test_influence_bars_are_each_runs_ratio_and_holdout_error(an, figures):
     (with_all,) = [ln for ln in holdout.get_lines() if ln.get_label() == "with every run"]
     assert with_all.get_xdata()[0] == pytest.approx(100 * an.influence.full["holdout"])
     assert holdout.get_xlabel() == "holdout best-loss error (%)"
+    assert holdout.get_title() == "... and the holdout's error"
 
 
 def test_the_figures_say_what_is_missing(tmp_path, monkeypatch):
@@ -247,7 +248,8 @@ def test_the_figures_say_what_is_missing(tmp_path, monkeypatch):
     iso = kept["isoflop"].axes[0]
     assert [t.get_text() for t in iso.texts] == ["no IsoFLOP slice (points at distinct budgets)"]
     assert iso.get_legend() is None
-    assert [t.get_text() for t in kept["fid"].axes[0].texts] == ["no model.forward_gflops logged"]
+    (note,) = kept["fid"].axes[0].texts
+    assert (note.get_text(), note.get_ha()) == ("no model.forward_gflops logged", "center")
     plt.close("all")
 
     flat = synthetic_isoflop(noise=0.02, seed=1, budgets=BUDGETS, n_sizes=5)

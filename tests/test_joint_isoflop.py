@@ -55,13 +55,40 @@ def test_recovers_its_own_model_exactly():
 
 
 def test_t_interval_of_a_covers_the_truth_at_its_level():
-    covered, n_rep = 0, 300
+    covered, covered_amp, n_rep = 0, 0, 300
     for seed in range(n_rep):
         jf = fit_joint_isoflop(_slices(joint_model_sweep(noise=0.01, seed=seed)))
         lo, hi = jf.a_interval
         covered += lo <= A_TRUE <= hi
+        lo, hi = jf.n_opt.t_interval["A"]  # N_opt = A C^a: ln A = ln G - a c0, by the delta method
+        covered_amp += lo <= G_TRUE <= hi
     # binomial(300, 0.95): sd 1.3 %; an interval from the wrong dof or a missing s^2 misses this band
     assert 0.91 <= covered / n_rep <= 0.99
+    assert 0.91 <= covered_amp / n_rep <= 0.99
+
+
+def test_profile_and_record_of_the_fit():
+    """`profile` is L*(C) exp(k (ln N - ln N_opt(C))^2) at the budget nearest C; `to_dict` holds
+    every field the report and the results JSON read."""
+    jf = fit_joint_isoflop(_slices(joint_model_sweep()))
+    for q, c in enumerate(BUDGETS):
+        n_opt = G_TRUE * c**A_TRUE
+        got = jf.profile(c * 1.2, [n_opt, n_opt * math.e, n_opt / math.e**2])  # 1.2 C: still budget q
+        want = jf.loss_opt[q] * np.exp(K_TRUE * np.array([0.0, 1.0, 4.0]))
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert (jf.n_opt.x_name, jf.n_opt.y_name, jf.d_opt.x_name, jf.d_opt.y_name) == (
+        "C",
+        "N_opt",
+        "C",
+        "D_opt",
+    )
+    d = jf.to_dict()
+    assert d["a"] == jf.a and d["a_ci95"] == list(jf.a_interval) and d["a_ci95"][0] <= jf.a <= d["a_ci95"][1]
+    assert d["interval"] == "t (9 degrees of freedom, Jacobian)"
+    assert d["N_opt"] == jf.n_opt.to_dict() and d["D_opt"] == jf.d_opt.to_dict()
+    assert d["curvature_log_loss"] == jf.curvature and d["budgets"] == list(BUDGETS)
+    assert d["loss_opt"] == list(jf.loss_opt) and (d["n_points"], d["rmse_log"]) == (16, jf.rmse_log)
+    assert jf.rmse_log < 1e-6
 
 
 def test_budgets_with_two_sizes_count_and_fewer_than_three_budgets_give_none():

@@ -511,7 +511,8 @@ def test_cell_lock_is_held_by_a_live_job_and_freed_by_sigkill(tmp_path):
         # a second job of the same cell cannot start while the first is alive
         second = subprocess.run(" && ".join([*lines, "echo second"]), shell=True, capture_output=True,
                                 text=True, timeout=60)  # fmt: skip
-        assert second.returncode != 0 and "another job of this cell is alive" in second.stderr
+        assert second.returncode != 0
+        assert f"{tmp_path / '.job.lock'}: another job of this cell is alive" in second.stderr  # names it
         assert "second" not in second.stdout
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
