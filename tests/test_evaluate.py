@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 
 import numpy as np
@@ -275,6 +277,36 @@ def test_reference_stats_cached_and_sources_agree(tmp_path):
         other = reference_stats(resolve_reference(spec, 16), ext)
         np.testing.assert_allclose(other.stats["pool"].mu, first.stats["pool"].mu, rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(other.feats["pool"], first.feats["pool"], rtol=1e-6, atol=1e-6)
+
+
+def test_reference_cache_names_and_keys(tmp_path, monkeypatch, eval_cache, caplog):
+    """The cache lives in $DITSCALE_CACHE (default ~/.cache/ditscale)/ref_stats, one file per source,
+    extractor and options, named so a person can tell them apart; the key of a digits reference is
+    its kind, resolution and split; the first computation says where it went."""
+    from dit_core.evaluate.reference import cache_dir, stable_hash
+
+    monkeypatch.delenv("DITSCALE_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir("ref_stats") == tmp_path / "home" / ".cache" / "ditscale" / "ref_stats"
+    assert cache_dir() == tmp_path / "home" / ".cache" / "ditscale" and cache_dir().is_dir()
+    monkeypatch.setenv("DITSCALE_CACHE", str(tmp_path / "cache"))
+    assert cache_dir("x") == tmp_path / "cache" / "x" and (tmp_path / "cache" / "x").is_dir()
+    src = resolve_reference("digits:val", 16)
+    assert (
+        src.key() == {"kind": "digits", "resolution": 16, "split": "val"} and src.label == "digits-val-16px"
+    )
+    assert stable_hash({"b": 1, "a": [2]}) == stable_hash({"a": [2], "b": 1}) and len(stable_hash(0)) == 12
+    ext = RandomConvExtractor(dim=8)
+    with caplog.at_level(logging.INFO, logger="dit_core.evaluate.reference"):
+        ref = reference_stats(src, ext, max_feats=179)  # 179 = every val image: all kept, in order
+    assert ref.path.parent == tmp_path / "cache" / "ref_stats"
+    assert re.fullmatch(rf"digits-val-16px-{ext.name}-[0-9a-f]{{12}}\.npz", ref.path.name)
+    assert f"cached reference stats (179 images, {ext.name}) -> {ref.path}" in caplog.messages
+    np.testing.assert_allclose(ref.feats["pool"], ext(digits_images("val", 16)[0]), rtol=1e-6, atol=1e-7)
+    fewer = reference_stats(src, ext, max_feats=50)  # another file; 50 rows of the 179, in order
+    assert fewer.path != ref.path and len(fewer.feats["pool"]) == 50
+    rows = [int(np.flatnonzero((ref.feats["pool"] == r).all(1))[0]) for r in fewer.feats["pool"]]
+    assert rows == sorted(rows) and len(set(rows)) == 50
 
 
 def test_clear_errors(tmp_path, monkeypatch):
