@@ -318,8 +318,28 @@ def test_clear_errors(tmp_path, monkeypatch):
         evaluate_samples(x, "digits", metrics=("is",), extractors=ext)
     with pytest.raises(ValueError, match="need reference='digits'"):
         evaluate_samples(x, str(tmp_path), metrics=("fid_digits",), extractors=ext)
-    with pytest.raises(ValueError, match="neither"):
-        resolve_reference(str(tmp_path / "missing"), 16)
+    missing = str(tmp_path / "missing")
+    with pytest.raises(ValueError) as err:
+        resolve_reference(missing, 16)
+    assert str(err.value) == (
+        f"reference {missing!r} is neither 'digits[:split]', 'photos[:options]', an existing image "
+        "folder, nor an .npz with arr_0"
+    )
+    np.savez(tmp_path / "wide.npz", arr_0=np.zeros((2, 16, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"arr_0 has shape \(2, 16, 8, 3\), expected \(N, 16, 16, C\)$"):
+        resolve_reference(str(tmp_path / "wide.npz"), 16)
+    np.savez(tmp_path / "keys.npz", images=np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"has no `arr_0` \(uint8 NHWC images\); keys: \['images'\]"):
+        resolve_reference(str(tmp_path / "keys.npz"), 16)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(ValueError, match="reference folder .*empty holds no images"):
+        resolve_reference(str(tmp_path / "empty"), 16)
+    with pytest.raises(ValueError, match=r"digits split must be one of \['all', 'train', 'val'\]"):
+        resolve_reference("digits:test", 16)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "empty" / "sub" / "a.PNG")
+    folder = resolve_reference(str(tmp_path / "empty"), 16)
+    assert (folder.kind, folder.files) == ("folder", [tmp_path / "empty" / "sub" / "a.PNG"])
+    assert resolve_reference("photos", 16).kind == "photos" and resolve_reference("digits", 8).split == "all"
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         evaluate_samples(x[:, 0], "digits", metrics=("fid",), extractors=ext)
     with pytest.raises(ValueError, match=r"\[0, 255\]"):
