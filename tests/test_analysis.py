@@ -370,7 +370,7 @@ def test_fid_vs_loss_uses_only_points_with_a_fid_and_needs_three_spread_losses()
     assert fit_fid_vs_loss(pts.assign(loss=0.1)) is None  # one loss: no slope
     noisy = pts.assign(fid=pts["fid"] * [1.0, 1.05, 0.97, 1.02, 0.99])
     boot = {seed: fit_fid_vs_loss(noisy, n_bootstrap=20, seed=seed).bootstrap for seed in (0, 1)}
-    assert boot[1].n_requested == 20
+    assert boot[1].n_requested == 20 and fit_fid_vs_loss(noisy).bootstrap is None  # none by default
     again = fit_fid_vs_loss(noisy, n_bootstrap=20).bootstrap.samples["alpha"]  # seed 0 by default
     np.testing.assert_array_equal(again, boot[0].samples["alpha"])
     assert not np.array_equal(boot[0].samples["alpha"], boot[1].samples["alpha"])
