@@ -61,6 +61,17 @@ def test_splitmix64_matches_reference_vector():
     assert outs == [6457827717110365317, 3203168211198807973, 9817491932198370423]
 
 
+def test_item_hash_does_not_collide_over_seeds_epochs_or_indices():
+    """A chained hash mixes each input in with XOR; AND (or a dropped input) would map many items to
+    one hash, e.g. indices 0-999 onto the 2^k subsets of the chain's low set bits."""
+    from dit_core.data.flip import item_hash
+
+    for vary in range(3):
+        keys = [tuple(i if k == vary else 7 for k in range(3)) for i in range(1000)]
+        assert len({item_hash(*key) for key in keys}) == 1000
+    assert item_hash(-1, 0, 0) == item_hash(2**64 - 1, 0, 0)  # inputs taken modulo 2^64
+
+
 def test_flip_decision_is_a_fair_deterministic_coin():
     flips = np.array([flip_decision(0, 0, i) for i in range(20_000)])
     assert abs(flips.mean() - 0.5) < 0.015  # 4 sigma for n=20000
