@@ -112,6 +112,18 @@ def test_digits_dataset_attributes_and_lengths():
     assert y.dtype == torch.int64 and y.ndim == 0
 
 
+def test_digits_defaults_are_the_training_split_at_16_px_seed_0():
+    from dit_core.data.digits import DigitsDataset
+
+    x, y = digits_images()
+    assert x.shape == (1797, 1, 16, 16) and len(y) == 1797  # every image, 16 px
+    ds = DigitsDataset()
+    assert (ds.split, ds.resolution, ds.seed, ds.random_flip) == ("train", 16, 0, True)
+    assert torch.equal(ds.labels, torch.from_numpy(load_digits().target[digits_split_indices("train")]))
+    same = DigitsDataset("train", 16, True, 0)
+    assert all(torch.equal(ds[i][0], same[i][0]) for i in range(64))  # seed 0's flips
+
+
 def test_digits_native_size_matches_sklearn_values():
     d = load_digits()
     u8, labels = digits_images("all", 8)
