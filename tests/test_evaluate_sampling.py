@@ -102,6 +102,61 @@ def test_evaluate_model_exact_count_and_mlflow_logging(tiny, tmp_path):
         evaluate_model(model, diffusion, num_samples=1, batch_size=4, **KW)
 
 
+def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_accelerate(tiny, tmp_path):
+    """The samples `evaluate_model` scores are `generate_images`' for the same sampler (DDPM here, not
+    the default DDIM); through a one-process `Accelerator` they are the same; latents go through
+    `vae.decode(z / 0.18215)` (Stable Diffusion's latent scale) before scoring."""
+    import diffusers
+    from accelerate import Accelerator
+
+    model, diffusion, _ = tiny
+    ext = {"inception": RandomConvExtractor(dim=8)}
+    kw = {**KW, "sampler": "ddpm"}
+    run = dict(
+        num_samples=6, batch_size=3, cfg_scale=1.5, reference="digits", metrics=("fid",), extractors=ext
+    )
+    m = evaluate_model(model, diffusion, save_samples=str(tmp_path / "a.npz"), **run, **kw)
+    want = generate_images(model, diffusion, range(6), batch_size=3, cfg_scale=1.5, **kw)
+    saved = torch.from_numpy(np.load(tmp_path / "a.npz")["arr_0"]).permute(0, 3, 1, 2)
+    assert torch.equal(saved, want)
+    assert not torch.equal(
+        want, generate_images(model, diffusion, range(6), batch_size=3, cfg_scale=1.5, **KW)
+    )
+    m_acc = evaluate_model(
+        model, diffusion, save_samples=str(tmp_path / "b.npz"), accelerator=Accelerator(cpu=True), **run, **kw
+    )
+    assert m_acc == m and np.array_equal(
+        np.load(tmp_path / "b.npz")["arr_0"], np.load(tmp_path / "a.npz")["arr_0"]
+    )
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+        norm_num_groups=4, sample_size=16,
+    ).eval()  # fmt: skip
+    latent = DiT.from_config(
+        replace(_train_config().model, input_size=8, in_channels=4).to_dit_config()
+    ).eval()
+    lkw = {**KW, "image_size": 8, "channels": 4}
+    evaluate_model(latent, diffusion, vae=vae, save_samples=str(tmp_path / "c.npz"), **run, **lkw)
+    with torch.no_grad():
+        decoded = generate_images(
+            latent, diffusion, range(6), batch_size=3, cfg_scale=1.5,
+            decode=lambda z: vae.decode(z / 0.18215).sample, **lkw,
+        )  # fmt: skip
+    saved = np.load(tmp_path / "c.npz")["arr_0"]
+    assert saved.shape == (6, 16, 16, 3) and np.array_equal(saved, decoded.permute(0, 2, 3, 1).numpy())
+
+
+def test_log_metrics_needs_a_run():
+    import mlflow
+
+    assert mlflow.active_run() is None
+    with pytest.raises(ValueError, match="^no active MLflow run: start one or pass run_id$"):
+        log_metrics({"fid": 1.0}, step=0)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tiny, tmp_path_factory):
     model, _, cfg = tiny
