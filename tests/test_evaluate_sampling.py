@@ -149,6 +149,43 @@ def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_a
     assert saved.shape == (6, 16, 16, 3) and np.array_equal(saved, decoded.permute(0, 2, 3, 1).numpy())
 
 
+_EVERY_RANK = """
+import json, sys
+import torch
+from accelerate import Accelerator
+from dit_core.diffusion import DiffusionConfig, create_diffusion
+from dit_core.evaluate import RandomConvExtractor, evaluate_model
+from dit_core.models import DiT
+
+torch.manual_seed(0)
+model = DiT(input_size=16, patch_size=4, in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=10)
+acc = Accelerator(cpu=True)
+m = evaluate_model(
+    model.eval(), create_diffusion(DiffusionConfig()), num_samples=5, batch_size=2, steps=2, num_classes=10,
+    image_size=16, channels=1, metrics=("fid",), extractors={"inception": RandomConvExtractor(dim=8)},
+    accelerator=acc,
+)
+json.dump(m, open(f"{sys.argv[1]}/rank{acc.process_index}.json", "w"))
+"""
+
+
+def test_every_rank_returns_rank_0s_metrics(tmp_path):
+    """Rank 0 scores the gathered samples and broadcasts the dict: both ranks of a 2-process run
+    return it (the trainer's ranks all read it)."""
+    script = tmp_path / "every_rank.py"
+    script.write_text(_EVERY_RANK)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DITSCALE_CACHE=str(tmp_path / "cache"))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              str(script)]  # fmt: skip
+    r = subprocess.run(
+        launch + [str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0] == ranks[1] and set(ranks[0]) == {"fid"} and ranks[0]["fid"] > 0
+
+
 def test_log_metrics_needs_a_run():
     import mlflow
 
