@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -102,9 +104,32 @@ def test_cpu_eager_seconds_counts_steps_and_blocks_beside_flops():
     assert resolve_compile("auto", "cpu", train_flops=1e12, steps=100_000, depth=3) is True
 
 
-def test_compile_for_training_off_returns_the_model():
+def test_compile_for_training_off_returns_the_model(caplog):
     model = DiT(model_config(**DEMO))
     assert compile_for_training(model, "off") is model
     assert compile_for_training(model, "auto", train_flops=1e9) is model
-    compiled = compile_for_training(model, "on")
+    with caplog.at_level(logging.INFO, logger="dit_core.fast_path"):
+        compiled = compile_for_training(model, "on")
     assert compiled is not model and compiled._orig_mod is model
+    assert caplog.messages == ["torch.compile of the training model on cpu (compile='on')"]
+    # auto on CPU decides from the run's FLOPs, steps and depth, all passed on (compiling is lazy)
+    long_run = compile_for_training(model, "auto", device="cpu", train_flops=1e12, steps=100_000, depth=3)
+    assert long_run._orig_mod is model
+    assert compile_for_training(model, "auto", device="cpu", train_flops=1e12, steps=100_000) is model
+    assert compile_for_training(model, "on", device="cuda")._orig_mod is model  # the GPU path
+
+
+def test_unknown_steps_or_depth_add_no_per_step_cost():
+    """steps and depth default to 0: a caller that knows only the FLOPs gets the FLOP time alone."""
+    from dit_core.fast_path import cpu_eager_seconds
+
+    assert cpu_eager_seconds(1e12) == pytest.approx(50.0)
+    assert (
+        cpu_eager_seconds(1e12, 1, steps=100_000)
+        == cpu_eager_seconds(1e12, 1, depth=3)
+        == pytest.approx(50.0)
+    )
+    assert cpu_compile_pays(1e12, threads=1, steps=10**9) is False
+    assert cpu_compile_pays(1e12, threads=1, depth=10**6) is False
+    assert resolve_compile("auto", "cpu", train_flops=1e12, depth=10**6) is False
+    assert resolve_compile("auto", "cpu", train_flops=1e12, steps=10**9) is False
