@@ -75,8 +75,8 @@ def test_resolve_compile_modes():
 
 
 def test_compile_mode_normalises_config_values():
-    assert [compile_mode(v) for v in (None, "AUTO", True, "true", False, "off", "on")] == [
-        "auto", "auto", "on", "on", "off", "off", "on",
+    assert [compile_mode(v) for v in (None, "AUTO", True, "true", False, "off", "on", "false", "False")] == [
+        "auto", "auto", "on", "on", "off", "off", "on", "off", "off",
     ]  # fmt: skip
     for bad in ("yes", 1, 0.5):
         with pytest.raises(ValueError, match="auto"):
@@ -117,6 +117,15 @@ def test_compile_for_training_off_returns_the_model(caplog):
     assert long_run._orig_mod is model
     assert compile_for_training(model, "auto", device="cpu", train_flops=1e12, steps=100_000) is model
     assert compile_for_training(model, "on", device="cuda")._orig_mod is model  # the GPU path
+
+
+def test_torchdynamo_disable_overrides_compile_on(monkeypatch):
+    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")
+    assert resolve_compile("on", "cpu") is False and resolve_compile(True, "cuda") is False
+    model = DiT(model_config(**DEMO))
+    assert compile_for_training(model, "on") is model
+    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "0")
+    assert resolve_compile("on", "cpu") is True
 
 
 def test_unknown_steps_or_depth_add_no_per_step_cost():
