@@ -238,6 +238,42 @@ def test_latents_missing_manifest_is_a_clear_error(tmp_path):
         build_dataset(DataConfig(name="latents", root=str(tmp_path)))
 
 
+def test_latents_dataset_pickles_without_its_handles_and_refuses_bad_folders(extracted, tmp_path):
+    """A dataset that has read an item holds an open shard; its pickle (what DataLoader workers get)
+    must not, and must read the same items. Out-of-range indices, an empty manifest and a missing
+    shard are errors that say what is wrong."""
+    import pickle
+    import shutil
+
+    from dit_core.data.latents import LatentsDataset
+
+    out, _ = extracted
+    ds = LatentsDataset(str(out), random_flip=False)
+    first = ds[0][0]
+    assert ds._handles
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy._handles == {} and ds._handles  # the original keeps its handle
+    torch.testing.assert_close(copy[0][0], first, rtol=0, atol=0)
+    torch.testing.assert_close(copy[11][0], ds[11][0], rtol=0, atol=0)
+    with pytest.raises(IndexError, match=r"^index 12 out of range for 12 latents$"):
+        ds.pair(12)
+    with pytest.raises(IndexError, match=r"^index -1 out of range"):
+        ds.pair(-1)
+    empty = tmp_path / "empty"
+    shutil.copytree(out, empty)
+    manifest = json.loads((empty / "manifest.json").read_text())
+    (empty / "manifest.json").write_text(json.dumps({**manifest, "shards": [], "num_items": 0}))
+    with pytest.raises(ValueError, match=r"holds no items \(manifest lists 0\)"):
+        LatentsDataset(str(empty))
+    (empty / "manifest.json").write_text(json.dumps(manifest))
+    (empty / "latents_00001.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"lists shard latents_00001.safetensors but the file is missing"):
+        LatentsDataset(str(empty))
+    (empty / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "vae"}))
+    with pytest.raises(ValueError, match=r"missing keys: \['vae'\]"):
+        LatentsDataset(str(empty))
+
+
 def test_extract_config_validation():
     with pytest.raises(ValueError, match=r"posterior: 'mode' is unknown; choose one of \['sample', 'mean'\]"):
         ExtractConfig(data_path="a", output="b", vae="c", posterior="mode")
