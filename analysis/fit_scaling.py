@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "1 = in this process); the intervals do not depend on it",
     )
     p.add_argument("--no-mlflow-log", action="store_true", help="do not log the analysis run back to MLflow")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="log each step of the fits (INFO), not only warnings"
+    )
     return p
 
 

@@ -301,15 +301,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae", required=True, help="local AutoencoderKL folder, or a hub id where the hub is reachable"
     )
     p.add_argument("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae')")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--posterior", choices=POSTERIORS, default="sample")
-    p.add_argument("--scale-factor", type=float, default=SD_VAE_SCALE)
-    p.add_argument("--shard-size", type=int, default=10_000)
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="pixel size images are centre-cropped to (default %(default)s)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="images per VAE forward (default %(default)s)")
+    p.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s: cuda if available)"
+    )
+    p.add_argument(
+        "--posterior", choices=POSTERIORS, default="sample",
+        help="store a sample of the VAE's Gaussian posterior (fast-DiT's choice) or its mean "
+        "(default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scale-factor", type=float, default=SD_VAE_SCALE,
+        help="latents are stored multiplied by this; decode with vae.decode(x / it) "
+        "(default %(default)s, Stable Diffusion's VAE)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shard-size", type=int, default=10_000, help="images per .safetensors shard (default %(default)s)"
+    )
+    p.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32",
+        help="storage dtype of the latents; encoding runs in float32 (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (default %(default)s)")
+    p.add_argument(
+        "--num-workers", type=int, default=4, help="DataLoader workers reading images (default %(default)s)"
+    )
     p.add_argument(
         "--no-validate", dest="validate_images", action="store_false", help="skip the PIL verify pass"
     )
@@ -317,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--rank", type=int, default=0, help="this process's share: shards k with k %% world-size == rank"
     )
     p.add_argument("--world-size", type=int, default=1, help="number of processes sharing the shards")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_const", const=False, default=None,
+        help="no progress bar (default: a bar on a terminal only)",
+    )  # fmt: skip
     return p
 
 

@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--no-wait", action="store_true", help="submit and return (SLURM); see `status` later")
     r.add_argument("--poll", type=float, default=2.0, help="seconds between progress updates")
-    r.add_argument("-v", "--verbose", action="store_true")
+    r.add_argument(
+        "-v", "--verbose", action="store_true", help="log the launcher's steps (INFO), not only warnings"
+    )
     return p
 
 

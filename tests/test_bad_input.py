@@ -268,3 +268,17 @@ def test_evaluate_refuses_bad_sample_count(trained_run, scratch, capsys, caplog)
 def test_extract_latents_refuses_missing_folder(scratch, capsys, caplog):
     argv = ["--data-path", "missing", "--output", "latents", "--vae", "some/vae"]
     _assert_refused(*_run(extract_latents.main, argv, capsys, caplog), "does not exist or is not a directory")
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["dit_core.trainer.cli", "dit_core.evaluate.__main__", "dit_core.extract_latents", "sweeps.launch",
+     "analysis.fit_scaling"],
+)  # fmt: skip
+def test_every_option_of_every_cli_has_help(module):
+    """`--help` teaches: no option is listed with its name alone."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 10 and [a.dest for a in options if not a.help] == []

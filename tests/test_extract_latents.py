@@ -92,6 +92,9 @@ def test_manifest_and_shards(extracted, image_dir):
     ]
     assert manifest["skipped"] == [str(image_dir / "dog" / "corrupt.png")]
     assert manifest["latent_shape"] == [4, 8, 8] and manifest["scale_factor"] == SCALE
+    assert manifest["version"] == 1 and manifest["format"] == "ditscale-latents"
+    assert not {"rank", "world_size", "progress"} & set(manifest["config"])  # not the run's settings
+    assert manifest["config"]["shard_size"] == 5 and manifest["config"]["posterior"] == "mean"
 
 
 def test_latents_dataset_shapes_labels_and_encodings(extracted, image_dir, vae_dir):
@@ -285,6 +288,25 @@ def test_hub_id_offline_fails_fast_with_a_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=r"hub is not reachable.*--vae ./vae"):
         ex.load_vae("nobody-here/no-such-vae")
+
+
+def test_hub_reachability_reads_the_endpoint_and_the_offline_switch(monkeypatch):
+    """`HF_ENDPOINT` names the host tried (here a real local socket); `HF_HUB_OFFLINE` in any of its
+    spellings means unreachable without a connection; a closed port is unreachable."""
+    import socket
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert ex._hub_reachable(timeout=5.0)
+        for on in ("1", "true", "YES", "on"):
+            monkeypatch.setenv("HF_HUB_OFFLINE", on)
+            assert not ex._hub_reachable(timeout=5.0)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        assert ex._hub_reachable(timeout=5.0)
+    assert not ex._hub_reachable(timeout=5.0)  # the port is closed now
 
 
 def test_shards_split_over_ranks_match_single_process(extracted, image_dir, vae_dir, tmp_path):
