@@ -290,6 +290,14 @@ def test_hub_id_offline_fails_fast_with_a_fix(monkeypatch):
         ex.load_vae("nobody-here/no-such-vae")
 
 
+def test_a_vae_name_is_local_when_it_looks_like_a_path_or_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myvae").mkdir()
+    assert ex._is_local("./missing") and ex._is_local("~/missing") and ex._is_local(str(tmp_path / "x"))
+    assert ex._is_local("myvae")  # a relative folder that exists
+    assert not ex._is_local("stabilityai/sd-vae-ft-ema")  # a hub id
+
+
 def test_hub_reachability_reads_the_endpoint_and_the_offline_switch(monkeypatch):
     """`HF_ENDPOINT` names the host tried (here a real local socket); `HF_HUB_OFFLINE` in any of its
     spellings means unreachable without a connection; a closed port is unreachable."""
