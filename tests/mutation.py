@@ -223,8 +223,12 @@ SELECTIONS: dict[str, list[str]] = {
         "reference or clear_errors",
     ],
     # sampling for evaluation: the sample set's seeds, batches and guidance, the evaluation CLI and
-    # its MLflow logging (the two-process test runs the module in child processes: left out)
-    "dit_core/evaluate/sampling.py": ["tests/test_evaluate_sampling.py", "-k", "not two_processes"],
+    # its MLflow logging (the two-process tests run the module in child processes: left out)
+    "dit_core/evaluate/sampling.py": [
+        "tests/test_evaluate_sampling.py",
+        "-k",
+        "not two_processes and not every_rank",
+    ],
     # torch.compile on CPU: when it pays, the modes, and the compiled path training like the plain one
     "dit_core/fast_path.py": ["tests/test_fast_path.py"],
     # latent extraction (shards, manifest, resume, skipped files) and the latents dataset (DataLoader
