@@ -166,6 +166,8 @@ m = evaluate_model(
     accelerator=acc,
 )
 json.dump(m, open(f"{sys.argv[1]}/rank{acc.process_index}.json", "w"))
+acc.wait_for_everyone()
+acc.end_training()  # destroys the process group: a gloo rank that exits without it can abort
 """
 
 
