@@ -132,6 +132,20 @@ def pg_mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_vae():
+    """A random 2-block `AutoencoderKL` (diffusers): RGB 16 px <-> 4 x 8 x 8 latents, seeded."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+        norm_num_groups=4, sample_size=16,
+    ).eval()  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def eval_cache(tmp_path_factory) -> Path:
     """DITSCALE_CACHE for the test_evaluate* modules, so each domain classifier trains once a session."""
     path = tmp_path_factory.getbasetemp() / "ditscale-cache"

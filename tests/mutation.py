@@ -25,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+_LATENTS_TESTS = ["tests/test_extract_latents.py", "-k", "not workers and not ranks"]
+
 # module -> the tests that exercise it (fast ones only; slow trainer runs are left out).
 SELECTIONS: dict[str, list[str]] = {
     "dit_core/blocks.py": [
@@ -233,8 +235,8 @@ SELECTIONS: dict[str, list[str]] = {
     "dit_core/fast_path.py": ["tests/test_fast_path.py"],
     # latent extraction (shards, manifest, resume, skipped files) and the latents dataset (DataLoader
     # workers and ranks run in child processes: left out)
-    "dit_core/extract_latents.py": ["tests/test_extract_latents.py", "-k", "not workers and not ranks"],
-    "dit_core/data/latents.py": ["tests/test_extract_latents.py", "-k", "not workers and not ranks"],
+    "dit_core/extract_latents.py": _LATENTS_TESTS,
+    "dit_core/data/latents.py": _LATENTS_TESTS,
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",

@@ -35,7 +35,7 @@ def an():
 @pytest.fixture
 def figures(an, tmp_path, monkeypatch):
     """name -> the open figure `plot_all` would have saved, and the paths it returned. Drawn for each
-    test (~1 s), not once per module: mutmut runs only the tests that call a mutated function, and a
+    test (~0.3 s), not once per module: mutmut runs only the tests that call a mutated function, and a
     module-scoped drawing would count for the first test alone."""
     yield _draw_all(an, tmp_path, monkeypatch)
     plt.close("all")

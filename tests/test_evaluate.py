@@ -279,7 +279,7 @@ def test_reference_stats_cached_and_sources_agree(tmp_path):
         np.testing.assert_allclose(other.feats["pool"], first.feats["pool"], rtol=1e-6, atol=1e-6)
 
 
-def test_reference_cache_names_and_keys(tmp_path, monkeypatch, eval_cache, caplog):
+def test_reference_cache_names_and_keys(tmp_path, monkeypatch, caplog):
     """The cache lives in $DITSCALE_CACHE (default ~/.cache/ditscale)/ref_stats, one file per source,
     extractor and options, named so a person can tell them apart; the key of a digits reference is
     its kind, resolution and split; the first computation says where it went."""

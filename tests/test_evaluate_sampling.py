@@ -102,11 +102,12 @@ def test_evaluate_model_exact_count_and_mlflow_logging(tiny, tmp_path):
         evaluate_model(model, diffusion, num_samples=1, batch_size=4, **KW)
 
 
-def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_accelerate(tiny, tmp_path):
+def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_accelerate(
+    tiny, tiny_vae, tmp_path
+):
     """The samples `evaluate_model` scores are `generate_images`' for the same sampler (DDPM here, not
     the default DDIM); through a one-process `Accelerator` they are the same; latents go through
-    `vae.decode(z / 0.18215)` (Stable Diffusion's latent scale) before scoring."""
-    import diffusers
+    `tiny_vae.decode(z / 0.18215)` (Stable Diffusion's latent scale) before scoring."""
     from accelerate import Accelerator
 
     model, diffusion, _ = tiny
@@ -129,21 +130,15 @@ def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_a
         np.load(tmp_path / "b.npz")["arr_0"], np.load(tmp_path / "a.npz")["arr_0"]
     )
 
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-        norm_num_groups=4, sample_size=16,
-    ).eval()  # fmt: skip
     latent = DiT.from_config(
         replace(_train_config().model, input_size=8, in_channels=4).to_dit_config()
     ).eval()
     lkw = {**KW, "image_size": 8, "channels": 4}
-    evaluate_model(latent, diffusion, vae=vae, save_samples=str(tmp_path / "c.npz"), **run, **lkw)
+    evaluate_model(latent, diffusion, vae=tiny_vae, save_samples=str(tmp_path / "c.npz"), **run, **lkw)
     with torch.no_grad():
         decoded = generate_images(
             latent, diffusion, range(6), batch_size=3, cfg_scale=1.5,
-            decode=lambda z: vae.decode(z / 0.18215).sample, **lkw,
+            decode=lambda z: tiny_vae.decode(z / 0.18215).sample, **lkw,
         )  # fmt: skip
     saved = np.load(tmp_path / "c.npz")["arr_0"]
     assert saved.shape == (6, 16, 16, 3) and np.array_equal(saved, decoded.permute(0, 2, 3, 1).numpy())

@@ -20,20 +20,9 @@ SCALE = 0.18215
 
 
 @pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+def vae_dir(tiny_vae, tmp_path_factory):
     path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
+    tiny_vae.save_pretrained(path)
     return path
 
 
