@@ -237,6 +237,68 @@ SELECTIONS: dict[str, list[str]] = {
     # workers and ranks run in child processes: left out)
     "dit_core/extract_latents.py": _LATENTS_TESTS,
     "dit_core/data/latents.py": _LATENTS_TESTS,
+    # the torch-free spec: shapes, names, parameter and FLOP counts, the budget's steps
+    "dit_core/spec.py": [
+        "tests/test_flops.py",
+        "tests/test_models.py",
+        "tests/test_model_input_checks.py",
+        "tests/test_train_config.py",
+        "tests/test_sweeps.py",
+        "-k",
+        "not cell_lock",
+    ],
+    # power laws with intervals, the budgets' clusters, the compute frontier and its laws
+    "analysis/laws.py": [
+        "tests/test_analysis.py",
+        "tests/test_analysis_status.py",
+        "-k",
+        "not cli",
+    ],
+    # the trainer's configuration: defaults, YAML, dotted overrides, CLI flags, validation
+    "dit_core/config.py": [
+        "tests/test_train_config.py",
+        "tests/test_configio.py",
+        "tests/test_trainer_pieces.py",
+    ],
+    # the small classifier behind fid_digits and fid_photos: its recipe, training, cache and features
+    "dit_core/evaluate/domain_classifier.py": ["tests/test_evaluate_domain.py"],
+    # images to uint8, the Inception extractor against clean-fid, the random-conv features
+    "dit_core/evaluate/features.py": [
+        "tests/test_evaluate.py",
+        "tests/test_evaluate_inception.py",
+        "tests/test_evaluate_domain.py",
+    ],
+    # state dicts to and from diffusers' DiTTransformer2DModel, checked by parity
+    "dit_core/convert.py": ["tests/test_dit_parity.py"],
+    # the ADM centre crop, the folder scan and the folder dataset
+    "dit_core/data/imagefolder.py": [
+        "tests/test_data.py",
+        "tests/test_extract_latents.py",
+        "-k",
+        "not workers and not ranks",
+    ],
+    # what a cell passes to the trainer, and the trainer's config built from it
+    "sweeps/task.py": [
+        "tests/test_sweeps.py",
+        "tests/test_demo_design.py",
+        "tests/test_sweeps_seeds.py",
+        "-k",
+        "not cell_lock",
+    ],
+    "dit_core/ema.py": ["tests/test_train_config.py", "tests/test_training_truth.py", "-k", "ema or EMA"],
+    "dit_core/memory.py": ["tests/test_memory.py"],
+    # a checkpoint's evaluation: the run's own protocol by default, and what departs from it
+    "dit_core/evaluate/checkpoint_eval.py": [
+        "tests/test_trainer_tracking_fast.py",
+        "tests/test_evaluate_sampling.py",
+        "-k",
+        "(checkpoint or eval or cli) and not two_processes and not every_rank",
+    ],
+    "dit_core/data/config.py": [
+        "tests/test_data.py",
+        "tests/test_data_photos.py",
+        "tests/test_train_config.py",
+    ],
     "analysis/isoflop.py": [
         "tests/test_isoflop_closed_forms.py",
         "tests/test_analysis.py",
