@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from _train_helpers import one_thread, tiny_config
 from mlflow import MlflowClient
 
-from dit_core.data import photos_images
+from dit_core.data import digits_images, photos_images
 from dit_core.data.photos import PhotoOptions, photo_crops
 from dit_core.evaluate import PHOTOS_METRICS, DomainExtractor, evaluate_samples, fid_from_features
 from dit_core.evaluate import domain_classifier as dc
@@ -38,9 +39,8 @@ def photos_extractor(eval_cache):
 
 
 def _small_photos_recipe(**changes) -> DomainClassifierRecipe:
-    return replace(
-        photos_recipe(16, PhotoOptions(channels=3)), train_size=256, epochs=1, val_size=64, **changes
-    )
+    small = {"train_size": 256, "epochs": 1, "val_size": 64}
+    return replace(photos_recipe(16, PhotoOptions(channels=3)), **(small | changes))
 
 
 def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -53,6 +53,9 @@ def test_recipe_checks_and_presets():
         DomainClassifierRecipe(domain="faces")
     with pytest.raises(ValueError, match="multiple of 4"):
         DomainClassifierRecipe(input_size=18)
+    with pytest.raises(ValueError, match="val_size >= 1"):
+        _small_photos_recipe(val_size=0)
+    assert _small_photos_recipe(val_size=1).val_size == 1
     assert digits_recipe(32).num_classes == 10 and digits_recipe(32).input_size == 16
     r = photos_recipe(32, PhotoOptions(channels=1, num_photos=7))
     assert (r.domain, r.input_size, r.channels, r.num_classes) == ("photos", 32, 1, 7)
@@ -60,10 +63,82 @@ def test_recipe_checks_and_presets():
     assert default_metrics("photos") == (*PHOTOS_METRICS, "fid", "sfid", "precision", "recall")
 
 
-def test_training_is_deterministic_and_cached(eval_cache, monkeypatch):
+def test_recipe_for_a_reference_follows_its_domain_and_options():
+    assert dc.recipe_for_reference("digits", 32) == digits_recipe(32)
+    assert dc.recipe_for_reference("photos", 16) == photos_recipe(16)
+    options = {"channels": 1, "num_photos": 7, "crop_scale": (0.1, 0.3), "holdout": 0.3, "n": 500}
+    r = dc.recipe_for_reference("photos", 8, options)  # the reference's other keys are not the recipe's
+    assert r == photos_recipe(8, PhotoOptions(channels=1, num_photos=7, crop_scale=(0.1, 0.3), holdout=0.3))
+    assert (r.channels, r.num_classes, r.crop_scale, r.holdout) == (1, 7, (0.1, 0.3), 0.3)
+    with pytest.raises(ValueError, match="no domain classifier for 'faces'"):
+        dc.recipe_for_reference("faces", 16)
+
+
+def test_net_input_maps_channels_sizes_and_range():
+    """uint8 0..255 -> [-1, 1]; grey to colour repeats the channel, colour to grey is the mean."""
+    g = torch.Generator().manual_seed(0)
+    grey = torch.randint(0, 256, (2, 1, 8, 8), generator=g, dtype=torch.uint8)
+    rgb = torch.randint(0, 256, (2, 3, 8, 8), generator=g, dtype=torch.uint8)
+    assert torch.equal(dc.to_net_input(grey, 8, 1), grey.float() / 127.5 - 1)
+    assert torch.equal(dc.to_net_input(grey, 8, 3), (grey.float() / 127.5 - 1).repeat(1, 3, 1, 1))
+    torch.testing.assert_close(dc.to_net_input(rgb, 8, 1), rgb.float().mean(1, keepdim=True) / 127.5 - 1)
+    ends = torch.tensor([0, 255], dtype=torch.uint8).repeat(16).reshape(1, 1, 4, 8)
+    assert dc.to_net_input(ends, 8, 1).unique().tolist() == [-1.0, 1.0]
+    flat = torch.full((1, 1, 8, 8), 51, dtype=torch.uint8)  # resampling keeps a flat image flat
+    big = dc.to_net_input(flat, 16, 1)
+    assert big.shape == (1, 1, 16, 16)
+    torch.testing.assert_close(big, torch.full_like(big, 51 / 127.5 - 1))
+    stripes = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    stripes[..., ::4] = 255  # one bright column in four: 32 -> 8 px reads as its mean (antialiased)
+    inner = dc.to_net_input(stripes, 8, 1)[..., 1:-1]
+    torch.testing.assert_close(inner, torch.full_like(inner, 63.75 / 127.5 - 1))
+    with pytest.raises(ValueError, match="expects 1 or 3 channels, got images with 2"):
+        dc.to_net_input(torch.zeros(1, 2, 8, 8), 8, 1)
+
+
+def test_augmentations_shift_by_at_most_m_pixels_and_flip_left_right():
+    x = torch.arange(64 * 36, dtype=torch.float32).reshape(64, 1, 6, 6)  # every pixel unique
+    assert dc._shift(x, torch.Generator(), 0) is x
+    shifted = dc._shift(x, torch.Generator().manual_seed(0), 1)
+    padded = F.pad(x, (1, 1, 1, 1), value=-1.0)
+    seen = set()
+    for i in range(len(x)):  # each image is its own, moved by (dy, dx) in -1..1 with -1 filling in
+        moves = [(a, b) for a in range(3) for b in range(3)
+                 if torch.equal(shifted[i], padded[i, :, a : a + 6, b : b + 6])]  # fmt: skip
+        assert len(moves) == 1, i
+        seen.add(moves[0])
+    assert len(seen) == 9  # 64 images use every move
+    flipped = dc._random_hflip(x, torch.Generator().manual_seed(0))
+    kept = [torch.equal(flipped[i], x[i]) for i in range(len(x))]
+    assert all(k or torch.equal(flipped[i], x[i].flip(-1)) for i, k in enumerate(kept))
+    assert 16 < sum(kept) < 48  # about half flipped
+    assert torch.equal(dc._random_hflip(x, torch.Generator().manual_seed(0)), flipped)  # the generator's
+
+
+def test_domain_data_is_the_domains_training_and_held_out_images():
+    (xtr, ytr), (xva, yva) = dc.domain_data(digits_recipe(16))
+    for (x, y), split in (((xtr, ytr), "train"), ((xva, yva), "val")):
+        want_x, want_y = digits_images(split, 16)
+        assert torch.equal(x, want_x) and torch.equal(y, want_y)
+    r = _small_photos_recipe(train_size=128, val_size=16)
+    (xtr, ytr), (xva, yva) = dc.domain_data(r)
+    crops = photo_crops(PhotoOptions(channels=3))
+    plain, labels = crops.sample(np.arange(128), "train", 16, seed=r.seed, flip=False)
+    assert torch.equal(ytr, labels) and len(xva) == 16
+    same = [torch.equal(a, b) for a, b in zip(xtr, plain)]
+    assert all(s or torch.equal(a, b.flip(-1)) for s, a, b in zip(same, xtr, plain))
+    assert 0 < sum(same) < 128  # the training crops are flipped at random, the held-out ones never
+    assert torch.equal(xva, crops.sample(np.arange(16), "val", 16, flip=True)[0])
+
+
+def test_training_is_deterministic_and_cached(eval_cache, monkeypatch, caplog):
     recipe = _small_photos_recipe()
-    first = DomainExtractor(recipe)
+    with caplog.at_level(logging.INFO, logger=dc.__name__):
+        first = DomainExtractor(recipe)
+    said = f"trained photos classifier (16 px): held-out accuracy {first.val_accuracy:.4f} -> {first.path}"
+    assert said in caplog.messages
     assert first.path.is_file() and first.path.parent.parent == eval_cache
+    assert torch.load(first.path, weights_only=True)["recipe"] == asdict(recipe)  # what the file is of
     net, acc = train_domain_classifier(recipe)  # same recipe -> bit-identical weights and accuracy
     assert acc == first.val_accuracy
     _assert_same_weights(net, first.net)

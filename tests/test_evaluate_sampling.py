@@ -211,6 +211,74 @@ def checkpoint_own_eval(tiny, tmp_path_factory):
     return out
 
 
+def test_a_latent_runs_checkpoint_needs_a_reference_and_a_local_vae(tiny_vae, tmp_path):
+    """A run on VAE latents has no reference of its own and samples latents: its evaluation asks for a
+    reference and a local VAE folder, by name, then scores the VAE's decoded RGB images."""
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+
+    cfg = _train_config()
+    cfg = replace(cfg, model=replace(cfg.model, input_size=8, in_channels=4),
+                  data=replace(cfg.data, name="latents", root=str(tmp_path / "latents")),
+                  eval=replace(cfg.eval, num_samples=4, steps=2))  # fmt: skip
+    sd = DiT.from_config(cfg.model.to_dit_config()).state_dict()
+    save_checkpoint(tmp_path / "run", {"model": sd, "ema": sd, "config": cfg.to_flat_dict(), "step": 3})
+    run = CheckpointEvalConfig(checkpoint=str(tmp_path / "run"), batch_size=2)
+    with pytest.raises(ValueError, match="trained on 'latents' data: pass --reference FOLDER_OR_NPZ"):
+        evaluate_checkpoint(run)
+    scored = replace(run, reference="digits", metrics=("fid_digits",))
+    with pytest.raises(ValueError, match=r"trained on VAE latents: pass --vae PATH \(a local AutoencoderKL"):
+        evaluate_checkpoint(scored)
+    with pytest.raises(ValueError, match="--vae .*novae is not a folder; give a local diffusers"):
+        evaluate_checkpoint(replace(scored, vae=str(tmp_path / "novae")))
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "s.npz"
+    got, step, _ = evaluate_checkpoint(replace(scored, vae=str(tmp_path / "vae"), save_samples=str(out)))
+    assert step == 3 and got["fid_digits"] > 0 and "is_digits" not in got
+    assert np.load(out)["arr_0"].shape == (4, 16, 16, 3)  # 4 x 8 x 8 latents decoded to 16 px RGB
+
+
+def test_a_checkpoint_without_label_dropout_is_sampled_without_guidance(tiny, tmp_path, caplog):
+    """No unconditional branch to guide with: a guidance scale given is dropped (with a warning), so
+    the samples are those of scale 1."""
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+
+    model, _, cfg = tiny
+    cfg = replace(cfg, model=replace(cfg.model, class_dropout_prob=0.0))
+    plain = DiT.from_config(cfg.model.to_dit_config())
+    sd = {k: v for k, v in model.state_dict().items() if k in plain.state_dict()}
+    # the perturbed weights, less the null class's embedding row
+    sd["y_embedder.embedding_table.weight"] = sd["y_embedder.embedding_table.weight"][:10]
+    save_checkpoint(tmp_path, {"model": sd, "ema": sd, "config": cfg.to_flat_dict(), "step": 1})
+    kw = dict(checkpoint=str(tmp_path), num_samples=4, steps=2, batch_size=4, metrics=("fid_digits",))
+    samples = {}
+    for scale in (1.0, 4.0):
+        out = tmp_path / f"{scale}.npz"
+        with caplog.at_level("WARNING", logger="dit_core.evaluate.checkpoint_eval"):
+            evaluate_checkpoint(CheckpointEvalConfig(cfg_scale=scale, save_samples=str(out), **kw))
+        samples[scale] = np.load(out)["arr_0"]
+    assert np.array_equal(samples[1.0], samples[4.0])
+    assert caplog.messages == [
+        "model trained without label dropout: no unconditional branch, using cfg_scale 1"
+    ]
+
+
+def test_a_reference_given_is_scored_on_its_own_default_metrics():
+    """The run's own metrics (eval.metrics) belong to its own reference; another reference gets that
+    reference's defaults; --metrics overrides both."""
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, chosen_metrics
+    from dit_core.evaluate.metrics import default_metrics
+
+    cfg = _train_config()
+    own = replace(cfg, eval=replace(cfg.eval, metrics=("is_digits",)))
+    plain = CheckpointEvalConfig(checkpoint="c")
+    assert chosen_metrics(plain, own, "digits") == ("is_digits",)
+    assert chosen_metrics(plain, cfg, "digits") == default_metrics("digits", inception=False)
+    photos = "photos:n=200,channels=1"
+    given = replace(plain, reference=photos)
+    assert chosen_metrics(given, own, photos) == default_metrics(photos) != ("is_digits",)
+    assert chosen_metrics(replace(given, metrics=["fid"]), own, photos) == ("fid",)
+
+
 def test_cli_evaluates_checkpoint_and_logs_to_mlflow(checkpoint_own_eval, tmp_path, capsys):
     import mlflow
 
@@ -269,6 +337,7 @@ def test_cli_shows_a_sampling_bar_on_a_terminal_only(checkpoint_own_eval, tmp_pa
         (["--raw-weights"], "--raw-weights (run: the EMA weights)"),
         (["--cfg-scale", "4"], "cfg_scale 4.0 (run: 1.5)"),
         (["--metrics", "fid_digits"], "metrics fid_digits (run: its own)"),
+        (["--metrics", "is_digits,fid_digits"], "metrics is_digits,fid_digits (run: its own)"),
     ],
 )
 def test_cli_will_not_log_another_protocol_into_the_run(checkpoint_own_eval, tmp_path, capsys, extra, named):
@@ -283,6 +352,8 @@ def test_cli_will_not_log_another_protocol_into_the_run(checkpoint_own_eval, tmp
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert named in err and "drop --mlflow-run-id" in err
+    assert "--mlflow-run-id logs into the run's eval/* metrics, which the analysis compares" in err
+    assert "only under one protocol, and these settings depart from the run's own: " in err
     assert not (tmp_path / "m.json").exists()
     assert mlflow.tracking.MlflowClient().get_run(run.info.run_id).data.metrics == {}
     # the same settings without --mlflow-run-id are a free rescoring

@@ -55,6 +55,16 @@ def protocol_departures(cfg: CheckpointEvalConfig, run_cfg, cfg_scale: float) ->
     return off + (["--raw-weights (run: the EMA weights)"] if not cfg.use_ema else [])
 
 
+def chosen_metrics(cfg: CheckpointEvalConfig, run_cfg, reference: str) -> tuple[str, ...]:
+    """``cfg.metrics``; else the run's own (``run_cfg``'s) on its own reference; else, for a reference
+    given, that reference's default metrics."""
+    from dit_core.trainer.evaluation import run_metrics
+
+    if cfg.metrics:
+        return tuple(cfg.metrics)
+    return default_metrics(reference) if cfg.reference else run_metrics(run_cfg, reference)
+
+
 def load_vae(path: str, device: torch.device):
     """diffusers ``AutoencoderKL`` from a local folder (no download)."""
     from diffusers import AutoencoderKL
@@ -72,7 +82,7 @@ def evaluate_checkpoint(
     feature_spaces: filled with ``{family: extractor name}`` on rank 0 (see `evaluate_samples`)."""
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
-    from dit_core.trainer.evaluation import run_metrics, sampling_settings
+    from dit_core.trainer.evaluation import sampling_settings
 
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
@@ -84,10 +94,7 @@ def evaluate_checkpoint(
         raise ValueError(
             f"the run trained on {data.name!r} data: pass --reference FOLDER_OR_NPZ of real images"
         )
-    if cfg.metrics:
-        metrics = tuple(cfg.metrics)
-    else:
-        metrics = run_metrics(tcfg, reference) if not cfg.reference else default_metrics(reference)
+    metrics = chosen_metrics(cfg, tcfg, reference)
     check_metrics(metrics, reference)
     vae = None
     if data.name == "latents":

@@ -189,6 +189,12 @@ def _shift(x: torch.Tensor, g: torch.Generator, m: int) -> torch.Tensor:
     return torch.stack([padded[i, :, dy[i] : dy[i] + s, dx[i] : dx[i] + s] for i in range(len(x))])
 
 
+def _random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Each image of (N, C, S, S) flipped left-right with probability 1/2."""
+    f = torch.rand(len(x), generator=g) < 0.5
+    return torch.where(f[:, None, None, None], x.flip(-1), x)
+
+
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, R, R), int64 labels (N,)
 
 
@@ -223,9 +229,7 @@ def train_domain_classifier(recipe: DomainClassifierRecipe) -> tuple[DomainNet, 
             for i in range(0, len(xtr), recipe.batch_size):
                 idx = perm[i : i + recipe.batch_size]
                 xb = _shift(xtr[idx], g, recipe.max_shift)
-                if recipe.flip:  # horizontal flips, half of each batch at random
-                    f = torch.rand(len(xb), generator=g) < 0.5
-                    xb = torch.where(f[:, None, None, None], xb.flip(-1), xb)
+                xb = _random_hflip(xb, g) if recipe.flip else xb
                 loss = F.cross_entropy(net(xb), ytr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
