@@ -232,6 +232,24 @@ def test_power_law_bootstrap_interval_covers_truth():
     assert band[0][0] < 3.0 * 1e21**-0.2 < band[1][0]
 
 
+def test_a_power_laws_summary_and_record_carry_its_estimates_and_intervals():
+    rng = np.random.default_rng(0)
+    x = np.logspace(15, 20, 12)
+    fit = fit_power_law(x, 3.0 * x**-0.2 * np.exp(0.02 * rng.standard_normal(12)), saturating=False,
+                        n_bootstrap=20, seed=1, x_name="C", y_name="loss")  # fmt: skip
+    se, ci = fit.se, fit.conf_int()
+    lines = fit.summary().splitlines()
+    assert lines[0].startswith(f"pure power law: loss = {fit.params['A']:.4g} * C^(") and "(n=12," in lines[0]
+    lo, hi = ci["alpha"]
+    assert f"alpha = {fit.params['alpha']:.5g}  se {se['alpha']:.3g}  95% [{lo:.5g}, {hi:.5g}]" in lines[2]
+    d = fit.to_dict()
+    assert d["kind"] == "pure" and d["n_points"] == 12 and d["alpha"] == fit.params["alpha"]
+    assert d["se"] == se and d["ci95"]["alpha"] == [lo, hi] and d["interval"] == "bootstrap"
+    assert d["bootstrap"] == fit.bootstrap.to_dict() and d["bootstrap"]["n_requested"] == 20
+    plain = fit_power_law(x, 1.5 + 20.0 * x**-0.08).summary()  # no interval: NaNs, not a crash
+    assert "se nan  95% [nan, nan]" in plain
+
+
 def test_frontier_is_lower_envelope_of_run_curves():
     rows = []
     for i, n in enumerate([1e6, 1e7, 1e8]):  # three runs, curves L = E + A/N^a + B/D^b along D
@@ -256,6 +274,52 @@ def test_frontier_is_lower_envelope_of_run_curves():
     assert fr["N"].is_monotonic_increasing  # bigger models win at bigger budgets
     fit = fit_frontier(pts)
     assert fit.a > 0 and fit.y_law is not None
+    assert fit.to_dict()["frontier_models"] == sorted(set(fr["model"])) and len(set(fr["model"])) > 1
+    assert fit_frontier(pts.iloc[:0]).to_dict()["frontier_models"] == []
+    assert fit.n_opt.formula().startswith("N_opt = ") and fit.d_opt.formula().startswith("D_opt = ")
+    assert fit.y_law.bootstrap is None and fit.n_opt.bootstrap is None  # none asked for
+
+
+def test_the_frontier_spans_from_the_last_first_evaluation_within_a_tenth_of_a_decade():
+    """Runs of one budget start (and end) a few steps' compute apart: a first evaluation within 0.1 dex
+    of the earliest moves the frontier's start to it; one just beyond (0.5 % past 10^0.1) does not."""
+    from analysis.laws import _frontier_span
+
+    tenth = 10**0.1
+
+    def span(second_first, second_last):
+        rows = [{"N": 1.0, "C": c} for c in (1e10, 1e11, 1e12)]
+        rows += [{"N": 2.0, "C": c} for c in (second_first, 3e11, second_last)]
+        return _frontier_span(pd.DataFrame(rows))
+
+    assert span(1e10 * tenth * 0.995, 1e12 / tenth / 0.995) == pytest.approx(
+        (1e10 * tenth * 0.995, 1e12 / tenth / 0.995)
+    )
+    assert span(1e10 * tenth * 1.005, 1e12 / tenth / 1.005) == (1e10, 1e12)
+
+
+@pytest.mark.parametrize(
+    "sizes, where",
+    [
+        ([1e6, 1e7, 1e8], "the smallest model trained, holds the whole loss frontier: no N_opt(C) or "
+                          "D_opt(C) law from approach 1; add smaller models"),
+        ([1e5, 1e6, 1e7], "a model in the middle of the grid, holds the whole loss frontier: no N_opt(C) "
+                          "or D_opt(C) law from approach 1; add budgets at lower and higher compute"),
+        ([1e4, 1e5, 1e6], "the largest model trained, holds the whole loss frontier: no N_opt(C) or "
+                          "D_opt(C) law from approach 1; add larger models"),
+    ],
+)  # fmt: skip
+def test_a_frontier_held_by_one_model_says_where_that_model_lies_and_what_to_add(sizes, where):
+    """Final losses of three sizes at three budgets on a law whose optimum sits at N = 1e6 at every
+    budget (loss grows with |log N - log 1e6|): that model holds the frontier, wherever it lies."""
+    rows = [
+        {"N": n, "D": c / (6 * n), "C": c, "budget": c, "model": f"m{n:.0e}", "run_id": f"{n:.0e}-{c:.0e}",
+         "loss": 1.0 + 0.1 * abs(math.log10(n / 1e6)) + 1e10 / c}
+        for n in sizes
+        for c in (1e12, 1e13, 1e14)
+    ]  # fmt: skip
+    fit = fit_frontier(pd.DataFrame(rows))
+    assert fit.n_opt is None and fit.status.reasons == [f"one model (m1e+06, N = 1e+06 parameters), {where}"]
 
 
 def demo_seed0_points() -> pd.DataFrame:
