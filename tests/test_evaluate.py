@@ -417,6 +417,17 @@ def test_an_inception_file_with_logits_gives_probs_and_is_named_by_its_digest(tm
         InceptionExtractor(weights=odd)
 
 
+def test_the_random_test_extractor_is_a_fixed_function_of_its_seed():
+    """The tests' stand-in for Inception: the same seed gives the same features in any process (its
+    name keys the reference cache), another seed others."""
+    x = digits_images("val", 16)[0][:4]
+    a = RandomConvExtractor(dim=8)
+    np.testing.assert_array_equal(a(x), RandomConvExtractor(dim=8)(x))
+    assert not np.array_equal(a(x), RandomConvExtractor(dim=8, seed=1)(x))
+    assert a.name == "randconv-8-0-16" and RandomConvExtractor().name == "randconv-16-0-16"
+    assert a(x).shape == (4, 8) and a.extract(x, ("spatial",))["spatial"].shape == (4, 2 * 8 * 8)
+
+
 def test_model_pixels_become_png_bytes_as_in_dits_sample_script():
     """clamp(127.5 x + 128, 0, 255) truncated to uint8 (DiT's sample_ddp.py), out-of-range values
     clamped rather than wrapped around."""
