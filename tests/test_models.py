@@ -74,6 +74,22 @@ def test_official_names_and_shapes():
         assert cfg.patch_size == int(patch)
 
 
+def test_a_runs_logged_shape_is_named_as_the_sweep_names_it():
+    """MLflow keeps params as strings ("12", "3.0", "None"): the paper's name for its shapes, the
+    d/w label for others (or when the heads were not logged), None without a whole shape."""
+    from dit_core.spec import model_label_of_params
+
+    p = {"model.depth": "12", "model.hidden_size": "768", "model.num_heads": "12", "model.patch_size": "4"}
+    assert model_label_of_params(p) == "DiT-B/4"
+    assert model_label_of_params({**p, "model.num_heads": "None"}) == "DiT-d12-w768/4"
+    assert model_label_of_params({**p, "model.depth": "3.0"}) == "DiT-d3-w768/4"
+    for key in ("model.depth", "model.hidden_size", "model.patch_size"):
+        assert model_label_of_params({k: v for k, v in p.items() if k != key}) is None
+        assert (
+            model_label_of_params({**p, key: None}) is None and model_label_of_params({**p, key: "x"}) is None
+        )
+
+
 def test_factory_builds_with_overrides():
     model = DiT_models["DiT-S/8"](input_size=16, num_classes=10)
     assert model.config == model_config("DiT-S/8", input_size=16, num_classes=10)
