@@ -230,6 +230,32 @@ def test_the_trainer_and_every_cells_config_are_checked_before_anything_is_submi
         assert isinstance(e.value.__cause__, (TypeError, ValueError))
 
 
+def test_a_cells_task_runs_in_its_own_folder_with_its_threads(tmp_path):
+    from types import SimpleNamespace
+
+    from sweeps.task import build_config, cell_overrides, make_task
+
+    spec = load_spec()
+    cell = expand(spec)[0]
+    task = make_task(spec, cell, tmp_path / "sweep", "sqlite:///x.db", threads=3)
+    run_dir = str((tmp_path / "sweep" / "cells" / cell.cell_id).resolve())
+    assert (task.sweep, task.cell_id, task.run_dir, task.threads) == (spec.name, cell.cell_id, run_dir, 3)
+    assert task.overrides["out"] == run_dir and task.trainer == spec.trainer
+    assert make_task(spec, cell, tmp_path, "sqlite:///x.db").threads == 0  # torch's default
+    with pytest.raises(ValueError, match=r"^train: model\.depth, out set per cell by the sweep"):
+        cell_overrides(spec.replace(train={"out": "x", "model.depth": 2}), cell, tmp_path, "sqlite:///x.db")
+
+    @dataclass
+    class Optim:
+        lr: float = 1e-3
+
+    @dataclass
+    class Plain:  # a trainer's config without `replace`: dotted overrides through apply_flat
+        optim: Optim = field(default_factory=Optim)
+
+    assert build_config(SimpleNamespace(TrainConfig=Plain), {"optim.lr": "3e-4"}) == Plain(Optim(3e-4))
+
+
 def test_cli_custom_shapes_and_overrides():
     args = cli.build_parser().parse_args(
         [
