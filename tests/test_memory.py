@@ -82,3 +82,15 @@ def test_the_evaluation_cli_keeps_freed_memory(monkeypatch, tmp_path):
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("kept"))
     assert evaluate_cli.main(["--checkpoint", str(tmp_path / "missing")]) == 2
     assert calls == ["kept"]
+
+
+def test_a_setting_glibc_refuses_is_not_claimed(monkeypatch):
+    """glibc 2.36 takes any mmap threshold, so a refusal is staged with a request it does refuse:
+    parameter M_MXFAST (1) above its 160-byte maximum (mallopt returns 0, nothing changes). The
+    call then says False and a later call tries again."""
+    import dit_core.memory as memory
+
+    monkeypatch.delenv(DEFAULTS_ENV, raising=False)
+    monkeypatch.setattr(memory, "_applied", False)
+    monkeypatch.setattr(memory, "_M_MMAP_THRESHOLD", 1)  # M_MXFAST
+    assert memory.keep_freed_memory() is False and memory._applied is False
