@@ -344,6 +344,16 @@ def test_clear_errors(tmp_path, monkeypatch):
         evaluate_samples(x[:, 0], "digits", metrics=("fid",), extractors=ext)
     with pytest.raises(ValueError, match=r"\[0, 255\]"):
         evaluate_samples(x.float() / 127.5 - 1, "digits", metrics=("fid",), extractors=ext)
+    from dit_core.evaluate.features import as_image_array
+
+    edge = np.zeros((1, 1, 2, 2))
+    edge[..., 0, 0] = 255.0
+    assert as_image_array(edge).max() == 255.0  # the float range's ends are images
+    edge[..., 0, 0] = 255.5  # a model output mapped without clamping
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 255\], got \[0, 256\]"):
+        as_image_array(edge)
+    with pytest.raises(ValueError, match="must be uint8 or float in \\[0, 255\\], got dtype int64"):
+        as_image_array(np.zeros((1, 3, 2, 2), np.int64))
 
 
 def test_inception_weights_resolution(tmp_path, monkeypatch):
