@@ -242,8 +242,15 @@ def test_a_cells_task_runs_in_its_own_folder_with_its_threads(tmp_path):
     assert (task.sweep, task.cell_id, task.run_dir, task.threads) == (spec.name, cell.cell_id, run_dir, 3)
     assert task.overrides["out"] == run_dir and task.trainer == spec.trainer
     assert make_task(spec, cell, tmp_path, "sqlite:///x.db").threads == 0  # torch's default
-    with pytest.raises(ValueError, match=r"^train: model\.depth, out set per cell by the sweep"):
+    owned = r"^train: model\.depth, out set per cell by the sweep, so an override would be ignored; "
+    with pytest.raises(ValueError, match=owned + r"use the sweep's own options instead \(--grid"):
         cell_overrides(spec.replace(train={"out": "x", "model.depth": 2}), cell, tmp_path, "sqlite:///x.db")
+    # a folder dataset names its root; latents take their size from the manifest, not data.image_size
+    for name, size in (("imagefolder", 16), ("latents", None)):
+        data = DataSpec(name=name, input_size=16, in_channels=3, num_classes=2, root="/data/x")
+        o = cell_overrides(spec.replace(data=data), cell, tmp_path, "sqlite:///x.db")
+        assert (o["data.name"], o["data.root"], o.get("data.image_size")) == (name, "/data/x", size)
+    assert "data.root" not in task.overrides and task.overrides["data.image_size"] == spec.data.input_size
 
     @dataclass
     class Optim:
