@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_recipe_checks_and_presets():
     assert _small_photos_recipe(val_size=1).val_size == 1
     assert digits_recipe(32).num_classes == 10 and digits_recipe(32).input_size == 16
     r = photos_recipe(32, PhotoOptions(channels=1, num_photos=7))
-    assert (r.domain, r.input_size, r.channels, r.num_classes) == ("photos", 32, 1, 7)
+    assert (r.domain, r.resolution, r.input_size, r.channels, r.num_classes) == ("photos", 32, 32, 1, 7)
     assert default_metrics("photos:n=500", inception=False) == PHOTOS_METRICS
     assert default_metrics("photos") == (*PHOTOS_METRICS, "fid", "sfid", "precision", "recall")
 
@@ -129,6 +130,50 @@ def test_domain_data_is_the_domains_training_and_held_out_images():
     assert all(s or torch.equal(a, b.flip(-1)) for s, a, b in zip(same, xtr, plain))
     assert 0 < sum(same) < 128  # the training crops are flipped at random, the held-out ones never
     assert torch.equal(xva, crops.sample(np.arange(16), "val", 16, flip=True)[0])
+    wider = _small_photos_recipe(train_size=128, val_size=16, holdout=0.4)  # the recipe's own regions
+    held_out = photo_crops(PhotoOptions(channels=3, holdout=0.4)).sample(np.arange(16), "val", 16)[0]
+    assert torch.equal(dc.domain_data(wider)[1][0], held_out) and not torch.equal(held_out, xva)
+
+
+class _NotWeights:
+    """Not a tensor, number or string: `torch.load(weights_only=True)` refuses to unpickle it."""
+
+
+def test_flips_train_another_net_and_files_are_read_as_weights_only(eval_cache, monkeypatch):
+    r = _small_photos_recipe(train_size=128, seed=3)
+    flipped, _ = train_domain_classifier(r)
+    plain, _ = train_domain_classifier(replace(r, flip=False))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(flipped.state_dict().values(), plain.state_dict().values())
+    )
+    # a cached file holding anything but weights is refused, not executed
+    torch.save({"state_dict": flipped.state_dict(), "val_accuracy": 0.5, "recipe": _NotWeights()},
+               dc.classifier_path(r))  # fmt: skip
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        dc.load_or_train(r)
+    # the cache key covers torch's release, not its build (+cpu, +cu130)
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cpu")
+    cpu = dc.classifier_path(r)
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
+    assert dc.classifier_path(r) == cpu
+    monkeypatch.setattr(torch, "__version__", "2.15.0+cpu")
+    assert dc.classifier_path(r) != cpu
+
+
+def test_a_shipped_classifier_is_the_one_every_machine_loads(eval_cache, monkeypatch, tmp_path):
+    """`ship` (a maintainer's step) copies the cached classifier into the package's weights, which
+    `load_or_train` then prefers to any cache."""
+    monkeypatch.setattr(dc, "SHIPPED_DIR", tmp_path / "weights")
+    r = _small_photos_recipe(train_size=128, seed=4)
+    cached, acc, path = dc.load_or_train(r)
+    assert path == dc.classifier_path(r)
+    shipped = dc.ship(r)
+    assert shipped == dc.shipped_path(r) and shipped.parent == tmp_path / "weights"
+    assert torch.load(shipped, weights_only=True)["val_accuracy"] == acc
+    path.unlink()  # the cache gone: the shipped file serves
+    net, acc2, where = dc.load_or_train(r)
+    assert where == shipped and acc2 == acc
+    _assert_same_weights(net, cached)
 
 
 def test_training_is_deterministic_and_cached(eval_cache, monkeypatch, caplog):
