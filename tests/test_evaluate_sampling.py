@@ -226,7 +226,8 @@ def test_a_latent_runs_checkpoint_needs_a_reference_and_a_local_vae(tiny_vae, tm
     with pytest.raises(ValueError, match="trained on 'latents' data: pass --reference FOLDER_OR_NPZ"):
         evaluate_checkpoint(run)
     scored = replace(run, reference="digits", metrics=("fid_digits",))
-    with pytest.raises(ValueError, match=r"trained on VAE latents: pass --vae PATH \(a local AutoencoderKL"):
+    with pytest.raises(ValueError, match=r"^the run trained on VAE latents: pass --vae PATH \(a local "
+                       r"AutoencoderKL folder\)$"):  # fmt: skip
         evaluate_checkpoint(scored)
     with pytest.raises(ValueError, match="--vae .*novae is not a folder; give a local diffusers"):
         evaluate_checkpoint(replace(scored, vae=str(tmp_path / "novae")))
@@ -235,6 +236,20 @@ def test_a_latent_runs_checkpoint_needs_a_reference_and_a_local_vae(tiny_vae, tm
     got, step, _ = evaluate_checkpoint(replace(scored, vae=str(tmp_path / "vae"), save_samples=str(out)))
     assert step == 3 and got["fid_digits"] > 0 and "is_digits" not in got
     assert np.load(out)["arr_0"].shape == (4, 16, 16, 3)  # 4 x 8 x 8 latents decoded to 16 px RGB
+
+
+def test_a_checkpoint_without_ema_weights_is_named_and_scored_with_raw_weights(tiny, tmp_path):
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+
+    model, _, cfg = tiny
+    own = replace(cfg, eval=replace(cfg.eval, num_samples=4, steps=2, metrics=("fid_digits",)))
+    save_checkpoint(tmp_path, {"model": model.state_dict(), "config": own.to_flat_dict(), "step": 2})
+    run = CheckpointEvalConfig(checkpoint=str(tmp_path), batch_size=4)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))} is not a dit_core training "
+                       r"checkpoint \(missing \['ema'\]\)$"):  # fmt: skip
+        evaluate_checkpoint(run)
+    got, step, _ = evaluate_checkpoint(replace(run, use_ema=False))
+    assert step == 2 and got["fid_digits"] > 0
 
 
 def test_a_checkpoint_without_label_dropout_is_sampled_without_guidance(tiny, tmp_path, caplog):
