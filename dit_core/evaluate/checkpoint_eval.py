@@ -41,14 +41,13 @@ class CheckpointEvalConfig:
     progress: bool = False  # a sampling progress bar on stderr (the CLI: when stderr is a terminal)
 
 
-def protocol_departures(cfg: CheckpointEvalConfig, run_cfg, cfg_scale: float) -> list[str]:
-    """The settings of ``cfg`` (guidance resolved to ``cfg_scale``) that depart from how the run
-    ``run_cfg`` (its TrainConfig) scored itself, as "name X (run: Y)"; the seed may differ (another
-    draw of the same protocol)."""
+def protocol_departures(cfg: CheckpointEvalConfig, run_cfg) -> list[str]:
+    """The settings of ``cfg`` that depart from how the run ``run_cfg`` (its TrainConfig) scored
+    itself, as "name X (run: Y)"; the seed may differ (another draw of the same protocol)."""
     from dit_core.trainer.evaluation import sampling_settings
 
     run = sampling_settings(run_cfg) | {"reference": run_cfg.eval.reference}
-    mine = {k: getattr(cfg, k) for k in run} | {"cfg_scale": cfg_scale}
+    mine = {k: getattr(cfg, k) for k in run}
     keys = ("num_samples", "sampler", "steps", "cfg_scale", "reference", "clip_denoised")
     off = [f"{k} {mine[k]} (run: {run[k]})" for k in keys if mine[k] not in (None, run[k])]
     off += [f"metrics {','.join(cfg.metrics)} (run: its own)"] if cfg.metrics else []
@@ -103,7 +102,7 @@ def evaluate_checkpoint(
         vae = load_vae(cfg.vae, device)
     dit, run = model.config, sampling_settings(tcfg)
     settings = run | {k: getattr(cfg, k) for k in run if getattr(cfg, k) is not None}
-    if cfg.log_to_run and (off := protocol_departures(cfg, tcfg, settings["cfg_scale"])):
+    if cfg.log_to_run and (off := protocol_departures(cfg, tcfg)):
         raise ValueError(
             "--mlflow-run-id logs into the run's eval/* metrics, which the analysis compares across "
             "runs only under one protocol, and these settings depart from the run's own: "
