@@ -75,6 +75,39 @@ def test_bad_values_name_the_field():
     assert (cfg.optim.lr, cfg.budget.max_steps, cfg.compile) == (3e-4, 1000, True)
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("optim.grad_clip", -1.0, "optim.grad_clip: must be >= 0 (0 = off), got -1.0"),
+        ("budget.max_steps", 0, "budget.max_steps: must be >= 1, got 0"),
+        ("budget.global_batch_size", 0, "budget.global_batch_size: must be >= 1, got 0"),
+        ("checkpoint.every", -1, "checkpoint.every: must be >= 0 (0 = end only), got -1"),
+        ("checkpoint.keep_last", -2, "checkpoint.keep_last: must be >= 0 (0 = all), got -2"),
+    ],
+)
+def test_each_bound_is_named_with_its_meaning(key, value, message):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig().replace(**{key: value})
+    assert str(e.value) == message
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    from dit_core.config import load_yaml_config
+
+    with pytest.raises(ConfigError) as e:
+        load_yaml_config(tmp_path / "nope.yaml")
+    assert (
+        str(e.value)
+        == f"--config: the file {tmp_path / 'nope.yaml'} does not exist; give a YAML file of fields"
+    )
+
+
+def test_the_model_config_carries_gradient_checkpointing_into_the_dit():
+    m = ModelConfig(name="DiT-S/2").resolve(input_size=16, in_channels=1, num_classes=10, learn_sigma=True)
+    assert m.to_dit_config(grad_checkpointing=True).grad_checkpointing is True
+    assert m.to_dit_config().grad_checkpointing is False
+
+
 def test_sample_metrics_need_two_samples_before_training_starts():
     # found when a sweep with eval.num_samples=0 trained every cell, then failed in its final FID
     with pytest.raises(ConfigError, match=r"eval.num_samples: must be >= 2 when eval.eval_every > 0"):
