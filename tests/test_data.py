@@ -21,6 +21,7 @@ from dit_core.data import (
     digits_images,
     digits_split_indices,
     flip_decision,
+    scan_image_folder,
 )
 from dit_core.data.flip import _splitmix64
 
@@ -293,6 +294,36 @@ def test_imagefolder_runtime_failure_returns_next_item(tmp_path, caplog):
     assert ds.skipped == [victim] and ds.load_failures == 1
     torch.testing.assert_close(x, expected_next[0])
     assert int(y) == int(expected_next[1])
+
+
+def test_imagefolder_defaults_validate_and_flip_with_seed_0(tmp_path):
+    root = _make_folder(tmp_path / "imgs")
+    ds = ImageFolderDataset(str(root))
+    assert ds.skipped == [str(root / "zebra" / "broken.png")] and (ds.resolution, ds.seed) == (256, 0)
+    small = ImageFolderDataset(str(root), 16)
+    for i in range(len(small)):
+        plain = small.load(i)
+        torch.testing.assert_close(small[i][0], plain.flip(-1) if flip_decision(0, 0, i) else plain)
+
+
+def test_imagefolder_follows_linked_folders_and_lists_at_most_five_classes(tmp_path):
+    root = _make_folder(tmp_path / "imgs", corrupt=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(elsewhere / "linked.png")
+    (root / "ant" / "more").symlink_to(elsewhere, target_is_directory=True)
+    scan = scan_image_folder(str(root))
+    assert (str(root / "ant" / "more" / "linked.png"), 0) in scan.samples and len(scan.samples) == 8
+    empty = tmp_path / "empty"
+    for n in (2, 6):
+        for c in range(n):
+            (empty / str(n) / f"c{c}").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"has class subfolders \['c0', 'c1'\] but no image files"):
+        scan_image_folder(str(empty / "2"))
+    with pytest.raises(ValueError, match=r"subfolders \['c0', 'c1', 'c2', 'c3', 'c4'\]\.\.\. but no image"):
+        scan_image_folder(str(empty / "6"))
+    with pytest.raises(ValueError, match="^crop size must be positive, got 0$"):
+        center_crop_arr(Image.fromarray(np.zeros((20, 20, 3), np.uint8)), 0)
 
 
 def test_imagefolder_missing_and_empty_folders(tmp_path):
