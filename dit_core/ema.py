@@ -25,9 +25,7 @@ class EMA:
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         ema_params = dict(self.model.named_parameters())
         self._ema = [ema_params[n] for n in names]
-        self._src = [p for p in model.parameters() if p.requires_grad]
-        if len(self._ema) != len(self._src):
-            raise ValueError("EMA: the model's trainable parameters changed since the copy")
+        self._src = [p for p in model.parameters() if p.requires_grad]  # in the order of `names`
 
     @torch.no_grad()
     def update(self) -> None:
