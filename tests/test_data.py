@@ -38,13 +38,22 @@ from dit_core.data.flip import _splitmix64
         ({"digits_split": "test"}, r"choose one of \['train', 'val', 'all'\]"),
         ({"image_size": 0}, "data.image_size: must be >= 1, got 0"),
         ({"image_size": 4}, "8 px"),
-        ({"name": "imagefolder"}, "needs root"),
+        ({"name": "imagefolder"}, r"^data.root: 'imagefolder' needs root=<folder> \(a folder of class "
+                                  r"subfolders of images\)$"),
         ({"name": "latents"}, "extract_latents"),
+        ({"name": "photos", "num_photos": 0}, r"^data.num_photos: must be 1..13, got 0$"),
+        ({"name": "photos", "num_photos": 14}, r"^data.num_photos: must be 1..13, got 14$"),
+        ({"channels": 1}, r"^data.channels: only an option of the photos dataset; unset it for 'digits'$"),
     ],
-)
+)  # fmt: skip
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DataConfig(**kwargs)
+
+
+def test_the_photos_take_one_to_all_thirteen_photographs():
+    for n in (1, 13):
+        assert DataConfig(name="photos", num_photos=n, crop_scale=(0.1, 0.2)).photo_options().num_photos == n
 
 
 def test_build_dataset_rejects_bad_split():
