@@ -24,7 +24,6 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
         super().__init__()
-        self.patch_size = patch_size
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

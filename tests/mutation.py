@@ -185,13 +185,14 @@ SELECTIONS: dict[str, list[str]] = {
         "not cell_lock",
     ],
     # the layers every block uses, the 2-D RoPE tables and the sin-cos tables: the model's tests
-    # (parity with diffusers, blocks written out by hand, properties, input checks)
+    # (parity with diffusers, blocks written out by hand, properties, input checks, label dropout's rate)
     "dit_core/layers.py": [
         "tests/test_blocks_reference.py",
         "tests/test_model_input_checks.py",
         "tests/test_model_properties.py",
         "tests/test_models.py",
         "tests/test_dit_parity.py",
+        "tests/test_training_truth.py",
     ],
     "dit_core/rope.py": [
         "tests/test_blocks_reference.py",
