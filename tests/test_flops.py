@@ -58,6 +58,8 @@ def test_xl2_exact_values_256_and_512():
 def test_attention_quadratic_terms_are_counted():
     b = flop_breakdown("DiT-XL/2")
     assert b["blocks.attn_quadratic"] == 28 * 2 * 256**2 * 1152
+    d, t = 1152, 256  # the final layer: adaLN (shift, scale), modulation, the linear to 2 x 4 x 2 x 2
+    assert (b["final_adaLN"], b["final_modulate"], b["final_linear"]) == (2 * d * d, t * d, t * d * 32)
     assert forward_gflops("DiT-XL/2") - b["blocks.attn_quadratic"] / 1e9 < 115  # would miss Table 4
 
 

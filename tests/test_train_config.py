@@ -138,8 +138,12 @@ def test_budget_steps_closed_form():
     assert resolve_budget_steps(b, 1e9) == math.floor(1e12 / (1e9 * 32)) == 31
     assert resolve_budget_steps(BudgetConfig(train_flops=32e9, global_batch_size=32), 1e9) == 1
     assert resolve_budget_steps(BudgetConfig(max_steps=10, train_flops=1e12, global_batch_size=32), 1e9) == 10
-    with pytest.raises(ValueError, match="budget smaller than one step.*lower the batch"):
+    with pytest.raises(ValueError) as e:
         resolve_budget_steps(BudgetConfig(train_flops=31e9, global_batch_size=32), 1e9)
+    assert str(e.value) == (
+        "budget smaller than one step: train_flops=3.1e+10 but one step of 32 images costs 3.2e+10 FLOPs;"
+        " raise --train-flops or lower the batch (--global-batch-size)"
+    )
     with pytest.raises(ValueError, match="no stop condition"):
         resolve_budget_steps(BudgetConfig(), 1e9)
 
