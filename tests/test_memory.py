@@ -92,5 +92,8 @@ def test_a_setting_glibc_refuses_is_not_claimed(monkeypatch):
 
     monkeypatch.delenv(DEFAULTS_ENV, raising=False)
     monkeypatch.setattr(memory, "_applied", False)
+    mmap_threshold = memory._M_MMAP_THRESHOLD
     monkeypatch.setattr(memory, "_M_MMAP_THRESHOLD", 1)  # M_MXFAST
     assert memory.keep_freed_memory() is False and memory._applied is False
+    monkeypatch.setattr(memory, "_M_MMAP_THRESHOLD", mmap_threshold)  # the real request: the retry applies
+    assert memory.keep_freed_memory() is True and memory._applied is True
