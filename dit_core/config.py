@@ -52,7 +52,15 @@ class ModelConfig:
     name: an official name (``"DiT-S/2"`` ... ``"DiT-XL/8"``) giving depth/width/heads/patch, or
         None for a custom shape. Explicit ``depth``/``hidden_size``/``num_heads``/``patch_size``
         override the name; after resolution ``name`` is the official name the shape matches, else None.
+    depth / hidden_size / num_heads / patch_size: the shape (DiT blocks, width, attention heads, patch
+        side); None = from ``name``.
     input_size / in_channels / num_classes: None = taken from the data (latent side, channels, classes).
+    class_dropout_prob: the share of labels replaced by the null class in training (classifier-free
+        guidance; the paper's 0.1).
+    mlp_ratio: each block's MLP hidden width over ``hidden_size`` (the paper's 4).
+    pos_embed: "sincos" (the paper's fixed 2-D table) or "rope" (rotary, relative; samples at sizes
+        not trained on).
+    block_type: "adaln_zero" (the paper's), "adaln", "cross_attention" or "in_context" (its Fig. 3).
     learn_sigma: None = what the diffusion needs (``DiffusionConfig.model_learns_sigma``).
     frequency_embedding_size: sinusoidal timestep features (the paper's 256; smaller for tiny models).
     """

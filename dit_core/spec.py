@@ -185,8 +185,9 @@ def model_config(name: str | None = None, **overrides: Any) -> DiTConfig:
         size, _, patch = name.removeprefix("DiT-").partition("/")
         if size not in FAMILIES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
             raise ValueError(
-                f"unknown model name {name!r}; valid names: {official_names()} "
-                "(or pass name=None with depth/hidden_size/num_heads/patch_size for a custom shape)"
+                f"unknown model name {name!r}; valid names: {official_names()}"
+                "; for a custom shape give depth, hidden_size, num_heads and patch_size instead (the "
+                "trainer's --depth, --hidden-size, --num-heads, --patch-size)"
             )
         depth, width, heads = FAMILIES[size]
         base = dict(depth=depth, hidden_size=width, num_heads=heads, patch_size=int(patch))

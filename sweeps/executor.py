@@ -292,7 +292,7 @@ def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
     """Train ``task``'s cell in this process (the body of every job: submitit's or a warm worker's)
     and return the trainer's result as a dict; a run stopped by a signal without a requeue handler
     behind it raises RuntimeError (its checkpoint is saved: a relaunch resumes it)."""
-    os.environ.setdefault("DITSCALE_EXECUTOR_JOB_ID", job_id)
+    os.environ["DITSCALE_EXECUTOR_JOB_ID"] = job_id  # the run's job_id tag (never one inherited)
     Path(task.run_dir).mkdir(parents=True, exist_ok=True)
     if task.threads:  # before the trainer imports torch; set directly if it is already imported
         os.environ["OMP_NUM_THREADS"] = str(task.threads)

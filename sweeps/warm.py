@@ -226,18 +226,19 @@ def _warm_up(trainer: str, tracking_uri: str | None) -> None:
             MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - the children will report a real problem themselves
             log.warning("could not open the MLflow store %s in the warm worker: %s", tracking_uri, e)
-    _dispose_sql_engines(close=True)
+    _dispose_sql_engines()
     tracking = sys.modules.get("dit_core.tracking")
     if tracking is not None:
         tracking.git_commit()  # cached: the children skip the `git rev-parse`
 
 
-def _dispose_sql_engines(close: bool) -> None:
-    """Drop pooled SQL connections (MLflow's SQLAlchemy store) so no connection spans a fork."""
+def _dispose_sql_engines() -> None:
+    """Close pooled SQL connections (MLflow's SQLAlchemy store) so no connection spans a fork (the
+    zygote opens none after this: each child opens its own)."""
     mod = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
     if mod is not None:
         for engine in list(mod.SqlAlchemyStore._engine_map.values()):
-            engine.dispose(close=close)
+            engine.dispose()
 
 
 def _lock(run_dir: str) -> int:
@@ -278,13 +279,10 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
         raise _Requeue()
 
     signal.signal(signal.SIGUSR2, requeue)
-    import random
-
-    random.seed()  # unseeded draws differ between cells, as in fresh processes (the trainer seeds its own)
+    # unseeded draws differ between cells, as in fresh processes (the trainer seeds its own): Python
+    # reseeds `random` in a forked child itself, numpy's global generator is reseeded here
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
-    _dispose_sql_engines(close=False)
-    os.environ["DITSCALE_EXECUTOR_JOB_ID"] = slot.job_id
     if threads and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     result_path = slot.folder / f"{slot.job_id}_0_result.pkl"

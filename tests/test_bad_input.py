@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -206,7 +207,9 @@ TRAIN = [
 def test_train_refuses(scratch, monkeypatch, capsys, caplog, argv, phrase):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the fp16 check is the CPU one
     argv = [a.format(inputs=scratch) for a in argv] + ["--max-steps", "2"] * ("--max-steps" not in argv)
-    _assert_refused(*_run(train_cli.main, argv, capsys, caplog), phrase)
+    code, text = _run(train_cli.main, argv, capsys, caplog)
+    _assert_refused(code, text, phrase)
+    assert re.search(rf"(?ms)^error: .*{re.escape(phrase)}", text), text  # as the other CLIs say it
 
 
 def test_train_refuses_unreachable_server(scratch, capsys, caplog):
@@ -276,9 +279,11 @@ def test_extract_latents_refuses_missing_folder(scratch, capsys, caplog):
      "analysis.fit_scaling"],
 )  # fmt: skip
 def test_every_option_of_every_cli_has_help(module):
-    """`--help` teaches: no option is listed with its name alone."""
+    """`--help` teaches: no option is listed with its name alone, or with only its default."""
     import importlib
+    import re
 
     parser = importlib.import_module(module).build_parser()
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    assert len(options) >= 10 and [a.dest for a in options if not a.help] == []
+    bare = [a.dest for a in options if not re.sub(r"\(default: [^)]*\)", "", a.help or "").strip()]
+    assert len(options) >= 10 and bare == []

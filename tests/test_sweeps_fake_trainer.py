@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass
 class ModelCfg:
@@ -83,6 +85,8 @@ class TrainResult:
     run_id: str
     starts: int
     threads: int  # OMP_NUM_THREADS the job gave this process (0: unset)
+    draw: float  # an unseeded numpy draw at the start: cells forked from one process must differ
+    job_id: str  # DITSCALE_EXECUTOR_JOB_ID as the trainer sees it (what dit_core.train tags the run with)
 
 
 def _save(path: Path, state: dict) -> None:
@@ -112,6 +116,7 @@ def _event(cfg: TrainConfig, what: str) -> None:
 def train(cfg: TrainConfig) -> TrainResult:
     import mlflow
 
+    draw = float(np.random.random())
     _event(cfg, "start")
 
     out = Path(cfg.out)
@@ -170,7 +175,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         mlflow.end_run()
         _event(cfg, "end")
         threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-        return TrainResult(state["step"], state["w"], loss, run.info.run_id, starts, threads)
+        job_id = os.environ.get("DITSCALE_EXECUTOR_JOB_ID", "")
+        return TrainResult(state["step"], state["w"], loss, run.info.run_id, starts, threads, draw, job_id)
     except Exception:
         mlflow.set_tag("status", "failed")
         mlflow.end_run(status="FAILED")

@@ -32,6 +32,7 @@ class DiffusionConfig:
         variance, trained with the hybrid loss mse + vb_lambda * T * L_t (improved DDPM; DiT).
         Ignored by "flow" (a flow model never outputs a variance).
     timestep_sampling: "uniform" or "logit_normal" (t = sigmoid(N(mean, std)), SD3-style).
+    logit_normal_mean / logit_normal_std: mean and std of that normal (SD3: 0 and 1).
     betas: optional custom beta sequence (length num_timesteps, values in (0, 1)).
     vb_lambda: weight lambda of the variational bound L_vlb = T * E_t[L_t] (1e-3 as in improved
         DDPM / DiT, so that with T = 1000 the loss is mse + vb as in DiT).

@@ -154,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         result = Trainer(cfg, resume=args.resume).run()
         code = EXIT_PREEMPTED if result.status == "preempted" else 0
-    except (ValueError, FloatingPointError) as e:  # a bad config (2) or a non-finite loss (1)
+    except ValueError as e:  # a bad config found once the data and model are known: as above
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except FloatingPointError as e:  # a non-finite loss, in the run's log
         log.error("%s", e)
-        code = 2 if isinstance(e, ValueError) else 1
+        code = 1
     state = PartialState()
     if state.num_processes > 1:
         # torch + gloo can abort at interpreter exit (notes/dependencies.md section 5): leave directly
