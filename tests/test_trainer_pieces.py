@@ -147,7 +147,7 @@ TINY = ["--model", "none", "--depth", "1", "--width", "16", "--heads", "2", "--p
         "--val-every", "0", "--eval-every", "0", "--log-every", "1"]  # fmt: skip
 
 
-def test_a_finished_run_exits_0_and_logs_its_steps(tmp_path, caplog, monkeypatch):
+def test_a_finished_run_exits_0_and_logs_its_steps(tmp_path, caplog, capsys, monkeypatch):
     monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)  # the CLI turns INFO on
     with caplog.at_level(logging.INFO, logger="dit_core.train"):
         assert main([*TINY, "--max-steps", "2", "--out", str(tmp_path)]) == 0
@@ -156,8 +156,9 @@ def test_a_finished_run_exits_0_and_logs_its_steps(tmp_path, caplog, monkeypatch
     assert (tmp_path / "checkpoints" / "step_0000002.pt").is_file()
     caplog.clear()
     # --resume reaches the trainer: "never" refuses a folder with checkpoints, "auto" continues it
+    capsys.readouterr()
     assert main([*TINY, "--max-steps", "3", "--resume", "never", "--out", str(tmp_path)]) == 2
-    assert any("already holds checkpoints and --resume never" in r.getMessage() for r in caplog.records)
+    assert "already holds checkpoints and --resume never" in capsys.readouterr().err.partition("error: ")[2]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dit_core.train"):
         assert main([*TINY, "--max-steps", "3", "--out", str(tmp_path)]) == 0
@@ -171,10 +172,11 @@ def test_a_non_finite_loss_exits_1(tmp_path, caplog):
     assert any("non-finite" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
 
 
-def test_bad_config_found_by_the_trainer_exits_2(tmp_path, caplog):
+def test_bad_config_found_by_the_trainer_exits_2(tmp_path, capsys):
+    """Found once the data is known, and said as every CLI says a refusal: ``error: ...`` on stderr."""
     assert main([*TINY, "--max-steps", "1", "--global-batch-size", "4000", "--out", str(tmp_path)]) == 2
-    err = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert any("fewer than one global batch of 4000" in m for m in err), err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "fewer than one global batch of 4000" in err, err
 
 
 def test_a_preemption_signal_exits_143(tmp_path):
