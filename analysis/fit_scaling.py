@@ -30,7 +30,8 @@ status and exit codes (status is also in results.json, with its reasons):
   {EXIT_CODES["ok"]}  ok, or extrapolating (a budget > 10x the largest measured; the holdout error is shown)
   1  crash (a bug: please report it)
   {EXIT_BAD_INPUT}  bad input (missing column, unknown experiment, too few points, ...)
-  {EXIT_NOT_IDENTIFIED}  not_identified: the data do not determine the recommendation (N_opt withheld)
+  {EXIT_NOT_IDENTIFIED}  not_identified: the data leave part of the answer open (the reasons say which;
+     N_opt is withheld when they bear on the allocation)
   {EXIT_CENSORED}  censored: the optimum lies outside the models trained ("N_opt below X at every budget")
 See docs/analysis.md for what to add to the sweep in each case.
 """
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(
         p,
         "--bootstrap",
-        "bootstrap resamples for the intervals (0 = none; default %(default)s)",
+        "bootstrap resamples for the intervals (0 = none: estimates without intervals, status "
+        "not_identified; default %(default)s)",
         "n_bootstrap",
     )
     _config_flag(p, "--seed", "seed of the resamples (default %(default)s)")
@@ -162,6 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_outputs(out: Path, json_path: Path | None) -> None:
+    """ValueError, before any fit, when --out is an existing file or --json an existing folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for report.md and the plots")
+    if json_path is not None and json_path.is_dir():
+        raise ValueError(f"--json {str(json_path)!r} is a folder; give a file name, e.g. --json fit.json")
+
+
+def _load_runs(exp: str, uri: str):
+    """`load_runs`, with MLflow's errors about the store (a plain path, an unknown scheme) as ValueError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return load_runs(exp, uri)
+    except MlflowException as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        why = why if len(why) <= 200 else why[:200] + "..."
+        raise ValueError(
+            f"cannot read the MLflow tracking URI {uri!r} ({why}); pass --tracking-uri "
+            "sqlite:///path/to/mlflow.db (a store file) or http://host:5000 (a server), or --csv FILE"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
@@ -170,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     exp = args.experiment or DEFAULT_EXPERIMENT
     try:
+        # the flags named after AnalysisConfig fields set them
+        opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
+        opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
+        opts["average_seeds"] = not args.per_seed
+        if args.csv is not None and args.data_axis == "images":  # a CSV's D is in its own units
+            opts["data_units"] = "images or tokens (as in the CSV)"
+        cfg = AnalysisConfig(**opts)
+        _check_outputs(args.out, args.json)
         if args.csv is not None:
             points = load_csv(args.csv, flops_per_param_datum=args.flops_per_param_datum)
             source, uri = str(args.csv), None
@@ -178,14 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
             uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
             check_tracking_server(uri, "start it, or pass --tracking-uri URI (or --csv FILE)")
-            points, source = load_runs(exp, uri), f"MLflow experiment {exp!r} ({uri})"
-        # the flags named after AnalysisConfig fields set them
-        opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
-        opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
-        opts["average_seeds"] = not args.per_seed
-        if args.csv is not None and args.data_axis == "images":  # a CSV's D is in its own units
-            opts["data_units"] = "images or tokens (as in the CSV)"
-        cfg = AnalysisConfig(**opts)
+            points, source = _load_runs(exp, uri), f"MLflow experiment {exp!r} ({uri})"
         with fit_workers(args.workers):
             an = analyze(points, cfg)
             budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up

@@ -68,6 +68,18 @@ class AnalysisConfig:
     data_units: str | None = None  # the unit of D when not set by data_axis (a CSV's own D column)
 
     def __post_init__(self) -> None:
+        if self.n_bootstrap < 0:
+            raise ValueError(
+                f"n_bootstrap (--bootstrap) must be >= 0 (0 = no intervals), got {self.n_bootstrap}"
+            )
+        if not self.delta > 0:
+            raise ValueError(f"delta (--delta) must be > 0 (the Huber loss's threshold), got {self.delta}")
+        if self.drop_highest_loss < 0:
+            raise ValueError(
+                f"drop_highest_loss (--drop-highest-loss) must be >= 0, got {self.drop_highest_loss}"
+            )
+        if self.outlier_sigma is not None and not self.outlier_sigma > 0:
+            raise ValueError(f"outlier_sigma (--outlier-sigma) must be > 0, got {self.outlier_sigma}")
         if self.min_steps < 0:
             raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         if self.r_star is not None and not self.r_star > 0:
@@ -108,6 +120,7 @@ class Analysis:
     residuals: pd.DataFrame | None = None
     ranking: list[dict] = field(default_factory=list)
     influence: Influence | None = None  # set by fit_scaling.py --influence
+    checks: Status = field(default_factory=Status)  # what the analysis could not check or fit itself
 
     @property
     def fid_protocol(self) -> str | None:
@@ -118,8 +131,10 @@ class Analysis:
 
     @property
     def status(self) -> Status:
-        """What the data identify, before any prediction: the fits' statuses (approach 2: censoring)."""
-        st = Status().merge(self.parametric.status if self.parametric else None, "approach 3: ")
+        """What the data identify, before any prediction: the fits' statuses (approach 2: censoring), and
+        what the analysis could not check (`checks`: no bootstrap, a parametric law not fitted)."""
+        st = Status().merge(self.checks)
+        st.merge(self.parametric.status if self.parametric else None, "approach 3: ")
         return st.merge(self.isoflop.status, "approach 2: ").merge(self.frontier.status, "approach 1: ")
 
     def to_dict(self) -> dict:
@@ -215,8 +230,10 @@ def fit_r_star(points: pd.DataFrame, cfg: AnalysisConfig, grid=None) -> float:
 
 def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     """Select valid points (schedule, --min-steps), set N and D axes, optionally D -> D'."""
+    load_notes = list(points.attrs.get("notes", []))  # e.g. `load_runs`: runs not finished, left out
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
+    notes = load_notes + notes
     seed_note = None
     if cfg.average_seeds and len(pts):
         pts, seed_note = average_seeds(pts)
@@ -291,16 +308,24 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     several = pts.groupby("run_id").size().max() > 1
     groups = pts["run_id"].to_numpy() if (cfg.bootstrap_by_run and several) else None
     B, seed, lvl = cfg.n_bootstrap, cfg.seed, cfg.level
-    parametric = None
+    parametric, checks = None, Status()
     try:
         pcfg = ParametricConfig(delta=cfg.delta)
         parametric = fit_parametric(
             pts["N"], pts["D"], pts["loss"], pcfg, n_bootstrap=B, seed=seed, groups=groups, level=lvl
         )
-    except (ValueError, RuntimeError) as e:
-        msgs.append(f"parametric law not fitted: {e}")
-    if parametric is not None and B == 0:
-        msgs.append("no bootstrap (--bootstrap 0): whether alpha and beta are resolved was not checked")
+    except (ValueError, RuntimeError) as e:  # ConvergenceError is a RuntimeError
+        checks.add(
+            NOT_IDENTIFIED,
+            f"approach 3: parametric law not fitted ({type(e).__name__}: {e}); the recommendation comes "
+            "from the other approaches",
+        )
+    if B == 0:
+        checks.add(
+            NOT_IDENTIFIED,
+            "no bootstrap (--bootstrap 0): whether the data identify the exponents was not checked (the "
+            "point estimates are shown without intervals); rerun with --bootstrap 200",
+        )
     frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
     pure = _pure_law(frontier, "loss", B, seed)
     iso = fit_isoflop(
@@ -332,6 +357,7 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
         units=units,
         r_star=prep.r_star,
         r_star_fitted=prep.r_star_fitted,
+        checks=checks,
     )
     if parametric is not None:
         an.residuals = residuals(an)
@@ -447,7 +473,8 @@ class Prediction:
     """Recommended N, D and expected loss / FID at one compute budget (true FLOPs), with a status.
 
     n_opt, d_opt, loss and fid are None when withheld (status not_identified or censored); then
-    `n_opt_bound` ({"side": "below" | "above", "N": x}) says what is known when the result is censored.
+    `n_opt_bound` ({"side": "below" | "above", "N": x, "measured_up_to_C": c}) says what is known when the
+    result is censored: N_opt is below (above) x at every budget measured, up to c FLOPs, not beyond.
     """
 
     compute: float
@@ -489,7 +516,11 @@ class Prediction:
         ]
         if self.n_opt is None:
             bound = self.n_opt_bound
-            known = f"N_opt {bound['side']} {bound['N']:.3g} {u['N']}" if bound else "not identified"
+            known = "not identified"
+            if bound:
+                known = f"N_opt {bound['side']} {bound['N']:.3g} {u['N']} at every budget measured"
+                if "measured_up_to_C" in bound:
+                    known += f", up to {bound['measured_up_to_C']:.3g} FLOPs"
             lines += [f"  model size N_opt : withheld ({known})", "  data D_opt       : withheld"]
         else:
             interval = "" if math.isnan(self.n_opt.lo) else f" ({pct} interval)"
@@ -601,9 +632,11 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         alt["frontier loss law L(C)"] = float(fr.y_law.predict(compute))
     st.merge(iso.status, "approach 2: ")
     st.merge(fr.status, "approach 1: ")
-    bound = None
-    if iso.status.status == CENSORED:
+    bound, c_max = None, float(analysis.points["C"].max())
+    if iso.status.status == CENSORED:  # a bound at the budgets measured: the optimum may cross it beyond
         withhold, bound = True, censored_bound(iso.slices)
+        if bound is not None:
+            bound["measured_up_to_C"] = c_max
     if (spread := _n_opt_spread(alt)) > cfg.disagreement_factor:
         withhold = True
         st.add(
@@ -611,7 +644,6 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             f"the approaches disagree on N_opt by {spread:.3g}x (more than {cfg.disagreement_factor:g}x): "
             "the grid probably does not bracket the optimum; add smaller or larger models, or more budgets",
         )
-    c_max = float(analysis.points["C"].max())
     extrapolating = compute > cfg.extrapolation_factor * c_max
     if extrapolating:
         st.add(

@@ -61,7 +61,30 @@ def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
         f = pd.to_numeric(df["fid"], errors="coerce")
         if (f.dropna() <= 0).any():
             raise ValueError(f"{source}: column fid must be > 0 where given")
+    _refuse_duplicates(df, source)
     return df
+
+
+def _refuse_duplicates(df: pd.DataFrame, source: str) -> None:
+    """ValueError when rows repeat an earlier row exactly, or a run's step (a file concatenated with
+    itself would count every point twice as evidence)."""
+    dup = df.duplicated()
+    what = "repeat an earlier row exactly"
+    if not dup.any() and {"run_id", "step"} <= set(df.columns):
+        keyed = df["run_id"].notna() & df["step"].notna()
+        dup = keyed & df.duplicated(subset=["run_id", "step"])
+        what = "repeat an earlier row's (run_id, step)"
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        first = df.iloc[i]
+        example = ", ".join(
+            f"{c}={first[c]}" for c in ("run_id", "step", "N", "D", "loss") if c in df.columns
+        )
+        raise ValueError(
+            f"{source}: {int(dup.sum())} row(s) {what} (first at row index {i}: {example}); each point "
+            "must appear once, or it counts twice as evidence: remove the duplicates (a file appended to "
+            "itself?)"
+        )
 
 
 def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.DataFrame:
@@ -95,6 +118,11 @@ def load_csv(path: str | os.PathLike, *, flops_per_param_datum: float | None = N
 
     Without C, C = k N D with k = flops_per_param_datum (default 6, the LM convention).
     """
+    if flops_per_param_datum is not None and not 0 < flops_per_param_datum < np.inf:
+        raise ValueError(
+            "flops_per_param_datum (--flops-per-param-datum) must be a positive number (C = k N D; 6 for "
+            f"language models), got {flops_per_param_datum}"
+        )
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"CSV file not found: {path}")
@@ -178,13 +206,20 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     loss, FID, N, D, C and the other numbers are means; `fid_se` is the standard error of the mean FID;
     `run_id` joins the runs' ids with ' + ' (a bootstrap over runs then resamples whole cells); `n_seeds`
     counts them. Returns (points, note); the note (None when no cell has two runs) gives the loss's
-    spread between seeds.
+    spread between seeds. A cell's mean uses only the steps that every one of its seeds logged (the
+    others are left out, said in the note); a cell whose seeds share no step keeps them apart.
     """
-    key = points["replicate"].where(points["replicate"].notna(), points["run_id"])
-    if points.assign(_k=key).groupby("_k")["run_id"].nunique().max() < 2:
+    pts = points.assign(_k=points["replicate"].where(points["replicate"].notna(), points["run_id"]))
+    n_runs = pts.groupby("_k")["run_id"].transform("nunique")
+    if n_runs.max() < 2:
         return points, None
+    shared = pts.groupby(["_k", "step"], dropna=False)["run_id"].transform("nunique") == n_runs
+    apart = ~shared.groupby(pts["_k"]).transform("any")  # cells whose seeds share no step
+    pts.loc[apart, "_k"] = pts.loc[apart, "run_id"]
+    partial = ~shared & ~apart
+    pts = pts[~partial]
     rows = []
-    for _, g in points.assign(_k=key).groupby(["_k", "step"], sort=False, dropna=False):
+    for _, g in pts.groupby(["_k", "step"], sort=False, dropna=False):
         row = g.iloc[0].copy()
         for col in g.columns:
             if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "status"):
@@ -196,14 +231,27 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         rows.append(row)
     out = pd.DataFrame(rows).drop(columns="_k").reset_index(drop=True)
     many = out[out["n_seeds"] > 1]
-    worst = many.loc[many["loss_seed_sd"].idxmax()]
-    note = (
-        f"{len(many)} cell point(s) average the runs of a cell that differ only in their seed ("
-        f"{int(many['n_seeds'].sum())} runs; --per-seed keeps them apart): the loss's sd between seeds is "
-        f"{100 * many['loss_seed_sd'].median():.2g} % (median), {100 * worst['loss_seed_sd']:.2g} % at most "
-        f"({worst['model']}, {worst['C']:.3g} FLOPs)"
-    )
-    return out, note
+    notes = []
+    if len(many):
+        worst = many.loc[many["loss_seed_sd"].idxmax()]
+        notes.append(
+            f"{len(many)} cell point(s) average the runs of a cell that differ only in their seed ("
+            f"{int(many['n_seeds'].sum())} runs; --per-seed keeps them apart): the loss's sd between seeds "
+            f"is {100 * many['loss_seed_sd'].median():.2g} % (median), "
+            f"{100 * worst['loss_seed_sd']:.2g} % at most ({worst['model']}, {worst['C']:.3g} FLOPs)"
+        )
+    if partial.any():
+        notes.append(
+            f"{int(partial.sum())} point(s) at steps that not every seed of their cell logged left out of "
+            "the seeds' means"
+        )
+    if apart.any():
+        runs = sorted(map(str, points.loc[apart, "run_id"].unique()))
+        notes.append(
+            f"{len(runs)} run(s) are seeds of a cell but share no evaluation step with its other seeds, so "
+            f"they are not averaged (each is its own point): {', '.join(runs[:5])}"
+        )
+    return out, "; ".join(notes) or None
 
 
 def fid_protocol(metric: str, params: dict, tags: dict | None = None) -> str:
@@ -306,7 +354,9 @@ def run_points(client, run) -> pd.DataFrame:
 def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """Tidy points from every usable run of an MLflow experiment (see module docstring).
 
-    Skips runs tagged status=failed (or MLflow status FAILED) and analysis runs (tag analysis=true).
+    Fits only finished runs (tag status=finished, else MLflow status FINISHED): skips failed runs, runs
+    still running or otherwise not finished (logged as a warning, and said in ``attrs["notes"]``, which
+    `analysis.pipeline.prepare` adds to the point-selection notes) and analysis runs (tag analysis=true).
     Raises ValueError if the experiment is missing or has no finished run.
     """
     import mlflow
@@ -324,31 +374,44 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     if exp is None:
         raise ValueError(missing)
     runs = client.search_runs([exp.experiment_id], max_results=50000)
-    frames, n_finished = [], 0
+    frames, n_finished, unfinished = [], 0, {}
     for run in runs:
         tags = run.data.tags
         if tags.get("analysis", "").lower() == "true":
             continue
-        status = tags.get("status", run.info.status.lower())
-        if status.lower() == "failed" or run.info.status == "FAILED":
+        status = tags.get("status", run.info.status.lower()).lower()
+        if status == "failed" or run.info.status == "FAILED":
             log.info("skipping failed run %s", run.info.run_id)
             continue
-        n_finished += status.lower() == "finished"
+        if status != "finished":  # still running, preempted, ...: its last point is not a finished run
+            unfinished[status] = unfinished.get(status, 0) + 1
+            continue
+        n_finished += 1
         if not np.isfinite(_float(run.data.params.get("model.params"))):
             log.warning("run %s has no model.params param; skipped", run.info.run_id)
             continue
         frames.append(run_points(client, run))
+    why = ", ".join(f"{n} {s}" for s, n in sorted(unfinished.items()))  # e.g. "2 running"
     if n_finished == 0:
         raise ValueError(
-            f"MLflow experiment {experiment!r} has no finished runs (tag status=finished); "
-            "wait for the sweep to finish or run `python sweeps/launch.py`"
+            f"MLflow experiment {experiment!r} has no finished runs (tag status=finished"
+            f"{'; not finished: ' + why if why else ''}); wait for the sweep to finish or run "
+            "`python sweeps/launch.py`"
         )
     frames = [f for f in frames if len(f)]
     if not frames:
         raise ValueError(f"MLflow experiment {experiment!r}: no run logged val/loss with compute and data")
     df = pd.concat(frames, ignore_index=True)
     validate_points(df, source=f"experiment {experiment!r}")
-    return tidy(df, None)
+    df = tidy(df, None)
+    if unfinished:
+        note = (
+            f"{sum(unfinished.values())} run(s) not finished left out ({why}): only finished runs are "
+            "fitted; fit again when they finish"
+        )
+        log.warning("MLflow experiment %r: %s", experiment, note)
+        df.attrs["notes"] = [note]
+    return df
 
 
 # ----------------------------------------------------------------------------------------------

@@ -607,8 +607,10 @@ def test_cli_runs_as_a_script_from_the_repo_root(tmp_path):
     args = ["--csv", str(csv), "--bootstrap", "0", "--json", str(out), "--out", str(tmp_path / "rep")]
     cmd = [sys.executable, "analysis/fit_scaling.py", *args]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(out.read_text())["alpha"] == pytest.approx(TRUE["alpha"], abs=1e-3)
+    assert proc.returncode == 3, proc.stderr  # not_identified: --bootstrap 0 checks no interval
+    res = json.loads(out.read_text())
+    assert res["alpha"] == pytest.approx(TRUE["alpha"], abs=1e-3)
+    assert [r.startswith("no bootstrap (--bootstrap 0)") for r in res["reasons"]] == [True]
 
 
 def test_cli_on_csv(tmp_path, capsys):

@@ -222,8 +222,9 @@ def test_cli_on_mlflow_in_tokens_and_non_embedding_params(sweep, tmp_path):
         "--out",
         str(tmp_path),
     ]
-    assert main(args) == 0
+    assert main(args) == 3  # not_identified: only because --bootstrap 0 checked no interval
     res = json.loads(out_json.read_text())
+    assert len(res["reasons"]) == 1 and res["reasons"][0].startswith("no bootstrap (--bootstrap 0)")
     # C = K N images = (K / (64 x 0.9)) x N_non_embedding x tokens
     assert res["flops_per_param_datum"] == pytest.approx(K / (64 * 0.9))
     assert res["units"]["D"] == "tokens" and res["units"]["N"] == "non-embedding parameters"

@@ -187,9 +187,16 @@ def test_every_isoflop_minimum_on_one_side_is_censored(tmp_path, side):
     x = max(edge) if side == "below" else min(edge)
     assert any(f"N_opt {side} {x:.3g} parameters at every budget" in r for r in iso["reasons"])
     pred = res["predictions"][0]
-    assert pred["n_opt"] is None and pred["n_opt_bound"] == {"side": side, "N": pytest.approx(x)}
+    c_max = max(BUDGETS)  # the bound holds at the budgets measured, not beyond them
+    assert pred["n_opt"] is None
+    assert pred["n_opt_bound"] == {
+        "side": side,
+        "N": pytest.approx(x),
+        "measured_up_to_C": pytest.approx(c_max),
+    }
     md = (tmp_path / "rep" / "report.md").read_text()  # the prediction's text says what is known
-    assert f"model size N_opt : withheld (N_opt {side} {x:.3g} parameters)" in md
+    known = f"N_opt {side} {x:.3g} parameters at every budget measured, up to {c_max:.3g} FLOPs"
+    assert f"model size N_opt : withheld ({known})" in md
     assert res["status"] in ("censored", "not_identified")
     assert rc == {"censored": EXIT_CENSORED, "not_identified": EXIT_NOT_IDENTIFIED}[res["status"]]
 
@@ -235,7 +242,7 @@ def test_approaches_disagreeing_by_more_than_3x_withhold_n_opt():
 
 def test_recommendation_beyond_10x_is_extrapolating_with_the_holdout_error(tmp_path):
     pts = isoflop_sweep(noise=0.002, seed=3)
-    rc, res = run_cli(tmp_path, pts, "--bootstrap", "0", "--predict", "1e24")
+    rc, res = run_cli(tmp_path, pts, "--bootstrap", "4", "--predict", "1e24")
     assert rc == 0 and res["status"] == "extrapolating"
     pred = res["predictions"][0]
     assert pred["status"] == "extrapolating" and pred["extrapolation"] == pytest.approx(100.0)
