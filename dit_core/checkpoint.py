@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -119,11 +118,17 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     pointer = folder / "latest.json"
     if pointer.is_file():
         try:
-            target = folder / json.loads(pointer.read_text())["file"]
-            if target.is_file():
-                return target
+            name = json.loads(pointer.read_text())["file"]
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable %s", pointer)
+        else:
+            if not isinstance(name, str) or not _STEP_FILE.match(name):
+                raise ValueError(
+                    f"{pointer} names {name!r}, not a step_*.pt file in {folder}; delete it (the newest "
+                    "step file is then used) or pass the checkpoint to use with --resume PATH"
+                )
+            if (folder / name).is_file():
+                return folder / name
     files = list_checkpoints(folder)
     return files[-1] if files else None
 
@@ -141,12 +146,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {p} does not exist; pass a run folder or a step_*.pt file in <out>/checkpoints"
         )
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file fails in torch's reader in many ways
         raise ValueError(
-            f"checkpoint {p} is not a checkpoint written by dit_core.train ({type(e).__name__}); "
-            "pass a run folder or a step_*.pt file in <out>/checkpoints"
+            f"checkpoint {p} is not a checkpoint written by dit_core.train ({type(e).__name__}): it is "
+            "truncated, corrupt or another kind of file; pass a run folder or a step_*.pt file in "
+            "<out>/checkpoints"
         ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(
+            f"checkpoint {p} is not a checkpoint written by dit_core.train (it holds a "
+            f"{type(ckpt).__name__}, not a dict of the run's state); pass a run folder or a step_*.pt "
+            "file in <out>/checkpoints"
+        )
+    return ckpt
 
 
 def load_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, map_location: str = "cpu"):

@@ -353,7 +353,13 @@ def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> Train
 
     p = Path(path)
     require(p.is_file(), "--config", f"the file {p} does not exist; give a YAML file of fields")
-    flat = yaml_to_flat(TrainConfig, yaml.safe_load(p.read_text()) or {}, f"config file {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"--config: {p} is not valid YAML ({where}{problem}); fix the file") from None
+    flat = yaml_to_flat(TrainConfig, data or {}, f"config file {p}")
     try:
         return apply_flat(base or TrainConfig(), flat)
     except ConfigError as e:

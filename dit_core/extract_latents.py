@@ -193,12 +193,25 @@ def _encode(vae: torch.nn.Module, x: torch.Tensor, cfg: ExtractConfig, gen: torc
     return torch.stack([z[:b], z[b:]], dim=1)
 
 
+def _device(name: str) -> torch.device:
+    """The torch device of ``--device`` (``auto``: cuda if available), or a ValueError saying which exist."""
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(auto if name == "auto" else name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (device.index or 0) >= n:
+            raise ValueError(f"--device {name}: this machine has {n} CUDA GPU(s); use --device cpu (or auto)")
+    return device
+
+
 def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     """Encode ``cfg.data_path`` into shards under ``cfg.output``; returns the manifest (also written)."""
     if not os.path.isdir(cfg.data_path):
         raise ValueError(f"image folder {cfg.data_path!r} does not exist or is not a directory")
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    device = _device(cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if cfg.image_size % factor:

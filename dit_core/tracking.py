@@ -334,7 +334,14 @@ class RunTracker:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        client = MlflowClient(tracking_uri=uri)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+        except MlflowException as e:
+            raise ValueError(
+                f"tracking URI {uri or os.environ.get('MLFLOW_TRACKING_URI')!r} is not an MLflow tracking "
+                f"store MLflow can open ({' '.join(str(e).split()).split('. ')[0]}); pass --tracking-uri "
+                "sqlite:///mlflow.db (a local file) or http://HOST:PORT (a server), or --no-mlflow"
+            ) from None
         out = Path(out_dir) if out_dir is not None else None
         id_file = out / RUN_ID_FILE if out is not None else None
         if run_id is None and reuse_saved_id and id_file is not None and id_file.is_file():

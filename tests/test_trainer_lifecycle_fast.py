@@ -623,7 +623,8 @@ def test_check_resumable_names_at_most_eight_differences():
     assert msg == (
         "checkpoint: was written by a different config ("
         + "; ".join(f"k{i}: '{i}' -> '{i + 1}'" for i in range(8))
-        + "); use a new --out for a new run, or --resume never to start over in this folder"
+        + "); use a new --out for a new run, or, to start over in this folder, delete its checkpoints/ "
+        "and run with --resume never"
     )
     with pytest.raises(ConfigError, match=r"^mlflow run 7: was written"):
         check_resumable(saved, new, "mlflow run 7")

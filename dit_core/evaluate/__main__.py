@@ -70,6 +70,32 @@ def _other_feature_space(run_id: str, space: str) -> str | None:
     )
 
 
+def _check_run(run_id: str) -> None:
+    """ValueError, before any sampling, when ``run_id`` is not a run of the tracking store."""
+    from mlflow import MlflowClient, get_tracking_uri
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ValueError(
+            f"--mlflow-run-id {run_id}: no such run in the MLflow tracking store {get_tracking_uri()} "
+            f"({why}); give the id in the run folder's mlflow_run_id file, and set MLFLOW_TRACKING_URI "
+            "to the store the run is in"
+        ) from None
+
+
+def _check_folders(args: argparse.Namespace) -> None:
+    """ValueError, before any sampling, when a folder to write a result into does not exist."""
+    for flag, path in (("--output", args.output), ("--save-samples", args.save_samples)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            raise ValueError(
+                f"{flag} {path}: the folder {folder} does not exist; create it or give another path"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -91,10 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         **opts,
         use_ema=not args.raw_weights,
         log_to_run=bool(args.mlflow_run_id),
+        run_id=args.mlflow_run_id,
         progress=sys.stderr.isatty(),
     )
     spaces: dict[str, str] = {}
     try:
+        _check_folders(args)
+        if args.mlflow_run_id:
+            _check_run(args.mlflow_run_id)
         metrics, step, flat = evaluate_checkpoint(cfg, accelerator, spaces)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

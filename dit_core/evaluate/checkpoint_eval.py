@@ -38,6 +38,7 @@ class CheckpointEvalConfig:
     clip_denoised: bool | None = None  # None: as the run's in-training evaluation (its eval.clip_denoised)
     save_samples: str | None = None  # .npz (arr_0 NHWC uint8, labels) written by rank 0
     log_to_run: bool = False  # the result goes into the run's eval/* metrics: sampling as the run's own
+    run_id: str | None = None  # the MLflow run it goes into: must be the checkpoint's own, if it names one
     progress: bool = False  # a sampling progress bar on stderr (the CLI: when stderr is a terminal)
 
 
@@ -66,11 +67,11 @@ def chosen_metrics(cfg: CheckpointEvalConfig, run_cfg, reference: str) -> tuple[
 
 def load_vae(path: str, device: torch.device):
     """diffusers ``AutoencoderKL`` from a local folder (no download)."""
-    from diffusers import AutoencoderKL
+    from dit_core.extract_latents import load_vae as load_autoencoder
 
     if not os.path.isdir(path):
         raise ValueError(f"--vae {path} is not a folder; give a local diffusers AutoencoderKL directory")
-    return AutoencoderKL.from_pretrained(path, local_files_only=True).to(device).eval()
+    return load_autoencoder(path).to(device).eval()
 
 
 def evaluate_checkpoint(
@@ -85,6 +86,13 @@ def evaluate_checkpoint(
 
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
+    own = ckpt.get("mlflow_run_id") or None
+    if cfg.run_id and own and cfg.run_id != own:
+        raise ValueError(
+            f"--mlflow-run-id {cfg.run_id}: checkpoint {cfg.checkpoint} belongs to MLflow run {own}, and "
+            "its scores would be read as that other run's. Pass --mlflow-run-id "
+            f"{own}, or drop --mlflow-run-id and keep the result with --output"
+        )
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
     model = model.to(device)
     data = tcfg.data

@@ -120,6 +120,13 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
     )
 
 
+def known_without_logits(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an Inception file known to have no logits layer, told without loading it:
+    fid-helper's ``default_1.pt`` (the pool3 trunk only), which cannot score ``is``."""
+    helper = _fid_helper_weights()
+    return helper is not None and Path(path).resolve() == helper.resolve()
+
+
 def file_digest(path: Path) -> str:
     """The first 12 hex digits of the file's SHA-256: which weights, whatever the file is called."""
     h = hashlib.sha256()

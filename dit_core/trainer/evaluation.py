@@ -20,7 +20,14 @@ from ..models import DiTConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_samples", "guidance_scale", "run_metrics", "sample_grid", "sampling_settings"]
+__all__ = [
+    "check_evaluation",
+    "evaluate_samples",
+    "guidance_scale",
+    "run_metrics",
+    "sample_grid",
+    "sampling_settings",
+]
 
 
 def guidance_scale(cfg: TrainConfig) -> float:
@@ -50,6 +57,46 @@ def run_metrics(cfg: TrainConfig, reference: str) -> tuple[str, ...]:
     if cfg.eval.metrics:
         return tuple(cfg.eval.metrics)
     return default_metrics(reference, inception=False) if reference_domain(reference) else ("fid",)
+
+
+def check_evaluation(cfg: TrainConfig) -> None:
+    """ConfigError, before training, for the sample-evaluation settings of a resolved ``cfg`` that
+    `evaluate_samples` would fail on (metrics, reference, sampler steps, Inception weights), told
+    without loading a model. Nothing to check when evaluation is off or skipped (latents, no reference)."""
+    from ..configio import ConfigError
+    from ..evaluate.features import known_without_logits, resolve_inception_weights
+    from ..evaluate.metrics import METRICS, check_metrics
+    from ..evaluate.reference import resolve_reference
+
+    e, data = cfg.eval, cfg.data
+    reference = e.reference or default_reference(data)
+    if not e.eval_every or data.name == "latents" or reference is None:
+        return
+    off = "; or set eval.eval_every=0 to train without sample metrics"
+    if e.steps < 1:
+        raise ConfigError(
+            f"eval.steps: must be >= 1 when eval.eval_every > 0 (sampler steps), got {e.steps}{off}"
+        )
+    names = run_metrics(cfg, reference)
+    try:
+        check_metrics(names, reference)
+    except ValueError as err:
+        raise ConfigError(f"eval.metrics: {err}{off}") from None
+    try:
+        resolve_reference(reference, cfg.model.input_size)
+    except ValueError as err:
+        raise ConfigError(f"eval.reference: {err}{off}") from None
+    if any(METRICS[m][0] == "inception" for m in names):
+        try:
+            weights = resolve_inception_weights()
+        except ValueError as err:
+            raise ConfigError(f"eval.metrics: {err}{off}") from None
+        if "is" in names and known_without_logits(weights):
+            raise ConfigError(
+                f"eval.metrics: metric 'is' needs class logits, but {weights} has none (fid-helper's "
+                "default_1.pt is the pool3 trunk only); set $DITSCALE_INCEPTION_WEIGHTS to NVIDIA's "
+                f"inception-2015-12-05.pt, or drop 'is'{off}"
+            )
 
 
 def evaluate_samples(

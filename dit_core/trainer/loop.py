@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import latest_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..configio import ConfigError
 from ..data import build_dataset, data_accounting, unique_images
@@ -41,7 +41,7 @@ from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
 from .progress import Progress
 from .resolve import resolve_config
-from .resume import check_resumable, find_checkpoint
+from .resume import check_resumable, find_checkpoint, load_resume_checkpoint
 from .rng import StepRandom, get_rng_state, set_rng_state
 from .signals import PreemptionGuard
 from .update import update_ops
@@ -123,6 +123,11 @@ class Trainer:
         self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
         self.device = acc.device
         self.out = Path(cfg.out)
+        there = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            raise ConfigError(
+                f"out: {there} is a file, not a folder; give a run folder (new or existing) with --out"
+            )
         self.train_set = train_set if train_set is not None else build_dataset(cfg.data, "train")
         self.cfg = cfg = resolve_config(cfg, self.train_set)
         self.flat = cfg.to_flat_dict()
@@ -136,10 +141,11 @@ class Trainer:
 
         self.resume = resume
         self.ckpt_path = find_checkpoint(self.out, resume)
-        ckpt = load_checkpoint(self.ckpt_path) if self.ckpt_path else None
+        ckpt = load_resume_checkpoint(self.ckpt_path) if self.ckpt_path else None
         if ckpt is not None:
             saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}  # fields added since: defaults
             check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}")
+            self.check_continuable(ckpt)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = DiT.from_config(self.dit_cfg).to(self.device)
@@ -186,6 +192,24 @@ class Trainer:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def check_continuable(self, ckpt: dict[str, Any]) -> None:
+        """ConfigError, before any run is touched, when the checkpoint is past the budget or belongs
+        to another MLflow run than ``tracking.run_id``."""
+        step, given = int(ckpt["step"]), self.cfg.tracking.run_id
+        if step > self.total:
+            raise ConfigError(
+                f"budget.max_steps: checkpoint {self.ckpt_path} is already at step {step}, above the "
+                f"requested total of {self.total} steps; give a budget of at least {step} steps to "
+                "continue it, or a new --out for a new run"
+            )
+        own = ckpt.get("mlflow_run_id") or None
+        if self.cfg.tracking.enabled and given and own and given != own:
+            raise ConfigError(
+                f"tracking.run_id: --run-id {given} was given, but checkpoint {self.ckpt_path} belongs to "
+                f"MLflow run {own}; drop --run-id (or pass --run-id {own}) to continue that run, or use "
+                f"a new --out to train into run {given}"
+            )
 
     def _load(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])

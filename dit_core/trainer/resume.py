@@ -12,10 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import latest_checkpoint
+from ..checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from ..configio import ConfigError
 
-__all__ = ["RESUMABLE_CHANGES", "check_resumable", "config_changes", "find_checkpoint"]
+__all__ = ["RESUMABLE_CHANGES", "RESUME_KEYS", "check_resumable", "config_changes", "find_checkpoint",
+           "load_resume_checkpoint"]  # fmt: skip
+
+#: What the trainer reads from a checkpoint to continue a run.
+RESUME_KEYS = ("model", "ema", "optimizer", "data_position", "rng", "step", "ledger", "config")
 
 #: Dotted fields (or prefixes ending in ".") that may change when a run is resumed.
 RESUMABLE_CHANGES = ("tracking.", "checkpoint.", "eval.", "budget.max_steps", "budget.train_flops",
@@ -40,7 +44,8 @@ def check_resumable(saved_flat: dict[str, Any], new_flat: dict[str, Any], where:
     if diff:
         raise ConfigError(
             f"{where}: was written by a different config ({'; '.join(diff[:8])}); "
-            "use a new --out for a new run, or --resume never to start over in this folder"
+            "use a new --out for a new run, or, to start over in this folder, delete its checkpoints/ "
+            "and run with --resume never"
         )
 
 
@@ -66,3 +71,23 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
             f"--resume: must be 'auto', 'never' or a checkpoint file/run folder; {p} does not exist"
         )
     return p
+
+
+def load_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, holding `RESUME_KEYS`; else a ConfigError naming the file, what is
+    wrong with it, and the other checkpoints of its folder that ``--resume PATH`` can continue from."""
+    try:
+        ckpt = load_checkpoint(path)
+        if missing := sorted(set(RESUME_KEYS) - set(ckpt)):
+            raise ValueError(f"checkpoint {path} is not a dit_core training checkpoint (missing {missing})")
+    except ValueError as e:
+        others = [p for p in list_checkpoints(path.parent) if p.resolve() != path.resolve()]
+        if others:
+            names = ", ".join(p.name for p in others)
+            hint = (
+                f"; its folder also holds {names}: continue from one with --resume {others[-1]} (the newest)"
+            )
+        else:
+            hint = "; start a new run with a new --out"
+        raise ConfigError(f"{e}{hint}") from None
+    return ckpt
