@@ -67,21 +67,26 @@ SLURM_SIGNAL_EARLY_S = 60
 SLURM_HANDLER_STARTUP_S = 10
 
 
-def check_slurm_signal(spec: ExecutorSpec) -> None:
+def check_slurm_signal(spec: ExecutorSpec, early_s: int = SLURM_SIGNAL_EARLY_S) -> None:
     """Raise ValueError when SLURM may send the warning signal (USR2, ``signal_delay_s`` before the
-    time limit and up to 60 s earlier) before a job can catch it: a signal that lands during
-    start-up kills the job with no checkpoint and no requeue."""
-    earliest = 60 * spec.timeout_min - spec.signal_delay_s - SLURM_SIGNAL_EARLY_S
+    time limit and up to ``early_s`` = 60 s earlier; the local executor's own limit: 0 s) before a
+    job can catch it: a signal that lands during start-up kills the job with no checkpoint and no
+    requeue."""
+    earliest = 60 * spec.timeout_min - spec.signal_delay_s - early_s
     if earliest >= SLURM_HANDLER_STARTUP_S:
         return
-    need = SLURM_SIGNAL_EARLY_S + SLURM_HANDLER_STARTUP_S
+    need = early_s + SLURM_HANDLER_STARTUP_S
     fix = f"give --time of at least {math.ceil((spec.signal_delay_s + need) / 60)} min"
     if 60 * spec.timeout_min >= need:
         fix += f" or a --signal-delay of at most {60 * spec.timeout_min - need} s"
+    sender = (
+        f"SLURM may send USR2 up to {early_s} s before the delay asks (sbatch --signal)"
+        if early_s
+        else "the local executor sends USR2 at the delay"
+    )
     raise ValueError(
-        f"--time {spec.timeout_min} min with --signal-delay {spec.signal_delay_s} s: SLURM may send USR2 "
-        f"up to {SLURM_SIGNAL_EARLY_S} s before the delay asks (sbatch --signal), {max(earliest, 0)} s after "
-        f"a job starts, before it can checkpoint and requeue; {fix}"
+        f"--time {spec.timeout_min} min with --signal-delay {spec.signal_delay_s} s: {sender}, "
+        f"{max(earliest, 0)} s after a job starts, before it can checkpoint and requeue; {fix}"
     )
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,12 @@ class SweepSpec:
         """Raise ValueError naming the first bad field and how to fix it."""
         if not self.name or any(c in self.name for c in "/\\ '\""):
             raise ValueError(f"sweep name {self.name!r} must be non-empty without '/', spaces or quotes")
+        if self.name in (".", ".."):
+            raise ValueError(f"sweep name {self.name!r} would be the output folder itself; give a name")
+        if not isinstance(self.experiment, str) or not self.experiment.strip():
+            raise ValueError(
+                f"experiment {self.experiment!r}: give an MLflow experiment name (--experiment NAME)"
+            )
         if not self.families and not self.shapes:
             raise ValueError("the grid has no models: give --grid S,B,L,XL and/or custom --depths/--widths")
         for f in self.families:
@@ -309,6 +316,12 @@ def expand(spec: SweepSpec) -> list[Cell]:
         cells = design_cells(spec)
     else:
         cells = _grid_cells(spec)
+    ids = [c.cell_id for c in cells]
+    if repeated := sorted({i for i in ids if ids.count(i) > 1}):
+        raise ValueError(
+            f"cells {', '.join(repeated)} appear more than once: a patch size, family or shape listed twice, "
+            "or budgets equal to 4 digits (cell ids keep 4); list each once"
+        )
     return [
         dataclasses.replace(c, seed=s, cell_id=c.cell_id + (f"-s{s}" if s else ""))
         for c in cells
@@ -378,6 +391,18 @@ def make_cell(spec: SweepSpec, model: ModelShape, patch_size: int, budget: float
 # ---------------------------------------------------------------- YAML
 
 
+def _typed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with each value parsed by its field's type (ConfigError naming the key if it cannot
+    be); mappings of nested sections and of ``isoflop_centres`` are left to the caller."""
+    hints, out = typing.get_type_hints(cls), {}
+    for k, v in data.items():
+        if v is None and type(None) not in typing.get_args(hints[k]):
+            raise ValueError(f"{where}: {k} must be set (leave the key out for its default), got null")
+        keep = k == "isoflop_centres" or (k == "train" and isinstance(v, dict))  # values typed later
+        out[k] = v if keep else parse_value(v, hints[k], f"{where}: {k}")
+    return out
+
+
 def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSpec:
     """Build and validate a `SweepSpec` from a parsed YAML mapping; unknown keys are errors."""
     data = dict(check_keys(SweepSpec, data, where))
@@ -386,11 +411,20 @@ def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSp
             raise ValueError(f"{where}: {key} must be a list, e.g. `{key}: [{data[key]}]`, got {data[key]!r}")
     for key, cls in (("scale", Scale), ("data", DataSpec), ("executor", ExecutorSpec)):
         if key in data:
-            data[key] = cls(**check_keys(cls, data[key] or {}, f"{where}: {key}"))
+            data[key] = cls(
+                **_typed(cls, check_keys(cls, data[key] or {}, f"{where}: {key}"), f"{where}: {key}")
+            )
+    data = _typed(SweepSpec, data, where)
     if "budgets" in data:
         data["budgets"] = [parse_budget(b) for b in data["budgets"]]
     if data.get("isoflop_centres"):
-        data["isoflop_centres"] = {parse_budget(b): float(n) for b, n in data["isoflop_centres"].items()}
+        centres = data["isoflop_centres"]
+        try:
+            data["isoflop_centres"] = {parse_budget(b): float(n) for b, n in centres.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(
+                f"{where}: isoflop_centres must map budgets to model sizes (`{{1e12: 5e4}}`), got {centres!r}"
+            ) from None
     spec = SweepSpec(**data)
     spec.validate()
     return spec

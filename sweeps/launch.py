@@ -17,6 +17,7 @@ from pathlib import Path
 from dit_core.configio import join_negative_values, parse_scalar
 from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
+from sweeps.executor import resolve_executor_kind
 from sweeps.grid import (
     SweepSpec,
     expand,
@@ -26,7 +27,7 @@ from sweeps.grid import (
     parse_budget,
     read_spec_record,
 )
-from sweeps.runner import Progress, launch, sweep_dir
+from sweeps.runner import Progress, check_executor, launch, sweep_dir
 from sweeps.state import read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
 from sweeps.task import check_trainer, make_task
@@ -191,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MFU,
         help="model FLOPs utilisation assumed for the bill (measure it: bash benchmarks/gpu_check.sh)",
     )
-    r.add_argument("--no-wait", action="store_true", help="submit and return (SLURM); see `status` later")
+    r.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit and return: the SLURM jobs, or the local warm worker, go on; see `status` later",
+    )
     r.add_argument("--poll", type=float, default=2.0, help="seconds between progress updates")
     r.add_argument(
         "-v", "--verbose", action="store_true", help="log the launcher's steps (INFO), not only warnings"
@@ -384,6 +389,8 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
         tasks = [make_task(spec, c, sdir, uri) for c in cells]
         check_trainer(spec.trainer, tasks)  # the --set overrides become every cell's TrainConfig, or an error
+        name = spec.executor.name  # a dry run prices a SLURM study where no cluster answers
+        check_executor(spec, "slurm" if name == "slurm" else resolve_executor_kind(name))
         print(
             f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
             f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
@@ -481,6 +488,20 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(spec, args)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a config path that is a folder, an output folder that cannot be made, ...
+        print(f"error: {e}; check --config and --output-dir", file=sys.stderr)
+        return 2
+    except Exception as e:
+        mlflow_errors = sys.modules.get("mlflow.exceptions")
+        if mlflow_errors is None or not isinstance(e, mlflow_errors.MlflowException):
+            raise
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(
+            f"error: MLflow cannot use the tracking store ({why}); pass --tracking-uri "
+            "sqlite:///path/to/mlflow.db (a store file) or http://host:5000 (a server)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

@@ -19,6 +19,7 @@ from typing import Any
 
 from sweeps.eta import cell_work, time_left
 from sweeps.executor import (
+    SLURM_SIGNAL_EARLY_S,
     CellJob,
     JobRef,
     check_slurm_signal,
@@ -33,6 +34,7 @@ from sweeps.state import (
     CellState,
     Plan,
     Submission,
+    check_cell_folder,
     check_resumable_cell,
     check_tracking_uri,
     config_hash,
@@ -113,11 +115,15 @@ def prepare(spec: SweepSpec) -> Prepared:
     kind = resolve_executor_kind(spec.executor.name)
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_uri(uri)
+    check_executor(spec, kind)
+    return Prepared(spec, cells, kind, uri, sweep_dir(spec))
+
+
+def check_executor(spec: SweepSpec, kind: str) -> None:
+    """ValueError for executor settings that cannot work on ``kind`` ("slurm" or "local")."""
     if kind == "local" and spec.executor.nodes > 1:
         raise ValueError(f"nodes={spec.executor.nodes} needs SLURM; the local executor runs on one node")
-    if kind == "slurm":
-        check_slurm_signal(spec.executor)
-    return Prepared(spec, cells, kind, uri, sweep_dir(spec))
+    check_slurm_signal(spec.executor, early_s=SLURM_SIGNAL_EARLY_S if kind == "slurm" else 0)
 
 
 def longest_first(cells: list[Cell]) -> list[Cell]:
@@ -144,7 +150,9 @@ def launch(
     threads = _threads_per_process(prep)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
     all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
-    check_trainer(spec.trainer, list(all_tasks.values()))  # bad settings: refused before any folder exists
+    configs = check_trainer(
+        spec.trainer, list(all_tasks.values())
+    )  # bad settings: refused before any folder exists
     # a warm worker starts next: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
     try:
@@ -153,7 +161,8 @@ def launch(
             run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
             states = read_states(uri, spec.experiment, spec.name, run_dirs)
             for cid, st in states.items():  # before anything is submitted
-                check_resumable_cell(spec.name, st, all_tasks[cid].overrides)
+                check_resumable_cell(spec.name, st, all_tasks[cid].overrides, configs[cid])
+                check_cell_folder(spec.name, st, run_dirs[cid], spec.experiment, uri)
             write_spec_record(record or spec, sdir)
             the_plan = plan(states, spec.executor.max_retries)
             for cid in the_plan.exhausted:

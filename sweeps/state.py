@@ -16,6 +16,7 @@ idempotent relaunch decision: skip finished and live cells, resubmit the rest up
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dit_core.tracking import check_tracking_server
+from dit_core.tracking import RUN_ID_FILE, check_tracking_server
 from sweeps.executor import JobRef, job_liveness
 
 FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present is the cell's FID
@@ -81,8 +82,20 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+#: URI schemes of MLflow's database and server stores (``postgresql+psycopg2://`` counts as postgresql)
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Raise ValueError when the tracking store cannot be used (server down, folder missing)."""
+    """Raise ValueError when the tracking store cannot be used (an unknown scheme, a plain folder,
+    server down, folder missing)."""
+    scheme = uri.partition("://")[0].partition("+")[0] if "://" in uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"tracking URI {uri!r}: give a database or a server, e.g. sqlite:///path/to/mlflow.db or "
+            "http://host:5000 (MLflow's folder store is in maintenance mode; schemes taken here: "
+            f"{', '.join(TRACKING_SCHEMES)})"
+        )
     check_tracking_server(uri, AUTH_HINT, timeout_s)
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
@@ -172,23 +185,54 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
     _each(tracking_uri, one, subs)
 
 
-def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any]) -> None:
+def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any], config: Any = None) -> None:
     """Refuse to continue a cell whose settings changed since its run was created: resuming its
     checkpoint under other settings would mix two experiments. Equal config hashes pass at once;
-    otherwise the new config is compared with the one the trainer logged as the run's params."""
+    otherwise the new config (``config``, the trainer's dataclass built from ``overrides``, else the
+    overrides alone) is compared with the one the trainer logged as the run's params, so an override
+    dropped since (its field back at the default) counts as a change too."""
     if st.run_id is None or st.config_hash in (None, config_hash(overrides)):
         return
-    new = {k: v for k, v in overrides.items() if k != "tracking.run_id" and v is not None}
-    from dit_core.configio import parse_scalar
+    from dit_core.configio import flatten, parse_scalar
     from dit_core.trainer.resume import config_changes  # the trainer's rule, one place
 
+    if dataclasses.is_dataclass(config):  # typed by the trainer's own config
+        new = flatten(config)
+    else:  # YAML 1.1 reads "1e-3" as a string
+        new = {k: parse_scalar(v) if isinstance(v, str) else v for k, v in overrides.items()}
+    new = {k: v for k, v in new.items() if k != "tracking.run_id" and v is not None}
     saved = {k: v for k, v in st.params.items() if k in new}  # the run's params hold the full config
-    typed = {k: parse_scalar(new[k]) if isinstance(new[k], str) else new[k] for k in saved}  # "1e-3"
+    typed = {k: new[k] for k in saved}
     diff = config_changes(saved, typed)
     if diff:
         raise ValueError(
             f"cell {st.cell_id} of sweep {sweep!r} was launched with other settings ({'; '.join(diff[:8])}); "
             "start a new sweep with --name NEW, or delete its folder and MLflow runs to redo it"
+        )
+
+
+def check_cell_folder(sweep: str, st: CellState, run_dir: str | Path, experiment: str, uri: str) -> None:
+    """Refuse a cell whose run folder and MLflow record do not belong together: a folder that names
+    a run this experiment does not hold (relaunched with another --experiment or --tracking-uri),
+    or an unfinished run that trains in another folder that still exists (another --output-dir):
+    going on would start a second run of the cell, or train one run from two folders."""
+    run_dir = Path(run_dir)
+    if st.run_id is None:
+        saved = run_dir / RUN_ID_FILE
+        other = saved.read_text().strip() if saved.is_file() else ""
+        if other:
+            raise ValueError(
+                f"cell {st.cell_id} of sweep {sweep!r}: its folder {run_dir} belongs to MLflow run {other}, "
+                f"which experiment {experiment!r} at {uri} does not hold; relaunch with the --experiment "
+                "and --tracking-uri the sweep was launched with, or delete that folder to start the cell over"
+            )
+        return
+    old = st.params.get("out")
+    if st.state != "finished" and old and Path(old) != run_dir and Path(old).is_dir():
+        raise ValueError(
+            f"cell {st.cell_id} of sweep {sweep!r}: its MLflow run {st.run_id} trains in {old}, not in "
+            f"{run_dir}; relaunch with --output-dir {Path(old).parents[2]}, or start a new sweep with "
+            "--name NEW"
         )
 
 

@@ -105,9 +105,9 @@ def build_config(trainer: Any, overrides: dict[str, Any]) -> Any:
     return apply_flat(cfg, overrides)
 
 
-def check_trainer(module: str, tasks: list[CellTask]) -> None:
+def check_trainer(module: str, tasks: list[CellTask]) -> dict[str, Any]:
     """Import the trainer here and build every task's config, so a wrong module or an override
-    naming no `TrainConfig` field fails before anything is submitted."""
+    naming no `TrainConfig` field fails before anything is submitted; ``{cell_id: config}``."""
     try:
         trainer = importlib.import_module(module)
     except ImportError as e:
@@ -119,8 +119,10 @@ def check_trainer(module: str, tasks: list[CellTask]) -> None:
             raise ValueError(
                 f"trainer module {module!r} has no {name}; it must provide TrainConfig and train(cfg)"
             )
+    built = {}
     for t in tasks:
         try:
-            build_config(trainer, t.overrides)
+            built[t.cell_id] = build_config(trainer, t.overrides)
         except (TypeError, ValueError) as e:
             raise ValueError(f"cell {t.cell_id}: {e}") from e
+    return built

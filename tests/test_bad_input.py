@@ -24,6 +24,17 @@ from sweeps import launch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: sweep YAMLs whose values have the wrong type (each was a traceback before session 28)
+BAD_TYPES = {
+    "batch_abc.yaml": "batch_size: abc\n",
+    "train_list.yaml": "train: [a]\n",
+    "output_null.yaml": "output_dir: null\n",
+    "centres_list.yaml": "isoflop_centres: [1, 2]\n",
+    "eval_maybe.yaml": "final_eval: maybe\n",
+    "mem_x.yaml": "executor: {mem_gb: x}\n",
+}
+
+
 def _dead_uri() -> str:
     """An http tracking URI on a local port nobody listens on."""
     with socket.socket() as s:
@@ -40,6 +51,8 @@ def scratch(tmp_path, monkeypatch):
     inputs.mkdir()
     (inputs / "list.yaml").write_text("- a\n- b\n")
     (inputs / "unknown_key.yaml").write_text("bogus_key: 3\n")
+    for name, text in BAD_TYPES.items():
+        (inputs / name).write_text(text)
     (inputs / "not.json").write_text("not json {")
     (inputs / "not_identified.json").write_text(json.dumps({"status": "not identified"}))
     (inputs / "no_D.csv").write_text("N,loss\n1e6,0.5\n2e6,0.4\n")
@@ -90,7 +103,14 @@ LAUNCH = [
     (["--mfu", "0", "--dry-run"], "--mfu 0.0 must be in (0, 1]"),
     (["--device", "TPU", "--dry-run"], "invalid choice: 'TPU'"),
     (["--design", "isoflop", "--sizes-per-budget", "0", "--dry-run"], "needs 3 sizes per budget"),
+    (["--experiment", "", "--dry-run"], "give an MLflow experiment name (--experiment NAME)"),
+    (["--name", "..", "--dry-run"], "would be the output folder itself"),
+    (["--patch", "2,2", "--dry-run"], "XL-2-1e11, XL-2-1e12, XL-2-3e11 appear more than once"),
+    (["--grid", "S", "--budgets", "1e11,1.00001e11", "--dry-run"], "S-2-1e11 appear more than once"),
     # a real launch (not a dry run) refused before any folder, store or run exists
+    (["--tracking-uri", "bogus://x", "--grid", "S"], "tracking URI 'bogus://x': give a database or a server"),
+    (["--tracking-uri", "mlruns", "--grid", "S"], "MLflow's folder store is in maintenance mode"),
+    (["status", "--tracking-uri", "bogus://x"], "error: MLflow cannot use the tracking store"),
     (["--set", "bogus.key=1", "--executor", "debug", "--grid", "S", "--patch", "8", "--budgets", "1e12"],
      "TrainConfig has no field 'bogus'"),
 ]  # fmt: skip
@@ -107,6 +127,13 @@ def test_launch_refuses(scratch, capsys, caplog, argv, phrase):
         ("list.yaml", "expected a mapping of fields, got list"),
         ("unknown_key.yaml", "unknown key(s) ['bogus_key']"),
         ("missing.yaml", "not found; bundled configs"),
+        ("batch_abc.yaml", "batch_size: cannot use 'abc' as int"),
+        ("train_list.yaml", "train: cannot use ['a'] as dict"),
+        ("output_null.yaml", "output_dir must be set (leave the key out for its default), got null"),
+        ("centres_list.yaml", "isoflop_centres must map budgets to model sizes"),
+        ("eval_maybe.yaml", "final_eval: cannot use 'maybe' as bool"),
+        ("mem_x.yaml", "executor: mem_gb: cannot use 'x' as float"),
+        (".", "Is a directory"),
     ],
 )
 def test_launch_refuses_bad_config(scratch, capsys, caplog, name, phrase):

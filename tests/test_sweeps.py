@@ -388,6 +388,13 @@ def test_a_warning_signal_that_may_land_during_start_up_is_refused(monkeypatch, 
     monkeypatch.setattr("sweeps.executor.slurm_status", lambda: "")  # as if a controller answered
     assert cli.main(["--executor", "slurm", "--time", "1", "--signal-delay", "45"]) == 2
     assert "--signal-delay of at most" not in (err := capsys.readouterr().err) and "--time 1 min" in err
+    # the local executor's own time limit sends USR2 at the delay: 90 s (the default) from a 1 min limit
+    # is at once, every try; refused, in a dry run too
+    for dry in ([], ["--dry-run"]):
+        assert cli.main(["--executor", "local", "--time", "1", "--grid", "S", *dry]) == 2
+        err = capsys.readouterr().err
+        assert "the local executor sends USR2 at the delay, 0 s after a job starts" in err, err
+    assert cli.main(["--executor", "local", "--time", "1", "--signal-delay", "30", "--dry-run"]) == 0
     assert not (tmp_path / "sweep_runs").exists()
 
 

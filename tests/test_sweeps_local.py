@@ -98,6 +98,14 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, 
     msg = r"launched with other settings \(budget.global_batch_size: '8' -> '4'"
     with pytest.raises(ValueError, match=msg):
         launch(spec.replace(batch_size=4))
+    # an override dropped since is a change too: its field is back at the trainer's default
+    with pytest.raises(ValueError, match=r"other settings \(step_s: '0.01' -> '0.02'\)"):
+        launch(spec.replace(train={}))
+    # the cells' folders hold runs of this experiment: another one would start second runs of them
+    other = spec.replace(experiment=f"{spec.experiment}-other")
+    with pytest.raises(ValueError, match=r"belongs to MLflow run \w+, which experiment .*-other' at "):
+        launch(other)
+    assert runs_by_cell(job_env, other.experiment) == {}
     assert not elsewhere.exists()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from sweeps.executor import JobRef
 from sweeps.lock import cell_job_lock_lines
 from sweeps.state import (
     CellState,
+    check_cell_folder,
     check_resumable_cell,
     check_tracking_uri,
     config_hash,
@@ -465,3 +467,45 @@ def test_a_changed_cell_is_refused_against_the_params_its_trainer_logged(store, 
     check_resumable_cell("demo", CellState("a", "missing"), {**old, **changed})
     st.config_hash = None
     check_resumable_cell("demo", st, {**old, **changed})
+
+
+def test_an_override_dropped_since_counts_as_a_change(store, exp, tmp_path):
+    from dit_core.data import build_dataset
+    from dit_core.trainer.resolve import resolve_config
+
+    old = {"optim.weight_decay": 0.1, "out": str(tmp_path / "a"), "budget.max_steps": 3}
+    cfg = TrainConfig().replace(**old)
+    flat = resolve_config(cfg, build_dataset(cfg.data, "train")).to_flat_dict()  # what the trainer logs
+    (run_id,) = create_cell_runs(store, exp, "demo", {"a": config_hash(old)}).values()
+    submit(store, run_id, tmp_path / "a", cfg_hash=config_hash(old))
+    train(store, exp, run_id, tmp_path / "a", {1: 0.5}, None, params=flat)
+    st = read_states(store, exp, "demo", {"a": old["out"]})["a"]
+    dropped = {"out": old["out"], "budget.max_steps": 3}
+    check_resumable_cell("demo", st, dropped)  # the overrides alone cannot tell
+    with pytest.raises(ValueError, match=r"other settings \(optim.weight_decay: '0.1' -> '0.0'\)"):
+        check_resumable_cell("demo", st, dropped, TrainConfig().replace(**dropped))
+    same = {**old, "optim.weight_decay": "1e-1"}  # another hash, the same config: every field compared
+    check_resumable_cell("demo", st, same, TrainConfig().replace(**same))
+
+
+def test_a_cell_folder_and_its_run_must_belong_together(tmp_path):
+    run_dir = tmp_path / "out" / "demo" / "cells" / "a"
+    run_dir.mkdir(parents=True)
+    where = ("exp", "sqlite:///x.db")
+    check_cell_folder("demo", CellState("a", "missing"), run_dir, *where)  # a new cell
+    (run_dir / "mlflow_run_id").write_text("abc123\n")  # ... of a run in another experiment or store
+    with pytest.raises(ValueError, match=r"belongs to MLflow run abc123, which experiment 'exp' at "):
+        check_cell_folder("demo", CellState("a", "missing"), run_dir, *where)
+    st = CellState("a", "interrupted")
+    st.run_id, st.params = "abc123", {"out": str(run_dir)}
+    check_cell_folder("demo", st, run_dir, *where)  # its own folder
+    elsewhere = tmp_path / "o2" / "demo" / "cells" / "a"
+    with pytest.raises(
+        ValueError, match=f"trains in {run_dir}, not in {elsewhere}; relaunch with --output-dir "
+    ):
+        check_cell_folder("demo", st, elsewhere, *where)
+    st.state = "finished"
+    check_cell_folder("demo", st, elsewhere, *where)  # nothing of it will run
+    st.state = "interrupted"
+    shutil.rmtree(run_dir)
+    check_cell_folder("demo", st, elsewhere, *where)  # the folder moved: it trains on there
