@@ -374,7 +374,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     if exp is None:
         raise ValueError(missing)
     runs = client.search_runs([exp.experiment_id], max_results=50000)
-    frames, n_finished, unfinished = [], 0, {}
+    frames, n_finished, unfinished, unusable = [], 0, {}, []
     for run in runs:
         tags = run.data.tags
         if tags.get("analysis", "").lower() == "true":
@@ -389,8 +389,11 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         n_finished += 1
         if not np.isfinite(_float(run.data.params.get("model.params"))):
             log.warning("run %s has no model.params param; skipped", run.info.run_id)
+            unusable.append(run.info.run_id)
             continue
         frames.append(run_points(client, run))
+        if not len(frames[-1]):  # no val/loss, or no compute or data accounting (logged there)
+            unusable.append(run.info.run_id)
     why = ", ".join(f"{n} {s}" for s, n in sorted(unfinished.items()))  # e.g. "2 running"
     if n_finished == 0:
         raise ValueError(
@@ -404,13 +407,21 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     validate_points(df, source=f"experiment {experiment!r}")
     df = tidy(df, None)
+    notes = []
     if unfinished:
-        note = (
+        notes.append(
             f"{sum(unfinished.values())} run(s) not finished left out ({why}): only finished runs are "
             "fitted; fit again when they finish"
         )
+    if unusable:
+        notes.append(
+            f"{len(unusable)} finished run(s) left out for lack of val/loss, model.params, "
+            f"compute/train_flops or data/images_seen: {', '.join(sorted(unusable)[:5])}"
+        )
+    for note in notes:
         log.warning("MLflow experiment %r: %s", experiment, note)
-        df.attrs["notes"] = [note]
+    if notes:
+        df.attrs["notes"] = notes
     return df
 
 

@@ -167,7 +167,8 @@ class SweepSpec:
             raise ValueError("need 1 <= min_steps <= isoflop_max_steps (--min-steps, --max-steps)")
         self._validate_design()
         e = self.executor
-        rules = {"name": EXECUTORS, "gpus_per_node": ">= 0", "max_retries": ">= 0"}
+        rules = {"name": EXECUTORS, "gpus_per_node": ">= 0", "max_retries": ">= 0", "mem_gb": "> 0"}
+        rules |= dict.fromkeys(("signal_delay_s", "max_num_timeout"), ">= 0")
         rules |= dict.fromkeys(("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"), ">= 1")
         rules |= dict.fromkeys(("array_parallelism", "local_parallelism"), ">= 1")
         check_fields(e, "executor.", rules)

@@ -234,10 +234,14 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         if args.head_dim is not None:
             top["design_head_dim"] = args.head_dim
     shapes = list(args.shapes or [])
+    if args.head_dim is not None and args.head_dim < 1:
+        raise ValueError(f"--head-dim {args.head_dim}: give channels per head >= 1 (4, 8, ..., 64)")
+    if getattr(args, "poll", 1.0) <= 0:
+        raise ValueError(f"--poll {args.poll}: give the seconds between progress updates, > 0")
     if (args.depths is None) != (args.widths is None):
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
     if args.depths:
-        head_dim = args.head_dim or 64
+        head_dim = 64 if args.head_dim is None else args.head_dim
         for d in args.depths:
             for w in args.widths:
                 if w % head_dim:
@@ -336,6 +340,11 @@ def cmd_status(spec: SweepSpec) -> int:
             "--tracking-uri (and --name / --config) it was launched with"
         )
     runs = read_runs(uri, spec.experiment, spec.name)  # one paged search, shared with read_states
+    if not runs and not sweep_dir(spec).is_dir():
+        raise ValueError(
+            f"no sweep {spec.name!r}: no folder {sweep_dir(spec)} and no runs of it in experiment "
+            f"{spec.experiment!r} at {uri}; check --name (and --output-dir, --experiment, --tracking-uri)"
+        )
     ids = list(cells) + sorted(set(runs) - set(cells))
     run_dirs = {cid: str(sweep_dir(spec) / "cells" / cid) for cid in ids}
     states = read_states(uri, spec.experiment, spec.name, run_dirs, with_progress=True, runs=runs)
@@ -424,8 +433,16 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     failed = list(res.errors) + pl.exhausted
     for cid, err in res.errors.items():
         print(f"FAILED {cid}: {err}", file=sys.stderr)
+    if res.errors:
+        print(f"{len(res.errors)} cell(s) failed; relaunch the same command to retry them", file=sys.stderr)
+    if pl.exhausted:
+        n = spec.executor.max_retries
+        print(
+            f"{len(pl.exhausted)} cell(s) out of retries ({', '.join(pl.exhausted)}: tried {n + 1} times); "
+            f"relaunch with --max-retries {n + 1} or more to try them again",
+            file=sys.stderr,
+        )
     if failed:
-        print(f"{len(failed)} cell(s) failed; relaunch the same command to retry them", file=sys.stderr)
         return 1
     print(
         f"\nnext: {NEXT_COMMAND} --experiment {spec.experiment}"

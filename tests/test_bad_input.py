@@ -105,6 +105,10 @@ LAUNCH = [
     (["--design", "isoflop", "--sizes-per-budget", "0", "--dry-run"], "needs 3 sizes per budget"),
     (["--experiment", "", "--dry-run"], "give an MLflow experiment name (--experiment NAME)"),
     (["--name", "..", "--dry-run"], "would be the output folder itself"),
+    (["--poll", "0", "--dry-run"], "--poll 0.0: give the seconds between progress updates, > 0"),
+    (["--head-dim", "0", "--depths", "2", "--widths", "8", "--dry-run"], "--head-dim 0: give channels"),
+    (["--mem-gb", "-1", "--dry-run"], "executor.mem_gb: must be > 0, got -1.0"),
+    (["--signal-delay", "-5", "--dry-run"], "executor.signal_delay_s: must be >= 0, got -5"),
     (["--patch", "2,2", "--dry-run"], "XL-2-1e11, XL-2-1e12, XL-2-3e11 appear more than once"),
     (["--grid", "S", "--budgets", "1e11,1.00001e11", "--dry-run"], "S-2-1e11 appear more than once"),
     # a real launch (not a dry run) refused before any folder, store or run exists

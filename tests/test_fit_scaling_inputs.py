@@ -158,13 +158,24 @@ def test_only_finished_runs_are_fitted_and_the_others_are_counted(tmp_path, capl
     _log_run(client, exp_id, "r1", 3e6, 200, status="running", mlflow_status="RUNNING")
     _log_run(client, exp_id, "p", 1e7, 300, status="preempted", mlflow_status="KILLED")
     _log_run(client, exp_id, "x", 1e7, 300, status="failed", mlflow_status="FAILED")
+    unusable = []  # finished, but without model.params, or without val/loss
+    for name, params in (("bare", {}), ("noval", {"model.params": "1e6"})):
+        rid = client.create_run(exp_id, run_name=name).info.run_id
+        for k, v in params.items():
+            client.log_param(rid, k, v)
+        client.set_tag(rid, "status", "finished")
+        client.set_terminated(rid, "FINISHED")
+        unusable.append(rid)
     with caplog.at_level(logging.WARNING, logger="analysis.runs"):
         df = load_runs("sweep", tracking_uri=uri)
     assert set(df["run_id"]) == done and len(df) == 12
     note = "3 run(s) not finished left out (1 preempted, 2 running)"
-    assert any(note in r.getMessage() for r in caplog.records)
-    # the point-selection notes (printed in the report) say so too
-    assert any(note in n for n in prepare(df, AnalysisConfig(n_bootstrap=0)).notes)
+    lacking = "2 finished run(s) left out for lack of val/loss, model.params, compute/train_flops or "
+    lacking += f"data/images_seen: {', '.join(sorted(unusable))}"
+    for text in (note, lacking):
+        assert any(text in r.getMessage() for r in caplog.records)
+        # the point-selection notes (printed in the report) say so too
+        assert any(text in n for n in prepare(df, AnalysisConfig(n_bootstrap=0)).notes)
 
 
 def test_seeds_that_share_no_step_are_kept_apart_and_partial_steps_left_out():

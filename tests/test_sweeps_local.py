@@ -80,6 +80,10 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, 
     out = capsys.readouterr().out
     assert f"experiment {spec.experiment!r} at {job_env}" in out and "2 finished" in out.splitlines()[-1]
     assert "S-2-2.6e9 " in out and "DiT-d3-w48/2" in out and "missing" not in out and "?" not in out
+    # a sweep name that nothing holds is an error, not a table of missing cells
+    where = ["--output-dir", spec.output_dir, "--experiment", spec.experiment, "--tracking-uri", job_env]
+    assert cli.main(["status", "--name", "typo", *where]) == 2
+    assert "no sweep 'typo': no folder" in capsys.readouterr().err
     # a command line that names other cells shows those; the sweep's other cells keep their model
     argv = ["status", "--name", spec.name, "--output-dir", spec.output_dir, "--experiment", spec.experiment]
     assert cli.main([*argv, "--grid", "S", "--budgets", "1e11", "--min-steps", "1"]) == 0
@@ -126,7 +130,7 @@ def test_seeds_add_runs_beside_the_cells_already_run(job_env, tmp_path):
     assert launch(two, poll_s=0.3).submitted == []
 
 
-def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(job_env, tmp_path):
+def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(job_env, tmp_path, capsys):
     spec = small_spec(tmp_path, job_env, fail_cell="B-2-2.6e9", fail_times=2).replace(families=["B"])
     first = launch(spec, poll_s=0.3)
     assert list(first.errors) == ["B-2-2.6e9"] and "injected failure" in first.errors["B-2-2.6e9"]
@@ -137,6 +141,12 @@ def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(job_env, tmp_pat
     assert second.submitted == ["B-2-2.6e9"] and list(second.errors) == ["B-2-2.6e9"]
     third = launch(spec, poll_s=0.3)  # out of retries: nothing submitted
     assert third.submitted == [] and third.plan.exhausted == ["B-2-2.6e9"]
+    # the CLI says what would run it again (a plain relaunch would not)
+    argv = ["-c", str(_write_yaml(spec, tmp_path / "sweep.yaml")), "--max-retries", "1", "--poll", "0.3"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 cell(s) out of retries (B-2-2.6e9: tried 2 times); relaunch with --max-retries 2 or more" in err
+    assert "relaunch the same command" not in err
 
     fourth = launch(spec.replace(executor={"max_retries": 2}), poll_s=0.3)  # allowed again: succeeds
     assert fourth.submitted == ["B-2-2.6e9"] and fourth.errors == {}
