@@ -298,6 +298,21 @@ class MetricSender:
                 self._cond.notify_all()
 
 
+def _end_superseded(client, run_id: str) -> None:
+    """End the run a folder held before ``--resume never`` started over in it, if it was left
+    RUNNING (its job killed): KILLED with tag status=superseded, so that no run stays orphaned."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id) if run_id else None
+    except MlflowException:
+        return  # not in this store: nothing here to end
+    if run is not None and run.info.status == "RUNNING":
+        client.set_tag(run_id, "status", "superseded")
+        client.set_terminated(run_id, "KILLED")
+        log.warning("MLflow run %s, left running in this folder, ended as KILLED (--resume never)", run_id)
+
+
 class RunTracker:
     """One MLflow run: created, or continued when a run id is known (resume, or given by a sweep).
 
@@ -364,6 +379,8 @@ class RunTracker:
             tracker = cls(client, run_id, resumed=True, max_buffered=max_buffered)
             log.info("continuing MLflow run %s (%s)", run_id, run.info.run_name)
         else:
+            if not reuse_saved_id and id_file is not None and id_file.is_file():
+                _end_superseded(client, id_file.read_text().strip())
             exp_id = exp_id or get_or_create_experiment(client, experiment)
             run_tags = dict(tags)
             if out is not None:  # saved before the run exists: a job killed right after finds it

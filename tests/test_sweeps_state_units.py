@@ -25,7 +25,6 @@ from sweeps.executor import JobRef
 from sweeps.lock import cell_job_lock_lines
 from sweeps.state import (
     CellState,
-    check_cell_folder,
     check_resumable_cell,
     check_tracking_uri,
     config_hash,
@@ -492,20 +491,20 @@ def test_a_cell_folder_and_its_run_must_belong_together(tmp_path):
     run_dir = tmp_path / "out" / "demo" / "cells" / "a"
     run_dir.mkdir(parents=True)
     where = ("exp", "sqlite:///x.db")
-    check_cell_folder("demo", CellState("a", "missing"), run_dir, *where)  # a new cell
+    state.check_cell_folder("demo", CellState("a", "missing"), run_dir, *where)  # a new cell
     (run_dir / "mlflow_run_id").write_text("abc123\n")  # ... of a run in another experiment or store
     with pytest.raises(ValueError, match=r"belongs to MLflow run abc123, which experiment 'exp' at "):
-        check_cell_folder("demo", CellState("a", "missing"), run_dir, *where)
+        state.check_cell_folder("demo", CellState("a", "missing"), run_dir, *where)
     st = CellState("a", "interrupted")
     st.run_id, st.params = "abc123", {"out": str(run_dir)}
-    check_cell_folder("demo", st, run_dir, *where)  # its own folder
+    state.check_cell_folder("demo", st, run_dir, *where)  # its own folder
     elsewhere = tmp_path / "o2" / "demo" / "cells" / "a"
     with pytest.raises(
         ValueError, match=f"trains in {run_dir}, not in {elsewhere}; relaunch with --output-dir "
     ):
-        check_cell_folder("demo", st, elsewhere, *where)
+        state.check_cell_folder("demo", st, elsewhere, *where)
     st.state = "finished"
-    check_cell_folder("demo", st, elsewhere, *where)  # nothing of it will run
+    state.check_cell_folder("demo", st, elsewhere, *where)  # nothing of it will run
     st.state = "interrupted"
     shutil.rmtree(run_dir)
-    check_cell_folder("demo", st, elsewhere, *where)  # the folder moved: it trains on there
+    state.check_cell_folder("demo", st, elsewhere, *where)  # the folder moved: it trains on there

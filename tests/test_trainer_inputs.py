@@ -115,6 +115,33 @@ def test_the_advice_for_changed_settings_works_when_followed(run2, uri, capsys):
     assert load_checkpoint(run2)["config"]["optim.lr"] == 3e-4
 
 
+def test_resume_never_ends_the_run_its_folder_left_running(tmp_path, uri, capsys):
+    """A job killed before its first checkpoint leaves its run RUNNING and its id in the folder;
+    `--resume never` starts a new run there and ends the old one (KILLED, status=superseded)
+    instead of leaving it orphaned. A finished run the folder held is left as it is."""
+    from mlflow.tracking import MlflowClient
+
+    client, out = MlflowClient(uri), tmp_path / "run"
+    out.mkdir()
+    exp = client.create_experiment("ditscale")
+    for old_status in ("RUNNING", "FINISHED"):
+        old = client.create_run(exp).info.run_id
+        if old_status == "FINISHED":
+            client.set_terminated(old, "FINISHED")
+        (out / "mlflow_run_id").write_text(old + "\n")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # --resume never refuses a folder with some
+        code, err = _train(capsys, "--max-steps", "2", "--ckpt-every", "0", "--out", str(out),
+                           "--tracking-uri", uri, "--resume", "never")  # fmt: skip
+        assert code == 0, err
+        new = (out / "mlflow_run_id").read_text().strip()
+        assert new != old and client.get_run(new).info.status == "FINISHED"
+        run = client.get_run(old)
+        if old_status == "RUNNING":
+            assert run.info.status == "KILLED" and run.data.tags["status"] == "superseded"
+        else:
+            assert run.info.status == "FINISHED" and "status" not in run.data.tags
+
+
 @pytest.mark.parametrize(
     "args, said",
     [

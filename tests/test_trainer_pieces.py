@@ -179,6 +179,32 @@ def test_bad_config_found_by_the_trainer_exits_2(tmp_path, capsys):
     assert err.startswith("error: ") and "fewer than one global batch of 4000" in err, err
 
 
+def test_ctrl_c_twice_stops_at_once_with_130_and_no_traceback(tmp_path, capsys):
+    """Two SIGINTs (a terminal's Ctrl-C) while step 1 is logged: the first asks for a checkpoint at
+    the next step boundary, the second stops at once; the CLI says so and exits 130."""
+
+    class InterruptTwiceAtFirstStep(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("step 1/"):
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    hook, before = InterruptTwiceAtFirstStep(), signal.getsignal(signal.SIGINT)
+    logger = logging.getLogger("dit_core.train")
+    logger.addHandler(hook)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        assert main([*TINY, "--max-steps", "5", "--out", str(tmp_path), "--ckpt-every", "0"]) == 130
+    finally:
+        logger.removeHandler(hook)
+        logger.setLevel(old_level)
+    err = capsys.readouterr().err
+    assert "interrupted: stopped without a checkpoint" in err and "Traceback" not in err
+    assert not list((tmp_path / "checkpoints").glob("step_*.pt"))  # stopped before any was written
+    assert signal.getsignal(signal.SIGINT) is before  # handed back
+
+
 def test_a_preemption_signal_exits_143(tmp_path):
     """SIGUSR1 arrives (a real signal to this process) while step 1 is logged: the trainer
     checkpoints at the next step boundary and the CLI exits with 143."""

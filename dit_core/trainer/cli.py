@@ -18,6 +18,7 @@ import torch
 from ..config import TrainConfig, load_yaml_config
 from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat, join_negative_values
 from ..tracking import check_tracking_server
+from .signals import INTERRUPT_SIGNALS
 
 log = logging.getLogger("dit_core.train")
 
@@ -25,6 +26,7 @@ __all__ = ["ALIASES", "EXIT_PREEMPTED", "build_parser", "config_from_args", "mai
 
 #: Exit code of the CLI when a signal stopped the run after a checkpoint (128 + SIGTERM).
 EXIT_PREEMPTED = 143
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 TRACKING_HINT = "start it, pass --tracking-uri sqlite:///mlflow.db (a local file), or --no-mlflow"
 
 #: Short flags for common fields (flag -> dotted field); every field also has ``--<dotted.name>``.
@@ -74,8 +76,9 @@ examples:
 resume and signals:
   Running again with the same --out continues from its latest checkpoint and the same MLflow run
   (--resume auto, the default). SIGTERM, SIGUSR1 or SIGUSR2 write a checkpoint at the next step and
-  exit with code 143; the MLflow run is tagged status=preempted. Exit codes: 0 finished,
-  1 training error (e.g. non-finite loss), 2 bad arguments or config, 143 preempted.
+  exit with code 143; Ctrl-C (SIGINT) does the same and exits with 130 (Ctrl-C twice stops at once,
+  without the checkpoint); the MLflow run is tagged status=preempted. Exit codes: 0 finished,
+  1 training error (e.g. non-finite loss), 2 bad arguments or config, 130 Ctrl-C, 143 preempted.
 """
 
 
@@ -152,11 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         state = PartialState(cpu=not torch.cuda.is_available())
         if not state.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
-        result = Trainer(cfg, resume=args.resume).run()
-        code = EXIT_PREEMPTED if result.status == "preempted" else 0
+        result = Trainer(cfg, resume=args.resume).run(signals=INTERRUPT_SIGNALS)
+        code = 0 if result.status == "finished" else EXIT_PREEMPTED
+        if result.signal == "SIGINT":
+            code = EXIT_INTERRUPTED
     except ValueError as e:  # a bad config found once the data and model are known: as above
         print(f"error: {e}", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt:  # Ctrl-C twice, or before training started
+        print(
+            "\ninterrupted: stopped without a checkpoint (the MLflow run is marked failed); run the same "
+            "command to resume from the newest checkpoint in --out, if any",
+            file=sys.stderr,
+        )
+        code = EXIT_INTERRUPTED
     except FloatingPointError as e:  # a non-finite loss, in the run's log
         log.error("%s", e)
         code = 1

@@ -43,7 +43,7 @@ from .progress import Progress
 from .resolve import resolve_config
 from .resume import check_resumable, find_checkpoint, load_resume_checkpoint
 from .rng import StepRandom, get_rng_state, set_rng_state
-from .signals import PreemptionGuard
+from .signals import PREEMPTION_SIGNALS, PreemptionGuard
 from .update import update_ops
 from .validation import Validator
 
@@ -229,8 +229,13 @@ class Trainer:
         log.info("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
 
     # ------------------------------------------------------------------ lifecycle
-    def run(self, stop_at_step: int | None = None, progress_bar: bool | None = None) -> TrainResult:
-        """Train to the budget, a preemption signal or ``stop_at_step`` (which behaves like a
+    def run(
+        self,
+        stop_at_step: int | None = None,
+        progress_bar: bool | None = None,
+        signals: tuple[int, ...] = PREEMPTION_SIGNALS,
+    ) -> TrainResult:
+        """Train to the budget, one of ``signals`` or ``stop_at_step`` (which behaves like a
         signal); end with a checkpoint and the MLflow status. Raises on failure (run FAILED)."""
         cfg = self.cfg
         started = process_start_time()
@@ -251,7 +256,7 @@ class Trainer:
         )  # fmt: skip
         progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
         try:
-            with PreemptionGuard() as guard:
+            with PreemptionGuard(signals) as guard:
                 if cfg.eval.val_every and self.step == 0:
                     self.validate()
                 status = self.run_loop(guard, progress, stop_at_step)

@@ -16,11 +16,13 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PREEMPTION_SIGNALS", "PreemptionGuard"]
+__all__ = ["INTERRUPT_SIGNALS", "PREEMPTION_SIGNALS", "PreemptionGuard"]
 
 PREEMPTION_SIGNALS = tuple(
     s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2")) if s is not None
 )
+#: the CLI's: a terminal's Ctrl-C (SIGINT) checkpoints like a preemption; a second one stops at once
+INTERRUPT_SIGNALS = (*PREEMPTION_SIGNALS, signal.SIGINT)
 
 
 class PreemptionGuard:
@@ -32,8 +34,13 @@ class PreemptionGuard:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now, without the checkpoint
         if self.received is None:
-            log.warning("received %s: checkpointing at the next step boundary", signal.Signals(signum).name)
+            again = " (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else ""
+            log.warning(
+                "received %s: checkpointing at the next step boundary%s", signal.Signals(signum).name, again
+            )
         self.received = signum
 
     def __enter__(self) -> PreemptionGuard:
