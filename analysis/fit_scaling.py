@@ -172,21 +172,6 @@ def _check_outputs(out: Path, json_path: Path | None) -> None:
         raise ValueError(f"--json {str(json_path)!r} is a folder; give a file name, e.g. --json fit.json")
 
 
-def _load_runs(exp: str, uri: str):
-    """`load_runs`, with MLflow's errors about the store (a plain path, an unknown scheme) as ValueError."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return load_runs(exp, uri)
-    except MlflowException as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        why = why if len(why) <= 200 else why[:200] + "..."
-        raise ValueError(
-            f"cannot read the MLflow tracking URI {uri!r} ({why}); pass --tracking-uri "
-            "sqlite:///path/to/mlflow.db (a store file) or http://host:5000 (a server), or --csv FILE"
-        ) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
@@ -211,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
             uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
             check_tracking_server(uri, "start it, or pass --tracking-uri URI (or --csv FILE)")
-            points, source = _load_runs(exp, uri), f"MLflow experiment {exp!r} ({uri})"
+            points, source = load_runs(exp, uri), f"MLflow experiment {exp!r} ({uri})"
         with fit_workers(args.workers):
             an = analyze(points, cfg)
             budgets = args.predict or [10.0 * float(an.points["C"].max())]  # default: the next budget up

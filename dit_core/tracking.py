@@ -349,14 +349,7 @@ class RunTracker:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        try:
-            client = MlflowClient(tracking_uri=uri)
-        except MlflowException as e:
-            raise ValueError(
-                f"tracking URI {uri or os.environ.get('MLFLOW_TRACKING_URI')!r} is not an MLflow tracking "
-                f"store MLflow can open ({' '.join(str(e).split()).split('. ')[0]}); pass --tracking-uri "
-                "sqlite:///mlflow.db (a local file) or http://HOST:PORT (a server), or --no-mlflow"
-            ) from None
+        client = MlflowClient(tracking_uri=uri)
         out = Path(out_dir) if out_dir is not None else None
         id_file = out / RUN_ID_FILE if out is not None else None
         if run_id is None and reuse_saved_id and id_file is not None and id_file.is_file():
@@ -500,14 +493,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: URI schemes of MLflow's database and server stores (``postgresql+psycopg2://`` counts as postgresql)
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
 def check_tracking_server(uri: str | None, hint: str, timeout_s: float = 5.0) -> None:
-    """Raise ValueError, before anything is created, when ``uri`` is an http(s) MLflow server that
-    does not answer its ``/health`` probe (MLflow itself would retry for minutes). ``hint`` says how
-    to fix it; other URIs (sqlite, file) are not checked here."""
+    """Raise ValueError, before anything is created, when ``uri`` is not a store of
+    `TRACKING_SCHEMES` (an unknown scheme; a plain folder: MLflow's file store is in maintenance
+    mode), or an http(s) MLflow server that does not answer its ``/health`` probe (MLflow itself
+    would retry for minutes; ``hint`` says how to fix that). Unset = MLflow's default store."""
     import urllib.error
     import urllib.request
 
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if uri and uri.split(":", 1)[0].split("+")[0] not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"tracking URI {uri!r}: give a database or a server, e.g. sqlite:///path/to/mlflow.db or "
+            "http://host:5000 (MLflow's folder store is in maintenance mode; schemes taken here: "
+            f"{', '.join(TRACKING_SCHEMES)})"
+        )
     if not uri.startswith(("http://", "https://")):
         return
     try:

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from dit_core.configio import join_negative_values, parse_scalar
+from dit_core.tracking import check_tracking_server
 from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
 from sweeps.executor import resolve_executor_kind
@@ -28,7 +29,7 @@ from sweeps.grid import (
     read_spec_record,
 )
 from sweeps.runner import Progress, check_executor, launch, sweep_dir
-from sweeps.state import read_runs, read_states, resolve_tracking_uri
+from sweeps.state import AUTH_HINT, read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
 from sweeps.task import check_trainer, make_task
 
@@ -334,6 +335,7 @@ def cmd_status(spec: SweepSpec) -> int:
         cells = {}
         note = f"{spec.design} design not placed again ({e}); the table shows the sweep's runs in MLflow only"
     uri = resolve_tracking_uri(spec.tracking_uri)
+    check_tracking_server(uri, AUTH_HINT)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise ValueError(  # do not let MLflow create an empty store just to look
             f"sweep {spec.name}: no MLflow store at {uri}; launch the sweep first, or pass the "
@@ -508,17 +510,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # a config path that is a folder, an output folder that cannot be made, ...
         print(f"error: {e}; check --config and --output-dir", file=sys.stderr)
-        return 2
-    except Exception as e:
-        mlflow_errors = sys.modules.get("mlflow.exceptions")
-        if mlflow_errors is None or not isinstance(e, mlflow_errors.MlflowException):
-            raise
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        print(
-            f"error: MLflow cannot use the tracking store ({why}); pass --tracking-uri "
-            "sqlite:///path/to/mlflow.db (a store file) or http://host:5000 (a server)",
-            file=sys.stderr,
-        )
         return 2
     except KeyboardInterrupt:
         print(

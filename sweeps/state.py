@@ -82,20 +82,9 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
-#: URI schemes of MLflow's database and server stores (``postgresql+psycopg2://`` counts as postgresql)
-TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-
-
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Raise ValueError when the tracking store cannot be used (an unknown scheme, a plain folder,
+    """Raise ValueError when the tracking store cannot be used (an unknown scheme or a plain folder,
     server down, folder missing)."""
-    scheme = uri.partition("://")[0].partition("+")[0] if "://" in uri else ""
-    if scheme not in TRACKING_SCHEMES:
-        raise ValueError(
-            f"tracking URI {uri!r}: give a database or a server, e.g. sqlite:///path/to/mlflow.db or "
-            "http://host:5000 (MLflow's folder store is in maintenance mode; schemes taken here: "
-            f"{', '.join(TRACKING_SCHEMES)})"
-        )
     check_tracking_server(uri, AUTH_HINT, timeout_s)
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent

@@ -114,7 +114,7 @@ LAUNCH = [
     # a real launch (not a dry run) refused before any folder, store or run exists
     (["--tracking-uri", "bogus://x", "--grid", "S"], "tracking URI 'bogus://x': give a database or a server"),
     (["--tracking-uri", "mlruns", "--grid", "S"], "MLflow's folder store is in maintenance mode"),
-    (["status", "--tracking-uri", "bogus://x"], "error: MLflow cannot use the tracking store"),
+    (["status", "--tracking-uri", "bogus://x"], "tracking URI 'bogus://x': give a database or a server"),
     (["--set", "bogus.key=1", "--executor", "debug", "--grid", "S", "--patch", "8", "--budgets", "1e12"],
      "TrainConfig has no field 'bogus'"),
 ]  # fmt: skip
