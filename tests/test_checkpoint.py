@@ -132,3 +132,20 @@ def test_load_checkpoint_refuses_a_pickled_object_that_is_not_plain_data(tmp_pat
         ValueError, match=r"is not a checkpoint written by dit_core.train \(UnpicklingError\)"
     ):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_checkpoints_get_the_mode_a_plain_open_gives(tmp_path, umask, mode):
+    """0o666 & ~umask, as for any file the job writes (not the 0o600 of a `tempfile.mkstemp`), for
+    the step file and its pointer; the write stays atomic (no temporary file left)."""
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path, {"step": 1, "w": torch.zeros(2)})
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == mode  # what open() gives here
+    for p in (path, tmp_path / "checkpoints" / "latest.json"):
+        assert p.stat().st_mode & 0o777 == mode, (p.name, oct(p.stat().st_mode))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["latest.json", "step_0000001.pt"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -185,3 +188,52 @@ def test_user_mistakes_exit_2_with_a_message(tmp_path, capsys):
         assert code == 2 and err.startswith(f"error: {said}") and "Traceback" not in err, (args, err)
     assert "e.g. sqlite:///path/to/mlflow.db or http://host:5000" in err
     assert not list(tmp_path.glob("**/*.pt"))
+
+
+_HOLDER = """\
+import fcntl, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()} {socket.gethostname()}\\n".encode())
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def _folder_and_runs(out, client) -> tuple[dict, list]:
+    """Every file of the run folder but its lock (bytes and mtime), and every MLflow run."""
+    files = {str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mtime_ns)
+             for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".train.lock"}  # fmt: skip
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = [(r.info.run_id, r.info.status, r.info.end_time, r.data.metrics, r.data.params, r.data.tags)
+            for r in client.search_runs(exps)]  # fmt: skip
+    history = {r[0]: client.get_metric_history(r[0], "train/loss") for r in runs}
+    return files, [*runs, history]
+
+
+def test_a_second_trainer_on_a_busy_out_is_refused_before_touching_it(run2, uri, capsys):
+    """Another process holds the run folder's lock (as a running trainer does): the CLI exits 2 with
+    a message naming the folder, the holder's pid and what to do, and writes no checkpoint, config
+    or MLflow data. Once the holder dies (SIGKILL: the kernel drops the lock) the same command runs."""
+    from mlflow import MlflowClient
+
+    client, lock = MlflowClient(uri), run2 / ".train.lock"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = _folder_and_runs(run2, client)
+        code, err = _train(capsys, "--max-steps", "6", "--out", str(run2), "--tracking-uri", uri)
+        assert code == 2 and "Traceback" not in err, err
+        assert err.startswith(
+            f"error: out: {run2} is in use by another trainer (pid {holder.pid} on {socket.gethostname()}, "
+            f"lock {lock}); wait for it to finish, or use another --out\n"
+        ), err
+        assert _folder_and_runs(run2, client) == before
+        assert load_checkpoint(run2)["step"] == 4
+    finally:
+        holder.kill()
+        holder.wait()
+    code, err = _train(capsys, "--max-steps", "6", "--out", str(run2), "--tracking-uri", uri)
+    assert code == 0, err
+    assert load_checkpoint(run2)["step"] == 6
+    assert lock.read_text() == ""  # released: no holder named

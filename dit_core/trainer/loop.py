@@ -1,9 +1,9 @@
 """`Trainer`: one run from start to finish, ``Trainer(cfg).run() -> TrainResult``.
 
 Construction resolves the config, builds the model, EMA, AdamW, diffusion and data stream and
-loads the checkpoint to resume from; `Trainer.run` owns the lifecycle (run folder, MLflow run,
-signals, the loop, the final checkpoint, the MLflow status). Tests may build a `Trainer` and call
-`Trainer.train_step` themselves to look at ``trainer.optimizer`` after any step.
+loads the checkpoint to resume from; `Trainer.run` owns the lifecycle (the run folder and its lock,
+MLflow run, signals, the loop, the final checkpoint, the MLflow status). Tests may build a `Trainer`
+and call `Trainer.train_step` themselves to look at ``trainer.optimizer`` after any step.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ..tracking import (
 from .data_stream import DataStream
 from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
+from .out_lock import OutFolderBusy, checkpoints_state, out_folder_lock
 from .progress import Progress
 from .resolve import resolve_config
 from .resume import check_resumable, find_checkpoint, load_resume_checkpoint
@@ -140,6 +141,8 @@ class Trainer:
         self.warmup = warmup_steps(o, self.total)
 
         self.resume = resume
+        #: the folder's checkpoints when this trainer read them (`hold_out_folder` compares)
+        self.ckpt_state = checkpoints_state(self.out) if self.main else ()
         self.ckpt_path = find_checkpoint(self.out, resume)
         ckpt = load_resume_checkpoint(self.ckpt_path) if self.ckpt_path else None
         if ckpt is not None:
@@ -236,7 +239,50 @@ class Trainer:
         signals: tuple[int, ...] = PREEMPTION_SIGNALS,
     ) -> TrainResult:
         """Train to the budget, one of ``signals`` or ``stop_at_step`` (which behaves like a
-        signal); end with a checkpoint and the MLflow status. Raises on failure (run FAILED)."""
+        signal); end with a checkpoint and the MLflow status. Raises on failure (run FAILED), and
+        `OutFolderBusy` (a ConfigError), before anything is written, when another trainer holds
+        ``out``. The folder's lock is held until this returns or raises."""
+        with contextlib.ExitStack() as held:
+            self.hold_out_folder(held)
+            try:
+                return self._run(stop_at_step, progress_bar, signals)
+            finally:
+                if self.main:  # its own checkpoints, for a later run() of this trainer
+                    self.ckpt_state = checkpoints_state(self.out)
+
+    def hold_out_folder(self, stack: contextlib.ExitStack) -> None:
+        """Take ``out``'s lock (`out_folder_lock`) into ``stack`` and check that no other trainer
+        wrote checkpoints there since this one read them; `OutFolderBusy` otherwise.
+
+        Only the main process takes the lock (one lock per trainer, however many ranks; only rank 0
+        writes to ``out``). With several processes rank 0 then broadcasts its outcome, so that all
+        ranks raise together instead of the others waiting forever in the next collective for a
+        rank 0 that gave up; like the trainer's other collectives, every rank must call this."""
+        failure: Exception | None = None
+        if self.main:
+            try:
+                stack.enter_context(out_folder_lock(self.out))
+                if checkpoints_state(self.out) != self.ckpt_state:
+                    raise OutFolderBusy(
+                        f"out: another trainer wrote checkpoints to {self.out} while this one was "
+                        "starting (it has finished since); start this one again to continue from them"
+                    )
+            except Exception as e:  # noqa: BLE001 - any failure is sent to the other ranks first
+                failure = e
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [None if failure is None else (isinstance(failure, ConfigError), str(failure))]
+            broadcast_object_list(box, from_process=0)
+            if failure is None and box[0] is not None:
+                is_config, message = box[0]
+                failure = ConfigError(message) if is_config else RuntimeError(f"rank 0: {message}")
+        if failure is not None:
+            raise failure
+
+    def _run(
+        self, stop_at_step: int | None, progress_bar: bool | None, signals: tuple[int, ...]
+    ) -> TrainResult:
         cfg = self.cfg
         started = process_start_time()
         if started is not None:

@@ -35,7 +35,8 @@ class Validator:
             val = build_dataset(self.cfg.data, "val")
             n = min(self.cfg.eval.val_examples, len(val))
             lo, hi = rank * n // world, (rank + 1) * n // world
-            items = [val[i] for i in range(lo, hi)]
+            batch = getattr(val, "__getitems__", None)  # photos renders a whole batch at once, ~100x faster
+            items = batch(list(range(lo, hi))) if batch and hi > lo else [val[i] for i in range(lo, hi)]
             xs = torch.stack([a for a, _ in items]) if items else torch.empty(0)
             ys = torch.stack([torch.as_tensor(b) for _, b in items]) if items else torch.empty(0)
             self._data = (xs.to(self.acc.device), ys.to(self.acc.device), lo)
