@@ -513,8 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "\ninterrupted: SLURM jobs keep running; local jobs get a terminal's Ctrl-C too and stop. "
-            "Relaunch the same command to resume: finished cells are kept, live ones are not resubmitted",
+            "\ninterrupted: SLURM jobs keep running; local jobs get a terminal's Ctrl-C too and stop (not "
+            "counted as tries against --max-retries). Relaunch the same command to resume: finished cells "
+            "are kept, live ones are not resubmitted",
             file=sys.stderr,
         )
         return 130

@@ -39,9 +39,11 @@ from sweeps.state import (
     check_tracking_uri,
     config_hash,
     create_cell_runs,
+    end_orphaned_runs,
     ensure_experiment,
     plan,
     read_states,
+    record_interrupts,
     record_submissions,
     resolve_tracking_uri,
 )
@@ -164,10 +166,11 @@ def launch(
                 check_resumable_cell(spec.name, st, all_tasks[cid].overrides, configs[cid])
                 check_cell_folder(spec.name, st, run_dirs[cid], spec.experiment, uri)
             write_spec_record(record or spec, sdir)
+            _end_unstarted(uri, states)
             the_plan = plan(states, spec.executor.max_retries)
             for cid in the_plan.exhausted:
                 log.warning(
-                    "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].attempts
+                    "cell %s failed %d times; not retried (raise --max-retries)", cid, states[cid].tries
                 )
             result = LaunchResult(prep, the_plan, waited=wait)
             todo = set(the_plan.submit)
@@ -188,6 +191,20 @@ def launch(
             warm.kill()  # nothing to run (all done or live, or an error): stop its imports
         elif warm is not None:
             warm.close(wait_s=30.0 if wait else None)  # it exits once its cells have
+
+
+def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:
+    """End the runs of cells whose last job died before its trainer started (seen by this launch: run
+    still SCHEDULED, job over), out of retries or not: `sweeps.state.end_orphaned_runs`."""
+    unstarted = {
+        st.run_id: st for st in states.values() if st.state == "failed" and st.run_status == "SCHEDULED"
+    }
+    ended = set(end_orphaned_runs(uri, dict.fromkeys(unstarted, ""))) if unstarted else set()
+    for run_id in ended:
+        unstarted[run_id].run_status = "FAILED"
+        log.warning(
+            "cell %s: its job ended before training; run %s ended FAILED", unstarted[run_id].cell_id, run_id
+        )
 
 
 def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
@@ -217,6 +234,7 @@ class _Runner:
     poll_s: float
     others: dict[str, str]  # live cells of an earlier launcher: {cell: run folder}; they hold slots
     jobs: dict[str, Any] = field(default_factory=dict)
+    live: set[str] = field(default_factory=set)  # submitted and recorded, not yet seen to end
     run_dirs: dict[str, str] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
     work: dict[str, float] = field(default_factory=dict)  # {cell: FLOP-equivalents}; {}: no estimate
@@ -255,8 +273,16 @@ class _Runner:
             subs.append(Submission(st.run_id, ref, st.attempts + 1, cfg_hash, st.attempts > 0))
             log.info("submitted %s as %s job %s", t.cell_id, self.prep.kind, j.job_id)
         record_submissions(uri, subs)
+        self.live |= {t.cell_id for t in prepared}
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
+        try:
+            self._run(tasks, wait)
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
+
+    def _run(self, tasks: list[CellTask], wait: bool) -> None:
         kind, width = self.prep.kind, self.prep.spec.executor.local_parallelism
         pending = list(tasks) if kind == "local" and wait else []
         if not pending:
@@ -266,8 +292,9 @@ class _Runner:
         if not wait:
             if kind == "local":
                 self._until_locked()
+            self.live.clear()  # the jobs go on without this launcher
             return
-        live: set[str] = set(self.jobs)
+        live = self.live
         # locally a freed slot is refilled within 50 ms; SLURM state is polled every poll_s
         tick = min(self.poll_s, 0.05) if kind == "local" else self.poll_s
         last_report = -1.0
@@ -278,7 +305,6 @@ class _Runner:
                 if free > 0:
                     batch, pending = pending[:free], pending[free:]
                     self._submit(batch)
-                    live |= {t.cell_id for t in batch}
             for cid in sorted(live):
                 job = self.jobs[cid]
                 if kind == "debug" or job.done():
@@ -293,6 +319,30 @@ class _Runner:
             if not live and not pending:
                 return
             time.sleep(tick)
+
+    def _interrupted(self, wait_s: float = 10.0) -> None:
+        """Ctrl-C while this launcher waits: a terminal's Ctrl-C stops its local jobs too (one process
+        group), so each live local cell's submission is recorded as interrupted, which is not a try
+        against ``max_retries`` (`sweeps.state.CellState.tries`). Then, for up to ``wait_s``, wait for
+        those jobs to end, and end the runs that their trainers did not (before training, or cut short
+        by the second SIGINT submitit's local controller sends): KILLED, tag status=interrupted. SLURM
+        jobs go on running: nothing to record."""
+        if self.prep.kind == "slurm" or not self.live:
+            return
+        cells = sorted(self.live)
+        uri = self.prep.tracking_uri
+        counts = {self.states[c].run_id: self.states[c].interrupts + 1 for c in cells}
+        record_interrupts(uri, counts)
+        log.warning("interrupted: %s stopped; not counted as tries (--max-retries)", ", ".join(cells))
+        deadline = time.monotonic() + wait_s
+        alive = set(cells)
+        while alive and time.monotonic() < deadline:
+            alive = {c for c in alive if not (self.prep.kind == "debug" or self.jobs[c].done())}
+            if alive:
+                time.sleep(0.05)
+        over = {self.states[c].run_id: "" for c in cells if c not in alive}
+        if over:  # their jobs are over: nothing else will end these runs
+            end_orphaned_runs(uri, over, status="KILLED", tag="interrupted", left=("SCHEDULED", "RUNNING"))
 
     def _until_locked(self, timeout_s: float = 30.0) -> None:
         """Before the sweep lock is released: wait until each local job holds its cell's lock (or
@@ -311,6 +361,9 @@ class _Runner:
         except Exception as e:  # a failed cell is reported, the sweep goes on
             self.result.errors[cid] = _error_line(e)
             log.error("cell %s failed (job %s): %s", cid, job.job_id, self.result.errors[cid])
+            # a job that died before its trainer took the run over leaves it SCHEDULED: end it here
+            error = f"job {job.job_id} ended before training: {self.result.errors[cid]}"
+            end_orphaned_runs(self.prep.tracking_uri, {self.states[cid].run_id: error})
 
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
         if self.on_progress is None:

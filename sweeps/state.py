@@ -9,9 +9,10 @@ run (``tracking.run_id``), so a cell never gets a second run.
 States, from the run's MLflow status and whether its job is alive (`sweeps.executor.job_liveness`):
 ``finished`` (run FINISHED); ``queued`` (job alive, waiting in SLURM's queue or training not yet
 started); ``running`` (job alive); ``failed`` (run FAILED, or SCHEDULED: the job died before the
-trainer started); ``interrupted`` (run RUNNING or KILLED but its job is gone: killed, preempted
-without requeue, out of time); ``missing`` (never submitted). `plan` turns states into the
-idempotent relaunch decision: skip finished and live cells, resubmit the rest up to ``max_retries``.
+trainer started, which `end_orphaned_runs` marks); ``interrupted`` (run RUNNING or KILLED but its job
+is gone: killed, preempted without requeue, out of time); ``missing`` (never submitted). `plan` turns
+states into the idempotent relaunch decision: skip finished and live cells, resubmit the rest while
+their tries (submissions not stopped by a Ctrl-C of their launcher) are within ``max_retries``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present i
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)
 RECORD_TAGS = ("executor", "job_id", "job_folder", "attempts", "config_hash")
+#: tag counting a cell's submissions stopped by a Ctrl-C of the launcher that waited on them: not tries
+INTERRUPTS_TAG = "interrupts"
+#: ``status`` tag of a run whose job ended before its trainer took it over (the run is ended FAILED)
+DIED_BEFORE_TRAINING = "died_before_training"
 
 AUTH_HINT = (
     "start it on this machine (`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "
@@ -53,11 +58,17 @@ class CellState:
     loss: float | None = None  # last train/loss
     val_loss: float | None = None  # last val/loss
     fid: float | None = None
-    attempts: int = 0
+    attempts: int = 0  # submissions
+    interrupts: int = 0  # submissions stopped by a Ctrl-C of their launcher
     job_id: str | None = None
     duplicates: int = 0
     config_hash: str | None = None
     params: dict[str, str] = field(default_factory=dict, repr=False)  # the trainer's flat config
+
+    @property
+    def tries(self) -> int:
+        """Submissions that count against ``max_retries``: all but those a user's Ctrl-C stopped."""
+        return max(0, self.attempts - self.interrupts)
 
 
 @dataclass
@@ -172,6 +183,52 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
             client.update_run(sub.run_id, status="SCHEDULED")
 
     _each(tracking_uri, one, subs)
+
+
+def record_interrupts(tracking_uri: str, counts: dict[str, int]) -> None:
+    """Set each run's `INTERRUPTS_TAG` (``counts``: ``{run_id: submissions stopped by a Ctrl-C}``)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    _each(
+        tracking_uri, lambda item: client.set_tag(item[0], INTERRUPTS_TAG, str(item[1])), list(counts.items())
+    )
+
+
+def end_orphaned_runs(
+    tracking_uri: str,
+    errors: dict[str, str],
+    *,
+    status: str = "FAILED",
+    tag: str = DIED_BEFORE_TRAINING,
+    left: tuple[str, ...] = ("SCHEDULED",),
+) -> list[str]:
+    """End the runs of ``errors`` (``{run_id: the job's error, or ""}``) whose job is over but whose
+    MLflow status is still one of ``left``. SCHEDULED (the default): the job ended without the trainer
+    taking the run over (killed, or failing in its set-up, before training), so nothing else would
+    ever end it. Each becomes ``status`` (FAILED; KILLED for a Ctrl-C) with the ``status`` tag ``tag``
+    and the job's error as the ``error`` tag, as the trainer ends a run; a retry continues the same
+    run (`record_submissions` sets it back to SCHEDULED). Call only once the jobs are over. Returns
+    the ids of the runs ended."""
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def one(item: tuple[str, str]) -> str | None:
+        run_id, error = item
+        try:
+            if client.get_run(run_id).info.status not in left:
+                return None  # the trainer took it over and ended it (or left it to a relaunch)
+        except MlflowException:
+            return None
+        tags = [RunTag("status", tag)] + ([RunTag("error", error[:5000])] if error else [])
+        client.log_batch(run_id, tags=tags)
+        client.set_terminated(run_id, status=status)
+        return run_id
+
+    return [r for r in _each(tracking_uri, one, list(errors.items())) if r]
 
 
 def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any], config: Any = None) -> None:
@@ -304,6 +361,7 @@ def read_states(
         st.run_id, st.run_status = run.info.run_id, run.info.status
         st.duplicates = len(runs[cid]) - 1
         st.attempts = int(t.get("attempts") or 0)
+        st.interrupts = int(t.get(INTERRUPTS_TAG) or 0)
         st.job_id, st.config_hash = t.get("job_id"), t.get("config_hash")
         st.params = dict(run.data.params)
         st.loss = run.data.metrics.get("train/loss")
@@ -327,14 +385,15 @@ def read_states(
 
 def plan(states: dict[str, CellState], max_retries: int) -> Plan:
     """Idempotent relaunch: skip finished and live cells; resubmit missing, failed and interrupted
-    cells while ``attempts <= max_retries`` (the first submission is not a retry)."""
+    cells while ``tries <= max_retries`` (the first submission is not a retry; a submission stopped
+    by a Ctrl-C of its launcher is not a try)."""
     p = Plan()
     for cid, st in states.items():
         if st.state == "finished":
             p.finished.append(cid)
         elif st.state in ("running", "queued"):
             p.running.append(cid)
-        elif st.state == "missing" or st.attempts <= max_retries:
+        elif st.state == "missing" or st.tries <= max_retries:
             p.submit.append(cid)
         else:
             p.exhausted.append(cid)

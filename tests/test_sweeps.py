@@ -520,11 +520,16 @@ def test_relaunch_plan():
         "d": CellState("d", "failed", attempts=1),
         "e": CellState("e", "failed", attempts=3),
         "f": CellState("f", "interrupted", attempts=2),
+        # submissions stopped by a Ctrl-C of their launcher are not tries: 4 - 2 = 2 tries
+        "g": CellState("g", "failed", attempts=4, interrupts=2),
+        "h": CellState("h", "interrupted", attempts=2, interrupts=2),
     }
+    assert (st["g"].tries, st["h"].tries) == (2, 0)
     p = plan(st, max_retries=2)
     assert p.finished == ["a"] and p.running == ["b"]
-    assert p.submit == ["c", "d", "f"] and p.exhausted == ["e"]
-    assert plan(st, max_retries=0).submit == ["c"]
+    assert p.submit == ["c", "d", "f", "g", "h"] and p.exhausted == ["e"]
+    assert plan(st, max_retries=0).submit == ["c", "h"]
+    assert plan(st, max_retries=1).exhausted == ["e", "f", "g"]
 
 
 def test_sweep_lock_refuses_a_second_holder_names_the_first_and_is_freed_on_exit(tmp_path):

@@ -4,8 +4,9 @@ Contract (docs/interfaces.md and the trainer issue): ``train(cfg) -> result`` ru
 completion; resumes from ``cfg.out_dir`` when a checkpoint exists and continues the same MLflow run
 (its id is kept in the folder); tags runs ``sweep``, ``grid_cell``, ``status``; on SIGUSR1/SIGUSR2/
 SIGTERM it checkpoints at the next step boundary and then chains to the previously installed Python
-handler (submitit's requeue handler) or exits. "Training" is a deterministic recurrence
-``w <- w - lr * (w - target)`` so the final state after an interruption can be compared exactly.
+handler (submitit's requeue handler) or exits; a Ctrl-C (KeyboardInterrupt) fails the run. "Training"
+is a deterministic recurrence ``w <- w - lr * (w - target)`` so the final state after an
+interruption can be compared exactly.
 
 Jobs import this module by name (``trainer: test_sweeps_fake_trainer``) with ``tests/`` on PYTHONPATH.
 No tests here.
@@ -177,9 +178,15 @@ def train(cfg: TrainConfig) -> TrainResult:
         threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
         job_id = os.environ.get("DITSCALE_EXECUTOR_JOB_ID", "")
         return TrainResult(state["step"], state["w"], loss, run.info.run_id, starts, threads, draw, job_id)
-    except Exception:
-        mlflow.set_tag("status", "failed")
-        mlflow.end_run(status="FAILED")
+    except (Exception, KeyboardInterrupt):
+        # as the real trainer, a Ctrl-C fails the run too: left active, MLflow's atexit hook would end
+        # it FINISHED. The second SIGINT a submitit job gets (its controller's) must not cut this short
+        held = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            mlflow.set_tag("status", "failed")
+            mlflow.end_run(status="FAILED")
+        finally:
+            signal.signal(signal.SIGINT, held)
         _event(cfg, "end")
         raise
     finally:

@@ -7,6 +7,7 @@ instead of a DiT) so that these checks take seconds; `test_sweeps_real.py` runs 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -296,3 +297,95 @@ def test_local_slots_refill_at_once_longest_first_and_never_exceed_the_cap(job_e
     assert spans[others[1]][0] < spans[longest][1], seen
     # the launcher's own timings agree: the slots were busy most of the time
     assert set(res.timings) == set(cells) and 1.0 < res.busy_slots() <= 2.0
+
+
+def test_job_killed_before_its_trainer_starts_ends_its_run_and_a_retry_continues_it(job_env, tmp_path):
+    """A job SIGKILLed in its set-up, before the trainer takes the cell's run over: the launcher that
+    waited on it ends the run (FAILED, tag status=died_before_training, the job's error), instead of
+    leaving it SCHEDULED; the retry continues that same run to FINISHED."""
+    gate = tmp_path / "setup-may-go-on"
+    spec = small_spec(tmp_path, job_env).replace(
+        families=["B"], executor={"setup": [f"test -e {gate} || kill -9 $$"]}
+    )
+    (cell,) = expand(spec)
+    first = launch(spec, poll_s=0.3)
+    assert (
+        list(first.errors) == [cell.cell_id]
+        and not (sweep_dir(spec) / "cells" / cell.cell_id / "pid").exists()
+    )
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+    assert run.data.tags["status"] == "died_before_training" and run.data.tags["attempts"] == "1"
+    assert f"job {first.job_ids[cell.cell_id]} ended before training" in run.data.tags["error"]
+    st = states_of(spec, job_env)[cell.cell_id]
+    assert st.state == "failed" and st.tries == 1
+
+    gate.touch()  # the set-up goes through now: the retry trains the cell in its one run
+    second = launch(spec, poll_s=0.3)
+    assert second.submitted == [cell.cell_id] and second.errors == {}
+    assert second.results[cell.cell_id]["run_id"] == run.info.run_id
+    assert second.results[cell.cell_id]["starts"] == 1  # the first job never reached the trainer
+    (again,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert again.data.tags["status"] == "finished" and again.data.tags["attempts"] == "2"
+
+
+def test_run_of_a_job_that_failed_its_setup_unwatched_is_ended_by_the_relaunch_out_of_retries(
+    job_env, tmp_path
+):
+    """A --no-wait launch whose job fails in its set-up: no launcher saw it end, so its run is still
+    SCHEDULED; the relaunch that finds the cell failed and out of retries (max_retries 0) ends it."""
+    spec = small_spec(tmp_path, job_env).replace(
+        families=["B"], executor={"setup": [f"test -e {tmp_path / 'never'}"], "max_retries": 0}
+    )
+    (cell,) = expand(spec)
+    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    assert launch(spec, wait=False).submitted == [cell.cell_id]
+    wait_for(lambda: not cell_lock_held(run_dir), "the job's end")
+    st = states_of(spec, job_env)[cell.cell_id]
+    assert (st.state, st.run_status, st.attempts) == ("failed", "SCHEDULED", 1)
+
+    again = launch(spec, poll_s=0.3)
+    assert again.submitted == [] and again.plan.exhausted == [cell.cell_id]
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "died_before_training"
+    assert run.data.tags["attempts"] == "1"
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "plain"])
+def test_ctrl_c_of_the_launcher_is_not_a_try_against_max_retries(job_env, tmp_path, warm):
+    """``python sweeps/launch.py --max-retries 0`` stopped twice by a terminal's Ctrl-C (SIGINT to its
+    process group: the launcher and its local jobs): it exits 130, each stopped submission is counted
+    in the run's ``interrupts`` tag and not as a try, so a third launch still runs the cell (with
+    interrupts counted as tries it would be out of retries after the first) into its one run."""
+    progress = tmp_path / "progress"
+    spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
+        families=["S"], budgets=[1e10]
+    )
+    (cell,) = expand(spec)
+    cfg = _write_yaml(spec, tmp_path / "sweep.yaml")
+    cmd = [sys.executable, str(REPO / "sweeps" / "launch.py"), "-c", str(cfg), "--max-retries", "0"]
+    cmd += ["--poll", "0.2"] + ([] if warm else ["--no-warm"])
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    for n in (1, 2):
+        reached = step_of(progress)
+        proc = subprocess.Popen(cmd, start_new_session=True, **pipes)
+        try:  # until the cell has trained 3 more steps (or the launcher gave up: its output says why)
+            wait_for(lambda r=reached, p=proc: step_of(progress) >= r + 3 or p.poll() is not None, "progress")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 130 and "interrupted" in err, (out, err)
+        assert step_of(progress) < cell.steps
+        st = states_of(spec, job_env)[cell.cell_id]
+        assert (st.attempts, st.interrupts, st.tries) == (n, n, 0), st
+        assert st.state in ("failed", "interrupted") and st.run_status != "SCHEDULED"
+
+    proc = subprocess.run(cmd, timeout=120, **pipes)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "1 submitted" in proc.stdout and "0 out of retries" in proc.stdout
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert run.info.status == "FINISHED"
+    assert (run.data.tags["attempts"], run.data.tags["interrupts"]) == ("3", "2")
+    assert int((sweep_dir(spec) / "cells" / cell.cell_id / "starts").read_text()) == 3

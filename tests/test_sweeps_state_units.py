@@ -237,6 +237,52 @@ def test_record_submissions_writes_the_job_and_reschedules_resubmitted_runs(stor
     record_submissions(store, [])  # nothing to write
 
 
+def test_runs_left_by_jobs_that_are_over_are_ended_and_a_resubmission_reschedules_them(store, exp, tmp_path):
+    """`end_orphaned_runs`: a SCHEDULED run (its job died before the trainer started) becomes FAILED with
+    tags status=died_before_training and the job's error; runs the trainer took over are left alone
+    unless asked for (a Ctrl-C: RUNNING -> KILLED, status=interrupted); unknown ids are skipped. A
+    resubmission sets the same run back to SCHEDULED, and `record_interrupts` counts Ctrl-C'd tries."""
+    ids = create_cell_runs(store, exp, "s", {c: "h" for c in ("dead", "ran", "done", "cut")})
+    client = MlflowClient(store)
+    for cell in ids:
+        submit(store, ids[cell], tmp_path / cell)
+    train(store, exp, ids["ran"], tmp_path / "ran", {1: 0.5}, end="failed")
+    train(store, exp, ids["done"], tmp_path / "done", {1: 0.5}, end="finished")
+    train(store, exp, ids["cut"], tmp_path / "cut", {1: 0.5}, end=None)  # RUNNING, its job gone
+    errors = {ids[c]: f"job of {c} ended before training" for c in ids} | {"0" * 32: ""}
+    assert state.end_orphaned_runs(store, errors) == [ids["dead"]]
+    dead = client.get_run(ids["dead"])
+    assert dead.info.status == "FAILED" and dead.info.end_time is not None
+    assert dead.data.tags["status"] == state.DIED_BEFORE_TRAINING == "died_before_training"
+    assert dead.data.tags["error"] == "job of dead ended before training"
+    got = {c: (r.info.status, r.data.tags["status"]) for c, r in ((c, client.get_run(ids[c])) for c in ids)}
+    assert got == {"dead": ("FAILED", "died_before_training"), "ran": ("FAILED", "failed"),
+                   "done": ("FINISHED", "finished"), "cut": ("RUNNING", "running")}  # fmt: skip
+    assert "error" not in client.get_run(ids["done"]).data.tags
+    left = ("SCHEDULED", "RUNNING")
+    assert state.end_orphaned_runs(
+        store, {ids["cut"]: ""}, status="KILLED", tag="interrupted", left=left
+    ) == [ids["cut"]]
+    cut = client.get_run(ids["cut"])
+    assert (cut.info.status, cut.data.tags["status"], "error" in cut.data.tags) == (
+        "KILLED",
+        "interrupted",
+        False,
+    )
+
+    state.record_interrupts(store, {ids["cut"]: 1})
+    record_submission(store, ids["dead"], JobRef("local", "2", "/logs/d", "/runs/d"), 2, "h", True)
+    assert client.get_run(ids["dead"]).info.status == "SCHEDULED"  # the retry continues the same run
+    states = read_states(store, exp, "s", {c: str(tmp_path / c) for c in ids})
+    assert (states["cut"].state, states["cut"].attempts, states["cut"].interrupts, states["cut"].tries) == (
+        "interrupted",
+        1,
+        1,
+        0,
+    )
+    assert (states["dead"].interrupts, states["dead"].tries) == (0, 2)
+
+
 # ---------------------------------------------------------------------- reading
 def test_read_runs_of_an_unknown_experiment_or_sweep_is_empty(store, exp):
     assert read_runs(store, exp + "-never-created", "s") == {}
