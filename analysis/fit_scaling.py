@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -27,7 +28,8 @@ log = logging.getLogger("analysis.fit_scaling")
 
 EPILOG = f"""\
 status and exit codes (status is also in results.json, with its reasons):
-  {EXIT_CODES["ok"]}  ok, or extrapolating (a budget > 10x the largest measured; the holdout error is shown)
+  {EXIT_CODES["ok"]}  ok, or extrapolating (a budget > 10x the largest measured: the holdout error is shown;
+     or < 1/10 of the smallest)
   1  crash (a bug: please report it)
   {EXIT_BAD_INPUT}  bad input (missing column, unknown experiment, too few points, ...)
   {EXIT_NOT_IDENTIFIED}  not_identified: the data leave part of the answer open (the reasons say which;
@@ -164,12 +166,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_writable(flag: str, folder: Path, target: Path) -> None:
+    """ValueError when ``target`` cannot be written into ``folder`` (or the folders made for it):
+    its nearest existing ancestor is a file or refuses a new entry (read-only, no permission). Tried
+    with a temporary folder that is removed at once, so a refused input leaves nothing behind."""
+    base = folder.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{flag}: {base} is a file, so {target} cannot be written; give a path in a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=base, prefix=".fit_scaling-probe-").cleanup()
+    except OSError as e:
+        raise ValueError(
+            f"{flag}: cannot write in {base} ({e.strerror or e}); give a folder you can write to"
+        ) from None
+
+
 def _check_outputs(out: Path, json_path: Path | None) -> None:
-    """ValueError, before any fit, when --out is an existing file or --json an existing folder."""
+    """ValueError, before any fit, when --out is an existing file or --json an existing folder, or
+    either cannot be written (a file on the way, a read-only or missing-permission folder)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for report.md and the plots")
     if json_path is not None and json_path.is_dir():
         raise ValueError(f"--json {str(json_path)!r} is a folder; give a file name, e.g. --json fit.json")
+    _check_writable("--out", out, out)
+    if json_path is not None:
+        _check_writable("--json", json_path.parent, json_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    exp = args.experiment or DEFAULT_EXPERIMENT
+    exp = DEFAULT_EXPERIMENT if args.experiment is None else args.experiment
     try:
+        for flag, value in (("--experiment", args.experiment), ("--tracking-uri", args.tracking_uri)):
+            if value is not None and not value.strip():  # e.g. --experiment "$UNSET": not the default
+                raise ValueError(f"{flag} is empty; give a value, or leave the flag out for the default")
         # the flags named after AnalysisConfig fields set them
         opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
         opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
@@ -215,9 +241,12 @@ def main(argv: list[str] | None = None) -> int:
             for p in preds:
                 if p.extrapolating:
                     p.holdout = hold.to_dict()
-        paths = write_report(an, args.out, preds, hold, source)
-        if args.json is not None:
-            write_json(args.json, an, preds, hold)
+        try:
+            paths = write_report(an, args.out, preds, hold, source)
+            if args.json is not None:
+                write_json(args.json, an, preds, hold)
+        except OSError as e:  # checked before the fit; a disk that filled up since, ...
+            raise ValueError(f"cannot write the report ({e}); the fit was not saved") from None
         if args.csv is None and not args.no_mlflow_log:
             rid = log_to_mlflow(paths, exp, uri, results_dict(an, preds, hold))
             print(f"analysis run: {rid}")

@@ -455,6 +455,15 @@ def check_points(n, d, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"the parametric law has {_N_PARAMS} parameters but only {len(arrs[0])} points were given; "
             "need more points than parameters"
         )
+    for name, a, term, fix in (
+        ("N", arrs[0], "A/N^alpha", "train other model sizes (spanning at least 10x in N)"),
+        ("D", arrs[1], "B/D^beta", "train each model for other budgets (spanning at least 10x in D)"),
+    ):
+        if np.ptp(a) == 0:
+            raise ValueError(
+                f"every point has {name} = {a[0]:.4g}: the {name} term {term} is a constant that cannot be "
+                f"told apart from E, so the law (and N_opt) is not identified; {fix}"
+            )
     return tuple(np.log(a) for a in arrs)  # type: ignore[return-value]
 
 

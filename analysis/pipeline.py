@@ -63,7 +63,7 @@ class AnalysisConfig:
     params: str = "total"  # "total" | "non_embedding" (Kaplan et al. 2020)
     effective_data: bool = False  # D -> Muennighoff et al. 2023's D' (needs unique images per run)
     r_star: float | None = None  # R* of D'; None with effective_data: fitted (profile over a grid)
-    extrapolation_factor: float = 10.0  # `extrapolating` beyond this x the largest compute measured
+    extrapolation_factor: float = 10.0  # `extrapolating` beyond this x the compute measured (either side)
     disagreement_factor: float = 3.0  # `not_identified` when approaches' N_opt differ by more
     data_units: str | None = None  # the unit of D when not set by data_axis (a CSV's own D column)
 
@@ -80,6 +80,10 @@ class AnalysisConfig:
             )
         if self.outlier_sigma is not None and not self.outlier_sigma > 0:
             raise ValueError(f"outlier_sigma (--outlier-sigma) must be > 0, got {self.outlier_sigma}")
+        if self.seed < 0:
+            raise ValueError(
+                f"seed (--seed) must be >= 0 (it seeds the bootstrap resamples), got {self.seed}"
+            )
         if self.min_steps < 0:
             raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         if self.r_star is not None and not self.r_star > 0:
@@ -291,9 +295,12 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
         parts = [prep.dropped, removed] if len(removed) else [prep.dropped]
         removed = pd.concat([p[REMOVED_COLUMNS] for p in parts], ignore_index=True)
     if len(pts) <= 5:
+        n_out = len(prep.points) - len(pts)  # removed by --drop-highest-loss / --outlier-sigma
+        flags = f"; --drop-highest-loss / --outlier-sigma removed {n_out} of {len(prep.points)}"
         raise ValueError(
             f"{len(pts)} points after point selection; the parametric law needs more than 5: "
-            "add runs (more sizes or budgets), or keep more points (--all-points, a lower --min-steps)"
+            "add runs (more sizes or budgets), or keep more points (--all-points, a lower --min-steps"
+            f"{flags if n_out else ''})"
         )
     msgs: list[str] = []
     d_raw = pts["D_raw"] if "D_raw" in pts.columns else pts["D"]
@@ -637,6 +644,15 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         withhold, bound = True, censored_bound(iso.slices)
         if bound is not None:
             bound["measured_up_to_C"] = c_max
+    for col, what in (("N", "model size"), ("D", "amount of data")):
+        if analysis.points[col].nunique() < 2:  # every approach would read the design as a law
+            withhold = True
+            st.add(
+                NOT_IDENTIFIED,
+                f"every point has one {what} ({col} = {float(analysis.points[col].iloc[0]):.4g}): how the "
+                f"loss depends on {col} was not measured, so N_opt is not identified; train other "
+                f"{'model sizes' if col == 'N' else 'budgets for each model'} (spanning at least 10x)",
+            )
     if (spread := _n_opt_spread(alt)) > cfg.disagreement_factor:
         withhold = True
         st.add(
@@ -651,6 +667,14 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             f"{compute:.3g} FLOPs is {compute / c_max:.3g}x the largest compute measured "
             f"({c_max:.3g} FLOPs), more than {cfg.extrapolation_factor:g}x: trust it as far as the "
             "holdout error (--holdout largest)",
+        )
+    c_min = float(analysis.points["C"].min())
+    if compute * cfg.extrapolation_factor < c_min:  # below the data: no holdout measures that side
+        st.add(
+            EXTRAPOLATING,
+            f"{compute:.3g} FLOPs is {c_min / compute:.3g}x below the smallest compute measured "
+            f"({c_min:.3g} FLOPs), more than {cfg.extrapolation_factor:g}x: the laws were not measured "
+            "there; train runs near that budget before trusting it",
         )
     fid_e = None
     fvl = analysis.fid_vs_loss

@@ -20,7 +20,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import sqlite3
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,9 @@ TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate")
 OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se"), np.nan)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
+FLOAT_MAX = np.finfo(float).max  # MLflow's stores write +-inf as +-FLOAT_MAX
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+MLFLOW_TABLES = ("experiments", "runs", "metrics", "params")  # a store without them is not MLflow's
 
 
 def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
@@ -52,15 +58,25 @@ def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
         v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
         bad = ~np.isfinite(v) | (v <= 0)
         if bad.any():
-            rows = list(np.flatnonzero(bad)[:5])
+            rows = [int(i) for i in np.flatnonzero(bad)[:5]]
+            values = ", ".join(str(x) for x in df[col].to_numpy()[rows])
             raise ValueError(
                 f"{source}: column {col} must be a positive number in every row; "
-                f"{int(bad.sum())} row(s) are not (first at row index {rows})"
+                f"{int(bad.sum())} row(s) are not (first at row index {rows}: {values}); fix or delete "
+                "those rows (a NaN or inf loss is a diverged run: leave it out)"
             )
-    if "fid" in df.columns:
-        f = pd.to_numeric(df["fid"], errors="coerce")
-        if (f.dropna() <= 0).any():
-            raise ValueError(f"{source}: column fid must be > 0 where given")
+    for col, what in (("fid", "a finite number > 0"), ("unique", "a number > 0 (inf: an unbounded stream)")):
+        if col not in df.columns:
+            continue
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        bad = ~np.isnan(v) & ((v <= 0) | (np.isinf(v) if col == "fid" else False))
+        if bad.any():
+            rows = [int(i) for i in np.flatnonzero(bad)[:5]]
+            raise ValueError(
+                f"{source}: column {col} must be {what} where given (empty where unknown); "
+                f"{int(bad.sum())} row(s) are not (first at row index {rows}: "
+                f"{', '.join(str(x) for x in df[col].to_numpy()[rows])})"
+            )
     _refuse_duplicates(df, source)
     return df
 
@@ -124,9 +140,21 @@ def load_csv(path: str | os.PathLike, *, flops_per_param_datum: float | None = N
             f"language models), got {flops_per_param_datum}"
         )
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"CSV {path} is a folder; give the CSV file of points")
     if not path.is_file():
         raise ValueError(f"CSV file not found: {path}")
-    df = pd.read_csv(path)
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head == SQLITE_MAGIC:
+        raise ValueError(
+            f"{path} is an SQLite database, not a CSV; an MLflow store is read with "
+            f"--tracking-uri sqlite:///{path} (and --experiment NAME)"
+        )
+    try:
+        df = pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ValueError(f"{path} cannot be read as a CSV of points ({type(e).__name__}: {e})") from None
     validate_points(df, source=str(path))
     return tidy(df, flops_per_param_datum)
 
@@ -293,29 +321,62 @@ def one_fid_protocol(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None, st
     return out, str(at_max_c), note
 
 
-def run_points(client, run) -> pd.DataFrame:
-    """Tidy points from one run's metric history: one row per step where val/loss was logged."""
+def _not_finite(values: np.ndarray) -> np.ndarray:
+    """NaN, +-inf, or +-inf as MLflow stores it (+-FLOAT_MAX)."""
+    return ~np.isfinite(values) | (np.abs(values) >= FLOAT_MAX)
+
+
+def _shown(value: float) -> str:
+    """A metric's value as the user would write it: MLflow's +-FLOAT_MAX is +-inf."""
+    return f"{np.sign(value) * np.inf:g}" if np.isfinite(value) and abs(value) >= FLOAT_MAX else f"{value:g}"
+
+
+def _bad_history(key: str, s: pd.Series) -> str | None:
+    """Where a history that must be finite is not: val/loss > 0 at every step; compute and images seen
+    >= 0, and > 0 after step 0 (the step-0 evaluation has no compute yet). None when it is fine."""
+    v, steps = s.to_numpy(float), s.index.to_numpy(float)
+    bad = _not_finite(v) | (v < 0)
+    bad |= (v <= 0) if key == "val/loss" else ((v == 0) & (steps > 0))
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    return f"{key} {_shown(v[i])} at step {steps[i]:.0f}"
+
+
+def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
+    """(points, why the run is left out or None, FID values logged but not usable). No points and
+    no reason: it lacks val/loss, compute/train_flops or data/images_seen."""
     rid = run.info.run_id
     params = run.data.params
     loss = _history(client, rid, "val/loss")
     if loss.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(), None, 0
     comp = _history(client, rid, "compute/train_flops")
     seen = _history(client, rid, "data/images_seen")
     if comp.empty or seen.empty:
         log.warning("run %s has val/loss but no compute/train_flops or data/images_seen; skipped", rid)
-        return pd.DataFrame()
+        return pd.DataFrame(), None, 0
+    for key, hist in (("val/loss", loss), ("compute/train_flops", comp), ("data/images_seen", seen)):
+        if why := _bad_history(key, hist):  # a diverged training, or damaged accounting
+            log.warning("run %s: %s; left out", rid, why)
+            return pd.DataFrame(), why, 0
     steps = loss.index.to_numpy(float)
     # compute and data grow linearly in steps: interpolate where they were logged at other steps
     c = np.interp(steps, comp.index.to_numpy(float), comp.to_numpy(float))
     d = np.interp(steps, seen.index.to_numpy(float), seen.to_numpy(float))
-    tpi = _float(params.get("model.input_size")) / _float(params.get("model.patch_size"))
+    size, patch = _float(params.get("model.input_size")), _float(params.get("model.patch_size"))
+    tpi = size / patch if size > 0 and patch > 0 else float("nan")
     fid = fid_se = pd.Series(np.nan, index=loss.index)
-    protocol = None
+    protocol, n_bad_fid = None, 0
     for key in FID_METRICS:
         f = _history(client, rid, key)
         if not f.empty:
             fid = f.reindex(loss.index)
+            unusable = (
+                _not_finite(fid.to_numpy(float)) | (fid.to_numpy(float) <= 0)
+            ) & fid.notna().to_numpy()
+            n_bad_fid = int(unusable.sum()) + int(f.isna().sum())  # NaN logged: a diverged sample
+            fid = fid.mask(unusable)  # inf or <= 0: not scored (NaN), said in the notes
             fid_se = _history(client, rid, f"{key}_se").reindex(loss.index)  # domain FIDs log one
             protocol = fid_protocol(key, params, run.data.tags)
             break
@@ -334,7 +395,7 @@ def run_points(client, run) -> pd.DataFrame:
             "forward_gflops": _float(params.get("model.forward_gflops")),
             "depth": _float(params.get("model.depth")),
             "hidden_size": _float(params.get("model.hidden_size")),
-            "patch_size": _float(params.get("model.patch_size")),
+            "patch_size": patch,
             "schedule": params.get("optim.schedule"),
             "tokens_per_image": tpi**2,
             "N_non_embedding": _float(params.get("model.params_non_embedding")),
@@ -348,7 +409,53 @@ def run_points(client, run) -> pd.DataFrame:
     df = df[(df["C"] > 0) & (df["D"] > 0)]  # the step-0 evaluation has no compute yet
     if len(df):
         df.loc[df.index[-1], "final"] = True
-    return df
+    return df, None, n_bad_fid
+
+
+def run_points(client, run) -> pd.DataFrame:
+    """Tidy points from one run's metric history: one row per step where val/loss was logged. Empty
+    when the run lacks val/loss, compute or images seen, or when one of them is not finite (NaN, inf:
+    a diverged training) or not positive after step 0 (see `load_runs`)."""
+    return _run_points(client, run)[0]
+
+
+def check_sqlite_store(uri: str, missing: str) -> None:
+    """ValueError, reading only, when a ``sqlite:///FILE`` URI is not an MLflow store that exists:
+    FILE missing (``missing`` is the message: MLflow would create an empty store just to look), a
+    folder, not an SQLite file (a CSV or text given by mistake), or an SQLite database without
+    MLflow's tables (empty, or another application's, to which MLflow would add its own). Other URIs
+    are not checked here."""
+    m = re.match(r"sqlite(\+\w+)?:///(.+)$", uri)
+    if m is None:
+        return
+    path = Path(unquote(m.group(2).split("?", 1)[0]))
+    instead = "give the MLflow store's database, e.g. --tracking-uri sqlite:///path/to/mlflow.db"
+    if not path.exists():
+        raise ValueError(missing)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an MLflow store; {instead}")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        what = "an empty file" if not head else "not an SQLite database"
+        csv = " (a CSV of points is read with --csv FILE)"
+        if head and (path.suffix.lower() in (".csv", ".txt", ".tsv") or b"," in head):
+            csv = f"; a CSV of points is read with --csv {path}"
+        raise ValueError(f"{path} is {what}, so not an MLflow store (it holds no runs); {instead}{csv}")
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise ValueError(f"{path} cannot be read as an SQLite database ({e}): damaged? {instead}") from None
+    if lacking := [t for t in MLFLOW_TABLES if t not in tables]:
+        has = f"its tables: {', '.join(sorted(tables)[:8])}" if tables else "it has no tables"
+        raise ValueError(
+            f"{path} is an SQLite database but not an MLflow store (no {', '.join(lacking)} table; {has}), "
+            f"so it holds no runs and is left as it is; {instead}"
+        )
 
 
 def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
@@ -357,24 +464,34 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     Fits only finished runs (tag status=finished, else MLflow status FINISHED): skips failed runs, runs
     still running or otherwise not finished (logged as a warning, and said in ``attrs["notes"]``, which
     `analysis.pipeline.prepare` adds to the point-selection notes) and analysis runs (tag analysis=true).
-    Raises ValueError if the experiment is missing or has no finished run.
+    Finished runs are left out, with a note that names them, when they lack val/loss, model.params,
+    compute/train_flops or data/images_seen, or when one of these is not a finite positive number at
+    some step (NaN or inf: a diverged training; compute and images may be 0 at step 0). FIDs that are
+    NaN, inf or <= 0 count as not scored. Raises ValueError if the store (`check_sqlite_store`) or the
+    experiment is missing, or the experiment has no finished run.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or mlflow.get_tracking_uri()
-    missing = (
-        f"MLflow experiment {experiment!r} not found at {uri}; run `python sweeps/launch.py` first "
-        "(or pass --experiment NAME / --tracking-uri URI, or --csv FILE)"
-    )
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        raise ValueError(missing)  # do not let MLflow create an empty store just to look
+
+    def missing(why: str) -> str:
+        return (
+            f"MLflow experiment {experiment!r} not found at {uri} ({why}); run `python sweeps/launch.py` "
+            "first (or pass --experiment NAME / --tracking-uri URI, or --csv FILE)"
+        )
+
+    if not experiment:
+        raise ValueError("the experiment name is empty; give --experiment NAME (a sweep's --name)")
+    # read only: MLflow would create an empty store, or add its tables to another database, just to look
+    check_sqlite_store(uri, missing("no store file there, so no runs; none was created"))
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(missing)
+        names = sorted(e.name for e in client.search_experiments(max_results=50))
+        raise ValueError(missing(f"experiments there: {', '.join(names[:10])}" if names else "no experiment"))
     runs = client.search_runs([exp.experiment_id], max_results=50000)
-    frames, n_finished, unfinished, unusable = [], 0, {}, []
+    frames, n_finished, unfinished, unusable, bad, n_bad_fid = [], 0, {}, [], {}, {}
     for run in runs:
         tags = run.data.tags
         if tags.get("analysis", "").lower() == "true":
@@ -387,13 +504,21 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
             unfinished[status] = unfinished.get(status, 0) + 1
             continue
         n_finished += 1
-        if not np.isfinite(_float(run.data.params.get("model.params"))):
-            log.warning("run %s has no model.params param; skipped", run.info.run_id)
-            unusable.append(run.info.run_id)
+        rid, n_text = run.info.run_id, run.data.params.get("model.params")
+        if n_text is None:
+            log.warning("run %s has no model.params param; skipped", rid)
+            unusable.append(rid)
             continue
-        frames.append(run_points(client, run))
-        if not len(frames[-1]):  # no val/loss, or no compute or data accounting (logged there)
-            unusable.append(run.info.run_id)
+        if not (0 < _float(n_text) < np.inf):
+            bad[rid] = f"model.params {n_text!r} is not a positive number"
+            log.warning("run %s: %s; left out", rid, bad[rid])
+            continue
+        points, why, n_bad_fid[rid] = _run_points(client, run)
+        if why is not None:
+            bad[rid] = why
+        elif not len(points):  # no val/loss, or no compute or data accounting (logged there)
+            unusable.append(rid)
+        frames.append(points)
     why = ", ".join(f"{n} {s}" for s, n in sorted(unfinished.items()))  # e.g. "2 running"
     if n_finished == 0:
         raise ValueError(
@@ -403,7 +528,11 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         )
     frames = [f for f in frames if len(f)]
     if not frames:
-        raise ValueError(f"MLflow experiment {experiment!r}: no run logged val/loss with compute and data")
+        lost = f" ({len(bad)} left out for values that are not finite: {', '.join(sorted(bad.values())[:3])})"
+        raise ValueError(
+            f"MLflow experiment {experiment!r}: no run logged val/loss with compute and data"
+            f"{lost if bad else ''}"
+        )
     df = pd.concat(frames, ignore_index=True)
     validate_points(df, source=f"experiment {experiment!r}")
     df = tidy(df, None)
@@ -417,6 +546,17 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         notes.append(
             f"{len(unusable)} finished run(s) left out for lack of val/loss, model.params, "
             f"compute/train_flops or data/images_seen: {', '.join(sorted(unusable)[:5])}"
+        )
+    if bad:
+        shown = "; ".join(f"{r} ({why})" for r, why in sorted(bad.items())[:10])
+        notes.append(
+            f"{len(bad)} finished run(s) left out for a value that is not a finite positive number (a NaN "
+            f"or inf loss is a diverged training): {shown}{'; ...' if len(bad) > 10 else ''}"
+        )
+    if fid_runs := sorted(r for r, n in n_bad_fid.items() if n):
+        notes.append(
+            f"{sum(n_bad_fid.values())} FID value(s) that are NaN, inf or <= 0 treated as not scored (their "
+            f"loss points are kept): {', '.join(fid_runs[:5])}"
         )
     for note in notes:
         log.warning("MLflow experiment %r: %s", experiment, note)
