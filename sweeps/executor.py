@@ -216,6 +216,13 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     return {row[0]: row[1] for row in rows if len(row) == 2}
 
 
+def slurm_job_alive(job_id: str) -> bool:
+    """Whether ``squeue`` (slurmctld itself) still lists job ``job_id`` as not over. A launcher asks it
+    when ``sacct`` has called the job done without a result: after a node failure sacct can report
+    NODE_FAIL (which submitit takes for done) while the controller has already requeued the job."""
+    return squeue_states([job_id]).get(job_id) in _SLURM_ALIVE
+
+
 def slurm_requeued() -> bool:
     """Inside a SLURM job: has the controller already requeued it (``JobState`` PENDING/REQUEUED*,
     as after a node failure under ``--requeue`` or a preemption that requeues)? False outside SLURM,

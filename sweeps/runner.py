@@ -26,6 +26,7 @@ from sweeps.executor import (
     local_job_setup,
     make_executor,
     resolve_executor_kind,
+    slurm_job_alive,
     warm_unsupported,
 )
 from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
@@ -307,7 +308,7 @@ class _Runner:
                     self._submit(batch)
             for cid in sorted(live):
                 job = self.jobs[cid]
-                if kind == "debug" or job.done():
+                if kind == "debug" or self._over(job):
                     live.discard(cid)
                     start = self.result.timings[cid][0]
                     self.result.timings[cid] = (start, time.monotonic() - self.t0)
@@ -319,6 +320,15 @@ class _Runner:
             if not live and not pending:
                 return
             time.sleep(tick)
+
+    def _over(self, job: Any) -> bool:
+        """``job.done()``, except a SLURM job without a result that the controller still lists: sacct
+        can call a job NODE_FAIL (done, for submitit) before its requeue shows there."""
+        if not job.done():
+            return False
+        if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
+            return True
+        return not slurm_job_alive(str(job.job_id))
 
     def _interrupted(self, wait_s: float = 10.0) -> None:
         """Ctrl-C while this launcher waits: a terminal's Ctrl-C stops its local jobs too (one process

@@ -352,6 +352,10 @@ def test_run_of_a_job_that_failed_its_setup_unwatched_is_ended_by_the_relaunch_o
     assert run.data.tags["attempts"] == "1"
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "plain"])
 def test_ctrl_c_of_the_launcher_is_not_a_try_against_max_retries(job_env, tmp_path, warm):
     """``python sweeps/launch.py --max-retries 0`` stopped twice by a terminal's Ctrl-C (SIGINT to its
@@ -369,7 +373,9 @@ def test_ctrl_c_of_the_launcher_is_not_a_try_against_max_retries(job_env, tmp_pa
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     for n in (1, 2):
         reached = step_of(progress)
-        proc = subprocess.Popen(cmd, start_new_session=True, **pipes)
+        # as from a terminal: SIGINT not ignored (an xdist worker's children inherit SIG_IGN, and a
+        # Python started with SIGINT ignored never raises KeyboardInterrupt)
+        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_sigint_default, **pipes)
         try:  # until the cell has trained 3 more steps (or the launcher gave up: its output says why)
             wait_for(lambda r=reached, p=proc: step_of(progress) >= r + 3 or p.poll() is not None, "progress")
         finally:

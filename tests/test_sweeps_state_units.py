@@ -554,3 +554,35 @@ def test_a_cell_folder_and_its_run_must_belong_together(tmp_path):
     st.state = "interrupted"
     shutil.rmtree(run_dir)
     state.check_cell_folder("demo", st, elsewhere, *where)  # the folder moved: it trains on there
+
+
+@pytest.mark.parametrize(
+    ("kind", "done", "result", "queue", "over"),
+    [
+        ("slurm", True, False, {"7": "PENDING"}, False),  # sacct said NODE_FAIL, the job is requeued
+        ("slurm", True, False, {"7": "RUNNING"}, False),
+        ("slurm", True, False, {}, True),  # gone from the queue: over (failed)
+        ("slurm", True, True, {"7": "COMPLETING"}, True),  # its result is written: over
+        ("slurm", False, False, {}, False),
+        ("local", True, False, {"7": "PENDING"}, True),  # squeue is not asked for local jobs
+    ],
+)
+def test_a_slurm_job_sacct_calls_done_is_waited_for_while_squeue_still_lists_it(
+    tmp_path, monkeypatch, kind, done, result, queue, over
+):
+    """The launcher's wait loop (`sweeps.runner._Runner._over`): after a node failure sacct can report
+    the job NODE_FAIL, which submitit's ``done()`` takes for over, while slurmctld has requeued it."""
+    from types import SimpleNamespace
+
+    from sweeps import executor
+    from sweeps.runner import _Runner
+
+    asked: list[list[str]] = []
+    monkeypatch.setattr(executor, "squeue_states", lambda ids: asked.append(ids) or queue)
+    pickle = tmp_path / "7_0_result.pkl"
+    if result:
+        pickle.write_bytes(b"")
+    job = SimpleNamespace(done=lambda: done, job_id="7", paths=SimpleNamespace(result_pickle=pickle))
+    runner = SimpleNamespace(prep=SimpleNamespace(kind=kind))
+    assert _Runner._over(runner, job) is over
+    assert bool(asked) == (kind == "slurm" and done and not result)
