@@ -352,6 +352,11 @@ def read_states(
     # a FINISHED run is finished whatever its job does: ask the scheduler about the others only
     unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
     alive = job_liveness(unfinished)
+    if dead := [c for c in unfinished if c not in alive]:
+        # a job that ended between the runs' read and the liveness check: read its run again, or a cell
+        # that just finished would look interrupted (run RUNNING, job gone) and be resubmitted
+        fresh = read_runs(tracking_uri, experiment, sweep)
+        runs = {**runs, **{c: fresh[c] for c in dead if c in fresh}}
     out = {cid: CellState(cid, "missing") for cid in cells}
     for cid, st in out.items():
         if cid not in runs:

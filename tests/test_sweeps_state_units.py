@@ -459,6 +459,25 @@ def test_slurm_liveness_maps_to_queued_or_running(store, exp, tmp_path, monkeypa
     assert read_states(store, exp, "s", {"a": str(tmp_path)})["a"].state == want
 
 
+def test_a_cell_that_finishes_during_the_liveness_check_is_finished_not_interrupted(
+    store, exp, tmp_path, monkeypatch
+):
+    """The runs are read before the jobs' liveness: a cell whose trainer ends its run FINISHED and
+    whose job exits in between must not come out "interrupted" (run RUNNING, job gone), which a
+    relaunch would resubmit. Its run is read again."""
+    (run_id,) = create_cell_runs(store, exp, "s", {"a": "h"}).values()
+    record_submission(store, run_id, JobRef("local", "7", str(tmp_path), str(tmp_path)), 1, "h", False)
+    MlflowClient(store).update_run(run_id, status="RUNNING")
+
+    def finishes_meanwhile(refs):
+        MlflowClient(store).set_terminated(run_id, status="FINISHED")
+        return {}  # its job (lock) is gone by now
+
+    monkeypatch.setattr(state, "job_liveness", finishes_meanwhile)
+    st = read_states(store, exp, "s", {"a": str(tmp_path)})["a"]
+    assert (st.state, st.run_status) == ("finished", "FINISHED")
+
+
 # ---------------------------------------------------------------------- decisions
 def test_plan_skips_finished_and_live_cells_and_retries_up_to_the_limit():
     states = {

@@ -135,7 +135,8 @@ def test_relaunch_while_warm_cells_run_submits_nothing(job_env, tmp_path):
     wait_for(lambda: step_of(progress) >= 2, "progress")
     again = launch(spec, wait=False)
     assert again.submitted == [] and sorted(again.plan.running) == sorted(first.submitted)
-    assert {s.state for s in states_of(spec, job_env).values()} <= {"queued", "running"}
+    # B's 8 steps may end meanwhile on a slow host: finished then, never "interrupted"
+    assert {s.state for s in states_of(spec, job_env).values()} <= {"queued", "running", "finished"}
     wait_for(lambda: all(s.state == "finished" for s in states_of(spec, job_env).values()), "the cells")
     runs = runs_by_cell(job_env, spec.experiment)
     assert {k: len(v) for k, v in runs.items()} == {c: 1 for c in first.submitted}
