@@ -20,16 +20,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
-import sqlite3
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import numpy as np
 import pandas as pd
 
 from dit_core.spec import model_label_of_params
-from dit_core.tracking import FEATURE_SPACE_TAG, UNBOUNDED, UNIQUE_IMAGES_TAG
+from dit_core.tracking import (
+    FEATURE_SPACE_TAG,
+    SQLITE_MAGIC,
+    UNBOUNDED,
+    UNIQUE_IMAGES_TAG,
+    check_sqlite_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,6 @@ OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", 
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
 FLOAT_MAX = np.finfo(float).max  # MLflow's stores write +-inf as +-FLOAT_MAX
-SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
-MLFLOW_TABLES = ("experiments", "runs", "metrics", "params")  # a store without them is not MLflow's
 
 
 def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
@@ -419,45 +420,6 @@ def run_points(client, run) -> pd.DataFrame:
     return _run_points(client, run)[0]
 
 
-def check_sqlite_store(uri: str, missing: str) -> None:
-    """ValueError, reading only, when a ``sqlite:///FILE`` URI is not an MLflow store that exists:
-    FILE missing (``missing`` is the message: MLflow would create an empty store just to look), a
-    folder, not an SQLite file (a CSV or text given by mistake), or an SQLite database without
-    MLflow's tables (empty, or another application's, to which MLflow would add its own). Other URIs
-    are not checked here."""
-    m = re.match(r"sqlite(\+\w+)?:///(.+)$", uri)
-    if m is None:
-        return
-    path = Path(unquote(m.group(2).split("?", 1)[0]))
-    instead = "give the MLflow store's database, e.g. --tracking-uri sqlite:///path/to/mlflow.db"
-    if not path.exists():
-        raise ValueError(missing)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an MLflow store; {instead}")
-    with open(path, "rb") as f:
-        head = f.read(len(SQLITE_MAGIC))
-    if head != SQLITE_MAGIC:
-        what = "an empty file" if not head else "not an SQLite database"
-        csv = " (a CSV of points is read with --csv FILE)"
-        if head and (path.suffix.lower() in (".csv", ".txt", ".tsv") or b"," in head):
-            csv = f"; a CSV of points is read with --csv {path}"
-        raise ValueError(f"{path} is {what}, so not an MLflow store (it holds no runs); {instead}{csv}")
-    try:
-        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            con.close()
-    except sqlite3.Error as e:
-        raise ValueError(f"{path} cannot be read as an SQLite database ({e}): damaged? {instead}") from None
-    if lacking := [t for t in MLFLOW_TABLES if t not in tables]:
-        has = f"its tables: {', '.join(sorted(tables)[:8])}" if tables else "it has no tables"
-        raise ValueError(
-            f"{path} is an SQLite database but not an MLflow store (no {', '.join(lacking)} table; {has}), "
-            f"so it holds no runs and is left as it is; {instead}"
-        )
-
-
 def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """Tidy points from every usable run of an MLflow experiment (see module docstring).
 
@@ -484,7 +446,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     if not experiment:
         raise ValueError("the experiment name is empty; give --experiment NAME (a sweep's --name)")
     # read only: MLflow would create an empty store, or add its tables to another database, just to look
-    check_sqlite_store(uri, missing("no store file there, so no runs; none was created"))
+    check_sqlite_store(uri, missing=missing("no store file there, so no runs; none was created"))
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

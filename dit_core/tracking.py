@@ -31,12 +31,15 @@ import functools
 import json
 import logging
 import os
+import re
+import sqlite3
 import subprocess
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 log = logging.getLogger(__name__)
 
@@ -298,19 +301,24 @@ class MetricSender:
                 self._cond.notify_all()
 
 
-def _end_superseded(client, run_id: str) -> None:
-    """End the run a folder held before ``--resume never`` started over in it, if it was left
-    RUNNING (its job killed): KILLED with tag status=superseded, so that no run stays orphaned."""
+def end_run_if(client, run_id: str, *, left: tuple[str, ...], status: str, tag: str, error: str = "") -> bool:
+    """End run ``run_id`` as ``status`` (FAILED, KILLED), with tag status=``tag`` and ``error`` (if
+    any) as the ``error`` tag, if its MLflow status is still one of ``left``: a run nothing else will
+    end, since the process that should have is gone. False if it is not (someone ended it, or took it
+    over) or not in this store. The one rule for the trainer's superseded runs and the launcher's
+    orphaned ones (`sweeps.state.end_orphaned_runs`)."""
+    from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
 
     try:
-        run = client.get_run(run_id) if run_id else None
+        if not run_id or client.get_run(run_id).info.status not in left:
+            return False
     except MlflowException:
-        return  # not in this store: nothing here to end
-    if run is not None and run.info.status == "RUNNING":
-        client.set_tag(run_id, "status", "superseded")
-        client.set_terminated(run_id, "KILLED")
-        log.warning("MLflow run %s, left running in this folder, ended as KILLED (--resume never)", run_id)
+        return False  # not in this store: nothing here to end
+    tags = [RunTag("status", tag)] + ([RunTag("error", error[:5000])] if error else [])
+    client.log_batch(run_id, tags=tags)
+    client.set_terminated(run_id, status=status)
+    return True
 
 
 class RunTracker:
@@ -373,7 +381,11 @@ class RunTracker:
             log.info("continuing MLflow run %s (%s)", run_id, run.info.run_name)
         else:
             if not reuse_saved_id and id_file is not None and id_file.is_file():
-                _end_superseded(client, id_file.read_text().strip())
+                old = id_file.read_text().strip()  # left RUNNING by a killed job: end it, or it stays so
+                if end_run_if(client, old, left=("RUNNING",), status="KILLED", tag="superseded"):
+                    log.warning(
+                        "MLflow run %s, left running in this folder, ended as KILLED (--resume never)", old
+                    )
             exp_id = exp_id or get_or_create_experiment(client, experiment)
             run_tags = dict(tags)
             if out is not None:  # saved before the run exists: a job killed right after finds it
@@ -497,10 +509,64 @@ def atomic_write_text(path: Path, text: str) -> None:
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
 
+#: The first 16 bytes of every SQLite database file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+#: An SQLite database with tables but without these is not an MLflow store (another program's).
+MLFLOW_TABLES = ("experiments", "runs", "metrics", "params")
+
+
+def check_sqlite_store(uri: str, *, missing: str | None = None) -> None:
+    """ValueError, reading only, when a ``sqlite:///FILE`` URI names something MLflow must not open:
+    a folder, a file that is not an SQLite database (a CSV or text given by mistake), or an SQLite
+    database with tables but not MLflow's (another program's, to which MLflow would add its ~30).
+    ``missing`` None (a trainer or launcher, which create the store): a missing file, an empty one or
+    a database without tables is a new store. Else (a reader) each of those is refused, ``missing``
+    being the message for a missing file: MLflow would create an empty store just to look. Other
+    URIs are not checked here."""
+    m = re.match(r"sqlite(\+\w+)?:///(.+)$", uri)
+    if m is None:
+        return
+    path = Path(unquote(m.group(2).split("?", 1)[0]))
+    instead = "give the MLflow store's database, e.g. --tracking-uri sqlite:///path/to/mlflow.db"
+    if not path.exists():
+        if missing is None:
+            return
+        raise ValueError(missing)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an MLflow store; {instead}")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if not head and missing is None:
+        return  # an empty file: SQLite makes it a new database
+    if head != SQLITE_MAGIC:
+        what = "an empty file" if not head else "not an SQLite database"
+        csv = " (a CSV of points is read with --csv FILE)"
+        if head and (path.suffix.lower() in (".csv", ".txt", ".tsv") or b"," in head):
+            csv = f"; a CSV of points is read with --csv {path}"
+        raise ValueError(f"{path} is {what}, so not an MLflow store (it holds no runs); {instead}{csv}")
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise ValueError(f"{path} cannot be read as an SQLite database ({e}): damaged? {instead}") from None
+    if not tables and missing is None:
+        return
+    if lacking := [t for t in MLFLOW_TABLES if t not in tables]:
+        has = f"its tables: {', '.join(sorted(tables)[:8])}" if tables else "it has no tables"
+        raise ValueError(
+            f"{path} is an SQLite database but not an MLflow store (no {', '.join(lacking)} table; {has}), "
+            f"so it holds no runs and is left as it is; {instead}"
+        )
+
+
 def check_tracking_server(uri: str | None, hint: str, timeout_s: float = 5.0) -> None:
     """Raise ValueError, before anything is created, when ``uri`` is not a store of
     `TRACKING_SCHEMES` (an unknown scheme; a plain folder: MLflow's file store is in maintenance
-    mode), or an http(s) MLflow server that does not answer its ``/health`` probe (MLflow itself
+    mode), a ``sqlite:///FILE`` that `check_sqlite_store` refuses (a CSV, another program's
+    database), or an http(s) MLflow server that does not answer its ``/health`` probe (MLflow itself
     would retry for minutes; ``hint`` says how to fix that). Unset = MLflow's default store."""
     import urllib.error
     import urllib.request
@@ -513,6 +579,7 @@ def check_tracking_server(uri: str | None, hint: str, timeout_s: float = 5.0) ->
             f"{', '.join(TRACKING_SCHEMES)})"
         )
     if not uri.startswith(("http://", "https://")):
+        check_sqlite_store(uri)
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dit_core.tracking import RUN_ID_FILE, check_tracking_server
+from dit_core.tracking import RUN_ID_FILE, check_tracking_server, end_run_if
 from sweeps.executor import JobRef, job_liveness
 
 FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present is the cell's FID
@@ -210,25 +210,15 @@ def end_orphaned_runs(
     and the job's error as the ``error`` tag, as the trainer ends a run; a retry continues the same
     run (`record_submissions` sets it back to SCHEDULED). Call only once the jobs are over. Returns
     the ids of the runs ended."""
-    from mlflow.entities import RunTag
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-
-    def one(item: tuple[str, str]) -> str | None:
-        run_id, error = item
-        try:
-            if client.get_run(run_id).info.status not in left:
-                return None  # the trainer took it over and ended it (or left it to a relaunch)
-        except MlflowException:
-            return None
-        tags = [RunTag("status", tag)] + ([RunTag("error", error[:5000])] if error else [])
-        client.log_batch(run_id, tags=tags)
-        client.set_terminated(run_id, status=status)
-        return run_id
-
-    return [r for r in _each(tracking_uri, one, list(errors.items())) if r]
+    ended = _each(
+        tracking_uri,
+        lambda item: end_run_if(client, item[0], left=left, status=status, tag=tag, error=item[1]),
+        list(errors.items()),
+    )
+    return [run_id for run_id, yes in zip(errors, ended, strict=True) if yes]
 
 
 def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any], config: Any = None) -> None:

@@ -243,6 +243,37 @@ def test_train_refuses(scratch, monkeypatch, capsys, caplog, argv, phrase):
     assert re.search(rf"(?ms)^error: .*{re.escape(phrase)}", text), text  # as the other CLIs say it
 
 
+@pytest.mark.parametrize("cli", ["launch", "train"])
+@pytest.mark.parametrize(
+    ("name", "phrase"),
+    [
+        ("twelve.csv", "is not an SQLite database, so not an MLflow store"),
+        ("other.db", "is an SQLite database but not an MLflow store (no experiments, runs, metrics, params"),
+    ],
+)
+def test_a_sqlite_uri_that_is_not_an_mlflow_store_is_refused_and_left_as_it_is(
+    scratch, monkeypatch, capsys, caplog, cli, name, phrase
+):
+    """The trainer and the launcher create the store, so a missing file is fine for them; a CSV given
+    as the store, or another program's database, is not (MLflow would add its ~30 tables to it)."""
+    import sqlite3
+
+    path = scratch / name
+    if name == "other.db":
+        with sqlite3.connect(path) as con:
+            con.execute("CREATE TABLE notes (text TEXT)")
+        con.close()
+    before = path.read_bytes()
+    uri = f"sqlite:///{path}"
+    if cli == "launch":
+        code, text = _run(launch.main, ["--tracking-uri", uri, "--grid", "S"], capsys, caplog)
+    else:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        code, text = _run(train_cli.main, ["--tracking-uri", uri, "--max-steps", "2"], capsys, caplog)
+    _assert_refused(code, text, phrase)
+    assert path.read_bytes() == before
+
+
 def test_train_refuses_unreachable_server(scratch, capsys, caplog):
     """Refused before the run folder exists (MLflow itself would retry for minutes)."""
     argv = ["--tracking-uri", _dead_uri(), "--max-steps", "2"]

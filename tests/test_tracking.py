@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from _train_helpers import one_thread, tiny_config
@@ -127,3 +128,30 @@ def test_train_against_a_real_mlflow_server(tmp_path, mlflow_server, monkeypatch
     assert runs[0].info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(second.run_id, "train/loss")) == [5, 10]
     assert [a.path for a in client.list_artifacts(second.run_id)] == ["config.json"]
+
+
+def test_check_tracking_server_lets_creators_start_a_new_sqlite_store(tmp_path):
+    """A trainer or launcher creates its store: a missing file, an empty file or an SQLite database
+    without tables is a new store, and an MLflow store passes; a reader (``missing`` given) refuses
+    the first three, since there are no runs to read."""
+    import sqlite3
+
+    from dit_core.tracking import check_sqlite_store, check_tracking_server
+
+    (tmp_path / "empty.db").write_bytes(b"")
+    with sqlite3.connect(tmp_path / "blank.db") as con:  # an SQLite database with no tables
+        con.execute("PRAGMA user_version = 1")
+    con.close()
+    assert (tmp_path / "blank.db").read_bytes()[:6] == b"SQLite"
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # creates MLflow's tables
+    for name in ("missing.db", "empty.db", "blank.db", "mlflow.db"):
+        check_tracking_server(f"sqlite:///{tmp_path / name}", "hint")
+    check_sqlite_store(f"sqlite:///{tmp_path / 'mlflow.db'}", missing="no store")
+    for name, phrase in [
+        ("missing.db", "no store"),
+        ("empty.db", "is an empty file"),
+        ("blank.db", "no tables"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(phrase)):
+            check_sqlite_store(f"sqlite:///{tmp_path / name}", missing="no store")
+    assert not (tmp_path / "missing.db").exists()
