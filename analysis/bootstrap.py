@@ -219,7 +219,10 @@ def bootstrap_points(
 
     results = parallel_map(safe, resamples, workers, desc)
     rows = [r for r in results if r is not None]
-    if n_failed := n_resamples - len(rows):
+    n_failed = n_resamples - len(rows)
+    if not rows and n_resamples:
+        log.info("bootstrap: no refit of the %d resamples succeeded: no interval", n_resamples)
+    elif n_failed:
         log.info("bootstrap: %d of %d resamples failed (reported as share_failed)", n_failed, n_resamples)
     keys = list(rows[0]) if rows else []
     samples = {k: np.array([r[k] for r in rows], dtype=float) for k in keys if not k.startswith(BOUND_PREFIX)}

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv",
         type=Path,
         help="CSV with columns N, D, loss (optional C, fid, run_id, model, step, schedule, patch_size, "
-        "tokens_per_image, N_non_embedding, unique)",
+        "tokens_per_image, N_non_embedding, unique); a numeric cell holds a number, or nothing where the "
+        "value was not measured (text such as n/a is an error)",
     )
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"

@@ -22,7 +22,7 @@ import pandas as pd
 from analysis.bootstrap import BootstrapResult, bootstrap_points
 from analysis.joint_isoflop import JointIsoFlop, d_at, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
-from analysis.status import CENSORED, Status, flag_unresolved_exponent
+from analysis.status import CENSORED, NOT_IDENTIFIED, Status, flag_unresolved_exponent
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,17 @@ class IsoFlopFit(AllocationExponents):
                 e = -law.params["alpha"]
                 err = "" if j is not None else f" (se {se.get(name + '_exp', math.nan):.3g})"
                 lines.append(f"  {name} = {law.params['A']:.4g} C^{e:.4f}{err}{patch_text(self.patch)}")
-        if self.bootstrap is not None:
+        bs = self.bootstrap
+        if bs is not None and bs.n_ok == 0:
             lines.append(
-                f"  bootstrap: {self.bootstrap.n_requested} resamples of runs, {self.bootstrap.n_failed} "
-                f"failed ({100 * self.bootstrap.share_failed:.0f}%: fewer than 3 usable budgets)"
+                f"  bootstrap: {bs.n_requested} resamples of runs, no refit succeeded (each had fewer than "
+                "3 usable budgets): no interval"
+            )
+        elif bs is not None:
+            lines.append(
+                f"  bootstrap: {bs.n_requested} resamples of runs, {bs.n_failed} "
+                f"failed ({100 * bs.share_failed:.0f}%: fewer than 3 usable budgets)"
+                + ("; too few left for an interval" if bs.n_ok < 2 else "")
             )
         return "\n".join(lines + self.messages + [self.status.text()])
 
@@ -366,7 +373,14 @@ def fit_isoflop(
         fit.bootstrap = bootstrap_points(
             one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy(), desc="bootstrap IsoFLOP"
         )
+        what = f"the IsoFLOP N_opt exponent a = {fit.a:.3g}"
         if fit.bootstrap.n_ok > 1:
-            what = f"the IsoFLOP N_opt exponent a = {fit.a:.3g}"
             flag_unresolved_exponent(status, what, fit.bootstrap.conf_int(0.95)["N_opt_exp"], 2)
+        else:  # nothing checked it, as with --bootstrap 0
+            got = "no bootstrap refit" if fit.bootstrap.n_ok == 0 else "only 1 bootstrap refit"
+            status.add(
+                NOT_IDENTIFIED,
+                f"{got} of the {n_bootstrap} resamples of runs had 3 usable budgets, so {what} has no "
+                "interval: whether it is resolved was not checked; add budgets or model sizes per budget",
+            )
     return fit

@@ -367,9 +367,15 @@ def fit_frontier(
     if len(fr) and fr["N"].nunique() < 2:
         n_hold = float(fr["N"].iloc[0])
         sizes = np.sort(pts["N"].unique())
-        if len(sizes) > 1 and n_hold <= sizes[0]:
+        if len(sizes) < 2:  # both the smallest and the largest: nothing on either side brackets it
+            where = "the only model size trained" if y == "loss" else f"the only model size with a {y}"
+            where += " (no smaller or larger one to bracket it)"
+            fix = "add smaller and larger models (spanning at least 10x in N)"
+            if y != "loss":
+                fix = f"score the other models' {y}, or {fix}"
+        elif n_hold <= sizes[0]:
             where, fix = "the smallest model trained", "add smaller models"
-        elif len(sizes) > 1 and n_hold >= sizes[-1]:
+        elif n_hold >= sizes[-1]:
             where, fix = "the largest model trained", "add larger models"
         else:
             where, fix = "a model in the middle of the grid", "add budgets at lower and higher compute"
@@ -381,10 +387,18 @@ def fit_frontier(
     fit = FrontierFit(fr, *laws, status=st)
     if n_bootstrap > 0 and len(fr):
         _bootstrap_frontier(fit, pts, y, n_bootstrap, seed, n_grid)
-        if fit.n_opt is not None and fit.n_opt.bootstrap is not None and fit.n_opt.bootstrap.n_ok > 1:
-            lo, hi = fit.n_opt.bootstrap.conf_int(level)["alpha"]
-            flag_unresolved_exponent(
-                st, f"the frontier's N_opt exponent a = {fit.a:.3g}", (-hi, -lo), 1, level
+        bs = fit.n_opt.bootstrap if fit.n_opt is not None else None
+        what = f"the frontier's N_opt exponent a = {fit.a:.3g}"
+        if bs is not None and bs.n_ok > 1:
+            lo, hi = bs.conf_int(level)["alpha"]
+            flag_unresolved_exponent(st, what, (-hi, -lo), 1, level)
+        elif bs is not None:  # nothing checked it, as with --bootstrap 0
+            got = "no bootstrap refit" if bs.n_ok == 0 else "only 1 bootstrap refit"
+            st.add(
+                NOT_IDENTIFIED,
+                f"{got} of the {n_bootstrap} resamples of runs had an N_opt(C) law (a frontier of at least "
+                f"3 points and 2 model sizes), so {what} has no interval: whether it is resolved was not "
+                "checked; add budgets or model sizes",
             )
     return fit
 

@@ -349,7 +349,19 @@ class ParametricFit:
                 )
         self.allocation_identified = self.converged and not withheld
         bs = self.bootstrap
-        if bs is not None and bs.share_failed > 0.2:
+        if bs is not None and bs.n_ok < 2:  # no interval at all: not a share of one
+            got = (
+                f"no bootstrap refit succeeded (all {bs.n_requested} failed"
+                if bs.n_ok == 0
+                else f"only 1 of the {bs.n_requested} bootstrap refits succeeded (the others failed"
+            )
+            st.add(
+                NOT_IDENTIFIED,
+                f"{got} to converge, or drew one model size or one D), so there is no interval: whether the "
+                "data identify the exponents was not checked (the point estimates are shown without "
+                "intervals); add runs (more model sizes and budgets) so that resamples can be refitted",
+            )
+        elif bs is not None and bs.share_failed > 0.2:
             st.add(
                 NOT_IDENTIFIED,
                 f"{100 * bs.share_failed:.0f}% of the bootstrap refits failed to converge: the intervals "
@@ -381,7 +393,13 @@ class ParametricFit:
             lines.append(f"{k:>8} {v:12.5g} {s_txt:>16} {lo:12.5g} {hi:12.5g}")
         if self.e_at_floor:
             lines.append(f"E = 0 (at its floor); E < {self.e_upper:.4g} at 95% (one-sided, profile)")
-        if self.bootstrap is not None:
+        if self.bootstrap is not None and self.bootstrap.n_ok < 2:
+            bs = self.bootstrap
+            got = "no refit succeeded" if bs.n_ok == 0 else "only 1 refit succeeded"
+            lines.append(
+                f"bootstrap: {bs.n_requested} resamples of {bs.unit}, {got}: no intervals and no std.err"
+            )
+        elif self.bootstrap is not None:
             bs = self.bootstrap
             at = ", ".join(f"{k} {100 * v:.0f}%" for k, v in bs.share_at_bound().items() if v > 0) or "none"
             lines.append(

@@ -17,9 +17,11 @@ optionally, Muennighoff et al.'s effective data for repeated images.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +42,86 @@ COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "bu
 OPTIONAL = {"schedule": None, "fid_protocol": None, "replicate": None}  # optional columns, value if unknown
 TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate")
 OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se"), np.nan)
+#: the numeric columns: each cell a number, or empty where unknown (`numeric_columns`, one rule for all)
+NUMERIC_COLUMNS = ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "step")
+NUMERIC_COLUMNS += tuple(c for c in OPTIONAL if c not in TEXT_COLUMNS)
+REQUIRED_NUMBERS = ("N", "D", "C", "loss")  # a number in every row (C only when the column is given)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
 FLOAT_MAX = np.finfo(float).max  # MLflow's stores write +-inf as +-FLOAT_MAX
 
 
-def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
-    """Check the required columns and positivity; raise ValueError naming the problem."""
+def _at(rows: Sequence[int], lines: Sequence[int] | None) -> str:
+    """Where rows are, for a message: their CSV lines when known ("line 5", "lines 5, 9"), else their
+    row index ("row index [3, 7]")."""
+    if lines is None:
+        return f"row index {list(rows)}"
+    return f"line{'s' if len(rows) > 1 else ''} {', '.join(str(lines[i]) for i in rows)}"
+
+
+def _number(cell) -> float | None:
+    """A cell as a float: NaN when missing (empty, spaces only, None, NaN); None when it is not a number.
+    Text is read as Python's float() reads it, so "nan" and "inf" are numbers (each column's rule in
+    `validate_points` says whether it accepts them)."""
+    if isinstance(cell, str):
+        cell = cell.strip()
+        if not cell:
+            return float("nan")
+    elif cell is None or cell is pd.NA or cell is pd.NaT:
+        return float("nan")
+    if isinstance(cell, bool | np.bool_):
+        return None  # True is no measurement, though float(True) is 1.0
+    try:
+        return float(cell)
+    except (TypeError, ValueError):
+        return None
+
+
+def numeric_columns(
+    df: pd.DataFrame, *, source: str = "input", lines: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """`df` with each of its `NUMERIC_COLUMNS` as floats, by one rule for all of them: a missing cell
+    (empty, None, NaN) stays missing (NaN); any other cell must be a number. ValueError naming the
+    column, the row (the CSV line when `lines` maps row positions to lines) and the value of each cell
+    that is not one ("12.3x", "n/a", "abc"): a typo is never read as "not measured"."""
+    out, bad = df, []
+    for col in [c for c in NUMERIC_COLUMNS if c in df.columns]:
+        if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
+            continue  # numbers already (NaN where missing)
+        values = [_number(x) for x in df[col].to_numpy(object)]
+        bad += [(col, i, df[col].iloc[i]) for i, v in enumerate(values) if v is None]
+        if out is df:
+            out = df.copy()
+        out[col] = np.array([np.nan if v is None else v for v in values], float)
+    if bad:
+        bad.sort(key=lambda t: t[1])  # in the file's order
+        shown = "; ".join(f"column {c}, {_at([i], lines)}: {str(x)!r}" for c, i, x in bad[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        cols = {c for c, _, _ in bad}
+        fix, required = [], [c for c in REQUIRED_NUMBERS if c in cols]
+        if cols - set(REQUIRED_NUMBERS):
+            fix.append(
+                "write the number (e.g. 12.3 or 1e18), or leave the cell empty where the value was not "
+                f"measured{' (an empty fid: not scored)' if 'fid' in cols else ''}"
+            )
+        if required:
+            fix.append(
+                f"{', '.join(required)} need{'s' if len(required) == 1 else ''} a number in every row: fix "
+                "the value or delete the row"
+            )
+        raise ValueError(
+            f"{source}: {len(bad)} cell(s) in numeric column(s) {sorted(cols)} are not numbers ({shown}"
+            f"{more}); {'; '.join(fix)}"
+        )
+    return out
+
+
+def validate_points(
+    df: pd.DataFrame, *, source: str = "input", lines: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Check the required columns, that every numeric cell is a number or empty (`numeric_columns`) and
+    positivity; raise ValueError naming the problem (rows by their CSV line when `lines` gives them).
+    Returns `df` with its numeric columns as floats."""
     missing = [c for c in ("N", "D", "loss") if c not in df.columns]
     if missing:
         raise ValueError(
@@ -55,34 +130,41 @@ def validate_points(df: pd.DataFrame, *, source: str = "input") -> pd.DataFrame:
         )
     if len(df) == 0:
         raise ValueError(f"{source}: no rows")
-    for col in [c for c in ("N", "D", "C", "loss") if c in df.columns]:
-        v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+    df = numeric_columns(df, source=source, lines=lines)
+    for col in [c for c in REQUIRED_NUMBERS if c in df.columns]:
+        v = df[col].to_numpy(float)
         bad = ~np.isfinite(v) | (v <= 0)
         if bad.any():
             rows = [int(i) for i in np.flatnonzero(bad)[:5]]
             values = ", ".join(str(x) for x in df[col].to_numpy()[rows])
             raise ValueError(
                 f"{source}: column {col} must be a positive number in every row; "
-                f"{int(bad.sum())} row(s) are not (first at row index {rows}: {values}); fix or delete "
+                f"{int(bad.sum())} row(s) are not (first at {_at(rows, lines)}: {values}); fix or delete "
                 "those rows (a NaN or inf loss is a diverged run: leave it out)"
             )
-    for col, what in (("fid", "a finite number > 0"), ("unique", "a number > 0 (inf: an unbounded stream)")):
+    for col, what in (
+        (
+            "fid",
+            "a finite number > 0 where given (leave the cell empty where not scored, e.g. for an inf FID)",
+        ),
+        ("unique", "a number > 0 where given (inf: an unbounded stream; empty where unknown)"),
+    ):
         if col not in df.columns:
             continue
-        v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        v = df[col].to_numpy(float)
         bad = ~np.isnan(v) & ((v <= 0) | (np.isinf(v) if col == "fid" else False))
         if bad.any():
             rows = [int(i) for i in np.flatnonzero(bad)[:5]]
             raise ValueError(
-                f"{source}: column {col} must be {what} where given (empty where unknown); "
-                f"{int(bad.sum())} row(s) are not (first at row index {rows}: "
+                f"{source}: column {col} must be {what}; "
+                f"{int(bad.sum())} row(s) are not (first at {_at(rows, lines)}: "
                 f"{', '.join(str(x) for x in df[col].to_numpy()[rows])})"
             )
-    _refuse_duplicates(df, source)
+    _refuse_duplicates(df, source, lines)
     return df
 
 
-def _refuse_duplicates(df: pd.DataFrame, source: str) -> None:
+def _refuse_duplicates(df: pd.DataFrame, source: str, lines: Sequence[int] | None = None) -> None:
     """ValueError when rows repeat an earlier row exactly, or a run's step (a file concatenated with
     itself would count every point twice as evidence)."""
     dup = df.duplicated()
@@ -97,8 +179,9 @@ def _refuse_duplicates(df: pd.DataFrame, source: str) -> None:
         example = ", ".join(
             f"{c}={first[c]}" for c in ("run_id", "step", "N", "D", "loss") if c in df.columns
         )
+        where = f"row index {i}" if lines is None else f"line {lines[i]}"
         raise ValueError(
-            f"{source}: {int(dup.sum())} row(s) {what} (first at row index {i}: {example}); each point "
+            f"{source}: {int(dup.sum())} row(s) {what} (first at {where}: {example}); each point "
             "must appear once, or it counts twice as evidence: remove the duplicates (a file appended to "
             "itself?)"
         )
@@ -122,9 +205,8 @@ def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.Dat
         df["run_id"] = [f"row{i}" for i in range(len(df))]
     if df["model"].isna().all():
         df["model"] = [f"N={n:.3g}" for n in df["N"]]
-    for col in ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "step", *OPTIONAL):
-        if col not in TEXT_COLUMNS:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in NUMERIC_COLUMNS:  # numbers or NaN already where `validate_points` checked them
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra].reset_index(drop=True)
 
@@ -154,10 +236,33 @@ def load_csv(path: str | os.PathLike, *, flops_per_param_datum: float | None = N
         )
     try:
         df = pd.read_csv(path)
+        # the cells as written: pandas reads "n/a", "NA", "null", ... as missing, which in a numeric
+        # column would turn a typo into "not measured"; only an empty cell is missing there
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ValueError(f"{path} cannot be read as a CSV of points ({type(e).__name__}: {e})") from None
-    validate_points(df, source=str(path))
+    if len(raw) == len(df) and list(raw.columns) == list(df.columns):  # the same rows, as both reads are
+        for col in [c for c in NUMERIC_COLUMNS if c in df.columns]:
+            df[col] = raw[col].to_numpy(object)
+    df = validate_points(df, source=str(path), lines=_record_lines(path, len(df)))
     return tidy(df, flops_per_param_datum)
+
+
+def _record_lines(path: Path, n_rows: int) -> list[int] | None:
+    """The line on which each of a CSV's `n_rows` data rows starts (the header is the first record),
+    skipping blank lines as pandas does; None when the file cannot be mapped (messages then give row
+    indices)."""
+    lines, end = [], 0
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.reader(f)
+            for record in reader:
+                start, end = end + 1, reader.line_num
+                if record and not (len(record) == 1 and not record[0].strip()):
+                    lines.append(start)
+    except csv.Error:
+        return None
+    return lines[1:] if len(lines) == n_rows + 1 else None
 
 
 def load_epoch_chinchilla(path: str | os.PathLike, *, drop_highest: int = 5) -> pd.DataFrame:

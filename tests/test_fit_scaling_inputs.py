@@ -15,7 +15,7 @@ from analysis import pipeline
 from analysis.fit_scaling import main
 from analysis.parametric import ConvergenceError, optimal_allocation, parametric_loss
 from analysis.pipeline import AnalysisConfig, analyze, predict, prepare
-from analysis.runs import average_seeds, load_runs, tidy, validate_points
+from analysis.runs import average_seeds, load_csv, load_runs, tidy, validate_points
 from analysis.status import EXIT_BAD_INPUT, EXIT_NOT_IDENTIFIED
 
 LAW = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
@@ -390,8 +390,10 @@ def test_a_csv_with_a_nan_or_inf_loss_is_refused_naming_the_rows(tmp_path, capsy
     pts.to_csv(csv, index=False)
     assert _cli(tmp_path, "--csv", str(csv), "--bootstrap", "0") == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert "column loss must be a positive number in every row; 2 row(s) are not (first at row index " in err
-    assert "[3, 7]: nan, inf); fix or delete those rows (a NaN or inf loss is a diverged run" in err
+    assert "column loss must be a positive number in every row; 2 row(s) are not (first at lines " in err
+    assert (
+        "5, 9: nan, inf); fix or delete those rows (a NaN or inf loss is a diverged run" in err
+    )  # CSV lines
 
 
 # ------------------------------------------------------------------ 8. a --tracking-uri file that is no store
@@ -553,15 +555,16 @@ def test_a_csv_with_an_inf_fid_or_a_negative_unique_count_is_refused(tmp_path, c
             "fid",
             np.inf,
             (),
-            "column fid must be a finite number > 0 where given (empty where unknown); 20 row",
+            "column fid must be a finite number > 0 where given (leave the cell empty where not scored, "
+            "e.g. for an inf FID); 20 row",
         ),
-        ("unique", -5.0, ("--effective-data",), "column unique must be a number > 0 (inf: an unbounded"),
+        ("unique", -5.0, ("--effective-data",), "column unique must be a number > 0 where given (inf: an"),
     ):
         csv = tmp_path / f"{col}.csv"
         sweep().assign(**{col: value}).to_csv(csv, index=False)
         assert _cli(tmp_path, "--csv", str(csv), "--bootstrap", "0", *args) == EXIT_BAD_INPUT
         err = capsys.readouterr().err
-        assert phrase in err and f"(first at row index [0, 1, 2, 3, 4]: {value}, " in err, err
+        assert phrase in err and f"(first at lines 2, 3, 4, 5, 6: {value}, " in err, err
     ok = tmp_path / "unbounded.csv"
     sweep().assign(unique=np.inf, fid=np.nan).to_csv(ok, index=False)  # unbounded; FID not scored
     validate_points(pd.read_csv(ok))
@@ -574,3 +577,77 @@ def test_too_few_points_says_when_the_outlier_flags_removed_them(tmp_path, capsy
     assert (
         "(--all-points, a lower --min-steps; --drop-highest-loss / --outlier-sigma removed 16 of 20)" in err
     )
+
+
+# ------------------------------------------------------------------ 11. CSV cells that are not numbers
+
+
+def _csv_with(tmp_path, cells: dict[tuple[int, str], str], blank_before: int | None = None):
+    """`sweep()` as a CSV (with a `step` and `fid` column) whose cells at (data row, column) are replaced
+    by the given text, as typed; `blank_before`: a blank line before that data row. Data row i is on
+    line i + 2 (the header is line 1), one more from the blank line on."""
+    pts = sweep().assign(step=1000, fid=20.0).astype(object)  # any cell may hold text
+    for (i, col), text in cells.items():
+        pts.loc[i, col] = text
+    lines = pts.to_csv(index=False).splitlines()
+    if blank_before is not None:
+        lines.insert(blank_before + 1, "")
+    path = tmp_path / "typed.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("col", "text"),
+    [("fid", "12.3x"), ("fid", "n/a"), ("fid", "NA"), ("step", "abc"), ("loss", "2.1o")],
+)
+def test_a_csv_cell_that_is_not_a_number_is_refused_naming_file_column_line_and_value(tmp_path, col, text):
+    """A typo in a numeric column was read as "not measured" (fid, step: NaN, the point kept without
+    it; pandas also reads "n/a" and "NA" as missing), and a required column's error gave a 0-based row
+    index instead of the line. Now one rule for every numeric column: the file, column, CSV line and
+    value, and what to do."""
+    path = _csv_with(tmp_path, {(6, col): text})
+    with pytest.raises(ValueError) as err:
+        load_csv(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: 1 cell(s) in numeric column(s) ['{col}'] are not numbers (")
+    assert f"(column {col}, line 8: {text!r})" in msg, msg
+    if col == "loss":
+        assert msg.endswith("; loss needs a number in every row: fix the value or delete the row")
+    else:
+        assert "leave the cell empty where the value was not measured" in msg
+        assert ("(an empty fid: not scored)" in msg) == (col == "fid")
+
+
+def test_not_numbers_in_several_columns_are_listed_with_their_lines_past_a_blank_line(tmp_path, capsys):
+    """Every bad cell counts (the first five shown); a blank line (skipped as a row) still counts as a
+    line; the CLI turns the error into `error: ...` and exit 2 before fitting."""
+    cells = {(1, "fid"): "12.3x", (3, "step"): "abc", (12, "N"): "1e7 params"}
+    path = _csv_with(tmp_path, cells, blank_before=2)
+    assert _cli(tmp_path, "--csv", str(path), "--bootstrap", "0") == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: 3 cell(s) in numeric column(s) ['N', 'fid', 'step'] are not ")
+    assert "(column fid, line 3: '12.3x'; column step, line 6: 'abc'; column N, line 15: '1e7 params')" in err
+    assert "leave the cell empty where the value was not measured (an empty fid: not scored)" in err
+    assert "N needs a number in every row: fix the value or delete the row" in err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_empty_nan_and_inf_fid_cells_follow_the_stores_rule(tmp_path):
+    """An empty cell is missing, as before (fid: not scored; step: unknown). A literal `nan` FID is not
+    scored, as a NaN FID in an MLflow store; an `inf` FID is refused (the CSV is the user's own
+    selection: leave it empty) where the store blanks it with a note; a `nan` loss stays refused."""
+    df = load_csv(_csv_with(tmp_path, {(2, "fid"): "", (4, "fid"): "nan", (5, "fid"): " ", (7, "step"): ""}))
+    assert df["fid"].isna().tolist() == [i in (2, 4, 5) for i in range(20)]
+    assert df.loc[0, "fid"] == 20.0 and np.isnan(df.loc[7, "step"]) and df.loc[8, "step"] == 1000.0
+    with pytest.raises(
+        ValueError, match=r"column fid must be a finite number > 0 .* \(first at line 6: inf\)"
+    ):
+        load_csv(_csv_with(tmp_path, {(4, "fid"): "inf"}))
+    with pytest.raises(
+        ValueError, match=r"column loss must be a positive number .* \(first at line 6: nan\)"
+    ):
+        load_csv(_csv_with(tmp_path, {(4, "loss"): "nan"}))
+    # a frame given directly (not a file) follows the same rule, rows by their index
+    with pytest.raises(ValueError, match=r"\(column fid, row index \[3\]: 'n/a'\)"):
+        validate_points(sweep().assign(fid=[20.0] * 3 + ["n/a"] + [20.0] * 16))
