@@ -7,7 +7,7 @@
   ``compute/train_flops`` (cumulative true FLOPs), ``data/images_seen``, ``perf/images_per_s``, and at
   the last step of a finished run ``perf/{startup,mlflow,val,eval,train}_s`` (the trainer's
   ``FIXED_COST_METRICS``);
-- tags: ``status`` (running / finished / failed / preempted), ``sweep``, ``grid_cell``,
+- tags: ``status`` (running / finished / failed / preempted / interrupted), ``sweep``, ``grid_cell``,
   ``executor``/``job_id`` when run under SLURM or submitit;
 - artifacts: ``config.json`` (the resolved config), ``samples/step_XXXXXXX.png`` sample grids.
 
@@ -93,7 +93,7 @@ def feature_space_tag(spaces: dict[str, str]) -> str:
 MAX_BUFFERED_POINTS = 100_000
 #: Points per MLflow ``log_batch`` request (MLflow's limit is 1000 metrics).
 _BATCH = 1000
-_TERMINAL = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED"}
+_TERMINAL = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "interrupted": "KILLED"}
 _MAX_PARAM_LEN = 6000
 
 
@@ -471,7 +471,7 @@ class RunTracker:
     def finish(self, status: str, flush_timeout: float | None = 300.0) -> None:
         """Send the buffered metrics (waiting at most ``flush_timeout`` s), set the ``status`` tag and
         end the run: finished -> FINISHED, failed -> FAILED, preempted -> KILLED (a requeued job
-        continues the same run)."""
+        continues the same run), interrupted -> KILLED (a Ctrl-C of a sweep's local job)."""
         if status not in _TERMINAL:
             raise ValueError(f"status must be one of {sorted(_TERMINAL)}, got {status!r}")
         self.sender.close(flush_timeout)

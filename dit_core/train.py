@@ -27,6 +27,7 @@ from .trainer.cli import EXIT_PREEMPTED, build_parser, config_from_args, main
 from .trainer.loop import Trainer, TrainResult
 from .trainer.resolve import resolve_config
 from .trainer.resume import check_resumable
+from .trainer.signals import in_local_job
 
 __all__ = [
     "EXIT_PREEMPTED",
@@ -57,6 +58,7 @@ def train(
     accelerator=None,
     progress_bar: bool | None = None,
     train_set=None,
+    local_job: bool | None = None,
 ) -> TrainResult:
     """Train ``cfg`` to its budget (or until a preemption signal) and return a `TrainResult`.
 
@@ -65,11 +67,16 @@ def train(
     is reached (checkpoint, MLflow status "preempted"); for tests and time-sliced jobs.
     train_set: use this dataset instead of ``build_dataset(cfg.data)`` (items ``(x, y)``, attributes
     ``resolution``, ``channels``, ``num_classes``). progress_bar: None = a tqdm bar on a terminal.
+    local_job: a sweep's local job, which a terminal's Ctrl-C reaches (None: `in_local_job`, from the
+    environment): a Ctrl-C checkpoints at the next step boundary too (a second one, over
+    `dit_core.trainer.signals.SIGINT_ECHO_S` later, stops at once) and ends the run KILLED, tagged
+    ``status=interrupted``; elsewhere a Ctrl-C raises KeyboardInterrupt (run FAILED).
     Raises ConfigError (a ValueError) on a bad config and FloatingPointError on a non-finite loss
     (MLflow run marked failed).
     """
     trainer = Trainer(cfg, resume=resume, accelerator=accelerator, train_set=train_set)
-    return trainer.run(stop_at_step=stop_at_step, progress_bar=progress_bar)
+    local = in_local_job() if local_job is None else local_job
+    return trainer.run(stop_at_step=stop_at_step, progress_bar=progress_bar, local_job=local)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ What the plain local path guarantees holds here too:
   ``<job_id>_0_result.pkl`` (``("success", result)`` or ``("error", traceback)``) and
   ``<job_id>_exit`` (the exit status; negative: killed by that signal);
 - cancel: `WarmJob.cancel` sends the child SIGINT, as submitit's local jobs do;
-- Ctrl-C on the launcher's terminal reaches the zygote and the children (one process group).
+- Ctrl-C on the launcher's terminal reaches the zygote and the children (one process group); a
+  child is a local job (`dit_core.trainer.signals.LOCAL_JOB_ENV`), whose trainer checkpoints at the
+  next step and ends its run KILLED (``status=interrupted``); the zygote exits at once.
 
 Protocol: the launcher writes the task to ``<job_id>_submitted.pkl`` and one JSON line ``{"job_id",
 "folder", "run_dir"}`` to the zygote's stdin; the zygote reports through the files above only, so it
@@ -47,6 +49,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from dit_core.trainer.signals import LOCAL_JOB_ENV
 from sweeps.lock import CELL_LOCK, cell_lock_held
 
 log = logging.getLogger(__name__)
@@ -274,6 +277,8 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
         os.dup2(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), fd)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # a local job, as submitit's local ones: `dit_core.train.train` checkpoints on a Ctrl-C
+    os.environ[LOCAL_JOB_ENV] = "1"
 
     def requeue(signum, frame):  # the trainer calls this after its checkpoint (its previous handler)
         raise _Requeue()

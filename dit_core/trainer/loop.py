@@ -44,7 +44,7 @@ from .progress import Progress
 from .resolve import resolve_config
 from .resume import check_resumable, find_checkpoint, load_resume_checkpoint
 from .rng import StepRandom, get_rng_state, set_rng_state
-from .signals import PREEMPTION_SIGNALS, PreemptionGuard
+from .signals import PREEMPTION_SIGNALS, SIGINT_ECHO_S, PreemptionGuard
 from .update import update_ops
 from .validation import Validator
 
@@ -237,15 +237,24 @@ class Trainer:
         stop_at_step: int | None = None,
         progress_bar: bool | None = None,
         signals: tuple[int, ...] = PREEMPTION_SIGNALS,
+        *,
+        local_job: bool = False,
     ) -> TrainResult:
         """Train to the budget, one of ``signals`` or ``stop_at_step`` (which behaves like a
         signal); end with a checkpoint and the MLflow status. Raises on failure (run FAILED), and
         `OutFolderBusy` (a ConfigError), before anything is written, when another trainer holds
-        ``out``. The folder's lock is held until this returns or raises."""
+        ``out``. The folder's lock is held until this returns or raises.
+
+        ``local_job``: a sweep's local job (`dit_core.trainer.signals.in_local_job`), which a
+        terminal's Ctrl-C reaches: SIGINT is one of the signals, SIGINTs within `SIGINT_ECHO_S` of
+        the first are that same Ctrl-C (submitit's local controller forwards it), and a run a
+        Ctrl-C stopped ends KILLED with the ``status`` tag ``interrupted`` (as the launcher ends
+        those of the jobs it stopped before their trainer could), checkpointed or, stopped at once
+        by a later Ctrl-C, not."""
         with contextlib.ExitStack() as held:
             self.hold_out_folder(held)
             try:
-                return self._run(stop_at_step, progress_bar, signals)
+                return self._run(stop_at_step, progress_bar, signals, local_job)
             finally:
                 if self.main:  # its own checkpoints, for a later run() of this trainer
                     self.ckpt_state = checkpoints_state(self.out)
@@ -281,9 +290,12 @@ class Trainer:
             raise failure
 
     def _run(
-        self, stop_at_step: int | None, progress_bar: bool | None, signals: tuple[int, ...]
+        self, stop_at_step: int | None, progress_bar: bool | None, signals: tuple[int, ...], local_job: bool
     ) -> TrainResult:
         cfg = self.cfg
+        echo_s = 0.0
+        if local_job:
+            signals, echo_s = tuple(dict.fromkeys((*signals, signal.SIGINT))), SIGINT_ECHO_S
         started = process_start_time()
         if started is not None:
             self.seconds["startup_s"] = time.time() - started
@@ -302,7 +314,7 @@ class Trainer:
         )  # fmt: skip
         progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
         try:
-            with PreemptionGuard(signals) as guard:
+            with PreemptionGuard(signals, sigint_echo_s=echo_s) as guard:
                 if cfg.eval.val_every and self.step == 0:
                     self.validate()
                 status = self.run_loop(guard, progress, stop_at_step)
@@ -312,14 +324,15 @@ class Trainer:
         except BaseException as err:
             if self.tracker:
                 self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
-                self.tracker.finish("failed")
+                ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
+                self.tracker.finish("interrupted" if ctrl_c else "failed")
             raise
         finally:
             progress.close()
         if self.tracker:
             if status == "finished":
                 self.log_fixed_cost()
-            self.tracker.finish(status)
+            self.tracker.finish("interrupted" if local_job and signum == signal.SIGINT else status)
         signame = signal.Signals(signum).name if signum is not None else None
         if status == "preempted":
             log.warning("stopped at step %d/%d (%s); checkpoint %s; resume with the same --out",

@@ -1,6 +1,11 @@
 """Preemption signals: SIGTERM, SIGUSR1 and SIGUSR2 (what SLURM and submitit send before a job is
 preempted or times out) set a flag; the loop checkpoints at the next step boundary and stops.
 
+A terminal's Ctrl-C (SIGINT) does the same for the CLI (`INTERRUPT_SIGNALS`; a second one stops at
+once) and for a sweep's local job (`in_local_job`), where a second SIGINT within `SIGINT_ECHO_S` of
+the first is that same Ctrl-C: submitit's local controller forwards the terminal's SIGINT to its
+job, which the terminal has reached already.
+
 Handlers are only installed from the main thread. Previous Python-level handlers are remembered so
 that, after the checkpoint, the trainer can hand the signal on (submitit's USR2 handler requeues
 the job).
@@ -9,35 +14,76 @@ the job).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INTERRUPT_SIGNALS", "PREEMPTION_SIGNALS", "PreemptionGuard"]
+__all__ = [
+    "INTERRUPT_SIGNALS",
+    "LOCAL_JOB_ENV",
+    "PREEMPTION_SIGNALS",
+    "SIGINT_ECHO_S",
+    "PreemptionGuard",
+    "in_local_job",
+]
 
 PREEMPTION_SIGNALS = tuple(
     s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2")) if s is not None
 )
 #: the CLI's: a terminal's Ctrl-C (SIGINT) checkpoints like a preemption; a second one stops at once
 INTERRUPT_SIGNALS = (*PREEMPTION_SIGNALS, signal.SIGINT)
+#: In a local job, a SIGINT this many seconds or less after the first is the same Ctrl-C: submitit's
+#: local controller, stopped by the terminal's SIGINT, sends its job one more at once (and SIGKILL
+#: 1 s later). A human's second Ctrl-C after that stops the job at once.
+SIGINT_ECHO_S = 2.0
+#: "1" in a warm worker's child (`sweeps.warm`): a local job, like one of submitit's local executor
+LOCAL_JOB_ENV = "DITSCALE_LOCAL_JOB"
+
+
+def in_local_job(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is a local sweep job, which a terminal's Ctrl-C reaches together with its
+    launcher (one process group): a job of submitit's local executor (``SUBMITIT_EXECUTOR=local``) or
+    a warm worker's child (`LOCAL_JOB_ENV`); not a debug job, which runs inside the launcher."""
+    env = os.environ if env is None else env
+    if env.get("SUBMITIT_DEBUG_JOB_ID"):
+        return False
+    return env.get(LOCAL_JOB_ENV) == "1" or env.get("SUBMITIT_EXECUTOR") == "local"
 
 
 class PreemptionGuard:
-    """Context manager: while active, the preemption signals only record themselves in ``received``."""
+    """Context manager: while active, the preemption signals only record themselves in ``received``.
 
-    def __init__(self, signals: tuple[int, ...] = PREEMPTION_SIGNALS):
+    A SIGINT after an earlier SIGINT raises KeyboardInterrupt (stop at once, without the checkpoint),
+    unless it came within ``sigint_echo_s`` seconds of the first one (a local job's: `SIGINT_ECHO_S`),
+    which counts as that same Ctrl-C and is ignored."""
+
+    def __init__(self, signals: tuple[int, ...] = PREEMPTION_SIGNALS, *, sigint_echo_s: float = 0.0):
         self.signals = signals
+        self.sigint_echo_s = sigint_echo_s
         self.received: int | None = None
+        self._first_sigint: float | None = None  # time.monotonic() of the first SIGINT
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT and self.received == signal.SIGINT:
-            raise KeyboardInterrupt  # Ctrl-C twice: stop now, without the checkpoint
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self._first_sigint is None:
+                self._first_sigint = now
+            elif self.sigint_echo_s and now - self._first_sigint <= self.sigint_echo_s:
+                log.info("SIGINT again %.3f s after the first: the same Ctrl-C", now - self._first_sigint)
+                return
+            elif self.received == signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C twice: stop now, without the checkpoint
         if self.received is None:
-            again = " (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else ""
+            again = ""
+            if signum == signal.SIGINT:
+                later = f", over {self.sigint_echo_s:g} s later," if self.sigint_echo_s else ""
+                again = f" (Ctrl-C again{later} stops at once, without it)"
             log.warning(
                 "received %s: checkpointing at the next step boundary%s", signal.Signals(signum).name, again
             )
