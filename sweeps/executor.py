@@ -310,8 +310,12 @@ def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
         os.environ["OMP_NUM_THREADS"] = str(task.threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(task.threads)
-    trainer = importlib.import_module(task.trainer)
-    result = trainer.train(build_config(trainer, task.overrides))
+    try:
+        trainer = importlib.import_module(task.trainer)
+        result = trainer.train(build_config(trainer, task.overrides))
+    except Exception as e:
+        end_unstarted_run(task, e)
+        raise
     if getattr(result, "status", "finished") == "preempted":
         if slurm_requeued():
             # SLURM requeued this job before it signalled it (a node failure under --requeue): the
@@ -326,6 +330,34 @@ def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
             f"{getattr(result, 'step', '?')}; its checkpoint is saved: relaunch the sweep to resume"
         )
     return _as_dict(result)
+
+
+def end_unstarted_run(task: CellTask, err: BaseException) -> None:
+    """A job whose trainer failed before it took the cell's run over (its import, its config, its
+    data) ends that run itself: FAILED, tag status=died_before_training and the error, as a launcher
+    that waits would (`sweeps.state.end_orphaned_runs`), so that after a ``--no-wait`` launch it does
+    not stay SCHEDULED until the next launch. A run the trainer took over is left as the trainer left
+    it (`dit_core.tracking.end_run_if`)."""
+    run_id, uri = task.overrides.get("tracking.run_id"), task.overrides.get("tracking.uri")
+    if not run_id or not uri:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from dit_core.tracking import end_run_if
+        from sweeps.state import DIED_BEFORE_TRAINING
+
+        error = f"{type(err).__name__}: {err}"
+        end_run_if(
+            MlflowClient(uri),
+            run_id,
+            left=("SCHEDULED",),
+            status="FAILED",
+            tag=DIED_BEFORE_TRAINING,
+            error=error,
+        )
+    except Exception as e:  # the job's own error is what matters: it is raised next
+        log.warning("cell %s: could not end its MLflow run %s (%s)", task.cell_id, run_id, e)
 
 
 def warm_unsupported(spec: ExecutorSpec) -> str:

@@ -74,6 +74,7 @@ class TrainConfig:
     step_s: float = 0.02  # sleep per step, so that a signal can arrive mid-run
     fail_cell: str = ""  # this grid cell raises ...
     fail_times: int = 0  # ... on its first `fail_times` starts
+    setup_error: str = ""  # raise ValueError(setup_error) before touching MLflow (a set-up failure)
     progress_file: str = ""  # optional: write the step here each step (tests wait on it)
     events_file: str = ""  # optional: append "<cell> start|end <unix time>" (parallelism tests)
 
@@ -117,6 +118,8 @@ def _event(cfg: TrainConfig, what: str) -> None:
 def train(cfg: TrainConfig) -> TrainResult:
     import mlflow
 
+    if cfg.setup_error:
+        raise ValueError(cfg.setup_error)
     draw = float(np.random.random())
     _event(cfg, "start")
 

@@ -352,6 +352,23 @@ def test_run_of_a_job_that_failed_its_setup_unwatched_is_ended_by_the_relaunch_o
     assert run.data.tags["attempts"] == "1"
 
 
+def test_run_of_a_job_whose_trainer_fails_in_its_set_up_is_ended_by_the_job(job_env, tmp_path):
+    """A --no-wait launch whose trainer raises before it takes the run over (here a ValueError before
+    MLflow is touched; a data or config error in a real one): the job ends the run itself (FAILED,
+    status=died_before_training, the error), with no launcher watching, instead of leaving it
+    SCHEDULED until the next launch."""
+    spec = small_spec(tmp_path, job_env, setup_error="no such data folder: /nope").replace(families=["B"])
+    (cell,) = expand(spec)
+    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    assert launch(spec, wait=False).submitted == [cell.cell_id]
+    wait_for(lambda: not cell_lock_held(run_dir), "the job's end")
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+    assert run.data.tags["status"] == "died_before_training"
+    assert run.data.tags["error"] == "ValueError: no such data folder: /nope"
+    assert states_of(spec, job_env)[cell.cell_id].state == "failed"
+
+
 def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
