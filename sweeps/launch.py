@@ -139,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fewest optimizer steps a cell may have: isoflop/adaptive propose no size below it (default "
         "20); grid leaves out the cells below it (default: every cell, each at least 1 step)",
     )  # fmt: skip
-    g.add_argument("--max-steps", type=int, help="isoflop/adaptive: most steps a cell may have")
+    g.add_argument(
+        "--max-steps", type=int,
+        help="isoflop/adaptive: most steps a proposed size may have (default 100000); refused for grid, "
+        "whose cells' steps follow from --budgets",
+    )  # fmt: skip
     g.add_argument("--batch-size", type=int, help="global batch size")
     g.add_argument(
         "--set",
@@ -234,6 +238,12 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             )
         if args.head_dim is not None:
             top["design_head_dim"] = args.head_dim
+    elif args.max_steps is not None:  # a grid cell's steps follow from its budget: nothing would cap them
+        raise ValueError(
+            f"--max-steps {args.max_steps} applies to the isoflop/adaptive designs (the most steps of a size "
+            "they propose); a grid cell makes budget / (batch x FLOPs per image) steps: lower --budgets, "
+            "or use --design isoflop"
+        )
     shapes = list(args.shapes or [])
     if args.head_dim is not None and args.head_dim < 1:
         raise ValueError(f"--head-dim {args.head_dim}: give channels per head >= 1 (4, 8, ..., 64)")
@@ -311,16 +321,30 @@ def status_spec(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
     if recorded is None:
         return spec
     given = {a: getattr(args, a) for a in ("experiment", "tracking_uri") if getattr(args, a) is not None}
-    cells_args = [
-        a for a in _SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set") if a not in _LOCATING_ARGS
-    ]
-    if any(getattr(args, a) not in (None, []) for a in cells_args):
+    if _describes_cells(args):
         located = {"experiment": recorded.experiment, "tracking_uri": recorded.tracking_uri}
         return spec.replace(**{**located, **given})
     return recorded.replace(output_dir=spec.output_dir, **given)
 
 
-def cmd_status(spec: SweepSpec) -> int:
+def _describes_cells(args: argparse.Namespace) -> bool:
+    """Whether a status command line names cells (--grid, --budgets, --set, ...), not only the sweep."""
+    cells_args = [
+        a for a in _SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set") if a not in _LOCATING_ARGS
+    ]
+    return any(getattr(args, a) not in (None, []) for a in cells_args)
+
+
+def _run_folders(runs: dict) -> list[str]:
+    """The --output-dir folders of the runs' trainers (param ``out``: <dir>/<name>/cells/<cell>)."""
+    outs = {r.data.params.get("out") for rs in runs.values() for r in rs}
+    return sorted({str(Path(o).parents[2]) for o in outs if o and len(Path(o).parents) > 2})
+
+
+def cmd_status(spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool = False) -> int:
+    """Print the sweep's table. ``launched``: its recorded last launch (sweep.json), whose experiment and
+    store are named when the ones given hold none of its runs; ``guessed``: the cells are the config's,
+    not the sweep's record nor the command line's (shown only where the sweep's folder exists)."""
     if spec.design == "adaptive":  # the budgets placed so far, at their recorded centres
         placed = recorded_spec(spec, sweep_dir(spec))
         if placed is None:
@@ -346,6 +370,22 @@ def cmd_status(spec: SweepSpec) -> int:
         raise ValueError(
             f"no sweep {spec.name!r}: no folder {sweep_dir(spec)} and no runs of it in experiment "
             f"{spec.experiment!r} at {uri}; check --name (and --output-dir, --experiment, --tracking-uri)"
+        )
+    if not runs and launched is not None:
+        was = (launched.experiment, resolve_tracking_uri(launched.tracking_uri))
+        if was != (spec.experiment, uri):
+            raise ValueError(
+                f"sweep {spec.name}: no runs of it in experiment {spec.experiment!r} at {uri}; it was "
+                f"launched into experiment {was[0]!r} at {was[1]} ({sweep_dir(spec) / 'sweep.json'}): drop "
+                "--experiment / --tracking-uri, or give those"
+            )
+    if guessed and runs and not sweep_dir(spec).is_dir():  # moved or deleted: the config's cells are a guess
+        where = _run_folders(runs)
+        cells = {}
+        note = (
+            f"no folder {sweep_dir(spec)}: the table shows the sweep's runs in MLflow only"
+            + (f"; they train under --output-dir {' or '.join(where)}" if where else "")
+            + "; pass the --output-dir the sweep was launched with (or where its folder was moved)"
         )
     ids = list(cells) + sorted(set(runs) - set(cells))
     run_dirs = {cid: str(sweep_dir(spec) / "cells" / cid) for cid in ids}
@@ -503,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = spec_from_args(args)
         if args.command == "status":
-            return cmd_status(status_spec(spec, args))
+            launched = read_spec_record(sweep_dir(spec))
+            guessed = launched is None and not _describes_cells(args)
+            return cmd_status(status_spec(spec, args), launched=launched, guessed=guessed)
         return cmd_run(spec, args)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

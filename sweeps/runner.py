@@ -150,6 +150,12 @@ def launch(
     the same sweep submits only what is missing, failed or interrupted. ``record`` (default ``spec``)
     is kept as the sweep's last launch (`sweeps.grid.write_spec_record`) once the settings are checked."""
     prep = prepare(spec)
+    if not wait and prep.kind == "debug":
+        raise ValueError(
+            "--no-wait with --executor debug: the debug executor runs each cell inside this launcher "
+            "while it waits, so nothing would train (and the launch would count a try of every cell); "
+            "drop --no-wait, or use --executor local"
+        )
     threads = _threads_per_process(prep)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
     all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
@@ -166,7 +172,8 @@ def launch(
             for cid, st in states.items():  # before anything is submitted
                 check_resumable_cell(spec.name, st, all_tasks[cid].overrides, configs[cid])
                 check_cell_folder(spec.name, st, run_dirs[cid], spec.experiment, uri)
-            write_spec_record(record or spec, sdir)
+            # the store as resolved here (absolute): `status` from another folder reads the same one
+            write_spec_record((record or spec).replace(tracking_uri=uri), sdir)
             _end_unstarted(uri, states)
             the_plan = plan(states, spec.executor.max_retries)
             for cid in the_plan.exhausted:
