@@ -206,10 +206,13 @@ class EvalConfig:
     cfg_scale: classifier-free guidance scale of the samples.
     batch_size: batch of validation and sampling.
     clip_denoised: clamp the sampler's x0 estimate to [-1, 1] at every step; None = on for pixel-space
-        data, off for latents (whose range is not [-1, 1]).
+        data, off for latents (whose range is not [-1, 1]) and for diffusion.objective "flow" (which
+        does not clip).
     reference: FID reference; None = the data's own (``digits``; held-out crops for ``photos``);
         other data must name one.
-    metrics: metric names; None = the reference's default metrics.
+    metrics: metric names; None = the domain metrics of a digits / photos reference (fid_digits,
+        is_digits, precision_digits, recall_digits or the *_photos ones; no Inception), else
+        Inception fid alone.
     grid_images: samples also saved as a PNG grid artifact ``samples/step_XXXXXXX.png`` (0 = none).
     """
 
@@ -352,6 +355,7 @@ def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> Train
     import yaml
 
     p = Path(path)
+    require(not p.is_dir(), "--config", f"{p} is a folder; give a YAML file of fields")
     require(p.is_file(), "--config", f"the file {p} does not exist; give a YAML file of fields")
     try:
         data = yaml.safe_load(p.read_text())

@@ -213,6 +213,17 @@ def apply_flat(
                     f"{_at + key}: {_at + head} is not a nested config; set {_at + head} itself"
                 )
             nested.setdefault(head, {})[rest] = value
+        elif dataclasses.is_dataclass(_hints(type(cfg))[head]):
+            # a section: a mapping of its fields (YAML's ``optim: {lr: 3e-4}``), or nothing (an empty
+            # ``optim:`` whose lines are commented out); a value in its place would replace the section
+            if isinstance(value, dict):
+                nested.setdefault(head, {}).update({str(k): v for k, v in value.items()})
+            elif value is not None:
+                first = next(iter_fields(_hints(type(cfg))[head], f"{_at}{head}."))[0]
+                raise ConfigError(
+                    f"{_at + head}: is a section of fields, not a value (got {value!r}); set its fields, "
+                    f"e.g. {first}=..., or in YAML a mapping under {head}:"
+                )
         else:
             direct[head] = parse_value(value, _hints(type(cfg))[head], _at + head)
     for head, sub in nested.items():

@@ -22,16 +22,43 @@ from .features import WEIGHTS_ENV
 from .metrics import METRICS
 
 
+def _int_at_least(low: int, name: str = "", why: str = ""):
+    """An argparse type: an int >= ``low`` that Python's ranges can hold, else a usage error naming it
+    (``name``, ``why``: words before and after "must be >= low")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(
+                f"{name + ' ' if name else ''}must be >= {low}{why}, got {value}"
+            )
+        if value > sys.maxsize:
+            raise argparse.ArgumentTypeError(f"must be <= {sys.maxsize}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dit_core.evaluate", description=__doc__.split("\n\n")[1])
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
     own = "default: the run's own, as its logged eval/* metrics"
-    p.add_argument("--num-samples", type=int, help=f"samples to score ({own}: eval.num_samples)")
-    p.add_argument("--batch-size", type=int, default=100, help="per-process sampling batch")
+    p.add_argument(
+        "--num-samples",
+        type=_int_at_least(2, "num_samples", " to fit a covariance"),
+        help=f"samples to score, >= 2 ({own}: eval.num_samples)",
+    )
+    p.add_argument(
+        "--batch-size", type=_int_at_least(1), default=100, help="per-process sampling batch (default: 100)"
+    )
     p.add_argument("--sampler", help=f"{' | '.join(SAMPLERS)} ({own}: eval.sampler)")
-    p.add_argument("--steps", type=int, help=f"sampler steps ({own}: eval.steps)")
-    p.add_argument("--cfg-scale", type=float, help=f"guidance scale ({own}: eval.cfg_scale)")
-    p.add_argument("--seed", type=int, help=f"sampling seed ({own}: the run's seed)")
+    p.add_argument("--steps", type=_int_at_least(1), help=f"sampler steps ({own}: eval.steps)")
+    p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
+    p.add_argument("--seed", type=_int_at_least(0), help=f"sampling seed, >= 0 ({own}: the run's seed)")
     p.add_argument("--reference", help="digits[:split] | photos[:options] | image folder | .npz with arr_0")
     p.add_argument(
         "--metrics",
@@ -44,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
         help="clamp the sampler's x0 estimate to [-1, 1] at each step (default: as the run's own "
-        "evaluation, eval.clip_denoised: on for pixel data, off for latents)",
+        "evaluation, eval.clip_denoised: on for pixel data, off for latents and flow models)",
     )  # fmt: skip
     p.add_argument(
         "--mlflow-run-id",
@@ -52,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the seed may differ)",
     )
     p.add_argument("--output", help="also write the metrics JSON here")
-    p.add_argument("--save-samples", help="write the samples to this .npz (arr_0 NHWC uint8)")
+    p.add_argument("--save-samples", help="write the samples to this .npz file (arr_0 NHWC uint8, labels)")
     return p
 
 
@@ -75,6 +102,19 @@ def _check_run(run_id: str) -> None:
     from mlflow import MlflowClient, get_tracking_uri
     from mlflow.exceptions import MlflowException
 
+    from ..tracking import check_sqlite_store
+
+    where = (
+        "give the id in the run folder's mlflow_run_id file, and set MLFLOW_TRACKING_URI to the store the "
+        "run is in"
+    )
+    missing = (
+        f"--mlflow-run-id {run_id}: the MLflow tracking store {get_tracking_uri()} does not exist; {where}"
+    )
+    try:  # reading only: MLflow would create an empty store (in the working folder by default) just to look
+        check_sqlite_store(get_tracking_uri(), missing=missing)
+    except ValueError as e:
+        raise ValueError(str(e) if str(e) == missing else f"--mlflow-run-id {run_id}: {e}") from None
     try:
         MlflowClient().get_run(run_id)
     except MlflowException as e:
@@ -87,13 +127,21 @@ def _check_run(run_id: str) -> None:
 
 
 def _check_folders(args: argparse.Namespace) -> None:
-    """ValueError, before any sampling, when a folder to write a result into does not exist."""
-    for flag, path in (("--output", args.output), ("--save-samples", args.save_samples)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and not os.path.isdir(folder):
+    """ValueError, before any sampling, when a file to write a result into cannot be: its folder does
+    not exist, or the path is a folder."""
+    for flag, path, name in (
+        ("--output", args.output, "metrics.json"),
+        ("--save-samples", args.save_samples, "samples.npz"),
+    ):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
             raise ValueError(
                 f"{flag} {path}: the folder {folder} does not exist; create it or give another path"
             )
+        if os.path.isdir(path):
+            raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, name)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    refused = None
+    refused, unwritten = None, False
     if args.mlflow_run_id and spaces and (accelerator is None or accelerator.is_main_process):
         refused = _other_feature_space(args.mlflow_run_id, feature_space_tag(spaces))
     if accelerator is None or accelerator.is_main_process:
@@ -137,8 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         out = {"step": step, "num_samples": num_samples, **{f"eval/{k}": v for k, v in metrics.items()}}
         print(json.dumps(out, indent=2))
         if args.output:
-            with open(args.output, "w") as f:
-                json.dump(out, f, indent=2)
+            try:
+                with open(args.output, "w") as f:
+                    json.dump(out, f, indent=2)
+            except OSError as e:
+                print(
+                    f"error: --output {args.output}: cannot write it ({e.strerror or e}); the metrics are "
+                    "printed above",
+                    file=sys.stderr,
+                )
+                unwritten = True
         if refused:
             print(f"error: {refused}", file=sys.stderr)
         elif args.mlflow_run_id:
@@ -147,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 from mlflow import MlflowClient
 
                 MlflowClient().set_tag(args.mlflow_run_id, FEATURE_SPACE_TAG, feature_space_tag(spaces))
-    code = 2 if refused else 0
+    code = 2 if refused or unwritten else 0
     if accelerator is not None:
         accelerator.wait_for_everyone()
         accelerator.end_training()

@@ -136,7 +136,8 @@ def evaluate_model(
     computes the metrics; the dict is broadcast so every rank returns it. ``image_size`` and
     ``channels`` describe the model's input (latent size/channels when ``vae`` is given; the
     latents are then decoded with ``vae.decode(z / 0.18215)``). ``save_samples``: rank 0 also
-    writes the images to this ``.npz`` as ``arr_0`` (N, H, W, C) uint8 (ADM's format) and ``labels``.
+    writes the images to this file (at exactly this path; an ``.npz``) as ``arr_0`` (N, H, W, C) uint8
+    (ADM's format) and ``labels``.
     ``feature_spaces``: filled on rank 0 with ``{family: extractor name}`` (see `evaluate_samples`).
     ``progress``: rank 0 shows a bar of its share's sampling on stderr.
     """
@@ -161,7 +162,8 @@ def evaluate_model(
             raise RuntimeError(f"gathered {len(images)} samples, expected {num_samples}")
         if save_samples:
             labels = np.arange(num_samples) % num_classes
-            np.savez(save_samples, arr_0=images.permute(0, 2, 3, 1).numpy(), labels=labels)
+            with open(save_samples, "wb") as f:  # at exactly this path (np.savez would append ".npz")
+                np.savez(f, arr_0=images.permute(0, 2, 3, 1).numpy(), labels=labels)
         result = evaluate_samples(
             images, reference, metrics=metrics, extractors=extractors,
             inception_weights=inception_weights, device=metric_device or device,

@@ -36,9 +36,10 @@ def guidance_scale(cfg: TrainConfig) -> float:
 
 
 def clip_denoised(cfg: TrainConfig) -> bool:
-    """``eval.clip_denoised``, or by default: clip for pixel-space data, not for latents."""
+    """``eval.clip_denoised``, or by default: clip for pixel-space data, not for latents, and never
+    for flow matching (its samplers have no x0 estimate to clamp)."""
     c = cfg.eval.clip_denoised
-    return c if c is not None else cfg.data.name != "latents"
+    return c if c is not None else cfg.data.name != "latents" and cfg.diffusion.objective != "flow"
 
 
 def sampling_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -61,22 +62,47 @@ def run_metrics(cfg: TrainConfig, reference: str) -> tuple[str, ...]:
 
 def check_evaluation(cfg: TrainConfig) -> None:
     """ConfigError, before training, for the sample-evaluation settings of a resolved ``cfg`` that
-    `evaluate_samples` would fail on (metrics, reference, sampler steps, Inception weights), told
-    without loading a model. Nothing to check when evaluation is off or skipped (latents, no reference)."""
+    `evaluate_samples` or `sample_grid` would fail on after training (sampler steps, guidance scale,
+    batch, clipping, metrics, reference, Inception weights), told without loading a model. Nothing to
+    check when evaluation is off or skipped (latents); the sampling settings also without a reference
+    (the sample grid uses them)."""
     from ..configio import ConfigError
     from ..evaluate.features import known_without_logits, resolve_inception_weights
     from ..evaluate.metrics import METRICS, check_metrics
     from ..evaluate.reference import resolve_reference
 
     e, data = cfg.eval, cfg.data
-    reference = e.reference or default_reference(data)
-    if not e.eval_every or data.name == "latents" or reference is None:
+    if not e.eval_every or data.name == "latents":
         return
     off = "; or set eval.eval_every=0 to train without sample metrics"
+    if not (math.isfinite(guidance_scale(cfg)) and guidance_scale(cfg) >= 0):
+        raise ConfigError(
+            f"eval.cfg_scale: must be a finite number >= 0 (1 = no guidance), got {e.cfg_scale}{off}"
+        )
+    if e.clip_denoised and cfg.diffusion.objective == "flow":
+        raise ConfigError(
+            "eval.clip_denoised: flow sampling has no x0 estimate to clip; leave eval.clip_denoised unset "
+            f"or false for diffusion.objective 'flow'{off}"
+        )
     if e.steps < 1:
         raise ConfigError(
             f"eval.steps: must be >= 1 when eval.eval_every > 0 (sampler steps), got {e.steps}{off}"
         )
+    if (
+        cfg.diffusion.objective != "flow" and e.steps > cfg.diffusion.num_timesteps
+    ):  # flow's time is continuous
+        raise ConfigError(
+            f"eval.steps: {e.steps} sampler steps exceed the {cfg.diffusion.num_timesteps} trained timesteps "
+            f"(diffusion.num_timesteps); use 1..{cfg.diffusion.num_timesteps}{off}"
+        )
+    if e.batch_size < 1:
+        raise ConfigError(
+            f"eval.batch_size: must be >= 1 when eval.eval_every > 0 (the sampling batch), got {e.batch_size}"
+            f"{off}"
+        )
+    reference = e.reference or default_reference(data)
+    if reference is None:
+        return
     names = run_metrics(cfg, reference)
     try:
         check_metrics(names, reference)

@@ -8,6 +8,7 @@ from ..config import TrainConfig
 from ..configio import ConfigError
 from ..spec import resolve_budget_steps, train_flops_per_image
 from .evaluation import check_evaluation
+from .validation import check_validation
 
 __all__ = ["resolve_config"]
 
@@ -15,7 +16,8 @@ __all__ = ["resolve_config"]
 def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
     """Fill the model's open fields from ``dataset`` and the diffusion, and the budget's step count
     (``budget.max_steps``) and planned FLOPs (``budget.train_flops``); see `ModelConfig.resolve`.
-    The sample-evaluation settings are checked here, before training (`check_evaluation`)."""
+    The validation and sample-evaluation settings are checked here, before training
+    (`check_validation`, `check_evaluation`)."""
     needs_sigma = cfg.diffusion.model_learns_sigma
     if cfg.model.learn_sigma is not None and cfg.model.learn_sigma != needs_sigma:
         raise ConfigError(
@@ -42,5 +44,6 @@ def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
         flops = float(steps * cfg.budget.global_batch_size * fpi)
     budget = dataclasses.replace(cfg.budget, max_steps=steps, train_flops=flops)
     resolved = dataclasses.replace(cfg, model=model, budget=budget)
+    check_validation(resolved)
     check_evaluation(resolved)
     return resolved

@@ -16,7 +16,25 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import build_dataset
 
-__all__ = ["Validator"]
+__all__ = ["Validator", "check_validation"]
+
+
+def check_validation(cfg: TrainConfig) -> None:
+    """ConfigError, before training, for validation settings that would fail or log a NaN loss once
+    the run has started: ``eval.val_examples`` 0 (nothing to average) or a negative ``eval.val_seed``."""
+    from ..configio import ConfigError
+
+    e = cfg.eval
+    if not e.val_every:
+        return
+    off = "; or set eval.val_every=0 to train without a validation loss"
+    if e.val_examples < 1:
+        raise ConfigError(
+            f"eval.val_examples: must be >= 1 when eval.val_every > 0 (the loss is a mean over them), "
+            f"got {e.val_examples}{off}"
+        )
+    if e.val_seed < 0:
+        raise ConfigError(f"eval.val_seed: must be >= 0, got {e.val_seed}{off}")
 
 
 class Validator:
