@@ -144,8 +144,19 @@ def executor_tags(env: dict[str, str] | None = None) -> dict[str, str]:
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 
+def sqlite_artifact_location(uri: str) -> str | None:
+    """``<the store's folder>/mlruns`` (a file URI) for a ``sqlite:///FILE`` store, where MLflow would put
+    a new experiment's artifacts in ``./mlruns`` of whatever folder the command ran in; None for other
+    stores (a server decides for itself)."""
+    m = re.match(r"sqlite(\+\w+)?:///([^?]+)", uri or "")
+    if m is None or m.group(2) == ":memory:":
+        return None
+    return (Path(unquote(m.group(2))).resolve().parent / "mlruns").as_uri()
+
+
 def get_or_create_experiment(client, name: str) -> str:
-    """Id of experiment `name`, created (tagged as a model-training experiment) if missing.
+    """Id of experiment `name`, created (tagged as a model-training experiment; a sqlite store's
+    artifacts beside its file, `sqlite_artifact_location`) if missing.
 
     Safe against a concurrent job creating it at the same time."""
     from mlflow.exceptions import MlflowException
@@ -154,7 +165,8 @@ def get_or_create_experiment(client, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND_TAG]))
+        where = sqlite_artifact_location(client.tracking_uri)
+        return client.create_experiment(name, artifact_location=where, tags=dict([EXPERIMENT_KIND_TAG]))
     except MlflowException:  # created meanwhile by another launcher or job
         exp = client.get_experiment_by_name(name)
         if exp is None:

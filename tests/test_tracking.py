@@ -155,3 +155,22 @@ def test_check_tracking_server_lets_creators_start_a_new_sqlite_store(tmp_path):
         with pytest.raises(ValueError, match=re.escape(phrase)):
             check_sqlite_store(f"sqlite:///{tmp_path / name}", missing="no store")
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_new_experiments_artifacts_go_beside_the_sqlite_store_not_into_the_working_folder(
+    tmp_path, monkeypatch
+):
+    """MLflow puts a new experiment's artifacts in ``./mlruns`` of the folder the command runs in, so
+    ``--tracking-uri sqlite:////abs/store.db`` run from elsewhere scattered them there."""
+    from dit_core.tracking import get_or_create_experiment
+
+    store, work = tmp_path / "store", tmp_path / "work"
+    store.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp_id = get_or_create_experiment(client, "exp")
+    assert client.get_experiment(exp_id).artifact_location == (store / "mlruns").as_uri()
+    run = client.create_run(exp_id)
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    assert (store / "mlruns").is_dir() and not (work / "mlruns").exists()
