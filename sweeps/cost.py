@@ -44,6 +44,8 @@ DEVICES = {
 #: MFU assumed when none is given: not measured by this project (no GPU was lent to its CI);
 #: `bash benchmarks/gpu_check.sh` prints the MFU of DiT-XL/2 on the machine it runs on.
 DEFAULT_MFU = 0.40
+#: The accelerator a dry run prices the study on when none is given (``--device``).
+DEFAULT_DEVICE = "H100"
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def estimate(
     cells: Sequence[Cell],
     eval_flops: dict[str, float] | None = None,
     *,
-    device_name: str = "H100",
+    device_name: str = DEFAULT_DEVICE,
     mfu: float = DEFAULT_MFU,
     gpus_per_cell: int = 1,
 ) -> StudyCost:

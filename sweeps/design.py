@@ -511,6 +511,8 @@ def launch_adaptive(
 
     if spec.design != "adaptive":
         raise ValueError(f"launch_adaptive needs design 'adaptive', got {spec.design!r}")
+    if twice := spec.listed_twice():  # as `sweeps.grid.expand` refuses them: never deduplicated
+        raise ValueError(f"{', '.join(twice)} listed more than once; list each once")
     if len(spec.patch_sizes) != 1:
         raise ValueError(
             "the adaptive design refits one N_opt(C) law: give one patch size (--patch 2), "

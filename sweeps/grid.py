@@ -222,13 +222,24 @@ class SweepSpec:
                 raise ValueError(f"isoflop_centres: {b!r}: {n!r} must map a budget to a size > 0")
 
     def models(self) -> list[ModelShape]:
-        """The model axis: the (scaled) families, then the custom shapes."""
+        """The model axis: the (scaled) families, then the custom shapes, as listed (a model listed
+        twice is there twice: `expand` refuses it, naming it)."""
         out = [family_shape(f, self.scale) for f in self.families]
-        out += [custom_shape(*s) for s in self.shapes]
-        seen: dict[str, ModelShape] = {}
-        for m in out:
-            seen.setdefault(m.name, m)
-        return list(seen.values())
+        return out + [custom_shape(*s) for s in self.shapes]
+
+    def listed_twice(self) -> list[str]:
+        """The values the sweep's axes list more than once (a family, case-insensitive, a shape, a
+        patch size, a budget), each named with its flag; empty when each is listed once."""
+        axes = (
+            ("model", "--grid/--shapes", [m.name for m in self.models()], str),
+            ("patch size", "--patch", self.patch_sizes, str),
+            ("budget", "--budgets", self.budgets, format_budget),  # equal values; near ones: `expand`
+        )
+        out = []
+        for what, flag, values, show in axes:
+            twice = dict.fromkeys(v for i, v in enumerate(values) if v in values[:i])
+            out += [f"{what} {show(v)} ({flag})" for v in twice]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -311,6 +322,9 @@ def expand(spec: SweepSpec) -> list[Cell]:
     once per seed of ``spec.seeds``, seeds next to each other. Seed 0 keeps the plain cell id, so
     adding seeds to a sweep reuses the cells it has run."""
     spec.validate()
+    twice = spec.listed_twice()  # an error, never deduplicated: the command line says something else
+    if twice and spec.design != "grid":
+        raise ValueError(f"{', '.join(twice)} listed more than once; list each once")
     if spec.design in ("isoflop", "adaptive"):
         from sweeps.design import design_cells
 
@@ -319,10 +333,8 @@ def expand(spec: SweepSpec) -> list[Cell]:
         cells = _grid_cells(spec)
     ids = [c.cell_id for c in cells]
     if repeated := sorted({i for i in ids if ids.count(i) > 1}):
-        raise ValueError(
-            f"cells {', '.join(repeated)} appear more than once: a patch size, family or shape listed twice, "
-            "or budgets equal to 4 digits (cell ids keep 4); list each once"
-        )
+        why = f"{', '.join(twice)} listed twice" if twice else "budgets equal to 4 digits (cell ids keep 4)"
+        raise ValueError(f"cells {', '.join(repeated)} appear more than once: {why}; list each once")
     return [
         dataclasses.replace(c, seed=s, cell_id=c.cell_id + (f"-s{s}" if s else ""))
         for c in cells
@@ -360,7 +372,7 @@ def _grid_rows(spec: SweepSpec) -> list[tuple[float, list[Cell]]]:
     """Per budget (ascending), every model x patch size of a ``grid`` design, before ``min_steps``."""
     return [
         (b, [make_cell(spec, m, p, b) for m in spec.models() for p in spec.patch_sizes])
-        for b in sorted(set(spec.budgets))
+        for b in sorted(spec.budgets)  # a budget listed twice gives its cells twice: `expand` refuses them
     ]
 
 

@@ -9,6 +9,8 @@ Exit status: 0 all cells finished, 1 some failed, 2 bad input (nothing submitted
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import logging
 import sys
 from collections import Counter
@@ -16,10 +18,11 @@ from pathlib import Path
 
 from dit_core.configio import join_negative_values, parse_scalar
 from dit_core.tracking import check_tracking_server
-from sweeps.cost import DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
+from sweeps.cost import DEFAULT_DEVICE, DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
 from sweeps.executor import resolve_executor_kind
 from sweeps.grid import (
+    ExecutorSpec,
     SweepSpec,
     expand,
     format_budget,
@@ -57,6 +60,28 @@ def _shape(text: str) -> list[int]:
     return [d, w, h]
 
 
+def field_default(key: str):
+    """The dataclass default of a sweep YAML key (``batch_size``, ``executor.timeout_min``): the value a
+    flag left out takes where the config leaves the key out too."""
+    cls, name = (ExecutorSpec, key.split(".", 1)[1]) if key.startswith("executor.") else (SweepSpec, key)
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _config_default(key: str) -> str:
+    """Help text for a flag that overrides the YAML key ``key``: where its default comes from."""
+    value = field_default(key)
+    return (
+        f"(default: the config's {key}, else {value:g})"
+        if isinstance(value, float)
+        else (f"(default: the config's {key}, else {value})")
+    )
+
+
+#: Seconds between progress updates when --poll is not given: `sweeps.runner.launch`'s own default.
+DEFAULT_POLL_S = inspect.signature(launch).parameters["poll_s"].default
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with errors raised as ValueError (so `main` prints them like every other bad input)."""
 
@@ -70,17 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a grid of DiT shapes x patch sizes x compute budgets, one job per cell "
         "(SLURM or local, via submitit), logged to MLflow. Subcommands: run (default), status.",
     )
-    p.add_argument("command", nargs="?", choices=["run", "status"], default="run")
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=["run", "status"],
+        default="run",
+        help="run: launch the sweep's cells (finished and live ones are skipped); status: print its table "
+        "and submit nothing (default: %(default)s)",
+    )
     g = p.add_argument_group("sweep")
     g.add_argument(
         "-c", "--config", help="sweep YAML or a bundled name (demo, digits, imagenet256); default demo"
     )
-    g.add_argument("--name", help="sweep id (MLflow tag `sweep`, folder <output-dir>/<name>)")
-    g.add_argument("--experiment", help="MLflow experiment")
+    g.add_argument(
+        "--name", help=f"sweep id (MLflow tag `sweep`, folder <output-dir>/<name>) {_config_default('name')}"
+    )
+    g.add_argument("--experiment", help=f"MLflow experiment {_config_default('experiment')}")
     g.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     )
-    g.add_argument("--output-dir", help="folder for checkpoints and job logs (default sweep_runs)")
+    g.add_argument(
+        "--output-dir", help=f"folder for checkpoints and job logs {_config_default('output_dir')}"
+    )
     g.add_argument("--grid", type=_csv(str), help="model families, e.g. S,B,L,XL")
     g.add_argument("--patch", type=_csv(int), help="patch sizes, e.g. 2,4,8")
     g.add_argument("--shapes", type=_csv(_shape), help="custom DEPTHxWIDTHxHEADS shapes, e.g. 4x64x4,6x96x6")
@@ -112,22 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--sizes-per-budget",
         type=int,
         metavar="K",
-        help="isoflop/adaptive: model sizes per budget (default 5, at least 3)",
+        help=f"isoflop/adaptive: model sizes per budget, at least 3 {_config_default('sizes_per_budget')}",
     )
     g.add_argument(
         "--spread",
         type=float,
         dest="size_spread",
         metavar="F",
-        help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, log-spaced "
-        "(default 4: 1/4, 1/2, 1, 2, 4 x N_opt with 5 sizes)",
+        help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, log-spaced (4 with 5 sizes: 1/4, 1/2, 1, 2, "
+        f"4 x N_opt) {_config_default('size_spread')}",
     )
     g.add_argument(
         "--tokens-per-param",
         type=float,
         metavar="R",
         help="isoflop/adaptive prior: training tokens (images x patches per image) per parameter at the "
-        "optimum (default 20, Chinchilla's ratio; Hoffmann et al. 2022)",
+        f"optimum; 20 is Chinchilla's ratio, Hoffmann et al. 2022 {_config_default('tokens_per_param')}",
     )
     g.add_argument(
         "--prior",
@@ -141,10 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     g.add_argument(
         "--max-steps", type=int,
-        help="isoflop/adaptive: most steps a proposed size may have (default 100000); refused for grid, "
-        "whose cells' steps follow from --budgets",
+        help="isoflop/adaptive: most steps a proposed size may have "
+        f"{_config_default('isoflop_max_steps')}; refused for grid, whose cells' steps follow from --budgets",
     )  # fmt: skip
-    g.add_argument("--batch-size", type=int, help="global batch size")
+    g.add_argument("--batch-size", type=int, help=f"global batch size {_config_default('batch_size')}")
     g.add_argument(
         "--set",
         action="append",
@@ -165,44 +201,67 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks-per-node", type=int, help="processes per node (one per GPU)")
     e.add_argument("--cpus-per-task", type=int, help="SLURM: CPU cores per process")
     e.add_argument("--mem-gb", type=float, help="memory per node in GB (SLURM --mem)")
-    e.add_argument("--time", type=int, dest="timeout_min", help="time limit per job in minutes")
+    e.add_argument(
+        "--time",
+        type=int,
+        dest="timeout_min",
+        help=f"time limit per job in minutes {_config_default('executor.timeout_min')}",
+    )
     e.add_argument("--array-parallelism", type=int, help="SLURM: array tasks running at once")
-    e.add_argument("--parallel", type=int, dest="local_parallelism", help="local: cells running at once")
+    e.add_argument(
+        "--parallel",
+        type=int,
+        dest="local_parallelism",
+        help=f"local: cells running at once {_config_default('executor.local_parallelism')}",
+    )
     e.add_argument(
         "--no-warm", action="store_const", const=False, dest="local_warm",
         help="local: a fresh python per cell instead of forking cells from one warm worker",
     )  # fmt: skip
     e.add_argument(
-        "--signal-delay", type=int, dest="signal_delay_s", help="USR2 this many s before the limit"
+        "--signal-delay",
+        type=int,
+        dest="signal_delay_s",
+        help=f"USR2 this many s before the limit {_config_default('executor.signal_delay_s')}",
     )
     e.add_argument(
         "--sbatch", action="append", metavar="FLAG", help="extra sbatch flag, e.g. --sbatch=--qos=high"
     )
     e.add_argument("--setup", action="append", metavar="CMD", help="shell line run before each job")
-    e.add_argument("--max-retries", type=int, help="resubmissions of a failed cell on relaunch")
+    e.add_argument(
+        "--max-retries",
+        type=int,
+        help=f"resubmissions of a failed cell on relaunch {_config_default('executor.max_retries')}",
+    )
     r = p.add_argument_group("run")
     r.add_argument(
         "--dry-run", action="store_true", help="print the cells and the study's bill; submit nothing"
     )
     r.add_argument(
         "--device",
-        default="H100",
+        default=DEFAULT_DEVICE,
         type=str.upper,
         choices=sorted(DEVICES),
-        help="accelerator the dry run prices the study on (its dense bf16 peak)",
+        help="accelerator the dry run prices the study on (its dense bf16 peak; default: %(default)s)",
     )
     r.add_argument(
         "--mfu",
         type=float,
         default=DEFAULT_MFU,
-        help="model FLOPs utilisation assumed for the bill (measure it: bash benchmarks/gpu_check.sh)",
+        help="model FLOPs utilisation assumed for the bill (measure it: bash benchmarks/gpu_check.sh; "
+        "default: %(default)g)",
     )
     r.add_argument(
         "--no-wait",
         action="store_true",
         help="submit and return: the SLURM jobs, or the local warm worker, go on; see `status` later",
     )
-    r.add_argument("--poll", type=float, default=2.0, help="seconds between progress updates")
+    r.add_argument(
+        "--poll",
+        type=float,
+        default=DEFAULT_POLL_S,
+        help="seconds between progress updates (default: %(default)g)",
+    )
     r.add_argument(
         "-v", "--verbose", action="store_true", help="log the launcher's steps (INFO), not only warnings"
     )
@@ -442,6 +501,10 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         check_trainer(spec.trainer, tasks)  # the --set overrides become every cell's TrainConfig, or an error
         name = spec.executor.name  # a dry run prices a SLURM study where no cluster answers
         check_executor(spec, "slurm" if name == "slurm" else resolve_executor_kind(name))
+        evals = {c.cell_id: cell_eval_flops(c, t.overrides) for c, t in zip(cells, tasks)}
+        gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
+        # priced before anything is printed: a bad --mfu or --device is an error, not a table then an error
+        bill = estimate(cells, evals, device_name=args.device, mfu=args.mfu, gpus_per_cell=gpus).summary()
         print(
             f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
             f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
@@ -450,10 +513,8 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(cells_table(cells))
         for line in _design_lines(spec):
             print(line)
-        evals = {c.cell_id: cell_eval_flops(c, t.overrides) for c, t in zip(cells, tasks)}
-        gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
         print()
-        print(estimate(cells, evals, device_name=args.device, mfu=args.mfu, gpus_per_cell=gpus).summary())
+        print(bill)
         if note:
             print(note)
         print("dry run: nothing submitted")
@@ -468,7 +529,8 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         f"{len(pl.exhausted)} out of retries"
     )
     if not res.waited:
-        print(f"jobs: {', '.join(f'{c}={j}' for c, j in res.job_ids.items())}")
+        if res.job_ids:  # a relaunch with nothing to submit has no jobs to list
+            print(f"jobs: {', '.join(f'{c}={j}' for c, j in res.job_ids.items())}")
         print(f"watch with: python sweeps/launch.py status {_sweep_args(args)}".rstrip())
         return 0
     code = cmd_status(spec)
@@ -530,6 +592,25 @@ def _sweep_args(args: argparse.Namespace) -> str:
     return " ".join(f"--{f.replace('_', '-')} {getattr(args, f)}" for f in flags if getattr(args, f))
 
 
+#: Options of the "executor" and "run" groups that `status` takes: how much it logs.
+_STATUS_RUN_OPTIONS = ("verbose",)
+
+
+def check_status_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse `status` with an option that only a launch uses (where and how cells run, the dry run's
+    bill, waiting): status reads the sweep's record and runs, so the option would be ignored silently."""
+    for group in parser._action_groups:
+        if group.title not in ("executor", "run"):
+            continue
+        for action in group._group_actions:
+            if action.dest in _STATUS_RUN_OPTIONS or getattr(args, action.dest) == action.default:
+                continue
+            flag = max(action.option_strings, key=len)
+            raise ValueError(
+                f"status only reads; {flag} applies to a launch (`python sweeps/launch.py run ...`): drop it"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -541,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        if args.command == "status":
+            check_status_args(parser, args)
         spec = spec_from_args(args)
         if args.command == "status":
             launched = read_spec_record(sweep_dir(spec))

@@ -249,20 +249,30 @@ def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any], c
 
 def check_cell_folder(sweep: str, st: CellState, run_dir: str | Path, experiment: str, uri: str) -> None:
     """Refuse a cell whose run folder and MLflow record do not belong together: a folder that names
-    a run this experiment does not hold (relaunched with another --experiment or --tracking-uri),
-    or an unfinished run that trains in another folder that still exists (another --output-dir):
-    going on would start a second run of the cell, or train one run from two folders."""
+    a run this experiment does not hold (relaunched with another --experiment or --tracking-uri; or the
+    run was deleted, into MLflow's trash: the message says so and how to restore it), or an unfinished
+    run that trains in another folder that still exists (another --output-dir): going on would start
+    a second run of the cell, or train one run from two folders."""
     run_dir = Path(run_dir)
     if st.run_id is None:
         saved = run_dir / RUN_ID_FILE
         other = saved.read_text().strip() if saved.is_file() else ""
-        if other:
+        if not other:
+            return
+        where = f"cell {st.cell_id} of sweep {sweep!r}: its folder {run_dir} belongs to MLflow run {other}"
+        run = _stored_run(uri, other)
+        if run is not None and run.info.lifecycle_stage == "deleted":
             raise ValueError(
-                f"cell {st.cell_id} of sweep {sweep!r}: its folder {run_dir} belongs to MLflow run {other}, "
-                f"which experiment {experiment!r} at {uri} does not hold; relaunch with the --experiment "
-                "and --tracking-uri the sweep was launched with, or delete that folder to start the cell over"
+                f"{where}, which was deleted (lifecycle_stage 'deleted', in MLflow's trash) at {uri}; "
+                f"restore it to continue the cell (`MLFLOW_TRACKING_URI={uri} mlflow runs restore --run-id "
+                f"{other}`), or delete the folder {run_dir} to start the cell over (`mlflow gc "
+                f"--backend-store-uri {uri} --run-ids {other}` then purges the deleted run)"
             )
-        return
+        raise ValueError(
+            f"{where}, which experiment {experiment!r} at {uri} does not hold; relaunch with the "
+            "--experiment and --tracking-uri the sweep was launched with, or delete that folder to start "
+            "the cell over"
+        )
     old = st.params.get("out")
     if st.state != "finished" and old and Path(old) != run_dir and Path(old).is_dir():
         raise ValueError(
@@ -270,6 +280,18 @@ def check_cell_folder(sweep: str, st: CellState, run_dir: str | Path, experiment
             f"{run_dir}; relaunch with --output-dir {Path(old).parents[2]}, or start a new sweep with "
             "--name NEW"
         )
+
+
+def _stored_run(uri: str, run_id: str) -> Any | None:
+    """The run ``run_id`` of the store at ``uri`` in any lifecycle stage (`read_runs` sees active runs
+    only), or None where the store has no such run."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        return None
 
 
 #: Runs per ``search_runs`` request (MLflow's default page; its maximum is 50,000).

@@ -53,7 +53,9 @@ def _run_model_name(params: dict[str, str]) -> str:
 
 
 def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
-    """cell | model | state | step | train loss | val loss | FID | attempts | job | run."""
+    """cell | model | state | step | train loss | val loss | FID | tries | job | run; tries are
+    `CellState.tries`: submissions less those a Ctrl-C of their launcher stopped (what --max-retries
+    counts)."""
     header = ["cell", "model", "state", "step", "train loss", "val loss", "FID", "tries", "job", "run"]
     rows = []
     for s in states:
@@ -70,7 +72,7 @@ def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
                 "-" if s.loss is None else f"{s.loss:.4f}",
                 "-" if s.val_loss is None else f"{s.val_loss:.4f}",
                 "-" if s.fid is None else f"{s.fid:.2f}",
-                str(s.attempts),
+                str(s.tries),
                 s.job_id or "-",
                 (s.run_id or "-")[:8],
             ]

@@ -109,3 +109,185 @@ def test_status_of_a_sweep_whose_folder_is_elsewhere_shows_its_runs_not_the_demo
     assert "S-2-3e9" in out and "1 finished" in out
     assert f"no folder {launched / 'elsewhere' / 'rv'}" in out
     assert f"--output-dir {Path(launched / 'a' / 'sweep_runs')}" in out
+
+
+def test_relaunch_of_a_cell_whose_run_was_deleted_says_deleted_and_how_to_restore(
+    tmp_path, monkeypatch, capsys
+):
+    """A cell whose MLflow run is in the trash (`MlflowClient.delete_run`): the relaunch said the
+    experiment "does not hold" the run and suggested another --experiment / --tracking-uri."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rv.yaml").write_text(YAML)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["-c", "rv.yaml", "--executor", "debug", "--tracking-uri", uri]
+    code, _, err = _main(argv, capsys)
+    assert code == 0, err
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("review").experiment_id])
+    run_id = run.info.run_id
+    client.delete_run(run_id)
+    code, out, err = _main(argv, capsys)
+    assert code == 2
+    assert f"belongs to MLflow run {run_id}, which was deleted (lifecycle_stage 'deleted'" in err
+    assert f"mlflow runs restore --run-id {run_id}" in err and "mlflow gc" in err
+    assert f"delete the folder {tmp_path / 'sweep_runs' / 'rv' / 'cells' / 'S-2-3e9'}" in err
+    assert "does not hold" not in err and "--experiment" not in err
+    client.restore_run(run_id)  # the fix the message names: the relaunch finds the finished cell
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    assert "0 submitted, 1 already finished" in out
+
+
+def _dataclass_default(key: str):
+    import dataclasses
+
+    from sweeps.grid import ExecutorSpec, SweepSpec
+
+    cls, name = (ExecutorSpec, key[len("executor.") :]) if key.startswith("executor.") else (SweepSpec, key)
+    (f,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def test_help_states_each_default_as_the_dataclasses_and_the_parser_hold_it(monkeypatch):
+    """`--help` gave no default for --poll, --parallel, --max-retries, --time, --signal-delay, --device,
+    --mfu, --name, --experiment, --batch-size, and no help for the run/status positional. Each stated
+    default is read back from the help and compared with the `SweepSpec`/`ExecutorSpec` field (or the
+    parser's own default), so a default changed without its help, or a help number copied wrong, fails."""
+    import inspect
+    import re
+
+    from sweeps.cost import DEFAULT_MFU, estimate
+    from sweeps.runner import launch
+
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per option: no hyphenated value is wrapped
+    parser = cli.build_parser()
+    text = parser.format_help()
+    options = {}  # flag -> its help text (an option's entry: its line and the more indented ones after it)
+    for m in re.finditer(r"^  (?:-\w, )?(--[\w-]+|\{run,status\})(.*(?:\n {5,}.*)*)", text, re.M):
+        options[m.group(1)] = " ".join(m.group(2).split())
+    stated = {}
+    for flag, help_ in options.items():
+        if m := re.search(r"\(default: the config's ([\w.]+), else ([^)]+)\)", help_):
+            value = _dataclass_default(m.group(1))
+            assert m.group(2) == (f"{value:g}" if isinstance(value, float) else str(value)), flag
+            stated[flag] = m.group(1)
+    expected = {
+        "--parallel": "executor.local_parallelism", "--max-retries": "executor.max_retries",
+        "--time": "executor.timeout_min", "--signal-delay": "executor.signal_delay_s", "--name": "name",
+        "--experiment": "experiment", "--batch-size": "batch_size", "--output-dir": "output_dir",
+        "--sizes-per-budget": "sizes_per_budget", "--spread": "size_spread",
+        "--tokens-per-param": "tokens_per_param", "--max-steps": "isoflop_max_steps",
+    }  # fmt: skip
+    assert {f: stated.get(f) for f in expected} == expected
+    # and each flag sets the field its help names
+    dests = {a.option_strings[-1]: a.dest for a in parser._actions if a.option_strings}
+    for flag, key in expected.items():
+        field = cli._RENAMED.get(dests[flag], dests[flag])
+        assert field == key.removeprefix("executor."), flag
+    # the run-only flags whose default lives in the parser: stated as the parser holds it, from its source
+    truth = {
+        "--poll": inspect.signature(launch).parameters["poll_s"].default,
+        "--mfu": DEFAULT_MFU,
+        "--device": inspect.signature(estimate).parameters["device_name"].default,
+    }
+    for flag, value in truth.items():
+        m = re.search(r"default: ([^);]+)\)", options[flag])
+        assert m, flag
+        assert parser.get_default(dests[flag]) == value
+        assert m.group(1) == (f"{value:g}" if isinstance(value, float) else value), flag
+    assert "status" in options["{run,status}"] and "(default: run)" in options["{run,status}"]
+
+
+def test_a_bad_mfu_is_an_error_before_the_dry_run_prints_its_cells(tmp_path, monkeypatch, capsys):
+    """`--mfu 0 --dry-run` printed the whole cell table, then its error."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _main(["--grid", "S", "--budgets", "1e11", "--mfu", "0", "--dry-run"], capsys)
+    assert code == 2 and "--mfu 0.0 must be in (0, 1]" in err
+    assert out == ""
+
+
+def test_a_no_wait_relaunch_that_submits_nothing_prints_no_empty_jobs_line(tmp_path, monkeypatch, capsys):
+    """A `--no-wait` relaunch of a finished sweep printed ``jobs: `` with nothing after it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rv.yaml").write_text(YAML)
+    argv = ["-c", "rv.yaml", "--tracking-uri", "sqlite:///mlflow.db"]
+    code, _, err = _main(argv + ["--executor", "debug"], capsys)
+    assert code == 0, err
+    code, out, err = _main(argv + ["--executor", "local", "--no-warm", "--no-wait"], capsys)
+    assert code == 0, err
+    assert "0 submitted, 1 already finished" in out
+    assert "jobs:" not in out and "watch with: python sweeps/launch.py status" in out
+
+
+def test_status_tries_column_shows_tries_not_submissions_as_the_docs_define_them():
+    """The column headed ``tries`` showed ``attempts`` (submissions), counting those a Ctrl-C stopped,
+    which --max-retries does not count (`CellState.tries`)."""
+    from sweeps.state import CellState
+    from sweeps.table import status_table
+
+    st = CellState("c", "interrupted", attempts=3, interrupts=2)
+    header, _, row = status_table([st], {}).splitlines()
+    import re
+
+    columns = [re.split(r"\s{2,}", line.strip()) for line in (header, row)]
+    assert dict(zip(*columns))["tries"] == "1" == str(st.tries)
+    docs = " ".join((Path(__file__).parents[1] / "docs" / "sweeps.md").read_text().split())
+    assert "tries (`CellState.tries`: submissions, `attempts`, less those a Ctrl-C stopped" in docs
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["--dry-run"], "--dry-run"),
+        (["--executor", "local"], "--executor"),
+        (["--no-wait"], "--no-wait"),
+        (["--max-retries", "3"], "--max-retries"),
+        (["--mfu", "0.5"], "--mfu"),
+    ],
+)
+def test_status_refuses_the_flags_only_a_launch_uses(launched, monkeypatch, capsys, argv, phrase):
+    """`status --dry-run`, `status --executor local`, `status --no-wait` were accepted and ignored."""
+    monkeypatch.chdir(launched / "a")
+    code, out, err = _main(["status", "--name", "rv"] + argv, capsys)
+    assert code == 2 and out == ""
+    assert f"error: status only reads; {phrase} applies to a launch" in err
+
+
+def test_status_takes_verbose(launched, monkeypatch, capsys):
+    monkeypatch.chdir(launched / "a")
+    code, out, err = _main(["status", "--name", "rv", "-v"], capsys)
+    assert code == 0, err
+    assert "1 finished" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["--grid", "S,S"], "cells S-2-1e11 appear more than once: model S (--grid/--shapes) listed twice"),
+        (["--grid", "S,s"], "model S (--grid/--shapes) listed twice"),
+        (["--grid", "S", "--budgets", "1e11,1e11"], "cells S-2-1e11 appear more than once: budget 1e11"),
+        (["--grid", "S", "--patch", "2,2"], "cells S-2-1e11 appear more than once: patch size 2 (--patch)"),
+        (["--shapes", "4x64x4,4x64x4", "--budgets", "1e13"], "model d4w64h4 (--grid/--shapes) listed twice"),
+        (["--design", "isoflop", "--budgets", "1e11,1e11"], "budget 1e11 (--budgets) listed more than once"),
+    ],
+)
+def test_a_value_listed_twice_is_an_error_naming_it_never_deduplicated(
+    tmp_path, monkeypatch, capsys, argv, phrase
+):
+    """`--grid S,S` and `--budgets 1e11,1e11` were silently deduplicated, while `--patch 2,2` was an
+    error whose message said a family listed twice is one too."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _main(argv + ["--budgets", "1e11"] * ("--budgets" not in argv) + ["--dry-run"], capsys)
+    assert code == 2 and out == ""
+    assert phrase in err and "list each once" in err
+
+
+def test_an_adaptive_launch_refuses_a_budget_listed_twice(tmp_path):
+    from sweeps.design import launch_adaptive
+    from sweeps.grid import SweepSpec
+
+    spec = SweepSpec(design="adaptive", budgets=[1e11, 1e11], output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"budget 1e11 \(--budgets\) listed more than once"):
+        launch_adaptive(spec)
