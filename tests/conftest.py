@@ -42,6 +42,12 @@ def _isolated_mlflow(session_mlflow_dir, monkeypatch):
     # (MLflow's own variable, read when a client store is created); keep them out of the checkout.
     monkeypatch.setenv("_MLFLOW_SERVER_ARTIFACT_ROOT", str(session_mlflow_dir / "artifacts"))
     yield
+    # a trainer run in this process (the sweeps' debug executor, the stand-in trainer) may have called
+    # mlflow.set_tracking_uri: that global outranks MLFLOW_TRACKING_URI, so a later test's MlflowClient()
+    # would read this test's store while its subprocesses write the session's
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and getattr(utils, "_tracking_uri", None) is not None:
+        sys.modules["mlflow"].set_tracking_uri(None)  # unsets the variable too: monkeypatch restores it
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from _train_helpers import one_thread
 
 from dit_core.checkpoint import save_checkpoint
 from dit_core.config import EvalConfig, ModelConfig, TrainConfig
@@ -18,7 +19,6 @@ from dit_core.evaluate.metrics import METRICS
 from dit_core.models import DiT
 from dit_core.trainer.cli import main as train_main
 from dit_core.trainer.evaluation import clip_denoised, run_metrics
-from tests._train_helpers import one_thread
 
 TINY = ["--model", "none", "--depth", "1", "--width", "16", "--heads", "2", "--patch-size", "4",
         "--data", "digits", "--image-size", "16", "--global-batch-size", "4",
