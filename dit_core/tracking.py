@@ -148,10 +148,15 @@ def sqlite_artifact_location(uri: str) -> str | None:
     """``<the store's folder>/mlruns`` (a file URI) for a ``sqlite:///FILE`` store, where MLflow would put
     a new experiment's artifacts in ``./mlruns`` of whatever folder the command ran in; None for other
     stores (a server decides for itself)."""
+    path = sqlite_store_path(uri)
+    return None if path is None else (path.resolve().parent / "mlruns").as_uri()
+
+
+def sqlite_store_path(uri: str | None) -> Path | None:
+    """FILE of a ``sqlite:///FILE`` (or ``sqlite+driver:///FILE``) URI, without its ``?options``; None for
+    other stores and in-memory databases."""
     m = re.match(r"sqlite(\+\w+)?:///([^?]+)", uri or "")
-    if m is None or m.group(2) == ":memory:":
-        return None
-    return (Path(unquote(m.group(2))).resolve().parent / "mlruns").as_uri()
+    return None if m is None or m.group(2) == ":memory:" else Path(unquote(m.group(2)))
 
 
 def get_or_create_experiment(client, name: str) -> str:
@@ -535,10 +540,9 @@ def check_sqlite_store(uri: str, *, missing: str | None = None) -> None:
     a database without tables is a new store. Else (a reader) each of those is refused, ``missing``
     being the message for a missing file: MLflow would create an empty store just to look. Other
     URIs are not checked here."""
-    m = re.match(r"sqlite(\+\w+)?:///(.+)$", uri)
-    if m is None:
+    path = sqlite_store_path(uri)
+    if path is None:
         return
-    path = Path(unquote(m.group(2).split("?", 1)[0]))
     instead = "give the MLflow store's database, e.g. --tracking-uri sqlite:///path/to/mlflow.db"
     if not path.exists():
         if missing is None:
