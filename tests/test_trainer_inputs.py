@@ -11,11 +11,11 @@ import sys
 
 import pytest
 import torch
+from _train_helpers import one_thread
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint
 from dit_core.evaluate.features import WEIGHTS_ENV, known_without_logits, resolve_inception_weights
 from dit_core.trainer.cli import main
-from tests._train_helpers import one_thread
 
 TINY = ["--model", "none", "--depth", "2", "--width", "16", "--heads", "2", "--patch-size", "2",
         "--data", "digits", "--image-size", "16", "--global-batch-size", "8",
