@@ -53,11 +53,13 @@ def _flops(text: str) -> float:
     return value
 
 
-def _config_flag(p: argparse.ArgumentParser, flag: str, help: str, field: str | None = None) -> None:
+def _config_flag(p: argparse.ArgumentParser, flag: str, help: str, field: str | None = None, **kw) -> None:
     """Add ``flag`` for an `AnalysisConfig` field (``field``, else the flag's name), with the field's
-    default and type; ``%(default)s`` in ``help`` prints the default."""
+    default and type (a bool field: a switch that sets it); ``%(default)s`` in ``help`` prints the
+    default; ``kw`` go to `add_argument` (choices, metavar)."""
     default = getattr(_DEFAULTS, field or flag.removeprefix("--").replace("-", "_"))
-    p.add_argument(flag, type=type(default), default=default, help=help)
+    kw |= {"action": "store_true"} if isinstance(default, bool) else {"type": type(default)}
+    p.add_argument(flag, default=default, help=help, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,32 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="refit without each run in turn and report how far N_opt, the expected loss, the exponents "
         "and the holdout error move, and which run moves them most (at the first --predict budget)",
     )
-    p.add_argument(
+    _config_flag(
+        p,
         "--data-axis",
+        "D in images, or in tokens = images x (model.input_size / model.patch_size)^2 (default %(default)s)",
         choices=DATA_AXES,
-        default="images",
-        help="D in images, or in tokens = images x (model.input_size / model.patch_size)^2 (default images)",
     )
-    p.add_argument(
+    _config_flag(
+        p,
         "--params",
+        "N = all trainable parameters, or non-embedding ones (param model.params_non_embedding; "
+        "Kaplan et al. 2020) (default %(default)s)",
         choices=PARAM_AXES,
-        default="total",
-        help="N = all trainable parameters, or non-embedding ones (param model.params_non_embedding; "
-        "Kaplan et al. 2020) (default total)",
     )
-    p.add_argument(
+    _config_flag(
+        p,
         "--effective-data",
-        action="store_true",
-        help="use Muennighoff et al. 2023's effective data D' for repeated images (needs data/unique_images)",
+        "use Muennighoff et al. 2023's effective data D' for repeated images (needs data/unique_images)",
     )
     p.add_argument("--r-star", type=float, help="R* of D' (implies --effective-data; default: fitted)")
     _config_flag(
         p, "--min-steps", "drop runs that ended below this many optimizer steps (default %(default)s)"
     )
-    p.add_argument(
+    _config_flag(
+        p,
         "--all-points",
-        action="store_true",
-        help="use every intermediate point, also of cosine / constant_cooldown runs "
+        "use every intermediate point, also of cosine / constant_cooldown runs "
         "(default: their final point only)",
     )
     p.add_argument(
@@ -145,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_flag(p, "--seed", "seed of the resamples (default %(default)s)")
     _config_flag(p, "--delta", "Huber delta on log loss (default %(default)g, Hoffmann et al. 2022)")
-    p.add_argument(
-        "--drop-highest-loss", type=int, default=0, metavar="K", help="remove the K highest-loss points"
-    )
+    _config_flag(p, "--drop-highest-loss", "remove the K highest-loss points", metavar="K")
     p.add_argument("--outlier-sigma", type=float, help="remove points > S robust sigmas from a first fit")
     p.add_argument(
         "--flops-per-param-datum",

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.bootstrap import parallel_map
+from analysis.parametric import optimal_allocation
 from analysis.pipeline import (
     Analysis,
     AnalysisConfig,
@@ -41,7 +42,7 @@ def fit_summary(an: Analysis | None, compute: float, hold: HoldoutResult | None 
     out = dict.fromkeys(QUANTITIES, math.nan)
     pf = an.parametric if an is not None else None
     if pf is not None:
-        n, _, loss = (float(v) for v in pf.optimal_allocation(compute, an.flops_per_param_datum))
+        n, _, loss = (float(v) for v in optimal_allocation(pf.params, compute, an.flops_per_param_datum))
         out.update(n_opt=n, pred_loss=loss, alpha=pf.params["alpha"], beta=pf.params["beta"], a=pf.a)
     if hold is not None:
         out["holdout"] = hold.frontier_error

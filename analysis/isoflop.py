@@ -22,7 +22,7 @@ import pandas as pd
 from analysis.bootstrap import BootstrapResult, bootstrap_points
 from analysis.joint_isoflop import JointIsoFlop, d_at, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
-from analysis.status import CENSORED, NOT_IDENTIFIED, Status, flag_unresolved_exponent
+from analysis.status import CENSORED, Status, flag_bootstrapped_exponent, flag_unresolved_exponent
 
 log = logging.getLogger(__name__)
 
@@ -373,14 +373,15 @@ def fit_isoflop(
         fit.bootstrap = bootstrap_points(
             one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy(), desc="bootstrap IsoFLOP"
         )
-        what = f"the IsoFLOP N_opt exponent a = {fit.a:.3g}"
-        if fit.bootstrap.n_ok > 1:
-            flag_unresolved_exponent(status, what, fit.bootstrap.conf_int(0.95)["N_opt_exp"], 2)
-        else:  # nothing checked it, as with --bootstrap 0
-            got = "no bootstrap refit" if fit.bootstrap.n_ok == 0 else "only 1 bootstrap refit"
-            status.add(
-                NOT_IDENTIFIED,
-                f"{got} of the {n_bootstrap} resamples of runs had 3 usable budgets, so {what} has no "
-                "interval: whether it is resolved was not checked; add budgets or model sizes per budget",
-            )
+        what, fix = f"the IsoFLOP N_opt exponent a = {fit.a:.3g}", "add budgets or model sizes per budget"
+        flag_bootstrapped_exponent(
+            status,
+            what,
+            fit.bootstrap,
+            "N_opt_exp",
+            negate=False,
+            approach=2,
+            had="3 usable budgets",
+            fix=fix,
+        )
     return fit

@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points, parallel_map
-from analysis.status import NOT_IDENTIFIED, Status, flag_unresolved_exponent
+from analysis.status import NOT_IDENTIFIED, Status, flag_bootstrapped_exponent
 
 log = logging.getLogger(__name__)
 
@@ -387,18 +387,11 @@ def fit_frontier(
     fit = FrontierFit(fr, *laws, status=st)
     if n_bootstrap > 0 and len(fr):
         _bootstrap_frontier(fit, pts, y, n_bootstrap, seed, n_grid)
-        bs = fit.n_opt.bootstrap if fit.n_opt is not None else None
-        what = f"the frontier's N_opt exponent a = {fit.a:.3g}"
-        if bs is not None and bs.n_ok > 1:
-            lo, hi = bs.conf_int(level)["alpha"]
-            flag_unresolved_exponent(st, what, (-hi, -lo), 1, level)
-        elif bs is not None:  # nothing checked it, as with --bootstrap 0
-            got = "no bootstrap refit" if bs.n_ok == 0 else "only 1 bootstrap refit"
-            st.add(
-                NOT_IDENTIFIED,
-                f"{got} of the {n_bootstrap} resamples of runs had an N_opt(C) law (a frontier of at least "
-                f"3 points and 2 model sizes), so {what} has no interval: whether it is resolved was not "
-                "checked; add budgets or model sizes",
+        if fit.n_opt is not None:
+            had = "an N_opt(C) law (a frontier of at least 3 points and 2 model sizes)"
+            what, fix = f"the frontier's N_opt exponent a = {fit.a:.3g}", "add budgets or model sizes"
+            flag_bootstrapped_exponent(
+                st, what, fit.n_opt.bootstrap, "alpha", negate=True, approach=1, had=had, fix=fix, level=level
             )
     return fit
 

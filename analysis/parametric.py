@@ -228,7 +228,6 @@ class ParametricFit:
     stationarity: float
     config: ParametricConfig
     bootstrap: BootstrapResult | None = None
-    messages: list[str] = field(default_factory=list)
     at_bound: dict[str, bool] = field(default_factory=dict)
     e_at_floor: bool = False
     e_upper: float | None = None
@@ -260,14 +259,6 @@ class ParametricFit:
     def predict(self, n, d) -> np.ndarray:
         """Expected loss at N parameters and D data (arrays broadcast)."""
         return parametric_loss(self.params, n, d)
-
-    def optimal_allocation(self, compute, flops_per_param_datum: float = 6.0):
-        """(N_opt, D_opt, L_opt) minimising L subject to C = k N D (k = 6 for LMs).
-
-        Closed form (Hoffmann et al. eq. 4): G = (alpha A / (beta B))^(1/(alpha+beta)),
-        N_opt = G (C/k)^a, D_opt = (C/k) / N_opt.
-        """
-        return optimal_allocation(self.params, compute, flops_per_param_datum)
 
     @property
     def se(self) -> dict[str, float]:
@@ -319,34 +310,30 @@ class ParametricFit:
             "beta": ("D", "data D", "add budgets spanning at least 10x in D (longer runs of each model)"),
         }
         shares = self.bootstrap.share_at_bound() if self.bootstrap is not None else {}
-        tail, withheld = (1 - self.level) / 2, False
+        tail, withheld = (1 - self.level) / 2, []  # the reasons that withhold the allocation
         for k, (term, dep, fix) in what.items():
             v = self.params[k]
             lo, hi = ci.get(k, (v, v))
             share, gone = shares.get(f"{term}_term_vanished", 0.0), self.vanished.get(term)
             if gone or share > tail:
-                withheld = True
                 where = "in the fit" if gone else f"in {100 * share:.0f}% of the bootstrap refits"
-                st.add(
-                    NOT_IDENTIFIED,
+                withheld.append(
                     f"the {term} term ({'A/N^alpha' if term == 'N' else 'B/D^beta'}) vanished {where} "
                     f"(< 0.1% of every predicted loss): the loss's dependence on {dep} is not resolved, so "
-                    f"N_opt, a and b are withheld; {fix}",
+                    f"N_opt, a and b are withheld; {fix}"
                 )
             if min(v, lo) <= lo_b + 1e-6:
-                withheld = True
-                st.add(
-                    NOT_IDENTIFIED,
+                withheld.append(
                     f"{k}'s {pct} interval [{lo:.3g}, {hi:.3g}] includes 0 (estimate {v:.3g}): the loss's "
-                    f"dependence on {dep} is not resolved, so N_opt, a and b are withheld; {fix}",
+                    f"dependence on {dep} is not resolved, so N_opt, a and b are withheld; {fix}"
                 )
             elif max(v, hi) >= hi_b - 1e-6 and not gone:
-                withheld = True
-                st.add(
-                    NOT_IDENTIFIED,
+                withheld.append(
                     f"{k} reached its upper bound {hi_b:g} ({pct} interval [{lo:.3g}, {hi:.3g}]): "
-                    f"the {dep} term is not identified, so N_opt, a and b are withheld; {fix}",
+                    f"the {dep} term is not identified, so N_opt, a and b are withheld; {fix}"
                 )
+        for reason in withheld:
+            st.add(NOT_IDENTIFIED, reason)
         self.allocation_identified = self.converged and not withheld
         bs = self.bootstrap
         if bs is not None and bs.n_ok < 2:  # no interval at all: not a share of one
@@ -408,7 +395,6 @@ class ParametricFit:
                 f"{pct} percentile intervals; std.err of E, A, B in ln units"
             )
         lines.append(self.status.text())
-        lines.extend(self.messages)
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -440,9 +426,11 @@ def parametric_loss(params: dict[str, float], n, d) -> np.ndarray:
 
 
 def optimal_allocation(params: dict[str, float], compute, flops_per_param_datum: float = 6.0):
-    """(N_opt, D_opt, L_opt) for C = k N D; see ParametricFit.optimal_allocation.
+    """(N_opt, D_opt, L_opt) minimising L subject to C = k N D (k = 6 for LMs).
 
-    alpha = 0 gives N_opt = 0 and beta = 0 gives N_opt = inf (no optimum inside (0, inf)).
+    Closed form (Hoffmann et al. eq. 4): G = (alpha A / (beta B))^(1/(alpha+beta)),
+    N_opt = G (C/k)^a, D_opt = (C/k) / N_opt. alpha = 0 gives N_opt = 0 and beta = 0 gives
+    N_opt = inf (no optimum inside (0, inf)).
     """
     alpha, beta = np.float64(params["alpha"]), np.float64(params["beta"])  # numpy: 1/0 gives inf
     c = np.asarray(compute, float) / flops_per_param_datum

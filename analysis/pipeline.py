@@ -580,6 +580,18 @@ def allocation_draws(pf, compute: float, k: float) -> np.ndarray | None:
     return np.array(draws, dtype=float)
 
 
+def _parametric_estimates(
+    pf, compute: float, k: float, level: float
+) -> tuple[list[Estimate], np.ndarray | None]:
+    """Compute-optimal [N, D, loss] at ``compute`` from the parametric law ``pf`` with their bootstrap
+    intervals (`allocation_draws`), and the loss of each bootstrap fit (None without a bootstrap)."""
+    point = [float(v) for v in optimal_allocation(pf.params, compute, k)]
+    draws = allocation_draws(pf, compute, k)
+    if draws is None:
+        return [Estimate(v) for v in point], None
+    return [Estimate(v, *percentile_interval(draws[:, j], level)) for j, v in enumerate(point)], draws[:, 2]
+
+
 #: The frontier's N_opt(C) when its exponent is not resolved: printed beside the others, not counted
 #: in the approaches' disagreement (an unresolved law's value is not evidence either way).
 UNRESOLVED_APPROACH1 = "approach 1's N_opt, its exponent not resolved"
@@ -606,17 +618,9 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         st.merge(pf.status, "approach 3: ")
         source = "parametric law L(N, D) (approach 3)"
         withhold = not pf.allocation_identified
-        n, d, loss = (float(v) for v in pf.optimal_allocation(compute, k))
-        arr = allocation_draws(pf, compute, k)
-        if arr is not None:
-            n_e, d_e, loss_e = (
-                Estimate(v, *percentile_interval(arr[:, j], lvl)) for j, v in enumerate((n, d, loss))
-            )
-            loss_samples = arr[:, 2]
-        else:
-            n_e, d_e, loss_e = Estimate(n), Estimate(d), Estimate(loss)
+        (n_e, d_e, loss_e), loss_samples = _parametric_estimates(pf, compute, k, lvl)
         if not withhold:
-            alt["N_opt from parametric law (approach 3)"] = n
+            alt["N_opt from parametric law (approach 3)"] = n_e.value
     elif iso.n_opt is not None:
         n_e, d_e = _at(iso.n_opt, compute, lvl), _at(iso.d_opt, compute, lvl)
         loss_e = _at(fr.y_law, compute, lvl) if fr.y_law else None
@@ -818,10 +822,8 @@ def holdout_prepared(prep: Prepared, cfg: AnalysisConfig) -> HoldoutResult:
     interval = (math.nan, math.nan)
     if an.parametric is not None:
         test["pred_loss"] = an.parametric.predict(test["N"], test["D"])
-        best_pred = float(an.parametric.optimal_allocation(c_max, an.flops_per_param_datum)[2])
-        draws = allocation_draws(an.parametric, c_max, an.flops_per_param_datum)
-        if draws is not None:
-            interval = percentile_interval(draws[:, 2], cfg.level)
+        opt = _parametric_estimates(an.parametric, c_max, an.flops_per_param_datum, cfg.level)[0][2]
+        best_pred, interval = opt.value, (opt.lo, opt.hi)
     elif an.frontier.y_law is not None:
         test["pred_loss"] = an.frontier.y_law.predict(test["C"])
         best_pred = float(an.frontier.y_law.predict(c_max))

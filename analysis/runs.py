@@ -131,34 +131,29 @@ def validate_points(
     if len(df) == 0:
         raise ValueError(f"{source}: no rows")
     df = numeric_columns(df, source=source, lines=lines)
-    for col in [c for c in REQUIRED_NUMBERS if c in df.columns]:
+    diverged = "; fix or delete those rows (a NaN or inf loss is a diverged run: leave it out)"
+    rules = [(col, "a positive number in every row", diverged) for col in REQUIRED_NUMBERS]
+    rules += [
+        (
+            "fid",
+            "a finite number > 0 where given (leave the cell empty where not scored, e.g. for an inf FID)",
+            "",
+        ),
+        ("unique", "a number > 0 where given (inf: an unbounded stream; empty where unknown)", ""),
+    ]
+    for col, what, fix in rules:
+        if col not in df.columns:
+            continue
         v = df[col].to_numpy(float)
-        bad = ~np.isfinite(v) | (v <= 0)
+        bad = ~((v > 0) & (np.isfinite(v) | (col == "unique")))  # unique may be inf (an unbounded stream)
+        if col not in REQUIRED_NUMBERS:
+            bad &= ~np.isnan(v)  # an empty cell: not measured
         if bad.any():
             rows = [int(i) for i in np.flatnonzero(bad)[:5]]
             values = ", ".join(str(x) for x in df[col].to_numpy()[rows])
             raise ValueError(
-                f"{source}: column {col} must be a positive number in every row; "
-                f"{int(bad.sum())} row(s) are not (first at {_at(rows, lines)}: {values}); fix or delete "
-                "those rows (a NaN or inf loss is a diverged run: leave it out)"
-            )
-    for col, what in (
-        (
-            "fid",
-            "a finite number > 0 where given (leave the cell empty where not scored, e.g. for an inf FID)",
-        ),
-        ("unique", "a number > 0 where given (inf: an unbounded stream; empty where unknown)"),
-    ):
-        if col not in df.columns:
-            continue
-        v = df[col].to_numpy(float)
-        bad = ~np.isnan(v) & ((v <= 0) | (np.isinf(v) if col == "fid" else False))
-        if bad.any():
-            rows = [int(i) for i in np.flatnonzero(bad)[:5]]
-            raise ValueError(
                 f"{source}: column {col} must be {what}; "
-                f"{int(bad.sum())} row(s) are not (first at {_at(rows, lines)}: "
-                f"{', '.join(str(x) for x in df[col].to_numpy()[rows])})"
+                f"{int(bad.sum())} row(s) are not (first at {_at(rows, lines)}: {values}){fix}"
             )
     _refuse_duplicates(df, source, lines)
     return df
@@ -516,13 +511,6 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
     if len(df):
         df.loc[df.index[-1], "final"] = True
     return df, None, n_bad_fid
-
-
-def run_points(client, run) -> pd.DataFrame:
-    """Tidy points from one run's metric history: one row per step where val/loss was logged. Empty
-    when the run lacks val/loss, compute or images seen, or when one of them is not finite (NaN, inf:
-    a diverged training) or not positive after step 0 (see `load_runs`)."""
-    return _run_points(client, run)[0]
 
 
 def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:

@@ -86,3 +86,31 @@ def flag_unresolved_exponent(st: Status, what: str, interval, approach: int, lev
             f"{what} has a {100 * level:g}% interval [{lo:.3g}, {hi:.3g}] that includes 0: approach "
             f"{approach} does not resolve how N_opt grows",
         )
+
+
+def flag_bootstrapped_exponent(
+    st: Status,
+    what: str,
+    bs,
+    key: str,
+    *,
+    negate: bool,
+    approach: int,
+    had: str,
+    fix: str,
+    level: float = 0.95,
+) -> None:
+    """`flag_unresolved_exponent` on the N_opt exponent `what`'s bootstrap interval, that of
+    ``bs.samples[key]`` (negated: of ``-samples[key]``); `not_identified` when fewer than 2 of the
+    resamples of runs had what the exponent needs (``had``), since then nothing checked it, as with
+    --bootstrap 0."""
+    if bs.n_ok > 1:
+        lo, hi = bs.conf_int(level)[key]
+        flag_unresolved_exponent(st, what, (-hi, -lo) if negate else (lo, hi), approach, level)
+    else:
+        got = "no bootstrap refit" if bs.n_ok == 0 else "only 1 bootstrap refit"
+        st.add(
+            NOT_IDENTIFIED,
+            f"{got} of the {bs.n_requested} resamples of runs had {had}, so {what} has no interval: "
+            f"whether it is resolved was not checked; {fix}",
+        )
