@@ -269,7 +269,8 @@ class TrackingConfig:
     experiment: MLflow experiment name.
     run_name: MLflow run name.
     run_id: continue this existing run (a sweep may pre-create it); otherwise the run id saved in
-        ``<out>/mlflow_run_id`` or in the checkpoint is continued, else a new run is created.
+        ``<out>/mlflow_run_id`` or in the checkpoint is continued, else a new run is created (also for
+        a resume from another run folder's checkpoint, a fork: `dit_core.trainer.resume`).
     parent_run_id: nest the run under this one.
     sweep / grid_cell: sweep and cell ids, logged as params and tags.
     tags: extra MLflow tags (JSON mapping; or ``--tag KEY=VALUE``).

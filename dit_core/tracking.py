@@ -8,7 +8,9 @@
   the last step of a finished run ``perf/{startup,mlflow,val,eval,train}_s`` (the trainer's
   ``FIXED_COST_METRICS``);
 - tags: ``status`` (running / finished / failed / preempted / interrupted), ``sweep``, ``grid_cell``,
-  ``executor``/``job_id`` when run under SLURM or submitit;
+  ``executor``/``job_id`` when run under SLURM or submitit, and for a run resumed from another run
+  folder's checkpoint (a fork) ``resumed_from`` (that checkpoint), ``resumed_from_run_id`` (its run's
+  id, if it had one) and ``resumed_from_step``;
 - artifacts: ``config.json`` (the resolved config), ``samples/step_XXXXXXX.png`` sample grids.
 
 Only the main process creates a `RunTracker`; the client API is used (no fluent global run), so a
@@ -49,6 +51,9 @@ __all__ = [
     "RUN_ID_FILE",
     "RUN_KEY_FILE",
     "RUN_KEY_TAG",
+    "RESUMED_FROM_TAG",
+    "RESUMED_FROM_RUN_TAG",
+    "RESUMED_FROM_STEP_TAG",
     "MetricSender",
     "RunTracker",
     "executor_tags",
@@ -70,6 +75,11 @@ RUN_KEY_TAG = "ditscale.run_key"
 #: Which features a run's FIDs were computed in (``family: extractor name``, the name changing with
 #: the weights): the analysis pools FIDs only within one (`analysis.runs.fid_protocol`).
 FEATURE_SPACE_TAG = "eval.feature_space"
+#: A run resumed from another run folder's checkpoint (a fork): that checkpoint's path, the MLflow run
+#: it belongs to (absent when it had none) and its step (this run's metrics start after it).
+RESUMED_FROM_TAG = "resumed_from"
+RESUMED_FROM_RUN_TAG = "resumed_from_run_id"
+RESUMED_FROM_STEP_TAG = "resumed_from_step"
 
 
 #: The distinct training images of a run's dataset: a whole number, or ``"unbounded"`` for a stream where
@@ -367,10 +377,13 @@ class RunTracker:
         out_dir: str | os.PathLike | None = None,
         reuse_saved_id: bool = True,
         max_buffered: int = MAX_BUFFERED_POINTS,
+        spare_run_id: str | None = None,
     ) -> RunTracker:
         """Continue ``run_id`` (or, with ``reuse_saved_id``, the id saved in ``<out_dir>/mlflow_run_id``,
         or the run tagged with the key in ``<out_dir>/mlflow_run_key``) or create a run in
-        ``experiment``; the id is saved to ``<out_dir>/mlflow_run_id``."""
+        ``experiment``; the id is saved to ``<out_dir>/mlflow_run_id``. Without ``reuse_saved_id`` the
+        run saved there is ended if left RUNNING, unless it is ``spare_run_id`` (a fork's parent run,
+        which its own trainer may still be writing)."""
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
@@ -399,9 +412,13 @@ class RunTracker:
         else:
             if not reuse_saved_id and id_file is not None and id_file.is_file():
                 old = id_file.read_text().strip()  # left RUNNING by a killed job: end it, or it stays so
-                if end_run_if(client, old, left=("RUNNING",), status="KILLED", tag="superseded"):
+                if old != spare_run_id and end_run_if(
+                    client, old, left=("RUNNING",), status="KILLED", tag="superseded"
+                ):
                     log.warning(
-                        "MLflow run %s, left running in this folder, ended as KILLED (--resume never)", old
+                        "MLflow run %s, left running in this folder, ended as KILLED (a new run starts in "
+                        "it: --resume never, or a resume from another folder's checkpoint)",
+                        old,
                     )
             exp_id = exp_id or get_or_create_experiment(client, experiment)
             run_tags = dict(tags)

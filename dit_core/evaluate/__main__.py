@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference, that reference's default metrics)",
     )
     p.add_argument("--inception-weights", help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
-    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent runs)")
+    p.add_argument(
+        "--vae", help="local diffusers AutoencoderKL folder (latent runs only; refused for pixel-space runs)"
+    )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument(
         "--clip-denoised", action=argparse.BooleanOptionalAction, default=None,

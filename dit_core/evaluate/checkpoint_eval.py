@@ -74,6 +74,21 @@ def load_vae(path: str, device: torch.device):
     return load_autoencoder(path).to(device).eval()
 
 
+def check_vae(cfg: CheckpointEvalConfig, ckpt: dict) -> None:
+    """ConfigError, before the model is built, when ``cfg.vae`` is given for a checkpoint of a run
+    trained on pixels (the VAE would be ignored: its samples are images already)."""
+    from dit_core.configio import ConfigError
+
+    flat = ckpt.get("config")
+    data = flat.get("data.name") if isinstance(flat, dict) else None
+    if cfg.vae and data is not None and data != "latents":
+        raise ConfigError(
+            f"vae: --vae {cfg.vae} was given, but checkpoint {cfg.checkpoint} is of a run trained on "
+            f"{data!r} pixel data, whose samples need no decoding; drop --vae (it is for runs trained on "
+            "VAE latents, data.name 'latents')"
+        )
+
+
 def evaluate_checkpoint(
     cfg: CheckpointEvalConfig, accelerator=None, feature_spaces: dict[str, str] | None = None
 ) -> tuple[dict[str, float], int, dict]:
@@ -86,6 +101,7 @@ def evaluate_checkpoint(
 
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
+    check_vae(cfg, ckpt)
     own = ckpt.get("mlflow_run_id") or None
     if cfg.run_id and own and cfg.run_id != own:
         raise ValueError(

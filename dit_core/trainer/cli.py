@@ -75,7 +75,11 @@ examples:
 
 resume and signals:
   Running again with the same --out continues from its latest checkpoint and the same MLflow run
-  (--resume auto, the default). One trainer at a time may use an --out (it holds <out>/.train.lock;
+  (--resume auto, the default). --resume PATH of another run folder forks it into an --out without
+  checkpoints: its training state continues in a new MLflow run (tagged resumed_from), and that
+  folder's run is left alone; relaunch a fork with --resume auto. A run whose final validation or
+  evaluation failed has its last step checkpointed: running again only does those and finishes the
+  run. One trainer at a time may use an --out (it holds <out>/.train.lock;
   a second one exits with 2). SIGTERM, SIGUSR1 or SIGUSR2 write a checkpoint at the next step and
   exit with code 143; Ctrl-C (SIGINT) does the same and exits with 130 (Ctrl-C twice stops at once,
   without the checkpoint); the MLflow run is tagged status=preempted. Exit codes: 0 finished,
@@ -97,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any field by its dotted name, e.g. --set optim.beta2=0.95")  # fmt: skip
     run.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag")
     run.add_argument(
-        "--resume", default="auto", help="auto (continue --out if it has a checkpoint) | never | PATH"
-    )
+        "--resume", default="auto",
+        help="auto (continue --out if it has a checkpoint) | never | PATH (a checkpoint or run folder; "
+        "another folder's is continued in a new MLflow run, a fork)",
+    )  # fmt: skip
     run.add_argument("--print-config", action="store_true", help="print the config as dotted fields and exit")
     for flag, key in NEGATIONS.items():
         run.add_argument(flag, dest=key, action="store_const", const="false", default=argparse.SUPPRESS,

@@ -31,6 +31,9 @@ from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
 from ..tracking import (
     FEATURE_SPACE_TAG,
+    RESUMED_FROM_RUN_TAG,
+    RESUMED_FROM_STEP_TAG,
+    RESUMED_FROM_TAG,
     UNIQUE_IMAGES_TAG,
     atomic_write_text,
     feature_space_tag,
@@ -42,7 +45,7 @@ from .lr_schedule import lr_at, peak_lr, warmup_steps
 from .out_lock import OutFolderBusy, checkpoints_state, out_folder_lock
 from .progress import Progress
 from .resolve import resolve_config
-from .resume import check_resumable, find_checkpoint, load_resume_checkpoint
+from .resume import check_resumable, find_checkpoint, is_own_checkpoint, load_resume_checkpoint
 from .rng import StepRandom, get_rng_state, set_rng_state
 from .signals import PREEMPTION_SIGNALS, SIGINT_ECHO_S, PreemptionGuard
 from .update import update_ops
@@ -144,6 +147,10 @@ class Trainer:
         #: the folder's checkpoints when this trainer read them (`hold_out_folder` compares)
         self.ckpt_state = checkpoints_state(self.out) if self.main else ()
         self.ckpt_path = find_checkpoint(self.out, resume)
+        #: a checkpoint of another run folder, resumed into a new MLflow run (a fork), or None
+        own = self.ckpt_path is None or is_own_checkpoint(self.out, self.ckpt_path)
+        self.forked_from: Path | None = None if own else self.ckpt_path.resolve()
+        self.parent_run_id: str | None = None  # the MLflow run of the checkpoint a fork resumed
         ckpt = load_resume_checkpoint(self.ckpt_path) if self.ckpt_path else None
         if ckpt is not None:
             saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}  # fields added since: defaults
@@ -171,6 +178,9 @@ class Trainer:
         self.last_loss: float | None = None
         self.last_val: float | None = None
         self.last_eval: dict[str, float] = {}
+        #: this step's validation ("val") / evaluation ("eval") not done yet: the last step is
+        #: checkpointed before them, so that a failing one costs no training (a resume runs them)
+        self.due: list[str] = []
         self.run_id: str | None = None
         self.unsent_metrics: list[list] = []  # metric points of the checkpoint not yet on the server
         if ckpt is not None:
@@ -197,8 +207,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def check_continuable(self, ckpt: dict[str, Any]) -> None:
-        """ConfigError, before any run is touched, when the checkpoint is past the budget or belongs
-        to another MLflow run than ``tracking.run_id``."""
+        """ConfigError, before any run is touched, when the checkpoint is past the budget or, continued
+        in its own MLflow run (not a fork), belongs to another run than ``tracking.run_id``."""
         step, given = int(ckpt["step"]), self.cfg.tracking.run_id
         if step > self.total:
             raise ConfigError(
@@ -207,7 +217,7 @@ class Trainer:
                 "continue it, or a new --out for a new run"
             )
         own = ckpt.get("mlflow_run_id") or None
-        if self.cfg.tracking.enabled and given and own and given != own:
+        if self.cfg.tracking.enabled and given and own and given != own and self.forked_from is None:
             raise ConfigError(
                 f"tracking.run_id: --run-id {given} was given, but checkpoint {self.ckpt_path} belongs to "
                 f"MLflow run {own}; drop --run-id (or pass --run-id {own}) to continue that run, or use "
@@ -228,8 +238,14 @@ class Trainer:
         self.pending = [torch.tensor(v, dtype=torch.float32) for v in loop.get("pending_losses", [])]
         self.last_loss, self.last_val = loop.get("last_loss"), loop.get("last_val")
         self.unsent_metrics = loop.get("unsent_metrics", [])
+        self.due = list(loop.get("due", []))
         self.run_id = ckpt.get("mlflow_run_id") or None
+        if self.forked_from is not None:  # the other folder's run is left alone, its points too
+            self.parent_run_id, self.run_id, self.unsent_metrics = self.run_id, None, []
         log.info("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
+        if self.forked_from is not None:
+            log.info("%s is another run folder's checkpoint: continuing it in a new MLflow run (its own "
+                     "run %s is left as it is)", self.ckpt_path, self.parent_run_id or "none")  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
     def run(
@@ -351,9 +367,13 @@ class Trainer:
 
     def run_loop(self, guard: PreemptionGuard, progress: Progress, stop_at_step: int | None = None) -> str:
         """Step until the budget (-> "finished"), a signal or ``stop_at_step`` (-> "preempted"), with
-        logging, validation, evaluation and periodic checkpoints at their intervals."""
-        cfg, e = self.cfg, self.cfg.eval
+        logging, validation, evaluation and periodic checkpoints at their intervals. The last step is
+        checkpointed before its validation and evaluation (`due`); a resume from that checkpoint
+        runs those still enabled first."""
+        cfg = self.cfg
         train_time, interval_images = 0.0, 0
+        if self.due:  # resumed from a last step checkpointed before its validation / evaluation
+            self.run_due(resumed=True)
         while self.step < self.total:
             if self.preempt_requested(guard) or (stop_at_step is not None and self.step >= stop_at_step):
                 return "preempted"
@@ -367,13 +387,33 @@ class Trainer:
             if s % cfg.log_every == 0 or last:
                 self.log_interval(train_time, interval_images, progress)
                 train_time, interval_images = 0.0, 0
-            if e.val_every and (s % e.val_every == 0 or last):
-                self.validate()
-            if e.eval_every and (s % e.eval_every == 0 or last):
-                self.evaluate()
+            self.due = [k for k, n in self.check_intervals().items() if n and (s % n == 0 or last)]
+            if last and self.due:
+                self.save()  # records `due`: a failure below keeps the steps trained
+            self.run_due()
             if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and not last:
                 self.save()
         return "finished"
+
+    def check_intervals(self) -> dict[str, int]:
+        """``{"val": eval.val_every, "eval": eval.eval_every}`` (0 = off), in the order they run."""
+        return {"val": self.cfg.eval.val_every, "eval": self.cfg.eval.eval_every}
+
+    def run_due(self, resumed: bool = False) -> None:
+        """The validation and evaluation of `due`, in that order, each taken off it once done.
+        ``resumed``: the `due` of the checkpoint resumed from, less those this config turned off."""
+        if resumed:
+            self.due = [k for k, n in self.check_intervals().items() if n and k in self.due]
+            names = {"val": "validation", "eval": "evaluation"}
+            if self.due:
+                log.info("step %d: the %s of this step, which its checkpoint was written before", self.step,
+                         " and ".join(names[k] for k in self.due))  # fmt: skip
+        for kind in list(self.due):
+            if kind == "val":
+                self.validate()
+            else:
+                self.evaluate()
+            self.due.remove(kind)
 
     def preempt_requested(self, guard: PreemptionGuard) -> bool:
         """Whether a signal arrived (on any rank). With several processes the ranks agree through
@@ -429,9 +469,14 @@ class Trainer:
         given = {"sweep": t.sweep, "grid_cell": t.grid_cell, "mlflow.parentRunId": t.parent_run_id}
         tags = {**t.tags, **{k: v for k, v in given.items() if v}, **executor_tags()}
         tags[UNIQUE_IMAGES_TAG] = unique_images_tag(unique_images(self.train_set))
+        fork = self.forked_from is not None
+        if fork:
+            tags |= {RESUMED_FROM_TAG: str(self.forked_from), RESUMED_FROM_STEP_TAG: str(self.step)}
+            tags |= {RESUMED_FROM_RUN_TAG: self.parent_run_id} if self.parent_run_id else {}
         self.tracker = RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=self.run_id or t.run_id, run_name=t.run_name,
-            tags=tags, out_dir=self.out, reuse_saved_id=self.resume != "never",
+            tags=tags, out_dir=self.out, reuse_saved_id=self.resume != "never" and not fork,
+            spare_run_id=self.parent_run_id,
         )  # fmt: skip
         self.run_id = self.tracker.run_id
         self.tracker.requeue(self.unsent_metrics)
@@ -564,7 +609,7 @@ class Trainer:
                 "config": self.flat,
                 "mlflow_run_id": self.run_id or "",
                 "loop": {"pending_losses": [float(v) for v in vec], "last_loss": self.last_loss,
-                         "last_val": self.last_val,
+                         "last_val": self.last_val, "due": list(self.due),
                          "unsent_metrics": self.tracker.unsent_points() if self.tracker else []},
             }  # fmt: skip
             if self.scaler is not None:

@@ -1,10 +1,12 @@
 """Where a run continues from, and the one check that a checkpoint's settings allow it.
 
 ``resume``: "auto" (the newest checkpoint in the run folder, if any), "never" (the folder must
-hold none) or a checkpoint file / run folder. A run may only continue with the settings it was
-started with, except those in `RESUMABLE_CHANGES` (budget, eval, checkpointing, tracking and
-speed settings, e.g. to extend a run); `check_resumable` is that rule, for the trainer and the
-sweeps alike.
+hold none) or a checkpoint file / run folder. A checkpoint of another run folder than ``out``
+(`is_own_checkpoint`) is a fork: its training state continues in a new MLflow run, and the other
+folder's run is left as it is; a fork into an ``out`` that holds checkpoints of its own is refused. A
+run may only continue with the settings it was started with, except those in `RESUMABLE_CHANGES`
+(budget, eval, checkpointing, tracking and speed settings, e.g. to extend a run); `check_resumable` is
+that rule, for the trainer and the sweeps alike.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from ..checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint
 from ..configio import ConfigError
 
 __all__ = ["RESUMABLE_CHANGES", "RESUME_KEYS", "check_resumable", "config_changes", "find_checkpoint",
-           "load_resume_checkpoint"]  # fmt: skip
+           "is_own_checkpoint", "load_resume_checkpoint"]  # fmt: skip
 
 #: What the trainer reads from a checkpoint to continue a run.
 RESUME_KEYS = ("model", "ema", "optimizer", "data_position", "rng", "step", "ledger", "config")
@@ -70,7 +72,20 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
         raise ConfigError(
             f"--resume: must be 'auto', 'never' or a checkpoint file/run folder; {p} does not exist"
         )
+    own = latest_checkpoint(out)
+    if own is not None and not is_own_checkpoint(out, p):  # two lineages in one folder: refused
+        raise ConfigError(
+            f"--resume: {p} is another run folder's checkpoint, and --out {out} already holds checkpoints "
+            f"of its own (latest {own.name}); use a new --out to fork {p}, or --resume auto to continue "
+            f"{out}'s own run"
+        )
     return p
+
+
+def is_own_checkpoint(out: Path, path: Path) -> bool:
+    """Whether checkpoint ``path`` is one of run folder ``out``'s own (in ``<out>/checkpoints``, or
+    directly in ``out``): its MLflow run is continued. Any other is another run's, and is forked."""
+    return Path(path).resolve().parent in (checkpoint_dir(out).resolve(), Path(out).resolve())
 
 
 def load_resume_checkpoint(path: Path) -> dict[str, Any]:
