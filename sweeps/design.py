@@ -494,6 +494,33 @@ def _anchor(pts, last: float, prior, target: float, patch: int) -> Centre | None
     return None
 
 
+def check_adaptive(spec: SweepSpec) -> None:
+    """ValueError for an adaptive sweep that `launch_adaptive` cannot run."""
+    if spec.design != "adaptive":
+        raise ValueError(f"launch_adaptive needs design 'adaptive', got {spec.design!r}")
+    if twice := spec.listed_twice():  # as `sweeps.grid.expand` refuses them: never deduplicated
+        raise ValueError(f"{', '.join(twice)} listed more than once; list each once")
+    if len(spec.patch_sizes) != 1:
+        raise ValueError(
+            "the adaptive design refits one N_opt(C) law: give one patch size (--patch 2), "
+            f"got {spec.patch_sizes}"
+        )
+
+
+def check_placed(spec: SweepSpec, sdir: Path, budget: float, rec: dict) -> list[str]:
+    """The cell ids of ``budget`` at its recorded centre (``rec``, its entry in ``design.json``);
+    ValueError where the settings now give other cells than it was placed as."""
+    sub = spec.replace(budgets=[budget], isoflop_centres={budget: float(rec["centre"])})
+    ids = [c.cell_id for c in design_cells(sub)]
+    if ids != rec["cells"]:
+        raise ValueError(
+            f"budget {format_budget(budget)} of adaptive sweep {spec.name!r} was placed as {rec['cells']}; "
+            f"the settings now give {ids} (sizes, spread, step window or model options changed). "
+            f"Use --name for a new sweep, or delete {sdir / RECORD} with its runs"
+        )
+    return ids
+
+
 def launch_adaptive(
     spec: SweepSpec,
     *,
@@ -509,15 +536,7 @@ def launch_adaptive(
     from sweeps.runner import launch, sweep_dir
     from sweeps.state import read_states, resolve_tracking_uri
 
-    if spec.design != "adaptive":
-        raise ValueError(f"launch_adaptive needs design 'adaptive', got {spec.design!r}")
-    if twice := spec.listed_twice():  # as `sweeps.grid.expand` refuses them: never deduplicated
-        raise ValueError(f"{', '.join(twice)} listed more than once; list each once")
-    if len(spec.patch_sizes) != 1:
-        raise ValueError(
-            "the adaptive design refits one N_opt(C) law: give one patch size (--patch 2), "
-            f"got {spec.patch_sizes}"
-        )
+    check_adaptive(spec)
     patch = spec.patch_sizes[0]
     prior = make_prior(spec)
     sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
@@ -542,13 +561,7 @@ def launch_adaptive(
                 rec = record[b]
         centre = Centre(float(rec["centre"]), rec["source"], rec.get("note", ""))
         sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
-        ids = [c.cell_id for c in design_cells(sub)]
-        if ids != rec["cells"]:
-            raise ValueError(
-                f"budget {format_budget(b)} of adaptive sweep {spec.name!r} was placed as {rec['cells']}; "
-                f"the settings now give {ids} (sizes, spread, step window or model options changed). "
-                f"Use --name for a new sweep, or delete {sdir / RECORD} with its runs"
-            )
+        ids = check_placed(spec, sdir, b, rec)
         log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
         res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress, record=spec)
         cells = {cid: str(sdir / "cells" / cid) for cid in ids}

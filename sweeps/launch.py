@@ -19,7 +19,14 @@ from pathlib import Path
 from dit_core.configio import join_negative_values, parse_scalar
 from dit_core.tracking import check_tracking_server
 from sweeps.cost import DEFAULT_DEVICE, DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
-from sweeps.design import launch_adaptive, plan_budgets, read_record, recorded_spec
+from sweeps.design import (
+    check_adaptive,
+    check_placed,
+    launch_adaptive,
+    plan_budgets,
+    read_record,
+    recorded_spec,
+)
 from sweeps.executor import resolve_executor_kind
 from sweeps.grid import (
     ExecutorSpec,
@@ -31,8 +38,8 @@ from sweeps.grid import (
     parse_budget,
     read_spec_record,
 )
-from sweeps.runner import Progress, check_executor, launch, sweep_dir
-from sweeps.state import AUTH_HINT, read_runs, read_states, resolve_tracking_uri
+from sweeps.runner import Progress, check_executor, check_output_dir, check_wait, launch, preview, sweep_dir
+from sweeps.state import AUTH_HINT, check_tracking_uri, plan, read_runs, read_states, resolve_tracking_uri
 from sweeps.table import cells_table, status_table
 from sweeps.task import check_trainer, make_task
 
@@ -492,33 +499,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         if not args.dry_run:
             return cmd_adaptive(spec, args)
     if args.dry_run:
-        cells, note = expand(spec), None
-        if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
-            note = f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in {spec.name}.yaml)"
-            spec = spec.replace(data={"root": "<data.root>"})
-        sdir, uri = sweep_dir(spec), resolve_tracking_uri(spec.tracking_uri)
-        tasks = [make_task(spec, c, sdir, uri) for c in cells]
-        check_trainer(spec.trainer, tasks)  # the --set overrides become every cell's TrainConfig, or an error
-        name = spec.executor.name  # a dry run prices a SLURM study where no cluster answers
-        check_executor(spec, "slurm" if name == "slurm" else resolve_executor_kind(name))
-        evals = {c.cell_id: cell_eval_flops(c, t.overrides) for c, t in zip(cells, tasks)}
-        gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
-        # priced before anything is printed: a bad --mfu or --device is an error, not a table then an error
-        bill = estimate(cells, evals, device_name=args.device, mfu=args.mfu, gpus_per_cell=gpus).summary()
-        print(
-            f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
-            f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
-            f"total {sum(c.train_flops for c in cells):.3g} training FLOPs (true FLOPs)"
-        )
-        print(cells_table(cells))
-        for line in _design_lines(spec):
-            print(line)
-        print()
-        print(bill)
-        if note:
-            print(note)
-        print("dry run: nothing submitted")
-        return 0
+        return cmd_dry_run(spec, args)
     res = launch(spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer())
     prep, pl = res.prepared, res.plan
     if sys.stderr.isatty() and res.job_ids and res.waited:
@@ -553,6 +534,77 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         + ("" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}")
     )
     return code
+
+
+def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
+    """Print the cells and the study's bill once the checks of a real launch pass (the same refusals,
+    exit 2), reading only: no store, folder, experiment or run is made. A real launch's needs that
+    the machine of a dry run may lack (SLURM, the tracking server, data.root) are noted instead."""
+    notes = []
+    sdir = sweep_dir(spec)
+    if spec.design == "adaptive":  # as `sweeps.design.launch_adaptive` refuses it
+        check_adaptive(spec)
+        for b, rec in read_record(sdir).items():
+            if b in spec.budgets:
+                check_placed(spec, sdir, b, rec)
+    cells = expand(spec)
+    unknown: tuple[str, ...] = ()
+    if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
+        notes.append(
+            f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in {spec.name}.yaml)"
+        )
+        spec, unknown = spec.replace(data={"root": "<data.root>"}), ("data.root",)
+    try:
+        kind = resolve_executor_kind(spec.executor.name)
+    except ValueError as e:  # a dry run prices a SLURM study where no cluster answers
+        if spec.executor.name != "slurm":
+            raise
+        kind = "slurm"
+        notes.append(f"{e} (a real launch here refuses; the bill is priced all the same)")
+    uri = resolve_tracking_uri(spec.tracking_uri)
+    try:
+        check_tracking_uri(uri)  # a file that is no MLflow store, a missing folder, ...
+    except ValueError as e:  # a server out of reach from here, as SLURM may be
+        if not uri.startswith(("http://", "https://")):
+            raise
+        notes.append(
+            f"{e} (a real launch refuses it; the sweep's runs were not read, so the settings a relaunch "
+            "compares were not checked)"
+        )
+        uri_read = False
+    else:
+        uri_read = True
+    check_executor(spec, kind)
+    check_output_dir(sdir)
+    check_wait(kind, not args.no_wait)
+    tasks = {c.cell_id: make_task(spec, c, sdir, uri) for c in cells}
+    configs = check_trainer(spec.trainer, list(tasks.values()))  # each cell's TrainConfig, or an error
+    states = preview(spec, tasks, configs, uri, unknown) if uri_read else {}  # a relaunch's refusals
+    evals = {c.cell_id: cell_eval_flops(c, tasks[c.cell_id].overrides) for c in cells}
+    gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
+    # priced before anything is printed: a bad --mfu or --device is an error, not a table then an error
+    bill = estimate(cells, evals, device_name=args.device, mfu=args.mfu, gpus_per_cell=gpus).summary()
+    print(
+        f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
+        f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
+        f"total {sum(c.train_flops for c in cells):.3g} training FLOPs (true FLOPs)"
+    )
+    print(cells_table(cells))
+    for line in _design_lines(spec):
+        print(line)
+    print()
+    print(bill)
+    if any(st.run_id for st in states.values()):
+        p = plan(states, spec.executor.max_retries)
+        print(
+            f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} "
+            f"running or queued, {len(p.exhausted)} out of retries; a launch would submit "
+            f"{len(p.submit)} of {len(cells)} cells"
+        )
+    for note in notes:
+        print(note)
+    print("dry run: nothing submitted")
+    return 0
 
 
 def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:

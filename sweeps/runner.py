@@ -25,6 +25,7 @@ from sweeps.executor import (
     check_slurm_signal,
     local_job_setup,
     make_executor,
+    parse_sbatch_lines,
     resolve_executor_kind,
     slurm_job_alive,
     warm_unsupported,
@@ -47,6 +48,7 @@ from sweeps.state import (
     record_interrupts,
     record_submissions,
     resolve_tracking_uri,
+    store_exists,
 )
 from sweeps.task import CellTask, check_trainer, make_task
 from sweeps.warm import WarmExecutor
@@ -119,6 +121,7 @@ def prepare(spec: SweepSpec) -> Prepared:
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_uri(uri)
     check_executor(spec, kind)
+    check_output_dir(sweep_dir(spec))
     return Prepared(spec, cells, kind, uri, sweep_dir(spec))
 
 
@@ -127,6 +130,62 @@ def check_executor(spec: SweepSpec, kind: str) -> None:
     if kind == "local" and spec.executor.nodes > 1:
         raise ValueError(f"nodes={spec.executor.nodes} needs SLURM; the local executor runs on one node")
     check_slurm_signal(spec.executor, early_s=SLURM_SIGNAL_EARLY_S if kind == "slurm" else 0)
+    if kind == "slurm":  # else refused only when the jobs are submitted, after the sweep's folder is made
+        parse_sbatch_lines(spec.executor.sbatch)
+
+
+def check_wait(kind: str, wait: bool) -> None:
+    """ValueError for not waiting where the jobs need their launcher to wait (the debug executor)."""
+    if not wait and kind == "debug":
+        raise ValueError(
+            "--no-wait with --executor debug: the debug executor runs each cell inside this launcher "
+            "while it waits, so nothing would train (and the launch would count a try of every cell); "
+            "drop --no-wait, or use --executor local"
+        )
+
+
+def check_output_dir(sdir: Path) -> None:
+    """ValueError, creating nothing, where the sweep's folder ``sdir`` cannot be made or written: its
+    nearest existing folder is a file, or is not writable."""
+    sdir = Path(sdir).resolve()
+    near = next(p for p in (sdir, *sdir.parents) if p.exists())
+    if not near.is_dir():
+        raise ValueError(
+            f"--output-dir: {near} is a file, not a folder, so the sweep's folder {sdir} cannot be made; "
+            "give a folder"
+        )
+    if not os.access(near, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"--output-dir: {near} is not writable, so the sweep's folder {sdir} cannot be made or "
+            "written; give a folder you can write"
+        )
+
+
+def check_cells(spec: SweepSpec, states: dict[str, CellState], tasks: dict[str, CellTask], configs: dict,
+                uri: str) -> None:  # fmt: skip
+    """The refusals of a relaunch, per cell with a record: settings changed since its run was created
+    (`check_resumable_cell`), a folder and run that do not belong together (`check_cell_folder`)."""
+    for cid, st in states.items():
+        check_resumable_cell(spec.name, st, tasks[cid].overrides, configs[cid])
+        check_cell_folder(spec.name, st, tasks[cid].run_dir, spec.experiment, uri)
+
+
+def preview(spec: SweepSpec, tasks: dict[str, CellTask], configs: dict, uri: str,
+            unknown: tuple[str, ...] = ()) -> dict[str, CellState]:  # fmt: skip
+    """What a launch of ``tasks`` would find in the store at ``uri``, read only (a dry run): the cells'
+    states, once `check_cells` passes them. A store not made yet is not opened (every cell missing);
+    ``unknown``: settings whose value is not known here (a placeholder), not compared with the runs'."""
+    run_dirs = {cid: t.run_dir for cid, t in tasks.items()}
+    if store_exists(uri):
+        states = read_states(uri, spec.experiment, spec.name, run_dirs)
+    else:
+        states = {cid: CellState(cid, "missing") for cid in tasks}
+    seen = {
+        cid: dataclasses.replace(st, params={k: v for k, v in st.params.items() if k not in unknown})
+        for cid, st in states.items()
+    }
+    check_cells(spec, seen, tasks, configs, uri)
+    return states
 
 
 def longest_first(cells: list[Cell]) -> list[Cell]:
@@ -150,12 +209,7 @@ def launch(
     the same sweep submits only what is missing, failed or interrupted. ``record`` (default ``spec``)
     is kept as the sweep's last launch (`sweeps.grid.write_spec_record`) once the settings are checked."""
     prep = prepare(spec)
-    if not wait and prep.kind == "debug":
-        raise ValueError(
-            "--no-wait with --executor debug: the debug executor runs each cell inside this launcher "
-            "while it waits, so nothing would train (and the launch would count a try of every cell); "
-            "drop --no-wait, or use --executor local"
-        )
+    check_wait(prep.kind, wait)
     threads = _threads_per_process(prep)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
     all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
@@ -166,12 +220,10 @@ def launch(
     warm = _start_warm(prep, threads)
     try:
         with sweep_lock(sdir):
+            # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
+            states = preview(spec, all_tasks, configs, uri)
             ensure_experiment(uri, spec.experiment)
             run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
-            states = read_states(uri, spec.experiment, spec.name, run_dirs)
-            for cid, st in states.items():  # before anything is submitted
-                check_resumable_cell(spec.name, st, all_tasks[cid].overrides, configs[cid])
-                check_cell_folder(spec.name, st, run_dirs[cid], spec.experiment, uri)
             # the store as resolved here (absolute): `status` from another folder reads the same one
             write_spec_record((record or spec).replace(tracking_uri=uri), sdir)
             _end_unstarted(uri, states)

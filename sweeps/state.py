@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dit_core.tracking import RUN_ID_FILE, check_tracking_server, end_run_if
+from dit_core.tracking import RUN_ID_FILE, check_sqlite_store, check_tracking_server, end_run_if
 from sweeps.executor import JobRef, job_liveness
 
 FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present is the cell's FID
@@ -101,6 +101,17 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir():
             raise ValueError(f"MLflow sqlite store {uri}: folder {folder} does not exist; create it first")
+
+
+def store_exists(uri: str) -> bool:
+    """Whether the store at ``uri`` can be read without being made: False for a ``sqlite:///FILE``
+    not made yet, empty, or without tables, which MLflow would turn into a store on opening it (a
+    dry run must not). Call after `check_tracking_uri`, which refuses the files that are no store."""
+    try:
+        check_sqlite_store(uri, missing="no store yet")  # a reader's check: other URIs pass
+    except ValueError:
+        return False
+    return True
 
 
 def ensure_experiment(tracking_uri: str, experiment: str) -> str:
@@ -288,6 +299,8 @@ def _stored_run(uri: str, run_id: str) -> Any | None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    if not store_exists(uri):  # a dry run before the store is made: it holds no run, and stays unmade
+        return None
     try:
         return MlflowClient(tracking_uri=uri).get_run(run_id)
     except MlflowException:
@@ -329,6 +342,34 @@ def read_runs(tracking_uri: str, experiment: str, sweep: str) -> dict[str, list[
             return by_cell
 
 
+def read_runs_again(
+    tracking_uri: str, experiment: str, sweep: str, runs: dict[str, list[Any]]
+) -> dict[str, list[Any]]:
+    """Some cells' runs (``runs``, as `read_runs` groups them) read again: each cell's record (its first
+    run) by run id, `PAGE_SIZE` ids per request, so that the request reads those runs only (its later
+    runs, duplicates, are kept as they were). A cell whose record is no longer found (deleted
+    meanwhile) is read by `read_runs`, as every cell used to be; one found nowhere is left out."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    cell_of = {rs[0].info.run_id: cid for cid, rs in runs.items()}
+    ids = list(cell_of)
+    exps = sorted({rs[0].info.experiment_id for rs in runs.values()})
+    out: dict[str, list[Any]] = {}
+    for i in range(0, len(ids), PAGE_SIZE):
+        chunk = ids[i : i + PAGE_SIZE]
+        listed = ", ".join(f"'{r}'" for r in chunk)
+        for r in client.search_runs(
+            exps, filter_string=f"attributes.run_id IN ({listed})", max_results=len(chunk)
+        ):
+            cid = cell_of[r.info.run_id]
+            out[cid] = [r, *runs[cid][1:]]
+    if lost := [cid for cid in runs if cid not in out]:
+        fresh = read_runs(tracking_uri, experiment, sweep)
+        out.update({cid: fresh[cid] for cid in lost if cid in fresh})
+    return out
+
+
 def latest_step(run: Any, key: str) -> int | None:
     """The step of the latest ``key`` point of a run as `search_runs` returns it: MLflow keeps per
     key the point with the largest (step, timestamp, value), so this is the run's last step of
@@ -357,7 +398,8 @@ def read_states(
 ) -> dict[str, CellState]:
     """The state of every cell in ``cells`` (``{cell_id: run folder}``); ``with_progress``: also the
     last step of each run. ``runs``: `read_runs` already done by the caller (else read here). The
-    tracking store is read in `read_runs`' pages only; job liveness is one batched SLURM query."""
+    tracking store is read in `read_runs`' pages, then the runs of the cells whose job is found dead
+    once more (`read_runs_again`); job liveness is one batched SLURM query."""
     if runs is None:
         runs = read_runs(tracking_uri, experiment, sweep)
     refs = {cid: job_ref(runs[cid][0], rd) for cid, rd in cells.items() if cid in runs}
@@ -367,8 +409,7 @@ def read_states(
     if dead := [c for c in unfinished if c not in alive]:
         # a job that ended between the runs' read and the liveness check: read its run again, or a cell
         # that just finished would look interrupted (run RUNNING, job gone) and be resubmitted
-        fresh = read_runs(tracking_uri, experiment, sweep)
-        runs = {**runs, **{c: fresh[c] for c in dead if c in fresh}}
+        runs = {**runs, **read_runs_again(tracking_uri, experiment, sweep, {c: runs[c] for c in dead})}
     out = {cid: CellState(cid, "missing") for cid in cells}
     for cid, st in out.items():
         if cid not in runs:
