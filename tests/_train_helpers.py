@@ -63,3 +63,20 @@ class IndexedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return torch.tensor([float(i), float(self.epoch), float(os.getpid())]), i % 3
+
+
+def assert_same_tensors(a, b, where: str) -> None:
+    """Assert that two nested checkpoint structures (dicts, lists, tensors, scalars) are bitwise equal;
+    ``where`` names the first difference."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where

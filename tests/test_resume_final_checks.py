@@ -6,8 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import torch
-from _train_helpers import one_thread, tiny_config
+from _train_helpers import assert_same_tensors, one_thread, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint
@@ -44,24 +43,9 @@ def _same_state(a: dict, b: dict, where: str) -> None:
     """The training state of two checkpoints is bitwise the same. Python's global RNG is left out: MLflow
     draws from it (run names) while a run with tracking starts, and no training step uses it."""
     for key in ("model", "ema", "optimizer", "data_position", "step", "ledger"):
-        _equal(a[key], b[key], f"{where}.{key}")
+        assert_same_tensors(a[key], b[key], f"{where}.{key}")
     for key in ("torch", "numpy"):
-        _equal(a["rng"][key], b["rng"][key], f"{where}.rng.{key}")
-
-
-def _equal(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _equal(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
+        assert_same_tensors(a["rng"][key], b["rng"][key], f"{where}.rng.{key}")
 
 
 def test_a_failing_final_evaluation_keeps_the_last_step_and_the_relaunch_only_evaluates(

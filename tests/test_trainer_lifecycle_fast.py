@@ -18,7 +18,7 @@ import types
 
 import pytest
 import torch
-from _train_helpers import one_thread, tiny_config
+from _train_helpers import assert_same_tensors, one_thread, tiny_config
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -58,21 +58,6 @@ def _per_step_losses(tmp_path, steps: int = 6, **overrides) -> list[float]:
     """l[k-1] = the training loss of step k, from a run that logs (and checkpoints) every step."""
     train(tiny(tmp_path / "per_step", steps, log_every=1, **{"checkpoint.every": 1}, **overrides))
     return [load_checkpoint(p)["loop"]["last_loss"] for p in list_checkpoints(tmp_path / "per_step")]
-
-
-def _same_tensors(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _same_tensors(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same_tensors(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 # ---------------------------------------------------------------------------------------- loop, train
@@ -135,7 +120,7 @@ def test_checkpoints_hold_the_true_state_and_resume_is_bitwise(tmp_path, caplog)
             str(tmp_path / "a"),
             str(tmp_path / "b"),
         )
-        _same_tensors(ca, cb, f"step {step}")
+        assert_same_tensors(ca, cb, f"step {step}")
         assert ca["loop"]["last_loss"] == pytest.approx((loss[step - 2] + loss[step - 1]) / 2, rel=1e-6)
         assert ca["loop"]["pending_losses"] == []
     assert load_checkpoint(a.checkpoint)["step"] == 6 and a.checkpoint.endswith("step_0000006.pt")
