@@ -53,9 +53,11 @@ def generate_images(
     device: torch.device | str | None = None,
     clip_denoised: bool = False,
     progress: bool = False,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """uint8 images (len(indices), C, H, W) for the given global sample indices, in ``batch_size`` batches.
 
+    Sample i has class ``labels[i]`` (``labels``: (num_samples,) int64), by default i % num_classes.
     ``decode`` maps model outputs (latents) to pixels in [-1, 1]; None = the model works in pixels.
     ``progress``: a bar of the images sampled so far on stderr, cleared when done.
     """
@@ -71,7 +73,10 @@ def generate_images(
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
         noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
-        y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
+        if labels is None:
+            y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
+        else:
+            y = labels[idx.start : idx.stop].to(device)
         g = torch.Generator(device=device).manual_seed(example_seed(seed, idx[0], 1))
         x = sample(
             model, diffusion, noise.shape, y,

@@ -1,0 +1,226 @@
+"""``python -m dit_core.sample --checkpoint RUN_OR_FILE --out grid.png``: images from a trained DiT.
+
+Samples with the checkpoint's EMA weights and, unless given, the run's own sampler, steps, guidance
+and seed, and writes a PNG grid (``--npz``: also the uint8 images and labels in ADM's format). Sample
+i is seeded by (seed, i), as in ``python -m dit_core.evaluate``, so the same settings give the same
+images as its ``--save-samples``. A model with rotary positions (``model.pos_embed rope``) samples at
+any ``--image-size`` its patch divides, sizes it was not trained at included; a sin-cos model only
+at its training size. Exits 2 with a message on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .configio import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Pixels per latent pixel of the Stable Diffusion VAE that latent runs train on.
+VAE_FACTOR = 8
+
+
+@dataclass
+class SampleConfig:
+    """Settings of one sampling (the CLI's flags); a setting left at None is the run's own."""
+
+    checkpoint: str
+    out: str  # the PNG grid
+    num_samples: int = 16  # without class_labels: labels 0, 1, 2, ... cycling through the classes
+    class_labels: Sequence[int] | None = None  # one image per label (then num_samples is not used)
+    image_size: int | None = None  # pixels; None: the training size
+    sampler: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int | None = None
+    vae: str | None = None  # local diffusers AutoencoderKL folder, for latent runs
+    use_ema: bool = True
+    batch_size: int = 64
+    npz: str | None = None  # also the images (arr_0 NHWC uint8) and labels
+    progress: bool = False
+
+
+def input_size(cfg: SampleConfig, dit, trained_on: str) -> int:
+    """The model input's side for ``cfg.image_size`` pixels (latent runs: / `VAE_FACTOR`); ConfigError
+    where the model cannot sample it."""
+    if cfg.image_size is None:
+        return dit.input_size
+    factor = VAE_FACTOR if trained_on == "latents" else 1
+    size, step = cfg.image_size // factor, factor * dit.patch_size
+    if cfg.image_size < step or cfg.image_size % step:
+        what = f"the VAE's {VAE_FACTOR} x " if factor > 1 else ""
+        raise ConfigError(
+            f"image_size: {cfg.image_size} px is not a positive multiple of {what}the model's patch "
+            f"{dit.patch_size} ({step} px); give e.g. --image-size {max(step, cfg.image_size // step * step)}"
+        )
+    if size != dit.input_size and dit.pos_embed != "rope":
+        raise ConfigError(
+            f"image_size: the model was trained at {dit.input_size * factor} px with a fixed sin-cos "
+            f"position table (model.pos_embed {dit.pos_embed}), so it samples only at that size; drop "
+            "--image-size, or train with --set model.pos_embed=rope to sample at other sizes"
+        )
+    return size
+
+
+def labels_for(cfg: SampleConfig, num_classes: int) -> torch.Tensor:
+    """(N,) int64 class labels: ``cfg.class_labels``, else 0, 1, ... cycling; ConfigError if out of range."""
+    if cfg.class_labels is None:
+        if cfg.num_samples < 1:
+            raise ConfigError(f"num_samples: must be >= 1, got {cfg.num_samples}")
+        return torch.arange(cfg.num_samples) % num_classes
+    labels = list(cfg.class_labels)
+    if not labels or any(not 0 <= y < num_classes for y in labels):
+        raise ConfigError(
+            f"class_labels: {labels} must be one or more labels in 0..{num_classes - 1} (the run's "
+            f"{num_classes} classes); e.g. --class-labels 0,1,2"
+        )
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, H, W, C) uint8, labels (N,)) sampled from ``cfg.checkpoint`` (file or run folder)."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .evaluate.checkpoint_eval import load_vae
+    from .evaluate.sampling import LATENT_SCALE, generate_images
+    from .trainer.evaluation import sampling_settings
+
+    ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
+    model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
+    dit, data = model.config, tcfg.data.name
+    size, labels = input_size(cfg, dit, data), labels_for(cfg, dit.num_classes)
+    if cfg.vae and data != "latents":
+        raise ConfigError(
+            f"vae: checkpoint {cfg.checkpoint} is of a run trained on {data!r} pixels; drop --vae"
+        )
+    if data == "latents" and not cfg.vae:
+        raise ConfigError(
+            "vae: the run trained on VAE latents: pass --vae PATH (a local AutoencoderKL folder)"
+        )
+    run = sampling_settings(tcfg)
+    settings = {k: getattr(cfg, k) if getattr(cfg, k) is not None else run[k]
+                for k in ("sampler", "steps", "cfg_scale", "seed")}  # fmt: skip
+    if dit.class_dropout_prob <= 0 and settings["cfg_scale"] != 1.0:
+        log.warning("model trained without label dropout: no unconditional branch, using cfg_scale 1")
+        settings["cfg_scale"] = 1.0
+    decode = None
+    if cfg.vae:
+        vae = load_vae(cfg.vae, torch.device("cpu"))
+        decode = lambda z: vae.decode(z / LATENT_SCALE).sample  # noqa: E731 - (N, 3, 8h, 8w)
+    images = generate_images(
+        model, diffusion, range(len(labels)), batch_size=cfg.batch_size, **settings,
+        num_classes=dit.num_classes, image_size=size, channels=dit.in_channels, labels=labels,
+        decode=decode, clip_denoised=run["clip_denoised"], progress=cfg.progress,
+    )  # fmt: skip
+    log.info("sampled %d images at %d px (%s-%d, cfg %.2f, seed %d)", len(labels), images.shape[-1],
+             settings["sampler"], settings["steps"], settings["cfg_scale"], settings["seed"])  # fmt: skip
+    return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
+    """(N, H, W, C) uint8 -> one (rows (H + pad) + pad, nrow (W + pad) + pad, C) uint8 grid, row-major,
+    ``nrow`` = ceil(sqrt(N)) by default, padding white."""
+    n, h, w, c = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, k = divmod(i, nrow)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = (
+            img
+        )
+    return grid
+
+
+def save_png(grid: np.ndarray, path: str) -> None:
+    """Write an (H, W, 1 | 3) uint8 array as a PNG."""
+    from PIL import Image
+
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path, format="PNG")
+
+
+def _labels(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated class labels, e.g. 0,1,2; got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dit_core.sample",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  python -m dit_core.sample --checkpoint runs/s2 --out s2.png\n"
+        "  python -m dit_core.sample --checkpoint runs/rope --out x.png --image-size 32 --class-labels 3,7\n"
+        "  python -m dit_core.sample --checkpoint runs/in256 --out in.png --vae /models/sd-vae-ft-ema",
+    )
+    own = "default: the run's own"
+    p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
+    p.add_argument("--out", required=True, help="the PNG grid to write")
+    p.add_argument("--num-samples", type=_positive, help="images, labels 0, 1, ... cycling (default: 16)")
+    p.add_argument(
+        "--class-labels", type=_labels, help="one image per label, e.g. 0,1,2 (not with --num-samples)"
+    )
+    p.add_argument(
+        "--image-size", type=_positive, help="pixels; other than the training size needs a rope model"
+    )
+    p.add_argument("--sampler", help=f"sampler ({own}: eval.sampler)")
+    p.add_argument("--steps", type=_positive, help=f"sampler steps ({own}: eval.steps)")
+    p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
+    p.add_argument("--seed", type=int, help=f"sampling seed ({own}: the run's seed)")
+    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent runs only)")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--batch-size", type=_positive, default=64, help="sampling batch (default: 64)")
+    p.add_argument("--npz", help="also write the images here (.npz: arr_0 NHWC uint8, labels)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    opts = {k: v for k, v in vars(args).items() if k in SampleConfig.__dataclass_fields__ and v is not None}
+    cfg = SampleConfig(**opts, use_ema=not args.raw_weights, progress=sys.stderr.isatty())
+    try:
+        if args.num_samples is not None and args.class_labels is not None:
+            raise ConfigError("num_samples: --class-labels gives one image per label; drop --num-samples")
+        for flag, path in (("--out", cfg.out), ("--npz", cfg.npz)):
+            if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise ConfigError(f"{flag} {path}: its folder does not exist; create it or give another path")
+            if path and os.path.isdir(path):
+                raise ConfigError(f"{flag} {path} is a folder; give a file name")
+        if cfg.seed is not None and cfg.seed < 0:
+            raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+        images, labels = sample_checkpoint(cfg)
+    except ValueError as e:  # ConfigError, a checkpoint that is not one, a sampler the model lacks
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    save_png(image_grid(images), cfg.out)
+    if cfg.npz:
+        with open(cfg.npz, "wb") as f:  # at exactly this path (np.savez would append ".npz")
+            np.savez(f, arr_0=images, labels=labels)
+    print(f"wrote {cfg.out}: {len(images)} images of {images.shape[1]}x{images.shape[2]} px")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""``python -m dit_core.sample``: a PNG grid of a checkpoint's samples, the labels asked for, at
+another resolution for a rotary-position model, and exit 2 on what it cannot do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from _train_helpers import one_thread, tiny_config
+from PIL import Image
+
+from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
+from dit_core.diffusion import sample
+from dit_core.evaluate.features import to_uint8
+from dit_core.evaluate.sampling import example_noise, example_seed, generate_images
+from dit_core.sample import image_grid, main
+from dit_core.train import train
+
+STEPS = 4  # sampler steps: enough to exercise the sampler, cheap on CPU
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny runs of 3 steps on 16 px digits, sin-cos positions and rotary ones, each also as
+    ``<pos>.pt``: its last checkpoint with random weights (3 steps leave adaLN-Zero's class and
+    timestep paths near zero, so the labels would not show in the images)."""
+    root = tmp_path_factory.mktemp("sample")
+    gen = torch.Generator().manual_seed(0)
+    with one_thread():
+        for pos in ("sincos", "rope"):
+            cfg = tiny_config(
+                root / pos, steps=3, batch=4, **{"model.pos_embed": pos, "tracking.enabled": False}
+            )
+            train(cfg)
+            ckpt = load_checkpoint(root / pos)
+            for key in ("model", "ema"):
+                sd = ckpt[key]
+                ckpt[key] = {k: 0.3 * torch.randn(v.shape, generator=gen) if k != "pos_embed" else v
+                             for k, v in sd.items()}  # fmt: skip
+            torch.save(ckpt, root / f"{pos}.pt")
+    return root
+
+
+def _load(npz):
+    with np.load(npz) as z:
+        return z["arr_0"], z["labels"]
+
+
+def test_the_grid_holds_the_samples_evaluate_would_save(runs, tmp_path):
+    """Default labels 0, 1, ... and the run's sampler: the images `generate_images` gives (what
+    `python -m dit_core.evaluate --save-samples` writes), tiled row-major into the PNG."""
+    out, npz = tmp_path / "g.png", tmp_path / "g.npz"
+    cmd = [sys.executable, "-m", "dit_core.sample", "--checkpoint", str(runs / "sincos.pt"), "--out", str(out),
+           "--npz", str(npz), "--num-samples", "5", "--steps", str(STEPS), "--batch-size", "2"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}: 5 images of 16x16 px" in done.stdout
+    images, labels = _load(npz)
+    assert images.shape == (5, 16, 16, 1) and images.dtype == np.uint8 and labels.tolist() == [0, 1, 2, 3, 4]
+
+    model, diffusion, tcfg = model_from_checkpoint(load_checkpoint(runs / "sincos.pt"))
+    with one_thread():
+        want = generate_images(
+            model, diffusion, range(5), batch_size=5, sampler=tcfg.eval.sampler, steps=STEPS,
+            cfg_scale=tcfg.eval.cfg_scale, seed=tcfg.seed, num_classes=10, image_size=16, channels=1,
+            clip_denoised=True,
+        )  # fmt: skip
+    assert np.array_equal(images, want.permute(0, 2, 3, 1).numpy())  # the batch size does not matter
+
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 * 17 + 1, 3 * 17 + 1)  # ceil(sqrt(5)) = 3 columns, 2 rows, 1 px padding
+    for i in range(5):
+        r, c = divmod(i, 3)
+        assert np.array_equal(grid[1 + 17 * r : 17 * (r + 1), 1 + 17 * c : 17 * (c + 1)], images[i, ..., 0])
+    assert (grid[-17:, -17:] == 255).all()  # the sixth cell is empty
+
+
+def test_class_labels_and_another_resolution_for_a_rope_model(runs, tmp_path):
+    """Sample i has label class_labels[i] and noise seeded by (seed, i): equal to sampling that by
+    hand; a rope model trained at 16 px samples at 24 px."""
+    npz = tmp_path / "r.npz"
+    argv = ["--checkpoint", str(runs / "rope.pt"), "--out", str(tmp_path / "r.png"), "--npz", str(npz),
+            "--class-labels", "7,3", "--image-size", "24", "--steps", str(STEPS), "--seed", "5",
+            "--cfg-scale", "1"]  # fmt: skip
+    with one_thread():
+        assert main(argv) == 0
+    images, labels = _load(npz)
+    assert images.shape == (2, 24, 24, 1) and labels.tolist() == [7, 3]
+
+    model, diffusion, tcfg = model_from_checkpoint(load_checkpoint(runs / "rope.pt"))
+    noise = example_noise(5, torch.arange(2), (1, 24, 24))
+    g = torch.Generator().manual_seed(example_seed(5, 0, 1))
+    with one_thread():
+        x = sample(model, diffusion, noise.shape, torch.tensor([7, 3]), sampler=tcfg.eval.sampler,
+                   steps=STEPS, cfg_scale=1.0, generator=g, noise=noise, clip_denoised=True)  # fmt: skip
+    assert np.array_equal(images, to_uint8(x).permute(0, 2, 3, 1).numpy())
+    assert len(np.unique(images)) > 50  # not a blank or saturated image
+    with one_thread():  # and the labels show: other labels, other images
+        assert main([*argv[:7], "0,1", *argv[8:]]) == 0
+    assert not np.array_equal(_load(npz)[0], images)
+
+
+@pytest.mark.parametrize(
+    ("run", "extra", "phrase"),
+    [
+        ("sincos", ["--image-size", "24"], "image_size: the model was trained at 16 px with a fixed sin-cos"),
+        (
+            "rope",
+            ["--image-size", "15"],
+            "image_size: 15 px is not a positive multiple of the model's patch 2",
+        ),
+        ("rope", ["--class-labels", "3,10"], "class_labels: [3, 10] must be one or more labels in 0..9"),
+        ("rope", ["--class-labels", "1", "--num-samples", "4"], "drop --num-samples"),
+        ("rope", ["--vae", "."], "vae: checkpoint"),
+        ("rope", ["--sampler", "euler"], "euler"),
+        ("rope", ["--seed", "-1"], "seed: must be >= 0"),
+        ("missing", [], "missing"),
+    ],
+)
+def test_what_it_cannot_do_exits_2_and_writes_nothing(runs, tmp_path, capsys, run, extra, phrase):
+    out = tmp_path / "x.png"
+    code = main(["--checkpoint", str(runs / run), "--out", str(out), "--steps", "2", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and phrase in err, err
+    assert not out.exists()
+
+
+def test_an_out_in_a_missing_folder_is_refused_before_sampling(runs, tmp_path, capsys):
+    code = main(["--checkpoint", str(runs / "rope"), "--out", str(tmp_path / "no" / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out {tmp_path / 'no' / 'x.png'}: its folder does not exist" in err, err
+    assert not (tmp_path / "no").exists()
+
+
+def test_image_grid_is_row_major_with_padding():
+    tiles = np.arange(4 * 2 * 3 * 1, dtype=np.uint8).reshape(4, 2, 3, 1)
+    grid = image_grid(tiles, nrow=3, pad=1)
+    assert grid.shape == (2 * 3 + 1, 3 * 4 + 1, 1)
+    assert np.array_equal(grid[1:3, 5:8], tiles[1]) and np.array_equal(grid[4:6, 1:4], tiles[3])
+    assert (grid[4:6, 5:] == 255).all() and (grid[0] == 255).all()
