@@ -36,6 +36,7 @@ from dit_core.checkpoint import atomic_write
 from dit_core.configio import check_fields
 from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, shard_name
+from dit_core.device import DEVICE_HELP, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -193,25 +194,11 @@ def _encode(vae: torch.nn.Module, x: torch.Tensor, cfg: ExtractConfig, gen: torc
     return torch.stack([z[:b], z[b:]], dim=1)
 
 
-def _device(name: str) -> torch.device:
-    """The torch device of ``--device`` (``auto``: cuda if available), or a ValueError saying which exist."""
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(auto if name == "auto" else name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0 or (device.index or 0) >= n:
-            raise ValueError(f"--device {name}: this machine has {n} CUDA GPU(s); use --device cpu (or auto)")
-    return device
-
-
 def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     """Encode ``cfg.data_path`` into shards under ``cfg.output``; returns the manifest (also written)."""
     if not os.path.isdir(cfg.data_path):
         raise ValueError(f"image folder {cfg.data_path!r} does not exist or is not a directory")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if cfg.image_size % factor:
@@ -321,9 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixel size images are centre-cropped to (default %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE forward (default %(default)s)")
-    p.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default %(default)s: cuda if available)"
-    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--posterior", choices=POSTERIORS, default="sample",
         help="store a sample of the VAE's Gaussian posterior (fast-DiT's choice) or its mean "

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .configio import ConfigError
+from .device import DEVICE_HELP
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class SampleConfig:
     batch_size: int = 64
     npz: str | None = None  # also the images (arr_0 NHWC uint8) and labels
     progress: bool = False
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda[:N]
 
 
 def input_size(cfg: SampleConfig, dit, trained_on: str) -> int:
@@ -89,12 +91,15 @@ def labels_for(cfg: SampleConfig, num_classes: int) -> torch.Tensor:
 def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, H, W, C) uint8, labels (N,)) sampled from ``cfg.checkpoint`` (file or run folder)."""
     from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .device import resolve_device
     from .evaluate.checkpoint_eval import load_vae
     from .evaluate.sampling import LATENT_SCALE, generate_images
     from .trainer.evaluation import sampling_settings
 
+    device = resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
+    model = model.to(device)
     dit, data = model.config, tcfg.data.name
     size, labels = input_size(cfg, dit, data), labels_for(cfg, dit.num_classes)
     if cfg.vae and data != "latents":
@@ -113,12 +118,12 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
         settings["cfg_scale"] = 1.0
     decode = None
     if cfg.vae:
-        vae = load_vae(cfg.vae, torch.device("cpu"))
+        vae = load_vae(cfg.vae, device)
         decode = lambda z: vae.decode(z / LATENT_SCALE).sample  # noqa: E731 - (N, 3, 8h, 8w)
     images = generate_images(
         model, diffusion, range(len(labels)), batch_size=cfg.batch_size, **settings,
         num_classes=dit.num_classes, image_size=size, channels=dit.in_channels, labels=labels,
-        decode=decode, clip_denoised=run["clip_denoised"], progress=cfg.progress,
+        decode=decode, device=device, clip_denoised=run["clip_denoised"], progress=cfg.progress,
     )  # fmt: skip
     log.info("sampled %d images at %d px (%s-%d, cfg %.2f, seed %d)", len(labels), images.shape[-1],
              settings["sampler"], settings["steps"], settings["cfg_scale"], settings["seed"])  # fmt: skip
@@ -190,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"sampling seed ({own}: the run's seed)")
     p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent runs only)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=_positive, default=64, help="sampling batch (default: 64)")
     p.add_argument("--npz", help="also write the images here (.npz: arr_0 NHWC uint8, labels)")
     return p

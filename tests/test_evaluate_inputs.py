@@ -112,3 +112,26 @@ def test_extract_latents_names_a_bad_device(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert extract_main([*args, "--device", "cuda"]) == 2
         assert capsys.readouterr().err.startswith("error: --device cuda: this machine has 0 CUDA GPU(s)")
+
+
+def test_evaluate_samples_on_the_device_asked_for(tmp_path, capsys, monkeypatch):
+    """--device is resolved before the checkpoint is read and the model sampled there (``meta``
+    stands in for a GPU, which this machine lacks); one this machine lacks exits 2."""
+    ckpt = _save(tmp_path / "run", _config())
+    seen = []
+
+    def record(model, diffusion, **kwargs):
+        seen.append(next(model.parameters()).device.type)
+        return {"fid_digits": 1.0}
+
+    monkeypatch.setattr("dit_core.evaluate.checkpoint_eval.evaluate_model", record)
+    for device in ("cpu", "meta"):
+        assert evaluate_main(["--checkpoint", str(ckpt), "--device", device]) == 0
+    assert seen == ["cpu", "meta"]
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(ckpt), "--device", "bogus"]) == 2
+    assert capsys.readouterr().err.startswith("error: --device 'bogus' is not a device; use auto, cpu, cuda")
+    if not torch.cuda.is_available():
+        assert evaluate_main(["--checkpoint", str(ckpt), "--device", "cuda:1"]) == 2
+        assert capsys.readouterr().err.startswith("error: --device cuda:1: this machine has 0 CUDA GPU(s)")
+    assert seen == ["cpu", "meta"]

@@ -53,8 +53,9 @@ def test_the_grid_holds_the_samples_evaluate_would_save(runs, tmp_path):
     """Default labels 0, 1, ... and the run's sampler: the images `generate_images` gives (what
     `python -m dit_core.evaluate --save-samples` writes), tiled row-major into the PNG."""
     out, npz = tmp_path / "g.png", tmp_path / "g.npz"
-    cmd = [sys.executable, "-m", "dit_core.sample", "--checkpoint", str(runs / "sincos.pt"), "--out", str(out),
-           "--npz", str(npz), "--num-samples", "5", "--steps", str(STEPS), "--batch-size", "2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "dit_core.sample", "--checkpoint", str(runs / "sincos.pt"),
+           "--out", str(out), "--npz", str(npz), "--num-samples", "5", "--steps", str(STEPS),
+           "--batch-size", "2"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"wrote {out}: 5 images of 16x16 px" in done.stdout
@@ -117,6 +118,7 @@ def test_class_labels_and_another_resolution_for_a_rope_model(runs, tmp_path):
         ("rope", ["--vae", "."], "vae: checkpoint"),
         ("rope", ["--sampler", "euler"], "euler"),
         ("rope", ["--seed", "-1"], "seed: must be >= 0"),
+        ("rope", ["--device", "bogus"], "--device 'bogus' is not a device"),
         ("missing", [], "missing"),
     ],
 )
@@ -141,3 +143,20 @@ def test_image_grid_is_row_major_with_padding():
     assert grid.shape == (2 * 3 + 1, 3 * 4 + 1, 1)
     assert np.array_equal(grid[1:3, 5:8], tiles[1]) and np.array_equal(grid[4:6, 1:4], tiles[3])
     assert (grid[4:6, 5:] == 255).all() and (grid[0] == 255).all()
+
+
+def test_it_samples_on_the_device_asked_for(runs, tmp_path, monkeypatch):
+    """The model and the sampling go to --device (``meta`` stands in for a GPU, which this machine
+    lacks); without the flag, to the CPU here."""
+    import dit_core.evaluate.sampling as sampling
+
+    seen = []
+
+    def record(model, diffusion, indices, *, device, image_size, channels, **kwargs):
+        seen.append((next(model.parameters()).device.type, torch.device(device).type))
+        return torch.zeros(len(indices), channels, image_size, image_size, dtype=torch.uint8)
+
+    monkeypatch.setattr(sampling, "generate_images", record)
+    for extra in (["--device", "meta"], []):
+        assert main(["--checkpoint", str(runs / "rope.pt"), "--out", str(tmp_path / "m.png"), *extra]) == 0
+    assert seen == [("meta", "meta"), ("cpu", "cpu")]

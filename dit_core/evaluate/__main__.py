@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
 from ..tracking import FEATURE_SPACE_TAG, feature_space_tag
 from .features import WEIGHTS_ENV
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae", help="local diffusers AutoencoderKL folder (latent runs only; refused for pixel-space runs)"
     )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument(
+        "--device", default="auto", help=f"{DEVICE_HELP}; under accelerate launch, each process's own"
+    )
     p.add_argument(
         "--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
         help="clamp the sampler's x0 estimate to [-1, 1] at each step (default: as the run's own "

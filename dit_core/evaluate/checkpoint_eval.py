@@ -40,6 +40,7 @@ class CheckpointEvalConfig:
     log_to_run: bool = False  # the result goes into the run's eval/* metrics: sampling as the run's own
     run_id: str | None = None  # the MLflow run it goes into: must be the checkpoint's own, if it names one
     progress: bool = False  # a sampling progress bar on stderr (the CLI: when stderr is a terminal)
+    device: str = "auto"  # one process: auto (cuda if available) | cpu | cuda[:N]; else the accelerator's
 
 
 def protocol_departures(cfg: CheckpointEvalConfig, run_cfg) -> list[str]:
@@ -97,9 +98,10 @@ def evaluate_checkpoint(
     feature_spaces: filled with ``{family: extractor name}`` on rank 0 (see `evaluate_samples`)."""
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
+    from dit_core.device import resolve_device
     from dit_core.trainer.evaluation import sampling_settings
 
-    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    device = accelerator.device if accelerator is not None else resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
     check_vae(cfg, ckpt)
     own = ckpt.get("mlflow_run_id") or None
