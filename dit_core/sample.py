@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Pixels per latent pixel of the Stable Diffusion VAE that latent runs train on.
 VAE_FACTOR = 8
+#: The side, in PNG pixels, that images are enlarged to by default (nearest neighbour; the demo's are 16 px).
+MIN_TILE = 64
 
 
 @dataclass
@@ -49,6 +51,7 @@ class SampleConfig:
     npz: str | None = None  # also the images (arr_0 NHWC uint8) and labels
     progress: bool = False
     device: str = "auto"  # auto (cuda if available) | cpu | cuda[:N]
+    zoom: int | None = None  # the PNG's pixels per image pixel; None: tiles of at least `MIN_TILE` px
 
 
 def input_size(cfg: SampleConfig, dit, trained_on: str) -> int:
@@ -130,6 +133,13 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
 
 
+def zoomed(images: np.ndarray, zoom: int | None) -> np.ndarray:
+    """(N, H, W, C) -> (N, zH, zW, C), each pixel repeated ``zoom`` times per axis (None: the smallest
+    zoom giving tiles of at least `MIN_TILE` pixels)."""
+    zoom = zoom or max(1, math.ceil(MIN_TILE / max(images.shape[1:3])))
+    return images.repeat(zoom, axis=1).repeat(zoom, axis=2)
+
+
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
     """(N, H, W, C) uint8 -> one (rows (H + pad) + pad, nrow (W + pad) + pad, C) uint8 grid, row-major,
     ``nrow`` = ceil(sqrt(N)) by default, padding white."""
@@ -197,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=_positive, default=64, help="sampling batch (default: 64)")
+    p.add_argument(
+        "--zoom",
+        type=_positive,
+        help=f"PNG pixels per image pixel (default: tiles of at least {MIN_TILE} px)",
+    )
     p.add_argument("--npz", help="also write the images here (.npz: arr_0 NHWC uint8, labels)")
     return p
 
@@ -220,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # ConfigError, a checkpoint that is not one, a sampler the model lacks
         print(f"error: {e}", file=sys.stderr)
         return 2
-    save_png(image_grid(images), cfg.out)
+    save_png(image_grid(zoomed(images, cfg.zoom)), cfg.out)
     if cfg.npz:
         with open(cfg.npz, "wb") as f:  # at exactly this path (np.savez would append ".npz")
             np.savez(f, arr_0=images, labels=labels)

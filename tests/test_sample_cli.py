@@ -55,7 +55,7 @@ def test_the_grid_holds_the_samples_evaluate_would_save(runs, tmp_path):
     out, npz = tmp_path / "g.png", tmp_path / "g.npz"
     cmd = [sys.executable, "-m", "dit_core.sample", "--checkpoint", str(runs / "sincos.pt"),
            "--out", str(out), "--npz", str(npz), "--num-samples", "5", "--steps", str(STEPS),
-           "--batch-size", "2"]  # fmt: skip
+           "--batch-size", "2", "--zoom", "1"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"wrote {out}: 5 images of 16x16 px" in done.stdout
@@ -90,6 +90,10 @@ def test_class_labels_and_another_resolution_for_a_rope_model(runs, tmp_path):
         assert main(argv) == 0
     images, labels = _load(npz)
     assert images.shape == (2, 24, 24, 1) and labels.tolist() == [7, 3]
+    # the PNG: 24 px enlarged 3x (the smallest zoom to 64 px tiles), pixel for pixel, 2 columns
+    grid = np.asarray(Image.open(tmp_path / "r.png"))
+    assert grid.shape == (72 + 2, 2 * 73 + 1)
+    assert np.array_equal(grid[1:73, 74:146], images[1, ..., 0].repeat(3, 0).repeat(3, 1))
 
     model, diffusion, tcfg = model_from_checkpoint(load_checkpoint(runs / "rope.pt"))
     noise = example_noise(5, torch.arange(2), (1, 24, 24))
