@@ -130,3 +130,20 @@ def assert_relaunch_resumes(spec: SweepSpec, uri: str, cell, run_id: str) -> Non
     assert abs(out["weight"] - fake_final_weight(cell)) <= 1e-12 * fake_final_weight(cell)
     (run,) = runs_by_cell(uri, spec.experiment)[cell.cell_id]
     assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
+
+
+def fake_sweep_yaml(name: str, experiment: str) -> str:
+    """A sweep YAML of one S cell at 3e9 FLOPs (Scale(8, 4), batch 8) through
+    `test_sweeps_fake_trainer` at no time per step, without a final evaluation."""
+    return (
+        f"name: {name}\nexperiment: {experiment}\nfamilies: [S]\nscale: {{width_div: 8, depth_div: 4}}\n"
+        "budgets: [3e9]\nbatch_size: 8\ntrainer: test_sweeps_fake_trainer\nfinal_eval: false\n"
+        "train: {step_s: 0.0}\n"
+    )
+
+
+def migrated_store(tmp_path_factory, name: str) -> str:
+    """A ``sqlite:///`` MLflow store in a new temporary folder ``name``, its tables created."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp(name)}/mlflow.db"
+    MlflowClient(uri).search_experiments()  # creates the tables once
+    return uri

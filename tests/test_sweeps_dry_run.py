@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from _sweep_specs import fake_sweep_yaml
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -21,17 +22,7 @@ from sweeps import launch as cli
 from sweeps.design import RECORD, design_cells, first_centre, make_prior
 from sweeps.runner import sweep_dir
 
-YAML = """\
-name: dry
-experiment: dry-runs
-families: [S]
-scale: {width_div: 8, depth_div: 4}
-budgets: [3e9]
-batch_size: 8
-trainer: test_sweeps_fake_trainer
-final_eval: false
-train: {step_s: 0.0}
-"""
+YAML = fake_sweep_yaml("dry", "dry-runs")
 
 
 def _main(argv: list[str], capsys) -> tuple[int, str, str]:

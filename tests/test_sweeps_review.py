@@ -7,20 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from _sweep_specs import fake_sweep_yaml
 
 from sweeps import launch as cli
 
-YAML = """\
-name: rv
-experiment: review
-families: [S]
-scale: {width_div: 8, depth_div: 4}
-budgets: [3e9]
-batch_size: 8
-trainer: test_sweeps_fake_trainer
-final_eval: false
-train: {step_s: 0.0}
-"""
+YAML = fake_sweep_yaml("rv", "review")
 
 
 def _main(argv, capsys):

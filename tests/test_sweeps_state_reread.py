@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _sweep_specs import migrated_store
 from mlflow.tracking import MlflowClient
 
 from sweeps import state
@@ -16,9 +17,7 @@ from sweeps.state import Submission, create_cell_runs, ensure_experiment, read_s
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('reread-store')}/mlflow.db"
-    MlflowClient(uri).search_experiments()  # creates the tables once
-    return uri
+    return migrated_store(tmp_path_factory, "reread-store")
 
 
 @pytest.fixture

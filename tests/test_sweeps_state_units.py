@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from _sweep_specs import migrated_store
 from mlflow.tracking import MlflowClient
 
 from dit_core.config import TrainConfig
@@ -42,9 +43,7 @@ from sweeps.state import (
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """One migrated sqlite store for the module; each test uses its own experiment."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('state-store')}/mlflow.db"
-    MlflowClient(uri).search_experiments()  # creates the tables once
-    return uri
+    return migrated_store(tmp_path_factory, "state-store")
 
 
 @pytest.fixture
