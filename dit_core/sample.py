@@ -61,17 +61,17 @@ def input_size(cfg: SampleConfig, dit, trained_on: str) -> int:
         return dit.input_size
     factor = VAE_FACTOR if trained_on == "latents" else 1
     size, step = cfg.image_size // factor, factor * dit.patch_size
+    if dit.pos_embed != "rope" and cfg.image_size != dit.input_size * factor:  # first: only one size works
+        raise ConfigError(
+            f"image_size: the model was trained at {dit.input_size * factor} px with a fixed sin-cos "
+            f"position table (model.pos_embed {dit.pos_embed}), so it samples only at that size; drop "
+            "--image-size, or train with --set model.pos_embed=rope to sample at other sizes"
+        )
     if cfg.image_size < step or cfg.image_size % step:
         what = f"the VAE's {VAE_FACTOR} x " if factor > 1 else ""
         raise ConfigError(
             f"image_size: {cfg.image_size} px is not a positive multiple of {what}the model's patch "
             f"{dit.patch_size} ({step} px); give e.g. --image-size {max(step, cfg.image_size // step * step)}"
-        )
-    if size != dit.input_size and dit.pos_embed != "rope":
-        raise ConfigError(
-            f"image_size: the model was trained at {dit.input_size * factor} px with a fixed sin-cos "
-            f"position table (model.pos_embed {dit.pos_embed}), so it samples only at that size; drop "
-            "--image-size, or train with --set model.pos_embed=rope to sample at other sizes"
         )
     return size
 
@@ -155,11 +155,46 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
     return grid
 
 
-def save_png(grid: np.ndarray, path: str) -> None:
-    """Write an (H, W, 1 | 3) uint8 array as a PNG."""
+def save_png(grid: np.ndarray, path) -> None:
+    """Write an (H, W, 1 | 3) uint8 array as a PNG (``path``: a file name or a binary file)."""
     from PIL import Image
 
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path, format="PNG")
+
+
+def write_outputs(files: dict[str, tuple[str, object]], probe: bool = False) -> None:
+    """``{flag: (path, write(binary_file))}``: each written to a temporary file beside ``path``, and all
+    renamed into place only once every one is written, so that a failure leaves none half-written; a
+    ConfigError naming the flag and path that could not be written. ``probe``: only create and remove
+    the temporary files (a check that the paths are writable)."""
+    done: list[tuple[str, str]] = []
+    try:
+        for flag, (path, write) in files.items():
+            tmp = f"{path}.{os.getpid()}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    done.append((tmp, path))
+                    if not probe:
+                        write(f)
+            except OSError as e:
+                raise ConfigError(
+                    f"{flag} {path}: cannot be written ({e.strerror or e}); give a path in a writable folder"
+                ) from None
+        for tmp, path in [] if probe else done:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in done:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (CPU or GPU, torch or numpy)."""
+    if isinstance(err, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(
+        s in str(err) for s in ("can't allocate memory", "out of memory", "Cannot allocate memory")
+    )
 
 
 def _labels(text: str) -> list[int]:
@@ -229,16 +264,31 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{flag} {path}: its folder does not exist; create it or give another path")
             if path and os.path.isdir(path):
                 raise ConfigError(f"{flag} {path} is a folder; give a file name")
+            if path:  # fail before sampling, not after: probe the temporary file `write_outputs` uses
+                write_outputs({flag: (path, None)}, probe=True)
+        if cfg.npz and os.path.abspath(cfg.npz) == os.path.abspath(cfg.out):
+            raise ConfigError(f"--npz {cfg.npz} is the --out PNG's path too; give it another name")
         if cfg.seed is not None and cfg.seed < 0:
             raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
-        images, labels = sample_checkpoint(cfg)
+        try:
+            images, labels = sample_checkpoint(cfg)
+            grid = image_grid(zoomed(images, cfg.zoom))
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            size = f"{cfg.image_size} px" if cfg.image_size else "the training size"
+            why = str(e).splitlines()[0][:200]
+            raise ConfigError(
+                f"out of memory sampling at {size} (--batch-size {cfg.batch_size}, --zoom "
+                f"{cfg.zoom or 'auto'}): {why}; give a smaller --image-size, --batch-size or --zoom"
+            ) from None
+        files = {"--out": (cfg.out, lambda f: save_png(grid, f))}
+        if cfg.npz:  # at exactly this path (np.savez to a file name would append ".npz")
+            files["--npz"] = (cfg.npz, lambda f: np.savez(f, arr_0=images, labels=labels))
+        write_outputs(files)
     except ValueError as e:  # ConfigError, a checkpoint that is not one, a sampler the model lacks
         print(f"error: {e}", file=sys.stderr)
         return 2
-    save_png(image_grid(zoomed(images, cfg.zoom)), cfg.out)
-    if cfg.npz:
-        with open(cfg.npz, "wb") as f:  # at exactly this path (np.savez would append ".npz")
-            np.savez(f, arr_0=images, labels=labels)
     print(f"wrote {cfg.out}: {len(images)} images of {images.shape[1]}x{images.shape[2]} px")
     return 0
 

@@ -136,3 +136,41 @@ def test_a_relaunch_with_the_failing_evaluation_turned_off_just_finishes(tmp_pat
     points = _points(client, res.run_id)
     assert [s for s, _ in points["val/loss"]] == [0, 2, 4, 5] and "eval/fid_digits" not in points
     assert client.get_run(res.run_id).info.status == "FINISHED"
+
+
+def test_a_preemption_during_the_last_step_stops_before_its_checks_and_the_relaunch_runs_them(
+    tmp_path, monkeypatch
+):
+    """SIGTERM while the last step trains: the run stops at that step boundary as promised (status
+    preempted, SIGTERM; no long final evaluation in the grace period), its checkpoint says the step's
+    validation and evaluation are due, and the relaunch trains nothing and runs just those."""
+    import os
+    import signal
+
+    cfg = _cfg(tmp_path / "run", f"final-checks-preempt-{uuid.uuid4().hex[:8]}")
+    evaluated, trained = [], []
+    real_eval, step = trainer_loop.evaluate_samples, Trainer.train_step
+
+    def evaluate(*args, **kwargs):
+        evaluated.append(1)
+        return real_eval(*args, **kwargs)
+
+    def preempted_in_the_last_step(self):
+        step(self)
+        if self.step == self.total:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer_loop, "evaluate_samples", evaluate)
+    monkeypatch.setattr(Trainer, "train_step", preempted_in_the_last_step)
+    res = train(cfg)
+    assert (res.status, res.step, res.signal, len(evaluated)) == ("preempted", 5, "SIGTERM", 1)  # step 3's
+    assert load_checkpoint(res.checkpoint)["loop"]["due"] == ["val", "eval"]
+    assert MlflowClient().get_run(res.run_id).info.status == "KILLED"
+
+    monkeypatch.setattr(Trainer, "train_step", lambda self: (trained.append(self.step), step(self))[1])
+    again = train(cfg)
+    assert (again.status, again.step, again.run_id, trained) == ("finished", 5, res.run_id, [])
+    assert len(evaluated) == 2 and load_checkpoint(again.checkpoint)["loop"]["due"] == []
+    points = _points(MlflowClient(), res.run_id)
+    assert [s for s, _ in points["val/loss"]] == [0, 2, 4, 5]
+    assert [s for s, _ in points["eval/fid_digits"]] == [3, 5]

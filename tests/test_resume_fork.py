@@ -122,6 +122,12 @@ def test_a_fork_through_the_cli_and_a_fork_of_a_run_without_tracking(tmp_path, c
     track = {"tracking.run_id": given}
     with pytest.raises(ConfigError, match=f"belongs to MLflow run {run_id}"):
         train(_cfg(tmp_path / "b", experiment, **track), resume=str(b6))
+    # a fork logging into the very run it forks from would mix the two lineages' points: refused
+    with pytest.raises(
+        ConfigError, match=f"--run-id {run_id} is the MLflow run of .* which this resume forks"
+    ):
+        train(_cfg(tmp_path / "d", experiment, **{"tracking.run_id": run_id}), resume=str(b6))
+    assert not (tmp_path / "d" / "checkpoints").exists()
     forked = train(_cfg(tmp_path / "c", experiment, **track), resume=str(b6))
     assert forked.run_id == given and client.get_run(given).data.tags[RESUMED_FROM_RUN_TAG] == run_id
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -140,3 +146,19 @@ def test_a_fork_never_ends_the_run_it_came_from(tmp_path):
     assert b.run_id != a.run_id and (tmp_path / "b" / "mlflow_run_id").read_text().strip() == b.run_id
     run = client.get_run(a.run_id)
     assert run.info.status == "RUNNING" and run.data.tags["status"] == "preempted"
+
+
+@pytest.mark.parametrize("given", ["folder", "file"])
+def test_a_fork_into_a_folder_with_checkpoints_is_refused_given_a_folder_or_a_file(tmp_path, given):
+    """``--resume OTHER_FOLDER`` resolves to that folder's newest checkpoint and, like that file, is
+    refused into an --out with checkpoints of its own: one folder never mixes two lineages."""
+    off = {"tracking.enabled": False}
+    train(_cfg(tmp_path / "a", "unused", **off), stop_at_step=4)
+    train(_cfg(tmp_path / "b", "unused", **off), stop_at_step=2)
+    other = tmp_path / "a" if given == "folder" else tmp_path / "a" / "checkpoints" / "step_0000004.pt"
+    before = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="already holds checkpoints of its own"):
+        train(_cfg(tmp_path / "b", "unused", **off), resume=str(other))
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == before
+    # its own folder, given as a path, still continues its own run
+    assert train(_cfg(tmp_path / "b", "unused", **off), resume=str(tmp_path / "b")).step == 6

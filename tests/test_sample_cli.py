@@ -112,6 +112,7 @@ def test_class_labels_and_another_resolution_for_a_rope_model(runs, tmp_path):
     ("run", "extra", "phrase"),
     [
         ("sincos", ["--image-size", "24"], "image_size: the model was trained at 16 px with a fixed sin-cos"),
+        ("sincos", ["--image-size", "15"], "image_size: the model was trained at 16 px with a fixed sin-cos"),
         (
             "rope",
             ["--image-size", "15"],
@@ -164,3 +165,62 @@ def test_it_samples_on_the_device_asked_for(runs, tmp_path, monkeypatch):
     for extra in (["--device", "meta"], []):
         assert main(["--checkpoint", str(runs / "rope.pt"), "--out", str(tmp_path / "m.png"), *extra]) == 0
     assert seen == [("meta", "meta"), ("cpu", "cpu")]
+
+
+def test_a_failed_write_exits_2_and_leaves_neither_file(runs, tmp_path, capsys, monkeypatch):
+    """A disk that fills while the --npz is written: exit 2 naming the flag, and neither the PNG nor a
+    temporary file is left (they are renamed into place only once both are written)."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    out, npz = tmp_path / "x.png", tmp_path / "x.npz"
+    with one_thread():
+        code = main(["--checkpoint", str(runs / "rope.pt"), "--out", str(out), "--npz", str(npz),
+                     "--steps", "1", "--num-samples", "2"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: --npz {npz}: cannot be written (No space left"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--out", "--npz"])
+def test_an_unwritable_path_is_refused_before_sampling(runs, tmp_path, capsys, monkeypatch, flag):
+    import dit_core.sample as sample_cli
+
+    monkeypatch.setattr(sample_cli, "sample_checkpoint", lambda cfg: pytest.fail("sampled"))
+    paths = {"--out": str(tmp_path / "x.png"), "--npz": str(tmp_path / "x.npz"), flag: "/proc/x.bin"}
+    code = main(["--checkpoint", str(runs / "rope.pt"), *(a for kv in paths.items() for a in kv)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {flag} /proc/x.bin: cannot be written"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB"),
+     RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 40000000000 bytes")],
+)  # fmt: skip
+def test_running_out_of_memory_exits_2_with_what_to_lower(runs, tmp_path, capsys, monkeypatch, error):
+    """E.g. --image-size 100000 on a rope model: no traceback, but what to make smaller."""
+    import dit_core.evaluate.sampling as sampling
+
+    def oom(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(sampling, "generate_images", oom)
+    out = tmp_path / "x.png"
+    code = main(["--checkpoint", str(runs / "rope.pt"), "--out", str(out), "--image-size", "1000"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: out of memory sampling at 1000 px"), err
+    assert "give a smaller --image-size, --batch-size or --zoom" in err and not out.exists()
+
+
+def test_a_zoom_too_large_for_memory_exits_2(runs, tmp_path, capsys):
+    with one_thread():
+        code = main(["--checkpoint", str(runs / "rope.pt"), "--out", str(tmp_path / "x.png"),
+                     "--steps", "1", "--num-samples", "1", "--zoom", "1000000"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "out of memory" in err and "--zoom 1000000" in err, err
+    assert list(tmp_path.iterdir()) == []

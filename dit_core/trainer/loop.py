@@ -223,6 +223,15 @@ class Trainer:
                 f"MLflow run {own}; drop --run-id (or pass --run-id {own}) to continue that run, or use "
                 f"a new --out to train into run {given}"
             )
+        if self.cfg.tracking.enabled and given and given == own and self.forked_from is not None:
+            ckpts = self.forked_from.parent
+            home = ckpts.parent if ckpts.name == "checkpoints" else ckpts
+            raise ConfigError(
+                f"tracking.run_id: --run-id {given} is the MLflow run of {self.ckpt_path}, which this "
+                f"resume forks into a new run (the checkpoint is another folder's); drop --run-id (or give "
+                f"a run of its own) for the fork, or resume with --out {home} "
+                "to continue that run"
+            )
 
     def _load(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -389,6 +398,8 @@ class Trainer:
                 train_time, interval_images = 0.0, 0
             self.due = [k for k, n in self.check_intervals().items() if n and (s % n == 0 or last)]
             if last and self.due:
+                if self.preempt_requested(guard):  # stop now: run() checkpoints this step with `due`,
+                    return "preempted"  # and the relaunch runs just those checks
                 self.save()  # records `due`: a failure below keeps the steps trained
             self.run_due()
             if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and not last:

@@ -67,8 +67,8 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
         found = latest_checkpoint(p)
         if found is None:
             raise ConfigError(f"--resume: no checkpoint in {p}; give a folder with checkpoints/")
-        return found
-    if not p.is_file():
+        p = found  # a run folder's newest checkpoint: refused below like that file, if a fork
+    elif not p.is_file():
         raise ConfigError(
             f"--resume: must be 'auto', 'never' or a checkpoint file/run folder; {p} does not exist"
         )
