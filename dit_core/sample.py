@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .configio import ConfigError
+from .configio import ConfigError, join_negative_values
 from .device import DEVICE_HELP
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     opts = {k: v for k, v in vars(args).items() if k in SampleConfig.__dataclass_fields__ and v is not None}
     cfg = SampleConfig(**opts, use_ema=not args.raw_weights, progress=sys.stderr.isatty())

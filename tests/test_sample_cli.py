@@ -119,6 +119,7 @@ def test_class_labels_and_another_resolution_for_a_rope_model(runs, tmp_path):
             "image_size: 15 px is not a positive multiple of the model's patch 2",
         ),
         ("rope", ["--class-labels", "3,10"], "class_labels: [3, 10] must be one or more labels in 0..9"),
+        ("rope", ["--class-labels", "-1,2"], "class_labels: [-1, 2] must be one or more labels in 0..9"),
         ("rope", ["--class-labels", "1", "--num-samples", "4"], "drop --num-samples"),
         ("rope", ["--vae", "."], "vae: checkpoint"),
         ("rope", ["--sampler", "euler"], "euler"),
