@@ -20,6 +20,7 @@ import inspect
 import json
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterator
@@ -327,3 +328,24 @@ def join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> li
         else:
             out.append(tok)
     return out
+
+
+def int_at_least(low: int, name: str = "", why: str = ""):
+    """An argparse type: an int >= ``low`` that Python's ranges can hold, else a usage error naming it
+    (``name``, ``why``: words before and after "must be >= low")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(
+                f"{name + ' ' if name else ''}must be >= {low}{why}, got {value}"
+            )
+        if value > sys.maxsize:
+            raise argparse.ArgumentTypeError(f"must be <= {sys.maxsize}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .configio import ConfigError, join_negative_values
+from .configio import ConfigError, int_at_least, join_negative_values
 from .device import DEVICE_HELP
 
 log = logging.getLogger(__name__)
@@ -95,20 +95,17 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, H, W, C) uint8, labels (N,)) sampled from ``cfg.checkpoint`` (file or run folder)."""
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .device import resolve_device
-    from .evaluate.checkpoint_eval import load_vae
+    from .evaluate.checkpoint_eval import check_vae, load_vae
     from .evaluate.sampling import LATENT_SCALE, generate_images
     from .trainer.evaluation import sampling_settings
 
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
+    check_vae(cfg, ckpt)  # --vae for a pixel run, before the model is built
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
     model = model.to(device)
     dit, data = model.config, tcfg.data.name
     size, labels = input_size(cfg, dit, data), labels_for(cfg, dit.num_classes)
-    if cfg.vae and data != "latents":
-        raise ConfigError(
-            f"vae: checkpoint {cfg.checkpoint} is of a run trained on {data!r} pixels; drop --vae"
-        )
     if data == "latents" and not cfg.vae:
         raise ConfigError(
             "vae: the run trained on VAE latents: pass --vae PATH (a local AutoencoderKL folder)"
@@ -204,16 +201,6 @@ def _labels(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"comma-separated class labels, e.g. 0,1,2; got {text!r}") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dit_core.sample",
@@ -227,24 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     own = "default: the run's own"
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
     p.add_argument("--out", required=True, help="the PNG grid to write")
-    p.add_argument("--num-samples", type=_positive, help="images, labels 0, 1, ... cycling (default: 16)")
+    p.add_argument(
+        "--num-samples", type=int_at_least(1), help="images, labels 0, 1, ... cycling (default: 16)"
+    )
     p.add_argument(
         "--class-labels", type=_labels, help="one image per label, e.g. 0,1,2 (not with --num-samples)"
     )
     p.add_argument(
-        "--image-size", type=_positive, help="pixels; other than the training size needs a rope model"
+        "--image-size", type=int_at_least(1), help="pixels; other than the training size needs a rope model"
     )
     p.add_argument("--sampler", help=f"sampler ({own}: eval.sampler)")
-    p.add_argument("--steps", type=_positive, help=f"sampler steps ({own}: eval.steps)")
+    p.add_argument("--steps", type=int_at_least(1), help=f"sampler steps ({own}: eval.steps)")
     p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
     p.add_argument("--seed", type=int, help=f"sampling seed ({own}: the run's seed)")
     p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent runs only)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--batch-size", type=_positive, default=64, help="sampling batch (default: 64)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="sampling batch (default: 64)")
     p.add_argument(
         "--zoom",
-        type=_positive,
+        type=int_at_least(1),
         help=f"PNG pixels per image pixel (default: tiles of at least {MIN_TILE} px)",
     )
     p.add_argument("--npz", help="also write the images here (.npz: arr_0 NHWC uint8, labels)")

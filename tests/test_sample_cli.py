@@ -121,7 +121,7 @@ def test_class_labels_and_another_resolution_for_a_rope_model(runs, tmp_path):
         ("rope", ["--class-labels", "3,10"], "class_labels: [3, 10] must be one or more labels in 0..9"),
         ("rope", ["--class-labels", "-1,2"], "class_labels: [-1, 2] must be one or more labels in 0..9"),
         ("rope", ["--class-labels", "1", "--num-samples", "4"], "drop --num-samples"),
-        ("rope", ["--vae", "."], "vae: checkpoint"),
+        ("rope", ["--vae", "."], "vae: --vae . was given, but checkpoint"),
         ("rope", ["--sampler", "euler"], "euler"),
         ("rope", ["--seed", "-1"], "seed: must be >= 0"),
         ("rope", ["--device", "bogus"], "--device 'bogus' is not a device"),

@@ -16,32 +16,12 @@ import logging
 import os
 import sys
 
+from ..configio import int_at_least
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
 from ..tracking import FEATURE_SPACE_TAG, feature_space_tag
 from .features import WEIGHTS_ENV
 from .metrics import METRICS
-
-
-def _int_at_least(low: int, name: str = "", why: str = ""):
-    """An argparse type: an int >= ``low`` that Python's ranges can hold, else a usage error naming it
-    (``name``, ``why``: words before and after "must be >= low")."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(
-                f"{name + ' ' if name else ''}must be >= {low}{why}, got {value}"
-            )
-        if value > sys.maxsize:
-            raise argparse.ArgumentTypeError(f"must be <= {sys.maxsize}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {low}"
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,16 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     own = "default: the run's own, as its logged eval/* metrics"
     p.add_argument(
         "--num-samples",
-        type=_int_at_least(2, "num_samples", " to fit a covariance"),
+        type=int_at_least(2, "num_samples", " to fit a covariance"),
         help=f"samples to score, >= 2 ({own}: eval.num_samples)",
     )
     p.add_argument(
-        "--batch-size", type=_int_at_least(1), default=100, help="per-process sampling batch (default: 100)"
+        "--batch-size", type=int_at_least(1), default=100, help="per-process sampling batch (default: 100)"
     )
     p.add_argument("--sampler", help=f"{' | '.join(SAMPLERS)} ({own}: eval.sampler)")
-    p.add_argument("--steps", type=_int_at_least(1), help=f"sampler steps ({own}: eval.steps)")
+    p.add_argument("--steps", type=int_at_least(1), help=f"sampler steps ({own}: eval.steps)")
     p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
-    p.add_argument("--seed", type=_int_at_least(0), help=f"sampling seed, >= 0 ({own}: the run's seed)")
+    p.add_argument("--seed", type=int_at_least(0), help=f"sampling seed, >= 0 ({own}: the run's seed)")
     p.add_argument("--reference", help="digits[:split] | photos[:options] | image folder | .npz with arr_0")
     p.add_argument(
         "--metrics",

@@ -75,9 +75,10 @@ def load_vae(path: str, device: torch.device):
     return load_autoencoder(path).to(device).eval()
 
 
-def check_vae(cfg: CheckpointEvalConfig, ckpt: dict) -> None:
+def check_vae(cfg, ckpt: dict) -> None:
     """ConfigError, before the model is built, when ``cfg.vae`` is given for a checkpoint of a run
-    trained on pixels (the VAE would be ignored: its samples are images already)."""
+    trained on pixels (the VAE would be ignored: its samples are images already). ``cfg``: any
+    config with ``vae`` and ``checkpoint`` (`CheckpointEvalConfig`, `dit_core.sample.SampleConfig`)."""
     from dit_core.configio import ConfigError
 
     flat = ckpt.get("config")
