@@ -174,3 +174,47 @@ def test_a_preemption_during_the_last_step_stops_before_its_checks_and_the_relau
     points = _points(MlflowClient(), res.run_id)
     assert [s for s, _ in points["val/loss"]] == [0, 2, 4, 5]
     assert [s for s, _ in points["eval/fid_digits"]] == [3, 5]
+
+
+def test_a_preemption_at_a_step_with_an_evaluation_due_stops_before_it_and_the_relaunch_runs_it(
+    tmp_path, monkeypatch
+):
+    """SIGTERM while step 3 (sample metrics due, not the last step) trains: the run stops at that step
+    before its evaluation (a FID can outlast SLURM's grace period), its checkpoint says step 3's
+    evaluation is due, and the relaunch evaluates step 3 first and trains on: the same metric points,
+    each once, and the same final state, bitwise, as an uninterrupted run."""
+    import os
+    import signal
+
+    client = MlflowClient()
+    experiment = f"mid-checks-preempt-{uuid.uuid4().hex[:8]}"
+    ref = train(_cfg(tmp_path / "ref", experiment))
+    ref_points = _points(client, ref.run_id)
+
+    cfg = _cfg(tmp_path / "run", experiment)
+    evaluated = []
+    real_eval, step = trainer_loop.evaluate_samples, Trainer.train_step
+
+    def evaluate(*args, **kwargs):
+        evaluated.append(1)
+        return real_eval(*args, **kwargs)
+
+    def preempted_in_step_3(self):
+        step(self)
+        if self.step == 3 and not evaluated:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer_loop, "evaluate_samples", evaluate)
+    monkeypatch.setattr(Trainer, "train_step", preempted_in_step_3)
+    res = train(cfg)
+    assert (res.status, res.step, res.signal, evaluated) == ("preempted", 3, "SIGTERM", [])
+    assert load_checkpoint(res.checkpoint)["loop"]["due"] == ["eval"]
+
+    again = train(cfg)
+    assert (again.status, again.step, again.run_id, len(evaluated)) == ("finished", 5, res.run_id, 2)
+    points = _points(client, res.run_id)
+    for key, ref_key_points in ref_points.items():
+        assert [s for s, _ in points[key]] == [s for s, _ in ref_key_points], key  # the same steps, each once
+        if key not in FIXED_COST_METRICS and key != "perf/images_per_s":
+            assert [v for _, v in points[key]] == pytest.approx([v for _, v in ref_key_points], rel=1e-5), key
+    _same_state(load_checkpoint(again.checkpoint), load_checkpoint(ref.checkpoint), "step 5")

@@ -376,12 +376,12 @@ class Trainer:
 
     def run_loop(self, guard: PreemptionGuard, progress: Progress, stop_at_step: int | None = None) -> str:
         """Step until the budget (-> "finished"), a signal or ``stop_at_step`` (-> "preempted"), with
-        logging, validation, evaluation and periodic checkpoints at their intervals. The last step is
-        checkpointed before its validation and evaluation (`due`); a resume from that checkpoint
-        runs those still enabled first."""
+        logging, validation, evaluation and periodic checkpoints at their intervals. The last step, and
+        a step a signal stops at, are checkpointed before their validation and evaluation (`due`); a
+        resume from that checkpoint runs those still enabled first."""
         cfg = self.cfg
         train_time, interval_images = 0.0, 0
-        if self.due:  # resumed from a last step checkpointed before its validation / evaluation
+        if self.due:  # resumed from a step checkpointed before its validation / evaluation
             self.run_due(resumed=True)
         while self.step < self.total:
             if self.preempt_requested(guard) or (stop_at_step is not None and self.step >= stop_at_step):
@@ -397,9 +397,9 @@ class Trainer:
                 self.log_interval(train_time, interval_images, progress)
                 train_time, interval_images = 0.0, 0
             self.due = [k for k, n in self.check_intervals().items() if n and (s % n == 0 or last)]
+            if self.due and self.preempt_requested(guard):  # stop now, not after a long evaluation in
+                return "preempted"  # the grace period: run() checkpoints this step with `due`
             if last and self.due:
-                if self.preempt_requested(guard):  # stop now: run() checkpoints this step with `due`,
-                    return "preempted"  # and the relaunch runs just those checks
                 self.save()  # records `due`: a failure below keeps the steps trained
             self.run_due()
             if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and not last:
