@@ -97,25 +97,19 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     from .device import resolve_device
     from .evaluate.checkpoint_eval import check_vae, load_vae
     from .evaluate.sampling import LATENT_SCALE, generate_images
-    from .trainer.evaluation import sampling_settings
+    from .trainer.evaluation import check_guidance, sampling_settings
 
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
-    check_vae(cfg, ckpt)  # --vae for a pixel run, before the model is built
+    check_vae(cfg, ckpt)  # --vae for latents only, before the model is built
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
     model = model.to(device)
     dit, data = model.config, tcfg.data.name
     size, labels = input_size(cfg, dit, data), labels_for(cfg, dit.num_classes)
-    if data == "latents" and not cfg.vae:
-        raise ConfigError(
-            "vae: the run trained on VAE latents: pass --vae PATH (a local AutoencoderKL folder)"
-        )
     run = sampling_settings(tcfg)
     settings = {k: getattr(cfg, k) if getattr(cfg, k) is not None else run[k]
                 for k in ("sampler", "steps", "cfg_scale", "seed")}  # fmt: skip
-    if dit.class_dropout_prob <= 0 and settings["cfg_scale"] != 1.0:
-        log.warning("model trained without label dropout: no unconditional branch, using cfg_scale 1")
-        settings["cfg_scale"] = 1.0
+    check_guidance(settings["cfg_scale"], dit)
     decode = None
     if cfg.vae:
         vae = load_vae(cfg.vae, device)

@@ -223,12 +223,12 @@ def test_a_latent_runs_checkpoint_needs_a_reference_and_a_local_vae(tiny_vae, tm
     sd = DiT.from_config(cfg.model.to_dit_config()).state_dict()
     save_checkpoint(tmp_path / "run", {"model": sd, "ema": sd, "config": cfg.to_flat_dict(), "step": 3})
     run = CheckpointEvalConfig(checkpoint=str(tmp_path / "run"), batch_size=2)
+    no_vae = r"^vae: checkpoint .*run is of a run trained on VAE latents, whose samples are latents to decode"
+    with pytest.raises(ValueError, match=no_vae + r": pass --vae PATH \(a local AutoencoderKL folder"):
+        evaluate_checkpoint(run)  # the VAE first: without it nothing can be scored, whatever the reference
     with pytest.raises(ValueError, match="trained on 'latents' data: pass --reference FOLDER_OR_NPZ"):
-        evaluate_checkpoint(run)
+        evaluate_checkpoint(replace(run, vae=str(tmp_path / "novae")))
     scored = replace(run, reference="digits", metrics=("fid_digits",))
-    with pytest.raises(ValueError, match=r"^the run trained on VAE latents: pass --vae PATH \(a local "
-                       r"AutoencoderKL folder\)$"):  # fmt: skip
-        evaluate_checkpoint(scored)
     with pytest.raises(ValueError, match="--vae .*novae is not a folder; give a local diffusers"):
         evaluate_checkpoint(replace(scored, vae=str(tmp_path / "novae")))
     tiny_vae.save_pretrained(tmp_path / "vae")
@@ -252,9 +252,9 @@ def test_a_checkpoint_without_ema_weights_is_named_and_scored_with_raw_weights(t
     assert step == 2 and got["fid_digits"] > 0
 
 
-def test_a_checkpoint_without_label_dropout_is_sampled_without_guidance(tiny, tmp_path, caplog):
-    """No unconditional branch to guide with: a guidance scale given is dropped (with a warning), so
-    the samples are those of scale 1."""
+def test_a_checkpoint_without_label_dropout_refuses_guidance_and_samples_at_scale_1(tiny, tmp_path):
+    """No unconditional branch to guide with: a guidance scale given is refused before sampling,
+    naming the flag and the fix; scale 1 (and the run's own setting, which is 1) samples."""
     from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
 
     model, _, cfg = tiny
@@ -265,16 +265,15 @@ def test_a_checkpoint_without_label_dropout_is_sampled_without_guidance(tiny, tm
     sd["y_embedder.embedding_table.weight"] = sd["y_embedder.embedding_table.weight"][:10]
     save_checkpoint(tmp_path, {"model": sd, "ema": sd, "config": cfg.to_flat_dict(), "step": 1})
     kw = dict(checkpoint=str(tmp_path), num_samples=4, steps=2, batch_size=4, metrics=("fid_digits",))
+    with pytest.raises(ValueError, match=r"--cfg-scale 4: .*without label dropout.*use --cfg-scale 1"):
+        evaluate_checkpoint(CheckpointEvalConfig(cfg_scale=4.0, save_samples=str(tmp_path / "4.npz"), **kw))
+    assert not (tmp_path / "4.npz").exists()
     samples = {}
-    for scale in (1.0, 4.0):
+    for scale in (1.0, None):
         out = tmp_path / f"{scale}.npz"
-        with caplog.at_level("WARNING", logger="dit_core.evaluate.checkpoint_eval"):
-            evaluate_checkpoint(CheckpointEvalConfig(cfg_scale=scale, save_samples=str(out), **kw))
+        evaluate_checkpoint(CheckpointEvalConfig(cfg_scale=scale, save_samples=str(out), **kw))
         samples[scale] = np.load(out)["arr_0"]
-    assert np.array_equal(samples[1.0], samples[4.0])
-    assert caplog.messages == [
-        "model trained without label dropout: no unconditional branch, using cfg_scale 1"
-    ]
+    assert np.array_equal(samples[1.0], samples[None])
 
 
 def test_a_reference_given_is_scored_on_its_own_default_metrics():

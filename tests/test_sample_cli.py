@@ -225,3 +225,44 @@ def test_a_zoom_too_large_for_memory_exits_2(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "out of memory" in err and "--zoom 1000000" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_guidance_asked_of_a_model_without_label_dropout_exits_2(runs, tmp_path, capsys):
+    """A model trained with class_dropout_prob 0 has no null class to guide from: --cfg-scale 4 is
+    refused before sampling (it used to sample at 1 with a warning); --cfg-scale 1 samples."""
+    ckpt = torch.load(runs / "rope.pt", weights_only=False)
+    assert ckpt["config"]["model.class_dropout_prob"] > 0
+    ckpt["config"]["model.class_dropout_prob"] = 0.0
+    for key in ("model", "ema"):  # the null class's embedding row goes with the dropout
+        ckpt[key]["y_embedder.embedding_table.weight"] = ckpt[key]["y_embedder.embedding_table.weight"][:10]
+    torch.save(ckpt, tmp_path / "nodrop.pt")
+    out = tmp_path / "x.png"
+    argv = [
+        "--checkpoint",
+        str(tmp_path / "nodrop.pt"),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--num-samples",
+        "2",
+    ]
+    assert main([*argv, "--cfg-scale", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--cfg-scale 4: this model was trained without label dropout" in err and not out.exists()
+    with one_thread():
+        assert main([*argv, "--cfg-scale", "1"]) == 0
+    assert out.exists()
+
+
+def test_a_latent_run_without_vae_exits_2_before_the_model_is_built(runs, tmp_path, capsys, monkeypatch):
+    """Latents need the VAE they were made with; told before anything is built or sampled."""
+    import dit_core.checkpoint
+
+    ckpt = torch.load(runs / "rope.pt", weights_only=False)
+    ckpt["config"]["data.name"] = "latents"
+    torch.save(ckpt, tmp_path / "latent.pt")
+    monkeypatch.setattr(dit_core.checkpoint, "model_from_checkpoint", lambda *a, **k: 1 / 0)
+    code = main(["--checkpoint", str(tmp_path / "latent.pt"), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "trained on VAE latents, whose samples are latents to decode: pass --vae PATH" in err

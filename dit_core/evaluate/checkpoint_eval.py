@@ -77,12 +77,19 @@ def load_vae(path: str, device: torch.device):
 
 def check_vae(cfg, ckpt: dict) -> None:
     """ConfigError, before the model is built, when ``cfg.vae`` is given for a checkpoint of a run
-    trained on pixels (the VAE would be ignored: its samples are images already). ``cfg``: any
-    config with ``vae`` and ``checkpoint`` (`CheckpointEvalConfig`, `dit_core.sample.SampleConfig`)."""
+    trained on pixels (the VAE would be ignored: its samples are images already), or missing for a
+    run trained on VAE latents (its samples are latents to decode). ``cfg``: any config with ``vae``
+    and ``checkpoint`` (`CheckpointEvalConfig`, `dit_core.sample.SampleConfig`)."""
     from dit_core.configio import ConfigError
 
     flat = ckpt.get("config")
     data = flat.get("data.name") if isinstance(flat, dict) else None
+    if not cfg.vae and data == "latents":
+        raise ConfigError(
+            f"vae: checkpoint {cfg.checkpoint} is of a run trained on VAE latents, whose samples are "
+            "latents to decode: pass --vae PATH (a local AutoencoderKL folder, the one the latents "
+            "were extracted with)"
+        )
     if cfg.vae and data is not None and data != "latents":
         raise ConfigError(
             f"vae: --vae {cfg.vae} was given, but checkpoint {cfg.checkpoint} is of a run trained on "
@@ -100,7 +107,7 @@ def evaluate_checkpoint(
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
     from dit_core.device import resolve_device
-    from dit_core.trainer.evaluation import sampling_settings
+    from dit_core.trainer.evaluation import check_guidance, sampling_settings
 
     device = accelerator.device if accelerator is not None else resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
@@ -123,9 +130,7 @@ def evaluate_checkpoint(
     metrics = chosen_metrics(cfg, tcfg, reference)
     check_metrics(metrics, reference)
     vae = None
-    if data.name == "latents":
-        if not cfg.vae:
-            raise ValueError("the run trained on VAE latents: pass --vae PATH (a local AutoencoderKL folder)")
+    if data.name == "latents":  # check_vae made sure --vae was given
         vae = load_vae(cfg.vae, device)
     dit, run = model.config, sampling_settings(tcfg)
     settings = run | {k: getattr(cfg, k) for k in run if getattr(cfg, k) is not None}
@@ -136,9 +141,7 @@ def evaluate_checkpoint(
             f"{'; '.join(off)}. Drop them (the seed may differ), or drop --mlflow-run-id and keep the "
             "result with --output"
         )
-    if dit.class_dropout_prob <= 0 and settings["cfg_scale"] != 1.0:
-        log.warning("model trained without label dropout: no unconditional branch, using cfg_scale 1")
-        settings["cfg_scale"] = 1.0
+    check_guidance(settings["cfg_scale"], dit)
     result = evaluate_model(
         model, diffusion, **settings, batch_size=cfg.batch_size, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=metrics,

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "check_evaluation",
+    "check_guidance",
     "evaluate_samples",
     "guidance_scale",
     "run_metrics",
@@ -33,6 +34,17 @@ __all__ = [
 def guidance_scale(cfg: TrainConfig) -> float:
     """``eval.cfg_scale``, or 1 (no guidance) for a model trained without label dropout."""
     return cfg.eval.cfg_scale if cfg.model.class_dropout_prob > 0 else 1.0
+
+
+def check_guidance(scale: float, dit: DiTConfig) -> None:
+    """ValueError for guidance (``scale`` != 1) asked of a model trained without label dropout: it
+    never learnt the null class, so it has no unconditional prediction to guide with."""
+    if dit.class_dropout_prob <= 0 and scale != 1.0:
+        raise ValueError(
+            f"--cfg-scale {scale:g}: this model was trained without label dropout "
+            "(model.class_dropout_prob 0), so it has no unconditional branch for classifier-free "
+            "guidance; use --cfg-scale 1 (no guidance), or a model trained with class_dropout_prob > 0"
+        )
 
 
 def clip_denoised(cfg: TrainConfig) -> bool:
