@@ -152,23 +152,39 @@ from dit_core.diffusion import DiffusionConfig, create_diffusion
 from dit_core.evaluate import RandomConvExtractor, evaluate_model
 from dit_core.models import DiT
 
+from datetime import timedelta
+from accelerate.utils import InitProcessGroupKwargs
+from dit_core.evaluate.sampling import SamplingStopped
+
 torch.manual_seed(0)
 model = DiT(input_size=16, patch_size=4, in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=10)
-acc = Accelerator(cpu=True)
-m = evaluate_model(
-    model.eval(), create_diffusion(DiffusionConfig()), num_samples=5, batch_size=2, steps=2, num_classes=10,
-    image_size=16, channels=1, metrics=("fid",), extractors={"inception": RandomConvExtractor(dim=8)},
-    accelerator=acc,
-)
-json.dump(m, open(f"{sys.argv[1]}/rank{acc.process_index}.json", "w"))
+acc = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
+kw = dict(num_samples=5, batch_size=2, steps=2, num_classes=10, image_size=16, channels=1, metrics=("fid",),
+          extractors={"inception": RandomConvExtractor(dim=8)}, accelerator=acc)
+m = evaluate_model(model.eval(), create_diffusion(DiffusionConfig()), **kw)
+calls = []
+
+def stop():  # a collective, as the trainer's: rank 0 asks to stop at its 2nd batch, rank 1 has only 1
+    calls.append(1)
+    flag = torch.tensor([1.0 if acc.process_index == 0 and len(calls) == 2 else 0.0])
+    return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+try:
+    evaluate_model(model.eval(), create_diffusion(DiffusionConfig()), stop=stop, **kw)
+    stopped = False
+except SamplingStopped:
+    stopped = True
+json.dump({"metrics": m, "stop_calls": len(calls), "stopped": stopped},
+          open(f"{sys.argv[1]}/rank{acc.process_index}.json", "w"))
 acc.wait_for_everyone()
 acc.end_training()  # destroys the process group: a gloo rank that exits without it can abort
 """
 
 
-def test_every_rank_returns_rank_0s_metrics(tmp_path):
+def test_every_rank_returns_rank_0s_metrics_and_asks_stop_as_often(tmp_path):
     """Rank 0 scores the gathered samples and broadcasts the dict: both ranks of a 2-process run
-    return it (the trainer's ranks all read it)."""
+    return it (the trainer's ranks all read it). 5 samples in batches of 2 give rank 0 two batches and
+    rank 1 one: a collective ``stop`` is still called twice on each, and both stop at the second."""
     script = tmp_path / "every_rank.py"
     script.write_text(_EVERY_RANK)
     env = dict(os.environ, OMP_NUM_THREADS="1", DITSCALE_CACHE=str(tmp_path / "cache"))
@@ -180,7 +196,10 @@ def test_every_rank_returns_rank_0s_metrics(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
-    assert ranks[0] == ranks[1] and set(ranks[0]) == {"fid"} and ranks[0]["fid"] > 0
+    assert ranks[0] == ranks[1] and set(ranks[0]["metrics"]) == {"fid"} and ranks[0]["metrics"]["fid"] > 0
+    assert (
+        ranks[0]["stop_calls"] == ranks[1]["stop_calls"] == 2 and ranks[0]["stopped"] and ranks[1]["stopped"]
+    )
 
 
 def test_log_metrics_needs_a_run():

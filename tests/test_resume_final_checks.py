@@ -28,9 +28,9 @@ def _one_thread():
         yield
 
 
-def _cfg(out, experiment: str):
+def _cfg(out, experiment: str, **overrides):
     track = {"tracking.enabled": True, "tracking.experiment": experiment}
-    return tiny_config(out, steps=5, batch=4, **{**TINY, **CHECKS, **track})
+    return tiny_config(out, steps=5, batch=4, **{**TINY, **CHECKS, **track, **overrides})
 
 
 def _points(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -176,24 +176,33 @@ def test_a_preemption_during_the_last_step_stops_before_its_checks_and_the_relau
     assert [s for s, _ in points["eval/fid_digits"]] == [3, 5]
 
 
-def test_a_preemption_at_a_step_with_an_evaluation_due_stops_before_it_and_the_relaunch_runs_it(
-    tmp_path, monkeypatch
+@pytest.mark.parametrize("during", ["step", "evaluation"])
+def test_a_preemption_at_a_step_with_an_evaluation_due_stops_before_it_is_done_and_the_relaunch_runs_it(
+    tmp_path, monkeypatch, during
 ):
-    """SIGTERM while step 3 (sample metrics due, not the last step) trains: the run stops at that step
-    before its evaluation (a FID can outlast SLURM's grace period), its checkpoint says step 3's
-    evaluation is due, and the relaunch evaluates step 3 first and trains on: the same metric points,
-    each once, and the same final state, bitwise, as an uninterrupted run."""
+    """SIGTERM while step 3 (sample metrics due, not the last step) trains, or between the sampling
+    batches of its evaluation: the run stops there without finishing the evaluation (a FID can outlast
+    SLURM's grace period), its checkpoint says step 3's evaluation is due, and the relaunch evaluates
+    step 3 first and trains on: the same metric points, each once, and the same final state, bitwise,
+    as an uninterrupted run."""
     import os
     import signal
 
+    import dit_core.diffusion
+
     client = MlflowClient()
     experiment = f"mid-checks-preempt-{uuid.uuid4().hex[:8]}"
-    ref = train(_cfg(tmp_path / "ref", experiment))
+    two_batches = {"eval.batch_size": 4}  # 8 samples: the signal can come between two batches
+    ref = train(_cfg(tmp_path / "ref", experiment, **two_batches))
     ref_points = _points(client, ref.run_id)
 
-    cfg = _cfg(tmp_path / "run", experiment)
-    evaluated = []
-    real_eval, step = trainer_loop.evaluate_samples, Trainer.train_step
+    cfg = _cfg(tmp_path / "run", experiment, **two_batches)
+    evaluated, batches = [], []
+    real_eval, step, real_sample = (
+        trainer_loop.evaluate_samples,
+        Trainer.train_step,
+        dit_core.diffusion.sample,
+    )
 
     def evaluate(*args, **kwargs):
         evaluated.append(1)
@@ -201,17 +210,26 @@ def test_a_preemption_at_a_step_with_an_evaluation_due_stops_before_it_and_the_r
 
     def preempted_in_step_3(self):
         step(self)
-        if self.step == 3 and not evaluated:
+        if during == "step" and self.step == 3 and not evaluated:
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def sample(*args, **kwargs):  # the first sampling batch of the first evaluation gets the signal
+        batches.append(1)
+        if during == "evaluation" and len(batches) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_sample(*args, **kwargs)
 
     monkeypatch.setattr(trainer_loop, "evaluate_samples", evaluate)
     monkeypatch.setattr(Trainer, "train_step", preempted_in_step_3)
+    monkeypatch.setattr(dit_core.diffusion, "sample", sample)
     res = train(cfg)
-    assert (res.status, res.step, res.signal, evaluated) == ("preempted", 3, "SIGTERM", [])
+    assert (res.status, res.step, res.signal) == ("preempted", 3, "SIGTERM")
+    assert (len(evaluated), len(batches)) == ((0, 0) if during == "step" else (1, 1))  # not the 2nd batch
     assert load_checkpoint(res.checkpoint)["loop"]["due"] == ["eval"]
+    assert "eval/fid_digits" not in _points(client, res.run_id)
 
     again = train(cfg)
-    assert (again.status, again.step, again.run_id, len(evaluated)) == ("finished", 5, res.run_id, 2)
+    assert (again.status, again.step, again.run_id) == ("finished", 5, res.run_id)
     points = _points(client, res.run_id)
     for key, ref_key_points in ref_points.items():
         assert [s for s, _ in points[key]] == [s for s, _ in ref_key_points], key  # the same steps, each once

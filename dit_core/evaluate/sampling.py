@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 LATENT_SCALE = 0.18215
 
 
+class SamplingStopped(Exception):
+    """Raised between sampling batches when the ``stop`` callable of `generate_images` or
+    `evaluate_model` returns True (a preemption signal during a run's evaluation)."""
+
+
 def shard(num_samples: int, rank: int, world: int) -> range:
     """Rank ``rank``'s contiguous share of ``range(num_samples)`` (sizes differ by at most 1)."""
     base, extra = divmod(num_samples, world)
@@ -54,12 +59,14 @@ def generate_images(
     clip_denoised: bool = False,
     progress: bool = False,
     labels: torch.Tensor | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """uint8 images (len(indices), C, H, W) for the given global sample indices, in ``batch_size`` batches.
 
     Sample i has class ``labels[i]`` (``labels``: (num_samples,) int64), by default i % num_classes.
     ``decode`` maps model outputs (latents) to pixels in [-1, 1]; None = the model works in pixels.
     ``progress``: a bar of the images sampled so far on stderr, cleared when done.
+    ``stop``: called before each batch; `SamplingStopped` when it returns True.
     """
     from tqdm.auto import tqdm
 
@@ -71,6 +78,9 @@ def generate_images(
     out = []
     bar = tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress, leave=False)
     for start in range(0, len(indices), batch_size):
+        if stop is not None and stop():
+            bar.close()
+            raise SamplingStopped(f"stopped after {start} of {len(indices)} samples")
         idx = indices[start : start + batch_size]
         noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
         if labels is None:
@@ -133,6 +143,7 @@ def evaluate_model(
     clip_denoised: bool = False,
     feature_spaces: dict[str, str] | None = None,
     progress: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
 
@@ -145,6 +156,8 @@ def evaluate_model(
     (ADM's format) and ``labels``.
     ``feature_spaces``: filled on rank 0 with ``{family: extractor name}`` (see `evaluate_samples`).
     ``progress``: rank 0 shows a bar of its share's sampling on stderr.
+    ``stop``: called before each sampling batch, the same number of times on every rank (it may be a
+    collective); `SamplingStopped` when it returns True.
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to fit a covariance, got {num_samples}")
@@ -159,7 +172,13 @@ def evaluate_model(
         batch_size=batch_size, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
         num_classes=num_classes, image_size=image_size, channels=channels, eta=eta,
         decode=decode, device=device, clip_denoised=clip_denoised, progress=progress and rank == 0,
+        stop=stop,
     )  # fmt: skip
+    if stop is not None and world > 1:  # a smaller share has a batch fewer: its calls made up here
+        most = math.ceil(len(shard(num_samples, 0, world)) / batch_size)
+        for _ in range(most - math.ceil(len(indices) / batch_size)):
+            if stop():
+                raise SamplingStopped("stopped after the last batch of this rank's share")
     images = gather_samples(local, num_samples, accelerator) if accelerator is not None else local
     result: dict[str, float] = {}
     if images is not None:

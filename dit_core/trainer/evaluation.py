@@ -138,12 +138,13 @@ def check_evaluation(cfg: TrainConfig) -> None:
 
 
 def evaluate_samples(
-    model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, accelerator, feature_spaces=None
+    model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, accelerator, feature_spaces=None, stop=None
 ) -> dict[str, float]:
     """Metrics of ``model``'s samples against ``eval.reference`` (None = the data's own,
     `dit_core.data.default_reference`);
     ``{}`` with a warning when there is no reference or the data are latents. ``feature_spaces``: a
-    dict filled with ``{family: extractor name}`` on rank 0."""
+    dict filled with ``{family: extractor name}`` on rank 0. ``stop``: asked before each sampling
+    batch (`dit_core.evaluate.sampling.SamplingStopped` when it says so)."""
     e, data = cfg.eval, cfg.data
     reference = e.reference or default_reference(data)
     if data.name == "latents":
@@ -159,6 +160,7 @@ def evaluate_samples(
         model, diffusion, **sampling_settings(cfg), batch_size=e.batch_size, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=names,
         accelerator=accelerator if accelerator.num_processes > 1 else None, feature_spaces=feature_spaces,
+        stop=stop,
     )  # fmt: skip
 
 

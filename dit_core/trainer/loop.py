@@ -26,6 +26,7 @@ from ..configio import ConfigError
 from ..data import build_dataset, data_accounting, unique_images
 from ..diffusion import create_diffusion
 from ..ema import EMA
+from ..evaluate.sampling import SamplingStopped
 from ..fast_path import compile_for_training
 from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
@@ -181,6 +182,7 @@ class Trainer:
         #: this step's validation ("val") / evaluation ("eval") not done yet: the last step is
         #: checkpointed before them, so that a failing one costs no training (a resume runs them)
         self.due: list[str] = []
+        self.guard: PreemptionGuard | None = None  # while `run` trains: the signals it watches
         self.run_id: str | None = None
         self.unsent_metrics: list[list] = []  # metric points of the checkpoint not yet on the server
         if ckpt is not None:
@@ -340,9 +342,13 @@ class Trainer:
         progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
         try:
             with PreemptionGuard(signals, sigint_echo_s=echo_s) as guard:
+                self.guard = guard
                 if cfg.eval.val_every and self.step == 0:
                     self.validate()
-                status = self.run_loop(guard, progress, stop_at_step)
+                try:
+                    status = self.run_loop(guard, progress, stop_at_step)
+                except SamplingStopped:  # a signal during an evaluation: its step saved with `due`
+                    status = "preempted"
                 ckpt_path = self.save()
                 signum = guard.received if status == "preempted" else None
                 handler = guard.previous_handler(signum) if signum is not None else None
@@ -426,12 +432,13 @@ class Trainer:
                 self.evaluate()
             self.due.remove(kind)
 
-    def preempt_requested(self, guard: PreemptionGuard) -> bool:
+    def preempt_requested(self, guard: PreemptionGuard, every_call: bool = False) -> bool:
         """Whether a signal arrived (on any rank). With several processes the ranks agree through
-        an all-reduce, done every `SIGNAL_SYNC_EVERY` steps to avoid a device sync per step."""
+        an all-reduce, done every `SIGNAL_SYNC_EVERY` steps to avoid a device sync per step
+        (``every_call``: at each call, as between sampling batches, where the step stands still)."""
         flag = guard.received is not None
         if self.world > 1:
-            if self.step % SIGNAL_SYNC_EVERY:
+            if self.step % SIGNAL_SYNC_EVERY and not every_call:
                 return False
             t = torch.tensor([1.0 if flag else 0.0], device=self.device)
             flag = bool(self.acc.reduce(t, reduction="sum").item() > 0)
@@ -580,7 +587,11 @@ class Trainer:
         """Sample metrics ``eval/<name>`` of the EMA model and a sample grid artifact."""
         e, t0 = self.cfg.eval, time.perf_counter()
         spaces: dict[str, str] = {}
-        metrics = evaluate_samples(self.ema.model, self.diffusion, self.cfg, self.dit_cfg, self.acc, spaces)
+        guard = self.guard
+        stop = (lambda: self.preempt_requested(guard, every_call=True)) if guard else None
+        metrics = evaluate_samples(
+            self.ema.model, self.diffusion, self.cfg, self.dit_cfg, self.acc, spaces, stop=stop
+        )
         self.last_eval = dict(metrics)
         if self.tracker and e.grid_images > 0 and self.cfg.data.name != "latents":
             grid = sample_grid(
