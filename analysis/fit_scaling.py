@@ -18,7 +18,7 @@ from pathlib import Path
 from analysis.bootstrap import fit_workers
 from analysis.influence import run_influence
 from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
-from analysis.report import log_to_mlflow, results_dict, write_json, write_report
+from analysis.report import REPORT_FILES, log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
 from analysis.status import EXIT_BAD_INPUT, EXIT_CENSORED, EXIT_CODES, EXIT_NOT_IDENTIFIED
 from dit_core.configio import join_negative_values
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "value was not measured (text such as n/a is an error)",
     )
     p.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+        "--tracking-uri",
+        help="MLflow tracking URI, not with --csv (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
     )
     p.add_argument("--json", type=Path, help="write the fitted parameters and predictions here")
     p.add_argument("--out", type=Path, default=Path("scaling_report"), help="folder for report.md and plots")
@@ -141,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(
         p,
         "--bootstrap",
-        "bootstrap resamples for the intervals (0 = none: estimates without intervals, status "
-        "not_identified; default %(default)s)",
+        "bootstrap resamples for the intervals: 0 (none: estimates without intervals, status "
+        "not_identified) or >= 2 (default %(default)s)",
         "n_bootstrap",
     )
     _config_flag(p, "--seed", "seed of the resamples (default %(default)s)")
@@ -185,12 +186,20 @@ def _check_writable(flag: str, folder: Path, target: Path) -> None:
 
 
 def _check_outputs(out: Path, json_path: Path | None) -> None:
-    """ValueError, before any fit, when --out is an existing file or --json an existing folder, or
-    either cannot be written (a file on the way, a read-only or missing-permission folder)."""
+    """ValueError, before any fit, when --out is an existing file or --json an existing folder (or the
+    --out folder, or a file of the report there), or either cannot be written (a file on the way, a
+    read-only or missing-permission folder)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for report.md and the plots")
     if json_path is not None and json_path.is_dir():
         raise ValueError(f"--json {str(json_path)!r} is a folder; give a file name, e.g. --json fit.json")
+    j = json_path.resolve() if json_path is not None else None
+    # the JSON written onto the folder, or over report.md or a plot (results.json: the same JSON)
+    if j is not None and (j == out.resolve() or (j.parent == out.resolve() and j.name in REPORT_FILES)):
+        raise ValueError(
+            f"--json {json_path} is the --out folder or one of the report's files in it (report.md, the "
+            "plots); give another file name, e.g. --json fit.json (--out holds results.json as well)"
+        )
     _check_writable("--out", out, out)
     if json_path is not None:
         _check_writable("--json", json_path.parent, json_path)
@@ -207,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         for flag, value in (("--experiment", args.experiment), ("--tracking-uri", args.tracking_uri)):
             if value is not None and not value.strip():  # e.g. --experiment "$UNSET": not the default
                 raise ValueError(f"{flag} is empty; give a value, or leave the flag out for the default")
+        if args.csv is not None and args.tracking_uri is not None:  # it would be ignored without a word
+            raise ValueError(
+                "--tracking-uri names an MLflow store, but --csv reads the points from a file and uses no "
+                "store; give --csv FILE alone, or --tracking-uri URI (with --experiment NAME) alone"
+            )
         # the flags named after AnalysisConfig fields set them
         opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
         opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
@@ -249,8 +263,19 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:  # checked before the fit; a disk that filled up since, ...
             raise ValueError(f"cannot write the report ({e}); the fit was not saved") from None
         if args.csv is None and not args.no_mlflow_log:
-            rid = log_to_mlflow(paths, exp, uri, results_dict(an, preds, hold))
-            print(f"analysis run: {rid}")
+            from mlflow.exceptions import MlflowException
+
+            try:
+                print(f"analysis run: {log_to_mlflow(paths, exp, uri, results_dict(an, preds, hold))}")
+            except (MlflowException, OSError, ValueError) as e:  # a locked or vanished store: the fit stands
+                why = " ".join(str(e).split("[SQL:")[0].split())[:300]  # not the statement and its values
+                log.warning(
+                    "the analysis run was not logged to MLflow (%s: %s); the results below and the report "
+                    "in %s are complete: rerun to log them, or pass --no-mlflow-log",
+                    type(e).__name__,
+                    why,
+                    args.out,
+                )
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

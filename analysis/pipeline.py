@@ -72,6 +72,11 @@ class AnalysisConfig:
             raise ValueError(
                 f"n_bootstrap (--bootstrap) must be >= 0 (0 = no intervals), got {self.n_bootstrap}"
             )
+        if self.n_bootstrap == 1:  # else "only 1 of the 1 refits succeeded ... add runs": not the cause
+            raise ValueError(
+                "n_bootstrap (--bootstrap) is 1, but a percentile interval needs at least 2 resamples: "
+                "give 0 (no intervals) or 2 or more (default 200)"
+            )
         if not self.delta > 0:
             raise ValueError(f"delta (--delta) must be > 0 (the Huber loss's threshold), got {self.delta}")
         if self.drop_highest_loss < 0:
@@ -85,9 +90,11 @@ class AnalysisConfig:
                 f"seed (--seed) must be >= 0 (it seeds the bootstrap resamples), got {self.seed}"
             )
         if self.min_steps < 0:
-            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
-        if self.r_star is not None and not self.r_star > 0:
-            raise ValueError(f"r_star must be > 0, got {self.r_star}")
+            raise ValueError(f"min_steps (--min-steps) must be >= 0, got {self.min_steps}")
+        if self.r_star is not None and not 0 < self.r_star < math.inf:  # inf: D' = U + inf x 0 = NaN
+            raise ValueError(
+                f"r_star (--r-star) must be a finite number > 0 (Muennighoff et al.: 15.4), got {self.r_star}"
+            )
         if not 0 < self.level < 1:
             raise ValueError(f"level must be in (0, 1), got {self.level}")
 
@@ -816,7 +823,11 @@ def holdout_prepared(prep: Prepared, cfg: AnalysisConfig) -> HoldoutResult:
     test = pts[pts["run_id"].isin(ids)].copy()
     train = pts[~pts["run_id"].isin(ids)]
     if len(train) <= 5:
-        raise ValueError(f"holdout leaves {len(train)} training points; need more than 5")
+        raise ValueError(
+            f"holdout: without the {len(ids)} run(s) of the largest budget, {len(train)} point(s) are left "
+            "to fit and the parametric law needs more than 5; add runs at the smaller budgets, or fit "
+            "without --holdout"
+        )
     an = analyze_prepared(replace(prep, points=train), cfg)
     c_max = float(test["C"].max())
     interval = (math.nan, math.nan)

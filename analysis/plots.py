@@ -264,15 +264,20 @@ def plot_influence(an: Analysis, path) -> Path | None:
     return _save(fig, path)
 
 
+#: name -> (drawing function, file in the report's folder) of every figure `plot_all` may write
+FIGURES = {
+    "loss_vs_compute": (plot_loss_vs_compute, "loss_vs_compute.png"),
+    "isoflop": (plot_isoflop, "isoflop.png"),
+    "allocation": (plot_allocation, "optimal_allocation.png"),
+    "fid": (plot_fid, "fid.png"),
+    "residuals": (plot_residuals, "residuals.png"),
+    "influence": (plot_influence, "influence.png"),
+}
+
+
 def plot_all(an: Analysis, out_dir) -> dict[str, Path]:
-    """Every figure into out_dir; returns name -> path (FID figure only when FID was logged)."""
+    """Every figure of `FIGURES` into out_dir; returns name -> path (fid, residuals and influence only
+    when there is something to draw)."""
     out = Path(out_dir)
-    paths = {
-        "loss_vs_compute": plot_loss_vs_compute(an, out / "loss_vs_compute.png"),
-        "isoflop": plot_isoflop(an, out / "isoflop.png"),
-        "allocation": plot_allocation(an, out / "optimal_allocation.png"),
-    }
-    for name, plot in (("fid", plot_fid), ("residuals", plot_residuals), ("influence", plot_influence)):
-        if (path := plot(an, out / f"{name}.png")) is not None:
-            paths[name] = path
-    return paths
+    paths = {name: plot(an, out / file) for name, (plot, file) in FIGURES.items()}
+    return {name: path for name, path in paths.items() if path is not None}

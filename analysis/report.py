@@ -11,10 +11,13 @@ import numpy as np
 
 from analysis.parametric import LOG_SE_KEYS
 from analysis.pipeline import Analysis, HoldoutResult, Prediction, budget_labels, residual_summary
-from analysis.plots import plot_all
+from analysis.plots import FIGURES, plot_all
 from analysis.status import worst
 
 log = logging.getLogger(__name__)
+
+#: the files `write_report` writes in its folder besides results.json
+REPORT_FILES = ("report.md", *(file for _, file in FIGURES.values()))
 
 
 def _jsonable(x):

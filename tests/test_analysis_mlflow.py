@@ -10,6 +10,7 @@ from _fit_helpers import run_fit_cli
 
 from analysis.parametric import optimal_allocation
 from analysis.runs import average_seeds, load_runs
+from analysis.status import EXIT_NOT_IDENTIFIED
 from dit_core.tracking import FEATURE_SPACE_TAG
 
 LAW = {"E": 0.05, "A": 4.0, "B": 30.0, "alpha": 0.3, "beta": 0.32}
@@ -363,3 +364,44 @@ def test_an_analysis_run_whose_upload_fails_ends_failed_not_orphaned(sweep, tmp_
     with pytest.raises(ValueError, match="'no-such-experiment' not found"):
         log_to_mlflow({}, "no-such-experiment", uri, summary)
     assert len(client.search_runs([exp_id])) == 2
+
+
+def test_an_analysis_run_that_cannot_be_logged_keeps_the_fit_and_its_exit_code(
+    sweep, tmp_path, capsys, caplog
+):
+    """An analysis run MLflow refuses (here an artifact root behind a file, as in a store copied from
+    another folder; likewise a store locked by a sweep's writes: "database is locked") ended the CLI in
+    MLflow's traceback, exit 1 ("a bug"), after the report was written and before any result was
+    printed. Now: a warning that names the cause and where the report is, the results, the status's
+    exit code, and the analysis run marked FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.fit_scaling import main
+
+    uri, _ = sweep
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("analysis-unloggable", artifact_location=(blocker / "art").as_uri())
+    log_sweep(client, exp_id)
+    out_dir = tmp_path / "rep"
+    args = [
+        "--experiment",
+        "analysis-unloggable",
+        "--tracking-uri",
+        uri,
+        "--bootstrap",
+        "0",
+        "--out",
+        str(out_dir),
+    ]
+    assert main(args) == EXIT_NOT_IDENTIFIED  # --bootstrap 0: not_identified, as without the failure
+    out = capsys.readouterr().out
+    assert (
+        "analysis run:" not in out and "Parametric law" in out and f"report: {out_dir / 'report.md'}" in out
+    )
+    (warning,) = [r.getMessage() for r in caplog.records if "not logged to MLflow" in r.getMessage()]
+    assert "Error" in warning and f"the report in {out_dir} are complete" in warning
+    assert "--no-mlflow-log" in warning
+    runs = client.search_runs([exp_id], filter_string="tags.analysis = 'true'")
+    assert [r.info.status for r in runs] == ["FAILED"]

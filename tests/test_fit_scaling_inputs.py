@@ -10,39 +10,15 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from _fit_helpers import BUDGETS, LAW, sweep
+from _fit_helpers import sweep_cli as _cli
 
 from analysis import pipeline
 from analysis.fit_scaling import main
-from analysis.parametric import ConvergenceError, optimal_allocation, parametric_loss
+from analysis.parametric import ConvergenceError, parametric_loss
 from analysis.pipeline import AnalysisConfig, analyze, predict, prepare
 from analysis.runs import average_seeds, load_csv, load_runs, tidy, validate_points
 from analysis.status import EXIT_BAD_INPUT, EXIT_NOT_IDENTIFIED
-
-LAW = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
-BUDGETS = (1e18, 1e19, 1e20, 1e21)
-
-
-def sweep(span=(-1.0, 1.0), n_sizes=5) -> pd.DataFrame:
-    """One final point per run on IsoFLOP slices of LAW, sizes log-spaced over `span` decades around
-    each budget's optimum (C = 6 N D); exactly on the law."""
-    rows = []
-    for c in BUDGETS:
-        n0 = optimal_allocation(LAW, c, 6.0)[0]
-        for i, n in enumerate(n0 * np.logspace(*span, n_sizes)):
-            d = c / (6.0 * n)
-            loss = float(parametric_loss(LAW, n, d))
-            rows.append({"N": n, "D": d, "C": c, "loss": loss, "run_id": f"c{c:.0e}-{i}", "budget": c})
-    return pd.DataFrame(rows)
-
-
-def _cli(tmp_path, *args: str) -> int:
-    """main() on a CSV of `sweep()` (unless ``args`` give --csv), the report in tmp_path/rep."""
-    csv = tmp_path / "points.csv"
-    if not csv.exists():
-        sweep().to_csv(csv, index=False)
-    src = [] if "--csv" in args else ["--csv", str(csv)]
-    return main([*src, "--out", str(tmp_path / "rep"), *args])
-
 
 # ------------------------------------------------------------------ 1. --bootstrap 0 or negative
 
