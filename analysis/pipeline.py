@@ -545,7 +545,7 @@ class Prediction:
                 ratio = dit.n_params / self.n_opt.value
                 far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no paper shape is near it"
                 lines.append(
-                    f"  nearest DiT shape: {dit.name} ({dit.n_params:.4g} parameters, 256 px latents{far})"
+                    f"  nearest DiT shape: {dit.name} ({dit.n_params:.4g} {u['N']}, 256 px latents{far})"
                 )
             lines.append(f"  data D_opt       : {self.d_opt} {u['D']}")
         lines.append(f"  expected loss    : {self.loss if self.loss else 'withheld'} ({u['loss']})")
@@ -708,7 +708,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         loss=loss_e,
         fid=fid_e,
         nearest_run_shape=nearest_shape(n_e.value, run_shapes) if (run_shapes and n_e) else None,
-        nearest_dit_shape=nearest_shape(n_e.value, family_shapes()) if n_e else None,
+        nearest_dit_shape=nearest_shape(n_e.value, family_shapes(cfg.params)) if n_e else None,
         source=source,
         level=lvl,
         alternatives=alt,

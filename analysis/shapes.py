@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dit_core.spec import model_config, official_names, param_count
+from dit_core.spec import model_config, non_embedding_param_count, official_names, param_count
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,12 @@ class Shape:
     n_params: float
 
 
-def family_shapes(**fields) -> list[Shape]:
+def family_shapes(params: str = "total", **fields) -> list[Shape]:
     """DiT-XL/2 ... DiT-S/8 with parameter counts for the given `DiTConfig` fields (default: the
-    paper's 32x32x4 latents and 1000 classes), e.g. ``family_shapes(input_size=16, in_channels=1)``."""
-    return [Shape(name, float(param_count(model_config(name, **fields)))) for name in official_names()]
+    paper's 32x32x4 latents and 1000 classes), e.g. ``family_shapes(input_size=16, in_channels=1)``;
+    ``params``: "total" or "non_embedding", the N axis of the fit."""
+    count = non_embedding_param_count if params == "non_embedding" else param_count
+    return [Shape(name, float(count(model_config(name, **fields)))) for name in official_names()]
 
 
 def shapes_from_points(points: pd.DataFrame) -> list[Shape]:

@@ -460,6 +460,22 @@ def test_shapes_from_runs_and_the_nearest_in_log_n():
         assert s.n_params == param_count(model_config(s.name, input_size=16, in_channels=1))
 
 
+def test_the_nearest_paper_shape_is_counted_on_the_fits_own_n_axis():
+    """With --params non_embedding, N_opt is a non-embedding count: the paper shapes it is matched to
+    are counted the same way (they were counted in total parameters, 0.5-2 % more)."""
+    from dit_core.spec import model_config, non_embedding_param_count
+
+    ne = family_shapes("non_embedding")
+    for s, total in zip(ne, family_shapes(), strict=True):
+        assert s.n_params == non_embedding_param_count(model_config(s.name)) < total.n_params
+    pts = synthetic_isoflop(noise=0.002, seed=3, budgets=(1e18, 1e19, 1e20, 1e21, 1e22))
+    pts["N_non_embedding"] = pts["N"]
+    pr = predict(analyze(pts, AnalysisConfig(n_bootstrap=0, params="non_embedding")), 1e23)
+    dit = pr.nearest_dit_shape
+    assert dit.n_params == non_embedding_param_count(model_config(dit.name))
+    assert f"nearest DiT shape: {dit.name} ({dit.n_params:.4g} non-embedding parameters, 256 px" in pr.text()
+
+
 def test_dit_param_counts_match_paper():
     # Peebles & Xie (arXiv:2212.09748) Table 1 / Fig. 2: S 33M, B 130M, L 458M, XL 675M (patch 2)
     shapes = {s.name: s.n_params for s in family_shapes()}
