@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: their final point only)",
     )
     p.add_argument(
+        "--all-lrs",
+        action="store_true",
+        help="keep every learning rate of a cell as its own point (default: a cell trained at several "
+        "lrs, e.g. with the sweep's --lrs, keeps the lr with the lowest final loss, named in the report)",
+    )
+    p.add_argument(
         "--per-seed",
         action="store_true",
         help="keep each seed's run as its own point (default: runs that differ only in their seed are "
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
         opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
         opts["average_seeds"] = not args.per_seed
+        opts["best_lr"] = not args.all_lrs
         if args.csv is not None and args.data_axis == "images":  # a CSV's D is in its own units
             opts["data_units"] = "images or tokens (as in the CSV)"
         cfg = AnalysisConfig(**opts)

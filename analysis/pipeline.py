@@ -24,6 +24,7 @@ from analysis.parametric import (
 )
 from analysis.runs import (
     average_seeds,
+    best_lr,
     effective_data,
     one_fid_protocol,
     select_points,
@@ -59,6 +60,7 @@ class AnalysisConfig:
     min_steps: int = 50  # runs that ended below this many optimizer steps are dropped
     all_points: bool = False  # True: every intermediate point, whatever the lr schedule
     average_seeds: bool = True  # runs that differ only in their seed: one point (their mean) per step
+    best_lr: bool = True  # cells trained at several lrs: only the lr with the lowest final loss
     data_axis: str = "images"  # "images" | "tokens" (images x tokens per image)
     params: str = "total"  # "total" | "non_embedding" (Kaplan et al. 2020)
     effective_data: bool = False  # D -> Muennighoff et al. 2023's D' (needs unique images per run)
@@ -248,8 +250,12 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     seed_note = None
     if cfg.average_seeds and len(pts):
         pts, seed_note = average_seeds(pts)
+    lr_note = None
+    if cfg.best_lr and len(pts):
+        pts, lost, lr_note = best_lr(pts)
+        dropped = pd.concat([dropped, lost]) if len(lost) else dropped
     pts, _, fid_note = one_fid_protocol(pts)
-    notes += [n for n in (seed_note, fid_note) if n]
+    notes += [n for n in (seed_note, lr_note, fid_note) if n]
     if len(pts) == 0:
         raise ValueError(
             f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "

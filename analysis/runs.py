@@ -10,6 +10,8 @@ Columns of the tidy frame (one row per evaluation point):
 
 `replicate` (MLflow: a hash of the run's params without `seed`, `out`, `tracking.*` and `git.*`; CSV: an
 optional column) marks runs that are seeds of one cell; `average_seeds` makes them one point per step.
+`lr` (`optim.lr`) and `lr_group` (the same hash without `optim.lr` as well; CSV: optional, by default
+model, N and budget) mark runs of one cell at several learning rates; `best_lr` keeps the best one.
 `select_points` keeps the points valid for each run's lr schedule and drops too-short cells;
 `set_axes` chooses what N and D mean (total or non-embedding parameters; images or tokens) and,
 optionally, Muennighoff et al.'s effective data for repeated images.
@@ -39,9 +41,11 @@ from dit_core.tracking import (
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
-OPTIONAL = {"schedule": None, "fid_protocol": None, "replicate": None}  # optional columns, value if unknown
-TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate")
-OPTIONAL |= dict.fromkeys(("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se"), np.nan)
+OPTIONAL = {"schedule": None, "fid_protocol": None, "replicate": None, "lr_group": None}  # value if unknown
+TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate", "lr_group")
+OPTIONAL |= dict.fromkeys(
+    ("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se", "lr"), np.nan
+)
 #: the numeric columns: each cell a number, or empty where unknown (`numeric_columns`, one rule for all)
 NUMERIC_COLUMNS = ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "step")
 NUMERIC_COLUMNS += tuple(c for c in OPTIONAL if c not in TEXT_COLUMNS)
@@ -317,16 +321,56 @@ def _unique_images(client, rid: str, tags: dict, seen: pd.Series) -> float:
     return float("nan")
 
 
-def replicate_key(params: dict) -> str:
+def replicate_key(params: dict, without: tuple[str, ...] = ()) -> str:
     """A run's settings without its seed and bookkeeping (`seed`, `out`, `tracking.*`, `git.*`): runs that
     share the key are seeds of one cell (same model, budget, data, lr, evaluation), also when they were
-    trained from different commits."""
+    trained from different commits. ``without``: more params left out (``("optim.lr",)``: the cell at
+    any learning rate)."""
     kept = sorted(
         (k, v)
         for k, v in params.items()
-        if k not in ("seed", "out") and not k.startswith(("tracking.", "git."))
+        if k not in ("seed", "out", *without) and not k.startswith(("tracking.", "git."))
     )
     return hashlib.sha1(repr(kept).encode()).hexdigest()[:12]
+
+
+def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """Cells trained at several learning rates (points alike but for `lr`: the same `lr_group`, by
+    default model, N and budget) keep only the lr whose final point has the lowest loss: the fits then
+    see each cell at its tuned lr, as in Kaplan et al. (2020) and Hoffmann et al. (2022). Run after
+    `average_seeds`, so the lr is chosen on the seeds' mean. Returns (kept, dropped: the final point of
+    each lr left out, with a `reason`, note)."""
+    if "lr" not in points.columns or points["lr"].nunique() < 2:
+        return points, points.iloc[:0], None
+    default = points["model"].astype(str) + "|" + points["N"].astype(str) + "|" + points["budget"].astype(str)
+    group = points["lr_group"].where(points["lr_group"].notna(), default)
+    finals = points[points["final"].astype(bool)].assign(_g=group).dropna(subset=["lr"])
+    tried = finals.groupby("_g")["lr"].nunique()
+    finals = finals[finals["_g"].map(tried) > 1]
+    if finals.empty:
+        return points, points.iloc[:0], None
+    best = finals.loc[finals.groupby("_g")["loss"].idxmin()].set_index("_g")["lr"]
+    lost = group.isin(best.index) & (points["lr"] != group.map(best))
+    dropped = points[lost & points["final"].astype(bool)].copy()
+    dropped["reason"] = [f"lr {lr:.3g} lost to lr {best[g]:.3g} in its cell" for lr, g in
+                         zip(dropped["lr"], group[dropped.index])]  # fmt: skip
+    span = finals.groupby("_g")["lr"].agg(["min", "max"])
+    edge = [g for g in best.index if best[g] in (span.at[g, "min"], span.at[g, "max"])]
+    name = finals.drop_duplicates("_g").set_index("_g")
+    note = (
+        f"{len(best)} cell(s) trained at several learning rates keep the lr with the lowest final loss "
+        f"(--all-lrs keeps every lr): "
+        + ", ".join(
+            f"{name.at[g, 'model']} at {name.at[g, 'C']:.3g} FLOPs: {best[g]:.3g}" for g in best.index[:12]
+        )
+        + (", ..." if len(best) > 12 else "")
+    )
+    if edge:
+        note += (
+            f"; in {len(edge)} of them the best lr is the smallest or largest tried, so the optimum may lie "
+            "beyond: add an lr past it"
+        )
+    return points[~lost], dropped, note
 
 
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
@@ -504,6 +548,8 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "fid_se": fid_se.to_numpy(float),
             "fid_protocol": protocol,
             "replicate": replicate_key(params),
+            "lr": _float(params.get("optim.lr")),
+            "lr_group": replicate_key(params, without=("optim.lr",)),
             "status": run.data.tags.get("status", run.info.status.lower()),
         }
     )
