@@ -141,6 +141,7 @@ class SweepSpec:
             raise ValueError("the grid has no models: give --grid S,B,L,XL and/or custom --depths/--widths")
         for f in self.families:
             family_shape(f, self.scale)  # raises on unknown names
+        check_fields(self.data, "data.", dict.fromkeys(("input_size", "in_channels", "num_classes"), ">= 1"))
         for p in self.patch_sizes:
             if not isinstance(p, int) or isinstance(p, bool) or p < 1:
                 raise ValueError(f"patch size {p!r} must be a positive integer (e.g. --patch 2,4,8)")
@@ -162,7 +163,7 @@ class SweepSpec:
             if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
                 raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
         self._validate_seeds()
-        check_fields(self, "", {"design": DESIGNS, "batch_size": ">= 1"})
+        check_fields(self, "", {"design": DESIGNS, "batch_size": ">= 1", "val_points": ">= 1"})
         if isinstance(self.min_steps, bool) or not 1 <= self.fewest_steps() <= self.isoflop_max_steps:
             raise ValueError("need 1 <= min_steps <= isoflop_max_steps (--min-steps, --max-steps)")
         self._validate_design()
@@ -172,6 +173,8 @@ class SweepSpec:
         rules |= dict.fromkeys(("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"), ">= 1")
         rules |= dict.fromkeys(("array_parallelism", "local_parallelism"), ">= 1")
         check_fields(e, "executor.", rules)
+        if e.mem_gb is not None and not math.isfinite(e.mem_gb):  # submitit's int(mem_gb * 1024) overflows
+            raise ValueError(f"executor.mem_gb: must be > 0 and finite, got {e.mem_gb}")
         if self.batch_size % (e.nodes * e.tasks_per_node):
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "
@@ -203,15 +206,19 @@ class SweepSpec:
             raise ValueError(
                 f"sizes_per_budget {self.sizes_per_budget} < 3: an IsoFLOP parabola needs 3 sizes per budget"
             )
-        if not (isinstance(self.size_spread, (int, float)) and self.size_spread > 1):
-            raise ValueError(f"size_spread must be > 1 (e.g. --spread 4), got {self.size_spread!r}")
+        if not (isinstance(self.size_spread, (int, float)) and 1 < self.size_spread < math.inf):
+            raise ValueError(
+                f"size_spread must be a finite number > 1 (e.g. --spread 4), got {self.size_spread!r}"
+            )
         if self.size_spread ** (2.0 / (self.sizes_per_budget - 1)) < MIN_SIZE_RATIO:
             raise ValueError(
                 f"{self.sizes_per_budget} sizes within {self.size_spread:g}x either side are closer than "
                 f"{MIN_SIZE_RATIO:g}x apart: raise --spread or lower --sizes-per-budget"
             )
-        if not (isinstance(self.tokens_per_param, (int, float)) and self.tokens_per_param > 0):
-            raise ValueError(f"tokens_per_param must be > 0 (e.g. 20), got {self.tokens_per_param!r}")
+        if not (isinstance(self.tokens_per_param, (int, float)) and 0 < self.tokens_per_param < math.inf):
+            raise ValueError(
+                f"tokens_per_param must be a finite number > 0 (e.g. 20), got {self.tokens_per_param!r}"
+            )
         hd = self.design_head_dim
         if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 4 or hd % 4):
             raise ValueError(

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import inspect
 import logging
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -44,6 +45,7 @@ from sweeps.table import cells_table, status_table
 from sweeps.task import check_trainer, make_task
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
+COMMANDS = ("run", "status")
 
 
 def _csv(kind):
@@ -105,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "command",
         nargs="?",
-        choices=["run", "status"],
-        default="run",
+        metavar="{run,status}",  # checked in `main`, not by choices: those refused a mistyped flag's value
+        default="run",  # ("--max-retry 3") as the command, and never named the flag
         help="run: launch the sweep's cells (finished and live ones are skipped); status: print its table "
         "and submit nothing (default: %(default)s)",
     )
@@ -310,11 +312,21 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             "they propose); a grid cell makes budget / (batch x FLOPs per image) steps: lower --budgets, "
             "or use --design isoflop"
         )
+    else:  # the design's own flags would be ignored by a grid: refused, as --max-steps is
+        design_flags = ("--sizes-per-budget", "--spread", "--tokens-per-param", "--prior", "--head-dim")
+        dests = ("sizes_per_budget", "size_spread", "tokens_per_param", "prior", "head_dim")
+        unused = [f for f, d in zip(design_flags, dests) if getattr(args, d) is not None]
+        unused = [f for f in unused if f != "--head-dim" or args.depths is None]  # it sizes --depths/--widths
+        if unused:
+            raise ValueError(
+                f"{' '.join(unused)}: used by the isoflop/adaptive designs only (--head-dim also by "
+                "--depths/--widths), so a grid would ignore it; add --design isoflop, or drop it"
+            )
     shapes = list(args.shapes or [])
     if args.head_dim is not None and args.head_dim < 1:
         raise ValueError(f"--head-dim {args.head_dim}: give channels per head >= 1 (4, 8, ..., 64)")
-    if getattr(args, "poll", 1.0) <= 0:
-        raise ValueError(f"--poll {args.poll}: give the seconds between progress updates, > 0")
+    if not 0 < getattr(args, "poll", 1.0) < math.inf:  # nan and inf too: time.sleep refuses both
+        raise ValueError(f"--poll {args.poll}: give the seconds between progress updates, > 0 and finite")
     if (args.depths is None) != (args.widths is None):
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
     if args.depths:
@@ -551,7 +563,8 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     unknown: tuple[str, ...] = ()
     if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
         notes.append(
-            f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in {spec.name}.yaml)"
+            f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in the sweep's YAML, "
+            f"-c {args.config or 'demo'})"
         )
         spec, unknown = spec.replace(data={"root": "<data.root>"}), ("data.root",)
     try:
@@ -667,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
+        if args.command not in COMMANDS:
+            parser.error(
+                f"argument command: invalid choice: {args.command!r} (choose from {', '.join(COMMANDS)})"
+            )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -82,11 +82,11 @@ class Plan:
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """``None`` -> MLflow's default (``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``), made
-    absolute so that jobs started in other directories write to the same store."""
+    """``None`` or empty -> MLflow's default (``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``),
+    made absolute so that jobs started in other directories write to the same store."""
     import mlflow
 
-    if uri is None:
+    if not (uri or "").strip():  # an empty `tracking_uri: ''` is unset too, not a store named ''
         uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())

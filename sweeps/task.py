@@ -34,7 +34,7 @@ CELL_KEYS = frozenset(
         "model.name", "model.depth", "model.hidden_size", "model.num_heads", "model.patch_size",
         "model.input_size", "model.in_channels", "model.num_classes", "data.name", "data.root",
         "data.image_size", "budget.global_batch_size", "budget.max_steps", "budget.train_flops", "out",
-        "tracking.uri",
+        "tracking.uri", "tracking.enabled", "tracking.run_id",
         "tracking.experiment", "tracking.sweep", "tracking.grid_cell", "tracking.run_name",
     }
 )  # fmt: skip
@@ -48,6 +48,11 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
     both ``budget.max_steps`` and ``budget.train_flops`` are set and agree (``steps`` whole steps fit).
     """
     owned = sorted(k for k in spec.train if k in CELL_KEYS)
+    if "tracking.enabled" in owned:  # without it the cell's run, its only record, is never trained into
+        raise ValueError(
+            f"train: tracking.enabled={spec.train['tracking.enabled']!r}: a sweep's cells are always "
+            "tracked (each cell's MLflow run is its record, which status and relaunch read); drop it"
+        )
     if owned:
         raise ValueError(
             f"train: {', '.join(owned)} set per cell by the sweep, so an override would be ignored; "
