@@ -10,7 +10,7 @@ Columns of the tidy frame (one row per evaluation point):
 
 `replicate` (MLflow: a hash of the run's params without `seed`, `out`, `tracking.*` and `git.*`; CSV: an
 optional column) marks runs that are seeds of one cell; `average_seeds` makes them one point per step.
-`lr` (`optim.lr`) and `lr_group` (the same hash without `optim.lr` as well; CSV: optional, by default
+`lr` (`optim.lr`) and `lr_group` (the same hash without `LR_PARAMS` as well; CSV: optional, by default
 model, N and budget) mark runs of one cell at several learning rates; `best_lr` keeps the best one.
 `select_points` keeps the points valid for each run's lr schedule and drops too-short cells;
 `set_axes` chooses what N and D mean (total or non-embedding parameters; images or tokens) and,
@@ -52,6 +52,8 @@ NUMERIC_COLUMNS += tuple(c for c in OPTIONAL if c not in TEXT_COLUMNS)
 REQUIRED_NUMBERS = ("N", "D", "C", "loss")  # a number in every row (C only when the column is given)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
+#: the params of a run's learning rate: `optim.lr` and the peak the trainer derives from it
+LR_PARAMS = ("optim.lr", "optim.lr_effective")
 FLOAT_MAX = np.finfo(float).max  # MLflow's stores write +-inf as +-FLOAT_MAX
 
 
@@ -549,7 +551,7 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "fid_protocol": protocol,
             "replicate": replicate_key(params),
             "lr": _float(params.get("optim.lr")),
-            "lr_group": replicate_key(params, without=("optim.lr",)),
+            "lr_group": replicate_key(params, without=LR_PARAMS),
             "status": run.data.tags.get("status", run.info.status.lower()),
         }
     )

@@ -101,6 +101,7 @@ class SweepSpec:
     shapes: list[list[int]] = field(default_factory=list)
     budgets: list[float] = field(default_factory=lambda: [1e12])
     seeds: list[int] = field(default_factory=lambda: [0])
+    lrs: list[float] = field(default_factory=list)  # empty: every cell at the train section's optim.lr
     design: str = "grid"
     min_steps: int | None = None
     isoflop_max_steps: int = 100_000
@@ -163,6 +164,13 @@ class SweepSpec:
             if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
                 raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
         self._validate_seeds()
+        for lr in self.lrs:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+                raise ValueError(f"lr {lr!r} must be a positive number (e.g. --lrs 1e-3,3e-3,1e-2)")
+        if len({format_budget(lr) for lr in self.lrs}) < len(self.lrs):
+            raise ValueError(
+                f"lrs {self.lrs} repeat an lr (to 4 digits, as cell ids keep it); list each once"
+            )
         check_fields(self, "", {"design": DESIGNS, "batch_size": ">= 1", "val_points": ">= 1"})
         if isinstance(self.min_steps, bool) or not 1 <= self.fewest_steps() <= self.isoflop_max_steps:
             raise ValueError("need 1 <= min_steps <= isoflop_max_steps (--min-steps, --max-steps)")
@@ -266,6 +274,7 @@ class Cell:
     batch_size: int
     steps: int
     seed: int = 0  # the trainer's seed; cells of seed s > 0 have ids ending in -s{s}
+    lr: float | None = None  # optim.lr of the sweep's `lrs` axis (ids end in -lr{lr}); None: the config's
 
     @property
     def images(self) -> int:
@@ -326,8 +335,9 @@ def cell_model_config(spec: SweepSpec, model: ModelShape, patch_size: int) -> Di
 def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of ``spec``, ordered by budget, then model (as listed), then patch size (for the
     isoflop/adaptive designs by budget, patch size, then size: `sweeps.design.design_cells`), each
-    once per seed of ``spec.seeds``, seeds next to each other. Seed 0 keeps the plain cell id, so
-    adding seeds to a sweep reuses the cells it has run."""
+    once per lr of ``spec.lrs`` (if any: ids end in ``-lr3e-2``) and per seed of ``spec.seeds``, seeds
+    next to each other. Seed 0 keeps the plain cell id, so adding seeds to a sweep reuses the cells it
+    has run."""
     spec.validate()
     twice = spec.listed_twice()  # an error, never deduplicated: the command line says something else
     if twice and spec.design != "grid":
@@ -342,9 +352,11 @@ def expand(spec: SweepSpec) -> list[Cell]:
     if repeated := sorted({i for i in ids if ids.count(i) > 1}):
         why = f"{', '.join(twice)} listed twice" if twice else "budgets equal to 4 digits (cell ids keep 4)"
         raise ValueError(f"cells {', '.join(repeated)} appear more than once: {why}; list each once")
+    lr_ids = [(lr, f"-lr{format_budget(lr)}") for lr in spec.lrs] or [(None, "")]
     return [
-        dataclasses.replace(c, seed=s, cell_id=c.cell_id + (f"-s{s}" if s else ""))
+        dataclasses.replace(c, lr=lr, seed=s, cell_id=c.cell_id + lr_id + (f"-s{s}" if s else ""))
         for c in cells
+        for lr, lr_id in lr_ids
         for s in spec.seeds
     ]
 
@@ -426,7 +438,7 @@ def _typed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
 def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSpec:
     """Build and validate a `SweepSpec` from a parsed YAML mapping; unknown keys are errors."""
     data = dict(check_keys(SweepSpec, data, where))
-    for key in ("families", "patch_sizes", "shapes", "budgets", "seeds"):
+    for key in ("families", "patch_sizes", "shapes", "budgets", "seeds", "lrs"):
         if key in data and not isinstance(data[key], list):
             raise ValueError(f"{where}: {key} must be a list, e.g. `{key}: [{data[key]}]`, got {data[key]!r}")
     for key, cls in (("scale", Scale), ("data", DataSpec), ("executor", ExecutorSpec)):

@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "id, and the analysis averages a cell's seeds. Two seeds before you believe a ranking",
     )
     g.add_argument(
+        "--lrs",
+        type=_csv(float),
+        help="train every cell once per peak lr, e.g. 1e-3,3e-3,1e-2 (sets optim.lr; an lr rule across "
+        "budgets, optim.lr_flops_ref, still scales it); the cell id ends in -lr{lr}, and the analysis "
+        "keeps each cell's best lr",
+    )
+    g.add_argument(
         "--design",
         choices=["grid", "isoflop", "adaptive"],
         help="grid: every model (--grid/--shapes) at every budget. isoflop: per budget, --sizes-per-budget "
@@ -279,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Flags (argparse dests) that set the `SweepSpec` field of the same name, or of the name in `_RENAMED`.
 _SPEC_ARGS = (
-    "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "seeds", "design",
+    "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "seeds", "lrs", "design",
     "min_steps", "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param", "prior",
 )  # fmt: skip
 _RENAMED = {"grid": "families", "patch": "patch_sizes", "max_steps": "isoflop_max_steps", "executor": "name"}

@@ -84,6 +84,8 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
     )
     if cell.seed:  # seed 0 is the trainer's default: its cells' settings stay as before seeds existed
         out["seed"] = cell.seed
+    if cell.lr is not None:  # the lrs axis replaces the train section's optim.lr
+        out["optim.lr"] = cell.lr
     if spec.final_eval:
         out.setdefault("eval.val_every", -(-cell.steps // max(1, spec.val_points)))
         out.setdefault("eval.eval_every", cell.steps)
