@@ -441,6 +441,10 @@ def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSp
     for key in ("families", "patch_sizes", "shapes", "budgets", "seeds", "lrs"):
         if key in data and not isinstance(data[key], list):
             raise ValueError(f"{where}: {key} must be a list, e.g. `{key}: [{data[key]}]`, got {data[key]!r}")
+    ex = data.get("executor")
+    for key in ("setup", "sbatch"):  # one line given as text is one line: its commas are its own
+        if isinstance(ex, dict) and isinstance(ex.get(key), str):  # (export CUDA_VISIBLE_DEVICES=0,1)
+            data["executor"] = ex = {**ex, key: [ex[key]]}
     for key, cls in (("scale", Scale), ("data", DataSpec), ("executor", ExecutorSpec)):
         if key in data:
             data[key] = cls(

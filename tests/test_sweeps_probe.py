@@ -123,3 +123,15 @@ def test_a_mistyped_flag_is_named_not_its_value_taken_for_the_command(
     code, out, err = _dry_run(argv, tmp_path, monkeypatch, capsys)
     assert code == 2 and out == ""
     assert phrase in err and "--help" in err
+
+
+def test_a_setup_or_sbatch_line_given_as_text_keeps_its_commas(tmp_path):
+    """`setup: "export CUDA_VISIBLE_DEVICES=0,1"` was split at the comma into two shell lines."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        'name: s\nexecutor:\n  setup: "export CUDA_VISIBLE_DEVICES=0,1"\n  sbatch: "--gres=gpu:2,tmp:10G"\n'
+    )
+    ex = load_spec(path).executor
+    assert ex.setup == ["export CUDA_VISIBLE_DEVICES=0,1"] and ex.sbatch == ["--gres=gpu:2,tmp:10G"]
+    path.write_text("name: s\nexecutor:\n  setup: [module load cuda, export A=1]\n")
+    assert load_spec(path).executor.setup == ["module load cuda", "export A=1"]
