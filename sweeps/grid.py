@@ -183,6 +183,9 @@ class SweepSpec:
         check_fields(e, "executor.", rules)
         if e.mem_gb is not None and not math.isfinite(e.mem_gb):  # submitit's int(mem_gb * 1024) overflows
             raise ValueError(f"executor.mem_gb: must be > 0 and finite, got {e.mem_gb}")
+        if e.mem_gb is not None and int(e.mem_gb * 1024) < 1:  # --mem=0MB: SLURM gives the whole node
+            raise ValueError(f"executor.mem_gb: {e.mem_gb} GB is under 1 MB (SLURM reads --mem=0 as all of "
+                             "a node's memory); give GB per node, e.g. --mem-gb 16")  # fmt: skip
         if self.batch_size % (e.nodes * e.tasks_per_node):
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "

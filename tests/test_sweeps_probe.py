@@ -28,6 +28,8 @@ def _dry_run(argv, tmp_path, monkeypatch, capsys):
         (["--poll", "inf"], "--poll inf: give the seconds between progress updates, > 0 and finite"),
         # submitit's int(mem_gb * 1024) overflowed when the SLURM executor was made, after the store was
         (["--mem-gb", "inf"], "executor.mem_gb: must be > 0 and finite, got inf"),
+        # submitted as --mem=0MB, which SLURM reads as all of the node's memory
+        (["--mem-gb", "0.0001"], "executor.mem_gb: 0.0001 GB is under 1 MB (SLURM reads --mem=0 as all"),
         # the trainer then never took the cell's run over: the cell trained, was `failed`, and retried
         (["--set", "tracking.enabled=false"], "train: tracking.enabled=False: a sweep's cells are always"),
         # replaced by the cell's own run id when the job was submitted
