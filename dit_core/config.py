@@ -82,11 +82,19 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.name is None and None in (self.depth, self.hidden_size, self.num_heads, self.patch_size):
-            raise ValueError(
-                "ModelConfig: a custom model (name=None) needs depth, hidden_size, num_heads and "
-                "patch_size, e.g. model.depth=2 model.hidden_size=32 model.num_heads=2 model.patch_size=2"
-            )
+        missing = [k for k in self._SHAPE if getattr(self, k) is None]
+        require(
+            self.name is not None or not missing,
+            f"model.{missing[0] if missing else 'name'}",
+            f"a custom model (model.name none) needs depth, hidden_size, num_heads and patch_size; "
+            f"{', '.join(missing)} unset: give e.g. model.depth=2 model.hidden_size=32 model.num_heads=2 "
+            "model.patch_size=2",
+        )
+        if self.name is not None:
+            try:
+                model_config(self.name)
+            except ValueError as e:
+                raise ConfigError(f"model.name: {e}") from None
 
     _SHAPE = ("depth", "hidden_size", "num_heads", "patch_size")
 
@@ -100,7 +108,10 @@ class ModelConfig:
         fill |= {"learn_sigma": learn_sigma, **{k: getattr(base, k) for k in self._SHAPE if base is not None}}
         out = dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
         out.name = official_name(out.depth, out.hidden_size, out.num_heads, out.patch_size)
-        out.to_dit_config()  # validates the shape (divisibility etc.)
+        try:
+            out.to_dit_config()  # validates the shape (divisibility etc.)
+        except ConfigError as e:  # named by this config's keys: model.num_heads, not DiTConfig.num_heads
+            raise ConfigError(str(e).replace("DiTConfig.", "model.")) from None
         return out
 
     def to_dit_config(self, grad_checkpointing: bool = False) -> DiTConfig:
@@ -351,8 +362,9 @@ class TrainConfig:
         return apply_flat(self, flat)
 
 
-def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
-    """A `TrainConfig` from a YAML file: nested mappings (``optim: {lr: 3e-4}``) or dotted keys."""
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """The dotted fields a YAML file sets (nested mappings ``optim: {lr: 3e-4}`` or dotted keys),
+    not yet parsed or checked; ConfigError naming the file if it is missing or not a mapping."""
     import yaml
 
     p = Path(path)
@@ -364,8 +376,13 @@ def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> Train
         mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(f"--config: {p} is not valid YAML ({where}{problem}); fix the file") from None
-    flat = yaml_to_flat(TrainConfig, data or {}, f"config file {p}")
+    return yaml_to_flat(TrainConfig, data or {}, f"config file {p}")
+
+
+def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """A `TrainConfig` from a YAML file: nested mappings (``optim: {lr: 3e-4}``) or dotted keys."""
+    flat = read_yaml_config(path)
     try:
         return apply_flat(base or TrainConfig(), flat)
     except ConfigError as e:
-        raise ConfigError(f"config file {p}: {e}") from None
+        raise ConfigError(f"config file {path}: {e}") from None

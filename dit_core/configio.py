@@ -200,8 +200,11 @@ def apply_flat(
             if not strict:
                 continue
             valid = [k for k, _, _ in iter_fields(type(cfg), _at)]
-            close = difflib.get_close_matches(_at + key, valid, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            # a field's own name without its section (``lr`` for optim.lr) or a misspelling
+            close = [k for k in valid if k.endswith("." + key)] or difflib.get_close_matches(
+                _at + key, valid, n=1
+            )
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise ConfigError(
                 f"{_at + key}: {type(cfg).__name__} has no field {head!r}{hint}; "
                 f"valid keys: {', '.join(valid)}"
@@ -251,9 +254,12 @@ def yaml_to_flat(cls: type, data: Any, where: str) -> dict[str, Any]:
     for key, value in data.items():
         hint = hints.get(key)
         if isinstance(value, dict) and hint is not None and dataclasses.is_dataclass(hint):
-            flat.update({f"{key}.{k}": v for k, v in yaml_to_flat(hint, value, where).items()})
+            items = {f"{key}.{k}": v for k, v in yaml_to_flat(hint, value, where).items()}
         else:
-            flat[str(key)] = value
+            items = {str(key): value}
+        twice = sorted(flat.keys() & items.keys())
+        require(not twice, where, f"{', '.join(twice)} given twice (dotted and under its section); keep one")
+        flat.update(items)
     return flat
 
 

@@ -174,3 +174,16 @@ def use_official_timestep_frequencies(hf_model: torch.nn.Module) -> None:
     """Make a diffusers `DiTTransformer2DModel` use the official DiT timestep frequencies (in place)."""
     for block in hf_model.transformer_blocks:
         block.norm1.emb.time_proj.downscale_freq_shift = 0
+
+
+if __name__ == "__main__":  # no command line: say so instead of exiting 0 having converted nothing
+    import sys
+
+    print(
+        "error: dit_core.convert is a library, not a command (nothing was converted); from Python: "
+        "diffusers_kwargs(cfg), dit_to_diffusers(state), diffusers_to_dit(state, cfg), "
+        "use_official_timestep_frequencies(hf_model); read an official .pt with "
+        "dit_core.models.load_official_checkpoint (docs/models.md)",
+        file=sys.stderr,
+    )
+    sys.exit(2)

@@ -198,6 +198,8 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     """Encode ``cfg.data_path`` into shards under ``cfg.output``; returns the manifest (also written)."""
     if not os.path.isdir(cfg.data_path):
         raise ValueError(f"image folder {cfg.data_path!r} does not exist or is not a directory")
+    if os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
+        raise ValueError(f"--output {cfg.output!r} is a file; give a folder (a new one, or one to resume)")
     device = resolve_device(cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -206,7 +208,12 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
             f"image_size={cfg.image_size} must be a multiple of the VAE's downsampling factor {factor}"
         )
     scan = scan_image_folder(cfg.data_path, validate=cfg.validate_images)
-    os.makedirs(cfg.output, exist_ok=True)
+    try:
+        os.makedirs(cfg.output, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"--output {cfg.output!r}: cannot create the folder ({e.strerror}); give another"
+        ) from None
     latent_shape = [int(vae.config.latent_channels), cfg.image_size // factor, cfg.image_size // factor]
     fingerprint = _fingerprint(cfg, scan.samples, scan.root)
     n_shards = math.ceil(len(scan.samples) / cfg.shard_size)

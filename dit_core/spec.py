@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .configio import check_fields, check_keys
+from .configio import check_fields, check_keys, require
 
 #: Table 1 of the DiT paper: family -> (depth, hidden_size, num_heads).
 FAMILIES: dict[str, tuple[int, int, int]] = {
@@ -85,27 +85,38 @@ class DiTConfig:
         sizes += ("num_classes",)
         rules = {"class_dropout_prob": "in [0, 1)", "mlp_ratio": "> 0", **dict.fromkeys(sizes, ">= 1")}
         check_fields(self, "DiTConfig.", {**rules, "pos_embed": POS_EMBEDS, "block_type": BLOCK_TYPES})
-        if self.frequency_embedding_size < 2:
-            raise ValueError(
-                f"DiTConfig.frequency_embedding_size must be >= 2 (one sin-cos pair), "
-                f"got {self.frequency_embedding_size}; the paper uses 256"
+        f, d, heads = self.frequency_embedding_size, self.hidden_size, self.num_heads
+        require(f >= 2, "DiTConfig.frequency_embedding_size", f"must be >= 2 (one sin-cos pair), got {f}")
+        require(
+            self.mlp_hidden >= 1,
+            "DiTConfig.mlp_ratio",
+            f"hidden_size={d} x mlp_ratio={self.mlp_ratio} leaves the MLP no hidden unit; raise it (the "
+            "paper's 4)",
+        )
+        require(
+            d % heads == 0,
+            "DiTConfig.num_heads",
+            f"hidden_size={d} is not divisible by num_heads={heads}; pick a width (DiTConfig.hidden_size) "
+            "that is a multiple of the head count",
+        )
+        require(
+            self.input_size % self.patch_size == 0,
+            "DiTConfig.patch_size",
+            f"patch_size={self.patch_size} does not divide input_size={self.input_size}; "
+            "use a patch size that divides the latent size",
+        )
+        if self.pos_embed == "sincos":
+            require(
+                d % 4 == 0,
+                "DiTConfig.hidden_size",
+                f"sin-cos position embedding needs hidden_size % 4 == 0, got {d}; use a multiple of 4",
             )
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
-                "pick a width that is a multiple of the head count"
-            )
-        if self.input_size % self.patch_size:
-            raise ValueError(
-                f"patch_size={self.patch_size} does not divide input_size={self.input_size}; "
-                "use a patch size that divides the latent size"
-            )
-        if self.pos_embed == "sincos" and self.hidden_size % 4:
-            raise ValueError(f"sin-cos position embedding needs hidden_size % 4 == 0, got {self.hidden_size}")
-        if self.pos_embed == "rope" and self.head_dim % 4:
-            raise ValueError(
-                f"pos_embed='rope' needs head_dim = hidden_size/num_heads divisible by 4 "
-                f"(even per axis), got {self.head_dim}; change hidden_size or num_heads"
+        else:
+            require(
+                self.head_dim % 4 == 0,
+                "DiTConfig.pos_embed",
+                f"pos_embed='rope' needs head_dim = hidden_size/num_heads divisible by 4 (even per axis), "
+                f"got {d}/{heads} = {self.head_dim}; change DiTConfig.hidden_size or DiTConfig.num_heads",
             )
 
     @property
@@ -186,8 +197,8 @@ def model_config(name: str | None = None, **overrides: Any) -> DiTConfig:
         if size not in FAMILIES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
             raise ValueError(
                 f"unknown model name {name!r}; valid names: {official_names()}"
-                "; for a custom shape give depth, hidden_size, num_heads and patch_size instead (the "
-                "trainer's --depth, --hidden-size, --num-heads, --patch-size)"
+                "; for a custom shape give no name but depth, hidden_size, num_heads and patch_size (the "
+                "trainer's --model none --depth D --width W --heads H --patch-size P)"
             )
         depth, width, heads = FAMILIES[size]
         base = dict(depth=depth, hidden_size=width, num_heads=heads, patch_size=int(patch))

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from ..config import TrainConfig, load_yaml_config
+from ..config import TrainConfig, read_yaml_config
 from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat, join_negative_values
 from ..tracking import check_tracking_server
 from .signals import INTERRUPT_SIGNALS
@@ -113,20 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _key_value(item: str, what: str) -> tuple[str, str]:
+def _key_value(item: str, what: str, example: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"{what}: {item!r} is not KEY=VALUE; write e.g. {what} optim.lr=3e-4")
+        raise ConfigError(f"{what}: {item!r} is not KEY=VALUE; write e.g. {what} {example}")
     return key.strip(), value
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """defaults <- ``--config`` YAML <- ``--set`` <- flags (``--tag`` adds to ``tracking.tags``)."""
-    cfg = load_yaml_config(args.config) if args.config else TrainConfig()
-    cfg = apply_flat(cfg, dict(_key_value(item, "--set") for item in args.set))
-    cfg = apply_flat(cfg, flags_to_flat(args, TrainConfig))
+    """defaults <- ``--config`` YAML <- ``--set`` <- flags (``--tag`` adds to ``tracking.tags``).
+
+    The layers are merged first and the result checked once, so a value that only makes sense with a
+    later layer's (``--set data.channels=1 --data photos``) is not judged against the defaults."""
+    from_file = read_yaml_config(args.config) if args.config else {}
+    later = dict(_key_value(item, "--set", "optim.lr=3e-4") for item in args.set)
+    later |= flags_to_flat(args, TrainConfig)
+    try:
+        cfg = apply_flat(TrainConfig(), from_file | later)
+    except ConfigError as e:  # a value (or key) only the file gives: name the file
+        key = str(e).partition(":")[0]
+        named = f"config file {args.config}: {e}" if key in from_file.keys() - later else str(e)
+        raise ConfigError(named) from None
     if args.tag:
-        tags = dict(cfg.tracking.tags) | dict(_key_value(t, "--tag") for t in args.tag)
+        tags = dict(cfg.tracking.tags) | dict(_key_value(t, "--tag", "team=vision") for t in args.tag)
         cfg = apply_flat(cfg, {"tracking.tags": tags})
     return cfg
 
