@@ -143,6 +143,14 @@ class SweepSpec:
         for f in self.families:
             family_shape(f, self.scale)  # raises on unknown names
         check_fields(self.data, "data.", dict.fromkeys(("input_size", "in_channels", "num_classes"), ">= 1"))
+        if self.data.root is not None:  # the trainer would refuse every cell when it starts
+            from dit_core.data.config import FOLDER_DATASETS  # imports torch: only for a sweep with a root
+
+            if self.data.name not in FOLDER_DATASETS:
+                raise ValueError(
+                    f"data.root: {self.data.name!r} is bundled and reads no folder; drop data.root, or set "
+                    f"data.name to one of {list(FOLDER_DATASETS)} to train on that folder"
+                )
         for p in self.patch_sizes:
             if not isinstance(p, int) or isinstance(p, bool) or p < 1:
                 raise ValueError(f"patch size {p!r} must be a positive integer (e.g. --patch 2,4,8)")

@@ -137,3 +137,16 @@ def test_a_setup_or_sbatch_line_given_as_text_keeps_its_commas(tmp_path):
     assert ex.setup == ["export CUDA_VISIBLE_DEVICES=0,1"] and ex.sbatch == ["--gres=gpu:2,tmp:10G"]
     path.write_text("name: s\nexecutor:\n  setup: [module load cuda, export A=1]\n")
     assert load_spec(path).executor.setup == ["module load cuda", "export A=1"]
+
+
+def test_a_data_root_for_bundled_data_is_refused_before_any_cell_starts(tmp_path):
+    """The trainer refuses `data.root` for digits/photos (a forgotten `data.name`); a sweep passed it to
+    every cell, each of which then failed when it started, after the launch and its dry run said yes."""
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ndata: {name: digits, root: /data/imagenet}\n")
+    with pytest.raises(
+        ValueError, match=r"data.root: 'digits' is bundled and reads no folder; drop data.root"
+    ):
+        load_spec(path)
+    path.write_text("name: s\ndata: {name: imagefolder, root: /data/imagenet, in_channels: 3}\n")
+    assert load_spec(path).data.root == "/data/imagenet"

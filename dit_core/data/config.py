@@ -8,6 +8,7 @@ from ..configio import check_fields, coerce_fields, require
 from .photos import PHOTOS, PhotoOptions
 
 DATASET_NAMES = ("digits", "imagefolder", "latents", "photos")
+FOLDER_DATASETS = ("imagefolder", "latents")  # read data.root; the others are bundled
 SPLITS = ("train", "val", "all")
 
 

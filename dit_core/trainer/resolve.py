@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import TrainConfig
-from ..configio import ConfigError
+from ..configio import ConfigError, require
+from ..data.config import FOLDER_DATASETS
 from ..spec import resolve_budget_steps, train_flops_per_image
 from .evaluation import check_evaluation
 from .validation import check_validation
@@ -18,6 +19,14 @@ def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
     (``budget.max_steps``) and planned FLOPs (``budget.train_flops``); see `ModelConfig.resolve`.
     The validation and sample-evaluation settings are checked here, before training
     (`check_validation`, `check_evaluation`)."""
+    for key in ("root", "val_root"):  # a folder given to bundled data is a forgotten --data (not in
+        # DataConfig itself: a saved config that carries one must still load)
+        require(
+            cfg.data.name in FOLDER_DATASETS or getattr(cfg.data, key) is None,
+            f"data.{key}",
+            f"{cfg.data.name!r} is bundled and reads no folder; unset data.{key}, or set data.name to "
+            "imagefolder or latents (--data) to train on that folder",
+        )
     needs_sigma = cfg.diffusion.model_learns_sigma
     if cfg.model.learn_sigma is not None and cfg.model.learn_sigma != needs_sigma:
         raise ConfigError(
@@ -36,6 +45,11 @@ def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
             f"model.input_size: the model input {model.in_channels}x{model.input_size}x{model.input_size} "
             f"does not match the data ({dataset.channels}x{dataset.resolution}x{dataset.resolution}); "
             "leave model.input_size / model.in_channels unset to take them from the data"
+        )
+    if model.num_classes < dataset.num_classes:  # a label >= num_classes would index past the table
+        raise ConfigError(
+            f"model.num_classes: {model.num_classes} but the data has {dataset.num_classes} classes; "
+            f"leave model.num_classes unset to take it from the data, or set it >= {dataset.num_classes}"
         )
     fpi = train_flops_per_image(model.to_dit_config())
     steps = resolve_budget_steps(cfg.budget, fpi)
