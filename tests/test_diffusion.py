@@ -36,15 +36,18 @@ from dit_core.diffusion import (
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"objective": "score"}, r"objective='score'.*\['eps', 'v', 'x0', 'flow'\]"),
-        ({"schedule": "sigmoid"}, r"schedule='sigmoid'.*\['linear', 'cosine', 'quadratic'\]"),
+        ({"objective": "score"}, r"^diffusion.objective: 'score' is unknown.*\['eps', 'v', 'x0', 'flow'\]"),
+        (
+            {"schedule": "sigmoid"},
+            r"^diffusion.schedule: 'sigmoid' is unknown.*\['linear', 'cosine', 'quadratic'\]",
+        ),
         ({"timestep_sampling": "beta"}, r"\['uniform', 'logit_normal'\]"),
         ({"fixed_variance": "medium"}, r"\['large', 'small'\]"),
-        ({"num_timesteps": 0}, "num_timesteps must be >= 1"),
-        ({"num_timesteps": 10.5}, "must be an int"),
-        ({"logit_normal_std": 0.0}, "logit_normal_std must be > 0"),
-        ({"vb_lambda": -1.0}, "vb_lambda must be >= 0"),
-        ({"betas": [0.1, 0.2]}, "set num_timesteps=2"),
+        ({"num_timesteps": 0}, "^diffusion.num_timesteps: must be >= 1"),
+        ({"num_timesteps": 10.5}, "^diffusion.num_timesteps: must be an int"),
+        ({"logit_normal_std": 0.0}, "^diffusion.logit_normal_std: must be a finite number > 0"),
+        ({"vb_lambda": -1.0}, "^diffusion.vb_lambda: must be a finite number >= 0"),
+        ({"betas": [0.1, 0.2]}, "^diffusion.betas: .*set diffusion.num_timesteps=2"),
         ({"betas": [0.1, 1.5], "num_timesteps": 2}, r"\(0, 1\)"),
         ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start <= beta_end"),
     ],
@@ -563,12 +566,10 @@ def test_schedule_endpoints_reach_make_betas():
 def test_diffusion_config_boundaries_and_field_names():
     DiffusionConfig(beta_start=0.01, beta_end=0.01)  # equal endpoints: a constant schedule
     DiffusionConfig(num_timesteps=1)
-    with pytest.raises(ValueError, match=r"^DiffusionConfig needs 0 < beta_start <= beta_end < 1, "):
+    with pytest.raises(ValueError, match=r"^diffusion.beta_start: needs 0 < beta_start <= beta_end < 1, "):
         DiffusionConfig(beta_end=1.0)
-    with pytest.raises(ValueError, match=r"^DiffusionConfig.num_timesteps must be >= 1, got 0$"):
+    with pytest.raises(ValueError, match=r"^diffusion.num_timesteps: must be >= 1, got 0$"):
         DiffusionConfig(num_timesteps=0)
     for field in ("timestep_sampling", "fixed_variance"):
-        with pytest.raises(
-            ValueError, match=rf"^DiffusionConfig.{field}='bogus' is unknown; valid choices: \["
-        ):
+        with pytest.raises(ValueError, match=rf"^diffusion.{field}: 'bogus' is unknown; choose one of \["):
             DiffusionConfig(**{field: "bogus"})

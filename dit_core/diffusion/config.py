@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..configio import check_fields, require
+
 OBJECTIVES = ("eps", "v", "x0", "flow")
 SCHEDULES = ("linear", "cosine", "quadratic")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
@@ -57,36 +59,39 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         choices = {"objective": OBJECTIVES, "schedule": SCHEDULES, "timestep_sampling": TIMESTEP_SAMPLINGS}
-        for name, valid in {**choices, "fixed_variance": FIXED_VARIANCES}.items():
-            if (value := getattr(self, name)) not in valid:
-                raise ValueError(f"DiffusionConfig.{name}={value!r} is unknown; valid choices: {list(valid)}")
-        if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int):
-            raise ValueError(f"DiffusionConfig.num_timesteps must be an int >= 1, got {self.num_timesteps!r}")
-        if self.num_timesteps < 1:
-            raise ValueError(f"DiffusionConfig.num_timesteps must be >= 1, got {self.num_timesteps}")
-        if not (math.isfinite(self.logit_normal_std) and self.logit_normal_std > 0):
-            raise ValueError(f"DiffusionConfig.logit_normal_std must be > 0, got {self.logit_normal_std}")
-        if not math.isfinite(self.logit_normal_mean):
-            raise ValueError(
-                f"DiffusionConfig.logit_normal_mean must be finite, got {self.logit_normal_mean}"
-            )
-        if not (math.isfinite(self.vb_lambda) and self.vb_lambda >= 0):
-            raise ValueError(f"DiffusionConfig.vb_lambda must be >= 0, got {self.vb_lambda}")
-        if not (0 < self.beta_start <= self.beta_end < 1):
-            raise ValueError(
-                "DiffusionConfig needs 0 < beta_start <= beta_end < 1, "
-                f"got beta_start={self.beta_start}, beta_end={self.beta_end}"
-            )
+        check_fields(self, "diffusion.", {**choices, "fixed_variance": FIXED_VARIANCES})
+        t = self.num_timesteps
+        require(
+            not isinstance(t, bool) and isinstance(t, int),
+            "diffusion.num_timesteps",
+            f"must be an int >= 1, got {t!r}",
+        )
+        check_fields(self, "diffusion.", {"num_timesteps": ">= 1", "logit_normal_std": "a finite number > 0"})
+        require(
+            math.isfinite(self.logit_normal_mean),
+            "diffusion.logit_normal_mean",
+            f"must be finite, got {self.logit_normal_mean}",
+        )
+        require(
+            math.isfinite(self.vb_lambda) and self.vb_lambda >= 0,
+            "diffusion.vb_lambda",
+            f"must be a finite number >= 0, got {self.vb_lambda}",
+        )
+        require(
+            0 < self.beta_start <= self.beta_end < 1,
+            "diffusion.beta_start",
+            f"needs 0 < beta_start <= beta_end < 1, got beta_start={self.beta_start}, "
+            f"beta_end={self.beta_end}",
+        )
         if self.betas is not None:
             betas = tuple(float(b) for b in self.betas)
-            if len(betas) != self.num_timesteps:
-                raise ValueError(
-                    f"DiffusionConfig.betas has {len(betas)} entries but num_timesteps={self.num_timesteps}; "
-                    f"set num_timesteps={len(betas)}"
-                )
+            require(
+                len(betas) == t,
+                "diffusion.betas",
+                f"has {len(betas)} entries but num_timesteps={t}; set diffusion.num_timesteps={len(betas)}",
+            )
             bad = [b for b in betas if not (0 < b < 1)]
-            if bad:
-                raise ValueError(f"DiffusionConfig.betas must lie in (0, 1); offending values: {bad[:5]}")
+            require(not bad, "diffusion.betas", f"must lie in (0, 1); offending values: {bad[:5]}")
             self.betas = betas
 
     @property
