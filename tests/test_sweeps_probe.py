@@ -34,6 +34,19 @@ def _dry_run(argv, tmp_path, monkeypatch, capsys):
         (["--set", "tracking.enabled=false"], "train: tracking.enabled=False: a sweep's cells are always"),
         # replaced by the cell's own run id when the job was submitted
         (["--set", "tracking.run_id=abc"], "train: tracking.run_id set per cell by the sweep"),
+        # counts and lists named by their flag (moved here from test_sweeps.py)
+        (["--budgets", "-1e11"], "budget '-1e11' must be a positive number of training FLOPs"),
+        (["--budgets", "-5"], "budget '-5' must be a positive number"),
+        (["--budgets", "1e12,-3e11"], "budget '-3e11' must be a positive number"),
+        (["--budgets", "lots"], "budget 'lots' is not a number"),
+        (["--parallel", "-2"], "executor.local_parallelism: must be >= 1, got -2"),
+        (["--budgets"], "expected one argument"),
+        (["--seeds", "0,0"], "repeat a seed"),
+        (["--seeds", "-1"], "must be a whole number >= 0"),
+        (["--seeds", "x"], "argument --seeds"),
+        (["--seeds", "0,1", "--set", "seed=3"], "both choose the seed"),
+        (["--lrs", "0"], "lr 0.0 must be a positive number (e.g. --lrs 1e-3,3e-3,1e-2)"),
+        (["--lrs", "1e-2,0.01"], "repeat an lr"),
     ],
 )
 def test_a_value_a_launch_cannot_use_is_refused_before_anything_runs(
