@@ -200,8 +200,9 @@ def apply_flat(
             if not strict:
                 continue
             valid = [k for k, _, _ in iter_fields(type(cfg), _at)]
-            # a field's own name without its section (``lr`` for optim.lr) or a misspelling
-            close = [k for k in valid if k.endswith("." + key)] or difflib.get_close_matches(
+            # a field's own name without its section (``lr`` for optim.lr; ``batch_size`` for
+            # eval.batch_size and budget.global_batch_size) or a misspelling
+            close = [k for k in valid if k.endswith(("." + key, "_" + key))] or difflib.get_close_matches(
                 _at + key, valid, n=1
             )
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""

@@ -102,7 +102,14 @@ def test_a_yaml_field_given_twice_is_refused(tmp_path):
         config_from_args(build_parser().parse_args(["--config", str(y)]))
 
 
-@pytest.mark.parametrize(("key", "field"), [("lr", "optim.lr"), ("depth", "model.depth")])
+@pytest.mark.parametrize(
+    ("key", "field"),
+    [
+        ("lr", "optim.lr"),
+        ("depth", "model.depth"),
+        ("batch_size", "budget.global_batch_size or eval.batch_size"),
+    ],
+)
 def test_a_field_without_its_section_suggests_the_dotted_key(key, field):
     """`--set lr=3e-4` listed 90 keys with no suggestion."""
     with pytest.raises(
