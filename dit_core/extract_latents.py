@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -33,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dit_core.checkpoint import atomic_write
-from dit_core.configio import check_fields
+from dit_core.configio import check_fields, require
 from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, shard_name
 from dit_core.device import DEVICE_HELP, resolve_device
@@ -81,10 +82,8 @@ class ExtractConfig:
         rules = {"posterior": POSTERIORS, "dtype": tuple(DTYPES), "num_workers": ">= 0"}
         rules |= {"scale_factor": "> 0", **dict.fromkeys(("image_size", "batch_size", "shard_size"), ">= 1")}
         check_fields(self, "", rules)
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={self.rank}, world_size={self.world_size}"
-            )
+        r, n = self.rank, self.world_size
+        require(0 <= r < n, "rank", f"need 0 <= rank < world_size, got rank={r}, world_size={n}")
 
 
 def _is_local(vae: str) -> bool:
@@ -203,10 +202,12 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    if cfg.image_size % factor:
-        raise ValueError(
-            f"image_size={cfg.image_size} must be a multiple of the VAE's downsampling factor {factor}"
-        )
+    size, fit = cfg.image_size, max(factor, cfg.image_size // factor * factor)
+    require(
+        size % factor == 0,
+        "image_size",
+        f"{size} is not a multiple of the VAE's downsampling factor {factor}; give e.g. image_size {fit}",
+    )
     scan = scan_image_folder(cfg.data_path, validate=cfg.validate_images)
     try:
         os.makedirs(cfg.output, exist_ok=True)
@@ -351,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _in_flags(message: str) -> str:
+    """A message that names `ExtractConfig` fields (``image_size: ...``, the library's words) in the
+    CLI's: each field as its flag (``--image-size: ...``). Other messages (they may hold paths) stay."""
+    fields = ExtractConfig.__dataclass_fields__
+    if message.partition(": ")[0] not in fields:
+        return message
+    return re.sub(rf"\b({'|'.join(fields)})\b", lambda m: "--" + m[1].replace("_", "-"), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 with a message on bad input)."""
     args = build_parser().parse_args(argv)
@@ -358,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = extract_latents(ExtractConfig(**vars(args)))
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_in_flags(str(e))}", file=sys.stderr)
         return 2
     done = "" if manifest["complete"] else " (partial: other ranks' shards missing, no manifest yet)"
     print(f"{manifest['num_items']} latents {manifest['latent_shape']} -> {args.output}{done}")

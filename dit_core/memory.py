@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 
-__all__ = ["DEFAULTS_ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
+__all__ = ["DEFAULTS_ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "out_of_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,13 @@ def keep_freed_memory() -> bool:
         log.debug("mallopt refused the thresholds; glibc's defaults stay")
     _applied = ok
     return ok
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: CPU or GPU (``torch.OutOfMemoryError`` is a RuntimeError
+    whose message says so), torch or numpy."""
+    if isinstance(err, MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(
+        s in str(err) for s in ("can't allocate memory", "out of memory", "Cannot allocate memory")
+    )

@@ -23,6 +23,7 @@ import torch
 
 from .configio import ConfigError, int_at_least, join_negative_values
 from .device import DEVICE_HELP
+from .memory import out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,8 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
     grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
     for i, img in enumerate(images):
         r, k = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = (
-            img
-        )
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        grid[top : top + h, left : left + w] = img
     return grid
 
 
@@ -177,15 +177,6 @@ def write_outputs(files: dict[str, tuple[str, object]], probe: bool = False) -> 
         for tmp, _ in done:
             if os.path.exists(tmp):
                 os.remove(tmp)
-
-
-def _out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an allocation failure (CPU or GPU, torch or numpy)."""
-    if isinstance(err, MemoryError | torch.OutOfMemoryError):
-        return True
-    return isinstance(err, RuntimeError) and any(
-        s in str(err) for s in ("can't allocate memory", "out of memory", "Cannot allocate memory")
-    )
 
 
 def _labels(text: str) -> list[int]:
@@ -258,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             images, labels = sample_checkpoint(cfg)
             grid = image_grid(zoomed(images, cfg.zoom))
         except (MemoryError, RuntimeError) as e:
-            if not _out_of_memory(e):
+            if not out_of_memory(e):
                 raise
             size = f"{cfg.image_size} px" if cfg.image_size else "the training size"
             why = str(e).splitlines()[0][:200]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..configio import check_fields, coerce_fields, require
+from .digits import MAX_RESOLUTION
 from .photos import PHOTOS, PhotoOptions
 
 DATASET_NAMES = ("digits", "imagefolder", "latents", "photos")
@@ -61,6 +62,13 @@ class DataConfig:
         size, n = self.image_size, self.num_photos
         if self.name == "digits":
             require(size >= 8, "data.image_size", f"{size} is below the digits' 8 px; use 8, 16 or 32")
+            require(
+                size <= MAX_RESOLUTION,
+                "data.image_size",
+                f"{size} px is above the digits' limit of {MAX_RESOLUTION} px (their 8 px upscaled "
+                f"{MAX_RESOLUTION // 8}x, all held in memory); give --image-size "
+                f"{MAX_RESOLUTION} or less (usually 8, 16 or 32)",
+            )
         if self.name == "photos":
             require(1 <= n <= len(PHOTOS), "data.num_photos", f"must be 1..{len(PHOTOS)}, got {n}")
             self.photo_options()

@@ -25,6 +25,8 @@ from .flip import EpochFlipMixin
 
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
+#: The largest side the 8 px digits are resized to (32x; the training set then takes ~1 GB of memory).
+MAX_RESOLUTION = 256
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,8 +88,10 @@ def digits_images(split: str = "all", resolution: int = 16) -> tuple[torch.Tenso
     These are exactly the pixels the ``digits`` dataset trains on (before the [-1, 1] mapping and
     flips); use them as the FID reference set.
     """
-    if resolution < 8:
-        raise ValueError(f"digits resolution must be >= 8 (native size), got {resolution}")
+    if not 8 <= resolution <= MAX_RESOLUTION:
+        raise ValueError(
+            f"digits resolution must be >= 8 (native size) and <= {MAX_RESOLUTION}, got {resolution}"
+        )
     idx = torch.from_numpy(digits_split_indices(split))
     _, labels = _load_raw()
     return _resized_uint8(resolution)[idx].clone(), torch.from_numpy(labels)[idx].clone()

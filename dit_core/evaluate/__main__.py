@@ -107,8 +107,7 @@ def _check_run(run_id: str) -> None:
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ValueError(
             f"--mlflow-run-id {run_id}: no such run in the MLflow tracking store {get_tracking_uri()} "
-            f"({why}); give the id in the run folder's mlflow_run_id file, and set MLFLOW_TRACKING_URI "
-            "to the store the run is in"
+            f"({why}); {where}"
         ) from None
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..config import TrainConfig, read_yaml_config
 from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat, join_negative_values
+from ..memory import out_of_memory
 from ..tracking import check_tracking_server
 from .signals import INTERRUPT_SIGNALS
 
@@ -140,6 +141,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def _oom_message(cfg: TrainConfig, err: BaseException, building: bool) -> str:
+    """What ran out of memory, and which flags make it smaller."""
+    why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    if building:  # the model's position table, the data or the validation set
+        d = cfg.data
+        return (
+            f"out of memory setting up the run at --image-size {d.image_size} (data {d.name}, model "
+            f"{cfg.model.name or 'custom'}): {why}; give a smaller --image-size or model"
+        )
+    return (
+        f"out of memory training (--batch-size {cfg.budget.global_batch_size}, eval.batch_size "
+        f"{cfg.eval.batch_size}): {why}; give a smaller --batch-size or --set eval.batch_size=N, or "
+        "--grad-checkpointing"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 143 preempted)."""
     from accelerate import PartialState
@@ -166,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in cfg.to_flat_dict().items():
             print(f"{k} = {v!r}")
         return 0
-    code = 0
+    code, trainer = 0, None
     try:
         state = PartialState(cpu=not torch.cuda.is_available())
         if not state.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
-        result = Trainer(cfg, resume=args.resume).run(signals=INTERRUPT_SIGNALS)
+        trainer = Trainer(cfg, resume=args.resume)
+        result = trainer.run(signals=INTERRUPT_SIGNALS)
         code = 0 if result.status == "finished" else EXIT_PREEMPTED
         if result.signal == "SIGINT":
             code = EXIT_INTERRUPTED
@@ -189,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:  # a non-finite loss, in the run's log
         log.error("%s", e)
         code = 1
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"error: {_oom_message(cfg, e, building=trainer is None)}", file=sys.stderr)
+        code = 2 if trainer is None else 1
     state = PartialState()
     if state.num_processes > 1:
         # torch + gloo can abort at interpreter exit (notes/dependencies.md section 5): leave directly

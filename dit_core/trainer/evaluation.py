@@ -100,9 +100,8 @@ def check_evaluation(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"eval.steps: must be >= 1 when eval.eval_every > 0 (sampler steps), got {e.steps}{off}"
         )
-    if (
-        cfg.diffusion.objective != "flow" and e.steps > cfg.diffusion.num_timesteps
-    ):  # flow's time is continuous
+    discrete = cfg.diffusion.objective != "flow"  # flow's time is continuous
+    if discrete and e.steps > cfg.diffusion.num_timesteps:
         raise ConfigError(
             f"eval.steps: {e.steps} sampler steps exceed the {cfg.diffusion.num_timesteps} trained timesteps "
             f"(diffusion.num_timesteps); use 1..{cfg.diffusion.num_timesteps}{off}"

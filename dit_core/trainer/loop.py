@@ -182,7 +182,6 @@ class Trainer:
         #: this step's validation ("val") / evaluation ("eval") not done yet: the last step is
         #: checkpointed before them, so that a failing one costs no training (a resume runs them)
         self.due: list[str] = []
-        self.guard: PreemptionGuard | None = None  # while `run` trains: the signals it watches
         self.run_id: str | None = None
         self.unsent_metrics: list[list] = []  # metric points of the checkpoint not yet on the server
         if ckpt is not None:
@@ -342,7 +341,6 @@ class Trainer:
         progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
         try:
             with PreemptionGuard(signals, sigint_echo_s=echo_s) as guard:
-                self.guard = guard
                 if cfg.eval.val_every and self.step == 0:
                     self.validate()
                 try:
@@ -388,7 +386,7 @@ class Trainer:
         cfg = self.cfg
         train_time, interval_images = 0.0, 0
         if self.due:  # resumed from a step checkpointed before its validation / evaluation
-            self.run_due(resumed=True)
+            self.run_due(guard, resumed=True)
         while self.step < self.total:
             if self.preempt_requested(guard) or (stop_at_step is not None and self.step >= stop_at_step):
                 return "preempted"
@@ -407,7 +405,7 @@ class Trainer:
                 return "preempted"  # the grace period: run() checkpoints this step with `due`
             if last and self.due:
                 self.save()  # records `due`: a failure below keeps the steps trained
-            self.run_due()
+            self.run_due(guard)
             if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and not last:
                 self.save()
         return "finished"
@@ -416,9 +414,10 @@ class Trainer:
         """``{"val": eval.val_every, "eval": eval.eval_every}`` (0 = off), in the order they run."""
         return {"val": self.cfg.eval.val_every, "eval": self.cfg.eval.eval_every}
 
-    def run_due(self, resumed: bool = False) -> None:
-        """The validation and evaluation of `due`, in that order, each taken off it once done.
-        ``resumed``: the `due` of the checkpoint resumed from, less those this config turned off."""
+    def run_due(self, guard: PreemptionGuard, resumed: bool = False) -> None:
+        """The validation and evaluation of `due`, in that order, each taken off it once done; a signal
+        to ``guard`` stops the evaluation. ``resumed``: the `due` of the checkpoint resumed from, less
+        those this config turned off."""
         if resumed:
             self.due = [k for k, n in self.check_intervals().items() if n and k in self.due]
             names = {"val": "validation", "eval": "evaluation"}
@@ -429,7 +428,7 @@ class Trainer:
             if kind == "val":
                 self.validate()
             else:
-                self.evaluate()
+                self.evaluate(guard)
             self.due.remove(kind)
 
     def preempt_requested(self, guard: PreemptionGuard, every_call: bool = False) -> bool:
@@ -583,11 +582,11 @@ class Trainer:
         self._log(metrics)
         log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-    def evaluate(self) -> None:
-        """Sample metrics ``eval/<name>`` of the EMA model and a sample grid artifact."""
+    def evaluate(self, guard: PreemptionGuard | None = None) -> None:
+        """Sample metrics ``eval/<name>`` of the EMA model and a sample grid artifact; a signal to
+        ``guard`` stops the sampling (`SamplingStopped`)."""
         e, t0 = self.cfg.eval, time.perf_counter()
         spaces: dict[str, str] = {}
-        guard = self.guard
         stop = (lambda: self.preempt_requested(guard, every_call=True)) if guard else None
         metrics = evaluate_samples(
             self.ema.model, self.diffusion, self.cfg, self.dit_cfg, self.acc, spaces, stop=stop
