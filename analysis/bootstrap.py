@@ -147,8 +147,7 @@ def parallel_map(fn: Callable, items: Sequence, workers: int | None = None, desc
     global _TASK
     from tqdm.auto import tqdm
 
-    n = workers_available() if workers is None else workers
-    n = min(n, len(items) // 4)
+    n = min(workers_available() if workers is None else workers, len(items) // 4)
     forkable = sys.platform.startswith("linux") and not (_IN_WORKER or mp.current_process().daemon)
     show = desc is not None and not _IN_WORKER and bool(getattr(sys.stderr, "isatty", lambda: False)())
     bar = tqdm(total=len(items), desc=desc, unit="fit", leave=False, disable=not show, dynamic_ncols=True)

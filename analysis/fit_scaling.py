@@ -259,10 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                     an.messages.append(f"holdout for the extrapolated budget not possible: {e}")
             if args.influence:
                 an.influence = run_influence(points, budgets[0], cfg, holdout=args.holdout == "largest")
-        if hold is not None:
-            for p in preds:
-                if p.extrapolating:
-                    p.holdout = hold.to_dict()
+        for p in preds:
+            if hold is not None and p.extrapolating:
+                p.holdout = hold.to_dict()
         try:
             paths = write_report(an, args.out, preds, hold, source)
             if args.json is not None:

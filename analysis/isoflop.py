@@ -87,28 +87,25 @@ def _profile(
     g: pd.DataFrame, c: float, patch: float, skipped: list[str] | None = None, units: str = "parameters"
 ) -> IsoFlopProfile | None:
     skipped = [] if skipped is None else skipped
+    where = f"IsoFLOP budget {c:.3g} FLOPs{patch_text(patch)}"
     ln = np.log(g["N"].to_numpy(float))
     if len(np.unique(ln)) < 3:
         skipped.append(
-            f"IsoFLOP budget {c:.3g} FLOPs{patch_text(patch)}: {len(np.unique(ln))} model size(s); a "
-            "parabola of its own needs 3 (the joint fit uses 2) - add model sizes at this budget"
+            f"{where}: {len(np.unique(ln))} model size(s); a parabola of its own needs 3 (the joint fit uses "
+            "2) - add model sizes at this budget"
         )
         return None
     coef = np.polyfit(ln, g["loss"].to_numpy(float), 2)
     if coef[0] <= 0:
-        skipped.append(
-            f"IsoFLOP budget {c:.3g} FLOPs{patch_text(patch)}: the parabola opens downward (no minimum); "
-            "skipped"
-        )
+        skipped.append(f"{where}: the parabola opens downward (no minimum); skipped")
         return None
     x_opt = -coef[1] / (2 * coef[0])
     if not ln.min() <= x_opt <= ln.max():
         side = "smaller" if x_opt < ln.min() else "larger"
         skipped.append(
-            f"IsoFLOP budget {c:.3g} FLOPs{patch_text(patch)}: the parabola's minimum "
-            f"(N={math.exp(x_opt):.3g} {units}) lies outside the models trained there "
-            f"(N {math.exp(ln.min()):.3g}..{math.exp(ln.max()):.3g} {units}); "
-            f"budget skipped - add {side} models at this budget"
+            f"{where}: the parabola's minimum (N={math.exp(x_opt):.3g} {units}) lies outside the models "
+            f"trained there (N {math.exp(ln.min()):.3g}..{math.exp(ln.max()):.3g} {units}); budget skipped - "
+            f"add {side} models at this budget"
         )
         return None
     return IsoFlopProfile(

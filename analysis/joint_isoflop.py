@@ -123,14 +123,12 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0
     on_bound = np.any(np.isclose(th[:3], lo[:3], atol=1e-6) | np.isclose(th[:3], hi[:3], atol=1e-6))
     try:
         cov = s2 * np.linalg.inv(jac.T @ jac)
-        se_a = math.inf if on_bound else math.sqrt(max(cov[0, 0], 0.0))
-        # ln A of N_opt = A C^a: ln A = ln G - a c0
-        se_ln_a = (
-            math.inf if on_bound else math.sqrt(max(cov[1, 1] + c0**2 * cov[0, 0] - 2 * c0 * cov[0, 1], 0.0))
-        )
+        var_ln_a = cov[1, 1] + c0**2 * cov[0, 0] - 2 * c0 * cov[0, 1]  # ln A of N_opt = A C^a: ln G - a c0
+        se_a, se_ln_a = math.sqrt(max(cov[0, 0], 0.0)), math.sqrt(max(var_ln_a, 0.0))
     except np.linalg.LinAlgError:
         se_a = se_ln_a = math.inf
-    se_a, se_ln_a = (v if math.isfinite(v) else math.inf for v in (se_a, se_ln_a))  # nan: unresolved
+    # on a bound, or nan: unresolved
+    se_a, se_ln_a = (v if math.isfinite(v) and not on_bound else math.inf for v in (se_a, se_ln_a))
     a, ln_amp = float(th[0]), float(th[1] - th[0] * c0)
     n_opt = PowerLawFit(
         "pure",

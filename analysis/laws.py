@@ -260,8 +260,7 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
         pts = pd.concat([first.loc[[first[y].idxmin()]], pts[pts["C"] > start]])  # best of the first budget
         v = pts[y].to_numpy()
         keep = np.r_[True, v[1:] < np.minimum.accumulate(v)[:-1]]  # a new running minimum
-        out = pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]]
-        return out.reset_index(drop=True)
+        return pts.loc[keep, ["C", y, "N", "D", "run_id", "model"]].reset_index(drop=True)
     end = max(end, start)
     grid = np.linspace(math.log(start), math.log(end), n_grid)
     best_y = np.full(n_grid, np.inf)

@@ -380,14 +380,13 @@ class ParametricFit:
             lines.append(f"{k:>8} {v:12.5g} {s_txt:>16} {lo:12.5g} {hi:12.5g}")
         if self.e_at_floor:
             lines.append(f"E = 0 (at its floor); E < {self.e_upper:.4g} at 95% (one-sided, profile)")
-        if self.bootstrap is not None and self.bootstrap.n_ok < 2:
-            bs = self.bootstrap
+        bs = self.bootstrap
+        if bs is not None and bs.n_ok < 2:
             got = "no refit succeeded" if bs.n_ok == 0 else "only 1 refit succeeded"
             lines.append(
                 f"bootstrap: {bs.n_requested} resamples of {bs.unit}, {got}: no intervals and no std.err"
             )
-        elif self.bootstrap is not None:
-            bs = self.bootstrap
+        elif bs is not None:
             at = ", ".join(f"{k} {100 * v:.0f}%" for k, v in bs.share_at_bound().items() if v > 0) or "none"
             lines.append(
                 f"bootstrap: {bs.n_requested} resamples of {bs.unit}, {bs.n_failed} failed "

@@ -209,25 +209,24 @@ def plot_residuals(an: Analysis, path) -> Path | None:
     res = an.residuals
     if res is None or len(res) == 0:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (by_budget, by_model) = plt.subplots(1, 2, figsize=(12, 4.5))
     models = sorted(res["model"].astype(str).unique(), key=lambda m: res.loc[res["model"] == m, "N"].iloc[0])
     colors = dict(zip(models, _colors([res.loc[res["model"] == m, "N"].iloc[0] for m in models])))
-    ax = axes[0]
-    for m in models:
-        g = res[res["model"].astype(str) == m]
-        ax.plot(g["budget"], g["resid"], "o", ms=4, color=colors[m], alpha=0.8, label=m)
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set(xscale="log", xlabel="budget (FLOPs; true FLOPs = 2 x multiply-adds)", ylabel="ln(L_obs / L_fit)")
-    ax.set_title("Residuals of the parametric law by budget")
-    if len(models) <= 12:
-        ax.legend(fontsize=7)
-    ax = axes[1]
     for i, m in enumerate(models):
         g = res[res["model"].astype(str) == m]
-        ax.plot(np.full(len(g), i) + np.linspace(-0.15, 0.15, len(g)), g["resid"], "o", ms=4, color=colors[m])
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=7)
-    ax.set(ylabel="ln(L_obs / L_fit)", title="Residuals by model (sorted by N)")
+        by_budget.plot(g["budget"], g["resid"], "o", ms=4, color=colors[m], alpha=0.8, label=m)
+        x = np.full(len(g), i) + np.linspace(-0.15, 0.15, len(g))
+        by_model.plot(x, g["resid"], "o", ms=4, color=colors[m])
+    by_budget.axhline(0, color="k", lw=0.8)
+    by_budget.set(
+        xscale="log", xlabel="budget (FLOPs; true FLOPs = 2 x multiply-adds)", ylabel="ln(L_obs / L_fit)"
+    )
+    by_budget.set_title("Residuals of the parametric law by budget")
+    if len(models) <= 12:
+        by_budget.legend(fontsize=7)
+    by_model.axhline(0, color="k", lw=0.8)
+    by_model.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=7)
+    by_model.set(ylabel="ln(L_obs / L_fit)", title="Residuals by model (sorted by N)")
     return _save(fig, path)
 
 

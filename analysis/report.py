@@ -122,8 +122,7 @@ def markdown(
     source: str = "",
 ) -> str:
     """The report text; plot paths are written relative to the report's folder."""
-    pts = an.points
-    u = an.units
+    pts, u = an.points, an.units
     st = worst(an.status, *(p.status for p in predictions))
     lines = [
         "# DiT scaling-law analysis",

@@ -293,11 +293,6 @@ def _history(client, run_id: str, key: str) -> pd.Series:
     return s.sort_index()
 
 
-def _model_name(params: dict) -> str:
-    """`dit_core.spec.model_label` of the run's shape, as the sweep's tables name it."""
-    return model_label_of_params(params) or "unknown"
-
-
 def _float(x) -> float:
     try:
         return float(x)
@@ -519,9 +514,8 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
         f = _history(client, rid, key)
         if not f.empty:
             fid = f.reindex(loss.index)
-            unusable = (
-                _not_finite(fid.to_numpy(float)) | (fid.to_numpy(float) <= 0)
-            ) & fid.notna().to_numpy()
+            v = fid.to_numpy(float)
+            unusable = (_not_finite(v) | (v <= 0)) & ~np.isnan(v)
             n_bad_fid = int(unusable.sum()) + int(f.isna().sum())  # NaN logged: a diverged sample
             fid = fid.mask(unusable)  # inf or <= 0: not scored (NaN), said in the notes
             fid_se = _history(client, rid, f"{key}_se").reindex(loss.index)  # domain FIDs log one
@@ -535,7 +529,7 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "loss": loss.to_numpy(float),
             "fid": fid.to_numpy(float),
             "run_id": rid,
-            "model": _model_name(params),
+            "model": model_label_of_params(params) or "unknown",  # as the sweep's tables name it
             "step": steps,
             "final": False,
             "budget": _float(params.get("budget.train_flops")),
@@ -732,12 +726,13 @@ def effective_data(d, unique, r_star: float) -> np.ndarray:
     """Muennighoff et al. 2023 (arXiv:2305.16264), effective data under repetition:
     D' = U + U R* (1 - exp(-R / R*)), U = min(unique, D), R = D / U - 1 (repetitions beyond the
     first epoch). D' = D without repetition; D' -> U (1 + R*) for many epochs. unique NaN or inf: D.
+    -expm1 keeps 1 - exp(-x) accurate for small x = R / R* (1 - exp(-x) cancels to 0 below x ~ 1e-16).
     """
     d = np.asarray(d, float)
     u = np.asarray(unique, float)
     u = np.where(np.isfinite(u) & (u > 0), np.minimum(u, d), d)
     r = d / u - 1.0
-    return u + u * r_star * (1.0 - np.exp(-r / r_star))
+    return u + u * r_star * -np.expm1(-r / r_star)
 
 
 def _column_of_every_run(pts: pd.DataFrame, col: str, message: str) -> np.ndarray:
