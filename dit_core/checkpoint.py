@@ -148,19 +148,33 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint file (or the latest one of a run folder) with ``weights_only=True``."""
+    """Read a checkpoint file (or the latest one of a run folder) with ``weights_only=True``. A run
+    folder's newest file that its trainer deletes before it is opened (``checkpoint.keep_last``: a
+    newer one was just written) is looked up again, so a running job's folder can be read."""
     p = Path(path)
-    if p.is_dir():
+    if not p.is_dir():
+        try:
+            return _read_checkpoint(p, map_location)
+        except FileNotFoundError:
+            raise ValueError(
+                f"checkpoint {p} does not exist; pass a run folder or a step_*.pt file in <out>/checkpoints"
+            ) from None
+    for _ in range(10):
         found = latest_checkpoint(p)
         if found is None:
             raise ValueError(f"no checkpoint in {checkpoint_dir(p)}")
-        p = found
-    if not p.is_file():
-        raise ValueError(
-            f"checkpoint {p} does not exist; pass a run folder or a step_*.pt file in <out>/checkpoints"
-        )
+        with contextlib.suppress(FileNotFoundError):
+            return _read_checkpoint(found, map_location)
+    raise ValueError(f"the checkpoints of {checkpoint_dir(p)} were deleted as they were read; try again")
+
+
+def _read_checkpoint(p: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """`load_checkpoint` of one file; FileNotFoundError if it is gone (once open, it stays readable)."""
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        with open(p, "rb") as f:
+            ckpt = torch.load(f, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
     except Exception as e:  # noqa: BLE001 - a torn or foreign file fails in torch's reader in many ways
         raise ValueError(
             f"checkpoint {p} is not a checkpoint written by dit_core.train ({type(e).__name__}): it is "

@@ -22,7 +22,7 @@ import torch
 
 from ..checkpoint import latest_checkpoint, save_checkpoint
 from ..config import TrainConfig
-from ..configio import ConfigError
+from ..configio import ConfigError, yaml_to_flat
 from ..data import build_dataset, data_accounting, unique_images
 from ..diffusion import create_diffusion
 from ..ema import EMA
@@ -35,6 +35,8 @@ from ..tracking import (
     RESUMED_FROM_RUN_TAG,
     RESUMED_FROM_STEP_TAG,
     RESUMED_FROM_TAG,
+    RUN_ID_FILE,
+    RUN_KEY_FILE,
     UNIQUE_IMAGES_TAG,
     atomic_write_text,
     feature_space_tag,
@@ -46,7 +48,14 @@ from .lr_schedule import lr_at, peak_lr, warmup_steps
 from .out_lock import OutFolderBusy, checkpoints_state, out_folder_lock
 from .progress import Progress
 from .resolve import resolve_config
-from .resume import check_resumable, find_checkpoint, is_own_checkpoint, load_resume_checkpoint
+from .resume import (
+    FORK_AS_SAVED,
+    START_OVER,
+    check_resumable,
+    find_checkpoint,
+    is_own_checkpoint,
+    load_resume_checkpoint,
+)
 from .rng import StepRandom, get_rng_state, set_rng_state
 from .signals import PREEMPTION_SIGNALS, SIGINT_ECHO_S, PreemptionGuard
 from .update import update_ops
@@ -58,6 +67,12 @@ __all__ = ["FIXED_COST_METRICS", "SIGNAL_SYNC_EVERY", "TrainResult", "Trainer", 
 
 #: With several processes, steps between the all-reduces that agree on a received signal.
 SIGNAL_SYNC_EVERY = 10
+#: What to do instead of restarting, in its MLflow run, a run folder's run with other settings.
+RESTART_ANEW = (
+    "the run in this folder stopped before its first checkpoint, and starting it again would log these "
+    "settings into its MLflow run: use a new --out for a new run, or run with --resume never to start "
+    "over in this folder in a new MLflow run"
+)
 #: Seconds a finished run logs once, at its last step (this process only; docs/training.md "Sweep
 #: throughput"): process start until `Trainer.run` (imports, data, model), MLflow (run start, params,
 #: final flush), validation, evaluation (samples, metrics, grid), training steps.
@@ -155,8 +170,11 @@ class Trainer:
         ckpt = load_resume_checkpoint(self.ckpt_path) if self.ckpt_path else None
         if ckpt is not None:
             saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}  # fields added since: defaults
-            check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}")
+            advice = START_OVER if self.forked_from is None else FORK_AS_SAVED
+            check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}", advice)
             self.check_continuable(ckpt)
+        elif resume == "auto" and cfg.tracking.enabled:
+            self.check_restartable()
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = DiT.from_config(self.dit_cfg).to(self.device)
@@ -233,6 +251,19 @@ class Trainer:
                 f"a run of its own) for the fork, or resume with --out {home} "
                 "to continue that run"
             )
+
+    def check_restartable(self) -> None:
+        """ConfigError, before any run is touched, when ``out`` holds no checkpoint but names the MLflow
+        run of an earlier start (killed before its first checkpoint) whose ``config.json`` has other
+        settings: restarting from step 0 in that run would log this config's losses under its params."""
+        saved_file = self.out / "config.json"
+        if not saved_file.is_file() or not any((self.out / f).is_file() for f in (RUN_ID_FILE, RUN_KEY_FILE)):
+            return
+        try:
+            saved = yaml_to_flat(TrainConfig, json.loads(saved_file.read_text()), str(saved_file))
+        except (OSError, ValueError):  # not the trainer's file: nothing to compare with
+            return
+        check_resumable({**TrainConfig().to_flat_dict(), **saved}, self.flat, str(saved_file), RESTART_ANEW)
 
     def _load(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -364,8 +395,9 @@ class Trainer:
             self.tracker.finish("interrupted" if local_job and signum == signal.SIGINT else status)
         signame = signal.Signals(signum).name if signum is not None else None
         if status == "preempted":
-            log.warning("stopped at step %d/%d (%s); checkpoint %s; resume with the same --out",
-                        self.step, self.total, signame or "stop_at_step", ckpt_path)  # fmt: skip
+            if self.main:  # the others wrote no checkpoint: their "checkpoint None" would read as lost
+                log.warning("stopped at step %d/%d (%s); checkpoint %s; resume with the same --out",
+                            self.step, self.total, signame or "stop_at_step", ckpt_path)  # fmt: skip
             if handler is not None:
                 log.info("handing %s on to the previously installed handler", signame)
                 handler(signum, None)

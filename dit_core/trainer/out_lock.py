@@ -35,6 +35,8 @@ TRAIN_LOCK = ".train.lock"
 #: What ``flock`` fails with on a file system that does not support it (e.g. Lustre mounted without
 #: ``flock``): the run goes on unlocked, with a warning, rather than not at all.
 _NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+#: What creating the run folder or its lock file fails with where ``out`` is not writable.
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class OutFolderBusy(ConfigError):
@@ -46,9 +48,17 @@ def out_folder_lock(out: str | os.PathLike) -> Iterator[Path]:
     """Hold ``<out>/.train.lock`` (creating ``out``) for the ``with`` block; `OutFolderBusy` at once,
     without waiting, if another process (or another open of it in this one) holds it."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / TRAIN_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by exec'd programs
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by exec'd programs
+    except OSError as e:
+        if e.errno not in _NOT_WRITABLE:
+            raise
+        raise ConfigError(
+            f"out: cannot write to {out} ({e.strerror}); the trainer writes its checkpoints there: give "
+            "a folder you can write to with --out"
+        ) from None
     try:
         if not _try_lock(fd, path):
             yield path

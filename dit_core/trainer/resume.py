@@ -17,8 +17,8 @@ from typing import Any
 from ..checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint
 from ..configio import ConfigError
 
-__all__ = ["RESUMABLE_CHANGES", "RESUME_KEYS", "check_resumable", "config_changes", "find_checkpoint",
-           "is_own_checkpoint", "load_resume_checkpoint"]  # fmt: skip
+__all__ = ["FORK_AS_SAVED", "RESUMABLE_CHANGES", "RESUME_KEYS", "START_OVER", "check_resumable",
+           "config_changes", "find_checkpoint", "is_own_checkpoint", "load_resume_checkpoint"]  # fmt: skip
 
 #: What the trainer reads from a checkpoint to continue a run.
 RESUME_KEYS = ("model", "ema", "optimizer", "data_position", "rng", "step", "ledger", "config")
@@ -39,16 +39,26 @@ def config_changes(saved_flat: dict[str, Any], new_flat: dict[str, Any]) -> list
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in keys if old[k] != new[k]]
 
 
-def check_resumable(saved_flat: dict[str, Any], new_flat: dict[str, Any], where: str = "checkpoint") -> None:
-    """ConfigError naming the differences if a run saved with ``saved_flat`` may not continue
-    with ``new_flat`` (both flat dotted configs, e.g. ``TrainConfig.to_flat_dict()``)."""
+#: What to do instead, for `check_resumable`'s refusal of a run folder's own checkpoint.
+START_OVER = (
+    "use a new --out for a new run, or, to start over in this folder, delete its checkpoints/ and run "
+    "with --resume never"
+)
+#: The same for a fork (``--resume`` of another folder's checkpoint): its --out is already a new one.
+FORK_AS_SAVED = (
+    "a fork continues that checkpoint's settings exactly: drop the changed settings to fork it, or drop "
+    "--resume to start a new run from step 0 in this --out"
+)
+
+
+def check_resumable(
+    saved_flat: dict[str, Any], new_flat: dict[str, Any], where: str = "checkpoint", advice: str = START_OVER
+) -> None:
+    """ConfigError naming the differences and ``advice`` if a run saved with ``saved_flat`` may not
+    continue with ``new_flat`` (both flat dotted configs, e.g. ``TrainConfig.to_flat_dict()``)."""
     diff = config_changes(saved_flat, new_flat)
     if diff:
-        raise ConfigError(
-            f"{where}: was written by a different config ({'; '.join(diff[:8])}); "
-            "use a new --out for a new run, or, to start over in this folder, delete its checkpoints/ "
-            "and run with --resume never"
-        )
+        raise ConfigError(f"{where}: was written by a different config ({'; '.join(diff[:8])}); {advice}")
 
 
 def find_checkpoint(out: Path, resume: str) -> Path | None:
