@@ -427,6 +427,10 @@ class AdaptiveResult:
     def errors(self) -> dict[str, str]:
         return {k: v for s in self.steps if s.launch is not None for k, v in s.launch.errors.items()}
 
+    @property
+    def logs(self) -> dict[str, str]:
+        return {k: v for s in self.steps if s.launch is not None for k, v in s.launch.logs.items()}
+
 
 def sweep_points(spec: SweepSpec, tracking_uri: str, cell_ids: list[str]):
     """The analysis points (`analysis.runs.load_runs`) of this sweep's ``cell_ids``."""

@@ -199,20 +199,20 @@ def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     }
 
 
+def _stdout(cmd: list[str]) -> str:
+    """The standard output of ``cmd``; "" where it cannot run or does not answer within 30 s."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
     """``{job_id: state}`` for the given jobs still known to squeue (array tasks as ``N_i``)."""
     if not job_ids:
         return {}
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    rows = (line.split() for line in out.stdout.splitlines())
+    out = _stdout(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))])
+    rows = (line.split() for line in out.splitlines())
     return {row[0]: row[1] for row in rows if len(row) == 2}
 
 
@@ -230,13 +230,8 @@ def slurm_requeued() -> bool:
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
-    try:
-        out = subprocess.run(
-            ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+    out = _stdout(["scontrol", "-o", "show", "job", job])
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
     return fields.get("JobState", "") in _SLURM_PENDING
 
 
@@ -316,7 +311,14 @@ def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
     except Exception as e:
         end_unstarted_run(task, e)
         raise
-    if getattr(result, "status", "finished") == "preempted":
+    status = result.get("status") if isinstance(result, dict) else getattr(result, "status", None)
+    status = "finished" if status is None else str(status).lower()
+    if status not in ("finished", "preempted"):
+        # a trainer that reports a failure instead of raising: the job fails, as if it had raised
+        err = RuntimeError(f"trainer {task.trainer} returned status {status!r}, not 'finished'")
+        end_unstarted_run(task, err, left=("SCHEDULED", "RUNNING"), tag="failed")
+        raise err
+    if status == "preempted":
         if slurm_requeued():
             # SLURM requeued this job before it signalled it (a node failure under --requeue): the
             # requeued attempt resumes from the checkpoint and writes the cell's result, so this
@@ -332,12 +334,15 @@ def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
     return _as_dict(result)
 
 
-def end_unstarted_run(task: CellTask, err: BaseException) -> None:
+def end_unstarted_run(
+    task: CellTask, err: BaseException, left: tuple[str, ...] = ("SCHEDULED",), tag: str = ""
+) -> None:
     """A job whose trainer failed before it took the cell's run over (its import, its config, its
     data) ends that run itself: FAILED, tag status=died_before_training and the error, as a launcher
     that waits would (`sweeps.state.end_orphaned_runs`), so that after a ``--no-wait`` launch it does
     not stay SCHEDULED until the next launch. A run the trainer took over is left as the trainer left
-    it (`dit_core.tracking.end_run_if`)."""
+    it (`dit_core.tracking.end_run_if`); ``left``/``tag``: the run statuses ended, and its status tag
+    (a trainer that returned a failure: RUNNING too, tag ``failed``)."""
     run_id, uri = task.overrides.get("tracking.run_id"), task.overrides.get("tracking.uri")
     if not run_id or not uri:
         return
@@ -351,9 +356,9 @@ def end_unstarted_run(task: CellTask, err: BaseException) -> None:
         end_run_if(
             MlflowClient(uri),
             run_id,
-            left=("SCHEDULED",),
+            left=left,
             status="FAILED",
-            tag=DIED_BEFORE_TRAINING,
+            tag=tag or DIED_BEFORE_TRAINING,
             error=error,
         )
     except Exception as e:  # the job's own error is what matters: it is raised next

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from dit_core.configio import check_fields, check_keys, parse_value
+from dit_core.configio import check_fields, check_keys, parse_value, require
 from dit_core.spec import (
     DiTConfig,
     budget_steps,
@@ -83,6 +83,21 @@ class ExecutorSpec:
     setup: list[str] = field(default_factory=list)
     max_retries: int = 2
     max_num_timeout: int = 3
+
+
+def check_mem_gb(mem_gb: float | None) -> None:
+    """The one check of ``executor.mem_gb``: unset, or GB per node > 0, finite, at least 1 MB (submitit
+    asks SLURM for ``int(mem_gb * 1024)`` MB)."""
+    if mem_gb is None:
+        return
+    require(mem_gb > 0, "executor.mem_gb", f"must be > 0, got {mem_gb}")
+    require(math.isfinite(mem_gb), "executor.mem_gb", f"must be > 0 and finite, got {mem_gb}")  # no overflow
+    require(  # --mem=0MB: SLURM gives the whole node
+        int(mem_gb * 1024) >= 1,
+        "executor.mem_gb",
+        f"{mem_gb} GB is under 1 MB (SLURM reads --mem=0 as all of a node's memory); give GB per node, "
+        "e.g. --mem-gb 16",
+    )
 
 
 @dataclass
@@ -184,16 +199,12 @@ class SweepSpec:
             raise ValueError("need 1 <= min_steps <= isoflop_max_steps (--min-steps, --max-steps)")
         self._validate_design()
         e = self.executor
-        rules = {"name": EXECUTORS, "gpus_per_node": ">= 0", "max_retries": ">= 0", "mem_gb": "> 0"}
+        rules = {"name": EXECUTORS, "gpus_per_node": ">= 0", "max_retries": ">= 0"}
         rules |= dict.fromkeys(("signal_delay_s", "max_num_timeout"), ">= 0")
         rules |= dict.fromkeys(("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"), ">= 1")
         rules |= dict.fromkeys(("array_parallelism", "local_parallelism"), ">= 1")
         check_fields(e, "executor.", rules)
-        if e.mem_gb is not None and not math.isfinite(e.mem_gb):  # submitit's int(mem_gb * 1024) overflows
-            raise ValueError(f"executor.mem_gb: must be > 0 and finite, got {e.mem_gb}")
-        if e.mem_gb is not None and int(e.mem_gb * 1024) < 1:  # --mem=0MB: SLURM gives the whole node
-            raise ValueError(f"executor.mem_gb: {e.mem_gb} GB is under 1 MB (SLURM reads --mem=0 as all of "
-                             "a node's memory); give GB per node, e.g. --mem-gb 16")  # fmt: skip
+        check_mem_gb(e.mem_gb)
         if self.batch_size % (e.nodes * e.tasks_per_node):
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "

@@ -30,6 +30,9 @@ from sweeps.design import (
 )
 from sweeps.executor import resolve_executor_kind
 from sweeps.grid import (
+    DESIGNS,
+    EXECUTORS,
+    SPEC_RECORD,
     ExecutorSpec,
     SweepSpec,
     expand,
@@ -40,7 +43,15 @@ from sweeps.grid import (
     read_spec_record,
 )
 from sweeps.runner import Progress, check_executor, check_output_dir, check_wait, launch, preview, sweep_dir
-from sweeps.state import AUTH_HINT, check_tracking_uri, plan, read_runs, read_states, resolve_tracking_uri
+from sweeps.state import (
+    AUTH_HINT,
+    CellState,
+    check_tracking_uri,
+    plan,
+    read_runs,
+    read_states,
+    resolve_tracking_uri,
+)
 from sweeps.table import cells_table, status_table
 from sweeps.task import check_trainer, make_task
 
@@ -80,11 +91,15 @@ def field_default(key: str):
 def _config_default(key: str) -> str:
     """Help text for a flag that overrides the YAML key ``key``: where its default comes from."""
     value = field_default(key)
-    return (
-        f"(default: the config's {key}, else {value:g})"
-        if isinstance(value, float)
-        else (f"(default: the config's {key}, else {value})")
-    )
+    shown = f"{value:g}" if isinstance(value, float) else value
+    return f"(default: the config's {key}, else {shown})"
+
+
+def _override(group, flag: str, key: str, what: str) -> None:
+    """Add ``flag``, which sets the YAML key ``key`` (of the field's type; dest: the field's name), with
+    the help ``what`` and where its default comes from."""
+    help_ = f"{what} {_config_default(key)}"
+    group.add_argument(flag, type=type(field_default(key)), dest=key.removeprefix("executor."), help=help_)
 
 
 #: Seconds between progress updates when --poll is not given: `sweeps.runner.launch`'s own default.
@@ -116,16 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "-c", "--config", help="sweep YAML or a bundled name (demo, digits, imagenet256); default demo"
     )
-    g.add_argument(
-        "--name", help=f"sweep id (MLflow tag `sweep`, folder <output-dir>/<name>) {_config_default('name')}"
-    )
-    g.add_argument("--experiment", help=f"MLflow experiment {_config_default('experiment')}")
+    _override(g, "--name", "name", "sweep id (MLflow tag `sweep`, folder <output-dir>/<name>)")
+    _override(g, "--experiment", "experiment", "MLflow experiment")
     g.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     )
-    g.add_argument(
-        "--output-dir", help=f"folder for checkpoints and job logs {_config_default('output_dir')}"
-    )
+    _override(g, "--output-dir", "output_dir", "folder for checkpoints and job logs")
     g.add_argument("--grid", type=_csv(str), help="model families, e.g. S,B,L,XL")
     g.add_argument("--patch", type=_csv(int), help="patch sizes, e.g. 2,4,8")
     g.add_argument("--shapes", type=_csv(_shape), help="custom DEPTHxWIDTHxHEADS shapes, e.g. 4x64x4,6x96x6")
@@ -154,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--design",
-        choices=["grid", "isoflop", "adaptive"],
+        choices=DESIGNS,
         help="grid: every model (--grid/--shapes) at every budget. isoflop: per budget, --sizes-per-budget "
         "shapes on the DiT families' depth/width curve, log-spaced within --spread x of a prior N_opt(C) "
         "(--tokens-per-param or --prior). adaptive: isoflop, budgets run smallest first, each next one "
@@ -196,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="isoflop/adaptive: most steps a proposed size may have "
         f"{_config_default('isoflop_max_steps')}; refused for grid, whose cells' steps follow from --budgets",
     )  # fmt: skip
-    g.add_argument("--batch-size", type=int, help=f"global batch size {_config_default('batch_size')}")
+    _override(g, "--batch-size", "batch_size", "global batch size")
     g.add_argument(
         "--set",
         action="append",
@@ -207,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("executor")
     e.add_argument(
         "--executor",
-        choices=["auto", "slurm", "local", "debug"],
+        choices=EXECUTORS,
         help="auto: SLURM where a SLURM controller answers, else local processes; debug: submitit's "
         "in-process executor (default: the config's executor.name)",
     )
@@ -217,38 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks-per-node", type=int, help="processes per node (one per GPU)")
     e.add_argument("--cpus-per-task", type=int, help="SLURM: CPU cores per process")
     e.add_argument("--mem-gb", type=float, help="memory per node in GB (SLURM --mem)")
-    e.add_argument(
-        "--time",
-        type=int,
-        dest="timeout_min",
-        help=f"time limit per job in minutes {_config_default('executor.timeout_min')}",
-    )
+    _override(e, "--time", "executor.timeout_min", "time limit per job in minutes")
     e.add_argument("--array-parallelism", type=int, help="SLURM: array tasks running at once")
-    e.add_argument(
-        "--parallel",
-        type=int,
-        dest="local_parallelism",
-        help=f"local: cells running at once {_config_default('executor.local_parallelism')}",
-    )
+    _override(e, "--parallel", "executor.local_parallelism", "local: cells running at once")
     e.add_argument(
         "--no-warm", action="store_const", const=False, dest="local_warm",
         help="local: a fresh python per cell instead of forking cells from one warm worker",
     )  # fmt: skip
-    e.add_argument(
-        "--signal-delay",
-        type=int,
-        dest="signal_delay_s",
-        help=f"USR2 this many s before the limit {_config_default('executor.signal_delay_s')}",
-    )
+    _override(e, "--signal-delay", "executor.signal_delay_s", "USR2 this many s before the limit")
     e.add_argument(
         "--sbatch", action="append", metavar="FLAG", help="extra sbatch flag, e.g. --sbatch=--qos=high"
     )
     e.add_argument("--setup", action="append", metavar="CMD", help="shell line run before each job")
-    e.add_argument(
-        "--max-retries",
-        type=int,
-        help=f"resubmissions of a failed cell on relaunch {_config_default('executor.max_retries')}",
-    )
+    _override(e, "--max-retries", "executor.max_retries", "resubmissions of a failed cell on relaunch")
     r = p.add_argument_group("run")
     r.add_argument(
         "--dry-run", action="store_true", help="print the cells and the study's bill; submit nothing"
@@ -297,9 +289,9 @@ _EXECUTOR_ARGS = (
 )  # fmt: skip
 
 
-def spec_from_args(args: argparse.Namespace) -> SweepSpec:
-    """The YAML sweep with the command-line overrides applied (validated)."""
-    spec = load_spec(args.config)
+def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> SweepSpec:
+    """The YAML sweep (or ``base``) with the command-line overrides applied (validated)."""
+    spec = load_spec(args.config) if base is None else base
     top = {_RENAMED.get(a, a): getattr(args, a) for a in _SPEC_ARGS if getattr(args, a) is not None}
     design = args.design or spec.design
     if design != "grid":
@@ -356,10 +348,9 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             train[key.strip()] = parse_scalar(value)
         top["train"] = train
     ex = {_RENAMED.get(a, a): getattr(args, a) for a in _EXECUTOR_ARGS if getattr(args, a) is not None}
-    if args.sbatch:
-        ex["sbatch"] = list(spec.executor.sbatch) + args.sbatch
-    if args.setup:
-        ex["setup"] = list(spec.executor.setup) + args.setup
+    for key in ("sbatch", "setup"):  # lines added to the config's
+        if getattr(args, key):
+            ex[key] = list(getattr(spec.executor, key)) + getattr(args, key)
     if ex:
         top["executor"] = ex
     return spec.replace(**top) if top else spec
@@ -397,19 +388,29 @@ def _progress_printer():
 _LOCATING_ARGS = ("name", "experiment", "tracking_uri", "output_dir")
 
 
-def status_spec(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
-    """The sweep `status` shows: its last launch (`sweeps.grid.read_spec_record`), unless the command line
-    describes the cells itself (--grid, --budgets, --set, ...) or the sweep was never launched. The
-    cells a command line describes are looked up where the sweep logs them (the recorded experiment
-    and tracking URI). A given --experiment or --tracking-uri applies in every case."""
-    recorded = read_spec_record(sweep_dir(spec))
+def status_spec(spec: SweepSpec, args: argparse.Namespace, recorded: SweepSpec | None) -> SweepSpec:
+    """The sweep `status` shows: its last launch ``recorded`` (`sweeps.grid.read_spec_record`), with the
+    cells the command line describes (--grid, --budgets, --seeds, --set, ...) applied to it, not to the
+    bundled demo; with -c, those cells are the config's instead, looked up where the sweep logs them
+    (the recorded experiment and tracking URI). Never launched: ``spec``, refused where it is the
+    bundled demo for a named sweep and the command line describes cells. A given --experiment or
+    --tracking-uri applies in every case."""
     if recorded is None:
+        if args.config is None and args.name is not None and _describes_cells(args):
+            raise ValueError(
+                f"sweep {spec.name}: no record of its launch ({sweep_dir(spec) / SPEC_RECORD}), so the cells "
+                "this command line describes would be the bundled demo's; pass the -c/--config it was "
+                "launched with, or the --output-dir where its folder is"
+            )
         return spec
+    recorded = recorded.replace(output_dir=spec.output_dir)
     given = {a: getattr(args, a) for a in ("experiment", "tracking_uri") if getattr(args, a) is not None}
-    if _describes_cells(args):
-        located = {"experiment": recorded.experiment, "tracking_uri": recorded.tracking_uri}
-        return spec.replace(**{**located, **given})
-    return recorded.replace(output_dir=spec.output_dir, **given)
+    if not _describes_cells(args):
+        return recorded.replace(**given)
+    if args.config is None:
+        return spec_from_args(args, base=recorded)
+    located = {"experiment": recorded.experiment, "tracking_uri": recorded.tracking_uri}
+    return spec.replace(**{**located, **given})
 
 
 def _describes_cells(args: argparse.Namespace) -> bool:
@@ -420,29 +421,50 @@ def _describes_cells(args: argparse.Namespace) -> bool:
     return any(getattr(args, a) not in (None, []) for a in cells_args)
 
 
+_RUNS_ONLY = "the table shows the sweep's runs in MLflow only"  # where its cells are not known
+
+
 def _run_folders(runs: dict) -> list[str]:
     """The --output-dir folders of the runs' trainers (param ``out``: <dir>/<name>/cells/<cell>)."""
     outs = {r.data.params.get("out") for rs in runs.values() for r in rs}
     return sorted({str(Path(o).parents[2]) for o in outs if o and len(Path(o).parents) > 2})
 
 
-def cmd_status(spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool = False) -> int:
-    """Print the sweep's table. ``launched``: its recorded last launch (sweep.json), whose experiment and
-    store are named when the ones given hold none of its runs; ``guessed``: the cells are the config's,
-    not the sweep's record nor the command line's (shown only where the sweep's folder exists)."""
+def cmd_status(
+    spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool = False, unknown: bool = False
+) -> int:
+    """Print the sweep's table (`show_status`)."""
+    show_status(spec, launched, guessed, unknown)
+    return 0
+
+
+def show_status(
+    spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool = False, unknown: bool = False
+) -> dict[str, CellState]:
+    """Print the sweep's table; each cell's state. ``launched``: its recorded last launch (sweep.json),
+    whose experiment and store are named when the ones given hold none of its runs; ``guessed``: the
+    cells are the config's, not the sweep's record nor the command line's (shown only where the
+    sweep's folder exists); ``unknown``: its cells are not known here (no record, and the config is the
+    bundled demo, not the named sweep's): its runs only are shown."""
     if spec.design == "adaptive":  # the budgets placed so far, at their recorded centres
         placed = recorded_spec(spec, sweep_dir(spec))
         if placed is None:
             print(f"sweep {spec.name}: adaptive, no budget placed yet (launch it)")
-            return 0
+            return {}
         spec = placed
-    try:
-        cells, note = {c.cell_id: c for c in expand(spec)}, None
-    except ValueError as e:  # e.g. the prior file is gone: the runs in MLflow still say where it stands
-        if spec.design == "grid":
-            raise
-        cells = {}
-        note = f"{spec.design} design not placed again ({e}); the table shows the sweep's runs in MLflow only"
+    cells, note = {}, None
+    if unknown:
+        note = (
+            f"no record of its launch ({sweep_dir(spec) / SPEC_RECORD}): {_RUNS_ONLY}; pass the -c/--config "
+            "it was launched with to see all its cells"
+        )
+    else:
+        try:
+            cells = {c.cell_id: c for c in expand(spec)}
+        except ValueError as e:  # e.g. the prior file is gone: the runs in MLflow still say where it stands
+            if spec.design == "grid":
+                raise
+            note = f"{spec.design} design not placed again ({e}); {_RUNS_ONLY}"
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_server(uri, AUTH_HINT)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
@@ -468,7 +490,7 @@ def cmd_status(spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool
         where = _run_folders(runs)
         cells = {}
         note = (
-            f"no folder {sweep_dir(spec)}: the table shows the sweep's runs in MLflow only"
+            f"no folder {sweep_dir(spec)}: {_RUNS_ONLY}"
             + (f"; they train under --output-dir {' or '.join(where)}" if where else "")
             + "; pass the --output-dir the sweep was launched with (or where its folder was moved)"
         )
@@ -481,7 +503,7 @@ def cmd_status(spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     for line in _left_out_lines(spec) if note is None else [note]:
         print(line)
-    return 0
+    return states
 
 
 def _left_out_lines(spec: SweepSpec) -> list[str]:
@@ -533,12 +555,17 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             print(f"jobs: {', '.join(f'{c}={j}' for c, j in res.job_ids.items())}")
         print(f"watch with: python sweeps/launch.py status {_sweep_args(args)}".rstrip())
         return 0
-    code = cmd_status(spec)
-    failed = list(res.errors) + pl.exhausted
-    for cid, err in res.errors.items():
-        print(f"FAILED {cid}: {err}", file=sys.stderr)
-    if res.errors:
-        print(f"{len(res.errors)} cell(s) failed; relaunch the same command to retry them", file=sys.stderr)
+    states = show_status(spec)
+    # a job can end without an error and its cell still not be finished (a trainer that returns a
+    # failure, or never ends its run): the cell's record decides, as for `status` and the relaunch
+    failed = dict(res.errors)
+    for cid in res.job_ids:
+        st = states.get(cid)
+        if cid not in failed and st is not None and st.state != "finished":
+            failed[cid] = f"its job ended, but its run is {st.state} (MLflow status {st.run_status})"
+    _print_failed(failed, res.logs)
+    if failed:
+        print(f"{len(failed)} cell(s) failed; relaunch the same command to retry them", file=sys.stderr)
     if pl.exhausted:
         n = spec.executor.max_retries
         print(
@@ -546,13 +573,20 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             f"relaunch with --max-retries {n + 1} or more to try them again",
             file=sys.stderr,
         )
-    if failed:
+    if failed or pl.exhausted:
         return 1
     print(
         f"\nnext: {NEXT_COMMAND} --experiment {spec.experiment}"
         + ("" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}")
     )
-    return code
+    return 0
+
+
+def _print_failed(errors: dict[str, str], logs: dict[str, str]) -> None:
+    """One ``FAILED`` line per failed cell: its error and its job's log files."""
+    for cid, err in errors.items():
+        where = f" (logs: {logs[cid]})" if logs.get(cid) else ""
+        print(f"FAILED {cid}: {err}{where}", file=sys.stderr)
 
 
 def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
@@ -581,7 +615,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             raise
         kind = "slurm"
         notes.append(f"{e} (a real launch here refuses; the bill is priced all the same)")
-    uri = resolve_tracking_uri(spec.tracking_uri)
+    uri, uri_read = resolve_tracking_uri(spec.tracking_uri), True
     try:
         check_tracking_uri(uri)  # a file that is no MLflow store, a missing folder, ...
     except ValueError as e:  # a server out of reach from here, as SLURM may be
@@ -592,8 +626,6 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             "compares were not checked)"
         )
         uri_read = False
-    else:
-        uri_read = True
     check_executor(spec, kind)
     check_output_dir(sdir)
     check_wait(kind, not args.no_wait)
@@ -651,8 +683,7 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
     if res.stopped:
         print(res.stopped)
     cmd_status(spec)
-    for cid, err in res.errors.items():
-        print(f"FAILED {cid}: {err}", file=sys.stderr)
+    _print_failed(res.errors, res.logs)
     if res.errors or (res.stopped and not args.no_wait):
         print("relaunch the same command to retry; placed budgets keep their cells", file=sys.stderr)
         return 1
@@ -704,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             launched = read_spec_record(sweep_dir(spec))
             guessed = launched is None and not _describes_cells(args)
-            return cmd_status(status_spec(spec, args), launched=launched, guessed=guessed)
+            unknown = guessed and args.config is None and args.name is not None  # the demo is not its config
+            return cmd_status(status_spec(spec, args, launched), launched, guessed, unknown)
         return cmd_run(spec, args)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

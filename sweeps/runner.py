@@ -85,8 +85,9 @@ class Progress:
 
 @dataclass
 class LaunchResult:
-    """What a launch did: the plan, the submitted cells with job ids, failures (cell -> error), and
-    per cell the seconds since the launch when its job was submitted and when it was seen to end."""
+    """What a launch did: the plan, the submitted cells with job ids and log files, failures (cell ->
+    error), and per cell the seconds since the launch when its job was submitted and when it was seen
+    to end."""
 
     prepared: Prepared
     plan: Plan
@@ -95,6 +96,7 @@ class LaunchResult:
     results: dict[str, Any] = field(default_factory=dict)
     waited: bool = True
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
 
     @property
     def submitted(self) -> list[str]:
@@ -161,30 +163,22 @@ def check_output_dir(sdir: Path) -> None:
         )
 
 
-def check_cells(spec: SweepSpec, states: dict[str, CellState], tasks: dict[str, CellTask], configs: dict,
-                uri: str) -> None:  # fmt: skip
-    """The refusals of a relaunch, per cell with a record: settings changed since its run was created
-    (`check_resumable_cell`), a folder and run that do not belong together (`check_cell_folder`)."""
-    for cid, st in states.items():
-        check_resumable_cell(spec.name, st, tasks[cid].overrides, configs[cid])
-        check_cell_folder(spec.name, st, tasks[cid].run_dir, spec.experiment, uri)
-
-
 def preview(spec: SweepSpec, tasks: dict[str, CellTask], configs: dict, uri: str,
             unknown: tuple[str, ...] = ()) -> dict[str, CellState]:  # fmt: skip
     """What a launch of ``tasks`` would find in the store at ``uri``, read only (a dry run): the cells'
-    states, once `check_cells` passes them. A store not made yet is not opened (every cell missing);
-    ``unknown``: settings whose value is not known here (a placeholder), not compared with the runs'."""
+    states, once they pass the refusals of a relaunch, per cell with a record: settings changed since
+    its run was created (`check_resumable_cell`), a folder and run that do not belong together
+    (`check_cell_folder`). A store not made yet is not opened (every cell missing); ``unknown``:
+    settings whose value is not known here (a placeholder), not compared with the runs'."""
     run_dirs = {cid: t.run_dir for cid, t in tasks.items()}
     if store_exists(uri):
         states = read_states(uri, spec.experiment, spec.name, run_dirs)
     else:
         states = {cid: CellState(cid, "missing") for cid in tasks}
-    seen = {
-        cid: dataclasses.replace(st, params={k: v for k, v in st.params.items() if k not in unknown})
-        for cid, st in states.items()
-    }
-    check_cells(spec, seen, tasks, configs, uri)
+    for cid, st in states.items():
+        seen = dataclasses.replace(st, params={k: v for k, v in st.params.items() if k not in unknown})
+        check_resumable_cell(spec.name, seen, tasks[cid].overrides, configs[cid])
+        check_cell_folder(spec.name, seen, tasks[cid].run_dir, spec.experiment, uri)
     return states
 
 
@@ -213,9 +207,7 @@ def launch(
     threads = _threads_per_process(prep)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
     all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
-    configs = check_trainer(
-        spec.trainer, list(all_tasks.values())
-    )  # bad settings: refused before any folder exists
+    configs = check_trainer(spec.trainer, list(all_tasks.values()))  # bad settings: refused before any folder
     # a warm worker starts next: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
     try:
@@ -223,7 +215,6 @@ def launch(
             # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
             states = preview(spec, all_tasks, configs, uri)
             ensure_experiment(uri, spec.experiment)
-            run_dirs = {cid: t.run_dir for cid, t in all_tasks.items()}
             # the store as resolved here (absolute): `status` from another folder reads the same one
             write_spec_record((record or spec).replace(tracking_uri=uri), sdir)
             _end_unstarted(uri, states)
@@ -242,7 +233,7 @@ def launch(
             executor = warm or make_executor(
                 spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
             )
-            others = {cid: run_dirs[cid] for cid in the_plan.running}
+            others = {cid: all_tasks[cid].run_dir for cid in the_plan.running}
             work = _work(prep.cells, all_tasks)
             _Runner(prep, executor, result, states, on_progress, poll_s, others, work=work).run(tasks, wait)
         return result
@@ -328,6 +319,7 @@ class _Runner:
             self.run_dirs[t.cell_id] = t.run_dir
             self.result.job_ids[t.cell_id] = str(j.job_id)
             self.result.timings[t.cell_id] = (now, now)
+            self.result.logs[t.cell_id] = _log_files(j)
             ref = JobRef(self.prep.kind, str(j.job_id), str(getattr(j.paths, "folder", "")), t.run_dir)
             cfg_hash = config_hash(t.overrides)
             subs.append(Submission(st.run_id, ref, st.attempts + 1, cfg_hash, st.attempts > 0))
@@ -488,6 +480,12 @@ def _threads_per_process(prep: Prepared) -> int:
     if prep.kind == "slurm":
         return ex.cpus_per_task
     return max(1, (os.cpu_count() or 1) // (ex.local_parallelism * ex.tasks_per_node))
+
+
+def _log_files(job: Any) -> str:
+    """Where a job's output goes: its stdout and stderr files (else its folder)."""
+    files = [str(getattr(job.paths, k)) for k in ("stdout", "stderr") if hasattr(job.paths, k)]
+    return ", ".join(files) or str(getattr(job.paths, "folder", ""))
 
 
 def _error_line(e: BaseException) -> str:

@@ -46,12 +46,6 @@ def cells_table(cells: Sequence[Cell]) -> str:
     return render(header, rows)
 
 
-def _run_model_name(params: dict[str, str]) -> str:
-    """The model of a cell the spec does not name, from its run's params (`model_label_of_params`, as
-    the analysis names it); ``?`` without them."""
-    return model_label_of_params(params) or "?"
-
-
 def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
     """cell | model | state | step | train loss | val loss | FID | tries | job | run; tries are
     `CellState.tries`: submissions less those a Ctrl-C of their launcher stopped (what --max-retries
@@ -66,7 +60,7 @@ def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
         rows.append(
             [
                 s.cell_id,
-                c.model_name if c else _run_model_name(s.params),
+                c.model_name if c else (model_label_of_params(s.params) or "?"),  # as the analysis names it
                 s.state + (f" (+{s.duplicates} dup)" if s.duplicates else ""),
                 step,
                 "-" if s.loss is None else f"{s.loss:.4f}",

@@ -89,7 +89,8 @@ class WarmJob:
 
     def __init__(self, executor: WarmExecutor, job_id: str, folder: Path, run_dir: str):
         self.executor, self.job_id, self.run_dir = executor, job_id, run_dir
-        self.paths = SimpleNamespace(folder=folder)
+        out, err = (folder / f"{job_id}_0_log.{ext}" for ext in ("out", "err"))
+        self.paths = SimpleNamespace(folder=folder, stdout=out, stderr=err)
 
     def _file(self, suffix: str) -> Path:
         return self.paths.folder / f"{self.job_id}{suffix}"

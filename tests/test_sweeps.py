@@ -192,7 +192,7 @@ def test_the_sweep_and_the_analysis_name_a_cell_alike(tmp_path):
     analysis names the run it logs, from the params the trainer records: the paper's name for its
     shapes, ``DiT-d{depth}-w{width}/{patch}`` for the demo's scaled families."""
     import dit_core.config as trainer
-    from analysis.runs import _model_name
+    from analysis.runs import model_label_of_params  # what the analysis names a run by
     from sweeps.task import build_config, cell_overrides
 
     demo = load_spec()
@@ -204,7 +204,7 @@ def test_the_sweep_and_the_analysis_name_a_cell_alike(tmp_path):
         for c in expand(spec):
             cfg = build_config(trainer, cell_overrides(spec, c, tmp_path / c.cell_id, "sqlite:///x.db"))
             logged = {k: str(v) for k, v in cfg.to_flat_dict().items()}  # MLflow keeps params as strings
-            assert _model_name(logged) == c.model_name
+            assert model_label_of_params(logged) == c.model_name
             names[c.model.name, c.patch_size, spec.name] = c.model_name
     assert names["S", 2, "demo"] == "DiT-d3-w12/2" and names["XL", 2, "demo"] == "DiT-d7-w32/2"
     assert names["S", 2, "digits"] == "DiT-S/2" and names["XL", 8, "digits"] == "DiT-XL/8"

@@ -85,11 +85,12 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, 
     where = ["--output-dir", spec.output_dir, "--experiment", spec.experiment, "--tracking-uri", job_env]
     assert cli.main(["status", "--name", "typo", *where]) == 2
     assert "no sweep 'typo': no folder" in capsys.readouterr().err
-    # a command line that names other cells shows those; the sweep's other cells keep their model
+    # a command line that names other cells shows those, on the sweep's own settings (its Scale(8, 4),
+    # not the bundled demo's); the sweep's other cells keep their model
     argv = ["status", "--name", spec.name, "--output-dir", spec.output_dir, "--experiment", spec.experiment]
     assert cli.main([*argv, "--grid", "S", "--budgets", "1e11", "--min-steps", "1"]) == 0
     rows = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()[3:-1]}
-    assert rows["S-2-1e11"] == ["DiT-d3-w12/2", "missing"] and rows["B-2-2.6e9"] == [
+    assert rows["S-2-1e11"] == ["DiT-d3-w48/2", "missing"] and rows["B-2-2.6e9"] == [
         "DiT-d3-w96/2",
         "finished",
     ]
