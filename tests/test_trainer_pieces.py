@@ -314,7 +314,11 @@ def test_a_position_from_another_dataset_or_batch_is_refused():
 def test_batch_sizes_that_cannot_work_are_named():
     with pytest.raises(ValueError) as e:
         DataStream(IndexedDataset(10), 6, seed=0, world_size=4)
-    assert str(e.value) == "global batch 6 is not divisible by 4 processes; use a multiple of 4"
+    assert str(e.value) == (  # the resume case too, where a new --batch-size would be refused
+        "budget.global_batch_size: 6 images per step are not divisible by 4 processes; give a --batch-size "
+        "that is a multiple of 4, or (when resuming, where the batch cannot change) a process count that "
+        "divides 6"
+    )
     with pytest.raises(ValueError) as e:
         DataStream(IndexedDataset(10), 11, seed=0)
     assert str(e.value) == ("the training set has 10 images, fewer than one global batch of 11; "

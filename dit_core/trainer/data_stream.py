@@ -40,8 +40,9 @@ class DataStream:
         n = len(dataset)
         if global_batch_size % world_size:
             raise ValueError(
-                f"global batch {global_batch_size} is not divisible by {world_size} processes; "
-                f"use a multiple of {world_size}"
+                f"budget.global_batch_size: {global_batch_size} images per step are not divisible by "
+                f"{world_size} processes; give a --batch-size that is a multiple of {world_size}, or (when "
+                f"resuming, where the batch cannot change) a process count that divides {global_batch_size}"
             )
         if n < global_batch_size:
             raise ValueError(
