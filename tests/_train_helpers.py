@@ -80,3 +80,12 @@ def assert_same_tensors(a, b, where: str) -> None:
             assert_same_tensors(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+def train_cli(capsys, argv: list[str]) -> tuple[int, str]:
+    """``python -m dit_core.train ARGV`` in this process, on one thread: (exit code, its stderr)."""
+    from dit_core.trainer.cli import main
+
+    with one_thread():
+        code = main(argv)
+    return code, capsys.readouterr().err

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from _train_helpers import one_thread
+from _train_helpers import train_cli
 
 from dit_core.checkpoint import save_checkpoint
 from dit_core.config import EvalConfig, ModelConfig, TrainConfig
@@ -26,9 +26,7 @@ TINY = ["--model", "none", "--depth", "1", "--width", "16", "--heads", "2", "--p
 
 
 def _train(capsys, *args: str) -> tuple[int, str]:
-    with one_thread():
-        code = train_main([*TINY, *args])
-    return code, capsys.readouterr().err
+    return train_cli(capsys, [*TINY, *args])
 
 
 def _checkpoint(out) -> str:

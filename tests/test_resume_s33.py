@@ -9,12 +9,11 @@ import os
 import shutil
 
 import pytest
-from _train_helpers import one_thread
+from _train_helpers import one_thread, train_cli
 from mlflow import MlflowClient
 
 from dit_core import checkpoint
 from dit_core.checkpoint import load_checkpoint, save_checkpoint
-from dit_core.trainer.cli import main
 
 TINY = ["--model", "none", "--depth", "1", "--width", "16", "--heads", "2", "--patch-size", "2",
         "--data", "digits", "--image-size", "8", "--global-batch-size", "8",
@@ -22,9 +21,7 @@ TINY = ["--model", "none", "--depth", "1", "--width", "16", "--heads", "2", "--p
 
 
 def _train(capsys, *args: str) -> tuple[int, str]:
-    with one_thread():
-        code = main([*TINY, *args])
-    return code, capsys.readouterr().err
+    return train_cli(capsys, [*TINY, *args])
 
 
 def test_a_read_only_out_exits_2_naming_it(tmp_path, capsys, monkeypatch):

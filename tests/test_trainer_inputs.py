@@ -11,11 +11,10 @@ import sys
 
 import pytest
 import torch
-from _train_helpers import one_thread
+from _train_helpers import train_cli
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint
 from dit_core.evaluate.features import WEIGHTS_ENV, known_without_logits, resolve_inception_weights
-from dit_core.trainer.cli import main
 
 TINY = ["--model", "none", "--depth", "2", "--width", "16", "--heads", "2", "--patch-size", "2",
         "--data", "digits", "--image-size", "16", "--global-batch-size", "8",
@@ -23,9 +22,7 @@ TINY = ["--model", "none", "--depth", "2", "--width", "16", "--heads", "2", "--p
 
 
 def _train(capsys, *args: str) -> tuple[int, str]:
-    with one_thread():
-        code = main([*TINY, *args])
-    return code, capsys.readouterr().err
+    return train_cli(capsys, [*TINY, *args])
 
 
 @pytest.fixture
