@@ -354,11 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _in_flags(message: str) -> str:
     """A message that names `ExtractConfig` fields (``image_size: ...``, the library's words) in the
-    CLI's: each field as its flag (``--image-size: ...``). Other messages (they may hold paths) stay."""
+    CLI's: each field as its flag (``--image-size: ...``). Words inside a path or name (``/data/output``,
+    ``output.npz``) and other messages stay."""
     fields = ExtractConfig.__dataclass_fields__
     if message.partition(": ")[0] not in fields:
         return message
-    return re.sub(rf"\b({'|'.join(fields)})\b", lambda m: "--" + m[1].replace("_", "-"), message)
+    word = rf"(?<![\w/.~-])({'|'.join(fields)})(?![\w/-]|\.\w)"
+    return re.sub(word, lambda m: "--" + m[1].replace("_", "-"), message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,13 @@ class DataConfig:
             )
         if self.name == "photos":
             require(1 <= n <= len(PHOTOS), "data.num_photos", f"must be 1..{len(PHOTOS)}, got {n}")
+            require(
+                size <= MAX_RESOLUTION,
+                "data.image_size",
+                f"{size} px is above the photos' limit of {MAX_RESOLUTION} px (the default crops cover "
+                f"60-282 px of a photograph, so a larger size only upsamples them); give --image-size "
+                f"{MAX_RESOLUTION} or less (the demo uses 16)",
+            )
             self.photo_options()
             check_fields(self, "data.", {"epoch_size": ">= 1"})
         else:

@@ -25,7 +25,8 @@ from .flip import EpochFlipMixin
 
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
-#: The largest side the 8 px digits are resized to (32x; the training set then takes ~1 GB of memory).
+#: The largest side the 8 px digits are resized to (32x; the training set then takes ~1 GB of memory);
+#: also the photos' limit (`DataConfig`), whose crops cover at most a few hundred pixels.
 MAX_RESOLUTION = 256
 
 

@@ -18,6 +18,7 @@ import torch
 from ..config import TrainConfig, read_yaml_config
 from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat, join_negative_values
 from ..memory import out_of_memory
+from ..spec import model_config, model_label
 from ..tracking import check_tracking_server
 from .signals import INTERRUPT_SIGNALS
 
@@ -145,10 +146,13 @@ def _oom_message(cfg: TrainConfig, err: BaseException, building: bool) -> str:
     """What ran out of memory, and which flags make it smaller."""
     why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
     if building:  # the model's position table, the data or the validation set
-        d = cfg.data
+        d, m = cfg.data, cfg.model
+        base = model_config(m.name) if m.name else None
+        shape = [getattr(m, k) if getattr(m, k) is not None else getattr(base, k, None) for k in m._SHAPE]
+        label = model_label(*shape) if None not in shape else m.name or "custom"
         return (
             f"out of memory setting up the run at --image-size {d.image_size} (data {d.name}, model "
-            f"{cfg.model.name or 'custom'}): {why}; give a smaller --image-size or model"
+            f"{label}): {why}; give a smaller --image-size or model"
         )
     return (
         f"out of memory training (--batch-size {cfg.budget.global_batch_size}, eval.batch_size "

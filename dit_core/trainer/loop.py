@@ -148,6 +148,12 @@ class Trainer:
             raise ConfigError(
                 f"out: {there} is a file, not a folder; give a run folder (new or existing) with --out"
             )
+        if self.out.name == "checkpoints":  # its lock and run id would sit apart from the run folder's
+            raise ConfigError(
+                f"out: {self.out} is the name of a run folder's checkpoints/ subfolder; --out names the run "
+                f"folder itself (checkpoints/, config.json, the MLflow run id): give --out {self.out.parent} "
+                "to continue that run, or another name for a new one"
+            )
         self.train_set = train_set if train_set is not None else build_dataset(cfg.data, "train")
         self.cfg = cfg = resolve_config(cfg, self.train_set)
         self.flat = cfg.to_flat_dict()

@@ -24,8 +24,11 @@ __all__ = ["FORK_AS_SAVED", "RESUMABLE_CHANGES", "RESUME_KEYS", "START_OVER", "c
 RESUME_KEYS = ("model", "ema", "optimizer", "data_position", "rng", "step", "ledger", "config")
 
 #: Dotted fields (or prefixes ending in ".") that may change when a run is resumed.
+#: ``data.root`` / ``data.val_root``: a moved dataset; `DataStream.load_state_dict` still refuses one
+#: of another size, and MLflow keeps the first value (with a warning naming both).
 RESUMABLE_CHANGES = ("tracking.", "checkpoint.", "eval.", "budget.max_steps", "budget.train_flops",
-                     "num_workers", "log_every", "out", "compile", "grad_checkpointing")  # fmt: skip
+                     "num_workers", "log_every", "out", "compile", "grad_checkpointing", "data.root",
+                     "data.val_root")  # fmt: skip
 
 
 def config_changes(saved_flat: dict[str, Any], new_flat: dict[str, Any]) -> list[str]:

@@ -1,0 +1,97 @@
+"""Session 34's dit_core defects (session 33's "found, not fixed" list), each checked against what the
+user sees."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from _train_helpers import one_thread, tiny_config
+from PIL import Image
+
+from dit_core.configio import ConfigError
+from dit_core.data import DataConfig
+from dit_core.extract_latents import _in_flags
+from dit_core.train import Trainer, train
+from dit_core.train import main as train_main
+
+
+@pytest.mark.parametrize("size", [257, 4096])
+def test_photos_at_a_huge_image_size_exits_2_before_building_a_model(size, capsys):
+    """``--data photos --image-size 4096`` built a model with a 4M-token position table and then
+    trained at a snail's pace (or ran out of memory): a crop covers at most ~280 photograph pixels."""
+    assert train_main(["--data", "photos", "--image-size", str(size), "--no-mlflow", "--print-config"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: data.image_size: {size} px is above the photos' limit of 256 px (the default crops cover "
+        "60-282 px of a photograph, so a larger size only upsamples them); give --image-size 256 or less "
+        "(the demo uses 16)\n"
+    )
+    assert DataConfig(name="photos", image_size=256).image_size == 256
+
+
+def test_out_naming_a_checkpoints_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    """``--out run/checkpoints`` wrote ``run/checkpoints/checkpoints/`` and kept its lock and run id
+    inside ``run/checkpoints``, out of sight of a trainer on ``--out run`` (two trainers, one run)."""
+    out = tmp_path / "run" / "checkpoints"
+    with one_thread():
+        code = train_main(["--data", "digits", "--image-size", "8", "--no-mlflow", "--max-steps", "1",
+                           "--out", str(out)])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: out: {out} is the name of a run folder's checkpoints/ subfolder; --out names the run "
+        f"folder itself (checkpoints/, config.json, the MLflow run id): give --out {out.parent} to "
+        "continue that run, or another name for a new one\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def _image_folder(root, per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_a_moved_dataset_resumes_and_one_of_another_size_is_refused(tmp_path):
+    """Moving an image folder and resuming with the new ``data.root`` was refused as "a different
+    config" although the data were the same; a folder with other images must still be refused."""
+    old, out = tmp_path / "data", tmp_path / "run"
+    _image_folder(old, per_class=8)
+    overrides = {
+        "data.name": "imagefolder", "data.root": str(old), "data.image_size": 8, "model.num_classes": 2,
+        "tracking.enabled": False, "checkpoint.every": 2,
+    }  # fmt: skip
+    with one_thread():
+        assert train(tiny_config(out, steps=2, batch=4, **overrides)).status == "finished"
+        moved = tmp_path / "moved"
+        shutil.move(old, moved)
+        res = train(tiny_config(out, steps=4, batch=4, **{**overrides, "data.root": str(moved)}))
+        assert (res.status, res.step) == ("finished", 4)
+
+        other = tmp_path / "other"
+        _image_folder(other, per_class=5)
+        with pytest.raises(ValueError, match="written with 16 images and global batch 4, this run has 10"):
+            train(tiny_config(out, steps=6, batch=4, **{**overrides, "data.root": str(other)}))
+
+
+def test_a_model_change_is_still_refused_beside_a_moved_dataset(tmp_path):
+    out = tmp_path / "run"
+    overrides = {"tracking.enabled": False, "checkpoint.every": 1, "data.image_size": 8}
+    with one_thread():
+        train(tiny_config(out, steps=1, batch=4, **overrides))
+        with pytest.raises(ConfigError, match=r"model\.depth: '2' -> '3'"):
+            Trainer(tiny_config(out, steps=2, batch=4, **{**overrides, "model.depth": 3}))
+
+
+def test_extract_latents_flags_leave_paths_and_file_names_alone():
+    """``_in_flags`` turned every field word into a flag, inside paths too (``/data/--output``)."""
+    assert _in_flags("output: /data/output exists; see output.npz") == (
+        "--output: /data/output exists; see output.npz"
+    )
+    assert _in_flags("image_size: 15 is not a multiple; give e.g. image_size 14") == (
+        "--image-size: 15 is not a multiple; give e.g. --image-size 14"
+    )
+    assert _in_flags("data_path: ~/output is missing") == "--data-path: ~/output is missing"
+    assert _in_flags("/data/output: not found") == "/data/output: not found"  # not a field's message
