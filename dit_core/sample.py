@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .evaluate.checkpoint_eval import check_output_files
+
     parser = build_parser()
     args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv, parser))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -234,15 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.num_samples is not None and args.class_labels is not None:
             raise ConfigError("num_samples: --class-labels gives one image per label; drop --num-samples")
+        # not over the checkpoint, a device (/dev/null), a folder or each other
+        check_output_files({"--out": cfg.out, "--npz": cfg.npz}, [cfg.checkpoint])
         for flag, path in (("--out", cfg.out), ("--npz", cfg.npz)):
             if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise ConfigError(f"{flag} {path}: its folder does not exist; create it or give another path")
-            if path and os.path.isdir(path):
-                raise ConfigError(f"{flag} {path} is a folder; give a file name")
             if path:  # fail before sampling, not after: probe the temporary file `write_outputs` uses
                 write_outputs({flag: (path, None)}, probe=True)
-        if cfg.npz and os.path.abspath(cfg.npz) == os.path.abspath(cfg.out):
-            raise ConfigError(f"--npz {cfg.npz} is the --out PNG's path too; give it another name")
         if cfg.seed is not None and cfg.seed < 0:
             raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
         try:
@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # ConfigError, a checkpoint that is not one, a sampler the model lacks
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # write_outputs removed its temporary files: nothing half-written is left
+        print("error: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
+        return 130
     print(f"wrote {cfg.out}: {len(images)} images of {images.shape[1]}x{images.shape[2]} px")
     return 0
 

@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
+from ..checkpoint import atomic_write
 from ..configio import int_at_least
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from ..memory import keep_freed_memory
-    from .checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+    from .checkpoint_eval import CheckpointEvalConfig, check_output_files, evaluate_checkpoint
     from .sampling import log_metrics
 
     keep_freed_memory()  # sampling reuses its blocks instead of faulting them in (dit_core.memory)
@@ -156,12 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     spaces: dict[str, str] = {}
     try:
         _check_folders(args)
+        check_output_files(
+            {"--output": args.output, "--save-samples": args.save_samples}, [args.checkpoint, args.reference]
+        )
         if args.mlflow_run_id:
             _check_run(args.mlflow_run_id)
         metrics, step, flat = evaluate_checkpoint(cfg, accelerator, spaces)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted (Ctrl-C) before the metrics were computed; nothing was logged",
+            file=sys.stderr,
+        )
+        return 130
     refused, unwritten = None, False
     if args.mlflow_run_id and spaces and (accelerator is None or accelerator.is_main_process):
         refused = _other_feature_space(args.mlflow_run_id, feature_space_tag(spaces))
@@ -170,9 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         out = {"step": step, "num_samples": num_samples, **{f"eval/{k}": v for k, v in metrics.items()}}
         print(json.dumps(out, indent=2))
         if args.output:
-            try:
-                with open(args.output, "w") as f:
-                    json.dump(out, f, indent=2)
+            try:  # whole or not at all: an interrupted write leaves no torn JSON that looks like a result
+                atomic_write(Path(args.output), lambda f: f.write(json.dumps(out, indent=2).encode()))
             except OSError as e:
                 print(
                     f"error: --output {args.output}: cannot write it ({e.strerror or e}); the metrics are "

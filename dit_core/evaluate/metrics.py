@@ -55,6 +55,7 @@ DIGITS_METRICS = domain_metrics("digits")
 PHOTOS_METRICS = domain_metrics("photos")
 INCEPTION_METRICS = ("fid", "sfid", "precision", "recall")
 FID_SE_RESAMPLES = 50  # bootstrap resamples behind fid_<domain>_se
+PR_K = 3  # nearest neighbours of precision/recall (ADM, the DiT paper)
 
 
 def inception_score(probs: np.ndarray, splits: int = 1, eps: float = 1e-12) -> float:
@@ -156,7 +157,7 @@ def evaluate_samples(
     extractors: Mapping[str, FeatureExtractor] | None = None,
     inception_weights: str | None = None,
     device: str | torch.device = "cpu",
-    k: int = 3,
+    k: int = PR_K,
     is_splits: int = 1,
     use_cache: bool = True,
     feature_spaces: dict[str, str] | None = None,

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,11 +102,23 @@ class ReferenceSource:
             for i in range(0, len(arr), size):
                 yield np.ascontiguousarray(np.asarray(arr[i : i + size]).transpose(0, 3, 1, 2))
         else:
-            from dit_core.data.imagefolder import center_crop_arr, load_rgb
+            from dit_core.data.imagefolder import center_crop_arr
 
             for i in range(0, len(self.files), size):
-                batch = [center_crop_arr(load_rgb(str(p)), self.resolution) for p in self.files[i : i + size]]
+                batch = [center_crop_arr(_read_image(p), self.resolution) for p in self.files[i : i + size]]
                 yield np.stack(batch).transpose(0, 3, 1, 2)
+
+
+def _read_image(path: Path) -> Any:
+    """``path`` decoded as an RGB PIL image; ValueError naming the file when it cannot be read as one."""
+    from dit_core.data.imagefolder import load_rgb
+
+    try:
+        return load_rgb(str(path))
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(
+            f"reference image {path} cannot be read ({type(e).__name__}: {e}); remove or replace it"
+        ) from None
 
 
 def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
@@ -122,14 +135,17 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
         return ReferenceSource(spec, resolution, "photos", options={**dataclasses.asdict(options), "n": n})
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".npz":
-        with np.load(p, mmap_mode="r") as z:
-            if "arr_0" not in z.files:
-                raise ValueError(f"reference {p} has no `arr_0` (uint8 NHWC images); keys: {z.files}")
-            shape = z["arr_0"].shape
+        shape, dtype = _npz_images(p)
         if len(shape) != 4 or shape[1] != shape[2] or shape[1] != resolution:
             raise ValueError(
                 f"reference {p}: arr_0 has shape {shape}, expected (N, {resolution}, {resolution}, C)"
             )
+        if shape[3] not in (1, 3):
+            raise ValueError(f"reference {p}: arr_0 has {shape[3]} channels, expected 1 (grey) or 3 (RGB)")
+        if dtype != np.uint8:
+            raise ValueError(f"reference {p}: arr_0 is {dtype}, expected uint8 images (0..255)")
+        if shape[0] < 2:
+            raise ValueError(f"reference {p}: arr_0 holds {shape[0]} image(s); FID needs at least 2")
         return ReferenceSource(spec, resolution, "npz", files=[p])
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
@@ -140,6 +156,32 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
         f"reference {spec!r} is neither 'digits[:split]', 'photos[:options]', an existing image folder, "
         "nor an .npz with arr_0"
     )
+
+
+def _npz_images(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of ``path``'s ``arr_0``, read from its header (not the images); ValueError when
+    the file is not a readable ``.npz`` holding it."""
+    fix = "give an .npz whose arr_0 holds uint8 NHWC images"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n.removesuffix(".npy") for n in zf.namelist()]
+            if "arr_0" in names:
+                with zf.open("arr_0.npy") as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if major == 1
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(f)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"reference {path} is not a readable .npz ({type(e).__name__}: {e}): it is truncated, corrupt "
+            f"or another kind of file; {fix}"
+        ) from None
+    if "arr_0" not in names:
+        raise ValueError(f"reference {path} has no `arr_0` (uint8 NHWC images); keys: {names}; {fix}")
+    return shape, dtype
 
 
 @dataclass

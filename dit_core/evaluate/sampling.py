@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_write
 from ..diffusion.validation import example_noise, example_seed
 from .features import FeatureExtractor, to_uint8
-from .metrics import DIGITS_METRICS, check_metrics, evaluate_samples
+from .metrics import DIGITS_METRICS, PR_K, check_metrics, evaluate_samples
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,15 @@ def evaluate_model(
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to fit a covariance, got {num_samples}")
     check_metrics(metrics, reference)
+    if save_samples:  # not over a device, a checkpoint, ...: atomic_write's rename would replace it
+        from .checkpoint_eval import check_output_files
+
+        check_output_files({"save_samples": save_samples})
+    if num_samples < PR_K + 1 and any(m.startswith(("precision", "recall")) for m in metrics):
+        raise ValueError(
+            f"num_samples {num_samples}: precision and recall need at least k+1 = {PR_K + 1} samples "
+            f"(k = {PR_K} nearest neighbours); give --num-samples >= {PR_K + 1}, or other --metrics"
+        )
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     indices = shard(num_samples, rank, world)
@@ -184,10 +195,12 @@ def evaluate_model(
     if images is not None:
         if len(images) != num_samples:
             raise RuntimeError(f"gathered {len(images)} samples, expected {num_samples}")
-        if save_samples:
-            labels = np.arange(num_samples) % num_classes
-            with open(save_samples, "wb") as f:  # at exactly this path (np.savez would append ".npz")
-                np.savez(f, arr_0=images.permute(0, 2, 3, 1).numpy(), labels=labels)
+        if save_samples:  # at exactly this path (np.savez would append ".npz"); never half-written
+            arrays = {
+                "arr_0": images.permute(0, 2, 3, 1).numpy(),
+                "labels": np.arange(num_samples) % num_classes,
+            }
+            atomic_write(Path(save_samples), lambda f: np.savez(f, **arrays))
         result = evaluate_samples(
             images, reference, metrics=metrics, extractors=extractors,
             inception_weights=inception_weights, device=metric_device or device,
