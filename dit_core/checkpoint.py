@@ -211,5 +211,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, name: str 
         raise ValueError(f"{name} is not a dit_core training checkpoint (missing {missing})")
     cfg = TrainConfig.from_flat_dict(ckpt["config"])
     model = DiT.from_config(cfg.model.to_dit_config())
-    model.load_state_dict(ckpt[weights])
+    try:
+        model.load_state_dict(ckpt[weights])
+    except RuntimeError as e:  # weights of another shape than its config: edited or mixed up
+        why = " ".join(str(e).split())[:300]
+        raise ValueError(
+            f"{name}: its {weights!r} weights do not fit the model its config describes ({why}); it was "
+            "edited or assembled from two runs: use another checkpoint of the run"
+        ) from None
     return model.eval(), create_diffusion(cfg.diffusion), cfg

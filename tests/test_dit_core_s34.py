@@ -95,3 +95,54 @@ def test_extract_latents_flags_leave_paths_and_file_names_alone():
     )
     assert _in_flags("data_path: ~/output is missing") == "--data-path: ~/output is missing"
     assert _in_flags("/data/output: not found") == "/data/output: not found"  # not a field's message
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    """A checkpoint with weights of another shape than its config gave a load_state_dict traceback (exit 1)
+    in ``python -m dit_core.sample`` and ``evaluate``; now exit 2 naming the file."""
+    import torch
+
+    from dit_core.sample import main as sample_main
+
+    out = tmp_path / "run"
+    with one_thread():
+        train(tiny_config(out, steps=1, batch=4, **{"tracking.enabled": False, "checkpoint.every": 1}))
+    ckpt_path = next((out / "checkpoints").glob("step_*.pt"))
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["ema"]["pos_embed"] = ckpt["ema"]["pos_embed"][:, :4]  # another token count
+    edited = tmp_path / "edited.pt"
+    torch.save(ckpt, edited)
+    monkeypatch.chdir(tmp_path)
+    with one_thread():
+        code = sample_main(
+            ["--checkpoint", str(edited), "--out", "grid.png", "--steps", "1", "--num-samples", "2"]
+        )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith(
+        f"error: {edited}: its 'ema' weights do not fit the model its config describes (Error(s) in loading "
+        "state_dict for DiT: size mismatch for pos_embed"
+    ), err
+    assert err.endswith("it was edited or assembled from two runs: use another checkpoint of the run\n")
+
+
+def test_evaluate_against_an_unreachable_tracking_server_says_so_at_once(monkeypatch):
+    """``evaluate --mlflow-run-id R`` with MLFLOW_TRACKING_URI at a server that is down waited ~4 minutes
+    on MLflow's retries, then said "no such run". Now a health probe refuses it before MLflow is asked."""
+    import mlflow
+
+    from dit_core.evaluate.__main__ import _check_run
+
+    def get_run(self, run_id):
+        raise AssertionError("asked MLflow (minutes of retries) before probing the server")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", get_run)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    fix = "start it, or set MLFLOW_TRACKING_URI to the store the run is in"
+    with pytest.raises(ValueError) as e:
+        _check_run("abc")
+    msg = str(e.value)
+    assert msg.startswith(
+        "--mlflow-run-id abc: MLflow tracking server http://127.0.0.1:9 is unreachable ("
+    ), msg
+    assert msg.endswith(f"); {fix}"), msg

@@ -90,7 +90,7 @@ def _check_run(run_id: str) -> None:
     from mlflow import MlflowClient, get_tracking_uri
     from mlflow.exceptions import MlflowException
 
-    from ..tracking import check_sqlite_store
+    from ..tracking import check_sqlite_store, check_tracking_server
 
     where = (
         "give the id in the run folder's mlflow_run_id file, and set MLFLOW_TRACKING_URI to the store the "
@@ -99,6 +99,14 @@ def _check_run(run_id: str) -> None:
     missing = (
         f"--mlflow-run-id {run_id}: the MLflow tracking store {get_tracking_uri()} does not exist; {where}"
     )
+    uri = get_tracking_uri()
+    if uri.startswith(
+        ("http://", "https://")
+    ):  # MLflow itself would retry for minutes, then say "no such run"
+        try:
+            check_tracking_server(uri, "start it, or set MLFLOW_TRACKING_URI to the store the run is in")
+        except ValueError as e:
+            raise ValueError(f"--mlflow-run-id {run_id}: {e}") from None
     try:  # reading only: MLflow would create an empty store (in the working folder by default) just to look
         check_sqlite_store(get_tracking_uri(), missing=missing)
     except ValueError as e:
