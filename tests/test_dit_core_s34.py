@@ -146,3 +146,25 @@ def test_evaluate_against_an_unreachable_tracking_server_says_so_at_once(monkeyp
         "--mlflow-run-id abc: MLflow tracking server http://127.0.0.1:9 is unreachable ("
     ), msg
     assert msg.endswith(f"); {fix}"), msg
+
+
+def test_samples_that_overflow_are_an_error_not_black_images(tmp_path, capsys, monkeypatch):
+    """``sample --cfg-scale 1e308`` made NaN samples, written as all-black images with exit 0 (and
+    ``evaluate`` scored them): now exit 2 naming the guidance scale, and nothing is written."""
+    from dit_core.sample import main as sample_main
+
+    out = tmp_path / "run"
+    overrides = {"tracking.enabled": False, "checkpoint.every": 1, "model.class_dropout_prob": 0.1}
+    with one_thread():
+        train(tiny_config(out, steps=1, batch=4, **overrides))
+    monkeypatch.chdir(tmp_path)
+    with one_thread():
+        code = sample_main(["--checkpoint", str(out), "--out", "grid.png", "--steps", "2", "--num-samples",
+                            "2", "--cfg-scale", "1e308"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == (
+        "error: sampling gave non-finite values (NaN or inf) in samples 0..1 at guidance scale 1e+308: the "
+        "model's outputs overflow; lower --cfg-scale (1 to 4 is usual), or use another checkpoint\n"
+    )
+    assert not (tmp_path / "grid.png").exists()

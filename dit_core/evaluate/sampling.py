@@ -95,6 +95,13 @@ def generate_images(
             sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
             clip_denoised=clip_denoised,
         )  # fmt: skip
+        if not torch.isfinite(x).all():  # to_uint8 would make them black images that look like results
+            bar.close()
+            raise ValueError(
+                f"sampling gave non-finite values (NaN or inf) in samples {idx[0]}..{idx[-1]} at guidance "
+                f"scale {cfg_scale:g}: the model's outputs overflow; lower --cfg-scale (1 to 4 is usual), or "
+                "use another checkpoint"
+            )
         if decode is not None:
             x = decode(x)
         out.append(to_uint8(x).cpu())
