@@ -168,3 +168,20 @@ def test_samples_that_overflow_are_an_error_not_black_images(tmp_path, capsys, m
         "model's outputs overflow; lower --cfg-scale (1 to 4 is usual), or use another checkpoint\n"
     )
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_too_few_samples_for_precision_and_recall_are_refused_before_training(tmp_path):
+    """A digits run with ``eval.num_samples=3`` (its default metrics include precision/recall, k = 3)
+    trained to its first evaluation and failed there; now refused with the config."""
+    from dit_core.trainer.evaluation import check_evaluation
+
+    cfg = tiny_config(tmp_path, steps=1, **{"eval.eval_every": 1, "eval.num_samples": 3})
+    with pytest.raises(ConfigError) as e:
+        check_evaluation(cfg)
+    assert str(e.value) == (
+        "eval.num_samples: 3 is too few for precision and recall (3 nearest neighbours need 4 samples); "
+        "raise eval.num_samples, or set eval.metrics without them; or set eval.eval_every=0 to train "
+        "without sample metrics"
+    )
+    check_evaluation(cfg.replace(**{"eval.num_samples": 4}))
+    check_evaluation(cfg.replace(**{"eval.metrics": ["fid_digits"]}))

@@ -80,7 +80,7 @@ def check_evaluation(cfg: TrainConfig) -> None:
     (the sample grid uses them)."""
     from ..configio import ConfigError
     from ..evaluate.features import known_without_logits, resolve_inception_weights
-    from ..evaluate.metrics import METRICS, check_metrics
+    from ..evaluate.metrics import METRICS, PR_K, check_metrics
     from ..evaluate.reference import resolve_reference
 
     e, data = cfg.eval, cfg.data
@@ -119,6 +119,12 @@ def check_evaluation(cfg: TrainConfig) -> None:
         check_metrics(names, reference)
     except ValueError as err:
         raise ConfigError(f"eval.metrics: {err}{off}") from None
+    if e.num_samples < PR_K + 1 and any(m.startswith(("precision", "recall")) for m in names):
+        raise ConfigError(
+            f"eval.num_samples: {e.num_samples} is too few for precision and recall ({PR_K} nearest "
+            f"neighbours need {PR_K + 1} samples); raise eval.num_samples, or set eval.metrics without "
+            f"them{off}"
+        )
     try:
         resolve_reference(reference, cfg.model.input_size)
     except ValueError as err:
