@@ -185,3 +185,37 @@ def test_too_few_samples_for_precision_and_recall_are_refused_before_training(tm
     )
     check_evaluation(cfg.replace(**{"eval.num_samples": 4}))
     check_evaluation(cfg.replace(**{"eval.metrics": ["fid_digits"]}))
+
+
+def test_scores_of_a_checkpoint_without_a_run_go_only_into_a_run_of_its_config(tmp_path, capsys, monkeypatch):
+    """``evaluate --checkpoint <a --no-mlflow run> --mlflow-run-id <another model's run>`` logged that
+    checkpoint's FID into the other run (the checkpoint names no run, so nothing compared them)."""
+    import mlflow
+
+    from dit_core.evaluate.__main__ import main as evaluate_main
+    from dit_core.evaluate.checkpoint_eval import check_run_config
+    from dit_core.tracking import format_param
+
+    out = tmp_path / "run"
+    with one_thread():
+        train(tiny_config(out, steps=1, batch=4, **{"tracking.enabled": False, "checkpoint.every": 1}))
+    ckpt = next((out / "checkpoints").glob("step_*.pt"))
+    flat = __import__("torch").load(ckpt, weights_only=False)["config"]  # the resolved config it saved
+    with mlflow.start_run() as other:
+        mlflow.log_params({k: format_param(v) for k, v in {**flat, "model.depth": 3}.items()})
+    with mlflow.start_run() as same:
+        mlflow.log_params({k: format_param(v) for k, v in {**flat, "out": "elsewhere"}.items()})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampled although the run is another model's")
+
+    monkeypatch.setattr("dit_core.evaluate.checkpoint_eval.evaluate_model", refuse)
+    assert evaluate_main(["--checkpoint", str(ckpt), "--mlflow-run-id", other.info.run_id]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (
+        f"error: --mlflow-run-id {other.info.run_id}: checkpoint {ckpt} names no MLflow run, and its config "
+        "is not that run's (model.depth: '3' -> '2'), so its scores would be read as another model's; pass "
+        "the checkpoint's own run, or drop --mlflow-run-id and keep the result with --output"
+    )
+    assert mlflow.MlflowClient().get_run(other.info.run_id).data.metrics == {}
+    check_run_config(same.info.run_id, flat, str(ckpt))  # its own config (another --out): allowed

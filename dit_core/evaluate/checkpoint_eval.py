@@ -138,6 +138,25 @@ def check_output_files(outputs: Mapping[str, str | None], inputs: Sequence[str |
         seen[real] = flag
 
 
+def check_run_config(run_id: str, saved_flat: Mapping[str, object], checkpoint: str) -> None:
+    """ValueError when MLflow run ``run_id`` was trained with other settings than the checkpoint's
+    ``saved_flat`` config (the trainer's rule for a resume, `dit_core.trainer.resume.config_changes`):
+    its scores would be logged as that run's. A run without training params is not compared."""
+    from mlflow import MlflowClient
+
+    from dit_core.trainer.resume import config_changes
+
+    params = MlflowClient().get_run(run_id).data.params
+    shared = [k for k in saved_flat if k in params]
+    diff = config_changes({k: params[k] for k in shared}, {k: saved_flat[k] for k in shared})
+    if diff:
+        raise ValueError(
+            f"--mlflow-run-id {run_id}: checkpoint {checkpoint} names no MLflow run, and its config is not "
+            f"that run's ({'; '.join(diff[:8])}), so its scores would be read as another model's; pass the "
+            "checkpoint's own run, or drop --mlflow-run-id and keep the result with --output"
+        )
+
+
 def evaluate_checkpoint(
     cfg: CheckpointEvalConfig, accelerator=None, feature_spaces: dict[str, str] | None = None
 ) -> tuple[dict[str, float], int, dict]:
@@ -159,6 +178,8 @@ def evaluate_checkpoint(
             "its scores would be read as that other run's. Pass --mlflow-run-id "
             f"{own}, or drop --mlflow-run-id and keep the result with --output"
         )
+    if cfg.run_id and own is None:  # a checkpoint that names no run (trained without MLflow)
+        check_run_config(cfg.run_id, ckpt.get("config") or {}, cfg.checkpoint)
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
     model = model.to(device)
     data = tcfg.data
