@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--csv",
         type=Path,
-        help="CSV with columns N, D, loss (optional C, fid, run_id, model, step, schedule, patch_size, "
-        "tokens_per_image, N_non_embedding, unique); a numeric cell holds a number, or nothing where the "
-        "value was not measured (text such as n/a is an error)",
+        help="CSV with columns N, D, loss (optional C, fid, fid_se, run_id, model, step, final, budget, lr, "
+        "forward_gflops, schedule, patch_size, tokens_per_image, N_non_embedding, unique; docs/analysis.md); "
+        "a numeric cell holds a number, or nothing where the value was not measured (text such as n/a is "
+        "an error)",
     )
     p.add_argument(
         "--tracking-uri",
