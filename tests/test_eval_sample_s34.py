@@ -105,9 +105,8 @@ def test_evaluate_output_over_a_checkpoint_is_refused(run, capsys, no_sampling, 
 
 
 def test_evaluate_save_samples_at_the_reference_is_refused(run, tmp_path, capsys, no_sampling):
-    ref = (
-        tmp_path / "ref.npz"
-    )  # was overwritten by the samples before scoring: FID of the samples with themselves
+    # the reference was overwritten by the samples before scoring: FID of the samples with themselves
+    ref = tmp_path / "ref.npz"
     np.savez(ref, arr_0=np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8))
     before = ref.read_bytes()
     code, err = _evaluate(capsys, "--checkpoint", str(run), "--reference", str(ref), "--metrics", "fid",
