@@ -165,7 +165,8 @@ def test_samples_that_overflow_are_an_error_not_black_images(tmp_path, capsys, m
     assert code == 2, err
     assert err == (
         "error: sampling gave non-finite values (NaN or inf) in samples 0..1 at guidance scale 1e+308: the "
-        "model's outputs overflow; lower --cfg-scale (1 to 4 is usual), or use another checkpoint\n"
+        "model's outputs overflow; lower the guidance scale (--cfg-scale, eval.cfg_scale; 1 to 4 is usual), "
+        "or use another checkpoint\n"
     )
     assert not (tmp_path / "grid.png").exists()
 

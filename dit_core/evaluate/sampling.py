@@ -99,8 +99,8 @@ def generate_images(
             bar.close()
             raise ValueError(
                 f"sampling gave non-finite values (NaN or inf) in samples {idx[0]}..{idx[-1]} at guidance "
-                f"scale {cfg_scale:g}: the model's outputs overflow; lower --cfg-scale (1 to 4 is usual), or "
-                "use another checkpoint"
+                f"scale {cfg_scale:g}: the model's outputs overflow; lower the guidance scale (--cfg-scale, "
+                "eval.cfg_scale; 1 to 4 is usual), or use another checkpoint"
             )
         if decode is not None:
             x = decode(x)
