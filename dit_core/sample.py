@@ -146,11 +146,29 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
     return grid
 
 
-def save_png(grid: np.ndarray, path) -> None:
-    """Write an (H, W, 1 | 3) uint8 array as a PNG (``path``: a file name or a binary file)."""
+def image_format(path: str) -> str:
+    """The PIL format ``path``'s suffix names (``.png`` -> PNG, ``.jpg`` -> JPEG; none: PNG); a
+    ConfigError for a suffix PIL cannot write."""
     from PIL import Image
 
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path, format="PNG")
+    suffix = os.path.splitext(path)[1].lower()
+    if not suffix:
+        return "PNG"
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ConfigError(
+            f"--out {path}: {suffix} is not an image format this can write; end the name in .png (lossless, "
+            "the default), .jpg or .webp"
+        )
+    return fmt
+
+
+def save_grid(grid: np.ndarray, path, fmt: str = "PNG") -> None:
+    """Write an (H, W, 1 | 3) uint8 array as an image of PIL format ``fmt`` (``path``: a file name or a
+    binary file)."""
+    from PIL import Image
+
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path, format=fmt)
 
 
 def write_outputs(files: dict[str, tuple[str, object]], probe: bool = False) -> None:
@@ -198,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     own = "default: the run's own"
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
-    p.add_argument("--out", required=True, help="the PNG grid to write")
+    p.add_argument("--out", required=True, help="the image grid to write (.png; .jpg, .webp by suffix)")
     p.add_argument(
         "--num-samples", type=int_at_least(1), help="images, labels 0, 1, ... cycling (default: 16)"
     )
@@ -243,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{flag} {path}: its folder does not exist; create it or give another path")
             if path:  # fail before sampling, not after: probe the temporary file `write_outputs` uses
                 write_outputs({flag: (path, None)}, probe=True)
+        fmt = image_format(cfg.out)  # a .jpg name gets JPEG bytes, not a PNG under that name
         if cfg.seed is not None and cfg.seed < 0:
             raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
         try:
@@ -257,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"out of memory sampling at {size} (--batch-size {cfg.batch_size}, --zoom "
                 f"{cfg.zoom or 'auto'}): {why}; give a smaller --image-size, --batch-size or --zoom"
             ) from None
-        files = {"--out": (cfg.out, lambda f: save_png(grid, f))}
+        files = {"--out": (cfg.out, lambda f: save_grid(grid, f, fmt))}
         if cfg.npz:  # at exactly this path (np.savez to a file name would append ".npz")
             files["--npz"] = (cfg.npz, lambda f: np.savez(f, arr_0=images, labels=labels))
         write_outputs(files)

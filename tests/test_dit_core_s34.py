@@ -220,3 +220,27 @@ def test_scores_of_a_checkpoint_without_a_run_go_only_into_a_run_of_its_config(t
     )
     assert mlflow.MlflowClient().get_run(other.info.run_id).data.metrics == {}
     check_run_config(same.info.run_id, flat, str(ckpt))  # its own config (another --out): allowed
+
+
+def test_sample_writes_the_format_its_out_name_says(tmp_path, capsys, monkeypatch):
+    """``sample --out grid.jpg`` wrote PNG bytes under a .jpg name; an unknown suffix is refused."""
+    from PIL import Image
+
+    from dit_core.sample import main as sample_main
+
+    out = tmp_path / "run"
+    with one_thread():
+        train(tiny_config(out, steps=1, batch=4, **{"tracking.enabled": False, "checkpoint.every": 1}))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--checkpoint", str(out), "--steps", "1", "--num-samples", "2", "--out"]
+    with one_thread():
+        for name, fmt in (("g.jpg", "JPEG"), ("g.png", "PNG"), ("g", "PNG")):
+            assert sample_main([*argv, name]) == 0
+            with Image.open(tmp_path / name) as im:
+                assert im.format == fmt
+        assert sample_main([*argv, "g.xyz"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "error: --out g.xyz: .xyz is not an image format this can write; end the name in .png (lossless, "
+        "the default), .jpg or .webp\n"
+    )
+    assert not (tmp_path / "g.xyz").exists()
