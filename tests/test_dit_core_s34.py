@@ -17,6 +17,18 @@ from dit_core.train import Trainer, train
 from dit_core.train import main as train_main
 
 
+def _one_step_run(tmp_path, **overrides):
+    """A 1-step run of the tiny config without MLflow, checkpointed: its folder ``tmp_path/run``."""
+    out = tmp_path / "run"
+    with one_thread():
+        train(
+            tiny_config(
+                out, steps=1, batch=4, **{"tracking.enabled": False, "checkpoint.every": 1, **overrides}
+            )
+        )
+    return out
+
+
 @pytest.mark.parametrize("size", [257, 4096])
 def test_photos_at_a_huge_image_size_exits_2_before_building_a_model(size, capsys):
     """``--data photos --image-size 4096`` built a model with a 4M-token position table and then
@@ -104,9 +116,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_a_clear_error(tmp_p
 
     from dit_core.sample import main as sample_main
 
-    out = tmp_path / "run"
-    with one_thread():
-        train(tiny_config(out, steps=1, batch=4, **{"tracking.enabled": False, "checkpoint.every": 1}))
+    out = _one_step_run(tmp_path)
     ckpt_path = next((out / "checkpoints").glob("step_*.pt"))
     ckpt = torch.load(ckpt_path, weights_only=False)
     ckpt["ema"]["pos_embed"] = ckpt["ema"]["pos_embed"][:, :4]  # another token count
@@ -153,10 +163,7 @@ def test_samples_that_overflow_are_an_error_not_black_images(tmp_path, capsys, m
     ``evaluate`` scored them): now exit 2 naming the guidance scale, and nothing is written."""
     from dit_core.sample import main as sample_main
 
-    out = tmp_path / "run"
-    overrides = {"tracking.enabled": False, "checkpoint.every": 1, "model.class_dropout_prob": 0.1}
-    with one_thread():
-        train(tiny_config(out, steps=1, batch=4, **overrides))
+    out = _one_step_run(tmp_path, **{"model.class_dropout_prob": 0.1})
     monkeypatch.chdir(tmp_path)
     with one_thread():
         code = sample_main(["--checkpoint", str(out), "--out", "grid.png", "--steps", "2", "--num-samples",
@@ -197,9 +204,7 @@ def test_scores_of_a_checkpoint_without_a_run_go_only_into_a_run_of_its_config(t
     from dit_core.evaluate.checkpoint_eval import check_run_config
     from dit_core.tracking import format_param
 
-    out = tmp_path / "run"
-    with one_thread():
-        train(tiny_config(out, steps=1, batch=4, **{"tracking.enabled": False, "checkpoint.every": 1}))
+    out = _one_step_run(tmp_path)
     ckpt = next((out / "checkpoints").glob("step_*.pt"))
     flat = __import__("torch").load(ckpt, weights_only=False)["config"]  # the resolved config it saved
     with mlflow.start_run() as other:
@@ -228,9 +233,7 @@ def test_sample_writes_the_format_its_out_name_says(tmp_path, capsys, monkeypatc
 
     from dit_core.sample import main as sample_main
 
-    out = tmp_path / "run"
-    with one_thread():
-        train(tiny_config(out, steps=1, batch=4, **{"tracking.enabled": False, "checkpoint.every": 1}))
+    out = _one_step_run(tmp_path)
     monkeypatch.chdir(tmp_path)
     argv = ["--checkpoint", str(out), "--steps", "1", "--num-samples", "2", "--out"]
     with one_thread():
