@@ -113,7 +113,9 @@ def save_checkpoint(out: str | os.PathLike, state: dict[str, Any], *, keep_last:
         for old in list_checkpoints(folder)[:-keep_last]:
             if old != path:
                 old.unlink(missing_ok=True)
-    log.info("checkpoint step %d -> %s", step, path)
+    due = (state.get("loop") or {}).get("due") or []  # the trainer's checks still to run at this step
+    words = " and ".join({"val": "validation", "eval": "evaluation"}.get(d, d) for d in due)
+    log.info("checkpoint step %d%s -> %s", step, f" ({words} to follow)" if due else "", path)
     return path
 
 

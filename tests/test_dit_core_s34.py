@@ -247,3 +247,17 @@ def test_sample_writes_the_format_its_out_name_says(tmp_path, capsys, monkeypatc
         "the default), .jpg or .webp\n"
     )
     assert not (tmp_path / "g.xyz").exists()
+
+
+def test_the_last_steps_two_checkpoints_say_which_is_which(tmp_path, caplog):
+    """The last step is checkpointed before its validation / evaluation and again after; the log said
+    "checkpoint step 4" twice, which read as a duplicated write."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="dit_core.checkpoint")
+    out = _one_step_run(tmp_path, **{"eval.val_every": 1, "budget.max_steps": 2, "checkpoint.every": 0})
+    path = out / "checkpoints" / "step_0000002.pt"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint step 2 (validation to follow) -> {path}",
+        f"checkpoint step 2 -> {path}",
+    ]
