@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # One-shot GPU check (issue 8): DiT-XL/2 at 256 px (32x32x4 latents), batch 64.
 # Prints images/s, model TFLOP/s and MFU for our bf16+compile recipe, the diffusers DiT peer, the original
-# fp32 recipe, and activation checkpointing's memory/speed trade. Budget: under 8 minutes on an H100.
+# fp32 recipe, and activation checkpointing's memory/speed trade; whether flash SDPA takes the model's
+# attention; then the trainer and sampler CLIs end to end on the GPU (benchmarks/gpu_trainer.sh;
+# TRAINER=0 skips it). Budget: about 6 minutes on an H100/H200. Works offline: without an installed
+# package it runs from this checkout (PYTHONPATH), and the diffusers peer is skipped if not importable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -d .venv ]]; then source .venv/bin/activate; fi
-python -c "import dit_core" 2>/dev/null || pip install -q -e . --no-deps
+(cd / && python -c "import dit_core") 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
-exec timeout 470 python benchmarks/gpu_train.py --model DiT-XL/2 --batch-size 64 --steps "${STEPS:-200}" \
-    --warmup "${WARMUP:-15}" "$@"
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+modes=ours-bf16-compile,ours-bf16-ckpt,diffusers-bf16,fp32-nocompile
+python -c "import diffusers" 2>/dev/null || { echo "diffusers not importable: its peer row skipped"; modes=${modes/diffusers-bf16,/}; }
+timeout 300 python benchmarks/gpu_train.py --model DiT-XL/2 --batch-size 64 --steps "${STEPS:-100}" \
+    --warmup "${WARMUP:-10}" --fp32-steps "${FP32_STEPS:-10}" --modes "$modes" "$@"
+if [[ "${TRAINER:-1}" == 1 ]]; then timeout 240 bash benchmarks/gpu_trainer.sh; fi

@@ -206,6 +206,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, name: str 
     written by the trainer."""
     from .config import TrainConfig
     from .diffusion import create_diffusion
+    from .ema import stale_ema_warning
     from .models import DiT
 
     weights = "ema" if use_ema else "model"
@@ -221,4 +222,6 @@ def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True, name: str 
             f"{name}: its {weights!r} weights do not fit the model its config describes ({why}); it was "
             "edited or assembled from two runs: use another checkpoint of the run"
         ) from None
+    if use_ema and (stale := stale_ema_warning(cfg.optim.ema_decay, int(ckpt["step"]), raw_weights=True)):
+        log.warning("%s: %s", name, stale)
     return model.eval(), create_diffusion(cfg.diffusion), cfg

@@ -311,7 +311,8 @@ class TrainConfig:
     precision: "no" (fp32), "bf16" or "fp16" (fp16 needs CUDA).
     grad_checkpointing: recompute each block in the backward pass (activation checkpointing).
     compile: ``torch.compile`` the model: true, false, or unset (None) = auto: on CPU only when the
-        run is long enough to pay for the compile (`dit_core.fast_path`), on CUDA as false.
+        run is long enough to pay for the compile (`dit_core.fast_path`), on CUDA for runs of at least
+        5,000 steps.
     num_workers: DataLoader worker processes.
     log_every: steps between ``train/loss`` (mean over the interval) and the other step metrics.
     """

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from dit_core.diffusion import DiffusionConfig, create_diffusion
-from dit_core.fast_path import compile_for_training, compile_mode, cpu_compile_pays, resolve_compile
+from dit_core.fast_path import (
+    GPU_COMPILE_MIN_STEPS,
+    compile_for_training,
+    compile_mode,
+    cpu_compile_pays,
+    resolve_compile,
+)
 from dit_core.models import DiT
 from dit_core.spec import model_config
 
@@ -66,7 +72,10 @@ def test_resolve_compile_modes():
     assert resolve_compile(False, "cuda") is False
     assert resolve_compile("on", "cpu") is True
     assert resolve_compile(True, "cuda") is True
-    assert resolve_compile("auto", "cuda") is False  # the GPU default is unchanged: no compile
+    assert resolve_compile("auto", "cuda") is False  # unknown length: eager
+    assert resolve_compile("auto", "cuda", steps=GPU_COMPILE_MIN_STEPS - 1) is False  # compile not paid back
+    assert resolve_compile("auto", "cuda", steps=GPU_COMPILE_MIN_STEPS) is True
+    assert GPU_COMPILE_MIN_STEPS >= 650  # the measured break-even (H200, DiT-B/2, 32 px, batch 256)
     assert resolve_compile(None, "cpu") is False  # unknown length: eager
     assert resolve_compile("auto", "cpu", train_flops=1e12) is False  # a demo cell: eager
     assert resolve_compile("auto", "cpu", train_flops=1e15) is True  # hours of CPU: compile

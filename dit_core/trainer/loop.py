@@ -25,7 +25,7 @@ from ..config import TrainConfig
 from ..configio import ConfigError, yaml_to_flat
 from ..data import build_dataset, data_accounting, unique_images
 from ..diffusion import create_diffusion
-from ..ema import EMA
+from ..ema import EMA, stale_ema_warning
 from ..evaluate.sampling import SamplingStopped
 from ..fast_path import compile_for_training
 from ..models import DiT
@@ -375,6 +375,8 @@ class Trainer:
             "%d process(es), from step %d", cfg.model.name or "custom DiT", f"{param_count(self.dit_cfg):,}",
             self.fpi, self.peak_lr, self.total, self.batch, self.world, self.step,
         )  # fmt: skip
+        if cfg.eval.eval_every and (stale := stale_ema_warning(cfg.optim.ema_decay, self.total)):
+            log.warning("evaluation samples the EMA model: %s", stale)
         progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
         try:
             with PreemptionGuard(signals, sigint_echo_s=echo_s) as guard:

@@ -1,0 +1,80 @@
+"""Session 35: what the first GPU run showed (benchmarks/gpu_check.sh on an H200).
+
+The trainer's sample grid of a 200-step DiT-B/2 run was pure noise: sampling uses the EMA weights,
+and at DiT's decay 0.9999 the EMA after 200 steps is still 98% the random initialisation. Nothing said
+so. And compiling paid 1.6x on the GPU while `compile` auto never compiled there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+from _train_helpers import one_thread, tiny_config
+
+from dit_core.checkpoint import latest_checkpoint, load_model_from_checkpoint
+from dit_core.ema import STALE_EMA_SHARE, ema_init_share, stale_ema_warning
+from dit_core.train import train
+from dit_core.trainer import loop
+
+TINY = {"model.depth": 1, "model.hidden_size": 16, "data.image_size": 8, "tracking.enabled": False}
+
+
+def test_the_ema_share_of_the_initial_weights_is_decay_to_the_steps():
+    assert ema_init_share(0.9999, 0) == 1.0
+    assert ema_init_share(0.5, 3) == 0.125
+    # DiT's 0.9999 halves the initial share after ln 2 / -ln 0.9999 = 6,931 steps
+    half = math.log(2) / -math.log(0.9999)
+    assert ema_init_share(0.9999, math.floor(half)) > 0.5 > ema_init_share(0.9999, math.ceil(half))
+
+
+def test_the_stale_ema_warning_names_the_share_and_a_decay_that_would_do():
+    msg = stale_ema_warning(0.9999, 200)
+    assert msg.startswith("the EMA weights (optim.ema_decay 0.9999) after 200 steps are still 98% the random")
+    below = float(msg.split("(below ")[1].split(" for")[0])
+    # the decay offered is rounded down, so it does halve the initial share in 200 steps
+    assert below**200 <= STALE_EMA_SHARE < (below + 1e-4) ** 200
+    assert stale_ema_warning(below, 200) is None
+    assert "--raw-weights" not in msg and "--raw-weights" in stale_ema_warning(0.9999, 200, raw_weights=True)
+    assert stale_ema_warning(0.95, 69) is None  # the demo: XL's 69 steps at 1e11 leave 3 %
+    assert stale_ema_warning(0.9999, 7000) is None
+    assert stale_ema_warning(0.0, 1) is None
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("s35") / "run"
+    with one_thread():
+        train(tiny_config(out, steps=1, batch=4, **{**TINY, "checkpoint.every": 1}))
+    return latest_checkpoint(out)
+
+
+def test_sampling_a_stale_ema_warns_and_the_raw_weights_do_not(one_step_run, caplog):
+    with caplog.at_level(logging.WARNING, logger="dit_core.checkpoint"):
+        load_model_from_checkpoint(one_step_run)
+    [rec] = caplog.records
+    assert str(one_step_run) in rec.getMessage() and "100% the random initial weights" in rec.getMessage()
+    assert "--raw-weights" in rec.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dit_core.checkpoint"):
+        load_model_from_checkpoint(one_step_run, use_ema=False)
+    assert caplog.records == []
+
+
+def test_a_run_whose_evaluation_would_sample_a_stale_ema_says_so_at_the_start(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(loop, "evaluate_samples", lambda *a, **k: {})  # the warning, not the FID, is tested
+    cfg = tiny_config(
+        tmp_path / "a", steps=2, batch=4, **{**TINY, "eval.eval_every": 2, "checkpoint.every": 0}
+    )
+    with one_thread(), caplog.at_level(logging.WARNING, logger="dit_core.train"):
+        train(cfg)
+        [rec] = [r for r in caplog.records if "EMA" in r.getMessage()]
+        assert rec.getMessage().startswith(
+            "evaluation samples the EMA model: the EMA weights (optim.ema_decay"
+        )
+        assert "--raw-weights" not in rec.getMessage()  # the trainer has no such flag
+        caplog.clear()
+        train(cfg.replace(**{"out": str(tmp_path / "b"), "optim.ema_decay": 0.5}))
+        train(cfg.replace(**{"out": str(tmp_path / "c"), "eval.eval_every": 0}))
+    assert [r for r in caplog.records if "EMA" in r.getMessage()] == []
