@@ -1,17 +1,8 @@
-"""Where an IsoFLOP study puts its model sizes, so that every budget brackets the optimum.
-
-- **Shapes** (`FamilyCurve`): depth = c x width^gamma, least squares in log space through the DiT
-  families S, B, L, XL of `dit_core.spec.FAMILIES` (scaled like the sweep's families); widths are
-  multiples of a fixed head dim (heads = width / head_dim); cell ids read ``d2w32-2-1e11``.
-- **Prior** N_opt(C): from a tokens-per-parameter ratio R (`RatioPrior`; tokens = images x tokens
-  per image, and the compute identity C = train_flops_per_image(N) x images, solved along the
-  curve) or from a previous fit, the ``results.json`` of ``analysis/fit_scaling.py`` (`FitPrior`).
-- **Placement** (`place_sizes`): k sizes log-spaced from N_opt / spread to N_opt x spread, snapped to
-  shapes on the curve, every one inside the step window, neighbours at least `min_ratio` apart.
-- **Adaptive** (`launch_adaptive`): budgets from the smallest up; after each, refit with
-  `analysis.pipeline` and centre the next budget on the fitted N_opt; the centre chosen for each
-  budget is recorded in ``<sweep folder>/design.json`` (written under the sweep lock) so that a
-  relaunch proposes the same cells.
+"""Where an IsoFLOP study puts its model sizes, so that every budget brackets the optimum
+(docs/sweeps.md, "Designs that bracket the optimum"): shapes on the families' depth/width curve
+(`FamilyCurve`), a prior N_opt(C) (`RatioPrior`, `FitPrior`), the sizes of each budget
+(`place_sizes`), and the adaptive loop that refits after each budget (`launch_adaptive`; its
+centres are recorded in ``<sweep folder>/design.json``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""The time a launch has left: each cell's work in FLOP-equivalents, a rate learned from the cells
-that finished, and the remaining cells placed on the free slots as the local executor places them.
-
-A cell's work is its training and evaluation FLOPs (`sweeps.cost`) plus a fixed cost per optimizer
-step and per cell, written in FLOPs so that one rate (work per second, learned online) covers all
-three. The two constants are a least-squares fit to the 14 cells of the demo on 2 CPU cores (session
-16, docs/sweeps.md): ~20 ms per step and ~12 s per cell at ~1e10 FLOP-equivalents per second. FLOPs
-alone make the estimate 1.1-1.7x too long there, because the smallest model, which runs first and
-teaches the rate, spends most of its time in per-step overhead.
+"""The time a launch has left: each cell's work in FLOP-equivalents (training and evaluation FLOPs,
+`sweeps.cost`, plus a fixed cost per step and per cell, fitted on the demo: docs/sweeps.md), a rate
+learned from the cells that finished, and the remaining cells placed on the free slots as the local
+executor places them.
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""Running cells through submitit: executor set-up (slurm / local / debug) and the job callable.
-
-`CellJob` is `submitit.helpers.Checkpointable`: on SLURM's warning signal (USR2, ``signal_delay_s``
-before the time limit, or ``scancel --signal=USR2``) the trainer saves a checkpoint at the next step
-boundary and chains to submitit's handler, which calls `CellJob.checkpoint` (resubmit the same task)
-and requeues the job; the requeued job calls `train` again, which resumes from the cell's run folder
-and continues the same MLflow run. That handler runs with SIGTERM ignored
-(`shield_requeue_from_sigterm`): SLURM's SIGTERM to a requeued job must not kill ``scontrol requeue``.
+"""Running cells through submitit: executor set-up (slurm / local / debug) and the job callable
+`CellJob`, which checkpoints and requeues on SLURM's warning signal (docs/sweeps.md, "Preemption").
 """
 
 from __future__ import annotations
@@ -167,18 +161,9 @@ _SLURM_ALIVE = _SLURM_PENDING | {"RUNNING", "COMPLETING", "SUSPENDED", "RESIZING
 
 
 def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
-    """``{cell: "pending" | "running"}`` for cells whose job is alive (absent: the job is over).
-
-    (The launcher's wait loop asks the job objects it submitted, ``job.done()``; this is for the
-    jobs of another launcher: a relaunch, ``status``.)
-
-    - local jobs: by the cell's lock, which the job's controller holds until it exits
-      (`sweeps.lock`); submitit cannot tell: a `LocalJob` rebuilt from folder and id has no process
-      handle and reports "NO PROCESS AND NO RESULT" whether the job is alive or dead;
-    - SLURM jobs: ``submitit.SlurmJob(folder, job_id).state``, one batched ``sacct`` call for all;
-      where that says UNKNOWN (no accounting storage, or not in sacct yet), one batched ``squeue``;
-    - debug jobs ran inside their launcher: never alive afterwards.
-    """
+    """``{cell: "pending" | "running"}`` for cells whose job (of another launcher) is alive; absent:
+    over. Local jobs by the cell's lock (`sweeps.lock`: a rebuilt submitit `LocalJob` cannot tell),
+    SLURM jobs by one batched ``sacct``, then ``squeue`` where it says UNKNOWN; debug jobs never."""
     out = {c: "running" for c, r in refs.items() if r.executor == "local" and cell_lock_held(r.run_dir)}
     slurm = {c: r for c, r in refs.items() if r.executor == "slurm"}
     if slurm:
@@ -236,12 +221,8 @@ def slurm_requeued() -> bool:
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    """The callable each job runs: ``CellJob()(task)`` trains one cell to completion.
-
-    With more than one task (``tasks_per_node`` x ``nodes``) every task is one rank: submitit's
-    environment is exported as torch-distributed variables (MASTER_ADDR, RANK, WORLD_SIZE, ...) that
-    Accelerate reads when the trainer builds its ``Accelerator``.
-    """
+    """The callable each job runs: ``CellJob()(task)`` trains one cell to completion; with several
+    tasks each is one rank (submitit's environment exported as torch-distributed variables)."""
 
     def __call__(self, task: CellTask) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -263,23 +244,15 @@ class CellJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(CellJob(), task)
 
 
-def requeue_signal() -> signal.Signals:
-    """The signal submitit's requeue handler listens on (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default)."""
-    name = str(submitit.JobEnvironment.USR_SIG).upper().removeprefix("SIG")
-    return signal.Signals["SIG" + name]
-
-
 def shield_requeue_from_sigterm() -> None:
-    """Make submitit's requeue handler run with SIGTERM ignored (its child processes inherit that).
-
-    The handler runs ``scontrol requeue``; SLURM answers by sending SIGTERM to every process of the
-    job, ``scontrol`` included. When the signal lands before ``scontrol`` exits, the handler raises
-    CalledProcessError, the job writes a failed result and the sweep records the cell as failed
-    although SLURM has requeued it (seen once in CI). Call in the job's main thread, after submitit has
-    installed its handler; the trainer hands the signal on to this wrapper after its checkpoint."""
+    """Make submitit's requeue handler run with SIGTERM ignored (its child processes inherit that):
+    SLURM answers its ``scontrol requeue`` with a SIGTERM that must not kill ``scontrol`` (the cell
+    would be recorded failed though requeued). Call in the job's main thread, after submitit's handler
+    is installed."""
     if threading.current_thread() is not threading.main_thread():
         return
-    sig = requeue_signal()
+    # the signal submitit's requeue handler listens on (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default)
+    sig = signal.Signals["SIG" + str(submitit.JobEnvironment.USR_SIG).upper().removeprefix("SIG")]
     handler = signal.getsignal(sig)
     if not callable(handler) or getattr(handler, "shields_sigterm", False):
         return
@@ -337,12 +310,9 @@ def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
 def end_unstarted_run(
     task: CellTask, err: BaseException, left: tuple[str, ...] = ("SCHEDULED",), tag: str = ""
 ) -> None:
-    """A job whose trainer failed before it took the cell's run over (its import, its config, its
-    data) ends that run itself: FAILED, tag status=died_before_training and the error, as a launcher
-    that waits would (`sweeps.state.end_orphaned_runs`), so that after a ``--no-wait`` launch it does
-    not stay SCHEDULED until the next launch. A run the trainer took over is left as the trainer left
-    it (`dit_core.tracking.end_run_if`); ``left``/``tag``: the run statuses ended, and its status tag
-    (a trainer that returned a failure: RUNNING too, tag ``failed``)."""
+    """End the cell's run from inside the job, as a waiting launcher would (`sweeps.state.end_orphaned_runs`):
+    FAILED with tag ``tag`` (default died_before_training) and the error, if its status is one of
+    ``left`` (default SCHEDULED: the trainer failed before taking the run over)."""
     run_id, uri = task.overrides.get("tracking.run_id"), task.overrides.get("tracking.uri")
     if not run_id or not uri:
         return
@@ -368,17 +338,14 @@ def end_unstarted_run(
 def warm_unsupported(spec: ExecutorSpec) -> str:
     """Why the local executor cannot run ``spec``'s cells in warm workers (`sweeps.warm`), "" if it
     can: ``local_warm`` off, several processes per cell, GPUs, or ``setup`` lines (a fork runs no shell)."""
-    if not spec.local_warm:
-        return "local_warm is off"
-    if spec.tasks_per_node != 1:
-        return f"tasks_per_node={spec.tasks_per_node}"
-    if spec.gpus_per_node:
-        return f"gpus_per_node={spec.gpus_per_node}"
-    if spec.setup:
-        return "setup lines are set"
-    if not hasattr(os, "fork"):
-        return "no os.fork on this platform"
-    return ""
+    why = {
+        "local_warm is off": not spec.local_warm,
+        f"tasks_per_node={spec.tasks_per_node}": spec.tasks_per_node != 1,
+        f"gpus_per_node={spec.gpus_per_node}": spec.gpus_per_node,
+        "setup lines are set": spec.setup,
+        "no os.fork on this platform": not hasattr(os, "fork"),
+    }
+    return next((w for w, bad in why.items() if bad), "")
 
 
 def _as_dict(result: Any) -> dict[str, Any]:

@@ -55,17 +55,9 @@ class DataSpec:
 
 @dataclass
 class ExecutorSpec:
-    """Where cells run (submitit). ``auto`` = SLURM when ``sbatch`` is on PATH, else local.
-
-    SLURM: partition, nodes, gpus_per_node, tasks_per_node (one task per GPU; >1 runs Accelerate
-    through submitit's torch-distributed environment), cpus_per_task, mem_gb, timeout_min,
-    array_parallelism (``--array=0-N%k``), signal_delay_s (USR2 this long before the time limit),
-    sbatch (extra ``#SBATCH`` flags such as ``--qos=high``), setup (shell lines run before the job).
-    local_parallelism: cells run at once by the local executor. local_warm: fork the local executor's
-    cells from one process that imported the trainer once (`sweeps.warm`); off: a fresh ``python`` per
-    cell (submitit's LocalExecutor). max_retries: resubmissions of a failed
-    cell. max_num_timeout: time-limit requeues per submission before a job counts as failed.
-    """
+    """Where cells run (submitit): each field is a key of the YAML's ``executor:``, described with its
+    flag in docs/sweeps.md's option table; max_num_timeout (YAML only): time-limit requeues per
+    submission before a job counts as failed."""
 
     name: str = "auto"
     partition: str | None = None

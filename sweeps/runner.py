@@ -183,10 +183,8 @@ def preview(spec: SweepSpec, tasks: dict[str, CellTask], configs: dict, uri: str
 
 
 def longest_first(cells: list[Cell]) -> list[Cell]:
-    """Cells by decreasing budget (training FLOPs), then steps: the local executor starts the longest
-    cells first so that the last ones to finish are short. Within a budget the cell with more steps
-    (the smaller model) takes longer: small models run further below the GEMM roof, and every step
-    pays a fixed overhead."""
+    """Cells by decreasing budget, then steps (within a budget the smaller model, with more steps,
+    takes longer): the local executor starts the longest first so that the last ones are short."""
     return sorted(cells, key=lambda c: (c.budget, c.steps), reverse=True)
 
 
@@ -382,12 +380,9 @@ class _Runner:
         return not slurm_job_alive(str(job.job_id))
 
     def _interrupted(self, wait_s: float = 10.0) -> None:
-        """Ctrl-C while this launcher waits: a terminal's Ctrl-C stops its local jobs too (one process
-        group), so each live local cell's submission is recorded as interrupted, which is not a try
-        against ``max_retries`` (`sweeps.state.CellState.tries`). Then, for up to ``wait_s``, wait for
-        those jobs to end, and end the runs that their trainers did not (before training, or cut short
-        by the second SIGINT submitit's local controller sends): KILLED, tag status=interrupted. SLURM
-        jobs go on running: nothing to record."""
+        """Ctrl-C while this launcher waits, which stops its local jobs too: record each live local
+        cell's submission as interrupted (not a try), wait up to ``wait_s`` for the jobs to end, and end
+        the runs their trainers did not: KILLED, tag status=interrupted. SLURM jobs go on running."""
         if self.prep.kind == "slurm" or not self.live:
             return
         cells = sorted(self.live)

@@ -1,18 +1,6 @@
-"""The record of a cell: its one MLflow run, plus submitit's job for liveness.
-
-A cell's run (tags ``sweep``, ``grid_cell``) is created by the launcher when the cell is first
-submitted and carries the launcher's record in tags: ``executor``, ``job_id`` and ``job_folder``
-(the last submission, enough for submitit to rebuild the job), ``attempts`` (submissions so far) and
-``config_hash`` (of the cell's dotted `TrainConfig` overrides). Every job of the cell continues that
-run (``tracking.run_id``), so a cell never gets a second run.
-
-States, from the run's MLflow status and whether its job is alive (`sweeps.executor.job_liveness`):
-``finished`` (run FINISHED); ``queued`` (job alive, waiting in SLURM's queue or training not yet
-started); ``running`` (job alive); ``failed`` (run FAILED, or SCHEDULED: the job died before the
-trainer started, which `end_orphaned_runs` marks); ``interrupted`` (run RUNNING or KILLED but its job
-is gone: killed, preempted without requeue, out of time); ``missing`` (never submitted). `plan` turns
-states into the idempotent relaunch decision: skip finished and live cells, resubmit the rest while
-their tries (submissions not stopped by a Ctrl-C of their launcher) are within ``max_retries``.
+"""The record of a cell: its one MLflow run (tags `RECORD_TAGS`, docs/sweeps.md "One record per
+cell"), plus submitit's job for liveness; `read_states` gives each cell's state (`CellState`) and
+`plan` the idempotent relaunch decision.
 """
 
 from __future__ import annotations
@@ -114,14 +102,19 @@ def store_exists(uri: str) -> bool:
     return True
 
 
+def _client(tracking_uri: str) -> Any:
+    """An `MlflowClient` of the store at ``tracking_uri`` (mlflow is imported when first needed)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
 def ensure_experiment(tracking_uri: str, experiment: str) -> str:
     """Create the store's tables and the experiment once, before jobs start (concurrent jobs would
     otherwise race on sqlite migrations and on creating the experiment); returns its id."""
-    from mlflow.tracking import MlflowClient
-
     from dit_core.tracking import get_or_create_experiment
 
-    return get_or_create_experiment(MlflowClient(tracking_uri=tracking_uri), experiment)
+    return get_or_create_experiment(_client(tracking_uri), experiment)
 
 
 def config_hash(overrides: dict[str, Any]) -> str:
@@ -154,9 +147,7 @@ def create_cell_runs(
     (``tracking.run_id``). Returns ``{cell_id: run_id}``."""
     if not hashes:
         return {}
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     exp_id = ensure_experiment(tracking_uri, experiment)
 
     def one(cell_id: str) -> str:
@@ -183,9 +174,8 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
     """Write each submission into its cell's run: the job (executor, id, folder), the attempt count
     and the config hash; a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
     from mlflow.entities import RunTag
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
 
     def one(sub: Submission) -> None:
         values = (sub.job.executor, sub.job.job_id, sub.job.folder, str(sub.attempts), sub.config_hash)
@@ -198,12 +188,8 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
 
 def record_interrupts(tracking_uri: str, counts: dict[str, int]) -> None:
     """Set each run's `INTERRUPTS_TAG` (``counts``: ``{run_id: submissions stopped by a Ctrl-C}``)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    _each(
-        tracking_uri, lambda item: client.set_tag(item[0], INTERRUPTS_TAG, str(item[1])), list(counts.items())
-    )
+    client = _client(tracking_uri)
+    _each(tracking_uri, lambda item: client.set_tag(item[0], INTERRUPTS_TAG, str(item[1])), [*counts.items()])
 
 
 def end_orphaned_runs(
@@ -214,16 +200,11 @@ def end_orphaned_runs(
     tag: str = DIED_BEFORE_TRAINING,
     left: tuple[str, ...] = ("SCHEDULED",),
 ) -> list[str]:
-    """End the runs of ``errors`` (``{run_id: the job's error, or ""}``) whose job is over but whose
-    MLflow status is still one of ``left``. SCHEDULED (the default): the job ended without the trainer
-    taking the run over (killed, or failing in its set-up, before training), so nothing else would
-    ever end it. Each becomes ``status`` (FAILED; KILLED for a Ctrl-C) with the ``status`` tag ``tag``
-    and the job's error as the ``error`` tag, as the trainer ends a run; a retry continues the same
-    run (`record_submissions` sets it back to SCHEDULED). Call only once the jobs are over. Returns
-    the ids of the runs ended."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    """End the runs of ``errors`` (``{run_id: the job's error, or ""}``), whose jobs are over, that are
+    still in a status of ``left`` (SCHEDULED: the trainer never took the run over, so nothing else
+    would end it): ``status``, with the status tag ``tag`` and the ``error`` tag, as the trainer ends a
+    run. Returns the ids of the runs ended."""
+    client = _client(tracking_uri)
     ended = _each(
         tracking_uri,
         lambda item: end_run_if(client, item[0], left=left, status=status, tag=tag, error=item[1]),
@@ -297,12 +278,11 @@ def _stored_run(uri: str, run_id: str) -> Any | None:
     """The run ``run_id`` of the store at ``uri`` in any lifecycle stage (`read_runs` sees active runs
     only), or None where the store has no such run."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     if not store_exists(uri):  # a dry run before the store is made: it holds no run, and stays unmade
         return None
     try:
-        return MlflowClient(tracking_uri=uri).get_run(run_id)
+        return _client(uri).get_run(run_id)
     except MlflowException:
         return None
 
@@ -317,9 +297,7 @@ def read_runs(tracking_uri: str, experiment: str, sweep: str) -> dict[str, list[
 
     Read in pages of `PAGE_SIZE` runs filtered on the ``sweep`` tag: a 1,000-cell sweep costs one
     request, and each run arrives with its tags, params and latest metrics (nothing per run)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return {}
@@ -348,10 +326,8 @@ def read_runs_again(
     """Some cells' runs (``runs``, as `read_runs` groups them) read again: each cell's record (its first
     run) by run id, `PAGE_SIZE` ids per request, so that the request reads those runs only (its later
     runs, duplicates, are kept as they were). A cell whose record is no longer found (deleted
-    meanwhile) is read by `read_runs`, as every cell used to be; one found nowhere is left out."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    meanwhile) is read by `read_runs`; one found nowhere is left out."""
+    client = _client(tracking_uri)
     cell_of = {rs[0].info.run_id: cid for cid, rs in runs.items()}
     ids = list(cell_of)
     exps = sorted({rs[0].info.experiment_id for rs in runs.values()})

@@ -1,31 +1,13 @@
 """Warm workers for the local executor: every cell forked from one process that imported it all once.
 
-A plain local job is a fresh ``python`` (submitit's `LocalExecutor`): each cell pays the interpreter,
-``import torch`` (and ``torch._dynamo``, which the first optimizer imports), MLflow, its SQL store's
-modules and schema check, 5-15 s on the demo machine before its first step (docs/training.md,
-"Sweep throughput"). `WarmExecutor` instead starts one *zygote* per launch (``python -m sweeps.warm``)
-that imports the trainer and all of that, opens the sweep's MLflow store, and then forks one child
-per cell. The zygote never runs a torch op, so no intra-op thread pool exists when it forks; each
-child sets its thread count (the executor's share of the cores) before its first op.
-
-What the plain local path guarantees holds here too:
-
-- liveness: the zygote takes the cell's ``flock`` (`sweeps.lock.CELL_LOCK`) before forking, and the
-  child inherits it, so it is held while either lives (a relaunch or ``status`` sees the cell alive,
-  and a SIGKILLed child's cell is seen as interrupted once the zygote has reaped it);
-- requeue: SIGUSR2 (as SLURM sends before a time limit; the zygote sends it ``signal_delay_s`` before
-  ``timeout_min``) makes the trainer checkpoint and exit with `REQUEUE_EXIT`; the zygote forks the
-  cell again (at most ``max_num_timeout`` times) and it resumes into the same MLflow run;
-- exit codes and logs in the job folder ``<jobs>/<job_id>/``: ``<job_id>_0_log.out`` / ``.err``,
-  ``<job_id>_0_result.pkl`` (``("success", result)`` or ``("error", traceback)``) and
-  ``<job_id>_exit`` (the exit status; negative: killed by that signal);
-- cancel: `WarmJob.cancel` sends the child SIGINT, as submitit's local jobs do;
-- Ctrl-C on the launcher's terminal reaches the zygote and the children (one process group); a
-  child is a local job (`dit_core.trainer.signals.LOCAL_JOB_ENV`), whose trainer checkpoints at the
-  next step and ends its run KILLED (``status=interrupted``); the zygote exits at once.
+One *zygote* per launch (``python -m sweeps.warm``) imports the trainer, torch and MLflow and opens
+the sweep's store, then forks a child per cell; it keeps the guarantees of submitit's local jobs
+(cell lock, USR2 requeue, exit codes and logs, cancel, Ctrl-C): docs/sweeps.md, "Warm workers".
 
 Protocol: the launcher writes the task to ``<job_id>_submitted.pkl`` and one JSON line ``{"job_id",
-"folder", "run_dir"}`` to the zygote's stdin; the zygote reports through the files above only, so it
+"folder", "run_dir"}`` to the zygote's stdin; the zygote reports only through files in the job folder,
+``<job_id>_0_log.out`` / ``.err``, ``<job_id>_0_result.pkl`` (``("success", result)`` or ``("error",
+traceback)``) and ``<job_id>_exit`` (the exit status; negative: killed by that signal), so it
 outlives a ``--no-wait`` launcher (at end of input it exits once its children have).
 """
 
