@@ -95,11 +95,12 @@ def _config_default(key: str) -> str:
     return f"(default: the config's {key}, else {shown})"
 
 
-def _override(group, flag: str, key: str, what: str) -> None:
+def _override(group, flag: str, key: str, what: str, metavar: str | None = None) -> None:
     """Add ``flag``, which sets the YAML key ``key`` (of the field's type; dest: the field's name), with
     the help ``what`` and where its default comes from."""
     help_ = f"{what} {_config_default(key)}"
-    group.add_argument(flag, type=type(field_default(key)), dest=key.removeprefix("executor."), help=help_)
+    dest = key.removeprefix("executor.")
+    group.add_argument(flag, type=type(field_default(key)), dest=dest, metavar=metavar, help=help_)
 
 
 #: Seconds between progress updates when --poll is not given: `sweeps.runner.launch`'s own default.
@@ -145,7 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--head-dim",
         type=int,
-        default=None,
         help="width per head: of --depths/--widths (default 64), and of the shapes the isoflop/adaptive "
         "designs generate (default scale.head_dim, else the families' 64 / scale.width_div; 4 for the demo)",
     )
@@ -171,27 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(--tokens-per-param or --prior). adaptive: isoflop, budgets run smallest first, each next one "
         "centred on the refit of those before (docs/sweeps.md)",
     )
-    g.add_argument(
-        "--sizes-per-budget",
-        type=int,
-        metavar="K",
-        help=f"isoflop/adaptive: model sizes per budget, at least 3 {_config_default('sizes_per_budget')}",
+    what = "isoflop/adaptive: model sizes per budget, at least 3"
+    _override(g, "--sizes-per-budget", "sizes_per_budget", what, "K")
+    what = "isoflop/adaptive: sizes span N_opt/F .. N_opt*F, log-spaced (4 with 5 sizes: 1/4, 1/2, 1, 2, 4 x "
+    what += "N_opt)"
+    _override(g, "--spread", "size_spread", what, "F")
+    what = (
+        "isoflop/adaptive prior: training tokens (images x patches per image) per parameter at the "
+        "optimum; 20 is Chinchilla's ratio, Hoffmann et al. 2022"
     )
-    g.add_argument(
-        "--spread",
-        type=float,
-        dest="size_spread",
-        metavar="F",
-        help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, log-spaced (4 with 5 sizes: 1/4, 1/2, 1, 2, "
-        f"4 x N_opt) {_config_default('size_spread')}",
-    )
-    g.add_argument(
-        "--tokens-per-param",
-        type=float,
-        metavar="R",
-        help="isoflop/adaptive prior: training tokens (images x patches per image) per parameter at the "
-        f"optimum; 20 is Chinchilla's ratio, Hoffmann et al. 2022 {_config_default('tokens_per_param')}",
-    )
+    _override(g, "--tokens-per-param", "tokens_per_param", what, "R")
     g.add_argument(
         "--prior",
         metavar="FIT.json",
