@@ -37,11 +37,6 @@ from sweeps.grid import (
 
 log = logging.getLogger(__name__)
 
-#: Hoffmann et al. 2022 (Chinchilla, arXiv:2203.15556): ~20 training tokens per parameter is
-#: compute-optimal for language models. For a DiT a token is one patch of one noised image, so
-#: images per parameter = R / tokens_per_image. Only the centre of the first grid: the spread
-#: around it absorbs a prior that is off by up to `spread`, and `adaptive` replaces it by fits.
-DEFAULT_TOKENS_PER_PARAM = 20.0
 FAMILY_HEAD_DIM = 64  # every family of Table 1 has 64-wide heads
 USABLE = ("ok", "extrapolating")
 RECORD = "design.json"
@@ -141,12 +136,13 @@ def continuous_curve(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: st
 
 @dataclass
 class RatioPrior:
-    """N_opt(C) where tokens / N = R: solves C = train_flops_per_image(N) x R N / tokens_per_image
-    along the family curve (log-log interpolation; FLOPs per image is not exactly 6 N x tokens)."""
+    """N_opt(C) where tokens / N = R (``spec.tokens_per_param``; a token is one patch of one image):
+    solves C = train_flops_per_image(N) x R N / tokens_per_image along the family curve (log-log
+    interpolation; FLOPs per image is not exactly 6 N x tokens)."""
 
     spec: SweepSpec
     curve: FamilyCurve
-    tokens_per_param: float = DEFAULT_TOKENS_PER_PARAM
+    tokens_per_param: float
     n_axis: str = "total"
     _cache: dict = field(default_factory=dict, repr=False)
 

@@ -40,12 +40,9 @@ class Scale:
         ``heads = width / head_dim`` for every family (the paper's head dim is 64 for S/B/L and 72
         for XL), so tiny models keep usable attention heads.
     round_width: with ``head_dim`` set, every ``width / width_div`` is rounded to the nearest multiple
-        of ``head_dim`` (at least one head) instead of having to divide exactly; this opens factors
-        between the powers of 2, e.g. width_div 48: S 8, B 16, L 21.3 -> 20, XL 24.
-
-    The depth ratios (1:1:2:2.33) of the paper's families are kept exactly, the width ratios
-    (1:2:2.67:3) exactly or, with ``round_width``, to within half a head. The demo uses (36, 4,
-    head_dim 4, round_width): S d3 w12 h3, B d3 w20 h5, L d6 w28 h7, XL d7 w32 h8 (docs/study.md).
+        of ``head_dim`` (at least one head) instead of having to divide exactly (width ratios then
+        hold to within half a head); e.g. width_div 48: S 8, B 16, L 21.3 -> 20, XL 24. The demo's
+        scale: docs/sweeps.md.
     """
 
     width_div: int = 1

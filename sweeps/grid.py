@@ -114,7 +114,7 @@ class SweepSpec:
     isoflop_max_steps: int = 100_000
     sizes_per_budget: int = 5
     size_spread: float = 4.0
-    tokens_per_param: float = 20.0
+    tokens_per_param: float = 20.0  # Chinchilla's compute-optimal ratio (Hoffmann et al. 2022)
     prior: str | None = None
     design_head_dim: int | None = None
     isoflop_centres: dict[float, float] = field(default_factory=dict)
