@@ -37,7 +37,7 @@ from sweeps.grid import (
 
 log = logging.getLogger(__name__)
 
-FAMILY_HEAD_DIM = 64  # every family of Table 1 has 64-wide heads
+FAMILY_HEAD_DIM = 64  # the head width of Table 1's S, B and L (XL: 1152 / 16 = 72); designed shapes use it
 USABLE = ("ok", "extrapolating")
 RECORD = "design.json"
 LAW_NAMES = {"parametric": "parametric law", "isoflop": "IsoFLOP N_opt law", "frontier": "frontier N_opt law"}
