@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .configio import ConfigError, int_at_least, join_negative_values
+from .configio import ConfigError, check_fields, int_at_least, join_negative_values
 from .device import DEVICE_HELP
 from .memory import out_of_memory
 
@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             if path:  # fail before sampling, not after: probe the temporary file `write_outputs` uses
                 write_outputs({flag: (path, None)}, probe=True)
         fmt = image_format(cfg.out)  # a .jpg name gets JPEG bytes, not a PNG under that name
-        if cfg.seed is not None and cfg.seed < 0:
-            raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+        check_fields(cfg, "", {"seed": ">= 0"})  # None: the run's own
         try:
             images, labels = sample_checkpoint(cfg)
             grid = image_grid(zoomed(images, cfg.zoom))

@@ -184,12 +184,9 @@ class MetricSender:
     of the buffer, one warning names the outage, and the send is retried after ``retry_s[0]``
     seconds, doubling up to ``retry_s[1]``. When it succeeds again a warning says how long the
     outage lasted and how many points were sent late. More than ``max_buffered`` points: the oldest
-    are dropped, with a warning (``stats["dropped"]``).
-
-    MLflow's own HTTP client retries a failed request for minutes before raising
-    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` = 7 with backoff factor 2, capped at 120 s: about 4 min); that
-    only delays delivery here, in this thread. Set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` to leave the
-    retrying to this class (points arrive at most ``retry_s[1]`` s after the server is back).
+    are dropped, with a warning (``stats["dropped"]``). MLflow's own HTTP client retries for minutes
+    before raising, which only delays delivery here (docs/testing-faults.md:
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` leaves the retrying to this class).
     """
 
     def __init__(
