@@ -46,6 +46,8 @@ _BOUNDS = {
     "in [0, 1)": lambda v: 0 <= v < 1,
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "a finite number > 0": lambda v: v > 0 and math.isfinite(v),
+    "a finite number >= 0": lambda v: v >= 0 and math.isfinite(v),
+    "finite": math.isfinite,
 }
 
 

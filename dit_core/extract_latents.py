@@ -36,12 +36,11 @@ from torch.utils.data import DataLoader, Dataset
 from dit_core.checkpoint import atomic_write
 from dit_core.configio import check_fields, require
 from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
-from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, shard_name
+from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, SD_VAE_SCALE, shard_name
 from dit_core.device import DEVICE_HELP, resolve_device
 
 log = logging.getLogger(__name__)
 
-SD_VAE_SCALE = 0.18215
 POSTERIORS = ("sample", "mean")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -9,15 +9,8 @@ model itself (eager) or `torch.compile(model)`. `mode` is the trainer's `compile
   `CPU_COMPILE_MIN_EAGER_S` eager seconds (`cpu_compile_pays`).
 
 Compiling changes float rounding only (fused kernels); on CPU the inductor is told to use the eager
-RNG (`fallback_random`), so random ops in the model draw what eager draws.
-
-Measured at the demo's shapes (2 busy CPU cores, docs/training.md "CPU speed"): compiling the model
-speeds a CPU training step up by ~1.1-1.2x, and costs 30-130 s with a cold inductor cache and
-1-9 s with a warm one (`TORCHINDUCTOR_CACHE_DIR`, default under /tmp), so on CPU `"auto"` compiles
-only runs planned to take over `CPU_COMPILE_MIN_EAGER_S` eager seconds. On an H200
-(`benchmarks/gpu_trainer.sh`, DiT-B/2, 32 px, batch 256, bf16) the compiled trainer ran 2,560 img/s
-against 1,585 eager, after ~40 s of compiling: it pays after ~650 steps there, and `GPU_COMPILE_MIN_STEPS`
-leaves a margin for larger models' longer compiles and smaller gains.
+RNG (`fallback_random`), so random ops in the model draw what eager draws. The thresholds come from
+the measurements in docs/training.md ("CPU speed", and "GPU" for an H200).
 """
 
 from __future__ import annotations

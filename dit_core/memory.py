@@ -2,16 +2,9 @@
 
 glibc's malloc serves large blocks with ``mmap`` and gives freed memory at the top of the heap back
 to the kernel, so a CPU forward whose activations are a few MB each can pay a page fault per 4 KiB
-page on every call. Whether it does depends on the process's history: glibc raises its thresholds
-after the first large block is freed. `python -m dit_core.evaluate` on the demo's L checkpoint
-(1,000 DDIM-50 samples at batch 256, 1 thread) took 71.9 s and 2.37 million page faults with the
-defaults, and 60.9 s and 121,000 with `keep_freed_memory` (same FID), which raises the mmap
-threshold to its 64-bit maximum (32 MiB) and the trim threshold to 1 GiB so the blocks of one
-forward are reused by the next. A training process needs no help: its data loading and training
-steps raise glibc's thresholds before its final evaluation, which then faults as little either
-way (measured on the demo's XL cell). `benchmarks/malloc_reuse.py` measures both the CLI and the
-forward alone; docs/evaluation.md. Numerics are unchanged: torch aligns its CPU tensors itself,
-so the same kernels see the same data.
+page on every call (measured in docs/evaluation.md: ~15 % of a CPU evaluation's time).
+`keep_freed_memory` raises the mmap threshold to its 64-bit maximum (32 MiB) and the trim threshold
+to 1 GiB so the blocks of one forward are reused by the next. Numerics are unchanged.
 
 The price is that a process keeps up to 1 GiB of freed heap for reuse. Set
 ``DITSCALE_MALLOC_DEFAULTS=1`` to leave glibc's defaults. A no-op off Linux/glibc (musl, macOS).

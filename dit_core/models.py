@@ -14,7 +14,6 @@ Shapes: latents `x (N, C, H, W)`, tokens `(N, T, D)` with `T = (H/p) * (W/p)`, c
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from collections.abc import Callable, Mapping
 
@@ -40,8 +39,6 @@ __all__ = [
     "patchify",
     "unpatchify",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class DiT(nn.Module):

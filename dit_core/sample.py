@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .configio import ConfigError, int_at_least, join_negative_values
+from .configio import ConfigError, check_fields, int_at_least, join_negative_values
 from .device import DEVICE_HELP
 from .memory import out_of_memory
 
@@ -97,7 +97,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .device import resolve_device
     from .evaluate.checkpoint_eval import check_vae, load_vae
-    from .evaluate.sampling import LATENT_SCALE, generate_images
+    from .evaluate.sampling import generate_images, vae_decoder
     from .trainer.evaluation import check_guidance, sampling_settings
 
     device = resolve_device(cfg.device)
@@ -111,10 +111,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     settings = {k: getattr(cfg, k) if getattr(cfg, k) is not None else run[k]
                 for k in ("sampler", "steps", "cfg_scale", "seed")}  # fmt: skip
     check_guidance(settings["cfg_scale"], dit)
-    decode = None
-    if cfg.vae:
-        vae = load_vae(cfg.vae, device)
-        decode = lambda z: vae.decode(z / LATENT_SCALE).sample  # noqa: E731 - (N, 3, 8h, 8w)
+    decode = vae_decoder(load_vae(cfg.vae, device) if cfg.vae else None)
     images = generate_images(
         model, diffusion, range(len(labels)), batch_size=cfg.batch_size, **settings,
         num_classes=dit.num_classes, image_size=size, channels=dit.in_channels, labels=labels,
@@ -262,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             if path:  # fail before sampling, not after: probe the temporary file `write_outputs` uses
                 write_outputs({flag: (path, None)}, probe=True)
         fmt = image_format(cfg.out)  # a .jpg name gets JPEG bytes, not a PNG under that name
-        if cfg.seed is not None and cfg.seed < 0:
-            raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+        check_fields(cfg, "", {"seed": ">= 0"})  # None: the run's own
         try:
             images, labels = sample_checkpoint(cfg)
             grid = image_grid(zoomed(images, cfg.zoom))

@@ -6,24 +6,11 @@ on. Importing it does not import torch, so the sweep's dry run and the analysis 
 **Shapes.** `FAMILIES` is Table 1 of Peebles & Xie (arXiv:2212.09748): name -> (depth, hidden_size,
 num_heads); every family comes with patch sizes `PATCH_SIZES`; `"DiT-XL/2"` names one of the 12.
 
-**Counts.** Convention of the paper's Table 4: **one multiply-add = 1 flop**, forward pass, batch 1,
-VAE excluded. Counted per forward pass with `T` image tokens of width `D` and `F` timestep
-frequencies (`frequency_embedding_size`, 256 in the paper):
-
-- every matrix multiply: patch embedding (`T p^2 C D`), timestep MLP (`F D + D^2`), per block the
-  q;k;v and output projections (`4 T D^2`), the MLP (`2 T D H_mlp`), the adaLN regressions
-  (`D x 6D` for adaLN-Zero), the final adaLN (`D x 2D`) and output projection (`T D p^2 C_out`);
-- attention's `T^2` terms: `Q K^T` and `softmax(.) V`, `2 T^2 D` per block;
-- the adaLN modulation `x * (1 + scale) + shift`, one multiply-add per element (`T D` each; two per
-  block plus the final layer's).
-
-Not counted (the paper's counter does not either): biases, label-embedding lookups, position-embedding
-adds, LayerNorm, softmax, GELU/SiLU, residual adds and gates, RoPE rotations. With this convention the
-12 configs of Table 4 come out within 0.06% (DiT-XL/2 at 256 px: 118.638 vs 118.64; at 512 px 524.606
-vs 524.60), except DiT-L/8: 5.012 here vs 5.44 printed (docs/models.md).
-
-Training compute per image is 3 x the forward multiply-adds (forward + backward), reported as true
-FLOPs = 2 x that: `train_flops_per_image = 6 x forward_macs`. A budget of `C` training FLOPs at
+**Counts** (docs/models.md, "Convention", and its reproduction of the paper's Table 4): one
+multiply-add = 1 flop, forward pass, batch 1, VAE excluded; every matrix multiply, attention's `T^2`
+terms and the adaLN modulation are counted (`flop_breakdown`), biases, norms, activations and RoPE
+rotations are not. Training compute per image is reported as true FLOPs, `train_flops_per_image =
+6 x forward_macs` (forward + backward, 2 flops per multiply-add); a budget of `C` training FLOPs at
 `B` images per step buys `floor(C / (B x train_flops_per_image))` optimizer steps (`budget_steps`).
 """
 

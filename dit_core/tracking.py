@@ -1,29 +1,16 @@
-"""MLflow tracking for a training run, in the schema of docs/training.md ("MLflow schema").
-
-- params: every `TrainConfig` field, dotted (``model.depth``, ``optim.lr``, ...; None is logged as
-  ""), plus ``model.params``, ``model.params_non_embedding``, ``model.forward_gflops``,
-  ``model.train_flops_per_image``, ``data.train_size``, ``world_size`` and ``git.commit``;
-- metrics with ``step`` = optimizer step: ``train/loss``, ``val/loss``, ``eval/<metric>``, ``lr``,
-  ``compute/train_flops`` (cumulative true FLOPs), ``data/images_seen``, ``perf/images_per_s``, and at
-  the last step of a finished run ``perf/{startup,mlflow,val,eval,train}_s`` (the trainer's
-  ``FIXED_COST_METRICS``);
-- tags: ``status`` (running / finished / failed / preempted / interrupted), ``sweep``, ``grid_cell``,
-  ``executor``/``job_id`` when run under SLURM or submitit, and for a run resumed from another run
-  folder's checkpoint (a fork) ``resumed_from`` (that checkpoint), ``resumed_from_run_id`` (its run's
-  id, if it had one) and ``resumed_from_step``;
-- artifacts: ``config.json`` (the resolved config), ``samples/step_XXXXXXX.png`` sample grids.
+"""MLflow tracking for a training run, in the schema of docs/training.md ("MLflow schema"); a run
+resumed from another run folder's checkpoint (a fork) is also tagged ``resumed_from`` (that
+checkpoint), ``resumed_from_run_id`` (its run, if any) and ``resumed_from_step``.
 
 Only the main process creates a `RunTracker`; the client API is used (no fluent global run), so a
 caller that has its own active run (a sweep) is not disturbed.
 
 Faults (docs/testing-faults.md): metrics go through a `MetricSender`, a bounded buffer emptied by a
-background thread, so training never waits on the tracking server; while the server is unreachable
-points stay buffered and are retried, and are sent when it is back. Each ``(key, step)`` is logged
-once per run: a resumed run skips the points the server already holds (a SIGKILLed job replays the
-steps after its checkpoint), and the points not yet sent when a checkpoint is written are stored in
-it (`RunTracker.unsent_points` / `RunTracker.requeue`). A run is created with a key saved in
-``<out>/mlflow_run_key`` first, so a job killed between creating the run and saving its id finds
-the run again instead of creating a second one.
+background thread, so training never waits on the tracking server. Each ``(key, step)`` is logged
+once per run (a resumed run skips the points the server holds); points not yet sent when a
+checkpoint is written are stored in it (`RunTracker.unsent_points` / `RunTracker.requeue`). A run is
+created with a key saved in ``<out>/mlflow_run_key`` first, so a job killed before saving the run id
+finds the run again instead of creating a second one.
 """
 
 from __future__ import annotations
@@ -197,12 +184,9 @@ class MetricSender:
     of the buffer, one warning names the outage, and the send is retried after ``retry_s[0]``
     seconds, doubling up to ``retry_s[1]``. When it succeeds again a warning says how long the
     outage lasted and how many points were sent late. More than ``max_buffered`` points: the oldest
-    are dropped, with a warning (``stats["dropped"]``).
-
-    MLflow's own HTTP client retries a failed request for minutes before raising
-    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` = 7 with backoff factor 2, capped at 120 s: about 4 min); that
-    only delays delivery here, in this thread. Set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` to leave the
-    retrying to this class (points arrive at most ``retry_s[1]`` s after the server is back).
+    are dropped, with a warning (``stats["dropped"]``). MLflow's own HTTP client retries for minutes
+    before raising, which only delays delivery here (docs/testing-faults.md:
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` leaves the retrying to this class).
     """
 
     def __init__(

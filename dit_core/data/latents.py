@@ -24,6 +24,8 @@ from torch.utils.data import Dataset
 
 from .flip import EpochFlipMixin
 
+#: Stable Diffusion's VAE latent scale: latents are stored times it and decoded as ``vae.decode(z / it)``.
+SD_VAE_SCALE = 0.18215
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ditscale-latents"
 MANIFEST_KEYS = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..configio import check_fields, require
@@ -66,17 +65,9 @@ class DiffusionConfig:
             "diffusion.num_timesteps",
             f"must be an int >= 1, got {t!r}",
         )
-        check_fields(self, "diffusion.", {"num_timesteps": ">= 1", "logit_normal_std": "a finite number > 0"})
-        require(
-            math.isfinite(self.logit_normal_mean),
-            "diffusion.logit_normal_mean",
-            f"must be finite, got {self.logit_normal_mean}",
-        )
-        require(
-            math.isfinite(self.vb_lambda) and self.vb_lambda >= 0,
-            "diffusion.vb_lambda",
-            f"must be a finite number >= 0, got {self.vb_lambda}",
-        )
+        rules = {"num_timesteps": ">= 1", "logit_normal_std": "a finite number > 0"}
+        rules |= {"logit_normal_mean": "finite", "vb_lambda": "a finite number >= 0"}
+        check_fields(self, "diffusion.", rules)
         require(
             0 < self.beta_start <= self.beta_end < 1,
             "diffusion.beta_start",

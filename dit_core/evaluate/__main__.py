@@ -100,9 +100,7 @@ def _check_run(run_id: str) -> None:
         f"--mlflow-run-id {run_id}: the MLflow tracking store {get_tracking_uri()} does not exist; {where}"
     )
     uri = get_tracking_uri()
-    if uri.startswith(
-        ("http://", "https://")
-    ):  # MLflow itself would retry for minutes, then say "no such run"
+    if uri.startswith(("http://", "https://")):  # MLflow would retry for minutes, then say "no such run"
         try:
             check_tracking_server(uri, "start it, or set MLFLOW_TRACKING_URI to the store the run is in")
         except ValueError as e:

@@ -283,8 +283,7 @@ def ship(recipe: DomainClassifierRecipe) -> Path:
     every machine scores FIDs in the same feature space (a maintainer's step; docs/evaluation.md)."""
     net, acc, _ = load_or_train(recipe)
     path = shipped_path(recipe)
-    path.parent.mkdir(exist_ok=True)
-    _save(path, net, acc, recipe)
+    _save(path, net, acc, recipe)  # atomic_write creates the folder
     return path
 
 

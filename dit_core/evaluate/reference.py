@@ -167,12 +167,9 @@ def _npz_images(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             names = [n.removesuffix(".npy") for n in zf.namelist()]
             if "arr_0" in names:
                 with zf.open("arr_0.npy") as f:
-                    major, _ = np.lib.format.read_magic(f)
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if major == 1
-                        else np.lib.format.read_array_header_2_0
-                    )
+                    fmt = np.lib.format
+                    major, _ = fmt.read_magic(f)
+                    read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
                     shape, _, dtype = read(f)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise ValueError(

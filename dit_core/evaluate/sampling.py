@@ -20,13 +20,17 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
+from ..data.latents import SD_VAE_SCALE as LATENT_SCALE
 from ..diffusion.validation import example_noise, example_seed
 from .features import FeatureExtractor, to_uint8
 from .metrics import DIGITS_METRICS, PR_K, check_metrics, evaluate_samples
 
 log = logging.getLogger(__name__)
 
-LATENT_SCALE = 0.18215
+
+def vae_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Latents -> pixels in [-1, 1], ``vae.decode(z / LATENT_SCALE)`` ``(N, 3, 8h, 8w)``; None: no VAE."""
+    return (lambda z: vae.decode(z / LATENT_SCALE).sample) if vae is not None else None
 
 
 class SamplingStopped(Exception):
@@ -184,12 +188,11 @@ def evaluate_model(
     rank = accelerator.process_index if accelerator is not None else 0
     indices = shard(num_samples, rank, world)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    decode = (lambda z: vae.decode(z / LATENT_SCALE).sample) if vae is not None else None  # (N, 3, 8h, 8w)
     local = generate_images(
         model, diffusion, indices,
         batch_size=batch_size, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
         num_classes=num_classes, image_size=image_size, channels=channels, eta=eta,
-        decode=decode, device=device, clip_denoised=clip_denoised, progress=progress and rank == 0,
+        decode=vae_decoder(vae), device=device, clip_denoised=clip_denoised, progress=progress and rank == 0,
         stop=stop,
     )  # fmt: skip
     if stop is not None and world > 1:  # a smaller share has a batch fewer: its calls made up here

@@ -1,16 +1,10 @@
 """The calls of a step's weight update: backward, gradient clipping, optimizer step and zero_grad.
 
-On one process Accelerate's wrappers only add Python per step: `Accelerator.backward` is
-``(loss / 1).backward()``, `Accelerator.clip_grad_norm_` is `torch.nn.utils.clip_grad_norm_`
-(after a no-op unscale and a DTensor scan), and `AcceleratedOptimizer.step` / ``zero_grad`` call
-the wrapped optimizer's after a package look-up (LOMO) and an ``inspect.signature`` per call.
-`update_ops` returns the plain calls there (the "direct" path, the same float operations, so
-bitwise the same weights) and Accelerate's calls everywhere else (several processes, gradient
-accumulation, Accelerate's own grad scaler, DeepSpeed/FSDP/XLA, or the trainer's fp16 GradScaler).
-
-Measured at the photo study's tiny shapes (docs/training.md "Step cost of tiny models", 1 thread,
-loaded machine): the wrappers cost ~0.5-0.7 ms of a 20-100 ms CPU step (AdamW step and zero_grad),
-and up to ~1 ms more with gradient clipping.
+On one process Accelerate's wrappers only add Python per step (~0.5-1 ms of a tiny model's CPU
+step, docs/training.md "Step cost of tiny models"): `update_ops` returns the plain calls there (the
+"direct" path, the same float operations, so bitwise the same weights) and Accelerate's calls
+everywhere else (several processes, gradient accumulation, Accelerate's own grad scaler,
+DeepSpeed/FSDP/XLA, or the trainer's fp16 GradScaler).
 """
 
 from __future__ import annotations
