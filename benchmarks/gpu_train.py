@@ -49,6 +49,7 @@ class Result:
     images_per_s: float
     step_ms: float
     peak_mem_gb: float
+    warmup_s: float  # the untimed warm-up steps, compilation included
 
 
 def _diffusers_model(cfg, device):
@@ -105,10 +106,12 @@ def run_mode(name, cfg, args, device) -> Result:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t_warm = time.perf_counter()
     for _ in range(args.warmup if name != "fp32-nocompile" else min(args.warmup, 3)):
         step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
+    warmup_s = time.perf_counter() - t_warm
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     steps = args.fp32_steps if name == "fp32-nocompile" and args.fp32_steps else args.steps
@@ -124,7 +127,7 @@ def run_mode(name, cfg, args, device) -> Result:
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Result(name, b / step_s, step_s * 1e3, peak)
+    return Result(name, b / step_s, step_s * 1e3, peak, warmup_s)
 
 
 def flash_check(cfg, device) -> str:
@@ -180,7 +183,7 @@ def main(argv=None) -> None:
     p.add_argument(
         "--modes",
         default="ours-bf16-compile,ours-bf16-ckpt,diffusers-bf16,fp32-nocompile",
-        help="comma-separated subset of the four modes",
+        help="comma-separated modes; also ours-bf16 (eager, to measure what compiling gains)",
     )
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -203,12 +206,13 @@ def main(argv=None) -> None:
         mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
         print(
             f"{r.name:>18}: {r.images_per_s:8.1f} img/s  {r.step_ms:8.1f} ms/step  "
-            f"{tflops:7.1f} TFLOP/s  MFU {mfu:>6}  peak mem {r.peak_mem_gb:6.2f} GiB",
+            f"{tflops:7.1f} TFLOP/s  MFU {mfu:>6}  peak mem {r.peak_mem_gb:6.2f} GiB  "
+            f"warm-up {r.warmup_s:5.1f} s",
             flush=True,
         )
     base = results.get("ours-bf16-compile")
     if base:
-        for other in ("diffusers-bf16", "fp32-nocompile"):
+        for other in ("ours-bf16", "diffusers-bf16", "fp32-nocompile"):
             if other in results:
                 ratio = base.images_per_s / results[other].images_per_s
                 print(f"ratio ours-bf16-compile / {other}: {ratio:.2f}x")
