@@ -91,7 +91,7 @@ class ParametricConfig:
     stationarity_tol: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.delta <= 0:
+        if not self.delta > 0:  # NaN too
             raise ValueError(f"delta must be > 0, got {self.delta}")
         if self.reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
