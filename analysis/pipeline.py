@@ -241,15 +241,15 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
     notes = load_notes + notes
-    seed_note = None
     if cfg.average_seeds and len(pts):
-        pts, seed_note = average_seeds(pts)
-    lr_note = None
+        pts, note = average_seeds(pts)
+        notes.append(note)
     if cfg.best_lr and len(pts):
-        pts, lost, lr_note = best_lr(pts)
+        pts, lost, note = best_lr(pts)
         dropped = pd.concat([dropped, lost]) if len(lost) else dropped
-    pts, _, fid_note = one_fid_protocol(pts)
-    notes += [n for n in (seed_note, lr_note, fid_note) if n]
+        notes.append(note)
+    pts, _, note = one_fid_protocol(pts)
+    notes = [n for n in [*notes, note] if n]  # None: nothing to say
     if len(pts) == 0:
         raise ValueError(
             f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "

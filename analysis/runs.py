@@ -41,9 +41,8 @@ from dit_core.tracking import (
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
-OPTIONAL = {"schedule": None, "fid_protocol": None, "replicate": None, "lr_group": None}  # value if unknown
 TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate", "lr_group")
-OPTIONAL |= dict.fromkeys(
+OPTIONAL = dict.fromkeys(TEXT_COLUMNS) | dict.fromkeys(  # the optional columns: their value if unknown
     ("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se", "lr"), np.nan
 )
 #: the numeric columns: each cell a number, or empty where unknown (`numeric_columns`, one rule for all)
