@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import minimize, nnls
+from scipy.special import huber
+from threadpoolctl import threadpool_limits
 
 from analysis.bootstrap import BOUND_PREFIX, BootstrapResult, bootstrap_points
 from analysis.status import NOT_IDENTIFIED, Status
@@ -89,7 +91,7 @@ class ParametricConfig:
     stationarity_tol: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.delta <= 0:
+        if not self.delta > 0:  # NaN too
             raise ValueError(f"delta must be > 0, got {self.delta}")
         if self.reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
@@ -107,26 +109,16 @@ class ParametricConfig:
 
 
 def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Huber loss and its derivative, elementwise (same convention as scipy.special.huber)."""
-    small = np.abs(r) <= delta
-    val = np.where(small, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta))
-    grad = np.where(small, r, delta * np.sign(r))
-    return val, grad
-
-
-def _terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
-    """The three log-terms (a - alpha log N, b - beta log D, e); theta (..., 5) -> (..., 3, n)."""
-    e, a, b, alpha, beta = (theta[..., i, None] for i in range(_N_PARAMS))
-    t1 = a - alpha * log_n
-    t2 = b - beta * log_d
-    t3 = np.broadcast_to(e, t1.shape)
-    return np.stack([t1, t2, t3], axis=-2)
+    """Huber loss (scipy.special.huber) and its derivative (r clamped to +-delta), elementwise."""
+    return huber(delta, r), np.clip(r, -delta, delta)
 
 
 def _log_loss_and_shares(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray):
     """Predicted log L (..., n) and each term's share of L (..., 3, n) (the softmax weights, which are
-    d log L / d term); theta (..., 5)."""
-    t = _terms(theta, log_n, log_d)
+    d log L / d term) of the log-terms (a - alpha log N, b - beta log D, e); theta (..., 5)."""
+    e, a, b, alpha, beta = (theta[..., i, None] for i in range(_N_PARAMS))
+    t1 = a - alpha * log_n
+    t = np.stack([t1, b - beta * log_d, np.broadcast_to(e, t1.shape)], axis=-2)
     m = t.max(axis=-2, keepdims=True)
     ex = np.exp(t - m)
     s = ex.sum(axis=-2, keepdims=True)
@@ -247,14 +239,12 @@ class ParametricFit:
     @property
     def a(self) -> float:
         """Exponent of N_opt ~ C^a: beta / (alpha + beta)."""
-        s = self.params["alpha"] + self.params["beta"]
-        return self.params["beta"] / s if s > 0 else math.nan
+        return allocation_exponents(self.params)[0]
 
     @property
     def b(self) -> float:
         """Exponent of D_opt ~ C^b: alpha / (alpha + beta)."""
-        s = self.params["alpha"] + self.params["beta"]
-        return self.params["alpha"] / s if s > 0 else math.nan
+        return allocation_exponents(self.params)[1]
 
     def predict(self, n, d) -> np.ndarray:
         """Expected loss at N parameters and D data (arrays broadcast)."""
@@ -418,6 +408,12 @@ class ParametricFit:
         return out
 
 
+def allocation_exponents(params: dict[str, float]) -> tuple[float, float]:
+    """(a, b) of N_opt ~ C^a and D_opt ~ C^b: beta and alpha over alpha + beta (NaN when that is 0)."""
+    s = params["alpha"] + params["beta"]
+    return (params["beta"] / s, params["alpha"] / s) if s > 0 else (math.nan, math.nan)
+
+
 def parametric_loss(params: dict[str, float], n, d) -> np.ndarray:
     """E + A/N^alpha + B/D^beta."""
     n, d = np.asarray(n, float), np.asarray(d, float)
@@ -478,18 +474,20 @@ def _bounds(cfg: ParametricConfig, log_loss: np.ndarray) -> list[tuple[float | N
     return [(e_floor, None), (None, None), (None, None), cfg.exponent_bounds, cfg.exponent_bounds]
 
 
+def _limits(bounds) -> tuple[np.ndarray, np.ndarray]:
+    """The lower and upper bounds as arrays (None: -inf, inf)."""
+    lo, hi = np.array(bounds, float).T  # None -> NaN
+    return np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi)
+
+
 def _clip(theta: np.ndarray, bounds) -> np.ndarray:
-    lo = np.array([-np.inf if b[0] is None else b[0] for b in bounds])
-    hi = np.array([np.inf if b[1] is None else b[1] for b in bounds])
-    return np.clip(theta, lo, hi)
+    return np.clip(theta, *_limits(bounds))
 
 
 def _at_bound(theta: np.ndarray, bounds, tol: float = 1e-6) -> np.ndarray:
     """(5,) bool: each parameter on (within tol of) one of its bounds."""
-    out = np.zeros(len(theta), bool)
-    for i, (lo, hi) in enumerate(bounds):
-        out[i] = (lo is not None and theta[i] <= lo + tol) or (hi is not None and theta[i] >= hi - tol)
-    return out
+    lo, hi = _limits(bounds)
+    return (theta <= lo + tol) | (theta >= hi - tol)
 
 
 def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarray:
@@ -508,11 +506,7 @@ def single_threaded_blas(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-            return fn(*args, **kwargs)
-        with threadpool_limits(1, user_api="blas"):
+        with threadpool_limits(1, user_api="blas"):  # threadpoolctl comes with scikit-learn
             return fn(*args, **kwargs)
 
     return wrapper
@@ -746,9 +740,7 @@ def bootstrap_parametric(
         if not _converged(f, stat, len(ll), cfg):
             return None
         p = _theta_to_params(theta)
-        s = p["alpha"] + p["beta"]
-        p["a"] = p["beta"] / s if s > 0 else math.nan
-        p["b"] = p["alpha"] / s if s > 0 else math.nan
+        p["a"], p["b"] = allocation_exponents(p)
         p.update(ln_E=float(theta[0]), ln_A=float(theta[1]), ln_B=float(theta[2]))
         flags = _at_bound(theta, bounds)
         flags[0] = flags[0] or p["E"] < cfg.e_at_floor_frac * float(np.exp(ll.min()))

@@ -70,35 +70,29 @@ class AnalysisConfig:
     data_units: str | None = None  # the unit of D when not set by data_axis (a CSV's own D column)
 
     def __post_init__(self) -> None:
-        if self.n_bootstrap < 0:
-            raise ValueError(
-                f"n_bootstrap (--bootstrap) must be >= 0 (0 = no intervals), got {self.n_bootstrap}"
-            )
-        if self.n_bootstrap == 1:  # else "only 1 of the 1 refits succeeded ... add runs": not the cause
-            raise ValueError(
-                "n_bootstrap (--bootstrap) is 1, but a percentile interval needs at least 2 resamples: "
-                "give 0 (no intervals) or 2 or more (default 200)"
-            )
-        if not self.delta > 0:
-            raise ValueError(f"delta (--delta) must be > 0 (the Huber loss's threshold), got {self.delta}")
-        if self.drop_highest_loss < 0:
-            raise ValueError(
-                f"drop_highest_loss (--drop-highest-loss) must be >= 0, got {self.drop_highest_loss}"
-            )
-        if self.outlier_sigma is not None and not self.outlier_sigma > 0:
-            raise ValueError(f"outlier_sigma (--outlier-sigma) must be > 0, got {self.outlier_sigma}")
-        if self.seed < 0:
-            raise ValueError(
-                f"seed (--seed) must be >= 0 (it seeds the bootstrap resamples), got {self.seed}"
-            )
-        if self.min_steps < 0:
-            raise ValueError(f"min_steps (--min-steps) must be >= 0, got {self.min_steps}")
-        if self.r_star is not None and not 0 < self.r_star < math.inf:  # inf: D' = U + inf x 0 = NaN
-            raise ValueError(
-                f"r_star (--r-star) must be a finite number > 0 (Muennighoff et al.: 15.4), got {self.r_star}"
-            )
+        for name, (ok, what) in CONFIG_RULES.items():
+            if not ok(value := getattr(self, name)):
+                flag = "--bootstrap" if name == "n_bootstrap" else "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) must be {what}, got {value}")
+            if name == "n_bootstrap" and value == 1:  # else "only 1 of the 1 refits succeeded ... add runs"
+                raise ValueError(
+                    "n_bootstrap (--bootstrap) is 1, but a percentile interval needs at least 2 resamples: "
+                    "give 0 (no intervals) or 2 or more (default 200)"
+                )
         if not 0 < self.level < 1:
             raise ValueError(f"level must be in (0, 1), got {self.level}")
+
+
+#: AnalysisConfig field -> (valid, what it must be); its flag is --field-name (n_bootstrap: --bootstrap)
+CONFIG_RULES = {
+    "n_bootstrap": (lambda v: v >= 0, ">= 0 (0 = no intervals)"),
+    "delta": (lambda v: v > 0, "> 0 (the Huber loss's threshold)"),
+    "drop_highest_loss": (lambda v: v >= 0, ">= 0"),
+    "outlier_sigma": (lambda v: v is None or v > 0, "> 0"),
+    "seed": (lambda v: v >= 0, ">= 0 (it seeds the bootstrap resamples)"),
+    "min_steps": (lambda v: v >= 0, ">= 0"),
+    "r_star": (lambda v: v is None or 0 < v < math.inf, "a finite number > 0 (Muennighoff et al.: 15.4)"),
+}  # r_star inf: D' = U + inf x 0 = NaN
 
 
 def units_of(cfg: AnalysisConfig, r_star: float | None = None) -> dict[str, str]:
@@ -247,15 +241,15 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
     notes = load_notes + notes
-    seed_note = None
     if cfg.average_seeds and len(pts):
-        pts, seed_note = average_seeds(pts)
-    lr_note = None
+        pts, note = average_seeds(pts)
+        notes.append(note)
     if cfg.best_lr and len(pts):
-        pts, lost, lr_note = best_lr(pts)
+        pts, lost, note = best_lr(pts)
         dropped = pd.concat([dropped, lost]) if len(lost) else dropped
-    pts, _, fid_note = one_fid_protocol(pts)
-    notes += [n for n in (seed_note, lr_note, fid_note) if n]
+        notes.append(note)
+    pts, _, note = one_fid_protocol(pts)
+    notes = [n for n in [*notes, note] if n]  # None: nothing to say
     if len(pts) == 0:
         raise ValueError(
             f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "
@@ -756,15 +750,7 @@ class HoldoutResult:
             "n_held_out": len(self.held_out),
             "held_out_runs": sorted(map(str, self.held_out["run_id"].unique())),
             "held_out_min_C": float(self.held_out["C"].min()),
-            "mape_loss": self.mape_loss,
-            "max_ape_loss": self.max_ape_loss,
-            "frontier_error": self.frontier_error,
-            "mape_fid": self.mape_fid,
-            "best_model_pred": self.best_model_pred,
-            "best_model_obs": self.best_model_obs,
-            "pure_law_error": self.pure_law_error,
-            "best_loss_pred": self.best_loss_pred,
-            "best_loss_obs": self.best_loss_obs,
+            **{k: getattr(self, k) for k in HOLDOUT_KEYS},
             "best_loss_interval": list(self.best_loss_interval),
             "best_loss_inside": self.inside,
             "status_without_them": self.analysis.status.status,
@@ -799,6 +785,11 @@ class HoldoutResult:
                 f"  best model there: predicted {self.best_model_pred}, observed {self.best_model_obs}"
             )
         return "\n".join(lines)
+
+
+#: the numbers of `HoldoutResult.to_dict`, in its order
+HOLDOUT_KEYS = ("mape_loss", "max_ape_loss", "frontier_error", "mape_fid", "best_model_pred")
+HOLDOUT_KEYS += ("best_model_obs", "pure_law_error", "best_loss_pred", "best_loss_obs")
 
 
 def largest_compute_runs(points: pd.DataFrame, frac: float = 0.1) -> np.ndarray:

@@ -48,6 +48,14 @@ def _c_range(an: Analysis, extend: float = 1.0) -> np.ndarray:
     return np.logspace(np.log10(c.min()), np.log10(c.max()) + extend, 100)
 
 
+def _law(ax, cc, law, fmt: str, label: str, **kw) -> None:
+    """A fitted law over the compute range cc, with its bootstrap band (shaded) where it has one."""
+    ax.plot(cc, law.predict(cc), fmt, label=label, **kw)
+    lo, hi = law.predict_interval(cc)
+    if np.isfinite(lo).all():
+        ax.fill_between(cc, lo, hi, color=fmt[0], alpha=0.1)
+
+
 def plot_loss_vs_compute(an: Analysis, path) -> Path:
     """Loss against compute per run (colour = model size), the frontier and the fitted laws."""
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -69,12 +77,8 @@ def plot_loss_vs_compute(an: Analysis, path) -> Path:
     if len(fr):
         ax.plot(fr["C"], fr["loss"], "k.", ms=5, label="frontier (min over runs)")
     cc = _c_range(an)
-    if an.frontier.y_law is not None:
-        law = an.frontier.y_law
-        ax.plot(cc, law.predict(cc), "k--", lw=1.5, label=f"frontier law: {law.formula()}")
-        lo, hi = law.predict_interval(cc)
-        if np.isfinite(lo).all():
-            ax.fill_between(cc, lo, hi, color="k", alpha=0.1)
+    if (law := an.frontier.y_law) is not None:
+        _law(ax, cc, law, "k--", f"frontier law: {law.formula()}", lw=1.5)
     if an.loss_vs_compute_pure is not None:
         ax.plot(cc, an.loss_vs_compute_pure.predict(cc), ":", color="gray", label="pure power law")
     if an.parametric is not None and an.parametric.allocation_identified:
@@ -146,12 +150,7 @@ def plot_allocation(an: Analysis, path) -> Path:
         law = iso.n_opt if j == 0 else iso.d_opt
         if law is not None:
             how = " (joint fit)" if iso.joint is not None else ""
-            ax.plot(
-                cc, law.predict(cc), "b--", label=f"IsoFLOP law{how}, exponent {-law.params['alpha']:.3f}"
-            )
-            lo, hi = law.predict_interval(cc)
-            if np.isfinite(lo).all():
-                ax.fill_between(cc, lo, hi, color="b", alpha=0.1)
+            _law(ax, cc, law, "b--", f"IsoFLOP law{how}, exponent {-law.params['alpha']:.3f}")
         fl = an.frontier.n_opt if j == 0 else an.frontier.d_opt
         fr = an.frontier.frontier
         if len(fr):

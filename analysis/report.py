@@ -177,15 +177,10 @@ def markdown(
     lines.append(f"- D_opt(C): {_fmt_law(fr.d_opt)} (b = {fr.b:.4f}; D in {u['D']})")
     if fr.n_opt is not None and fr.n_opt.bootstrap is not None:
         bs = fr.n_opt.bootstrap
+        how = f"{bs.n_failed} without an N_opt law"
         if bs.n_ok == 0:
-            lines.append(
-                f"- bootstrap over runs: {bs.n_requested} resamples, none with an N_opt law: no refit "
-                "succeeded, so no interval"
-            )
-        else:
-            lines.append(
-                f"- bootstrap over runs: {bs.n_requested} resamples, {bs.n_failed} without an N_opt law"
-            )
+            how = "none with an N_opt law: no refit succeeded, so no interval"
+        lines.append(f"- bootstrap over runs: {bs.n_requested} resamples, {how}")
     lines += ["", "## Approach 2: IsoFLOP profiles", "", "```", an.isoflop.summary(), "```"]
     lines += ["", "## FID", ""]
     if an.fid_protocol:

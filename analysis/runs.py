@@ -41,9 +41,8 @@ from dit_core.tracking import (
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
-OPTIONAL = {"schedule": None, "fid_protocol": None, "replicate": None, "lr_group": None}  # value if unknown
 TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate", "lr_group")
-OPTIONAL |= dict.fromkeys(
+OPTIONAL = dict.fromkeys(TEXT_COLUMNS) | dict.fromkeys(  # the optional columns: their value if unknown
     ("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se", "lr"), np.nan
 )
 #: the numeric columns: each cell a number, or empty where unknown (`numeric_columns`, one rule for all)
@@ -373,11 +372,12 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """One point per (replicate, step): the mean over the seeds of a cell.
 
-    loss, FID, N, D, C and the other numbers are means; `fid_se` is the standard error of the mean FID;
-    `run_id` joins the runs' ids with ' + ' (a bootstrap over runs then resamples whole cells); `n_seeds`
-    counts them. Returns (points, note); the note (None when no cell has two runs) gives the loss's
-    spread between seeds. A cell's mean uses only the steps that every one of its seeds logged (the
-    others are left out, said in the note); a cell whose seeds share no step keeps them apart.
+    loss, FID, N, D, C and the other numbers are means; `fid_se` is the standard error of the mean FID
+    (NaN when a seed's is unknown); `run_id` joins the runs' ids with ' + ' (a bootstrap over runs then
+    resamples whole cells); `n_seeds` counts them. Returns (points, note); the note (None when no cell
+    has two runs) gives the loss's spread between seeds. A cell's mean uses only the steps that every
+    one of its seeds logged (the others are left out, said in the note); a cell whose seeds share no
+    step keeps them apart.
     """
     pts = points.assign(_k=points["replicate"].where(points["replicate"].notna(), points["run_id"]))
     n_runs = pts.groupby("_k")["run_id"].transform("nunique")
@@ -394,7 +394,7 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         for col in g.columns:
             if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "status"):
                 row[col] = pd.to_numeric(g[col], errors="coerce").mean()
-        row["fid_se"] = float(np.sqrt((g["fid_se"] ** 2).sum())) / len(g)
+        row["fid_se"] = float(np.sqrt((g["fid_se"] ** 2).sum(min_count=len(g)))) / len(g)  # NaN: one unknown
         row["run_id"] = " + ".join(sorted(g["run_id"].astype(str)))
         row["n_seeds"] = len(g)
         row["loss_seed_sd"] = g["loss"].std(ddof=1) / g["loss"].mean() if len(g) > 1 else np.nan

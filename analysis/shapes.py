@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from dit_core.spec import model_config, non_embedding_param_count, official_names, param_count
@@ -43,5 +42,4 @@ def nearest_shape(n: float, candidates: list[Shape]) -> Shape:
     """The candidate nearest to n parameters in log N."""
     if not candidates:
         raise ValueError("no candidate shapes to choose from")
-    i = int(np.argmin([abs(math.log(c.n_params / n)) for c in candidates]))
-    return candidates[i]
+    return min(candidates, key=lambda c: abs(math.log(c.n_params / n)))  # the first of equals

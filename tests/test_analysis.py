@@ -762,6 +762,20 @@ def test_the_seeds_of_a_cell_become_one_point_their_mean():
     assert len(kept.points) == 24 and not any("seed" in n for n in kept.notes)
 
 
+def test_seeds_without_fid_standard_errors_average_to_an_unknown_one_not_zero():
+    """Seeds that logged a FID but no standard error (eval/fid logs none): their mean's standard error
+    is unknown (NaN), not 0, so the report claims no "+- 0 ... inf standard errors" gap (it did)."""
+    from analysis.report import fid_resolution_note
+
+    pts = _two_seeds(np.linspace(0.97, 1.05, 12)).assign(fid_se=np.nan)
+    pts["fid"] = 50.0 * pts["N"].rank()  # a gap between the models at every budget
+    prep = prepare(pts, AnalysisConfig(n_bootstrap=0))
+    assert (prep.points["n_seeds"] == 2).all() and prep.points["fid_se"].isna().all()
+    half = pts.assign(fid_se=np.where(pts["run_id"].str.endswith("-s1"), np.nan, 4.0))
+    assert prepare(half, AnalysisConfig(n_bootstrap=0)).points["fid_se"].isna().all()  # one seed's se unknown
+    assert fid_resolution_note(analyze(pts, AnalysisConfig(n_bootstrap=0))) is None
+
+
 def test_runs_that_differ_in_more_than_their_seed_are_not_averaged():
     """Another lr is another experiment, not a seed: the replicate key keeps it apart, while the seed,
     the run folder and the tracking settings do not count."""

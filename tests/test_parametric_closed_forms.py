@@ -217,6 +217,7 @@ def test_optimal_allocation_defaults_to_six_flops_and_handles_zero_exponents():
     "kwargs, match",
     [
         ({"delta": 0.0}, "delta must be > 0"),
+        ({"delta": math.nan}, "delta must be > 0"),  # a NaN Huber threshold: every objective NaN
         ({"reduction": "median"}, "reduction must be 'sum' or 'mean'"),
         ({"n_starts": 0}, "n_starts must be >= 1"),
         ({"exponent_bounds": (-0.1, 3.0)}, "exponent_bounds must be 0 <= lo < hi"),
