@@ -72,16 +72,17 @@ def fid_frontier_note(an: Analysis) -> str:
 def fid_resolution_note(an: Analysis) -> str | None:
     """Whether the FIDs at the largest budget resolve its models: the best and worst FID with their
     standard errors (``fid_se``: bootstrap over the samples, the noise under another sampling seed)
-    and their gap in standard errors; None without FIDs or standard errors there."""
+    and their gap in standard errors; None without FIDs or (nonzero) standard errors there."""
     pts = an.points.dropna(subset=["fid"])
     if pts.empty:
         return None
     pts = pts.assign(_budget=budget_labels(pts))
     top = pts[pts["_budget"] == pts["_budget"].max()].sort_values("C").groupby("N").tail(1)
     best, worst = top.loc[top["fid"].idxmin()], top.loc[top["fid"].idxmax()]
-    if len(top) < 2 or not (np.isfinite(best["fid_se"]) and np.isfinite(worst["fid_se"])):
+    se = math.hypot(best["fid_se"], worst["fid_se"])
+    if len(top) < 2 or not 0 < se < math.inf:  # 0: a CSV's explicit fid_se 0, no noise estimate
         return None
-    z = (worst["fid"] - best["fid"]) / math.hypot(best["fid_se"], worst["fid_se"])
+    z = (worst["fid"] - best["fid"]) / se
     return (
         f"FID at the largest budget ({top['_budget'].iloc[0]:.3g}): best {best['model']} "
         f"{best['fid']:.4g} +- {best['fid_se']:.2g}, worst {worst['model']} {worst['fid']:.4g} +- "

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -697,6 +698,13 @@ def test_the_report_gives_the_largest_budgets_fid_gap_in_standard_errors():
         assert "(1e+20): best m0 10 +- " in note and f"the gap is {z:.1f} standard errors" in note
         assert ("could reorder them" in note) == (z < 2)
     assert fid_resolution_note(analyze(pts.assign(fid=fid), AnalysisConfig(n_bootstrap=0))) is None
+    # standard errors given as 0 (a CSV's column): no noise estimate, no "inf standard errors" claim
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (
+            fid_resolution_note(analyze(pts.assign(fid=fid, fid_se=0.0), AnalysisConfig(n_bootstrap=0)))
+            is None
+        )
 
 
 def test_a_pure_law_through_three_points_reports_its_t_interval_not_a_degenerate_bootstrap():
