@@ -223,10 +223,14 @@ class SweepSpec:
 
     def _validate_design(self) -> None:
         if isinstance(self.sizes_per_budget, bool) or not isinstance(self.sizes_per_budget, int):
-            raise ValueError(f"sizes_per_budget must be an integer >= 3, got {self.sizes_per_budget!r}")
+            raise ValueError(
+                "sizes_per_budget (--sizes-per-budget) must be an integer >= 3, "
+                f"got {self.sizes_per_budget!r}"
+            )
         if self.sizes_per_budget < 3:
             raise ValueError(
-                f"sizes_per_budget {self.sizes_per_budget} < 3: an IsoFLOP parabola needs 3 sizes per budget"
+                f"sizes_per_budget {self.sizes_per_budget} < 3: an IsoFLOP parabola needs 3 sizes per budget "
+                "(--sizes-per-budget 3 or more; the default is 5)"
             )
         if not (isinstance(self.size_spread, (int, float)) and 1 < self.size_spread < math.inf):
             raise ValueError(
@@ -239,7 +243,8 @@ class SweepSpec:
             )
         if not (isinstance(self.tokens_per_param, (int, float)) and 0 < self.tokens_per_param < math.inf):
             raise ValueError(
-                f"tokens_per_param must be a finite number > 0 (e.g. 20), got {self.tokens_per_param!r}"
+                f"tokens_per_param must be a finite number > 0 (e.g. --tokens-per-param 20), "
+                f"got {self.tokens_per_param!r}"
             )
         hd = self.design_head_dim
         if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 4 or hd % 4):

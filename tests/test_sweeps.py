@@ -442,7 +442,10 @@ def test_the_requeue_handler_survives_the_sigterm_slurm_sends_when_it_requeues()
         ({"budgets": [True]}, r"budget True must be a positive number of training FLOPs"),
         ({"size_spread": "4"}, r"size_spread must be a finite number > 1 \(e\.g\. --spread 4\), got '4'$"),
         ({"size_spread": 1.0}, r"size_spread must be a finite number > 1 \(e\.g\. --spread 4\), got 1\.0$"),
-        ({"tokens_per_param": 0}, r"tokens_per_param must be a finite number > 0 \(e\.g\. 20\), got 0$"),
+        (
+            {"tokens_per_param": 0},
+            r"tokens_per_param must be a finite number > 0 \(e\.g\. --tokens-per-param 20\), got 0$",
+        ),
         ({"isoflop_centres": {1e11: -5}}, r"^isoflop_centres: 100000000000\.0: -5 must map a budget"),
         ({"patch_sizes": [3]}, r"size 16 \(data\.input_size\); choose from \[1, 2, 4, 8, 16\]$"),
     ],

@@ -204,7 +204,10 @@ def test_cli_refuses_model_options_of_the_grid_design(capsys):
     assert cli.main(["--design", "isoflop", "--grid", "S,B", "--dry-run"]) == 2
     assert "--grid choose the models of the grid design" in capsys.readouterr().err
     assert cli.main(["--design", "isoflop", "--sizes-per-budget", "2", "--dry-run"]) == 2
-    assert "sizes_per_budget 2 < 3" in capsys.readouterr().err
+    assert (
+        "sizes_per_budget 2 < 3: an IsoFLOP parabola needs 3 sizes per budget "
+        "(--sizes-per-budget 3 or more; the default is 5)" in capsys.readouterr().err
+    )
 
 
 # ------------------------------------------------------------------ prior from a fit
