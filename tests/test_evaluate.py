@@ -337,8 +337,14 @@ def test_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"digits split must be one of \['all', 'train', 'val'\]"):
         resolve_reference("digits:test", 16)
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "empty" / "sub" / "a.PNG")
+    with pytest.raises(ValueError, match=r"empty holds 1 image \(a\.PNG\); FID needs at least 2$"):
+        resolve_reference(str(tmp_path / "empty"), 16)  # found only after sampling before session 35
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "empty" / "b.jpg")
     folder = resolve_reference(str(tmp_path / "empty"), 16)
-    assert (folder.kind, folder.files) == ("folder", [tmp_path / "empty" / "sub" / "a.PNG"])
+    assert (folder.kind, folder.files) == (
+        "folder",
+        [tmp_path / "empty" / "b.jpg", tmp_path / "empty" / "sub" / "a.PNG"],
+    )
     assert resolve_reference("photos", 16).kind == "photos" and resolve_reference("digits", 8).split == "all"
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         evaluate_samples(x[:, 0], "digits", metrics=("fid",), extractors=ext)

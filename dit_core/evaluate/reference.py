@@ -151,6 +151,8 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
         if not files:
             raise ValueError(f"reference folder {p} holds no images ({list(IMG_EXTENSIONS)})")
+        if len(files) < 2:
+            raise ValueError(f"reference folder {p} holds 1 image ({files[0].name}); FID needs at least 2")
         return ReferenceSource(spec, resolution, "folder", files=files)
     raise ValueError(
         f"reference {spec!r} is neither 'digits[:split]', 'photos[:options]', an existing image folder, "
