@@ -3,8 +3,9 @@
 # Prints images/s, model TFLOP/s and MFU for our bf16+compile recipe, the diffusers DiT peer, the original
 # fp32 recipe, and activation checkpointing's memory/speed trade; whether flash SDPA takes the model's
 # attention; then the trainer and sampler CLIs end to end on the GPU (benchmarks/gpu_trainer.sh;
-# TRAINER=0 skips it). Budget: about 6 minutes on an H100/H200. Works offline: without an installed
-# package it runs from this checkout (PYTHONPATH), and the diffusers peer is skipped if not importable.
+# TRAINER=0 skips it). It took 7 min 23 s on an H200 (session 35), about 4 min of it the step benchmark.
+# Works offline: without an installed package it runs from this checkout (PYTHONPATH), and the diffusers
+# peer is skipped if not importable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -d .venv ]]; then source .venv/bin/activate; fi
