@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 
 import pytest
 from _train_helpers import one_thread, tiny_config
@@ -78,3 +79,47 @@ def test_a_run_whose_evaluation_would_sample_a_stale_ema_says_so_at_the_start(tm
         train(cfg.replace(**{"out": str(tmp_path / "b"), "optim.ema_decay": 0.5}))
         train(cfg.replace(**{"out": str(tmp_path / "c"), "eval.eval_every": 0}))
     assert [r for r in caplog.records if "EMA" in r.getMessage()] == []
+
+
+def _gpu_train():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train.py"
+    spec = importlib.util.spec_from_file_location("gpu_train", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks its module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_gpu_benchmark_runs_its_modes_and_ratios_on_cpu(capsys, monkeypatch):
+    """`benchmarks/gpu_train.py` ran for the first time on a GPU in session 35; its code paths (eager
+    and fp32 modes, the ratio lines, per-mode warm-up) stay runnable on CPU with a tiny model."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # the path, not a 35 s CPU compile
+    with one_thread():
+        _gpu_train().main(
+            ["--model", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--fp32-steps", "1",
+             "--modes", "ours-bf16-compile,ours-bf16,fp32-nocompile", "--batch-size", "4"]
+        )  # fmt: skip
+    out = capsys.readouterr().out
+    for mode in ("ours-bf16-compile", "ours-bf16", "fp32-nocompile"):
+        assert f"{mode}: " in out and "warm-up" in out
+    assert (
+        "ratio ours-bf16-compile / ours-bf16: " in out and "ratio ours-bf16-compile / fp32-nocompile: " in out
+    )
+
+
+def test_flash_attention_check_compares_the_kernels_for_both_position_embeddings():
+    import torch
+
+    from dit_core.spec import model_config
+
+    cfg = model_config(None, depth=1, hidden_size=32, num_heads=2, patch_size=2, input_size=8)
+    with one_thread():
+        lines = _gpu_train().flash_check(cfg, torch.device("cpu")).splitlines()
+    assert [ln.split(")")[0] for ln in lines] == ["flash SDPA (sincos", "flash SDPA (rope"]
+    for ln in lines:  # bf16 rounding apart, the flash and math kernels agree
+        assert float(ln.split("max |flash - math| ")[1].split(" ")[0]) < 0.05
