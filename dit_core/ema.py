@@ -29,9 +29,9 @@ def stale_ema_warning(decay: float, steps: int, *, raw_weights: bool = False) ->
         return None
     return (
         f"the EMA weights (optim.ema_decay {decay:g}) after {steps} steps are still {100 * share:.0f}% the "
-        f"random initial weights, so samples from them are noise: lower --ema-decay (below "
-        f"{math.floor(STALE_EMA_SHARE ** (1 / max(1, steps)) * 1e4) / 1e4:g} for {steps} steps)"
-        + (" or sample the raw weights (--raw-weights)" if raw_weights else "")
+        f"random initial weights, so samples from them are noise: a run of {steps} steps needs --ema-decay "
+        f"below {math.floor(STALE_EMA_SHARE ** (1 / max(1, steps)) * 1e4) / 1e4:g}"
+        + ("; or sample the raw weights (--raw-weights)" if raw_weights else "")
     )
 
 

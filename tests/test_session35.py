@@ -33,7 +33,8 @@ def test_the_ema_share_of_the_initial_weights_is_decay_to_the_steps():
 def test_the_stale_ema_warning_names_the_share_and_a_decay_that_would_do():
     msg = stale_ema_warning(0.9999, 200)
     assert msg.startswith("the EMA weights (optim.ema_decay 0.9999) after 200 steps are still 98% the random")
-    below = float(msg.split("(below ")[1].split(" for")[0])
+    assert ": a run of 200 steps needs --ema-decay below " in msg
+    below = float(msg.split("--ema-decay below ")[1])
     # the decay offered is rounded down, so it does halve the initial share in 200 steps
     assert below**200 <= STALE_EMA_SHARE < (below + 1e-4) ** 200
     assert stale_ema_warning(below, 200) is None
