@@ -26,14 +26,14 @@ import socket
 import sys
 import urllib.parse
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dit_core.checkpoint import atomic_write
+from dit_core.atomic import atomic_write, atomic_write_bytes
 from dit_core.configio import check_fields, require
 from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, SD_VAE_SCALE, shard_name
@@ -218,7 +218,7 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     fingerprint = _fingerprint(cfg, scan.samples, scan.root)
     n_shards = math.ceil(len(scan.samples) / cfg.shard_size)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     from tqdm.auto import tqdm
 
     mine = [k for k in range(n_shards) if k % cfg.world_size == cfg.rank]
@@ -228,7 +228,7 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
             log.info("shard %s already done, skipping", path)
             continue
         part = scan.samples[k * cfg.shard_size : (k + 1) * cfg.shard_size]
-        _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save_file)
+        _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save)
     shards, skipped, missing = [], list(scan.skipped), []
     for k in range(n_shards):  # after our own shards, so the last rank to finish sees them all
         meta = _existing_shard(os.path.join(cfg.output, shard_name(k)), fingerprint, k)
@@ -270,7 +270,7 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     return manifest
 
 
-def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save_file) -> None:
+def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save) -> None:
     """Encode one shard's images and write it atomically."""
     images = _ShardImages(part, cfg.image_size)
     loader = DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shuffle=False)
@@ -292,12 +292,12 @@ def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, sav
     latents = torch.cat(lats) if lats else torch.zeros(0, 2, *latent_shape, dtype=DTYPES[cfg.dtype])
     labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
     meta = dict(fingerprint=fingerprint, shard=str(k), count=str(len(labels_t)), skipped=json.dumps(bad))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file({"latents": latents.contiguous(), "labels": labels_t.contiguous()}, tmp, metadata=meta)
-    os.replace(tmp, path)
+    tensors = {"latents": latents.contiguous(), "labels": labels_t.contiguous()}
+    atomic_write_bytes(Path(path), save(tensors, metadata=meta))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags; their defaults are `ExtractConfig`'s (set once, below)."""
     p = argparse.ArgumentParser(
         prog="python -m dit_core.extract_latents",
         description="Encode an image folder (root/<class>/<images>) into VAE latent shards for DiT training.",
@@ -309,45 +309,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae')")
     p.add_argument(
-        "--image-size",
-        type=int,
-        default=256,
-        help="pixel size images are centre-cropped to (default %(default)s)",
+        "--image-size", type=int, help="pixel size images are centre-cropped to (default %(default)s)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="images per VAE forward (default %(default)s)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--batch-size", type=int, help="images per VAE forward (default %(default)s)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument(
-        "--posterior", choices=POSTERIORS, default="sample",
+        "--posterior", choices=POSTERIORS,
         help="store a sample of the VAE's Gaussian posterior (fast-DiT's choice) or its mean "
         "(default %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--scale-factor", type=float, default=SD_VAE_SCALE,
+        "--scale-factor", type=float,
         help="latents are stored multiplied by this; decode with vae.decode(x / it) "
         "(default %(default)s, Stable Diffusion's VAE)",
     )  # fmt: skip
+    p.add_argument("--shard-size", type=int, help="images per .safetensors shard (default %(default)s)")
     p.add_argument(
-        "--shard-size", type=int, default=10_000, help="images per .safetensors shard (default %(default)s)"
-    )
-    p.add_argument(
-        "--dtype", choices=list(DTYPES), default="float32",
+        "--dtype", choices=list(DTYPES),
         help="storage dtype of the latents; encoding runs in float32 (default %(default)s)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (default %(default)s)")
-    p.add_argument(
-        "--num-workers", type=int, default=4, help="DataLoader workers reading images (default %(default)s)"
-    )
+    p.add_argument("--seed", type=int, help="seed of the posterior samples (default %(default)s)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers reading images (default %(default)s)")
     p.add_argument(
         "--no-validate", dest="validate_images", action="store_false", help="skip the PIL verify pass"
     )
+    p.add_argument("--rank", type=int, help="this process's share: shards k with k %% world-size == rank")
+    p.add_argument("--world-size", type=int, help="number of processes sharing the shards")
     p.add_argument(
-        "--rank", type=int, default=0, help="this process's share: shards k with k %% world-size == rank"
-    )
-    p.add_argument("--world-size", type=int, default=1, help="number of processes sharing the shards")
-    p.add_argument(
-        "--no-progress", dest="progress", action="store_const", const=False, default=None,
+        "--no-progress", dest="progress", action="store_const", const=False,
         help="no progress bar (default: a bar on a terminal only)",
     )  # fmt: skip
+    p.set_defaults(**{f.name: f.default for f in fields(ExtractConfig) if f.default is not MISSING})
     return p
 
 

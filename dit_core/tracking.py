@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from .atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -512,15 +514,6 @@ def _run_with_saved_key(client, exp_id: str, out: Path) -> str | None:
                     "created it was killed); continuing it", runs[0].info.run_id, key_file)  # fmt: skip
         return runs[0].info.run_id
     return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the
-    new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 #: URI schemes of MLflow's database and server stores (``postgresql+psycopg2://`` counts as postgresql)

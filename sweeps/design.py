@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dit_core.atomic import atomic_write_text
 from dit_core.spec import (
     FAMILIES,
     budget_steps,
@@ -23,7 +24,6 @@ from dit_core.spec import (
     param_count,
     train_flops_per_image,
 )
-from dit_core.tracking import atomic_write_text
 from sweeps.families import ModelShape, Scale
 from sweeps.grid import (
     MIN_SIZE_RATIO,

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from dit_core.atomic import atomic_write_text
 from dit_core.configio import check_fields, check_keys, parse_value, require
 from dit_core.spec import (
     DiTConfig,
@@ -29,7 +30,7 @@ from dit_core.spec import (
     param_count,
     train_flops_per_image,
 )
-from dit_core.tracking import DEFAULT_EXPERIMENT, atomic_write_text
+from dit_core.tracking import DEFAULT_EXPERIMENT
 from sweeps.families import ModelShape, Scale, custom_shape, family_shape
 
 log = logging.getLogger(__name__)

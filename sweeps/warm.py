@@ -31,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from dit_core.atomic import atomic_write_bytes
 from dit_core.trainer.signals import LOCAL_JOB_ENV
 from sweeps.lock import CELL_LOCK, cell_lock_held
 
@@ -159,7 +160,7 @@ class WarmExecutor:
         job_id = f"{self.proc.pid}_{self.submitted}"
         folder = self.folder / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        _write(folder / f"{job_id}_submitted.pkl", pickle.dumps(task))
+        atomic_write_bytes(folder / f"{job_id}_submitted.pkl", pickle.dumps(task))
         msg = {"job_id": job_id, "folder": str(folder), "run_dir": task.run_dir}
         try:
             self.proc.stdin.write((json.dumps(msg) + "\n").encode())
@@ -243,12 +244,6 @@ def _lock(run_dir: str) -> int:
             time.sleep(0.05)
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _child(slot: _Slot, others: list[int], threads: int) -> int:
     """The forked cell: its own logs, signals and thread count, then `run_task`. Returns the exit status."""
     for fd in others:  # other cells' locks must not live on in this process
@@ -290,9 +285,9 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
         traceback.print_exc()
         outcome, code = ("error", traceback.format_exc()), 1
     try:
-        _write(result_path, pickle.dumps(outcome))
+        atomic_write_bytes(result_path, pickle.dumps(outcome))
     except Exception:  # noqa: BLE001 - an unpicklable result
-        _write(result_path, pickle.dumps(("error", traceback.format_exc())))
+        atomic_write_bytes(result_path, pickle.dumps(("error", traceback.format_exc())))
         code = 1
     return code
 
@@ -320,15 +315,17 @@ class _Zygote:
                 os._exit(code)
         slot.pid, slot.started, slot.warned = pid, time.monotonic(), False
         self.by_pid[pid] = slot
-        _write(slot.folder / f"{slot.job_id}_pid", str(pid).encode())
+        atomic_write_bytes(slot.folder / f"{slot.job_id}_pid", str(pid).encode())
 
     def request(self, msg: dict[str, Any]) -> None:
         folder = Path(msg["folder"])
         try:
             fd = _lock(msg["run_dir"])
         except (RuntimeError, OSError) as e:
-            _write(folder / f"{msg['job_id']}_0_result.pkl", pickle.dumps(("error", f"RuntimeError: {e}")))
-            _write(folder / f"{msg['job_id']}_exit", b"1")
+            atomic_write_bytes(
+                folder / f"{msg['job_id']}_0_result.pkl", pickle.dumps(("error", f"RuntimeError: {e}"))
+            )
+            atomic_write_bytes(folder / f"{msg['job_id']}_exit", b"1")
             return
         slot = _Slot(msg["job_id"], folder, msg["run_dir"], fd)
         self.slots[slot.job_id] = slot
@@ -353,10 +350,10 @@ class _Zygote:
                     self.fork(slot)
                     continue
                 msg = f"RuntimeError: job {slot.job_id} requeued {slot.requeues} times (max_num_timeout)"
-                _write(slot.folder / f"{slot.job_id}_0_result.pkl", pickle.dumps(("error", msg)))
+                atomic_write_bytes(slot.folder / f"{slot.job_id}_0_result.pkl", pickle.dumps(("error", msg)))
             del self.slots[slot.job_id]
             os.close(slot.lock_fd)  # released before the exit is reported: a relaunch sees it over
-            _write(slot.folder / f"{slot.job_id}_exit", str(code).encode())
+            atomic_write_bytes(slot.folder / f"{slot.job_id}_exit", str(code).encode())
 
     def time_limits(self) -> None:
         limit = float(self.cfg["timeout_s"]) - float(self.cfg["signal_delay_s"])

@@ -321,3 +321,12 @@ def test_shards_split_over_ranks_match_single_process(extracted, image_dir, vae_
         torch.testing.assert_close(a.pair(i)[0], b.pair(i)[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="rank < world_size"):
         _cfg(image_dir, vae_dir, out, rank=2, world_size=2)
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """The CLI's defaults come from `ExtractConfig` alone: a flag-free parse builds the default config,
+    and the help shows the dataclass's values."""
+    args = ex.build_parser().parse_args(["--data-path", "d", "--output", "o", "--vae", "v"])
+    assert ex.ExtractConfig(**vars(args)) == ex.ExtractConfig("d", "o", "v")
+    text = ex.build_parser().format_help()
+    assert "(default 10000)" in text and "(default 0.18215" in text and "(default sample)" in text

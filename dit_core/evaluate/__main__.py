@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..atomic import atomic_write
 from ..configio import int_at_least
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS

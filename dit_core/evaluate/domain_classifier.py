@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_write
+from ..atomic import atomic_write
 from ..data.photos import PhotoOptions, photo_crops
 from .features import FeatureExtractor, as_image_array, file_digest
 from .reference import cache_dir, stable_hash

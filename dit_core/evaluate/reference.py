@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from ..atomic import atomic_write
 from ..data.imagefolder import IMG_EXTENSIONS
 from .features import FeatureExtractor
 from .frechet import GaussianStats

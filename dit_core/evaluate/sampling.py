@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write
+from ..atomic import atomic_write
 from ..data.latents import SD_VAE_SCALE as LATENT_SCALE
 from ..diffusion.validation import example_noise, example_seed
 from .features import FeatureExtractor, to_uint8

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..checkpoint import latest_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..configio import ConfigError, yaml_to_flat
@@ -38,7 +39,6 @@ from ..tracking import (
     RUN_ID_FILE,
     RUN_KEY_FILE,
     UNIQUE_IMAGES_TAG,
-    atomic_write_text,
     feature_space_tag,
     unique_images_tag,
 )
