@@ -23,7 +23,7 @@ from dit_core.data import (
     flip_decision,
     scan_image_folder,
 )
-from dit_core.data.flip import _splitmix64
+from dit_core.data.flip import splitmix64
 
 # ---------------------------------------------------------------- config
 
@@ -67,8 +67,11 @@ def test_build_dataset_rejects_bad_split():
 def test_splitmix64_matches_reference_vector():
     # SplitMix64 reference outputs for state 1234567 (Vigna's splitmix64.c test stream).
     gamma, s = 0x9E3779B97F4A7C15, 1234567
-    outs = [_splitmix64((s + i * gamma) % 2**64) for i in range(3)]
+    outs = [splitmix64((s + i * gamma) % 2**64) for i in range(3)]
     assert outs == [6457827717110365317, 3203168211198807973, 9817491932198370423]
+    states = np.array([(s + i * gamma) % 2**64 for i in range(3)], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        assert splitmix64(states).tolist() == outs  # the photo stream's vectorised use
 
 
 def test_item_hash_does_not_collide_over_seeds_epochs_or_indices():

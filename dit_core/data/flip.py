@@ -9,8 +9,9 @@ from __future__ import annotations
 _MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(x: int) -> int:
-    """One SplitMix64 finaliser step (Steele, Lea & Flood 2014) on a 64-bit int."""
+def splitmix64(x):
+    """One SplitMix64 finaliser step (Steele, Lea & Flood 2014) on a 64-bit Python int, or elementwise
+    on a ``numpy.uint64`` array (whose arithmetic wraps; the masks then change nothing)."""
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
@@ -19,9 +20,9 @@ def _splitmix64(x: int) -> int:
 
 def item_hash(seed: int, epoch: int, index: int) -> int:
     """A 64-bit hash of ``(seed, epoch, index)`` (chained SplitMix64)."""
-    h = _splitmix64(seed & _MASK64)
-    h = _splitmix64(h ^ (epoch & _MASK64))
-    return _splitmix64(h ^ (index & _MASK64))
+    h = splitmix64(seed & _MASK64)
+    h = splitmix64(h ^ (epoch & _MASK64))
+    return splitmix64(h ^ (index & _MASK64))
 
 
 def flip_decision(seed: int, epoch: int, index: int) -> bool:

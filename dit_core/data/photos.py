@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .flip import EpochFlipMixin, item_hash
+from .flip import EpochFlipMixin, item_hash, splitmix64
 
 
 @dataclass(frozen=True)
@@ -103,20 +103,11 @@ def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(x, channels, axis=0)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def uniforms(key: int, index: np.ndarray, k: int) -> np.ndarray:
     """``k`` uniforms in [0, 1) per sample: float64 ``(len(index), k)``, a pure function of (key, index)."""
-    base = _splitmix64(np.uint64(key) ^ np.asarray(index, dtype=np.int64).astype(np.uint64))
     with np.errstate(over="ignore"):
-        h = _splitmix64(base[:, None] + np.arange(1, k + 1, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03))
+        base = splitmix64(np.uint64(key) ^ np.asarray(index, dtype=np.int64).astype(np.uint64))
+        h = splitmix64(base[:, None] + np.arange(1, k + 1, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03))
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
