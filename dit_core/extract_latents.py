@@ -314,20 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per VAE forward (default %(default)s)")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument(
-        "--posterior", choices=POSTERIORS,
+        "--posterior",
+        choices=POSTERIORS,
         help="store a sample of the VAE's Gaussian posterior (fast-DiT's choice) or its mean "
         "(default %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--scale-factor", type=float,
+        "--scale-factor",
+        type=float,
         help="latents are stored multiplied by this; decode with vae.decode(x / it) "
         "(default %(default)s, Stable Diffusion's VAE)",
-    )  # fmt: skip
+    )
     p.add_argument("--shard-size", type=int, help="images per .safetensors shard (default %(default)s)")
     p.add_argument(
-        "--dtype", choices=list(DTYPES),
+        "--dtype",
+        choices=list(DTYPES),
         help="storage dtype of the latents; encoding runs in float32 (default %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument("--seed", type=int, help="seed of the posterior samples (default %(default)s)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers reading images (default %(default)s)")
     p.add_argument(
@@ -336,9 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, help="this process's share: shards k with k %% world-size == rank")
     p.add_argument("--world-size", type=int, help="number of processes sharing the shards")
     p.add_argument(
-        "--no-progress", dest="progress", action="store_const", const=False,
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
         help="no progress bar (default: a bar on a terminal only)",
-    )  # fmt: skip
+    )
     p.set_defaults(**{f.name: f.default for f in fields(ExtractConfig) if f.default is not MISSING})
     return p
 
