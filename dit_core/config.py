@@ -74,11 +74,11 @@ class ModelConfig:
     in_channels: int | None = None
     num_classes: int | None = None
     learn_sigma: bool | None = None
-    class_dropout_prob: float = 0.1
-    mlp_ratio: float = 4.0
-    pos_embed: str = "sincos"
-    block_type: str = "adaln_zero"
-    frequency_embedding_size: int = 256
+    class_dropout_prob: float = DiTConfig.class_dropout_prob
+    mlp_ratio: float = DiTConfig.mlp_ratio
+    pos_embed: str = DiTConfig.pos_embed
+    block_type: str = DiTConfig.block_type
+    frequency_embedding_size: int = DiTConfig.frequency_embedding_size
 
     def __post_init__(self) -> None:
         coerce_fields(self)

@@ -439,3 +439,21 @@ def test_check_resumable_is_the_one_rule():
     assert config_changes(saved, new) == ["optim.lr: '0.0001' -> '0.0003'", "seed: '0' -> '1'"]
     with pytest.raises(ConfigError, match=r"different config \(optim.lr: '0.0001' -> '0.0003'; seed"):
         check_resumable(saved, new)
+
+
+def test_model_section_defaults_are_the_dit_spec_defaults():
+    """`ModelConfig`'s model fields default to `DiTConfig`'s (one source: dit_core.spec)."""
+    import dataclasses
+
+    from dit_core.config import ModelConfig
+    from dit_core.spec import DiTConfig
+
+    spec = {f.name: f.default for f in dataclasses.fields(DiTConfig)}
+    shared = [f for f in dataclasses.fields(ModelConfig) if f.default is not None and f.name in spec]
+    assert {f.name for f in shared} >= {
+        "class_dropout_prob",
+        "mlp_ratio",
+        "pos_embed",
+        "frequency_embedding_size",
+    }
+    assert all(f.default == spec[f.name] for f in shared)
