@@ -50,6 +50,7 @@ class Result:
     step_ms: float
     peak_mem_gb: float
     warmup_s: float  # the untimed warm-up steps, compilation included
+    profile: str = ""  # with --profile: the top operators by self time over that many steps
 
 
 def _diffusers_model(cfg, device):
@@ -124,10 +125,25 @@ def run_mode(name, cfg, args, device) -> Result:
         sync()
         times.append((time.perf_counter() - t0) / window)
     step_s = statistics.median(times)
+    profile = _profile(step, sync, device, args.profile) if getattr(args, "profile", 0) else ""
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Result(name, b / step_s, step_s * 1e3, peak, warmup_s)
+    return Result(name, b / step_s, step_s * 1e3, peak, warmup_s, profile)
+
+
+def _profile(step, sync, device, steps: int, rows: int = 15) -> str:
+    """The ``rows`` operators with the most self time over ``steps`` steps (device time on CUDA): where an
+    eager step's time goes, to compare ours with the peer operator by operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
 
 
 def flash_check(cfg, device) -> str:
@@ -185,6 +201,11 @@ def main(argv=None) -> None:
         default="ours-bf16-compile,ours-bf16-ckpt,diffusers-bf16,fp32-nocompile",
         help="comma-separated modes; also ours-bf16 (eager, to measure what compiling gains)",
     )
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="STEPS",
+        help="also profile STEPS steps of each mode and print its top operators (e.g. ours-bf16 against "
+        "diffusers-bf16, both eager, to find where ours loses)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.model == "tiny":
@@ -210,6 +231,8 @@ def main(argv=None) -> None:
             f"warm-up {r.warmup_s:5.1f} s",
             flush=True,
         )
+        if r.profile:
+            print(f"{r.name}: top operators by self time over {args.profile} steps\n{r.profile}", flush=True)
     base = results.get("ours-bf16-compile")
     if base:
         for other in ("ours-bf16", "diffusers-bf16", "fp32-nocompile"):

@@ -103,9 +103,10 @@ def test_the_gpu_benchmark_runs_its_modes_and_ratios_on_cpu(capsys, monkeypatch)
     with one_thread():
         _gpu_train().main(
             ["--model", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--fp32-steps", "1",
-             "--modes", "ours-bf16-compile,ours-bf16,fp32-nocompile", "--batch-size", "4"]
+             "--modes", "ours-bf16-compile,ours-bf16,fp32-nocompile", "--batch-size", "4", "--profile", "1"]
         )  # fmt: skip
     out = capsys.readouterr().out
+    assert "ours-bf16: top operators by self time over 1 steps" in out and "aten::addmm" in out
     for mode in ("ours-bf16-compile", "ours-bf16", "fp32-nocompile"):
         assert f"{mode}: " in out and "warm-up" in out
     assert (
