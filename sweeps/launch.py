@@ -564,10 +564,17 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         )
     if failed or pl.exhausted:
         return 1
-    print(
-        f"\nnext: {NEXT_COMMAND} --experiment {spec.experiment}"
-        + ("" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}")
+    fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
+        "" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}"
     )
+    if pl.running:  # an earlier launch's cells, which this one did not wait for: the fit would miss them
+        print(
+            f"\n{len(pl.running)} cell(s) still running ({', '.join(pl.running)}); watch with: "
+            f"python sweeps/launch.py status {_sweep_args(args)}".rstrip()
+            + f"\nthen: {fit}"
+        )
+        return 0
+    print(f"\nnext: {fit}")
     return 0
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _sweep_specs import fake_sweep_yaml, states_of, wait_for
 
 from sweeps import launch
+from sweeps.grid import load_spec
 
 
 def _main(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -38,3 +40,26 @@ def test_config_that_is_not_yaml_is_refused(tmp_path: Path, monkeypatch, capsys,
     assert code == 2, err
     assert f"error: {cfg}: {what}" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.yaml"]
+
+
+def test_a_relaunch_that_finds_cells_still_running_says_to_watch_them_not_to_fit(job_env, tmp_path, capsys):
+    """A waiting relaunch while an earlier launch's cell still ran (`--no-wait`, or a launcher killed) did
+    not wait for it, showed it `running`, and still printed `next: python analysis/fit_scaling.py`, which
+    would fit without that cell. It now says how to watch the cell and to fit once it has finished."""
+    cfg = tmp_path / "fk.yaml"
+    cfg.write_text(fake_sweep_yaml("fk", tmp_path.name))
+    argv = ["-c", str(cfg), "--executor", "local", "--tracking-uri", job_env, "--set", "step_s=0.5"]
+    assert _main([*argv, "--no-wait"], capsys)[0] == 0
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    assert "0 submitted, 0 already finished, 1 still running" in out
+    assert "next:" not in out
+    assert (
+        "1 cell(s) still running (S-2-3e9); watch with: python sweeps/launch.py status "
+        f"--config {cfg} --tracking-uri {job_env}\n" in out
+    )
+    assert f"then: python analysis/fit_scaling.py --experiment {tmp_path.name}" in out
+    spec = load_spec(cfg).replace(tracking_uri=job_env)
+    wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "finished", "the cell")
+    code, out, err = _main(argv, capsys)  # all finished: the fit comes next
+    assert code == 0 and "1 finished" in out and "\nnext: python analysis/fit_scaling.py" in out, out + err
