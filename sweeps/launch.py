@@ -9,10 +9,12 @@ Exit status: 0 all cells finished, 1 some failed, 2 bad input (nothing submitted
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import logging
 import math
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -57,6 +59,8 @@ from sweeps.task import check_trainer, make_task
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 COMMANDS = ("run", "status")
+#: exit status when stdout's reader has gone (`| head`), as a tool killed by SIGPIPE: 128 + 13
+EXIT_PIPE_CLOSED = 141
 
 
 def _csv(kind):
@@ -737,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `| head`: stdout's reader left; an OSError, but not the user's input
+        return stdout_closed()
     except OSError as e:  # a config path that is a folder, an output folder that cannot be made, ...
         print(f"error: {e}; check --config and --output-dir", file=sys.stderr)
         return 2
@@ -748,6 +754,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def stdout_closed() -> int:
+    """After a BrokenPipeError (stdout's reader left): stdout onto /dev/null, so that the flush at exit
+    raises no second one; returns EXIT_PIPE_CLOSED. A launch's jobs go on, as after a --no-wait launch."""
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor: nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

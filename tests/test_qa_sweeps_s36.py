@@ -3,11 +3,15 @@ Each test failed on the code before its fix."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from _sweep_specs import fake_sweep_yaml, states_of, wait_for
 
+from analysis import fit_scaling
 from sweeps import launch
 from sweeps.grid import load_spec
 
@@ -63,3 +67,38 @@ def test_a_relaunch_that_finds_cells_still_running_says_to_watch_them_not_to_fit
     wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "finished", "the cell")
     code, out, err = _main(argv, capsys)  # all finished: the fit comes next
     assert code == 0 and "1 finished" in out and "\nnext: python analysis/fit_scaling.py" in out, out + err
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _with_stdout_closed(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``python argv`` from the repo as `... | head -0` would: the reader of its stdout gone at once.
+    Returns the exit status and stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(
+        [sys.executable, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    return p.wait(timeout=300), err
+
+
+def test_launch_dry_run_into_a_closed_pipe_exits_quietly(tmp_path: Path):
+    """`launch.py --dry-run | head` printed `error: [Errno 32] Broken pipe; check --config and
+    --output-dir` (exit 2), blaming options that were right."""
+    argv = [str(ROOT / "sweeps/launch.py"), "--grid", "S", "--budgets", "3e10", "--dry-run"]
+    code, err = _with_stdout_closed([*argv, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
+    assert (code, err) == (launch.EXIT_PIPE_CLOSED, "")
+
+
+def test_fit_into_a_closed_pipe_exits_quietly_with_its_report_written(tmp_path: Path):
+    """`fit_scaling.py ... | head` was a BrokenPipeError traceback and exit 1, "a crash (a bug: please
+    report it)"; the report was written all the same."""
+    from _fit_helpers import sweep
+
+    sweep().to_csv(tmp_path / "points.csv", index=False)
+    argv = [str(ROOT / "analysis/fit_scaling.py"), "--csv", "points.csv", "--bootstrap", "0", "--out", "rep"]
+    code, err = _with_stdout_closed(argv, tmp_path)
+    assert (code, err) == (fit_scaling.EXIT_PIPE_CLOSED, "")
+    assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "results.json").is_file()
