@@ -560,12 +560,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} cell(s) failed; relaunch the same command to retry them", file=sys.stderr)
     if pl.exhausted:
-        n = spec.executor.max_retries
-        print(
-            f"{len(pl.exhausted)} cell(s) out of retries ({', '.join(pl.exhausted)}: tried {n + 1} times); "
-            f"relaunch with --max-retries {n + 1} or more to try them again",
-            file=sys.stderr,
-        )
+        _print_exhausted(pl.exhausted, states)
     if failed or pl.exhausted:
         return 1
     fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
@@ -580,6 +575,18 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         return 0
     print(f"\nnext: {fit}")
     return 0
+
+
+def _print_exhausted(cells: list[str], states: dict[str, CellState]) -> None:
+    """The cells out of retries, with the tries each made (`CellState.tries`, as the table's column) and
+    the --max-retries that runs them all again: a cell is tried while its tries are at most that."""
+    made = ", ".join(f"{c}: tried {states[c].tries} times" if c in states else c for c in cells)
+    need = max((states[c].tries for c in cells if c in states), default=1)
+    print(
+        f"{len(cells)} cell(s) out of retries ({made}); relaunch with --max-retries {need} or more to try "
+        "them again",
+        file=sys.stderr,
+    )
 
 
 def _print_failed(errors: dict[str, str], logs: dict[str, str]) -> None:

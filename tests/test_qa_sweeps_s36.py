@@ -102,3 +102,21 @@ def test_fit_into_a_closed_pipe_exits_quietly_with_its_report_written(tmp_path: 
     code, err = _with_stdout_closed(argv, tmp_path)
     assert (code, err) == (fit_scaling.EXIT_PIPE_CLOSED, "")
     assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "results.json").is_file()
+
+
+def test_out_of_retries_names_the_tries_made_and_the_max_retries_that_runs_them_again(
+    job_env, tmp_path, capsys
+):
+    """A cell tried twice, relaunched with --max-retries 0: the launch said `tried 1 times; relaunch with
+    --max-retries 1 or more`, from the flag, not the cell; --max-retries 1 then submitted nothing."""
+    cfg = tmp_path / "fk.yaml"
+    cfg.write_text(fake_sweep_yaml("fk", tmp_path.name))
+    argv = ["-c", str(cfg), "--executor", "local", "--tracking-uri", job_env]
+    argv += ["--set", "fail_cell=S-2-3e9", "--set", "fail_times=99"]
+    for _ in range(2):
+        assert _main(argv, capsys)[0] == 1
+    code, _, err = _main([*argv, "--max-retries", "0"], capsys)
+    assert code == 1
+    assert "1 cell(s) out of retries (S-2-3e9: tried 2 times); relaunch with --max-retries 2 or more" in err
+    code, out, err = _main([*argv, "--max-retries", "2"], capsys)  # what it said: the cell runs again
+    assert code == 1 and "sweep fk on local: 1 submitted" in out, out + err
