@@ -120,3 +120,22 @@ def test_out_of_retries_names_the_tries_made_and_the_max_retries_that_runs_them_
     assert "1 cell(s) out of retries (S-2-3e9: tried 2 times); relaunch with --max-retries 2 or more" in err
     code, out, err = _main([*argv, "--max-retries", "2"], capsys)  # what it said: the cell runs again
     assert code == 1 and "sweep fk on local: 1 submitted" in out, out + err
+
+
+def test_an_experiment_whose_runs_all_failed_says_so_not_to_wait(tmp_path: Path, capsys):
+    """Every cell of a sweep failed (here 2 runs, out of retries): the fit said `has no finished runs
+    (tag status=finished); wait for the sweep to finish`, though nothing was left to finish."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("all-failed", artifact_location=(tmp_path / "art").as_uri())
+    for status, tag in (("FAILED", "failed"), ("FAILED", "died_before_training"), ("RUNNING", "running")):
+        run = client.create_run(exp_id, tags={"status": tag})
+        if status != "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+    argv = ["--experiment", "all-failed", "--tracking-uri", uri, "--out", str(tmp_path / "rep")]
+    assert fit_scaling.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has no finished runs (tag status=finished; not finished: 2 failed, 1 running)" in err, err
+    assert "`python sweeps/launch.py status` says why cells failed; relaunch the sweep to retry them" in err
