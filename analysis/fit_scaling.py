@@ -8,6 +8,7 @@ python -m analysis.fit_scaling --csv points.csv --json fit.json --out report/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -17,7 +18,15 @@ from pathlib import Path
 
 from analysis.bootstrap import fit_workers
 from analysis.influence import run_influence
-from analysis.pipeline import AnalysisConfig, analyze, holdout_largest, predict
+from analysis.pipeline import (
+    Analysis,
+    AnalysisConfig,
+    HoldoutResult,
+    Prediction,
+    analyze,
+    holdout_largest,
+    predict,
+)
 from analysis.report import REPORT_FILES, log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
 from analysis.status import EXIT_BAD_INPUT, EXIT_CENSORED, EXIT_CODES, EXIT_NOT_IDENTIFIED
@@ -25,6 +34,9 @@ from dit_core.configio import join_negative_values
 from dit_core.tracking import DEFAULT_EXPERIMENT, check_tracking_server
 
 log = logging.getLogger("analysis.fit_scaling")
+
+#: exit status when stdout's reader has gone (`| head`), as a tool killed by SIGPIPE: 128 + 13
+EXIT_PIPE_CLOSED = 141
 
 EPILOG = f"""\
 status and exit codes (status is also in results.json, with its reasons):
@@ -35,6 +47,7 @@ status and exit codes (status is also in results.json, with its reasons):
   {EXIT_NOT_IDENTIFIED}  not_identified: the data leave part of the answer open (the reasons say which;
      N_opt is withheld when they bear on the allocation)
   {EXIT_CENSORED}  censored: the optimum lies outside the models trained ("N_opt below X at every budget")
+  {EXIT_PIPE_CLOSED}  the reader of its output left (`| head`); the report and --json are written
 See docs/analysis.md for what to add to the sweep in each case.
 """
 
@@ -273,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             from mlflow.exceptions import MlflowException
 
             try:
-                print(f"analysis run: {log_to_mlflow(paths, exp, uri, results_dict(an, preds, hold))}")
+                run = log_to_mlflow(paths, exp, uri, results_dict(an, preds, hold))
             except (MlflowException, OSError, ValueError) as e:  # a locked or vanished store: the fit stands
                 why = " ".join(str(e).split("[SQL:")[0].split())[:300]  # not the statement and its values
                 log.warning(
@@ -283,9 +296,21 @@ def main(argv: list[str] | None = None) -> int:
                     why,
                     args.out,
                 )
+            else:
+                print(f"analysis run: {run}")
+    except BrokenPipeError:  # the analysis run's line above, printed into a pipe already closed
+        return stdout_closed()
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        return _print_results(an, preds, hold, paths["report"])
+    except BrokenPipeError:
+        return stdout_closed()
+
+
+def _print_results(an: Analysis, preds: list[Prediction], hold: HoldoutResult | None, report: Path) -> int:
+    """The fit, the predictions and the status on stdout; returns the status's exit code."""
     if an.parametric is not None:
         print(an.parametric.summary())
     for p in preds:
@@ -296,13 +321,21 @@ def main(argv: list[str] | None = None) -> int:
         print(an.influence.text())
     status = results_dict(an, preds, hold)["status"]
     print(f"status: {status}")
-    print(f"report: {paths['report']}")
+    print(f"report: {report}")
     code = EXIT_CODES[status]
     if code:
         print(
             f"status {status}: exit code {code} (see the reasons above and docs/analysis.md)", file=sys.stderr
         )
     return code
+
+
+def stdout_closed() -> int:
+    """After a BrokenPipeError (stdout's reader left): stdout onto /dev/null, so that the flush at exit
+    raises no second one; returns EXIT_PIPE_CLOSED. The report and the JSON are written before any print."""
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor: nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

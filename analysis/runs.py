@@ -555,6 +555,23 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
     return df, None, n_bad_fid
 
 
+def _no_finished_runs(experiment: str, n_failed: int, unfinished: str) -> str:
+    """The error for an experiment without a finished run: the runs it has instead, and what to do."""
+    others = ", ".join(([f"{n_failed} failed"] if n_failed else []) + ([unfinished] if unfinished else []))
+    todo = []
+    if n_failed:
+        todo.append(
+            "`python sweeps/launch.py status` says why cells failed; relaunch the sweep to retry them"
+        )
+    if unfinished:
+        todo.append("wait for the sweep to finish")
+    return (
+        f"MLflow experiment {experiment!r} has no finished runs (tag status=finished"
+        f"{'; not finished: ' + others if others else ''}); "
+        + ("; ".join(todo) if todo else "run `python sweeps/launch.py`")
+    )
+
+
 def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """Tidy points from every usable run of an MLflow experiment (see module docstring).
 
@@ -588,7 +605,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         names = sorted(e.name for e in client.search_experiments(max_results=50))
         raise ValueError(missing(f"experiments there: {', '.join(names[:10])}" if names else "no experiment"))
     runs = client.search_runs([exp.experiment_id], max_results=50000)
-    frames, n_finished, unfinished, unusable, bad, n_bad_fid = [], 0, {}, [], {}, {}
+    frames, n_finished, n_failed, unfinished, unusable, bad, n_bad_fid = [], 0, 0, {}, [], {}, {}
     for run in runs:
         tags = run.data.tags
         if tags.get("analysis", "").lower() == "true":
@@ -596,6 +613,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         status = tags.get("status", run.info.status.lower()).lower()
         if status == "failed" or run.info.status == "FAILED":
             log.info("skipping failed run %s", run.info.run_id)
+            n_failed += 1
             continue
         if status != "finished":  # still running, preempted, ...: its last point is not a finished run
             unfinished[status] = unfinished.get(status, 0) + 1
@@ -618,11 +636,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         frames.append(points)
     why = ", ".join(f"{n} {s}" for s, n in sorted(unfinished.items()))  # e.g. "2 running"
     if n_finished == 0:
-        raise ValueError(
-            f"MLflow experiment {experiment!r} has no finished runs (tag status=finished"
-            f"{'; not finished: ' + why if why else ''}); wait for the sweep to finish or run "
-            "`python sweeps/launch.py`"
-        )
+        raise ValueError(_no_finished_runs(experiment, n_failed, why))
     frames = [f for f in frames if len(f)]
     if not frames:
         lost = f" ({len(bad)} left out for values that are not finite: {', '.join(sorted(bad.values())[:3])})"

@@ -496,9 +496,26 @@ def load_spec(path: str | Path | None = None) -> SweepSpec:
     if not p.exists():
         bundled = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
         raise ValueError(f"sweep config {str(path)!r} not found; bundled configs: {bundled}")
-    with open(p) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{p}: not a text file, so not a sweep YAML; give a .yaml file (-c/--config)"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML ({_yaml_problem(e)}); {YAML_FIX}") from None
     return spec_from_dict(data, where=str(p))
+
+
+#: how to fix a sweep YAML that does not parse
+YAML_FIX = "fix the file: indent with spaces, close each [ ] and { }, quote values holding ': ' or '#'"
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where, on one line: ``found character '\\t' ..., line 2, column 1``."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return problem if mark is None else f"{problem}, line {mark.line + 1}, column {mark.column + 1}"
 
 
 def write_spec_record(spec: SweepSpec, folder: Path) -> None:

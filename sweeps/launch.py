@@ -9,10 +9,12 @@ Exit status: 0 all cells finished, 1 some failed, 2 bad input (nothing submitted
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import logging
 import math
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -57,6 +59,8 @@ from sweeps.task import check_trainer, make_task
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 COMMANDS = ("run", "status")
+#: exit status when stdout's reader has gone (`| head`), as a tool killed by SIGPIPE: 128 + 13
+EXIT_PIPE_CLOSED = 141
 
 
 def _csv(kind):
@@ -556,19 +560,33 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} cell(s) failed; relaunch the same command to retry them", file=sys.stderr)
     if pl.exhausted:
-        n = spec.executor.max_retries
-        print(
-            f"{len(pl.exhausted)} cell(s) out of retries ({', '.join(pl.exhausted)}: tried {n + 1} times); "
-            f"relaunch with --max-retries {n + 1} or more to try them again",
-            file=sys.stderr,
-        )
+        _print_exhausted(pl.exhausted, states)
     if failed or pl.exhausted:
         return 1
-    print(
-        f"\nnext: {NEXT_COMMAND} --experiment {spec.experiment}"
-        + ("" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}")
+    fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
+        "" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}"
     )
+    if pl.running:  # an earlier launch's cells, which this one did not wait for: the fit would miss them
+        print(
+            f"\n{len(pl.running)} cell(s) still running ({', '.join(pl.running)}); watch with: "
+            f"python sweeps/launch.py status {_sweep_args(args)}".rstrip()
+            + f"\nthen: {fit}"
+        )
+        return 0
+    print(f"\nnext: {fit}")
     return 0
+
+
+def _print_exhausted(cells: list[str], states: dict[str, CellState]) -> None:
+    """The cells out of retries, with the tries each made (`CellState.tries`, as the table's column) and
+    the --max-retries that runs them all again: a cell is tried while its tries are at most that."""
+    made = ", ".join(f"{c}: tried {states[c].tries} times" if c in states else c for c in cells)
+    need = max((states[c].tries for c in cells if c in states), default=1)
+    print(
+        f"{len(cells)} cell(s) out of retries ({made}); relaunch with --max-retries {need} or more to try "
+        "them again",
+        file=sys.stderr,
+    )
 
 
 def _print_failed(errors: dict[str, str], logs: dict[str, str]) -> None:
@@ -730,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `| head`: stdout's reader left; an OSError, but not the user's input
+        return stdout_closed()
     except OSError as e:  # a config path that is a folder, an output folder that cannot be made, ...
         print(f"error: {e}; check --config and --output-dir", file=sys.stderr)
         return 2
@@ -741,6 +761,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def stdout_closed() -> int:
+    """After a BrokenPipeError (stdout's reader left): stdout onto /dev/null, so that the flush at exit
+    raises no second one; returns EXIT_PIPE_CLOSED. A launch's jobs go on, as after a --no-wait launch."""
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor: nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":
