@@ -8,7 +8,6 @@ python -m analysis.fit_scaling --csv points.csv --json fit.json --out report/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -30,13 +29,11 @@ from analysis.pipeline import (
 from analysis.report import REPORT_FILES, log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
 from analysis.status import EXIT_BAD_INPUT, EXIT_CENSORED, EXIT_CODES, EXIT_NOT_IDENTIFIED
-from dit_core.configio import join_negative_values
+from dit_core.configio import EXIT_PIPE_CLOSED, join_negative_values, stdout_closed
 from dit_core.tracking import DEFAULT_EXPERIMENT, check_tracking_server
 
 log = logging.getLogger("analysis.fit_scaling")
 
-#: exit status when stdout's reader has gone (`| head`), as a tool killed by SIGPIPE: 128 + 13
-EXIT_PIPE_CLOSED = 141
 
 EPILOG = f"""\
 status and exit codes (status is also in results.json, with its reasons):
@@ -328,14 +325,6 @@ def _print_results(an: Analysis, preds: list[Prediction], hold: HoldoutResult | 
             f"status {status}: exit code {code} (see the reasons above and docs/analysis.md)", file=sys.stderr
         )
     return code
-
-
-def stdout_closed() -> int:
-    """After a BrokenPipeError (stdout's reader left): stdout onto /dev/null, so that the flush at exit
-    raises no second one; returns EXIT_PIPE_CLOSED. The report and the JSON are written before any print."""
-    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor: nothing to flush
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

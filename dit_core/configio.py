@@ -13,12 +13,14 @@ Plain dataclasses are enough for this (no OmegaConf/tyro): see docs/training.md,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import functools
 import inspect
 import json
 import math
+import os
 import re
 import sys
 import types
@@ -358,3 +360,15 @@ def int_at_least(low: int, name: str = "", why: str = ""):
 
     parse.__name__ = f"int >= {low}"
     return parse
+
+
+#: exit status of a CLI whose stdout reader has gone (`| head`), as a tool killed by SIGPIPE: 128 + 13
+EXIT_PIPE_CLOSED = 141
+
+
+def stdout_closed() -> int:
+    """After a BrokenPipeError (stdout's reader left): stdout onto /dev/null, so that the flush at exit
+    raises no second one; returns EXIT_PIPE_CLOSED (what the CLI wrote to files stands)."""
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor: nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED

@@ -9,17 +9,15 @@ Exit status: 0 all cells finished, 1 some failed, 2 bad input (nothing submitted
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import inspect
 import logging
 import math
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-from dit_core.configio import join_negative_values, parse_scalar
+from dit_core.configio import join_negative_values, parse_scalar, stdout_closed
 from dit_core.tracking import check_tracking_server
 from sweeps.cost import DEFAULT_DEVICE, DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import (
@@ -59,8 +57,6 @@ from sweeps.task import check_trainer, make_task
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 COMMANDS = ("run", "status")
-#: exit status when stdout's reader has gone (`| head`), as a tool killed by SIGPIPE: 128 + 13
-EXIT_PIPE_CLOSED = 141
 
 
 def _csv(kind):
@@ -761,14 +757,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-
-
-def stdout_closed() -> int:
-    """After a BrokenPipeError (stdout's reader left): stdout onto /dev/null, so that the flush at exit
-    raises no second one; returns EXIT_PIPE_CLOSED. A launch's jobs go on, as after a --no-wait launch."""
-    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor: nothing to flush
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

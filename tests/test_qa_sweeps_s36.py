@@ -12,6 +12,7 @@ import pytest
 from _sweep_specs import fake_sweep_yaml, states_of, wait_for
 
 from analysis import fit_scaling
+from dit_core.configio import EXIT_PIPE_CLOSED
 from sweeps import launch
 from sweeps.grid import load_spec
 
@@ -89,7 +90,7 @@ def test_launch_dry_run_into_a_closed_pipe_exits_quietly(tmp_path: Path):
     --output-dir` (exit 2), blaming options that were right."""
     argv = [str(ROOT / "sweeps/launch.py"), "--grid", "S", "--budgets", "3e10", "--dry-run"]
     code, err = _with_stdout_closed([*argv, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
-    assert (code, err) == (launch.EXIT_PIPE_CLOSED, "")
+    assert (code, err) == (EXIT_PIPE_CLOSED, "")
 
 
 def test_fit_into_a_closed_pipe_exits_quietly_with_its_report_written(tmp_path: Path):
@@ -100,7 +101,7 @@ def test_fit_into_a_closed_pipe_exits_quietly_with_its_report_written(tmp_path: 
     sweep().to_csv(tmp_path / "points.csv", index=False)
     argv = [str(ROOT / "analysis/fit_scaling.py"), "--csv", "points.csv", "--bootstrap", "0", "--out", "rep"]
     code, err = _with_stdout_closed(argv, tmp_path)
-    assert (code, err) == (fit_scaling.EXIT_PIPE_CLOSED, "")
+    assert (code, err) == (EXIT_PIPE_CLOSED, "")
     assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "results.json").is_file()
 
 
