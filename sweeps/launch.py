@@ -13,6 +13,8 @@ import dataclasses
 import inspect
 import logging
 import math
+import os
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -717,6 +719,20 @@ def check_status_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             )
 
 
+def _say_terminated(signum: int, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    """SIGTERM (`kill`, `timeout`, a cancelled CI job) ends the launcher as before, now with a word on
+    what goes on: its submitted cells do, local ones too."""
+    print(
+        "\nterminated (SIGTERM): the cells already submitted keep running, local ones too; `python "
+        "sweeps/launch.py status` with the same options shows them. Relaunch the same command to resume: "
+        "finished cells are kept, live ones are not resubmitted",
+        file=sys.stderr,
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)  # exit as killed by it (status 143), as without this handler
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -740,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
             guessed = launched is None and not _describes_cells(args)
             unknown = guessed and args.config is None and args.name is not None  # the demo is not its config
             return cmd_status(status_spec(spec, args, launched), launched, guessed, unknown)
+        if argv is None:  # the CLI's own process (a test calling main() keeps its handlers)
+            signal.signal(signal.SIGTERM, _say_terminated)
         return cmd_run(spec, args)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

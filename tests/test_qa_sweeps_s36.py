@@ -140,3 +140,30 @@ def test_an_experiment_whose_runs_all_failed_says_so_not_to_wait(tmp_path: Path,
     err = capsys.readouterr().err
     assert "has no finished runs (tag status=finished; not finished: 2 failed, 1 running)" in err, err
     assert "`python sweeps/launch.py status` says why cells failed; relaunch the sweep to retry them" in err
+
+
+def test_sigterm_to_a_waiting_launcher_says_its_cells_go_on(job_env, tmp_path):
+    """SIGTERM to a launcher waiting on its cells (`kill`, `timeout`, a cancelled CI job) ended it without
+    a word while its cells trained on. It now says so, and still exits as killed by SIGTERM."""
+    import signal
+
+    cfg = tmp_path / "fk.yaml"
+    cfg.write_text(fake_sweep_yaml("fk", tmp_path.name))
+    argv = [str(ROOT / "sweeps/launch.py"), "-c", str(cfg), "--executor", "local", "--tracking-uri", job_env]
+    spec = load_spec(cfg).replace(tracking_uri=job_env)
+    states_of(spec, job_env)  # the session's store made here first: two processes creating it collide
+    p = subprocess.Popen(
+        [sys.executable, *argv, "--set", "step_s=0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    spec = load_spec(cfg).replace(tracking_uri=job_env)
+
+    def started() -> bool:
+        assert p.poll() is None, p.communicate()[1].decode()  # the launcher waits on its cell
+        return states_of(spec, job_env)["S-2-3e9"].state == "running"
+
+    wait_for(started, "the cell to start")
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1].decode()
+    assert p.returncode == -signal.SIGTERM, err
+    assert "terminated (SIGTERM): the cells already submitted keep running" in err
+    wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "finished", "the cell to finish")
