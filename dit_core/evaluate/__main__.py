@@ -119,6 +119,15 @@ def _check_run(run_id: str) -> None:
         ) from None
 
 
+def _kept_note(args: argparse.Namespace, held: list[str], step: int) -> str:
+    """What `log_metrics` did not log into ``args.mlflow_run_id``: ``held``, already there at ``step``."""
+    where = f"printed above and in --output {args.output}" if args.output else "printed above"
+    return (
+        f"run {args.mlflow_run_id} already holds {', '.join(held)} at step {step}: its first scores are "
+        f"kept (one value per step), so these were not logged again; this result is {where}"
+    )
+
+
 def _check_folders(args: argparse.Namespace) -> None:
     """ValueError, before any sampling, when a file to write a result into cannot be: its folder does
     not exist, or the path is a folder."""
@@ -199,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if refused:
             print(f"error: {refused}", file=sys.stderr)
         elif args.mlflow_run_id:
-            log_metrics(metrics, step, run_id=args.mlflow_run_id)
+            if held := log_metrics(metrics, step, run_id=args.mlflow_run_id):
+                print(f"note: {_kept_note(args, held, step)}", file=sys.stderr)
             if spaces:
                 from mlflow import MlflowClient
 

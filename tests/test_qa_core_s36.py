@@ -1,0 +1,53 @@
+"""Session 36's QA pass over dit_core's command-line tools: each test is a bug a new user met."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from dit_core.checkpoint import save_checkpoint
+from dit_core.config import ModelConfig, TrainConfig
+from dit_core.evaluate.__main__ import main as evaluate_main
+from dit_core.models import DiT
+
+
+def _tiny_config() -> TrainConfig:
+    model = ModelConfig(
+        name=None, depth=1, hidden_size=32, num_heads=2, patch_size=4, input_size=16, in_channels=1,
+        num_classes=10, learn_sigma=True, frequency_embedding_size=32,
+    )  # fmt: skip
+    cfg = TrainConfig(model=model)
+    return replace(cfg, eval=replace(cfg.eval, num_samples=8, steps=2, metrics=("fid_digits",)))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny digits model's run folder, checkpointed at step 5."""
+    cfg = _tiny_config()
+    out = tmp_path_factory.mktemp("run")
+    sd = DiT.from_config(cfg.model.to_dit_config()).state_dict()
+    save_checkpoint(out, {"model": sd, "ema": sd, "config": cfg.to_flat_dict(), "step": 5})
+    return out
+
+
+def test_evaluate_into_a_run_twice_keeps_one_point_per_step(tiny_run, tmp_path, capsys):
+    """``evaluate --mlflow-run-id R`` run again (a retried job, or another --seed, which is allowed)
+    logged every eval/* metric a second time at the checkpoint's step: MLflow then holds two values
+    at one step (the analysis reads the last, the trainer keeps the first). The first is kept, as the
+    trainer's `RunTracker` does, and the note names what was not logged."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        pass
+    args = ["--checkpoint", str(tiny_run), "--batch-size", "4", "--mlflow-run-id", run.info.run_id]
+    assert evaluate_main([*args, "--output", str(tmp_path / "a.json")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())["eval/fid_digits"]
+    capsys.readouterr()
+    assert evaluate_main([*args, "--seed", "3", "--output", str(tmp_path / "b.json")]) == 0
+    err = capsys.readouterr().err
+    assert f"run {run.info.run_id} already holds eval/fid_digits, " in err and "at step 5: " in err
+    assert "kept" in err and str(tmp_path / "b.json") in err
+    hist = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "eval/fid_digits")
+    assert [(h.step, h.value) for h in hist] == [(5, pytest.approx(first))]
