@@ -227,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int_at_least(1), help=f"sampler steps ({own}: eval.steps)")
     p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
     p.add_argument("--seed", type=int, help=f"sampling seed ({own}: the run's seed)")
-    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent runs only)")
+    p.add_argument(
+        "--vae",
+        help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent runs only)",
+    )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="sampling batch (default: 64)")

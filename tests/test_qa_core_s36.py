@@ -51,3 +51,34 @@ def test_evaluate_into_a_run_twice_keeps_one_point_per_step(tiny_run, tmp_path, 
     assert "kept" in err and str(tmp_path / "b.json") in err
     hist = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "eval/fid_digits")
     assert [(h.step, h.value) for h in hist] == [(5, pytest.approx(first))]
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory):
+    """A tiny run folder of a model trained on 4 x 8 x 8 VAE latents (the `tiny_vae`'s), at step 3."""
+    cfg = _tiny_config()
+    cfg = replace(cfg, model=replace(cfg.model, input_size=8, in_channels=4, patch_size=2),
+                  data=replace(cfg.data, name="latents", root="/nowhere/latents"))  # fmt: skip
+    out = tmp_path_factory.mktemp("latent_run")
+    sd = DiT.from_config(cfg.model.to_dit_config()).state_dict()
+    save_checkpoint(out, {"model": sd, "ema": sd, "config": cfg.to_flat_dict(), "step": 3})
+    return out
+
+
+def test_sample_and_evaluate_take_a_pipeline_folder_as_vae(latent_run, tiny_vae, tmp_path, capsys):
+    """``--vae`` of a whole pipeline folder (its VAE in ``vae/``, as extract_latents --vae-subfolder vae
+    reads it) was refused by sample and evaluate with advice to pass ``--vae-subfolder vae``, a flag
+    neither has. They take the pipeline's ``vae/``; a folder with no VAE at all is named without it."""
+    from dit_core.sample import main as sample_main
+
+    tiny_vae.save_pretrained(tmp_path / "pipeline" / "vae")
+    args = ["--checkpoint", str(latent_run), "--num-samples", "2", "--steps", "2", "--device", "cpu"]
+    assert sample_main([*args, "--out", str(tmp_path / "s.png"), "--vae", str(tmp_path / "pipeline")]) == 0
+    assert (tmp_path / "s.png").is_file()
+    (tmp_path / "empty").mkdir()
+    for main in (sample_main, evaluate_main):
+        out = ["--out", str(tmp_path / "e.png")] if main is sample_main else ["--reference", "digits"]
+        assert main([*args, *out, "--vae", str(tmp_path / "empty")]) == 2
+        err = capsys.readouterr().err
+        assert "--vae-subfolder" not in err, err
+        assert f"--vae {tmp_path / 'empty'}: no config.json there nor in its vae/ subfolder" in err, err

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--inception-weights", help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
     p.add_argument(
-        "--vae", help="local diffusers AutoencoderKL folder (latent runs only; refused for pixel-space runs)"
+        "--vae",
+        help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent runs only; "
+        "refused for pixel-space runs)",
     )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument(

@@ -69,12 +69,28 @@ def chosen_metrics(cfg: CheckpointEvalConfig, run_cfg, reference: str) -> tuple[
 
 
 def load_vae(path: str, device: torch.device):
-    """diffusers ``AutoencoderKL`` from a local folder (no download)."""
+    """diffusers ``AutoencoderKL`` from a local folder (no download): one written by its
+    ``save_pretrained``, or a pipeline folder holding it in ``vae/``."""
     from dit_core.extract_latents import load_vae as load_autoencoder
 
     if not os.path.isdir(path):
         raise ValueError(f"--vae {path} is not a folder; give a local diffusers AutoencoderKL directory")
-    return load_autoencoder(path).to(device).eval()
+    subfolder = vae_subfolder(path)
+    return load_autoencoder(path, subfolder).to(device).eval()
+
+
+def vae_subfolder(path: str) -> str | None:
+    """None when ``path`` holds the VAE's ``config.json``, "vae" when its ``vae/`` does (a pipeline
+    folder); else ValueError (there is no ``--vae-subfolder`` here, unlike extract_latents)."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    if os.path.isfile(os.path.join(path, "vae", "config.json")):
+        return "vae"
+    raise ValueError(
+        f"--vae {path}: no config.json there nor in its vae/ subfolder; give the folder written by "
+        "AutoencoderKL.save_pretrained (the one the latents were extracted with), or a pipeline folder "
+        "holding it in vae/"
+    )
 
 
 def check_vae(cfg, ckpt: dict) -> None:
