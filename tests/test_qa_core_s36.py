@@ -82,3 +82,25 @@ def test_sample_and_evaluate_take_a_pipeline_folder_as_vae(latent_run, tiny_vae,
         err = capsys.readouterr().err
         assert "--vae-subfolder" not in err, err
         assert f"--vae {tmp_path / 'empty'}: no config.json there nor in its vae/ subfolder" in err, err
+
+
+def test_ctrl_c_while_the_run_is_being_set_up_ends_the_mlflow_run(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C (or any error) after the trainer had created its MLflow run but before training began
+    (while it logged the params) left the run RUNNING with ``status=running``, though the CLI said
+    "the MLflow run is marked failed". It is ended FAILED, as one a step later is."""
+    from mlflow import MlflowClient
+
+    from dit_core.tracking import RunTracker
+    from dit_core.trainer.cli import main as train_main
+
+    def interrupted(self, params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunTracker, "log_params", interrupted)
+    out = tmp_path / "run"
+    args = ["--model", "none", "--depth", "1", "--width", "32", "--heads", "2", "--patch-size", "2",
+            "--image-size", "8", "--max-steps", "2", "--batch-size", "8", "--out", str(out)]  # fmt: skip
+    assert train_main(args) == 130
+    assert "the MLflow run is marked failed" in capsys.readouterr().err
+    run = MlflowClient().get_run((out / "mlflow_run_id").read_text().strip())
+    assert (run.info.status, run.data.tags["status"]) == ("FAILED", "failed")

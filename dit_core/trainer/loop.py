@@ -368,7 +368,11 @@ class Trainer:
                 self.out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
             )
         t0 = time.perf_counter()
-        self.start_tracking()
+        try:
+            self.start_tracking()
+        except BaseException as err:  # a Ctrl-C or a store error once the run exists: not left RUNNING
+            self.end_run_on_error(err, local_job)
+            raise
         self.seconds["mlflow_s"] += time.perf_counter() - t0
         log.info(
             "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images on "
@@ -390,10 +394,7 @@ class Trainer:
                 signum = guard.received if status == "preempted" else None
                 handler = guard.previous_handler(signum) if signum is not None else None
         except BaseException as err:
-            if self.tracker:
-                self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
-                ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
-                self.tracker.finish("interrupted" if ctrl_c else "failed")
+            self.end_run_on_error(err, local_job)
             raise
         finally:
             progress.close()
@@ -516,6 +517,14 @@ class Trainer:
         self.images_seen += self.batch
 
     # ------------------------------------------------------------------ tracking and logs
+    def end_run_on_error(self, err: BaseException, local_job: bool) -> None:
+        """End the MLflow run (if started) of a run that stops on ``err``: FAILED with the ``error``
+        tag, or, for a Ctrl-C of a sweep's local job, KILLED with ``status=interrupted``."""
+        if self.tracker:
+            self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+            ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
+            self.tracker.finish("interrupted" if ctrl_c else "failed")
+
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""
         t = self.cfg.tracking
