@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from dit_core.checkpoint import save_checkpoint
@@ -104,3 +105,35 @@ def test_ctrl_c_while_the_run_is_being_set_up_ends_the_mlflow_run(tmp_path, monk
     assert "the MLflow run is marked failed" in capsys.readouterr().err
     run = MlflowClient().get_run((out / "mlflow_run_id").read_text().strip())
     assert (run.info.status, run.data.tags["status"]) == ("FAILED", "failed")
+
+
+def test_sample_image_size_of_a_latent_run_uses_its_vaes_own_downsampling(tiny_vae, tmp_path, capsys):
+    """``sample --image-size`` of a latent run divided the pixels by 8 (the Stable Diffusion VAE's
+    factor) whatever VAE was given: with a VAE of another factor (the tests' 2x `tiny_vae`) a rope
+    model asked for 32 px silently wrote 8 px images, and a sin-cos model refused its own training size
+    (16 px), saying it was trained at 64 px. The factor is the given VAE's."""
+    from dit_core.sample import main as sample_main
+
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    cfg = _tiny_config()
+
+    npz = tmp_path / "s.npz"
+
+    def sample(pos: str, size: int) -> int:
+        args = ["--checkpoint", str(tmp_path / pos), "--out", str(tmp_path / "s.png"), "--npz", str(npz),
+                "--num-samples", "2", "--steps", "2", "--device", "cpu"]  # fmt: skip
+        return sample_main([*args, "--vae", str(tmp_path / "vae"), "--image-size", str(size)])
+
+    for pos in ("sincos", "rope"):
+        model = replace(cfg.model, input_size=8, in_channels=4, patch_size=2, pos_embed=pos)
+        latent = replace(cfg, model=model, data=replace(cfg.data, name="latents", root="/nowhere/latents"))
+        sd = DiT.from_config(latent.model.to_dit_config()).state_dict()
+        save_checkpoint(tmp_path / pos, {"model": sd, "ema": sd, "config": latent.to_flat_dict(), "step": 3})
+        assert sample(pos, 16) == 0
+        assert np.load(npz)["arr_0"].shape == (2, 16, 16, 3)  # its training size: 8 x 8 latents, 2x
+    assert sample("rope", 32) == 0
+    assert np.load(npz)["arr_0"].shape == (2, 32, 32, 3)
+    assert sample("sincos", 32) == 2
+    assert "the model was trained at 16 px with a fixed sin-cos" in capsys.readouterr().err
+    assert sample("rope", 6) == 2
+    assert "not a positive multiple of the VAE's 2 x the model's patch 2 (4 px)" in capsys.readouterr().err
