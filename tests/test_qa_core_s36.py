@@ -137,3 +137,28 @@ def test_sample_image_size_of_a_latent_run_uses_its_vaes_own_downsampling(tiny_v
     assert "the model was trained at 16 px with a fixed sin-cos" in capsys.readouterr().err
     assert sample("rope", 6) == 2
     assert "not a positive multiple of the VAE's 2 x the model's patch 2 (4 px)" in capsys.readouterr().err
+
+
+def test_a_vae_of_other_latent_channels_is_refused_before_sampling(latent_run, tiny_vae, tmp_path, capsys):
+    """A ``--vae`` whose latents have other channels than the model was trained on (another VAE than
+    the latents were extracted with) sampled everything, then crashed in the decoder with a torch
+    traceback (exit 1). sample and evaluate refuse it before the model is built, naming both counts."""
+    import diffusers
+
+    from dit_core.sample import main as sample_main
+
+    cfg = dict(tiny_vae.config)
+    other = diffusers.AutoencoderKL(**{k: cfg[k] for k in (
+        "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+        "norm_num_groups", "sample_size")}, latent_channels=8)  # fmt: skip
+    other.save_pretrained(tmp_path / "vae8")
+    args = ["--checkpoint", str(latent_run), "--num-samples", "4", "--steps", "2", "--device", "cpu"]
+    for main, out in (
+        (sample_main, ["--out", str(tmp_path / "s.png")]),
+        (evaluate_main, ["--reference", "digits"]),
+    ):
+        assert main([*args, *out, "--vae", str(tmp_path / "vae8")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert f"--vae {tmp_path / 'vae8'} encodes 8 latent channels, but the model of checkpoint" in err, err
+        assert "was trained on 4 (model.in_channels)" in err

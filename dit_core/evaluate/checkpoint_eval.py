@@ -114,6 +114,32 @@ def check_vae(cfg, ckpt: dict) -> None:
             f"{data!r} pixel data, whose samples need no decoding; drop --vae (it is for runs trained on "
             "VAE latents, data.name 'latents')"
         )
+    if cfg.vae and data == "latents":
+        check_vae_channels(cfg.vae, flat.get("model.in_channels"), cfg.checkpoint)
+
+
+def check_vae_channels(vae: str, channels, checkpoint: str) -> None:
+    """ConfigError when the VAE folder ``vae`` (its ``config.json``) encodes other than the ``channels``
+    the model was trained on: another VAE than the one its latents were extracted with, which would
+    fail in the decoder only after all the sampling."""
+    import json
+
+    from dit_core.configio import ConfigError
+
+    if not os.path.isdir(vae):
+        return  # load_vae names it
+    try:
+        folder = os.path.join(vae, vae_subfolder(vae) or "")
+        with open(os.path.join(folder, "config.json")) as f:
+            have = json.load(f).get("latent_channels")
+    except (OSError, ValueError, AttributeError):
+        return  # load_vae names what is wrong with it
+    if have is not None and channels is not None and int(have) != int(channels):
+        raise ConfigError(
+            f"vae: --vae {vae} encodes {have} latent channels, but the model of checkpoint {checkpoint} was "
+            f"trained on {channels} (model.in_channels); give the VAE its latents were extracted with (the "
+            "'vae' of the latents folder's manifest.json)"
+        )
 
 
 def check_output_files(outputs: Mapping[str, str | None], inputs: Sequence[str | None] = ()) -> None:
