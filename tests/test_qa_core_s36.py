@@ -162,3 +162,28 @@ def test_a_vae_of_other_latent_channels_is_refused_before_sampling(latent_run, t
         assert "Traceback" not in err
         assert f"--vae {tmp_path / 'vae8'} encodes 8 latent channels, but the model of checkpoint" in err, err
         assert "was trained on 4 (model.in_channels)" in err
+
+
+def test_extract_latents_refuses_an_output_inside_its_image_folder(tiny_vae, tmp_path, capsys):
+    """``extract_latents --output`` inside ``--data-path`` (e.g. ``--output imgs/latents``) wrote there;
+    the rerun that resumes it then read that folder as one more (empty) class, and the manifest's
+    classes, so the model's number of classes, changed silently. Refused before anything is written."""
+    from PIL import Image
+
+    from dit_core.extract_latents import main as extract_main
+
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    imgs = tmp_path / "imgs"
+    for c in ("cat", "dog"):
+        (imgs / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (i * 90, 0, 0)).save(imgs / c / f"{i}.png")
+    args = ["--data-path", str(imgs), "--vae", str(tmp_path / "vae"), "--image-size", "16",
+            "--num-workers", "0", "--device", "cpu", "--no-progress"]  # fmt: skip
+    for out in (imgs / "latents", imgs, imgs / "cat"):
+        assert extract_main([*args, "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --output {str(out)!r} is inside --data-path {str(imgs)!r}" in err, err
+        assert not (out / "manifest.json").exists()
+    assert sorted(p.name for p in imgs.iterdir()) == ["cat", "dog"]
+    assert extract_main([*args, "--output", str(tmp_path / "latents")]) == 0
