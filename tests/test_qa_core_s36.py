@@ -187,3 +187,36 @@ def test_extract_latents_refuses_an_output_inside_its_image_folder(tiny_vae, tmp
         assert not (out / "manifest.json").exists()
     assert sorted(p.name for p in imgs.iterdir()) == ["cat", "dog"]
     assert extract_main([*args, "--output", str(tmp_path / "latents")]) == 0
+
+
+def test_a_resume_that_changes_the_fid_protocol_of_its_run_is_refused(tmp_path, capsys):
+    """A run resumed with other ``--num-samples`` / ``--sampler`` / ``--sample-steps`` / ``--cfg-scale``
+    (``eval.*`` may change on resume) logged FIDs under those into its MLflow run, whose params keep
+    the first values (MLflow params are write-once): the analysis then labelled them with the wrong
+    protocol. Refused, naming the change, while evaluations are on; a fork (new run) may change them."""
+    from mlflow import MlflowClient
+
+    from dit_core.trainer.cli import main as train_main
+
+    model = ["--model", "none", "--depth", "1", "--width", "32", "--heads", "2", "--patch-size", "2",
+             "--image-size", "8", "--batch-size", "8", "--model.frequency_embedding_size", "32"]  # fmt: skip
+    evals = ["--eval-every", "2", "--sample-steps", "2"]
+    args = [*model, *evals, "--out", str(tmp_path / "a"), "--num-samples", "10"]
+    assert train_main([*args, "--max-steps", "2"]) == 0
+    run_id = (tmp_path / "a" / "mlflow_run_id").read_text().strip()
+    assert train_main([*args, "--max-steps", "4", "--num-samples", "12"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.num_samples: '10' -> '12'" in err and "MLflow keeps a run's first params" in err, err
+    assert [m.step for m in MlflowClient().get_metric_history(run_id, "eval/fid_digits")] == [2]
+    assert train_main([*args, "--max-steps", "4", "--num-samples", "12", "--eval-every", "0"]) == 0
+    fork = [
+        *model,
+        *evals,
+        "--out",
+        str(tmp_path / "b"),
+        "--num-samples",
+        "12",
+        "--resume",
+        str(tmp_path / "a"),
+    ]
+    assert train_main([*fork, "--max-steps", "6"]) == 0

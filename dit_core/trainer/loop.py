@@ -65,6 +65,11 @@ log = logging.getLogger("dit_core.train")
 
 __all__ = ["FIXED_COST_METRICS", "SIGNAL_SYNC_EVERY", "TrainResult", "Trainer", "make_accelerator"]
 
+#: The ``eval.*`` params from which the analysis reads how a run's FIDs were scored
+#: (`analysis.runs.fid_protocol`): fixed for the life of its MLflow run. (A moved ``eval.reference``
+#: folder may change, as ``data.root`` may.)
+EVAL_PROTOCOL = ("eval.num_samples", "eval.sampler", "eval.steps", "eval.cfg_scale")
+
 #: With several processes, steps between the all-reduces that agree on a received signal.
 SIGNAL_SYNC_EVERY = 10
 #: What to do instead of restarting, in its MLflow run, a run folder's run with other settings.
@@ -248,6 +253,7 @@ class Trainer:
                 f"MLflow run {own}; drop --run-id (or pass --run-id {own}) to continue that run, or use "
                 f"a new --out to train into run {given}"
             )
+        self.check_eval_protocol(ckpt)
         if self.cfg.tracking.enabled and given and given == own and self.forked_from is not None:
             ckpts = self.forked_from.parent
             home = ckpts.parent if ckpts.name == "checkpoints" else ckpts
@@ -256,6 +262,24 @@ class Trainer:
                 f"resume forks into a new run (the checkpoint is another folder's); drop --run-id (or give "
                 f"a run of its own) for the fork, or resume with --out {home} "
                 "to continue that run"
+            )
+
+    def check_eval_protocol(self, ckpt: dict[str, Any]) -> None:
+        """ConfigError when a run continued in its own MLflow run, with evaluations on, would score
+        them under other `EVAL_PROTOCOL` settings than its params (write-once in MLflow) record: the
+        analysis reads how a run's FIDs were scored from those params."""
+        if not (self.cfg.tracking.enabled and self.cfg.eval.eval_every) or self.forked_from is not None:
+            return
+        from ..tracking import format_param
+
+        saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}
+        old, new = ({k: format_param(flat.get(k)) for k in EVAL_PROTOCOL} for flat in (saved, self.flat))
+        if diff := [f"{k}: {old[k]!r} -> {new[k]!r}" for k in EVAL_PROTOCOL if old[k] != new[k]]:
+            raise ConfigError(
+                f"checkpoint {self.ckpt_path}: the run's FID protocol changed ({'; '.join(diff)}), but "
+                "MLflow keeps a run's first params, so the analysis would read the new scores as made the "
+                "first way; keep the run's evaluation settings, or add --eval-every 0, or fork it into a "
+                "new run with --resume PATH and a new --out"
             )
 
     def check_restartable(self) -> None:
