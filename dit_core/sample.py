@@ -27,7 +27,8 @@ from .memory import out_of_memory
 
 log = logging.getLogger(__name__)
 
-#: Pixels per latent pixel of the Stable Diffusion VAE that latent runs train on.
+#: Pixels per latent pixel of the Stable Diffusion VAE that latent runs train on (`vae_factor`: the
+#: one of the VAE given).
 VAE_FACTOR = 8
 #: The side, in PNG pixels, that images are enlarged to by default (nearest neighbour; the demo's are 16 px).
 MIN_TILE = 64
@@ -55,12 +56,19 @@ class SampleConfig:
     zoom: int | None = None  # the PNG's pixels per image pixel; None: tiles of at least `MIN_TILE` px
 
 
-def input_size(cfg: SampleConfig, dit, trained_on: str) -> int:
-    """The model input's side for ``cfg.image_size`` pixels (latent runs: / `VAE_FACTOR`); ConfigError
-    where the model cannot sample it."""
+def vae_factor(vae) -> int:
+    """Pixels per latent pixel of a diffusers ``AutoencoderKL``: 2 per down block after the first (as
+    diffusers' pipelines compute it); `VAE_FACTOR` for a VAE without that config."""
+    blocks = getattr(getattr(vae, "config", None), "block_out_channels", None)
+    return 2 ** (len(blocks) - 1) if blocks else VAE_FACTOR
+
+
+def input_size(cfg: SampleConfig, dit, trained_on: str, vae_scale: int = VAE_FACTOR) -> int:
+    """The model input's side for ``cfg.image_size`` pixels (latent runs: / ``vae_scale``, the VAE's
+    `vae_factor`); ConfigError where the model cannot sample it."""
     if cfg.image_size is None:
         return dit.input_size
-    factor = VAE_FACTOR if trained_on == "latents" else 1
+    factor = vae_scale if trained_on == "latents" else 1
     size, step = cfg.image_size // factor, factor * dit.patch_size
     if dit.pos_embed != "rope" and cfg.image_size != dit.input_size * factor:  # first: only one size works
         raise ConfigError(
@@ -69,7 +77,7 @@ def input_size(cfg: SampleConfig, dit, trained_on: str) -> int:
             "--image-size, or train with --set model.pos_embed=rope to sample at other sizes"
         )
     if cfg.image_size < step or cfg.image_size % step:
-        what = f"the VAE's {VAE_FACTOR} x " if factor > 1 else ""
+        what = f"the VAE's {factor} x " if trained_on == "latents" else ""
         raise ConfigError(
             f"image_size: {cfg.image_size} px is not a positive multiple of {what}the model's patch "
             f"{dit.patch_size} ({step} px); give e.g. --image-size {max(step, cfg.image_size // step * step)}"
@@ -106,12 +114,13 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
     model = model.to(device)
     dit, data = model.config, tcfg.data.name
-    size, labels = input_size(cfg, dit, data), labels_for(cfg, dit.num_classes)
+    vae = load_vae(cfg.vae, device) if cfg.vae else None
+    size, labels = input_size(cfg, dit, data, vae_factor(vae)), labels_for(cfg, dit.num_classes)
     run = sampling_settings(tcfg)
     settings = {k: getattr(cfg, k) if getattr(cfg, k) is not None else run[k]
                 for k in ("sampler", "steps", "cfg_scale", "seed")}  # fmt: skip
     check_guidance(settings["cfg_scale"], dit)
-    decode = vae_decoder(load_vae(cfg.vae, device) if cfg.vae else None)
+    decode = vae_decoder(vae)
     images = generate_images(
         model, diffusion, range(len(labels)), batch_size=cfg.batch_size, **settings,
         num_classes=dit.num_classes, image_size=size, channels=dit.in_channels, labels=labels,
@@ -227,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int_at_least(1), help=f"sampler steps ({own}: eval.steps)")
     p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
     p.add_argument("--seed", type=int, help=f"sampling seed ({own}: the run's seed)")
-    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent runs only)")
+    p.add_argument(
+        "--vae",
+        help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent runs only)",
+    )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="sampling batch (default: 64)")

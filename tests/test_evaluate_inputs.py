@@ -101,7 +101,8 @@ def test_missing_output_folders_and_a_vae_folder_without_config_fail_up_front(tm
     args = ["--checkpoint", str(ckpt), "--reference", "digits", "--metrics", "fid_digits", "--vae"]
     assert evaluate_main([*args, str(tmp_path / "imgs")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: VAE folder '{tmp_path / 'imgs'}' not found or has no config.json"), err
+    assert err.startswith(f"error: --vae {tmp_path / 'imgs'}: no config.json there nor in its vae/"), err
+    assert "--vae-subfolder" not in err  # extract_latents' flag: evaluate has none
 
 
 def test_extract_latents_names_a_bad_device(tmp_path, capsys):

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--inception-weights", help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
     p.add_argument(
-        "--vae", help="local diffusers AutoencoderKL folder (latent runs only; refused for pixel-space runs)"
+        "--vae",
+        help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent runs only; "
+        "refused for pixel-space runs)",
     )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument(
@@ -117,6 +119,15 @@ def _check_run(run_id: str) -> None:
             f"--mlflow-run-id {run_id}: no such run in the MLflow tracking store {get_tracking_uri()} "
             f"({why}); {where}"
         ) from None
+
+
+def _kept_note(args: argparse.Namespace, held: list[str], step: int) -> str:
+    """What `log_metrics` did not log into ``args.mlflow_run_id``: ``held``, already there at ``step``."""
+    where = f"printed above and in --output {args.output}" if args.output else "printed above"
+    return (
+        f"run {args.mlflow_run_id} already holds {', '.join(held)} at step {step}: its first scores are "
+        f"kept (one value per step), so these were not logged again; this result is {where}"
+    )
 
 
 def _check_folders(args: argparse.Namespace) -> None:
@@ -199,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         if refused:
             print(f"error: {refused}", file=sys.stderr)
         elif args.mlflow_run_id:
-            log_metrics(metrics, step, run_id=args.mlflow_run_id)
+            if held := log_metrics(metrics, step, run_id=args.mlflow_run_id):
+                print(f"note: {_kept_note(args, held, step)}", file=sys.stderr)
             if spaces:
                 from mlflow import MlflowClient
 

@@ -69,12 +69,28 @@ def chosen_metrics(cfg: CheckpointEvalConfig, run_cfg, reference: str) -> tuple[
 
 
 def load_vae(path: str, device: torch.device):
-    """diffusers ``AutoencoderKL`` from a local folder (no download)."""
+    """diffusers ``AutoencoderKL`` from a local folder (no download): one written by its
+    ``save_pretrained``, or a pipeline folder holding it in ``vae/``."""
     from dit_core.extract_latents import load_vae as load_autoencoder
 
     if not os.path.isdir(path):
         raise ValueError(f"--vae {path} is not a folder; give a local diffusers AutoencoderKL directory")
-    return load_autoencoder(path).to(device).eval()
+    subfolder = vae_subfolder(path)
+    return load_autoencoder(path, subfolder).to(device).eval()
+
+
+def vae_subfolder(path: str) -> str | None:
+    """None when ``path`` holds the VAE's ``config.json``, "vae" when its ``vae/`` does (a pipeline
+    folder); else ValueError (there is no ``--vae-subfolder`` here, unlike extract_latents)."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    if os.path.isfile(os.path.join(path, "vae", "config.json")):
+        return "vae"
+    raise ValueError(
+        f"--vae {path}: no config.json there nor in its vae/ subfolder; give the folder written by "
+        "AutoencoderKL.save_pretrained (the one the latents were extracted with), or a pipeline folder "
+        "holding it in vae/"
+    )
 
 
 def check_vae(cfg, ckpt: dict) -> None:
@@ -97,6 +113,32 @@ def check_vae(cfg, ckpt: dict) -> None:
             f"vae: --vae {cfg.vae} was given, but checkpoint {cfg.checkpoint} is of a run trained on "
             f"{data!r} pixel data, whose samples need no decoding; drop --vae (it is for runs trained on "
             "VAE latents, data.name 'latents')"
+        )
+    if cfg.vae and data == "latents":
+        check_vae_channels(cfg.vae, flat.get("model.in_channels"), cfg.checkpoint)
+
+
+def check_vae_channels(vae: str, channels, checkpoint: str) -> None:
+    """ConfigError when the VAE folder ``vae`` (its ``config.json``) encodes other than the ``channels``
+    the model was trained on: another VAE than the one its latents were extracted with, which would
+    fail in the decoder only after all the sampling."""
+    import json
+
+    from dit_core.configio import ConfigError
+
+    if not os.path.isdir(vae):
+        return  # load_vae names it
+    try:
+        folder = os.path.join(vae, vae_subfolder(vae) or "")
+        with open(os.path.join(folder, "config.json")) as f:
+            have = json.load(f).get("latent_channels")
+    except (OSError, ValueError, AttributeError):
+        return  # load_vae names what is wrong with it
+    if have is not None and channels is not None and int(have) != int(channels):
+        raise ConfigError(
+            f"vae: --vae {vae} encodes {have} latent channels, but the model of checkpoint {checkpoint} was "
+            f"trained on {channels} (model.in_channels); give the VAE its latents were extracted with (the "
+            "'vae' of the latents folder's manifest.json)"
         )
 
 

@@ -226,11 +226,27 @@ def evaluate_model(
     return result
 
 
-def log_metrics(metrics: Mapping[str, float], step: int, run_id: str | None = None) -> None:
-    """Log ``metrics`` to MLflow as ``eval/<name>`` at ``step`` (the active run, or ``run_id``)."""
+def log_metrics(metrics: Mapping[str, float], step: int, run_id: str | None = None) -> list[str]:
+    """Log ``metrics`` to MLflow as ``eval/<name>`` at ``step`` (the active run, or ``run_id``). A
+    key the run already holds at ``step`` is not logged again (the first value is kept, as the
+    trainer's `dit_core.tracking.RunTracker` does); returns those keys."""
     import mlflow
 
     if run_id is None and mlflow.active_run() is None:
         raise ValueError("no active MLflow run: start one or pass run_id")
+    run_id = run_id or mlflow.active_run().info.run_id
     data = {f"eval/{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-    mlflow.log_metrics(data, step=step, run_id=run_id)
+    held = _keys_logged_at(run_id, list(data), step)
+    mlflow.log_metrics({k: v for k, v in data.items() if k not in held}, step=step, run_id=run_id)
+    return held
+
+
+def _keys_logged_at(run_id: str, keys: Sequence[str], step: int) -> list[str]:
+    """Those of ``keys`` that run ``run_id`` already holds a value of at ``step``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    logged = client.get_run(run_id).data.metrics
+    return [
+        k for k in keys if k in logged and any(m.step == step for m in client.get_metric_history(run_id, k))
+    ]

@@ -65,6 +65,11 @@ log = logging.getLogger("dit_core.train")
 
 __all__ = ["FIXED_COST_METRICS", "SIGNAL_SYNC_EVERY", "TrainResult", "Trainer", "make_accelerator"]
 
+#: The ``eval.*`` params from which the analysis reads how a run's FIDs were scored
+#: (`analysis.runs.fid_protocol`): fixed for the life of its MLflow run. (A moved ``eval.reference``
+#: folder may change, as ``data.root`` may.)
+EVAL_PROTOCOL = ("eval.num_samples", "eval.sampler", "eval.steps", "eval.cfg_scale")
+
 #: With several processes, steps between the all-reduces that agree on a received signal.
 SIGNAL_SYNC_EVERY = 10
 #: What to do instead of restarting, in its MLflow run, a run folder's run with other settings.
@@ -248,6 +253,7 @@ class Trainer:
                 f"MLflow run {own}; drop --run-id (or pass --run-id {own}) to continue that run, or use "
                 f"a new --out to train into run {given}"
             )
+        self.check_eval_protocol(ckpt)
         if self.cfg.tracking.enabled and given and given == own and self.forked_from is not None:
             ckpts = self.forked_from.parent
             home = ckpts.parent if ckpts.name == "checkpoints" else ckpts
@@ -256,6 +262,24 @@ class Trainer:
                 f"resume forks into a new run (the checkpoint is another folder's); drop --run-id (or give "
                 f"a run of its own) for the fork, or resume with --out {home} "
                 "to continue that run"
+            )
+
+    def check_eval_protocol(self, ckpt: dict[str, Any]) -> None:
+        """ConfigError when a run continued in its own MLflow run, with evaluations on, would score
+        them under other `EVAL_PROTOCOL` settings than its params (write-once in MLflow) record: the
+        analysis reads how a run's FIDs were scored from those params."""
+        if not (self.cfg.tracking.enabled and self.cfg.eval.eval_every) or self.forked_from is not None:
+            return
+        from ..tracking import format_param
+
+        saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}
+        old, new = ({k: format_param(flat.get(k)) for k in EVAL_PROTOCOL} for flat in (saved, self.flat))
+        if diff := [f"{k}: {old[k]!r} -> {new[k]!r}" for k in EVAL_PROTOCOL if old[k] != new[k]]:
+            raise ConfigError(
+                f"checkpoint {self.ckpt_path}: the run's FID protocol changed ({'; '.join(diff)}), but "
+                "MLflow keeps a run's first params, so the analysis would read the new scores as made the "
+                "first way; keep the run's evaluation settings, or add --eval-every 0, or fork it into a "
+                "new run with --resume PATH and a new --out"
             )
 
     def check_restartable(self) -> None:
@@ -368,7 +392,11 @@ class Trainer:
                 self.out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
             )
         t0 = time.perf_counter()
-        self.start_tracking()
+        try:
+            self.start_tracking()
+        except BaseException as err:  # a Ctrl-C or a store error once the run exists: not left RUNNING
+            self.end_run_on_error(err, local_job)
+            raise
         self.seconds["mlflow_s"] += time.perf_counter() - t0
         log.info(
             "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images on "
@@ -390,10 +418,7 @@ class Trainer:
                 signum = guard.received if status == "preempted" else None
                 handler = guard.previous_handler(signum) if signum is not None else None
         except BaseException as err:
-            if self.tracker:
-                self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
-                ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
-                self.tracker.finish("interrupted" if ctrl_c else "failed")
+            self.end_run_on_error(err, local_job)
             raise
         finally:
             progress.close()
@@ -516,6 +541,14 @@ class Trainer:
         self.images_seen += self.batch
 
     # ------------------------------------------------------------------ tracking and logs
+    def end_run_on_error(self, err: BaseException, local_job: bool) -> None:
+        """End the MLflow run (if started) of a run that stops on ``err``: FAILED with the ``error``
+        tag, or, for a Ctrl-C of a sweep's local job, KILLED with ``status=interrupted``."""
+        if self.tracker:
+            self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+            ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
+            self.tracker.finish("interrupted" if ctrl_c else "failed")
+
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""
         t = self.cfg.tracking
