@@ -134,7 +134,15 @@ def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_a
         replace(_train_config().model, input_size=8, in_channels=4).to_dit_config()
     ).eval()
     lkw = {**KW, "image_size": 8, "channels": 4}
-    evaluate_model(latent, diffusion, vae=tiny_vae, save_samples=str(tmp_path / "c.npz"), **run, **lkw)
+    rgb = _rgb_reference(tmp_path / "rgb.npz")  # decoded samples are RGB: not scored against grey digits
+    evaluate_model(
+        latent,
+        diffusion,
+        vae=tiny_vae,
+        save_samples=str(tmp_path / "c.npz"),
+        **{**run, "reference": rgb},
+        **lkw,
+    )
     with torch.no_grad():
         decoded = generate_images(
             latent, diffusion, range(6), batch_size=3, cfg_scale=1.5,
@@ -230,6 +238,13 @@ def checkpoint_own_eval(tiny, tmp_path_factory):
     return out
 
 
+def _rgb_reference(path, n: int = 6, size: int = 16) -> str:
+    """An ``.npz`` reference of ``n`` random RGB ``size`` px images (arr_0 NHWC uint8)."""
+    rng = np.random.default_rng(0)
+    np.savez(path, arr_0=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+    return str(path)
+
+
 def test_a_latent_runs_checkpoint_needs_a_reference_and_a_local_vae(tiny_vae, tmp_path):
     """A run on VAE latents has no reference of its own and samples latents: its evaluation asks for a
     reference and a local VAE folder, by name, then scores the VAE's decoded RGB images."""
@@ -247,13 +262,13 @@ def test_a_latent_runs_checkpoint_needs_a_reference_and_a_local_vae(tiny_vae, tm
         evaluate_checkpoint(run)  # the VAE first: without it nothing can be scored, whatever the reference
     with pytest.raises(ValueError, match="trained on 'latents' data: pass --reference FOLDER_OR_NPZ"):
         evaluate_checkpoint(replace(run, vae=str(tmp_path / "novae")))
-    scored = replace(run, reference="digits", metrics=("fid_digits",))
+    scored = replace(run, reference=_rgb_reference(tmp_path / "rgb.npz"), metrics=("fid",))
     with pytest.raises(ValueError, match="--vae .*novae is not a folder; give a local diffusers"):
         evaluate_checkpoint(replace(scored, vae=str(tmp_path / "novae")))
     tiny_vae.save_pretrained(tmp_path / "vae")
     out = tmp_path / "s.npz"
     got, step, _ = evaluate_checkpoint(replace(scored, vae=str(tmp_path / "vae"), save_samples=str(out)))
-    assert step == 3 and got["fid_digits"] > 0 and "is_digits" not in got
+    assert step == 3 and got["fid"] > 0 and "is" not in got  # Inception features of the decoded RGB
     assert np.load(out)["arr_0"].shape == (4, 16, 16, 3)  # 4 x 8 x 8 latents decoded to 16 px RGB
 
 

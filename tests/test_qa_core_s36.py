@@ -220,3 +220,18 @@ def test_a_resume_that_changes_the_fid_protocol_of_its_run_is_refused(tmp_path, 
         str(tmp_path / "a"),
     ]
     assert train_main([*fork, "--max-steps", "6"]) == 0
+
+
+def test_a_reference_of_other_channels_than_the_samples_is_refused():
+    """Grey samples scored against the colour photos (or colour ones against the grey digits) gave a FID
+    of the colour alone, without a word; the reference's channels are now checked where known."""
+    from dit_core.evaluate.metrics import evaluate_samples
+    from dit_core.evaluate.reference import resolve_reference
+
+    with pytest.raises(ValueError, match=r"holds colour images \(3 channel\(s\)\), but the samples have 1 "
+                       r"channel\(s\).*'photos:channels=1'"):  # fmt: skip
+        evaluate_samples(np.zeros((4, 1, 16, 16), np.uint8), "photos", metrics=("fid_photos",))
+    with pytest.raises(ValueError, match=r"reference 'digits' holds grey images .* samples have 3 channel"):
+        resolve_reference("digits", 16, channels=3)
+    assert resolve_reference("photos:channels=1", 16, channels=1).options["channels"] == 1
+    assert resolve_reference("digits", 16).kind == "digits"  # channels unknown: not checked

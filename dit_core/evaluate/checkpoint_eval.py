@@ -244,7 +244,8 @@ def evaluate_checkpoint(
         vae = load_vae(cfg.vae, device)
     levels = getattr(getattr(vae, "config", None), "block_out_channels", None)
     if vae is None or levels:  # a reference it cannot score (pixels: the VAE's 2^(levels-1) x latents)
-        resolve_reference(reference, dit.input_size * (2 ** (len(levels) - 1) if levels else 1))
+        size = dit.input_size * (2 ** (len(levels) - 1) if levels else 1)
+        resolve_reference(reference, size, channels=3 if levels else dit.in_channels)  # a VAE decodes RGB
     run = sampling_settings(tcfg)
     settings = run | {k: getattr(cfg, k) for k in run if getattr(cfg, k) is not None}
     if cfg.log_to_run and (off := protocol_departures(cfg, tcfg)):

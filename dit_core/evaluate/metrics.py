@@ -175,7 +175,7 @@ def evaluate_samples(
     if x.shape[2] != x.shape[3]:
         raise ValueError(f"images must be square, got {x.shape[2]}x{x.shape[3]}")
     resolution = x.shape[-1]
-    source = resolve_reference(reference, resolution)
+    source = resolve_reference(reference, resolution, channels=x.shape[1])
     extractors = dict(extractors or {})
     out: dict[str, float] = {}
     for family in dict.fromkeys(METRICS[m][0] for m in metrics):

@@ -121,17 +121,35 @@ def _read_image(path: Path) -> Any:
         ) from None
 
 
-def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
-    """Parse a reference name (see module doc); ValueError naming the problem otherwise."""
+def _check_channels(spec: str, have: int, channels: int | None) -> None:
+    """ValueError when the samples' ``channels`` are not the reference's ``have`` (grey against colour:
+    a FID of the colour alone, whatever the model learned)."""
+    if channels is None or channels == have:
+        return
+    kind = {1: "grey", 3: "colour"}
+    fix = f"'photos:channels={channels}'" if spec.startswith("photos") and channels in kind else "one"
+    raise ValueError(
+        f"reference {spec!r} holds {kind.get(have, have)} images ({have} channel(s)), but the samples have "
+        f"{channels} channel(s); score against a reference of the model's own kind of images: {fix} "
+        f"(or a folder / .npz of {channels}-channel images)"
+    )
+
+
+def resolve_reference(spec: str, resolution: int, channels: int | None = None) -> ReferenceSource:
+    """Parse a reference name (see module doc); ValueError naming the problem otherwise, also when
+    ``channels`` (the samples') differ from the reference's (known for digits, photos and .npz; a folder's
+    images are read as RGB, grey ones included)."""
     if spec == "digits" or spec.startswith("digits:"):
         split = spec.partition(":")[2] or "all"
         if split not in DIGITS_SPLITS:
             raise ValueError(f"reference {spec!r}: digits split must be one of {list(DIGITS_SPLITS)}")
+        _check_channels(spec, 1, channels)
         return ReferenceSource(spec, resolution, "digits", split=split)
     if spec == "photos" or spec.startswith("photos:"):
         from dit_core.data.photos import parse_photos_reference
 
         options, n = parse_photos_reference(spec)
+        _check_channels(spec, options.channels, channels)
         return ReferenceSource(spec, resolution, "photos", options={**dataclasses.asdict(options), "n": n})
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".npz":
@@ -146,6 +164,7 @@ def resolve_reference(spec: str, resolution: int) -> ReferenceSource:
             raise ValueError(f"reference {p}: arr_0 is {dtype}, expected uint8 images (0..255)")
         if shape[0] < 2:
             raise ValueError(f"reference {p}: arr_0 holds {shape[0]} image(s); FID needs at least 2")
+        _check_channels(spec, shape[3], channels)
         return ReferenceSource(spec, resolution, "npz", files=[p])
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)

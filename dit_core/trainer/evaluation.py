@@ -126,7 +126,7 @@ def check_evaluation(cfg: TrainConfig) -> None:
             f"them{off}"
         )
     try:
-        resolve_reference(reference, cfg.model.input_size)
+        resolve_reference(reference, cfg.model.input_size, channels=cfg.model.in_channels)
     except ValueError as err:
         raise ConfigError(f"eval.reference: {err}{off}") from None
     if any(METRICS[m][0] == "inception" for m in names):
