@@ -4,9 +4,9 @@ Layout: ``<out>/checkpoints/step_0001000.pt`` (``torch.save`` of a dict of tenso
 lists and dicts only, so ``torch.load(weights_only=True)`` reads it) and ``<out>/checkpoints/latest.json``
 ``{"step": 1000, "file": "step_0001000.pt"}``. Keys: ``model`` and ``ema`` (DiT state dicts),
 ``optimizer``, ``scheduler``, ``rng``, ``data_position``, ``ledger``, ``step``, ``config`` (the flat
-`TrainConfig` dict), ``mlflow_run_id``, plus ``loop`` (the partial log interval, the metric
-points not yet sent to MLflow, and ``due``: the validation / evaluation of this step still to be done,
-as the last step is checkpointed before them) and ``format``.
+`TrainConfig` dict), ``mlflow_run_id``, ``folder`` (the run folder's absolute path), plus ``loop``
+(the partial log interval, the metric points not yet sent to MLflow, and ``due``: the validation /
+evaluation of this step still to be done, as the last step is checkpointed before them) and ``format``.
 
 A write goes to a temporary file in the same folder, is fsynced and renamed over the target, and the
 folder is fsynced: a job killed at any moment (SIGKILL included) leaves either the old or the new

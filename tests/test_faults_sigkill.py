@@ -174,6 +174,7 @@ def _comparable(ck: dict) -> dict:
     ck["config"] = {k: v for k, v in ck["config"].items() if k != "out" and not k.startswith("tracking.")}
     ck["loop"] = {k: v for k, v in ck["loop"].items() if k != "unsent_metrics"}
     ck.pop("mlflow_run_id")
+    ck.pop("folder")  # the run folder, absolute
     return ck
 
 

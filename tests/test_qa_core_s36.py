@@ -235,3 +235,30 @@ def test_a_reference_of_other_channels_than_the_samples_is_refused():
         resolve_reference("digits", 16, channels=3)
     assert resolve_reference("photos:channels=1", 16, channels=1).options["channels"] == 1
     assert resolve_reference("digits", 16).kind == "digits"  # channels unknown: not checked
+
+
+def test_a_copied_run_folder_does_not_continue_the_originals_mlflow_run(tmp_path, capsys):
+    """`cp -r runs/a runs/b` then training `runs/b` continued run a's MLflow run from a second folder
+    (only a warning: "param out was ... now ..."). While the original is there it is refused, naming the
+    three ways on; a moved folder (the original gone) continues its run as before."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from dit_core.trainer.cli import main as train_main
+
+    args = ["--model", "none", "--depth", "1", "--width", "32", "--heads", "2", "--patch-size", "2",
+            "--image-size", "8", "--batch-size", "8", "--model.frequency_embedding_size", "32",
+            "--eval-every", "0", "--val-every", "0"]  # fmt: skip
+    a, b, c = (tmp_path / n for n in "abc")
+    assert train_main([*args, "--out", str(a), "--max-steps", "2"]) == 0
+    run_id = (a / "mlflow_run_id").read_text().strip()
+    shutil.copytree(a, b)
+    assert train_main([*args, "--out", str(b), "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"out: {b} is a copy of {a}" in err and f"MLflow run {run_id}" in err and "--resume" in err, err
+    assert int(MlflowClient().get_run(run_id).data.metrics["data/images_seen"]) == 16  # untouched
+    shutil.rmtree(b)
+    shutil.move(a, c)  # a move: the run goes on in its new folder
+    assert train_main([*args, "--out", str(c), "--max-steps", "4"]) == 0
+    assert int(MlflowClient().get_run(run_id).data.metrics["data/images_seen"]) == 32

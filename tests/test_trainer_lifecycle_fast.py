@@ -120,6 +120,10 @@ def test_checkpoints_hold_the_true_state_and_resume_is_bitwise(tmp_path, caplog)
             str(tmp_path / "a"),
             str(tmp_path / "b"),
         )
+        assert (ca.pop("folder"), cb.pop("folder")) == (
+            str((tmp_path / "a").resolve()),
+            str((tmp_path / "b").resolve()),
+        )
         assert_same_tensors(ca, cb, f"step {step}")
         assert ca["loop"]["last_loss"] == pytest.approx((loss[step - 2] + loss[step - 1]) / 2, rel=1e-6)
         assert ca["loop"]["pending_losses"] == []

@@ -254,6 +254,7 @@ class Trainer:
                 f"a new --out to train into run {given}"
             )
         self.check_eval_protocol(ckpt)
+        self.check_not_a_copy(ckpt)
         if self.cfg.tracking.enabled and given and given == own and self.forked_from is not None:
             ckpts = self.forked_from.parent
             home = ckpts.parent if ckpts.name == "checkpoints" else ckpts
@@ -263,6 +264,26 @@ class Trainer:
                 f"a run of its own) for the fork, or resume with --out {home} "
                 "to continue that run"
             )
+
+    def check_not_a_copy(self, ckpt: dict[str, Any]) -> None:
+        """ConfigError when ``out`` is a copy (``cp -r``) of the folder its checkpoint was trained in,
+        and that folder is still there, naming the same MLflow run: continued in both, one run would be
+        trained from two folders. A moved folder (the old one gone, or the same folder under another
+        path) continues as before."""
+        own, home = ckpt.get("mlflow_run_id"), Path(ckpt.get("folder") or self.out)
+        if not (self.cfg.tracking.enabled and own and self.forked_from is None):
+            return
+        try:
+            if home.samefile(self.out) or (home / RUN_ID_FILE).read_text().strip() != own:
+                return
+        except OSError:  # the old folder (or its run id file) is gone: a move
+            return
+        raise ConfigError(
+            f"out: {self.out} is a copy of {home}, where checkpoint {self.ckpt_path} was trained and which "
+            f"still continues MLflow run {own}: trained here too, one run would have two folders. Continue "
+            f"it with --out {home}; or branch a new run from this copy with --resume {self.ckpt_path} and a "
+            "new --out; or, to move the run here, delete the old folder first"
+        )
 
     def check_eval_protocol(self, ckpt: dict[str, Any]) -> None:
         """ConfigError when a run continued in its own MLflow run, with evaluations on, would score
@@ -702,6 +723,7 @@ class Trainer:
                 "step": self.step,
                 "config": self.flat,
                 "mlflow_run_id": self.run_id or "",
+                "folder": str(self.out.resolve()),  # where it was trained: `check_not_a_copy`
                 "loop": {"pending_losses": [float(v) for v in vec], "last_loss": self.last_loss,
                          "last_val": self.last_val, "due": list(self.due),
                          "unsent_metrics": self.tracker.unsent_points() if self.tracker else []},
