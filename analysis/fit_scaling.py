@@ -275,10 +275,15 @@ def main(argv: list[str] | None = None) -> int:
                 p.holdout = hold.to_dict()
         try:
             paths = write_report(an, args.out, preds, hold, source)
-            if args.json is not None:
-                write_json(args.json, an, preds, hold)
         except OSError as e:  # checked before the fit; a disk that filled up since, ...
             raise ValueError(f"cannot write the report ({e}); the fit was not saved") from None
+        if args.json is not None:
+            try:
+                write_json(args.json, an, preds, hold)
+            except OSError as e:
+                raise ValueError(
+                    f"cannot write --json {args.json} ({e}); the report is in {paths['report']}"
+                ) from None
         if args.csv is None and not args.no_mlflow_log:
             from mlflow.exceptions import MlflowException
 

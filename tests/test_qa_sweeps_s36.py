@@ -167,3 +167,26 @@ def test_sigterm_to_a_waiting_launcher_says_its_cells_go_on(job_env, tmp_path):
     assert p.returncode == -signal.SIGTERM, err
     assert "terminated (SIGTERM): the cells already submitted keep running" in err
     wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "finished", "the cell to finish")
+
+
+def test_a_json_that_cannot_be_written_is_named_and_the_report_kept(tmp_path: Path, capsys):
+    """`--json /dev/full` (a full disk) said "cannot write the report ...; the fit was not saved" though
+    the report had been written; now the JSON is named, and where the report is."""
+    from _fit_helpers import sweep
+
+    sweep().to_csv(tmp_path / "points.csv", index=False)
+    rep = tmp_path / "rep"
+    argv = [
+        "--csv",
+        str(tmp_path / "points.csv"),
+        "--bootstrap",
+        "0",
+        "--out",
+        str(rep),
+        "--json",
+        "/dev/full",
+    ]
+    assert fit_scaling.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write --json /dev/full (" in err and f"the report is in {rep}" in err, err
+    assert (rep / "report.md").is_file()
