@@ -156,3 +156,21 @@ def test_two_ranks_on_a_busy_out_both_exit_with_the_message(tmp_path):
     said = f"error: out: {out} is in use by another trainer (pid {os.getpid()} on "
     assert proc.stderr.count(said) == 2, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [TRAIN_LOCK]
+
+
+def test_a_trainer_refused_a_busy_out_does_not_say_it_resumed(tmp_path, caplog):
+    """A second trainer on a busy --out logged "resumed from ... at step N" (its checkpoint is read when
+    it is built) and then refused the folder; the resume is now said once the lock is held."""
+    import logging
+
+    out = tmp_path / "run"
+    cfg = tiny_config(out, steps=2, **{"tracking.enabled": False})
+    with one_thread(), caplog.at_level(logging.INFO, logger="dit_core.train"):
+        Trainer(cfg).run(progress_bar=False)
+        second = Trainer(cfg.replace(**{"budget.max_steps": 4}))
+        with out_folder_lock(out), pytest.raises(OutFolderBusy, match="is in use by another trainer"):
+            second.run(progress_bar=False)
+        assert not [r for r in caplog.records if r.getMessage().startswith("resumed from")]
+        assert second.run(progress_bar=False).step == 4  # the folder free again: now it resumes, and says so
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
+    assert said == [f"resumed from {out / 'checkpoints' / 'step_0000002.pt'} at step 2 (16 images seen)"]

@@ -212,6 +212,8 @@ class Trainer:
         #: checkpointed before them, so that a failing one costs no training (a resume runs them)
         self.due: list[str] = []
         self.run_id: str | None = None
+        #: what `_load` did, logged by `hold_out_folder` (a busy --out is refused without resuming)
+        self.resume_notes: list[tuple] = []
         self.unsent_metrics: list[list] = []  # metric points of the checkpoint not yet on the server
         if ckpt is not None:
             self._load(ckpt)
@@ -334,10 +336,13 @@ class Trainer:
         self.run_id = ckpt.get("mlflow_run_id") or None
         if self.forked_from is not None:  # the other folder's run is left alone, its points too
             self.parent_run_id, self.run_id, self.unsent_metrics = self.run_id, None, []
-        log.info("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
+        self.resume_notes.append(
+            ("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
+        )
         if self.forked_from is not None:
-            log.info("%s is another run folder's checkpoint: continuing it in a new MLflow run (its own "
-                     "run %s is left as it is)", self.ckpt_path, self.parent_run_id or "none")  # fmt: skip
+            self.resume_notes.append(("%s is another run folder's checkpoint: continuing it in a new MLflow "
+                                      "run (its own run %s is left as it is)", self.ckpt_path,
+                                      self.parent_run_id or "none"))  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
     def run(
@@ -396,6 +401,9 @@ class Trainer:
                 failure = ConfigError(message) if is_config else RuntimeError(f"rank 0: {message}")
         if failure is not None:
             raise failure
+        for note in self.resume_notes:  # said once the folder is this trainer's, not before a refusal
+            log.info(*note)
+        self.resume_notes = []
 
     def _run(
         self, stop_at_step: int | None, progress_bar: bool | None, signals: tuple[int, ...], local_job: bool
