@@ -557,6 +557,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     _print_failed(failed, res.logs)
     if failed:
         print(f"{len(failed)} cell(s) failed; relaunch the same command to retry them", file=sys.stderr)
+        _print_diverged(failed)
     if pl.exhausted:
         _print_exhausted(pl.exhausted, states)
     if failed or pl.exhausted:
@@ -585,6 +586,19 @@ def _print_exhausted(cells: list[str], states: dict[str, CellState]) -> None:
         "them again",
         file=sys.stderr,
     )
+
+
+def _print_diverged(errors: dict[str, str]) -> None:
+    """For cells whose trainer stopped at a non-finite loss or weights (its messages say "non-finite"):
+    the same settings diverge again, and a changed lr is another sweep's."""
+    diverged = [cid for cid, err in errors.items() if "non-finite" in err]
+    if diverged:
+        print(
+            f"{len(diverged)} of them diverged ({', '.join(diverged)}): a retry with the same settings "
+            "diverges again; launch them as a new sweep (--name NEW) with a lower lr (--set optim.lr=... or "
+            "--lrs) or gradient clipping (--set optim.grad_clip=1)",
+            file=sys.stderr,
+        )
 
 
 def _print_failed(errors: dict[str, str], logs: dict[str, str]) -> None:

@@ -190,3 +190,16 @@ def test_a_json_that_cannot_be_written_is_named_and_the_report_kept(tmp_path: Pa
     err = capsys.readouterr().err
     assert "error: cannot write --json /dev/full (" in err and f"the report is in {rep}" in err, err
     assert (rep / "report.md").is_file()
+
+
+def test_a_diverged_cell_is_told_to_change_its_lr_in_a_new_sweep(job_env, tmp_path, capsys):
+    """A cell whose trainer stopped at a non-finite loss was only told to "relaunch the same command to
+    retry", which diverges again, and a relaunch with another lr is refused as other settings."""
+    cfg = tmp_path / "fk.yaml"
+    cfg.write_text(fake_sweep_yaml("fk", tmp_path.name))
+    argv = ["-c", str(cfg), "--executor", "local", "--tracking-uri", job_env, "--max-retries", "0"]
+    # the fake trainer raises this text as the real one words a divergence
+    code, _, err = _main([*argv, "--set", "setup_error=non-finite training loss (nan) at step 3"], capsys)
+    assert code == 1
+    assert "1 of them diverged (S-2-3e9): a retry with the same settings diverges again" in err, err
+    assert "--name NEW" in err and "--set optim.lr=" in err
