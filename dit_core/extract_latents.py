@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from dit_core.atomic import atomic_write, atomic_write_bytes
 from dit_core.configio import check_fields, require
 from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
-from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, SD_VAE_SCALE, shard_name
+from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, SD_VAE_SCALE, shard_name, vae_factor
 from dit_core.device import DEVICE_HELP, resolve_device
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     check_output_outside(cfg.output, cfg.data_path)
     device = resolve_device(cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_factor(vae)
     size, fit = cfg.image_size, max(factor, cfg.image_size // factor * factor)
     require(
         size % factor == 0,

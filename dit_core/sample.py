@@ -27,8 +27,8 @@ from .memory import out_of_memory
 
 log = logging.getLogger(__name__)
 
-#: Pixels per latent pixel of the Stable Diffusion VAE that latent runs train on (`vae_factor`: the
-#: one of the VAE given).
+#: Pixels per latent pixel of the Stable Diffusion VAE that latent runs train on (given a VAE: its own,
+#: `dit_core.data.latents.vae_factor`).
 VAE_FACTOR = 8
 #: The side, in PNG pixels, that images are enlarged to by default (nearest neighbour; the demo's are 16 px).
 MIN_TILE = 64
@@ -56,16 +56,9 @@ class SampleConfig:
     zoom: int | None = None  # the PNG's pixels per image pixel; None: tiles of at least `MIN_TILE` px
 
 
-def vae_factor(vae) -> int:
-    """Pixels per latent pixel of a diffusers ``AutoencoderKL``: 2 per down block after the first (as
-    diffusers' pipelines compute it); `VAE_FACTOR` for a VAE without that config."""
-    blocks = getattr(getattr(vae, "config", None), "block_out_channels", None)
-    return 2 ** (len(blocks) - 1) if blocks else VAE_FACTOR
-
-
 def input_size(cfg: SampleConfig, dit, trained_on: str, vae_scale: int = VAE_FACTOR) -> int:
     """The model input's side for ``cfg.image_size`` pixels (latent runs: / ``vae_scale``, the VAE's
-    `vae_factor`); ConfigError where the model cannot sample it."""
+    `dit_core.data.latents.vae_factor`); ConfigError where the model cannot sample it."""
     if cfg.image_size is None:
         return dit.input_size
     factor = vae_scale if trained_on == "latents" else 1
@@ -103,6 +96,7 @@ def labels_for(cfg: SampleConfig, num_classes: int) -> torch.Tensor:
 def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, H, W, C) uint8, labels (N,)) sampled from ``cfg.checkpoint`` (file or run folder)."""
     from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .data.latents import vae_factor
     from .device import resolve_device
     from .evaluate.checkpoint_eval import check_vae, load_vae
     from .evaluate.sampling import generate_images, vae_decoder
@@ -114,8 +108,9 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
     model = model.to(device)
     dit, data = model.config, tcfg.data.name
-    vae = load_vae(cfg.vae, device) if cfg.vae else None
-    size, labels = input_size(cfg, dit, data, vae_factor(vae)), labels_for(cfg, dit.num_classes)
+    vae = load_vae(cfg.vae, device, dit.in_channels, cfg.checkpoint) if cfg.vae else None
+    size = input_size(cfg, dit, data, vae_factor(vae) or VAE_FACTOR)
+    labels = labels_for(cfg, dit.num_classes)
     run = sampling_settings(tcfg)
     settings = {k: getattr(cfg, k) if getattr(cfg, k) is not None else run[k]
                 for k in ("sampler", "steps", "cfg_scale", "seed")}  # fmt: skip

@@ -142,7 +142,8 @@ def test_sample_image_size_of_a_latent_run_uses_its_vaes_own_downsampling(tiny_v
 def test_a_vae_of_other_latent_channels_is_refused_before_sampling(latent_run, tiny_vae, tmp_path, capsys):
     """A ``--vae`` whose latents have other channels than the model was trained on (another VAE than
     the latents were extracted with) sampled everything, then crashed in the decoder with a torch
-    traceback (exit 1). sample and evaluate refuse it before the model is built, naming both counts."""
+    traceback (exit 1). sample and evaluate refuse it once it is loaded, before sampling, naming both
+    counts."""
     import diffusers
 
     from dit_core.sample import main as sample_main

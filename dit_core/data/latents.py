@@ -26,6 +26,15 @@ from .flip import EpochFlipMixin
 
 #: Stable Diffusion's VAE latent scale: latents are stored times it and decoded as ``vae.decode(z / it)``.
 SD_VAE_SCALE = 0.18215
+
+
+def vae_factor(vae) -> int | None:
+    """Pixels per latent pixel of a diffusers ``AutoencoderKL``: 2 per down block after the first (as
+    diffusers' pipelines compute it); None without a VAE or that config."""
+    blocks = getattr(getattr(vae, "config", None), "block_out_channels", None)
+    return 2 ** (len(blocks) - 1) if blocks else None
+
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ditscale-latents"
 MANIFEST_KEYS = (

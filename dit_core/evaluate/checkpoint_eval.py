@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.latents import vae_factor
 from .features import known_without_logits, resolve_inception_weights
 from .metrics import METRICS, check_metrics, default_metrics
 from .reference import resolve_reference
@@ -68,15 +69,25 @@ def chosen_metrics(cfg: CheckpointEvalConfig, run_cfg, reference: str) -> tuple[
     return default_metrics(reference) if cfg.reference else run_metrics(run_cfg, reference)
 
 
-def load_vae(path: str, device: torch.device):
+def load_vae(path: str, device: torch.device, in_channels: int | None = None, checkpoint: str = ""):
     """diffusers ``AutoencoderKL`` from a local folder (no download): one written by its
-    ``save_pretrained``, or a pipeline folder holding it in ``vae/``."""
+    ``save_pretrained``, or a pipeline folder holding it in ``vae/``. ConfigError, before any sampling,
+    when its latents have other channels than ``in_channels`` (the model of ``checkpoint`` was trained
+    on): another VAE than the latents were extracted with, which would fail in the decoder."""
+    from dit_core.configio import ConfigError
     from dit_core.extract_latents import load_vae as load_autoencoder
 
     if not os.path.isdir(path):
         raise ValueError(f"--vae {path} is not a folder; give a local diffusers AutoencoderKL directory")
-    subfolder = vae_subfolder(path)
-    return load_autoencoder(path, subfolder).to(device).eval()
+    vae = load_autoencoder(path, vae_subfolder(path)).to(device).eval()
+    have = getattr(vae.config, "latent_channels", None)
+    if in_channels is not None and have is not None and int(have) != int(in_channels):
+        raise ConfigError(
+            f"vae: --vae {path} encodes {have} latent channels, but the model of checkpoint {checkpoint} "
+            f"was trained on {in_channels} (model.in_channels); give the VAE its latents were extracted with "
+            "(the 'vae' of the latents folder's manifest.json)"
+        )
+    return vae
 
 
 def vae_subfolder(path: str) -> str | None:
@@ -113,32 +124,6 @@ def check_vae(cfg, ckpt: dict) -> None:
             f"vae: --vae {cfg.vae} was given, but checkpoint {cfg.checkpoint} is of a run trained on "
             f"{data!r} pixel data, whose samples need no decoding; drop --vae (it is for runs trained on "
             "VAE latents, data.name 'latents')"
-        )
-    if cfg.vae and data == "latents":
-        check_vae_channels(cfg.vae, flat.get("model.in_channels"), cfg.checkpoint)
-
-
-def check_vae_channels(vae: str, channels, checkpoint: str) -> None:
-    """ConfigError when the VAE folder ``vae`` (its ``config.json``) encodes other than the ``channels``
-    the model was trained on: another VAE than the one its latents were extracted with, which would
-    fail in the decoder only after all the sampling."""
-    import json
-
-    from dit_core.configio import ConfigError
-
-    if not os.path.isdir(vae):
-        return  # load_vae names it
-    try:
-        folder = os.path.join(vae, vae_subfolder(vae) or "")
-        with open(os.path.join(folder, "config.json")) as f:
-            have = json.load(f).get("latent_channels")
-    except (OSError, ValueError, AttributeError):
-        return  # load_vae names what is wrong with it
-    if have is not None and channels is not None and int(have) != int(channels):
-        raise ConfigError(
-            f"vae: --vae {vae} encodes {have} latent channels, but the model of checkpoint {checkpoint} was "
-            f"trained on {channels} (model.in_channels); give the VAE its latents were extracted with (the "
-            "'vae' of the latents folder's manifest.json)"
         )
 
 
@@ -241,11 +226,11 @@ def evaluate_checkpoint(
             )
     vae, dit = None, model.config
     if data.name == "latents":  # check_vae made sure --vae was given
-        vae = load_vae(cfg.vae, device)
-    levels = getattr(getattr(vae, "config", None), "block_out_channels", None)
-    if vae is None or levels:  # a reference it cannot score (pixels: the VAE's 2^(levels-1) x latents)
-        size = dit.input_size * (2 ** (len(levels) - 1) if levels else 1)
-        resolve_reference(reference, size, channels=3 if levels else dit.in_channels)  # a VAE decodes RGB
+        vae = load_vae(cfg.vae, device, dit.in_channels, cfg.checkpoint)
+    factor = vae_factor(vae)
+    if vae is None or factor:  # a reference it cannot score (pixels: the VAE's `factor` x latents)
+        size = dit.input_size * (factor or 1)
+        resolve_reference(reference, size, channels=3 if factor else dit.in_channels)  # a VAE decodes RGB
     run = sampling_settings(tcfg)
     settings = run | {k: getattr(cfg, k) for k in run if getattr(cfg, k) is not None}
     if cfg.log_to_run and (off := protocol_departures(cfg, tcfg)):

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def vae_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Latents -> pixels in [-1, 1], ``vae.decode(z / LATENT_SCALE)`` ``(N, 3, 8h, 8w)``; None: no VAE."""
+    """Latents -> pixels in [-1, 1], ``vae.decode(z / LATENT_SCALE)`` ``(N, 3, f h, f w)`` for the VAE's
+    `dit_core.data.latents.vae_factor` f (8 for Stable Diffusion's); None: no VAE."""
     return (lambda z: vae.decode(z / LATENT_SCALE).sample) if vae is not None else None
 
 
