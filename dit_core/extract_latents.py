@@ -234,6 +234,12 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     mine = [k for k in range(n_shards) if k % cfg.world_size == cfg.rank]
+    if not mine:
+        log.warning(
+            f"rank {cfg.rank} of {cfg.world_size} has no shards: {len(scan.samples)} images make "
+            f"{n_shards} shard(s) of {cfg.shard_size}, shard k going to rank k % {cfg.world_size}; to use "
+            f"every rank give --world-size {max(1, n_shards)} or a smaller --shard-size"
+        )
     for k in tqdm(mine, unit="shard", disable=not progress, desc="extract_latents"):
         path = os.path.join(cfg.output, shard_name(k))
         if _existing_shard(path, fingerprint, k) is not None:
@@ -263,6 +269,7 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
         "dtype": cfg.dtype,
         "classes": scan.classes,
         "num_items": sum(s["count"] for s in shards),
+        "num_shards": n_shards,
         "shards": shards,
         "skipped": skipped,
         "data_path": scan.root,
@@ -381,8 +388,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {_in_flags(str(e))}", file=sys.stderr)
         return 2
-    done = "" if manifest["complete"] else " (partial: other ranks' shards missing, no manifest yet)"
-    print(f"{manifest['num_items']} latents {manifest['latent_shape']} -> {args.output}{done}")
+    if manifest["complete"]:
+        print(f"{manifest['num_items']} latents {manifest['latent_shape']} -> {args.output}")
+        return 0
+    own = len(range(args.rank, manifest["num_shards"], args.world_size))
+    print(
+        f"rank {args.rank}/{args.world_size}: {own} of {manifest['num_shards']} shards are this rank's; "
+        f"{len(manifest['shards'])} finished so far ({manifest['num_items']} latents "
+        f"{manifest['latent_shape']}) -> {args.output} (partial: no manifest until every shard is done)"
+    )
     return 0
 
 

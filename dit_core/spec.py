@@ -36,6 +36,9 @@ POS_EMBEDS = ("sincos", "rope")
 #: The paper's block-design ablation (Sec. 3.2, Fig. 5); `dit_core.blocks` implements each.
 BLOCK_TYPES = ("adaln_zero", "adaln", "cross_attention", "in_context")
 NUM_COND_TOKENS = 2  # t and y tokens (cross-attention context / in-context prefix)
+# The most images one run may see: the data streams index samples (and the step draws their steps) in
+# int64, so a run of more than 2^63 - 1 images, at any speed ~10^11 GPU-years, is a typo in a budget.
+MAX_IMAGES = 2**63 - 1
 
 
 @dataclass
@@ -333,4 +336,10 @@ def resolve_budget_steps(budget: Budget, flops_per_image: float) -> int:
                 " FLOPs; raise --train-flops or lower the batch (--global-batch-size)"
             )
         steps = min(steps, by_flops)
+    if steps * budget.global_batch_size > MAX_IMAGES:
+        raise ValueError(
+            f"budget too large: {steps:.4g} steps of {budget.global_batch_size} images exceed the "
+            f"{MAX_IMAGES:.4g} images a run can count (64-bit sample indices); lower --train-flops or "
+            "--max-steps"
+        )
     return int(steps)

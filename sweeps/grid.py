@@ -22,6 +22,7 @@ import yaml
 from dit_core.atomic import atomic_write_text
 from dit_core.configio import check_fields, check_keys, parse_value, require
 from dit_core.spec import (
+    MAX_IMAGES,
     DiTConfig,
     budget_steps,
     forward_gflops,
@@ -368,6 +369,12 @@ def expand(spec: SweepSpec) -> list[Cell]:
         cells = design_cells(spec)
     else:
         cells = _grid_cells(spec)
+    if too_big := [c for c in cells if c.images > MAX_IMAGES]:
+        c = too_big[0]
+        raise ValueError(
+            f"budget {format_budget(c.budget)} gives {c.cell_id} {c.images:.3g} images, more than the "
+            f"{MAX_IMAGES:.3g} a run can count (64-bit sample indices); lower --budgets"
+        )
     ids = [c.cell_id for c in cells]
     if repeated := sorted({i for i in ids if ids.count(i) > 1}):
         why = f"{', '.join(twice)} listed twice" if twice else "budgets equal to 4 digits (cell ids keep 4)"

@@ -12,7 +12,7 @@ import torch
 from ..data.latents import vae_factor
 from .features import known_without_logits, resolve_inception_weights
 from .metrics import METRICS, check_metrics, default_metrics
-from .reference import resolve_reference
+from .reference import ReferenceSource, resolve_reference
 from .sampling import evaluate_model
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,10 @@ def evaluate_checkpoint(
     if data.name == "latents":  # check_vae made sure --vae was given
         vae = load_vae(cfg.vae, device, dit.in_channels, cfg.checkpoint)
     factor = vae_factor(vae)
+    source: str | ReferenceSource = reference  # resolved here where it can be: a folder listed once
     if vae is None or factor:  # a reference it cannot score (pixels: the VAE's `factor` x latents)
         size = dit.input_size * (factor or 1)
-        resolve_reference(reference, size, channels=3 if factor else dit.in_channels)  # a VAE decodes RGB
+        source = resolve_reference(reference, size, channels=3 if factor else dit.in_channels)  # VAE: RGB
     run = sampling_settings(tcfg)
     settings = run | {k: getattr(cfg, k) for k in run if getattr(cfg, k) is not None}
     if cfg.log_to_run and (off := protocol_departures(cfg, tcfg)):
@@ -243,7 +244,7 @@ def evaluate_checkpoint(
     check_guidance(settings["cfg_scale"], dit)
     result = evaluate_model(
         model, diffusion, **settings, batch_size=cfg.batch_size, num_classes=dit.num_classes,
-        image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=metrics,
+        image_size=dit.input_size, channels=dit.in_channels, reference=source, metrics=metrics,
         accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
         save_samples=cfg.save_samples, feature_spaces=feature_spaces, progress=cfg.progress,
     )  # fmt: skip

@@ -31,7 +31,7 @@ import torch
 from .domain_classifier import DOMAINS, DomainExtractor, recipe_for_reference
 from .features import FeatureExtractor, InceptionExtractor, as_image_array
 from .frechet import GaussianStats, fid_bootstrap_se, fid_from_stats
-from .reference import reference_stats, resolve_reference
+from .reference import ReferenceSource, reference_stats, resolve_reference
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def check_metrics(metrics: Sequence[str], reference: str) -> None:
 
 def evaluate_samples(
     images: torch.Tensor | np.ndarray,
-    reference: str = "digits",
+    reference: str | ReferenceSource = "digits",
     *,
     metrics: Sequence[str] = DIGITS_METRICS,
     extractors: Mapping[str, FeatureExtractor] | None = None,
@@ -170,12 +170,17 @@ def evaluate_samples(
     feature_spaces: when given, filled with ``{family: extractor name}`` (the name changes with the
     weights), so a caller can record which features its FIDs were computed in.
     """
-    check_metrics(metrics, reference)
+    given = reference if isinstance(reference, ReferenceSource) else None  # resolved by the caller
+    spec = given.spec if given else str(reference)
+    check_metrics(metrics, spec)
     x = as_image_array(images)
     if x.shape[2] != x.shape[3]:
         raise ValueError(f"images must be square, got {x.shape[2]}x{x.shape[3]}")
     resolution = x.shape[-1]
-    source = resolve_reference(reference, resolution, channels=x.shape[1])
+    if given and given.resolution == resolution:  # a folder is listed once, not again here
+        source = given
+    else:
+        source = resolve_reference(spec, resolution, channels=x.shape[1])
     extractors = dict(extractors or {})
     out: dict[str, float] = {}
     for family in dict.fromkeys(METRICS[m][0] for m in metrics):

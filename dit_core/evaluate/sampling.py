@@ -24,6 +24,7 @@ from ..data.latents import SD_VAE_SCALE as LATENT_SCALE
 from ..diffusion.validation import example_noise, example_seed
 from .features import FeatureExtractor, to_uint8
 from .metrics import DIGITS_METRICS, PR_K, check_metrics, evaluate_samples
+from .reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def evaluate_model(
     num_classes: int,
     image_size: int,
     channels: int,
-    reference: str = "digits",
+    reference: str | ReferenceSource = "digits",
     metrics: Sequence[str] = DIGITS_METRICS,
     accelerator=None,
     vae=None,
@@ -175,7 +176,7 @@ def evaluate_model(
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to fit a covariance, got {num_samples}")
-    check_metrics(metrics, reference)
+    check_metrics(metrics, reference.spec if isinstance(reference, ReferenceSource) else reference)
     if save_samples:  # not over a device, a checkpoint, ...: atomic_write's rename would replace it
         from .checkpoint_eval import check_output_files
 
