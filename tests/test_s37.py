@@ -114,3 +114,18 @@ def test_evaluate_lists_a_reference_folder_once(tmp_path, monkeypatch, capsys):
     assert code == 0, capsys.readouterr().err
     assert np.isfinite(json.loads(out.read_text())["eval/fid"])
     assert walks == ["*"]
+
+
+def test_the_analysis_tells_apart_every_fid_protocol_the_trainer_guards():
+    """The trainer refuses a resume that changes any `EVAL_PROTOCOL` key, because the analysis pools FIDs
+    only under one protocol; the analysis's protocol string must then differ whenever one of them does
+    (a key added to one list and not the other would pool FIDs of two protocols)."""
+    from analysis.runs import fid_protocol
+    from dit_core.trainer.loop import EVAL_PROTOCOL
+
+    base = {"eval.num_samples": "1000", "eval.sampler": "ddim", "eval.steps": "50", "eval.cfg_scale": "1.0"}
+    assert set(base) == set(EVAL_PROTOCOL)
+    seen = {fid_protocol("eval/fid_photos", base)}
+    for key in EVAL_PROTOCOL:
+        seen.add(fid_protocol("eval/fid_photos", {**base, key: "7"}))
+    assert len(seen) == 1 + len(EVAL_PROTOCOL)
