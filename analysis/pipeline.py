@@ -632,6 +632,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         n_e, d_e = _at(iso.n_opt, compute, lvl), _at(iso.d_opt, compute, lvl)
         loss_e = _at(fr.y_law, compute, lvl) if fr.y_law else None
         source = "IsoFLOP laws (approach 2)"
+        withhold = not iso.status.ok  # its exponent unresolved (or censored): no answer from it
     else:
         source = "compute-efficient frontier (approach 1)"
         if fr.n_opt is None or fr.d_opt is None or fr.y_law is None:
@@ -639,6 +640,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             withhold = True
         else:
             n_e, d_e, loss_e = (_at(law, compute, lvl) for law in (fr.n_opt, fr.d_opt, fr.y_law))
+            withhold = not fr.status.ok
     # the other approaches' N_opt, where they identify one (their statuses are folded in below)
     if iso.n_opt is not None and iso.status.ok:
         alt["N_opt from IsoFLOP (approach 2)"] = float(iso.n_opt.predict(compute))
