@@ -52,7 +52,7 @@ class IsoFlopSlice:
     patch: float
     sizes: tuple[float, ...]  # distinct N trained (sorted)
     best_n: float  # N of the lowest observed loss
-    side: str  # "below" (smallest wins), "above" (largest wins), "interior", or "single" (one size)
+    side: str  # "below" (smallest wins alone), "above" (largest alone), "interior" (or a tie), "single"
 
 
 def assign_budgets(points: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
@@ -141,6 +141,8 @@ def slice_sides(points: pd.DataFrame, gap_dex: float = 0.1) -> list[IsoFlopSlice
         sizes = tuple(float(n) for n in best.index)
         n_best = float(best.idxmin())
         side = "single" if len(sizes) < 2 else {sizes[0]: "below", sizes[-1]: "above"}.get(n_best, "interior")
+        if side in ("below", "above") and (best == best.min()).sum() > 1:  # an edge tied with another size
+            side = "interior"  # the optimum may lie between them: no evidence that it is outside the grid
         out.append(IsoFlopSlice(c, patch, sizes, n_best, side))
     return sorted(out, key=lambda s: s.compute)
 

@@ -4,10 +4,12 @@ and odd but legal inputs. Each test failed on the code before its fix."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from _fit_helpers import LAW, sweep
 
 from analysis import pipeline
+from analysis.isoflop import censoring, slice_sides
 from analysis.parametric import optimal_allocation
 from analysis.pipeline import AnalysisConfig, analyze, predict
 from analysis.status import NOT_IDENTIFIED, Status
@@ -53,3 +55,21 @@ def test_without_parametric_and_isoflop_laws_an_unresolved_frontier_recommends_n
     pr = predict(an, 1e22)
     assert pr.status.status == NOT_IDENTIFIED
     assert pr.n_opt is None and pr.d_opt is None and pr.loss is None
+
+
+def test_an_edge_model_tied_with_another_does_not_censor_the_optimum():
+    """Losses rounded in a CSV (here the smallest two sizes of every budget tie at the minimum) made the
+    first of the tied sizes, the smallest, the winner: `censored`, "N_opt below X at every budget: add
+    smaller models", though the optimum may lie between the tied sizes. A tie now counts as interior;
+    the smallest model winning alone is still censored."""
+    rows = []
+    for c in (1e18, 1e19, 1e20):
+        for i, n in enumerate(np.logspace(6, 8, 5) * (c / 1e18) ** 0.5):
+            loss = [2.0, 2.0, 2.1, 2.3, 2.6][i] * (c / 1e18) ** -0.05
+            rows.append({"N": n, "D": c / (6 * n), "C": c, "loss": loss, "run_id": f"{c:g}-{i}"})
+    d = pd.DataFrame(rows)
+    slices = slice_sides(d)
+    assert [s.side for s in slices] == ["interior"] * 3 and censoring(slices).ok
+    d.loc[d.index % 5 == 0, "loss"] *= 0.99  # the smallest wins alone
+    assert [s.side for s in slice_sides(d)] == ["below"] * 3
+    assert censoring(slice_sides(d)).status == "censored"
