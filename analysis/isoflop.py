@@ -209,12 +209,13 @@ class IsoFlopFit(AllocationExponents):
         j = self.joint
         if j is not None:
             lo, hi = j.a_interval
+            ci = f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) and math.isfinite(hi) else "none finite"
             minima = (
                 f"a = {self.minima_a:.4f}" if math.isfinite(self.minima_a) else "none (< 3 usable budgets)"
             )
             lines.append(
                 f"  joint fit of {len(j.budgets)} budgets ({j.n_points} points, one curvature in log loss "
-                f"{j.curvature:.4g}, rmse of ln L {j.rmse_log:.3g}): a = {j.a:.4f}, 95% [{lo:.3g}, {hi:.3g}] "
+                f"{j.curvature:.4g}, rmse of ln L {j.rmse_log:.3g}): a = {j.a:.4f}, 95% {ci} "
                 f"(t, {j.dof} dof); through the per-budget minima above: {minima}"
             )
         for name, law in (("N_opt", self.n_opt), ("D_opt", self.d_opt)):

@@ -3,12 +3,14 @@ and odd but legal inputs. Each test failed on the code before its fix."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 from _fit_helpers import LAW, sweep
 
-from analysis import pipeline
+from analysis import fit_scaling, pipeline
 from analysis.isoflop import censoring, slice_sides
 from analysis.parametric import optimal_allocation
 from analysis.pipeline import AnalysisConfig, analyze, predict
@@ -73,3 +75,25 @@ def test_an_edge_model_tied_with_another_does_not_censor_the_optimum():
     d.loc[d.index % 5 == 0, "loss"] *= 0.99  # the smallest wins alone
     assert [s.side for s in slice_sides(d)] == ["below"] * 3
     assert censoring(slice_sides(d)).status == "censored"
+
+
+def test_a_sweep_with_one_loss_everywhere_says_so_without_nan_inf_or_advice_to_add_smaller_models(
+    tmp_path, capsys
+):
+    """Every run at the same loss (a loss that does not depend on N, D or C). The output said: approach
+    2 "N_opt below ... the smallest model trained wins" (a tie), its exponent "has a 95% interval
+    [-inf, inf]", approach 1 "the smallest model trained ... add smaller models", and the report had
+    "a = nan" and a correlation table of "+nan". Now: not_identified, nothing censored, no nan or inf
+    in the words, and the frontier's reason says that the loss does not fall with compute."""
+    csv = tmp_path / "flat.csv"
+    sweep().assign(loss=3.0).to_csv(csv, index=False)
+    code = fit_scaling.main(["--csv", str(csv), "--out", str(tmp_path / "rep"), "--bootstrap", "4"])
+    out = capsys.readouterr().out
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert code == 3
+    for text in (out, report):
+        assert not re.search(r"\b(nan|inf)\b", text, re.IGNORECASE), text
+        assert "N_opt below" not in text and "add smaller models" not in text
+        assert "has no finite 95% interval" in text
+        assert "with a loss that no run at more compute improves on" in text
+    assert "| ln_E | n/a |" in report
