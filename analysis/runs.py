@@ -244,6 +244,12 @@ def load_csv(path: str | os.PathLike, *, flops_per_param_datum: float | None = N
     if len(raw) == len(df) and list(raw.columns) == list(df.columns):  # the same rows, as both reads are
         for col in [c for c in NUMERIC_COLUMNS if c in df.columns]:
             df[col] = raw[col].to_numpy(object)
+    if flops_per_param_datum is not None and "C" in df.columns:  # it would be ignored without a word
+        raise ValueError(
+            f"{path} has a C column, so --flops-per-param-datum {flops_per_param_datum:g} (C = k N D for a "
+            "CSV without C) would not be used; the allocation uses the median C / (N D) of the points: "
+            "leave the flag out, or drop the C column to compute C from it"
+        )
     df = validate_points(df, source=str(path), lines=_record_lines(path, len(df)))
     return tidy(df, flops_per_param_datum)
 

@@ -3,6 +3,7 @@ and odd but legal inputs. Each test failed on the code before its fix."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -97,3 +98,27 @@ def test_a_sweep_with_one_loss_everywhere_says_so_without_nan_inf_or_advice_to_a
         assert "has no finite 95% interval" in text
         assert "with a loss that no run at more compute improves on" in text
     assert "| ln_E | n/a |" in report
+
+
+def test_flops_per_param_datum_that_would_be_ignored_is_refused(tmp_path, capsys):
+    """`--flops-per-param-datum 4` with a CSV that has a C column (or with MLflow runs, which log their
+    compute) was accepted and ignored: the fit ran with the data's own C / (N D) = 6 and exit 0. Now exit 2
+    before any fit, naming the flag; without the C column it sets C = k N D, and N_opt at k C / 6 is the
+    closed-form optimum of the law at C."""
+    csv = tmp_path / "points.csv"
+    sweep().to_csv(csv, index=False)
+    rep = str(tmp_path / "rep")
+    code = fit_scaling.main(["--csv", str(csv), "--out", rep, "--flops-per-param-datum", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has a C column, so --flops-per-param-datum 4" in err and "Traceback" not in err
+    assert not (tmp_path / "rep").exists()
+    code = fit_scaling.main(["--experiment", "x", "--out", rep, "--flops-per-param-datum", "4"])
+    assert code == 2 and "MLflow runs log their compute" in capsys.readouterr().err
+    sweep().drop(columns=["C", "budget"]).to_csv(csv, index=False)
+    argv = ["--csv", str(csv), "--out", rep, "--json", str(tmp_path / "f.json"), "--bootstrap", "0"]
+    fit_scaling.main([*argv, "--flops-per-param-datum", "4", "--predict", str(4 / 6 * 1e22)])
+    res = json.loads((tmp_path / "f.json").read_text())
+    assert res["flops_per_param_datum"] == pytest.approx(4.0)
+    assert res["predictions"][0]["n_opt"]["value"] == pytest.approx(
+        optimal_allocation(LAW, 1e22)[0], rel=1e-4
+    )
