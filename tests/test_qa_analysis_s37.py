@@ -13,7 +13,7 @@ from _fit_helpers import LAW, sweep
 
 from analysis import fit_scaling, pipeline
 from analysis.isoflop import censoring, slice_sides
-from analysis.parametric import optimal_allocation
+from analysis.parametric import fit_parametric, optimal_allocation, parametric_loss
 from analysis.pipeline import AnalysisConfig, analyze, predict
 from analysis.status import NOT_IDENTIFIED, Status
 
@@ -122,3 +122,20 @@ def test_flops_per_param_datum_that_would_be_ignored_is_refused(tmp_path, capsys
     assert res["predictions"][0]["n_opt"]["value"] == pytest.approx(
         optimal_allocation(LAW, 1e22)[0], rel=1e-4
     )
+
+
+def test_an_e_at_its_floor_lies_inside_its_own_interval():
+    """Points exactly on L = A/N^alpha + B/D^beta (E = 0): the fit reports E = 0 (at its floor) but
+    printed E's 95% interval as [9.6e-07, 2.2e-05], the bootstrap refits' floor bound, which excludes the
+    estimate. The interval now starts at 0; the other parameters are the law's."""
+    law = dict(LAW, E=0.0)
+    d = sweep()
+    d["loss"] = parametric_loss(law, d["N"], d["D"])
+    fit = fit_parametric(d["N"], d["D"], d["loss"], n_bootstrap=6, seed=0)
+    assert fit.e_at_floor and fit.params["E"] == 0.0
+    lo, hi = fit.conf_int()["E"]
+    assert lo == 0.0 < hi
+    assert fit.to_dict()["ci95"]["E"] == [0.0, hi]
+    for k in ("alpha", "beta"):
+        assert fit.params[k] == pytest.approx(law[k], abs=1e-4)
+        assert fit.conf_int()[k][0] <= law[k] + 1e-4 and law[k] - 1e-4 <= fit.conf_int()[k][1]
