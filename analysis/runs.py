@@ -161,7 +161,31 @@ def validate_points(
                 f"{int(bad.sum())} row(s) are not (first at {_at(rows, lines)}: {values}){fix}"
             )
     _refuse_duplicates(df, source, lines)
+    _refuse_mixed_runs(df, source, lines)
     return df
+
+
+def _refuse_mixed_runs(df: pd.DataFrame, source: str, lines: Sequence[int] | None = None) -> None:
+    """ValueError when one run_id has rows with different N or budget: a run trains one model at one
+    budget, so such rows would be read as one training curve (and held out, bootstrapped and put on the
+    frontier together), e.g. a run_id that names the model at every budget."""
+    if "run_id" not in df.columns:
+        return
+    for col, what in (("N", "model sizes N"), ("budget", "budgets")):
+        if col not in df.columns:
+            continue
+        rows = df[df["run_id"].notna() & df[col].notna()]
+        counts = rows.groupby("run_id")[col].nunique()
+        if (counts > 1).any():
+            rid = counts.index[counts > 1][0]
+            i = [int(j) for j in np.flatnonzero((df["run_id"] == rid).to_numpy())]
+            values = ", ".join(f"{v:g}" for v in sorted(rows.loc[rows["run_id"] == rid, col].unique())[:5])
+            raise ValueError(
+                f"{source}: {int((counts > 1).sum())} run_id(s) have rows with different {what} (first: "
+                f"run_id {rid!r} at {_at(i[:5], lines)}: {col} = {values}); a run trains one model at one "
+                f"budget and its rows are its evaluations: give each model and budget its own run_id (e.g. "
+                f"{rid}-<budget>)"
+            )
 
 
 def _refuse_duplicates(df: pd.DataFrame, source: str, lines: Sequence[int] | None = None) -> None:

@@ -139,3 +139,43 @@ def test_an_e_at_its_floor_lies_inside_its_own_interval():
     for k in ("alpha", "beta"):
         assert fit.params[k] == pytest.approx(law[k], abs=1e-4)
         assert fit.conf_int()[k][0] <= law[k] + 1e-4 and law[k] - 1e-4 <= fit.conf_int()[k][1]
+
+
+def _grid_csv(path, run_id) -> None:
+    """The same six sizes at every budget of LAW, exactly on the law; ``run_id(i, c)`` names the runs."""
+    rows = []
+    for c in (1e18, 1e19, 1e20, 1e21):
+        for i, n in enumerate(np.logspace(7, 9.5, 6)):
+            d = c / (6 * n)
+            loss = float(parametric_loss(LAW, n, d))
+            rows.append({"N": n, "D": d, "C": c, "loss": loss, "budget": c, "run_id": run_id(i, c)})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_a_run_id_reused_across_budgets_is_refused_not_read_as_one_training_curve(tmp_path, capsys):
+    """A grid CSV whose run_id names the model at every budget (m0 .. m5) was read as 6 runs of 4
+    evaluations each: `--holdout largest` held out run m0 with all its budgets and reported a "-24.51%"
+    best-loss error, "outside the interval", on points exactly on the law. Now exit 2 naming the run_id,
+    its lines and its budgets; with one run_id per cell the holdout's loss error is 0."""
+    csv = tmp_path / "grid.csv"
+    _grid_csv(csv, lambda i, c: f"m{i}")
+    argv = ["--csv", str(csv), "--out", str(tmp_path / "rep"), "--bootstrap", "4", "--holdout", "largest"]
+    assert fit_scaling.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "6 run_id(s) have rows with different budgets (first: run_id 'm0' at lines 2, 8, 14, 20:" in err
+    assert "budget = 1e+18, 1e+19, 1e+20, 1e+21" in err and "Traceback" not in err
+    _grid_csv(csv, lambda i, c: f"m{i}-{c:.0e}")
+    assert fit_scaling.main([*argv, "--json", str(tmp_path / "f.json")]) == 0
+    hold = json.loads((tmp_path / "f.json").read_text())["holdout"]
+    assert hold["n_held_out"] == 6 and hold["mape_loss"] < 1e-6  # exact law
+    assert -0.01 < hold["frontier_error"] <= 0  # the optimum lies between the sizes trained
+
+
+def test_a_run_id_with_several_model_sizes_is_refused():
+    """The same for rows of one run_id with different N (a run trains one model): they were fitted as one
+    run's curve. Now a ValueError naming the run and its sizes."""
+    d = sweep()
+    d["run_id"] = [f"b{i % 5}" for i in range(len(d))]  # the i-th size of every budget shares a run_id
+    d = d.drop(columns="budget")
+    with pytest.raises(ValueError, match=r"5 run_id\(s\) have rows with different model sizes N .*'b0'"):
+        analyze(d, AnalysisConfig(n_bootstrap=0))
