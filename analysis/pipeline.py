@@ -540,7 +540,9 @@ class Prediction:
             interval = "" if math.isnan(self.n_opt.lo) else f" ({pct} interval)"
             lines.append(f"  model size N_opt : {self.n_opt} {u['N']}{interval}")
             if run := self.nearest_run_shape:
-                lines.append(f"  nearest run shape: {run.name} ({run.n_params:.4g} {u['N']})")
+                ratio = run.n_params / self.n_opt.value
+                far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no run's shape is near it"
+                lines.append(f"  nearest run shape: {run.name} ({run.n_params:.4g} {u['N']}{far})")
             if dit := self.nearest_dit_shape:
                 ratio = dit.n_params / self.n_opt.value
                 far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no paper shape is near it"

@@ -179,3 +179,16 @@ def test_a_run_id_with_several_model_sizes_is_refused():
     d = d.drop(columns="budget")
     with pytest.raises(ValueError, match=r"5 run_id\(s\) have rows with different model sizes N .*'b0'"):
         analyze(d, AnalysisConfig(n_bootstrap=0))
+
+
+def test_a_nearest_run_shape_far_from_n_opt_says_so():
+    """At 1e31 FLOPs (1e10 x the data) N_opt is 2.26e13 and the nearest run shape 4.65e9 was printed as
+    plainly as a near one; the DiT shape beside it already said "no paper shape is near it". Now the run
+    shape says how far it is too; a near one (1.47e9 at N_opt 1.37e9) is printed as before."""
+    an = analyze(sweep(), AnalysisConfig(n_bootstrap=0))
+    far = predict(an, 1e31)
+    assert far.n_opt.value == pytest.approx(optimal_allocation(LAW, 1e31)[0], rel=1e-4)
+    assert "nearest run shape: N=4.65e+09 (4.645e+09 parameters; 0.000205x N_opt, no run's shape is near" in (
+        far.text()
+    )
+    assert "nearest run shape: N=1.47e+09 (1.469e+09 parameters)\n" in predict(an, 1e22).text()
