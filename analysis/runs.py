@@ -160,9 +160,30 @@ def validate_points(
                 f"{source}: column {col} must be {what}; "
                 f"{int(bad.sum())} row(s) are not (first at {_at(rows, lines)}: {values}){fix}"
             )
+    df = _final_flags(df, source, lines)
     _refuse_duplicates(df, source, lines)
     _refuse_mixed_runs(df, source, lines)
     return df
+
+
+_FLAGS = {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}
+
+
+def _final_flags(df: pd.DataFrame, source: str, lines: Sequence[int] | None = None) -> pd.DataFrame:
+    """`df` with its `final` column (if any) as booleans: True / False, 1 / 0 (any case); ValueError
+    naming the first other cells (an empty one, "yes", "no", ...), which `astype(bool)` read as True."""
+    if "final" not in df.columns or df["final"].dtype == bool:
+        return df
+    flags = [_FLAGS.get(str(v).strip().lower()) for v in df["final"]]
+    bad = [i for i, f in enumerate(flags) if f is None]
+    if bad:
+        cells = ", ".join("(empty)" if pd.isna(v) else repr(v) for v in df["final"].iloc[bad[:5]])
+        raise ValueError(
+            f"{source}: column final must be True or False (or 1 / 0) in every row; {len(bad)} row(s) are "
+            f"not (first at {_at(bad[:5], lines)}: {cells}): write True for a run's last evaluation, False "
+            "for the others, or leave the column out (then a run's largest step is its final point)"
+        )
+    return df.assign(final=np.array(flags, dtype=bool))
 
 
 def _refuse_mixed_runs(df: pd.DataFrame, source: str, lines: Sequence[int] | None = None) -> None:

@@ -15,6 +15,7 @@ from analysis import fit_scaling, pipeline
 from analysis.isoflop import censoring, slice_sides
 from analysis.parametric import fit_parametric, optimal_allocation, parametric_loss
 from analysis.pipeline import AnalysisConfig, analyze, predict
+from analysis.runs import load_csv
 from analysis.status import NOT_IDENTIFIED, Status
 
 
@@ -192,3 +193,25 @@ def test_a_nearest_run_shape_far_from_n_opt_says_so():
         far.text()
     )
     assert "nearest run shape: N=1.47e+09 (1.469e+09 parameters)\n" in predict(an, 1e22).text()
+
+
+@pytest.mark.parametrize("no", ["no", "", "n"])
+def test_a_final_column_that_is_not_true_or_false_is_refused(tmp_path, no):
+    """A CSV `final` column written yes / no (or with empty cells) was read as text and every cell,
+    "no" included, as True (`astype(bool)`): a run's mid-training points counted as final points (in the
+    IsoFLOP slices, the best-lr choice). Now an error naming the lines and cells; True / False and 1 / 0
+    are read as flags."""
+    d = sweep().assign(final="yes")
+    d.loc[3, "final"] = no
+    csv = tmp_path / "points.csv"
+    d.to_csv(csv, index=False)
+    with pytest.raises(
+        ValueError, match=r"column final must be True or False .* lines 2, 3, 4, 5, 6: 'yes'"
+    ) as e:
+        load_csv(csv)
+    assert f"'yes', {repr(no) if no else '(empty)'}, 'yes'" in str(e.value)
+    for yes, no_ in (("True", "False"), ("1", "0"), ("true", "FALSE")):
+        d["final"] = [no_ if i == 3 else yes for i in range(len(d))]
+        d.to_csv(csv, index=False)
+        final = load_csv(csv)["final"]
+        assert final.dtype == bool and not final[3] and final.drop(3).all()
