@@ -215,3 +215,18 @@ def test_a_final_column_that_is_not_true_or_false_is_refused(tmp_path, no):
         d.to_csv(csv, index=False)
         final = load_csv(csv)["final"]
         assert final.dtype == bool and not final[3] and final.drop(3).all()
+
+
+def test_influence_on_a_sweep_without_an_n_opt_prints_no_nan(tmp_path, capsys):
+    """`--influence` on a sweep whose N_opt is withheld (one loss everywhere: alpha = beta = 0) printed
+    an N_opt column of `nan` and "the 5 runs that move N_opt most". Now it says N_opt is not identified,
+    the column shows '-', and the expected loss (3.0, the law's) is still given."""
+    csv = tmp_path / "flat.csv"
+    sweep().assign(loss=3.0).to_csv(csv, index=False)
+    argv = ["--csv", str(csv), "--out", str(tmp_path / "rep"), "--bootstrap", "0", "--influence"]
+    assert fit_scaling.main(argv) == 3
+    out = capsys.readouterr().out
+    text = out[out.index("Influence:") :]
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE), text
+    assert "N_opt (approach 3): not identified with every run" in text and "move N_opt most" not in text
+    assert re.search(r"c1e\+18-0 +N=1.82e\+06 +1e\+18 +3.0000 +- +- +3.0000", text)
