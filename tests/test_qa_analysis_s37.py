@@ -230,3 +230,19 @@ def test_influence_on_a_sweep_without_an_n_opt_prints_no_nan(tmp_path, capsys):
     assert not re.search(r"\bnan\b", text, re.IGNORECASE), text
     assert "N_opt (approach 3): not identified with every run" in text and "move N_opt most" not in text
     assert re.search(r"c1e\+18-0 +N=1.82e\+06 +1e\+18 +3.0000 +- +- +3.0000", text)
+
+
+def test_compute_in_pf_days_is_refused_not_fitted_as_flops(tmp_path, capsys):
+    """A CSV whose C is in PF-days (1 PF-day = 8.64e19 FLOPs) was fitted as FLOPs: C / (N D) = 6.9e-20,
+    the default budget "1.16e+02 FLOPs" and every compute label wrong by 8.64e19. No true FLOP
+    count is below 2 per parameter per token, so C / (N D) < 1 is now an error (exit 2) naming the
+    ratio and PF-days; the same points in FLOPs fit as before."""
+    csv = tmp_path / "pfdays.csv"
+    d = sweep()
+    d.assign(C=d["C"] / 8.64e19, budget=d["budget"] / 8.64e19).to_csv(csv, index=False)
+    argv = ["--csv", str(csv), "--out", str(tmp_path / "rep"), "--bootstrap", "0"]
+    assert fit_scaling.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "C / (N D) is 6.94e-20 (the median over the points), below 1" in err and "PF-days" in err
+    an = analyze(d, AnalysisConfig(n_bootstrap=0))
+    assert an.flops_per_param_datum == pytest.approx(6.0)
