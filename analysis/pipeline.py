@@ -312,12 +312,14 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     msgs: list[str] = []
     d_raw = pts["D_raw"] if "D_raw" in pts.columns else pts["D"]
     k = float(np.median(pts["C"] / (pts["N"] * d_raw)))
-    if k < 1.0:  # a forward pass alone costs 2 FLOPs per parameter per token
+    n_all, d_all = (pts[c] if c in pts.columns else pts[o] for c, o in (("N_total", "N"), ("images", "D")))
+    k_raw = float(np.median(pts["C"] / (n_all * d_all)))  # the input's own N and D (images or tokens)
+    if k_raw < 1.0:  # a forward pass alone costs 2 FLOPs per parameter per token
         raise ValueError(
-            f"C / (N D) is {k:.3g} (the median over the points), below 1, though training costs at least 2 "
-            "FLOPs per parameter per token (6 with the backward pass): C is not in true FLOPs (in PF-days? "
-            "1 PF-day = 8.64e19 FLOPs), or N or D is not in parameters and images or tokens; give C in "
-            "FLOPs, or leave the C column out (C = k N D, --flops-per-param-datum)"
+            f"C / (N D) is {k_raw:.3g} (the median over the points), below 1, though training costs at "
+            "least 2 FLOPs per parameter per token (6 with the backward pass): C is not in true FLOPs "
+            "(in PF-days? 1 PF-day = 8.64e19 FLOPs), or N or D is not in parameters and images or tokens; "
+            "give C in FLOPs, or leave the C column out (C = k N D, --flops-per-param-datum)"
         )
     spread = np.ptp(np.log(pts["C"] / (pts["N"] * d_raw)))
     if spread > math.log(2):
