@@ -233,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         for flag, value in (("--experiment", args.experiment), ("--tracking-uri", args.tracking_uri)):
             if value is not None and not value.strip():  # e.g. --experiment "$UNSET": not the default
                 raise ValueError(f"{flag} is empty; give a value, or leave the flag out for the default")
+        if args.csv is None and args.flops_per_param_datum is not None:  # the runs log their compute
+            raise ValueError(
+                "--flops-per-param-datum sets C = k N D for a CSV without a C column; MLflow runs log their "
+                "compute (compute/train_flops), so it would not be used: leave it out"
+            )
         if args.csv is not None and args.tracking_uri is not None:  # it would be ignored without a word
             raise ValueError(
                 "--tracking-uri names an MLflow store, but --csv reads the points from a file and uses no "

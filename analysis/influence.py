@@ -44,6 +44,8 @@ def fit_summary(an: Analysis | None, compute: float, hold: HoldoutResult | None 
     if pf is not None:
         n, _, loss = (float(v) for v in optimal_allocation(pf.params, compute, an.flops_per_param_datum))
         out.update(n_opt=n, pred_loss=loss, alpha=pf.params["alpha"], beta=pf.params["beta"], a=pf.a)
+        if not pf.allocation_identified:  # withheld, as the prediction withholds it
+            out.update(n_opt=math.nan, a=math.nan)
     if hold is not None:
         out["holdout"] = hold.frontier_error
     return out
@@ -93,7 +95,11 @@ class Influence:
             f"at {self.compute:.3g} FLOPs"
         ]
         lo, hi = self.spread("n_opt")
-        if math.isfinite(lo):
+        if not math.isfinite(f["n_opt"]):
+            lines.append(
+                "  N_opt (approach 3): not identified with every run (see the status); '-' in the table"
+            )
+        if math.isfinite(lo) and math.isfinite(f["n_opt"]):
             lines.append(
                 f"  N_opt (approach 3): {f['n_opt']:.4g} with every run; {lo:.3g} .. {hi:.3g} "
                 f"(x{lo / f['n_opt']:.2f} .. x{hi / f['n_opt']:.2f}) with one left out"
@@ -116,15 +122,19 @@ class Influence:
                 f"{100 * lo:+.2f}% .. {100 * hi:+.2f}% "
                 f"with one of the {k} runs it fits left out"
             )
-        lines.append(f"  the {min(top, n)} runs that move N_opt most:")
+        ranked = math.isfinite(f["n_opt"])
+        lines.append(
+            f"  the {min(top, n)} runs that move N_opt most:" if ranked else f"  {min(top, n)} of the runs:"
+        )
         head = ("run", "model", "budget", "its loss", "N_opt", "x all", "E[loss]", "holdout")
         lines.append("    {:<12} {:<14} {:>8} {:>8} {:>9} {:>6} {:>8} {:>8}".format(*head))
         for row, ratio in list(zip(self.table.itertuples(), self.ratio("n_opt")))[:top]:
             hold = f"{100 * row.holdout:+.2f}%" if math.isfinite(row.holdout) else "-"
+            n_opt = f"{row.n_opt:>9.3g}" if math.isfinite(row.n_opt) else f"{'-':>9}"
+            times = f"{ratio:>6.2f}" if math.isfinite(ratio) else f"{'-':>6}"
             lines.append(
                 f"    {str(row.run_id)[:12]:<12} {str(row.model)[:14]:<14} {row.budget:>8.2g} "
-                f"{row.loss:>8.4f} "
-                f"{row.n_opt:>9.3g} {ratio:>6.2f} {row.pred_loss:>8.4f} {hold:>8}"
+                f"{row.loss:>8.4f} {n_opt} {times} {row.pred_loss:>8.4f} {hold:>8}"
             )
         return "\n".join(lines)
 

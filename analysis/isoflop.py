@@ -52,7 +52,7 @@ class IsoFlopSlice:
     patch: float
     sizes: tuple[float, ...]  # distinct N trained (sorted)
     best_n: float  # N of the lowest observed loss
-    side: str  # "below" (smallest wins), "above" (largest wins), "interior", or "single" (one size)
+    side: str  # "below" (smallest wins alone), "above" (largest alone), "interior" (or a tie), "single"
 
 
 def assign_budgets(points: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
@@ -141,6 +141,8 @@ def slice_sides(points: pd.DataFrame, gap_dex: float = 0.1) -> list[IsoFlopSlice
         sizes = tuple(float(n) for n in best.index)
         n_best = float(best.idxmin())
         side = "single" if len(sizes) < 2 else {sizes[0]: "below", sizes[-1]: "above"}.get(n_best, "interior")
+        if side in ("below", "above") and (best == best.min()).sum() > 1:  # an edge tied with another size
+            side = "interior"  # the optimum may lie between them: no evidence that it is outside the grid
         out.append(IsoFlopSlice(c, patch, sizes, n_best, side))
     return sorted(out, key=lambda s: s.compute)
 
@@ -207,12 +209,13 @@ class IsoFlopFit(AllocationExponents):
         j = self.joint
         if j is not None:
             lo, hi = j.a_interval
+            ci = f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) and math.isfinite(hi) else "none finite"
             minima = (
                 f"a = {self.minima_a:.4f}" if math.isfinite(self.minima_a) else "none (< 3 usable budgets)"
             )
             lines.append(
                 f"  joint fit of {len(j.budgets)} budgets ({j.n_points} points, one curvature in log loss "
-                f"{j.curvature:.4g}, rmse of ln L {j.rmse_log:.3g}): a = {j.a:.4f}, 95% [{lo:.3g}, {hi:.3g}] "
+                f"{j.curvature:.4g}, rmse of ln L {j.rmse_log:.3g}): a = {j.a:.4f}, 95% {ci} "
                 f"(t, {j.dof} dof); through the per-budget minima above: {minima}"
             )
         for name, law in (("N_opt", self.n_opt), ("D_opt", self.d_opt)):

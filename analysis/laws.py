@@ -366,7 +366,10 @@ def fit_frontier(
     if len(fr) and fr["N"].nunique() < 2:
         n_hold = float(fr["N"].iloc[0])
         sizes = np.sort(pts["N"].unique())
-        if len(sizes) < 2:  # both the smallest and the largest: nothing on either side brackets it
+        if len(fr) == 1 and len(sizes) > 1:  # nothing beat the first budget's best: no model "wins"
+            where = f"the best at the lowest budget, with a {y} that no run at more compute improves on"
+            fix = f"check that the {y} falls with compute (runs that diverged or stalled)"
+        elif len(sizes) < 2:  # both the smallest and the largest: nothing on either side brackets it
             where = "the only model size trained" if y == "loss" else f"the only model size with a {y}"
             where += " (no smaller or larger one to bracket it)"
             fix = "add smaller and larger models (spanning at least 10x in N)"

@@ -263,7 +263,10 @@ class ParametricFit:
         if self.bootstrap is None:
             return {}
         ci = self.bootstrap.conf_int(level or self.level)
-        return {k: ci[k] for k in ("E", "A", "B", "alpha", "beta", "a", "b") if k in ci}
+        out = {k: ci[k] for k in ("E", "A", "B", "alpha", "beta", "a", "b") if k in ci}
+        if self.e_at_floor and "E" in out:  # refits at E's floor (a bound that stands for 0) hold E = 0
+            out["E"] = (0.0, out["E"][1])
+        return out
 
     def correlation(self) -> np.ndarray | None:
         """Bootstrap correlation matrix of (ln E, ln A, ln B, alpha, beta), (5, 5); None without."""

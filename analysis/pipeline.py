@@ -312,6 +312,15 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     msgs: list[str] = []
     d_raw = pts["D_raw"] if "D_raw" in pts.columns else pts["D"]
     k = float(np.median(pts["C"] / (pts["N"] * d_raw)))
+    n_all, d_all = (pts[c] if c in pts.columns else pts[o] for c, o in (("N_total", "N"), ("images", "D")))
+    k_raw = float(np.median(pts["C"] / (n_all * d_all)))  # the input's own N and D (images or tokens)
+    if k_raw < 1.0:  # a forward pass alone costs 2 FLOPs per parameter per token
+        raise ValueError(
+            f"C / (N D) is {k_raw:.3g} (the median over the points), below 1, though training costs at "
+            "least 2 FLOPs per parameter per token (6 with the backward pass): C is not in true FLOPs "
+            "(in PF-days? 1 PF-day = 8.64e19 FLOPs), or N or D is not in parameters and images or tokens; "
+            "give C in FLOPs, or leave the C column out (C = k N D, --flops-per-param-datum)"
+        )
     spread = np.ptp(np.log(pts["C"] / (pts["N"] * d_raw)))
     if spread > math.log(2):
         msgs.append(
@@ -540,7 +549,9 @@ class Prediction:
             interval = "" if math.isnan(self.n_opt.lo) else f" ({pct} interval)"
             lines.append(f"  model size N_opt : {self.n_opt} {u['N']}{interval}")
             if run := self.nearest_run_shape:
-                lines.append(f"  nearest run shape: {run.name} ({run.n_params:.4g} {u['N']})")
+                ratio = run.n_params / self.n_opt.value
+                far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no run's shape is near it"
+                lines.append(f"  nearest run shape: {run.name} ({run.n_params:.4g} {u['N']}{far})")
             if dit := self.nearest_dit_shape:
                 ratio = dit.n_params / self.n_opt.value
                 far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no paper shape is near it"
@@ -632,6 +643,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         n_e, d_e = _at(iso.n_opt, compute, lvl), _at(iso.d_opt, compute, lvl)
         loss_e = _at(fr.y_law, compute, lvl) if fr.y_law else None
         source = "IsoFLOP laws (approach 2)"
+        withhold = not iso.status.ok  # its exponent unresolved (or censored): no answer from it
     else:
         source = "compute-efficient frontier (approach 1)"
         if fr.n_opt is None or fr.d_opt is None or fr.y_law is None:
@@ -639,6 +651,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             withhold = True
         else:
             n_e, d_e, loss_e = (_at(law, compute, lvl) for law in (fr.n_opt, fr.d_opt, fr.y_law))
+            withhold = not fr.status.ok
     # the other approaches' N_opt, where they identify one (their statuses are folded in below)
     if iso.n_opt is not None and iso.status.ok:
         alt["N_opt from IsoFLOP (approach 2)"] = float(iso.n_opt.predict(compute))

@@ -111,7 +111,9 @@ def _corr_table(an: Analysis) -> list[str]:
     lines.append("| | " + " | ".join(LOG_SE_KEYS) + " |")
     lines.append("|---" * (len(LOG_SE_KEYS) + 1) + "|")
     for k, row in zip(LOG_SE_KEYS, corr):
-        lines.append(f"| {k} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
+        lines.append(f"| {k} | " + " | ".join(f"{v:+.2f}" if np.isfinite(v) else "n/a" for v in row) + " |")
+    if not np.isfinite(corr).all():
+        lines += ["", "n/a: a parameter that did not vary over the bootstrap refits has no correlation."]
     return lines
 
 
@@ -174,8 +176,10 @@ def markdown(
     lines.append(f"- {fr.status.text()}")
     lines.append(f"- loss frontier (saturating): {_fmt_law(fr.y_law)}")
     lines.append(f"- loss frontier (pure power law): {_fmt_law(an.loss_vs_compute_pure)}")
-    lines.append(f"- N_opt(C): {_fmt_law(fr.n_opt)} (a = {fr.a:.4f}; N in {u['N']}, C in FLOPs)")
-    lines.append(f"- D_opt(C): {_fmt_law(fr.d_opt)} (b = {fr.b:.4f}; D in {u['D']})")
+    a_txt = f"a = {fr.a:.4f}; " if fr.n_opt is not None else ""
+    b_txt = f"b = {fr.b:.4f}; " if fr.d_opt is not None else ""
+    lines.append(f"- N_opt(C): {_fmt_law(fr.n_opt)} ({a_txt}N in {u['N']}, C in FLOPs)")
+    lines.append(f"- D_opt(C): {_fmt_law(fr.d_opt)} ({b_txt}D in {u['D']})")
     if fr.n_opt is not None and fr.n_opt.bootstrap is not None:
         bs = fr.n_opt.bootstrap
         how = f"{bs.n_failed} without an N_opt law"

@@ -160,8 +160,53 @@ def validate_points(
                 f"{source}: column {col} must be {what}; "
                 f"{int(bad.sum())} row(s) are not (first at {_at(rows, lines)}: {values}){fix}"
             )
+    df = _final_flags(df, source, lines)
     _refuse_duplicates(df, source, lines)
+    _refuse_mixed_runs(df, source, lines)
     return df
+
+
+_FLAGS = {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}
+
+
+def _final_flags(df: pd.DataFrame, source: str, lines: Sequence[int] | None = None) -> pd.DataFrame:
+    """`df` with its `final` column (if any) as booleans: True / False, 1 / 0 (any case); ValueError
+    naming the first other cells (an empty one, "yes", "no", ...), which `astype(bool)` read as True."""
+    if "final" not in df.columns or df["final"].dtype == bool:
+        return df
+    flags = [_FLAGS.get(str(v).strip().lower()) for v in df["final"]]
+    bad = [i for i, f in enumerate(flags) if f is None]
+    if bad:
+        cells = ", ".join("(empty)" if pd.isna(v) else repr(v) for v in df["final"].iloc[bad[:5]])
+        raise ValueError(
+            f"{source}: column final must be True or False (or 1 / 0) in every row; {len(bad)} row(s) are "
+            f"not (first at {_at(bad[:5], lines)}: {cells}): write True for a run's last evaluation, False "
+            "for the others, or leave the column out (then a run's largest step is its final point)"
+        )
+    return df.assign(final=np.array(flags, dtype=bool))
+
+
+def _refuse_mixed_runs(df: pd.DataFrame, source: str, lines: Sequence[int] | None = None) -> None:
+    """ValueError when one run_id has rows with different N or budget: a run trains one model at one
+    budget, so such rows would be read as one training curve (and held out, bootstrapped and put on the
+    frontier together), e.g. a run_id that names the model at every budget."""
+    if "run_id" not in df.columns:
+        return
+    for col, what in (("N", "model sizes N"), ("budget", "budgets")):
+        if col not in df.columns:
+            continue
+        rows = df[df["run_id"].notna() & df[col].notna()]
+        counts = rows.groupby("run_id")[col].nunique()
+        if (counts > 1).any():
+            rid = counts.index[counts > 1][0]
+            i = [int(j) for j in np.flatnonzero((df["run_id"] == rid).to_numpy())]
+            values = ", ".join(f"{v:g}" for v in sorted(rows.loc[rows["run_id"] == rid, col].unique())[:5])
+            raise ValueError(
+                f"{source}: {int((counts > 1).sum())} run_id(s) have rows with different {what} (first: "
+                f"run_id {rid!r} at {_at(i[:5], lines)}: {col} = {values}); a run trains one model at one "
+                f"budget and its rows are its evaluations: give each model and budget its own run_id (e.g. "
+                f"{rid}-<budget>)"
+            )
 
 
 def _refuse_duplicates(df: pd.DataFrame, source: str, lines: Sequence[int] | None = None) -> None:
@@ -244,6 +289,12 @@ def load_csv(path: str | os.PathLike, *, flops_per_param_datum: float | None = N
     if len(raw) == len(df) and list(raw.columns) == list(df.columns):  # the same rows, as both reads are
         for col in [c for c in NUMERIC_COLUMNS if c in df.columns]:
             df[col] = raw[col].to_numpy(object)
+    if flops_per_param_datum is not None and "C" in df.columns:  # it would be ignored without a word
+        raise ValueError(
+            f"{path} has a C column, so --flops-per-param-datum {flops_per_param_datum:g} (C = k N D for a "
+            "CSV without C) would not be used; the allocation uses the median C / (N D) of the points: "
+            "leave the flag out, or drop the C column to compute C from it"
+        )
     df = validate_points(df, source=str(path), lines=_record_lines(path, len(df)))
     return tidy(df, flops_per_param_datum)
 

@@ -11,6 +11,7 @@ Statuses, from best to worst:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 OK, EXTRAPOLATING, CENSORED, NOT_IDENTIFIED = "ok", "extrapolating", "censored", "not_identified"
@@ -80,7 +81,14 @@ def worst(*statuses: Status | None) -> Status:
 def flag_unresolved_exponent(st: Status, what: str, interval, approach: int, level: float = 0.95) -> None:
     """`not_identified` when the interval (lo, hi) of the N_opt exponent `what` includes 0."""
     lo, hi = interval
-    if lo <= 0 <= hi:
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # a fit on a bound, a singular Jacobian
+        st.add(
+            NOT_IDENTIFIED,
+            f"{what} has no finite {100 * level:g}% interval (its fit ended on a bound of its search, e.g. "
+            f"flat profiles, or the data do not constrain it): approach {approach} does not resolve how "
+            "N_opt grows",
+        )
+    elif lo <= 0 <= hi:
         st.add(
             NOT_IDENTIFIED,
             f"{what} has a {100 * level:g}% interval [{lo:.3g}, {hi:.3g}] that includes 0: approach "
