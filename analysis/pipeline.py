@@ -646,8 +646,13 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         withhold = not iso.status.ok  # its exponent unresolved (or censored): no answer from it
     else:
         source = "compute-efficient frontier (approach 1)"
-        if fr.n_opt is None or fr.d_opt is None or fr.y_law is None:
-            st.add(NOT_IDENTIFIED, "no approach could fit an N_opt(C) law to these points")
+        laws = {"N_opt(C)": fr.n_opt, "D_opt(C)": fr.d_opt, "loss L(C)": fr.y_law}
+        if missing := [name for name, law in laws.items() if law is None]:
+            st.add(
+                NOT_IDENTIFIED,
+                "no approach gives an answer: neither the parametric law (approach 3) nor the IsoFLOP laws "
+                f"(approach 2) were fitted, and the frontier (approach 1) has no {' or '.join(missing)} law",
+            )
             withhold = True
         else:
             n_e, d_e, loss_e = (_at(law, compute, lvl) for law in (fr.n_opt, fr.d_opt, fr.y_law))

@@ -576,7 +576,10 @@ def test_without_a_parametric_law_predict_uses_isoflop_then_the_frontier_at_the_
     an.frontier.d_opt = None
     none = predict(an, 1e21)
     assert none.n_opt is None and none.status.status == "not_identified"
-    assert none.status.reasons == ["no approach could fit an N_opt(C) law to these points"]
+    assert none.status.reasons == [
+        "no approach gives an answer: neither the parametric law (approach 3) nor the IsoFLOP laws "
+        "(approach 2) were fitted, and the frontier (approach 1) has no D_opt(C) law"
+    ]
     d = an.to_dict()
     assert d["reasons"] == an.status.reasons and d["axes"] == {"data": "images", "params": "total"}
 

@@ -129,3 +129,22 @@ def test_the_analysis_tells_apart_every_fid_protocol_the_trainer_guards():
     for key in EVAL_PROTOCOL:
         seen.add(fid_protocol("eval/fid_photos", {**base, key: "7"}))
     assert len(seen) == 1 + len(EVAL_PROTOCOL)
+
+
+def test_a_missing_frontier_loss_law_is_named_not_an_n_opt_law():
+    """Without the parametric and IsoFLOP laws and with a frontier whose N_opt(C) law was fitted but whose
+    loss law was not, the status said "no approach could fit an N_opt(C) law", sending the user after
+    the wrong fit (found by session 37's analysis QA). It now names the law that is missing."""
+    from _fit_helpers import sweep
+
+    from analysis.pipeline import AnalysisConfig, analyze, predict
+
+    an = analyze(sweep(), AnalysisConfig(n_bootstrap=0))
+    an.parametric, an.isoflop.n_opt, an.frontier.y_law = None, None, None
+    assert an.frontier.n_opt is not None
+    pr = predict(an, 1e22)
+    assert pr.n_opt is None and pr.status.status == "not_identified"
+    assert pr.status.reasons[0].endswith("and the frontier (approach 1) has no loss L(C) law"), (
+        pr.status.reasons
+    )
+    assert not any("N_opt(C) law" in r for r in pr.status.reasons)
