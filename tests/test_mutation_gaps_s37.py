@@ -15,6 +15,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dit_core.configio import ConfigError
+from dit_core.ema import STALE_EMA_SHARE, stale_ema_warning
+from dit_core.evaluate import evaluate_samples, inception_score
 from dit_core.evaluate.frechet import GaussianStats, fid_from_features
 from dit_core.models import DiT
 from dit_core.spec import BLOCK_TYPES, DiTConfig, flop_breakdown, model_config
@@ -129,3 +131,61 @@ def test_two_feature_rows_are_enough_for_gaussian_stats():
     assert fid_from_features(np.stack([a, b]), np.stack([c, d])) == pytest.approx(
         mean_sq + u @ u + v @ v - 2 * abs(u @ v), abs=1e-7
     )
+
+
+# ------------------------------------------------------------------ dit_core/evaluate/metrics.py
+
+
+def test_inception_score_of_half_precision_probabilities_with_zeros():
+    """Kills `x_inception_score__mutmut_7` (the probabilities no longer cast to float64). A classifier run
+    in half precision gives float16 rows with exact zeros; in float16 the `eps` of 1e-12 underflows to 0,
+    so `0 * log(0)` made the score NaN. One-hot rows spread evenly over K classes score exactly K
+    (Salimans et al.: IS = exp(H(p(y)) - E H(p(y|x))) = exp(ln K - 0)); a float32 softmax scores what its
+    values promoted to float64 score, to the last digits."""
+    k = 7
+    one_hot = np.eye(k)[np.arange(70) % k]
+    for dtype in (np.float16, np.float32):
+        assert inception_score(one_hot.astype(dtype)) == pytest.approx(k, rel=1e-9)  # eps: ~1e-11
+    p = np.random.default_rng(0).dirichlet(np.full(10, 0.3), size=200).astype(np.float32)
+    h = lambda q: -np.sum(q * np.log(q), axis=-1)  # noqa: E731
+    p64 = p.astype(np.float64)
+    assert inception_score(p) == pytest.approx(np.exp(h(p64.mean(0)) - h(p64).mean()), rel=1e-11)
+
+
+def test_inception_score_refuses_rows_that_do_not_sum_to_one_and_bad_splits():
+    """Kills `x_inception_score__mutmut_30` (the row-sum tolerance 1e-4 -> 1.0001, which let unnormalised
+    non-negative rows through: only negative "probabilities" were ever refused) and
+    `x_inception_score__mutmut_39` (the splits message replaced by None). A float32 softmax sums to 1
+    within ~1e-6 and stays accepted."""
+    p = np.random.default_rng(1).dirichlet(np.ones(5), size=40)
+    assert inception_score(p * (1 + 1e-5)) == pytest.approx(inception_score(p), rel=1e-4)
+    for scale in (0.5, 1.5, 1.9):
+        with pytest.raises(ValueError, match="^probs rows must be probability vectors"):
+            inception_score(p * scale)
+    for splits in (0, 41):
+        with pytest.raises(ValueError, match=rf"^splits must be in 1\.\.N=40, got {splits}$"):
+            inception_score(p, splits=splits)
+
+
+def test_evaluate_samples_uses_the_inception_weights_it_is_given(tmp_path, monkeypatch):
+    """Kills `x_evaluate_samples__mutmut_43` (`inception_weights` dropped when evaluate_samples builds
+    the Inception extractor itself): every other test passes its own extractors. A path that does not
+    exist must be the error, not silently replaced by the default weights."""
+    monkeypatch.delenv("DITSCALE_INCEPTION_WEIGHTS", raising=False)
+    missing = tmp_path / "no-such-inception.pt"
+    images = np.zeros((4, 1, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match=rf"^--inception-weights={missing} does not exist"):
+        evaluate_samples(images, "digits", metrics=("fid",), inception_weights=str(missing))
+
+
+# ------------------------------------------------------------------ dit_core/ema.py
+
+
+def test_stale_ema_warning_speaks_only_above_half_the_initial_weights():
+    """Kills `x_stale_ema_warning__mutmut_7` (`share <= STALE_EMA_SHARE` -> `<`): the warning is for an
+    EMA that holds *more* than half the initial weights. Decay 0.5 after one step holds exactly
+    0.5 ** 1 = 1/2 (exact in binary), the boundary, and is not stale."""
+    assert STALE_EMA_SHARE == 0.5
+    assert stale_ema_warning(0.5, 1) is None
+    msg = stale_ema_warning(0.75, 2)  # 0.75 ** 2 = 0.5625, just above one half
+    assert msg is not None and "after 2 steps are still 56% the random initial weights" in msg
