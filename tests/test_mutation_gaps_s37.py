@@ -189,3 +189,16 @@ def test_stale_ema_warning_speaks_only_above_half_the_initial_weights():
     assert stale_ema_warning(0.5, 1) is None
     msg = stale_ema_warning(0.75, 2)  # 0.75 ** 2 = 0.5625, just above one half
     assert msg is not None and "after 2 steps are still 56% the random initial weights" in msg
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 50])
+def test_stale_ema_warning_offers_a_decay_that_halves_the_initial_share_in_short_runs(steps):
+    """Kills `x_stale_ema_warning__mutmut_21` (`max(1, steps)` -> `max(2, steps)`): a 1-step run was
+    told to use a decay below 0.5 ** (1/2) = 0.7071, which after its one step still holds 70% of the
+    initial weights. The decay offered is the largest 4-decimal d with d ** steps <= 1/2 (written out
+    here), and the sample-the-raw-weights hint ends the message (`_26`, its wording)."""
+    msg = stale_ema_warning(0.99, steps, raw_weights=True)
+    expected = max(k / 1e4 for k in range(10**4) if (k / 1e4) ** steps <= 0.5)
+    assert msg.endswith(f"needs --ema-decay below {expected:g}; or sample the raw weights (--raw-weights)")
+    if steps == 1:
+        assert expected == 0.5
