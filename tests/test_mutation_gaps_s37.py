@@ -170,8 +170,9 @@ def test_inception_score_refuses_rows_that_do_not_sum_to_one_and_bad_splits():
 def test_evaluate_samples_uses_the_inception_weights_it_is_given(tmp_path, monkeypatch):
     """Kills `x_evaluate_samples__mutmut_43` (`inception_weights` dropped when evaluate_samples builds
     the Inception extractor itself): every other test passes its own extractors. A path that does not
-    exist must be the error, not silently replaced by the default weights."""
-    monkeypatch.delenv("DITSCALE_INCEPTION_WEIGHTS", raising=False)
+    exist must be the error, not silently replaced by other weights: here the environment names
+    other (missing) weights too, so the mutant fails at once instead of loading the default file."""
+    monkeypatch.setenv("DITSCALE_INCEPTION_WEIGHTS", str(tmp_path / "env-weights.pt"))
     missing = tmp_path / "no-such-inception.pt"
     images = np.zeros((4, 1, 8, 8), dtype=np.uint8)
     with pytest.raises(ValueError, match=rf"^--inception-weights={missing} does not exist"):
