@@ -198,6 +198,7 @@ SELECTIONS: dict[str, list[str]] = {
         "tests/test_blocks_reference.py",
         "tests/test_model_properties.py",
         "tests/test_models.py",
+        "tests/test_mutation_gaps_s37.py",
     ],
     "dit_core/pos_embed.py": [
         "tests/test_blocks_reference.py",

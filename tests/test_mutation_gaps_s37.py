@@ -19,6 +19,7 @@ from dit_core.ema import STALE_EMA_SHARE, stale_ema_warning
 from dit_core.evaluate import evaluate_samples, inception_score
 from dit_core.evaluate.frechet import GaussianStats, fid_from_features
 from dit_core.models import DiT
+from dit_core.rope import apply_rope, rope_angles
 from dit_core.spec import BLOCK_TYPES, DiTConfig, flop_breakdown, model_config
 
 # ------------------------------------------------------------------ dit_core/spec.py
@@ -203,3 +204,34 @@ def test_stale_ema_warning_offers_a_decay_that_halves_the_initial_share_in_short
     assert msg.endswith(f"needs --ema-decay below {expected:g}; or sample the raw weights (--raw-weights)")
     if steps == 1:
         assert expected == 0.5
+
+
+# ------------------------------------------------------------------ dit_core/rope.py
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rope_rotates_half_precision_tokens_in_their_own_dtype(dtype):
+    """Kills `x_apply_rope__mutmut_2` (the cosine table left in float32): a bf16 q and k came back as
+    float32 while v stayed bf16, and scaled_dot_product_attention refuses mixed dtypes. The rotation
+    is checked against its definition written out in float64: channel i of the first half and channel
+    i of the second half turn by pos * theta ** (-j / (d / 4)), rows for the first d / 4 pairs and
+    columns for the last d / 4."""
+    d, gh, gw, theta = 8, 2, 3, 10000.0
+    cos, sin = rope_angles(d, gh, gw)
+    x = torch.randn(2, gh * gw, d, generator=torch.Generator().manual_seed(0)).to(dtype)
+    out = apply_rope(x, cos, sin)
+    assert out.dtype == dtype
+    xd = x.double()
+    ref = torch.empty_like(xd)
+    for tok in range(gh * gw):
+        row, col = divmod(tok, gw)
+        for i in range(d // 2):
+            j, pos = (i, row) if i < d // 4 else (i - d // 4, col)
+            ang = torch.tensor(pos * theta ** (-j / (d // 4)), dtype=torch.float64)
+            a, b = xd[:, tok, i], xd[:, tok, i + d // 2]
+            ref[:, tok, i] = a * ang.cos() - b * ang.sin()
+            ref[:, tok, i + d // 2] = b * ang.cos() + a * ang.sin()
+    tol = {torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    assert torch.allclose(out.double(), ref, rtol=tol, atol=tol)
+    q = k = v = out[None]  # (1, 2, T, d): one batch, two heads
+    assert torch.nn.functional.scaled_dot_product_attention(q, k, v).dtype == dtype
