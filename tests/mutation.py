@@ -204,6 +204,7 @@ SELECTIONS: dict[str, list[str]] = {
         "tests/test_blocks_reference.py",
         "tests/test_models.py",
         "tests/test_dit_parity.py",
+        "tests/test_mutation_gaps_s37.py",
     ],
     # Gaussian stats, the Frechet distance against closed forms and scipy, the bootstrap SE
     "dit_core/evaluate/frechet.py": ["tests/test_evaluate.py", "tests/test_mutation_gaps_s37.py"],
