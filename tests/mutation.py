@@ -255,6 +255,7 @@ SELECTIONS: dict[str, list[str]] = {
     "analysis/laws.py": [
         "tests/test_analysis.py",
         "tests/test_analysis_status.py",
+        "tests/test_fit_scaling_wording.py",  # session 37: the frontier's one-model-size reasons
         "-k",
         "not cli",
     ],
