@@ -256,6 +256,7 @@ SELECTIONS: dict[str, list[str]] = {
         "tests/test_analysis.py",
         "tests/test_analysis_status.py",
         "tests/test_fit_scaling_wording.py",  # session 37: the frontier's one-model-size reasons
+        "tests/test_mutation_gaps_s37.py",
         "-k",
         "not cli",
     ],

@@ -1,6 +1,6 @@
 """Session 37: tests that kill mutants that survived in `dit_core/spec.py`, `dit_core/evaluate/frechet.py`,
-`dit_core/evaluate/metrics.py`, `dit_core/rope.py`, `dit_core/pos_embed.py` and `dit_core/ema.py`
-(fresh samples, seed 37). Each test names the mutant it kills.
+`dit_core/evaluate/metrics.py`, `dit_core/rope.py`, `dit_core/pos_embed.py`, `dit_core/ema.py` and
+`analysis/laws.py` (fresh samples, seed 37). Each test names the mutant it kills.
 
 The expected values come from elsewhere than the code under test: torch's own FLOP counter read per
 module, closed forms written out here, or scipy.
@@ -9,11 +9,13 @@ module, closed forms written out here, or scipy.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from analysis.laws import compute_frontier
 from dit_core.configio import ConfigError
 from dit_core.ema import STALE_EMA_SHARE, stale_ema_warning
 from dit_core.evaluate import evaluate_samples, inception_score
@@ -248,3 +250,28 @@ def test_sincos_tables_refuse_widths_they_cannot_split_in_their_own_words():
         sincos_2d(6, 2)
     with pytest.raises(ValueError, match=r"^sin-cos embedding width must be even, got 5$"):
         sincos_1d(5, torch.arange(3))
+
+
+# ------------------------------------------------------------------ analysis/laws.py
+
+
+def test_a_recorded_budget_separates_two_budgets_closer_than_a_cluster():
+    """Kills `x_compute_frontier__mutmut_30` (the `budget` column ignored, so budgets were always
+    guessed by clustering C): two budgets 0.08 dex apart (1e12 and 1.2e12) are one cluster of C, yet
+    they were recorded as two. One run per budget and size, so the frontier is the best run of each
+    budget that beats every cheaper one, written out by hand: 1e11 -> m1 (1.0), 1e12 -> m1 (0.8),
+    1.2e12 -> m2 (0.7). Without the column the last two budgets merge and m1's 0.8 drops out."""
+    rows = [  # (budget, C, model, N, loss)
+        (1e11, 1.00e11, "m1", 1e6, 1.0), (1e11, 1.01e11, "m2", 2e6, 1.1),
+        (1e12, 1.00e12, "m1", 1e6, 0.8), (1e12, 1.01e12, "m2", 2e6, 0.9),
+        (1.2e12, 1.19e12, "m1", 1e6, 0.85), (1.2e12, 1.20e12, "m2", 2e6, 0.7),
+    ]  # fmt: skip
+    pts = pd.DataFrame(
+        [
+            {"run_id": f"{m}-{b:g}", "model": m, "N": n, "C": c, "D": c / (6 * n), "loss": y, "budget": b}
+            for b, c, m, n, y in rows
+        ]
+    )
+    assert compute_frontier(pts)["run_id"].tolist() == ["m1-1e+11", "m1-1e+12", "m2-1.2e+12"]
+    guessed = compute_frontier(pts.assign(budget=np.nan))
+    assert guessed["run_id"].tolist() == ["m1-1e+11", "m2-1.2e+12"]
