@@ -15,7 +15,7 @@ import scipy.linalg
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.laws import compute_frontier
+from analysis.laws import compute_frontier, fit_power_law
 from dit_core.configio import ConfigError
 from dit_core.ema import STALE_EMA_SHARE, stale_ema_warning
 from dit_core.evaluate import evaluate_samples, inception_score
@@ -275,3 +275,12 @@ def test_a_recorded_budget_separates_two_budgets_closer_than_a_cluster():
     assert compute_frontier(pts)["run_id"].tolist() == ["m1-1e+11", "m1-1e+12", "m2-1.2e+12"]
     guessed = compute_frontier(pts.assign(budget=np.nan))
     assert guessed["run_id"].tolist() == ["m1-1e+11", "m2-1.2e+12"]
+
+
+def test_a_power_law_without_names_is_written_in_x_and_y():
+    """Kills `x_fit_power_law__mutmut_6` (the default `y_name` changed; wording): an exact pure law
+    y = 2 x^-0.5 is recovered and written with the default names."""
+    x = np.array([1.0, 4.0, 16.0, 64.0])
+    fit = fit_power_law(x, 2.0 * x**-0.5, saturating=False)
+    assert fit.params == pytest.approx({"A": 2.0, "alpha": 0.5}, rel=1e-12)
+    assert fit.formula() == "y = 2 * x^(-0.5)"
