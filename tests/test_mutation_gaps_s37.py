@@ -284,3 +284,17 @@ def test_a_power_law_without_names_is_written_in_x_and_y():
     fit = fit_power_law(x, 2.0 * x**-0.5, saturating=False)
     assert fit.params == pytest.approx({"A": 2.0, "alpha": 0.5}, rel=1e-12)
     assert fit.formula() == "y = 2 * x^(-0.5)"
+
+
+def test_a_bootstrap_resample_needs_more_distinct_points_than_parameters():
+    """Kills `x_fit_power_law__mutmut_116` (`len(unique(idx)) <= n_params` -> `<`): a resample of 4
+    points that holds only 2 distinct ones fits a pure law (2 parameters) exactly and says nothing
+    about its spread, so it is skipped (counted as failed). Drawing 4 of 4 with replacement leaves at
+    most 2 distinct points with probability (4 + C(4,2) (2^4 - 2)) / 4^4 = 88/256; the mutant skips
+    only the 4/256 with one point."""
+    x = np.array([1.0, 3.0, 10.0, 30.0])
+    y = 5.0 * x**-0.3 * np.array([1.02, 0.97, 1.01, 0.99])
+    boot = fit_power_law(x, y, saturating=False, n_bootstrap=400, seed=0).bootstrap
+    share, p = boot.n_failed / 400, 88 / 256
+    assert abs(share - p) < 4 * np.sqrt(p * (1 - p) / 400), share  # 4 sd: 0.25 .. 0.44
+    assert boot.n_ok + boot.n_failed == 400
