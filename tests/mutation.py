@@ -172,7 +172,7 @@ SELECTIONS: dict[str, list[str]] = {
     ],
     # FID's Frechet distance, IS, precision/recall, the metric names per domain and evaluate_samples:
     # closed forms, scipy and clean-fid's own function, the digits classifier (cached per session)
-    "dit_core/evaluate/metrics.py": ["tests/test_evaluate.py"],
+    "dit_core/evaluate/metrics.py": ["tests/test_evaluate.py", "tests/test_mutation_gaps_s37.py"],
     # the paper's families, the demo's scaling (ratios, rounding to heads), custom shapes, their errors
     "sweeps/families.py": ["tests/test_sweeps.py", "tests/test_demo_design.py", "-k", "not cell_lock"],
     # the dry run's cell table, the status table, counts like 2.73M (the dry runs of three test files)
@@ -198,14 +198,16 @@ SELECTIONS: dict[str, list[str]] = {
         "tests/test_blocks_reference.py",
         "tests/test_model_properties.py",
         "tests/test_models.py",
+        "tests/test_mutation_gaps_s37.py",
     ],
     "dit_core/pos_embed.py": [
         "tests/test_blocks_reference.py",
         "tests/test_models.py",
         "tests/test_dit_parity.py",
+        "tests/test_mutation_gaps_s37.py",
     ],
     # Gaussian stats, the Frechet distance against closed forms and scipy, the bootstrap SE
-    "dit_core/evaluate/frechet.py": ["tests/test_evaluate.py"],
+    "dit_core/evaluate/frechet.py": ["tests/test_evaluate.py", "tests/test_mutation_gaps_s37.py"],
     # the time a launch has left against schedules worked out by hand
     "sweeps/eta.py": ["tests/test_sweeps_eta.py"],
     # the launcher lock and the cell lock, taken in-process and by a real job shell
@@ -245,6 +247,7 @@ SELECTIONS: dict[str, list[str]] = {
         "tests/test_model_input_checks.py",
         "tests/test_train_config.py",
         "tests/test_sweeps.py",
+        "tests/test_mutation_gaps_s37.py",  # session 37: per-component FLOPs, the shape errors' field names
         "-k",
         "not cell_lock",
     ],
@@ -252,6 +255,8 @@ SELECTIONS: dict[str, list[str]] = {
     "analysis/laws.py": [
         "tests/test_analysis.py",
         "tests/test_analysis_status.py",
+        "tests/test_fit_scaling_wording.py",  # session 37: the frontier's one-model-size reasons
+        "tests/test_mutation_gaps_s37.py",
         "-k",
         "not cli",
     ],
@@ -286,7 +291,14 @@ SELECTIONS: dict[str, list[str]] = {
         "-k",
         "not cell_lock",
     ],
-    "dit_core/ema.py": ["tests/test_train_config.py", "tests/test_training_truth.py", "-k", "ema or EMA"],
+    "dit_core/ema.py": [
+        "tests/test_train_config.py",
+        "tests/test_training_truth.py",
+        "tests/test_session35.py",  # ema_init_share and stale_ema_warning (session 35)
+        "tests/test_mutation_gaps_s37.py",
+        "-k",
+        "ema or EMA",
+    ],
     # most of its tests run fresh interpreters (glibc's defaults at start), which mutmut's stats cannot
     # follow: only the in-process refusal test maps to its mutants; docs/testing.md has hand-placed ones
     "dit_core/memory.py": ["tests/test_memory.py"],
