@@ -24,6 +24,7 @@ from analysis.isoflop import fit_isoflop
 from analysis.laws import fit_frontier
 from analysis.parametric import fit_parametric
 from analysis.pipeline import AnalysisConfig, analyze
+from analysis.report import markdown
 from analysis.runs import tidy
 from analysis.status import NOT_IDENTIFIED, OK, Status, flag_bootstrapped_exponent
 from tests._fit_helpers import sweep
@@ -124,7 +125,7 @@ def test_failed_refits_count_against_the_minimum_at_any_level():
 def test_the_analysis_and_the_cli_help(capsys):
     """Through the analysis, `--bootstrap 4` on an exact law: `not_identified` (exit 3) with approach 1's
     and approach 3's reasons (approach 2 is the joint fit here: a t-interval, not a bootstrap); the
-    `--help` of `--bootstrap` states the minimum."""
+    report labels the frontier's interval as too few; the `--help` of `--bootstrap` states the minimum."""
     from analysis.fit_scaling import main
 
     an = analyze(sweep(), AnalysisConfig(n_bootstrap=4))
@@ -132,6 +133,11 @@ def test_the_analysis_and_the_cli_help(capsys):
     few = [r for r in an.status.reasons if TOO_FEW in r]
     assert [r.split(":")[0] for r in few] == ["approach 3", "approach 1"]
     assert an.isoflop.status.status == OK
+    md = markdown(an, {})  # the frontier's bootstrap line labels its interval as too few
+    assert (
+        "- bootstrap over runs: 4 resamples, 0 without an N_opt law; 4 refits, too few for a 95% interval"
+        in md
+    )
     with pytest.raises(SystemExit):
         main(["--help"])
     helptext = " ".join(capsys.readouterr().out.split())
