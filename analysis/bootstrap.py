@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 BOUND_PREFIX = "_bound_"  # keys of fit_one's dict that flag a parameter at its bound (1.0 / 0.0)
 
 
+def min_resamples(level: float = 0.95) -> int:
+    """Fewest successful refits for a percentile interval at `level`: one refit beyond each end,
+    ceil(2 / (1 - level)) (40 at 95%). With fewer, both ends are interpolated between the extreme
+    refits, so the interval covers less than `level`."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return math.ceil(round(2 / (1 - level), 9))  # round: 2 / (1 - 0.95) is 39.99999999999996
+
+
 def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of `values` (NaN ignored; +-inf kept, so an unbounded side stays unbounded)."""
     v = np.asarray(values, float)
@@ -54,6 +63,11 @@ class BootstrapResult:
     def share_failed(self) -> float:
         """Share of the requested resamples whose refit failed (no values; not in the intervals)."""
         return self.n_failed / self.n_requested if self.n_requested else 0.0
+
+    def too_few(self, level: float = 0.95) -> bool:
+        """True when 2 or more refits succeeded, but fewer than `min_resamples(level)`: there is an
+        interval, but not one at `level`."""
+        return 2 <= self.n_ok < min_resamples(level)
 
     def share_at_bound(self) -> dict[str, float]:
         """Per parameter, the share of successful resamples that ended on a bound (kept in intervals)."""

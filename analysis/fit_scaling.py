@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-from analysis.bootstrap import fit_workers
+from analysis.bootstrap import fit_workers, min_resamples
 from analysis.influence import run_influence
 from analysis.pipeline import (
     Analysis,
@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         "--bootstrap",
         "bootstrap resamples for the intervals: 0 (none: estimates without intervals, status "
-        "not_identified) or >= 2 (default %(default)s)",
+        "not_identified) or >= 2 (default %(default)s); a 95%% percentile interval needs at least "
+        f"{min_resamples(0.95)} successful refits (one beyond each end), so with fewer the intervals "
+        "are shown but the status is not_identified",
         "n_bootstrap",
     )
     _config_flag(p, "--seed", "seed of the resamples (default %(default)s)")

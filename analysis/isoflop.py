@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.bootstrap import BootstrapResult, bootstrap_points
+from analysis.bootstrap import BootstrapResult, bootstrap_points, min_resamples
 from analysis.joint_isoflop import JointIsoFlop, d_at, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
 from analysis.status import CENSORED, Status, flag_bootstrapped_exponent, flag_unresolved_exponent
@@ -234,6 +234,11 @@ class IsoFlopFit(AllocationExponents):
                 f"  bootstrap: {bs.n_requested} resamples of runs, {bs.n_failed} "
                 f"failed ({100 * bs.share_failed:.0f}%: fewer than 3 usable budgets)"
                 + ("; too few left for an interval" if bs.n_ok < 2 else "")
+                + (
+                    f"; {bs.n_ok} refits, too few for a 95% interval (needs {min_resamples()})"
+                    if bs.too_few()
+                    else ""
+                )
             )
         return "\n".join(lines + self.messages + [self.status.text()])
 

@@ -25,8 +25,8 @@ from scipy.optimize import minimize, nnls
 from scipy.special import huber
 from threadpoolctl import threadpool_limits
 
-from analysis.bootstrap import BOUND_PREFIX, BootstrapResult, bootstrap_points
-from analysis.status import NOT_IDENTIFIED, Status
+from analysis.bootstrap import BOUND_PREFIX, BootstrapResult, bootstrap_points, min_resamples
+from analysis.status import NOT_IDENTIFIED, Status, too_few_refits
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,19 @@ class ParametricFit:
                 "data identify the exponents was not checked (the point estimates are shown without "
                 "intervals); add runs (more model sizes and budgets) so that resamples can be refitted",
             )
-        elif bs is not None and bs.share_failed > 0.2:
+        elif bs is not None and bs.too_few(self.level):
+            shown = ", ".join(f"{k} [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" for k in ("alpha", "beta"))
+            st.add(
+                NOT_IDENTIFIED,
+                f"the exponents' intervals ({shown}) come from "
+                + too_few_refits(
+                    bs,
+                    self.level,
+                    failed="failed to converge, or drew one model size or one D",
+                    unchecked="whether the data identify the exponents",
+                ),
+            )
+        if bs is not None and bs.n_ok >= 2 and bs.share_failed > 0.2:
             st.add(
                 NOT_IDENTIFIED,
                 f"{100 * bs.share_failed:.0f}% of the bootstrap refits failed to converge: the intervals "
@@ -381,10 +393,15 @@ class ParametricFit:
             )
         elif bs is not None:
             at = ", ".join(f"{k} {100 * v:.0f}%" for k, v in bs.share_at_bound().items() if v > 0) or "none"
+            few = (
+                f" (too few for {pct}: {bs.n_ok} refits, a {pct} interval needs {min_resamples(self.level)})"
+                if bs.too_few(self.level)
+                else ""
+            )
             lines.append(
                 f"bootstrap: {bs.n_requested} resamples of {bs.unit}, {bs.n_failed} failed "
                 f"({100 * bs.share_failed:.0f}%, not in the intervals); at a bound: {at} (kept); "
-                f"{pct} percentile intervals; std.err of E, A, B in ln units"
+                f"{pct} percentile intervals{few}; std.err of E, A, B in ln units"
             )
         lines.append(self.status.text())
         return "\n".join(lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.bootstrap import min_resamples
 from analysis.parametric import LOG_SE_KEYS
 from analysis.pipeline import Analysis, HoldoutResult, Prediction, budget_labels, residual_summary
 from analysis.plots import FIGURES, plot_all
@@ -185,6 +186,9 @@ def markdown(
         how = f"{bs.n_failed} without an N_opt law"
         if bs.n_ok == 0:
             how = "none with an N_opt law: no refit succeeded, so no interval"
+        elif bs.too_few(an.config.level):
+            need, pct = min_resamples(an.config.level), f"{100 * an.config.level:g}%"
+            how += f"; {bs.n_ok} refits, too few for a {pct} interval (needs {need})"
         lines.append(f"- bootstrap over runs: {bs.n_requested} resamples, {how}")
     lines += ["", "## Approach 2: IsoFLOP profiles", "", "```", an.isoflop.summary(), "```"]
     lines += ["", "## FID", ""]

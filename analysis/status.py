@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from analysis.bootstrap import BootstrapResult, min_resamples
+
 OK, EXTRAPOLATING, CENSORED, NOT_IDENTIFIED = "ok", "extrapolating", "censored", "not_identified"
 SEVERITY = {OK: 0, EXTRAPOLATING: 1, CENSORED: 2, NOT_IDENTIFIED: 3}
 
@@ -96,6 +98,27 @@ def flag_unresolved_exponent(st: Status, what: str, interval, approach: int, lev
         )
 
 
+def too_few_refits(
+    bs: BootstrapResult,
+    level: float = 0.95,
+    *,
+    failed: str = "failed",
+    unchecked: str = "whether it is resolved",
+) -> str:
+    """The end of a reason for an interval from fewer than `min_resamples(level)` refits: how many
+    there were, why that is too few, what was not checked, and the --bootstrap that fixes it (more
+    when refits fail). `failed`: what happened to a resample without a refit ("failed to converge")."""
+    need, pct = min_resamples(level), f"{100 * level:g}%"
+    fails = f" ({bs.n_failed} of the {bs.n_requested} resamples {failed})" if bs.n_failed else ""
+    rerun = need if not bs.n_failed else math.ceil(need * bs.n_requested / max(bs.n_ok, 1))
+    return (
+        f"only {bs.n_ok} bootstrap refits{fails}, fewer than the {need} that a {pct} percentile interval "
+        "needs (at least one refit beyond each end; with fewer both ends are interpolated between the "
+        f"extreme refits), so the {pct} level does not hold: {unchecked} was not checked; rerun with "
+        f"--bootstrap {rerun} or more" + (f" (at least {need} refits must succeed)" if bs.n_failed else "")
+    )
+
+
 def flag_bootstrapped_exponent(
     st: Status,
     what: str,
@@ -111,8 +134,21 @@ def flag_bootstrapped_exponent(
     """`flag_unresolved_exponent` on the N_opt exponent `what`'s bootstrap interval, that of
     ``bs.samples[key]`` (negated: of ``-samples[key]``); `not_identified` when fewer than 2 of the
     resamples of runs had what the exponent needs (``had``), since then nothing checked it, as with
-    --bootstrap 0."""
-    if bs.n_ok > 1:
+    --bootstrap 0; likewise with fewer than `min_resamples(level)` refits (`too_few_refits`)."""
+    if bs.too_few(level):
+        lo, hi = bs.conf_int(level)[key]
+        lo, hi = (-hi, -lo) if negate else (lo, hi)
+        st.add(
+            NOT_IDENTIFIED,
+            f"{what} has an interval [{lo:.3g}, {hi:.3g}] from "
+            + too_few_refits(
+                bs,
+                level,
+                failed=f"lacked {had}",
+                unchecked=f"whether approach {approach} resolves how N_opt grows",
+            ),
+        )
+    elif bs.n_ok > 1:
         lo, hi = bs.conf_int(level)[key]
         flag_unresolved_exponent(st, what, (-hi, -lo) if negate else (lo, hi), approach, level)
     else:

@@ -155,7 +155,7 @@ def test_cli_on_mlflow_logs_analysis_run(sweep, tmp_path, capsys):
 
     uri, counts = sweep
     rc, out_json = run_fit_cli(
-        tmp_path, "--experiment", EXP, "--tracking-uri", uri, "--bootstrap", "6", "--predict", "1e17"
+        tmp_path, "--experiment", EXP, "--tracking-uri", uri, "--bootstrap", "40", "--predict", "1e17"
     )
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out_json.read_text())

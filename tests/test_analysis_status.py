@@ -106,7 +106,7 @@ def run_cli(tmp_path, pts, *extra):
 
 def test_bracketed_sweep_is_ok(tmp_path):
     pts = isoflop_sweep(noise=0.002, seed=3)
-    rc, res = run_cli(tmp_path, pts, "--bootstrap", "6")
+    rc, res = run_cli(tmp_path, pts, "--bootstrap", "40")  # 40: the fewest for a 95% interval
     assert rc == 0 and res["status"] == "ok" and res["reasons"] == []
     pred = res["predictions"][0]
     assert pred["status"] == "ok" and pred["compute"] == pytest.approx(1e23)
@@ -115,7 +115,7 @@ def test_bracketed_sweep_is_ok(tmp_path):
     assert pred["n_opt"]["value"] == pytest.approx(n_true, rel=0.1)
     assert res["approach2_isoflop"]["status"] == "ok" and res["approach1_frontier"]["status"] == "ok"
     assert res["units"]["N"] == "parameters" and "FLOPs" in res["units"]["C"]
-    assert res["bootstrap"]["n_requested"] == 6 and res["bootstrap"]["share_failed"] == 0.0
+    assert res["bootstrap"]["n_requested"] == 40 and res["bootstrap"]["share_failed"] == 0.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def test_approaches_disagreeing_by_more_than_3x_withhold_n_opt():
 
 def test_recommendation_beyond_10x_is_extrapolating_with_the_holdout_error(tmp_path):
     pts = isoflop_sweep(noise=0.002, seed=3)
-    rc, res = run_cli(tmp_path, pts, "--bootstrap", "4", "--predict", "1e24")
+    rc, res = run_cli(tmp_path, pts, "--bootstrap", "40", "--predict", "1e24")  # fewer: not_identified
     assert rc == 0 and res["status"] == "extrapolating"
     pred = res["predictions"][0]
     assert pred["status"] == "extrapolating" and pred["extrapolation"] == pytest.approx(100.0)

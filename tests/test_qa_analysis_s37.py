@@ -49,7 +49,7 @@ def test_without_parametric_and_isoflop_laws_an_unresolved_frontier_recommends_n
     its status was `not_identified` (an exponent interval that includes 0). Now withheld; a resolved
     frontier still recommends the closed-form optimum."""
     monkeypatch.setattr(pipeline, "fit_parametric", _no_parametric)
-    an = analyze(sweep(), AnalysisConfig(n_bootstrap=4))
+    an = analyze(sweep(), AnalysisConfig(n_bootstrap=40))  # 40: the fewest for a resolved 95% interval
     an.isoflop.n_opt = None  # no IsoFLOP law (e.g. fewer than 3 budgets)
     assert an.frontier.status.ok
     pr = predict(an, 1e22)
@@ -166,7 +166,10 @@ def test_a_run_id_reused_across_budgets_is_refused_not_read_as_one_training_curv
     assert "6 run_id(s) have rows with different budgets (first: run_id 'm0' at lines 2, 8, 14, 20:" in err
     assert "budget = 1e+18, 1e+19, 1e+20, 1e+21" in err and "Traceback" not in err
     _grid_csv(csv, lambda i, c: f"m{i}-{c:.0e}")
-    assert fit_scaling.main([*argv, "--json", str(tmp_path / "f.json")]) == 0
+    # exit 3 only because 4 resamples are too few for a 95% interval (tests/test_bootstrap_minimum_s37.py)
+    assert fit_scaling.main([*argv, "--json", str(tmp_path / "f.json")]) == 3
+    reasons = json.loads((tmp_path / "f.json").read_text())["reasons"]
+    assert reasons and all("from only 4 bootstrap refits, fewer than the 40" in r for r in reasons)
     hold = json.loads((tmp_path / "f.json").read_text())["holdout"]
     assert hold["n_held_out"] == 6 and hold["mape_loss"] < 1e-6  # exact law
     assert -0.01 < hold["frontier_error"] <= 0  # the optimum lies between the sizes trained
