@@ -492,6 +492,11 @@ def show_status(
     print(status_table(list(states.values()), cells))
     counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if counts["unknown"]:
+        print(
+            "unknown: SLURM does not answer (sacct and squeue failed), so whether those cells' jobs are "
+            "alive is not known; look again once `squeue` answers (a launch refuses until then)"
+        )
     for line in _left_out_lines(spec) if note is None else [note]:
         print(line)
     return states

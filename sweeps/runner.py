@@ -212,6 +212,7 @@ def launch(
         with sweep_lock(sdir):
             # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
             states = preview(spec, all_tasks, configs, uri)
+            check_known(states)
             ensure_experiment(uri, spec.experiment)
             # the store as resolved here (absolute): `status` from another folder reads the same one
             write_spec_record((record or spec).replace(tracking_uri=uri), sdir)
@@ -240,6 +241,18 @@ def launch(
             warm.kill()  # nothing to run (all done or live, or an error): stop its imports
         elif warm is not None:
             warm.close(wait_s=30.0 if wait else None)  # it exits once its cells have
+
+
+def check_known(states: dict[str, CellState]) -> None:
+    """ValueError where SLURM did not say whether some cells' jobs are alive (state ``unknown``): a
+    launch now could start a second job of a cell that still trains."""
+    unknown = sorted(c for c, st in states.items() if st.state == "unknown")
+    if unknown:
+        raise ValueError(
+            f"SLURM does not answer (sacct and squeue failed), so whether the jobs of {len(unknown)} "
+            f"cell(s) ({', '.join(unknown[:8])}) are still alive is not known; nothing submitted: launch "
+            "again once `squeue` answers"
+        )
 
 
 def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:

@@ -1,0 +1,69 @@
+"""Session 37's QA pass over sweeps on a real SLURM cluster. Each test failed on the code before its fix.
+
+On the single-node CI cluster (`bash slurm/slurm-ci.sh up`, accounting on); skipped with a reason where
+it is down (tests/conftest.py), like tests/test_slurm_sweeps.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import submitit
+from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, wait_for
+
+from sweeps import launch as launch_cli
+from sweeps.grid import ExecutorSpec, SweepSpec, expand
+from sweeps.runner import launch
+
+pytestmark = pytest.mark.slurm
+
+
+def one_cell_spec(tmp_path: Path, uri: str, name: str, **train) -> SweepSpec:
+    """One S cell (4 steps of the fake trainer) as a SLURM job."""
+    spec = fake_trainer_spec(
+        tmp_path, uri, name=name, experiment=name, budgets=[1.3e9], train=train,
+        executor=ExecutorSpec(name="slurm", timeout_min=10, mem_gb=1, signal_delay_s=30),
+    )  # fmt: skip
+    return spec.replace(families=["S"])
+
+
+def controller_down(folder: Path) -> str:
+    """A folder of ``sacct``, ``squeue`` and ``sinfo`` that fail as they do while slurmctld and slurmdbd
+    are unreachable; put it first on PATH."""
+    folder.mkdir()
+    for cmd in ("sacct", "squeue", "sinfo"):
+        exe = folder / cmd
+        said = f"{cmd}: error: Unable to contact slurm controller (connect failure)"
+        exe.write_text(f"#!/bin/sh\necho '{said}' >&2\nexit 1\n")
+        exe.chmod(0o755)
+    return str(folder)
+
+
+def test_a_running_cell_is_not_resubmitted_while_slurm_does_not_answer(
+    job_env, tmp_path, monkeypatch, capsys
+):
+    """`sacct` and `squeue` both failing (controller unreachable) said nothing of the job, but the cell
+    was shown `interrupted`, and a relaunch with `--executor auto` (no `sinfo`: local) started a second
+    job of it beside the SLURM one, in the same folder and run. Now the cell is `unknown` in `status`,
+    with a line saying why, and a launch refuses, submitting nothing. Failed before the fix: the cell
+    was `interrupted` and the relaunch submitted it."""
+    spec = one_cell_spec(tmp_path, job_env, "unreach", step_s=2.0)
+    (cell,) = expand(spec)
+    first = launch(spec, wait=False)
+    job = first.job_ids[cell.cell_id]
+    try:
+        wait_for(lambda: states_of(spec, job_env)[cell.cell_id].state == "running", "the job to run", 60)
+        monkeypatch.setenv("PATH", controller_down(tmp_path / "down"), prepend=os.pathsep)
+        submitit.SlurmJob.watcher.clear()  # as in a fresh `status` process: no sacct answer cached
+        assert states_of(spec, job_env)[cell.cell_id].state == "unknown"
+        with pytest.raises(ValueError, match="SLURM does not answer .* nothing submitted"):
+            launch(spec.replace(executor={"name": "auto"}), wait=False)
+        assert launch_cli.show_status(spec)[cell.cell_id].state == "unknown"
+        assert "look again once `squeue` answers" in capsys.readouterr().out
+        (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+        assert run.data.tags["attempts"] == "1" and run.data.tags["job_id"] == job
+    finally:
+        subprocess.run(["scancel", job.split("_")[0]], check=False)
