@@ -55,6 +55,10 @@ from sweeps.warm import WarmExecutor
 
 log = logging.getLogger(__name__)
 
+#: Seconds a launcher waits for the result of a SLURM job seen over without one (a file system slow to
+#: show it), each job's wait alongside the others' (submitit's own, 15 s, runs one job after another).
+RESULT_GRACE_S = 15.0
+
 
 @dataclass
 class Prepared:
@@ -300,6 +304,7 @@ class _Runner:
     run_dirs: dict[str, str] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
     work: dict[str, float] = field(default_factory=dict)  # {cell: FLOP-equivalents}; {}: no estimate
+    over_since: dict[str, float] = field(default_factory=dict)  # SLURM cells seen over without a result
 
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
@@ -370,7 +375,7 @@ class _Runner:
                     self._submit(batch)
             for cid in sorted(live):
                 job = self.jobs[cid]
-                if kind == "debug" or self._over(job):
+                if kind == "debug" or self._over(cid, job):
                     live.discard(cid)
                     start = self.result.timings[cid][0]
                     self.result.timings[cid] = (start, time.monotonic() - self.t0)
@@ -383,14 +388,18 @@ class _Runner:
                 return
             time.sleep(tick)
 
-    def _over(self, job: Any) -> bool:
-        """``job.done()``, except a SLURM job without a result that the controller still lists: sacct
-        can call a job NODE_FAIL (done, for submitit) before its requeue shows there."""
+    def _over(self, cid: str, job: Any) -> bool:
+        """``job.done()``, except a SLURM job without a result that the controller still lists (sacct
+        can call a job NODE_FAIL, done for submitit, before its requeue shows there), or that has been
+        seen over for less than `RESULT_GRACE_S` (its result may still show up)."""
         if not job.done():
             return False
         if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
             return True
-        return not slurm_job_alive(str(job.job_id))
+        if slurm_job_alive(str(job.job_id)):
+            return False
+        since = self.over_since.setdefault(cid, time.monotonic())
+        return time.monotonic() - since >= RESULT_GRACE_S
 
     def _interrupted(self, wait_s: float = 10.0) -> None:
         """Ctrl-C while this launcher waits, which stops its local jobs too: record each live local
@@ -426,6 +435,8 @@ class _Runner:
 
     def _collect(self, cid: str, job: Any) -> None:
         try:
+            if self.prep.kind == "slurm" and not job.paths.result_pickle.exists():  # `_over` waited for it
+                raise RuntimeError(_no_result(job))
             self.result.results[cid] = job.results()[0]  # rank 0's result when a cell has several tasks
         except Exception as e:  # a failed cell is reported, the sweep goes on
             self.result.errors[cid] = _error_line(e)
@@ -494,6 +505,18 @@ def _log_files(job: Any) -> str:
     """Where a job's output goes: its stdout and stderr files (else its folder)."""
     files = [str(getattr(job.paths, k)) for k in ("stdout", "stderr") if hasattr(job.paths, k)]
     return ", ".join(files) or str(getattr(job.paths, "folder", ""))
+
+
+def _no_result(job: Any) -> str:
+    """Why a SLURM job ended without a result: its state (CANCELLED, TIMEOUT, ...) and what to do."""
+    try:
+        state = str(job.state).split()[0] if str(job.state).strip() else "UNKNOWN"
+    except Exception:  # the state only words the message
+        state = "UNKNOWN"
+    return (
+        f"job {job.job_id} ended {state} without a result (scancel, a time limit or a kill stopped it); "
+        "relaunch the sweep to resume the cell from its last checkpoint"
+    )
 
 
 def _error_line(e: BaseException) -> str:

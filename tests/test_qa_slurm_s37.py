@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import submitit
 from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, wait_for
 
 from sweeps import launch as launch_cli
+from sweeps import runner
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
 from sweeps.runner import launch
 
@@ -67,3 +70,32 @@ def test_a_running_cell_is_not_resubmitted_while_slurm_does_not_answer(
         assert run.data.tags["attempts"] == "1" and run.data.tags["job_id"] == job
     finally:
         subprocess.run(["scancel", job.split("_")[0]], check=False)
+
+
+def test_a_cancelled_array_is_seen_over_at_once_and_named_cancelled(job_env, tmp_path, monkeypatch):
+    """`scancel` of a whole array under a waiting launcher: submitit waits 15 s for each job's result
+    file, one job after another, so the launcher took 15 s per cell to return (4 h for 1,000 cells),
+    and said only "Job N (task: 0) with path .../N_0_result.pkl". Now the jobs' waits run side by side
+    (`RESULT_GRACE_S`, 2 s here) and each error names the state and the relaunch. Failed before the fix:
+    30 s for two cells, and no CANCELLED in the errors."""
+    monkeypatch.setattr(runner, "RESULT_GRACE_S", 2.0, raising=False)
+    spec = one_cell_spec(tmp_path, job_env, "cancel", step_s=2.0).replace(
+        families=["S", "B"], budgets=[2.6e9]
+    )
+    cells = [c.cell_id for c in expand(spec)]
+    assert len(cells) == 2
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.5)))
+    t.start()
+    wait_for(lambda: {s.state for s in states_of(spec, job_env).values()} == {"running"}, "both running", 60)
+    array = states_of(spec, job_env)[cells[0]].job_id.split("_")[0]
+    subprocess.run(["scancel", array], check=True)
+    t0 = time.monotonic()
+    t.join(60)
+    took = time.monotonic() - t0
+    assert not t.is_alive() and took < 20, f"the launcher took {took:.0f} s to see the cancelled array"
+    res = box["r"]
+    assert sorted(res.errors) == sorted(cells)
+    for err in res.errors.values():
+        assert "CANCELLED" in err and "relaunch the sweep to resume" in err, err
+    assert {s.state for s in states_of(spec, job_env).values()} == {"interrupted"}
