@@ -33,6 +33,7 @@ from sweeps.executor import (
 from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
 from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
+    KILLED_IN_TRAINING,
     CellState,
     Plan,
     Submission,
@@ -260,8 +261,9 @@ def check_known(states: dict[str, CellState]) -> None:
 
 
 def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:
-    """End the runs of cells whose last job died before its trainer started (seen by this launch: run
-    still SCHEDULED, job over), out of retries or not: `sweeps.state.end_orphaned_runs`."""
+    """End the runs of cells whose last job is over but left the run open (seen by this launch), out of
+    retries or not (`sweeps.state.end_orphaned_runs`): still SCHEDULED (the job died before its trainer
+    started): FAILED; still RUNNING (the trainer was killed, e.g. SIGKILL): KILLED, tag status=killed."""
     unstarted = {
         st.run_id: st for st in states.values() if st.state == "failed" and st.run_status == "SCHEDULED"
     }
@@ -271,6 +273,19 @@ def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:
         log.warning(
             "cell %s: its job ended before training; run %s ended FAILED", unstarted[run_id].cell_id, run_id
         )
+    killed = {
+        st.run_id: st for st in states.values() if st.state == "interrupted" and st.run_status == "RUNNING"
+    }
+    why = "its job ended while the trainer ran, without ending the run (killed)"
+    for run_id in _end_killed(uri, dict.fromkeys(killed, why)) if killed else []:
+        killed[run_id].run_status = "KILLED"
+        log.warning("cell %s: %s; run %s ended KILLED", killed[run_id].cell_id, why, run_id)
+
+
+def _end_killed(uri: str, errors: dict[str, str]) -> list[str]:
+    """End the runs of ``errors`` (``{run_id: why}``) still RUNNING, whose jobs are over: KILLED, tag
+    status=killed (`sweeps.state.KILLED_IN_TRAINING`). Returns the ids of the runs ended."""
+    return end_orphaned_runs(uri, errors, status="KILLED", tag=KILLED_IN_TRAINING, left=("RUNNING",))
 
 
 def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
@@ -444,6 +459,8 @@ class _Runner:
             # a job that died before its trainer took the run over leaves it SCHEDULED: end it here
             error = f"job {job.job_id} ended before training: {self.result.errors[cid]}"
             end_orphaned_runs(self.prep.tracking_uri, {self.states[cid].run_id: error})
+            # one killed under its trainer (SIGKILL, the OOM killer) leaves it RUNNING
+            _end_killed(self.prep.tracking_uri, {self.states[cid].run_id: self.result.errors[cid]})
 
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
         if self.on_progress is None:

@@ -25,6 +25,9 @@ RECORD_TAGS = ("executor", "job_id", "job_folder", "attempts", "config_hash")
 INTERRUPTS_TAG = "interrupts"
 #: ``status`` tag of a run whose job ended before its trainer took it over (the run is ended FAILED)
 DIED_BEFORE_TRAINING = "died_before_training"
+#: ``status`` tag of a run whose job ended under its trainer without ending it (SIGKILL, the OOM killer):
+#: the launcher that sees the job over ends the run KILLED, so that no run says RUNNING for ever
+KILLED_IN_TRAINING = "killed"
 
 AUTH_HINT = (
     "start it on this machine (`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "

@@ -7,6 +7,7 @@ it is down (tests/conftest.py), like tests/test_slurm_sweeps.py.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -19,7 +20,7 @@ from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, wait_for
 from sweeps import launch as launch_cli
 from sweeps import runner
 from sweeps.grid import ExecutorSpec, SweepSpec, expand
-from sweeps.runner import launch
+from sweeps.runner import launch, sweep_dir
 
 pytestmark = pytest.mark.slurm
 
@@ -99,3 +100,44 @@ def test_a_cancelled_array_is_seen_over_at_once_and_named_cancelled(job_env, tmp
     for err in res.errors.values():
         assert "CANCELLED" in err and "relaunch the sweep to resume" in err, err
     assert {s.state for s in states_of(spec, job_env).values()} == {"interrupted"}
+
+
+def kill_trainer(spec: SweepSpec, uri: str, cell_id: str) -> None:
+    """SIGKILL the cell's trainer (as the OOM killer would) once it has logged a step; wait for its job
+    to be over."""
+    run_dir = sweep_dir(spec) / "cells" / cell_id
+    wait_for(lambda: states_of(spec, uri)[cell_id].loss is not None, "a logged step", 60)
+    os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)
+    wait_for(lambda: states_of(spec, uri)[cell_id].state != "running", "the job to end", 60)
+
+
+def test_a_run_killed_under_its_trainer_is_ended_by_the_relaunch_that_sees_it(job_env, tmp_path):
+    """A trainer SIGKILLed on SLURM leaves its run RUNNING (tag status=running); a relaunch out of retries
+    left it so for ever, in the MLflow UI and for the analysis. Now the relaunch that sees its job over
+    ends it KILLED, tag status=killed, and a retry continues the same run. Failed before the fix: the run
+    stayed RUNNING."""
+    spec = one_cell_spec(tmp_path, job_env, "killed", step_s=1.0)
+    (cell,) = expand(spec)
+    launch(spec, wait=False)
+    kill_trainer(spec, job_env, cell.cell_id)
+    again = launch(spec.replace(executor={"max_retries": 0}), wait=False)
+    assert again.submitted == [] and again.plan.exhausted == [cell.cell_id]
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert (run.info.status, run.data.tags["status"]) == ("KILLED", "killed")
+    assert states_of(spec, job_env)[cell.cell_id].state == "interrupted"
+
+
+def test_a_run_killed_under_its_trainer_is_ended_by_the_launcher_waiting_on_it(job_env, tmp_path):
+    """The same SIGKILL under a waiting launcher: it reported the cell failed but left its run RUNNING.
+    Now it ends it KILLED, tag status=killed, with the job's error. Failed before the fix: RUNNING."""
+    spec = one_cell_spec(tmp_path, job_env, "killedw", step_s=1.0)
+    (cell,) = expand(spec)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.5)))
+    t.start()
+    kill_trainer(spec, job_env, cell.cell_id)
+    t.join(60)
+    assert not t.is_alive() and list(box["r"].errors) == [cell.cell_id]
+    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
+    assert (run.info.status, run.data.tags["status"]) == ("KILLED", "killed")
+    assert run.data.tags["error"]
