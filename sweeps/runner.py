@@ -390,7 +390,7 @@ class _Runner:
                     self._submit(batch)
             for cid in sorted(live):
                 job = self.jobs[cid]
-                if kind == "debug" or self._over(cid, job):
+                if kind == "debug" or (self._over(job) and self._result_due(cid, job)):
                     live.discard(cid)
                     start = self.result.timings[cid][0]
                     self.result.timings[cid] = (start, time.monotonic() - self.t0)
@@ -403,16 +403,21 @@ class _Runner:
                 return
             time.sleep(tick)
 
-    def _over(self, cid: str, job: Any) -> bool:
-        """``job.done()``, except a SLURM job without a result that the controller still lists (sacct
-        can call a job NODE_FAIL, done for submitit, before its requeue shows there), or that has been
-        seen over for less than `RESULT_GRACE_S` (its result may still show up)."""
+    def _over(self, job: Any) -> bool:
+        """``job.done()``, except a SLURM job without a result that the controller still lists: sacct
+        can call a job NODE_FAIL (done, for submitit) before its requeue shows there."""
         if not job.done():
             return False
         if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
             return True
-        if slurm_job_alive(str(job.job_id)):
-            return False
+        return not slurm_job_alive(str(job.job_id))
+
+    def _result_due(self, cid: str, job: Any) -> bool:
+        """For a job `_over`: whether to collect it now. A SLURM job without a result gets `RESULT_GRACE_S`
+        from when it was first seen over for its result to show (a slow file system), alongside the
+        others: submitit's own wait, in `job.results()`, takes 15 s per job, one after another."""
+        if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
+            return True
         since = self.over_since.setdefault(cid, time.monotonic())
         return time.monotonic() - since >= RESULT_GRACE_S
 
