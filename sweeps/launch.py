@@ -570,9 +570,12 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
         "" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}"
     )
-    if pl.running:  # an earlier launch's cells, which this one did not wait for: the fit would miss them
+    # an earlier launch's cells, which this one did not wait for (the fit would miss them), unless
+    # they finished meanwhile
+    running = [c for c in pl.running if c not in states or states[c].state != "finished"]
+    if running:
         print(
-            f"\n{len(pl.running)} cell(s) still running ({', '.join(pl.running)}); watch with: "
+            f"\n{len(running)} cell(s) still running ({', '.join(running)}); watch with: "
             f"python sweeps/launch.py status {_sweep_args(args)}".rstrip()
             + f"\nthen: {fit}"
         )

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import submitit
-from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, wait_for
+from _sweep_specs import fake_sweep_yaml, fake_trainer_spec, runs_by_cell, states_of, wait_for
 
 from sweeps import launch as launch_cli
 from sweeps import runner
-from sweeps.grid import ExecutorSpec, SweepSpec, expand
+from sweeps.grid import ExecutorSpec, SweepSpec, expand, load_spec
 from sweeps.runner import launch, sweep_dir
 
 pytestmark = pytest.mark.slurm
@@ -141,3 +141,22 @@ def test_a_run_killed_under_its_trainer_is_ended_by_the_launcher_waiting_on_it(j
     (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
     assert (run.info.status, run.data.tags["status"]) == ("KILLED", "killed")
     assert run.data.tags["error"]
+
+
+def test_a_relaunch_does_not_call_running_a_cell_that_finished_while_it_waited(job_env, tmp_path, capsys):
+    """A waiting relaunch that found an earlier launch's cell running (here: a budget added to a sweep
+    whose first cell still trains) ended with its status table showing that cell `finished` and, below,
+    "1 cell(s) still running (S-2-3e9); watch with ...", then the fit. Now it names only cells still not
+    finished, and says `next:` the fit when none is. Failed before the fix: the stale line."""
+    cfg = tmp_path / "grow.yaml"
+    cfg.write_text(fake_sweep_yaml("grow", tmp_path.name))
+    argv = ["-c", str(cfg), "--executor", "slurm", "--tracking-uri", job_env, "--set", "step_s=0.3"]
+    assert launch_cli.main([*argv, "--no-wait"]) == 0
+    spec = load_spec(cfg).replace(tracking_uri=job_env)
+    wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "running", "the first cell to run", 60)
+    capsys.readouterr()
+    assert launch_cli.main([*argv, "--budgets", "3e9,6e9"]) == 0  # waits for S-2-6e9, twice as long
+    out = capsys.readouterr().out
+    assert "1 submitted, 0 already finished, 1 still running" in out
+    assert "2 finished" in out and "still running (S-2-3e9)" not in out, out
+    assert "\nnext: python analysis/fit_scaling.py" in out
