@@ -211,6 +211,11 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     return {row[0]: row[1] for row in rows if len(row) == 2}
 
 
+def alive_in_queue(job_ids: list[str]) -> set[str]:
+    """Those of ``job_ids`` that ``squeue`` lists as not over; raises `SlurmUnreachable` without an answer."""
+    return {j for j, state in squeue_states(job_ids).items() if state in _SLURM_ALIVE}
+
+
 def slurm_job_alive(job_id: str) -> bool:
     """Whether ``squeue`` (slurmctld itself) still lists job ``job_id`` as not over, or does not answer
     (a job is not called over unseen). A launcher asks it when ``sacct`` has called the job done

@@ -22,6 +22,8 @@ from sweeps.executor import (
     SLURM_SIGNAL_EARLY_S,
     CellJob,
     JobRef,
+    SlurmUnreachable,
+    alive_in_queue,
     check_slurm_signal,
     local_job_setup,
     make_executor,
@@ -388,9 +390,10 @@ class _Runner:
                 if free > 0:
                     batch, pending = pending[:free], pending[free:]
                     self._submit(batch)
+            gone = self._gone_unseen(live) if kind == "slurm" else set()
             for cid in sorted(live):
                 job = self.jobs[cid]
-                if kind == "debug" or (self._over(job) and self._result_due(cid, job)):
+                if kind == "debug" or ((cid in gone or self._over(job)) and self._result_due(cid, job)):
                     live.discard(cid)
                     start = self.result.timings[cid][0]
                     self.result.timings[cid] = (start, time.monotonic() - self.t0)
@@ -411,6 +414,23 @@ class _Runner:
         if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
             return True
         return not slurm_job_alive(str(job.job_id))
+
+    def _gone_unseen(self, live: set[str]) -> set[str]:
+        """Cells whose SLURM job sacct does not show (state UNKNOWN: accounting down or absent, where
+        submitit's ``done()`` never comes for a job that ended without a result) and ``squeue`` answers
+        without listing it: over. One ``squeue`` call for all of them."""
+        unseen = {}
+        for cid in live:
+            job = self.jobs[cid]
+            if not job.paths.result_pickle.exists() and _job_state(job) == "UNKNOWN":
+                unseen[cid] = str(job.job_id)
+        if not unseen:
+            return set()
+        try:
+            alive = alive_in_queue(list(unseen.values()))
+        except SlurmUnreachable:  # nothing answers: nothing is taken for over
+            return set()
+        return {cid for cid, job_id in unseen.items() if job_id not in alive}
 
     def _result_due(self, cid: str, job: Any) -> bool:
         """For a job `_over`: whether to collect it now. A SLURM job without a result gets `RESULT_GRACE_S`
@@ -529,12 +549,21 @@ def _log_files(job: Any) -> str:
     return ", ".join(files) or str(getattr(job.paths, "folder", ""))
 
 
+def _job_state(job: Any) -> str:
+    """A SLURM job's state as submitit's sacct watcher last saw it (CANCELLED, not "CANCELLED by 0");
+    UNKNOWN where sacct has not shown it."""
+    try:
+        words = str(job.state).split()
+    except Exception:  # the state only words a message or asks squeue
+        return "UNKNOWN"
+    return words[0].upper() if words else "UNKNOWN"
+
+
 def _no_result(job: Any) -> str:
     """Why a SLURM job ended without a result: its state (CANCELLED, TIMEOUT, ...) and what to do."""
-    try:
-        state = str(job.state).split()[0] if str(job.state).strip() else "UNKNOWN"
-    except Exception:  # the state only words the message
-        state = "UNKNOWN"
+    state = _job_state(job)
+    if state == "UNKNOWN":
+        state = "(sacct does not show it; squeue no longer lists it)"
     return (
         f"job {job.job_id} ended {state} without a result (scancel, a time limit or a kill stopped it); "
         "relaunch the sweep to resume the cell from its last checkpoint"

@@ -160,3 +160,27 @@ def test_a_relaunch_does_not_call_running_a_cell_that_finished_while_it_waited(j
     assert "1 submitted, 0 already finished, 1 still running" in out
     assert "2 finished" in out and "still running (S-2-3e9)" not in out, out
     assert "\nnext: python analysis/fit_scaling.py" in out
+
+
+def test_a_waiting_launcher_sees_a_cancelled_job_while_sacct_is_down(job_env, tmp_path, monkeypatch):
+    """Accounting down (`sacct` fails, `squeue` answers): submitit calls every job UNKNOWN, never done,
+    so a launcher waiting on a job cancelled before it wrote a result waited for ever, though `squeue`
+    no longer listed it. Now a job that sacct does not show and squeue does not list is over: the cell
+    fails with the relaunch hint. Failed before the fix: the launcher still waited after 40 s."""
+    monkeypatch.setattr(runner, "RESULT_GRACE_S", 2.0, raising=False)
+    down = controller_down(tmp_path / "down")
+    for cmd in ("squeue", "sinfo"):  # only accounting is down
+        (tmp_path / "down" / cmd).unlink()
+    monkeypatch.setenv("PATH", down, prepend=os.pathsep)
+    spec = one_cell_spec(tmp_path, job_env, "nosacct", step_s=2.0)
+    (cell,) = expand(spec)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.5)), daemon=True)
+    t.start()
+    wait_for(lambda: states_of(spec, job_env)[cell.cell_id].state == "running", "the job to run", 60)
+    job = states_of(spec, job_env)[cell.cell_id].job_id
+    subprocess.run(["scancel", job], check=True)
+    t.join(40)
+    assert not t.is_alive(), "the launcher still waits on a job squeue no longer lists"
+    err = box["r"].errors[cell.cell_id]
+    assert f"job {job} ended" in err and "relaunch the sweep to resume" in err, err
