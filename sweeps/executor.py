@@ -160,10 +160,16 @@ _SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGU
 _SLURM_ALIVE = _SLURM_PENDING | {"RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
+class SlurmUnreachable(RuntimeError):
+    """SLURM's controller gave no answer (``squeue`` cannot run, timed out, or failed for another reason
+    than job ids it no longer lists): whether a job is alive is not known."""
+
+
 def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
-    """``{cell: "pending" | "running"}`` for cells whose job (of another launcher) is alive; absent:
-    over. Local jobs by the cell's lock (`sweeps.lock`: a rebuilt submitit `LocalJob` cannot tell),
-    SLURM jobs by one batched ``sacct``, then ``squeue`` where it says UNKNOWN; debug jobs never."""
+    """``{cell: "pending" | "running" | "unknown"}`` for cells whose job (of another launcher) is alive,
+    or, "unknown", may be (SLURM did not answer); absent: over. Local jobs by the cell's lock
+    (`sweeps.lock`: a rebuilt submitit `LocalJob` cannot tell), SLURM jobs by one batched ``sacct``,
+    then ``squeue`` where it says UNKNOWN; debug jobs never."""
     out = {c: "running" for c, r in refs.items() if r.executor == "local" and cell_lock_held(r.run_dir)}
     slurm = {c: r for c, r in refs.items() if r.executor == "slurm"}
     if slurm:
@@ -177,11 +183,48 @@ def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     states = {c: str(j.watcher.get_state(j.job_id, mode="cache")).split()[0].upper() for c, j in jobs.items()}
     unknown = [c for c, s in states.items() if s == "UNKNOWN"]
     if unknown:
-        queue = squeue_states([refs[c].job_id for c in unknown])
+        try:
+            queue = squeue_states([refs[c].job_id for c in unknown])
+        except SlurmUnreachable as e:  # neither sacct nor squeue answered: not a job found over
+            log.warning("%s; cells %s: job state unknown", e, ", ".join(sorted(unknown)))
+            return {c: "unknown" for c in unknown}
         states.update({c: queue[refs[c].job_id] for c in unknown if refs[c].job_id in queue})
     return {
         c: ("pending" if s in _SLURM_PENDING else "running") for c, s in states.items() if s in _SLURM_ALIVE
     }
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """``{job_id: state}`` for the given jobs still known to squeue (array tasks as ``N_i``); raises
+    `SlurmUnreachable` when squeue gives no answer (an unknown job id is an answer: not listed)."""
+    if not job_ids:
+        return {}
+    cmd = ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SlurmUnreachable(f"`squeue` gave no answer ({e})") from None
+    if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
+        why = (done.stderr or done.stdout).strip()[:300] or f"exit status {done.returncode}"
+        raise SlurmUnreachable(f"`squeue` failed: {why}")
+    rows = (line.split() for line in done.stdout.splitlines())
+    return {row[0]: row[1] for row in rows if len(row) == 2}
+
+
+def alive_in_queue(job_ids: list[str]) -> set[str]:
+    """Those of ``job_ids`` that ``squeue`` lists as not over; raises `SlurmUnreachable` without an answer."""
+    return {j for j, state in squeue_states(job_ids).items() if state in _SLURM_ALIVE}
+
+
+def slurm_job_alive(job_id: str) -> bool:
+    """Whether ``squeue`` (slurmctld itself) still lists job ``job_id`` as not over, or does not answer
+    (a job is not called over unseen). A launcher asks it when ``sacct`` has called the job done
+    without a result: after a node failure sacct can report NODE_FAIL (which submitit takes for done)
+    while the controller has already requeued the job."""
+    try:
+        return squeue_states([job_id]).get(job_id) in _SLURM_ALIVE
+    except SlurmUnreachable:
+        return True
 
 
 def _stdout(cmd: list[str]) -> str:
@@ -190,22 +233,6 @@ def _stdout(cmd: list[str]) -> str:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
-
-
-def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """``{job_id: state}`` for the given jobs still known to squeue (array tasks as ``N_i``)."""
-    if not job_ids:
-        return {}
-    out = _stdout(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))])
-    rows = (line.split() for line in out.splitlines())
-    return {row[0]: row[1] for row in rows if len(row) == 2}
-
-
-def slurm_job_alive(job_id: str) -> bool:
-    """Whether ``squeue`` (slurmctld itself) still lists job ``job_id`` as not over. A launcher asks it
-    when ``sacct`` has called the job done without a result: after a node failure sacct can report
-    NODE_FAIL (which submitit takes for done) while the controller has already requeued the job."""
-    return squeue_states([job_id]).get(job_id) in _SLURM_ALIVE
 
 
 def slurm_requeued() -> bool:

@@ -492,6 +492,11 @@ def show_status(
     print(status_table(list(states.values()), cells))
     counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if counts["unknown"]:
+        print(
+            "unknown: SLURM does not answer (sacct and squeue failed), so whether those cells' jobs are "
+            "alive is not known; look again once `squeue` answers (a launch refuses until then)"
+        )
     for line in _left_out_lines(spec) if note is None else [note]:
         print(line)
     return states
@@ -565,9 +570,12 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
         "" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}"
     )
-    if pl.running:  # an earlier launch's cells, which this one did not wait for: the fit would miss them
+    # an earlier launch's cells, which this one did not wait for (the fit would miss them), unless
+    # they finished meanwhile
+    running = [c for c in pl.running if c not in states or states[c].state != "finished"]
+    if running:
         print(
-            f"\n{len(pl.running)} cell(s) still running ({', '.join(pl.running)}); watch with: "
+            f"\n{len(running)} cell(s) still running ({', '.join(running)}); watch with: "
             f"python sweeps/launch.py status {_sweep_args(args)}".rstrip()
             + f"\nthen: {fit}"
         )

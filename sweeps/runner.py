@@ -22,6 +22,8 @@ from sweeps.executor import (
     SLURM_SIGNAL_EARLY_S,
     CellJob,
     JobRef,
+    SlurmUnreachable,
+    alive_in_queue,
     check_slurm_signal,
     local_job_setup,
     make_executor,
@@ -33,6 +35,7 @@ from sweeps.executor import (
 from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
 from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
+    KILLED_IN_TRAINING,
     CellState,
     Plan,
     Submission,
@@ -54,6 +57,10 @@ from sweeps.task import CellTask, check_trainer, make_task
 from sweeps.warm import WarmExecutor
 
 log = logging.getLogger(__name__)
+
+#: Seconds a launcher waits for the result of a SLURM job seen over without one (a file system slow to
+#: show it), each job's wait alongside the others' (submitit's own, 15 s, runs one job after another).
+RESULT_GRACE_S = 15.0
 
 
 @dataclass
@@ -212,6 +219,7 @@ def launch(
         with sweep_lock(sdir):
             # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
             states = preview(spec, all_tasks, configs, uri)
+            check_known(states)
             ensure_experiment(uri, spec.experiment)
             # the store as resolved here (absolute): `status` from another folder reads the same one
             write_spec_record((record or spec).replace(tracking_uri=uri), sdir)
@@ -242,9 +250,22 @@ def launch(
             warm.close(wait_s=30.0 if wait else None)  # it exits once its cells have
 
 
+def check_known(states: dict[str, CellState]) -> None:
+    """ValueError where SLURM did not say whether some cells' jobs are alive (state ``unknown``): a
+    launch now could start a second job of a cell that still trains."""
+    unknown = sorted(c for c, st in states.items() if st.state == "unknown")
+    if unknown:
+        raise ValueError(
+            f"SLURM does not answer (sacct and squeue failed), so whether the jobs of {len(unknown)} "
+            f"cell(s) ({', '.join(unknown[:8])}) are still alive is not known; nothing submitted: launch "
+            "again once `squeue` answers"
+        )
+
+
 def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:
-    """End the runs of cells whose last job died before its trainer started (seen by this launch: run
-    still SCHEDULED, job over), out of retries or not: `sweeps.state.end_orphaned_runs`."""
+    """End the runs of cells whose last job is over but left the run open (seen by this launch), out of
+    retries or not (`sweeps.state.end_orphaned_runs`): still SCHEDULED (the job died before its trainer
+    started): FAILED; still RUNNING (the trainer was killed, e.g. SIGKILL): KILLED, tag status=killed."""
     unstarted = {
         st.run_id: st for st in states.values() if st.state == "failed" and st.run_status == "SCHEDULED"
     }
@@ -254,6 +275,19 @@ def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:
         log.warning(
             "cell %s: its job ended before training; run %s ended FAILED", unstarted[run_id].cell_id, run_id
         )
+    killed = {
+        st.run_id: st for st in states.values() if st.state == "interrupted" and st.run_status == "RUNNING"
+    }
+    why = "its job ended while the trainer ran, without ending the run (killed)"
+    for run_id in _end_killed(uri, dict.fromkeys(killed, why)) if killed else []:
+        killed[run_id].run_status = "KILLED"
+        log.warning("cell %s: %s; run %s ended KILLED", killed[run_id].cell_id, why, run_id)
+
+
+def _end_killed(uri: str, errors: dict[str, str]) -> list[str]:
+    """End the runs of ``errors`` (``{run_id: why}``) still RUNNING, whose jobs are over: KILLED, tag
+    status=killed (`sweeps.state.KILLED_IN_TRAINING`). Returns the ids of the runs ended."""
+    return end_orphaned_runs(uri, errors, status="KILLED", tag=KILLED_IN_TRAINING, left=("RUNNING",))
 
 
 def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
@@ -287,6 +321,7 @@ class _Runner:
     run_dirs: dict[str, str] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
     work: dict[str, float] = field(default_factory=dict)  # {cell: FLOP-equivalents}; {}: no estimate
+    over_since: dict[str, float] = field(default_factory=dict)  # SLURM cells seen over without a result
 
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
@@ -355,9 +390,10 @@ class _Runner:
                 if free > 0:
                     batch, pending = pending[:free], pending[free:]
                     self._submit(batch)
+            gone = self._gone_unseen(live) if kind == "slurm" else set()
             for cid in sorted(live):
                 job = self.jobs[cid]
-                if kind == "debug" or self._over(job):
+                if kind == "debug" or ((cid in gone or self._over(job)) and self._result_due(cid, job)):
                     live.discard(cid)
                     start = self.result.timings[cid][0]
                     self.result.timings[cid] = (start, time.monotonic() - self.t0)
@@ -378,6 +414,32 @@ class _Runner:
         if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
             return True
         return not slurm_job_alive(str(job.job_id))
+
+    def _gone_unseen(self, live: set[str]) -> set[str]:
+        """Cells whose SLURM job sacct does not show (state UNKNOWN: accounting down or absent, where
+        submitit's ``done()`` never comes for a job that ended without a result) and ``squeue`` answers
+        without listing it: over. One ``squeue`` call for all of them."""
+        unseen = {}
+        for cid in live:
+            job = self.jobs[cid]
+            if not job.paths.result_pickle.exists() and _job_state(job) == "UNKNOWN":
+                unseen[cid] = str(job.job_id)
+        if not unseen:
+            return set()
+        try:
+            alive = alive_in_queue(list(unseen.values()))
+        except SlurmUnreachable:  # nothing answers: nothing is taken for over
+            return set()
+        return {cid for cid, job_id in unseen.items() if job_id not in alive}
+
+    def _result_due(self, cid: str, job: Any) -> bool:
+        """For a job `_over`: whether to collect it now. A SLURM job without a result gets `RESULT_GRACE_S`
+        from when it was first seen over for its result to show (a slow file system), alongside the
+        others: submitit's own wait, in `job.results()`, takes 15 s per job, one after another."""
+        if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
+            return True
+        since = self.over_since.setdefault(cid, time.monotonic())
+        return time.monotonic() - since >= RESULT_GRACE_S
 
     def _interrupted(self, wait_s: float = 10.0) -> None:
         """Ctrl-C while this launcher waits, which stops its local jobs too: record each live local
@@ -413,6 +475,8 @@ class _Runner:
 
     def _collect(self, cid: str, job: Any) -> None:
         try:
+            if self.prep.kind == "slurm" and not job.paths.result_pickle.exists():  # `_over` waited for it
+                raise RuntimeError(_no_result(job))
             self.result.results[cid] = job.results()[0]  # rank 0's result when a cell has several tasks
         except Exception as e:  # a failed cell is reported, the sweep goes on
             self.result.errors[cid] = _error_line(e)
@@ -420,6 +484,8 @@ class _Runner:
             # a job that died before its trainer took the run over leaves it SCHEDULED: end it here
             error = f"job {job.job_id} ended before training: {self.result.errors[cid]}"
             end_orphaned_runs(self.prep.tracking_uri, {self.states[cid].run_id: error})
+            # one killed under its trainer (SIGKILL, the OOM killer) leaves it RUNNING
+            _end_killed(self.prep.tracking_uri, {self.states[cid].run_id: self.result.errors[cid]})
 
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
         if self.on_progress is None:
@@ -481,6 +547,27 @@ def _log_files(job: Any) -> str:
     """Where a job's output goes: its stdout and stderr files (else its folder)."""
     files = [str(getattr(job.paths, k)) for k in ("stdout", "stderr") if hasattr(job.paths, k)]
     return ", ".join(files) or str(getattr(job.paths, "folder", ""))
+
+
+def _job_state(job: Any) -> str:
+    """A SLURM job's state as submitit's sacct watcher last saw it (CANCELLED, not "CANCELLED by 0");
+    UNKNOWN where sacct has not shown it."""
+    try:
+        words = str(job.state).split()
+    except Exception:  # the state only words a message or asks squeue
+        return "UNKNOWN"
+    return words[0].upper() if words else "UNKNOWN"
+
+
+def _no_result(job: Any) -> str:
+    """Why a SLURM job ended without a result: its state (CANCELLED, TIMEOUT, ...) and what to do."""
+    state = _job_state(job)
+    if state == "UNKNOWN":
+        state = "(sacct does not show it; squeue no longer lists it)"
+    return (
+        f"job {job.job_id} ended {state} without a result (scancel, a time limit or a kill stopped it); "
+        "relaunch the sweep to resume the cell from its last checkpoint"
+    )
 
 
 def _error_line(e: BaseException) -> str:

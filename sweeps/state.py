@@ -25,6 +25,9 @@ RECORD_TAGS = ("executor", "job_id", "job_folder", "attempts", "config_hash")
 INTERRUPTS_TAG = "interrupts"
 #: ``status`` tag of a run whose job ended before its trainer took it over (the run is ended FAILED)
 DIED_BEFORE_TRAINING = "died_before_training"
+#: ``status`` tag of a run whose job ended under its trainer without ending it (SIGKILL, the OOM killer):
+#: the launcher that sees the job over ends the run KILLED, so that no run says RUNNING for ever
+KILLED_IN_TRAINING = "killed"
 
 AUTH_HINT = (
     "start it on this machine (`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "
@@ -67,6 +70,7 @@ class Plan:
     finished: list[str] = field(default_factory=list)
     running: list[str] = field(default_factory=list)
     exhausted: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # SLURM did not say whether their jobs are alive
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -381,7 +385,7 @@ def read_states(
     refs = {cid: job_ref(runs[cid][0], rd) for cid, rd in cells.items() if cid in runs}
     # a FINISHED run is finished whatever its job does: ask the scheduler about the others only
     unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
-    alive = job_liveness(unfinished)
+    alive = job_liveness(unfinished)  # "unknown" where SLURM did not answer: never taken for over
     if dead := [c for c in unfinished if c not in alive]:
         # a job that ended between the runs' read and the liveness check: read its run again, or a cell
         # that just finished would look interrupted (run RUNNING, job gone) and be resubmitted
@@ -406,6 +410,8 @@ def read_states(
         live = alive.get(cid, "")
         if st.run_status == "FINISHED":
             st.state = "finished"
+        elif live == "unknown":
+            st.state = "unknown"
         elif live:
             st.state = "queued" if live == "pending" or st.run_status == "SCHEDULED" else "running"
         elif ref is None:
@@ -418,7 +424,8 @@ def read_states(
 
 
 def plan(states: dict[str, CellState], max_retries: int) -> Plan:
-    """Idempotent relaunch: skip finished and live cells; resubmit missing, failed and interrupted
+    """Idempotent relaunch: skip finished and live cells (and those whose job's state is unknown);
+    resubmit missing, failed and interrupted
     cells while ``tries <= max_retries`` (the first submission is not a retry; a submission stopped
     by a Ctrl-C of its launcher is not a try)."""
     p = Plan()
@@ -427,6 +434,8 @@ def plan(states: dict[str, CellState], max_retries: int) -> Plan:
             p.finished.append(cid)
         elif st.state in ("running", "queued"):
             p.running.append(cid)
+        elif st.state == "unknown":
+            p.unknown.append(cid)
         elif st.state == "missing" or st.tries <= max_retries:
             p.submit.append(cid)
         else:

@@ -185,6 +185,7 @@ SLURM_FILES = (
     "tests/test_sweep_scale.py",
     "tests/test_faults_slurm_down.py",
     "tests/test_faults_slurm.py",
+    "tests/test_qa_slurm_s37.py",
 )
 #: Scopes sent to the workers first: the longest, so that both workers end at about the same time.
 FIRST = ("slurm", "tests/test_e2e.py", "tests/test_sweeps_local.py", "tests/test_sweeps_warm.py")
