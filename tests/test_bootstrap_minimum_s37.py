@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _fit_helpers import sweep
 
 from analysis.bootstrap import BootstrapResult, fit_workers
 from analysis.isoflop import fit_isoflop
@@ -27,7 +28,6 @@ from analysis.pipeline import AnalysisConfig, analyze
 from analysis.report import markdown
 from analysis.runs import tidy
 from analysis.status import NOT_IDENTIFIED, OK, Status, flag_bootstrapped_exponent
-from tests._fit_helpers import sweep
 
 TOO_FEW = "fewer than the 40 that a 95% percentile interval needs (at least one refit beyond each end"
 

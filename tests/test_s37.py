@@ -148,3 +148,16 @@ def test_a_missing_frontier_loss_law_is_named_not_an_n_opt_law():
         pr.status.reasons
     )
     assert not any("N_opt(C) law" in r for r in pr.status.reasons)
+
+
+def test_no_test_imports_the_tests_folder_as_a_package():
+    """CI runs `pytest` (the entry point), which does not put the repository root on sys.path, so
+    `from tests._fit_helpers import ...` passed under `python -m pytest` and failed to collect in CI;
+    helpers are imported by their module name (`tests/` is on the path through its conftest)."""
+    bad = [
+        f"{p.name}:{i}"
+        for p in sorted(Path(__file__).parent.glob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if line.lstrip().startswith(("from tests.", "import tests"))
+    ]
+    assert not bad, bad
