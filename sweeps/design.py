@@ -519,10 +519,12 @@ def launch_adaptive(
     poll_s: float = 2.0,
     on_progress: Callable | None = None,
     on_step: Callable[[AdaptiveStep], None] | None = None,
+    jobs_gone: bool = False,
 ) -> AdaptiveResult:
     """Run the budgets from the smallest up; place each on the refit of the ones before (the
     first on the prior). A budget placed once keeps its centre (``design.json``); a relaunch
-    submits only what is missing. Stops at a budget whose cells are not all finished."""
+    submits only what is missing. Stops at a budget whose cells are not all finished. ``jobs_gone``:
+    `sweeps.runner.launch`'s."""
     from sweeps.lock import sweep_lock
     from sweeps.runner import launch, sweep_dir
     from sweeps.state import read_states, resolve_tracking_uri
@@ -554,7 +556,7 @@ def launch_adaptive(
         sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
         ids = check_placed(spec, sdir, b, rec)
         log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
-        res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress, record=spec)
+        res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress, record=spec, jobs_gone=jobs_gone)
         cells = {cid: str(sdir / "cells" / cid) for cid in ids}
         states = read_states(uri, spec.experiment, spec.name, cells)
         step = AdaptiveStep(b, centre, ids, res, all(s.state == "finished" for s in states.values()))

@@ -155,9 +155,18 @@ class JobRef(NamedTuple):
     run_dir: str
 
 
-# SLURM job states (sacct/squeue) of a job that is not over; PENDING-like ones are "pending"
-_SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD"}
-_SLURM_ALIVE = _SLURM_PENDING | {"RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+# SLURM job states (sacct/squeue) of a job that is not over; PENDING-like ones are "pending"; HELD: what
+# `squeue_states` calls a PENDING job held by `scontrol hold` (reason JobHeldUser/JobHeldAdmin)
+SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD"}
+_SLURM_ALIVE = SLURM_PENDING | {
+    "HELD",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 
 
 class SlurmUnreachable(RuntimeError):
@@ -165,11 +174,21 @@ class SlurmUnreachable(RuntimeError):
     than job ids it no longer lists): whether a job is alive is not known."""
 
 
+def slurm_state(job: Any, mode: str = "standard") -> str:
+    """A submitit SLURM job's state as its sacct watcher has it (CANCELLED, not "CANCELLED by 0");
+    UNKNOWN where sacct has not shown it. ``mode``: submitit's ("cache": no sacct call)."""
+    try:
+        words = str(job.watcher.get_state(job.job_id, mode=mode)).split()
+    except Exception:  # the state words a message or asks squeue: never let it break a wait
+        return "UNKNOWN"
+    return words[0].upper() if words else "UNKNOWN"
+
+
 def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
-    """``{cell: "pending" | "running" | "unknown"}`` for cells whose job (of another launcher) is alive,
-    or, "unknown", may be (SLURM did not answer); absent: over. Local jobs by the cell's lock
+    """``{cell: "pending" | "held" | "running" | "unknown"}`` for cells whose job (of another launcher) is
+    alive, or, "unknown", may be (SLURM did not answer); absent: over. Local jobs by the cell's lock
     (`sweeps.lock`: a rebuilt submitit `LocalJob` cannot tell), SLURM jobs by one batched ``sacct``,
-    then ``squeue`` where it says UNKNOWN; debug jobs never."""
+    then ``squeue`` where it says UNKNOWN or PENDING (held or not); debug jobs never."""
     out = {c: "running" for c, r in refs.items() if r.executor == "local" and cell_lock_held(r.run_dir)}
     slurm = {c: r for c, r in refs.items() if r.executor == "slurm"}
     if slurm:
@@ -180,26 +199,28 @@ def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
 def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     jobs = {cid: submitit.SlurmJob(folder=r.folder or ".", job_id=r.job_id) for cid, r in refs.items()}
     submitit.SlurmJob.watcher.update()  # one sacct call for every registered job
-    states = {c: str(j.watcher.get_state(j.job_id, mode="cache")).split()[0].upper() for c, j in jobs.items()}
-    unknown = [c for c, s in states.items() if s == "UNKNOWN"]
-    if unknown:
-        try:
-            queue = squeue_states([refs[c].job_id for c in unknown])
-        except SlurmUnreachable as e:  # neither sacct nor squeue answered: not a job found over
-            log.warning("%s; cells %s: job state unknown", e, ", ".join(sorted(unknown)))
-            return {c: "unknown" for c in unknown}
-        states.update({c: queue[refs[c].job_id] for c in unknown if refs[c].job_id in queue})
-    return {
-        c: ("pending" if s in _SLURM_PENDING else "running") for c, s in states.items() if s in _SLURM_ALIVE
-    }
+    states = {c: slurm_state(j, mode="cache") for c, j in jobs.items()}
+    ask = [c for c, s in states.items() if s in ("UNKNOWN", "PENDING")]  # held? over, unseen by sacct?
+    lost: list[str] = []
+    try:
+        queue = squeue_states([refs[c].job_id for c in ask])
+    except SlurmUnreachable as e:  # neither sacct nor squeue answered: not a job found over
+        queue, lost = {}, sorted(c for c in ask if states[c] == "UNKNOWN")
+        if lost:
+            log.warning("%s; cells %s: job state unknown", e, ", ".join(lost))
+    states.update({c: queue[refs[c].job_id] for c in ask if refs[c].job_id in queue})
+    word = {"HELD": "held", **dict.fromkeys(SLURM_PENDING, "pending")}
+    out = {c: word.get(s, "running") for c, s in states.items() if s in _SLURM_ALIVE}
+    return out | dict.fromkeys(lost, "unknown")
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """``{job_id: state}`` for the given jobs still known to squeue (array tasks as ``N_i``); raises
+    """``{job_id: state}`` for the given jobs still known to squeue (array tasks as ``N_i``; HELD: PENDING,
+    held by `scontrol hold`, reason JobHeldUser/JobHeldAdmin); raises
     `SlurmUnreachable` when squeue gives no answer (an unknown job id is an answer: not listed)."""
     if not job_ids:
         return {}
-    cmd = ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))]
+    cmd = ["squeue", "-h", "-r", "-o", "%i %T %r", "-j", ",".join(sorted(set(job_ids)))]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -207,8 +228,9 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
         why = (done.stderr or done.stdout).strip()[:300] or f"exit status {done.returncode}"
         raise SlurmUnreachable(f"`squeue` failed: {why}")
-    rows = (line.split() for line in done.stdout.splitlines())
-    return {row[0]: row[1] for row in rows if len(row) == 2}
+    rows = [line.split(None, 2) for line in done.stdout.splitlines()]
+    held = {r[0] for r in rows if len(r) == 3 and r[1] == "PENDING" and "held" in r[2].lower()}
+    return {r[0]: "HELD" if r[0] in held else r[1] for r in rows if len(r) >= 2}
 
 
 def alive_in_queue(job_ids: list[str]) -> set[str]:
@@ -244,7 +266,7 @@ def slurm_requeued() -> bool:
         return False
     out = _stdout(["scontrol", "-o", "show", "job", job])
     fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
-    return fields.get("JobState", "") in _SLURM_PENDING
+    return fields.get("JobState", "") in SLURM_PENDING
 
 
 class CellJob(submitit.helpers.Checkpointable):

@@ -256,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit and return: the SLURM jobs, or the local warm worker, go on; see `status` later",
     )
     r.add_argument(
+        "--slurm-jobs-gone",
+        action="store_true",
+        help="the SLURM cluster the sweep ran on is gone for good: take cells whose job state is unknown "
+        "(sacct and squeue fail) for interrupted and resubmit them (e.g. with --executor local); a job of "
+        "them still alive would train its cell twice",
+    )
+    r.add_argument(
         "--poll",
         type=float,
         default=DEFAULT_POLL_S,
@@ -492,14 +499,42 @@ def show_status(
     print(status_table(list(states.values()), cells))
     counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    if counts["unknown"]:
-        print(
-            "unknown: SLURM does not answer (sacct and squeue failed), so whether those cells' jobs are "
-            "alive is not known; look again once `squeue` answers (a launch refuses until then)"
-        )
+    for line in _advice(spec, states):
+        print(line)
     for line in _left_out_lines(spec) if note is None else [note]:
         print(line)
     return states
+
+
+def _advice(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
+    """What to do about the cells no launch or wait will finish as they are: unknown, held by SLURM,
+    failed or interrupted (relaunch; out of retries: --max-retries)."""
+    out = []
+    if [c for c, st in states.items() if st.state == "unknown"]:
+        out.append(
+            "unknown: SLURM does not answer (sacct and squeue failed), so whether those cells' jobs are "
+            "alive is not known; look again once `squeue` answers (a launch refuses until then, unless "
+            "--slurm-jobs-gone says that cluster is gone for good)"
+        )
+    if held := {c: st.job_id for c, st in states.items() if st.state == "held"}:
+        out.append(
+            f"held: {', '.join(f'{c} (job {j})' for c, j in held.items())}: SLURM holds the job, which never "
+            f"starts on its own; release it with `scontrol release {','.join(held.values())}`"
+        )
+    p = plan(states, spec.executor.max_retries)
+    redo = [c for c in p.submit if states[c].state in ("failed", "interrupted")]
+    if redo:
+        out.append(
+            f"{len(redo)} failed or interrupted ({', '.join(redo[:8])}): relaunch the same command that "
+            "launched the sweep to resume them; finished cells are kept, live ones are not resubmitted"
+        )
+    if p.exhausted:
+        need = max(states[c].tries for c in p.exhausted)
+        out.append(
+            f"{len(p.exhausted)} out of retries ({', '.join(p.exhausted[:8])}): relaunch with --max-retries "
+            f"{need} or more to try them again"
+        )
+    return out
 
 
 def _left_out_lines(spec: SweepSpec) -> list[str]:
@@ -537,7 +572,13 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             return cmd_adaptive(spec, args)
     if args.dry_run:
         return cmd_dry_run(spec, args)
-    res = launch(spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer())
+    res = launch(
+        spec,
+        wait=not args.no_wait,
+        poll_s=args.poll,
+        on_progress=_progress_printer(),
+        jobs_gone=args.slurm_jobs_gone,
+    )
     prep, pl = res.prepared, res.plan
     if sys.stderr.isatty() and res.job_ids and res.waited:
         print(file=sys.stderr)
@@ -570,9 +611,16 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
         "" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}"
     )
-    # an earlier launch's cells, which this one did not wait for (the fit would miss them), unless
-    # they finished meanwhile
-    running = [c for c in pl.running if c not in states or states[c].state != "finished"]
+    # an earlier launch's cells, which this one did not wait for (the fit would miss them), in the state
+    # they are in now: finished meanwhile (not named), live, or over without finishing (failed)
+    now = {c: states[c].state if c in states else "running" for c in pl.running}
+    ended = {c: s for c, s in now.items() if s not in ("finished", "running", "queued", "held", "unknown")}
+    if ended:
+        named = ", ".join(f"{c}: {s}" for c, s in ended.items())
+        print(f"{len(ended)} cell(s) of an earlier launch ended unfinished ({named}); relaunch the same "
+              "command to retry them", file=sys.stderr)  # fmt: skip
+        return 1
+    running = [f"{c}: {s}" if s in ("held", "unknown") else c for c, s in now.items() if s != "finished"]
     if running:
         print(
             f"\n{len(running)} cell(s) still running ({', '.join(running)}); watch with: "
@@ -700,8 +748,9 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
         )
 
     res = launch_adaptive(
-        spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer(), on_step=show
-    )
+        spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer(), on_step=show,
+        jobs_gone=args.slurm_jobs_gone,
+    )  # fmt: skip
     if res.final is not None:
         print(
             f"fit after the last budget: N_opt at {format_budget(max(spec.budgets))} = "

@@ -19,6 +19,7 @@ from typing import Any
 
 from sweeps.eta import cell_work, time_left
 from sweeps.executor import (
+    SLURM_PENDING,
     SLURM_SIGNAL_EARLY_S,
     CellJob,
     JobRef,
@@ -30,6 +31,7 @@ from sweeps.executor import (
     parse_sbatch_lines,
     resolve_executor_kind,
     slurm_job_alive,
+    slurm_state,
     warm_unsupported,
 )
 from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
@@ -202,11 +204,13 @@ def launch(
     poll_s: float = 2.0,
     on_progress: Callable[[Progress], None] | None = None,
     record: SweepSpec | None = None,
+    jobs_gone: bool = False,
 ) -> LaunchResult:
     """Submit the cells that are not finished or live (one job array on SLURM; locally, a new cell
     as soon as a slot frees, longest first) and, with ``wait``, block until they end. Relaunching
     the same sweep submits only what is missing, failed or interrupted. ``record`` (default ``spec``)
-    is kept as the sweep's last launch (`sweeps.grid.write_spec_record`) once the settings are checked."""
+    is kept as the sweep's last launch (`sweeps.grid.write_spec_record`) once the settings are checked.
+    ``jobs_gone``: the SLURM jobs whose state is unknown are gone for good (`check_known`)."""
     prep = prepare(spec)
     check_wait(prep.kind, wait)
     threads = _threads_per_process(prep)
@@ -219,7 +223,7 @@ def launch(
         with sweep_lock(sdir):
             # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
             states = preview(spec, all_tasks, configs, uri)
-            check_known(states)
+            check_known(states, jobs_gone)
             ensure_experiment(uri, spec.experiment)
             # the store as resolved here (absolute): `status` from another folder reads the same one
             write_spec_record((record or spec).replace(tracking_uri=uri), sdir)
@@ -250,15 +254,25 @@ def launch(
             warm.close(wait_s=30.0 if wait else None)  # it exits once its cells have
 
 
-def check_known(states: dict[str, CellState]) -> None:
+def check_known(states: dict[str, CellState], jobs_gone: bool = False) -> None:
     """ValueError where SLURM did not say whether some cells' jobs are alive (state ``unknown``): a
-    launch now could start a second job of a cell that still trains."""
+    launch now could start a second job of a cell that still trains. With ``jobs_gone`` (the user says
+    the cluster is gone for good) those cells are taken for interrupted instead, loudly."""
     unknown = sorted(c for c, st in states.items() if st.state == "unknown")
-    if unknown:
+    if unknown and jobs_gone:
+        log.warning(
+            "--slurm-jobs-gone: the SLURM jobs of %d cell(s) (%s) are taken for over, their cells for "
+            "interrupted, and resubmitted; a job of them that still runs would train its cell twice",
+            len(unknown), ", ".join(unknown[:8]),
+        )  # fmt: skip
+        for c in unknown:
+            states[c].state = "failed" if states[c].run_status == "SCHEDULED" else "interrupted"
+    elif unknown:
         raise ValueError(
             f"SLURM does not answer (sacct and squeue failed), so whether the jobs of {len(unknown)} "
             f"cell(s) ({', '.join(unknown[:8])}) are still alive is not known; nothing submitted: launch "
-            "again once `squeue` answers"
+            "again once `squeue` answers, or, if that cluster is gone for good (its jobs with it), add "
+            "--slurm-jobs-gone"
         )
 
 
@@ -422,7 +436,7 @@ class _Runner:
         unseen = {}
         for cid in live:
             job = self.jobs[cid]
-            if not job.paths.result_pickle.exists() and _job_state(job) == "UNKNOWN":
+            if not job.paths.result_pickle.exists() and slurm_state(job) == "UNKNOWN":
                 unseen[cid] = str(job.job_id)
         if not unseen:
             return set()
@@ -490,7 +504,8 @@ class _Runner:
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
         if self.on_progress is None:
             return
-        queued = sum(_is_queued(self.jobs[cid]) for cid in live) if self.prep.kind == "slurm" else 0
+        slurm = self.prep.kind == "slurm"  # in the queue, not started (submitit batches the sacct calls)
+        queued = sum(slurm_state(self.jobs[cid]) in SLURM_PENDING for cid in live) if slurm else 0
         elapsed = time.monotonic() - self.t0
         left = None
         if self.work and self.prep.kind == "local":  # on SLURM the queue decides when cells start
@@ -526,14 +541,6 @@ def _work(cells: list[Cell], tasks: dict[str, CellTask]) -> dict[str, float]:
         return {}
 
 
-def _is_queued(job: Any) -> bool:
-    """Whether a SLURM job still waits in the queue (submitit batches the sacct/squeue calls)."""
-    try:
-        return str(job.state).upper() in ("PENDING", "REQUEUED", "CONFIGURING")
-    except Exception:  # the state is cosmetic here; never let it break the wait loop
-        return False
-
-
 def _threads_per_process(prep: Prepared) -> int:
     """CPU threads for torch in each job process: SLURM gives each task ``cpus_per_task`` cores; local
     jobs share this machine's cores between ``local_parallelism`` cells x ``tasks_per_node``."""
@@ -549,19 +556,9 @@ def _log_files(job: Any) -> str:
     return ", ".join(files) or str(getattr(job.paths, "folder", ""))
 
 
-def _job_state(job: Any) -> str:
-    """A SLURM job's state as submitit's sacct watcher last saw it (CANCELLED, not "CANCELLED by 0");
-    UNKNOWN where sacct has not shown it."""
-    try:
-        words = str(job.state).split()
-    except Exception:  # the state only words a message or asks squeue
-        return "UNKNOWN"
-    return words[0].upper() if words else "UNKNOWN"
-
-
 def _no_result(job: Any) -> str:
     """Why a SLURM job ended without a result: its state (CANCELLED, TIMEOUT, ...) and what to do."""
-    state = _job_state(job)
+    state = slurm_state(job)
     if state == "UNKNOWN":
         state = "(sacct does not show it; squeue no longer lists it)"
     return (

@@ -248,7 +248,8 @@ def check_cell_folder(sweep: str, st: CellState, run_dir: str | Path, experiment
     a run this experiment does not hold (relaunched with another --experiment or --tracking-uri; or the
     run was deleted, into MLflow's trash: the message says so and how to restore it), or an unfinished
     run that trains in another folder that still exists (another --output-dir): going on would start
-    a second run of the cell, or train one run from two folders."""
+    a second run of the cell, or train one run from two folders; or a failed or interrupted cell whose
+    run has trained steps and whose folder is gone: it would restart at step 0 inside that run."""
     run_dir = Path(run_dir)
     if st.run_id is None:
         saved = run_dir / RUN_ID_FILE
@@ -275,6 +276,13 @@ def check_cell_folder(sweep: str, st: CellState, run_dir: str | Path, experiment
             f"cell {st.cell_id} of sweep {sweep!r}: its MLflow run {st.run_id} trains in {old}, not in "
             f"{run_dir}; relaunch with --output-dir {Path(old).parents[2]}, or start a new sweep with "
             "--name NEW"
+        )
+    if st.state in ("failed", "interrupted") and st.loss is not None and not run_dir.is_dir():
+        raise ValueError(
+            f"cell {st.cell_id} of sweep {sweep!r}: its MLflow run {st.run_id} has trained steps, but its "
+            f"folder {run_dir} is gone with its checkpoints, so a relaunch would train it again from step 0 "
+            f"into the same run; put the folder back to resume it, or, to start the cell over in a new run, "
+            f"delete the old one (`MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {st.run_id}`)"
         )
 
 
@@ -410,8 +418,8 @@ def read_states(
         live = alive.get(cid, "")
         if st.run_status == "FINISHED":
             st.state = "finished"
-        elif live == "unknown":
-            st.state = "unknown"
+        elif live in ("unknown", "held"):
+            st.state = live
         elif live:
             st.state = "queued" if live == "pending" or st.run_status == "SCHEDULED" else "running"
         elif ref is None:
@@ -424,7 +432,7 @@ def read_states(
 
 
 def plan(states: dict[str, CellState], max_retries: int) -> Plan:
-    """Idempotent relaunch: skip finished and live cells (and those whose job's state is unknown);
+    """Idempotent relaunch: skip finished and live (held too) cells, and those whose job's state is unknown;
     resubmit missing, failed and interrupted
     cells while ``tries <= max_retries`` (the first submission is not a retry; a submission stopped
     by a Ctrl-C of its launcher is not a try)."""
@@ -432,7 +440,7 @@ def plan(states: dict[str, CellState], max_retries: int) -> Plan:
     for cid, st in states.items():
         if st.state == "finished":
             p.finished.append(cid)
-        elif st.state in ("running", "queued"):
+        elif st.state in ("running", "queued", "held"):
             p.running.append(cid)
         elif st.state == "unknown":
             p.unknown.append(cid)

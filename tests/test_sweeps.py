@@ -625,20 +625,23 @@ def test_dry_run_checks_override_values(capsys, tmp_path, monkeypatch):
 
 
 def test_progress_line_separates_queued_from_running_jobs(capsys):
+    from sweeps.executor import SLURM_PENDING, slurm_state
     from sweeps.launch import _progress_printer
-    from sweeps.runner import Progress, _is_queued
+    from sweeps.runner import Progress
 
-    class Job:
+    class Job:  # submitit's SlurmJob as `slurm_state` reads it: its watcher's state of its id
         def __init__(self, state):
-            self.state = state
+            self.job_id, self.watcher = "7", self
+            self.get_state = lambda job_id, mode: state if job_id == "7" else "UNKNOWN"
 
-    class Broken:
-        @property
-        def state(self):
-            raise RuntimeError("sacct down")
+    class Broken(Job):
+        def __init__(self):
+            super().__init__("")
+            self.get_state = lambda job_id, mode: 1 / 0  # sacct's state cannot be read
 
-    assert [_is_queued(Job(s)) for s in ("PENDING", "RUNNING", "COMPLETED", "requeued")] == [1, 0, 0, 1]
-    assert _is_queued(Broken()) is False  # cosmetic: never breaks the wait loop
+    queued = [slurm_state(Job(s)) in SLURM_PENDING for s in ("PENDING", "RUNNING", "COMPLETED", "requeued")]
+    assert queued == [1, 0, 0, 1]
+    assert slurm_state(Broken()) == "UNKNOWN"  # cosmetic: never breaks the wait loop
     _progress_printer()(Progress(total=12, done=3, running=2, queued=7, elapsed_s=75.0))
     assert capsys.readouterr().err.strip() == "[01:15] 3/12 done, 2 running, 7 queued, 0 failed"
 
