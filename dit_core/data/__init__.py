@@ -10,13 +10,14 @@ distinct training images (None for the unbounded ``photos`` stream).
 from __future__ import annotations
 
 import logging
+import os
 
 from torch.utils.data import Dataset
 
 from .config import DATASET_NAMES, SPLITS, DataConfig
 from .digits import DigitsDataset, digits_images, digits_split_indices
 from .flip import flip_decision
-from .imagefolder import ImageFolderDataset, center_crop_arr, scan_image_folder
+from .imagefolder import ImageFolderDataset, center_crop_arr, class_folders, scan_image_folder
 from .latents import LatentsDataset, read_manifest
 from .photos import PHOTOS, PhotoCropsDataset, PhotoOptions, photos_images, photos_reference
 
@@ -53,7 +54,8 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     - photos: "train" is the unbounded crop stream (``cfg.epoch_size`` items per epoch, each epoch
       new crops); "val" and "all" are the first 10 000 held-out crops (fixed, whatever the seed).
     - imagefolder / latents: "train" and "all" read ``cfg.root``; "val" reads ``cfg.val_root`` if
-      set, else ``cfg.root`` (a log line says so).
+      set (labelled by ``cfg.root``'s class names; latents must match its VAE and size), else
+      ``cfg.root`` (a log line says so).
     The "val" split never flips, so validation items are fixed.
     """
     if split not in SPLITS:
@@ -67,15 +69,17 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
             "train" if split == "train" else "val", cfg.image_size, cfg.photo_options(),
             random_flip=flip, seed=cfg.seed, epoch_size=cfg.epoch_size,
         )  # fmt: skip
-    root = cfg.val_root if split == "val" and cfg.val_root else cfg.root
+    own = split == "val" and cfg.val_root  # a folder of its own, labelled by the training folder's classes
+    root = cfg.val_root if own else cfg.root
     if split == "val" and not cfg.val_root:
         log.info("no data.val_root set: the %s val split reads the training folder %s", cfg.name, root)
     if cfg.name == "imagefolder":
         return ImageFolderDataset(
-            root, cfg.image_size, random_flip=flip, seed=cfg.seed, validate=cfg.validate_images
-        )
+            root, cfg.image_size, random_flip=flip, seed=cfg.seed, validate=cfg.validate_images,
+            classes=class_folders(os.path.abspath(os.path.expanduser(cfg.root))) if own else None,
+        )  # fmt: skip
     if cfg.name == "latents":
-        return LatentsDataset(root, random_flip=flip, seed=cfg.seed)
+        return LatentsDataset(root, random_flip=flip, seed=cfg.seed, like=cfg.root if own else None)
     raise ValueError(f"unknown dataset {cfg.name!r}; valid names: {list(DATASET_NAMES)}")
 
 

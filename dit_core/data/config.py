@@ -23,13 +23,15 @@ class DataConfig:
         ``python -m dit_core.extract_latents``).
     root: folder for ``imagefolder`` / ``latents`` (unused for ``digits``).
     image_size: pixel resolution of x for ``digits`` and ``imagefolder``; for ``latents`` the
-        spatial size comes from the manifest and this field is ignored.
+        spatial size comes from the manifest (the trainer refuses a value other than the default and
+        the extracted size).
     random_flip: horizontal flip decided by hashing ``(seed, epoch, index)``; for latents it picks
         the stored latent of the flipped image.
     digits_split: which digits images the *train* split uses: ``"train"`` (90 %), ``"val"``
         (the held-out 10 %, stratified by class) or ``"all"`` (1797 images).
     seed: seed of the flip hash (not of any global RNG).
-    val_root: optional separate folder for ``split="val"`` (imagefolder / latents).
+    val_root: optional separate folder for ``split="val"`` (imagefolder / latents), labelled by the
+        class names of ``root`` (latents: of the same VAE, scale and size).
     validate_images: imagefolder: open and ``verify()`` every file at build time and drop the
         unreadable ones (with a warning naming each). Turn off for huge folders you trust.
     channels: photos: 1 (grey, BT.709 luma) or 3 (colour); None = 3. Other datasets: must be None

@@ -46,9 +46,13 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open ``path`` fully decoded as RGB (raises on unreadable or truncated files)."""
+    """Open ``path`` fully decoded as RGB (raises on unreadable or truncated files). 16-bit grey
+    (modes ``I;16*``, ``I``) is scaled to 8 bits (v / 257), not clipped at 255 as PIL's convert does."""
     with Image.open(path) as im:
         im.load()
+        if im.mode == "I" or im.mode.startswith("I;16"):
+            grey = np.rint(np.asarray(im.convert("I"), dtype=np.float64) / 257.0)
+            return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).convert("RGB")
         return im.convert("RGB")
 
 
@@ -83,33 +87,57 @@ def _verify(path: str) -> str | None:
     return None
 
 
-def scan_image_folder(root: str, validate: bool = True, num_threads: int = 8) -> FolderScan:
-    """List ``root/<class>/*.<image ext>`` (sorted) and, if ``validate``, drop unreadable files.
-
-    Raises ValueError naming ``root`` if it is missing, has no class subfolders, or no images.
-    """
-    root = os.path.abspath(os.path.expanduser(root))
+def class_folders(root: str) -> list[str]:
+    """Sorted names of the class subfolders of ``root`` (hidden ones skipped); ValueError if no folder."""
     if not os.path.isdir(root):
         raise ValueError(f"image folder {root!r} does not exist or is not a directory")
-    classes = sorted(
-        d.name for d in os.scandir(root) if d.is_dir(follow_symlinks=True) and not d.name.startswith(".")
-    )
-    if not classes:
+    return sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+
+
+def _image_files(folder: str, seen: set[str]) -> list[str]:
+    """Image files under ``folder`` (recursive, sorted, links followed, hidden names skipped). Folders
+    whose real path is in ``seen`` (the root, a class folder, one listed already) are not entered again,
+    so a link to a parent or to another class adds no duplicates; each folder entered is added."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = {d: os.path.realpath(os.path.join(dirpath, d)) for d in dirnames if not d.startswith(".")}
+        dirnames[:] = sorted(d for d, r in real.items() if r not in seen)
+        seen.update(real.values())
+        names = (f for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."))
+        files += [os.path.join(dirpath, f) for f in names]
+    return files
+
+
+def scan_image_folder(
+    root: str, validate: bool = True, num_threads: int = 8, classes: list[str] | None = None
+) -> FolderScan:
+    """List ``root/<class>/*.<image ext>`` (sorted) and, if ``validate``, drop unreadable files.
+
+    ``classes``: label by these names (a validation folder read with the training folder's classes;
+    it may lack some, but a folder not among them is an error); None = ``root``'s sorted subfolders.
+    Raises ValueError naming ``root`` if it is missing, has no class subfolders, no images, or (classes
+    None) a class folder without readable images (its label would never be trained).
+    """
+    root = os.path.abspath(os.path.expanduser(root))
+    found = class_folders(root)
+    if not found:
         raise ValueError(
             f"image folder {root!r} has no class subfolders; expected the ImageNet layout "
             "root/<class_name>/<image files>"
         )
-    samples: list[tuple[str, int]] = []
-    for label, cls in enumerate(classes):
-        cdir = os.path.join(root, cls)
-        for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                if fname.lower().endswith(IMG_EXTENSIONS) and not fname.startswith("."):
-                    samples.append((os.path.join(dirpath, fname), label))
+    names = found if classes is None else list(classes)
+    label = {c: i for i, c in enumerate(names)}
+    unknown = [c for c in found if c not in label]
+    if unknown:
+        raise ValueError(
+            f"image folder {root!r} has class folders {unknown[:5]} that the training data does not have "
+            f"(its classes: {names[:5]}{'...' if len(names) > 5 else ''}); remove or rename them"
+        )
+    seen = {os.path.realpath(p) for p in (root, *(os.path.join(root, c) for c in found))}
+    samples = [(p, label[c]) for c in found for p in _image_files(os.path.join(root, c), seen)]
     if not samples:
         raise ValueError(
-            f"image folder {root!r} has class subfolders {classes[:5]}{'...' if len(classes) > 5 else ''} "
+            f"image folder {root!r} has class subfolders {found[:5]}{'...' if len(found) > 5 else ''} "
             f"but no image files with extensions {list(IMG_EXTENSIONS)}"
         )
     skipped: list[str] = []
@@ -128,23 +156,31 @@ def scan_image_folder(root: str, validate: bool = True, num_threads: int = 8) ->
         samples = kept
         if not samples:
             raise ValueError(f"image folder {root!r}: none of its {len(skipped)} image files could be read")
-    return FolderScan(root=root, classes=classes, samples=samples, skipped=skipped)
+    empty = sorted(set(names) - {names[y] for _, y in samples})
+    if classes is None and empty:
+        raise ValueError(
+            f"image folder {root!r}: class folder(s) {empty[:5]} hold no readable image files (extensions "
+            f"{list(IMG_EXTENSIONS)}); add images or remove the folder (its label would never be trained)"
+        )
+    return FolderScan(root=root, classes=names, samples=samples, skipped=skipped)
 
 
 class ImageFolderDataset(EpochFlipMixin, Dataset):
     """Items ``(x, y)``: x float32 ``(3, S, S)`` in [-1, 1] (ADM center crop), y int64 label.
 
-    Attributes: ``classes``, ``samples``, ``skipped`` (files dropped at scan time plus files that
-    failed at load time in *this* process; DataLoader workers keep their own copies).
+    ``classes``: label by these names (see `scan_image_folder`). Attributes: ``classes``, ``samples``,
+    ``skipped`` (files dropped at scan time plus files that failed at load time in *this* process;
+    DataLoader workers keep their own copies).
     """
 
     name = "imagefolder"
     channels = 3
 
     def __init__(
-        self, root: str, resolution: int = 256, random_flip: bool = True, seed: int = 0, validate: bool = True
-    ):
-        scan = scan_image_folder(root, validate=validate)
+        self, root: str, resolution: int = 256, random_flip: bool = True, seed: int = 0,
+        validate: bool = True, classes: list[str] | None = None,
+    ):  # fmt: skip
+        scan = scan_image_folder(root, validate=validate, classes=classes)
         self.root, self.classes, self.samples = scan.root, scan.classes, scan.samples
         self.skipped: list[str] = list(scan.skipped)
         self.load_failures = 0

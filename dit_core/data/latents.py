@@ -87,10 +87,11 @@ class LatentsDataset(EpochFlipMixin, Dataset):
 
     name = "latents"
 
-    def __init__(self, root: str, random_flip: bool = True, seed: int = 0):
+    def __init__(self, root: str, random_flip: bool = True, seed: int = 0, like: str | None = None):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.manifest = read_manifest(self.root)
         self.classes: list[str] = list(self.manifest["classes"])
+        self._label_map = None if like is None else self._labels_like(like)
         self.num_classes = len(self.classes)
         c, h, w = self.manifest["latent_shape"]
         self.channels, self.resolution = int(c), int(h)
@@ -103,6 +104,25 @@ class LatentsDataset(EpochFlipMixin, Dataset):
             raise ValueError(f"latents folder {self.root!r} holds no items (manifest lists 0)")
         self.random_flip, self.seed = random_flip, seed  # epoch: EpochFlipMixin's 0 until set_epoch
         self._handles: dict[int, Any] = {}
+
+    def _labels_like(self, like: str) -> torch.Tensor:
+        """Map this folder's labels to those of the training latents ``like`` (by class name); ValueError
+        when the two differ in VAE, scale or size, or this one has a class ``like`` lacks."""
+        train = read_manifest(os.path.abspath(os.path.expanduser(like)))
+        keys = ("vae", "vae_subfolder", "scale_factor", "image_size", "latent_shape")
+        diff = {k: (train.get(k), self.manifest.get(k)) for k in keys if train.get(k) != self.manifest.get(k)}
+        unknown = [c for c in self.classes if c not in train["classes"]]
+        if diff or unknown:
+            what = f"{diff} (training, this)" if diff else f"class(es) {unknown[:5]} the training data lacks"
+            raise ValueError(
+                f"latents folder {self.root!r} does not match the training latents {like!r}: {what}; "
+                "extract both with the same --vae, --image-size and --scale-factor, from class folders "
+                "of the same names"
+            )
+        index = {c: i for i, c in enumerate(train["classes"])}
+        label_map = torch.tensor([index[c] for c in self.classes], dtype=torch.int64)
+        self.classes = list(train["classes"])
+        return label_map
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -127,8 +147,8 @@ class LatentsDataset(EpochFlipMixin, Dataset):
         i = index - self._starts[k]
         f = self._handle(k)
         lat = f.get_slice("latents")[i : i + 1][0]
-        lab = f.get_slice("labels")[i : i + 1][0]
-        return lat.float(), lab.long()
+        lab = f.get_slice("labels")[i : i + 1][0].long()
+        return lat.float(), lab if self._label_map is None else self._label_map[lab]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         lat, label = self.pair(index)

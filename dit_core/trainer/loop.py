@@ -228,6 +228,8 @@ class Trainer:
             steps=self.total, depth=self.dit_cfg.depth,
         )  # fmt: skip
         self.validator = Validator(cfg, self.diffusion, acc, self.autocast)
+        if cfg.data.val_root and cfg.eval.val_every > 0:  # a bad val folder fails now, not at step val_every
+            self.validator.data()
         self.tracker = None
         #: seconds of this process by phase, logged as ``perf/<key>`` (`FIXED_COST_METRICS`)
         self.seconds = dict.fromkeys(("mlflow_s", "val_s", "eval_s", "train_s"), 0.0)

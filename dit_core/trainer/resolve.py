@@ -6,7 +6,7 @@ import dataclasses
 
 from ..config import TrainConfig
 from ..configio import ConfigError, require
-from ..data.config import FOLDER_DATASETS
+from ..data.config import FOLDER_DATASETS, DataConfig
 from ..spec import resolve_budget_steps, train_flops_per_image
 from .evaluation import check_evaluation
 from .validation import check_validation
@@ -27,6 +27,14 @@ def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
             f"{cfg.data.name!r} is bundled and reads no folder; unset data.{key}, or set data.name to "
             "imagefolder or latents (--data) to train on that folder",
         )
+    size, extracted = cfg.data.image_size, getattr(dataset, "image_size", None)
+    require(
+        cfg.data.name != "latents" or size in (DataConfig.image_size, extracted),
+        "data.image_size",
+        f"{size} px, but the latents in {cfg.data.root} were extracted at {extracted} px (latents take "
+        f"their size from the manifest); drop --image-size, or extract the images again with "
+        f"--image-size {size} into a new --output",
+    )
     needs_sigma = cfg.diffusion.model_learns_sigma
     if cfg.model.learn_sigma is not None and cfg.model.learn_sigma != needs_sigma:
         raise ConfigError(
