@@ -8,7 +8,7 @@ import torch
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (default %(default)s: cuda if available)"
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """The torch device of ``--device name``, or a ValueError naming the devices this machine has."""
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     try:

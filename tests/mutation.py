@@ -320,6 +320,34 @@ SELECTIONS: dict[str, list[str]] = {
         "-k",
         "not cli and not chinchilla and not averaged_huber and not analyze_predict",
     ],
+    # --device: names, auto, the machine's GPUs (a GPU is mocked: a CPU-only machine has none)
+    "dit_core/device.py": [
+        "tests/test_evaluate_inputs.py",
+        "tests/test_sample_cli.py",
+        "tests/test_mutation_gaps_s38.py",
+    ],
+    # the sampling CLI: sizes, labels, the grid, formats, output files and their errors, OOM, Ctrl-C
+    "dit_core/sample.py": [
+        "tests/test_sample_cli.py",
+        "tests/test_eval_sample_s34.py",
+        "tests/test_dit_core_s34.py",
+        "tests/test_qa_core_s36.py",
+        "tests/test_mutation_gaps_s38.py",
+    ],
+    # the evaluation CLI in-process: its checks before sampling, the JSON, MLflow logging and refusals
+    "dit_core/evaluate/__main__.py": [
+        "tests/test_evaluate_sampling.py",
+        "tests/test_evaluate_inputs.py",
+        "tests/test_cli_review.py",
+        "tests/test_bad_input.py",
+        "tests/test_s37.py",
+        "tests/test_eval_sample_s34.py",
+        "tests/test_dit_core_s34.py",
+        "tests/test_qa_core_s36.py",
+        "tests/test_mutation_gaps_s38.py",
+        "-k",
+        "not two_processes and not every_rank",
+    ],
 }
 
 SOURCES = ["dit_core", "analysis", "sweeps", "tests", "pyproject.toml"]
