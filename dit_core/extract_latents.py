@@ -22,8 +22,10 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import urllib.parse
 import warnings
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -289,6 +291,28 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     return manifest
 
 
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold Ctrl-C (SIGINT) back while the image readers are forked, then raise it as KeyboardInterrupt.
+    The readers inherit the blocked signal, so the Ctrl-C a terminal sends the whole process group stops
+    only this process (a reader that died of it first failed the run with "DataLoader worker exited
+    unexpectedly"); one arriving meanwhile is neither lost in Python's at-fork callbacks nor raised
+    inside the DataLoader's set-up (whose clean-up then failed). Main thread only (signal's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    handler = signal.signal(signal.SIGINT, lambda *_: got.append(1))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one held back is handled now, by the recorder
+        signal.signal(signal.SIGINT, handler)
+    if got:
+        raise KeyboardInterrupt
+
+
 def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save) -> None:
     """Encode one shard's images and write it atomically."""
     images = _ShardImages(part, cfg.image_size)
@@ -296,7 +320,9 @@ def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, sav
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k)
     lats, labels, bad = [], [], []
     offset = 0
-    for x, y, errors in loader:
+    with _sigint_held():  # the readers start here
+        batches = iter(loader)
+    for x, y, errors in batches:
         ok = torch.tensor([not e for e in errors], dtype=torch.bool)
         for j, e in enumerate(errors):
             if e:
@@ -388,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {_in_flags(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # shards are renamed into place whole: the one being written is dropped
+        print(
+            f"\ninterrupted (Ctrl-C): the finished shards in {args.output} are kept; run the same command "
+            "to resume",
+            file=sys.stderr,
+        )
+        return 130
     if manifest["complete"]:
         print(f"{manifest['num_items']} latents {manifest['latent_shape']} -> {args.output}")
         return 0

@@ -23,7 +23,7 @@ from .flip import EpochFlipMixin
 
 log = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".jpeg2000")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".jp2", ".gif")
 
 
 def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
@@ -174,6 +174,7 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
     """
 
     name = "imagefolder"
+    sorted_by_class = True  # items are in class order: validation spreads its subset over them
     channels = 3
 
     def __init__(

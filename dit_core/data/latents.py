@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .flip import EpochFlipMixin
+from .imagefolder import class_folders
 
 #: Stable Diffusion's VAE latent scale: latents are stored times it and decoded as ``vae.decode(z / it)``.
 SD_VAE_SCALE = 0.18215
@@ -64,6 +65,14 @@ def read_manifest(root: str) -> dict[str, Any]:
             f"latents folder {root!r} does not exist; create it with python -m dit_core.extract_latents"
         )
     if not os.path.isfile(path):
+        if classes := class_folders(root):  # an image folder: extract_latents refuses --output inside it
+            raise ValueError(
+                f"no {MANIFEST_NAME} in {root!r}: it holds class folders ({', '.join(classes[:3])}"
+                f"{', ...' if len(classes) > 3 else ''}), an image folder, not latents. Train on its images "
+                f"with --data imagefolder, or extract their latents into a new folder outside it: python -m "
+                f"dit_core.extract_latents --data-path {root} --output <new folder> --vae <vae>, then give "
+                "that folder as --data-root"
+            )
         raise ValueError(
             f"no {MANIFEST_NAME} in {root!r}: not a finished latents folder. Run (or resume) "
             f"python -m dit_core.extract_latents --data-path <images> --output {root} --vae <vae>"
@@ -86,6 +95,7 @@ class LatentsDataset(EpochFlipMixin, Dataset):
     """
 
     name = "latents"
+    sorted_by_class = True  # items are in class order: validation spreads its subset over them
 
     def __init__(self, root: str, random_flip: bool = True, seed: int = 0, like: str | None = None):
         self.root = os.path.abspath(os.path.expanduser(root))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import signal
@@ -25,6 +26,7 @@ from ..checkpoint import latest_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..configio import ConfigError, yaml_to_flat
 from ..data import build_dataset, data_accounting, unique_images
+from ..data.config import FOLDER_DATASETS
 from ..diffusion import create_diffusion
 from ..ema import EMA, stale_ema_warning
 from ..evaluate.sampling import SamplingStopped
@@ -162,6 +164,9 @@ class Trainer:
         self.train_set = train_set if train_set is not None else build_dataset(cfg.data, "train")
         self.cfg = cfg = resolve_config(cfg, self.train_set)
         self.flat = cfg.to_flat_dict()
+        #: folder data's class name per label (in checkpoints, ``<out>/classes.json`` and MLflow), else None
+        names = getattr(self.train_set, "classes", None) if cfg.data.name in FOLDER_DATASETS else None
+        self.classes = None if names is None else list(names)
         self.total = int(cfg.budget.max_steps)
         self.dit_cfg = cfg.model.to_dit_config(grad_checkpointing=cfg.grad_checkpointing)
         self.fpi = train_flops_per_image(self.dit_cfg)
@@ -259,6 +264,7 @@ class Trainer:
             )
         self.check_eval_protocol(ckpt)
         self.check_not_a_copy(ckpt)
+        self.check_classes(ckpt)
         if self.cfg.tracking.enabled and given and given == own and self.forked_from is not None:
             ckpts = self.forked_from.parent
             home = ckpts.parent if ckpts.name == "checkpoints" else ckpts
@@ -268,6 +274,21 @@ class Trainer:
                 f"a run of its own) for the fork, or resume with --out {home} "
                 "to continue that run"
             )
+
+    def check_classes(self, ckpt: dict[str, Any]) -> None:
+        """ConfigError when folder data's classes (name per label) are not the checkpoint's: a renamed,
+        added or removed class folder would give the trained labels to other classes."""
+        saved = ckpt.get("classes")
+        if saved is None or self.classes is None or saved == self.classes:
+            return
+        i = next(i for i, (a, b) in enumerate(itertools.zip_longest(saved, self.classes)) if a != b)
+        was, now = (repr(names[i]) if i < len(names) else "none" for names in (saved, self.classes))
+        raise ConfigError(
+            f"data.root: {self.cfg.data.root} has {len(self.classes)} classes, checkpoint {self.ckpt_path} "
+            f"was trained on {len(saved)}, and label {i} is {now} here but {was} there, so the trained "
+            "labels would name other classes; give the data it was trained on (its classes are in the run "
+            "folder's classes.json), or a new --out for a new run"
+        )
 
     def check_not_a_copy(self, ckpt: dict[str, Any]) -> None:
         """ConfigError when ``out`` is a copy (``cp -r``) of the folder its checkpoint was trained in,
@@ -422,6 +443,8 @@ class Trainer:
             atomic_write_text(
                 self.out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
             )
+            if self.classes is not None:
+                atomic_write_text(self.out / "classes.json", json.dumps(self.class_index(), indent=2))
         t0 = time.perf_counter()
         try:
             self.start_tracking()
@@ -616,6 +639,12 @@ class Trainer:
             derived["git.commit"] = commit
         self.tracker.log_params({**self.flat, **derived})
         self.tracker.log_dict(dataclasses.asdict(self.cfg), "config.json")
+        if self.classes is not None:
+            self.tracker.log_dict(self.class_index(), "classes.json")
+
+    def class_index(self) -> dict[str, int]:
+        """``classes.json``: folder data's class name -> label."""
+        return {name: i for i, name in enumerate(self.classes)}
 
     def log_fixed_cost(self) -> None:
         """Send the buffered metrics, then log `FIXED_COST_METRICS` at this step (MLflow time
@@ -740,6 +769,8 @@ class Trainer:
             }  # fmt: skip
             if self.scaler is not None:
                 state["scaler"] = self.scaler.state_dict()
+            if self.classes is not None:
+                state["classes"] = self.classes
             path = save_checkpoint(self.out, state, keep_last=self.cfg.checkpoint.keep_last)
         self.acc.wait_for_everyone()
         return path

@@ -7,7 +7,7 @@ import dataclasses
 from ..config import TrainConfig
 from ..configio import ConfigError, require
 from ..data.config import FOLDER_DATASETS, DataConfig
-from ..spec import resolve_budget_steps, train_flops_per_image
+from ..spec import model_config, resolve_budget_steps, train_flops_per_image
 from .evaluation import check_evaluation
 from .validation import check_validation
 
@@ -41,6 +41,20 @@ def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
             f"model.learn_sigma: {cfg.model.learn_sigma} but the diffusion (objective="
             f"{cfg.diffusion.objective!r}, learn_sigma={cfg.diffusion.learn_sigma}) needs {needs_sigma}; "
             "leave model.learn_sigma unset or set diffusion.learn_sigma to match"
+        )
+    res, patch = int(dataset.resolution), cfg.model.patch_size or model_config(cfg.model.name).patch_size
+    if patch > 0 and res % patch and cfg.model.input_size in (None, res):  # in the words of the data
+        up = -(-res // patch) * patch
+        raise ConfigError(
+            f"model.patch_size: patch_size={patch} does not divide input_size={res}, "
+            + (
+                f"the latents' size in {cfg.data.root} (from {extracted} px images); give a --patch-size "
+                f"that divides {res}, or extract the images again with another --image-size into a new "
+                "--output"
+                if cfg.data.name == "latents"
+                else f"the image size (data.image_size); give an --image-size that is a multiple of {patch} "
+                f"(e.g. {up}), or a --patch-size that divides {res}"
+            )
         )
     model = cfg.model.resolve(
         input_size=int(dataset.resolution),

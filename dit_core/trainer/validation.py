@@ -1,8 +1,10 @@
-"""The validation loss during training: common random numbers on a fixed slice of the "val" split.
+"""The validation loss during training: common random numbers on a fixed subset of the "val" split.
 
-Each rank scores its share of the first ``eval.val_examples`` validation images with fixed
-timesteps and noise per example (`dit_core.diffusion.validation_losses`); the ranks' sums are
-all-reduced, so the loss is the same whatever the number of processes.
+The subset is ``eval.val_examples`` images: the first ones, or, for data sorted by class (image
+folders, latents: a dataset's ``sorted_by_class``), ones evenly spaced over the whole split (the first
+would be the first class only). Each rank scores its share with fixed timesteps and noise per
+example (`dit_core.diffusion.validation_losses`); the ranks' sums are all-reduced, so the loss is the
+same whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ class Validator:
             val = build_dataset(self.cfg.data, "val")
             n = min(self.cfg.eval.val_examples, len(val))
             lo, hi = rank * n // world, (rank + 1) * n // world
+            spread = getattr(val, "sorted_by_class", False)  # photos' first n cycle its classes already
+            idx = [j * len(val) // n if spread else j for j in range(lo, hi)]
             batch = getattr(val, "__getitems__", None)  # photos renders a whole batch at once, ~100x faster
-            items = batch(list(range(lo, hi))) if batch and hi > lo else [val[i] for i in range(lo, hi)]
+            items = batch(idx) if batch and idx else [val[i] for i in idx]
             xs = torch.stack([a for a, _ in items]) if items else torch.empty(0)
             ys = torch.stack([torch.as_tensor(b) for _, b in items]) if items else torch.empty(0)
             self._data = (xs.to(self.acc.device), ys.to(self.acc.device), lo)
