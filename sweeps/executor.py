@@ -158,7 +158,7 @@ class JobRef(NamedTuple):
 # SLURM job states (sacct/squeue) of a job that is not over; PENDING-like ones are "pending"; HELD: what
 # `squeue_states` calls a PENDING job held by `scontrol hold` (reason JobHeldUser/JobHeldAdmin)
 SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD"}
-_SLURM_ALIVE = SLURM_PENDING | {
+SLURM_ALIVE = SLURM_PENDING | {
     "HELD",
     "RUNNING",
     "COMPLETING",
@@ -210,7 +210,7 @@ def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
             log.warning("%s; cells %s: job state unknown", e, ", ".join(lost))
     states.update({c: queue[refs[c].job_id] for c in ask if refs[c].job_id in queue})
     word = {"HELD": "held", **dict.fromkeys(SLURM_PENDING, "pending")}
-    out = {c: word.get(s, "running") for c, s in states.items() if s in _SLURM_ALIVE}
+    out = {c: word.get(s, "running") for c, s in states.items() if s in SLURM_ALIVE}
     return out | dict.fromkeys(lost, "unknown")
 
 
@@ -233,18 +233,13 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     return {r[0]: "HELD" if r[0] in held else r[1] for r in rows if len(r) >= 2}
 
 
-def alive_in_queue(job_ids: list[str]) -> set[str]:
-    """Those of ``job_ids`` that ``squeue`` lists as not over; raises `SlurmUnreachable` without an answer."""
-    return {j for j, state in squeue_states(job_ids).items() if state in _SLURM_ALIVE}
-
-
 def slurm_job_alive(job_id: str) -> bool:
     """Whether ``squeue`` (slurmctld itself) still lists job ``job_id`` as not over, or does not answer
     (a job is not called over unseen). A launcher asks it when ``sacct`` has called the job done
     without a result: after a node failure sacct can report NODE_FAIL (which submitit takes for done)
     while the controller has already requeued the job."""
     try:
-        return squeue_states([job_id]).get(job_id) in _SLURM_ALIVE
+        return squeue_states([job_id]).get(job_id) in SLURM_ALIVE
     except SlurmUnreachable:
         return True
 

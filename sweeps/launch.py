@@ -367,6 +367,7 @@ def _progress_printer():
         counts = (
             f"{p.done}/{p.total} done, {p.running} running, "
             + (f"{p.queued} queued, " if p.queued else "")
+            + (f"{p.held} held, " if p.held else "")
             + f"{p.failed} failed"
             + (f", {p.pending} waiting" if p.pending else "")
         )

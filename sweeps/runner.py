@@ -7,24 +7,29 @@ for but absent) raises ValueError before anything is submitted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import submitit
+
 from sweeps.eta import cell_work, time_left
 from sweeps.executor import (
+    SLURM_ALIVE,
     SLURM_PENDING,
     SLURM_SIGNAL_EARLY_S,
     CellJob,
     JobRef,
     SlurmUnreachable,
-    alive_in_queue,
     check_slurm_signal,
     local_job_setup,
     make_executor,
@@ -32,6 +37,7 @@ from sweeps.executor import (
     resolve_executor_kind,
     slurm_job_alive,
     slurm_state,
+    squeue_states,
     warm_unsupported,
 )
 from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
@@ -78,7 +84,7 @@ class Prepared:
 
 @dataclass
 class Progress:
-    """Counts shown while waiting: done / running / queued in the scheduler (SLURM) / failed /
+    """Counts shown while waiting: done / running / queued or held in the scheduler (SLURM) / failed /
     waiting for a free local slot."""
 
     total: int
@@ -88,6 +94,7 @@ class Progress:
     pending: int = 0
     elapsed_s: float = 0.0
     queued: int = 0
+    held: int = 0
     work_done: float | None = None  # fraction of the launch's work done (`sweeps.eta`), once known
     eta_s: float | None = None  # seconds left, estimated once a cell has finished
 
@@ -319,6 +326,25 @@ def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def signals_deferred(*sigs: int):
+    """Hold ``sigs`` until the block ends, then deliver them: a Ctrl-C or `kill` between submitting
+    jobs and recording them in their runs would leave jobs no record names, which a relaunch would
+    submit again. A no-op off the main thread (Python runs signal handlers there only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)
+
+
 @dataclass
 class _Runner:
     """Submits tasks (one array on SLURM; locally one per free slot of ``local_parallelism``) and waits."""
@@ -336,6 +362,8 @@ class _Runner:
     t0: float = field(default_factory=time.monotonic)
     work: dict[str, float] = field(default_factory=dict)  # {cell: FLOP-equivalents}; {}: no estimate
     over_since: dict[str, float] = field(default_factory=dict)  # SLURM cells seen over without a result
+    queue: dict[str, str] = field(default_factory=dict)  # {cell: squeue's state} (`_gone_unseen`)
+    sacct_calls: int = -1  # submitit's sacct calls when squeue was last asked about PENDING jobs
 
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
@@ -348,6 +376,12 @@ class _Runner:
             st = self.states[t.cell_id]
             Path(t.run_dir).mkdir(parents=True, exist_ok=True)
             prepared.append(dataclasses.replace(t, overrides={**t.overrides, "tracking.run_id": st.run_id}))
+        with signals_deferred(signal.SIGINT, signal.SIGTERM):  # no job goes out unrecorded
+            self._submit_and_record(prepared)
+
+    def _submit_and_record(self, prepared: list[CellTask]) -> None:
+        """`_submit`'s critical section: submit ``prepared`` and record each job in its cell's run."""
+        spec, uri = self.prep.spec, self.prep.tracking_uri
         if self.prep.kind == "slurm":
             jobs = self.executor.map_array(CellJob(), prepared)  # one job array
         else:
@@ -432,19 +466,33 @@ class _Runner:
     def _gone_unseen(self, live: set[str]) -> set[str]:
         """Cells whose SLURM job sacct does not show (state UNKNOWN: accounting down or absent, where
         submitit's ``done()`` never comes for a job that ended without a result) and ``squeue`` answers
-        without listing it: over. One ``squeue`` call for all of them."""
-        unseen = {}
-        for cid in live:
-            job = self.jobs[cid]
-            if not job.paths.result_pickle.exists() and slurm_state(job) == "UNKNOWN":
-                unseen[cid] = str(job.job_id)
-        if not unseen:
+        without listing it: over. One ``squeue`` call, also about the PENDING jobs (held or not: sacct
+        gives no reason) once per sacct call; its answers go to `queue`, for the progress line."""
+        sacct = {c: slurm_state(self.jobs[c]) for c in live if not self.jobs[c].paths.result_pickle.exists()}
+        calls = submitit.SlurmJob.watcher.num_calls  # the class's one watcher
+        fresh, self.sacct_calls = calls != self.sacct_calls, calls
+        ask = {
+            c: str(self.jobs[c].job_id)
+            for c, s in sacct.items()
+            if s == "UNKNOWN" or (fresh and s == "PENDING")
+        }
+        if not ask:
             return set()
         try:
-            alive = alive_in_queue(list(unseen.values()))
+            queue = squeue_states(list(ask.values()))
         except SlurmUnreachable:  # nothing answers: nothing is taken for over
             return set()
-        return {cid for cid, job_id in unseen.items() if job_id not in alive}
+        self.queue.update({c: queue.get(j, "OVER") for c, j in ask.items()})
+        return {c for c, j in ask.items() if sacct[c] == "UNKNOWN" and queue.get(j) not in SLURM_ALIVE}
+
+    def _word(self, cid: str) -> str:
+        """A live SLURM cell's word on the progress line, as `status` has it: queued, held or running.
+        sacct's state, but squeue's (`queue`) where sacct says PENDING or does not show the job yet:
+        queued while neither has answered."""
+        state = slurm_state(self.jobs[cid], mode="cache")
+        if state in ("UNKNOWN", "PENDING"):
+            state = self.queue.get(cid) or "PENDING"
+        return "held" if state == "HELD" else "queued" if state in SLURM_PENDING else "running"
 
     def _result_due(self, cid: str, job: Any) -> bool:
         """For a job `_over`: whether to collect it now. A SLURM job without a result gets `RESULT_GRACE_S`
@@ -504,8 +552,8 @@ class _Runner:
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
         if self.on_progress is None:
             return
-        slurm = self.prep.kind == "slurm"  # in the queue, not started (submitit batches the sacct calls)
-        queued = sum(slurm_state(self.jobs[cid]) in SLURM_PENDING for cid in live) if slurm else 0
+        words = [self._word(cid) for cid in live] if self.prep.kind == "slurm" else []
+        queued, held = words.count("queued"), words.count("held")
         elapsed = time.monotonic() - self.t0
         left = None
         if self.work and self.prep.kind == "local":  # on SLURM the queue decides when cells start
@@ -520,11 +568,12 @@ class _Runner:
             Progress(
                 total=len(self.result.job_ids) + len(pending),
                 done=len(self.result.results),
-                running=len(live) - queued,
+                running=len(live) - queued - held,
                 failed=len(self.result.errors),
                 pending=len(pending),
                 elapsed_s=elapsed,
                 queued=queued,
+                held=held,
                 work_done=left[0] if left else None,
                 eta_s=left[1] if left else None,
             )
