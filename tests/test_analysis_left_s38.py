@@ -14,7 +14,7 @@ from _fit_helpers import BUDGETS, LAW, sweep
 from analysis import fit_scaling
 from analysis.laws import fit_frontier
 from analysis.parametric import optimal_allocation, parametric_loss
-from analysis.pipeline import AnalysisConfig, analyze
+from analysis.pipeline import AnalysisConfig, analyze, predict
 
 A_TRUE = LAW["beta"] / (LAW["alpha"] + LAW["beta"])  # N_opt ~ C^a (Hoffmann et al. eq. 4)
 
@@ -108,3 +108,37 @@ def test_the_ranking_check_does_not_call_tied_losses_a_disagreement():
         for x in (swapped, swapped[::-1])
     ]
     assert found[0] == found[1] and not all(found[0])
+
+
+def test_approaches_disagree_only_where_their_intervals_do_not_overlap():
+    """A known law with 2% noise (seed 4 of session 38's 20): approaches 2 and 3 put N_opt at 1.31x
+    the closed form, the frontier (approach 1, its sizes 10^0.5 apart) at 0.32x, with a 95% interval
+    over 10x wide that holds the others'. The check compared points only: "disagree by 4.14x",
+    N_opt withheld (4 of 20 seeds so, each with every interval covering the truth). It now also asks
+    that the intervals (a point where an approach has none) do not overlap. Approaches truly apart
+    are still withheld: approach 2's law moved 5x (a point outside approach 3's interval), or the
+    frontier's law with its bootstrap moved 30x (two intervals apart)."""
+    d = sweep()
+    d["loss"] *= np.exp(np.random.default_rng(4).normal(0.0, 0.02, len(d)))
+    an = analyze(d, AnalysisConfig(n_bootstrap=40, seed=4))
+    truth = optimal_allocation(LAW, 1e22, 6.0)[0]
+    pr = predict(an, 1e22)
+    assert pr.n_opt_spread() > 3 and pr.status.status == "ok"
+    assert pr.n_opt.lo < truth < pr.n_opt.hi and pr.n_opt.value == pytest.approx(1.31 * truth, rel=0.05)
+    moved = 5.0 * pr.alternatives["N_opt from IsoFLOP (approach 2)"] / pr.n_opt.value
+
+    an.isoflop.n_opt.params["A"] *= 5.0
+    pr = predict(an, 1e22)
+    assert pr.n_opt is None and pr.status.status == "not_identified"
+    (why,) = [r for r in pr.status.reasons if "disagree" in r]
+    assert (
+        why.startswith(f"the approaches disagree on N_opt by {moved:.3g}x (more than 3x")
+        and "95% intervals do not overlap" in why
+    )
+
+    an.isoflop.n_opt.params["A"] /= 5.0
+    law = an.frontier.n_opt
+    law.params["A"] *= 30.0
+    law.bootstrap.samples["A"] = law.bootstrap.samples["A"] * 30.0
+    pr = predict(an, 1e22)
+    assert pr.n_opt is None and any("disagree on N_opt by" in r for r in pr.status.reasons)
