@@ -142,3 +142,23 @@ def test_approaches_disagree_only_where_their_intervals_do_not_overlap():
     law.bootstrap.samples["A"] = law.bootstrap.samples["A"] * 30.0
     pr = predict(an, 1e22)
     assert pr.n_opt is None and any("disagree on N_opt by" in r for r in pr.status.reasons)
+
+
+def test_a_csv_fit_touches_no_mlflow_store(tmp_path, monkeypatch, caplog):
+    """A CSV fit reads no store and logs no analysis run: in a folder without one, with no
+    MLFLOW_TRACKING_URI, it leaves only its report (a mutant that logged CSV fits too, `or` for `and`,
+    created MLflow's default store in the working folder and warned that the run was not logged)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep().to_csv("points.csv", index=False)
+    assert fit_scaling.main(["--csv", "points.csv", "--out", "rep", "--bootstrap", "0"]) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["points.csv", "rep"]
+    assert not [r for r in caplog.records if "MLflow" in r.getMessage()]
+
+
+def test_help_keeps_the_exit_code_table_one_code_a_line():
+    """`--help`'s epilog is a table, one exit code a line; argparse's default formatter joins it into
+    one paragraph (a mutant without `RawDescriptionHelpFormatter` survived the CLI's tests)."""
+    lines = fit_scaling.build_parser().format_help().splitlines()
+    for code, word in ((0, "ok, or extrapolating"), (2, "bad input"), (3, "not_identified"), (4, "censored")):
+        assert any(line.startswith(f"  {code}  {word}") for line in lines), word
