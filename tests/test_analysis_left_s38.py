@@ -162,3 +162,19 @@ def test_help_keeps_the_exit_code_table_one_code_a_line():
     lines = fit_scaling.build_parser().format_help().splitlines()
     for code, word in ((0, "ok, or extrapolating"), (2, "bad input"), (3, "not_identified"), (4, "censored")):
         assert any(line.startswith(f"  {code}  {word}") for line in lines), word
+
+
+def test_influence_with_the_holdout_gives_each_refit_its_holdout_error(tmp_path):
+    """`--influence --holdout largest`: the table's full fit carries the holdout's error on the largest
+    budget's best loss (as results.json's `holdout.frontier_error`), and each run of the budgets fitted
+    its own (a mutant that passed no holdout to the influence refits survived the CLI's tests)."""
+    csv = tmp_path / "points.csv"
+    sweep().to_csv(csv, index=False)
+    rep = tmp_path / "rep"
+    argv = ["--csv", str(csv), "--out", str(rep), "--bootstrap", "0", "--influence", "--holdout", "largest"]
+    fit_scaling.main(argv)
+    res = json.loads((rep / "results.json").read_text())
+    inf = res["diagnostics"]["influence"]
+    assert inf["full"]["holdout"] == pytest.approx(res["holdout"]["frontier_error"], rel=1e-12)
+    fitted = [r for r in inf["runs"] if r["budget"] != BUDGETS[-1]]
+    assert len(fitted) == 15 and all(r["holdout"] is not None for r in fitted)
