@@ -267,15 +267,16 @@ class IsoFlopFit(AllocationExponents):
                 for s in self.slices
             ],
             "patch": None if math.isnan(self.patch) else self.patch,
-            "a": self.a,
-            "b": self.b,
+            **self.exponents_dict(),
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
             "method": "joint" if self.joint is not None else "per-budget minima",
             "joint": self.joint.to_dict() if self.joint is not None else None,
             "minima_a": self.minima_a,
-            "by_patch": {
-                str(k): {"a": -n.params["alpha"], "b": -d.params["alpha"]}
+            "by_patch": {  # the main patch size's withheld with its status
+                str(k): self.exponents_dict()
+                if k == self.patch
+                else {"a": -n.params["alpha"], "b": -d.params["alpha"]}
                 for k, (n, d) in self.by_patch.items()
             },
         }

@@ -235,6 +235,24 @@ def _frontier_span(pts: pd.DataFrame, gap_dex: float = 0.1) -> tuple[float, floa
     return float(start), float(end)
 
 
+def _tied(s: pd.Series):
+    """One value for the sizes tied at a budget's best: the geometric mean of N, D or C (ids joined)."""
+    if s.nunique() == 1:
+        return s.iloc[0]
+    if s.name in ("run_id", "model"):
+        return " + ".join(map(str, s))
+    return float(np.exp(np.log(s.to_numpy(float)).mean()))
+
+
+def _best_per_budget(pts: pd.DataFrame, key: pd.Series, y: str) -> pd.DataFrame:
+    """The best run of each budget (label `key`), by C. Runs of different sizes that tie for the
+    lowest y (losses rounded, e.g. to 3 digits in a CSV) are one point at the geometric mean of their
+    N, D and C: the optimum lies between them, and the first or last of them would win by row order."""
+    best = pts[pts[y] == pts.groupby(key)[y].transform("min")]
+    cols = ["C", y, "N", "D", "run_id", "model"]
+    return best[cols].groupby(key.loc[best.index]).agg(_tied).sort_values("C")
+
+
 def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
     """Lower envelope of y over runs against compute (Chinchilla approach 1).
 
@@ -254,7 +272,7 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
         # run is on the frontier, whatever order the tied points come in
         has_budget = "budget" in pts.columns and pts["budget"].notna().all()
         key = pts["budget"] if has_budget else cluster_budgets(pts["C"])
-        pts = pts.loc[pts.groupby(key)[y].idxmin()].sort_values("C")
+        pts = _best_per_budget(pts, key, y)
         start = _frontier_span(pts)[0]
         first = pts[pts["C"] <= start]
         pts = pd.concat([first.loc[[first[y].idxmin()]], pts[pts["C"] > start]])  # best of the first budget
@@ -286,6 +304,7 @@ class AllocationExponents:
 
     n_opt: PowerLawFit | None
     d_opt: PowerLawFit | None
+    status: Status
 
     @property
     def a(self) -> float:
@@ -294,6 +313,12 @@ class AllocationExponents:
     @property
     def b(self) -> float:
         return -self.d_opt.params["alpha"] if self.d_opt else math.nan
+
+    def exponents_dict(self) -> dict[str, float | None]:
+        """{"a", "b"} for results.json: None unless the approach's `status` is ok, as the report
+        withholds them (its reasons give the estimate and why it is not an answer)."""
+        ok = self.status.ok
+        return {"a": self.a if ok else None, "b": self.b if ok else None}
 
 
 @dataclass
@@ -320,8 +345,7 @@ class FrontierFit(AllocationExponents):
             "law": self.y_law.to_dict() if self.y_law else None,
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
-            "a": self.a,
-            "b": self.b,
+            **self.exponents_dict(),
         }
 
 

@@ -416,7 +416,7 @@ class ParametricFit:
         out.update(exponent_bounds=list(self.config.exponent_bounds), at_bound=dict(self.at_bound))
         out.update(E_at_floor=self.e_at_floor, E_upper95=self.e_upper, term_vanished=dict(self.vanished))
         if self.bootstrap is not None:
-            out["se"] = self.se  # ln_E, ln_A, ln_B in log space
+            out["se"] = {k: (v if (alloc or k not in ("a", "b")) else None) for k, v in self.se.items()}
             ci = self.conf_int()
             out["ci95"] = {k: (list(v) if (alloc or k not in ("a", "b")) else None) for k, v in ci.items()}
             out["bootstrap"] = self.bootstrap.to_dict(self.level)

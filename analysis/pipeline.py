@@ -3,6 +3,7 @@ approaches, FID, diagnostics, prediction with a status, holdout."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
@@ -66,7 +67,7 @@ class AnalysisConfig:
     effective_data: bool = False  # D -> Muennighoff et al. 2023's D' (needs unique images per run)
     r_star: float | None = None  # R* of D'; None with effective_data: fitted (profile over a grid)
     extrapolation_factor: float = 10.0  # `extrapolating` beyond this x the compute measured (either side)
-    disagreement_factor: float = 3.0  # `not_identified` when approaches' N_opt differ by more
+    disagreement_factor: float = 3.0  # `not_identified` when N_opt differ by more (intervals apart)
     data_units: str | None = None  # the unit of D when not set by data_axis (a CSV's own D column)
 
     def __post_init__(self) -> None:
@@ -449,22 +450,23 @@ def residual_summary(res: pd.DataFrame | None) -> dict | None:
 
 
 def ranking_check(an: Analysis) -> list[dict]:
-    """Per IsoFLOP slice: does the fitted law order the models' final losses as observed?"""
+    """Per IsoFLOP slice: does the fitted law order the models' final losses as observed (sizes whose
+    losses tie, e.g. rounded, in either order)?"""
     out = []
     for c, patch, g in iter_slices(an.points, an.config.isoflop_gap_dex):
         best = g.sort_values("loss").drop_duplicates("model")
         if len(best) < 2:
             continue
         pred = an.parametric.predict(best["N"], best["D"])
-        observed = list(best["model"].astype(str))
-        predicted = list(best["model"].astype(str).to_numpy()[np.argsort(pred, kind="stable")])
+        order = np.argsort(pred, kind="stable")
         out.append(
             {
                 "C": c,
                 "patch": None if math.isnan(patch) else patch,
-                "observed": observed,
-                "predicted": predicted,
-                "agrees": observed == predicted,
+                "observed": list(best["model"].astype(str)),
+                "predicted": list(best["model"].astype(str).to_numpy()[order]),
+                # tied losses (rounded) agree in either order: the observed losses rise in the law's order
+                "agrees": bool(np.all(np.diff(best["loss"].to_numpy(float)[order]) >= 0)),
             }
         )
     return out
@@ -583,6 +585,20 @@ def _n_opt_spread(alternatives: dict[str, float]) -> float:
     return max(ns) / min(ns) if ns else 1.0
 
 
+def _disagreement(estimates: list[Estimate], factor: float) -> float:
+    """The largest ratio of two approaches' N_opt that are more than `factor` apart and whose intervals
+    (an approach without one: its point) do not overlap; 1.0 when no pair disagrees so."""
+    ests = sorted((e for e in estimates if 0 < e.value < math.inf), key=lambda e: e.value)
+    top = [e.hi if math.isfinite(e.hi) else e.value for e in ests]
+    bottom = [e.lo if math.isfinite(e.lo) else e.value for e in ests]
+    apart = [
+        ests[j].value / ests[i].value
+        for i, j in itertools.combinations(range(len(ests)), 2)
+        if ests[j].value > factor * ests[i].value and top[i] < bottom[j]
+    ]
+    return max(apart, default=1.0)
+
+
 def _at(law: PowerLawFit, compute: float, level: float) -> Estimate:
     """A law's value at ``compute`` with its bootstrap band."""
     return Estimate(float(law.predict(compute)), *law.predict_interval(compute, level))
@@ -620,9 +636,10 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
 
     Uses the parametric law (approach 3) when fitted, else the IsoFLOP laws, else the frontier. The
     status folds in what the fits could not identify, IsoFLOP censoring, approaches that disagree by
-    more than `disagreement_factor`, and extrapolation beyond `extrapolation_factor` x the largest
-    compute measured. N_opt, D_opt and the loss are withheld unless the status is ok or extrapolating
-    (an E at its floor alone withholds nothing: the allocation does not depend on E).
+    more than `disagreement_factor` with intervals apart (`_disagreement`), and extrapolation beyond
+    `extrapolation_factor` x the largest compute measured. N_opt, D_opt and the loss are withheld
+    unless the status is ok or extrapolating (an E at its floor alone withholds nothing: the
+    allocation does not depend on E).
     FID comes from FID(loss) applied to the predicted loss (bootstrap pairs resampled together).
     """
     if not (compute > 0):
@@ -630,6 +647,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
     cfg, k, lvl = analysis.config, analysis.flops_per_param_datum, analysis.config.level
     pf, iso, fr = analysis.parametric, analysis.isoflop, analysis.frontier
     alt, st = {}, Status()
+    voting: list[Estimate] = []  # the N_opt of each approach that identifies one, with its interval
     n_e = d_e = loss_e = loss_samples = None
     withhold = False
     if pf is not None:
@@ -639,6 +657,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         (n_e, d_e, loss_e), loss_samples = _parametric_estimates(pf, compute, k, lvl)
         if not withhold:
             alt["N_opt from parametric law (approach 3)"] = n_e.value
+            voting.append(n_e)
     elif iso.n_opt is not None:
         n_e, d_e = _at(iso.n_opt, compute, lvl), _at(iso.d_opt, compute, lvl)
         loss_e = _at(fr.y_law, compute, lvl) if fr.y_law else None
@@ -659,11 +678,12 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
             withhold = not fr.status.ok
     # the other approaches' N_opt, where they identify one (their statuses are folded in below)
     if iso.n_opt is not None and iso.status.ok:
-        alt["N_opt from IsoFLOP (approach 2)"] = float(iso.n_opt.predict(compute))
+        voting.append(_at(iso.n_opt, compute, lvl))  # the joint fit gives a point (no band at a budget)
+        alt["N_opt from IsoFLOP (approach 2)"] = voting[-1].value
     if fr.n_opt is not None:  # an unresolved one is shown for comparison; not in the disagreement check
-        alt["N_opt from frontier (approach 1)" if fr.status.ok else UNRESOLVED_APPROACH1] = float(
-            fr.n_opt.predict(compute)
-        )
+        e = _at(fr.n_opt, compute, lvl)
+        alt["N_opt from frontier (approach 1)" if fr.status.ok else UNRESOLVED_APPROACH1] = e.value
+        voting += [e] if fr.status.ok else []
     if fr.y_law is not None:
         alt["frontier loss law L(C)"] = float(fr.y_law.predict(compute))
     st.merge(iso.status, "approach 2: ")
@@ -682,12 +702,13 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
                 f"loss depends on {col} was not measured, so N_opt is not identified; train other "
                 f"{'model sizes' if col == 'N' else 'budgets for each model'} (spanning at least 10x)",
             )
-    if (spread := _n_opt_spread(alt)) > cfg.disagreement_factor:
+    if (spread := _disagreement(voting, cfg.disagreement_factor)) > 1.0:
         withhold = True
         st.add(
             NOT_IDENTIFIED,
-            f"the approaches disagree on N_opt by {spread:.3g}x (more than {cfg.disagreement_factor:g}x): "
-            "the grid probably does not bracket the optimum; add smaller or larger models, or more budgets",
+            f"the approaches disagree on N_opt by {spread:.3g}x (more than {cfg.disagreement_factor:g}x, and "
+            f"their {100 * lvl:g}% intervals do not overlap): the grid probably does not bracket the "
+            "optimum; add smaller or larger models, or more budgets",
         )
     extrapolating = compute > cfg.extrapolation_factor * c_max
     if extrapolating:

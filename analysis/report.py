@@ -177,8 +177,9 @@ def markdown(
     lines.append(f"- {fr.status.text()}")
     lines.append(f"- loss frontier (saturating): {_fmt_law(fr.y_law)}")
     lines.append(f"- loss frontier (pure power law): {_fmt_law(an.loss_vs_compute_pure)}")
-    a_txt = f"a = {fr.a:.4f}; " if fr.n_opt is not None else ""
-    b_txt = f"b = {fr.b:.4f}; " if fr.d_opt is not None else ""
+    ab = fr.exponents_dict()  # withheld (None) unless approach 1 is ok, as in results.json
+    a_txt = "" if fr.n_opt is None else "a withheld; " if ab["a"] is None else f"a = {ab['a']:.4f}; "
+    b_txt = "" if fr.d_opt is None else "b withheld; " if ab["b"] is None else f"b = {ab['b']:.4f}; "
     lines.append(f"- N_opt(C): {_fmt_law(fr.n_opt)} ({a_txt}N in {u['N']}, C in FLOPs)")
     lines.append(f"- D_opt(C): {_fmt_law(fr.d_opt)} ({b_txt}D in {u['D']})")
     if fr.n_opt is not None and fr.n_opt.bootstrap is not None:

@@ -251,6 +251,17 @@ SELECTIONS: dict[str, list[str]] = {
         "-k",
         "not cell_lock",
     ],
+    # the fitting CLI in-process: flags and their refusals, outputs, exit codes, CSV and MLflow input
+    # (session 38; `test_analysis.py`'s CLI tests are left out: -k "cli" would filter the others)
+    "analysis/fit_scaling.py": [
+        "tests/test_fit_scaling_inputs.py",
+        "tests/test_fit_scaling_edges.py",
+        "tests/test_fit_scaling_wording.py",
+        "tests/test_qa_analysis_s37.py",
+        "tests/test_bootstrap_minimum_s37.py",
+        "tests/test_analysis_left_s38.py",
+        "tests/test_analysis_mlflow.py",
+    ],
     # power laws with intervals, the budgets' clusters, the compute frontier and its laws
     "analysis/laws.py": [
         "tests/test_analysis.py",

@@ -406,5 +406,6 @@ def test_an_analysis_run_that_cannot_be_logged_keeps_the_fit_and_its_exit_code(
     (warning,) = [r.getMessage() for r in caplog.records if "not logged to MLflow" in r.getMessage()]
     assert "Error" in warning and f"the report in {out_dir} are complete" in warning
     assert "--no-mlflow-log" in warning
+    assert f"(NotADirectoryError: [Errno 20] Not a directory: '{blocker / 'art'}')" in warning  # the cause
     runs = client.search_runs([exp_id], filter_string="tags.analysis = 'true'")
     assert [r.info.status for r in runs] == ["FAILED"]

@@ -260,7 +260,8 @@ def test_to_dict_is_the_json_report_of_the_fit():
     base |= {"method", "joint", "minima_a"}
     assert set(d) == base | {"se", "ci95", "bootstrap"}
     assert d["status"] == fit.status.status and d["reasons"] == list(fit.status.reasons)
-    assert d["patch"] == 2.0 and d["a"] == pytest.approx(fit.a) and d["b"] == pytest.approx(fit.b)
+    assert d["patch"] == 2.0 and fit.status.status == "not_identified"  # 6 refits: too few for 95%
+    assert d["a"] is None and d["b"] is None  # withheld, as the report withholds them (session 38)
     assert d["N_opt"] == json.loads(json.dumps(fit.n_opt.to_dict()))
     assert d["D_opt"] == json.loads(json.dumps(fit.d_opt.to_dict()))
     assert len(d["profiles"]) == len(fit.profiles) == 7
