@@ -114,7 +114,7 @@ def test_approaches_disagree_only_where_their_intervals_do_not_overlap():
     """A known law with 2% noise (seed 4 of session 38's 20): approaches 2 and 3 put N_opt at 1.31x
     the closed form, the frontier (approach 1, its sizes 10^0.5 apart) at 0.32x, with a 95% interval
     over 10x wide that holds the others'. The check compared points only: "disagree by 4.14x",
-    N_opt withheld (4 of 20 seeds so, each with every interval covering the truth). It now also asks
+    N_opt withheld (3 of 20 seeds so, each with every interval covering the truth). It now also asks
     that the intervals (a point where an approach has none) do not overlap. Approaches truly apart
     are still withheld: approach 2's law moved 5x (a point outside approach 3's interval), or the
     frontier's law with its bootstrap moved 30x (two intervals apart)."""
