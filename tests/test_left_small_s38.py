@@ -3,10 +3,12 @@ Each test failed on the code before its fix (docs/_s38_left-small.md)."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from _sweep_specs import fake_final_weight, fake_trainer_spec, runs_by_cell, states_of
 from mlflow.exceptions import MlflowException
 
+from analysis.runs import best_lr
 from sweeps import runner
 from sweeps.grid import ExecutorSpec, expand
 from sweeps.runner import launch
@@ -93,3 +95,22 @@ def test_a_failed_record_cancels_the_jobs_it_sent_and_a_relaunch_trains_each_cel
         assert out["run_id"] == run_ids[cid]
         assert abs(out["weight"] - fake_final_weight(cell)) <= 1e-12 * fake_final_weight(cell)
     assert all(j.done() for j in jobs) and len(jobs) == 4  # two jobs in all per cell, one after the other
+
+
+@pytest.mark.parametrize("order", ["small-lr-first", "large-lr-first"])
+def test_best_lr_keeps_the_smaller_of_two_lrs_tied_on_the_loss_whatever_the_rows_order(order):
+    """Two lrs of a cell whose final losses are equal (rounded in a CSV): `best_lr` kept the one whose row
+    came first (`idxmin`), so the same data in another order fitted another point. Now the smaller lr wins
+    the tie (docs/analysis.md), in either order. Failed before the fix: large-lr-first kept 3e-3."""
+    rows = [
+        {"model": "m", "N": 1e6, "budget": 1e15, "C": 1e15, "step": 100, "final": True, "lr": lr,
+         "loss": loss, "run_id": f"r{lr:g}"}
+        for lr, loss in ((1e-3, 0.5), (3e-3, 0.5), (1e-2, 0.7))
+    ]  # fmt: skip
+    if order == "large-lr-first":
+        rows.reverse()
+    pts = pd.DataFrame(rows).assign(lr_group=None)
+    kept, dropped, note = best_lr(pts)
+    assert list(kept["lr"]) == [1e-3]
+    assert sorted(dropped["lr"]) == [3e-3, 1e-2] and "lost to lr 0.001" in dropped["reason"].iloc[0]
+    assert "m at 1e+15 FLOPs: 0.001" in note
