@@ -114,3 +114,17 @@ def test_best_lr_keeps_the_smaller_of_two_lrs_tied_on_the_loss_whatever_the_rows
     assert list(kept["lr"]) == [1e-3]
     assert sorted(dropped["lr"]) == [3e-3, 1e-2] and "lost to lr 0.001" in dropped["reason"].iloc[0]
     assert "m at 1e+15 FLOPs: 0.001" in note
+
+
+def test_dit_config_says_input_size_not_latent_size_for_a_patch_that_does_not_divide_it():
+    """`DiTConfig.validate` told a pixel model (in_channels=3) to "use a patch size that divides the latent
+    size": there is no latent. Now it names the input size and its field, for pixel and latent models
+    alike. Failed before the fix: the message ended in "the latent size"."""
+    from dit_core.spec import DiTConfig
+
+    with pytest.raises(ValueError) as e:  # `__post_init__` validates
+        DiTConfig(depth=1, hidden_size=16, num_heads=2, patch_size=3, input_size=16, in_channels=3)
+    assert str(e.value) == (
+        "DiTConfig.patch_size: patch_size=3 does not divide input_size=16; use a patch size that divides "
+        "the input size (input_size)"
+    )
