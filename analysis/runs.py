@@ -383,10 +383,11 @@ def replicate_key(params: dict, without: tuple[str, ...] = ()) -> str:
 
 def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """Cells trained at several learning rates (points alike but for `lr`: the same `lr_group`, by
-    default model, N and budget) keep only the lr whose final point has the lowest loss: the fits then
-    see each cell at its tuned lr, as in Kaplan et al. (2020) and Hoffmann et al. (2022). Run after
-    `average_seeds`, so the lr is chosen on the seeds' mean. Returns (kept, dropped: the final point of
-    each lr left out, with a `reason`, note)."""
+    default model, N and budget) keep only the lr whose final point has the lowest loss (of equal
+    losses, the smaller lr, whatever the rows' order): the fits then see each cell at its tuned lr, as
+    in Kaplan et al. (2020) and Hoffmann et al. (2022). Run after `average_seeds`, so the lr is chosen
+    on the seeds' mean. Returns (kept, dropped: the final point of each lr left out, with a `reason`,
+    note)."""
     if "lr" not in points.columns or points["lr"].nunique() < 2:
         return points, points.iloc[:0], None
     default = points["model"].astype(str) + "|" + points["N"].astype(str) + "|" + points["budget"].astype(str)
@@ -396,7 +397,8 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
     finals = finals[finals["_g"].map(tried) > 1]
     if finals.empty:
         return points, points.iloc[:0], None
-    best = finals.loc[finals.groupby("_g")["loss"].idxmin()].set_index("_g")["lr"]
+    # of equal losses the smaller lr (the safer one), whatever the rows' order
+    best = finals.sort_values(["loss", "lr"]).drop_duplicates("_g").set_index("_g")["lr"].sort_index()
     lost = group.isin(best.index) & (points["lr"] != group.map(best))
     dropped = points[lost & points["final"].astype(bool)].copy()
     dropped["reason"] = [f"lr {lr:.3g} lost to lr {best[g]:.3g} in its cell" for lr, g in

@@ -93,7 +93,7 @@ class DiTConfig:
             self.input_size % self.patch_size == 0,
             "DiTConfig.patch_size",
             f"patch_size={self.patch_size} does not divide input_size={self.input_size}; "
-            "use a patch size that divides the latent size",
+            "use a patch size that divides the input size (input_size)",
         )
         if self.pos_embed == "sincos":
             require(

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -62,7 +63,7 @@ from sweeps.state import (
     store_exists,
 )
 from sweeps.task import CellTask, check_trainer, make_task
-from sweeps.warm import WarmExecutor
+from sweeps.warm import WarmExecutor, WarmJob
 
 log = logging.getLogger(__name__)
 
@@ -405,8 +406,37 @@ class _Runner:
             cfg_hash = config_hash(t.overrides)
             subs.append(Submission(st.run_id, ref, st.attempts + 1, cfg_hash, st.attempts > 0))
             log.info("submitted %s as %s job %s", t.cell_id, self.prep.kind, j.job_id)
-        record_submissions(uri, subs)
+        try:
+            record_submissions(uri, subs)
+        except Exception as e:  # the tracking server failed after its retries: no job may run unrecorded
+            self._cancel_unrecorded(prepared, jobs, e)
         self.live |= {t.cell_id for t in prepared}
+
+    def _cancel_unrecorded(self, prepared: list[CellTask], jobs: list[Any], error: Exception) -> None:
+        """``jobs`` went out but their record failed: a relaunch would take their cells for missing and
+        submit a second job into each run. Cancel them (and wait until the local ones have ended), then
+        raise RuntimeError naming them, why, and that a relaunch resumes."""
+        cells = [t.cell_id for t in prepared]
+        for cid in cells:  # not this launch's any more
+            for d in (self.jobs, self.run_dirs, self.result.job_ids, self.result.timings, self.result.logs):
+                d.pop(cid, None)
+        ids = ", ".join(str(j.job_id) for j in jobs)
+        log.warning("recording %d job(s) in their runs failed: cancelling them (%s)", len(jobs), ids)
+        left = _cancel_jobs(jobs, self.prep.kind)
+        what = (
+            f"recording the job(s) of {len(cells)} cell(s) ({', '.join(cells[:8])}) in their MLflow runs at "
+        )
+        what += f"{self.prep.tracking_uri} failed ({_error_line(error)})"
+        if left:
+            raise RuntimeError(
+                f"{what}, and job(s) {', '.join(left)} could not be cancelled; cancel them (`scancel` on "
+                "SLURM, else kill the process that holds the cell's lock) before launching again, or a "
+                "relaunch would train those cells twice"
+            ) from error
+        raise RuntimeError(
+            f"{what}; job(s) {ids} cancelled so that none trains unrecorded. Launch again once the tracking "
+            "server answers: the relaunch submits those cells again and resumes them in their runs"
+        ) from error
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
         try:
@@ -588,6 +618,54 @@ def _work(cells: list[Cell], tasks: dict[str, CellTask]) -> dict[str, float]:
     except Exception as e:
         log.debug("no time-left estimate: %s", e)
         return {}
+
+
+#: Seconds a launcher waits for the local jobs it cancelled to end (a warm worker forks them once its
+#: imports are done, and only then can they be signalled).
+CANCEL_WAIT_S = 120.0
+
+
+def _cancel_jobs(jobs: list[Any], kind: str, wait_s: float = CANCEL_WAIT_S) -> list[str]:
+    """Cancel ``jobs``: SLURM's with ``scancel``; local ones as a terminal's Ctrl-C would (SIGINT to
+    each process of the job as it appears: submitit's shell, its controller and the trainer, or a warm
+    worker's child, once forked; the trainer checkpoints and ends its run KILLED), waiting up to
+    ``wait_s`` for them to end. Returns the ids of the jobs that scancel failed on or that did not end."""
+    if kind == "debug":  # ran to its end inside `submit`
+        return []
+    if kind == "slurm":
+        left = []
+        for j in jobs:
+            try:
+                j.cancel(check=True)
+            except (subprocess.CalledProcessError, OSError) as e:
+                log.error("scancel %s failed: %s", j.job_id, e)
+                left.append(str(j.job_id))
+        return left
+    deadline = time.monotonic() + wait_s
+    signalled: set[int] = set()  # each process once: a second SIGINT would skip the trainer's checkpoint
+    alive = list(jobs)
+    while alive and time.monotonic() < deadline:
+        for j in alive:
+            root = j.pid() if isinstance(j, WarmJob) else int(j.job_id)  # submitit's: its shell's pid
+            for pid in _process_tree(root) - signalled if root else ():
+                signalled.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+        time.sleep(0.05)
+        alive = [j for j in alive if not j.done()]
+    return [str(j.job_id) for j in alive]
+
+
+def _process_tree(pid: int) -> set[int]:
+    """``pid`` and its descendants (Linux's /proc; elsewhere ``pid`` alone)."""
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        out.add(p)
+        for kids in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                todo += [int(k) for k in kids.read_text().split() if int(k) not in out]
+    return out
 
 
 def _threads_per_process(prep: Prepared) -> int:

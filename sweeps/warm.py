@@ -111,6 +111,13 @@ class WarmJob:
             f"job {self.job_id} failed ({why}); logs in {self.paths.folder}\n{value or ''}".rstrip()
         )
 
+    def pid(self) -> int | None:
+        """The job's process, once the zygote has forked it (None before)."""
+        try:
+            return int(self._file("_pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def cancel(self, check: bool = True) -> None:  # noqa: ARG002 - submitit's signature
         """SIGINT to the job's process, as submitit's local jobs get."""
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
