@@ -3,7 +3,9 @@ mapping of a run, extract_latents' Ctrl-C, and the hints and file types of folde
 
 from __future__ import annotations
 
+import functools
 import json
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,7 +139,11 @@ def test_ctrl_c_on_extract_latents_says_how_to_resume_without_a_traceback(tmp_pa
     argv += ["--image-size", "8", "--shard-size", "2", "--batch-size", "1", "--posterior", "mean"]
     env = {"PYTHONPATH": str(Path(dit_core.__file__).parents[1]), "OMP_NUM_THREADS": "1", "PATH": ""}
     script = [sys.executable, "-c", _CTRL_C_IN_SHARD_1, *argv, "--num-workers", "2"]
-    done = subprocess.run(script, env=env, capture_output=True, text=True, start_new_session=True)
+    # SIGINT as from a terminal: an xdist worker's children inherit it ignored, and Python keeps that
+    as_terminal = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    done = subprocess.run(
+        script, env=env, capture_output=True, text=True, start_new_session=True, preexec_fn=as_terminal
+    )
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
     # the readers ignore the group's Ctrl-C: one that died of it first failed the run (exit 1, traceback)
     assert done.stdout == "readers blocking SIGINT: 2 True\n"

@@ -50,6 +50,8 @@ def test_a_signal_between_submitting_and_recording_leaves_no_job_unrecorded(
     fix: the cell was missing and the relaunch submitted it again."""
     assert threading.current_thread() is threading.main_thread()  # signals reach the main thread only
     old = signal.signal(signal.SIGTERM, _raise_stopped)  # restored at the end
+    # as from a terminal: an xdist worker inherits SIGINT ignored, which Python then leaves ignored
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = load_spec(slurm_yaml(tmp_path, "window", "--hold")).replace(tracking_uri=job_env)
     (cell,) = expand(spec)
     sent: list[str] = []
@@ -82,6 +84,7 @@ def test_a_signal_between_submitting_and_recording_leaves_no_job_unrecorded(
         assert again == []
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
         jobs = set(sent) | set(again)
         subprocess.run(["scancel", *{j.split("_")[0] for j in jobs}], check=False)
 
