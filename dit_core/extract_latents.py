@@ -297,8 +297,10 @@ def _sigint_held():
     The readers inherit the blocked signal, so the Ctrl-C a terminal sends the whole process group stops
     only this process (a reader that died of it first failed the run with "DataLoader worker exited
     unexpectedly"); one arriving meanwhile is neither lost in Python's at-fork callbacks nor raised
-    inside the DataLoader's set-up (whose clean-up then failed). Main thread only (signal's rule)."""
-    if threading.current_thread() is not threading.main_thread():
+    inside the DataLoader's set-up (whose clean-up then failed). Main thread only (signal's rule); a
+    process that ignores SIGINT (started in the background, `nohup`) goes on ignoring it."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         yield
         return
     got = []

@@ -220,3 +220,25 @@ def test_gif_and_jpeg_2000_files_are_read_as_rgb(tmp_path):
     ]
     for i, want in enumerate((four, rgb)):  # both lossless here: exactly the pixels written
         torch.testing.assert_close(ds.load(i), torch.from_numpy(want.transpose(2, 0, 1) / 127.5 - 1).float())
+
+
+def test_a_ctrl_c_held_while_readers_fork_is_still_ignored_where_sigint_is_ignored():
+    """`_sigint_held` raised KeyboardInterrupt for a SIGINT that arrived inside it even in a process
+    that ignores SIGINT (started with `nohup` or from a background shell), which runs on otherwise."""
+    import os
+
+    from dit_core.extract_latents import _sigint_held
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        try:
+            with _sigint_held():
+                os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:  # not let through: it would end the pytest session
+            pytest.fail("a SIGINT that the process ignores was raised as KeyboardInterrupt")
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt), _sigint_held():  # as from a terminal: held, then raised
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
