@@ -152,6 +152,14 @@ def tiny_vae():
 
 
 @pytest.fixture(scope="session")
+def vae_dir(tiny_vae, tmp_path_factory) -> Path:
+    """`tiny_vae` saved as a diffusers folder (what ``--vae PATH`` reads)."""
+    path = tmp_path_factory.mktemp("vae")
+    tiny_vae.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def eval_cache(tmp_path_factory) -> Path:
     """DITSCALE_CACHE for the test_evaluate* modules, so each domain classifier trains once a session."""
     path = tmp_path_factory.getbasetemp() / "ditscale-cache"

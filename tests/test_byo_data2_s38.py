@@ -12,35 +12,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _image_helpers import extract_tiny, image_folder
 from _train_helpers import one_thread, tiny_config
 from PIL import Image
 
 from dit_core.configio import ConfigError
 from dit_core.data import DataConfig, ImageFolderDataset, build_dataset
-from dit_core.extract_latents import ExtractConfig, extract_latents
 from dit_core.train import Trainer
 from dit_core.trainer.validation import Validator
-
-
-def _folder(root, classes=("a", "b", "c"), per_class=2, size=(12, 16)):
-    rng = np.random.default_rng(len(classes))
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tiny_vae, tmp_path_factory):
-    path = tmp_path_factory.mktemp("vae")
-    tiny_vae.save_pretrained(path)
-    return path
-
-
-def _extract(images, out, vae_dir, size=16, **kw):
-    cfg = dict(image_size=size, batch_size=4, posterior="mean", num_workers=0, device="cpu", **kw)
-    return extract_latents(ExtractConfig(data_path=str(images), output=str(out), vae=str(vae_dir), **cfg))
 
 
 def _folder_run(tmp_path, root, name="run", **over):
@@ -61,8 +40,8 @@ def _ranks(tr, world):
 def test_validation_of_folder_data_spreads_over_every_class(tmp_path, vae_dir):
     """The validation loss scored the first ``val_examples`` items; image folders and latents are
     sorted by class, so 3 examples of 3 classes x 4 images were all class 0 (ImageNet, 256: class 0)."""
-    root = _folder(tmp_path / "imgs", per_class=4, size=(8, 8))
-    _extract(root, tmp_path / "lat", vae_dir, size=8)
+    root = image_folder(tmp_path / "imgs", per_class=4, size=(8, 8))
+    extract_tiny(root, tmp_path / "lat", vae_dir, size=8)
     folder = _folder_run(tmp_path, root, **{"eval.val_examples": 3})
     latents = folder.replace(
         **{"data.name": "latents", "data.root": str(tmp_path / "lat"), "data.image_size": 16}
@@ -84,7 +63,7 @@ def test_a_folder_run_records_its_classes_and_refuses_other_ones_on_resume(tmp_p
 
     from dit_core.checkpoint import load_checkpoint
 
-    root = _folder(tmp_path / "imgs", classes=("cat", "dog", "emu"), size=(8, 8))
+    root = image_folder(tmp_path / "imgs", classes=("cat", "dog", "emu"), size=(8, 8))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = _folder_run(tmp_path, root, **{"tracking.uri": uri, "checkpoint.every": 1})
     with one_thread():
@@ -134,7 +113,7 @@ def test_ctrl_c_on_extract_latents_says_how_to_resume_without_a_traceback(tmp_pa
     import dit_core
     from dit_core.extract_latents import main as extract_main
 
-    images, out = _folder(tmp_path / "imgs", size=(8, 8)), tmp_path / "lat"
+    images, out = image_folder(tmp_path / "imgs", size=(8, 8)), tmp_path / "lat"
     argv = ["--data-path", str(images), "--output", str(out), "--vae", str(vae_dir), "--device", "cpu"]
     argv += ["--image-size", "8", "--shard-size", "2", "--batch-size", "1", "--posterior", "mean"]
     env = {"PYTHONPATH": str(Path(dit_core.__file__).parents[1]), "OMP_NUM_THREADS": "1", "PATH": ""}
@@ -160,7 +139,7 @@ def test_latents_from_an_image_folder_suggest_a_command_that_runs(tmp_path, vae_
     extract_latents refuses (its output would be read as one more class)."""
     from dit_core.extract_latents import main as extract_main
 
-    images = _folder(tmp_path / "imgs")
+    images = image_folder(tmp_path / "imgs")
     with pytest.raises(ValueError) as err:
         build_dataset(DataConfig(name="latents", root=str(images)))
     assert str(err.value) == (
@@ -182,7 +161,7 @@ def test_a_patch_size_not_dividing_the_input_is_told_in_the_words_of_the_data(tm
     --image-size, the flag that sets the size."""
     from _train_helpers import train_cli
 
-    images = _folder(tmp_path / "imgs")
+    images = image_folder(tmp_path / "imgs")
     argv = ["--data", "imagefolder", "--data-root", str(images), "--model", "none", "--depth", "1"]
     argv += ["--width", "16", "--heads", "1", "--patch-size", "8", "--max-steps", "1", "--no-mlflow"]
     code, err = train_cli(capsys, [*argv, "--image-size", "12", "--out", str(tmp_path / "run")])
@@ -191,7 +170,7 @@ def test_a_patch_size_not_dividing_the_input_is_told_in_the_words_of_the_data(tm
         "(data.image_size); give an --image-size that is a multiple of 8 (e.g. 16), or a --patch-size "
         "that divides 12\n"
     ))  # fmt: skip
-    _extract(images, tmp_path / "lat", vae_dir, size=8)  # 4 x 4 latents
+    extract_tiny(images, tmp_path / "lat", vae_dir, size=8)  # 4 x 4 latents
     latents = {"data.name": "latents", "data.root": str(tmp_path / "lat"), "model.patch_size": 3}
     with pytest.raises(ConfigError) as e:
         Trainer(tiny_config(tmp_path / "lrun", **latents))

@@ -6,34 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _image_helpers import extract_tiny, image_folder
 from _train_helpers import one_thread, tiny_config, train_cli
 from PIL import Image
 
 from dit_core.data import DataConfig, ImageFolderDataset, build_dataset, scan_image_folder
-from dit_core.extract_latents import ExtractConfig, extract_latents
 from dit_core.extract_latents import main as extract_main
 from dit_core.train import Trainer
-
-
-def _folder(root, classes=("a", "b", "c"), per_class=2, size=(12, 16)):
-    rng = np.random.default_rng(len(classes))
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tiny_vae, tmp_path_factory):
-    path = tmp_path_factory.mktemp("vae")
-    tiny_vae.save_pretrained(path)
-    return path
-
-
-def _extract(images, out, vae_dir, size=16):
-    cfg = dict(image_size=size, batch_size=4, posterior="mean", num_workers=0, device="cpu")
-    return extract_latents(ExtractConfig(data_path=str(images), output=str(out), vae=str(vae_dir), **cfg))
 
 
 def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped_white(tmp_path):
@@ -52,7 +31,7 @@ def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped_white(tmp_path):
 def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
     """An empty class folder (or one of .gif files only, or of unreadable files) still took a label:
     the model got a class it never trained on, and sampled it for FID."""
-    root = _folder(tmp_path / "imgs", classes=("cat",))
+    root = image_folder(tmp_path / "imgs", classes=("cat",))
     (root / "dog").mkdir()
     (root / "dog" / "x.gif").write_bytes(b"GIF89a")
     with pytest.raises(ValueError, match=r"class folder\(s\) \['dog'\] hold no readable image files"):
@@ -63,7 +42,7 @@ def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
 
 
 def test_extract_latents_refuses_an_empty_class_and_writes_nothing(tmp_path, vae_dir, capsys):
-    root = _folder(tmp_path / "imgs", classes=("cat",))
+    root = image_folder(tmp_path / "imgs", classes=("cat",))
     (root / "dog").mkdir()
     out = tmp_path / "lat"
     argv = ["--data-path", str(root), "--output", str(out), "--vae", str(vae_dir), "--device", "cpu"]
@@ -74,7 +53,7 @@ def test_extract_latents_refuses_an_empty_class_and_writes_nothing(tmp_path, vae
 def test_a_link_to_a_parent_folder_lists_each_image_once(tmp_path):
     """A symlink inside a class folder pointing at the root (or at another class) was followed again
     and again: each image listed ~40 times, other classes' images under this class's label."""
-    root = _folder(tmp_path / "imgs", classes=("a", "b"))
+    root = image_folder(tmp_path / "imgs", classes=("a", "b"))
     want = [(str(root / c / f"{i}.png"), y) for y, c in enumerate("ab") for i in range(2)]
     (root / "a" / ".thumbs").mkdir()  # a hidden folder's files are not training images either
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a" / ".thumbs" / "t.png")
@@ -88,8 +67,8 @@ def test_a_link_to_a_parent_folder_lists_each_image_once(tmp_path):
 def test_a_separate_val_folder_is_labelled_by_the_training_class_names(tmp_path):
     """val_root was labelled by its own sorted folders: a val folder lacking class "b" gave "c" the
     label 1 (the training data's "b"), so val/loss was computed with wrong labels."""
-    train_root = _folder(tmp_path / "train")
-    val_root = _folder(tmp_path / "val", classes=("a", "c"), per_class=1)
+    train_root = image_folder(tmp_path / "train")
+    val_root = image_folder(tmp_path / "val", classes=("a", "c"), per_class=1)
     cfg = DataConfig(name="imagefolder", root=str(train_root), val_root=str(val_root), image_size=8)
     val = build_dataset(cfg, "val")
     assert (val.classes, val.num_classes) == (["a", "b", "c"], 3)
@@ -101,13 +80,13 @@ def test_a_separate_val_folder_is_labelled_by_the_training_class_names(tmp_path)
 
 def test_val_latents_map_labels_by_name_and_must_match_the_training_latents(tmp_path, vae_dir):
     train_lat, val_lat, small = tmp_path / "tl", tmp_path / "vl", tmp_path / "sl"
-    _extract(_folder(tmp_path / "train"), train_lat, vae_dir)
-    val_images = _folder(tmp_path / "val", classes=("a", "c"), per_class=1)
-    _extract(val_images, val_lat, vae_dir)
+    extract_tiny(image_folder(tmp_path / "train"), train_lat, vae_dir)
+    val_images = image_folder(tmp_path / "val", classes=("a", "c"), per_class=1)
+    extract_tiny(val_images, val_lat, vae_dir)
     cfg = DataConfig(name="latents", root=str(train_lat), val_root=str(val_lat))
     val = build_dataset(cfg, "val")
     assert (val.classes, [int(val[i][1]) for i in range(len(val))]) == (["a", "b", "c"], [0, 2])
-    _extract(val_images, small, vae_dir, size=8)
+    extract_tiny(val_images, small, vae_dir, size=8)
     with pytest.raises(ValueError, match=r"does not match the training latents .*'image_size': \(16, 8\)"):
         build_dataset(DataConfig(name="latents", root=str(train_lat), val_root=str(small)), "val")
 
@@ -115,7 +94,7 @@ def test_val_latents_map_labels_by_name_and_must_match_the_training_latents(tmp_
 def test_a_bad_val_folder_fails_before_training_and_before_an_mlflow_run(tmp_path):
     """A missing or mismatched val_root failed only at the first validation, after val_every steps of
     training, inside a started MLflow run."""
-    train_root = _folder(tmp_path / "train", per_class=4)
+    train_root = image_folder(tmp_path / "train", per_class=4)
     store = tmp_path / "mlruns"
     over = {
         "data.name": "imagefolder", "data.root": str(train_root), "data.image_size": 8,
@@ -130,7 +109,7 @@ def test_latents_with_another_image_size_flag_is_refused(tmp_path, vae_dir, caps
     """``--data latents --image-size 32`` on 16 px latents trained at 16 px and logged
     data.image_size 32."""
     lat = tmp_path / "lat"
-    _extract(_folder(tmp_path / "imgs"), lat, vae_dir)
+    extract_tiny(image_folder(tmp_path / "imgs"), lat, vae_dir)
     argv = ["--data", "latents", "--data-root", str(lat), "--model", "none", "--depth", "1", "--width", "16"]
     argv += [
         "--heads",

@@ -20,13 +20,6 @@ SCALE = 0.18215
 
 
 @pytest.fixture(scope="module")
-def vae_dir(tiny_vae, tmp_path_factory):
-    path = tmp_path_factory.mktemp("vae")
-    tiny_vae.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("imgs")
     rng = np.random.default_rng(0)
