@@ -270,7 +270,8 @@ def check_known(states: dict[str, CellState], jobs_gone: bool = False) -> None:
     if unknown and jobs_gone:
         log.warning(
             "--slurm-jobs-gone: the SLURM jobs of %d cell(s) (%s) are taken for over, their cells for "
-            "interrupted, and resubmitted; a job of them that still runs would train its cell twice",
+            "interrupted (failed where the job never started), and resubmitted; a job of them that still "
+            "runs would train its cell twice",
             len(unknown), ", ".join(unknown[:8]),
         )  # fmt: skip
         for c in unknown:
