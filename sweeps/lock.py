@@ -20,7 +20,7 @@ from pathlib import Path
 CELL_LOCK = ".job.lock"  # in the cell's run folder
 _FD = 9  # the job shell's descriptor for the cell lock (dash/sh allow 0-9)
 #: A starting job waits this long for the cell lock (a `status` check holds it for microseconds).
-_WAIT_S = 10.0
+CELL_LOCK_WAIT_S = 10.0
 
 
 @contextlib.contextmanager
@@ -71,7 +71,7 @@ def cell_job_lock_lines(run_dir: str | Path) -> list[str]:
     path = Path(run_dir) / CELL_LOCK
     code = (
         "import fcntl,sys,time\n"
-        f"end=time.monotonic()+{_WAIT_S}\n"
+        f"end=time.monotonic()+{CELL_LOCK_WAIT_S}\n"
         "while True:\n"
         " try: fcntl.flock(9,fcntl.LOCK_EX|fcntl.LOCK_NB); break\n"
         " except BlockingIOError:\n"

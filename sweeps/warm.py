@@ -34,6 +34,7 @@ from typing import Any
 from dit_core.atomic import atomic_write_bytes
 from dit_core.trainer.signals import LOCAL_JOB_ENV
 from sweeps.lock import CELL_LOCK, cell_lock_held
+from sweeps.lock import CELL_LOCK_WAIT_S as _LOCK_WAIT_S  # a module global: tests shorten it
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ WARM_IMPORTS = (
     "sweeps.executor",
 )
 _POLL_S = 0.05
-_LOCK_WAIT_S = 10.0
 
 
 class _Requeue(BaseException):
