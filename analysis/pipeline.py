@@ -577,12 +577,8 @@ class Prediction:
 
     def n_opt_spread(self) -> float:
         """max / min of N_opt over the approaches that gave one (1.0 if only one did)."""
-        return _n_opt_spread(self.alternatives)
-
-
-def _n_opt_spread(alternatives: dict[str, float]) -> float:
-    ns = [v for k, v in alternatives.items() if k.startswith("N_opt") and math.isfinite(v) and v > 0]
-    return max(ns) / min(ns) if ns else 1.0
+        ns = [v for k, v in self.alternatives.items() if k.startswith("N_opt") and math.isfinite(v) and v > 0]
+        return max(ns) / min(ns) if ns else 1.0
 
 
 def _disagreement(estimates: list[Estimate], factor: float) -> float:
