@@ -266,11 +266,9 @@ def place_sizes(
             cost[j, ok] = best[prev[ok]] + (n[ok] - t[j]) ** 2
             arg[j] = where
         if np.isfinite(cost[-1]).any():
-            i = int(np.argmin(cost[-1]))
-            picks = [i]
+            picks = [int(np.argmin(cost[-1]))]  # the last size, then back through each one's predecessor
             for j in range(kk - 1, 0, -1):
-                i = int(arg[j, i])
-                picks.append(i)
+                picks.append(int(arg[j, picks[-1]]))
             return [cands[i] for i in reversed(picks)]
     return []
 
