@@ -144,16 +144,13 @@ def scan_image_folder(
     if validate:
         with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
             errors = list(pool.map(_verify, (p for p, _ in samples)))
-        kept = []
-        for (path, label), err in zip(samples, errors):
-            if err is None:
-                kept.append((path, label))
-            else:
+        for (path, _), err in zip(samples, errors):
+            if err is not None:
                 log.warning("skipping unreadable image %s (%s)", path, err)
                 skipped.append(path)
         if skipped:
             log.warning("skipped %d unreadable image(s) of %d in %s", len(skipped), len(samples), root)
-        samples = kept
+        samples = [s for s, err in zip(samples, errors) if err is None]
         if not samples:
             raise ValueError(f"image folder {root!r}: none of its {len(skipped)} image files could be read")
     empty = sorted(set(names) - {names[y] for _, y in samples})
