@@ -339,9 +339,7 @@ class FrontierFit(AllocationExponents):
         return {
             **self.status.to_dict(),
             "n_frontier_points": len(self.frontier),
-            "frontier_models": sorted(map(str, self.frontier["model"].unique()))
-            if len(self.frontier)
-            else [],
+            "frontier_models": sorted(map(str, self.frontier["model"].unique())),
             "law": self.y_law.to_dict() if self.y_law else None,
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
@@ -354,17 +352,14 @@ def _frontier_laws(fr: pd.DataFrame, y: str) -> list[PowerLawFit | None]:
 
     N_opt and D_opt are None when one model holds the whole frontier (its N is then constant and its
     D is just C / (k N): no allocation law)."""
-    laws: list[PowerLawFit | None] = []
-    one_model = fr["N"].nunique() < 2 if len(fr) else True
-    for col, sat, name in ((y, True, y), ("N", False, "N_opt"), ("D", False, "D_opt")):
-        if col != y and one_model:
-            laws.append(None)
-            continue
-        try:
-            laws.append(fit_power_law(fr["C"], fr[col], saturating=sat, x_name="C", y_name=name))
-        except ValueError as e:
-            log.info("frontier %s(C) not fitted: %s", name, e)
-            laws.append(None)
+    laws: list[PowerLawFit | None] = [None, None, None]
+    one_model = fr["N"].nunique() < 2  # also for an empty frontier
+    for i, (col, sat, name) in enumerate(((y, True, y), ("N", False, "N_opt"), ("D", False, "D_opt"))):
+        if col == y or not one_model:
+            try:
+                laws[i] = fit_power_law(fr["C"], fr[col], saturating=sat, x_name="C", y_name=name)
+            except ValueError as e:
+                log.info("frontier %s(C) not fitted: %s", name, e)
     return laws
 
 
