@@ -11,6 +11,7 @@ Statuses, from best to worst:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -74,10 +75,7 @@ class Status:
 
 def worst(*statuses: Status | None) -> Status:
     """One status that is as bad as the worst of `statuses`, with all their reasons."""
-    out = Status()
-    for s in statuses:
-        out.merge(s)
-    return out
+    return functools.reduce(Status.merge, statuses, Status())
 
 
 def flag_unresolved_exponent(st: Status, what: str, interval, approach: int, level: float = 0.95) -> None:
