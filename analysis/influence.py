@@ -175,10 +175,7 @@ def run_influence(
 
     full = summary(pts, holdout)
     rows = parallel_map(without, list(final.index), desc="influence: runs left out")
-    return Influence(compute, full, _sorted(pd.DataFrame(rows), full))
-
-
-def _sorted(table: pd.DataFrame, full: dict[str, float]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)  # the runs that move N_opt most first (NaN last)
     moved = np.abs(np.log(table["n_opt"].to_numpy(float) / full["n_opt"]))
     order = np.argsort(-np.nan_to_num(moved, nan=-1.0), kind="stable")
-    return table.iloc[order].reset_index(drop=True)
+    return Influence(compute, full, table.iloc[order].reset_index(drop=True))
