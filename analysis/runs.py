@@ -32,6 +32,7 @@ import pandas as pd
 from dit_core.spec import model_label_of_params
 from dit_core.tracking import (
     FEATURE_SPACE_TAG,
+    FID_METRICS,
     SQLITE_MAGIC,
     UNBOUNDED,
     UNIQUE_IMAGES_TAG,
@@ -50,7 +51,6 @@ NUMERIC_COLUMNS = ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "st
 NUMERIC_COLUMNS += tuple(c for c in OPTIONAL if c not in TEXT_COLUMNS)
 REQUIRED_NUMBERS = ("N", "D", "C", "loss")  # a number in every row (C only when the column is given)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
-FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
 #: the params of a run's learning rate: `optim.lr` and the peak the trainer derives from it
 LR_PARAMS = ("optim.lr", "optim.lr_effective")
 FLOAT_MAX = np.finfo(float).max  # MLflow's stores write +-inf as +-FLOAT_MAX

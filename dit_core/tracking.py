@@ -47,6 +47,7 @@ __all__ = [
     "RunTracker",
     "executor_tags",
     "FEATURE_SPACE_TAG",
+    "FID_METRICS",
     "UNIQUE_IMAGES_TAG",
     "UNBOUNDED",
     "feature_space_tag",
@@ -64,6 +65,8 @@ RUN_KEY_TAG = "ditscale.run_key"
 #: Which features a run's FIDs were computed in (``family: extractor name``, the name changing with
 #: the weights): the analysis pools FIDs only within one (`analysis.runs.fid_protocol`).
 FEATURE_SPACE_TAG = "eval.feature_space"
+#: The FID metrics a run may log (Inception, or a domain classifier's); a reader takes the first present.
+FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
 #: A run resumed from another run folder's checkpoint (a fork): that checkpoint's path, the MLflow run
 #: it belongs to (absent when it had none) and its step (this run's metrics start after it).
 RESUMED_FROM_TAG = "resumed_from"

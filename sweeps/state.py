@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dit_core.tracking import RUN_ID_FILE, check_sqlite_store, check_tracking_server, end_run_if
+from dit_core.tracking import FID_METRICS, RUN_ID_FILE, check_sqlite_store, check_tracking_server, end_run_if
 from sweeps.executor import JobRef, job_liveness
 
-FID_KEYS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")  # first present is the cell's FID
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)
 RECORD_TAGS = ("executor", "job_id", "job_folder", "attempts", "config_hash")
@@ -412,7 +411,7 @@ def read_states(
         st.params = dict(run.data.params)
         st.loss = run.data.metrics.get("train/loss")
         st.val_loss = run.data.metrics.get("val/loss")
-        st.fid = next((run.data.metrics[k] for k in FID_KEYS if k in run.data.metrics), None)
+        st.fid = next((run.data.metrics[k] for k in FID_METRICS if k in run.data.metrics), None)
         if with_progress and st.loss is not None:
             st.step = latest_step(run, "train/loss")
         live = alive.get(cid, "")
