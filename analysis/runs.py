@@ -336,11 +336,8 @@ def load_epoch_chinchilla(path: str | os.PathLike, *, drop_highest: int = 5) -> 
 
 def _history(client, run_id: str, key: str) -> pd.Series:
     """Metric history as a Series indexed by step (last value wins on duplicate steps)."""
-    hist = client.get_metric_history(run_id, key)
-    if not hist:
-        return pd.Series(dtype=float)
-    s = pd.Series({m.step: m.value for m in sorted(hist, key=lambda m: (m.step, m.timestamp))})
-    return s.sort_index()
+    hist = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return pd.Series({m.step: m.value for m in hist}, dtype=float)  # steps ascending, as sorted
 
 
 def _float(x) -> float:
