@@ -100,7 +100,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     from .device import resolve_device
     from .evaluate.checkpoint_eval import check_vae, load_vae
     from .evaluate.sampling import generate_images, vae_decoder
-    from .trainer.evaluation import check_guidance, sampling_settings
+    from .trainer.evaluation import check_guidance, check_steps, sampling_settings
 
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
@@ -115,6 +115,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     settings = {k: getattr(cfg, k) if getattr(cfg, k) is not None else run[k]
                 for k in ("sampler", "steps", "cfg_scale", "seed")}  # fmt: skip
     check_guidance(settings["cfg_scale"], dit)
+    check_steps(settings["steps"], diffusion.num_timesteps, given=cfg.steps is not None)
     decode = vae_decoder(vae)
     images = generate_images(
         model, diffusion, range(len(labels)), batch_size=cfg.batch_size, **settings,

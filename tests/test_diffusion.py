@@ -372,7 +372,7 @@ def test_space_timesteps_conventions():
     kept = space_timesteps(1000, "250")
     assert len(kept) == 250 and kept[0] == 0 and kept[-1] == 999
     assert space_timesteps(1000, 1000) == list(range(1000))
-    assert space_timesteps(1000, 1) == [0]
+    assert space_timesteps(1000, 1) == [999]  # one step: the noisiest (sampling starts there)
     sections = space_timesteps(300, "10,5,1")
     assert len(sections) == 16 and sections[:10] == list(range(0, 100, 11))[:10]
     assert sections[-1] == 200  # a one-step section keeps its first step

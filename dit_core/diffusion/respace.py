@@ -11,7 +11,8 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
     """Sorted original step indices to keep.
 
     section_counts:
-      - int or "250": that many steps, evenly spaced over 0..T-1 (both ends kept);
+      - int or "250": that many steps, evenly spaced over 0..T-1 (both ends kept; one step keeps
+        T-1, the noisiest, where sampling from pure noise starts);
       - "ddim50": DDIM's uniform stride, range(0, T, T // 50) (keeps 0, not always T-1);
       - "10,15,20" or [10, 15, 20]: split 0..T-1 into that many equal sections, each evenly spaced
         with its own count (improved DDPM's convention).
@@ -32,6 +33,8 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
         raise ValueError("section_counts is empty; give e.g. '250', 'ddim50' or '10,15,20'")
     if len(counts) == 1:
         _check_count(counts[0], num_timesteps, section_counts)
+        if counts[0] == 1:  # not linspace's step 0: a sampler would read pure noise as almost clean data
+            return [num_timesteps - 1]
         return sorted({int(round(x)) for x in np.linspace(0, num_timesteps - 1, counts[0])})
     sections = np.array_split(np.arange(num_timesteps), len(counts))
     kept: list[int] = []

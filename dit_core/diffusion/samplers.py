@@ -83,14 +83,33 @@ def make_denoiser(
 
 
 def _labels(model: nn.Module, y: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """(N,) long labels on ``device``; ValueError for a label the model has no embedding for (a DiT
+    built with class_dropout_prob 0 has no null label ``num_classes``)."""
+    k = getattr(model, "num_classes", None)
+    null = getattr(getattr(model, "config", None), "class_dropout_prob", 1.0) > 0  # DiT: has the null row
     if y is None:
-        if not hasattr(model, "num_classes"):
+        if k is None:
             raise ValueError("y=None means the null class, which needs model.num_classes")
-        return torch.full((n,), model.num_classes, dtype=torch.long, device=device)
+        if not null:
+            raise ValueError(
+                "y=None means the null label, which this model does not have (built with "
+                f"class_dropout_prob 0); give class labels in 0..{k - 1}"
+            )
+        return torch.full((n,), k, dtype=torch.long, device=device)
     y = torch.as_tensor(y, device=device)
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},) to match the batch, got {tuple(y.shape)}")
-    return y.long()
+    y = y.long()
+    if k is None or not n:
+        return y
+    lo, hi = int(y.min()), int(y.max())  # one sync per sample() call, not per step
+    if lo < 0 or hi > (k if null else k - 1):
+        what = f"and the null label {k}" if null else "no null label: class_dropout_prob 0"
+        raise ValueError(
+            f"y: label {lo if lo < 0 else hi} is outside the model's labels 0..{k - 1} ({what}); give "
+            "labels in that range"
+        )
+    return y
 
 
 def ddim_step(

@@ -193,7 +193,7 @@ def evaluate_checkpoint(
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
     from dit_core.data import default_reference
     from dit_core.device import resolve_device
-    from dit_core.trainer.evaluation import check_guidance, sampling_settings
+    from dit_core.trainer.evaluation import check_guidance, check_steps, sampling_settings
 
     device = accelerator.device if accelerator is not None else resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")
@@ -242,6 +242,7 @@ def evaluate_checkpoint(
             "result with --output"
         )
     check_guidance(settings["cfg_scale"], dit)
+    check_steps(settings["steps"], diffusion.num_timesteps, given=cfg.steps is not None)
     result = evaluate_model(
         model, diffusion, **settings, batch_size=cfg.batch_size, num_classes=dit.num_classes,
         image_size=dit.input_size, channels=dit.in_channels, reference=source, metrics=metrics,

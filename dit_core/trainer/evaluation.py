@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "check_evaluation",
     "check_guidance",
+    "check_steps",
     "evaluate_samples",
     "guidance_scale",
     "run_metrics",
@@ -44,6 +45,18 @@ def check_guidance(scale: float, dit: DiTConfig) -> None:
             f"--cfg-scale {scale:g}: this model was trained without label dropout "
             "(model.class_dropout_prob 0), so it has no unconditional branch for classifier-free "
             "guidance; use --cfg-scale 1 (no guidance), or a model trained with class_dropout_prob > 0"
+        )
+
+
+def check_steps(steps: int, num_timesteps: int, given: bool) -> None:
+    """ValueError for sampler ``steps`` above the run's trained timesteps, naming ``--steps`` and,
+    when it was not ``given``, that the run's own ``eval.steps`` is the one too large (a run trained
+    with a short diffusion.num_timesteps and evaluation off keeps the default 50)."""
+    if steps > num_timesteps:
+        what = f"--steps {steps}" if given else f"the run's own eval.steps {steps} (used without --steps)"
+        raise ValueError(
+            f"steps: {what} is more than the {num_timesteps} timesteps the model was trained with "
+            f"(diffusion.num_timesteps); give --steps between 1 and {num_timesteps}"
         )
 
 
@@ -100,8 +113,7 @@ def check_evaluation(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"eval.steps: must be >= 1 when eval.eval_every > 0 (sampler steps), got {e.steps}{off}"
         )
-    discrete = cfg.diffusion.objective != "flow"  # flow's time is continuous
-    if discrete and e.steps > cfg.diffusion.num_timesteps:
+    if e.steps > cfg.diffusion.num_timesteps:  # flow too: its sampler refuses them as well
         raise ConfigError(
             f"eval.steps: {e.steps} sampler steps exceed the {cfg.diffusion.num_timesteps} trained timesteps "
             f"(diffusion.num_timesteps); use 1..{cfg.diffusion.num_timesteps}{off}"

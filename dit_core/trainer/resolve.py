@@ -40,7 +40,12 @@ def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
         raise ConfigError(
             f"model.learn_sigma: {cfg.model.learn_sigma} but the diffusion (objective="
             f"{cfg.diffusion.objective!r}, learn_sigma={cfg.diffusion.learn_sigma}) needs {needs_sigma}; "
-            "leave model.learn_sigma unset or set diffusion.learn_sigma to match"
+            + (
+                "a flow model never outputs a variance (diffusion.learn_sigma is ignored for it): leave "
+                "model.learn_sigma unset or false"
+                if cfg.diffusion.objective == "flow"
+                else "leave model.learn_sigma unset or set diffusion.learn_sigma to match"
+            )
         )
     res, patch = int(dataset.resolution), cfg.model.patch_size or model_config(cfg.model.name).patch_size
     if patch > 0 and res % patch and cfg.model.input_size in (None, res):  # in the words of the data
