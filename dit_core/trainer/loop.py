@@ -59,7 +59,7 @@ from .resume import (
     load_resume_checkpoint,
 )
 from .rng import StepRandom, get_rng_state, set_rng_state
-from .signals import PREEMPTION_SIGNALS, SIGINT_ECHO_S, PreemptionGuard
+from .signals import PREEMPTION_SIGNALS, SIGINT_ECHO_S, PreemptionGuard, held_off
 from .update import update_ops
 from .validation import Validator
 
@@ -147,6 +147,15 @@ class Trainer:
         if not isinstance(cfg, TrainConfig):
             raise ConfigError(f"config: train() takes a TrainConfig, got {type(cfg).__name__}")
         self.acc = acc = accelerator or make_accelerator(cfg)
+        if (k := getattr(acc, "gradient_accumulation_steps", 1)) != 1:
+            raise ConfigError(
+                f"ACCELERATE_GRADIENT_ACCUMULATION_STEPS: Accelerate is set up to accumulate gradients over "
+                f"{k} steps, but the trainer does not accumulate: each optimizer step is one global batch of "
+                "budget.global_batch_size images, split over the processes (Accelerate would only divide "
+                "each loss by it); unset ACCELERATE_GRADIENT_ACCUMULATION_STEPS (accelerate launch sets it "
+                f"from --gradient_accumulation_steps), and raise --global-batch-size {k}x for a larger batch "
+                "per step (--grad-checkpointing if it does not fit in memory)"
+            )
         self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
         self.device = acc.device
         self.out = Path(cfg.out)
@@ -597,11 +606,14 @@ class Trainer:
     # ------------------------------------------------------------------ tracking and logs
     def end_run_on_error(self, err: BaseException, local_job: bool) -> None:
         """End the MLflow run (if started) of a run that stops on ``err``: FAILED with the ``error``
-        tag, or, for a Ctrl-C of a sweep's local job, KILLED with ``status=interrupted``."""
+        tag, or, for a Ctrl-C of a sweep's local job, KILLED with ``status=interrupted``. A preemption
+        signal meanwhile (the SIGTERM `torchrun` sends every rank once one has died) waits until the run
+        is ended (`held_off`)."""
         if self.tracker:
-            self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
-            ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
-            self.tracker.finish("interrupted" if ctrl_c else "failed")
+            with held_off():
+                self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+                ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
+                self.tracker.finish("interrupted" if ctrl_c else "failed")
 
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""

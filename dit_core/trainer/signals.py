@@ -13,12 +13,13 @@ the job).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ __all__ = [
     "PREEMPTION_SIGNALS",
     "SIGINT_ECHO_S",
     "PreemptionGuard",
+    "held_off",
     "in_local_job",
 ]
 
@@ -106,3 +108,26 @@ class PreemptionGuard:
         """The Python handler that was installed for ``signum`` before ours, if any."""
         prev = self._previous.get(signum)
         return prev if callable(prev) and prev is not signal.default_int_handler else None
+
+
+@contextlib.contextmanager
+def held_off(signals: tuple[int, ...] = PREEMPTION_SIGNALS) -> Iterator[None]:
+    """Hold ``signals`` off while the block runs (a failed run being marked FAILED in MLflow), then
+    restore the handlers there were and send this process the first signal that came, which then
+    acts as it would have (terminates it, by default). Without this a SIGTERM in that moment (what
+    `torchrun` sends the other ranks as soon as one dies) killed the process halfway and left the run
+    RUNNING. Only in the main thread (elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, prev in previous.items():
+            if prev is not None:  # None: a handler not installed from Python, which cannot be restored
+                signal.signal(s, prev)  # type: ignore[arg-type]
+        if came:
+            log.warning("received %s while ending the run; acting on it now", signal.Signals(came[0]).name)
+            signal.raise_signal(came[0])
