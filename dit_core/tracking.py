@@ -494,11 +494,17 @@ class RunTracker:
     def finish(self, status: str, flush_timeout: float | None = 300.0) -> None:
         """Send the buffered metrics (waiting at most ``flush_timeout`` s), set the ``status`` tag and
         end the run: finished -> FINISHED, failed -> FAILED, preempted -> KILLED (a requeued job
-        continues the same run), interrupted -> KILLED (a Ctrl-C of a sweep's local job)."""
+        continues the same run), interrupted -> KILLED (a Ctrl-C of a sweep's local job). A finished
+        run that an earlier attempt left with an ``error`` tag keeps it as ``error.previous``."""
         if status not in _TERMINAL:
             raise ValueError(f"status must be one of {sorted(_TERMINAL)}, got {status!r}")
         self.sender.close(flush_timeout)
         self.set_tags({"status": status})
+        if status == "finished":  # an earlier attempt's error is history, not this run's outcome
+            error = self.client.get_run(self.run_id).data.tags.get("error")
+            if error is not None:
+                self.set_tags({"error.previous": error})
+                self.client.delete_tag(self.run_id, "error")
         self.client.set_terminated(self.run_id, status=_TERMINAL[status])
 
 

@@ -1,0 +1,46 @@
+"""Session 39, the lead's own fixes: a run that finishes after a failed attempt."""
+
+from __future__ import annotations
+
+import pytest
+from _train_helpers import one_thread, tiny_config
+from mlflow import MlflowClient
+
+from dit_core.train import train
+
+
+def test_a_run_finished_after_a_failed_attempt_keeps_the_error_only_as_error_previous(tmp_path, monkeypatch):
+    """A NaN loss at step 7 fails the run (tag `error`); resumed without the fault, the same MLflow run
+    finishes. Its `error` tag is gone (a finished run with an `error` reads as a failure in the MLflow
+    UI's tag column and to scripts); the old message is kept as `error.previous`."""
+    from dit_core.diffusion.gaussian import GaussianDiffusion
+
+    real = GaussianDiffusion.training_losses
+    calls = {"n": 0}
+
+    def poisoned(self, model, x0, t, model_kwargs=None, noise=None):
+        out = real(self, model, x0, t, model_kwargs, noise)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 7:
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+    cfg = tiny_config(tmp_path, steps=12, **{"checkpoint.every": 5, "log_every": 4})
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
+    with one_thread(), pytest.raises(FloatingPointError, match="at step 7"):
+        train(cfg)
+    run_id = (tmp_path / "mlflow_run_id").read_text().strip()
+    client = MlflowClient()
+    failed = client.get_run(run_id)
+    assert (failed.info.status, failed.data.tags["status"]) == ("FAILED", "failed")
+    error = failed.data.tags["error"]
+    assert "step 7" in error
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", real)
+    with one_thread():
+        train(cfg)  # resume="auto": from the step-5 checkpoint
+    assert (tmp_path / "mlflow_run_id").read_text().strip() == run_id
+    done = client.get_run(run_id)
+    assert (done.info.status, done.data.tags["status"]) == ("FINISHED", "finished")
+    assert "error" not in done.data.tags
+    assert done.data.tags["error.previous"] == error
