@@ -63,6 +63,8 @@ class Influence:
     compute: float
     full: dict[str, float]
     table: pd.DataFrame
+    #: run ids the holdout holds out (the largest budget's); the others are the runs it fits
+    held_out: tuple[str, ...] = ()
 
     def ratio(self, key: str) -> np.ndarray:
         """Each row's value of ``key`` over the value with every run."""
@@ -117,11 +119,18 @@ class Influence:
         if math.isfinite(f["holdout"]):
             lo, hi = self.spread("holdout")
             k = int(np.isfinite(self.table["holdout"].to_numpy(float)).sum())
-            lines.append(
-                f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; "
-                f"{100 * lo:+.2f}% .. {100 * hi:+.2f}% "
-                f"with one of the {k} runs it fits left out"
-            )
+            if k:
+                lines.append(
+                    f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; "
+                    f"{100 * lo:+.2f}% .. {100 * hi:+.2f}% "
+                    f"with one of the {k} runs it fits left out"
+                )
+            else:  # e.g. 6 runs fitted: one left out leaves 5 points, too few for the parametric law
+                lines.append(
+                    f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; no refit with one of the "
+                    f"{n - len(self.held_out)} runs it fits left out could redo it (the parametric law "
+                    "needs more than 5 points; train more runs below the held-out budget)"
+                )
         ranked = math.isfinite(f["n_opt"])
         lines.append(
             f"  the {min(top, n)} runs that move N_opt most:" if ranked else f"  {min(top, n)} of the runs:"
@@ -175,7 +184,7 @@ def run_influence(
 
     full = summary(pts, holdout)
     rows = parallel_map(without, list(final.index), desc="influence: runs left out")
-    return Influence(compute, full, _sorted(pd.DataFrame(rows), full))
+    return Influence(compute, full, _sorted(pd.DataFrame(rows), full), tuple(sorted(held)))
 
 
 def _sorted(table: pd.DataFrame, full: dict[str, float]) -> pd.DataFrame:
