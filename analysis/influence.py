@@ -65,6 +65,8 @@ class Influence:
     table: pd.DataFrame
     #: run ids the holdout holds out (the largest budget's); the others are the runs it fits
     held_out: tuple[str, ...] = ()
+    #: the fit with bootstrap withholds N_opt (its status); the refits, without bootstrap, still give one
+    withheld: bool = False
 
     def ratio(self, key: str) -> np.ndarray:
         """Each row's value of ``key`` over the value with every run."""
@@ -88,6 +90,7 @@ class Influence:
             "full": self.full,
             "runs": rows,
             "most_influential": self.most_influential(),
+            "withheld": self.withheld,
         }
 
     def text(self, top: int = 5) -> str:
@@ -102,8 +105,9 @@ class Influence:
                 "  N_opt (approach 3): not identified with every run (see the status); '-' in the table"
             )
         if math.isfinite(lo) and math.isfinite(f["n_opt"]):
+            head = "withheld by the fit (see its status); without bootstrap " if self.withheld else ""
             lines.append(
-                f"  N_opt (approach 3): {f['n_opt']:.4g} with every run; {lo:.3g} .. {hi:.3g} "
+                f"  N_opt (approach 3): {head}{f['n_opt']:.4g} with every run; {lo:.3g} .. {hi:.3g} "
                 f"(x{lo / f['n_opt']:.2f} .. x{hi / f['n_opt']:.2f}) with one left out"
             )
             lo, hi = self.spread("pred_loss")
