@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                     an.messages.append(f"holdout for the extrapolated budget not possible: {e}")
             if args.influence:
                 an.influence = run_influence(points, budgets[0], cfg, holdout=args.holdout == "largest")
+                # its refits have no bootstrap: say so where the fit's own status withholds N_opt
+                an.influence.withheld = an.parametric is not None and not an.parametric.allocation_identified
         for p in preds:
             if hold is not None and p.extrapolating:
                 p.holdout = hold.to_dict()

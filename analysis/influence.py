@@ -63,6 +63,10 @@ class Influence:
     compute: float
     full: dict[str, float]
     table: pd.DataFrame
+    #: run ids the holdout holds out (the largest budget's); the others are the runs it fits
+    held_out: tuple[str, ...] = ()
+    #: the fit with bootstrap withholds N_opt (its status); the refits, without bootstrap, still give one
+    withheld: bool = False
 
     def ratio(self, key: str) -> np.ndarray:
         """Each row's value of ``key`` over the value with every run."""
@@ -86,6 +90,7 @@ class Influence:
             "full": self.full,
             "runs": rows,
             "most_influential": self.most_influential(),
+            "withheld": self.withheld,
         }
 
     def text(self, top: int = 5) -> str:
@@ -100,8 +105,9 @@ class Influence:
                 "  N_opt (approach 3): not identified with every run (see the status); '-' in the table"
             )
         if math.isfinite(lo) and math.isfinite(f["n_opt"]):
+            head = "withheld by the fit (see its status); without bootstrap " if self.withheld else ""
             lines.append(
-                f"  N_opt (approach 3): {f['n_opt']:.4g} with every run; {lo:.3g} .. {hi:.3g} "
+                f"  N_opt (approach 3): {head}{f['n_opt']:.4g} with every run; {lo:.3g} .. {hi:.3g} "
                 f"(x{lo / f['n_opt']:.2f} .. x{hi / f['n_opt']:.2f}) with one left out"
             )
             lo, hi = self.spread("pred_loss")
@@ -117,11 +123,18 @@ class Influence:
         if math.isfinite(f["holdout"]):
             lo, hi = self.spread("holdout")
             k = int(np.isfinite(self.table["holdout"].to_numpy(float)).sum())
-            lines.append(
-                f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; "
-                f"{100 * lo:+.2f}% .. {100 * hi:+.2f}% "
-                f"with one of the {k} runs it fits left out"
-            )
+            if k:
+                lines.append(
+                    f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; "
+                    f"{100 * lo:+.2f}% .. {100 * hi:+.2f}% "
+                    f"with one of the {k} runs it fits left out"
+                )
+            else:  # e.g. 6 runs fitted: one left out leaves 5 points, too few for the parametric law
+                lines.append(
+                    f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; no refit with one of the "
+                    f"{n - len(self.held_out)} runs it fits left out could redo it (the parametric law "
+                    "needs more than 5 points; train more runs below the held-out budget)"
+                )
         ranked = math.isfinite(f["n_opt"])
         lines.append(
             f"  the {min(top, n)} runs that move N_opt most:" if ranked else f"  {min(top, n)} of the runs:"
@@ -178,4 +191,4 @@ def run_influence(
     table = pd.DataFrame(rows)  # the runs that move N_opt most first (NaN last)
     moved = np.abs(np.log(table["n_opt"].to_numpy(float) / full["n_opt"]))
     order = np.argsort(-np.nan_to_num(moved, nan=-1.0), kind="stable")
-    return Influence(compute, full, table.iloc[order].reset_index(drop=True))
+    return Influence(compute, full, table.iloc[order].reset_index(drop=True), tuple(sorted(held)))
