@@ -308,12 +308,18 @@ def invert(
     explicit inversion step (model evaluated at the less noisy point, error O(1/steps) overall), then
     `fixed_point_iters` fixed-point refinements (one model evaluation each, two for heun) that make
     the sampler's own step map the result back onto the previous point (a fixed-point solve of the
-    implicit inversion equation), so the round trip becomes exact up to float precision."""
+    implicit inversion equation), so the round trip becomes exact up to float precision. Needs
+    ``steps >= 2``."""
     if isinstance(fixed_point_iters, bool) or not isinstance(fixed_point_iters, int) or fixed_point_iters < 0:
         raise ValueError(f"fixed_point_iters must be an int >= 0, got {fixed_point_iters!r}")
     _validate(diffusion, sampler, steps, cfg_scale, 0.0)
     if sampler == "ddpm":
         raise ValueError("the ancestral 'ddpm' sampler is stochastic and cannot be inverted; use 'ddim'")
+    if steps < 2:  # one step reads pure noise: it maps almost every x_T to about the data mean
+        raise ValueError(
+            f"steps={steps} cannot be inverted: a one-step sampler maps nearly all noise to the same "
+            "image, so no noise gives back x0; use steps >= 2 (e.g. 50 for a faithful round trip)"
+        )
     if sampler == "dpmpp_2m":
         raise ValueError(
             "inversion is implemented for 'ddim' (Gaussian diffusion), not 'dpmpp_2m'; use 'ddim'"
