@@ -286,3 +286,47 @@ def test_slurm_a_ctrl_c_while_sbatch_prints_the_array_id_leaves_no_job_unknown(j
             proc.kill()
         if job:
             subprocess.run(["scancel", job], check=False)
+
+
+def test_a_noted_cancel_makes_the_recorded_job_no_try_until_the_next_record_carries_it(tmp_path_factory):
+    """`sweeps.state` on a real sqlite store, no launcher: a cell whose record names job 7 that its launcher
+    noted as cancelled (`note_cancelled`, interrupts 1) has tries 0, in `read_states` (so `status` and
+    `plan` agree); a note of another job (whose record never got through) changes nothing; the next
+    submission's record writes the interrupts tag, after which the note may go. The fast half of the
+    SLURM test above, which failed before the fix."""
+    from _sweep_specs import migrated_store
+
+    from sweeps.executor import JobRef
+    from sweeps.state import (
+        Submission,
+        cancelled_jobs,
+        create_cell_runs,
+        forget_cancelled,
+        note_cancelled,
+        plan,
+        read_states,
+        record_submissions,
+    )
+
+    uri = migrated_store(tmp_path_factory, "noted")
+    dirs = {c: tmp_path_factory.mktemp(c) for c in ("a", "b")}
+    ids = create_cell_runs(uri, "noted", "s", {"a": "ha", "b": "hb"})
+    record_submissions(uri, [Submission(ids[c], JobRef("local", f"7{c}", "", str(dirs[c])), 1, "h", False)
+                             for c in ("a", "b")])  # fmt: skip
+    note_cancelled(dirs["a"], "7a", 1)  # a's record got through before the failure
+    note_cancelled(dirs["b"], "other", 1)  # b's note names a job its record does not
+    cells = {c: str(d) for c, d in dirs.items()}
+    states = read_states(uri, "noted", "s", cells)
+    assert {c: (st.state, st.attempts, st.interrupts, st.tries) for c, st in states.items()} == {
+        "a": ("failed", 1, 1, 0),
+        "b": ("failed", 1, 0, 1),
+    }
+    assert plan(states, max_retries=0).submit == ["a"]
+    note_cancelled(dirs["a"], "8a", 2)  # a's next job cancelled too: both notes kept
+    assert cancelled_jobs(dirs["a"]) == {"7a": 1, "8a": 2}
+    record_submissions(uri, [Submission(ids["a"], JobRef("local", "9a", "", cells["a"]), 2, "h", True, 1)])
+    forget_cancelled(dirs["a"])
+    st = read_states(uri, "noted", "s", cells)["a"]
+    assert (st.attempts, st.interrupts, st.tries) == (2, 1, 1) and cancelled_jobs(dirs["a"]) == {}
+    (dirs["b"] / ".cancelled_jobs.json").write_text("not json")  # a torn or foreign file counts nothing
+    assert cancelled_jobs(dirs["b"]) == {} and read_states(uri, "noted", "s", cells)["b"].tries == 1
