@@ -243,6 +243,11 @@ class IsoFlopFit(AllocationExponents):
         return "\n".join(lines + self.messages + [self.status.text()])
 
     def to_dict(self) -> dict:
+        """JSON-ready. Where `status` is not ok the exponents are withheld, as the report withholds them:
+        ``a``, ``b``, ``minima_a``, the joint fit's ``a`` and ``a_ci95``, and the exponents' ``se`` and
+        ``ci95`` are null, with the status and its reasons beside them."""
+        ok = self.status.ok
+        exps = ("N_opt_exp", "D_opt_exp")  # the bootstrap's exponents (its other keys are coefficients)
         out: dict = {
             **self.status.to_dict(),
             "profiles": [
@@ -271,8 +276,8 @@ class IsoFlopFit(AllocationExponents):
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
             "method": "joint" if self.joint is not None else "per-budget minima",
-            "joint": self.joint.to_dict() if self.joint is not None else None,
-            "minima_a": self.minima_a,
+            "joint": self._joint_dict(ok),
+            "minima_a": self.minima_a if ok else None,
             "by_patch": {  # the main patch size's withheld with its status
                 str(k): self.exponents_dict()
                 if k == self.patch
@@ -281,10 +286,18 @@ class IsoFlopFit(AllocationExponents):
             },
         }
         if self.bootstrap is not None:
-            out["se"] = self.bootstrap.se()
-            out["ci95"] = {k: list(v) for k, v in self.bootstrap.conf_int().items()}
+            out["se"] = {k: v if ok or k not in exps else None for k, v in self.bootstrap.se().items()}
+            ci = self.bootstrap.conf_int().items()
+            out["ci95"] = {k: list(v) if ok or k not in exps else None for k, v in ci}
             out["bootstrap"] = self.bootstrap.to_dict()
         return out
+
+    def _joint_dict(self, ok: bool) -> dict | None:
+        """The joint fit's dict, its exponent and interval null unless ``ok``."""
+        if self.joint is None:
+            return None
+        out = self.joint.to_dict()
+        return out if ok else {**out, "a": None, "a_ci95": None}
 
 
 def _laws(profiles: list[IsoFlopProfile]) -> tuple[PowerLawFit, PowerLawFit]:

@@ -55,6 +55,8 @@ from sweeps.state import (
     create_cell_runs,
     end_orphaned_runs,
     ensure_experiment,
+    forget_cancelled,
+    note_cancelled,
     plan,
     read_states,
     record_interrupts,
@@ -332,19 +334,40 @@ def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
 def signals_deferred(*sigs: int):
     """Hold ``sigs`` until the block ends, then deliver them: a Ctrl-C or `kill` between submitting
     jobs and recording them in their runs would leave jobs no record names, which a relaunch would
-    submit again. A no-op off the main thread (Python runs signal handlers there only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    submit again. Yields the list of the signals held so far (the block may act on them:
+    `_cancel_jobs`). A no-op off the main thread (Python runs signal handlers there only)."""
     got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
     old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in sigs}
     try:
-        yield
+        yield got
     finally:
         for s, handler in old.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         for s in dict.fromkeys(got):
             signal.raise_signal(s)
+
+
+@contextlib.contextmanager
+def children_ignore_sigint():
+    """Start the block's child processes (sbatch) with SIGINT ignored, a disposition they keep across
+    exec: a terminal's Ctrl-C, sent to the whole process group, would kill an sbatch whose array the
+    controller had accepted before it printed the array's id, leaving jobs no record names (a relaunch
+    would train their cells twice). This process still gets the Ctrl-C: SIGINT is blocked in this thread
+    meanwhile, so it stays pending rather than ignored, and arrives (to `signals_deferred`'s handler)
+    once the handler is back. A no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 @dataclass
@@ -366,6 +389,7 @@ class _Runner:
     over_since: dict[str, float] = field(default_factory=dict)  # SLURM cells seen over without a result
     queue: dict[str, str] = field(default_factory=dict)  # {cell: squeue's state} (`_gone_unseen`)
     sacct_calls: int = -1  # submitit's sacct calls when squeue was last asked about PENDING jobs
+    held: list[int] = field(default_factory=list)  # the signals `signals_deferred` holds while submitting
 
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
@@ -378,14 +402,15 @@ class _Runner:
             st = self.states[t.cell_id]
             Path(t.run_dir).mkdir(parents=True, exist_ok=True)
             prepared.append(dataclasses.replace(t, overrides={**t.overrides, "tracking.run_id": st.run_id}))
-        with signals_deferred(signal.SIGINT, signal.SIGTERM):  # no job goes out unrecorded
+        with signals_deferred(signal.SIGINT, signal.SIGTERM) as self.held:  # no job goes out unrecorded
             self._submit_and_record(prepared)
 
     def _submit_and_record(self, prepared: list[CellTask]) -> None:
         """`_submit`'s critical section: submit ``prepared`` and record each job in its cell's run."""
         spec, uri = self.prep.spec, self.prep.tracking_uri
         if self.prep.kind == "slurm":
-            jobs = self.executor.map_array(CellJob(), prepared)  # one job array
+            with children_ignore_sigint():  # a Ctrl-C cannot kill sbatch before it names the array
+                jobs = self.executor.map_array(CellJob(), prepared)  # one job array
         else:
             jobs = []
             for t in prepared:
@@ -405,12 +430,15 @@ class _Runner:
             self.result.logs[t.cell_id] = _log_files(j)
             ref = JobRef(self.prep.kind, str(j.job_id), str(getattr(j.paths, "folder", "")), t.run_dir)
             cfg_hash = config_hash(t.overrides)
-            subs.append(Submission(st.run_id, ref, st.attempts + 1, cfg_hash, st.attempts > 0))
+            subs.append(Submission(st.run_id, ref, st.attempts + 1, cfg_hash, st.attempts > 0, st.interrupts))
             log.info("submitted %s as %s job %s", t.cell_id, self.prep.kind, j.job_id)
         try:
             record_submissions(uri, subs)
         except Exception as e:  # the tracking server failed after its retries: no job may run unrecorded
             self._cancel_unrecorded(prepared, jobs, e)
+        for t in prepared:  # their interrupts are in the record now
+            with contextlib.suppress(OSError):
+                forget_cancelled(t.run_dir)
         self.live |= {t.cell_id for t in prepared}
 
     def _cancel_unrecorded(self, prepared: list[CellTask], jobs: list[Any], error: Exception) -> None:
@@ -422,8 +450,14 @@ class _Runner:
             for d in (self.jobs, self.run_dirs, self.result.job_ids, self.result.timings, self.result.logs):
                 d.pop(cid, None)
         ids = ", ".join(str(j.job_id) for j in jobs)
+        if self.prep.kind != "debug":  # a debug job ran to its end inside `submit`: a try
+            for t, j in zip(prepared, jobs):  # a record written before the failure: this job is no try
+                try:
+                    note_cancelled(t.run_dir, str(j.job_id), self.states[t.cell_id].interrupts + 1)
+                except OSError as e:  # the cancel goes on: at worst the job counts as a try
+                    log.error("cell %s: could not note job %s as cancelled: %s", t.cell_id, j.job_id, e)
         log.warning("recording %d job(s) in their runs failed: cancelling them (%s)", len(jobs), ids)
-        left = _cancel_jobs(jobs, self.prep.kind)
+        left = _cancel_jobs(jobs, self.prep.kind, hurry=lambda: self.held.count(signal.SIGINT) >= 2)
         what = (
             f"recording the job(s) of {len(cells)} cell(s) ({', '.join(cells[:8])}) in their MLflow runs at "
         )
@@ -622,15 +656,21 @@ def _work(cells: list[Cell], tasks: dict[str, CellTask]) -> dict[str, float]:
 
 
 #: Seconds a launcher waits for the local jobs it cancelled to end (a warm worker forks them once its
-#: imports are done, and only then can they be signalled).
+#: imports are done, and only then can they be signalled) before it kills them.
 CANCEL_WAIT_S = 120.0
+#: Seconds a launcher waits for the local jobs it killed (SIGKILL) to be seen over.
+KILL_WAIT_S = 10.0
 
 
-def _cancel_jobs(jobs: list[Any], kind: str, wait_s: float = CANCEL_WAIT_S) -> list[str]:
+def _cancel_jobs(
+    jobs: list[Any], kind: str, wait_s: float = CANCEL_WAIT_S, hurry: Callable[[], bool] = lambda: False
+) -> list[str]:
     """Cancel ``jobs``: SLURM's with ``scancel``; local ones as a terminal's Ctrl-C would (SIGINT to
     each process of the job as it appears: submitit's shell, its controller and the trainer, or a warm
     worker's child, once forked; the trainer checkpoints and ends its run KILLED), waiting up to
-    ``wait_s`` for them to end. Returns the ids of the jobs that scancel failed on or that did not end."""
+    ``wait_s`` for them to end; those still alive then, or as soon as ``hurry()`` (a second Ctrl-C of
+    the user while the launcher waits), are killed (`_kill_jobs`). Returns the ids of the jobs that
+    scancel failed on or that did not end."""
     if kind == "debug":  # ran to its end inside `submit`
         return []
     if kind == "slurm":
@@ -646,6 +686,9 @@ def _cancel_jobs(jobs: list[Any], kind: str, wait_s: float = CANCEL_WAIT_S) -> l
     signalled: set[int] = set()  # each process once: a second SIGINT would skip the trainer's checkpoint
     alive = list(jobs)
     while alive and time.monotonic() < deadline:
+        if hurry():
+            log.warning("Ctrl-C again: killing job(s) %s now", ", ".join(str(j.job_id) for j in alive))
+            return _kill_jobs(alive)
         for j in alive:
             root = j.pid() if isinstance(j, WarmJob) else int(j.job_id)  # submitit's: its shell's pid
             for pid in _process_tree(root) - signalled if root else ():
@@ -654,6 +697,30 @@ def _cancel_jobs(jobs: list[Any], kind: str, wait_s: float = CANCEL_WAIT_S) -> l
                     os.kill(pid, signal.SIGINT)
         time.sleep(0.05)
         alive = [j for j in alive if not j.done()]
+    if alive:
+        ids = ", ".join(str(j.job_id) for j in alive)
+        log.warning("job(s) %s did not end %.0f s after their Ctrl-C: killing them", ids, wait_s)
+    return _kill_jobs(alive)
+
+
+def _kill_jobs(jobs: list[Any], wait_s: float = KILL_WAIT_S) -> list[str]:
+    """SIGKILL every process of the local ``jobs`` (a warm job not forked yet: its worker, which then
+    never forks it) and wait up to ``wait_s`` for them to be over. Returns the ids of those that are not."""
+    deadline = time.monotonic() + wait_s
+    alive = list(jobs)
+    while alive:
+        for j in alive:
+            root = j.pid() if isinstance(j, WarmJob) else int(j.job_id)
+            if root is None and j.executor.alive():
+                j.executor.proc.kill()
+                root = j.pid()  # forked just before
+            for pid in _process_tree(root) if root else ():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        alive = [j for j in alive if not j.done()]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     return [str(j.job_id) for j in alive]
 
 

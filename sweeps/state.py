@@ -20,8 +20,13 @@ from sweeps.executor import JobRef, job_liveness
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)
 RECORD_TAGS = ("executor", "job_id", "job_folder", "attempts", "config_hash")
-#: tag counting a cell's submissions stopped by a Ctrl-C of the launcher that waited on them: not tries
+#: tag counting a cell's submissions stopped by their own launcher (its user's Ctrl-C while it waited, or
+#: a cancel after their record failed): not tries
 INTERRUPTS_TAG = "interrupts"
+#: file in a cell's folder naming the jobs its launcher cancelled because their record failed (the
+#: tracking server gone), ``{job_id: the cell's interrupts counting that job}``: the record of such a job
+#: may have been written before the server failed, and the cancel could not be written beside it
+CANCELLED_FILE = ".cancelled_jobs.json"
 #: ``status`` tag of a run whose job ended before its trainer took it over (the run is ended FAILED)
 DIED_BEFORE_TRAINING = "died_before_training"
 #: ``status`` tag of a run whose job ended under its trainer without ending it (SIGKILL, the OOM killer):
@@ -49,7 +54,7 @@ class CellState:
     val_loss: float | None = None  # last val/loss
     fid: float | None = None
     attempts: int = 0  # submissions
-    interrupts: int = 0  # submissions stopped by a Ctrl-C of their launcher
+    interrupts: int = 0  # submissions stopped by their launcher (a Ctrl-C, a cancel after a failed record)
     job_id: str | None = None
     duplicates: int = 0
     config_hash: str | None = None
@@ -57,7 +62,8 @@ class CellState:
 
     @property
     def tries(self) -> int:
-        """Submissions that count against ``max_retries``: all but those a user's Ctrl-C stopped."""
+        """Submissions that count against ``max_retries``: all but those their launcher stopped (a user's
+        Ctrl-C, or a cancel because their record failed)."""
         return max(0, self.attempts - self.interrupts)
 
 
@@ -171,22 +177,53 @@ class Submission(NamedTuple):
     attempts: int
     config_hash: str
     resubmitted: bool
+    interrupts: int = 0  # the cell's `INTERRUPTS_TAG`, written with the record when above 0
 
 
 def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
     """Write each submission into its cell's run: the job (executor, id, folder), the attempt count
-    and the config hash; a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
+    and the config hash (and the interrupts, where any: those a `CANCELLED_FILE` added are kept so);
+    a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
     from mlflow.entities import RunTag
 
     client = _client(tracking_uri)
 
     def one(sub: Submission) -> None:
         values = (sub.job.executor, sub.job.job_id, sub.job.folder, str(sub.attempts), sub.config_hash)
-        client.log_batch(sub.run_id, tags=[RunTag(k, v) for k, v in zip(RECORD_TAGS, values, strict=True)])
+        tags = [RunTag(k, v) for k, v in zip(RECORD_TAGS, values, strict=True)]
+        if sub.interrupts > 0:
+            tags.append(RunTag(INTERRUPTS_TAG, str(sub.interrupts)))
+        client.log_batch(sub.run_id, tags=tags)
         if sub.resubmitted:
             client.update_run(sub.run_id, status="SCHEDULED")
 
     _each(tracking_uri, one, subs)
+
+
+def note_cancelled(run_dir: str | Path, job_id: str, interrupts: int) -> None:
+    """Write into the cell folder ``run_dir``'s `CANCELLED_FILE` that its launcher cancelled the job
+    ``job_id`` (whose record failed), and the cell's interrupts counting it: should the record have been
+    written, `read_states` then counts that job as no try. Atomic (a temporary file renamed)."""
+    path = Path(run_dir) / CANCELLED_FILE
+    jobs = {**cancelled_jobs(run_dir), str(job_id): int(interrupts)}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(jobs, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def cancelled_jobs(run_dir: str | Path) -> dict[str, int]:
+    """The cell folder's `CANCELLED_FILE` (`note_cancelled`): ``{job_id: interrupts}``, {} without one."""
+    try:
+        jobs = json.loads((Path(run_dir) / CANCELLED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in jobs.items()} if isinstance(jobs, dict) else {}
+
+
+def forget_cancelled(run_dir: str | Path) -> None:
+    """Drop the cell folder's `CANCELLED_FILE` once a later submission's record (which carries its
+    interrupts) is written."""
+    (Path(run_dir) / CANCELLED_FILE).unlink(missing_ok=True)
 
 
 def record_interrupts(tracking_uri: str, counts: dict[str, int]) -> None:
@@ -407,6 +444,8 @@ def read_states(
         st.duplicates = len(runs[cid]) - 1
         st.attempts = int(t.get("attempts") or 0)
         st.interrupts = int(t.get(INTERRUPTS_TAG) or 0)
+        if ref is not None:  # its last job cancelled by its launcher, after a record that did get written
+            st.interrupts = max(st.interrupts, cancelled_jobs(cells[cid]).get(ref.job_id, 0))
         st.job_id, st.config_hash = t.get("job_id"), t.get("config_hash")
         st.params = dict(run.data.params)
         st.loss = run.data.metrics.get("train/loss")

@@ -48,7 +48,7 @@ def cells_table(cells: Sequence[Cell]) -> str:
 
 def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
     """cell | model | state | step | train loss | val loss | FID | tries | job | run; tries are
-    `CellState.tries`: submissions less those a Ctrl-C of their launcher stopped (what --max-retries
+    `CellState.tries`: submissions less those their launcher stopped (what --max-retries
     counts)."""
     header = ["cell", "model", "state", "step", "train loss", "val loss", "FID", "tries", "job", "run"]
     rows = []

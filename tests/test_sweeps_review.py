@@ -225,7 +225,7 @@ def test_status_tries_column_shows_tries_not_submissions_as_the_docs_define_them
     columns = [re.split(r"\s{2,}", line.strip()) for line in (header, row)]
     assert dict(zip(*columns))["tries"] == "1" == str(st.tries)
     docs = " ".join((Path(__file__).parents[1] / "docs" / "sweeps.md").read_text().split())
-    assert "tries (`CellState.tries`: submissions, `attempts`, less those a Ctrl-C stopped" in docs
+    assert "tries (`CellState.tries`: submissions, `attempts`, less those their launcher stopped" in docs
 
 
 @pytest.mark.parametrize(
