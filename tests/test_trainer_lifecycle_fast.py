@@ -169,28 +169,34 @@ def test_keep_last_and_a_nested_new_out_folder(tmp_path):
 
 def test_several_processes_agree_on_a_signal_every_sync_interval_and_average_the_losses(tmp_path):
     """With world_size 2 the ranks' flags and losses go through `reduce`; here a stand-in for the
-    collective adds the other rank's value (the real 2-process run is in test_train.py)."""
+    collective adds the other rank's value (the real 2-process runs are in test_dist_s39.py and
+    test_sync_s39.py). The flag goes with rank 0's proposed sync interval (`SignalSync`), to which the
+    other rank adds 0; at 0.01 s per step the interval is SIGNAL_SYNC_EVERY steps."""
     from dit_core.trainer.loop import SIGNAL_SYNC_EVERY
+    from dit_core.trainer.signals import SignalSync
 
     tr = Trainer(tiny(tmp_path, 2))
     other = {"flag": 0.0, "losses": torch.zeros(0)}
 
     def reduce(t, reduction):
         if reduction == "sum":
-            return t + other["flag"]
+            return t + torch.tensor([other["flag"], 0.0])
         assert reduction == "mean"
         return (t + other["losses"]) / 2
 
+    now = [0.0]
     tr.world, tr.acc = 2, types.SimpleNamespace(reduce=reduce)
+    tr.signal_sync = SignalSync(clock=lambda: now[0])
     guard = PreemptionGuard()
-    tr.step = SIGNAL_SYNC_EVERY
-    assert tr.preempt_requested(guard) is False
-    other["flag"] = 1.0  # the other rank received a signal
+    tr.step = 0
+    assert tr.preempt_requested(guard) is False  # agreed at the first check; the next one step later
+    other["flag"], tr.step, now[0] = 1.0, 1, 0.01  # the other rank received a signal
     assert tr.preempt_requested(guard) is True
-    tr.step = SIGNAL_SYNC_EVERY + 1  # between syncs nobody stops, not even the rank that got it
+    assert tr.signal_sync.next_step == 1 + SIGNAL_SYNC_EVERY
+    tr.step = 2  # between syncs nobody stops, not even the rank that got it
     guard.received = signal.SIGTERM
     assert tr.preempt_requested(guard) is False
-    other["flag"], tr.step = 0.0, 2 * SIGNAL_SYNC_EVERY
+    other["flag"], tr.step = 0.0, 1 + SIGNAL_SYNC_EVERY
     assert tr.preempt_requested(guard) is True
     tr.pending = [torch.tensor(1.0), torch.tensor(3.0)]
     other["losses"] = torch.tensor([5.0, 7.0])

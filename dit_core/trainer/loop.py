@@ -59,7 +59,14 @@ from .resume import (
     load_resume_checkpoint,
 )
 from .rng import StepRandom, get_rng_state, set_rng_state
-from .signals import PREEMPTION_SIGNALS, SIGINT_ECHO_S, PreemptionGuard, held_off
+from .signals import (
+    PREEMPTION_SIGNALS,
+    SIGINT_ECHO_S,
+    SIGNAL_SYNC_EVERY,
+    PreemptionGuard,
+    SignalSync,
+    held_off,
+)
 from .update import update_ops
 from .validation import Validator
 
@@ -72,8 +79,6 @@ __all__ = ["FIXED_COST_METRICS", "SIGNAL_SYNC_EVERY", "TrainResult", "Trainer", 
 #: folder may change, as ``data.root`` may.)
 EVAL_PROTOCOL = ("eval.num_samples", "eval.sampler", "eval.steps", "eval.cfg_scale")
 
-#: With several processes, steps between the all-reduces that agree on a received signal.
-SIGNAL_SYNC_EVERY = 10
 #: What to do instead of restarting, in its MLflow run, a run folder's run with other settings.
 RESTART_ANEW = (
     "the run in this folder stopped before its first checkpoint, and starting it again would log these "
@@ -225,6 +230,8 @@ class Trainer:
         #: this step's validation ("val") / evaluation ("eval") not done yet: the last step is
         #: checkpointed before them, so that a failing one costs no training (a resume runs them)
         self.due: list[str] = []
+        #: with several processes, when the ranks next agree on a signal
+        self.signal_sync = SignalSync()
         self.run_id: str | None = None
         #: what `_load` did, logged by `hold_out_folder` (a busy --out is refused without resuming)
         self.resume_notes: list[tuple] = []
@@ -466,9 +473,15 @@ class Trainer:
             "%d process(es), from step %d", cfg.model.name or "custom DiT", f"{param_count(self.dit_cfg):,}",
             self.fpi, self.peak_lr, self.total, self.batch, self.world, self.step,
         )  # fmt: skip
-        if cfg.eval.eval_every and (stale := stale_ema_warning(cfg.optim.ema_decay, self.total)):
+        # a warning from the config is the same on every rank: said once (rank-specific ones by each)
+        if (
+            self.main
+            and cfg.eval.eval_every
+            and (stale := stale_ema_warning(cfg.optim.ema_decay, self.total))
+        ):
             log.warning("evaluation samples the EMA model: %s", stale)
         progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
+        self.signal_sync = SignalSync()  # a later run() of this trainer times its steps afresh
         try:
             with PreemptionGuard(signals, sigint_echo_s=echo_s) as guard:
                 if cfg.eval.val_every and self.step == 0:
@@ -561,14 +574,20 @@ class Trainer:
 
     def preempt_requested(self, guard: PreemptionGuard, every_call: bool = False) -> bool:
         """Whether a signal arrived (on any rank). With several processes the ranks agree through
-        an all-reduce, done every `SIGNAL_SYNC_EVERY` steps to avoid a device sync per step
-        (``every_call``: at each call, as between sampling batches, where the step stands still)."""
+        an all-reduce, when `signal_sync` says so: at most `SIGNAL_SYNC_EVERY` steps and, at the
+        step time measured on rank 0, `SIGNAL_SYNC_S` seconds apart, not at every step, to avoid a
+        device sync per step (``every_call``: at each call, as between sampling batches, where the
+        step stands still). One process: the flag, without any collective."""
         flag = guard.received is not None
         if self.world > 1:
-            if self.step % SIGNAL_SYNC_EVERY and not every_call:
+            sync = self.signal_sync
+            if not every_call and not sync.due(self.step):
                 return False
-            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-            flag = bool(self.acc.reduce(t, reduction="sum").item() > 0)
+            proposal = sync.propose(self.step) if self.main else 0
+            t = torch.tensor([1.0 if flag else 0.0, float(proposal)], device=self.device)
+            flags, interval = self.acc.reduce(t, reduction="sum").tolist()
+            sync.agree(self.step, round(interval))  # rank 0's integer plus zeros: the same everywhere
+            flag = flags > 0
         return flag
 
     # ------------------------------------------------------------------ one step

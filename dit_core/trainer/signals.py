@@ -6,6 +6,9 @@ once) and for a sweep's local job (`in_local_job`), where a second SIGINT within
 the first is that same Ctrl-C: submitit's local controller forwards the terminal's SIGINT to its
 job, which the terminal has reached already.
 
+With several processes the ranks agree on a signal through a small all-reduce whose schedule
+(`SignalSync`) is bounded in steps and in seconds, and identical on every rank.
+
 Handlers are only installed from the main thread. Previous Python-level handlers are remembered so
 that, after the checkpoint, the trainer can hand the signal on (submitit's USR2 handler requeues
 the job).
@@ -29,7 +32,10 @@ __all__ = [
     "LOCAL_JOB_ENV",
     "PREEMPTION_SIGNALS",
     "SIGINT_ECHO_S",
+    "SIGNAL_SYNC_EVERY",
+    "SIGNAL_SYNC_S",
     "PreemptionGuard",
+    "SignalSync",
     "held_off",
     "in_local_job",
 ]
@@ -45,6 +51,13 @@ INTERRUPT_SIGNALS = (*PREEMPTION_SIGNALS, signal.SIGINT)
 SIGINT_ECHO_S = 2.0
 #: "1" in a warm worker's child (`sweeps.warm`): a local job, like one of submitit's local executor
 LOCAL_JOB_ENV = "DITSCALE_LOCAL_JOB"
+#: With several processes, the most steps between two all-reduces that agree on a received signal...
+SIGNAL_SYNC_EVERY = 10
+#: ... and the most seconds, at the step time measured since the previous one (`SignalSync`): torchrun
+#: gives the ranks 30 s between its SIGTERM and its SIGKILL, SLURM's ``--signal`` lead time is similar,
+#: and the checkpoint has to be written in that time too. One all-reduce of two floats over gloo costs
+#: 0.2-0.4 ms (2 shared CPU cores), so one per 2 s costs nothing measurable.
+SIGNAL_SYNC_S = 2.0
 
 
 def in_local_job(env: Mapping[str, str] | None = None) -> bool:
@@ -108,6 +121,50 @@ class PreemptionGuard:
         """The Python handler that was installed for ``signum`` before ours, if any."""
         prev = self._previous.get(signum)
         return prev if callable(prev) and prev is not signal.default_int_handler else None
+
+
+class SignalSync:
+    """When the ranks of a multi-process run next agree on a signal: after `SIGNAL_SYNC_EVERY` steps
+    or, at the step time seen so far, `SIGNAL_SYNC_S` seconds, whichever comes first (at least one step).
+
+    Every rank must take the same decision, and their clocks differ, so rank 0 alone measures: at each
+    agreement it `propose`s the next interval in steps from its own clock (the time since the previous
+    agreement, which includes validation and checkpoint writes, over the steps taken), the other ranks
+    propose 0, the all-reduce adds the proposals, and every rank `agree`s on the sum, an integer,
+    hence identical everywhere. The first agreement, before any step was timed, sets one step."""
+
+    def __init__(
+        self,
+        every_steps: int = SIGNAL_SYNC_EVERY,
+        every_s: float = SIGNAL_SYNC_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.every_steps, self.every_s, self.clock = int(every_steps), float(every_s), clock
+        self.interval = 1  # steps between the last agreement and the next
+        self.next_step: int | None = None  # None: agree at the first call
+        self._last: tuple[int, float] | None = None  # (step, clock) of the last agreement
+
+    def due(self, step: int) -> bool:
+        """Whether the ranks agree at ``step`` (every rank asks with the same step)."""
+        return self.next_step is None or step >= self.next_step
+
+    def propose(self, step: int) -> int:
+        """Rank 0's next interval, in steps, from its clock: 1 before any step was timed, the same as
+        now when no step passed since the last agreement (a repeated check at one step, sampling)."""
+        if self._last is None:
+            return 1
+        steps = step - self._last[0]
+        if steps <= 0:
+            return self.interval
+        step_s = (self.clock() - self._last[1]) / steps
+        fit = int(self.every_s // step_s) if step_s > 0 else self.every_steps
+        return max(1, min(self.every_steps, fit))
+
+    def agree(self, step: int, interval: int) -> None:
+        """Record an agreement at ``step`` on ``interval`` (the all-reduced proposal)."""
+        self.interval = max(1, int(interval))
+        self.next_step = step + self.interval
+        self._last = (step, self.clock())
 
 
 @contextlib.contextmanager
