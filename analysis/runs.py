@@ -31,11 +31,23 @@ import pandas as pd
 
 from dit_core.spec import model_label_of_params
 from dit_core.tracking import (
+    EPOCHS,
     FEATURE_SPACE_TAG,
     FID_METRICS,
+    IMAGES_SEEN,
+    MODEL_FORWARD_GFLOPS,
+    MODEL_PARAMS,
+    MODEL_PARAMS_NON_EMBEDDING,
+    OPTIM_LR_EFFECTIVE,
     SQLITE_MAGIC,
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_TAG,
+    TRAIN_FLOPS,
     UNBOUNDED,
+    UNIQUE_IMAGES,
     UNIQUE_IMAGES_TAG,
+    VAL_LOSS,
     check_sqlite_store,
 )
 
@@ -52,7 +64,7 @@ NUMERIC_COLUMNS += tuple(c for c in OPTIONAL if c not in TEXT_COLUMNS)
 REQUIRED_NUMBERS = ("N", "D", "C", "loss")  # a number in every row (C only when the column is given)
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 #: the params of a run's learning rate: `optim.lr` and the peak the trainer derives from it
-LR_PARAMS = ("optim.lr", "optim.lr_effective")
+LR_PARAMS = ("optim.lr", OPTIM_LR_EFFECTIVE)
 FLOAT_MAX = np.finfo(float).max  # MLflow's stores write +-inf as +-FLOAT_MAX
 
 
@@ -356,10 +368,10 @@ def _unique_images(client, rid: str, tags: dict, seen: pd.Series) -> float:
         return float("inf")
     if tag is not None and np.isfinite(_float(tag)) and _float(tag) > 0:
         return _float(tag)
-    u = _history(client, rid, "data/unique_images")
+    u = _history(client, rid, UNIQUE_IMAGES)
     if not u.empty and float(u.iloc[-1]) > 0:
         return float(u.iloc[-1])
-    ep = _history(client, rid, "data/epochs")
+    ep = _history(client, rid, EPOCHS)
     if not ep.empty and not seen.empty and float(seen.iloc[-1]) > 0:
         return float(seen.iloc[-1]) / float(ep.iloc[-1]) if float(ep.iloc[-1]) > 0 else float("inf")
     return float("nan")
@@ -528,7 +540,7 @@ def _bad_history(key: str, s: pd.Series) -> str | None:
     >= 0, and > 0 after step 0 (the step-0 evaluation has no compute yet). None when it is fine."""
     v, steps = s.to_numpy(float), s.index.to_numpy(float)
     bad = _not_finite(v) | (v < 0)
-    bad |= (v <= 0) if key == "val/loss" else ((v == 0) & (steps > 0))
+    bad |= (v <= 0) if key == VAL_LOSS else ((v == 0) & (steps > 0))
     if not bad.any():
         return None
     i = int(np.flatnonzero(bad)[0])
@@ -540,15 +552,15 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
     no reason: it lacks val/loss, compute/train_flops or data/images_seen."""
     rid = run.info.run_id
     params = run.data.params
-    loss = _history(client, rid, "val/loss")
+    loss = _history(client, rid, VAL_LOSS)
     if loss.empty:
         return pd.DataFrame(), None, 0
-    comp = _history(client, rid, "compute/train_flops")
-    seen = _history(client, rid, "data/images_seen")
+    comp = _history(client, rid, TRAIN_FLOPS)
+    seen = _history(client, rid, IMAGES_SEEN)
     if comp.empty or seen.empty:
         log.warning("run %s has val/loss but no compute/train_flops or data/images_seen; skipped", rid)
         return pd.DataFrame(), None, 0
-    for key, hist in (("val/loss", loss), ("compute/train_flops", comp), ("data/images_seen", seen)):
+    for key, hist in ((VAL_LOSS, loss), (TRAIN_FLOPS, comp), (IMAGES_SEEN, seen)):
         if why := _bad_history(key, hist):  # a diverged training, or damaged accounting
             log.warning("run %s: %s; left out", rid, why)
             return pd.DataFrame(), why, 0
@@ -573,7 +585,7 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             break
     df = pd.DataFrame(
         {
-            "N": _float(params.get("model.params")),
+            "N": _float(params.get(MODEL_PARAMS)),
             "D": d,
             "C": c,
             "loss": loss.to_numpy(float),
@@ -583,20 +595,20 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "step": steps,
             "final": False,
             "budget": _float(params.get("budget.train_flops")),
-            "forward_gflops": _float(params.get("model.forward_gflops")),
+            "forward_gflops": _float(params.get(MODEL_FORWARD_GFLOPS)),
             "depth": _float(params.get("model.depth")),
             "hidden_size": _float(params.get("model.hidden_size")),
             "patch_size": patch,
             "schedule": params.get("optim.schedule"),
             "tokens_per_image": tpi**2,
-            "N_non_embedding": _float(params.get("model.params_non_embedding")),
+            "N_non_embedding": _float(params.get(MODEL_PARAMS_NON_EMBEDDING)),
             "unique": _unique_images(client, rid, run.data.tags, seen),
             "fid_se": fid_se.to_numpy(float),
             "fid_protocol": protocol,
             "replicate": replicate_key(params),
             "lr": _float(params.get("optim.lr")),
             "lr_group": replicate_key(params, without=LR_PARAMS),
-            "status": run.data.tags.get("status", run.info.status.lower()),
+            "status": run.data.tags.get(STATUS_TAG, run.info.status.lower()),
         }
     )
     df = df[(df["C"] > 0) & (df["D"] > 0)]  # the step-0 evaluation has no compute yet
@@ -660,16 +672,16 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         tags = run.data.tags
         if tags.get("analysis", "").lower() == "true":
             continue
-        status = tags.get("status", run.info.status.lower()).lower()
-        if status == "failed" or run.info.status == "FAILED":
+        status = tags.get(STATUS_TAG, run.info.status.lower()).lower()
+        if status == STATUS_FAILED or run.info.status == "FAILED":
             log.info("skipping failed run %s", run.info.run_id)
             n_failed += 1
             continue
-        if status != "finished":  # still running, preempted, ...: its last point is not a finished run
+        if status != STATUS_FINISHED:  # still running, preempted, ...: its last point is not a finished run
             unfinished[status] = unfinished.get(status, 0) + 1
             continue
         n_finished += 1
-        rid, n_text = run.info.run_id, run.data.params.get("model.params")
+        rid, n_text = run.info.run_id, run.data.params.get(MODEL_PARAMS)
         if n_text is None:
             log.warning("run %s has no model.params param; skipped", rid)
             unusable.append(rid)

@@ -35,6 +35,15 @@ for _p in (REPO, REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from dit_core.tracking import (  # noqa: E402
+    FIXED_COST_METRICS,
+    IMAGES_PER_S,
+    IMAGES_SEEN,
+    LR,
+    TRAIN_FLOPS,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
 from sweeps.grid import ExecutorSpec, SweepSpec, expand  # noqa: E402
 from sweeps.state import read_runs  # noqa: E402
 
@@ -178,8 +187,7 @@ def run_scale(
     if missing:
         print(f"{len(missing)} cells have no run, e.g. {sorted(missing)[:3]}", file=sys.stderr)
     run_ids = [r.info.run_id for v in runs.values() for r in v]
-    keys = ["train/loss", "lr", "compute/train_flops", "data/images_seen", "perf/images_per_s", "val/loss"]
-    keys += ["perf/startup_s", "perf/mlflow_s", "perf/val_s", "perf/eval_s", "perf/train_s"]
+    keys = [TRAIN_LOSS, LR, TRAIN_FLOPS, IMAGES_SEEN, IMAGES_PER_S, VAL_LOSS, *FIXED_COST_METRICS]
     rep.points_stored = _stored_points(db_uri, spec.tracking_uri, run_ids, keys)
     rep.lost_points = rep.points_expected - rep.points_stored
     if rep.write_window_s > 0:

@@ -42,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dit_core.tracking import GRID_CELL_TAG, IMAGES_SEEN, PERF_PREFIX, SWEEP_TAG, TRAIN_FLOPS  # noqa: E402
 from sweeps.grid import load_spec, parse_budget  # noqa: E402
 from sweeps.runner import launch  # noqa: E402
 from sweeps.state import ensure_experiment  # noqa: E402
@@ -92,19 +93,19 @@ def run_once(args: argparse.Namespace, i: int, folder: Path, warm: bool = True) 
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(spec.experiment).experiment_id
-    runs = client.search_runs([exp], filter_string=f"tags.sweep = '{spec.name}'")
+    runs = client.search_runs([exp], filter_string=f"tags.{SWEEP_TAG} = '{spec.name}'")
     cells, per_model = {}, {}
     for r in runs:
-        cid, m, p = r.data.tags["grid_cell"], r.data.metrics, r.data.params
+        cid, m, p = r.data.tags[GRID_CELL_TAG], r.data.metrics, r.data.params
         start, end = res.timings[cid]
-        c = {k: m.get(f"perf/{k}", float("nan")) for k in (*PHASES, "train_s")}
+        c = {k: m.get(PERF_PREFIX + k, float("nan")) for k in (*PHASES, "train_s")}
         c["wall_s"] = end - start
         c["other_s"] = c["wall_s"] - sum(c[k] for k in (*PHASES, "train_s"))
-        c["steps"] = int(m["data/images_seen"]) // int(p["budget.global_batch_size"])
+        c["steps"] = int(m[IMAGES_SEEN]) // int(p["budget.global_batch_size"])
         cells[cid] = c
         model = cid.split("-")[0]
         fl = per_model.setdefault(model, {"flops": 0.0, "train_s": 0.0, "width": int(p["model.hidden_size"])})
-        fl["flops"] += m["compute/train_flops"]
+        fl["flops"] += m[TRAIN_FLOPS]
         fl["train_s"] += c["train_s"]
         fl["tokens"] = (int(p["model.input_size"]) // int(p["model.patch_size"])) ** 2
         fl["batch"] = int(p["budget.global_batch_size"])

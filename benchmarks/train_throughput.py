@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dit_core.config import BudgetConfig, ModelConfig, TrackingConfig, TrainConfig
     from dit_core.models import DiT
+    from dit_core.tracking import STATUS_FINISHED
     from dit_core.train import Trainer
     from dit_core.trainer.progress import Progress
     from dit_core.trainer.signals import PreemptionGuard
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             bare_ips.append(args.steps * args.batch / (time.perf_counter() - t0))
             print(f"round {r}: full {full_ips[-1]:.2f} img/s, bare {bare_ips[-1]:.2f} img/s")
     parts = loop_parts_ms(tr, args.steps)
-    tr.tracker.finish("finished")
+    tr.tracker.finish(STATUS_FINISHED)
     f, b = statistics.median(full_ips), statistics.median(bare_ips)
     print(
         f"median: full training step {f:.2f} img/s, bare model step {b:.2f} img/s, overhead {1 - f / b:+.1%}"
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def loop_parts_ms(tr, n: int) -> dict[str, float]:
     """Median milliseconds per step of what the full step adds to the bare one, each timed alone."""
+    from dit_core.tracking import IMAGES_SEEN, LR, TRAIN_FLOPS, TRAIN_LOSS
+
     x, _ = tr.stream.next_batch()
 
     def timed(fn, reps: int) -> float:
@@ -148,7 +151,7 @@ def loop_parts_ms(tr, n: int) -> dict[str, float]:
             out.append(1000 * (time.perf_counter() - t0))
         return statistics.median(out)
 
-    metrics = {"train/loss": 1.0, "lr": 1e-4, "compute/train_flops": 1.0, "data/images_seen": 1.0}
+    metrics = {TRAIN_LOSS: 1.0, LR: 1e-4, TRAIN_FLOPS: 1.0, IMAGES_SEEN: 1.0}
     return {
         "data batch": timed(tr.stream.next_batch, n),
         "step random draws": timed(lambda: tr.random.draw(tr.step, x), n),

@@ -23,26 +23,11 @@ from .data import DataConfig
 from .diffusion import DiffusionConfig
 from .diffusion.config import SAMPLERS, samplers_for
 from .spec import DiTConfig, model_config, official_name
-from .tracking import DEFAULT_EXPERIMENT
+from .tracking import DEFAULT_EXPERIMENT, DERIVED_PARAMS
 
 SCHEDULES = ("constant", "cosine", "constant_cooldown")
 LR_SCALINGS = ("none", "inverse_width")
 PRECISIONS = ("no", "bf16", "fp16")
-
-#: Params a run logs besides the config fields; `from_flat_dict` skips them.
-DERIVED_PARAMS = frozenset(
-    {
-        "model.params",
-        "model.params_non_embedding",
-        "model.forward_gflops",
-        "model.train_flops_per_image",
-        "optim.lr_effective",
-        "optim.warmup_steps_effective",
-        "git.commit",
-        "world_size",
-        "data.train_size",
-    }
-)
 
 
 @dataclass

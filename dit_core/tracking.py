@@ -65,13 +65,74 @@ RUN_KEY_TAG = "ditscale.run_key"
 #: Which features a run's FIDs were computed in (``family: extractor name``, the name changing with
 #: the weights): the analysis pools FIDs only within one (`analysis.runs.fid_protocol`).
 FEATURE_SPACE_TAG = "eval.feature_space"
-#: The FID metrics a run may log (Inception, or a domain classifier's); a reader takes the first present.
-FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
 #: A run resumed from another run folder's checkpoint (a fork): that checkpoint's path, the MLflow run
 #: it belongs to (absent when it had none) and its step (this run's metrics start after it).
 RESUMED_FROM_TAG = "resumed_from"
 RESUMED_FROM_RUN_TAG = "resumed_from_run_id"
 RESUMED_FROM_STEP_TAG = "resumed_from_step"
+
+# The run schema (docs/training.md "MLflow schema"): each key the trainer writes and the sweeps, the
+# analysis or the benchmarks read, defined once here.
+#: Metrics of a log interval (step = optimizer step): the training loss (mean over the interval and the
+#: ranks), the learning rate, the training FLOPs and images so far, and images/s (training steps only).
+TRAIN_LOSS = "train/loss"
+LR = "lr"
+TRAIN_FLOPS = "compute/train_flops"
+IMAGES_SEEN = "data/images_seen"
+IMAGES_PER_S = "perf/images_per_s"
+#: Validation losses, of the model and (``eval.val_ema``) of its EMA.
+VAL_LOSS = "val/loss"
+VAL_LOSS_EMA = "val/loss_ema"
+#: Data reuse (`dit_core.data.data_accounting`): a finite dataset's distinct images, and passes over them.
+UNIQUE_IMAGES = "data/unique_images"
+EPOCHS = "data/epochs"
+#: ``eval/<metric>``: the sample metrics (`dit_core.evaluate.metrics.METRICS`).
+EVAL_PREFIX = "eval/"
+#: The FID metrics a run may log (Inception, or a domain classifier's); a reader takes the first present.
+FID_METRICS = ("eval/fid", "eval/fid_digits", "eval/fid_photos")
+#: ``perf/<phase>``: seconds a finished run logs once, at its last step (this process only; docs/training.md
+#: "Sweep throughput"): process start until `Trainer.run` (imports, data, model), MLflow (run start,
+#: params, final flush), validation, evaluation (samples, metrics, grid), training steps.
+PERF_PREFIX = "perf/"
+FIXED_COST_METRICS = ("perf/startup_s", "perf/mlflow_s", "perf/val_s", "perf/eval_s", "perf/train_s")
+#: Tags: how the run stands (`STATUS_*`), why it failed, and the sweep cell and job it belongs to.
+STATUS_TAG = "status"
+ERROR_TAG = "error"
+#: A run that finishes after a failed attempt keeps that attempt's `ERROR_TAG` under this tag.
+PREVIOUS_ERROR_TAG = "error.previous"
+SWEEP_TAG = "sweep"
+GRID_CELL_TAG = "grid_cell"
+EXECUTOR_TAG = "executor"
+JOB_ID_TAG = "job_id"
+#: `STATUS_TAG` values: running while a trainer holds the run, then how it ended (`RunTracker.finish`).
+STATUS_RUNNING = "running"
+STATUS_FINISHED = "finished"
+STATUS_FAILED = "failed"
+STATUS_PREEMPTED = "preempted"
+STATUS_INTERRUPTED = "interrupted"
+#: Params a run logs besides its config fields (`dit_core.config.TrainConfig.to_flat_dict`).
+MODEL_PARAMS = "model.params"
+MODEL_PARAMS_NON_EMBEDDING = "model.params_non_embedding"
+MODEL_FORWARD_GFLOPS = "model.forward_gflops"
+MODEL_TRAIN_FLOPS_PER_IMAGE = "model.train_flops_per_image"
+OPTIM_LR_EFFECTIVE = "optim.lr_effective"
+OPTIM_WARMUP_STEPS_EFFECTIVE = "optim.warmup_steps_effective"
+DATA_TRAIN_SIZE = "data.train_size"
+WORLD_SIZE = "world_size"
+GIT_COMMIT = "git.commit"
+DERIVED_PARAMS = frozenset(
+    {
+        MODEL_PARAMS,
+        MODEL_PARAMS_NON_EMBEDDING,
+        MODEL_FORWARD_GFLOPS,
+        MODEL_TRAIN_FLOPS_PER_IMAGE,
+        OPTIM_LR_EFFECTIVE,
+        OPTIM_WARMUP_STEPS_EFFECTIVE,
+        GIT_COMMIT,
+        WORLD_SIZE,
+        DATA_TRAIN_SIZE,
+    }
+)
 
 
 #: The distinct training images of a run's dataset: a whole number, or ``"unbounded"`` for a stream where
@@ -95,7 +156,8 @@ def feature_space_tag(spaces: dict[str, str]) -> str:
 MAX_BUFFERED_POINTS = 100_000
 #: Points per MLflow ``log_batch`` request (MLflow's limit is 1000 metrics).
 _BATCH = 1000
-_TERMINAL = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "interrupted": "KILLED"}
+_TERMINAL = {STATUS_FINISHED: "FINISHED", STATUS_FAILED: "FAILED", STATUS_PREEMPTED: "KILLED",
+             STATUS_INTERRUPTED: "KILLED"}  # fmt: skip
 _MAX_PARAM_LEN = 6000
 
 
@@ -128,16 +190,16 @@ def executor_tags(env: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ) if env is None else env
     tags: dict[str, str] = {}
     if env.get("SLURM_JOB_ID"):
-        tags["executor"] = "slurm"
+        tags[EXECUTOR_TAG] = "slurm"
         if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-            tags["job_id"] = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+            tags[JOB_ID_TAG] = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
         else:
-            tags["job_id"] = env["SLURM_JOB_ID"]
+            tags[JOB_ID_TAG] = env["SLURM_JOB_ID"]
     elif env.get("SUBMITIT_LOCAL_JOB_ID"):
-        tags["executor"] = env.get("SUBMITIT_EXECUTOR", "local")
-        tags["job_id"] = env["SUBMITIT_LOCAL_JOB_ID"]
+        tags[EXECUTOR_TAG] = env.get("SUBMITIT_EXECUTOR", "local")
+        tags[JOB_ID_TAG] = env["SUBMITIT_LOCAL_JOB_ID"]
     if env.get("DITSCALE_EXECUTOR_JOB_ID"):
-        tags["job_id"] = env["DITSCALE_EXECUTOR_JOB_ID"]
+        tags[JOB_ID_TAG] = env["DITSCALE_EXECUTOR_JOB_ID"]
     return tags
 
 
@@ -331,7 +393,7 @@ def end_run_if(client, run_id: str, *, left: tuple[str, ...], status: str, tag: 
             return False
     except MlflowException:
         return False  # not in this store: nothing here to end
-    tags = [RunTag("status", tag)] + ([RunTag("error", error[:5000])] if error else [])
+    tags = [RunTag(STATUS_TAG, tag)] + ([RunTag(ERROR_TAG, error[:5000])] if error else [])
     client.log_batch(run_id, tags=tags)
     client.set_terminated(run_id, status=status)
     return True
@@ -420,7 +482,7 @@ class RunTracker:
                      experiment, client.tracking_uri)  # fmt: skip
         if id_file is not None:
             atomic_write_text(id_file, tracker.run_id + "\n")
-        tracker.set_tags({**tags, "status": "running"})
+        tracker.set_tags({**tags, STATUS_TAG: STATUS_RUNNING})
         return tracker
 
     # ------------------------------------------------------------------ logging
@@ -499,12 +561,12 @@ class RunTracker:
         if status not in _TERMINAL:
             raise ValueError(f"status must be one of {sorted(_TERMINAL)}, got {status!r}")
         self.sender.close(flush_timeout)
-        self.set_tags({"status": status})
-        if status == "finished":  # an earlier attempt's error is history, not this run's outcome
-            error = self.client.get_run(self.run_id).data.tags.get("error")
+        self.set_tags({STATUS_TAG: status})
+        if status == STATUS_FINISHED:  # an earlier attempt's error is history, not this run's outcome
+            error = self.client.get_run(self.run_id).data.tags.get(ERROR_TAG)
             if error is not None:
-                self.set_tags({"error.previous": error})
-                self.client.delete_tag(self.run_id, "error")
+                self.set_tags({PREVIOUS_ERROR_TAG: error})
+                self.client.delete_tag(self.run_id, ERROR_TAG)
         self.client.set_terminated(self.run_id, status=_TERMINAL[status])
 
 

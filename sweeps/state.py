@@ -14,7 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dit_core.tracking import FID_METRICS, RUN_ID_FILE, check_sqlite_store, check_tracking_server, end_run_if
+from dit_core.tracking import (
+    EXECUTOR_TAG,
+    FID_METRICS,
+    GRID_CELL_TAG,
+    JOB_ID_TAG,
+    RUN_ID_FILE,
+    SWEEP_TAG,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    check_sqlite_store,
+    check_tracking_server,
+    end_run_if,
+)
 from sweeps.executor import JobRef, job_liveness
 
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
@@ -160,7 +172,7 @@ def create_cell_runs(
     exp_id = ensure_experiment(tracking_uri, experiment)
 
     def one(cell_id: str) -> str:
-        tags = {"sweep": sweep, "grid_cell": cell_id, "config_hash": hashes[cell_id], "attempts": "0"}
+        tags = {SWEEP_TAG: sweep, GRID_CELL_TAG: cell_id, "config_hash": hashes[cell_id], "attempts": "0"}
         run = client.create_run(exp_id, run_name=cell_id, tags=tags)
         client.update_run(run.info.run_id, status="SCHEDULED")
         return run.info.run_id
@@ -354,13 +366,13 @@ def read_runs(tracking_uri: str, experiment: str, sweep: str) -> dict[str, list[
     while True:
         page = client.search_runs(
             [exp.experiment_id],
-            filter_string=f"tags.sweep = '{sweep}'",
+            filter_string=f"tags.{SWEEP_TAG} = '{sweep}'",
             max_results=PAGE_SIZE,
             order_by=["attributes.start_time ASC"],  # the store breaks ties by run id: stable pages
             page_token=token,
         )
         for r in page:
-            cell = r.data.tags.get("grid_cell")
+            cell = r.data.tags.get(GRID_CELL_TAG)
             if cell:
                 by_cell.setdefault(cell, []).append(r)
         token = page.token
@@ -407,9 +419,9 @@ def latest_step(run: Any, key: str) -> int | None:
 def job_ref(run: Any, run_dir: str) -> JobRef | None:
     """The last submission recorded on ``run``, or None if it was never submitted."""
     t = run.data.tags
-    if not t.get("job_id") or not t.get("executor") or int(t.get("attempts") or 0) < 1:
+    if not t.get(JOB_ID_TAG) or not t.get(EXECUTOR_TAG) or int(t.get("attempts") or 0) < 1:
         return None
-    return JobRef(t["executor"], t["job_id"], t.get("job_folder", ""), run_dir)
+    return JobRef(t[EXECUTOR_TAG], t[JOB_ID_TAG], t.get("job_folder", ""), run_dir)
 
 
 def read_states(
@@ -448,11 +460,11 @@ def read_states(
             st.interrupts = max(st.interrupts, cancelled_jobs(cells[cid]).get(ref.job_id, 0))
         st.job_id, st.config_hash = t.get("job_id"), t.get("config_hash")
         st.params = dict(run.data.params)
-        st.loss = run.data.metrics.get("train/loss")
-        st.val_loss = run.data.metrics.get("val/loss")
+        st.loss = run.data.metrics.get(TRAIN_LOSS)
+        st.val_loss = run.data.metrics.get(VAL_LOSS)
         st.fid = next((run.data.metrics[k] for k in FID_METRICS if k in run.data.metrics), None)
         if with_progress and st.loss is not None:
-            st.step = latest_step(run, "train/loss")
+            st.step = latest_step(run, TRAIN_LOSS)
         live = alive.get(cid, "")
         if st.run_status == "FINISHED":
             st.state = "finished"

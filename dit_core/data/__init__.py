@@ -14,6 +14,7 @@ import os
 
 from torch.utils.data import Dataset
 
+from ..tracking import EPOCHS, UNIQUE_IMAGES
 from .config import DATASET_NAMES, SPLITS, DataConfig
 from .digits import DigitsDataset, digits_images, digits_split_indices
 from .flip import flip_decision
@@ -94,8 +95,8 @@ def data_accounting(dataset: Dataset, images_seen: int) -> dict[str, float]:
     images seen / unique images (0.0 for an unbounded stream, where no image repeats)."""
     n = unique_images(dataset)
     if n is None:
-        return {"data/epochs": 0.0}
-    return {"data/unique_images": float(n), "data/epochs": images_seen / n}
+        return {EPOCHS: 0.0}
+    return {UNIQUE_IMAGES: float(n), EPOCHS: images_seen / n}
 
 
 def default_reference(cfg: DataConfig) -> str | None:

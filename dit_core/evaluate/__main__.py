@@ -21,7 +21,7 @@ from ..atomic import atomic_write
 from ..configio import int_at_least
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
-from ..tracking import FEATURE_SPACE_TAG, feature_space_tag
+from ..tracking import EVAL_PREFIX, FEATURE_SPACE_TAG, feature_space_tag
 from .features import WEIGHTS_ENV
 from .metrics import METRICS
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         refused = _other_feature_space(args.mlflow_run_id, feature_space_tag(spaces))
     if accelerator is None or accelerator.is_main_process:
         num_samples = args.num_samples if args.num_samples is not None else flat["eval.num_samples"]
-        out = {"step": step, "num_samples": num_samples, **{f"eval/{k}": v for k, v in metrics.items()}}
+        out = {"step": step, "num_samples": num_samples, **{EVAL_PREFIX + k: v for k, v in metrics.items()}}
         print(json.dumps(out, indent=2))
         if args.output:
             try:  # whole or not at all: an interrupted write leaves no torn JSON that looks like a result

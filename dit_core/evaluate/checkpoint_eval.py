@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.latents import vae_factor
-from .features import known_without_logits, resolve_inception_weights
+from .features import known_without_logits, no_logits_message, resolve_inception_weights
 from .metrics import METRICS, check_metrics, default_metrics
 from .reference import ReferenceSource, resolve_reference
 from .sampling import evaluate_model
@@ -220,10 +220,7 @@ def evaluate_checkpoint(
     if any(METRICS[m][0] == "inception" for m in metrics):  # weights that exist, with logits for `is`
         weights = resolve_inception_weights(cfg.inception_weights)
         if "is" in metrics and known_without_logits(weights):
-            raise ValueError(
-                f"metric 'is' needs class logits, but {weights} (fid-helper's default_1.pt) is the pool3 "
-                "trunk only; pass NVIDIA's inception-2015-12-05.pt via --inception-weights, or drop 'is'"
-            )
+            raise ValueError(no_logits_message(weights))
     vae, dit = None, model.config
     if data.name == "latents":  # check_vae made sure --vae was given
         vae = load_vae(cfg.vae, device, dit.in_channels, cfg.checkpoint)

@@ -127,6 +127,17 @@ def known_without_logits(path: str | os.PathLike) -> bool:
     return helper is not None and Path(path).resolve() == helper.resolve()
 
 
+def no_logits_message(
+    weights, how: str = "pass NVIDIA's inception-2015-12-05.pt via --inception-weights"
+) -> str:
+    """Why ``is`` is refused with Inception ``weights`` that have no logits (`known_without_logits`);
+    ``how``: where this command takes other weights."""
+    return (
+        f"metric 'is' needs class logits, but {weights} has none (fid-helper's default_1.pt is the pool3 "
+        f"trunk only); {how}, or drop 'is'"
+    )
+
+
 def file_digest(path: Path) -> str:
     """The first 12 hex digits of the file's SHA-256: which weights, whatever the file is called."""
     h = hashlib.sha256()

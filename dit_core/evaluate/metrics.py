@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .domain_classifier import DOMAINS, DomainExtractor, recipe_for_reference
-from .features import FeatureExtractor, InceptionExtractor, as_image_array
+from .features import FeatureExtractor, InceptionExtractor, as_image_array, no_logits_message
 from .frechet import GaussianStats, fid_bootstrap_se, fid_from_stats
 from .reference import ReferenceSource, reference_stats, resolve_reference
 
@@ -196,11 +196,7 @@ def evaluate_samples(
             feature_spaces[family] = ext.name
         needed = list(dict.fromkeys(METRICS[m][1] for m in names))
         if "probs" in needed and "probs" not in ext.outputs:
-            raise ValueError(
-                f"metric 'is' needs class logits, but {ext.name} has none (fid-helper's default_1.pt "
-                "is the pool3 trunk only); pass NVIDIA's inception-2015-12-05.pt via "
-                "--inception-weights, or drop 'is'"
-            )
+            raise ValueError(no_logits_message(ext.name))
         fake = ext.extract(x, needed)
         ref = reference_stats(source, ext, [o for o in needed if o != "probs"], use_cache=use_cache)
         suffix = f"_{family}" if family in DOMAINS else ""

@@ -22,6 +22,7 @@ import torch
 from ..atomic import atomic_write
 from ..data.latents import SD_VAE_SCALE as LATENT_SCALE
 from ..diffusion.validation import example_noise, example_seed
+from ..tracking import EVAL_PREFIX
 from .features import FeatureExtractor, to_uint8
 from .metrics import DIGITS_METRICS, PR_K, check_metrics, evaluate_samples
 from .reference import ReferenceSource
@@ -237,7 +238,7 @@ def log_metrics(metrics: Mapping[str, float], step: int, run_id: str | None = No
     if run_id is None and mlflow.active_run() is None:
         raise ValueError("no active MLflow run: start one or pass run_id")
     run_id = run_id or mlflow.active_run().info.run_id
-    data = {f"eval/{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    data = {EVAL_PREFIX + k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
     held = _keys_logged_at(run_id, list(data), step)
     mlflow.log_metrics({k: v for k, v in data.items() if k not in held}, step=step, run_id=run_id)
     return held

@@ -19,7 +19,7 @@ from ..config import TrainConfig, read_yaml_config
 from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat, join_negative_values
 from ..memory import out_of_memory
 from ..spec import model_config, model_label
-from ..tracking import check_tracking_server
+from ..tracking import STATUS_FINISHED, check_tracking_server
 from .signals import INTERRUPT_SIGNALS
 
 log = logging.getLogger("dit_core.train")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         trainer = Trainer(cfg, resume=args.resume)
         result = trainer.run(signals=INTERRUPT_SIGNALS)
-        code = 0 if result.status == "finished" else EXIT_PREEMPTED
+        code = 0 if result.status == STATUS_FINISHED else EXIT_PREEMPTED
         if result.signal == "SIGINT":
             code = EXIT_INTERRUPTED
     except ValueError as e:  # a bad config found once the data and model are known, or an --out

@@ -92,7 +92,12 @@ def check_evaluation(cfg: TrainConfig) -> None:
     check when evaluation is off or skipped (latents); the sampling settings also without a reference
     (the sample grid uses them)."""
     from ..configio import ConfigError
-    from ..evaluate.features import known_without_logits, resolve_inception_weights
+    from ..evaluate.features import (
+        WEIGHTS_ENV,
+        known_without_logits,
+        no_logits_message,
+        resolve_inception_weights,
+    )
     from ..evaluate.metrics import METRICS, PR_K, check_metrics
     from ..evaluate.reference import resolve_reference
 
@@ -147,11 +152,8 @@ def check_evaluation(cfg: TrainConfig) -> None:
         except ValueError as err:
             raise ConfigError(f"eval.metrics: {err}{off}") from None
         if "is" in names and known_without_logits(weights):
-            raise ConfigError(
-                f"eval.metrics: metric 'is' needs class logits, but {weights} has none (fid-helper's "
-                "default_1.pt is the pool3 trunk only); set $DITSCALE_INCEPTION_WEIGHTS to NVIDIA's "
-                f"inception-2015-12-05.pt, or drop 'is'{off}"
-            )
+            how = f"set ${WEIGHTS_ENV} to NVIDIA's inception-2015-12-05.pt"
+            raise ConfigError(f"eval.metrics: {no_logits_message(weights, how)}{off}")
 
 
 def evaluate_samples(

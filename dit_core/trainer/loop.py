@@ -34,13 +34,39 @@ from ..fast_path import compile_for_training
 from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
 from ..tracking import (
+    DATA_TRAIN_SIZE,
+    ERROR_TAG,
+    EVAL_PREFIX,
     FEATURE_SPACE_TAG,
+    FIXED_COST_METRICS,
+    GIT_COMMIT,
+    GRID_CELL_TAG,
+    IMAGES_PER_S,
+    IMAGES_SEEN,
+    LR,
+    MODEL_FORWARD_GFLOPS,
+    MODEL_PARAMS,
+    MODEL_PARAMS_NON_EMBEDDING,
+    MODEL_TRAIN_FLOPS_PER_IMAGE,
+    OPTIM_LR_EFFECTIVE,
+    OPTIM_WARMUP_STEPS_EFFECTIVE,
+    PERF_PREFIX,
     RESUMED_FROM_RUN_TAG,
     RESUMED_FROM_STEP_TAG,
     RESUMED_FROM_TAG,
     RUN_ID_FILE,
     RUN_KEY_FILE,
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_INTERRUPTED,
+    STATUS_PREEMPTED,
+    SWEEP_TAG,
+    TRAIN_FLOPS,
+    TRAIN_LOSS,
     UNIQUE_IMAGES_TAG,
+    VAL_LOSS,
+    VAL_LOSS_EMA,
+    WORLD_SIZE,
     feature_space_tag,
     unique_images_tag,
 )
@@ -85,10 +111,6 @@ RESTART_ANEW = (
     "settings into its MLflow run: use a new --out for a new run, or run with --resume never to start "
     "over in this folder in a new MLflow run"
 )
-#: Seconds a finished run logs once, at its last step (this process only; docs/training.md "Sweep
-#: throughput"): process start until `Trainer.run` (imports, data, model), MLflow (run start, params,
-#: final flush), validation, evaluation (samples, metrics, grid), training steps.
-FIXED_COST_METRICS = ("perf/startup_s", "perf/mlflow_s", "perf/val_s", "perf/eval_s", "perf/train_s")
 
 
 def process_start_time() -> float | None:
@@ -489,9 +511,9 @@ class Trainer:
                 try:
                     status = self.run_loop(guard, progress, stop_at_step)
                 except SamplingStopped:  # a signal during an evaluation: its step saved with `due`
-                    status = "preempted"
+                    status = STATUS_PREEMPTED
                 ckpt_path = self.save()
-                signum = guard.received if status == "preempted" else None
+                signum = guard.received if status == STATUS_PREEMPTED else None
                 handler = guard.previous_handler(signum) if signum is not None else None
         except BaseException as err:
             self.end_run_on_error(err, local_job)
@@ -499,11 +521,11 @@ class Trainer:
         finally:
             progress.close()
         if self.tracker:
-            if status == "finished":
+            if status == STATUS_FINISHED:
                 self.log_fixed_cost()
-            self.tracker.finish("interrupted" if local_job and signum == signal.SIGINT else status)
+            self.tracker.finish(STATUS_INTERRUPTED if local_job and signum == signal.SIGINT else status)
         signame = signal.Signals(signum).name if signum is not None else None
-        if status == "preempted":
+        if status == STATUS_PREEMPTED:
             if self.main:  # the others wrote no checkpoint: their "checkpoint None" would read as lost
                 log.warning("stopped at step %d/%d (%s); checkpoint %s; resume with the same --out",
                             self.step, self.total, signame or "stop_at_step", ckpt_path)  # fmt: skip
@@ -530,7 +552,7 @@ class Trainer:
             self.run_due(guard, resumed=True)
         while self.step < self.total:
             if self.preempt_requested(guard) or (stop_at_step is not None and self.step >= stop_at_step):
-                return "preempted"
+                return STATUS_PREEMPTED
             t0 = time.perf_counter()
             self.train_step()
             dt = time.perf_counter() - t0
@@ -543,13 +565,13 @@ class Trainer:
                 train_time, interval_images = 0.0, 0
             self.due = [k for k, n in self.check_intervals().items() if n and (s % n == 0 or last)]
             if self.due and self.preempt_requested(guard):  # stop now, not after a long evaluation in
-                return "preempted"  # the grace period: run() checkpoints this step with `due`
+                return STATUS_PREEMPTED  # the grace period: run() checkpoints this step with `due`
             if last and self.due:
                 self.save()  # records `due`: a failure below keeps the steps trained
             self.run_due(guard)
             if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and not last:
                 self.save()
-        return "finished"
+        return STATUS_FINISHED
 
     def check_intervals(self) -> dict[str, int]:
         """``{"val": eval.val_every, "eval": eval.eval_every}`` (0 = off), in the order they run."""
@@ -630,9 +652,9 @@ class Trainer:
         is ended (`held_off`)."""
         if self.tracker:
             with held_off():
-                self.tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+                self.tracker.set_tags({ERROR_TAG: f"{type(err).__name__}: {err}"[:5000]})
                 ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
-                self.tracker.finish("interrupted" if ctrl_c else "failed")
+                self.tracker.finish(STATUS_INTERRUPTED if ctrl_c else STATUS_FAILED)
 
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""
@@ -641,7 +663,7 @@ class Trainer:
             return
         from ..tracking import RunTracker, executor_tags, git_commit
 
-        given = {"sweep": t.sweep, "grid_cell": t.grid_cell, "mlflow.parentRunId": t.parent_run_id}
+        given = {SWEEP_TAG: t.sweep, GRID_CELL_TAG: t.grid_cell, "mlflow.parentRunId": t.parent_run_id}
         tags = {**t.tags, **{k: v for k, v in given.items() if v}, **executor_tags()}
         tags[UNIQUE_IMAGES_TAG] = unique_images_tag(unique_images(self.train_set))
         fork = self.forked_from is not None
@@ -656,18 +678,18 @@ class Trainer:
         self.run_id = self.tracker.run_id
         self.tracker.requeue(self.unsent_metrics)
         derived = {
-            "model.params": param_count(self.dit_cfg),
-            "model.params_non_embedding": non_embedding_param_count(self.dit_cfg),
-            "model.forward_gflops": forward_gflops(self.dit_cfg),
-            "model.train_flops_per_image": self.fpi,
-            "optim.lr_effective": self.peak_lr,
-            "optim.warmup_steps_effective": self.warmup,
-            "data.train_size": len(self.train_set),
-            "world_size": self.world,
+            MODEL_PARAMS: param_count(self.dit_cfg),
+            MODEL_PARAMS_NON_EMBEDDING: non_embedding_param_count(self.dit_cfg),
+            MODEL_FORWARD_GFLOPS: forward_gflops(self.dit_cfg),
+            MODEL_TRAIN_FLOPS_PER_IMAGE: self.fpi,
+            OPTIM_LR_EFFECTIVE: self.peak_lr,
+            OPTIM_WARMUP_STEPS_EFFECTIVE: self.warmup,
+            DATA_TRAIN_SIZE: len(self.train_set),
+            WORLD_SIZE: self.world,
         }
         commit = git_commit()
         if commit:
-            derived["git.commit"] = commit
+            derived[GIT_COMMIT] = commit
         self.tracker.log_params({**self.flat, **derived})
         self.tracker.log_dict(dataclasses.asdict(self.cfg), "config.json")
         if self.classes is not None:
@@ -683,7 +705,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.tracker.flush(timeout=300.0)
         self.seconds["mlflow_s"] += time.perf_counter() - t0
-        self.tracker.log_metrics({f"perf/{k}": v for k, v in self.seconds.items()}, self.step)
+        self.tracker.log_metrics({PERF_PREFIX + k: v for k, v in self.seconds.items()}, self.step)
 
     def ledger(self) -> dict[str, Any]:
         return {
@@ -723,7 +745,7 @@ class Trainer:
         self.last_loss = float(vec.mean())
         ips = interval_images / train_time if train_time > 0 else 0.0
         lr = float(self.optimizer.param_groups[0]["lr"])  # what the last step used
-        self._log({"train/loss": self.last_loss, "lr": lr, "perf/images_per_s": ips})
+        self._log({TRAIN_LOSS: self.last_loss, LR: lr, IMAGES_PER_S: ips})
         progress.update(self.step, self.last_loss, ips, ips / self.batch)
 
     def _log(self, metrics: dict[str, float]) -> None:
@@ -731,18 +753,16 @@ class Trainer:
         data-reuse metrics (`dit_core.data.data_accounting`)."""
         if self.tracker and metrics:
             seen = self.images_seen
-            extra = {"compute/train_flops": self.fpi * seen, "data/images_seen": float(seen)}
+            extra = {TRAIN_FLOPS: self.fpi * seen, IMAGES_SEEN: float(seen)}
             self.tracker.log_metrics({**metrics, **extra, **data_accounting(self.train_set, seen)}, self.step)
 
     def validate(self) -> None:
         """``val/loss`` (and ``val/loss_ema``) at this step (`dit_core.trainer.validation`)."""
-        models = {"val/loss": self.model} | (
-            {"val/loss_ema": self.ema.model} if self.cfg.eval.val_ema else {}
-        )
+        models = {VAL_LOSS: self.model} | ({VAL_LOSS_EMA: self.ema.model} if self.cfg.eval.val_ema else {})
         t0 = time.perf_counter()
         metrics = self.validator(models)
         self.seconds["val_s"] += time.perf_counter() - t0
-        self.last_val = metrics["val/loss"]
+        self.last_val = metrics[VAL_LOSS]
         self._log(metrics)
         log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
@@ -762,7 +782,7 @@ class Trainer:
             )
             self.tracker.log_image(grid, f"samples/step_{self.step:07d}.png")
         if self.tracker and metrics:
-            self.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, self.step)
+            self.tracker.log_metrics({EVAL_PREFIX + k: v for k, v in metrics.items()}, self.step)
         if self.tracker and spaces:
             self.tracker.set_tags({FEATURE_SPACE_TAG: feature_space_tag(spaces)})
         self.seconds["eval_s"] += time.perf_counter() - t0
