@@ -31,7 +31,7 @@ from sweeps.executor import JobRef, job_liveness
 
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)
-RECORD_TAGS = ("executor", "job_id", "job_folder", "attempts", "config_hash")
+RECORD_TAGS = (EXECUTOR_TAG, JOB_ID_TAG, "job_folder", "attempts", "config_hash")
 #: tag counting a cell's submissions stopped by their own launcher (its user's Ctrl-C while it waited, or
 #: a cancel after their record failed): not tries
 INTERRUPTS_TAG = "interrupts"
@@ -458,7 +458,7 @@ def read_states(
         st.interrupts = int(t.get(INTERRUPTS_TAG) or 0)
         if ref is not None:  # its last job cancelled by its launcher, after a record that did get written
             st.interrupts = max(st.interrupts, cancelled_jobs(cells[cid]).get(ref.job_id, 0))
-        st.job_id, st.config_hash = t.get("job_id"), t.get("config_hash")
+        st.job_id, st.config_hash = t.get(JOB_ID_TAG), t.get("config_hash")
         st.params = dict(run.data.params)
         st.loss = run.data.metrics.get(TRAIN_LOSS)
         st.val_loss = run.data.metrics.get(VAL_LOSS)
