@@ -380,6 +380,23 @@ def replicate_key(params: dict, without: tuple[str, ...] = ()) -> str:
     return hashlib.sha1(repr(kept).encode()).hexdigest()[:12]
 
 
+def csv_cell(points: pd.DataFrame) -> pd.Series:
+    """A point's cell where the input names none (a CSV without `lr_group` / `replicate`): its model, N,
+    budget and patch size. Without a `budget`, a run's budget is its cluster of final C
+    (`cluster_budgets`: runs of one budget end a few steps apart)."""
+    none = pd.Series(np.nan, index=points.index)  # a column a frame not `tidy`'d may lack
+    budget = points.get("budget", none)
+    if budget.isna().any():  # no budget column: a run's cluster of final C (runs of a budget end apart)
+        fin = points[points["final"].astype(bool)]
+        budget = budget.where(
+            budget.notna(), points["run_id"].map(cluster_budgets(fin["C"]).groupby(fin["run_id"]).first())
+        )
+    # str per value: NaN as "nan" (astype(str) keeps NaN, and a NaN key dropped every cell without a budget);
+    # the patch size: patch 2 and 4 of one shape have about one N and are two cells
+    cell = points["model"].map(str) + "|" + points["N"].map(str) + "|" + budget.map(str)
+    return cell + "|" + points.get("patch_size", none).map(str)
+
+
 def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """Cells trained at several learning rates (points alike but for `lr`: the same `lr_group`, by
     default model, N, budget and patch size) keep only the lr whose final point has the lowest loss (of equal
@@ -391,17 +408,7 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
     final point of each lr left out, with a `reason`, note)."""
     if "lr" not in points.columns or points["lr"].nunique() < 2:
         return points, points.iloc[:0], None
-    none = pd.Series(np.nan, index=points.index)  # a column a frame not `tidy`'d may lack
-    budget = points.get("budget", none)
-    if budget.isna().any():  # no budget column: a run's cluster of final C (runs of a budget end apart)
-        fin = points[points["final"].astype(bool)]
-        budget = budget.where(
-            budget.notna(), points["run_id"].map(cluster_budgets(fin["C"]).groupby(fin["run_id"]).first())
-        )
-    # str per value: NaN as "nan" (astype(str) keeps NaN, and a NaN key dropped every cell without a budget);
-    # the patch size: patch 2 and 4 of one shape have about one N and are two cells
-    default = points["model"].map(str) + "|" + points["N"].map(str) + "|" + budget.map(str)
-    default += "|" + points.get("patch_size", none).map(str)
+    default = csv_cell(points)
     group = points["lr_group"].where(points["lr_group"].notna(), default)
     finals = points[points["final"].astype(bool)].assign(_g=group).dropna(subset=["lr"])
     tried = finals.groupby("_g")["lr"].nunique()
@@ -465,10 +472,19 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     one of its seeds logged (the others are left out, said in the note); a cell whose seeds share no
     step keeps them apart.
     """
+    derived = None
+    if "seed" in points.columns and points["replicate"].isna().all() and points["seed"].nunique() > 1:
+        # a CSV with a seed column and no replicate column: its cells are `csv_cell` at each lr
+        lr = points.get("lr", pd.Series(np.nan, index=points.index)).map(str)
+        points = points.assign(replicate=csv_cell(points) + "|lr " + lr)
+        derived = (
+            "the seed column marks seeds: runs alike in model, N, budget, patch size and lr are one cell "
+            "(a replicate column sets the cells instead)"
+        )
     pts = points.assign(_k=points["replicate"].where(points["replicate"].notna(), points["run_id"]))
     n_runs = pts.groupby("_k")["run_id"].transform("nunique")
     if n_runs.max() < 2:
-        return points, None
+        return points, derived
     shared = pts.groupby(["_k", "step"], dropna=False)["run_id"].transform("nunique") == n_runs
     apart = ~shared.groupby(pts["_k"]).transform("any")  # cells whose seeds share no step
     pts.loc[apart, "_k"] = pts.loc[apart, "run_id"]
@@ -489,7 +505,7 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     cells = out.groupby("_k").agg(n=("n_seeds", "max"), model=("model", "first"), C=("C", "max"))
     out = out.drop(columns="_k").reset_index(drop=True)
     many = out[out["n_seeds"] > 1]
-    notes = []
+    notes = [derived] if derived else []
     if len(many):
         worst = many.loc[many["loss_seed_sd"].idxmax()]
         notes.append(

@@ -228,3 +228,27 @@ def test_average_seeds_note_is_quiet_when_every_cell_has_its_seeds():
     assert "different numbers of seeds" not in note
     _, note = average_seeds(rows.iloc[1:])
     assert "cells average different numbers of seeds: 19 cell(s) 2, 1 fewer (" in note
+
+
+def test_a_csv_with_a_seed_column_averages_its_seeds():
+    """A CSV with a `seed` column and no `replicate` column kept every seed as its own point, so
+    approach 1's frontier took the luckiest seed at each budget (the bias seed averaging exists to
+    avoid). Now runs alike in model, N, budget, patch size and lr are one cell, with a note; the seeds'
+    means are the law exactly, so the fit equals the fit on the tuned cells."""
+    rows, tuned = _per_seed_csv_rows()
+    cfg = AnalysisConfig(n_bootstrap=0)
+    prep = prepare(rows, cfg)
+    assert len(prep.points) == 15 and (prep.points["n_seeds"] == 2).all()
+    assert any(n.startswith("the seed column marks seeds") for n in prep.notes)
+    got = prep.points.set_index(["C", "model"])["loss"].sort_index()
+    np.testing.assert_allclose(
+        got.to_numpy(), tuned.set_index(["C", "model"])["loss"].sort_index(), rtol=1e-12
+    )
+    fit, exact = analyze(rows, cfg), analyze(tuned, cfg)
+    for k in ("E", "A", "B", "alpha", "beta"):
+        assert fit.parametric.params[k] == pytest.approx(exact.parametric.params[k], rel=1e-6), k
+    a, b = fit.frontier, exact.frontier  # approach 1 on the seeds' means, not on the luckiest seed
+    assert a.to_dict()["frontier_models"] == b.to_dict()["frontier_models"]
+    np.testing.assert_allclose(
+        a.frontier["loss"].to_numpy(float), b.frontier["loss"].to_numpy(float), rtol=1e-12
+    )
