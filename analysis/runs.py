@@ -474,12 +474,14 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """
     derived = None
     if "seed" in points.columns and points["replicate"].isna().all() and points["seed"].nunique() > 1:
-        # a CSV with a seed column and no replicate column: its cells are `csv_cell` at each lr
+        # a CSV with a seed column and no replicate column: its cells are its lr groups (`best_lr`'s, by
+        # default `csv_cell`) at each lr
         lr = points.get("lr", pd.Series(np.nan, index=points.index)).map(str)
-        points = points.assign(replicate=csv_cell(points) + "|lr " + lr)
+        group = points.get("lr_group", pd.Series(None, index=points.index, dtype=object))
+        points = points.assign(replicate=group.where(group.notna(), csv_cell(points)).map(str) + "|lr " + lr)
         derived = (
-            "the seed column marks seeds: runs alike in model, N, budget, patch size and lr are one cell "
-            "(a replicate column sets the cells instead)"
+            "the seed column marks seeds: runs alike in model, N, budget, patch size (or lr_group) and lr "
+            "are one cell (a replicate column sets the cells instead)"
         )
     pts = points.assign(_k=points["replicate"].where(points["replicate"].notna(), points["run_id"]))
     n_runs = pts.groupby("_k")["run_id"].transform("nunique")

@@ -252,3 +252,17 @@ def test_a_csv_with_a_seed_column_averages_its_seeds():
     np.testing.assert_allclose(
         a.frontier["loss"].to_numpy(float), b.frontier["loss"].to_numpy(float), rtol=1e-12
     )
+
+
+def test_a_seed_column_with_an_lr_group_keeps_the_groups_apart():
+    """Runs alike in model, N and budget but in another `lr_group` (another batch size, say) are other
+    cells: their seeds are not averaged together."""
+    rows = tidy(
+        pd.DataFrame(
+            {"N": 1e6, "D": 1e9, "C": 6e15, "loss": [0.50, 0.52, 0.40, 0.42], "seed": [0, 1, 0, 1]}
+            | {"lr_group": ["bs64", "bs64", "bs256", "bs256"], "run_id": ["a0", "a1", "b0", "b1"]}
+        )
+    )
+    out, note = average_seeds(rows)
+    assert sorted(out["loss"].round(9)) == [0.41, 0.51] and (out["n_seeds"] == 2).all()
+    assert note.startswith("the seed column marks seeds")
