@@ -68,6 +68,11 @@ class Influence:
     #: the fit with bootstrap withholds N_opt (its status); the refits, without bootstrap, still give one
     withheld: bool = False
 
+    @property
+    def unit(self) -> str:
+        """What one row leaves out: a run, or a cell (its seeds' mean; `run_id` joins their ids)."""
+        return "cells" if self.table["run_id"].astype(str).str.contains(" + ", regex=False).any() else "runs"
+
     def ratio(self, key: str) -> np.ndarray:
         """Each row's value of ``key`` over the value with every run."""
         return self.table[key].to_numpy(float) / self.full[key]
@@ -90,15 +95,18 @@ class Influence:
             "full": self.full,
             "runs": rows,
             "most_influential": self.most_influential(),
+            "left_out": self.unit,
             "withheld": self.withheld,
         }
 
     def text(self, top: int = 5) -> str:
         f, n = self.full, len(self.table)
         lines = [
-            f"Influence: the fits redone with each of {n} runs left out (no bootstrap), "
+            f"Influence: the fits redone with each of {n} {self.unit} left out (no bootstrap), "
             f"at {self.compute:.3g} FLOPs"
         ]
+        if self.unit == "cells":
+            lines[0] += " (a cell: the mean of its seeds, left out with all of them; --per-seed: each run)"
         lo, hi = self.spread("n_opt")
         if not math.isfinite(f["n_opt"]):
             lines.append(
@@ -127,17 +135,19 @@ class Influence:
                 lines.append(
                     f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; "
                     f"{100 * lo:+.2f}% .. {100 * hi:+.2f}% "
-                    f"with one of the {k} runs it fits left out"
+                    f"with one of the {k} {self.unit} it fits left out"
                 )
             else:  # e.g. 6 runs fitted: one left out leaves 5 points, too few for the parametric law
                 lines.append(
                     f"  holdout best-loss error: {100 * f['holdout']:+.2f}%; no refit with one of the "
-                    f"{n - len(self.held_out)} runs it fits left out could redo it (the parametric law "
-                    "needs more than 5 points; train more runs below the held-out budget)"
+                    f"{n - len(self.held_out)} {self.unit} it fits left out could redo it (the parametric "
+                    "law needs more than 5 points; train more runs below the held-out budget)"
                 )
         ranked = math.isfinite(f["n_opt"])
         lines.append(
-            f"  the {min(top, n)} runs that move N_opt most:" if ranked else f"  {min(top, n)} of the runs:"
+            f"  the {min(top, n)} {self.unit} that move N_opt most:"
+            if ranked
+            else f"  {min(top, n)} of the {self.unit}:"
         )
         head = ("run", "model", "budget", "its loss", "N_opt", "x all", "E[loss]", "holdout")
         lines.append("    {:<12} {:<14} {:>8} {:>8} {:>9} {:>6} {:>8} {:>8}".format(*head))
@@ -146,10 +156,16 @@ class Influence:
             n_opt = f"{row.n_opt:>9.3g}" if math.isfinite(row.n_opt) else f"{'-':>9}"
             times = f"{ratio:>6.2f}" if math.isfinite(ratio) else f"{'-':>6}"
             lines.append(
-                f"    {str(row.run_id)[:12]:<12} {str(row.model)[:14]:<14} {row.budget:>8.2g} "
+                f"    {_short(row.run_id):<12} {str(row.model)[:14]:<14} {row.budget:>8.2g} "
                 f"{row.loss:>8.4f} {n_opt} {times} {row.pred_loss:>8.4f} {hold:>8}"
             )
         return "\n".join(lines)
+
+
+def _short(run_id) -> str:
+    """A row's run id in 12 characters: a cell of seeds (ids joined by ' + ') as its first id and +k."""
+    ids = str(run_id).split(" + ")
+    return ids[0][:12] if len(ids) == 1 else f"{ids[0][:9]}+{len(ids) - 1}"
 
 
 def run_influence(

@@ -873,7 +873,18 @@ def holdout_prepared(prep: Prepared, cfg: AnalysisConfig) -> HoldoutResult:
     else:
         raise ValueError("holdout: no law could be fitted on the remaining runs")
     ape = np.abs(test["pred_loss"] - test["loss"]) / test["loss"]
-    best_true = float(test.loc[test["C"] >= c_max / 1.5, "loss"].min())
+    # the best cell's loss, its seeds averaged as the fitted points are by default (with --per-seed too:
+    # the lowest single seed is the luckiest run, below what the cell trains to)
+    cell = (
+        test["replicate"].where(test["replicate"].notna(), test["run_id"])
+        if "replicate" in test
+        else test["run_id"]
+    )
+    # a run's point at a step; without a step, a run's only point, or else each row its own point
+    alone = test.groupby("run_id")["loss"].transform("size") == 1
+    own = pd.Series(-2.0 - np.arange(len(test)), test.index).where(~alone, -1.0)
+    cells = test.groupby([cell, test["step"].where(test["step"].notna(), own)])[["C", "loss"]].mean()
+    best_true = float(cells.loc[cells["C"] >= c_max / 1.5, "loss"].min())
     mape_fid = math.nan
     if an.fid_vs_loss is not None and test["fid"].notna().any():
         test["pred_fid"] = an.fid_vs_loss.predict(test["pred_loss"])

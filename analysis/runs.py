@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.laws import cluster_budgets
 from dit_core.spec import model_label_of_params
 from dit_core.tracking import (
     EPOCHS,
@@ -260,8 +261,9 @@ def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.Dat
             df[col] = val
     if df["run_id"].isna().all():
         df["run_id"] = [f"row{i}" for i in range(len(df))]
-    if df["model"].isna().all():
-        df["model"] = [f"N={n:.3g}" for n in df["N"]]
+    if df["model"].isna().all():  # with its patch size, as DiT-B/4 names it: patch 2 and 4 share one N
+        patch = pd.to_numeric(df["patch_size"], errors="coerce")
+        df["model"] = [f"N={n:.3g}" + (f"/{p:g}" if p > 0 else "") for n, p in zip(df["N"], patch)]
     for col in NUMERIC_COLUMNS:  # numbers or NaN already where `validate_points` checked them
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     extra = [c for c in df.columns if c not in COLUMNS]
@@ -390,24 +392,51 @@ def replicate_key(params: dict, without: tuple[str, ...] = ()) -> str:
     return hashlib.sha1(repr(kept).encode()).hexdigest()[:12]
 
 
+def csv_cell(points: pd.DataFrame) -> pd.Series:
+    """A point's cell where the input names none (a CSV without `lr_group` / `replicate`): its model, N,
+    budget and patch size. Without a `budget`, a run's budget is its cluster of final C
+    (`cluster_budgets`: runs of one budget end a few steps apart)."""
+    none = pd.Series(np.nan, index=points.index)  # a column a frame not `tidy`'d may lack
+    budget = points.get("budget", none)
+    if budget.isna().any():  # no budget column: a run's cluster of final C (runs of a budget end apart)
+        fin = points[points["final"].astype(bool)]
+        budget = budget.where(
+            budget.notna(), points["run_id"].map(cluster_budgets(fin["C"]).groupby(fin["run_id"]).first())
+        )
+    # str per value: NaN as "nan" (astype(str) keeps NaN, and a NaN key dropped every cell without a budget);
+    # the patch size: patch 2 and 4 of one shape have about one N and are two cells
+    cell = points["model"].map(str) + "|" + points["N"].map(str) + "|" + budget.map(str)
+    return cell + "|" + points.get("patch_size", none).map(str)
+
+
 def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """Cells trained at several learning rates (points alike but for `lr`: the same `lr_group`, by
-    default model, N and budget) keep only the lr whose final point has the lowest loss (of equal
+    default model, N, budget and patch size) keep only the lr whose final point has the lowest loss (of equal
     losses, the smaller lr, whatever the rows' order): the fits then see each cell at its tuned lr, as
     in Kaplan et al. (2020) and Hoffmann et al. (2022). Run after `average_seeds`, so the lr is chosen
-    on the seeds' mean. Returns (kept, dropped: the final point of each lr left out, with a `reason`,
-    note)."""
+    on the seeds' mean; with the seeds kept apart (--per-seed, a CSV without `replicate`) an lr's loss is
+    still the mean of its runs' final points, not the luckiest seed's (every seed of the lr kept is kept).
+    The note says when the lrs of a cell have different numbers of seeds. Returns (kept, dropped: the
+    final point of each lr left out, with a `reason`, note)."""
     if "lr" not in points.columns or points["lr"].nunique() < 2:
         return points, points.iloc[:0], None
-    default = points["model"].astype(str) + "|" + points["N"].astype(str) + "|" + points["budget"].astype(str)
+    default = csv_cell(points)
     group = points["lr_group"].where(points["lr_group"].notna(), default)
     finals = points[points["final"].astype(bool)].assign(_g=group).dropna(subset=["lr"])
     tried = finals.groupby("_g")["lr"].nunique()
     finals = finals[finals["_g"].map(tried) > 1]
     if finals.empty:
         return points, points.iloc[:0], None
+    # an lr's loss is the mean of its final points: one per lr after `average_seeds`, its seeds' runs with
+    # --per-seed; the lowest single seed would pick the luckiest run's lr (a minimum over noisy values)
+    seeds = finals["n_seeds"].fillna(1) if "n_seeds" in finals.columns else pd.Series(1, finals.index)
+    means = (
+        finals.assign(_s=seeds)
+        .groupby(["_g", "lr"], as_index=False)
+        .agg(loss=("loss", "mean"), k=("_s", "sum"))
+    )
     # of equal losses the smaller lr (the safer one), whatever the rows' order
-    best = finals.sort_values(["loss", "lr"]).drop_duplicates("_g").set_index("_g")["lr"].sort_index()
+    best = means.sort_values(["loss", "lr"]).drop_duplicates("_g").set_index("_g")["lr"].sort_index()
     lost = group.isin(best.index) & (points["lr"] != group.map(best))
     dropped = points[lost & points["final"].astype(bool)].copy()
     dropped["reason"] = [f"lr {lr:.3g} lost to lr {best[g]:.3g} in its cell" for lr, g in
@@ -423,6 +452,20 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
         )
         + (", ..." if len(best) > 12 else "")
     )
+    if means["k"].max() > 1:
+        note += "; each lr judged on the mean final loss over its seeds"
+    k = means.groupby("_g")["k"].agg(["min", "max"])
+    if len(uneven := k.index[k["min"] < k["max"]]):
+        shown = "; ".join(
+            f"{name.at[g, 'model']} at {name.at[g, 'C']:.3g} FLOPs: "
+            + ", ".join(f"lr {r.lr:.3g}: {r.k:.0f} seed(s)" for r in means[means["_g"] == g].itertuples())
+            for g in uneven[:5]
+        )
+        note += (
+            f"; in {len(uneven)} cell(s) the lrs have different numbers of seeds (a seed failed, diverged or "
+            f"is not finished), so an lr may win on the seeds that survived: {shown}"
+            + ("; ..." if len(uneven) > 5 else "")
+        )
     if edge:
         note += (
             f"; in {len(edge)} of them the best lr is the smallest or largest tried, so the optimum may lie "
@@ -441,10 +484,21 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     one of its seeds logged (the others are left out, said in the note); a cell whose seeds share no
     step keeps them apart.
     """
+    derived = None
+    if "seed" in points.columns and points["replicate"].isna().all() and points["seed"].nunique() > 1:
+        # a CSV with a seed column and no replicate column: its cells are its lr groups (`best_lr`'s, by
+        # default `csv_cell`) at each lr
+        lr = points.get("lr", pd.Series(np.nan, index=points.index)).map(str)
+        group = points.get("lr_group", pd.Series(None, index=points.index, dtype=object))
+        points = points.assign(replicate=group.where(group.notna(), csv_cell(points)).map(str) + "|lr " + lr)
+        derived = (
+            "the seed column marks seeds: runs alike in model, N, budget, patch size (or lr_group) and lr "
+            "are one cell (a replicate column sets the cells instead)"
+        )
     pts = points.assign(_k=points["replicate"].where(points["replicate"].notna(), points["run_id"]))
     n_runs = pts.groupby("_k")["run_id"].transform("nunique")
     if n_runs.max() < 2:
-        return points, None
+        return points, derived
     shared = pts.groupby(["_k", "step"], dropna=False)["run_id"].transform("nunique") == n_runs
     apart = ~shared.groupby(pts["_k"]).transform("any")  # cells whose seeds share no step
     pts.loc[apart, "_k"] = pts.loc[apart, "run_id"]
@@ -461,9 +515,11 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         row["n_seeds"] = len(g)
         row["loss_seed_sd"] = g["loss"].std(ddof=1) / g["loss"].mean() if len(g) > 1 else np.nan
         rows.append(row)
-    out = pd.DataFrame(rows).drop(columns="_k").reset_index(drop=True)
+    out = pd.DataFrame(rows)
+    cells = out.groupby("_k").agg(n=("n_seeds", "max"), model=("model", "first"), C=("C", "max"))
+    out = out.drop(columns="_k").reset_index(drop=True)
     many = out[out["n_seeds"] > 1]
-    notes = []
+    notes = [derived] if derived else []
     if len(many):
         worst = many.loc[many["loss_seed_sd"].idxmax()]
         notes.append(
@@ -471,6 +527,17 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
             f"{int(many['n_seeds'].sum())} runs; --per-seed keeps them apart): the loss's sd between seeds "
             f"is {100 * many['loss_seed_sd'].median():.2g} % (median), "
             f"{100 * worst['loss_seed_sd']:.2g} % at most ({worst['model']}, {worst['C']:.3g} FLOPs)"
+        )
+    if cells["n"].nunique() > 1:  # a seed failed, diverged or is not finished: its cell averages fewer
+        most = int(cells["n"].max())
+        fewer = cells[cells["n"] < most].sort_values("C")
+        notes.append(
+            f"cells average different numbers of seeds: {int((cells['n'] == most).sum())} cell(s) {most}, "
+            f"{len(fewer)} fewer ("
+            + ", ".join(f"{r.model} at {r.C:.3g} FLOPs: {r.n:.0f}" for r in fewer.iloc[:8].itertuples())
+            + (", ..." if len(fewer) > 8 else "")
+            + "); every cell is one point of equal weight in the fits, so a mean over fewer seeds is noisier "
+            "than the others and counts the same"
         )
     if partial.any():
         notes.append(
