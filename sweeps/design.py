@@ -174,6 +174,7 @@ class FitPrior:
     law: dict
     n_axis: str = "total"
     overall_status: str = "ok"
+    patches: tuple[float, ...] = ()  # the patch sizes of the fit's IsoFLOP slices (none: unknown)
 
     def n_opt(self, compute: float, patch: int) -> float:
         p = self.law
@@ -194,11 +195,23 @@ def _law_numbers(d: dict, keys: tuple[str, ...], positive: tuple[str, ...]) -> t
     out = {}
     for k in keys:
         v = d.get(k)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = _number(v)
         if not ok or (v <= 0 and (k in positive or k in ("A", "B", "flops_per_param_datum"))):
             return {}, f"has {k} = {json.dumps(v)}" + ("" if ok else " (not a finite number)")
         out[k] = float(v)
     return out, ""
+
+
+def _fit_patches(data: dict) -> tuple[float, ...]:
+    """The patch sizes a results.json's IsoFLOP slices name (empty where none is recorded)."""
+    slices = (data.get("approach2_isoflop") or {}).get("slices") or []
+    return tuple(
+        sorted({float(x["patch"]) for x in slices if isinstance(x, dict) and _number(x.get("patch"))})
+    )
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def load_fit_prior(path: str) -> FitPrior:
@@ -225,7 +238,7 @@ def load_fit_prior(path: str) -> FitPrior:
         law, bad = _law_numbers(data, ("A", "B", "alpha", "beta", "flops_per_param_datum"), ("alpha", "beta"))
         if not bad:
             law["k"] = law.pop("flops_per_param_datum")
-            return FitPrior(str(path), "parametric", law, n_axis, overall)
+            return FitPrior(str(path), "parametric", law, n_axis, overall, _fit_patches(data))
         tried.append(f"parametric law {p3['status']} but {bad}")
     else:
         tried.append(
@@ -240,7 +253,7 @@ def load_fit_prior(path: str) -> FitPrior:
             if not bad and nums["alpha"] >= 0:
                 bad = f"N_opt = A C^{-nums['alpha']:.3g} does not grow with compute"
             if not bad:
-                return FitPrior(str(path), kind, nums, n_axis, overall)
+                return FitPrior(str(path), kind, nums, n_axis, overall, _fit_patches(data))
             tried.append(f"{kind} {part['status']} but its N_opt law {bad}")
             continue
         tried.append(f"{kind} {part.get('status', 'absent')}" + ("" if law else " without an N_opt law"))
@@ -354,6 +367,13 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                     )
                 )
             notes = []
+            fitted = getattr(prior, "patches", ())
+            if fitted and float(patch) not in fitted and source == prior.describe():
+                at = ", ".join(f"{x:g}" for x in fitted)
+                notes.append(
+                    f"the prior was fitted at patch {at}, this slice is patch {patch}: its N_opt law is "
+                    "used as fitted (FLOPs per image differ by patch size)"
+                )
             if len(picked) < k:
                 notes.append(f"only {len(picked)} of {k} sizes fit the step window {lo_s}..{hi_s}")
             t = size_targets(centre, k, spread)
@@ -536,17 +556,17 @@ def _anchor(pts, last: float, prior, target: float, patch: int) -> Centre | None
     from analysis.isoflop import isoflop_profiles, slice_sides
 
     growth = prior.n_opt(target, patch) / prior.n_opt(last, patch)
-    grown = "grown with the prior's exponent"
+    grown = " grown with the prior's exponent" if target != last else ""  # the final refit: at `last`
     at = format_budget(last)
     for p in isoflop_profiles(pts):
         if abs(math.log(p.compute / last)) < 0.25:
-            return Centre(p.n_opt * growth, f"IsoFLOP minimum at {at} ({p.n_opt:.3g}) {grown}")
+            return Centre(p.n_opt * growth, f"IsoFLOP minimum at {at} ({p.n_opt:.3g}){grown}")
     for s in slice_sides(pts):
         if abs(math.log(s.compute / last)) < 0.25 and s.side != "single":
             where = {"below": "the smallest: censored", "above": "the largest: censored"}.get(
                 s.side, "interior"
             )
-            return Centre(s.best_n * growth, f"best size at {at} ({s.best_n:.3g}, {where}) {grown}")
+            return Centre(s.best_n * growth, f"best size at {at} ({s.best_n:.3g}, {where}){grown}")
     return None
 
 

@@ -342,6 +342,30 @@ def test_a_refit_that_withholds_n_opt_says_every_reason_not_only_the_first(law_e
     first reason, "E ran to its floor", which withholds nothing (the allocation does not depend on E)."""
     monkeypatch.setenv("S39_NOISE", "0.02:1")
     res = launch_adaptive(adaptive_spec(tmp_path, law_env, name="noise1"), poll_s=0.05)
-    assert res.final.source.startswith("IsoFLOP minimum at 3e12 (")
+    assert res.final.source == f"IsoFLOP minimum at 3e12 ({res.final.n:.3g})"  # at 3e12: not "grown"
     assert res.final.note.startswith("the fit withholds N_opt (approach 3: E ran to its floor")
     assert "; the approaches disagree on N_opt by 3.42x (more than 3x" in res.final.note
+
+
+def test_a_prior_fitted_at_another_patch_size_is_named_in_the_plan(tmp_path):
+    """The N_opt law of a fit at patch 4 centres a patch-2 slice as fitted; the plan's note says so
+    (the dry run prints it). It said nothing."""
+    from test_sweeps_design import demo_isoflop, synthetic_points
+
+    from analysis.pipeline import AnalysisConfig, analyze
+    from analysis.report import write_json
+    from sweeps.design import load_fit_prior, plan_budgets
+
+    notes = {}
+    for p in (2, 4):
+        path = tmp_path / f"p{p}.json"
+        write_json(
+            path, analyze(synthetic_points().assign(patch_size=p), AnalysisConfig(n_bootstrap=0, min_steps=0))
+        )
+        assert load_fit_prior(str(path)).patches == (float(p),)
+        (plan,) = plan_budgets(demo_isoflop(budgets=[1e11], prior=str(path)))
+        notes[p] = [n for n in plan.notes if "prior was fitted" in n]
+    assert notes[2] == [] and notes[4] == [
+        "the prior was fitted at patch 4, this slice is patch 2: its N_opt law is used as fitted (FLOPs per "
+        "image differ by patch size)"
+    ]
