@@ -22,7 +22,13 @@ import pandas as pd
 from analysis.bootstrap import BootstrapResult, bootstrap_points, min_resamples
 from analysis.joint_isoflop import JointIsoFlop, d_at, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
-from analysis.status import CENSORED, Status, flag_bootstrapped_exponent, flag_unresolved_exponent
+from analysis.status import (
+    CENSORED,
+    NOT_IDENTIFIED,
+    Status,
+    flag_bootstrapped_exponent,
+    flag_unresolved_exponent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +321,37 @@ def _by_patch(pairs) -> dict[float, list]:
     return out
 
 
+def _flag_no_law(fit: IsoFlopFit, by_slice: dict[float, list], joint: bool) -> None:
+    """`not_identified` when approach 2 had the budgets for an N_opt(C) law but gives no finite
+    exponent: 3 slices of one patch size with >= 2 sizes (the joint fit) or, with ``joint=False``,
+    >= 3 sizes (parabolas), whose fits were all lost (noisy parabolas that open downward or put their
+    minimum outside the sizes; too few points for the joint fit), or a law with a NaN exponent. So
+    ``ok`` never stands beside a NaN ``a`` where the design could give one. With fewer such slices
+    approach 2 does not apply (a message says what it needs; ``a`` is NaN, null in results.json); a
+    censored fit keeps its status, whose reason says why."""
+    if fit.status.status == CENSORED or (math.isfinite(fit.a) and math.isfinite(fit.b)):
+        return
+    least = 2 if joint else 3
+    tried = {k: sum(g["N"].nunique() >= least for _, g in v) for k, v in by_slice.items()}
+    if fit.n_opt is None and max(tried.values(), default=0) < 3:
+        return  # not applicable: the design has too few budgets (the message says so)
+    if fit.n_opt is not None:
+        why = f"the IsoFLOP N_opt exponent is not a finite number (a = {fit.a}, b = {fit.b})"
+    else:
+        k = max(tried, key=tried.get)
+        why = (
+            f"no IsoFLOP N_opt(C) law: {tried[k]} budget(s){patch_text(math.nan if k < 0 else k)} with >= "
+            f"{least} model sizes, but {len(fit.profiles)} with a parabola whose minimum lies inside its "
+            "sizes"
+            + ("" if not joint else " and no joint fit (it needs >= 2 degrees of freedom: more sizes)")
+        )
+    fit.status.add(
+        NOT_IDENTIFIED,
+        f"{why}: approach 2 withholds its N_opt exponent (the skipped budgets say why); add model sizes "
+        "around each budget's best, seeds per cell, or budgets",
+    )
+
+
 def fit_isoflop(
     points: pd.DataFrame,
     *,
@@ -344,10 +381,12 @@ def fit_isoflop(
     }
     groups = {k: v for k, v in _by_patch((p.patch, p) for p in profiles).items() if len(v) >= 3}
     if not groups and not joints:
-        msg = (
-            f"IsoFLOP: {len(slices)} slice(s) (need 3 budgets of one patch size, each with >= 2 model "
-            "sizes); no N_opt(C) law"
+        need = (
+            "each with >= 2 model sizes"
+            if joint
+            else "each with a parabola whose minimum lies inside its sizes"
         )
+        msg = f"IsoFLOP: {len(slices)} slice(s) (need 3 budgets of one patch size, {need}); no N_opt(C) law"
         log.info(msg)
         skipped.append(msg)
     by_patch = {k: _laws(v) for k, v in groups.items()}
@@ -371,6 +410,7 @@ def fit_isoflop(
         joint=joints.get(main),
         minima_a=minima.get(main, math.nan),
     )
+    _flag_no_law(fit, by_slice, joint)
     if (jf := fit.joint) is not None:
         what = f"the IsoFLOP N_opt exponent a = {jf.a:.3g} (joint fit of {len(jf.budgets)} budgets)"
         flag_unresolved_exponent(status, what, jf.a_interval, 2)

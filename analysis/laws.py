@@ -316,9 +316,10 @@ class AllocationExponents:
 
     def exponents_dict(self) -> dict[str, float | None]:
         """{"a", "b"} for results.json: None unless the approach's `status` is ok, as the report
-        withholds them (its reasons give the estimate and why it is not an answer)."""
+        withholds them (its reasons give the estimate and why it is not an answer); None where there is
+        no law (NaN)."""
         ok = self.status.ok
-        return {"a": self.a if ok else None, "b": self.b if ok else None}
+        return {k: v if ok and math.isfinite(v) else None for k, v in (("a", self.a), ("b", self.b))}
 
 
 @dataclass

@@ -30,6 +30,7 @@ from sweeps.grid import (
     Cell,
     SweepSpec,
     cell_model_config,
+    expand,
     format_budget,
     make_cell,
     parse_budget,
@@ -173,6 +174,7 @@ class FitPrior:
     law: dict
     n_axis: str = "total"
     overall_status: str = "ok"
+    patches: tuple[float, ...] = ()  # the patch sizes of the fit's IsoFLOP slices (none: unknown)
 
     def n_opt(self, compute: float, patch: int) -> float:
         p = self.law
@@ -184,6 +186,32 @@ class FitPrior:
 
     def describe(self) -> str:
         return f"prior: {LAW_NAMES[self.kind]} of {self.path} (overall status {self.overall_status})"
+
+
+def _law_numbers(d: dict, keys: tuple[str, ...], positive: tuple[str, ...]) -> tuple[dict, str]:
+    """({key: float}, "") when every key of ``d`` is a finite number (``A``, ``B``, ``positive`` and
+    ``flops_per_param_datum`` > 0), else ({}, what is wrong): a results.json whose fit withheld
+    (null) or lost (NaN) a value, or of an older or other format."""
+    out = {}
+    for k in keys:
+        v = d.get(k)
+        ok = _number(v)
+        if not ok or (v <= 0 and (k in positive or k in ("A", "B", "flops_per_param_datum"))):
+            return {}, f"has {k} = {json.dumps(v)}" + ("" if ok else " (not a finite number)")
+        out[k] = float(v)
+    return out, ""
+
+
+def _fit_patches(data: dict) -> tuple[float, ...]:
+    """The patch sizes a results.json's IsoFLOP slices name (empty where none is recorded)."""
+    slices = (data.get("approach2_isoflop") or {}).get("slices") or []
+    return tuple(
+        sorted({float(x["patch"]) for x in slices if isinstance(x, dict) and _number(x.get("patch"))})
+    )
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def load_fit_prior(path: str) -> FitPrior:
@@ -205,22 +233,29 @@ def load_fit_prior(path: str) -> FitPrior:
     n_axis = (data.get("axes") or {}).get("params", "total")
     overall = str(data["status"])
     p3 = data.get("approach3_parametric") or {}
-    if p3.get("status") in USABLE and data.get("a") is not None and data.get("flops_per_param_datum"):
-        law = {k: float(data[k]) for k in ("A", "B", "alpha", "beta")}
-        return FitPrior(
-            str(path), "parametric", {**law, "k": float(data["flops_per_param_datum"])}, n_axis, overall
+    tried = []
+    if p3.get("status") in USABLE and data.get("a") is not None:
+        law, bad = _law_numbers(data, ("A", "B", "alpha", "beta", "flops_per_param_datum"), ("alpha", "beta"))
+        if not bad:
+            law["k"] = law.pop("flops_per_param_datum")
+            return FitPrior(str(path), "parametric", law, n_axis, overall, _fit_patches(data))
+        tried.append(f"parametric law {p3['status']} but {bad}")
+    else:
+        tried.append(
+            f"parametric law {p3.get('status', 'absent')}"
+            + ("" if data.get("a") is not None else ", allocation withheld")
         )
-    tried = [
-        f"parametric law {p3.get('status', 'absent')}"
-        + ("" if data.get("a") is not None else ", allocation withheld")
-    ]
     for key, kind in (("approach2_isoflop", "isoflop"), ("approach1_frontier", "frontier")):
         part = data.get(key) or {}
         law = part.get("N_opt")
-        if part.get("status") in USABLE and isinstance(law, dict) and {"A", "alpha"} <= set(law):
-            return FitPrior(
-                str(path), kind, {"A": float(law["A"]), "alpha": float(law["alpha"])}, n_axis, overall
-            )
+        if part.get("status") in USABLE and isinstance(law, dict):
+            nums, bad = _law_numbers(law, ("A", "alpha"), ())
+            if not bad and nums["alpha"] >= 0:
+                bad = f"N_opt = A C^{-nums['alpha']:.3g} does not grow with compute"
+            if not bad:
+                return FitPrior(str(path), kind, nums, n_axis, overall, _fit_patches(data))
+            tried.append(f"{kind} {part['status']} but its N_opt law {bad}")
+            continue
         tried.append(f"{kind} {part.get('status', 'absent')}" + ("" if law else " without an N_opt law"))
     reasons = "; ".join(map(str, data.get("reasons", [])[:2]))
     raise ValueError(
@@ -326,10 +361,19 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                 raise ValueError(
                     f"IsoFLOP budget {format_budget(budget)} spans {len(picked)} model size(s) with "
                     f"{lo_s}..{hi_s} steps within {spread**2:g}x of its N_opt {centre:.3g} ({source}, patch "
-                    f"{patch}); need 3: lower --min-steps (min_steps), raise the budget, "
-                    "or widen --spread"
+                    f"{patch}); need 3: "
+                    + _window_fix(
+                        spec, patch, curve, n_axis, budget, centre, (centre / spread**2, centre * spread**2)
+                    )
                 )
             notes = []
+            fitted = getattr(prior, "patches", ())
+            if fitted and float(patch) not in fitted and source == prior.describe():
+                at = ", ".join(f"{x:g}" for x in fitted)
+                notes.append(
+                    f"the prior was fitted at patch {at}, this slice is patch {patch}: its N_opt law is "
+                    "used as fitted (FLOPs per image differ by patch size)"
+                )
             if len(picked) < k:
                 notes.append(f"only {len(picked)} of {k} sizes fit the step window {lo_s}..{hi_s}")
             t = size_targets(centre, k, spread)
@@ -348,6 +392,49 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
             cells = [make_cell(spec, c.model, patch, budget) for c in picked]
             plans.append(BudgetPlan(budget, patch, centre, source, cells, notes))
     return plans
+
+
+def _window_fix(spec, patch: int, curve, n_axis: str, budget: float, centre: float, window) -> str:
+    """What to change when a budget's window around ``centre`` holds too few sizes of ``lo..hi``
+    steps: which step bound excludes them, the sizes (on the family curve) that the budget can train
+    within the step window, and, for a centre far from those, that the prior is off."""
+    lo_s, hi_s = spec.fewest_steps(), spec.isoflop_max_steps
+    n, fpi = continuous_curve(spec, patch, curve, n_axis)
+    steps = budget / (spec.batch_size * fpi)  # falls as n grows
+    fits = (steps >= lo_s) & (steps <= hi_s)
+    if not fits.any():
+        if steps[0] < lo_s:
+            return (
+                f"even the smallest shape on the family curve (N {n[0]:.3g}) makes {steps[0]:.3g} steps, "
+                f"fewer than {lo_s}: raise the budget or lower --min-steps (min_steps)"
+            )
+        return (
+            f"even the largest shape on the family curve (N {n[-1]:.3g}) makes {steps[-1]:.3g} steps, more "
+            f"than {hi_s}: lower the budget, or raise --max-steps or --batch-size"
+        )
+    n_lo, n_hi = float(n[fits].min()), float(n[fits].max())
+    can = f"with {lo_s}..{hi_s} steps this budget trains N {n_lo:.3g}..{n_hi:.3g} on the family curve"
+    small = (
+        "no shape on the family curve is smaller"
+        if n_lo <= n[0]
+        else f"smaller models make more than {hi_s} steps"
+    )
+    large = f"larger models make fewer than {lo_s} steps"
+    fix_small = "raise --max-steps or --batch-size, or lower the budget"
+    fix_large = "lower --min-steps (min_steps) or raise the budget"
+    off = (
+        " (a prior from another data set, resolution, patch size or parameter count? check --prior, or "
+        "use --tokens-per-param or isoflop_centres)"
+    )
+    if window[1] < n_lo:
+        fix = fix_small if n_lo > n[0] else "centre it on a larger N"
+        return f"{can}, all above the centre's window ({small}): {fix}{off}"
+    if window[0] > n_hi:
+        return f"{can}, all below the centre's window ({large}): {fix_large}{off}"
+    fixes = [
+        f for f, cut in ((fix_small, window[0] < n_lo and n_lo > n[0]), (fix_large, window[1] > n_hi)) if cut
+    ]
+    return f"{can}; " + "; or ".join(fixes + ["widen --spread"])
 
 
 def design_cells(spec: SweepSpec) -> list[Cell]:
@@ -446,7 +533,7 @@ def refit_centre(spec: SweepSpec, prior, points, done: list[float], target: floa
             budgets = ",".join(format_budget(b) for b in sorted(done))
             fit = Centre(pr.n_opt.value, f"fit of budgets {budgets}: {pr.source}", pr.status.text())
         else:
-            why = f"the fit withholds N_opt ({'; '.join(pr.status.reasons[:1])})"
+            why = f"the fit withholds N_opt ({'; '.join(pr.status.reasons)})"  # all: the first may not be why
     except ValueError as e:
         why = f"no fit yet ({e})"
     try:
@@ -469,17 +556,17 @@ def _anchor(pts, last: float, prior, target: float, patch: int) -> Centre | None
     from analysis.isoflop import isoflop_profiles, slice_sides
 
     growth = prior.n_opt(target, patch) / prior.n_opt(last, patch)
-    grown = "grown with the prior's exponent"
+    grown = " grown with the prior's exponent" if target != last else ""  # the final refit: at `last`
     at = format_budget(last)
     for p in isoflop_profiles(pts):
         if abs(math.log(p.compute / last)) < 0.25:
-            return Centre(p.n_opt * growth, f"IsoFLOP minimum at {at} ({p.n_opt:.3g}) {grown}")
+            return Centre(p.n_opt * growth, f"IsoFLOP minimum at {at} ({p.n_opt:.3g}){grown}")
     for s in slice_sides(pts):
         if abs(math.log(s.compute / last)) < 0.25 and s.side != "single":
             where = {"below": "the smallest: censored", "above": "the largest: censored"}.get(
                 s.side, "interior"
             )
-            return Centre(s.best_n * growth, f"best size at {at} ({s.best_n:.3g}, {where}) {grown}")
+            return Centre(s.best_n * growth, f"best size at {at} ({s.best_n:.3g}, {where}){grown}")
     return None
 
 
@@ -555,20 +642,24 @@ def launch_adaptive(
         ids = check_placed(spec, sdir, b, rec)
         log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
         res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress, record=spec, jobs_gone=jobs_gone)
-        cells = {cid: str(sdir / "cells" / cid) for cid in ids}
+        # every seed and lr of the placed sizes (the record keeps the sizes' plain ids): the budget is
+        # done when all have finished, and the refit sees them all (seeds averaged, each cell's best lr)
+        every = [c.cell_id for c in expand(sub)]
+        cells = {cid: str(sdir / "cells" / cid) for cid in every}
         states = read_states(uri, spec.experiment, spec.name, cells)
-        step = AdaptiveStep(b, centre, ids, res, all(s.state == "finished" for s in states.values()))
+        step = AdaptiveStep(b, centre, every, res, all(s.state == "finished" for s in states.values()))
         result.steps.append(step)
         if on_step is not None:
             on_step(step)
         if not step.finished:
-            left = sorted(c for c, s in states.items() if s.state != "finished")
+            left = sorted(f"{c} {s.state}" for c, s in states.items() if s.state != "finished")
             result.stopped = (
                 f"budget {format_budget(b)} has unfinished cells ({', '.join(left)}); the next budget is "
-                "placed on its fit: relaunch the same command when they finish"
+                "placed on its fit: relaunch the same command when they finish (a relaunch retries a "
+                "failed or interrupted cell, up to --max-retries)"
             )
             return result
         done.append(b)
-        done_cells += ids
+        done_cells += every
     result.final = refit_centre(spec, prior, sweep_points(spec, uri, done_cells), done, budgets[-1], patch)
     return result
