@@ -1,4 +1,4 @@
-"""Session 39: the study designs used against the grain (docs/_s39_designs.md).
+"""Session 39: the study designs used against the grain (docs/testing.md, session 39).
 
 This module is also a stand-in trainer (``trainer: test_designs_s39``): the final loss follows the
 known law of tests/test_sweeps_design.py, L(N, D) = 0.03 + 1.8 / N^0.34 + 0.26 / D^0.28 (D in
@@ -324,8 +324,8 @@ def test_ctrl_c_between_budgets_resumes_with_the_same_placement_and_no_retrainin
 
 
 def test_adaptive_recovers_the_laws_optimum_within_1_5x_on_noisy_seeds(law_env, tmp_path, monkeypatch):
-    """The issue's acceptance at 2 % noise on four noise seeds (ten in docs/_s39_designs.md: 0.84x ..
-    1.42x): the final fit's N_opt at 3e12 within 1.5x of the law's optimum on the family curve."""
+    """The issue's acceptance at 2 % noise on four noise seeds (twenty in docs/testing.md, session 39:
+    0.77x .. 1.49x): the final fit's N_opt at 3e12 within 1.5x of the law's optimum on the family curve."""
     ratios = []
     for seed in range(4):
         monkeypatch.setenv("S39_NOISE", f"0.02:{seed}")

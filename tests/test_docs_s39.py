@@ -1,4 +1,4 @@
-"""Session 39: documented commands checked against the code (docs/_s39_docs.md)."""
+"""Session 39: documented commands checked against the code (docs/testing.md, session 39)."""
 
 from __future__ import annotations
 

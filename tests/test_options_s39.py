@@ -1,4 +1,4 @@
-"""Session 39: the model and training options combined as a researcher would (docs/_s39_options.md)."""
+"""Session 39: the model and training options combined as a researcher would (docs/testing.md, session 39)."""
 
 from __future__ import annotations
 
