@@ -1,6 +1,7 @@
 """Session 39: session 38's launcher leftovers (the cancel after a failed record, on the real cluster and
 locally; a cancelled job counted as a try; Ctrl-C during that cancel; Ctrl-C around sbatch) and the
-IsoFLOP JSON of withheld exponents. Each fix's test failed on the code before it (docs/testing.md, session 39)."""
+IsoFLOP JSON of withheld exponents. Each fix's test failed on the code before it (docs/testing.md,
+session 39)."""
 
 from __future__ import annotations
 
