@@ -357,7 +357,8 @@ def children_ignore_sigint():
     controller had accepted before it printed the array's id, leaving jobs no record names (a relaunch
     would train their cells twice). This process still gets the Ctrl-C: SIGINT is blocked in this thread
     meanwhile, so it stays pending rather than ignored, and arrives (to `signals_deferred`'s handler)
-    once the handler is back. A no-op off the main thread."""
+    once the handler is back, unless the kernel hands it to another thread (the CLI has three more at
+    this point), where it is dropped: a second Ctrl-C is then needed. A no-op off the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
