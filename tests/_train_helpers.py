@@ -89,3 +89,36 @@ def train_cli(capsys, argv: list[str]) -> tuple[int, str]:
     with one_thread():
         code = main(argv)
     return code, capsys.readouterr().err
+
+
+def read_until(proc, text: str) -> list[str]:
+    """Read ``proc``'s stderr (a text pipe) up to the first line holding ``text``; the lines read. Fails
+    the test, with the last lines, when the stream ends first."""
+    import pytest
+
+    seen: list[str] = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            return seen
+    pytest.fail(f"no line with {text!r}:\n" + "".join(seen[-30:]))
+
+
+def nan_loss_at(monkeypatch, call: int):
+    """Make the ``call``-th training forward's loss NaN (1-based: at step ``call`` of a fresh run);
+    returns the real `GaussianDiffusion.training_losses`, to put back."""
+    from dit_core.diffusion.gaussian import GaussianDiffusion
+
+    real = GaussianDiffusion.training_losses
+    calls = {"n": 0}
+
+    def poisoned(self, model, x0, t, model_kwargs=None, noise=None):
+        out = real(self, model, x0, t, model_kwargs, noise)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == call:
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
+    return real

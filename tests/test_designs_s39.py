@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_sweeps_design import law_loss, law_spec, true_n_opt
+from test_sweeps_design import law_spec, log_law_run, true_n_opt
 from test_sweeps_fake_trainer import TrainConfig as FakeTrainConfig
 
-from dit_core.spec import model_config, param_count, train_flops_per_image
 from sweeps.design import launch_adaptive, read_record
 
 
@@ -53,30 +52,12 @@ def noise_of(cell: str, seed: int) -> float:
 
 def train(cfg) -> dict:
     """Log what `analysis.runs.load_runs` reads: the law's loss (with noise) at the final step."""
-    import mlflow
-
     cell = cfg.tracking.grid_cell or ""
     if (fail := os.environ.get("S39_FAIL")) and fail in cell:
         raise RuntimeError(f"S39_FAIL: cell {cell} fails")
-    m = cfg.model
-    dit = model_config(**dataclasses.asdict(m))
-    n, fpi = param_count(dit), train_flops_per_image(dit)
-    steps, batch = cfg.budget.max_steps, cfg.budget.global_batch_size
-    images = steps * batch
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    with mlflow.start_run(run_id=cfg.tracking.run_id):
-        flat = {f"model.{k}": v for k, v in dataclasses.asdict(m).items()}
-        flat |= {f"budget.{k}": v for k, v in dataclasses.asdict(cfg.budget).items()}
-        flat |= {"model.params": n, "optim.schedule": "cosine", "data.name": cfg.data.name, "seed": cfg.seed}
-        flat |= {"optim.lr": cfg.optim.lr}
-        mlflow.log_params({k: "" if v is None else str(v) for k, v in flat.items()})
-        worse = 1.1 if cfg.optim.lr < 3e-3 else 1.0  # an lr below 3e-3 trains 10 % worse
-        loss = float(law_loss(n, images)) * (1.0 + noise_of(cell, cfg.seed)) * worse
-        mlflow.log_metrics(
-            {"val/loss": loss, "compute/train_flops": images * fpi, "data/images_seen": images}, step=steps
-        )
-        mlflow.set_tag("status", "finished")
-    return {"loss": loss}
+    worse = 1.1 if cfg.optim.lr < 3e-3 else 1.0  # an lr below 3e-3 trains 10 % worse
+    factor = (1.0 + noise_of(cell, cfg.seed)) * worse
+    return log_law_run(cfg, factor, {"seed": cfg.seed, "optim.lr": cfg.optim.lr})
 
 
 # ------------------------------------------------------------------ 1. approach 2: no ok beside a NaN a

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import metric_history, one_thread, tiny_config
+from _train_helpers import metric_history, one_thread, read_until, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint
@@ -140,14 +140,8 @@ def test_a_rank_killed_mid_run_ends_the_run_failed_and_one_process_resumes_it(tm
         str(out),
     ]
     proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    seen: list[str] = []
     try:
-        for line in proc.stderr:
-            seen.append(line)
-            if "step 28/100000 | loss" in line:
-                break
-        else:
-            pytest.fail("no progress line:\n" + "".join(seen[-30:]))
+        read_until(proc, "step 28/100000 | loss")
         ranks = _rank_pids(proc.pid)
         assert sorted(ranks) == [0, 1], ranks
         killed = time.monotonic()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _train_helpers import one_thread, tiny_config
+from _train_helpers import nan_loss_at, one_thread, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.train import train
@@ -16,19 +16,8 @@ def test_a_run_finished_after_a_failed_attempt_keeps_the_error_only_as_error_pre
     UI's tag column and to scripts); the old message is kept as `error.previous`."""
     from dit_core.diffusion.gaussian import GaussianDiffusion
 
-    real = GaussianDiffusion.training_losses
-    calls = {"n": 0}
-
-    def poisoned(self, model, x0, t, model_kwargs=None, noise=None):
-        out = real(self, model, x0, t, model_kwargs, noise)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == 7:
-                out["loss"] = out["loss"] * float("nan")
-        return out
-
     cfg = tiny_config(tmp_path, steps=12, **{"checkpoint.every": 5, "log_every": 4})
-    monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
+    real = nan_loss_at(monkeypatch, 7)
     with one_thread(), pytest.raises(FloatingPointError, match="at step 7"):
         train(cfg)
     run_id = (tmp_path / "mlflow_run_id").read_text().strip()

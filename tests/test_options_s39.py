@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_diffusion_analytic import SHAPE, make_oracle
+from test_diffusion_analytic import SHAPE, _one_thread, make_oracle  # noqa: F401 (autouse fixture)
 
 from dit_core.diffusion import DiffusionConfig, create_diffusion, sample
 from dit_core.diffusion.respace import space_timesteps
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------- one sampling step
 

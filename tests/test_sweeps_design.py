@@ -49,6 +49,11 @@ def train(cfg: TrainConfig) -> dict:
     """Log at once what `analysis.runs.load_runs` reads: params (model.params, budget.train_flops,
     optim.schedule = cosine, ...), and at the final step val/loss = LAW(N, images),
     compute/train_flops and data/images_seen."""
+    return log_law_run(cfg)
+
+
+def log_law_run(cfg, factor: float = 1.0, params: dict | None = None) -> dict:
+    """`train`'s run with its loss times ``factor`` and ``params`` logged beside the others."""
     import mlflow
 
     m = cfg.model
@@ -60,9 +65,9 @@ def train(cfg: TrainConfig) -> dict:
     with mlflow.start_run(run_id=cfg.tracking.run_id):
         flat = {f"model.{k}": v for k, v in dataclasses.asdict(m).items()}
         flat |= {f"budget.{k}": v for k, v in dataclasses.asdict(cfg.budget).items()}
-        flat |= {"model.params": n, "optim.schedule": "cosine", "data.name": cfg.data.name}
+        flat |= {"model.params": n, "optim.schedule": "cosine", "data.name": cfg.data.name, **(params or {})}
         mlflow.log_params({k: "" if v is None else str(v) for k, v in flat.items()})
-        loss = float(law_loss(n, images))
+        loss = float(law_loss(n, images)) * factor
         mlflow.log_metrics(
             {"val/loss": loss, "compute/train_flops": images * fpi, "data/images_seen": images}, step=steps
         )

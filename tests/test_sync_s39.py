@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _train_helpers import read_until
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint
@@ -95,14 +96,8 @@ def signalled_run(tmp_path_factory, session_mlflow_dir):
         _MLFLOW_SERVER_ARTIFACT_ROOT=str(session_mlflow_dir / "artifacts"),
     )  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    seen: list[str] = []
     try:
-        for line in proc.stderr:
-            seen.append(line)
-            if f"step {SIGNAL_AFTER}/1000 | loss" in line:
-                break
-        else:
-            pytest.fail("no progress line:\n" + "".join(seen[-30:]))
+        read_until(proc, f"step {SIGNAL_AFTER}/1000 | loss")
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.stderr.read()

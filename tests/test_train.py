@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from _train_helpers import metric_history as _history
-from _train_helpers import one_thread, tiny_config
+from _train_helpers import nan_loss_at, one_thread, read_until, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -99,20 +99,7 @@ def test_budget_below_one_step_is_a_clear_error(tmp_path):
 def test_non_finite_loss_stops_keeps_last_good_checkpoint_and_fails_run(tmp_path, monkeypatch):
     """A NaN loss at step 13 (checkpoints every 5): FloatingPointError naming step 13, the newest
     checkpoint is step 10 (nothing written with NaN weights), the MLflow run is FAILED."""
-    from dit_core.diffusion.gaussian import GaussianDiffusion
-
-    real = GaussianDiffusion.training_losses
-    calls = {"n": 0}
-
-    def poisoned(self, model, x0, t, model_kwargs=None, noise=None):
-        out = real(self, model, x0, t, model_kwargs, noise)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == 13:
-                out["loss"] = out["loss"] * float("nan")
-        return out
-
-    monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
+    nan_loss_at(monkeypatch, 13)
     cfg = tiny_config(tmp_path, steps=30, **{"checkpoint.every": 5, "log_every": 4})
     with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at step 13"):
         train(cfg)
@@ -288,14 +275,8 @@ def test_sigterm_checkpoints_exits_143_and_resumes_into_the_same_run(tmp_path, s
     proc = subprocess.Popen(
         cmd, env=_launch_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
-    seen = []
     try:
-        for line in proc.stderr:
-            seen.append(line)
-            if "step 6/100000 | loss" in line:
-                break
-        else:
-            pytest.fail("no progress line:\n" + "".join(seen[-30:]))
+        read_until(proc, "step 6/100000 | loss")
         proc.send_signal(getattr(signal, signame))
         rest = proc.stderr.read()
         rc = proc.wait(timeout=60)
