@@ -99,6 +99,17 @@ def parse_sbatch_lines(lines: list[str]) -> dict[str, Any]:
     return out
 
 
+class OwnSessionSlurmExecutor(submitit.SlurmExecutor):
+    """submitit's SLURM executor with `sbatch` started in a session of its own (`setsid --wait`). A
+    terminal's Ctrl-C, or a SIGTERM to the launcher's process group, then reaches the launcher (which
+    holds it until the jobs are recorded, `sweeps.runner.signals_deferred`) but not sbatch, which could
+    otherwise die after the controller accepted the array and before it printed the array's id: jobs
+    that no record names, trained again by a relaunch."""
+
+    def _make_submission_command(self, submission_file_path: Path) -> list[str]:
+        return ["setsid", "--wait", *super()._make_submission_command(submission_file_path)]
+
+
 def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) -> submitit.Executor:
     """A configured submitit executor writing its pickles and logs under ``folder``."""
     folder = Path(folder)
@@ -120,6 +131,8 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
     ex = submitit.AutoExecutor(
         folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=spec.max_num_timeout
     )
+    if shutil.which("setsid"):  # util-linux, on every Linux login node; without it, plain sbatch
+        ex._executor.__class__ = OwnSessionSlurmExecutor  # the same object, its submission command ours
     extra = {"requeue": True, **parse_sbatch_lines(spec.sbatch)}
     params: dict[str, Any] = {
         "name": job_name,

@@ -350,26 +350,6 @@ def signals_deferred(*sigs: int):
             signal.raise_signal(s)
 
 
-@contextlib.contextmanager
-def children_ignore_sigint():
-    """Start the block's child processes (sbatch) with SIGINT ignored, a disposition they keep across
-    exec: a terminal's Ctrl-C, sent to the whole process group, would kill an sbatch whose array the
-    controller had accepted before it printed the array's id, leaving jobs no record names (a relaunch
-    would train their cells twice). This process still gets the Ctrl-C: SIGINT is blocked in this thread
-    meanwhile, so it stays pending rather than ignored, and arrives (to `signals_deferred`'s handler)
-    once the handler is back, unless the kernel hands it to another thread (the CLI has three more at
-    this point), where it is dropped: a second Ctrl-C is then needed. A no-op off the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
 
 @dataclass
 class _Runner:
@@ -410,8 +390,7 @@ class _Runner:
         """`_submit`'s critical section: submit ``prepared`` and record each job in its cell's run."""
         spec, uri = self.prep.spec, self.prep.tracking_uri
         if self.prep.kind == "slurm":
-            with children_ignore_sigint():  # a Ctrl-C cannot kill sbatch before it names the array
-                jobs = self.executor.map_array(CellJob(), prepared)  # one job array
+            jobs = self.executor.map_array(CellJob(), prepared)  # one job array (sbatch in its own session)
         else:
             jobs = []
             for t in prepared:
