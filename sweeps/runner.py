@@ -350,7 +350,6 @@ def signals_deferred(*sigs: int):
             signal.raise_signal(s)
 
 
-
 @dataclass
 class _Runner:
     """Submits tasks (one array on SLURM; locally one per free slot of ``local_parallelism``) and waits."""
