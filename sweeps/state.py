@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dit_core.atomic import atomic_write_text
 from dit_core.tracking import (
     EXECUTOR_TAG,
     FID_METRICS,
@@ -215,12 +216,9 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
 def note_cancelled(run_dir: str | Path, job_id: str, interrupts: int) -> None:
     """Write into the cell folder ``run_dir``'s `CANCELLED_FILE` that its launcher cancelled the job
     ``job_id`` (whose record failed), and the cell's interrupts counting it: should the record have been
-    written, `read_states` then counts that job as no try. Atomic (a temporary file renamed)."""
-    path = Path(run_dir) / CANCELLED_FILE
+    written, `read_states` then counts that job as no try. Atomic (`dit_core.atomic`)."""
     jobs = {**cancelled_jobs(run_dir), str(job_id): int(interrupts)}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(jobs, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(Path(run_dir) / CANCELLED_FILE, json.dumps(jobs, sort_keys=True))
 
 
 def cancelled_jobs(run_dir: str | Path) -> dict[str, int]:
