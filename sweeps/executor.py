@@ -102,9 +102,9 @@ def parse_sbatch_lines(lines: list[str]) -> dict[str, Any]:
 class OwnSessionSlurmExecutor(submitit.SlurmExecutor):
     """submitit's SLURM executor with `sbatch` started in a session of its own (`setsid --wait`). A
     terminal's Ctrl-C, or a SIGTERM to the launcher's process group, then reaches the launcher (which
-    holds it until the jobs are recorded, `sweeps.runner.signals_deferred`) but not sbatch, which could
-    otherwise die after the controller accepted the array and before it printed the array's id: jobs
-    that no record names, trained again by a relaunch."""
+    holds it until the jobs are recorded, `dit_core.trainer.signals.signals_deferred`) but not sbatch,
+    which could otherwise die after the controller accepted the array and before it printed the array's
+    id: jobs that no record names, trained again by a relaunch."""
 
     def _make_submission_command(self, submission_file_path: Path) -> list[str]:
         return ["setsid", "--wait", *super()._make_submission_command(submission_file_path)]

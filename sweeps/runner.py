@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 import submitit
 
+from dit_core.trainer.signals import signals_deferred
 from sweeps.eta import cell_work, time_left
 from sweeps.executor import (
     SLURM_ALIVE,
@@ -328,26 +328,6 @@ def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
         prep.sweep_dir / "jobs", threads=threads, trainer=prep.spec.trainer, tracking_uri=prep.tracking_uri,
         timeout_min=ex.timeout_min, signal_delay_s=ex.signal_delay_s, max_num_timeout=ex.max_num_timeout,
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def signals_deferred(*sigs: int):
-    """Hold ``sigs`` until the block ends, then deliver them: a Ctrl-C or `kill` between submitting
-    jobs and recording them in their runs would leave jobs no record names, which a relaunch would
-    submit again. Yields the list of the signals held so far (the block may act on them:
-    `_cancel_jobs`). A no-op off the main thread (Python runs signal handlers there only)."""
-    got: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield got
-        return
-    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in sigs}
-    try:
-        yield got
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        for s in dict.fromkeys(got):
-            signal.raise_signal(s)
 
 
 @dataclass

@@ -91,7 +91,7 @@ from .signals import (
     SIGNAL_SYNC_EVERY,
     PreemptionGuard,
     SignalSync,
-    held_off,
+    signals_deferred,
 )
 from .update import update_ops
 from .validation import Validator
@@ -649,9 +649,9 @@ class Trainer:
         """End the MLflow run (if started) of a run that stops on ``err``: FAILED with the ``error``
         tag, or, for a Ctrl-C of a sweep's local job, KILLED with ``status=interrupted``. A preemption
         signal meanwhile (the SIGTERM `torchrun` sends every rank once one has died) waits until the run
-        is ended (`held_off`)."""
+        is ended (`signals_deferred`)."""
         if self.tracker:
-            with held_off():
+            with signals_deferred(*PREEMPTION_SIGNALS, during="ending the run"):
                 self.tracker.set_tags({ERROR_TAG: f"{type(err).__name__}: {err}"[:5000]})
                 ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
                 self.tracker.finish(STATUS_INTERRUPTED if ctrl_c else STATUS_FAILED)

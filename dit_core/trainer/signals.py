@@ -36,7 +36,7 @@ __all__ = [
     "SIGNAL_SYNC_S",
     "PreemptionGuard",
     "SignalSync",
-    "held_off",
+    "signals_deferred",
     "in_local_job",
 ]
 
@@ -168,23 +168,24 @@ class SignalSync:
 
 
 @contextlib.contextmanager
-def held_off(signals: tuple[int, ...] = PREEMPTION_SIGNALS) -> Iterator[None]:
-    """Hold ``signals`` off while the block runs (a failed run being marked FAILED in MLflow), then
-    restore the handlers there were and send this process the first signal that came, which then
-    acts as it would have (terminates it, by default). Without this a SIGTERM in that moment (what
-    `torchrun` sends the other ranks as soon as one dies) killed the process halfway and left the run
-    RUNNING. Only in the main thread (elsewhere the block runs as it is)."""
+def signals_deferred(*sigs: int, during: str = "") -> Iterator[list[int]]:
+    """Hold ``sigs`` until the block ends, then restore the handlers there were and deliver each one that
+    came, which then acts as it would have. Yields the list of the signals held so far (the block may act
+    on them). Used where a signal in the middle would lose something: a failed run being ended in MLflow
+    (torchrun SIGTERMs the other ranks as soon as one dies; ``during`` names it in a warning), a sweep's
+    jobs between submitting and recording them (`sweeps.runner`). A no-op off the main thread (Python
+    runs signal handlers there only)."""
+    got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield got
         return
-    came: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in signals}
+    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in sigs}
     try:
-        yield
+        yield got
     finally:
-        for s, prev in previous.items():
-            if prev is not None:  # None: a handler not installed from Python, which cannot be restored
-                signal.signal(s, prev)  # type: ignore[arg-type]
-        if came:
-            log.warning("received %s while ending the run; acting on it now", signal.Signals(came[0]).name)
-            signal.raise_signal(came[0])
+        for s, handler in old.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in dict.fromkeys(got):
+            if during:
+                log.warning("received %s while %s; acting on it now", signal.Signals(s).name, during)
+            signal.raise_signal(s)
