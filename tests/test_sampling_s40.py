@@ -163,3 +163,59 @@ def test_a_section_that_cannot_hold_its_count_is_named(T, spec, match):
     sections than steps as "asks for 1 steps but only 0 are available"."""
     with pytest.raises(ValueError, match=match):
         space_timesteps(T, spec)
+
+
+# ---------------------------------------------------------------- YAML errors: one format
+
+
+def _trainer(capsys, *args: str) -> tuple[int, str]:
+    from _train_helpers import train_cli
+
+    return train_cli(capsys, ["--max-steps", "1", "--no-mlflow", *args])
+
+
+def _launcher(capsys, tmp_path, *args: str) -> tuple[int, str]:
+    from sweeps import launch
+
+    code = launch.main(["run", "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("optim: [1\n", "line 2, column 1: expected ',' or ']', but got '<stream end>'"),
+        ("optim:\n\tlr: 1\n", "line 2, column 1: found character '\\t' that cannot start any token"),
+    ],
+    ids=["unclosed", "tab"],
+)
+def test_the_trainer_and_the_launcher_name_a_yaml_error_alike(tmp_path, capsys, text, where):
+    """The same broken file read by both CLIs: one "<file>: not valid YAML (line L, column C: what)".
+    The trainer wrote "line 2, column 1: expected ..." and the launcher "expected ..., line 2, column 1"."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    code, err = _trainer(capsys, "--out", str(tmp_path / "r"), "--config", str(bad))
+    assert code == 2 and err.startswith(f"error: --config: {bad}: not valid YAML ({where}); fix the file"), (
+        err
+    )
+    code, err = _launcher(capsys, tmp_path, "-c", str(bad))
+    assert code == 2 and err.startswith(f"error: {bad}: not valid YAML ({where}); fix the file: "), err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_a_binary_trainer_config_is_named(tmp_path, capsys):
+    """A binary --config said only "'utf-8' codec can't decode byte 0xec in position 16" (no file, no
+    field, no fix); the launcher's sweep config already said "not a text file"."""
+    bad = tmp_path / "runs.db"
+    bad.write_bytes(b"SQLite format 3\x00\xec\xff")
+    code, err = _trainer(capsys, "--out", str(tmp_path / "r"), "--config", str(bad))
+    assert code == 2 and err.startswith(f"error: --config: {bad}: not a text file, so not a YAML file"), err
+
+
+@pytest.mark.parametrize("value", ["[1", "{a", "a: b: c"])
+def test_a_launcher_set_value_yaml_cannot_read_is_judged_by_its_field(tmp_path, capsys, value):
+    """`launch.py run --set optim.lr=[1` was a yaml ScannerError traceback and exit 1: the value is now
+    the text itself, and the field's type refuses it with exit 2 like any other bad value."""
+    code, err = _launcher(capsys, tmp_path, "--set", f"optim.lr={value}")
+    assert code == 2 and "Traceback" not in err, err
+    assert f"optim.lr: cannot use {value!r} as float" in err, err
