@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .configio import ConfigError, apply_flat, check_fields, coerce_fields, flatten, require, yaml_to_flat
+from .configio import (
+    ConfigError,
+    apply_flat,
+    check_fields,
+    coerce_fields,
+    flatten,
+    require,
+    yaml_problem,
+    yaml_to_flat,
+)
 from .data import DataConfig
 from .diffusion import DiffusionConfig
 from .diffusion.config import SAMPLERS, samplers_for
@@ -358,10 +367,10 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     require(p.is_file(), "--config", f"the file {p} does not exist; give a YAML file of fields")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config: {p}: not a text file, so not a YAML file of fields; give one") from None
     except yaml.YAMLError as e:
-        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"--config: {p} is not valid YAML ({where}{problem}); fix the file") from None
+        raise ConfigError(f"--config: {p}: not valid YAML ({yaml_problem(e)}); fix the file") from None
     return yaml_to_flat(TrainConfig, data or {}, f"config file {p}")
 
 

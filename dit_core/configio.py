@@ -129,13 +129,24 @@ def parse_scalar(text: str) -> Any:
     with numbers like ``3e-4`` (a string to YAML 1.1) read as floats."""
     import yaml
 
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:  # "[1", "a: b: c": not YAML, so the text itself; the field's type judges it
+        return text
     if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
             return value
     return value
+
+
+def yaml_problem(error: Exception) -> str:
+    """Where and what PyYAML found wrong, on one line: ``line 2, column 1: expected ',' or ']', ...``
+    (the one format of every "not valid YAML (...)" message)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return problem if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 # ---------------------------------------------------------------------- nested <-> dotted

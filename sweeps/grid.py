@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from dit_core.atomic import atomic_write_text
-from dit_core.configio import check_fields, check_keys, parse_value, require
+from dit_core.configio import check_fields, check_keys, parse_value, require, yaml_problem
 from dit_core.spec import (
     MAX_IMAGES,
     DiTConfig,
@@ -510,19 +510,12 @@ def load_spec(path: str | Path | None = None) -> SweepSpec:
             f"{p}: not a text file, so not a sweep YAML; give a .yaml file (-c/--config)"
         ) from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({_yaml_problem(e)}); {YAML_FIX}") from None
+        raise ValueError(f"{p}: not valid YAML ({yaml_problem(e)}); {YAML_FIX}") from None
     return spec_from_dict(data, where=str(p))
 
 
 #: how to fix a sweep YAML that does not parse
 YAML_FIX = "fix the file: indent with spaces, close each [ ] and { }, quote values holding ': ' or '#'"
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """What PyYAML found wrong and where, on one line: ``found character '\\t' ..., line 2, column 1``."""
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    return problem if mark is None else f"{problem}, line {mark.line + 1}, column {mark.column + 1}"
 
 
 def write_spec_record(spec: SweepSpec, folder: Path) -> None:

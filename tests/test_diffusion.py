@@ -368,14 +368,14 @@ def test_logit_normal_timesteps(objective):
 
 
 def test_space_timesteps_conventions():
-    assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
+    assert space_timesteps(1000, "ddim50") == list(range(19, 1000, 20))  # DDIM's stride, down from T-1
     kept = space_timesteps(1000, "250")
     assert len(kept) == 250 and kept[0] == 0 and kept[-1] == 999
     assert space_timesteps(1000, 1000) == list(range(1000))
     assert space_timesteps(1000, 1) == [999]  # one step: the noisiest (sampling starts there)
     sections = space_timesteps(300, "10,5,1")
     assert len(sections) == 16 and sections[:10] == list(range(0, 100, 11))[:10]
-    assert sections[-1] == 200  # a one-step section keeps its first step
+    assert sections[-2:] == [199, 299]  # a one-step section keeps its noisiest step
 
 
 @pytest.mark.parametrize(
@@ -408,7 +408,7 @@ def test_respaced_model_sees_original_timesteps():
 
     r = create_diffusion(DiffusionConfig()).respace("ddim10")
     r.training_losses(Recorder(), torch.zeros(3, 1, 2, 2), torch.tensor([0, 4, 9]))
-    assert seen[0].tolist() == [0, 400, 900]
+    assert seen[0].tolist() == [99, 499, 999]
 
 
 def test_timestep_dtype_mismatch_is_a_clear_error():

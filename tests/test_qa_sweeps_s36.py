@@ -27,8 +27,11 @@ def _main(argv: list[str], capsys) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     ("text", "what"),
     [
-        ("families: [S\n", "not valid YAML (expected ',' or ']', but got '<stream end>', line 2"),
-        ("families: [S]\n\tbudgets: [1e11]\n", "not valid YAML (found character '\\t' that cannot start"),
+        ("families: [S\n", "not valid YAML (line 2, column 1: expected ',' or ']', but got '<stream end>')"),
+        (
+            "families: [S]\n\tbudgets: [1e11]\n",
+            "not valid YAML (line 2, column 1: found character '\\t' that",
+        ),
         (b"SQLite format 3\x00\xec\xff", "not a text file, so not a sweep YAML"),
     ],
     ids=["unclosed-list", "tab-indent", "binary"],

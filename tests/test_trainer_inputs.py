@@ -175,7 +175,7 @@ def test_user_mistakes_exit_2_with_a_message(tmp_path, capsys):
         ([*base, "--out", str(afile)], f"out: {afile} is a file, not a folder"),
         ([*base, "--out", str(afile / "sub")], f"out: {afile} is a file, not a folder"),
         ([*base, "--out", str(tmp_path / "r"), "--config", str(bad)],
-         f"--config: {bad} is not valid YAML (line 2"),
+         f"--config: {bad}: not valid YAML (line 2, column 1: expected ',' or ']'"),
         (["--max-steps", "2", "--out", str(tmp_path / "r"), "--tracking-uri", "foo://bar"],
          "tracking URI 'foo://bar': give a database or a server"),
         (["--max-steps", "2", "--out", str(tmp_path / "r"), "--tracking-uri", str(tmp_path / "store")],
