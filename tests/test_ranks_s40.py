@@ -6,6 +6,7 @@ which patches them in before it runs the trainer's CLI (no hook in the library).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -163,3 +164,58 @@ def test_a_sigterm_during_a_checkpoint_write_and_torchruns_shutdown_timeout(tmp_
     assert not [f for f in os.listdir(out / "checkpoints") if f.endswith(".tmp")]
     assert load_checkpoint(out)["step"] == 10 and MlflowClient().get_run(run_id).info.status == "FINISHED"
     assert took < 90, took
+
+
+# ---------------------------------------------------------------- 3. SIGUSR1 under torchrun
+#: torchrun's signals (its default) plus the two SLURM and submitit send: `PET_SIGNALS_TO_HANDLE`
+#: (torchrun's --signals-to-handle, which `accelerate launch` has no flag for)
+FORWARD_USR = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
+def test_sigusr1_to_the_launcher_is_lost_unless_torchrun_is_told_to_forward_it(tmp_path):
+    """SIGUSR1 to the launcher only (SLURM's ``--signal=B:USR1@...`` to a batch script that runs
+    `accelerate launch` itself; `scancel --batch --signal=USR1`). torchrun handles SIGTERM, SIGINT,
+    SIGHUP and SIGQUIT only: USR1's default action kills it at once (exit -10) and the ranks, in
+    sessions of their own, train on as orphans with no preemption checkpoint. With
+    PET_SIGNALS_TO_HANDLE naming SIGUSR1 it is sent on to the ranks: they checkpoint, the run ends
+    KILLED / preempted, the launcher exits 128 + 10."""
+    from mlflow import MlflowClient
+    from test_dist_s39 import _rank_pids
+
+    from dit_core.checkpoint import load_checkpoint
+
+    def launch(out: Path, env: dict[str, str]) -> tuple[int, dict[int, int]]:
+        cmd = [*ACCELERATE, "--num_processes", "2", "-m", "dit_core.train", *RUN, "--max-steps", "100000",
+               "--out", str(out)]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        try:
+            _read_until(proc, "step 5/100000 | loss")
+            ranks = _rank_pids(proc.pid)
+            assert sorted(ranks) == [0, 1], ranks
+            proc.send_signal(signal.SIGUSR1)
+            return proc.wait(timeout=60), ranks
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    rc, ranks = launch(tmp_path / "lost", _env())
+    try:
+        time.sleep(2)
+        alive = {r: Path(f"/proc/{p}").exists() for r, p in ranks.items()}
+    finally:
+        for pid in ranks.values():  # the orphans: ours to end
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert (rc, alive) == (-signal.SIGUSR1, {0: True, 1: True})
+    run = MlflowClient().get_run((tmp_path / "lost" / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "RUNNING"  # nobody ended it: no preemption
+
+    out = tmp_path / "forwarded"
+    rc, ranks = launch(out, _env(PET_SIGNALS_TO_HANDLE=FORWARD_USR))
+    assert rc == 128 + signal.SIGUSR1 and not any(Path(f"/proc/{p}").exists() for p in ranks.values())
+    ck = load_checkpoint(out)
+    run = MlflowClient().get_run((out / "mlflow_run_id").read_text().strip())
+    assert (run.info.status, run.data.tags["status"]) == ("KILLED", "preempted")
+    assert ck["step"] >= 5 and ck["ledger"]["images_seen"] == 8 * ck["step"]

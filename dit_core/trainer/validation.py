@@ -62,7 +62,7 @@ class Validator:
         """This rank's images ``(n, C, H, W)``, labels ``(n,)`` and the index of its first example."""
         if self._data is None:
             rank, world = self.acc.process_index, self.acc.num_processes
-            with warnings_muted(self.quiet or not self.acc.is_main_process):
+            with warnings_muted(self.quiet or self.acc.process_index != 0):
                 val = build_dataset(self.cfg.data, "val")
             n = min(self.cfg.eval.val_examples, len(val))
             lo, hi = rank * n // world, (rank + 1) * n // world
