@@ -160,17 +160,18 @@ def evaluate_samples(
     model: nn.Module, diffusion, cfg: TrainConfig, dit: DiTConfig, accelerator, feature_spaces=None, stop=None
 ) -> dict[str, float]:
     """Metrics of ``model``'s samples against ``eval.reference`` (None = the data's own,
-    `dit_core.data.default_reference`);
-    ``{}`` with a warning when there is no reference or the data are latents. ``feature_spaces``: a
-    dict filled with ``{family: extractor name}`` on rank 0. ``stop``: asked before each sampling
-    batch (`dit_core.evaluate.sampling.SamplingStopped` when it says so)."""
+    `dit_core.data.default_reference`); ``{}`` with a warning (from the main process) when there is no
+    reference or the data are latents. ``feature_spaces``: a dict filled with ``{family: extractor
+    name}`` on rank 0. ``stop``: asked before each sampling batch
+    (`dit_core.evaluate.sampling.SamplingStopped` when it says so)."""
     e, data = cfg.eval, cfg.data
     reference = e.reference or default_reference(data)
+    say = log.warning if getattr(accelerator, "is_main_process", True) else log.debug  # alike on every rank
     if data.name == "latents":
-        log.warning("eval: latent runs are scored from checkpoints with a VAE (dit_core.evaluate); skipped")
+        say("eval: latent runs are scored from checkpoints with a VAE (dit_core.evaluate); skipped")
         return {}
     if reference is None:
-        log.warning("eval: no eval.reference set for %s data; sample metrics skipped", data.name)
+        say("eval: no eval.reference set for %s data; sample metrics skipped", data.name)
         return {}
     from ..evaluate import evaluate_model
 

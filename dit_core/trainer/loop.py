@@ -75,6 +75,7 @@ from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
 from .out_lock import OutFolderBusy, checkpoints_state, out_folder_lock
 from .progress import Progress
+from .ranklog import warnings_muted
 from .resolve import resolve_config
 from .resume import (
     FORK_AS_SAVED,
@@ -197,7 +198,11 @@ class Trainer:
                 f"folder itself (checkpoints/, config.json, the MLflow run id): give --out {self.out.parent} "
                 "to continue that run, or another name for a new one"
             )
-        self.train_set = train_set if train_set is not None else build_dataset(cfg.data, "train")
+        built = train_set is None  # its scan names a folder's unreadable files (rank 0)
+        if built:
+            with warnings_muted(not self.main):  # a folder's unreadable files: named by rank 0 only
+                train_set = build_dataset(cfg.data, "train")
+        self.train_set = train_set
         self.cfg = cfg = resolve_config(cfg, self.train_set)
         self.flat = cfg.to_flat_dict()
         #: folder data's class name per label (in checkpoints, ``<out>/classes.json`` and MLflow), else None
@@ -252,6 +257,8 @@ class Trainer:
         #: this step's validation ("val") / evaluation ("eval") not done yet: the last step is
         #: checkpointed before them, so that a failing one costs no training (a resume runs them)
         self.due: list[str] = []
+        #: (step, path) of the last periodic checkpoint: a stop at that step writes no second copy
+        self.saved: tuple[int, Path | None] | None = None
         #: with several processes, when the ranks next agree on a signal
         self.signal_sync = SignalSync()
         self.run_id: str | None = None
@@ -270,7 +277,9 @@ class Trainer:
             self.train_model, cfg.compile, device=self.device, train_flops=self.total * self.batch * self.fpi,
             steps=self.total, depth=self.dit_cfg.depth,
         )  # fmt: skip
-        self.validator = Validator(cfg, self.diffusion, acc, self.autocast)
+        # the val split of folder data without a val_root is the training folder: its scan said it all
+        said = built and cfg.data.name in FOLDER_DATASETS and not cfg.data.val_root
+        self.validator = Validator(cfg, self.diffusion, acc, self.autocast, quiet=said)
         if cfg.data.val_root and cfg.eval.val_every > 0:  # a bad val folder fails now, not at step val_every
             self.validator.data()
         self.tracker = None
@@ -512,7 +521,8 @@ class Trainer:
                     status = self.run_loop(guard, progress, stop_at_step)
                 except SamplingStopped:  # a signal during an evaluation: its step saved with `due`
                     status = STATUS_PREEMPTED
-                ckpt_path = self.save()
+                periodic = status == STATUS_PREEMPTED and self.saved and self.saved[0] == self.step
+                ckpt_path = self.saved[1] if periodic else self.save()
                 signum = guard.received if status == STATUS_PREEMPTED else None
                 handler = guard.previous_handler(signum) if signum is not None else None
         except BaseException as err:
@@ -570,7 +580,11 @@ class Trainer:
                 self.save()  # records `due`: a failure below keeps the steps trained
             self.run_due(guard)
             if cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and not last:
-                self.save()
+                self.saved = (s, self.save())
+                # a signal during the write (torchrun's SIGTERM, SLURM's): this is the preemption
+                # checkpoint, not another one after more steps, in the grace period before SIGKILL
+                if self.preempt_requested(guard, every_call=True):
+                    return STATUS_PREEMPTED
         return STATUS_FINISHED
 
     def check_intervals(self) -> dict[str, int]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import build_dataset
+from .ranklog import warnings_muted
 
 __all__ = ["Validator", "check_validation"]
 
@@ -40,19 +41,29 @@ def check_validation(cfg: TrainConfig) -> None:
 
 
 class Validator:
-    """``validator({"val/loss": model, ...}) -> {"val/loss": mean loss, ...}`` (a collective)."""
+    """``validator({"val/loss": model, ...}) -> {"val/loss": mean loss, ...}`` (a collective).
+
+    The val split is read with the data's warnings (a folder's unreadable files) on rank 0 only, and
+    on none with ``quiet`` (the training folder, whose scan named them already)."""
 
     def __init__(
-        self, cfg: TrainConfig, diffusion, accelerator, autocast: Callable[[], AbstractContextManager]
+        self,
+        cfg: TrainConfig,
+        diffusion,
+        accelerator,
+        autocast: Callable[[], AbstractContextManager],
+        quiet: bool = False,
     ):
         self.cfg, self.diffusion, self.acc, self.autocast = cfg, diffusion, accelerator, autocast
+        self.quiet = quiet
         self._data: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
     def data(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This rank's images ``(n, C, H, W)``, labels ``(n,)`` and the index of its first example."""
         if self._data is None:
             rank, world = self.acc.process_index, self.acc.num_processes
-            val = build_dataset(self.cfg.data, "val")
+            with warnings_muted(self.quiet or self.acc.process_index != 0):
+                val = build_dataset(self.cfg.data, "val")
             n = min(self.cfg.eval.val_examples, len(val))
             lo, hi = rank * n // world, (rank + 1) * n // world
             spread = getattr(val, "sorted_by_class", False)  # photos' first n cycle its classes already
