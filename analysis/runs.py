@@ -8,13 +8,9 @@ Columns of the tidy frame (one row per evaluation point):
   (`model.params_non_embedding`), unique (unique training images: the tag `data.unique_images`, the
   metric `data/unique_images`, or images seen / `data/epochs`; inf for an unbounded stream), status.
 
-`replicate` (MLflow: a hash of the run's params without `seed`, `out`, `tracking.*` and `git.*`; CSV: an
-optional column) marks runs that are seeds of one cell; `average_seeds` makes them one point per step.
-`lr` (`optim.lr`) and `lr_group` (the same hash without `LR_PARAMS` as well; CSV: optional, by default
-model, N and budget) mark runs of one cell at several learning rates; `best_lr` keeps the best one.
-`select_points` keeps the points valid for each run's lr schedule and drops too-short cells;
-`set_axes` chooses what N and D mean (total or non-embedding parameters; images or tokens) and,
-optionally, Muennighoff et al.'s effective data for repeated images.
+`replicate` (`replicate_key`; CSV: optional) marks runs that are seeds of one cell, `lr` and `lr_group`
+(`replicate_key` without `LR_PARAMS`; CSV: optional) runs of one cell at several learning rates.
+How points are selected, averaged and put on the N and D axes: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -398,7 +394,7 @@ def csv_cell(points: pd.DataFrame) -> pd.Series:
     (`cluster_budgets`: runs of one budget end a few steps apart)."""
     none = pd.Series(np.nan, index=points.index)  # a column a frame not `tidy`'d may lack
     budget = points.get("budget", none)
-    if budget.isna().any():  # no budget column: a run's cluster of final C (runs of a budget end apart)
+    if budget.isna().any():
         fin = points[points["final"].astype(bool)]
         budget = budget.where(
             budget.notna(), points["run_id"].map(cluster_budgets(fin["C"]).groupby(fin["run_id"]).first())
@@ -427,15 +423,12 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
     finals = finals[finals["_g"].map(tried) > 1]
     if finals.empty:
         return points, points.iloc[:0], None
-    # an lr's loss is the mean of its final points: one per lr after `average_seeds`, its seeds' runs with
-    # --per-seed; the lowest single seed would pick the luckiest run's lr (a minimum over noisy values)
     seeds = finals["n_seeds"].fillna(1) if "n_seeds" in finals.columns else pd.Series(1, finals.index)
     means = (
         finals.assign(_s=seeds)
         .groupby(["_g", "lr"], as_index=False)
         .agg(loss=("loss", "mean"), k=("_s", "sum"))
     )
-    # of equal losses the smaller lr (the safer one), whatever the rows' order
     best = means.sort_values(["loss", "lr"]).drop_duplicates("_g").set_index("_g")["lr"].sort_index()
     lost = group.isin(best.index) & (points["lr"] != group.map(best))
     dropped = points[lost & points["final"].astype(bool)].copy()
@@ -702,17 +695,11 @@ def _no_finished_runs(experiment: str, n_failed: int, unfinished: str) -> str:
 
 
 def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """Tidy points from every usable run of an MLflow experiment (see module docstring).
-
-    Fits only finished runs (tag status=finished, else MLflow status FINISHED): skips failed runs, runs
-    still running or otherwise not finished (logged as a warning, and said in ``attrs["notes"]``, which
-    `analysis.pipeline.prepare` adds to the point-selection notes) and analysis runs (tag analysis=true).
-    Finished runs are left out, with a note that names them, when they lack val/loss, model.params,
-    compute/train_flops or data/images_seen, or when one of these is not a finite positive number at
-    some step (NaN or inf: a diverged training; compute and images may be 0 at step 0). FIDs that are
-    NaN, inf or <= 0 count as not scored. Raises ValueError if the store (`check_sqlite_store`) or the
-    experiment is missing, or the experiment has no finished run.
-    """
+    """Tidy points from the finished runs of an MLflow experiment. The runs left out (not finished,
+    failed, damaged or diverged) are logged and said in ``attrs["notes"]``, which
+    `analysis.pipeline.prepare` adds to the point-selection notes (docs/analysis.md, "Input"). Raises
+    ValueError if the store (`check_sqlite_store`) or the experiment is missing, or the experiment has
+    no finished run."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
