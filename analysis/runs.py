@@ -145,23 +145,22 @@ def validate_points(
     if len(df) == 0:
         raise ValueError(f"{source}: no rows")
     df = numeric_columns(df, source=source, lines=lines)
-    diverged = "; fix or delete those rows (a NaN or inf loss is a diverged run: leave it out)"
-    rules = [(col, "a positive number in every row", diverged) for col in REQUIRED_NUMBERS]
-    rules += [
+    rules = [(col, "a positive number in every row") for col in REQUIRED_NUMBERS] + [
         (
             "fid",
             "a finite number > 0 where given (leave the cell empty where not scored, e.g. for an inf FID)",
-            "",
         ),
-        ("unique", "a number > 0 where given (inf: an unbounded stream; empty where unknown)", ""),
+        ("unique", "a number > 0 where given (inf: an unbounded stream; empty where unknown)"),
     ]
-    for col, what, fix in rules:
+    for col, what in rules:
         if col not in df.columns:
             continue
         v = df[col].to_numpy(float)
         bad = ~((v > 0) & (np.isfinite(v) | (col == "unique")))  # unique may be inf (an unbounded stream)
+        fix = "; fix or delete those rows (a NaN or inf loss is a diverged run: leave it out)"
         if col not in REQUIRED_NUMBERS:
             bad &= ~np.isnan(v)  # an empty cell: not measured
+            fix = ""
         if bad.any():
             rows = [int(i) for i in np.flatnonzero(bad)[:5]]
             values = ", ".join(str(x) for x in df[col].to_numpy()[rows])
