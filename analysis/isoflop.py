@@ -282,7 +282,7 @@ class IsoFlopFit(AllocationExponents):
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
             "method": "joint" if self.joint is not None else "per-budget minima",
-            "joint": self._joint_dict(ok),
+            "joint": self.joint.to_dict() if self.joint is not None else None,
             "minima_a": self.minima_a if ok else None,
             "by_patch": {  # the main patch size's withheld with its status
                 str(k): self.exponents_dict()
@@ -291,19 +291,14 @@ class IsoFlopFit(AllocationExponents):
                 for k, (n, d) in self.by_patch.items()
             },
         }
+        if self.joint is not None and not ok:
+            out["joint"].update(a=None, a_ci95=None)
         if self.bootstrap is not None:
             out["se"] = {k: v if ok or k not in exps else None for k, v in self.bootstrap.se().items()}
             ci = self.bootstrap.conf_int().items()
             out["ci95"] = {k: list(v) if ok or k not in exps else None for k, v in ci}
             out["bootstrap"] = self.bootstrap.to_dict()
         return out
-
-    def _joint_dict(self, ok: bool) -> dict | None:
-        """The joint fit's dict, its exponent and interval null unless ``ok``."""
-        if self.joint is None:
-            return None
-        out = self.joint.to_dict()
-        return out if ok else {**out, "a": None, "a_ci95": None}
 
 
 def _laws(profiles: list[IsoFlopProfile]) -> tuple[PowerLawFit, PowerLawFit]:
