@@ -598,18 +598,14 @@ def _grid_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.ndarr
 
 def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts, bounds, fix_e=None):
     """Best (theta, f, stationarity, n_converged) over the starts; converged starts win."""
-    best = None
-    n_conv = 0
+    ends = []  # (not converged, f, theta, stationarity) per start
     for s in starts:
         theta, f, stat, nit = _minimize(s, log_n, log_d, log_loss, cfg, bounds, fix_e=fix_e)
         ok = _converged(f, stat, len(log_loss), cfg) and np.all(np.isfinite(theta[1:]))
-        n_conv += ok
         log.debug("start %s -> f=%.6g stationarity=%.2g nit=%d", s, f, stat, nit)
-        key = (not ok, f)
-        if best is None or key < best[0]:
-            best = (key, theta, f, stat)
-    assert best is not None
-    return best[1], best[2], best[3], n_conv
+        ends.append((not ok, f, theta, stat))
+    _, f, theta, stat = min(ends, key=lambda end: end[:2])  # the first of equal ones, as the starts' order
+    return theta, f, stat, sum(not end[0] for end in ends)
 
 
 def _polished(theta, f: float, stat: float, logs, cfg: ParametricConfig, bounds, fix_e=None):
