@@ -1,13 +1,6 @@
-"""IsoFLOP profiles (Chinchilla approach 2): loss = parabola in log N per budget -> N_opt(C), D_opt(C).
-
-Points are grouped into slices by budget and patch size. The budget is the `budget` column when
-present (the planned FLOPs of a sweep cell; each run contributes its final point), otherwise a
-cluster of log10 C: sorted points whose neighbours are within `gap_dex` fall in one budget. Patch
-variants of one shape have nearly the same N but different compute per image, so they are not
-different sizes: each patch size gets its own slices and its own N_opt(C) law.
-
-When the best model at every budget is the smallest (or largest) one trained, the optimum lies
-outside the grid: the result is `censored` ("N_opt below X at every budget"), never a number.
+"""IsoFLOP profiles (Chinchilla approach 2): loss = parabola in log N per slice (budget, patch size)
+-> N_opt(C), D_opt(C); `censored` when the smallest (or largest) model trained wins at every budget.
+How slices are formed and the laws fitted: docs/analysis.md ("Methods", approach 2).
 """
 
 from __future__ import annotations
@@ -317,13 +310,9 @@ def _by_patch(pairs) -> dict[float, list]:
 
 
 def _flag_no_law(fit: IsoFlopFit, by_slice: dict[float, list], joint: bool) -> None:
-    """`not_identified` when approach 2 had the budgets for an N_opt(C) law but gives no finite
-    exponent: 3 slices of one patch size with >= 2 sizes (the joint fit) or, with ``joint=False``,
-    >= 3 sizes (parabolas), whose fits were all lost (noisy parabolas that open downward or put their
-    minimum outside the sizes; too few points for the joint fit), or a law with a NaN exponent. So
-    ``ok`` never stands beside a NaN ``a`` where the design could give one. With fewer such slices
-    approach 2 does not apply (a message says what it needs; ``a`` is NaN, null in results.json); a
-    censored fit keeps its status, whose reason says why."""
+    """`not_identified` when approach 2 had the budgets for an N_opt(C) law (3 slices of one patch size
+    with >= 2 sizes, >= 3 with ``joint=False``) but gives no finite exponent, so ``ok`` never stands
+    beside a NaN ``a`` (docs/analysis.md, "No law, no `ok` beside it"); a censored fit keeps its status."""
     if fit.status.status == CENSORED or (math.isfinite(fit.a) and math.isfinite(fit.b)):
         return
     least = 2 if joint else 3

@@ -1,15 +1,6 @@
-"""Approach 3 of Hoffmann et al. (arXiv:2203.15556): the parametric law L(N, D) = E + A/N^alpha + B/D^beta.
-
-The fit follows Besiroglu et al. (Epoch AI, arXiv:2404.10102): parameterise E = exp(e), A = exp(a),
-B = exp(b); predict log L with a log-sum-exp of the three terms; minimise the Huber loss (delta 1e-3)
-of the log residuals *summed* over points with L-BFGS-B, started from the best points of a grid of
-initialisations. Averaging instead of summing shrinks the objective below L-BFGS-B's absolute
-tolerances so the optimiser stops next to its start; `check_convergence` catches that.
-
-What the fit cannot identify it says (`ParametricFit.status`): the exponents are bounded to
-[0, 3]; an E that runs to its floor (E -> 0) is refitted with E = 0 and given a one-sided bound from
-the profile of the objective over E; an exponent whose bootstrap interval includes 0 withholds the
-compute-optimal allocation. Bootstrap refits restart from the grid, never from the full-data optimum.
+"""Approach 3 of Hoffmann et al. (arXiv:2203.15556): the parametric law L(N, D) = E + A/N^alpha + B/D^beta,
+fitted as Besiroglu et al. (Epoch AI, arXiv:2404.10102) do; the method, its bounds, starts and
+convergence check, and what `ParametricFit.status` says: docs/analysis.md ("Methods", "Status").
 """
 
 from __future__ import annotations
@@ -40,14 +31,10 @@ class ConvergenceError(RuntimeError):
 
 @dataclass(frozen=True)
 class ParametricConfig:
-    """How to fit L(N, D) = E + A/N^alpha + B/D^beta.
-
-    The default grid is Hoffmann et al.'s: e in {-1, -0.5, ..., 1}, a and b in {0, 5, ..., 25},
-    alpha and beta in {0, 0.5, ..., 2} (4,500 starts), plus e = ln(f * min loss) for f in
-    `e_fractions`, since diffusion losses (~0.1) sit far below the LM range the grid was made for.
-    All are scored; L-BFGS-B runs from the best `n_starts` (Hoffmann/Epoch ran all of them; on the
-    Chinchilla data the best 8 reach the same minimum as all 4,500).
-    """
+    """How to fit L(N, D) = E + A/N^alpha + B/D^beta. The default grid is Hoffmann et al.'s (4,500
+    starts) plus e = ln(f * min loss) for f in `e_fractions`; all are scored and L-BFGS-B runs from
+    the best `n_starts` (Hoffmann/Epoch ran all of them; on the Chinchilla data the best 8 reach the
+    same minimum as all 4,500)."""
 
     delta: float = 1e-3
     reduction: str = "sum"  # "sum" (correct) or "mean" (the known failure, kept to test the check)
@@ -85,9 +72,7 @@ class ParametricConfig:
     e_at_floor_frac: float = 1e-3
     # one-sided 95% bound on E from the profile: n ln(f(E) / f_min) <= chi2_1(0.90) = 2.706
     profile_threshold: float = 2.706
-    # A start counts as converged when `stationarity` (how far the points' gradient pulls are from
-    # cancelling, 0..1) is below this. On the Chinchilla data: converged starts 1e-10 .. 2e-5,
-    # scipy-default tolerances on the summed loss 1e-5 .. 6e-3, the averaged loss 0.015 .. 0.9.
+    # a start counts as converged when `stationarity` is below this (docs/analysis.md has the measured range)
     stationarity_tol: float = 1e-3
 
     def __post_init__(self) -> None:
@@ -729,11 +714,9 @@ def fit_parametric(
 def bootstrap_parametric(
     fit: ParametricFit, n, d, loss, n_resamples: int, *, seed: int = 0, groups=None
 ) -> BootstrapResult:
-    """Refit on resampled points (or groups), each from its own grid and NNLS starts.
-
-    Never from the full-data optimum: a start there would inherit a stuck parameter. A refit that
-    does not converge counts as failed (`n_failed`); one that ends on a bound is kept and flagged.
-    """
+    """Refit on resampled points (or groups), each from its own grid and NNLS starts, never from the
+    full-data optimum (a start there would inherit a stuck parameter). A refit that does not converge
+    counts as failed (`n_failed`); one that ends on a bound is kept and flagged."""
     base = fit.config
     cfg = replace(
         base,

@@ -405,14 +405,9 @@ def csv_cell(points: pd.DataFrame) -> pd.Series:
 
 
 def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """Cells trained at several learning rates (points alike but for `lr`: the same `lr_group`, by
-    default model, N, budget and patch size) keep only the lr whose final point has the lowest loss (of equal
-    losses, the smaller lr, whatever the rows' order): the fits then see each cell at its tuned lr, as
-    in Kaplan et al. (2020) and Hoffmann et al. (2022). Run after `average_seeds`, so the lr is chosen
-    on the seeds' mean; with the seeds kept apart (--per-seed, a CSV without `replicate`) an lr's loss is
-    still the mean of its runs' final points, not the luckiest seed's (every seed of the lr kept is kept).
-    The note says when the lrs of a cell have different numbers of seeds. Returns (kept, dropped: the
-    final point of each lr left out, with a `reason`, note)."""
+    """Cells trained at several learning rates (the same `lr_group`, by default `csv_cell`) keep only the
+    lr with the lowest mean final loss, of equal ones the smaller (docs/analysis.md). Run after
+    `average_seeds`. Returns (kept, dropped: the final point of each lr left out, with a `reason`, note)."""
     if "lr" not in points.columns or points["lr"].nunique() < 2:
         return points, points.iloc[:0], None
     default = csv_cell(points)
