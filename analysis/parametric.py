@@ -5,7 +5,6 @@ convergence check, and what `ParametricFit.status` says: docs/analysis.md ("Meth
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -504,17 +503,9 @@ def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarr
     )
 
 
-def single_threaded_blas(fn):
-    """Decorator: ``fn`` with BLAS limited to one thread. scipy 1.17's L-BFGS-B calls BLAS on
-    5-vectors; with OpenBLAS threads on a busy 2-core machine that made each fit ~20x slower (10 s
-    instead of 0.5 s)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with threadpool_limits(1, user_api="blas"):  # threadpoolctl comes with scikit-learn
-            return fn(*args, **kwargs)
-
-    return wrapper
+#: Decorator: the function with BLAS limited to one thread. scipy 1.17's L-BFGS-B calls BLAS on 5-vectors;
+#: with OpenBLAS threads on a busy 2-core machine that made each fit ~20x slower (10 s instead of 0.5 s).
+single_threaded_blas = threadpool_limits.wrap(limits=1, user_api="blas")  # threadpoolctl: with scikit-learn
 
 
 def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, polish=False, fix_e=None):
