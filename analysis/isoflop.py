@@ -176,13 +176,9 @@ def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
 
 @dataclass
 class IsoFlopFit(AllocationExponents):
-    """Approach 2: the per-slice profiles and the N_opt(C), D_opt(C) power laws.
-
-    The laws come from the joint fit (`joint`, `analysis.joint_isoflop`) where it has >= 3 budgets
-    of >= 2 sizes, else from power laws through the per-slice parabolas' minima. With several patch
-    sizes each gets its own laws (`by_patch`); `n_opt` / `d_opt` are those of the patch size with
-    the most usable budgets. `minima_a`: the exponent through the per-slice minima (a check).
-    """
+    """Approach 2: the per-slice profiles and the N_opt(C), D_opt(C) power laws, from the joint fit
+    (`joint`) or through the per-slice minima; `by_patch`: each patch size's laws, `n_opt` / `d_opt`:
+    those of `patch`, the one with the most usable budgets. `minima_a`: the exponent through the minima."""
 
     profiles: list[IsoFlopProfile]
     n_opt: PowerLawFit | None
@@ -346,13 +342,8 @@ def fit_isoflop(
     data_units: str = "images",
     joint: bool = True,
 ) -> IsoFlopFit:
-    """Approach 2. The laws need >= 3 budgets of one patch size: with >= 2 sizes each for the joint
-    fit, else with >= 3 sizes and an inside minimum each for laws through the minima (`joint=False`:
-    only those); else None.
-
-    The joint fit's exponent gets a t-interval; laws through the minima get a bootstrap over runs
-    (`n_bootstrap`) that refits the profiles and laws for the main patch size.
-    """
+    """Approach 2 (`IsoFlopFit`; docs/analysis.md). `joint=False`: laws through the per-slice minima
+    only; those get a bootstrap over runs (`n_bootstrap`), the joint fit's exponent a t-interval."""
     skipped: list[str] = []
     profiles = isoflop_profiles(points, gap_dex, skipped, units)
     slices = slice_sides(points, gap_dex)

@@ -462,15 +462,9 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
 
 
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
-    """One point per (replicate, step): the mean over the seeds of a cell.
-
-    loss, FID, N, D, C and the other numbers are means; `fid_se` is the standard error of the mean FID
-    (NaN when a seed's is unknown); `run_id` joins the runs' ids with ' + ' (a bootstrap over runs then
-    resamples whole cells); `n_seeds` counts them. Returns (points, note); the note (None when no cell
-    has two runs) gives the loss's spread between seeds. A cell's mean uses only the steps that every
-    one of its seeds logged (the others are left out, said in the note); a cell whose seeds share no
-    step keeps them apart.
-    """
+    """One point per (replicate, step): the mean over the seeds of a cell (docs/analysis.md). `fid_se`
+    is the standard error of the mean FID (NaN when a seed's is unknown); `run_id` joins the runs' ids
+    with ' + '; `n_seeds` counts them. Returns (points, note or None)."""
     derived = None
     if "seed" in points.columns and points["replicate"].isna().all() and points["seed"].nunique() > 1:
         # a CSV with a seed column and no replicate column: its cells are its lr groups (`best_lr`'s, by
@@ -791,15 +785,9 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = False):
-    """Keep the points valid for each run's lr schedule; drop runs that ended below `min_steps`.
-
-    - `cosine` and `constant_cooldown` runs: the final point only (earlier points are mid-schedule,
-      not finished runs); `constant` runs: every point (the report says so); unknown schedule: every
-      point (the report says so). `all_points=True` keeps every point of every run.
-    - a run whose last step is below `min_steps` is dropped whole (runs without steps are kept).
-    Returns (kept, dropped, notes): dropped has one row per dropped run (its final point) with a
-    `reason`; notes are sentences for the report.
-    """
+    """Keep the points valid for each run's lr schedule (`FINAL_ONLY_SCHEDULES`: the final point only;
+    `all_points`: every point) and drop runs that ended below `min_steps` (docs/analysis.md). Returns
+    (kept, dropped: one row per dropped run, its final point, with a `reason`, notes for the report)."""
     pts = points.copy()
     notes: list[str] = []
     last = pts.groupby("run_id")["step"].transform("max")
