@@ -177,16 +177,13 @@ def fit_power_law(
     y_name: str = "y",
 ) -> PowerLawFit:
     """Fit y = E + A x^-alpha (saturating) or y = A x^-alpha (pure); optional point bootstrap."""
-    n_params = 3 if saturating else 2
+    names, fit_one = (("E", "A", "alpha"), _saturating) if saturating else (("A", "alpha"), _pure)
+    n_params = len(names)
     x, y = _check_xy(x, y, n_params, f"power law {y_name}({x_name})")
     lx, ly = np.log(x), np.log(y)
 
     def params_of(idx) -> dict[str, float]:
-        if saturating:
-            e, a, alpha = _saturating(lx[idx], ly[idx])
-            return {"E": e, "A": a, "alpha": alpha}
-        a, alpha = _pure(lx[idx], ly[idx])
-        return {"A": a, "alpha": alpha}
+        return dict(zip(names, fit_one(lx[idx], ly[idx]), strict=True))
 
     params = params_of(np.arange(len(x)))
     fit = PowerLawFit("saturating" if saturating else "pure", params, 0.0, len(x), x_name, y_name)
