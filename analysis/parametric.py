@@ -21,6 +21,7 @@ from analysis.status import NOT_IDENTIFIED, Status, too_few_refits
 log = logging.getLogger(__name__)
 
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
+PROFILE_FRACTIONS = (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 _N_PARAMS = 5
 
 
@@ -595,14 +596,13 @@ def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
 
 
-def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, fractions=None):
-    """Profile of the objective over E: for E on a grid of fractions of min(loss), the objective
+def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig):
+    """Profile of the objective over E: for E at `PROFILE_FRACTIONS` of min(loss), the objective
     minimised over (A, B, alpha, beta) with E held there. Returns [(E, objective)] (E increasing)."""
-    fractions = fractions or (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
     bounds = _bounds(cfg, log_loss)
     lmin = float(np.exp(log_loss.min()))
     out, prev = [], np.asarray(theta0, float)
-    for frac in fractions:
+    for frac in PROFILE_FRACTIONS:
         e = math.log(frac * lmin)
         theta, f, _, _ = _minimize(np.r_[e, prev[1:]], log_n, log_d, log_loss, cfg, bounds, fix_e=e)
         out.append((frac * lmin, f))
