@@ -205,9 +205,7 @@ def _check_writable(flag: str, folder: Path, target: Path) -> None:
 
 
 def _check_outputs(out: Path, json_path: Path | None) -> None:
-    """ValueError, before any fit, when --out is an existing file or --json an existing folder (or the
-    --out folder, or a file of the report there), or either cannot be written (a file on the way, a
-    read-only or missing-permission folder)."""
+    """ValueError, before any fit, when --out or --json cannot be written as asked."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for report.md and the plots")
     if json_path is not None and json_path.is_dir():

@@ -1,13 +1,6 @@
-"""IsoFLOP profiles (Chinchilla approach 2): loss = parabola in log N per budget -> N_opt(C), D_opt(C).
-
-Points are grouped into slices by budget and patch size. The budget is the `budget` column when
-present (the planned FLOPs of a sweep cell; each run contributes its final point), otherwise a
-cluster of log10 C: sorted points whose neighbours are within `gap_dex` fall in one budget. Patch
-variants of one shape have nearly the same N but different compute per image, so they are not
-different sizes: each patch size gets its own slices and its own N_opt(C) law.
-
-When the best model at every budget is the smallest (or largest) one trained, the optimum lies
-outside the grid: the result is `censored` ("N_opt below X at every budget"), never a number.
+"""IsoFLOP profiles (Chinchilla approach 2): loss = parabola in log N per slice (budget, patch size)
+-> N_opt(C), D_opt(C); `censored` when the smallest (or largest) model trained wins at every budget.
+How slices are formed and the laws fitted: docs/analysis.md ("Methods", approach 2).
 """
 
 from __future__ import annotations
@@ -183,13 +176,9 @@ def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
 
 @dataclass
 class IsoFlopFit(AllocationExponents):
-    """Approach 2: the per-slice profiles and the N_opt(C), D_opt(C) power laws.
-
-    The laws come from the joint fit (`joint`, `analysis.joint_isoflop`) where it has >= 3 budgets
-    of >= 2 sizes, else from power laws through the per-slice parabolas' minima. With several patch
-    sizes each gets its own laws (`by_patch`); `n_opt` / `d_opt` are those of the patch size with
-    the most usable budgets. `minima_a`: the exponent through the per-slice minima (a check).
-    """
+    """Approach 2: the per-slice profiles and the N_opt(C), D_opt(C) power laws, from the joint fit
+    (`joint`) or through the per-slice minima; `by_patch`: each patch size's laws, `n_opt` / `d_opt`:
+    those of `patch`, the one with the most usable budgets. `minima_a`: the exponent through the minima."""
 
     profiles: list[IsoFlopProfile]
     n_opt: PowerLawFit | None
@@ -282,7 +271,7 @@ class IsoFlopFit(AllocationExponents):
             "N_opt": self.n_opt.to_dict() if self.n_opt else None,
             "D_opt": self.d_opt.to_dict() if self.d_opt else None,
             "method": "joint" if self.joint is not None else "per-budget minima",
-            "joint": self._joint_dict(ok),
+            "joint": self.joint.to_dict() if self.joint is not None else None,
             "minima_a": self.minima_a if ok else None,
             "by_patch": {  # the main patch size's withheld with its status
                 str(k): self.exponents_dict()
@@ -291,19 +280,14 @@ class IsoFlopFit(AllocationExponents):
                 for k, (n, d) in self.by_patch.items()
             },
         }
+        if self.joint is not None and not ok:
+            out["joint"].update(a=None, a_ci95=None)
         if self.bootstrap is not None:
             out["se"] = {k: v if ok or k not in exps else None for k, v in self.bootstrap.se().items()}
             ci = self.bootstrap.conf_int().items()
             out["ci95"] = {k: list(v) if ok or k not in exps else None for k, v in ci}
             out["bootstrap"] = self.bootstrap.to_dict()
         return out
-
-    def _joint_dict(self, ok: bool) -> dict | None:
-        """The joint fit's dict, its exponent and interval null unless ``ok``."""
-        if self.joint is None:
-            return None
-        out = self.joint.to_dict()
-        return out if ok else {**out, "a": None, "a_ci95": None}
 
 
 def _laws(profiles: list[IsoFlopProfile]) -> tuple[PowerLawFit, PowerLawFit]:
@@ -322,13 +306,9 @@ def _by_patch(pairs) -> dict[float, list]:
 
 
 def _flag_no_law(fit: IsoFlopFit, by_slice: dict[float, list], joint: bool) -> None:
-    """`not_identified` when approach 2 had the budgets for an N_opt(C) law but gives no finite
-    exponent: 3 slices of one patch size with >= 2 sizes (the joint fit) or, with ``joint=False``,
-    >= 3 sizes (parabolas), whose fits were all lost (noisy parabolas that open downward or put their
-    minimum outside the sizes; too few points for the joint fit), or a law with a NaN exponent. So
-    ``ok`` never stands beside a NaN ``a`` where the design could give one. With fewer such slices
-    approach 2 does not apply (a message says what it needs; ``a`` is NaN, null in results.json); a
-    censored fit keeps its status, whose reason says why."""
+    """`not_identified` when approach 2 had the budgets for an N_opt(C) law (3 slices of one patch size
+    with >= 2 sizes, >= 3 with ``joint=False``) but gives no finite exponent, so ``ok`` never stands
+    beside a NaN ``a`` (docs/analysis.md, "No law, no `ok` beside it"); a censored fit keeps its status."""
     if fit.status.status == CENSORED or (math.isfinite(fit.a) and math.isfinite(fit.b)):
         return
     least = 2 if joint else 3
@@ -362,13 +342,8 @@ def fit_isoflop(
     data_units: str = "images",
     joint: bool = True,
 ) -> IsoFlopFit:
-    """Approach 2. The laws need >= 3 budgets of one patch size: with >= 2 sizes each for the joint
-    fit, else with >= 3 sizes and an inside minimum each for laws through the minima (`joint=False`:
-    only those); else None.
-
-    The joint fit's exponent gets a t-interval; laws through the minima get a bootstrap over runs
-    (`n_bootstrap`) that refits the profiles and laws for the main patch size.
-    """
+    """Approach 2 (`IsoFlopFit`; docs/analysis.md). `joint=False`: laws through the per-slice minima
+    only; those get a bootstrap over runs (`n_bootstrap`), the joint fit's exponent a t-interval."""
     skipped: list[str] = []
     profiles = isoflop_profiles(points, gap_dex, skipped, units)
     slices = slice_sides(points, gap_dex)

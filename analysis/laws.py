@@ -177,16 +177,13 @@ def fit_power_law(
     y_name: str = "y",
 ) -> PowerLawFit:
     """Fit y = E + A x^-alpha (saturating) or y = A x^-alpha (pure); optional point bootstrap."""
-    n_params = 3 if saturating else 2
+    names, fit_one = (("E", "A", "alpha"), _saturating) if saturating else (("A", "alpha"), _pure)
+    n_params = len(names)
     x, y = _check_xy(x, y, n_params, f"power law {y_name}({x_name})")
     lx, ly = np.log(x), np.log(y)
 
     def params_of(idx) -> dict[str, float]:
-        if saturating:
-            e, a, alpha = _saturating(lx[idx], ly[idx])
-            return {"E": e, "A": a, "alpha": alpha}
-        a, alpha = _pure(lx[idx], ly[idx])
-        return {"A": a, "alpha": alpha}
+        return dict(zip(names, fit_one(lx[idx], ly[idx]), strict=True))
 
     params = params_of(np.arange(len(x)))
     fit = PowerLawFit("saturating" if saturating else "pure", params, 0.0, len(x), x_name, y_name)
@@ -254,14 +251,9 @@ def _best_per_budget(pts: pd.DataFrame, key: pd.Series, y: str) -> pd.DataFrame:
 
 
 def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
-    """Lower envelope of y over runs against compute (Chinchilla approach 1).
-
-    With several points per run, each run's curve is interpolated (in log C) on a log grid of `n_grid`
-    budgets and the best run is taken at each; with one point per run, the frontier is the Pareto set
-    (each point beats every point of smaller compute). Either way it spans `_frontier_span`, so a model
-    evaluated slightly earlier (or stopped slightly later) than the others does not make the frontier's
-    first (last) point. Returns columns C, y, N, D, run_id, model (one row per frontier point, by C).
-    """
+    """Lower envelope of y over runs against compute (Chinchilla approach 1, docs/analysis.md): on a
+    log grid of `n_grid` budgets over `_frontier_span`, or the Pareto set with one point per run.
+    Returns columns C, y, N, D, run_id, model (one row per frontier point, by C)."""
     pts = points.dropna(subset=[y]).sort_values("C")
     if len(pts) == 0:
         return pd.DataFrame(columns=["C", y, "N", "D", "run_id", "model"])
@@ -374,11 +366,8 @@ def fit_frontier(
     level: float = 0.95,
     units: str = "parameters",
 ) -> FrontierFit:
-    """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws.
-
-    A law that cannot be fitted (too few frontier points, one model everywhere) is None. The
-    bootstrap resamples runs (not frontier points) and recomputes the frontier for each resample.
-    """
+    """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws
+    (`FrontierFit`); a law that cannot be fitted (too few frontier points, one model everywhere) is None."""
     pts = points.dropna(subset=[y])
     fr = compute_frontier(pts, y, n_grid)
     laws = _frontier_laws(fr, y)

@@ -1,20 +1,10 @@
-"""Approach 3 of Hoffmann et al. (arXiv:2203.15556): the parametric law L(N, D) = E + A/N^alpha + B/D^beta.
-
-The fit follows Besiroglu et al. (Epoch AI, arXiv:2404.10102): parameterise E = exp(e), A = exp(a),
-B = exp(b); predict log L with a log-sum-exp of the three terms; minimise the Huber loss (delta 1e-3)
-of the log residuals *summed* over points with L-BFGS-B, started from the best points of a grid of
-initialisations. Averaging instead of summing shrinks the objective below L-BFGS-B's absolute
-tolerances so the optimiser stops next to its start; `check_convergence` catches that.
-
-What the fit cannot identify it says (`ParametricFit.status`): the exponents are bounded to
-[0, 3]; an E that runs to its floor (E -> 0) is refitted with E = 0 and given a one-sided bound from
-the profile of the objective over E; an exponent whose bootstrap interval includes 0 withholds the
-compute-optimal allocation. Bootstrap refits restart from the grid, never from the full-data optimum.
+"""Approach 3 of Hoffmann et al. (arXiv:2203.15556): the parametric law L(N, D) = E + A/N^alpha + B/D^beta,
+fitted as Besiroglu et al. (Epoch AI, arXiv:2404.10102) do; the method, its bounds, starts and
+convergence check, and what `ParametricFit.status` says: docs/analysis.md ("Methods", "Status").
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -31,6 +21,7 @@ from analysis.status import NOT_IDENTIFIED, Status, too_few_refits
 log = logging.getLogger(__name__)
 
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
+PROFILE_FRACTIONS = (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 _N_PARAMS = 5
 
 
@@ -40,14 +31,10 @@ class ConvergenceError(RuntimeError):
 
 @dataclass(frozen=True)
 class ParametricConfig:
-    """How to fit L(N, D) = E + A/N^alpha + B/D^beta.
-
-    The default grid is Hoffmann et al.'s: e in {-1, -0.5, ..., 1}, a and b in {0, 5, ..., 25},
-    alpha and beta in {0, 0.5, ..., 2} (4,500 starts), plus e = ln(f * min loss) for f in
-    `e_fractions`, since diffusion losses (~0.1) sit far below the LM range the grid was made for.
-    All are scored; L-BFGS-B runs from the best `n_starts` (Hoffmann/Epoch ran all of them; on the
-    Chinchilla data the best 8 reach the same minimum as all 4,500).
-    """
+    """How to fit L(N, D) = E + A/N^alpha + B/D^beta. The default grid is Hoffmann et al.'s (4,500
+    starts) plus e = ln(f * min loss) for f in `e_fractions`; all are scored and L-BFGS-B runs from
+    the best `n_starts` (Hoffmann/Epoch ran all of them; on the Chinchilla data the best 8 reach the
+    same minimum as all 4,500)."""
 
     delta: float = 1e-3
     reduction: str = "sum"  # "sum" (correct) or "mean" (the known failure, kept to test the check)
@@ -85,9 +72,7 @@ class ParametricConfig:
     e_at_floor_frac: float = 1e-3
     # one-sided 95% bound on E from the profile: n ln(f(E) / f_min) <= chi2_1(0.90) = 2.706
     profile_threshold: float = 2.706
-    # A start counts as converged when `stationarity` (how far the points' gradient pulls are from
-    # cancelling, 0..1) is below this. On the Chinchilla data: converged starts 1e-10 .. 2e-5,
-    # scipy-default tolerances on the summed loss 1e-5 .. 6e-3, the averaged loss 0.015 .. 0.9.
+    # a start counts as converged when `stationarity` is below this (docs/analysis.md has the measured range)
     stationarity_tol: float = 1e-3
 
     def __post_init__(self) -> None:
@@ -519,17 +504,9 @@ def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarr
     )
 
 
-def single_threaded_blas(fn):
-    """Decorator: ``fn`` with BLAS limited to one thread. scipy 1.17's L-BFGS-B calls BLAS on
-    5-vectors; with OpenBLAS threads on a busy 2-core machine that made each fit ~20x slower (10 s
-    instead of 0.5 s)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with threadpool_limits(1, user_api="blas"):  # threadpoolctl comes with scikit-learn
-            return fn(*args, **kwargs)
-
-    return wrapper
+#: Decorator: the function with BLAS limited to one thread. scipy 1.17's L-BFGS-B calls BLAS on 5-vectors;
+#: with OpenBLAS threads on a busy 2-core machine that made each fit ~20x slower (10 s instead of 0.5 s).
+single_threaded_blas = threadpool_limits.wrap(limits=1, user_api="blas")  # threadpoolctl: with scikit-learn
 
 
 def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, polish=False, fix_e=None):
@@ -598,18 +575,14 @@ def _grid_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.ndarr
 
 def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts, bounds, fix_e=None):
     """Best (theta, f, stationarity, n_converged) over the starts; converged starts win."""
-    best = None
-    n_conv = 0
+    ends = []  # (not converged, f, theta, stationarity) per start
     for s in starts:
         theta, f, stat, nit = _minimize(s, log_n, log_d, log_loss, cfg, bounds, fix_e=fix_e)
         ok = _converged(f, stat, len(log_loss), cfg) and np.all(np.isfinite(theta[1:]))
-        n_conv += ok
         log.debug("start %s -> f=%.6g stationarity=%.2g nit=%d", s, f, stat, nit)
-        key = (not ok, f)
-        if best is None or key < best[0]:
-            best = (key, theta, f, stat)
-    assert best is not None
-    return best[1], best[2], best[3], n_conv
+        ends.append((not ok, f, theta, stat))
+    _, f, theta, stat = min(ends, key=lambda end: end[:2])  # the first of equal ones, as the starts' order
+    return theta, f, stat, sum(not end[0] for end in ends)
 
 
 def _polished(theta, f: float, stat: float, logs, cfg: ParametricConfig, bounds, fix_e=None):
@@ -623,14 +596,13 @@ def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
 
 
-def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, fractions=None):
-    """Profile of the objective over E: for E on a grid of fractions of min(loss), the objective
+def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig):
+    """Profile of the objective over E: for E at `PROFILE_FRACTIONS` of min(loss), the objective
     minimised over (A, B, alpha, beta) with E held there. Returns [(E, objective)] (E increasing)."""
-    fractions = fractions or (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
     bounds = _bounds(cfg, log_loss)
     lmin = float(np.exp(log_loss.min()))
     out, prev = [], np.asarray(theta0, float)
-    for frac in fractions:
+    for frac in PROFILE_FRACTIONS:
         e = math.log(frac * lmin)
         theta, f, _, _ = _minimize(np.r_[e, prev[1:]], log_n, log_d, log_loss, cfg, bounds, fix_e=e)
         out.append((frac * lmin, f))
@@ -733,11 +705,9 @@ def fit_parametric(
 def bootstrap_parametric(
     fit: ParametricFit, n, d, loss, n_resamples: int, *, seed: int = 0, groups=None
 ) -> BootstrapResult:
-    """Refit on resampled points (or groups), each from its own grid and NNLS starts.
-
-    Never from the full-data optimum: a start there would inherit a stuck parameter. A refit that
-    does not converge counts as failed (`n_failed`); one that ends on a bound is kept and flagged.
-    """
+    """Refit on resampled points (or groups), each from its own grid and NNLS starts, never from the
+    full-data optimum (a start there would inherit a stuck parameter). A refit that does not converge
+    counts as failed (`n_failed`); one that ends on a bound is kept and flagged."""
     base = fit.config
     cfg = replace(
         base,

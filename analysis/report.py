@@ -30,10 +30,8 @@ def _jsonable(x):
         return [_jsonable(v) for v in x]
     if isinstance(x, (np.floating, float)):
         return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
+    if isinstance(x, np.generic):  # numpy ints and bools as Python's
+        return x.item()
     return x
 
 

@@ -8,13 +8,9 @@ Columns of the tidy frame (one row per evaluation point):
   (`model.params_non_embedding`), unique (unique training images: the tag `data.unique_images`, the
   metric `data/unique_images`, or images seen / `data/epochs`; inf for an unbounded stream), status.
 
-`replicate` (MLflow: a hash of the run's params without `seed`, `out`, `tracking.*` and `git.*`; CSV: an
-optional column) marks runs that are seeds of one cell; `average_seeds` makes them one point per step.
-`lr` (`optim.lr`) and `lr_group` (the same hash without `LR_PARAMS` as well; CSV: optional, by default
-model, N and budget) mark runs of one cell at several learning rates; `best_lr` keeps the best one.
-`select_points` keeps the points valid for each run's lr schedule and drops too-short cells;
-`set_axes` chooses what N and D mean (total or non-embedding parameters; images or tokens) and,
-optionally, Muennighoff et al.'s effective data for repeated images.
+`replicate` (`replicate_key`; CSV: optional) marks runs that are seeds of one cell, `lr` and `lr_group`
+(`replicate_key` without `LR_PARAMS`; CSV: optional) runs of one cell at several learning rates.
+How points are selected, averaged and put on the N and D axes: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -149,23 +145,22 @@ def validate_points(
     if len(df) == 0:
         raise ValueError(f"{source}: no rows")
     df = numeric_columns(df, source=source, lines=lines)
-    diverged = "; fix or delete those rows (a NaN or inf loss is a diverged run: leave it out)"
-    rules = [(col, "a positive number in every row", diverged) for col in REQUIRED_NUMBERS]
-    rules += [
+    rules = [(col, "a positive number in every row") for col in REQUIRED_NUMBERS] + [
         (
             "fid",
             "a finite number > 0 where given (leave the cell empty where not scored, e.g. for an inf FID)",
-            "",
         ),
-        ("unique", "a number > 0 where given (inf: an unbounded stream; empty where unknown)", ""),
+        ("unique", "a number > 0 where given (inf: an unbounded stream; empty where unknown)"),
     ]
-    for col, what, fix in rules:
+    for col, what in rules:
         if col not in df.columns:
             continue
         v = df[col].to_numpy(float)
         bad = ~((v > 0) & (np.isfinite(v) | (col == "unique")))  # unique may be inf (an unbounded stream)
+        fix = "; fix or delete those rows (a NaN or inf loss is a diverged run: leave it out)"
         if col not in REQUIRED_NUMBERS:
             bad &= ~np.isnan(v)  # an empty cell: not measured
+            fix = ""
         if bad.any():
             rows = [int(i) for i in np.flatnonzero(bad)[:5]]
             values = ", ".join(str(x) for x in df[col].to_numpy()[rows])
@@ -398,7 +393,7 @@ def csv_cell(points: pd.DataFrame) -> pd.Series:
     (`cluster_budgets`: runs of one budget end a few steps apart)."""
     none = pd.Series(np.nan, index=points.index)  # a column a frame not `tidy`'d may lack
     budget = points.get("budget", none)
-    if budget.isna().any():  # no budget column: a run's cluster of final C (runs of a budget end apart)
+    if budget.isna().any():
         fin = points[points["final"].astype(bool)]
         budget = budget.where(
             budget.notna(), points["run_id"].map(cluster_budgets(fin["C"]).groupby(fin["run_id"]).first())
@@ -410,14 +405,9 @@ def csv_cell(points: pd.DataFrame) -> pd.Series:
 
 
 def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """Cells trained at several learning rates (points alike but for `lr`: the same `lr_group`, by
-    default model, N, budget and patch size) keep only the lr whose final point has the lowest loss (of equal
-    losses, the smaller lr, whatever the rows' order): the fits then see each cell at its tuned lr, as
-    in Kaplan et al. (2020) and Hoffmann et al. (2022). Run after `average_seeds`, so the lr is chosen
-    on the seeds' mean; with the seeds kept apart (--per-seed, a CSV without `replicate`) an lr's loss is
-    still the mean of its runs' final points, not the luckiest seed's (every seed of the lr kept is kept).
-    The note says when the lrs of a cell have different numbers of seeds. Returns (kept, dropped: the
-    final point of each lr left out, with a `reason`, note)."""
+    """Cells trained at several learning rates (the same `lr_group`, by default `csv_cell`) keep only the
+    lr with the lowest mean final loss, of equal ones the smaller (docs/analysis.md). Run after
+    `average_seeds`. Returns (kept, dropped: the final point of each lr left out, with a `reason`, note)."""
     if "lr" not in points.columns or points["lr"].nunique() < 2:
         return points, points.iloc[:0], None
     default = csv_cell(points)
@@ -427,15 +417,12 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
     finals = finals[finals["_g"].map(tried) > 1]
     if finals.empty:
         return points, points.iloc[:0], None
-    # an lr's loss is the mean of its final points: one per lr after `average_seeds`, its seeds' runs with
-    # --per-seed; the lowest single seed would pick the luckiest run's lr (a minimum over noisy values)
     seeds = finals["n_seeds"].fillna(1) if "n_seeds" in finals.columns else pd.Series(1, finals.index)
     means = (
         finals.assign(_s=seeds)
         .groupby(["_g", "lr"], as_index=False)
         .agg(loss=("loss", "mean"), k=("_s", "sum"))
     )
-    # of equal losses the smaller lr (the safer one), whatever the rows' order
     best = means.sort_values(["loss", "lr"]).drop_duplicates("_g").set_index("_g")["lr"].sort_index()
     lost = group.isin(best.index) & (points["lr"] != group.map(best))
     dropped = points[lost & points["final"].astype(bool)].copy()
@@ -475,15 +462,9 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
 
 
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
-    """One point per (replicate, step): the mean over the seeds of a cell.
-
-    loss, FID, N, D, C and the other numbers are means; `fid_se` is the standard error of the mean FID
-    (NaN when a seed's is unknown); `run_id` joins the runs' ids with ' + ' (a bootstrap over runs then
-    resamples whole cells); `n_seeds` counts them. Returns (points, note); the note (None when no cell
-    has two runs) gives the loss's spread between seeds. A cell's mean uses only the steps that every
-    one of its seeds logged (the others are left out, said in the note); a cell whose seeds share no
-    step keeps them apart.
-    """
+    """One point per (replicate, step): the mean over the seeds of a cell (docs/analysis.md). `fid_se`
+    is the standard error of the mean FID (NaN when a seed's is unknown); `run_id` joins the runs' ids
+    with ' + '; `n_seeds` counts them. Returns (points, note or None)."""
     derived = None
     if "seed" in points.columns and points["replicate"].isna().all() and points["seed"].nunique() > 1:
         # a CSV with a seed column and no replicate column: its cells are its lr groups (`best_lr`'s, by
@@ -702,17 +683,11 @@ def _no_finished_runs(experiment: str, n_failed: int, unfinished: str) -> str:
 
 
 def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """Tidy points from every usable run of an MLflow experiment (see module docstring).
-
-    Fits only finished runs (tag status=finished, else MLflow status FINISHED): skips failed runs, runs
-    still running or otherwise not finished (logged as a warning, and said in ``attrs["notes"]``, which
-    `analysis.pipeline.prepare` adds to the point-selection notes) and analysis runs (tag analysis=true).
-    Finished runs are left out, with a note that names them, when they lack val/loss, model.params,
-    compute/train_flops or data/images_seen, or when one of these is not a finite positive number at
-    some step (NaN or inf: a diverged training; compute and images may be 0 at step 0). FIDs that are
-    NaN, inf or <= 0 count as not scored. Raises ValueError if the store (`check_sqlite_store`) or the
-    experiment is missing, or the experiment has no finished run.
-    """
+    """Tidy points from the finished runs of an MLflow experiment. The runs left out (not finished,
+    failed, damaged or diverged) are logged and said in ``attrs["notes"]``, which
+    `analysis.pipeline.prepare` adds to the point-selection notes (docs/analysis.md, "Input"). Raises
+    ValueError if the store (`check_sqlite_store`) or the experiment is missing, or the experiment has
+    no finished run."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -810,15 +785,9 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = False):
-    """Keep the points valid for each run's lr schedule; drop runs that ended below `min_steps`.
-
-    - `cosine` and `constant_cooldown` runs: the final point only (earlier points are mid-schedule,
-      not finished runs); `constant` runs: every point (the report says so); unknown schedule: every
-      point (the report says so). `all_points=True` keeps every point of every run.
-    - a run whose last step is below `min_steps` is dropped whole (runs without steps are kept).
-    Returns (kept, dropped, notes): dropped has one row per dropped run (its final point) with a
-    `reason`; notes are sentences for the report.
-    """
+    """Keep the points valid for each run's lr schedule (`FINAL_ONLY_SCHEDULES`: the final point only;
+    `all_points`: every point) and drop runs that ended below `min_steps` (docs/analysis.md). Returns
+    (kept, dropped: one row per dropped run, its final point, with a `reason`, notes for the report)."""
     pts = points.copy()
     notes: list[str] = []
     last = pts.groupby("run_id")["step"].transform("max")
