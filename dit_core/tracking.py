@@ -5,12 +5,8 @@ checkpoint), ``resumed_from_run_id`` (its run, if any) and ``resumed_from_step``
 Only the main process creates a `RunTracker`; the client API is used (no fluent global run), so a
 caller that has its own active run (a sweep) is not disturbed.
 
-Faults (docs/testing-faults.md): metrics go through a `MetricSender`, a bounded buffer emptied by a
-background thread, so training never waits on the tracking server. Each ``(key, step)`` is logged
-once per run (a resumed run skips the points the server holds); points not yet sent when a
-checkpoint is written are stored in it (`RunTracker.unsent_points` / `RunTracker.requeue`). A run is
-created with a key saved in ``<out>/mlflow_run_key`` first, so a job killed before saving the run id
-finds the run again instead of creating a second one.
+Faults (a dead or restarted server, a job killed before it saved the run id): `MetricSender`,
+`RunTracker.start` and docs/testing-faults.md.
 """
 
 from __future__ import annotations
@@ -33,28 +29,6 @@ from urllib.parse import quote, unquote
 from .atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "DEFAULT_EXPERIMENT",
-    "MAX_BUFFERED_POINTS",
-    "RUN_ID_FILE",
-    "RUN_KEY_FILE",
-    "RUN_KEY_TAG",
-    "RESUMED_FROM_TAG",
-    "RESUMED_FROM_RUN_TAG",
-    "RESUMED_FROM_STEP_TAG",
-    "MetricSender",
-    "RunTracker",
-    "executor_tags",
-    "FEATURE_SPACE_TAG",
-    "FID_METRICS",
-    "UNIQUE_IMAGES_TAG",
-    "UNBOUNDED",
-    "feature_space_tag",
-    "unique_images_tag",
-    "format_param",
-    "git_commit",
-]
 
 #: The MLflow experiment the trainer, the demo sweep and the analysis use unless told otherwise.
 DEFAULT_EXPERIMENT = "ditscale-demo"
