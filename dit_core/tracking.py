@@ -177,19 +177,6 @@ def executor_tags(env: dict[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
-# MLflow >= 3 opens experiments without this tag on its GenAI overview; "custom_model_development"
-# makes the UI open on the runs table, where sweeps are compared.
-EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
-
-
-def sqlite_artifact_location(uri: str) -> str | None:
-    """``<the store's folder>/mlruns`` (a file URI) for a ``sqlite:///FILE`` store, where MLflow would put
-    a new experiment's artifacts in ``./mlruns`` of whatever folder the command ran in; None for other
-    stores (a server decides for itself)."""
-    path = sqlite_store_path(uri)
-    return None if path is None else (path.resolve().parent / "mlruns").as_uri()
-
-
 def sqlite_store_path(uri: str | None) -> Path | None:
     """FILE of a ``sqlite:///FILE`` (or ``sqlite+driver:///FILE``) URI, without its ``?options``; None for
     other stores and in-memory databases."""
@@ -198,18 +185,20 @@ def sqlite_store_path(uri: str | None) -> Path | None:
 
 
 def get_or_create_experiment(client, name: str) -> str:
-    """Id of experiment `name`, created (tagged as a model-training experiment; a sqlite store's
-    artifacts beside its file, `sqlite_artifact_location`) if missing.
-
-    Safe against a concurrent job creating it at the same time."""
+    """Id of experiment `name`, created if missing (safe against a concurrent job creating it at the
+    same time). Its kind tag makes MLflow >= 3's UI open it on the runs table, not the GenAI overview;
+    a ``sqlite:///FILE`` store gets its artifacts in ``mlruns/`` beside FILE (MLflow's default:
+    ``./mlruns`` of whatever folder the command ran in; a server decides for itself)."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    store = sqlite_store_path(client.tracking_uri)
+    where = None if store is None else (store.resolve().parent / "mlruns").as_uri()
     try:
-        where = sqlite_artifact_location(client.tracking_uri)
-        return client.create_experiment(name, artifact_location=where, tags=dict([EXPERIMENT_KIND_TAG]))
+        kind = {"mlflow.experimentKind": "custom_model_development"}
+        return client.create_experiment(name, artifact_location=where, tags=kind)
     except MlflowException:  # created meanwhile by another launcher or job
         exp = client.get_experiment_by_name(name)
         if exp is None:
