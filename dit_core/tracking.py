@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -362,6 +363,14 @@ def end_run_if(client, run_id: str, *, left: tuple[str, ...], status: str, tag: 
     return True
 
 
+def logged_steps(client, run_id: str, keys: Collection[str] | None = None) -> dict[str, set[int]]:
+    """``{metric key: the steps run ``run_id`` holds a value at}``, for the keys it holds (of ``keys``)."""
+    held = client.get_run(run_id).data.metrics
+    return {
+        k: {m.step for m in client.get_metric_history(run_id, k)} for k in held if keys is None or k in keys
+    }
+
+
 class RunTracker:
     """One MLflow run: created, or continued when a run id is known (resume, or given by a sweep).
 
@@ -371,13 +380,9 @@ class RunTracker:
 
     def __init__(self, client, run_id: str, resumed: bool, *, max_buffered: int = MAX_BUFFERED_POINTS):
         self.client, self.run_id, self.resumed = client, run_id, resumed
-        self._logged: dict[str, set[int]] = self._steps_on_server() if resumed else {}
+        self._logged: dict[str, set[int]] = logged_steps(client, run_id) if resumed else {}
         self.skipped = 0  # points not logged because their (key, step) was already logged
         self.sender = MetricSender(client, run_id, max_buffered=max_buffered)
-
-    def _steps_on_server(self) -> dict[str, set[int]]:
-        keys = self.client.get_run(self.run_id).data.metrics
-        return {k: {m.step for m in self.client.get_metric_history(self.run_id, k)} for k in keys}
 
     @classmethod
     def start(

@@ -22,7 +22,7 @@ import torch
 from ..atomic import atomic_write
 from ..data.latents import SD_VAE_SCALE as LATENT_SCALE
 from ..diffusion.validation import example_noise, example_seed
-from ..tracking import EVAL_PREFIX
+from ..tracking import EVAL_PREFIX, logged_steps
 from .features import FeatureExtractor, to_uint8
 from .metrics import DIGITS_METRICS, PR_K, check_metrics, evaluate_samples
 from .reference import ReferenceSource
@@ -239,17 +239,7 @@ def log_metrics(metrics: Mapping[str, float], step: int, run_id: str | None = No
         raise ValueError("no active MLflow run: start one or pass run_id")
     run_id = run_id or mlflow.active_run().info.run_id
     data = {EVAL_PREFIX + k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-    held = _keys_logged_at(run_id, list(data), step)
+    steps = logged_steps(mlflow.MlflowClient(), run_id, data)
+    held = [k for k in data if step in steps.get(k, ())]
     mlflow.log_metrics({k: v for k, v in data.items() if k not in held}, step=step, run_id=run_id)
     return held
-
-
-def _keys_logged_at(run_id: str, keys: Sequence[str], step: int) -> list[str]:
-    """Those of ``keys`` that run ``run_id`` already holds a value of at ``step``."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    logged = client.get_run(run_id).data.metrics
-    return [
-        k for k in keys if k in logged and any(m.step == step for m in client.get_metric_history(run_id, k))
-    ]
