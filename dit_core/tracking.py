@@ -141,7 +141,7 @@ def format_param(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(list(value) if isinstance(value, tuple) else value)
+        return json.dumps(value)  # a tuple as a list
     return str(value)
 
 

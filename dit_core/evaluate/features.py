@@ -173,14 +173,12 @@ class InceptionExtractor(FeatureExtractor):
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 32,
-        resize_threads: int = 2,
     ) -> None:
         from cleanfid.resize import build_resizer
 
         self.path = resolve_inception_weights(weights)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.resize_threads = max(1, resize_threads)
         self._resize = build_resizer("clean")
         try:
             self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
@@ -200,13 +198,10 @@ class InceptionExtractor(FeatureExtractor):
         log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, "probs" in self.outputs)
 
     def resize(self, x: np.ndarray) -> torch.Tensor:
-        """uint8/float (B, 3, H, W) -> float32 (B, 3, 299, 299) via clean-fid's resizer (threaded)."""
+        """uint8/float (B, 3, H, W) -> float32 (B, 3, 299, 299) via clean-fid's resizer (2 threads)."""
         hwc = [np.ascontiguousarray(img.transpose(1, 2, 0)) for img in x]
-        if self.resize_threads > 1 and len(hwc) > 1:
-            with ThreadPoolExecutor(self.resize_threads) as pool:
-                out = list(pool.map(self._resize, hwc))
-        else:
-            out = [self._resize(img) for img in hwc]
+        with ThreadPoolExecutor(2) as pool:
+            out = list(pool.map(self._resize, hwc))
         return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
 
     @torch.inference_mode()

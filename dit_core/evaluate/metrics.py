@@ -158,8 +158,6 @@ def evaluate_samples(
     inception_weights: str | None = None,
     device: str | torch.device = "cpu",
     k: int = PR_K,
-    is_splits: int = 1,
-    use_cache: bool = True,
     feature_spaces: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``images`` (N, C, H, W), uint8 (or float in [0, 255]), against ``reference``.
@@ -198,7 +196,7 @@ def evaluate_samples(
         if "probs" in needed and "probs" not in ext.outputs:
             raise ValueError(no_logits_message(ext.name))
         fake = ext.extract(x, needed)
-        ref = reference_stats(source, ext, [o for o in needed if o != "probs"], use_cache=use_cache)
+        ref = reference_stats(source, ext, [o for o in needed if o != "probs"])
         suffix = f"_{family}" if family in DOMAINS else ""
         for m in names:
             base, out_name = m.removesuffix(suffix), METRICS[m][1]
@@ -207,7 +205,7 @@ def evaluate_samples(
                 if family in DOMAINS and base == "fid":
                     out[f"{m}_se"] = fid_bootstrap_se(fake[out_name], ref.stats[out_name], FID_SE_RESAMPLES)
             elif base == "is":
-                out[m] = inception_score(fake["probs"], splits=is_splits)
+                out[m] = inception_score(fake["probs"])
         if {f"precision{suffix}", f"recall{suffix}"} & set(names):  # the return keeps the ones asked for
             pr = precision_recall(ref.feats["pool"], fake["pool"], k=k)
             out[f"precision{suffix}"], out[f"recall{suffix}"] = pr

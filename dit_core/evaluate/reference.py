@@ -208,7 +208,7 @@ class ReferenceStats:
 
     stats: dict[str, GaussianStats]
     feats: dict[str, np.ndarray]
-    path: Path | None = None
+    path: Path  # the cache file
 
 
 def reference_stats(
@@ -216,7 +216,6 @@ def reference_stats(
     extractor: FeatureExtractor,
     outputs: Sequence[str] = ("pool",),
     max_feats: int = 10_000,
-    use_cache: bool = True,
 ) -> ReferenceStats:
     """Stats of the reference images in ``extractor``'s feature space, from the cache when present.
 
@@ -227,7 +226,7 @@ def reference_stats(
         raise ValueError(f"reference stats cover {wanted}; asked for {list(outputs)}")
     key = stable_hash({"ref": source.key(), "extractor": extractor.name, "outputs": wanted, "max": max_feats})
     path = cache_dir("ref_stats") / f"{source.label}-{extractor.name}-{key}.npz"
-    if use_cache and path.is_file():
+    if path.is_file():
         z = np.load(path)
         stats = {o: GaussianStats(z[f"{o}_mu"], z[f"{o}_sigma"], int(z[f"{o}_n"])) for o in wanted}
         return ReferenceStats(stats, {o: z[f"{o}_feats"] for o in wanted}, path)
@@ -240,7 +239,6 @@ def reference_stats(
         kept[o] = f if len(f) <= max_feats else f[np.sort(rng.choice(len(f), max_feats, replace=False))]
         arrays |= {f"{o}_mu": stats[o].mu, f"{o}_sigma": stats[o].sigma, f"{o}_n": np.array(stats[o].n)}
         arrays[f"{o}_feats"] = kept[o]
-    if use_cache:
-        atomic_write(path, lambda f: np.savez(f, **arrays))
-        log.info("cached reference stats (%d images, %s) -> %s", stats[wanted[0]].n, extractor.name, path)
-    return ReferenceStats(stats, kept, path if use_cache else None)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    log.info("cached reference stats (%d images, %s) -> %s", stats[wanted[0]].n, extractor.name, path)
+    return ReferenceStats(stats, kept, path)

@@ -154,7 +154,6 @@ def evaluate_model(
     eta: float = 0.0,
     inception_weights: str | None = None,
     extractors: Mapping[str, FeatureExtractor] | None = None,
-    metric_device: str | torch.device | None = None,
     save_samples: str | None = None,
     clip_denoised: bool = False,
     feature_spaces: dict[str, str] | None = None,
@@ -216,7 +215,7 @@ def evaluate_model(
             atomic_write(Path(save_samples), lambda f: np.savez(f, **arrays))
         result = evaluate_samples(
             images, reference, metrics=metrics, extractors=extractors,
-            inception_weights=inception_weights, device=metric_device or device,
+            inception_weights=inception_weights, device=device,
             feature_spaces=feature_spaces,
         )  # fmt: skip
         log.info("eval (%d samples, %s-%d, cfg %.2f): %s", num_samples, sampler, steps, cfg_scale, result)
