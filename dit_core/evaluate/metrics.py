@@ -1,23 +1,9 @@
-"""Metrics of a set of samples against a reference: FID, sFID, IS, precision/recall (+ domain variants).
-
-``evaluate_samples(images, reference, metrics=...)`` -> ``{name: value}`` (no ``eval/`` prefix).
-
-| metric | features | extractor family |
-|---|---|---|
-| fid, precision, recall | Inception pool3 (2048) | "inception" |
-| sfid | Inception mixed_6/conv[:7] (2023) | "inception" |
-| is | Inception 1008-way softmax (needs a weights file with logits) | "inception" |
-| fid_digits, precision_digits, recall_digits | digits CNN penultimate (64) | "digits" |
-| is_digits | digits CNN 10-way softmax | "digits" |
-| fid_photos, precision_photos, recall_photos | photos CNN penultimate (64) | "photos" |
-| is_photos | photos CNN softmax over the photographs | "photos" |
+"""Metrics of a set of samples against a reference: FID, sFID, IS, precision/recall (+ domain variants);
+`METRICS` maps each to its extractor family and output (the table: docs/evaluation.md, "Metrics").
 
 A domain FID also comes with ``fid_<domain>_se``: its bootstrap standard error over the samples
 (`frechet.fid_bootstrap_se`, 50 resamples, ~0.1 s for 64-d features), the FID's noise under another
 sampling seed. Not for Inception's 2048-d features, where each resample would take seconds.
-
-A domain metric (``*_digits``, ``*_photos``) needs a reference of its domain (``digits[:split]``,
-``photos[:options]``); its classifier (`domain_classifier`) is chosen from the reference.
 """
 
 from __future__ import annotations
