@@ -3,15 +3,8 @@
 The one place for what the model (`dit_core.models`), the sweeps and the analysis all need to agree
 on. Importing it does not import torch, so the sweep's dry run and the analysis stay light.
 
-**Shapes.** `FAMILIES` is Table 1 of Peebles & Xie (arXiv:2212.09748): name -> (depth, hidden_size,
-num_heads); every family comes with patch sizes `PATCH_SIZES`; `"DiT-XL/2"` names one of the 12.
-
-**Counts** (docs/models.md, "Convention", and its reproduction of the paper's Table 4): one
-multiply-add = 1 flop, forward pass, batch 1, VAE excluded; every matrix multiply, attention's `T^2`
-terms and the adaLN modulation are counted (`flop_breakdown`), biases, norms, activations and RoPE
-rotations are not. Training compute per image is reported as true FLOPs, `train_flops_per_image =
-6 x forward_macs` (forward + backward, 2 flops per multiply-add); a budget of `C` training FLOPs at
-`B` images per step buys `floor(C / (B x train_flops_per_image))` optimizer steps (`budget_steps`).
+**Counts** (the paper's convention, docs/models.md "Convention"): one multiply-add = 1 flop, forward
+pass, batch 1, VAE excluded; training compute is true FLOPs, `train_flops_per_image = 6 x forward_macs`.
 """
 
 from __future__ import annotations

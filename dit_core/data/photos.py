@@ -1,20 +1,8 @@
-"""``photos``: an unbounded, seeded, class-conditional stream of crops of real photographs.
-
-The photographs are the ones scikit-image ships inside its wheel (read from the installed package
-folder, never fetched); the class of a crop is the photograph it comes from. Sample ``g`` of a split
-is a pure function of ``(seed, split, g)``:
-
-- class ``g mod P`` (P photos, so every P consecutive samples hold each class once);
-- a square crop of side ``s = scale * min(H, W)`` with ``scale`` log-uniform in ``crop_scale``, at a
-  uniform real-valued position inside the split's region of the photo;
-- resampled to ``R x R`` by exact area averaging (a box filter over the crop's real-valued pixel
-  footprint, computed from summed-area tables, so it is vectorised over the batch), rounded to uint8;
-- horizontally flipped with probability 1/2 (training only).
-
-Regions: the right-most ``holdout`` fraction of each photo's columns (``ceil(holdout * W)`` columns)
-is held out; training crops lie inside the columns left of it, validation / FID reference crops
-inside it. A crop reads only the pixels its box covers, so the two never share a pixel.
-Validation samples do not depend on ``seed``: every run is scored on the same crops.
+"""``photos``: an unbounded, seeded, class-conditional stream of crops of the photographs scikit-image
+ships inside its wheel (never fetched); class = photograph. Sample ``g`` of a split is a pure function
+of ``(seed, split, g)`` (`PhotoCrops.boxes`), area-averaged to ``R x R`` (`PhotoCrops.render`); the
+right-most ``holdout`` of each photo's columns is held out for validation and FID, so training and
+validation crops never share a pixel. The full account: docs/data.md, "Datasets".
 """
 
 from __future__ import annotations
