@@ -1,15 +1,9 @@
-"""Encode an image folder into VAE latents once, so DiT trains on latents (the fast-DiT approach).
+"""Encode an image folder into VAE latents once, so DiT trains on latents (the fast-DiT approach):
+``python -m dit_core.extract_latents --data-path DIR --output OUT --vae VAE_FOLDER``.
 
-    python -m dit_core.extract_latents --data-path imagenet/train --output latents256 \\
-        --image-size 256 --vae ./sd-vae-ft-ema
-
-Each image is ADM-center-cropped to ``--image-size``, mapped to [-1, 1] and encoded together with
-its horizontal flip by ``diffusers.AutoencoderKL``; the posterior sample (or mean) times the scale
-factor (0.18215, Stable Diffusion's VAE) is stored. Shards ``latents_{k:05d}.safetensors`` hold
-``latents`` ``(n, 2, C, h, w)`` [image, flipped image] and ``labels`` ``(n,)``; each is written to a
-temporary file and renamed, and ``manifest.json`` is written last. Rerunning the same command
-resumes: finished shards are kept (checked against a fingerprint of the file list and settings).
-Read the result with ``build_dataset(DataConfig(name="latents", root=<output>))``.
+Shards ``latents_{k:05d}.safetensors`` hold ``latents`` ``(n, 2, C, h, w)`` [image, flipped image]
+(the posterior sample or mean times ``scale_factor``) and ``labels`` ``(n,)``; ``manifest.json`` is
+written last, and rerunning the command resumes. The full account: docs/data.md, "extract_latents".
 """
 
 from __future__ import annotations

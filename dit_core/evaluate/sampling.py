@@ -162,9 +162,8 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
 
-    Each process samples its contiguous share of the global indices (``sampling.shard``); sample i
-    is seeded by ``(seed, i)``, so the set does not depend on batch size or process count. Rank 0
-    computes the metrics; the dict is broadcast so every rank returns it. ``image_size`` and
+    Each process samples its share (`shard`; the sample set: the module doc); rank 0 computes the
+    metrics, and the dict is broadcast so every rank returns it. ``image_size`` and
     ``channels`` describe the model's input (latent size/channels when ``vae`` is given; the
     latents are then decoded with ``vae.decode(z / 0.18215)``). ``save_samples``: rank 0 also
     writes the images to this file (at exactly this path; an ``.npz``) as ``arr_0`` (N, H, W, C) uint8
