@@ -188,24 +188,18 @@ def _encode(vae: torch.nn.Module, x: torch.Tensor, cfg: ExtractConfig, gen: torc
     return torch.stack([z[:b], z[b:]], dim=1)
 
 
-def check_output_outside(output: str, data_path: str) -> None:
-    """ValueError when ``output`` is ``data_path`` or inside it: its shards would sit among the images,
-    and a rerun (a resume) would read the output folder as one more class."""
-    out, root = os.path.realpath(output), os.path.realpath(data_path)
-    if out == root or out.startswith(root.rstrip(os.sep) + os.sep):
-        raise ValueError(
-            f"--output {output!r} is inside --data-path {data_path!r}: a rerun would read it as one more "
-            "class of images; give a folder outside the image folder"
-        )
-
-
 def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     """Encode ``cfg.data_path`` into shards under ``cfg.output``; returns the manifest (also written)."""
     if not os.path.isdir(cfg.data_path):
         raise ValueError(f"image folder {cfg.data_path!r} does not exist or is not a directory")
     if os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
         raise ValueError(f"--output {cfg.output!r} is a file; give a folder (a new one, or one to resume)")
-    check_output_outside(cfg.output, cfg.data_path)
+    out, root = os.path.realpath(cfg.output), os.path.realpath(cfg.data_path)
+    if out == root or out.startswith(root.rstrip(os.sep) + os.sep):  # its shards among the images
+        raise ValueError(
+            f"--output {cfg.output!r} is inside --data-path {cfg.data_path!r}: a rerun would read it as one "
+            "more class of images; give a folder outside the image folder"
+        )
     device = resolve_device(cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
     factor = vae_factor(vae)

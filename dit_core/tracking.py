@@ -1,6 +1,4 @@
-"""MLflow tracking for a training run, in the schema of docs/training.md ("MLflow schema"); a run
-resumed from another run folder's checkpoint (a fork) is also tagged ``resumed_from`` (that
-checkpoint), ``resumed_from_run_id`` (its run, if any) and ``resumed_from_step``.
+"""MLflow tracking for a training run, in the schema of docs/training.md ("MLflow schema").
 
 Only the main process creates a `RunTracker`; the client API is used (no fluent global run), so a
 caller that has its own active run (a sweep) is not disturbed.
