@@ -79,7 +79,17 @@ def load_vae(path: str, device: torch.device, in_channels: int | None = None, ch
 
     if not os.path.isdir(path):
         raise ValueError(f"--vae {path} is not a folder; give a local diffusers AutoencoderKL directory")
-    vae = load_autoencoder(path, vae_subfolder(path)).to(device).eval()
+    if os.path.isfile(os.path.join(path, "config.json")):
+        subfolder = None
+    elif os.path.isfile(os.path.join(path, "vae", "config.json")):  # a pipeline folder
+        subfolder = "vae"
+    else:  # there is no --vae-subfolder here, unlike extract_latents
+        raise ValueError(
+            f"--vae {path}: no config.json there nor in its vae/ subfolder; give the folder written by "
+            "AutoencoderKL.save_pretrained (the one the latents were extracted with), or a pipeline folder "
+            "holding it in vae/"
+        )
+    vae = load_autoencoder(path, subfolder).to(device).eval()
     have = getattr(vae.config, "latent_channels", None)
     if in_channels is not None and have is not None and int(have) != int(in_channels):
         raise ConfigError(
@@ -88,20 +98,6 @@ def load_vae(path: str, device: torch.device, in_channels: int | None = None, ch
             "(the 'vae' of the latents folder's manifest.json)"
         )
     return vae
-
-
-def vae_subfolder(path: str) -> str | None:
-    """None when ``path`` holds the VAE's ``config.json``, "vae" when its ``vae/`` does (a pipeline
-    folder); else ValueError (there is no ``--vae-subfolder`` here, unlike extract_latents)."""
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return None
-    if os.path.isfile(os.path.join(path, "vae", "config.json")):
-        return "vae"
-    raise ValueError(
-        f"--vae {path}: no config.json there nor in its vae/ subfolder; give the folder written by "
-        "AutoencoderKL.save_pretrained (the one the latents were extracted with), or a pipeline folder "
-        "holding it in vae/"
-    )
 
 
 def check_vae(cfg, ckpt: dict) -> None:
