@@ -376,8 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-progress",
         dest="progress",
-        action="store_const",
-        const=False,
+        action="store_false",
         help="no progress bar (default: a bar on a terminal only)",
     )
     p.set_defaults(**{f.name: f.default for f in fields(ExtractConfig) if f.default is not MISSING})
