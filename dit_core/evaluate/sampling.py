@@ -85,35 +85,32 @@ def generate_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = []
-    bar = tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress, leave=False)
-    for start in range(0, len(indices), batch_size):
-        if stop is not None and stop():
-            bar.close()
-            raise SamplingStopped(f"stopped after {start} of {len(indices)} samples")
-        idx = indices[start : start + batch_size]
-        noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
-        if labels is None:
-            y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
-        else:
-            y = labels[idx.start : idx.stop].to(device)
-        g = torch.Generator(device=device).manual_seed(example_seed(seed, idx[0], 1))
-        x = sample(
-            model, diffusion, noise.shape, y,
-            sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
-            clip_denoised=clip_denoised,
-        )  # fmt: skip
-        if not torch.isfinite(x).all():  # to_uint8 would make them black images that look like results
-            bar.close()
-            raise ValueError(
-                f"sampling gave non-finite values (NaN or inf) in samples {idx[0]}..{idx[-1]} at guidance "
-                f"scale {cfg_scale:g}: the model's outputs overflow; lower the guidance scale (--cfg-scale, "
-                "eval.cfg_scale; 1 to 4 is usual), or use another checkpoint"
-            )
-        if decode is not None:
-            x = decode(x)
-        out.append(to_uint8(x).cpu())
-        bar.update(len(idx))
-    bar.close()
+    with tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(indices), batch_size):
+            if stop is not None and stop():
+                raise SamplingStopped(f"stopped after {start} of {len(indices)} samples")
+            idx = indices[start : start + batch_size]
+            noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
+            if labels is None:
+                y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
+            else:
+                y = labels[idx.start : idx.stop].to(device)
+            g = torch.Generator(device=device).manual_seed(example_seed(seed, idx[0], 1))
+            x = sample(
+                model, diffusion, noise.shape, y,
+                sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
+                clip_denoised=clip_denoised,
+            )  # fmt: skip
+            if not torch.isfinite(x).all():  # to_uint8 would make them black images that look like results
+                raise ValueError(
+                    f"sampling gave non-finite values (NaN or inf) in samples {idx[0]}..{idx[-1]} at "
+                    f"guidance scale {cfg_scale:g}: the model's outputs overflow; lower the guidance scale "
+                    "(--cfg-scale, eval.cfg_scale; 1 to 4 is usual), or use another checkpoint"
+                )
+            if decode is not None:
+                x = decode(x)
+            out.append(to_uint8(x).cpu())
+            bar.update(len(idx))
     if not out:
         return torch.empty((0, channels, image_size, image_size), dtype=torch.uint8)
     return torch.cat(out)
