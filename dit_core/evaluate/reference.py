@@ -10,9 +10,7 @@ A reference is named by a string:
 - an ``.npz`` whose ``arr_0`` holds uint8 NHWC images (the format of ADM / DiT sample and
   reference batches). Precomputed ``mu``/``sigma`` in ADM batches are *not* used: they come from the
   TF Inception with a different resize; features are recomputed with the extractor in use.
-Cache: ``cache_dir("ref_stats")/<name>.npz`` holding, per output, ``<out>_mu``, ``<out>_sigma``,
-``<out>_n`` and ``<out>_feats`` (at most ``max_feats`` rows, for precision/recall). `cache_dir`
-(``$DITSCALE_CACHE``, default ``~/.cache/ditscale``) also holds the domain classifiers' weights.
+The stats are cached per source, resolution and extractor (`reference_stats`).
 """
 
 from __future__ import annotations
