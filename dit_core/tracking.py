@@ -10,6 +10,7 @@ Faults (a dead or restarted server, a job killed before it saved the run id): `M
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -275,13 +276,8 @@ class MetricSender:
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait until every point was sent or ``timeout`` seconds passed; return how many are left."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._buffer or self._in_flight:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._cond.wait(timeout=left if left is not None else 1.0)
+            self._cond.wait_for(lambda: not (self._buffer or self._in_flight), timeout)
             return len(self._buffer) + len(self._in_flight)
 
     def close(self, timeout: float | None = None) -> int:
@@ -591,11 +587,10 @@ def check_sqlite_store(uri: str, *, missing: str | None = None) -> None:
             csv = f"; a CSV of points is read with --csv {path}"
         raise ValueError(f"{path} is {what}, so not an MLflow store (it holds no runs); {instead}{csv}")
     try:
-        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
-        try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        ) as con:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            con.close()
     except sqlite3.Error as e:
         raise ValueError(f"{path} cannot be read as an SQLite database ({e}): damaged? {instead}") from None
     if not tables and missing is None:
