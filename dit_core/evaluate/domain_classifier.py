@@ -44,8 +44,7 @@ class DomainClassifierRecipe:
     at it). input_size: the net's input side (images are resampled to it; a multiple of 4).
     channels: the net's input channels. train_size / val_size: photos only, training crops and
     held-out crops scored. max_shift: random translation (px) as augmentation (digits); flip:
-    random horizontal flips (photos). photos
-    options (num_photos, crop_scale, holdout) name the photos data, as in ``DataConfig``.
+    random horizontal flips (photos). num_photos, crop_scale, holdout: the photos data's options.
     """
 
     domain: str = "digits"
