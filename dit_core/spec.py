@@ -282,13 +282,9 @@ def param_count(model_or_config: Any, *, include_pos_embed: bool = True) -> int:
 
 
 def non_embedding_param_count(model_or_config: Any) -> int:
-    """Parameters without the embeddings, as N in Kaplan et al. (2020, arXiv:2001.08361).
-
-    Excluded, exactly: the sin-cos position table `pos_embed` (fixed, not trained), the timestep
-    embedder `t_embedder` (its `F x D` and `D x D` MLP with biases) and the label table
-    `y_embedder` (classes + the null row). Kept: the patch embedding `x_embedder` and the final
-    layer (they act on every token like the blocks do), and all blocks.
-    """
+    """Parameters without the embeddings, as N in Kaplan et al. (2020, arXiv:2001.08361): all but the
+    three modules of `_embedding_params`; the patch embedding and the final layer, which act on every
+    token like the blocks, are kept (docs/models.md, "Non-embedding parameters")."""
     cfg = _as_config(model_or_config)
     return param_count(cfg) - sum(_embedding_params(cfg).values())
 
