@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..configio import ConfigError
 from ..data.latents import vae_factor
 from .features import known_without_logits, no_logits_message, resolve_inception_weights
 from .metrics import METRICS, check_metrics, default_metrics
@@ -74,7 +75,6 @@ def load_vae(path: str, device: torch.device, in_channels: int | None = None, ch
     ``save_pretrained``, or a pipeline folder holding it in ``vae/``. ConfigError, before any sampling,
     when its latents have other channels than ``in_channels`` (the model of ``checkpoint`` was trained
     on): another VAE than the latents were extracted with, which would fail in the decoder."""
-    from dit_core.configio import ConfigError
     from dit_core.extract_latents import load_vae as load_autoencoder
 
     if not os.path.isdir(path):
@@ -105,8 +105,6 @@ def check_vae(cfg, ckpt: dict) -> None:
     trained on pixels (the VAE would be ignored: its samples are images already), or missing for a
     run trained on VAE latents (its samples are latents to decode). ``cfg``: any config with ``vae``
     and ``checkpoint`` (`CheckpointEvalConfig`, `dit_core.sample.SampleConfig`)."""
-    from dit_core.configio import ConfigError
-
     flat = ckpt.get("config")
     data = flat.get("data.name") if isinstance(flat, dict) else None
     if not cfg.vae and data == "latents":
@@ -129,8 +127,6 @@ def check_output_files(outputs: Mapping[str, str | None], inputs: Sequence[str |
     folder, a device or other non-regular file (``/dev/null``: the rename into place would replace it),
     a ``.pt`` name (a checkpoint's), one of ``inputs`` (the checkpoint, the reference), or the path of
     another output."""
-    from dit_core.configio import ConfigError
-
     given = {os.path.realpath(p): p for p in inputs if p and os.path.isfile(p)}
     seen: dict[str, str] = {}
     for flag, path in outputs.items():
