@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_write
+from ..data import digits_images
 from ..data.photos import PhotoOptions, photo_crops
 from .features import FeatureExtractor, as_image_array, file_digest
 from .reference import cache_dir, stable_hash
@@ -189,8 +190,6 @@ def domain_data(recipe: DomainClassifierRecipe) -> tuple[Split, Split]:
     """(training images, held-out images) of the recipe's domain, at its resolution."""
     r = recipe
     if r.domain == "digits":
-        from dit_core.data import digits_images
-
         return digits_images("train", r.resolution), digits_images("val", r.resolution)
     crops = photo_crops(PhotoOptions(r.channels, r.num_photos, tuple(r.crop_scale), r.holdout))
     # the stream's first crops (each flipped at random), and the first held-out ones

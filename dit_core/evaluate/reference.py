@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write
-from ..data.imagefolder import IMG_EXTENSIONS
+from ..data import digits_images, photos_images
+from ..data.imagefolder import IMG_EXTENSIONS, center_crop_arr, load_rgb
+from ..data.photos import PhotoOptions, parse_photos_reference
 from .features import FeatureExtractor
 from .frechet import GaussianStats
 
@@ -85,9 +87,6 @@ class ReferenceSource:
 
     def chunks(self, size: int = 256) -> Iterator[np.ndarray]:
         if self.kind in ("digits", "photos"):
-            from dit_core.data import digits_images, photos_images
-            from dit_core.data.photos import PhotoOptions
-
             if self.kind == "digits":
                 x = digits_images(self.split, self.resolution)[0].numpy()
             else:
@@ -100,8 +99,6 @@ class ReferenceSource:
             for i in range(0, len(arr), size):
                 yield np.ascontiguousarray(np.asarray(arr[i : i + size]).transpose(0, 3, 1, 2))
         else:
-            from dit_core.data.imagefolder import center_crop_arr
-
             for i in range(0, len(self.files), size):
                 batch = [center_crop_arr(_read_image(p), self.resolution) for p in self.files[i : i + size]]
                 yield np.stack(batch).transpose(0, 3, 1, 2)
@@ -109,8 +106,6 @@ class ReferenceSource:
 
 def _read_image(path: Path) -> Any:
     """``path`` decoded as an RGB PIL image; ValueError naming the file when it cannot be read as one."""
-    from dit_core.data.imagefolder import load_rgb
-
     try:
         return load_rgb(str(path))
     except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
@@ -144,8 +139,6 @@ def resolve_reference(spec: str, resolution: int, channels: int | None = None) -
         _check_channels(spec, 1, channels)
         return ReferenceSource(spec, resolution, "digits", split=split)
     if spec == "photos" or spec.startswith("photos:"):
-        from dit_core.data.photos import parse_photos_reference
-
         options, n = parse_photos_reference(spec)
         _check_channels(spec, options.channels, channels)
         return ReferenceSource(spec, resolution, "photos", options={**dataclasses.asdict(options), "n": n})
