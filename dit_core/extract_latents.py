@@ -1,15 +1,9 @@
-"""Encode an image folder into VAE latents once, so DiT trains on latents (the fast-DiT approach).
+"""Encode an image folder into VAE latents once, so DiT trains on latents (the fast-DiT approach):
+``python -m dit_core.extract_latents --data-path DIR --output OUT --vae VAE_FOLDER``.
 
-    python -m dit_core.extract_latents --data-path imagenet/train --output latents256 \\
-        --image-size 256 --vae ./sd-vae-ft-ema
-
-Each image is ADM-center-cropped to ``--image-size``, mapped to [-1, 1] and encoded together with
-its horizontal flip by ``diffusers.AutoencoderKL``; the posterior sample (or mean) times the scale
-factor (0.18215, Stable Diffusion's VAE) is stored. Shards ``latents_{k:05d}.safetensors`` hold
-``latents`` ``(n, 2, C, h, w)`` [image, flipped image] and ``labels`` ``(n,)``; each is written to a
-temporary file and renamed, and ``manifest.json`` is written last. Rerunning the same command
-resumes: finished shards are kept (checked against a fingerprint of the file list and settings).
-Read the result with ``build_dataset(DataConfig(name="latents", root=<output>))``.
+Shards ``latents_{k:05d}.safetensors`` hold ``latents`` ``(n, 2, C, h, w)`` [image, flipped image]
+(the posterior sample or mean times ``scale_factor``) and ``labels`` ``(n,)``; ``manifest.json`` is
+written last, and rerunning the command resumes. The full account: docs/data.md, "extract_latents".
 """
 
 from __future__ import annotations
@@ -194,24 +188,18 @@ def _encode(vae: torch.nn.Module, x: torch.Tensor, cfg: ExtractConfig, gen: torc
     return torch.stack([z[:b], z[b:]], dim=1)
 
 
-def check_output_outside(output: str, data_path: str) -> None:
-    """ValueError when ``output`` is ``data_path`` or inside it: its shards would sit among the images,
-    and a rerun (a resume) would read the output folder as one more class."""
-    out, root = os.path.realpath(output), os.path.realpath(data_path)
-    if out == root or out.startswith(root.rstrip(os.sep) + os.sep):
-        raise ValueError(
-            f"--output {output!r} is inside --data-path {data_path!r}: a rerun would read it as one more "
-            "class of images; give a folder outside the image folder"
-        )
-
-
 def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     """Encode ``cfg.data_path`` into shards under ``cfg.output``; returns the manifest (also written)."""
     if not os.path.isdir(cfg.data_path):
         raise ValueError(f"image folder {cfg.data_path!r} does not exist or is not a directory")
     if os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
         raise ValueError(f"--output {cfg.output!r} is a file; give a folder (a new one, or one to resume)")
-    check_output_outside(cfg.output, cfg.data_path)
+    out, root = os.path.realpath(cfg.output), os.path.realpath(cfg.data_path)
+    if out == root or out.startswith(root.rstrip(os.sep) + os.sep):  # its shards among the images
+        raise ValueError(
+            f"--output {cfg.output!r} is inside --data-path {cfg.data_path!r}: a rerun would read it as one "
+            "more class of images; give a folder outside the image folder"
+        )
     device = resolve_device(cfg.device)
     vae = load_vae(cfg.vae, cfg.vae_subfolder).to(device).eval()  # before the (slow) scan: fail fast
     factor = vae_factor(vae)
@@ -388,8 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-progress",
         dest="progress",
-        action="store_const",
-        const=False,
+        action="store_false",
         help="no progress bar (default: a bar on a terminal only)",
     )
     p.set_defaults(**{f.name: f.default for f in fields(ExtractConfig) if f.default is not MISSING})

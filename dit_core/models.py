@@ -72,7 +72,6 @@ class DiT(nn.Module):
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.initialize_weights()
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: DiTConfig, **overrides) -> DiT:
         """Build from a `DiTConfig` (fields in `overrides` win); the same as `DiT(cfg, **overrides)`."""
@@ -122,7 +121,6 @@ class DiT(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    # ------------------------------------------------------------------ (un)patchify
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, C, H, W)` -> `(N, T, p*p*C)`, per-patch layout `(p_row, p_col, C)` (inverse of unpatchify)."""
         return patchify(x, self.patch_size)
@@ -131,7 +129,6 @@ class DiT(nn.Module):
         """`(N, T, p*p*C_out)` -> `(N, C_out, H, W)`; `hw` is the token grid (default: square)."""
         return unpatchify(x, self.patch_size, self.out_channels, hw)
 
-    # ------------------------------------------------------------------ forward
     def _rope(self, grid_h: int, grid_w: int, num_prefix: int, device: torch.device):
         key = (grid_h, grid_w, num_prefix, str(device))
         if key not in self._rope_cache:

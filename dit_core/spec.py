@@ -3,15 +3,8 @@
 The one place for what the model (`dit_core.models`), the sweeps and the analysis all need to agree
 on. Importing it does not import torch, so the sweep's dry run and the analysis stay light.
 
-**Shapes.** `FAMILIES` is Table 1 of Peebles & Xie (arXiv:2212.09748): name -> (depth, hidden_size,
-num_heads); every family comes with patch sizes `PATCH_SIZES`; `"DiT-XL/2"` names one of the 12.
-
-**Counts** (docs/models.md, "Convention", and its reproduction of the paper's Table 4): one
-multiply-add = 1 flop, forward pass, batch 1, VAE excluded; every matrix multiply, attention's `T^2`
-terms and the adaLN modulation are counted (`flop_breakdown`), biases, norms, activations and RoPE
-rotations are not. Training compute per image is reported as true FLOPs, `train_flops_per_image =
-6 x forward_macs` (forward + backward, 2 flops per multiply-add); a budget of `C` training FLOPs at
-`B` images per step buys `floor(C / (B x train_flops_per_image))` optimizer steps (`budget_steps`).
+**Counts** (the paper's convention, docs/models.md "Convention"): one multiply-add = 1 flop, forward
+pass, batch 1, VAE excluded; training compute is true FLOPs, `train_flops_per_image = 6 x forward_macs`.
 """
 
 from __future__ import annotations
@@ -195,7 +188,6 @@ def model_config(name: str | None = None, **overrides: Any) -> DiTConfig:
     return DiTConfig(**{**base, **overrides})
 
 
-# ---------------------------------------------------------------------- analytic counts
 def _as_config(model_or_config: Any) -> DiTConfig:
     """A `DiTConfig` from itself, an official name, or anything with a `.config` (a built `DiT`)."""
     if isinstance(model_or_config, DiTConfig):
@@ -290,18 +282,13 @@ def param_count(model_or_config: Any, *, include_pos_embed: bool = True) -> int:
 
 
 def non_embedding_param_count(model_or_config: Any) -> int:
-    """Parameters without the embeddings, as N in Kaplan et al. (2020, arXiv:2001.08361).
-
-    Excluded, exactly: the sin-cos position table `pos_embed` (fixed, not trained), the timestep
-    embedder `t_embedder` (its `F x D` and `D x D` MLP with biases) and the label table
-    `y_embedder` (classes + the null row). Kept: the patch embedding `x_embedder` and the final
-    layer (they act on every token like the blocks do), and all blocks.
-    """
+    """Parameters without the embeddings, as N in Kaplan et al. (2020, arXiv:2001.08361): all but the
+    three modules of `_embedding_params`; the patch embedding and the final layer, which act on every
+    token like the blocks, are kept (docs/models.md, "Non-embedding parameters")."""
     cfg = _as_config(model_or_config)
     return param_count(cfg) - sum(_embedding_params(cfg).values())
 
 
-# ---------------------------------------------------------------------- budget -> steps
 def budget_steps(train_flops: float, flops_per_image: float, batch_size: int) -> int:
     """Whole optimizer steps of `batch_size` images that fit in `train_flops` (true FLOPs):
     `floor(train_flops / (batch_size * flops_per_image))`, 0 if not even one.

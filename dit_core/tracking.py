@@ -1,21 +1,16 @@
-"""MLflow tracking for a training run, in the schema of docs/training.md ("MLflow schema"); a run
-resumed from another run folder's checkpoint (a fork) is also tagged ``resumed_from`` (that
-checkpoint), ``resumed_from_run_id`` (its run, if any) and ``resumed_from_step``.
+"""MLflow tracking for a training run, in the schema of docs/training.md ("MLflow schema").
 
 Only the main process creates a `RunTracker`; the client API is used (no fluent global run), so a
 caller that has its own active run (a sweep) is not disturbed.
 
-Faults (docs/testing-faults.md): metrics go through a `MetricSender`, a bounded buffer emptied by a
-background thread, so training never waits on the tracking server. Each ``(key, step)`` is logged
-once per run (a resumed run skips the points the server holds); points not yet sent when a
-checkpoint is written are stored in it (`RunTracker.unsent_points` / `RunTracker.requeue`). A run is
-created with a key saved in ``<out>/mlflow_run_key`` first, so a job killed before saving the run id
-finds the run again instead of creating a second one.
+Faults (a dead or restarted server, a job killed before it saved the run id): `MetricSender`,
+`RunTracker.start` and docs/testing-faults.md.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -26,6 +21,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -33,28 +29,6 @@ from urllib.parse import quote, unquote
 from .atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "DEFAULT_EXPERIMENT",
-    "MAX_BUFFERED_POINTS",
-    "RUN_ID_FILE",
-    "RUN_KEY_FILE",
-    "RUN_KEY_TAG",
-    "RESUMED_FROM_TAG",
-    "RESUMED_FROM_RUN_TAG",
-    "RESUMED_FROM_STEP_TAG",
-    "MetricSender",
-    "RunTracker",
-    "executor_tags",
-    "FEATURE_SPACE_TAG",
-    "FID_METRICS",
-    "UNIQUE_IMAGES_TAG",
-    "UNBOUNDED",
-    "feature_space_tag",
-    "unique_images_tag",
-    "format_param",
-    "git_commit",
-]
 
 #: The MLflow experiment the trainer, the demo sweep and the analysis use unless told otherwise.
 DEFAULT_EXPERIMENT = "ditscale-demo"
@@ -166,7 +140,7 @@ def format_param(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(list(value) if isinstance(value, tuple) else value)
+        return json.dumps(value)  # a tuple as a list
     return str(value)
 
 
@@ -203,19 +177,6 @@ def executor_tags(env: dict[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
-# MLflow >= 3 opens experiments without this tag on its GenAI overview; "custom_model_development"
-# makes the UI open on the runs table, where sweeps are compared.
-EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
-
-
-def sqlite_artifact_location(uri: str) -> str | None:
-    """``<the store's folder>/mlruns`` (a file URI) for a ``sqlite:///FILE`` store, where MLflow would put
-    a new experiment's artifacts in ``./mlruns`` of whatever folder the command ran in; None for other
-    stores (a server decides for itself)."""
-    path = sqlite_store_path(uri)
-    return None if path is None else (path.resolve().parent / "mlruns").as_uri()
-
-
 def sqlite_store_path(uri: str | None) -> Path | None:
     """FILE of a ``sqlite:///FILE`` (or ``sqlite+driver:///FILE``) URI, without its ``?options``; None for
     other stores and in-memory databases."""
@@ -224,18 +185,20 @@ def sqlite_store_path(uri: str | None) -> Path | None:
 
 
 def get_or_create_experiment(client, name: str) -> str:
-    """Id of experiment `name`, created (tagged as a model-training experiment; a sqlite store's
-    artifacts beside its file, `sqlite_artifact_location`) if missing.
-
-    Safe against a concurrent job creating it at the same time."""
+    """Id of experiment `name`, created if missing (safe against a concurrent job creating it at the
+    same time). Its kind tag makes MLflow >= 3's UI open it on the runs table, not the GenAI overview;
+    a ``sqlite:///FILE`` store gets its artifacts in ``mlruns/`` beside FILE (MLflow's default:
+    ``./mlruns`` of whatever folder the command ran in; a server decides for itself)."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    store = sqlite_store_path(client.tracking_uri)
+    where = None if store is None else (store.resolve().parent / "mlruns").as_uri()
     try:
-        where = sqlite_artifact_location(client.tracking_uri)
-        return client.create_experiment(name, artifact_location=where, tags=dict([EXPERIMENT_KIND_TAG]))
+        kind = {"mlflow.experimentKind": "custom_model_development"}
+        return client.create_experiment(name, artifact_location=where, tags=kind)
     except MlflowException:  # created meanwhile by another launcher or job
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -313,13 +276,8 @@ class MetricSender:
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait until every point was sent or ``timeout`` seconds passed; return how many are left."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._buffer or self._in_flight:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._cond.wait(timeout=left if left is not None else 1.0)
+            self._cond.wait_for(lambda: not (self._buffer or self._in_flight), timeout)
             return len(self._buffer) + len(self._in_flight)
 
     def close(self, timeout: float | None = None) -> int:
@@ -399,6 +357,14 @@ def end_run_if(client, run_id: str, *, left: tuple[str, ...], status: str, tag: 
     return True
 
 
+def logged_steps(client, run_id: str, keys: Collection[str] | None = None) -> dict[str, set[int]]:
+    """``{metric key: the steps run ``run_id`` holds a value at}``, for the keys it holds (of ``keys``)."""
+    held = client.get_run(run_id).data.metrics
+    return {
+        k: {m.step for m in client.get_metric_history(run_id, k)} for k in held if keys is None or k in keys
+    }
+
+
 class RunTracker:
     """One MLflow run: created, or continued when a run id is known (resume, or given by a sweep).
 
@@ -408,13 +374,9 @@ class RunTracker:
 
     def __init__(self, client, run_id: str, resumed: bool, *, max_buffered: int = MAX_BUFFERED_POINTS):
         self.client, self.run_id, self.resumed = client, run_id, resumed
-        self._logged: dict[str, set[int]] = self._steps_on_server() if resumed else {}
+        self._logged: dict[str, set[int]] = logged_steps(client, run_id) if resumed else {}
         self.skipped = 0  # points not logged because their (key, step) was already logged
         self.sender = MetricSender(client, run_id, max_buffered=max_buffered)
-
-    def _steps_on_server(self) -> dict[str, set[int]]:
-        keys = self.client.get_run(self.run_id).data.metrics
-        return {k: {m.step for m in self.client.get_metric_history(self.run_id, k)} for k in keys}
 
     @classmethod
     def start(
@@ -485,7 +447,6 @@ class RunTracker:
         tracker.set_tags({**tags, STATUS_TAG: STATUS_RUNNING})
         return tracker
 
-    # ------------------------------------------------------------------ logging
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params; ones already logged (a resumed run) are kept, and a changed value is warned about."""
         from mlflow.entities import Param
@@ -626,11 +587,10 @@ def check_sqlite_store(uri: str, *, missing: str | None = None) -> None:
             csv = f"; a CSV of points is read with --csv {path}"
         raise ValueError(f"{path} is {what}, so not an MLflow store (it holds no runs); {instead}{csv}")
     try:
-        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
-        try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        ) as con:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            con.close()
     except sqlite3.Error as e:
         raise ValueError(f"{path} cannot be read as an SQLite database ({e}): damaged? {instead}") from None
     if not tables and missing is None:

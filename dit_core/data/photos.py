@@ -1,20 +1,8 @@
-"""``photos``: an unbounded, seeded, class-conditional stream of crops of real photographs.
-
-The photographs are the ones scikit-image ships inside its wheel (read from the installed package
-folder, never fetched); the class of a crop is the photograph it comes from. Sample ``g`` of a split
-is a pure function of ``(seed, split, g)``:
-
-- class ``g mod P`` (P photos, so every P consecutive samples hold each class once);
-- a square crop of side ``s = scale * min(H, W)`` with ``scale`` log-uniform in ``crop_scale``, at a
-  uniform real-valued position inside the split's region of the photo;
-- resampled to ``R x R`` by exact area averaging (a box filter over the crop's real-valued pixel
-  footprint, computed from summed-area tables, so it is vectorised over the batch), rounded to uint8;
-- horizontally flipped with probability 1/2 (training only).
-
-Regions: the right-most ``holdout`` fraction of each photo's columns (``ceil(holdout * W)`` columns)
-is held out; training crops lie inside the columns left of it, validation / FID reference crops
-inside it. A crop reads only the pixels its box covers, so the two never share a pixel.
-Validation samples do not depend on ``seed``: every run is scored on the same crops.
+"""``photos``: an unbounded, seeded, class-conditional stream of crops of the photographs scikit-image
+ships inside its wheel (never fetched); class = photograph. Sample ``g`` of a split is a pure function
+of ``(seed, split, g)`` (`PhotoCrops.boxes`), area-averaged to ``R x R`` (`PhotoCrops.render`); the
+right-most ``holdout`` of each photo's columns is held out for validation and FID, so training and
+validation crops never share a pixel. The full account: docs/data.md, "Datasets".
 """
 
 from __future__ import annotations
@@ -67,16 +55,6 @@ _TRAIN_STREAM, _VAL_STREAM = 0x7EA1, 0x7A11
 _VAL_SEED = 0  # validation crops are the same whatever the data seed
 
 
-def _skimage_data_dir() -> Path:
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or spec.origin is None:
-        raise ImportError(
-            "the `photos` dataset reads the photographs bundled with scikit-image; "
-            "install it with `pip install scikit-image`"
-        )
-    return Path(spec.origin).parent / "data"
-
-
 @functools.cache
 def load_photo(name: str) -> np.ndarray:
     """The photograph ``name`` (see `PHOTOS`) as uint8 ``(H, W, 3)`` or ``(H, W, 1)``; cached."""
@@ -85,7 +63,13 @@ def load_photo(name: str) -> np.ndarray:
     photo = {p.name: p for p in PHOTOS}.get(name)
     if photo is None:
         raise ValueError(f"unknown photo {name!r}; valid: {[p.name for p in PHOTOS]}")
-    path = _skimage_data_dir() / photo.file
+    skimage = importlib.util.find_spec("skimage")
+    if skimage is None or skimage.origin is None:
+        raise ImportError(
+            "the `photos` dataset reads the photographs bundled with scikit-image; "
+            "install it with `pip install scikit-image`"
+        )
+    path = Path(skimage.origin).parent / "data" / photo.file
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall scikit-image (`pip install scikit-image`)")
     with Image.open(path) as im:
@@ -289,18 +273,14 @@ class PhotoCropsDataset(EpochFlipMixin, Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def sample_index(self, indices: Sequence[int]) -> np.ndarray:
-        """Stream positions of dataset items ``indices`` in the current epoch."""
+    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """x float32 ``(B, C, R, R)`` in [-1, 1], y int64 ``(B,)``."""
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.size):
             raise IndexError(f"photos {self.split}: index out of range 0..{self.size - 1}")
-        return idx + self.epoch * self.size if self.split == "train" else idx
-
-    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """x float32 ``(B, C, R, R)`` in [-1, 1], y int64 ``(B,)``."""
-        u8, y = self.crops.sample(
-            self.sample_index(indices), self.split, self.resolution, self.seed, self.random_flip
-        )
+        if self.split == "train":  # stream positions in the current epoch
+            idx = idx + self.epoch * self.size
+        u8, y = self.crops.sample(idx, self.split, self.resolution, self.seed, self.random_flip)
         return u8.float().div_(127.5).sub_(1.0), y
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

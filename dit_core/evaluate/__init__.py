@@ -1,14 +1,6 @@
-"""Evaluation: sample a model, then FID / sFID / IS / precision-recall against cached reference stats.
-
-    from dit_core.evaluate import evaluate_model, evaluate_samples, log_metrics
-    m = evaluate_model(model, diffusion, num_samples=500, batch_size=100, sampler="ddim", steps=50,
-                       cfg_scale=1.5, seed=0, num_classes=10, image_size=16, channels=1,
-                       reference="digits", metrics=("fid_digits", "is_digits"))
-    log_metrics(m, step)   # -> MLflow eval/fid_digits, eval/is_digits at `step`
-
-FID uses clean-fid's "clean" preprocessing (its own PIL bicubic resizer) and the TF Inception weights
-from a local file (see ``features.resolve_inception_weights``); ``*_digits`` and ``*_photos`` metrics
-use a small CNN trained on that dataset's training images (``domain_classifier``). See docs/evaluation.md.
+"""Evaluation: sample a model (`evaluate_model`), then FID / sFID / IS / precision-recall against
+cached reference stats (`evaluate_samples`), logged as MLflow ``eval/<metric>`` (`log_metrics`).
+Usage, metrics and protocol: docs/evaluation.md.
 """
 
 from .domain_classifier import DomainClassifierRecipe, DomainExtractor, digits_recipe, photos_recipe

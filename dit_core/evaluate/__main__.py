@@ -94,21 +94,19 @@ def _check_run(run_id: str) -> None:
 
     from ..tracking import check_sqlite_store, check_tracking_server
 
+    uri = get_tracking_uri()
     where = (
         "give the id in the run folder's mlflow_run_id file, and set MLFLOW_TRACKING_URI to the store the "
         "run is in"
     )
-    missing = (
-        f"--mlflow-run-id {run_id}: the MLflow tracking store {get_tracking_uri()} does not exist; {where}"
-    )
-    uri = get_tracking_uri()
+    missing = f"--mlflow-run-id {run_id}: the MLflow tracking store {uri} does not exist; {where}"
     if uri.startswith(("http://", "https://")):  # MLflow would retry for minutes, then say "no such run"
         try:
             check_tracking_server(uri, "start it, or set MLFLOW_TRACKING_URI to the store the run is in")
         except ValueError as e:
             raise ValueError(f"--mlflow-run-id {run_id}: {e}") from None
     try:  # reading only: MLflow would create an empty store (in the working folder by default) just to look
-        check_sqlite_store(get_tracking_uri(), missing=missing)
+        check_sqlite_store(uri, missing=missing)
     except ValueError as e:
         raise ValueError(str(e) if str(e) == missing else f"--mlflow-run-id {run_id}: {e}") from None
     try:
@@ -116,18 +114,8 @@ def _check_run(run_id: str) -> None:
     except MlflowException as e:
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ValueError(
-            f"--mlflow-run-id {run_id}: no such run in the MLflow tracking store {get_tracking_uri()} "
-            f"({why}); {where}"
+            f"--mlflow-run-id {run_id}: no such run in the MLflow tracking store {uri} ({why}); {where}"
         ) from None
-
-
-def _kept_note(args: argparse.Namespace, held: list[str], step: int) -> str:
-    """What `log_metrics` did not log into ``args.mlflow_run_id``: ``held``, already there at ``step``."""
-    where = f"printed above and in --output {args.output}" if args.output else "printed above"
-    return (
-        f"run {args.mlflow_run_id} already holds {', '.join(held)} at step {step}: its first scores are "
-        f"kept (one value per step), so these were not logged again; this result is {where}"
-    )
 
 
 def _check_folders(args: argparse.Namespace) -> None:
@@ -191,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     refused, unwritten = None, False
-    if args.mlflow_run_id and spaces and (accelerator is None or accelerator.is_main_process):
-        refused = _other_feature_space(args.mlflow_run_id, feature_space_tag(spaces))
     if accelerator is None or accelerator.is_main_process:
+        if args.mlflow_run_id and spaces:
+            refused = _other_feature_space(args.mlflow_run_id, feature_space_tag(spaces))
         num_samples = args.num_samples if args.num_samples is not None else flat["eval.num_samples"]
         out = {"step": step, "num_samples": num_samples, **{EVAL_PREFIX + k: v for k, v in metrics.items()}}
         print(json.dumps(out, indent=2))
@@ -211,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {refused}", file=sys.stderr)
         elif args.mlflow_run_id:
             if held := log_metrics(metrics, step, run_id=args.mlflow_run_id):
-                print(f"note: {_kept_note(args, held, step)}", file=sys.stderr)
+                where = f"printed above and in --output {args.output}" if args.output else "printed above"
+                print(f"note: run {args.mlflow_run_id} already holds {', '.join(held)} at step {step}: its "
+                      "first scores are kept (one value per step), so these were not logged again; this "
+                      f"result is {where}", file=sys.stderr)  # fmt: skip
             if spaces:
                 from mlflow import MlflowClient
 

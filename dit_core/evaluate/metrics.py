@@ -1,23 +1,9 @@
-"""Metrics of a set of samples against a reference: FID, sFID, IS, precision/recall (+ domain variants).
-
-``evaluate_samples(images, reference, metrics=...)`` -> ``{name: value}`` (no ``eval/`` prefix).
-
-| metric | features | extractor family |
-|---|---|---|
-| fid, precision, recall | Inception pool3 (2048) | "inception" |
-| sfid | Inception mixed_6/conv[:7] (2023) | "inception" |
-| is | Inception 1008-way softmax (needs a weights file with logits) | "inception" |
-| fid_digits, precision_digits, recall_digits | digits CNN penultimate (64) | "digits" |
-| is_digits | digits CNN 10-way softmax | "digits" |
-| fid_photos, precision_photos, recall_photos | photos CNN penultimate (64) | "photos" |
-| is_photos | photos CNN softmax over the photographs | "photos" |
+"""Metrics of a set of samples against a reference: FID, sFID, IS, precision/recall (+ domain variants);
+`METRICS` maps each to its extractor family and output (the table: docs/evaluation.md, "Metrics").
 
 A domain FID also comes with ``fid_<domain>_se``: its bootstrap standard error over the samples
 (`frechet.fid_bootstrap_se`, 50 resamples, ~0.1 s for 64-d features), the FID's noise under another
 sampling seed. Not for Inception's 2048-d features, where each resample would take seconds.
-
-A domain metric (``*_digits``, ``*_photos``) needs a reference of its domain (``digits[:split]``,
-``photos[:options]``); its classifier (`domain_classifier`) is chosen from the reference.
 """
 
 from __future__ import annotations
@@ -158,8 +144,6 @@ def evaluate_samples(
     inception_weights: str | None = None,
     device: str | torch.device = "cpu",
     k: int = PR_K,
-    is_splits: int = 1,
-    use_cache: bool = True,
     feature_spaces: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``images`` (N, C, H, W), uint8 (or float in [0, 255]), against ``reference``.
@@ -198,7 +182,7 @@ def evaluate_samples(
         if "probs" in needed and "probs" not in ext.outputs:
             raise ValueError(no_logits_message(ext.name))
         fake = ext.extract(x, needed)
-        ref = reference_stats(source, ext, [o for o in needed if o != "probs"], use_cache=use_cache)
+        ref = reference_stats(source, ext, [o for o in needed if o != "probs"])
         suffix = f"_{family}" if family in DOMAINS else ""
         for m in names:
             base, out_name = m.removesuffix(suffix), METRICS[m][1]
@@ -207,7 +191,7 @@ def evaluate_samples(
                 if family in DOMAINS and base == "fid":
                     out[f"{m}_se"] = fid_bootstrap_se(fake[out_name], ref.stats[out_name], FID_SE_RESAMPLES)
             elif base == "is":
-                out[m] = inception_score(fake["probs"], splits=is_splits)
+                out[m] = inception_score(fake["probs"])
         if {f"precision{suffix}", f"recall{suffix}"} & set(names):  # the return keeps the ones asked for
             pr = precision_recall(ref.feats["pool"], fake["pool"], k=k)
             out[f"precision{suffix}"], out[f"recall{suffix}"] = pr

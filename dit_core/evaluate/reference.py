@@ -10,9 +10,7 @@ A reference is named by a string:
 - an ``.npz`` whose ``arr_0`` holds uint8 NHWC images (the format of ADM / DiT sample and
   reference batches). Precomputed ``mu``/``sigma`` in ADM batches are *not* used: they come from the
   TF Inception with a different resize; features are recomputed with the extractor in use.
-Cache: ``cache_dir("ref_stats")/<name>.npz`` holding, per output, ``<out>_mu``, ``<out>_sigma``,
-``<out>_n`` and ``<out>_feats`` (at most ``max_feats`` rows, for precision/recall). `cache_dir`
-(``$DITSCALE_CACHE``, default ``~/.cache/ditscale``) also holds the domain classifiers' weights.
+The stats are cached per source, resolution and extractor (`reference_stats`).
 """
 
 from __future__ import annotations
@@ -31,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write
-from ..data.imagefolder import IMG_EXTENSIONS
+from ..data import digits_images, photos_images
+from ..data.imagefolder import IMG_EXTENSIONS, center_crop_arr, load_rgb
+from ..data.photos import PhotoOptions, parse_photos_reference
 from .features import FeatureExtractor
 from .frechet import GaussianStats
 
@@ -87,9 +87,6 @@ class ReferenceSource:
 
     def chunks(self, size: int = 256) -> Iterator[np.ndarray]:
         if self.kind in ("digits", "photos"):
-            from dit_core.data import digits_images, photos_images
-            from dit_core.data.photos import PhotoOptions
-
             if self.kind == "digits":
                 x = digits_images(self.split, self.resolution)[0].numpy()
             else:
@@ -102,8 +99,6 @@ class ReferenceSource:
             for i in range(0, len(arr), size):
                 yield np.ascontiguousarray(np.asarray(arr[i : i + size]).transpose(0, 3, 1, 2))
         else:
-            from dit_core.data.imagefolder import center_crop_arr
-
             for i in range(0, len(self.files), size):
                 batch = [center_crop_arr(_read_image(p), self.resolution) for p in self.files[i : i + size]]
                 yield np.stack(batch).transpose(0, 3, 1, 2)
@@ -111,8 +106,6 @@ class ReferenceSource:
 
 def _read_image(path: Path) -> Any:
     """``path`` decoded as an RGB PIL image; ValueError naming the file when it cannot be read as one."""
-    from dit_core.data.imagefolder import load_rgb
-
     try:
         return load_rgb(str(path))
     except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
@@ -146,8 +139,6 @@ def resolve_reference(spec: str, resolution: int, channels: int | None = None) -
         _check_channels(spec, 1, channels)
         return ReferenceSource(spec, resolution, "digits", split=split)
     if spec == "photos" or spec.startswith("photos:"):
-        from dit_core.data.photos import parse_photos_reference
-
         options, n = parse_photos_reference(spec)
         _check_channels(spec, options.channels, channels)
         return ReferenceSource(spec, resolution, "photos", options={**dataclasses.asdict(options), "n": n})
@@ -208,7 +199,7 @@ class ReferenceStats:
 
     stats: dict[str, GaussianStats]
     feats: dict[str, np.ndarray]
-    path: Path | None = None
+    path: Path  # the cache file
 
 
 def reference_stats(
@@ -216,7 +207,6 @@ def reference_stats(
     extractor: FeatureExtractor,
     outputs: Sequence[str] = ("pool",),
     max_feats: int = 10_000,
-    use_cache: bool = True,
 ) -> ReferenceStats:
     """Stats of the reference images in ``extractor``'s feature space, from the cache when present.
 
@@ -227,7 +217,7 @@ def reference_stats(
         raise ValueError(f"reference stats cover {wanted}; asked for {list(outputs)}")
     key = stable_hash({"ref": source.key(), "extractor": extractor.name, "outputs": wanted, "max": max_feats})
     path = cache_dir("ref_stats") / f"{source.label}-{extractor.name}-{key}.npz"
-    if use_cache and path.is_file():
+    if path.is_file():
         z = np.load(path)
         stats = {o: GaussianStats(z[f"{o}_mu"], z[f"{o}_sigma"], int(z[f"{o}_n"])) for o in wanted}
         return ReferenceStats(stats, {o: z[f"{o}_feats"] for o in wanted}, path)
@@ -240,7 +230,6 @@ def reference_stats(
         kept[o] = f if len(f) <= max_feats else f[np.sort(rng.choice(len(f), max_feats, replace=False))]
         arrays |= {f"{o}_mu": stats[o].mu, f"{o}_sigma": stats[o].sigma, f"{o}_n": np.array(stats[o].n)}
         arrays[f"{o}_feats"] = kept[o]
-    if use_cache:
-        atomic_write(path, lambda f: np.savez(f, **arrays))
-        log.info("cached reference stats (%d images, %s) -> %s", stats[wanted[0]].n, extractor.name, path)
-    return ReferenceStats(stats, kept, path if use_cache else None)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    log.info("cached reference stats (%d images, %s) -> %s", stats[wanted[0]].n, extractor.name, path)
+    return ReferenceStats(stats, kept, path)

@@ -22,7 +22,7 @@ import torch
 from ..atomic import atomic_write
 from ..data.latents import SD_VAE_SCALE as LATENT_SCALE
 from ..diffusion.validation import example_noise, example_seed
-from ..tracking import EVAL_PREFIX
+from ..tracking import EVAL_PREFIX, logged_steps
 from .features import FeatureExtractor, to_uint8
 from .metrics import DIGITS_METRICS, PR_K, check_metrics, evaluate_samples
 from .reference import ReferenceSource
@@ -85,35 +85,32 @@ def generate_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = []
-    bar = tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress, leave=False)
-    for start in range(0, len(indices), batch_size):
-        if stop is not None and stop():
-            bar.close()
-            raise SamplingStopped(f"stopped after {start} of {len(indices)} samples")
-        idx = indices[start : start + batch_size]
-        noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
-        if labels is None:
-            y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
-        else:
-            y = labels[idx.start : idx.stop].to(device)
-        g = torch.Generator(device=device).manual_seed(example_seed(seed, idx[0], 1))
-        x = sample(
-            model, diffusion, noise.shape, y,
-            sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
-            clip_denoised=clip_denoised,
-        )  # fmt: skip
-        if not torch.isfinite(x).all():  # to_uint8 would make them black images that look like results
-            bar.close()
-            raise ValueError(
-                f"sampling gave non-finite values (NaN or inf) in samples {idx[0]}..{idx[-1]} at guidance "
-                f"scale {cfg_scale:g}: the model's outputs overflow; lower the guidance scale (--cfg-scale, "
-                "eval.cfg_scale; 1 to 4 is usual), or use another checkpoint"
-            )
-        if decode is not None:
-            x = decode(x)
-        out.append(to_uint8(x).cpu())
-        bar.update(len(idx))
-    bar.close()
+    with tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(indices), batch_size):
+            if stop is not None and stop():
+                raise SamplingStopped(f"stopped after {start} of {len(indices)} samples")
+            idx = indices[start : start + batch_size]
+            noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
+            if labels is None:
+                y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
+            else:
+                y = labels[idx.start : idx.stop].to(device)
+            g = torch.Generator(device=device).manual_seed(example_seed(seed, idx[0], 1))
+            x = sample(
+                model, diffusion, noise.shape, y,
+                sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
+                clip_denoised=clip_denoised,
+            )  # fmt: skip
+            if not torch.isfinite(x).all():  # to_uint8 would make them black images that look like results
+                raise ValueError(
+                    f"sampling gave non-finite values (NaN or inf) in samples {idx[0]}..{idx[-1]} at "
+                    f"guidance scale {cfg_scale:g}: the model's outputs overflow; lower the guidance scale "
+                    "(--cfg-scale, eval.cfg_scale; 1 to 4 is usual), or use another checkpoint"
+                )
+            if decode is not None:
+                x = decode(x)
+            out.append(to_uint8(x).cpu())
+            bar.update(len(idx))
     if not out:
         return torch.empty((0, channels, image_size, image_size), dtype=torch.uint8)
     return torch.cat(out)
@@ -154,7 +151,6 @@ def evaluate_model(
     eta: float = 0.0,
     inception_weights: str | None = None,
     extractors: Mapping[str, FeatureExtractor] | None = None,
-    metric_device: str | torch.device | None = None,
     save_samples: str | None = None,
     clip_denoised: bool = False,
     feature_spaces: dict[str, str] | None = None,
@@ -163,9 +159,8 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
 
-    Each process samples its contiguous share of the global indices (``sampling.shard``); sample i
-    is seeded by ``(seed, i)``, so the set does not depend on batch size or process count. Rank 0
-    computes the metrics; the dict is broadcast so every rank returns it. ``image_size`` and
+    Each process samples its share (`shard`; the sample set: the module doc); rank 0 computes the
+    metrics, and the dict is broadcast so every rank returns it. ``image_size`` and
     ``channels`` describe the model's input (latent size/channels when ``vae`` is given; the
     latents are then decoded with ``vae.decode(z / 0.18215)``). ``save_samples``: rank 0 also
     writes the images to this file (at exactly this path; an ``.npz``) as ``arr_0`` (N, H, W, C) uint8
@@ -216,7 +211,7 @@ def evaluate_model(
             atomic_write(Path(save_samples), lambda f: np.savez(f, **arrays))
         result = evaluate_samples(
             images, reference, metrics=metrics, extractors=extractors,
-            inception_weights=inception_weights, device=metric_device or device,
+            inception_weights=inception_weights, device=device,
             feature_spaces=feature_spaces,
         )  # fmt: skip
         log.info("eval (%d samples, %s-%d, cfg %.2f): %s", num_samples, sampler, steps, cfg_scale, result)
@@ -239,17 +234,7 @@ def log_metrics(metrics: Mapping[str, float], step: int, run_id: str | None = No
         raise ValueError("no active MLflow run: start one or pass run_id")
     run_id = run_id or mlflow.active_run().info.run_id
     data = {EVAL_PREFIX + k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-    held = _keys_logged_at(run_id, list(data), step)
+    steps = logged_steps(mlflow.MlflowClient(), run_id, data)
+    held = [k for k in data if step in steps.get(k, ())]
     mlflow.log_metrics({k: v for k, v in data.items() if k not in held}, step=step, run_id=run_id)
     return held
-
-
-def _keys_logged_at(run_id: str, keys: Sequence[str], step: int) -> list[str]:
-    """Those of ``keys`` that run ``run_id`` already holds a value of at ``step``."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    logged = client.get_run(run_id).data.metrics
-    return [
-        k for k in keys if k in logged and any(m.step == step for m in client.get_metric_history(run_id, k))
-    ]
