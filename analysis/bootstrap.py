@@ -214,18 +214,25 @@ def bootstrap_points(
     groups=None,
     workers: int | None = None,
     desc: str | None = None,
+    redraw: Callable[[np.random.Generator], object] | None = None,
 ) -> BootstrapResult:
     """Call fit_one(indices) on `n_resamples` resamples, over `workers` processes (see parallel_map).
+
+    redraw: with it, fit_one(indices, redraw(rng)), each resample's redraw drawn in this process from a
+    generator of its own (seeded by ``[seed, 1]``), so the indices are those drawn without it.
 
     fit_one returns a dict of values (keys starting with `BOUND_PREFIX` flag a parameter that ended on
     its bound) or None when the refit failed; failures are counted in `n_failed`, never hidden.
     """
     rng = np.random.default_rng(seed)
-    resamples = [resample_indices(n, rng, groups) for _ in range(n_resamples)]
+    resamples: list = [resample_indices(n, rng, groups) for _ in range(n_resamples)]
+    if redraw is not None:
+        rng_redraw = np.random.default_rng([seed, 1])
+        resamples = [(idx, redraw(rng_redraw)) for idx in resamples]
 
-    def safe(idx: np.ndarray) -> dict[str, float] | None:
+    def safe(item) -> dict[str, float] | None:
         try:
-            return fit_one(idx)
+            return fit_one(*item) if redraw is not None else fit_one(item)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError, OverflowError) as e:
             log.debug("bootstrap refit failed: %s", e)
             return None

@@ -17,6 +17,7 @@ from analysis.joint_isoflop import JointIsoFlop, d_at, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
 from analysis.status import (
     CENSORED,
+    NOT_APPLICABLE,
     NOT_IDENTIFIED,
     Status,
     flag_bootstrapped_exponent,
@@ -306,15 +307,27 @@ def _by_patch(pairs) -> dict[float, list]:
 
 
 def _flag_no_law(fit: IsoFlopFit, by_slice: dict[float, list], joint: bool) -> None:
-    """`not_identified` when approach 2 had the budgets for an N_opt(C) law (3 slices of one patch size
-    with >= 2 sizes, >= 3 with ``joint=False``) but gives no finite exponent, so ``ok`` never stands
-    beside a NaN ``a`` (docs/analysis.md, "No law, no `ok` beside it"); a censored fit keeps its status."""
+    """`not_identified` when approach 2 had the budgets for an N_opt(C) law but gives no finite
+    exponent: 3 slices of one patch size with >= 2 sizes (the joint fit) or, with ``joint=False``,
+    >= 3 sizes (parabolas), whose fits were all lost (noisy parabolas that open downward or put their
+    minimum outside the sizes; too few points for the joint fit), or a law with a NaN exponent. So
+    ``ok`` never stands beside a NaN ``a`` where the design could give one. With fewer such slices
+    approach 2 does not apply: status `not_applicable` with the reason (``a`` NaN, null in
+    results.json; the whole analysis's status ignores it); a censored fit keeps its status."""
     if fit.status.status == CENSORED or (math.isfinite(fit.a) and math.isfinite(fit.b)):
         return
     least = 2 if joint else 3
     tried = {k: sum(g["N"].nunique() >= least for _, g in v) for k, v in by_slice.items()}
-    if fit.n_opt is None and max(tried.values(), default=0) < 3:
-        return  # not applicable: the design has too few budgets (the message says so)
+    if fit.n_opt is None and max(tried.values(), default=0) < 3:  # the design has too few budgets
+        fit.status.status = (
+            NOT_APPLICABLE  # not `ok` beside a null `a`, and no exit 3 where approach 3 answers
+        )
+        fit.status.reasons.append(
+            f"approach 2 does not apply: it needs 3 budgets of one patch size with >= {least} model sizes "
+            f"each, the design has {max(tried.values(), default=0)}, so it gives no N_opt(C) law (a, b "
+            "null); the other approaches answer; add budgets for approach 2"
+        )
+        return
     if fit.n_opt is not None:
         why = f"the IsoFLOP N_opt exponent is not a finite number (a = {fit.a}, b = {fit.b})"
     else:

@@ -122,10 +122,12 @@ def objective(
     log_loss: np.ndarray,
     delta: float,
     reduction: str = "sum",
+    w: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Huber objective on log residuals and its analytic gradient.
 
-    theta: (5,) = (e, a, b, alpha, beta); log_n, log_d, log_loss: (n,). Returns (value, grad (5,)).
+    theta: (5,) = (e, a, b, alpha, beta); log_n, log_d, log_loss: (n,); w: (n,) weights of the points'
+    terms (None: 1 each). Returns (value, grad (5,)).
     The same numbers as `_log_loss_and_shares` + `_huber` + `_dlogl_dtheta`, written out for one
     theta: L-BFGS-B calls it ~200 times per start, and the generic form costs ~1.7x as much
     (benchmarks/fit_speed.py).
@@ -138,34 +140,41 @@ def objective(
     s = x1 + x2 + x3
     r = m + np.log(s) - log_loss
     ar = np.abs(r)
-    val = np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta)).sum()
+    h = np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
     dh = np.clip(r, -delta, delta) / s  # Huber derivative over the normaliser: share_k = x_k / s
+    if w is not None:
+        h, dh = h * w, dh * w
+    val = h.sum()
     scale = 1.0 / len(log_loss) if reduction == "mean" else 1.0
     g = np.array([dh @ x3, dh @ x1, dh @ x2, -(dh * x1) @ log_n, -(dh * x2) @ log_d])
     return float(val) * scale, g * scale
 
 
 def grid_objective(
-    thetas: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray, delta: float
+    thetas: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray, delta: float, w=None
 ) -> np.ndarray:
-    """Summed Huber objective for many parameter vectors at once: thetas (G, 5) -> (G,)."""
+    """Summed (w: (n,) weighted) Huber objective for many parameter vectors at once: thetas (G, 5) -> (G,)."""
     out = np.empty(len(thetas))
     for i in range(0, len(thetas), 512):  # chunks keep memory at 512 x 3 x n floats
         pred = _log_loss_and_shares(thetas[i : i + 512], log_n, log_d)[0]
-        out[i : i + 512] = _huber(pred - log_loss, delta)[0].sum(axis=-1)
+        h = _huber(pred - log_loss, delta)[0]
+        out[i : i + 512] = (h if w is None else h * w).sum(axis=-1)
     return out
 
 
-def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float, free=None) -> float:
+def stationarity(theta: np.ndarray, log_n, log_d, log_loss, delta: float, free=None, w=None) -> float:
     """Scale-free stationarity: max_j |sum_i c_ij| / sum_i |c_ij|, c_ij = point i's gradient share.
 
     At a stationary point the points' pulls cancel (-> 0); at a start the optimiser never left they
     do not (~ 1). Unlike |grad| it does not depend on the scale (sum vs mean) or on the residual size.
     free: (5,) bool, the parameters to check (one held on a bound or fixed is not stationary there).
+    w: (n,) weights of the points (None: 1 each).
     """
-    pred, w = _log_loss_and_shares(theta, log_n, log_d)
+    pred, shares = _log_loss_and_shares(theta, log_n, log_d)
     _, dh = _huber(pred - log_loss, delta)
-    jac = np.stack(_dlogl_dtheta(w, log_n, log_d), axis=1)  # (n, 5)
+    if w is not None:
+        dh = dh * w
+    jac = np.stack(_dlogl_dtheta(shares, log_n, log_d), axis=1)  # (n, 5)
     c = dh[:, None] * jac
     r = np.abs(c.sum(axis=0)) / np.maximum(np.abs(c).sum(axis=0), 1e-300)
     if free is not None:
@@ -473,6 +482,17 @@ def check_points(n, d, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.log(a) for a in arrs)  # type: ignore[return-value]
 
 
+def point_weights(weights, n: int) -> np.ndarray | None:
+    """(n,) weights scaled to mean 1, or None when none are given or all are equal (so an unweighted fit
+    is computed exactly as before). ValueError unless each is a finite number > 0."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, float).ravel()
+    if len(w) != n or not np.all(np.isfinite(w) & (w > 0)):
+        raise ValueError(f"weights must be {n} finite numbers > 0 (one per point), got {w[:5]}...")
+    return None if np.all(w == w[0]) else w / w.mean()
+
+
 def _bounds(cfg: ParametricConfig, log_loss: np.ndarray) -> list[tuple[float | None, float | None]]:
     """L-BFGS-B bounds of (e, a, b, alpha, beta): E >= its floor, exponents in `exponent_bounds`."""
     e_floor = float(log_loss.min()) + math.log(cfg.e_floor_frac)
@@ -509,14 +529,16 @@ def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarr
 single_threaded_blas = threadpool_limits.wrap(limits=1, user_api="blas")  # threadpoolctl: with scikit-learn
 
 
-def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, polish=False, fix_e=None):
-    """L-BFGS-B from theta0 within `bounds`; fix_e (e.g. -inf for E = 0) holds e fixed.
+def _minimize(
+    theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, polish=False, fix_e=None, w=None
+):
+    """L-BFGS-B from theta0 within `bounds`; fix_e (e.g. -inf for E = 0) holds e fixed; w: (n,) weights.
 
     Returns (theta, objective, stationarity over the free parameters off their bounds, iterations).
     """
     ftol, gtol = (cfg.polish_ftol, cfg.polish_gtol) if polish else (cfg.ftol, cfg.gtol)
     opts = {k: v for k, v in (("maxiter", cfg.maxiter), ("ftol", ftol), ("gtol", gtol)) if v is not None}
-    args = (log_n, log_d, log_loss, cfg.delta, cfg.reduction)
+    args = (log_n, log_d, log_loss, cfg.delta, cfg.reduction, w)
     x0 = _clip(np.asarray(theta0, float), bounds)
     if fix_e is None:
         res = minimize(objective, x0, args=args, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
@@ -537,23 +559,25 @@ def _minimize(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, bounds, pol
     for term, idx in (("E", [0]), ("N", [1, 3]), ("D", [2, 4])):
         if shares[term] < cfg.e_at_floor_frac:
             free[idx] = False
-    return theta, f, stationarity(theta, log_n, log_d, log_loss, cfg.delta, free), int(res.nit)
+    return theta, f, stationarity(theta, log_n, log_d, log_loss, cfg.delta, free, w), int(res.nit)
 
 
-def _varpro_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.ndarray]:
-    """Starts from linear least squares: at fixed exponents L is linear in (E, A, B) >= 0."""
+def _varpro_starts(log_n, log_d, log_loss, cfg: ParametricConfig, w=None) -> list[np.ndarray]:
+    """Starts from linear least squares (rows weighted by w, (n,)): at fixed exponents L is linear in
+    (E, A, B) >= 0."""
     if cfg.n_varpro_starts <= 0:
         return []
-    loss = np.exp(log_loss)
+    plain = np.exp(log_loss)
+    loss = plain if w is None else plain / np.sqrt(w)  # each row of the system scaled by sqrt(w)
     cands = []
     for alpha in cfg.varpro_exponents:
         xa = np.exp(-alpha * log_n) / loss
         for beta in cfg.varpro_exponents:
             design = np.stack([1.0 / loss, xa, np.exp(-beta * log_d) / loss], axis=1)
-            coef, rnorm = nnls(design, np.ones_like(loss))
+            coef, rnorm = nnls(design, np.ones_like(loss) if w is None else np.sqrt(w))
             cands.append((rnorm, coef, alpha, beta))
     cands.sort(key=lambda c: c[0])
-    floor = cfg.e_floor_frac * loss.min()  # an NNLS zero becomes the floor (a bound, not a start value)
+    floor = cfg.e_floor_frac * plain.min()  # an NNLS zero becomes the floor (a bound, not a start value)
     return [
         np.array([*(math.log(max(v, floor)) for v in coef), alpha, beta])
         for _, coef, alpha, beta in cands[: cfg.n_varpro_starts]
@@ -566,18 +590,19 @@ def _converged(f: float, stat: float, n: int, cfg: ParametricConfig) -> bool:
     return stat < cfg.stationarity_tol or f < scale * 0.5e-12
 
 
-def _grid_starts(log_n, log_d, log_loss, cfg: ParametricConfig) -> list[np.ndarray]:
+def _grid_starts(log_n, log_d, log_loss, cfg: ParametricConfig, w=None) -> list[np.ndarray]:
     """The `cfg.n_starts` grid points with the lowest objective, then the variable-projection starts."""
     grid = _grid(cfg, log_loss)
-    scores = grid_objective(grid, log_n, log_d, log_loss, cfg.delta)
-    return [grid[i] for i in np.argsort(scores)[: cfg.n_starts]] + _varpro_starts(log_n, log_d, log_loss, cfg)
+    scores = grid_objective(grid, log_n, log_d, log_loss, cfg.delta, w)
+    best = [grid[i] for i in np.argsort(scores)[: cfg.n_starts]]
+    return best + _varpro_starts(log_n, log_d, log_loss, cfg, w)
 
 
-def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts, bounds, fix_e=None):
+def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts, bounds, fix_e=None, w=None):
     """Best (theta, f, stationarity, n_converged) over the starts; converged starts win."""
     ends = []  # (not converged, f, theta, stationarity) per start
     for s in starts:
-        theta, f, stat, nit = _minimize(s, log_n, log_d, log_loss, cfg, bounds, fix_e=fix_e)
+        theta, f, stat, nit = _minimize(s, log_n, log_d, log_loss, cfg, bounds, fix_e=fix_e, w=w)
         ok = _converged(f, stat, len(log_loss), cfg) and np.all(np.isfinite(theta[1:]))
         log.debug("start %s -> f=%.6g stationarity=%.2g nit=%d", s, f, stat, nit)
         ends.append((not ok, f, theta, stat))
@@ -585,9 +610,9 @@ def _fit_theta(log_n, log_d, log_loss, cfg: ParametricConfig, starts, bounds, fi
     return theta, f, stat, sum(not end[0] for end in ends)
 
 
-def _polished(theta, f: float, stat: float, logs, cfg: ParametricConfig, bounds, fix_e=None):
+def _polished(theta, f: float, stat: float, logs, cfg: ParametricConfig, bounds, fix_e=None, w=None):
     """(theta, f, stat) after a run with the polish tolerances, if that lowered the objective."""
-    t2, f2, s2, _ = _minimize(theta, *logs, cfg, bounds, polish=True, fix_e=fix_e)
+    t2, f2, s2, _ = _minimize(theta, *logs, cfg, bounds, polish=True, fix_e=fix_e, w=w)
     return (t2, f2, s2) if f2 <= f else (theta, f, stat)
 
 
@@ -596,7 +621,7 @@ def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
 
 
-def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig):
+def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig, w=None):
     """Profile of the objective over E: for E at `PROFILE_FRACTIONS` of min(loss), the objective
     minimised over (A, B, alpha, beta) with E held there. Returns [(E, objective)] (E increasing)."""
     bounds = _bounds(cfg, log_loss)
@@ -604,7 +629,7 @@ def profile_e(theta0, log_n, log_d, log_loss, cfg: ParametricConfig):
     out, prev = [], np.asarray(theta0, float)
     for frac in PROFILE_FRACTIONS:
         e = math.log(frac * lmin)
-        theta, f, _, _ = _minimize(np.r_[e, prev[1:]], log_n, log_d, log_loss, cfg, bounds, fix_e=e)
+        theta, f, _, _ = _minimize(np.r_[e, prev[1:]], log_n, log_d, log_loss, cfg, bounds, fix_e=e, w=w)
         out.append((frac * lmin, f))
         prev = theta
     return out
@@ -639,32 +664,38 @@ def fit_parametric(
     seed: int = 0,
     groups=None,
     level: float = 0.95,
+    weights=None,
+    redraw=None,
 ) -> ParametricFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to points (n,) arrays; optional bootstrap.
 
     groups: optional (n,) labels (e.g. run ids) to resample whole groups instead of points.
+    weights: optional (n,) weights of the points' Huber terms, e.g. a cell mean's number of seeds (its
+    variance is sigma^2 / k); scaled to mean 1 (`point_weights`), and equal ones are no weights at all.
+    redraw: rng -> (n,) losses for each bootstrap resample (see `bootstrap_parametric`).
     Raises ConvergenceError when `config.check_convergence` and no start reached a stationary point.
     The returned fit carries `status` (see ParametricFit.assess).
     """
     cfg = config or ParametricConfig()
     log_n, log_d, log_loss = check_points(n, d, loss)
     logs = (log_n, log_d, log_loss)
+    w = point_weights(weights, len(log_n))
     bounds = _bounds(cfg, log_loss)
-    starts = _grid_starts(*logs, cfg)
-    theta, f, stat, n_conv = _fit_theta(*logs, cfg, starts, bounds)
+    starts = _grid_starts(*logs, cfg, w)
+    theta, f, stat, n_conv = _fit_theta(*logs, cfg, starts, bounds, w=w)
     converged = _converged(f, stat, len(log_n), cfg)
     polish = cfg.polish_ftol is not None or cfg.polish_gtol is not None
     if converged and polish:
-        theta, f, stat = _polished(theta, f, stat, logs, cfg, bounds)
+        theta, f, stat = _polished(theta, f, stat, logs, cfg, bounds, w=w)
     lmin = float(np.exp(log_loss.min()))
     e_at_floor = bool(converged and math.exp(theta[0]) < cfg.e_at_floor_frac * lmin)
     e_up, profile = None, []
     if e_at_floor:  # the best fit wants E -> 0: fit E = 0 exactly, then bound E by its profile
-        theta, f, stat, _ = _fit_theta(*logs, cfg, [theta, *starts], bounds, fix_e=-np.inf)
+        theta, f, stat, _ = _fit_theta(*logs, cfg, [theta, *starts], bounds, fix_e=-np.inf, w=w)
         if polish:
-            theta, f, stat = _polished(theta, f, stat, logs, cfg, bounds, fix_e=-np.inf)
+            theta, f, stat = _polished(theta, f, stat, logs, cfg, bounds, fix_e=-np.inf, w=w)
         converged = _converged(f, stat, len(log_n), cfg)
-        profile = profile_e(theta, *logs, cfg)
+        profile = profile_e(theta, *logs, cfg, w=w)
         e_up = e_upper_bound(profile, f, len(log_n), cfg.profile_threshold, lmin)
     if not converged:
         msg = (
@@ -696,18 +727,34 @@ def fit_parametric(
         },
     )
     if n_bootstrap > 0:
-        fit.bootstrap = bootstrap_parametric(fit, n, d, loss, n_bootstrap, seed=seed, groups=groups)
+        fit.bootstrap = bootstrap_parametric(
+            fit, n, d, loss, n_bootstrap, seed=seed, groups=groups, weights=w, redraw=redraw
+        )
     fit.status = fit.assess()
     return fit
 
 
 @single_threaded_blas
 def bootstrap_parametric(
-    fit: ParametricFit, n, d, loss, n_resamples: int, *, seed: int = 0, groups=None
+    fit: ParametricFit,
+    n,
+    d,
+    loss,
+    n_resamples: int,
+    *,
+    seed: int = 0,
+    groups=None,
+    weights=None,
+    redraw=None,
 ) -> BootstrapResult:
-    """Refit on resampled points (or groups), each from its own grid and NNLS starts, never from the
-    full-data optimum (a start there would inherit a stuck parameter). A refit that does not converge
-    counts as failed (`n_failed`); one that ends on a bound is kept and flagged."""
+    """Refit on resampled points (or groups), each from its own grid and NNLS starts.
+
+    Never from the full-data optimum: a start there would inherit a stuck parameter. A refit that
+    does not converge counts as failed (`n_failed`); one that ends on a bound is kept and flagged.
+    weights: (n,) of the points (`point_weights`; those drawn are scaled to mean 1 again). redraw:
+    rng -> (n,) losses each resample fits instead of ``loss`` (`analysis.runs.LrRedraw`: the best lr
+    chosen again on resampled seeds).
+    """
     base = fit.config
     cfg = replace(
         base,
@@ -721,12 +768,15 @@ def bootstrap_parametric(
     )
     logs = [np.log(np.asarray(x, float).ravel()) for x in (n, d, loss)]
 
-    def one(idx: np.ndarray) -> dict[str, float] | None:
+    def one(idx: np.ndarray, losses: np.ndarray | None = None) -> dict[str, float] | None:
         ln, ld, ll = (x[idx] for x in logs)
+        if losses is not None:
+            ll = np.log(losses[idx])
         if np.ptp(ln) == 0 or np.ptp(ld) == 0:
             return None  # a resample with one model size (or one D) cannot determine the law
+        w = None if weights is None else point_weights(weights[idx], len(idx))
         bounds = _bounds(cfg, ll)
-        theta, f, stat, _ = _fit_theta(ln, ld, ll, cfg, _grid_starts(ln, ld, ll, cfg), bounds)
+        theta, f, stat, _ = _fit_theta(ln, ld, ll, cfg, _grid_starts(ln, ld, ll, cfg, w), bounds, w=w)
         if not _converged(f, stat, len(ll), cfg):
             return None
         p = _theta_to_params(theta)
@@ -741,5 +791,5 @@ def bootstrap_parametric(
         return p
 
     return bootstrap_points(
-        one, len(logs[0]), n_resamples, seed=seed, groups=groups, desc="bootstrap L(N, D)"
+        one, len(logs[0]), n_resamples, seed=seed, groups=groups, desc="bootstrap L(N, D)", redraw=redraw
     )

@@ -24,8 +24,10 @@ from analysis.parametric import (
     single_threaded_blas,
 )
 from analysis.runs import (
+    LrRedraw,
     average_seeds,
     best_lr,
+    diverged_runs,
     effective_data,
     one_fid_protocol,
     select_points,
@@ -170,11 +172,28 @@ class Analysis:
             fit = getattr(self, key)
             out[key] = fit.to_dict() if fit else None
         out["fid_protocol"] = self.fid_protocol
+        out["token_space"] = token_space(self.points)
         out["diagnostics"] = {"ranking": self.ranking, "residuals": residual_summary(self.residuals)}
         out["diagnostics"]["influence"] = self.influence.to_dict() if self.influence else None
         out["config"] = asdict(cfg)
         out["messages"] = self.messages
         return out
+
+
+#: results.json's ``token_space`` keys -> the points' columns: what a token is (`sweeps.design` checks
+#: a prior against it)
+TOKEN_SPACE = {"data": "data_name", "input_size": "input_size", "in_channels": "in_channels"}
+TOKEN_SPACE |= {"patch_size": "patch_size"}
+
+
+def token_space(points: pd.DataFrame) -> dict[str, list]:
+    """The data and token space the fit's points come from: per `TOKEN_SPACE` key, the sorted distinct
+    values (empty where none was recorded, e.g. a CSV without the column)."""
+    out = {}
+    for key, col in TOKEN_SPACE.items():
+        v = points[col].dropna().unique() if col in points.columns else []
+        out[key] = sorted(str(x) for x in v) if key == "data" else sorted(float(x) for x in v)
+    return out
 
 
 def remove_outliers(
@@ -214,6 +233,8 @@ class Prepared:
     notes: list[str]
     r_star: float | None = None
     r_star_fitted: bool = False
+    raw: pd.DataFrame | None = None  # the selected points before seeds are averaged and the best lr kept
+    diverged: pd.DataFrame | None = None  # seeds left out as diverged (`analysis.runs.diverged_runs`)
 
 
 def fit_r_star(points: pd.DataFrame, cfg: AnalysisConfig, grid=None) -> float:
@@ -239,14 +260,16 @@ def fit_r_star(points: pd.DataFrame, cfg: AnalysisConfig, grid=None) -> float:
 def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     """Select valid points (schedule, --min-steps), set N and D axes, optionally D -> D'."""
     load_notes = list(points.attrs.get("notes", []))  # e.g. `load_runs`: runs not finished, left out
+    diverged = diverged_runs(points)
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
     notes = load_notes + notes
+    raw = pts
     if cfg.average_seeds and len(pts):
         pts, note = average_seeds(pts)
         notes.append(note)
     if cfg.best_lr and len(pts):
-        pts, lost, note = best_lr(pts)
+        pts, lost, note = best_lr(pts, diverged)
         dropped = pd.concat([dropped, lost]) if len(lost) else dropped
         notes.append(note)
     pts, _, note = one_fid_protocol(pts)
@@ -272,7 +295,7 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
                 "effective data: no run saw an image twice (an unbounded stream, or under one epoch), so "
                 "D' = D and R* is not fitted"
             )
-            return Prepared(pts, dropped, notes, None, False)
+            return Prepared(pts, dropped, notes, None, False, raw, diverged)
         r_star = cfg.r_star if cfg.r_star is not None else fit_r_star(pts, cfg)
         fitted = cfg.r_star is None
         pts["D"] = effective_data(pts["D"], pts["unique"], r_star)
@@ -281,7 +304,7 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
             f"({'fitted' if fitted else 'given'}); "
             f"at most {float(np.nanmax(reps)):.3g} epochs over the unique data"
         )
-    return Prepared(pts, dropped, notes, r_star, fitted)
+    return Prepared(pts, dropped, notes, r_star, fitted, raw, diverged)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +359,16 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     try:
         pcfg = ParametricConfig(delta=cfg.delta)
         parametric = fit_parametric(
-            pts["N"], pts["D"], pts["loss"], pcfg, n_bootstrap=B, seed=seed, groups=groups, level=lvl
+            pts["N"],
+            pts["D"],
+            pts["loss"],
+            pcfg,
+            n_bootstrap=B,
+            seed=seed,
+            groups=groups,
+            level=lvl,
+            weights=seed_weights(pts),
+            redraw=lr_redraw(prep, pts, cfg),
         )
     except (ValueError, RuntimeError) as e:  # ConvergenceError is a RuntimeError
         checks.add(
@@ -393,6 +425,21 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
                     f"the data {r['observed']}"
                 )
     return an
+
+
+def seed_weights(pts: pd.DataFrame) -> np.ndarray | None:
+    """(n,) weight of each point in the parametric fit: the number of seeds its cell averages (a mean
+    of k seeds has variance sigma^2 / k), None when the seeds were not averaged (`--per-seed`)."""
+    return pts["n_seeds"].fillna(1).to_numpy(float) if "n_seeds" in pts.columns else None
+
+
+def lr_redraw(prep: Prepared, pts: pd.DataFrame, cfg: AnalysisConfig) -> LrRedraw | None:
+    """The best-lr choice redone in each bootstrap resample (`analysis.runs.LrRedraw`), where cells were
+    trained at several lrs and their seeds averaged; else None (the resamples fit the points as they are)."""
+    if not (cfg.best_lr and cfg.average_seeds) or prep.raw is None or "lr" not in prep.raw.columns:
+        return None
+    redraw = LrRedraw(prep.raw, pts, prep.diverged)
+    return redraw if redraw else None
 
 
 def _pure_law(frontier: FrontierFit | None, y: str, n_bootstrap: int, seed: int) -> PowerLawFit | None:

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from analysis.isoflop import iter_slices, patch_text  # noqa: E402
 from analysis.parametric import optimal_allocation  # noqa: E402
 from analysis.pipeline import Analysis  # noqa: E402
+from analysis.status import NOT_APPLICABLE  # noqa: E402
 
 COMPUTE_LABEL = "training compute C (FLOPs; true FLOPs = 2 x multiply-adds)"
 GFLOPS_LABEL = "model forward Gflops (multiply-adds per image, DiT paper convention)"
@@ -118,7 +119,8 @@ def plot_isoflop(an: Analysis, path) -> Path:
         ax.text(
             0.5, 0.5, "no IsoFLOP slice (points at distinct budgets)", transform=ax.transAxes, ha="center"
         )
-    if not an.isoflop.status.ok:
+    said = not slices and an.isoflop.status.status == NOT_APPLICABLE  # the centre text says why
+    if not an.isoflop.status.ok and not said:
         msg = an.isoflop.status.reasons[0]
         ax.text(0.02, 0.02, f"{an.isoflop.status.status}: {msg[:90]}...", transform=ax.transAxes, fontsize=6)
     ax.set(

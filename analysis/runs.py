@@ -6,7 +6,9 @@ Columns of the tidy frame (one row per evaluation point):
   forward_gflops (NaN if unknown), and, NaN / None when unknown: schedule (`optim.schedule`),
   patch_size, tokens_per_image ((model.input_size / model.patch_size)^2), N_non_embedding
   (`model.params_non_embedding`), unique (unique training images: the tag `data.unique_images`, the
-  metric `data/unique_images`, or images seen / `data/epochs`; inf for an unbounded stream), status.
+  metric `data/unique_images`, or images seen / `data/epochs`; inf for an unbounded stream), status,
+  and the token space: data_name (`data.name`), input_size, in_channels (`model.input_size`,
+  `model.in_channels`: the model's input side and channels, pixels or latents).
 
 `replicate` (`replicate_key`; CSV: optional) marks runs that are seeds of one cell, `lr` and `lr_group`
 (`replicate_key` without `LR_PARAMS`; CSV: optional) runs of one cell at several learning rates.
@@ -29,6 +31,7 @@ from analysis.laws import cluster_budgets
 from dit_core.spec import model_label_of_params
 from dit_core.tracking import (
     EPOCHS,
+    ERROR_TAG,
     FEATURE_SPACE_TAG,
     FID_METRICS,
     IMAGES_SEEN,
@@ -51,9 +54,19 @@ from dit_core.tracking import (
 log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
-TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate", "lr_group")
+TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate", "lr_group", "data_name")
 OPTIONAL = dict.fromkeys(TEXT_COLUMNS) | dict.fromkeys(  # the optional columns: their value if unknown
-    ("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se", "lr"), np.nan
+    (
+        "patch_size",
+        "tokens_per_image",
+        "N_non_embedding",
+        "unique",
+        "fid_se",
+        "lr",
+        "input_size",
+        "in_channels",
+    ),
+    np.nan,
 )
 #: the numeric columns: each cell a number, or empty where unknown (`numeric_columns`, one rule for all)
 NUMERIC_COLUMNS = ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "step")
@@ -404,14 +417,27 @@ def csv_cell(points: pd.DataFrame) -> pd.Series:
     return cell + "|" + points.get("patch_size", none).map(str)
 
 
-def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """Cells trained at several learning rates (the same `lr_group`, by default `csv_cell`) keep only the
-    lr with the lowest mean final loss, of equal ones the smaller (docs/analysis.md). Run after
-    `average_seeds`. Returns (kept, dropped: the final point of each lr left out, with a `reason`, note)."""
+def lr_groups(points: pd.DataFrame) -> pd.Series:
+    """Each point's lr group: `lr_group`, else `csv_cell`."""
+    return points["lr_group"].where(points["lr_group"].notna(), csv_cell(points))
+
+
+def best_lr(
+    points: pd.DataFrame, diverged: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """Cells trained at several learning rates (points alike but for `lr`: the same `lr_group`, by
+    default model, N, budget and patch size) keep only the lr whose final point has the lowest loss (of equal
+    losses, the smaller lr, whatever the rows' order): the fits then see each cell at its tuned lr, as
+    in Kaplan et al. (2020) and Hoffmann et al. (2022). Run after `average_seeds`, so the lr is chosen
+    on the seeds' mean; with the seeds kept apart (--per-seed, a CSV without `replicate`) an lr's loss is
+    still the mean of its runs' final points, not the luckiest seed's (every seed of the lr kept is kept).
+    The note says when the lrs of a cell have different numbers of seeds. ``diverged`` (`diverged_runs`:
+    run_id, lr_group, lr of seeds left out for a NaN or inf loss): an lr with one ranks after every lr of
+    its cell without one, whatever the mean of its surviving seeds (named in the note). Returns (kept,
+    dropped: the final point of each lr left out, with a `reason`, note)."""
     if "lr" not in points.columns or points["lr"].nunique() < 2:
         return points, points.iloc[:0], None
-    default = csv_cell(points)
-    group = points["lr_group"].where(points["lr_group"].notna(), default)
+    group = lr_groups(points)
     finals = points[points["final"].astype(bool)].assign(_g=group).dropna(subset=["lr"])
     tried = finals.groupby("_g")["lr"].nunique()
     finals = finals[finals["_g"].map(tried) > 1]
@@ -423,7 +449,9 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
         .groupby(["_g", "lr"], as_index=False)
         .agg(loss=("loss", "mean"), k=("_s", "sum"))
     )
-    best = means.sort_values(["loss", "lr"]).drop_duplicates("_g").set_index("_g")["lr"].sort_index()
+    means["bad"] = diverged_lrs(means["_g"], means["lr"], diverged)
+    # of equal losses the smaller lr (the safer one), whatever the rows' order; an lr that diverged last
+    best = means.sort_values(["bad", "loss", "lr"]).drop_duplicates("_g").set_index("_g")["lr"].sort_index()
     lost = group.isin(best.index) & (points["lr"] != group.map(best))
     dropped = points[lost & points["final"].astype(bool)].copy()
     dropped["reason"] = [f"lr {lr:.3g} lost to lr {best[g]:.3g} in its cell" for lr, g in
@@ -458,7 +486,93 @@ def best_lr(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str | Non
             f"; in {len(edge)} of them the best lr is the smallest or largest tried, so the optimum may lie "
             "beyond: add an lr past it"
         )
+    if means["bad"].any():
+        bad = means[means["bad"]]
+        kept = bad["lr"].to_numpy() == bad["_g"].map(best).to_numpy()
+        shown = "; ".join(
+            f"{name.at[g, 'model']} at {name.at[g, 'C']:.3g} FLOPs: lr {lr:.3g}"
+            + (" (kept: every lr of the cell had one)" if k else "")
+            for g, lr, k in list(zip(bad["_g"], bad["lr"], kept))[:5]
+        )
+        note += (
+            f"; {len(bad)} lr(s) had a seed that diverged (a NaN or inf loss, left out of the means), so "
+            f"each ranks after the lrs of its cell without one, however low its other seeds: {shown}"
+            + ("; ..." if len(bad) > 5 else "")
+        )
     return points[~lost], dropped, note
+
+
+def diverged_lrs(group: pd.Series, lr: pd.Series, diverged: pd.DataFrame | None) -> np.ndarray:
+    """(n,) bool: the (lr group, lr) pairs of which a seed diverged (``diverged``'s rows)."""
+    if diverged is None or not len(diverged):
+        return np.zeros(len(group), bool)
+    pairs = set(zip(diverged["lr_group"].astype(str), diverged["lr"].astype(float)))
+    return np.array([(str(g), float(x)) in pairs for g, x in zip(group, lr)], bool)
+
+
+def diverged_runs(points: pd.DataFrame) -> pd.DataFrame | None:
+    """The seeds `load_runs` left out because their training diverged (``attrs["diverged"]``: a failed
+    run whose error says non-finite, or a finished one with a NaN or inf val/loss): run_id, lr_group, lr."""
+    rows = points.attrs.get("diverged")
+    return pd.DataFrame(rows, columns=["run_id", "lr_group", "lr"]) if rows else None
+
+
+class LrRedraw:
+    """The best-lr choice made again in each bootstrap resample (`__call__`: rng -> (n,) losses of the
+    fitted points): in every cell trained at several lrs, each lr's seeds are resampled with replacement,
+    the lr with the lowest mean final loss over them is chosen (`best_lr`'s rule: of equal means the
+    smaller lr; an lr with a diverged seed last), and the cell's points take that lr's mean over its
+    resampled seeds at their step. Points of other cells keep their loss. So the intervals carry the
+    noise of the choice (and of the seeds behind it); with one seed per lr nothing varies.
+
+    raw: the per-seed points (before `average_seeds`); fitted: the points the fits see, cells' seeds
+    averaged (`run_id` 'a + b'); diverged: as for `best_lr`."""
+
+    def __init__(self, raw: pd.DataFrame, fitted: pd.DataFrame, diverged: pd.DataFrame | None = None):
+        raw = raw.assign(_g=lr_groups(raw), step=raw["step"].fillna(-1.0)).dropna(subset=["lr"])  # -1: none
+        many = raw.groupby("_g")["lr"].nunique()
+        raw = raw[raw["_g"].map(many) > 1]
+        self.loss = fitted["loss"].to_numpy(float)
+        of_run = raw.drop_duplicates("run_id").set_index("run_id")["_g"]
+        first = fitted["run_id"].astype(str).str.split(" + ", regex=False).str[0]
+        cell = first.map(of_run).to_numpy()
+        self.cells = []  # (lrs (L,), diverged (L,), finals [(k_l,)], rows [(position, [(k_l,) per lr])])
+        for g, grp in raw.groupby("_g", sort=True):
+            lrs = np.sort(grp["lr"].unique())
+            by_lr = [grp[grp["lr"] == x] for x in lrs]
+            runs = [sorted(b["run_id"].unique()) for b in by_lr]
+            finals = [b[b["final"].astype(bool)].set_index("run_id").loc[r, "loss"].to_numpy(float)
+                      for b, r in zip(by_lr, runs)]  # fmt: skip
+            tables = [
+                b.pivot_table(index="step", columns="run_id", values="loss")[r] for b, r in zip(by_lr, runs)
+            ]
+            rows = [
+                (
+                    int(i),
+                    [
+                        t.loc[s].to_numpy(float) if s in t.index else np.full(t.shape[1], np.nan)
+                        for t in tables
+                    ],
+                )
+                for i, s in zip(np.flatnonzero(cell == g), fitted["step"].fillna(-1.0).to_numpy()[cell == g])
+            ]
+            bad = diverged_lrs(pd.Series(g, index=range(len(lrs))), pd.Series(lrs), diverged)
+            self.cells.append((lrs, bad, finals, rows))
+
+    def __bool__(self) -> bool:
+        return bool(self.cells)
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        out = self.loss.copy()
+        for lrs, bad, finals, rows in self.cells:
+            picks = [rng.integers(0, len(f), len(f)) for f in finals]
+            keys = [(b, float(f[p].mean()), x) for b, f, p, x in zip(bad, finals, picks, lrs)]
+            j = min(range(len(lrs)), key=keys.__getitem__)
+            for i, per_lr in rows:
+                v = per_lr[j][picks[j]]
+                if np.all(np.isfinite(v)):  # else that lr has no evaluation at this point's step
+                    out[i] = v.mean()
+        return out
 
 
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
@@ -517,8 +631,8 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
             f"{len(fewer)} fewer ("
             + ", ".join(f"{r.model} at {r.C:.3g} FLOPs: {r.n:.0f}" for r in fewer.iloc[:8].itertuples())
             + (", ..." if len(fewer) > 8 else "")
-            + "); every cell is one point of equal weight in the fits, so a mean over fewer seeds is noisier "
-            "than the others and counts the same"
+            + "); the parametric law weighs each cell by its seeds (a mean of k seeds has variance "
+            "sigma^2 / k), the frontier and the IsoFLOP fits weigh every cell alike"
         )
     if partial.any():
         notes.append(
@@ -647,6 +761,9 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "depth": _float(params.get("model.depth")),
             "hidden_size": _float(params.get("model.hidden_size")),
             "patch_size": patch,
+            "data_name": params.get("data.name"),
+            "input_size": size,
+            "in_channels": _float(params.get("model.in_channels")),
             "schedule": params.get("optim.schedule"),
             "tokens_per_image": tpi**2,
             "N_non_embedding": _float(params.get(MODEL_PARAMS_NON_EMBEDDING)),
@@ -710,6 +827,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         raise ValueError(missing(f"experiments there: {', '.join(names[:10])}" if names else "no experiment"))
     runs = client.search_runs([exp.experiment_id], max_results=50000)
     frames, n_finished, n_failed, unfinished, unusable, bad, n_bad_fid = [], 0, 0, {}, [], {}, {}
+    diverged: list[dict] = []  # seeds whose training diverged: `best_lr` ranks their lr last
     for run in runs:
         tags = run.data.tags
         if tags.get("analysis", "").lower() == "true":
@@ -718,6 +836,8 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         if status == STATUS_FAILED or run.info.status == "FAILED":
             log.info("skipping failed run %s", run.info.run_id)
             n_failed += 1
+            if "non-finite" in tags.get(ERROR_TAG, ""):  # the trainer stopped at a NaN or inf loss
+                diverged.append(_lr_of(run))
             continue
         if status != STATUS_FINISHED:  # still running, preempted, ...: its last point is not a finished run
             unfinished[status] = unfinished.get(status, 0) + 1
@@ -735,6 +855,8 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         points, why, n_bad_fid[rid] = _run_points(client, run)
         if why is not None:
             bad[rid] = why
+            if why.startswith(VAL_LOSS):  # a NaN or inf loss: a diverged training
+                diverged.append(_lr_of(run))
         elif not len(points):  # no val/loss, or no compute or data accounting (logged there)
             unusable.append(rid)
         frames.append(points)
@@ -777,7 +899,19 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         log.warning("MLflow experiment %r: %s", experiment, note)
     if notes:
         df.attrs["notes"] = notes
+    if diverged:
+        df.attrs["diverged"] = diverged
     return df
+
+
+def _lr_of(run) -> dict:
+    """A run's id, lr group and lr (`diverged_runs`' row)."""
+    params = run.data.params
+    return {
+        "run_id": run.info.run_id,
+        "lr_group": replicate_key(params, without=LR_PARAMS),
+        "lr": _float(params.get("optim.lr")),
+    }
 
 
 # ----------------------------------------------------------------------------------------------

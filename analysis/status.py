@@ -7,6 +7,10 @@ Statuses, from best to worst:
 - ``censored``: the optimum lies outside the models trained (only a bound is known).
 - ``not_identified``: the data do not determine the result (a flat direction, an interval that
   includes 0, approaches that disagree); no number is given as an answer.
+
+``not_applicable`` (one approach's status only, never the whole analysis's): the design lacks what the
+approach needs (approach 2 with fewer than 3 budgets); it gives no number and withholds nothing from the
+others, so `Status.merge` folds nothing in from it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from dataclasses import dataclass, field
 from analysis.bootstrap import BootstrapResult, min_resamples
 
 OK, EXTRAPOLATING, CENSORED, NOT_IDENTIFIED = "ok", "extrapolating", "censored", "not_identified"
-SEVERITY = {OK: 0, EXTRAPOLATING: 1, CENSORED: 2, NOT_IDENTIFIED: 3}
+NOT_APPLICABLE = "not_applicable"  # an approach the design cannot feed (see the module docstring)
+SEVERITY = {OK: 0, NOT_APPLICABLE: 0, EXTRAPOLATING: 1, CENSORED: 2, NOT_IDENTIFIED: 3}
 
 # Exit codes of `python analysis/fit_scaling.py` (1 is left to crashes, 2 to bad input).
 EXIT_OK = 0  # status ok or extrapolating (the report says which)
@@ -27,6 +32,7 @@ EXIT_NOT_IDENTIFIED = 3
 EXIT_CENSORED = 4
 EXIT_CODES = {
     OK: EXIT_OK,
+    NOT_APPLICABLE: EXIT_OK,
     EXTRAPOLATING: EXIT_OK,
     CENSORED: EXIT_CENSORED,
     NOT_IDENTIFIED: EXIT_NOT_IDENTIFIED,
@@ -53,8 +59,9 @@ class Status:
         return self
 
     def merge(self, other: Status | None, prefix: str = "") -> Status:
-        """Fold another status into this one (its reasons prefixed, e.g. with the approach's name)."""
-        if other is None:
+        """Fold another status into this one (its reasons prefixed, e.g. with the approach's name); a
+        `NOT_APPLICABLE` one adds nothing: that approach gives no number, so it withholds none."""
+        if other is None or other.status == NOT_APPLICABLE:
             return self
         for r in other.reasons:
             self.add(other.status, prefix + r)

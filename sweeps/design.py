@@ -175,6 +175,7 @@ class FitPrior:
     n_axis: str = "total"
     overall_status: str = "ok"
     patches: tuple[float, ...] = ()  # the patch sizes of the fit's IsoFLOP slices (none: unknown)
+    token_space: dict | None = None  # results.json's `token_space` (None: written before session 40)
 
     def n_opt(self, compute: float, patch: int) -> float:
         p = self.law
@@ -232,13 +233,14 @@ def load_fit_prior(path: str) -> FitPrior:
         raise ValueError(f"--prior {path}: not an analysis results.json (no 'status'); {hint}")
     n_axis = (data.get("axes") or {}).get("params", "total")
     overall = str(data["status"])
+    space = data.get("token_space") if isinstance(data.get("token_space"), dict) else None
     p3 = data.get("approach3_parametric") or {}
     tried = []
     if p3.get("status") in USABLE and data.get("a") is not None:
         law, bad = _law_numbers(data, ("A", "B", "alpha", "beta", "flops_per_param_datum"), ("alpha", "beta"))
         if not bad:
             law["k"] = law.pop("flops_per_param_datum")
-            return FitPrior(str(path), "parametric", law, n_axis, overall, _fit_patches(data))
+            return FitPrior(str(path), "parametric", law, n_axis, overall, _fit_patches(data), space)
         tried.append(f"parametric law {p3['status']} but {bad}")
     else:
         tried.append(
@@ -253,7 +255,7 @@ def load_fit_prior(path: str) -> FitPrior:
             if not bad and nums["alpha"] >= 0:
                 bad = f"N_opt = A C^{-nums['alpha']:.3g} does not grow with compute"
             if not bad:
-                return FitPrior(str(path), kind, nums, n_axis, overall, _fit_patches(data))
+                return FitPrior(str(path), kind, nums, n_axis, overall, _fit_patches(data), space)
             tried.append(f"{kind} {part['status']} but its N_opt law {bad}")
             continue
         tried.append(f"{kind} {part.get('status', 'absent')}" + ("" if law else " without an N_opt law"))
@@ -265,10 +267,45 @@ def load_fit_prior(path: str) -> FitPrior:
     )
 
 
+def check_prior_space(prior: FitPrior, spec: SweepSpec) -> FitPrior:
+    """``prior`` if it was fitted on the sweep's data and token space (data name, input size, channels);
+    ValueError naming both when not: its N_opt law is in another unit (a token of 8x8 latents is not one
+    of 16x16 pixels). A results.json without the record (written before session 40, or from a CSV without
+    those columns) is used with a logged warning. Patch sizes are noted in the plan (`plan_budgets`)."""
+    space = prior.token_space
+    ours = {"data": spec.data.name, "input_size": spec.data.input_size, "in_channels": spec.data.in_channels}
+    if space is None:
+        log.warning(
+            "--prior %s does not record the data it was fitted on (written before session 40): it is used "
+            "as if fitted on %s; refit it with `python analysis/fit_scaling.py --json` to have it checked",
+            prior.path,
+            _space_text(ours),
+        )
+        return prior
+    theirs = {k: space.get(k) or [] for k in ours}
+    unknown = [k for k, v in theirs.items() if not v]
+    differ = [k for k, v in theirs.items() if v and [ours[k]] != [type(ours[k])(x) for x in v]]
+    if differ:
+        fitted = ", ".join(f"{k} {'/'.join(map(str, v)) or '?'}" for k, v in theirs.items())
+        raise ValueError(
+            f"--prior {prior.path} was fitted on {fitted}, this sweep trains on {_space_text(ours)} "
+            f"(they differ in {', '.join(differ)}): its N_opt law counts parameters and tokens of other "
+            "data; fit the runs of this data (`python analysis/fit_scaling.py --experiment NAME --json "
+            "FIT.json`) and pass that, or drop --prior to use --tokens-per-param"
+        )
+    if unknown:
+        log.warning("--prior %s does not record its %s: not checked", prior.path, ", ".join(unknown))
+    return prior
+
+
+def _space_text(space: dict) -> str:
+    return f"data {space['data']}, input_size {space['input_size']}, in_channels {space['in_channels']}"
+
+
 def make_prior(spec: SweepSpec) -> RatioPrior | FitPrior:
     """The sweep's prior: ``spec.prior`` (a results.json) if set, else the tokens-per-parameter ratio."""
     if spec.prior:
-        return load_fit_prior(spec.prior)
+        return check_prior_space(load_fit_prior(spec.prior), spec)
     return RatioPrior(spec, family_curve(spec.scale, spec.design_head_dim), spec.tokens_per_param)
 
 

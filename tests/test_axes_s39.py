@@ -110,7 +110,9 @@ def test_a_cell_missing_a_seed_is_named_and_its_lrs_uneven_seeds_flagged(store):
     prep = prepare(load_runs("axes", tracking_uri=store), AnalysisConfig(n_bootstrap=0))
     seeds = next(n for n in prep.notes if "cells average different numbers of seeds" in n)
     assert "17 cell(s) 2, 1 fewer (DiT-d2-w32/2 at 1e+14 FLOPs: 1)" in seeds
-    assert "every cell is one point of equal weight in the fits" in seeds
+    assert (
+        "the parametric law weighs each cell by its seeds" in seeds
+    )  # session 40: it used to weigh all alike
     lrs = next(n for n in prep.notes if "learning rates" in n)
     assert "each lr judged on the mean final loss over its seeds" in lrs
     assert "in 1 cell(s) the lrs have different numbers of seeds" in lrs

@@ -108,13 +108,14 @@ def test_noisy_parabolas_without_a_joint_fit_never_give_ok_with_a_nan_exponent()
 
 def test_fewer_than_three_budgets_leave_approach_2_out_without_withholding_the_analysis():
     """Two budgets: approach 2 does not apply (its message says what it needs; `a` null in
-    results.json), and the analysis, which approach 3 identifies, stays ok."""
+    results.json; session 40: status `not_applicable`, no longer `ok`), and the analysis, which
+    approach 3 identifies, stays ok."""
     from analysis.isoflop import fit_isoflop
     from analysis.pipeline import AnalysisConfig, analyze
 
     two = noisy_isoflop(0, 0.0, budgets=(1e18, 1e19))
     fit = fit_isoflop(two)
-    assert fit.status.ok and fit.n_opt is None and fit.to_dict()["a"] is None
+    assert fit.status.status == "not_applicable" and fit.n_opt is None and fit.to_dict()["a"] is None
     assert fit.messages[-1].startswith(
         "IsoFLOP: 2 slice(s) (need 3 budgets of one patch size, each with >= 2"
     )
