@@ -32,6 +32,7 @@ from sweeps.executor import (
     JobRef,
     SlurmUnreachable,
     check_slurm_signal,
+    job_liveness,
     local_job_setup,
     make_executor,
     parse_sbatch_lines,
@@ -72,6 +73,10 @@ log = logging.getLogger(__name__)
 #: Seconds a launcher waits for the result of a SLURM job seen over without one (a file system slow to
 #: show it), each job's wait alongside the others' (submitit's own, 15 s, runs one job after another).
 RESULT_GRACE_S = 15.0
+#: Seconds between two `squeue` calls while a launcher waits for SLURM jobs to end.
+SLURM_END_POLL_S = 0.5
+#: Seconds a launcher waits, once it has every SLURM job's result, for SLURM to call the jobs over.
+SLURM_SETTLE_S = 30.0
 
 
 @dataclass
@@ -476,8 +481,26 @@ class _Runner:
                 self._report(live, pending)
                 last_report = now
             if not live and not pending:
+                if kind == "slurm":
+                    self._until_slurm_over()
                 return
             time.sleep(tick)
+
+    def _until_slurm_over(self, wait_s: float = SLURM_SETTLE_S, poll_s: float = SLURM_END_POLL_S) -> None:
+        """Once every SLURM job's result is collected: wait up to ``wait_s`` until SLURM calls the jobs
+        over as `status` and a relaunch ask it (`job_liveness`): a job's result shows while the job is still
+        RUNNING or COMPLETING, so the table printed next called a failed cell `running` (and a relaunch
+        right after would skip it)."""
+        refs = {
+            c: JobRef("slurm", str(j.job_id), str(j.paths.folder), self.run_dirs[c])
+            for c, j in self.jobs.items()
+        }
+        deadline = time.monotonic() + wait_s
+        while (alive := job_liveness(refs)) and time.monotonic() < deadline:
+            refs = {c: refs[c] for c in alive}
+            time.sleep(poll_s)
+        if alive:
+            log.warning("SLURM still lists job(s) %s %.0f s after their results", ", ".join(alive), wait_s)
 
     def _over(self, job: Any) -> bool:
         """``job.done()``, except a SLURM job without a result that the controller still lists: sacct
@@ -663,10 +686,6 @@ def _cancel_jobs(
         ids = ", ".join(str(j.job_id) for j in alive)
         log.warning("job(s) %s did not end %.0f s after their Ctrl-C: killing them", ids, wait_s)
     return _kill_jobs(alive)
-
-
-#: Seconds between two `squeue` calls while a launcher waits for the SLURM jobs it cancelled to end.
-SLURM_END_POLL_S = 0.5
 
 
 def _until_slurm_ended(

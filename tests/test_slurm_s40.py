@@ -136,3 +136,37 @@ def test_slurm_the_executor_is_submitit_s_slurm_executor_with_the_auto_executor_
         theirs = auto._executor._make_submission_file_text("python -c pass", "uid").splitlines()
         assert mine == theirs
         assert ex._make_submission_command(tmp_path / "x.sh")[:2] == ["setsid", "--wait"]
+
+
+def test_slurm_the_table_after_a_partly_failed_array_calls_the_failed_cell_failed(
+    job_env, tmp_path, capsys, caplog
+):
+    """A two-cell array, one cell failing (the fake trainer raises on its first start). A job's result
+    shows while SLURM still lists the job RUNNING or COMPLETING, so the table the launch prints at its end
+    called the failed cell `running` ("1 finished, 1 running", on 2 of 2 tries before the fix): the
+    launcher now waits (up to SLURM_SETTLE_S) until SLURM calls its jobs over. A relaunch right after,
+    --max-retries 0, leaves the cell out of retries (tried once); one with --max-retries 1 trains it
+    alone (tries 2), into its one run; the cell that finished is not trained again."""
+    events = tmp_path / "events"
+    cfg = two_cell_yaml(tmp_path, "partly", "{name: slurm, timeout_min: 10, mem_gb: 1}", events)
+    text = cfg.read_text().replace("step_s: 0.0,", "step_s: 0.0, fail_cell: B-2-3e9, fail_times: 1,")
+    cfg.write_text(text)
+    spec = load_spec(cfg).replace(tracking_uri=job_env)
+    argv = ["-c", str(cfg), "--tracking-uri", job_env, "--poll", "0.5"]
+    assert launch_cli.main([*argv, "--max-retries", "0"]) == 1
+    out = capsys.readouterr().out
+    row = next(ln.split() for ln in out.splitlines() if ln.startswith("B-2-3e9 "))
+    assert row[2] == "failed" and "1 failed, 1 finished" in out, out
+    assert "still lists" not in caplog.text, caplog.text
+
+    assert launch_cli.main([*argv, "--max-retries", "0"]) == 1  # at once: out of retries, nothing submitted
+    out = capsys.readouterr().out
+    assert "0 submitted, 1 already finished, 0 still running, 1 out of retries" in out, out
+    assert launch_cli.main([*argv, "--max-retries", "1"]) == 0
+    states = states_of(spec, job_env)
+    assert {c: (st.state, st.tries) for c, st in states.items()} == {
+        "S-2-3e9": ("finished", 1),
+        "B-2-3e9": ("finished", 2),
+    }
+    starts = sorted(ln.split()[0] for ln in events.read_text().splitlines() if ln.split()[1] == "start")
+    assert starts == ["B-2-3e9", "B-2-3e9", "S-2-3e9"]
