@@ -128,28 +128,39 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
         return ex
     if kind != "slurm":
         raise ValueError(f"unknown executor kind {kind!r}")
-    ex = submitit.AutoExecutor(
-        folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=spec.max_num_timeout
-    )
-    if shutil.which("setsid"):  # util-linux, on every Linux login node; without it, plain sbatch
-        ex._executor.__class__ = OwnSessionSlurmExecutor  # the same object, its submission command ours
-    extra = {"requeue": True, **parse_sbatch_lines(spec.sbatch)}
-    params: dict[str, Any] = {
-        "name": job_name,
-        "nodes": spec.nodes,
-        "tasks_per_node": spec.tasks_per_node,
-        "cpus_per_task": spec.cpus_per_task,
-        "timeout_min": int(spec.timeout_min),
-        "slurm_array_parallelism": spec.array_parallelism,
-        "slurm_signal_delay_s": spec.signal_delay_s,
-        "slurm_additional_parameters": extra,
-    }
-    optional = {"gpus_per_node": spec.gpus_per_node, "mem_gb": spec.mem_gb, "slurm_partition": spec.partition}
-    params |= {k: v for k, v in optional.items() if v}  # unset ones are left to the cluster's defaults
-    if spec.setup:
-        params["slurm_setup"] = list(spec.setup)
-    ex.update_parameters(**params)
+    # submitit's SLURM executor itself (its public constructor and SLURM-named parameters), not an
+    # AutoExecutor: our subclass starts sbatch in its own session where `setsid` exists (util-linux,
+    # on every Linux login node); without it, plain sbatch
+    cls = OwnSessionSlurmExecutor if shutil.which("setsid") else submitit.SlurmExecutor
+    ex = cls(folder=folder / "%j", max_num_timeout=spec.max_num_timeout)
+    ex.update_parameters(**slurm_parameters(spec, job_name))
     return ex
+
+
+def slurm_parameters(spec: ExecutorSpec, job_name: str) -> dict[str, Any]:
+    """``spec`` as `submitit.SlurmExecutor.update_parameters` names it (sbatch's names: ``time``,
+    ``ntasks_per_node``, ``mem``, ...); settings left unset are left to the cluster's defaults."""
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "nodes": spec.nodes,
+        "ntasks_per_node": spec.tasks_per_node,
+        "cpus_per_task": spec.cpus_per_task,
+        "time": int(spec.timeout_min),
+        "array_parallelism": spec.array_parallelism,
+        "signal_delay_s": spec.signal_delay_s,
+        "additional_parameters": {"requeue": True, **parse_sbatch_lines(spec.sbatch)},
+    }
+    mem = slurm_mem(spec.mem_gb) if spec.mem_gb else None
+    optional = {"gpus_per_node": spec.gpus_per_node, "mem": mem, "partition": spec.partition}
+    params |= {k: v for k, v in optional.items() if v}
+    if spec.setup:
+        params["setup"] = list(spec.setup)
+    return params
+
+
+def slurm_mem(mem_gb: float) -> str:
+    """sbatch's ``--mem`` for ``mem_gb`` GB: whole GB as ``4GB``, else in MB (``1536MB``)."""
+    return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"
 
 
 def local_job_setup(spec: ExecutorSpec, run_dir: str, threads: int) -> list[str]:
@@ -201,7 +212,8 @@ def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     """``{cell: "pending" | "held" | "running" | "unknown"}`` for cells whose job (of another launcher) is
     alive, or, "unknown", may be (SLURM did not answer); absent: over. Local jobs by the cell's lock
     (`sweeps.lock`: a rebuilt submitit `LocalJob` cannot tell), SLURM jobs by one batched ``sacct``,
-    then ``squeue`` where it says UNKNOWN or PENDING (held or not); debug jobs never."""
+    then ``squeue`` where it says UNKNOWN, PENDING (held or not) or over (a cancelled job's processes may
+    still run: COMPLETING); debug jobs never."""
     out = {c: "running" for c, r in refs.items() if r.executor == "local" and cell_lock_held(r.run_dir)}
     slurm = {c: r for c, r in refs.items() if r.executor == "slurm"}
     if slurm:
@@ -213,7 +225,9 @@ def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     jobs = {cid: submitit.SlurmJob(folder=r.folder or ".", job_id=r.job_id) for cid, r in refs.items()}
     submitit.SlurmJob.watcher.update()  # one sacct call for every registered job
     states = {c: slurm_state(j, mode="cache") for c, j in jobs.items()}
-    ask = [c for c, s in states.items() if s in ("UNKNOWN", "PENDING")]  # held? over, unseen by sacct?
+    # squeue decides where sacct says PENDING (held?), UNKNOWN (over, unseen by sacct?), or over: sacct
+    # calls a cancelled job CANCELLED at once, while squeue lists it COMPLETING until its processes exit
+    ask = [c for c, s in states.items() if s in ("UNKNOWN", "PENDING") or s not in SLURM_ALIVE]
     lost: list[str] = []
     try:
         queue = squeue_states([refs[c].job_id for c in ask])

@@ -14,6 +14,7 @@ import fcntl
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,21 +65,35 @@ def cell_lock_held(run_dir: str | Path) -> bool:
     return False
 
 
+def take_cell_lock(fd: int, what: str, wait_s: float = CELL_LOCK_WAIT_S) -> None:
+    """Lock the open cell lock file ``fd`` exclusively, waiting up to ``wait_s`` while another job holds
+    it; then RuntimeError ``"<what>: another job of this cell is alive"``. The one definition of the
+    wait: a warm worker calls it, a local job's shell runs this file with it (`cell_job_lock_lines`),
+    before `sweeps` can be imported; so this module imports the standard library only."""
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > end:
+                raise RuntimeError(f"{what}: another job of this cell is alive") from None
+            time.sleep(0.05)
+
+
 def cell_job_lock_lines(run_dir: str | Path) -> list[str]:
     """Shell lines for submitit's ``setup`` that make a local job hold its cell's lock: open the lock
     file on descriptor 9 (inherited by submitit's controller, not by the trainer processes) and lock
-    it, waiting up to 10 s; a job whose cell is already held by a live job fails with a message."""
-    path = Path(run_dir) / CELL_LOCK
-    code = (
-        "import fcntl,sys,time\n"
-        f"end=time.monotonic()+{CELL_LOCK_WAIT_S}\n"
-        "while True:\n"
-        " try: fcntl.flock(9,fcntl.LOCK_EX|fcntl.LOCK_NB); break\n"
-        " except BlockingIOError:\n"
-        "  if time.monotonic()>end: sys.exit(sys.argv[1]+': another job of this cell is alive')\n"
-        "  time.sleep(0.05)\n"
-    )
-    return [
-        f"exec {_FD}>>{shlex.quote(str(path))}",
-        f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {shlex.quote(str(path))}",
-    ]
+    it with `take_cell_lock` (this file run as a script: the lock belongs to the open file, which the
+    shell keeps); a job whose cell is already held by a live job fails with a message."""
+    path = shlex.quote(str(Path(run_dir) / CELL_LOCK))
+    script = shlex.quote(str(Path(__file__).resolve()))
+    python = shlex.quote(sys.executable)  # -I: no PYTHONPATH, user site or script folder on sys.path
+    return [f"exec {_FD}>>{path}", f"{python} -I {script} {_FD} {path} {CELL_LOCK_WAIT_S}"]
+
+
+if __name__ == "__main__":  # a local job's shell: python lock.py FD LOCK_FILE WAIT_S
+    try:
+        take_cell_lock(int(sys.argv[1]), sys.argv[2], float(sys.argv[3]))
+    except RuntimeError as e:
+        sys.exit(str(e))

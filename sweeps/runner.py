@@ -32,6 +32,7 @@ from sweeps.executor import (
     JobRef,
     SlurmUnreachable,
     check_slurm_signal,
+    job_liveness,
     local_job_setup,
     make_executor,
     parse_sbatch_lines,
@@ -72,6 +73,10 @@ log = logging.getLogger(__name__)
 #: Seconds a launcher waits for the result of a SLURM job seen over without one (a file system slow to
 #: show it), each job's wait alongside the others' (submitit's own, 15 s, runs one job after another).
 RESULT_GRACE_S = 15.0
+#: Seconds between two `squeue` calls while a launcher waits for SLURM jobs to end.
+SLURM_END_POLL_S = 0.5
+#: Seconds a launcher waits, once it has every SLURM job's result, for SLURM to call the jobs over.
+SLURM_SETTLE_S = 30.0
 
 
 @dataclass
@@ -423,9 +428,10 @@ class _Runner:
         what += f"{self.prep.tracking_uri} failed ({_error_line(error)})"
         if left:
             raise RuntimeError(
-                f"{what}, and job(s) {', '.join(left)} could not be cancelled; cancel them (`scancel` on "
-                "SLURM, else kill the process that holds the cell's lock) before launching again, or a "
-                "relaunch would train those cells twice"
+                f"{what}, and job(s) {', '.join(left)} could not be cancelled or had not ended when the "
+                f"launcher stopped waiting (up to {CANCEL_WAIT_S:.0f} s); make sure they are gone (on SLURM "
+                "`squeue -j JOB` lists none: `scancel` them; else kill the process that holds the cell's "
+                "lock) before launching again, or a relaunch would train those cells twice"
             ) from error
         raise RuntimeError(
             f"{what}; job(s) {ids} cancelled so that none trains unrecorded. Launch again once the tracking "
@@ -475,8 +481,26 @@ class _Runner:
                 self._report(live, pending)
                 last_report = now
             if not live and not pending:
+                if kind == "slurm":
+                    self._until_slurm_over()
                 return
             time.sleep(tick)
+
+    def _until_slurm_over(self, wait_s: float = SLURM_SETTLE_S, poll_s: float = SLURM_END_POLL_S) -> None:
+        """Once every SLURM job's result is collected: wait up to ``wait_s`` until SLURM calls the jobs
+        over as `status` and a relaunch ask it (`job_liveness`): a job's result shows while the job is still
+        RUNNING or COMPLETING, so the table printed next called a failed cell `running` (and a relaunch
+        right after would skip it)."""
+        refs = {
+            c: JobRef("slurm", str(j.job_id), str(j.paths.folder), self.run_dirs[c])
+            for c, j in self.jobs.items()
+        }
+        deadline = time.monotonic() + wait_s
+        while (alive := job_liveness(refs)) and time.monotonic() < deadline:
+            refs = {c: refs[c] for c in alive}
+            time.sleep(poll_s)
+        if alive:
+            log.warning("SLURM still lists job(s) %s %.0f s after their results", ", ".join(alive), wait_s)
 
     def _over(self, job: Any) -> bool:
         """``job.done()``, except a SLURM job without a result that the controller still lists: sacct
@@ -640,7 +664,9 @@ def _cancel_jobs(
             except (subprocess.CalledProcessError, OSError) as e:
                 log.error("scancel %s failed: %s", j.job_id, e)
                 left.append(str(j.job_id))
-        return left
+        return left + _until_slurm_ended(
+            [str(j.job_id) for j in jobs if str(j.job_id) not in left], wait_s, hurry
+        )
     deadline = time.monotonic() + wait_s
     signalled: set[int] = set()  # each process once: a second SIGINT would skip the trainer's checkpoint
     alive = list(jobs)
@@ -660,6 +686,31 @@ def _cancel_jobs(
         ids = ", ".join(str(j.job_id) for j in alive)
         log.warning("job(s) %s did not end %.0f s after their Ctrl-C: killing them", ids, wait_s)
     return _kill_jobs(alive)
+
+
+def _until_slurm_ended(
+    job_ids: list[str], wait_s: float, hurry: Callable[[], bool], poll_s: float = SLURM_END_POLL_S
+) -> list[str]:
+    """Wait up to ``wait_s`` (or until ``hurry()``) until `squeue` lists none of the scancelled SLURM jobs
+    ``job_ids`` as alive: sacct calls a cancelled job CANCELLED at once, while its processes may run on for
+    SLURM's KillWait (they get SIGTERM first, and a trainer writes its checkpoint) as COMPLETING. Returns
+    the ids still listed, or all of them where squeue never answered."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while job_ids:
+        try:
+            queue = squeue_states(job_ids)
+            job_ids = [j for j in job_ids if queue.get(j) in SLURM_ALIVE]
+        except SlurmUnreachable as e:  # not known to be over: waited for as alive
+            log.warning("%s; waiting for cancelled job(s) %s", e, ", ".join(job_ids))
+        if not job_ids or time.monotonic() > deadline or hurry():
+            break
+        if not said:
+            ids = ", ".join(job_ids)
+            log.warning("waiting up to %.0f s for the cancelled SLURM job(s) %s to end", wait_s, ids)
+            said = True
+        time.sleep(poll_s)
+    return job_ids
 
 
 def _kill_jobs(jobs: list[Any], wait_s: float = KILL_WAIT_S) -> list[str]:

@@ -14,7 +14,6 @@ outlives a ``--no-wait`` launcher (at end of input it exits once its children ha
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import json
 import logging
@@ -33,7 +32,7 @@ from typing import Any
 
 from dit_core.atomic import atomic_write_bytes
 from dit_core.trainer.signals import LOCAL_JOB_ENV
-from sweeps.lock import CELL_LOCK, cell_lock_held
+from sweeps.lock import CELL_LOCK, cell_lock_held, take_cell_lock
 from sweeps.lock import CELL_LOCK_WAIT_S as _LOCK_WAIT_S  # a module global: tests shorten it
 
 log = logging.getLogger(__name__)
@@ -239,16 +238,12 @@ def _lock(run_dir: str) -> int:
     """An fd holding the cell's lock exclusively; RuntimeError if a live job holds it for 10 s."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     fd = os.open(Path(run_dir) / CELL_LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    end = time.monotonic() + _LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > end:
-                os.close(fd)
-                raise RuntimeError(f"{run_dir}: another job of this cell is alive") from None
-            time.sleep(0.05)
+    try:
+        take_cell_lock(fd, run_dir, _LOCK_WAIT_S)
+    except RuntimeError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _child(slot: _Slot, others: list[int], threads: int) -> int:

@@ -340,7 +340,7 @@ def test_slurm_executor_settings_reach_the_sbatch_script(monkeypatch, tmp_path):
         }  # fmt: skip
     )
     ex = make_executor(spec.executor, "slurm", tmp_path, job_name="ditscale-demo")
-    text = ex._executor._make_submission_file_text("python -c pass", "uid")
+    text = ex._make_submission_file_text("python -c pass", "uid")
     for line in ("--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2", "--time=30", "--requeue",
                  "--signal=USR2@45", "--qos=high", "--exclusive", "--job-name=ditscale-demo"):  # fmt: skip
         assert f"#SBATCH {line}" in text
