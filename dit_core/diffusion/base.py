@@ -48,18 +48,24 @@ class Diffusion(ABC):
         self.objective = config.objective
 
     @property
-    @abstractmethod
     def num_timesteps(self) -> int:
         """Number of discrete steps (Gaussian) or the scale of the model timestep (flow)."""
+        return self.config.num_timesteps
 
     @property
     def learn_sigma(self) -> bool:
         """True iff the model must output 2*C channels (mean and variance interpolation)."""
-        return False
+        return self.config.model_learns_sigma
 
-    @abstractmethod
     def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
-        """Map u ~ U[0, 1) (N,) to timesteps (N,) distributed as the training timestep distribution."""
+        """Map u ~ U[0, 1) (N,) to timesteps (N,) distributed as the training timestep distribution;
+        here s in [0, 1] float64 (u itself or the logit-normal inverse CDF), which a discrete-time
+        subclass maps onto its steps."""
+        u = u.to(torch.float64)
+        if self.config.timestep_sampling == "uniform":
+            return u
+        z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-12, 1 - 1e-12) - 1.0)
+        return torch.sigmoid(self.config.logit_normal_mean + self.config.logit_normal_std * z)
 
     @abstractmethod
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
@@ -109,14 +115,6 @@ class Diffusion(ABC):
         gen_device = generator.device if generator is not None else device
         u = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64)
         return self.timesteps_from_uniform(u).to(device)
-
-    def _unit_time_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
-        """u ~ U[0, 1) -> s in [0, 1] (float64): identity or the logit-normal inverse CDF."""
-        u = u.to(torch.float64)
-        if self.config.timestep_sampling == "uniform":
-            return u
-        z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-12, 1 - 1e-12) - 1.0)
-        return torch.sigmoid(self.config.logit_normal_mean + self.config.logit_normal_std * z)
 
     def _check_output(self, out: torch.Tensor, x: torch.Tensor) -> None:
         want = x.shape[1] * (2 if self.learn_sigma else 1)

@@ -21,13 +21,6 @@ class FlowMatching(Diffusion):
         if config.objective != "flow":
             raise ValueError(f"FlowMatching needs objective='flow', got {config.objective!r}")
 
-    @property
-    def num_timesteps(self) -> int:
-        return self.config.num_timesteps
-
-    def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
-        return self._unit_time_from_uniform(u)
-
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         return t.float() * self.num_timesteps
 
