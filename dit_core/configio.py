@@ -281,8 +281,8 @@ def yaml_to_flat(cls: type, data: Any, where: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- help and CLI flags
 def field_help(cls: type) -> dict[str, str]:
-    """``{field: text}`` from ``field(metadata={"help": ...})`` or from the class docstring's
-    ``name: text`` lines (``a / b: text`` documents both; indented lines continue the text)."""
+    """``{field: text}`` from the class docstring's ``name: text`` lines (``a / b: text`` documents
+    both; indented lines continue the text)."""
     names = {f.name for f in dataclasses.fields(cls)}
     out: dict[str, str] = {}
     current: list[str] = []
@@ -298,9 +298,6 @@ def field_help(cls: type) -> dict[str, str]:
                 out[k] += " " + line.strip().replace("``", "")
         else:
             current = []
-    for f in dataclasses.fields(cls):
-        if "help" in f.metadata:
-            out[f.name] = f.metadata["help"]
     return out
 
 
