@@ -1,9 +1,5 @@
-"""Rectified flow (linear interpolant, velocity objective), as in SD3 (Esser et al. 2024).
-
-Direction convention: x_t = (1 - t) x0 + t noise with t in [0, 1], so t = 0 is data and t = 1 is
-pure noise ("large t = noisy", as in DDPM). The model predicts the velocity dx_t/dt = noise - x0 and
-receives t * num_timesteps as its timestep. Sampling integrates the ODE from t = 1 down to t = 0.
-"""
+"""Rectified flow as in SD3 (Esser et al. 2024): x_t = (1 - t) x0 + t noise, t = 1 pure noise ("large
+t = noisy", as in DDPM); the model predicts the velocity noise - x0 (docs/diffusion.md)."""
 
 from __future__ import annotations
 
