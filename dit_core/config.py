@@ -1,10 +1,6 @@
-"""`TrainConfig`: the typed description of one training run, flattened with dots for MLflow.
-
-A config is nested dataclasses (model, diffusion, data, optim, budget, eval, checkpoint, tracking)
-plus a few top-level fields. ``cfg.to_flat_dict()`` gives ``{"model.depth": 12, "optim.lr": 1e-4,
-"seed": 0, ...}``, logged whole as MLflow params; ``TrainConfig.from_flat_dict(params)`` rebuilds the
-config from those params alone (string values are parsed by the field's type, `dit_core.configio`).
-Each class's docstring documents its fields; ``python -m dit_core.train --help`` shows that text.
+"""`TrainConfig`: the typed description of one training run, flattened with dots for MLflow: logged
+whole as params (``to_flat_dict``), rebuilt from those params alone (``from_flat_dict``). Each class's
+docstring documents its fields; ``python -m dit_core.train --help`` shows that text.
 
 ``dit_core.train.resolve_config(cfg, dataset)`` fills what the user may leave open (the model shape
 from its name, ``input_size``/``in_channels``/``num_classes`` from the data, ``learn_sigma`` from the
@@ -174,8 +170,7 @@ class OptimConfig:
 
 @dataclass
 class BudgetConfig:
-    """When to stop: ``max_steps`` optimizer steps, or a training budget ``train_flops`` (true FLOPs,
-    ``dit_core.spec.train_flops_per_image`` per image); with both, whichever comes first.
+    """When to stop; given both ``max_steps`` and ``train_flops``, whichever comes first.
 
     max_steps: stop after this many optimizer steps.
     train_flops: stop at this training budget in true FLOPs (``dit_core.spec.train_flops_per_image``
