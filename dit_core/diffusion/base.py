@@ -71,15 +71,6 @@ class Diffusion(ABC):
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Timesteps (N,) -> the values (N,) passed to the model, on the 0..num_timesteps scale."""
 
-    def check_timesteps(self, t: torch.Tensor) -> None:
-        """Raise ValueError naming the expected kind if t (N,) is not what `sample_timesteps` gives."""
-        flow = self.objective == "flow"
-        if t.is_floating_point() != flow:
-            want = "floats in [0, 1]" if flow else f"integer step indices t in [0, {self.num_timesteps})"
-            raise ValueError(
-                f"objective {self.objective!r} takes {want}; draw them with diffusion.sample_timesteps"
-            )
-
     @abstractmethod
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t (N, C, H, W): data x0 (N, C, H, W) noised with `noise` (same shape) to timesteps t (N,)."""
@@ -100,7 +91,12 @@ class Diffusion(ABC):
     ) -> dict[str, torch.Tensor]:
         """Per-example losses: {"loss": (N,), ...} for data x0 (N, C, H, W) at timesteps t (N,):
         noise x0 to x_t, run the model there and score its output (`losses_from_output`)."""
-        self.check_timesteps(t)
+        flow = self.objective == "flow"
+        if t.is_floating_point() != flow:  # not what sample_timesteps gives
+            want = "floats in [0, 1]" if flow else f"integer step indices t in [0, {self.num_timesteps})"
+            raise ValueError(
+                f"objective {self.objective!r} takes {want}; draw them with diffusion.sample_timesteps"
+            )
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.noised(x0, noise, t)

@@ -20,10 +20,12 @@ class FlowMatching(Diffusion):
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         return t.float() * self.num_timesteps
 
-    def interpolate(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = (1 - t) x0 + t noise, (N, ...)."""
         tt = broadcast_to(t, x0)
         return (1.0 - tt) * x0 + tt * noise
+
+    interpolate = noised
 
     def predict_x0_eps(
         self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
@@ -31,9 +33,6 @@ class FlowMatching(Diffusion):
         """(x0_hat, noise_hat) implied by a velocity (N, C, ...) at x_t and time t (N,)."""
         tt = broadcast_to(t, x_t)
         return x_t - tt * velocity, x_t + (1.0 - tt) * velocity
-
-    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.interpolate(x0, noise, t)
 
     def losses_from_output(
         self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
