@@ -339,13 +339,13 @@ class TrainConfig:
         return flatten(self)
 
     @classmethod
-    def from_flat_dict(cls, flat: dict[str, Any], *, strict: bool = True) -> TrainConfig:
+    def from_flat_dict(cls, flat: dict[str, Any]) -> TrainConfig:
         """Rebuild a config from ``to_flat_dict()`` output or from MLflow params (all strings).
 
-        Derived params (`DERIVED_PARAMS`) are skipped; other unknown keys raise unless ``strict=False``.
-        Missing keys keep their defaults.
+        Derived params (`DERIVED_PARAMS`) are skipped; other unknown keys raise. Missing keys keep
+        their defaults.
         """
-        return apply_flat(cls(), flat, strict=strict, skip=DERIVED_PARAMS)
+        return apply_flat(cls(), flat, skip=DERIVED_PARAMS)
 
     def replace(self, **flat: Any) -> TrainConfig:
         """A copy with dotted fields replaced: ``cfg.replace(**{"optim.lr": 3e-4})``."""
@@ -369,10 +369,10 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     return yaml_to_flat(TrainConfig, data or {}, f"config file {p}")
 
 
-def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+def load_yaml_config(path: str | Path) -> TrainConfig:
     """A `TrainConfig` from a YAML file: nested mappings (``optim: {lr: 3e-4}``) or dotted keys."""
     flat = read_yaml_config(path)
     try:
-        return apply_flat(base or TrainConfig(), flat)
+        return apply_flat(TrainConfig(), flat)
     except ConfigError as e:
         raise ConfigError(f"config file {path}: {e}") from None
