@@ -1,10 +1,6 @@
-"""`TrainConfig`: the typed description of one training run, flattened with dots for MLflow.
-
-A config is nested dataclasses (model, diffusion, data, optim, budget, eval, checkpoint, tracking)
-plus a few top-level fields. ``cfg.to_flat_dict()`` gives ``{"model.depth": 12, "optim.lr": 1e-4,
-"seed": 0, ...}``, logged whole as MLflow params; ``TrainConfig.from_flat_dict(params)`` rebuilds the
-config from those params alone (string values are parsed by the field's type, `dit_core.configio`).
-Each class's docstring documents its fields; ``python -m dit_core.train --help`` shows that text.
+"""`TrainConfig`: the typed description of one training run, flattened with dots for MLflow: logged
+whole as params (``to_flat_dict``), rebuilt from those params alone (``from_flat_dict``). Each class's
+docstring documents its fields; ``python -m dit_core.train --help`` shows that text.
 
 ``dit_core.train.resolve_config(cfg, dataset)`` fills what the user may leave open (the model shape
 from its name, ``input_size``/``in_channels``/``num_classes`` from the data, ``learn_sigma`` from the
@@ -174,8 +170,7 @@ class OptimConfig:
 
 @dataclass
 class BudgetConfig:
-    """When to stop: ``max_steps`` optimizer steps, or a training budget ``train_flops`` (true FLOPs,
-    ``dit_core.spec.train_flops_per_image`` per image); with both, whichever comes first.
+    """When to stop; given both ``max_steps`` and ``train_flops``, whichever comes first.
 
     max_steps: stop after this many optimizer steps.
     train_flops: stop at this training budget in true FLOPs (``dit_core.spec.train_flops_per_image``
@@ -344,13 +339,13 @@ class TrainConfig:
         return flatten(self)
 
     @classmethod
-    def from_flat_dict(cls, flat: dict[str, Any], *, strict: bool = True) -> TrainConfig:
+    def from_flat_dict(cls, flat: dict[str, Any]) -> TrainConfig:
         """Rebuild a config from ``to_flat_dict()`` output or from MLflow params (all strings).
 
-        Derived params (`DERIVED_PARAMS`) are skipped; other unknown keys raise unless ``strict=False``.
-        Missing keys keep their defaults.
+        Derived params (`DERIVED_PARAMS`) are skipped; other unknown keys raise. Missing keys keep
+        their defaults.
         """
-        return apply_flat(cls(), flat, strict=strict, skip=DERIVED_PARAMS)
+        return apply_flat(cls(), flat, skip=DERIVED_PARAMS)
 
     def replace(self, **flat: Any) -> TrainConfig:
         """A copy with dotted fields replaced: ``cfg.replace(**{"optim.lr": 3e-4})``."""
@@ -374,10 +369,10 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     return yaml_to_flat(TrainConfig, data or {}, f"config file {p}")
 
 
-def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+def load_yaml_config(path: str | Path) -> TrainConfig:
     """A `TrainConfig` from a YAML file: nested mappings (``optim: {lr: 3e-4}``) or dotted keys."""
     flat = read_yaml_config(path)
     try:
-        return apply_flat(base or TrainConfig(), flat)
+        return apply_flat(TrainConfig(), flat)
     except ConfigError as e:
         raise ConfigError(f"config file {path}: {e}") from None

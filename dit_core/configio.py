@@ -195,14 +195,11 @@ def check_keys(cls: type, data: Any, where: str) -> dict[str, Any]:
     return data
 
 
-def apply_flat(
-    cfg: Any, flat: dict[str, Any], *, strict: bool = True, skip=frozenset(), _at: str = ""
-) -> Any:
+def apply_flat(cfg: Any, flat: dict[str, Any], *, skip=frozenset(), _at: str = "") -> Any:
     """A copy of nested dataclass ``cfg`` with dotted keys replaced, each value parsed by its
     field's type, the result validated by the dataclasses' ``__post_init__``.
 
-    Keys in ``skip`` are ignored; other unknown keys raise ConfigError naming the valid ones
-    (or are ignored with ``strict=False``).
+    Keys in ``skip`` are ignored; other unknown keys raise ConfigError naming the valid ones.
     """
     names = {f.name: f for f in dataclasses.fields(cfg) if f.init}
     direct: dict[str, Any] = {}
@@ -212,8 +209,6 @@ def apply_flat(
             continue
         head, dot, rest = key.partition(".")
         if head not in names:
-            if not strict:
-                continue
             valid = [k for k, _, _ in iter_fields(type(cfg), _at)]
             # a field's own name without its section (``lr`` for optim.lr; ``batch_size`` for
             # eval.batch_size and budget.global_batch_size) or a misspelling
@@ -227,8 +222,6 @@ def apply_flat(
             )
         if dot:
             if not dataclasses.is_dataclass(getattr(cfg, head)):
-                if not strict:
-                    continue
                 raise ConfigError(
                     f"{_at + key}: {_at + head} is not a nested config; set {_at + head} itself"
                 )
@@ -247,7 +240,7 @@ def apply_flat(
         else:
             direct[head] = parse_value(value, _hints(type(cfg))[head], _at + head)
     for head, sub in nested.items():
-        direct[head] = apply_flat(getattr(cfg, head), sub, strict=strict, skip=skip, _at=f"{_at}{head}.")
+        direct[head] = apply_flat(getattr(cfg, head), sub, skip=skip, _at=f"{_at}{head}.")
     return dataclasses.replace(cfg, **direct) if direct else cfg
 
 
@@ -281,8 +274,8 @@ def yaml_to_flat(cls: type, data: Any, where: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- help and CLI flags
 def field_help(cls: type) -> dict[str, str]:
-    """``{field: text}`` from ``field(metadata={"help": ...})`` or from the class docstring's
-    ``name: text`` lines (``a / b: text`` documents both; indented lines continue the text)."""
+    """``{field: text}`` from the class docstring's ``name: text`` lines (``a / b: text`` documents
+    both; indented lines continue the text)."""
     names = {f.name for f in dataclasses.fields(cls)}
     out: dict[str, str] = {}
     current: list[str] = []
@@ -298,9 +291,6 @@ def field_help(cls: type) -> dict[str, str]:
                 out[k] += " " + line.strip().replace("``", "")
         else:
             current = []
-    for f in dataclasses.fields(cls):
-        if "help" in f.metadata:
-            out[f.name] = f.metadata["help"]
     return out
 
 

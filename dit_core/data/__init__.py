@@ -1,10 +1,7 @@
 """Datasets for DiT training: ``digits``, ``photos`` (bundled), ``imagefolder`` (pixels), ``latents`` (VAE).
 
-``build_dataset(DataConfig(...), split)`` returns a ``torch.utils.data.Dataset`` of ``(x, y)``:
-x float32 ``(C, H, W)`` (pixels in [-1, 1], or latents already times the scale factor), y int64.
-Every dataset has ``name``, ``num_classes``, ``channels``, ``resolution`` and ``set_epoch(epoch)``;
-items are deterministic functions of ``(seed, epoch, index)``. ``unique_images(ds)`` is the number of
-distinct training images (None for the unbounded ``photos`` stream).
+Items ``(x, y)``: x float32 ``(C, H, W)`` (pixels in [-1, 1], or latents already times the scale factor),
+y int64, deterministic functions of ``(seed, epoch, index)``; the API is in docs/data.md.
 """
 
 from __future__ import annotations
@@ -49,16 +46,8 @@ __all__ = [
 
 
 def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
-    """The dataset ``cfg`` names, for ``split`` in {"train", "val", "all"}.
-
-    - digits: "train" uses ``cfg.digits_split``; "val" the held-out 10 %; "all" all 1797 images.
-    - photos: "train" is the unbounded crop stream (``cfg.epoch_size`` items per epoch, each epoch
-      new crops); "val" and "all" are the first 10 000 held-out crops (fixed, whatever the seed).
-    - imagefolder / latents: "train" and "all" read ``cfg.root``; "val" reads ``cfg.val_root`` if
-      set (labelled by ``cfg.root``'s class names; latents must match its VAE and size), else
-      ``cfg.root`` (a log line says so).
-    The "val" split never flips, so validation items are fixed.
-    """
+    """The dataset ``cfg`` names, for ``split`` in {"train", "val", "all"} (what each reads: docs/data.md).
+    The "val" split never flips, so validation items are fixed."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not valid; choose one of {list(SPLITS)}")
     flip = cfg.random_flip and split != "val"

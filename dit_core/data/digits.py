@@ -1,13 +1,6 @@
-"""scikit-learn's bundled handwritten digits (1797 8x8 images, 10 classes), resized in memory.
-
-Pipeline: values 0..16 -> [0, 1] -> bicubic resize (``torch.nn.functional.interpolate``,
-``antialias=True``, ``align_corners=False``) -> clamp to [0, 1] -> round to uint8. The dataset's
-x is that uint8 image mapped to [-1, 1], so training images and the FID reference set
-(``digits_images``) are the same pixels.
-
-Split: a fixed 10 % of each class (``numpy.random.RandomState(0)``, whose stream NumPy keeps
-stable across versions) is held out as ``"val"``; ``"train"`` is the rest, ``"all"`` is every image.
-"""
+"""scikit-learn's bundled handwritten digits (1797 8x8 images, 10 classes), resized in memory to uint8
+pixels that both training (mapped to [-1, 1]) and the FID reference (``digits_images``) use; the
+resize and the split are described in docs/data.md."""
 
 from __future__ import annotations
 
@@ -61,7 +54,7 @@ def digits_split_indices(split: str) -> np.ndarray:
     _, labels = _load_raw()
     if split == "all":
         return np.arange(len(labels))
-    rs = np.random.RandomState(SPLIT_SEED)
+    rs = np.random.RandomState(SPLIT_SEED)  # legacy: its stream is stable across NumPy versions
     val = []
     for c in range(10):
         idx = np.flatnonzero(labels == c)

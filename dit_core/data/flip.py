@@ -31,12 +31,8 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
 
 
 class EpochFlipMixin:
-    """``set_epoch`` plus the flip decision shared by all datasets.
-
-    Subclasses set ``seed``, ``random_flip`` and ``epoch``. With DataLoader workers, call
-    ``set_epoch`` before creating the epoch's iterator (``persistent_workers=False``, the default),
-    since workers hold a copy of the dataset.
-    """
+    """``set_epoch`` plus the flip decision shared by all datasets (subclasses set ``seed`` and
+    ``random_flip``). Workers hold a copy of the dataset: call ``set_epoch`` before the epoch's iterator."""
 
     seed: int = 0
     epoch: int = 0

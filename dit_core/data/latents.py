@@ -1,15 +1,6 @@
-"""Pre-extracted VAE latents (written by ``python -m dit_core.extract_latents``).
-
-Layout of ``root``::
-
-    manifest.json                      written last; see ``MANIFEST_KEYS``
-    latents_00000.safetensors          "latents": (n, 2, C, h, w) [unflipped, flipped], already
-    latents_00001.safetensors          multiplied by the scale factor; "labels": (n,) int64
-    ...
-
-Shards are opened lazily with ``safetensors.safe_open`` (memory-mapped), one handle per shard per
-process, so DataLoader workers each read only the items they need.
-"""
+"""Pre-extracted VAE latents (written by ``python -m dit_core.extract_latents``; layout in docs/data.md):
+shards of "latents" (n, 2, C, h, w) [unflipped, flipped] times the scale factor and "labels" (n,) int64,
+opened lazily (memory-mapped), one handle per shard per process."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""Diffusion processes, losses and samplers for DiT training.
-
-cfg = DiffusionConfig(objective="eps")            # or "v", "x0", "flow"
-diffusion = create_diffusion(cfg)
-t = diffusion.sample_timesteps(len(x0), x0.device)
-loss = diffusion.training_losses(model, x0, t, dict(y=y))["loss"].mean()
-images = sample(model, diffusion, x0.shape, y, sampler="ddim", steps=50, cfg_scale=4.0)
-"""
+"""Diffusion processes, losses and samplers for DiT training; docs/diffusion.md shows their use."""
 
 from .base import Diffusion
 from .config import OBJECTIVES, SCHEDULES, TIMESTEP_SAMPLINGS, DiffusionConfig

@@ -48,31 +48,28 @@ class Diffusion(ABC):
         self.objective = config.objective
 
     @property
-    @abstractmethod
     def num_timesteps(self) -> int:
         """Number of discrete steps (Gaussian) or the scale of the model timestep (flow)."""
+        return self.config.num_timesteps
 
     @property
     def learn_sigma(self) -> bool:
         """True iff the model must output 2*C channels (mean and variance interpolation)."""
-        return False
+        return self.config.model_learns_sigma
 
-    @abstractmethod
     def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
-        """Map u ~ U[0, 1) (N,) to timesteps (N,) distributed as the training timestep distribution."""
+        """Map u ~ U[0, 1) (N,) to timesteps (N,) distributed as the training timestep distribution;
+        here s in [0, 1] float64 (u itself or the logit-normal inverse CDF), which a discrete-time
+        subclass maps onto its steps."""
+        u = u.to(torch.float64)
+        if self.config.timestep_sampling == "uniform":
+            return u
+        z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-12, 1 - 1e-12) - 1.0)
+        return torch.sigmoid(self.config.logit_normal_mean + self.config.logit_normal_std * z)
 
     @abstractmethod
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Timesteps (N,) -> the values (N,) passed to the model, on the 0..num_timesteps scale."""
-
-    def check_timesteps(self, t: torch.Tensor) -> None:
-        """Raise ValueError naming the expected kind if t (N,) is not what `sample_timesteps` gives."""
-        flow = self.objective == "flow"
-        if t.is_floating_point() != flow:
-            want = "floats in [0, 1]" if flow else f"integer step indices t in [0, {self.num_timesteps})"
-            raise ValueError(
-                f"objective {self.objective!r} takes {want}; draw them with diffusion.sample_timesteps"
-            )
 
     @abstractmethod
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -94,7 +91,12 @@ class Diffusion(ABC):
     ) -> dict[str, torch.Tensor]:
         """Per-example losses: {"loss": (N,), ...} for data x0 (N, C, H, W) at timesteps t (N,):
         noise x0 to x_t, run the model there and score its output (`losses_from_output`)."""
-        self.check_timesteps(t)
+        flow = self.objective == "flow"
+        if t.is_floating_point() != flow:  # not what sample_timesteps gives
+            want = "floats in [0, 1]" if flow else f"integer step indices t in [0, {self.num_timesteps})"
+            raise ValueError(
+                f"objective {self.objective!r} takes {want}; draw them with diffusion.sample_timesteps"
+            )
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.noised(x0, noise, t)
@@ -109,14 +111,6 @@ class Diffusion(ABC):
         gen_device = generator.device if generator is not None else device
         u = torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64)
         return self.timesteps_from_uniform(u).to(device)
-
-    def _unit_time_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
-        """u ~ U[0, 1) -> s in [0, 1] (float64): identity or the logit-normal inverse CDF."""
-        u = u.to(torch.float64)
-        if self.config.timestep_sampling == "uniform":
-            return u
-        z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-12, 1 - 1e-12) - 1.0)
-        return torch.sigmoid(self.config.logit_normal_mean + self.config.logit_normal_std * z)
 
     def _check_output(self, out: torch.Tensor, x: torch.Tensor) -> None:
         want = x.shape[1] * (2 if self.learn_sigma else 1)

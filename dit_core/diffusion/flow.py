@@ -1,9 +1,5 @@
-"""Rectified flow (linear interpolant, velocity objective), as in SD3 (Esser et al. 2024).
-
-Direction convention: x_t = (1 - t) x0 + t noise with t in [0, 1], so t = 0 is data and t = 1 is
-pure noise ("large t = noisy", as in DDPM). The model predicts the velocity dx_t/dt = noise - x0 and
-receives t * num_timesteps as its timestep. Sampling integrates the ODE from t = 1 down to t = 0.
-"""
+"""Rectified flow as in SD3 (Esser et al. 2024): x_t = (1 - t) x0 + t noise, t = 1 pure noise ("large
+t = noisy", as in DDPM); the model predicts the velocity noise - x0 (docs/diffusion.md)."""
 
 from __future__ import annotations
 
@@ -21,20 +17,15 @@ class FlowMatching(Diffusion):
         if config.objective != "flow":
             raise ValueError(f"FlowMatching needs objective='flow', got {config.objective!r}")
 
-    @property
-    def num_timesteps(self) -> int:
-        return self.config.num_timesteps
-
-    def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
-        return self._unit_time_from_uniform(u)
-
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         return t.float() * self.num_timesteps
 
-    def interpolate(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = (1 - t) x0 + t noise, (N, ...)."""
         tt = broadcast_to(t, x0)
         return (1.0 - tt) * x0 + tt * noise
+
+    interpolate = noised
 
     def predict_x0_eps(
         self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
@@ -42,9 +33,6 @@ class FlowMatching(Diffusion):
         """(x0_hat, noise_hat) implied by a velocity (N, C, ...) at x_t and time t (N,)."""
         tt = broadcast_to(t, x_t)
         return x_t - tt * velocity, x_t + (1.0 - tt) * velocity
-
-    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.interpolate(x0, noise, t)
 
     def losses_from_output(
         self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor

@@ -105,10 +105,6 @@ class GaussianDiffusion(Diffusion):
     def num_timesteps(self) -> int:
         return self._T
 
-    @property
-    def learn_sigma(self) -> bool:
-        return self.config.learn_sigma
-
     def _gather(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Schedule array `name` at step indices t (N,) -> (N, 1, ..., 1) in x's dtype and device
         (the float64 array is cast once per device and dtype; casting commutes with indexing)."""
@@ -118,7 +114,7 @@ class GaussianDiffusion(Diffusion):
         return broadcast_to(self._device_cache[key][t.to(x.device).long()], x)
 
     def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
-        s = self._unit_time_from_uniform(u)
+        s = super().timesteps_from_uniform(u)
         return torch.clamp((s * self._T).floor().long(), 0, self._T - 1)
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:

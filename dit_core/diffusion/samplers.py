@@ -61,11 +61,7 @@ def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torc
 def make_denoiser(
     model: nn.Module, y: torch.Tensor, cfg_scale: float = 1.0, guide_channels: int | None = None
 ) -> Denoiser:
-    """(x (N, C, H, W), t_model (N,)) -> model output (N, C_out, H, W), guided when cfg_scale != 1.
-
-    Guidance runs one forward on the 2N batch [x; x] with labels [y; null] through
-    `model.forward_with_cfg(x, t, y, cfg_scale[, guide_channels])`; the first N rows are returned.
-    """
+    """(x (N, C, H, W), t_model (N,)) -> model output (N, C_out, H, W), guided when cfg_scale != 1."""
     if cfg_scale == 1.0:
         return lambda x, t: model(x, t, y).to(x.dtype)
     if not hasattr(model, "forward_with_cfg") or not hasattr(model, "num_classes"):

@@ -1,11 +1,6 @@
-"""Validation loss with common random numbers (CRN).
-
-Example i of the validation set always gets the same timestep and the same noise for a given seed,
-whatever the batch it sits in, so two checkpoints are compared on identical draws and the loss
-difference has far less variance than with fresh random draws. Timesteps are quasi-random: a
-golden-ratio sequence u_i = frac(u_0 + i * 0.618...) mapped through the training timestep
-distribution, which stratifies t over the set.
-"""
+"""Validation loss with common random numbers (docs/diffusion.md): example i always gets the same
+noise and timestep for a seed, the timesteps a golden-ratio sequence u_i = frac(u_0 + i * 0.618...)
+mapped through the training timestep distribution, which stratifies t over the set."""
 
 from __future__ import annotations
 
