@@ -58,14 +58,12 @@ class FamilyCurve:
     def depth(self, width: float) -> float:
         return math.exp(self.log_c + self.gamma * math.log(width))
 
-    def shape(self, depth: int, width: int) -> ModelShape:
-        """``d{depth}w{width}``, heads = width / head_dim."""
-        return ModelShape(f"d{depth}w{width}", depth, width, width // self.head_dim)
-
     def shapes_at(self, width: int) -> list[ModelShape]:
-        """The shapes of one width: the curve's depth rounded down and up (at least 1)."""
+        """The shapes ``d{depth}w{width}`` of one width, heads = width / head_dim: the curve's depth
+        rounded down and up (at least 1)."""
         d = self.depth(width)
-        return [self.shape(x, width) for x in sorted({max(1, math.floor(d)), max(1, math.ceil(d))})]
+        depths = sorted({max(1, math.floor(d)), max(1, math.ceil(d))})
+        return [ModelShape(f"d{x}w{width}", x, width, width // self.head_dim) for x in depths]
 
 
 def family_curve(scale: Scale, head_dim: int | None = None) -> FamilyCurve:
