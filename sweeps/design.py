@@ -359,10 +359,7 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                 raise ValueError(
                     f"IsoFLOP budget {format_budget(budget)} spans {len(picked)} model size(s) with "
                     f"{lo_s}..{hi_s} steps within {spread**2:g}x of its N_opt {centre:.3g} ({source}, patch "
-                    f"{patch}); need 3: "
-                    + _window_fix(
-                        spec, patch, curve, n_axis, budget, centre, (centre / spread**2, centre * spread**2)
-                    )
+                    f"{patch}); need 3: " + _window_fix(spec, patch, curve, n_axis, budget, window)
                 )
             notes = []
             fitted = getattr(prior, "patches", ())
@@ -392,10 +389,10 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
     return plans
 
 
-def _window_fix(spec, patch: int, curve, n_axis: str, budget: float, centre: float, window) -> str:
-    """What to change when a budget's window around ``centre`` holds too few sizes of ``lo..hi``
-    steps: which step bound excludes them, the sizes (on the family curve) that the budget can train
-    within the step window, and, for a centre far from those, that the prior is off."""
+def _window_fix(spec, patch: int, curve, n_axis: str, budget: float, window) -> str:
+    """What to change when a budget's ``window`` (N lo, N hi) around its centre holds too few sizes
+    within the step window: which step bound excludes them, the sizes (on the family curve) that the
+    budget can train within it, and, for a centre far from those, that the prior is off."""
     lo_s, hi_s = spec.fewest_steps(), spec.isoflop_max_steps
     n, fpi = continuous_curve(spec, patch, curve, n_axis)
     steps = budget / (spec.batch_size * fpi)  # falls as n grows
