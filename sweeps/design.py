@@ -578,8 +578,8 @@ def check_adaptive(spec: SweepSpec) -> None:
         )
 
 
-def check_placed(spec: SweepSpec, sdir: Path, budget: float, rec: dict) -> list[str]:
-    """The cell ids of ``budget`` at its recorded centre (``rec``, its entry in ``design.json``);
+def check_placed(spec: SweepSpec, sdir: Path, budget: float, rec: dict) -> SweepSpec:
+    """The sweep of ``budget`` alone at its recorded centre (``rec``, its entry in ``design.json``);
     ValueError where the settings now give other cells than it was placed as."""
     sub = spec.replace(budgets=[budget], isoflop_centres={budget: float(rec["centre"])})
     ids = [c.cell_id for c in design_cells(sub)]
@@ -589,7 +589,7 @@ def check_placed(spec: SweepSpec, sdir: Path, budget: float, rec: dict) -> list[
             f"the settings now give {ids} (sizes, spread, step window or model options changed). "
             f"Use --name for a new sweep, or delete {sdir / RECORD} with its runs"
         )
-    return ids
+    return sub
 
 
 def launch_adaptive(
@@ -633,8 +633,7 @@ def launch_adaptive(
                     _write_record(sdir, record)
                 rec = record[b]
         centre = Centre(float(rec["centre"]), rec["source"], rec.get("note", ""))
-        sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
-        ids = check_placed(spec, sdir, b, rec)
+        sub = check_placed(spec, sdir, b, rec)
         log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
         res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress, record=spec, jobs_gone=jobs_gone)
         # every seed and lr of the placed sizes (the record keeps the sizes' plain ids): the budget is
