@@ -504,12 +504,11 @@ def load_spec(path: str | Path | None = None) -> SweepSpec:
             f"{p}: not a text file, so not a sweep YAML; give a .yaml file (-c/--config)"
         ) from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({_yaml_problem(e)}); {YAML_FIX}") from None
+        raise ValueError(
+            f"{p}: not valid YAML ({_yaml_problem(e)}); fix the file: indent with spaces, close each [ ] "
+            "and { }, quote values holding ': ' or '#'"
+        ) from None
     return spec_from_dict(data, where=str(p))
-
-
-#: how to fix a sweep YAML that does not parse
-YAML_FIX = "fix the file: indent with spaces, close each [ ] and { }, quote values holding ': ' or '#'"
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
