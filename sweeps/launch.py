@@ -322,7 +322,7 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
     shapes = list(args.shapes or [])
     if args.head_dim is not None and args.head_dim < 1:
         raise ValueError(f"--head-dim {args.head_dim}: give channels per head >= 1 (4, 8, ..., 64)")
-    if not 0 < getattr(args, "poll", 1.0) < math.inf:  # nan and inf too: time.sleep refuses both
+    if not 0 < args.poll < math.inf:  # nan and inf too: time.sleep refuses both
         raise ValueError(f"--poll {args.poll}: give the seconds between progress updates, > 0 and finite")
     if (args.depths is None) != (args.widths is None):
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
