@@ -58,14 +58,12 @@ class FamilyCurve:
     def depth(self, width: float) -> float:
         return math.exp(self.log_c + self.gamma * math.log(width))
 
-    def shape(self, depth: int, width: int) -> ModelShape:
-        """``d{depth}w{width}``, heads = width / head_dim."""
-        return ModelShape(f"d{depth}w{width}", depth, width, width // self.head_dim)
-
     def shapes_at(self, width: int) -> list[ModelShape]:
-        """The shapes of one width: the curve's depth rounded down and up (at least 1)."""
+        """The shapes ``d{depth}w{width}`` of one width, heads = width / head_dim: the curve's depth
+        rounded down and up (at least 1)."""
         d = self.depth(width)
-        return [self.shape(x, width) for x in sorted({max(1, math.floor(d)), max(1, math.ceil(d))})]
+        depths = sorted({max(1, math.floor(d)), max(1, math.ceil(d))})
+        return [ModelShape(f"d{x}w{width}", x, width, width // self.head_dim) for x in depths]
 
 
 def family_curve(scale: Scale, head_dim: int | None = None) -> FamilyCurve:
@@ -398,10 +396,7 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                 raise ValueError(
                     f"IsoFLOP budget {format_budget(budget)} spans {len(picked)} model size(s) with "
                     f"{lo_s}..{hi_s} steps within {spread**2:g}x of its N_opt {centre:.3g} ({source}, patch "
-                    f"{patch}); need 3: "
-                    + _window_fix(
-                        spec, patch, curve, n_axis, budget, centre, (centre / spread**2, centre * spread**2)
-                    )
+                    f"{patch}); need 3: " + _window_fix(spec, patch, curve, n_axis, budget, window)
                 )
             notes = []
             fitted = getattr(prior, "patches", ())
@@ -431,10 +426,10 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
     return plans
 
 
-def _window_fix(spec, patch: int, curve, n_axis: str, budget: float, centre: float, window) -> str:
-    """What to change when a budget's window around ``centre`` holds too few sizes of ``lo..hi``
-    steps: which step bound excludes them, the sizes (on the family curve) that the budget can train
-    within the step window, and, for a centre far from those, that the prior is off."""
+def _window_fix(spec, patch: int, curve, n_axis: str, budget: float, window) -> str:
+    """What to change when a budget's ``window`` (N lo, N hi) around its centre holds too few sizes
+    within the step window: which step bound excludes them, the sizes (on the family curve) that the
+    budget can train within it, and, for a centre far from those, that the prior is off."""
     lo_s, hi_s = spec.fewest_steps(), spec.isoflop_max_steps
     n, fpi = continuous_curve(spec, patch, curve, n_axis)
     steps = budget / (spec.batch_size * fpi)  # falls as n grows
@@ -620,8 +615,8 @@ def check_adaptive(spec: SweepSpec) -> None:
         )
 
 
-def check_placed(spec: SweepSpec, sdir: Path, budget: float, rec: dict) -> list[str]:
-    """The cell ids of ``budget`` at its recorded centre (``rec``, its entry in ``design.json``);
+def check_placed(spec: SweepSpec, sdir: Path, budget: float, rec: dict) -> SweepSpec:
+    """The sweep of ``budget`` alone at its recorded centre (``rec``, its entry in ``design.json``);
     ValueError where the settings now give other cells than it was placed as."""
     sub = spec.replace(budgets=[budget], isoflop_centres={budget: float(rec["centre"])})
     ids = [c.cell_id for c in design_cells(sub)]
@@ -631,7 +626,7 @@ def check_placed(spec: SweepSpec, sdir: Path, budget: float, rec: dict) -> list[
             f"the settings now give {ids} (sizes, spread, step window or model options changed). "
             f"Use --name for a new sweep, or delete {sdir / RECORD} with its runs"
         )
-    return ids
+    return sub
 
 
 def launch_adaptive(
@@ -675,8 +670,7 @@ def launch_adaptive(
                     _write_record(sdir, record)
                 rec = record[b]
         centre = Centre(float(rec["centre"]), rec["source"], rec.get("note", ""))
-        sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
-        ids = check_placed(spec, sdir, b, rec)
+        sub = check_placed(spec, sdir, b, rec)
         log.info("budget %s: centre %.3g (%s)", format_budget(b), centre.n, centre.source)
         res = launch(sub, wait=wait, poll_s=poll_s, on_progress=on_progress, record=spec, jobs_gone=jobs_gone)
         # every seed and lr of the placed sizes (the record keeps the sizes' plain ids): the budget is

@@ -65,13 +65,6 @@ class Scale:
                 "scale.round_width rounds widths to a multiple of scale.head_dim: set scale.head_dim too"
             )
 
-    def scaled_width(self, width: int) -> int:
-        """``width / width_div``: rounded to a multiple of ``head_dim`` when ``round_width``, else
-        exact (`apply` checks the division)."""
-        if self.round_width:
-            return max(1, round(width / self.width_div / self.head_dim)) * self.head_dim
-        return width // self.width_div
-
     def apply(self, shape: ModelShape) -> ModelShape:
         """The scaled shape; errors if a factor does not divide the family's depth/width evenly."""
         for size, div, what in (
@@ -84,7 +77,10 @@ class Scale:
                     "pick factors that divide all family sizes (width_div 1,2,4,...,128; depth_div 1,2,4)"
                     + (", or set scale.round_width with scale.head_dim" if what == "hidden_size" else "")
                 )
-        width = self.scaled_width(shape.hidden_size)
+        if self.round_width:
+            width = max(1, round(shape.hidden_size / self.width_div / self.head_dim)) * self.head_dim
+        else:
+            width = shape.hidden_size // self.width_div
         if self.head_dim is None:
             if width % shape.num_heads:
                 raise ValueError(

@@ -391,26 +391,20 @@ def expand(spec: SweepSpec) -> list[Cell]:
 def _grid_cells(spec: SweepSpec) -> list[Cell]:
     cells: list[Cell] = []
     for budget, row in _grid_rows(spec):
-        if spec.min_steps is not None:
-            kept = [c for c in row if c.steps >= spec.min_steps]
-            if not kept:
-                raise ValueError(
-                    f"budget {format_budget(budget)} gives no model min_steps {spec.min_steps} steps (the "
-                    f"most: {max(c.steps for c in row)}); raise the budget or lower --min-steps"
-                )
-            cells += kept
-            continue
-        too_small = [
-            f"{c.model_name} ({c.batch_size} x {c.train_flops_per_image:.3g} FLOPs)"
-            for c in row
-            if c.steps < 1
-        ]
-        if too_small:
+        if spec.min_steps is None and (too_small := [c for c in row if c.steps < 1]):
+            shown = [
+                f"{c.model_name} ({c.batch_size} x {c.train_flops_per_image:.3g} FLOPs)" for c in too_small
+            ]
             raise ValueError(
                 f"budget {format_budget(budget)} is smaller than one training step of "
-                f"{', '.join(too_small)}; raise the budget or lower batch_size"
+                f"{', '.join(shown)}; raise the budget or lower batch_size"
             )
-        cells += row
+        if not (kept := [c for c in row if c.steps >= spec.fewest_steps()]):
+            raise ValueError(
+                f"budget {format_budget(budget)} gives no model min_steps {spec.min_steps} steps (the "
+                f"most: {max(c.steps for c in row)}); raise the budget or lower --min-steps"
+            )
+        cells += kept
     return cells
 
 
@@ -510,12 +504,11 @@ def load_spec(path: str | Path | None = None) -> SweepSpec:
             f"{p}: not a text file, so not a sweep YAML; give a .yaml file (-c/--config)"
         ) from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({yaml_problem(e)}); {YAML_FIX}") from None
+        raise ValueError(
+            f"{p}: not valid YAML ({yaml_problem(e)}); fix the file: indent with spaces, close each [ ] "
+            "and { }, quote values holding ': ' or '#'"
+        ) from None
     return spec_from_dict(data, where=str(p))
-
-
-#: how to fix a sweep YAML that does not parse
-YAML_FIX = "fix the file: indent with spaces, close each [ ] and { }, quote values holding ': ' or '#'"
 
 
 def write_spec_record(spec: SweepSpec, folder: Path) -> None:

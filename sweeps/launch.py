@@ -322,7 +322,7 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
     shapes = list(args.shapes or [])
     if args.head_dim is not None and args.head_dim < 1:
         raise ValueError(f"--head-dim {args.head_dim}: give channels per head >= 1 (4, 8, ..., 64)")
-    if not 0 < getattr(args, "poll", 1.0) < math.inf:  # nan and inf too: time.sleep refuses both
+    if not 0 < args.poll < math.inf:  # nan and inf too: time.sleep refuses both
         raise ValueError(f"--poll {args.poll}: give the seconds between progress updates, > 0 and finite")
     if (args.depths is None) != (args.widths is None):
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
@@ -772,18 +772,14 @@ def _sweep_args(args: argparse.Namespace) -> str:
     return " ".join(f"--{f.replace('_', '-')} {getattr(args, f)}" for f in flags if getattr(args, f))
 
 
-#: Options of the "executor" and "run" groups that `status` takes: how much it logs.
-_STATUS_RUN_OPTIONS = ("verbose",)
-
-
 def check_status_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse `status` with an option that only a launch uses (where and how cells run, the dry run's
-    bill, waiting): status reads the sweep's record and runs, so the option would be ignored silently."""
+    """Refuse `status` with an option that only a launch uses (of the "executor" and "run" groups, all
+    but --verbose): status reads the sweep's record and runs, so the option would be ignored silently."""
     for group in parser._action_groups:
         if group.title not in ("executor", "run"):
             continue
         for action in group._group_actions:
-            if action.dest in _STATUS_RUN_OPTIONS or getattr(args, action.dest) == action.default:
+            if action.dest == "verbose" or getattr(args, action.dest) == action.default:
                 continue
             flag = max(action.option_strings, key=len)
             raise ValueError(

@@ -277,7 +277,6 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
 
         with open(slot.folder / f"{slot.job_id}_submitted.pkl", "rb") as f:
             task = pickle.load(f)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         log.info("cell %s (sweep %s), warm job %s", task.cell_id, task.sweep, slot.job_id)
         outcome: tuple[str, Any] = ("success", run_task(task, slot.job_id))
     except _Requeue:
