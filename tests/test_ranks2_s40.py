@@ -142,7 +142,7 @@ def test_a_rank_failing_in_validation_is_named_in_the_run_and_two_processes_resu
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["status"]) == ("FAILED", "failed")
     error = run.data.tags["error"]
-    assert error.startswith("OSError: injected: a val image is unreadable on this rank (on rank 1;"), error
+    assert error.startswith("OSError: injected: a val image is unreadable on this rank (on rank 1); "), error
     assert "rank 1 failed: OSError: injected" in rest
     assert [p.name for p in list_checkpoints(out)] == ["step_0000004.pt"]
     ck = load_checkpoint(out)
@@ -181,7 +181,7 @@ def test_nan_samples_on_one_rank_name_their_error_in_the_run(tmp_path):
     assert (run.info.status, run.data.tags["status"]) == ("FAILED", "failed")
     error = run.data.tags["error"]
     assert error.startswith("ValueError: sampling gave non-finite values (NaN or inf)"), error
-    assert "(on rank 1; rank 0 then stopped on RuntimeError: " in error, error
+    assert "(on rank 1); rank 0 then stopped on RuntimeError: " in error, error
     assert [p.name for p in list_checkpoints(out)] == ["step_0000004.pt", "step_0000008.pt"]
     ck = load_checkpoint(out)
     assert (ck["step"], ck["loop"]["due"], ck["ledger"]["images_seen"]) == (8, ["eval"], 64)

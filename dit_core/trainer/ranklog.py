@@ -9,7 +9,14 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATA_LOGGER", "FAILURE_KEY", "peer_failures", "publish_failure", "warnings_muted"]
+__all__ = [
+    "DATA_LOGGER",
+    "FAILURE_KEY",
+    "peer_failures",
+    "publish_failure",
+    "warnings_muted",
+    "with_peer_failures",
+]
 
 #: the logger of a folder's scan, which names each unreadable file, the same on every rank
 DATA_LOGGER = "dit_core.data.imagefolder"
@@ -73,3 +80,16 @@ def peer_failures(world: int) -> dict[int, str]:
         except Exception as e:  # noqa: BLE001 - the store is gone: rank 0's own error is all there is
             log.debug("could not read rank %d's error from the store: %s", rank, e)
     return found
+
+
+def with_peer_failures(own: str, peers: dict[int, str]) -> str:
+    """Rank 0's error ``own`` with the errors other ranks left (`peer_failures`) first, each logged:
+    ``"<peer error> (on rank 1); rank 0 then stopped on <own>"``; ``own`` when there are none."""
+    for rank, error in peers.items():
+        log.error("rank %d failed: %s", rank, error)
+    if not peers:
+        return own
+    return (
+        "; ".join(f"{error} (on rank {rank})" for rank, error in peers.items())
+        + f"; rank 0 then stopped on {own}"
+    )
