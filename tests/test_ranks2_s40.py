@@ -130,9 +130,12 @@ def test_a_rank_failing_in_validation_is_named_in_the_run_and_two_processes_resu
     the all-reduce. Before, rank 0 saw only gloo's lost peer, and the MLflow run's error read
     "RuntimeError: [...] Connection closed by peer": the cause was only in rank 1's stderr. Now rank 1
     leaves its error in the process group's store before it exits, and rank 0 names it in the run's
-    error tag (and its log). The launcher exits non-zero within seconds, the step-4 checkpoint is the
-    newest and whole, and the same command on 2 processes resumes from it into the same run: FINISHED,
-    the error kept as error.previous, each metric once per step, the params as first logged."""
+    error tag (and its log). Rank 1 logs its error and exits with code 1 through the CLI's exit; before,
+    an error the CLI has no message for was re-raised into the interpreter's teardown with the process
+    group up, which aborted (SIGABRT, "terminate called without an active exception") in 2 of 8 such
+    launches. The launcher exits non-zero within seconds, the step-4 checkpoint is the newest and whole,
+    and the same command on 2 processes resumes from it into the same run: FINISHED, the error kept as
+    error.previous, each metric once per step, the params as first logged."""
     out = tmp_path / "run"
     flags = [*VAL_RUN, "--out", str(out)]
     rc, took, rest = _launch_with_fault(tmp_path, "val", flags)
@@ -144,6 +147,10 @@ def test_a_rank_failing_in_validation_is_named_in_the_run_and_two_processes_resu
     error = run.data.tags["error"]
     assert error.startswith("OSError: injected: a val image is unreadable on this rank (on rank 1); "), error
     assert "rank 1 failed: OSError: injected" in rest
+    # rank 1 left through the CLI's exit (code 1), not an abort at interpreter exit with gloo still up
+    assert "terminate called" not in rest and "SIGABRT" not in rest, rest[-3000:]
+    assert "ERROR dit_core.train: rank 1 stopped on OSError: injected" in rest, rest[-3000:]
+    assert "exitcode  : 1 (pid" in rest, rest[-3000:]
     assert [p.name for p in list_checkpoints(out)] == ["step_0000004.pt"]
     ck = load_checkpoint(out)
     assert (ck["step"], ck["ledger"]["images_seen"], ck["mlflow_run_id"]) == (4, 32, run_id)
