@@ -194,6 +194,20 @@ def test_nan_samples_on_one_rank_name_their_error_in_the_run(tmp_path):
     assert (ck["step"], ck["loop"]["due"], ck["ledger"]["images_seen"]) == (8, ["eval"], 64)
 
 
+def test_the_error_tag_puts_other_ranks_errors_first_and_drops_rank_zeros_own():
+    """`with_peer_failures`: the errors the other ranks left come first, each naming its rank; one equal
+    to rank 0's own (a non-finite loss every rank finds in the same all-reduced losses) is not repeated."""
+    from dit_core.trainer.ranklog import with_peer_failures
+
+    gloo = "RuntimeError: Connection closed by peer"
+    assert with_peer_failures(gloo, {}) == gloo
+    assert with_peer_failures(gloo, {2: "OSError: x", 1: gloo}) == (
+        f"OSError: x (on rank 2); rank 0 then stopped on {gloo}"
+    )
+    nan = "FloatingPointError: non-finite training loss (nan) at step 3"
+    assert with_peer_failures(nan, {1: nan}) == nan
+
+
 # ---------------------------------------------------------------- 2. what each rank holds and writes
 @pytest.mark.timeout(300)
 def test_after_a_resume_every_rank_holds_the_one_process_ema_and_only_rank_zero_writes(tmp_path):

@@ -84,12 +84,13 @@ def peer_failures(world: int) -> dict[int, str]:
 
 def with_peer_failures(own: str, peers: dict[int, str]) -> str:
     """Rank 0's error ``own`` with the errors other ranks left (`peer_failures`) first, each logged:
-    ``"<peer error> (on rank 1); rank 0 then stopped on <own>"``; ``own`` when there are none."""
+    ``"<peer error> (on rank 1); rank 0 then stopped on <own>"``. A peer's error that is rank 0's own
+    (a non-finite loss, which every rank finds in the same all-reduced losses; a Ctrl-C) is left out;
+    ``own`` when no other remains."""
+    peers = {rank: error for rank, error in peers.items() if error != own}
     for rank, error in peers.items():
         log.error("rank %d failed: %s", rank, error)
     if not peers:
         return own
-    return (
-        "; ".join(f"{error} (on rank {rank})" for rank, error in peers.items())
-        + f"; rank 0 then stopped on {own}"
-    )
+    first = "; ".join(f"{error} (on rank {rank})" for rank, error in peers.items())
+    return f"{first}; rank 0 then stopped on {own}"
