@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DATA_LOGGER",
     "FAILURE_KEY",
+    "STORE_TIMEOUT_S",
     "peer_failures",
     "publish_failure",
     "warnings_muted",
@@ -22,6 +24,8 @@ __all__ = [
 DATA_LOGGER = "dit_core.data.imagefolder"
 #: the key, in the process group's store, under which a failing rank leaves its error for rank 0
 FAILURE_KEY = "ditscale/failed/{rank}"
+#: the most seconds a failing rank waits for the store to take its error (the process ends next)
+STORE_TIMEOUT_S = 10.0
 
 
 @contextlib.contextmanager
@@ -59,6 +63,7 @@ def publish_failure(rank: int, error: str) -> None:
         return
     key = FAILURE_KEY.format(rank=rank)
     try:
+        store.set_timeout(timedelta(seconds=STORE_TIMEOUT_S))  # a store on a dead host: not 30 min
         store.set(key, error)
         store.get(key)  # a round trip: the store holds it before this rank's connections close
     except Exception as e:  # noqa: BLE001 - the store is gone with rank 0: nobody to tell
