@@ -14,6 +14,7 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
 
 from ..config import TrainConfig, read_yaml_config
 from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat, join_negative_values
@@ -211,11 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:  # a non-finite loss, in the run's log
         log.error("%s", e)
         code = 1
-    except (MemoryError, RuntimeError) as e:
-        if not out_of_memory(e):
+    except Exception as e:  # out of memory: said in one line; anything else: its traceback
+        if isinstance(e, (MemoryError, RuntimeError)) and out_of_memory(e):
+            print(f"error: {_oom_message(cfg, e, building=trainer is None)}", file=sys.stderr)
+            code = 2 if trainer is None else 1
+        elif not (dist.is_initialized() and dist.get_world_size() > 1):
             raise
-        print(f"error: {_oom_message(cfg, e, building=trainer is None)}", file=sys.stderr)
-        code = 2 if trainer is None else 1
+        else:  # through the exit below: the interpreter's teardown with gloo up can abort (SIGABRT)
+            log.error("rank %d stopped on %s: %s", dist.get_rank(), type(e).__name__, e, exc_info=True)
+            code = 1
     state = PartialState()
     if state.num_processes > 1:
         # torch + gloo can abort at interpreter exit (notes/dependencies.md section 5): leave directly

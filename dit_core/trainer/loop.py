@@ -75,7 +75,7 @@ from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
 from .out_lock import OutFolderBusy, checkpoints_state, out_folder_lock
 from .progress import Progress
-from .ranklog import warnings_muted
+from .ranklog import peer_failures, publish_failure, warnings_muted, with_peer_failures
 from .resolve import resolve_config
 from .resume import (
     FORK_AS_SAVED,
@@ -663,10 +663,19 @@ class Trainer:
         """End the MLflow run (if started) of a run that stops on ``err``: FAILED with the ``error``
         tag, or, for a Ctrl-C of a sweep's local job, KILLED with ``status=interrupted``. A preemption
         signal meanwhile (the SIGTERM `torchrun` sends every rank once one has died) waits until the run
-        is ended (`signals_deferred`)."""
-        if self.tracker:
-            with signals_deferred(*PREEMPTION_SIGNALS, during="ending the run"):
-                self.tracker.set_tags({ERROR_TAG: f"{type(err).__name__}: {err}"[:5000]})
+        is ended (`signals_deferred`). With several processes, another rank leaves its error for rank 0
+        (`publish_failure`), which names it first in the tag: rank 0's own is then mostly gloo's lost
+        connection to it."""
+        if not (self.tracker or self.world > 1):
+            return
+        with signals_deferred(*PREEMPTION_SIGNALS, during="ending the run"):
+            text = f"{type(err).__name__}: {err}"
+            if self.world > 1 and not self.main:
+                publish_failure(self.rank, text)
+            elif self.world > 1:
+                text = with_peer_failures(text, peer_failures(self.world))
+            if self.tracker:
+                self.tracker.set_tags({ERROR_TAG: text[:5000]})
                 ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
                 self.tracker.finish(STATUS_INTERRUPTED if ctrl_c else STATUS_FAILED)
 

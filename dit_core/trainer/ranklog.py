@@ -1,15 +1,31 @@
-"""Which process says what: warnings that every rank would give alike are said by rank 0 only."""
+"""Which process says what: warnings that every rank would give alike are said by rank 0 only, and the
+error of a rank that fails is named by rank 0, which owns the MLflow run."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 
-__all__ = ["DATA_LOGGER", "warnings_muted"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DATA_LOGGER",
+    "FAILURE_KEY",
+    "STORE_TIMEOUT_S",
+    "peer_failures",
+    "publish_failure",
+    "warnings_muted",
+    "with_peer_failures",
+]
 
 #: the logger of a folder's scan, which names each unreadable file, the same on every rank
 DATA_LOGGER = "dit_core.data.imagefolder"
+#: the key, in the process group's store, under which a failing rank leaves its error for rank 0
+FAILURE_KEY = "ditscale/failed/{rank}"
+#: the most seconds a failing rank waits for the store to take its error (the process ends next)
+STORE_TIMEOUT_S = 10.0
 
 
 @contextlib.contextmanager
@@ -27,3 +43,59 @@ def warnings_muted(muted: bool, logger: str = DATA_LOGGER) -> Iterator[None]:
         yield
     finally:
         target.setLevel(level)
+
+
+def _store():
+    """The default process group's key-value store (torchrun's or rank 0's TCPStore), or None."""
+    try:
+        import torch.distributed as dist
+
+        return dist.distributed_c10d._get_default_store() if dist.is_initialized() else None
+    except Exception:  # noqa: BLE001 - no store: the error is only in this rank's own log
+        return None
+
+
+def publish_failure(rank: int, error: str) -> None:
+    """Leave this rank's ``error`` for rank 0 (`peer_failures`), before this process exits and its peers,
+    waiting in a collective, see only gloo's lost connection. Best effort: without a store, nothing."""
+    store = _store()
+    if store is None:
+        return
+    key = FAILURE_KEY.format(rank=rank)
+    try:
+        store.set_timeout(timedelta(seconds=STORE_TIMEOUT_S))  # a store on a dead host: not 30 min
+        store.set(key, error)
+        store.get(key)  # a round trip: the store holds it before this rank's connections close
+    except Exception as e:  # noqa: BLE001 - the store is gone with rank 0: nobody to tell
+        log.debug("could not leave rank %d's error in the store: %s", rank, e)
+
+
+def peer_failures(world: int) -> dict[int, str]:
+    """``{rank: error}`` that other ranks left with `publish_failure` (each taken off the store once
+    read); without waiting: a rank that failed left its error before its process ended."""
+    store, found = _store(), {}
+    if store is None:
+        return found
+    for rank in range(1, world):
+        key = FAILURE_KEY.format(rank=rank)
+        try:
+            if store.check([key]):
+                found[rank] = store.get(key).decode(errors="replace")
+                store.delete_key(key)
+        except Exception as e:  # noqa: BLE001 - the store is gone: rank 0's own error is all there is
+            log.debug("could not read rank %d's error from the store: %s", rank, e)
+    return found
+
+
+def with_peer_failures(own: str, peers: dict[int, str]) -> str:
+    """Rank 0's error ``own`` with the errors other ranks left (`peer_failures`) first, each logged:
+    ``"<peer error> (on rank 1); rank 0 then stopped on <own>"``. A peer's error that is rank 0's own
+    (a non-finite loss, which every rank finds in the same all-reduced losses; a Ctrl-C) is left out;
+    ``own`` when no other remains."""
+    peers = {rank: error for rank, error in peers.items() if error != own}
+    for rank, error in peers.items():
+        log.error("rank %d failed: %s", rank, error)
+    if not peers:
+        return own
+    first = "; ".join(f"{error} (on rank {rank})" for rank, error in peers.items())
+    return f"{first}; rank 0 then stopped on {own}"
