@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.bootstrap import BootstrapResult, bootstrap_points, min_resamples
-from analysis.joint_isoflop import JointIsoFlop, d_at, fit_joint_isoflop
+from analysis.joint_isoflop import WEIGHT, JointIsoFlop, d_at, fit_joint_isoflop
 from analysis.laws import AllocationExponents, PowerLawFit, cluster_budgets, fit_power_law
+from analysis.parametric import point_weights
 from analysis.status import (
     CENSORED,
     NOT_APPLICABLE,
@@ -95,7 +96,8 @@ def _profile(
             "2) - add model sizes at this budget"
         )
         return None
-    coef = np.polyfit(ln, g["loss"].to_numpy(float), 2)
+    w = np.sqrt(g[WEIGHT].to_numpy(float)) if WEIGHT in g.columns else None  # polyfit's w: 1 / sd
+    coef = np.polyfit(ln, g["loss"].to_numpy(float), 2, w=w)
     if coef[0] <= 0:
         skipped.append(f"{where}: the parabola opens downward (no minimum); skipped")
         return None
@@ -354,9 +356,19 @@ def fit_isoflop(
     units: str = "parameters",
     data_units: str = "images",
     joint: bool = True,
+    weights=None,
+    redraw=None,
 ) -> IsoFlopFit:
     """Approach 2 (`IsoFlopFit`; docs/analysis.md). `joint=False`: laws through the per-slice minima
-    only; those get a bootstrap over runs (`n_bootstrap`), the joint fit's exponent a t-interval."""
+    only; those get a bootstrap over runs (`n_bootstrap`), the joint fit's exponent a t-interval.
+
+    weights: (n,) of the points, e.g. a cell mean's number of seeds (`pipeline.seed_weights`; scaled
+    by `point_weights`, equal ones are none): each slice's parabola and the joint fit are weighted
+    least squares (the laws through the minima are not: a vertex is no mean of seeds). redraw: rng ->
+    (n,) losses for each resample of the bootstrap over runs (`analysis.runs.LrRedraw`)."""
+    w = point_weights(weights, len(points))
+    if w is not None:
+        points = points.assign(**{WEIGHT: w})
     skipped: list[str] = []
     profiles = isoflop_profiles(points, gap_dex, skipped, units)
     slices = slice_sides(points, gap_dex)
@@ -403,10 +415,13 @@ def fit_isoflop(
         what = f"the IsoFLOP N_opt exponent a = {jf.a:.3g} (joint fit of {len(jf.budgets)} budgets)"
         flag_unresolved_exponent(status, what, jf.a_interval, 2)
     elif n_bootstrap > 0 and groups:
-        pts = points[_patch_of(points).to_numpy() == main].reset_index(drop=True)
+        of_main = _patch_of(points).to_numpy() == main
+        pts = points[of_main].reset_index(drop=True)
 
-        def one(idx):
-            prof = isoflop_profiles(pts.iloc[idx], gap_dex)
+        def one(idx, losses=None):
+            prof = isoflop_profiles(
+                pts.iloc[idx].assign(loss=losses[idx]) if losses is not None else pts.iloc[idx], gap_dex
+            )
             if len(prof) < 3:
                 return None
             nl, dl = _laws(prof)
@@ -418,7 +433,13 @@ def fit_isoflop(
             }
 
         fit.bootstrap = bootstrap_points(
-            one, len(pts), n_bootstrap, seed=seed, groups=pts["run_id"].to_numpy(), desc="bootstrap IsoFLOP"
+            one,
+            len(pts),
+            n_bootstrap,
+            seed=seed,
+            groups=pts["run_id"].to_numpy(),
+            desc="bootstrap IsoFLOP",
+            redraw=None if redraw is None else lambda rng: redraw(rng)[of_main],
         )
         what, fix = f"the IsoFLOP N_opt exponent a = {fit.a:.3g}", "add budgets or model sizes per budget"
         flag_bootstrapped_exponent(

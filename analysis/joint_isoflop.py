@@ -77,6 +77,10 @@ class JointIsoFlop:
         }
 
 
+#: the column of a point's weight in the slices' frames (`analysis.isoflop.fit_isoflop`'s weights)
+WEIGHT = "_weight"
+
+
 def d_at(g: pd.DataFrame, ln_n: float) -> float:
     """D at ln N = ``ln_n`` within one slice: ln D is linear in ln N at a fixed budget (exactly
     ln(C / kN) for C = kND), so a line through the slice's points."""
@@ -84,11 +88,14 @@ def d_at(g: pd.DataFrame, ln_n: float) -> float:
     return math.exp(np.polyval(coef, ln_n))
 
 
-def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0.95) -> JointIsoFlop | None:
+def fit_joint_isoflop(
+    slices: list[tuple[float, pd.DataFrame]], level: float = 0.95, weight: str = WEIGHT
+) -> JointIsoFlop | None:
     """Fit the joint model to [(budget C, points of that slice)], each slice with >= 2 sizes.
 
     None when there are fewer than 3 slices or fewer than 2 degrees of freedom. Points need N, D,
-    loss (> 0)."""
+    loss (> 0); a `weight` column, where there is one, weighs each point's squared residual (weighted
+    least squares; the t-interval is then that of the weighted fit)."""
     slices = [(c, g) for c, g in slices if g["N"].nunique() >= 2]
     if len(slices) < 3:
         return None
@@ -96,6 +103,7 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0
     j = np.concatenate([np.full(len(g), q) for q, (_, g) in enumerate(slices)])
     pts = pd.concat([g for _, g in slices], ignore_index=True)
     ln_n, ln_l = np.log(pts["N"].to_numpy(float)), np.log(pts["loss"].to_numpy(float))
+    sw = np.sqrt(pts[weight].to_numpy(float)) if weight in pts.columns else 1.0  # of the residuals
     lc = np.log(budgets)
     c0 = float(lc.mean())
     u = (lc - c0)[j]
@@ -105,7 +113,7 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0
         return None
 
     def res(th):  # th = (a, ln G, ln k, ln L*_1..J)
-        return th[3:][j] + np.exp(th[2]) * (ln_n - th[1] - th[0] * u) ** 2 - ln_l
+        return sw * (th[3:][j] + np.exp(th[2]) * (ln_n - th[1] - th[0] * u) ** 2 - ln_l)
 
     # bounds keep flat or upside-down profiles finite: |a| <= 3, the vertex at the centre budget
     # within e^8 of the sizes trained, ln k in [-20, 10]; a fit on a bound gets an infinite interval
@@ -133,7 +141,7 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]], level: float = 0
     n_opt = PowerLawFit(
         "pure",
         {"A": saturating_exp(ln_amp), "alpha": -a},
-        rmse_log=float(np.sqrt(np.mean(best.fun**2))),
+        rmse_log=float(np.sqrt(np.mean((best.fun / sw) ** 2))),
         n_points=len(pts),
         x_name="C",
         y_name="N_opt",

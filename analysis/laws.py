@@ -318,8 +318,9 @@ class AllocationExponents:
 class FrontierFit(AllocationExponents):
     """Approach 1: the frontier and power laws fitted to it: y(C), N_opt(C), D_opt(C).
 
-    The bootstrap resamples whole runs and recomputes the frontier each time. When one model holds
-    the whole frontier there is no N_opt(C) law (None) and `status` says so.
+    The bootstrap resamples whole runs, chooses the lr again (`LrRedraw`) and recomputes the frontier
+    each time. When one model holds the whole frontier there is no N_opt(C) law (None) and `status`
+    says so.
     """
 
     frontier: pd.DataFrame
@@ -365,9 +366,15 @@ def fit_frontier(
     n_grid: int = 40,
     level: float = 0.95,
     units: str = "parameters",
+    redraw=None,
 ) -> FrontierFit:
     """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws
-    (`FrontierFit`); a law that cannot be fitted (too few frontier points, one model everywhere) is None."""
+    (`FrontierFit`); a law that cannot be fitted (too few frontier points, one model everywhere) is None.
+
+    redraw: rng -> (len(points),) values of y for each bootstrap resample (`analysis.runs.LrRedraw`: the
+    best lr chosen again), so a resample's frontier may hold another cell. The laws take no weights
+    for the seeds behind a point (docs/analysis.md, "Bootstrap"): a frontier point is a minimum over
+    cells, not a measurement with a variance."""
     pts = points.dropna(subset=[y])
     fr = compute_frontier(pts, y, n_grid)
     laws = _frontier_laws(fr, y)
@@ -397,7 +404,7 @@ def fit_frontier(
         )
     fit = FrontierFit(fr, *laws, status=st)
     if n_bootstrap > 0 and len(fr):
-        _bootstrap_frontier(fit, pts, y, n_bootstrap, seed, n_grid)
+        _bootstrap_frontier(fit, points, y, n_bootstrap, seed, n_grid, redraw)
         if fit.n_opt is not None:
             had = "an N_opt(C) law (a frontier of at least 3 points and 2 model sizes)"
             what, fix = f"the frontier's N_opt exponent a = {fit.a:.3g}", "add budgets or model sizes"
@@ -408,14 +415,21 @@ def fit_frontier(
 
 
 def _bootstrap_frontier(
-    fit: FrontierFit, pts: pd.DataFrame, y: str, n_bootstrap: int, seed: int, n_grid: int
+    fit: FrontierFit, points: pd.DataFrame, y: str, n_bootstrap: int, seed: int, n_grid: int, redraw=None
 ):
-    """Resample runs with replacement, recompute the frontier, refit its laws; attach to each law."""
+    """Resample runs with replacement, recompute the frontier, refit its laws; attach to each law.
+    redraw: as in `fit_frontier`, drawn from a generator of its own (``[seed, 1]``, as
+    `bootstrap_points` does), so the runs drawn are those drawn without it."""
     rng = np.random.default_rng(seed)
-    runs = pts["run_id"].unique()
+    runs = points.dropna(subset=[y])["run_id"].unique()
     picks = [np.unique(rng.choice(runs, size=len(runs), replace=True)) for _ in range(n_bootstrap)]
+    if redraw is not None:
+        rng_redraw = np.random.default_rng([seed, 1])
+        picks = [(pick, redraw(rng_redraw)) for pick in picks]
 
-    def refit(pick: np.ndarray) -> list[dict | None]:  # the (y, N_opt, D_opt) laws' parameters
+    def refit(item) -> list[dict | None]:  # the (y, N_opt, D_opt) laws' parameters
+        pick, values = item if redraw is not None else (item, None)
+        pts = (points if values is None else points.assign(**{y: values})).dropna(subset=[y])
         fr = compute_frontier(pts[pts["run_id"].isin(pick)], y, n_grid)
         if not len(fr):
             return [None] * 3

@@ -29,6 +29,7 @@ from analysis.runs import (
     best_lr,
     diverged_runs,
     effective_data,
+    lr_groups,
     one_fid_protocol,
     select_points,
     set_axes,
@@ -356,6 +357,14 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     groups = pts["run_id"].to_numpy() if (cfg.bootstrap_by_run and several) else None
     B, seed, lvl = cfg.n_bootstrap, cfg.seed, cfg.level
     parametric, checks = None, Status()
+    weights, redraw = seed_weights(pts), lr_redraw(prep, pts, cfg)  # all three approaches alike
+    if B and cfg.best_lr and not cfg.average_seeds and several_lrs(prep.raw):
+        msgs.append(
+            "--per-seed: the bootstrap keeps the lr chosen on the full data in each cell trained at several "
+            "lrs (the points are that lr's seeds; a resample choosing another lr would fit another set of "
+            "points), so the intervals leave out the noise of the choice; without --per-seed each resample "
+            "chooses the lr again"
+        )
     try:
         pcfg = ParametricConfig(delta=cfg.delta)
         parametric = fit_parametric(
@@ -367,8 +376,8 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
             seed=seed,
             groups=groups,
             level=lvl,
-            weights=seed_weights(pts),
-            redraw=lr_redraw(prep, pts, cfg),
+            weights=weights,
+            redraw=redraw,
         )
     except (ValueError, RuntimeError) as e:  # ConvergenceError is a RuntimeError
         checks.add(
@@ -382,10 +391,17 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
             "no bootstrap (--bootstrap 0): whether the data identify the exponents was not checked (the "
             "point estimates are shown without intervals); rerun with --bootstrap 200",
         )
-    frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
+    frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed, level=lvl, units=units["N"], redraw=redraw)
     pure = _pure_law(frontier, "loss", B, seed)
     iso = fit_isoflop(
-        pts, n_bootstrap=B, seed=seed, gap_dex=cfg.isoflop_gap_dex, units=units["N"], data_units=units["D"]
+        pts,
+        n_bootstrap=B,
+        seed=seed,
+        gap_dex=cfg.isoflop_gap_dex,
+        units=units["N"],
+        data_units=units["D"],
+        weights=weights,
+        redraw=redraw,
     )
     msgs.extend(iso.messages)
     fid_front = None
@@ -428,9 +444,17 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
 
 
 def seed_weights(pts: pd.DataFrame) -> np.ndarray | None:
-    """(n,) weight of each point in the parametric fit: the number of seeds its cell averages (a mean
-    of k seeds has variance sigma^2 / k), None when the seeds were not averaged (`--per-seed`)."""
+    """(n,) weight of each point in the parametric fit and the IsoFLOP parabolas: the number of seeds its
+    cell averages (a mean of k seeds has variance sigma^2 / k), None when the seeds were not averaged
+    (`--per-seed`). The frontier takes none (a minimum over cells; docs/analysis.md)."""
     return pts["n_seeds"].fillna(1).to_numpy(float) if "n_seeds" in pts.columns else None
+
+
+def several_lrs(raw: pd.DataFrame | None) -> bool:
+    """Whether a cell (`analysis.runs.lr_groups`) of the selected points was trained at several lrs."""
+    if raw is None or "lr" not in raw.columns or not len(raw):
+        return False
+    return bool(raw.groupby(lr_groups(raw))["lr"].nunique().max() > 1)
 
 
 def lr_redraw(prep: Prepared, pts: pd.DataFrame, cfg: AnalysisConfig) -> LrRedraw | None:

@@ -519,11 +519,17 @@ def diverged_runs(points: pd.DataFrame) -> pd.DataFrame | None:
 
 class LrRedraw:
     """The best-lr choice made again in each bootstrap resample (`__call__`: rng -> (n,) losses of the
-    fitted points): in every cell trained at several lrs, each lr's seeds are resampled with replacement,
-    the lr with the lowest mean final loss over them is chosen (`best_lr`'s rule: of equal means the
-    smaller lr; an lr with a diverged seed last), and the cell's points take that lr's mean over its
-    resampled seeds at their step. Points of other cells keep their loss. So the intervals carry the
-    noise of the choice (and of the seeds behind it); with one seed per lr nothing varies.
+    fitted points): in every cell trained at several lrs, each lr's seeds are resampled with replacement
+    and the lr with the lowest mean final loss over them is chosen (`best_lr`'s rule: of equal means the
+    smaller lr; an lr with a diverged seed last); the cell's points then take that lr's mean over ALL
+    its seeds at their step (the full data's value when the choice stands). Points of other cells keep
+    their loss. The resampled seeds make only the choice: the cell resampling (`bootstrap_points`)
+    already carries the seed noise of a cell's mean through its residual, and a point given its
+    resampled seeds' mean as well counted that noise again (a cell drawn c times adds c^2 times the
+    seeds' variance: the slope's bootstrap variance was (1 + 2 (k-1)/k) times the OLS one; Davison &
+    Hinkley 1997, sec. 3.8: resample the top stage, keep the lower stage as it is). So where the choice
+    never flips the bootstrap is the plain cell bootstrap, bit for bit; the intervals widen only by the
+    flips of the choice. With one seed per lr nothing varies.
 
     raw: the per-seed points (before `average_seeds`); fitted: the points the fits see, cells' seeds
     averaged (`run_id` 'a + b'); diverged: as for `best_lr`."""
@@ -536,7 +542,8 @@ class LrRedraw:
         of_run = raw.drop_duplicates("run_id").set_index("run_id")["_g"]
         first = fitted["run_id"].astype(str).str.split(" + ", regex=False).str[0]
         cell = first.map(of_run).to_numpy()
-        self.cells = []  # (lrs (L,), diverged (L,), finals [(k_l,)], rows [(position, [(k_l,) per lr])])
+        fitted_lr, steps = fitted["lr"].to_numpy(float), fitted["step"].fillna(-1.0).to_numpy()
+        self.cells = []  # (lrs (L,), diverged (L,), finals [(k_l,)], rows [(position, (L,) lr means)])
         for g, grp in raw.groupby("_g", sort=True):
             lrs = np.sort(grp["lr"].unique())
             by_lr = [grp[grp["lr"] == x] for x in lrs]
@@ -546,16 +553,14 @@ class LrRedraw:
             tables = [
                 b.pivot_table(index="step", columns="run_id", values="loss")[r] for b, r in zip(by_lr, runs)
             ]
-            rows = [
-                (
-                    int(i),
-                    [
-                        t.loc[s].to_numpy(float) if s in t.index else np.full(t.shape[1], np.nan)
-                        for t in tables
-                    ],
-                )
-                for i, s in zip(np.flatnonzero(cell == g), fitted["step"].fillna(-1.0).to_numpy()[cell == g])
-            ]
+            rows = []
+            for i in np.flatnonzero(cell == g):
+                # each lr's mean over all its seeds at the point's step (NaN: a seed has no evaluation
+                # there); the lr the point was fitted at keeps the fitted value, bit for bit
+                means = np.array([t.loc[steps[i]].mean(skipna=False) if steps[i] in t.index else np.nan
+                                  for t in tables])  # fmt: skip
+                means[lrs == fitted_lr[i]] = self.loss[i]
+                rows.append((int(i), means))
             bad = diverged_lrs(pd.Series(g, index=range(len(lrs))), pd.Series(lrs), diverged)
             self.cells.append((lrs, bad, finals, rows))
 
@@ -568,10 +573,9 @@ class LrRedraw:
             picks = [rng.integers(0, len(f), len(f)) for f in finals]
             keys = [(b, float(f[p].mean()), x) for b, f, p, x in zip(bad, finals, picks, lrs)]
             j = min(range(len(lrs)), key=keys.__getitem__)
-            for i, per_lr in rows:
-                v = per_lr[j][picks[j]]
-                if np.all(np.isfinite(v)):  # else that lr has no evaluation at this point's step
-                    out[i] = v.mean()
+            for i, means in rows:
+                if np.isfinite(means[j]):  # else that lr has no evaluation at this point's step
+                    out[i] = means[j]
         return out
 
 

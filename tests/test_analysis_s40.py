@@ -51,17 +51,17 @@ def _cell(seeds_a, seeds_b) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def test_the_redraw_chooses_the_lr_again_on_resampled_seeds_as_in_closed_form():
-    """lr A's seeds 1.0 and 1.2, lr B's 1.1 and 1.1: A's resampled mean is 1.0, 1.1, 1.2 with
-    probabilities 1/4, 1/2, 1/4. A wins below 1.1 and on the tie (the smaller lr), B wins at 1.2, so the
-    cell's loss is 1.0 with probability 1/4 and 1.1 with 3/4, never 1.2 (a fixed choice of A: 1.2 with
-    probability 1/4)."""
+    """lr A's seeds 1.0 and 1.2, lr B's 1.15 and 1.15: A's resampled mean is 1.0, 1.1, 1.2 with
+    probabilities 1/4, 1/2, 1/4, so A wins with 3/4 and B with 1/4. The cell's point takes the winner's
+    mean over all its seeds (1.1 or 1.15; the resampled seeds make only the choice, tests/
+    test_analysis2_s40.py), so 1.15 with probability 1/4, never 1.0 or 1.2."""
     from analysis.runs import LrRedraw
 
-    redraw = LrRedraw(*_cell([1.0, 1.2], [1.1, 1.1]))
+    redraw = LrRedraw(*_cell([1.0, 1.2], [1.15, 1.15]))
     rng = np.random.default_rng(0)
     draws = np.round([redraw(rng)[0] for _ in range(4000)], 9)
-    assert set(draws) == {1.0, 1.1}
-    share = float(np.mean(draws == 1.0))
+    assert set(draws) == {1.1, 1.15}
+    share = float(np.mean(draws == 1.15))
     assert share == pytest.approx(0.25, abs=4 * np.sqrt(0.25 * 0.75 / 4000))  # 4 binomial sd
 
 
@@ -105,7 +105,7 @@ def test_the_interval_widens_when_the_lr_choice_is_redone_in_each_resample():
     redone, n_ok = _a_interval_width(points)
     kept, n_ok_fixed = _a_interval_width(fixed)
     assert n_ok == n_ok_fixed == 40
-    assert redone > 1.3 * kept, (redone, kept)
+    assert redone > 1.15 * kept, (redone, kept)  # 1.24x (1.48x before the seeds' noise was counted once)
 
 
 # ------------------------------------------------------------------ 2. cells weighted by their seeds
