@@ -9,6 +9,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -269,6 +270,26 @@ def slurm_job_alive(job_id: str) -> bool:
         return squeue_states([job_id]).get(job_id) in SLURM_ALIVE
     except SlurmUnreachable:
         return True
+
+
+def slurm_kill(job_ids: list[str]) -> str:
+    """``scancel --full --signal=KILL`` the jobs ``job_ids`` (every process, the batch shell too); "" when
+    scancel took it, else what it said. slurmctld refuses a job that is already ending (COMPLETING after a
+    plain scancel): its processes get SLURM's own SIGKILL `slurm_kill_wait_s` after their SIGTERM."""
+    try:
+        done = subprocess.run(
+            ["scancel", "--full", "--signal=KILL", *job_ids], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"scancel gave no answer ({e})"
+    return "" if done.returncode == 0 else (done.stderr or done.stdout).strip()[:300] or "scancel failed"
+
+
+def slurm_kill_wait_s() -> int | None:
+    """The cluster's KillWait (`scontrol show config`): seconds from a cancelled job's SIGTERM to SLURM's
+    SIGKILL; None where scontrol does not say."""
+    found = re.search(r"^KillWait\s*=\s*(\d+)", _stdout(["scontrol", "show", "config"]), re.MULTILINE)
+    return int(found.group(1)) if found else None
 
 
 def _stdout(cmd: list[str]) -> str:

@@ -839,7 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a config path that is a folder, an output folder that cannot be made, ...
         print(f"error: {e}; check --config and --output-dir", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if str(e):  # `sweeps.runner.CancelInterrupted`: what the Ctrl-C stopped
+            print(f"\ninterrupted: {e}", file=sys.stderr)
+            return 130
         print(
             "\ninterrupted: SLURM jobs keep running; local jobs get a terminal's Ctrl-C too and stop (not "
             "counted as tries against --max-retries). Relaunch the same command to resume: finished cells "

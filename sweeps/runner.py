@@ -38,6 +38,8 @@ from sweeps.executor import (
     parse_sbatch_lines,
     resolve_executor_kind,
     slurm_job_alive,
+    slurm_kill,
+    slurm_kill_wait_s,
     slurm_state,
     squeue_states,
     warm_unsupported,
@@ -421,22 +423,31 @@ class _Runner:
                 except OSError as e:  # the cancel goes on: at worst the job counts as a try
                     log.error("cell %s: could not note job %s as cancelled: %s", t.cell_id, j.job_id, e)
         log.warning("recording %d job(s) in their runs failed: cancelling them (%s)", len(jobs), ids)
-        left = _cancel_jobs(jobs, self.prep.kind, hurry=lambda: self.held.count(signal.SIGINT) >= 2)
+        hurried = lambda: self.held.count(signal.SIGINT) >= 2  # noqa: E731 - the user's second Ctrl-C
+        left = _cancel_jobs(jobs, self.prep.kind, hurry=hurried)
         what = (
             f"recording the job(s) of {len(cells)} cell(s) ({', '.join(cells[:8])}) in their MLflow runs at "
         )
         what += f"{self.prep.tracking_uri} failed ({_error_line(error)})"
-        if left:
-            raise RuntimeError(
+        if hurried():
+            text = _hurried_text(what, ids, left, self.prep.kind)
+        elif left:
+            text = (
                 f"{what}, and job(s) {', '.join(left)} could not be cancelled or had not ended when the "
                 f"launcher stopped waiting (up to {CANCEL_WAIT_S:.0f} s); make sure they are gone (on SLURM "
                 "`squeue -j JOB` lists none: `scancel` them; else kill the process that holds the cell's "
                 "lock) before launching again, or a relaunch would train those cells twice"
-            ) from error
-        raise RuntimeError(
-            f"{what}; job(s) {ids} cancelled so that none trains unrecorded. Launch again once the tracking "
-            "server answers: the relaunch submits those cells again and resumes them in their runs"
-        ) from error
+            )
+        else:
+            text = (
+                f"{what}; job(s) {ids} cancelled so that none trains unrecorded. Launch again once the "
+                "tracking server answers: the relaunch submits those cells again and resumes them in their "
+                "runs"
+            )
+        if signal.SIGINT in self.held:  # the user's Ctrl-C, acted on here: said with what it stopped
+            self.held[:] = [s for s in self.held if s != signal.SIGINT]
+            raise CancelInterrupted(text) from error
+        raise RuntimeError(text) from error
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
         try:
@@ -711,6 +722,40 @@ def _until_slurm_ended(
             said = True
         time.sleep(poll_s)
     return job_ids
+
+
+class CancelInterrupted(KeyboardInterrupt):
+    """The user's Ctrl-C while the launcher cancelled jobs whose record failed; says what became of them."""
+
+
+def _hurried_text(what: str, ids: str, left: list[str], kind: str) -> str:
+    """What a second Ctrl-C during the cancel of the jobs ``ids`` (``what``: why they were cancelled) did:
+    local jobs are killed; SLURM's still listed (``left``) get ``scancel --full --signal=KILL``, which
+    slurmctld refuses for a job already ending (COMPLETING): SLURM kills it after its KillWait."""
+    again = "Launch again once the tracking server answers: the relaunch resumes those cells in their runs"
+    if kind != "slurm":
+        gone = (
+            f"; {', '.join(left)} not seen to end: kill the process that holds the cell's lock"
+            if left
+            else ""
+        )
+        return f"{what}; job(s) {ids} killed (SIGKILL) on a second Ctrl-C{gone}. {again}"
+    if not left:
+        return f"{what}; job(s) {ids} cancelled and ended. {again}"
+    listed = ",".join(left)
+    log.warning("Ctrl-C again: scancel --full --signal=KILL %s", listed)
+    said = slurm_kill(left)
+    kill = "sent" if not said else f"refused ({said})"
+    if said:
+        wait = slurm_kill_wait_s()
+        kill += ": slurmctld signals no job that is already ending (COMPLETING); SLURM itself kills its "
+        kill += f"processes {'KillWait' if wait is None else f'{wait} s (KillWait)'} after the cancel"
+    return (
+        f"{what}; job(s) {ids} cancelled; on a second Ctrl-C the launcher stopped waiting for "
+        f"{', '.join(left)} to end, and scancel --full --signal=KILL {listed} was {kill}. Make sure "
+        f"`squeue -j {listed}` lists none before launching again (a relaunch meanwhile skips their cells "
+        f"as live). {again}"
+    )
 
 
 def _kill_jobs(jobs: list[Any], wait_s: float = KILL_WAIT_S) -> list[str]:
