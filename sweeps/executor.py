@@ -261,6 +261,21 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     return {r[0]: "HELD" if r[0] in held else r[1] for r in rows if len(r) >= 2}
 
 
+def squeue_jobs_in(folder: str | Path, job_name: str) -> list[str]:
+    """The ids (array tasks as ``N_i``) of the jobs named ``job_name`` that squeue lists, not over, with
+    their output in ``folder`` (a sweep's submitit folder); raises `SlurmUnreachable`."""
+    cmd = ["squeue", "-h", "-r", "-n", job_name, "-O", "JobArrayID:64,State:24,StdOut:4096"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SlurmUnreachable(f"`squeue` gave no answer ({e})") from None
+    if done.returncode != 0:
+        raise SlurmUnreachable(f"`squeue` failed: {(done.stderr or done.stdout).strip()[:300]}")
+    rows = [line.split(None, 2) for line in done.stdout.splitlines()]
+    inside = str(Path(folder).resolve()) + os.sep
+    return [r[0] for r in rows if len(r) == 3 and r[1] in SLURM_ALIVE and r[2].rstrip().startswith(inside)]
+
+
 def slurm_job_alive(job_id: str) -> bool:
     """Whether ``squeue`` (slurmctld itself) still lists job ``job_id`` as not over, or does not answer
     (a job is not called over unseen). A launcher asks it when ``sacct`` has called the job done

@@ -22,6 +22,7 @@ from typing import Any
 
 import submitit
 
+from dit_core.tracking import JOB_ID_TAG
 from dit_core.trainer.signals import signals_deferred
 from sweeps.eta import cell_work, time_left
 from sweeps.executor import (
@@ -41,6 +42,7 @@ from sweeps.executor import (
     slurm_kill,
     slurm_kill_wait_s,
     slurm_state,
+    squeue_jobs_in,
     squeue_states,
     warm_unsupported,
 )
@@ -61,6 +63,7 @@ from sweeps.state import (
     forget_cancelled,
     note_cancelled,
     plan,
+    read_runs,
     read_states,
     record_interrupts,
     record_submissions,
@@ -241,6 +244,8 @@ def launch(
             # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
             states = preview(spec, all_tasks, configs, uri)
             check_known(states, jobs_gone)
+            if prep.kind == "slurm":
+                check_unrecorded(spec, uri, states)
             ensure_experiment(uri, spec.experiment)
             # the store as resolved here (absolute): `status` from another folder reads the same one
             write_spec_record((record or spec).replace(tracking_uri=uri), sdir)
@@ -291,6 +296,31 @@ def check_known(states: dict[str, CellState], jobs_gone: bool = False) -> None:
             f"cell(s) ({', '.join(unknown[:8])}) are still alive is not known; nothing submitted: launch "
             "again once `squeue` answers, or, if that cluster is gone for good (its jobs with it), add "
             "--slurm-jobs-gone"
+        )
+
+
+def check_unrecorded(spec: SweepSpec, uri: str, states: dict[str, CellState]) -> None:
+    """ValueError where squeue lists live jobs of this sweep (its job name, their output in its ``jobs``
+    folder) that no cell's run records: a launcher killed (SIGKILL) between submitting them and writing
+    them into their runs. They train their cells into their runs unrecorded, and a launch now would
+    submit a second job of each of those cells beside them."""
+    try:
+        listed = squeue_jobs_in(sweep_dir(spec) / "jobs", f"ditscale-{spec.name}")
+    except SlurmUnreachable as e:  # `check_known` has refused where a record's liveness is unknown
+        log.warning("%s; jobs of this sweep that no run records are not looked for", e)
+        return
+    recorded = {st.job_id for st in states.values()}
+    if any(j not in recorded for j in listed):  # the other cells' records too (an adaptive sweep's budgets)
+        runs = read_runs(uri, spec.experiment, spec.name)
+        recorded |= {rs[0].data.tags.get(JOB_ID_TAG) for rs in runs.values()}
+    if unrecorded := [j for j in listed if j not in recorded]:
+        ids = ",".join(unrecorded)
+        raise ValueError(
+            f"squeue lists job(s) {ids} of sweep {spec.name!r} (their logs in {sweep_dir(spec) / 'jobs'}) "
+            "that no cell's MLflow run records: a launcher was killed between submitting and recording "
+            "them, and they train their cells unrecorded; nothing submitted (a second job of those cells "
+            f"would train beside them): wait until `squeue -j {ids}` lists none, or `scancel {ids}`, then "
+            "launch again"
         )
 
 

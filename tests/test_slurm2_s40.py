@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+import uuid
 
 import pytest
-from _sweep_specs import wait_for
+from _sweep_specs import runs_by_cell, states_of, wait_for
 from conftest import free_port, start_mlflow_server, stop_mlflow_server
 from test_left_s39 import two_cell_yaml
 from test_slurm_s40 import alive
@@ -23,6 +25,18 @@ from sweeps.runner import sweep_dir
 from sweeps.state import CANCELLED_FILE
 
 pytestmark = pytest.mark.slurm
+
+
+def jobs_named(sweep: str, sacct: bool = False) -> list[str]:
+    """The ids of sweep ``sweep``'s jobs (job name ``ditscale-<sweep>``) that squeue lists, or, ``sacct``,
+    that sacct has (over or not)."""
+    name = f"ditscale-{sweep}"
+    cmd = (
+        ["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name]
+        if sacct
+        else ["squeue", "-h", "-r", "-n", name, "-o", "%i"]
+    )
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
 
 
 def test_slurm_a_second_ctrl_c_during_the_cancel_wait_exits_130_at_once_naming_the_jobs_and_the_kill(
@@ -83,3 +97,76 @@ def test_slurm_a_second_ctrl_c_during_the_cancel_wait_exits_130_at_once_naming_t
         signal.signal(signal.SIGINT, old_int)
         subprocess.run(["scancel", *{j.split("_")[0] for j in ids}], check=False)
         stop_mlflow_server(server["proc"])
+
+
+#: A launcher (run as a script) that is slow to write its jobs into their runs: it says the job ids in
+#: the file argv[1] and sleeps, so that a SIGKILL lands between submitting and recording.
+SLOW_RECORD = """
+import sys, time
+from pathlib import Path
+from sweeps import launch, runner
+def slow(uri, subs):
+    Path(sys.argv[1]).write_text(" ".join(s.job.job_id for s in subs))
+    time.sleep(120)
+runner.record_submissions = slow
+sys.exit(launch.main(sys.argv[2:]))
+"""
+
+
+def test_slurm_a_relaunch_after_a_launcher_killed_before_its_record_submits_no_second_job(
+    job_env, tmp_path, capsys
+):
+    """A launcher is SIGKILLed after sbatch accepted the job array, before the jobs were written into their
+    cells' runs. The jobs run on (submitit had moved their task pickles in place) and train their cells
+    into the runs, unrecorded; the runs name no job, so a relaunch took the cells for missing and submitted
+    a second job of each beside them: before the fix, measured, the relaunch submitted both cells and one
+    run logged its last step twice. A SLURM launch now asks squeue for live jobs of the sweep (its job name,
+    their logs in its folder) that no run records and refuses, naming them (exit 2, nothing submitted);
+    once they have ended, a relaunch finds the cells finished, each in its one run, no step twice."""
+    events = tmp_path / "events"
+    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, setup: ['sleep 8']}"  # alive at the relaunch
+    cfg = two_cell_yaml(tmp_path, f"killed-{uuid.uuid4().hex[:8]}", executor, events)  # its own job name
+    spec = load_spec(cfg).replace(tracking_uri=job_env)
+    script, said = tmp_path / "slow_record.py", tmp_path / "said"
+    script.write_text(SLOW_RECORD)
+    argv = ["-c", str(cfg), "--tracking-uri", job_env, "--poll", "0.5"]
+    proc = subprocess.Popen([sys.executable, str(script), str(said), *argv])
+    ids: list[str] = []
+    try:
+        wait_for(lambda: said.exists() or proc.poll() is not None, "the launcher to submit", 120)
+        proc.kill()  # SIGKILL: nothing of the launcher runs after it
+        proc.wait()
+        ids = said.read_text().split()
+        assert len(ids) == 2 and set(alive(ids).values()) <= {"PENDING", "RUNNING"}, alive(ids)
+        assert {st.state for st in states_of(spec, job_env).values()} == {"missing"}
+
+        code = launch_cli.main(argv)
+        err = capsys.readouterr().err
+        listed = sorted(alive(ids))
+        assert code == 2 and listed == sorted(ids), (code, listed, err)
+        assert f"squeue lists job(s) {','.join(ids)} of sweep '{spec.name}'" in err, err
+        assert "nothing submitted" in err and f"scancel {','.join(ids)}" in err, err
+        array = ids[0].split("_")[0]
+        assert sorted(jobs_named(spec.name)) == sorted(ids)  # no other job of the sweep went out
+
+        wait_for(lambda: not alive(ids), "the unrecorded jobs to end", 90)
+        assert launch_cli.main(argv) == 0
+        states = states_of(spec, job_env)
+        assert {c: st.state for c, st in states.items()} == {"S-2-3e9": "finished", "B-2-3e9": "finished"}
+        assert sorted(
+            ln.split()[0] for ln in events.read_text().splitlines() if ln.split()[1] == "start"
+        ) == [
+            "B-2-3e9",
+            "S-2-3e9",
+        ]
+        from mlflow.tracking import MlflowClient
+
+        for cell, runs in runs_by_cell(job_env, spec.experiment).items():
+            (run,) = runs
+            steps = [m.step for m in MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")]
+            assert steps == sorted(set(steps)), (cell, steps)
+        assert {j.split("_")[0] for j in jobs_named(spec.name, sacct=True)} == {array}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["scancel", *{j.split("_")[0] for j in ids}], check=False)
