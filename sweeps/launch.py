@@ -805,6 +805,17 @@ def _say_terminated(signum: int, frame) -> None:  # noqa: ARG001 - a signal hand
     os.kill(os.getpid(), signal.SIGTERM)  # exit as killed by it (status 143), as without this handler
 
 
+def _mlflow_error(e: BaseException) -> bool:
+    """Whether ``e`` is MLflow's own (`MlflowException`: a store's or a server's error), mlflow imported."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    return exceptions is not None and isinstance(e, exceptions.MlflowException)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, at most 300 characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -819,6 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    spec = None
     try:
         if args.command == "status":
             check_status_args(parser, args)
@@ -838,6 +850,16 @@ def main(argv: list[str] | None = None) -> int:
         return stdout_closed()
     except OSError as e:  # a config path that is a folder, an output folder that cannot be made, ...
         print(f"error: {e}; check --config and --output-dir", file=sys.stderr)
+        return 2
+    except Exception as e:  # an MLflow store that answers its health check but fails (its database, ...)
+        if not _mlflow_error(e):
+            raise
+        uri = resolve_tracking_uri(args.tracking_uri if spec is None else spec.tracking_uri)
+        print(
+            f"error: the MLflow tracking store at {uri} failed ({_first_line(e)}); fix it (a server's log "
+            "says why), then run the same command again: finished and live cells are kept",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt as e:
         if str(e):  # `sweeps.runner.CancelInterrupted`: what the Ctrl-C stopped

@@ -24,8 +24,6 @@ from sweeps.grid import load_spec
 from sweeps.runner import sweep_dir
 from sweeps.state import CANCELLED_FILE
 
-pytestmark = pytest.mark.slurm
-
 
 def jobs_named(sweep: str, sacct: bool = False) -> list[str]:
     """The ids of sweep ``sweep``'s jobs (job name ``ditscale-<sweep>``) that squeue lists, or, ``sacct``,
@@ -39,6 +37,7 @@ def jobs_named(sweep: str, sacct: bool = False) -> list[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
 
 
+@pytest.mark.slurm
 def test_slurm_a_second_ctrl_c_during_the_cancel_wait_exits_130_at_once_naming_the_jobs_and_the_kill(
     job_env, tmp_path, monkeypatch, capsys
 ):
@@ -113,6 +112,7 @@ sys.exit(launch.main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slurm
 def test_slurm_a_relaunch_after_a_launcher_killed_before_its_record_submits_no_second_job(
     job_env, tmp_path, capsys
 ):
@@ -170,3 +170,30 @@ def test_slurm_a_relaunch_after_a_launcher_killed_before_its_record_submits_no_s
         if proc.poll() is None:
             proc.kill()
         subprocess.run(["scancel", *{j.split("_")[0] for j in ids}], check=False)
+
+
+def test_status_and_launch_against_a_server_whose_store_fails_say_so_without_a_traceback(
+    tmp_path, capsys, monkeypatch
+):
+    """A real `mlflow server` that answers its /health probe while its store fails (here its sqlite file
+        overwritten in place: every query is "file is not a database"). `status` and a launch passed the
+        server check, then died in `read_runs` with MLflow's exception (a RestException for the server's 400,
+    or a MlflowException once its retries of a 500 ran out): a 40-line traceback, exit 1.
+        Both now say which store failed and why in one line and exit 2; the launch submits nothing."""
+    store, port = tmp_path / "server", free_port()
+    proc = start_mlflow_server(store, port=port)[0]
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's retries of a 5xx: 4 min by default
+    cfg = two_cell_yaml(tmp_path, "broken", "{name: local}", tmp_path / "events")
+    try:
+        with open(store / "mlflow.db", "r+b") as f:  # the server's open connections read it from now on
+            f.write(b"not a database" * 512)
+        for command in (["status"], ["run", "--executor", "local"]):
+            code = launch_cli.main([*command, "-c", str(cfg), "--tracking-uri", url])
+            out = capsys.readouterr()
+            assert code == 2, (command, code, out)
+            assert f"error: the MLflow tracking store at {url} failed (" in out.err, out.err
+            assert "Traceback" not in out.err and len(out.err.splitlines()) == 1, out.err
+        assert not (tmp_path / "events").exists()  # nothing trained
+    finally:
+        stop_mlflow_server(proc)
