@@ -248,30 +248,30 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     `SlurmUnreachable` when squeue gives no answer (an unknown job id is an answer: not listed)."""
     if not job_ids:
         return {}
-    cmd = ["squeue", "-h", "-r", "-o", "%i %T %r", "-j", ",".join(sorted(set(job_ids)))]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SlurmUnreachable(f"`squeue` gave no answer ({e})") from None
-    if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
-        why = (done.stderr or done.stdout).strip()[:300] or f"exit status {done.returncode}"
-        raise SlurmUnreachable(f"`squeue` failed: {why}")
-    rows = [line.split(None, 2) for line in done.stdout.splitlines()]
+    out = _squeue(["-o", "%i %T %r", "-j", ",".join(sorted(set(job_ids)))], unknown_ids_ok=True)
+    rows = [line.split(None, 2) for line in out.splitlines()]
     held = {r[0] for r in rows if len(r) == 3 and r[1] == "PENDING" and "held" in r[2].lower()}
     return {r[0]: "HELD" if r[0] in held else r[1] for r in rows if len(r) >= 2}
+
+
+def _squeue(args: list[str], unknown_ids_ok: bool = False) -> str:
+    """``squeue -h -r ARGS``' output (array tasks one a line); raises `SlurmUnreachable` when squeue gives
+    no answer (``unknown_ids_ok``: job ids it no longer lists are an answer, not a failure)."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SlurmUnreachable(f"`squeue` gave no answer ({e})") from None
+    if done.returncode != 0 and not (unknown_ids_ok and "invalid job id" in done.stderr.lower()):
+        why = (done.stderr or done.stdout).strip()[:300] or f"exit status {done.returncode}"
+        raise SlurmUnreachable(f"`squeue` failed: {why}")
+    return done.stdout
 
 
 def squeue_jobs_in(folder: str | Path, job_name: str) -> list[str]:
     """The ids (array tasks as ``N_i``) of the jobs named ``job_name`` that squeue lists, not over, with
     their output in ``folder`` (a sweep's submitit folder); raises `SlurmUnreachable`."""
-    cmd = ["squeue", "-h", "-r", "-n", job_name, "-O", "JobArrayID:64,State:24,StdOut:4096"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SlurmUnreachable(f"`squeue` gave no answer ({e})") from None
-    if done.returncode != 0:
-        raise SlurmUnreachable(f"`squeue` failed: {(done.stderr or done.stdout).strip()[:300]}")
-    rows = [line.split(None, 2) for line in done.stdout.splitlines()]
+    out = _squeue(["-n", job_name, "-O", "JobArrayID:64,State:24,StdOut:4096"])
+    rows = [line.split(None, 2) for line in out.splitlines()]
     inside = str(Path(folder).resolve()) + os.sep
     return [r[0] for r in rows if len(r) == 3 and r[1] in SLURM_ALIVE and r[2].rstrip().startswith(inside)]
 

@@ -429,14 +429,6 @@ def _run_folders(runs: dict) -> list[str]:
     return sorted({str(Path(o).parents[2]) for o in outs if o and len(Path(o).parents) > 2})
 
 
-def cmd_status(
-    spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool = False, unknown: bool = False
-) -> int:
-    """Print the sweep's table (`show_status`)."""
-    show_status(spec, launched, guessed, unknown)
-    return 0
-
-
 def show_status(
     spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool = False, unknown: bool = False
 ) -> dict[str, CellState]:
@@ -759,7 +751,7 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
         )
     if res.stopped:
         print(res.stopped)
-    cmd_status(spec)
+    show_status(spec)
     _print_failed(res.errors, res.logs)
     if res.errors or (res.stopped and not args.no_wait):
         print("relaunch the same command to retry; placed budgets keep their cells", file=sys.stderr)
@@ -839,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
             launched = read_spec_record(sweep_dir(spec))
             guessed = launched is None and not _describes_cells(args)
             unknown = guessed and args.config is None and args.name is not None  # the demo is not its config
-            return cmd_status(status_spec(spec, args, launched), launched, guessed, unknown)
+            show_status(status_spec(spec, args, launched), launched, guessed, unknown)
+            return 0
         if argv is None:  # the CLI's own process (a test calling main() keeps its handlers)
             signal.signal(signal.SIGTERM, _say_terminated)
         return cmd_run(spec, args)

@@ -49,6 +49,7 @@ from sweeps.executor import (
 from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
 from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
+    DIED_BEFORE_TRAINING,
     KILLED_IN_TRAINING,
     CellState,
     Plan,
@@ -328,22 +329,16 @@ def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:
     """End the runs of cells whose last job is over but left the run open (seen by this launch), out of
     retries or not (`sweeps.state.end_orphaned_runs`): still SCHEDULED (the job died before its trainer
     started): FAILED; still RUNNING (the trainer was killed, e.g. SIGKILL): KILLED, tag status=killed."""
-    unstarted = {
-        st.run_id: st for st in states.values() if st.state == "failed" and st.run_status == "SCHEDULED"
-    }
-    ended = set(end_orphaned_runs(uri, dict.fromkeys(unstarted, ""))) if unstarted else set()
-    for run_id in ended:
-        unstarted[run_id].run_status = "FAILED"
-        log.warning(
-            "cell %s: its job ended before training; run %s ended FAILED", unstarted[run_id].cell_id, run_id
-        )
-    killed = {
-        st.run_id: st for st in states.values() if st.state == "interrupted" and st.run_status == "RUNNING"
-    }
-    why = "its job ended while the trainer ran, without ending the run (killed)"
-    for run_id in _end_killed(uri, dict.fromkeys(killed, why)) if killed else []:
-        killed[run_id].run_status = "KILLED"
-        log.warning("cell %s: %s; run %s ended KILLED", killed[run_id].cell_id, why, run_id)
+    killed = "its job ended while the trainer ran, without ending the run (killed)"
+    for state, left, status, tag, why, error in (
+        ("failed", "SCHEDULED", "FAILED", DIED_BEFORE_TRAINING, "its job ended before training", ""),
+        ("interrupted", "RUNNING", "KILLED", KILLED_IN_TRAINING, killed, killed),
+    ):
+        runs = {st.run_id: st for st in states.values() if (st.state, st.run_status) == (state, left)}
+        errors = dict.fromkeys(runs, error)
+        for run_id in end_orphaned_runs(uri, errors, status=status, tag=tag, left=(left,)) if runs else []:
+            runs[run_id].run_status = status
+            log.warning("cell %s: %s; run %s ended %s", runs[run_id].cell_id, why, run_id, status)
 
 
 def _end_killed(uri: str, errors: dict[str, str]) -> list[str]:
