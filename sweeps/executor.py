@@ -159,6 +159,16 @@ def slurm_parameters(spec: ExecutorSpec, job_name: str) -> dict[str, Any]:
     return params
 
 
+def sbatch_flags(spec: ExecutorSpec, folder: Path, job_name: str, n_jobs: int) -> list[str]:
+    """The ``#SBATCH`` flags of the script `make_executor`'s executor writes for ``n_jobs`` cells (one job
+    array where more than one, as `map_array` sends them), without submitting or making anything."""
+    from submitit.slurm.slurm import _make_sbatch_string  # the function the executor writes it with
+
+    params = slurm_parameters(spec, job_name) | ({"map_count": n_jobs} if n_jobs > 1 else {})
+    text = _make_sbatch_string(command="", folder=Path(folder) / "%j", **params)
+    return [ln.removeprefix("#SBATCH").strip() for ln in text.splitlines() if ln.startswith("#SBATCH")]
+
+
 def slurm_mem(mem_gb: float) -> str:
     """sbatch's ``--mem`` for ``mem_gb`` GB: whole GB as ``4GB``, else in MB (``1536MB``)."""
     return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"

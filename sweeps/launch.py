@@ -30,7 +30,7 @@ from sweeps.design import (
     read_record,
     recorded_spec,
 )
-from sweeps.executor import resolve_executor_kind
+from sweeps.executor import resolve_executor_kind, sbatch_flags
 from sweeps.grid import (
     DESIGNS,
     EXECUTORS,
@@ -44,7 +44,16 @@ from sweeps.grid import (
     parse_budget,
     read_spec_record,
 )
-from sweeps.runner import Progress, check_executor, check_output_dir, check_wait, launch, preview, sweep_dir
+from sweeps.runner import (
+    Progress,
+    check_executor,
+    check_output_dir,
+    check_wait,
+    job_name,
+    launch,
+    preview,
+    sweep_dir,
+)
 from sweeps.state import (
     AUTH_HINT,
     CellState,
@@ -714,13 +723,18 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(line)
     print()
     print(bill)
+    n_submit = len(cells)
     if any(st.run_id for st in states.values()):
         p = plan(states, spec.executor.max_retries)
+        n_submit = len(p.submit)
         print(
             f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} "
             f"running or queued, {len(p.exhausted)} out of retries; a launch would submit "
             f"{len(p.submit)} of {len(cells)} cells"
         )
+    if kind == "slurm" and n_submit:
+        flags = sbatch_flags(spec.executor, sdir / "jobs", job_name(spec), n_submit)
+        print(f"sbatch for those {n_submit} cells: {' '.join(flags)}")
     for note in notes:
         print(note)
     print("dry run: nothing submitted")

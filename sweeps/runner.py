@@ -146,6 +146,11 @@ def sweep_dir(spec: SweepSpec) -> Path:
     return (Path(spec.output_dir) / spec.name).resolve()
 
 
+def job_name(spec: SweepSpec) -> str:
+    """The SLURM job name of the sweep's jobs."""
+    return f"ditscale-{spec.name}"
+
+
 def prepare(spec: SweepSpec) -> Prepared:
     """Validate everything; raises ValueError naming the problem. Submits nothing."""
     cells = expand(spec)
@@ -263,9 +268,7 @@ def launch(
                 n_fin, n_live = len(the_plan.finished), len(the_plan.running)
                 log.info("nothing to submit: %d finished, %d running", n_fin, n_live)
                 return result
-            executor = warm or make_executor(
-                spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
-            )
+            executor = warm or make_executor(spec.executor, prep.kind, sdir / "jobs", job_name=job_name(spec))
             others = {cid: all_tasks[cid].run_dir for cid in the_plan.running}
             work = _work(prep.cells, all_tasks)
             _Runner(prep, executor, result, states, on_progress, poll_s, others, work=work).run(tasks, wait)
@@ -306,7 +309,7 @@ def check_unrecorded(spec: SweepSpec, uri: str, states: dict[str, CellState]) ->
     them into their runs. They train their cells into their runs unrecorded, and a launch now would
     submit a second job of each of those cells beside them."""
     try:
-        listed = squeue_jobs_in(sweep_dir(spec) / "jobs", f"ditscale-{spec.name}")
+        listed = squeue_jobs_in(sweep_dir(spec) / "jobs", job_name(spec))
     except SlurmUnreachable as e:  # `check_known` has refused where a record's liveness is unknown
         log.warning("%s; jobs of this sweep that no run records are not looked for", e)
         return

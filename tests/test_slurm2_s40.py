@@ -197,3 +197,48 @@ def test_status_and_launch_against_a_server_whose_store_fails_say_so_without_a_t
         assert not (tmp_path / "events").exists()  # nothing trained
     finally:
         stop_mlflow_server(proc)
+
+
+@pytest.mark.slurm
+def test_slurm_the_dry_run_shows_the_sbatch_flags_a_launch_then_submits(job_env, tmp_path, capsys):
+    """The dry run listed the cells and the bill, but not what sbatch would get: nothing to check a job
+    array's resources, time, signal and extra flags against before submitting. It now prints the flags of
+    the script submitit writes for the cells a launch would submit (`sweeps.executor.sbatch_flags`, made
+    by submitit's own function, nothing written); a launch right after submits a job array whose
+    `#SBATCH` lines are exactly those. Before the fix: no such line."""
+    executor = "{name: slurm, timeout_min: 5, mem_gb: 1.5, signal_delay_s: 30, sbatch: ['--qos=normal']}"
+    cfg = two_cell_yaml(tmp_path, "flags", executor, tmp_path / "events")
+    argv = ["-c", str(cfg), "--tracking-uri", job_env, "--output-dir", str(tmp_path / "out")]
+    assert launch_cli.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    said = next((ln for ln in out.splitlines() if ln.startswith("sbatch for those 2 cells: ")), "")
+    assert said, out
+    assert not (tmp_path / "out").exists()  # a dry run makes nothing
+    flags = said.split(": ", 1)[1].split()
+    assert {
+        "--array=0-1%2",
+        "--mem=1536MB",
+        "--time=5",
+        "--signal=USR2@30",
+        "--qos=normal",
+        "--requeue",
+    } <= set(flags), flags
+    ids: list[str] = []
+    try:
+        assert launch_cli.main([*argv, "--no-wait"]) == 0
+        jobs = capsys.readouterr().out.split("jobs: ", 1)[1].splitlines()[0]
+        ids = [j.split("=")[1] for j in jobs.split(", ")]
+        array = ids[0].split("_")[0]
+        script = tmp_path / "out" / "flags" / "jobs" / array / f"{array}_submission.sh"
+        sent = [
+            ln.removeprefix("#SBATCH").strip()
+            for ln in script.read_text().splitlines()
+            if ln.startswith("#SBATCH")
+        ]
+        assert sent == flags
+        wait_for(lambda: not alive(ids), "the jobs to end", 90)
+        assert launch_cli.main([*argv, "--dry-run"]) == 0  # nothing left to submit: no sbatch line
+        out = capsys.readouterr().out
+        assert "a launch would submit 0 of 2 cells" in out and "sbatch for" not in out, out
+    finally:
+        subprocess.run(["scancel", *{j.split("_")[0] for j in ids}], check=False)
