@@ -1,6 +1,7 @@
 """Session 40, helper "slurm2": the sweep launcher on the real SLURM cluster and a real `mlflow server`
-(docs/testing.md, session 40): a second Ctrl-C during the cancel of unrecorded SLURM jobs, ... Each fix's
-test failed on the code before it."""
+(docs/testing.md, session 40): a second Ctrl-C during the cancel of unrecorded SLURM jobs, a relaunch
+after a launcher SIGKILLed before its record, a store failing behind a healthy server, the dry run's
+sbatch flags. Each fix's test failed on the code before it."""
 
 from __future__ import annotations
 
