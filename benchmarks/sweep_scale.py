@@ -143,12 +143,12 @@ def _stored_points(db_uri: str | None, tracking_uri: str, run_ids: list[str], ke
 
 
 def _status(spec: SweepSpec) -> tuple[float, str]:
-    from sweeps.launch import cmd_status
+    from sweeps.launch import show_status
 
     buf = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(buf):
-        cmd_status(spec)
+        show_status(spec)
     return time.perf_counter() - t0, buf.getvalue()
 
 

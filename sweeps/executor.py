@@ -9,6 +9,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,6 +159,16 @@ def slurm_parameters(spec: ExecutorSpec, job_name: str) -> dict[str, Any]:
     return params
 
 
+def sbatch_flags(spec: ExecutorSpec, folder: Path, job_name: str, n_jobs: int) -> list[str]:
+    """The ``#SBATCH`` flags of the script `make_executor`'s executor writes for ``n_jobs`` cells (one job
+    array where more than one, as `map_array` sends them), without submitting or making anything."""
+    from submitit.slurm.slurm import _make_sbatch_string  # the function the executor writes it with
+
+    params = slurm_parameters(spec, job_name) | ({"map_count": n_jobs} if n_jobs > 1 else {})
+    text = _make_sbatch_string(command="", folder=Path(folder) / "%j", **params)
+    return [ln.removeprefix("#SBATCH").strip() for ln in text.splitlines() if ln.startswith("#SBATCH")]
+
+
 def slurm_mem(mem_gb: float) -> str:
     """sbatch's ``--mem`` for ``mem_gb`` GB: whole GB as ``4GB``, else in MB (``1536MB``)."""
     return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"
@@ -247,17 +258,32 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     `SlurmUnreachable` when squeue gives no answer (an unknown job id is an answer: not listed)."""
     if not job_ids:
         return {}
-    cmd = ["squeue", "-h", "-r", "-o", "%i %T %r", "-j", ",".join(sorted(set(job_ids)))]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SlurmUnreachable(f"`squeue` gave no answer ({e})") from None
-    if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
-        why = (done.stderr or done.stdout).strip()[:300] or f"exit status {done.returncode}"
-        raise SlurmUnreachable(f"`squeue` failed: {why}")
-    rows = [line.split(None, 2) for line in done.stdout.splitlines()]
+    out = _squeue(["-o", "%i %T %r", "-j", ",".join(sorted(set(job_ids)))], unknown_ids_ok=True)
+    rows = [line.split(None, 2) for line in out.splitlines()]
     held = {r[0] for r in rows if len(r) == 3 and r[1] == "PENDING" and "held" in r[2].lower()}
     return {r[0]: "HELD" if r[0] in held else r[1] for r in rows if len(r) >= 2}
+
+
+def _squeue(args: list[str], unknown_ids_ok: bool = False) -> str:
+    """``squeue -h -r ARGS``' output (array tasks one a line); raises `SlurmUnreachable` when squeue gives
+    no answer (``unknown_ids_ok``: job ids it no longer lists are an answer, not a failure)."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SlurmUnreachable(f"`squeue` gave no answer ({e})") from None
+    if done.returncode != 0 and not (unknown_ids_ok and "invalid job id" in done.stderr.lower()):
+        why = (done.stderr or done.stdout).strip()[:300] or f"exit status {done.returncode}"
+        raise SlurmUnreachable(f"`squeue` failed: {why}")
+    return done.stdout
+
+
+def squeue_jobs_in(folder: str | Path, job_name: str) -> list[str]:
+    """The ids (array tasks as ``N_i``) of the jobs named ``job_name`` that squeue lists, not over, with
+    their output in ``folder`` (a sweep's submitit folder); raises `SlurmUnreachable`."""
+    out = _squeue(["-n", job_name, "-O", "JobArrayID:64,State:24,StdOut:4096"])
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    inside = str(Path(folder).resolve()) + os.sep
+    return [r[0] for r in rows if len(r) == 3 and r[1] in SLURM_ALIVE and r[2].rstrip().startswith(inside)]
 
 
 def slurm_job_alive(job_id: str) -> bool:
@@ -269,6 +295,26 @@ def slurm_job_alive(job_id: str) -> bool:
         return squeue_states([job_id]).get(job_id) in SLURM_ALIVE
     except SlurmUnreachable:
         return True
+
+
+def slurm_kill(job_ids: list[str]) -> str:
+    """``scancel --full --signal=KILL`` the jobs ``job_ids`` (every process, the batch shell too); "" when
+    scancel took it, else what it said. slurmctld refuses a job that is already ending (COMPLETING after a
+    plain scancel): its processes get SLURM's own SIGKILL `slurm_kill_wait_s` after their SIGTERM."""
+    try:
+        done = subprocess.run(
+            ["scancel", "--full", "--signal=KILL", *job_ids], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"scancel gave no answer ({e})"
+    return "" if done.returncode == 0 else (done.stderr or done.stdout).strip()[:300] or "scancel failed"
+
+
+def slurm_kill_wait_s() -> int | None:
+    """The cluster's KillWait (`scontrol show config`): seconds from a cancelled job's SIGTERM to SLURM's
+    SIGKILL; None where scontrol does not say."""
+    found = re.search(r"^KillWait\s*=\s*(\d+)", _stdout(["scontrol", "show", "config"]), re.MULTILINE)
+    return int(found.group(1)) if found else None
 
 
 def _stdout(cmd: list[str]) -> str:

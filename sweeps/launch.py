@@ -30,7 +30,7 @@ from sweeps.design import (
     read_record,
     recorded_spec,
 )
-from sweeps.executor import resolve_executor_kind
+from sweeps.executor import resolve_executor_kind, sbatch_flags
 from sweeps.grid import (
     DESIGNS,
     EXECUTORS,
@@ -44,7 +44,16 @@ from sweeps.grid import (
     parse_budget,
     read_spec_record,
 )
-from sweeps.runner import Progress, check_executor, check_output_dir, check_wait, launch, preview, sweep_dir
+from sweeps.runner import (
+    Progress,
+    check_executor,
+    check_output_dir,
+    check_wait,
+    job_name,
+    launch,
+    preview,
+    sweep_dir,
+)
 from sweeps.state import (
     AUTH_HINT,
     CellState,
@@ -429,14 +438,6 @@ def _run_folders(runs: dict) -> list[str]:
     return sorted({str(Path(o).parents[2]) for o in outs if o and len(Path(o).parents) > 2})
 
 
-def cmd_status(
-    spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool = False, unknown: bool = False
-) -> int:
-    """Print the sweep's table (`show_status`)."""
-    show_status(spec, launched, guessed, unknown)
-    return 0
-
-
 def show_status(
     spec: SweepSpec, launched: SweepSpec | None = None, guessed: bool = False, unknown: bool = False
 ) -> dict[str, CellState]:
@@ -722,13 +723,18 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(line)
     print()
     print(bill)
+    n_submit = len(cells)
     if any(st.run_id for st in states.values()):
         p = plan(states, spec.executor.max_retries)
+        n_submit = len(p.submit)
         print(
             f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} "
             f"running or queued, {len(p.exhausted)} out of retries; a launch would submit "
             f"{len(p.submit)} of {len(cells)} cells"
         )
+    if kind == "slurm" and n_submit:
+        flags = sbatch_flags(spec.executor, sdir / "jobs", job_name(spec), n_submit)
+        print(f"sbatch for those {n_submit} cells: {' '.join(flags)}")
     for note in notes:
         print(note)
     print("dry run: nothing submitted")
@@ -759,7 +765,7 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
         )
     if res.stopped:
         print(res.stopped)
-    cmd_status(spec)
+    show_status(spec)
     _print_failed(res.errors, res.logs)
     if res.errors or (res.stopped and not args.no_wait):
         print("relaunch the same command to retry; placed budgets keep their cells", file=sys.stderr)
@@ -801,6 +807,17 @@ def _say_terminated(signum: int, frame) -> None:  # noqa: ARG001 - a signal hand
     os.kill(os.getpid(), signal.SIGTERM)  # exit as killed by it (status 143), as without this handler
 
 
+def _mlflow_error(e: BaseException) -> bool:
+    """Whether ``e`` is MLflow's own (`MlflowException`: a store's or a server's error), mlflow imported."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    return exceptions is not None and isinstance(e, exceptions.MlflowException)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, at most 300 characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -815,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    spec = None
     try:
         if args.command == "status":
             check_status_args(parser, args)
@@ -823,7 +841,8 @@ def main(argv: list[str] | None = None) -> int:
             launched = read_spec_record(sweep_dir(spec))
             guessed = launched is None and not _describes_cells(args)
             unknown = guessed and args.config is None and args.name is not None  # the demo is not its config
-            return cmd_status(status_spec(spec, args, launched), launched, guessed, unknown)
+            show_status(status_spec(spec, args, launched), launched, guessed, unknown)
+            return 0
         if argv is None:  # the CLI's own process (a test calling main() keeps its handlers)
             signal.signal(signal.SIGTERM, _say_terminated)
         return cmd_run(spec, args)
@@ -835,7 +854,20 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a config path that is a folder, an output folder that cannot be made, ...
         print(f"error: {e}; check --config and --output-dir", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except Exception as e:  # an MLflow store that answers its health check but fails (its database, ...)
+        if not _mlflow_error(e):
+            raise
+        uri = resolve_tracking_uri(args.tracking_uri if spec is None else spec.tracking_uri)
+        print(
+            f"error: the MLflow tracking store at {uri} failed ({_first_line(e)}); fix it (a server's log "
+            "says why), then run the same command again: finished and live cells are kept",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt as e:
+        if str(e):  # `sweeps.runner.CancelInterrupted`: what the Ctrl-C stopped
+            print(f"\ninterrupted: {e}", file=sys.stderr)
+            return 130
         print(
             "\ninterrupted: SLURM jobs keep running; local jobs get a terminal's Ctrl-C too and stop (not "
             "counted as tries against --max-retries). Relaunch the same command to resume: finished cells "

@@ -22,6 +22,7 @@ from typing import Any
 
 import submitit
 
+from dit_core.tracking import JOB_ID_TAG
 from dit_core.trainer.signals import signals_deferred
 from sweeps.eta import cell_work, time_left
 from sweeps.executor import (
@@ -38,13 +39,17 @@ from sweeps.executor import (
     parse_sbatch_lines,
     resolve_executor_kind,
     slurm_job_alive,
+    slurm_kill,
+    slurm_kill_wait_s,
     slurm_state,
+    squeue_jobs_in,
     squeue_states,
     warm_unsupported,
 )
 from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
 from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
+    DIED_BEFORE_TRAINING,
     KILLED_IN_TRAINING,
     CellState,
     Plan,
@@ -59,6 +64,7 @@ from sweeps.state import (
     forget_cancelled,
     note_cancelled,
     plan,
+    read_runs,
     read_states,
     record_interrupts,
     record_submissions,
@@ -138,6 +144,11 @@ class LaunchResult:
 
 def sweep_dir(spec: SweepSpec) -> Path:
     return (Path(spec.output_dir) / spec.name).resolve()
+
+
+def job_name(spec: SweepSpec) -> str:
+    """The SLURM job name of the sweep's jobs."""
+    return f"ditscale-{spec.name}"
 
 
 def prepare(spec: SweepSpec) -> Prepared:
@@ -239,6 +250,8 @@ def launch(
             # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
             states = preview(spec, all_tasks, configs, uri)
             check_known(states, jobs_gone)
+            if prep.kind == "slurm":
+                check_unrecorded(spec, uri, states)
             ensure_experiment(uri, spec.experiment)
             # the store as resolved here (absolute): `status` from another folder reads the same one
             write_spec_record((record or spec).replace(tracking_uri=uri), sdir)
@@ -255,9 +268,7 @@ def launch(
                 n_fin, n_live = len(the_plan.finished), len(the_plan.running)
                 log.info("nothing to submit: %d finished, %d running", n_fin, n_live)
                 return result
-            executor = warm or make_executor(
-                spec.executor, prep.kind, sdir / "jobs", job_name=f"ditscale-{spec.name}"
-            )
+            executor = warm or make_executor(spec.executor, prep.kind, sdir / "jobs", job_name=job_name(spec))
             others = {cid: all_tasks[cid].run_dir for cid in the_plan.running}
             work = _work(prep.cells, all_tasks)
             _Runner(prep, executor, result, states, on_progress, poll_s, others, work=work).run(tasks, wait)
@@ -292,26 +303,45 @@ def check_known(states: dict[str, CellState], jobs_gone: bool = False) -> None:
         )
 
 
+def check_unrecorded(spec: SweepSpec, uri: str, states: dict[str, CellState]) -> None:
+    """ValueError where squeue lists live jobs of this sweep (its job name, their output in its ``jobs``
+    folder) that no cell's run records: a launcher killed (SIGKILL) between submitting them and writing
+    them into their runs. They train their cells into their runs unrecorded, and a launch now would
+    submit a second job of each of those cells beside them."""
+    try:
+        listed = squeue_jobs_in(sweep_dir(spec) / "jobs", job_name(spec))
+    except SlurmUnreachable as e:  # `check_known` has refused where a record's liveness is unknown
+        log.warning("%s; jobs of this sweep that no run records are not looked for", e)
+        return
+    recorded = {st.job_id for st in states.values()}
+    if any(j not in recorded for j in listed):  # the other cells' records too (an adaptive sweep's budgets)
+        runs = read_runs(uri, spec.experiment, spec.name)
+        recorded |= {rs[0].data.tags.get(JOB_ID_TAG) for rs in runs.values()}
+    if unrecorded := [j for j in listed if j not in recorded]:
+        ids = ",".join(unrecorded)
+        raise ValueError(
+            f"squeue lists job(s) {ids} of sweep {spec.name!r} (their logs in {sweep_dir(spec) / 'jobs'}) "
+            "that no cell's MLflow run records: a launcher was killed between submitting and recording "
+            "them, and they train their cells unrecorded; nothing submitted (a second job of those cells "
+            f"would train beside them): wait until `squeue -j {ids}` lists none, or `scancel {ids}`, then "
+            "launch again"
+        )
+
+
 def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:
     """End the runs of cells whose last job is over but left the run open (seen by this launch), out of
     retries or not (`sweeps.state.end_orphaned_runs`): still SCHEDULED (the job died before its trainer
     started): FAILED; still RUNNING (the trainer was killed, e.g. SIGKILL): KILLED, tag status=killed."""
-    unstarted = {
-        st.run_id: st for st in states.values() if st.state == "failed" and st.run_status == "SCHEDULED"
-    }
-    ended = set(end_orphaned_runs(uri, dict.fromkeys(unstarted, ""))) if unstarted else set()
-    for run_id in ended:
-        unstarted[run_id].run_status = "FAILED"
-        log.warning(
-            "cell %s: its job ended before training; run %s ended FAILED", unstarted[run_id].cell_id, run_id
-        )
-    killed = {
-        st.run_id: st for st in states.values() if st.state == "interrupted" and st.run_status == "RUNNING"
-    }
-    why = "its job ended while the trainer ran, without ending the run (killed)"
-    for run_id in _end_killed(uri, dict.fromkeys(killed, why)) if killed else []:
-        killed[run_id].run_status = "KILLED"
-        log.warning("cell %s: %s; run %s ended KILLED", killed[run_id].cell_id, why, run_id)
+    killed = "its job ended while the trainer ran, without ending the run (killed)"
+    for state, left, status, tag, why, error in (
+        ("failed", "SCHEDULED", "FAILED", DIED_BEFORE_TRAINING, "its job ended before training", ""),
+        ("interrupted", "RUNNING", "KILLED", KILLED_IN_TRAINING, killed, killed),
+    ):
+        runs = {st.run_id: st for st in states.values() if (st.state, st.run_status) == (state, left)}
+        errors = dict.fromkeys(runs, error)
+        for run_id in end_orphaned_runs(uri, errors, status=status, tag=tag, left=(left,)) if runs else []:
+            runs[run_id].run_status = status
+            log.warning("cell %s: %s; run %s ended %s", runs[run_id].cell_id, why, run_id, status)
 
 
 def _end_killed(uri: str, errors: dict[str, str]) -> list[str]:
@@ -421,22 +451,31 @@ class _Runner:
                 except OSError as e:  # the cancel goes on: at worst the job counts as a try
                     log.error("cell %s: could not note job %s as cancelled: %s", t.cell_id, j.job_id, e)
         log.warning("recording %d job(s) in their runs failed: cancelling them (%s)", len(jobs), ids)
-        left = _cancel_jobs(jobs, self.prep.kind, hurry=lambda: self.held.count(signal.SIGINT) >= 2)
+        hurried = lambda: self.held.count(signal.SIGINT) >= 2  # noqa: E731 - the user's second Ctrl-C
+        left = _cancel_jobs(jobs, self.prep.kind, hurry=hurried)
         what = (
             f"recording the job(s) of {len(cells)} cell(s) ({', '.join(cells[:8])}) in their MLflow runs at "
         )
         what += f"{self.prep.tracking_uri} failed ({_error_line(error)})"
-        if left:
-            raise RuntimeError(
+        if hurried():
+            text = _hurried_text(what, ids, left, self.prep.kind)
+        elif left:
+            text = (
                 f"{what}, and job(s) {', '.join(left)} could not be cancelled or had not ended when the "
                 f"launcher stopped waiting (up to {CANCEL_WAIT_S:.0f} s); make sure they are gone (on SLURM "
                 "`squeue -j JOB` lists none: `scancel` them; else kill the process that holds the cell's "
                 "lock) before launching again, or a relaunch would train those cells twice"
-            ) from error
-        raise RuntimeError(
-            f"{what}; job(s) {ids} cancelled so that none trains unrecorded. Launch again once the tracking "
-            "server answers: the relaunch submits those cells again and resumes them in their runs"
-        ) from error
+            )
+        else:
+            text = (
+                f"{what}; job(s) {ids} cancelled so that none trains unrecorded. Launch again once the "
+                "tracking server answers: the relaunch submits those cells again and resumes them in their "
+                "runs"
+            )
+        if signal.SIGINT in self.held:  # the user's Ctrl-C, acted on here: said with what it stopped
+            self.held[:] = [s for s in self.held if s != signal.SIGINT]
+            raise CancelInterrupted(text) from error
+        raise RuntimeError(text) from error
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
         try:
@@ -711,6 +750,40 @@ def _until_slurm_ended(
             said = True
         time.sleep(poll_s)
     return job_ids
+
+
+class CancelInterrupted(KeyboardInterrupt):
+    """The user's Ctrl-C while the launcher cancelled jobs whose record failed; says what became of them."""
+
+
+def _hurried_text(what: str, ids: str, left: list[str], kind: str) -> str:
+    """What a second Ctrl-C during the cancel of the jobs ``ids`` (``what``: why they were cancelled) did:
+    local jobs are killed; SLURM's still listed (``left``) get ``scancel --full --signal=KILL``, which
+    slurmctld refuses for a job already ending (COMPLETING): SLURM kills it after its KillWait."""
+    again = "Launch again once the tracking server answers: the relaunch resumes those cells in their runs"
+    if kind != "slurm":
+        gone = (
+            f"; {', '.join(left)} not seen to end: kill the process that holds the cell's lock"
+            if left
+            else ""
+        )
+        return f"{what}; job(s) {ids} killed (SIGKILL) on a second Ctrl-C{gone}. {again}"
+    if not left:
+        return f"{what}; job(s) {ids} cancelled and ended. {again}"
+    listed = ",".join(left)
+    log.warning("Ctrl-C again: scancel --full --signal=KILL %s", listed)
+    said = slurm_kill(left)
+    kill = "sent" if not said else f"refused ({said})"
+    if said:
+        wait = slurm_kill_wait_s()
+        kill += ": slurmctld signals no job that is already ending (COMPLETING); SLURM itself kills its "
+        kill += f"processes {'KillWait' if wait is None else f'{wait} s (KillWait)'} after the cancel"
+    return (
+        f"{what}; job(s) {ids} cancelled; on a second Ctrl-C the launcher stopped waiting for "
+        f"{', '.join(left)} to end, and scancel --full --signal=KILL {listed} was {kill}. Make sure "
+        f"`squeue -j {listed}` lists none before launching again (a relaunch meanwhile skips their cells "
+        f"as live). {again}"
+    )
 
 
 def _kill_jobs(jobs: list[Any], wait_s: float = KILL_WAIT_S) -> list[str]:
