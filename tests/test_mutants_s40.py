@@ -238,9 +238,10 @@ def test_cell_lock_held_is_false_while_only_another_check_holds_it(tmp_path):
 # ---------------------------------------------------------------- analysis/parametric.py: weighted points
 
 
-def _weighted_case(e: float | None = None):
+def _weighted_case(e: float | None = None, heavy: bool = False):
     """`sweep()`'s 15 points (or, with ``e``, its law with E = e), point 7 moved 8 % off it and given
-    weight 1, the others weight 4; and the same points each given k times, the reference."""
+    weight 1, the others weight 4 (``heavy``: point 7 weight 4, the others 1); and the same points each
+    given k times, the reference."""
     from _fit_helpers import sweep
 
     pts = sweep()
@@ -249,8 +250,9 @@ def _weighted_case(e: float | None = None):
         from _fit_helpers import LAW
 
         loss = loss - LAW["E"] + e
-    loss = loss * np.where(np.arange(len(loss)) == 7, 1.08, 1.0)
-    k = np.where(np.arange(len(loss)) == 7, 1.0, 4.0)
+    odd = np.arange(len(loss)) == 7
+    loss = loss * np.where(odd, 1.08, 1.0)
+    k = np.where(odd != heavy, 1.0, 4.0)
     rep = np.repeat(np.arange(len(loss)), k.astype(int))
     return (n, d, loss, k), (n[rep], d[rep], loss[rep], rep)
 
@@ -314,7 +316,7 @@ def test_weigh_a_law_without_E_fits_as_the_points_given_k_times():
     k times (the objective is then n / sum(k) times theirs, being scaled to weights of mean 1)."""
     from analysis.parametric import ParametricConfig, e_upper_bound, fit_parametric
 
-    (n, d, loss, k), (rn, rd, rl, _) = _weighted_case(e=0.0)
+    (n, d, loss, k), (rn, rd, rl, _) = _weighted_case(e=0.0, heavy=True)
     cfg = ParametricConfig(delta=1.0)
     weighted = fit_parametric(n, d, loss, cfg, weights=k)
     reference = fit_parametric(rn, rd, rl, cfg)
@@ -329,6 +331,18 @@ def test_weigh_a_law_without_E_fits_as_the_points_given_k_times():
     assert weighted.objective == pytest.approx(reference.objective * len(n) / k.sum(), rel=1e-4)
     for (e1, f1), (e2, f2) in zip(weighted.e_profile, reference.e_profile):
         assert e1 == pytest.approx(e2) and f1 == pytest.approx(f2 * len(n) / k.sum(), rel=1e-3)
+
+
+def test_weigh_a_point_weighing_most_fits_as_given_k_times_polish_included():
+    """The outlier weighs 4, the others 1: the weighted objective at its optimum is above the unweighted
+    one, so a polish run on the wrong objective would be taken; it is not."""
+    from analysis.parametric import ParametricConfig, fit_parametric
+
+    (n, d, loss, k), (rn, rd, rl, _) = _weighted_case(heavy=True)
+    cfg = ParametricConfig(delta=1.0)
+    weighted, reference = fit_parametric(n, d, loss, cfg, weights=k), fit_parametric(rn, rd, rl, cfg)
+    for p in ("E", "A", "B", "alpha", "beta"):
+        assert weighted.params[p] == pytest.approx(reference.params[p], rel=1e-4), p
 
 
 def test_weigh_each_bootstrap_refit_is_that_of_its_drawn_points_given_k_times():
