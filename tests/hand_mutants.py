@@ -1,4 +1,5 @@
-"""Hand-placed mutants for code that mutmut cannot follow (it runs in child processes).
+"""Hand-placed mutants for code that mutmut cannot follow (it runs in child processes), or follows too
+slowly on a busy machine (session 40: the lines sessions 39 and 40 added, docs/testing.md).
 
 mutmut maps mutants to tests by recording callers in the test process; `sweeps/warm.py` runs in
 the warm worker (a child) and its forks, so mutmut finds no test for it (docs/testing.md). Here
