@@ -373,3 +373,28 @@ def stdout_closed() -> int:
     with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor: nothing to flush
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_PIPE_CLOSED
+
+
+class RawHelp(str):
+    """Help text that `KeepRawFormatter` prints as written (a table), not re-wrapped."""
+
+
+class KeepRawFormatter(argparse.HelpFormatter):
+    """argparse's default formatter (descriptions wrapped to the terminal), except that a `RawHelp`
+    text keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if isinstance(text, RawHelp):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def exit_codes_help(codes: dict[int, str], note: str = "") -> RawHelp:
+    """The ``exit codes:`` part of a CLI's ``--help`` epilog: one line per code (continuation lines
+    of a meaning already broken with ``\\n``), then ``note``'s paragraph, if any."""
+    lines = ["exit codes:"]
+    for code, meaning in codes.items():
+        first, *rest = meaning.split("\n")
+        lines.append(f"  {code:<3}  {first}")
+        lines += [f"       {line}" for line in rest]
+    return RawHelp("\n".join(lines) + (f"\n\n{note}" if note else ""))

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dit_core.atomic import atomic_write, atomic_write_bytes
-from dit_core.configio import check_fields, require
+from dit_core.configio import KeepRawFormatter, check_fields, exit_codes_help, require
 from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, SD_VAE_SCALE, shard_name, vae_factor
 from dit_core.device import DEVICE_HELP, resolve_device
@@ -331,11 +331,22 @@ def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, sav
     atomic_write_bytes(Path(path), save(tensors, metadata=meta))
 
 
+#: the CLI's exit codes (docs/interfaces.md, "Exit codes"), listed in its --help
+EXIT_CODES = {
+    0: "done: every shard written, or this --rank's shards (the manifest follows the last rank)",
+    1: "a crash (a traceback); the finished shards are kept, rerun to resume",
+    2: "bad input (a flag, the image folder, --vae, --output), said in one line",
+    130: "Ctrl-C; the finished shards are kept, rerun to resume",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags; their defaults are `ExtractConfig`'s (set once, below)."""
     p = argparse.ArgumentParser(
         prog="python -m dit_core.extract_latents",
         description="Encode an image folder (root/<class>/<images>) into VAE latent shards for DiT training.",
+        epilog=exit_codes_help(EXIT_CODES),
+        formatter_class=KeepRawFormatter,
     )
     p.add_argument("--data-path", required=True, help="image folder with one subfolder per class")
     p.add_argument("--output", required=True, help="output folder (shards + manifest.json); rerun to resume")

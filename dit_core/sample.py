@@ -21,11 +21,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .configio import ConfigError, check_fields, int_at_least, join_negative_values
+from .configio import ConfigError, check_fields, exit_codes_help, int_at_least, join_negative_values
 from .device import DEVICE_HELP
 from .memory import out_of_memory
 
 log = logging.getLogger(__name__)
+
+#: the CLI's exit codes (docs/interfaces.md, "Exit codes"), listed in its --help
+EXIT_CODES = {
+    0: "the grid (and --npz) written",
+    1: "the model failed: sampling gave NaN or inf (lower --cfg-scale, or another checkpoint);\n"
+    "or a crash (a traceback); nothing written",
+    2: "bad input (a flag, the checkpoint, --vae, --device, an output path; out of memory at these\n"
+    "sizes), said in one line; nothing written",
+    130: "Ctrl-C; nothing written",
+}
 
 #: Pixels per latent pixel of the Stable Diffusion VAE that latent runs train on (given a VAE: its own,
 #: `dit_core.data.latents.vae_factor`).
@@ -214,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  python -m dit_core.sample --checkpoint runs/s2 --out s2.png\n"
         "  python -m dit_core.sample --checkpoint runs/rope --out x.png --image-size 32 --class-labels 3,7\n"
-        "  python -m dit_core.sample --checkpoint runs/in256 --out in.png --vae /models/sd-vae-ft-ema",
+        "  python -m dit_core.sample --checkpoint runs/in256 --out in.png --vae /models/sd-vae-ft-ema\n\n"
+        + exit_codes_help(EXIT_CODES),
     )
     own = "default: the run's own"
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
@@ -287,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # ConfigError, a checkpoint that is not one, a sampler the model lacks
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # `NonFiniteSamples`: the model failed, not the arguments
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # write_outputs removed its temporary files: nothing half-written is left
         print("error: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
         return 130

@@ -19,7 +19,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from dit_core.configio import join_negative_values, parse_scalar, stdout_closed
+from dit_core.configio import (
+    KeepRawFormatter,
+    exit_codes_help,
+    join_negative_values,
+    parse_scalar,
+    stdout_closed,
+)
 from dit_core.tracking import check_tracking_server
 from sweeps.cost import DEFAULT_DEVICE, DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import (
@@ -118,6 +124,19 @@ def _override(group, flag: str, key: str, what: str, metavar: str | None = None)
 DEFAULT_POLL_S = inspect.signature(launch).parameters["poll_s"].default
 
 
+#: the CLI's exit codes (docs/interfaces.md, "Exit codes"; docs/sweeps.md), listed in its --help
+EXIT_CODES = {
+    0: "submitted (--no-wait), every cell waited for finished, a dry run, or status",
+    1: "a launch that waited: a cell did not finish or is out of retries, or an earlier launch's\n"
+    "cell ended unfinished (relaunch the same command); or a crash (a traceback)",
+    2: "bad input, said in one line, nothing submitted: a flag, the sweep config, the output\n"
+    "folder, a tracking store that is no MLflow store or fails, SLURM jobs no cell records",
+    130: "Ctrl-C (SLURM jobs keep running; local ones stop)",
+    141: "its output's reader left (`| head`)",
+    143: "SIGTERM (the cells submitted keep running)",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with errors raised as ValueError (so `main` prints them like every other bad input)."""
 
@@ -130,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python sweeps/launch.py",
         description="Train a grid of DiT shapes x patch sizes x compute budgets, one job per cell "
         "(SLURM or local, via submitit), logged to MLflow. Subcommands: run (default), status.",
+        epilog=exit_codes_help(EXIT_CODES),
+        formatter_class=KeepRawFormatter,
     )
     p.add_argument(
         "command",

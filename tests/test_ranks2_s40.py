@@ -187,7 +187,7 @@ def test_nan_samples_on_one_rank_name_their_error_in_the_run(tmp_path):
     run = MlflowClient().get_run((out / "mlflow_run_id").read_text().strip())
     assert (run.info.status, run.data.tags["status"]) == ("FAILED", "failed")
     error = run.data.tags["error"]
-    assert error.startswith("ValueError: sampling gave non-finite values (NaN or inf)"), error
+    assert error.startswith("NonFiniteSamples: sampling gave non-finite values (NaN or inf)"), error
     assert "(on rank 1); rank 0 then stopped on RuntimeError: " in error, error
     assert [p.name for p in list_checkpoints(out)] == ["step_0000004.pt", "step_0000008.pt"]
     ck = load_checkpoint(out)

@@ -18,16 +18,36 @@ import sys
 from pathlib import Path
 
 from ..atomic import atomic_write
-from ..configio import int_at_least
+from ..configio import KeepRawFormatter, exit_codes_help, int_at_least
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
 from ..tracking import EVAL_PREFIX, FEATURE_SPACE_TAG, feature_space_tag
 from .features import WEIGHTS_ENV
 from .metrics import METRICS
 
+#: the CLI's exit codes (docs/interfaces.md, "Exit codes"), listed in its --help
+EXIT_CODES = {
+    0: "the metrics printed (and written, logged)",
+    1: "the model failed: sampling gave NaN or inf (lower --cfg-scale, or another checkpoint);\n"
+    "or a crash (a traceback); nothing logged",
+    2: "bad input (a flag, the checkpoint, --reference, --inception-weights, --mlflow-run-id, an\n"
+    "output path), said in one line, nothing logged; or, after the scoring, an --output that\n"
+    "cannot be written or scores the run refuses (the metrics are printed)",
+    130: "Ctrl-C; nothing logged",
+}
+ACCELERATE_CODES = (
+    "Under accelerate launch each process exits with these; the launcher (torchrun) exits 1 when\n"
+    "any of them fails (its report lists each rank's exitcode), or 128 + the signal it got itself."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dit_core.evaluate", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(
+        prog="python -m dit_core.evaluate",
+        description=__doc__.split("\n\n")[1],
+        epilog=exit_codes_help(EXIT_CODES, ACCELERATE_CODES),
+        formatter_class=KeepRawFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
     own = "default: the run's own, as its logged eval/* metrics"
     p.add_argument(
@@ -172,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # `NonFiniteSamples`: the model failed, not the arguments
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "error: interrupted (Ctrl-C) before the metrics were computed; nothing was logged",

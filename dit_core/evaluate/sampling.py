@@ -41,6 +41,12 @@ class SamplingStopped(Exception):
     `evaluate_model` returns True (a preemption signal during a run's evaluation)."""
 
 
+class NonFiniteSamples(FloatingPointError):
+    """Raised by `generate_images` when a sampling batch holds NaN or inf: a failure of the model (its
+    outputs overflow, e.g. at a huge guidance scale), not of the arguments, so the CLIs exit 1 as for a
+    non-finite training loss (a `FloatingPointError` too), not 2."""
+
+
 def shard(num_samples: int, rank: int, world: int) -> range:
     """Rank ``rank``'s contiguous share of ``range(num_samples)`` (sizes differ by at most 1)."""
     base, extra = divmod(num_samples, world)
@@ -76,6 +82,7 @@ def generate_images(
     ``decode`` maps model outputs (latents) to pixels in [-1, 1]; None = the model works in pixels.
     ``progress``: a bar of the images sampled so far on stderr, cleared when done.
     ``stop``: called before each batch; `SamplingStopped` when it returns True.
+    `NonFiniteSamples` when a batch's samples are not all finite.
     """
     from tqdm.auto import tqdm
 
@@ -102,7 +109,7 @@ def generate_images(
                 clip_denoised=clip_denoised,
             )  # fmt: skip
             if not torch.isfinite(x).all():  # to_uint8 would make them black images that look like results
-                raise ValueError(
+                raise NonFiniteSamples(
                     f"sampling gave non-finite values (NaN or inf) in samples {idx[0]}..{idx[-1]} at "
                     f"guidance scale {cfg_scale:g}: the model's outputs overflow; lower the guidance scale "
                     "(--cfg-scale, eval.cfg_scale; 1 to 4 is usual), or use another checkpoint"

@@ -163,7 +163,8 @@ def _oom_message(cfg: TrainConfig, err: BaseException, building: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 143 preempted)."""
+    """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 130 Ctrl-C, 143
+    preempted)."""
     from accelerate import PartialState
 
     from .loop import Trainer
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         code = EXIT_INTERRUPTED
-    except FloatingPointError as e:  # a non-finite loss, in the run's log
+    except FloatingPointError as e:  # a non-finite loss or non-finite evaluation samples, in the run's log
         log.error("%s", e)
         code = 1
     except Exception as e:  # out of memory: said in one line; anything else: its traceback
