@@ -1,0 +1,89 @@
+"""Session 40, a researcher's journey with their own image folder (docs/_s40_journey.md):
+
+1. an image folder with an unreadable file trains (the file is skipped with a warning), and the same
+   folder is now its FID reference too: the reference skips the file the same way, where it used to
+   stop the trainer's evaluation (after all its steps) and `dit_core.evaluate` (after sampling);
+2. `--prior` of a fit of other data is refused for that reason even when its law is not usable: the
+   data check comes first, since refitting the other data's runs would not help.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dit_core.evaluate.reference import resolve_reference
+
+# ------------------------------------------------------------------ 1. a reference folder's unreadable file
+
+
+def _folder(root: Path, n_good: int) -> list[np.ndarray]:
+    """``n_good`` 8x8 RGB PNGs (pixel value 10 i) and one unreadable ``bad.png`` under ``root/cls``;
+    returns the good images, (8, 8, 3) uint8 each, in file order."""
+    (root / "cls").mkdir(parents=True)
+    good = [np.full((8, 8, 3), 10 * i, np.uint8) for i in range(n_good)]
+    for i, img in enumerate(good):
+        Image.fromarray(img).save(root / "cls" / f"{i}.png")
+    (root / "cls" / "bad.png").write_text("not a png")
+    return good
+
+
+def test_a_reference_folder_skips_an_unreadable_image_as_training_does(tmp_path, caplog):
+    good = _folder(tmp_path, 3)
+    with caplog.at_level(logging.WARNING, logger="dit_core.evaluate.reference"):
+        chunks = list(resolve_reference(str(tmp_path), 8).chunks())
+    got = np.concatenate(chunks)
+    assert got.shape == (3, 3, 8, 8) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.stack(good).transpose(0, 3, 1, 2))  # the readable ones, exactly
+    assert "bad.png" in caplog.text and "skipped 1 unreadable image(s) of 4" in caplog.text
+
+
+def test_a_reference_folder_with_fewer_than_two_readable_images_is_refused(tmp_path):
+    _folder(tmp_path, 1)
+    with pytest.raises(ValueError, match=r"holds 1 readable image\(s\) \(1 cannot be read: .*bad\.png\)"):
+        list(resolve_reference(str(tmp_path), 8).chunks())
+
+
+def test_the_imagefolder_dataset_trains_on_the_images_the_reference_reads(tmp_path):
+    """The two readers of one folder agree: the dataset's samples are the reference's files less the
+    unreadable one."""
+    from dit_core.data import DataConfig, build_dataset
+
+    _folder(tmp_path, 3)
+    ds = build_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=8, random_flip=False))
+    ref = np.concatenate(list(resolve_reference(str(tmp_path), 8).chunks()))
+    assert len(ds) == len(ref) == 3
+    pixels = np.stack([np.asarray(ds[i][0]) for i in range(3)])  # [-1, 1] floats, (3, 3, 8, 8)
+    np.testing.assert_allclose((pixels + 1) * 127.5, ref, atol=1e-3)
+
+
+# ------------------------------------------------------------------ 2. a prior of other data, law unusable
+
+
+def test_a_prior_of_other_data_is_refused_for_its_data_even_when_its_law_is_not_usable(tmp_path):
+    from test_analysis_s40 import _fit_file
+    from test_sweeps_design import demo_isoflop
+
+    from sweeps.design import plan_budgets
+
+    fit = _fit_file(tmp_path, "f.json", data_name="photos", input_size=32.0, in_channels=1.0)
+    data = json.loads(Path(fit).read_text())
+    data["status"] = "not_identified"  # as a fit whose grid did not bracket the optimum
+    data["approach3_parametric"]["status"] = "not_identified"
+    for key in ("approach2_isoflop", "approach1_frontier"):
+        data[key] = {"status": "censored", "N_opt": None}
+    path = tmp_path / "unusable.json"
+    path.write_text(json.dumps(data))
+    spec = demo_isoflop()  # photos, 16 px, grey
+    with pytest.raises(ValueError) as e:
+        plan_budgets(spec.replace(prior=str(path)))
+    assert "they differ in input_size" in str(e.value) and "no usable N_opt law" not in str(e.value)
+    data["token_space"]["input_size"] = [16.0]  # the sweep's own data: now the law is what is wrong
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="no usable N_opt law"):
+        plan_budgets(spec.replace(prior=str(path)))
