@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -87,3 +88,24 @@ def test_a_prior_of_other_data_is_refused_for_its_data_even_when_its_law_is_not_
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="no usable N_opt law"):
         plan_budgets(spec.replace(prior=str(path)))
+
+
+# ------------------------------------------------------------------ 3. the runs behind seed-averaged points
+
+
+def test_the_fit_counts_the_runs_behind_seed_averaged_points(tmp_path, capsys):
+    """Two seeds per cell: each point averages two runs ('a + b'), so 20 points rest on 40 runs, and the
+    held-out largest budget's 5 points on 10 (the fit printed 20 and 5 runs)."""
+    from _fit_helpers import sweep, sweep_cli
+
+    one = sweep()
+    two = one.assign(seed=1, loss=one["loss"] * 1.001, run_id=one["run_id"] + "-s1")
+    csv = tmp_path / "seeds.csv"
+    pd.concat([one.assign(seed=0), two]).to_csv(csv, index=False)
+    out = tmp_path / "fit.json"
+    sweep_cli(tmp_path, "--csv", str(csv), "--holdout", "largest", "--bootstrap", "0", "--json", str(out))
+    text = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert (res["n_points"], res["n_runs"]) == (20, 40)
+    assert "Holdout (largest compute): 5 points from 10 run(s)" in text
+    assert "20 points from 40 runs" in (tmp_path / "rep" / "report.md").read_text()
