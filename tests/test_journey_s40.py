@@ -109,3 +109,24 @@ def test_the_fit_counts_the_runs_behind_seed_averaged_points(tmp_path, capsys):
     assert (res["n_points"], res["n_runs"]) == (20, 40)
     assert "Holdout (largest compute): 5 points from 10 run(s)" in text
     assert "20 points from 40 runs" in (tmp_path / "rep" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ 4. a folder's run with no reference
+
+
+def test_a_folder_run_without_a_reference_says_how_to_name_one(tmp_path, caplog):
+    """The trainer's evaluation of an imagefolder run without `eval.reference` is skipped, and the
+    warning names the flag that scores it (it used to say only that it skipped)."""
+    from _train_helpers import one_thread, tiny_config
+
+    from dit_core.train import train
+
+    _folder(tmp_path / "data", 4)
+    folder = {"data.name": "imagefolder", "data.root": str(tmp_path / "data"), "data.image_size": 8}
+    cfg = tiny_config(
+        tmp_path / "run", steps=2, batch=4, **folder, **{"eval.eval_every": 2, "tracking.enabled": False}
+    )
+    with one_thread(), caplog.at_level(logging.WARNING, logger="dit_core.trainer.evaluation"):
+        train(cfg)
+    assert "sample metrics skipped" in caplog.text
+    assert "--reference FOLDER" in caplog.text and "--set eval.reference=FOLDER" in caplog.text
