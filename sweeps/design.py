@@ -7,6 +7,7 @@ centres are recorded in ``<sweep folder>/design.json``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -403,7 +404,12 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                 raise ValueError(
                     f"IsoFLOP budget {format_budget(budget)} spans {len(picked)} model size(s) with "
                     f"{lo_s}..{hi_s} steps within {spread**2:g}x of its N_opt {centre:.3g} ({source}, patch "
-                    f"{patch}); need 3: " + _window_fix(spec, patch, curve, n_axis, budget, window)
+                    f"{patch}); need 3: "
+                    + (
+                        _ladder_fix(near, curve, window)
+                        if _head_dim_too_coarse(spec, patch, curve, n_axis, near, window)
+                        else _window_fix(spec, patch, curve, n_axis, budget, window)
+                    )
                 )
             notes = []
             fitted = getattr(prior, "patches", ())
@@ -431,6 +437,26 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
             cells = [make_cell(spec, c.model, patch, budget) for c in picked]
             plans.append(BudgetPlan(budget, patch, centre, source, cells, notes))
     return plans
+
+
+def _head_dim_too_coarse(spec, patch: int, curve: FamilyCurve, n_axis: str, near: list, window) -> bool:
+    """Whether the centre's ``window`` (N lo, N hi) holds fewer than 3 shapes at the head dim and 3 or
+    more at head dim 4 (the finest): the widths' step, not the prior or the step window, is at fault."""
+    if len(near) >= 3 or curve.head_dim <= 4:
+        return False
+    fine = dataclasses.replace(curve, head_dim=4)
+    return sum(window[0] <= c.n <= window[1] for c in ladder(spec, patch, fine, n_axis, window[1])) >= 3
+
+
+def _ladder_fix(near: list[Candidate], curve: FamilyCurve, window) -> str:
+    """Why a centre's ``window`` (N lo, N hi) holds fewer than 3 shapes at any step count: the widths
+    are multiples of the head dim, too coarse for models this small."""
+    sizes = ", ".join(f"{c.model.name} ({c.n:.3g})" for c in near) or "none"
+    return (
+        f"the family curve's widths are multiples of the head dim {curve.head_dim} (--head-dim, "
+        f"scale.head_dim), and N {window[0]:.3g}..{window[1]:.3g} holds {len(near)} such shape(s): {sizes}; "
+        "lower --head-dim (the demo uses 4) for models this small"
+    )
 
 
 def _window_fix(spec, patch: int, curve, n_axis: str, budget: float, window) -> str:

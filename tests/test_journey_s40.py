@@ -130,3 +130,24 @@ def test_a_folder_run_without_a_reference_says_how_to_name_one(tmp_path, caplog)
         train(cfg)
     assert "sample metrics skipped" in caplog.text
     assert "--reference FOLDER" in caplog.text and "--set eval.reference=FOLDER" in caplog.text
+
+
+# ------------------------------------------------------------------ 5. an isoflop ladder too coarse
+
+
+def test_an_isoflop_budget_without_shapes_near_its_centre_names_the_head_dim(tmp_path):
+    """A sweep YAML without `scale` (the paper's head dim 64) asks for models of ~1e4 parameters: the
+    widths 64, 128, ... leave one shape in the centre's window. The error said the budget trains N from
+    ~1e3 up "on the family curve" and to lower --min-steps, which could not help; it now names the head
+    dim, and --head-dim 4 places the sizes."""
+    from test_sweeps_design import demo_isoflop
+
+    from sweeps.design import plan_budgets
+    from sweeps.grid import Scale
+
+    spec = demo_isoflop(scale=Scale(), budgets=[3e10])
+    with pytest.raises(ValueError) as e:
+        plan_budgets(spec)
+    msg = str(e.value)
+    assert "multiples of the head dim 64" in msg and "lower --head-dim" in msg and "d2w64" in msg, msg
+    assert len(plan_budgets(spec.replace(design_head_dim=4))[0].cells) >= 3
