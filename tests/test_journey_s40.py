@@ -4,7 +4,10 @@
    folder is now its FID reference too: the reference skips the file the same way, where it used to
    stop the trainer's evaluation (after all its steps) and `dit_core.evaluate` (after sampling);
 2. `--prior` of a fit of other data is refused for that reason even when its law is not usable: the
-   data check comes first, since refitting the other data's runs would not help.
+   data check comes first, since refitting the other data's runs would not help;
+3. `fit_scaling.py` counts the runs behind seed-averaged points (`n_runs`, the holdout line, report.md);
+4. the trainer's warning for an image folder without `eval.reference` names the flag that sets one;
+5. an isoflop budget whose head dim leaves too few shapes near its centre names `--head-dim`.
 """
 
 from __future__ import annotations
