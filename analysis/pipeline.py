@@ -27,6 +27,7 @@ from analysis.runs import (
     LrRedraw,
     average_seeds,
     best_lr,
+    count_runs,
     diverged_runs,
     effective_data,
     lr_groups,
@@ -162,7 +163,7 @@ class Analysis:
             "R_star": self.r_star,
             "fitted": self.r_star_fitted,
         }
-        out["n_points"], out["n_runs"] = len(self.points), int(self.points["run_id"].nunique())
+        out["n_points"], out["n_runs"] = len(self.points), count_runs(self.points["run_id"])
         out["removed_points"] = self.removed.to_dict(orient="records")
         notes = list(self.selection_notes)
         out["point_selection"] = {"min_steps": cfg.min_steps, "all_points": cfg.all_points, "notes": notes}
@@ -871,7 +872,7 @@ class HoldoutResult:
     def text(self) -> str:
         h, (lo, hi), pct = self.held_out, self.best_loss_interval, 100 * self.analysis.config.level
         lines = [
-            f"Holdout (largest compute): {len(h)} points from {h['run_id'].nunique()} run(s), "
+            f"Holdout (largest compute): {len(h)} points from {count_runs(h['run_id'])} run(s), "
             f"C >= {h['C'].min():.3g} FLOPs",
             f"  loss: mean abs error {100 * self.mape_loss:.2f}%, max {100 * self.max_ape_loss:.2f}%; "
             f"best-loss-at-C error {100 * self.frontier_error:+.2f}%",

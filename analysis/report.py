@@ -13,6 +13,7 @@ from analysis.bootstrap import min_resamples
 from analysis.parametric import LOG_SE_KEYS
 from analysis.pipeline import Analysis, HoldoutResult, Prediction, budget_labels, residual_summary
 from analysis.plots import FIGURES, plot_all
+from analysis.runs import count_runs
 from analysis.status import worst
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def markdown(
         "",
         *[f"- {r}" for r in st.reasons],
         "",
-        f"Data: {source} - {len(pts)} points from {pts['run_id'].nunique()} runs, "
+        f"Data: {source} - {len(pts)} points from {count_runs(pts['run_id'])} runs, "
         f"N {pts['N'].min():.3g}..{pts['N'].max():.3g} {u['N']}, "
         f"D {pts['D'].min():.3g}..{pts['D'].max():.3g} "
         f"{u['D']}, C {pts['C'].min():.3g}..{pts['C'].max():.3g} {u['C']}; loss is {u['loss']}.",

@@ -579,6 +579,12 @@ class LrRedraw:
         return out
 
 
+def count_runs(run_ids: pd.Series) -> int:
+    """How many runs points rest on: a cell's point averaged over its seeds joins their ids with ' + '
+    (`average_seeds`), and each counts."""
+    return len({r for ids in run_ids.astype(str) for r in ids.split(" + ")})
+
+
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """One point per (replicate, step): the mean over the seeds of a cell (docs/analysis.md). `fid_se`
     is the standard error of the mean FID (NaN when a seed's is unknown); `run_id` joins the runs' ids

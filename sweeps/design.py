@@ -7,6 +7,7 @@ centres are recorded in ``<sweep folder>/design.json``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -213,10 +214,11 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def load_fit_prior(path: str) -> FitPrior:
+def load_fit_prior(path: str, spec: SweepSpec | None = None) -> FitPrior:
     """The first usable N_opt law of a ``results.json``: the parametric law (approach 3, when its
     allocation is identified), else the IsoFLOP law (approach 2), else the frontier's (approach 1).
-    ValueError naming what is missing or not identified."""
+    ValueError naming what is missing or not identified; with ``spec``, first a ValueError when the fit
+    is of other data than the sweep's (``check_prior_space``): refitting it would not help."""
     hint = (
         "write one with `python analysis/fit_scaling.py --json FIT.json`, "
         "or drop --prior to use --tokens-per-param"
@@ -232,6 +234,8 @@ def load_fit_prior(path: str) -> FitPrior:
     n_axis = (data.get("axes") or {}).get("params", "total")
     overall = str(data["status"])
     space = data.get("token_space") if isinstance(data.get("token_space"), dict) else None
+    if spec is not None:
+        _check_space(str(path), space, spec)
     p3 = data.get("approach3_parametric") or {}
     tried = []
     if p3.get("status") in USABLE and data.get("a") is not None:
@@ -270,30 +274,34 @@ def check_prior_space(prior: FitPrior, spec: SweepSpec) -> FitPrior:
     ValueError naming both when not: its N_opt law is in another unit (a token of 8x8 latents is not one
     of 16x16 pixels). A results.json without the record (written before session 40, or from a CSV without
     those columns) is used with a logged warning. Patch sizes are noted in the plan (`plan_budgets`)."""
-    space = prior.token_space
+    _check_space(prior.path, prior.token_space, spec)
+    return prior
+
+
+def _check_space(path: str, space: dict | None, spec: SweepSpec) -> None:
+    """`check_prior_space` on a results.json's ``token_space`` record (None: not recorded)."""
     ours = {"data": spec.data.name, "input_size": spec.data.input_size, "in_channels": spec.data.in_channels}
     if space is None:
         log.warning(
             "--prior %s does not record the data it was fitted on (written before session 40): it is used "
             "as if fitted on %s; refit it with `python analysis/fit_scaling.py --json` to have it checked",
-            prior.path,
+            path,
             _space_text(ours),
         )
-        return prior
+        return
     theirs = {k: space.get(k) or [] for k in ours}
     unknown = [k for k, v in theirs.items() if not v]
     differ = [k for k, v in theirs.items() if v and [ours[k]] != [type(ours[k])(x) for x in v]]
     if differ:
         fitted = ", ".join(f"{k} {'/'.join(map(str, v)) or '?'}" for k, v in theirs.items())
         raise ValueError(
-            f"--prior {prior.path} was fitted on {fitted}, this sweep trains on {_space_text(ours)} "
+            f"--prior {path} was fitted on {fitted}, this sweep trains on {_space_text(ours)} "
             f"(they differ in {', '.join(differ)}): its N_opt law counts parameters and tokens of other "
             "data; fit the runs of this data (`python analysis/fit_scaling.py --experiment NAME --json "
             "FIT.json`) and pass that, or drop --prior to use --tokens-per-param"
         )
     if unknown:
-        log.warning("--prior %s does not record its %s: not checked", prior.path, ", ".join(unknown))
-    return prior
+        log.warning("--prior %s does not record its %s: not checked", path, ", ".join(unknown))
 
 
 def _space_text(space: dict) -> str:
@@ -303,7 +311,7 @@ def _space_text(space: dict) -> str:
 def make_prior(spec: SweepSpec) -> RatioPrior | FitPrior:
     """The sweep's prior: ``spec.prior`` (a results.json) if set, else the tokens-per-parameter ratio."""
     if spec.prior:
-        return check_prior_space(load_fit_prior(spec.prior), spec)
+        return load_fit_prior(spec.prior, spec)
     return RatioPrior(spec, family_curve(spec.scale, spec.design_head_dim), spec.tokens_per_param)
 
 
@@ -396,7 +404,12 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
                 raise ValueError(
                     f"IsoFLOP budget {format_budget(budget)} spans {len(picked)} model size(s) with "
                     f"{lo_s}..{hi_s} steps within {spread**2:g}x of its N_opt {centre:.3g} ({source}, patch "
-                    f"{patch}); need 3: " + _window_fix(spec, patch, curve, n_axis, budget, window)
+                    f"{patch}); need 3: "
+                    + (
+                        _ladder_fix(near, curve, window)
+                        if _head_dim_too_coarse(spec, patch, curve, n_axis, near, window)
+                        else _window_fix(spec, patch, curve, n_axis, budget, window)
+                    )
                 )
             notes = []
             fitted = getattr(prior, "patches", ())
@@ -424,6 +437,26 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
             cells = [make_cell(spec, c.model, patch, budget) for c in picked]
             plans.append(BudgetPlan(budget, patch, centre, source, cells, notes))
     return plans
+
+
+def _head_dim_too_coarse(spec, patch: int, curve: FamilyCurve, n_axis: str, near: list, window) -> bool:
+    """Whether the centre's ``window`` (N lo, N hi) holds fewer than 3 shapes at the head dim and 3 or
+    more at head dim 4 (the finest): the widths' step, not the prior or the step window, is at fault."""
+    if len(near) >= 3 or curve.head_dim <= 4:
+        return False
+    fine = dataclasses.replace(curve, head_dim=4)
+    return sum(window[0] <= c.n <= window[1] for c in ladder(spec, patch, fine, n_axis, window[1])) >= 3
+
+
+def _ladder_fix(near: list[Candidate], curve: FamilyCurve, window) -> str:
+    """Why a centre's ``window`` (N lo, N hi) holds fewer than 3 shapes at any step count: the widths
+    are multiples of the head dim, too coarse for models this small."""
+    sizes = ", ".join(f"{c.model.name} ({c.n:.3g})" for c in near) or "none"
+    return (
+        f"the family curve's widths are multiples of the head dim {curve.head_dim} (--head-dim, "
+        f"scale.head_dim), and N {window[0]:.3g}..{window[1]:.3g} holds {len(near)} such shape(s): {sizes}; "
+        "lower --head-dim (the demo uses 4) for models this small"
+    )
 
 
 def _window_fix(spec, patch: int, curve, n_axis: str, budget: float, window) -> str:

@@ -362,7 +362,9 @@ def test_evaluate_samples_skips_latents_and_data_without_a_reference(tmp_path, c
     assert evaluate_samples(tr.ema.model, tr.diffusion, folder, tr.dit_cfg, tr.acc) == {}
     assert [r.getMessage() for r in caplog.records] == [
         "eval: latent runs are scored from checkpoints with a VAE (dit_core.evaluate); skipped",
-        "eval: no eval.reference set for imagefolder data; sample metrics skipped",
+        "eval: no eval.reference set for imagefolder data; sample metrics skipped: name the real images "
+        "to score against (--reference FOLDER, e.g. the training folder; in a sweep "
+        "--set eval.reference=FOLDER), or set --eval-every 0",
     ]
 
 

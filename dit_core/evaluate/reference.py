@@ -99,19 +99,41 @@ class ReferenceSource:
             for i in range(0, len(arr), size):
                 yield np.ascontiguousarray(np.asarray(arr[i : i + size]).transpose(0, 3, 1, 2))
         else:
-            for i in range(0, len(self.files), size):
-                batch = [center_crop_arr(_read_image(p), self.resolution) for p in self.files[i : i + size]]
+            yield from self._folder_chunks(size)
+
+    def _folder_chunks(self, size: int) -> Iterator[np.ndarray]:
+        """A folder's images as uint8 (n, 3, R, R) chunks; an unreadable file is skipped with a warning
+        naming it, as the imagefolder dataset drops it from training (`data.validate_images`), so the
+        folder a run trained on is its reference too. ValueError when fewer than 2 images are readable."""
+        read, skipped = 0, []
+        for i in range(0, len(self.files), size):
+            batch = []
+            for path in self.files[i : i + size]:
+                img = _read_image(path)
+                if isinstance(img, str):
+                    log.warning("skipping unreadable reference image %s (%s)", path, img)
+                    skipped.append(path)
+                else:
+                    batch.append(center_crop_arr(img, self.resolution))
+            read += len(batch)
+            if batch:
                 yield np.stack(batch).transpose(0, 3, 1, 2)
+        if skipped:
+            log.warning("skipped %d unreadable image(s) of %d in reference %s", len(skipped), len(self.files),
+                        self.spec)  # fmt: skip
+        if read < 2:
+            raise ValueError(
+                f"reference folder {self.spec} holds {read} readable image(s) ({len(skipped)} cannot be "
+                f"read: {', '.join(map(str, skipped[:3]))}); FID needs at least 2: remove or replace them"
+            )
 
 
 def _read_image(path: Path) -> Any:
-    """``path`` decoded as an RGB PIL image; ValueError naming the file when it cannot be read as one."""
+    """``path`` decoded as an RGB PIL image, or why it cannot be read as one (a str)."""
     try:
         return load_rgb(str(path))
     except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(
-            f"reference image {path} cannot be read ({type(e).__name__}: {e}); remove or replace it"
-        ) from None
+        return f"{type(e).__name__}: {e}"
 
 
 def _check_channels(spec: str, have: int, channels: int | None) -> None:

@@ -171,7 +171,12 @@ def evaluate_samples(
         say("eval: latent runs are scored from checkpoints with a VAE (dit_core.evaluate); skipped")
         return {}
     if reference is None:
-        say("eval: no eval.reference set for %s data; sample metrics skipped", data.name)
+        say(
+            "eval: no eval.reference set for %s data; sample metrics skipped: name the real images to score "
+            "against (--reference FOLDER, e.g. the training folder; in a sweep --set eval.reference=FOLDER), "
+            "or set --eval-every 0",
+            data.name,
+        )
         return {}
     from ..evaluate import evaluate_model
 
