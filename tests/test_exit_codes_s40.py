@@ -41,7 +41,7 @@ def checkpoint(tmp_path_factory) -> Path:
 )
 def test_samples_that_overflow_exit_1_a_failure_of_the_model_not_2(command, checkpoint, tmp_path, capsys):
     """NaN samples (guidance 1e308 overflows the model's outputs) exited 2, the code of bad arguments,
-    though the arguments were valid and the model is what failed (docs/_s40_ranks2.md, Left): now 1,
+    though the arguments were valid and the model is what failed (docs/testing.md, "Session 40"): now 1,
     with the same one-line message and nothing written."""
     main = importlib.import_module(MODULES[command[0]]).main
     argv = ["--checkpoint", str(checkpoint), "--steps", "2", "--cfg-scale", "1e308"]

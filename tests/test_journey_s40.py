@@ -1,4 +1,4 @@
-"""Session 40, a researcher's journey with their own image folder (docs/_s40_journey.md):
+"""Session 40, a researcher's journey with their own image folder (docs/testing.md, "Session 40"):
 
 1. an image folder with an unreadable file trains (the file is skipped with a warning), and the same
    folder is now its FID reference too: the reference skips the file the same way, where it used to
