@@ -3,6 +3,8 @@ MLflow runs of a sweep by grid cell."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -94,6 +96,27 @@ def wait_for(pred, what: str, timeout_s: float = 90.0) -> None:
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def ctrl_c_twice_once_cancelled(folders: list[Path], timeout_s: float, first_after_s: float) -> tuple:
+    """A user in a thread: once every cell folder holds the launcher's cancel note (the cancel after a
+    failed record has begun), Ctrl-C after ``first_after_s``, and again a second later. Returns (the
+    started thread, a list that gets the monotonic time of the second Ctrl-C)."""
+    from sweeps.state import CANCELLED_FILE
+
+    second: list[float] = []
+
+    def user():
+        wait_for(lambda: all((f / CANCELLED_FILE).exists() for f in folders), "the cancel", timeout_s)
+        time.sleep(first_after_s)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)
+        second.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    t = threading.Thread(target=user, daemon=True)
+    t.start()
+    return t, second
 
 
 def step_of(progress: Path) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from _sweep_specs import (
+    ctrl_c_twice_once_cancelled,
     fake_final_weight,
     fake_sweep_yaml,
     fake_trainer_spec,
@@ -30,7 +31,6 @@ from sweeps import launch as launch_cli
 from sweeps import runner
 from sweeps.grid import ExecutorSpec, expand, load_spec
 from sweeps.runner import launch, sweep_dir
-from sweeps.state import CANCELLED_FILE
 
 
 def two_cell_yaml(tmp_path: Path, name: str, executor: str, events: Path) -> Path:
@@ -200,19 +200,8 @@ def test_a_second_ctrl_c_during_the_cancel_of_unrecorded_jobs_kills_them_and_get
 
     monkeypatch.setattr(runner, "record_submissions", server_dies)
     folders = [sweep_dir(spec) / "cells" / c for c in cells]
-    second: list[float] = []
-
-    def user():  # Ctrl-C once the cancel has begun, and again a second later
-        wait_for(lambda: all((f / CANCELLED_FILE).exists() for f in folders), "the cancel", 90)
-        time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1.0)
-        second.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGINT)
-
-    t = threading.Thread(target=user)
     try:
-        t.start()
+        t, second = ctrl_c_twice_once_cancelled(folders, 90, 0.5)
         with pytest.raises(KeyboardInterrupt):
             launch(spec, poll_s=0.2)
         took = time.monotonic() - second[0]

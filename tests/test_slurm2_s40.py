@@ -5,7 +5,6 @@ sbatch flags. Each fix's test failed on the code before it."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from _sweep_specs import runs_by_cell, states_of, wait_for
+from _sweep_specs import ctrl_c_twice_once_cancelled, runs_by_cell, states_of, wait_for
 from conftest import free_port, start_mlflow_server, stop_mlflow_server
 from test_left_s39 import two_cell_yaml
 from test_slurm_s40 import alive
@@ -23,7 +22,6 @@ from sweeps import launch as launch_cli
 from sweeps import runner
 from sweeps.grid import load_spec
 from sweeps.runner import sweep_dir
-from sweeps.state import CANCELLED_FILE
 
 
 def jobs_named(sweep: str, sacct: bool = False) -> list[str]:
@@ -69,19 +67,8 @@ def test_slurm_a_second_ctrl_c_during_the_cancel_wait_exits_130_at_once_naming_t
 
     monkeypatch.setattr(runner, "record_submissions", server_dies_once_the_jobs_run)
     folders = [sweep_dir(spec) / "cells" / c for c in ("S-2-3e9", "B-2-3e9")]
-    second: list[float] = []
-
-    def user():  # Ctrl-C once the cancel has begun, and again a second later
-        wait_for(lambda: all((f / CANCELLED_FILE).exists() for f in folders), "the cancel", 120)
-        time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1.0)
-        second.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGINT)
-
-    t = threading.Thread(target=user, daemon=True)
     try:
-        t.start()
+        t, second = ctrl_c_twice_once_cancelled(folders, 120, 1.0)
         code = launch_cli.main(["-c", str(cfg), "--tracking-uri", url, "--poll", "0.5"])
         took = time.monotonic() - second[0]
         listed = alive(ids)
