@@ -33,7 +33,6 @@ from sweeps.executor import (
     JobRef,
     SlurmUnreachable,
     check_slurm_signal,
-    job_liveness,
     local_job_setup,
     make_executor,
     parse_sbatch_lines,
@@ -525,21 +524,15 @@ class _Runner:
                 return
             time.sleep(tick)
 
-    def _until_slurm_over(self, wait_s: float = SLURM_SETTLE_S, poll_s: float = SLURM_END_POLL_S) -> None:
-        """Once every SLURM job's result is collected: wait up to ``wait_s`` until SLURM calls the jobs
-        over as `status` and a relaunch ask it (`job_liveness`): a job's result shows while the job is still
-        RUNNING or COMPLETING, so the table printed next called a failed cell `running` (and a relaunch
-        right after would skip it)."""
-        refs = {
-            c: JobRef("slurm", str(j.job_id), str(j.paths.folder), self.run_dirs[c])
-            for c, j in self.jobs.items()
-        }
-        deadline = time.monotonic() + wait_s
-        while (alive := job_liveness(refs)) and time.monotonic() < deadline:
-            refs = {c: refs[c] for c in alive}
-            time.sleep(poll_s)
-        if alive:
-            log.warning("SLURM still lists job(s) %s %.0f s after their results", ", ".join(alive), wait_s)
+    def _until_slurm_over(self) -> None:
+        """Once every SLURM job's result is collected: wait up to `SLURM_SETTLE_S` until squeue lists none
+        of them (`_until_slurm_ended`): a job's result shows while the job is still RUNNING or COMPLETING,
+        so the table printed next called a failed cell `running` (and a relaunch right after skipped it)."""
+        ids = [str(j.job_id) for j in self.jobs.values()]
+        if alive := _until_slurm_ended(ids, SLURM_SETTLE_S, hurry=lambda: False, said=None):
+            log.warning(
+                "SLURM still lists job(s) %s %.0f s after their results", ", ".join(alive), SLURM_SETTLE_S
+            )
 
     def _over(self, job: Any) -> bool:
         """``job.done()``, except a SLURM job without a result that the controller still lists: sacct
@@ -728,26 +721,30 @@ def _cancel_jobs(
 
 
 def _until_slurm_ended(
-    job_ids: list[str], wait_s: float, hurry: Callable[[], bool], poll_s: float = SLURM_END_POLL_S
+    job_ids: list[str],
+    wait_s: float,
+    hurry: Callable[[], bool],
+    poll_s: float = SLURM_END_POLL_S,
+    said: str | None = "cancelled ",
 ) -> list[str]:
-    """Wait up to ``wait_s`` (or until ``hurry()``) until `squeue` lists none of the scancelled SLURM jobs
-    ``job_ids`` as alive: sacct calls a cancelled job CANCELLED at once, while its processes may run on for
-    SLURM's KillWait (they get SIGTERM first, and a trainer writes its checkpoint) as COMPLETING. Returns
-    the ids still listed, or all of them where squeue never answered."""
+    """Wait up to ``wait_s`` (or until ``hurry()``) until `squeue` lists none of the SLURM jobs ``job_ids``
+    as alive: sacct calls a cancelled or failed job over at once, while its processes may run on for
+    SLURM's KillWait (they get SIGTERM first, and a trainer writes its checkpoint) as COMPLETING. Logs
+    once that it waits for the ``said`` jobs (None: silent). Returns the ids still listed, or all of them
+    where squeue never answered."""
     deadline = time.monotonic() + wait_s
-    said = False
     while job_ids:
         try:
             queue = squeue_states(job_ids)
             job_ids = [j for j in job_ids if queue.get(j) in SLURM_ALIVE]
         except SlurmUnreachable as e:  # not known to be over: waited for as alive
-            log.warning("%s; waiting for cancelled job(s) %s", e, ", ".join(job_ids))
+            log.warning("%s; waiting for job(s) %s", e, ", ".join(job_ids))
         if not job_ids or time.monotonic() > deadline or hurry():
             break
-        if not said:
+        if said is not None:
             ids = ", ".join(job_ids)
-            log.warning("waiting up to %.0f s for the cancelled SLURM job(s) %s to end", wait_s, ids)
-            said = True
+            log.warning("waiting up to %.0f s for the %sSLURM job(s) %s to end", wait_s, said, ids)
+            said = None
         time.sleep(poll_s)
     return job_ids
 
