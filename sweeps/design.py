@@ -174,7 +174,6 @@ class FitPrior:
     n_axis: str = "total"
     overall_status: str = "ok"
     patches: tuple[float, ...] = ()  # the patch sizes of the fit's IsoFLOP slices (none: unknown)
-    token_space: dict | None = None  # results.json's `token_space` (None: written before session 40)
 
     def n_opt(self, compute: float, patch: int) -> float:
         p = self.law
@@ -218,7 +217,7 @@ def load_fit_prior(path: str, spec: SweepSpec | None = None) -> FitPrior:
     """The first usable N_opt law of a ``results.json``: the parametric law (approach 3, when its
     allocation is identified), else the IsoFLOP law (approach 2), else the frontier's (approach 1).
     ValueError naming what is missing or not identified; with ``spec``, first a ValueError when the fit
-    is of other data than the sweep's (``check_prior_space``): refitting it would not help."""
+    is of other data than the sweep's (`_check_space`): refitting it would not help."""
     hint = (
         "write one with `python analysis/fit_scaling.py --json FIT.json`, "
         "or drop --prior to use --tokens-per-param"
@@ -242,7 +241,7 @@ def load_fit_prior(path: str, spec: SweepSpec | None = None) -> FitPrior:
         law, bad = _law_numbers(data, ("A", "B", "alpha", "beta", "flops_per_param_datum"), ("alpha", "beta"))
         if not bad:
             law["k"] = law.pop("flops_per_param_datum")
-            return FitPrior(str(path), "parametric", law, n_axis, overall, _fit_patches(data), space)
+            return FitPrior(str(path), "parametric", law, n_axis, overall, _fit_patches(data))
         tried.append(f"parametric law {p3['status']} but {bad}")
     else:
         tried.append(
@@ -257,7 +256,7 @@ def load_fit_prior(path: str, spec: SweepSpec | None = None) -> FitPrior:
             if not bad and nums["alpha"] >= 0:
                 bad = f"N_opt = A C^{-nums['alpha']:.3g} does not grow with compute"
             if not bad:
-                return FitPrior(str(path), kind, nums, n_axis, overall, _fit_patches(data), space)
+                return FitPrior(str(path), kind, nums, n_axis, overall, _fit_patches(data))
             tried.append(f"{kind} {part['status']} but its N_opt law {bad}")
             continue
         tried.append(f"{kind} {part.get('status', 'absent')}" + ("" if law else " without an N_opt law"))
@@ -269,17 +268,12 @@ def load_fit_prior(path: str, spec: SweepSpec | None = None) -> FitPrior:
     )
 
 
-def check_prior_space(prior: FitPrior, spec: SweepSpec) -> FitPrior:
-    """``prior`` if it was fitted on the sweep's data and token space (data name, input size, channels);
-    ValueError naming both when not: its N_opt law is in another unit (a token of 8x8 latents is not one
-    of 16x16 pixels). A results.json without the record (written before session 40, or from a CSV without
-    those columns) is used with a logged warning. Patch sizes are noted in the plan (`plan_budgets`)."""
-    _check_space(prior.path, prior.token_space, spec)
-    return prior
-
-
 def _check_space(path: str, space: dict | None, spec: SweepSpec) -> None:
-    """`check_prior_space` on a results.json's ``token_space`` record (None: not recorded)."""
+    """ValueError naming both when a prior's results.json ``token_space`` (data name, input size,
+    channels) is not the sweep's: its N_opt law is in another unit (a token of 8x8 latents is not one of
+    16x16 pixels). A results.json without the record (``space`` None: written before session 40, or from
+    a CSV without those columns) is used with a logged warning. Patch sizes are noted in the plan
+    (`plan_budgets`)."""
     ours = {"data": spec.data.name, "input_size": spec.data.input_size, "in_channels": spec.data.in_channels}
     if space is None:
         log.warning(
