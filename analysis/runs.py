@@ -641,8 +641,8 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
             f"{len(fewer)} fewer ("
             + ", ".join(f"{r.model} at {r.C:.3g} FLOPs: {r.n:.0f}" for r in fewer.iloc[:8].itertuples())
             + (", ..." if len(fewer) > 8 else "")
-            + "); the parametric law weighs each cell by its seeds (a mean of k seeds has variance "
-            "sigma^2 / k), the frontier and the IsoFLOP fits weigh every cell alike"
+            + "); the parametric law and the IsoFLOP fits weigh each cell by its seeds (a mean of k "
+            "seeds has variance sigma^2 / k); the frontier, a minimum over cells, weighs none"
         )
     if partial.any():
         notes.append(

@@ -111,7 +111,7 @@ def test_a_cell_missing_a_seed_is_named_and_its_lrs_uneven_seeds_flagged(store):
     seeds = next(n for n in prep.notes if "cells average different numbers of seeds" in n)
     assert "17 cell(s) 2, 1 fewer (DiT-d2-w32/2 at 1e+14 FLOPs: 1)" in seeds
     assert (
-        "the parametric law weighs each cell by its seeds" in seeds
+        "the parametric law and the IsoFLOP fits weigh each cell by its seeds" in seeds
     )  # session 40: it used to weigh all alike
     lrs = next(n for n in prep.notes if "learning rates" in n)
     assert "each lr judged on the mean final loss over its seeds" in lrs
