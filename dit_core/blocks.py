@@ -54,37 +54,32 @@ class AdaLNBlock(DiTBlock):
         return x + self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
-class CrossAttentionBlock(nn.Module):
-    """Self-attention, cross-attention to the conditioning sequence `c (N, S, D)`, MLP; pre-LN."""
-
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = _ln(hidden_size, True)
-        self.attn = Attention(hidden_size, num_heads)
-        self.norm_cross = _ln(hidden_size, True)
-        self.cross_attn = CrossAttention(hidden_size, num_heads)
-        self.norm2 = _ln(hidden_size, True)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope=None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope)
-        x = x + self.cross_attn(self.norm_cross(x), c)
-        return x + self.mlp(self.norm2(x))
-
-
 class InContextBlock(nn.Module):
     """Plain pre-LN ViT block; the conditioning already sits in the token sequence (`c` unused)."""
 
+    cross_attention = False  # CrossAttentionBlock: a cross-attention layer between attention and MLP
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
         self.norm1 = _ln(hidden_size, True)
         self.attn = Attention(hidden_size, num_heads)
+        if self.cross_attention:  # registered in forward's order: the order `DiT.initialize_weights` draws in
+            self.norm_cross = _ln(hidden_size, True)
+            self.cross_attn = CrossAttention(hidden_size, num_heads)
         self.norm2 = _ln(hidden_size, True)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, rope=None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), rope)
+        if self.cross_attention:
+            x = x + self.cross_attn(self.norm_cross(x), c)
         return x + self.mlp(self.norm2(x))
+
+
+class CrossAttentionBlock(InContextBlock):
+    """Self-attention, cross-attention to the conditioning sequence `c (N, S, D)`, MLP; pre-LN."""
+
+    cross_attention = True
 
 
 #: One class per `dit_core.spec.BLOCK_TYPES` entry.
