@@ -121,10 +121,6 @@ class GaussianDiffusion(Diffusion):
         return self.timestep_map.to(t.device)[t.long()]
 
     # ------------------------------------------------------------------ forward process
-    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (N, ...) and variance (N, 1, ...) of q(x_t | x0)."""
-        return self._gather("alphas_cumprod", t, x0).sqrt() * x0, 1.0 - self._gather("alphas_cumprod", t, x0)
-
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, (N, ...)."""
         abar = self._gather("alphas_cumprod", t, x0)
