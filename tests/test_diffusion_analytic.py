@@ -128,7 +128,7 @@ def test_oracle_is_the_conditional_expectation(objective):
     noise = torch.randn(n, *SHAPE, generator=g, dtype=torch.float64)
     if objective == "flow":
         t = torch.full((n,), 0.4, dtype=torch.float64)
-        x_t = diffusion.interpolate(x0, noise, t)
+        x_t = diffusion.noised(x0, noise, t)
         target = noise - x0
     else:
         t = torch.full((n,), 300, dtype=torch.long)

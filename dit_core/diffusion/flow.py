@@ -25,8 +25,6 @@ class FlowMatching(Diffusion):
         tt = broadcast_to(t, x0)
         return (1.0 - tt) * x0 + tt * noise
 
-    interpolate = noised
-
     def predict_x0_eps(
         self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
