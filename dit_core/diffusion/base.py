@@ -46,16 +46,11 @@ class Diffusion(ABC):
     def __init__(self, config: DiffusionConfig):
         self.config = config
         self.objective = config.objective
-
-    @property
-    def num_timesteps(self) -> int:
-        """Number of discrete steps (Gaussian) or the scale of the model timestep (flow)."""
-        return self.config.num_timesteps
-
-    @property
-    def learn_sigma(self) -> bool:
-        """True iff the model must output 2*C channels (mean and variance interpolation)."""
-        return self.config.model_learns_sigma
+        #: True iff the model must output 2*C channels (mean and variance interpolation)
+        self.learn_sigma = config.model_learns_sigma
+        #: number of discrete steps (Gaussian: its betas', fewer once respaced) or the scale of the model
+        #: timestep (flow)
+        self.num_timesteps = config.num_timesteps
 
     def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
         """Map u ~ U[0, 1) (N,) to timesteps (N,) distributed as the training timestep distribution;

@@ -75,8 +75,7 @@ class GaussianDiffusion(Diffusion):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) == 0 or not np.all((betas > 0) & (betas <= 1)):
             raise ValueError("betas must be a non-empty 1-D sequence of values in (0, 1]")
-        T = len(betas)
-        self._T = T
+        T = self.num_timesteps = len(betas)
         self.timestep_map = torch.as_tensor(
             np.arange(T) if timestep_map is None else np.asarray(timestep_map), dtype=torch.long
         )
@@ -101,10 +100,6 @@ class GaussianDiffusion(Diffusion):
         self._device_cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ basics
-    @property
-    def num_timesteps(self) -> int:
-        return self._T
-
     def _gather(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Schedule array `name` at step indices t (N,) -> (N, 1, ..., 1) in x's dtype and device
         (the float64 array is cast once per device and dtype; casting commutes with indexing)."""
@@ -115,7 +110,7 @@ class GaussianDiffusion(Diffusion):
 
     def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
         s = super().timesteps_from_uniform(u)
-        return torch.clamp((s * self._T).floor().long(), 0, self._T - 1)
+        return torch.clamp((s * self.num_timesteps).floor().long(), 0, self.num_timesteps - 1)
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         return self.timestep_map.to(t.device)[t.long()]
@@ -219,14 +214,14 @@ class GaussianDiffusion(Diffusion):
             return terms
         frozen = torch.cat([pred.detach(), var_values], dim=1).float()
         terms["vb"] = self.vb_terms(frozen, x0.float(), x_t.float(), t)
-        terms["loss"] = terms["mse"] + self.config.vb_lambda * self._T * terms["vb"]
+        terms["loss"] = terms["mse"] + self.config.vb_lambda * self.num_timesteps * terms["vb"]
         return terms
 
     # ------------------------------------------------------------------ respacing
     def respace(self, section_counts: str | int | Sequence[int]) -> GaussianDiffusion:
         """A diffusion over a subset of this one's steps (see `space_timesteps`) with betas that keep
         alphas_cumprod at the kept steps; the model still receives the original step indices."""
-        kept = space_timesteps(self._T, section_counts)
+        kept = space_timesteps(self.num_timesteps, section_counts)
         betas = respaced_betas(self.alphas_cumprod.numpy(), kept)
         cfg = replace(self.config, betas=None)
         return GaussianDiffusion(cfg, betas=betas, timestep_map=self.timestep_map[kept].tolist())
