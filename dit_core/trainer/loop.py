@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -785,6 +786,14 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = self.validator(models)
         self.seconds["val_s"] += time.perf_counter() - t0
+        if bad := next(((k, v) for k, v in metrics.items() if not math.isfinite(v)), None):
+            self.check_finite(self.reduced_pending())  # diverged training is named as such
+            raise FloatingPointError(
+                f"non-finite validation loss {bad[0]} ({bad[1]}) at step {self.step}; the run stopped and "
+                f"kept its last good checkpoint ({latest_checkpoint(self.out) or 'none yet'}). The "
+                "validation data may hold non-finite values, or the model overflow on it: check "
+                "data.val_root (or the val split), or use bf16 instead of fp16"
+            )
         self.last_val = metrics[VAL_LOSS]
         self._log(metrics)
         log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
