@@ -263,12 +263,6 @@ class MetricSender:
                 self.stats["dropped"] += over
             self._cond.notify_all()
 
-    @property
-    def in_flight(self) -> int:
-        """Points of the ``log_batch`` request under way (0 when none)."""
-        with self._cond:
-            return len(self._in_flight)
-
     def pending(self) -> list:
         """Points not yet known to be on the server (in flight first, then buffered), oldest first."""
         with self._cond:
