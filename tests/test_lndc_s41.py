@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +113,27 @@ def test_a_non_finite_validation_after_a_non_finite_training_loss_names_the_trai
             FloatingPointError, match=r"^non-finite validation loss val/loss \(nan\) at step 3"
         ):
             tr.validate()
+
+
+@pytest.mark.timeout(200)
+def test_two_processes_stop_together_on_a_non_finite_validation_loss(tmp_path):
+    """The validation loss is all-reduced, so both ranks of a 2-process run (gloo on CPU, the CLI under
+    ``accelerate launch``) find it non-finite at step 0 and stop with the same error: each exits 1
+    through the CLI, none is left waiting in a collective, and the run's error tag names it once."""
+    cfg = _config(tmp_path, poisoned=True)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+              "--num_processes", "2", "-m", "dit_core.train"]  # fmt: skip
+    flags = ["--data", "latents", "--data-root", cfg.data.root, "--data.val_root", cfg.data.val_root,
+             "--model", "none", "--depth", "1", "--width", "16", "--heads", "2", "--patch-size", "2",
+             "--max-steps", "8", "--batch-size", "4", "--val-every", "2", "--val-examples", "8",
+             "--experiment", "test-train", "--out", str(cfg.out)]  # fmt: skip
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=repo)
+    proc = subprocess.run([*launch, *flags], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert proc.stderr.count("non-finite validation loss val/loss (nan) at step 0") == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("exitcode  : 1 (pid") == 2 or "exitcode  : 1" in proc.stderr, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr, proc.stderr[-3000:]
+    message = proc.stderr.split("ERROR dit_core.train: ", 1)[1].splitlines()[0]
+    _failed_with(Path(cfg.out), message)
