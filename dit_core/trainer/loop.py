@@ -727,14 +727,6 @@ class Trainer:
         self.seconds["mlflow_s"] += time.perf_counter() - t0
         self.tracker.log_metrics({PERF_PREFIX + k: v for k, v in self.seconds.items()}, self.step)
 
-    def ledger(self) -> dict[str, Any]:
-        return {
-            "images_seen": self.images_seen,
-            "train_flops": self.fpi * self.images_seen,
-            "train_flops_per_image": self.fpi,
-            "steps": self.step,
-        }
-
     def reduced_pending(self) -> torch.Tensor:
         """Per-step losses since the last log, averaged over ranks ``(K,)`` (a collective);
         FloatingPointError when one is not finite (`check_finite`)."""
@@ -837,7 +829,8 @@ class Trainer:
                               "total_steps": self.total, "lr": self.lr(max(self.step - 1, 0))},
                 "rng": get_rng_state(),
                 "data_position": self.stream.state_dict(),
-                "ledger": self.ledger(),
+                "ledger": {"images_seen": self.images_seen, "train_flops": self.fpi * self.images_seen,
+                           "train_flops_per_image": self.fpi, "steps": self.step},
                 "step": self.step,
                 "config": self.flat,
                 "mlflow_run_id": self.run_id or "",
