@@ -309,17 +309,15 @@ def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, sav
     loader = DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shuffle=False)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k)
     lats, labels, bad = [], [], []
-    offset = 0
+    files = (file for file, _ in part)  # in the loader's order
     with _sigint_held():  # the readers start here
         batches = iter(loader)
     for x, y, errors in batches:
         ok = torch.tensor([not e for e in errors], dtype=torch.bool)
-        for j, e in enumerate(errors):
+        for e, file in zip(errors, files):  # errors first: zip takes no file past the batch's
             if e:
-                file = part[offset + j][0]
                 log.warning("skipping unreadable image %s (%s)", file, e)
                 bad.append(file)
-        offset += len(errors)
         if ok.any():
             z = _encode(vae, x[ok].to(device), cfg, gen)
             lats.append(z.to("cpu", DTYPES[cfg.dtype]))

@@ -263,12 +263,6 @@ class MetricSender:
                 self.stats["dropped"] += over
             self._cond.notify_all()
 
-    @property
-    def in_flight(self) -> int:
-        """Points of the ``log_batch`` request under way (0 when none)."""
-        with self._cond:
-            return len(self._in_flight)
-
     def pending(self) -> list:
         """Points not yet known to be on the server (in flight first, then buffered), oldest first."""
         with self._cond:
@@ -372,11 +366,11 @@ class RunTracker:
     ``(key, step)``: the first value logged for a step is kept, later ones are skipped, including
     the ones a resumed run finds already on the server."""
 
-    def __init__(self, client, run_id: str, resumed: bool, *, max_buffered: int = MAX_BUFFERED_POINTS):
+    def __init__(self, client, run_id: str, resumed: bool):
         self.client, self.run_id, self.resumed = client, run_id, resumed
         self._logged: dict[str, set[int]] = logged_steps(client, run_id) if resumed else {}
         self.skipped = 0  # points not logged because their (key, step) was already logged
-        self.sender = MetricSender(client, run_id, max_buffered=max_buffered)
+        self.sender = MetricSender(client, run_id)
 
     @classmethod
     def start(
@@ -389,7 +383,6 @@ class RunTracker:
         tags: dict[str, str] | None = None,
         out_dir: str | os.PathLike | None = None,
         reuse_saved_id: bool = True,
-        max_buffered: int = MAX_BUFFERED_POINTS,
         spare_run_id: str | None = None,
     ) -> RunTracker:
         """Continue ``run_id`` (or, with ``reuse_saved_id``, the id saved in ``<out_dir>/mlflow_run_id``,
@@ -420,7 +413,7 @@ class RunTracker:
                     "Point --tracking-uri at the store the run was created in, or start a new --out"
                 ) from None
             client.update_run(run_id, status="RUNNING")
-            tracker = cls(client, run_id, resumed=True, max_buffered=max_buffered)
+            tracker = cls(client, run_id, resumed=True)
             log.info("continuing MLflow run %s (%s)", run_id, run.info.run_name)
         else:
             if not reuse_saved_id and id_file is not None and id_file.is_file():
@@ -439,7 +432,7 @@ class RunTracker:
                 run_tags[RUN_KEY_TAG] = uuid.uuid4().hex
                 atomic_write_text(out / RUN_KEY_FILE, run_tags[RUN_KEY_TAG] + "\n")
             run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
-            tracker = cls(client, run.info.run_id, resumed=False, max_buffered=max_buffered)
+            tracker = cls(client, run.info.run_id, resumed=False)
             log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run.info.run_name,
                      experiment, client.tracking_uri)  # fmt: skip
         if id_file is not None:

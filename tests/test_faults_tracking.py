@@ -38,7 +38,7 @@ def test_sender_never_waits_for_a_dead_server_and_bounds_its_buffer(monkeypatch,
     points = [Metric("train/loss", float(i), 0, i) for i in range(25)]
     with caplog.at_level(logging.WARNING, logger="dit_core.tracking"):
         sender.put(points[:5])
-        _wait(lambda: sender.in_flight == 5, what="first batch in flight")
+        _wait(lambda: len(sender._in_flight) == 5, what="first batch in flight")
         sender.put(points[5:])  # 20 more while the first request is retried: 10 fit
         assert sender.stats["failed_sends"] == 0  # MLflow is still retrying the first request
         assert [m.step for m in sender.pending()] == [0, 1, 2, 3, 4, *range(15, 25)]

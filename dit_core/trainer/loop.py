@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -316,10 +317,9 @@ class Trainer:
             ckpts = self.forked_from.parent
             home = ckpts.parent if ckpts.name == "checkpoints" else ckpts
             raise ConfigError(
-                f"tracking.run_id: --run-id {given} is the MLflow run of {self.ckpt_path}, which this "
-                f"resume forks into a new run (the checkpoint is another folder's); drop --run-id (or give "
-                f"a run of its own) for the fork, or resume with --out {home} "
-                "to continue that run"
+                f"tracking.run_id: --run-id {given} is the MLflow run of {self.ckpt_path}, which this resume "
+                f"forks into a new run (the checkpoint is another folder's); drop --run-id (or give a run of "
+                f"its own) for the fork, or resume with --out {home} to continue that run"
             )
 
     def check_classes(self, ckpt: dict[str, Any]) -> None:
@@ -505,11 +505,8 @@ class Trainer:
             self.fpi, self.peak_lr, self.total, self.batch, self.world, self.step,
         )  # fmt: skip
         # a warning from the config is the same on every rank: said once (rank-specific ones by each)
-        if (
-            self.main
-            and cfg.eval.eval_every
-            and (stale := stale_ema_warning(cfg.optim.ema_decay, self.total))
-        ):
+        stale = stale_ema_warning(cfg.optim.ema_decay, self.total) if cfg.eval.eval_every else None
+        if self.main and stale:
             log.warning("evaluation samples the EMA model: %s", stale)
         progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
         self.signal_sync = SignalSync()  # a later run() of this trainer times its steps afresh
@@ -730,21 +727,15 @@ class Trainer:
         self.seconds["mlflow_s"] += time.perf_counter() - t0
         self.tracker.log_metrics({PERF_PREFIX + k: v for k, v in self.seconds.items()}, self.step)
 
-    def ledger(self) -> dict[str, Any]:
-        return {
-            "images_seen": self.images_seen,
-            "train_flops": self.fpi * self.images_seen,
-            "train_flops_per_image": self.fpi,
-            "steps": self.step,
-        }
-
     def reduced_pending(self) -> torch.Tensor:
-        """Per-step losses since the last log, averaged over ranks ``(K,)`` (a collective)."""
+        """Per-step losses since the last log, averaged over ranks ``(K,)`` (a collective);
+        FloatingPointError when one is not finite (`check_finite`)."""
         if not self.pending:
             return torch.empty(0)
         vec = torch.stack(self.pending).float()
         if self.world > 1:
             vec = self.acc.reduce(vec.to(self.device), reduction="mean").cpu()
+        self.check_finite(vec)
         return vec
 
     def check_finite(self, vec: torch.Tensor) -> None:
@@ -761,7 +752,6 @@ class Trainer:
 
     def log_interval(self, train_time: float, interval_images: int, progress: Progress) -> None:
         vec = self.reduced_pending()
-        self.check_finite(vec)
         self.pending = []
         if len(vec) == 0:
             return
@@ -785,6 +775,14 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = self.validator(models)
         self.seconds["val_s"] += time.perf_counter() - t0
+        if bad := next(((k, v) for k, v in metrics.items() if not math.isfinite(v)), None):
+            self.reduced_pending()  # a non-finite training loss is named as such
+            raise FloatingPointError(
+                f"non-finite validation loss {bad[0]} ({bad[1]}) at step {self.step}; the run stopped and "
+                f"kept its last good checkpoint ({latest_checkpoint(self.out) or 'none yet'}). The "
+                "validation data may hold non-finite values, or the model overflow on it: check "
+                "data.val_root (or the val split), or use bf16 instead of fp16"
+            )
         self.last_val = metrics[VAL_LOSS]
         self._log(metrics)
         log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -815,7 +813,6 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint (main process) of the current step; all ranks take part."""
         vec = self.reduced_pending()
-        self.check_finite(vec)
         norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
         if not torch.isfinite(torch.stack(norms)).all():
             raise FloatingPointError(
@@ -832,7 +829,8 @@ class Trainer:
                               "total_steps": self.total, "lr": self.lr(max(self.step - 1, 0))},
                 "rng": get_rng_state(),
                 "data_position": self.stream.state_dict(),
-                "ledger": self.ledger(),
+                "ledger": {"images_seen": self.images_seen, "train_flops": self.fpi * self.images_seen,
+                           "train_flops_per_image": self.fpi, "steps": self.step},
                 "step": self.step,
                 "config": self.flat,
                 "mlflow_run_id": self.run_id or "",
