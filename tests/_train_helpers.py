@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 
 import torch
 
@@ -16,6 +17,7 @@ from dit_core.config import (
     TrainConfig,
 )
 from dit_core.data import DataConfig
+from dit_core.train import Trainer
 
 
 def tiny_config(out, *, steps: int = 40, batch: int = 8, **overrides) -> TrainConfig:
@@ -47,6 +49,30 @@ def one_thread():
 def metric_history(client, run_id: str, key: str) -> dict[int, float]:
     """{step: value} of one MLflow metric of a run (``client``: an ``MlflowClient``)."""
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def signal_after_step(monkeypatch, step: int, signum: int) -> None:
+    """Patch `Trainer.train_step` to send this process ``signum`` right after the trainer's step ``step``."""
+    real_step = Trainer.train_step
+
+    def step_then_signal(self):
+        real_step(self)
+        if self.step == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+
+
+@contextlib.contextmanager
+def signal_handlers(handlers: dict):
+    """Install ``{signum: handler}`` for the block. The tests never rely on a signal's default
+    action: a guard that failed to intercept must fail an assertion, not end the test process."""
+    old = {s: signal.signal(s, h) for s, h in handlers.items()}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class IndexedDataset(torch.utils.data.Dataset):
