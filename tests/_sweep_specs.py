@@ -9,11 +9,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.families import Scale
-from sweeps.grid import ExecutorSpec, SweepSpec, expand
-from sweeps.runner import launch, sweep_dir
+from sweeps.grid import Cell, ExecutorSpec, SweepSpec, expand
+from sweeps.lock import cell_lock_held
+from sweeps.runner import LaunchResult, launch, sweep_dir
 from sweeps.state import read_states
 
 
@@ -136,6 +138,43 @@ def launch_until_step(spec: SweepSpec, progress: Path, step: int = 5) -> tuple[t
     return t, box, sweep_dir(spec) / "cells" / cell.cell_id
 
 
+def one_s_cell(make_spec, tmp_path: Path, uri: str, step_s: float = 0.1) -> tuple[SweepSpec, Cell, Path]:
+    """The S cell of ``make_spec(tmp_path, uri, **train)`` alone at 1e10 FLOPs, ``step_s`` a step, its
+    fake trainer writing the step it reached to ``tmp_path/progress``: (spec, cell, progress file)."""
+    progress = tmp_path / "progress"
+    spec = make_spec(tmp_path, uri, step_s=step_s, progress_file=str(progress)).replace(
+        families=["S"], budgets=[1e10]
+    )
+    (cell,) = expand(spec)
+    return spec, cell, progress
+
+
+def signal_cell_mid_run(
+    make_spec, tmp_path: Path, uri: str, signum: int, join_s: float
+) -> tuple[SweepSpec, Cell, LaunchResult, Path, int]:
+    """Launch `one_s_cell` in a thread, send its trainer ``signum`` at step 5 and wait up to ``join_s``
+    for the launch to end: (spec, cell, the launch's result, the cell's run folder, the pid signalled)."""
+    spec, cell, progress = one_s_cell(make_spec, tmp_path, uri)
+    t, box, run_dir = launch_until_step(spec, progress)
+    pid = int((run_dir / "pid").read_text())
+    os.kill(pid, signum)
+    t.join(join_s)
+    return spec, cell, box["r"], run_dir, pid
+
+
+def relaunch_while_running(spec: SweepSpec, progress: Path) -> LaunchResult:
+    """A --no-wait launch of all of ``spec``'s cells, which returns once each job holds its cell's lock
+    (the cells run for seconds: a relaunch at once must see them alive); once a trainer has reached
+    step 2, a second --no-wait launch submits nothing and sees them all running. Returns the first."""
+    first = launch(spec, wait=False)
+    assert sorted(first.submitted) == sorted(c.cell_id for c in expand(spec))
+    assert all(cell_lock_held(sweep_dir(spec) / "cells" / c) for c in first.submitted)
+    wait_for(lambda: step_of(progress) >= 2, "progress")
+    again = launch(spec, wait=False)
+    assert again.submitted == [] and sorted(again.plan.running) == sorted(first.submitted)
+    return first
+
+
 def fake_final_weight(cell) -> float:
     """The fake trainer's weight after all of ``cell``'s steps, from w = 0 and
     ``w <- w - 0.1 (w - target)``: target (1 - 0.9^steps), however often it was interrupted."""
@@ -153,6 +192,20 @@ def assert_relaunch_resumes(spec: SweepSpec, uri: str, cell, run_id: str) -> Non
     assert abs(out["weight"] - fake_final_weight(cell)) <= 1e-12 * fake_final_weight(cell)
     (run,) = runs_by_cell(uri, spec.experiment)[cell.cell_id]
     assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
+
+
+def assert_requeued_to_the_same_result(spec: SweepSpec, uri: str, cell: Cell, res: LaunchResult):
+    """``res``, the launch of ``cell`` alone whose trainer was requeued once mid-run, ended where an
+    uninterrupted run would: no error, a second start that reached the last step with the final
+    weight, and one MLflow run whose ``train/loss`` holds each step once. Returns that run."""
+    assert res.errors == {}
+    out = res.results[cell.cell_id]
+    assert out["starts"] == 2 and out["step"] == cell.steps
+    assert out["weight"] == pytest.approx(fake_final_weight(cell), rel=1e-12)
+    (run,) = runs_by_cell(uri, spec.experiment)[cell.cell_id]
+    hist = MlflowClient(uri).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
+    return run
 
 
 def fake_sweep_yaml(name: str, experiment: str) -> str:
