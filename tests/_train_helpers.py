@@ -108,13 +108,18 @@ def assert_same_tensors(a, b, where: str) -> None:
         assert a == b, where
 
 
+def run_main(capsys, main, argv: list[str]) -> tuple[int, str]:
+    """A CLI's ``main(argv)`` in this process, on one thread: (exit code, its stderr)."""
+    with one_thread():
+        code = main(argv)
+    return code, capsys.readouterr().err
+
+
 def train_cli(capsys, argv: list[str]) -> tuple[int, str]:
     """``python -m dit_core.train ARGV`` in this process, on one thread: (exit code, its stderr)."""
     from dit_core.trainer.cli import main
 
-    with one_thread():
-        code = main(argv)
-    return code, capsys.readouterr().err
+    return run_main(capsys, main, argv)
 
 
 def read_until(proc, text: str) -> list[str]:
