@@ -1,5 +1,6 @@
 """Shared by the sweep tests: specs (the fake trainer at demo scale, one tiny real cell) and the
-MLflow runs of a sweep by grid cell."""
+MLflow runs of a sweep by grid cell. MLflow is imported where it is used: `test_sweeps.py`, which
+needs no store, collects without it."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from sweeps.families import Scale
 from sweeps.grid import Cell, ExecutorSpec, SweepSpec, expand
 from sweeps.lock import cell_lock_held
 from sweeps.runner import LaunchResult, launch, sweep_dir
-from sweeps.state import read_states
+from sweeps.state import CellState, read_states
 
 
 def fake_trainer_spec(
@@ -78,6 +78,8 @@ def tiny_real_spec(
 
 def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
     """The experiment's MLflow runs grouped by their ``grid_cell`` tag."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     out: dict[str, list] = {}
@@ -90,6 +92,16 @@ def states_of(spec: SweepSpec, uri: str) -> dict:
     """The launcher's view of every cell of ``spec`` (`sweeps.state.read_states`)."""
     cells = {c.cell_id: str(sweep_dir(spec) / "cells" / c.cell_id) for c in expand(spec)}
     return read_states(uri, spec.experiment, spec.name, cells)
+
+
+def cell_states(*rows: tuple) -> dict[str, CellState]:
+    """``{cell_id: CellState}`` from rows ``(cell_id, state[, attempts[, interrupts]])``, in their order
+    (a relaunch plan keeps it)."""
+
+    def row(cell_id: str, state: str, attempts: int = 0, interrupts: int = 0) -> CellState:
+        return CellState(cell_id, state, attempts=attempts, interrupts=interrupts)
+
+    return {r[0]: row(*r) for r in rows}
 
 
 def wait_for(pred, what: str, timeout_s: float = 90.0) -> None:
@@ -198,6 +210,8 @@ def assert_requeued_to_the_same_result(spec: SweepSpec, uri: str, cell: Cell, re
     """``res``, the launch of ``cell`` alone whose trainer was requeued once mid-run, ended where an
     uninterrupted run would: no error, a second start that reached the last step with the final
     weight, and one MLflow run whose ``train/loss`` holds each step once. Returns that run."""
+    from mlflow.tracking import MlflowClient
+
     assert res.errors == {}
     out = res.results[cell.cell_id]
     assert out["starts"] == 2 and out["step"] == cell.steps
@@ -220,6 +234,8 @@ def fake_sweep_yaml(name: str, experiment: str) -> str:
 
 def migrated_store(tmp_path_factory, name: str) -> str:
     """A ``sqlite:///`` MLflow store in a new temporary folder ``name``, its tables created."""
+    from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path_factory.mktemp(name)}/mlflow.db"
     MlflowClient(uri).search_experiments()  # creates the tables once
     return uri
