@@ -17,7 +17,6 @@ from dit_core.config import (
     TrainConfig,
 )
 from dit_core.data import DataConfig
-from dit_core.train import Trainer
 
 
 def tiny_config(out, *, steps: int = 40, batch: int = 8, **overrides) -> TrainConfig:
@@ -53,6 +52,8 @@ def metric_history(client, run_id: str, key: str) -> dict[int, float]:
 
 def signal_after_step(monkeypatch, step: int, signum: int) -> None:
     """Patch `Trainer.train_step` to send this process ``signum`` right after the trainer's step ``step``."""
+    from dit_core.train import Trainer
+
     real_step = Trainer.train_step
 
     def step_then_signal(self):
