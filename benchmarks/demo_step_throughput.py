@@ -134,14 +134,13 @@ def format_table(rows: list[dict]) -> str:
         f"{'shape':5s} {'thr':>3s} {'path':8s} {'img/s':>8s} {'GFLOP/s':>8s} {'roof(BTxDx4D)':>13s} "
         f"{'roof(512^3)':>11s} {'vs plain':>8s}   GEMM roofs GFLOP/s"
     )
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"{r['shape']:5s} {r['threads']:3d} {r['path']:8s} {r['img_s']:8.1f} {r['gflops']:8.1f} "
-            f"{r['roof_model']:13.0%} {r['roof_512']:11.0%} {r['vs_plain']:7.2f}x   "
-            f"{r['gemm_model']:.0f} / {r['gemm_512']:.0f}"
-        )
-    return "\n".join(lines)
+    body = [
+        f"{r['shape']:5s} {r['threads']:3d} {r['path']:8s} {r['img_s']:8.1f} {r['gflops']:8.1f} "
+        f"{r['roof_model']:13.0%} {r['roof_512']:11.0%} {r['vs_plain']:7.2f}x   "
+        f"{r['gemm_model']:.0f} / {r['gemm_512']:.0f}"
+        for r in rows
+    ]
+    return "\n".join([head, *body])
 
 
 def main(argv: list[str] | None = None) -> int:

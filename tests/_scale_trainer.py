@@ -26,11 +26,11 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["TrainConfig", "train"]
 
-from test_sweeps_fake_trainer import BudgetCfg, DataCfg, ModelCfg, TrackingCfg, _flat
+from test_sweeps_fake_trainer import TrainSections, _flat
 
 from dit_core.spec import (
     forward_gflops,
@@ -45,11 +45,7 @@ FIXED_COSTS = ("perf/startup_s", "perf/mlflow_s", "perf/val_s", "perf/eval_s", "
 
 
 @dataclass
-class TrainConfig:
-    model: ModelCfg = field(default_factory=ModelCfg)
-    data: DataCfg = field(default_factory=DataCfg)
-    budget: BudgetCfg = field(default_factory=BudgetCfg)
-    tracking: TrackingCfg = field(default_factory=TrackingCfg)
+class TrainConfig(TrainSections):
     out: str = "scale_run"
     points: int = 5  # logged steps per metric key
 

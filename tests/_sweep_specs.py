@@ -1,5 +1,6 @@
 """Shared by the sweep tests: specs (the fake trainer at demo scale, one tiny real cell) and the
-MLflow runs of a sweep by grid cell."""
+MLflow runs of a sweep by grid cell. MLflow is imported where it is used: `test_sweeps.py`, which
+needs no store, collects without it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import threading
 import time
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
+import pytest
 
 from sweeps.families import Scale
-from sweeps.grid import ExecutorSpec, SweepSpec, expand
-from sweeps.runner import launch, sweep_dir
-from sweeps.state import read_states
+from sweeps.grid import Cell, ExecutorSpec, SweepSpec, expand
+from sweeps.lock import cell_lock_held
+from sweeps.runner import LaunchResult, launch, sweep_dir
+from sweeps.state import CellState, read_states
 
 
 def fake_trainer_spec(
@@ -76,6 +78,8 @@ def tiny_real_spec(
 
 def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:
     """The experiment's MLflow runs grouped by their ``grid_cell`` tag."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     out: dict[str, list] = {}
@@ -88,6 +92,16 @@ def states_of(spec: SweepSpec, uri: str) -> dict:
     """The launcher's view of every cell of ``spec`` (`sweeps.state.read_states`)."""
     cells = {c.cell_id: str(sweep_dir(spec) / "cells" / c.cell_id) for c in expand(spec)}
     return read_states(uri, spec.experiment, spec.name, cells)
+
+
+def cell_states(*rows: tuple) -> dict[str, CellState]:
+    """``{cell_id: CellState}`` from rows ``(cell_id, state[, attempts[, interrupts]])``, in their order
+    (a relaunch plan keeps it)."""
+
+    def row(cell_id: str, state: str, attempts: int = 0, interrupts: int = 0) -> CellState:
+        return CellState(cell_id, state, attempts=attempts, interrupts=interrupts)
+
+    return {r[0]: row(*r) for r in rows}
 
 
 def wait_for(pred, what: str, timeout_s: float = 90.0) -> None:
@@ -136,6 +150,43 @@ def launch_until_step(spec: SweepSpec, progress: Path, step: int = 5) -> tuple[t
     return t, box, sweep_dir(spec) / "cells" / cell.cell_id
 
 
+def one_s_cell(make_spec, tmp_path: Path, uri: str, step_s: float = 0.1) -> tuple[SweepSpec, Cell, Path]:
+    """The S cell of ``make_spec(tmp_path, uri, **train)`` alone at 1e10 FLOPs, ``step_s`` a step, its
+    fake trainer writing the step it reached to ``tmp_path/progress``: (spec, cell, progress file)."""
+    progress = tmp_path / "progress"
+    spec = make_spec(tmp_path, uri, step_s=step_s, progress_file=str(progress)).replace(
+        families=["S"], budgets=[1e10]
+    )
+    (cell,) = expand(spec)
+    return spec, cell, progress
+
+
+def signal_cell_mid_run(
+    make_spec, tmp_path: Path, uri: str, signum: int, join_s: float
+) -> tuple[SweepSpec, Cell, LaunchResult, Path, int]:
+    """Launch `one_s_cell` in a thread, send its trainer ``signum`` at step 5 and wait up to ``join_s``
+    for the launch to end: (spec, cell, the launch's result, the cell's run folder, the pid signalled)."""
+    spec, cell, progress = one_s_cell(make_spec, tmp_path, uri)
+    t, box, run_dir = launch_until_step(spec, progress)
+    pid = int((run_dir / "pid").read_text())
+    os.kill(pid, signum)
+    t.join(join_s)
+    return spec, cell, box["r"], run_dir, pid
+
+
+def relaunch_while_running(spec: SweepSpec, progress: Path) -> LaunchResult:
+    """A --no-wait launch of all of ``spec``'s cells, which returns once each job holds its cell's lock
+    (the cells run for seconds: a relaunch at once must see them alive); once a trainer has reached
+    step 2, a second --no-wait launch submits nothing and sees them all running. Returns the first."""
+    first = launch(spec, wait=False)
+    assert sorted(first.submitted) == sorted(c.cell_id for c in expand(spec))
+    assert all(cell_lock_held(sweep_dir(spec) / "cells" / c) for c in first.submitted)
+    wait_for(lambda: step_of(progress) >= 2, "progress")
+    again = launch(spec, wait=False)
+    assert again.submitted == [] and sorted(again.plan.running) == sorted(first.submitted)
+    return first
+
+
 def fake_final_weight(cell) -> float:
     """The fake trainer's weight after all of ``cell``'s steps, from w = 0 and
     ``w <- w - 0.1 (w - target)``: target (1 - 0.9^steps), however often it was interrupted."""
@@ -155,6 +206,22 @@ def assert_relaunch_resumes(spec: SweepSpec, uri: str, cell, run_id: str) -> Non
     assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
 
 
+def assert_requeued_to_the_same_result(spec: SweepSpec, uri: str, cell: Cell, res: LaunchResult):
+    """``res``, the launch of ``cell`` alone whose trainer was requeued once mid-run, ended where an
+    uninterrupted run would: no error, a second start that reached the last step with the final
+    weight, and one MLflow run whose ``train/loss`` holds each step once. Returns that run."""
+    from mlflow.tracking import MlflowClient
+
+    assert res.errors == {}
+    out = res.results[cell.cell_id]
+    assert out["starts"] == 2 and out["step"] == cell.steps
+    assert out["weight"] == pytest.approx(fake_final_weight(cell), rel=1e-12)
+    (run,) = runs_by_cell(uri, spec.experiment)[cell.cell_id]
+    hist = MlflowClient(uri).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
+    return run
+
+
 def fake_sweep_yaml(name: str, experiment: str) -> str:
     """A sweep YAML of one S cell at 3e9 FLOPs (Scale(8, 4), batch 8) through
     `test_sweeps_fake_trainer` at no time per step, without a final evaluation."""
@@ -167,6 +234,8 @@ def fake_sweep_yaml(name: str, experiment: str) -> str:
 
 def migrated_store(tmp_path_factory, name: str) -> str:
     """A ``sqlite:///`` MLflow store in a new temporary folder ``name``, its tables created."""
+    from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path_factory.mktemp(name)}/mlflow.db"
     MlflowClient(uri).search_experiments()  # creates the tables once
     return uri

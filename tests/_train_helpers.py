@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 
 import torch
 
@@ -49,6 +50,32 @@ def metric_history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
+def signal_after_step(monkeypatch, step: int, signum: int) -> None:
+    """Patch `Trainer.train_step` to send this process ``signum`` right after the trainer's step ``step``."""
+    from dit_core.train import Trainer
+
+    real_step = Trainer.train_step
+
+    def step_then_signal(self):
+        real_step(self)
+        if self.step == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+
+
+@contextlib.contextmanager
+def signal_handlers(handlers: dict):
+    """Install ``{signum: handler}`` for the block. The tests never rely on a signal's default
+    action: a guard that failed to intercept must fail an assertion, not end the test process."""
+    old = {s: signal.signal(s, h) for s, h in handlers.items()}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 class IndexedDataset(torch.utils.data.Dataset):
     """Item i is ``([i, epoch, pid], i % 3)``: which image, in which epoch, read by which process."""
 
@@ -82,13 +109,18 @@ def assert_same_tensors(a, b, where: str) -> None:
         assert a == b, where
 
 
+def run_main(capsys, main, argv: list[str]) -> tuple[int, str]:
+    """A CLI's ``main(argv)`` in this process, on one thread: (exit code, its stderr)."""
+    with one_thread():
+        code = main(argv)
+    return code, capsys.readouterr().err
+
+
 def train_cli(capsys, argv: list[str]) -> tuple[int, str]:
     """``python -m dit_core.train ARGV`` in this process, on one thread: (exit code, its stderr)."""
     from dit_core.trainer.cli import main
 
-    with one_thread():
-        code = main(argv)
-    return code, capsys.readouterr().err
+    return run_main(capsys, main, argv)
 
 
 def read_until(proc, text: str) -> list[str]:

@@ -27,25 +27,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 _LATENTS_TESTS = ["tests/test_extract_latents.py", "-k", "not workers and not ranks"]
 
+# the model's tests: blocks written out by hand, input checks, properties, parity with diffusers,
+# label dropout's rate
+_MODEL_TESTS = [
+    "tests/test_blocks_reference.py",
+    "tests/test_model_input_checks.py",
+    "tests/test_model_properties.py",
+    "tests/test_models.py",
+    "tests/test_dit_parity.py",
+    "tests/test_training_truth.py",
+]
+
 # module -> the tests that exercise it (fast ones only; slow trainer runs are left out).
 SELECTIONS: dict[str, list[str]] = {
-    "dit_core/blocks.py": [
-        "tests/test_blocks_reference.py",
-        "tests/test_model_input_checks.py",
-        "tests/test_model_properties.py",
-        "tests/test_models.py",
-        "tests/test_dit_parity.py",
-        "tests/test_training_truth.py",
-    ],
-    "dit_core/models.py": [
-        "tests/test_blocks_reference.py",
-        "tests/test_model_input_checks.py",
-        "tests/test_model_properties.py",
-        "tests/test_models.py",
-        "tests/test_dit_parity.py",
-        "tests/test_training_truth.py",
-        "tests/test_model_init_and_checkpoint.py",
-    ],
+    "dit_core/blocks.py": _MODEL_TESTS,
+    "dit_core/models.py": [*_MODEL_TESTS, "tests/test_model_init_and_checkpoint.py"],
     # one run for the whole package (one stats collection); scores are split per file afterwards
     "dit_core/diffusion/*.py": [
         "tests/test_diffusion.py",
@@ -186,14 +182,7 @@ SELECTIONS: dict[str, list[str]] = {
     ],
     # the layers every block uses, the 2-D RoPE tables and the sin-cos tables: the model's tests
     # (parity with diffusers, blocks written out by hand, properties, input checks, label dropout's rate)
-    "dit_core/layers.py": [
-        "tests/test_blocks_reference.py",
-        "tests/test_model_input_checks.py",
-        "tests/test_model_properties.py",
-        "tests/test_models.py",
-        "tests/test_dit_parity.py",
-        "tests/test_training_truth.py",
-    ],
+    "dit_core/layers.py": _MODEL_TESTS,
     "dit_core/rope.py": [
         "tests/test_blocks_reference.py",
         "tests/test_model_properties.py",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from _train_helpers import one_thread, tiny_config
+from _train_helpers import one_thread, tiny_config, train_cli
 
 from dit_core.configio import ConfigError
 from dit_core.data import DataConfig, digits_images
@@ -98,11 +98,9 @@ def test_a_run_too_large_for_memory_exits_2_naming_the_image_size(tmp_path, caps
     """``--data photos --image-size 100000`` died in the model's position table (3.8 TB) with a traceback
     (since session 34 that size is refused by the photos' limit; a huge width takes its place). The
     model is named by its shape: session 34 found ``--depth 1 --hidden-size 4000000`` called DiT-S/2."""
-    with one_thread():
-        code = train_main(["--data", "photos", "--image-size", "16", "--depth", "1", "--hidden-size",
-                           "4000000", "--num-heads", "1", "--no-mlflow", "--max-steps", "1",
-                           "--out", str(tmp_path / "run")])  # fmt: skip
-    err = capsys.readouterr().err
+    code, err = train_cli(capsys, ["--data", "photos", "--image-size", "16", "--depth", "1", "--hidden-size",
+                                   "4000000", "--num-heads", "1", "--no-mlflow", "--max-steps", "1",
+                                   "--out", str(tmp_path / "run")])  # fmt: skip
     assert code == 2, err
     assert err.startswith(
         "error: out of memory setting up the run at --image-size 16 (data photos, model DiT-d1-w4000000/2): "
@@ -119,10 +117,8 @@ def test_running_out_of_memory_while_training_exits_1_with_the_batch_flags(tmp_p
         )
 
     monkeypatch.setattr(Trainer, "run", oom)
-    with one_thread():
-        code = train_main(["--data", "digits", "--image-size", "8", "--no-mlflow", "--max-steps", "1",
-                           "--batch-size", "64", "--out", str(tmp_path / "run")])  # fmt: skip
-    err = capsys.readouterr().err
+    code, err = train_cli(capsys, ["--data", "digits", "--image-size", "8", "--no-mlflow", "--max-steps", "1",
+                                   "--batch-size", "64", "--out", str(tmp_path / "run")])  # fmt: skip
     assert code == 1, err
     assert err == (
         "error: out of memory training (--batch-size 64, eval.batch_size 100): DefaultCPUAllocator: can't "

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from _train_helpers import one_thread, tiny_config
+from _train_helpers import one_thread, run_main, tiny_config, train_cli
 from PIL import Image
 
 from dit_core.configio import ConfigError
@@ -46,11 +46,10 @@ def test_out_naming_a_checkpoints_folder_is_refused_before_anything_is_written(t
     """``--out run/checkpoints`` wrote ``run/checkpoints/checkpoints/`` and kept its lock and run id
     inside ``run/checkpoints``, out of sight of a trainer on ``--out run`` (two trainers, one run)."""
     out = tmp_path / "run" / "checkpoints"
-    with one_thread():
-        code = train_main(["--data", "digits", "--image-size", "8", "--no-mlflow", "--max-steps", "1",
-                           "--out", str(out)])  # fmt: skip
+    code, err = train_cli(capsys, ["--data", "digits", "--image-size", "8", "--no-mlflow", "--max-steps", "1",
+                                   "--out", str(out)])  # fmt: skip
     assert code == 2
-    assert capsys.readouterr().err == (
+    assert err == (
         f"error: out: {out} is the name of a run folder's checkpoints/ subfolder; --out names the run "
         f"folder itself (checkpoints/, config.json, the MLflow run id): give --out {out.parent} to "
         "continue that run, or another name for a new one\n"
@@ -123,11 +122,8 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_a_clear_error(tmp_p
     edited = tmp_path / "edited.pt"
     torch.save(ckpt, edited)
     monkeypatch.chdir(tmp_path)
-    with one_thread():
-        code = sample_main(
-            ["--checkpoint", str(edited), "--out", "grid.png", "--steps", "1", "--num-samples", "2"]
-        )
-    err = capsys.readouterr().err
+    argv = ["--checkpoint", str(edited), "--out", "grid.png", "--steps", "1", "--num-samples", "2"]
+    code, err = run_main(capsys, sample_main, argv)
     assert code == 2 and "Traceback" not in err, err
     assert err.startswith(
         f"error: {edited}: its 'ema' weights do not fit the model its config describes (Error(s) in loading "
@@ -166,10 +162,8 @@ def test_samples_that_overflow_are_an_error_not_black_images(tmp_path, capsys, m
 
     out = _one_step_run(tmp_path, **{"model.class_dropout_prob": 0.1})
     monkeypatch.chdir(tmp_path)
-    with one_thread():
-        code = sample_main(["--checkpoint", str(out), "--out", "grid.png", "--steps", "2", "--num-samples",
-                            "2", "--cfg-scale", "1e308"])  # fmt: skip
-    err = capsys.readouterr().err
+    code, err = run_main(capsys, sample_main, ["--checkpoint", str(out), "--out", "grid.png", "--steps", "2",
+                                               "--num-samples", "2", "--cfg-scale", "1e308"])  # fmt: skip
     assert code == 1, err
     assert err == (
         "error: sampling gave non-finite values (NaN or inf) in samples 0..1 at guidance scale 1e+308: the "

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass, field, replace
 
 import pytest
+from _sweep_specs import cell_states
 
 from dit_core.configio import apply_flat
 from sweeps import launch as cli
@@ -516,17 +517,12 @@ def test_apply_overrides_sets_nested_fields_and_names_unknown_ones():
 
 
 def test_relaunch_plan():
-    st = {
-        "a": CellState("a", "finished", attempts=1),
-        "b": CellState("b", "running", attempts=1),
-        "c": CellState("c", "missing"),
-        "d": CellState("d", "failed", attempts=1),
-        "e": CellState("e", "failed", attempts=3),
-        "f": CellState("f", "interrupted", attempts=2),
-        # submissions stopped by a Ctrl-C of their launcher are not tries: 4 - 2 = 2 tries
-        "g": CellState("g", "failed", attempts=4, interrupts=2),
-        "h": CellState("h", "interrupted", attempts=2, interrupts=2),
-    }
+    # rows (cell, state, attempts, interrupts): submissions stopped by a Ctrl-C of their launcher are not
+    # tries (g: 4 - 2 = 2 tries)
+    st = cell_states(
+        ("a", "finished", 1), ("b", "running", 1), ("c", "missing"), ("d", "failed", 1), ("e", "failed", 3),
+        ("f", "interrupted", 2), ("g", "failed", 4, 2), ("h", "interrupted", 2, 2),
+    )  # fmt: skip
     assert (st["g"].tries, st["h"].tries) == (2, 0)
     p = plan(st, max_retries=2)
     assert p.finished == ["a"] and p.running == ["b"]

@@ -64,11 +64,18 @@ class TrackingCfg:
 
 
 @dataclass
-class TrainConfig:
+class TrainSections:
+    """The sections of `dit_core.train.TrainConfig` that a sweep's dotted overrides reach; each
+    stand-in trainer's config adds its own fields after them."""
+
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     budget: BudgetCfg = field(default_factory=BudgetCfg)
     tracking: TrackingCfg = field(default_factory=TrackingCfg)
+
+
+@dataclass
+class TrainConfig(TrainSections):
     out: str = "fake_run"
     seed: int = 0  # logged like the real trainer's (a sweep's `seeds` set it per cell); not used
     step_s: float = 0.02  # sleep per step, so that a signal can arrive mid-run

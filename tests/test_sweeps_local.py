@@ -12,17 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 from _sweep_specs import (
     assert_relaunch_resumes,
+    assert_requeued_to_the_same_result,
     fake_final_weight,
     fake_trainer_spec,
-    launch_until_step,
+    one_s_cell,
+    relaunch_while_running,
     runs_by_cell,
+    signal_cell_mid_run,
     states_of,
     step_of,
     wait_for,
@@ -161,27 +163,10 @@ def test_failed_cell_is_retried_in_the_same_run_up_to_the_limit(job_env, tmp_pat
 
 def test_preempted_local_job_requeues_and_resumes_to_the_same_result(job_env, tmp_path):
     """USR2 mid-run: checkpoint, requeue by submitit's local controller, resume, same final state."""
-    progress = tmp_path / "progress"
-    spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
-    )
-    (cell,) = expand(spec)
+    # SIGUSR2 to the trainer at step 5, as SLURM sends it before a time limit
+    spec, cell, res, _, _ = signal_cell_mid_run(small_spec, tmp_path, job_env, signal.SIGUSR2, join_s=90)
     assert cell.steps == 31
-    res_box = {}
-    t = threading.Thread(target=lambda: res_box.setdefault("r", launch(spec, poll_s=0.3)))
-    t.start()
-    wait_for(lambda: step_of(progress) >= 5, "progress")
-    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
-    os.kill(int((run_dir / "pid").read_text()), signal.SIGUSR2)  # as SLURM does before a time limit
-    t.join(90)
-    res = res_box["r"]
-    assert res.errors == {}
-    out = res.results[cell.cell_id]
-    assert out["starts"] == 2 and out["step"] == cell.steps
-    assert out["weight"] == pytest.approx(fake_final_weight(cell), rel=1e-12)
-    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
-    hist = MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")
-    assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
+    assert_requeued_to_the_same_result(spec, job_env, cell, res)
 
 
 def test_relaunch_while_jobs_run_submits_nothing_and_creates_no_run(job_env, tmp_path):
@@ -191,14 +176,7 @@ def test_relaunch_while_jobs_run_submits_nothing_and_creates_no_run(job_env, tmp
     spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
         budgets=[1e10], families=["S", "B"]
     )
-    first = launch(spec, wait=False)
-    assert sorted(first.submitted) == sorted(c.cell_id for c in expand(spec))
-    # a --no-wait launch returns once each job holds its cell's lock (the cells run for seconds):
-    # a relaunch at once must see them alive
-    assert all(cell_lock_held(sweep_dir(spec) / "cells" / c) for c in first.submitted)
-    wait_for(lambda: step_of(progress) >= 2, "progress")
-    again = launch(spec, wait=False)
-    assert again.submitted == [] and sorted(again.plan.running) == sorted(first.submitted)
+    first = relaunch_while_running(spec, progress)
     states = states_of(spec, job_env)
     assert {s.state for s in states.values()} <= {"queued", "running"}  # queued: trainer not started yet
     runs = runs_by_cell(job_env, spec.experiment)
@@ -209,15 +187,9 @@ def test_relaunch_while_jobs_run_submits_nothing_and_creates_no_run(job_env, tmp
 
 
 def test_sigkilled_job_is_interrupted_and_resumes_into_its_own_run(job_env, tmp_path):
-    progress = tmp_path / "progress"
-    spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
-    )
-    (cell,) = expand(spec)
-    t, box, run_dir = launch_until_step(spec, progress)
-    os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)  # no handler, no checkpoint-on-exit
-    t.join(60)
-    assert cell.cell_id in box["r"].errors  # the job died without a result
+    # SIGKILL: no handler, no checkpoint-on-exit
+    spec, cell, res, _, _ = signal_cell_mid_run(small_spec, tmp_path, job_env, signal.SIGKILL, join_s=60)
+    assert cell.cell_id in res.errors  # the job died without a result
     st = states_of(spec, job_env)[cell.cell_id]
     # the launcher that saw the job over ended the run its trainer could not (session 37: was left RUNNING)
     assert st.state == "interrupted" and st.run_status == "KILLED" and st.attempts == 1
@@ -381,11 +353,7 @@ def test_ctrl_c_of_the_launcher_is_not_a_try_against_max_retries(job_env, tmp_pa
     process group: the launcher and its local jobs): it exits 130, each stopped submission is counted
     in the run's ``interrupts`` tag and not as a try, so a third launch still runs the cell (with
     interrupts counted as tries it would be out of retries after the first) into its one run."""
-    progress = tmp_path / "progress"
-    spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
-    )
-    (cell,) = expand(spec)
+    spec, cell, progress = one_s_cell(small_spec, tmp_path, job_env)
     cfg = _write_yaml(spec, tmp_path / "sweep.yaml")
     cmd = [sys.executable, str(REPO / "sweeps" / "launch.py"), "-c", str(cfg), "--max-retries", "0"]
     cmd += ["--poll", "0.2"] + ([] if warm else ["--no-warm"])

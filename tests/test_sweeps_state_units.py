@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from _sweep_specs import migrated_store
+from _sweep_specs import cell_states, migrated_store
 from mlflow.tracking import MlflowClient
 
 from dit_core.config import TrainConfig
@@ -479,18 +479,11 @@ def test_a_cell_that_finishes_during_the_liveness_check_is_finished_not_interrup
 
 # ---------------------------------------------------------------------- decisions
 def test_plan_skips_finished_and_live_cells_and_retries_up_to_the_limit():
-    states = {
-        "fin": CellState("fin", "finished", attempts=9),
-        "run": CellState("run", "running", attempts=9),
-        "que": CellState("que", "queued", attempts=9),
-        "new": CellState("new", "missing"),
-        "unrecorded": CellState("unrecorded", "missing", attempts=9),
-        "f1": CellState("f1", "failed", attempts=1),
-        "f2": CellState("f2", "failed", attempts=2),
-        "f3": CellState("f3", "failed", attempts=3),
-        "i2": CellState("i2", "interrupted", attempts=2),
-        "i3": CellState("i3", "interrupted", attempts=3),
-    }
+    states = cell_states(
+        ("fin", "finished", 9), ("run", "running", 9), ("que", "queued", 9), ("new", "missing"),
+        ("unrecorded", "missing", 9), ("f1", "failed", 1), ("f2", "failed", 2), ("f3", "failed", 3),
+        ("i2", "interrupted", 2), ("i3", "interrupted", 3),
+    )  # fmt: skip
     p = plan(states, max_retries=2)
     assert (p.finished, p.running) == (["fin"], ["run", "que"])
     assert p.submit == ["new", "unrecorded", "f1", "f2", "i2"] and p.exhausted == ["f3", "i3"]

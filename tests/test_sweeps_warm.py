@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 from _sweep_specs import (
     assert_relaunch_resumes,
+    assert_requeued_to_the_same_result,
     fake_final_weight,
     fake_trainer_spec,
-    launch_until_step,
+    one_s_cell,
+    relaunch_while_running,
     runs_by_cell,
+    signal_cell_mid_run,
     states_of,
     step_of,
     tiny_real_spec,
@@ -129,12 +132,7 @@ def test_relaunch_while_warm_cells_run_submits_nothing(job_env, tmp_path):
     after the launcher has returned, and a relaunch sees them alive and submits nothing."""
     progress = tmp_path / "progress"
     spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(budgets=[1e10])
-    first = launch(spec, wait=False)
-    assert sorted(first.submitted) == sorted(c.cell_id for c in expand(spec))
-    assert all(cell_lock_held(sweep_dir(spec) / "cells" / c) for c in first.submitted)
-    wait_for(lambda: step_of(progress) >= 2, "progress")
-    again = launch(spec, wait=False)
-    assert again.submitted == [] and sorted(again.plan.running) == sorted(first.submitted)
+    first = relaunch_while_running(spec, progress)
     # B's 8 steps may end meanwhile on a slow host: finished then, never "interrupted"
     assert {s.state for s in states_of(spec, job_env).values()} <= {"queued", "running", "finished"}
     wait_for(lambda: all(s.state == "finished" for s in states_of(spec, job_env).values()), "the cells")
@@ -148,16 +146,7 @@ def test_relaunch_while_warm_cells_run_submits_nothing(job_env, tmp_path):
 
 
 def test_sigkilled_warm_child_is_interrupted_and_resumes_into_its_own_run(job_env, tmp_path):
-    progress = tmp_path / "progress"
-    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
-    )
-    (cell,) = expand(spec)
-    t, box, run_dir = launch_until_step(spec, progress)
-    pid = int((run_dir / "pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    t.join(60)
-    res = box["r"]
+    spec, cell, res, _, pid = signal_cell_mid_run(warm_spec, tmp_path, job_env, signal.SIGKILL, join_s=60)
     assert "SIGKILL" in res.errors[cell.cell_id]
     folder = sweep_dir(spec) / "jobs" / res.job_ids[cell.cell_id]
     assert (folder / f"{res.job_ids[cell.cell_id]}_exit").read_text() == str(-signal.SIGKILL)
@@ -170,25 +159,13 @@ def test_sigkilled_warm_child_is_interrupted_and_resumes_into_its_own_run(job_en
 
 
 def test_usr2_requeues_the_warm_child_which_resumes_to_the_same_result(job_env, tmp_path):
-    progress = tmp_path / "progress"
-    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
+    # SIGUSR2 to the trainer at step 5, as SLURM (or the warm worker's time limit) sends it
+    spec, cell, res, run_dir, first_pid = signal_cell_mid_run(
+        warm_spec, tmp_path, job_env, signal.SIGUSR2, join_s=90
     )
-    (cell,) = expand(spec)
-    t, box, run_dir = launch_until_step(spec, progress)
-    first_pid = int((run_dir / "pid").read_text())
-    os.kill(first_pid, signal.SIGUSR2)  # as SLURM (or the warm worker's time limit) does
-    t.join(90)
-    res = box["r"]
-    assert res.errors == {}
-    out = res.results[cell.cell_id]
-    assert out["starts"] == 2 and out["step"] == cell.steps
+    run = assert_requeued_to_the_same_result(spec, job_env, cell, res)
     assert int((run_dir / "pid").read_text()) != first_pid  # forked again
-    assert out["weight"] == pytest.approx(fake_final_weight(cell), rel=1e-12)
-    (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
     assert run.data.tags["attempts"] == "1"  # a requeue is not a resubmission
-    hist = MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")
-    assert sorted(m.step for m in hist) == list(range(1, cell.steps + 1))
 
 
 @pytest.mark.slow
@@ -224,11 +201,7 @@ def test_cancelled_warm_job_stops_with_its_error_and_frees_the_cell(job_env, tmp
     from sweeps.task import make_task
     from sweeps.warm import WarmExecutor
 
-    progress = tmp_path / "progress"
-    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
-    )
-    (cell,) = expand(spec)
+    spec, cell, progress = one_s_cell(warm_spec, tmp_path, job_env)
     task = make_task(spec, cell, sweep_dir(spec), job_env, threads=1)
     # a launcher started in the background by a script has SIGINT ignored, and so has its warm worker:
     # the child must take SIGINT back, or the cancel would be lost
@@ -264,11 +237,7 @@ def test_a_killed_warm_worker_leaves_its_cell_running_and_the_job_failed_once_th
     from sweeps.task import make_task
     from sweeps.warm import WarmExecutor
 
-    progress = tmp_path / "progress"
-    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
-    )
-    (cell,) = expand(spec)
+    spec, cell, progress = one_s_cell(warm_spec, tmp_path, job_env)
     task = make_task(spec, cell, sweep_dir(spec), job_env, threads=1)
     ex = WarmExecutor(sweep_dir(spec) / "jobs", threads=1, trainer=spec.trainer, tracking_uri=job_env)
     job = ex.submit(None, task)
@@ -349,11 +318,7 @@ def test_the_time_limit_requeues_a_cell_until_max_num_timeout_then_fails_it(job_
     from sweeps.task import make_task
     from sweeps.warm import REQUEUE_EXIT, WarmExecutor
 
-    progress = tmp_path / "progress"
-    spec = warm_spec(tmp_path, job_env, step_s=0.3, progress_file=str(progress)).replace(
-        families=["S"], budgets=[1e10]
-    )
-    (cell,) = expand(spec)
+    spec, cell, progress = one_s_cell(warm_spec, tmp_path, job_env, step_s=0.3)
     assert cell.steps * 0.3 > 9 * 1.0
     task = make_task(spec, cell, sweep_dir(spec), job_env, threads=1)
     ex = WarmExecutor(

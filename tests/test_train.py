@@ -323,30 +323,19 @@ def test_eval_every_logs_sample_metrics_and_a_grid(tmp_path):
 def test_signal_hands_over_to_a_previous_handler_after_the_checkpoint(tmp_path, monkeypatch):
     """submitit installs a USR2 handler that requeues the job: on USR2 the trainer checkpoints at the
     next step boundary, ends the MLflow run as KILLED, restores the handler and then calls it."""
-    import os
     import signal
 
-    from dit_core.train import Trainer
+    from _train_helpers import signal_after_step, signal_handlers
 
     calls = []
 
     def requeue(signum, frame):
         calls.append((signum, latest_checkpoint(tmp_path)))
 
-    real_step = Trainer.train_step
-
-    def step_then_signal(self):
-        real_step(self)
-        if self.step == 3:
-            os.kill(os.getpid(), signal.SIGUSR2)
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    old = signal.signal(signal.SIGUSR2, requeue)
-    try:
+    signal_after_step(monkeypatch, 3, signal.SIGUSR2)
+    with signal_handlers({signal.SIGUSR2: requeue}):
         res = train(tiny_config(tmp_path, steps=50, **{"checkpoint.every": 0}))
         assert signal.getsignal(signal.SIGUSR2) is requeue  # restored
-    finally:
-        signal.signal(signal.SIGUSR2, old)
     assert (res.status, res.signal, res.step) == ("preempted", "SIGUSR2", 3)
     assert calls == [(signal.SIGUSR2, tmp_path / "checkpoints" / "step_0000003.pt")]
     run = MlflowClient().get_run(res.run_id)

@@ -5,7 +5,6 @@ Fast enough (about 10-20 s) to be the mutation-testing selection of `dit_core/tr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -18,7 +17,7 @@ import types
 
 import pytest
 import torch
-from _train_helpers import assert_same_tensors, one_thread, tiny_config
+from _train_helpers import assert_same_tensors, one_thread, signal_after_step, signal_handlers, tiny_config
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -467,20 +466,10 @@ def test_a_signal_mid_run_checkpoints_that_step_then_calls_the_previous_handler(
     def previous(signum, frame):
         calls.append((signum, [p.name for p in list_checkpoints(tmp_path)]))
 
-    real_step = Trainer.train_step
-
-    def step_then_signal(self):
-        real_step(self)
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    old = signal.signal(signal.SIGUSR1, previous)
-    try:
+    signal_after_step(monkeypatch, 2, signal.SIGUSR1)
+    with signal_handlers({signal.SIGUSR1: previous}):
         res = train(tiny(tmp_path, 6))
         assert signal.getsignal(signal.SIGUSR1) is previous
-    finally:
-        signal.signal(signal.SIGUSR1, old)
     assert (res.status, res.signal, res.step, res.images_seen) == ("preempted", "SIGUSR1", 2, 8)
     assert calls == [(signal.SIGUSR1, ["step_0000002.pt"])]
     assert load_checkpoint(res.checkpoint)["step"] == 2
@@ -489,29 +478,10 @@ def test_a_signal_mid_run_checkpoints_that_step_then_calls_the_previous_handler(
     assert "handing SIGUSR1 on to the previously installed handler" in text
 
 
-@contextlib.contextmanager
-def _handlers(handlers: dict):
-    """Install ``{signum: handler}`` for the block. The tests never rely on a signal's default
-    action: a guard that failed to intercept must fail an assertion, not end the test process."""
-    old = {s: signal.signal(s, h) for s, h in handlers.items()}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def test_sigterm_with_no_previous_python_handler_stops_without_handing_on(tmp_path, monkeypatch):
     """SIG_IGN before the run: not a Python handler, so nothing is handed on after the checkpoint."""
-    real_step = Trainer.train_step
-
-    def step_then_signal(self):
-        real_step(self)
-        if self.step == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    with _handlers({signal.SIGTERM: signal.SIG_IGN}):
+    signal_after_step(monkeypatch, 1, signal.SIGTERM)
+    with signal_handlers({signal.SIGTERM: signal.SIG_IGN}):
         res = train(tiny(tmp_path, 4))
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     assert (res.status, res.signal, res.step) == ("preempted", "SIGTERM", 1)
@@ -521,7 +491,7 @@ def test_guard_records_each_preemption_signal_and_restores_the_handlers(caplog):
     assert set(PREEMPTION_SIGNALS) == {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
     outside = []
     caplog.set_level(logging.INFO, logger="dit_core.trainer.signals")
-    with _handlers({s: lambda signum, f: outside.append(signum) for s in PREEMPTION_SIGNALS}):
+    with signal_handlers({s: lambda signum, f: outside.append(signum) for s in PREEMPTION_SIGNALS}):
         before = {s: signal.getsignal(s) for s in PREEMPTION_SIGNALS}
         for s in PREEMPTION_SIGNALS:
             with PreemptionGuard() as guard:
@@ -545,7 +515,7 @@ def test_guard_records_each_preemption_signal_and_restores_the_handlers(caplog):
 def test_guard_only_takes_its_signals_and_can_be_entered_again():
     mine = []
     record = lambda s, f: mine.append(s)  # noqa: E731
-    with _handlers({signal.SIGUSR1: record, signal.SIGUSR2: record}):
+    with signal_handlers({signal.SIGUSR1: record, signal.SIGUSR2: record}):
         guard = PreemptionGuard((signal.SIGUSR1,))
         with guard:
             assert guard.previous_handler(signal.SIGUSR2) is None  # not one of its signals
