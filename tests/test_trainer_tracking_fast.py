@@ -437,13 +437,16 @@ def test_a_checkpoint_evaluation_reproduces_the_runs_own_sample_metrics(tmp_path
     tr = Trainer(cfg)
     tr.train_step()
     _perturbed(tr.ema.model)  # predictions beyond [-1, 1] for clipping to act on
+    with torch.no_grad():  # classes far apart, so that guidance moves the FID on every CPU's kernels
+        tr.ema.model.y_embedder.embedding_table.weight.mul_(20.0)
     path = tr.save()
     in_run = evaluate_samples(tr.ema.model, tr.diffusion, tr.cfg, tr.dit_cfg, tr.acc)
     got, step, _ = evaluate_checkpoint(CheckpointEvalConfig(checkpoint=str(path), batch_size=5))
     assert step == 1 and set(got) == set(in_run) and got == pytest.approx(in_run, rel=1e-6)
     for change in ({"clip_denoised": False}, {"seed": 6}, {"steps": 2}, {"cfg_scale": 1.0}):
         other, _, _ = evaluate_checkpoint(CheckpointEvalConfig(checkpoint=str(path), **change))
-        assert other["fid_digits"] != pytest.approx(in_run["fid_digits"], rel=1e-3), change
+        # the same settings reproduce to 1e-6 (above); each change moves the FID by 0.1-5 % on 2 CPUs
+        assert other["fid_digits"] != pytest.approx(in_run["fid_digits"], rel=1e-5), (change, other, in_run)
     args = build_parser().parse_args(["--checkpoint", "x"])
     assert (args.clip_denoised, args.seed, args.steps, args.cfg_scale, args.num_samples) == (None,) * 5
     assert build_parser().parse_args(["--checkpoint", "x", "--no-clip-denoised"]).clip_denoised is False
