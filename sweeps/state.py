@@ -65,7 +65,9 @@ class CellState:
     step: int | None = None
     loss: float | None = None  # last train/loss
     val_loss: float | None = None  # last val/loss
+    val_step: int | None = None  # the step of `val_loss`
     fid: float | None = None
+    fid_step: int | None = None  # the step of `fid`
     attempts: int = 0  # submissions
     interrupts: int = 0  # submissions stopped by their launcher (a Ctrl-C, a cancel after a failed record)
     job_id: str | None = None
@@ -414,6 +416,12 @@ def latest_step(run: Any, key: str) -> int | None:
     return None
 
 
+def latest_metric(run: Any, keys: tuple[str, ...]) -> tuple[float | None, int | None]:
+    """The latest point of the first of ``keys`` that ``run`` logged: (value, step), else (None, None)."""
+    key = next((k for k in keys if k in run.data.metrics), None)
+    return (None, None) if key is None else (run.data.metrics[key], latest_step(run, key))
+
+
 def job_ref(run: Any, run_dir: str) -> JobRef | None:
     """The last submission recorded on ``run``, or None if it was never submitted."""
     t = run.data.tags
@@ -459,8 +467,8 @@ def read_states(
         st.job_id, st.config_hash = t.get(JOB_ID_TAG), t.get("config_hash")
         st.params = dict(run.data.params)
         st.loss = run.data.metrics.get(TRAIN_LOSS)
-        st.val_loss = run.data.metrics.get(VAL_LOSS)
-        st.fid = next((run.data.metrics[k] for k in FID_METRICS if k in run.data.metrics), None)
+        st.val_loss, st.val_step = latest_metric(run, (VAL_LOSS,))
+        st.fid, st.fid_step = latest_metric(run, FID_METRICS)
         if with_progress and st.loss is not None:
             st.step = latest_step(run, TRAIN_LOSS)
         live = alive.get(cid, "")
