@@ -282,9 +282,7 @@ def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any], c
         new = {k: parse_scalar(v) if isinstance(v, str) else v for k, v in overrides.items()}
     new = {k: v for k, v in new.items() if k != "tracking.run_id" and v is not None}
     saved = {k: v for k, v in st.params.items() if k in new}  # the run's params hold the full config
-    typed = {k: new[k] for k in saved}
-    diff = config_changes(saved, typed)
-    if diff:
+    if diff := config_changes(saved, {k: new[k] for k in saved}):
         raise ValueError(
             f"cell {st.cell_id} of sweep {sweep!r} was launched with other settings ({'; '.join(diff[:8])}); "
             "start a new sweep with --name NEW, or delete its folder and MLflow runs to redo it"
@@ -493,13 +491,11 @@ def plan(states: dict[str, CellState], max_retries: int) -> Plan:
     cells while ``tries <= max_retries`` (the first submission is not a retry; a submission stopped
     by a Ctrl-C of its launcher is not a try)."""
     p = Plan()
+    skipped = {"finished": p.finished, "running": p.running, "queued": p.running, "held": p.running,
+               "unknown": p.unknown}  # fmt: skip
     for cid, st in states.items():
-        if st.state == "finished":
-            p.finished.append(cid)
-        elif st.state in ("running", "queued", "held"):
-            p.running.append(cid)
-        elif st.state == "unknown":
-            p.unknown.append(cid)
+        if st.state in skipped:
+            skipped[st.state].append(cid)
         elif st.state == "missing" or st.tries <= max_retries:
             p.submit.append(cid)
         else:
