@@ -433,11 +433,10 @@ def read_states(
     experiment: str,
     sweep: str,
     cells: dict[str, str],
-    with_progress: bool = False,
     runs: dict[str, list[Any]] | None = None,
 ) -> dict[str, CellState]:
-    """The state of every cell in ``cells`` (``{cell_id: run folder}``); ``with_progress``: also the
-    last step of each run. ``runs``: `read_runs` already done by the caller (else read here). The
+    """The state of every cell in ``cells`` (``{cell_id: run folder}``), with each run's last step.
+    ``runs``: `read_runs` already done by the caller (else read here). The
     tracking store is read in `read_runs`' pages, then the runs of the cells whose job is found dead
     once more (`read_runs_again`); job liveness is one batched SLURM query."""
     if runs is None:
@@ -464,11 +463,9 @@ def read_states(
             st.interrupts = max(st.interrupts, cancelled_jobs(cells[cid]).get(ref.job_id, 0))
         st.job_id, st.config_hash = t.get(JOB_ID_TAG), t.get("config_hash")
         st.params = dict(run.data.params)
-        st.loss = run.data.metrics.get(TRAIN_LOSS)
+        st.loss, st.step = latest_metric(run, (TRAIN_LOSS,))
         st.val_loss, st.val_step = latest_metric(run, (VAL_LOSS,))
         st.fid, st.fid_step = latest_metric(run, FID_METRICS)
-        if with_progress and st.loss is not None:
-            st.step = latest_step(run, TRAIN_LOSS)
         live = alive.get(cid, "")
         if st.run_status == "FINISHED":
             st.state = "finished"

@@ -56,7 +56,7 @@ def test_status_table_does_not_pass_an_earlier_val_loss_off_as_the_cells_result(
     client.update_run(ids["done"], "FINISHED")
     client.log_metric(ids["stopped"], "eval/fid", 40.0, step=2)  # an evaluation before it stopped
     with live_job(dirs["training"]):
-        states = read_states(store, exp, "s", {c: str(d) for c, d in dirs.items()}, with_progress=True)
+        states = read_states(store, exp, "s", {c: str(d) for c, d in dirs.items()})
     assert {c: st.state for c, st in states.items()} == {
         "done": "finished",
         "stopped": "interrupted",
