@@ -80,3 +80,37 @@ def test_a_val_loss_without_a_known_step_is_shown_bare(state):
 
     row = status_table([CellState("c", state, val_loss=0.5, fid=3.0)], {}).splitlines()[2]
     assert re.split(r"\s{2,}", row)[5:7] == ["0.5000", "3.00"]
+
+
+def test_status_command_shows_an_interrupted_cells_step_0_val_loss_with_its_step(
+    tmp_path_factory, tmp_path, capsys
+):
+    """`python sweeps/launch.py status`: a cell interrupted after its step-0 validation (the loss of
+    the untrained model) said ``1.2500`` in the val loss column, like a finished cell's result."""
+    from sweeps import launch
+
+    store = migrated_store(tmp_path_factory, "lnsw-cli")
+    (cell,) = ids = create_cell_runs(store, "e", "x", {"a": "h"})
+    run_dir = tmp_path / "x" / "cells" / "a"
+    ref = JobRef("local", "1", str(run_dir / "submitit"), str(run_dir))
+    record_submissions(store, [Submission(ids[cell], ref, 1, "h", False)])
+    client = MlflowClient(store)
+    client.log_metric(ids[cell], "val/loss", 1.25, step=0)
+    client.log_metric(ids[cell], "train/loss", 0.5, step=2)
+    client.update_run(ids[cell], "RUNNING")  # its job gone: interrupted
+    argv = [
+        "status",
+        "--name",
+        "x",
+        "--experiment",
+        "e",
+        "--tracking-uri",
+        store,
+        "--output-dir",
+        str(tmp_path),
+    ]
+    assert launch.main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()
+    header = next(i for i, r in enumerate(rows) if r.startswith("cell "))
+    row = dict(zip(re.split(r"\s{2,}", rows[header]), re.split(r"\s{2,}", rows[header + 2])))
+    assert (row["state"], row["step"], row["val loss"]) == ("interrupted", "2", "1.2500 (step 0)")
