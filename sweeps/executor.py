@@ -123,9 +123,7 @@ def make_executor(spec: ExecutorSpec, kind: str, folder: Path, job_name: str) ->
             tasks_per_node=spec.tasks_per_node,
             gpus_per_node=spec.gpus_per_node,
             signal_delay_s=spec.signal_delay_s,
-        )
-        if spec.setup:
-            ex.update_parameters(setup=list(spec.setup))
+        )  # the job's `setup` lines: `local_job_setup`, set per job by the launcher
         return ex
     if kind != "slurm":
         raise ValueError(f"unknown executor kind {kind!r}")
@@ -194,14 +192,8 @@ class JobRef(NamedTuple):
 # `squeue_states` calls a PENDING job held by `scontrol hold` (reason JobHeldUser/JobHeldAdmin)
 SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD"}
 SLURM_ALIVE = SLURM_PENDING | {
-    "HELD",
-    "RUNNING",
-    "COMPLETING",
-    "SUSPENDED",
-    "RESIZING",
-    "SIGNALING",
-    "STAGE_OUT",
-}
+    "HELD", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT",
+}  # fmt: skip
 
 
 class SlurmUnreachable(RuntimeError):
@@ -439,15 +431,8 @@ def end_unstarted_run(
         from dit_core.tracking import end_run_if
         from sweeps.state import DIED_BEFORE_TRAINING
 
-        error = f"{type(err).__name__}: {err}"
-        end_run_if(
-            MlflowClient(uri),
-            run_id,
-            left=left,
-            status="FAILED",
-            tag=tag or DIED_BEFORE_TRAINING,
-            error=error,
-        )
+        error, tag = f"{type(err).__name__}: {err}", tag or DIED_BEFORE_TRAINING
+        end_run_if(MlflowClient(uri), run_id, left=left, status="FAILED", tag=tag, error=error)
     except Exception as e:  # the job's own error is what matters: it is raised next
         log.warning("cell %s: could not end its MLflow run %s (%s)", task.cell_id, run_id, e)
 

@@ -517,7 +517,7 @@ def show_status(
         )
     ids = list(cells) + sorted(set(runs) - set(cells))
     run_dirs = {cid: str(sweep_dir(spec) / "cells" / cid) for cid in ids}
-    states = read_states(uri, spec.experiment, spec.name, run_dirs, with_progress=True, runs=runs)
+    states = read_states(uri, spec.experiment, spec.name, run_dirs, runs=runs)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
     print(status_table(list(states.values()), cells))
     counts = Counter(s.state for s in states.values())

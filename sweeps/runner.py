@@ -343,12 +343,6 @@ def _end_unstarted(uri: str, states: dict[str, CellState]) -> None:
             log.warning("cell %s: %s; run %s ended %s", runs[run_id].cell_id, why, run_id, status)
 
 
-def _end_killed(uri: str, errors: dict[str, str]) -> list[str]:
-    """End the runs of ``errors`` (``{run_id: why}``) still RUNNING, whose jobs are over: KILLED, tag
-    status=killed (`sweeps.state.KILLED_IN_TRAINING`). Returns the ids of the runs ended."""
-    return end_orphaned_runs(uri, errors, status="KILLED", tag=KILLED_IN_TRAINING, left=("RUNNING",))
-
-
 def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
     """A `sweeps.warm.WarmExecutor` for a local sweep that can use one, else None (plain submitit)."""
     ex = prep.spec.executor
@@ -621,13 +615,13 @@ class _Runner:
                 raise RuntimeError(_no_result(job))
             self.result.results[cid] = job.results()[0]  # rank 0's result when a cell has several tasks
         except Exception as e:  # a failed cell is reported, the sweep goes on
-            self.result.errors[cid] = _error_line(e)
-            log.error("cell %s failed (job %s): %s", cid, job.job_id, self.result.errors[cid])
+            err = self.result.errors[cid] = _error_line(e)
+            log.error("cell %s failed (job %s): %s", cid, job.job_id, err)
+            run_id, uri = self.states[cid].run_id, self.prep.tracking_uri
             # a job that died before its trainer took the run over leaves it SCHEDULED: end it here
-            error = f"job {job.job_id} ended before training: {self.result.errors[cid]}"
-            end_orphaned_runs(self.prep.tracking_uri, {self.states[cid].run_id: error})
-            # one killed under its trainer (SIGKILL, the OOM killer) leaves it RUNNING
-            _end_killed(self.prep.tracking_uri, {self.states[cid].run_id: self.result.errors[cid]})
+            end_orphaned_runs(uri, {run_id: f"job {job.job_id} ended before training: {err}"})
+            # one killed under its trainer (SIGKILL, the OOM killer) leaves it RUNNING: KILLED, status=killed
+            end_orphaned_runs(uri, {run_id: err}, status="KILLED", tag=KILLED_IN_TRAINING, left=("RUNNING",))
 
     def _report(self, live: set[str], pending: list[CellTask]) -> None:
         if self.on_progress is None:
@@ -724,7 +718,6 @@ def _until_slurm_ended(
     job_ids: list[str],
     wait_s: float,
     hurry: Callable[[], bool],
-    poll_s: float = SLURM_END_POLL_S,
     said: str | None = "cancelled ",
 ) -> list[str]:
     """Wait up to ``wait_s`` (or until ``hurry()``) until `squeue` lists none of the SLURM jobs ``job_ids``
@@ -745,7 +738,7 @@ def _until_slurm_ended(
             ids = ", ".join(job_ids)
             log.warning("waiting up to %.0f s for the %sSLURM job(s) %s to end", wait_s, said, ids)
             said = None
-        time.sleep(poll_s)
+        time.sleep(SLURM_END_POLL_S)
     return job_ids
 
 

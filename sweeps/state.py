@@ -65,7 +65,9 @@ class CellState:
     step: int | None = None
     loss: float | None = None  # last train/loss
     val_loss: float | None = None  # last val/loss
+    val_step: int | None = None  # the step of `val_loss`
     fid: float | None = None
+    fid_step: int | None = None  # the step of `fid`
     attempts: int = 0  # submissions
     interrupts: int = 0  # submissions stopped by their launcher (a Ctrl-C, a cancel after a failed record)
     job_id: str | None = None
@@ -280,9 +282,7 @@ def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any], c
         new = {k: parse_scalar(v) if isinstance(v, str) else v for k, v in overrides.items()}
     new = {k: v for k, v in new.items() if k != "tracking.run_id" and v is not None}
     saved = {k: v for k, v in st.params.items() if k in new}  # the run's params hold the full config
-    typed = {k: new[k] for k in saved}
-    diff = config_changes(saved, typed)
-    if diff:
+    if diff := config_changes(saved, {k: new[k] for k in saved}):
         raise ValueError(
             f"cell {st.cell_id} of sweep {sweep!r} was launched with other settings ({'; '.join(diff[:8])}); "
             "start a new sweep with --name NEW, or delete its folder and MLflow runs to redo it"
@@ -414,6 +414,12 @@ def latest_step(run: Any, key: str) -> int | None:
     return None
 
 
+def latest_metric(run: Any, keys: tuple[str, ...]) -> tuple[float | None, int | None]:
+    """The latest point of the first of ``keys`` that ``run`` logged: (value, step), else (None, None)."""
+    key = next((k for k in keys if k in run.data.metrics), None)
+    return (None, None) if key is None else (run.data.metrics[key], latest_step(run, key))
+
+
 def job_ref(run: Any, run_dir: str) -> JobRef | None:
     """The last submission recorded on ``run``, or None if it was never submitted."""
     t = run.data.tags
@@ -427,11 +433,10 @@ def read_states(
     experiment: str,
     sweep: str,
     cells: dict[str, str],
-    with_progress: bool = False,
     runs: dict[str, list[Any]] | None = None,
 ) -> dict[str, CellState]:
-    """The state of every cell in ``cells`` (``{cell_id: run folder}``); ``with_progress``: also the
-    last step of each run. ``runs``: `read_runs` already done by the caller (else read here). The
+    """The state of every cell in ``cells`` (``{cell_id: run folder}``), with each run's last step.
+    ``runs``: `read_runs` already done by the caller (else read here). The
     tracking store is read in `read_runs`' pages, then the runs of the cells whose job is found dead
     once more (`read_runs_again`); job liveness is one batched SLURM query."""
     if runs is None:
@@ -458,11 +463,9 @@ def read_states(
             st.interrupts = max(st.interrupts, cancelled_jobs(cells[cid]).get(ref.job_id, 0))
         st.job_id, st.config_hash = t.get(JOB_ID_TAG), t.get("config_hash")
         st.params = dict(run.data.params)
-        st.loss = run.data.metrics.get(TRAIN_LOSS)
-        st.val_loss = run.data.metrics.get(VAL_LOSS)
-        st.fid = next((run.data.metrics[k] for k in FID_METRICS if k in run.data.metrics), None)
-        if with_progress and st.loss is not None:
-            st.step = latest_step(run, TRAIN_LOSS)
+        st.loss, st.step = latest_metric(run, (TRAIN_LOSS,))
+        st.val_loss, st.val_step = latest_metric(run, (VAL_LOSS,))
+        st.fid, st.fid_step = latest_metric(run, FID_METRICS)
         live = alive.get(cid, "")
         if st.run_status == "FINISHED":
             st.state = "finished"
@@ -485,13 +488,11 @@ def plan(states: dict[str, CellState], max_retries: int) -> Plan:
     cells while ``tries <= max_retries`` (the first submission is not a retry; a submission stopped
     by a Ctrl-C of its launcher is not a try)."""
     p = Plan()
+    skipped = {"finished": p.finished, "running": p.running, "queued": p.running, "held": p.running,
+               "unknown": p.unknown}  # fmt: skip
     for cid, st in states.items():
-        if st.state == "finished":
-            p.finished.append(cid)
-        elif st.state in ("running", "queued", "held"):
-            p.running.append(cid)
-        elif st.state == "unknown":
-            p.unknown.append(cid)
+        if st.state in skipped:
+            skipped[st.state].append(cid)
         elif st.state == "missing" or st.tries <= max_retries:
             p.submit.append(cid)
         else:

@@ -46,8 +46,19 @@ def cells_table(cells: Sequence[Cell]) -> str:
     return render(header, rows)
 
 
+def result(s: CellState, value: float | None, step: int | None, fmt: str) -> str:
+    """A cell's latest ``value`` of a metric as its result, or, where it was measured before the cell's
+    last step or the cell is not finished, with that ``step``: "1.0123 (step 0)" (MLflow keeps the
+    latest point, so a cell stopped before its next validation would show its step-0 loss)."""
+    if value is None:
+        return "-"
+    final = step is None or (s.state == "finished" and step == s.step)
+    return f"{value:{fmt}}" + ("" if final else f" (step {step})")
+
+
 def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
-    """cell | model | state | step | train loss | val loss | FID | tries | job | run; tries are
+    """cell | model | state | step | train loss | val loss | FID | tries | job | run; val loss and FID
+    carry their step unless measured at a finished cell's last step (`result`); tries are
     `CellState.tries`: submissions less those their launcher stopped (what --max-retries
     counts)."""
     header = ["cell", "model", "state", "step", "train loss", "val loss", "FID", "tries", "job", "run"]
@@ -64,8 +75,8 @@ def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
                 s.state + (f" (+{s.duplicates} dup)" if s.duplicates else ""),
                 step,
                 "-" if s.loss is None else f"{s.loss:.4f}",
-                "-" if s.val_loss is None else f"{s.val_loss:.4f}",
-                "-" if s.fid is None else f"{s.fid:.2f}",
+                result(s, s.val_loss, s.val_step, ".4f"),
+                result(s, s.fid, s.fid_step, ".2f"),
                 str(s.tries),
                 s.job_id or "-",
                 (s.run_id or "-")[:8],

@@ -43,21 +43,10 @@ REQUEUE_EXIT = 75
 #: would otherwise import in every job (torch._dynamo: the first optimizer; torchvision and the
 #: evaluation stack: the first evaluation; the SQL store: the first MLflow request).
 WARM_IMPORTS = (
-    "torch",
-    "torch._dynamo",
-    "accelerate",
-    "psutil",
-    "mlflow",
-    "mlflow.tracking",
-    "mlflow.entities",
-    "mlflow.store.tracking.sqlalchemy_store",
-    "torchvision.utils",
-    "dit_core.tracking",
-    "dit_core.evaluate",
-    "dit_core.evaluate.metrics",
-    "dit_core.diffusion",
-    "sweeps.executor",
-)
+    "torch", "torch._dynamo", "accelerate", "psutil", "mlflow", "mlflow.tracking", "mlflow.entities",
+    "mlflow.store.tracking.sqlalchemy_store", "torchvision.utils", "dit_core.tracking", "dit_core.evaluate",
+    "dit_core.evaluate.metrics", "dit_core.diffusion", "sweeps.executor",
+)  # fmt: skip
 _POLL_S = 0.05
 
 

@@ -96,7 +96,7 @@ def test_the_sweep_reads_the_run_by_the_same_names(run):
 
     uri, res, run_dir = run
     assert [r.info.run_id for r in read_runs(uri, "schema-s39", "sw")["c1"]] == [res.run_id]
-    st = read_states(uri, "schema-s39", "sw", {"c1": str(run_dir)}, with_progress=True)["c1"]
+    st = read_states(uri, "schema-s39", "sw", {"c1": str(run_dir)})["c1"]
     assert (st.state, st.run_id, st.step) == ("finished", res.run_id, 4)
     assert st.loss == pytest.approx(res.train_loss) and st.val_loss == pytest.approx(res.val_loss)
 

@@ -362,13 +362,8 @@ def test_local_executor_gets_the_spec_s_limits_and_a_folder_per_job(tmp_path):
     )  # fmt: skip
     ex = make_executor(spec, "local", tmp_path, job_name="unused-locally")
     assert ex.folder == (tmp_path / "%j").resolve() and ex.max_num_timeout == 4
-    assert ex.parameters == {
-        "timeout_min": 7, "tasks_per_node": 2, "gpus_per_node": 1, "signal_delay_s": 30,
-        "setup": ["export A=1"],
-    }  # fmt: skip
-    assert (
-        "setup" not in make_executor(ExecutorSpec(name="local"), "local", tmp_path, job_name="x").parameters
-    )
+    # no setup lines: the launcher sets each job's own (`local_job_setup`: the cell lock, then the spec's)
+    assert ex.parameters == {"timeout_min": 7, "tasks_per_node": 2, "gpus_per_node": 1, "signal_delay_s": 30}
     with pytest.raises(ValueError, match="unknown executor kind 'pbs'"):
         make_executor(spec, "pbs", tmp_path, job_name="x")
 

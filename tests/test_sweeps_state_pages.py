@@ -33,7 +33,7 @@ def test_paged_read_keeps_every_run_in_creation_order_and_status_steps_need_no_h
 
     monkeypatch.setattr(MlflowClient, "get_metric_history", no_history)
     cells = {c: str(tmp_path / c) for c in made}
-    states = state.read_states(mlflow_uri, "pages", "s", cells, with_progress=True)
+    states = state.read_states(mlflow_uri, "pages", "s", cells)
     for cell, st in states.items():
         i = int(cell[1:])  # the cell's record is its first run, the i-th created: last step 10 + i
         assert (st.state, st.run_id, st.step) == ("finished", made[cell][0], 10 + i)

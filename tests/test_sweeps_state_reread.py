@@ -80,7 +80,7 @@ def test_only_the_dead_cells_runs_are_read_again(store, tmp_path, monkeypatch, r
 
     monkeypatch.setattr(state, "PAGE_SIZE", 2)
     monkeypatch.setattr(state, "job_liveness", meanwhile)
-    got = read_states(store, exp, "s", run_dirs, with_progress=True)
+    got = read_states(store, exp, "s", run_dirs)
     sweep_pages = [(f, n) for f, n in reads if f == "tags.sweep = 's'"]
     again = [(f, n) for f, n in reads if f != "tags.sweep = 's'"]
     assert [n for _, n in sweep_pages] == [2, 2, 2, 1]  # the first read only
@@ -101,7 +101,7 @@ def test_only_the_dead_cells_runs_are_read_again(store, tmp_path, monkeypatch, r
     assert got["idle"].run_id == ids["idle"] and got["idle"].duplicates == 1  # its duplicate kept
     assert dup.info.run_id not in {s.run_id for s in got.values()}
     monkeypatch.setattr(state, "job_liveness", real)
-    assert read_states(store, exp, "s", run_dirs, with_progress=True) == got  # the settled view
+    assert read_states(store, exp, "s", run_dirs) == got  # the settled view
 
 
 def test_a_dead_cell_whose_run_was_deleted_meanwhile_is_read_as_before(store, tmp_path, monkeypatch, reads):

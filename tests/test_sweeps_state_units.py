@@ -381,8 +381,8 @@ def test_states_come_from_the_run_status_and_the_cells_real_jobs(store, exp, tmp
     with (local_job(cells["done"]), local_job(cells["training"]), local_job(cells["waiting"]),
           pytest.MonkeyPatch.context() as mp):  # fmt: skip
         mp.setattr(state, "job_liveness", spy)
-        got = read_states(store, exp, "s", {c: str(d) for c, d in cells.items()}, with_progress=True)
-        quiet = read_states(store, exp, "s", {c: str(d) for c, d in cells.items()})
+        got = read_states(store, exp, "s", {c: str(d) for c, d in cells.items()})
+        again = read_states(store, exp, "s", {c: str(d) for c, d in cells.items()})
     assert asked == [{"crashed", "died", "killed", "preempted", "training", "waiting"}] * 2
     assert {c: st.state for c, st in got.items()} == {
         "never": "missing", "created": "missing", "done": "finished", "crashed": "failed", "died": "failed",
@@ -417,11 +417,7 @@ def test_states_come_from_the_run_status_and_the_cells_real_jobs(store, exp, tmp
     assert got["done"].params == {"model.depth": "2", "optim.lr": "0.001"} and got["created"].params == {}
     assert got["never"] == CellState("never", "missing")
     assert dup.info.run_id not in {st.run_id for st in got.values()}  # a cell's record is its first run
-    # without progress: the same, but no step
-    assert {c: (st.state, st.loss) for c, st in quiet.items()} == {
-        c: (st.state, st.loss) for c, st in got.items()
-    }
-    assert all(st.step is None for st in quiet.values())
+    assert again == got  # read again: the same (each run's step comes with it, nothing more is asked)
 
 
 def test_states_use_the_runs_given_and_read_none_themselves(store, exp, tmp_path):
