@@ -32,7 +32,10 @@ def test_influence_says_when_the_fit_withholds_the_n_opt_its_refits_print(tmp_pa
     10-run sweep). The headline now says the fit withholds it, and results.json has `withheld`."""
     from _fit_helpers import run_fit_cli
 
-    pts = synthetic_isoflop(budgets=(1e18, 1e19, 1e20), n_sizes=3, noise=0.05, seed=4)
+    # noise 0.15: several reasons withhold N_opt at once (alpha's interval [0, 3] touches both bounds,
+    # both terms vanish in some refits), so the verdict holds on every CPU's rounding; at noise 0.05
+    # it rested on alpha's lower end reaching 0, which it did on AMD's kernels and not on Intel's
+    pts = synthetic_isoflop(budgets=(1e18, 1e19, 1e20), n_sizes=3, noise=0.15, seed=5)
     csv = tmp_path / "points.csv"
     pts.to_csv(csv, index=False)
     rc, out_json = run_fit_cli(
