@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 from scipy.stats import t as student_t
 
-from analysis.laws import PowerLawFit, fit_power_law, saturating_exp
+from analysis.laws import PowerLawFit, fit_power_law, saturating_exp, t_intervals
 
 
 @dataclass(frozen=True)
@@ -145,10 +145,7 @@ def fit_joint_isoflop(
         n_points=len(pts),
         x_name="C",
         y_name="N_opt",
-        t_interval={
-            "A": (saturating_exp(ln_amp - q * se_ln_a), saturating_exp(ln_amp + q * se_ln_a)),
-            "alpha": (-a - q * se_a, -a + q * se_a),
-        },
+        t_interval=t_intervals(ln_amp, -a, q * se_ln_a, q * se_a),
     )
     ln_vertex = th[1] + th[0] * (lc - c0)
     d_vertex = [d_at(g, v) for (_, g), v in zip(slices, ln_vertex)]

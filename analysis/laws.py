@@ -127,10 +127,17 @@ def _pure_t_interval(
     sxx = float(np.sum((lx - lx.mean()) ** 2))
     q = float(student_t.ppf((1 + level) / 2, n - 2))
     se_slope, se_icpt = s / math.sqrt(sxx), s * math.sqrt(1 / n + lx.mean() ** 2 / sxx)
+    return t_intervals(icpt, -slope, q * se_icpt, q * se_slope)
 
-    return {  # a wide interval of ln A would overflow: it saturates instead
-        "A": (saturating_exp(icpt - q * se_icpt), saturating_exp(icpt + q * se_icpt)),
-        "alpha": (-slope - q * se_slope, -slope + q * se_slope),
+
+def t_intervals(
+    ln_a: float, alpha: float, half_ln_a: float, half_alpha: float
+) -> dict[str, tuple[float, float]]:
+    """The intervals {"A", "alpha"} of a pure law: ln A +- ``half_ln_a`` (exponentiated; a wide one
+    saturates instead of overflowing) and alpha +- ``half_alpha``."""
+    return {
+        "A": (saturating_exp(ln_a - half_ln_a), saturating_exp(ln_a + half_ln_a)),
+        "alpha": (alpha - half_alpha, alpha + half_alpha),
     }
 
 
