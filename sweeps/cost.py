@@ -83,19 +83,15 @@ class StudyCost:
         return sum(c.eval_flops for c in self.cells)
 
     def summary(self) -> str:
-        from sweeps.table import render
-
-        def row(name, steps, images, *flops_and_hours):
-            return [name, str(steps), str(images), *(f"{v:.3g}" for v in flops_and_hours)]
-
         n = self.gpus_per_cell
-        rows = [
-            row(c.cell_id, c.steps, c.images, c.train_flops, c.eval_flops, c.gpu_hours, c.gpu_hours / n)
-            for c in self.cells
-        ]
-        steps, images = sum(c.steps for c in self.cells), sum(c.images for c in self.cells)
-        rows.append(row("total", steps, images, self.train_flops, self.eval_flops, self.gpu_hours) + [""])
-        header = ["cell", "steps", "images", "train FLOPs", "eval FLOPs", "GPU-hours", "wall h"]
+        table = bill_table(
+            [(c, c.eval_flops) for c in self.cells],
+            {
+                "GPU-hours": [f"{c.gpu_hours:.3g}" for c in self.cells],
+                "wall h": [f"{c.gpu_hours / n:.3g}" for c in self.cells],
+            },
+            [f"{self.gpu_hours:.3g}", ""],
+        )
         peak = self.device.peak_tflops * 1e12
         mfu_source = "(given)"
         if self.mfu == DEFAULT_MFU:
@@ -105,7 +101,7 @@ class StudyCost:
             )
         return "\n".join(
             [
-                render(header, rows),
+                table,
                 "",
                 f"estimate: {self.gpu_hours:.4g} GPU-hours on {self.device.name} for {len(self.cells)} cells",
                 f"  = (train + eval FLOPs) / (peak x MFU) / 3600 = {self.train_flops + self.eval_flops:.4g}"
@@ -116,6 +112,21 @@ class StudyCost:
                 " FLOPs (2 x multiply-adds); eval = validation + sampling forward passes (no Inception/VAE)",
             ]
         )
+
+
+def bill_table(cells: Sequence[tuple[Any, float]], more: dict[str, list[str]], total: list[str]) -> str:
+    """The table of a bill: per (cell or `CellCost`, eval FLOPs) its steps, images, training and eval
+    FLOPs and the columns ``more`` ({header: a text per cell}), then a total row ending in ``total``."""
+    from sweeps.table import render
+
+    rows = [
+        [c.cell_id, str(c.steps), str(c.images), f"{c.train_flops:.3g}", f"{ev:.3g}", *extra]
+        for (c, ev), *extra in zip(cells, *more.values())
+    ]
+    sums = [sum(c.steps for c, _ in cells), sum(c.images for c, _ in cells)]
+    flops = [sum(c.train_flops for c, _ in cells), sum(ev for _, ev in cells)]
+    rows.append(["total", *map(str, sums), *(f"{v:.3g}" for v in flops), *total])
+    return render(["cell", "steps", "images", "train FLOPs", "eval FLOPs", *more], rows)
 
 
 def _times_run(steps: int, every: int) -> int:

@@ -10,7 +10,7 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sweeps.cost import cell_eval_flops
+from sweeps.cost import bill_table, cell_eval_flops
 from sweeps.grid import Cell
 
 STEP_FLOPS = 2e8  # an optimizer step's fixed cost (Python, optimizer, logging), in FLOP-equivalents
@@ -89,22 +89,17 @@ class CpuEstimate:
         return finish_time([0.0] * self.slots, (work[c.cell_id] / (rate * self.threads) for c in order))
 
     def summary(self, cores: int) -> str:
-        from sweeps.table import render
-
         lo, hi = min(CPU_RATES) * self.threads, max(CPU_RATES) * self.threads
-        rows = [
-            [c.cell_id, str(c.steps), str(c.images), *(f"{v:.3g}" for v in (c.train_flops, ev, w))]
-            + [f"{w / hi / 60:.2g}-{w / lo / 60:.2g}"]
-            for c, ev, w in zip(self.cells, self.eval_flops, self.work)
-        ]
-        sums = [sum(c.steps for c in self.cells), sum(c.images for c in self.cells)]
-        flops = [sum(c.train_flops for c in self.cells), sum(self.eval_flops), sum(self.work)]
-        rows.append(["total", *map(str, sums), *(f"{v:.3g}" for v in flops), ""])
-        header = ["cell", "steps", "images", "train FLOPs", "eval FLOPs", "work", "min"]
+        minutes = [f"{w / hi / 60:.2g}-{w / lo / 60:.2g}" for w in self.work]
+        table = bill_table(
+            list(zip(self.cells, self.eval_flops)),
+            {"work": [f"{w:.3g}" for w in self.work], "min": minutes},
+            [f"{sum(self.work):.3g}", ""],
+        )
         fast, slow = (self.wall_s(r) / 60 for r in (max(CPU_RATES), min(CPU_RATES)))
         return "\n".join(
             [
-                render(header, rows),
+                table,
                 "",
                 f"estimate: {fast:.1f} to {slow:.1f} min wall on this machine's CPU ({cores} cores) for "
                 f"{len(self.cells)} cells, {self.slots} at a time (--parallel), {self.threads} thread"
