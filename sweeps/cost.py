@@ -12,7 +12,6 @@ sparsity) and an assumed model FLOPs utilisation. Both inputs are printed with t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,7 +155,7 @@ def estimate(
     gpus_per_cell: int = 1,
 ) -> StudyCost:
     """GPU-hours of ``cells`` on ``device_name`` at ``mfu`` (0 < mfu <= 1)."""
-    if not (0 < mfu <= 1) or not math.isfinite(mfu):
+    if not 0 < mfu <= 1:  # NaN and inf too
         raise ValueError(f"--mfu {mfu} must be in (0, 1], e.g. 0.4 for 40% of the bf16 peak")
     if gpus_per_cell < 1:
         raise ValueError(f"gpus per cell must be >= 1, got {gpus_per_cell}")
