@@ -69,7 +69,8 @@ def time_left(
 @dataclass(frozen=True)
 class CpuEstimate:
     """A local sweep's wall time on this machine's CPU: ``cells`` with their validation + sampling
-    ``eval_flops``, ``slots`` at a time with ``threads`` torch threads each, started longest first."""
+    ``eval_flops``, ``slots`` at a time with ``threads`` torch threads each (all of a cell's processes),
+    started longest first."""
 
     cells: tuple[Cell, ...]
     eval_flops: tuple[float, ...]

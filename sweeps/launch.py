@@ -740,7 +740,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         bill = estimate(cells, evals, device_name=args.device or DEFAULT_DEVICE, mfu=mfu, gpus_per_cell=gpus)
         bill = bill.summary()
     else:  # a sweep on this machine's CPU: its wall time here
-        threads = _threads_per_process(Prepared(spec, cells, kind, uri, sdir))
+        threads = _threads_per_process(Prepared(spec, cells, kind, uri, sdir)) * ex.tasks_per_node
         cpu = CpuEstimate(
             tuple(cells), tuple(evals.values()), ex.local_parallelism if kind == "local" else 1, threads
         )
