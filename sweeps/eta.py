@@ -90,6 +90,7 @@ class CpuEstimate:
         return finish_time([0.0] * self.slots, (work[c.cell_id] / (rate * self.threads) for c in order))
 
     def summary(self, cores: int) -> str:
+        """The table, the estimate and its inputs; ``cores``: this machine's, as the launcher counts them."""
         lo, hi = min(CPU_RATES) * self.threads, max(CPU_RATES) * self.threads
         minutes = [f"{w / hi / 60:.2g}-{w / lo / 60:.2g}" for w in self.work]
         table = bill_table(
