@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 from scipy.stats import t as student_t
 
-from analysis.laws import PowerLawFit, fit_power_law, saturating_exp
+from analysis.laws import PowerLawFit, fit_power_law, saturating_exp, t_intervals
 
 
 @dataclass(frozen=True)
@@ -88,14 +88,12 @@ def d_at(g: pd.DataFrame, ln_n: float) -> float:
     return math.exp(np.polyval(coef, ln_n))
 
 
-def fit_joint_isoflop(
-    slices: list[tuple[float, pd.DataFrame]], level: float = 0.95, weight: str = WEIGHT
-) -> JointIsoFlop | None:
+def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]]) -> JointIsoFlop | None:
     """Fit the joint model to [(budget C, points of that slice)], each slice with >= 2 sizes.
 
     None when there are fewer than 3 slices or fewer than 2 degrees of freedom. Points need N, D,
-    loss (> 0); a `weight` column, where there is one, weighs each point's squared residual (weighted
-    least squares; the t-interval is then that of the weighted fit)."""
+    loss (> 0); a `WEIGHT` column, where there is one, weighs each point's squared residual (weighted
+    least squares; the 95% t-interval is then that of the weighted fit)."""
     slices = [(c, g) for c, g in slices if g["N"].nunique() >= 2]
     if len(slices) < 3:
         return None
@@ -103,7 +101,7 @@ def fit_joint_isoflop(
     j = np.concatenate([np.full(len(g), q) for q, (_, g) in enumerate(slices)])
     pts = pd.concat([g for _, g in slices], ignore_index=True)
     ln_n, ln_l = np.log(pts["N"].to_numpy(float)), np.log(pts["loss"].to_numpy(float))
-    sw = np.sqrt(pts[weight].to_numpy(float)) if weight in pts.columns else 1.0  # of the residuals
+    sw = np.sqrt(pts[WEIGHT].to_numpy(float)) if WEIGHT in pts.columns else 1.0  # of the residuals
     lc = np.log(budgets)
     c0 = float(lc.mean())
     u = (lc - c0)[j]
@@ -127,7 +125,7 @@ def fit_joint_isoflop(
             best = r
     th, jac = best.x, best.jac
     s2 = 2 * best.cost / dof
-    q = float(student_t.ppf((1 + level) / 2, dof))
+    q = float(student_t.ppf(0.975, dof))
     on_bound = np.any(np.isclose(th[:3], lo[:3], atol=1e-6) | np.isclose(th[:3], hi[:3], atol=1e-6))
     try:
         cov = s2 * np.linalg.inv(jac.T @ jac)
@@ -145,10 +143,7 @@ def fit_joint_isoflop(
         n_points=len(pts),
         x_name="C",
         y_name="N_opt",
-        t_interval={
-            "A": (saturating_exp(ln_amp - q * se_ln_a), saturating_exp(ln_amp + q * se_ln_a)),
-            "alpha": (-a - q * se_a, -a + q * se_a),
-        },
+        t_interval=t_intervals(ln_amp, -a, q * se_ln_a, q * se_a),
     )
     ln_vertex = th[1] + th[0] * (lc - c0)
     d_vertex = [d_at(g, v) for (_, g), v in zip(slices, ln_vertex)]

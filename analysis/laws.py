@@ -115,9 +115,9 @@ def saturating_exp(v: float) -> float:
 
 
 def _pure_t_interval(
-    lx: np.ndarray, ly: np.ndarray, a: float, alpha: float, level: float = 0.95
+    lx: np.ndarray, ly: np.ndarray, a: float, alpha: float
 ) -> dict[str, tuple[float, float]]:
-    """t-intervals of A and alpha of the least squares line ln y = ln A - alpha ln x (n >= 3) that
+    """95% t-intervals of A and alpha of the least squares line ln y = ln A - alpha ln x (n >= 3) that
     `_pure` fitted."""
     from scipy.stats import t as student_t
 
@@ -125,12 +125,19 @@ def _pure_t_interval(
     slope, icpt = -alpha, math.log(a)
     s = math.sqrt(float(np.sum((ly - (icpt + slope * lx)) ** 2)) / (n - 2))
     sxx = float(np.sum((lx - lx.mean()) ** 2))
-    q = float(student_t.ppf((1 + level) / 2, n - 2))
+    q = float(student_t.ppf(0.975, n - 2))
     se_slope, se_icpt = s / math.sqrt(sxx), s * math.sqrt(1 / n + lx.mean() ** 2 / sxx)
+    return t_intervals(icpt, -slope, q * se_icpt, q * se_slope)
 
-    return {  # a wide interval of ln A would overflow: it saturates instead
-        "A": (saturating_exp(icpt - q * se_icpt), saturating_exp(icpt + q * se_icpt)),
-        "alpha": (-slope - q * se_slope, -slope + q * se_slope),
+
+def t_intervals(
+    ln_a: float, alpha: float, half_ln_a: float, half_alpha: float
+) -> dict[str, tuple[float, float]]:
+    """The intervals {"A", "alpha"} of a pure law: ln A +- ``half_ln_a`` (exponentiated; a wide one
+    saturates instead of overflowing) and alpha +- ``half_alpha``."""
+    return {
+        "A": (saturating_exp(ln_a - half_ln_a), saturating_exp(ln_a + half_ln_a)),
+        "alpha": (alpha - half_alpha, alpha + half_alpha),
     }
 
 
@@ -222,13 +229,13 @@ def cluster_budgets(c: pd.Series, gap_dex: float = 0.1) -> pd.Series:
     return pd.Series(med.loc[cluster].to_numpy(), index=c.index)
 
 
-def _frontier_span(pts: pd.DataFrame, gap_dex: float = 0.1) -> tuple[float, float]:
+def _frontier_span(pts: pd.DataFrame) -> tuple[float, float]:
     """The compute (FLOPs) where the frontier starts and ends: the last of the model sizes' first
-    evaluations that lie within `gap_dex` (log10) of the earliest one, and the first of their last
-    evaluations within `gap_dex` of the latest one (runs of one budget end a few steps' compute apart)."""
+    evaluations that lie within 0.1 dex of the earliest one, and the first of their last evaluations
+    within 0.1 dex of the latest one (runs of one budget end a few steps' compute apart)."""
     c = pts.groupby("N")["C"]
     first, last = c.min().to_numpy(float), c.max().to_numpy(float)
-    start, end = first[first <= first.min() * 10**gap_dex].max(), last[last >= last.max() / 10**gap_dex].min()
+    start, end = first[first <= first.min() * 10**0.1].max(), last[last >= last.max() / 10**0.1].min()
     return float(start), float(end)
 
 

@@ -509,10 +509,10 @@ def _clip(theta: np.ndarray, bounds) -> np.ndarray:
     return np.clip(theta, *_limits(bounds))
 
 
-def _at_bound(theta: np.ndarray, bounds, tol: float = 1e-6) -> np.ndarray:
-    """(5,) bool: each parameter on (within tol of) one of its bounds."""
+def _at_bound(theta: np.ndarray, bounds) -> np.ndarray:
+    """(5,) bool: each parameter on (within 1e-6 of) one of its bounds."""
     lo, hi = _limits(bounds)
-    return (theta <= lo + tol) | (theta >= hi - tol)
+    return (theta <= lo + 1e-6) | (theta >= hi - 1e-6)
 
 
 def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarray:

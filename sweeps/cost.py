@@ -12,7 +12,6 @@ sparsity) and an assumed model FLOPs utilisation. Both inputs are printed with t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,19 +82,15 @@ class StudyCost:
         return sum(c.eval_flops for c in self.cells)
 
     def summary(self) -> str:
-        from sweeps.table import render
-
-        def row(name, steps, images, *flops_and_hours):
-            return [name, str(steps), str(images), *(f"{v:.3g}" for v in flops_and_hours)]
-
         n = self.gpus_per_cell
-        rows = [
-            row(c.cell_id, c.steps, c.images, c.train_flops, c.eval_flops, c.gpu_hours, c.gpu_hours / n)
-            for c in self.cells
-        ]
-        steps, images = sum(c.steps for c in self.cells), sum(c.images for c in self.cells)
-        rows.append(row("total", steps, images, self.train_flops, self.eval_flops, self.gpu_hours) + [""])
-        header = ["cell", "steps", "images", "train FLOPs", "eval FLOPs", "GPU-hours", "wall h"]
+        table = bill_table(
+            [(c, c.eval_flops) for c in self.cells],
+            {
+                "GPU-hours": [f"{c.gpu_hours:.3g}" for c in self.cells],
+                "wall h": [f"{c.gpu_hours / n:.3g}" for c in self.cells],
+            },
+            [f"{self.gpu_hours:.3g}", ""],
+        )
         peak = self.device.peak_tflops * 1e12
         mfu_source = "(given)"
         if self.mfu == DEFAULT_MFU:
@@ -105,7 +100,7 @@ class StudyCost:
             )
         return "\n".join(
             [
-                render(header, rows),
+                table,
                 "",
                 f"estimate: {self.gpu_hours:.4g} GPU-hours on {self.device.name} for {len(self.cells)} cells",
                 f"  = (train + eval FLOPs) / (peak x MFU) / 3600 = {self.train_flops + self.eval_flops:.4g}"
@@ -116,6 +111,21 @@ class StudyCost:
                 " FLOPs (2 x multiply-adds); eval = validation + sampling forward passes (no Inception/VAE)",
             ]
         )
+
+
+def bill_table(cells: Sequence[tuple[Any, float]], more: dict[str, list[str]], total: list[str]) -> str:
+    """The table of a bill: per (cell or `CellCost`, eval FLOPs) its steps, images, training and eval
+    FLOPs and the columns ``more`` ({header: a text per cell}), then a total row ending in ``total``."""
+    from sweeps.table import render
+
+    rows = [
+        [c.cell_id, str(c.steps), str(c.images), f"{c.train_flops:.3g}", f"{ev:.3g}", *extra]
+        for (c, ev), *extra in zip(cells, *more.values())
+    ]
+    sums = [sum(c.steps for c, _ in cells), sum(c.images for c, _ in cells)]
+    flops = [sum(c.train_flops for c, _ in cells), sum(ev for _, ev in cells)]
+    rows.append(["total", *map(str, sums), *(f"{v:.3g}" for v in flops), *total])
+    return render(["cell", "steps", "images", "train FLOPs", "eval FLOPs", *more], rows)
 
 
 def _times_run(steps: int, every: int) -> int:
@@ -145,7 +155,7 @@ def estimate(
     gpus_per_cell: int = 1,
 ) -> StudyCost:
     """GPU-hours of ``cells`` on ``device_name`` at ``mfu`` (0 < mfu <= 1)."""
-    if not (0 < mfu <= 1) or not math.isfinite(mfu):
+    if not 0 < mfu <= 1:  # NaN and inf too
         raise ValueError(f"--mfu {mfu} must be in (0, 1], e.g. 0.4 for 40% of the bf16 peak")
     if gpus_per_cell < 1:
         raise ValueError(f"gpus per cell must be >= 1, got {gpus_per_cell}")

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -82,8 +83,7 @@ def family_curve(scale: Scale, head_dim: int | None = None) -> FamilyCurve:
     return FamilyCurve(float(log_c), float(gamma), hd)
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A shape at one patch size: size measure n (total or non-embedding parameters), FLOPs/image."""
 
     model: ModelShape
@@ -91,8 +91,10 @@ class Candidate:
     fpi: float
 
 
-def _measure(cfg, n_axis: str) -> float:
-    return float(non_embedding_param_count(cfg) if n_axis == "non_embedding" else param_count(cfg))
+def _candidate(spec: SweepSpec, shape: ModelShape, patch: int, n_axis: str) -> Candidate:
+    cfg = cell_model_config(spec, shape, patch)
+    n = non_embedding_param_count(cfg) if n_axis == "non_embedding" else param_count(cfg)
+    return Candidate(shape, float(n), train_flops_per_image(cfg))
 
 
 def ladder(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: str, n_max: float) -> list[Candidate]:
@@ -105,10 +107,7 @@ def ladder(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: str, n_max: 
         width = m * curve.head_dim
         if width <= patch * patch * spec.data.in_channels:
             continue
-        row = []
-        for shape in curve.shapes_at(width):
-            cfg = cell_model_config(spec, shape, patch)
-            row.append(Candidate(shape, _measure(cfg, n_axis), train_flops_per_image(cfg)))
+        row = [_candidate(spec, shape, patch, n_axis) for shape in curve.shapes_at(width)]
         out += row
         if min(c.n for c in row) > n_max:
             break
@@ -122,12 +121,10 @@ def continuous_curve(spec: SweepSpec, patch: int, curve: FamilyCurve, n_axis: st
     widths = widths[widths <= 1 << 17]
     ns, fs = [], []
     for w in widths:
-        one, two = (cell_model_config(spec, ModelShape("c", d, int(w), 1), patch) for d in (1, 2))
-        n1, n2 = _measure(one, n_axis), _measure(two, n_axis)
-        f1, f2 = train_flops_per_image(one), train_flops_per_image(two)
+        one, two = (_candidate(spec, ModelShape("c", d, int(w), 1), patch, n_axis) for d in (1, 2))
         depth = max(1.0, curve.depth(float(w)))
-        ns.append(n1 + (depth - 1) * (n2 - n1))
-        fs.append(f1 + (depth - 1) * (f2 - f1))
+        ns.append(one.n + (depth - 1) * (two.n - one.n))
+        fs.append(one.fpi + (depth - 1) * (two.fpi - one.fpi))
     return np.array(ns), np.array(fs)
 
 

@@ -1,24 +1,42 @@
-"""The time a launch has left: each cell's work in FLOP-equivalents (training and evaluation FLOPs,
-`sweeps.cost`, plus a fixed cost per step and per cell, fitted on the demo: docs/sweeps.md), a rate
-learned from the cells that finished, and the remaining cells placed on the free slots as the local
-executor places them.
+"""The time a launch takes and has left: each cell's work in FLOP-equivalents (training and evaluation
+FLOPs, `sweeps.cost`, plus a fixed cost per step and per cell, fitted on the demo: docs/sweeps.md), a
+rate (before the launch: the demo's measured on CPU; during it: learned from the cells that finished),
+and the cells placed on the free slots as the local executor places them.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from sweeps.cost import cell_eval_flops
+from sweeps.cost import bill_table, cell_eval_flops
 from sweeps.grid import Cell
 
 STEP_FLOPS = 2e8  # an optimizer step's fixed cost (Python, optimizer, logging), in FLOP-equivalents
 CELL_FLOPS = 1.2e11  # a cell's fixed cost (start-up, MLflow, reference features), in FLOP-equivalents
+#: FLOP-equivalents per second of one cell per CPU thread: the default demo's 14 cells (1.59e13 of work)
+#: took 1,216 and 776 slot-seconds, 2 at a time with 1 thread each, on two hosts of one 2-core type
+#: (docs/study.md, sessions 29 and 28). A dry run prices a local CPU sweep at both.
+CPU_RATES = (1.31e10, 2.05e10)
+
+
+def _work(cell: Cell, eval_flops: float) -> float:
+    return cell.train_flops + eval_flops + cell.steps * STEP_FLOPS + CELL_FLOPS
 
 
 def cell_work(cell: Cell, overrides: Mapping[str, object]) -> float:
     """FLOP-equivalents of one cell: training + validation + sampling FLOPs + the fixed costs."""
-    return cell.train_flops + cell_eval_flops(cell, dict(overrides)) + cell.steps * STEP_FLOPS + CELL_FLOPS
+    return _work(cell, cell_eval_flops(cell, dict(overrides)))
+
+
+def finish_time(free: list[float], durations: Iterable[float]) -> float:
+    """When the last job ends: ``durations`` in order, each on the slot that frees first; ``free``:
+    when each slot frees (reordered in place)."""
+    heapq.heapify(free)
+    for d in durations:
+        heapq.heappush(free, heapq.heappop(free) + d)
+    return max(free, default=0.0)
 
 
 def time_left(
@@ -45,7 +63,53 @@ def time_left(
     total = sum(work[c] for c in spans) + sum(work[c] for c in pending)
     left = sum(running) + sum(work[c] for c in pending)
     free = [r / rate for r in running] + [0.0] * max(slots - len(running), 0)
-    heapq.heapify(free)
-    for c in pending:
-        heapq.heappush(free, heapq.heappop(free) + work[c] / rate)
-    return 1.0 - left / total, max(free, default=0.0)
+    return 1.0 - left / total, finish_time(free, (work[c] / rate for c in pending))
+
+
+@dataclass(frozen=True)
+class CpuEstimate:
+    """A local sweep's wall time on this machine's CPU: ``cells`` with their validation + sampling
+    ``eval_flops``, ``slots`` at a time with ``threads`` torch threads each (all of a cell's processes),
+    started longest first."""
+
+    cells: tuple[Cell, ...]
+    eval_flops: tuple[float, ...]
+    slots: int
+    threads: int
+
+    @property
+    def work(self) -> list[float]:
+        return [_work(c, ev) for c, ev in zip(self.cells, self.eval_flops)]
+
+    def wall_s(self, rate: float) -> float:
+        """Seconds from the first cell's start to the last one's end at ``rate`` per thread."""
+        from sweeps.runner import longest_first
+
+        work = {c.cell_id: w for c, w in zip(self.cells, self.work)}
+        order = longest_first(list(self.cells))
+        return finish_time([0.0] * self.slots, (work[c.cell_id] / (rate * self.threads) for c in order))
+
+    def summary(self, cores: int) -> str:
+        """The table, the estimate and its inputs; ``cores``: this machine's, as the launcher counts them."""
+        lo, hi = min(CPU_RATES) * self.threads, max(CPU_RATES) * self.threads
+        minutes = [f"{w / hi / 60:.2g}-{w / lo / 60:.2g}" for w in self.work]
+        table = bill_table(
+            list(zip(self.cells, self.eval_flops)),
+            {"work": [f"{w:.3g}" for w in self.work], "min": minutes},
+            [f"{sum(self.work):.3g}", ""],
+        )
+        fast, slow = (self.wall_s(r) / 60 for r in (max(CPU_RATES), min(CPU_RATES)))
+        return "\n".join(
+            [
+                table,
+                "",
+                f"estimate: {fast:.1f} to {slow:.1f} min wall on this machine's CPU ({cores} cores) for "
+                f"{len(self.cells)} cells, {self.slots} at a time (--parallel), {self.threads} thread"
+                f"{'s' if self.threads > 1 else ''} each, the longest first",
+                f"  work = train + eval FLOPs + {STEP_FLOPS:g} per step + {CELL_FLOPS:g} per cell "
+                f"(FLOP-equivalents, sweeps/eta.py), at {min(CPU_RATES):.3g} to {max(CPU_RATES):.3g} per "
+                "second per thread: the default demo's rates on two 2-core hosts (docs/sweeps.md)",
+                "  a launch learns this machine's rate from its first finished cells and shows the time "
+                "left; a GPU cluster's bill in GPU-hours: --device H100 (or A100, ...)",
+            ]
+        )

@@ -100,9 +100,7 @@ class Scale:
 
 def family_shape(name: str, scale: Scale | None = None) -> ModelShape:
     """The (optionally scaled) shape of family ``name`` (case-insensitive ``S``/``B``/``L``/``XL``)."""
-    key = name.strip().upper()
-    if key.startswith("DIT-"):
-        key = key[4:]
+    key = name.strip().upper().removeprefix("DIT-")
     if key not in FAMILIES:
         raise ValueError(
             f"unknown model family {name!r}; known families: {', '.join(FAMILIES)} "

@@ -36,6 +36,7 @@ from sweeps.design import (
     read_record,
     recorded_spec,
 )
+from sweeps.eta import CpuEstimate
 from sweeps.executor import resolve_executor_kind, sbatch_flags
 from sweeps.grid import (
     DESIGNS,
@@ -51,7 +52,9 @@ from sweeps.grid import (
     read_spec_record,
 )
 from sweeps.runner import (
+    Prepared,
     Progress,
+    _threads_per_process,
     check_executor,
     check_output_dir,
     check_wait,
@@ -268,17 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--device",
-        default=DEFAULT_DEVICE,
         type=str.upper,
         choices=sorted(DEVICES),
-        help="accelerator the dry run prices the study on (its dense bf16 peak; default: %(default)s)",
+        help="accelerator the dry run prices the study on, in GPU-hours (its dense bf16 peak; default: "
+        f"{DEFAULT_DEVICE}); without it a local sweep on CPU gets its wall time on this machine instead",
     )
     r.add_argument(
         "--mfu",
         type=float,
-        default=DEFAULT_MFU,
-        help="model FLOPs utilisation assumed for the bill (measure it: bash benchmarks/gpu_check.sh; "
-        "default: %(default)g)",
+        help="model FLOPs utilisation assumed for the GPU-hours (measure it: bash benchmarks/gpu_check.sh; "
+        f"default: {DEFAULT_MFU:g})",
     )
     r.add_argument(
         "--no-wait",
@@ -731,9 +733,18 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     configs = check_trainer(spec.trainer, list(tasks.values()))  # each cell's TrainConfig, or an error
     states = preview(spec, tasks, configs, uri, unknown) if uri_read else {}  # a relaunch's refusals
     evals = {c.cell_id: cell_eval_flops(c, tasks[c.cell_id].overrides) for c in cells}
-    gpus = spec.executor.nodes * max(1, spec.executor.gpus_per_node)
+    ex = spec.executor
     # priced before anything is printed: a bad --mfu or --device is an error, not a table then an error
-    bill = estimate(cells, evals, device_name=args.device, mfu=args.mfu, gpus_per_cell=gpus).summary()
+    if kind == "slurm" or ex.gpus_per_node or args.device or args.mfu is not None:
+        gpus, mfu = ex.nodes * max(1, ex.gpus_per_node), DEFAULT_MFU if args.mfu is None else args.mfu
+        bill = estimate(cells, evals, device_name=args.device or DEFAULT_DEVICE, mfu=mfu, gpus_per_cell=gpus)
+        bill = bill.summary()
+    else:  # a sweep on this machine's CPU: its wall time here
+        threads = _threads_per_process(Prepared(spec, cells, kind, uri, sdir)) * ex.tasks_per_node
+        cpu = CpuEstimate(
+            tuple(cells), tuple(evals.values()), ex.local_parallelism if kind == "local" else 1, threads
+        )
+        bill = cpu.summary(os.cpu_count() or 1)
     print(
         f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
         f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
