@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from dit_core.data import DataConfig, default_reference
     from dit_core.data.photos import PhotoOptions, photo_crops
     from dit_core.diffusion import create_diffusion
-    from dit_core.evaluate import evaluate_samples, generate_images
+    from dit_core.evaluate import SampleSettings, evaluate_samples, generate_images
     from dit_core.models import DiT
     from dit_core.train import train
 
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in args.seeds:
                     t0 = time.perf_counter()
                     x = generate_images(
-                        model, diffusion, range(n), batch_size=n, sampler="ddim", steps=ddim, cfg_scale=1.0,
-                        seed=seed, num_classes=dit.num_classes, image_size=dit.input_size,
+                        model, diffusion, range(n), SampleSettings("ddim", ddim, cfg_scale=1.0, seed=seed),
+                        batch_size=n, num_classes=dit.num_classes, image_size=dit.input_size,
                         channels=dit.in_channels,
                     )  # fmt: skip
                     t1 = time.perf_counter()

@@ -44,7 +44,7 @@ def main() -> None:
     from dit_core.config import TrainConfig
     from dit_core.data import DataConfig, build_dataset
     from dit_core.diffusion import create_diffusion, validation_losses
-    from dit_core.evaluate.sampling import generate_images
+    from dit_core.evaluate.sampling import SampleSettings, generate_images
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="S,B,L,XL", help="demo families, comma-separated")
@@ -72,7 +72,7 @@ def main() -> None:
             for bs in order:
                 t = time.perf_counter()
                 images = generate_images(
-                    model, diffusion, range(args.samples), batch_size=bs, steps=args.steps,
+                    model, diffusion, range(args.samples), SampleSettings(steps=args.steps), batch_size=bs,
                     num_classes=10, image_size=16, channels=1,
                 )  # fmt: skip
                 times.setdefault(("sample", bs), []).append(time.perf_counter() - t)

@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from dit_core.diffusion import validation_losses  # noqa: E402
 from dit_core.evaluate import evaluate_model  # noqa: E402
 from dit_core.train import TrainConfig, Trainer  # noqa: E402
-from dit_core.trainer.evaluation import clip_denoised, guidance_scale  # noqa: E402
+from dit_core.trainer.evaluation import sampling_settings  # noqa: E402
 from sweeps.grid import expand, load_spec, parse_budget  # noqa: E402
 from sweeps.task import cell_overrides  # noqa: E402
 
@@ -65,10 +66,9 @@ def fid(trainer: Trainer, n: int, seed: int) -> tuple[float, float]:
     cfg, dit = trainer.cfg, trainer.dit_cfg
     t0 = time.perf_counter()
     m = evaluate_model(
-        trainer.ema.model, trainer.diffusion, num_samples=n, batch_size=cfg.eval.batch_size,
-        sampler=cfg.eval.sampler, steps=cfg.eval.steps, cfg_scale=guidance_scale(cfg), seed=seed,
-        num_classes=dit.num_classes, image_size=dit.input_size, channels=dit.in_channels,
-        reference="digits", metrics=("fid_digits",), clip_denoised=clip_denoised(cfg),
+        trainer.ema.model, trainer.diffusion, replace(sampling_settings(cfg), seed=seed), num_samples=n,
+        batch_size=cfg.eval.batch_size, num_classes=dit.num_classes, image_size=dit.input_size,
+        channels=dit.in_channels, reference="digits", metrics=("fid_digits",),
     )  # fmt: skip
     return m["fid_digits"], time.perf_counter() - t0
 

@@ -74,14 +74,15 @@ def bench_features(n: int, repeats: int, resolution: int, device: str, batch: in
 
 def bench_sampling(n: int, repeats: int, device: str, model_name: str, resolution: int):
     from dit_core.diffusion import DiffusionConfig, create_diffusion
-    from dit_core.evaluate import generate_images
+    from dit_core.evaluate import SampleSettings, generate_images
     from dit_core.models import DiT_models
 
     torch.manual_seed(0)
     model = DiT_models[model_name](input_size=resolution, in_channels=1, num_classes=10).to(device).eval()
     diffusion = create_diffusion(DiffusionConfig())
-    kw = dict(batch_size=n, sampler="ddim", steps=50, cfg_scale=1.5, seed=0, num_classes=10)
-    run = lambda: generate_images(model, diffusion, range(n), image_size=resolution, channels=1, **kw)
+    drawn = SampleSettings("ddim", steps=50, cfg_scale=1.5, seed=0)
+    kw = dict(batch_size=n, num_classes=10, image_size=resolution, channels=1)
+    run = lambda: generate_images(model, diffusion, range(n), drawn, **kw)
     run()
     ts = []
     for _ in range(repeats):

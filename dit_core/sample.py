@@ -121,19 +121,16 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     vae = load_vae(cfg.vae, device, dit.in_channels, cfg.checkpoint) if cfg.vae else None
     size = input_size(cfg, dit, data, vae_factor(vae) or VAE_FACTOR)
     labels = labels_for(cfg, dit.num_classes)
-    run = sampling_settings(tcfg)
-    settings = {k: getattr(cfg, k) if getattr(cfg, k) is not None else run[k]
-                for k in ("sampler", "steps", "cfg_scale", "seed")}  # fmt: skip
-    check_guidance(settings["cfg_scale"], dit)
-    check_steps(settings["steps"], diffusion.num_timesteps, given=cfg.steps is not None)
-    decode = vae_decoder(vae)
+    settings = sampling_settings(tcfg).overridden(cfg)
+    check_guidance(settings.cfg_scale, dit)
+    check_steps(settings.steps, diffusion.num_timesteps, given=cfg.steps is not None)
     images = generate_images(
-        model, diffusion, range(len(labels)), batch_size=cfg.batch_size, **settings,
+        model, diffusion, range(len(labels)), settings, batch_size=cfg.batch_size,
         num_classes=dit.num_classes, image_size=size, channels=dit.in_channels, labels=labels,
-        decode=decode, device=device, clip_denoised=run["clip_denoised"], progress=cfg.progress,
+        decode=vae_decoder(vae), device=device, progress=cfg.progress,
     )  # fmt: skip
     log.info("sampled %d images at %d px (%s-%d, cfg %.2f, seed %d)", len(labels), images.shape[-1],
-             settings["sampler"], settings["steps"], settings["cfg_scale"], settings["seed"])  # fmt: skip
+             settings.sampler, settings.steps, settings.cfg_scale, settings.seed)  # fmt: skip
     return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
 
 

@@ -14,7 +14,9 @@ from _train_helpers import one_thread
 
 from dit_core.evaluate import __main__ as evaluate_cli
 from dit_core.evaluate.reference import resolve_reference
-from dit_core.evaluate.sampling import evaluate_model
+from dit_core.evaluate.sampling import SampleSettings, evaluate_model
+
+GUIDED = SampleSettings(steps=1, cfg_scale=1.5)  # 1 DDIM step at guidance 1.5
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +169,7 @@ def _model(run: Path):
 def test_precision_recall_with_too_few_samples_fails_before_sampling(run, no_sampling):
     model, diffusion = _model(run)
     with pytest.raises(ValueError, match=r"num_samples 3: precision and recall need at least k\+1 = 4"):
-        evaluate_model(model, diffusion, num_samples=3, batch_size=4, steps=1, num_classes=10, image_size=8,
+        evaluate_model(model, diffusion, GUIDED, num_samples=3, batch_size=4, num_classes=10, image_size=8,
                        channels=1, metrics=("fid_digits", "precision_digits"))  # fmt: skip
 
 
@@ -182,7 +184,7 @@ def test_interrupted_save_samples_leaves_the_old_file(run, tmp_path, monkeypatch
 
     monkeypatch.setattr(np, "savez", torn)
     with one_thread(), pytest.raises(KeyboardInterrupt):
-        evaluate_model(model, diffusion, num_samples=2, batch_size=2, steps=1, num_classes=10, image_size=8,
+        evaluate_model(model, diffusion, GUIDED, num_samples=2, batch_size=2, num_classes=10, image_size=8,
                        channels=1, metrics=("fid_digits",), save_samples=str(path))  # fmt: skip
     assert path.read_bytes() == b"the previous samples"
     assert os.listdir(tmp_path) == ["samples.npz"]
@@ -201,7 +203,7 @@ def test_save_samples_still_written_whole(run, tmp_path):
     model, diffusion = _model(run)
     path = tmp_path / "s.npz"
     with one_thread():
-        evaluate_model(model, diffusion, num_samples=2, batch_size=2, steps=1, num_classes=10, image_size=8,
+        evaluate_model(model, diffusion, GUIDED, num_samples=2, batch_size=2, num_classes=10, image_size=8,
                        channels=1, metrics=("fid_digits",), save_samples=str(path))  # fmt: skip
     with np.load(path) as z:
         assert z["arr_0"].shape == (2, 8, 8, 1) and z["arr_0"].dtype == np.uint8

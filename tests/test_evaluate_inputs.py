@@ -121,7 +121,7 @@ def test_evaluate_samples_on_the_device_asked_for(tmp_path, capsys, monkeypatch)
     ckpt = _save(tmp_path / "run", _config())
     seen = []
 
-    def record(model, diffusion, **kwargs):
+    def record(model, diffusion, settings, **kwargs):
         seen.append(next(model.parameters()).device.type)
         return {"fid_digits": 1.0}
 

@@ -18,13 +18,25 @@ import torch
 from dit_core.checkpoint import save_checkpoint
 from dit_core.config import ModelConfig, TrainConfig
 from dit_core.diffusion import DiffusionConfig, create_diffusion
-from dit_core.evaluate import RandomConvExtractor, evaluate_model, generate_images, log_metrics, shard
+from dit_core.evaluate import (
+    RandomConvExtractor,
+    SampleSettings,
+    evaluate_model,
+    generate_images,
+    log_metrics,
+    shard,
+)
 from dit_core.evaluate.__main__ import main as cli_main
 from dit_core.models import DiT
 from dit_core.tracking import FEATURE_SPACE_TAG
 
 REPO = Path(__file__).resolve().parents[1]
-KW = dict(sampler="ddim", steps=4, seed=3, num_classes=10, image_size=16, channels=1)
+KW = dict(num_classes=10, image_size=16, channels=1)
+
+
+def _settings(cfg_scale: float, sampler: str = "ddim") -> SampleSettings:
+    """4 steps of ``sampler`` from seed 3 at guidance scale ``cfg_scale``."""
+    return SampleSettings(sampler, steps=4, cfg_scale=cfg_scale, seed=3)
 
 
 def _train_config() -> TrainConfig:
@@ -54,9 +66,9 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def test_cfg_scale_changes_samples_and_seed_reproduces(tiny):
     model, diffusion, _ = tiny
-    a = generate_images(model, diffusion, range(6), batch_size=6, cfg_scale=1.0, **KW)
-    b = generate_images(model, diffusion, range(6), batch_size=6, cfg_scale=4.0, **KW)
-    again = generate_images(model, diffusion, range(6), batch_size=6, cfg_scale=4.0, **KW)
+    a = generate_images(model, diffusion, range(6), _settings(1.0), batch_size=6, **KW)
+    b = generate_images(model, diffusion, range(6), _settings(4.0), batch_size=6, **KW)
+    again = generate_images(model, diffusion, range(6), _settings(4.0), batch_size=6, **KW)
     assert a.dtype == torch.uint8 and a.shape == (6, 1, 16, 16)
     assert torch.equal(b, again)
     assert (a.int() - b.int()).abs().float().mean() > 1.0  # guidance moves the samples
@@ -71,10 +83,10 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 def test_sample_set_independent_of_batch_size_and_process_count(tiny):
     model, diffusion, _ = tiny
     n = 7
-    full = generate_images(model, diffusion, range(n), batch_size=n, cfg_scale=2.0, **KW)
-    _close(generate_images(model, diffusion, range(n), batch_size=3, cfg_scale=2.0, **KW), full)
+    full = generate_images(model, diffusion, range(n), _settings(2.0), batch_size=n, **KW)
+    _close(generate_images(model, diffusion, range(n), _settings(2.0), batch_size=3, **KW), full)
     for world in (2, 3):  # what each rank of a world-size run would draw, in index order
-        parts = [generate_images(model, diffusion, shard(n, r, world), batch_size=2, cfg_scale=2.0, **KW)
+        parts = [generate_images(model, diffusion, shard(n, r, world), _settings(2.0), batch_size=2, **KW)
                  for r in range(world)]  # fmt: skip
         joined = torch.cat(parts)
         assert len(joined) == n
@@ -88,7 +100,7 @@ def test_evaluate_model_exact_count_and_mlflow_logging(tiny, tmp_path):
     out = tmp_path / "s.npz"
     ext = {"inception": RandomConvExtractor(dim=8)}
     m = evaluate_model(
-        model, diffusion, num_samples=11, batch_size=4, cfg_scale=1.5, reference="digits",
+        model, diffusion, _settings(1.5), num_samples=11, batch_size=4, reference="digits",
         metrics=("fid", "sfid", "precision", "recall"), extractors=ext, save_samples=str(out), **KW,
     )  # fmt: skip
     saved = np.load(out)
@@ -99,7 +111,7 @@ def test_evaluate_model_exact_count_and_mlflow_logging(tiny, tmp_path):
     hist = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "eval/fid")
     assert [(h.step, h.value) for h in hist] == [(42, pytest.approx(m["fid"]))]
     with pytest.raises(ValueError, match="num_samples"):
-        evaluate_model(model, diffusion, num_samples=1, batch_size=4, **KW)
+        evaluate_model(model, diffusion, _settings(1.5), num_samples=1, batch_size=4, **KW)
 
 
 def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_accelerate(
@@ -112,19 +124,18 @@ def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_a
 
     model, diffusion, _ = tiny
     ext = {"inception": RandomConvExtractor(dim=8)}
-    kw = {**KW, "sampler": "ddpm"}
-    run = dict(
-        num_samples=6, batch_size=3, cfg_scale=1.5, reference="digits", metrics=("fid",), extractors=ext
-    )
-    m = evaluate_model(model, diffusion, save_samples=str(tmp_path / "a.npz"), **run, **kw)
-    want = generate_images(model, diffusion, range(6), batch_size=3, cfg_scale=1.5, **kw)
+    ddpm = _settings(1.5, sampler="ddpm")
+    run = dict(num_samples=6, batch_size=3, reference="digits", metrics=("fid",), extractors=ext)
+    m = evaluate_model(model, diffusion, ddpm, save_samples=str(tmp_path / "a.npz"), **run, **KW)
+    want = generate_images(model, diffusion, range(6), ddpm, batch_size=3, **KW)
     saved = torch.from_numpy(np.load(tmp_path / "a.npz")["arr_0"]).permute(0, 3, 1, 2)
     assert torch.equal(saved, want)
     assert not torch.equal(
-        want, generate_images(model, diffusion, range(6), batch_size=3, cfg_scale=1.5, **KW)
+        want, generate_images(model, diffusion, range(6), _settings(1.5), batch_size=3, **KW)
     )
+    acc = Accelerator(cpu=True)
     m_acc = evaluate_model(
-        model, diffusion, save_samples=str(tmp_path / "b.npz"), accelerator=Accelerator(cpu=True), **run, **kw
+        model, diffusion, ddpm, save_samples=str(tmp_path / "b.npz"), accelerator=acc, **run, **KW
     )
     assert m_acc == m and np.array_equal(
         np.load(tmp_path / "b.npz")["arr_0"], np.load(tmp_path / "a.npz")["arr_0"]
@@ -138,6 +149,7 @@ def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_a
     evaluate_model(
         latent,
         diffusion,
+        _settings(1.5),
         vae=tiny_vae,
         save_samples=str(tmp_path / "c.npz"),
         **{**run, "reference": rgb},
@@ -145,7 +157,7 @@ def test_evaluate_model_passes_its_sampler_decodes_latents_and_gathers_through_a
     )
     with torch.no_grad():
         decoded = generate_images(
-            latent, diffusion, range(6), batch_size=3, cfg_scale=1.5,
+            latent, diffusion, range(6), _settings(1.5), batch_size=3,
             decode=lambda z: tiny_vae.decode(z / 0.18215).sample, **lkw,
         )  # fmt: skip
     saved = np.load(tmp_path / "c.npz")["arr_0"]
@@ -157,7 +169,7 @@ import json, sys
 import torch
 from accelerate import Accelerator
 from dit_core.diffusion import DiffusionConfig, create_diffusion
-from dit_core.evaluate import RandomConvExtractor, evaluate_model
+from dit_core.evaluate import RandomConvExtractor, SampleSettings, evaluate_model
 from dit_core.models import DiT
 
 from datetime import timedelta
@@ -167,9 +179,10 @@ from dit_core.evaluate.sampling import SamplingStopped
 torch.manual_seed(0)
 model = DiT(input_size=16, patch_size=4, in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=10)
 acc = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
-kw = dict(num_samples=5, batch_size=2, steps=2, num_classes=10, image_size=16, channels=1, metrics=("fid",),
+kw = dict(num_samples=5, batch_size=2, num_classes=10, image_size=16, channels=1, metrics=("fid",),
           extractors={"inception": RandomConvExtractor(dim=8)}, accelerator=acc)
-m = evaluate_model(model.eval(), create_diffusion(DiffusionConfig()), **kw)
+drawn = SampleSettings(steps=2, cfg_scale=1.5)
+m = evaluate_model(model.eval(), create_diffusion(DiffusionConfig()), drawn, **kw)
 calls = []
 
 def stop():  # a collective, as the trainer's: rank 0 asks to stop at its 2nd batch, rank 1 has only 1
@@ -178,7 +191,7 @@ def stop():  # a collective, as the trainer's: rank 0 asks to stop at its 2nd ba
     return bool(acc.reduce(flag, reduction="sum").item() > 0)
 
 try:
-    evaluate_model(model.eval(), create_diffusion(DiffusionConfig()), stop=stop, **kw)
+    evaluate_model(model.eval(), create_diffusion(DiffusionConfig()), drawn, stop=stop, **kw)
     stopped = False
 except SamplingStopped:
     stopped = True

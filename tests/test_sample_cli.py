@@ -15,7 +15,7 @@ from PIL import Image
 from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
 from dit_core.diffusion import sample
 from dit_core.evaluate.features import to_uint8
-from dit_core.evaluate.sampling import example_noise, example_seed, generate_images
+from dit_core.evaluate.sampling import SampleSettings, example_noise, example_seed, generate_images
 from dit_core.sample import image_grid, main
 from dit_core.train import train
 
@@ -64,10 +64,9 @@ def test_the_grid_holds_the_samples_evaluate_would_save(runs, tmp_path):
 
     model, diffusion, tcfg = model_from_checkpoint(load_checkpoint(runs / "sincos.pt"))
     with one_thread():
+        drawn = SampleSettings(tcfg.eval.sampler, STEPS, tcfg.eval.cfg_scale, tcfg.seed, clip_denoised=True)
         want = generate_images(
-            model, diffusion, range(5), batch_size=5, sampler=tcfg.eval.sampler, steps=STEPS,
-            cfg_scale=tcfg.eval.cfg_scale, seed=tcfg.seed, num_classes=10, image_size=16, channels=1,
-            clip_denoised=True,
+            model, diffusion, range(5), drawn, batch_size=5, num_classes=10, image_size=16, channels=1
         )  # fmt: skip
     assert np.array_equal(images, want.permute(0, 2, 3, 1).numpy())  # the batch size does not matter
 
@@ -158,7 +157,7 @@ def test_it_samples_on_the_device_asked_for(runs, tmp_path, monkeypatch):
 
     seen = []
 
-    def record(model, diffusion, indices, *, device, image_size, channels, **kwargs):
+    def record(model, diffusion, indices, settings, *, device, image_size, channels, **kwargs):
         seen.append((next(model.parameters()).device.type, torch.device(device).type))
         return torch.zeros(len(indices), channels, image_size, image_size, dtype=torch.uint8)
 

@@ -26,7 +26,7 @@ from dit_core.checkpoint import load_checkpoint
 from dit_core.data import build_dataset, data_accounting, unique_images
 from dit_core.diffusion import create_diffusion, sample
 from dit_core.diffusion.validation import example_noise, example_uniforms
-from dit_core.evaluate import evaluate_model
+from dit_core.evaluate import SampleSettings, evaluate_model
 from dit_core.models import DiT
 from dit_core.spec import (
     DiTConfig,
@@ -389,9 +389,9 @@ def test_evaluate_samples_is_evaluate_model_with_the_runs_settings(tmp_path):
     from dit_core.evaluate.metrics import default_metrics
 
     names = default_metrics("digits", inception=False)
-    want = evaluate_model(tr.model, tr.diffusion, num_samples=6, batch_size=4, sampler="ddpm", steps=3,
-                          cfg_scale=3.0, seed=5, num_classes=10, image_size=8, channels=1, reference="digits",
-                          metrics=names, clip_denoised=True)  # fmt: skip
+    drawn = SampleSettings("ddpm", steps=3, cfg_scale=3.0, seed=5, clip_denoised=True)
+    want = evaluate_model(tr.model, tr.diffusion, drawn, num_samples=6, batch_size=4, num_classes=10,
+                          image_size=8, channels=1, reference="digits", metrics=names)  # fmt: skip
     assert set(got) == set(want) and got == pytest.approx(want, rel=1e-5)
 
 

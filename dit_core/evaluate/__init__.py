@@ -23,7 +23,7 @@ from .metrics import (
     precision_recall,
 )
 from .reference import reference_stats, resolve_reference
-from .sampling import evaluate_model, generate_images, log_metrics, shard
+from .sampling import SampleSettings, evaluate_model, generate_images, log_metrics, shard
 
 __all__ = [
     "DIGITS_METRICS",
@@ -36,6 +36,7 @@ __all__ = [
     "GaussianStats",
     "InceptionExtractor",
     "RandomConvExtractor",
+    "SampleSettings",
     "default_metrics",
     "digits_recipe",
     "evaluate_model",

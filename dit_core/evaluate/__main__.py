@@ -23,7 +23,7 @@ from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
 from ..tracking import EVAL_PREFIX, FEATURE_SPACE_TAG, feature_space_tag
 from .features import WEIGHTS_ENV
-from .metrics import METRICS
+from .metrics import INCEPTION_METRICS, METRICS, domain_metrics
 
 #: the CLI's exit codes (docs/interfaces.md, "Exit codes"), listed in its --help
 EXIT_CODES = {
@@ -63,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
     p.add_argument("--seed", type=int_at_least(0), help=f"sampling seed, >= 0 ({own}: the run's seed)")
     p.add_argument("--reference", help="digits[:split] | photos[:options] | image folder | .npz with arr_0")
+    own, inception = ", ".join(domain_metrics("<d>")), ", ".join(INCEPTION_METRICS)  # as default_metrics
     p.add_argument(
         "--metrics",
-        help=f"comma list of {sorted(METRICS)} (default: the run's own on its own reference; with "
-        "--reference, that reference's default metrics)",
+        help=f"comma list of {sorted(METRICS)}. Default: the run's own (eval.metrics, else {own} for a "
+        "<d> = digits | photos run, and fid alone for other data); with --reference, that reference's: "
+        f"{inception}, after those four for <d>",
     )
     p.add_argument("--inception-weights", help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
     p.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -55,10 +55,10 @@ class CheckpointEvalConfig:
 def protocol_departures(cfg: CheckpointEvalConfig, run_cfg) -> list[str]:
     """The settings of ``cfg`` that depart from how the run ``run_cfg`` (its TrainConfig) scored
     itself, as "name X (run: Y)"; the seed may differ (another draw of the same protocol)."""
-    run = sampling_settings(run_cfg) | {"reference": run_cfg.eval.reference}
-    mine = {k: getattr(cfg, k) for k in run}
+    e = run_cfg.eval
+    run = asdict(sampling_settings(run_cfg)) | {"num_samples": e.num_samples, "reference": e.reference}
     keys = ("num_samples", "sampler", "steps", "cfg_scale", "reference", "clip_denoised")
-    off = [f"{k} {mine[k]} (run: {run[k]})" for k in keys if mine[k] not in (None, run[k])]
+    off = [f"{k} {getattr(cfg, k)} (run: {run[k]})" for k in keys if getattr(cfg, k) not in (None, run[k])]
     off += [f"metrics {','.join(cfg.metrics)} (run: its own)"] if cfg.metrics else []
     return off + (["--raw-weights (run: the EMA weights)"] if not cfg.use_ema else [])
 
@@ -215,8 +215,7 @@ def evaluate_checkpoint(
     if vae is None or factor:  # a reference it cannot score (pixels: the VAE's `factor` x latents)
         size = dit.input_size * (factor or 1)
         source = resolve_reference(reference, size, channels=3 if factor else dit.in_channels)  # VAE: RGB
-    run = sampling_settings(tcfg)
-    settings = run | {k: getattr(cfg, k) for k in run if getattr(cfg, k) is not None}
+    settings = sampling_settings(tcfg).overridden(cfg)
     if cfg.log_to_run and (off := protocol_departures(cfg, tcfg)):
         raise ValueError(
             "--mlflow-run-id logs into the run's eval/* metrics, which the analysis compares across "
@@ -224,12 +223,13 @@ def evaluate_checkpoint(
             f"{'; '.join(off)}. Drop them (the seed may differ), or drop --mlflow-run-id and keep the "
             "result with --output"
         )
-    check_guidance(settings["cfg_scale"], dit)
-    check_steps(settings["steps"], diffusion.num_timesteps, given=cfg.steps is not None)
+    check_guidance(settings.cfg_scale, dit)
+    check_steps(settings.steps, diffusion.num_timesteps, given=cfg.steps is not None)
+    num_samples = cfg.num_samples if cfg.num_samples is not None else tcfg.eval.num_samples
     result = evaluate_model(
-        model, diffusion, **settings, batch_size=cfg.batch_size, num_classes=dit.num_classes,
-        image_size=dit.input_size, channels=dit.in_channels, reference=source, metrics=metrics,
-        accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
+        model, diffusion, settings, num_samples=num_samples, batch_size=cfg.batch_size,
+        num_classes=dit.num_classes, image_size=dit.input_size, channels=dit.in_channels, reference=source,
+        metrics=metrics, accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
         save_samples=cfg.save_samples, feature_spaces=feature_spaces, progress=cfg.progress,
     )  # fmt: skip
     return result, int(ckpt["step"]), ckpt["config"]

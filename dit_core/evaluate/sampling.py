@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,25 @@ class NonFiniteSamples(FloatingPointError):
     non-finite training loss (a `FloatingPointError` too), not 2."""
 
 
+@dataclass(frozen=True)
+class SampleSettings:
+    """How a sample set is drawn (a run's own: `dit_core.trainer.evaluation.sampling_settings`): the
+    sampler and its steps, the guidance scale (1 = none), the seed of the samples' noise (the module
+    doc), DDIM's eta, and whether each step's x0 estimate is clamped to [-1, 1]."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    cfg_scale: float = 1.0
+    seed: int = 0
+    eta: float = 0.0
+    clip_denoised: bool = False
+
+    def overridden(self, given) -> SampleSettings:
+        """These settings, but each one that ``given`` (a CLI's config) holds as other than None."""
+        chosen = {f.name: getattr(given, f.name, None) for f in fields(self)}
+        return replace(self, **{k: v for k, v in chosen.items() if v is not None})
+
+
 def shard(num_samples: int, rank: int, world: int) -> range:
     """Rank ``rank``'s contiguous share of ``range(num_samples)`` (sizes differ by at most 1)."""
     base, extra = divmod(num_samples, world)
@@ -59,24 +79,20 @@ def generate_images(
     model: torch.nn.Module,
     diffusion,
     indices: range,
+    settings: SampleSettings,
     *,
     batch_size: int,
-    sampler: str = "ddim",
-    steps: int = 50,
-    cfg_scale: float = 1.0,
-    seed: int = 0,
     num_classes: int,
     image_size: int,
     channels: int,
-    eta: float = 0.0,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str | None = None,
-    clip_denoised: bool = False,
     progress: bool = False,
     labels: torch.Tensor | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """uint8 images (len(indices), C, H, W) for the given global sample indices, in ``batch_size`` batches.
+    """uint8 images (len(indices), C, H, W) for the given global sample indices, drawn as ``settings``
+    says, in ``batch_size`` batches.
 
     Sample i has class ``labels[i]`` (``labels``: (num_samples,) int64), by default i % num_classes.
     ``decode`` maps model outputs (latents) to pixels in [-1, 1]; None = the model works in pixels.
@@ -91,35 +107,35 @@ def generate_images(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    out = []
+    out, shape = [], (channels, image_size, image_size)
     with tqdm(total=len(indices), desc="sampling", unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(indices), batch_size):
             if stop is not None and stop():
                 raise SamplingStopped(f"stopped after {start} of {len(indices)} samples")
             idx = indices[start : start + batch_size]
-            noise = example_noise(seed, torch.tensor(idx), (channels, image_size, image_size)).to(device)
+            noise = example_noise(settings.seed, torch.tensor(idx), shape).to(device)
             if labels is None:
                 y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
             else:
                 y = labels[idx.start : idx.stop].to(device)
-            g = torch.Generator(device=device).manual_seed(example_seed(seed, idx[0], 1))
+            g = torch.Generator(device=device).manual_seed(example_seed(settings.seed, idx[0], 1))
             x = sample(
-                model, diffusion, noise.shape, y,
-                sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=eta, generator=g, noise=noise,
-                clip_denoised=clip_denoised,
+                model, diffusion, noise.shape, y, sampler=settings.sampler, steps=settings.steps,
+                cfg_scale=settings.cfg_scale, eta=settings.eta, generator=g, noise=noise,
+                clip_denoised=settings.clip_denoised,
             )  # fmt: skip
             if not torch.isfinite(x).all():  # to_uint8 would make them black images that look like results
                 raise NonFiniteSamples(
                     f"sampling gave non-finite values (NaN or inf) in samples {idx[0]}..{idx[-1]} at "
-                    f"guidance scale {cfg_scale:g}: the model's outputs overflow; lower the guidance scale "
-                    "(--cfg-scale, eval.cfg_scale; 1 to 4 is usual), or use another checkpoint"
+                    f"guidance scale {settings.cfg_scale:g}: the model's outputs overflow; lower the "
+                    "guidance scale (--cfg-scale, eval.cfg_scale; 1 to 4 is usual), or use another checkpoint"
                 )
             if decode is not None:
                 x = decode(x)
             out.append(to_uint8(x).cpu())
             bar.update(len(idx))
     if not out:
-        return torch.empty((0, channels, image_size, image_size), dtype=torch.uint8)
+        return torch.empty((0, *shape), dtype=torch.uint8)
     return torch.cat(out)
 
 
@@ -141,13 +157,10 @@ def gather_samples(local: torch.Tensor, num_samples: int, accelerator) -> torch.
 def evaluate_model(
     model: torch.nn.Module,
     diffusion,
+    settings: SampleSettings,
     *,
     num_samples: int,
     batch_size: int,
-    sampler: str = "ddim",
-    steps: int = 50,
-    cfg_scale: float = 1.5,
-    seed: int = 0,
     num_classes: int,
     image_size: int,
     channels: int,
@@ -155,16 +168,15 @@ def evaluate_model(
     metrics: Sequence[str] = DIGITS_METRICS,
     accelerator=None,
     vae=None,
-    eta: float = 0.0,
     inception_weights: str | None = None,
     extractors: Mapping[str, FeatureExtractor] | None = None,
     save_samples: str | None = None,
-    clip_denoised: bool = False,
     feature_spaces: dict[str, str] | None = None,
     progress: bool = False,
     stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
-    """Sample ``num_samples`` images and score them against ``reference``: ``{metric: value}``.
+    """Sample ``num_samples`` images as ``settings`` says and score them against ``reference``:
+    ``{metric: value}``.
 
     Each process samples its share (`shard`; the sample set: the module doc); rank 0 computes the
     metrics, and the dict is broadcast so every rank returns it. ``image_size`` and
@@ -194,11 +206,9 @@ def evaluate_model(
     indices = shard(num_samples, rank, world)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     local = generate_images(
-        model, diffusion, indices,
-        batch_size=batch_size, sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed,
-        num_classes=num_classes, image_size=image_size, channels=channels, eta=eta,
-        decode=vae_decoder(vae), device=device, clip_denoised=clip_denoised, progress=progress and rank == 0,
-        stop=stop,
+        model, diffusion, indices, settings, batch_size=batch_size, num_classes=num_classes,
+        image_size=image_size, channels=channels, decode=vae_decoder(vae), device=device,
+        progress=progress and rank == 0, stop=stop,
     )  # fmt: skip
     if stop is not None and world > 1:  # a smaller share has a batch fewer: its calls made up here
         most = math.ceil(len(shard(num_samples, 0, world)) / batch_size)
@@ -221,7 +231,8 @@ def evaluate_model(
             inception_weights=inception_weights, device=device,
             feature_spaces=feature_spaces,
         )  # fmt: skip
-        log.info("eval (%d samples, %s-%d, cfg %.2f): %s", num_samples, sampler, steps, cfg_scale, result)
+        how = f"{settings.sampler}-{settings.steps}, cfg {settings.cfg_scale:.2f}"
+        log.info("eval (%d samples, %s): %s", num_samples, how, result)
     if accelerator is not None and world > 1:
         from accelerate.utils import broadcast_object_list
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import default_reference
+from ..evaluate.sampling import SampleSettings, evaluate_model
 from ..models import DiTConfig
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,13 @@ def clip_denoised(cfg: TrainConfig) -> bool:
     return c if c is not None else cfg.data.name != "latents" and cfg.diffusion.objective != "flow"
 
 
-def sampling_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """How a run on ``cfg`` samples for its metrics, as `dit_core.evaluate.evaluate_model` keywords."""
+def sampling_settings(cfg: TrainConfig) -> SampleSettings:
+    """How a run on ``cfg`` draws the samples of its metrics (``eval.*`` and its seed)."""
     e = cfg.eval
-    own = {"num_samples": e.num_samples, "sampler": e.sampler, "steps": e.steps, "seed": cfg.seed}
-    return own | {"cfg_scale": guidance_scale(cfg), "clip_denoised": clip_denoised(cfg)}
+    return SampleSettings(
+        sampler=e.sampler, steps=e.steps, cfg_scale=guidance_scale(cfg), seed=cfg.seed,
+        clip_denoised=clip_denoised(cfg),
+    )  # fmt: skip
 
 
 def run_metrics(cfg: TrainConfig, reference: str) -> tuple[str, ...]:
@@ -178,14 +180,12 @@ def evaluate_samples(
             data.name,
         )
         return {}
-    from ..evaluate import evaluate_model
-
     names = run_metrics(cfg, reference)
     return evaluate_model(
-        model, diffusion, **sampling_settings(cfg), batch_size=e.batch_size, num_classes=dit.num_classes,
-        image_size=dit.input_size, channels=dit.in_channels, reference=reference, metrics=names,
-        accelerator=accelerator if accelerator.num_processes > 1 else None, feature_spaces=feature_spaces,
-        stop=stop,
+        model, diffusion, sampling_settings(cfg), num_samples=e.num_samples, batch_size=e.batch_size,
+        num_classes=dit.num_classes, image_size=dit.input_size, channels=dit.in_channels, reference=reference,
+        metrics=names, accelerator=accelerator if accelerator.num_processes > 1 else None,
+        feature_spaces=feature_spaces, stop=stop,
     )  # fmt: skip
 
 
