@@ -208,8 +208,8 @@ class EvalConfig:
     clip_denoised: clamp the sampler's x0 estimate to [-1, 1] at every step; None = on for pixel-space
         data, off for latents (whose range is not [-1, 1]) and for diffusion.objective "flow" (which
         does not clip).
-    reference: FID reference; None = the data's own (``digits``; held-out crops for ``photos``);
-        other data must name one.
+    reference: the sample metrics' reference (see ``metrics``); None = the data's own (``digits``;
+        held-out crops for ``photos``); other data must name one.
     metrics: metric names; None = the domain metrics of a digits / photos reference (fid_digits,
         is_digits, precision_digits, recall_digits or the *_photos ones; no Inception), else
         Inception fid alone.
