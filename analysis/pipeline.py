@@ -358,7 +358,10 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     groups = pts["run_id"].to_numpy() if (cfg.bootstrap_by_run and several) else None
     B, seed, lvl = cfg.n_bootstrap, cfg.seed, cfg.level
     parametric, checks = None, Status()
-    weights, redraw = seed_weights(pts), lr_redraw(prep, pts, cfg)  # all three approaches alike
+    boot = {"n_bootstrap": B, "seed": seed}
+    # the best lr redrawn in each resample, for all three approaches alike; the seeds' weights for two
+    redraw = lr_redraw(prep, pts, cfg)
+    weighted = {**boot, "weights": seed_weights(pts), "redraw": redraw}
     if B and cfg.best_lr and not cfg.average_seeds and several_lrs(prep.raw):
         msgs.append(
             "--per-seed: the bootstrap keeps the lr chosen on the full data in each cell trained at several "
@@ -369,16 +372,7 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     try:
         pcfg = ParametricConfig(delta=cfg.delta)
         parametric = fit_parametric(
-            pts["N"],
-            pts["D"],
-            pts["loss"],
-            pcfg,
-            n_bootstrap=B,
-            seed=seed,
-            groups=groups,
-            level=lvl,
-            weights=weights,
-            redraw=redraw,
+            pts["N"], pts["D"], pts["loss"], pcfg, groups=groups, level=lvl, **weighted
         )
     except (ValueError, RuntimeError) as e:  # ConvergenceError is a RuntimeError
         checks.add(
@@ -392,24 +386,15 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
             "no bootstrap (--bootstrap 0): whether the data identify the exponents was not checked (the "
             "point estimates are shown without intervals); rerun with --bootstrap 200",
         )
-    frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed, level=lvl, units=units["N"], redraw=redraw)
+    frontier = fit_frontier(pts, "loss", level=lvl, units=units["N"], redraw=redraw, **boot)
     pure = _pure_law(frontier, "loss", B, seed)
-    iso = fit_isoflop(
-        pts,
-        n_bootstrap=B,
-        seed=seed,
-        gap_dex=cfg.isoflop_gap_dex,
-        units=units["N"],
-        data_units=units["D"],
-        weights=weights,
-        redraw=redraw,
-    )
+    iso = fit_isoflop(pts, gap_dex=cfg.isoflop_gap_dex, units=units["N"], data_units=units["D"], **weighted)
     msgs.extend(iso.messages)
     fid_front = None
     if pts["fid"].notna().sum() > 3:
-        fid_front = fit_frontier(pts, "fid", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
+        fid_front = fit_frontier(pts, "fid", level=lvl, units=units["N"], **boot)
     try:
-        fvl = fit_fid_vs_loss(pts, n_bootstrap=B, seed=seed)
+        fvl = fit_fid_vs_loss(pts, **boot)
     except ValueError as e:
         fvl = None
         msgs.append(f"FID(loss) not fitted: {e}")
