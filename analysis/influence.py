@@ -197,8 +197,7 @@ def run_influence(
 
     def without(rid) -> dict:
         last = final.loc[rid]
-        budget = last.get("budget", math.nan)
-        budget = float(budget) if budget is not None and np.isfinite(budget) else float(last["C"])
+        budget = float(last["budget"] if np.isfinite(last["budget"]) else last["C"])  # `tidy`: a float
         row = {"run_id": rid, "model": last["model"], "budget": budget, "C": last["C"], "loss": last["loss"]}
         return row | summary(pts[pts["run_id"] != rid], holdout and rid not in held)
 
