@@ -330,6 +330,8 @@ def _print_results(an: Analysis, preds: list[Prediction], hold: HoldoutResult | 
         print(an.influence.text())
     status = results_dict(an, preds, hold)["status"]
     print(f"status: {status}")
+    if n_removed := len(an.removed):  # which and why: the report's table
+        print(f'removed: {n_removed} point(s) left out of the fit (see "Removed points" in the report)')
     print(f"report: {report}")
     code = EXIT_CODES[status]
     if code:
