@@ -264,22 +264,22 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     diverged = diverged_runs(points)
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
+    if len(pts) == 0:  # the steps below leave every cell a point
+        raise ValueError(
+            f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "
+            "or train longer cells"
+        )
     notes = load_notes + notes
     raw = pts
-    if cfg.average_seeds and len(pts):
+    if cfg.average_seeds:
         pts, note = average_seeds(pts)
         notes.append(note)
-    if cfg.best_lr and len(pts):
+    if cfg.best_lr:
         pts, lost, note = best_lr(pts, diverged)
         dropped = pd.concat([dropped, lost]) if len(lost) else dropped
         notes.append(note)
     pts, _, note = one_fid_protocol(pts)
     notes = [n for n in [*notes, note] if n]  # None: nothing to say
-    if len(pts) == 0:
-        raise ValueError(
-            f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "
-            "or train longer cells"
-        )
     pts = set_axes(pts, cfg.data_axis, cfg.params)
     r_star, fitted = None, False
     if cfg.effective_data:

@@ -6,7 +6,10 @@ counted."""
 
 from __future__ import annotations
 
+import pytest
 from _fit_helpers import sweep, sweep_cli
+
+from analysis.pipeline import AnalysisConfig, prepare
 
 
 def test_the_terminal_names_how_many_points_the_fit_left_out(tmp_path, capsys):
@@ -24,3 +27,13 @@ def test_no_removed_line_when_every_point_is_fitted(tmp_path, capsys):
     sweep_cli(tmp_path, "--bootstrap", "0")
     out = capsys.readouterr().out
     assert "removed:" not in out and out.splitlines()[-1].startswith("report: ")
+
+
+@pytest.mark.parametrize("per_seed", [False, True])
+def test_every_run_below_min_steps_is_refused_naming_the_flag(per_seed):
+    """`prepare` checks for no points right after the selection (seed averaging and the best lr keep a
+    point per cell); the message is the same with and without them."""
+    pts = sweep().assign(step=10, seed=0, lr=1e-3)
+    cfg = AnalysisConfig(n_bootstrap=0, average_seeds=not per_seed, best_lr=not per_seed)
+    with pytest.raises(ValueError, match="no points left after dropping runs below --min-steps 50; lower"):
+        prepare(pts, cfg)
