@@ -112,7 +112,7 @@ class Influence:
             lines.append(
                 "  N_opt (approach 3): not identified with every run (see the status); '-' in the table"
             )
-        if math.isfinite(lo) and math.isfinite(f["n_opt"]):
+        elif math.isfinite(lo):
             head = "withheld by the fit (see its status); without bootstrap " if self.withheld else ""
             lines.append(
                 f"  N_opt (approach 3): {head}{f['n_opt']:.4g} with every run; {lo:.3g} .. {hi:.3g} "
