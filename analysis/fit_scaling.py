@@ -246,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         # the flags named after AnalysisConfig fields set them
         opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
         opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
-        opts["average_seeds"] = not args.per_seed
-        opts["best_lr"] = not args.all_lrs
+        opts |= {"average_seeds": not args.per_seed, "best_lr": not args.all_lrs}
         if args.csv is not None and args.data_axis == "images":  # a CSV's D is in its own units
             opts["data_units"] = "images or tokens (as in the CSV)"
         cfg = AnalysisConfig(**opts)
@@ -330,6 +329,8 @@ def _print_results(an: Analysis, preds: list[Prediction], hold: HoldoutResult | 
         print(an.influence.text())
     status = results_dict(an, preds, hold)["status"]
     print(f"status: {status}")
+    if n_removed := len(an.removed):  # which and why: the report's table
+        print(f'removed: {n_removed} point(s) left out of the fit (see "Removed points" in the report)')
     print(f"report: {report}")
     code = EXIT_CODES[status]
     if code:

@@ -112,7 +112,7 @@ class Influence:
             lines.append(
                 "  N_opt (approach 3): not identified with every run (see the status); '-' in the table"
             )
-        if math.isfinite(lo) and math.isfinite(f["n_opt"]):
+        elif math.isfinite(lo):
             head = "withheld by the fit (see its status); without bootstrap " if self.withheld else ""
             lines.append(
                 f"  N_opt (approach 3): {head}{f['n_opt']:.4g} with every run; {lo:.3g} .. {hi:.3g} "
@@ -197,8 +197,7 @@ def run_influence(
 
     def without(rid) -> dict:
         last = final.loc[rid]
-        budget = last.get("budget", math.nan)
-        budget = float(budget) if budget is not None and np.isfinite(budget) else float(last["C"])
+        budget = float(last["budget"] if np.isfinite(last["budget"]) else last["C"])  # `tidy`: a float
         row = {"run_id": rid, "model": last["model"], "budget": budget, "C": last["C"], "loss": last["loss"]}
         return row | summary(pts[pts["run_id"] != rid], holdout and rid not in held)
 

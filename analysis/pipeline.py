@@ -233,21 +233,20 @@ class Prepared:
     points: pd.DataFrame
     dropped: pd.DataFrame
     notes: list[str]
+    raw: pd.DataFrame  # the selected points before seeds are averaged and the best lr kept (`tidy`'s columns)
+    diverged: pd.DataFrame | None = None  # seeds left out as diverged (`analysis.runs.diverged_runs`)
     r_star: float | None = None
     r_star_fitted: bool = False
-    raw: pd.DataFrame | None = None  # the selected points before seeds are averaged and the best lr kept
-    diverged: pd.DataFrame | None = None  # seeds left out as diverged (`analysis.runs.diverged_runs`)
 
 
-def fit_r_star(points: pd.DataFrame, cfg: AnalysisConfig, grid=None) -> float:
+def fit_r_star(points: pd.DataFrame, cfg: AnalysisConfig) -> float:
     """R* of D' minimising the parametric objective (a profile over a log grid of R*)."""
-    grid = np.logspace(-0.5, 2.5, 13) if grid is None else grid
     best = (math.inf, math.nan)
     # cheaper fits along the profile (fewer starts, no polish); the final fit at R* is the full one
     quick = ParametricConfig(
         delta=cfg.delta, n_starts=4, n_varpro_starts=2, polish_ftol=None, polish_gtol=None
     )
-    for r in grid:
+    for r in np.logspace(-0.5, 2.5, 13):
         d = effective_data(points["D"], points["unique"], float(r))
         try:
             f = fit_parametric(points["N"], d, points["loss"], quick).objective
@@ -265,22 +264,22 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     diverged = diverged_runs(points)
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)
+    if len(pts) == 0:  # the steps below leave every cell a point
+        raise ValueError(
+            f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "
+            "or train longer cells"
+        )
     notes = load_notes + notes
     raw = pts
-    if cfg.average_seeds and len(pts):
+    if cfg.average_seeds:
         pts, note = average_seeds(pts)
         notes.append(note)
-    if cfg.best_lr and len(pts):
+    if cfg.best_lr:
         pts, lost, note = best_lr(pts, diverged)
         dropped = pd.concat([dropped, lost]) if len(lost) else dropped
         notes.append(note)
     pts, _, note = one_fid_protocol(pts)
     notes = [n for n in [*notes, note] if n]  # None: nothing to say
-    if len(pts) == 0:
-        raise ValueError(
-            f"no points left after dropping runs below --min-steps {cfg.min_steps}; lower --min-steps "
-            "or train longer cells"
-        )
     pts = set_axes(pts, cfg.data_axis, cfg.params)
     r_star, fitted = None, False
     if cfg.effective_data:
@@ -297,7 +296,7 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
                 "effective data: no run saw an image twice (an unbounded stream, or under one epoch), so "
                 "D' = D and R* is not fitted"
             )
-            return Prepared(pts, dropped, notes, None, False, raw, diverged)
+            return Prepared(pts, dropped, notes, raw, diverged)
         r_star = cfg.r_star if cfg.r_star is not None else fit_r_star(pts, cfg)
         fitted = cfg.r_star is None
         pts["D"] = effective_data(pts["D"], pts["unique"], r_star)
@@ -306,7 +305,7 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
             f"({'fitted' if fitted else 'given'}); "
             f"at most {float(np.nanmax(reps)):.3g} epochs over the unique data"
         )
-    return Prepared(pts, dropped, notes, r_star, fitted, raw, diverged)
+    return Prepared(pts, dropped, notes, raw, diverged, r_star, fitted)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,10 +335,11 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
             f"{flags if n_out else ''})"
         )
     msgs: list[str] = []
-    d_raw = pts["D_raw"] if "D_raw" in pts.columns else pts["D"]
+    d_raw = pts.get("D_raw", pts["D"])  # D before --effective-data
     k = float(np.median(pts["C"] / (pts["N"] * d_raw)))
-    n_all, d_all = (pts[c] if c in pts.columns else pts[o] for c, o in (("N_total", "N"), ("images", "D")))
-    k_raw = float(np.median(pts["C"] / (n_all * d_all)))  # the input's own N and D (images or tokens)
+    k_raw = float(
+        np.median(pts["C"] / (pts["N_total"] * pts["images"]))
+    )  # the input's own N and D (`set_axes`)
     if k_raw < 1.0:  # a forward pass alone costs 2 FLOPs per parameter per token
         raise ValueError(
             f"C / (N D) is {k_raw:.3g} (the median over the points), below 1, though training costs at "
@@ -358,7 +358,10 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     groups = pts["run_id"].to_numpy() if (cfg.bootstrap_by_run and several) else None
     B, seed, lvl = cfg.n_bootstrap, cfg.seed, cfg.level
     parametric, checks = None, Status()
-    weights, redraw = seed_weights(pts), lr_redraw(prep, pts, cfg)  # all three approaches alike
+    boot = {"n_bootstrap": B, "seed": seed}
+    # the best lr redrawn in each resample, for all three approaches alike; the seeds' weights for two
+    redraw = lr_redraw(prep, pts, cfg)
+    weighted = {**boot, "weights": seed_weights(pts), "redraw": redraw}
     if B and cfg.best_lr and not cfg.average_seeds and several_lrs(prep.raw):
         msgs.append(
             "--per-seed: the bootstrap keeps the lr chosen on the full data in each cell trained at several "
@@ -369,16 +372,7 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     try:
         pcfg = ParametricConfig(delta=cfg.delta)
         parametric = fit_parametric(
-            pts["N"],
-            pts["D"],
-            pts["loss"],
-            pcfg,
-            n_bootstrap=B,
-            seed=seed,
-            groups=groups,
-            level=lvl,
-            weights=weights,
-            redraw=redraw,
+            pts["N"], pts["D"], pts["loss"], pcfg, groups=groups, level=lvl, **weighted
         )
     except (ValueError, RuntimeError) as e:  # ConvergenceError is a RuntimeError
         checks.add(
@@ -392,24 +386,15 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
             "no bootstrap (--bootstrap 0): whether the data identify the exponents was not checked (the "
             "point estimates are shown without intervals); rerun with --bootstrap 200",
         )
-    frontier = fit_frontier(pts, "loss", n_bootstrap=B, seed=seed, level=lvl, units=units["N"], redraw=redraw)
+    frontier = fit_frontier(pts, "loss", level=lvl, units=units["N"], redraw=redraw, **boot)
     pure = _pure_law(frontier, "loss", B, seed)
-    iso = fit_isoflop(
-        pts,
-        n_bootstrap=B,
-        seed=seed,
-        gap_dex=cfg.isoflop_gap_dex,
-        units=units["N"],
-        data_units=units["D"],
-        weights=weights,
-        redraw=redraw,
-    )
+    iso = fit_isoflop(pts, gap_dex=cfg.isoflop_gap_dex, units=units["N"], data_units=units["D"], **weighted)
     msgs.extend(iso.messages)
     fid_front = None
     if pts["fid"].notna().sum() > 3:
-        fid_front = fit_frontier(pts, "fid", n_bootstrap=B, seed=seed, level=lvl, units=units["N"])
+        fid_front = fit_frontier(pts, "fid", level=lvl, units=units["N"], **boot)
     try:
-        fvl = fit_fid_vs_loss(pts, n_bootstrap=B, seed=seed)
+        fvl = fit_fid_vs_loss(pts, **boot)
     except ValueError as e:
         fvl = None
         msgs.append(f"FID(loss) not fitted: {e}")
@@ -451,20 +436,16 @@ def seed_weights(pts: pd.DataFrame) -> np.ndarray | None:
     return pts["n_seeds"].fillna(1).to_numpy(float) if "n_seeds" in pts.columns else None
 
 
-def several_lrs(raw: pd.DataFrame | None) -> bool:
+def several_lrs(raw: pd.DataFrame) -> bool:
     """Whether a cell (`analysis.runs.lr_groups`) of the selected points was trained at several lrs."""
-    if raw is None or "lr" not in raw.columns or not len(raw):
-        return False
     return bool(raw.groupby(lr_groups(raw))["lr"].nunique().max() > 1)
 
 
 def lr_redraw(prep: Prepared, pts: pd.DataFrame, cfg: AnalysisConfig) -> LrRedraw | None:
     """The best-lr choice redone in each bootstrap resample (`analysis.runs.LrRedraw`), where cells were
     trained at several lrs and their seeds averaged; else None (the resamples fit the points as they are)."""
-    if not (cfg.best_lr and cfg.average_seeds) or prep.raw is None or "lr" not in prep.raw.columns:
-        return None
-    redraw = LrRedraw(prep.raw, pts, prep.diverged)
-    return redraw if redraw else None
+    redraw = LrRedraw(prep.raw, pts, prep.diverged) if cfg.best_lr and cfg.average_seeds else None
+    return redraw or None  # one without a cell at several lrs is falsy
 
 
 def _pure_law(frontier: FrontierFit | None, y: str, n_bootstrap: int, seed: int) -> PowerLawFit | None:
@@ -622,16 +603,16 @@ class Prediction:
         else:
             interval = "" if math.isnan(self.n_opt.lo) else f" ({pct} interval)"
             lines.append(f"  model size N_opt : {self.n_opt} {u['N']}{interval}")
-            if run := self.nearest_run_shape:
-                ratio = run.n_params / self.n_opt.value
-                far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no run's shape is near it"
-                lines.append(f"  nearest run shape: {run.name} ({run.n_params:.4g} {u['N']}{far})")
-            if dit := self.nearest_dit_shape:
-                ratio = dit.n_params / self.n_opt.value
-                far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no paper shape is near it"
-                lines.append(
-                    f"  nearest DiT shape: {dit.name} ({dit.n_params:.4g} {u['N']}, 256 px latents{far})"
-                )
+            for shape, what, whose, px in (
+                (self.nearest_run_shape, "run", "run's", ""),
+                (self.nearest_dit_shape, "DiT", "paper", ", 256 px latents"),
+            ):
+                if shape:
+                    ratio = shape.n_params / self.n_opt.value
+                    far = "" if 1 / 3 <= ratio <= 3 else f"; {ratio:.3g}x N_opt, no {whose} shape is near it"
+                    lines.append(
+                        f"  nearest {what} shape: {shape.name} ({shape.n_params:.4g} {u['N']}{px}{far})"
+                    )
             lines.append(f"  data D_opt       : {self.d_opt} {u['D']}")
         lines.append(f"  expected loss    : {self.loss if self.loss else 'withheld'} ({u['loss']})")
         lines.append(f"  expected FID     : {self.fid if self.fid else 'n/a'}")
@@ -947,11 +928,7 @@ def holdout_prepared(prep: Prepared, cfg: AnalysisConfig) -> HoldoutResult:
     ape = np.abs(test["pred_loss"] - test["loss"]) / test["loss"]
     # the best cell's loss, its seeds averaged as the fitted points are by default (with --per-seed too:
     # the lowest single seed is the luckiest run, below what the cell trains to)
-    cell = (
-        test["replicate"].where(test["replicate"].notna(), test["run_id"])
-        if "replicate" in test
-        else test["run_id"]
-    )
+    cell = test["replicate"].where(test["replicate"].notna(), test["run_id"])  # `tidy` adds the column
     # a run's point at a step; without a step, a run's only point, or else each row its own point
     alone = test.groupby("run_id")["loss"].transform("size") == 1
     own = pd.Series(-2.0 - np.arange(len(test)), test.index).where(~alone, -1.0)

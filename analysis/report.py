@@ -148,11 +148,10 @@ def markdown(
     lines += ["", "## Removed points", ""]
     if len(an.removed):
         lines += ["| run | model | N | D | C (FLOPs) | loss | reason |", "|---|---|---|---|---|---|---|"]
-        for _, r in an.removed.iterrows():
-            lines.append(
-                f"| {r['run_id']} | {r['model']} | {r['N']:.4g} | {r['D']:.4g} | {r['C']:.4g} | "
-                f"{r['loss']:.4g} | {r['reason']} |"
-            )
+        lines += [
+            f"| {r.run_id} | {r.model} | {r.N:.4g} | {r.D:.4g} | {r.C:.4g} | {r.loss:.4g} | {r.reason} |"
+            for r in an.removed.itertuples()
+        ]
     else:
         lines.append(
             "None (outlier removal is off unless `--drop-highest-loss` or `--outlier-sigma` is given; "

@@ -55,23 +55,18 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
 TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate", "lr_group", "data_name")
-OPTIONAL = dict.fromkeys(TEXT_COLUMNS) | dict.fromkeys(  # the optional columns: their value if unknown
-    (
-        "patch_size",
-        "tokens_per_image",
-        "N_non_embedding",
-        "unique",
-        "fid_se",
-        "lr",
-        "input_size",
-        "in_channels",
-    ),
-    np.nan,
-)
+OPTIONAL_NUMBERS = ("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se", "lr")
+OPTIONAL_NUMBERS += ("input_size", "in_channels")
+#: the optional columns: their value if unknown
+OPTIONAL = dict.fromkeys(TEXT_COLUMNS) | dict.fromkeys(OPTIONAL_NUMBERS, np.nan)
 #: the numeric columns: each cell a number, or empty where unknown (`numeric_columns`, one rule for all)
-NUMERIC_COLUMNS = ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "step")
-NUMERIC_COLUMNS += tuple(c for c in OPTIONAL if c not in TEXT_COLUMNS)
+NUMERIC_COLUMNS = ("N", "D", "C", "loss", "fid", "budget", "forward_gflops", "step", *OPTIONAL_NUMBERS)
 REQUIRED_NUMBERS = ("N", "D", "C", "loss")  # a number in every row (C only when the column is given)
+#: the columns `validate_points` checks, and what each must hold
+POSITIVE = dict.fromkeys(REQUIRED_NUMBERS, "a positive number in every row") | {
+    "fid": "a finite number > 0 where given (leave the cell empty where not scored, e.g. for an inf FID)",
+    "unique": "a number > 0 where given (inf: an unbounded stream; empty where unknown)",
+}
 FINAL_ONLY_SCHEDULES = ("cosine", "constant_cooldown")  # only the last point is a finished run
 #: the params of a run's learning rate: `optim.lr` and the peak the trainer derives from it
 LR_PARAMS = ("optim.lr", OPTIM_LR_EFFECTIVE)
@@ -158,14 +153,7 @@ def validate_points(
     if len(df) == 0:
         raise ValueError(f"{source}: no rows")
     df = numeric_columns(df, source=source, lines=lines)
-    rules = [(col, "a positive number in every row") for col in REQUIRED_NUMBERS] + [
-        (
-            "fid",
-            "a finite number > 0 where given (leave the cell empty where not scored, e.g. for an inf FID)",
-        ),
-        ("unique", "a number > 0 where given (inf: an unbounded stream; empty where unknown)"),
-    ]
-    for col, what in rules:
+    for col, what in POSITIVE.items():
         if col not in df.columns:
             continue
         v = df[col].to_numpy(float)
@@ -376,7 +364,7 @@ def _unique_images(client, rid: str, tags: dict, seen: pd.Series) -> float:
     tag = tags.get(UNIQUE_IMAGES_TAG)
     if tag == UNBOUNDED:
         return float("inf")
-    if tag is not None and np.isfinite(_float(tag)) and _float(tag) > 0:
+    if 0 < _float(tag) < np.inf:  # None or not a number: NaN
         return _float(tag)
     u = _history(client, rid, UNIQUE_IMAGES)
     if not u.empty and float(u.iloc[-1]) > 0:
@@ -458,28 +446,24 @@ def best_lr(
                          zip(dropped["lr"], group[dropped.index])]  # fmt: skip
     span = finals.groupby("_g")["lr"].agg(["min", "max"])
     edge = [g for g in best.index if best[g] in (span.at[g, "min"], span.at[g, "max"])]
-    name = finals.drop_duplicates("_g").set_index("_g")
+    first = finals.drop_duplicates("_g")
+    name = {g: f"{m} at {c:.3g} FLOPs" for g, m, c in zip(first["_g"], first["model"], first["C"])}
     note = (
         f"{len(best)} cell(s) trained at several learning rates keep the lr with the lowest final loss "
-        f"(--all-lrs keeps every lr): "
-        + ", ".join(
-            f"{name.at[g, 'model']} at {name.at[g, 'C']:.3g} FLOPs: {best[g]:.3g}" for g in best.index[:12]
-        )
-        + (", ..." if len(best) > 12 else "")
+        f"(--all-lrs keeps every lr): " + _first([f"{name[g]}: {best[g]:.3g}" for g in best.index], 12)
     )
     if means["k"].max() > 1:
         note += "; each lr judged on the mean final loss over its seeds"
     k = means.groupby("_g")["k"].agg(["min", "max"])
     if len(uneven := k.index[k["min"] < k["max"]]):
-        shown = "; ".join(
-            f"{name.at[g, 'model']} at {name.at[g, 'C']:.3g} FLOPs: "
+        shown = [
+            f"{name[g]}: "
             + ", ".join(f"lr {r.lr:.3g}: {r.k:.0f} seed(s)" for r in means[means["_g"] == g].itertuples())
-            for g in uneven[:5]
-        )
+            for g in uneven
+        ]
         note += (
             f"; in {len(uneven)} cell(s) the lrs have different numbers of seeds (a seed failed, diverged or "
-            f"is not finished), so an lr may win on the seeds that survived: {shown}"
-            + ("; ..." if len(uneven) > 5 else "")
+            f"is not finished), so an lr may win on the seeds that survived: {_first(shown, 5, '; ')}"
         )
     if edge:
         note += (
@@ -489,17 +473,21 @@ def best_lr(
     if means["bad"].any():
         bad = means[means["bad"]]
         kept = bad["lr"].to_numpy() == bad["_g"].map(best).to_numpy()
-        shown = "; ".join(
-            f"{name.at[g, 'model']} at {name.at[g, 'C']:.3g} FLOPs: lr {lr:.3g}"
-            + (" (kept: every lr of the cell had one)" if k else "")
-            for g, lr, k in list(zip(bad["_g"], bad["lr"], kept))[:5]
-        )
+        shown = [
+            f"{name[g]}: lr {lr:.3g}" + (" (kept: every lr of the cell had one)" if k else "")
+            for g, lr, k in zip(bad["_g"], bad["lr"], kept)
+        ]
         note += (
             f"; {len(bad)} lr(s) had a seed that diverged (a NaN or inf loss, left out of the means), so "
-            f"each ranks after the lrs of its cell without one, however low its other seeds: {shown}"
-            + ("; ..." if len(bad) > 5 else "")
+            "each ranks after the lrs of its cell without one, however low its other seeds: "
+            + _first(shown, 5, "; ")
         )
     return points[~lost], dropped, note
+
+
+def _first(items: list[str], n: int, sep: str = ", ") -> str:
+    """The first `n` of `items` joined by `sep`, and `sep` + "..." when there are more."""
+    return sep.join(items[:n]) + (f"{sep}..." if len(items) > n else "")
 
 
 def diverged_lrs(group: pd.Series, lr: pd.Series, diverged: pd.DataFrame | None) -> np.ndarray:
@@ -593,9 +581,7 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     if "seed" in points.columns and points["replicate"].isna().all() and points["seed"].nunique() > 1:
         # a CSV with a seed column and no replicate column: its cells are its lr groups (`best_lr`'s, by
         # default `csv_cell`) at each lr
-        lr = points.get("lr", pd.Series(np.nan, index=points.index)).map(str)
-        group = points.get("lr_group", pd.Series(None, index=points.index, dtype=object))
-        points = points.assign(replicate=group.where(group.notna(), csv_cell(points)).map(str) + "|lr " + lr)
+        points = points.assign(replicate=lr_groups(points).map(str) + "|lr " + points["lr"].map(str))
         derived = (
             "the seed column marks seeds: runs alike in model, N, budget, patch size (or lr_group) and lr "
             "are one cell (a replicate column sets the cells instead)"
@@ -639,8 +625,7 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         notes.append(
             f"cells average different numbers of seeds: {int((cells['n'] == most).sum())} cell(s) {most}, "
             f"{len(fewer)} fewer ("
-            + ", ".join(f"{r.model} at {r.C:.3g} FLOPs: {r.n:.0f}" for r in fewer.iloc[:8].itertuples())
-            + (", ..." if len(fewer) > 8 else "")
+            + _first([f"{r.model} at {r.C:.3g} FLOPs: {r.n:.0f}" for r in fewer.itertuples()], 8)
             + "); the parametric law and the IsoFLOP fits weigh each cell by its seeds (a mean of k "
             "seeds has variance sigma^2 / k); the frontier, a minimum over cells, weighs none"
         )
@@ -738,8 +723,7 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             return pd.DataFrame(), why, 0
     steps = loss.index.to_numpy(float)
     # compute and data grow linearly in steps: interpolate where they were logged at other steps
-    c = np.interp(steps, comp.index.to_numpy(float), comp.to_numpy(float))
-    d = np.interp(steps, seen.index.to_numpy(float), seen.to_numpy(float))
+    c, d = (np.interp(steps, h.index.to_numpy(float), h.to_numpy(float)) for h in (comp, seen))
     size, patch = _float(params.get("model.input_size")), _float(params.get("model.patch_size"))
     tpi = size / patch if size > 0 and patch > 0 else float("nan")
     fid = fid_se = pd.Series(np.nan, index=loss.index)
@@ -895,10 +879,10 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
             f"compute/train_flops or data/images_seen: {', '.join(sorted(unusable)[:5])}"
         )
     if bad:
-        shown = "; ".join(f"{r} ({why})" for r, why in sorted(bad.items())[:10])
+        shown = _first([f"{r} ({why})" for r, why in sorted(bad.items())], 10, "; ")
         notes.append(
             f"{len(bad)} finished run(s) left out for a value that is not a finite positive number (a NaN "
-            f"or inf loss is a diverged training): {shown}{'; ...' if len(bad) > 10 else ''}"
+            f"or inf loss is a diverged training): {shown}"
         )
     if fid_runs := sorted(r for r, n in n_bad_fid.items() if n):
         notes.append(
@@ -932,8 +916,7 @@ def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = 
     """Keep the points valid for each run's lr schedule (`FINAL_ONLY_SCHEDULES`: the final point only;
     `all_points`: every point) and drop runs that ended below `min_steps` (docs/analysis.md). Returns
     (kept, dropped: one row per dropped run, its final point, with a `reason`, notes for the report)."""
-    pts = points.copy()
-    notes: list[str] = []
+    pts, notes = points, []
     last = pts.groupby("run_id")["step"].transform("max")
     short = last.notna() & (last < min_steps)
     is_final = pts["final"].astype(bool)

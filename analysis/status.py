@@ -140,26 +140,19 @@ def flag_bootstrapped_exponent(
     ``bs.samples[key]`` (negated: of ``-samples[key]``); `not_identified` when fewer than 2 of the
     resamples of runs had what the exponent needs (``had``), since then nothing checked it, as with
     --bootstrap 0; likewise with fewer than `min_resamples(level)` refits (`too_few_refits`)."""
-    if bs.too_few(level):
-        lo, hi = bs.conf_int(level)[key]
-        lo, hi = (-hi, -lo) if negate else (lo, hi)
-        st.add(
-            NOT_IDENTIFIED,
-            f"{what} has an interval [{lo:.3g}, {hi:.3g}] from "
-            + too_few_refits(
-                bs,
-                level,
-                failed=f"lacked {had}",
-                unchecked=f"whether approach {approach} resolves how N_opt grows",
-            ),
-        )
-    elif bs.n_ok > 1:
-        lo, hi = bs.conf_int(level)[key]
-        flag_unresolved_exponent(st, what, (-hi, -lo) if negate else (lo, hi), approach, level)
-    else:
+    if bs.n_ok <= 1:
         got = "no bootstrap refit" if bs.n_ok == 0 else "only 1 bootstrap refit"
         st.add(
             NOT_IDENTIFIED,
             f"{got} of the {bs.n_requested} resamples of runs had {had}, so {what} has no interval: "
             f"whether it is resolved was not checked; {fix}",
         )
+        return
+    lo, hi = bs.conf_int(level)[key]
+    lo, hi = (-hi, -lo) if negate else (lo, hi)
+    if bs.too_few(level):
+        unchecked = f"whether approach {approach} resolves how N_opt grows"
+        reason = too_few_refits(bs, level, failed=f"lacked {had}", unchecked=unchecked)
+        st.add(NOT_IDENTIFIED, f"{what} has an interval [{lo:.3g}, {hi:.3g}] from {reason}")
+    else:
+        flag_unresolved_exponent(st, what, (lo, hi), approach, level)
