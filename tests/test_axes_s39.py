@@ -7,6 +7,8 @@ average but has one lucky seed below the best lr's lowest seed.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -216,7 +218,9 @@ def test_influence_with_seeds_leaves_out_whole_cells_and_says_so(monkeypatch):
     assert all(" + " in r for r in inf.table["run_id"])  # each row: both seeds of one cell
     text = inf.text()
     assert text.startswith(f"Influence: the fits redone with each of {len(base)} cells left out")
-    assert "left out with all of them" in text and "r00s0+1 " in text
+    # every refit ties at x1.00, so which cells the text lists is rounding's choice (it differs between
+    # CPUs); each listed one shows its first seed's id and `+1`
+    assert "left out with all of them" in text and re.search(r" r\d\ds0\+1 ", text)
     assert inf.to_dict()["left_out"] == "cells"
     # the seeds' means are the law exactly: every refit recovers the closed-form N_opt
     truth = optimal_allocation(CSV_LAW, 1e22, 6.0)[0]
