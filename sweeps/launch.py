@@ -54,7 +54,6 @@ from sweeps.grid import (
 from sweeps.runner import (
     Prepared,
     Progress,
-    _threads_per_process,
     check_executor,
     check_output_dir,
     check_wait,
@@ -62,6 +61,7 @@ from sweeps.runner import (
     launch,
     preview,
     sweep_dir,
+    threads_per_process,
 )
 from sweeps.state import (
     AUTH_HINT,
@@ -723,7 +723,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             raise
         notes.append(
             f"{e} (a real launch refuses it; the sweep's runs were not read, so the settings a relaunch "
-            "compares were not checked)"
+            "compares were not checked, and the estimate counts every cell)"
         )
         uri_read = False
     check_executor(spec, kind)
@@ -732,19 +732,24 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     tasks = {c.cell_id: make_task(spec, c, sdir, uri) for c in cells}
     configs = check_trainer(spec.trainer, list(tasks.values()))  # each cell's TrainConfig, or an error
     states = preview(spec, tasks, configs, uri, unknown) if uri_read else {}  # a relaunch's refusals
-    evals = {c.cell_id: cell_eval_flops(c, tasks[c.cell_id].overrides) for c in cells}
+    p = plan(states, spec.executor.max_retries) if any(st.run_id for st in states.values()) else None
+    todo = [c for c in cells if p is None or c.cell_id in p.submit]  # what a launch would submit
+    evals = {c.cell_id: cell_eval_flops(c, tasks[c.cell_id].overrides) for c in todo}
     ex = spec.executor
     # priced before anything is printed: a bad --mfu or --device is an error, not a table then an error
-    if kind == "slurm" or ex.gpus_per_node or args.device or args.mfu is not None:
+    if ex.gpus_per_node or args.device or args.mfu is not None:
         gpus, mfu = ex.nodes * max(1, ex.gpus_per_node), DEFAULT_MFU if args.mfu is None else args.mfu
-        bill = estimate(cells, evals, device_name=args.device or DEFAULT_DEVICE, mfu=mfu, gpus_per_cell=gpus)
+        bill = estimate(todo, evals, device_name=args.device or DEFAULT_DEVICE, mfu=mfu, gpus_per_cell=gpus)
         bill = bill.summary()
-    else:  # a sweep on this machine's CPU: its wall time here
-        threads = _threads_per_process(Prepared(spec, cells, kind, uri, sdir)) * ex.tasks_per_node
-        cpu = CpuEstimate(
-            tuple(cells), tuple(evals.values()), ex.local_parallelism if kind == "local" else 1, threads
-        )
-        bill = cpu.summary(os.cpu_count() or 1)
+    else:  # CPU only: locally its wall time here, on SLURM its core-hours
+        threads = threads_per_process(Prepared(spec, cells, kind, uri, sdir)) * ex.tasks_per_node
+        if kind == "slurm":
+            bill = CpuEstimate(tuple(todo), tuple(evals.values()), 1, threads * ex.nodes).slurm_summary()
+        else:
+            slots = ex.local_parallelism if kind == "local" else 1
+            bill = CpuEstimate(tuple(todo), tuple(evals.values()), slots, threads).summary(
+                os.cpu_count() or 1
+            )
     print(
         f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
         f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
@@ -755,18 +760,16 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(line)
     print()
     print(bill)
-    n_submit = len(cells)
-    if any(st.run_id for st in states.values()):
-        p = plan(states, spec.executor.max_retries)
-        n_submit = len(p.submit)
+    if p is not None:
         print(
             f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} "
             f"running or queued, {len(p.exhausted)} out of retries; a launch would submit "
-            f"{len(p.submit)} of {len(cells)} cells"
+            f"{len(p.submit)} of {len(cells)} cells (the estimate above is for those {len(p.submit)}; "
+            f"{len(p.finished)} finished skipped)"
         )
-    if kind == "slurm" and n_submit:
-        flags = sbatch_flags(spec.executor, sdir / "jobs", job_name(spec), n_submit)
-        print(f"sbatch for those {n_submit} cells: {' '.join(flags)}")
+    if kind == "slurm" and todo:
+        flags = sbatch_flags(spec.executor, sdir / "jobs", job_name(spec), len(todo))
+        print(f"sbatch for those {len(todo)} cells: {' '.join(flags)}")
     for note in notes:
         print(note)
     print("dry run: nothing submitted")

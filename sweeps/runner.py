@@ -238,7 +238,7 @@ def launch(
     ``jobs_gone``: the SLURM jobs whose state is unknown are gone for good (`check_known`)."""
     prep = prepare(spec)
     check_wait(prep.kind, wait)
-    threads = _threads_per_process(prep)
+    threads = threads_per_process(prep)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
     all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
     configs = check_trainer(spec.trainer, list(all_tasks.values()))  # bad settings: refused before any folder
@@ -809,7 +809,7 @@ def _process_tree(pid: int) -> set[int]:
     return out
 
 
-def _threads_per_process(prep: Prepared) -> int:
+def threads_per_process(prep: Prepared) -> int:
     """CPU threads for torch in each job process: SLURM gives each task ``cpus_per_task`` cores; local
     jobs share this machine's cores between ``local_parallelism`` cells x ``tasks_per_node``."""
     ex = prep.spec.executor

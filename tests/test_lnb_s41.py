@@ -1,6 +1,6 @@
 """Session 41 (lnb): the dry run's bill fits the executor. A local CPU sweep is priced in wall time on
 this machine's CPU (`sweeps.eta`'s work model at the demo's measured rates), not in H100 GPU-hours; a
-SLURM or GPU sweep, or one given --device or --mfu, keeps its GPU-hours."""
+GPU sweep, or one given --device or --mfu, keeps its GPU-hours (SLURM on CPU nodes: test_cost2_s41.py)."""
 
 from __future__ import annotations
 
