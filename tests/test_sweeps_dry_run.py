@@ -219,7 +219,11 @@ def test_a_dry_run_notes_what_its_machine_lacks_and_prices_the_study(work, capsy
     monkeypatch.setenv("PATH", str(empty))  # no sbatch
     base = ["-c", "dry.yaml", "--tracking-uri", f"sqlite:///{work}/mlflow.db", "--dry-run"]
     code, out, _ = _main([*base, "--executor", "slurm"], capsys)
-    assert code == 0 and "GPU-hours" in out and "dry run: nothing submitted" in out
+    assert (
+        code == 0
+        and "CPU core-hours on SLURM for 1 cells (gpus_per_node 0: no GPU requested)" in out
+        and "dry run: nothing submitted" in out
+    )
     assert "SLURM was requested (--executor slurm) but `sbatch` is not on PATH" in out
     assert "(a real launch here refuses; the bill is priced all the same)" in out
     code, _, err = _main([*base, "--executor", "slurm", "--sbatch=--qos high"], capsys)
@@ -228,6 +232,10 @@ def test_a_dry_run_notes_what_its_machine_lacks_and_prices_the_study(work, capsy
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     code, out, _ = _main([*base, "--tracking-uri", dead], capsys)
-    assert code == 0 and "GPU-hours" in out and f"MLflow tracking server {dead} is unreachable" in out
+    assert (
+        code == 0
+        and "min wall on this machine's CPU" in out
+        and f"MLflow tracking server {dead} is unreachable" in out
+    )
     assert "the settings a relaunch compares were not checked" in out
     assert sorted(p.name for p in work.iterdir()) == ["bin", "dry.yaml"]
