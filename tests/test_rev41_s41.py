@@ -1,5 +1,5 @@
 """Session 41 (rev41): review of the changes since 0dee57f. A module of the project uses only the
-public names of the project's other modules."""
+public names of the project's other modules; the docs say where the hand-placed mutants are listed."""
 
 from __future__ import annotations
 
@@ -28,3 +28,13 @@ def test_no_module_imports_another_modules_private_name():
     (session 41): a helper another module needs is public (`threads_per_process`)."""
     found = [line for p in PACKAGES for f in sorted((REPO / p).rglob("*.py")) for line in _private_imports(f)]
     assert found == []
+
+
+def test_the_docs_say_the_hand_mutants_are_in_their_table():
+    """Session 41 moved the hand-placed mutants from `tests/hand_mutants.py` into the table
+    `tests/hand_mutants.txt`; docs/testing.md's rows still said "mutants listed in the script"."""
+    text = (REPO / "docs" / "testing.md").read_text()
+    assert "listed in the script" not in text
+    rows = [ln for ln in text.splitlines() if "python tests/hand_mutants.py" in ln and ln.startswith("|")]
+    assert len(rows) >= 6 and all("tests/hand_mutants.txt" in ln for ln in rows)
+    assert "tests/hand_mutants.txt" in (REPO / "README.md").read_text()
