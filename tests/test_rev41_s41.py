@@ -1,7 +1,8 @@
 """Session 41 (rev41): review of the changes since 0dee57f. A module of the project uses only the
 public names of the project's other modules; the docs say where the hand-placed mutants are listed;
 and code paths the session changed that no test reached: the dry run's threads per cell with several
-processes, the unreadable images of a shard's later batch, and the lr note's "..." past its list."""
+processes, the unreadable images of a shard's later batch, the lr note's "..." past its list, and the
+hand-mutant table applying to the code."""
 
 from __future__ import annotations
 
@@ -126,3 +127,19 @@ def test_the_best_lr_note_lists_twelve_cells_then_an_ellipsis():
     _, _, note12 = best_lr(_lr_points(12))
     listed = note12.split("(--all-lrs keeps every lr): ")[1].split("; ")[0]
     assert listed.count(" FLOPs: ") == 12 and "..." not in listed
+
+
+def test_every_hand_mutant_applies_once_and_compiles():
+    """`tests/hand_mutants.txt` (session 41's table) as `hand_mutants.run` checks it before each run:
+    each original text occurs exactly once in its module and each mutant compiles, and each module's
+    test files exist. Session 41 cut lines in four of its seven modules; only a manual check caught
+    a table that no longer applied."""
+    import hand_mutants
+
+    assert sum(len(ms) for _, ms in hand_mutants.MUTANTS.values()) == 147
+    for module, (tests, mutants) in hand_mutants.MUTANTS.items():
+        source = (REPO / module).read_text()
+        assert all((REPO / t).exists() for t in tests if t.startswith("tests/")), module
+        for name, old, new in mutants:
+            assert source.count(old) == 1, (module, name)
+            compile(source.replace(old, new), module, "exec")
