@@ -258,7 +258,7 @@ class MetricSender:
                     self._buffer.popleft()
                 if self.stats["dropped"] == 0:
                     log.warning("MLflow metric buffer full (%d points) while %s is unreachable: dropping the "
-                                "oldest points (raise max_buffered, or bring the tracking server back)",
+                                "oldest points (bring the tracking server back)",
                                 self.max_buffered, self.client.tracking_uri)  # fmt: skip
                 self.stats["dropped"] += over
             self._cond.notify_all()
