@@ -549,6 +549,8 @@ class LrRedraw:
                                   for t in tables])  # fmt: skip
                 means[lrs == fitted_lr[i]] = self.loss[i]
                 rows.append((int(i), means))
+            if not rows:  # a cell the fits do not see (e.g. a holdout's held-out budget) draws nothing
+                continue
             bad = diverged_lrs(pd.Series(g, index=range(len(lrs))), pd.Series(lrs), diverged)
             self.cells.append((lrs, bad, finals, rows))
 
