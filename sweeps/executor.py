@@ -345,7 +345,7 @@ class CellJob(submitit.helpers.Checkpointable):
         rank = f"{env.global_rank}/{env.num_tasks}"
         shield_requeue_from_sigterm()
         log.info("cell %s (sweep %s), job %s, rank %s", task.cell_id, task.sweep, env.job_id, rank)
-        return run_task(task, str(env.job_id))
+        return run_task(task, str(env.job_id), rank=env.global_rank)
 
     def checkpoint(self, task: CellTask) -> submitit.helpers.DelayedSubmission:
         """Resubmit the same task: the trainer has already saved its checkpoint in ``task.run_dir``."""
@@ -377,10 +377,11 @@ def shield_requeue_from_sigterm() -> None:
     signal.signal(sig, shielded)
 
 
-def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
-    """Train ``task``'s cell in this process (the body of every job: submitit's or a warm worker's)
-    and return the trainer's result as a dict; a run stopped by a signal without a requeue handler
-    behind it raises RuntimeError (its checkpoint is saved: a relaunch resumes it)."""
+def run_task(task: CellTask, job_id: str, rank: int = 0) -> dict[str, Any]:
+    """Train ``task``'s cell in this process (the body of every job: submitit's or a warm worker's;
+    ``rank``: this task's among a cell's several) and return the trainer's result as a dict; a run
+    stopped by a signal without a requeue handler behind it raises RuntimeError (its checkpoint is
+    saved: a relaunch resumes it)."""
     os.environ["DITSCALE_EXECUTOR_JOB_ID"] = job_id  # the run's job_id tag (never one inherited)
     Path(task.run_dir).mkdir(parents=True, exist_ok=True)
     if task.threads:  # before the trainer imports torch; set directly if it is already imported
@@ -391,14 +392,14 @@ def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
         trainer = importlib.import_module(task.trainer)
         result = trainer.train(build_config(trainer, task.overrides))
     except Exception as e:
-        end_unstarted_run(task, e)
+        end_unstarted_run(task, e, rank=rank)
         raise
     status = result.get("status") if isinstance(result, dict) else getattr(result, "status", None)
     status = "finished" if status is None else str(status).lower()
     if status not in ("finished", "preempted"):
         # a trainer that reports a failure instead of raising: the job fails, as if it had raised
         err = RuntimeError(f"trainer {task.trainer} returned status {status!r}, not 'finished'")
-        end_unstarted_run(task, err, left=("SCHEDULED", "RUNNING"), tag="failed")
+        end_unstarted_run(task, err, left=("SCHEDULED", "RUNNING"), tag="failed", rank=rank)
         raise err
     if status == "preempted":
         if slurm_requeued():
@@ -417,11 +418,12 @@ def run_task(task: CellTask, job_id: str) -> dict[str, Any]:
 
 
 def end_unstarted_run(
-    task: CellTask, err: BaseException, left: tuple[str, ...] = ("SCHEDULED",), tag: str = ""
+    task: CellTask, err: BaseException, left: tuple[str, ...] = ("SCHEDULED",), tag: str = "", rank: int = 0
 ) -> None:
     """End the cell's run from inside the job, as a waiting launcher would (`sweeps.state.end_orphaned_runs`):
     FAILED with tag ``tag`` (default died_before_training) and the error, if its status is one of
-    ``left`` (default SCHEDULED: the trainer failed before taking the run over)."""
+    ``left`` (default SCHEDULED: the trainer failed before taking the run over). The error of a rank
+    other than 0 names it, as the trainer's own tag does: "<error> (on rank 1)"."""
     run_id, uri = task.overrides.get("tracking.run_id"), task.overrides.get("tracking.uri")
     if not run_id or not uri:
         return
@@ -432,6 +434,7 @@ def end_unstarted_run(
         from sweeps.state import DIED_BEFORE_TRAINING
 
         error, tag = f"{type(err).__name__}: {err}", tag or DIED_BEFORE_TRAINING
+        error += f" (on rank {rank})" if rank else ""
         end_run_if(MlflowClient(uri), run_id, left=left, status="FAILED", tag=tag, error=error)
     except Exception as e:  # the job's own error is what matters: it is raised next
         log.warning("cell %s: could not end its MLflow run %s (%s)", task.cell_id, run_id, e)

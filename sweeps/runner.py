@@ -62,6 +62,7 @@ from sweeps.state import (
     ensure_experiment,
     forget_cancelled,
     note_cancelled,
+    peer_named_error,
     plan,
     read_runs,
     read_states,
@@ -615,9 +616,12 @@ class _Runner:
                 raise RuntimeError(_no_result(job))
             self.result.results[cid] = job.results()[0]  # rank 0's result when a cell has several tasks
         except Exception as e:  # a failed cell is reported, the sweep goes on
-            err = self.result.errors[cid] = _error_line(e)
-            log.error("cell %s failed (job %s): %s", cid, job.job_id, err)
             run_id, uri = self.states[cid].run_id, self.prep.tracking_uri
+            err = _error_line(e)
+            if getattr(job, "num_tasks", 1) > 1:  # rank 0's error: mostly gloo's lost peer
+                err = peer_named_error(uri, run_id) or err
+            self.result.errors[cid] = err
+            log.error("cell %s failed (job %s): %s", cid, job.job_id, err)
             # a job that died before its trainer took the run over leaves it SCHEDULED: end it here
             end_orphaned_runs(uri, {run_id: f"job {job.job_id} ended before training: {err}"})
             # one killed under its trainer (SIGKILL, the OOM killer) leaves it RUNNING: KILLED, status=killed

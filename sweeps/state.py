@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from dit_core.atomic import atomic_write_text
 from dit_core.tracking import (
+    ERROR_TAG,
     EXECUTOR_TAG,
     FID_METRICS,
     GRID_CELL_TAG,
@@ -263,6 +264,20 @@ def end_orphaned_runs(
         list(errors.items()),
     )
     return [run_id for run_id, yes in zip(errors, ended, strict=True) if yes]
+
+
+def peer_named_error(uri: str, run_id: str | None) -> str | None:
+    """The ``error`` tag of a several-task cell's run where it names a rank other than 0: rank 0's
+    (`dit_core.trainer.ranklog.with_peer_failures`: "... (on rank 1); rank 0 then stopped on ...") or
+    one a rank's job wrote before training (`sweeps.executor.end_unstarted_run`: "... (on rank 1)");
+    else None (rank 0's own error, or the run not readable: the job's error line stands)."""
+    if run_id is None:
+        return None
+    try:
+        error = _client(uri).get_run(run_id).data.tags.get(ERROR_TAG, "")
+    except Exception:  # noqa: BLE001 - the store failing here: the job's error line is still true
+        return None
+    return error if " (on rank " in error else None
 
 
 def check_resumable_cell(sweep: str, st: CellState, overrides: dict[str, Any], config: Any = None) -> None:
