@@ -600,8 +600,9 @@ def check_tracking_server(uri: str | None, hint: str, timeout_s: float = 5.0) ->
     """Raise ValueError, before anything is created, when ``uri`` is not a store of
     `TRACKING_SCHEMES` (an unknown scheme; a plain folder: MLflow's file store is in maintenance
     mode), a ``sqlite:///FILE`` that `check_sqlite_store` refuses (a CSV, another program's
-    database), or an http(s) MLflow server that does not answer its ``/health`` probe (MLflow itself
-    would retry for minutes; ``hint`` says how to fix that). Unset = MLflow's default store."""
+    database), an http(s) MLflow server that does not answer its ``/health`` probe (``hint`` says how
+    to fix that), or one that answers a 5xx to it or to `STORE_PROBE`, or a 400 to the probe (up, but
+    its store fails). MLflow would retry a 5xx for minutes. Unset = MLflow's default store."""
     import urllib.error
     import urllib.request
 
@@ -615,11 +616,50 @@ def check_tracking_server(uri: str | None, hint: str, timeout_s: float = 5.0) ->
     if not uri.startswith(("http://", "https://")):
         check_sqlite_store(uri)
         return
+    detail = ""
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-            if r.status == 200:
-                return
-            why = f"HTTP {r.status}"
+            status, why = r.status, f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        status, why = e.code, str(e.reason)
     except (urllib.error.URLError, OSError) as e:
-        why = str(getattr(e, "reason", e))
-    raise ValueError(f"MLflow tracking server {uri} is unreachable ({why}); {hint}")
+        status, why = 0, str(getattr(e, "reason", e))
+    if status == 200:
+        status, detail = _store_probe(uri, hint, timeout_s)
+    elif status < 500:
+        raise ValueError(f"MLflow tracking server {uri} is unreachable ({why}); {hint}")
+    if status >= 500 or status == BAD_STORE:
+        raise ValueError(
+            f"MLflow tracking server {uri} answers HTTP {status}{detail}: the server is up but its store "
+            "fails (e.g. its database is down, damaged, full or locked); see the server's log, fix it or "
+            "restart the server, then run this again"
+        )
+
+
+#: The read the store probe makes (one experiment): it touches the server's database, `/health` does not.
+STORE_PROBE = "/api/2.0/mlflow/experiments/search"
+#: MLflow's answer to the probe when its database raises a SQLAlchemy error other than a lost
+#: connection (a damaged file); 401/403 (credentials) and 404 are left to MLflow's own messages.
+BAD_STORE = 400
+
+
+def _store_probe(uri: str, hint: str, timeout_s: float) -> tuple[int, str]:
+    """(HTTP status, `` (the server's message)`` or "") of one `STORE_PROBE` read, sent once with
+    MLflow's credentials (``MLFLOW_TRACKING_*``) and no retries: MLflow's own take minutes on a 5xx.
+    Only this probe skips them; a run's requests keep them, to ride out a server's restart."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        r = http_request(
+            get_default_host_creds(uri), STORE_PROBE, "GET", max_retries=0, timeout=timeout_s,
+            raise_on_status=False, params={"max_results": 1},
+        )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - the connection failed: MLflow's error says why
+        raise ValueError(f"MLflow tracking server {uri} is unreachable ({e}); {hint}") from None
+    try:
+        body = r.json()
+    except ValueError:  # not JSON, e.g. a proxy's HTML page
+        body = None
+    message = str(body.get("message", "")).strip() if isinstance(body, dict) else ""
+    return r.status_code, f" ({message.splitlines()[0][:300]})" if message else ""  # one line
