@@ -165,8 +165,8 @@ def test_resume_keeps_finished_shards(image_dir, vae_dir, tmp_path, monkeypatch)
         extract_latents(_cfg(image_dir, vae_dir, out, posterior="sample", seed=4))
 
 
-def test_unreadable_at_encode_time_is_skipped(image_dir, vae_dir, tmp_path, monkeypatch, caplog):
-    bad = str(image_dir / "cat" / "2.png")
+def fail_to_load(monkeypatch, bad: str) -> None:
+    """`load_rgb` raises OSError("disk hiccup") for the file ``bad`` alone (read at encode time)."""
     real = ex.load_rgb
 
     def flaky(path):
@@ -175,6 +175,11 @@ def test_unreadable_at_encode_time_is_skipped(image_dir, vae_dir, tmp_path, monk
         return real(path)
 
     monkeypatch.setattr(ex, "load_rgb", flaky)
+
+
+def test_unreadable_at_encode_time_is_skipped(image_dir, vae_dir, tmp_path, monkeypatch, caplog):
+    bad = str(image_dir / "cat" / "2.png")
+    fail_to_load(monkeypatch, bad)
     with caplog.at_level(logging.WARNING, logger="dit_core"):
         m = extract_latents(_cfg(image_dir, vae_dir, tmp_path / "lat"))
     assert m["num_items"] == 11 and bad in m["skipped"] and len(m["skipped"]) == 2

@@ -74,8 +74,8 @@ def test_an_unreadable_image_in_a_later_batch_is_named_as_itself(vae_dir, tmp_pa
     warning and the manifest name that file, not the first of its batch (a file index restarted per
     batch) nor another one (session 41 names it by zipping the batch's errors with the shard's files)."""
     from PIL import Image
+    from test_extract_latents import fail_to_load
 
-    import dit_core.extract_latents as ex
     from dit_core.extract_latents import ExtractConfig, extract_latents
 
     root = tmp_path / "imgs"
@@ -85,14 +85,7 @@ def test_an_unreadable_image_in_a_later_batch_is_named_as_itself(vae_dir, tmp_pa
         for i in range(5):
             Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     bad = str(root / "cat" / "4.png")
-    real = ex.load_rgb
-
-    def flaky(path):
-        if path == bad:
-            raise OSError("disk hiccup")
-        return real(path)
-
-    monkeypatch.setattr(ex, "load_rgb", flaky)
+    fail_to_load(monkeypatch, bad)
     out = tmp_path / "lat"
     cfg = ExtractConfig(data_path=str(root), output=str(out), vae=str(vae_dir), image_size=16, batch_size=2,
                         shard_size=5, posterior="mean", num_workers=0, device="cpu")  # fmt: skip
