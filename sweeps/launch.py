@@ -764,8 +764,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(
             f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} "
             f"running or queued, {len(p.exhausted)} out of retries; a launch would submit "
-            f"{len(p.submit)} of {len(cells)} cells (the estimate above is for those {len(p.submit)}; "
-            f"{len(p.finished)} finished skipped)"
+            f"{len(p.submit)} of {len(cells)} cells (the estimate above is for those {len(p.submit)})"
         )
     if kind == "slurm" and todo:
         flags = sbatch_flags(spec.executor, sdir / "jobs", job_name(spec), len(todo))

@@ -56,7 +56,7 @@ def test_a_relaunch_dry_run_prices_only_the_cells_a_launch_would_submit(
     assert "S-2-1e10 " in bill and "S-2-3e9 " not in bill
     assert (
         "already in experiment 'left-runs': 1 finished, 0 running or queued, 0 out of retries; a launch "
-        "would submit 1 of 2 cells (the estimate above is for those 1; 1 finished skipped)" in out
+        "would submit 1 of 2 cells (the estimate above is for those 1)\n" in out
     )
     assert not (root / "fresh.db").exists()
 
