@@ -596,16 +596,23 @@ def check_sqlite_store(uri: str, *, missing: str | None = None) -> None:
         )
 
 
-def check_tracking_server(uri: str | None, hint: str, timeout_s: float = 5.0) -> None:
+#: Seconds the check of a tracking server waits for each of its two requests (`check_tracking_server`).
+CHECK_TIMEOUT_S = 5.0
+
+
+def check_tracking_server(uri: str | None, hint: str, timeout_s: float | None = None) -> None:
     """Raise ValueError, before anything is created, when ``uri`` is not a store of
     `TRACKING_SCHEMES` (an unknown scheme; a plain folder: MLflow's file store is in maintenance
     mode), a ``sqlite:///FILE`` that `check_sqlite_store` refuses (a CSV, another program's
     database), an http(s) MLflow server that does not answer its ``/health`` probe (``hint`` says how
-    to fix that), or one that answers a 5xx to it or to `STORE_PROBE`, or a 400 to the probe (up, but
-    its store fails). MLflow would retry a 5xx for minutes. Unset = MLflow's default store."""
+    to fix that; one that accepts but does not answer in ``timeout_s`` is refused then, unprobed), or
+    one that answers a 5xx to it or to `STORE_PROBE`, a 400 to the probe, or nothing to the probe in
+    ``timeout_s`` (up, but its store fails or is locked). MLflow would retry a 5xx for minutes.
+    Unset = MLflow's default store; ``timeout_s`` None = `CHECK_TIMEOUT_S`."""
     import urllib.error
     import urllib.request
 
+    timeout_s = CHECK_TIMEOUT_S if timeout_s is None else timeout_s
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if uri and uri.split(":", 1)[0].split("+")[0] not in TRACKING_SCHEMES:
         raise ValueError(
@@ -623,6 +630,11 @@ def check_tracking_server(uri: str | None, hint: str, timeout_s: float = 5.0) ->
     except urllib.error.HTTPError as e:
         status, why = e.code, str(e.reason)
     except (urllib.error.URLError, OSError) as e:
+        if _answer_timed_out(e):
+            raise ValueError(
+                f"MLflow tracking server {uri} did not answer within {timeout_s:g} s (GET /health): it "
+                f"accepts connections but sends nothing back (stuck, stopped or overloaded?); {hint}"
+            ) from None
         status, why = 0, str(getattr(e, "reason", e))
     if status == 200:
         status, detail = _store_probe(uri, hint, timeout_s)
@@ -656,6 +668,13 @@ def _store_probe(uri: str, hint: str, timeout_s: float) -> tuple[int, str]:
             raise_on_status=False, params={"max_results": 1},
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the connection failed: MLflow's error says why
+        if _answer_timed_out(e):  # /health answered: the server is up, its database is not
+            raise ValueError(
+                f"MLflow tracking server {uri} is up (/health answered) but its store did not answer within "
+                f"{timeout_s:g} s (GET {STORE_PROBE}): its database is locked, overloaded or down; see the "
+                "server's log, end what holds the database (e.g. another process writing an sqlite file) "
+                "or fix it, or restart the server, then run this again"
+            ) from None
         raise ValueError(f"MLflow tracking server {uri} is unreachable ({e}); {hint}") from None
     try:
         body = r.json()
@@ -663,3 +682,30 @@ def _store_probe(uri: str, hint: str, timeout_s: float) -> tuple[int, str]:
         body = None
     message = str(body.get("message", "")).strip() if isinstance(body, dict) else ""
     return r.status_code, f" ({message.splitlines()[0][:300]})" if message else ""  # one line
+
+
+def _answer_timed_out(e: BaseException) -> bool:
+    """Whether ``e`` or an error it wraps (its cause, context, ``reason`` or first argument, as urllib,
+    requests and urllib3 wrap one another's) is a read that got no answer in time, on a connection the
+    server accepted. A connect that timed out (urllib wraps it in a URLError) is not one."""
+    import urllib.error
+
+    import requests
+    import urllib3
+
+    connect = (
+        urllib.error.URLError,
+        requests.exceptions.ConnectTimeout,
+        urllib3.exceptions.ConnectTimeoutError,
+    )
+    read = (TimeoutError, requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop()
+        if not isinstance(x, BaseException) or id(x) in seen or isinstance(x, connect):
+            continue
+        if isinstance(x, read):
+            return True
+        seen.add(id(x))
+        todo += [x.__cause__, x.__context__, getattr(x, "reason", None), *x.args[:1]]
+    return False

@@ -106,9 +106,9 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
-def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+def check_tracking_uri(uri: str, timeout_s: float | None = None) -> None:
     """Raise ValueError when the tracking store cannot be used (an unknown scheme or a plain folder,
-    server down, folder missing)."""
+    server down, folder missing). ``timeout_s`` None: `check_tracking_server`'s default."""
     check_tracking_server(uri, AUTH_HINT, timeout_s)
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
