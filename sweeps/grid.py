@@ -379,6 +379,13 @@ def expand(spec: SweepSpec) -> list[Cell]:
     if repeated := sorted({i for i in ids if ids.count(i) > 1}):
         why = f"{', '.join(twice)} listed twice" if twice else "budgets equal to 4 digits (cell ids keep 4)"
         raise ValueError(f"cells {', '.join(repeated)} appear more than once: {why}; list each once")
+    if twice:  # a grid whose repeated cells min_steps all left out: still listed twice
+        raise ValueError(f"{', '.join(twice)} listed more than once; list each once")
+    if spec.design == "grid" and (same := _one_shape_two_names(spec.models())):
+        raise ValueError(
+            f"{'; '.join(same)}: the grid would train each such model twice, under two names; list it "
+            "once (drop one name from --grid or --shapes)"
+        )
     lr_ids = [(lr, f"-lr{format_budget(lr)}") for lr in spec.lrs] or [(None, "")]
     return [
         dataclasses.replace(c, lr=lr, seed=s, cell_id=c.cell_id + lr_id + (f"-s{s}" if s else ""))
@@ -386,6 +393,15 @@ def expand(spec: SweepSpec) -> list[Cell]:
         for lr, lr_id in lr_ids
         for s in spec.seeds
     ]
+
+
+def _one_shape_two_names(models: list[ModelShape]) -> list[str]:
+    """The shapes the model axis holds under more than one name (a family and a custom shape, or two
+    families a scale rounds to one shape), e.g. "models S and d3w48h6 are one shape, d3 w48 h6"."""
+    names: dict[str, dict[str, None]] = {}  # shape -> its names, in order (one name twice: `listed_twice`)
+    for m in models:
+        names.setdefault(m.describe(), {})[m.name] = None
+    return [f"models {' and '.join(ns)} are one shape, {shape}" for shape, ns in names.items() if len(ns) > 1]
 
 
 def _grid_cells(spec: SweepSpec) -> list[Cell]:

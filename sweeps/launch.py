@@ -42,6 +42,7 @@ from sweeps.grid import (
     DESIGNS,
     EXECUTORS,
     SPEC_RECORD,
+    Cell,
     ExecutorSpec,
     SweepSpec,
     expand,
@@ -66,6 +67,7 @@ from sweeps.runner import (
 from sweeps.state import (
     AUTH_HINT,
     CellState,
+    Plan,
     check_tracking_uri,
     plan,
     read_runs,
@@ -568,7 +570,32 @@ def _left_out_lines(spec: SweepSpec) -> list[str]:
     if not out:
         return []
     cells = ", ".join(f"{c.cell_id} ({c.steps} steps)" for c in out)
-    return [f"left out, below min_steps {spec.min_steps}: {cells}"]
+    return [f"left out, below min_steps {spec.min_steps}: {cells}"] + _no_cell_lines(spec, out)
+
+
+def _no_cell_lines(spec: SweepSpec, out: list[Cell]) -> list[str]:
+    """One line per model and patch size that ``min_steps`` leaves without a cell at every budget (of
+    the left-out cells ``out``): its most steps, and the budget or --min-steps that would keep it."""
+    rows: dict[tuple[str, int], list[Cell]] = {}
+    for c in out:
+        rows.setdefault((c.model.name, c.patch_size), []).append(c)
+    lines = []
+    for (name, patch), row in rows.items():
+        if len(row) < len(spec.budgets):
+            continue
+        best = max(row, key=lambda c: c.steps)
+        need = spec.min_steps * best.batch_size * best.train_flops_per_image
+        digits = 10.0 ** (math.floor(math.log10(need)) - 1)  # rounded up to 2 digits: still enough steps
+        fixes = [f"add a budget of {format_budget(math.ceil(need / digits) * digits)} or more (--budgets)"]
+        if best.steps >= 1:
+            fixes.append(f"lower --min-steps to {best.steps}")
+        patch_s = f" at patch {patch}" if len(spec.patch_sizes) > 1 else ""
+        lines.append(
+            f"{name}{patch_s} gets no cell: below min_steps {spec.min_steps} at every budget (the most: "
+            f"{best.steps} steps at {format_budget(best.budget)}); {' or '.join(fixes)} to train it, or "
+            "drop it (--grid, --shapes)"
+        )
+    return lines
 
 
 def _design_lines(spec: SweepSpec) -> list[str]:
@@ -759,8 +786,12 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     for line in _design_lines(spec):
         print(line)
     print()
-    print(bill)
-    if p is not None:
+    if p is not None and not p.submit:  # no bill of 0 cells: why nothing, and what would add some
+        for line in _nothing_to_submit(spec, args, p, states, len(cells)):
+            print(line)
+    else:
+        print(bill)
+    if p is not None and p.submit:
         print(
             f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} "
             f"running or queued, {len(p.exhausted)} out of retries; a launch would submit "
@@ -773,6 +804,44 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(note)
     print("dry run: nothing submitted")
     return 0
+
+
+def _some(items: list[str], most: int = 8) -> str:
+    """``items`` joined by commas, the first ``most`` of them and then "..." where there are more."""
+    return ", ".join(items[:most]) + (", ..." if len(items) > most else "")
+
+
+def _nothing_to_submit(
+    spec: SweepSpec, args: argparse.Namespace, p: Plan, states: dict[str, CellState], n_cells: int
+) -> list[str]:
+    """The dry run's lines for a sweep whose every cell a launch would skip: how many and why (finished,
+    live, out of retries, job state unknown), and what to do about each (the flags that exist)."""
+    out = [
+        f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} running "
+        f"or queued, {len(p.exhausted)} out of retries; a launch would submit 0 of {n_cells} cells: "
+        "nothing to submit, so no bill"
+    ]
+    if p.running:
+        out.append(
+            f"running or queued: {_some(p.running)}; a launch does not submit them again; watch "
+            f"them with: python sweeps/launch.py status {_sweep_args(args)}".rstrip()
+        )
+    if p.exhausted:
+        made = _some([f"{c}: tried {states[c].tries} times" for c in p.exhausted])
+        need = max(states[c].tries for c in p.exhausted)
+        out.append(f"out of retries: {made}; relaunch with --max-retries {need} or more to try them again")
+    if p.unknown:
+        out.append(
+            f"job state unknown (SLURM does not answer): {_some(p.unknown)}; a launch refuses until "
+            "`squeue` answers, unless --slurm-jobs-gone says that cluster is gone for good"
+        )
+    models = {"grid": "models (--grid, --shapes), ", "isoflop": "sizes (--sizes-per-budget, --spread), "}
+    out.append(  # an adaptive budget keeps the sizes it was placed with (`sweeps.design.check_placed`)
+        f"to train more, add cells: budgets (--budgets), {models.get(spec.design, '')}seeds (--seeds) or "
+        "lrs (--lrs); a finished cell is never trained again: to retrain it, launch it as a new sweep "
+        "(--name NEW)"
+    )
+    return out
 
 
 def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
