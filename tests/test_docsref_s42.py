@@ -303,7 +303,8 @@ VALUE = re.compile(r'`(\w+)`\s*\(?\s*("[^"]*"|-?\d[\d.]*(?:e-?\d+)?|True|False|N
 
 def test_config_table_keys_are_config_fields_with_those_defaults():
     """Each field the config table lists under a section (`model.` ... `tracking.`, top level) is a field
-    of that section's `dit_core.config` dataclass, and a default it writes next to it is the field's."""
+    of that section's `dit_core.config` dataclass, a default it writes next to it is the field's, and it
+    lists every field (but of `diffusion.` / `data.`, whose rows send readers to their classes)."""
     rows = _config_table()
     assert len(rows) >= 9
     bad, checked = [], 0
@@ -319,12 +320,35 @@ def test_config_table_keys_are_config_fields_with_those_defaults():
             except KeyError:
                 bad.append(f"{key}: no such config field")
         for field, written in VALUE.findall(cell):
+            if prefix + field in {b.split(":")[0] for b in bad}:
+                continue  # no such field: said above
             default = _key(prefix + field)
             value = eval(written, {})  # a literal the regex matched: a number, a string, True/None, {}
             if value != default and not (default is None and value is None):
                 bad.append(f"{prefix + field}: the table says {written}, the default is {default!r}")
     assert checked > 60
     assert bad == []
+    assert _config_table_omits(rows) == []
+
+
+def _config_table_omits(rows: list[tuple[str, str]]) -> list[str]:
+    """`TrainConfig` keys the table leaves out: of a section whose row lists its fields (not one that
+    names its class and ends in "..."), and top-level fields."""
+    from dit_core.config import TrainConfig
+
+    cells = {("" if s == "top level" else s.strip("`")): c for s, c in rows}
+    hints = typing.get_type_hints(TrainConfig)
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if not dataclasses.is_dataclass(hints[f.name]):
+            out += [] if f"`{f.name}`" in cells[""] else [f.name]
+        elif "..." not in cells[f.name + "."]:
+            out += [
+                f"{f.name}.{g.name}"
+                for g in dataclasses.fields(hints[f.name])
+                if f"`{g.name}`" not in cells[f.name + "."]
+            ]
+    return out
 
 
 def test_config_overrides_in_the_docs_are_config_fields():
@@ -345,6 +369,36 @@ def test_config_overrides_in_the_docs_are_config_fields():
         try:
             _key(k)
         except KeyError:
+            bad.append(f"{k} ({', '.join(docs)})")
+    assert bad == []
+
+
+def test_dotted_run_keys_in_the_docs_are_config_keys_or_the_codes_strings():
+    """A backticked `section.name` of a config section or an MLflow prefix (`model.params`,
+    `eval.feature_space`, `val.loss`, `fixed_cost.startup_s`) is a config key, a string the code spells
+    in full (an MLflow param, metric or tag), or an attribute of the object it names (`model.config`)."""
+    source = "\n".join(
+        p.read_text() for pkg in ("dit_core", "sweeps", "analysis") for p in (REPO / pkg).rglob("*.py")
+    )
+    prefixes = (
+        "model|diffusion|data|optim|budget|eval|checkpoint|tracking|train|val|sample|samples|fixed_cost"
+    )
+    key = re.compile(rf"(?<![\w./-])((?:{prefixes})\.[a-z_]\w*(?:\.[a-z_]\w*)*)(?![\w/(])")
+    keys = _where(lambda text: [k for k in key.findall(text) if k.rsplit(".", 1)[1] not in FILE_SUFFIXES])
+    assert len(keys) >= 30
+    bad = []
+    for k, docs in sorted(keys.items()):
+        try:
+            _key(k)
+            continue
+        except KeyError:
+            pass
+        last = k.rsplit(".", 1)[1]
+        if (
+            f'"{k}"' not in source
+            and f"'{k}'" not in source
+            and not re.search(rf"(def |self\.){last}\b", source)
+        ):
             bad.append(f"{k} ({', '.join(docs)})")
     assert bad == []
 
@@ -406,6 +460,23 @@ def test_sweep_option_tables_name_launch_flags_and_sweep_yaml_keys():
     assert bad == []
 
 
+def _table_vs_defaults(doc: str, header: str, defaults: dict[str, object], what: str) -> list[str]:
+    """Rows of the table that disagree with ``defaults`` (name -> default): a name the table lists that
+    ``what`` lacks, one it lacks, and a default (a Python literal, backticked or not) that differs."""
+    documented = {}
+    for row in _table(doc, header):
+        for name in SPAN.findall(row[0]):
+            documented[name] = row[1].strip("`")
+    bad = [f"{n}: in docs/{doc}, not {what}" for n in documented if n not in defaults]
+    bad += [f"{n}: {what}, not in docs/{doc}" for n in defaults if n not in documented]
+    bad += [
+        f"{n}: docs/{doc} says {documented[n]}, the default is {defaults[n]!r}"
+        for n in defaults.keys() & documented.keys()
+        if ast.literal_eval(documented[n]) != defaults[n]
+    ]
+    return bad
+
+
 def test_sampler_option_table_is_samples_keywords_with_their_defaults():
     """docs/diffusion.md's sampler table lists `dit_core.diffusion.sample`'s keyword arguments, all of
     them, with their defaults."""
@@ -413,21 +484,35 @@ def test_sampler_option_table_is_samples_keywords_with_their_defaults():
 
     from dit_core.diffusion import sample
 
-    params = {
-        n: p.default for n, p in inspect.signature(sample).parameters.items() if p.kind is p.KEYWORD_ONLY
-    }
-    documented = {}
-    for row in _table("diffusion.md", "| option | default | meaning |"):
-        for name in SPAN.findall(row[0]):
-            documented[name] = row[1].strip("`")
-    bad = [f"{n}: documented, not a keyword of sample" for n in documented if n not in params]
-    bad += [f"{n}: a keyword of sample, not in the table" for n in params if n not in documented]
-    bad += [
-        f"{n}: the table says {documented[n]}, the default is {params[n]!r}"
-        for n in params.keys() & documented.keys()
-        if eval(documented[n], {}) != params[n]
-    ]
-    assert bad == []
+    params = inspect.signature(sample).parameters.values()
+    defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    assert (
+        _table_vs_defaults("diffusion.md", "| option | default | meaning |", defaults, "a keyword of sample")
+        == []
+    )
+
+
+def test_data_field_table_is_dataconfigs_fields_with_their_defaults():
+    """docs/data.md's field table lists `dit_core.data.DataConfig`'s fields, all of them, with their
+    defaults."""
+    from dit_core.data import DataConfig
+
+    defaults = {f.name: getattr(DataConfig(), f.name) for f in dataclasses.fields(DataConfig)}
+    assert (
+        _table_vs_defaults("data.md", "| field | default | meaning |", defaults, "a DataConfig field") == []
+    )
+
+
+def test_metric_table_is_the_evaluators_metrics():
+    """docs/evaluation.md's metric table names each metric `dit_core.evaluate` computes, and only those
+    and the domain classifiers' accuracies logged alongside (``<domain>_classifier_acc``)."""
+    from dit_core.evaluate.domain_classifier import DOMAINS
+    from dit_core.evaluate.metrics import METRICS
+
+    logged = METRICS.keys() | {f"{d}_classifier_acc" for d in DOMAINS}
+    named = {k for row in _table("evaluation.md", "| key | features | notes |") for k in SPAN.findall(row[0])}
+    assert sorted(named - logged) == [], "in the table, not computed"
+    assert sorted(logged - named) == [], "computed, not in the table"
 
 
 # --- (6) `Class.attr` without its module --------------------------------------------------------------
