@@ -63,16 +63,6 @@ class PowerLawFit:
         body = f"{p['A']:.4g} * {self.x_name}^({-p['alpha']:.4g})"
         return f"{self.y_name} = " + (f"{p['E']:.4g} + {body}" if self.kind == "saturating" else body)
 
-    def summary(self) -> str:
-        lines = [
-            f"{self.kind} power law: {self.formula()}  (n={self.n_points}, rmse log={self.rmse_log:.3g})"
-        ]
-        se, ci = self.se, self.conf_int()
-        for k, v in self.params.items():
-            lo, hi = ci.get(k, (math.nan, math.nan))
-            lines.append(f"  {k:>6} = {v:.5g}  se {se.get(k, math.nan):.3g}  95% [{lo:.5g}, {hi:.5g}]")
-        return "\n".join(lines)
-
     def to_dict(self) -> dict:
         out = {"kind": self.kind, **self.params, "rmse_log": self.rmse_log, "n_points": self.n_points}
         if self.bootstrap is not None:
