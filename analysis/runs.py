@@ -748,7 +748,7 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "C": c,
             "loss": loss.to_numpy(float),
             "fid": fid.to_numpy(float),
-            "run_id": rid,
+            **_lr_of(run),  # run_id, lr_group, lr
             "model": model_label_of_params(params) or "unknown",  # as the sweep's tables name it
             "step": steps,
             "final": False,
@@ -767,8 +767,6 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "fid_se": fid_se.to_numpy(float),
             "fid_protocol": protocol,
             "replicate": replicate_key(params),
-            "lr": _float(params.get("optim.lr")),
-            "lr_group": replicate_key(params, without=LR_PARAMS),
             "status": run.data.tags.get(STATUS_TAG, run.info.status.lower()),
         }
     )
@@ -901,7 +899,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 def _lr_of(run) -> dict:
-    """A run's id, lr group and lr (`diverged_runs`' row)."""
+    """A run's id, lr group and lr (`diverged_runs`' row, and `_run_points`' columns)."""
     params = run.data.params
     return {
         "run_id": run.info.run_id,
