@@ -427,8 +427,7 @@ def best_lr(
         return points, points.iloc[:0], None
     group = lr_groups(points)
     finals = points[points["final"].astype(bool)].assign(_g=group).dropna(subset=["lr"])
-    tried = finals.groupby("_g")["lr"].nunique()
-    finals = finals[finals["_g"].map(tried) > 1]
+    finals = finals[finals.groupby("_g")["lr"].transform("nunique") > 1]
     if finals.empty:
         return points, points.iloc[:0], None
     seeds = finals["n_seeds"].fillna(1) if "n_seeds" in finals.columns else pd.Series(1, finals.index)
@@ -524,8 +523,7 @@ class LrRedraw:
 
     def __init__(self, raw: pd.DataFrame, fitted: pd.DataFrame, diverged: pd.DataFrame | None = None):
         raw = raw.assign(_g=lr_groups(raw), step=raw["step"].fillna(-1.0)).dropna(subset=["lr"])  # -1: none
-        many = raw.groupby("_g")["lr"].nunique()
-        raw = raw[raw["_g"].map(many) > 1]
+        raw = raw[raw.groupby("_g")["lr"].transform("nunique") > 1]
         self.loss = fitted["loss"].to_numpy(float)
         of_run = raw.drop_duplicates("run_id").set_index("run_id")["_g"]
         first = fitted["run_id"].astype(str).str.split(" + ", regex=False).str[0]
@@ -932,8 +930,7 @@ def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = 
         )
     pts = pts[~short]
     sched = pts["schedule"].fillna("unknown").astype(str)
-    per_run = pts.groupby("run_id").size()
-    several = pts["run_id"].map(per_run) > 1
+    several = pts.groupby("run_id")["run_id"].transform("size") > 1
     if all_points:
         if several.any():
             notes.append("--all-points: every intermediate point of every run is used, whatever its schedule")
