@@ -106,14 +106,12 @@ def numeric_columns(
     (empty, None, NaN) stays missing (NaN); any other cell must be a number. ValueError naming the
     column, the row (the CSV line when `lines` maps row positions to lines) and the value of each cell
     that is not one ("12.3x", "n/a", "abc"): a typo is never read as "not measured"."""
-    out, bad = df, []
+    out, bad = df.copy(), []
     for col in [c for c in NUMERIC_COLUMNS if c in df.columns]:
         if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
             continue  # numbers already (NaN where missing)
         values = [_number(x) for x in df[col].to_numpy(object)]
         bad += [(col, i, df[col].iloc[i]) for i, v in enumerate(values) if v is None]
-        if out is df:
-            out = df.copy()
         out[col] = np.array([np.nan if v is None else v for v in values], float)
     if bad:
         bad.sort(key=lambda t: t[1])  # in the file's order
