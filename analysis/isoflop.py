@@ -392,10 +392,9 @@ def fit_isoflop(
     by_patch = {k: _laws(v) for k, v in groups.items()}
     minima = {k: -v[0].params["alpha"] for k, v in by_patch.items()}
     by_patch.update({k: (jf.n_opt, jf.d_opt) for k, jf in joints.items()})
-    if joints:
-        main = max(joints, key=lambda k: (len(joints[k].budgets), -k))
-    else:
-        main = max(groups, key=lambda k: (len(groups[k]), -k)) if groups else -1.0
+    # the patch size with the most budgets in the joint fits (else in the parabolas'); of equal, the smallest
+    n_budgets = {k: len(jf.budgets) for k, jf in joints.items()} or {k: len(v) for k, v in groups.items()}
+    main = max(n_budgets, key=lambda k: (n_budgets[k], -k), default=-1.0)
     n_law, d_law = by_patch.get(main, (None, None))
     fit = IsoFlopFit(
         profiles,

@@ -117,12 +117,12 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]]) -> JointIsoFlop 
     # within e^8 of the sizes trained, ln k in [-20, 10]; a fit on a bound gets an infinite interval
     lo = np.r_[-3.0, ln_n.min() - 8, -20.0, np.full(n_budgets, -np.inf)]
     hi = np.r_[3.0, ln_n.max() + 8, 10.0, np.full(n_budgets, np.inf)]
-    best = None
-    for a0 in (0.2, 0.5, 0.8):  # a few starts for the exponent
+
+    def start(a0: float):  # a few starts for the exponent
         x0 = np.r_[a0, ln_n.mean(), math.log(0.05), [ln_l[j == q].min() for q in range(n_budgets)]]
-        r = least_squares(res, x0, bounds=(lo, hi), method="trf", xtol=1e-12, ftol=1e-12, gtol=1e-12)
-        if best is None or r.cost < best.cost:
-            best = r
+        return least_squares(res, x0, bounds=(lo, hi), method="trf", xtol=1e-12, ftol=1e-12, gtol=1e-12)
+
+    best = min(map(start, (0.2, 0.5, 0.8)), key=lambda r: r.cost)  # the first of equal costs
     th, jac = best.x, best.jac
     s2 = 2 * best.cost / dof
     q = float(student_t.ppf(0.975, dof))

@@ -63,16 +63,6 @@ class PowerLawFit:
         body = f"{p['A']:.4g} * {self.x_name}^({-p['alpha']:.4g})"
         return f"{self.y_name} = " + (f"{p['E']:.4g} + {body}" if self.kind == "saturating" else body)
 
-    def summary(self) -> str:
-        lines = [
-            f"{self.kind} power law: {self.formula()}  (n={self.n_points}, rmse log={self.rmse_log:.3g})"
-        ]
-        se, ci = self.se, self.conf_int()
-        for k, v in self.params.items():
-            lo, hi = ci.get(k, (math.nan, math.nan))
-            lines.append(f"  {k:>6} = {v:.5g}  se {se.get(k, math.nan):.3g}  95% [{lo:.5g}, {hi:.5g}]")
-        return "\n".join(lines)
-
     def to_dict(self) -> dict:
         out = {"kind": self.kind, **self.params, "rmse_log": self.rmse_log, "n_points": self.n_points}
         if self.bootstrap is not None:
@@ -151,20 +141,18 @@ def _saturating(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float, float]:
     y = np.exp(ly)
     lo = np.array([math.log(1e-9 * y.min()), math.log(1e-12 * y.max()), 0.0])
     hi = np.array([math.log(y.min()), math.log(y.max()) + 5.0, 10.0])
-    best = None
-    for frac in (0.0, 0.5, 0.9):  # a few starts for E as a fraction of min(y)
+
+    def res(th):
+        return np.logaddexp(th[0], th[1] - th[2] * u) - ly
+
+    def start(frac: float):  # E as a fraction of min(y)
         e0 = frac * y.min()
         a0, al0 = _pure(u, np.log(y - e0))
         x0 = np.array([math.log(max(e0, 1e-6 * y.min())), math.log(a0), al0])
         x0 = np.clip(x0, lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo))
+        return least_squares(res, x0, bounds=(lo, hi), method="trf", xtol=1e-12, ftol=1e-12)
 
-        def res(th):
-            return np.logaddexp(th[0], th[1] - th[2] * u) - ly
-
-        r = least_squares(res, x0, bounds=(lo, hi), method="trf", xtol=1e-12, ftol=1e-12)
-        if best is None or r.cost < best.cost:
-            best = r
-    e, a, alpha = best.x
+    e, a, alpha = min(map(start, (0.0, 0.5, 0.9)), key=lambda r: r.cost).x  # the first of equal costs
     if alpha >= 0.999 * hi[2]:
         raise ValueError(
             f"the saturating law's exponent ran to its bound ({hi[2]:g}): the points do not determine "

@@ -214,8 +214,8 @@ def remove_outliers(
     if sigma is not None:
         fit = fit_parametric(pts["N"], pts["D"], pts["loss"], ParametricConfig(delta=delta))
         r = np.log(pts["loss"].to_numpy()) - np.log(fit.predict(pts["N"], pts["D"]))
-        scale = 1.4826 * np.median(np.abs(r - np.median(r)))
-        bad = np.abs(r - np.median(r)) > sigma * scale
+        dev = np.abs(r - np.median(r))
+        bad = dev > sigma * (1.4826 * np.median(dev))
         removed.append(pts[bad].assign(reason=f"log residual > {sigma:g} robust sigma"))
         pts = pts[~bad]
     rem = pd.concat(removed)[REMOVED_COLUMNS] if removed else pd.DataFrame(columns=REMOVED_COLUMNS)
@@ -335,11 +335,10 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
             f"{flags if n_out else ''})"
         )
     msgs: list[str] = []
-    d_raw = pts.get("D_raw", pts["D"])  # D before --effective-data
-    k = float(np.median(pts["C"] / (pts["N"] * d_raw)))
-    k_raw = float(
-        np.median(pts["C"] / (pts["N_total"] * pts["images"]))
-    )  # the input's own N and D (`set_axes`)
+    per_nd = pts["C"] / (pts["N"] * pts.get("D_raw", pts["D"]))  # C / (N D), D before --effective-data
+    k = float(np.median(per_nd))
+    # the input's own N and D (`set_axes`)
+    k_raw = float(np.median(pts["C"] / (pts["N_total"] * pts["images"])))
     if k_raw < 1.0:  # a forward pass alone costs 2 FLOPs per parameter per token
         raise ValueError(
             f"C / (N D) is {k_raw:.3g} (the median over the points), below 1, though training costs at "
@@ -347,7 +346,7 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
             "(in PF-days? 1 PF-day = 8.64e19 FLOPs), or N or D is not in parameters and images or tokens; "
             "give C in FLOPs, or leave the C column out (C = k N D, --flops-per-param-datum)"
         )
-    spread = np.ptp(np.log(pts["C"] / (pts["N"] * d_raw)))
+    spread = np.ptp(np.log(per_nd))
     if spread > math.log(2):
         msgs.append(
             f"C/(N D) varies by {math.exp(spread):.3g}x across points (patch sizes differ? try --data-axis "

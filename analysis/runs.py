@@ -106,14 +106,12 @@ def numeric_columns(
     (empty, None, NaN) stays missing (NaN); any other cell must be a number. ValueError naming the
     column, the row (the CSV line when `lines` maps row positions to lines) and the value of each cell
     that is not one ("12.3x", "n/a", "abc"): a typo is never read as "not measured"."""
-    out, bad = df, []
+    out, bad = df.copy(), []
     for col in [c for c in NUMERIC_COLUMNS if c in df.columns]:
         if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
             continue  # numbers already (NaN where missing)
         values = [_number(x) for x in df[col].to_numpy(object)]
         bad += [(col, i, df[col].iloc[i]) for i, v in enumerate(values) if v is None]
-        if out is df:
-            out = df.copy()
         out[col] = np.array([np.nan if v is None else v for v in values], float)
     if bad:
         bad.sort(key=lambda t: t[1])  # in the file's order
@@ -427,8 +425,7 @@ def best_lr(
         return points, points.iloc[:0], None
     group = lr_groups(points)
     finals = points[points["final"].astype(bool)].assign(_g=group).dropna(subset=["lr"])
-    tried = finals.groupby("_g")["lr"].nunique()
-    finals = finals[finals["_g"].map(tried) > 1]
+    finals = finals[finals.groupby("_g")["lr"].transform("nunique") > 1]
     if finals.empty:
         return points, points.iloc[:0], None
     seeds = finals["n_seeds"].fillna(1) if "n_seeds" in finals.columns else pd.Series(1, finals.index)
@@ -524,8 +521,7 @@ class LrRedraw:
 
     def __init__(self, raw: pd.DataFrame, fitted: pd.DataFrame, diverged: pd.DataFrame | None = None):
         raw = raw.assign(_g=lr_groups(raw), step=raw["step"].fillna(-1.0)).dropna(subset=["lr"])  # -1: none
-        many = raw.groupby("_g")["lr"].nunique()
-        raw = raw[raw["_g"].map(many) > 1]
+        raw = raw[raw.groupby("_g")["lr"].transform("nunique") > 1]
         self.loss = fitted["loss"].to_numpy(float)
         of_run = raw.drop_duplicates("run_id").set_index("run_id")["_g"]
         first = fitted["run_id"].astype(str).str.split(" + ", regex=False).str[0]
@@ -748,7 +744,7 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "C": c,
             "loss": loss.to_numpy(float),
             "fid": fid.to_numpy(float),
-            "run_id": rid,
+            **_lr_of(run),  # run_id, lr_group, lr
             "model": model_label_of_params(params) or "unknown",  # as the sweep's tables name it
             "step": steps,
             "final": False,
@@ -767,8 +763,6 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "fid_se": fid_se.to_numpy(float),
             "fid_protocol": protocol,
             "replicate": replicate_key(params),
-            "lr": _float(params.get("optim.lr")),
-            "lr_group": replicate_key(params, without=LR_PARAMS),
             "status": run.data.tags.get(STATUS_TAG, run.info.status.lower()),
         }
     )
@@ -901,7 +895,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 def _lr_of(run) -> dict:
-    """A run's id, lr group and lr (`diverged_runs`' row)."""
+    """A run's id, lr group and lr (`diverged_runs`' row, and `_run_points`' columns)."""
     params = run.data.params
     return {
         "run_id": run.info.run_id,
@@ -934,8 +928,7 @@ def select_points(points: pd.DataFrame, min_steps: int = 50, all_points: bool = 
         )
     pts = pts[~short]
     sched = pts["schedule"].fillna("unknown").astype(str)
-    per_run = pts.groupby("run_id").size()
-    several = pts["run_id"].map(per_run) > 1
+    several = pts.groupby("run_id")["run_id"].transform("size") > 1
     if all_points:
         if several.any():
             notes.append("--all-points: every intermediate point of every run is used, whatever its schedule")
