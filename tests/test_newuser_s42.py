@@ -5,6 +5,7 @@ and the trainer's --print-config into a closed pipe. Each test failed on the cod
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -113,3 +114,18 @@ def test_out_lock_error_path_is_the_library_one(tmp_path):
         out_folder_lock(Path(link)),
     ):
         pass
+
+
+def test_a_store_in_a_folder_that_is_not_writable_exits_2_before_training(tmp_path, capsys, monkeypatch):
+    """``--tracking-uri sqlite:///RO/mlflow.db`` in a folder the user cannot write to (another user's, a
+    read-only mount) passed the store check; MLflow then retried opening it for ~100 s of warnings and
+    failed with an SQLAlchemy traceback. Now exit 2 at once, naming the folder. Faked: tests may run as
+    root, for whom every folder is writable."""
+    ro, real_access = tmp_path / "ro", os.access
+    ro.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != ro and real_access(p, mode, **kw))
+    argv = [*TINY[:-1], "--out", str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{ro}/sub/mlflow.db"]
+    code, err = train_cli(capsys, argv)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"error: {ro}/sub/mlflow.db: no MLflow store can be made there, {ro} is not writable" in err
+    assert list(ro.iterdir()) == [] and not (tmp_path / "run").exists()
