@@ -74,7 +74,7 @@ def _config_flag(p: argparse.ArgumentParser, flag: str, help: str, field: str | 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fit_scaling",
+        prog="python analysis/fit_scaling.py",
         description=__doc__,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -93,8 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri",
         help="MLflow tracking URI, not with --csv (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
     )
-    p.add_argument("--json", type=Path, help="write the fitted parameters and predictions here")
-    p.add_argument("--out", type=Path, default=Path("scaling_report"), help="folder for report.md and plots")
+    p.add_argument(
+        "--json", type=Path, help="also write the fitted parameters and predictions here (--out has them too)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("scaling_report"),
+        help="folder for report.md, results.json and the plots (default: %(default)s)",
+    )
     p.add_argument(
         "--predict",
         type=_flops,

@@ -85,9 +85,40 @@ def parse_value(value: Any, hint: Any, where: str) -> Any:
     try:
         return _parse(value, hint, origin, args, where)
     except (ValueError, TypeError, KeyError, AttributeError):
-        name = getattr(hint, "__name__", None) or str(hint)
-        article = "an" if name[:1].lower() in "aeiou" else "a"
-        raise ConfigError(f"{where}: cannot use {value!r} as {name}; give {article} {name} value") from None
+        name = _type_name(hint)
+        item = _bad_item(value, args[0] if args else Any) if origin in (tuple, list) else ""
+        raise ConfigError(f"{where}: cannot use {value!r} as {name}{item}; give {_a(name)} value") from None
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint)
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _bad_item(value: Any, inner: Any) -> str:
+    """``" (its item 'x' is not an int)"``: the first item of a list/tuple ``value`` that its item type
+    ``inner`` refuses, so that a list holding one bad number does not read as no list; else ``""``."""
+    try:
+        for v in _list_items(value):
+            try:
+                parse_value(v, inner, "")
+            except ConfigError:
+                return f" (its item {v!r} is not {_a(_type_name(inner))})"
+    except (ValueError, TypeError):  # not a list at all (bad JSON, a number): the value says it
+        pass
+    return ""
+
+
+def _list_items(value: Any) -> list[Any]:
+    """The items of a list/tuple value: JSON ``"[1, 2]"``, comma-separated ``"1,2"`` (stripped, empty
+    items dropped) or a sequence as it is."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+    return [v.strip() if isinstance(v, str) else v for v in value]
 
 
 def _parse(value: Any, hint: Any, origin: Any, args: tuple, where: str) -> Any:
@@ -112,10 +143,8 @@ def _parse(value: Any, hint: Any, origin: Any, args: tuple, where: str) -> Any:
     if hint is str:
         return value if isinstance(value, str) else str(value)
     if origin in (tuple, list):
-        if text is not None:
-            value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
         inner = args[0] if args else Any
-        items = [parse_value(v.strip() if isinstance(v, str) else v, inner, where) for v in value]
+        items = [parse_value(v, inner, where) for v in _list_items(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if text is not None:

@@ -556,15 +556,17 @@ def check_sqlite_store(uri: str, *, missing: str | None = None) -> None:
     a folder, a file that is not an SQLite database (a CSV or text given by mistake), or an SQLite
     database with tables but not MLflow's (another program's, to which MLflow would add its ~30).
     ``missing`` None (a trainer or launcher, which create the store): a missing file, an empty one or
-    a database without tables is a new store. Else (a reader) each of those is refused, ``missing``
-    being the message for a missing file: MLflow would create an empty store just to look. Other
-    URIs are not checked here."""
+    a database without tables is a new store, unless the folder it would be made in is not writable
+    (MLflow would retry opening it for ~100 s, then fail). Else (a reader) each of those is refused,
+    ``missing`` being the message for a missing file: MLflow would create an empty store just to look.
+    Other URIs are not checked here."""
     path = sqlite_store_path(uri)
     if path is None:
         return
     instead = "give the MLflow store's database, e.g. --tracking-uri sqlite:///path/to/mlflow.db"
     if not path.exists():
         if missing is None:
+            _check_creatable(path)
             return
         raise ValueError(missing)
     if path.is_dir():
@@ -593,6 +595,17 @@ def check_sqlite_store(uri: str, *, missing: str | None = None) -> None:
         raise ValueError(
             f"{path} is an SQLite database but not an MLflow store (no {', '.join(lacking)} table; {has}), "
             f"so it holds no runs and is left as it is; {instead}"
+        )
+
+
+def _check_creatable(path: Path) -> None:
+    """ValueError when a new store cannot be made at ``path``: the nearest folder on its path that
+    exists (MLflow makes the rest) is not writable (another user's, a read-only mount)."""
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{path}: no MLflow store can be made there, {folder} is not writable; give a store in a folder "
+            "you can write to, e.g. --tracking-uri sqlite:///path/to/mlflow.db"
         )
 
 

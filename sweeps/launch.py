@@ -660,9 +660,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         _print_exhausted(pl.exhausted, states)
     if failed or pl.exhausted:
         return 1
-    fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
-        "" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}"
-    )
+    fit = fit_command(spec, prep.cells)
     # an earlier launch's cells, which this one did not wait for (the fit would miss them), in the state
     # they are in now: finished meanwhile (not named), live, or over without finishing (failed)
     now = {c: states[c].state if c in states else "running" for c in pl.running}
@@ -682,6 +680,19 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         return 0
     print(f"\nnext: {fit}")
     return 0
+
+
+def fit_command(spec: SweepSpec, cells: list[Cell]) -> str:
+    """The `NEXT_COMMAND` line that fits ``spec``'s runs; with ``--min-steps`` where some of ``cells``
+    make fewer steps than the analysis keeps by default, which would otherwise leave them out of the fit
+    (a sweep launched with a low ``--min-steps``)."""
+    from analysis.pipeline import AnalysisConfig
+
+    fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
+        "" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}"
+    )
+    fewest = min((c.steps for c in cells), default=AnalysisConfig.min_steps)
+    return fit + (f" --min-steps {fewest}" if fewest < AnalysisConfig.min_steps else "")
 
 
 def _print_exhausted(cells: list[str], states: dict[str, CellState]) -> None:

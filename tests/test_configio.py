@@ -57,7 +57,10 @@ def test_lists_and_tuples_keep_their_kind_and_a_bad_item_names_the_field():
     got = parse_value("1,2", tuple[int, ...], "model.sizes")
     assert got == (1, 2) and type(got) is tuple
     assert parse_value("[3, 4]", list[int], "model.sizes") == [3, 4]
-    with pytest.raises(ConfigError, match=r"^model.sizes: cannot use '1,x' as tuple; give a tuple value$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.sizes: cannot use '1,x' as tuple \(its item 'x' is not an int\); give a tuple value$",
+    ):
         parse_value("1,x", tuple[int, ...], "model.sizes")
 
 

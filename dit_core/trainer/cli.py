@@ -17,7 +17,14 @@ import torch
 import torch.distributed as dist
 
 from ..config import TrainConfig, read_yaml_config
-from ..configio import ConfigError, add_field_flags, apply_flat, flags_to_flat, join_negative_values
+from ..configio import (
+    ConfigError,
+    add_field_flags,
+    apply_flat,
+    flags_to_flat,
+    join_negative_values,
+    stdout_closed,
+)
 from ..memory import out_of_memory
 from ..spec import model_config, model_label
 from ..tracking import STATUS_FINISHED, check_tracking_server
@@ -86,7 +93,8 @@ resume and signals:
   a second one exits with 2). SIGTERM, SIGUSR1 or SIGUSR2 write a checkpoint at the next step and
   exit with code 143; Ctrl-C (SIGINT) does the same and exits with 130 (Ctrl-C twice stops at once,
   without the checkpoint); the MLflow run is tagged status=preempted. Exit codes: 0 finished,
-  1 training error (e.g. non-finite loss), 2 bad arguments or config, 130 Ctrl-C, 143 preempted.
+  1 training error (e.g. non-finite loss), 2 bad arguments or config, 130 Ctrl-C, 141 the reader of
+  --print-config left (`| head`), 143 preempted.
 """
 
 
@@ -163,8 +171,8 @@ def _oom_message(cfg: TrainConfig, err: BaseException, building: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 130 Ctrl-C, 143
-    preempted)."""
+    """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 130 Ctrl-C, 141
+    --print-config's reader left, 143    preempted)."""
     from accelerate import PartialState
 
     from .loop import Trainer
@@ -186,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        for k, v in cfg.to_flat_dict().items():
-            print(f"{k} = {v!r}")
+        try:
+            for k, v in cfg.to_flat_dict().items():
+                print(f"{k} = {v!r}")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--print-config | head`: its reader left
+            return stdout_closed()
         return 0
     code, trainer = 0, None
     try:

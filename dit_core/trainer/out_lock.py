@@ -35,8 +35,10 @@ TRAIN_LOCK = ".train.lock"
 #: What ``flock`` fails with on a file system that does not support it (e.g. Lustre mounted without
 #: ``flock``): the run goes on unlocked, with a warning, rather than not at all.
 _NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
-#: What creating the run folder or its lock file fails with where ``out`` is not writable.
-_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+#: What creating the run folder or its lock file fails with where ``out`` cannot be written or made: no
+#: permission, a read-only or pseudo file system (``/proc``), a path through a file, or a link to a
+#: target that does not exist (``mkdir`` says it exists, and it is no folder).
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST)
 
 
 class OutFolderBusy(ConfigError):
@@ -56,7 +58,7 @@ def out_folder_lock(out: str | os.PathLike) -> Iterator[Path]:
         if e.errno not in _NOT_WRITABLE:
             raise
         raise ConfigError(
-            f"out: cannot write to {out} ({e.strerror}); the trainer writes its checkpoints there: give "
+            f"out: cannot write to {out} ({_why(out, e)}); the trainer writes its checkpoints there: give "
             "a folder you can write to with --out"
         ) from None
     try:
@@ -73,6 +75,14 @@ def out_folder_lock(out: str | os.PathLike) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _why(out: Path, e: OSError) -> str:
+    """Why ``out`` could not be made: a link on its path to nothing, else the error's own words."""
+    broken = next((p for p in (out, *out.parents) if p.is_symlink() and not p.exists()), None)
+    if broken is None:
+        return e.strerror
+    return f"{broken} is a link to {os.readlink(broken)}, which does not exist"
 
 
 def _try_lock(fd: int, path: Path) -> bool:
