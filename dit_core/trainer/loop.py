@@ -405,12 +405,11 @@ class Trainer:
         self.unsent_metrics = loop.get("unsent_metrics", [])
         self.due = list(loop.get("due", []))
         self.run_id = ckpt.get("mlflow_run_id") or None
-        if self.forked_from is not None:  # the other folder's run is left alone, its points too
-            self.parent_run_id, self.run_id, self.unsent_metrics = self.run_id, None, []
         self.resume_notes.append(
             ("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
         )
-        if self.forked_from is not None:
+        if self.forked_from is not None:  # the other folder's run is left alone, its points too
+            self.parent_run_id, self.run_id, self.unsent_metrics = self.run_id, None, []
             self.resume_notes.append(("%s is another run folder's checkpoint: continuing it in a new MLflow "
                                       "run (its own run %s is left as it is)", self.ckpt_path,
                                       self.parent_run_id or "none"))  # fmt: skip
