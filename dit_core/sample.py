@@ -289,12 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.npz:  # at exactly this path (np.savez to a file name would append ".npz")
             files["--npz"] = (cfg.npz, lambda f: np.savez(f, arr_0=images, labels=labels))
         write_outputs(files)
-    except ValueError as e:  # ConfigError, a checkpoint that is not one, a sampler the model lacks
+    except (ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:  # `NonFiniteSamples`: the model failed, not the arguments
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        # `NonFiniteSamples`: the model failed, not the arguments; else a ConfigError, a checkpoint
+        # that is not one, a sampler the model lacks
+        return 1 if isinstance(e, FloatingPointError) else 2
     except KeyboardInterrupt:  # write_outputs removed its temporary files: nothing half-written is left
         print("error: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
         return 130
