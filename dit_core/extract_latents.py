@@ -220,7 +220,6 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     fingerprint = _fingerprint(cfg, scan.samples, scan.root)
     n_shards = math.ceil(len(scan.samples) / cfg.shard_size)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    from safetensors.torch import save
     from tqdm.auto import tqdm
 
     mine = [k for k in range(n_shards) if k % cfg.world_size == cfg.rank]
@@ -236,7 +235,7 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
             log.info("shard %s already done, skipping", path)
             continue
         part = scan.samples[k * cfg.shard_size : (k + 1) * cfg.shard_size]
-        _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save)
+        _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path)
     shards, skipped, missing = [], list(scan.skipped), []
     for k in range(n_shards):  # after our own shards, so the last rank to finish sees them all
         meta = _existing_shard(os.path.join(cfg.output, shard_name(k)), fingerprint, k)
@@ -303,8 +302,10 @@ def _sigint_held():
         raise KeyboardInterrupt
 
 
-def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save) -> None:
+def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path) -> None:
     """Encode one shard's images and write it atomically."""
+    from safetensors.torch import save
+
     images = _ShardImages(part, cfg.image_size)
     loader = DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shuffle=False)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k)
