@@ -751,10 +751,9 @@ class Trainer:
             )
 
     def log_interval(self, train_time: float, interval_images: int, progress: Progress) -> None:
+        """Log the mean training loss of the steps since the last log (at least the one just taken)."""
         vec = self.reduced_pending()
         self.pending = []
-        if len(vec) == 0:
-            return
         self.last_loss = float(vec.mean())
         ips = interval_images / train_time if train_time > 0 else 0.0
         lr = float(self.optimizer.param_groups[0]["lr"])  # what the last step used
