@@ -367,12 +367,3 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"--config: {p}: not valid YAML ({yaml_problem(e)}); fix the file") from None
     return yaml_to_flat(TrainConfig, data or {}, f"config file {p}")
-
-
-def load_yaml_config(path: str | Path) -> TrainConfig:
-    """A `TrainConfig` from a YAML file: nested mappings (``optim: {lr: 3e-4}``) or dotted keys."""
-    flat = read_yaml_config(path)
-    try:
-        return apply_flat(TrainConfig(), flat)
-    except ConfigError as e:
-        raise ConfigError(f"config file {path}: {e}") from None

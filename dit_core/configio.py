@@ -163,10 +163,8 @@ def parse_scalar(text: str) -> Any:
     except yaml.YAMLError:  # "[1", "a: b: c": not YAML, so the text itself; the field's type judges it
         return text
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             return float(value)
-        except ValueError:
-            return value
     return value
 
 

@@ -220,7 +220,6 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
     fingerprint = _fingerprint(cfg, scan.samples, scan.root)
     n_shards = math.ceil(len(scan.samples) / cfg.shard_size)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    from safetensors.torch import save
     from tqdm.auto import tqdm
 
     mine = [k for k in range(n_shards) if k % cfg.world_size == cfg.rank]
@@ -236,7 +235,7 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
             log.info("shard %s already done, skipping", path)
             continue
         part = scan.samples[k * cfg.shard_size : (k + 1) * cfg.shard_size]
-        _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save)
+        _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path)
     shards, skipped, missing = [], list(scan.skipped), []
     for k in range(n_shards):  # after our own shards, so the last rank to finish sees them all
         meta = _existing_shard(os.path.join(cfg.output, shard_name(k)), fingerprint, k)
@@ -303,8 +302,10 @@ def _sigint_held():
         raise KeyboardInterrupt
 
 
-def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path, save) -> None:
+def _write_shard(vae, part, cfg, k, fingerprint, latent_shape, device, path) -> None:
     """Encode one shard's images and write it atomically."""
+    from safetensors.torch import save
+
     images = _ShardImages(part, cfg.image_size)
     loader = DataLoader(images, batch_size=cfg.batch_size, num_workers=cfg.num_workers, shuffle=False)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k)
@@ -338,6 +339,32 @@ EXIT_CODES = {
 }
 
 
+#: the CLI's flags in --help's order (`build_parser`); each one's default is `ExtractConfig`'s field
+_FLAGS = (
+    ("--data-path", dict(required=True, help="image folder with one subfolder per class")),
+    ("--output", dict(required=True, help="output folder (shards + manifest.json); rerun to resume")),
+    ("--vae", dict(required=True, help="local AutoencoderKL folder, or a hub id where the hub is reachable")),
+    ("--vae-subfolder", dict(help="subfolder of --vae holding the VAE (e.g. 'vae')")),
+    ("--image-size", dict(type=int, help="pixel size images are centre-cropped to (default %(default)s)")),
+    ("--batch-size", dict(type=int, help="images per VAE forward (default %(default)s)")),
+    ("--device", dict(help=DEVICE_HELP)),
+    ("--posterior", dict(choices=POSTERIORS, help="store a sample of the VAE's Gaussian posterior "
+                         "(fast-DiT's choice) or its mean (default %(default)s)")),
+    ("--scale-factor", dict(type=float, help="latents are stored multiplied by this; decode with "
+                            "vae.decode(x / it) (default %(default)s, Stable Diffusion's VAE)")),
+    ("--shard-size", dict(type=int, help="images per .safetensors shard (default %(default)s)")),
+    ("--dtype", dict(choices=list(DTYPES), help="storage dtype of the latents; encoding runs in float32 "
+                     "(default %(default)s)")),
+    ("--seed", dict(type=int, help="seed of the posterior samples (default %(default)s)")),
+    ("--num-workers", dict(type=int, help="DataLoader workers reading images (default %(default)s)")),
+    ("--no-validate", dict(dest="validate_images", action="store_false", help="skip the PIL verify pass")),
+    ("--rank", dict(type=int, help="this process's share: shards k with k %% world-size == rank")),
+    ("--world-size", dict(type=int, help="number of processes sharing the shards")),
+    ("--no-progress", dict(dest="progress", action="store_false",
+                           help="no progress bar (default: a bar on a terminal only)")),
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags; their defaults are `ExtractConfig`'s (set once, below)."""
     p = argparse.ArgumentParser(
@@ -346,48 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=exit_codes_help(EXIT_CODES),
         formatter_class=KeepRawFormatter,
     )
-    p.add_argument("--data-path", required=True, help="image folder with one subfolder per class")
-    p.add_argument("--output", required=True, help="output folder (shards + manifest.json); rerun to resume")
-    p.add_argument(
-        "--vae", required=True, help="local AutoencoderKL folder, or a hub id where the hub is reachable"
-    )
-    p.add_argument("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae')")
-    p.add_argument(
-        "--image-size", type=int, help="pixel size images are centre-cropped to (default %(default)s)"
-    )
-    p.add_argument("--batch-size", type=int, help="images per VAE forward (default %(default)s)")
-    p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument(
-        "--posterior",
-        choices=POSTERIORS,
-        help="store a sample of the VAE's Gaussian posterior (fast-DiT's choice) or its mean "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--scale-factor",
-        type=float,
-        help="latents are stored multiplied by this; decode with vae.decode(x / it) "
-        "(default %(default)s, Stable Diffusion's VAE)",
-    )
-    p.add_argument("--shard-size", type=int, help="images per .safetensors shard (default %(default)s)")
-    p.add_argument(
-        "--dtype",
-        choices=list(DTYPES),
-        help="storage dtype of the latents; encoding runs in float32 (default %(default)s)",
-    )
-    p.add_argument("--seed", type=int, help="seed of the posterior samples (default %(default)s)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers reading images (default %(default)s)")
-    p.add_argument(
-        "--no-validate", dest="validate_images", action="store_false", help="skip the PIL verify pass"
-    )
-    p.add_argument("--rank", type=int, help="this process's share: shards k with k %% world-size == rank")
-    p.add_argument("--world-size", type=int, help="number of processes sharing the shards")
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bar (default: a bar on a terminal only)",
-    )
+    for flag, kwargs in _FLAGS:
+        p.add_argument(flag, **kwargs)
     p.set_defaults(**{f.name: f.default for f in fields(ExtractConfig) if f.default is not MISSING})
     return p
 

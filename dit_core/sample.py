@@ -213,6 +213,30 @@ def _labels(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"comma-separated class labels, e.g. 0,1,2; got {text!r}") from None
 
 
+_OWN = "default: the run's own"
+#: the CLI's flags in --help's order (`build_parser`)
+_FLAGS = (
+    ("--checkpoint", dict(required=True, help="checkpoint .pt or a run folder (latest checkpoint)")),
+    ("--out", dict(required=True, help="the image grid to write (.png; .jpg, .webp by suffix)")),
+    ("--num-samples", dict(type=int_at_least(1), help="images, labels 0, 1, ... cycling (default: 16)")),
+    ("--class-labels", dict(type=_labels, help="one image per label, e.g. 0,1,2 (not with --num-samples)")),
+    ("--image-size", dict(type=int_at_least(1), help="pixels; other than the training size needs a rope "
+                          "model")),
+    ("--sampler", dict(help=f"sampler ({_OWN}: eval.sampler)")),
+    ("--steps", dict(type=int_at_least(1), help=f"sampler steps ({_OWN}: eval.steps)")),
+    ("--cfg-scale", dict(type=float, help=f"guidance scale, 1 = none ({_OWN}: eval.cfg_scale)")),
+    ("--seed", dict(type=int, help=f"sampling seed ({_OWN}: the run's seed)")),
+    ("--vae", dict(help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ "
+                   "(latent runs only)")),
+    ("--raw-weights", dict(action="store_true", help="use the raw weights instead of the EMA")),
+    ("--device", dict(default="auto", help=DEVICE_HELP)),
+    ("--batch-size", dict(type=int_at_least(1), default=64, help="sampling batch (default: 64)")),
+    ("--zoom", dict(type=int_at_least(1), help=f"PNG pixels per image pixel (default: tiles of at least "
+                    f"{MIN_TILE} px)")),
+    ("--npz", dict(help="also write the images here (.npz: arr_0 NHWC uint8, labels)")),
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dit_core.sample",
@@ -224,35 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m dit_core.sample --checkpoint runs/in256 --out in.png --vae /models/sd-vae-ft-ema\n\n"
         + exit_codes_help(EXIT_CODES),
     )
-    own = "default: the run's own"
-    p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
-    p.add_argument("--out", required=True, help="the image grid to write (.png; .jpg, .webp by suffix)")
-    p.add_argument(
-        "--num-samples", type=int_at_least(1), help="images, labels 0, 1, ... cycling (default: 16)"
-    )
-    p.add_argument(
-        "--class-labels", type=_labels, help="one image per label, e.g. 0,1,2 (not with --num-samples)"
-    )
-    p.add_argument(
-        "--image-size", type=int_at_least(1), help="pixels; other than the training size needs a rope model"
-    )
-    p.add_argument("--sampler", help=f"sampler ({own}: eval.sampler)")
-    p.add_argument("--steps", type=int_at_least(1), help=f"sampler steps ({own}: eval.steps)")
-    p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
-    p.add_argument("--seed", type=int, help=f"sampling seed ({own}: the run's seed)")
-    p.add_argument(
-        "--vae",
-        help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent runs only)",
-    )
-    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="sampling batch (default: 64)")
-    p.add_argument(
-        "--zoom",
-        type=int_at_least(1),
-        help=f"PNG pixels per image pixel (default: tiles of at least {MIN_TILE} px)",
-    )
-    p.add_argument("--npz", help="also write the images here (.npz: arr_0 NHWC uint8, labels)")
+    for flag, kwargs in _FLAGS:
+        p.add_argument(flag, **kwargs)
     return p
 
 
@@ -292,12 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.npz:  # at exactly this path (np.savez to a file name would append ".npz")
             files["--npz"] = (cfg.npz, lambda f: np.savez(f, arr_0=images, labels=labels))
         write_outputs(files)
-    except ValueError as e:  # ConfigError, a checkpoint that is not one, a sampler the model lacks
+    except (ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:  # `NonFiniteSamples`: the model failed, not the arguments
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        # `NonFiniteSamples`: the model failed, not the arguments; else a ConfigError, a checkpoint
+        # that is not one, a sampler the model lacks
+        return 1 if isinstance(e, FloatingPointError) else 2
     except KeyboardInterrupt:  # write_outputs removed its temporary files: nothing half-written is left
         print("error: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
         return 130

@@ -144,12 +144,12 @@ def format_param(value: Any) -> str:
     return str(value)
 
 
-@functools.lru_cache(maxsize=16)
-def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """HEAD commit of the repository holding ``path`` (default: this package), or None. Looked up once
-    per process and path: a process runs the code it imported (a warm sweep worker looks it up
-    before forking its cells, `sweeps.warm`)."""
-    where = Path(path) if path else Path(__file__).resolve().parent
+@functools.cache
+def git_commit() -> str | None:
+    """HEAD commit of the repository holding this package, or None. Looked up once per process: a
+    process runs the code it imported (a warm sweep worker looks it up before forking its cells,
+    `sweeps.warm`)."""
+    where = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
@@ -507,14 +507,14 @@ class RunTracker:
         """``image``: uint8 ``(H, W, C)`` numpy array or PIL image."""
         self.client.log_image(self.run_id, image, artifact_file=artifact_file)
 
-    def finish(self, status: str, flush_timeout: float | None = 300.0) -> None:
-        """Send the buffered metrics (waiting at most ``flush_timeout`` s), set the ``status`` tag and
+    def finish(self, status: str) -> None:
+        """Send the buffered metrics (waiting at most 300 s), set the ``status`` tag and
         end the run: finished -> FINISHED, failed -> FAILED, preempted -> KILLED (a requeued job
         continues the same run), interrupted -> KILLED (a Ctrl-C of a sweep's local job). A finished
         run that an earlier attempt left with an ``error`` tag keeps it as ``error.previous``."""
         if status not in _TERMINAL:
             raise ValueError(f"status must be one of {sorted(_TERMINAL)}, got {status!r}")
-        self.sender.close(flush_timeout)
+        self.sender.close(300.0)
         self.set_tags({STATUS_TAG: status})
         if status == STATUS_FINISHED:  # an earlier attempt's error is history, not this run's outcome
             error = self.client.get_run(self.run_id).data.tags.get(ERROR_TAG)

@@ -47,13 +47,13 @@ def test_flow_refuses_clipping():
 def test_clipped_step_is_the_posterior_of_the_clamped_x0_estimate(i):
     """ADM's clip_denoised, written out in float64 numpy: x0c = clamp(x0_hat, -1, 1),
     eps = (x - sqrt(abar_i) x0c) / sqrt(1 - abar_i), mean = coef1 x0c + coef2 x; variance untouched."""
-    from dit_core.diffusion.samplers import _clip_x0, _gaussian_predict
+    from dit_core.diffusion.samplers import _gaussian_predict
 
     d = create_diffusion(DiffusionConfig(learn_sigma=False, num_timesteps=100))
     x = torch.linspace(-3.0, 3.0, 2 * 1 * 4 * 4, dtype=torch.float64).reshape(2, 1, 4, 4)
     # eps_hat = 4 x - 1: its x0 estimate spans far beyond [-1, 1] on both sides
     p = _gaussian_predict(d, lambda x_, t_: 4.0 * x_ - 1.0, x, i)
-    q = _clip_x0(d, p, x, i)
+    q = _gaussian_predict(d, lambda x_, t_: 4.0 * x_ - 1.0, x, i, clip=True)
 
     betas = np.linspace(1e-4 * 10, 0.02 * 10, 100)  # DDPM's linear endpoints scaled by 1000 / T
     abar = np.cumprod(1.0 - betas)

@@ -16,7 +16,7 @@ from dit_core.config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
-    load_yaml_config,
+    read_yaml_config,
 )
 from dit_core.configio import check_keys
 from dit_core.ema import EMA
@@ -92,10 +92,8 @@ def test_each_bound_is_named_with_its_meaning(key, value, message):
 
 
 def test_a_missing_config_file_is_named(tmp_path):
-    from dit_core.config import load_yaml_config
-
     with pytest.raises(ConfigError) as e:
-        load_yaml_config(tmp_path / "nope.yaml")
+        read_yaml_config(tmp_path / "nope.yaml")
     assert (
         str(e.value)
         == f"--config: the file {tmp_path / 'nope.yaml'} does not exist; give a YAML file of fields"
@@ -153,7 +151,7 @@ def test_yaml_config_nested_and_dotted(tmp_path):
     p.write_text(
         "optim:\n  lr: 3e-4\n  schedule: cosine\nbudget.max_steps: 7\ntracking:\n  tags: {team: x}\n"
     )
-    cfg = load_yaml_config(p)
+    cfg = config_from_args(build_parser().parse_args(["--config", str(p)]))
     assert (cfg.optim.lr, cfg.optim.schedule, cfg.budget.max_steps) == (3e-4, "cosine", 7)
     assert cfg.tracking.tags == {"team": "x"}
 
@@ -363,7 +361,7 @@ def test_unknown_keys_name_the_valid_ones_everywhere(tmp_path, capsys):
     y = tmp_path / "c.yaml"
     y.write_text("optim: {lrr: 1.0e-3}\n")
     with pytest.raises(ConfigError, match=r"config file .*c.yaml: optim.lrr: .*valid keys: optim.lr"):
-        load_yaml_config(y)
+        config_from_args(build_parser().parse_args(["--config", str(y)]))
     assert main(["--set", "optim.lrr=1e-3"]) == 2
     err = capsys.readouterr().err
     assert "optim.lrr" in err and "optim.warmup_frac" in err

@@ -167,20 +167,18 @@ def _levels(d: GaussianDiffusion, i: int) -> tuple[float, float]:
     return math.sqrt(abar), math.sqrt(1.0 - abar)
 
 
-def _gaussian_predict(d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, i: int) -> dict[str, torch.Tensor]:
-    """Model evaluation at step i (N, C, H, W) -> p_mean_variance dict (mean, log_variance, pred_x0/eps)."""
-    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-    return d.p_mean_variance(f(x, d.model_timesteps(t)), x, t)
-
-
-def _clip_x0(
-    d: GaussianDiffusion, p: dict[str, torch.Tensor], x: torch.Tensor, i: int
+def _gaussian_predict(
+    d: GaussianDiffusion, f: Denoiser, x: torch.Tensor, i: int, clip: bool = False
 ) -> dict[str, torch.Tensor]:
-    """``p`` with x0_hat clamped to the data range [-1, 1] and eps_hat, the posterior mean made
-    consistent with it (ADM's ``clip_denoised``, for pixel-space models)."""
+    """Model evaluation at step i (N, C, H, W) -> p_mean_variance dict (mean, log_variance, pred_x0/eps).
+    ``clip``: x0_hat clamped to the data range [-1, 1] and eps_hat, the posterior mean made consistent
+    with it (ADM's ``clip_denoised``, for pixel-space models)."""
+    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    p = d.p_mean_variance(f(x, d.model_timesteps(t)), x, t)
+    if not clip:
+        return p
     x0 = p["pred_x0"].clamp(-1.0, 1.0)
     a, s = _levels(d, i)
-    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
     mean, _, _ = d.q_posterior_mean_variance(x0, x, t)
     return {**p, "pred_x0": x0, "pred_eps": (x - a * x0) / s, "mean": mean}
 
@@ -267,9 +265,7 @@ def sample(
         d = diffusion if steps == diffusion.num_timesteps else diffusion.respace(steps)
         x0_prev, h_prev = None, None
         for i in tqdm(range(d.num_timesteps - 1, -1, -1), disable=not progress, desc=sampler):
-            p = _gaussian_predict(d, f, x, i)
-            if clip_denoised:
-                p = _clip_x0(d, p, x, i)
+            p = _gaussian_predict(d, f, x, i, clip_denoised)
             if sampler == "dpmpp_2m":
                 x0 = p["pred_x0"]
                 x, h_prev = dpmpp_2m_step(x, x0, x0_prev, _levels(d, i), _levels(d, i - 1), h_prev)

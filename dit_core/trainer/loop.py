@@ -230,7 +230,7 @@ class Trainer:
             saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}  # fields added since: defaults
             advice = START_OVER if self.forked_from is None else FORK_AS_SAVED
             check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}", advice)
-            self.check_continuable(ckpt)
+            self.check_continuable(ckpt, saved)
         elif resume == "auto" and cfg.tracking.enabled:
             self.check_restartable()
 
@@ -293,9 +293,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def check_continuable(self, ckpt: dict[str, Any]) -> None:
+    def check_continuable(self, ckpt: dict[str, Any], saved: dict[str, Any]) -> None:
         """ConfigError, before any run is touched, when the checkpoint is past the budget or, continued
-        in its own MLflow run (not a fork), belongs to another run than ``tracking.run_id``."""
+        in its own MLflow run (not a fork), belongs to another run than ``tracking.run_id``. ``saved``:
+        the checkpoint's flat config, fields added since at their defaults."""
         step, given = int(ckpt["step"]), self.cfg.tracking.run_id
         if step > self.total:
             raise ConfigError(
@@ -310,7 +311,7 @@ class Trainer:
                 f"MLflow run {own}; drop --run-id (or pass --run-id {own}) to continue that run, or use "
                 f"a new --out to train into run {given}"
             )
-        self.check_eval_protocol(ckpt)
+        self.check_eval_protocol(saved)
         self.check_not_a_copy(ckpt)
         self.check_classes(ckpt)
         if self.cfg.tracking.enabled and given and given == own and self.forked_from is not None:
@@ -357,15 +358,15 @@ class Trainer:
             "new --out; or, to move the run here, delete the old folder first"
         )
 
-    def check_eval_protocol(self, ckpt: dict[str, Any]) -> None:
+    def check_eval_protocol(self, saved: dict[str, Any]) -> None:
         """ConfigError when a run continued in its own MLflow run, with evaluations on, would score
-        them under other `EVAL_PROTOCOL` settings than its params (write-once in MLflow) record: the
-        analysis reads how a run's FIDs were scored from those params."""
+        them under other `EVAL_PROTOCOL` settings than its params (write-once in MLflow, ``saved``:
+        the checkpoint's flat config) record: the analysis reads how a run's FIDs were scored from
+        those params."""
         if not (self.cfg.tracking.enabled and self.cfg.eval.eval_every) or self.forked_from is not None:
             return
         from ..tracking import format_param
 
-        saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}
         old, new = ({k: format_param(flat.get(k)) for k in EVAL_PROTOCOL} for flat in (saved, self.flat))
         if diff := [f"{k}: {old[k]!r} -> {new[k]!r}" for k in EVAL_PROTOCOL if old[k] != new[k]]:
             raise ConfigError(
@@ -404,12 +405,11 @@ class Trainer:
         self.unsent_metrics = loop.get("unsent_metrics", [])
         self.due = list(loop.get("due", []))
         self.run_id = ckpt.get("mlflow_run_id") or None
-        if self.forked_from is not None:  # the other folder's run is left alone, its points too
-            self.parent_run_id, self.run_id, self.unsent_metrics = self.run_id, None, []
         self.resume_notes.append(
             ("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
         )
-        if self.forked_from is not None:
+        if self.forked_from is not None:  # the other folder's run is left alone, its points too
+            self.parent_run_id, self.run_id, self.unsent_metrics = self.run_id, None, []
             self.resume_notes.append(("%s is another run folder's checkpoint: continuing it in a new MLflow "
                                       "run (its own run %s is left as it is)", self.ckpt_path,
                                       self.parent_run_id or "none"))  # fmt: skip
@@ -751,10 +751,9 @@ class Trainer:
             )
 
     def log_interval(self, train_time: float, interval_images: int, progress: Progress) -> None:
+        """Log the mean training loss of the steps since the last log (at least the one just taken)."""
         vec = self.reduced_pending()
         self.pending = []
-        if len(vec) == 0:
-            return
         self.last_loss = float(vec.mean())
         ips = interval_images / train_time if train_time > 0 else 0.0
         lr = float(self.optimizer.param_groups[0]["lr"])  # what the last step used
