@@ -160,7 +160,7 @@ class PeerWatch:
         seen: dict[int, float] = {}
         while not self._stop.wait(WATCH_EVERY_S):
             found, now = failed_peers(self.rank, self.world), time.monotonic()
-            seen |= {rank: seen.get(rank, now) for rank in found}
+            seen = {rank: seen.get(rank, now) for rank in found}
             if not any(now - t >= PEER_GRACE_S for t in seen.values()):
                 continue
             if self._stop.is_set() or not self._claimed.acquire(blocking=False):
