@@ -76,7 +76,14 @@ from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
 from .out_lock import OutFolderBusy, checkpoints_state, out_folder_lock
 from .progress import Progress
-from .ranklog import PeerWatch, peer_failures, publish_failure, warnings_muted, with_peer_failures
+from .ranklog import (
+    PEER_GRACE_S,
+    PeerWatch,
+    peer_failures,
+    publish_failure,
+    warnings_muted,
+    with_peer_failures,
+)
 from .resolve import resolve_config
 from .resume import (
     FORK_AS_SAVED,
@@ -687,7 +694,10 @@ class Trainer:
         """`PeerWatch`'s: ranks ``failed`` ``{rank: error}`` left their errors and did not end; this
         rank, waiting for them in a collective, ends the run (rank 0) before its process exits."""
         ranks = ", ".join(str(rank) for rank in failed)
-        err = PeerStuck(f"rank {ranks} failed and did not end; rank {self.rank} stopped waiting for it")
+        err = PeerStuck(
+            f"rank {ranks} failed and had not ended {PEER_GRACE_S:g} s later; rank {self.rank} stopped "
+            "waiting for it"
+        )
         if not self.main:  # rank 0 logs each with the tag (`with_peer_failures`)
             for rank, error in failed.items():
                 log.error("rank %d failed: %s", rank, error)

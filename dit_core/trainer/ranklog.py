@@ -19,9 +19,11 @@ __all__ = [
     "FAILURE_KEY",
     "PEER_GRACE_S",
     "STORE_TIMEOUT_S",
+    "WAITING_IN",
     "WATCH_EVERY_S",
     "PeerWatch",
     "failed_peers",
+    "main_thread_waits",
     "peer_failures",
     "publish_failure",
     "warnings_muted",
@@ -39,6 +41,9 @@ WATCH_EVERY_S = 0.5
 #: seconds `PeerWatch` gives a rank that left its error to end: its lost connections then stop this
 #: rank's collective, which this rank's own error path handles (2-3 s, measured)
 PEER_GRACE_S = 5.0
+#: where the main thread's innermost Python frame is while it waits for its peers (`main_thread_waits`):
+#: in a collective, or in DDP's backward (its gradients' all-reduce) or forward (its buffers' broadcast)
+WAITING_IN = ("/torch/distributed/", "/torch/autograd/", "/torch/nn/parallel/")
 
 
 @contextlib.contextmanager
@@ -128,14 +133,23 @@ def with_peer_failures(own: str, peers: dict[int, str]) -> str:
     return f"{first}; rank 0 then stopped on {own}"
 
 
+def main_thread_waits() -> bool:
+    """Whether the main thread is in torch's distributed or autograd code (`WAITING_IN`): where it
+    waits for a peer, not busy on its own (an MLflow call, a checkpoint write, data loading)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    where = frame.f_code.co_filename.replace(os.sep, "/") if frame is not None else ""
+    return any(part in where for part in WAITING_IN)
+
+
 class PeerWatch:
     """While a multi-process run trains, a daemon thread that ends this process when another rank
     failed but its process did not end (stuck in a collective, a non-daemon thread): this rank,
     waiting for it in a collective, would otherwise wait for gloo's timeout (30 min; a gloo
     collective cannot be aborted). Every `WATCH_EVERY_S` it looks in the store for an error another
-    rank left (`publish_failure`); one there for `PEER_GRACE_S` while this rank's own error path has
-    not started (`claim`) is handed to ``on_stuck({rank: error})``, which ends the run, and the
-    process then exits with code 1."""
+    rank left (`publish_failure`); one there for `PEER_GRACE_S`, while this rank waits for its peers
+    (`main_thread_waits`: a rank busy on its own, e.g. starting its MLflow run, gets there first) and its
+    own error path has not started (`claim`), is handed to ``on_stuck({rank: error})``, which ends
+    the run, and the process then exits with code 1."""
 
     def __init__(self, rank: int, world: int, on_stuck: Callable[[dict[int, str]], None]) -> None:
         self.rank, self.world, self.on_stuck = rank, world, on_stuck
@@ -161,7 +175,7 @@ class PeerWatch:
         while not self._stop.wait(WATCH_EVERY_S):
             found, now = failed_peers(self.rank, self.world), time.monotonic()
             seen = {rank: seen.get(rank, now) for rank in found}
-            if not any(now - t >= PEER_GRACE_S for t in seen.values()):
+            if not any(now - t >= PEER_GRACE_S for t in seen.values()) or not main_thread_waits():
                 continue
             if self._stop.is_set() or not self._claimed.acquire(blocking=False):
                 return  # this rank is ending the run itself
