@@ -168,11 +168,21 @@ TERMINATED = "error: terminated (SIGTERM) before the metrics were computed; noth
 
 class Terminated(BaseException):
     """SIGTERM to one of several processes: the launcher's, once another rank has exited (or when it
-    was signalled itself)."""
+    was signalled itself). Not raised: `_on_sigterm` ends the process from its handler."""
 
 
-def _terminated(_signum: int, _frame) -> None:
-    raise Terminated
+def _on_sigterm(accelerator):
+    """The SIGTERM handler of a multi-process evaluation until every rank has scored: says why and
+    leaves (`_leave`) at once, wherever the main thread was (another rank that failed, named, exit 1;
+    else the signal itself, after the shutdown). Written straight to the stderr file descriptor (the
+    main thread may be inside a write to ``sys.stderr``)."""
+
+    def handler(_signum: int, _frame) -> None:
+        code, message, _ = _failure(Terminated(), accelerator)
+        os.write(2, (message + "\n").encode())
+        _leave(accelerator, code, together=False)
+
+    return handler
 
 
 def _failure(err: BaseException, accelerator) -> tuple[int, str, bool]:
@@ -213,10 +223,11 @@ def _agree(accelerator, code: int, message: str) -> tuple[int, str, bool]:
     rank = accelerator.process_index
     try:
         outcomes = gather_object([(code, message)])
-    except (Exception, Terminated) as e:  # noqa: BLE001 - a rank that has gone (its Ctrl-C, a crash)
+    except Exception as e:  # noqa: BLE001 - a rank that has gone (its Ctrl-C, a crash)
         return *_failure(e, accelerator)[:2], True
     for other, (their_code, their_message) in enumerate(outcomes):
         if their_code:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # on the way out (`_leave`)
             named = not other or their_message.startswith(f"error: rank {other} ")
             return their_code, their_message + ("" if named else f" (on rank {other})"), rank == 0
     return 0, "", False
@@ -225,9 +236,9 @@ def _agree(accelerator, code: int, message: str) -> tuple[int, str, bool]:
 def _leave(accelerator, code: int, together: bool) -> None:
     """End a multi-process evaluation: wait for the others (``together``: every rank is still here),
     shut the process group down, and exit with ``code`` (a negative one: by that signal), skipping the
-    interpreter's teardown (gloo on CPU can abort or hang there: notes/dependencies.md section 0). The
-    launcher's SIGTERM meanwhile (another rank exited first) ends it with ``code`` too."""
-    if code >= 0:
+    interpreter's teardown (gloo on CPU can abort or hang there: notes/dependencies.md section 0). On
+    an error, the launcher's SIGTERM meanwhile (another rank exited first) ends it with ``code`` too."""
+    if code > 0 and not together:
         signal.signal(signal.SIGTERM, lambda _signum, _frame: os._exit(code))
     if together:
         accelerator.wait_for_everyone()
@@ -262,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
     several = accelerator is not None and accelerator.num_processes > 1
-    if several:  # the launcher's SIGTERM once another rank has exited: named, through `_leave`
-        signal.signal(signal.SIGTERM, _terminated)
+    if several:  # the launcher's SIGTERM once another rank has exited: named
+        signal.signal(signal.SIGTERM, _on_sigterm(accelerator))
     opts = {k: v for k, v in vars(args).items() if k in CheckpointEvalConfig.__dataclass_fields__}
     opts["metrics"] = args.metrics.split(",") if args.metrics else None
     cfg = CheckpointEvalConfig(
@@ -283,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mlflow_run_id:
             _check_run(args.mlflow_run_id)
         prepared = prepare_checkpoint_eval(cfg, accelerator)
-    except (Exception, KeyboardInterrupt, Terminated) as e:
+    except (Exception, KeyboardInterrupt) as e:
         code, message, _ = _failure(e, accelerator)
     if several and code in (0, 1, 2):  # the ranks agree: the same input may be bad on one rank only
         code, message, say = _agree(accelerator, code, message)
@@ -296,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = score_prepared(prepared, cfg, accelerator, spaces)
         step, flat = prepared.step, prepared.flat
-    except (Exception, KeyboardInterrupt, Terminated) as e:  # this rank's own error, or a lost peer's
+    except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
         code, message, peers = _failure(e, accelerator)
         if several and code in (1, 2) and not peers:  # for the others, waiting for this rank in a collective
             publish_failure(accelerator.process_index, f"{type(e).__name__}: {e}")
