@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from ..diffusion.config import SAMPLERS
 from ..tracking import EVAL_PREFIX, FEATURE_SPACE_TAG, feature_space_tag
 from .features import WEIGHTS_ENV
 from .metrics import INCEPTION_METRICS, METRICS, domain_metrics
+
+log = logging.getLogger("dit_core.evaluate")
 
 #: the CLI's exit codes (docs/interfaces.md, "Exit codes"), listed in its --help
 EXIT_CODES = {
@@ -158,11 +161,107 @@ def _check_folders(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, name)}")
 
 
+#: Ctrl-C's message, whenever it comes before the metrics
+INTERRUPTED = "error: interrupted (Ctrl-C) before the metrics were computed; nothing was logged"
+TERMINATED = "error: terminated (SIGTERM) before the metrics were computed; nothing was logged"
+
+
+class Terminated(BaseException):
+    """SIGTERM to one of several processes: the launcher's, once another rank has exited (or when it
+    was signalled itself). Not raised: `_on_sigterm` ends the process from its handler."""
+
+
+def _on_sigterm(accelerator):
+    """The SIGTERM handler of a multi-process evaluation until every rank has scored: says why and
+    leaves (`_leave`) at once, wherever the main thread was (another rank that failed, named, exit 1;
+    else the signal itself, after the shutdown). Written straight to the stderr file descriptor (the
+    main thread may be inside a write to ``sys.stderr``)."""
+
+    def handler(_signum: int, _frame) -> None:
+        code, message, _ = _failure(Terminated(), accelerator)
+        os.write(2, (message + "\n").encode())
+        _leave(accelerator, code, together=False)
+
+    return handler
+
+
+def _failure(err: BaseException, accelerator) -> tuple[int, str, bool]:
+    """(exit code, its one-line message, whether it names another rank's failure) for ``err``, which
+    stopped this process before the metrics. With several processes, a later SIGTERM is ignored from
+    here on (this rank is on its way out), and an error that is not bad input or NaN samples (gloo's
+    lost peer, the launcher's SIGTERM) names first the rank that failed before it (`failed_peers`);
+    else a crash is logged with its traceback (raised, with one process) and a SIGTERM is handed on
+    after the shutdown (code ``-SIGTERM``)."""
+    several = accelerator is not None and accelerator.num_processes > 1
+    if several:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if isinstance(err, KeyboardInterrupt):
+        return 130, INTERRUPTED, False
+    if isinstance(err, (ValueError, FloatingPointError)):  # bad input (2); NaN samples: the model failed (1)
+        return (2 if isinstance(err, ValueError) else 1), f"error: {err}", False
+    if not several:
+        raise err
+    from ..trainer.ranklog import failed_peers
+
+    rank = accelerator.process_index
+    if peers := failed_peers(rank, accelerator.num_processes):
+        log.debug("rank %d stopped on %s", rank, type(err).__name__, exc_info=err)
+        first = "; ".join(f"rank {other} failed: {error}" for other, error in peers.items())
+        return 1, f"error: {first} (rank {rank} stopped with it)", True
+    if isinstance(err, Terminated):
+        return -signal.SIGTERM, TERMINATED, False
+    log.error("rank %d stopped on %s", rank, type(err).__name__, exc_info=err)
+    return 1, f"error: rank {rank} stopped on {type(err).__name__}: {err}", False
+
+
+def _agree(accelerator, code: int, message: str) -> tuple[int, str, bool]:
+    """Every rank's outcome of the checks (a collective): (the first failing rank's code and message,
+    naming that rank unless it is 0; whether this rank says it: rank 0 only). A rank that stopped on
+    Ctrl-C has left: the others' collective fails, and names it if it could."""
+    from accelerate.utils import gather_object
+
+    rank = accelerator.process_index
+    try:
+        outcomes = gather_object([(code, message)])
+    except Exception as e:  # noqa: BLE001 - a rank that has gone (its Ctrl-C, a crash)
+        return *_failure(e, accelerator)[:2], True
+    for other, (their_code, their_message) in enumerate(outcomes):
+        if their_code:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # on the way out (`_leave`)
+            named = not other or their_message.startswith(f"error: rank {other} ")
+            return their_code, their_message + ("" if named else f" (on rank {other})"), rank == 0
+    return 0, "", False
+
+
+def _leave(accelerator, code: int, together: bool) -> None:
+    """End a multi-process evaluation: wait for the others (``together``: every rank is still here),
+    shut the process group down, and exit with ``code`` (a negative one: by that signal), skipping the
+    interpreter's teardown (gloo on CPU can abort or hang there: notes/dependencies.md section 0). On
+    an error, the launcher's SIGTERM meanwhile (another rank exited first) ends it with ``code`` too."""
+    if code > 0 and not together:
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: os._exit(code))
+    if together:
+        accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from ..memory import keep_freed_memory
-    from .checkpoint_eval import CheckpointEvalConfig, check_output_files, evaluate_checkpoint
+    from ..trainer.ranklog import publish_failure
+    from .checkpoint_eval import (
+        CheckpointEvalConfig,
+        check_output_files,
+        prepare_checkpoint_eval,
+        score_prepared,
+    )
     from .sampling import log_metrics
 
     keep_freed_memory()  # sampling reuses its blocks instead of faulting them in (dit_core.memory)
@@ -173,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    several = accelerator is not None and accelerator.num_processes > 1
+    if several:  # the launcher's SIGTERM once another rank has exited: named
+        signal.signal(signal.SIGTERM, _on_sigterm(accelerator))
     opts = {k: v for k, v in vars(args).items() if k in CheckpointEvalConfig.__dataclass_fields__}
     opts["metrics"] = args.metrics.split(",") if args.metrics else None
     cfg = CheckpointEvalConfig(
@@ -183,26 +285,38 @@ def main(argv: list[str] | None = None) -> int:
         progress=sys.stderr.isatty(),
     )
     spaces: dict[str, str] = {}
-    try:
+    code, message, say = 0, "", True
+    try:  # the checks, each process on its own
         _check_folders(args)
         check_output_files(
             {"--output": args.output, "--save-samples": args.save_samples}, [args.checkpoint, args.reference]
         )
         if args.mlflow_run_id:
             _check_run(args.mlflow_run_id)
-        metrics, step, flat = evaluate_checkpoint(cfg, accelerator, spaces)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:  # `NonFiniteSamples`: the model failed, not the arguments
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            "error: interrupted (Ctrl-C) before the metrics were computed; nothing was logged",
-            file=sys.stderr,
-        )
-        return 130
+        prepared = prepare_checkpoint_eval(cfg, accelerator)
+    except (Exception, KeyboardInterrupt) as e:
+        code, message, _ = _failure(e, accelerator)
+    if several and code in (0, 1, 2):  # the ranks agree: the same input may be bad on one rank only
+        code, message, say = _agree(accelerator, code, message)
+    if code:
+        if say:
+            print(message, file=sys.stderr)
+        if several:
+            _leave(accelerator, code, together=False)
+        return code
+    try:
+        metrics = score_prepared(prepared, cfg, accelerator, spaces)
+        step, flat = prepared.step, prepared.flat
+    except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
+        code, message, peers = _failure(e, accelerator)
+        if several and code in (1, 2) and not peers:  # for the others, waiting for this rank in a collective
+            publish_failure(accelerator.process_index, f"{type(e).__name__}: {e}")
+        print(message, file=sys.stderr)
+        if several:
+            _leave(accelerator, code, together=False)
+        return code
+    if several:  # every rank has scored: a SIGTERM now acts as it would without this CLI
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     refused, unwritten = None, False
     if accelerator is None or accelerator.is_main_process:
         if args.mlflow_run_id and spaces:
@@ -234,11 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 MlflowClient().set_tag(args.mlflow_run_id, FEATURE_SPACE_TAG, feature_space_tag(spaces))
     code = 2 if refused or unwritten else 0
     if accelerator is not None:
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # gloo on CPU can abort at interpreter exit (notes/dependencies.md section 0)
+        _leave(accelerator, code, together=True)
     return code
 
 

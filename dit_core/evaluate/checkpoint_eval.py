@@ -19,7 +19,7 @@ from ..trainer.resume import config_changes
 from .features import known_without_logits, no_logits_message, resolve_inception_weights
 from .metrics import METRICS, check_metrics, default_metrics
 from .reference import ReferenceSource, resolve_reference
-from .sampling import evaluate_model
+from .sampling import SampleSettings, evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,24 @@ def check_run_config(run_id: str, saved_flat: Mapping[str, object], checkpoint: 
         )
 
 
-def evaluate_checkpoint(
-    cfg: CheckpointEvalConfig, accelerator=None, feature_spaces: dict[str, str] | None = None
-) -> tuple[dict[str, float], int, dict]:
-    """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder).
+@dataclass
+class PreparedEval:
+    """A checkpoint evaluation with every input checked (`prepare_checkpoint_eval`), ready to sample."""
 
-    feature_spaces: filled with ``{family: extractor name}`` on rank 0 (see `evaluate_samples`)."""
+    model: torch.nn.Module
+    diffusion: object
+    settings: SampleSettings
+    num_samples: int
+    reference: str | ReferenceSource
+    metrics: tuple[str, ...]
+    vae: object | None
+    step: int  # the checkpoint's training step
+    flat: dict  # the checkpoint's flat training config
+
+
+def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> PreparedEval:
+    """Load ``cfg.checkpoint`` (file or run folder) and check every input before any sampling (no
+    collective: each process on its own); ValueError on bad input."""
     from dit_core.checkpoint import load_checkpoint, model_from_checkpoint
 
     device = accelerator.device if accelerator is not None else resolve_device(cfg.device)
@@ -226,10 +238,38 @@ def evaluate_checkpoint(
     check_guidance(settings.cfg_scale, dit)
     check_steps(settings.steps, diffusion.num_timesteps, given=cfg.steps is not None)
     num_samples = cfg.num_samples if cfg.num_samples is not None else tcfg.eval.num_samples
-    result = evaluate_model(
-        model, diffusion, settings, num_samples=num_samples, batch_size=cfg.batch_size,
-        num_classes=dit.num_classes, image_size=dit.input_size, channels=dit.in_channels, reference=source,
-        metrics=metrics, accelerator=accelerator, vae=vae, inception_weights=cfg.inception_weights,
-        save_samples=cfg.save_samples, feature_spaces=feature_spaces, progress=cfg.progress,
+    return PreparedEval(
+        model,
+        diffusion,
+        settings,
+        num_samples,
+        source,
+        tuple(metrics),
+        vae,
+        int(ckpt["step"]),
+        ckpt["config"],
+    )
+
+
+def score_prepared(
+    p: PreparedEval, cfg: CheckpointEvalConfig, accelerator=None, feature_spaces: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Sample ``p``'s model (on every process) and score it (`evaluate_model`)."""
+    dit = p.model.config
+    return evaluate_model(
+        p.model, p.diffusion, p.settings, num_samples=p.num_samples, batch_size=cfg.batch_size,
+        num_classes=dit.num_classes, image_size=dit.input_size, channels=dit.in_channels,
+        reference=p.reference, metrics=p.metrics, accelerator=accelerator, vae=p.vae,
+        inception_weights=cfg.inception_weights, save_samples=cfg.save_samples,
+        feature_spaces=feature_spaces, progress=cfg.progress,
     )  # fmt: skip
-    return result, int(ckpt["step"]), ckpt["config"]
+
+
+def evaluate_checkpoint(
+    cfg: CheckpointEvalConfig, accelerator=None, feature_spaces: dict[str, str] | None = None
+) -> tuple[dict[str, float], int, dict]:
+    """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder).
+
+    feature_spaces: filled with ``{family: extractor name}`` on rank 0 (see `evaluate_samples`)."""
+    prepared = prepare_checkpoint_eval(cfg, accelerator)
+    return score_prepared(prepared, cfg, accelerator, feature_spaces), prepared.step, prepared.flat

@@ -76,7 +76,14 @@ from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
 from .out_lock import OutFolderBusy, checkpoints_state, out_folder_lock
 from .progress import Progress
-from .ranklog import peer_failures, publish_failure, warnings_muted, with_peer_failures
+from .ranklog import (
+    PEER_GRACE_S,
+    PeerWatch,
+    peer_failures,
+    publish_failure,
+    warnings_muted,
+    with_peer_failures,
+)
 from .resolve import resolve_config
 from .resume import (
     FORK_AS_SAVED,
@@ -100,7 +107,14 @@ from .validation import Validator
 
 log = logging.getLogger("dit_core.train")
 
-__all__ = ["FIXED_COST_METRICS", "SIGNAL_SYNC_EVERY", "TrainResult", "Trainer", "make_accelerator"]
+__all__ = [
+    "FIXED_COST_METRICS",
+    "SIGNAL_SYNC_EVERY",
+    "PeerStuck",
+    "TrainResult",
+    "Trainer",
+    "make_accelerator",
+]
 
 #: The ``eval.*`` params from which the analysis reads how a run's FIDs were scored
 #: (`analysis.runs.fid_protocol`): fixed for the life of its MLflow run. (A moved ``eval.reference``
@@ -165,6 +179,10 @@ def _autocast_forward(model: torch.nn.Module, device_type: str, dtype: torch.dty
             return forward(*args, **kwargs).float()
 
     model.forward = autocast_forward
+
+
+class PeerStuck(RuntimeError):
+    """Another rank failed and its process did not end (`dit_core.trainer.ranklog.PeerWatch`)."""
 
 
 class Trainer:
@@ -284,6 +302,7 @@ class Trainer:
         if cfg.data.val_root and cfg.eval.val_every > 0:  # a bad val folder fails now, not at step val_every
             self.validator.data()
         self.tracker = None
+        self.peer_watch: PeerWatch | None = None  # while run() runs on several processes
         #: seconds of this process by phase, logged as ``perf/<key>`` (`FIXED_COST_METRICS`)
         self.seconds = dict.fromkeys(("mlflow_s", "val_s", "eval_s", "train_s"), 0.0)
 
@@ -435,10 +454,13 @@ class Trainer:
         those of the jobs it stopped before their trainer could), checkpointed or, stopped at once
         by a later Ctrl-C, not."""
         with contextlib.ExitStack() as held:
+            if self.world > 1:  # a rank that fails and does not end: this one ends (exit 1), not in 30 min
+                self.peer_watch = held.enter_context(PeerWatch(self.rank, self.world, self.stop_for_peers))
             self.hold_out_folder(held)
             try:
                 return self._run(stop_at_step, progress_bar, signals, local_job)
             finally:
+                self.peer_watch = None
                 if self.main:  # its own checkpoints, for a later run() of this trainer
                     self.ckpt_state = checkpoints_state(self.out)
 
@@ -662,14 +684,35 @@ class Trainer:
         signal meanwhile (the SIGTERM `torchrun` sends every rank once one has died) waits until the run
         is ended (`signals_deferred`). With several processes, another rank leaves its error for rank 0
         (`publish_failure`), which names it first in the tag: rank 0's own is then mostly gloo's lost
-        connection to it."""
+        connection to it. Every rank leaves its error, so that one whose process does not end is
+        not waited for (`PeerWatch`)."""
+        if self.peer_watch is not None:
+            self.peer_watch.claim()  # this thread ends the run, not the watch's
+        self.end_failed_run(err, local_job)
+
+    def stop_for_peers(self, failed: dict[int, str]) -> None:
+        """`PeerWatch`'s: ranks ``failed`` ``{rank: error}`` left their errors and did not end; this
+        rank, waiting for them in a collective, ends the run (rank 0) before its process exits."""
+        ranks = ", ".join(str(rank) for rank in failed)
+        err = PeerStuck(
+            f"rank {ranks} failed and had not ended {PEER_GRACE_S:g} s later; rank {self.rank} stopped "
+            "waiting for it"
+        )
+        if not self.main:  # rank 0 logs each with the tag (`with_peer_failures`)
+            for rank, error in failed.items():
+                log.error("rank %d failed: %s", rank, error)
+        log.error("%s (exit 1)", err)
+        self.end_failed_run(err, local_job=False)
+
+    def end_failed_run(self, err: BaseException, local_job: bool) -> None:
+        """`end_run_on_error`'s work, once this thread has claimed it."""
         if not (self.tracker or self.world > 1):
             return
         with signals_deferred(*PREEMPTION_SIGNALS, during="ending the run"):
             text = f"{type(err).__name__}: {err}"
-            if self.world > 1 and not self.main:
+            if self.world > 1:
                 publish_failure(self.rank, text)
-            elif self.world > 1:
+            if self.world > 1 and self.main:
                 text = with_peer_failures(text, peer_failures(self.world))
             if self.tracker:
                 self.tracker.set_tags({ERROR_TAG: text[:5000]})

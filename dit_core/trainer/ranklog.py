@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 log = logging.getLogger(__name__)
@@ -13,7 +17,13 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DATA_LOGGER",
     "FAILURE_KEY",
+    "PEER_GRACE_S",
     "STORE_TIMEOUT_S",
+    "WAITING_IN",
+    "WATCH_EVERY_S",
+    "PeerWatch",
+    "failed_peers",
+    "main_thread_waits",
     "peer_failures",
     "publish_failure",
     "warnings_muted",
@@ -26,6 +36,14 @@ DATA_LOGGER = "dit_core.data.imagefolder"
 FAILURE_KEY = "ditscale/failed/{rank}"
 #: the most seconds a failing rank waits for the store to take its error (the process ends next)
 STORE_TIMEOUT_S = 10.0
+#: seconds between two looks of `PeerWatch` at the store for an error another rank left
+WATCH_EVERY_S = 0.5
+#: seconds `PeerWatch` gives a rank that left its error to end: its lost connections then stop this
+#: rank's collective, which this rank's own error path handles (2-3 s, measured)
+PEER_GRACE_S = 5.0
+#: where the main thread's innermost Python frame is while it waits for its peers (`main_thread_waits`):
+#: in a collective, or in DDP's backward (its gradients' all-reduce) or forward (its buffers' broadcast)
+WAITING_IN = ("/torch/distributed/", "/torch/autograd/", "/torch/nn/parallel/")
 
 
 @contextlib.contextmanager
@@ -70,6 +88,20 @@ def publish_failure(rank: int, error: str) -> None:
         log.debug("could not leave rank %d's error in the store: %s", rank, e)
 
 
+def failed_peers(rank: int, world: int) -> dict[int, str]:
+    """``{rank: error}`` that ranks other than ``rank`` left with `publish_failure`, left in the store
+    (`peer_failures` takes rank 0's peers' off it)."""
+    store, found = _store(), {}
+    for other in range(world) if store is not None else ():
+        key = FAILURE_KEY.format(rank=other)
+        try:
+            if other != rank and store.check([key]):
+                found[other] = store.get(key).decode(errors="replace")
+        except Exception as e:  # noqa: BLE001 - the store is gone: this rank's collective fails too
+            log.debug("could not read rank %d's error from the store: %s", other, e)
+    return found
+
+
 def peer_failures(world: int) -> dict[int, str]:
     """``{rank: error}`` that other ranks left with `publish_failure` (each taken off the store once
     read); without waiting: a rank that failed left its error before its process ended."""
@@ -99,3 +131,65 @@ def with_peer_failures(own: str, peers: dict[int, str]) -> str:
         return own
     first = "; ".join(f"{error} (on rank {rank})" for rank, error in peers.items())
     return f"{first}; rank 0 then stopped on {own}"
+
+
+def main_thread_waits() -> bool:
+    """Whether the main thread is in torch's distributed or autograd code (`WAITING_IN`): where it
+    waits for a peer, not busy on its own (an MLflow call, a checkpoint write, data loading)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    where = frame.f_code.co_filename.replace(os.sep, "/") if frame is not None else ""
+    return any(part in where for part in WAITING_IN)
+
+
+class PeerWatch:
+    """While a multi-process run trains, a daemon thread that ends this process when another rank
+    failed but its process did not end (stuck in a collective, a non-daemon thread): this rank,
+    waiting for it in a collective, would otherwise wait for gloo's timeout (30 min; a gloo
+    collective cannot be aborted). Every `WATCH_EVERY_S` it looks in the store for an error another
+    rank left (`publish_failure`); one there for `PEER_GRACE_S`, while this rank waits for its peers
+    (`main_thread_waits`: a rank busy on its own, e.g. starting its MLflow run, gets there first) and its
+    own error path has not started (`claim`), is handed to ``on_stuck({rank: error})``, which ends
+    the run, and the process then exits with code 1."""
+
+    def __init__(self, rank: int, world: int, on_stuck: Callable[[dict[int, str]], None]) -> None:
+        self.rank, self.world, self.on_stuck = rank, world, on_stuck
+        self._claimed = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ditscale-peer-watch", daemon=True)
+
+    def __enter__(self) -> PeerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * WATCH_EVERY_S)
+
+    def claim(self) -> None:
+        """This rank's own error path ends the run: the watch stands down. Blocks for good when the
+        watch has claimed it first (it is ending the process)."""
+        self._claimed.acquire()
+
+    def _watch(self) -> None:
+        seen: dict[int, float] = {}
+        while not self._stop.wait(WATCH_EVERY_S):
+            found, now = failed_peers(self.rank, self.world), time.monotonic()
+            seen = {rank: seen.get(rank, now) for rank in found}
+            if not any(now - t >= PEER_GRACE_S for t in seen.values()) or not main_thread_waits():
+                continue
+            if self._stop.is_set() or not self._claimed.acquire(blocking=False):
+                return  # this rank is ending the run itself
+            try:
+                self.on_stuck(found)
+            except Exception as e:  # noqa: BLE001 - the process ends all the same
+                log.error("rank %d could not end its run: %s", self.rank, e, exc_info=True)
+            finally:
+                _exit_now(1)
+
+
+def _exit_now(code: int) -> None:
+    """End this process at once, from any thread (its main thread may be blocked in gloo)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
