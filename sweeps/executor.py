@@ -89,10 +89,7 @@ def parse_sbatch_lines(lines: list[str]) -> dict[str, Any]:
     """``["--qos=high", "#SBATCH --exclusive", "constraint=a100"]`` -> submitit additional_parameters."""
     out: dict[str, Any] = {}
     for raw in lines:
-        line = raw.strip()
-        if line.startswith("#SBATCH"):
-            line = line[len("#SBATCH") :].strip()
-        line = line.lstrip("-")
+        line = raw.strip().removeprefix("#SBATCH").strip().lstrip("-")
         if not line or " " in line.split("=", 1)[0]:
             raise ValueError(f"extra sbatch line {raw!r} is not of the form --key=value or --flag")
         key, sep, value = line.partition("=")
