@@ -148,10 +148,8 @@ def slurm_parameters(spec: ExecutorSpec, job_name: str) -> dict[str, Any]:
     }
     mem = slurm_mem(spec.mem_gb) if spec.mem_gb else None
     optional = {"gpus_per_node": spec.gpus_per_node, "mem": mem, "partition": spec.partition}
-    params |= {k: v for k, v in optional.items() if v}
-    if spec.setup:
-        params["setup"] = list(spec.setup)
-    return params
+    optional["setup"] = list(spec.setup)
+    return params | {k: v for k, v in optional.items() if v}
 
 
 def sbatch_flags(spec: ExecutorSpec, folder: Path, job_name: str, n_jobs: int) -> list[str]:
