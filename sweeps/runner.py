@@ -672,13 +672,11 @@ CANCEL_WAIT_S = 120.0
 KILL_WAIT_S = 10.0
 
 
-def _cancel_jobs(
-    jobs: list[Any], kind: str, wait_s: float = CANCEL_WAIT_S, hurry: Callable[[], bool] = lambda: False
-) -> list[str]:
+def _cancel_jobs(jobs: list[Any], kind: str, hurry: Callable[[], bool]) -> list[str]:
     """Cancel ``jobs``: SLURM's with ``scancel``; local ones as a terminal's Ctrl-C would (SIGINT to
     each process of the job as it appears: submitit's shell, its controller and the trainer, or a warm
     worker's child, once forked; the trainer checkpoints and ends its run KILLED), waiting up to
-    ``wait_s`` for them to end; those still alive then, or as soon as ``hurry()`` (a second Ctrl-C of
+    `CANCEL_WAIT_S` for them to end; those still alive then, or as soon as ``hurry()`` (a second Ctrl-C of
     the user while the launcher waits), are killed (`_kill_jobs`). Returns the ids of the jobs that
     scancel failed on or that did not end."""
     if kind == "debug":  # ran to its end inside `submit`
@@ -692,9 +690,9 @@ def _cancel_jobs(
                 log.error("scancel %s failed: %s", j.job_id, e)
                 left.append(str(j.job_id))
         return left + _until_slurm_ended(
-            [str(j.job_id) for j in jobs if str(j.job_id) not in left], wait_s, hurry
+            [str(j.job_id) for j in jobs if str(j.job_id) not in left], CANCEL_WAIT_S, hurry
         )
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + CANCEL_WAIT_S
     signalled: set[int] = set()  # each process once: a second SIGINT would skip the trainer's checkpoint
     alive = list(jobs)
     while alive and time.monotonic() < deadline:
@@ -711,7 +709,7 @@ def _cancel_jobs(
         alive = [j for j in alive if not j.done()]
     if alive:
         ids = ", ".join(str(j.job_id) for j in alive)
-        log.warning("job(s) %s did not end %.0f s after their Ctrl-C: killing them", ids, wait_s)
+        log.warning("job(s) %s did not end %.0f s after their Ctrl-C: killing them", ids, CANCEL_WAIT_S)
     return _kill_jobs(alive)
 
 
