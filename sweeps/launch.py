@@ -362,11 +362,9 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
     if args.depths:
         head_dim = 64 if args.head_dim is None else args.head_dim
-        for d in args.depths:
-            for w in args.widths:
-                if w % head_dim:
-                    raise ValueError(f"width {w} is not a multiple of --head-dim {head_dim}")
-                shapes.append([d, w, w // head_dim])
+        if odd := [w for w in args.widths if w % head_dim]:
+            raise ValueError(f"width {odd[0]} is not a multiple of --head-dim {head_dim}")
+        shapes += [[d, w, w // head_dim] for d in args.depths for w in args.widths]
     if shapes:
         top["shapes"] = shapes
         if args.grid is None:
