@@ -524,9 +524,7 @@ def show_status(
     print(status_table(list(states.values()), cells))
     counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    for line in _advice(spec, states):
-        print(line)
-    for line in _left_out_lines(spec) if note is None else [note]:
+    for line in _advice(spec, states) + (_left_out_lines(spec) if note is None else [note]):
         print(line)
     return states
 
