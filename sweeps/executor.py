@@ -41,18 +41,15 @@ def slurm_status() -> str:
 
 
 def resolve_executor_kind(name: str) -> str:
-    """``auto`` -> ``slurm`` where a SLURM controller answers, else ``local``; checks SLURM when asked for."""
+    """``auto`` -> ``slurm`` where a SLURM controller answers, else ``local``; checks SLURM when asked for.
+    ``name``: a validated ``executor.name`` (`sweeps.grid.EXECUTORS`)."""
     if name == "auto":
         return "slurm" if not slurm_status() else "local"
-    if name == "slurm":
-        why = slurm_status()
-        if why:
-            raise ValueError(
-                f"SLURM was requested (--executor slurm) but {why}; bring a cluster up "
-                "(`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, or use --executor local"
-            )
-    elif name not in ("local", "debug"):
-        raise ValueError(f"unknown executor {name!r}; choose auto, slurm, local or debug")
+    if name == "slurm" and (why := slurm_status()):
+        raise ValueError(
+            f"SLURM was requested (--executor slurm) but {why}; bring a cluster up "
+            "(`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, or use --executor local"
+        )
     return name
 
 
