@@ -733,9 +733,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         spec, unknown = spec.replace(data={"root": "<data.root>"}), ("data.root",)
     try:
         kind = resolve_executor_kind(spec.executor.name)
-    except ValueError as e:  # a dry run prices a SLURM study where no cluster answers
-        if spec.executor.name != "slurm":
-            raise
+    except ValueError as e:  # SLURM asked for, no cluster answers: a dry run prices the study all the same
         kind = "slurm"
         notes.append(f"{e} (a real launch here refuses; the bill is priced all the same)")
     uri, uri_read = resolve_tracking_uri(spec.tracking_uri), True
