@@ -183,8 +183,7 @@ def check_wait(kind: str, wait: bool) -> None:
 
 def check_output_dir(sdir: Path) -> None:
     """ValueError, creating nothing, where the sweep's folder ``sdir`` cannot be made or written: its
-    nearest existing folder is a file, or is not writable."""
-    sdir = Path(sdir).resolve()
+    nearest existing folder is a file, or is not writable. ``sdir``: absolute (`sweep_dir`)."""
     near = next(p for p in (sdir, *sdir.parents) if p.exists())
     if not near.is_dir():
         raise ValueError(
