@@ -89,8 +89,9 @@ class CpuEstimate:
         order = longest_first(list(self.cells))
         return finish_time([0.0] * self.slots, (work[c.cell_id] / (rate * self.threads) for c in order))
 
-    def _table_and_work(self) -> tuple[str, str]:
-        """The table (each cell's work and minutes on its threads, a range) and the work model's line."""
+    def _bill(self, estimate: str, note: str) -> str:
+        """The table (each cell's work and minutes on its threads, a range), then the ``estimate`` line,
+        the work model's line and the ``note``."""
         lo, hi = min(CPU_RATES) * self.threads, max(CPU_RATES) * self.threads
         minutes = [f"{w / hi / 60:.2g}-{w / lo / 60:.2g}" for w in self.work]
         table = bill_table(
@@ -98,44 +99,32 @@ class CpuEstimate:
             {"work": [f"{w:.3g}" for w in self.work], "min": minutes},
             [f"{sum(self.work):.3g}", ""],
         )
-        return (
-            table,
+        work = (
             f"  work = train + eval FLOPs + {STEP_FLOPS:g} per step + {CELL_FLOPS:g} per cell "
             f"(FLOP-equivalents, sweeps/eta.py), at {min(CPU_RATES):.3g} to {max(CPU_RATES):.3g} per "
-            "second per thread: the default demo's rates on two 2-core hosts (docs/sweeps.md)",
+            "second per thread: the default demo's rates on two 2-core hosts (docs/sweeps.md)"
         )
+        return "\n".join([table, "", estimate, work, note])
 
     def summary(self, cores: int) -> str:
         """The table, the estimate and its inputs; ``cores``: this machine's, as the launcher counts them."""
-        table, work = self._table_and_work()
         fast, slow = (self.wall_s(r) / 60 for r in (max(CPU_RATES), min(CPU_RATES)))
-        return "\n".join(
-            [
-                table,
-                "",
-                f"estimate: {fast:.1f} to {slow:.1f} min wall on this machine's CPU ({cores} cores) for "
-                f"{len(self.cells)} cells, {self.slots} at a time (--parallel), {self.threads} thread"
-                f"{'s' if self.threads > 1 else ''} each, the longest first",
-                work,
-                "  a launch learns this machine's rate from its first finished cells and shows the time "
-                "left; a GPU cluster's bill in GPU-hours: --device H100 (or A100, ...)",
-            ]
+        return self._bill(
+            f"estimate: {fast:.1f} to {slow:.1f} min wall on this machine's CPU ({cores} cores) for "
+            f"{len(self.cells)} cells, {self.slots} at a time (--parallel), {self.threads} thread"
+            f"{'s' if self.threads > 1 else ''} each, the longest first",
+            "  a launch learns this machine's rate from its first finished cells and shows the time "
+            "left; a GPU cluster's bill in GPU-hours: --device H100 (or A100, ...)",
         )
 
     def slurm_summary(self) -> str:
         """A SLURM sweep on CPU nodes (no GPU requested): the table, its CPU core-hours (one core per
         thread), their inputs."""
-        table, work = self._table_and_work()
         lo, hi = (sum(self.work) / r / 3600 for r in (max(CPU_RATES), min(CPU_RATES)))  # threads cancel
-        return "\n".join(
-            [
-                table,
-                "",
-                f"estimate: {lo:.3g} to {hi:.3g} CPU core-hours on SLURM for {len(self.cells)} cells "
-                f"(gpus_per_node 0: no GPU requested), {self.threads} core{'s' if self.threads > 1 else ''}"
-                " each (nodes x tasks_per_node x cpus_per_task)",
-                work,
-                "  min: a cell's wall time on its cores (the rate assumed linear in them); the cluster's "
-                "cores may be faster than these hosts'; in GPU-hours: --device H100 (or A100, ...)",
-            ]
+        return self._bill(
+            f"estimate: {lo:.3g} to {hi:.3g} CPU core-hours on SLURM for {len(self.cells)} cells "
+            f"(gpus_per_node 0: no GPU requested), {self.threads} core{'s' if self.threads > 1 else ''}"
+            " each (nodes x tasks_per_node x cpus_per_task)",
+            "  min: a cell's wall time on its cores (the rate assumed linear in them); the cluster's "
+            "cores may be faster than these hosts'; in GPU-hours: --device H100 (or A100, ...)",
         )

@@ -41,18 +41,15 @@ def slurm_status() -> str:
 
 
 def resolve_executor_kind(name: str) -> str:
-    """``auto`` -> ``slurm`` where a SLURM controller answers, else ``local``; checks SLURM when asked for."""
+    """``auto`` -> ``slurm`` where a SLURM controller answers, else ``local``; checks SLURM when asked for.
+    ``name``: a validated ``executor.name`` (`sweeps.grid.EXECUTORS`)."""
     if name == "auto":
         return "slurm" if not slurm_status() else "local"
-    if name == "slurm":
-        why = slurm_status()
-        if why:
-            raise ValueError(
-                f"SLURM was requested (--executor slurm) but {why}; bring a cluster up "
-                "(`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, or use --executor local"
-            )
-    elif name not in ("local", "debug"):
-        raise ValueError(f"unknown executor {name!r}; choose auto, slurm, local or debug")
+    if name == "slurm" and (why := slurm_status()):
+        raise ValueError(
+            f"SLURM was requested (--executor slurm) but {why}; bring a cluster up "
+            "(`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, or use --executor local"
+        )
     return name
 
 
@@ -89,10 +86,7 @@ def parse_sbatch_lines(lines: list[str]) -> dict[str, Any]:
     """``["--qos=high", "#SBATCH --exclusive", "constraint=a100"]`` -> submitit additional_parameters."""
     out: dict[str, Any] = {}
     for raw in lines:
-        line = raw.strip()
-        if line.startswith("#SBATCH"):
-            line = line[len("#SBATCH") :].strip()
-        line = line.lstrip("-")
+        line = raw.strip().removeprefix("#SBATCH").strip().lstrip("-")
         if not line or " " in line.split("=", 1)[0]:
             raise ValueError(f"extra sbatch line {raw!r} is not of the form --key=value or --flag")
         key, sep, value = line.partition("=")
@@ -151,10 +145,8 @@ def slurm_parameters(spec: ExecutorSpec, job_name: str) -> dict[str, Any]:
     }
     mem = slurm_mem(spec.mem_gb) if spec.mem_gb else None
     optional = {"gpus_per_node": spec.gpus_per_node, "mem": mem, "partition": spec.partition}
-    params |= {k: v for k, v in optional.items() if v}
-    if spec.setup:
-        params["setup"] = list(spec.setup)
-    return params
+    optional["setup"] = list(spec.setup)
+    return params | {k: v for k, v in optional.items() if v}
 
 
 def sbatch_flags(spec: ExecutorSpec, folder: Path, job_name: str, n_jobs: int) -> list[str]:

@@ -484,9 +484,8 @@ def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSp
             data["executor"] = ex = {**ex, key: [ex[key]]}
     for key, cls in (("scale", Scale), ("data", DataSpec), ("executor", ExecutorSpec)):
         if key in data:
-            data[key] = cls(
-                **_typed(cls, check_keys(cls, data[key] or {}, f"{where}: {key}"), f"{where}: {key}")
-            )
+            at = f"{where}: {key}"
+            data[key] = cls(**_typed(cls, check_keys(cls, data[key] or {}, at), at))
     data = _typed(SweepSpec, data, where)
     if "budgets" in data:
         data["budgets"] = [parse_budget(b) for b in data["budgets"]]

@@ -362,11 +362,9 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
     if args.depths:
         head_dim = 64 if args.head_dim is None else args.head_dim
-        for d in args.depths:
-            for w in args.widths:
-                if w % head_dim:
-                    raise ValueError(f"width {w} is not a multiple of --head-dim {head_dim}")
-                shapes.append([d, w, w // head_dim])
+        if odd := [w for w in args.widths if w % head_dim]:
+            raise ValueError(f"width {odd[0]} is not a multiple of --head-dim {head_dim}")
+        shapes += [[d, w, w // head_dim] for d in args.depths for w in args.widths]
     if shapes:
         top["shapes"] = shapes
         if args.grid is None:
@@ -526,9 +524,7 @@ def show_status(
     print(status_table(list(states.values()), cells))
     counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    for line in _advice(spec, states):
-        print(line)
-    for line in _left_out_lines(spec) if note is None else [note]:
+    for line in _advice(spec, states) + (_left_out_lines(spec) if note is None else [note]):
         print(line)
     return states
 
@@ -748,9 +744,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         spec, unknown = spec.replace(data={"root": "<data.root>"}), ("data.root",)
     try:
         kind = resolve_executor_kind(spec.executor.name)
-    except ValueError as e:  # a dry run prices a SLURM study where no cluster answers
-        if spec.executor.name != "slurm":
-            raise
+    except ValueError as e:  # SLURM asked for, no cluster answers: a dry run prices the study all the same
         kind = "slurm"
         notes.append(f"{e} (a real launch here refuses; the bill is priced all the same)")
     uri, uri_read = resolve_tracking_uri(spec.tracking_uri), True

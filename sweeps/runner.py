@@ -183,8 +183,7 @@ def check_wait(kind: str, wait: bool) -> None:
 
 def check_output_dir(sdir: Path) -> None:
     """ValueError, creating nothing, where the sweep's folder ``sdir`` cannot be made or written: its
-    nearest existing folder is a file, or is not writable."""
-    sdir = Path(sdir).resolve()
+    nearest existing folder is a file, or is not writable. ``sdir``: absolute (`sweep_dir`)."""
     near = next(p for p in (sdir, *sdir.parents) if p.exists())
     if not near.is_dir():
         raise ValueError(
@@ -504,7 +503,7 @@ class _Runner:
             gone = self._gone_unseen(live) if kind == "slurm" else set()
             for cid in sorted(live):
                 job = self.jobs[cid]
-                if kind == "debug" or ((cid in gone or self._over(job)) and self._result_due(cid, job)):
+                if kind == "debug" or self._ended(cid, job, gone):
                     live.discard(cid)
                     start = self.result.timings[cid][0]
                     self.result.timings[cid] = (start, time.monotonic() - self.t0)
@@ -529,14 +528,20 @@ class _Runner:
                 "SLURM still lists job(s) %s %.0f s after their results", ", ".join(alive), SLURM_SETTLE_S
             )
 
-    def _over(self, job: Any) -> bool:
-        """``job.done()``, except a SLURM job without a result that the controller still lists: sacct
-        can call a job NODE_FAIL (done, for submitit) before its requeue shows there."""
-        if not job.done():
+    def _ended(self, cid: str, job: Any, gone: set[str]) -> bool:
+        """Whether to collect ``job`` now: once ``job.done()``, or its cell is in ``gone`` (`_gone_unseen`).
+        A SLURM job without a result is not over while the controller still lists it (sacct can call a job
+        NODE_FAIL, done for submitit, before its requeue shows there); then it gets `RESULT_GRACE_S` from
+        when it was first seen over for its result to show (a slow file system), alongside the others:
+        submitit's own wait, in `job.results()`, takes 15 s per job, one after another."""
+        if cid not in gone and not job.done():
             return False
         if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
             return True
-        return not slurm_job_alive(str(job.job_id))
+        if cid not in gone and slurm_job_alive(str(job.job_id)):
+            return False
+        since = self.over_since.setdefault(cid, time.monotonic())
+        return time.monotonic() - since >= RESULT_GRACE_S
 
     def _gone_unseen(self, live: set[str]) -> set[str]:
         """Cells whose SLURM job sacct does not show (state UNKNOWN: accounting down or absent, where
@@ -568,15 +573,6 @@ class _Runner:
         if state in ("UNKNOWN", "PENDING"):
             state = self.queue.get(cid) or "PENDING"
         return "held" if state == "HELD" else "queued" if state in SLURM_PENDING else "running"
-
-    def _result_due(self, cid: str, job: Any) -> bool:
-        """For a job `_over`: whether to collect it now. A SLURM job without a result gets `RESULT_GRACE_S`
-        from when it was first seen over for its result to show (a slow file system), alongside the
-        others: submitit's own wait, in `job.results()`, takes 15 s per job, one after another."""
-        if self.prep.kind != "slurm" or job.paths.result_pickle.exists():
-            return True
-        since = self.over_since.setdefault(cid, time.monotonic())
-        return time.monotonic() - since >= RESULT_GRACE_S
 
     def _interrupted(self, wait_s: float = 10.0) -> None:
         """Ctrl-C while this launcher waits, which stops its local jobs too: record each live local
@@ -612,7 +608,7 @@ class _Runner:
 
     def _collect(self, cid: str, job: Any) -> None:
         try:
-            if self.prep.kind == "slurm" and not job.paths.result_pickle.exists():  # `_over` waited for it
+            if self.prep.kind == "slurm" and not job.paths.result_pickle.exists():  # `_ended` waited for it
                 raise RuntimeError(_no_result(job))
             self.result.results[cid] = job.results()[0]  # rank 0's result when a cell has several tasks
         except Exception as e:  # a failed cell is reported, the sweep goes on
@@ -675,13 +671,11 @@ CANCEL_WAIT_S = 120.0
 KILL_WAIT_S = 10.0
 
 
-def _cancel_jobs(
-    jobs: list[Any], kind: str, wait_s: float = CANCEL_WAIT_S, hurry: Callable[[], bool] = lambda: False
-) -> list[str]:
+def _cancel_jobs(jobs: list[Any], kind: str, hurry: Callable[[], bool]) -> list[str]:
     """Cancel ``jobs``: SLURM's with ``scancel``; local ones as a terminal's Ctrl-C would (SIGINT to
     each process of the job as it appears: submitit's shell, its controller and the trainer, or a warm
     worker's child, once forked; the trainer checkpoints and ends its run KILLED), waiting up to
-    ``wait_s`` for them to end; those still alive then, or as soon as ``hurry()`` (a second Ctrl-C of
+    `CANCEL_WAIT_S` for them to end; those still alive then, or as soon as ``hurry()`` (a second Ctrl-C of
     the user while the launcher waits), are killed (`_kill_jobs`). Returns the ids of the jobs that
     scancel failed on or that did not end."""
     if kind == "debug":  # ran to its end inside `submit`
@@ -695,9 +689,9 @@ def _cancel_jobs(
                 log.error("scancel %s failed: %s", j.job_id, e)
                 left.append(str(j.job_id))
         return left + _until_slurm_ended(
-            [str(j.job_id) for j in jobs if str(j.job_id) not in left], wait_s, hurry
+            [str(j.job_id) for j in jobs if str(j.job_id) not in left], CANCEL_WAIT_S, hurry
         )
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + CANCEL_WAIT_S
     signalled: set[int] = set()  # each process once: a second SIGINT would skip the trainer's checkpoint
     alive = list(jobs)
     while alive and time.monotonic() < deadline:
@@ -714,7 +708,7 @@ def _cancel_jobs(
         alive = [j for j in alive if not j.done()]
     if alive:
         ids = ", ".join(str(j.job_id) for j in alive)
-        log.warning("job(s) %s did not end %.0f s after their Ctrl-C: killing them", ids, wait_s)
+        log.warning("job(s) %s did not end %.0f s after their Ctrl-C: killing them", ids, CANCEL_WAIT_S)
     return _kill_jobs(alive)
 
 

@@ -59,29 +59,27 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
             "use the sweep's own options instead (--grid/--shapes/--patch for the model, --budgets and "
             "--batch-size for the budget, data: in the YAML, --experiment/--tracking-uri/--output-dir)"
         )
-    out: dict[str, Any] = dict(spec.train)
-    out.update(
-        {
-            "model.name": None,
-            "model.depth": cell.model.depth,
-            "model.hidden_size": cell.model.hidden_size,
-            "model.num_heads": cell.model.num_heads,
-            "model.patch_size": cell.patch_size,
-            "model.input_size": spec.data.input_size,
-            "model.in_channels": spec.data.in_channels,
-            "model.num_classes": spec.data.num_classes,
-            "data.name": spec.data.name,
-            "budget.global_batch_size": cell.batch_size,
-            "budget.max_steps": cell.steps,
-            "budget.train_flops": cell.budget,
-            "out": str(run_dir),
-            "tracking.uri": tracking_uri,
-            "tracking.experiment": spec.experiment,
-            "tracking.sweep": spec.name,
-            "tracking.grid_cell": cell.cell_id,
-            "tracking.run_name": cell.cell_id,
-        }
-    )
+    out: dict[str, Any] = {
+        **spec.train,
+        "model.name": None,
+        "model.depth": cell.model.depth,
+        "model.hidden_size": cell.model.hidden_size,
+        "model.num_heads": cell.model.num_heads,
+        "model.patch_size": cell.patch_size,
+        "model.input_size": spec.data.input_size,
+        "model.in_channels": spec.data.in_channels,
+        "model.num_classes": spec.data.num_classes,
+        "data.name": spec.data.name,
+        "budget.global_batch_size": cell.batch_size,
+        "budget.max_steps": cell.steps,
+        "budget.train_flops": cell.budget,
+        "out": str(run_dir),
+        "tracking.uri": tracking_uri,
+        "tracking.experiment": spec.experiment,
+        "tracking.sweep": spec.name,
+        "tracking.grid_cell": cell.cell_id,
+        "tracking.run_name": cell.cell_id,
+    }
     if cell.seed:  # seed 0 is the trainer's default: its cells' settings stay as before seeds existed
         out["seed"] = cell.seed
     if cell.lr is not None:  # the lrs axis replaces the train section's optim.lr

@@ -579,8 +579,9 @@ def test_a_cell_folder_and_its_run_must_belong_together(tmp_path):
 def test_a_slurm_job_sacct_calls_done_is_waited_for_while_squeue_still_lists_it(
     tmp_path, monkeypatch, kind, done, result, queue, over
 ):
-    """The launcher's wait loop (`sweeps.runner._Runner._over`): after a node failure sacct can report
-    the job NODE_FAIL, which submitit's ``done()`` takes for over, while slurmctld has requeued it."""
+    """The launcher's wait loop (`sweeps.runner._Runner._ended`, its result's grace 0 here): after a node
+    failure sacct can report the job NODE_FAIL, which submitit's ``done()`` takes for over, while
+    slurmctld has requeued it."""
     from types import SimpleNamespace
 
     from sweeps import executor
@@ -588,10 +589,12 @@ def test_a_slurm_job_sacct_calls_done_is_waited_for_while_squeue_still_lists_it(
 
     asked: list[list[str]] = []
     monkeypatch.setattr(executor, "squeue_states", lambda ids: asked.append(ids) or queue)
+    monkeypatch.setattr("sweeps.runner.RESULT_GRACE_S", 0.0)
     pickle = tmp_path / "7_0_result.pkl"
     if result:
         pickle.write_bytes(b"")
     job = SimpleNamespace(done=lambda: done, job_id="7", paths=SimpleNamespace(result_pickle=pickle))
-    runner = SimpleNamespace(prep=SimpleNamespace(kind=kind))
-    assert _Runner._over(runner, job) is over
+    runner = SimpleNamespace(prep=SimpleNamespace(kind=kind), over_since={})
+    assert _Runner._ended(runner, "c", job, set()) is over
     assert bool(asked) == (kind == "slurm" and done and not result)
+    assert _Runner._ended(runner, "c", job, {"c"})  # `_gone_unseen` found it over: collected
