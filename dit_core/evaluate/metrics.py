@@ -75,7 +75,7 @@ def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def knn_radii(feats: np.ndarray, k: int = 3, block: int = 4096) -> np.ndarray:
     """Squared distance of each row of ``feats`` (N, D) to its k-th nearest other row: (N,)."""
-    x = torch.as_tensor(np.asarray(feats, np.float64))
+    x = torch.as_tensor(np.ascontiguousarray(feats, np.float64))  # a reversed view has negative strides
     if not 1 <= k < x.shape[0]:
         raise ValueError(f"k={k} needs at least k+1={k + 1} points, got {x.shape[0]}")
     out = []
@@ -87,8 +87,8 @@ def knn_radii(feats: np.ndarray, k: int = 3, block: int = 4096) -> np.ndarray:
 
 def _coverage(query: np.ndarray, manifold: np.ndarray, radii: np.ndarray, block: int) -> float:
     """Fraction of ``query`` rows inside some ball (manifold_j, radii_j)."""
-    q = torch.as_tensor(np.asarray(query, np.float64))
-    m = torch.as_tensor(np.asarray(manifold, np.float64))
+    q = torch.as_tensor(np.ascontiguousarray(query, np.float64))
+    m = torch.as_tensor(np.ascontiguousarray(manifold, np.float64))
     r = torch.as_tensor(radii)
     inside = [(_sq_dists(q[i : i + block], m) <= r[None, :]).any(dim=1) for i in range(0, len(q), block)]
     return float(torch.cat(inside).double().mean())
