@@ -1,4 +1,4 @@
-"""Session 42's new-user pass over the CLIs (docs/_s42_newuser.md): an --out that cannot be made, a
+"""Session 42's new-user pass over the CLIs (docs/testing.md, "Session 42"): an --out that cannot be made, a
 list holding one bad item, the launcher's `next:` line for a sweep of short cells, fit_scaling's --help,
 and the trainer's --print-config into a closed pipe. Each test failed on the code before its fix."""
 
