@@ -110,9 +110,13 @@ def assert_same_tensors(a, b, where: str) -> None:
 
 
 def run_main(capsys, main, argv: list[str]) -> tuple[int, str]:
-    """A CLI's ``main(argv)`` in this process, on one thread: (exit code, its stderr)."""
+    """A CLI's ``main(argv)`` in this process, on one thread: (exit code, its stderr); an argparse
+    ``SystemExit`` gives its code."""
     with one_thread():
-        code = main(argv)
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
     return code, capsys.readouterr().err
 
 

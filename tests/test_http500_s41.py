@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_helpers import run_main
 
 from analysis import fit_scaling
 from dit_core.tracking import check_tracking_server
@@ -86,14 +87,6 @@ def scratch(tmp_path, monkeypatch):
     return work
 
 
-def _run(main, argv, capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 COMMANDS = {
     "launch": (launch.main, ["--executor", "debug", "--grid", "S", "--patch", "8", "--budgets", "1e12"]),
     "train": (train_cli.main, ["--model", "DiT-S/8", "--max-steps", "2"]),
@@ -105,7 +98,7 @@ COMMANDS = {
 @pytest.mark.parametrize("cli", list(COMMANDS))
 def test_a_failing_server_is_refused_at_once_with_exit_2(broken, scratch, capsys, cli):
     main, argv = COMMANDS[cli]
-    code, err = _run(main, ["--tracking-uri", broken.url, *argv], capsys)
+    code, err = run_main(capsys, main, ["--tracking-uri", broken.url, *argv])
     assert code == 2, err
     want = f"error: MLflow tracking server {broken.url} answers HTTP 500"
     assert err.startswith(want), err
@@ -174,7 +167,7 @@ def test_a_store_that_mlflow_answers_400_is_refused_without_a_traceback(scratch,
     )
     try:
         main, argv = COMMANDS[cli]
-        code, err = _run(main, ["--tracking-uri", server.url, *argv], capsys)
+        code, err = run_main(capsys, main, ["--tracking-uri", server.url, *argv])
         assert code == 2, err
         assert err == (
             f"error: MLflow tracking server {server.url} answers HTTP 400 ({DAMAGED}): the server is up but "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_helpers import run_main
 from conftest import start_mlflow_server, stop_mlflow_server
 from mlflow.utils import credentials, rest_utils  # noqa: F401 - the store probe imports them: not timed
 
@@ -167,20 +168,12 @@ SAYS = {
 }
 
 
-def _run(main, argv, capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("cli", list(COMMANDS))
 def test_the_commands_refuse_a_slow_server_with_exit_2_in_one_timeout(slow, scratch, capsys, cli):
     main, argv = COMMANDS[cli]
     t0 = time.monotonic()
-    code, err = _run(main, ["--tracking-uri", slow.url, *argv], capsys)
+    code, err = run_main(capsys, main, ["--tracking-uri", slow.url, *argv])
     took = time.monotonic() - t0
     assert code == 2, err
     assert err.startswith(f"error: MLflow tracking server {slow.url} "), err
@@ -216,7 +209,7 @@ def test_a_real_sqlite_server_whose_database_another_process_locks(tmp_path, scr
             msg, took = _timed_check(url, 1.0)
             assert "is up (/health answered) but its store did not answer within 1 s" in msg, msg
             assert 1.0 <= took < 2.0, took
-            code, err = _run(train_cli.main, ["--tracking-uri", url, "--model", "DiT-S/8"], capsys)
+            code, err = run_main(capsys, train_cli.main, ["--tracking-uri", url, "--model", "DiT-S/8"])
             assert code == 2 and "its store did not answer within 0.5 s" in err, err
             assert sorted(p.name for p in Path.cwd().iterdir()) == []
         finally:
