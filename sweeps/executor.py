@@ -207,8 +207,7 @@ def job_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     """``{cell: "pending" | "held" | "running" | "unknown"}`` for cells whose job (of another launcher) is
     alive, or, "unknown", may be (SLURM did not answer); absent: over. Local jobs by the cell's lock
     (`sweeps.lock`: a rebuilt submitit `LocalJob` cannot tell), SLURM jobs by one batched ``sacct``,
-    then ``squeue`` where it says UNKNOWN, PENDING (held or not) or over (a cancelled job's processes may
-    still run: COMPLETING); debug jobs never."""
+    and ``squeue``, whose answer decides (sacct's only where squeue gives none); debug jobs never."""
     out = {c: "running" for c, r in refs.items() if r.executor == "local" and cell_lock_held(r.run_dir)}
     slurm = {c: r for c, r in refs.items() if r.executor == "slurm"}
     if slurm:
@@ -220,17 +219,19 @@ def _slurm_liveness(refs: dict[str, JobRef]) -> dict[str, str]:
     jobs = {cid: submitit.SlurmJob(folder=r.folder or ".", job_id=r.job_id) for cid, r in refs.items()}
     submitit.SlurmJob.watcher.update()  # one sacct call for every registered job
     states = {c: slurm_state(j, mode="cache") for c, j in jobs.items()}
-    # squeue decides where sacct says PENDING (held?), UNKNOWN (over, unseen by sacct?), or over: sacct
-    # calls a cancelled job CANCELLED at once, while squeue lists it COMPLETING until its processes exit
-    ask = [c for c, s in states.items() if s in ("UNKNOWN", "PENDING") or s not in SLURM_ALIVE]
+    # squeue (the controller) decides every job it answers about: sacct, which the accounting daemon
+    # writes after the controller, can still say RUNNING for a job just over (a relaunch then skipped
+    # its failed cell as running), calls a cancelled job CANCELLED while squeue lists it COMPLETING (its
+    # processes still run), says PENDING for a held job and UNKNOWN for one it has not seen
     lost: list[str] = []
     try:
-        queue = squeue_states([refs[c].job_id for c in ask])
-    except SlurmUnreachable as e:  # neither sacct nor squeue answered: not a job found over
-        queue, lost = {}, sorted(c for c in ask if states[c] == "UNKNOWN")
+        queue = squeue_states([r.job_id for r in refs.values()])
+    except SlurmUnreachable as e:  # squeue silent: sacct's word stands, and UNKNOWN is not over
+        lost = sorted(c for c, s in states.items() if s == "UNKNOWN")
         if lost:
             log.warning("%s; cells %s: job state unknown", e, ", ".join(lost))
-    states.update({c: queue[refs[c].job_id] for c in ask if refs[c].job_id in queue})
+    else:
+        states = {c: queue.get(refs[c].job_id, "OVER") for c in states}  # not listed: over
     word = {"HELD": "held", **dict.fromkeys(SLURM_PENDING, "pending")}
     out = {c: word.get(s, "running") for c, s in states.items() if s in SLURM_ALIVE}
     return out | dict.fromkeys(lost, "unknown")

@@ -200,6 +200,7 @@ SLURM_FILES = (
     "tests/test_slurm_s40.py",
     "tests/test_slurm2_s40.py",
     "tests/test_srun41_s41.py",
+    "tests/test_sacct_s42.py",
 )
 #: Scopes sent to the workers first: the longest, so that both workers end at about the same time.
 FIRST = ("slurm", "tests/test_e2e.py", "tests/test_sweeps_local.py", "tests/test_sweeps_warm.py")

@@ -194,7 +194,7 @@ def test_evaluate_ctrl_c_exits_130(run, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dit_core.evaluate.checkpoint_eval.evaluate_checkpoint", interrupted)
+    monkeypatch.setattr("dit_core.evaluate.checkpoint_eval.score_prepared", interrupted)  # while sampling
     code, err = _evaluate(capsys, "--checkpoint", str(run))
     assert code == 130 and err.startswith("error: interrupted (Ctrl-C)"), err
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,11 +71,18 @@ def _launch(cmd: list[str], fault: str, limit_s: float) -> tuple[int | None, flo
             if fault in line:
                 break
         t0 = time.monotonic()
+        # the rest through the same text stream: `communicate` reads the pipe's descriptor and loses the
+        # lines this stream had already read ahead (rank 1's own error, seen missing once in CI)
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.append(proc.stderr.read()), daemon=True)
+        reader.start()
         try:
-            _, rest = proc.communicate(timeout=limit_s)
-            return proc.returncode, time.monotonic() - t0, "".join(lines) + rest
+            proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             return None, time.monotonic() - t0, "".join(lines)
+        took = time.monotonic() - t0
+        reader.join(timeout=30)
+        return proc.returncode, took, "".join(lines + rest)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
