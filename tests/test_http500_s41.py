@@ -77,14 +77,19 @@ def broken(request):
     server.close()
 
 
-@pytest.fixture
-def scratch(tmp_path, monkeypatch):
+def scratch_dir(tmp_path, monkeypatch):
+    """A fresh working folder, no ``MLFLOW_TRACKING_URI``, CPU only (also test_srvchk_s42's)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     return work
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    return scratch_dir(tmp_path, monkeypatch)
 
 
 COMMANDS = {

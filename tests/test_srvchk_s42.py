@@ -16,16 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from _train_helpers import run_main
 from conftest import start_mlflow_server, stop_mlflow_server
 from mlflow.utils import credentials, rest_utils  # noqa: F401 - the store probe imports them: not timed
+from test_http500_s41 import COMMANDS, scratch_dir
 
-from analysis import fit_scaling
 from dit_core import tracking
 from dit_core.tracking import check_tracking_server
 from dit_core.trainer import cli as train_cli
-from sweeps import launch
 
 T = 0.5  # the commands' check timeout here (s)
 T1 = 1.0  # the direct checks' timeout: a timing bound with a second of slack on a busy machine
@@ -148,20 +146,10 @@ def test_a_connect_that_times_out_is_still_called_unreachable():
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(tracking, "CHECK_TIMEOUT_S", T)
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
+    return scratch_dir(tmp_path, monkeypatch)
 
 
-COMMANDS = {
-    "launch": (launch.main, ["--executor", "debug", "--grid", "S", "--patch", "8", "--budgets", "1e12"]),
-    "train": (train_cli.main, ["--model", "DiT-S/8", "--max-steps", "2"]),
-    "fit_scaling": (fit_scaling.main, ["--experiment", "nosuch", "--out", "report"]),
-}
 SAYS = {
     "hung": "did not answer within 0.5 s (GET /health)",
     "store_hung": "its store did not answer within 0.5 s",
