@@ -688,6 +688,7 @@ class Trainer:
         not waited for (`PeerWatch`)."""
         if self.peer_watch is not None:
             self.peer_watch.claim()  # this thread ends the run, not the watch's
+            self.peer_watch.stop()  # and writes to the store alone
         self.end_failed_run(err, local_job)
 
     def stop_for_peers(self, failed: dict[int, str]) -> None:

@@ -162,8 +162,15 @@ class PeerWatch:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End the watch and wait (up to 2 looks) until its thread no longer reads the store: one
+        process group store client, used from two threads at once, left a failing rank's own write
+        waiting 10 s for its answer (CI, session 42)."""
         self._stop.set()
-        self._thread.join(timeout=2 * WATCH_EVERY_S)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2 * WATCH_EVERY_S)
 
     def claim(self) -> None:
         """This rank's own error path ends the run: the watch stands down. Blocks for good when the
