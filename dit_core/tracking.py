@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -599,32 +600,50 @@ def check_sqlite_store(uri: str, *, missing: str | None = None) -> None:
 
 
 def _check_creatable(path: Path) -> None:
-    """ValueError when a new store cannot be made at ``path``: the nearest folder on its path that
-    exists (MLflow makes the rest) is not writable (another user's, a read-only mount)."""
+    """ValueError when a new store cannot be made at ``path``: the nearest thing on its path that exists
+    (MLflow makes the folders after it) is a file, not a folder (MLflow: a FileExistsError traceback), is
+    not writable (another user's, a read-only mount), or refuses a new file all the same (/proc or /sys
+    for root, whom the permission bits let write; a full disk): MLflow would retry opening the database
+    for ~100 s, then fail. The last is tried with a nameless file (``O_TMPFILE``), gone when closed."""
+    import tempfile
+
     folder = next((p for p in path.parents if p.exists()), None)
-    if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{path}: no MLflow store can be made there, {folder} is not writable; give a store in a folder "
-            "you can write to, e.g. --tracking-uri sqlite:///path/to/mlflow.db"
-        )
+    if folder is None:
+        return
+    if not folder.is_dir():
+        why = f"{folder} is a file, not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        why = f"{folder} is not writable"
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                return
+        except OSError as e:
+            why = f"{folder} cannot hold files ({e.strerror or e})"
+    raise ValueError(
+        f"{path}: no MLflow store can be made there, {why}; give a store in a folder you can write to, e.g. "
+        "--tracking-uri sqlite:///path/to/mlflow.db"
+    )
 
 
-#: Seconds the check of a tracking server waits for each of its two requests (`check_tracking_server`).
+#: Seconds a tracking server's check may take in all, its two requests together (`check_tracking_server`).
 CHECK_TIMEOUT_S = 5.0
+#: Seconds past that deadline the check waits for its requests to report a timeout of their own, which tells
+#: a connect that timed out ("unreachable") from a server that does not answer; then it stops waiting.
+_CHECK_GRACE_S = 0.5
 
 
 def check_tracking_server(uri: str | None, hint: str, timeout_s: float | None = None) -> None:
     """Raise ValueError, before anything is created, when ``uri`` is not a store of
     `TRACKING_SCHEMES` (an unknown scheme; a plain folder: MLflow's file store is in maintenance
     mode), a ``sqlite:///FILE`` that `check_sqlite_store` refuses (a CSV, another program's
-    database), an http(s) MLflow server that does not answer its ``/health`` probe (``hint`` says how
-    to fix that; one that accepts but does not answer in ``timeout_s`` is refused then, unprobed), or
-    one that answers a 5xx to it or to `STORE_PROBE`, a 400 to the probe, or nothing to the probe in
-    ``timeout_s`` (up, but its store fails or is locked). MLflow would retry a 5xx for minutes.
-    Unset = MLflow's default store; ``timeout_s`` None = `CHECK_TIMEOUT_S`."""
-    import urllib.error
-    import urllib.request
-
+    database, a folder that cannot hold one), an http(s) MLflow server that does not answer its
+    ``/health`` probe (``hint`` says how to fix that; one that accepts but does not answer in time is
+    refused then, unprobed), or one that answers a 5xx to it or to `STORE_PROBE`, a 400 to the probe,
+    or nothing to the probe in time (up, but its store fails or is locked). MLflow would retry a 5xx
+    for minutes. The two requests share one deadline, ``timeout_s`` from the first (None =
+    `CHECK_TIMEOUT_S`): a server that trickles its answer a byte at a time is refused by it too.
+    Unset = MLflow's default store."""
     timeout_s = CHECK_TIMEOUT_S if timeout_s is None else timeout_s
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if uri and uri.split(":", 1)[0].split("+")[0] not in TRACKING_SCHEMES:
@@ -636,23 +655,7 @@ def check_tracking_server(uri: str | None, hint: str, timeout_s: float | None = 
     if not uri.startswith(("http://", "https://")):
         check_sqlite_store(uri)
         return
-    detail = ""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-            status, why = r.status, f"HTTP {r.status}"
-    except urllib.error.HTTPError as e:
-        status, why = e.code, str(e.reason)
-    except (urllib.error.URLError, OSError) as e:
-        if _answer_timed_out(e):
-            raise ValueError(
-                f"MLflow tracking server {uri} did not answer within {timeout_s:g} s (GET /health): it "
-                f"accepts connections but sends nothing back (stuck, stopped or overloaded?); {hint}"
-            ) from None
-        status, why = 0, str(getattr(e, "reason", e))
-    if status == 200:
-        status, detail = _store_probe(uri, hint, timeout_s)
-    elif status < 500:
-        raise ValueError(f"MLflow tracking server {uri} is unreachable ({why}); {hint}")
+    status, detail = _ServerCheck.start(uri, hint, timeout_s).result()
     if status >= 500 or status == BAD_STORE:
         raise ValueError(
             f"MLflow tracking server {uri} answers HTTP {status}{detail}: the server is up but its store "
@@ -668,33 +671,117 @@ STORE_PROBE = "/api/2.0/mlflow/experiments/search"
 BAD_STORE = 400
 
 
-def _store_probe(uri: str, hint: str, timeout_s: float) -> tuple[int, str]:
-    """(HTTP status, `` (the server's message)`` or "") of one `STORE_PROBE` read, sent once with
-    MLflow's credentials (``MLFLOW_TRACKING_*``) and no retries: MLflow's own take minutes on a 5xx.
-    Only this probe skips them; a run's requests keep them, to ride out a server's restart."""
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
+@dataclasses.dataclass
+class _ServerCheck:
+    """One check of an MLflow server: ``/health``, then `STORE_PROBE`, made by a thread of its own that
+    the caller waits for until ``deadline`` (`time.monotonic`) and `_CHECK_GRACE_S`. Each request's
+    socket timeout is the time left, but it bounds each read, not the answer: a server that trickles
+    bytes would hold the thread for ever, so the caller leaves it then (a daemon thread, reading until
+    the server lets go of it)."""
 
-    try:
-        r = http_request(
-            get_default_host_creds(uri), STORE_PROBE, "GET", max_retries=0, timeout=timeout_s,
-            raise_on_status=False, params={"max_results": 1},
-        )  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - the connection failed: MLflow's error says why
-        if _answer_timed_out(e):  # /health answered: the server is up, its database is not
-            raise ValueError(
-                f"MLflow tracking server {uri} is up (/health answered) but its store did not answer within "
-                f"{timeout_s:g} s (GET {STORE_PROBE}): its database is locked, overloaded or down; see the "
-                "server's log, end what holds the database (e.g. another process writing an sqlite file) "
-                "or fix it, or restart the server, then run this again"
-            ) from None
-        raise ValueError(f"MLflow tracking server {uri} is unreachable ({e}); {hint}") from None
-    try:
-        body = r.json()
-    except ValueError:  # not JSON, e.g. a proxy's HTML page
-        body = None
-    message = str(body.get("message", "")).strip() if isinstance(body, dict) else ""
-    return r.status_code, f" ({message.splitlines()[0][:300]})" if message else ""  # one line
+    uri: str
+    hint: str
+    timeout_s: float
+    deadline: float
+    #: The request in progress: "/health" or `STORE_PROBE`.
+    asking: str = "/health"
+    #: (HTTP status, `` (the server's message)`` or "") to judge, or the error to raise; None while asking.
+    outcome: tuple[int, str] | Exception | None = None
+    thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, uri: str, hint: str, timeout_s: float) -> _ServerCheck:
+        # imported before the clock starts: a cold import takes seconds on a busy machine
+        import urllib.request  # noqa: F401
+
+        import mlflow.tracking.request_header.registry  # noqa: F401 - the probe's headers
+        import requests  # noqa: F401
+        from mlflow.utils import credentials, rest_utils  # noqa: F401
+
+        check = cls(uri, hint, timeout_s, time.monotonic() + timeout_s)
+        check.thread = threading.Thread(target=check._run, name="mlflow-server-check", daemon=True)
+        check.thread.start()
+        return check
+
+    def result(self) -> tuple[int, str]:
+        """Wait for the check; (status, detail) of the last answer, or the ValueError saying what is wrong."""
+        self.thread.join(max(self.deadline - time.monotonic(), 0.0) + _CHECK_GRACE_S)
+        if self.thread.is_alive():  # each read came in time, the answer did not
+            raise self.late()
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+    def late(self) -> ValueError:
+        """The error for a request that got no whole answer by the deadline."""
+        if self.asking == "/health":
+            return ValueError(
+                f"MLflow tracking server {self.uri} did not answer within {self.timeout_s:g} s (GET "
+                "/health): it accepts connections but sends no answer, or only part of one (stuck, stopped "
+                f"or overloaded?); {self.hint}"
+            )
+        return ValueError(
+            f"MLflow tracking server {self.uri} is up (/health answered) but its store did not answer within "
+            f"{self.timeout_s:g} s (GET {STORE_PROBE}): its database is locked, overloaded or down; see the "
+            "server's log, end what holds the database (e.g. another process writing an sqlite file) or "
+            "fix it, or restart the server, then run this again"
+        )
+
+    def _left(self) -> float:
+        """Seconds to the deadline; `late` when none are left."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.late()
+        return left
+
+    def _run(self) -> None:
+        try:
+            self.outcome = self._ask()
+        except Exception as e:  # noqa: BLE001 - raised in the caller's thread by `result`
+            self.outcome = e
+
+    def _ask(self) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=self._left()) as r:
+                status, why = r.status, f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            status, why = e.code, str(e.reason)
+        except (urllib.error.URLError, OSError) as e:
+            if _answer_timed_out(e):
+                raise self.late() from None
+            status, why = 0, str(getattr(e, "reason", e))
+        if status != 200:
+            if status < 500:
+                raise ValueError(f"MLflow tracking server {self.uri} is unreachable ({why}); {self.hint}")
+            return status, ""
+        self.asking = STORE_PROBE
+        return self._store_probe()
+
+    def _store_probe(self) -> tuple[int, str]:
+        """(HTTP status, `` (the server's message)`` or "") of one `STORE_PROBE` read, sent once with
+        MLflow's credentials (``MLFLOW_TRACKING_*``) and no retries: MLflow's own take minutes on a 5xx.
+        Only this probe skips them; a run's requests keep them, to ride out a server's restart."""
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        try:
+            r = http_request(
+                get_default_host_creds(self.uri), STORE_PROBE, "GET", max_retries=0, timeout=self._left(),
+                raise_on_status=False, params={"max_results": 1},
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the connection failed: MLflow's error says why
+            if _answer_timed_out(e):  # /health answered: the server is up, its database is not
+                raise self.late() from None
+            raise ValueError(f"MLflow tracking server {self.uri} is unreachable ({e}); {self.hint}") from None
+        try:
+            body = r.json()
+        except ValueError:  # not JSON, e.g. a proxy's HTML page
+            body = None
+        message = str(body.get("message", "")).strip() if isinstance(body, dict) else ""
+        return r.status_code, f" ({message.splitlines()[0][:300]})" if message else ""  # one line
 
 
 def _answer_timed_out(e: BaseException) -> bool:

@@ -105,21 +105,20 @@ def _timed_check(url: str, timeout_s: float) -> tuple[str, float]:
 def test_a_server_that_accepts_but_never_answers_is_refused_after_one_timeout():
     server = HungServer()
     try:
-        msg, took = _timed_check(server.url, T1)
+        msg, _ = _timed_check(server.url, T1)
     finally:
         server.close()
     assert msg == (
         f"MLflow tracking server {server.url} did not answer within {T1:g} s (GET /health): it accepts "
-        "connections but sends nothing back (stuck, stopped or overloaded?); HINT"
+        "connections but sends no answer, or only part of one (stuck, stopped or overloaded?); HINT"
     )
-    assert T1 <= took < 2 * T1, took  # one timeout: no store probe after a hung /health
-    assert len(server.accepted) == 1
+    assert len(server.accepted) == 1  # one request: no store probe after a hung /health (no timing: s43)
 
 
 def test_a_live_server_whose_store_does_not_answer_says_so_not_unreachable():
     server = LiveHealthHungStore()
     try:
-        msg, took = _timed_check(server.url, T1)
+        msg, _ = _timed_check(server.url, T1)
     finally:
         server.close()
     assert msg.startswith(
@@ -127,8 +126,7 @@ def test_a_live_server_whose_store_does_not_answer_says_so_not_unreachable():
         f"within {T1:g} s (GET {tracking.STORE_PROBE}): its database is locked, overloaded or down;"
     ), msg
     assert "unreachable" not in msg and "restart the server" in msg
-    assert T1 <= took < 2 * T1, took
-    assert server.paths == ["/health", tracking.STORE_PROBE]
+    assert server.paths == ["/health", tracking.STORE_PROBE]  # one probe, not retried
 
 
 def test_a_connect_that_times_out_is_still_called_unreachable():
@@ -141,7 +139,7 @@ def test_a_connect_that_times_out_is_still_called_unreachable():
         finally:
             first.close()
     assert "is unreachable (timed out); HINT" in msg and "did not answer" not in msg, msg
-    assert took < 2 * T1, took
+    assert took < 4 * T1, took  # bounded (generous: a loaded machine)
 
 
 @pytest.fixture
@@ -159,15 +157,15 @@ SAYS = {
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("cli", list(COMMANDS))
 def test_the_commands_refuse_a_slow_server_with_exit_2_in_one_timeout(slow, scratch, capsys, cli):
+    """The message's 0.5 s is the check's deadline: the commands use `CHECK_TIMEOUT_S` (no timing: s43)."""
     main, argv = COMMANDS[cli]
-    t0 = time.monotonic()
     code, err = run_main(capsys, main, ["--tracking-uri", slow.url, *argv])
-    took = time.monotonic() - t0
     assert code == 2, err
     assert err.startswith(f"error: MLflow tracking server {slow.url} "), err
     assert SAYS[slow.kind] in err and "unreachable" not in err and err.count("\n") == 1, err
     assert sorted(p.name for p in Path.cwd().iterdir()) == []  # nothing created
-    assert took < 2 * T + 2.0, took  # one timeout (+ the command's own work), not the default 5 s
+    assert slow.kind != "store_hung" or slow.paths == ["/health", tracking.STORE_PROBE]
+    assert slow.kind != "hung" or len(slow.accepted) == 1
 
 
 LOCKER = """\
@@ -196,7 +194,7 @@ def test_a_real_sqlite_server_whose_database_another_process_locks(tmp_path, scr
             assert locker.stdout.readline() == "locked\n"
             msg, took = _timed_check(url, 1.0)
             assert "is up (/health answered) but its store did not answer within 1 s" in msg, msg
-            assert 1.0 <= took < 2.0, took
+            assert 1.0 <= took < 4.0, took  # the deadline (generous: a loaded machine)
             code, err = run_main(capsys, train_cli.main, ["--tracking-uri", url, "--model", "DiT-S/8"])
             assert code == 2 and "its store did not answer within 0.5 s" in err, err
             assert sorted(p.name for p in Path.cwd().iterdir()) == []
