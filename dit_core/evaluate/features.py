@@ -69,8 +69,7 @@ class FeatureExtractor:
         self, images: torch.Tensor | np.ndarray, outputs: Sequence[str] = ("pool",)
     ) -> dict[str, np.ndarray]:
         """``{output: (N, D) float64}`` for images (N, C, H, W), uint8 or float in [0, 255]."""
-        missing = [o for o in outputs if o not in self.outputs]
-        if missing:
+        if missing := [o for o in outputs if o not in self.outputs]:
             raise ValueError(f"{self.name} cannot produce {missing}; it provides {list(self.outputs)}")
         x = as_image_array(images)
         parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
@@ -184,8 +183,7 @@ class InceptionExtractor(FeatureExtractor):
             ) from None
         self.layers = _find_layers(self.module)
         self.children = list(self.layers.named_children())
-        out = getattr(self.module, "output", None)
-        w = getattr(out, "weight", None) if out is not None else None
+        w = getattr(getattr(self.module, "output", None), "weight", None)  # NVIDIA's file only
         self.logits_weight = w.detach().float() if w is not None and w.shape[-1] == 2048 else None
         self.outputs = ("pool", "spatial") + (("probs",) if self.logits_weight is not None else ())
         self.name = f"inception-{file_digest(self.path)}"
@@ -217,25 +215,3 @@ class InceptionExtractor(FeatureExtractor):
     def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         res = self.forward_resized(self.resize(to_rgb(x)), outputs)
         return {o: res[o].double().cpu().numpy() for o in outputs}
-
-
-class RandomConvExtractor(FeatureExtractor):
-    """A fixed random conv net (seeded): cheap, smooth features for unit tests. pool: (N, dim)."""
-
-    outputs = ("pool", "spatial")
-
-    def __init__(self, dim: int = 16, seed: int = 0, size: int = 16) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.w1 = torch.randn(8, 3, 3, 3, generator=g) / 3.0
-        self.w2 = torch.randn(dim, 8, 3, 3, generator=g) / 8.0
-        self.size = size
-        self.batch_size = 256
-        self.name = f"randconv-{dim}-{seed}-{size}"
-
-    @torch.no_grad()
-    def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        t = torch.from_numpy(to_rgb(x).astype(np.float32)) / 127.5 - 1.0
-        t = torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear", antialias=True)
-        h = torch.tanh(torch.nn.functional.conv2d(t, self.w1, padding=1))
-        h = torch.tanh(torch.nn.functional.conv2d(h, self.w2, padding=1, stride=2))
-        return {"pool": h.mean(dim=(2, 3)).double().numpy(), "spatial": h[:, :2].flatten(1).double().numpy()}
