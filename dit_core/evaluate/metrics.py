@@ -126,8 +126,7 @@ def default_metrics(reference: str, inception: bool = True) -> tuple[str, ...]:
 
 def check_metrics(metrics: Sequence[str], reference: str) -> None:
     """ValueError for unknown names or domain metrics on a reference of another domain."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
+    if unknown := [m for m in metrics if m not in METRICS]:
         raise ValueError(f"unknown metrics {unknown}; valid: {sorted(METRICS)}")
     domain = reference_domain(reference)
     for d in DOMAINS:
