@@ -59,6 +59,11 @@ _EMBEDDERS = {
 }
 
 
+def _suffixed(names: Mapping[str, str]) -> dict[str, str]:
+    """Module names ``{src: dst}`` -> their tensors': ``{src.weight: dst.weight, src.bias: ...}``."""
+    return {f"{src}.{x}": f"{dst}.{x}" for src, dst in names.items() for x in ("weight", "bias")}
+
+
 def check_convertible(cfg: DiTConfig) -> None:
     """Raise `ValueError` if diffusers' `DiTTransformer2DModel` cannot represent this DiT."""
     problems = []
@@ -96,7 +101,8 @@ def diffusers_kwargs(cfg: DiTConfig) -> dict:
 
 def _renames(depth: int) -> dict[str, str]:
     """DiT name -> diffusers name of every weight and bias that maps one to one, blocks 0..depth-1."""
-    return {**_TOP, **{src.format(i=i): dst.format(i=i) for i in range(depth) for src, dst in _BLOCK.items()}}
+    blocks = {src.format(i=i): dst.format(i=i) for i in range(depth) for src, dst in _BLOCK.items()}
+    return _suffixed({**_TOP, **blocks})
 
 
 def _depth(state: Mapping[str, Tensor], pattern: str) -> int:
@@ -116,15 +122,12 @@ def dit_to_diffusers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     grid = int(round(pos.shape[1] ** 0.5))
     if grid * grid != pos.shape[1] or not torch.allclose(pos[0].float(), sincos_2d(pos.shape[2], grid)):
         raise ValueError("'pos_embed' is not the fixed sin-cos table; diffusers cannot store another one")
-    out: dict[str, Tensor] = {}
-    for src, dst in _renames(depth).items():
-        out[f"{dst}.weight"], out[f"{dst}.bias"] = state.pop(f"{src}.weight"), state.pop(f"{src}.bias")
-    for src, dst in _EMBEDDERS.items():
-        for suffix in ("weight", "bias"):
-            if f"{src}.{suffix}" in state:
-                t = state.pop(f"{src}.{suffix}")
-                for i in range(depth):
-                    out[f"{_EMB.format(i=i)}{dst}.{suffix}"] = t.clone()
+    out = {dst: state.pop(src) for src, dst in _renames(depth).items()}
+    for src, dst in _suffixed(_EMBEDDERS).items():
+        if src in state:  # the label embedding has no bias
+            t = state.pop(src)
+            for i in range(depth):
+                out[f"{_EMB.format(i=i)}{dst}"] = t.clone()
     for i in range(depth):
         w, b = state.pop(f"blocks.{i}.attn.qkv.weight"), state.pop(f"blocks.{i}.attn.qkv.bias")
         for name, wi, bi in zip(("to_q", "to_k", "to_v"), w.chunk(3, 0), b.chunk(3, 0)):
@@ -143,20 +146,17 @@ def diffusers_to_dit(state: Mapping[str, Tensor], cfg: DiTConfig) -> dict[str, T
     depth = _depth(state, r"transformer_blocks\.(\d+)\.")
     if depth != cfg.depth:
         raise ValueError(f"the diffusers state has {depth} blocks, cfg.depth={cfg.depth}")
-    out: dict[str, Tensor] = {}
-    for src, dst in _renames(depth).items():
-        out[f"{src}.weight"], out[f"{src}.bias"] = state.pop(f"{dst}.weight"), state.pop(f"{dst}.bias")
-    for src, dst in _EMBEDDERS.items():
-        for suffix in ("weight", "bias"):
-            copies = [state.pop(f"{_EMB.format(i=i)}{dst}.{suffix}", None) for i in range(depth)]
-            if copies[0] is None:
-                continue
-            if any(c is None or not torch.equal(c, copies[0]) for c in copies[1:]):
-                raise ValueError(
-                    f"the blocks' copies of {dst}.{suffix} differ; DiT has one shared timestep/label "
-                    "embedder (a model converted from DiT, or trained with tied copies, has them equal)"
-                )
-            out[f"{src}.{suffix}"] = copies[0]
+    out = {src: state.pop(dst) for src, dst in _renames(depth).items()}
+    for src, dst in _suffixed(_EMBEDDERS).items():
+        copies = [state.pop(f"{_EMB.format(i=i)}{dst}", None) for i in range(depth)]
+        if copies[0] is None:
+            continue
+        if any(c is None or not torch.equal(c, copies[0]) for c in copies[1:]):
+            raise ValueError(
+                f"the blocks' copies of {dst} differ; DiT has one shared timestep/label "
+                "embedder (a model converted from DiT, or trained with tied copies, has them equal)"
+            )
+        out[src] = copies[0]
     for i in range(depth):
         for suffix in ("weight", "bias"):
             parts = [

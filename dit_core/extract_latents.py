@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dit_core.atomic import atomic_write, atomic_write_bytes
+from dit_core.atomic import atomic_write_bytes, atomic_write_text
 from dit_core.configio import KeepRawFormatter, check_fields, exit_codes_help, require
 from dit_core.data.imagefolder import center_crop_arr, load_rgb, scan_image_folder, to_tensor
 from dit_core.data.latents import MANIFEST_FORMAT, MANIFEST_NAME, SD_VAE_SCALE, shard_name, vae_factor
@@ -272,8 +272,7 @@ def extract_latents(cfg: ExtractConfig) -> dict[str, Any]:
             "%s, so no manifest yet (the last rank to finish writes it; or rerun with --world-size 1)", done
         )
         return manifest
-    text = json.dumps(manifest, indent=2)
-    atomic_write(Path(cfg.output) / MANIFEST_NAME, lambda f: f.write(text.encode()))
+    atomic_write_text(Path(cfg.output) / MANIFEST_NAME, json.dumps(manifest, indent=2))
     log.info("wrote %d latents in %d shards to %s", manifest["num_items"], len(shards), cfg.output)
     return manifest
 

@@ -274,14 +274,11 @@ def load_official_checkpoint(path: str | os.PathLike, key: str | None = None) ->
         raise ValueError(
             f"{path}: expected a state dict or a dict with 'model'/'ema', got {type(obj).__name__}"
         )
-    if key is not None:
-        if key not in obj:
-            raise ValueError(f"{path}: no {key!r} entry; it has {sorted(obj)[:10]}")
-        obj = obj[key]
-    elif "ema" in obj and isinstance(obj["ema"], Mapping):
-        obj = obj["ema"]
-    elif "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
+    if key is None:  # a training checkpoint's EMA, else its raw weights, else a plain state dict
+        key = next((k for k in ("ema", "model") if isinstance(obj.get(k), Mapping)), None)
+    elif key not in obj:
+        raise ValueError(f"{path}: no {key!r} entry; it has {sorted(obj)[:10]}")
+    obj = obj if key is None else obj[key]
     state = {}
     for k, v in obj.items():
         for prefix in ("module.", "_orig_mod."):

@@ -36,15 +36,14 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-def sincos_2d(dim: int, grid_h: int, grid_w: int | None = None) -> torch.Tensor:
-    """DiT/MAE 2-D sin-cos table for a `grid_h x grid_w` patch grid, tokens in row-major order.
+def sincos_2d(dim: int, grid: int) -> torch.Tensor:
+    """DiT/MAE 2-D sin-cos table for a `grid x grid` patch grid, tokens in row-major order.
 
     The first `dim/2` channels encode the column (x) index and the last `dim/2` the row (y) index,
-    each with `sincos_1d`. Computed in float64 and returned as float32 `(grid_h * grid_w, dim)`.
+    each with `sincos_1d`. Computed in float64 and returned as float32 `(grid * grid, dim)`.
     """
-    grid_w = grid_h if grid_w is None else grid_w
     if dim % 4:
         raise ValueError(f"2-D sin-cos embedding width must be a multiple of 4, got {dim}")
-    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     emb = torch.cat([sincos_1d(dim // 2, cols.reshape(-1)), sincos_1d(dim // 2, rows.reshape(-1))], dim=1)
     return emb.float()

@@ -11,13 +11,13 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+from _image_helpers import RandomConvExtractor
 from PIL import Image
 
 from dit_core.data import digits_images
 from dit_core.evaluate import (
     DomainExtractor,
     GaussianStats,
-    RandomConvExtractor,
     digits_recipe,
     evaluate_samples,
     fid_from_features,

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _image_helpers import RandomConvExtractor
 
 from dit_core.checkpoint import save_checkpoint
 from dit_core.config import ModelConfig, TrainConfig
 from dit_core.diffusion import DiffusionConfig, create_diffusion
 from dit_core.evaluate import (
-    RandomConvExtractor,
     SampleSettings,
     evaluate_model,
     generate_images,
@@ -169,8 +169,9 @@ import json, sys
 import torch
 from accelerate import Accelerator
 from dit_core.diffusion import DiffusionConfig, create_diffusion
-from dit_core.evaluate import RandomConvExtractor, SampleSettings, evaluate_model
+from dit_core.evaluate import SampleSettings, evaluate_model
 from dit_core.models import DiT
+from _image_helpers import RandomConvExtractor
 
 from datetime import timedelta
 from accelerate.utils import InitProcessGroupKwargs
@@ -208,7 +209,8 @@ def test_every_rank_returns_rank_0s_metrics_and_asks_stop_as_often(tmp_path):
     rank 1 one: a collective ``stop`` is still called twice on each, and both stop at the second."""
     script = tmp_path / "every_rank.py"
     script.write_text(_EVERY_RANK)
-    env = dict(os.environ, OMP_NUM_THREADS="1", DITSCALE_CACHE=str(tmp_path / "cache"))
+    tests = os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", DITSCALE_CACHE=str(tmp_path / "cache"), PYTHONPATH=tests)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               str(script)]  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 import scipy.spatial
 import scipy.stats
 import torch
+from _image_helpers import RandomConvExtractor
 from cleanfid import fid as cleanfid_fid
 from PIL import Image
 
@@ -21,7 +22,6 @@ from dit_core.config import OptimConfig
 from dit_core.diffusion import DiffusionConfig, create_diffusion, sample, validation_loss, validation_losses
 from dit_core.diffusion.validation import example_noise, example_seed, example_uniforms
 from dit_core.evaluate import (
-    RandomConvExtractor,
     evaluate_samples,
     frechet_distance,
     inception_score,

@@ -8,10 +8,11 @@ import re
 import numpy as np
 import pytest
 import torch
+from _image_helpers import RandomConvExtractor
 from PIL import Image
 
 from dit_core.config import TrainConfig
-from dit_core.evaluate import RandomConvExtractor, SampleSettings, evaluate_samples
+from dit_core.evaluate import SampleSettings, evaluate_samples
 from dit_core.evaluate.__main__ import build_parser as evaluate_parser
 from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, chosen_metrics
 from dit_core.evaluate.domain_classifier import DOMAINS

@@ -127,8 +127,7 @@ def scan_image_folder(
         )
     names = found if classes is None else list(classes)
     label = {c: i for i, c in enumerate(names)}
-    unknown = [c for c in found if c not in label]
-    if unknown:
+    if unknown := [c for c in found if c not in label]:
         raise ValueError(
             f"image folder {root!r} has class folders {unknown[:5]} that the training data does not have "
             f"(its classes: {names[:5]}{'...' if len(names) > 5 else ''}); remove or rename them"

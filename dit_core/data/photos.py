@@ -302,7 +302,13 @@ def photos_images(
     return photo_crops(options).sample(np.arange(n), "val", resolution, flip=False)
 
 
-_REF_KEYS = {"channels": int, "num_photos": int, "crop_scale": str, "holdout": float, "n": int}
+def _scale_range(text: str) -> tuple[float, float]:
+    """``"0.08-0.2"`` -> (0.08, 0.2)."""
+    lo, _, hi = text.partition("-")
+    return float(lo), float(hi)
+
+
+_REF_KEYS = {"channels": int, "num_photos": int, "crop_scale": _scale_range, "holdout": float, "n": int}
 REFERENCE_SIZE = 2000  # held-out crops in a photos FID reference unless its name says n=...
 
 
@@ -326,11 +332,7 @@ def parse_photos_reference(spec: str) -> tuple[PhotoOptions, int]:
         if not eq or key not in _REF_KEYS:
             raise ValueError(f"reference {spec!r}: {part!r} is not one of {sorted(_REF_KEYS)}=VALUE")
         try:
-            if key == "crop_scale":
-                lo, _, hi = value.partition("-")
-                opts[key] = (float(lo), float(hi))
-            else:
-                opts[key] = _REF_KEYS[key](value)
+            opts[key] = _REF_KEYS[key](value)
         except ValueError:
             raise ValueError(f"reference {spec!r}: cannot read {key}={value!r}") from None
     n = opts.pop("n")

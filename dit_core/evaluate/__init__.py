@@ -4,13 +4,7 @@ Usage, metrics and protocol: docs/evaluation.md.
 """
 
 from .domain_classifier import DomainClassifierRecipe, DomainExtractor, digits_recipe, photos_recipe
-from .features import (
-    FeatureExtractor,
-    InceptionExtractor,
-    RandomConvExtractor,
-    resolve_inception_weights,
-    to_uint8,
-)
+from .features import FeatureExtractor, InceptionExtractor, resolve_inception_weights, to_uint8
 from .frechet import GaussianStats, fid_from_features, frechet_distance
 from .metrics import (
     DIGITS_METRICS,
@@ -35,7 +29,6 @@ __all__ = [
     "FeatureExtractor",
     "GaussianStats",
     "InceptionExtractor",
-    "RandomConvExtractor",
     "SampleSettings",
     "default_metrics",
     "digits_recipe",

@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write_text
 from ..configio import KeepRawFormatter, exit_codes_help, int_at_least
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
@@ -44,6 +44,39 @@ ACCELERATE_CODES = (
 )
 
 
+_OWN = "default: the run's own, as its logged eval/* metrics"
+_DOMAIN, _INCEPTION = ", ".join(domain_metrics("<d>")), ", ".join(INCEPTION_METRICS)  # as default_metrics
+#: the CLI's flags in --help's order (`build_parser`)
+_FLAGS = (
+    ("--checkpoint", dict(required=True, help="checkpoint .pt or a run folder (latest checkpoint)")),
+    ("--num-samples", dict(type=int_at_least(2, "num_samples", " to fit a covariance"),
+                           help=f"samples to score, >= 2 ({_OWN}: eval.num_samples)")),
+    ("--batch-size", dict(type=int_at_least(1), default=100,
+                          help="per-process sampling batch (default: 100)")),
+    ("--sampler", dict(help=f"{' | '.join(SAMPLERS)} ({_OWN}: eval.sampler)")),
+    ("--steps", dict(type=int_at_least(1), help=f"sampler steps ({_OWN}: eval.steps)")),
+    ("--cfg-scale", dict(type=float, help=f"guidance scale, 1 = none ({_OWN}: eval.cfg_scale)")),
+    ("--seed", dict(type=int_at_least(0), help=f"sampling seed, >= 0 ({_OWN}: the run's seed)")),
+    ("--reference", dict(help="digits[:split] | photos[:options] | image folder | .npz with arr_0")),
+    ("--metrics", dict(help=f"comma list of {sorted(METRICS)}. Default: the run's own (eval.metrics, else "
+                       f"{_DOMAIN} for a <d> = digits | photos run, and fid alone for other data); with "
+                       f"--reference, that reference's: {_INCEPTION}, after those four for <d>")),
+    ("--inception-weights", dict(help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")),
+    ("--vae", dict(help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent "
+                   "runs only; refused for pixel-space runs)")),
+    ("--raw-weights", dict(action="store_true", help="use the raw weights instead of the EMA")),
+    ("--device", dict(default="auto", help=f"{DEVICE_HELP}; under accelerate launch, each process's own")),
+    ("--clip-denoised", dict(action=argparse.BooleanOptionalAction, default=None,
+                             help="clamp the sampler's x0 estimate to [-1, 1] at each step (default: as the "
+                             "run's own evaluation, eval.clip_denoised: on for pixel data, off for latents "
+                             "and flow models)")),
+    ("--mlflow-run-id", dict(help="log eval/<metric> to this run at the ckpt step (only with the run's own "
+                             "sampling settings; the seed may differ)")),
+    ("--output", dict(help="also write the metrics JSON here")),
+    ("--save-samples", dict(help="write the samples to this .npz file (arr_0 NHWC uint8, labels)")),
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dit_core.evaluate",
@@ -51,50 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=exit_codes_help(EXIT_CODES, ACCELERATE_CODES),
         formatter_class=KeepRawFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint .pt or a run folder (latest checkpoint)")
-    own = "default: the run's own, as its logged eval/* metrics"
-    p.add_argument(
-        "--num-samples",
-        type=int_at_least(2, "num_samples", " to fit a covariance"),
-        help=f"samples to score, >= 2 ({own}: eval.num_samples)",
-    )
-    p.add_argument(
-        "--batch-size", type=int_at_least(1), default=100, help="per-process sampling batch (default: 100)"
-    )
-    p.add_argument("--sampler", help=f"{' | '.join(SAMPLERS)} ({own}: eval.sampler)")
-    p.add_argument("--steps", type=int_at_least(1), help=f"sampler steps ({own}: eval.steps)")
-    p.add_argument("--cfg-scale", type=float, help=f"guidance scale, 1 = none ({own}: eval.cfg_scale)")
-    p.add_argument("--seed", type=int_at_least(0), help=f"sampling seed, >= 0 ({own}: the run's seed)")
-    p.add_argument("--reference", help="digits[:split] | photos[:options] | image folder | .npz with arr_0")
-    own, inception = ", ".join(domain_metrics("<d>")), ", ".join(INCEPTION_METRICS)  # as default_metrics
-    p.add_argument(
-        "--metrics",
-        help=f"comma list of {sorted(METRICS)}. Default: the run's own (eval.metrics, else {own} for a "
-        "<d> = digits | photos run, and fid alone for other data); with --reference, that reference's: "
-        f"{inception}, after those four for <d>",
-    )
-    p.add_argument("--inception-weights", help=f"Inception .pt (else ${WEIGHTS_ENV}, ...)")
-    p.add_argument(
-        "--vae",
-        help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent runs only; "
-        "refused for pixel-space runs)",
-    )
-    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument(
-        "--device", default="auto", help=f"{DEVICE_HELP}; under accelerate launch, each process's own"
-    )
-    p.add_argument(
-        "--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
-        help="clamp the sampler's x0 estimate to [-1, 1] at each step (default: as the run's own "
-        "evaluation, eval.clip_denoised: on for pixel data, off for latents and flow models)",
-    )  # fmt: skip
-    p.add_argument(
-        "--mlflow-run-id",
-        help="log eval/<metric> to this run at the ckpt step (only with the run's own sampling settings; "
-        "the seed may differ)",
-    )
-    p.add_argument("--output", help="also write the metrics JSON here")
-    p.add_argument("--save-samples", help="write the samples to this .npz file (arr_0 NHWC uint8, labels)")
+    for flag, kwargs in _FLAGS:
+        p.add_argument(flag, **kwargs)
     return p
 
 
@@ -306,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
         return code
     try:
         metrics = score_prepared(prepared, cfg, accelerator, spaces)
-        step, flat = prepared.step, prepared.flat
     except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
         code, message, peers = _failure(e, accelerator)
         if several and code in (1, 2) and not peers:  # for the others, waiting for this rank in a collective
@@ -321,12 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator is None or accelerator.is_main_process:
         if args.mlflow_run_id and spaces:
             refused = _other_feature_space(args.mlflow_run_id, feature_space_tag(spaces))
-        num_samples = args.num_samples if args.num_samples is not None else flat["eval.num_samples"]
-        out = {"step": step, "num_samples": num_samples, **{EVAL_PREFIX + k: v for k, v in metrics.items()}}
+        step, scores = prepared.step, {EVAL_PREFIX + k: v for k, v in metrics.items()}
+        out = {"step": step, "num_samples": prepared.num_samples, **scores}
         print(json.dumps(out, indent=2))
         if args.output:
             try:  # whole or not at all: an interrupted write leaves no torn JSON that looks like a result
-                atomic_write(Path(args.output), lambda f: f.write(json.dumps(out, indent=2).encode()))
+                atomic_write_text(Path(args.output), json.dumps(out, indent=2))
             except OSError as e:
                 print(
                     f"error: --output {args.output}: cannot write it ({e.strerror or e}); the metrics are "

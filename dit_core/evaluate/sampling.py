@@ -113,11 +113,9 @@ def generate_images(
             if stop is not None and stop():
                 raise SamplingStopped(f"stopped after {start} of {len(indices)} samples")
             idx = indices[start : start + batch_size]
-            noise = example_noise(settings.seed, torch.tensor(idx), shape).to(device)
-            if labels is None:
-                y = torch.tensor([i % num_classes for i in idx], device=device, dtype=torch.long)
-            else:
-                y = labels[idx.start : idx.stop].to(device)
+            ids = torch.tensor(idx)
+            noise = example_noise(settings.seed, ids, shape).to(device)
+            y = (ids % num_classes if labels is None else labels[idx.start : idx.stop]).to(device)
             g = torch.Generator(device=device).manual_seed(example_seed(settings.seed, idx[0], 1))
             x = sample(
                 model, diffusion, noise.shape, y, sampler=settings.sampler, steps=settings.steps,
@@ -134,14 +132,13 @@ def generate_images(
                 x = decode(x)
             out.append(to_uint8(x).cpu())
             bar.update(len(idx))
-    if not out:
-        return torch.empty((0, *shape), dtype=torch.uint8)
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty((0, *shape), dtype=torch.uint8)
 
 
 def gather_samples(local: torch.Tensor, num_samples: int, accelerator) -> torch.Tensor | None:
-    """Rank 0: all ranks' shards (from ``shard``) concatenated in index order, (N, ...); others: None."""
-    world = accelerator.num_processes
+    """Rank 0: all ranks' shards (from ``shard``) concatenated in index order, (N, ...); others: None.
+    One process (``accelerator`` None or of one process): ``local``."""
+    world = accelerator.num_processes if accelerator is not None else 1
     if world == 1:
         return local
     sizes = [len(shard(num_samples, r, world)) for r in range(world)]
@@ -215,17 +212,14 @@ def evaluate_model(
         for _ in range(most - math.ceil(len(indices) / batch_size)):
             if stop():
                 raise SamplingStopped("stopped after the last batch of this rank's share")
-    images = gather_samples(local, num_samples, accelerator) if accelerator is not None else local
+    images = gather_samples(local, num_samples, accelerator)
     result: dict[str, float] = {}
     if images is not None:
         if len(images) != num_samples:
             raise RuntimeError(f"gathered {len(images)} samples, expected {num_samples}")
         if save_samples:  # at exactly this path (np.savez would append ".npz"); never half-written
-            arrays = {
-                "arr_0": images.permute(0, 2, 3, 1).numpy(),
-                "labels": np.arange(num_samples) % num_classes,
-            }
-            atomic_write(Path(save_samples), lambda f: np.savez(f, **arrays))
+            arr_0, labels = images.permute(0, 2, 3, 1).numpy(), np.arange(num_samples) % num_classes
+            atomic_write(Path(save_samples), lambda f: np.savez(f, arr_0=arr_0, labels=labels))
         result = evaluate_samples(
             images, reference, metrics=metrics, extractors=extractors,
             inception_weights=inception_weights, device=device,
@@ -233,7 +227,7 @@ def evaluate_model(
         )  # fmt: skip
         how = f"{settings.sampler}-{settings.steps}, cfg {settings.cfg_scale:.2f}"
         log.info("eval (%d samples, %s): %s", num_samples, how, result)
-    if accelerator is not None and world > 1:
+    if world > 1:
         from accelerate.utils import broadcast_object_list
 
         box = [result]
