@@ -82,10 +82,13 @@ class BootstrapResult:
         """Percentile intervals."""
         return {k: percentile_interval(v, level) for k, v in self.samples.items()}
 
+    def draws(self) -> list[dict[str, float]]:
+        """Each successful refit's values, one dict per resample."""
+        return [{k: v[i] for k, v in self.samples.items()} for i in range(self.n_ok)]
+
     def interval_of(self, fn: Callable[[dict[str, float]], np.ndarray], level: float = 0.95):
         """Percentile band of a derived prediction fn(params) -> array, over resamples: (lo, hi)."""
-        keys = list(self.samples)
-        vals = np.array([fn({k: self.samples[k][i] for k in keys}) for i in range(self.n_ok)])
+        vals = np.array([fn(p) for p in self.draws()])
         q = [(1 - level) / 2, 1 - (1 - level) / 2]
         with np.errstate(invalid="ignore"):
             lo, hi = np.nanquantile(vals, q, axis=0)

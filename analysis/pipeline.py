@@ -657,9 +657,7 @@ def allocation_draws(pf, compute: float, k: float) -> np.ndarray | None:
     parametric law ``pf``; None without a bootstrap."""
     if pf.bootstrap is None or pf.bootstrap.n_ok <= 1:
         return None
-    s = pf.bootstrap.samples
-    draws = [optimal_allocation({p: s[p][i] for p in s}, compute, k) for i in range(pf.bootstrap.n_ok)]
-    return np.array(draws, dtype=float)
+    return np.array([optimal_allocation(p, compute, k) for p in pf.bootstrap.draws()], dtype=float)
 
 
 def _parametric_estimates(
