@@ -82,10 +82,13 @@ class BootstrapResult:
         """Percentile intervals."""
         return {k: percentile_interval(v, level) for k, v in self.samples.items()}
 
+    def draws(self) -> list[dict[str, float]]:
+        """Each successful refit's values, one dict per resample."""
+        return [{k: v[i] for k, v in self.samples.items()} for i in range(self.n_ok)]
+
     def interval_of(self, fn: Callable[[dict[str, float]], np.ndarray], level: float = 0.95):
         """Percentile band of a derived prediction fn(params) -> array, over resamples: (lo, hi)."""
-        keys = list(self.samples)
-        vals = np.array([fn({k: self.samples[k][i] for k in keys}) for i in range(self.n_ok)])
+        vals = np.array([fn(p) for p in self.draws()])
         q = [(1 - level) / 2, 1 - (1 - level) / 2]
         with np.errstate(invalid="ignore"):
             lo, hi = np.nanquantile(vals, q, axis=0)
@@ -205,6 +208,18 @@ def resample_indices(n: int, rng: np.random.Generator, groups=None) -> np.ndarra
     return np.concatenate([np.flatnonzero(groups == g) for g in pick])
 
 
+def draw_resamples(n: int, n_resamples: int, seed: int = 0, groups=None, redraw=None) -> list:
+    """`n_resamples` resamples' indices (`resample_indices`, from ``default_rng(seed)``); with redraw,
+    (indices, redraw(rng)) pairs, the redraws from a generator of their own (seeded by ``[seed, 1]``),
+    so the indices are those drawn without it."""
+    rng = np.random.default_rng(seed)
+    resamples = [resample_indices(n, rng, groups) for _ in range(n_resamples)]
+    if redraw is None:
+        return resamples
+    rng_redraw = np.random.default_rng([seed, 1])
+    return [(idx, redraw(rng_redraw)) for idx in resamples]
+
+
 def bootstrap_points(
     fit_one: Callable[[np.ndarray], dict[str, float] | None],
     n: int,
@@ -218,17 +233,13 @@ def bootstrap_points(
 ) -> BootstrapResult:
     """Call fit_one(indices) on `n_resamples` resamples, over `workers` processes (see parallel_map).
 
-    redraw: with it, fit_one(indices, redraw(rng)), each resample's redraw drawn in this process from a
-    generator of its own (seeded by ``[seed, 1]``), so the indices are those drawn without it.
+    redraw: with it, fit_one(indices, redraw(rng)), each resample's redraw drawn in this process
+    (`draw_resamples`).
 
     fit_one returns a dict of values (keys starting with `BOUND_PREFIX` flag a parameter that ended on
     its bound) or None when the refit failed; failures are counted in `n_failed`, never hidden.
     """
-    rng = np.random.default_rng(seed)
-    resamples: list = [resample_indices(n, rng, groups) for _ in range(n_resamples)]
-    if redraw is not None:
-        rng_redraw = np.random.default_rng([seed, 1])
-        resamples = [(idx, redraw(rng_redraw)) for idx in resamples]
+    resamples = draw_resamples(n, n_resamples, seed, groups, redraw)
 
     def safe(item) -> dict[str, float] | None:
         try:

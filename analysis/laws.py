@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.bootstrap import BootstrapResult, bootstrap_points, parallel_map
+from analysis.bootstrap import BootstrapResult, bootstrap_points, draw_resamples, parallel_map
 from analysis.status import NOT_IDENTIFIED, Status, flag_bootstrapped_exponent
 
 log = logging.getLogger(__name__)
@@ -412,20 +412,16 @@ def fit_frontier(
 def _bootstrap_frontier(
     fit: FrontierFit, points: pd.DataFrame, y: str, n_bootstrap: int, seed: int, n_grid: int, redraw=None
 ):
-    """Resample runs with replacement, recompute the frontier, refit its laws; attach to each law.
-    redraw: as in `fit_frontier`, drawn from a generator of its own (``[seed, 1]``, as
-    `bootstrap_points` does), so the runs drawn are those drawn without it."""
-    rng = np.random.default_rng(seed)
-    runs = points.dropna(subset=[y])["run_id"].unique()
-    picks = [np.unique(rng.choice(runs, size=len(runs), replace=True)) for _ in range(n_bootstrap)]
-    if redraw is not None:
-        rng_redraw = np.random.default_rng([seed, 1])
-        picks = [(pick, redraw(rng_redraw)) for pick in picks]
+    """Resample runs with replacement (`draw_resamples`, as `bootstrap_points` does, the runs numbered
+    in their order in ``points``), recompute the frontier, refit its laws; attach to each law (a
+    resample that gives no such law is one of its failures). redraw: as in `fit_frontier`."""
+    run_ids = points.dropna(subset=[y])["run_id"]
+    picks = draw_resamples(len(run_ids), n_bootstrap, seed, pd.factorize(run_ids)[0], redraw)
 
     def refit(item) -> list[dict | None]:  # the (y, N_opt, D_opt) laws' parameters
-        pick, values = item if redraw is not None else (item, None)
+        idx, values = item if redraw is not None else (item, None)
         pts = (points if values is None else points.assign(**{y: values})).dropna(subset=[y])
-        fr = compute_frontier(pts[pts["run_id"].isin(pick)], y, n_grid)
+        fr = compute_frontier(pts[pts["run_id"].isin(run_ids.iloc[idx])], y, n_grid)
         if not len(fr):
             return [None] * 3
         return [None if law is None else law.params for law in _frontier_laws(fr, y)]

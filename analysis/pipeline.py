@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis.bootstrap import percentile_interval
+from analysis.bootstrap import min_resamples, percentile_interval
 from analysis.fidloss import fit_fid_vs_loss
 from analysis.isoflop import IsoFlopFit, censored_bound, fit_isoflop, iter_slices
 from analysis.laws import FrontierFit, PowerLawFit, cluster_budgets, fit_frontier, fit_power_law
@@ -84,8 +84,7 @@ class AnalysisConfig:
                     "n_bootstrap (--bootstrap) is 1, but a percentile interval needs at least 2 resamples: "
                     "give 0 (no intervals) or 2 or more (default 200)"
                 )
-        if not 0 < self.level < 1:
-            raise ValueError(f"level must be in (0, 1), got {self.level}")
+        min_resamples(self.level)  # ValueError unless 0 < level < 1
 
 
 #: AnalysisConfig field -> (valid, what it must be); its flag is --field-name (n_bootstrap: --bootstrap)
@@ -657,9 +656,7 @@ def allocation_draws(pf, compute: float, k: float) -> np.ndarray | None:
     parametric law ``pf``; None without a bootstrap."""
     if pf.bootstrap is None or pf.bootstrap.n_ok <= 1:
         return None
-    s = pf.bootstrap.samples
-    draws = [optimal_allocation({p: s[p][i] for p in s}, compute, k) for i in range(pf.bootstrap.n_ok)]
-    return np.array(draws, dtype=float)
+    return np.array([optimal_allocation(p, compute, k) for p in pf.bootstrap.draws()], dtype=float)
 
 
 def _parametric_estimates(

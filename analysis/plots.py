@@ -137,29 +137,26 @@ def plot_allocation(an: Analysis, path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     cc = _c_range(an, extend=2.0)
     k = an.flops_per_param_datum
-    for j, (ax, name, label) in enumerate(zip(axes, ("N_opt", "D_opt"), (_label(an, "N"), _label(an, "D")))):
-        pf = an.parametric
+    pf, iso, fr = an.parametric, an.isoflop, an.frontier.frontier
+    for j, (ax, q) in enumerate(zip(axes, ("N", "D"))):
+        name = f"{q.lower()}_opt"  # the attribute of the profiles and the laws
         if pf is not None and pf.allocation_identified:
             opt = optimal_allocation(pf.params, cc, k)[j]
             ax.plot(cc, opt, "r-", label=f"parametric law (approach 3), C = {k:.3g} N D")
             if pf.bootstrap is not None and pf.bootstrap.n_ok > 1:
                 lo, hi = pf.bootstrap.interval_of(lambda p, j=j: optimal_allocation(p, cc, k)[j])
                 ax.fill_between(cc, lo, hi, color="r", alpha=0.15, label="95% bootstrap band")
-        iso = an.isoflop
         if iso.profiles:
-            minima = [p.n_opt if j == 0 else p.d_opt for p in iso.profiles]
+            minima = [getattr(p, name) for p in iso.profiles]
             ax.plot([p.compute for p in iso.profiles], minima, "bs", label="IsoFLOP minima")
-        law = iso.n_opt if j == 0 else iso.d_opt
-        if law is not None:
+        if (law := getattr(iso, name)) is not None:
             how = " (joint fit)" if iso.joint is not None else ""
             _law(ax, cc, law, "b--", f"IsoFLOP law{how}, exponent {-law.params['alpha']:.3f}")
-        fl = an.frontier.n_opt if j == 0 else an.frontier.d_opt
-        fr = an.frontier.frontier
         if len(fr):
-            ax.plot(fr["C"], fr["N" if j == 0 else "D"], "k.", ms=4, label="frontier runs (approach 1)")
-        if fl is not None:
+            ax.plot(fr["C"], fr[q], "k.", ms=4, label="frontier runs (approach 1)")
+        if (fl := getattr(an.frontier, name)) is not None:
             ax.plot(cc, fl.predict(cc), "k:", label=f"frontier law, exponent {-fl.params['alpha']:.3f}")
-        ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=label, title=f"{name}(C)")
+        ax.set(xscale="log", yscale="log", xlabel=COMPUTE_LABEL, ylabel=_label(an, q), title=f"{q}_opt(C)")
         ax.legend(fontsize=7)
     return _save(fig, path)
 

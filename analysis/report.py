@@ -176,12 +176,10 @@ def markdown(
     lines.append(f"- loss frontier (saturating): {_fmt_law(fr.y_law)}")
     lines.append(f"- loss frontier (pure power law): {_fmt_law(an.loss_vs_compute_pure)}")
     ab = fr.exponents_dict()  # withheld (None) unless approach 1 is ok, as in results.json
-    a_txt = "" if fr.n_opt is None else "a withheld; " if ab["a"] is None else f"a = {ab['a']:.4f}; "
-    b_txt = "" if fr.d_opt is None else "b withheld; " if ab["b"] is None else f"b = {ab['b']:.4f}; "
-    lines.append(f"- N_opt(C): {_fmt_law(fr.n_opt)} ({a_txt}N in {u['N']}, C in FLOPs)")
-    lines.append(f"- D_opt(C): {_fmt_law(fr.d_opt)} ({b_txt}D in {u['D']})")
-    if fr.n_opt is not None and fr.n_opt.bootstrap is not None:
-        bs = fr.n_opt.bootstrap
+    for q, e, law, tail in (("N", "a", fr.n_opt, ", C in FLOPs"), ("D", "b", fr.d_opt, "")):
+        txt = "" if law is None else f"{e} withheld; " if ab[e] is None else f"{e} = {ab[e]:.4f}; "
+        lines.append(f"- {q}_opt(C): {_fmt_law(law)} ({txt}{q} in {u[q]}{tail})")
+    if fr.n_opt is not None and (bs := fr.n_opt.bootstrap) is not None:
         how = f"{bs.n_failed} without an N_opt law"
         if bs.n_ok == 0:
             how = "none with an N_opt law: no refit succeeded, so no interval"
