@@ -13,7 +13,12 @@ from _train_helpers import metric_history, train_cli
 from mlflow import MlflowClient
 from test_gloo_s42 import ACCELERATE, PROMPT_S, REPO, _launch
 
-from dit_core.tracking import RESUMED_FROM_STEP_TAG, RESUMED_WITHOUT_HISTORY_TAG, TRAIN_LOSS
+from dit_core.tracking import (
+    RESUMED_FROM_STEP_TAG,
+    RESUMED_WITHOUT_HISTORY_TAG,
+    TRAIN_LOSS,
+    UNTRACKED_STEPS_TAG,
+)
 
 TINY = ["--model", "none", "--depth", "1", "--width", "16", "--heads", "2", "--patch-size", "2",
         "--data", "digits", "--image-size", "8", "--global-batch-size", "8",
@@ -56,16 +61,32 @@ def test_a_resume_with_mlflow_of_a_run_trained_without_it_is_said_and_tagged(tmp
     assert sorted(metric_history(client, run_id, TRAIN_LOSS)) == [3, 4, 5, 6]
 
 
-def test_a_tracked_run_resumed_with_mlflow_is_not_tagged(tmp_path, capsys, caplog):
-    """The ordinary resume (tracked from step 1) carries neither tag nor warning."""
+def test_steps_trained_with_no_mlflow_between_tracked_ones_are_said_and_tagged(tmp_path, capsys, caplog):
+    """The ordinary resume (tracked from step 1) carries no tag nor warning. Steps 1-4 tracked, 5-6 with
+    --no-mlflow, 7-10 tracked: before, the resume at 6 continued the run silently, its metrics missing
+    steps 5-6. Now rank 0 warns once, naming the run, the steps and the checkpoint, and tags the run
+    ``untracked_steps=5-6`` (its checkpoints carry the first untracked step, ``loop.untracked_from``)."""
     caplog.set_level(logging.WARNING, logger="dit_core.train")
     out, exp = tmp_path / "run", f"tredge-{tmp_path.name}"
-    for steps in ("2", "4"):
-        code, err = train_cli(capsys, [*TINY, "--max-steps", steps, "--experiment", exp, "--out", str(out)])
+    for steps, more in (("2", []), ("4", []), ("6", ["--no-mlflow"]), ("8", []), ("10", [])):
+        if steps == "6":  # 2 -> 4 tracked: nothing to say
+            assert not [r for r in caplog.records if "without MLflow tracking" in r.getMessage()]
+            tags = MlflowClient().get_run((out / "mlflow_run_id").read_text().strip()).data.tags
+            assert not {RESUMED_WITHOUT_HISTORY_TAG, RESUMED_FROM_STEP_TAG, UNTRACKED_STEPS_TAG} & set(tags)
+        args = [*TINY, "--max-steps", steps, "--experiment", exp, "--out", str(out), *more]
+        code, err = train_cli(capsys, args)
         assert code == 0, err
-    assert not [r for r in caplog.records if "without MLflow tracking" in r.getMessage()]
-    tags = MlflowClient().get_run((out / "mlflow_run_id").read_text().strip()).data.tags
-    assert RESUMED_WITHOUT_HISTORY_TAG not in tags and RESUMED_FROM_STEP_TAG not in tags
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    said = [r.getMessage() for r in caplog.records if "without MLflow tracking" in r.getMessage()]
+    assert said == [
+        f"MLflow run {run_id} has no metrics for steps 5-6: they were trained without MLflow tracking "
+        f"(--no-mlflow) before checkpoint {out / 'checkpoints' / 'step_0000006.pt'}; the run is tagged "
+        "untracked_steps"
+    ]
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].data.tags[UNTRACKED_STEPS_TAG] == "5-6"
+    assert sorted(metric_history(client, run_id, TRAIN_LOSS)) == [1, 2, 3, 4, 7, 8, 9, 10]
 
 
 # ---------------------------------------------------------------- 2. a rank fails building its Trainer

@@ -66,6 +66,7 @@ from ..tracking import (
     TRAIN_FLOPS,
     TRAIN_LOSS,
     UNIQUE_IMAGES_TAG,
+    UNTRACKED_STEPS_TAG,
     VAL_LOSS,
     VAL_LOSS_EMA,
     WORLD_SIZE,
@@ -309,6 +310,8 @@ class Trainer:
         self.unsent_metrics: list[list] = []  # metric points of the checkpoint not yet on the server
         #: the step of a checkpoint of this folder trained without MLflow: the run starts after it
         self.untracked_until: int | None = None
+        #: the first step trained with --no-mlflow since the run was last tracked, or None
+        self.untracked_from: int | None = None
         if ckpt is not None:
             self._load(ckpt)
 
@@ -446,6 +449,7 @@ class Trainer:
         self.last_loss, self.last_val = loop.get("last_loss"), loop.get("last_val")
         self.unsent_metrics = loop.get("unsent_metrics", [])
         self.due = list(loop.get("due", []))
+        self.untracked_from = loop.get("untracked_from")
         self.run_id = ckpt.get("mlflow_run_id") or None
         if self.run_id is None and self.step > 0 and self.forked_from is None:
             self.untracked_until = self.step  # its steps so far were trained with --no-mlflow
@@ -454,6 +458,7 @@ class Trainer:
         )
         if self.forked_from is not None:  # the other folder's run is left alone, its points too
             self.parent_run_id, self.run_id, self.unsent_metrics = self.run_id, None, []
+            self.untracked_from = None
             self.resume_notes.append(("%s is another run folder's checkpoint: continuing it in a new MLflow "
                                       "run (its own run %s is left as it is)", self.ckpt_path,
                                       self.parent_run_id or "none"))  # fmt: skip
@@ -749,6 +754,8 @@ class Trainer:
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""
         t = self.cfg.tracking
+        if not t.enabled and self.run_id and self.untracked_from is None:
+            self.untracked_from = self.step  # its MLflow run lacks the steps from here
         if not (self.main and t.enabled):
             return
         from ..tracking import RunTracker, executor_tags, git_commit
@@ -777,6 +784,7 @@ class Trainer:
                 "in MLflow, train it again with --out a new folder", self.ckpt_path, untracked, self.run_id,
                 untracked + 1, RESUMED_WITHOUT_HISTORY_TAG, RESUMED_FROM_STEP_TAG, untracked,
             )  # fmt: skip
+        self.note_untracked_steps()
         self.tracker.requeue(self.unsent_metrics)
         derived = {
             MODEL_PARAMS: param_count(self.dit_cfg),
@@ -795,6 +803,22 @@ class Trainer:
         self.tracker.log_dict(dataclasses.asdict(self.cfg), "config.json")
         if self.classes is not None:
             self.tracker.log_dict(self.class_index(), "classes.json")
+
+    def note_untracked_steps(self) -> None:
+        """Tag (`UNTRACKED_STEPS_TAG`) and say the steps this continued run has no metrics for: those from
+        `untracked_from` to this step, trained with --no-mlflow."""
+        first, self.untracked_from = self.untracked_from, None
+        if first is None or first >= self.step:
+            return
+        span = f"{first + 1}-{self.step}"
+        held = self.tracker.client.get_run(self.run_id).data.tags.get(UNTRACKED_STEPS_TAG)
+        if span not in (held or "").split(","):  # not twice for a resume that is resumed again
+            self.tracker.set_tags({UNTRACKED_STEPS_TAG: f"{held},{span}" if held else span})
+        log.warning(
+            "MLflow run %s has no metrics for steps %s: they were trained without MLflow tracking "
+            "(--no-mlflow) before checkpoint %s; the run is tagged %s", self.run_id, span, self.ckpt_path,
+            UNTRACKED_STEPS_TAG,
+        )  # fmt: skip
 
     def class_index(self) -> dict[str, int]:
         """``classes.json``: folder data's class name -> label."""
@@ -917,6 +941,7 @@ class Trainer:
                 "folder": str(self.out.resolve()),  # where it was trained: `check_not_a_copy`
                 "loop": {"pending_losses": [float(v) for v in vec], "last_loss": self.last_loss,
                          "last_val": self.last_val, "due": list(self.due),
+                         "untracked_from": self.untracked_from,
                          "unsent_metrics": self.tracker.unsent_points() if self.tracker else []},
             }  # fmt: skip
             if self.scaler is not None:
