@@ -45,6 +45,12 @@ FEATURE_SPACE_TAG = "eval.feature_space"
 RESUMED_FROM_TAG = "resumed_from"
 RESUMED_FROM_RUN_TAG = "resumed_from_run_id"
 RESUMED_FROM_STEP_TAG = "resumed_from_step"
+#: A run created (or first tagged) on resuming a checkpoint trained without MLflow (``--no-mlflow``):
+#: "true", with `RESUMED_FROM_STEP_TAG` the checkpoint's step; its metrics start after that step.
+RESUMED_WITHOUT_HISTORY_TAG = "resumed_without_history"
+#: The steps a continued run has no metrics for, trained with ``--no-mlflow`` in between: ``"a-b"``
+#: stretches (first and last step), comma-separated.
+UNTRACKED_STEPS_TAG = "untracked_steps"
 
 # The run schema (docs/training.md "MLflow schema"): each key the trainer writes and the sweeps, the
 # analysis or the benchmarks read, defined once here.

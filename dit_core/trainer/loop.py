@@ -55,6 +55,7 @@ from ..tracking import (
     RESUMED_FROM_RUN_TAG,
     RESUMED_FROM_STEP_TAG,
     RESUMED_FROM_TAG,
+    RESUMED_WITHOUT_HISTORY_TAG,
     RUN_ID_FILE,
     RUN_KEY_FILE,
     STATUS_FAILED,
@@ -65,6 +66,7 @@ from ..tracking import (
     TRAIN_FLOPS,
     TRAIN_LOSS,
     UNIQUE_IMAGES_TAG,
+    UNTRACKED_STEPS_TAG,
     VAL_LOSS,
     VAL_LOSS_EMA,
     WORLD_SIZE,
@@ -194,6 +196,29 @@ class Trainer:
         if not isinstance(cfg, TrainConfig):
             raise ConfigError(f"config: train() takes a TrainConfig, got {type(cfg).__name__}")
         self.acc = acc = accelerator or make_accelerator(cfg)
+        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.tracker = None
+        #: while the trainer is built and while run() runs, on several processes (`PeerWatch`)
+        self.peer_watch: PeerWatch | None = None
+        if self.world == 1:
+            self.set_up(cfg, resume, train_set)
+            return
+        # a rank that fails here and does not end: the others, waiting for it in DDP's set-up (a
+        # collective in `accelerator.prepare`), are not kept there until gloo's timeout (30 min)
+        with PeerWatch(self.rank, self.world, self.stop_for_peers) as watch:
+            self.peer_watch = watch
+            try:
+                self.set_up(cfg, resume, train_set)
+            except BaseException as err:  # left for the other ranks, whose watch ends them
+                self.end_run_on_error(err, local_job=False)
+                raise
+            finally:
+                self.peer_watch = None
+
+    def set_up(self, cfg: TrainConfig, resume: str, train_set) -> None:
+        """`__init__`'s work, once the accelerator is known: check ``cfg`` against it and ``out``, build
+        the data, model, EMA, optimizer, diffusion and data stream, and load the checkpoint to resume."""
+        acc = self.acc
         if (k := getattr(acc, "gradient_accumulation_steps", 1)) != 1:
             raise ConfigError(
                 f"ACCELERATE_GRADIENT_ACCUMULATION_STEPS: Accelerate is set up to accumulate gradients over "
@@ -203,7 +228,6 @@ class Trainer:
                 f"from --gradient_accumulation_steps), and raise --global-batch-size {k}x for a larger batch "
                 "per step (--grad-checkpointing if it does not fit in memory)"
             )
-        self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
         self.device = acc.device
         self.out = Path(cfg.out)
         there = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
@@ -284,6 +308,10 @@ class Trainer:
         #: what `_load` did, logged by `hold_out_folder` (a busy --out is refused without resuming)
         self.resume_notes: list[tuple] = []
         self.unsent_metrics: list[list] = []  # metric points of the checkpoint not yet on the server
+        #: the step of a checkpoint of this folder trained without MLflow: the run starts after it
+        self.untracked_until: int | None = None
+        #: the first step trained with --no-mlflow since the run was last tracked, or None
+        self.untracked_from: int | None = None
         if ckpt is not None:
             self._load(ckpt)
 
@@ -301,8 +329,6 @@ class Trainer:
         self.validator = Validator(cfg, self.diffusion, acc, self.autocast, quiet=said)
         if cfg.data.val_root and cfg.eval.val_every > 0:  # a bad val folder fails now, not at step val_every
             self.validator.data()
-        self.tracker = None
-        self.peer_watch: PeerWatch | None = None  # while run() runs on several processes
         #: seconds of this process by phase, logged as ``perf/<key>`` (`FIXED_COST_METRICS`)
         self.seconds = dict.fromkeys(("mlflow_s", "val_s", "eval_s", "train_s"), 0.0)
 
@@ -423,12 +449,16 @@ class Trainer:
         self.last_loss, self.last_val = loop.get("last_loss"), loop.get("last_val")
         self.unsent_metrics = loop.get("unsent_metrics", [])
         self.due = list(loop.get("due", []))
+        self.untracked_from = loop.get("untracked_from")
         self.run_id = ckpt.get("mlflow_run_id") or None
+        if self.run_id is None and self.step > 0 and self.forked_from is None:
+            self.untracked_until = self.step  # its steps so far were trained with --no-mlflow
         self.resume_notes.append(
             ("resumed from %s at step %d (%d images seen)", self.ckpt_path, self.step, self.images_seen)
         )
         if self.forked_from is not None:  # the other folder's run is left alone, its points too
             self.parent_run_id, self.run_id, self.unsent_metrics = self.run_id, None, []
+            self.untracked_from = None
             self.resume_notes.append(("%s is another run folder's checkpoint: continuing it in a new MLflow "
                                       "run (its own run %s is left as it is)", self.ckpt_path,
                                       self.parent_run_id or "none"))  # fmt: skip
@@ -685,7 +715,7 @@ class Trainer:
         is ended (`signals_deferred`). With several processes, another rank leaves its error for rank 0
         (`publish_failure`), which names it first in the tag: rank 0's own is then mostly gloo's lost
         connection to it. Every rank leaves its error, so that one whose process does not end is
-        not waited for (`PeerWatch`)."""
+        not waited for (`PeerWatch`); so does one that fails while its trainer is built (no run yet)."""
         if self.peer_watch is not None:
             self.peer_watch.claim()  # this thread ends the run, not the watch's
             self.peer_watch.stop()  # and writes to the store alone
@@ -693,7 +723,8 @@ class Trainer:
 
     def stop_for_peers(self, failed: dict[int, str]) -> None:
         """`PeerWatch`'s: ranks ``failed`` ``{rank: error}`` left their errors and did not end; this
-        rank, waiting for them in a collective, ends the run (rank 0) before its process exits."""
+        rank, waiting for them in a collective, ends the run (rank 0; none yet while the trainer is
+        built) before its process exits."""
         ranks = ", ".join(str(rank) for rank in failed)
         err = PeerStuck(
             f"rank {ranks} failed and had not ended {PEER_GRACE_S:g} s later; rank {self.rank} stopped "
@@ -723,6 +754,8 @@ class Trainer:
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""
         t = self.cfg.tracking
+        if not t.enabled and self.run_id and self.untracked_from is None:
+            self.untracked_from = self.step  # its MLflow run lacks the steps from here
         if not (self.main and t.enabled):
             return
         from ..tracking import RunTracker, executor_tags, git_commit
@@ -734,12 +767,24 @@ class Trainer:
         if fork:
             tags |= {RESUMED_FROM_TAG: str(self.forked_from), RESUMED_FROM_STEP_TAG: str(self.step)}
             tags |= {RESUMED_FROM_RUN_TAG: self.parent_run_id} if self.parent_run_id else {}
+        untracked = self.untracked_until
+        if untracked is not None:
+            tags |= {RESUMED_WITHOUT_HISTORY_TAG: "true", RESUMED_FROM_STEP_TAG: str(untracked)}
         self.tracker = RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=self.run_id or t.run_id, run_name=t.run_name,
             tags=tags, out_dir=self.out, reuse_saved_id=self.resume != "never" and not fork,
             spare_run_id=self.parent_run_id,
         )  # fmt: skip
         self.run_id = self.tracker.run_id
+        if untracked is not None:
+            self.untracked_until = None  # said once: the run keeps its tags
+            log.warning(
+                "checkpoint %s (step %d) was trained without MLflow tracking (--no-mlflow): MLflow run %s "
+                "holds this run's metrics from step %d on only, tagged %s=true and %s=%d; for the whole run "
+                "in MLflow, train it again with --out a new folder", self.ckpt_path, untracked, self.run_id,
+                untracked + 1, RESUMED_WITHOUT_HISTORY_TAG, RESUMED_FROM_STEP_TAG, untracked,
+            )  # fmt: skip
+        self.note_untracked_steps()
         self.tracker.requeue(self.unsent_metrics)
         derived = {
             MODEL_PARAMS: param_count(self.dit_cfg),
@@ -758,6 +803,22 @@ class Trainer:
         self.tracker.log_dict(dataclasses.asdict(self.cfg), "config.json")
         if self.classes is not None:
             self.tracker.log_dict(self.class_index(), "classes.json")
+
+    def note_untracked_steps(self) -> None:
+        """Tag (`UNTRACKED_STEPS_TAG`) and say the steps this continued run has no metrics for: those from
+        `untracked_from` to this step, trained with --no-mlflow."""
+        first, self.untracked_from = self.untracked_from, None
+        if first is None or first >= self.step:
+            return
+        span = f"{first + 1}-{self.step}"
+        held = self.tracker.client.get_run(self.run_id).data.tags.get(UNTRACKED_STEPS_TAG)
+        if span not in (held or "").split(","):  # not twice for a resume that is resumed again
+            self.tracker.set_tags({UNTRACKED_STEPS_TAG: f"{held},{span}" if held else span})
+        log.warning(
+            "MLflow run %s has no metrics for steps %s: they were trained without MLflow tracking "
+            "(--no-mlflow) before checkpoint %s; the run is tagged %s", self.run_id, span, self.ckpt_path,
+            UNTRACKED_STEPS_TAG,
+        )  # fmt: skip
 
     def class_index(self) -> dict[str, int]:
         """``classes.json``: folder data's class name -> label."""
@@ -880,6 +941,7 @@ class Trainer:
                 "folder": str(self.out.resolve()),  # where it was trained: `check_not_a_copy`
                 "loop": {"pending_losses": [float(v) for v in vec], "last_loss": self.last_loss,
                          "last_val": self.last_val, "due": list(self.due),
+                         "untracked_from": self.untracked_from,
                          "unsent_metrics": self.tracker.unsent_points() if self.tracker else []},
             }  # fmt: skip
             if self.scaler is not None:

@@ -142,10 +142,10 @@ def main_thread_waits() -> bool:
 
 
 class PeerWatch:
-    """While a multi-process run trains, a daemon thread that ends this process when another rank
-    failed but its process did not end (stuck in a collective, a non-daemon thread): this rank,
-    waiting for it in a collective, would otherwise wait for gloo's timeout (30 min; a gloo
-    collective cannot be aborted). Every `WATCH_EVERY_S` it looks in the store for an error another
+    """While a multi-process trainer is built and while it trains, a daemon thread that ends this
+    process when another rank failed but its process did not end (stuck in a collective, a non-daemon
+    thread): this rank, waiting for it in a collective, would otherwise wait for gloo's timeout (30 min;
+    a gloo collective cannot be aborted). Every `WATCH_EVERY_S` it looks in the store for an error another
     rank left (`publish_failure`); one there for `PEER_GRACE_S`, while this rank waits for its peers
     (`main_thread_waits`: a rank busy on its own, e.g. starting its MLflow run, gets there first) and its
     own error path has not started (`claim`), is handed to ``on_stuck({rank: error})``, which ends
