@@ -47,8 +47,9 @@ def resolve_executor_kind(name: str) -> str:
         return "slurm" if not slurm_status() else "local"
     if name == "slurm" and (why := slurm_status()):
         raise ValueError(
-            f"SLURM was requested (--executor slurm) but {why}; bring a cluster up "
-            "(`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, or use --executor local"
+            f"SLURM was requested (--executor slurm, or executor.name: slurm in the sweep's config) but "
+            f"{why}; bring a cluster up (`sudo bash slurm/slurm-ci.sh up`), load your site's slurm module, "
+            "or use --executor local"
         )
     return name
 

@@ -62,6 +62,7 @@ from sweeps.runner import (
     launch,
     preview,
     sweep_dir,
+    take_jobs_gone,
     threads_per_process,
 )
 from sweeps.state import (
@@ -742,11 +743,11 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             f"-c {args.config or 'demo'})"
         )
         spec, unknown = spec.replace(data={"root": "<data.root>"}), ("data.root",)
+    no_cluster = ""
     try:
         kind = resolve_executor_kind(spec.executor.name)
-    except ValueError as e:  # SLURM asked for, no cluster answers: a dry run prices the study all the same
-        kind = "slurm"
-        notes.append(f"{e} (a real launch here refuses; the bill is priced all the same)")
+    except ValueError as e:  # SLURM asked for, no cluster answers: noted once the dry run knows its bill
+        kind, no_cluster = "slurm", str(e)
     uri, uri_read = resolve_tracking_uri(spec.tracking_uri), True
     try:
         check_tracking_uri(uri)  # a file that is no MLflow store, a missing folder, ...
@@ -764,6 +765,12 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     tasks = {c.cell_id: make_task(spec, c, sdir, uri) for c in cells}
     configs = check_trainer(spec.trainer, list(tasks.values()))  # each cell's TrainConfig, or an error
     states = preview(spec, tasks, configs, uri, unknown) if uri_read else {}  # a relaunch's refusals
+    if gone := take_jobs_gone(states) if args.slurm_jobs_gone else []:  # as a launch takes them
+        notes.append(
+            f"--slurm-jobs-gone: a launch takes the SLURM jobs of {len(gone)} cell(s) whose state is unknown "
+            f"({_some(gone)}) for over and submits those cells again (with retries left; counted above); a "
+            "job of them still alive would train its cell twice"
+        )
     p = plan(states, spec.executor.max_retries) if any(st.run_id for st in states.values()) else None
     todo = [c for c in cells if p is None or c.cell_id in p.submit]  # what a launch would submit
     evals = {c.cell_id: cell_eval_flops(c, tasks[c.cell_id].overrides) for c in todo}
@@ -792,23 +799,57 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(line)
     print()
     if p is not None and not p.submit:  # no bill of 0 cells: why nothing, and what would add some
-        for line in _nothing_to_submit(spec, args, p, states, len(cells)):
+        for line in _nothing_to_submit(spec, args, p, states, len(cells), bool(no_cluster)):
             print(line)
     else:
         print(bill)
-    if p is not None and p.submit:
+    if p is not None and p.submit and not p.unknown:
         print(
-            f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} "
-            f"running or queued, {len(p.exhausted)} out of retries; a launch would submit "
-            f"{len(p.submit)} of {len(cells)} cells (the estimate above is for those {len(p.submit)})"
+            f"{_already(spec, p)}; a launch would submit {len(p.submit)} of {len(cells)} cells (the estimate "
+            f"above is for those {len(p.submit)})"
         )
+    elif p is not None and p.submit:  # a launch refuses while SLURM does not say whether those jobs live
+        print(
+            f"{_already(spec, p)}; a launch refuses until SLURM answers about the {len(p.unknown)} of "
+            f"unknown job state, then submits {len(p.submit)} of {len(cells)} cells (the estimate above is "
+            f"for those {len(p.submit)}) and those of the {len(p.unknown)} found over"
+        )
+        print(_unknown_line(p, bool(no_cluster)))
     if kind == "slurm" and todo:
         flags = sbatch_flags(spec.executor, sdir / "jobs", job_name(spec), len(todo))
         print(f"sbatch for those {len(todo)} cells: {' '.join(flags)}")
+    if no_cluster:  # SLURM asked for and no cluster answers: a real launch here refuses, exit 2
+        if p is not None and not p.submit:
+            no_cluster += (
+                " (a real launch here refuses, although it would submit nothing; `python sweeps/launch.py "
+                "status` reads the sweep without a cluster)"
+            )
+        else:
+            no_cluster += " (a real launch here refuses; the bill is priced all the same)"
+        notes.append(no_cluster)
     for note in notes:
         print(note)
     print("dry run: nothing submitted")
     return 0
+
+
+def _already(spec: SweepSpec, p: Plan) -> str:
+    """The dry run's count of the sweep's cells a launch would skip, by why."""
+    unknown = f", {len(p.unknown)} of unknown job state" if p.unknown else ""
+    return (
+        f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} running "
+        f"or queued, {len(p.exhausted)} out of retries{unknown}"
+    )
+
+
+def _unknown_line(p: Plan, no_cluster: bool) -> str:
+    """The cells whose SLURM job state is unknown, why a launch refuses, and the way out; ``no_cluster``:
+    SLURM is asked for where no cluster answers, so the way out needs --executor local too."""
+    here = " (and, where no cluster answers as here, --executor local)" if no_cluster else ""
+    return (
+        f"job state unknown (SLURM does not answer): {_some(p.unknown)}; a launch refuses until `squeue` "
+        f"answers, unless --slurm-jobs-gone{here} says that cluster is gone for good"
+    )
 
 
 def _some(items: list[str], most: int = 8) -> str:
@@ -817,15 +858,12 @@ def _some(items: list[str], most: int = 8) -> str:
 
 
 def _nothing_to_submit(
-    spec: SweepSpec, args: argparse.Namespace, p: Plan, states: dict[str, CellState], n_cells: int
-) -> list[str]:
+    spec: SweepSpec, args: argparse.Namespace, p: Plan, states: dict[str, CellState], n_cells: int,
+    no_cluster: bool = False,
+) -> list[str]:  # fmt: skip
     """The dry run's lines for a sweep whose every cell a launch would skip: how many and why (finished,
     live, out of retries, job state unknown), and what to do about each (the flags that exist)."""
-    out = [
-        f"already in experiment {spec.experiment!r}: {len(p.finished)} finished, {len(p.running)} running "
-        f"or queued, {len(p.exhausted)} out of retries; a launch would submit 0 of {n_cells} cells: "
-        "nothing to submit, so no bill"
-    ]
+    out = [f"{_already(spec, p)}; a launch would submit 0 of {n_cells} cells: nothing to submit, so no bill"]
     if p.running:
         out.append(
             f"running or queued: {_some(p.running)}; a launch does not submit them again; watch "
@@ -836,10 +874,7 @@ def _nothing_to_submit(
         need = max(states[c].tries for c in p.exhausted)
         out.append(f"out of retries: {made}; relaunch with --max-retries {need} or more to try them again")
     if p.unknown:
-        out.append(
-            f"job state unknown (SLURM does not answer): {_some(p.unknown)}; a launch refuses until "
-            "`squeue` answers, unless --slurm-jobs-gone says that cluster is gone for good"
-        )
+        out.append(_unknown_line(p, no_cluster))
     models = {"grid": "models (--grid, --shapes), ", "isoflop": "sizes (--sizes-per-budget, --spread), "}
     out.append(  # an adaptive budget keeps the sizes it was placed with (`sweeps.design.check_placed`)
         f"to train more, add cells: budgets (--budgets), {models.get(spec.design, '')}seeds (--seeds) or "

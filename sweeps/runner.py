@@ -244,6 +244,7 @@ def launch(
     configs = check_trainer(spec.trainer, list(all_tasks.values()))  # bad settings: refused before any folder
     # a warm worker starts next: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
+    interrupted = False
     try:
         with sweep_lock(sdir):
             # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
@@ -272,11 +273,14 @@ def launch(
             work = _work(prep.cells, all_tasks)
             _Runner(prep, executor, result, states, on_progress, poll_s, others, work=work).run(tasks, wait)
         return result
+    except KeyboardInterrupt:
+        interrupted = True  # `_Runner._interrupted` has waited for the jobs, or killed them
+        raise
     finally:
         if warm is not None and not warm.submitted:
             warm.kill()  # nothing to run (all done or live, or an error): stop its imports
-        elif warm is not None:
-            warm.close(wait_s=30.0 if wait else None)  # it exits once its cells have
+        elif warm is not None:  # it exits once its cells have
+            warm.close(wait_s=30.0 if wait and not interrupted else None)
 
 
 def check_known(states: dict[str, CellState], jobs_gone: bool = False) -> None:
@@ -291,8 +295,7 @@ def check_known(states: dict[str, CellState], jobs_gone: bool = False) -> None:
             "runs would train its cell twice",
             len(unknown), ", ".join(unknown[:8]),
         )  # fmt: skip
-        for c in unknown:
-            states[c].state = "failed" if states[c].run_status == "SCHEDULED" else "interrupted"
+        take_jobs_gone(states)
     elif unknown:
         raise ValueError(
             f"SLURM does not answer (sacct and squeue failed), so whether the jobs of {len(unknown)} "
@@ -300,6 +303,15 @@ def check_known(states: dict[str, CellState], jobs_gone: bool = False) -> None:
             "again once `squeue` answers, or, if that cluster is gone for good (its jobs with it), add "
             "--slurm-jobs-gone"
         )
+
+
+def take_jobs_gone(states: dict[str, CellState]) -> list[str]:
+    """--slurm-jobs-gone: the cells whose job state is unknown taken for interrupted (failed where the job
+    never started: run SCHEDULED), in ``states``; returns them."""
+    unknown = sorted(c for c, st in states.items() if st.state == "unknown")
+    for c in unknown:
+        states[c].state = "failed" if states[c].run_status == "SCHEDULED" else "interrupted"
+    return unknown
 
 
 def check_unrecorded(spec: SweepSpec, uri: str, states: dict[str, CellState]) -> None:
@@ -577,22 +589,44 @@ class _Runner:
     def _interrupted(self, wait_s: float = 10.0) -> None:
         """Ctrl-C while this launcher waits, which stops its local jobs too: record each live local
         cell's submission as interrupted (not a try), wait up to ``wait_s`` for the jobs to end, and end
-        the runs their trainers did not: KILLED, tag status=interrupted. SLURM jobs go on running."""
+        the runs their trainers did not: KILLED, tag status=interrupted. A second Ctrl-C during that wait
+        kills the jobs still alive (every process, `_kill_jobs`) and ends their runs so at once, then
+        raises. SLURM jobs go on running."""
         if self.prep.kind == "slurm" or not self.live:
             return
         cells = sorted(self.live)
         uri = self.prep.tracking_uri
         counts = {self.states[c].run_id: self.states[c].interrupts + 1 for c in cells}
-        record_interrupts(uri, counts)
-        log.warning("interrupted: %s stopped; not counted as tries (--max-retries)", ", ".join(cells))
-        deadline = time.monotonic() + wait_s
         alive = set(cells)
-        while alive and time.monotonic() < deadline:
-            alive = {c for c in alive if not (self.prep.kind == "debug" or self.jobs[c].done())}
-            if alive:
-                time.sleep(0.05)
-        over = {self.states[c].run_id: "" for c in cells if c not in alive}
+        try:
+            with signals_deferred(signal.SIGINT):  # a second Ctrl-C lets the record be written first
+                record_interrupts(uri, counts)
+            log.warning("interrupted: %s stopped; not counted as tries (--max-retries)", ", ".join(cells))
+            deadline = time.monotonic() + wait_s
+            while alive and time.monotonic() < deadline:
+                alive = {c for c in alive if not (self.prep.kind == "debug" or self.jobs[c].done())}
+                if alive:
+                    time.sleep(0.05)
+        except KeyboardInterrupt:  # Ctrl-C again: stop waiting for the jobs' checkpoints
+            with signals_deferred(signal.SIGINT):  # a third one waits until the runs are ended
+                local = self.prep.kind == "local"  # a debug job runs in this process: interrupted with it
+                left = [self.jobs[c] for c in sorted(alive) if local and not self.jobs[c].done()]
+                if left:
+                    log.warning("Ctrl-C again: killing job(s) %s now", ", ".join(str(j.job_id) for j in left))
+                still = set(_kill_jobs(left))
+                self._end_interrupted([c for c in cells if str(self.jobs[c].job_id) not in still])
+            if left:  # said by the CLI as what the Ctrl-C stopped
+                raise CancelInterrupted(_killed_text(left, still)) from None
+            raise
+        self._end_interrupted([c for c in cells if c not in alive])
+
+    def _end_interrupted(self, cells: list[str]) -> None:
+        """End the runs of ``cells``, whose jobs are over, that their trainers left open: KILLED, tag
+        status=interrupted; a run its trainer ended keeps its end (`end_orphaned_runs` ends only
+        SCHEDULED or RUNNING runs): each run is ended once."""
+        over = {self.states[c].run_id: "" for c in cells}
         if over:  # their jobs are over: nothing else will end these runs
+            uri = self.prep.tracking_uri
             end_orphaned_runs(uri, over, status="KILLED", tag="interrupted", left=("SCHEDULED", "RUNNING"))
 
     def _until_locked(self, timeout_s: float = 30.0) -> None:
@@ -741,7 +775,8 @@ def _until_slurm_ended(
 
 
 class CancelInterrupted(KeyboardInterrupt):
-    """The user's Ctrl-C while the launcher cancelled jobs whose record failed; says what became of them."""
+    """The user's Ctrl-C that the launcher acted on (cancelling jobs whose record failed, or a second one
+    killing the local jobs); says what became of them."""
 
 
 def _hurried_text(what: str, ids: str, left: list[str], kind: str) -> str:
@@ -772,6 +807,18 @@ def _hurried_text(what: str, ids: str, left: list[str], kind: str) -> str:
         f"`squeue -j {listed}` lists none before launching again (a relaunch meanwhile skips their cells "
         f"as live). {again}"
     )
+
+
+def _killed_text(jobs: list[Any], still: set[str]) -> str:
+    """What a second Ctrl-C did to the local ``jobs`` it killed (``still``: the ids not seen to end)."""
+    ids = ", ".join(str(j.job_id) for j in jobs)
+    text = (
+        f"local job(s) {ids} killed (SIGKILL) on a second Ctrl-C, the MLflow runs their trainers left open "
+        "ended KILLED (status=interrupted); not counted as tries (--max-retries)"
+    )
+    if still:
+        text += f"; {', '.join(sorted(still))} not seen to end: kill the process that holds the cell's lock"
+    return text + ". Relaunch the same command to resume them from their last checkpoints"
 
 
 def _kill_jobs(jobs: list[Any], wait_s: float = KILL_WAIT_S) -> list[str]:

@@ -224,7 +224,8 @@ def test_a_dry_run_notes_what_its_machine_lacks_and_prices_the_study(work, capsy
         and "CPU core-hours on SLURM for 1 cells (gpus_per_node 0: no GPU requested)" in out
         and "dry run: nothing submitted" in out
     )
-    assert "SLURM was requested (--executor slurm) but `sbatch` is not on PATH" in out
+    assert "SLURM was requested (--executor slurm, or executor.name: slurm in the sweep's config) but " \
+        "`sbatch` is not on PATH" in out  # fmt: skip
     assert "(a real launch here refuses; the bill is priced all the same)" in out
     code, _, err = _main([*base, "--executor", "slurm", "--sbatch=--qos high"], capsys)
     assert code == 2 and "extra sbatch line '--qos high' is not of the form --key=value" in err
