@@ -91,30 +91,26 @@ def publish_failure(rank: int, error: str) -> None:
 def failed_peers(rank: int, world: int) -> dict[int, str]:
     """``{rank: error}`` that ranks other than ``rank`` left with `publish_failure`, left in the store
     (`peer_failures` takes rank 0's peers' off it)."""
-    store, found = _store(), {}
-    for other in range(world) if store is not None else ():
-        key = FAILURE_KEY.format(rank=other)
-        try:
-            if other != rank and store.check([key]):
-                found[other] = store.get(key).decode(errors="replace")
-        except Exception as e:  # noqa: BLE001 - the store is gone: this rank's collective fails too
-            log.debug("could not read rank %d's error from the store: %s", other, e)
-    return found
+    return _left_errors([other for other in range(world) if other != rank], take=False)
 
 
 def peer_failures(world: int) -> dict[int, str]:
     """``{rank: error}`` that other ranks left with `publish_failure` (each taken off the store once
     read); without waiting: a rank that failed left its error before its process ended."""
+    return _left_errors(range(1, world), take=True)
+
+
+def _left_errors(ranks, take: bool) -> dict[int, str]:
+    """``{rank: error}`` that ``ranks`` left in the store (``take``: deleting each once read)."""
     store, found = _store(), {}
-    if store is None:
-        return found
-    for rank in range(1, world):
+    for rank in ranks if store is not None else ():
         key = FAILURE_KEY.format(rank=rank)
         try:
             if store.check([key]):
                 found[rank] = store.get(key).decode(errors="replace")
-                store.delete_key(key)
-        except Exception as e:  # noqa: BLE001 - the store is gone: rank 0's own error is all there is
+                if take:
+                    store.delete_key(key)
+        except Exception as e:  # noqa: BLE001 - the store is gone: this rank's collective fails too
             log.debug("could not read rank %d's error from the store: %s", rank, e)
     return found
 
