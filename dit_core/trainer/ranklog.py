@@ -47,16 +47,14 @@ WAITING_IN = ("/torch/distributed/", "/torch/autograd/", "/torch/nn/parallel/")
 
 
 @contextlib.contextmanager
-def warnings_muted(muted: bool, logger: str = DATA_LOGGER) -> Iterator[None]:
-    """While the block runs and ``muted`` holds, ``logger`` (and its children) pass on errors only:
+def warnings_muted(muted: bool) -> Iterator[None]:
+    """While the block runs and ``muted`` holds, `DATA_LOGGER` (and its children) pass on errors only:
     for what another rank, or an earlier read of the same folder, says already. Only the block's
     calls are muted: a file that fails to load while training is named by the rank that loads it."""
-    if not muted:
-        yield
-        return
-    target = logging.getLogger(logger)
+    target = logging.getLogger(DATA_LOGGER)
     level = target.level
-    target.setLevel(logging.ERROR)
+    if muted:
+        target.setLevel(logging.ERROR)
     try:
         yield
     finally:
