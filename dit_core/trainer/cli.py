@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import os
 import sys
 
 import torch
@@ -28,6 +27,7 @@ from ..configio import (
 from ..memory import out_of_memory
 from ..spec import model_config, model_label
 from ..tracking import STATUS_FINISHED, check_tracking_server
+from .ranklog import exit_now
 from .signals import INTERRUPT_SIGNALS
 
 log = logging.getLogger("dit_core.train")
@@ -235,7 +235,5 @@ def main(argv: list[str] | None = None) -> int:
         if code == 0:
             state.wait_for_everyone()
         state.destroy_process_group()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)
     return code

@@ -22,6 +22,7 @@ __all__ = [
     "WAITING_IN",
     "WATCH_EVERY_S",
     "PeerWatch",
+    "exit_now",
     "failed_peers",
     "main_thread_waits",
     "peer_failures",
@@ -185,10 +186,10 @@ class PeerWatch:
             except Exception as e:  # noqa: BLE001 - the process ends all the same
                 log.error("rank %d could not end its run: %s", self.rank, e, exc_info=True)
             finally:
-                _exit_now(1)
+                exit_now(1)
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
     """End this process at once, from any thread (its main thread may be blocked in gloo)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
