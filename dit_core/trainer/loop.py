@@ -53,6 +53,7 @@ from .resume import (
     FORK_AS_SAVED,
     START_OVER,
     check_resumable,
+    config_changes,
     find_checkpoint,
     is_own_checkpoint,
     load_resume_checkpoint,
@@ -340,10 +341,7 @@ class Trainer:
         those params."""
         if not (self.cfg.tracking.enabled and self.cfg.eval.eval_every) or self.forked_from is not None:
             return
-        old, new = (
-            {k: tracking.format_param(flat.get(k)) for k in EVAL_PROTOCOL} for flat in (saved, self.flat)
-        )
-        if diff := [f"{k}: {old[k]!r} -> {new[k]!r}" for k in EVAL_PROTOCOL if old[k] != new[k]]:
+        if diff := config_changes(saved, self.flat, EVAL_PROTOCOL):
             raise ConfigError(
                 f"checkpoint {self.ckpt_path}: the run's FID protocol changed ({'; '.join(diff)}), but "
                 "MLflow keeps a run's first params, so the analysis would read the new scores as made the "
