@@ -60,8 +60,6 @@ def save_checkpoint(out: str | os.PathLike, state: dict[str, Any], *, keep_last:
     """Write ``state`` (must hold ``"step"``) to ``<out>/checkpoints/step_{step:07d}.pt`` atomically,
     point ``latest.json`` at it, and delete all but the newest ``keep_last`` (0 = keep all), and the
     temporary files of earlier writes that were killed."""
-    if "step" not in state:
-        raise ValueError("save_checkpoint: state needs a 'step' entry")
     folder = checkpoint_dir(out)
     step = int(state["step"])
     path = folder / f"step_{step:07d}.pt"

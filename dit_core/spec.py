@@ -128,9 +128,6 @@ class DiTConfig:
         check_keys(DiTConfig, changes, "DiTConfig")
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def official_names() -> list[str]:
     """`["DiT-XL/2", "DiT-XL/4", ..., "DiT-S/8"]`."""

@@ -519,8 +519,6 @@ class RunTracker:
         end the run: finished -> FINISHED, failed -> FAILED, preempted -> KILLED (a requeued job
         continues the same run), interrupted -> KILLED (a Ctrl-C of a sweep's local job). A finished
         run that an earlier attempt left with an ``error`` tag keeps it as ``error.previous``."""
-        if status not in _TERMINAL:
-            raise ValueError(f"status must be one of {sorted(_TERMINAL)}, got {status!r}")
         self.sender.close(300.0)
         self.set_tags({STATUS_TAG: status})
         if status == STATUS_FINISHED:  # an earlier attempt's error is history, not this run's outcome

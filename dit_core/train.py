@@ -13,36 +13,17 @@ from __future__ import annotations
 
 import sys
 
-from .config import (
-    BudgetConfig,
-    CheckpointConfig,
-    ConfigError,
-    EvalConfig,
-    ModelConfig,
-    OptimConfig,
-    TrackingConfig,
-    TrainConfig,
-)
-from .trainer.cli import EXIT_PREEMPTED, build_parser, config_from_args, main
+from .config import TrainConfig
+from .trainer.cli import build_parser, config_from_args, main
 from .trainer.loop import Trainer, TrainResult
 from .trainer.resolve import resolve_config
-from .trainer.resume import check_resumable
 from .trainer.signals import in_local_job
 
 __all__ = [
-    "EXIT_PREEMPTED",
-    "BudgetConfig",
-    "CheckpointConfig",
-    "ConfigError",
-    "EvalConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "TrackingConfig",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "build_parser",
-    "check_resumable",
     "config_from_args",
     "main",
     "resolve_config",

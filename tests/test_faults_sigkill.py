@@ -27,7 +27,7 @@ import torch
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint
-from dit_core.trainer.loop import FIXED_COST_METRICS
+from dit_core.tracking import FIXED_COST_METRICS
 
 TESTS = Path(__file__).resolve().parent
 N_KILLS = 20

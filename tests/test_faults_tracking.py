@@ -149,7 +149,8 @@ def test_mlflow_server_restart_mid_run_loses_no_metric(tmp_path, monkeypatch, ca
     """Train 60 steps logging every step against a real server; at step 10 the server is stopped and
     started again on the same port; training goes on meanwhile. Afterwards the experiment holds one
     FINISHED run with every metric at every expected step exactly once, with exact values."""
-    from dit_core.trainer.loop import FIXED_COST_METRICS, Trainer
+    from dit_core.tracking import FIXED_COST_METRICS
+    from dit_core.trainer.loop import Trainer
 
     # MLflow's own retries would only delay the late points (see MetricSender); leave it to ours
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -120,7 +120,7 @@ def test_non_embedding_params_leave_out_positions_timesteps_and_labels():
     embeddings = 256 * d + (f * d + d + d * d + d) + 1001 * d  # pos table, t MLP, labels + null
     assert non_embedding_param_count("DiT-XL/2") == 675_129_632 - embeddings
     tiny = model_config(depth=1, hidden_size=16, num_heads=2, patch_size=2, input_size=8, num_classes=10)
-    small_f = model_config(**{**tiny.to_dict(), "frequency_embedding_size": 8})
+    small_f = tiny.replace(frequency_embedding_size=8)
     assert param_count(tiny) - param_count(small_f) == (256 - 8) * 16
     assert non_embedding_param_count(tiny) == non_embedding_param_count(small_f)
 

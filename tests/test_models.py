@@ -462,7 +462,7 @@ def test_unknown_names_and_fields_list_valid_ones():
 
 def test_config_round_trip():
     cfg = model_config("DiT-B/4", input_size=16, block_type="adaln", pos_embed="rope")
-    assert DiTConfig(**cfg.to_dict()) == cfg
+    assert DiTConfig(**dataclasses.asdict(cfg)) == cfg
     assert DiT.from_config(model_config(**TINY)).config == model_config(**TINY)
 
 
@@ -471,7 +471,7 @@ def test_dit_from_config_official_keywords_and_factories_agree():
     torch.manual_seed(0)
     a = DiT(cfg)
     torch.manual_seed(0)
-    b = DiT(**cfg.to_dict())  # the official keyword signature
+    b = DiT(**dataclasses.asdict(cfg))  # the official keyword signature
     torch.manual_seed(0)
     c = DiT(model_config(**TINY), block_type="adaln")  # keywords override the config
     assert a.config == b.config == c.config == cfg

@@ -10,9 +10,9 @@ from _train_helpers import assert_same_tensors, one_thread, tiny_config
 from mlflow import MlflowClient
 
 from dit_core.checkpoint import list_checkpoints, load_checkpoint
+from dit_core.tracking import FIXED_COST_METRICS
 from dit_core.train import Trainer, train
 from dit_core.trainer import loop as trainer_loop
-from dit_core.trainer.loop import FIXED_COST_METRICS
 
 TINY = {"model.depth": 1, "model.hidden_size": 16, "model.num_heads": 2, "data.image_size": 8,
         "eval.val_examples": 8, "log_every": 2}  # fmt: skip

@@ -171,8 +171,7 @@ def test_several_processes_agree_on_a_signal_every_sync_interval_and_average_the
     collective adds the other rank's value (the real 2-process runs are in test_dist_s39.py and
     test_sync_s39.py). The flag goes with rank 0's proposed sync interval (`SignalSync`), to which the
     other rank adds 0; at 0.01 s per step the interval is SIGNAL_SYNC_EVERY steps."""
-    from dit_core.trainer.loop import SIGNAL_SYNC_EVERY
-    from dit_core.trainer.signals import SignalSync
+    from dit_core.trainer.signals import SIGNAL_SYNC_EVERY, SignalSync
 
     tr = Trainer(tiny(tmp_path, 2))
     other = {"flag": 0.0, "losses": torch.zeros(0)}

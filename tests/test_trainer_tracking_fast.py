@@ -35,10 +35,10 @@ from dit_core.spec import (
     param_count,
     train_flops_per_image,
 )
-from dit_core.tracking import FEATURE_SPACE_TAG, executor_tags, format_param, git_commit
+from dit_core.tracking import FEATURE_SPACE_TAG, FIXED_COST_METRICS, executor_tags, format_param, git_commit
 from dit_core.train import Trainer, train
 from dit_core.trainer.evaluation import clip_denoised, evaluate_samples, guidance_scale, sample_grid
-from dit_core.trainer.loop import FIXED_COST_METRICS, process_start_time
+from dit_core.trainer.loop import process_start_time
 from dit_core.trainer.validation import Validator
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import os
 import sys
 
 import torch
@@ -28,6 +27,7 @@ from ..configio import (
 from ..memory import out_of_memory
 from ..spec import model_config, model_label
 from ..tracking import STATUS_FINISHED, check_tracking_server
+from .ranklog import exit_now
 from .signals import INTERRUPT_SIGNALS
 
 log = logging.getLogger("dit_core.train")
@@ -39,29 +39,24 @@ EXIT_PREEMPTED = 143
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 TRACKING_HINT = "start it, pass --tracking-uri sqlite:///mlflow.db (a local file), or --no-mlflow"
 
+#: Fields that also take their own name as a flag (``optim.lr`` -> ``--lr``, ``_`` as ``-``).
+SHORT_NAMED = (
+    "model.depth", "model.hidden_size", "model.num_heads", "model.patch_size", "model.pos_embed",
+    "model.block_type", "diffusion.objective", "data.image_size", "budget.max_steps", "budget.train_flops",
+    "budget.global_batch_size", "optim.lr", "optim.lr_scaling", "optim.lr_base_width", "optim.lr_flops_ref",
+    "optim.lr_flops_exponent", "optim.weight_decay", "optim.warmup_steps", "optim.warmup_frac",
+    "optim.schedule", "optim.cooldown_frac", "optim.min_lr_ratio", "optim.grad_clip", "optim.ema_decay",
+    "eval.val_every", "eval.val_examples", "eval.eval_every", "eval.num_samples", "eval.sampler",
+    "eval.cfg_scale", "eval.reference", "checkpoint.keep_last", "tracking.experiment", "tracking.run_name",
+    "tracking.run_id", "tracking.sweep", "tracking.grid_cell", "grad_checkpointing", "num_workers",
+    "log_every",
+)  # fmt: skip
 #: Short flags for common fields (flag -> dotted field); every field also has ``--<dotted.name>``.
-ALIASES = {
-    "--model": "model.name", "--depth": "model.depth", "--hidden-size": "model.hidden_size",
-    "--width": "model.hidden_size", "--num-heads": "model.num_heads", "--heads": "model.num_heads",
-    "--patch-size": "model.patch_size", "--pos-embed": "model.pos_embed", "--block-type": "model.block_type",
-    "--objective": "diffusion.objective", "--noise-schedule": "diffusion.schedule",
-    "--data": "data.name", "--data-root": "data.root", "--image-size": "data.image_size",
-    "--max-steps": "budget.max_steps", "--train-flops": "budget.train_flops",
-    "--global-batch-size": "budget.global_batch_size", "--batch-size": "budget.global_batch_size",
-    "--lr": "optim.lr", "--lr-scaling": "optim.lr_scaling", "--lr-base-width": "optim.lr_base_width",
-    "--lr-flops-ref": "optim.lr_flops_ref", "--lr-flops-exponent": "optim.lr_flops_exponent",
-    "--weight-decay": "optim.weight_decay", "--warmup-steps": "optim.warmup_steps",
-    "--warmup-frac": "optim.warmup_frac", "--schedule": "optim.schedule",
-    "--cooldown-frac": "optim.cooldown_frac", "--min-lr-ratio": "optim.min_lr_ratio",
-    "--grad-clip": "optim.grad_clip", "--ema-decay": "optim.ema_decay",
-    "--val-every": "eval.val_every", "--val-examples": "eval.val_examples", "--eval-every": "eval.eval_every",
-    "--num-samples": "eval.num_samples", "--sampler": "eval.sampler", "--sample-steps": "eval.steps",
-    "--cfg-scale": "eval.cfg_scale", "--reference": "eval.reference",
-    "--ckpt-every": "checkpoint.every", "--keep-last": "checkpoint.keep_last",
-    "--tracking-uri": "tracking.uri", "--experiment": "tracking.experiment",
-    "--run-name": "tracking.run_name", "--run-id": "tracking.run_id", "--sweep": "tracking.sweep",
-    "--grid-cell": "tracking.grid_cell",
-    "--grad-checkpointing": "grad_checkpointing", "--num-workers": "num_workers", "--log-every": "log_every",
+ALIASES = {"--" + key.rpartition(".")[2].replace("_", "-"): key for key in SHORT_NAMED} | {
+    "--model": "model.name", "--width": "model.hidden_size", "--heads": "model.num_heads",
+    "--noise-schedule": "diffusion.schedule", "--data": "data.name", "--data-root": "data.root",
+    "--batch-size": "budget.global_batch_size", "--sample-steps": "eval.steps",
+    "--ckpt-every": "checkpoint.every", "--tracking-uri": "tracking.uri",
 }  # fmt: skip
 
 #: Flags that switch a bool field off.
@@ -240,7 +235,5 @@ def main(argv: list[str] | None = None) -> int:
         if code == 0:
             state.wait_for_everyone()
         state.destroy_process_group()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)
     return code

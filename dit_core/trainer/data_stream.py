@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .rng import mix_seed
 
-__all__ = ["CHUNK_IMAGES", "DataStream"]
+__all__ = ["CHUNK_IMAGES", "DataStream", "fetch_batch"]
 
 _PERM_STREAM = 0xDA7A
 #: Datasets with ``get_batch(indices) -> (x, y)`` (photos) render this many images per call, several
@@ -95,10 +95,7 @@ class DataStream:
             per_call = max(1, CHUNK_IMAGES // self.local_batch)
             self._iter = _chunked(self.dataset.get_batch, batches, per_call)
         elif self.num_workers == 0:
-            fetch = getattr(self.dataset, "__getitems__", None)  # a whole batch at once
-            self._iter = (
-                _collate(fetch(idx) if fetch else [self.dataset[i] for i in idx]) for idx in batches
-            )
+            self._iter = (fetch_batch(self.dataset, idx) for idx in batches)
         else:
             self._iter = iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers))
 
@@ -127,6 +124,13 @@ def _chunked(get_batch: Callable[[list[int]], Batch], batches: list[list[int]], 
         x, y = get_batch([j for idx in group for j in idx])
         sizes = [len(idx) for idx in group]
         yield from zip(x.split(sizes), y.split(sizes))
+
+
+def fetch_batch(dataset: Dataset, idx: list[int]) -> Batch:
+    """Items ``idx`` of ``dataset`` stacked, ``(x (n, C, H, W), y (n,))``: through the dataset's
+    ``__getitems__`` where it has one (a whole batch at once)."""
+    get = getattr(dataset, "__getitems__", None)
+    return _collate(get(idx) if get else [dataset[i] for i in idx])
 
 
 def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .. import tracking
 from ..atomic import atomic_write_text
 from ..checkpoint import latest_checkpoint, save_checkpoint
 from ..config import TrainConfig
@@ -34,45 +35,6 @@ from ..evaluate.sampling import SamplingStopped
 from ..fast_path import compile_for_training
 from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
-from ..tracking import (
-    DATA_TRAIN_SIZE,
-    ERROR_TAG,
-    EVAL_PREFIX,
-    FEATURE_SPACE_TAG,
-    FIXED_COST_METRICS,
-    GIT_COMMIT,
-    GRID_CELL_TAG,
-    IMAGES_PER_S,
-    IMAGES_SEEN,
-    LR,
-    MODEL_FORWARD_GFLOPS,
-    MODEL_PARAMS,
-    MODEL_PARAMS_NON_EMBEDDING,
-    MODEL_TRAIN_FLOPS_PER_IMAGE,
-    OPTIM_LR_EFFECTIVE,
-    OPTIM_WARMUP_STEPS_EFFECTIVE,
-    PERF_PREFIX,
-    RESUMED_FROM_RUN_TAG,
-    RESUMED_FROM_STEP_TAG,
-    RESUMED_FROM_TAG,
-    RESUMED_WITHOUT_HISTORY_TAG,
-    RUN_ID_FILE,
-    RUN_KEY_FILE,
-    STATUS_FAILED,
-    STATUS_FINISHED,
-    STATUS_INTERRUPTED,
-    STATUS_PREEMPTED,
-    SWEEP_TAG,
-    TRAIN_FLOPS,
-    TRAIN_LOSS,
-    UNIQUE_IMAGES_TAG,
-    UNTRACKED_STEPS_TAG,
-    VAL_LOSS,
-    VAL_LOSS_EMA,
-    WORLD_SIZE,
-    feature_space_tag,
-    unique_images_tag,
-)
 from .data_stream import DataStream
 from .evaluation import evaluate_samples, sample_grid
 from .lr_schedule import lr_at, peak_lr, warmup_steps
@@ -91,6 +53,7 @@ from .resume import (
     FORK_AS_SAVED,
     START_OVER,
     check_resumable,
+    config_changes,
     find_checkpoint,
     is_own_checkpoint,
     load_resume_checkpoint,
@@ -99,7 +62,6 @@ from .rng import StepRandom, get_rng_state, set_rng_state
 from .signals import (
     PREEMPTION_SIGNALS,
     SIGINT_ECHO_S,
-    SIGNAL_SYNC_EVERY,
     PreemptionGuard,
     SignalSync,
     signals_deferred,
@@ -109,14 +71,7 @@ from .validation import Validator
 
 log = logging.getLogger("dit_core.train")
 
-__all__ = [
-    "FIXED_COST_METRICS",
-    "SIGNAL_SYNC_EVERY",
-    "PeerStuck",
-    "TrainResult",
-    "Trainer",
-    "make_accelerator",
-]
+__all__ = ["PeerStuck", "TrainResult", "Trainer", "make_accelerator"]
 
 #: The ``eval.*`` params from which the analysis reads how a run's FIDs were scored
 #: (`analysis.runs.fid_protocol`): fixed for the life of its MLflow run. (A moved ``eval.reference``
@@ -392,7 +347,7 @@ class Trainer:
         if not (self.cfg.tracking.enabled and own and self.forked_from is None):
             return
         try:
-            if home.samefile(self.out) or (home / RUN_ID_FILE).read_text().strip() != own:
+            if home.samefile(self.out) or (home / tracking.RUN_ID_FILE).read_text().strip() != own:
                 return
         except OSError:  # the old folder (or its run id file) is gone: a move
             return
@@ -410,10 +365,7 @@ class Trainer:
         those params."""
         if not (self.cfg.tracking.enabled and self.cfg.eval.eval_every) or self.forked_from is not None:
             return
-        from ..tracking import format_param
-
-        old, new = ({k: format_param(flat.get(k)) for k in EVAL_PROTOCOL} for flat in (saved, self.flat))
-        if diff := [f"{k}: {old[k]!r} -> {new[k]!r}" for k in EVAL_PROTOCOL if old[k] != new[k]]:
+        if diff := config_changes(saved, self.flat, EVAL_PROTOCOL):
             raise ConfigError(
                 f"checkpoint {self.ckpt_path}: the run's FID protocol changed ({'; '.join(diff)}), but "
                 "MLflow keeps a run's first params, so the analysis would read the new scores as made the "
@@ -426,7 +378,9 @@ class Trainer:
         run of an earlier start (killed before its first checkpoint) whose ``config.json`` has other
         settings: restarting from step 0 in that run would log this config's losses under its params."""
         saved_file = self.out / "config.json"
-        if not saved_file.is_file() or not any((self.out / f).is_file() for f in (RUN_ID_FILE, RUN_KEY_FILE)):
+        if not saved_file.is_file() or not any(
+            (self.out / f).is_file() for f in (tracking.RUN_ID_FILE, tracking.RUN_KEY_FILE)
+        ):
             return
         try:
             saved = yaml_to_flat(TrainConfig, json.loads(saved_file.read_text()), str(saved_file))
@@ -569,10 +523,10 @@ class Trainer:
                 try:
                     status = self.run_loop(guard, progress, stop_at_step)
                 except SamplingStopped:  # a signal during an evaluation: its step saved with `due`
-                    status = STATUS_PREEMPTED
-                periodic = status == STATUS_PREEMPTED and self.saved and self.saved[0] == self.step
+                    status = tracking.STATUS_PREEMPTED
+                periodic = status == tracking.STATUS_PREEMPTED and self.saved and self.saved[0] == self.step
                 ckpt_path = self.saved[1] if periodic else self.save()
-                signum = guard.received if status == STATUS_PREEMPTED else None
+                signum = guard.received if status == tracking.STATUS_PREEMPTED else None
                 handler = guard.previous_handler(signum) if signum is not None else None
         except BaseException as err:
             self.end_run_on_error(err, local_job)
@@ -580,11 +534,13 @@ class Trainer:
         finally:
             progress.close()
         if self.tracker:
-            if status == STATUS_FINISHED:
+            if status == tracking.STATUS_FINISHED:
                 self.log_fixed_cost()
-            self.tracker.finish(STATUS_INTERRUPTED if local_job and signum == signal.SIGINT else status)
+            self.tracker.finish(
+                tracking.STATUS_INTERRUPTED if local_job and signum == signal.SIGINT else status
+            )
         signame = signal.Signals(signum).name if signum is not None else None
-        if status == STATUS_PREEMPTED:
+        if status == tracking.STATUS_PREEMPTED:
             if self.main:  # the others wrote no checkpoint: their "checkpoint None" would read as lost
                 log.warning("stopped at step %d/%d (%s); checkpoint %s; resume with the same --out",
                             self.step, self.total, signame or "stop_at_step", ckpt_path)  # fmt: skip
@@ -611,7 +567,7 @@ class Trainer:
             self.run_due(guard, resumed=True)
         while self.step < self.total:
             if self.preempt_requested(guard) or (stop_at_step is not None and self.step >= stop_at_step):
-                return STATUS_PREEMPTED
+                return tracking.STATUS_PREEMPTED
             t0 = time.perf_counter()
             self.train_step()
             dt = time.perf_counter() - t0
@@ -624,7 +580,7 @@ class Trainer:
                 train_time, interval_images = 0.0, 0
             self.due = [k for k, n in self.check_intervals().items() if n and (s % n == 0 or last)]
             if self.due and self.preempt_requested(guard):  # stop now, not after a long evaluation in
-                return STATUS_PREEMPTED  # the grace period: run() checkpoints this step with `due`
+                return tracking.STATUS_PREEMPTED  # the grace period: run() checkpoints this step with `due`
             if last and self.due:
                 self.save()  # records `due`: a failure below keeps the steps trained
             self.run_due(guard)
@@ -633,8 +589,8 @@ class Trainer:
                 # a signal during the write (torchrun's SIGTERM, SLURM's): this is the preemption
                 # checkpoint, not another one after more steps, in the grace period before SIGKILL
                 if self.preempt_requested(guard, every_call=True):
-                    return STATUS_PREEMPTED
-        return STATUS_FINISHED
+                    return tracking.STATUS_PREEMPTED
+        return tracking.STATUS_FINISHED
 
     def check_intervals(self) -> dict[str, int]:
         """``{"val": eval.val_every, "eval": eval.eval_every}`` (0 = off), in the order they run."""
@@ -747,9 +703,9 @@ class Trainer:
             if self.world > 1 and self.main:
                 text = with_peer_failures(text, peer_failures(self.world))
             if self.tracker:
-                self.tracker.set_tags({ERROR_TAG: text[:5000]})
+                self.tracker.set_tags({tracking.ERROR_TAG: text[:5000]})
                 ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
-                self.tracker.finish(STATUS_INTERRUPTED if ctrl_c else STATUS_FAILED)
+                self.tracker.finish(tracking.STATUS_INTERRUPTED if ctrl_c else tracking.STATUS_FAILED)
 
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""
@@ -758,19 +714,27 @@ class Trainer:
             self.untracked_from = self.step  # its MLflow run lacks the steps from here
         if not (self.main and t.enabled):
             return
-        from ..tracking import RunTracker, executor_tags, git_commit
-
-        given = {SWEEP_TAG: t.sweep, GRID_CELL_TAG: t.grid_cell, "mlflow.parentRunId": t.parent_run_id}
-        tags = {**t.tags, **{k: v for k, v in given.items() if v}, **executor_tags()}
-        tags[UNIQUE_IMAGES_TAG] = unique_images_tag(unique_images(self.train_set))
+        given = {
+            tracking.SWEEP_TAG: t.sweep,
+            tracking.GRID_CELL_TAG: t.grid_cell,
+            "mlflow.parentRunId": t.parent_run_id,
+        }
+        tags = {**t.tags, **{k: v for k, v in given.items() if v}, **tracking.executor_tags()}
+        tags[tracking.UNIQUE_IMAGES_TAG] = tracking.unique_images_tag(unique_images(self.train_set))
         fork = self.forked_from is not None
         if fork:
-            tags |= {RESUMED_FROM_TAG: str(self.forked_from), RESUMED_FROM_STEP_TAG: str(self.step)}
-            tags |= {RESUMED_FROM_RUN_TAG: self.parent_run_id} if self.parent_run_id else {}
+            tags |= {
+                tracking.RESUMED_FROM_TAG: str(self.forked_from),
+                tracking.RESUMED_FROM_STEP_TAG: str(self.step),
+            }
+            tags |= {tracking.RESUMED_FROM_RUN_TAG: self.parent_run_id} if self.parent_run_id else {}
         untracked = self.untracked_until
         if untracked is not None:
-            tags |= {RESUMED_WITHOUT_HISTORY_TAG: "true", RESUMED_FROM_STEP_TAG: str(untracked)}
-        self.tracker = RunTracker.start(
+            tags |= {
+                tracking.RESUMED_WITHOUT_HISTORY_TAG: "true",
+                tracking.RESUMED_FROM_STEP_TAG: str(untracked),
+            }
+        self.tracker = tracking.RunTracker.start(
             uri=t.uri, experiment=t.experiment, run_id=self.run_id or t.run_id, run_name=t.run_name,
             tags=tags, out_dir=self.out, reuse_saved_id=self.resume != "never" and not fork,
             spare_run_id=self.parent_run_id,
@@ -782,23 +746,24 @@ class Trainer:
                 "checkpoint %s (step %d) was trained without MLflow tracking (--no-mlflow): MLflow run %s "
                 "holds this run's metrics from step %d on only, tagged %s=true and %s=%d; for the whole run "
                 "in MLflow, train it again with --out a new folder", self.ckpt_path, untracked, self.run_id,
-                untracked + 1, RESUMED_WITHOUT_HISTORY_TAG, RESUMED_FROM_STEP_TAG, untracked,
+                untracked + 1, tracking.RESUMED_WITHOUT_HISTORY_TAG, tracking.RESUMED_FROM_STEP_TAG,
+                untracked,
             )  # fmt: skip
         self.note_untracked_steps()
         self.tracker.requeue(self.unsent_metrics)
         derived = {
-            MODEL_PARAMS: param_count(self.dit_cfg),
-            MODEL_PARAMS_NON_EMBEDDING: non_embedding_param_count(self.dit_cfg),
-            MODEL_FORWARD_GFLOPS: forward_gflops(self.dit_cfg),
-            MODEL_TRAIN_FLOPS_PER_IMAGE: self.fpi,
-            OPTIM_LR_EFFECTIVE: self.peak_lr,
-            OPTIM_WARMUP_STEPS_EFFECTIVE: self.warmup,
-            DATA_TRAIN_SIZE: len(self.train_set),
-            WORLD_SIZE: self.world,
+            tracking.MODEL_PARAMS: param_count(self.dit_cfg),
+            tracking.MODEL_PARAMS_NON_EMBEDDING: non_embedding_param_count(self.dit_cfg),
+            tracking.MODEL_FORWARD_GFLOPS: forward_gflops(self.dit_cfg),
+            tracking.MODEL_TRAIN_FLOPS_PER_IMAGE: self.fpi,
+            tracking.OPTIM_LR_EFFECTIVE: self.peak_lr,
+            tracking.OPTIM_WARMUP_STEPS_EFFECTIVE: self.warmup,
+            tracking.DATA_TRAIN_SIZE: len(self.train_set),
+            tracking.WORLD_SIZE: self.world,
         }
-        commit = git_commit()
+        commit = tracking.git_commit()
         if commit:
-            derived[GIT_COMMIT] = commit
+            derived[tracking.GIT_COMMIT] = commit
         self.tracker.log_params({**self.flat, **derived})
         self.tracker.log_dict(dataclasses.asdict(self.cfg), "config.json")
         if self.classes is not None:
@@ -811,13 +776,13 @@ class Trainer:
         if first is None or first >= self.step:
             return
         span = f"{first + 1}-{self.step}"
-        held = self.tracker.client.get_run(self.run_id).data.tags.get(UNTRACKED_STEPS_TAG)
+        held = self.tracker.client.get_run(self.run_id).data.tags.get(tracking.UNTRACKED_STEPS_TAG)
         if span not in (held or "").split(","):  # not twice for a resume that is resumed again
-            self.tracker.set_tags({UNTRACKED_STEPS_TAG: f"{held},{span}" if held else span})
+            self.tracker.set_tags({tracking.UNTRACKED_STEPS_TAG: f"{held},{span}" if held else span})
         log.warning(
             "MLflow run %s has no metrics for steps %s: they were trained without MLflow tracking "
             "(--no-mlflow) before checkpoint %s; the run is tagged %s", self.run_id, span, self.ckpt_path,
-            UNTRACKED_STEPS_TAG,
+            tracking.UNTRACKED_STEPS_TAG,
         )  # fmt: skip
 
     def class_index(self) -> dict[str, int]:
@@ -830,7 +795,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.tracker.flush(timeout=300.0)
         self.seconds["mlflow_s"] += time.perf_counter() - t0
-        self.tracker.log_metrics({PERF_PREFIX + k: v for k, v in self.seconds.items()}, self.step)
+        self.tracker.log_metrics({tracking.PERF_PREFIX + k: v for k, v in self.seconds.items()}, self.step)
 
     def reduced_pending(self) -> torch.Tensor:
         """Per-step losses since the last log, averaged over ranks ``(K,)`` (a collective);
@@ -862,7 +827,7 @@ class Trainer:
         self.last_loss = float(vec.mean())
         ips = interval_images / train_time if train_time > 0 else 0.0
         lr = float(self.optimizer.param_groups[0]["lr"])  # what the last step used
-        self._log({TRAIN_LOSS: self.last_loss, LR: lr, IMAGES_PER_S: ips})
+        self._log({tracking.TRAIN_LOSS: self.last_loss, tracking.LR: lr, tracking.IMAGES_PER_S: ips})
         progress.update(self.step, self.last_loss, ips, ips / self.batch)
 
     def _log(self, metrics: dict[str, float]) -> None:
@@ -870,12 +835,14 @@ class Trainer:
         data-reuse metrics (`dit_core.data.data_accounting`)."""
         if self.tracker and metrics:
             seen = self.images_seen
-            extra = {TRAIN_FLOPS: self.fpi * seen, IMAGES_SEEN: float(seen)}
+            extra = {tracking.TRAIN_FLOPS: self.fpi * seen, tracking.IMAGES_SEEN: float(seen)}
             self.tracker.log_metrics({**metrics, **extra, **data_accounting(self.train_set, seen)}, self.step)
 
     def validate(self) -> None:
         """``val/loss`` (and ``val/loss_ema``) at this step (`dit_core.trainer.validation`)."""
-        models = {VAL_LOSS: self.model} | ({VAL_LOSS_EMA: self.ema.model} if self.cfg.eval.val_ema else {})
+        models = {tracking.VAL_LOSS: self.model} | (
+            {tracking.VAL_LOSS_EMA: self.ema.model} if self.cfg.eval.val_ema else {}
+        )
         t0 = time.perf_counter()
         metrics = self.validator(models)
         self.seconds["val_s"] += time.perf_counter() - t0
@@ -887,7 +854,7 @@ class Trainer:
                 "validation data may hold non-finite values, or the model overflow on it: check "
                 "data.val_root (or the val split), or use bf16 instead of fp16"
             )
-        self.last_val = metrics[VAL_LOSS]
+        self.last_val = metrics[tracking.VAL_LOSS]
         self._log(metrics)
         log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
@@ -907,9 +874,9 @@ class Trainer:
             )
             self.tracker.log_image(grid, f"samples/step_{self.step:07d}.png")
         if self.tracker and metrics:
-            self.tracker.log_metrics({EVAL_PREFIX + k: v for k, v in metrics.items()}, self.step)
+            self.tracker.log_metrics({tracking.EVAL_PREFIX + k: v for k, v in metrics.items()}, self.step)
         if self.tracker and spaces:
-            self.tracker.set_tags({FEATURE_SPACE_TAG: feature_space_tag(spaces)})
+            self.tracker.set_tags({tracking.FEATURE_SPACE_TAG: tracking.feature_space_tag(spaces)})
         self.seconds["eval_s"] += time.perf_counter() - t0
         log.info("step %d: eval %s", self.step, metrics)
 

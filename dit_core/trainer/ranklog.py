@@ -22,6 +22,7 @@ __all__ = [
     "WAITING_IN",
     "WATCH_EVERY_S",
     "PeerWatch",
+    "exit_now",
     "failed_peers",
     "main_thread_waits",
     "peer_failures",
@@ -47,16 +48,14 @@ WAITING_IN = ("/torch/distributed/", "/torch/autograd/", "/torch/nn/parallel/")
 
 
 @contextlib.contextmanager
-def warnings_muted(muted: bool, logger: str = DATA_LOGGER) -> Iterator[None]:
-    """While the block runs and ``muted`` holds, ``logger`` (and its children) pass on errors only:
+def warnings_muted(muted: bool) -> Iterator[None]:
+    """While the block runs and ``muted`` holds, `DATA_LOGGER` (and its children) pass on errors only:
     for what another rank, or an earlier read of the same folder, says already. Only the block's
     calls are muted: a file that fails to load while training is named by the rank that loads it."""
-    if not muted:
-        yield
-        return
-    target = logging.getLogger(logger)
+    target = logging.getLogger(DATA_LOGGER)
     level = target.level
-    target.setLevel(logging.ERROR)
+    if muted:
+        target.setLevel(logging.ERROR)
     try:
         yield
     finally:
@@ -91,30 +90,26 @@ def publish_failure(rank: int, error: str) -> None:
 def failed_peers(rank: int, world: int) -> dict[int, str]:
     """``{rank: error}`` that ranks other than ``rank`` left with `publish_failure`, left in the store
     (`peer_failures` takes rank 0's peers' off it)."""
-    store, found = _store(), {}
-    for other in range(world) if store is not None else ():
-        key = FAILURE_KEY.format(rank=other)
-        try:
-            if other != rank and store.check([key]):
-                found[other] = store.get(key).decode(errors="replace")
-        except Exception as e:  # noqa: BLE001 - the store is gone: this rank's collective fails too
-            log.debug("could not read rank %d's error from the store: %s", other, e)
-    return found
+    return _left_errors([other for other in range(world) if other != rank], take=False)
 
 
 def peer_failures(world: int) -> dict[int, str]:
     """``{rank: error}`` that other ranks left with `publish_failure` (each taken off the store once
     read); without waiting: a rank that failed left its error before its process ended."""
+    return _left_errors(range(1, world), take=True)
+
+
+def _left_errors(ranks, take: bool) -> dict[int, str]:
+    """``{rank: error}`` that ``ranks`` left in the store (``take``: deleting each once read)."""
     store, found = _store(), {}
-    if store is None:
-        return found
-    for rank in range(1, world):
+    for rank in ranks if store is not None else ():
         key = FAILURE_KEY.format(rank=rank)
         try:
             if store.check([key]):
                 found[rank] = store.get(key).decode(errors="replace")
-                store.delete_key(key)
-        except Exception as e:  # noqa: BLE001 - the store is gone: rank 0's own error is all there is
+                if take:
+                    store.delete_key(key)
+        except Exception as e:  # noqa: BLE001 - the store is gone: this rank's collective fails too
             log.debug("could not read rank %d's error from the store: %s", rank, e)
     return found
 
@@ -191,10 +186,10 @@ class PeerWatch:
             except Exception as e:  # noqa: BLE001 - the process ends all the same
                 log.error("rank %d could not end its run: %s", self.rank, e, exc_info=True)
             finally:
-                _exit_now(1)
+                exit_now(1)
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
     """End this process at once, from any thread (its main thread may be blocked in gloo)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -31,12 +31,14 @@ RESUMABLE_CHANGES = ("tracking.", "checkpoint.", "eval.", "budget.max_steps", "b
                      "data.val_root")  # fmt: skip
 
 
-def config_changes(saved_flat: dict[str, Any], new_flat: dict[str, Any]) -> list[str]:
-    """``["model.depth: '2' -> '3'", ...]``: the fields outside `RESUMABLE_CHANGES` whose values
-    differ, compared as MLflow param strings (so a flat config read back from MLflow compares equal)."""
+def config_changes(saved_flat: dict[str, Any], new_flat: dict[str, Any], keys=None) -> list[str]:
+    """``["model.depth: '2' -> '3'", ...]``: the fields ``keys`` (None: all outside `RESUMABLE_CHANGES`)
+    whose values differ, compared as MLflow param strings (so a flat config read back from MLflow
+    compares equal)."""
     from ..tracking import format_param
 
-    keys = [k for k in dict.fromkeys([*saved_flat, *new_flat]) if not k.startswith(RESUMABLE_CHANGES)]
+    if keys is None:
+        keys = [k for k in dict.fromkeys([*saved_flat, *new_flat]) if not k.startswith(RESUMABLE_CHANGES)]
     old = {k: format_param(saved_flat.get(k)) for k in keys}
     new = {k: format_param(new_flat.get(k)) for k in keys}
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in keys if old[k] != new[k]]
