@@ -304,6 +304,10 @@ class TrainConfig:
         5,000 steps.
     num_workers: DataLoader worker processes.
     log_every: steps between ``train/loss`` (mean over the interval) and the other step metrics.
+    dist_timeout_s: with several processes, the seconds a rank waits for the others in one collective
+        before it stops the run (a rank stuck in a deadlock or in I/O); 1800 = torch's default for
+        gloo, long enough for what one rank does alone (rank 0's checkpoint write, a FID reference's
+        statistics on first use). Set by the first trainer (or CLI) of a process.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -321,10 +325,12 @@ class TrainConfig:
     compile: bool | None = None
     num_workers: int = 0
     log_every: int = 50
+    dist_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        rules = {"precision": PRECISIONS, "log_every": ">= 1", "num_workers": ">= 0", "seed": ">= 0"}
+        rules = {"precision": PRECISIONS, "log_every": ">= 1", "num_workers": ">= 0", "seed": ">= 0",
+                 "dist_timeout_s": "a finite number > 0"}  # fmt: skip
         check_fields(self, "", rules)
         valid = samplers_for(self.diffusion.objective)
         require(

@@ -31,7 +31,8 @@ PROMPT_S = 20.0
 #: (`dit_core.train.train`), with a non-daemon thread that keeps the process from ending; rank RANK
 #: raises OSError at its third step. gloo's timeout is 60 s (the default 30 min would outlive the test).
 _STUCK = """
-import datetime, os, sys, threading, time
+import ctypes, datetime, os, signal, sys, threading, time
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the launcher the test kills
 repo, bad = sys.argv.pop(1), int(sys.argv.pop(1))
 sys.path.insert(0, repo)
 import torch.distributed.distributed_c10d as c10d
@@ -120,7 +121,8 @@ def test_a_rank_that_fails_and_does_not_end_is_not_waited_for(tmp_path):
 #: ``wrapper.py REPO MODE RANK <evaluate flags>``; MODE ``load``: rank RANK's checkpoint does not load
 #: (a file on a disk of its own); ``nan``: its samples are NaN (a model that overflows there).
 _EVAL = """
-import os, sys
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the launcher the test kills
 repo, mode, bad = sys.argv.pop(1), sys.argv.pop(1), int(sys.argv.pop(1))
 sys.path.insert(0, repo)
 from dit_core import checkpoint, diffusion

@@ -36,7 +36,8 @@ TINY = ["--model", "none", "--depth", "2", "--width", "32", "--heads", "2", "--p
 #:   trainer's writes go) in ARG/writes_<rank>.txt and saves its EMA and weights once `Trainer.run`
 #:   returns, in ARG/state_<rank>.pt.
 _WRAPPER = """
-import os, sys
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the launcher the test kills
 repo, mode, arg = sys.argv.pop(1), sys.argv.pop(1), sys.argv.pop(1)
 sys.path.insert(0, repo)
 import torch

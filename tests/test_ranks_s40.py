@@ -69,7 +69,8 @@ def test_data_and_evaluation_warnings_come_once_from_rank_zero(tmp_path):
 #: the launched script: `dit_core.checkpoint` writes each step file, then sleeps WRITE_S before the fsync
 #: and rename (a big state on a slow disk), saying so on stderr; then the trainer's CLI
 _SLOW_WRITE = """
-import sys, time
+import ctypes, signal, sys, time
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the launcher the test kills
 repo, write_s = sys.argv.pop(1), float(sys.argv.pop(1))
 sys.path.insert(0, repo)
 from dit_core import checkpoint

@@ -12,7 +12,6 @@ import difflib
 import logging
 import sys
 
-import torch
 import torch.distributed as dist
 
 from ..config import TrainConfig, read_yaml_config
@@ -27,7 +26,7 @@ from ..configio import (
 from ..memory import out_of_memory
 from ..spec import model_config, model_label
 from ..tracking import STATUS_FINISHED, check_tracking_server
-from .ranklog import exit_now
+from .ranklog import exit_now, failed_peers, raised_waiting
 from .signals import INTERRUPT_SIGNALS
 
 log = logging.getLogger("dit_core.train")
@@ -49,7 +48,7 @@ SHORT_NAMED = (
     "eval.val_every", "eval.val_examples", "eval.eval_every", "eval.num_samples", "eval.sampler",
     "eval.cfg_scale", "eval.reference", "checkpoint.keep_last", "tracking.experiment", "tracking.run_name",
     "tracking.run_id", "tracking.sweep", "tracking.grid_cell", "grad_checkpointing", "num_workers",
-    "log_every",
+    "log_every", "dist_timeout_s",
 )  # fmt: skip
 #: Short flags for common fields (flag -> dotted field); every field also has ``--<dotted.name>``.
 ALIASES = {"--" + key.rpartition(".")[2].replace("_", "-"): key for key in SHORT_NAMED} | {
@@ -165,12 +164,25 @@ def _oom_message(cfg: TrainConfig, err: BaseException, building: bool) -> str:
     )
 
 
+def _log_rank_failure(err: Exception) -> None:
+    """Log this rank's ``err`` with its traceback; but when it lost its connection to a rank that left
+    its error in the store (`failed_peers`; rank 0's trainer takes them off as it names them), that
+    error, then this rank's in one line: gloo's traceback names neither the rank nor its error."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    peers = failed_peers(rank, world) if raised_waiting(err) else {}
+    for other, error in peers.items():
+        log.error("rank %d failed: %s", other, error)
+    said = str(err).splitlines()[0] if str(err) else ""
+    after = f" after rank {', '.join(map(str, peers))} failed" if peers else ""
+    log.error("rank %d stopped on %s: %s%s", rank, type(err).__name__, said, after, exc_info=not peers)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 130 Ctrl-C, 141
     --print-config's reader left, 143    preempted)."""
     from accelerate import PartialState
 
-    from .loop import Trainer
+    from .loop import CollectiveTimeout, Trainer, process_state
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -198,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     code, trainer = 0, None
     try:
-        state = PartialState(cpu=not torch.cuda.is_available())
+        state = process_state(cfg)  # the process group, with cfg's collective timeout
         if not state.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
         trainer = Trainer(cfg, resume=args.resume)
@@ -217,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         code = EXIT_INTERRUPTED
-    except FloatingPointError as e:  # a non-finite loss or non-finite evaluation samples, in the run's log
+    except (FloatingPointError, CollectiveTimeout) as e:  # a non-finite loss or samples;
+        # a collective that timed out (a stuck rank): one line, gloo's traceback says no more
         log.error("%s", e)
         code = 1
     except Exception as e:  # out of memory: said in one line; anything else: its traceback
@@ -227,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not (dist.is_initialized() and dist.get_world_size() > 1):
             raise
         else:  # through the exit below: the interpreter's teardown with gloo up can abort (SIGABRT)
-            log.error("rank %d stopped on %s: %s", dist.get_rank(), type(e).__name__, e, exc_info=True)
+            _log_rank_failure(e)
             code = 1
     state = PartialState()
     if state.num_processes > 1:

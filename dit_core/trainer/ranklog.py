@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -22,11 +23,13 @@ __all__ = [
     "WAITING_IN",
     "WATCH_EVERY_S",
     "PeerWatch",
+    "collective_timed_out",
     "exit_now",
     "failed_peers",
     "main_thread_waits",
     "peer_failures",
     "publish_failure",
+    "raised_waiting",
     "warnings_muted",
     "with_peer_failures",
 ]
@@ -126,6 +129,22 @@ def with_peer_failures(own: str, peers: dict[int, str]) -> str:
         return own
     first = "; ".join(f"{error} (on rank {rank})" for rank, error in peers.items())
     return f"{first}; rank 0 then stopped on {own}"
+
+
+def raised_waiting(err: BaseException) -> bool:
+    """Whether ``err`` is a RuntimeError raised where a rank waits for its peers (`WAITING_IN`): a
+    collective's lost connection or timeout, not an error of this rank's own."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename.replace(os.sep, "/") if tb is not None else ""
+    return isinstance(err, RuntimeError) and any(part in where for part in WAITING_IN)
+
+
+def collective_timed_out(err: BaseException) -> bool:
+    """Whether ``err`` is a collective's timeout (the process group's, `TrainConfig.dist_timeout_s`):
+    `raised_waiting`, saying "timed out" (gloo) or "timeout" (NCCL)."""
+    return raised_waiting(err) and re.search(r"timed? ?out", str(err), re.IGNORECASE) is not None
 
 
 def main_thread_waits() -> bool:

@@ -27,8 +27,8 @@ RESUME_KEYS = ("model", "ema", "optimizer", "data_position", "rng", "step", "led
 #: ``data.root`` / ``data.val_root``: a moved dataset; `DataStream.load_state_dict` still refuses one
 #: of another size, and MLflow keeps the first value (with a warning naming both).
 RESUMABLE_CHANGES = ("tracking.", "checkpoint.", "eval.", "budget.max_steps", "budget.train_flops",
-                     "num_workers", "log_every", "out", "compile", "grad_checkpointing", "data.root",
-                     "data.val_root")  # fmt: skip
+                     "num_workers", "log_every", "dist_timeout_s", "out", "compile", "grad_checkpointing",
+                     "data.root", "data.val_root")  # fmt: skip
 
 
 def config_changes(saved_flat: dict[str, Any], new_flat: dict[str, Any], keys=None) -> list[str]:
