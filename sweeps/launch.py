@@ -53,7 +53,6 @@ from sweeps.grid import (
     read_spec_record,
 )
 from sweeps.runner import (
-    Prepared,
     Progress,
     check_executor,
     check_output_dir,
@@ -781,14 +780,11 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         bill = estimate(todo, evals, device_name=args.device or DEFAULT_DEVICE, mfu=mfu, gpus_per_cell=gpus)
         bill = bill.summary()
     else:  # CPU only: locally its wall time here, on SLURM its core-hours
-        threads = threads_per_process(Prepared(spec, cells, kind, uri, sdir)) * ex.tasks_per_node
-        if kind == "slurm":
-            bill = CpuEstimate(tuple(todo), tuple(evals.values()), 1, threads * ex.nodes).slurm_summary()
-        else:
-            slots = ex.local_parallelism if kind == "local" else 1
-            bill = CpuEstimate(tuple(todo), tuple(evals.values()), slots, threads).summary(
-                os.cpu_count() or 1
-            )
+        threads = threads_per_process(ex, kind) * ex.tasks_per_node
+        slots = ex.local_parallelism if kind == "local" else 1
+        nodes = ex.nodes if kind == "slurm" else 1  # a SLURM cell's processes span its nodes
+        cpu = CpuEstimate(tuple(todo), tuple(evals.values()), slots, threads * nodes)
+        bill = cpu.slurm_summary() if kind == "slurm" else cpu.summary(os.cpu_count() or 1)
     print(
         f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
         f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
