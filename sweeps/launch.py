@@ -552,10 +552,8 @@ def _advice(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
             "launched the sweep to resume them; finished cells are kept, live ones are not resubmitted"
         )
     if p.exhausted:
-        need = max(states[c].tries for c in p.exhausted)
         out.append(
-            f"{len(p.exhausted)} out of retries ({', '.join(p.exhausted[:8])}): relaunch with --max-retries "
-            f"{need} or more to try them again"
+            f"{len(p.exhausted)} out of retries ({', '.join(p.exhausted[:8])}): {_retry(p.exhausted, states)}"
         )
     return out
 
@@ -695,12 +693,14 @@ def _print_exhausted(cells: list[str], states: dict[str, CellState]) -> None:
     """The cells out of retries, with the tries each made (`CellState.tries`, as the table's column) and
     the --max-retries that runs them all again: a cell is tried while its tries are at most that."""
     made = ", ".join(f"{c}: tried {states[c].tries} times" if c in states else c for c in cells)
+    print(f"{len(cells)} cell(s) out of retries ({made}); {_retry(cells, states)}", file=sys.stderr)
+
+
+def _retry(cells: list[str], states: dict[str, CellState]) -> str:
+    """What tries ``cells``, out of retries, again: a cell is tried while its tries (`CellState.tries`, as
+    the table's column) are at most --max-retries."""
     need = max((states[c].tries for c in cells if c in states), default=1)
-    print(
-        f"{len(cells)} cell(s) out of retries ({made}); relaunch with --max-retries {need} or more to try "
-        "them again",
-        file=sys.stderr,
-    )
+    return f"relaunch with --max-retries {need} or more to try them again"
 
 
 def _print_diverged(errors: dict[str, str]) -> None:
@@ -867,8 +867,7 @@ def _nothing_to_submit(
         )
     if p.exhausted:
         made = _some([f"{c}: tried {states[c].tries} times" for c in p.exhausted])
-        need = max(states[c].tries for c in p.exhausted)
-        out.append(f"out of retries: {made}; relaunch with --max-retries {need} or more to try them again")
+        out.append(f"out of retries: {made}; {_retry(p.exhausted, states)}")
     if p.unknown:
         out.append(_unknown_line(p, no_cluster))
     models = {"grid": "models (--grid, --shapes), ", "isoflop": "sizes (--sizes-per-budget, --spread), "}
