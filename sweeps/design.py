@@ -685,8 +685,7 @@ def launch_adaptive(
                 centre = refit_centre(spec, prior, sweep_points(spec, uri, done_cells), done, b, patch)
             else:
                 centre = Centre(*first_centre(spec, prior, b, patch))
-            sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
-            ids = [c.cell_id for c in design_cells(sub)]
+            ids = [c.cell_id for c in design_cells(spec.replace(budgets=[b], isoflop_centres={b: centre.n}))]
             with sweep_lock(sdir):
                 record = read_record(sdir)
                 if b not in record:  # another launcher may have placed it meanwhile: its choice stands

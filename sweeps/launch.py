@@ -446,9 +446,7 @@ def status_spec(spec: SweepSpec, args: argparse.Namespace, recorded: SweepSpec |
 
 def _describes_cells(args: argparse.Namespace) -> bool:
     """Whether a status command line names cells (--grid, --budgets, --set, ...), not only the sweep."""
-    cells_args = [
-        a for a in _SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set") if a not in _LOCATING_ARGS
-    ]
+    cells_args = set(_SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set")) - set(_LOCATING_ARGS)
     return any(getattr(args, a) not in (None, []) for a in cells_args)
 
 
@@ -533,7 +531,7 @@ def _advice(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
     """What to do about the cells no launch or wait will finish as they are: unknown, held by SLURM,
     failed or interrupted (relaunch; out of retries: --max-retries)."""
     out = []
-    if [c for c, st in states.items() if st.state == "unknown"]:
+    if any(st.state == "unknown" for st in states.values()):
         out.append(
             "unknown: SLURM does not answer (sacct and squeue failed), so whether those cells' jobs are "
             "alive is not known; look again once `squeue` answers (a launch refuses until then, unless "
@@ -612,8 +610,7 @@ def _design_lines(spec: SweepSpec) -> list[str]:
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if spec.design == "adaptive":
         recorded = {b: v["centre"] for b, v in read_record(sweep_dir(spec)).items() if b in spec.budgets}
-        if recorded:
-            spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
+        spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
         if not args.dry_run:
             return cmd_adaptive(spec, args)
     if args.dry_run:

@@ -360,8 +360,7 @@ def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
     ex = prep.spec.executor
     if prep.kind != "local":
         return None
-    why = warm_unsupported(ex)
-    if why:
+    if why := warm_unsupported(ex):
         log.info("local cells run as fresh processes (no warm worker: %s)", why)
         return None
     return WarmExecutor(
