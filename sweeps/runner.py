@@ -632,9 +632,7 @@ class _Runner:
         """Before the sweep lock is released: wait until each local job holds its cell's lock (or
         has ended), so that a relaunch right after a --no-wait launch sees every job alive. A warm
         worker takes the locks once its imports are done: it is waited for as long as it lives."""
-        if isinstance(self.executor, WarmExecutor):
-            timeout_s = float("inf")
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + (float("inf") if isinstance(self.executor, WarmExecutor) else timeout_s)
         for cid, job in self.jobs.items():
             while not cell_lock_held(self.run_dirs[cid]) and not job.done() and time.monotonic() < deadline:
                 time.sleep(0.02)
