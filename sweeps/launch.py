@@ -381,9 +381,7 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
     for key in ("sbatch", "setup"):  # lines added to the config's
         if getattr(args, key):
             ex[key] = list(getattr(spec.executor, key)) + getattr(args, key)
-    if ex:
-        top["executor"] = ex
-    return spec.replace(**top) if top else spec
+    return spec.replace(executor=ex, **top)
 
 
 def _mm_ss(seconds: float) -> str:
