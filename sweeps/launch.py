@@ -790,8 +790,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(line)
     print()
     if p is not None and not p.submit:  # no bill of 0 cells: why nothing, and what would add some
-        for line in _nothing_to_submit(spec, args, p, states, len(cells), bool(no_cluster)):
-            print(line)
+        print("\n".join(_nothing_to_submit(spec, args, p, states, len(cells), bool(no_cluster))))
     else:
         print(bill)
     if p is not None and p.submit and not p.unknown:
