@@ -914,15 +914,13 @@ def check_status_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     """Refuse `status` with an option that only a launch uses (of the "executor" and "run" groups, all
     but --verbose): status reads the sweep's record and runs, so the option would be ignored silently."""
     for group in parser._action_groups:
-        if group.title not in ("executor", "run"):
-            continue
-        for action in group._group_actions:
-            if action.dest == "verbose" or getattr(args, action.dest) == action.default:
-                continue
-            flag = max(action.option_strings, key=len)
-            raise ValueError(
-                f"status only reads; {flag} applies to a launch (`python sweeps/launch.py run ...`): drop it"
-            )
+        for action in group._group_actions if group.title in ("executor", "run") else []:
+            if action.dest != "verbose" and getattr(args, action.dest) != action.default:
+                flag = max(action.option_strings, key=len)
+                raise ValueError(
+                    f"status only reads; {flag} applies to a launch (`python sweeps/launch.py run ...`): "
+                    "drop it"
+                )
 
 
 def _say_terminated(signum: int, frame) -> None:  # noqa: ARG001 - a signal handler's signature
