@@ -394,13 +394,9 @@ def _progress_printer():
     last = [None]
 
     def show(p: Progress) -> None:
-        counts = (
-            f"{p.done}/{p.total} done, {p.running} running, "
-            + (f"{p.queued} queued, " if p.queued else "")
-            + (f"{p.held} held, " if p.held else "")
-            + f"{p.failed} failed"
-            + (f", {p.pending} waiting" if p.pending else "")
-        )
+        counts = f"{p.done}/{p.total} done, {p.running} running, "
+        counts += "".join(f"{n} {word}, " for n, word in ((p.queued, "queued"), (p.held, "held")) if n)
+        counts += f"{p.failed} failed" + (f", {p.pending} waiting" if p.pending else "")
         line = f"[{_mm_ss(p.elapsed_s)}] {counts}"
         if p.eta_s is not None and p.work_done is not None and p.done < p.total:
             line += f"; {100 * p.work_done:.0f}% of the work, ~{_mm_ss(p.eta_s)} left"
