@@ -44,6 +44,8 @@ FAMILY_HEAD_DIM = 64  # the head width of Table 1's S, B and L (XL: 1152 / 16 = 
 USABLE = ("ok", "extrapolating")
 RECORD = "design.json"
 LAW_NAMES = {"parametric": "parametric law", "isoflop": "IsoFLOP N_opt law", "frontier": "frontier N_opt law"}
+#: how a budget's best size sits among its sizes (`analysis.isoflop.slice_sides`), where it is no minimum
+_CENSORED = {"below": "the smallest: censored", "above": "the largest: censored"}
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -619,9 +621,7 @@ def _anchor(pts, last: float, prior, target: float, patch: int) -> Centre | None
             return Centre(p.n_opt * growth, f"IsoFLOP minimum at {at} ({p.n_opt:.3g}){grown}")
     for s in slice_sides(pts):
         if abs(math.log(s.compute / last)) < 0.25 and s.side != "single":
-            where = {"below": "the smallest: censored", "above": "the largest: censored"}.get(
-                s.side, "interior"
-            )
+            where = _CENSORED.get(s.side, "interior")
             return Centre(s.best_n * growth, f"best size at {at} ({s.best_n:.3g}, {where}){grown}")
     return None
 
@@ -685,8 +685,7 @@ def launch_adaptive(
                 centre = refit_centre(spec, prior, sweep_points(spec, uri, done_cells), done, b, patch)
             else:
                 centre = Centre(*first_centre(spec, prior, b, patch))
-            sub = spec.replace(budgets=[b], isoflop_centres={b: centre.n})
-            ids = [c.cell_id for c in design_cells(sub)]
+            ids = [c.cell_id for c in design_cells(spec.replace(budgets=[b], isoflop_centres={b: centre.n}))]
             with sweep_lock(sdir):
                 record = read_record(sdir)
                 if b not in record:  # another launcher may have placed it meanwhile: its choice stands

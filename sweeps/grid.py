@@ -489,8 +489,7 @@ def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSp
     data = _typed(SweepSpec, data, where)
     if "budgets" in data:
         data["budgets"] = [parse_budget(b) for b in data["budgets"]]
-    if data.get("isoflop_centres"):
-        centres = data["isoflop_centres"]
+    if centres := data.get("isoflop_centres"):
         try:
             data["isoflop_centres"] = {parse_budget(b): float(n) for b, n in centres.items()}
         except (AttributeError, TypeError, ValueError):
@@ -504,8 +503,7 @@ def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSp
 
 def load_spec(path: str | Path | None = None) -> SweepSpec:
     """Read a sweep YAML; ``None`` = the bundled demo, a bare name = ``sweeps/configs/<name>.yaml``."""
-    if path is None:
-        path = CONFIG_DIR / "demo.yaml"
+    path = CONFIG_DIR / "demo.yaml" if path is None else path
     p = Path(path)
     if not p.exists() and not p.suffix and (CONFIG_DIR / f"{p}.yaml").exists():
         p = CONFIG_DIR / f"{p}.yaml"

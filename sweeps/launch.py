@@ -53,7 +53,6 @@ from sweeps.grid import (
     read_spec_record,
 )
 from sweeps.runner import (
-    Prepared,
     Progress,
     check_executor,
     check_output_dir,
@@ -382,9 +381,7 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
     for key in ("sbatch", "setup"):  # lines added to the config's
         if getattr(args, key):
             ex[key] = list(getattr(spec.executor, key)) + getattr(args, key)
-    if ex:
-        top["executor"] = ex
-    return spec.replace(**top) if top else spec
+    return spec.replace(executor=ex, **top)
 
 
 def _mm_ss(seconds: float) -> str:
@@ -397,13 +394,9 @@ def _progress_printer():
     last = [None]
 
     def show(p: Progress) -> None:
-        counts = (
-            f"{p.done}/{p.total} done, {p.running} running, "
-            + (f"{p.queued} queued, " if p.queued else "")
-            + (f"{p.held} held, " if p.held else "")
-            + f"{p.failed} failed"
-            + (f", {p.pending} waiting" if p.pending else "")
-        )
+        counts = f"{p.done}/{p.total} done, {p.running} running, "
+        counts += "".join(f"{n} {word}, " for n, word in ((p.queued, "queued"), (p.held, "held")) if n)
+        counts += f"{p.failed} failed" + (f", {p.pending} waiting" if p.pending else "")
         line = f"[{_mm_ss(p.elapsed_s)}] {counts}"
         if p.eta_s is not None and p.work_done is not None and p.done < p.total:
             line += f"; {100 * p.work_done:.0f}% of the work, ~{_mm_ss(p.eta_s)} left"
@@ -447,9 +440,7 @@ def status_spec(spec: SweepSpec, args: argparse.Namespace, recorded: SweepSpec |
 
 def _describes_cells(args: argparse.Namespace) -> bool:
     """Whether a status command line names cells (--grid, --budgets, --set, ...), not only the sweep."""
-    cells_args = [
-        a for a in _SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set") if a not in _LOCATING_ARGS
-    ]
+    cells_args = set(_SPEC_ARGS + ("shapes", "depths", "widths", "head_dim", "set")) - set(_LOCATING_ARGS)
     return any(getattr(args, a) not in (None, []) for a in cells_args)
 
 
@@ -534,7 +525,7 @@ def _advice(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
     """What to do about the cells no launch or wait will finish as they are: unknown, held by SLURM,
     failed or interrupted (relaunch; out of retries: --max-retries)."""
     out = []
-    if [c for c, st in states.items() if st.state == "unknown"]:
+    if any(st.state == "unknown" for st in states.values()):
         out.append(
             "unknown: SLURM does not answer (sacct and squeue failed), so whether those cells' jobs are "
             "alive is not known; look again once `squeue` answers (a launch refuses until then, unless "
@@ -553,10 +544,8 @@ def _advice(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
             "launched the sweep to resume them; finished cells are kept, live ones are not resubmitted"
         )
     if p.exhausted:
-        need = max(states[c].tries for c in p.exhausted)
         out.append(
-            f"{len(p.exhausted)} out of retries ({', '.join(p.exhausted[:8])}): relaunch with --max-retries "
-            f"{need} or more to try them again"
+            f"{len(p.exhausted)} out of retries ({', '.join(p.exhausted[:8])}): {_retry(p.exhausted, states)}"
         )
     return out
 
@@ -615,8 +604,7 @@ def _design_lines(spec: SweepSpec) -> list[str]:
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if spec.design == "adaptive":
         recorded = {b: v["centre"] for b, v in read_record(sweep_dir(spec)).items() if b in spec.budgets}
-        if recorded:
-            spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
+        spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
         if not args.dry_run:
             return cmd_adaptive(spec, args)
     if args.dry_run:
@@ -696,12 +684,14 @@ def _print_exhausted(cells: list[str], states: dict[str, CellState]) -> None:
     """The cells out of retries, with the tries each made (`CellState.tries`, as the table's column) and
     the --max-retries that runs them all again: a cell is tried while its tries are at most that."""
     made = ", ".join(f"{c}: tried {states[c].tries} times" if c in states else c for c in cells)
+    print(f"{len(cells)} cell(s) out of retries ({made}); {_retry(cells, states)}", file=sys.stderr)
+
+
+def _retry(cells: list[str], states: dict[str, CellState]) -> str:
+    """What tries ``cells``, out of retries, again: a cell is tried while its tries (`CellState.tries`, as
+    the table's column) are at most --max-retries."""
     need = max((states[c].tries for c in cells if c in states), default=1)
-    print(
-        f"{len(cells)} cell(s) out of retries ({made}); relaunch with --max-retries {need} or more to try "
-        "them again",
-        file=sys.stderr,
-    )
+    return f"relaunch with --max-retries {need} or more to try them again"
 
 
 def _print_diverged(errors: dict[str, str]) -> None:
@@ -781,14 +771,11 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         bill = estimate(todo, evals, device_name=args.device or DEFAULT_DEVICE, mfu=mfu, gpus_per_cell=gpus)
         bill = bill.summary()
     else:  # CPU only: locally its wall time here, on SLURM its core-hours
-        threads = threads_per_process(Prepared(spec, cells, kind, uri, sdir)) * ex.tasks_per_node
-        if kind == "slurm":
-            bill = CpuEstimate(tuple(todo), tuple(evals.values()), 1, threads * ex.nodes).slurm_summary()
-        else:
-            slots = ex.local_parallelism if kind == "local" else 1
-            bill = CpuEstimate(tuple(todo), tuple(evals.values()), slots, threads).summary(
-                os.cpu_count() or 1
-            )
+        threads = threads_per_process(ex, kind) * ex.tasks_per_node
+        slots = ex.local_parallelism if kind == "local" else 1
+        nodes = ex.nodes if kind == "slurm" else 1  # a SLURM cell's processes span its nodes
+        cpu = CpuEstimate(tuple(todo), tuple(evals.values()), slots, threads * nodes)
+        bill = cpu.slurm_summary() if kind == "slurm" else cpu.summary(os.cpu_count() or 1)
     print(
         f"sweep {spec.name}: {len(cells)} cells, {spec.design} design, batch {spec.batch_size}, "
         f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
@@ -799,8 +786,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         print(line)
     print()
     if p is not None and not p.submit:  # no bill of 0 cells: why nothing, and what would add some
-        for line in _nothing_to_submit(spec, args, p, states, len(cells), bool(no_cluster)):
-            print(line)
+        print("\n".join(_nothing_to_submit(spec, args, p, states, len(cells), bool(no_cluster))))
     else:
         print(bill)
     if p is not None and p.submit and not p.unknown:
@@ -871,8 +857,7 @@ def _nothing_to_submit(
         )
     if p.exhausted:
         made = _some([f"{c}: tried {states[c].tries} times" for c in p.exhausted])
-        need = max(states[c].tries for c in p.exhausted)
-        out.append(f"out of retries: {made}; relaunch with --max-retries {need} or more to try them again")
+        out.append(f"out of retries: {made}; {_retry(p.exhausted, states)}")
     if p.unknown:
         out.append(_unknown_line(p, no_cluster))
     models = {"grid": "models (--grid, --shapes), ", "isoflop": "sizes (--sizes-per-budget, --spread), "}
@@ -925,15 +910,13 @@ def check_status_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     """Refuse `status` with an option that only a launch uses (of the "executor" and "run" groups, all
     but --verbose): status reads the sweep's record and runs, so the option would be ignored silently."""
     for group in parser._action_groups:
-        if group.title not in ("executor", "run"):
-            continue
-        for action in group._group_actions:
-            if action.dest == "verbose" or getattr(args, action.dest) == action.default:
-                continue
-            flag = max(action.option_strings, key=len)
-            raise ValueError(
-                f"status only reads; {flag} applies to a launch (`python sweeps/launch.py run ...`): drop it"
-            )
+        for action in group._group_actions if group.title in ("executor", "run") else []:
+            if action.dest != "verbose" and getattr(args, action.dest) != action.default:
+                flag = max(action.option_strings, key=len)
+                raise ValueError(
+                    f"status only reads; {flag} applies to a launch (`python sweeps/launch.py run ...`): "
+                    "drop it"
+                )
 
 
 def _say_terminated(signum: int, frame) -> None:  # noqa: ARG001 - a signal handler's signature

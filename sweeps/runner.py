@@ -45,7 +45,7 @@ from sweeps.executor import (
     squeue_states,
     warm_unsupported,
 )
-from sweeps.grid import Cell, SweepSpec, expand, write_spec_record
+from sweeps.grid import Cell, ExecutorSpec, SweepSpec, expand, write_spec_record
 from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
     DIED_BEFORE_TRAINING,
@@ -238,7 +238,7 @@ def launch(
     ``jobs_gone``: the SLURM jobs whose state is unknown are gone for good (`check_known`)."""
     prep = prepare(spec)
     check_wait(prep.kind, wait)
-    threads = threads_per_process(prep)
+    threads = threads_per_process(spec.executor, prep.kind)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
     all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
     configs = check_trainer(spec.trainer, list(all_tasks.values()))  # bad settings: refused before any folder
@@ -360,8 +360,7 @@ def _start_warm(prep: Prepared, threads: int) -> WarmExecutor | None:
     ex = prep.spec.executor
     if prep.kind != "local":
         return None
-    why = warm_unsupported(ex)
-    if why:
+    if why := warm_unsupported(ex):
         log.info("local cells run as fresh processes (no warm worker: %s)", why)
         return None
     return WarmExecutor(
@@ -633,9 +632,7 @@ class _Runner:
         """Before the sweep lock is released: wait until each local job holds its cell's lock (or
         has ended), so that a relaunch right after a --no-wait launch sees every job alive. A warm
         worker takes the locks once its imports are done: it is waited for as long as it lives."""
-        if isinstance(self.executor, WarmExecutor):
-            timeout_s = float("inf")
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + (float("inf") if isinstance(self.executor, WarmExecutor) else timeout_s)
         for cid, job in self.jobs.items():
             while not cell_lock_held(self.run_dirs[cid]) and not job.done() and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -854,11 +851,11 @@ def _process_tree(pid: int) -> set[int]:
     return out
 
 
-def threads_per_process(prep: Prepared) -> int:
-    """CPU threads for torch in each job process: SLURM gives each task ``cpus_per_task`` cores; local
-    jobs share this machine's cores between ``local_parallelism`` cells x ``tasks_per_node``."""
-    ex = prep.spec.executor
-    if prep.kind == "slurm":
+def threads_per_process(ex: ExecutorSpec, kind: str) -> int:
+    """CPU threads for torch in each job process of executor ``kind``: SLURM gives each task
+    ``cpus_per_task`` cores; local jobs share this machine's cores between ``local_parallelism`` cells x
+    ``tasks_per_node``."""
+    if kind == "slurm":
         return ex.cpus_per_task
     return max(1, (os.cpu_count() or 1) // (ex.local_parallelism * ex.tasks_per_node))
 

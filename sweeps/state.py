@@ -181,8 +181,7 @@ def create_cell_runs(
         client.update_run(run.info.run_id, status="SCHEDULED")
         return run.info.run_id
 
-    cells = list(hashes)
-    return dict(zip(cells, _each(tracking_uri, one, cells)))
+    return dict(zip(hashes, _each(tracking_uri, one, list(hashes))))
 
 
 class Submission(NamedTuple):

@@ -83,8 +83,7 @@ class WarmJob:
         """``[result]`` of a job that succeeded; raises RuntimeError (with the remote traceback) else."""
         code = self.exit_code()
         try:
-            with open(self._file("_0_result.pkl"), "rb") as f:
-                kind, value = pickle.load(f)
+            kind, value = pickle.loads(self._file("_0_result.pkl").read_bytes())
         except FileNotFoundError:
             kind, value = "error", None
         if kind == "success" and code == 0:
@@ -264,8 +263,7 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
     try:
         from sweeps.executor import run_task
 
-        with open(slot.folder / f"{slot.job_id}_submitted.pkl", "rb") as f:
-            task = pickle.load(f)
+        task = pickle.loads((slot.folder / f"{slot.job_id}_submitted.pkl").read_bytes())
         log.info("cell %s (sweep %s), warm job %s", task.cell_id, task.sweep, slot.job_id)
         outcome: tuple[str, Any] = ("success", run_task(task, slot.job_id))
     except _Requeue:
