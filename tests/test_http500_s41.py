@@ -21,6 +21,15 @@ from dit_core.trainer import cli as train_cli
 from sweeps import launch
 
 
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """(server, its URL): ``handler`` served on a free local port by a daemon thread, each request in a
+    daemon thread of its own (a handler left waiting does not keep the test process alive)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
 class FakeServer:
     """A local HTTP server answering ``answers[path]`` (status, JSON body) in turn, the last one for
     ever after; paths not listed answer ``other``. Records (method, path, Authorization) of each request."""
@@ -49,9 +58,7 @@ class FakeServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.httpd, self.url = serve(Handler)
 
     def close(self):
         self.httpd.shutdown()

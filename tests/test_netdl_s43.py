@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from _train_helpers import run_main
 from mlflow.utils import credentials, rest_utils  # noqa: F401 - the check imports them: not timed
-from test_http500_s41 import COMMANDS, scratch_dir
+from test_http500_s41 import COMMANDS, scratch_dir, serve
 
 from dit_core import tracking
 from dit_core.tracking import check_tracking_server
@@ -64,10 +64,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.httpd, self.url = serve(Handler)
 
     def close(self):
         self.stop.set()
