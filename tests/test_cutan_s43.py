@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+from _fit_helpers import sweep
 
 from analysis.laws import compute_frontier, fit_frontier, fit_power_law
 from analysis.runs import tidy
-from tests._fit_helpers import sweep
 
 
 def _noisy_sweep():
