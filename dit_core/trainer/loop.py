@@ -734,7 +734,7 @@ class Trainer:
         """`end_run_on_error`'s work, once this thread has claimed it."""
         if not (self.tracker or self.world > 1):
             return
-        with signals_deferred(*PREEMPTION_SIGNALS, during="ending the run"):
+        with signals_deferred(*PREEMPTION_SIGNALS, during="ending the run") as held:
             text = f"{type(err).__name__}: {err}"
             if self.world > 1:
                 publish_failure(self.rank, text)
@@ -744,6 +744,8 @@ class Trainer:
                 self.tracker.set_tags({tracking.ERROR_TAG: text[:5000]})
                 ctrl_c = local_job and isinstance(err, KeyboardInterrupt)
                 self.tracker.finish(tracking.STATUS_INTERRUPTED if ctrl_c else tracking.STATUS_FAILED)
+            if held:  # the signal ends the process as the block ends, before the CLI could say the error
+                log.error("%s", err)
 
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""
