@@ -111,8 +111,10 @@ def test_slurm_a_relaunch_after_a_launcher_killed_before_its_record_submits_no_s
     run logged its last step twice. A SLURM launch now asks squeue for live jobs of the sweep (its job name,
     their logs in its folder) that no run records and refuses, naming them (exit 2, nothing submitted);
     once they have ended, a relaunch finds the cells finished, each in its one run, no step twice."""
-    events = tmp_path / "events"
-    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, setup: ['sleep 8']}"  # alive at the relaunch
+    events, release = tmp_path / "events", tmp_path / "release"
+    # The jobs wait for the test before they train: alive at the relaunch however loaded the machine is.
+    held = f"setup: ['while [ ! -e {release} ]; do sleep 0.2; done']"
+    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + held + "}"
     cfg = two_cell_yaml(tmp_path, f"killed-{uuid.uuid4().hex[:8]}", executor, events)  # its own job name
     spec = load_spec(cfg).replace(tracking_uri=job_env)
     script, said = tmp_path / "slow_record.py", tmp_path / "said"
@@ -137,6 +139,7 @@ def test_slurm_a_relaunch_after_a_launcher_killed_before_its_record_submits_no_s
         array = ids[0].split("_")[0]
         assert sorted(jobs_named(spec.name)) == sorted(ids)  # no other job of the sweep went out
 
+        release.touch()
         wait_for(lambda: not alive(ids), "the unrecorded jobs to end", 90)
         assert launch_cli.main(argv) == 0
         states = states_of(spec, job_env)
@@ -155,6 +158,7 @@ def test_slurm_a_relaunch_after_a_launcher_killed_before_its_record_submits_no_s
             assert steps == sorted(set(steps)), (cell, steps)
         assert {j.split("_")[0] for j in jobs_named(spec.name, sacct=True)} == {array}
     finally:
+        release.touch()
         if proc.poll() is None:
             proc.kill()
         subprocess.run(["scancel", *{j.split("_")[0] for j in ids}], check=False)

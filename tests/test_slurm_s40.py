@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slurm
 
 #: A job that takes a while to end after scancel's SIGTERM, as a trainer that writes its checkpoint first:
 #: its shell ignores SIGTERM (so does `sleep`, which inherits that) and sleeps before submitit starts.
-SLOW_TO_END = "setup: [\"trap '' TERM\", 'sleep 8']"
+SLOW_TO_END = "setup: [\"trap '' TERM\", 'sleep 15']"
 
 
 def alive(job_ids: list[str]) -> dict[str, str]:
@@ -81,8 +81,11 @@ def test_slurm_a_relaunch_while_a_cancelled_job_still_ends_does_not_submit_its_c
     about jobs that sacct calls over too: the cell is alive (`queued`: its trainer never started), nothing
     is submitted, and once the job has ended the cell is `failed`, for a relaunch to resubmit. Before the
     fix the relaunch submitted the cell (state `failed` while its job still ran)."""
-    cfg = tmp_path / "relaunch.yaml"
-    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + SLOW_TO_END + "}"
+    cfg, release = tmp_path / "relaunch.yaml", tmp_path / "release"
+    # The job's shell ignores scancel's SIGTERM and ends only once the test has looked (or at SLURM's
+    # KillWait, 30 s): a fixed sleep raced sacct's lag on a loaded CI machine and the job was gone first.
+    held = f"setup: [\"trap '' TERM\", 'while [ ! -e {release} ]; do sleep 0.2; done']"
+    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + held + "}"
     cfg.write_text(
         two_cell_yaml(tmp_path, "x", executor, tmp_path / "events").read_text().replace("[S, B]", "[S]")
     )
@@ -102,10 +105,12 @@ def test_slurm_a_relaunch_while_a_cancelled_job_still_ends_does_not_submit_its_c
         assert again.submitted == [] and again.plan.running == [cell.cell_id], (again.job_ids, still)
         assert still, "the job ended during the relaunch: the check proves nothing"
         assert states_of(spec, job_env)[cell.cell_id].state == "queued"  # alive, its trainer never started
+        release.touch()
         wait_for(lambda: not alive([job]), "the cancelled job to end", 60)
         st = states_of(spec, job_env)[cell.cell_id]
         assert (st.state, st.attempts) == ("failed", 1), st
     finally:
+        release.touch()
         subprocess.run(["scancel", *jobs], check=False)
 
 
