@@ -129,18 +129,17 @@ def process_state(cfg: TrainConfig):
 
 
 def make_accelerator(cfg: TrainConfig):
-    """An `accelerate.Accelerator` for this machine (`process_state`: the collective timeout). Its
-    mixed precision is always "no": the trainer applies ``cfg.precision`` itself, so runs of any
-    precision can follow each other in one process (Accelerate keeps one process-wide state)."""
+    """An `accelerate.Accelerator` for this machine, on `process_state`'s process group (its timeout;
+    Accelerate reads an ``InitProcessGroupKwargs`` only to make that state). Its mixed precision is
+    always "no": the trainer applies ``cfg.precision`` itself, so runs of any precision can follow
+    each other in one process (Accelerate keeps one process-wide state)."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
 
     cuda = torch.cuda.is_available()
     if cfg.precision == "fp16" and not cuda:
         raise ConfigError("precision: fp16 needs a CUDA GPU; use --precision bf16 (or no) on CPU")
     process_state(cfg)
-    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))
-    return Accelerator(cpu=not cuda, mixed_precision="no", kwargs_handlers=[timeout])
+    return Accelerator(cpu=not cuda, mixed_precision="no")
 
 
 def _autocast_forward(model: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
