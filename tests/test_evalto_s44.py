@@ -4,15 +4,12 @@ multi-process evaluation. A real 2-process run on CPU (gloo); the fault comes fr
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from test_gloo_s42 import REPO, tiny_checkpoint  # noqa: F401 - a fixture
-from test_pgto_s43 import _ranks
+from test_gloo_s42 import ACCELERATE, REPO, _launch, tiny_checkpoint  # noqa: F401 - a fixture
 
 from dit_core.evaluate.__main__ import build_parser
 
-#: the collective timeout of the hang test, and how long after it rank 0 may take to exit
+#: the collective timeout of the hang test, and how long after it the launcher may take to exit
 TIMEOUT_S, SLACK_S = 5, 5.0
 
 #: ``wrapper.py REPO <evaluate flags>``: ``python -m dit_core.evaluate`` in this process; rank 1 sleeps
@@ -20,7 +17,7 @@ TIMEOUT_S, SLACK_S = 5, 5.0
 #: so that rank 0 waits in that collective from the fault on.
 _WRAPPER = """
 import ctypes, datetime, os, signal, sys, time
-ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the test
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the launcher the test kills
 sys.path.insert(0, sys.argv.pop(1))
 import torch.distributed as dist
 from dit_core import diffusion
@@ -48,42 +45,26 @@ sys.exit(main())
 
 @pytest.mark.timeout(90)
 def test_a_rank_that_hangs_in_an_evaluation_is_waited_for_dist_timeout_s_only(tiny_checkpoint, tmp_path):  # noqa: F811
-    """Rank 1 sleeps for good in its sampling; rank 0 waits for its samples in the gather. Before, rank 0
-    waited there for gloo's timeout (30 min: the CLI set none; it had no --dist-timeout-s), and then
-    printed gloo's error with its traceback. Now, with ``--dist-timeout-s 5``, rank 0 exits 1 about 5 s
-    after the fault with the trainer's one line (no traceback)."""
+    """``accelerate launch``; rank 1 sleeps for good in its sampling, rank 0 waits for its samples in the
+    gather. Before, rank 0 waited there for gloo's timeout (30 min: the CLI set none; it had no
+    --dist-timeout-s), and then printed gloo's error with its traceback. Now, with ``--dist-timeout-s
+    5``, rank 0 exits 1 about 5 s after the fault with the trainer's one line, and rank 1, stopped by
+    the launcher's SIGTERM, names that line (left in the store), not gloo's error; the launcher exits 1."""
     script = tmp_path / "wrapper.py"
     script.write_text(_WRAPPER)
     flags = ["--checkpoint", str(tiny_checkpoint), "--num-samples", "4", "--batch-size", "2", "--steps", "2",
              "--metrics", "fid_digits", "--dist-timeout-s", str(TIMEOUT_S)]  # fmt: skip
-    procs = _ranks(script, [str(REPO), *flags], tmp_path)
-    try:
-        deadline = time.monotonic() + 60
-        while "FAULT on rank 1" not in (tmp_path / "rank1.txt").read_text():
-            assert procs[0].poll() is None and time.monotonic() < deadline, (
-                tmp_path / "rank0.txt"
-            ).read_text()
-            time.sleep(0.05)
-        t0 = time.monotonic()
-        try:
-            rc = procs[0].wait(timeout=TIMEOUT_S + 30)
-        except Exception:  # noqa: BLE001 - still waiting: said below
-            rc = None
-        took = time.monotonic() - t0
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    err = (tmp_path / "rank0.txt").read_text()
-    print(f"rank 0 exit {took:.1f} s after the fault (timeout {TIMEOUT_S} s)")
+    rc, took, err = _launch([*ACCELERATE, str(script), str(REPO), *flags], "FAULT on rank 1", TIMEOUT_S + 30)
+    print(f"exit {took:.1f} s after the fault (timeout {TIMEOUT_S} s)")
     assert rc == 1 and TIMEOUT_S - 1 < took < TIMEOUT_S + SLACK_S, (rc, took, err[-3000:])
     said = (
-        f"error: rank 0 stopped before the metrics were computed: it waited --dist-timeout-s {TIMEOUT_S} s "
-        "for the other ranks in a collective; one is stuck (a deadlock, stuck I/O, an endless loop) or "
-        "slower than that; if it is only slow, give a larger --dist-timeout-s\n"
+        f"rank 0 stopped before the metrics were computed: it waited --dist-timeout-s {TIMEOUT_S} s for the "
+        "other ranks in a collective; one is stuck (a deadlock, stuck I/O, an endless loop) or slower than "
+        "that; if it is only slow, give a larger --dist-timeout-s"
     )
-    assert err.count(said) == 1 and "Traceback" not in err, err[-3000:]
+    assert err.count(f"error: {said}\n") == 1, err[-3000:]
+    assert err.count(f"error: rank 0 failed: CollectiveTimeout: {said} (rank 1 stopped with it)\n") == 1, err
+    assert err.count("exitcode  : 1 (pid") == 2 and "Timed out waiting" not in err, err[-3000:]
 
 
 def test_the_evaluate_cli_takes_the_trainers_dist_timeout_s():

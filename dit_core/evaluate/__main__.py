@@ -162,6 +162,8 @@ def _check_folders(args: argparse.Namespace) -> None:
 
 #: Ctrl-C's message, whenever it comes before the metrics
 INTERRUPTED = "error: interrupted (Ctrl-C) before the metrics were computed; nothing was logged"
+#: where a rank that waited --dist-timeout-s for another stopped (`timeout_explained`)
+STOPPED_WHEN = "before the metrics were computed"
 TERMINATED = "error: terminated (SIGTERM) before the metrics were computed; nothing was logged"
 
 
@@ -210,7 +212,7 @@ def _failure(err: BaseException, accelerator, timeout_s: float) -> tuple[int, st
         return 1, f"error: {first} (rank {rank} stopped with it)", True
     if isinstance(err, Terminated):
         return -signal.SIGTERM, TERMINATED, False
-    if (said := timeout_explained(err, timeout_s, rank, "before the metrics were computed")) is not err:
+    if (said := timeout_explained(err, timeout_s, rank, STOPPED_WHEN)) is not err:
         return 1, f"error: {said}", False
     log.error("rank %d stopped on %s", rank, type(err).__name__, exc_info=err)
     return 1, f"error: rank {rank} stopped on {type(err).__name__}: {err}", False
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from ..memory import keep_freed_memory
-    from ..trainer.ranklog import process_state, publish_failure
+    from ..trainer.ranklog import process_state, publish_failure, timeout_explained
     from .checkpoint_eval import (
         CheckpointEvalConfig,
         check_output_files,
@@ -312,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
         code, message, peers = _failure(e, accelerator, timeout_s)
         if several and code in (1, 2) and not peers:  # for the others, waiting for this rank in a collective
-            publish_failure(accelerator.process_index, f"{type(e).__name__}: {e}")
+            said = timeout_explained(e, timeout_s, accelerator.process_index, STOPPED_WHEN)  # not gloo's
+            publish_failure(accelerator.process_index, f"{type(said).__name__}: {said}")
         print(message, file=sys.stderr)
         if several:
             _leave(accelerator, code, together=False)
