@@ -10,7 +10,7 @@ from test_gloo_s42 import ACCELERATE, REPO, _launch, tiny_checkpoint  # noqa: F4
 from dit_core.evaluate.__main__ import build_parser
 
 #: the collective timeout of the hang test, and how long after it the launcher may take to exit
-TIMEOUT_S, SLACK_S = 5, 5.0
+TIMEOUT_S, SLACK_S = 5, 10.0  # 6.3-7.9 s measured on 2 loaded cores
 
 #: ``wrapper.py REPO <evaluate flags>``: ``python -m dit_core.evaluate`` in this process; rank 1 sleeps
 #: for good in its first sampling call, once rank 0 is about to gather the samples (a key in the store),
