@@ -18,7 +18,7 @@ from test_gloo_s42 import ACCELERATE, PROMPT_S, REPO, TINY, _launch
 
 from dit_core.config import TrainConfig
 from dit_core.trainer.cli import build_parser, config_from_args
-from dit_core.trainer.loop import process_state
+from dit_core.trainer.ranklog import process_state
 from dit_core.trainer.resume import config_changes
 
 #: the collective timeout of the hang test, and how long after it rank 0 may take to exit
@@ -192,5 +192,5 @@ def test_the_timeout_reaches_init_process_group_even_at_accelerates_own_default(
 
     seen: dict = {}
     monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: seen.update(kwargs))
-    process_state(TrainConfig().replace(dist_timeout_s=600))
+    process_state(600.0)
     assert seen["timeout"] == timedelta(seconds=600)
