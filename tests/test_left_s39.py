@@ -235,18 +235,16 @@ def test_a_second_ctrl_c_during_the_cancel_of_unrecorded_jobs_kills_them_and_get
 
 
 @pytest.mark.slurm
-@pytest.mark.parametrize(
-    "sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)], ids=["int", "term"]
-)
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["int", "term"])
 def test_slurm_a_ctrl_c_while_sbatch_prints_the_array_id_leaves_no_job_unknown(job_env, tmp_path, sig, code):
     """A terminal's Ctrl-C goes to the launcher's whole process group, sbatch included: one landing after
     the controller accepted the array but before sbatch printed its id killed sbatch, and the launcher
     never learnt of the job, which trained unrecorded (a relaunch trained the cell again). Here an sbatch
     that waits 2 s between the two widens that window. sbatch now runs in a session of its own: it prints
-    the id, the job is recorded in its cell's run, then the launcher takes the signal (exit 130, or killed
-    by SIGTERM). Before the fix sbatch died, the cell stayed `missing`, and its held job was in the queue;
-    with SIGINT ignored in sbatch (this session's first fix) the launcher could lose the Ctrl-C itself,
-    on one of its other threads (CI: exit 0)."""
+    the id, the job is recorded in its cell's run, then the launcher takes the signal (exit 130, or 143 on
+    SIGTERM: killed by it before session 44). Before the fix sbatch died, the cell stayed `missing`, and
+    its held job was in the queue; with SIGINT ignored in sbatch (this session's first fix) the launcher
+    could lose the Ctrl-C itself, on one of its other threads (CI: exit 0)."""
     real = shutil.which("sbatch")
     shims = tmp_path / "shims"
     shims.mkdir()
