@@ -84,6 +84,7 @@ class TrainConfig(TrainSections):
     setup_error: str = ""  # raise ValueError(setup_error) before touching MLflow (a set-up failure)
     progress_file: str = ""  # optional: write the step here each step (tests wait on it)
     events_file: str = ""  # optional: append "<cell> start|end <unix time>" (parallelism tests)
+    hold_file: str = ""  # optional: wait before the last step until this file exists (or a signal comes)
 
 
 @dataclass
@@ -114,6 +115,14 @@ def _flat(cfg, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{f.name}"] = "" if v is None else str(v)
     return out
+
+
+def _hold(path: str, caught: list[int]) -> None:
+    """Wait, where ``path`` is given, until the file ``path`` exists or a signal was caught: a test's
+    handshake that keeps the cell running, its last step not taken, until the test has looked (a fixed
+    number of steps raced the test's own reads on a loaded machine)."""
+    while path and not caught and not os.path.exists(path):
+        time.sleep(0.05)
 
 
 def _event(cfg: TrainConfig, what: str) -> None:
@@ -164,6 +173,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise RuntimeError(f"injected failure of {cfg.fail_cell} (start {starts})")
         target = 1.0 + cfg.model.hidden_size / 100.0
         while state["step"] < cfg.budget.max_steps:
+            if state["step"] == cfg.budget.max_steps - 1:
+                _hold(cfg.hold_file, caught)
             time.sleep(cfg.step_s)
             state["w"] = state["w"] - 0.1 * (state["w"] - target)
             state["step"] += 1
