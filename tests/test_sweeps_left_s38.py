@@ -45,10 +45,15 @@ def local_cell(tmp_path: Path, uri: str, name: str, **train) -> SweepSpec:
 
 def interrupted_cell(spec: SweepSpec, uri: str, tmp_path: Path):
     """Run ``spec``'s one cell until step 3, SIGKILL its trainer (as the OOM killer would): the cell is
-    interrupted with trained steps in its run. Returns (cell, its state)."""
+    interrupted with trained steps in its run. The trainer waits before its last step until the file
+    ``spec.train["hold_file"]`` exists, made here once it is killed (8 steps of 0.1 s left the test half
+    a second to read the step and kill it). Returns (cell, its state)."""
     (cell,) = expand(spec)
-    t, _, run_dir = launch_until_step(spec, Path(spec.train["progress_file"]), step=3)
-    os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)
+    try:
+        t, _, run_dir = launch_until_step(spec, Path(spec.train["progress_file"]), step=3)
+        os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)
+    finally:
+        Path(spec.train["hold_file"]).touch()  # a relaunch's trainer trains on to the end
     t.join(60)
     st = states_of(spec, uri)[cell.cell_id]
     assert st.state == "interrupted" and st.loss is not None
@@ -61,7 +66,8 @@ def test_a_relaunch_refuses_a_cell_whose_folder_was_deleted_and_its_advice_works
     the relaunch (and its dry run) refuses, naming the folder, the run and both ways out; following the
     second (delete the run) starts the cell over in one new run. Failed before the fix: the relaunch
     submitted the cell into the old run."""
-    spec = local_cell(tmp_path, job_env, "gone", progress_file=str(tmp_path / "progress"))
+    hold = {"progress_file": str(tmp_path / "progress"), "hold_file": str(tmp_path / "release")}
+    spec = local_cell(tmp_path, job_env, "gone", **hold)
     cell, st = interrupted_cell(spec, job_env, tmp_path)
     run_dir = sweep_dir(spec) / "cells" / cell.cell_id
     shutil.rmtree(run_dir)
@@ -84,7 +90,8 @@ def test_status_says_how_to_resume_interrupted_cells_and_those_out_of_retries(jo
     """`status` showed an interrupted (or failed) cell without a word on what to do; a launch says
     "relaunch the same command to retry them". Now status says so, and, for cells out of retries, the
     --max-retries that tries them again. Failed before the fix: no such lines."""
-    spec = local_cell(tmp_path, job_env, "advice", progress_file=str(tmp_path / "progress"))
+    hold = {"progress_file": str(tmp_path / "progress"), "hold_file": str(tmp_path / "release")}
+    spec = local_cell(tmp_path, job_env, "advice", **hold)
     cell, st = interrupted_cell(spec, job_env, tmp_path)
     capsys.readouterr()
     launch_cli.show_status(spec)
