@@ -291,7 +291,7 @@ def test_cli_second_ctrl_c_kills_the_local_cells_at_once_and_ends_their_runs_kil
         "(status=interrupted); not counted as tries (--max-retries). Relaunch the same command to resume "
         "them from their last checkpoints\n"
     ), err
-    assert took < 20, (took, err)  # 1 to 3 s on an idle machine; before: 30 s (warm) or never (plain)
+    assert took < 25, (took, err)  # 1-3 s idle, 5-8 s loaded; before: 30 s (warm) or never (plain)
     wait_for(lambda: not _alive(trainer), "the cell's trainer to be gone", 5)
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["status"]) == ("KILLED", "interrupted"), run.data.tags

@@ -87,6 +87,7 @@ class TrainConfig(TrainSections):
     # a Ctrl-C (SIGINT): "raise" fails the run; "checkpoint" stops at the step boundary and ends the run
     # KILLED, status=interrupted, as `dit_core.train` in a local job; "ignore" (a trainer slow to stop)
     sigint: str = "raise"
+    hold_file: str = ""  # optional: wait before the last step until this file exists (or a signal comes)
 
 
 @dataclass
@@ -117,6 +118,14 @@ def _flat(cfg, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{f.name}"] = "" if v is None else str(v)
     return out
+
+
+def _hold(path: str, caught: list[int]) -> None:
+    """Wait, where ``path`` is given, until the file ``path`` exists or a signal was caught: a test's
+    handshake that keeps the cell running, its last step not taken, until the test has looked (a fixed
+    number of steps raced the test's own reads on a loaded machine)."""
+    while path and not caught and not os.path.exists(path):
+        time.sleep(0.05)
 
 
 def _event(cfg: TrainConfig, what: str) -> None:
@@ -170,6 +179,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise RuntimeError(f"injected failure of {cfg.fail_cell} (start {starts})")
         target = 1.0 + cfg.model.hidden_size / 100.0
         while state["step"] < cfg.budget.max_steps:
+            if state["step"] == cfg.budget.max_steps - 1:
+                _hold(cfg.hold_file, caught)
             time.sleep(cfg.step_s)
             state["w"] = state["w"] - 0.1 * (state["w"] - target)
             state["step"] += 1
