@@ -417,19 +417,22 @@ def end_unstarted_run(
     """End the cell's run from inside the job, as a waiting launcher would (`sweeps.state.end_orphaned_runs`):
     FAILED with tag ``tag`` (default died_before_training) and the error, if its status is one of
     ``left`` (default SCHEDULED: the trainer failed before taking the run over). The error of a rank
-    other than 0 names it, as the trainer's own tag does: "<error> (on rank 1)"."""
+    other than 0 names it, as the trainer's own tag does: "<error> (on rank 1)". A preemption signal
+    meanwhile (torchrun's SIGTERM once another rank has exited) waits until the run is ended."""
     run_id, uri = task.overrides.get("tracking.run_id"), task.overrides.get("tracking.uri")
     if not run_id or not uri:
         return
     try:
         from mlflow.tracking import MlflowClient
 
-        from dit_core.tracking import end_run_if
+        from dit_core import tracking
+        from dit_core.trainer.signals import PREEMPTION_SIGNALS, signals_deferred
         from sweeps.state import DIED_BEFORE_TRAINING
 
         error, tag = f"{type(err).__name__}: {err}", tag or DIED_BEFORE_TRAINING
         error += f" (on rank {rank})" if rank else ""
-        end_run_if(MlflowClient(uri), run_id, left=left, status="FAILED", tag=tag, error=error)
+        with signals_deferred(*PREEMPTION_SIGNALS, during=f"ending cell {task.cell_id}'s run"):
+            tracking.end_run_if(MlflowClient(uri), run_id, left=left, status="FAILED", tag=tag, error=error)
     except Exception as e:  # the job's own error is what matters: it is raised next
         log.warning("cell %s: could not end its MLflow run %s (%s)", task.cell_id, run_id, e)
 

@@ -97,8 +97,9 @@ def test_steps_trained_with_no_mlflow_between_tracked_ones_are_said_and_tagged(t
 _INIT = """
 import ctypes, os, signal, sys, threading, time
 ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the launcher the test kills
-repo, out, uri, run_id, bad = sys.argv[1:6]
+repo, out, uri, run_id, bad, slow_end = sys.argv[1:7]
 sys.path.insert(0, repo)
+from dit_core import tracking
 from dit_core.trainer import loop
 from sweeps.executor import run_task
 from sweeps.task import CellTask
@@ -112,6 +113,15 @@ def failing(*a, **k):
     return real(*a, **k)
 
 loop.build_dataset = failing
+if slow_end == "slow":  # the failing rank's MLflow write outlasts rank 0's watch (a loaded store)
+    end_run_if = tracking.end_run_if
+
+    def slow_end_run_if(*a, **k):
+        print(f"ENDING on rank {rank}", file=sys.stderr, flush=True)
+        time.sleep(10)
+        return end_run_if(*a, **k)
+
+    tracking.end_run_if = slow_end_run_if
 threading.Thread(target=time.sleep, args=(600,), name="not-a-daemon").start()
 cell = {"model.name": None, "model.depth": 1, "model.hidden_size": 16, "model.num_heads": 2,
         "model.patch_size": 4, "data.name": "digits", "data.image_size": 8, "budget.global_batch_size": 4,
@@ -122,13 +132,17 @@ run_task(CellTask("s43", "c0", out, cell), job_id="job-1", rank=rank)
 
 
 @pytest.mark.timeout(120)
-def test_a_rank_that_fails_building_its_trainer_and_does_not_end_is_not_waited_for(tmp_path):
+@pytest.mark.parametrize("end", ["quick", "slow"])
+def test_a_rank_that_fails_building_its_trainer_and_does_not_end_is_not_waited_for(tmp_path, end):
     """Rank 1's dataset does not load (in `Trainer.__init__`) and its process does not end; rank 0 waits
     in DDP's set-up for it. Before, rank 0 waited there for gloo's timeout (30 min; the peer watch ran
     only in `Trainer.run`, and rank 1 left no error for it). Now rank 1 leaves its error in the store and
     rank 0's watch, already running while the trainer is built, ends rank 0 5 s on, naming rank 1 and
     its error (exit 1); the launcher then stops rank 1 and exits 1. The cell's MLflow run is ended once,
-    by rank 1's job (FAILED, died_before_training, the error "on rank 1"), and no other run is made."""
+    by rank 1's job (FAILED, died_before_training, the error "on rank 1"), and no other run is made.
+    ``slow``: rank 1's write of that run takes 10 s, so rank 0 has exited and torchrun SIGTERMs rank 1 in
+    the middle of it; the write holds the signal until it is done (session 44: before, the SIGTERM killed
+    rank 1 mid-write and the run stayed SCHEDULED, seen once on a loaded machine)."""
     from sweeps.state import create_cell_runs
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
@@ -137,7 +151,7 @@ def test_a_rank_that_fails_building_its_trainer_and_does_not_end_is_not_waited_f
     script = tmp_path / "wrapper.py"
     script.write_text(_INIT)
     out = tmp_path / "run"
-    cmd = [*ACCELERATE, str(script), str(REPO), str(out), uri, run_id, "1"]
+    cmd = [*ACCELERATE, str(script), str(REPO), str(out), uri, run_id, "1", end]
     rc, took, err = _launch(cmd, "FAULT on rank 1", PROMPT_S)
     assert rc is not None, f"still running {took:.0f} s after rank 1 failed:\n{err[-3000:]}"
     assert rc == 1 and took < PROMPT_S, (rc, took, err[-3000:])
@@ -146,9 +160,10 @@ def test_a_rank_that_fails_building_its_trainer_and_does_not_end_is_not_waited_f
     assert "rank 1 failed and had not ended 5 s later; rank 0 stopped waiting for it (exit 1)" in err, err[
         -3000:
     ]
+    assert (end == "slow") == ("ENDING on rank 1" in err), err[-3000:]
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
     assert [r.info.run_id for r in runs] == [run_id], runs
     run = runs[0]
-    assert (run.info.status, run.data.tags["status"]) == ("FAILED", "died_before_training")
+    assert (run.info.status, run.data.tags.get("status")) == ("FAILED", "died_before_training"), err[-3000:]
     assert run.data.tags["error"] == "OSError: injected: the data does not load on this rank (on rank 1)"
