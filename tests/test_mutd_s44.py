@@ -300,8 +300,10 @@ def test_mutd_pl_min_steps_zero_is_allowed():
 
 def test_mutd_rp_results_json_has_no_nan_and_the_worst_status(an):
     pr = predict(an, 1000 * float(an.points["C"].max()))
-    out = report.results_dict(an, [pr])
+    plain = Prediction(1e21, Estimate(1e6), None, None, None, None, None, "x")  # no interval: nan ends
+    out = report.results_dict(an, [pr, plain])
     json.dumps(out, allow_nan=False)
+    assert out["predictions"][1]["n_opt"] == {"value": 1e6, "lo": None, "hi": None}
     assert out["status"] == pr.status.status != an.status.status
 
 
@@ -439,7 +441,7 @@ def test_mutd_rn_replicate_key_cell_and_run_counts():
     assert arun.replicate_key({"a": 1, "git.commit": "x", "seed": 1}) == arun.replicate_key(
         {"a": 1, "seed": 2}
     )
-    assert arun.count_runs(pd.Series(["a + b", "c", "a"])) == 3
+    assert arun.count_runs(pd.Series(["a + b", "c", "b + d"])) == 4
     pts = pd.DataFrame({"model": "m", "N": 1.0, "budget": 1e18, "patch_size": [2.0, 4.0], "final": True})
     cells = arun.csv_cell(pts)
     assert cells[0] != cells[1]
