@@ -63,13 +63,56 @@ def _flops(text: str) -> float:
     return value
 
 
-def _config_flag(p: argparse.ArgumentParser, flag: str, help: str, field: str | None = None, **kw) -> None:
-    """Add ``flag`` for an `AnalysisConfig` field (``field``, else the flag's name), with the field's
-    default and type (a bool field: a switch that sets it); ``%(default)s`` in ``help`` prints the
-    default; ``kw`` go to `add_argument` (choices, metavar)."""
-    default = getattr(_DEFAULTS, field or flag.removeprefix("--").replace("-", "_"))
-    kw |= {"action": "store_true"} if isinstance(default, bool) else {"type": type(default)}
-    p.add_argument(flag, default=default, help=help, **kw)
+#: the flags after --experiment / --csv, in --help's order: (flags, the `AnalysisConfig` field it sets or
+#: None, add_argument's keywords); a field's flag takes its default and type (a bool: a switch that sets it)
+_FLAGS = (
+    ("--tracking-uri", None, dict(
+        help="MLflow tracking URI, not with --csv (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")),
+    ("--json", None, dict(
+        type=Path, help="also write the fitted parameters and predictions here (--out has them too)")),
+    ("--out", None, dict(type=Path, default=Path("scaling_report"),
+        help="folder for report.md, results.json and the plots (default: %(default)s)")),
+    ("--predict", None, dict(type=_flops, action="append", default=[], metavar="FLOPS",
+        help="compute budget in true FLOPs to recommend a model for (repeatable; "
+        "default: 10x the largest compute in the data)")),
+    ("--holdout", None, dict(choices=["largest"], help="fit without the largest-compute runs; report the "
+        "error (run anyway when a prediction extrapolates)")),
+    ("--influence", None, dict(action="store_true", help="refit without each run in turn and report how "
+        "far N_opt, the expected loss, the exponents and the holdout error move, and which run moves them "
+        "most (at the first --predict budget)")),
+    ("--data-axis", "data_axis", dict(choices=DATA_AXES, help="D in images, or in tokens = images x "
+        "(model.input_size / model.patch_size)^2 (default %(default)s)")),
+    ("--params", "params", dict(choices=PARAM_AXES, help="N = all trainable parameters, or non-embedding "
+        "ones (param model.params_non_embedding; Kaplan et al. 2020) (default %(default)s)")),
+    ("--effective-data", "effective_data", dict(help="use Muennighoff et al. 2023's effective data D' for "
+        "repeated images (needs data/unique_images)")),
+    ("--r-star", None, dict(type=float, help="R* of D' (implies --effective-data; default: fitted)")),
+    ("--min-steps", "min_steps", dict(
+        help="drop runs that ended below this many optimizer steps (default %(default)s)")),
+    ("--all-points", "all_points", dict(help="use every intermediate point, also of cosine / "
+        "constant_cooldown runs (default: their final point only)")),
+    ("--all-lrs", None, dict(action="store_true", help="keep every learning rate of a cell as its own point "
+        "(default: a cell trained at several lrs, e.g. with the sweep's --lrs, keeps the lr with the lowest "
+        "final loss, named in the report)")),
+    ("--per-seed", None, dict(action="store_true", help="keep each seed's run as its own point (default: "
+        "runs that differ only in their seed are averaged into one point per cell, and the report gives the "
+        "loss's spread between seeds)")),
+    ("--bootstrap", "n_bootstrap", dict(help="bootstrap resamples for the intervals: 0 (none: estimates "
+        "without intervals, status not_identified) or >= 2 (default %(default)s); a 95%% percentile interval "
+        f"needs at least {min_resamples(0.95)} successful refits (one beyond each end), so with fewer the "
+        "intervals are shown but the status is not_identified")),
+    ("--seed", "seed", dict(help="seed of the resamples (default %(default)s)")),
+    ("--delta", "delta", dict(help="Huber delta on log loss (default %(default)g, Hoffmann et al. 2022)")),
+    ("--drop-highest-loss", "drop_highest_loss", dict(metavar="K", help="remove the K highest-loss points")),
+    ("--outlier-sigma", None, dict(type=float, help="remove points > S robust sigmas from a first fit")),
+    ("--flops-per-param-datum", None, dict(
+        type=float, help="for a CSV without C: C = k N D (default 6, the LM convention)")),
+    ("--workers", None, dict(type=int, help="processes that refit the bootstrap resamples (default: one per "
+        "CPU, or $DITSCALE_FIT_WORKERS; 1 = in this process); the intervals do not depend on it")),
+    ("--no-mlflow-log", None, dict(action="store_true", help="do not log the analysis run back to MLflow")),
+    ("-v --verbose", None, dict(
+        action="store_true", help="log each step of the fits (INFO), not only warnings")),
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,108 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a numeric cell holds a number, or nothing where the value was not measured (text such as n/a is "
         "an error)",
     )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI, not with --csv (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
-    p.add_argument(
-        "--json", type=Path, help="also write the fitted parameters and predictions here (--out has them too)"
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("scaling_report"),
-        help="folder for report.md, results.json and the plots (default: %(default)s)",
-    )
-    p.add_argument(
-        "--predict",
-        type=_flops,
-        action="append",
-        default=[],
-        metavar="FLOPS",
-        help="compute budget in true FLOPs to recommend a model for (repeatable; "
-        "default: 10x the largest compute in the data)",
-    )
-    p.add_argument(
-        "--holdout",
-        choices=["largest"],
-        help="fit without the largest-compute runs; report the error "
-        "(run anyway when a prediction extrapolates)",
-    )
-    p.add_argument(
-        "--influence",
-        action="store_true",
-        help="refit without each run in turn and report how far N_opt, the expected loss, the exponents "
-        "and the holdout error move, and which run moves them most (at the first --predict budget)",
-    )
-    _config_flag(
-        p,
-        "--data-axis",
-        "D in images, or in tokens = images x (model.input_size / model.patch_size)^2 (default %(default)s)",
-        choices=DATA_AXES,
-    )
-    _config_flag(
-        p,
-        "--params",
-        "N = all trainable parameters, or non-embedding ones (param model.params_non_embedding; "
-        "Kaplan et al. 2020) (default %(default)s)",
-        choices=PARAM_AXES,
-    )
-    _config_flag(
-        p,
-        "--effective-data",
-        "use Muennighoff et al. 2023's effective data D' for repeated images (needs data/unique_images)",
-    )
-    p.add_argument("--r-star", type=float, help="R* of D' (implies --effective-data; default: fitted)")
-    _config_flag(
-        p, "--min-steps", "drop runs that ended below this many optimizer steps (default %(default)s)"
-    )
-    _config_flag(
-        p,
-        "--all-points",
-        "use every intermediate point, also of cosine / constant_cooldown runs "
-        "(default: their final point only)",
-    )
-    p.add_argument(
-        "--all-lrs",
-        action="store_true",
-        help="keep every learning rate of a cell as its own point (default: a cell trained at several "
-        "lrs, e.g. with the sweep's --lrs, keeps the lr with the lowest final loss, named in the report)",
-    )
-    p.add_argument(
-        "--per-seed",
-        action="store_true",
-        help="keep each seed's run as its own point (default: runs that differ only in their seed are "
-        "averaged into one point per cell, and the report gives the loss's spread between seeds)",
-    )
-    _config_flag(
-        p,
-        "--bootstrap",
-        "bootstrap resamples for the intervals: 0 (none: estimates without intervals, status "
-        "not_identified) or >= 2 (default %(default)s); a 95%% percentile interval needs at least "
-        f"{min_resamples(0.95)} successful refits (one beyond each end), so with fewer the intervals "
-        "are shown but the status is not_identified",
-        "n_bootstrap",
-    )
-    _config_flag(p, "--seed", "seed of the resamples (default %(default)s)")
-    _config_flag(p, "--delta", "Huber delta on log loss (default %(default)g, Hoffmann et al. 2022)")
-    _config_flag(p, "--drop-highest-loss", "remove the K highest-loss points", metavar="K")
-    p.add_argument("--outlier-sigma", type=float, help="remove points > S robust sigmas from a first fit")
-    p.add_argument(
-        "--flops-per-param-datum",
-        type=float,
-        help="for a CSV without C: C = k N D (default 6, the LM convention)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        help="processes that refit the bootstrap resamples (default: one per CPU, or $DITSCALE_FIT_WORKERS; "
-        "1 = in this process); the intervals do not depend on it",
-    )
-    p.add_argument("--no-mlflow-log", action="store_true", help="do not log the analysis run back to MLflow")
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="log each step of the fits (INFO), not only warnings"
-    )
+    for flags, field, kw in _FLAGS:
+        if field is not None:
+            default = getattr(_DEFAULTS, field)
+            kw = {**kw, "default": default}
+            kw |= {"action": "store_true"} if isinstance(default, bool) else {"type": type(default)}
+        p.add_argument(*flags.split(), **kw)
     return p
 
 

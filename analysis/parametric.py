@@ -58,10 +58,8 @@ class ParametricConfig:
     polish_gtol: float | None = 1e-12
     check_convergence: bool = True
     # Bootstrap refits rescore the grid on each resample and run L-BFGS-B from its best
-    # `bootstrap_n_starts` points and best `bootstrap_n_varpro_starts` NNLS starts, with these
-    # tolerances and without the polish; they never start from the full-data optimum.
-    bootstrap_ftol: float = 1e-12
-    bootstrap_gtol: float = 1e-10
+    # `bootstrap_n_starts` points and best `bootstrap_n_varpro_starts` NNLS starts, with `ftol` and
+    # `gtol` and without the polish; they never start from the full-data optimum.
     bootstrap_n_starts: int = 4
     bootstrap_n_varpro_starts: int = 2
     # alpha and beta are bounded to this range (0: no dependence on N or D)
@@ -759,8 +757,6 @@ def bootstrap_parametric(
     cfg = replace(
         base,
         check_convergence=False,
-        ftol=base.bootstrap_ftol,
-        gtol=base.bootstrap_gtol,
         polish_ftol=None,
         polish_gtol=None,
         n_starts=base.bootstrap_n_starts,

@@ -390,6 +390,23 @@ def int_at_least(low: int, name: str = "", why: str = ""):
     return parse
 
 
+def float_where(rule: str):
+    """An argparse type: a float that passes the bound ``rule`` (as `check_fields`'s: "a finite number
+    > 0"), else a usage error saying it."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+        if not _BOUNDS[rule](value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = f"float {rule}"
+    return parse
+
+
 #: exit status of a CLI whose stdout reader has gone (`| head`), as a tool killed by SIGPIPE: 128 + 13
 EXIT_PIPE_CLOSED = 141
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,18 +416,15 @@ def plan_budgets(spec: SweepSpec, prior=None) -> list[BudgetPlan]:
             if len(picked) < k:
                 notes.append(f"only {len(picked)} of {k} sizes fit the step window {lo_s}..{hi_s}")
             t = size_targets(centre, k, spread)
-            if picked[0].n > t[0] * math.sqrt(ratio) and any(n < picked[0].n for n in cut):
-                notes.append(
-                    f"the step window {lo_s}..{hi_s} cuts the small end (smallest {picked[0].n:.3g} for a "
-                    f"target {t[0]:.3g})"
-                    + ("; every size is above the centre" if picked[0].n > centre else "")
-                )
-            if picked[-1].n < t[-1] / math.sqrt(ratio) and any(n > picked[-1].n for n in cut):
-                notes.append(
-                    f"the step window {lo_s}..{hi_s} cuts the large end (largest {picked[-1].n:.3g} for a "
-                    f"target {t[-1]:.3g})"
-                    + ("; every size is below the centre" if picked[-1].n < centre else "")
-                )
+            # an end the step window cut: its size short of the target, and a cut size beyond it
+            ends = ((0, "small", "smallest", "above", operator.gt, t[0] * math.sqrt(ratio)),
+                    (-1, "large", "largest", "below", operator.lt, t[-1] / math.sqrt(ratio)))  # fmt: skip
+            for i, end, most, side, past, bound in ends:
+                if past(edge := picked[i].n, bound) and any(past(edge, n) for n in cut):
+                    notes.append(
+                        f"the step window {lo_s}..{hi_s} cuts the {end} end ({most} {edge:.3g} for a target "
+                        f"{t[i]:.3g})" + (f"; every size is {side} the centre" if past(edge, centre) else "")
+                    )
             cells = [make_cell(spec, c.model, patch, budget) for c in picked]
             plans.append(BudgetPlan(budget, patch, centre, source, cells, notes))
     return plans

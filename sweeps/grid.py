@@ -277,9 +277,6 @@ class SweepSpec:
             out += [f"{what} {show(v)} ({flag})" for v in twice]
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -527,7 +524,7 @@ def load_spec(path: str | Path | None = None) -> SweepSpec:
 def write_spec_record(spec: SweepSpec, folder: Path) -> None:
     """Keep ``spec`` as the sweep's last launch in ``folder/sweep.json``: what ``launch.py status``
     shows when its command line names the sweep but not its cells. A prior is kept as an absolute path."""
-    data = spec.to_dict()
+    data = dataclasses.asdict(spec)
     if spec.prior:
         data["prior"] = str(Path(spec.prior).resolve())
     atomic_write_text(Path(folder) / SPEC_RECORD, json.dumps(data, indent=2) + "\n")

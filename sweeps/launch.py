@@ -9,6 +9,7 @@ Exit status: 0 all cells finished, 1 some failed, 2 bad input (nothing submitted
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -60,6 +61,8 @@ from sweeps.runner import (
     job_name,
     launch,
     preview,
+    stop_on_signals,
+    stop_signal,
     sweep_dir,
     take_jobs_gone,
     threads_per_process,
@@ -136,9 +139,11 @@ EXIT_CODES = {
     "cell ended unfinished (relaunch the same command); or a crash (a traceback)",
     2: "bad input, said in one line, nothing submitted: a flag, the sweep config, the output\n"
     "folder, a tracking store that is no MLflow store or fails, SLURM jobs no cell records",
-    130: "Ctrl-C (SLURM jobs keep running; local ones stop)",
+    129: "SIGHUP (a closed terminal): as a Ctrl-C",
+    130: "Ctrl-C, or SIGINT to the launcher alone (SLURM jobs keep running; local ones get the\n"
+    "Ctrl-C and stop, checkpointed)",
     141: "its output's reader left (`| head`)",
-    143: "SIGTERM (the cells submitted keep running)",
+    143: "SIGTERM: as a Ctrl-C",
 }
 
 
@@ -919,20 +924,6 @@ def check_status_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
                 )
 
 
-def _say_terminated(signum: int, frame) -> None:  # noqa: ARG001 - a signal handler's signature
-    """SIGTERM (`kill`, `timeout`, a cancelled CI job) ends the launcher as before, now with a word on
-    what goes on: its submitted cells do, local ones too."""
-    print(
-        "\nterminated (SIGTERM): the cells already submitted keep running, local ones too; `python "
-        "sweeps/launch.py status` with the same options shows them. Relaunch the same command to resume: "
-        "finished cells are kept, live ones are not resubmitted",
-        file=sys.stderr,
-        flush=True,
-    )
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)  # exit as killed by it (status 143), as without this handler
-
-
 def _mlflow_error(e: BaseException) -> bool:
     """Whether ``e`` is MLflow's own (`MlflowException`: a store's or a server's error), mlflow imported."""
     exceptions = sys.modules.get("mlflow.exceptions")
@@ -970,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
             show_status(status_spec(spec, args, launched), launched, guessed, unknown)
             return 0
         if argv is None:  # the CLI's own process (a test calling main() keeps its handlers)
-            signal.signal(signal.SIGTERM, _say_terminated)
+            stop_on_signals()
         return cmd_run(spec, args)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -990,17 +981,23 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt as e:
-        if str(e):  # `sweeps.runner.CancelInterrupted`: what the Ctrl-C stopped
-            print(f"\ninterrupted: {e}", file=sys.stderr)
-            return 130
-        print(
-            "\ninterrupted: SLURM jobs keep running; local jobs get a terminal's Ctrl-C too and stop (not "
-            "counted as tries against --max-retries). Relaunch the same command to resume: finished cells "
-            "are kept, live ones are not resubmitted",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as e:  # a Ctrl-C, or SIGTERM or SIGHUP taken as one (`stop_on_signals`)
+        return _interrupted(e)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """Say what the launcher's Ctrl-C (or SIGTERM, SIGHUP) stopped; returns 128 + the signal."""
+    signum = stop_signal(e)
+    said = (
+        str(e)  # `sweeps.runner.CancelInterrupted`: what the signal stopped
+        or "SLURM jobs keep running; local jobs get the Ctrl-C (from the launcher too) and stop at their "
+        "next step, checkpointed (not counted as tries against --max-retries). Relaunch the same command "
+        "to resume: finished cells are kept, live ones are not resubmitted"
+    )
+    name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        print(f"\ninterrupted{name}: {said}", file=sys.stderr)
+    return 128 + signum
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,7 +401,7 @@ class _Runner:
             st = self.states[t.cell_id]
             Path(t.run_dir).mkdir(parents=True, exist_ok=True)
             prepared.append(dataclasses.replace(t, overrides={**t.overrides, "tracking.run_id": st.run_id}))
-        with signals_deferred(signal.SIGINT, signal.SIGTERM) as self.held:  # no job goes out unrecorded
+        with signals_deferred(*STOP_SIGNALS) as self.held:  # no job goes out unrecorded
             self._submit_and_record(prepared)
 
     def _submit_and_record(self, prepared: list[CellTask]) -> None:
@@ -455,7 +455,7 @@ class _Runner:
                 except OSError as e:  # the cancel goes on: at worst the job counts as a try
                     log.error("cell %s: could not note job %s as cancelled: %s", t.cell_id, j.job_id, e)
         log.warning("recording %d job(s) in their runs failed: cancelling them (%s)", len(jobs), ids)
-        hurried = lambda: self.held.count(signal.SIGINT) >= 2  # noqa: E731 - the user's second Ctrl-C
+        hurried = lambda: len(_stops(self.held)) >= 2  # noqa: E731 - the user's second Ctrl-C
         left = _cancel_jobs(jobs, self.prep.kind, hurry=hurried)
         what = (
             f"recording the job(s) of {len(cells)} cell(s) ({', '.join(cells[:8])}) in their MLflow runs at "
@@ -476,16 +476,16 @@ class _Runner:
                 "tracking server answers: the relaunch submits those cells again and resumes them in their "
                 "runs"
             )
-        if signal.SIGINT in self.held:  # the user's Ctrl-C, acted on here: said with what it stopped
-            self.held[:] = [s for s in self.held if s != signal.SIGINT]
-            raise CancelInterrupted(text) from error
+        if stops := _stops(self.held):  # the user's Ctrl-C, acted on here: said with what it stopped
+            self.held[:] = [s for s in self.held if s not in STOP_SIGNALS]
+            raise CancelInterrupted(text, stops[0]) from error
         raise RuntimeError(text) from error
 
     def run(self, tasks: list[CellTask], wait: bool) -> None:
         try:
             self._run(tasks, wait)
-        except KeyboardInterrupt:
-            self._interrupted()
+        except KeyboardInterrupt as e:
+            self._interrupted(stop_signal(e))
             raise
 
     def _run(self, tasks: list[CellTask], wait: bool) -> None:
@@ -585,37 +585,44 @@ class _Runner:
             state = self.queue.get(cid) or "PENDING"
         return "held" if state == "HELD" else "queued" if state in SLURM_PENDING else "running"
 
-    def _interrupted(self, wait_s: float = 10.0) -> None:
-        """Ctrl-C while this launcher waits, which stops its local jobs too: record each live local
-        cell's submission as interrupted (not a try), wait up to ``wait_s`` for the jobs to end, and end
-        the runs their trainers did not: KILLED, tag status=interrupted. A second Ctrl-C during that wait
-        kills the jobs still alive (every process, `_kill_jobs`) and ends their runs so at once, then
-        raises. SLURM jobs go on running."""
+    def _interrupted(self, signum: int = signal.SIGINT, wait_s: float = 10.0) -> None:
+        """Ctrl-C (or ``signum``, one of `STOP_SIGNALS`) while this launcher waits: pass a Ctrl-C on to
+        each process of the live local jobs (`_ctrl_c`: a terminal's reached them already, a signal to
+        the launcher alone did not), record each live local cell's submission as interrupted (not a
+        try), wait up to ``wait_s`` for the jobs to end, and end the runs their trainers did not: KILLED,
+        tag status=interrupted. A second signal during that wait kills the jobs still alive (every
+        process, `_kill_jobs`) and ends their runs so at once, then raises. SLURM jobs go on running."""
         if self.prep.kind == "slurm" or not self.live:
             return
         cells = sorted(self.live)
         uri = self.prep.tracking_uri
         counts = {self.states[c].run_id: self.states[c].interrupts + 1 for c in cells}
         alive = set(cells)
+        local = self.prep.kind == "local"  # a debug job runs in this process: interrupted with it
+        signalled: set[int] = set()
         try:
-            with signals_deferred(signal.SIGINT):  # a second Ctrl-C lets the record be written first
+            with signals_deferred(*STOP_SIGNALS):  # a second signal lets the record be written first
+                _ctrl_c([self.jobs[c] for c in cells if local], signalled)
                 record_interrupts(uri, counts)
             log.warning("interrupted: %s stopped; not counted as tries (--max-retries)", ", ".join(cells))
             deadline = time.monotonic() + wait_s
             while alive and time.monotonic() < deadline:
                 alive = {c for c in alive if not (self.prep.kind == "debug" or self.jobs[c].done())}
                 if alive:
+                    _ctrl_c([self.jobs[c] for c in alive if local], signalled)  # processes started since
                     time.sleep(0.05)
-        except KeyboardInterrupt:  # Ctrl-C again: stop waiting for the jobs' checkpoints
-            with signals_deferred(signal.SIGINT):  # a third one waits until the runs are ended
-                local = self.prep.kind == "local"  # a debug job runs in this process: interrupted with it
+        except KeyboardInterrupt as e:  # a signal again: stop waiting for the jobs' checkpoints
+            with signals_deferred(*STOP_SIGNALS):  # a third one waits until the runs are ended
                 left = [self.jobs[c] for c in sorted(alive) if local and not self.jobs[c].done()]
+                again = _signal_word(stop_signal(e))
                 if left:
-                    log.warning("Ctrl-C again: killing job(s) %s now", ", ".join(str(j.job_id) for j in left))
+                    log.warning(
+                        "%s again: killing job(s) %s now", again, ", ".join(str(j.job_id) for j in left)
+                    )
                 still = set(_kill_jobs(left))
                 self._end_interrupted([c for c in cells if str(self.jobs[c].job_id) not in still])
-            if left:  # said by the CLI as what the Ctrl-C stopped
-                raise CancelInterrupted(_killed_text(left, still)) from None
+            if left:  # said by the CLI as what the signal stopped
+                raise CancelInterrupted(_killed_text(left, still, again), signum) from None
             raise
         self._end_interrupted([c for c in cells if c not in alive])
 
@@ -703,12 +710,10 @@ KILL_WAIT_S = 10.0
 
 
 def _cancel_jobs(jobs: list[Any], kind: str, hurry: Callable[[], bool]) -> list[str]:
-    """Cancel ``jobs``: SLURM's with ``scancel``; local ones as a terminal's Ctrl-C would (SIGINT to
-    each process of the job as it appears: submitit's shell, its controller and the trainer, or a warm
-    worker's child, once forked; the trainer checkpoints and ends its run KILLED), waiting up to
-    `CANCEL_WAIT_S` for them to end; those still alive then, or as soon as ``hurry()`` (a second Ctrl-C of
-    the user while the launcher waits), are killed (`_kill_jobs`). Returns the ids of the jobs that
-    scancel failed on or that did not end."""
+    """Cancel ``jobs``: SLURM's with ``scancel``; local ones with a Ctrl-C (`_ctrl_c`: the trainer
+    checkpoints and ends its run KILLED), waiting up to `CANCEL_WAIT_S` for them to end; those still
+    alive then, or as soon as ``hurry()`` (a second Ctrl-C of the user while the launcher waits), are
+    killed (`_kill_jobs`). Returns the ids of the jobs that scancel failed on or that did not end."""
     if kind == "debug":  # ran to its end inside `submit`
         return []
     if kind == "slurm":
@@ -723,18 +728,13 @@ def _cancel_jobs(jobs: list[Any], kind: str, hurry: Callable[[], bool]) -> list[
             [str(j.job_id) for j in jobs if str(j.job_id) not in left], CANCEL_WAIT_S, hurry
         )
     deadline = time.monotonic() + CANCEL_WAIT_S
-    signalled: set[int] = set()  # each process once: a second SIGINT would skip the trainer's checkpoint
+    signalled: set[int] = set()
     alive = list(jobs)
     while alive and time.monotonic() < deadline:
         if hurry():
             log.warning("Ctrl-C again: killing job(s) %s now", ", ".join(str(j.job_id) for j in alive))
             return _kill_jobs(alive)
-        for j in alive:
-            root = j.pid() if isinstance(j, WarmJob) else int(j.job_id)  # submitit's: its shell's pid
-            for pid in _process_tree(root) - signalled if root else ():
-                signalled.add(pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGINT)
+        _ctrl_c(alive, signalled)
         time.sleep(0.05)
         alive = [j for j in alive if not j.done()]
     if alive:
@@ -771,9 +771,69 @@ def _until_slurm_ended(
     return job_ids
 
 
+#: The signals that stop a launch as a Ctrl-C does: SIGINT, and SIGTERM and SIGHUP where the CLI takes
+#: them so (`stop_on_signals`).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class CancelInterrupted(KeyboardInterrupt):
-    """The user's Ctrl-C that the launcher acted on (cancelling jobs whose record failed, or a second one
-    killing the local jobs); says what became of them."""
+    """The user's Ctrl-C (or ``signum``, one of `STOP_SIGNALS`) that the launcher acted on (cancelling
+    jobs whose record failed, or a second one killing the local jobs); says what became of them. Without
+    text: SIGTERM or SIGHUP to the launcher, not acted on yet (`stop_on_signals`)."""
+
+    def __init__(self, text: str = "", signum: int = signal.SIGINT) -> None:
+        super().__init__(text)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    raise CancelInterrupted("", signum)
+
+
+def stop_on_signals() -> None:
+    """Take SIGTERM and SIGHUP to this process (`kill`, `timeout`, a scheduler, a closed terminal) as
+    its Ctrl-C: each raises a `CancelInterrupted` without text, so that a launch stops as on a Ctrl-C
+    (`_Runner._interrupted`). For the CLI's own process, from its main thread."""
+    for s in STOP_SIGNALS[1:]:
+        signal.signal(s, _raise_stopped)
+
+
+def stop_signal(e: KeyboardInterrupt) -> int:
+    """The signal that raised ``e``: a `CancelInterrupted`'s, else SIGINT (Python's own Ctrl-C)."""
+    return getattr(e, "signum", signal.SIGINT)
+
+
+def _stops(signals: Iterable[int]) -> list[int]:
+    """Those of ``signals`` that are `STOP_SIGNALS`, in their order."""
+    return [s for s in signals if s in STOP_SIGNALS]
+
+
+def _signal_word(signum: int) -> str:
+    """How a message names a stop signal: "Ctrl-C" for SIGINT, else its name."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _ctrl_c(jobs: Iterable[Any], signalled: set[int]) -> None:
+    """SIGINT, as a terminal's Ctrl-C, to each process of the local ``jobs`` not in ``signalled`` (then
+    added: a trainer takes a second SIGINT 2 s or more after the first for a second Ctrl-C and skips
+    its checkpoint): the trainer and what it started, and a submitit job's shell; a warm job's from its
+    fork on. Not submitit's controller, which on a SIGINT kills its tasks 1 s later whether or not they
+    have checkpointed: it ends once they have."""
+    for j in jobs:
+        root = j.pid() if isinstance(j, WarmJob) else int(j.job_id)  # submitit's: its shell's pid
+        for pid in _process_tree(root) - signalled if root else ():
+            signalled.add(pid)
+            if not _submitit_controller(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+
+
+def _submitit_controller(pid: int) -> bool:
+    """Whether process ``pid`` runs submitit's local job controller (``-m submitit.local._local``)."""
+    try:
+        return b"submitit.local._local" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _hurried_text(what: str, ids: str, left: list[str], kind: str) -> str:
@@ -806,11 +866,12 @@ def _hurried_text(what: str, ids: str, left: list[str], kind: str) -> str:
     )
 
 
-def _killed_text(jobs: list[Any], still: set[str]) -> str:
-    """What a second Ctrl-C did to the local ``jobs`` it killed (``still``: the ids not seen to end)."""
+def _killed_text(jobs: list[Any], still: set[str], again: str = "Ctrl-C") -> str:
+    """What a second Ctrl-C (``again``: how it is named) did to the local ``jobs`` it killed (``still``:
+    the ids not seen to end)."""
     ids = ", ".join(str(j.job_id) for j in jobs)
     text = (
-        f"local job(s) {ids} killed (SIGKILL) on a second Ctrl-C, the MLflow runs their trainers left open "
+        f"local job(s) {ids} killed (SIGKILL) on a second {again}, the MLflow runs their trainers left open "
         "ended KILLED (status=interrupted); not counted as tries (--max-retries)"
     )
     if still:

@@ -28,16 +28,9 @@ class CellTask:
     threads: int = 0
 
 
-#: `TrainConfig` fields every cell sets itself: `SweepSpec.train` may not set them.
-CELL_KEYS = frozenset(
-    {
-        "model.name", "model.depth", "model.hidden_size", "model.num_heads", "model.patch_size",
-        "model.input_size", "model.in_channels", "model.num_classes", "data.name", "data.root",
-        "data.image_size", "budget.global_batch_size", "budget.max_steps", "budget.train_flops", "out",
-        "tracking.uri", "tracking.enabled", "tracking.run_id",
-        "tracking.experiment", "tracking.sweep", "tracking.grid_cell", "tracking.run_name",
-    }
-)  # fmt: skip
+#: `TrainConfig` fields the sweep sets for some cells or the launcher for every one, besides those
+#: `cell_overrides` sets for each: `SweepSpec.train` may set none of them
+ALSO_OWNED = frozenset({"data.root", "data.image_size", "tracking.enabled", "tracking.run_id"})
 
 
 def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str) -> dict[str, Any]:
@@ -47,20 +40,7 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
     and sets ``model.learn_sigma`` from the diffusion as `sweeps.grid.model_learns_sigma` does);
     both ``budget.max_steps`` and ``budget.train_flops`` are set and agree (``steps`` whole steps fit).
     """
-    owned = sorted(k for k in spec.train if k in CELL_KEYS)
-    if "tracking.enabled" in owned:  # without it the cell's run, its only record, is never trained into
-        raise ValueError(
-            f"train: tracking.enabled={spec.train['tracking.enabled']!r}: a sweep's cells are always "
-            "tracked (each cell's MLflow run is its record, which status and relaunch read); drop it"
-        )
-    if owned:
-        raise ValueError(
-            f"train: {', '.join(owned)} set per cell by the sweep, so an override would be ignored; "
-            "use the sweep's own options instead (--grid/--shapes/--patch for the model, --budgets and "
-            "--batch-size for the budget, data: in the YAML, --experiment/--tracking-uri/--output-dir)"
-        )
-    out: dict[str, Any] = {
-        **spec.train,
+    own: dict[str, Any] = {
         "model.name": None,
         "model.depth": cell.model.depth,
         "model.hidden_size": cell.model.hidden_size,
@@ -80,6 +60,19 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
         "tracking.grid_cell": cell.cell_id,
         "tracking.run_name": cell.cell_id,
     }
+    owned = sorted(k for k in spec.train if k in own.keys() | ALSO_OWNED)
+    if "tracking.enabled" in owned:  # without it the cell's run, its only record, is never trained into
+        raise ValueError(
+            f"train: tracking.enabled={spec.train['tracking.enabled']!r}: a sweep's cells are always "
+            "tracked (each cell's MLflow run is its record, which status and relaunch read); drop it"
+        )
+    if owned:
+        raise ValueError(
+            f"train: {', '.join(owned)} set per cell by the sweep, so an override would be ignored; "
+            "use the sweep's own options instead (--grid/--shapes/--patch for the model, --budgets and "
+            "--batch-size for the budget, data: in the YAML, --experiment/--tracking-uri/--output-dir)"
+        )
+    out = {**spec.train, **own}
     if cell.seed:  # seed 0 is the trainer's default: its cells' settings stay as before seeds existed
         out["seed"] = cell.seed
     if cell.lr is not None:  # the lrs axis replaces the train section's optim.lr

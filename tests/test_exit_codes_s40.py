@@ -85,7 +85,7 @@ CODES = {
     "dit_core.sample": [0, 1, 2, 130],
     "dit_core.evaluate.__main__": [0, 1, 2, 130],
     "dit_core.extract_latents": [0, 1, 2, 130],
-    "sweeps.launch": [0, 1, 2, 130, 141, 143],
+    "sweeps.launch": [0, 1, 2, 129, 130, 141, 143],
     "analysis.fit_scaling": [0, 1, 2, 3, 4, 141],
 }
 

@@ -80,7 +80,8 @@ def test_a_cancelled_array_is_seen_over_at_once_and_named_cancelled(job_env, tmp
     (`RESULT_GRACE_S`, 2 s here) and each error names the state and the relaunch. Failed before the fix:
     30 s for two cells, and no CANCELLED in the errors."""
     monkeypatch.setattr(runner, "RESULT_GRACE_S", 2.0, raising=False)
-    spec = one_cell_spec(tmp_path, job_env, "cancel", step_s=2.0).replace(
+    release = tmp_path / "release"  # never made: the cells run until the scancel (B has 2 steps only)
+    spec = one_cell_spec(tmp_path, job_env, "cancel", step_s=0.2, hold_file=str(release)).replace(
         families=["S", "B"], budgets=[2.6e9]
     )
     cells = [c.cell_id for c in expand(spec)]
@@ -88,12 +89,18 @@ def test_a_cancelled_array_is_seen_over_at_once_and_named_cancelled(job_env, tmp
     box: dict = {}
     t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.5)))
     t.start()
-    wait_for(lambda: {s.state for s in states_of(spec, job_env).values()} == {"running"}, "both running", 60)
-    array = states_of(spec, job_env)[cells[0]].job_id.split("_")[0]
-    subprocess.run(["scancel", array], check=True)
-    t0 = time.monotonic()
-    t.join(60)
-    took = time.monotonic() - t0
+    try:
+        wait_for(
+            lambda: {s.state for s in states_of(spec, job_env).values()} == {"running"}, "both running", 60
+        )
+        array = states_of(spec, job_env)[cells[0]].job_id.split("_")[0]
+        subprocess.run(["scancel", array], check=True)
+        t0 = time.monotonic()
+        t.join(60)
+        took = time.monotonic() - t0
+        print(f"the launcher returned {took:.1f} s after the scancel")
+    finally:
+        release.touch()
     assert not t.is_alive() and took < 20, f"the launcher took {took:.0f} s to see the cancelled array"
     res = box["r"]
     assert sorted(res.errors) == sorted(cells)
@@ -116,10 +123,14 @@ def test_a_run_killed_under_its_trainer_is_ended_by_the_relaunch_that_sees_it(jo
     left it so for ever, in the MLflow UI and for the analysis. Now the relaunch that sees its job over
     ends it KILLED, tag status=killed, and a retry continues the same run. Failed before the fix: the run
     stayed RUNNING."""
-    spec = one_cell_spec(tmp_path, job_env, "killed", step_s=1.0)
+    release = tmp_path / "release"  # made only on failure: the trainer waits before its last step
+    spec = one_cell_spec(tmp_path, job_env, "killed", step_s=1.0, hold_file=str(release))
     (cell,) = expand(spec)
     launch(spec, wait=False)
-    kill_trainer(spec, job_env, cell.cell_id)
+    try:
+        kill_trainer(spec, job_env, cell.cell_id)
+    finally:
+        release.touch()
     again = launch(spec.replace(executor={"max_retries": 0}), wait=False)
     assert again.submitted == [] and again.plan.exhausted == [cell.cell_id]
     (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
@@ -130,12 +141,16 @@ def test_a_run_killed_under_its_trainer_is_ended_by_the_relaunch_that_sees_it(jo
 def test_a_run_killed_under_its_trainer_is_ended_by_the_launcher_waiting_on_it(job_env, tmp_path):
     """The same SIGKILL under a waiting launcher: it reported the cell failed but left its run RUNNING.
     Now it ends it KILLED, tag status=killed, with the job's error. Failed before the fix: RUNNING."""
-    spec = one_cell_spec(tmp_path, job_env, "killedw", step_s=1.0)
+    release = tmp_path / "release"  # made only on failure: the trainer waits before its last step
+    spec = one_cell_spec(tmp_path, job_env, "killedw", step_s=1.0, hold_file=str(release))
     (cell,) = expand(spec)
     box: dict = {}
     t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.5)))
     t.start()
-    kill_trainer(spec, job_env, cell.cell_id)
+    try:
+        kill_trainer(spec, job_env, cell.cell_id)
+    finally:
+        release.touch()
     t.join(60)
     assert not t.is_alive() and list(box["r"].errors) == [cell.cell_id]
     (run,) = runs_by_cell(job_env, spec.experiment)[cell.cell_id]
@@ -143,19 +158,33 @@ def test_a_run_killed_under_its_trainer_is_ended_by_the_launcher_waiting_on_it(j
     assert run.data.tags["error"]
 
 
-def test_a_relaunch_does_not_call_running_a_cell_that_finished_while_it_waited(job_env, tmp_path, capsys):
+def test_a_relaunch_does_not_call_running_a_cell_that_finished_while_it_waited(
+    job_env, tmp_path, capsys, monkeypatch
+):
     """A waiting relaunch that found an earlier launch's cell running (here: a budget added to a sweep
     whose first cell still trains) ended with its status table showing that cell `finished` and, below,
     "1 cell(s) still running (S-2-3e9); watch with ...", then the fit. Now it names only cells still not
     finished, and says `next:` the fit when none is. Failed before the fix: the stale line."""
-    cfg = tmp_path / "grow.yaml"
+    cfg, release = tmp_path / "grow.yaml", tmp_path / "release"
     cfg.write_text(fake_sweep_yaml("grow", tmp_path.name))
+    # the cells wait before their last step until the relaunch has planned (it then records the new job)
     argv = ["-c", str(cfg), "--executor", "slurm", "--tracking-uri", job_env, "--set", "step_s=0.3"]
+    argv += ["--set", f"hold_file={release}"]
     assert launch_cli.main([*argv, "--no-wait"]) == 0
     spec = load_spec(cfg).replace(tracking_uri=job_env)
-    wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "running", "the first cell to run", 60)
-    capsys.readouterr()
-    assert launch_cli.main([*argv, "--budgets", "3e9,6e9"]) == 0  # waits for S-2-6e9, twice as long
+    real = runner.record_submissions
+
+    def release_then_record(uri, subs):
+        release.touch()
+        real(uri, subs)
+
+    monkeypatch.setattr(runner, "record_submissions", release_then_record)
+    try:
+        wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "running", "the first cell to run", 60)
+        capsys.readouterr()
+        assert launch_cli.main([*argv, "--budgets", "3e9,6e9"]) == 0  # waits for S-2-6e9, twice as long
+    finally:
+        release.touch()
     out = capsys.readouterr().out
     assert "1 submitted, 0 already finished, 1 still running" in out
     assert "2 finished" in out and "still running (S-2-3e9)" not in out, out
@@ -172,15 +201,19 @@ def test_a_waiting_launcher_sees_a_cancelled_job_while_sacct_is_down(job_env, tm
     for cmd in ("squeue", "sinfo"):  # only accounting is down
         (tmp_path / "down" / cmd).unlink()
     monkeypatch.setenv("PATH", down, prepend=os.pathsep)
-    spec = one_cell_spec(tmp_path, job_env, "nosacct", step_s=2.0)
+    release = tmp_path / "release"  # never made: the cell runs until the scancel
+    spec = one_cell_spec(tmp_path, job_env, "nosacct", step_s=2.0, hold_file=str(release))
     (cell,) = expand(spec)
     box: dict = {}
     t = threading.Thread(target=lambda: box.setdefault("r", launch(spec, poll_s=0.5)), daemon=True)
     t.start()
-    wait_for(lambda: states_of(spec, job_env)[cell.cell_id].state == "running", "the job to run", 60)
-    job = states_of(spec, job_env)[cell.cell_id].job_id
-    subprocess.run(["scancel", job], check=True)
-    t.join(40)
+    try:
+        wait_for(lambda: states_of(spec, job_env)[cell.cell_id].state == "running", "the job to run", 60)
+        job = states_of(spec, job_env)[cell.cell_id].job_id
+        subprocess.run(["scancel", job], check=True)
+        t.join(40)
+    finally:
+        release.touch()
     assert not t.is_alive(), "the launcher still waits on a job squeue no longer lists"
     err = box["r"].errors[cell.cell_id]
     assert f"job {job} ended" in err and "relaunch the sweep to resume" in err, err

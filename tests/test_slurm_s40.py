@@ -21,9 +21,13 @@ from sweeps.runner import launch
 
 pytestmark = pytest.mark.slurm
 
-#: A job that takes a while to end after scancel's SIGTERM, as a trainer that writes its checkpoint first:
-#: its shell ignores SIGTERM (so does `sleep`, which inherits that) and sleeps before submitit starts.
-SLOW_TO_END = "setup: [\"trap '' TERM\", 'sleep 15']"
+
+def held_until(release) -> str:
+    """A job's setup (YAML) that takes a while to end after scancel's SIGTERM, as a trainer that writes its
+    checkpoint first: its shell ignores SIGTERM (so does `sleep`, which inherits that) and waits before
+    submitit starts until the test creates the file ``release`` (or SLURM's KillWait, 30 s, SIGKILLs it).
+    A fixed sleep raced sacct's and squeue's lag on a loaded CI machine: the job could be gone first."""
+    return f"setup: [\"trap '' TERM\", 'while [ ! -e {release} ]; do sleep 0.2; done']"
 
 
 def alive(job_ids: list[str]) -> dict[str, str]:
@@ -43,11 +47,13 @@ def test_slurm_the_cancel_after_a_failed_record_waits_until_the_jobs_have_ended(
     store, port = tmp_path / "server", free_port()
     server = {"proc": start_mlflow_server(store, port=port)[0]}
     url = f"http://127.0.0.1:{port}"
-    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + SLOW_TO_END + "}"
+    release = tmp_path / "release"
+    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + held_until(release) + "}"
     cfg = two_cell_yaml(tmp_path, "slowend", executor, tmp_path / "events")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the launcher gives up at once
-    real = runner.record_submissions
+    real, real_squeue = runner.record_submissions, runner.squeue_states
     ids: list[str] = []
+    failed: list[bool] = []
 
     def server_dies_once_the_jobs_run(uri, subs):
         ids.extend(s.job.job_id for s in subs)
@@ -55,9 +61,19 @@ def test_slurm_the_cancel_after_a_failed_record_waits_until_the_jobs_have_ended(
             lambda: len(alive(ids)) == 2 and set(alive(ids).values()) == {"RUNNING"}, "the jobs to run", 60
         )
         stop_mlflow_server(server["proc"])
+        failed.append(True)  # the record fails next: the launcher scancels the jobs, then asks squeue
         real(uri, subs)
 
+    def squeue_then_release(job_ids):
+        """squeue's answer; once the record failed and it lists the jobs alive (the launcher has seen them
+        ending), the jobs are released to end."""
+        queue = real_squeue(job_ids)
+        if failed and any(s in SLURM_ALIVE for s in queue.values()):
+            release.touch()
+        return queue
+
     monkeypatch.setattr(runner, "record_submissions", server_dies_once_the_jobs_run)
+    monkeypatch.setattr(runner, "squeue_states", squeue_then_release)
     try:
         t0 = time.monotonic()
         assert launch_cli.main(["-c", str(cfg), "--tracking-uri", url, "--poll", "0.5"]) == 2
@@ -70,6 +86,7 @@ def test_slurm_the_cancel_after_a_failed_record_waits_until_the_jobs_have_ended(
         assert "waiting up to 120 s for the cancelled SLURM job(s)" in said and ids[0] in said, said
         assert "cancelled so that none trains unrecorded" in err, err
     finally:
+        release.touch()
         subprocess.run(["scancel", *{j.split("_")[0] for j in ids}], check=False)
         stop_mlflow_server(server["proc"])
 
@@ -82,10 +99,8 @@ def test_slurm_a_relaunch_while_a_cancelled_job_still_ends_does_not_submit_its_c
     is submitted, and once the job has ended the cell is `failed`, for a relaunch to resubmit. Before the
     fix the relaunch submitted the cell (state `failed` while its job still ran)."""
     cfg, release = tmp_path / "relaunch.yaml", tmp_path / "release"
-    # The job's shell ignores scancel's SIGTERM and ends only once the test has looked (or at SLURM's
-    # KillWait, 30 s): a fixed sleep raced sacct's lag on a loaded CI machine and the job was gone first.
-    held = f"setup: [\"trap '' TERM\", 'while [ ! -e {release} ]; do sleep 0.2; done']"
-    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + held + "}"
+    # the job ends only once the test has looked (a fixed sleep raced sacct's lag on a loaded CI machine)
+    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + held_until(release) + "}"
     cfg.write_text(
         two_cell_yaml(tmp_path, "x", executor, tmp_path / "events").read_text().replace("[S, B]", "[S]")
     )

@@ -79,17 +79,24 @@ def test_2x2_grid_runs_as_one_array_lands_in_mlflow_and_relaunch_submits_nothing
 def test_relaunch_while_the_array_is_queued_or_running_submits_nothing(job_env, tmp_path):
     """Right after a --no-wait launch the array's tasks are pending or running (sacct may not know
     them yet: squeue answers then); a relaunch submits nothing and creates no MLflow run."""
-    spec = slurm_spec(tmp_path, job_env, step_s=0.3)
+    # each cell waits before its last step until the test has looked: B-2-1.3e9 has one step (0.3 s),
+    # and could finish before the relaunch had read its state on a loaded machine
+    release = tmp_path / "release"
+    spec = slurm_spec(tmp_path, job_env, step_s=0.3, hold_file=str(release))
     cells = [c.cell_id for c in expand(spec)]
     first = launch(spec, wait=False)
-    assert sorted(first.submitted) == sorted(cells)
-    again = launch(spec, wait=False)
-    assert again.submitted == [] and sorted(again.plan.running) == sorted(cells)
-    run_dirs = {c: str(sweep_dir(spec) / "cells" / c) for c in cells}
-    states = read_states(job_env, spec.experiment, spec.name, run_dirs)
-    assert {s.state for s in states.values()} <= {"queued", "running"}
-    assert {k: len(v) for k, v in runs_by_cell(job_env, spec.experiment).items()} == {c: 1 for c in cells}
-    assert all(cell_tags(job_env, spec, c)["attempts"] == "1" for c in cells)
+    try:
+        assert sorted(first.submitted) == sorted(cells)
+        again = launch(spec, wait=False)
+        assert again.submitted == [] and sorted(again.plan.running) == sorted(cells)
+        run_dirs = {c: str(sweep_dir(spec) / "cells" / c) for c in cells}
+        states = read_states(job_env, spec.experiment, spec.name, run_dirs)
+        assert {s.state for s in states.values()} <= {"queued", "running"}
+        runs = runs_by_cell(job_env, spec.experiment)
+        assert {k: len(v) for k, v in runs.items()} == {c: 1 for c in cells}
+        assert all(cell_tags(job_env, spec, c)["attempts"] == "1" for c in cells)
+    finally:
+        release.touch()
     deadline = time.monotonic() + 180
     while {s.state for s in read_states(job_env, spec.experiment, spec.name, run_dirs).values()} != {
         "finished"

@@ -368,7 +368,7 @@ def test_adaptive_recentres_on_the_fit_and_recovers_the_laws_optimum(job_env, tm
     assert read_record(Path(spec.output_dir) / spec.name) == record
     # the CLI on the same sweep: nothing to submit, the placed budgets and the status table
     conf = tmp_path / "law.yaml"
-    conf.write_text(yaml.safe_dump(spec.to_dict()))
+    conf.write_text(yaml.safe_dump(dataclasses.asdict(spec)))
     assert cli.main(["-c", str(conf), "--poll", "0.05"]) == 0
     out = capsys.readouterr().out
     assert "budget 3e12: centred on N" in out and "0 submitted, 5 already finished" in out

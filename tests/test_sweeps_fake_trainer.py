@@ -4,9 +4,9 @@ Contract (docs/interfaces.md and the trainer issue): ``train(cfg) -> result`` ru
 completion; resumes from ``cfg.out_dir`` when a checkpoint exists and continues the same MLflow run
 (its id is kept in the folder); tags runs ``sweep``, ``grid_cell``, ``status``; on SIGUSR1/SIGUSR2/
 SIGTERM it checkpoints at the next step boundary and then chains to the previously installed Python
-handler (submitit's requeue handler) or exits; a Ctrl-C (KeyboardInterrupt) fails the run. "Training"
-is a deterministic recurrence ``w <- w - lr * (w - target)`` so the final state after an
-interruption can be compared exactly.
+handler (submitit's requeue handler) or exits; a Ctrl-C (KeyboardInterrupt) fails the run, unless
+``sigint`` says otherwise. "Training" is a deterministic recurrence ``w <- w - lr * (w - target)`` so
+the final state after an interruption can be compared exactly.
 
 Jobs import this module by name (``trainer: test_sweeps_fake_trainer``) with ``tests/`` on PYTHONPATH.
 No tests here.
@@ -84,6 +84,10 @@ class TrainConfig(TrainSections):
     setup_error: str = ""  # raise ValueError(setup_error) before touching MLflow (a set-up failure)
     progress_file: str = ""  # optional: write the step here each step (tests wait on it)
     events_file: str = ""  # optional: append "<cell> start|end <unix time>" (parallelism tests)
+    # a Ctrl-C (SIGINT): "raise" fails the run; "checkpoint" stops at the step boundary and ends the run
+    # KILLED, status=interrupted, as `dit_core.train` in a local job; "ignore" (a trainer slow to stop)
+    sigint: str = "raise"
+    hold_file: str = ""  # optional: wait before the last step until this file exists (or a signal comes)
 
 
 @dataclass
@@ -114,6 +118,14 @@ def _flat(cfg, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{f.name}"] = "" if v is None else str(v)
     return out
+
+
+def _hold(path: str, caught: list[int]) -> None:
+    """Wait, where ``path`` is given, until the file ``path`` exists or a signal was caught: a test's
+    handshake that keeps the cell running, its last step not taken, until the test has looked (a fixed
+    number of steps raced the test's own reads on a loaded machine)."""
+    while path and not caught and not os.path.exists(path):
+        time.sleep(0.05)
 
 
 def _event(cfg: TrainConfig, what: str) -> None:
@@ -158,12 +170,17 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     caught: list[int] = []
     sigs = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+    sigs += (signal.SIGINT,) if cfg.sigint == "checkpoint" else ()
     previous = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in sigs}
+    if cfg.sigint == "ignore":
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if tr.grid_cell == cfg.fail_cell and starts <= cfg.fail_times:
             raise RuntimeError(f"injected failure of {cfg.fail_cell} (start {starts})")
         target = 1.0 + cfg.model.hidden_size / 100.0
         while state["step"] < cfg.budget.max_steps:
+            if state["step"] == cfg.budget.max_steps - 1:
+                _hold(cfg.hold_file, caught)
             time.sleep(cfg.step_s)
             state["w"] = state["w"] - 0.1 * (state["w"] - target)
             state["step"] += 1
@@ -173,11 +190,12 @@ def train(cfg: TrainConfig) -> TrainResult:
             if cfg.progress_file:
                 Path(cfg.progress_file).write_text(str(state["step"]))
             if caught:  # checkpoint is on disk: hand over to submitit (requeue) or exit
-                mlflow.set_tag("status", "preempted")
+                ctrl_c = caught[0] == signal.SIGINT
+                mlflow.set_tag("status", "interrupted" if ctrl_c else "preempted")
                 mlflow.end_run(status="KILLED")
                 _event(cfg, "end")
                 handler = previous[caught[0]]
-                if callable(handler):
+                if callable(handler) and not ctrl_c:
                     handler(caught[0], None)
                 sys.exit(0)
         loss = (state["w"] - target) ** 2  # also when a requeued attempt finds the last step done

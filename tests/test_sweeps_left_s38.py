@@ -29,6 +29,7 @@ from _sweep_specs import (
 from mlflow.tracking import MlflowClient
 
 from sweeps import launch as launch_cli
+from sweeps.executor import SLURM_ALIVE, squeue_states
 from sweeps.grid import ExecutorSpec, SweepSpec, expand, load_spec
 from sweeps.runner import launch, sweep_dir
 
@@ -44,10 +45,15 @@ def local_cell(tmp_path: Path, uri: str, name: str, **train) -> SweepSpec:
 
 def interrupted_cell(spec: SweepSpec, uri: str, tmp_path: Path):
     """Run ``spec``'s one cell until step 3, SIGKILL its trainer (as the OOM killer would): the cell is
-    interrupted with trained steps in its run. Returns (cell, its state)."""
+    interrupted with trained steps in its run. The trainer waits before its last step until the file
+    ``spec.train["hold_file"]`` exists, made here once it is killed (8 steps of 0.1 s left the test half
+    a second to read the step and kill it). Returns (cell, its state)."""
     (cell,) = expand(spec)
-    t, _, run_dir = launch_until_step(spec, Path(spec.train["progress_file"]), step=3)
-    os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)
+    try:
+        t, _, run_dir = launch_until_step(spec, Path(spec.train["progress_file"]), step=3)
+        os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)
+    finally:
+        Path(spec.train["hold_file"]).touch()  # a relaunch's trainer trains on to the end
     t.join(60)
     st = states_of(spec, uri)[cell.cell_id]
     assert st.state == "interrupted" and st.loss is not None
@@ -60,7 +66,8 @@ def test_a_relaunch_refuses_a_cell_whose_folder_was_deleted_and_its_advice_works
     the relaunch (and its dry run) refuses, naming the folder, the run and both ways out; following the
     second (delete the run) starts the cell over in one new run. Failed before the fix: the relaunch
     submitted the cell into the old run."""
-    spec = local_cell(tmp_path, job_env, "gone", progress_file=str(tmp_path / "progress"))
+    hold = {"progress_file": str(tmp_path / "progress"), "hold_file": str(tmp_path / "release")}
+    spec = local_cell(tmp_path, job_env, "gone", **hold)
     cell, st = interrupted_cell(spec, job_env, tmp_path)
     run_dir = sweep_dir(spec) / "cells" / cell.cell_id
     shutil.rmtree(run_dir)
@@ -83,7 +90,8 @@ def test_status_says_how_to_resume_interrupted_cells_and_those_out_of_retries(jo
     """`status` showed an interrupted (or failed) cell without a word on what to do; a launch says
     "relaunch the same command to retry them". Now status says so, and, for cells out of retries, the
     --max-retries that tries them again. Failed before the fix: no such lines."""
-    spec = local_cell(tmp_path, job_env, "advice", progress_file=str(tmp_path / "progress"))
+    hold = {"progress_file": str(tmp_path / "progress"), "hold_file": str(tmp_path / "release")}
+    spec = local_cell(tmp_path, job_env, "advice", **hold)
     cell, st = interrupted_cell(spec, job_env, tmp_path)
     capsys.readouterr()
     launch_cli.show_status(spec)
@@ -107,9 +115,13 @@ def controller_gone(folder: Path) -> str:
     return str(folder)
 
 
-def slurm_yaml(tmp_path: Path, name: str, step_s: float) -> Path:
+def slurm_yaml(tmp_path: Path, name: str, step_s: float, hold: Path | None = None) -> Path:
+    """One S cell on SLURM, ``step_s`` a step; with ``hold``, each cell waits before its last step until
+    the file ``hold`` exists or a signal comes (the test's handshake: a cell of 9 steps at 0.5 s could
+    finish before the test acted on it on a loaded machine)."""
     cfg = tmp_path / f"{name}.yaml"
-    text = fake_sweep_yaml(name, f"{name}-{tmp_path.name}").replace("step_s: 0.0", f"step_s: {step_s}")
+    held = f", hold_file: '{hold}'" if hold else ""
+    text = fake_sweep_yaml(name, f"{name}-{tmp_path.name}").replace("step_s: 0.0", f"step_s: {step_s}{held}")
     cfg.write_text(text + "executor: {name: slurm, timeout_min: 10, mem_gb: 1}\n")
     return cfg
 
@@ -143,20 +155,29 @@ def test_a_relaunch_names_an_earlier_cell_that_ended_meanwhile_by_its_state(job_
     """A waiting relaunch that found an earlier launch's cell running, which was then cancelled, ended
     with "1 cell(s) still running (S-2-3e9)", the fit, and exit 0. Now it names that cell interrupted,
     says to relaunch, and exits 1 (a cell is not finished). Failed before the fix: "still running"."""
-    cfg = slurm_yaml(tmp_path, "ended", 0.5)
+    release = tmp_path / "release"  # made once the first cell's job has ended: the new cell may finish
+    cfg = slurm_yaml(tmp_path, "ended", 0.5, hold=release)
     argv = ["-c", str(cfg), "--tracking-uri", job_env]
     assert launch_cli.main([*argv, "--no-wait"]) == 0
     spec = load_spec(cfg).replace(tracking_uri=job_env)
     first = states_of(spec, job_env)["S-2-3e9"].job_id
-    wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "running", "the first cell to run", 60)
     grown = spec.replace(budgets=[3e9, 6e9])
     box: dict = {}
     t = threading.Thread(
         target=lambda: box.setdefault("rc", launch_cli.main([*argv, "--budgets", "3e9,6e9"]))
     )
-    t.start()
-    wait_for(lambda: states_of(grown, job_env)["S-2-6e9"].run_id is not None, "the relaunch's submission", 60)
-    subprocess.run(["scancel", first], check=True)
+    try:
+        wait_for(lambda: states_of(spec, job_env)["S-2-3e9"].state == "running", "the first cell to run", 60)
+        t.start()
+        wait_for(
+            lambda: states_of(grown, job_env)["S-2-6e9"].run_id is not None, "the relaunch's submission", 60
+        )
+        subprocess.run(["scancel", first], check=True)
+        wait_for(
+            lambda: squeue_states([first]).get(first) not in SLURM_ALIVE, "the first cell's job to end", 60
+        )
+    finally:
+        release.touch()
     t.join(120)
     assert not t.is_alive() and box["rc"] == 1
     captured = capsys.readouterr()
@@ -173,15 +194,19 @@ def test_a_sweep_whose_cluster_is_gone_finishes_locally_when_the_user_says_so(
     (rightly: the jobs might still run), with no way out but hand-editing MLflow. Now the refusal names
     --slurm-jobs-gone, which takes those cells for interrupted, says so loudly, and resumes them (here
     on the local executor) in their own runs. Failed before the fix: the flag did not exist (exit 2)."""
-    cfg = slurm_yaml(tmp_path, "gone", 0.5)
+    release = tmp_path / "release"  # made once the SLURM job has ended: the local resume may finish
+    cfg = slurm_yaml(tmp_path, "gone", 0.5, hold=release)
     argv = ["-c", str(cfg), "--tracking-uri", job_env]
     assert launch_cli.main([*argv, "--no-wait"]) == 0
     spec = load_spec(cfg).replace(tracking_uri=job_env)
     (cell,) = expand(spec)
-    wait_for(lambda: states_of(spec, job_env)[cell.cell_id].loss is not None, "a trained step", 60)
-    st = states_of(spec, job_env)[cell.cell_id]
-    subprocess.run(["scancel", st.job_id], check=True)  # the job goes with its cluster
-    wait_for(lambda: states_of(spec, job_env)[cell.cell_id].state == "interrupted", "the job to end", 60)
+    try:
+        wait_for(lambda: states_of(spec, job_env)[cell.cell_id].loss is not None, "a trained step", 60)
+        st = states_of(spec, job_env)[cell.cell_id]
+        subprocess.run(["scancel", st.job_id], check=True)  # the job goes with its cluster
+        wait_for(lambda: states_of(spec, job_env)[cell.cell_id].state == "interrupted", "the job to end", 60)
+    finally:
+        release.touch()
     monkeypatch.setenv("PATH", controller_gone(tmp_path / "gone"), prepend=os.pathsep)
     submitit.SlurmJob.watcher.clear()  # a fresh launcher: no sacct answer cached
     assert states_of(spec, job_env)[cell.cell_id].state == "unknown"

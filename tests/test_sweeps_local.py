@@ -172,12 +172,16 @@ def test_preempted_local_job_requeues_and_resumes_to_the_same_result(job_env, tm
 def test_relaunch_while_jobs_run_submits_nothing_and_creates_no_run(job_env, tmp_path):
     """A --no-wait launch leaves its jobs running; a relaunch (another launcher with no submitit job
     objects of its own) sees them alive through the cell locks and submits nothing."""
-    progress = tmp_path / "progress"
-    spec = small_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(
-        budgets=[1e10], families=["S", "B"]
-    )
-    first = relaunch_while_running(spec, progress)
-    states = states_of(spec, job_env)
+    progress, release = tmp_path / "progress", tmp_path / "release"
+    # the cells wait before their last step until the test has looked: B's 8 steps take 0.8 s
+    spec = small_spec(
+        tmp_path, job_env, step_s=0.1, progress_file=str(progress), hold_file=str(release)
+    ).replace(budgets=[1e10], families=["S", "B"])
+    try:
+        first = relaunch_while_running(spec, progress)
+        states = states_of(spec, job_env)
+    finally:
+        release.touch()
     assert {s.state for s in states.values()} <= {"queued", "running"}  # queued: trainer not started yet
     runs = runs_by_cell(job_env, spec.experiment)
     assert {k: len(v) for k, v in runs.items()} == {c: 1 for c in first.submitted}

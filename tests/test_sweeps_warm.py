@@ -130,11 +130,15 @@ def test_failing_cell_reports_the_remote_error_and_exit_status(job_env, tmp_path
 def test_relaunch_while_warm_cells_run_submits_nothing(job_env, tmp_path):
     """A --no-wait launch returns once the warm worker holds every cell's lock; its cells go on
     after the launcher has returned, and a relaunch sees them alive and submits nothing."""
-    progress = tmp_path / "progress"
-    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress)).replace(budgets=[1e10])
-    first = relaunch_while_running(spec, progress)
-    # B's 8 steps may end meanwhile on a slow host: finished then, never "interrupted"
-    assert {s.state for s in states_of(spec, job_env).values()} <= {"queued", "running", "finished"}
+    progress, release = tmp_path / "progress", tmp_path / "release"
+    # the cells wait before their last step until the test has looked: B's 8 steps take 0.8 s
+    spec = warm_spec(tmp_path, job_env, step_s=0.1, progress_file=str(progress), hold_file=str(release))
+    spec = spec.replace(budgets=[1e10])
+    try:
+        first = relaunch_while_running(spec, progress)
+        assert {s.state for s in states_of(spec, job_env).values()} <= {"queued", "running"}
+    finally:
+        release.touch()
     wait_for(lambda: all(s.state == "finished" for s in states_of(spec, job_env).values()), "the cells")
     runs = runs_by_cell(job_env, spec.experiment)
     assert {k: len(v) for k, v in runs.items()} == {c: 1 for c in first.submitted}

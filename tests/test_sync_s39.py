@@ -125,8 +125,10 @@ def test_a_signalled_two_process_run_with_slow_steps_checkpoints_within_the_time
     # the signal lands during step SIGNAL_AFTER + 1 at the latest; then at most SIGNAL_SYNC_S of steps
     assert 1 <= after <= 1 + math.ceil(SIGNAL_SYNC_S / SLEEP_S), (ck["step"], took)
     assert [p.name for p in list_checkpoints(out)] == [f"step_{ck['step']:07d}.pt"]
-    # SIGNAL_SYNC_S + a step + the checkpoint, MLflow's end and the processes' exit (a few seconds here)
-    assert took < SIGNAL_SYNC_S + 2 * SLEEP_S + 6, took
+    # SIGNAL_SYNC_S + a step + the checkpoint, MLflow's end and the processes' exit (a few seconds on an
+    # idle machine); the bound is torchrun's 30 s before its SIGKILL: the step count above shows the fix
+    # (before: 7 steps), a loaded CI machine stretches the exit
+    assert took < 30, took
     run = MlflowClient().get_run((out / "mlflow_run_id").read_text().strip())
     assert (run.info.status, run.data.tags["status"]) == ("KILLED", "preempted")
     for rank in (0, 1):  # each rank says it got the signal: rank-specific, not hidden on rank 1

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..configio import KeepRawFormatter, exit_codes_help, int_at_least
+from ..config import TrainConfig
+from ..configio import KeepRawFormatter, exit_codes_help, float_where, int_at_least
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
 from ..tracking import EVAL_PREFIX, FEATURE_SPACE_TAG, feature_space_tag
@@ -32,7 +33,8 @@ log = logging.getLogger("dit_core.evaluate")
 EXIT_CODES = {
     0: "the metrics printed (and written, logged)",
     1: "the model failed: sampling gave NaN or inf (lower --cfg-scale, or another checkpoint);\n"
-    "or a crash (a traceback); nothing logged",
+    "or, under accelerate launch, a rank waited --dist-timeout-s for another; or a crash (a\n"
+    "traceback); nothing logged",
     2: "bad input (a flag, the checkpoint, --reference, --inception-weights, --mlflow-run-id, an\n"
     "output path), said in one line, nothing logged; or, after the scoring, an --output that\n"
     "cannot be written or scores the run refuses (the metrics are printed)",
@@ -74,6 +76,12 @@ _FLAGS = (
                              "sampling settings; the seed may differ)")),
     ("--output", dict(help="also write the metrics JSON here")),
     ("--save-samples", dict(help="write the samples to this .npz file (arr_0 NHWC uint8, labels)")),
+    ("--dist-timeout-s", dict(type=float_where("a finite number > 0"), default=TrainConfig.dist_timeout_s,
+                              help="under accelerate launch, the seconds a rank waits for the others in one "
+                              "collective before it exits 1 saying so (another rank is stuck: a deadlock, "
+                              "stuck I/O). Default: %(default)g, torch's for gloo, as the trainer's. Raise "
+                              "it when rank 0 alone may take longer: it scores every sample (Inception "
+                              "features, a reference's statistics on first use) while the others wait")),
 )  # fmt: skip
 
 
@@ -154,6 +162,8 @@ def _check_folders(args: argparse.Namespace) -> None:
 
 #: Ctrl-C's message, whenever it comes before the metrics
 INTERRUPTED = "error: interrupted (Ctrl-C) before the metrics were computed; nothing was logged"
+#: where a rank that waited --dist-timeout-s for another stopped (`timeout_explained`)
+STOPPED_WHEN = "before the metrics were computed"
 TERMINATED = "error: terminated (SIGTERM) before the metrics were computed; nothing was logged"
 
 
@@ -162,27 +172,28 @@ class Terminated(BaseException):
     was signalled itself). Not raised: `_on_sigterm` ends the process from its handler."""
 
 
-def _on_sigterm(accelerator):
+def _on_sigterm(accelerator, timeout_s: float):
     """The SIGTERM handler of a multi-process evaluation until every rank has scored: says why and
     leaves (`_leave`) at once, wherever the main thread was (another rank that failed, named, exit 1;
     else the signal itself, after the shutdown). Written straight to the stderr file descriptor (the
     main thread may be inside a write to ``sys.stderr``)."""
 
     def handler(_signum: int, _frame) -> None:
-        code, message, _ = _failure(Terminated(), accelerator)
+        code, message, _ = _failure(Terminated(), accelerator, timeout_s)
         os.write(2, (message + "\n").encode())
         _leave(accelerator, code, together=False)
 
     return handler
 
 
-def _failure(err: BaseException, accelerator) -> tuple[int, str, bool]:
+def _failure(err: BaseException, accelerator, timeout_s: float) -> tuple[int, str, bool]:
     """(exit code, its one-line message, whether it names another rank's failure) for ``err``, which
     stopped this process before the metrics. With several processes, a later SIGTERM is ignored from
     here on (this rank is on its way out), and an error that is not bad input or NaN samples (gloo's
     lost peer, the launcher's SIGTERM) names first the rank that failed before it (`failed_peers`);
-    else a crash is logged with its traceback (raised, with one process) and a SIGTERM is handed on
-    after the shutdown (code ``-SIGTERM``)."""
+    else a SIGTERM is handed on after the shutdown (code ``-SIGTERM``), a collective that waited
+    ``timeout_s`` (`timeout_explained`) is said in one line (exit 1), and a crash is logged with its
+    traceback (raised, with one process)."""
     several = accelerator is not None and accelerator.num_processes > 1
     if several:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -192,7 +203,7 @@ def _failure(err: BaseException, accelerator) -> tuple[int, str, bool]:
         return (2 if isinstance(err, ValueError) else 1), f"error: {err}", False
     if not several:
         raise err
-    from ..trainer.ranklog import failed_peers
+    from ..trainer.ranklog import failed_peers, timeout_explained
 
     rank = accelerator.process_index
     if peers := failed_peers(rank, accelerator.num_processes):
@@ -201,11 +212,13 @@ def _failure(err: BaseException, accelerator) -> tuple[int, str, bool]:
         return 1, f"error: {first} (rank {rank} stopped with it)", True
     if isinstance(err, Terminated):
         return -signal.SIGTERM, TERMINATED, False
+    if (said := timeout_explained(err, timeout_s, rank, STOPPED_WHEN)) is not err:
+        return 1, f"error: {said}", False
     log.error("rank %d stopped on %s", rank, type(err).__name__, exc_info=err)
     return 1, f"error: rank {rank} stopped on {type(err).__name__}: {err}", False
 
 
-def _agree(accelerator, code: int, message: str) -> tuple[int, str, bool]:
+def _agree(accelerator, code: int, message: str, timeout_s: float) -> tuple[int, str, bool]:
     """Every rank's outcome of the checks (a collective): (the first failing rank's code and message,
     naming that rank unless it is 0; whether this rank says it: rank 0 only). A rank that stopped on
     Ctrl-C has left: the others' collective fails, and names it if it could."""
@@ -215,7 +228,7 @@ def _agree(accelerator, code: int, message: str) -> tuple[int, str, bool]:
     try:
         outcomes = gather_object([(code, message)])
     except Exception as e:  # noqa: BLE001 - a rank that has gone (its Ctrl-C, a crash)
-        return *_failure(e, accelerator)[:2], True
+        return *_failure(e, accelerator, timeout_s)[:2], True
     for other, (their_code, their_message) in enumerate(outcomes):
         if their_code:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # on the way out (`_leave`)
@@ -246,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from ..memory import keep_freed_memory
-    from ..trainer.ranklog import publish_failure
+    from ..trainer.ranklog import process_state, publish_failure, timeout_explained
     from .checkpoint_eval import (
         CheckpointEvalConfig,
         check_output_files,
@@ -257,15 +270,16 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # sampling reuses its blocks instead of faulting them in (dit_core.memory)
 
-    accelerator = None
+    accelerator, timeout_s = None, args.dist_timeout_s
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
         from accelerate import Accelerator
 
+        process_state(timeout_s)  # the process group, with its collective timeout
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
     several = accelerator is not None and accelerator.num_processes > 1
     if several:  # the launcher's SIGTERM once another rank has exited: named
-        signal.signal(signal.SIGTERM, _on_sigterm(accelerator))
+        signal.signal(signal.SIGTERM, _on_sigterm(accelerator, timeout_s))
     opts = {k: v for k, v in vars(args).items() if k in CheckpointEvalConfig.__dataclass_fields__}
     opts["metrics"] = args.metrics.split(",") if args.metrics else None
     cfg = CheckpointEvalConfig(
@@ -286,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             _check_run(args.mlflow_run_id)
         prepared = prepare_checkpoint_eval(cfg, accelerator)
     except (Exception, KeyboardInterrupt) as e:
-        code, message, _ = _failure(e, accelerator)
+        code, message, _ = _failure(e, accelerator, timeout_s)
     if several and code in (0, 1, 2):  # the ranks agree: the same input may be bad on one rank only
-        code, message, say = _agree(accelerator, code, message)
+        code, message, say = _agree(accelerator, code, message, timeout_s)
     if code:
         if say:
             print(message, file=sys.stderr)
@@ -298,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = score_prepared(prepared, cfg, accelerator, spaces)
     except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
-        code, message, peers = _failure(e, accelerator)
+        code, message, peers = _failure(e, accelerator, timeout_s)
         if several and code in (1, 2) and not peers:  # for the others, waiting for this rank in a collective
-            publish_failure(accelerator.process_index, f"{type(e).__name__}: {e}")
+            said = timeout_explained(e, timeout_s, accelerator.process_index, STOPPED_WHEN)  # not gloo's
+            publish_failure(accelerator.process_index, f"{type(said).__name__}: {said}")
         print(message, file=sys.stderr)
         if several:
             _leave(accelerator, code, together=False)

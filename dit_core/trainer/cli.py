@@ -26,7 +26,7 @@ from ..configio import (
 from ..memory import out_of_memory
 from ..spec import model_config, model_label
 from ..tracking import STATUS_FINISHED, check_tracking_server
-from .ranklog import exit_now, failed_peers, raised_waiting
+from .ranklog import CollectiveTimeout, exit_now, failed_peers, process_state, raised_waiting
 from .signals import INTERRUPT_SIGNALS
 
 log = logging.getLogger("dit_core.train")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     --print-config's reader left, 143    preempted)."""
     from accelerate import PartialState
 
-    from .loop import CollectiveTimeout, Trainer, process_state
+    from .loop import Trainer
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     code, trainer = 0, None
     try:
-        state = process_state(cfg)  # the process group, with cfg's collective timeout
+        state = process_state(cfg.dist_timeout_s)  # the process group, with cfg's collective timeout
         if not state.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
         trainer = Trainer(cfg, resume=args.resume)

@@ -17,7 +17,6 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,10 @@ from .progress import Progress
 from .ranklog import (
     PEER_GRACE_S,
     PeerWatch,
-    collective_timed_out,
     peer_failures,
+    process_state,
     publish_failure,
+    timeout_explained,
     warnings_muted,
     with_peer_failures,
 )
@@ -73,7 +73,7 @@ from .validation import Validator
 
 log = logging.getLogger("dit_core.train")
 
-__all__ = ["CollectiveTimeout", "PeerStuck", "TrainResult", "Trainer", "make_accelerator", "process_state"]
+__all__ = ["PeerStuck", "TrainResult", "Trainer", "make_accelerator"]
 
 #: The ``eval.*`` params from which the analysis reads how a run's FIDs were scored
 #: (`analysis.runs.fid_protocol`): fixed for the life of its MLflow run. (A moved ``eval.reference``
@@ -117,30 +117,18 @@ class TrainResult:
     signal: str | None = None
 
 
-def process_state(cfg: TrainConfig):
-    """Accelerate's process-wide `accelerate.PartialState`; with several processes, its process group
-    is made here, its collectives timing out after ``cfg.dist_timeout_s``. The first call of a process
-    sets it (the CLI's, before its trainer). The timeout is given to ``init_process_group`` directly:
-    ``InitProcessGroupKwargs.to_kwargs()`` (accelerate 1.16) drops a timeout equal to its own default
-    (600 s) and torch's gloo default (1800 s) would then apply."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=cfg.dist_timeout_s))
-
-
 def make_accelerator(cfg: TrainConfig):
-    """An `accelerate.Accelerator` for this machine (`process_state`: the collective timeout). Its
-    mixed precision is always "no": the trainer applies ``cfg.precision`` itself, so runs of any
-    precision can follow each other in one process (Accelerate keeps one process-wide state)."""
+    """An `accelerate.Accelerator` for this machine, on `process_state`'s process group (its timeout;
+    Accelerate reads an ``InitProcessGroupKwargs`` only to make that state). Its mixed precision is
+    always "no": the trainer applies ``cfg.precision`` itself, so runs of any precision can follow
+    each other in one process (Accelerate keeps one process-wide state)."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
 
     cuda = torch.cuda.is_available()
     if cfg.precision == "fp16" and not cuda:
         raise ConfigError("precision: fp16 needs a CUDA GPU; use --precision bf16 (or no) on CPU")
-    process_state(cfg)
-    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))
-    return Accelerator(cpu=not cuda, mixed_precision="no", kwargs_handlers=[timeout])
+    process_state(cfg.dist_timeout_s)
+    return Accelerator(cpu=not cuda, mixed_precision="no")
 
 
 def _autocast_forward(model: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
@@ -156,22 +144,6 @@ def _autocast_forward(model: torch.nn.Module, device_type: str, dtype: torch.dty
 
 class PeerStuck(RuntimeError):
     """Another rank failed and its process did not end (`dit_core.trainer.ranklog.PeerWatch`)."""
-
-
-class CollectiveTimeout(RuntimeError):
-    """This rank waited ``dist_timeout_s`` for another in a collective (`timeout_explained`)."""
-
-
-def timeout_explained(err: BaseException, cfg: TrainConfig, rank: int, when: str) -> BaseException:
-    """``err``, or for a collective's timeout (`collective_timed_out`) a `CollectiveTimeout` that says
-    where (``when``: "after step 2 of 50") and names the flag to raise it (raised from ``err``)."""
-    if not collective_timed_out(err):
-        return err
-    return CollectiveTimeout(
-        f"rank {rank} stopped {when}: it waited --dist-timeout-s {cfg.dist_timeout_s:g} s for the other "
-        "ranks in a collective; one is stuck (a deadlock, stuck I/O, an endless loop) or slower than "
-        "that; if it is only slow, give a larger --dist-timeout-s"
-    )
 
 
 class Trainer:
@@ -197,7 +169,7 @@ class Trainer:
             try:
                 self.set_up(cfg, resume, train_set)
             except BaseException as err:  # left for the other ranks, whose watch ends them
-                failure = timeout_explained(err, cfg, self.rank, "while setting up the run")
+                failure = timeout_explained(err, cfg.dist_timeout_s, self.rank, "while setting up the run")
                 self.end_run_on_error(failure, local_job=False)
                 if failure is err:
                     raise
@@ -564,7 +536,9 @@ class Trainer:
                 signum = guard.received if status == tracking.STATUS_PREEMPTED else None
                 handler = guard.previous_handler(signum) if signum is not None else None
         except BaseException as err:
-            failure = timeout_explained(err, cfg, self.rank, f"after step {self.step} of {self.total}")
+            failure = timeout_explained(
+                err, cfg.dist_timeout_s, self.rank, f"after step {self.step} of {self.total}"
+            )
             self.end_run_on_error(failure, local_job)
             if failure is err:
                 raise

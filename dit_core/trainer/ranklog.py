@@ -1,5 +1,6 @@
 """Which process says what: warnings that every rank would give alike are said by rank 0 only, and the
-error of a rank that fails is named by rank 0, which owns the MLflow run."""
+error of a rank that fails is named by rank 0, which owns the MLflow run; and how long a rank waits for
+the others (`process_state`, the trainer's and ``python -m dit_core.evaluate``'s ``--dist-timeout-s``)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ __all__ = [
     "STORE_TIMEOUT_S",
     "WAITING_IN",
     "WATCH_EVERY_S",
+    "CollectiveTimeout",
     "PeerWatch",
     "collective_timed_out",
     "exit_now",
     "failed_peers",
     "main_thread_waits",
     "peer_failures",
+    "process_state",
     "publish_failure",
     "raised_waiting",
+    "timeout_explained",
     "warnings_muted",
     "with_peer_failures",
 ]
@@ -145,6 +149,34 @@ def collective_timed_out(err: BaseException) -> bool:
     """Whether ``err`` is a collective's timeout (the process group's, `TrainConfig.dist_timeout_s`):
     `raised_waiting`, saying "timed out" (gloo) or "timeout" (NCCL)."""
     return raised_waiting(err) and re.search(r"timed? ?out", str(err), re.IGNORECASE) is not None
+
+
+class CollectiveTimeout(RuntimeError):
+    """This rank waited ``--dist-timeout-s`` for another in a collective (`timeout_explained`)."""
+
+
+def process_state(timeout_s: float):
+    """Accelerate's process-wide `accelerate.PartialState`; with several processes, its process group
+    is made here, its collectives timing out after ``timeout_s`` (``--dist-timeout-s``). The first call
+    of a process sets it (a CLI's, before its Accelerator). The timeout is given to ``init_process_group``
+    directly: ``InitProcessGroupKwargs.to_kwargs()`` (accelerate 1.16) drops a timeout equal to its own
+    default (600 s) and torch's gloo default (1800 s) would then apply."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
+
+
+def timeout_explained(err: BaseException, timeout_s: float, rank: int, when: str) -> BaseException:
+    """``err``, or for a collective's timeout (`collective_timed_out`) a `CollectiveTimeout` that says
+    where (``when``: "after step 2 of 50") and names the flag to raise it (raised from ``err``)."""
+    if not collective_timed_out(err):
+        return err
+    return CollectiveTimeout(
+        f"rank {rank} stopped {when}: it waited --dist-timeout-s {timeout_s:g} s for the other "
+        "ranks in a collective; one is stuck (a deadlock, stuck I/O, an endless loop) or slower than "
+        "that; if it is only slow, give a larger --dist-timeout-s"
+    )
 
 
 def main_thread_waits() -> bool:
