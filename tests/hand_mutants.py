@@ -37,7 +37,7 @@ def load(path: Path = ROOT / "tests" / "hand_mutants.txt") -> dict[str, tuple[li
     table: dict[str, tuple[list[str], list[list]]] = {}
     for line in path.read_text().splitlines():
         if line.startswith("== "):
-            tests, mutants = table[line[3:]] = ([], [])
+            tests, mutants = table.setdefault(line[3:], ([], []))  # a later block adds to it
         elif line.startswith("tests: "):
             tests.extend(shlex.split(line[7:]))
         elif line.startswith("@ "):
