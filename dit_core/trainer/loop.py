@@ -73,7 +73,7 @@ from .validation import Validator
 
 log = logging.getLogger("dit_core.train")
 
-__all__ = ["PeerStuck", "TrainResult", "Trainer", "make_accelerator"]
+__all__ = ["PeerStuck", "StuckHere", "TrainResult", "Trainer", "make_accelerator"]
 
 #: The ``eval.*`` params from which the analysis reads how a run's FIDs were scored
 #: (`analysis.runs.fid_protocol`): fixed for the life of its MLflow run. (A moved ``eval.reference``
@@ -144,6 +144,10 @@ def _autocast_forward(model: torch.nn.Module, device_type: str, dtype: torch.dty
 
 class PeerStuck(RuntimeError):
     """Another rank failed and its process did not end (`dit_core.trainer.ranklog.PeerWatch`)."""
+
+
+class StuckHere(RuntimeError):
+    """Another rank timed out waiting for this one, busy on its own (`dit_core.trainer.ranklog.PeerWatch`)."""
 
 
 class Trainer:
@@ -689,15 +693,23 @@ class Trainer:
             self.peer_watch.stop()  # and writes to the store alone
         self.end_failed_run(err, local_job)
 
-    def stop_for_peers(self, failed: dict[int, str]) -> None:
+    def stop_for_peers(self, failed: dict[int, str], busy_at: str) -> None:
         """`PeerWatch`'s: ranks ``failed`` ``{rank: error}`` left their errors and did not end; this
         rank, waiting for them in a collective, ends the run (rank 0; none yet while the trainer is
-        built) before its process exits."""
+        built) before its process exits. ``busy_at``: where this rank's main thread is, when one of them
+        timed out waiting for it while it was busy on its own (stuck, or slower than the timeout)."""
         ranks = ", ".join(str(rank) for rank in failed)
-        err = PeerStuck(
-            f"rank {ranks} failed and had not ended {PEER_GRACE_S:g} s later; rank {self.rank} stopped "
-            "waiting for it"
-        )
+        if busy_at:
+            err: RuntimeError = StuckHere(
+                f"rank {ranks} stopped waiting for rank {self.rank} after --dist-timeout-s; rank "
+                f"{self.rank} was busy in {busy_at} all that time (stuck there, or slower than the "
+                "timeout) and stopped"
+            )
+        else:
+            err = PeerStuck(
+                f"rank {ranks} failed and had not ended {PEER_GRACE_S:g} s later; rank {self.rank} stopped "
+                "waiting for it"
+            )
         if not self.main:  # rank 0 logs each with the tag (`with_peer_failures`)
             for rank, error in failed.items():
                 log.error("rank %d failed: %s", rank, error)

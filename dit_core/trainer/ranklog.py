@@ -28,12 +28,14 @@ __all__ = [
     "collective_timed_out",
     "exit_now",
     "failed_peers",
+    "main_thread_at",
     "main_thread_waits",
     "peer_failures",
     "process_state",
     "publish_failure",
     "raised_waiting",
     "timeout_explained",
+    "waited_for",
     "warnings_muted",
     "with_peer_failures",
 ]
@@ -187,6 +189,18 @@ def main_thread_waits() -> bool:
     return any(part in where for part in WAITING_IN)
 
 
+def main_thread_at() -> str:
+    """Where the main thread is: its innermost Python frame, "file:line in function" ("?" if none)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}" if frame else "?"
+
+
+def waited_for(failed: dict[int, str]) -> bool:
+    """Whether one of the errors ``failed`` ``{rank: error}`` left is a `CollectiveTimeout`: that rank
+    gave up waiting for the others in a collective."""
+    return any(error.startswith(f"{CollectiveTimeout.__name__}: ") for error in failed.values())
+
+
 class PeerWatch:
     """While a multi-process trainer is built and while it trains, a daemon thread that ends this
     process when another rank failed but its process did not end (stuck in a collective, a non-daemon
@@ -194,10 +208,13 @@ class PeerWatch:
     a gloo collective cannot be aborted). Every `WATCH_EVERY_S` it looks in the store for an error another
     rank left (`publish_failure`); one there for `PEER_GRACE_S`, while this rank waits for its peers
     (`main_thread_waits`: a rank busy on its own, e.g. starting its MLflow run, gets there first) and its
-    own error path has not started (`claim`), is handed to ``on_stuck({rank: error})``, which ends
-    the run, and the process then exits with code 1."""
+    own error path has not started (`claim`), is handed to ``on_stuck({rank: error}, "")``, which ends
+    the run, and the process then exits with code 1. A peer that timed out waiting for this rank
+    (`waited_for`) while this rank is busy on its own is handed over too, with where this rank's main
+    thread is (``on_stuck(failed, main_thread_at())``): this rank is the one stuck (or too slow), and its
+    peers are gone."""
 
-    def __init__(self, rank: int, world: int, on_stuck: Callable[[dict[int, str]], None]) -> None:
+    def __init__(self, rank: int, world: int, on_stuck: Callable[[dict[int, str], str], None]) -> None:
         self.rank, self.world, self.on_stuck = rank, world, on_stuck
         self._claimed = threading.Lock()
         self._stop = threading.Event()
@@ -228,12 +245,15 @@ class PeerWatch:
         while not self._stop.wait(WATCH_EVERY_S):
             found, now = failed_peers(self.rank, self.world), time.monotonic()
             seen = {rank: seen.get(rank, now) for rank in found}
-            if not any(now - t >= PEER_GRACE_S for t in seen.values()) or not main_thread_waits():
+            if not any(now - t >= PEER_GRACE_S for t in seen.values()):
+                continue
+            waits = main_thread_waits()
+            if not (waits or waited_for(found)):
                 continue
             if self._stop.is_set() or not self._claimed.acquire(blocking=False):
                 return  # this rank is ending the run itself
             try:
-                self.on_stuck(found)
+                self.on_stuck(found, "" if waits else main_thread_at())
             except Exception as e:  # noqa: BLE001 - the process ends all the same
                 log.error("rank %d could not end its run: %s", self.rank, e, exc_info=True)
             finally:
