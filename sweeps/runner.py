@@ -793,9 +793,11 @@ def _raise_stopped(signum: int, frame) -> None:  # noqa: ARG001 - a signal handl
 def stop_on_signals() -> None:
     """Take SIGTERM and SIGHUP to this process (`kill`, `timeout`, a scheduler, a closed terminal) as
     its Ctrl-C: each raises a `CancelInterrupted` without text, so that a launch stops as on a Ctrl-C
-    (`_Runner._interrupted`). For the CLI's own process, from its main thread."""
+    (`_Runner._interrupted`). One this process inherited as ignored stays so (``nohup``: a closed
+    terminal must not stop the launch). For the CLI's own process, from its main thread."""
     for s in STOP_SIGNALS[1:]:
-        signal.signal(s, _raise_stopped)
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _raise_stopped)
 
 
 def stop_signal(e: KeyboardInterrupt) -> int:

@@ -59,7 +59,14 @@ def _sweep(tmp_path: Path, uri: str, warm: bool, sigint: str, budget: float):
     return spec, cell, cfg, progress, events
 
 
-def _launch_then_signal(cfg: Path, progress: Path, run_dir: Path, signum: int, tmp_path: Path):
+def _nohup() -> None:
+    """As ``nohup``: SIGHUP ignored, which the launcher and its jobs inherit."""
+    _sigint_default()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _launch_then_signal(cfg: Path, progress: Path, run_dir: Path, signum: int, tmp_path: Path,
+                        preexec=_sigint_default):  # fmt: skip
     """``sweeps/launch.py -c cfg`` in its own session (no terminal: a signal reaches what it is sent to
     alone), ``signum`` sent to the launcher alone once the cell has trained 3 steps. Returns (the
     launcher, the trainer's pid, the launcher's stderr file). The caller waits for the launcher."""
@@ -68,7 +75,7 @@ def _launch_then_signal(cfg: Path, progress: Path, run_dir: Path, signum: int, t
     # output to files, not pipes: a plain job's processes inherit them and outlive a launcher that
     # leaves them training (before the fix), so a pipe would not close when the launcher exits
     with open(tmp_path / "launcher.out", "w") as out, open(err, "w") as errf:
-        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_sigint_default, stdout=out,
+        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=preexec, stdout=out,
                                 stderr=errf)  # fmt: skip
     wait_for(lambda: step_of(progress) >= 3 or proc.poll() is not None, "the cell's third step", 60)
     assert proc.poll() is None, err.read_text()
@@ -157,3 +164,21 @@ def test_cli_sigterm_twice_kills_a_cell_slow_to_stop_and_exits_143(job_env, tmp_
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["status"]) == ("KILLED", "interrupted"), run.data.tags
     assert states_of(spec, job_env)[cell.cell_id].tries == 0
+
+
+def test_cli_a_launcher_started_under_nohup_keeps_ignoring_sighup(job_env, tmp_path):
+    """``nohup python sweeps/launch.py ...``: the user asked that a closed terminal not stop the launch.
+    The launcher's SIGHUP-as-Ctrl-C (session 44) replaced the inherited SIG_IGN, so the hangup stopped
+    the launch (exit 129, the cell interrupted); it now leaves an ignored SIGHUP ignored, and the cell
+    trains to its end (exit 0)."""
+    spec, cell, cfg, progress, _ = _sweep(tmp_path, job_env, False, "checkpoint", budget=3e10)
+    run_dir = sweep_dir(spec) / "cells" / cell.cell_id
+    states_of(spec, job_env)
+    proc, _, err = _launch_then_signal(cfg, progress, run_dir, signal.SIGHUP, tmp_path, preexec=_nohup)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err.read_text()
+    assert states_of(spec, job_env)[cell.cell_id].state == "finished"
