@@ -81,7 +81,7 @@ def test_a_training_run_whose_evaluation_samples_overflow_exits_1(tmp_path, caps
 
 #: each CLI: its module (or script) and the codes it uses, each of which its --help must list
 CODES = {
-    "dit_core.trainer.cli": [0, 1, 2, 130, 141, 143],
+    "dit_core.trainer.cli": [0, 1, 2, 129, 130, 141, 143],
     "dit_core.sample": [0, 1, 2, 130],
     "dit_core.evaluate.__main__": [0, 1, 2, 130],
     "dit_core.extract_latents": [0, 1, 2, 130],

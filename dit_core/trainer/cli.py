@@ -36,6 +36,7 @@ __all__ = ["ALIASES", "EXIT_PREEMPTED", "build_parser", "config_from_args", "mai
 #: Exit code of the CLI when a signal stopped the run after a checkpoint (128 + SIGTERM).
 EXIT_PREEMPTED = 143
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_HANGUP = 129  # 128 + SIGHUP: its terminal closed, taken as a Ctrl-C
 TRACKING_HINT = "start it, pass --tracking-uri sqlite:///mlflow.db (a local file), or --no-mlflow"
 
 #: Fields that also take their own name as a flag (``optim.lr`` -> ``--lr``, ``_`` as ``-``).
@@ -86,8 +87,9 @@ resume and signals:
   run. One trainer at a time may use an --out (it holds <out>/.train.lock;
   a second one exits with 2). SIGTERM, SIGUSR1 or SIGUSR2 write a checkpoint at the next step and
   exit with code 143; Ctrl-C (SIGINT) does the same and exits with 130 (Ctrl-C twice stops at once,
-  without the checkpoint); the MLflow run is tagged status=preempted. Exit codes: 0 finished,
-  1 training error (e.g. non-finite loss), 2 bad arguments or config, 130 Ctrl-C, 141 the reader of
+  without the checkpoint), and so does a closed terminal (SIGHUP, exit 129; unless started under
+  nohup); the MLflow run is tagged status=preempted. Exit codes: 0 finished, 1 training error (e.g.
+  non-finite loss), 2 bad arguments or config, 129 terminal closed, 130 Ctrl-C, 141 the reader of
   --print-config left (`| head`), 143 preempted.
 """
 
@@ -178,8 +180,8 @@ def _log_rank_failure(err: Exception) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 130 Ctrl-C, 141
-    --print-config's reader left, 143    preempted)."""
+    """Parse, train, and return the exit code (0, 1 training error, 2 bad config, 129 terminal closed
+    (SIGHUP), 130 Ctrl-C, 141 --print-config's reader left, 143 preempted)."""
     from accelerate import PartialState
 
     from .loop import Trainer
@@ -216,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, resume=args.resume)
         result = trainer.run(signals=INTERRUPT_SIGNALS)
         code = 0 if result.status == STATUS_FINISHED else EXIT_PREEMPTED
-        if result.signal == "SIGINT":
-            code = EXIT_INTERRUPTED
+        if result.signal in ("SIGINT", "SIGHUP"):
+            code = EXIT_INTERRUPTED if result.signal == "SIGINT" else EXIT_HANGUP
     except ValueError as e:  # a bad config found once the data and model are known, or an --out
         # another trainer holds (`OutFolderBusy`, raised on every rank): as above
         print(f"error: {e}", file=sys.stderr)

@@ -62,6 +62,7 @@ from .resume import (
 )
 from .rng import StepRandom, get_rng_state, set_rng_state
 from .signals import (
+    CTRL_C_SIGNALS,
     PREEMPTION_SIGNALS,
     SIGINT_ECHO_S,
     PreemptionGuard,
@@ -443,11 +444,12 @@ class Trainer:
         ``out``. The folder's lock is held until this returns or raises.
 
         ``local_job``: a sweep's local job (`dit_core.trainer.signals.in_local_job`), which a
-        terminal's Ctrl-C reaches: SIGINT is one of the signals, SIGINTs within `SIGINT_ECHO_S` of
-        the first are that same Ctrl-C (submitit's local controller forwards it), and a run a
-        Ctrl-C stopped ends KILLED with the ``status`` tag ``interrupted`` (as the launcher ends
-        those of the jobs it stopped before their trainer could), checkpointed or, stopped at once
-        by a later Ctrl-C, not."""
+        terminal's Ctrl-C reaches: SIGINT and SIGHUP (its terminal closed) are among the signals,
+        SIGINTs within `SIGINT_ECHO_S` of the first are that same Ctrl-C (submitit's local controller
+        forwards it; the launcher passes a SIGHUP on as one), and a run a Ctrl-C (or SIGHUP)
+        stopped ends KILLED with the ``status`` tag ``interrupted`` (as the launcher ends those of
+        the jobs it stopped before their trainer could), checkpointed or, stopped at once by a later
+        Ctrl-C, not."""
         with contextlib.ExitStack() as held:
             if self.world > 1:  # a rank that fails and does not end: this one ends (exit 1), not in 30 min
                 self.peer_watch = held.enter_context(PeerWatch(self.rank, self.world, self.stop_for_peers))
@@ -498,7 +500,7 @@ class Trainer:
         cfg = self.cfg
         echo_s = 0.0
         if local_job:
-            signals, echo_s = tuple(dict.fromkeys((*signals, signal.SIGINT))), SIGINT_ECHO_S
+            signals, echo_s = tuple(dict.fromkeys((*signals, *CTRL_C_SIGNALS))), SIGINT_ECHO_S
         started = process_start_time()
         if started is not None:
             self.seconds["startup_s"] = time.time() - started
@@ -553,7 +555,7 @@ class Trainer:
             if status == tracking.STATUS_FINISHED:
                 self.log_fixed_cost()
             self.tracker.finish(
-                tracking.STATUS_INTERRUPTED if local_job and signum == signal.SIGINT else status
+                tracking.STATUS_INTERRUPTED if local_job and signum in CTRL_C_SIGNALS else status
             )
         signame = signal.Signals(signum).name if signum is not None else None
         if status == tracking.STATUS_PREEMPTED:

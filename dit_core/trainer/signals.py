@@ -4,7 +4,9 @@ preempted or times out) set a flag; the loop checkpoints at the next step bounda
 A terminal's Ctrl-C (SIGINT) does the same for the CLI (`INTERRUPT_SIGNALS`; a second one stops at
 once) and for a sweep's local job (`in_local_job`), where a second SIGINT within `SIGINT_ECHO_S` of
 the first is that same Ctrl-C: submitit's local controller forwards the terminal's SIGINT to its
-job, which the terminal has reached already.
+job, which the terminal has reached already. A closed terminal or a dropped ssh session (SIGHUP) is
+taken as a Ctrl-C nobody can repeat (`CTRL_C_SIGNALS`): more SIGHUPs (the shell's and the kernel's)
+are that same hangup, and a SIGHUP ignored when the process started (``nohup``) stays ignored.
 
 With several processes the ranks agree on a signal through a small all-reduce whose schedule
 (`SignalSync`) is bounded in steps and in seconds, and identical on every rank.
@@ -28,6 +30,8 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CTRL_C_SIGNALS",
+    "HANGUP_SIGNALS",
     "INTERRUPT_SIGNALS",
     "LOCAL_JOB_ENV",
     "PREEMPTION_SIGNALS",
@@ -43,8 +47,13 @@ __all__ = [
 PREEMPTION_SIGNALS = tuple(
     s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2")) if s is not None
 )
-#: the CLI's: a terminal's Ctrl-C (SIGINT) checkpoints like a preemption; a second one stops at once
-INTERRUPT_SIGNALS = (*PREEMPTION_SIGNALS, signal.SIGINT)
+#: A closed terminal, a dropped ssh session: SIGHUP (none on Windows)
+HANGUP_SIGNALS = tuple(s for s in (getattr(signal, "SIGHUP", None),) if s is not None)
+#: The signals taken as a terminal's Ctrl-C: the CLI exits with 128 + the signal, a local job's run ends
+#: ``interrupted``; SIGINT again stops at once, SIGHUP again is the same hangup
+CTRL_C_SIGNALS = (signal.SIGINT, *HANGUP_SIGNALS)
+#: the CLI's: a terminal's Ctrl-C (SIGINT) or hangup (SIGHUP) checkpoints like a preemption
+INTERRUPT_SIGNALS = (*PREEMPTION_SIGNALS, *CTRL_C_SIGNALS)
 #: In a local job, a SIGINT this many seconds or less after the first is the same Ctrl-C: submitit's
 #: local controller, stopped by the terminal's SIGINT, sends its job one more at once (and SIGKILL
 #: 1 s later). A human's second Ctrl-C after that stops the job at once.
@@ -73,9 +82,11 @@ def in_local_job(env: Mapping[str, str] | None = None) -> bool:
 class PreemptionGuard:
     """Context manager: while active, the preemption signals only record themselves in ``received``.
 
-    A SIGINT after an earlier SIGINT raises KeyboardInterrupt (stop at once, without the checkpoint),
-    unless it came within ``sigint_echo_s`` seconds of the first one (a local job's: `SIGINT_ECHO_S`),
-    which counts as that same Ctrl-C and is ignored."""
+    A SIGINT after an earlier SIGINT or SIGHUP raises KeyboardInterrupt (stop at once, without the
+    checkpoint), unless it came within ``sigint_echo_s`` seconds of the first one (a local job's:
+    `SIGINT_ECHO_S`), which counts as that same Ctrl-C and is ignored. A SIGHUP after either is the
+    same hangup (a shell sends its jobs one, the kernel another as the shell exits) and is ignored;
+    so is a SIGHUP that was ignored (SIG_IGN) when the guard was entered: ``nohup``."""
 
     def __init__(self, signals: tuple[int, ...] = PREEMPTION_SIGNALS, *, sigint_echo_s: float = 0.0):
         self.signals = signals
@@ -85,14 +96,17 @@ class PreemptionGuard:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT:
+        if signum in CTRL_C_SIGNALS:
             now = time.monotonic()
             if self._first_sigint is None:
                 self._first_sigint = now
+            elif signum != signal.SIGINT:
+                log.info("%s again: the same hangup", signal.Signals(signum).name)
+                return
             elif self.sigint_echo_s and now - self._first_sigint <= self.sigint_echo_s:
                 log.info("SIGINT again %.3f s after the first: the same Ctrl-C", now - self._first_sigint)
                 return
-            elif self.received == signal.SIGINT:
+            elif self.received in CTRL_C_SIGNALS:
                 raise KeyboardInterrupt  # Ctrl-C twice: stop now, without the checkpoint
         if self.received is None:
             again = ""
@@ -107,6 +121,9 @@ class PreemptionGuard:
     def __enter__(self) -> PreemptionGuard:
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
+                if s in HANGUP_SIGNALS and signal.getsignal(s) == signal.SIG_IGN:
+                    log.info("%s is ignored (nohup): a hangup leaves the run alone", signal.Signals(s).name)
+                    continue
                 self._previous[s] = signal.signal(s, self._handle)
         else:
             log.info("not in the main thread: preemption signals are not intercepted")
