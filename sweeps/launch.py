@@ -562,6 +562,15 @@ def _design_lines(spec: SweepSpec) -> list[str]:
     ]
 
 
+def _waiting(args: argparse.Namespace) -> dict:
+    """The keywords of `sweeps.runner.launch` (and `sweeps.design.launch_adaptive`) that the run flags
+    set: whether and how to wait for the jobs, and --slurm-jobs-gone."""
+    on_progress = _progress_printer()
+    return dict(
+        wait=not args.no_wait, poll_s=args.poll, on_progress=on_progress, jobs_gone=args.slurm_jobs_gone
+    )
+
+
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if spec.design == "adaptive":
         recorded = {b: v["centre"] for b, v in read_record(sweep_dir(spec)).items() if b in spec.budgets}
@@ -570,13 +579,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             return cmd_adaptive(spec, args)
     if args.dry_run:
         return cmd_dry_run(spec, args)
-    res = launch(
-        spec,
-        wait=not args.no_wait,
-        poll_s=args.poll,
-        on_progress=_progress_printer(),
-        jobs_gone=args.slurm_jobs_gone,
-    )
+    res = launch(spec, **_waiting(args))
     prep, pl = res.prepared, res.plan
     if sys.stderr.isatty() and res.job_ids and res.waited:
         print(file=sys.stderr)
@@ -843,10 +846,7 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
             + (f"\n  {step.centre.note}" if step.centre.note else "")
         )
 
-    res = launch_adaptive(
-        spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer(), on_step=show,
-        jobs_gone=args.slurm_jobs_gone,
-    )  # fmt: skip
+    res = launch_adaptive(spec, on_step=show, **_waiting(args))
     if res.final is not None:
         print(
             f"fit after the last budget: N_opt at {format_budget(max(spec.budgets))} = "
