@@ -29,7 +29,7 @@ from analysis.pipeline import (
 from analysis.report import REPORT_FILES, log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
 from analysis.status import EXIT_BAD_INPUT, EXIT_CENSORED, EXIT_CODES, EXIT_NOT_IDENTIFIED
-from dit_core.configio import EXIT_PIPE_CLOSED, join_negative_values, stdout_closed
+from dit_core.configio import EXIT_PIPE_CLOSED, add_flags, join_negative_values, stdout_closed
 from dit_core.tracking import DEFAULT_EXPERIMENT, check_tracking_server
 
 log = logging.getLogger("analysis.fit_scaling")
@@ -115,6 +115,14 @@ _FLAGS = (
 )  # fmt: skip
 
 
+def _field_flag(field: str, kw: dict) -> dict:
+    """add_argument's keywords ``kw`` of a flag that sets the `AnalysisConfig` ``field``, with the field's
+    default and type (a bool field: a switch that sets it)."""
+    default = getattr(_DEFAULTS, field)
+    kind = {"action": "store_true"} if isinstance(default, bool) else {"type": type(default)}
+    return kw | {"default": default} | kind
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python analysis/fit_scaling.py",
@@ -132,12 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a numeric cell holds a number, or nothing where the value was not measured (text such as n/a is "
         "an error)",
     )
-    for flags, field, kw in _FLAGS:
-        if field is not None:
-            default = getattr(_DEFAULTS, field)
-            kw = {**kw, "default": default}
-            kw |= {"action": "store_true"} if isinstance(default, bool) else {"type": type(default)}
-        p.add_argument(*flags.split(), **kw)
+    add_flags(p, _FLAGS, _field_flag)
     return p
 
 

@@ -25,7 +25,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _NONE = ("none", "null", "")
@@ -347,6 +347,17 @@ def add_field_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[st
             *dict.fromkeys([*extra.get(key, []), f"--{key}"]), dest=key, default=argparse.SUPPRESS,
             metavar=name.upper(), help=f"{text} (default: {shown})".replace("%", "%%").strip(), **kwargs,
         )  # fmt: skip
+
+
+def add_flags(parser: Any, table: tuple, field_kwargs: Callable[[str, dict], dict]) -> None:
+    """Add each row ``(flags, field, kwargs)`` of a CLI's flag ``table`` (in --help's order) to ``parser``
+    (an `argparse.ArgumentParser` or argument group): ``flags`` space-separated (``"-v --verbose"``),
+    ``kwargs`` add_argument's; a row naming a config ``field`` (else None) gets the keywords
+    ``field_kwargs(field, kwargs)`` returns instead (the field's default, type, dest, ...)."""
+    for flags, field, kwargs in table:
+        if field is not None:
+            kwargs = field_kwargs(field, kwargs)
+        parser.add_argument(*flags.split(), **kwargs)
 
 
 def flags_to_flat(args: argparse.Namespace, cls: type) -> dict[str, Any]:

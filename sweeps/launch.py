@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dit_core.configio import (
     KeepRawFormatter,
+    add_flags,
     exit_codes_help,
     join_negative_values,
     parse_scalar,
@@ -120,16 +121,109 @@ def _config_default(key: str) -> str:
     return f"(default: the config's {key}, else {shown})"
 
 
-def _override(group, flag: str, key: str, what: str, metavar: str | None = None) -> None:
-    """Add ``flag``, which sets the YAML key ``key`` (of the field's type; dest: the field's name), with
-    the help ``what`` and where its default comes from."""
-    help_ = f"{what} {_config_default(key)}"
-    dest = key.removeprefix("executor.")
-    group.add_argument(flag, type=type(field_default(key)), dest=dest, metavar=metavar, help=help_)
+def _override(key: str, kw: dict) -> dict:
+    """add_argument's keywords ``kw`` of a flag that sets the YAML key ``key``, with the field's type, its
+    name as the dest and, after the help, where its default comes from."""
+    help_ = f"{kw['help']} {_config_default(key)}"
+    return kw | {"type": type(field_default(key)), "dest": key.removeprefix("executor."), "help": help_}
 
 
 #: Seconds between progress updates when --poll is not given: `sweeps.runner.launch`'s own default.
 DEFAULT_POLL_S = inspect.signature(launch).parameters["poll_s"].default
+
+
+#: the flags of each argument group, in --help's order: (flags, the sweep YAML key it overrides or None,
+#: add_argument's keywords); a key's flag takes its field's type and name (`_override`)
+_FLAGS = {
+    "sweep": (
+        ("-c --config", None, dict(
+            help="sweep YAML or a bundled name (demo, digits, imagenet256); default demo")),
+        ("--name", "name", dict(help="sweep id (MLflow tag `sweep`, folder <output-dir>/<name>)")),
+        ("--experiment", "experiment", dict(help="MLflow experiment")),
+        ("--tracking-uri", None, dict(
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")),
+        ("--output-dir", "output_dir", dict(help="folder for checkpoints and job logs")),
+        ("--grid", None, dict(type=_csv(str), help="model families, e.g. S,B,L,XL")),
+        ("--patch", None, dict(type=_csv(int), help="patch sizes, e.g. 2,4,8")),
+        ("--shapes", None, dict(
+            type=_csv(_shape), help="custom DEPTHxWIDTHxHEADS shapes, e.g. 4x64x4,6x96x6")),
+        ("--depths", None, dict(type=_csv(int), help="custom depths (crossed with --widths)")),
+        ("--widths", None, dict(type=_csv(int), help="custom widths (crossed with --depths)")),
+        ("--head-dim", None, dict(type=int, help="width per head: of --depths/--widths (default 64), and of "
+            "the shapes the isoflop/adaptive designs generate (default scale.head_dim, else the families' 64 "
+            "/ scale.width_div; 4 for the demo)")),
+        ("--budgets", None, dict(type=_csv(parse_budget), help="training FLOPs, e.g. 1e15,3e15,1e16")),
+        ("--seeds", None, dict(type=_csv(int), help="train every cell once per seed, e.g. 0,1,2 (default 0); "
+            "seed s > 0 adds -s{s} to the cell id, and the analysis averages a cell's seeds. Two seeds "
+            "before you believe a ranking")),
+        ("--lrs", None, dict(type=_csv(float), help="train every cell once per peak lr, e.g. 1e-3,3e-3,1e-2 "
+            "(sets optim.lr; an lr rule across budgets, optim.lr_flops_ref, still scales it); the cell id "
+            "ends in -lr{lr}, and the analysis keeps each cell's best lr")),
+        ("--design", None, dict(choices=DESIGNS, help="grid: every model (--grid/--shapes) at every budget. "
+            "isoflop: per budget, --sizes-per-budget shapes on the DiT families' depth/width curve, "
+            "log-spaced within --spread x of a prior N_opt(C) (--tokens-per-param or --prior). adaptive: "
+            "isoflop, budgets run smallest first, each next one centred on the refit of those before "
+            "(docs/sweeps.md)")),
+        ("--sizes-per-budget", "sizes_per_budget", dict(
+            metavar="K", help="isoflop/adaptive: model sizes per budget, at least 3")),
+        ("--spread", "size_spread", dict(metavar="F", help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, "
+            "log-spaced (4 with 5 sizes: 1/4, 1/2, 1, 2, 4 x N_opt)")),
+        ("--tokens-per-param", "tokens_per_param", dict(metavar="R", help="isoflop/adaptive prior: training "
+            "tokens (images x patches per image) per parameter at the optimum; 20 is Chinchilla's ratio, "
+            "Hoffmann et al. 2022")),
+        ("--prior", None, dict(metavar="FIT.json", help="isoflop/adaptive prior: the N_opt(C) law of a "
+            "previous `analysis/fit_scaling.py --json` result")),
+        ("--min-steps", None, dict(type=int, help="fewest optimizer steps a cell may have: isoflop/adaptive "
+            "propose no size below it (default 20); grid leaves out the cells below it (default: every cell, "
+            "each at least 1 step)")),
+        ("--max-steps", None, dict(type=int, help="isoflop/adaptive: most steps a proposed size may have "
+            f"{_config_default('isoflop_max_steps')}; refused for grid, whose cells' steps follow from "
+            "--budgets")),
+        ("--batch-size", "batch_size", dict(help="global batch size")),
+        ("--set", None, dict(action="append", default=[], metavar="KEY=VALUE",
+            help="TrainConfig override for every cell, e.g. --set optim.lr=3e-4 (repeatable)")),
+    ),
+    "executor": (
+        ("--executor", None, dict(choices=EXECUTORS, help="auto: SLURM where a SLURM controller answers, "
+            "else local processes; debug: submitit's in-process executor (default: the config's "
+            "executor.name)")),
+        ("--partition", None, dict(help="SLURM partition")),
+        ("--nodes", None, dict(type=int, help="nodes per job (several: multi-node Accelerate)")),
+        ("--gpus-per-node", None, dict(type=int, help="GPUs per node (0 on CPU)")),
+        ("--tasks-per-node", None, dict(type=int, help="processes per node (one per GPU)")),
+        ("--cpus-per-task", None, dict(type=int, help="SLURM: CPU cores per process")),
+        ("--mem-gb", None, dict(type=float, help="memory per node in GB (SLURM --mem)")),
+        ("--time", "executor.timeout_min", dict(help="time limit per job in minutes")),
+        ("--array-parallelism", None, dict(type=int, help="SLURM: array tasks running at once")),
+        ("--parallel", "executor.local_parallelism", dict(help="local: cells running at once")),
+        ("--no-warm", None, dict(action="store_const", const=False, dest="local_warm",
+            help="local: a fresh python per cell instead of forking cells from one warm worker")),
+        ("--signal-delay", "executor.signal_delay_s", dict(help="USR2 this many s before the limit")),
+        ("--sbatch", None, dict(
+            action="append", metavar="FLAG", help="extra sbatch flag, e.g. --sbatch=--qos=high")),
+        ("--setup", None, dict(action="append", metavar="CMD", help="shell line run before each job")),
+        ("--max-retries", "executor.max_retries", dict(help="resubmissions of a failed cell on relaunch")),
+    ),
+    "run": (
+        ("--dry-run", None, dict(
+            action="store_true", help="print the cells and the study's bill; submit nothing")),
+        ("--device", None, dict(type=str.upper, choices=sorted(DEVICES), help="accelerator the dry run "
+            f"prices the study on, in GPU-hours (its dense bf16 peak; default: {DEFAULT_DEVICE}); without it "
+            "a local sweep on CPU gets its wall time on this machine instead")),
+        ("--mfu", None, dict(type=float, help="model FLOPs utilisation assumed for the GPU-hours (measure "
+            f"it: bash benchmarks/gpu_check.sh; default: {DEFAULT_MFU:g})")),
+        ("--no-wait", None, dict(action="store_true", help="submit and return: the SLURM jobs, or the local "
+            "warm worker, go on; see `status` later")),
+        ("--slurm-jobs-gone", None, dict(action="store_true", help="the SLURM cluster the sweep ran on is "
+            "gone for good: take cells whose job state is unknown (sacct and squeue fail) for interrupted "
+            "and resubmit them (e.g. with --executor local); a job of them still alive would train its cell "
+            "twice")),
+        ("--poll", None, dict(type=float, default=DEFAULT_POLL_S,
+            help="seconds between progress updates (default: %(default)g)")),
+        ("-v --verbose", None, dict(
+            action="store_true", help="log the launcher's steps (INFO), not only warnings")),
+    ),
+}  # fmt: skip
 
 
 #: the CLI's exit codes (docs/interfaces.md, "Exit codes"; docs/sweeps.md), listed in its --help
@@ -170,146 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run: launch the sweep's cells (finished and live ones are skipped); status: print its table "
         "and submit nothing (default: %(default)s)",
     )
-    g = p.add_argument_group("sweep")
-    g.add_argument(
-        "-c", "--config", help="sweep YAML or a bundled name (demo, digits, imagenet256); default demo"
-    )
-    _override(g, "--name", "name", "sweep id (MLflow tag `sweep`, folder <output-dir>/<name>)")
-    _override(g, "--experiment", "experiment", "MLflow experiment")
-    g.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
-    )
-    _override(g, "--output-dir", "output_dir", "folder for checkpoints and job logs")
-    g.add_argument("--grid", type=_csv(str), help="model families, e.g. S,B,L,XL")
-    g.add_argument("--patch", type=_csv(int), help="patch sizes, e.g. 2,4,8")
-    g.add_argument("--shapes", type=_csv(_shape), help="custom DEPTHxWIDTHxHEADS shapes, e.g. 4x64x4,6x96x6")
-    g.add_argument("--depths", type=_csv(int), help="custom depths (crossed with --widths)")
-    g.add_argument("--widths", type=_csv(int), help="custom widths (crossed with --depths)")
-    g.add_argument(
-        "--head-dim",
-        type=int,
-        help="width per head: of --depths/--widths (default 64), and of the shapes the isoflop/adaptive "
-        "designs generate (default scale.head_dim, else the families' 64 / scale.width_div; 4 for the demo)",
-    )
-    g.add_argument("--budgets", type=_csv(parse_budget), help="training FLOPs, e.g. 1e15,3e15,1e16")
-    g.add_argument(
-        "--seeds",
-        type=_csv(int),
-        help="train every cell once per seed, e.g. 0,1,2 (default 0); seed s > 0 adds -s{s} to the cell "
-        "id, and the analysis averages a cell's seeds. Two seeds before you believe a ranking",
-    )
-    g.add_argument(
-        "--lrs",
-        type=_csv(float),
-        help="train every cell once per peak lr, e.g. 1e-3,3e-3,1e-2 (sets optim.lr; an lr rule across "
-        "budgets, optim.lr_flops_ref, still scales it); the cell id ends in -lr{lr}, and the analysis "
-        "keeps each cell's best lr",
-    )
-    g.add_argument(
-        "--design",
-        choices=DESIGNS,
-        help="grid: every model (--grid/--shapes) at every budget. isoflop: per budget, --sizes-per-budget "
-        "shapes on the DiT families' depth/width curve, log-spaced within --spread x of a prior N_opt(C) "
-        "(--tokens-per-param or --prior). adaptive: isoflop, budgets run smallest first, each next one "
-        "centred on the refit of those before (docs/sweeps.md)",
-    )
-    what = "isoflop/adaptive: model sizes per budget, at least 3"
-    _override(g, "--sizes-per-budget", "sizes_per_budget", what, "K")
-    what = "isoflop/adaptive: sizes span N_opt/F .. N_opt*F, log-spaced (4 with 5 sizes: 1/4, 1/2, 1, 2, 4 x "
-    what += "N_opt)"
-    _override(g, "--spread", "size_spread", what, "F")
-    what = (
-        "isoflop/adaptive prior: training tokens (images x patches per image) per parameter at the "
-        "optimum; 20 is Chinchilla's ratio, Hoffmann et al. 2022"
-    )
-    _override(g, "--tokens-per-param", "tokens_per_param", what, "R")
-    g.add_argument(
-        "--prior",
-        metavar="FIT.json",
-        help="isoflop/adaptive prior: the N_opt(C) law of a previous `analysis/fit_scaling.py --json` result",
-    )
-    g.add_argument(
-        "--min-steps", type=int,
-        help="fewest optimizer steps a cell may have: isoflop/adaptive propose no size below it (default "
-        "20); grid leaves out the cells below it (default: every cell, each at least 1 step)",
-    )  # fmt: skip
-    g.add_argument(
-        "--max-steps", type=int,
-        help="isoflop/adaptive: most steps a proposed size may have "
-        f"{_config_default('isoflop_max_steps')}; refused for grid, whose cells' steps follow from --budgets",
-    )  # fmt: skip
-    _override(g, "--batch-size", "batch_size", "global batch size")
-    g.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="TrainConfig override for every cell, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    e = p.add_argument_group("executor")
-    e.add_argument(
-        "--executor",
-        choices=EXECUTORS,
-        help="auto: SLURM where a SLURM controller answers, else local processes; debug: submitit's "
-        "in-process executor (default: the config's executor.name)",
-    )
-    e.add_argument("--partition", help="SLURM partition")
-    e.add_argument("--nodes", type=int, help="nodes per job (several: multi-node Accelerate)")
-    e.add_argument("--gpus-per-node", type=int, help="GPUs per node (0 on CPU)")
-    e.add_argument("--tasks-per-node", type=int, help="processes per node (one per GPU)")
-    e.add_argument("--cpus-per-task", type=int, help="SLURM: CPU cores per process")
-    e.add_argument("--mem-gb", type=float, help="memory per node in GB (SLURM --mem)")
-    _override(e, "--time", "executor.timeout_min", "time limit per job in minutes")
-    e.add_argument("--array-parallelism", type=int, help="SLURM: array tasks running at once")
-    _override(e, "--parallel", "executor.local_parallelism", "local: cells running at once")
-    e.add_argument(
-        "--no-warm", action="store_const", const=False, dest="local_warm",
-        help="local: a fresh python per cell instead of forking cells from one warm worker",
-    )  # fmt: skip
-    _override(e, "--signal-delay", "executor.signal_delay_s", "USR2 this many s before the limit")
-    e.add_argument(
-        "--sbatch", action="append", metavar="FLAG", help="extra sbatch flag, e.g. --sbatch=--qos=high"
-    )
-    e.add_argument("--setup", action="append", metavar="CMD", help="shell line run before each job")
-    _override(e, "--max-retries", "executor.max_retries", "resubmissions of a failed cell on relaunch")
-    r = p.add_argument_group("run")
-    r.add_argument(
-        "--dry-run", action="store_true", help="print the cells and the study's bill; submit nothing"
-    )
-    r.add_argument(
-        "--device",
-        type=str.upper,
-        choices=sorted(DEVICES),
-        help="accelerator the dry run prices the study on, in GPU-hours (its dense bf16 peak; default: "
-        f"{DEFAULT_DEVICE}); without it a local sweep on CPU gets its wall time on this machine instead",
-    )
-    r.add_argument(
-        "--mfu",
-        type=float,
-        help="model FLOPs utilisation assumed for the GPU-hours (measure it: bash benchmarks/gpu_check.sh; "
-        f"default: {DEFAULT_MFU:g})",
-    )
-    r.add_argument(
-        "--no-wait",
-        action="store_true",
-        help="submit and return: the SLURM jobs, or the local warm worker, go on; see `status` later",
-    )
-    r.add_argument(
-        "--slurm-jobs-gone",
-        action="store_true",
-        help="the SLURM cluster the sweep ran on is gone for good: take cells whose job state is unknown "
-        "(sacct and squeue fail) for interrupted and resubmit them (e.g. with --executor local); a job of "
-        "them still alive would train its cell twice",
-    )
-    r.add_argument(
-        "--poll",
-        type=float,
-        default=DEFAULT_POLL_S,
-        help="seconds between progress updates (default: %(default)g)",
-    )
-    r.add_argument(
-        "-v", "--verbose", action="store_true", help="log the launcher's steps (INFO), not only warnings"
-    )
+    for title, rows in _FLAGS.items():
+        add_flags(p.add_argument_group(title), rows, _override)
     return p
 
 
@@ -606,6 +562,15 @@ def _design_lines(spec: SweepSpec) -> list[str]:
     ]
 
 
+def _waiting(args: argparse.Namespace) -> dict:
+    """The keywords of `sweeps.runner.launch` (and `sweeps.design.launch_adaptive`) that the run flags
+    set: whether and how to wait for the jobs, and --slurm-jobs-gone."""
+    on_progress = _progress_printer()
+    return dict(
+        wait=not args.no_wait, poll_s=args.poll, on_progress=on_progress, jobs_gone=args.slurm_jobs_gone
+    )
+
+
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if spec.design == "adaptive":
         recorded = {b: v["centre"] for b, v in read_record(sweep_dir(spec)).items() if b in spec.budgets}
@@ -614,13 +579,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             return cmd_adaptive(spec, args)
     if args.dry_run:
         return cmd_dry_run(spec, args)
-    res = launch(
-        spec,
-        wait=not args.no_wait,
-        poll_s=args.poll,
-        on_progress=_progress_printer(),
-        jobs_gone=args.slurm_jobs_gone,
-    )
+    res = launch(spec, **_waiting(args))
     prep, pl = res.prepared, res.plan
     if sys.stderr.isatty() and res.job_ids and res.waited:
         print(file=sys.stderr)
@@ -887,10 +846,7 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
             + (f"\n  {step.centre.note}" if step.centre.note else "")
         )
 
-    res = launch_adaptive(
-        spec, wait=not args.no_wait, poll_s=args.poll, on_progress=_progress_printer(), on_step=show,
-        jobs_gone=args.slurm_jobs_gone,
-    )  # fmt: skip
+    res = launch_adaptive(spec, on_step=show, **_waiting(args))
     if res.final is not None:
         print(
             f"fit after the last budget: N_opt at {format_budget(max(spec.budgets))} = "
