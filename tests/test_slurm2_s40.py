@@ -16,7 +16,7 @@ import pytest
 from _sweep_specs import ctrl_c_twice_once_cancelled, runs_by_cell, states_of, wait_for
 from conftest import free_port, start_mlflow_server, stop_mlflow_server
 from test_left_s39 import two_cell_yaml
-from test_slurm_s40 import alive, held_until
+from test_slurm_s40 import alive, held, held_until
 
 from sweeps import launch as launch_cli
 from sweeps import runner
@@ -63,6 +63,7 @@ def test_slurm_a_second_ctrl_c_during_the_cancel_wait_exits_130_at_once_naming_t
     def server_dies_once_the_jobs_run(uri, subs):
         ids.extend(s.job.job_id for s in subs)
         wait_for(lambda: set(alive(ids).values()) == {"RUNNING"} and len(alive(ids)) == 2, "the jobs", 60)
+        wait_for(lambda: held(release) == 2, "the jobs' shells to hold", 60)
         stop_mlflow_server(server["proc"])
         real(uri, subs)
 
@@ -117,8 +118,8 @@ def test_slurm_a_relaunch_after_a_launcher_killed_before_its_record_submits_no_s
     once they have ended, a relaunch finds the cells finished, each in its one run, no step twice."""
     events, release = tmp_path / "events", tmp_path / "release"
     # The jobs wait for the test before they train: alive at the relaunch however loaded the machine is.
-    held = f"setup: ['while [ ! -e {release} ]; do sleep 0.2; done']"
-    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + held + "}"
+    hold = f"setup: ['while [ ! -e {release} ]; do sleep 0.2; done']"
+    executor = "{name: slurm, timeout_min: 10, mem_gb: 1, " + hold + "}"
     cfg = two_cell_yaml(tmp_path, f"killed-{uuid.uuid4().hex[:8]}", executor, events)  # its own job name
     spec = load_spec(cfg).replace(tracking_uri=job_env)
     script, said = tmp_path / "slow_record.py", tmp_path / "said"
@@ -160,6 +161,8 @@ def test_slurm_a_relaunch_after_a_launcher_killed_before_its_record_submits_no_s
             (run,) = runs
             steps = [m.step for m in MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")]
             assert steps == sorted(set(steps)), (cell, steps)
+        # slurmctld hands its job records to slurmdbd in the background: sacct may lag (CI, session 44)
+        wait_for(lambda: jobs_named(spec.name, sacct=True), "sacct to list the sweep's jobs", 60)
         assert {j.split("_")[0] for j in jobs_named(spec.name, sacct=True)} == {array}
     finally:
         release.touch()

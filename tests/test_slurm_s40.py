@@ -24,10 +24,20 @@ pytestmark = pytest.mark.slurm
 
 def held_until(release) -> str:
     """A job's setup (YAML) that takes a while to end after scancel's SIGTERM, as a trainer that writes its
-    checkpoint first: its shell ignores SIGTERM (so does `sleep`, which inherits that) and waits before
-    submitit starts until the test creates the file ``release`` (or SLURM's KillWait, 30 s, SIGKILLs it).
-    A fixed sleep raced sacct's and squeue's lag on a loaded CI machine: the job could be gone first."""
-    return f"setup: [\"trap '' TERM\", 'while [ ! -e {release} ]; do sleep 0.2; done']"
+    checkpoint first: its shell ignores SIGTERM (so does `sleep`, which inherits that), says so in a file
+    (`held`), and waits before submitit starts until the test creates the file ``release`` (or SLURM's
+    KillWait, 30 s, SIGKILLs it). A fixed sleep raced sacct's and squeue's lag on a loaded CI machine: the
+    job could be gone first; and squeue calls a job RUNNING before its shell has run a line, so a scancel
+    right after RUNNING could kill the shell before its trap (CI, session 44)."""
+    return (
+        f"setup: [\"trap '' TERM\", 'touch {release}.held.$SLURM_JOB_ID', "
+        f"'while [ ! -e {release} ]; do sleep 0.2; done']"
+    )
+
+
+def held(release) -> int:
+    """How many jobs of `held_until` ``release`` ignore SIGTERM and wait."""
+    return len(list(release.parent.glob(f"{release.name}.held.*")))
 
 
 def alive(job_ids: list[str]) -> dict[str, str]:
@@ -60,6 +70,7 @@ def test_slurm_the_cancel_after_a_failed_record_waits_until_the_jobs_have_ended(
         wait_for(
             lambda: len(alive(ids)) == 2 and set(alive(ids).values()) == {"RUNNING"}, "the jobs to run", 60
         )
+        wait_for(lambda: held(release) == 2, "the jobs' shells to hold", 60)
         stop_mlflow_server(server["proc"])
         failed.append(True)  # the record fails next: the launcher scancels the jobs, then asks squeue
         real(uri, subs)
@@ -81,7 +92,8 @@ def test_slurm_the_cancel_after_a_failed_record_waits_until_the_jobs_have_ended(
         left = alive(ids)  # at once, as a relaunch would look
         err = capsys.readouterr().err
         assert left == {}, (left, f"{took:.1f} s", err)
-        assert all(s.startswith("CANCELLED") for s in sacct_states(ids[0].split("_")[0])), err
+        cancelled = lambda: [s.startswith("CANCELLED") for s in sacct_states(ids[0].split("_")[0])]  # noqa: E731
+        wait_for(lambda: cancelled() == [True, True], "sacct to call both jobs CANCELLED", 60)  # its lag
         said = caplog.text  # the CLI's WARNING lines (pytest's log capture takes them from stderr)
         assert "waiting up to 120 s for the cancelled SLURM job(s)" in said and ids[0] in said, said
         assert "cancelled so that none trains unrecorded" in err, err
@@ -111,6 +123,7 @@ def test_slurm_a_relaunch_while_a_cancelled_job_still_ends_does_not_submit_its_c
     jobs = [job]
     try:
         wait_for(lambda: alive([job]).get(job) == "RUNNING", "the job to run", 60)
+        wait_for(lambda: held(release) == 1, "the job's shell to hold", 60)
         subprocess.run(["scancel", job], check=True)
         wait_for(lambda: (sacct_states(job.split("_")[0]) or ["?"])[0].startswith("CANCELLED"), "sacct", 30)
         assert alive([job]), "the job ended before the relaunch could look"
