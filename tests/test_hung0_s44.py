@@ -10,42 +10,11 @@ import time
 import pytest
 from mlflow import MlflowClient
 from test_gloo_s42 import REPO, TINY
-from test_pgto_s43 import _ranks
+from test_pgto_s43 import _WRAPPER, _ranks
 
 #: rank 1's collective timeout; the seconds after the fault rank 0 may take to exit (measured 10-12 s:
 #: the timeout, then the watch's `PEER_GRACE_S`; before the fix it never exited)
 TIMEOUT_S, EXIT_WITHIN_S = 5, 45
-
-#: ``wrapper.py REPO <trainer flags>``: ``python -m dit_core.train``; rank 0 sleeps for good in its third
-#: step, in this file's ``stuck_here`` (the ranks start training together, as in test_pgto_s43)
-_WRAPPER = """
-import ctypes, datetime, os, signal, sys, time
-ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the test
-repo = sys.argv.pop(1)
-sys.path.insert(0, repo)
-import torch.distributed as dist
-from dit_core.trainer import loop
-from dit_core.trainer.cli import main
-
-rank, real_step, real_tracking = int(os.environ["RANK"]), loop.Trainer.train_step, loop.Trainer.start_tracking
-
-def tracking_together(self):
-    real_tracking(self)
-    store = dist.distributed_c10d._get_default_store()
-    if rank == 0:
-        store.set("test/tracking-started", "1")
-    else:
-        store.wait(["test/tracking-started"], datetime.timedelta(seconds=60))
-
-def stuck_here(self):
-    if rank == 0 and self.step == 2:
-        print(f"FAULT on rank {rank}", file=sys.stderr, flush=True)
-        time.sleep(3600)
-    real_step(self)
-
-loop.Trainer.train_step, loop.Trainer.start_tracking = stuck_here, tracking_together
-sys.exit(main())
-"""
 
 
 @pytest.mark.timeout(120)
@@ -53,14 +22,24 @@ def test_a_rank_stuck_on_its_own_ends_its_run_once_its_peer_timed_out_waiting_fo
     """Rank 0 (which owns the MLflow run) sleeps for good in its third step; rank 1 times out after
     ``--dist-timeout-s 5`` in the gradients' all-reduce, leaves its `CollectiveTimeout` and exits 1. Now
     rank 0's watch, seeing that error while rank 0's main thread is busy on its own, ends rank 0's run
-    FAILED with a line naming where rank 0 was (the wrapper's ``stuck_here``) and exits 1. Before, rank 0
+    FAILED with a line naming where rank 0 was (the wrapper's ``hanging``) and exits 1. Before, rank 0
     slept on and its run stayed RUNNING (under torchrun: until its SIGKILL, 30 s after its SIGTERM, and
     RUNNING for good)."""
     script = tmp_path / "wrapper.py"
     script.write_text(_WRAPPER)
     out, exp = tmp_path / "run", f"hung0-{tmp_path.name}"
-    flags = [*TINY, "--log-every", "50", "--experiment", exp, "--out", str(out), "--dist-timeout-s", "5"]
-    procs = _ranks(script, [str(REPO), *flags], tmp_path)
+    flags = [
+        *TINY,
+        "--log-every",
+        "50",
+        "--experiment",
+        exp,
+        "--out",
+        str(out),
+        "--dist-timeout-s",
+        str(TIMEOUT_S),
+    ]
+    procs = _ranks(script, [str(REPO), "hang0", *flags], tmp_path)
     rank0 = tmp_path / "rank0.txt"
     try:
         deadline = time.monotonic() + 60
@@ -95,5 +74,5 @@ def test_a_rank_stuck_on_its_own_ends_its_run_once_its_peer_timed_out_waiting_fo
     assert error.startswith(
         "CollectiveTimeout: rank 1 stopped after step 2 of 50: it waited --dist-timeout"
     ), error
-    assert f"rank 0 then stopped on {said}" in error and " in stuck_here all that time" in error, error
-    assert "rank 0 was busy in" in err and "stuck_here" in err, err[-3000:]
+    assert f"rank 0 then stopped on {said}" in error and " in hanging all that time" in error, error
+    assert "rank 0 was busy in" in err and " in hanging all that time" in err, err[-3000:]

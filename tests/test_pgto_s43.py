@@ -26,7 +26,8 @@ from dit_core.trainer.resume import config_changes
 #: fix: gloo's 30 min
 TIMEOUT_S, SLACK_S = 5, 25.0
 
-#: ``wrapper.py REPO MODE <trainer flags>``: ``python -m dit_core.train`` in this process; MODE ``hang``:
+#: ``wrapper.py REPO MODE <trainer flags>``: ``python -m dit_core.train`` in this process; MODE ``hang``
+#: (``hang0``: rank 0, `tests/test_hung0_s44.py`):
 #: rank 1 sleeps for good in its third step (before its backward's all-reduce), without failing; the
 #: ranks start training together once rank 0's MLflow run has started (rank 0 alone, and slower than
 #: the test's 5 s timeout on a loaded machine: rank 1 timed out waiting for it once);
@@ -54,7 +55,7 @@ def tracking_together(self):
         store.wait(["test/tracking-started"], datetime.timedelta(seconds=60))
 
 def hanging(self):
-    if rank == 1 and self.step == 2:
+    if rank == (0 if mode == "hang0" else 1) and self.step == 2:
         print(f"FAULT on rank {rank}", file=sys.stderr, flush=True)
         time.sleep(3600)
     real_step(self)
@@ -70,7 +71,7 @@ def failing(*a, **k):
         raise OSError("injected: rank 1 fails after prepare")
     return real_ops(*a, **k)
 
-if mode == "hang":
+if mode in ("hang", "hang0"):
     loop.Trainer.train_step, loop.Trainer.start_tracking = hanging, tracking_together
 else:
     loop.update_ops, loop.Trainer.hold_out_folder = failing, at_collective

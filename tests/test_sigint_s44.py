@@ -19,23 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 from _sweep_specs import assert_relaunch_resumes, fake_trainer_spec, states_of, step_of, wait_for
+from test_swedge_s43 import _alive, _sigint_default
 
 from sweeps.grid import ExecutorSpec, expand, load_spec
 from sweeps.runner import sweep_dir
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _sigint_default() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed and not yet reaped by its parent, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _sweep(tmp_path: Path, uri: str, warm: bool, sigint: str, budget: float):
