@@ -9,12 +9,11 @@ import time
 
 import pytest
 from mlflow import MlflowClient
-from test_gloo_s42 import REPO, TINY
-from test_pgto_s43 import _WRAPPER, _ranks
+from test_pgto_s43 import hung_ranks
 
-#: rank 1's collective timeout; the seconds after the fault rank 0 may take to exit (measured 10-12 s:
-#: the timeout, then the watch's `PEER_GRACE_S`; before the fix it never exited)
-TIMEOUT_S, EXIT_WITHIN_S = 5, 45
+#: the seconds after the fault rank 0 may take to exit (measured 10-12 s: rank 1's collective timeout,
+#: `TIMEOUT_S`, then the watch's `PEER_GRACE_S`; before the fix it never exited)
+EXIT_WITHIN_S = 45
 
 
 @pytest.mark.timeout(120)
@@ -25,27 +24,10 @@ def test_a_rank_stuck_on_its_own_ends_its_run_once_its_peer_timed_out_waiting_fo
     FAILED with a line naming where rank 0 was (the wrapper's ``hanging``) and exits 1. Before, rank 0
     slept on and its run stayed RUNNING (under torchrun: until its SIGKILL, 30 s after its SIGTERM, and
     RUNNING for good)."""
-    script = tmp_path / "wrapper.py"
-    script.write_text(_WRAPPER)
     out, exp = tmp_path / "run", f"hung0-{tmp_path.name}"
-    flags = [
-        *TINY,
-        "--log-every",
-        "50",
-        "--experiment",
-        exp,
-        "--out",
-        str(out),
-        "--dist-timeout-s",
-        str(TIMEOUT_S),
-    ]
-    procs = _ranks(script, [str(REPO), "hang0", *flags], tmp_path)
+    procs = hung_ranks(tmp_path, "hang0", exp, out)
     rank0 = tmp_path / "rank0.txt"
     try:
-        deadline = time.monotonic() + 60
-        while "FAULT on rank 0" not in rank0.read_text():
-            assert procs[0].poll() is None and time.monotonic() < deadline, rank0.read_text()
-            time.sleep(0.05)
         t0 = time.monotonic()
         rc1 = procs[1].wait(timeout=EXIT_WITHIN_S)
         try:
@@ -62,8 +44,9 @@ def test_a_rank_stuck_on_its_own_ends_its_run_once_its_peer_timed_out_waiting_fo
     print(f"rank 0 exit {took:.1f} s after its fault")
     assert rc1 == 1, (tmp_path / "rank1.txt").read_text()[-3000:]
     assert rc0 == 1, (rc0, took, err[-3000:])
+    wrapper = tmp_path / "wrapper.py"
     said = (
-        f"StuckHere: rank 1 stopped waiting for rank 0 after --dist-timeout-s; rank 0 was busy in {script}:"
+        f"StuckHere: rank 1 stopped waiting for rank 0 after --dist-timeout-s; rank 0 was busy in {wrapper}:"
     )
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])

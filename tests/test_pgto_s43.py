@@ -100,6 +100,27 @@ def _ranks(script, args: list[str], logs) -> list[subprocess.Popen]:
     return procs
 
 
+def hung_ranks(tmp_path, mode: str, exp: str, out) -> list[subprocess.Popen]:
+    """The 2 ranks of `_WRAPPER` in ``mode`` (``hang``: rank 1 hangs, ``hang0``: rank 0) training into
+    experiment ``exp`` and folder ``out`` with ``--dist-timeout-s`` `TIMEOUT_S`, returned once the hung
+    rank has printed its FAULT line (``--log-every 50``: no step logs to MLflow, rank 0 alone, before)."""
+    script = tmp_path / "wrapper.py"
+    script.write_text(_WRAPPER)
+    flags = ["--log-every", "50", "--experiment", exp, "--out", str(out), "--dist-timeout-s", str(TIMEOUT_S)]
+    procs = _ranks(script, [str(REPO), mode, *TINY, *flags], tmp_path)
+    hung = 0 if mode == "hang0" else 1
+    log, deadline = tmp_path / f"rank{hung}.txt", time.monotonic() + 60
+    try:
+        while f"FAULT on rank {hung}" not in log.read_text():
+            assert procs[hung].poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    return procs
+
+
 @pytest.mark.timeout(90)
 def test_a_rank_that_hangs_without_failing_is_waited_for_dist_timeout_s_only(tmp_path):
     """Rank 1 sleeps for good in its third step. Before, rank 0 waited in the gradients' all-reduce for
@@ -107,29 +128,9 @@ def test_a_rank_that_hangs_without_failing_is_waited_for_dist_timeout_s_only(tmp
     ``--dist-timeout-s 5``, rank 0 exits 1 about 5 s after the fault with one line that names the step,
     the timeout and the flag (no gloo traceback), and its MLflow run, the experiment's only one, is FAILED
     with that error."""
-    script = tmp_path / "wrapper.py"
-    script.write_text(_WRAPPER)
     out, exp = tmp_path / "run", f"pgto-{tmp_path.name}"
-    # --log-every 50: no step logs to MLflow (rank 0 alone) before the hang
-    flags = [
-        *TINY,
-        "--log-every",
-        "50",
-        "--experiment",
-        exp,
-        "--out",
-        str(out),
-        "--dist-timeout-s",
-        str(TIMEOUT_S),
-    ]
-    procs = _ranks(script, [str(REPO), "hang", *flags], tmp_path)
+    procs = hung_ranks(tmp_path, "hang", exp, out)
     try:
-        deadline = time.monotonic() + 60
-        while "FAULT on rank 1" not in (tmp_path / "rank1.txt").read_text():
-            assert procs[1].poll() is None and time.monotonic() < deadline, (
-                tmp_path / "rank1.txt"
-            ).read_text()
-            time.sleep(0.05)
         t0 = time.monotonic()
         try:
             rc = procs[0].wait(timeout=TIMEOUT_S + 30)
