@@ -51,6 +51,8 @@ def _stopped_at(out, seen: int) -> int:
 
 def _as_terminal() -> None:  # in the child, after setsid: the pty on fd 0 becomes its controlling terminal
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # a terminal's command does not inherit the test runner's `nohup` (CI's, say): SIGHUP as by default
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _bar_step(master: int, at_least: int) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from _sweep_specs import assert_relaunch_resumes, fake_trainer_spec, states_of, step_of, wait_for
-from test_swedge_s43 import _alive, _sigint_default
+from test_swedge_s43 import _alive
 
 from sweeps.grid import ExecutorSpec, expand, load_spec
 from sweeps.runner import sweep_dir
@@ -48,14 +48,21 @@ def _sweep(tmp_path: Path, uri: str, warm: bool, sigint: str, budget: float):
     return spec, cell, cfg, progress, events
 
 
+def _signals_default() -> None:
+    """SIGINT and SIGHUP as by default in the launcher: not inherited as ignored from the test runner
+    (pytest-xdist's workers, or a CI run under ``nohup``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _nohup() -> None:
     """As ``nohup``: SIGHUP ignored, which the launcher and its jobs inherit."""
-    _sigint_default()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _launch_then_signal(cfg: Path, progress: Path, run_dir: Path, signum: int, tmp_path: Path,
-                        preexec=_sigint_default):  # fmt: skip
+                        preexec=_signals_default):  # fmt: skip
     """``sweeps/launch.py -c cfg`` in its own session (no terminal: a signal reaches what it is sent to
     alone), ``signum`` sent to the launcher alone once the cell has trained 3 steps. Returns (the
     launcher, the trainer's pid, the launcher's stderr file). The caller waits for the launcher."""
