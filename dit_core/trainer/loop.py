@@ -63,6 +63,7 @@ from .resume import (
 from .rng import StepRandom, get_rng_state, set_rng_state
 from .signals import (
     CTRL_C_SIGNALS,
+    INTERRUPT_SIGNALS,
     PREEMPTION_SIGNALS,
     SIGINT_ECHO_S,
     PreemptionGuard,
@@ -102,7 +103,8 @@ def process_start_time() -> float | None:
 @dataclass
 class TrainResult:
     """What a run ended with. status: "finished" or "preempted" (a checkpoint was written and the
-    run can be resumed); failures raise instead."""
+    run can be resumed); failures raise instead. signal: the one that stopped the run, else a Ctrl-C
+    (SIGINT, SIGHUP) of those it took that came while it was being ended (`Trainer.end_stopped_run`)."""
 
     status: str
     step: int
@@ -551,12 +553,8 @@ class Trainer:
             raise failure from err
         finally:
             progress.close()
-        if self.tracker:
-            if status == tracking.STATUS_FINISHED:
-                self.log_fixed_cost()
-            self.tracker.finish(
-                tracking.STATUS_INTERRUPTED if local_job and signum in CTRL_C_SIGNALS else status
-            )
+        late = self.end_stopped_run(status, signum, local_job, signals)
+        signum = late if signum is None else signum
         signame = signal.Signals(signum).name if signum is not None else None
         if status == tracking.STATUS_PREEMPTED:
             if self.main:  # the others wrote no checkpoint: their "checkpoint None" would read as lost
@@ -719,10 +717,11 @@ class Trainer:
         self.end_failed_run(err, local_job=False)
 
     def end_failed_run(self, err: BaseException, local_job: bool) -> None:
-        """`end_run_on_error`'s work, once this thread has claimed it."""
+        """`end_run_on_error`'s work, once this thread has claimed it; a Ctrl-C (SIGINT, SIGHUP) or a
+        preemption signal meanwhile waits, then acts (`signals_deferred`)."""
         if not (self.tracker or self.world > 1):
             return
-        with signals_deferred(*PREEMPTION_SIGNALS, during="ending the run") as held:
+        with signals_deferred(*INTERRUPT_SIGNALS, during="ending the run") as held:
             text = f"{type(err).__name__}: {err}"
             if self.world > 1:
                 publish_failure(self.rank, text)
@@ -734,6 +733,28 @@ class Trainer:
                 self.tracker.finish(tracking.STATUS_INTERRUPTED if ctrl_c else tracking.STATUS_FAILED)
             if held:  # the signal ends the process as the block ends, before the CLI could say the error
                 log.error("%s", err)
+
+    def end_stopped_run(
+        self, status: str, signum: int | None, local_job: bool, signals: tuple[int, ...]
+    ) -> int | None:
+        """End the MLflow run of a run that stopped, ``status`` finished or preempted (on ``signum``; None:
+        ``stop_at_step``), its checkpoint written. A Ctrl-C or a preemption signal meanwhile waits until
+        the run is ended (`signals_deferred`), then acts (SIGTERM's default ends the process, SIGINT's
+        raises KeyboardInterrupt); but a Ctrl-C (SIGINT, SIGHUP) of ``signals``, those the run's guard
+        took, finds the run stopped as it asks: returned (the first; else None) for the result to name
+        (CLI: exit 130, 129)."""
+        with signals_deferred(*INTERRUPT_SIGNALS, during="ending the run") as held:
+            if self.tracker:
+                if status == tracking.STATUS_FINISHED:
+                    self.log_fixed_cost()
+                ctrl_c_stop = local_job and signum in CTRL_C_SIGNALS
+                self.tracker.finish(tracking.STATUS_INTERRUPTED if ctrl_c_stop else status)
+            ctrl_c = [s for s in signals if s in CTRL_C_SIGNALS]
+            late = [s for s in held if s in ctrl_c]
+            held[:] = [s for s in held if s not in ctrl_c]  # the others act as the block ends
+        if late:
+            log.warning("received %s while ending the run, stopped already", signal.Signals(late[0]).name)
+        return late[0] if late else None
 
     def start_tracking(self) -> None:
         """Start or continue the MLflow run (main process) and log the config and derived params."""

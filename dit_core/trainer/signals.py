@@ -188,15 +188,17 @@ class SignalSync:
 def signals_deferred(*sigs: int, during: str = "") -> Iterator[list[int]]:
     """Hold ``sigs`` until the block ends, then restore the handlers there were and deliver each one that
     came, which then acts as it would have. Yields the list of the signals held so far (the block may act
-    on them). Used where a signal in the middle would lose something: a failed run being ended in MLflow
-    (torchrun SIGTERMs the other ranks as soon as one dies; ``during`` names it in a warning), a sweep's
-    jobs between submitting and recording them (`sweeps.runner`). A no-op off the main thread (Python
-    runs signal handlers there only)."""
+    on them, and take off it those it acted on). Used where a signal in the middle would lose something:
+    a run being ended in MLflow (torchrun SIGTERMs the other ranks as soon as one dies, a terminal closes;
+    ``during`` names it in a warning), a sweep's jobs between submitting and recording them
+    (`sweeps.runner`). A signal ignored when the block starts (SIG_IGN: SIGHUP under ``nohup``) stays
+    ignored. A no-op off the main thread (Python runs signal handlers there only)."""
     got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield got
         return
-    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in sigs}
+    taken = [s for s in sigs if signal.getsignal(s) != signal.SIG_IGN]
+    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in taken}
     try:
         yield got
     finally:
