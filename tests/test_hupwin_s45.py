@@ -149,3 +149,25 @@ def test_signals_deferred_leaves_an_ignored_signal_ignored():
             os.kill(os.getpid(), signal.SIGUSR2)
             assert held == [signal.SIGUSR2]
         assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN and seen == [signal.SIGUSR2]
+
+
+@pytest.mark.parametrize("again_after_s", [None, 0.0, 60.0])
+def test_a_second_ctrl_c_after_the_echo_window_stops_a_deferral_at_once(again_after_s):
+    """In an ending held for a Ctrl-C (`again_after_s` set: the trainer's `SIGINT_ECHO_S`), a second SIGINT
+    more than that long after the first is a second Ctrl-C: KeyboardInterrupt at once, as the guard's
+    "Ctrl-C again stops at once" says, so a hung MLflow flush (up to 300 s) can be cut short; one within
+    the window is the same Ctrl-C (held once). Without `again_after_s` every SIGINT waits for the block."""
+    with signal_handlers({signal.SIGINT: signal.default_int_handler}):
+        stopped = False
+        try:
+            with signals_deferred(signal.SIGINT, again_after_s=again_after_s) as held:
+                os.kill(os.getpid(), signal.SIGINT)
+                assert held == [signal.SIGINT]
+                os.kill(os.getpid(), signal.SIGINT)
+                inside = list(held)
+        except KeyboardInterrupt:
+            stopped = True
+        if again_after_s == 0.0:
+            assert stopped and held == [signal.SIGINT]  # the second raised in the block
+        else:
+            assert stopped and inside == [signal.SIGINT, signal.SIGINT]  # raised as the block ended

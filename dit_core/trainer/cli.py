@@ -226,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         code = 2
     except KeyboardInterrupt:  # Ctrl-C twice, or before training started
         print(
-            "\ninterrupted: stopped without a checkpoint (the MLflow run is marked failed); run the same "
-            "command to resume from the newest checkpoint in --out, if any",
+            "\ninterrupted: stopped without a checkpoint (the MLflow run is marked failed; one being ended, "
+            "its checkpoint written, stays RUNNING); run the same command to resume from the newest "
+            "checkpoint in --out, if any",
             file=sys.stderr,
         )
         code = EXIT_INTERRUPTED

@@ -721,7 +721,9 @@ class Trainer:
         preemption signal meanwhile waits, then acts (`signals_deferred`)."""
         if not (self.tracker or self.world > 1):
             return
-        with signals_deferred(*INTERRUPT_SIGNALS, during="ending the run") as held:
+        with signals_deferred(
+            *INTERRUPT_SIGNALS, during="ending the run", again_after_s=SIGINT_ECHO_S
+        ) as held:
             text = f"{type(err).__name__}: {err}"
             if self.world > 1:
                 publish_failure(self.rank, text)
@@ -742,8 +744,10 @@ class Trainer:
         the run is ended (`signals_deferred`), then acts (SIGTERM's default ends the process, SIGINT's
         raises KeyboardInterrupt); but a Ctrl-C (SIGINT, SIGHUP) of ``signals``, those the run's guard
         took, finds the run stopped as it asks: returned (the first; else None) for the result to name
-        (CLI: exit 130, 129)."""
-        with signals_deferred(*INTERRUPT_SIGNALS, during="ending the run") as held:
+        (CLI: exit 130, 129). A second Ctrl-C over `SIGINT_ECHO_S` after a first held one stops at once."""
+        with signals_deferred(
+            *INTERRUPT_SIGNALS, during="ending the run", again_after_s=SIGINT_ECHO_S
+        ) as held:
             if self.tracker:
                 if status == tracking.STATUS_FINISHED:
                     self.log_fixed_cost()

@@ -185,20 +185,34 @@ class SignalSync:
 
 
 @contextlib.contextmanager
-def signals_deferred(*sigs: int, during: str = "") -> Iterator[list[int]]:
+def signals_deferred(*sigs: int, during: str = "", again_after_s: float | None = None) -> Iterator[list[int]]:
     """Hold ``sigs`` until the block ends, then restore the handlers there were and deliver each one that
     came, which then acts as it would have. Yields the list of the signals held so far (the block may act
     on them, and take off it those it acted on). Used where a signal in the middle would lose something:
     a run being ended in MLflow (torchrun SIGTERMs the other ranks as soon as one dies, a terminal closes;
     ``during`` names it in a warning), a sweep's jobs between submitting and recording them
     (`sweeps.runner`). A signal ignored when the block starts (SIG_IGN: SIGHUP under ``nohup``) stays
-    ignored. A no-op off the main thread (Python runs signal handlers there only)."""
+    ignored. ``again_after_s``: a SIGINT that comes more than that many seconds after the first one held
+    is a second Ctrl-C and raises KeyboardInterrupt at once (None: every SIGINT waits). A no-op off the
+    main thread (Python runs signal handlers there only)."""
     got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield got
         return
+    first_sigint: list[float] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and again_after_s is not None:
+            if first_sigint and time.monotonic() - first_sigint[0] > again_after_s:
+                log.warning(
+                    "Ctrl-C again while %s: stopping at once, before that is done", during or "holding it"
+                )
+                raise KeyboardInterrupt
+            first_sigint[:] = first_sigint or [time.monotonic()]
+        got.append(signum)
+
     taken = [s for s in sigs if signal.getsignal(s) != signal.SIG_IGN]
-    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in taken}
+    old = {s: signal.signal(s, hold) for s in taken}
     try:
         yield got
     finally:
