@@ -71,9 +71,34 @@ def drop_database(uri: str) -> None:
 
 
 def free_port() -> int:
+    """A local port free now (the kernel's pick): another process may take it before a server binds it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PortTaken(RuntimeError):
+    """A server could not bind its port: another process took it after `free_port` chose it."""
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, log: Path, since: int, timeout_s: float) -> None:
+    """Wait until ``url``/health answers 200 (the server's start takes seconds, more under load).
+
+    RuntimeError when ``proc`` exits first, `PortTaken` when its log (from byte ``since``: the log is
+    appended to across restarts) says its address was in use; RuntimeError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_bytes()[since:].decode(errors="replace")[-3000:]
+            taken = "address already in use" in tail.lower()
+            raise (PortTaken if taken else RuntimeError)(f"mlflow server exited early:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"mlflow server at {url} did not answer /health within {timeout_s} s")
 
 
 @dataclass
@@ -99,35 +124,35 @@ class MlflowServer:
 
 def start_pg_mlflow_server(folder: Path, workers: int = 2, timeout_s: float = 180.0) -> MlflowServer:
     """`mlflow server` on 127.0.0.1 (a free port) over a fresh PostgreSQL database, artifacts served
-    from ``folder/artifacts`` (``--artifacts-destination``); log in ``folder/server.log``."""
+    from ``folder/artifacts`` (``--artifacts-destination``); log in ``folder/server.log``. A port taken
+    before the server bound it is replaced by another (3 tries)."""
     folder.mkdir(parents=True, exist_ok=True)
     db = create_database()
-    port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--backend-store-uri", db.replace("postgresql://", "postgresql+psycopg2://", 1),
-        "--artifacts-destination", str(folder / "artifacts"),
-    ]  # fmt: skip
-    log = open(folder / "server.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = MlflowServer(f"http://127.0.0.1:{port}", proc, db, folder)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            drop_database(db)
-            raise RuntimeError(f"mlflow server exited early:\n{(folder / 'server.log').read_text()[-3000:]}")
+    for attempt in range(3):
+        port = free_port()
+        cmd = [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+            "--backend-store-uri", db.replace("postgresql://", "postgresql+psycopg2://", 1),
+            "--artifacts-destination", str(folder / "artifacts"),
+        ]  # fmt: skip
+        log_path = folder / "server.log"
+        since = log_path.stat().st_size if log_path.exists() else 0
+        log = open(log_path, "ab")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        server = MlflowServer(f"http://127.0.0.1:{port}", proc, db, folder)
         try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=1) as r:
-                if r.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.3)
-    server.stop()
-    drop_database(db)
-    raise RuntimeError(f"mlflow server over {db} did not answer /health within {timeout_s} s")
+            wait_until_healthy(proc, server.url, log_path, since, timeout_s)
+            return server
+        except RuntimeError as e:
+            server.stop()
+            if isinstance(e, PortTaken) and attempt < 2:
+                continue
+            drop_database(db)
+            raise
+    raise AssertionError("unreachable")
 
 
 def stop_pg_mlflow_server(server: MlflowServer) -> None:

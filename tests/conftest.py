@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from _pg_server import PortTaken, free_port, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -62,20 +61,27 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(None)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_mlflow_server(
-    store_dir: Path, timeout_s: float = 90.0, port: int | None = None
+    store_dir: Path, timeout_s: float = 180.0, port: int | None = None
 ) -> tuple[subprocess.Popen, str]:
     """Start a real `mlflow server` on 127.0.0.1 with one worker; returns (process, url).
 
     ``port``: a chosen port (so that a restarted server comes back where the client expects it);
-    default a free one. The store and its log are appended to, so a restart keeps both."""
-    port = port or free_port()
+    default a free one. The store and its log are appended to, so a restart keeps both. A port that
+    another process took before the server bound it (`PortTaken`) is tried again, 3 times in all: a new
+    free port, or the chosen one after a second. ``timeout_s``: for /health (a start takes 7-20 s, more
+    on a loaded machine; the first one migrates a fresh store)."""
+    for attempt in range(3):
+        try:
+            return _start_mlflow_server(store_dir, timeout_s, port or free_port())
+        except PortTaken:
+            if attempt == 2:
+                raise
+            time.sleep(1.0 if port else 0.0)
+    raise AssertionError("unreachable")
+
+
+def _start_mlflow_server(store_dir: Path, timeout_s: float, port: int) -> tuple[subprocess.Popen, str]:
     store_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -85,22 +91,17 @@ def start_mlflow_server(
         "--backend-store-uri", f"sqlite:///{store_dir}/mlflow.db",
         "--artifacts-destination", str(store_dir / "artifacts"),
     ]  # fmt: skip
-    log = open(store_dir / "server.log", "ab")  # noqa: SIM115
+    log_path = store_dir / "server.log"
+    since = log_path.stat().st_size if log_path.exists() else 0
+    log = open(log_path, "ab")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = (store_dir / "server.log").read_text()[-3000:]
-            raise RuntimeError(f"mlflow server exited early:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    stop_mlflow_server(proc)
-    raise RuntimeError(f"mlflow server did not answer /health within {timeout_s} s")
+    try:
+        wait_until_healthy(proc, url, log_path, since, timeout_s)
+    except RuntimeError:
+        stop_mlflow_server(proc)
+        raise
+    return proc, url
 
 
 def stop_mlflow_server(proc: subprocess.Popen) -> None:

@@ -136,7 +136,7 @@ def test_a_connect_that_times_out_is_still_called_unreachable():
         finally:
             first.close()
     assert "is unreachable (timed out); HINT" in msg and "did not answer" not in msg, msg
-    assert took < 4 * T1, took  # bounded (generous: a loaded machine)
+    assert took < 10 * T1, took  # bounded, not the OS's ~2 min of SYN retries (generous: a loaded machine)
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ def test_a_real_sqlite_server_whose_database_another_process_locks(tmp_path, scr
             assert locker.stdout.readline() == "locked\n"
             msg, took = _timed_check(url, 1.0)
             assert "is up (/health answered) but its store did not answer within 1 s" in msg, msg
-            assert 1.0 <= took < 4.0, took  # the deadline (generous: a loaded machine)
+            assert 1.0 <= took < 10.0, took  # the deadline, not SQLite's 20 s busy wait (generous: load)
             code, err = run_main(capsys, train_cli.main, ["--tracking-uri", url, "--model", "DiT-S/8"])
             assert code == 2 and "its store did not answer within 0.5 s" in err, err
             assert sorted(p.name for p in Path.cwd().iterdir()) == []
