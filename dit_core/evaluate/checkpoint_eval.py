@@ -1,4 +1,5 @@
-"""``evaluate_checkpoint``: the EMA weights of a training checkpoint -> metrics (what the CLI runs)."""
+"""A training checkpoint's EMA weights -> metrics (what the CLI runs): `prepare_checkpoint_eval` checks
+every input, then `score_prepared` samples and scores."""
 
 from __future__ import annotations
 
@@ -185,7 +186,6 @@ class PreparedEval:
     metrics: tuple[str, ...]
     vae: object | None
     step: int  # the checkpoint's training step
-    flat: dict  # the checkpoint's flat training config
 
 
 def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> PreparedEval:
@@ -247,7 +247,6 @@ def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> Prep
         tuple(metrics),
         vae,
         int(ckpt["step"]),
-        ckpt["config"],
     )
 
 
@@ -263,10 +262,3 @@ def score_prepared(
         inception_weights=cfg.inception_weights, save_samples=cfg.save_samples,
         feature_spaces=feature_spaces, progress=cfg.progress,
     )  # fmt: skip
-
-
-def evaluate_checkpoint(cfg: CheckpointEvalConfig) -> tuple[dict[str, float], int, dict]:
-    """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder),
-    on one process (the CLI's steps: `prepare_checkpoint_eval`, then `score_prepared`)."""
-    prepared = prepare_checkpoint_eval(cfg)
-    return score_prepared(prepared, cfg), prepared.step, prepared.flat
