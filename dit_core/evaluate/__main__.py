@@ -303,20 +303,17 @@ def main(argv: list[str] | None = None) -> int:
         code, message, _ = _failure(e, accelerator, timeout_s)
     if several and code in (0, 1, 2):  # the ranks agree: the same input may be bad on one rank only
         code, message, say = _agree(accelerator, code, message, timeout_s)
-    if code:
+    if not code:
+        try:
+            metrics = score_prepared(prepared, cfg, accelerator, spaces)
+        except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
+            (code, message, peers), say = _failure(e, accelerator, timeout_s), True
+            if several and code in (1, 2) and not peers:  # for the others, waiting for it in a collective
+                said = timeout_explained(e, timeout_s, accelerator.process_index, STOPPED_WHEN)  # not gloo's
+                publish_failure(accelerator.process_index, f"{type(said).__name__}: {said}")
+    if code:  # the checks or the scoring failed
         if say:
             print(message, file=sys.stderr)
-        if several:
-            _leave(accelerator, code, together=False)
-        return code
-    try:
-        metrics = score_prepared(prepared, cfg, accelerator, spaces)
-    except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
-        code, message, peers = _failure(e, accelerator, timeout_s)
-        if several and code in (1, 2) and not peers:  # for the others, waiting for this rank in a collective
-            said = timeout_explained(e, timeout_s, accelerator.process_index, STOPPED_WHEN)  # not gloo's
-            publish_failure(accelerator.process_index, f"{type(said).__name__}: {said}")
-        print(message, file=sys.stderr)
         if several:
             _leave(accelerator, code, together=False)
         return code
