@@ -204,10 +204,8 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
                 self.load_failures += 1
                 if path not in self.skipped:
                     self.skipped.append(path)
-                failure = f"could not load image {path} ({type(e).__name__}: {e})"
-                log.warning(
-                    "%s; using the next item instead (%d load failures so far)", failure, self.load_failures
-                )
+                log.warning("could not load image %s (%s: %s); using the next item instead (%d load failures "
+                            "so far)", path, type(e).__name__, e, self.load_failures)  # fmt: skip
                 continue
             return x, torch.tensor(label, dtype=torch.int64)
         raise RuntimeError(f"no image in {self.root!r} could be loaded")
