@@ -30,6 +30,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..data import digits_images, photos_images
+from ..data.digits import SPLITS as DIGITS_SPLITS
 from ..data.imagefolder import IMG_EXTENSIONS, center_crop_arr, load_rgb
 from ..data.photos import PhotoOptions, parse_photos_reference
 from .features import FeatureExtractor
@@ -37,7 +38,6 @@ from .frechet import GaussianStats
 
 log = logging.getLogger(__name__)
 
-DIGITS_SPLITS = ("all", "train", "val")
 CACHE_ENV = "DITSCALE_CACHE"
 
 
@@ -157,7 +157,7 @@ def resolve_reference(spec: str, resolution: int, channels: int | None = None) -
     if spec == "digits" or spec.startswith("digits:"):
         split = spec.partition(":")[2] or "all"
         if split not in DIGITS_SPLITS:
-            raise ValueError(f"reference {spec!r}: digits split must be one of {list(DIGITS_SPLITS)}")
+            raise ValueError(f"reference {spec!r}: digits split must be one of {sorted(DIGITS_SPLITS)}")
         _check_channels(spec, 1, channels)
         return ReferenceSource(spec, resolution, "digits", split=split)
     if spec == "photos" or spec.startswith("photos:"):
