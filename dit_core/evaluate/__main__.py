@@ -54,7 +54,7 @@ _FLAGS = (
     ("--num-samples", dict(type=int_at_least(2, "num_samples", " to fit a covariance"),
                            help=f"samples to score, >= 2 ({_OWN}: eval.num_samples)")),
     ("--batch-size", dict(type=int_at_least(1), default=100,
-                          help="per-process sampling batch (default: 100)")),
+                          help="per-process sampling batch (default: %(default)s)")),
     ("--sampler", dict(help=f"{' | '.join(SAMPLERS)} ({_OWN}: eval.sampler)")),
     ("--steps", dict(type=int_at_least(1), help=f"sampler steps ({_OWN}: eval.steps)")),
     ("--cfg-scale", dict(type=float, help=f"guidance scale, 1 = none ({_OWN}: eval.cfg_scale)")),
