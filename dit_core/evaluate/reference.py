@@ -109,12 +109,13 @@ class ReferenceSource:
         for i in range(0, len(self.files), size):
             batch = []
             for path in self.files[i : i + size]:
-                img = _read_image(path)
-                if isinstance(img, str):
-                    log.warning("skipping unreadable reference image %s (%s)", path, img)
+                try:
+                    img = load_rgb(str(path))
+                except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError: an OSError
+                    log.warning("skipping unreadable reference image %s (%s: %s)", path, type(e).__name__, e)
                     skipped.append(path)
-                else:
-                    batch.append(center_crop_arr(img, self.resolution))
+                    continue
+                batch.append(center_crop_arr(img, self.resolution))
             read += len(batch)
             if batch:
                 yield np.stack(batch).transpose(0, 3, 1, 2)
@@ -126,14 +127,6 @@ class ReferenceSource:
                 f"reference folder {self.spec} holds {read} readable image(s) ({len(skipped)} cannot be "
                 f"read: {', '.join(map(str, skipped[:3]))}); FID needs at least 2: remove or replace them"
             )
-
-
-def _read_image(path: Path) -> Any:
-    """``path`` decoded as an RGB PIL image, or why it cannot be read as one (a str)."""
-    try:
-        return load_rgb(str(path))
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-        return f"{type(e).__name__}: {e}"
 
 
 def _check_channels(spec: str, have: int, channels: int | None) -> None:
