@@ -124,12 +124,10 @@ def _check_run(run_id: str) -> None:
         "run is in"
     )
     missing = f"--mlflow-run-id {run_id}: the MLflow tracking store {uri} does not exist; {where}"
-    if uri.startswith(("http://", "https://")):  # MLflow would retry for minutes, then say "no such run"
-        try:
+    try:
+        if uri.startswith(("http://", "https://")):  # MLflow would retry for minutes, then say "no such run"
             check_tracking_server(uri, "start it, or set MLFLOW_TRACKING_URI to the store the run is in")
-        except ValueError as e:
-            raise ValueError(f"--mlflow-run-id {run_id}: {e}") from None
-    try:  # reading only: MLflow would create an empty store (in the working folder by default) just to look
+        # reading only: MLflow would create an empty store (in the working folder by default) just to look
         check_sqlite_store(uri, missing=missing)
     except ValueError as e:
         raise ValueError(str(e) if str(e) == missing else f"--mlflow-run-id {run_id}: {e}") from None
