@@ -239,14 +239,7 @@ def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> Prep
     check_steps(settings.steps, diffusion.num_timesteps, given=cfg.steps is not None)
     num_samples = cfg.num_samples if cfg.num_samples is not None else tcfg.eval.num_samples
     return PreparedEval(
-        model,
-        diffusion,
-        settings,
-        num_samples,
-        source,
-        tuple(metrics),
-        vae,
-        int(ckpt["step"]),
+        model, diffusion, settings, num_samples, source, tuple(metrics), vae, int(ckpt["step"])
     )
 
 
