@@ -24,6 +24,7 @@ from ..configio import KeepRawFormatter, exit_codes_help, float_where, int_at_le
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
 from ..tracking import EVAL_PREFIX, FEATURE_SPACE_TAG, feature_space_tag
+from .checkpoint_eval import CheckpointEvalConfig
 from .features import WEIGHTS_ENV
 from .metrics import INCEPTION_METRICS, METRICS, domain_metrics
 
@@ -53,7 +54,7 @@ _FLAGS = (
     ("--checkpoint", dict(required=True, help="checkpoint .pt or a run folder (latest checkpoint)")),
     ("--num-samples", dict(type=int_at_least(2, "num_samples", " to fit a covariance"),
                            help=f"samples to score, >= 2 ({_OWN}: eval.num_samples)")),
-    ("--batch-size", dict(type=int_at_least(1), default=100,
+    ("--batch-size", dict(type=int_at_least(1), default=CheckpointEvalConfig.batch_size,
                           help="per-process sampling batch (default: %(default)s)")),
     ("--sampler", dict(help=f"{' | '.join(SAMPLERS)} ({_OWN}: eval.sampler)")),
     ("--steps", dict(type=int_at_least(1), help=f"sampler steps ({_OWN}: eval.steps)")),
@@ -67,7 +68,8 @@ _FLAGS = (
     ("--vae", dict(help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent "
                    "runs only; refused for pixel-space runs)")),
     ("--raw-weights", dict(action="store_true", help="use the raw weights instead of the EMA")),
-    ("--device", dict(default="auto", help=f"{DEVICE_HELP}; under accelerate launch, each process's own")),
+    ("--device", dict(default=CheckpointEvalConfig.device,
+                      help=f"{DEVICE_HELP}; under accelerate launch, each process's own")),
     ("--clip-denoised", dict(action=argparse.BooleanOptionalAction, default=None,
                              help="clamp the sampler's x0 estimate to [-1, 1] at each step (default: as the "
                              "run's own evaluation, eval.clip_denoised: on for pixel data, off for latents "
@@ -258,12 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from ..memory import keep_freed_memory
     from ..trainer.ranklog import process_state, publish_failure, timeout_explained
-    from .checkpoint_eval import (
-        CheckpointEvalConfig,
-        check_output_files,
-        prepare_checkpoint_eval,
-        score_prepared,
-    )
+    from .checkpoint_eval import check_output_files, prepare_checkpoint_eval, score_prepared
     from .sampling import log_metrics
 
     keep_freed_memory()  # sampling reuses its blocks instead of faulting them in (dit_core.memory)
