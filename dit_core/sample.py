@@ -218,7 +218,8 @@ _OWN = "default: the run's own"
 _FLAGS = (
     ("--checkpoint", dict(required=True, help="checkpoint .pt or a run folder (latest checkpoint)")),
     ("--out", dict(required=True, help="the image grid to write (.png; .jpg, .webp by suffix)")),
-    ("--num-samples", dict(type=int_at_least(1), help="images, labels 0, 1, ... cycling (default: 16)")),
+    ("--num-samples", dict(type=int_at_least(1), help=f"images, labels 0, 1, ... cycling (default: "
+                           f"{SampleConfig.num_samples})")),
     ("--class-labels", dict(type=_labels, help="one image per label, e.g. 0,1,2 (not with --num-samples)")),
     ("--image-size", dict(type=int_at_least(1), help="pixels; other than the training size needs a rope "
                           "model")),
@@ -229,8 +230,9 @@ _FLAGS = (
     ("--vae", dict(help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ "
                    "(latent runs only)")),
     ("--raw-weights", dict(action="store_true", help="use the raw weights instead of the EMA")),
-    ("--device", dict(default="auto", help=DEVICE_HELP)),
-    ("--batch-size", dict(type=int_at_least(1), default=64, help="sampling batch (default: 64)")),
+    ("--device", dict(default=SampleConfig.device, help=DEVICE_HELP)),
+    ("--batch-size", dict(type=int_at_least(1), default=SampleConfig.batch_size,
+                          help="sampling batch (default: %(default)s)")),
     ("--zoom", dict(type=int_at_least(1), help=f"PNG pixels per image pixel (default: tiles of at least "
                     f"{MIN_TILE} px)")),
     ("--npz", dict(help="also write the images here (.npz: arr_0 NHWC uint8, labels)")),

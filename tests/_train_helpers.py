@@ -158,3 +158,11 @@ def nan_loss_at(monkeypatch, call: int):
 
     monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
     return real
+
+
+def evaluate_checkpoint(cfg) -> tuple[dict[str, float], int]:
+    """(metrics, training step) of ``cfg.checkpoint`` on one process, as the CLI scores it."""
+    from dit_core.evaluate.checkpoint_eval import prepare_checkpoint_eval, score_prepared
+
+    prepared = prepare_checkpoint_eval(cfg)
+    return score_prepared(prepared, cfg), prepared.step

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from _image_helpers import RandomConvExtractor
+from _train_helpers import evaluate_checkpoint
 
 from dit_core.checkpoint import save_checkpoint
 from dit_core.config import ModelConfig, TrainConfig
@@ -172,6 +173,7 @@ from dit_core.diffusion import DiffusionConfig, create_diffusion
 from dit_core.evaluate import SampleSettings, evaluate_model
 from dit_core.models import DiT
 from _image_helpers import RandomConvExtractor
+from _train_helpers import evaluate_checkpoint
 
 from datetime import timedelta
 from accelerate.utils import InitProcessGroupKwargs
@@ -263,7 +265,7 @@ def _rgb_reference(path, n: int = 6, size: int = 16) -> str:
 def test_a_latent_runs_checkpoint_needs_a_reference_and_a_local_vae(tiny_vae, tmp_path):
     """A run on VAE latents has no reference of its own and samples latents: its evaluation asks for a
     reference and a local VAE folder, by name, then scores the VAE's decoded RGB images."""
-    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig
 
     cfg = _train_config()
     cfg = replace(cfg, model=replace(cfg.model, input_size=8, in_channels=4),
@@ -282,13 +284,13 @@ def test_a_latent_runs_checkpoint_needs_a_reference_and_a_local_vae(tiny_vae, tm
         evaluate_checkpoint(replace(scored, vae=str(tmp_path / "novae")))
     tiny_vae.save_pretrained(tmp_path / "vae")
     out = tmp_path / "s.npz"
-    got, step, _ = evaluate_checkpoint(replace(scored, vae=str(tmp_path / "vae"), save_samples=str(out)))
+    got, step = evaluate_checkpoint(replace(scored, vae=str(tmp_path / "vae"), save_samples=str(out)))
     assert step == 3 and got["fid"] > 0 and "is" not in got  # Inception features of the decoded RGB
     assert np.load(out)["arr_0"].shape == (4, 16, 16, 3)  # 4 x 8 x 8 latents decoded to 16 px RGB
 
 
 def test_a_checkpoint_without_ema_weights_is_named_and_scored_with_raw_weights(tiny, tmp_path):
-    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig
 
     model, _, cfg = tiny
     own = replace(cfg, eval=replace(cfg.eval, num_samples=4, steps=2, metrics=("fid_digits",)))
@@ -297,14 +299,14 @@ def test_a_checkpoint_without_ema_weights_is_named_and_scored_with_raw_weights(t
     with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))} is not a dit_core training "
                        r"checkpoint \(missing \['ema'\]\)$"):  # fmt: skip
         evaluate_checkpoint(run)
-    got, step, _ = evaluate_checkpoint(replace(run, use_ema=False))
+    got, step = evaluate_checkpoint(replace(run, use_ema=False))
     assert step == 2 and got["fid_digits"] > 0
 
 
 def test_a_checkpoint_without_label_dropout_refuses_guidance_and_samples_at_scale_1(tiny, tmp_path):
     """No unconditional branch to guide with: a guidance scale given is refused before sampling,
     naming the flag and the fix; scale 1 (and the run's own setting, which is 1) samples."""
-    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig
 
     model, _, cfg = tiny
     cfg = replace(cfg, model=replace(cfg.model, class_dropout_prob=0.0))

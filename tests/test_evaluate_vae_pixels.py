@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from _train_helpers import one_thread, tiny_config
+from _train_helpers import evaluate_checkpoint, one_thread, tiny_config
 
 from dit_core.configio import ConfigError
-from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig
 from dit_core.train import train
 
 REPO = Path(__file__).resolve().parents[1]

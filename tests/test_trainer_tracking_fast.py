@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _train_helpers import evaluate_checkpoint, one_thread
 from _train_helpers import metric_history as _history
-from _train_helpers import one_thread
 from mlflow import MlflowClient
 from test_trainer_lifecycle_fast import COSINE, _closed_lr, _per_step_losses, tiny
 
@@ -429,7 +429,7 @@ def test_a_checkpoint_evaluation_reproduces_the_runs_own_sample_metrics(tmp_path
     the run's in-training evaluation: same EMA weights, seed, sampler, steps, guidance, sample count,
     metrics and x0 clipping (pixel data: on). Each flag given departs from the run's setting."""
     from dit_core.evaluate.__main__ import build_parser
-    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, evaluate_checkpoint
+    from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig
 
     cfg = tiny(tmp_path, 2, seed=5, **{"eval.num_samples": 6, "eval.steps": 3, "eval.batch_size": 4,
                                        "eval.sampler": "ddim", "eval.cfg_scale": 2.0,
@@ -441,10 +441,10 @@ def test_a_checkpoint_evaluation_reproduces_the_runs_own_sample_metrics(tmp_path
         tr.ema.model.y_embedder.embedding_table.weight.mul_(20.0)
     path = tr.save()
     in_run = evaluate_samples(tr.ema.model, tr.diffusion, tr.cfg, tr.dit_cfg, tr.acc)
-    got, step, _ = evaluate_checkpoint(CheckpointEvalConfig(checkpoint=str(path), batch_size=5))
+    got, step = evaluate_checkpoint(CheckpointEvalConfig(checkpoint=str(path), batch_size=5))
     assert step == 1 and set(got) == set(in_run) and got == pytest.approx(in_run, rel=1e-6)
     for change in ({"clip_denoised": False}, {"seed": 6}, {"steps": 2}, {"cfg_scale": 1.0}):
-        other, _, _ = evaluate_checkpoint(CheckpointEvalConfig(checkpoint=str(path), **change))
+        other, _ = evaluate_checkpoint(CheckpointEvalConfig(checkpoint=str(path), **change))
         # the same settings reproduce to 1e-6 (above); each change moves the FID by 0.1-5 % on 2 CPUs
         assert other["fid_digits"] != pytest.approx(in_run["fid_digits"], rel=1e-5), (change, other, in_run)
     args = build_parser().parse_args(["--checkpoint", "x"])

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..configio import check_fields, coerce_fields, require
-from .digits import MAX_RESOLUTION
+from .digits import MAX_RESOLUTION, SPLITS
 from .photos import PHOTOS, PhotoOptions
 
 DATASET_NAMES = ("digits", "imagefolder", "latents", "photos")
 FOLDER_DATASETS = ("imagefolder", "latents")  # read data.root; the others are bundled
-SPLITS = ("train", "val", "all")
 
 
 @dataclass

@@ -18,6 +18,8 @@ from .flip import EpochFlipMixin
 
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
+#: The digits' splits (`digits_split_indices`), and so `dit_core.data.build_dataset`'s.
+SPLITS = ("train", "val", "all")
 #: The largest side the 8 px digits are resized to (32x; the training set then takes ~1 GB of memory);
 #: also the photos' limit (`DataConfig`), whose crops cover at most a few hundred pixels.
 MAX_RESOLUTION = 256
@@ -49,8 +51,8 @@ def digits_split_indices(split: str) -> np.ndarray:
 
     "val" holds ``round(0.1 * n_c)`` images of each class c, chosen with a fixed seed.
     """
-    if split not in ("train", "val", "all"):
-        raise ValueError(f"digits split {split!r} is not valid; choose one of ['train', 'val', 'all']")
+    if split not in SPLITS:
+        raise ValueError(f"digits split {split!r} is not valid; choose one of {list(SPLITS)}")
     _, labels = _load_raw()
     if split == "all":
         return np.arange(len(labels))

@@ -108,9 +108,7 @@ def _image_files(folder: str, seen: set[str]) -> list[str]:
     return files
 
 
-def scan_image_folder(
-    root: str, validate: bool = True, num_threads: int = 8, classes: list[str] | None = None
-) -> FolderScan:
+def scan_image_folder(root: str, validate: bool = True, classes: list[str] | None = None) -> FolderScan:
     """List ``root/<class>/*.<image ext>`` (sorted) and, if ``validate``, drop unreadable files.
 
     ``classes``: label by these names (a validation folder read with the training folder's classes;
@@ -141,7 +139,7 @@ def scan_image_folder(
         )
     skipped: list[str] = []
     if validate:
-        with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        with ThreadPoolExecutor(max_workers=8) as pool:
             errors = list(pool.map(_verify, (p for p, _ in samples)))
         for (path, _), err in zip(samples, errors):
             if err is not None:
@@ -204,10 +202,8 @@ class ImageFolderDataset(EpochFlipMixin, Dataset):
                 self.load_failures += 1
                 if path not in self.skipped:
                     self.skipped.append(path)
-                failure = f"could not load image {path} ({type(e).__name__}: {e})"
-                log.warning(
-                    "%s; using the next item instead (%d load failures so far)", failure, self.load_failures
-                )
+                log.warning("could not load image %s (%s: %s); using the next item instead (%d load failures "
+                            "so far)", path, type(e).__name__, e, self.load_failures)  # fmt: skip
                 continue
             return x, torch.tensor(label, dtype=torch.int64)
         raise RuntimeError(f"no image in {self.root!r} could be loaded")

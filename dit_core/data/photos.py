@@ -110,7 +110,6 @@ class PhotoCrops:
         crop_scale: tuple[float, float],
         holdout: float,
     ):
-        check_photo_options(channels, crop_scale, holdout, len(images))
         self.channels, self.crop_scale, self.holdout = channels, tuple(crop_scale), float(holdout)
         self.heights = np.array([im.shape[0] for im in images], dtype=np.int64)
         self.widths = np.array([im.shape[1] for im in images], dtype=np.int64)
@@ -196,21 +195,6 @@ class PhotoCrops:
         return x, torch.from_numpy(b["label"])
 
 
-def check_photo_options(channels: int, crop_scale: Sequence[float], holdout: float, num_photos: int) -> None:
-    """ValueError naming the bad option (channels, crop scale vs holdout, number of photos)."""
-    if channels not in (1, 3):
-        raise ValueError(f"photos: channels must be 1 (grey) or 3 (colour), got {channels!r}")
-    if not 0 < holdout <= 0.5:
-        raise ValueError(f"photos: holdout must be in (0, 0.5] (fraction of columns held out), got {holdout}")
-    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= holdout:
-        raise ValueError(
-            f"photos: crop_scale must be (min, max) with 0 < min <= max <= holdout={holdout} so that "
-            f"validation crops fit in the held-out strip; got {tuple(crop_scale)}"
-        )
-    if num_photos < 1:
-        raise ValueError(f"photos: need at least one photo, got {num_photos}")
-
-
 @dataclass(frozen=True)
 class PhotoOptions:
     """What a photos stream is cut from (the one place of these defaults): the first ``num_photos``
@@ -223,11 +207,26 @@ class PhotoOptions:
     holdout: float = 0.25
 
     def __post_init__(self) -> None:
+        """ValueError naming the bad option (channels, crop scale vs holdout, number of photos)."""
         object.__setattr__(self, "crop_scale", tuple(float(v) for v in self.crop_scale))
         object.__setattr__(self, "holdout", float(self.holdout))
-        check_photo_options(self.channels, self.crop_scale, self.holdout, self.num_photos)
-        if self.num_photos > len(PHOTOS):
-            raise ValueError(f"photos: num_photos must be 1..{len(PHOTOS)}, got {self.num_photos}")
+        scale, holdout, n = self.crop_scale, self.holdout, self.num_photos
+        for ok, what in (
+            (self.channels in (1, 3), f"channels must be 1 (grey) or 3 (colour), got {self.channels!r}"),
+            (
+                0 < holdout <= 0.5,
+                f"holdout must be in (0, 0.5] (fraction of columns held out), got {holdout}",
+            ),
+            (
+                len(scale) == 2 and 0 < scale[0] <= scale[1] <= holdout,
+                f"crop_scale must be (min, max) with 0 < min <= max <= holdout={holdout} so that validation "
+                f"crops fit in the held-out strip; got {scale}",
+            ),
+            (n >= 1, f"need at least one photo, got {n}"),
+            (n <= len(PHOTOS), f"num_photos must be 1..{len(PHOTOS)}, got {n}"),
+        ):
+            if not ok:
+                raise ValueError(f"photos: {what}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -24,6 +24,7 @@ from ..configio import KeepRawFormatter, exit_codes_help, float_where, int_at_le
 from ..device import DEVICE_HELP
 from ..diffusion.config import SAMPLERS
 from ..tracking import EVAL_PREFIX, FEATURE_SPACE_TAG, feature_space_tag
+from .checkpoint_eval import CheckpointEvalConfig
 from .features import WEIGHTS_ENV
 from .metrics import INCEPTION_METRICS, METRICS, domain_metrics
 
@@ -53,8 +54,8 @@ _FLAGS = (
     ("--checkpoint", dict(required=True, help="checkpoint .pt or a run folder (latest checkpoint)")),
     ("--num-samples", dict(type=int_at_least(2, "num_samples", " to fit a covariance"),
                            help=f"samples to score, >= 2 ({_OWN}: eval.num_samples)")),
-    ("--batch-size", dict(type=int_at_least(1), default=100,
-                          help="per-process sampling batch (default: 100)")),
+    ("--batch-size", dict(type=int_at_least(1), default=CheckpointEvalConfig.batch_size,
+                          help="per-process sampling batch (default: %(default)s)")),
     ("--sampler", dict(help=f"{' | '.join(SAMPLERS)} ({_OWN}: eval.sampler)")),
     ("--steps", dict(type=int_at_least(1), help=f"sampler steps ({_OWN}: eval.steps)")),
     ("--cfg-scale", dict(type=float, help=f"guidance scale, 1 = none ({_OWN}: eval.cfg_scale)")),
@@ -67,7 +68,8 @@ _FLAGS = (
     ("--vae", dict(help="local diffusers AutoencoderKL folder, or a pipeline folder with it in vae/ (latent "
                    "runs only; refused for pixel-space runs)")),
     ("--raw-weights", dict(action="store_true", help="use the raw weights instead of the EMA")),
-    ("--device", dict(default="auto", help=f"{DEVICE_HELP}; under accelerate launch, each process's own")),
+    ("--device", dict(default=CheckpointEvalConfig.device,
+                      help=f"{DEVICE_HELP}; under accelerate launch, each process's own")),
     ("--clip-denoised", dict(action=argparse.BooleanOptionalAction, default=None,
                              help="clamp the sampler's x0 estimate to [-1, 1] at each step (default: as the "
                              "run's own evaluation, eval.clip_denoised: on for pixel data, off for latents "
@@ -124,12 +126,10 @@ def _check_run(run_id: str) -> None:
         "run is in"
     )
     missing = f"--mlflow-run-id {run_id}: the MLflow tracking store {uri} does not exist; {where}"
-    if uri.startswith(("http://", "https://")):  # MLflow would retry for minutes, then say "no such run"
-        try:
+    try:
+        if uri.startswith(("http://", "https://")):  # MLflow would retry for minutes, then say "no such run"
             check_tracking_server(uri, "start it, or set MLFLOW_TRACKING_URI to the store the run is in")
-        except ValueError as e:
-            raise ValueError(f"--mlflow-run-id {run_id}: {e}") from None
-    try:  # reading only: MLflow would create an empty store (in the working folder by default) just to look
+        # reading only: MLflow would create an empty store (in the working folder by default) just to look
         check_sqlite_store(uri, missing=missing)
     except ValueError as e:
         raise ValueError(str(e) if str(e) == missing else f"--mlflow-run-id {run_id}: {e}") from None
@@ -260,12 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from ..memory import keep_freed_memory
     from ..trainer.ranklog import process_state, publish_failure, timeout_explained
-    from .checkpoint_eval import (
-        CheckpointEvalConfig,
-        check_output_files,
-        prepare_checkpoint_eval,
-        score_prepared,
-    )
+    from .checkpoint_eval import check_output_files, prepare_checkpoint_eval, score_prepared
     from .sampling import log_metrics
 
     keep_freed_memory()  # sampling reuses its blocks instead of faulting them in (dit_core.memory)
@@ -303,20 +298,17 @@ def main(argv: list[str] | None = None) -> int:
         code, message, _ = _failure(e, accelerator, timeout_s)
     if several and code in (0, 1, 2):  # the ranks agree: the same input may be bad on one rank only
         code, message, say = _agree(accelerator, code, message, timeout_s)
-    if code:
+    if not code:
+        try:
+            metrics = score_prepared(prepared, cfg, accelerator, spaces)
+        except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
+            (code, message, peers), say = _failure(e, accelerator, timeout_s), True
+            if several and code in (1, 2) and not peers:  # for the others, waiting for it in a collective
+                said = timeout_explained(e, timeout_s, accelerator.process_index, STOPPED_WHEN)  # not gloo's
+                publish_failure(accelerator.process_index, f"{type(said).__name__}: {said}")
+    if code:  # the checks or the scoring failed
         if say:
             print(message, file=sys.stderr)
-        if several:
-            _leave(accelerator, code, together=False)
-        return code
-    try:
-        metrics = score_prepared(prepared, cfg, accelerator, spaces)
-    except (Exception, KeyboardInterrupt) as e:  # this rank's own error, or a lost peer's
-        code, message, peers = _failure(e, accelerator, timeout_s)
-        if several and code in (1, 2) and not peers:  # for the others, waiting for this rank in a collective
-            said = timeout_explained(e, timeout_s, accelerator.process_index, STOPPED_WHEN)  # not gloo's
-            publish_failure(accelerator.process_index, f"{type(said).__name__}: {said}")
-        print(message, file=sys.stderr)
         if several:
             _leave(accelerator, code, together=False)
         return code

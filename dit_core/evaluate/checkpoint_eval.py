@@ -1,4 +1,5 @@
-"""``evaluate_checkpoint``: the EMA weights of a training checkpoint -> metrics (what the CLI runs)."""
+"""A training checkpoint's EMA weights -> metrics (what the CLI runs): `prepare_checkpoint_eval` checks
+every input, then `score_prepared` samples and scores."""
 
 from __future__ import annotations
 
@@ -185,7 +186,6 @@ class PreparedEval:
     metrics: tuple[str, ...]
     vae: object | None
     step: int  # the checkpoint's training step
-    flat: dict  # the checkpoint's flat training config
 
 
 def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> PreparedEval:
@@ -239,15 +239,7 @@ def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> Prep
     check_steps(settings.steps, diffusion.num_timesteps, given=cfg.steps is not None)
     num_samples = cfg.num_samples if cfg.num_samples is not None else tcfg.eval.num_samples
     return PreparedEval(
-        model,
-        diffusion,
-        settings,
-        num_samples,
-        source,
-        tuple(metrics),
-        vae,
-        int(ckpt["step"]),
-        ckpt["config"],
+        model, diffusion, settings, num_samples, source, tuple(metrics), vae, int(ckpt["step"])
     )
 
 
@@ -263,10 +255,3 @@ def score_prepared(
         inception_weights=cfg.inception_weights, save_samples=cfg.save_samples,
         feature_spaces=feature_spaces, progress=cfg.progress,
     )  # fmt: skip
-
-
-def evaluate_checkpoint(cfg: CheckpointEvalConfig) -> tuple[dict[str, float], int, dict]:
-    """(metrics, training step, checkpoint's flat config) for ``cfg.checkpoint`` (file or run folder),
-    on one process (the CLI's steps: `prepare_checkpoint_eval`, then `score_prepared`)."""
-    prepared = prepare_checkpoint_eval(cfg)
-    return score_prepared(prepared, cfg), prepared.step, prepared.flat

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -108,10 +108,9 @@ def recipe_for_reference(domain: str, resolution: int, options: dict | None = No
     """The recipe serving a ``domain`` reference at ``resolution`` (photos: the reference's options)."""
     if domain == "digits":
         return digits_recipe(resolution)
-    if domain == "photos":
-        o = options or {}
-        keys = ("channels", "num_photos", "crop_scale", "holdout")
-        return photos_recipe(resolution, PhotoOptions(**{k: o[k] for k in keys if k in o}))
+    if domain == "photos":  # the reference's options less its n
+        given = {k: v for k, v in (options or {}).items() if k in {f.name for f in fields(PhotoOptions)}}
+        return photos_recipe(resolution, PhotoOptions(**given))
     raise ValueError(f"no domain classifier for {domain!r}; domains: {list(DOMAINS)}")
 
 

@@ -196,21 +196,15 @@ class InceptionExtractor(FeatureExtractor):
         return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
 
     @torch.inference_mode()
-    def forward_resized(self, x: torch.Tensor, outputs: Sequence[str] = ("pool",)) -> dict[str, torch.Tensor]:
-        """Network outputs for float (B, 3, 299, 299) in [0, 255] (already resized)."""
-        h = (x.to(self.device, torch.float32) - 128.0) / 128.0
+    def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        h = (self.resize(to_rgb(x)).to(self.device, torch.float32) - 128.0) / 128.0  # (B, 3, 299, 299)
         res: dict[str, torch.Tensor] = {}
         for name, layer in self.children:
             if name == "mixed_6" and "spatial" in outputs:
                 s = layer.conv(h)[:, :7]  # (B, 7, 17, 17)
                 res["spatial"] = s.permute(0, 2, 3, 1).reshape(len(s), -1)
             h = layer(h)
-        pool = h.reshape(len(h), 2048)
-        res["pool"] = pool
+        res["pool"] = h.reshape(len(h), 2048)
         if "probs" in outputs:
-            res["probs"] = torch.softmax(pool @ self.logits_weight.to(pool.device).T, dim=1)
-        return res
-
-    def _extract_batch(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        res = self.forward_resized(self.resize(to_rgb(x)), outputs)
+            res["probs"] = torch.softmax(res["pool"] @ self.logits_weight.to(h.device).T, dim=1)
         return {o: res[o].double().cpu().numpy() for o in outputs}

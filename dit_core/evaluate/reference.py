@@ -30,6 +30,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..data import digits_images, photos_images
+from ..data.digits import SPLITS as DIGITS_SPLITS
 from ..data.imagefolder import IMG_EXTENSIONS, center_crop_arr, load_rgb
 from ..data.photos import PhotoOptions, parse_photos_reference
 from .features import FeatureExtractor
@@ -37,7 +38,6 @@ from .frechet import GaussianStats
 
 log = logging.getLogger(__name__)
 
-DIGITS_SPLITS = ("all", "train", "val")
 CACHE_ENV = "DITSCALE_CACHE"
 
 
@@ -109,12 +109,13 @@ class ReferenceSource:
         for i in range(0, len(self.files), size):
             batch = []
             for path in self.files[i : i + size]:
-                img = _read_image(path)
-                if isinstance(img, str):
-                    log.warning("skipping unreadable reference image %s (%s)", path, img)
+                try:
+                    img = load_rgb(str(path))
+                except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError: an OSError
+                    log.warning("skipping unreadable reference image %s (%s: %s)", path, type(e).__name__, e)
                     skipped.append(path)
-                else:
-                    batch.append(center_crop_arr(img, self.resolution))
+                    continue
+                batch.append(center_crop_arr(img, self.resolution))
             read += len(batch)
             if batch:
                 yield np.stack(batch).transpose(0, 3, 1, 2)
@@ -126,14 +127,6 @@ class ReferenceSource:
                 f"reference folder {self.spec} holds {read} readable image(s) ({len(skipped)} cannot be "
                 f"read: {', '.join(map(str, skipped[:3]))}); FID needs at least 2: remove or replace them"
             )
-
-
-def _read_image(path: Path) -> Any:
-    """``path`` decoded as an RGB PIL image, or why it cannot be read as one (a str)."""
-    try:
-        return load_rgb(str(path))
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-        return f"{type(e).__name__}: {e}"
 
 
 def _check_channels(spec: str, have: int, channels: int | None) -> None:
@@ -157,7 +150,7 @@ def resolve_reference(spec: str, resolution: int, channels: int | None = None) -
     if spec == "digits" or spec.startswith("digits:"):
         split = spec.partition(":")[2] or "all"
         if split not in DIGITS_SPLITS:
-            raise ValueError(f"reference {spec!r}: digits split must be one of {list(DIGITS_SPLITS)}")
+            raise ValueError(f"reference {spec!r}: digits split must be one of {sorted(DIGITS_SPLITS)}")
         _check_channels(spec, 1, channels)
         return ReferenceSource(spec, resolution, "digits", split=split)
     if spec == "photos" or spec.startswith("photos:"):
