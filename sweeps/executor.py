@@ -165,11 +165,19 @@ def slurm_mem(mem_gb: float) -> str:
     return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"
 
 
+#: A local job's first ``setup`` line: a no-op EXIT trap keeps the job's shell (``sh -c "SETUP && ... &&
+#: CONTROLLER"``, whose pid is the job's id) as the parent of submitit's controller, which names the job
+#: after its parent. bash (``/bin/sh`` on Fedora, RHEL, Arch) would run the last command in the shell's
+#: own process: the controller's parent was the launcher, and every local job failed. dash keeps it.
+KEEP_JOB_SHELL = "trap : EXIT"
+
+
 def local_job_setup(spec: ExecutorSpec, run_dir: str, threads: int) -> list[str]:
-    """submitit ``setup`` lines of one local job: hold the cell's lock (`sweeps.lock`) for the job's
-    life, export the thread count for every process of the job, then the sweep's own lines."""
+    """submitit ``setup`` lines of one local job: keep its shell (`KEEP_JOB_SHELL`), hold the cell's lock
+    (`sweeps.lock`) for the job's life, export the thread count for every process of the job, then the
+    sweep's own lines."""
     env = [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"] if threads else []
-    return cell_job_lock_lines(run_dir) + env + list(spec.setup)
+    return [KEEP_JOB_SHELL] + cell_job_lock_lines(run_dir) + env + list(spec.setup)
 
 
 class JobRef(NamedTuple):

@@ -587,11 +587,12 @@ class _Runner:
 
     def _interrupted(self, signum: int = signal.SIGINT, wait_s: float = 10.0) -> None:
         """Ctrl-C (or ``signum``, one of `STOP_SIGNALS`) while this launcher waits: pass a Ctrl-C on to
-        each process of the live local jobs (`_ctrl_c`: a terminal's reached them already, a signal to
-        the launcher alone did not), record each live local cell's submission as interrupted (not a
-        try), wait up to ``wait_s`` for the jobs to end, and end the runs their trainers did not: KILLED,
-        tag status=interrupted. A second signal during that wait kills the jobs still alive (every
-        process, `_kill_jobs`) and ends their runs so at once, then raises. SLURM jobs go on running."""
+        each process of the live local jobs (`_ctrl_c`: a terminal's reached a plain job already, not a
+        warm one, nor a signal to the launcher alone) and end the warm worker (it forks no more jobs),
+        record each live local cell's submission as interrupted (not a try), wait up to ``wait_s`` for
+        the jobs to end, and end the runs their trainers did not: KILLED, tag status=interrupted. A
+        second signal during that wait kills the jobs still alive (every process, `_kill_jobs`) and
+        ends their runs so at once, then raises. SLURM jobs go on running."""
         if self.prep.kind == "slurm" or not self.live:
             return
         cells = sorted(self.live)
@@ -603,6 +604,8 @@ class _Runner:
         try:
             with signals_deferred(*STOP_SIGNALS):  # a second signal lets the record be written first
                 _ctrl_c([self.jobs[c] for c in cells if local], signalled)
+                if isinstance(self.executor, WarmExecutor):  # its own session: forks no job after this
+                    self.executor.stop()
                 record_interrupts(uri, counts)
             log.warning("interrupted: %s stopped; not counted as tries (--max-retries)", ", ".join(cells))
             deadline = time.monotonic() + wait_s
@@ -816,26 +819,27 @@ def _signal_word(signum: int) -> str:
 
 
 def _ctrl_c(jobs: Iterable[Any], signalled: set[int]) -> None:
-    """SIGINT, as a terminal's Ctrl-C, to each process of the local ``jobs`` not in ``signalled`` (then
-    added: a trainer takes a second SIGINT 2 s or more after the first for a second Ctrl-C and skips
-    its checkpoint): the trainer and what it started, and a submitit job's shell; a warm job's from its
-    fork on. Not submitit's controller, which on a SIGINT kills its tasks 1 s later whether or not they
-    have checkpointed: it ends once they have."""
+    """SIGINT, as a terminal's Ctrl-C, to each process of the local ``jobs`` (`_ctrl_c_targets`) not in
+    ``signalled`` (then added: a trainer takes a second SIGINT 2 s or more after the first for a second
+    Ctrl-C and skips its checkpoint)."""
     for j in jobs:
-        root = j.pid() if isinstance(j, WarmJob) else int(j.job_id)  # submitit's: its shell's pid
-        for pid in _process_tree(root) - signalled if root else ():
+        for pid in _ctrl_c_targets(j) - signalled:
             signalled.add(pid)
-            if not _submitit_controller(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
 
 
-def _submitit_controller(pid: int) -> bool:
-    """Whether process ``pid`` runs submitit's local job controller (``-m submitit.local._local``)."""
-    try:
-        return b"submitit.local._local" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+def _ctrl_c_targets(job: Any) -> set[int]:
+    """The processes of the local ``job`` a Ctrl-C goes to: a warm job's from its fork on (none before);
+    a submitit job's shell (its ``job_id``: submitit names a job with set-up lines, which
+    `local_job_setup` always gives, after its controller's parent) and what the controller's tasks
+    started, not the controller (the shell's child), which on a SIGINT kills its tasks 1 s later whether
+    or not they have checkpointed: it ends once they have."""
+    if isinstance(job, WarmJob):
+        root = job.pid()
+        return _process_tree(root) if root else set()
+    shell = int(job.job_id)
+    return {shell}.union(*(_process_tree(task) for c in _children(shell) for task in _children(c)))
 
 
 def _hurried_text(what: str, ids: str, left: list[str], kind: str) -> str:
@@ -908,9 +912,16 @@ def _process_tree(pid: int) -> set[int]:
     while todo:
         p = todo.pop()
         out.add(p)
-        for kids in Path(f"/proc/{p}/task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                todo += [int(k) for k in kids.read_text().split() if int(k) not in out]
+        todo += [k for k in _children(p) if k not in out]
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux's /proc; elsewhere none)."""
+    out: list[int] = []
+    for kids in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            out += [int(k) for k in kids.read_text().split()]
     return out
 
 

@@ -139,9 +139,11 @@ class WarmExecutor:
             "max_num_timeout": max_num_timeout,
         }  # fmt: skip
         self.log_path = self.folder / f"warm_{os.getpid()}_{time.time_ns()}.log"
+        # in a session of its own: a terminal's Ctrl-C (or hangup) reaches the launcher alone, whose
+        # Ctrl-C to the jobs (`sweeps.runner._ctrl_c`) is then their only one, however late it comes
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sweeps.warm", json.dumps(config)],
+                [sys.executable, "-m", "sweeps.warm", json.dumps(config)], start_new_session=True,
                 stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
             )  # fmt: skip
         self.submitted = 0  # jobs so far
@@ -162,6 +164,12 @@ class WarmExecutor:
         except (BrokenPipeError, ValueError, OSError) as e:
             raise RuntimeError(f"the warm worker (pid {self.proc.pid}) is gone; see {self.log_path}") from e
         return WarmJob(self, job_id, folder, task.run_dir)
+
+    def stop(self) -> None:
+        """End the zygote (SIGKILL: it may have inherited SIGINT or SIGTERM ignored): it forks no more
+        jobs; those it forked run on (each gets the launcher's Ctrl-C itself, `sweeps.runner._ctrl_c`)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
 
     def close(self, wait_s: float | None = None) -> None:
         """End of input: the zygote exits once its children have; ``wait_s``: wait that long for it."""
