@@ -70,9 +70,11 @@ SIGNAL_SYNC_S = 2.0
 
 
 def in_local_job(env: Mapping[str, str] | None = None) -> bool:
-    """Whether this process is a local sweep job, which a terminal's Ctrl-C reaches together with its
-    launcher (one process group): a job of submitit's local executor (``SUBMITIT_EXECUTOR=local``) or
-    a warm worker's child (`LOCAL_JOB_ENV`); not a debug job, which runs inside the launcher."""
+    """Whether this process is a local sweep job, whose Ctrl-C may come twice: from a terminal (a plain
+    job shares its launcher's process group) and from the launcher, which forwards one to each job (a warm
+    worker's jobs, in their own session, get that one only). A job of submitit's local executor
+    (``SUBMITIT_EXECUTOR=local``) or a warm worker's child (`LOCAL_JOB_ENV`); not a debug job, which
+    runs inside the launcher."""
     env = os.environ if env is None else env
     if env.get("SUBMITIT_DEBUG_JOB_ID"):
         return False
