@@ -736,8 +736,6 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "final": False,
             "budget": _float(params.get("budget.train_flops")),
             "forward_gflops": _float(params.get(MODEL_FORWARD_GFLOPS)),
-            "depth": _float(params.get("model.depth")),
-            "hidden_size": _float(params.get("model.hidden_size")),
             "patch_size": patch,
             "data_name": params.get("data.name"),
             "input_size": size,
