@@ -49,9 +49,6 @@ See docs/analysis.md for what to add to the sweep in each case.
 """
 
 
-_DEFAULTS = AnalysisConfig()
-
-
 def _flops(text: str) -> float:
     """An argparse type: a positive, finite compute budget in FLOPs."""
     try:
@@ -118,7 +115,7 @@ _FLAGS = (
 def _field_flag(field: str, kw: dict) -> dict:
     """add_argument's keywords ``kw`` of a flag that sets the `AnalysisConfig` ``field``, with the field's
     default and type (a bool field: a switch that sets it)."""
-    default = getattr(_DEFAULTS, field)
+    default = getattr(AnalysisConfig(), field)
     kind = {"action": "store_true"} if isinstance(default, bool) else {"type": type(default)}
     return kw | {"default": default} | kind
 

@@ -64,9 +64,8 @@ def assign_budgets(points: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
 
 
 def _patch_of(points: pd.DataFrame) -> pd.Series:
-    if "patch_size" in points.columns:
-        return pd.to_numeric(points["patch_size"], errors="coerce").fillna(-1.0)
-    return pd.Series(-1.0, index=points.index)
+    patch = points.get("patch_size", pd.Series(np.nan, index=points.index))
+    return pd.to_numeric(patch, errors="coerce").fillna(-1.0)
 
 
 def iter_slices(points: pd.DataFrame, gap_dex: float = 0.1):

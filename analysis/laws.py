@@ -21,6 +21,11 @@ from analysis.status import NOT_IDENTIFIED, Status, flag_bootstrapped_exponent
 log = logging.getLogger(__name__)
 
 
+def power_law(params: dict, x) -> np.ndarray:
+    """y = E + A x^-alpha (E = 0 where ``params`` has none); params may be arrays that broadcast with x."""
+    return params.get("E", 0.0) + params["A"] * np.asarray(x, float) ** (-params["alpha"])
+
+
 @dataclass
 class PowerLawFit:
     """y = E + A x^-alpha (E = 0 for the pure law); params in the units of the data."""
@@ -38,15 +43,14 @@ class PowerLawFit:
     t_interval: dict[str, tuple[float, float]] | None = None
 
     def predict(self, x) -> np.ndarray:
-        p = self.params
-        return p.get("E", 0.0) + p["A"] * np.asarray(x, float) ** (-p["alpha"])
+        return power_law(self.params, x)
 
     def predict_interval(self, x, level: float = 0.95):
         """Bootstrap percentile band of the prediction at x: (lo, hi), or (nan, nan) without bootstrap."""
         x = np.asarray(x, float)
         if self.bootstrap is None or self.bootstrap.n_ok < 2:
             return np.full_like(x, np.nan), np.full_like(x, np.nan)
-        return self.bootstrap.interval_of(lambda p: p.get("E", 0.0) + p["A"] * x ** (-p["alpha"]), level)
+        return self.bootstrap.interval_of(lambda p: power_law(p, x), level)
 
     @property
     def se(self) -> dict[str, float]:

@@ -513,10 +513,8 @@ def _at_bound(theta: np.ndarray, bounds) -> np.ndarray:
     return (theta <= lo + 1e-6) | (theta >= hi - 1e-6)
 
 
-def _grid(cfg: ParametricConfig, log_loss: np.ndarray | None = None) -> np.ndarray:
-    e_vals = list(cfg.e_grid)
-    if log_loss is not None:
-        e_vals += [float(log_loss.min()) + math.log(f) for f in cfg.e_fractions]
+def _grid(cfg: ParametricConfig, log_loss: np.ndarray) -> np.ndarray:
+    e_vals = [*cfg.e_grid, *(float(log_loss.min()) + math.log(f) for f in cfg.e_fractions)]
     return np.array(
         list(itertools.product(e_vals, cfg.a_grid, cfg.b_grid, cfg.alpha_grid, cfg.beta_grid)), float
     )

@@ -15,7 +15,7 @@ import pandas as pd
 from analysis.bootstrap import min_resamples, percentile_interval
 from analysis.fidloss import fit_fid_vs_loss
 from analysis.isoflop import IsoFlopFit, censored_bound, fit_isoflop, iter_slices
-from analysis.laws import FrontierFit, PowerLawFit, cluster_budgets, fit_frontier, fit_power_law
+from analysis.laws import FrontierFit, PowerLawFit, cluster_budgets, fit_frontier, fit_power_law, power_law
 from analysis.parametric import (
     ParametricConfig,
     ParametricFit,
@@ -778,7 +778,7 @@ def predict(analysis: Analysis, compute: float) -> Prediction:
         if fvl.bootstrap is not None and loss_samples is not None:
             s = fvl.bootstrap.samples
             m = min(len(loss_samples), fvl.bootstrap.n_ok)
-            f = s["A"][:m] * loss_samples[:m] ** (-s["alpha"][:m])
+            f = power_law({k: v[:m] for k, v in s.items()}, loss_samples[:m])
             fid_e.lo, fid_e.hi = percentile_interval(f, lvl)
     if analysis.fid_frontier is not None and analysis.fid_frontier.y_law is not None:
         alt["FID frontier law FID(C)"] = float(analysis.fid_frontier.y_law.predict(compute))

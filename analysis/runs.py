@@ -324,20 +324,6 @@ def _record_lines(path: Path, n_rows: int) -> list[int] | None:
     return lines[1:] if len(lines) == n_rows + 1 else None
 
 
-def load_epoch_chinchilla(path: str | os.PathLike, *, drop_highest: int = 5) -> pd.DataFrame:
-    """Epoch AI's extraction of Hoffmann et al.'s Figure 4 (arXiv:2404.10102, 2203.15556) as tidy points.
-
-    D = C / (6 N) as in Epoch's notebook; Epoch drop the `drop_highest` highest-loss rows (5 -> 240).
-    """
-    raw = pd.read_csv(path)
-    df = pd.DataFrame({"N": raw["Model Size"], "C": raw["Training FLOP"], "loss": raw["loss"]})
-    df["D"] = df["C"] / (6.0 * df["N"])
-    if drop_highest:
-        df = df[df["loss"] < np.sort(df["loss"].to_numpy())[-drop_highest]]
-    validate_points(df, source=str(path))
-    return tidy(df, None)
-
-
 # ----------------------------------------------------------------------------------------------
 # MLflow
 
@@ -750,8 +736,6 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "final": False,
             "budget": _float(params.get("budget.train_flops")),
             "forward_gflops": _float(params.get(MODEL_FORWARD_GFLOPS)),
-            "depth": _float(params.get("model.depth")),
-            "hidden_size": _float(params.get("model.hidden_size")),
             "patch_size": patch,
             "data_name": params.get("data.name"),
             "input_size": size,

@@ -176,12 +176,13 @@ class FitPrior:
     patches: tuple[float, ...] = ()  # the patch sizes of the fit's IsoFLOP slices (none: unknown)
 
     def n_opt(self, compute: float, patch: int) -> float:
+        from analysis.laws import power_law
+        from analysis.parametric import optimal_allocation
+
         p = self.law
-        if self.kind == "parametric":
-            a, b = p["alpha"], p["beta"]
-            g = (a * p["A"] / (b * p["B"])) ** (1.0 / (a + b))
-            return float(g * (compute / p["k"]) ** (b / (a + b)))
-        return float(p["A"] * compute ** (-p["alpha"]))
+        if self.kind == "parametric":  # E does not move the optimum
+            return float(optimal_allocation({**p, "E": 0.0}, compute, p["k"])[0])
+        return float(power_law(p, compute))
 
     def describe(self) -> str:
         return f"prior: {LAW_NAMES[self.kind]} of {self.path} (overall status {self.overall_status})"

@@ -38,7 +38,7 @@ from analysis.pipeline import (
     prepare,
     remove_outliers,
 )
-from analysis.runs import load_csv, load_epoch_chinchilla, replicate_key
+from analysis.runs import load_csv, replicate_key, tidy, validate_points
 from analysis.shapes import family_shapes, nearest_shape
 
 DATA = Path(__file__).parent / "data" / "chinchilla_fig4_svg_extracted_epoch.csv"
@@ -46,6 +46,20 @@ DATA = Path(__file__).parent / "data" / "chinchilla_fig4_svg_extracted_epoch.csv
 EPOCH = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
 EPOCH_SE = {"E": 0.03, "A": 124.58, "B": 1293.23, "alpha": 0.02, "beta": 0.02}
 TRUE = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.30}
+
+
+def load_epoch_chinchilla(path: Path, *, drop_highest: int = 5) -> pd.DataFrame:
+    """Epoch AI's extraction of Hoffmann et al.'s Figure 4 (arXiv:2404.10102, 2203.15556) as tidy points.
+
+    D = C / (6 N) as in Epoch's notebook; Epoch drop the `drop_highest` highest-loss rows (5 -> 240).
+    """
+    raw = pd.read_csv(path)
+    df = pd.DataFrame({"N": raw["Model Size"], "C": raw["Training FLOP"], "loss": raw["loss"]})
+    df["D"] = df["C"] / (6.0 * df["N"])
+    if drop_highest:
+        df = df[df["loss"] < np.sort(df["loss"].to_numpy())[-drop_highest]]
+    validate_points(df, source=str(path))
+    return tidy(df, None)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ for analysis/parametric.py, see docs/testing.md).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -172,12 +173,12 @@ def test_bounds_clamping_and_at_bound():
 def test_grid_is_the_product_of_the_axes_plus_loss_anchored_e():
     cfg = P.ParametricConfig(e_grid=(0.0, 1.0), e_fractions=(0.5,), a_grid=(2.0,), b_grid=(3.0, 4.0),
                              alpha_grid=(0.5,), beta_grid=(0.25, 0.75))  # fmt: skip
-    assert P._grid(cfg).shape == (2 * 1 * 2 * 1 * 2, 5)
+    assert P._grid(replace(cfg, e_fractions=()), np.log([0.4])).shape == (2 * 1 * 2 * 1 * 2, 5)
     grid = P._grid(cfg, np.log([0.4, 0.9]))
     assert grid.shape == (3 * 4, 5)
     assert sorted(set(grid[:, 0])) == pytest.approx(sorted([0.0, 1.0, math.log(0.5 * 0.4)]))
     assert {tuple(r) for r in grid[:, 1:]} == {(2.0, b, 0.5, be) for b in (3.0, 4.0) for be in (0.25, 0.75)}
-    full = P._grid(P.ParametricConfig())  # Hoffmann et al.'s 4,500 starts
+    full = P._grid(P.ParametricConfig(e_fractions=()), np.log([0.4]))  # Hoffmann et al.'s 4,500 starts
     assert full.shape == (4500, 5)
 
 
