@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import inspect
 import logging
 import math
@@ -24,6 +23,7 @@ from dit_core.configio import (
     KeepRawFormatter,
     add_flags,
     exit_codes_help,
+    iter_fields,
     join_negative_values,
     parse_scalar,
     stdout_closed,
@@ -45,7 +45,6 @@ from sweeps.grid import (
     EXECUTORS,
     SPEC_RECORD,
     Cell,
-    ExecutorSpec,
     SweepSpec,
     expand,
     format_budget,
@@ -109,9 +108,7 @@ def _shape(text: str) -> list[int]:
 def field_default(key: str):
     """The dataclass default of a sweep YAML key (``batch_size``, ``executor.timeout_min``): the value a
     flag left out takes where the config leaves the key out too."""
-    cls, name = (ExecutorSpec, key.split(".", 1)[1]) if key.startswith("executor.") else (SweepSpec, key)
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return next(default for k, _, default in iter_fields(SweepSpec) if k == key)
 
 
 def _config_default(key: str) -> str:
