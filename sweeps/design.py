@@ -38,6 +38,7 @@ from sweeps.grid import (
     make_cell,
     parse_budget,
 )
+from sweeps.task import cell_dir
 
 log = logging.getLogger(__name__)
 
@@ -697,7 +698,7 @@ def launch_adaptive(
         # every seed and lr of the placed sizes (the record keeps the sizes' plain ids): the budget is
         # done when all have finished, and the refit sees them all (seeds averaged, each cell's best lr)
         every = [c.cell_id for c in expand(sub)]
-        cells = {cid: str(sdir / "cells" / cid) for cid in every}
+        cells = {cid: str(cell_dir(sdir, cid)) for cid in every}
         states = read_states(uri, spec.experiment, spec.name, cells)
         step = AdaptiveStep(b, centre, every, res, all(s.state == "finished" for s in states.values()))
         result.steps.append(step)

@@ -78,7 +78,7 @@ from sweeps.state import (
     resolve_tracking_uri,
 )
 from sweeps.table import cells_table, status_table
-from sweeps.task import check_trainer, make_task
+from sweeps.task import cell_dir, check_trainer, make_task
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 COMMANDS = ("run", "status")
@@ -456,7 +456,7 @@ def show_status(
         if was != (spec.experiment, uri):
             raise ValueError(
                 f"sweep {spec.name}: no runs of it in experiment {spec.experiment!r} at {uri}; it was "
-                f"launched into experiment {was[0]!r} at {was[1]} ({sweep_dir(spec) / 'sweep.json'}): drop "
+                f"launched into experiment {was[0]!r} at {was[1]} ({sweep_dir(spec) / SPEC_RECORD}): drop "
                 "--experiment / --tracking-uri, or give those"
             )
     if guessed and runs and not sweep_dir(spec).is_dir():  # moved or deleted: the config's cells are a guess
@@ -468,7 +468,7 @@ def show_status(
             + "; pass the --output-dir the sweep was launched with (or where its folder was moved)"
         )
     ids = list(cells) + sorted(set(runs) - set(cells))
-    run_dirs = {cid: str(sweep_dir(spec) / "cells" / cid) for cid in ids}
+    run_dirs = {cid: str(cell_dir(sweep_dir(spec), cid)) for cid in ids}
     states = read_states(uri, spec.experiment, spec.name, run_dirs, runs=runs)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
     print(status_table(list(states.values()), cells))

@@ -87,9 +87,14 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
     return out
 
 
+def cell_dir(sweep_dir: str | Path, cell_id: str) -> Path:
+    """The run folder of the cell ``cell_id``: ``<sweep folder>/cells/<cell_id>``."""
+    return Path(sweep_dir) / "cells" / cell_id
+
+
 def make_task(spec: SweepSpec, cell: Cell, sweep_dir: Path, tracking_uri: str, threads: int = 0) -> CellTask:
     """The task of ``cell``; ``threads``: torch CPU threads per process (0 = torch's default)."""
-    run_dir = (sweep_dir / "cells" / cell.cell_id).resolve()
+    run_dir = cell_dir(sweep_dir, cell.cell_id).resolve()
     overrides = cell_overrides(spec, cell, run_dir, tracking_uri)
     return CellTask(spec.name, cell.cell_id, str(run_dir), overrides, spec.trainer, threads)
 
