@@ -516,10 +516,15 @@ def _write_record(sweep_dir: Path, record: dict[float, dict]) -> None:
     atomic_write_text(Path(sweep_dir) / RECORD, json.dumps(body, indent=2))
 
 
+def placed(spec: SweepSpec, sweep_dir: Path) -> dict[float, dict]:
+    """The entries of `read_record` of ``spec``'s budgets: those of its budgets placed so far."""
+    return {b: v for b, v in read_record(sweep_dir).items() if b in spec.budgets}
+
+
 def recorded_spec(spec: SweepSpec, sweep_dir: Path) -> SweepSpec | None:
     """The adaptive sweep restricted to its placed budgets, each at its recorded centre (what
     ``status`` shows); None when no budget has been placed yet."""
-    rec = {b: v for b, v in read_record(sweep_dir).items() if b in set(spec.budgets)}
+    rec = placed(spec, sweep_dir)
     if not rec:
         return None
     return spec.replace(budgets=sorted(rec), isoflop_centres={b: v["centre"] for b, v in rec.items()})

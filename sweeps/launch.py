@@ -34,6 +34,7 @@ from sweeps.design import (
     check_adaptive,
     check_placed,
     launch_adaptive,
+    placed,
     plan_budgets,
     read_record,
     recorded_spec,
@@ -570,7 +571,7 @@ def _waiting(args: argparse.Namespace) -> dict:
 
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if spec.design == "adaptive":
-        recorded = {b: v["centre"] for b, v in read_record(sweep_dir(spec)).items() if b in spec.budgets}
+        recorded = {b: v["centre"] for b, v in placed(spec, sweep_dir(spec)).items()}
         spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
         if not args.dry_run:
             return cmd_adaptive(spec, args)
@@ -683,9 +684,8 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     sdir = sweep_dir(spec)
     if spec.design == "adaptive":  # as `sweeps.design.launch_adaptive` refuses it
         check_adaptive(spec)
-        for b, rec in read_record(sdir).items():
-            if b in spec.budgets:
-                check_placed(spec, sdir, b, rec)
+        for b, rec in placed(spec, sdir).items():
+            check_placed(spec, sdir, b, rec)
     cells = expand(spec)
     unknown: tuple[str, ...] = ()
     if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
