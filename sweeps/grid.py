@@ -32,7 +32,7 @@ from dit_core.spec import (
     train_flops_per_image,
 )
 from dit_core.tracking import DEFAULT_EXPERIMENT
-from sweeps.families import ModelShape, Scale, custom_shape, family_shape
+from sweeps.families import ModelShape, Scale, custom_shape, family_shape, positive, whole
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class SweepSpec:
                     f"data.name to one of {list(FOLDER_DATASETS)} to train on that folder"
                 )
         for p in self.patch_sizes:
-            if not isinstance(p, int) or isinstance(p, bool) or p < 1:
+            if not whole(p):
                 raise ValueError(f"patch size {p!r} must be a positive integer (e.g. --patch 2,4,8)")
             if self.data.input_size % p:
                 divisors = [d for d in range(1, self.data.input_size + 1) if self.data.input_size % d == 0]
@@ -178,11 +178,11 @@ class SweepSpec:
         if not self.budgets:
             raise ValueError("budgets is empty; give e.g. --budgets 1e12,3e12 (training FLOPs)")
         for b in self.budgets:
-            if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
+            if not positive(b):
                 raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
         self._validate_seeds()
         for lr in self.lrs:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            if not positive(lr):
                 raise ValueError(f"lr {lr!r} must be a positive number (e.g. --lrs 1e-3,3e-3,1e-2)")
         if len({format_budget(lr) for lr in self.lrs}) < len(self.lrs):
             raise ValueError(
@@ -209,7 +209,7 @@ class SweepSpec:
         if not self.seeds:
             raise ValueError("seeds is empty; give e.g. --seeds 0,1,2 (the default is one seed, 0)")
         for x in self.seeds:
-            if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+            if not whole(x, 0):
                 raise ValueError(f"seed {x!r} must be a whole number >= 0 (e.g. --seeds 0,1,2)")
         if len(set(self.seeds)) < len(self.seeds):
             raise ValueError(f"seeds {self.seeds} repeat a seed; each seed trains every cell once")
@@ -249,7 +249,7 @@ class SweepSpec:
                 f"got {self.tokens_per_param!r}"
             )
         hd = self.design_head_dim
-        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 4 or hd % 4):
+        if hd is not None and not (whole(hd, 4) and hd % 4 == 0):
             raise ValueError(
                 f"design_head_dim must be a positive multiple of 4 (e.g. --head-dim 8), got {hd!r}"
             )
