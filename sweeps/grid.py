@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,8 +373,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
             f"budget {format_budget(c.budget)} gives {c.cell_id} {c.images:.3g} images, more than the "
             f"{MAX_IMAGES:.3g} a run can count (64-bit sample indices); lower --budgets"
         )
-    ids = [c.cell_id for c in cells]
-    if repeated := sorted({i for i in ids if ids.count(i) > 1}):
+    if repeated := sorted(i for i, n in Counter(c.cell_id for c in cells).items() if n > 1):
         why = f"{', '.join(twice)} listed twice" if twice else "budgets equal to 4 digits (cell ids keep 4)"
         raise ValueError(f"cells {', '.join(repeated)} appear more than once: {why}; list each once")
     if twice:  # a grid whose repeated cells min_steps all left out: still listed twice

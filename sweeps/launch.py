@@ -344,8 +344,7 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
 
 
 def _mm_ss(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 60:02d}:{s % 60:02d}"
+    return "{:02d}:{:02d}".format(*divmod(round(seconds), 60))
 
 
 def _progress_printer():
