@@ -588,7 +588,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if not res.waited:
         if res.job_ids:  # a relaunch with nothing to submit has no jobs to list
             print(f"jobs: {', '.join(f'{c}={j}' for c, j in res.job_ids.items())}")
-        print(f"watch with: python sweeps/launch.py status {_sweep_args(args)}".rstrip())
+        print(f"watch with: {_status_command(args)}")
         return 0
     states = show_status(spec)
     # a job can end without an error and its cell still not be finished (a trainer that returns a
@@ -620,8 +620,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if running:
         print(
             f"\n{len(running)} cell(s) still running ({', '.join(running)}); watch with: "
-            f"python sweeps/launch.py status {_sweep_args(args)}".rstrip()
-            + f"\nthen: {fit}"
+            f"{_status_command(args)}\nthen: {fit}"
         )
         return 0
     print(f"\nnext: {fit}")
@@ -813,7 +812,7 @@ def _nothing_to_submit(
     if p.running:
         out.append(
             f"running or queued: {_some(p.running)}; a launch does not submit them again; watch "
-            f"them with: python sweeps/launch.py status {_sweep_args(args)}".rstrip()
+            f"them with: {_status_command(args)}"
         )
     if p.exhausted:
         made = _some([f"{c}: tried {states[c].tries} times" for c in p.exhausted])
@@ -858,9 +857,11 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_args(args: argparse.Namespace) -> str:
+def _status_command(args: argparse.Namespace) -> str:
+    """The `status` command of the sweep ``args`` launched: its -c/--config and the flags that locate it."""
     flags = ("config", "name", "experiment", "tracking_uri", "output_dir")
-    return " ".join(f"--{f.replace('_', '-')} {getattr(args, f)}" for f in flags if getattr(args, f))
+    given = "".join(f" --{f.replace('_', '-')} {getattr(args, f)}" for f in flags if getattr(args, f))
+    return ("python sweeps/launch.py status" + given).rstrip()
 
 
 def check_status_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
