@@ -544,8 +544,8 @@ class AdaptiveStep:
     budget: float
     centre: Centre
     cells: list[str]
-    launch: object | None = None  # sweeps.runner.LaunchResult
-    finished: bool = False
+    launch: object  # sweeps.runner.LaunchResult
+    finished: bool
 
 
 @dataclass
@@ -559,11 +559,11 @@ class AdaptiveResult:
 
     @property
     def errors(self) -> dict[str, str]:
-        return {k: v for s in self.steps if s.launch is not None for k, v in s.launch.errors.items()}
+        return {k: v for s in self.steps for k, v in s.launch.errors.items()}
 
     @property
     def logs(self) -> dict[str, str]:
-        return {k: v for s in self.steps if s.launch is not None for k, v in s.launch.logs.items()}
+        return {k: v for s in self.steps for k, v in s.launch.logs.items()}
 
 
 def sweep_points(spec: SweepSpec, tracking_uri: str, cell_ids: list[str]):
