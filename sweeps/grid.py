@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SPEC_RECORD = "sweep.json"  # <output_dir>/<name>/sweep.json: the spec of the sweep's last launch
 DESIGNS = ("grid", "isoflop", "adaptive")
+DESIGN_MIN_STEPS = 20  # the isoflop/adaptive designs' min_steps where none is given (grid: 1)
 EXECUTORS = ("auto", "slurm", "local", "debug")
 MIN_SIZE_RATIO = 1.2  # two sizes of one budget closer than this are "near-identical"
 
@@ -222,7 +223,9 @@ class SweepSpec:
 
     def fewest_steps(self) -> int:
         """``min_steps``, or its design's default: 1 for ``grid``, 20 for ``isoflop``/``adaptive``."""
-        return self.min_steps if self.min_steps is not None else (1 if self.design == "grid" else 20)
+        if self.min_steps is not None:
+            return self.min_steps
+        return 1 if self.design == "grid" else DESIGN_MIN_STEPS
 
     def _validate_design(self) -> None:
         if isinstance(self.sizes_per_budget, bool) or not isinstance(self.sizes_per_budget, int):

@@ -31,6 +31,7 @@ from dit_core.configio import (
 from dit_core.tracking import check_tracking_server
 from sweeps.cost import DEFAULT_DEVICE, DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import (
+    FAMILY_HEAD_DIM,
     check_adaptive,
     check_placed,
     launch_adaptive,
@@ -42,6 +43,7 @@ from sweeps.design import (
 from sweeps.eta import CpuEstimate
 from sweeps.executor import resolve_executor_kind, sbatch_flags
 from sweeps.grid import (
+    DESIGN_MIN_STEPS,
     DESIGNS,
     EXECUTORS,
     SPEC_RECORD,
@@ -147,9 +149,9 @@ _FLAGS = {
             type=_csv(_shape), help="custom DEPTHxWIDTHxHEADS shapes, e.g. 4x64x4,6x96x6")),
         ("--depths", None, dict(type=_csv(int), help="custom depths (crossed with --widths)")),
         ("--widths", None, dict(type=_csv(int), help="custom widths (crossed with --depths)")),
-        ("--head-dim", None, dict(type=int, help="width per head: of --depths/--widths (default 64), and of "
-            "the shapes the isoflop/adaptive designs generate (default scale.head_dim, else the families' 64 "
-            "/ scale.width_div; 4 for the demo)")),
+        ("--head-dim", None, dict(type=int, help="width per head: of --depths/--widths (default "
+            f"{FAMILY_HEAD_DIM}), and of the shapes the isoflop/adaptive designs generate (default "
+            f"scale.head_dim, else the families' {FAMILY_HEAD_DIM} / scale.width_div; 4 for the demo)")),
         ("--budgets", None, dict(type=_csv(parse_budget), help="training FLOPs, e.g. 1e15,3e15,1e16")),
         ("--seeds", None, dict(type=_csv(int), help="train every cell once per seed, e.g. 0,1,2 (default 0); "
             "seed s > 0 adds -s{s} to the cell id, and the analysis averages a cell's seeds. Two seeds "
@@ -172,8 +174,8 @@ _FLAGS = {
         ("--prior", None, dict(metavar="FIT.json", help="isoflop/adaptive prior: the N_opt(C) law of a "
             "previous `analysis/fit_scaling.py --json` result")),
         ("--min-steps", None, dict(type=int, help="fewest optimizer steps a cell may have: isoflop/adaptive "
-            "propose no size below it (default 20); grid leaves out the cells below it (default: every cell, "
-            "each at least 1 step)")),
+            f"propose no size below it (default {DESIGN_MIN_STEPS}); grid leaves out the cells below it "
+            "(default: every cell, each at least 1 step)")),
         ("--max-steps", None, dict(type=int, help="isoflop/adaptive: most steps a proposed size may have "
             f"{_config_default('isoflop_max_steps')}; refused for grid, whose cells' steps follow from "
             "--budgets")),
@@ -320,7 +322,7 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
     if (args.depths is None) != (args.widths is None):
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
     if args.depths:
-        head_dim = 64 if args.head_dim is None else args.head_dim
+        head_dim = FAMILY_HEAD_DIM if args.head_dim is None else args.head_dim
         if odd := [w for w in args.widths if w % head_dim]:
             raise ValueError(f"width {odd[0]} is not a multiple of --head-dim {head_dim}")
         shapes += [[d, w, w // head_dim] for d in args.depths for w in args.widths]
