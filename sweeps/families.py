@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from dit_core import spec
 
 
-def whole(v: Any, low: int = 1) -> bool:
+def whole(v: object, low: int = 1) -> bool:
     """Whether ``v`` is an int >= ``low`` (a bool, YAML's ``true``, is none): a size, a count, a seed."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
-def positive(v: Any) -> bool:
+def positive(v: object) -> bool:
     """Whether ``v`` is a finite number > 0 (a bool is none): a budget, an lr."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
 
