@@ -742,10 +742,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
         f"total {sum(c.train_flops for c in cells):.3g} training FLOPs (true FLOPs)"
     )
-    print(cells_table(cells))
-    for line in _design_lines(spec):
-        print(line)
-    print()
+    print("\n".join([cells_table(cells), *_design_lines(spec), ""]))
     if p is not None and not p.submit:  # no bill of 0 cells: why nothing, and what would add some
         print("\n".join(_nothing_to_submit(spec, args, p, states, len(cells), bool(no_cluster))))
     else:
