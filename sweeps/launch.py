@@ -771,9 +771,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         else:
             no_cluster += " (a real launch here refuses; the bill is priced all the same)"
         notes.append(no_cluster)
-    for note in notes:
-        print(note)
-    print("dry run: nothing submitted")
+    print("\n".join([*notes, "dry run: nothing submitted"]))
     return 0
 
 
