@@ -341,17 +341,22 @@ def parse_budget(text: str | float) -> float:
     return v
 
 
+def cell_model_fields(spec: SweepSpec, model: ModelShape, patch_size: int) -> dict[str, int]:
+    """The `DiTConfig` fields a cell sets itself, over ``spec.train``'s: ``model`` at ``patch_size`` on the
+    sweep's data (`cell_model_config`; `sweeps.task.cell_overrides` as ``model.*`` overrides)."""
+    cell = dict(depth=model.depth, hidden_size=model.hidden_size, num_heads=model.num_heads)
+    cell |= dict(patch_size=patch_size, input_size=spec.data.input_size, in_channels=spec.data.in_channels)
+    return cell | dict(num_classes=spec.data.num_classes)
+
+
 def cell_model_config(spec: SweepSpec, model: ModelShape, patch_size: int) -> DiTConfig:
     """The `DiTConfig` a cell trains: ``model`` at ``patch_size`` on the sweep's data, with the
     ``model.*`` fields of ``spec.train`` (``mlp_ratio``, ``frequency_embedding_size``, ...)."""
     extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
     learn_sigma = extra.get("learn_sigma", model_learns_sigma(spec.train))
     extra["learn_sigma"] = parse_value(learn_sigma, bool, "model.learn_sigma")
-    cell = dict(depth=model.depth, hidden_size=model.hidden_size, num_heads=model.num_heads)
-    cell |= dict(patch_size=patch_size, input_size=spec.data.input_size, in_channels=spec.data.in_channels)
-    cell |= dict(num_classes=spec.data.num_classes)
     extra.pop("name", None)
-    return model_config(**{**extra, **cell})  # the cell's shape and data win, as in `sweeps.task`
+    return model_config(**{**extra, **cell_model_fields(spec, model, patch_size)})  # the cell's win
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
