@@ -38,6 +38,7 @@ from sweeps.grid import (
     make_cell,
     parse_budget,
 )
+from sweeps.task import cell_dir
 
 log = logging.getLogger(__name__)
 
@@ -516,10 +517,15 @@ def _write_record(sweep_dir: Path, record: dict[float, dict]) -> None:
     atomic_write_text(Path(sweep_dir) / RECORD, json.dumps(body, indent=2))
 
 
+def placed(spec: SweepSpec, sweep_dir: Path) -> dict[float, dict]:
+    """The entries of `read_record` of ``spec``'s budgets: those of its budgets placed so far."""
+    return {b: v for b, v in read_record(sweep_dir).items() if b in spec.budgets}
+
+
 def recorded_spec(spec: SweepSpec, sweep_dir: Path) -> SweepSpec | None:
     """The adaptive sweep restricted to its placed budgets, each at its recorded centre (what
     ``status`` shows); None when no budget has been placed yet."""
-    rec = {b: v for b, v in read_record(sweep_dir).items() if b in set(spec.budgets)}
+    rec = placed(spec, sweep_dir)
     if not rec:
         return None
     return spec.replace(budgets=sorted(rec), isoflop_centres={b: v["centre"] for b, v in rec.items()})
@@ -539,8 +545,8 @@ class AdaptiveStep:
     budget: float
     centre: Centre
     cells: list[str]
-    launch: object | None = None  # sweeps.runner.LaunchResult
-    finished: bool = False
+    launch: object  # sweeps.runner.LaunchResult
+    finished: bool
 
 
 @dataclass
@@ -554,11 +560,11 @@ class AdaptiveResult:
 
     @property
     def errors(self) -> dict[str, str]:
-        return {k: v for s in self.steps if s.launch is not None for k, v in s.launch.errors.items()}
+        return {k: v for s in self.steps for k, v in s.launch.errors.items()}
 
     @property
     def logs(self) -> dict[str, str]:
-        return {k: v for s in self.steps if s.launch is not None for k, v in s.launch.logs.items()}
+        return {k: v for s in self.steps for k, v in s.launch.logs.items()}
 
 
 def sweep_points(spec: SweepSpec, tracking_uri: str, cell_ids: list[str]):
@@ -698,7 +704,7 @@ def launch_adaptive(
         # every seed and lr of the placed sizes (the record keeps the sizes' plain ids): the budget is
         # done when all have finished, and the refit sees them all (seeds averaged, each cell's best lr)
         every = [c.cell_id for c in expand(sub)]
-        cells = {cid: str(sdir / "cells" / cid) for cid in every}
+        cells = {cid: str(cell_dir(sdir, cid)) for cid in every}
         states = read_states(uri, spec.experiment, spec.name, cells)
         step = AdaptiveStep(b, centre, every, res, all(s.state == "finished" for s in states.values()))
         result.steps.append(step)

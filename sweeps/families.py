@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dit_core import spec
+
+
+def whole(v: object, low: int = 1) -> bool:
+    """Whether ``v`` is an int >= ``low`` (a bool, YAML's ``true``, is none): a size, a count, a seed."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def positive(v: object) -> bool:
+    """Whether ``v`` is a finite number > 0 (a bool is none): a budget, an lr."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
 
 
 @dataclass(frozen=True)
@@ -53,10 +64,10 @@ class Scale:
     def __post_init__(self) -> None:
         for f in ("width_div", "depth_div"):
             v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not whole(v):
                 raise ValueError(f"scale.{f} must be a positive integer, got {v!r}")
         h = self.head_dim
-        if h is not None and (not isinstance(h, int) or isinstance(h, bool) or h < 1):
+        if h is not None and not whole(h):
             raise ValueError(
                 f"scale.head_dim must be a positive integer or null (keep the head counts), got {h!r}"
             )
@@ -113,7 +124,7 @@ def family_shape(name: str, scale: Scale | None = None) -> ModelShape:
 def custom_shape(depth: int, hidden_size: int, num_heads: int) -> ModelShape:
     """A named custom shape ``d{depth}w{width}h{heads}``; checks heads divide the width."""
     for what, v in (("depth", depth), ("hidden_size", hidden_size), ("num_heads", num_heads)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        if not whole(v):
             raise ValueError(f"custom shape: {what} must be a positive integer, got {v!r}")
     if hidden_size % num_heads:
         raise ValueError(

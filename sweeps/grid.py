@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,14 @@ from dit_core.spec import (
     train_flops_per_image,
 )
 from dit_core.tracking import DEFAULT_EXPERIMENT
-from sweeps.families import ModelShape, Scale, custom_shape, family_shape
+from sweeps.families import ModelShape, Scale, custom_shape, family_shape, positive, whole
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SPEC_RECORD = "sweep.json"  # <output_dir>/<name>/sweep.json: the spec of the sweep's last launch
 DESIGNS = ("grid", "isoflop", "adaptive")
+DESIGN_MIN_STEPS = 20  # the isoflop/adaptive designs' min_steps where none is given (grid: 1)
 EXECUTORS = ("auto", "slurm", "local", "debug")
 MIN_SIZE_RATIO = 1.2  # two sizes of one budget closer than this are "near-identical"
 
@@ -161,7 +163,7 @@ class SweepSpec:
                     f"data.name to one of {list(FOLDER_DATASETS)} to train on that folder"
                 )
         for p in self.patch_sizes:
-            if not isinstance(p, int) or isinstance(p, bool) or p < 1:
+            if not whole(p):
                 raise ValueError(f"patch size {p!r} must be a positive integer (e.g. --patch 2,4,8)")
             if self.data.input_size % p:
                 divisors = [d for d in range(1, self.data.input_size + 1) if self.data.input_size % d == 0]
@@ -178,11 +180,11 @@ class SweepSpec:
         if not self.budgets:
             raise ValueError("budgets is empty; give e.g. --budgets 1e12,3e12 (training FLOPs)")
         for b in self.budgets:
-            if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or b <= 0:
+            if not positive(b):
                 raise ValueError(f"budget {b!r} must be a positive number of training FLOPs (e.g. 1e15)")
         self._validate_seeds()
         for lr in self.lrs:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            if not positive(lr):
                 raise ValueError(f"lr {lr!r} must be a positive number (e.g. --lrs 1e-3,3e-3,1e-2)")
         if len({format_budget(lr) for lr in self.lrs}) < len(self.lrs):
             raise ValueError(
@@ -209,7 +211,7 @@ class SweepSpec:
         if not self.seeds:
             raise ValueError("seeds is empty; give e.g. --seeds 0,1,2 (the default is one seed, 0)")
         for x in self.seeds:
-            if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+            if not whole(x, 0):
                 raise ValueError(f"seed {x!r} must be a whole number >= 0 (e.g. --seeds 0,1,2)")
         if len(set(self.seeds)) < len(self.seeds):
             raise ValueError(f"seeds {self.seeds} repeat a seed; each seed trains every cell once")
@@ -221,7 +223,9 @@ class SweepSpec:
 
     def fewest_steps(self) -> int:
         """``min_steps``, or its design's default: 1 for ``grid``, 20 for ``isoflop``/``adaptive``."""
-        return self.min_steps if self.min_steps is not None else (1 if self.design == "grid" else 20)
+        if self.min_steps is not None:
+            return self.min_steps
+        return 1 if self.design == "grid" else DESIGN_MIN_STEPS
 
     def _validate_design(self) -> None:
         if isinstance(self.sizes_per_budget, bool) or not isinstance(self.sizes_per_budget, int):
@@ -249,7 +253,7 @@ class SweepSpec:
                 f"got {self.tokens_per_param!r}"
             )
         hd = self.design_head_dim
-        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 4 or hd % 4):
+        if hd is not None and not (whole(hd, 4) and hd % 4 == 0):
             raise ValueError(
                 f"design_head_dim must be a positive multiple of 4 (e.g. --head-dim 8), got {hd!r}"
             )
@@ -337,17 +341,22 @@ def parse_budget(text: str | float) -> float:
     return v
 
 
+def cell_model_fields(spec: SweepSpec, model: ModelShape, patch_size: int) -> dict[str, int]:
+    """The `DiTConfig` fields a cell sets itself, over ``spec.train``'s: ``model`` at ``patch_size`` on the
+    sweep's data (`cell_model_config`; `sweeps.task.cell_overrides` as ``model.*`` overrides)."""
+    cell = dict(depth=model.depth, hidden_size=model.hidden_size, num_heads=model.num_heads)
+    cell |= dict(patch_size=patch_size, input_size=spec.data.input_size, in_channels=spec.data.in_channels)
+    return cell | dict(num_classes=spec.data.num_classes)
+
+
 def cell_model_config(spec: SweepSpec, model: ModelShape, patch_size: int) -> DiTConfig:
     """The `DiTConfig` a cell trains: ``model`` at ``patch_size`` on the sweep's data, with the
     ``model.*`` fields of ``spec.train`` (``mlp_ratio``, ``frequency_embedding_size``, ...)."""
     extra = {k[len("model.") :]: v for k, v in spec.train.items() if k.startswith("model.")}
     learn_sigma = extra.get("learn_sigma", model_learns_sigma(spec.train))
     extra["learn_sigma"] = parse_value(learn_sigma, bool, "model.learn_sigma")
-    cell = dict(depth=model.depth, hidden_size=model.hidden_size, num_heads=model.num_heads)
-    cell |= dict(patch_size=patch_size, input_size=spec.data.input_size, in_channels=spec.data.in_channels)
-    cell |= dict(num_classes=spec.data.num_classes)
     extra.pop("name", None)
-    return model_config(**{**extra, **cell})  # the cell's shape and data win, as in `sweeps.task`
+    return model_config(**{**extra, **cell_model_fields(spec, model, patch_size)})  # the cell's win
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
@@ -372,8 +381,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
             f"budget {format_budget(c.budget)} gives {c.cell_id} {c.images:.3g} images, more than the "
             f"{MAX_IMAGES:.3g} a run can count (64-bit sample indices); lower --budgets"
         )
-    ids = [c.cell_id for c in cells]
-    if repeated := sorted({i for i in ids if ids.count(i) > 1}):
+    if repeated := sorted(i for i, n in Counter(c.cell_id for c in cells).items() if n > 1):
         why = f"{', '.join(twice)} listed twice" if twice else "budgets equal to 4 digits (cell ids keep 4)"
         raise ValueError(f"cells {', '.join(repeated)} appear more than once: {why}; list each once")
     if twice:  # a grid whose repeated cells min_steps all left out: still listed twice

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import inspect
 import logging
 import math
@@ -24,6 +23,7 @@ from dit_core.configio import (
     KeepRawFormatter,
     add_flags,
     exit_codes_help,
+    iter_fields,
     join_negative_values,
     parse_scalar,
     stdout_closed,
@@ -31,9 +31,11 @@ from dit_core.configio import (
 from dit_core.tracking import check_tracking_server
 from sweeps.cost import DEFAULT_DEVICE, DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import (
+    FAMILY_HEAD_DIM,
     check_adaptive,
     check_placed,
     launch_adaptive,
+    placed,
     plan_budgets,
     read_record,
     recorded_spec,
@@ -41,11 +43,11 @@ from sweeps.design import (
 from sweeps.eta import CpuEstimate
 from sweeps.executor import resolve_executor_kind, sbatch_flags
 from sweeps.grid import (
+    DESIGN_MIN_STEPS,
     DESIGNS,
     EXECUTORS,
     SPEC_RECORD,
     Cell,
-    ExecutorSpec,
     SweepSpec,
     expand,
     format_budget,
@@ -79,7 +81,7 @@ from sweeps.state import (
     resolve_tracking_uri,
 )
 from sweeps.table import cells_table, status_table
-from sweeps.task import check_trainer, make_task
+from sweeps.task import cell_dir, check_trainer, make_task
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 COMMANDS = ("run", "status")
@@ -109,9 +111,7 @@ def _shape(text: str) -> list[int]:
 def field_default(key: str):
     """The dataclass default of a sweep YAML key (``batch_size``, ``executor.timeout_min``): the value a
     flag left out takes where the config leaves the key out too."""
-    cls, name = (ExecutorSpec, key.split(".", 1)[1]) if key.startswith("executor.") else (SweepSpec, key)
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return next(default for k, _, default in iter_fields(SweepSpec) if k == key)
 
 
 def _config_default(key: str) -> str:
@@ -149,9 +149,9 @@ _FLAGS = {
             type=_csv(_shape), help="custom DEPTHxWIDTHxHEADS shapes, e.g. 4x64x4,6x96x6")),
         ("--depths", None, dict(type=_csv(int), help="custom depths (crossed with --widths)")),
         ("--widths", None, dict(type=_csv(int), help="custom widths (crossed with --depths)")),
-        ("--head-dim", None, dict(type=int, help="width per head: of --depths/--widths (default 64), and of "
-            "the shapes the isoflop/adaptive designs generate (default scale.head_dim, else the families' 64 "
-            "/ scale.width_div; 4 for the demo)")),
+        ("--head-dim", None, dict(type=int, help="width per head: of --depths/--widths (default "
+            f"{FAMILY_HEAD_DIM}), and of the shapes the isoflop/adaptive designs generate (default "
+            f"scale.head_dim, else the families' {FAMILY_HEAD_DIM} / scale.width_div; 4 for the demo)")),
         ("--budgets", None, dict(type=_csv(parse_budget), help="training FLOPs, e.g. 1e15,3e15,1e16")),
         ("--seeds", None, dict(type=_csv(int), help="train every cell once per seed, e.g. 0,1,2 (default 0); "
             "seed s > 0 adds -s{s} to the cell id, and the analysis averages a cell's seeds. Two seeds "
@@ -174,8 +174,8 @@ _FLAGS = {
         ("--prior", None, dict(metavar="FIT.json", help="isoflop/adaptive prior: the N_opt(C) law of a "
             "previous `analysis/fit_scaling.py --json` result")),
         ("--min-steps", None, dict(type=int, help="fewest optimizer steps a cell may have: isoflop/adaptive "
-            "propose no size below it (default 20); grid leaves out the cells below it (default: every cell, "
-            "each at least 1 step)")),
+            f"propose no size below it (default {DESIGN_MIN_STEPS}); grid leaves out the cells below it "
+            "(default: every cell, each at least 1 step)")),
         ("--max-steps", None, dict(type=int, help="isoflop/adaptive: most steps a proposed size may have "
             f"{_config_default('isoflop_max_steps')}; refused for grid, whose cells' steps follow from "
             "--budgets")),
@@ -322,7 +322,7 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
     if (args.depths is None) != (args.widths is None):
         raise ValueError("--depths and --widths go together (their cross product is the custom grid)")
     if args.depths:
-        head_dim = 64 if args.head_dim is None else args.head_dim
+        head_dim = FAMILY_HEAD_DIM if args.head_dim is None else args.head_dim
         if odd := [w for w in args.widths if w % head_dim]:
             raise ValueError(f"width {odd[0]} is not a multiple of --head-dim {head_dim}")
         shapes += [[d, w, w // head_dim] for d in args.depths for w in args.widths]
@@ -346,8 +346,7 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
 
 
 def _mm_ss(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 60:02d}:{s % 60:02d}"
+    return "{:02d}:{:02d}".format(*divmod(round(seconds), 60))
 
 
 def _progress_printer():
@@ -459,7 +458,7 @@ def show_status(
         if was != (spec.experiment, uri):
             raise ValueError(
                 f"sweep {spec.name}: no runs of it in experiment {spec.experiment!r} at {uri}; it was "
-                f"launched into experiment {was[0]!r} at {was[1]} ({sweep_dir(spec) / 'sweep.json'}): drop "
+                f"launched into experiment {was[0]!r} at {was[1]} ({sweep_dir(spec) / SPEC_RECORD}): drop "
                 "--experiment / --tracking-uri, or give those"
             )
     if guessed and runs and not sweep_dir(spec).is_dir():  # moved or deleted: the config's cells are a guess
@@ -471,7 +470,7 @@ def show_status(
             + "; pass the --output-dir the sweep was launched with (or where its folder was moved)"
         )
     ids = list(cells) + sorted(set(runs) - set(cells))
-    run_dirs = {cid: str(sweep_dir(spec) / "cells" / cid) for cid in ids}
+    run_dirs = {cid: str(cell_dir(sweep_dir(spec), cid)) for cid in ids}
     states = read_states(uri, spec.experiment, spec.name, run_dirs, runs=runs)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
     print(status_table(list(states.values()), cells))
@@ -573,7 +572,7 @@ def _waiting(args: argparse.Namespace) -> dict:
 
 def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if spec.design == "adaptive":
-        recorded = {b: v["centre"] for b, v in read_record(sweep_dir(spec)).items() if b in spec.budgets}
+        recorded = {b: v["centre"] for b, v in placed(spec, sweep_dir(spec)).items()}
         spec = spec.replace(isoflop_centres={**spec.isoflop_centres, **recorded})
         if not args.dry_run:
             return cmd_adaptive(spec, args)
@@ -591,7 +590,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if not res.waited:
         if res.job_ids:  # a relaunch with nothing to submit has no jobs to list
             print(f"jobs: {', '.join(f'{c}={j}' for c, j in res.job_ids.items())}")
-        print(f"watch with: python sweeps/launch.py status {_sweep_args(args)}".rstrip())
+        print(f"watch with: {_status_command(args)}")
         return 0
     states = show_status(spec)
     # a job can end without an error and its cell still not be finished (a trainer that returns a
@@ -623,8 +622,7 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     if running:
         print(
             f"\n{len(running)} cell(s) still running ({', '.join(running)}); watch with: "
-            f"python sweeps/launch.py status {_sweep_args(args)}".rstrip()
-            + f"\nthen: {fit}"
+            f"{_status_command(args)}\nthen: {fit}"
         )
         return 0
     print(f"\nnext: {fit}")
@@ -686,9 +684,8 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     sdir = sweep_dir(spec)
     if spec.design == "adaptive":  # as `sweeps.design.launch_adaptive` refuses it
         check_adaptive(spec)
-        for b, rec in read_record(sdir).items():
-            if b in spec.budgets:
-                check_placed(spec, sdir, b, rec)
+        for b, rec in placed(spec, sdir).items():
+            check_placed(spec, sdir, b, rec)
     cells = expand(spec)
     unknown: tuple[str, ...] = ()
     if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
@@ -745,10 +742,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
         f"total {sum(c.train_flops for c in cells):.3g} training FLOPs (true FLOPs)"
     )
-    print(cells_table(cells))
-    for line in _design_lines(spec):
-        print(line)
-    print()
+    print("\n".join([cells_table(cells), *_design_lines(spec), ""]))
     if p is not None and not p.submit:  # no bill of 0 cells: why nothing, and what would add some
         print("\n".join(_nothing_to_submit(spec, args, p, states, len(cells), bool(no_cluster))))
     else:
@@ -777,9 +771,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         else:
             no_cluster += " (a real launch here refuses; the bill is priced all the same)"
         notes.append(no_cluster)
-    for note in notes:
-        print(note)
-    print("dry run: nothing submitted")
+    print("\n".join([*notes, "dry run: nothing submitted"]))
     return 0
 
 
@@ -817,7 +809,7 @@ def _nothing_to_submit(
     if p.running:
         out.append(
             f"running or queued: {_some(p.running)}; a launch does not submit them again; watch "
-            f"them with: python sweeps/launch.py status {_sweep_args(args)}".rstrip()
+            f"them with: {_status_command(args)}"
         )
     if p.exhausted:
         made = _some([f"{c}: tried {states[c].tries} times" for c in p.exhausted])
@@ -862,9 +854,11 @@ def cmd_adaptive(spec: SweepSpec, args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_args(args: argparse.Namespace) -> str:
+def _status_command(args: argparse.Namespace) -> str:
+    """The `status` command of the sweep ``args`` launched: its -c/--config and the flags that locate it."""
     flags = ("config", "name", "experiment", "tracking_uri", "output_dir")
-    return " ".join(f"--{f.replace('_', '-')} {getattr(args, f)}" for f in flags if getattr(args, f))
+    given = "".join(f" --{f.replace('_', '-')} {getattr(args, f)}" for f in flags if getattr(args, f))
+    return ("python sweeps/launch.py status" + given).rstrip()
 
 
 def check_status_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dit_core.configio import apply_flat
-from sweeps.grid import Cell, SweepSpec
+from sweeps.grid import Cell, SweepSpec, cell_model_fields
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,7 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
     """
     own: dict[str, Any] = {
         "model.name": None,
-        "model.depth": cell.model.depth,
-        "model.hidden_size": cell.model.hidden_size,
-        "model.num_heads": cell.model.num_heads,
-        "model.patch_size": cell.patch_size,
-        "model.input_size": spec.data.input_size,
-        "model.in_channels": spec.data.in_channels,
-        "model.num_classes": spec.data.num_classes,
+        **{f"model.{k}": v for k, v in cell_model_fields(spec, cell.model, cell.patch_size).items()},
         "data.name": spec.data.name,
         "budget.global_batch_size": cell.batch_size,
         "budget.max_steps": cell.steps,
@@ -87,9 +81,14 @@ def cell_overrides(spec: SweepSpec, cell: Cell, run_dir: Path, tracking_uri: str
     return out
 
 
+def cell_dir(sweep_dir: str | Path, cell_id: str) -> Path:
+    """The run folder of the cell ``cell_id``: ``<sweep folder>/cells/<cell_id>``."""
+    return Path(sweep_dir) / "cells" / cell_id
+
+
 def make_task(spec: SweepSpec, cell: Cell, sweep_dir: Path, tracking_uri: str, threads: int = 0) -> CellTask:
     """The task of ``cell``; ``threads``: torch CPU threads per process (0 = torch's default)."""
-    run_dir = (sweep_dir / "cells" / cell.cell_id).resolve()
+    run_dir = cell_dir(sweep_dir, cell.cell_id).resolve()
     overrides = cell_overrides(spec, cell, run_dir, tracking_uri)
     return CellTask(spec.name, cell.cell_id, str(run_dir), overrides, spec.trainer, threads)
 
