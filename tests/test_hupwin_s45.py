@@ -171,3 +171,17 @@ def test_a_second_ctrl_c_after_the_echo_window_stops_a_deferral_at_once(again_af
             assert stopped and held == [signal.SIGINT]  # the second raised in the block
         else:
             assert stopped and inside == [signal.SIGINT, signal.SIGINT]  # raised as the block ended
+
+
+def test_a_held_sigint_does_not_stop_the_other_held_signals_from_acting():
+    """SIGINT and SIGUSR1 held, SIGINT first: as the block ends SIGUSR1's handler runs, then SIGINT raises
+    KeyboardInterrupt. Before: SIGINT was re-raised first and its KeyboardInterrupt ended the loop, so a
+    SIGTERM held with a Ctrl-C (torchrun's, a scheduler's) never acted."""
+    seen: list[int] = []
+    handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGUSR1: lambda s, f: seen.append(s)}
+    deferred = signals_deferred(signal.SIGINT, signal.SIGUSR1)
+    with signal_handlers(handlers), pytest.raises(KeyboardInterrupt), deferred as held:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert held == [signal.SIGINT, signal.SIGUSR1] and not seen
+    assert seen == [signal.SIGUSR1]

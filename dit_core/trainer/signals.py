@@ -220,7 +220,8 @@ def signals_deferred(*sigs: int, during: str = "", again_after_s: float | None =
     finally:
         for s, handler in old.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        for s in dict.fromkeys(got):
+        # SIGINT last: its KeyboardInterrupt would end this loop before the others acted
+        for s in sorted(dict.fromkeys(got), key=lambda s: s == signal.SIGINT):
             if during:
                 log.warning("received %s while %s; acting on it now", signal.Signals(s).name, during)
             signal.raise_signal(s)
