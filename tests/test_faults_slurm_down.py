@@ -4,15 +4,17 @@ The node of a running cell is set DOWN after the cell's first checkpoint: slurmc
 (``--requeue``) and slurmd stops it with SIGTERM; the trainer checkpoints and returns "preempted",
 and the sweep's job wrapper sees that SLURM has requeued the job, so it leaves the result to the
 next attempt (`sweeps.executor.slurm_requeued`). slurmd still answers, so the node is back in service
-at once (``ReturnToService=2``); the requeued job is held until the stopped job's ``slurmstepd`` is
-gone, since on one node a copy started while it still ends is refused ("already running"), which
-drains the node (docs/testing-faults.md). On a real cluster another node would take the job. The
-launcher, waiting all along, must report the cell finished from one MLflow run that logged each
+at once (``ReturnToService=2``). On one node a copy started while the stopped job's ``slurmstepd``
+still ends is refused ("already running"), which drains the node (docs/testing-faults.md), so a
+maintenance reservation on the node, made before the DOWN, keeps the requeued job pending until that
+``slurmstepd`` is gone; the test then deletes it. On a real cluster another node would take the job.
+The launcher, waiting all along, must report the cell finished from one MLflow run that logged each
 step once.
 """
 
 from __future__ import annotations
 
+import getpass
 import subprocess
 import threading
 import time
@@ -28,6 +30,7 @@ from sweeps.runner import launch, sweep_dir
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 NODE = "localhost"
+RESERVATION = "ditscale-fault-test"
 
 
 def _scontrol(*args: str) -> str:
@@ -58,6 +61,31 @@ def _slurmstepds() -> list[int]:
     return pids
 
 
+def _reserve_node() -> None:
+    """A maintenance reservation on the node from now, for this user only: the running job goes on
+    (IGNORE_JOBS), and no job that does not ask for the reservation starts on the node until it is
+    deleted. It ends by itself after 10 min, should the test be killed before its cleanup."""
+    _scontrol(
+        "create", "reservation", f"ReservationName={RESERVATION}", f"Nodes={NODE}", "StartTime=now",
+        "Duration=10", f"Users={getpass.getuser()}", "Flags=MAINT,IGNORE_JOBS",
+    )  # fmt: skip
+
+
+def _restore_node(job: str, reserved: bool) -> None:
+    """Cleanup that runs even when the test failed. A reservation still there means the test failed
+    before the old step was gone: cancel its job (so it cannot start beside that step), delete the
+    reservation, and RESUME a node left DOWN or drained. Neither call failing hides the test's error."""
+    if reserved:
+        if job:
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+        subprocess.run(
+            ["scontrol", "delete", f"ReservationName={RESERVATION}"], capture_output=True, timeout=30
+        )
+    state = _node_state()
+    if "DOWN" in state or "DRAIN" in state:
+        _scontrol("update", f"NodeName={NODE}", "State=RESUME")
+
+
 def _wait(what: str, cond, timeout_s: float, poll_s: float = 0.5):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -80,6 +108,7 @@ def test_cell_on_a_node_set_down_is_requeued_and_finishes(job_env, tmp_path):
     box: dict = {}
     launcher = threading.Thread(target=lambda: box.update(res=launch(spec, poll_s=1.0)), daemon=True)
     launcher.start()
+    job, reserved = "", False
     try:
         job = _wait(
             "the job's id",
@@ -90,18 +119,19 @@ def test_cell_on_a_node_set_down_is_requeued_and_finishes(job_env, tmp_path):
         )[0]
         _wait("the cell's first checkpoint", latest.exists, 240, poll_s=0.2)
         assert _job_fields(job)["JobState"] == "RUNNING"
+        # slurmd still answers, so the node returns to service at once (ReturnToService=2), and the
+        # requeued job could start after cred_expire=5 s; the reservation keeps it pending until the
+        # old step is gone, however late this test looks
+        reserved = True
+        _reserve_node()
         _scontrol("update", f"NodeName={NODE}", "State=DOWN", "Reason=ditscale-fault-test")
-        _wait("the requeue", lambda: int(_job_fields(job).get("Restarts", "0")) >= 1, 60, poll_s=0.1)
-        # slurmd still answers, so the node returns to service at once (ReturnToService=2); hold the
-        # requeued job (it waits cred_expire=5 s before it may start) until the old step is gone
-        _scontrol("hold", job)
-        assert _job_fields(job)["JobState"] in ("PENDING", "REQUEUED")
+        _wait("the requeue", lambda: int(_job_fields(job).get("Restarts", "0")) >= 1, 60)
         _wait("the stopped job's slurmstepd to exit", lambda: not _slurmstepds(), 120)
-        _scontrol("release", job)
+        assert _job_fields(job)["JobState"] in ("PENDING", "REQUEUED")
+        _scontrol("delete", f"ReservationName={RESERVATION}")
+        reserved = False
     finally:
-        state = _node_state()
-        if "DOWN" in state or "DRAIN" in state:
-            _scontrol("update", f"NodeName={NODE}", "State=RESUME")
+        _restore_node(job, reserved)
     launcher.join(timeout=600)
     assert not launcher.is_alive(), "the launcher still waits 10 min after the node came back"
     res = box["res"]
