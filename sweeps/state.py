@@ -6,7 +6,6 @@ cell"), plus submitit's job for liveness; `read_states` gives each cell's state 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dit_core.atomic import atomic_write_text
+from dit_core.configio import stable_hash
 from dit_core.tracking import (
     ERROR_TAG,
     EXECUTOR_TAG,
@@ -144,9 +144,7 @@ def ensure_experiment(tracking_uri: str, experiment: str) -> str:
 
 def config_hash(overrides: dict[str, Any]) -> str:
     """16 hex digits of SHA-256 over a cell's dotted overrides (without ``tracking.run_id``)."""
-    cfg = {k: v for k, v in overrides.items() if k != "tracking.run_id"}
-    text = json.dumps(cfg, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return stable_hash({k: v for k, v in overrides.items() if k != "tracking.run_id"}, 16)
 
 
 #: Concurrent requests when the launcher writes many cells' runs to an mlflow server (one at a time
