@@ -28,6 +28,7 @@ from dit_core.tracking import (
     check_sqlite_store,
     check_tracking_server,
     end_run_if,
+    sqlite_store_path,
 )
 from sweeps.executor import JobRef, job_liveness
 
@@ -110,10 +111,9 @@ def check_tracking_uri(uri: str, timeout_s: float | None = None) -> None:
     """Raise ValueError when the tracking store cannot be used (an unknown scheme or a plain folder,
     server down, folder missing). ``timeout_s`` None: `check_tracking_server`'s default."""
     check_tracking_server(uri, AUTH_HINT, timeout_s)
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).parent
-        if not folder.is_dir():
-            raise ValueError(f"MLflow sqlite store {uri}: folder {folder} does not exist; create it first")
+    path = sqlite_store_path(uri)
+    if path is not None and not path.parent.is_dir():
+        raise ValueError(f"MLflow sqlite store {uri}: folder {path.parent} does not exist; create it first")
 
 
 def store_exists(uri: str) -> bool:
