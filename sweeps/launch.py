@@ -28,6 +28,7 @@ from dit_core.configio import (
     parse_scalar,
     stdout_closed,
 )
+from dit_core.spec import FOLDER_DATASETS
 from dit_core.tracking import check_tracking_server, sqlite_store_path
 from sweeps.cost import DEFAULT_DEVICE, DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import (
@@ -688,7 +689,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             check_placed(spec, sdir, b, rec)
     cells = expand(spec)
     unknown: tuple[str, ...] = ()
-    if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
+    if spec.data.name in FOLDER_DATASETS and not spec.data.root:
         notes.append(
             f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in the sweep's YAML, "
             f"-c {args.config or 'demo'})"

@@ -5,6 +5,8 @@ each."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,25 @@ def test_status_reads_a_store_given_with_options(empty_cwd, capsys, monkeypatch)
     code, err = _status(["--tracking-uri", f"sqlite:///{empty_cwd}/m.db?timeout=5"], capsys)
     assert read == [f"sqlite:///{empty_cwd}/m.db?timeout=5"], err
     assert code == 2 and "no sweep 'nosuch'" in err, err
+
+
+def test_a_sweeps_data_root_is_checked_without_torch():
+    """`FOLDER_DATASETS` is defined once, in the torch-free `dit_core.spec` (the data config reads it
+    from there): a sweep with a data.root is checked, and a dry run tells whether it needs one, without
+    importing torch (the check imported `dit_core.data.config`, and torch with it)."""
+    code = """if True:
+        import sys
+        from sweeps.grid import load_spec
+        spec = load_spec(None)
+        spec.replace(data={"name": "latents", "root": "/data"}).validate()
+        try:
+            spec.replace(data={"name": "digits", "root": "/data"}).validate()
+        except ValueError as e:
+            assert "one of ['imagefolder', 'latents']" in str(e), e
+        else:
+            raise AssertionError("digits with a data.root was not refused")
+        assert "torch" not in sys.modules
+        import dit_core.data.config, dit_core.spec
+        assert dit_core.data.config.FOLDER_DATASETS is dit_core.spec.FOLDER_DATASETS
+    """
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
