@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import hashlib
 import inspect
 import json
 import math
@@ -206,6 +207,12 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """``n`` hex digits of sha256 over ``obj``'s canonical JSON (keys sorted): a cache or settings key."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
 
 
 def check_keys(cls: type, data: Any, where: str) -> dict[str, Any]:

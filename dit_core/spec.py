@@ -29,6 +29,9 @@ POS_EMBEDS = ("sincos", "rope")
 #: The paper's block-design ablation (Sec. 3.2, Fig. 5); `dit_core.blocks` implements each.
 BLOCK_TYPES = ("adaln_zero", "adaln", "cross_attention", "in_context")
 NUM_COND_TOKENS = 2  # t and y tokens (cross-attention context / in-context prefix)
+#: The datasets the trainer reads (`dit_core.data`), defined here so that the sweeps check them without torch.
+DATASET_NAMES = ("digits", "imagefolder", "latents", "photos")
+FOLDER_DATASETS = ("imagefolder", "latents")  # read data.root; the others are bundled
 # The most images one run may see: the data streams index samples (and the step draws their steps) in
 # int64, so a run of more than 2^63 - 1 images, at any speed ~10^11 GPU-years, is a typo in a budget.
 MAX_IMAGES = 2**63 - 1

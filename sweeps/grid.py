@@ -23,6 +23,7 @@ import yaml
 from dit_core.atomic import atomic_write_text
 from dit_core.configio import check_fields, check_keys, parse_value, require, yaml_problem
 from dit_core.spec import (
+    FOLDER_DATASETS,
     MAX_IMAGES,
     DiTConfig,
     budget_steps,
@@ -154,14 +155,11 @@ class SweepSpec:
         for f in self.families:
             family_shape(f, self.scale)  # raises on unknown names
         check_fields(self.data, "data.", dict.fromkeys(("input_size", "in_channels", "num_classes"), ">= 1"))
-        if self.data.root is not None:  # the trainer would refuse every cell when it starts
-            from dit_core.data.config import FOLDER_DATASETS  # imports torch: only for a sweep with a root
-
-            if self.data.name not in FOLDER_DATASETS:
-                raise ValueError(
-                    f"data.root: {self.data.name!r} is bundled and reads no folder; drop data.root, or set "
-                    f"data.name to one of {list(FOLDER_DATASETS)} to train on that folder"
-                )
+        if self.data.root is not None and self.data.name not in FOLDER_DATASETS:  # the trainer would refuse
+            raise ValueError(  # every cell when it starts
+                f"data.root: {self.data.name!r} is bundled and reads no folder; drop data.root, or set "
+                f"data.name to one of {list(FOLDER_DATASETS)} to train on that folder"
+            )
         for p in self.patch_sizes:
             if not whole(p):
                 raise ValueError(f"patch size {p!r} must be a positive integer (e.g. --patch 2,4,8)")

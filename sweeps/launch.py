@@ -28,7 +28,8 @@ from dit_core.configio import (
     parse_scalar,
     stdout_closed,
 )
-from dit_core.tracking import check_tracking_server
+from dit_core.spec import FOLDER_DATASETS
+from dit_core.tracking import check_tracking_server, sqlite_store_path
 from sweeps.cost import DEFAULT_DEVICE, DEFAULT_MFU, DEVICES, cell_eval_flops, estimate
 from sweeps.design import (
     FAMILY_HEAD_DIM,
@@ -442,7 +443,7 @@ def show_status(
             note = f"{spec.design} design not placed again ({e}); {_RUNS_ONLY}"
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_server(uri, AUTH_HINT)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+    if (path := sqlite_store_path(uri)) is not None and not path.is_file():
         raise ValueError(  # do not let MLflow create an empty store just to look
             f"sweep {spec.name}: no MLflow store at {uri}; launch the sweep first, or pass the "
             "--tracking-uri (and --name / --config) it was launched with"
@@ -688,7 +689,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             check_placed(spec, sdir, b, rec)
     cells = expand(spec)
     unknown: tuple[str, ...] = ()
-    if spec.data.name in ("imagefolder", "latents") and not spec.data.root:
+    if spec.data.name in FOLDER_DATASETS and not spec.data.root:
         notes.append(
             f"data.root is not set: a real launch needs it (`data: {{root: ...}}` in the sweep's YAML, "
             f"-c {args.config or 'demo'})"

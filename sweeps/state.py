@@ -6,7 +6,6 @@ cell"), plus submitit's job for liveness; `read_states` gives each cell's state 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dit_core.atomic import atomic_write_text
+from dit_core.configio import stable_hash
 from dit_core.tracking import (
     ERROR_TAG,
     EXECUTOR_TAG,
@@ -28,6 +28,7 @@ from dit_core.tracking import (
     check_sqlite_store,
     check_tracking_server,
     end_run_if,
+    sqlite_store_path,
 )
 from sweeps.executor import JobRef, job_liveness
 
@@ -110,10 +111,9 @@ def check_tracking_uri(uri: str, timeout_s: float | None = None) -> None:
     """Raise ValueError when the tracking store cannot be used (an unknown scheme or a plain folder,
     server down, folder missing). ``timeout_s`` None: `check_tracking_server`'s default."""
     check_tracking_server(uri, AUTH_HINT, timeout_s)
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).parent
-        if not folder.is_dir():
-            raise ValueError(f"MLflow sqlite store {uri}: folder {folder} does not exist; create it first")
+    path = sqlite_store_path(uri)
+    if path is not None and not path.parent.is_dir():
+        raise ValueError(f"MLflow sqlite store {uri}: folder {path.parent} does not exist; create it first")
 
 
 def store_exists(uri: str) -> bool:
@@ -144,9 +144,7 @@ def ensure_experiment(tracking_uri: str, experiment: str) -> str:
 
 def config_hash(overrides: dict[str, Any]) -> str:
     """16 hex digits of SHA-256 over a cell's dotted overrides (without ``tracking.run_id``)."""
-    cfg = {k: v for k, v in overrides.items() if k != "tracking.run_id"}
-    text = json.dumps(cfg, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return stable_hash({k: v for k, v in overrides.items() if k != "tracking.run_id"}, 16)
 
 
 #: Concurrent requests when the launcher writes many cells' runs to an mlflow server (one at a time

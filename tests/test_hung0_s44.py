@@ -5,11 +5,8 @@ CPU (gloo), the ranks this test's own children (`test_pgto_s43._ranks`); the han
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from mlflow import MlflowClient
-from test_pgto_s43 import hung_ranks
+from test_pgto_s43 import exit_codes, hung_ranks, only_run
 
 #: the seconds after the fault rank 0 may take to exit (measured 10-12 s: rank 1's collective timeout,
 #: `TIMEOUT_S`, then the watch's `PEER_GRACE_S`; before the fix it never exited)
@@ -25,22 +22,8 @@ def test_a_rank_stuck_on_its_own_ends_its_run_once_its_peer_timed_out_waiting_fo
     slept on and its run stayed RUNNING (under torchrun: until its SIGKILL, 30 s after its SIGTERM, and
     RUNNING for good)."""
     out, exp = tmp_path / "run", f"hung0-{tmp_path.name}"
-    procs = hung_ranks(tmp_path, "hang0", exp, out)
-    rank0 = tmp_path / "rank0.txt"
-    try:
-        t0 = time.monotonic()
-        rc1 = procs[1].wait(timeout=EXIT_WITHIN_S)
-        try:
-            rc0 = procs[0].wait(timeout=max(1.0, EXIT_WITHIN_S - (time.monotonic() - t0)))
-        except Exception:  # noqa: BLE001 - still sleeping: the test fails below
-            rc0 = None
-        took = time.monotonic() - t0
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    err = rank0.read_text()
+    (rc1, rc0), took = exit_codes(hung_ranks(tmp_path, "hang0", exp, out), [1, 0], EXIT_WITHIN_S)
+    err = (tmp_path / "rank0.txt").read_text()
     print(f"rank 0 exit {took:.1f} s after its fault")
     assert rc1 == 1, (tmp_path / "rank1.txt").read_text()[-3000:]
     assert rc0 == 1, (rc0, took, err[-3000:])
@@ -48,10 +31,7 @@ def test_a_rank_stuck_on_its_own_ends_its_run_once_its_peer_timed_out_waiting_fo
     said = (
         f"StuckHere: rank 1 stopped waiting for rank 0 after --dist-timeout-s; rank 0 was busy in {wrapper}:"
     )
-    client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
-    assert [r.info.run_id for r in runs] == [(out / "mlflow_run_id").read_text().strip()]
-    run = runs[0]
+    run = only_run(exp, out)
     assert (run.info.status, run.data.tags["status"]) == ("FAILED", "failed"), err[-3000:]
     error = run.data.tags["error"]
     assert error.startswith(

@@ -121,6 +121,33 @@ def hung_ranks(tmp_path, mode: str, exp: str, out) -> list[subprocess.Popen]:
     return procs
 
 
+def exit_codes(procs: list[subprocess.Popen], ranks: list[int], within_s: float) -> tuple[list, float]:
+    """The exit codes of ``ranks``, waited for in that order until ``within_s`` after the call (None: still
+    running then), and the seconds that took; then every rank still running is killed."""
+    t0 = time.monotonic()
+    try:
+        codes = []
+        for rank in ranks:
+            try:
+                codes.append(procs[rank].wait(timeout=max(1.0, within_s - (time.monotonic() - t0))))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+        return codes, time.monotonic() - t0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def only_run(exp: str, out):
+    """The one MLflow run of experiment ``exp``: the run whose id ``out`` holds."""
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
+    assert [r.info.run_id for r in runs] == [(out / "mlflow_run_id").read_text().strip()]
+    return runs[0]
+
+
 @pytest.mark.timeout(90)
 def test_a_rank_that_hangs_without_failing_is_waited_for_dist_timeout_s_only(tmp_path):
     """Rank 1 sleeps for good in its third step. Before, rank 0 waited in the gradients' all-reduce for
@@ -129,19 +156,7 @@ def test_a_rank_that_hangs_without_failing_is_waited_for_dist_timeout_s_only(tmp
     the timeout and the flag (no gloo traceback), and its MLflow run, the experiment's only one, is FAILED
     with that error."""
     out, exp = tmp_path / "run", f"pgto-{tmp_path.name}"
-    procs = hung_ranks(tmp_path, "hang", exp, out)
-    try:
-        t0 = time.monotonic()
-        try:
-            rc = procs[0].wait(timeout=TIMEOUT_S + 30)
-        except subprocess.TimeoutExpired:
-            rc = None
-        took = time.monotonic() - t0
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+    (rc,), took = exit_codes(hung_ranks(tmp_path, "hang", exp, out), [0], TIMEOUT_S + 30)
     err = (tmp_path / "rank0.txt").read_text()
     print(f"rank 0 exit {took:.1f} s after the fault (timeout {TIMEOUT_S} s)")
     # at least half the timeout: the clock starts when the test reads rank 1's FAULT line, which rank 0's
@@ -153,11 +168,9 @@ def test_a_rank_that_hangs_without_failing_is_waited_for_dist_timeout_s_only(tmp
         "is only slow, give a larger --dist-timeout-s"
     )
     assert err.count(said) == 1 and "Traceback" not in err, err[-3000:]
-    client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
-    assert [r.info.run_id for r in runs] == [(out / "mlflow_run_id").read_text().strip()]
-    assert (runs[0].info.status, runs[0].data.tags["status"]) == ("FAILED", "failed")
-    assert runs[0].data.tags["error"] == f"CollectiveTimeout: {said}"
+    run = only_run(exp, out)
+    assert (run.info.status, run.data.tags["status"]) == ("FAILED", "failed")
+    assert run.data.tags["error"] == f"CollectiveTimeout: {said}"
 
 
 @pytest.mark.timeout(90)

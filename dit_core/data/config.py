@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..configio import check_fields, coerce_fields, require
+from ..spec import DATASET_NAMES
+from ..spec import FOLDER_DATASETS as FOLDER_DATASETS  # the trainer's loop reads it from here
 from .digits import MAX_RESOLUTION, SPLITS
 from .photos import PHOTOS, PhotoOptions
-
-DATASET_NAMES = ("digits", "imagefolder", "latents", "photos")
-FOLDER_DATASETS = ("imagefolder", "latents")  # read data.root; the others are bundled
 
 
 @dataclass

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_write
+from ..configio import stable_hash
 from ..data import digits_images
 from ..data.photos import PhotoOptions, photo_crops
 from .features import FeatureExtractor, file_digest
-from .reference import cache_dir, stable_hash
+from .reference import cache_dir
 
 log = logging.getLogger(__name__)
 

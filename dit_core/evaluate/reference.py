@@ -16,19 +16,17 @@ The stats are cached per source, resolution and extractor (`reference_stats`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_write
+from ..configio import stable_hash
 from ..data import digits_images, photos_images
 from ..data.digits import SPLITS as DIGITS_SPLITS
 from ..data.imagefolder import IMG_EXTENSIONS, center_crop_arr, load_rgb
@@ -47,12 +45,6 @@ def cache_dir(sub: str = "") -> Path:
     path = root / sub if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def stable_hash(obj: Any, n: int = 12) -> str:
-    """Short sha256 of ``obj``'s canonical JSON (dict keys sorted): a cache key."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:n]
 
 
 @dataclass

@@ -6,8 +6,8 @@ import dataclasses
 
 from ..config import TrainConfig
 from ..configio import ConfigError, require
-from ..data.config import FOLDER_DATASETS, DataConfig
-from ..spec import model_config, resolve_budget_steps, train_flops_per_image
+from ..data.config import DataConfig
+from ..spec import FOLDER_DATASETS, model_config, resolve_budget_steps, train_flops_per_image
 from .evaluation import check_evaluation
 from .validation import check_validation
 
