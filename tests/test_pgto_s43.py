@@ -182,7 +182,19 @@ def test_a_rank_whose_peer_failed_and_ended_says_the_peers_error_not_gloos_trace
     own in one line, without gloo's traceback."""
     script = tmp_path / "wrapper.py"
     script.write_text(_WRAPPER)
-    cmd = [*ACCELERATE, str(script), str(REPO), "fail", *TINY, "--out", str(tmp_path / "run")]
+    # torchrun SIGTERMs rank 0 one monitor interval (0.1 s) after rank 1 has ended: on a loaded machine
+    # before rank 0 got to its line (1 run in 6 under eight helpers' load, session 45); 5 s leaves it time
+    slower_monitor = ["--monitor_interval", "5"]
+    cmd = [
+        *ACCELERATE,
+        *slower_monitor,
+        str(script),
+        str(REPO),
+        "fail",
+        *TINY,
+        "--out",
+        str(tmp_path / "run"),
+    ]
     rc, took, err = _launch(cmd, "FAULT on rank 1", PROMPT_S)
     assert rc == 1, (rc, took, err[-3000:])
     assert "rank 1 failed: OSError: injected: rank 1 fails after prepare" in err, err[-3000:]
