@@ -1,6 +1,6 @@
 """Session 43 (muta): tests that kill the hand-placed mutants of spec, models, blocks, layers, rope,
 pos_embed and the Gaussian diffusion (tests/hand_mutants.txt), each against a closed form, a published
-number, torch's own FLOP counter or a reference written out here (docs/_s43_muta.md)."""
+number, torch's own FLOP counter or a reference written out here (docs/testing.md, "Session 43")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Session 45, helper "races": the shared server helpers survive a port taken between `free_port` choosing
 it and the server binding it (another process's bind or outgoing connection, in the seconds a server's
-imports take), instead of failing the test that asked for a server (docs/_s45_races.md)."""
+imports take), instead of failing the test that asked for a server (docs/testing.md, "Session 45")."""
 
 from __future__ import annotations
 
