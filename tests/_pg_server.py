@@ -101,6 +101,19 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, log: Path, since: int, 
     raise RuntimeError(f"mlflow server at {url} did not answer /health within {timeout_s} s")
 
 
+def spawn_mlflow_server(args: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:
+    """``python -m mlflow server ARGS`` in a session of its own, its output appended to ``log_path``,
+    without the caller's ``MLFLOW_TRACKING_URI`` and job execution. Returns the process and the log's
+    size before it started: where this start's lines begin (`wait_until_healthy`'s ``since``)."""
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    since = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        cmd = [sys.executable, "-m", "mlflow", "server", *args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, since
+
+
 @dataclass
 class MlflowServer:
     """A running `mlflow server`: its URL, process, backend database and folder (log, artifacts)."""
@@ -128,20 +141,15 @@ def start_pg_mlflow_server(folder: Path, workers: int = 2, timeout_s: float = 18
     before the server bound it is replaced by another (3 tries)."""
     folder.mkdir(parents=True, exist_ok=True)
     db = create_database()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
     for attempt in range(3):
         port = free_port()
-        cmd = [
-            sys.executable, "-m", "mlflow", "server",
+        args = [
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
             "--backend-store-uri", db.replace("postgresql://", "postgresql+psycopg2://", 1),
             "--artifacts-destination", str(folder / "artifacts"),
         ]  # fmt: skip
         log_path = folder / "server.log"
-        since = log_path.stat().st_size if log_path.exists() else 0
-        log = open(log_path, "ab")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc, since = spawn_mlflow_server(args, log_path)
         server = MlflowServer(f"http://127.0.0.1:{port}", proc, db, folder)
         try:
             wait_until_healthy(proc, server.url, log_path, since, timeout_s)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _pg_server import PortTaken, free_port, wait_until_healthy
+from _pg_server import PortTaken, free_port, spawn_mlflow_server, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -83,18 +83,13 @@ def start_mlflow_server(
 
 def _start_mlflow_server(store_dir: Path, timeout_s: float, port: int) -> tuple[subprocess.Popen, str]:
     store_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
+    args = [
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{store_dir}/mlflow.db",
         "--artifacts-destination", str(store_dir / "artifacts"),
     ]  # fmt: skip
     log_path = store_dir / "server.log"
-    since = log_path.stat().st_size if log_path.exists() else 0
-    log = open(log_path, "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc, since = spawn_mlflow_server(args, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(proc, url, log_path, since, timeout_s)

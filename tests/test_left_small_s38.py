@@ -53,9 +53,13 @@ def test_a_failed_record_cancels_the_jobs_it_sent_and_a_relaunch_trains_each_cel
     each cell once more, into its one run, to the same weights. Here the first cell's record is written
     and the second's fails. Failed before the fix: the MLflow error itself, the jobs still running (or,
     warm, their runs FINISHED without a record)."""
+    # the jobs wait before their last step until `release` exists (or their Ctrl-C comes): under CI's load
+    # the record and the cancel took longer than a job's 8 steps of 0.2 s, and a job trained to its end
+    release = tmp_path / "release"
     spec = fake_trainer_spec(
         tmp_path, job_env, name=f"rec-{'warm' if warm else 'plain'}", experiment="rec", budgets=[2.6e9],
-        train={"step_s": 0.2}, executor=ExecutorSpec(name="local", local_warm=warm),
+        train={"step_s": 0.2, "hold_file": str(release)},
+        executor=ExecutorSpec(name="local", local_warm=warm),
     )  # fmt: skip
     cells = {c.cell_id: c for c in expand(spec)}
     assert len(cells) == 2 and spec.executor.local_parallelism == 2  # both go out in one batch
@@ -85,6 +89,7 @@ def test_a_failed_record_cancels_the_jobs_it_sent_and_a_relaunch_trains_each_cel
     run_ids = {st.cell_id: st.run_id for st in states.values()}
 
     monkeypatch.setattr(runner, "record_submissions", real)  # the server is back
+    release.touch()
     res = launch(spec, poll_s=0.2)
     assert sorted(res.submitted) == sorted(cells) and res.errors == {}
     by_cell = runs_by_cell(job_env, spec.experiment)
