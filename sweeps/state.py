@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +103,10 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
     if not (uri or "").strip():  # an empty `tracking_uri: ''` is unset too, not a store named ''
         uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    relative = re.match(r"(sqlite(?:\+\w+)?:///)(?!/)([^?]+)(.*)", uri)  # (scheme, FILE, ?options)
+    if relative and sqlite_store_path(uri) is not None:
+        scheme, path, options = relative.groups()
+        uri = scheme + str(Path(path).resolve()) + options
     return uri
 
 
@@ -111,6 +114,11 @@ def check_tracking_uri(uri: str, timeout_s: float | None = None) -> None:
     """Raise ValueError when the tracking store cannot be used (an unknown scheme or a plain folder,
     server down, folder missing). ``timeout_s`` None: `check_tracking_server`'s default."""
     check_tracking_server(uri, AUTH_HINT, timeout_s)
+    if re.fullmatch(r"sqlite(\+\w+)?://(/:memory:)?(\?.*)?", uri):
+        raise ValueError(
+            f"MLflow store {uri} is an in-memory database, which each job would open empty and lose on "
+            "exiting: give a file, --tracking-uri sqlite:///FILE, or a tracking server"
+        )
     path = sqlite_store_path(uri)
     if path is not None and not path.parent.is_dir():
         raise ValueError(f"MLflow sqlite store {uri}: folder {path.parent} does not exist; create it first")

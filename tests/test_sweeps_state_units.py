@@ -109,6 +109,11 @@ def test_resolve_tracking_uri_makes_sqlite_paths_absolute(tmp_path, monkeypatch)
     assert resolve_tracking_uri("sqlite:///sub/../y.db") == f"sqlite:///{tmp_path}/y.db"
     assert resolve_tracking_uri("sqlite:////abs/z.db") == "sqlite:////abs/z.db"
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    # a driver and ?options: the path alone is made absolute (session 46: the driver form stayed relative)
+    assert resolve_tracking_uri("sqlite+pysqlite:///x.db") == f"sqlite+pysqlite:///{tmp_path}/x.db"
+    got = resolve_tracking_uri("sqlite:///sub/../y.db?timeout=5")
+    assert got == f"sqlite:///{tmp_path}/y.db?timeout=5"
+    assert resolve_tracking_uri("sqlite:///:memory:") == "sqlite:///:memory:"  # not a file named :memory:
     mlflow.set_tracking_uri("sqlite:////somewhere/else.db")
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel/m.db")  # the environment comes first
@@ -598,3 +603,13 @@ def test_a_slurm_job_sacct_calls_done_is_waited_for_while_squeue_still_lists_it(
     assert _Runner._ended(runner, "c", job, set()) is over
     assert bool(asked) == (kind == "slurm" and done and not result)
     assert _Runner._ended(runner, "c", job, {"c"})  # `_gone_unseen` found it over: collected
+
+
+@pytest.mark.parametrize(
+    "uri", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite:///:memory:?cache=shared"]
+)
+def test_check_tracking_uri_refuses_an_in_memory_store(uri):
+    """A sweep's launcher and each of its jobs would open the in-memory store empty: the jobs failed with
+    "no such table: runs" and the launcher advised a relaunch, which failed the same way."""
+    with pytest.raises(ValueError, match="in-memory database.*sqlite:///FILE"):
+        check_tracking_uri(uri)
