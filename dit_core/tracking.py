@@ -757,10 +757,16 @@ class _ServerCheck:
             if _answer_timed_out(e):
                 raise self.late() from None
             status, why = 0, str(getattr(e, "reason", e))
-        if status != 200:
-            if status < 500:
-                raise ValueError(f"MLflow tracking server {self.uri} is unreachable ({why}); {self.hint}")
+        if status == 0:
+            raise ValueError(f"MLflow tracking server {self.uri} is unreachable ({why}); {self.hint}")
+        if status >= 500:
             return status, ""
+        if status != 200:  # MLflow answers /health 200, with basic-auth too
+            raise ValueError(
+                f"MLflow tracking server {self.uri}: GET /health answers HTTP {status} ({why}), where an "
+                "MLflow server answers 200: another program holds that address, or MLflow serves under a "
+                f"path prefix (give it in the URI, e.g. http://host:5000/PREFIX); {self.hint}"
+            )
         self.asking = STORE_PROBE
         return self._store_probe()
 
