@@ -513,26 +513,30 @@ class Trainer:
             )
             if self.classes is not None:
                 atomic_write_text(self.out / "classes.json", json.dumps(self.class_index(), indent=2))
-        t0 = time.perf_counter()
-        try:
-            self.start_tracking()
-        except BaseException as err:  # a Ctrl-C or a store error once the run exists: not left RUNNING
-            self.end_run_on_error(err, local_job)
-            raise
-        self.seconds["mlflow_s"] += time.perf_counter() - t0
-        log.info(
-            "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images on "
-            "%d process(es), from step %d", cfg.model.name or "custom DiT", f"{param_count(self.dit_cfg):,}",
-            self.fpi, self.peak_lr, self.total, self.batch, self.world, self.step,
-        )  # fmt: skip
-        # a warning from the config is the same on every rank: said once (rank-specific ones by each)
-        stale = stale_ema_warning(cfg.optim.ema_decay, self.total) if cfg.eval.eval_every else None
-        if self.main and stale:
-            log.warning("evaluation samples the EMA model: %s", stale)
-        progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
         self.signal_sync = SignalSync()  # a later run() of this trainer times its steps afresh
-        try:
-            with PreemptionGuard(signals, sigint_echo_s=echo_s) as guard:
+        # a signal once the MLflow run exists stops it like one in training, and the deferral that ends
+        # the run takes the guard's signals over (`signals_deferred`): no instant at their default
+        # handlers, where one would end the process with the run RUNNING
+        with PreemptionGuard(signals, sigint_echo_s=echo_s) as guard:
+            t0 = time.perf_counter()
+            try:
+                self.start_tracking()
+            except BaseException as err:  # a Ctrl-C that stops at once, a store error: not left RUNNING
+                self.end_run_on_error(err, local_job)
+                raise
+            self.seconds["mlflow_s"] += time.perf_counter() - t0
+            log.info(
+                "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images "
+                "on %d process(es), from step %d", cfg.model.name or "custom DiT",
+                f"{param_count(self.dit_cfg):,}", self.fpi, self.peak_lr, self.total, self.batch, self.world,
+                self.step,
+            )  # fmt: skip
+            # a warning from the config is the same on every rank: said once (rank-specific ones by each)
+            stale = stale_ema_warning(cfg.optim.ema_decay, self.total) if cfg.eval.eval_every else None
+            if self.main and stale:
+                log.warning("evaluation samples the EMA model: %s", stale)
+            progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
+            try:
                 if cfg.eval.val_every and self.step == 0:
                     self.validate()
                 try:
@@ -543,17 +547,17 @@ class Trainer:
                 ckpt_path = self.saved[1] if periodic else self.save()
                 signum = guard.received if status == tracking.STATUS_PREEMPTED else None
                 handler = guard.previous_handler(signum) if signum is not None else None
-        except BaseException as err:
-            failure = timeout_explained(
-                err, cfg.dist_timeout_s, self.rank, f"after step {self.step} of {self.total}"
-            )
-            self.end_run_on_error(failure, local_job)
-            if failure is err:
-                raise
-            raise failure from err
-        finally:
-            progress.close()
-        late = self.end_stopped_run(status, signum, local_job, signals)
+            except BaseException as err:
+                failure = timeout_explained(
+                    err, cfg.dist_timeout_s, self.rank, f"after step {self.step} of {self.total}"
+                )
+                self.end_run_on_error(failure, local_job)
+                if failure is err:
+                    raise
+                raise failure from err
+            finally:
+                progress.close()
+            late = self.end_stopped_run(status, signum, local_job, signals)
         signum = late if signum is None else signum
         signame = signal.Signals(signum).name if signum is not None else None
         if status == tracking.STATUS_PREEMPTED:

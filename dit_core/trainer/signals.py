@@ -88,7 +88,8 @@ class PreemptionGuard:
     checkpoint), unless it came within ``sigint_echo_s`` seconds of the first one (a local job's:
     `SIGINT_ECHO_S`), which counts as that same Ctrl-C and is ignored. A SIGHUP after either is the
     same hangup (a shell sends its jobs one, the kernel another as the shell exits) and is ignored;
-    so is a SIGHUP that was ignored (SIG_IGN) when the guard was entered: ``nohup``."""
+    so is a SIGHUP that was ignored (SIG_IGN) when the guard was entered: ``nohup``. A `signals_deferred`
+    entered inside the guard takes its signals over (the trainer's run is ended so)."""
 
     def __init__(self, signals: tuple[int, ...] = PREEMPTION_SIGNALS, *, sigint_echo_s: float = 0.0):
         self.signals = signals
@@ -195,8 +196,10 @@ def signals_deferred(*sigs: int, during: str = "", again_after_s: float | None =
     ``during`` names it in a warning), a sweep's jobs between submitting and recording them
     (`sweeps.runner`). A signal ignored when the block starts (SIG_IGN: SIGHUP under ``nohup``) stays
     ignored. ``again_after_s``: a SIGINT that comes more than that many seconds after the first one held
-    is a second Ctrl-C and raises KeyboardInterrupt at once (None: every SIGINT waits). A no-op off the
-    main thread (Python runs signal handlers there only)."""
+    is a second Ctrl-C and raises KeyboardInterrupt at once, for both (None: every SIGINT waits). Entered
+    inside a `PreemptionGuard`, it takes the guard's signals over, with no instant at their default
+    handlers between the two, and ends by restoring those from before the guard. A no-op off the main
+    thread (Python runs signal handlers there only)."""
     got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield got
@@ -214,14 +217,25 @@ def signals_deferred(*sigs: int, during: str = "", again_after_s: float | None =
         got.append(signum)
 
     taken = [s for s in sigs if signal.getsignal(s) != signal.SIG_IGN]
-    old = {s: signal.signal(s, hold) for s in taken}
+    old = {s: _before_guard(s, signal.signal(s, hold)) for s in taken}
+    acting = got
     try:
         yield got
+    except KeyboardInterrupt:  # one ends the block (a second Ctrl-C): it acts for a held SIGINT too
+        acting = [s for s in got if s != signal.SIGINT]
+        raise
     finally:
         for s, handler in old.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         # SIGINT last: its KeyboardInterrupt would end this loop before the others acted
-        for s in sorted(dict.fromkeys(got), key=lambda s: s == signal.SIGINT):
+        for s in sorted(dict.fromkeys(acting), key=lambda s: s == signal.SIGINT):
             if during:
                 log.warning("received %s while %s; acting on it now", signal.Signals(s).name, during)
             signal.raise_signal(s)
+
+
+def _before_guard(signum: int, handler: object) -> object:
+    """``handler``, or if it is a `PreemptionGuard`'s, the one from before that guard, which the guard's
+    exit then leaves alone: a deferral entered inside a guard takes ``signum`` over from it."""
+    guard = getattr(handler, "__self__", None)
+    return guard._previous.pop(signum) if isinstance(guard, PreemptionGuard) else handler
