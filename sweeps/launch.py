@@ -57,6 +57,7 @@ from sweeps.grid import (
     parse_budget,
     read_spec_record,
 )
+from sweeps.lock import CELL_LOCK
 from sweeps.runner import (
     Progress,
     check_executor,
@@ -231,7 +232,8 @@ _FLAGS = {
 EXIT_CODES = {
     0: "submitted (--no-wait), every cell waited for finished, a dry run, or status",
     1: "a launch that waited: a cell did not finish or is out of retries, or an earlier launch's\n"
-    "cell ended unfinished (relaunch the same command); or a crash (a traceback)",
+    "cell ended unfinished (relaunch the same command); a --no-wait launch whose warm worker died\n"
+    "before it started a cell; or a crash (a traceback)",
     2: "bad input, said in one line, nothing submitted: a flag, the sweep config, the output\n"
     "folder, a tracking store that is no MLflow store or fails, SLURM jobs no cell records",
     129: "SIGHUP (a closed terminal): as a Ctrl-C",
@@ -497,6 +499,13 @@ def _advice(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
             f"held: {', '.join(f'{c} (job {j})' for c, j in held.items())}: SLURM holds the job, which never "
             f"starts on its own; release it with `scontrol release {','.join(held.values())}`"
         )
+    if unrecorded := [c for c, st in states.items() if st.state in ("running", "queued") and not st.attempts]:
+        out.append(
+            f"running unrecorded: {', '.join(unrecorded[:8])}: a live job holds the cell's lock, but its run "
+            "records no job (its launcher was killed before recording it); it trains that run to its end, "
+            "and a launch does not start the cell again (`fuser` on the cell's lock file, e.g. "
+            f"{cell_dir(sweep_dir(spec), unrecorded[0]) / CELL_LOCK}, lists the processes that hold it)"
+        )
     p = plan(states, spec.executor.max_retries)
     redo = [c for c in p.submit if states[c].state in ("failed", "interrupted")]
     if redo:
@@ -592,7 +601,8 @@ def cmd_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         if res.job_ids:  # a relaunch with nothing to submit has no jobs to list
             print(f"jobs: {', '.join(f'{c}={j}' for c, j in res.job_ids.items())}")
         print(f"watch with: {_status_command(args)}")
-        return 0
+        _print_failed(res.errors, res.logs)  # cells its warm worker, dead, could not start
+        return 1 if res.errors else 0
     states = show_status(spec)
     # a job can end without an error and its cell still not be finished (a trainer that returns a
     # failure, or never ends its run): the cell's record decides, as for `status` and the relaunch

@@ -72,7 +72,7 @@ from sweeps.state import (
     store_exists,
 )
 from sweeps.task import CellTask, check_trainer, make_task
-from sweeps.warm import WarmExecutor, WarmJob
+from sweeps.warm import WarmExecutor, WarmJob, WarmWorkerGone
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,12 @@ class _Runner:
                     self.executor.update_parameters(
                         setup=local_job_setup(spec.executor, t.run_dir, t.threads)
                     )
-                jobs.append(self.executor.submit(CellJob(), t))
+                try:
+                    jobs.append(self.executor.submit(CellJob(), t))
+                except WarmWorkerGone:  # died since `_run` looked: those not sent are not started
+                    self._not_started(prepared[len(jobs) :])
+                    prepared = prepared[: len(jobs)]
+                    break
         now = time.monotonic() - self.t0
         subs = []
         for t, j in zip(prepared, jobs):
@@ -481,6 +486,22 @@ class _Runner:
             raise CancelInterrupted(text, stops[0]) from error
         raise RuntimeError(text) from error
 
+    def _worker_gone(self) -> bool:
+        """Whether this launch's warm worker has died (killed: the OOM killer, ``kill -9``): it forks no
+        more cells (those it forked train on, holding their locks)."""
+        return isinstance(self.executor, WarmExecutor) and not self.executor.alive()
+
+    def _not_started(self, tasks: list[CellTask]) -> None:
+        """Fail ``tasks``, which the dead warm worker cannot start, saying so and that a relaunch runs it."""
+        ex = self.executor
+        why = (
+            f"not started: the warm worker (pid {ex.proc.pid}) that forks this launch's cells died (killed?; "
+            f"its log: {ex.log_path}); relaunch the same command to run it"
+        )
+        for t in tasks:
+            self.result.errors[t.cell_id] = why
+            log.error("cell %s %s", t.cell_id, why)
+
     def run(self, tasks: list[CellTask], wait: bool) -> None:
         try:
             self._run(tasks, wait)
@@ -505,6 +526,9 @@ class _Runner:
         tick = min(self.poll_s, 0.05) if kind == "local" else self.poll_s
         last_report = -1.0
         while True:
+            if pending and self._worker_gone():  # the cells it forked are waited for, the rest failed
+                self._not_started(pending)
+                pending = []
             if pending:
                 self.others = {c: d for c, d in self.others.items() if cell_lock_held(d)}
                 free = width - len(live) - len(self.others)
@@ -681,7 +705,9 @@ class _Runner:
             left = time_left(self.work, spans, [t.cell_id for t in pending], elapsed, slots)
         self.on_progress(
             Progress(
-                total=len(self.result.job_ids) + len(pending),
+                total=len(self.result.job_ids)
+                + len(pending)
+                + len(self.result.errors.keys() - self.result.job_ids),
                 done=len(self.result.results),
                 running=len(live) - queued - held,
                 failed=len(self.result.errors),
@@ -835,11 +861,16 @@ def _ctrl_c_targets(job: Any) -> set[int]:
     `local_job_setup` always gives, after its controller's parent) and what the controller's tasks
     started, not the controller (the shell's child), which on a SIGINT kills its tasks 1 s later whether
     or not they have checkpointed: it ends once they have."""
+    root = _job_root(job)
     if isinstance(job, WarmJob):
-        root = job.pid()
         return _process_tree(root) if root else set()
-    shell = int(job.job_id)
-    return {shell}.union(*(_process_tree(task) for c in _children(shell) for task in _children(c)))
+    return {root}.union(*(_process_tree(task) for c in _children(root) for task in _children(c)))
+
+
+def _job_root(job: Any) -> int | None:
+    """The root process of the local ``job``: a warm job's forked child (None before its fork), a
+    submitit job's shell (its ``job_id``)."""
+    return job.pid() if isinstance(job, WarmJob) else int(job.job_id)
 
 
 def _hurried_text(what: str, ids: str, left: list[str], kind: str) -> str:
@@ -892,7 +923,7 @@ def _kill_jobs(jobs: list[Any], wait_s: float = KILL_WAIT_S) -> list[str]:
     alive = list(jobs)
     while alive:
         for j in alive:
-            root = j.pid() if isinstance(j, WarmJob) else int(j.job_id)
+            root = _job_root(j)
             if root is None and j.executor.alive():
                 j.executor.proc.kill()
                 root = j.pid()  # forked just before

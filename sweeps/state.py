@@ -32,6 +32,7 @@ from dit_core.tracking import (
     sqlite_store_path,
 )
 from sweeps.executor import JobRef, job_liveness
+from sweeps.lock import cell_lock_held
 
 # tags of the launcher's record on each cell's run (the trainer also sets `executor` and `job_id`,
 # to the same values, from the job's environment)
@@ -465,6 +466,7 @@ def read_states(
     # a FINISHED run is finished whatever its job does: ask the scheduler about the others only
     unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
     alive = job_liveness(unfinished)  # "unknown" where SLURM did not answer: never taken for over
+    alive |= _unrecorded_alive(runs, refs, cells)
     if dead := [c for c in unfinished if c not in alive]:
         # a job that ended between the runs' read and the liveness check: read its run again, or a cell
         # that just finished would look interrupted (run RUNNING, job gone) and be resubmitted
@@ -500,6 +502,20 @@ def read_states(
         else:
             st.state = "interrupted"
     return out
+
+
+def _unrecorded_alive(
+    runs: dict[str, list[Any]], refs: dict[str, JobRef | None], cells: dict[str, str]
+) -> dict[str, str]:
+    """``{cell: "running"}`` for the unfinished cells whose run records no job but whose cell lock a live
+    local job holds: its launcher was killed (SIGKILL) between submitting it and recording it, and it
+    trains the cell's run all the same; a launch must not start a second job of it (which waits for the
+    lock, fails, and, seen over, ended the run KILLED while the first one trained it)."""
+    return {
+        c: "running"
+        for c, ref in refs.items()
+        if ref is None and runs[c][0].info.status != "FINISHED" and cell_lock_held(cells[c])
+    }
 
 
 def plan(states: dict[str, CellState], max_retries: int) -> Plan:

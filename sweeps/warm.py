@@ -50,6 +50,10 @@ WARM_IMPORTS = (
 _POLL_S = 0.05
 
 
+class WarmWorkerGone(RuntimeError):
+    """`WarmExecutor.submit` to a worker that has died (killed: the OOM killer, ``kill -9``): nothing sent."""
+
+
 class _Requeue(BaseException):
     """Raised by the child's SIGUSR2 handler, after the trainer's checkpoint: fork this cell again."""
 
@@ -80,13 +84,15 @@ class WarmJob:
         return not self.executor.alive() and not cell_lock_held(self.run_dir)
 
     def results(self) -> list[Any]:
-        """``[result]`` of a job that succeeded; raises RuntimeError (with the remote traceback) else."""
+        """``[result]`` of a job that succeeded; raises RuntimeError (with the remote traceback) else. A job
+        whose worker died (no exit status) succeeded where its child wrote "success": the child writes it
+        once the cell is trained, just before it exits 0."""
         code = self.exit_code()
         try:
             kind, value = pickle.loads(self._file("_0_result.pkl").read_bytes())
         except FileNotFoundError:
             kind, value = "error", None
-        if kind == "success" and code == 0:
+        if kind == "success" and code in (0, None):
             return [value]
         if code is None:
             why = "its warm worker exited before the job ended"
@@ -162,7 +168,7 @@ class WarmExecutor:
             self.proc.stdin.write((json.dumps(msg) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, ValueError, OSError) as e:
-            raise RuntimeError(f"the warm worker (pid {self.proc.pid}) is gone; see {self.log_path}") from e
+            raise WarmWorkerGone(f"the warm worker (pid {self.proc.pid}) is gone; see {self.log_path}") from e
         return WarmJob(self, job_id, folder, task.run_dir)
 
     def stop(self) -> None:

@@ -235,9 +235,10 @@ def test_a_killed_warm_worker_leaves_its_cell_running_and_the_job_failed_once_th
 ):
     """The zygote SIGKILLed (as a second Ctrl-C can leave it) while a cell trains: the orphaned child
     still holds the cell's lock, so the job is not done; once the child ends, the job is done
-    without an exit status (only the zygote writes it), and its result, although the child wrote
-    "success", is an error naming the lost worker. The zygote had the executor's thread count in
-    its environment, for the OpenMP / BLAS pools that start when torch and numpy load."""
+    without an exit status (only the zygote writes it), and the "success" the child wrote stands
+    (session 46: it was an error naming the lost worker, for a cell that had finished). The zygote had
+    the executor's thread count in its environment, for the OpenMP / BLAS pools that start when torch
+    and numpy load."""
     from sweeps.task import make_task
     from sweeps.warm import WarmExecutor
 
@@ -255,8 +256,7 @@ def test_a_killed_warm_worker_leaves_its_cell_running_and_the_job_failed_once_th
     assert step_of(progress) == cell.steps and job.exit_code() is None
     with open(job.paths.folder / f"{job.job_id}_0_result.pkl", "rb") as f:
         assert pickle.load(f)[0] == "success"
-    with pytest.raises(RuntimeError, match=r"failed \(its warm worker exited before the job ended\)"):
-        job.results()
+    assert job.results()[0]["step"] == cell.steps
 
 
 def test_the_zygote_waits_out_a_liveness_check_on_the_cell_lock_and_refuses_a_live_holder(
