@@ -230,7 +230,7 @@ def test_cancelled_warm_job_stops_with_its_error_and_frees_the_cell(job_env, tmp
     assert not ex.alive()
 
 
-def test_a_killed_warm_worker_leaves_its_cell_running_and_the_job_failed_once_the_cell_ends(
+def test_a_killed_warm_worker_leaves_its_cell_running_and_its_success_standing_once_it_ends(
     job_env, tmp_path
 ):
     """The zygote SIGKILLed (as a second Ctrl-C can leave it) while a cell trains: the orphaned child
