@@ -166,3 +166,20 @@ def evaluate_checkpoint(cfg) -> tuple[dict[str, float], int]:
 
     prepared = prepare_checkpoint_eval(cfg)
     return score_prepared(prepared, cfg), prepared.step
+
+
+def train_lock_free(out) -> bool:
+    """Whether nobody holds ``<out>/.train.lock`` (another open file description: a holder in this
+    process counts too)."""
+    import fcntl
+
+    from dit_core.trainer.out_lock import TRAIN_LOCK
+
+    fd = os.open(os.path.join(out, TRAIN_LOCK), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

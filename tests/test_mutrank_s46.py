@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import pytest
 import torch.distributed as dist
+from _train_helpers import train_lock_free
 
 from dit_core.configio import ConfigError
 from dit_core.trainer import ranklog
@@ -245,17 +246,6 @@ def test_mutrank_warnings_are_muted_only_where_asked_and_only_inside_the_block()
 
 
 # ---------------------------------------------------------------- the run folder's lock
-def _lock_free(out) -> bool:
-    fd = os.open(out / TRAIN_LOCK, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
 @pytest.mark.timeout(30)
 def test_mutrank_a_held_folder_is_refused_at_once_naming_its_holder(tmp_path):
     (tmp_path / TRAIN_LOCK).write_text("123456789 a-very-long-host-name-left-by-a-killed-holder\n")
@@ -266,7 +256,7 @@ def test_mutrank_a_held_folder_is_refused_at_once_naming_its_holder(tmp_path):
         with pytest.raises(OutFolderBusy, match=busy), out_folder_lock(tmp_path):
             pass
         assert time.monotonic() - t0 < 5
-    assert path.read_text() == "" and _lock_free(tmp_path)
+    assert path.read_text() == "" and train_lock_free(tmp_path)
 
 
 def test_mutrank_the_lock_is_released_at_the_end_though_a_forked_worker_still_runs(tmp_path):
@@ -281,7 +271,7 @@ def test_mutrank_the_lock_is_released_at_the_end_though_a_forked_worker_still_ru
             os._exit(0)
     os.close(r)
     try:
-        assert _lock_free(tmp_path)
+        assert train_lock_free(tmp_path)
     finally:
         os.write(w, b"x")
         os.close(w)

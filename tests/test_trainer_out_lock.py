@@ -9,24 +9,11 @@ import fcntl
 import os
 
 import pytest
-from _train_helpers import one_thread, tiny_config
+from _train_helpers import one_thread, tiny_config, train_lock_free
 
 from dit_core.configio import ConfigError
 from dit_core.trainer.loop import Trainer
 from dit_core.trainer.out_lock import TRAIN_LOCK, OutFolderBusy, out_folder_lock
-
-
-def _lock_free(out) -> bool:
-    """Whether nobody holds ``<out>/.train.lock`` (another open file description: a holder in this
-    process counts too)."""
-    fd = os.open(out / ".train.lock", os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 def test_runs_one_after_another_in_one_process_each_hold_the_lock_until_they_end(tmp_path):
@@ -37,7 +24,7 @@ def test_runs_one_after_another_in_one_process_each_hold_the_lock_until_they_end
         real = tr.train_step
 
         def step():
-            seen.append(_lock_free(out))
+            seen.append(train_lock_free(out))
             if fail:
                 raise RuntimeError("boom")
             real()
@@ -47,12 +34,12 @@ def test_runs_one_after_another_in_one_process_each_hold_the_lock_until_they_end
 
     with one_thread():
         assert run(2).status == "finished"
-        assert _lock_free(out)
+        assert train_lock_free(out)
         assert run(4).step == 4  # resumes into the same folder
-        assert _lock_free(out)
+        assert train_lock_free(out)
         with pytest.raises(RuntimeError, match="boom"):
             run(6, fail=True)
-        assert _lock_free(out)  # released by a run that raised
+        assert train_lock_free(out)  # released by a run that raised
         assert run(6).step == 6
     assert len(seen) == 2 + 2 + 1 + 2 and not any(seen)  # held at every step
     assert TRAIN_LOCK == ".train.lock" and (out / TRAIN_LOCK).read_text() == ""
@@ -69,7 +56,7 @@ def test_a_trainer_built_before_another_ran_there_refuses_the_newer_checkpoints(
             OutFolderBusy, match=r"^out: another trainer wrote checkpoints to .* start this one"
         ):
             late.run(progress_bar=False)
-        assert _lock_free(tmp_path)
+        assert train_lock_free(tmp_path)
         assert Trainer(cfg).run(progress_bar=False).step == 4
 
 
@@ -104,10 +91,10 @@ def test_only_rank_0_locks_and_every_rank_raises_its_refusal(tmp_path, monkeypat
     tr.main = True
     with contextlib.ExitStack() as held:
         tr.hold_out_folder(held)  # free: rank 0 takes it and sends None
-        assert sent[-1] is None and not _lock_free(tmp_path / "run")
+        assert sent[-1] is None and not train_lock_free(tmp_path / "run")
         tr.main = False
         tr.hold_out_folder(held)  # the other rank goes on
-    assert _lock_free(tmp_path / "run")
+    assert train_lock_free(tmp_path / "run")
     (tmp_path / "run" / TRAIN_LOCK).unlink()
     tr.hold_out_folder(contextlib.ExitStack())  # not rank 0: no lock file is made
     assert not (tmp_path / "run" / TRAIN_LOCK).exists()
