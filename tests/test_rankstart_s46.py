@@ -209,4 +209,7 @@ def test_sigterm_to_rank1_only_while_rank0_starts_the_run_stops_both_at_step_0(t
     said = "".join(f"--- rank {r}\n" + (tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
     assert rcs == [143, 143], said[-4000:]
     _assert_stopped_at_step_0(out, hold, said)
-    assert TOOK not in (tmp_path / "rank0.txt").read_text()
+    rank0 = (tmp_path / "rank0.txt").read_text()
+    assert TOOK not in rank0
+    # rank 0 got no signal: its line names the peer's, not a stop_at_step nobody set (session 46)
+    assert "stopped at step 0/3 (a signal to another rank)" in rank0, rank0[-3000:]

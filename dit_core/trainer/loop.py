@@ -562,8 +562,10 @@ class Trainer:
         signame = signal.Signals(signum).name if signum is not None else None
         if status == tracking.STATUS_PREEMPTED:
             if self.main:  # the others wrote no checkpoint: their "checkpoint None" would read as lost
+                reached = stop_at_step is not None and self.step >= stop_at_step
+                why = signame or ("stop_at_step" if reached else "a signal to another rank")
                 log.warning("stopped at step %d/%d (%s); checkpoint %s; resume with the same --out",
-                            self.step, self.total, signame or "stop_at_step", ckpt_path)  # fmt: skip
+                            self.step, self.total, why, ckpt_path)  # fmt: skip
             if handler is not None:
                 log.info("handing %s on to the previously installed handler", signame)
                 handler(signum, None)
