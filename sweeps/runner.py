@@ -856,7 +856,7 @@ def _ctrl_c(jobs: Iterable[Any], signalled: set[int]) -> None:
 
 
 def _ctrl_c_targets(job: Any) -> set[int]:
-    """The processes of the local ``job`` a Ctrl-C goes to: a warm job's from its fork on (none before);
+    """The processes of the local ``job`` a Ctrl-C goes to: a warm job's once its child has named itself;
     a submitit job's shell (its ``job_id``: submitit names a job with set-up lines, which
     `local_job_setup` always gives, after its controller's parent) and what the controller's tasks
     started, not the controller (the shell's child), which on a SIGINT kills its tasks 1 s later whether
@@ -926,7 +926,7 @@ def _kill_jobs(jobs: list[Any], wait_s: float = KILL_WAIT_S) -> list[str]:
             root = _job_root(j)
             if root is None and j.executor.alive():
                 j.executor.proc.kill()
-                root = j.pid()  # forked just before
+                root = j.pid()  # forked just before (its child names itself: maybe on a later pass)
             for pid in _process_tree(root) if root else ():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

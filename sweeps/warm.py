@@ -105,7 +105,7 @@ class WarmJob:
         )
 
     def pid(self) -> int | None:
-        """The job's process, once the zygote has forked it (None before)."""
+        """The job's process, once it has named itself (`_child`, before the cell starts; None before)."""
         try:
             return int(self._file("_pid").read_text())
         except (FileNotFoundError, ValueError):
@@ -275,6 +275,9 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
     result_path = slot.folder / f"{slot.job_id}_0_result.pkl"
     code = 0
     try:
+        # the child names itself (not the zygote after its fork: killed in between, by a launcher's
+        # Ctrl-C, it left a job no Ctrl-C or kill could find), once it takes a Ctrl-C as one
+        atomic_write_bytes(slot.folder / f"{slot.job_id}_pid", str(os.getpid()).encode())
         from sweeps.executor import run_task
 
         task = pickle.loads((slot.folder / f"{slot.job_id}_submitted.pkl").read_bytes())
@@ -317,7 +320,6 @@ class _Zygote:
                 os._exit(code)
         slot.pid, slot.started, slot.warned = pid, time.monotonic(), False
         self.by_pid[pid] = slot
-        atomic_write_bytes(slot.folder / f"{slot.job_id}_pid", str(pid).encode())
 
     def request(self, msg: dict[str, Any]) -> None:
         folder = Path(msg["folder"])
