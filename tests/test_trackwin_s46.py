@@ -198,6 +198,19 @@ def test_sigterm_as_a_finished_run_is_ended_never_finds_the_default_handler(tmp_
     assert MlflowClient().get_run(res.run_id).info.status == "FINISHED"
 
 
+def test_sigterm_held_while_a_finished_run_is_ended_acts_through_the_handler_from_before_the_guard(
+    tmp_path, monkeypatch
+):
+    """SIGTERM inside the ending's deferral (as `RunTracker.finish` is called): held until the run is
+    FINISHED, then handed to the handler from before the guard (by default: the process ends), not to the
+    guard, which would drop it. Fails if the deferral does not take the guard's signals over."""
+    _send_first(monkeypatch, tracking.RunTracker, "finish", signal.SIGTERM)
+    seen: list[str] = []
+    with signal_handlers({signal.SIGTERM: _status_recorder(seen, tmp_path / "run")}):
+        res = train(_cfg(tmp_path), local_job=False, progress_bar=False)
+    assert res.status == "finished" and seen == ["FINISHED"]
+
+
 def test_sigterm_as_a_failed_run_is_ended_never_finds_the_default_handler(tmp_path, monkeypatch):
     """A training error, then SIGTERM as `end_run_on_error` is entered: the run ends FAILED with the error
     before the SIGTERM reaches the handler from before the guard, if ever. Before: it reached it first."""
