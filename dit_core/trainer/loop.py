@@ -452,12 +452,20 @@ class Trainer:
         stopped ends KILLED with the ``status`` tag ``interrupted`` (as the launcher ends those of
         the jobs it stopped before their trainer could), checkpointed or, stopped at once by a later
         Ctrl-C, not."""
+        echo_s = 0.0
+        if local_job:
+            signals, echo_s = tuple(dict.fromkeys((*signals, *CTRL_C_SIGNALS))), SIGINT_ECHO_S
         with contextlib.ExitStack() as held:
             if self.world > 1:  # a rank that fails and does not end: this one ends (exit 1), not in 30 min
                 self.peer_watch = held.enter_context(PeerWatch(self.rank, self.world, self.stop_for_peers))
+            # entered on every rank before the out folder's broadcast: a signal to any one rank from here on
+            # stops the run at the step-0 agreement (its MLflow run KILLED), never a rank by its default
+            # action (its peers then fail on the lost connection, the run FAILED), and the deferral that ends
+            # the run takes the guard's signals over (`signals_deferred`)
+            guard = held.enter_context(PreemptionGuard(signals, sigint_echo_s=echo_s))
             self.hold_out_folder(held)
             try:
-                return self._run(stop_at_step, progress_bar, signals, local_job)
+                return self._run(guard, stop_at_step, progress_bar, signals, local_job)
             finally:
                 self.peer_watch = None
                 if self.main:  # its own checkpoints, for a later run() of this trainer
@@ -497,12 +505,14 @@ class Trainer:
         self.resume_notes = []
 
     def _run(
-        self, stop_at_step: int | None, progress_bar: bool | None, signals: tuple[int, ...], local_job: bool
+        self,
+        guard: PreemptionGuard,
+        stop_at_step: int | None,
+        progress_bar: bool | None,
+        signals: tuple[int, ...],
+        local_job: bool,
     ) -> TrainResult:
         cfg = self.cfg
-        echo_s = 0.0
-        if local_job:
-            signals, echo_s = tuple(dict.fromkeys((*signals, *CTRL_C_SIGNALS))), SIGINT_ECHO_S
         started = process_start_time()
         if started is not None:
             self.seconds["startup_s"] = time.time() - started
@@ -514,50 +524,48 @@ class Trainer:
             if self.classes is not None:
                 atomic_write_text(self.out / "classes.json", json.dumps(self.class_index(), indent=2))
         self.signal_sync = SignalSync()  # a later run() of this trainer times its steps afresh
-        # a signal once the MLflow run exists stops it like one in training, and the deferral that ends
-        # the run takes the guard's signals over (`signals_deferred`): no instant at their default
-        # handlers, where one would end the process with the run RUNNING
-        with PreemptionGuard(signals, sigint_echo_s=echo_s) as guard:
-            t0 = time.perf_counter()
+        # the guard (`run`) takes the signals: one while the MLflow run is started stops it like one in
+        # training, and the deferral that ends the run takes the guard's signals over
+        t0 = time.perf_counter()
+        try:
+            self.start_tracking()
+        except BaseException as err:  # a Ctrl-C that stops at once, a store error: not left RUNNING
+            self.end_run_on_error(err, local_job)
+            raise
+        self.seconds["mlflow_s"] += time.perf_counter() - t0
+        log.info(
+            "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images "
+            "on %d process(es), from step %d", cfg.model.name or "custom DiT",
+            f"{param_count(self.dit_cfg):,}", self.fpi, self.peak_lr, self.total, self.batch, self.world,
+            self.step,
+        )  # fmt: skip
+        # a warning from the config is the same on every rank: said once (rank-specific ones by each)
+        stale = stale_ema_warning(cfg.optim.ema_decay, self.total) if cfg.eval.eval_every else None
+        if self.main and stale:
+            log.warning("evaluation samples the EMA model: %s", stale)
+        progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
+        try:
+            if cfg.eval.val_every and self.step == 0:
+                self.validate()
             try:
-                self.start_tracking()
-            except BaseException as err:  # a Ctrl-C that stops at once, a store error: not left RUNNING
-                self.end_run_on_error(err, local_job)
+                status = self.run_loop(guard, progress, stop_at_step)
+            except SamplingStopped:  # a signal during an evaluation: its step saved with `due`
+                status = tracking.STATUS_PREEMPTED
+            periodic = status == tracking.STATUS_PREEMPTED and self.saved and self.saved[0] == self.step
+            ckpt_path = self.saved[1] if periodic else self.save()
+            signum = guard.received if status == tracking.STATUS_PREEMPTED else None
+            handler = guard.previous_handler(signum) if signum is not None else None
+        except BaseException as err:
+            failure = timeout_explained(
+                err, cfg.dist_timeout_s, self.rank, f"after step {self.step} of {self.total}"
+            )
+            self.end_run_on_error(failure, local_job)
+            if failure is err:
                 raise
-            self.seconds["mlflow_s"] += time.perf_counter() - t0
-            log.info(
-                "training %s (%s params, %.3g train FLOPs/image, peak lr %.3g) for %d steps of %d images "
-                "on %d process(es), from step %d", cfg.model.name or "custom DiT",
-                f"{param_count(self.dit_cfg):,}", self.fpi, self.peak_lr, self.total, self.batch, self.world,
-                self.step,
-            )  # fmt: skip
-            # a warning from the config is the same on every rank: said once (rank-specific ones by each)
-            stale = stale_ema_warning(cfg.optim.ema_decay, self.total) if cfg.eval.eval_every else None
-            if self.main and stale:
-                log.warning("evaluation samples the EMA model: %s", stale)
-            progress = Progress(self.total, self.step, enabled=self.main, use_bar=progress_bar)
-            try:
-                if cfg.eval.val_every and self.step == 0:
-                    self.validate()
-                try:
-                    status = self.run_loop(guard, progress, stop_at_step)
-                except SamplingStopped:  # a signal during an evaluation: its step saved with `due`
-                    status = tracking.STATUS_PREEMPTED
-                periodic = status == tracking.STATUS_PREEMPTED and self.saved and self.saved[0] == self.step
-                ckpt_path = self.saved[1] if periodic else self.save()
-                signum = guard.received if status == tracking.STATUS_PREEMPTED else None
-                handler = guard.previous_handler(signum) if signum is not None else None
-            except BaseException as err:
-                failure = timeout_explained(
-                    err, cfg.dist_timeout_s, self.rank, f"after step {self.step} of {self.total}"
-                )
-                self.end_run_on_error(failure, local_job)
-                if failure is err:
-                    raise
-                raise failure from err
-            finally:
-                progress.close()
-            late = self.end_stopped_run(status, signum, local_job, signals)
+            raise failure from err
+        finally:
+            progress.close()
+        late = self.end_stopped_run(status, signum, local_job, signals)
         signum = late if signum is None else signum
         signame = signal.Signals(signum).name if signum is not None else None
         if status == tracking.STATUS_PREEMPTED:
