@@ -170,14 +170,24 @@ def slurm_mem(mem_gb: float) -> str:
 #: after its parent. bash (``/bin/sh`` on Fedora, RHEL, Arch) would run the last command in the shell's
 #: own process: the controller's parent was the launcher, and every local job failed. dash keeps it.
 KEEP_JOB_SHELL = "trap : EXIT"
+#: Set in a local job's environment where SIGINT was not ignored before `IGNORE_CTRL_C`: its tasks take
+#: SIGINT back (`take_ctrl_c`).
+TAKE_CTRL_C_ENV = "DITSCALE_TAKE_CTRL_C"
+#: A local job's last ``setup`` line: its shell, and so submitit's controller, ignore SIGINT. A terminal's
+#: Ctrl-C reaches the controller (the launcher's process group), which on a SIGINT would SIGINT its tasks
+#: and SIGKILL them 1 s later, checkpointed or not; its tasks take SIGINT back (`CellJob`), and get the
+#: terminal's Ctrl-C and the one the launcher passes on (`sweeps.runner._ctrl_c`), as a warm job does;
+#: unless the sweep's own set-up lines ignore SIGINT (``trap '' INT``, listed by ``trap``): then it stays so.
+_IF_NOT_TRAPPED = f'case "$(trap)" in *"\' INT"*|*"\' SIGINT"*) ;; *) export {TAKE_CTRL_C_ENV}=1 ;; esac'
+IGNORE_CTRL_C = "{ " + _IF_NOT_TRAPPED + "; trap '' INT; }"
 
 
 def local_job_setup(spec: ExecutorSpec, run_dir: str, threads: int) -> list[str]:
     """submitit ``setup`` lines of one local job: keep its shell (`KEEP_JOB_SHELL`), hold the cell's lock
-    (`sweeps.lock`) for the job's life, export the thread count for every process of the job, then the
-    sweep's own lines."""
+    (`sweeps.lock`) for the job's life, export the thread count for every process of the job, the
+    sweep's own lines, then keep a Ctrl-C from submitit's controller (`IGNORE_CTRL_C`)."""
     env = [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"] if threads else []
-    return [KEEP_JOB_SHELL] + cell_job_lock_lines(run_dir) + env + list(spec.setup)
+    return [KEEP_JOB_SHELL] + cell_job_lock_lines(run_dir) + env + list(spec.setup) + [IGNORE_CTRL_C]
 
 
 class JobRef(NamedTuple):
@@ -346,6 +356,7 @@ class CellJob(submitit.helpers.Checkpointable):
             )
         rank = f"{env.global_rank}/{env.num_tasks}"
         shield_requeue_from_sigterm()
+        take_ctrl_c()
         log.info("cell %s (sweep %s), job %s, rank %s", task.cell_id, task.sweep, env.job_id, rank)
         return run_task(task, str(env.job_id), rank=env.global_rank)
 
@@ -377,6 +388,19 @@ def shield_requeue_from_sigterm() -> None:
 
     shielded.shields_sigterm = True  # type: ignore[attr-defined]
     signal.signal(sig, shielded)
+
+
+def take_ctrl_c() -> None:
+    """Take SIGINT as Python does (KeyboardInterrupt; the trainer installs its own handler) where this
+    process started with it ignored by its job's shell (`IGNORE_CTRL_C`, which sets `TAKE_CTRL_C_ENV`):
+    a local job's tasks. Call in the job's main thread."""
+    if (
+        os.environ.pop(TAKE_CTRL_C_ENV, "") != "1"
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_task(task: CellTask, job_id: str, rank: int = 0) -> dict[str, Any]:

@@ -499,7 +499,7 @@ def _advice(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
             f"held: {', '.join(f'{c} (job {j})' for c, j in held.items())}: SLURM holds the job, which never "
             f"starts on its own; release it with `scontrol release {','.join(held.values())}`"
         )
-    if unrecorded := [c for c, st in states.items() if st.state in ("running", "queued") and not st.attempts]:
+    if unrecorded := [c for c, st in states.items() if st.state in ("running", "queued") and st.unrecorded]:
         out.append(
             f"running unrecorded: {', '.join(unrecorded[:8])}: a live job holds the cell's lock, but its run "
             "records no job (its launcher was killed before recording it); it trains that run to its end, "

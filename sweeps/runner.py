@@ -847,12 +847,25 @@ def _signal_word(signum: int) -> str:
 def _ctrl_c(jobs: Iterable[Any], signalled: set[int]) -> None:
     """SIGINT, as a terminal's Ctrl-C, to each process of the local ``jobs`` (`_ctrl_c_targets`) not in
     ``signalled`` (then added: a trainer takes a second SIGINT 2 s or more after the first for a second
-    Ctrl-C and skips its checkpoint)."""
+    Ctrl-C and skips its checkpoint). A process that ignores SIGINT is left for a later call: a plain
+    job's task starts with it ignored (`sweeps.executor.IGNORE_CTRL_C`) until `CellJob` takes it back."""
     for j in jobs:
         for pid in _ctrl_c_targets(j) - signalled:
+            if _sigint_ignored(pid):
+                continue
             signalled.add(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGINT)
+
+
+def _sigint_ignored(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (``SigIgn`` in Linux's /proc/PID/status; elsewhere, or
+    once it is gone: False)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    return False
 
 
 def _ctrl_c_targets(job: Any) -> set[int]:
@@ -860,7 +873,8 @@ def _ctrl_c_targets(job: Any) -> set[int]:
     a submitit job's shell (its ``job_id``: submitit names a job with set-up lines, which
     `local_job_setup` always gives, after its controller's parent) and what the controller's tasks
     started, not the controller (the shell's child), which on a SIGINT kills its tasks 1 s later whether
-    or not they have checkpointed: it ends once they have."""
+    or not they have checkpointed (a terminal's it ignores: `sweeps.executor.IGNORE_CTRL_C`): it ends
+    once they have."""
     root = _job_root(job)
     if isinstance(job, WarmJob):
         return _process_tree(root) if root else set()

@@ -72,12 +72,13 @@ class CellState:
     val_step: int | None = None  # the step of `val_loss`
     fid: float | None = None
     fid_step: int | None = None  # the step of `fid`
-    attempts: int = 0  # submissions
+    attempts: int = 0  # submissions, the job no launcher recorded too (`unrecorded`)
     interrupts: int = 0  # submissions stopped by their launcher (a Ctrl-C, a cancel after a failed record)
     job_id: str | None = None
     duplicates: int = 0
     config_hash: str | None = None
     params: dict[str, str] = field(default_factory=dict, repr=False)  # the trainer's flat config
+    unrecorded: bool = False  # a job ran or runs in the run, which records none (`_unrecorded_job`)
 
     @property
     def tries(self) -> int:
@@ -467,7 +468,10 @@ def read_states(
     unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
     alive = job_liveness(unfinished)  # "unknown" where SLURM did not answer: never taken for over
     alive |= _unrecorded_alive(runs, refs, cells)
-    if dead := [c for c in unfinished if c not in alive]:
+    # and the unfinished runs a job no launcher recorded ran in (`_unrecorded_job`)
+    unrecorded = [c for c, r in refs.items() if r is None and _unrecorded_job(runs[c][0], False)]
+    unrecorded = [c for c in unrecorded if runs[c][0].info.status != "FINISHED"]
+    if dead := [c for c in [*unfinished, *unrecorded] if c not in alive]:
         # a job that ended between the runs' read and the liveness check: read its run again, or a cell
         # that just finished would look interrupted (run RUNNING, job gone) and be resubmitted
         runs = {**runs, **read_runs_again(tracking_uri, experiment, sweep, {c: runs[c] for c in dead})}
@@ -483,6 +487,9 @@ def read_states(
         st.interrupts = int(t.get(INTERRUPTS_TAG) or 0)
         if ref is not None:  # its last job cancelled by its launcher, after a record that did get written
             st.interrupts = max(st.interrupts, cancelled_jobs(cells[cid]).get(ref.job_id, 0))
+        elif _unrecorded_job(run, cid in alive):  # a submission too, a try unless its launcher cancelled it
+            st.unrecorded, st.attempts = True, st.attempts + 1
+            st.interrupts = max(st.interrupts, max(cancelled_jobs(cells[cid]).values(), default=0))
         st.job_id, st.config_hash = t.get(JOB_ID_TAG), t.get("config_hash")
         st.params = dict(run.data.params)
         st.loss, st.step = latest_metric(run, (TRAIN_LOSS,))
@@ -495,8 +502,8 @@ def read_states(
             st.state = live
         elif live:
             st.state = "queued" if live == "pending" or st.run_status == "SCHEDULED" else "running"
-        elif ref is None:
-            st.state = "missing"  # run created, submission never recorded
+        elif ref is None and not st.unrecorded:
+            st.state = "missing"  # run created, submission never recorded, no job seen
         elif st.run_status in ("FAILED", "SCHEDULED"):
             st.state = "failed"
         else:
@@ -516,6 +523,14 @@ def _unrecorded_alive(
         for c, ref in refs.items()
         if ref is None and runs[c][0].info.status != "FINISHED" and cell_lock_held(cells[c])
     }
+
+
+def _unrecorded_job(run: Any, alive: bool) -> bool:
+    """Whether a job ran (its trainer took the run over: no longer SCHEDULED) or runs (``alive``: it holds
+    the cell's lock) in ``run``, a launcher's (`create_cell_runs`: ``attempts=0``) that records no job:
+    its launcher was killed (SIGKILL) between submitting the job and recording it, or its record failed
+    and it cancelled the job (`CANCELLED_FILE`). Not a run a trainer started by hand (no attempts tag)."""
+    return run.data.tags.get("attempts") == "0" and (alive or run.info.status != "SCHEDULED")
 
 
 def plan(states: dict[str, CellState], max_retries: int) -> Plan:

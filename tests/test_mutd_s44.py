@@ -589,7 +589,8 @@ def test_mutd_ex_local_job_setup_warm_and_result_dict(monkeypatch):
     spec = ExecutorSpec(setup=["echo hi"])
     lines = sx.local_job_setup(spec, "/r/c", 3)
     lock = sx.cell_job_lock_lines("/r/c")
-    assert lines == [sx.KEEP_JOB_SHELL, *lock, "export OMP_NUM_THREADS=3 MKL_NUM_THREADS=3", "echo hi"]
+    env = "export OMP_NUM_THREADS=3 MKL_NUM_THREADS=3"
+    assert lines == [sx.KEEP_JOB_SHELL, *lock, env, "echo hi", sx.IGNORE_CTRL_C]
     assert sx.warm_unsupported(ExecutorSpec(tasks_per_node=2)) == "tasks_per_node=2"
 
     @dataclasses.dataclass

@@ -3,10 +3,10 @@ preempted or times out) set a flag; the loop checkpoints at the next step bounda
 
 A terminal's Ctrl-C (SIGINT) does the same for the CLI (`INTERRUPT_SIGNALS`; a second one stops at
 once) and for a sweep's local job (`in_local_job`), where a second SIGINT within `SIGINT_ECHO_S` of
-the first is that same Ctrl-C: submitit's local controller forwards the terminal's SIGINT to its
-job, which the terminal has reached already. A closed terminal or a dropped ssh session (SIGHUP) is
-taken as a Ctrl-C nobody can repeat (`CTRL_C_SIGNALS`): more SIGHUPs (the shell's and the kernel's)
-are that same hangup, and a SIGHUP ignored when the process started (``nohup``) stays ignored.
+the first is that same Ctrl-C: the launcher passes the terminal's SIGINT on to its jobs, which a plain
+job (sharing the launcher's process group) has got already. A closed terminal or a dropped ssh session
+(SIGHUP) is taken as a Ctrl-C nobody can repeat (`CTRL_C_SIGNALS`): more SIGHUPs (the shell's and the
+kernel's) are that same hangup, and a SIGHUP ignored when the process started (``nohup``) stays ignored.
 
 With several processes the ranks agree on a signal through a small all-reduce whose schedule
 (`SignalSync`) is bounded in steps and in seconds, and identical on every rank.
@@ -54,9 +54,10 @@ HANGUP_SIGNALS = tuple(s for s in (getattr(signal, "SIGHUP", None),) if s is not
 CTRL_C_SIGNALS = (signal.SIGINT, *HANGUP_SIGNALS)
 #: the CLI's: a terminal's Ctrl-C (SIGINT) or hangup (SIGHUP) checkpoints like a preemption
 INTERRUPT_SIGNALS = (*PREEMPTION_SIGNALS, *CTRL_C_SIGNALS)
-#: In a local job, a SIGINT this many seconds or less after the first is the same Ctrl-C: submitit's
-#: local controller, stopped by the terminal's SIGINT, sends its job one more at once (and SIGKILL
-#: 1 s later). A human's second Ctrl-C after that stops the job at once.
+#: In a local job, a SIGINT this many seconds or less after the first is the same Ctrl-C: the launcher,
+#: stopped by the terminal's SIGINT, passes one on to a plain job, which the terminal's has reached too
+#: (submitit's controller, which also did, ignores it since session 47: `sweeps.executor.IGNORE_CTRL_C`).
+#: A human's second Ctrl-C after that stops the job at once.
 SIGINT_ECHO_S = 2.0
 #: "1" in a warm worker's child (`sweeps.warm`): a local job, like one of submitit's local executor
 LOCAL_JOB_ENV = "DITSCALE_LOCAL_JOB"
