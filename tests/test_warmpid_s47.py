@@ -197,3 +197,22 @@ def test_a_warm_worker_that_dies_before_forking_a_cell_is_not_restarted(job_env,
     assert all(
         e.startswith(f"not started: the warm worker (pid {started[0].proc.pid})") for e in res.errors.values()
     )
+
+
+def test_a_launch_restarts_a_warm_worker_once_even_where_the_fresh_one_forked_a_cell(monkeypatch):
+    """`_Runner._restart_worker`'s bound (`WARM_RESTARTS`): the fresh worker dead after it forked a
+    cell is not replaced (the tests above kill the fresh one before it forks, which the forked-a-cell
+    rule alone refuses)."""
+
+    def worker(pid: int) -> WarmExecutor:
+        ex = WarmExecutor.__new__(WarmExecutor)  # no process: a dead worker that had forked a cell
+        ex.proc, ex.log_path, ex.forked = SimpleNamespace(pid=pid), Path(f"warm_{pid}.log"), lambda: True
+        return ex
+
+    dead, fresh = worker(1), worker(2)
+    started: list[tuple] = []
+    monkeypatch.setattr(runner, "_start_warm", lambda *args: started.append(args) or fresh)
+    prep = SimpleNamespace(spec=SimpleNamespace(executor=ExecutorSpec(name="local")), kind="local")
+    run = runner._Runner(prep, dead, runner.LaunchResult(None, None), {}, None, 1.0, {})
+    assert run._restart_worker() and run.executor is fresh and run.restarted == [fresh]
+    assert not run._restart_worker() and run.executor is fresh and len(started) == 1
