@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 #: Seconds a launcher waits for the result of a SLURM job seen over without one (a file system slow to
 #: show it), each job's wait alongside the others' (submitit's own, 15 s, runs one job after another).
 RESULT_GRACE_S = 15.0
+#: Fresh warm workers a launch starts for one that died (`_Runner._restart_worker`).
+WARM_RESTARTS = 1
 #: Seconds between two `squeue` calls while a launcher waits for SLURM jobs to end.
 SLURM_END_POLL_S = 0.5
 #: Seconds a launcher waits, once it has every SLURM job's result, for SLURM to call the jobs over.
@@ -244,7 +246,7 @@ def launch(
     configs = check_trainer(spec.trainer, list(all_tasks.values()))  # bad settings: refused before any folder
     # a warm worker starts next: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
-    interrupted = False
+    interrupted, runner = False, None
     try:
         with sweep_lock(sdir):
             # a relaunch's refusals first, reading only: a refused launch makes no store or experiment
@@ -271,16 +273,18 @@ def launch(
             executor = warm or make_executor(spec.executor, prep.kind, sdir / "jobs", job_name=job_name(spec))
             others = {cid: all_tasks[cid].run_dir for cid in the_plan.running}
             work = _work(prep.cells, all_tasks)
-            _Runner(prep, executor, result, states, on_progress, poll_s, others, work=work).run(tasks, wait)
+            runner = _Runner(prep, executor, result, states, on_progress, poll_s, others, work=work)
+            runner.run(tasks, wait)
         return result
     except KeyboardInterrupt:
         interrupted = True  # `_Runner._interrupted` has waited for the jobs, or killed them
         raise
     finally:
-        if warm is not None and not warm.submitted:
-            warm.kill()  # nothing to run (all done or live, or an error): stop its imports
-        elif warm is not None:  # it exits once its cells have
-            warm.close(wait_s=30.0 if wait and not interrupted else None)
+        for w in [warm, *(runner.restarted if runner else [])]:
+            if w is not None and not w.submitted:
+                w.kill()  # nothing to run (all done or live, or an error): stop its imports
+            elif w is not None:  # it exits once its cells have
+                w.close(wait_s=30.0 if wait and not interrupted else None)
 
 
 def check_known(states: dict[str, CellState], jobs_gone: bool = False) -> None:
@@ -389,6 +393,7 @@ class _Runner:
     queue: dict[str, str] = field(default_factory=dict)  # {cell: squeue's state} (`_gone_unseen`)
     sacct_calls: int = -1  # submitit's sacct calls when squeue was last asked about PENDING jobs
     held: list[int] = field(default_factory=list)  # the signals `signals_deferred` holds while submitting
+    restarted: list[WarmExecutor] = field(default_factory=list)  # warm workers started for a dead one
 
     def _submit(self, tasks: list[CellTask]) -> None:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
@@ -417,7 +422,7 @@ class _Runner:
                         setup=local_job_setup(spec.executor, t.run_dir, t.threads)
                     )
                 try:
-                    jobs.append(self.executor.submit(CellJob(), t))
+                    jobs.append(self._submit_one(t))
                 except WarmWorkerGone:  # died since `_run` looked: those not sent are not started
                     self._not_started(prepared[len(jobs) :])
                     prepared = prepared[: len(jobs)]
@@ -443,6 +448,16 @@ class _Runner:
             with contextlib.suppress(OSError):
                 forget_cancelled(t.run_dir)
         self.live |= {t.cell_id for t in prepared}
+
+    def _submit_one(self, task: CellTask) -> Any:
+        """Submit ``task`` to the executor, to a fresh warm worker where this launch's has died and may be
+        replaced (`_restart_worker`)."""
+        try:
+            return self.executor.submit(CellJob(), task)
+        except WarmWorkerGone:
+            if not self._restart_worker():
+                raise
+        return self.executor.submit(CellJob(), task)
 
     def _cancel_unrecorded(self, prepared: list[CellTask], jobs: list[Any], error: Exception) -> None:
         """``jobs`` went out but their record failed: a relaunch would take their cells for missing and
@@ -491,6 +506,30 @@ class _Runner:
         more cells (those it forked train on, holding their locks)."""
         return isinstance(self.executor, WarmExecutor) and not self.executor.alive()
 
+    def _restart_worker(self) -> bool:
+        """Replace this launch's dead warm worker by a fresh one, for the cells it had not forked; those it
+        forked keep their jobs. Once a launch (`WARM_RESTARTS`), and only for a worker that had forked a
+        cell: one that died starting up (a broken set-up, too little memory for the imports) would die
+        again. Returns whether it did."""
+        dead = self.executor
+        if not isinstance(dead, WarmExecutor) or len(self.restarted) >= WARM_RESTARTS or not dead.forked():
+            return False
+        try:
+            fresh = _start_warm(self.prep, threads_per_process(self.prep.spec.executor, self.prep.kind))
+        except OSError as e:  # no process to be had (what may have killed the dead one): not started
+            log.error("could not start a fresh warm worker: %s", e)
+            fresh = None
+        if fresh is None:
+            return False
+        self.restarted.append(fresh)
+        self.executor = fresh
+        log.warning(
+            "the warm worker (pid %d) that forks this launch's cells died (killed?; its log: %s): the cells "
+            "it had not forked go to a fresh one (pid %d; its log: %s)",
+            dead.proc.pid, dead.log_path, fresh.proc.pid, fresh.log_path,
+        )  # fmt: skip
+        return True
+
     def _not_started(self, tasks: list[CellTask]) -> None:
         """Fail ``tasks``, which the dead warm worker cannot start, saying so and that a relaunch runs it."""
         ex = self.executor
@@ -526,7 +565,8 @@ class _Runner:
         tick = min(self.poll_s, 0.05) if kind == "local" else self.poll_s
         last_report = -1.0
         while True:
-            if pending and self._worker_gone():  # the cells it forked are waited for, the rest failed
+            # the cells it forked are waited for, the rest go to a fresh one, or fail
+            if pending and self._worker_gone() and not self._restart_worker():
                 self._not_started(pending)
                 pending = []
             if pending:

@@ -105,7 +105,8 @@ class WarmJob:
         )
 
     def pid(self) -> int | None:
-        """The job's process, once it has named itself (`_child`, before the cell starts; None before)."""
+        """The job's process, once it has named itself (`_child`, before the cell starts; None before, and
+        between a requeued child's end and its successor's naming itself)."""
         try:
             return int(self._file("_pid").read_text())
         except (FileNotFoundError, ValueError):
@@ -156,6 +157,11 @@ class WarmExecutor:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def forked(self) -> bool:
+        """Whether the worker has forked a cell (its child opened its logs): it got through its start-up."""
+        jobs = (f"{self.proc.pid}_{n}" for n in range(1, self.submitted + 1))
+        return any((self.folder / job / f"{job}_0_log.out").exists() for job in jobs)
 
     def submit(self, fn: Any, task: Any) -> WarmJob:  # noqa: ARG002 - submitit's signature
         self.submitted += 1
@@ -285,6 +291,9 @@ def _child(slot: _Slot, others: list[int], threads: int) -> int:
         outcome: tuple[str, Any] = ("success", run_task(task, slot.job_id))
     except _Requeue:
         log.info("requeue: the cell is forked again and resumes from its checkpoint")
+        # unnamed while alive (its pid cannot be reused yet): until the next child names itself, a
+        # Ctrl-C finds no process, as before the first fork, instead of this one's pid, dead or reused
+        (slot.folder / f"{slot.job_id}_pid").unlink(missing_ok=True)
         return REQUEUE_EXIT
     except BaseException:  # noqa: BLE001 - everything is reported through the result file
         traceback.print_exc()

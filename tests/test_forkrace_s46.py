@@ -9,8 +9,8 @@ its cell's lock, and a second Ctrl-C could not kill it ("not seen to end"). The 
 This module is also the jobs' trainer (``trainer: test_forkrace_s46``: the stand-in trainer's
 ``train``): imported by the warm worker under `HOLD_ENV`, it holds the worker right after each fork,
 in the parent, until the hold file exists (the child's pid is written to ``<hold>.forked``), and the
-child until ``<hold>.child`` exists.
-Handshakes only, no fixed sleeps."""
+child until ``<hold>.child`` exists; with `PASS_ENV` = n, the first n forks go through unheld (session
+47: a requeued cell's fork again). Handshakes only, no fixed sleeps."""
 
 from __future__ import annotations
 
@@ -36,17 +36,22 @@ from sweeps.task import make_task
 from sweeps.warm import WarmExecutor
 
 HOLD_ENV = "DITSCALE_TEST_HOLD_FORK"  # a file: the warm worker waits for it after each fork
+PASS_ENV = "DITSCALE_TEST_HOLD_FORK_PASS"  # how many forks go through before the first held one
 
 _HOLD = os.environ.get(HOLD_ENV, "")
 if _HOLD and sys.argv[0].endswith(os.path.join("sweeps", "warm.py")):  # imported by the warm worker
     _fork, _zygote = os.fork, os.getpid()
+    _passed = [int(os.environ.get(PASS_ENV) or 0)]  # forks still to let through
 
     def _held_fork() -> int:
+        held = os.getpid() == _zygote and _passed[0] <= 0
+        _passed[0] -= 1
         pid = _fork()
-        if pid and os.getpid() == _zygote:  # the parent, between the fork and what follows it
-            Path(f"{_HOLD}.forked").write_text(str(pid))
+        if held and pid:  # the parent, between the fork and what follows it
+            Path(f"{_HOLD}.tmp").write_text(str(pid))
+            os.replace(f"{_HOLD}.tmp", f"{_HOLD}.forked")  # whole: the test reads it once it exists
             _wait(_HOLD)
-        elif not pid:  # the child, before anything else: released once the test has killed the worker
+        elif held:  # the child, before anything else: released once the test has killed the worker
             _wait(f"{_HOLD}.child")
         return pid
 
