@@ -1,8 +1,9 @@
 """A terminal's Ctrl-C inside a sweep's local job: the real trainer (`dit_core.train.train`) checkpoints
 at the next step boundary and ends its run KILLED with ``status=interrupted``, so the relaunch resumes
 from that step, not from the last periodic checkpoint; for a fresh process per cell (submitit's local
-executor, whose controller forwards the SIGINT once more at once and SIGKILLs its job 1 s later) and
-for a warm worker's child. `PreemptionGuard` units: the forwarded SIGINT is the same Ctrl-C, a later
+executor, whose controller ignores the terminal's SIGINT since session 47, `IGNORE_CTRL_C`; the
+launcher passes one on to the job, which the terminal's has reached already) and for a warm worker's
+child. `PreemptionGuard` units: the forwarded SIGINT is the same Ctrl-C, a later
 one stops at once, and the CLI's rule (a second SIGINT stops at once) is unchanged."""
 
 from __future__ import annotations
