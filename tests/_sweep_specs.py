@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sweeps.families import Scale
 from sweeps.grid import Cell, ExecutorSpec, SweepSpec, expand
@@ -74,6 +75,23 @@ def tiny_real_spec(
         train=train,
         executor=executor,
     )
+
+
+def write_sweep_config(
+    spec: SweepSpec, path: Path, *, families: list[str], trainer: str | None = None, **executor
+) -> Path:
+    """``spec`` (of `fake_trainer_spec`) as a sweep config at ``path`` for ``sweeps/launch.py -c``:
+    ``families`` at its Scale(8, 4), one local cell at a time (``executor``: more of its keys, e.g.
+    ``local_warm``), ``trainer`` in place of the spec's."""
+    data = {
+        "name": spec.name, "experiment": spec.experiment, "tracking_uri": spec.tracking_uri,
+        "output_dir": spec.output_dir, "families": families, "scale": {"width_div": 8, "depth_div": 4},
+        "budgets": spec.budgets, "batch_size": spec.batch_size, "trainer": trainer or spec.trainer,
+        "final_eval": False, "train": spec.train,
+        "executor": {"name": "local", "local_parallelism": 1, **executor},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def runs_by_cell(uri: str, experiment: str) -> dict[str, list]:

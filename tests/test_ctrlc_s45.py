@@ -17,6 +17,7 @@ window has to pass before the launcher is released (a lower bound, not a race)."
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -27,8 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
-from _sweep_specs import fake_trainer_spec, wait_for
+from _sweep_specs import fake_trainer_spec, wait_for, write_sweep_config
 from test_sweeps_fake_trainer import TrainConfig as _FakeConfig
 
 from dit_core.trainer.signals import PreemptionGuard
@@ -122,6 +122,24 @@ class TrainConfig(_FakeConfig):
     echo_s: float = ECHO_S
 
 
+def append_note(rec: Path, what: str) -> None:
+    """Append ``what`` as a line of the record file ``rec``."""
+    with open(rec, "a") as f:
+        f.write(what + "\n")
+
+
+def noting_guard(rec: Path, echo_s: float) -> PreemptionGuard:
+    """The trainer's Ctrl-C guard (SIGINT, echo window ``echo_s``), noting each signal's name in ``rec``
+    before it acts on it."""
+
+    class Noting(PreemptionGuard):
+        def _handle(self, signum, frame):
+            append_note(rec, signal.Signals(signum).name)
+            super()._handle(signum, frame)
+
+    return Noting((signal.SIGINT,), sigint_echo_s=echo_s)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train until a Ctrl-C, finish the step in flight (held until ``cfg.release`` exists: a slow step
     and checkpoint), then "checkpoint" and stop; a second Ctrl-C past the echo window stops it at once
@@ -129,16 +147,8 @@ def train(cfg: TrainConfig) -> dict:
     rec = Path(cfg.record)
     Path(f"{rec}.pid").write_text(str(os.getpid()))  # a test's clean-up kills its process group
 
-    def note(what: str) -> None:
-        with open(rec, "a") as f:
-            f.write(what + "\n")
-
-    class Counted(PreemptionGuard):
-        def _handle(self, signum, frame):
-            note(signal.Signals(signum).name)
-            super()._handle(signum, frame)
-
-    with Counted((signal.SIGINT,), sigint_echo_s=cfg.echo_s) as guard:
+    note = functools.partial(append_note, rec)
+    with noting_guard(rec, cfg.echo_s) as guard:
         try:
             note("training")
             while guard.received is None:
@@ -188,15 +198,8 @@ class _Held:
         train = {"step_s": 0.05, "record": str(self.rec), "release": str(self.release), "echo_s": ECHO_S}
         spec = fake_trainer_spec(tmp_path, job_env, name="cc", experiment="ctrlc", budgets=[3e10],
                                  train=train, executor=ExecutorSpec(name="local"))  # fmt: skip
-        data = {
-            "name": spec.name, "experiment": spec.experiment, "tracking_uri": job_env,
-            "output_dir": spec.output_dir, "families": ["S"], "scale": {"width_div": 8, "depth_div": 4},
-            "budgets": spec.budgets, "batch_size": spec.batch_size, "trainer": "test_ctrlc_s45",
-            "final_eval": False, "train": spec.train,
-            "executor": {"name": "local", "local_parallelism": 1, "local_warm": True},
-        }  # fmt: skip
-        cfg = tmp_path / "sweep.yaml"
-        cfg.write_text(yaml.safe_dump(data))
+        cfg = write_sweep_config(spec, tmp_path / "sweep.yaml", families=["S"], trainer="test_ctrlc_s45",
+                                 local_warm=True)  # fmt: skip
         load_spec(cfg)
         script = tmp_path / "held_launcher.py"
         script.write_text(_HELD_LAUNCHER)

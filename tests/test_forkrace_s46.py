@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from _sweep_specs import fake_trainer_spec, step_of, wait_for
@@ -79,6 +80,47 @@ def _release_once_dead(pid: int, release: Path) -> None:
     release.touch()
 
 
+def held_warm_cell(tmp_path: Path, job_env: str, name: str) -> tuple[Any, Any, WarmExecutor, Path, Path]:
+    """One S cell of the stand-in trainer (0.05 s steps, held before its last step until
+    ``tmp_path/end``) for a fresh warm worker, whose forks this module holds (`HOLD_ENV` must be set);
+    (the cell, its task, the worker, the cell's progress file, the ``<hold>.forked`` file)."""
+    progress = tmp_path / "progress"
+    knobs = {"step_s": 0.05, "progress_file": str(progress), "hold_file": str(tmp_path / "end")}
+    spec = fake_trainer_spec(tmp_path, job_env, name=name, experiment=name, budgets=[1e10], train=knobs,
+                             executor=ExecutorSpec(name="local")).replace(families=["S"])  # fmt: skip
+    spec = spec.replace(trainer="test_forkrace_s46")
+    (cell,) = expand(spec)
+    task = make_task(spec, cell, sweep_dir(spec), job_env, threads=1)
+    ex = WarmExecutor(sweep_dir(spec) / "jobs", threads=1, trainer=spec.trainer, tracking_uri=job_env)
+    return cell, task, ex, progress, Path(f"{os.environ[HOLD_ENV]}.forked")
+
+
+def release_and_stop(tmp_path: Path, hold: Path, ex: WarmExecutor, child: int | None) -> None:
+    """A test's clean-up: every hold released, the worker ``ex`` ended, its ``child`` killed if alive."""
+    hold.touch()
+    Path(f"{hold}.child").touch()
+    (tmp_path / "end").touch()
+    ex.stop()
+    ex.proc.wait()
+    if child is not None and _alive(child):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def interrupt_launch(job_env: str, cell: Any, job: Any, ex: WarmExecutor, wait_s: float) -> list[list[str]]:
+    """`_Runner._interrupted` (a launcher's Ctrl-C) on a launch of ``cell``'s one ``job``: stops ``ex``
+    and passes the Ctrl-C on; the cells whose runs it would end (none recorded: the caller stubs
+    `runner.record_interrupts`)."""
+    ended: list[list[str]] = []
+    me = SimpleNamespace(
+        prep=SimpleNamespace(kind="local", tracking_uri=job_env), live={cell.cell_id},
+        states={cell.cell_id: SimpleNamespace(run_id="r", interrupts=0)},
+        jobs={cell.cell_id: job}, executor=ex, _end_interrupted=ended.append,
+    )  # fmt: skip
+    runner._Runner._interrupted(me, signal.SIGINT, wait_s=wait_s)
+    return ended
+
+
 @pytest.mark.parametrize("ctrl_c", ["first", "second"])
 def test_a_cell_forked_just_before_the_worker_is_killed_gets_the_ctrl_c(
     job_env, tmp_path, monkeypatch, ctrl_c
@@ -92,15 +134,7 @@ def test_a_cell_forked_just_before_the_worker_is_killed_gets_the_ctrl_c(
     (``first``: still alive after the wait; ``second``: "not seen to end")."""
     hold = tmp_path / "fork-hold"
     monkeypatch.setenv(HOLD_ENV, str(hold))
-    progress = tmp_path / "progress"
-    knobs = {"step_s": 0.05, "progress_file": str(progress), "hold_file": str(tmp_path / "end")}
-    spec = fake_trainer_spec(tmp_path, job_env, name="fr", experiment="forkrace", budgets=[1e10], train=knobs,
-                             executor=ExecutorSpec(name="local")).replace(families=["S"])  # fmt: skip
-    spec = spec.replace(trainer="test_forkrace_s46")
-    (cell,) = expand(spec)
-    task = make_task(spec, cell, sweep_dir(spec), job_env, threads=1)
-    ex = WarmExecutor(sweep_dir(spec) / "jobs", threads=1, trainer=spec.trainer, tracking_uri=job_env)
-    forked = Path(f"{hold}.forked")
+    cell, task, ex, progress, forked = held_warm_cell(tmp_path, job_env, "forkrace")
     child = None
     try:
         job = ex.submit(None, task)
@@ -112,13 +146,7 @@ def test_a_cell_forked_just_before_the_worker_is_killed_gets_the_ctrl_c(
         threading.Thread(target=_release_once_dead, args=(ex.proc.pid, Path(f"{hold}.child"))).start()
         if ctrl_c == "first":
             monkeypatch.setattr(runner, "record_interrupts", lambda uri, counts: None)  # no MLflow record
-            ended: list[list[str]] = []
-            me = SimpleNamespace(
-                prep=SimpleNamespace(kind="local", tracking_uri=job_env), live={cell.cell_id},
-                states={cell.cell_id: SimpleNamespace(run_id="r", interrupts=0)},
-                jobs={cell.cell_id: job}, executor=ex, _end_interrupted=ended.append,
-            )  # fmt: skip
-            runner._Runner._interrupted(me, signal.SIGINT, wait_s=20.0)
+            ended = interrupt_launch(job_env, cell, job, ex, wait_s=20.0)
             assert ended == [[cell.cell_id]], "the job was still alive after the Ctrl-C's wait"
             kind, value = pickle.loads((job.paths.folder / f"{job.job_id}_0_result.pkl").read_bytes())
             assert kind == "error" and "KeyboardInterrupt" in value  # the Ctrl-C stopped the cell
@@ -128,11 +156,4 @@ def test_a_cell_forked_just_before_the_worker_is_killed_gets_the_ctrl_c(
         assert not ex.alive() and job.pid() == child
         assert step_of(progress) < cell.steps
     finally:
-        hold.touch()
-        Path(f"{hold}.child").touch()
-        (tmp_path / "end").touch()
-        ex.stop()
-        ex.proc.wait()
-        if child is not None and _alive(child):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
+        release_and_stop(tmp_path, hold, ex, child)

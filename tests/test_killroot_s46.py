@@ -27,8 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
-from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, step_of, wait_for
+from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, step_of, wait_for, write_sweep_config
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand, load_spec
 from sweeps.lock import cell_lock_held
@@ -61,14 +60,7 @@ def _spec(tmp_path: Path, uri: str, families: list[str]) -> tuple[SweepSpec, Pat
     spec = fake_trainer_spec(
         tmp_path, uri, name="kr", experiment="killroot", budgets=[2.6e9], train=train, executor=executor
     )
-    data = {
-        "name": spec.name, "experiment": spec.experiment, "tracking_uri": uri, "output_dir": spec.output_dir,
-        "families": families, "scale": {"width_div": 8, "depth_div": 4}, "budgets": spec.budgets,
-        "batch_size": spec.batch_size, "trainer": spec.trainer, "final_eval": False, "train": spec.train,
-        "executor": {"name": "local", "local_parallelism": 1, "local_warm": True, "max_retries": 1},
-    }  # fmt: skip
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = write_sweep_config(spec, tmp_path / "sweep.yaml", families=families, local_warm=True, max_retries=1)
     return load_spec(cfg), cfg, progress, hold
 
 

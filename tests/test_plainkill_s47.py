@@ -15,6 +15,7 @@ lower bound: the test waits 2 s (past the controller's 1 s) before the release."
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -25,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
-from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, wait_for
+from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, wait_for, write_sweep_config
+from test_ctrlc_s45 import append_note, noting_guard
 from test_sweeps_fake_trainer import TrainConfig as _FakeConfig
 
-from dit_core.trainer.signals import PreemptionGuard
 from sweeps.grid import ExecutorSpec, expand, load_spec
 from sweeps.runner import sweep_dir
 
@@ -57,16 +57,8 @@ def train(cfg: TrainConfig) -> dict:
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, "status", "running")
 
-    def note(what: str) -> None:
-        with open(rec, "a") as f:
-            f.write(what + "\n")
-
-    class Counted(PreemptionGuard):
-        def _handle(self, signum, frame):
-            note(signal.Signals(signum).name)
-            super()._handle(signum, frame)
-
-    with Counted((signal.SIGINT,), sigint_echo_s=60.0) as guard:
+    note = functools.partial(append_note, rec)
+    with noting_guard(rec, 60.0) as guard:
         note("training")
         while guard.received is None:
             time.sleep(0.02)
@@ -121,15 +113,8 @@ def test_a_plain_local_jobs_trainer_outlasting_1_s_after_a_terminals_ctrl_c_keep
     train_cfg = {"step_s": 0.05, "record": str(rec), "release": str(release)}
     spec = fake_trainer_spec(tmp_path, job_env, name="pk", experiment="plainkill", budgets=[2.6e9],
                              train=train_cfg, executor=ExecutorSpec(name="local"))  # fmt: skip
-    data = {
-        "name": spec.name, "experiment": spec.experiment, "tracking_uri": job_env,
-        "output_dir": spec.output_dir, "families": ["S"], "scale": {"width_div": 8, "depth_div": 4},
-        "budgets": spec.budgets, "batch_size": spec.batch_size, "trainer": "test_plainkill_s47",
-        "final_eval": False, "train": spec.train,
-        "executor": {"name": "local", "local_parallelism": 1, "local_warm": False},
-    }  # fmt: skip
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = write_sweep_config(spec, tmp_path / "sweep.yaml", families=["S"], trainer="test_plainkill_s47",
+                             local_warm=False)  # fmt: skip
     spec = load_spec(cfg)
     (cell,) = expand(spec)
     run_dir = sweep_dir(spec) / "cells" / cell.cell_id

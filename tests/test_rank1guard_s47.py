@@ -15,97 +15,46 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from _train_helpers import train_cli
-from mlflow import MlflowClient
-from test_dist_s39 import _rank_pids
 from test_rankstart_s46 import (
-    ACCELERATE,
+    TINY as RANKSTART_TINY,
+)
+from test_rankstart_s46 import (
     TOOK,
     _assert_stopped_at_step_0,
     _env,
     _release_once_taken,
-    _wait_for,
+    assert_one_process_finishes,
+    held_launch,
 )
 
-from dit_core.checkpoint import load_checkpoint
-
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model", "none", "--depth", "2", "--width", "32", "--heads", "2", "--patch-size", "2", "--data",
-        "digits", "--image-size", "16", "--global-batch-size", "8", "--log-every", "3", "--val-every", "0",
-        "--eval-every", "0", "--experiment", "test-rank1guard", "--max-steps", "3",
-        "--ckpt-every", "0"]  # fmt: skip
+TINY = [("test-rank1guard" if a == "test-rankstart" else a) for a in RANKSTART_TINY]
 
-#: ``held.py REPO HOLD SIGNALLED <trainer flags>``: the trainer's CLI with rank SIGNALLED held at its
-#: `process_start_time` (in `Trainer._run`, after the out folder's broadcast) and the other rank at its
-#: first `Trainer.preempt_requested` (rank 0: its MLflow run exists); each writes HOLD/held<rank> there
-#: and waits for HOLD/go. The code the CLI exits with goes to HOLD/exit<rank> (a rank a signal killed
-#: writes none).
-_HELD = """
-import ctypes, os, signal, sys, time
-ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the launcher
-repo, hold, signalled = sys.argv.pop(1), sys.argv.pop(1), int(sys.argv.pop(1))
-sys.path.insert(0, repo)
-from pathlib import Path
-from dit_core.trainer import cli, loop
-
-hold, rank = Path(hold), int(os.environ["RANK"])
-
-def held_then(real):
-    def held(*args, **kwargs):
-        if not (hold / f"held{rank}").exists():
-            (hold / f"held{rank}").touch()
-            while not (hold / "go").exists():
-                time.sleep(0.01)
-        return real(*args, **kwargs)
-    return held
-
+#: ``held.py REPO HOLD SIGNALLED <trainer flags>``: rank SIGNALLED held at its `process_start_time` (in
+#: `Trainer._run`, after the out folder's broadcast) and the other rank at its first
+#: `Trainer.preempt_requested` (rank 0: its MLflow run exists); `test_rankstart_s46.held_script`
+_PATCHES = """
+signalled = int(sys.argv.pop(1))
 if rank == signalled:
     loop.process_start_time = held_then(loop.process_start_time)
 else:
     loop.Trainer.preempt_requested = held_then(loop.Trainer.preempt_requested)
-real_exit = cli.exit_now
-
-def recorded_exit(code):
-    (hold / f"exit{rank}").write_text(str(code))
-    real_exit(code)
-
-cli.exit_now = recorded_exit
-sys.exit(cli.main())
 """
 
 
 def _signal_one_rank(tmp_path: Path, signalled: int) -> tuple[int, str, dict[int, Path]]:
     """Launch the held 2-process run, SIGTERM rank ``signalled`` once both ranks are held, release them
     once it took the signal (or ended); (the launcher's exit code, its stderr, each rank's log)."""
-    hold, logs, out = tmp_path / "hold", tmp_path / "logs", tmp_path / "run"
-    hold.mkdir()
-    script = tmp_path / "held.py"
-    script.write_text(_HELD)
-    cmd = [*ACCELERATE, "--log_dir", str(logs), "--tee", "2", str(script), str(REPO), str(hold),
-           str(signalled), *TINY, "--out", str(out)]  # fmt: skip
-    errf = open(tmp_path / "launcher.txt", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True)
-    try:
-        _wait_for(
-            "the ranks never reached their holds",
-            lambda: (hold / "held0").exists() and (hold / "held1").exists(),
-            lambda: proc.poll() is None,
-        )
-        pids = _rank_pids(proc.pid)
-        assert sorted(pids) == [0, 1], pids
-        rank_logs = {r: next(logs.rglob(f"attempt_0/{r}/stderr.log")) for r in (0, 1)}
+    hold, out = tmp_path / "hold", tmp_path / "run"
+    args = [str(signalled), *TINY, "--out", str(out)]
+    with held_launch(tmp_path, _PATCHES, args, _env()) as (proc, pids, rank_logs):
         os.kill(pids[signalled], signal.SIGTERM)
         _release_once_taken(hold, {signalled: rank_logs[signalled]}, pids)
         rc = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        errf.close()
     return rc, (tmp_path / "launcher.txt").read_text(), rank_logs
 
 
@@ -127,12 +76,7 @@ def test_sigterm_to_rank1_after_the_out_folder_broadcast_stops_both_at_step_0(tm
     assert TOOK in rank_logs[1].read_text() and TOOK not in rank0
     assert "stopped at step 0/3 (a signal to another rank)" in rank0, rank0[-3000:]
 
-    code, err = train_cli(capsys, [*TINY, "--out", str(out)])  # one process: as a requeue with fewer
-    assert code == 0, err[-3000:]
-    assert (out / "mlflow_run_id").read_text().strip() == run_id
-    run = MlflowClient().get_run(run_id)
-    assert (run.info.status, run.data.tags["status"]) == ("FINISHED", "finished")
-    assert load_checkpoint(out)["step"] == 3
+    assert_one_process_finishes(capsys, TINY, out, run_id)
 
 
 @pytest.mark.timeout(240)

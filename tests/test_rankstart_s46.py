@@ -10,6 +10,7 @@ every signalled rank take its signal (its guard's "received" line) or end: hands
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,11 +34,10 @@ TINY = ["--model", "none", "--depth", "2", "--width", "32", "--heads", "2", "--p
         "--eval-every", "0", "--experiment", "test-rankstart", "--max-steps", "3",
         "--ckpt-every", "0"]  # fmt: skip
 
-#: ``held.py REPO HOLD <trainer flags>``: the trainer's CLI with rank 0 held in `RunTracker.log_params`
-#: (its MLflow run exists) and rank 1 at its first `Trainer.preempt_requested` (before it reads its
-#: guard's flag for the step-0 agreement); each writes HOLD/held<rank> there and waits for HOLD/go. The
-#: code the CLI exits with (`exit_now`, with several processes) goes to HOLD/exit<rank> (a rank a signal
-#: killed writes none).
+#: ``held.py REPO HOLD <trainer flags>``: the trainer's CLI with each rank held where ``patches`` (Python run
+#: before the CLI, `held_script`) wraps a function in ``held_then``: there it writes HOLD/held<rank> and
+#: waits for HOLD/go. The code the CLI exits with (`exit_now`, with several processes) goes to
+#: HOLD/exit<rank> (a rank a signal killed writes none).
 _HELD = """
 import ctypes, os, signal, sys, time
 ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the launcher or the test
@@ -58,10 +58,7 @@ def held_then(real):
         return real(*args, **kwargs)
     return held
 
-if rank == 0:
-    tracking.RunTracker.log_params = held_then(tracking.RunTracker.log_params)
-else:
-    loop.Trainer.preempt_requested = held_then(loop.Trainer.preempt_requested)
+{patches}
 real_exit = cli.exit_now
 
 def recorded_exit(code):
@@ -71,6 +68,21 @@ def recorded_exit(code):
 cli.exit_now = recorded_exit
 sys.exit(cli.main())
 """
+
+#: this file's holds: rank 0 in `RunTracker.log_params` (its MLflow run exists), rank 1 at its first
+#: `Trainer.preempt_requested` (before it reads its guard's flag for the step-0 agreement)
+_PATCHES = """
+if rank == 0:
+    tracking.RunTracker.log_params = held_then(tracking.RunTracker.log_params)
+else:
+    loop.Trainer.preempt_requested = held_then(loop.Trainer.preempt_requested)
+"""
+
+
+def held_script(patches: str) -> str:
+    """The text of ``held.py`` (`_HELD`) with ``patches`` placing each rank's hold."""
+    return _HELD.replace("{patches}", patches.strip())
+
 
 TOOK = "received SIGTERM: checkpointing at the next step boundary"
 
@@ -110,6 +122,45 @@ def _release_once_taken(hold: Path, logs: dict[int, Path], pids: dict[int, int])
     (hold / "go").touch()
 
 
+@contextlib.contextmanager
+def held_launch(tmp_path: Path, patches: str, args: list[str], env: dict[str, str]):
+    """``accelerate launch`` (2 processes) of `held_script` (``patches``) with ``args``, its stderr in
+    ``tmp_path/launcher.txt``, the holds in ``tmp_path/hold``; yields (the launcher's process, {rank: pid},
+    {rank: its log}) once both ranks are held; kills what is left of it on the way out."""
+    from test_dist_s39 import _rank_pids
+
+    hold, logs = tmp_path / "hold", tmp_path / "logs"
+    hold.mkdir()
+    script = tmp_path / "held.py"
+    script.write_text(held_script(patches))
+    cmd = [*ACCELERATE, "--log_dir", str(logs), "--tee", "2", str(script), str(REPO), str(hold), *args]
+    with open(tmp_path / "launcher.txt", "w") as errf:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True)
+    try:
+        _wait_for(
+            "the ranks never reached their holds",
+            lambda: (hold / "held0").exists() and (hold / "held1").exists(),
+            lambda: proc.poll() is None,
+        )
+        pids = _rank_pids(proc.pid)
+        assert sorted(pids) == [0, 1], pids
+        yield proc, pids, {r: next(logs.rglob(f"attempt_0/{r}/stderr.log")) for r in (0, 1)}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def assert_one_process_finishes(capsys, flags: list[str], out: Path, run_id: str) -> None:
+    """The same command on one process (as a requeue with fewer) resumes ``out`` into MLflow run
+    ``run_id`` and finishes it (step 3)."""
+    code, err = train_cli(capsys, [*flags, "--out", str(out)])
+    assert code == 0, err[-3000:]
+    assert (out / "mlflow_run_id").read_text().strip() == run_id
+    run = MlflowClient().get_run(run_id)
+    assert (run.info.status, run.data.tags["status"]) == ("FINISHED", "finished")
+    assert load_checkpoint(out)["step"] == 3
+
+
 def _assert_stopped_at_step_0(out: Path, hold: Path, said: str) -> str:
     """Both ranks' CLIs returned 143, the run is KILLED ``preempted`` with one checkpoint, of step 0;
     the run's id."""
@@ -132,34 +183,13 @@ def test_sigterm_to_torchrun_while_rank0_starts_the_run_stops_both_ranks_at_step
     launcher exits 143; the same command resumes into the same run and finishes it. Before (the guard
     entered after `start_tracking`): rank 0 died of the signal (no exit code of its CLI), the run
     RUNNING, no checkpoint."""
-    from test_dist_s39 import _rank_pids
-
-    hold, logs, out = tmp_path / "hold", tmp_path / "logs", tmp_path / "run"
-    hold.mkdir()
-    script = tmp_path / "held.py"
-    script.write_text(_HELD)
-    cmd = [*ACCELERATE, "--log_dir", str(logs), "--tee", "2", str(script), str(REPO), str(hold), *TINY,
-           "--out", str(out)]  # fmt: skip
+    hold, out = tmp_path / "hold", tmp_path / "run"
     # the ranks' own grace after torchrun's SIGTERM (default 30 s): room for a loaded machine
     env = _env(TORCH_ELASTIC_SHUTDOWN_TIMEOUT="90")
-    errf = open(tmp_path / "launcher.txt", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True)
-    try:
-        _wait_for(
-            "the ranks never reached their holds",
-            lambda: (hold / "held0").exists() and (hold / "held1").exists(),
-            lambda: proc.poll() is None,
-        )
-        pids = _rank_pids(proc.pid)
-        assert sorted(pids) == [0, 1], pids
-        rank_logs = {r: next(logs.rglob(f"attempt_0/{r}/stderr.log")) for r in (0, 1)}
+    with held_launch(tmp_path, _PATCHES, [*TINY, "--out", str(out)], env) as (proc, pids, rank_logs):
         proc.send_signal(signal.SIGTERM)
         _release_once_taken(hold, rank_logs, pids)
         rc = proc.wait(timeout=150)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        errf.close()
     said = (tmp_path / "launcher.txt").read_text()
     run_id = _assert_stopped_at_step_0(out, hold, said)
     assert rc == 128 + signal.SIGTERM, said[-4000:]
@@ -167,12 +197,7 @@ def test_sigterm_to_torchrun_while_rank0_starts_the_run_stops_both_ranks_at_step
     assert TOOK in rank_logs[1].read_text() and TOOK in rank0
     assert "stopped at step 0/3 (SIGTERM)" in rank0, rank0[-3000:]
 
-    code, err = train_cli(capsys, [*TINY, "--out", str(out)])  # one process: as a requeue with fewer
-    assert code == 0, err[-3000:]
-    assert (out / "mlflow_run_id").read_text().strip() == run_id
-    run = MlflowClient().get_run(run_id)
-    assert (run.info.status, run.data.tags["status"]) == ("FINISHED", "finished")
-    assert load_checkpoint(out)["step"] == 3
+    assert_one_process_finishes(capsys, TINY, out, run_id)
 
 
 @pytest.mark.timeout(180)
@@ -185,7 +210,7 @@ def test_sigterm_to_rank1_only_while_rank0_starts_the_run_stops_both_at_step_0(t
     hold, out = tmp_path / "hold", tmp_path / "run"
     hold.mkdir()
     script = tmp_path / "held.py"
-    script.write_text(_HELD)
+    script.write_text(held_script(_PATCHES))
     cmd = [sys.executable, str(script), str(REPO), str(hold), *TINY, "--out", str(out)]
     port, procs = str(free_port()), []
     for rank in range(2):

@@ -17,8 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from _sweep_specs import assert_relaunch_resumes, fake_trainer_spec, states_of, step_of, wait_for
+from _sweep_specs import (
+    assert_relaunch_resumes,
+    fake_trainer_spec,
+    states_of,
+    step_of,
+    wait_for,
+    write_sweep_config,
+)
 from test_swedge_s43 import _alive
 
 from sweeps.grid import ExecutorSpec, expand, load_spec
@@ -35,14 +41,7 @@ def _sweep(tmp_path: Path, uri: str, warm: bool, sigint: str, budget: float):
     train = {"step_s": 0.05, "progress_file": str(progress), "events_file": str(events), "sigint": sigint}
     spec = fake_trainer_spec(tmp_path, uri, name="si", experiment="sigint", budgets=[budget], train=train,
                              executor=ExecutorSpec(name="local")).replace(families=["S"])  # fmt: skip
-    data = {
-        "name": spec.name, "experiment": spec.experiment, "tracking_uri": uri, "output_dir": spec.output_dir,
-        "families": ["S"], "scale": {"width_div": 8, "depth_div": 4}, "budgets": spec.budgets,
-        "batch_size": spec.batch_size, "trainer": spec.trainer, "final_eval": False, "train": spec.train,
-        "executor": {"name": "local", "local_parallelism": 1, "local_warm": warm},
-    }  # fmt: skip
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = write_sweep_config(spec, tmp_path / "sweep.yaml", families=["S"], local_warm=warm)
     spec = load_spec(cfg)
     (cell,) = expand(spec)
     return spec, cell, cfg, progress, events

@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from _sweep_specs import fake_sweep_yaml, fake_trainer_spec, one_s_cell, states_of, step_of, wait_for
+from _sweep_specs import (
+    fake_sweep_yaml,
+    fake_trainer_spec,
+    one_s_cell,
+    states_of,
+    step_of,
+    wait_for,
+    write_sweep_config,
+)
 
 from analysis.runs import LrRedraw, best_lr, tidy
 from sweeps import launch as cli
@@ -253,15 +260,7 @@ def test_cli_second_ctrl_c_kills_the_local_cells_at_once_and_ends_their_runs_kil
     spec, cell, progress = one_s_cell(fake_trainer_spec_of, tmp_path, job_env, step_s=0.05)
     spec = spec.replace(budgets=[3e11])  # about 1,000 steps: 50 s
     (cell,) = expand(spec)
-    data = {
-        "name": spec.name, "experiment": spec.experiment, "tracking_uri": job_env,
-        "output_dir": spec.output_dir, "families": ["S"], "scale": {"width_div": 8, "depth_div": 4},
-        "budgets": spec.budgets, "batch_size": spec.batch_size, "trainer": spec.trainer, "final_eval": False,
-        "train": spec.train,
-        "executor": {"name": "local", "local_parallelism": 1, "local_warm": warm},
-    }  # fmt: skip
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = write_sweep_config(spec, tmp_path / "sweep.yaml", families=["S"], local_warm=warm)
     cmd = [sys.executable, str(REPO / "sweeps" / "launch.py"), "-c", str(cfg), "--poll", "0.2"]
     proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_sigint_default, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip

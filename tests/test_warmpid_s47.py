@@ -13,7 +13,6 @@ The jobs' trainer holds the warm worker's forks (`test_forkrace_s46`'s hook); ha
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
@@ -22,15 +21,22 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-from _sweep_specs import fake_trainer_spec, step_of, wait_for
-from test_forkrace_s46 import HOLD_ENV, PASS_ENV, _alive, _release_once_dead
+from _sweep_specs import step_of, wait_for
+from test_forkrace_s46 import (
+    HOLD_ENV,
+    PASS_ENV,
+    _alive,
+    _release_once_dead,
+    held_warm_cell,
+    interrupt_launch,
+    release_and_stop,
+)
 from test_killroot_s46 import _runs, _spec, _zygote
 
 import sweeps.runner as runner
 from sweeps.grid import ExecutorSpec, expand
 from sweeps.lock import cell_lock_held
 from sweeps.runner import launch, sweep_dir
-from sweeps.task import make_task
 from sweeps.warm import WarmExecutor
 
 
@@ -48,15 +54,7 @@ def test_a_requeued_cell_has_no_pid_until_its_next_child_names_itself_which_gets
     monkeypatch.setenv(HOLD_ENV, str(hold))
     monkeypatch.setenv(PASS_ENV, "1")  # the cell's first fork goes through
     monkeypatch.setattr(runner, "record_interrupts", lambda uri, counts: None)  # no MLflow record
-    progress = tmp_path / "progress"
-    knobs = {"step_s": 0.05, "progress_file": str(progress), "hold_file": str(tmp_path / "end")}
-    spec = fake_trainer_spec(tmp_path, job_env, name="wp", experiment="warmpid", budgets=[1e10], train=knobs,
-                             executor=ExecutorSpec(name="local")).replace(families=["S"])  # fmt: skip
-    spec = spec.replace(trainer="test_forkrace_s46")
-    (cell,) = expand(spec)
-    task = make_task(spec, cell, sweep_dir(spec), job_env, threads=1)
-    ex = WarmExecutor(sweep_dir(spec) / "jobs", threads=1, trainer=spec.trainer, tracking_uri=job_env)
-    forked = Path(f"{hold}.forked")
+    cell, task, ex, progress, forked = held_warm_cell(tmp_path, job_env, "warmpid")
     second = None
     try:
         job = ex.submit(None, task)
@@ -75,27 +73,14 @@ def test_a_requeued_cell_has_no_pid_until_its_next_child_names_itself_which_gets
         threading.Thread(target=_release_once_dead, args=(ex.proc.pid, Path(f"{hold}.child"))).start()
         kill, sent = os.kill, []
         monkeypatch.setattr(os, "kill", lambda pid, sig: (sent.append((pid, sig)), kill(pid, sig))[1])
-        ended: list[list[str]] = []
-        me = SimpleNamespace(
-            prep=SimpleNamespace(kind="local", tracking_uri=job_env), live={cell.cell_id},
-            states={cell.cell_id: SimpleNamespace(run_id="r", interrupts=0)},
-            jobs={cell.cell_id: job}, executor=ex, _end_interrupted=ended.append,
-        )  # fmt: skip
-        runner._Runner._interrupted(me, signal.SIGINT, wait_s=30.0)
+        ended = interrupt_launch(job_env, cell, job, ex, wait_s=30.0)
         assert ended == [[cell.cell_id]], "the requeued cell was still alive after the Ctrl-C's wait"
         kind, _ = pickle.loads((job.paths.folder / f"{job.job_id}_0_result.pkl").read_bytes())
         sigints = [pid for pid, sig in sent if sig == signal.SIGINT]  # never the dead first child
         assert sigints == [second] or (kind == "success" and sigints == []), (kind, sigints, first, second)
         assert job.pid() == second and not _alive(second) and not cell_lock_held(task.run_dir)
     finally:
-        hold.touch()
-        Path(f"{hold}.child").touch()
-        (tmp_path / "end").touch()
-        ex.stop()
-        ex.proc.wait()
-        if second is not None and _alive(second):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(second, signal.SIGKILL)
+        release_and_stop(tmp_path, hold, ex, second)
 
 
 def test_a_warm_worker_is_restarted_once_and_a_second_death_fails_the_rest_as_not_started(
