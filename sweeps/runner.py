@@ -541,6 +541,26 @@ class _Runner:
             self.result.errors[t.cell_id] = why
             log.error("cell %s %s", t.cell_id, why)
 
+    def _unforked(self, tasks: list[CellTask]) -> list[CellTask]:
+        """Those of ``tasks`` sent to a warm worker that died before forking them (`WarmJob.unforked`):
+        nothing of them ran, so they are pending again, for a fresh worker (`_restart_worker`) or as not
+        started, their job recorded as an interrupt (no try; the next submission counts one more)."""
+        back = [c for c in sorted(self.live) if isinstance(j := self.jobs[c], WarmJob) and j.unforked()]
+        for c in back:
+            st = self.states[c]
+            st.attempts, st.interrupts = st.attempts + 1, st.interrupts + 1  # as recorded, and the interrupt
+            for d in (self.result.job_ids, self.result.timings, self.result.logs):
+                d.pop(c, None)
+            log.warning(
+                "cell %s: its warm worker died before forking job %s; sent again", c, self.jobs[c].job_id
+            )
+        if back:
+            record_interrupts(
+                self.prep.tracking_uri, {self.states[c].run_id: self.states[c].interrupts for c in back}
+            )
+        self.live.difference_update(back)
+        return [t for t in tasks if t.cell_id in back]
+
     def run(self, tasks: list[CellTask], wait: bool) -> None:
         try:
             self._run(tasks, wait)
@@ -565,6 +585,7 @@ class _Runner:
         tick = min(self.poll_s, 0.05) if kind == "local" else self.poll_s
         last_report = -1.0
         while True:
+            pending = self._unforked(tasks) + pending
             # the cells it forked are waited for, the rest go to a fresh one, or fail
             if pending and self._worker_gone() and not self._restart_worker():
                 self._not_started(pending)

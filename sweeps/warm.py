@@ -83,6 +83,14 @@ class WarmJob:
         # the zygote died (killed, Ctrl-C): the job is over once nothing holds the cell's lock
         return not self.executor.alive() and not cell_lock_held(self.run_dir)
 
+    def unforked(self) -> bool:
+        """Whether the job's worker died without forking it (nothing holds the cell's lock, and there is no
+        log, result or exit status; looked at in that order: a child holds the lock until it exits):
+        nothing of it ran."""
+        if self.executor.alive() or cell_lock_held(self.run_dir):
+            return False
+        return not any(self._file(f).exists() for f in ("_0_log.out", "_0_result.pkl", "_exit"))
+
     def results(self) -> list[Any]:
         """``[result]`` of a job that succeeded; raises RuntimeError (with the remote traceback) else. A job
         whose worker died (no exit status) succeeded where its child wrote "success": the child writes it
