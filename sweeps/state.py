@@ -469,8 +469,10 @@ def read_states(
     alive = job_liveness(unfinished)  # "unknown" where SLURM did not answer: never taken for over
     alive |= _unrecorded_alive(runs, refs, cells)
     # and the unfinished runs a job no launcher recorded ran in (`_unrecorded_job`)
-    unrecorded = [c for c, r in refs.items() if r is None and _unrecorded_job(runs[c][0], False)]
-    unrecorded = [c for c in unrecorded if runs[c][0].info.status != "FINISHED"]
+    unrecorded = [
+        c for c, r in refs.items()
+        if r is None and runs[c][0].info.status != "FINISHED" and _unrecorded_job(runs[c][0], False)
+    ]  # fmt: skip
     if dead := [c for c in [*unfinished, *unrecorded] if c not in alive]:
         # a job that ended between the runs' read and the liveness check: read its run again, or a cell
         # that just finished would look interrupted (run RUNNING, job gone) and be resubmitted

@@ -28,8 +28,10 @@ from pathlib import Path
 import pytest
 from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, wait_for, write_sweep_config
 from test_ctrlc_s45 import append_note, noting_guard
+from test_forkrace_s46 import _alive
 from test_sweeps_fake_trainer import TrainConfig as _FakeConfig
 
+import sweeps.runner as runner
 from sweeps.grid import ExecutorSpec, expand, load_spec
 from sweeps.runner import sweep_dir
 
@@ -85,21 +87,6 @@ def _lines(rec: Path) -> list[str]:
     return rec.read_text().split("\n")[:-1] if rec.exists() else []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _sigint_ignored(pid: int) -> bool:
-    """Whether process ``pid`` ignores SIGINT (``SigIgn`` of /proc/PID/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigIgn:"):
-            return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
-    return False
-
-
 def test_a_plain_local_jobs_trainer_outlasting_1_s_after_a_terminals_ctrl_c_keeps_its_checkpoint(
     job_env, tmp_path
 ):
@@ -129,7 +116,7 @@ def test_a_plain_local_jobs_trainer_outlasting_1_s_after_a_terminals_ctrl_c_keep
         assert proc.poll() is None, err.read_text()
         trainer = int(Path(f"{rec}.pid").read_text())
         controller = int(Path(f"/proc/{trainer}/stat").read_text().split(") ")[1].split()[1])
-        ignored = (_sigint_ignored(controller), _sigint_ignored(trainer))
+        ignored = (runner._sigint_ignored(controller), runner._sigint_ignored(trainer))
         os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C
         wait_for(lambda: "holding" in _lines(rec) or not _alive(trainer), "the trainer's Ctrl-C", 30)
         time.sleep(2 * SIGKILL_AFTER_S)  # a lower bound: the controller's SIGKILL would have come
@@ -191,7 +178,7 @@ def test_the_launchers_ctrl_c_waits_until_a_starting_job_takes_sigint(tmp_path):
         wait_for(lambda: (tmp_path / "ready").exists() or proc.poll() is not None, "the process to start", 30)
         job, signalled = SimpleNamespace(job_id=str(proc.pid)), set()  # its own shell: the job's root
         _ctrl_c([job], signalled)
-        assert signalled == set() and _sigint_ignored(proc.pid)
+        assert signalled == set() and runner._sigint_ignored(proc.pid)
         (tmp_path / "take").touch()
         wait_for(lambda: (tmp_path / "taken").exists(), "the process to take SIGINT", 30)
         _ctrl_c([job], signalled)
