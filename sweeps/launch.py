@@ -644,7 +644,7 @@ def fit_command(spec: SweepSpec, cells: list[Cell]) -> str:
     """The `NEXT_COMMAND` line that fits ``spec``'s runs; with ``--min-steps`` where some of ``cells``
     make fewer steps than the analysis keeps by default, which would otherwise leave them out of the fit
     (a sweep launched with a low ``--min-steps``)."""
-    from analysis.pipeline import AnalysisConfig
+    from analysis.config import AnalysisConfig
 
     fit = f"{NEXT_COMMAND} --experiment {spec.experiment}" + (
         "" if spec.tracking_uri is None else f" --tracking-uri {spec.tracking_uri}"

@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 REQUEUE_EXIT = 75
 #: Modules the zygote imports before forking (missing ones are skipped): what a demo cell's trainer
 #: would otherwise import in every job (torch._dynamo: the first optimizer; torchvision and the
-#: evaluation stack: the first evaluation; the SQL store: the first MLflow request).
+#: evaluation stack: the first evaluation; the SQL store: the first MLflow request). A trainer module
+#: that defines its own ``WARM_IMPORTS`` (a tuple of module names) is warmed with those instead
+#: (`warm_imports`): one without torch need not pay for importing it.
 WARM_IMPORTS = (
     "torch", "torch._dynamo", "accelerate", "psutil", "mlflow", "mlflow.tracking", "mlflow.entities",
     "mlflow.store.tracking.sqlalchemy_store", "torchvision.utils", "dit_core.tracking", "dit_core.evaluate",
@@ -223,11 +225,9 @@ class _Slot:
 def _warm_up(trainer: str, tracking_uri: str | None) -> None:
     """Import what a job imports, and open the MLflow store once (its engine and schema check are
     cached by MLflow per URI, so children reuse them; pooled connections are closed before forking)."""
-    for name in (*WARM_IMPORTS, trainer):
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            log.info("warm import %s skipped: %s", name, e)
+    _import_or_skip(trainer)  # first: it may name what to warm
+    for name in warm_imports(trainer):
+        _import_or_skip(name)
     if tracking_uri:
         try:
             from mlflow.tracking import MlflowClient
@@ -239,6 +239,25 @@ def _warm_up(trainer: str, tracking_uri: str | None) -> None:
     tracking = sys.modules.get("dit_core.tracking")
     if tracking is not None:
         tracking.git_commit()  # cached: the children skip the `git rev-parse`
+
+
+def _import_or_skip(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except ImportError as e:
+        log.info("warm import %s skipped: %s", name, e)
+
+
+def warm_imports(trainer: str) -> tuple[str, ...]:
+    """The modules a warm worker imports for ``trainer`` besides it: the trainer module's own
+    ``WARM_IMPORTS`` where it defines one (and imports), else `WARM_IMPORTS`."""
+    module = sys.modules.get(trainer)
+    own = getattr(module, "WARM_IMPORTS", None)
+    if own is None:
+        return WARM_IMPORTS
+    if isinstance(own, str) or not all(isinstance(n, str) for n in own):
+        raise TypeError(f"{trainer}.WARM_IMPORTS must be a tuple of module names, got {own!r}")
+    return tuple(own)
 
 
 def _dispose_sql_engines() -> None:

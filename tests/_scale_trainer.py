@@ -30,7 +30,11 @@ from dataclasses import dataclass
 
 __all__ = ["TrainConfig", "train"]
 
-from test_sweeps_fake_trainer import TrainSections, _flat
+from test_sweeps_fake_trainer import (
+    WARM_IMPORTS,  # noqa: F401 - what a warm worker imports for it
+    TrainSections,
+    _flat,
+)
 
 from dit_core.spec import (
     forward_gflops,

@@ -122,6 +122,15 @@ def cell_states(*rows: tuple) -> dict[str, CellState]:
     return {r[0]: row(*r) for r in rows}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. A zombie (ended, not yet reaped) does not, nor does a pid whose
+    /proc entry goes away between checks: the parent may reap it at any moment (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_for(pred, what: str, timeout_s: float = 90.0) -> None:
     """Poll ``pred`` every 50 ms; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

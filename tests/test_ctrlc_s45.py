@@ -28,7 +28,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from _sweep_specs import fake_trainer_spec, wait_for, write_sweep_config
+from _sweep_specs import fake_trainer_spec, pid_alive, wait_for, write_sweep_config
+from test_sweeps_fake_trainer import WARM_IMPORTS  # noqa: F401 - what a warm worker imports for it
 from test_sweeps_fake_trainer import TrainConfig as _FakeConfig
 
 from dit_core.trainer.signals import PreemptionGuard
@@ -258,7 +259,6 @@ def test_b_a_ctrl_c_while_the_warm_worker_imports_leaves_no_job_to_fork_later(jo
     end it: a job it had not forked yet when the launcher stopped would have been forked later and
     trained with nobody to stop it. The launcher's Ctrl-C now ends the worker (`WarmExecutor.stop`): a
     Ctrl-C while the worker still imports (held here, by a handshake) leaves no job to fork."""
-    from test_swedge_s43 import _alive  # here: this module is the jobs' trainer too, kept light
 
     hold = tmp_path / "warm-hold"
     run, worker = _Held(job_env, tmp_path, env={HOLD_ENV: str(hold)}), None
@@ -272,10 +272,12 @@ def test_b_a_ctrl_c_while_the_warm_worker_imports_leaves_no_job_to_fork_later(jo
         run.go.touch()
         run.proc.wait(timeout=60)
         hold.touch()  # the worker's imports would end now: it would fork the job
-        wait_for(lambda: not _alive(worker) or run.lines(), "the warm worker to end, or its job to start", 30)
+        wait_for(
+            lambda: not pid_alive(worker) or run.lines(), "the warm worker to end, or its job to start", 30
+        )
     finally:
         hold.touch()
         run.end()
-        if worker is not None and _alive(worker):
+        if worker is not None and pid_alive(worker):
             os.killpg(worker, signal.SIGKILL)  # its group: the job it forked too
     assert run.lines() == [] and run.proc.returncode == 130, (run.lines(), run.said())

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_sweeps_design import law_spec, log_law_run, true_n_opt
+from test_sweeps_fake_trainer import WARM_IMPORTS  # noqa: F401 - what a warm worker imports for it
 from test_sweeps_fake_trainer import TrainConfig as FakeTrainConfig
 
 from sweeps.design import launch_adaptive, read_record

@@ -26,8 +26,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from _sweep_specs import fake_trainer_spec, step_of, wait_for
-from test_sweeps_fake_trainer import TrainConfig, train  # noqa: F401 - the jobs' trainer
+from _sweep_specs import fake_trainer_spec, pid_alive, step_of, wait_for
+from test_sweeps_fake_trainer import (  # noqa: F401 - the jobs' trainer
+    WARM_IMPORTS,  # noqa: F401 - what a warm worker imports for it
+    TrainConfig,
+    train,
+)
 
 import sweeps.runner as runner
 from sweeps.grid import ExecutorSpec, expand
@@ -64,18 +68,10 @@ def _wait(path: str) -> None:
         time.sleep(0.02)
 
 
-def _alive(pid: int) -> bool:
-    """``pid`` runs (a zombie does not)."""
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-
-
 def _release_once_dead(pid: int, release: Path) -> None:
     """Create ``release`` once ``pid`` has ended (or after 60 s: the test has failed then)."""
     deadline = time.monotonic() + 60
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     release.touch()
 
@@ -102,7 +98,7 @@ def release_and_stop(tmp_path: Path, hold: Path, ex: WarmExecutor, child: int | 
     (tmp_path / "end").touch()
     ex.stop()
     ex.proc.wait()
-    if child is not None and _alive(child):
+    if child is not None and pid_alive(child):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
 
@@ -152,7 +148,7 @@ def test_a_cell_forked_just_before_the_worker_is_killed_gets_the_ctrl_c(
             assert kind == "error" and "KeyboardInterrupt" in value  # the Ctrl-C stopped the cell
         else:
             assert runner._kill_jobs([job], wait_s=20.0) == [], "not seen to end"
-        assert job.done() and not cell_lock_held(task.run_dir) and not _alive(child)
+        assert job.done() and not cell_lock_held(task.run_dir) and not pid_alive(child)
         assert not ex.alive() and job.pid() == child
         assert step_of(progress) < cell.steps
     finally:

@@ -27,7 +27,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, step_of, wait_for, write_sweep_config
+from _sweep_specs import (
+    fake_trainer_spec,
+    pid_alive,
+    runs_by_cell,
+    states_of,
+    step_of,
+    wait_for,
+    write_sweep_config,
+)
 
 from sweeps.grid import ExecutorSpec, SweepSpec, expand, load_spec
 from sweeps.lock import cell_lock_held
@@ -71,14 +79,6 @@ def _zygote(spec: SweepSpec) -> int | None:
     return int(found[0].name.split("_")[0]) if found else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-
-
 def _runs(uri: str, spec: SweepSpec) -> dict[str, list[tuple[str, str | None]]]:
     """Each cell's runs as (MLflow status, attempts tag)."""
     return {
@@ -112,7 +112,7 @@ def test_a_sigkilled_launchers_warm_cell_trains_on_and_a_relaunch_starts_no_seco
         proc.kill()  # SIGKILL: the OOM killer
         proc.wait()
         trainer = int((run_dir / "pid").read_text())
-        assert _alive(trainer) and cell_lock_held(run_dir)  # the warm child trains on, holding the lock
+        assert pid_alive(trainer) and cell_lock_held(run_dir)  # the warm child trains on, holding the lock
         assert _runs(job_env, spec) == {cell.cell_id: [("RUNNING", recorded)]}
         assert states_of(spec, job_env)[cell.cell_id].state == "running"  # B: was "missing"
         again = launch(spec, wait=False)  # B: started a second job, failed 10 s later (lock)
@@ -121,7 +121,7 @@ def test_a_sigkilled_launchers_warm_cell_trains_on_and_a_relaunch_starts_no_seco
         show_status(spec)
         said = capsys.readouterr().out
         assert ("running unrecorded: " + cell.cell_id in said) == (moment == "recording"), said
-        assert step_of(progress) < cell.steps and _alive(trainer)
+        assert step_of(progress) < cell.steps and pid_alive(trainer)
     finally:
         hold.touch()
         if proc.poll() is None:
@@ -157,8 +157,8 @@ def test_a_sigkilled_warm_worker_leaves_its_cell_finished_and_a_fresh_one_runs_t
         assert zygote is not None and t.is_alive(), box
         os.kill(zygote, signal.SIGKILL)
         run_dir = sweep_dir(spec) / "cells" / s
-        wait_for(lambda: not _alive(zygote), "the warm worker to die", 30)
-        assert cell_lock_held(run_dir) and _alive(int((run_dir / "pid").read_text()))  # trains on
+        wait_for(lambda: not pid_alive(zygote), "the warm worker to die", 30)
+        assert cell_lock_held(run_dir) and pid_alive(int((run_dir / "pid").read_text()))  # trains on
     finally:
         hold.touch()
     t.join(120)
@@ -168,7 +168,7 @@ def test_a_sigkilled_warm_worker_leaves_its_cell_finished_and_a_fresh_one_runs_t
     assert res.errors == {} and sorted(res.results) == sorted([s, b])
     assert res.job_ids[s].startswith(f"{zygote}_") and not res.job_ids[b].startswith(f"{zygote}_")
     assert _runs(job_env, spec) == {s: [("FINISHED", "1")], b: [("FINISHED", "1")]}
-    assert not _alive(int(res.job_ids[b].split("_")[0]))  # the launch closed the fresh worker, which ended
+    assert not pid_alive(int(res.job_ids[b].split("_")[0]))  # the launch closed the fresh worker, which ended
     again = launch(spec, poll_s=0.2)
     assert again.submitted == [] and sorted(again.plan.finished) == sorted([s, b])
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _sweep_specs import fake_trainer_spec, runs_by_cell, states_of, wait_for, write_sweep_config
+from _sweep_specs import fake_trainer_spec, pid_alive, runs_by_cell, states_of, wait_for, write_sweep_config
 from test_ctrlc_s45 import append_note, noting_guard
-from test_forkrace_s46 import _alive
+from test_sweeps_fake_trainer import WARM_IMPORTS  # noqa: F401 - what a warm worker imports for it
 from test_sweeps_fake_trainer import TrainConfig as _FakeConfig
 
 import sweeps.runner as runner
@@ -118,9 +118,9 @@ def test_a_plain_local_jobs_trainer_outlasting_1_s_after_a_terminals_ctrl_c_keep
         controller = int(Path(f"/proc/{trainer}/stat").read_text().split(") ")[1].split()[1])
         ignored = (runner._sigint_ignored(controller), runner._sigint_ignored(trainer))
         os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C
-        wait_for(lambda: "holding" in _lines(rec) or not _alive(trainer), "the trainer's Ctrl-C", 30)
+        wait_for(lambda: "holding" in _lines(rec) or not pid_alive(trainer), "the trainer's Ctrl-C", 30)
         time.sleep(2 * SIGKILL_AFTER_S)  # a lower bound: the controller's SIGKILL would have come
-        alive = _alive(trainer)
+        alive = pid_alive(trainer)
         release.touch()
         proc.wait(timeout=60)
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from _pg_server import free_port
+from _sweep_specs import pid_alive
 from _train_helpers import train_cli
 from mlflow import MlflowClient
 
@@ -99,22 +100,13 @@ def _wait_for(what: str, done, alive, within_s: float = 120) -> None:
         time.sleep(0.02)
 
 
-def _gone(pid: int) -> bool:
-    """Whether process ``pid`` has ended (a zombie not yet reaped counts)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def _release_once_taken(hold: Path, logs: dict[int, Path], pids: dict[int, int]) -> None:
     """Touch HOLD/go once each rank of ``logs`` said it took its SIGTERM or has ended (a rank the signal
     killed: the test's assertions then say so), within 60 s."""
 
     def said_or_gone(rank: int) -> bool:
         path = logs[rank]
-        return (path.exists() and TOOK in path.read_text()) or _gone(pids[rank])
+        return (path.exists() and TOOK in path.read_text()) or not pid_alive(pids[rank])
 
     deadline = time.monotonic() + 60
     while not all(said_or_gone(r) for r in logs) and time.monotonic() < deadline:

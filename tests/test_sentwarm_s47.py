@@ -16,9 +16,9 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-from _sweep_specs import runs_by_cell, step_of, wait_for
+from _sweep_specs import pid_alive, runs_by_cell, step_of, wait_for
 from test_forkrace_s46 import HOLD_ENV
-from test_killroot_s46 import _alive, _spec
+from test_killroot_s46 import _spec
 
 import sweeps.runner as runner
 from sweeps.grid import ExecutorSpec, expand
@@ -50,11 +50,11 @@ def test_a_cell_sent_to_a_warm_worker_killed_before_forking_it_goes_to_the_fresh
         attempts = lambda: {c: [r.data.tags.get("attempts") for r in rs] for c, rs in  # noqa: E731
                             runs_by_cell(job_env, spec.experiment).items()}  # fmt: skip
         wait_for(lambda: step_of(progress) >= 1 and attempts() == {s: ["1"], b: ["1"]}, "both records", 60)
-        assert t.is_alive() and _alive(zygote), box
+        assert t.is_alive() and pid_alive(zygote), box
         sent = sweep_dir(spec) / "jobs" / f"{zygote}_2"
         assert (sent / f"{zygote}_2_submitted.pkl").exists() and not (sent / f"{zygote}_2_0_log.out").exists()
         os.kill(zygote, signal.SIGKILL)  # held after forking S: B was sent, never forked
-        wait_for(lambda: not _alive(zygote), "the warm worker to die", 30)
+        wait_for(lambda: not pid_alive(zygote), "the warm worker to die", 30)
     finally:
         fork_hold.touch()  # the fresh worker's forks
         hold.touch()  # the cells' last steps

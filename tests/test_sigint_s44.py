@@ -20,12 +20,12 @@ import pytest
 from _sweep_specs import (
     assert_relaunch_resumes,
     fake_trainer_spec,
+    pid_alive,
     states_of,
     step_of,
     wait_for,
     write_sweep_config,
 )
-from test_swedge_s43 import _alive
 
 from sweeps.grid import ExecutorSpec, expand, load_spec
 from sweeps.runner import sweep_dir
@@ -106,7 +106,7 @@ def test_cli_signal_to_the_launcher_alone_stops_its_local_cells_as_its_ctrl_c(
             os.killpg(proc.pid, signal.SIGKILL)
     said = err.read_text()
     assert proc.returncode == 128 + signum, said
-    wait_for(lambda: not _alive(trainer), "the cell's trainer to be gone", 10)
+    wait_for(lambda: not pid_alive(trainer), "the cell's trainer to be gone", 10)
     reached = json.loads((run_dir / "checkpoint.json").read_text())["step"]
     assert 3 <= reached < cell.steps, said  # stopped at a step boundary, checkpointed (before: trained on)
     name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
@@ -119,9 +119,9 @@ def test_cli_signal_to_the_launcher_alone_stops_its_local_cells_as_its_ctrl_c(
     st = states_of(spec, job_env)[cell.cell_id]
     assert (st.state, st.tries) == ("interrupted", 0)
     if warm:  # its warm worker ends once its child has: nothing of the launch is left
-        wait_for(lambda: not _alive(int(st.job_id.split("_")[0])), "the warm worker to be gone", 10)
+        wait_for(lambda: not pid_alive(int(st.job_id.split("_")[0])), "the warm worker to be gone", 10)
     else:  # the job's shell and submitit's controller end once the trainer has
-        wait_for(lambda: not _alive(int(st.job_id)), "the job's shell to be gone", 10)
+        wait_for(lambda: not pid_alive(int(st.job_id)), "the job's shell to be gone", 10)
     if signum == signal.SIGINT:  # a relaunch resubmits what `plan` says (interrupted, no try): run once
         assert_relaunch_resumes(spec, job_env, cell, run_id)
 
@@ -141,7 +141,7 @@ def test_cli_sigterm_twice_kills_a_cell_slow_to_stop_and_exits_143(job_env, tmp_
     try:
         wait_for(lambda: client.get_run(run_id).data.tags.get("interrupts") == "1" or proc.poll() is not None,
                  "the interrupt's record", 30)  # fmt: skip
-        assert _alive(trainer) and proc.poll() is None, err.read_text()
+        assert pid_alive(trainer) and proc.poll() is None, err.read_text()
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -155,7 +155,7 @@ def test_cli_sigterm_twice_kills_a_cell_slow_to_stop_and_exits_143(job_env, tmp_
         "killed (SIGKILL) on a second SIGTERM, the MLflow runs their trainers left open ended KILLED" in said
     )
     assert took < 20, (took, said)  # the launcher's wait for the job is 10 s
-    wait_for(lambda: not _alive(trainer), "the cell's trainer to be gone", 5)
+    wait_for(lambda: not pid_alive(trainer), "the cell's trainer to be gone", 5)
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["status"]) == ("KILLED", "interrupted"), run.data.tags
     assert states_of(spec, job_env)[cell.cell_id].tries == 0

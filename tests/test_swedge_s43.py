@@ -21,6 +21,7 @@ from _sweep_specs import (
     fake_sweep_yaml,
     fake_trainer_spec,
     one_s_cell,
+    pid_alive,
     states_of,
     step_of,
     wait_for,
@@ -235,14 +236,6 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed and not yet reaped by its parent, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "plain"])
 def test_cli_second_ctrl_c_kills_the_local_cells_at_once_and_ends_their_runs_killed_once(
     job_env, tmp_path, warm
@@ -274,7 +267,7 @@ def test_cli_second_ctrl_c_kills_the_local_cells_at_once_and_ends_their_runs_kil
         wait_for(
             lambda: client.get_run(run_id).data.tags.get("interrupts") == "1", "the interrupt's record", 30
         )
-        assert _alive(trainer) and proc.poll() is None
+        assert pid_alive(trainer) and proc.poll() is None
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C again
         out, err = proc.communicate(timeout=60)
@@ -291,7 +284,7 @@ def test_cli_second_ctrl_c_kills_the_local_cells_at_once_and_ends_their_runs_kil
         "them from their last checkpoints\n"
     ), err
     assert took < 25, (took, err)  # 1-3 s idle, 5-8 s loaded; before: 30 s (warm) or never (plain)
-    wait_for(lambda: not _alive(trainer), "the cell's trainer to be gone", 5)
+    wait_for(lambda: not pid_alive(trainer), "the cell's trainer to be gone", 5)
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["status"]) == ("KILLED", "interrupted"), run.data.tags
     assert run.data.tags["interrupts"] == "1" and run.data.tags["attempts"] == "1"

@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_sweeps_fake_trainer import TrainConfig  # the same config classes as the fake trainer
+from test_sweeps_fake_trainer import (
+    WARM_IMPORTS,  # noqa: F401 - what a warm worker imports for it
+    TrainConfig,  # the same config classes as the fake trainer
+)
 
 from dit_core.spec import FAMILIES, model_config, param_count, train_flops_per_image
 from sweeps import launch as cli

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: What a warm worker imports for this trainer (`sweeps.warm.warm_imports`): MLflow and its SQL store,
+#: not torch, which it never uses (the default list's torch, dynamo and torchvision cost ~5 s a worker)
+WARM_IMPORTS = ("mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "sweeps.executor")
+
 
 @dataclass
 class ModelCfg:

@@ -21,11 +21,10 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-from _sweep_specs import step_of, wait_for
+from _sweep_specs import pid_alive, step_of, wait_for
 from test_forkrace_s46 import (
     HOLD_ENV,
     PASS_ENV,
-    _alive,
     _release_once_dead,
     held_warm_cell,
     interrupt_launch,
@@ -65,7 +64,7 @@ def test_a_requeued_cell_has_no_pid_until_its_next_child_names_itself_which_gets
         wait_for(lambda: forked.exists() or not ex.alive(), "the requeued cell's fork", 60)
         assert ex.alive(), ex.log_path.read_text()
         second = int(forked.read_text())
-        assert not _alive(first) and _alive(second)
+        assert not pid_alive(first) and pid_alive(second)
         # the window: the first child is gone, the second has not named itself
         assert job.pid() is None, "the job names its dead first child"
         assert runner._ctrl_c_targets(job) == set()
@@ -78,7 +77,7 @@ def test_a_requeued_cell_has_no_pid_until_its_next_child_names_itself_which_gets
         kind, _ = pickle.loads((job.paths.folder / f"{job.job_id}_0_result.pkl").read_bytes())
         sigints = [pid for pid, sig in sent if sig == signal.SIGINT]  # never the dead first child
         assert sigints == [second] or (kind == "success" and sigints == []), (kind, sigints, first, second)
-        assert job.pid() == second and not _alive(second) and not cell_lock_held(task.run_dir)
+        assert job.pid() == second and not pid_alive(second) and not cell_lock_held(task.run_dir)
     finally:
         release_and_stop(tmp_path, hold, ex, second)
 
