@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -241,6 +242,28 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=why)
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """``DITSCALE_TEST_CPU=FILE pytest``: append a line per test to FILE, ``nodeid, wall s, own CPU s,
+    reaped children's CPU s`` (tab-separated; set-up and teardown included): where the suite's time
+    goes, since it is CPU-bound at two workers (docs/testing.md). A SLURM job's CPU is slurmd's, not
+    counted."""
+    out = os.environ.get("DITSCALE_TEST_CPU")
+    if not out:
+        yield
+        return
+    t0, own0, kids0 = time.monotonic(), _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    yield
+    own, kids = _cpu(resource.RUSAGE_SELF) - own0, _cpu(resource.RUSAGE_CHILDREN) - kids0
+    with open(out, "a") as f:
+        f.write(f"{item.nodeid}\t{time.monotonic() - t0:.2f}\t{own:.2f}\t{kids:.2f}\n")
+
+
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 @pytest.fixture(scope="session")
