@@ -12,23 +12,26 @@ docs/training.md for the loop, resume semantics, signals and the MLflow schema.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from .config import TrainConfig
-from .trainer.cli import build_parser, config_from_args, main
-from .trainer.loop import Trainer, TrainResult
-from .trainer.resolve import resolve_config
-from .trainer.signals import in_local_job
+from .lazy import lazy_exports
 
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "build_parser",
-    "config_from_args",
-    "main",
-    "resolve_config",
-    "train",
-]
+if TYPE_CHECKING:
+    from .trainer.loop import TrainResult
+
+#: imported on first use (`dit_core.lazy`): a sweep launcher imports this module to check its cells'
+#: configs (`sweeps.task.check_trainer`), which needs `TrainConfig` only, not torch (~2 s)
+_EXPORTS = {
+    "build_parser": ".trainer.cli",
+    "config_from_args": ".trainer.cli",
+    "main": ".trainer.cli",
+    "Trainer": ".trainer.loop",
+    "TrainResult": ".trainer.loop",
+    "resolve_config": ".trainer.resolve",
+}
+__all__ = sorted([*_EXPORTS, "TrainConfig", "train"])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 def train(
@@ -55,10 +58,15 @@ def train(
     Raises ConfigError (a ValueError) on a bad config and FloatingPointError on a non-finite loss
     (MLflow run marked failed).
     """
+    from .trainer.loop import Trainer
+    from .trainer.signals import in_local_job
+
     trainer = Trainer(cfg, resume=resume, accelerator=accelerator, train_set=train_set)
     local = in_local_job() if local_job is None else local_job
     return trainer.run(stop_at_step=stop_at_step, progress_bar=progress_bar, local_job=local)
 
 
 if __name__ == "__main__":
+    from .trainer.cli import main
+
     sys.exit(main())

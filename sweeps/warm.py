@@ -47,7 +47,8 @@ REQUEUE_EXIT = 75
 WARM_IMPORTS = (
     "torch", "torch._dynamo", "accelerate", "psutil", "mlflow", "mlflow.tracking", "mlflow.entities",
     "mlflow.store.tracking.sqlalchemy_store", "torchvision.utils", "dit_core.tracking", "dit_core.evaluate",
-    "dit_core.evaluate.metrics", "dit_core.diffusion", "sweeps.executor",
+    "dit_core.evaluate.metrics", "dit_core.trainer.loop", "dit_core.data.build",
+    "dit_core.diffusion.gaussian", "dit_core.diffusion.samplers", "sweeps.executor",
 )  # fmt: skip
 _POLL_S = 0.05
 

@@ -119,6 +119,10 @@ SELECTIONS: dict[str, list[str]] = {
     ],
     # the photo stream: pure function of (seed, index), disjoint regions, accounting
     "dit_core/data/photos.py": ["tests/test_data_photos.py"],
+    "dit_core/data/photo_options.py": ["tests/test_data_photos.py"],
+    # build_dataset and the data-reuse accounting (in data/__init__.py before session 50)
+    "dit_core/data/build.py": ["tests/test_data.py", "tests/test_data_photos.py"],
+    "dit_core/lazy.py": ["tests/test_lazyexports_s50.py"],
     # leave-one-run-out refits on a known law, one corrupted run, the holdout, the CLI (~25 s)
     "analysis/influence.py": ["tests/test_analysis_influence.py"],
     # the points the fits see: a real sqlite MLflow store of synthetic runs, CSV input, seed averaging,

@@ -2,97 +2,41 @@
 
 Items ``(x, y)``: x float32 ``(C, H, W)`` (pixels in [-1, 1], or latents already times the scale factor),
 y int64, deterministic functions of ``(seed, epoch, index)``; the API is in docs/data.md.
+
+Names are imported from their modules on first use (PEP 562): `DataConfig` (``.config``) without torch,
+so that configs and the sweep launcher stay light; the datasets bring torch in when first touched.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+from ..lazy import lazy_exports
 
-from torch.utils.data import Dataset
+#: exported name -> the module that defines it
+_EXPORTS = {
+    "DATASET_NAMES": ".config",
+    "DataConfig": ".config",
+    "MAX_RESOLUTION": ".config",
+    "SPLITS": ".config",
+    "PHOTOS": ".photo_options",
+    "PhotoOptions": ".photo_options",
+    "build_dataset": ".build",
+    "data_accounting": ".build",
+    "default_reference": ".build",
+    "unique_images": ".build",
+    "DigitsDataset": ".digits",
+    "digits_images": ".digits",
+    "digits_split_indices": ".digits",
+    "flip_decision": ".flip",
+    "ImageFolderDataset": ".imagefolder",
+    "center_crop_arr": ".imagefolder",
+    "class_folders": ".imagefolder",
+    "scan_image_folder": ".imagefolder",
+    "LatentsDataset": ".latents",
+    "read_manifest": ".latents",
+    "PhotoCropsDataset": ".photos",
+    "photos_images": ".photos",
+    "photos_reference": ".photos",
+}
 
-from ..tracking import EPOCHS, UNIQUE_IMAGES
-from .config import DATASET_NAMES, SPLITS, DataConfig
-from .digits import DigitsDataset, digits_images, digits_split_indices
-from .flip import flip_decision
-from .imagefolder import ImageFolderDataset, center_crop_arr, class_folders, scan_image_folder
-from .latents import LatentsDataset, read_manifest
-from .photos import PHOTOS, PhotoCropsDataset, PhotoOptions, photos_images, photos_reference
-
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "DATASET_NAMES",
-    "DataConfig",
-    "DigitsDataset",
-    "ImageFolderDataset",
-    "LatentsDataset",
-    "PHOTOS",
-    "PhotoCropsDataset",
-    "PhotoOptions",
-    "build_dataset",
-    "center_crop_arr",
-    "data_accounting",
-    "default_reference",
-    "digits_images",
-    "digits_split_indices",
-    "flip_decision",
-    "photos_images",
-    "photos_reference",
-    "read_manifest",
-    "scan_image_folder",
-    "unique_images",
-]
-
-
-def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
-    """The dataset ``cfg`` names, for ``split`` in {"train", "val", "all"} (what each reads: docs/data.md).
-    The "val" split never flips, so validation items are fixed."""
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not valid; choose one of {list(SPLITS)}")
-    flip = cfg.random_flip and split != "val"
-    if cfg.name == "digits":
-        digits_split = cfg.digits_split if split == "train" else split
-        return DigitsDataset(digits_split, cfg.image_size, random_flip=flip, seed=cfg.seed)
-    if cfg.name == "photos":
-        return PhotoCropsDataset(
-            "train" if split == "train" else "val", cfg.image_size, cfg.photo_options(),
-            random_flip=flip, seed=cfg.seed, epoch_size=cfg.epoch_size,
-        )  # fmt: skip
-    own = split == "val" and cfg.val_root  # a folder of its own, labelled by the training folder's classes
-    root = cfg.val_root if own else cfg.root
-    if split == "val" and not cfg.val_root:
-        log.info("no data.val_root set: the %s val split reads the training folder %s", cfg.name, root)
-    if cfg.name == "imagefolder":
-        return ImageFolderDataset(
-            root, cfg.image_size, random_flip=flip, seed=cfg.seed, validate=cfg.validate_images,
-            classes=class_folders(os.path.abspath(os.path.expanduser(cfg.root))) if own else None,
-        )  # fmt: skip
-    if cfg.name == "latents":
-        return LatentsDataset(root, random_flip=flip, seed=cfg.seed, like=cfg.root if own else None)
-    raise ValueError(f"unknown dataset {cfg.name!r}; valid names: {list(DATASET_NAMES)}")
-
-
-def unique_images(dataset: Dataset) -> int | None:
-    """Distinct images ``dataset`` holds: its ``unique_images`` attribute if it has one (None =
-    an unbounded stream), else ``len(dataset)``."""
-    return getattr(dataset, "unique_images", len(dataset))
-
-
-def data_accounting(dataset: Dataset, images_seen: int) -> dict[str, float]:
-    """Metrics of data reuse: ``data/unique_images`` (finite datasets only) and ``data/epochs`` =
-    images seen / unique images (0.0 for an unbounded stream, where no image repeats)."""
-    n = unique_images(dataset)
-    if n is None:
-        return {EPOCHS: 0.0}
-    return {UNIQUE_IMAGES: float(n), EPOCHS: images_seen / n}
-
-
-def default_reference(cfg: DataConfig) -> str | None:
-    """The FID reference a run on ``cfg`` uses when ``eval.reference`` is unset: ``"digits"``, the
-    held-out photos crops (``photos_reference``), or None (other data must name one)."""
-    if cfg.name == "digits":
-        return "digits"
-    if cfg.name == "photos":
-        return photos_reference(cfg.photo_options())
-    return None
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

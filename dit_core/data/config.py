@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from ..configio import check_fields, coerce_fields, require
 from ..spec import DATASET_NAMES
 from ..spec import FOLDER_DATASETS as FOLDER_DATASETS  # the trainer's loop reads it from here
-from .digits import MAX_RESOLUTION, SPLITS
-from .photos import PHOTOS, PhotoOptions
+from .photo_options import PHOTOS, PhotoOptions
+
+#: The digits' splits (`digits_split_indices`), and so `dit_core.data.build_dataset`'s.
+SPLITS = ("train", "val", "all")
+#: The largest side the 8 px digits are resized to (32x; the training set then takes ~1 GB of memory);
+#: also the photos' limit (`DataConfig`), whose crops cover at most a few hundred pixels.
+MAX_RESOLUTION = 256
 
 
 @dataclass

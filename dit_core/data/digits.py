@@ -14,15 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .config import MAX_RESOLUTION, SPLITS
 from .flip import EpochFlipMixin
 
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
-#: The digits' splits (`digits_split_indices`), and so `dit_core.data.build_dataset`'s.
-SPLITS = ("train", "val", "all")
-#: The largest side the 8 px digits are resized to (32x; the training set then takes ~1 GB of memory);
-#: also the photos' limit (`DataConfig`), whose crops cover at most a few hundred pixels.
-MAX_RESOLUTION = 256
 
 
 @functools.lru_cache(maxsize=1)
