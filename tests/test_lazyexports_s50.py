@@ -78,6 +78,13 @@ OLD_NAMES = {
 }
 
 
+def _fresh_python(code: str) -> str:
+    """``code``'s stdout in a fresh interpreter at the repository root (which must exit 0)."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_the_launchers_dry_run_of_the_demo_imports_no_torch():
     """``python sweeps/launch.py --dry-run`` (the default demo grid, its evaluation FLOPs read from
     `TrainConfig`) run in a fresh interpreter: it succeeds and leaves torch unimported."""
@@ -90,10 +97,9 @@ def test_the_launchers_dry_run_of_the_demo_imports_no_torch():
         "    assert not e.code, e.code\n"
         "print('torch imported:', 'torch' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "eval FLOPs" in out.stdout  # the cost table, which `cell_eval_flops` fills
-    assert out.stdout.strip().endswith("torch imported: False"), out.stdout[-2000:]
+    out = _fresh_python(code)
+    assert "eval FLOPs" in out  # the cost table, which `cell_eval_flops` fills
+    assert out.strip().endswith("torch imported: False"), out[-2000:]
 
 
 def test_a_cells_evaluation_flops_are_the_same_with_the_lazy_config():
@@ -107,9 +113,7 @@ def test_a_cells_evaluation_flops_are_the_same_with_the_lazy_config():
         "ov = {'eval.val_every': 5, 'eval.val_examples': 64, 'eval.eval_every': 7, 'eval.num_samples': 10}\n"
         "print(repr(cell_eval_flops(cell, ov)), cell.steps, cell.forward_gflops, 'torch' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    flops, steps, gflops, torch_loaded = out.stdout.split()
+    flops, steps, gflops, torch_loaded = _fresh_python(code).split()
     from dit_core.config import TrainConfig
 
     e = TrainConfig().eval
