@@ -192,7 +192,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     previous = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in sigs}
     if cfg.sigint == "ignore":
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    elif cfg.sigint == "raise":
+    elif cfg.sigint == "raise" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        # as Python's own: a process started with SIGINT ignored (an xdist worker's child) keeps ignoring it
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, _ctrl_c_once())
     try:
         if tr.grid_cell == cfg.fail_cell and starts <= cfg.fail_times:
