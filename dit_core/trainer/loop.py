@@ -37,7 +37,7 @@ from ..models import DiT
 from ..spec import forward_gflops, non_embedding_param_count, param_count, train_flops_per_image
 from .data_stream import DataStream
 from .evaluation import evaluate_samples, sample_grid
-from .lr_schedule import lr_at, peak_lr, warmup_steps
+from .lr_schedule import first_lr_change, lr_at, peak_lr, warmup_steps
 from .out_lock import OutFolderBusy, checkpoints_state, out_folder_lock
 from .progress import Progress
 from .ranklog import (
@@ -53,6 +53,7 @@ from .ranklog import (
 from .resolve import resolve_config
 from .resume import (
     FORK_AS_SAVED,
+    LR_SCHEDULE_FIELDS,
     START_OVER,
     check_resumable,
     config_changes,
@@ -239,8 +240,10 @@ class Trainer:
         ckpt = load_resume_checkpoint(self.ckpt_path) if self.ckpt_path else None
         if ckpt is not None:
             saved = {**TrainConfig().to_flat_dict(), **ckpt["config"]}  # fields added since: defaults
-            advice = START_OVER if self.forked_from is None else FORK_AS_SAVED
-            check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}", advice)
+            also, advice = (
+                ((), START_OVER) if self.forked_from is None else self.fork_rule(saved, ckpt["step"])
+            )
+            check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}", advice, also)
             self.check_continuable(ckpt, saved)
         elif resume == "auto" and cfg.tracking.enabled:
             self.check_restartable()
@@ -336,6 +339,33 @@ class Trainer:
                 f"forks into a new run (the checkpoint is another folder's); drop --run-id (or give a run of "
                 f"its own) for the fork, or resume with --out {home} to continue that run"
             )
+
+    def fork_rule(self, saved: dict[str, Any], step: int) -> tuple[tuple[str, ...], str]:
+        """What a fork of a checkpoint at ``step`` with config ``saved`` may change beside
+        `RESUMABLE_CHANGES`, and the advice of its refusal: `LR_SCHEDULE_FIELDS` where every trained
+        step keeps its lr under this config (`first_lr_change`: a cooldown branched from a constant-lr
+        trunk); else none, and the advice names the first trained step whose lr would change."""
+        if not config_changes(saved, self.flat, LR_SCHEDULE_FIELDS):
+            return (), FORK_AS_SAVED
+        try:
+            old = TrainConfig.from_flat_dict({k: v for k, v in saved.items() if k.startswith("optim.")}).optim
+            old_total = int(saved["budget.max_steps"])
+        except (ConfigError, KeyError, TypeError, ValueError):  # a checkpoint of another version
+            return (), FORK_AS_SAVED
+        change = first_lr_change(
+            old, old_total, self.cfg.optim, self.total, int(step), hidden_size=self.dit_cfg.hidden_size,
+            flops_per_step=self.batch * self.fpi,
+        )  # fmt: skip
+        if change is None:
+            return LR_SCHEDULE_FIELDS, FORK_AS_SAVED
+        at, a, b = change
+        return (), (
+            f"{FORK_AS_SAVED}. A fork may change the lr schedule only where every step it has trained keeps "
+            f"its lr, and step {at} (the checkpoint is at step {step}) was trained at lr {a:.6g}, which this "
+            f"schedule would make {b:.6g}; for a cooldown branch, fork a constant-lr checkpoint at or "
+            "before the cooldown's first step (ceil(cooldown_frac x steps) before the end) with "
+            "--schedule constant_cooldown and the same peak lr and warmup"
+        )
 
     def check_classes(self, ckpt: dict[str, Any]) -> None:
         """ConfigError when folder data's classes (name per label) are not the checkpoint's: a renamed,

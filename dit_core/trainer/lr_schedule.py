@@ -11,7 +11,7 @@ import math
 
 from ..config import OptimConfig
 
-__all__ = ["lr_at", "peak_lr", "warmup_steps"]
+__all__ = ["first_lr_change", "lr_at", "peak_lr", "warmup_steps"]
 
 
 def peak_lr(cfg: OptimConfig, hidden_size: int, train_flops: float = 0.0) -> float:
@@ -57,3 +57,28 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig, peak: float | None = No
         progress = min((step - start + 1) / cooldown, 1.0)
         return lr + (floor - lr) * progress
     raise ValueError(f"optim.schedule: {cfg.schedule!r} is unknown")
+
+
+def first_lr_change(
+    old: OptimConfig,
+    old_total: int,
+    new: OptimConfig,
+    new_total: int,
+    steps: int,
+    *,
+    hidden_size: int,
+    flops_per_step: float,
+) -> tuple[int, float, float] | None:
+    """The first optimizer step of ``0 .. steps - 1`` whose lr differs (relative 1e-12) between the
+    schedule ``old`` of a run of ``old_total`` steps and ``new`` of ``new_total``, as ``(step, old lr,
+    new lr)``; None where every one agrees. Peaks by `peak_lr` at each run's planned FLOPs (``total x
+    flops_per_step``). A fork may change the schedule only where this is None: e.g. a cooldown
+    ("constant_cooldown" to step T) branched from a constant-lr trunk's checkpoint at step
+    ``T - ceil(cooldown_frac * T)`` or earlier (Hagele et al. 2024, arXiv:2405.18392)."""
+    p_old = peak_lr(old, hidden_size, old_total * flops_per_step)
+    p_new = peak_lr(new, hidden_size, new_total * flops_per_step)
+    for step in range(steps):
+        a, b = lr_at(step, old_total, old, p_old), lr_at(step, new_total, new, p_new)
+        if not math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0):
+            return step, a, b
+    return None

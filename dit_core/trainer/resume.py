@@ -6,7 +6,9 @@ hold none) or a checkpoint file / run folder. A checkpoint of another run folder
 folder's run is left as it is; a fork into an ``out`` that holds checkpoints of its own is refused. A
 run may only continue with the settings it was started with, except those in `RESUMABLE_CHANGES`
 (budget, eval, checkpointing, tracking and speed settings, e.g. to extend a run); `check_resumable` is
-that rule, for the trainer and the sweeps alike.
+that rule, for the trainer and the sweeps alike. A fork may also change the lr schedule
+(`LR_SCHEDULE_FIELDS`) where the lr of every step its checkpoint trained stays the same: a cooldown
+branched from a constant-lr trunk (`dit_core.trainer.lr_schedule.first_lr_change`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 from ..checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint
 from ..configio import ConfigError
 
-__all__ = ["FORK_AS_SAVED", "RESUMABLE_CHANGES", "RESUME_KEYS", "START_OVER", "check_resumable",
-           "config_changes", "find_checkpoint", "is_own_checkpoint", "load_resume_checkpoint"]  # fmt: skip
+__all__ = ["FORK_AS_SAVED", "LR_SCHEDULE_FIELDS", "RESUMABLE_CHANGES", "RESUME_KEYS", "START_OVER",
+           "check_resumable", "config_changes", "find_checkpoint", "is_own_checkpoint",
+           "load_resume_checkpoint"]  # fmt: skip
 
 #: What the trainer reads from a checkpoint to continue a run.
 RESUME_KEYS = ("model", "ema", "optimizer", "data_position", "rng", "step", "ledger", "config")
@@ -29,6 +32,11 @@ RESUME_KEYS = ("model", "ema", "optimizer", "data_position", "rng", "step", "led
 RESUMABLE_CHANGES = ("tracking.", "checkpoint.", "eval.", "budget.max_steps", "budget.train_flops",
                      "num_workers", "log_every", "dist_timeout_s", "out", "compile", "grad_checkpointing",
                      "data.root", "data.val_root")  # fmt: skip
+#: The fields that set the lr of each step (`dit_core.trainer.lr_schedule`): a fork may change them
+#: where the lr of every step its checkpoint trained is unchanged (a cooldown branch; the trainer checks).
+LR_SCHEDULE_FIELDS = ("optim.lr", "optim.lr_scaling", "optim.lr_base_width", "optim.lr_flops_ref",
+                      "optim.lr_flops_exponent", "optim.warmup_steps", "optim.warmup_frac", "optim.schedule",
+                      "optim.cooldown_frac", "optim.min_lr_ratio")  # fmt: skip
 
 
 def config_changes(saved_flat: dict[str, Any], new_flat: dict[str, Any], keys=None) -> list[str]:
@@ -57,11 +65,17 @@ FORK_AS_SAVED = (
 
 
 def check_resumable(
-    saved_flat: dict[str, Any], new_flat: dict[str, Any], where: str = "checkpoint", advice: str = START_OVER
+    saved_flat: dict[str, Any],
+    new_flat: dict[str, Any],
+    where: str = "checkpoint",
+    advice: str = START_OVER,
+    also: tuple[str, ...] = (),
 ) -> None:
     """ConfigError naming the differences and ``advice`` if a run saved with ``saved_flat`` may not
-    continue with ``new_flat`` (both flat dotted configs, e.g. ``TrainConfig.to_flat_dict()``)."""
-    diff = config_changes(saved_flat, new_flat)
+    continue with ``new_flat`` (both flat dotted configs, e.g. ``TrainConfig.to_flat_dict()``); ``also``:
+    fields allowed to change beside `RESUMABLE_CHANGES` (a fork's `LR_SCHEDULE_FIELDS`)."""
+    keys = [k for k in dict.fromkeys([*saved_flat, *new_flat]) if not k.startswith(RESUMABLE_CHANGES + also)]
+    diff = config_changes(saved_flat, new_flat, keys)
     if diff:
         raise ConfigError(f"{where}: was written by a different config ({'; '.join(diff[:8])}); {advice}")
 
