@@ -91,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the trunks, forks and mlflow.db")
     p.add_argument("--budgets", default=BUDGETS, help=f"training FLOPs per fork (default {BUDGETS})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1.6e-2, help="the constant peak of every trunk")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-2,
+        help="the constant peak of every trunk (default: about the demo's lr rule at 1e12)",
+    )
     p.add_argument("--warmup", type=int, default=20, help="warmup steps of every trunk")
     p.add_argument("--cooldown-frac", type=float, default=0.2)
     p.add_argument("--min-steps", type=int, default=50)
