@@ -88,7 +88,7 @@ def _config(flat: dict):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for the trunks, forks and mlflow.db")
+    p.add_argument("--out", required=True, help="a new folder for the trunks, forks and mlflow.db")
     p.add_argument("--budgets", default=BUDGETS, help=f"training FLOPs per fork (default {BUDGETS})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-steps", type=int, default=50)
     p.add_argument("--parallel", type=int, default=2)
     args = p.parse_args(argv)
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        p.error(f"--out {args.out} is not empty; give a new folder (this script does not resume a ladder)")
     args.budgets = [float(b) for b in args.budgets.split(",")]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _, cells = ladder_cells(args.budgets, args.seed, args.min_steps)
