@@ -788,7 +788,8 @@ class Trainer:
         the run is ended (`signals_deferred`), then acts (SIGTERM's default ends the process, SIGINT's
         raises KeyboardInterrupt); but a Ctrl-C (SIGINT, SIGHUP) of ``signals``, those the run's guard
         took, finds the run stopped as it asks: returned (the first; else None) for the result to name
-        (CLI: exit 130, 129). A second Ctrl-C over `SIGINT_ECHO_S` after a first held one stops at once."""
+        (CLI: exit 130, 129); so does any other of ``signals`` when the run is preempted (dropped: the CLI
+        exits 143). A second Ctrl-C over `SIGINT_ECHO_S` after a first held one stops at once."""
         with signals_deferred(
             *INTERRUPT_SIGNALS, during="ending the run", again_after_s=SIGINT_ECHO_S
         ) as held:
@@ -799,9 +800,13 @@ class Trainer:
                 self.tracker.finish(tracking.STATUS_INTERRUPTED if ctrl_c_stop else status)
             ctrl_c = [s for s in signals if s in CTRL_C_SIGNALS]
             late = [s for s in held if s in ctrl_c]
-            held[:] = [s for s in held if s not in ctrl_c]  # the others act as the block ends
-        if late:
-            log.warning("received %s while ending the run, stopped already", signal.Signals(late[0]).name)
+            # a preempted run is stopping as a preemption signal asks (torchrun SIGTERMs every rank once one
+            # has exited 143): its CLI still returns 143, not the signal's default death
+            again = [s for s in held if s in signals and status == tracking.STATUS_PREEMPTED]
+            held[:] = [s for s in held if s not in ctrl_c and s not in again]  # the others act as it ends
+        if late or again:
+            first = (late or again)[0]
+            log.warning("received %s while ending the run, stopped already", signal.Signals(first).name)
         return late[0] if late else None
 
     def start_tracking(self) -> None:
