@@ -14,8 +14,9 @@ For each family of the demo's grid (`sweeps/configs/demo.yaml`: shapes, data, ba
 trunk is trained (no MLflow run) to the fork step ``T - ceil(frac x T)`` of each budget's ``T`` steps
 in turn, and each fork (`dit_core.trainer.resume`: a new MLflow run, tagged like a sweep cell of sweep
 ``ladder``) trains the cooldown to step ``T``, where it logs its validation loss. One family per
-process, ``--parallel`` at a time, one torch thread each. Prints a line per cell and the table of
-final validation losses; writes ``results.json`` under ``--out``.
+process, ``--parallel`` at a time, one torch thread each. Prints a line per cell, the table of
+final validation losses, and the ladder's training FLOPs against the demo's grid's (the peer: its cells
+trained from step 0) as a ratio; writes ``results.json`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from sweeps.grid import load_spec
+
 BUDGETS = "3e10,6e10,1.2e11,2.5e11,5e11,1e12"
 
 
-def ladder_cells(budgets: list[float], seed: int, min_steps: int):
+def ladder_cells(budgets: list[float], min_steps: int):
     """``{family: [cell, ...]}``: the demo's cells at ``budgets`` with at least ``min_steps`` steps."""
-    from sweeps.grid import expand, load_spec
+    from sweeps.grid import expand
 
     spec = load_spec().replace(budgets=budgets, name="ladder", experiment="ladder")
     out: dict[str, list] = {}
@@ -41,6 +44,18 @@ def ladder_cells(budgets: list[float], seed: int, min_steps: int):
         if cell.steps >= min_steps:
             out.setdefault(cell.model.name, []).append(cell)
     return spec, out
+
+
+def training_flops(cells: dict[str, list], cooldown_frac: float) -> tuple[float, float]:
+    """(the ladder's training FLOPs: each trunk to its last fork plus every cooldown, the same cells
+    trained from step 0 as the grid does)."""
+    ladder = grid = 0.0
+    for chain in cells.values():
+        cool = [math.ceil(cooldown_frac * c.steps) for c in chain]
+        steps = chain[-1].steps - cool[-1] + sum(cool)
+        ladder += steps * chain[0].batch_size * chain[0].train_flops_per_image
+        grid += sum(c.train_flops for c in chain)
+    return ladder, grid
 
 
 def run_family(family: str, args: argparse.Namespace) -> list[dict]:
@@ -51,7 +66,7 @@ def run_family(family: str, args: argparse.Namespace) -> list[dict]:
     from sweeps.task import cell_overrides
 
     torch.set_num_threads(1)
-    spec, cells = ladder_cells(args.budgets, args.seed, args.min_steps)
+    spec, cells = ladder_cells(args.budgets, args.min_steps)
     root, uri = Path(args.out), f"sqlite:///{Path(args.out).resolve()}/mlflow.db"
     lr = {"optim.lr": args.lr, "optim.lr_flops_ref": 0.0, "optim.warmup_frac": 0.0,
           "optim.warmup_steps": args.warmup, "optim.min_lr_ratio": 0.0, "seed": args.seed}  # fmt: skip
@@ -106,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--out {args.out} is not empty; give a new folder (this script does not resume a ladder)")
     args.budgets = [float(b) for b in args.budgets.split(",")]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _, cells = ladder_cells(args.budgets, args.seed, args.min_steps)
+    _, cells = ladder_cells(args.budgets, args.min_steps)
+    _, demo = ladder_cells(load_spec().budgets, args.min_steps)  # the peer: the demo's grid
+    ladder_flops, _ = training_flops(cells, args.cooldown_frac)
+    demo_flops = training_flops(demo, args.cooldown_frac)[1]
+    n, n_demo = (sum(map(len, c.values())) for c in (cells, demo))
     from mlflow import MlflowClient
 
     Path(args.out).mkdir(parents=True, exist_ok=True)  # the store, made once: not by two processes at once
@@ -117,13 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.parallel) as pool:
         rows = [r for rs in pool.map(run_family, cells, [args] * len(cells)) for r in rs]
     wall = time.monotonic() - t0
-    Path(args.out, "results.json").write_text(json.dumps({"args": vars(args), "wall_s": wall, "rows": rows}))
+    flops = {"ladder": ladder_flops, "demo_grid": demo_flops}
+    Path(args.out, "results.json").write_text(
+        json.dumps({"args": vars(args), "wall_s": wall, "train_flops": flops, "rows": rows})
+    )
     budgets = sorted({r["budget"] for r in rows})
     print(f"\nval/loss, seed {args.seed} ({wall:.0f} s wall, {args.parallel} processes)")
     print("budget   " + "".join(f"{f:>9}" for f in cells))
     for b in budgets:
         got = {r["family"]: r["val_loss"] for r in rows if r["budget"] == b}
         print(f"{b:<9.3g}" + "".join(f"{got[f]:9.4f}" if f in got else f"{'':>9}" for f in cells))
+    print(f"training: ladder {ladder_flops:.3g} FLOPs for {n} points; the demo's grid {demo_flops:.3g} for "
+          f"{n_demo}: {ladder_flops / demo_flops:.2f}x the FLOPs, {n / n_demo:.2f}x the points")  # fmt: skip
     return 0
 
 
