@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import submitit
 
 from sweeps.grid import ExecutorSpec
+from sweeps.ladder import grow_trunk
 from sweeps.lock import cell_job_lock_lines, cell_lock_held
 from sweeps.task import CellTask, build_config
 
@@ -414,9 +415,15 @@ def run_task(task: CellTask, job_id: str, rank: int = 0) -> dict[str, Any]:
         os.environ["OMP_NUM_THREADS"] = str(task.threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(task.threads)
+    stopped = None  # a ladder's trunk stopped by a signal: the cell's run was never taken over
     try:
         trainer = importlib.import_module(task.trainer)
-        result = trainer.train(build_config(trainer, task.overrides))
+        cfg = build_config(trainer, task.overrides)
+        if task.trunk is not None and not _has_checkpoint(task.run_dir):  # else: resume its own
+            ckpt, stopped = grow_trunk(task.trunk, trainer.train, lambda o: build_config(trainer, o))
+            result = stopped if stopped is not None else trainer.train(cfg, resume=str(ckpt))
+        else:
+            result = trainer.train(cfg)
     except Exception as e:
         end_unstarted_run(task, e, rank=rank)
         raise
@@ -436,11 +443,21 @@ def run_task(task: CellTask, job_id: str, rank: int = 0) -> dict[str, Any]:
             raise SystemExit(0)
         # a signal without a requeue handler behind it (e.g. SIGTERM: cancel, hard time limit):
         # the checkpoint is saved; fail this job so that a relaunch resumes the cell
-        raise RuntimeError(
-            f"cell {task.cell_id} stopped by {getattr(result, 'signal', None)} at step "
-            f"{getattr(result, 'step', '?')}; its checkpoint is saved: relaunch the sweep to resume"
+        what = "its trunk" if stopped is not None else f"cell {task.cell_id}"
+        err = RuntimeError(
+            f"{what} stopped by {getattr(result, 'signal', None)} at step {getattr(result, 'step', '?')}; "
+            "its checkpoint is saved: relaunch the sweep to resume"
         )
+        if stopped is not None:
+            end_unstarted_run(task, err, rank=rank)
+        raise err
     return _as_dict(result)
+
+
+def _has_checkpoint(run_dir: str) -> bool:
+    from dit_core.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(run_dir) is not None
 
 
 def end_unstarted_run(

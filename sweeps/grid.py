@@ -115,6 +115,7 @@ class SweepSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     lrs: list[float] = field(default_factory=list)  # empty: every cell at the train section's optim.lr
     design: str = "grid"
+    ladder: bool = False  # cells of one model share a constant-lr trunk, each trains its cooldown
     min_steps: int | None = None
     isoflop_max_steps: int = 100_000
     sizes_per_budget: int = 5
@@ -199,6 +200,17 @@ class SweepSpec:
         rules |= dict.fromkeys(("array_parallelism", "local_parallelism"), ">= 1")
         check_fields(e, "executor.", rules)
         check_mem_gb(e.mem_gb)
+        if self.ladder and self.design == "adaptive":
+            raise ValueError(
+                "ladder: the adaptive design launches one budget at a time, and a ladder's peak lr is set by "
+                "its largest budget; use --design grid or isoflop with --ladder"
+            )
+        if self.ladder and e.nodes * e.tasks_per_node > 1:
+            raise ValueError(
+                f"ladder: a cooldown ladder's cells run one process each (their jobs take turns growing a "
+                f"shared trunk), not {e.nodes * e.tasks_per_node} (nodes x tasks_per_node); drop --ladder or "
+                "use --nodes 1 --tasks-per-node 1"
+            )
         if self.batch_size % (e.nodes * e.tasks_per_node):
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by the {e.nodes * e.tasks_per_node} "

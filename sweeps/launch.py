@@ -57,6 +57,7 @@ from sweeps.grid import (
     parse_budget,
     read_spec_record,
 )
+from sweeps.ladder import trained_cells
 from sweeps.lock import CELL_LOCK
 from sweeps.runner import (
     Progress,
@@ -83,7 +84,7 @@ from sweeps.state import (
     resolve_tracking_uri,
 )
 from sweeps.table import cells_table, status_table
-from sweeps.task import cell_dir, check_trainer, make_task
+from sweeps.task import cell_dir, check_trainer, make_tasks
 
 NEXT_COMMAND = "python analysis/fit_scaling.py"
 COMMANDS = ("run", "status")
@@ -166,6 +167,10 @@ _FLAGS = {
             "log-spaced within --spread x of a prior N_opt(C) (--tokens-per-param or --prior). adaptive: "
             "isoflop, budgets run smallest first, each next one centred on the refit of those before "
             "(docs/sweeps.md)")),
+        ("--ladder", None, dict(action="store_const", const=True, help="cooldown ladder (Hagele et al. "
+            "2024): the cells of one model share a constant-lr trunk and each trains only its cooldown "
+            "(optim.cooldown_frac of its steps), forked from the trunk's checkpoint; peak lr: the lr rule at "
+            "the model's largest budget (default: the config's ladder, else False)")),
         ("--sizes-per-budget", "sizes_per_budget", dict(
             metavar="K", help="isoflop/adaptive: model sizes per budget, at least 3")),
         ("--spread", "size_spread", dict(metavar="F", help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, "
@@ -275,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: Flags (argparse dests) that set the `SweepSpec` field of the same name, or of the name in `_RENAMED`.
 _SPEC_ARGS = (
     "name", "experiment", "tracking_uri", "output_dir", "grid", "patch", "budgets", "seeds", "lrs", "design",
-    "min_steps", "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param", "prior",
+    "ladder", "min_steps", "max_steps", "batch_size", "sizes_per_budget", "size_spread", "tokens_per_param",
+    "prior",
 )  # fmt: skip
 _RENAMED = {"grid": "families", "patch": "patch_sizes", "max_steps": "isoflop_max_steps", "executor": "name"}
 #: Flags that set an `ExecutorSpec` field (of the same name; ``--executor`` sets its ``name``).
@@ -724,7 +730,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     check_executor(spec, kind)
     check_output_dir(sdir)
     check_wait(kind, not args.no_wait)
-    tasks = {c.cell_id: make_task(spec, c, sdir, uri) for c in cells}
+    tasks = make_tasks(spec, cells, sdir, uri)
     configs = check_trainer(spec.trainer, list(tasks.values()))  # each cell's TrainConfig, or an error
     states = preview(spec, tasks, configs, uri, unknown) if uri_read else {}  # a relaunch's refusals
     if gone := take_jobs_gone(states) if args.slurm_jobs_gone else []:  # as a launch takes them
@@ -735,6 +741,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         )
     p = plan(states, spec.executor.max_retries) if any(st.run_id for st in states.values()) else None
     todo = [c for c in cells if p is None or c.cell_id in p.submit]  # what a launch would submit
+    todo = trained_cells(todo, tasks)  # a ladder's: the steps each job trains
     evals = {c.cell_id: cell_eval_flops(c, tasks[c.cell_id].overrides) for c in todo}
     ex = spec.executor
     # priced before anything is printed: a bad --mfu or --device is an error, not a table then an error
@@ -753,7 +760,7 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         f"data {spec.data.name} {spec.data.input_size}px x{spec.data.in_channels}, "
         f"total {sum(c.train_flops for c in cells):.3g} training FLOPs (true FLOPs)"
     )
-    print("\n".join([cells_table(cells), *_design_lines(spec), ""]))
+    print("\n".join([cells_table(cells), *_design_lines(spec), *_ladder_lines(spec, tasks), ""]))
     if p is not None and not p.submit:  # no bill of 0 cells: why nothing, and what would add some
         print("\n".join(_nothing_to_submit(spec, args, p, states, len(cells), bool(no_cluster))))
     else:
@@ -784,6 +791,20 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
         notes.append(no_cluster)
     print("\n".join([*notes, "dry run: nothing submitted"]))
     return 0
+
+
+def _ladder_lines(spec: SweepSpec, tasks: dict) -> list[str]:
+    """The dry run's line on a cooldown ladder's trunks and training FLOPs."""
+    if not spec.ladder:
+        return []
+    from sweeps.ladder import ladder_flops
+
+    ladder, scratch = ladder_flops(tasks)
+    trunks = len({t.trunk.run_dir for t in tasks.values()})
+    return [
+        f"cooldown ladder: {trunks} constant-lr trunks, each cell trains its cooldown from its trunk's "
+        f"checkpoint: {ladder:.3g} training FLOPs, {ladder / scratch:.2f}x its cells trained from step 0"
+    ]
 
 
 def _already(spec: SweepSpec, p: Plan) -> str:

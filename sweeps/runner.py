@@ -46,6 +46,7 @@ from sweeps.executor import (
     warm_unsupported,
 )
 from sweeps.grid import Cell, ExecutorSpec, SweepSpec, expand, write_spec_record
+from sweeps.ladder import trained_cells
 from sweeps.lock import cell_lock_held, sweep_lock
 from sweeps.state import (
     DIED_BEFORE_TRAINING,
@@ -71,7 +72,7 @@ from sweeps.state import (
     resolve_tracking_uri,
     store_exists,
 )
-from sweeps.task import CellTask, check_trainer, make_task
+from sweeps.task import CellTask, check_trainer, make_tasks
 from sweeps.warm import WarmExecutor, WarmJob, WarmWorkerGone
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def launch(
     check_wait(prep.kind, wait)
     threads = threads_per_process(spec.executor, prep.kind)
     sdir, uri = prep.sweep_dir, prep.tracking_uri
-    all_tasks = {c.cell_id: make_task(spec, c, sdir, uri, threads) for c in prep.cells}
+    all_tasks = make_tasks(spec, prep.cells, sdir, uri, threads)
     configs = check_trainer(spec.trainer, list(all_tasks.values()))  # bad settings: refused before any folder
     # a warm worker starts next: its imports overlap with the MLflow reads below
     warm = _start_warm(prep, threads)
@@ -786,7 +787,7 @@ def _work(cells: list[Cell], tasks: dict[str, CellTask]) -> dict[str, float]:
     """Each cell's work for the time-left estimate; {} (no estimate) when a trainer's overrides are
     not `TrainConfig`'s: the estimate is cosmetic and never stops a launch."""
     try:
-        return {c.cell_id: cell_work(c, tasks[c.cell_id].overrides) for c in cells}
+        return {c.cell_id: cell_work(c, tasks[c.cell_id].overrides) for c in trained_cells(cells, tasks)}
     except Exception as e:
         log.debug("no time-left estimate: %s", e)
         return {}

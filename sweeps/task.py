@@ -9,16 +9,20 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dit_core.configio import apply_flat
 from sweeps.grid import Cell, SweepSpec, cell_model_fields
+
+if TYPE_CHECKING:
+    from sweeps.ladder import Trunk
 
 
 @dataclass(frozen=True)
 class CellTask:
     """Everything a job needs: the cell id, its run folder (checkpoints + MLflow run id, stable
-    across requeues and relaunches) and the dotted `TrainConfig` overrides."""
+    across requeues and relaunches), the dotted `TrainConfig` overrides and, in a cooldown ladder, the
+    trunk it forks from (`sweeps.ladder.Trunk`)."""
 
     sweep: str
     cell_id: str
@@ -26,6 +30,7 @@ class CellTask:
     overrides: dict[str, Any] = field(default_factory=dict)
     trainer: str = "dit_core.train"
     threads: int = 0
+    trunk: Trunk | None = None
 
 
 #: `TrainConfig` fields the sweep sets for some cells or the launcher for every one, besides those
@@ -91,6 +96,18 @@ def make_task(spec: SweepSpec, cell: Cell, sweep_dir: Path, tracking_uri: str, t
     run_dir = cell_dir(sweep_dir, cell.cell_id).resolve()
     overrides = cell_overrides(spec, cell, run_dir, tracking_uri)
     return CellTask(spec.name, cell.cell_id, str(run_dir), overrides, spec.trainer, threads)
+
+
+def make_tasks(
+    spec: SweepSpec, cells: list[Cell], sweep_dir: Path, tracking_uri: str, threads: int = 0
+) -> dict[str, CellTask]:
+    """``{cell_id: task}`` of ``cells``; with ``spec.ladder``, a cooldown ladder's (`sweeps.ladder`)."""
+    tasks = {c.cell_id: make_task(spec, c, sweep_dir, tracking_uri, threads) for c in cells}
+    if not spec.ladder:
+        return tasks
+    from sweeps.ladder import ladder_tasks
+
+    return ladder_tasks(spec, cells, tasks, sweep_dir)
 
 
 def build_config(trainer: Any, overrides: dict[str, Any]) -> Any:
