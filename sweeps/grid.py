@@ -200,6 +200,11 @@ class SweepSpec:
         rules |= dict.fromkeys(("array_parallelism", "local_parallelism"), ">= 1")
         check_fields(e, "executor.", rules)
         check_mem_gb(e.mem_gb)
+        if self.ladder and self.trainer != "dit_core.train":
+            raise ValueError(
+                f"ladder: trainer {self.trainer!r} cannot fork a cooldown from a trunk's checkpoint (a "
+                "ladder needs dit_core.train's resume and lr schedules); drop --ladder or the trainer setting"
+            )
         if self.ladder and self.design == "adaptive":
             raise ValueError(
                 "ladder: the adaptive design launches one budget at a time, and a ladder's peak lr is set by "

@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 
 #: Dotted fields that differ between the cells of one trunk (or name the cell), left out of its key.
 PER_CELL = ("budget.max_steps", "budget.train_flops", "out", "eval.val_every", "eval.eval_every")
-#: The trunk's own settings: a constant lr, no MLflow run, no validation, a checkpoint at each fork.
+#: The trunk's own settings: a constant lr, no MLflow run, no validation, every checkpoint kept
+#: (`grow_trunk` deletes those between forks once a fork's is written).
 TRUNK_SETTINGS = {
     "optim.schedule": "constant",
     "tracking.enabled": False,
     "eval.val_every": 0,
     "eval.eval_every": 0,
-    "checkpoint.every": 0,
     "checkpoint.keep_last": 0,
 }
 
@@ -170,12 +170,17 @@ def trunk_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.stem.removeprefix("step_"))
+
+
 def grow_trunk(trunk: Trunk, train: Any, build: Any) -> tuple[Path | None, Any]:
     """Make sure the trunk has a checkpoint at each of ``trunk.fork_steps``, training it on from its newest
-    one (``train(build(overrides))``, resumed from the trunk's folder). Returns (the checkpoint at the
+    one (``train(build(overrides))``, resumed from the trunk's folder), and deleting the checkpoints
+    between forks (``checkpoint.every``'s) once the next fork's is written. Returns (the checkpoint at the
     cell's fork step, None), or (None, the trainer's result) where a signal stopped the trunk. Raises
     RuntimeError where the trunk has gone past a fork step whose checkpoint is gone."""
-    from dit_core.checkpoint import latest_checkpoint
+    from dit_core.checkpoint import latest_checkpoint, list_checkpoints
 
     folder = Path(trunk.run_dir)
     with trunk_lock(folder):
@@ -183,7 +188,7 @@ def grow_trunk(trunk: Trunk, train: Any, build: Any) -> tuple[Path | None, Any]:
             if trunk.checkpoint(step).is_file():
                 continue
             newest = latest_checkpoint(folder)
-            at = int(newest.stem.removeprefix("step_")) if newest is not None else 0
+            at = _step_of(newest) if newest is not None else 0
             if at > step:
                 raise RuntimeError(
                     f"trunk {folder} has trained to step {at} but has no checkpoint at step {step}, where "
@@ -194,4 +199,7 @@ def grow_trunk(trunk: Trunk, train: Any, build: Any) -> tuple[Path | None, Any]:
             result = train(build(trunk.overrides_to(step)))
             if str(getattr(result, "status", "finished")).lower() != "finished":
                 return None, result
+            for path in list_checkpoints(folder):  # the periodic ones (checkpoint.every) below this fork
+                if _step_of(path) < step and _step_of(path) not in trunk.fork_steps:
+                    path.unlink(missing_ok=True)
     return trunk.checkpoint(trunk.fork_step), None

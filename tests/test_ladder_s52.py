@@ -76,6 +76,8 @@ def test_the_ladder_trains_each_trunk_to_its_last_fork_and_every_cooldown():
 
 
 def test_a_ladder_is_refused_where_it_cannot_fork():
+    with pytest.raises(ValueError, match=r"ladder: trainer 'my_trainer' cannot fork a cooldown"):
+        load_spec().replace(ladder=True, trainer="my_trainer")
     with pytest.raises(ValueError, match=r"ladder: the adaptive design launches one budget at a time"):
         load_spec().replace(ladder=True, design="adaptive")
     with pytest.raises(ValueError, match=r"ladder: .* run one process each"):
@@ -94,12 +96,15 @@ def _fake_trunk(tmp_path: Path, steps: tuple[int, ...]) -> tuple[Trunk, list[int
     return Trunk(str(tmp_path / "trunk"), {"out": str(tmp_path / "trunk")}, 1.0, steps), trained
 
 
-def _fake_train(trained: list[int], status: str = "finished"):
+def _fake_train(trained: list[int], status: str = "finished", every: int = 3):
+    """Writes a checkpoint file every ``every`` steps below its last step (``checkpoint.every``) and at it."""
+
     def train_(o):
         trained.append(o["budget.max_steps"])
         folder = Path(o["out"]) / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"step_{o['budget.max_steps']:07d}.pt").write_bytes(b"x")
+        for step in [*range(every, o["budget.max_steps"], every), o["budget.max_steps"]]:
+            (folder / f"step_{step:07d}.pt").write_bytes(b"x")
         return type("R", (), {"status": status})()
 
     return train_
@@ -117,6 +122,10 @@ def test_grow_trunk_trains_only_the_missing_forks_waits_for_the_lock_and_stops_w
         assert th.is_alive() and trained == []
     th.join(10)
     assert trained == [8, 12] and got == [(trunk.checkpoint(12), None)]
+    # the periodic checkpoints between forks are gone, the forks' kept
+    assert sorted(p.name for p in (Path(trunk.run_dir) / "checkpoints").glob("step_*")) == [
+        f"step_{s:07d}.pt" for s in (4, 8, 12)
+    ]
     assert grow_trunk(trunk, _fake_train(trained), lambda o: o) == (trunk.checkpoint(12), None)
     assert trained == [8, 12]  # all there: nothing trained
     stopped, trained2 = _fake_trunk(tmp_path / "b", (4, 8))
@@ -136,7 +145,7 @@ def test_a_ladder_sweep_on_the_local_executor_ends_each_cell_where_its_schedule_
     forks while the smaller waits for it, then each trains its cooldown in its own run. Each cell's
     final val/loss is the one of the same cell (its overrides: constant_cooldown, the ladder's peak and
     warmup) trained from step 0 in one piece; a relaunch submits nothing."""
-    train_cfg = {"log_every": 10, "checkpoint.every": 0, "eval.eval_every": 0, "eval.val_examples": 64}
+    train_cfg = {"log_every": 10, "checkpoint.every": 10, "eval.eval_every": 0, "eval.val_examples": 64}
     executor = ExecutorSpec(name="local", local_parallelism=2, timeout_min=10)
     spec = tiny_real_spec(
         tmp_path, job_env, "lad", experiment="ladder", budget=1e9, train=train_cfg, executor=executor
@@ -152,7 +161,8 @@ def test_a_ladder_sweep_on_the_local_executor_ends_each_cell_where_its_schedule_
     runs = runs_by_cell(job_env, spec.experiment)
     trunk = tasks[cells[0].cell_id].trunk
     assert {tasks[c.cell_id].trunk.run_dir for c in cells} == {trunk.run_dir}
-    assert all(trunk.checkpoint(s).is_file() for s in (24, 48))
+    kept = sorted(p.name for p in (Path(trunk.run_dir) / "checkpoints").glob("step_*"))
+    assert kept == [trunk.checkpoint(s).name for s in (24, 48)]  # the forks', not those every 10 steps
     torch.set_num_threads(1)  # as the jobs (two slots on two cores)
     for c in cells:
         (run,) = runs[c.cell_id]

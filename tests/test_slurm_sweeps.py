@@ -187,3 +187,55 @@ def test_real_trainer_requeued_by_scancel_ends_with_the_uninterrupted_weights(jo
         assert run.data.tags["status"] == "finished"
         hist = MlflowClient(job_env).get_metric_history(run.info.run_id, "train/loss")
         assert [m.step for m in sorted(hist, key=lambda m: m.step)][-1] == cell.steps
+
+
+def test_a_ladder_requeued_while_it_grows_its_trunk_ends_each_cell_as_its_schedule_from_step_0(
+    job_env, tmp_path
+):
+    """`--ladder` on SLURM: two cells of one model in one array, both running at once, so one job grows
+    the shared trunk while the other waits for its lock. Once the trunk has a checkpoint, both get USR2
+    (as before a time limit): both are requeued, the trunk resumes from its checkpoint, and each cell
+    ends in its one MLflow run at the val/loss of the same cell (its constant_cooldown schedule) trained
+    from step 0 in one piece."""
+    import torch
+
+    from dit_core.config import TrainConfig
+    from dit_core.train import train
+    from sweeps.task import make_tasks
+
+    cfg = {"log_every": 100, "checkpoint.every": 100, "eval.eval_every": 0, "eval.val_examples": 64}
+    spec = tiny_real_spec(
+        tmp_path, job_env, "ladder", experiment="slurm-ladder", budget=1e9, train=cfg,
+        executor=ExecutorSpec(name="slurm", timeout_min=10, array_parallelism=2, mem_gb=2, signal_delay_s=30),
+    )  # fmt: skip
+    (probe,) = expand(spec)
+    spec = spec.replace(budgets=[s * probe.batch_size * probe.train_flops_per_image for s in (500, 1000)])
+    spec = spec.replace(ladder=True, final_eval=True)
+    cells = expand(spec)
+    tasks = make_tasks(spec, cells, sweep_dir(spec), job_env)
+    trunk = tasks[cells[0].cell_id].trunk
+    box: dict = {}
+    th = threading.Thread(target=lambda: box.setdefault("result", launch(spec, poll_s=1.0)))
+    th.start()
+    deadline = time.monotonic() + 120
+    while not (Path(trunk.run_dir) / "checkpoints" / "step_0000100.pt").is_file():
+        assert time.monotonic() < deadline and th.is_alive(), "the trunk wrote no checkpoint"
+        time.sleep(0.1)
+    jobs = [cell_tags(job_env, spec, c.cell_id)["job_id"] for c in cells]
+    for job in jobs:
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    th.join(300)
+    assert not th.is_alive(), "the ladder did not finish"
+    assert box["result"].errors == {}
+    for job in jobs:
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        assert "Restarts=1" in shown, job
+    runs = runs_by_cell(job_env, spec.experiment)
+    torch.set_num_threads(1)
+    for c in cells:
+        (run,) = runs[c.cell_id]
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+        ref = {k: v for k, v in tasks[c.cell_id].overrides.items() if not k.startswith("tracking.")}
+        ref |= {"tracking.enabled": False, "out": str(tmp_path / "ref" / c.cell_id)}
+        want = train(TrainConfig().replace(**ref), progress_bar=False).val_loss
+        assert run.data.metrics["val/loss"] == pytest.approx(want, rel=1e-6, abs=0)
