@@ -223,12 +223,22 @@ class _Slot:
     requeues: int = 0
 
 
-def _warm_up(trainer: str, tracking_uri: str | None) -> None:
-    """Import what a job imports, and open the MLflow store once (its engine and schema check are
-    cached by MLflow per URI, so children reuse them; pooled connections are closed before forking)."""
+def _warm_up(trainer: str) -> None:
+    """Import what a job imports."""
     _import_or_skip(trainer)  # first: it may name what to warm
     for name in warm_imports(trainer):
         _import_or_skip(name)
+    tracking = sys.modules.get("dit_core.tracking")
+    if tracking is not None:
+        tracking.git_commit()  # cached: the children skip the `git rev-parse`
+
+
+def _open_store(tracking_uri: str | None) -> None:
+    """Open the MLflow store once (its engine and schema check are cached by MLflow per URI, so children
+    reuse them; pooled connections are closed before forking). Called at the first request, once the
+    launcher has made the store: at start-up a worker opening a store not made yet would run MLflow's
+    migrations beside the launcher's, and the loser leaves the store half-migrated for every later open
+    ("table ... already exists")."""
     if tracking_uri:
         try:
             from mlflow.tracking import MlflowClient
@@ -237,9 +247,6 @@ def _warm_up(trainer: str, tracking_uri: str | None) -> None:
         except Exception as e:  # noqa: BLE001 - the children will report a real problem themselves
             log.warning("could not open the MLflow store %s in the warm worker: %s", tracking_uri, e)
     _dispose_sql_engines()
-    tracking = sys.modules.get("dit_core.tracking")
-    if tracking is not None:
-        tracking.git_commit()  # cached: the children skip the `git rev-parse`
 
 
 def _import_or_skip(name: str) -> None:
@@ -339,6 +346,7 @@ class _Zygote:
         self.cfg = config
         self.slots: dict[str, _Slot] = {}  # job_id -> slot
         self.by_pid: dict[int, _Slot] = {}
+        self.store_opened = False
 
     def fork(self, slot: _Slot) -> None:
         sys.stdout.flush()
@@ -370,6 +378,9 @@ class _Zygote:
             return
         slot = _Slot(msg["job_id"], folder, msg["run_dir"], fd)
         self.slots[slot.job_id] = slot
+        if not self.store_opened:
+            self.store_opened = True
+            _open_store(self.cfg.get("tracking_uri"))
         self.fork(slot)
 
     def reap(self) -> None:
@@ -429,7 +440,7 @@ def serve(config: dict[str, Any]) -> int:
     """The zygote: warm up, then fork a child per request on stdin until end of input and no child."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
-    _warm_up(config["trainer"], config.get("tracking_uri"))
+    _warm_up(config["trainer"])
     log.info("warm worker %d ready in %.2f s", os.getpid(), time.perf_counter() - t0)
     return _Zygote(config).loop()
 

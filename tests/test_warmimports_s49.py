@@ -51,7 +51,7 @@ def test_the_worker_warms_the_stand_in_trainer_without_torch_and_the_real_one_wi
     """`_warm_up` in a fresh process: the trainer is imported first, then its list (the stand-in's: no
     torch), else the default one (`dit_core.train`: torch and its optimizer's dynamo)."""
     code = (
-        "import json, sys; from sweeps import warm; warm._warm_up(sys.argv[1], None); "
+        "import json, sys; from sweeps import warm; warm._warm_up(sys.argv[1]); "
         "print(json.dumps([m in sys.modules for m in (sys.argv[1], 'torch', 'torch._dynamo', 'mlflow')]))"
     )
     env = {"PYTHONPATH": str(REPO / "tests"), "PATH": "/usr/bin:/bin"}
