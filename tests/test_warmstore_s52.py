@@ -25,3 +25,18 @@ def test_a_warm_worker_makes_no_store_before_its_first_cell(job_env, tmp_path):
         assert not db.exists()  # before: made at start-up, beside the launcher's own making of it
     finally:
         ex.kill()
+
+
+def test_the_store_is_opened_with_no_pooled_connection_left_to_span_a_fork(tmp_path):
+    """`_open_store` (at the worker's first cell) warms MLflow's engine for the children, then closes its
+    pooled connections: a child must not inherit a sqlite connection across the fork."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.warm import _open_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments(max_results=1)  # the launcher made the store
+    _open_store(uri)
+    engines = [e for key, e in SqlAlchemyStore._engine_map.items() if str(tmp_path) in str(key)]
+    assert engines and all(e.pool.checkedin() == 0 for e in engines)
