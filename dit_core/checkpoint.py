@@ -41,6 +41,18 @@ def checkpoint_dir(out: str | os.PathLike) -> Path:
     return p if p.name == "checkpoints" else p / "checkpoints"
 
 
+def checkpoint_path(out: str | os.PathLike, step: int) -> Path:
+    """The checkpoint file of ``step`` in run folder ``out``: ``<out>/checkpoints/step_{step:07d}.pt``."""
+    return checkpoint_dir(out) / f"step_{int(step):07d}.pt"
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step of a checkpoint file (``step_0001000.pt`` -> 1000); ValueError for another name."""
+    if not (m := _STEP_FILE.match(Path(path).name)):
+        raise ValueError(f"{path} is not a checkpoint file (step_NNNNNNN.pt)")
+    return int(m.group(1))
+
+
 def remove_partial_writes(out: str | os.PathLike) -> list[Path]:
     """Delete the temporary files of checkpoint writes that never finished (a killed job) in
     ``<out>/checkpoints``; returns them. Only one process may write a run's checkpoints."""
@@ -62,7 +74,7 @@ def save_checkpoint(out: str | os.PathLike, state: dict[str, Any], *, keep_last:
     temporary files of earlier writes that were killed."""
     folder = checkpoint_dir(out)
     step = int(state["step"])
-    path = folder / f"step_{step:07d}.pt"
+    path = checkpoint_path(folder, step)
     state = {"format": CHECKPOINT_FORMAT, **state}
     remove_partial_writes(folder)
     atomic_write(path, lambda f: torch.save(state, f))

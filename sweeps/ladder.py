@@ -58,8 +58,10 @@ class Trunk:
         return self.fork_steps[-1]
 
     def checkpoint(self, step: int) -> Path:
-        """The trunk's checkpoint file of ``step``."""
-        return Path(self.run_dir) / "checkpoints" / f"step_{step:07d}.pt"
+        """The trunk's checkpoint file of ``step`` (`dit_core.checkpoint.checkpoint_path`)."""
+        from dit_core.checkpoint import checkpoint_path
+
+        return checkpoint_path(self.run_dir, step)
 
     def overrides_to(self, step: int) -> dict[str, Any]:
         """The trunk run's overrides to train up to ``step``."""
@@ -170,17 +172,13 @@ def trunk_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.stem.removeprefix("step_"))
-
-
 def grow_trunk(trunk: Trunk, train: Any, build: Any) -> tuple[Path | None, Any]:
     """Make sure the trunk has a checkpoint at each of ``trunk.fork_steps``, training it on from its newest
     one (``train(build(overrides))``, resumed from the trunk's folder), and deleting the checkpoints
     between forks (``checkpoint.every``'s) once the next fork's is written. Returns (the checkpoint at the
     cell's fork step, None), or (None, the trainer's result) where a signal stopped the trunk. Raises
     RuntimeError where the trunk has gone past a fork step whose checkpoint is gone."""
-    from dit_core.checkpoint import latest_checkpoint, list_checkpoints
+    from dit_core.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 
     folder = Path(trunk.run_dir)
     with trunk_lock(folder):
@@ -188,7 +186,7 @@ def grow_trunk(trunk: Trunk, train: Any, build: Any) -> tuple[Path | None, Any]:
             if trunk.checkpoint(step).is_file():
                 continue
             newest = latest_checkpoint(folder)
-            at = _step_of(newest) if newest is not None else 0
+            at = checkpoint_step(newest) if newest is not None else 0
             if at > step:
                 raise RuntimeError(
                     f"trunk {folder} has trained to step {at} but has no checkpoint at step {step}, where "
@@ -200,6 +198,6 @@ def grow_trunk(trunk: Trunk, train: Any, build: Any) -> tuple[Path | None, Any]:
             if str(getattr(result, "status", "finished")).lower() != "finished":
                 return None, result
             for path in list_checkpoints(folder):  # the periodic ones (checkpoint.every) below this fork
-                if _step_of(path) < step and _step_of(path) not in trunk.fork_steps:
+                if checkpoint_step(path) < step and checkpoint_step(path) not in trunk.fork_steps:
                     path.unlink(missing_ok=True)
     return trunk.checkpoint(trunk.fork_step), None

@@ -15,6 +15,8 @@ import torch
 from _train_helpers import one_thread, tiny_config
 
 from dit_core.checkpoint import (
+    checkpoint_path,
+    checkpoint_step,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -45,6 +47,18 @@ def test_save_is_atomic_and_retains_the_newest(tmp_path, monkeypatch):
         "step_0000002.pt",
         "step_0000003.pt",
     ]  # no temp file left behind
+
+
+def test_checkpoint_names_round_trip_through_the_files_save_writes(tmp_path):
+    written = save_checkpoint(tmp_path, {"step": 12_345_678})  # past seven digits: still one file per step
+    assert written == checkpoint_path(tmp_path, 12_345_678) == checkpoint_path(written.parent, 12_345_678)
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [12_345_678]
+    assert (
+        checkpoint_step(checkpoint_path(tmp_path, 40)) == 40
+        and checkpoint_path(tmp_path, 40).name == "step_0000040.pt"
+    )
+    with pytest.raises(ValueError, match="not a checkpoint file"):
+        checkpoint_step(tmp_path / "checkpoints" / "latest.json")
 
 
 def test_latest_falls_back_to_the_highest_step(tmp_path):
