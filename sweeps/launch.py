@@ -167,10 +167,11 @@ _FLAGS = {
             "log-spaced within --spread x of a prior N_opt(C) (--tokens-per-param or --prior). adaptive: "
             "isoflop, budgets run smallest first, each next one centred on the refit of those before "
             "(docs/sweeps.md)")),
-        ("--ladder", None, dict(action="store_const", const=True, help="cooldown ladder (Hagele et al. "
+        ("--ladder", None, dict(action=argparse.BooleanOptionalAction, help="cooldown ladder (Hagele et al. "
             "2024): the cells of one model share a constant-lr trunk and each trains only its cooldown "
             "(optim.cooldown_frac of its steps), forked from the trunk's checkpoint; peak lr: the lr rule at "
-            "the model's largest budget (default: the config's ladder, else False)")),
+            "the model's largest budget; --no-ladder: every cell from step 0 (default: the config's "
+            "ladder, else off)")),
         ("--sizes-per-budget", "sizes_per_budget", dict(
             metavar="K", help="isoflop/adaptive: model sizes per budget, at least 3")),
         ("--spread", "size_spread", dict(metavar="F", help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, "

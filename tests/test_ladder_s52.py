@@ -75,6 +75,15 @@ def test_the_ladder_trains_each_trunk_to_its_last_fork_and_every_cooldown():
     assert trained == pytest.approx(want, rel=1e-12) and ladder < 0.8 * scratch
 
 
+def test_a_configs_ladder_is_its_default_and_no_ladder_turns_it_off(tmp_path):
+    parse = build_parser().parse_args
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("name: x\nladder: true\n")
+    assert spec_from_args(parse(["-c", str(cfg)])).ladder is True
+    assert spec_from_args(parse(["-c", str(cfg), "--no-ladder"])).ladder is False
+    assert spec_from_args(parse(["--ladder"])).ladder is True and spec_from_args(parse([])).ladder is False
+
+
 def test_a_ladder_is_refused_where_it_cannot_fork():
     with pytest.raises(ValueError, match=r"ladder: trainer 'my_trainer' cannot fork a cooldown"):
         load_spec().replace(ladder=True, trainer="my_trainer")
@@ -84,10 +93,6 @@ def test_a_ladder_is_refused_where_it_cannot_fork():
         load_spec().replace(ladder=True, executor={"tasks_per_node": 2})
     with pytest.raises(ValueError, match=r"ladder: cell S-2-3e10 makes \d+ steps, all in its cooldown"):
         demo_ladder(train={**load_spec().train, "optim.cooldown_frac": 1.0})
-    args = build_parser().parse_args(["--ladder"])
-    assert (
-        spec_from_args(args).ladder is True and spec_from_args(build_parser().parse_args([])).ladder is False
-    )
 
 
 def _fake_trunk(tmp_path: Path, steps: tuple[int, ...]) -> tuple[Trunk, list[int]]:
