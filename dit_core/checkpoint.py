@@ -22,11 +22,12 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_write
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is written or read: naming files needs none
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def save_checkpoint(out: str | os.PathLike, state: dict[str, Any], *, keep_last:
     """Write ``state`` (must hold ``"step"``) to ``<out>/checkpoints/step_{step:07d}.pt`` atomically,
     point ``latest.json`` at it, and delete all but the newest ``keep_last`` (0 = keep all), and the
     temporary files of earlier writes that were killed."""
+    import torch
+
     folder = checkpoint_dir(out)
     step = int(state["step"])
     path = checkpoint_path(folder, step)
@@ -143,6 +146,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def _read_checkpoint(p: Path, map_location: str | torch.device) -> dict[str, Any]:
     """`load_checkpoint` of one file; FileNotFoundError if it is gone (once open, it stays readable)."""
+    import torch
+
     try:
         with open(p, "rb") as f:
             ckpt = torch.load(f, map_location=map_location, weights_only=True)

@@ -172,21 +172,39 @@ def trunk_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def trunk_step(trunk: Trunk) -> int:
+    """The step of the trunk's newest checkpoint (0: none yet)."""
+    from dit_core.checkpoint import checkpoint_step, latest_checkpoint
+
+    newest = latest_checkpoint(trunk.run_dir)
+    return 0 if newest is None else checkpoint_step(newest)
+
+
+def trunk_progress(tasks: dict, cell_ids: list[str]) -> dict[str, str]:
+    """``{cell_id: "trunk 3000/6462"}`` for those of ``cell_ids`` that are a ladder's: its trunk's newest
+    checkpoint (at most the cell's fork step) and its fork step, for `launch.py status` while the cell's
+    job grows the trunk or waits for it."""
+    out = {}
+    for cid in cell_ids:
+        if (trunk := tasks[cid].trunk) is not None:
+            out[cid] = f"trunk {min(trunk_step(trunk), trunk.fork_step)}/{trunk.fork_step}"
+    return out
+
+
 def grow_trunk(trunk: Trunk, train: Any, build: Any) -> tuple[Path | None, Any]:
     """Make sure the trunk has a checkpoint at each of ``trunk.fork_steps``, training it on from its newest
     one (``train(build(overrides))``, resumed from the trunk's folder), and deleting the checkpoints
     between forks (``checkpoint.every``'s) once the next fork's is written. Returns (the checkpoint at the
     cell's fork step, None), or (None, the trainer's result) where a signal stopped the trunk. Raises
     RuntimeError where the trunk has gone past a fork step whose checkpoint is gone."""
-    from dit_core.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
+    from dit_core.checkpoint import checkpoint_step, list_checkpoints
 
     folder = Path(trunk.run_dir)
     with trunk_lock(folder):
         for step in trunk.fork_steps:
             if trunk.checkpoint(step).is_file():
                 continue
-            newest = latest_checkpoint(folder)
-            at = checkpoint_step(newest) if newest is not None else 0
+            at = trunk_step(trunk)
             if at > step:
                 raise RuntimeError(
                     f"trunk {folder} has trained to step {at} but has no checkpoint at step {step}, where "

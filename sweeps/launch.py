@@ -57,7 +57,7 @@ from sweeps.grid import (
     parse_budget,
     read_spec_record,
 )
-from sweeps.ladder import trained_cells
+from sweeps.ladder import trained_cells, trunk_progress
 from sweeps.lock import CELL_LOCK
 from sweeps.runner import (
     Progress,
@@ -483,12 +483,22 @@ def show_status(
     run_dirs = {cid: str(cell_dir(sweep_dir(spec), cid)) for cid in ids}
     states = read_states(uri, spec.experiment, spec.name, run_dirs, runs=runs)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
-    print(status_table(list(states.values()), cells))
+    print(status_table(list(states.values()), cells, _trunks(spec, cells, states, uri)))
     counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     for line in _advice(spec, states) + (_left_out_lines(spec) if note is None else [note]):
         print(line)
     return states
+
+
+def _trunks(spec: SweepSpec, cells: dict, states: dict[str, CellState], uri: str) -> dict[str, str]:
+    """A ladder's live cells with no step of their own: how far their trunk has grown (`trunk_progress`)."""
+    live = [
+        c for c, st in states.items() if c in cells and st.step is None and st.state in ("queued", "running")
+    ]
+    if not spec.ladder or not live:
+        return {}
+    return trunk_progress(make_tasks(spec, list(cells.values()), sweep_dir(spec), uri), live)
 
 
 def _advice(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:

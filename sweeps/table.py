@@ -56,11 +56,14 @@ def result(s: CellState, value: float | None, step: int | None, fmt: str) -> str
     return f"{value:{fmt}}" + ("" if final else f" (step {step})")
 
 
-def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
+def status_table(
+    states: Sequence[CellState], cells: dict[str, Cell], trunks: dict[str, str] | None = None
+) -> str:
     """cell | model | state | step | train loss | val loss | FID | tries | job | run; val loss and FID
     carry their step unless measured at a finished cell's last step (`result`); tries are
     `CellState.tries`: submissions less those their launcher stopped (what --max-retries
-    counts)."""
+    counts). ``trunks``: the step of a ladder cell with none of its own yet
+    (`sweeps.ladder.trunk_progress`)."""
     header = ["cell", "model", "state", "step", "train loss", "val loss", "FID", "tries", "job", "run"]
     rows = []
     for s in states:
@@ -68,6 +71,8 @@ def status_table(states: Sequence[CellState], cells: dict[str, Cell]) -> str:
         step = "-" if s.step is None else str(s.step)
         if c is not None:
             step += f"/{c.steps}"
+        if s.step is None and s.cell_id in (trunks or {}):
+            step = trunks[s.cell_id]
         rows.append(
             [
                 s.cell_id,

@@ -13,13 +13,16 @@ import pytest
 import torch
 from _sweep_specs import runs_by_cell, tiny_real_spec
 
+from dit_core.checkpoint import checkpoint_path
 from dit_core.config import TrainConfig
 from dit_core.train import train
 from sweeps.executor import run_task
 from sweeps.grid import ExecutorSpec, expand, load_spec
-from sweeps.ladder import Trunk, grow_trunk, ladder_flops, trained_cells, trunk_lock
-from sweeps.launch import build_parser, spec_from_args
+from sweeps.ladder import Trunk, grow_trunk, ladder_flops, trained_cells, trunk_lock, trunk_progress
+from sweeps.launch import _trunks, build_parser, spec_from_args
 from sweeps.runner import launch, sweep_dir
+from sweeps.state import CellState
+from sweeps.table import status_table
 from sweeps.task import make_tasks
 
 DEMO_BUDGETS = [3e10, 1e11, 3e11, 1e12]
@@ -93,6 +96,44 @@ def test_a_ladder_is_refused_where_it_cannot_fork():
         load_spec().replace(ladder=True, executor={"tasks_per_node": 2})
     with pytest.raises(ValueError, match=r"ladder: cell S-2-3e10 makes \d+ steps, all in its cooldown"):
         demo_ladder(train={**load_spec().train, "optim.cooldown_frac": 1.0})
+
+
+def test_status_shows_how_far_the_trunk_of_a_live_ladder_cell_without_steps_has_grown(tmp_path):
+    """Session 53: a cell whose job grows its trunk (or waits for it) has no step of its own; `status`
+    shows its trunk's newest checkpoint, at most the cell's fork step, over that fork step."""
+    spec = load_spec().replace(budgets=DEMO_BUDGETS, ladder=True, output_dir=str(tmp_path), name="lad")
+    cells = {c.cell_id: c for c in expand(spec)}
+    tasks = make_tasks(spec, list(cells.values()), sweep_dir(spec), "sqlite:////tmp/x.db")
+    fork = {cid: c.steps - math.ceil(0.2 * c.steps) for cid, c in cells.items()}
+    s_trunk = tasks["S-2-1e12"].trunk.run_dir
+    for step in (fork["S-2-1e11"], 1000):  # a fork's checkpoint and a periodic one
+        checkpoint_path(s_trunk, step).parent.mkdir(parents=True, exist_ok=True)
+        checkpoint_path(s_trunk, step).write_bytes(b"x")
+    assert fork["S-2-3e11"] > 1000 > fork["S-2-1e11"] > fork["S-2-3e10"]
+    assert trunk_progress(tasks, ["S-2-3e10", "S-2-1e11", "S-2-3e11", "S-2-1e12", "B-2-1e12"]) == {
+        "S-2-3e10": f"trunk {fork['S-2-3e10']}/{fork['S-2-3e10']}",  # made: its fork is kept
+        "S-2-1e11": f"trunk {fork['S-2-1e11']}/{fork['S-2-1e11']}",
+        "S-2-3e11": f"trunk 1000/{fork['S-2-3e11']}",
+        "S-2-1e12": f"trunk 1000/{fork['S-2-1e12']}",
+        "B-2-1e12": f"trunk 0/{fork['B-2-1e12']}",
+    }
+    states = {
+        "S-2-1e12": CellState("S-2-1e12", "queued"),  # its job grows the trunk: the run has no step yet
+        "S-2-3e11": CellState("S-2-3e11", "running", step=5),  # forked: its own step
+        "B-2-1e12": CellState("B-2-1e12", "failed"),  # no job: no trunk shown
+    }
+    trunks = _trunks(spec, cells, states, "sqlite:////tmp/x.db")
+    assert trunks == {"S-2-1e12": f"trunk 1000/{fork['S-2-1e12']}"}
+    rows = {
+        r.split()[0]: r.split()[3:5]
+        for r in status_table(list(states.values()), cells, trunks).splitlines()[2:]
+    }
+    assert rows == {
+        "S-2-1e12": ["trunk", f"1000/{fork['S-2-1e12']}"],
+        "S-2-3e11": ["5/2423", "-"],
+        "B-2-1e12": ["-/3600", "-"],
+    }
+    assert _trunks(spec.replace(ladder=False), cells, states, "sqlite:////tmp/x.db") == {}
 
 
 def _fake_trunk(tmp_path: Path, steps: tuple[int, ...]) -> tuple[Trunk, list[int]]:
