@@ -16,9 +16,10 @@ from sweeps.grid import Cell
 STEP_FLOPS = 2e8  # an optimizer step's fixed cost (Python, optimizer, logging), in FLOP-equivalents
 CELL_FLOPS = 1.2e11  # a cell's fixed cost (start-up, MLflow, reference features), in FLOP-equivalents
 #: FLOP-equivalents per second of one cell per CPU thread: the default demo's 14 cells (1.59e13 of work)
-#: took 1,216 and 776 slot-seconds, 2 at a time with 1 thread each, on two hosts of one 2-core type
-#: (docs/study.md, sessions 29 and 28). A dry run prices a local CPU sweep at both.
-CPU_RATES = (1.31e10, 2.05e10)
+#: took 1,631 and 776 slot-seconds, 2 at a time with 1 thread each, on the slowest and the fastest
+#: 2-core hosts measured (an AVX2 EPYC and an AVX-512 one; docs/study.md, sessions 48 and 28). A dry
+#: run prices a local CPU sweep at both.
+CPU_RATES = (9.75e9, 2.05e10)
 
 
 def _work(cell: Cell, eval_flops: float) -> float:
