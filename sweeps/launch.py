@@ -171,7 +171,7 @@ _FLAGS = {
             "2024): the cells of one model share a constant-lr trunk and each trains only its cooldown "
             "(optim.cooldown_frac of its steps), forked from the trunk's checkpoint; peak lr: the lr rule at "
             "the model's largest budget; --no-ladder: every cell from step 0 (default: the config's "
-            "ladder, else off)")),
+            "ladder, else False)")),
         ("--sizes-per-budget", "sizes_per_budget", dict(
             metavar="K", help="isoflop/adaptive: model sizes per budget, at least 3")),
         ("--spread", "size_spread", dict(metavar="F", help="isoflop/adaptive: sizes span N_opt/F .. N_opt*F, "
