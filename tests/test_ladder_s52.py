@@ -185,7 +185,7 @@ def test_grow_trunk_trains_only_the_missing_forks_waits_for_the_lock_and_stops_w
 
 
 def test_a_ladder_sweep_on_the_local_executor_ends_each_cell_where_its_schedule_from_step_0_ends(
-    job_env, tmp_path
+    job_env, tmp_path, monkeypatch
 ):
     """Two cells of one model, launched at once on two slots: the larger grows the trunk through both
     forks while the smaller waits for it, then each trains its cooldown in its own run. Each cell's
@@ -224,5 +224,7 @@ def test_a_ladder_sweep_on_the_local_executor_ends_each_cell_where_its_schedule_
     # a cell with a checkpoint of its own resumes it: its trunk is not grown again (here: gone)
     shutil.rmtree(trunk.run_dir)
     small = min(cells, key=lambda c: c.steps).cell_id
+    # run_task sets the job id in os.environ (a job's own process); undone after, for the tests after it
+    monkeypatch.setenv("DITSCALE_EXECUTOR_JOB_ID", "")
     assert run_task(tasks[small], "again")["status"] == "finished"
     assert not Path(trunk.run_dir).exists()
