@@ -58,7 +58,7 @@ from sweeps.grid import (
     read_spec_record,
 )
 from sweeps.ladder import trained_cells, trunk_progress
-from sweeps.lock import CELL_LOCK
+from sweeps.lock import CELL_LOCK, launcher_pid
 from sweeps.runner import (
     Progress,
     check_executor,
@@ -78,6 +78,7 @@ from sweeps.state import (
     CellState,
     Plan,
     check_tracking_uri,
+    mark_waiting,
     plan,
     read_runs,
     read_states,
@@ -482,13 +483,26 @@ def show_status(
     ids = list(cells) + sorted(set(runs) - set(cells))
     run_dirs = {cid: str(cell_dir(sweep_dir(spec), cid)) for cid in ids}
     states = read_states(uri, spec.experiment, spec.name, run_dirs, runs=runs)
+    waiting = _waiting_cells(spec, states)
     print(f"sweep {spec.name}: experiment {spec.experiment!r} at {uri}")
     print(status_table(list(states.values()), cells, _trunks(spec, cells, states, uri)))
     counts = Counter(s.state for s in states.values())
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    for line in _advice(spec, states) + (_left_out_lines(spec) if note is None else [note]):
+    for line in waiting + _advice(spec, states) + (_left_out_lines(spec) if note is None else [note]):
         print(line)
     return states
+
+
+def _waiting_cells(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
+    """With a launch of the sweep alive, mark the cells it has yet to submit `waiting` (`mark_waiting`);
+    the line that says so, if any."""
+    if (pid := launcher_pid(sweep_dir(spec))) is None or not (cells := mark_waiting(states)):
+        return []
+    who = f"pid {pid}" if pid else "pid unknown"
+    return [
+        f"waiting: {len(cells)} cells wait for a free slot in the live launch of this sweep ({who}), "
+        "which submits each as one frees; `status` again to watch them"
+    ]
 
 
 def _trunks(spec: SweepSpec, cells: dict, states: dict[str, CellState], uri: str) -> dict[str, str]:

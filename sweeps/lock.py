@@ -49,6 +49,24 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def launcher_pid(sweep_dir: str | Path) -> int | None:
+    """The pid of the live launcher that holds the sweep's lock (`sweep_lock`), else None: no launch of
+    it is running (the kernel drops the lock with its holder, so a killed launcher holds none)."""
+    path = Path(sweep_dir) / ".launch.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else 0
+    finally:
+        os.close(fd)  # also drops the shared lock if we got it
+    return None
+
+
 def cell_lock_held(run_dir: str | Path) -> bool:
     """Whether a live job holds the lock of the cell whose run folder is ``run_dir``."""
     path = Path(run_dir) / CELL_LOCK

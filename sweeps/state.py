@@ -535,6 +535,16 @@ def _unrecorded_job(run: Any, alive: bool) -> bool:
     return run.data.tags.get("attempts") == "0" and (alive or run.info.status != "SCHEDULED")
 
 
+def mark_waiting(states: dict[str, CellState]) -> list[str]:
+    """For `status` while a launch of the sweep is alive (`sweeps.lock.launcher_pid`): the cells it has
+    not submitted yet (`missing`: no run yet, or one that records no job), which its `plan` submits,
+    become `waiting`, as the local executor submits each when a slot frees. Returns those cells."""
+    out = [c for c, st in states.items() if st.state == "missing"]
+    for c in out:
+        states[c].state = "waiting"
+    return out
+
+
 def plan(states: dict[str, CellState], max_retries: int) -> Plan:
     """Idempotent relaunch: skip finished and live (held too) cells, and those whose job's state is unknown;
     resubmit missing, failed and interrupted
