@@ -49,10 +49,9 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def launcher_pid(sweep_dir: str | Path) -> int | None:
-    """The pid of the live launcher that holds the sweep's lock (`sweep_lock`), else None: no launch of
-    it is running (the kernel drops the lock with its holder, so a killed launcher holds none)."""
-    path = Path(sweep_dir) / ".launch.lock"
+def _held(path: Path) -> str | None:
+    """The first bytes of ``path`` (its holder may have written its pid there) where a live process holds
+    an exclusive flock on it, else None (no such file, or no holder)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -60,27 +59,23 @@ def launcher_pid(sweep_dir: str | Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else 0
+        return os.pread(fd, 32, 0).decode(errors="replace").strip()
     finally:
         os.close(fd)  # also drops the shared lock if we got it
     return None
 
 
+def launcher_pid(sweep_dir: str | Path) -> int | None:
+    """The pid of the live launcher that holds the sweep's lock (`sweep_lock`; 0 where it has not written
+    it yet), else None: no launch of it is running (the kernel drops the lock with its holder, so a
+    killed launcher holds none)."""
+    text = _held(Path(sweep_dir) / ".launch.lock")
+    return None if text is None else int(text) if text.isdigit() else 0
+
+
 def cell_lock_held(run_dir: str | Path) -> bool:
     """Whether a live job holds the lock of the cell whose run folder is ``run_dir``."""
-    path = Path(run_dir) / CELL_LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops the shared lock if we got it
-    return False
+    return _held(Path(run_dir) / CELL_LOCK) is not None
 
 
 def take_cell_lock(fd: int, what: str, wait_s: float = CELL_LOCK_WAIT_S) -> None:

@@ -208,6 +208,30 @@ def test_cell_lock_a_job_shell_waits_out_a_check_that_holds_the_lock_for_seconds
     assert time.monotonic() - t0 >= 1.5
 
 
+def test_cell_lock_a_job_shell_waits_the_seconds_its_lines_name(tmp_path, monkeypatch):
+    """The wait is the launcher's `CELL_LOCK_WAIT_S`, passed in the shell's lines, not the script's own
+    default: at 0.3 s a job whose cell a live job holds fails in well under the default 10 s."""
+    import fcntl
+    import os
+    import time
+
+    import sweeps.lock
+    from sweeps.lock import CELL_LOCK
+
+    monkeypatch.setattr(sweeps.lock, "CELL_LOCK_WAIT_S", 0.3)
+    holder = os.open(tmp_path / CELL_LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        t0 = time.monotonic()
+        job = _job_shell(tmp_path)
+        out, err = job.communicate(timeout=60)
+        waited = time.monotonic() - t0
+    finally:
+        os.close(holder)
+    assert job.returncode != 0 and "another job of this cell is alive" in err and "locked" not in out
+    assert 0.3 <= waited < 5.0, waited
+
+
 def test_cell_lock_a_job_shell_ignores_the_users_pythonpath(tmp_path):
     """The lock step runs before `sweeps` can be imported, as a stdlib-only script in isolated mode: a
     PYTHONPATH folder whose module shadows the standard library's does not reach it."""
