@@ -498,11 +498,15 @@ def _waiting_cells(spec: SweepSpec, states: dict[str, CellState]) -> list[str]:
     the line that says so, if any."""
     if (pid := launcher_pid(sweep_dir(spec))) is None or not (cells := mark_waiting(states)):
         return []
-    who = f"pid {pid}" if pid else "pid unknown"
     return [
-        f"waiting: {len(cells)} cells wait for a free slot in the live launch of this sweep ({who}), "
+        f"waiting: {len(cells)} cells wait for a free slot in the live launch of this sweep ({_pid(pid)}), "
         "which submits each as one frees; `status` again to watch them"
     ]
+
+
+def _pid(pid: int) -> str:
+    """A launcher's pid as `launcher_pid` reads it (0: the holder has not written it yet)."""
+    return f"pid {pid}" if pid else "pid unknown"
 
 
 def _trunks(spec: SweepSpec, cells: dict, states: dict[str, CellState], uri: str) -> dict[str, str]:
@@ -802,6 +806,11 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
             f"for those {len(p.submit)}) and those of the {len(p.unknown)} found over"
         )
         print(_unknown_line(p, bool(no_cluster)))
+    if p is not None and p.submit and (pid := launcher_pid(sdir)) is not None:
+        print(
+            f"a launch of this sweep is running ({_pid(pid)}): it submits the cells it has not yet as slots "
+            "free (`status` shows them `waiting`), and a second launch is refused until it ends"
+        )
     if kind == "slurm" and todo:
         flags = sbatch_flags(spec.executor, sdir / "jobs", job_name(spec), len(todo))
         print(f"sbatch for those {len(todo)} cells: {' '.join(flags)}")

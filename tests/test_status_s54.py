@@ -43,7 +43,8 @@ def launched(tmp_path_factory):
         str(out),
     ]
     assert cli.main(argv) == 0
-    return out / "wt", ["status", "--name", "wt", "--output-dir", str(out), "--seeds", "0,1,2"]
+    dry = [*argv[:2], "--executor", "local", *argv[4:], "--seeds", "0,1,2", "--dry-run"]
+    return out / "wt", ["status", "--name", "wt", "--output-dir", str(out), "--seeds", "0,1,2"], dry
 
 
 def _states(out: str) -> dict[str, str]:
@@ -62,11 +63,12 @@ def _status(argv: list[str], capsys) -> str:
 
 
 def test_cells_a_live_launcher_has_yet_to_submit_are_waiting_and_missing_once_it_is_killed(launched, capsys):
-    sdir, argv = launched
+    sdir, argv, dry = launched
     assert launcher_pid(sdir) is None  # the launch that made it has exited
     out = _status(argv, capsys)
     assert _states(out) == {"S-2-3e9": "finished", "S-2-3e9-s1": "missing", "S-2-3e9-s2": "missing"}
     assert "waiting" not in out.split("\n", 1)[1]
+    assert "a launch of this sweep is running" not in _status(dry, capsys)
 
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
     holder = subprocess.Popen(
@@ -82,6 +84,9 @@ def test_cells_a_live_launcher_has_yet_to_submit_are_waiting_and_missing_once_it
             f"waiting: 2 cells wait for a free slot in the live launch of this sweep (pid {holder.pid})"
             in out
         )
+        out = _status(dry, capsys)  # the dry run: what the live launch will submit, not a second launch
+        assert "a launch would submit 2 of 3 cells" in out
+        assert f"a launch of this sweep is running (pid {holder.pid}): it submits the cells it has" in out
         with (
             pytest.raises(RuntimeError, match=f"another launch of this sweep is running \\(pid {holder.pid}"),
             sweep_lock(sdir),
