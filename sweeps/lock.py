@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 CELL_LOCK = ".job.lock"  # in the cell's run folder
+LAUNCH_LOCK = ".launch.lock"  # in the sweep's folder
 _FD = 9  # the job shell's descriptor for the cell lock (dash/sh allow 0-9)
 #: A starting job waits this long for the cell lock (a `status` check holds it for microseconds).
 CELL_LOCK_WAIT_S = 10.0
@@ -29,14 +30,14 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
     """Exclusive lock so two launches of the same sweep cannot submit the same cells twice."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / ".launch.lock", "a+") as f:
+    with open(sweep_dir / LAUNCH_LOCK, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "?"
             raise RuntimeError(
-                f"another launch of this sweep is running (pid {holder}, lock {sweep_dir / '.launch.lock'}); "
+                f"another launch of this sweep is running (pid {holder}, lock {sweep_dir / LAUNCH_LOCK}); "
                 "wait for it or use `python sweeps/launch.py status`"
             ) from None
         f.seek(0)
@@ -69,7 +70,7 @@ def launcher_pid(sweep_dir: str | Path) -> int | None:
     """The pid of the live launcher that holds the sweep's lock (`sweep_lock`; 0 where it has not written
     it yet), else None: no launch of it is running (the kernel drops the lock with its holder, so a
     killed launcher holds none)."""
-    text = _held(Path(sweep_dir) / ".launch.lock")
+    text = _held(Path(sweep_dir) / LAUNCH_LOCK)
     return None if text is None else int(text) if text.isdigit() else 0
 
 
