@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv",
         type=Path,
         help="CSV with columns N, D, loss (optional C, fid, fid_se, run_id, model, step, final, budget, lr, "
-        "forward_gflops, schedule, patch_size, tokens_per_image, N_non_embedding, unique; docs/analysis.md); "
-        "a numeric cell holds a number, or nothing where the value was not measured (text such as n/a is "
-        "an error)",
+        "lr_peak, forward_gflops, schedule, patch_size, tokens_per_image, N_non_embedding, unique; "
+        "docs/analysis.md); a numeric cell holds a number, or nothing where the value was not measured (text "
+        "such as n/a is an error)",
     )
     add_flags(p, _FLAGS, _field_flag)
     return p

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
 TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate", "lr_group", "data_name")
-OPTIONAL_NUMBERS = ("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se", "lr")
+OPTIONAL_NUMBERS = ("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se", "lr", "lr_peak")
 OPTIONAL_NUMBERS += ("input_size", "in_channels")
 #: the optional columns: their value if unknown
 OPTIONAL = dict.fromkeys(TEXT_COLUMNS) | dict.fromkeys(OPTIONAL_NUMBERS, np.nan)
@@ -425,7 +425,8 @@ def best_lr(
     best = means.sort_values(["bad", "loss", "lr"]).drop_duplicates("_g").set_index("_g")["lr"].sort_index()
     lost = group.isin(best.index) & (points["lr"] != group.map(best))
     dropped = points[lost & points["final"].astype(bool)].copy()
-    dropped["reason"] = [f"lr {lr:.3g} lost to lr {best[g]:.3g} in its cell" for lr, g in
+    lr_text = _lr_names(finals)
+    dropped["reason"] = [f"lr {lr_text(g, lr)} lost to lr {lr_text(g, best[g])} in its cell" for lr, g in
                          zip(dropped["lr"], group[dropped.index])]  # fmt: skip
     span = finals.groupby("_g")["lr"].agg(["min", "max"])
     edge = [g for g in best.index if best[g] in (span.at[g, "min"], span.at[g, "max"])]
@@ -433,7 +434,8 @@ def best_lr(
     name = {g: f"{m} at {c:.3g} FLOPs" for g, m, c in zip(first["_g"], first["model"], first["C"])}
     note = (
         f"{len(best)} cell(s) trained at several learning rates keep the lr with the lowest final loss "
-        f"(--all-lrs keeps every lr): " + _first([f"{name[g]}: {best[g]:.3g}" for g in best.index], 12)
+        f"(--all-lrs keeps every lr): "
+        + _first([f"{name[g]}: {lr_text(g, best[g])}" for g in best.index], 12)
     )
     if means["k"].max() > 1:
         note += "; each lr judged on the mean final loss over its seeds"
@@ -471,6 +473,21 @@ def best_lr(
 def _first(items: list[str], n: int, sep: str = ", ") -> str:
     """The first `n` of `items` joined by `sep`, and `sep` + "..." when there are more."""
     return sep.join(items[:n]) + (f"{sep}..." if len(items) > n else "")
+
+
+def _lr_names(finals: pd.DataFrame):
+    """``(lr group, lr) -> "0.03"``, or ``"0.03 (peak 0.014)"`` where the lr rules (`optim.lr_flops_ref`,
+    `optim.lr_scaling`) made the run's peak another value (its `lr_peak`, `optim.lr_effective`)."""
+    peaks = {}
+    if "lr_peak" in finals.columns:
+        peaks = finals.dropna(subset=["lr_peak"]).groupby(["_g", "lr"])["lr_peak"].first().to_dict()
+
+    def name(g, lr: float) -> str:
+        peak = peaks.get((g, lr))
+        differs = peak is not None and not np.isclose(peak, lr, rtol=1e-6)
+        return f"{lr:.3g}" + (f" (peak {peak:.3g})" if differs else "")
+
+    return name
 
 
 def diverged_lrs(group: pd.Series, lr: pd.Series, diverged: pd.DataFrame | None) -> np.ndarray:
@@ -730,7 +747,7 @@ def _run_points(client, run) -> tuple[pd.DataFrame, str | None, int]:
             "C": c,
             "loss": loss.to_numpy(float),
             "fid": fid.to_numpy(float),
-            **_lr_of(run),  # run_id, lr_group, lr
+            **_lr_of(run),  # run_id, lr_group, lr, lr_peak
             "model": model_label_of_params(params) or "unknown",  # as the sweep's tables name it
             "step": steps,
             "final": False,
@@ -885,6 +902,7 @@ def _lr_of(run) -> dict:
         "run_id": run.info.run_id,
         "lr_group": replicate_key(params, without=LR_PARAMS),
         "lr": _float(params.get("optim.lr")),
+        "lr_peak": _float(params.get(OPTIM_LR_EFFECTIVE)),  # the peak the lr rules made of it
     }
 
 

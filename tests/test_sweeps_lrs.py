@@ -66,8 +66,11 @@ def test_the_cli_takes_lrs_and_a_yaml_wants_a_list(tmp_path, capsys):
 @pytest.mark.slow
 def test_one_cell_at_two_lrs_through_the_real_trainer_is_one_cell_to_the_analysis(tmp_path, job_env):
     """The real trainer logs `optim.lr` and the peak it derives (`optim.lr_effective`): the two runs
-    share an lr group, and `best_lr` keeps the one with the lower final validation loss."""
-    spec = tiny_spec(tmp_path, job_env).replace(shapes=[[1, 32, 2]], lrs=[1e-4, 3e-3])
+    share an lr group, and `best_lr` keeps the one with the lower final validation loss. Under an lr rule
+    across budgets (here (C / 1e8)^-0.5 at C ~ 3e8) the analysis names each lr with the peak it became."""
+    spec = tiny_spec(tmp_path, job_env)
+    rule = {"optim.lr_flops_ref": 1e8, "optim.lr_flops_exponent": 0.5}
+    spec = spec.replace(shapes=[[1, 32, 2]], lrs=[1e-4, 3e-3], train={**spec.train, **rule})
     res = launch(spec, poll_s=0.5)
     assert res.errors == {} and sorted(res.submitted) == ["d1w32h2-4-3e8-lr1e-4", "d1w32h2-4-3e8-lr3e-3"]
     pts = load_runs(spec.experiment, job_env)
@@ -78,3 +81,10 @@ def test_one_cell_at_two_lrs_through_the_real_trainer_is_one_cell_to_the_analysi
     winner = finals.loc[finals["loss"].idxmin(), "lr"]
     assert set(kept["lr"]) == {winner} and set(dropped["lr"]) == {1e-4, 3e-3} - {winner}
     assert note.startswith("1 cell(s) trained at several learning rates")
+    ratio = finals["lr_peak"] / finals["lr"]  # the rule's factor, the same for both lrs of the cell
+    assert ratio.iloc[0] == pytest.approx(ratio.iloc[1], rel=1e-9) and 0.5 < ratio.iloc[0] < 0.65
+    peak = {lr: p for lr, p in zip(finals["lr"], finals["lr_peak"])}
+    loser = ({1e-4, 3e-3} - {winner}).pop()
+    assert f": {winner:.3g} (peak {peak[winner]:.3g})" in note
+    named = {lr: f"lr {lr:.3g} (peak {p:.3g})" for lr, p in peak.items()}
+    assert dropped["reason"].iloc[0] == f"{named[loser]} lost to {named[winner]} in its cell"
