@@ -26,6 +26,7 @@ class AnalysisConfig:
     min_steps: int = 50  # runs that ended below this many optimizer steps are dropped
     all_points: bool = False  # True: every intermediate point, whatever the lr schedule
     average_seeds: bool = True  # runs that differ only in their seed: one point (their mean) per step
+    train_seeds: tuple[int, ...] = ()  # only the runs trained with these seeds (empty: every run)
     best_lr: bool = True  # cells trained at several lrs: only the lr with the lowest final loss
     data_axis: str = "images"  # "images" | "tokens" (images x tokens per image)
     params: str = "total"  # "total" | "non_embedding" (Kaplan et al. 2020)
@@ -56,5 +57,6 @@ CONFIG_RULES = {
     "outlier_sigma": (lambda v: v is None or v > 0, "> 0"),
     "seed": (lambda v: v >= 0, ">= 0 (it seeds the bootstrap resamples)"),
     "min_steps": (lambda v: v >= 0, ">= 0"),
+    "train_seeds": (lambda v: all(isinstance(s, int) and s >= 0 for s in v), "whole numbers >= 0, e.g. 0,1"),
     "r_star": (lambda v: v is None or 0 < v < math.inf, "a finite number > 0 (Muennighoff et al.: 15.4)"),
 }  # r_star inf: D' = U + inf x 0 = NaN

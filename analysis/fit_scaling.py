@@ -60,6 +60,16 @@ def _flops(text: str) -> float:
     return value
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    """An argparse type: training seeds as whole numbers >= 0, e.g. ``0,1``."""
+    parts = [t.strip() for t in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of seeds; write whole numbers >= 0, e.g. 0,1"
+        )
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
 #: the flags after --experiment / --csv, in --help's order: (flags, the `AnalysisConfig` field it sets or
 #: None, add_argument's keywords); a field's flag takes its default and type (a bool: a switch that sets it)
 _FLAGS = (
@@ -94,6 +104,9 @@ _FLAGS = (
     ("--per-seed", None, dict(action="store_true", help="keep each seed's run as its own point (default: "
         "runs that differ only in their seed are averaged into one point per cell, and the report gives the "
         "loss's spread between seeds)")),
+    ("--train-seeds", None, dict(type=_seeds, default=(), metavar="SEEDS", help="fit only the runs trained "
+        "with these seeds, e.g. 0 or 0,2 (the sweep's --seeds; MLflow param seed, CSV column seed): one fit "
+        "per seed shows how far a single seed's answer moves (default: every run, a cell's seeds averaged)")),
     ("--bootstrap", "n_bootstrap", dict(help="bootstrap resamples for the intervals: 0 (none: estimates "
         "without intervals, status not_identified) or >= 2 (default %(default)s); a 95%% percentile interval "
         f"needs at least {min_resamples(0.95)} successful refits (one beyond each end), so with fewer the "
@@ -200,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         # the flags named after AnalysisConfig fields set them
         opts = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig) if hasattr(args, f.name)}
         opts.update(n_bootstrap=args.bootstrap, effective_data=args.effective_data or args.r_star is not None)
-        opts |= {"average_seeds": not args.per_seed, "best_lr": not args.all_lrs}
+        opts |= {
+            "average_seeds": not args.per_seed,
+            "best_lr": not args.all_lrs,
+            "train_seeds": args.train_seeds,
+        }
         if args.csv is not None and args.data_axis == "images":  # a CSV's D is in its own units
             opts["data_units"] = "images or tokens (as in the CSV)"
         cfg = AnalysisConfig(**opts)

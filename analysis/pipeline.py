@@ -34,6 +34,7 @@ from analysis.runs import (
     lr_groups,
     one_fid_protocol,
     select_points,
+    select_seeds,
     set_axes,
     tidy,
     validate_points,
@@ -212,6 +213,8 @@ def fit_r_star(points: pd.DataFrame, cfg: AnalysisConfig) -> float:
 def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     """Select valid points (schedule, --min-steps), set N and D axes, optionally D -> D'."""
     load_notes = list(points.attrs.get("notes", []))  # e.g. `load_runs`: runs not finished, left out
+    points, seeds_note = select_seeds(points, cfg.train_seeds)
+    load_notes += [seeds_note] if seeds_note else []
     diverged = diverged_runs(points)
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)

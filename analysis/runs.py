@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["N", "D", "C", "loss", "fid", "run_id", "model", "step", "final", "budget", "forward_gflops"]
 TEXT_COLUMNS = ("schedule", "fid_protocol", "replicate", "lr_group", "data_name")
 OPTIONAL_NUMBERS = ("patch_size", "tokens_per_image", "N_non_embedding", "unique", "fid_se", "lr", "lr_peak")
-OPTIONAL_NUMBERS += ("input_size", "in_channels")
+OPTIONAL_NUMBERS += ("input_size", "in_channels", "seed")
 #: the optional columns: their value if unknown
 OPTIONAL = dict.fromkeys(TEXT_COLUMNS) | dict.fromkeys(OPTIONAL_NUMBERS, np.nan)
 #: the numeric columns: each cell a number, or empty where unknown (`numeric_columns`, one rule for all)
@@ -574,6 +574,38 @@ def count_runs(run_ids: pd.Series) -> int:
     return len({r for ids in run_ids.astype(str) for r in ids.split(" + ")})
 
 
+def select_seeds(points: pd.DataFrame, seeds: Sequence[int]) -> tuple[pd.DataFrame, str | None]:
+    """Only the runs trained with one of ``seeds`` (a run's param `seed`; a CSV's column `seed`), and
+    only their diverged seeds (``attrs["diverged"]``); ``seeds`` empty: every run. Returns (points,
+    note or None). Raises ValueError when the points carry no seed, or no run has one of ``seeds``."""
+    if not len(seeds):
+        return points, None
+    shown = ",".join(str(s) for s in seeds)
+    have = pd.to_numeric(points["seed"], errors="coerce") if "seed" in points.columns else None
+    known = sorted({int(s) for s in have.dropna()}) if have is not None else []
+    if not known:
+        raise ValueError(
+            f"--train-seeds {shown}: the runs carry no training seed (an MLflow run's param seed, a CSV's "
+            "column seed); leave the flag out to fit every run"
+        )
+    if absent := sorted(set(seeds) - set(known)):
+        raise ValueError(
+            f"--train-seeds {shown}: no run was trained with seed {', '.join(map(str, absent))}; the runs' "
+            f"seeds are {', '.join(map(str, known))}"
+        )
+    keep = have.isin(list(seeds)).to_numpy()
+    out = points[keep].copy()
+    out.attrs = dict(points.attrs)
+    if div := out.attrs.get("diverged"):
+        out.attrs["diverged"] = [r for r in div if r.get("seed") in seeds]
+    n_all, n_kept = count_runs(points["run_id"]), count_runs(out["run_id"])
+    note = (
+        f"--train-seeds {shown}: {n_kept} of {n_all} runs, those trained with seed {shown} (the runs' "
+        f"seeds: {', '.join(map(str, known))})"
+    )
+    return out, note
+
+
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """One point per (replicate, step): the mean over the seeds of a cell (docs/analysis.md). `fid_se`
     is the standard error of the mean FID (NaN when a seed's is unknown); `run_id` joins the runs' ids
@@ -605,6 +637,7 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         row["fid_se"] = float(np.sqrt((g["fid_se"] ** 2).sum(min_count=len(g)))) / len(g)  # NaN: one unknown
         row["run_id"] = " + ".join(sorted(g["run_id"].astype(str)))
         row["n_seeds"] = len(g)
+        row["seed"] = row["seed"] if len(g) == 1 else np.nan  # a mean of seeds has none
         row["loss_seed_sd"] = g["loss"].std(ddof=1) / g["loss"].mean() if len(g) > 1 else np.nan
         rows.append(row)
     out = pd.DataFrame(rows)
@@ -896,10 +929,11 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 def _lr_of(run) -> dict:
-    """A run's id, lr group and lr (`diverged_runs`' row, and `_run_points`' columns)."""
+    """A run's id, lr group, lr and training seed (`diverged_runs`' row, and `_run_points`' columns)."""
     params = run.data.params
     return {
         "run_id": run.info.run_id,
+        "seed": _float(params.get("seed")),
         "lr_group": replicate_key(params, without=LR_PARAMS),
         "lr": _float(params.get("optim.lr")),
         "lr_peak": _float(params.get(OPTIM_LR_EFFECTIVE)),  # the peak the lr rules made of it
