@@ -163,12 +163,10 @@ def _log_run(client, exp_id, *, lr: str, seed: int, loss: float, failed: str | N
     client.set_terminated(rid, "FAILED" if failed else "FINISHED")
 
 
-@pytest.mark.parametrize("how", ["nan loss", "failed non-finite"])
-def test_an_lr_with_a_diverged_seed_is_not_chosen_over_a_stable_one(tmp_path, how):
-    """lr 0.03: two seeds at 0.040 and one that diverged (a finished run with a NaN val/loss, or a run
-    the trainer failed with "non-finite training loss"); lr 0.01: three seeds at 0.050. The mean of
-    0.03's survivors is lower, yet the stable lr is kept, and the note names the other. Before session
-    40 the analysis kept lr 0.03 on its two surviving seeds."""
+def diverged_lr_store(tmp_path, error: str | None = None) -> str:
+    """A store (experiment "div") whose one cell has lr 0.01 at seeds 0-2 (loss 0.050) and lr 0.03 at
+    seeds 0 and 1 (0.040) and seed 2 diverged: a finished run with a NaN val/loss, or with ``error`` a run
+    the trainer failed. Returns its URI."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -178,8 +176,18 @@ def test_an_lr_with_a_diverged_seed_is_not_chosen_over_a_stable_one(tmp_path, ho
         _log_run(client, exp_id, lr="0.01", seed=s, loss=0.050)
     _log_run(client, exp_id, lr="0.03", seed=0, loss=0.040)
     _log_run(client, exp_id, lr="0.03", seed=1, loss=0.040)
-    error = "non-finite training loss (nan) at step 40" if how.startswith("failed") else None
     _log_run(client, exp_id, lr="0.03", seed=2, loss=float("nan"), failed=error)
+    return uri
+
+
+@pytest.mark.parametrize("how", ["nan loss", "failed non-finite"])
+def test_an_lr_with_a_diverged_seed_is_not_chosen_over_a_stable_one(tmp_path, how):
+    """lr 0.03: two seeds at 0.040 and one that diverged (a finished run with a NaN val/loss, or a run
+    the trainer failed with "non-finite training loss"); lr 0.01: three seeds at 0.050. The mean of
+    0.03's survivors is lower, yet the stable lr is kept, and the note names the other. Before session
+    40 the analysis kept lr 0.03 on its two surviving seeds."""
+    error = "non-finite training loss (nan) at step 40" if how.startswith("failed") else None
+    uri = diverged_lr_store(tmp_path, error)
     prep = prepare(load_runs("div", tracking_uri=uri), AnalysisConfig(min_steps=0))
     assert list(prep.points["lr"]) == [0.01] and prep.points["n_seeds"].tolist() == [3]
     note = next(n for n in prep.notes if "learning rates" in n)

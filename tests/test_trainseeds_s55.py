@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _fit_helpers import sweep, sweep_cli
-from test_analysis_s40 import _log_run
+from test_analysis_s40 import diverged_lr_store
 
 from analysis.config import AnalysisConfig
 from analysis.pipeline import analyze, prepare
@@ -22,27 +22,11 @@ from analysis.status import EXIT_BAD_INPUT, EXIT_NOT_IDENTIFIED
 # ------------------------------------------------------------------ 1. MLflow runs
 
 
-@pytest.fixture
-def lr_store(tmp_path) -> str:
-    """lr 0.01: seeds 0-2 at 0.050; lr 0.03: seeds 0 and 1 at 0.040, seed 2 diverged (NaN val/loss)."""
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment("seeds", artifact_location=(tmp_path / "a").as_uri())
-    for s in range(3):
-        _log_run(client, exp_id, lr="0.01", seed=s, loss=0.050)
-    _log_run(client, exp_id, lr="0.03", seed=0, loss=0.040)
-    _log_run(client, exp_id, lr="0.03", seed=1, loss=0.040)
-    _log_run(client, exp_id, lr="0.03", seed=2, loss=float("nan"))
-    return uri
-
-
-def test_a_seeds_fit_keeps_its_own_best_lr_and_only_its_own_diverged_seeds(lr_store):
+def test_a_seeds_fit_keeps_its_own_best_lr_and_only_its_own_diverged_seeds(tmp_path):
     """Pooled, lr 0.03 loses for its diverged seed 2 (session 40's rule). Seed 0 alone trained 0.03
     without diverging, so its fit keeps 0.03 (0.040 < 0.050); seed 2 alone keeps 0.01, its only finite lr,
     and the load's note names the diverged run."""
-    runs = load_runs("seeds", tracking_uri=lr_store)
+    runs = load_runs("div", tracking_uri=diverged_lr_store(tmp_path))  # seed 2 at lr 0.03: a NaN loss
     assert sorted(runs["seed"]) == [0, 0, 1, 1, 2]  # the param `seed`; the NaN run is not a point
     pooled = prepare(runs, AnalysisConfig(min_steps=0))
     assert list(pooled.points["lr"]) == [0.01] and pooled.points["n_seeds"].tolist() == [3]
