@@ -36,6 +36,7 @@ from analysis.runs import (
     select_points,
     select_seeds,
     set_axes,
+    split_seeds,
     tidy,
     validate_points,
 )
@@ -215,6 +216,8 @@ def prepare(points: pd.DataFrame, cfg: AnalysisConfig) -> Prepared:
     load_notes = list(points.attrs.get("notes", []))  # e.g. `load_runs`: runs not finished, left out
     points, seeds_note = select_seeds(points, cfg.train_seeds)
     load_notes += [seeds_note] if seeds_note else []
+    if cfg.average_seeds and (split := split_seeds(points.attrs.get("settings", []), cfg.train_seeds)):
+        load_notes.append(split)  # seeds of one cell that its other settings keep apart
     diverged = diverged_runs(points)
     points = tidy(validate_points(points))
     pts, dropped, notes = select_points(points, cfg.min_steps, cfg.all_points)

@@ -851,6 +851,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         raise ValueError(missing(f"experiments there: {', '.join(names[:10])}" if names else "no experiment"))
     runs = client.search_runs([exp.experiment_id], max_results=50000)
     frames, n_finished, n_failed, unfinished, unusable, bad, n_bad_fid = [], 0, 0, {}, [], {}, {}
+    settings: list[dict] = []  # the params of each run with points (`split_seeds`)
     diverged: list[dict] = []  # seeds whose training diverged: `best_lr` ranks their lr last
     for run in runs:
         tags = run.data.tags
@@ -884,6 +885,8 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         elif not len(points):  # no val/loss, or no compute or data accounting (logged there)
             unusable.append(rid)
         frames.append(points)
+        if len(points):
+            settings.append(run.data.params)
     why = ", ".join(f"{n} {s}" for s, n in sorted(unfinished.items()))  # e.g. "2 running"
     if n_finished == 0:
         raise ValueError(_no_finished_runs(experiment, n_failed, why))
@@ -925,7 +928,51 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         df.attrs["notes"] = notes
     if diverged:
         df.attrs["diverged"] = diverged
+    df.attrs["settings"] = settings
     return df
+
+
+def split_seeds(settings: Sequence[dict], seeds: Sequence[int] = ()) -> str | None:
+    """A note when runs that look like seeds of one cell are not averaged: runs alike in model, budget and
+    lr, with no seed in common, whose other settings differ (e.g. one seed launched with FID, the others
+    with ``--set eval.eval_every=0``), so `replicate_key` puts them in separate cells; each setting's values
+    are named in the order of the cells' seeds. ``settings``: each
+    run's params (`load_runs`' ``attrs["settings"]``); ``seeds``: only those runs' (empty: all). None when
+    there are none."""
+    if len(seeds):
+        settings = [p for p in settings if _float(p.get("seed")) in seeds]
+    same = ("model.params", "model.patch_size", "budget.train_flops", "optim.lr", OPTIM_LR_EFFECTIVE)
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for params in settings:
+        cell = tuple(params.get(k) for k in same)
+        groups.setdefault(cell, {}).setdefault(replicate_key(params), []).append(params)
+    split = []
+    for cells in groups.values():
+        if len(cells) < 2:
+            continue
+        seeds = [{p.get("seed") for p in runs} for runs in cells.values()]
+        if sum(map(len, seeds)) != len(set().union(*seeds)):  # a seed in two cells: an intended variant
+            continue
+        by_seed = sorted(cells.values(), key=lambda runs: min(_float(p.get("seed")) for p in runs))
+        firsts = [runs[0] for runs in by_seed]
+        keys = sorted({k for p in firsts for k in p} - {"seed", "out"})
+        shown = [
+            f"{k} " + " / ".join(str(p.get(k, "unset")) for p in firsts)
+            for k in keys
+            if not k.startswith(("tracking.", "git.")) and len({p.get(k) for p in firsts}) > 1
+        ]
+        where = (
+            f"{model_label_of_params(firsts[0]) or 'unknown'} at {_float(firsts[0].get(same[2])):.3g} FLOPs"
+        )
+        split.append(f"{where} ({'; '.join(shown[:3])}{'; ...' if len(shown) > 3 else ''})")
+    if not split:
+        return None
+    return (
+        f"{len(split)} cell(s) have seeds that are not averaged because their other settings differ: "
+        + _first(split, 4, "; ")
+        + "; runs are one cell's seeds only when every setting but the seed agrees: launch every seed with "
+        "the same --set, or fit a CSV with a replicate column"
+    )
 
 
 def _lr_of(run) -> dict:

@@ -130,3 +130,57 @@ def test_the_config_refuses_seeds_that_are_not_whole_numbers():
         AnalysisConfig(train_seeds=(0, -1))
     with pytest.raises(ValueError, match="train_seeds"):
         AnalysisConfig(train_seeds=(0.5,))
+
+
+# ------------------------------------------------------------------ 4. seeds kept apart by other settings
+
+
+def _log(client, exp_id, seed: int, loss: float, **extra) -> None:
+    from mlflow.entities import Metric, Param
+
+    rid = client.create_run(exp_id).info.run_id
+    params = {"model.params": 1000, "model.depth": 2, "model.hidden_size": 8, "model.patch_size": 2}
+    params |= {"model.input_size": 16, "optim.schedule": "cosine", "optim.lr": "0.03", "seed": seed}
+    params |= {"budget.train_flops": 6e9, "out": f"/runs/{rid}", "tracking.run_id": rid, **extra}
+    metrics = [Metric("val/loss", loss, 0, 100), Metric("compute/train_flops", 6e9, 0, 100)]
+    metrics.append(Metric("data/images_seen", 1e6, 0, 100))
+    client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+    client.set_terminated(rid, "FINISHED")
+
+
+def test_seeds_that_differ_in_another_setting_are_named_as_not_averaged(tmp_path):
+    """Seed 0 launched with FID (eval.eval_every 100), seeds 1 and 2 with --set eval.eval_every=0: the same
+    training, but two cells to the analysis. The note names the cell and the setting; it is silent where
+    nothing would be averaged anyway (one seed's side, --per-seed) and for a variant that repeats a seed
+    (batch 16 and 32 of seed 0: an ablation, not seeds)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("split", artifact_location=(tmp_path / "a").as_uri())
+    _log(client, exp_id, 0, 0.050, **{"eval.eval_every": 100})
+    _log(client, exp_id, 1, 0.052, **{"eval.eval_every": 0})
+    _log(client, exp_id, 2, 0.054, **{"eval.eval_every": 0})
+    runs = load_runs("split", tracking_uri=uri)
+    prep = prepare(runs, AnalysisConfig(min_steps=0))
+    assert sorted(prep.points["n_seeds"]) == [1, 2]  # not one cell of three
+    note = next(n for n in prep.notes if "not averaged" in n)
+    assert note.startswith("1 cell(s) have seeds that are not averaged because their other settings differ: ")
+    assert "DiT-d2-w8/2 at 6e+09 FLOPs (eval.eval_every 100 / 0)" in note
+    quiet = [
+        AnalysisConfig(min_steps=0, train_seeds=(1, 2)),
+        AnalysisConfig(min_steps=0, average_seeds=False),
+    ]
+    for cfg in quiet:
+        assert not any("not averaged" in n for n in prepare(runs, cfg).notes)
+    two = next(
+        n for n in prepare(runs, AnalysisConfig(min_steps=0, train_seeds=(0, 2))).notes if "not averaged" in n
+    )
+    assert "(eval.eval_every 100 / 0)" in two  # seeds 0 and 2 are still apart
+
+    exp_id = client.create_experiment("ablation", artifact_location=(tmp_path / "b").as_uri())
+    for batch in (16, 32):
+        _log(client, exp_id, 0, 0.050, **{"budget.global_batch_size": batch})
+    _log(client, exp_id, 1, 0.051, **{"budget.global_batch_size": 16})
+    prep = prepare(load_runs("ablation", tracking_uri=uri), AnalysisConfig(min_steps=0))
+    assert not any("not averaged" in n for n in prep.notes)
