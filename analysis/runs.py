@@ -851,7 +851,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         raise ValueError(missing(f"experiments there: {', '.join(names[:10])}" if names else "no experiment"))
     runs = client.search_runs([exp.experiment_id], max_results=50000)
     frames, n_finished, n_failed, unfinished, unusable, bad, n_bad_fid = [], 0, 0, {}, [], {}, {}
-    settings: list[dict] = []  # the params of each run with points (`split_seeds`)
+    settings: list[dict] = []  # the params of each run with points (`split_candidates`)
     diverged: list[dict] = []  # seeds whose training diverged: `best_lr` ranks their lr last
     for run in runs:
         tags = run.data.tags
@@ -928,30 +928,44 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
         df.attrs["notes"] = notes
     if diverged:
         df.attrs["diverged"] = diverged
-    df.attrs["settings"] = settings
+    if candidates := split_candidates(settings):  # few or none: attrs are deep-copied with the frame
+        df.attrs["settings"] = candidates
     return df
+
+
+#: runs alike in these params look like one cell's seeds to `split_seeds`: model, budget and lr
+_SAME_CELL = ("model.params", "model.patch_size", "budget.train_flops", "optim.lr", OPTIM_LR_EFFECTIVE)
+
+
+def _alike(settings: Sequence[dict]) -> list[dict[str, list[dict]]]:
+    """The runs' params grouped by `_SAME_CELL`, then by `replicate_key` within each group."""
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for params in settings:
+        cell = tuple(params.get(k) for k in _SAME_CELL)
+        groups.setdefault(cell, {}).setdefault(replicate_key(params), []).append(params)
+    return list(groups.values())
+
+
+def split_candidates(settings: Sequence[dict]) -> list[dict]:
+    """The params of the runs `split_seeds` may name: those alike in model, budget and lr that fall into
+    more than one cell (usually none, so the frame's attrs stay small)."""
+    return [p for cells in _alike(settings) if len(cells) > 1 for runs in cells.values() for p in runs]
 
 
 def split_seeds(settings: Sequence[dict], seeds: Sequence[int] = ()) -> str | None:
     """A note when runs that look like seeds of one cell are not averaged: runs alike in model, budget and
     lr, with no seed in common, whose other settings differ (e.g. one seed launched with FID, the others
-    with ``--set eval.eval_every=0``), so `replicate_key` puts them in separate cells; each setting's values
-    are named in the order of the cells' seeds. ``settings``: each
-    run's params (`load_runs`' ``attrs["settings"]``); ``seeds``: only those runs' (empty: all). None when
-    there are none."""
+    with ``--set eval.eval_every=0``), so `replicate_key` puts them in separate cells; each setting's
+    values are named in the order of the cells' seeds. ``settings``: the runs' params (`load_runs`'
+    ``attrs["settings"]``); ``seeds``: only those runs' (empty: all). None when there are none."""
     if len(seeds):
         settings = [p for p in settings if _float(p.get("seed")) in seeds]
-    same = ("model.params", "model.patch_size", "budget.train_flops", "optim.lr", OPTIM_LR_EFFECTIVE)
-    groups: dict[tuple, dict[str, list[dict]]] = {}
-    for params in settings:
-        cell = tuple(params.get(k) for k in same)
-        groups.setdefault(cell, {}).setdefault(replicate_key(params), []).append(params)
     split = []
-    for cells in groups.values():
+    for cells in _alike(settings):
         if len(cells) < 2:
             continue
-        seeds = [{p.get("seed") for p in runs} for runs in cells.values()]
-        if sum(map(len, seeds)) != len(set().union(*seeds)):  # a seed in two cells: an intended variant
+        seed_sets = [{p.get("seed") for p in runs} for runs in cells.values()]
+        if sum(map(len, seed_sets)) != len(set().union(*seed_sets)):  # a seed in two cells: a variant
             continue
         by_seed = sorted(cells.values(), key=lambda runs: min(_float(p.get("seed")) for p in runs))
         firsts = [runs[0] for runs in by_seed]
@@ -959,11 +973,10 @@ def split_seeds(settings: Sequence[dict], seeds: Sequence[int] = ()) -> str | No
         shown = [
             f"{k} " + " / ".join(str(p.get(k, "unset")) for p in firsts)
             for k in keys
-            if not k.startswith(("tracking.", "git.")) and len({p.get(k) for p in firsts}) > 1
+            if k.split(".")[0] not in ("tracking", "git") and len({p.get(k) for p in firsts}) > 1
         ]
-        where = (
-            f"{model_label_of_params(firsts[0]) or 'unknown'} at {_float(firsts[0].get(same[2])):.3g} FLOPs"
-        )
+        flops = _float(firsts[0].get("budget.train_flops"))
+        where = f"{model_label_of_params(firsts[0]) or 'unknown'} at {flops:.3g} FLOPs"
         split.append(f"{where} ({'; '.join(shown[:3])}{'; ...' if len(shown) > 3 else ''})")
     if not split:
         return None

@@ -28,6 +28,7 @@ def test_a_seeds_fit_keeps_its_own_best_lr_and_only_its_own_diverged_seeds(tmp_p
     and the load's note names the diverged run."""
     runs = load_runs("div", tracking_uri=diverged_lr_store(tmp_path))  # seed 2 at lr 0.03: a NaN loss
     assert sorted(runs["seed"]) == [0, 0, 1, 1, 2]  # the param `seed`; the NaN run is not a point
+    assert "settings" not in runs.attrs  # no seeds kept apart by other settings: no params carried along
     pooled = prepare(runs, AnalysisConfig(min_steps=0))
     assert list(pooled.points["lr"]) == [0.01] and pooled.points["n_seeds"].tolist() == [3]
     assert np.isnan(pooled.points["seed"]).all()  # a mean over seeds has no seed
