@@ -934,7 +934,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 #: runs alike in these params look like one cell's seeds to `split_seeds`: model, budget and lr
-_SAME_CELL = ("model.params", "model.patch_size", "budget.train_flops", "optim.lr", OPTIM_LR_EFFECTIVE)
+_SAME_CELL = (MODEL_PARAMS, "model.patch_size", "budget.train_flops", "optim.lr", OPTIM_LR_EFFECTIVE)
 
 
 def _alike(settings: Sequence[dict]) -> list[dict[str, list[dict]]]:
