@@ -594,8 +594,7 @@ def select_seeds(points: pd.DataFrame, seeds: Sequence[int]) -> tuple[pd.DataFra
             f"seeds are {', '.join(map(str, known))}"
         )
     keep = have.isin(list(seeds)).to_numpy()
-    out = points[keep].copy()
-    out.attrs = dict(points.attrs)
+    out = points[keep].copy()  # its attrs a deep copy of the points' (pandas)
     if div := out.attrs.get("diverged"):
         out.attrs["diverged"] = [r for r in div if r.get("seed") in seeds]
     n_all, n_kept = count_runs(points["run_id"]), count_runs(out["run_id"])
@@ -637,7 +636,8 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         row["fid_se"] = float(np.sqrt((g["fid_se"] ** 2).sum(min_count=len(g)))) / len(g)  # NaN: one unknown
         row["run_id"] = " + ".join(sorted(g["run_id"].astype(str)))
         row["n_seeds"] = len(g)
-        row["seed"] = row["seed"] if len(g) == 1 else np.nan  # a mean of seeds has none
+        if len(g) > 1:
+            row["seed"] = np.nan  # a mean of seeds has none
         row["loss_seed_sd"] = g["loss"].std(ddof=1) / g["loss"].mean() if len(g) > 1 else np.nan
         rows.append(row)
     out = pd.DataFrame(rows)
