@@ -779,6 +779,7 @@ class HoldoutResult:
     mape_fid: float = math.nan
     best_model_pred: str | None = None  # the held-out model with the lowest predicted loss (parametric law)
     best_model_obs: str | None = None  # ... with the lowest observed loss (mean over its runs, e.g. seeds)
+    best_model_gap: float = math.nan  # the predicted one's observed loss / the best's - 1 (0: same)
     pure_law_error: float = math.nan  # frontier_error of the frontier's pure power law L = A C^-alpha
     best_loss_interval: tuple[float, float] = (math.nan, math.nan)  # the prediction's bootstrap interval
 
@@ -826,12 +827,16 @@ class HoldoutResult:
             lines.append(
                 f"  best model there: predicted {self.best_model_pred}, observed {self.best_model_obs}"
             )
+            if self.best_model_gap > 0:  # a near tie reads differently from a wrong ranking
+                lines[-1] += (
+                    f" ({self.best_model_pred}'s observed loss {100 * self.best_model_gap:.2f}% above)"
+                )
         return "\n".join(lines)
 
 
 #: the numbers of `HoldoutResult.to_dict`, in its order
 HOLDOUT_KEYS = ("mape_loss", "max_ape_loss", "frontier_error", "mape_fid", "best_model_pred")
-HOLDOUT_KEYS += ("best_model_obs", "pure_law_error", "best_loss_pred", "best_loss_obs")
+HOLDOUT_KEYS += ("best_model_obs", "best_model_gap", "pure_law_error", "best_loss_pred", "best_loss_obs")
 
 
 def largest_compute_runs(points: pd.DataFrame, frac: float = 0.1) -> np.ndarray:
@@ -893,12 +898,15 @@ def holdout_prepared(prep: Prepared, cfg: AnalysisConfig) -> HoldoutResult:
         test["pred_fid"] = an.fid_vs_loss.predict(test["pred_loss"])
         f = test.dropna(subset=["fid"])
         mape_fid = float(np.mean(np.abs(f["pred_fid"] - f["fid"]) / f["fid"]))
-    best = (None, None)
+    best, gap = (None, None), math.nan
     if an.parametric is not None and test["model"].notna().all():  # a C-only law cannot rank models
-        best = tuple(str(test.groupby("model")[c].mean().idxmin()) for c in ("pred_loss", "loss"))
+        by_model = test.groupby("model")[["pred_loss", "loss"]].mean()
+        pred_best, obs_best = by_model["pred_loss"].idxmin(), by_model["loss"].idxmin()
+        best = (str(pred_best), str(obs_best))
+        gap = float(by_model.at[pred_best, "loss"] / by_model.at[obs_best, "loss"] - 1)
     pure = an.loss_vs_compute_pure
     pure_error = (float(pure.predict(c_max)) - best_true) / best_true if pure is not None else math.nan
     return HoldoutResult(
-        test, an, float(ape.mean()), float(ape.max()), best_pred, best_true, mape_fid, *best,
+        test, an, float(ape.mean()), float(ape.max()), best_pred, best_true, mape_fid, *best, gap,
         pure_law_error=pure_error, best_loss_interval=interval,
     )  # fmt: skip

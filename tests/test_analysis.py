@@ -532,13 +532,21 @@ def test_analyze_predict_and_holdout_on_synthetic():
     truth = test.assign(t=t)
     best = truth.loc[truth["t"].idxmin(), "model"]
     assert hold.best_model_pred == hold.best_model_obs == best
-    assert f"predicted {best}, observed {best}" in hold.text()
+    assert f"predicted {best}, observed {best}\n" in hold.text() + "\n"  # no gap named when they agree
+    assert hold.best_model_gap == 0.0
     # the two are read from different columns: spoil the best model's held-out losses (not used by the
     # fit) and only the observed name moves
     spoiled = pts.copy()
     spoiled.loc[spoiled["run_id"].isin(test.loc[test["model"] == best, "run_id"]), "loss"] *= 1.5
     hold2 = holdout_largest(spoiled, AnalysisConfig(n_bootstrap=0))
     assert hold2.best_model_pred == best and hold2.best_model_obs != best
+    # the report says how far the named model's observed loss lies above the observed best's (a near tie
+    # or a wrong ranking), from the held-out losses by hand
+    obs = hold2.held_out.groupby("model")["loss"].mean()
+    gap = obs[best] / obs.min() - 1
+    assert gap > 0 and hold2.best_model_gap == pytest.approx(gap, rel=1e-12)
+    assert hold2.to_dict()["best_model_gap"] == hold2.best_model_gap
+    assert f"observed {hold2.best_model_obs} ({best}'s observed loss {100 * gap:.2f}% above)" in hold2.text()
 
 
 def test_holdout_uses_the_runs_flops_per_image_and_scores_fid_by_hand():
