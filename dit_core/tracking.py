@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .atomic import atomic_write_text
+from .trainer.signals import ctrl_c_deferred
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,34 @@ def sqlite_store_path(uri: str | None) -> Path | None:
     other stores and in-memory databases."""
     m = re.match(r"sqlite(\+\w+)?:///([^?]+)", uri or "")
     return None if m is None or m.group(2) == ":memory:" else Path(unquote(m.group(2)))
+
+
+class CtrlCSafeClient:
+    """An ``MlflowClient`` whose calls finish before a Ctrl-C acts (`ctrl_c_deferred`, in the main
+    thread): one cut in half would leave a SQL store's transaction open, and every later write of this
+    process, the run's end included, wait on its lock. Other attributes are the client's."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with ctrl_c_deferred():
+                return attr(*args, **kwargs)
+
+        return call
+
+
+def ctrl_c_safe_client(uri: str | None = None) -> CtrlCSafeClient:
+    """An `MlflowClient` of the store at ``uri`` (None: MLflow's default), its calls whole under a Ctrl-C."""
+    from mlflow import MlflowClient
+
+    return CtrlCSafeClient(MlflowClient(tracking_uri=uri))
 
 
 def get_or_create_experiment(client, name: str) -> str:
@@ -397,10 +426,9 @@ class RunTracker:
         ``experiment``; the id is saved to ``<out_dir>/mlflow_run_id``. Without ``reuse_saved_id`` the
         run saved there is ended if left RUNNING, unless it is ``spare_run_id`` (a fork's parent run,
         which its own trainer may still be writing)."""
-        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        client = MlflowClient(tracking_uri=uri)
+        client = ctrl_c_safe_client(uri)
         out = Path(out_dir) if out_dir is not None else None
         id_file = out / RUN_ID_FILE if out is not None else None
         if run_id is None and reuse_saved_id and id_file is not None and id_file.is_file():

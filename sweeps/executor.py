@@ -472,8 +472,6 @@ def end_unstarted_run(
     if not run_id or not uri:
         return
     try:
-        from mlflow.tracking import MlflowClient
-
         from dit_core import tracking
         from dit_core.trainer.signals import PREEMPTION_SIGNALS, signals_deferred
         from sweeps.state import DIED_BEFORE_TRAINING
@@ -481,7 +479,9 @@ def end_unstarted_run(
         error, tag = f"{type(err).__name__}: {err}", tag or DIED_BEFORE_TRAINING
         error += f" (on rank {rank})" if rank else ""
         with signals_deferred(*PREEMPTION_SIGNALS, during=f"ending cell {task.cell_id}'s run"):
-            tracking.end_run_if(MlflowClient(uri), run_id, left=left, status="FAILED", tag=tag, error=error)
+            tracking.end_run_if(
+                tracking.ctrl_c_safe_client(uri), run_id, left=left, status="FAILED", tag=tag, error=error
+            )
     except Exception as e:  # the job's own error is what matters: it is raised next
         log.warning("cell %s: could not end its MLflow run %s (%s)", task.cell_id, run_id, e)
 

@@ -138,10 +138,11 @@ def store_exists(uri: str) -> bool:
 
 
 def _client(tracking_uri: str) -> Any:
-    """An `MlflowClient` of the store at ``tracking_uri`` (mlflow is imported when first needed)."""
-    from mlflow.tracking import MlflowClient
+    """An `MlflowClient` of the store at ``tracking_uri`` (mlflow is imported when first needed), its
+    calls whole under a Ctrl-C (`dit_core.tracking.CtrlCSafeClient`)."""
+    from dit_core.tracking import ctrl_c_safe_client
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    return ctrl_c_safe_client(tracking_uri)
 
 
 def ensure_experiment(tracking_uri: str, experiment: str) -> str:

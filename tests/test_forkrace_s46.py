@@ -76,6 +76,14 @@ def _release_once_dead(pid: int, release: Path) -> None:
     release.touch()
 
 
+def _err(job: Any) -> str:
+    """The end of the job's stderr, for a failure's message (session 57: CI's failure said only that the
+    child was alive; a Ctrl-C had cut an MLflow write in half, and the run's end waited on SQLite's lock)."""
+    with contextlib.suppress(OSError):
+        return "; the child's stderr ends:\n" + job.paths.stderr.read_text()[-3000:]
+    return ""
+
+
 def held_warm_cell(tmp_path: Path, job_env: str, name: str) -> tuple[Any, Any, WarmExecutor, Path, Path]:
     """One S cell of the stand-in trainer (0.05 s steps, held before its last step until
     ``tmp_path/end``) for a fresh warm worker, whose forks this module holds (`HOLD_ENV` must be set);
@@ -143,11 +151,11 @@ def test_a_cell_forked_just_before_the_worker_is_killed_gets_the_ctrl_c(
         if ctrl_c == "first":
             monkeypatch.setattr(runner, "record_interrupts", lambda uri, counts: None)  # no MLflow record
             ended = interrupt_launch(job_env, cell, job, ex, wait_s=20.0)
-            assert ended == [[cell.cell_id]], "the job was still alive after the Ctrl-C's wait"
+            assert ended == [[cell.cell_id]], f"the job was still alive after the Ctrl-C's wait{_err(job)}"
             kind, value = pickle.loads((job.paths.folder / f"{job.job_id}_0_result.pkl").read_bytes())
             assert kind == "error" and "KeyboardInterrupt" in value  # the Ctrl-C stopped the cell
         else:
-            assert runner._kill_jobs([job], wait_s=20.0) == [], "not seen to end"
+            assert runner._kill_jobs([job], wait_s=20.0) == [], f"not seen to end{_err(job)}"
         assert job.done() and not cell_lock_held(task.run_dir) and not pid_alive(child)
         assert not ex.alive() and job.pid() == child
         assert step_of(progress) < cell.steps

@@ -40,6 +40,7 @@ __all__ = [
     "SIGNAL_SYNC_S",
     "PreemptionGuard",
     "SignalSync",
+    "ctrl_c_deferred",
     "signals_deferred",
     "in_local_job",
 ]
@@ -233,6 +234,38 @@ def signals_deferred(*sigs: int, during: str = "", again_after_s: float | None =
             if during:
                 log.warning("received %s while %s; acting on it now", signal.Signals(s).name, during)
             signal.raise_signal(s)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred(again_after_s: float = SIGINT_ECHO_S) -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block ends, then give it to the handler there was, restored as
+    it was (a `PreemptionGuard`'s too: the run still checkpoints). For a tracking-store call: a
+    KeyboardInterrupt in the middle of MLflow's SQL leaves the transaction open, and SQLite's lock then
+    stops every later write of this process, the run's end included (MLflow's 20 s busy timeout, then
+    an error: the run is left RUNNING). A second SIGINT more than ``again_after_s`` after the first
+    raises KeyboardInterrupt at once (a store that hangs). A no-op off the main thread and where SIGINT
+    is ignored or not set from Python."""
+    previous = (
+        signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    )
+    if previous is None or previous == signal.SIG_IGN:
+        yield
+        return
+    first: list[float] = []  # time.monotonic() of the SIGINT held
+
+    def hold(_signum: int, _frame: FrameType | None) -> None:
+        if first and time.monotonic() - first[0] > again_after_s:
+            first.clear()  # this KeyboardInterrupt is the Ctrl-C: not given again as the block ends
+            raise KeyboardInterrupt
+        first[:] = first or [time.monotonic()]
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if first:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _before_guard(signum: int, handler: object) -> object:

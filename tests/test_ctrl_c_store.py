@@ -1,0 +1,136 @@
+"""A Ctrl-C that lands inside a tracking-store call: the call finishes, then the Ctrl-C acts.
+
+Found in CI (session 57): a KeyboardInterrupt raised while MLflow's SQLAlchemy store committed left
+the transaction open; SQLite's lock then held the run's end (``status=failed``, FAILED) for MLflow's
+busy timeout (20 s), which then failed: the run stayed RUNNING. Here a real SIGINT is sent to this
+process from inside SQLAlchemy (its ``commit`` event, at the one commit a call makes), against a real
+sqlite store, through the clients the trainer (`RunTracker`) and the launcher (`sweeps.state`) use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from mlflow import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from dit_core.tracking import RunTracker
+from dit_core.trainer.signals import PreemptionGuard, ctrl_c_deferred
+from sweeps import state
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """A sqlite store of this module's own: a lock one test left would stall no other module's."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('ctrl_c_store')}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments()  # its tables, made once
+    return uri
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt here (an xdist worker may ignore it); restored after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+class sigint_at_commit:
+    """Within the block, send this process a SIGINT from inside SQLAlchemy at its next commit, once."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def _fire(self, _conn) -> None:
+        if not self.sent:
+            self.sent += 1
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def __enter__(self) -> sigint_at_commit:
+        event.listen(Engine, "commit", self._fire)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        event.remove(Engine, "commit", self._fire)
+
+
+def test_the_trainers_tracker_ends_a_run_whose_write_a_ctrl_c_cut_into(store, ctrl_c):
+    tracker = RunTracker.start(uri=store, experiment="ctrl-c")
+    with pytest.raises(KeyboardInterrupt), sigint_at_commit() as cut:
+        tracker.set_tags({"written": "yes"})
+    assert cut.sent == 1
+    tracker.finish("failed")  # before: "database is locked" after 20 s, the run left RUNNING
+    run = MlflowClient(tracking_uri=store).get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["written"] == "yes" and run.data.tags["status"] == "failed"
+
+
+def test_the_launchers_client_ends_a_run_whose_write_a_ctrl_c_cut_into(store, ctrl_c):
+    client = state._client(store)
+    exp = client.get_experiment_by_name("ctrl-c") or client.create_experiment("ctrl-c")
+    exp_id = exp if isinstance(exp, str) else exp.experiment_id
+    run_id = client.create_run(exp_id).info.run_id
+    with pytest.raises(KeyboardInterrupt), sigint_at_commit() as cut:
+        client.set_tag(run_id, "written", "yes")
+    assert cut.sent == 1
+    client.set_terminated(run_id, status="KILLED")
+    run = MlflowClient(tracking_uri=store).get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["written"] == "yes"
+
+
+def test_a_ctrl_c_held_for_a_write_still_asks_a_running_trainer_for_its_checkpoint(ctrl_c):
+    """Inside a `PreemptionGuard` (a training run), the held SIGINT goes to the guard, as one that came
+    between two writes: a checkpoint is asked for, nothing is raised, the guard's handler is back."""
+    with PreemptionGuard((signal.SIGINT,)) as guard:
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            with ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                assert guard.received is None  # held while the block runs
+        except KeyboardInterrupt:
+            pytest.fail("the held Ctrl-C raised KeyboardInterrupt instead of reaching the guard")
+        assert guard.received == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) == handler
+
+
+def test_a_second_ctrl_c_stops_a_hung_write_at_once_and_only_once(ctrl_c):
+    raised = []
+    try:
+        with ctrl_c_deferred(again_after_s=0.0):
+            os.kill(os.getpid(), signal.SIGINT)  # held
+            time.sleep(0.01)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # later: the user's second Ctrl-C
+                time.sleep(1.0)  # interrupted at once
+            except KeyboardInterrupt:
+                raised.append("inside")
+    except KeyboardInterrupt:  # the held one must not be given again: it was the same Ctrl-C
+        raised.append("after")
+    assert raised == ["inside"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_ctrl_c_stays_ignored_and_other_threads_are_left_alone(ctrl_c):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with ctrl_c_deferred():
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    errors: list[BaseException] = []
+
+    def off_main() -> None:
+        try:
+            with ctrl_c_deferred():  # signal.signal would raise ValueError here
+                pass
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    t = threading.Thread(target=off_main)
+    t.start()
+    t.join()
+    assert errors == []
