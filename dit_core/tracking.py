@@ -201,6 +201,8 @@ class CtrlCSafeClient:
         self.client = client
 
     def __getattr__(self, name: str) -> Any:
+        if name == "client":  # not set yet (a copy being made): no endless lookup
+            raise AttributeError(name)
         attr = getattr(self.client, name)
         if not callable(attr):
             return attr

@@ -8,6 +8,7 @@ sqlite store, through the clients the trainer (`RunTracker`) and the launcher (`
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import threading
@@ -80,6 +81,7 @@ def test_the_launchers_client_ends_a_run_whose_write_a_ctrl_c_cut_into(store, ct
     client.set_terminated(run_id, status="KILLED")
     run = MlflowClient(tracking_uri=store).get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["written"] == "yes"
+    assert copy.copy(client).client is client.client  # a copy looks its client up once, not endlessly
 
 
 def test_a_ctrl_c_held_for_a_write_still_asks_a_running_trainer_for_its_checkpoint(ctrl_c):
