@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .atomic import atomic_write_text
-from .trainer.signals import ctrl_c_deferred
+from .trainer.signals import interrupts_deferred
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +192,11 @@ def sqlite_store_path(uri: str | None) -> Path | None:
     return None if m is None or m.group(2) == ":memory:" else Path(unquote(m.group(2)))
 
 
-class CtrlCSafeClient:
-    """An ``MlflowClient`` whose calls finish before a Ctrl-C acts (`ctrl_c_deferred`, in the main
-    thread): one cut in half would leave a SQL store's transaction open, and every later write of this
-    process, the run's end included, wait on its lock. Other attributes are the client's."""
+class InterruptSafeClient:
+    """An ``MlflowClient`` whose calls finish before a Ctrl-C (or the launcher's SIGTERM, SIGHUP) acts
+    (`interrupts_deferred`, in the main thread): one cut in half would leave a SQL store's transaction
+    open, and every later write of this process, the run's end included, wait on its lock. Other
+    attributes are the client's."""
 
     def __init__(self, client: Any):
         self.client = client
@@ -209,17 +210,18 @@ class CtrlCSafeClient:
 
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
-            with ctrl_c_deferred():
+            with interrupts_deferred():
                 return attr(*args, **kwargs)
 
         return call
 
 
-def ctrl_c_safe_client(uri: str | None = None) -> CtrlCSafeClient:
-    """An `MlflowClient` of the store at ``uri`` (None: MLflow's default), its calls whole under a Ctrl-C."""
+def interrupt_safe_client(uri: str | None = None) -> InterruptSafeClient:
+    """An `MlflowClient` of the store at ``uri`` (None: MLflow's default), its calls whole under a Ctrl-C
+    (`InterruptSafeClient`)."""
     from mlflow import MlflowClient
 
-    return CtrlCSafeClient(MlflowClient(tracking_uri=uri))
+    return InterruptSafeClient(MlflowClient(tracking_uri=uri))
 
 
 def get_or_create_experiment(client, name: str) -> str:
@@ -430,7 +432,7 @@ class RunTracker:
         which its own trainer may still be writing)."""
         from mlflow.exceptions import MlflowException
 
-        client = ctrl_c_safe_client(uri)
+        client = interrupt_safe_client(uri)
         out = Path(out_dir) if out_dir is not None else None
         id_file = out / RUN_ID_FILE if out is not None else None
         if run_id is None and reuse_saved_id and id_file is not None and id_file.is_file():

@@ -480,7 +480,7 @@ def end_unstarted_run(
         error += f" (on rank {rank})" if rank else ""
         with signals_deferred(*PREEMPTION_SIGNALS, during=f"ending cell {task.cell_id}'s run"):
             tracking.end_run_if(
-                tracking.ctrl_c_safe_client(uri), run_id, left=left, status="FAILED", tag=tag, error=error
+                tracking.interrupt_safe_client(uri), run_id, left=left, status="FAILED", tag=tag, error=error
             )
     except Exception as e:  # the job's own error is what matters: it is raised next
         log.warning("cell %s: could not end its MLflow run %s (%s)", task.cell_id, run_id, e)

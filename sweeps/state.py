@@ -139,10 +139,10 @@ def store_exists(uri: str) -> bool:
 
 def _client(tracking_uri: str) -> Any:
     """An `MlflowClient` of the store at ``tracking_uri`` (mlflow is imported when first needed), its
-    calls whole under a Ctrl-C (`dit_core.tracking.CtrlCSafeClient`)."""
-    from dit_core.tracking import ctrl_c_safe_client
+    calls whole under a Ctrl-C, SIGTERM or SIGHUP (`dit_core.tracking.InterruptSafeClient`)."""
+    from dit_core.tracking import interrupt_safe_client
 
-    return ctrl_c_safe_client(tracking_uri)
+    return interrupt_safe_client(tracking_uri)
 
 
 def ensure_experiment(tracking_uri: str, experiment: str) -> str:

@@ -1,8 +1,9 @@
-"""A Ctrl-C that lands inside a tracking-store call: the call finishes, then the Ctrl-C acts.
+"""A Ctrl-C (or the launcher's SIGTERM) that lands inside a tracking-store call: the call finishes, then
+the signal acts.
 
 Found in CI (session 57): a KeyboardInterrupt raised while MLflow's SQLAlchemy store committed left
 the transaction open; SQLite's lock then held the run's end (``status=failed``, FAILED) for MLflow's
-busy timeout (20 s), which then failed: the run stayed RUNNING. Here a real SIGINT is sent to this
+busy timeout (20 s), which then failed: the run stayed RUNNING. Here a real signal is sent to this
 process from inside SQLAlchemy (its ``commit`` event, at the one commit a call makes), against a real
 sqlite store, through the clients the trainer (`RunTracker`) and the launcher (`sweeps.state`) use."""
 
@@ -20,8 +21,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from dit_core.tracking import RunTracker
-from dit_core.trainer.signals import PreemptionGuard, ctrl_c_deferred
+from dit_core.trainer.signals import STORE_HELD_SIGNALS, PreemptionGuard, interrupts_deferred
 from sweeps import state
+from sweeps.runner import CancelInterrupted, stop_on_signals
 
 
 @pytest.fixture(scope="module")
@@ -34,24 +36,27 @@ def store(tmp_path_factory) -> str:
 
 @pytest.fixture
 def ctrl_c():
-    """SIGINT raises KeyboardInterrupt here (an xdist worker may ignore it); restored after."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    """SIGINT raises KeyboardInterrupt here (an xdist worker may ignore it); every held signal's
+    handler is restored after."""
+    previous = {s: signal.getsignal(s) for s in STORE_HELD_SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    signal.signal(signal.SIGINT, previous)
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
-class sigint_at_commit:
-    """Within the block, send this process a SIGINT from inside SQLAlchemy at its next commit, once."""
+class signal_at_commit:
+    """Within the block, send this process ``signum`` from inside SQLAlchemy at its next commit, once."""
 
-    def __init__(self) -> None:
-        self.sent = 0
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        self.signum, self.sent = signum, 0
 
     def _fire(self, _conn) -> None:
         if not self.sent:
             self.sent += 1
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
 
-    def __enter__(self) -> sigint_at_commit:
+    def __enter__(self) -> signal_at_commit:
         event.listen(Engine, "commit", self._fire)
         return self
 
@@ -61,7 +66,7 @@ class sigint_at_commit:
 
 def test_the_trainers_tracker_ends_a_run_whose_write_a_ctrl_c_cut_into(store, ctrl_c):
     tracker = RunTracker.start(uri=store, experiment="ctrl-c")
-    with pytest.raises(KeyboardInterrupt), sigint_at_commit() as cut:
+    with pytest.raises(KeyboardInterrupt), signal_at_commit() as cut:
         tracker.set_tags({"written": "yes"})
     assert cut.sent == 1
     tracker.finish("failed")  # before: "database is locked" after 20 s, the run left RUNNING
@@ -70,14 +75,19 @@ def test_the_trainers_tracker_ends_a_run_whose_write_a_ctrl_c_cut_into(store, ct
     assert run.data.tags["written"] == "yes" and run.data.tags["status"] == "failed"
 
 
-def test_the_launchers_client_ends_a_run_whose_write_a_ctrl_c_cut_into(store, ctrl_c):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["int", "term", "hup"])
+def test_the_launchers_client_ends_a_run_whose_write_a_stop_signal_cut_into(store, ctrl_c, signum):
+    """The launcher takes SIGTERM and SIGHUP as its Ctrl-C (`stop_on_signals`: `CancelInterrupted`)."""
+    stop_on_signals()
     client = state._client(store)
-    exp = client.get_experiment_by_name("ctrl-c") or client.create_experiment("ctrl-c")
-    exp_id = exp if isinstance(exp, str) else exp.experiment_id
+    exp = client.get_experiment_by_name("ctrl-c")
+    exp_id = exp.experiment_id if exp else client.create_experiment("ctrl-c")
     run_id = client.create_run(exp_id).info.run_id
-    with pytest.raises(KeyboardInterrupt), sigint_at_commit() as cut:
+    with pytest.raises(KeyboardInterrupt) as raised, signal_at_commit(signum) as cut:
         client.set_tag(run_id, "written", "yes")
     assert cut.sent == 1
+    assert getattr(raised.value, "signum", signal.SIGINT) == signum
+    assert isinstance(raised.value, CancelInterrupted) == (signum != signal.SIGINT)
     client.set_terminated(run_id, status="KILLED")
     run = MlflowClient(tracking_uri=store).get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["written"] == "yes"
@@ -85,41 +95,47 @@ def test_the_launchers_client_ends_a_run_whose_write_a_ctrl_c_cut_into(store, ct
 
 
 def test_a_ctrl_c_held_for_a_write_still_asks_a_running_trainer_for_its_checkpoint(ctrl_c):
-    """Inside a `PreemptionGuard` (a training run), the held SIGINT goes to the guard, as one that came
-    between two writes: a checkpoint is asked for, nothing is raised, the guard's handler is back."""
-    with PreemptionGuard((signal.SIGINT,)) as guard:
-        handler = signal.getsignal(signal.SIGINT)
+    """Inside a `PreemptionGuard` (a training run), the held SIGINT and SIGTERM go to the guard, as ones
+    that came between two writes: a checkpoint is asked for, nothing is raised, the guard's handlers
+    are back."""
+    with PreemptionGuard((signal.SIGINT, signal.SIGTERM)) as guard:
+        handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
         try:
-            with ctrl_c_deferred():
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
                 os.kill(os.getpid(), signal.SIGINT)
                 assert guard.received is None  # held while the block runs
         except KeyboardInterrupt:
             pytest.fail("the held Ctrl-C raised KeyboardInterrupt instead of reaching the guard")
-        assert guard.received == signal.SIGINT
-        assert signal.getsignal(signal.SIGINT) == handler
+        assert guard.received == signal.SIGINT  # given last, as it came
+        assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
-def test_a_second_ctrl_c_stops_a_hung_write_at_once_and_only_once(ctrl_c):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "launcher_sigterm"])
+def test_a_second_stop_signal_stops_a_hung_write_at_once_and_only_once(ctrl_c, signum):
+    stop_on_signals()
     raised = []
     try:
-        with ctrl_c_deferred(again_after_s=0.0):
-            os.kill(os.getpid(), signal.SIGINT)  # held
+        with interrupts_deferred(again_after_s=0.0):
+            os.kill(os.getpid(), signum)  # held
             time.sleep(0.01)
             try:
-                os.kill(os.getpid(), signal.SIGINT)  # later: the user's second Ctrl-C
+                os.kill(os.getpid(), signum)  # later: the user's second Ctrl-C, a second kill
                 time.sleep(1.0)  # interrupted at once
-            except KeyboardInterrupt:
-                raised.append("inside")
-    except KeyboardInterrupt:  # the held one must not be given again: it was the same Ctrl-C
-        raised.append("after")
-    assert raised == ["inside"]
+            except KeyboardInterrupt as e:
+                raised.append(("inside", getattr(e, "signum", signal.SIGINT)))
+    except KeyboardInterrupt:  # the held one must not be given again: it was the same stop
+        raised.append(("after", signum))
+    assert raised == [("inside", signum)]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_an_ignored_ctrl_c_stays_ignored_and_other_threads_are_left_alone(ctrl_c):
+def test_ignored_and_default_signals_are_left_alone_and_so_are_other_threads(ctrl_c):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with ctrl_c_deferred():
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # its default action ends the process, and its locks
+    with interrupts_deferred():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -127,7 +143,7 @@ def test_an_ignored_ctrl_c_stays_ignored_and_other_threads_are_left_alone(ctrl_c
 
     def off_main() -> None:
         try:
-            with ctrl_c_deferred():  # signal.signal would raise ValueError here
+            with interrupts_deferred():  # signal.signal would raise ValueError here
                 pass
         except BaseException as e:  # noqa: BLE001 - reported by the assert below
             errors.append(e)

@@ -155,11 +155,11 @@ def _event(cfg: TrainConfig, what: str) -> None:
 def train(cfg: TrainConfig) -> TrainResult:
     import mlflow as fluent
 
-    from dit_core.tracking import CtrlCSafeClient
+    from dit_core.tracking import InterruptSafeClient
 
     # each store call whole under a Ctrl-C, as the real trainer's: one cut in half left SQLite's lock
     # held, and the run's end below waited 20 s on it, then failed (CI saw the Ctrl-C tests time out)
-    mlflow = CtrlCSafeClient(fluent)
+    mlflow = InterruptSafeClient(fluent)
 
     if cfg.setup_error:
         raise ValueError(cfg.setup_error)

@@ -40,7 +40,8 @@ __all__ = [
     "SIGNAL_SYNC_S",
     "PreemptionGuard",
     "SignalSync",
-    "ctrl_c_deferred",
+    "STORE_HELD_SIGNALS",
+    "interrupts_deferred",
     "signals_deferred",
     "in_local_job",
 ]
@@ -55,6 +56,9 @@ HANGUP_SIGNALS = tuple(s for s in (getattr(signal, "SIGHUP", None),) if s is not
 CTRL_C_SIGNALS = (signal.SIGINT, *HANGUP_SIGNALS)
 #: the CLI's: a terminal's Ctrl-C (SIGINT) or hangup (SIGHUP) checkpoints like a preemption
 INTERRUPT_SIGNALS = (*PREEMPTION_SIGNALS, *CTRL_C_SIGNALS)
+#: What a tracking-store call holds (`interrupts_deferred`): the signals whose Python handlers may raise
+#: (a Ctrl-C; SIGTERM and SIGHUP in the launcher, `sweeps.runner.stop_on_signals`)
+STORE_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP_SIGNALS)
 #: In a local job, a SIGINT this many seconds or less after the first is the same Ctrl-C: the launcher,
 #: stopped by the terminal's SIGINT, passes one on to a plain job, which the terminal's has reached too
 #: (submitit's controller, which also did, ignores it since session 47: `sweeps.executor.IGNORE_CTRL_C`).
@@ -237,35 +241,43 @@ def signals_deferred(*sigs: int, during: str = "", again_after_s: float | None =
 
 
 @contextlib.contextmanager
-def ctrl_c_deferred(again_after_s: float = SIGINT_ECHO_S) -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) until the block ends, then give it to the handler there was, restored as
-    it was (a `PreemptionGuard`'s too: the run still checkpoints). For a tracking-store call: a
-    KeyboardInterrupt in the middle of MLflow's SQL leaves the transaction open, and SQLite's lock then
-    stops every later write of this process, the run's end included (MLflow's 20 s busy timeout, then
-    an error: the run is left RUNNING). A second SIGINT more than ``again_after_s`` after the first
-    raises KeyboardInterrupt at once (a store that hangs). A no-op off the main thread and where SIGINT
-    is ignored or not set from Python."""
-    previous = (
-        signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    )
-    if previous is None or previous == signal.SIG_IGN:
+def interrupts_deferred(again_after_s: float = SIGINT_ECHO_S) -> Iterator[None]:
+    """Hold `STORE_HELD_SIGNALS` that a Python handler takes until the block ends, then give each to that
+    handler, restored as it was (a `PreemptionGuard`'s too: the run still checkpoints). For a
+    tracking-store call: an exception a handler raises in the middle of MLflow's SQL (a Ctrl-C's
+    KeyboardInterrupt, the launcher's `CancelInterrupted` on SIGTERM or SIGHUP) leaves the transaction
+    open, and SQLite's lock then stops every later write of this process, the run's end included
+    (MLflow's 20 s busy timeout, then an error: the run is left RUNNING). The same signal again more
+    than ``again_after_s`` after the first goes to its handler at once, and only then (SIGINT raises
+    KeyboardInterrupt: a second Ctrl-C, for a store that hangs). A no-op off the main thread; a
+    signal at its default action (which ends the process, and its locks) or ignored is left alone."""
+    taken: dict[int, Callable] = {}
+    if threading.current_thread() is threading.main_thread():
+        taken = {s: h for s in STORE_HELD_SIGNALS if callable(h := signal.getsignal(s))}
+    if not taken:
         yield
         return
-    first: list[float] = []  # time.monotonic() of the SIGINT held
+    held: dict[int, float] = {}  # signal -> time.monotonic() of its first arrival
 
-    def hold(_signum: int, _frame: FrameType | None) -> None:
-        if first and time.monotonic() - first[0] > again_after_s:
-            first.clear()  # this KeyboardInterrupt is the Ctrl-C: not given again as the block ends
-            raise KeyboardInterrupt
-        first[:] = first or [time.monotonic()]
+    def hold(signum: int, frame: FrameType | None) -> None:
+        first = held.get(signum)
+        if first is None:
+            held[signum] = time.monotonic()
+        elif time.monotonic() - first > again_after_s:  # meant: given now, not again as the block ends
+            del held[signum]
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            taken[signum](signum, frame)
 
-    signal.signal(signal.SIGINT, hold)
+    for s in taken:
+        signal.signal(s, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if first:
-            signal.raise_signal(signal.SIGINT)
+        for s, handler in taken.items():
+            signal.signal(s, handler)
+        for s in sorted(held, key=lambda s: s == signal.SIGINT):  # SIGINT's KeyboardInterrupt last
+            signal.raise_signal(s)
 
 
 def _before_guard(signum: int, handler: object) -> object:
