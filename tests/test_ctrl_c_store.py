@@ -36,10 +36,13 @@ def store(tmp_path_factory) -> str:
 
 @pytest.fixture
 def ctrl_c():
-    """SIGINT raises KeyboardInterrupt here (an xdist worker may ignore it); every held signal's
+    """SIGINT raises KeyboardInterrupt here, and SIGTERM and SIGHUP are at their defaults, as in a
+    terminal (an xdist worker may ignore SIGINT, CI's ``nohup`` ignores SIGHUP); every held signal's
     handler is restored after."""
     previous = {s: signal.getsignal(s) for s in STORE_HELD_SIGNALS}
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in STORE_HELD_SIGNALS[1:]:
+        signal.signal(s, signal.SIG_DFL)
     yield
     for s, handler in previous.items():
         signal.signal(s, handler)
