@@ -133,6 +133,18 @@ def test_a_second_stop_signal_stops_a_hung_write_at_once_and_only_once(ctrl_c, s
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_ctrl_c_during_a_hung_write_in_training_stops_at_once(ctrl_c):
+    """Inside a `PreemptionGuard`, whose handler takes a first Ctrl-C as "checkpoint", the second one
+    during a hung store call still stops at once: the two are not given to the guard as one."""
+    with PreemptionGuard((signal.SIGINT,)) as guard:
+        with pytest.raises(KeyboardInterrupt), interrupts_deferred(again_after_s=0.0):
+            os.kill(os.getpid(), signal.SIGINT)  # held
+            time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)  # the user's second Ctrl-C
+            time.sleep(1.0)  # interrupted at once
+        assert guard.received is None  # not turned into a checkpoint request
+
+
 def test_ignored_and_default_signals_are_left_alone_and_so_are_other_threads(ctrl_c):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # its default action ends the process, and its locks
