@@ -26,7 +26,7 @@ from analysis.pipeline import (
     holdout_largest,
     predict,
 )
-from analysis.report import REPORT_FILES, log_to_mlflow, results_dict, write_json, write_report
+from analysis.report import POINTS_FILE, REPORT_FILES, log_to_mlflow, results_dict, write_json, write_report
 from analysis.runs import DATA_AXES, PARAM_AXES, load_csv, load_runs
 from analysis.status import EXIT_BAD_INPUT, EXIT_CENSORED, EXIT_CODES, EXIT_NOT_IDENTIFIED
 from dit_core.configio import EXIT_PIPE_CLOSED, add_flags, join_negative_values, stdout_closed
@@ -78,7 +78,8 @@ _FLAGS = (
     ("--json", None, dict(
         type=Path, help="also write the fitted parameters and predictions here (--out has them too)")),
     ("--out", None, dict(type=Path, default=Path("scaling_report"),
-        help="folder for report.md, results.json and the plots (default: %(default)s)")),
+        help="folder for report.md, results.json, the plots and points.csv (the points as loaded: "
+        "--csv refits them without the store) (default: %(default)s)")),
     ("--predict", None, dict(type=_flops, action="append", default=[], metavar="FLOPS",
         help="compute budget in true FLOPs to recommend a model for (repeatable; "
         "default: 10x the largest compute in the data)")),
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV with columns N, D, loss (optional C, fid, fid_se, run_id, model, step, final, budget, lr, "
         "lr_peak, forward_gflops, schedule, patch_size, tokens_per_image, N_non_embedding, unique; "
         "docs/analysis.md); a numeric cell holds a number, or nothing where the value was not measured (text "
-        "such as n/a is an error)",
+        "such as n/a is an error); a report's points.csv (--out) is one",
     )
     add_flags(p, _FLAGS, _field_flag)
     return p
@@ -181,8 +182,9 @@ def _check_outputs(out: Path, json_path: Path | None) -> None:
     # the JSON written onto the folder, or over report.md or a plot (results.json: the same JSON)
     if j is not None and (j == out.resolve() or (j.parent == out.resolve() and j.name in REPORT_FILES)):
         raise ValueError(
-            f"--json {json_path} is the --out folder or one of the report's files in it (report.md, the "
-            "plots); give another file name, e.g. --json fit.json (--out holds results.json as well)"
+            f"--json {json_path} is the --out folder or one of the report's files in it (report.md, "
+            "points.csv, the plots); give another file name, e.g. --json fit.json (--out holds results.json "
+            "as well)"
         )
     _check_writable("--out", out, out)
     if json_path is not None:
@@ -251,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             if hold is not None and p.extrapolating:
                 p.holdout = hold.to_dict()
         try:
-            paths = write_report(an, args.out, preds, hold, source)
+            # the points as loaded, unless they are the --csv being read (a refit of a report's own points)
+            own = args.csv is not None and (args.out / POINTS_FILE).resolve() == args.csv.resolve()
+            paths = write_report(an, args.out, preds, hold, source, points=None if own else points)
         except OSError as e:  # checked before the fit; a disk that filled up since, ...
             raise ValueError(f"cannot write the report ({e}); the fit was not saved") from None
         if args.json is not None:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from analysis.bootstrap import min_resamples
 from analysis.parametric import LOG_SE_KEYS
@@ -18,8 +19,10 @@ from analysis.status import worst
 
 log = logging.getLogger(__name__)
 
+#: the points as loaded, one row per run and logged step: ``fit_scaling.py --csv`` reads them back
+POINTS_FILE = "points.csv"
 #: the files `write_report` writes in its folder besides results.json
-REPORT_FILES = ("report.md", *(file for _, file in FIGURES.values()))
+REPORT_FILES = ("report.md", POINTS_FILE, *(file for _, file in FIGURES.values()))
 
 
 def _jsonable(x):
@@ -123,8 +126,10 @@ def markdown(
     predictions=(),
     holdout: HoldoutResult | None = None,
     source: str = "",
+    points_file: str | None = None,
 ) -> str:
-    """The report text; plot paths are written relative to the report's folder."""
+    """The report text; plot paths are written relative to the report's folder. ``points_file``: the
+    points' CSV beside it, named under "Points used"."""
     pts, u = an.points, an.units
     st = worst(an.status, *(p.status for p in predictions))
     lines = [
@@ -144,6 +149,13 @@ def markdown(
         "## Points used",
         "",
     ]
+    if points_file:
+        lines += [
+            f"The points as loaded are in `{points_file}` (one row per run and logged step; runs that were "
+            f"not finished or diverged are not in it): `python analysis/fit_scaling.py --csv {points_file}` "
+            "with the same options refits them without the store.",
+            "",
+        ]
     lines += [f"- {n}" for n in an.selection_notes] or ["- every point of every run (one point per run)"]
     lines += ["", "## Removed points", ""]
     if len(an.removed):
@@ -236,13 +248,20 @@ def write_report(
     predictions: list[Prediction] | tuple = (),
     holdout: HoldoutResult | None = None,
     source: str = "",
+    points: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
-    """Write report.md, results.json and the PNGs into out_dir; returns name -> path."""
+    """Write report.md, results.json and the PNGs into out_dir, and ``points`` (the frame `load_runs` or
+    `load_csv` returned, before any selection) as points.csv; returns name -> path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = dict(plot_all(an, out))
     md = out / "report.md"
-    md.write_text(markdown(an, paths, predictions, holdout, source))
+    md.write_text(
+        markdown(an, paths, predictions, holdout, source, POINTS_FILE if points is not None else None)
+    )
+    if points is not None:
+        paths["points"] = out / POINTS_FILE
+        points.to_csv(paths["points"], index=False)
     paths["report"] = md
     paths["json"] = write_json(out / "results.json", an, predictions, holdout)
     return paths

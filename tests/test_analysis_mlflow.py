@@ -409,3 +409,36 @@ def test_an_analysis_run_that_cannot_be_logged_keeps_the_fit_and_its_exit_code(
     assert f"(NotADirectoryError: [Errno 20] Not a directory: '{blocker / 'art'}')" in warning  # the cause
     runs = client.search_runs([exp_id], filter_string="tags.analysis = 'true'")
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_the_reports_points_csv_refits_to_the_same_fit_without_the_store(sweep, tmp_path):
+    """points.csv (--out) holds every point `load_runs` read, none of the failed run's; `--csv` on it gives
+    the MLflow fit's numbers, and a refit into its own folder leaves it as it was."""
+    import os
+
+    import pandas as pd
+
+    from analysis.fit_scaling import main
+
+    uri, counts = sweep
+    common = ["--bootstrap", "0", "--predict", "1e17", "--holdout", "largest"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    rc = main(["--experiment", EXP, "--tracking-uri", uri, "--no-mlflow-log", *common, "--out", str(a)])
+    pts = pd.read_csv(a / "points.csv")
+    assert len(pts) == counts["points"] and pts["loss"].max() < 9.0  # the crashed run's 9.0 is not there
+    loaded = load_runs(EXP, tracking_uri=uri)  # the points as loaded, not as selected and averaged
+    pd.testing.assert_frame_equal(
+        pts, loaded.astype(object).where(loaded.notna()).infer_objects(), check_dtype=False
+    )
+    assert "`points.csv`" in (a / "report.md").read_text()
+    assert main(["--csv", str(a / "points.csv"), *common, "--out", str(b)]) == rc
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    for k in ("E", "A", "B", "alpha", "beta", "a"):
+        assert rb[k] == pytest.approx(ra[k], rel=1e-9), k
+    assert rb["fid_protocol"] == ra["fid_protocol"] == PROTOCOL
+    assert rb["approach2_isoflop"]["a"] == pytest.approx(ra["approach2_isoflop"]["a"], rel=1e-9)
+    assert rb["predictions"][0]["n_opt"]["value"] == pytest.approx(ra["predictions"][0]["n_opt"]["value"])
+    assert rb["holdout"]["mape_loss"] == pytest.approx(ra["holdout"]["mape_loss"], rel=1e-9)
+    os.utime(a / "points.csv", ns=(1, 1))
+    assert main(["--csv", str(a / "points.csv"), *common, "--out", str(a)]) == rc
+    assert os.stat(a / "points.csv").st_mtime_ns == 1
