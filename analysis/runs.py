@@ -260,6 +260,9 @@ def tidy(df: pd.DataFrame, flops_per_param_datum: float | None = None) -> pd.Dat
         df["model"] = [f"N={n:.3g}" + (f"/{p:g}" if p > 0 else "") for n, p in zip(df["N"], patch)]
     for col in NUMERIC_COLUMNS:  # numbers or NaN already where `validate_points` checked them
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in TEXT_COLUMNS:  # a CSV column left empty reads as float NaN: text, none given
+        if df[col].dtype.kind == "f":
+            df[col] = df[col].astype(object)
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra].reset_index(drop=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -442,3 +443,32 @@ def test_the_reports_points_csv_refits_to_the_same_fit_without_the_store(sweep, 
     os.utime(a / "points.csv", ns=(1, 1))
     assert main(["--csv", str(a / "points.csv"), *common, "--out", str(a)]) == rc
     assert os.stat(a / "points.csv").st_mtime_ns == 1
+
+
+def test_a_csv_without_c_refits_from_its_points_csv_without_the_flops_flag(sweep, tmp_path):
+    """A CSV without C fitted with --flops-per-param-datum k: its points.csv holds C = k N D, so the
+    refit takes no flag (the flag is refused, as for any CSV with C) and gives the same fit."""
+    import pandas as pd
+
+    from analysis.fit_scaling import main
+
+    uri, _ = sweep
+    common = ["--bootstrap", "0", "--predict", "1e17"]
+    a = tmp_path / "a"
+    assert (
+        main(["--experiment", EXP, "--tracking-uri", uri, "--no-mlflow-log", *common, "--out", str(a)]) == 3
+    )
+    bare = tmp_path / "bare.csv"
+    pd.read_csv(a / "points.csv")[["N", "D", "loss", "run_id", "model", "step"]].to_csv(bare, index=False)
+    k = ["--flops-per-param-datum", str(K)]
+    b, c = tmp_path / "b", tmp_path / "c"
+    rc = main(["--csv", str(bare), *k, *common, "--out", str(b)])
+    assert pd.read_csv(b / "points.csv")["C"].to_numpy() == pytest.approx(pd.read_csv(a / "points.csv")["C"])
+    assert "all but --flops-per-param-datum" in (b / "report.md").read_text()
+    assert main(["--csv", str(b / "points.csv"), *k, *common, "--out", str(c)]) == 2
+    with warnings.catch_warnings():  # its empty text columns (schedule, ...) are not float NaN to fill
+        warnings.filterwarnings("error", message=".*fill value.*")
+        assert main(["--csv", str(b / "points.csv"), *common, "--out", str(c)]) == rc
+    rb, rc_ = (json.loads((d / "results.json").read_text()) for d in (b, c))
+    for key in ("E", "A", "B", "alpha", "beta", "a", "flops_per_param_datum"):
+        assert rc_[key] == pytest.approx(rb[key], rel=1e-9), key
