@@ -249,6 +249,13 @@ def _best_per_budget(pts: pd.DataFrame, key: pd.Series, y: str) -> pd.DataFrame:
     return best[cols].groupby(key.loc[best.index]).agg(_tied).sort_values("C")
 
 
+def on_grid(points: pd.DataFrame) -> bool:
+    """Whether `compute_frontier` interpolates the runs onto a grid of budgets (some run has several
+    points) rather than taking the Pareto set of one point per run. Grid rows are not independent
+    measurements: a few runs give all of them, so their count says nothing about the noise."""
+    return bool(len(points)) and int(points.groupby("run_id").size().max()) >= 2
+
+
 def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) -> pd.DataFrame:
     """Lower envelope of y over runs against compute (Chinchilla approach 1, docs/analysis.md): on a
     log grid of `n_grid` budgets over `_frontier_span`, or the Pareto set with one point per run.
@@ -256,9 +263,8 @@ def compute_frontier(points: pd.DataFrame, y: str = "loss", n_grid: int = 40) ->
     pts = points.dropna(subset=[y]).sort_values("C")
     if len(pts) == 0:
         return pd.DataFrame(columns=["C", y, "N", "D", "run_id", "model"])
-    per_run = pts.groupby("run_id").size()
     start, end = _frontier_span(pts)
-    if per_run.max() < 2:
+    if not on_grid(pts):
         # one point per run: at one budget (the `budget` column, else a cluster of C) only the best
         # run is on the frontier, whatever order the tied points come in
         has_budget = "budget" in pts.columns and pts["budget"].notna().all()
@@ -326,6 +332,7 @@ class FrontierFit(AllocationExponents):
     y_law: PowerLawFit | None
     n_opt: PowerLawFit | None
     d_opt: PowerLawFit | None
+    pure: PowerLawFit | None = None  # y = A C^-alpha, the saturating law's E = 0 case, for comparison
     status: Status = field(default_factory=Status)
 
     def to_dict(self) -> dict:
@@ -340,19 +347,25 @@ class FrontierFit(AllocationExponents):
         }
 
 
-def _frontier_laws(fr: pd.DataFrame, y: str) -> list[PowerLawFit | None]:
-    """y(C) saturating, N_opt(C) and D_opt(C) pure laws on a frontier; None where not identified.
+def _frontier_laws(fr: pd.DataFrame, y: str, grid: bool = False) -> list[PowerLawFit | None]:
+    """y(C) saturating, N_opt(C) and D_opt(C) pure laws, and y(C) pure on a frontier; None where not
+    identified.
 
     N_opt and D_opt are None when one model holds the whole frontier (its N is then constant and its
-    D is just C / (k N): no allocation law)."""
-    laws: list[PowerLawFit | None] = [None, None, None]
+    D is just C / (k N): no allocation law). ``grid``: the frontier's rows were interpolated onto a grid
+    of budgets (`on_grid`), so the pure laws get no t-interval (its n - 2 degrees of freedom would
+    count the grid's rows as measurements; the bootstrap over runs gives their intervals)."""
+    laws: list[PowerLawFit | None] = [None, None, None, None]
     one_model = fr["N"].nunique() < 2  # also for an empty frontier
-    for i, (col, sat, name) in enumerate(((y, True, y), ("N", False, "N_opt"), ("D", False, "D_opt"))):
+    which = ((y, True, y), ("N", False, "N_opt"), ("D", False, "D_opt"), (y, False, y))
+    for i, (col, sat, name) in enumerate(which):
         if col == y or not one_model:
             try:
                 laws[i] = fit_power_law(fr["C"], fr[col], saturating=sat, x_name="C", y_name=name)
             except ValueError as e:
                 log.info("frontier %s(C) not fitted: %s", name, e)
+            if grid and laws[i] is not None:
+                laws[i].t_interval = None
     return laws
 
 
@@ -367,7 +380,7 @@ def fit_frontier(
     units: str = "parameters",
     redraw=None,
 ) -> FrontierFit:
-    """Frontier of y against C, a saturating law y(C) on it, and N_opt(C), D_opt(C) pure power laws
+    """Frontier of y against C, a saturating law y(C) on it, N_opt(C), D_opt(C) and y(C) pure power laws
     (`FrontierFit`); a law that cannot be fitted (too few frontier points, one model everywhere) is None.
 
     redraw: rng -> (len(points),) values of y for each bootstrap resample (`analysis.runs.LrRedraw`: the
@@ -376,7 +389,7 @@ def fit_frontier(
     cells, not a measurement with a variance."""
     pts = points.dropna(subset=[y])
     fr = compute_frontier(pts, y, n_grid)
-    laws = _frontier_laws(fr, y)
+    laws = _frontier_laws(fr, y, grid=on_grid(pts))
     st = Status()
     if len(fr) and fr["N"].nunique() < 2:
         n_hold = float(fr["N"].iloc[0])
@@ -417,8 +430,8 @@ def _bootstrap_frontier(
     fit: FrontierFit, points: pd.DataFrame, y: str, n_bootstrap: int, seed: int, n_grid: int, redraw=None
 ):
     """Resample runs with replacement (`draw_resamples`, as `bootstrap_points` does, the runs numbered
-    in their order in ``points``), recompute the frontier, refit its laws; attach to each law (a
-    resample that gives no such law is one of its failures). redraw: as in `fit_frontier`."""
+    in their order in ``points``), recompute the frontier, refit its laws (the pure one too); attach to
+    each law (a resample that gives no such law is one of its failures). redraw: as in `fit_frontier`."""
     run_ids = points.dropna(subset=[y])["run_id"]
     picks = draw_resamples(len(run_ids), n_bootstrap, seed, pd.factorize(run_ids)[0], redraw)
 
@@ -427,11 +440,11 @@ def _bootstrap_frontier(
         pts = (points if values is None else points.assign(**{y: values})).dropna(subset=[y])
         fr = compute_frontier(pts[pts["run_id"].isin(run_ids.iloc[idx])], y, n_grid)
         if not len(fr):
-            return [None] * 3
+            return [None] * 4
         return [None if law is None else law.params for law in _frontier_laws(fr, y)]
 
     draws = parallel_map(refit, picks, desc=f"bootstrap {y} frontier")
-    for j, law in enumerate((fit.y_law, fit.n_opt, fit.d_opt)):
+    for j, law in enumerate((fit.y_law, fit.n_opt, fit.d_opt, fit.pure)):
         if law is not None:
             ok = [d[j] for d in draws if d[j] is not None]
             samples = {k: np.array([r[k] for r in ok], float) for k in law.params}

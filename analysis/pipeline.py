@@ -16,7 +16,7 @@ from analysis.bootstrap import percentile_interval
 from analysis.config import AnalysisConfig
 from analysis.fidloss import fit_fid_vs_loss
 from analysis.isoflop import IsoFlopFit, censored_bound, fit_isoflop, iter_slices
-from analysis.laws import FrontierFit, PowerLawFit, cluster_budgets, fit_frontier, fit_power_law, power_law
+from analysis.laws import FrontierFit, PowerLawFit, cluster_budgets, fit_frontier, power_law
 from analysis.parametric import (
     ParametricConfig,
     ParametricFit,
@@ -343,7 +343,6 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
             "point estimates are shown without intervals); rerun with --bootstrap 200",
         )
     frontier = fit_frontier(pts, "loss", level=lvl, units=units["N"], redraw=redraw, **boot)
-    pure = _pure_law(frontier, "loss", B, seed)
     iso = fit_isoflop(pts, gap_dex=cfg.isoflop_gap_dex, units=units["N"], data_units=units["D"], **weighted)
     msgs.extend(iso.messages)
     fid_front = None
@@ -362,10 +361,10 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
         parametric=parametric,
         frontier=frontier,
         isoflop=iso,
-        loss_vs_compute_pure=pure,
+        loss_vs_compute_pure=frontier.pure,
         fid_frontier=fid_front,
         fid_vs_loss=fvl,
-        fid_vs_compute_pure=_pure_law(fid_front, "fid", B, seed),
+        fid_vs_compute_pure=fid_front.pure if fid_front is not None else None,
         messages=msgs,
         selection_notes=list(prep.notes),
         units=units,
@@ -402,22 +401,6 @@ def lr_redraw(prep: Prepared, pts: pd.DataFrame, cfg: AnalysisConfig) -> LrRedra
     trained at several lrs and their seeds averaged; else None (the resamples fit the points as they are)."""
     redraw = LrRedraw(prep.raw, pts, prep.diverged) if cfg.best_lr and cfg.average_seeds else None
     return redraw or None  # one without a cell at several lrs is falsy
-
-
-def _pure_law(frontier: FrontierFit | None, y: str, n_bootstrap: int, seed: int) -> PowerLawFit | None:
-    """Pure power law y = A C^-alpha through the frontier (the saturating law's E = 0 special case)."""
-    if frontier is None:
-        return None
-    fr = frontier.frontier
-    if len(fr) <= 2 or np.ptp(np.log(fr["C"].to_numpy(float))) == 0:
-        return None
-    try:
-        return fit_power_law(
-            fr["C"], fr[y], saturating=False, n_bootstrap=n_bootstrap, seed=seed, x_name="C", y_name=y
-        )
-    except ValueError as e:
-        log.info("pure power law %s(C) not fitted: %s", y, e)
-        return None
 
 
 # ----------------------------------------------------------------------------------------------

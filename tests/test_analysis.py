@@ -763,6 +763,51 @@ def test_a_pure_law_through_three_points_reports_its_t_interval_not_a_degenerate
     assert wild.t_interval["alpha"][0] < 0 < wild.t_interval["alpha"][1]
 
 
+def _law_points(sizes, budgets=None, evals: int = 0, noise: float = 0.003) -> pd.DataFrame:
+    """Runs on L = 0.3 + 50/N^0.34 + 400/D^0.28 with C = 6 N D and lognormal noise: ``evals`` points
+    per size (D = 1e6 x 1.25^s, a run's curve), or one point per (size, budget) run."""
+    rng, rows = np.random.default_rng(0), []
+    cells = [(i, n, 1e6 * 1.25**s) for i, n in enumerate(sizes) for s in range(1, evals + 1)]
+    cells += [(f"{i}-{j}", n, c / (6 * n)) for i, n in enumerate(sizes) for j, c in enumerate(budgets or [])]
+    for run, n, d in cells:
+        loss = (0.3 + 50 * n**-0.34 + 400 * d**-0.28) * math.exp(rng.normal(0, noise))
+        rows.append({"N": n, "D": d, "C": 6 * n * d, "loss": loss, "run_id": f"r{run}", "model": f"m{n:g}"})
+    return pd.DataFrame(rows)
+
+
+def test_the_pure_law_through_a_grid_frontier_is_resampled_by_runs_and_has_no_t_interval():
+    """Runs of many points give a frontier interpolated onto a grid of budgets, every row of it from one
+    of a few runs: a finer grid adds rows, not data. The pure law's interval must not narrow with the
+    grid (a bootstrap of the rows narrowed it as 1/sqrt(rows), 3.2x from 40 rows to 400), and without a
+    bootstrap no law through the grid gets a t-interval with rows - 2 degrees of freedom. A frontier of
+    one point per run (a run per row) keeps its t-interval."""
+    pts = _law_points([1e6, 3e6, 1e7, 3e7], evals=40)
+    widths = []
+    for n_grid in (40, 400):
+        fit = fit_frontier(pts, n_bootstrap=60, seed=0, n_grid=n_grid)
+        assert len(fit.frontier) == n_grid and fit.frontier["run_id"].nunique() <= 4
+        assert fit.pure.bootstrap.unit == "runs" and fit.pure.to_dict()["interval"] == "bootstrap"
+        assert fit.pure.params == pytest.approx(
+            fit_power_law(fit.frontier["C"], fit.frontier["loss"], saturating=False).params
+        )
+        lo, hi = fit.pure.conf_int()["alpha"]
+        assert lo < fit.pure.params["alpha"] < hi
+        widths.append(hi - lo)
+    assert 0.7 < widths[1] / widths[0] < 1.4, widths
+    bare = fit_frontier(pts, n_grid=40)  # no bootstrap
+    assert [law.conf_int() for law in (bare.pure, bare.n_opt, bare.d_opt)] == [{}, {}, {}]
+    assert "interval" not in bare.pure.to_dict()
+    two = fit_frontier(_law_points([1e6, 1.2e6, 1.5e6], evals=2), n_grid=10)  # two points a run: a grid too
+    assert len(two.frontier) == 10 and two.pure.conf_int() == {}
+    pareto = fit_frontier(_law_points([1e6, 3e6, 1e7, 3e7], budgets=[1e13, 1e14, 1e15, 1e16]))
+    assert len(pareto.frontier) >= 3 and pareto.frontier["run_id"].is_unique
+    assert pareto.pure.to_dict()["interval"] == "t (log-log least squares)"
+    assert (
+        pareto.pure.t_interval
+        == fit_power_law(pareto.frontier["C"], pareto.frontier["loss"], saturating=False).t_interval
+    )
+
+
 def _two_seeds(seed1_factor: np.ndarray) -> pd.DataFrame:
     """The demo's seed-0 cells and a 'seed 1' copy whose losses are seed0 x seed1_factor; every run has
     its own id, the two seeds of a cell share a `replicate` key."""
@@ -1021,7 +1066,8 @@ def test_the_report_is_well_formed_markdown_with_every_section(tmp_path):
     assert "**Status: ok** (the data identify every reported result)" in md
     assert f"Data: synthetic.csv - {len(an.points)} points from {len(an.points)} runs" in md
     assert "- every point of every run (one point per run)" in md
-    assert "(bootstrap; excludes 0)" in md and "(t, 3 points; " in md  # N_opt(C) by runs; the pure law by t
+    pure_line = next(line for line in md.splitlines() if line.startswith("- loss frontier (pure power law)"))
+    assert "(bootstrap; excludes 0)" in pure_line  # by runs, as N_opt(C): no t-interval of 3 points
     for name, p in paths.items():
         if p.suffix == ".png":
             assert f"![{name}]({p.name})" in md and (out / p.name).stat().st_size > 1000

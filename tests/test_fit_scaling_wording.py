@@ -127,7 +127,7 @@ def test_an_isoflop_bootstrap_without_one_successful_refit_says_so_and_is_not_ok
 def test_a_frontier_bootstrap_without_one_successful_refit_says_so_and_is_not_ok(monkeypatch):
     """Every resample's frontier lacked an N_opt(C) law: the report said "4 resamples, 4 without an
     N_opt law" and approach 1's status stayed ok, its exponent unchecked."""
-    monkeypatch.setattr(laws, "parallel_map", lambda fn, items, **k: [[None] * 3 for _ in items])
+    monkeypatch.setattr(laws, "parallel_map", lambda fn, items, **k: [[None] * 4 for _ in items])
     fit = fit_frontier(tidy(sweep()), n_bootstrap=4)
     assert fit.n_opt is not None and fit.n_opt.bootstrap.n_ok == 0
     (reason,) = fit.status.reasons

@@ -125,10 +125,14 @@ def test_mutd_pl_seed_weights_and_several_lrs_by_hand():
 
 
 def test_mutd_pl_no_pure_law_through_two_frontier_points():
-    fr = SimpleNamespace(frontier=pd.DataFrame({"C": [1e18, 1e19], "loss": [3.0, 2.5]}))
-    assert pipeline._pure_law(fr, "loss", 0, 0) is None
-    three = SimpleNamespace(frontier=pd.DataFrame({"C": [1e18, 1e19, 1e20], "loss": [3.0, 2.5, 2.2]}))
-    assert pipeline._pure_law(three, "loss", 0, 0) is not None
+    from analysis.laws import fit_frontier
+
+    c, loss = [1e18, 1e19, 1e20], [3.0, 2.5, 2.2]
+    pts = pd.DataFrame({"C": c, "loss": loss, "N": 1e6, "D": [c_ / 6e6 for c_ in c], "model": "m"})
+    pts["run_id"] = ["a", "b", "c"]
+    assert fit_frontier(pts.iloc[:2]).pure is None
+    three = fit_frontier(pts)
+    assert three.pure is not None and three.pure.kind == "pure" and three.pure.n_points == 3
 
 
 def test_mutd_pl_budget_labels_round_to_two_digits():
