@@ -133,16 +133,20 @@ def _times_run(steps: int, every: int) -> int:
     return -(-steps // every) if every > 0 else 0
 
 
-def cell_eval_flops(cell: Cell, overrides: dict[str, Any]) -> float:
-    """Validation + sampling FLOPs of ``cell`` under its dotted `TrainConfig` overrides."""
+def cell_eval_flops(cell: Cell, overrides: dict[str, Any], fresh: bool = True) -> float:
+    """Validation + sampling FLOPs of ``cell`` under its dotted `TrainConfig` overrides. ``fresh``: the
+    run starts at step 0 and validates there too (a ladder cell forks from its trunk: False)."""
     from dit_core.config import TrainConfig
 
-    cfg = TrainConfig().replace(**{k: v for k, v in overrides.items() if k.startswith(("eval.", "model."))})
+    keep = ("eval.", "model.", "diffusion.")  # the sampler must suit the diffusion's objective
+    cfg = TrainConfig().replace(**{k: v for k, v in overrides.items() if k.startswith(keep)})
     e = cfg.eval
     forward = 2e9 * cell.forward_gflops  # true FLOPs of one forward pass of one image
-    val = _times_run(cell.steps, e.val_every) * e.val_examples * forward * (2 if e.val_ema else 1)
+    vals = _times_run(cell.steps, e.val_every) + int(fresh and e.val_every > 0)
+    val = vals * e.val_examples * forward * (2 if e.val_ema else 1)
     guided = 2 if (e.cfg_scale != 1.0 and cfg.model.class_dropout_prob > 0) else 1
-    samples = _times_run(cell.steps, e.eval_every) * e.num_samples * e.steps * guided * forward
+    calls = e.steps * (2 if e.sampler == "heun" else 1)  # Heun: a second model call per step
+    samples = _times_run(cell.steps, e.eval_every) * e.num_samples * calls * guided * forward
     return float(val + samples)
 
 

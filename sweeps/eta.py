@@ -15,20 +15,21 @@ from sweeps.grid import Cell
 
 STEP_FLOPS = 2e8  # an optimizer step's fixed cost (Python, optimizer, logging), in FLOP-equivalents
 CELL_FLOPS = 1.2e11  # a cell's fixed cost (start-up, MLflow, reference features), in FLOP-equivalents
-#: FLOP-equivalents per second of one cell per CPU thread: the default demo's 14 cells (1.59e13 of work)
+#: FLOP-equivalents per second of one cell per CPU thread: the default demo's 14 cells (1.61e13 of work)
 #: took 1,631 and 776 slot-seconds, 2 at a time with 1 thread each, on the slowest and the fastest
 #: 2-core hosts measured (an AVX2 EPYC and an AVX-512 one; docs/study.md, sessions 48 and 28). A dry
 #: run prices a local CPU sweep at both.
-CPU_RATES = (9.75e9, 2.05e10)
+CPU_RATES = (9.88e9, 2.08e10)
 
 
 def _work(cell: Cell, eval_flops: float) -> float:
     return cell.train_flops + eval_flops + cell.steps * STEP_FLOPS + CELL_FLOPS
 
 
-def cell_work(cell: Cell, overrides: Mapping[str, object]) -> float:
-    """FLOP-equivalents of one cell: training + validation + sampling FLOPs + the fixed costs."""
-    return _work(cell, cell_eval_flops(cell, dict(overrides)))
+def cell_work(cell: Cell, overrides: Mapping[str, object], fresh: bool = True) -> float:
+    """FLOP-equivalents of one cell: training + validation + sampling FLOPs + the fixed costs
+    (``fresh``: as in `sweeps.cost.cell_eval_flops`)."""
+    return _work(cell, cell_eval_flops(cell, dict(overrides), fresh))
 
 
 def finish_time(free: list[float], durations: Iterable[float]) -> float:

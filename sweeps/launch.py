@@ -771,7 +771,10 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     p = plan(states, spec.executor.max_retries) if any(st.run_id for st in states.values()) else None
     todo = [c for c in cells if p is None or c.cell_id in p.submit]  # what a launch would submit
     todo = trained_cells(todo, tasks)  # a ladder's: the steps each job trains
-    evals = {c.cell_id: cell_eval_flops(c, tasks[c.cell_id].overrides) for c in todo}
+    evals = {
+        c.cell_id: cell_eval_flops(c, tasks[c.cell_id].overrides, tasks[c.cell_id].trunk is None)
+        for c in todo
+    }
     ex = spec.executor
     # priced before anything is printed: a bad --mfu or --device is an error, not a table then an error
     if ex.gpus_per_node or args.device or args.mfu is not None:

@@ -787,7 +787,10 @@ def _work(cells: list[Cell], tasks: dict[str, CellTask]) -> dict[str, float]:
     """Each cell's work for the time-left estimate; {} (no estimate) when a trainer's overrides are
     not `TrainConfig`'s: the estimate is cosmetic and never stops a launch."""
     try:
-        return {c.cell_id: cell_work(c, tasks[c.cell_id].overrides) for c in trained_cells(cells, tasks)}
+        todo = trained_cells(cells, tasks)
+        return {
+            c.cell_id: cell_work(c, tasks[c.cell_id].overrides, tasks[c.cell_id].trunk is None) for c in todo
+        }
     except Exception as e:
         log.debug("no time-left estimate: %s", e)
         return {}

@@ -43,14 +43,45 @@ def test_eval_flops_count_validation_and_guided_sampling():
     fwd = 2 * forward_macs(model_config("DiT-XL/2"))
     ov = {"eval.val_every": 300, "eval.val_examples": 100, "eval.eval_every": 1000}
     ov |= {"eval.num_samples": 50, "eval.steps": 25, "eval.cfg_scale": 1.5}
-    # validation at 300, 600, 900 and the last step; sampling once, guided (2 forward passes)
-    assert cell_eval_flops(cell, ov) == pytest.approx(4 * 100 * fwd + 50 * 25 * 2 * fwd)
+    # validation at step 0, 300, 600, 900 and the last step; sampling once, guided (2 forward passes)
+    assert cell_eval_flops(cell, ov) == pytest.approx(5 * 100 * fwd + 50 * 25 * 2 * fwd)
+    # a ladder cell forks from its trunk at a later step: no validation at step 0
+    assert cell_eval_flops(cell, ov, fresh=False) == pytest.approx(4 * 100 * fwd + 50 * 25 * 2 * fwd)
     no_guidance = cell_eval_flops(cell, ov | {"eval.cfg_scale": 1.0})
-    assert no_guidance == pytest.approx(4 * 100 * fwd + 50 * 25 * fwd)
+    assert no_guidance == pytest.approx(5 * 100 * fwd + 50 * 25 * fwd)
     assert cell_eval_flops(cell, {}) == 0.0  # evaluation off by default
     # validating the EMA weights as well doubles the validation passes
     with_ema = cell_eval_flops(cell, ov | {"eval.val_ema": True, "eval.val_every": 300})
-    assert with_ema == pytest.approx(2 * 4 * 100 * fwd + 50 * 25 * 2 * fwd)
+    assert with_ema == pytest.approx(2 * 5 * 100 * fwd + 50 * 25 * 2 * fwd)
+
+
+def test_eval_flops_of_a_flow_model_count_two_model_calls_per_heun_step():
+    """A flow-matching cell sampled with Heun (two model calls a step) or Euler (one): the estimate
+    keeps the cell's diffusion settings (it raised ConfigError, an eps objective's sampler check, and
+    stopped `launch.py --dry-run`), and counts the calls the sampler makes."""
+    import torch
+
+    from dit_core.diffusion import DiffusionConfig, create_diffusion, sample
+    from dit_core.models import DiT
+
+    spec, cell = _xl2_cell(1000)
+    fwd = 2 * forward_macs(model_config("DiT-XL/2"))
+    ov = {"diffusion.objective": "flow", "eval.eval_every": 1000, "eval.num_samples": 50, "eval.steps": 10}
+    ov |= {"eval.cfg_scale": 1.0}
+    euler = cell_eval_flops(cell, ov | {"eval.sampler": "euler"})
+    heun = cell_eval_flops(cell, ov | {"eval.sampler": "heun"})
+    assert euler == pytest.approx(50 * 10 * fwd) and heun == pytest.approx(2 * 50 * 10 * fwd)
+    # the counts are the sampler's: model calls of a tiny flow DiT over 10 steps
+    model = DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=8, depth=1, num_heads=2, num_classes=2,
+                learn_sigma=False).eval()  # fmt: skip
+    diffusion = create_diffusion(DiffusionConfig(objective="flow"))
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    for sampler, want in (("euler", 10), ("heun", 20)):
+        calls.clear()
+        with torch.no_grad():
+            sample(model, diffusion, (1, 1, 8, 8), torch.tensor([0]), sampler=sampler, steps=10)
+        assert len(calls) == want, sampler
 
 
 def test_summary_prints_the_inputs_and_the_total():

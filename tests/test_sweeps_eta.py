@@ -48,8 +48,9 @@ def test_cell_work_adds_the_fixed_costs_to_the_flops():
     s, xl = cells["S-2-1e12"], cells["XL-2-1e12"]
     for c in (s, xl):
         over = make_task(spec, c, Path("unused"), "sqlite:///unused.db").overrides
-        # 1,000 DDIM-50 samples (no guidance) and 2,048 validation crops, at 2 x forward multiply-adds
-        evals = (1000 * 50 + 2048) * 2e9 * c.forward_gflops
+        # 1,000 DDIM-50 samples (no guidance) and 2,048 validation crops at step 0 and at the last step
+        # (the runs log val/loss at both), at 2 x forward multiply-adds
+        evals = (1000 * 50 + 2 * 2048) * 2e9 * c.forward_gflops
         assert cell_work(c, over) == pytest.approx(c.train_flops + evals + c.steps * STEP_FLOPS + CELL_FLOPS)
 
 
