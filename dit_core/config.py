@@ -131,7 +131,7 @@ class OptimConfig:
     beta1 / beta2 / eps: AdamW's moment decays and epsilon.
     warmup_steps: linear warmup length in steps, and the floor of the scaled warmup.
     warmup_frac: warmup as a fraction of the run's steps: warmup = max(warmup_steps,
-        round(warmup_frac * steps)).
+        round(warmup_frac * steps)), at most steps - 2 (so a short run still ends at its floor).
     schedule: after warmup, "constant"; "cosine" (to ``min_lr_ratio * lr`` at the run's last step);
         "constant_cooldown" (constant, then linear to ``min_lr_ratio * lr`` over the last
         ``cooldown_frac`` of the steps). Both end exactly at the run's last step.

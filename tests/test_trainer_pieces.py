@@ -301,6 +301,44 @@ def test_resume_mid_epoch_and_a_loaded_position_replaces_the_current_one():
     assert [_ids(b.next_batch()) for _ in range(3)] == want[6:]
 
 
+class _WorkerSeeds(torch.utils.data.Dataset):
+    """Item i: the torch seed of the worker process that loads it (what a random augmentation draws from)."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(torch.initial_seed() % 2**31)]), torch.tensor(i)
+
+
+def test_a_resume_with_loader_workers_leaves_the_global_rng_and_the_workers_seeds_as_they_were():
+    """With data workers a resumed run makes one DataLoader more (the rest of its epoch). A DataLoader
+    seeds its workers from the global torch RNG by default, so the resumed run's RNG (saved in its next
+    checkpoint) and every later epoch's worker seeds differed from the uninterrupted run's. The workers'
+    seeds come from (seed, rank, epoch) instead."""
+
+    def stream(rank: int = 0) -> DataStream:
+        return DataStream(_WorkerSeeds(), 4, seed=0, num_workers=1, rank=rank, world_size=1 + rank)
+
+    torch.manual_seed(0)
+    a = stream()
+    full = [a.next_batch()[0][0].item() for _ in range(12)]  # 4 batches an epoch: epochs 0, 1, 2
+    rng_full = torch.get_rng_state()
+    torch.manual_seed(0)
+    b = stream()
+    first = [b.next_batch()[0][0].item() for _ in range(6)]  # stopped mid-epoch 1
+    pos, rng = b.state_dict(), torch.get_rng_state()
+    torch.set_rng_state(rng)
+    c = stream()
+    c.load_state_dict(pos)
+    resumed = first + [c.next_batch()[0][0].item() for _ in range(6)]
+    assert resumed == full and torch.equal(torch.get_rng_state(), rng_full)
+    assert torch.equal(rng_full, torch.manual_seed(0).get_state())  # the loaders drew nothing from it
+    epochs = [full[0], full[4], full[8]]
+    assert len(set(epochs)) == 3  # a seed per epoch
+    assert stream(rank=1).next_batch()[0][0].item() != full[0]  # and per rank
+
+
 def test_a_position_from_another_dataset_or_batch_is_refused():
     s = DataStream(IndexedDataset(10), 4, seed=0)
     msg = (r"^cannot resume the data position: the checkpoint was written with {} images and global batch "

@@ -63,8 +63,10 @@ def test_cosine_schedule_closed_form():
     assert lr_at(W, T, cfg) == pytest.approx(peak, rel=1e-12)
     assert lr_at(T - 1, T, cfg) == pytest.approx(floor, rel=1e-12)
     assert lr_at(T + 10, T, cfg) == pytest.approx(floor, rel=1e-12)  # past the end: stays at the floor
-    # no room for a decay (T - 1 == W): the span is 1 step, so step W is the peak
-    assert lr_at(3, 4, OptimConfig(lr=1.0, warmup_steps=3, schedule="cosine")) == pytest.approx(1.0)
+    # a warmup into the last two steps (W = T - 1) is cut to T - 2: the peak at step T - 2, the floor
+    # at the last (it ended at the peak until session 59)
+    short = OptimConfig(lr=1.0, warmup_steps=3, schedule="cosine")
+    assert [lr_at(s, 4, short) for s in range(4)] == pytest.approx([0.5, 1.0, 1.0, 0.0])
     assert lr_at(0, 1, OptimConfig(lr=1.0, schedule="cosine", min_lr_ratio=0.2)) == pytest.approx(1.0)
 
 
@@ -163,6 +165,24 @@ def test_scaled_warmup_rounds_to_the_nearest_step():
     """round(0.05 x 139) = round(6.95) = 7 (not truncated to 6); round(0.1 x 34) = 3."""
     assert warmup_steps(OptimConfig(warmup_frac=0.05), 139) == 7
     assert warmup_steps(OptimConfig(warmup_frac=0.1), 34) == 3
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant_cooldown"])
+@pytest.mark.parametrize("total", [2, 3, 9, 11, 12, 40])
+def test_a_run_shorter_than_its_warmup_still_ends_at_its_floor(schedule, total):
+    """The warmup's floor of 10 steps in a run of 11 or fewer: cosine ended at the peak (11 steps) or
+    at 9/10 of it (9), above min_lr_ratio x peak. The warmup is capped at total - 2, so the last step is
+    the floor and the one before it the peak; longer runs keep their warmup."""
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, schedule=schedule, min_lr_ratio=0.1, cooldown_frac=0.2)
+    lrs = [lr_at(s, total, cfg) for s in range(total)]
+    assert lrs[-1] == pytest.approx(0.1, rel=1e-12) and max(lrs) == pytest.approx(1.0, rel=1e-12)
+    w = warmup_steps(cfg, total)
+    assert w == min(10, total - 2)
+    assert lrs[:w] == pytest.approx([(s + 1) / w for s in range(w)], rel=1e-12)  # the warmup, intact
+    # one step: no warmup; cosine's only step is its peak, a cooldown's its floor
+    assert warmup_steps(cfg, 1) == 0 and lr_at(0, 1, cfg) == pytest.approx(
+        1.0 if schedule == "cosine" else 0.1
+    )
 
 
 def test_constant_cooldown_without_a_cooldown_holds_the_peak_past_the_end():

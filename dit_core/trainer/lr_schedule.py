@@ -25,8 +25,11 @@ def peak_lr(cfg: OptimConfig, hidden_size: int, train_flops: float = 0.0) -> flo
 
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
-    """``max(warmup_steps, round(warmup_frac * total_steps))``."""
-    return max(cfg.warmup_steps, round(cfg.warmup_frac * total_steps))
+    """``max(warmup_steps, round(warmup_frac * total_steps))``, at most ``total_steps - 2`` (0 below 3
+    steps): a warmup into the last two steps would leave "cosine" and "constant_cooldown" no step at
+    the peak before their last, so a short run ended above ``min_lr_ratio`` x its peak (e.g. at the
+    peak: 11 steps with a floor of 10)."""
+    return max(0, min(max(cfg.warmup_steps, round(cfg.warmup_frac * total_steps)), total_steps - 2))
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig, peak: float | None = None) -> float:
