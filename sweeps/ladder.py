@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dit_core.configio import stable_hash
+from dit_core.trainer.lr_schedule import cooldown_steps
 from sweeps.grid import Cell, SweepSpec
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,9 @@ class Trunk:
 
 
 def fork_step(steps: int, cooldown_frac: float) -> int:
-    """The step a run of ``steps`` steps forks from its trunk: ``steps - ceil(cooldown_frac x steps)``."""
-    return steps - math.ceil(cooldown_frac * steps)
+    """The step a run of ``steps`` steps forks from its trunk: ``steps - ceil(cooldown_frac x steps)``
+    (`dit_core.trainer.lr_schedule.cooldown_steps`)."""
+    return steps - cooldown_steps(cooldown_frac, steps)
 
 
 def _per_cell(key: str) -> bool:

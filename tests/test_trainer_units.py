@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from dit_core.config import OptimConfig
-from dit_core.trainer.lr_schedule import lr_at, peak_lr, warmup_steps
+from dit_core.trainer.lr_schedule import cooldown_steps, lr_at, peak_lr, warmup_steps
 from dit_core.trainer.rng import StepRandom, get_rng_state, mix_seed, set_rng_state
+from sweeps.ladder import fork_step
 
 
 def test_peak_lr_and_warmup_length():
@@ -85,6 +86,18 @@ def test_constant_cooldown_closed_form():
     assert [lr_at(s, 4, half) for s in range(4)] == pytest.approx([1.0, 1.0, 0.75, 0.5])
     none = OptimConfig(lr=1.0, schedule="constant_cooldown", cooldown_frac=0.0, min_lr_ratio=0.5)
     assert {lr_at(s, 10, none) for s in range(10)} == {1.0}
+
+
+def test_a_cooldown_of_a_whole_number_of_steps_is_not_lengthened_by_float_rounding():
+    """0.07 x 100 is 7.000000000000001 in floats: the cooldown is 7 steps (93-99), not 8, in the
+    schedule and at the ladder's fork, which must agree (a fork before the cooldown's start)."""
+    assert 0.07 * 100 > 7 and math.ceil(0.07 * 100) == 8  # the float fact this guards against
+    assert cooldown_steps(0.07, 100) == 7 and cooldown_steps(0.071, 100) == 8
+    cfg = OptimConfig(lr=1.0, schedule="constant_cooldown", cooldown_frac=0.07, min_lr_ratio=0.0)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[:93] == [1.0] * 93
+    assert lrs[93:] == pytest.approx([1 - k / 7 for k in range(1, 8)], rel=1e-12, abs=1e-15)
+    assert fork_step(100, 0.07) == 93
 
 
 def test_mix_seed_is_a_deterministic_63_bit_hash():

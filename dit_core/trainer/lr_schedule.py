@@ -11,7 +11,7 @@ import math
 
 from ..config import OptimConfig
 
-__all__ = ["first_lr_change", "lr_at", "peak_lr", "warmup_steps"]
+__all__ = ["cooldown_steps", "first_lr_change", "lr_at", "peak_lr", "warmup_steps"]
 
 
 def peak_lr(cfg: OptimConfig, hidden_size: int, train_flops: float = 0.0) -> float:
@@ -30,6 +30,13 @@ def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
     the peak before their last, so a short run ended above ``min_lr_ratio`` x its peak (e.g. at the
     peak: 11 steps with a floor of 10)."""
     return max(0, min(max(cfg.warmup_steps, round(cfg.warmup_frac * total_steps)), total_steps - 2))
+
+
+def cooldown_steps(cooldown_frac: float, total_steps: int) -> int:
+    """The last ``ceil(cooldown_frac x total_steps)`` steps of a run are its cooldown, the product
+    rounded to 9 decimals first: in floats 0.07 x 100 is 7.000000000000001, whose ceil would add a
+    step. One rule for the trainer's schedule and the ladder's fork step (`sweeps.ladder.fork_step`)."""
+    return math.ceil(round(cooldown_frac * total_steps, 9))
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig, peak: float | None = None) -> float:
@@ -53,7 +60,7 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig, peak: float | None = No
         progress = min(max(step - warm, 0) / span, 1.0)
         return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.schedule == "constant_cooldown":
-        cooldown = math.ceil(cfg.cooldown_frac * total_steps)
+        cooldown = cooldown_steps(cfg.cooldown_frac, total_steps)
         start = total_steps - cooldown
         if cooldown == 0 or step < start:
             return lr
