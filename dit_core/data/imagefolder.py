@@ -94,15 +94,22 @@ def class_folders(root: str) -> list[str]:
     return sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
 
 
-def _image_files(folder: str, seen: set[str]) -> list[str]:
+def _image_files(folder: str, seen: set[str], others: tuple[str, ...] = ()) -> list[str]:
     """Image files under ``folder`` (recursive, sorted, links followed, hidden names skipped). Folders
     whose real path is in ``seen`` (the root, a class folder, one listed already) are not entered again,
-    so a link to a parent or to another class adds no duplicates; each folder entered is added."""
+    so a link to a parent or to another class adds no duplicates; each folder entered is added. Nor
+    are links into ``others`` (the other class folders' real paths): their images keep the label of
+    the class they live in, whichever class is listed first."""
     files = []
+    inside = lambda r: any(r == o or r.startswith(o + os.sep) for o in others)  # noqa: E731
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = {d: os.path.realpath(os.path.join(dirpath, d)) for d in dirnames if not d.startswith(".")}
-        dirnames[:] = sorted(d for d, r in real.items() if r not in seen)
-        seen.update(real.values())
+        keep = []
+        for d in sorted(real):  # two links to one folder: the first by name is entered
+            if real[d] not in seen and not inside(real[d]):
+                keep.append(d)
+                seen.add(real[d])
+        dirnames[:] = keep
         names = (f for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."))
         files += [os.path.join(dirpath, f) for f in names]
     return files
@@ -130,8 +137,10 @@ def scan_image_folder(root: str, validate: bool = True, classes: list[str] | Non
             f"image folder {root!r} has class folders {unknown[:5]} that the training data does not have "
             f"(its classes: {names[:5]}{'...' if len(names) > 5 else ''}); remove or rename them"
         )
-    seen = {os.path.realpath(p) for p in (root, *(os.path.join(root, c) for c in found))}
-    samples = [(p, label[c]) for c in found for p in _image_files(os.path.join(root, c), seen)]
+    real = {c: os.path.realpath(os.path.join(root, c)) for c in found}
+    seen = {os.path.realpath(root), *real.values()}
+    others = lambda c: tuple(r for k, r in real.items() if k != c)  # noqa: E731
+    samples = [(p, label[c]) for c in found for p in _image_files(os.path.join(root, c), seen, others(c))]
     if not samples:
         raise ValueError(
             f"image folder {root!r} has class subfolders {found[:5]}{'...' if len(found) > 5 else ''} "

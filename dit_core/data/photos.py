@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -115,6 +116,7 @@ class PhotoCrops:
         lo_s, hi_s = np.log(self.crop_scale[0]), np.log(self.crop_scale[1])
         side = np.minimum(h, w) * np.exp(lo_s + u[:, 0] * (hi_s - lo_s))
         x_lo, x_hi = (self.train_cols[label], w) if val else (np.zeros_like(w), self.train_cols[label])
+        side = np.minimum(side, x_hi - x_lo)  # holdout near 0.5: a crop as wide as the region, not past it
         x0 = x_lo + u[:, 1] * (x_hi - x_lo - side)
         y0 = u[:, 2] * (h - side)
         return dict(label=label, x0=x0, y0=y0, side=side, flip=u[:, 3] < 0.5, x_lo=x_lo, x_hi=x_hi)
@@ -238,8 +240,8 @@ def photos_images(
 
 
 def _scale_range(text: str) -> tuple[float, float]:
-    """``"0.08-0.2"`` -> (0.08, 0.2)."""
-    lo, _, hi = text.partition("-")
+    """``"0.08-0.2"`` -> (0.08, 0.2); ``"1e-05-0.2"`` -> (1e-05, 0.2) (an exponent's minus is kept)."""
+    lo, hi = re.split(r"(?<![eE])-", text, maxsplit=1)
     return float(lo), float(hi)
 
 
@@ -251,7 +253,8 @@ def photos_reference(options: PhotoOptions = PhotoOptions(), n: int = REFERENCE_
     """The FID reference name of these photos options, e.g.
     ``"photos:channels=3,num_photos=10,crop_scale=0.08-0.2,holdout=0.25,n=2000"``."""
     (lo, hi), o = options.crop_scale, options
-    crops = f"crop_scale={lo:g}-{hi:g},holdout={o.holdout:g}"
+    crops = f"crop_scale={lo!r}-{hi!r},holdout={o.holdout!r}"  # floats: the shortest exact text, so
+    # the name parses back to these options (`:g` wrote 0.2500001 as 0.25, another held-out strip)
     return f"photos:channels={o.channels},num_photos={o.num_photos},{crops},n={n}"
 
 

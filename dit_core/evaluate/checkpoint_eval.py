@@ -57,11 +57,18 @@ def protocol_departures(cfg: CheckpointEvalConfig, run_cfg) -> list[str]:
     """The settings of ``cfg`` that depart from how the run ``run_cfg`` (its TrainConfig) scored
     itself, as "name X (run: Y)"; the seed may differ (another draw of the same protocol)."""
     e = run_cfg.eval
-    run = asdict(sampling_settings(run_cfg)) | {"num_samples": e.num_samples, "reference": e.reference}
+    reference = run_reference(run_cfg)
+    run = asdict(sampling_settings(run_cfg)) | {"num_samples": e.num_samples, "reference": reference}
     keys = ("num_samples", "sampler", "steps", "cfg_scale", "reference", "clip_denoised")
     off = [f"{k} {getattr(cfg, k)} (run: {run[k]})" for k in keys if getattr(cfg, k) not in (None, run[k])]
     off += [f"metrics {','.join(cfg.metrics)} (run: its own)"] if cfg.metrics else []
     return off + (["--raw-weights (run: the EMA weights)"] if not cfg.use_ema else [])
+
+
+def run_reference(run_cfg) -> str | None:
+    """The reference the run (its TrainConfig ``run_cfg``) scored itself against: its
+    ``eval.reference``, else its data's own (`default_reference`; None for data without one)."""
+    return run_cfg.eval.reference or default_reference(run_cfg.data)
 
 
 def chosen_metrics(cfg: CheckpointEvalConfig, run_cfg, reference: str) -> tuple[str, ...]:
@@ -208,7 +215,7 @@ def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> Prep
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
     model = model.to(device)
     data = tcfg.data
-    reference = cfg.reference or default_reference(data)
+    reference = cfg.reference or run_reference(tcfg)
     if reference is None:
         raise ValueError(
             f"the run trained on {data.name!r} data: pass --reference FOLDER_OR_NPZ of real images"

@@ -42,11 +42,16 @@ PHOTOS_METRICS = domain_metrics("photos")
 INCEPTION_METRICS = ("fid", "sfid", "precision", "recall")
 FID_SE_RESAMPLES = 50  # bootstrap resamples behind fid_<domain>_se
 PR_K = 3  # nearest neighbours of precision/recall (ADM, the DiT paper)
+IS_SPLIT_SIZE = 5000  # Inception Score chunks (ADM's evaluator, compute_inception_score: split_size=5000)
 
 
-def inception_score(probs: np.ndarray, splits: int = 1, eps: float = 1e-12) -> float:
+def inception_score(
+    probs: np.ndarray, splits: int = 1, eps: float = 1e-12, split_size: int | None = None
+) -> float:
     """Inception Score (Salimans et al. 2016) from any classifier's class probabilities:
-    IS = exp(E_x KL(p(y|x) || p(y))), averaged over ``splits`` equal chunks (ADM: mean).
+    IS = exp(E_x KL(p(y|x) || p(y))), the mean over ``splits`` near-equal chunks, or with
+    ``split_size`` over consecutive chunks of that many rows, the last one shorter (ADM's evaluator:
+    5,000, so the 50K-sample protocol averages ten; `evaluate_samples` uses `IS_SPLIT_SIZE`).
 
     probs: (N, K) rows of class probabilities (softmax outputs). Uniform predictions give 1;
     confident one-hot predictions spread evenly over K classes give K.
@@ -58,8 +63,15 @@ def inception_score(probs: np.ndarray, splits: int = 1, eps: float = 1e-12) -> f
         raise ValueError("probs rows must be probability vectors (softmax outputs), not logits")
     if not 1 <= splits <= p.shape[0]:
         raise ValueError(f"splits must be in 1..N={p.shape[0]}, got {splits}")
+    if split_size is not None and split_size < 1:
+        raise ValueError(f"split_size must be >= 1, got {split_size}")
+    chunks = (
+        np.array_split(p, splits)
+        if split_size is None
+        else np.split(p, range(split_size, len(p), split_size))
+    )
     scores = []
-    for chunk in np.array_split(p, splits):
+    for chunk in chunks:
         py = chunk.mean(axis=0, keepdims=True)
         kl = np.sum(chunk * (np.log(chunk + eps) - np.log(py + eps)), axis=1)
         scores.append(np.exp(kl.mean()))
@@ -189,7 +201,7 @@ def evaluate_samples(
                 if family in DOMAINS and base == "fid":
                     out[f"{m}_se"] = fid_bootstrap_se(fake[out_name], ref.stats[out_name], FID_SE_RESAMPLES)
             elif base == "is":
-                out[m] = inception_score(fake["probs"])
+                out[m] = inception_score(fake["probs"], split_size=IS_SPLIT_SIZE)
         if {f"precision{suffix}", f"recall{suffix}"} & set(names):  # the return keeps the ones asked for
             pr = precision_recall(ref.feats["pool"], fake["pool"], k=PR_K)
             out[f"precision{suffix}"], out[f"recall{suffix}"] = pr

@@ -130,6 +130,12 @@ def generate_images(
                 )
             if decode is not None:
                 x = decode(x)
+                if not torch.isfinite(x).all():  # finite latents, but the decoder overflowed
+                    raise NonFiniteSamples(
+                        f"the VAE decoder gave non-finite pixels (NaN or inf) for samples "
+                        f"{idx[0]}..{idx[-1]} from finite latents: check that --vae is the autoencoder "
+                        "the latents were extracted with and that its weights load as finite float32"
+                    )
             out.append(to_uint8(x).cpu())
             bar.update(len(idx))
     return torch.cat(out) if out else torch.empty((0, *shape), dtype=torch.uint8)

@@ -1,0 +1,154 @@
+"""Faults found by session 60's reviews of evaluation and data, each checked against what it must equal."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from dit_core.checkpoint import save_checkpoint
+from dit_core.config import ModelConfig, TrainConfig
+from dit_core.data.imagefolder import scan_image_folder
+from dit_core.data.photo_options import PhotoOptions
+from dit_core.data.photos import PhotoCrops, parse_photos_reference, photos_reference
+from dit_core.diffusion import DiffusionConfig, create_diffusion
+from dit_core.evaluate import SampleSettings, generate_images
+from dit_core.evaluate.checkpoint_eval import (
+    CheckpointEvalConfig,
+    prepare_checkpoint_eval,
+    protocol_departures,
+)
+from dit_core.evaluate.features import FeatureExtractor
+from dit_core.evaluate.metrics import IS_SPLIT_SIZE, evaluate_samples, inception_score
+from dit_core.evaluate.sampling import NonFiniteSamples
+from dit_core.models import DiT
+
+
+def _adm_inception_score(p: np.ndarray, split_size: int) -> float:
+    """ADM's evaluator (guided-diffusion evaluations/evaluator.py): consecutive chunks of split_size."""
+    scores = []
+    for i in range(0, len(p), split_size):
+        part = p[i : i + split_size]
+        kl = (part * (np.log(part) - np.log(part.mean(0, keepdims=True)))).sum(1).mean()
+        scores.append(np.exp(kl))
+    return float(np.mean(scores))
+
+
+class _ClassFromPixel(FeatureExtractor):
+    """Class probabilities 0.9 one-hot (+0.1 spread) on the class written in the image's first pixel."""
+
+    name = "class-from-pixel"
+    outputs = ("pool", "probs")
+
+    def _extract_batch(self, x, outputs):
+        c = np.minimum(x[:, 0, 0, 0].astype(int), 3)
+        p = np.full((len(x), 4), 0.1 / 4)
+        p[np.arange(len(x)), c] += 0.9
+        return {"pool": p, "probs": p}
+
+
+def test_the_inception_score_of_many_samples_is_the_mean_over_adms_chunks_of_5000():
+    """12,000 samples, each 5,000-sample chunk of one class: ADM's IS is exp(0) = 1 in every chunk; one
+    chunk over all (the fault) gives exp(H(5/12, 5/12, 2/12)) of the mixed classes, 2.18."""
+    assert IS_SPLIT_SIZE == 5000
+    x = np.zeros((12000, 1, 8, 8), np.uint8)
+    x[:, :] = (np.arange(12000) // 5000)[:, None, None, None]
+    got = evaluate_samples(x, "digits", metrics=("is",), extractors={"inception": _ClassFromPixel()})
+    assert got["is"] == pytest.approx(1.0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.full(7, 0.3), size=12_345)
+    want = _adm_inception_score(p, 5000)  # chunks of 5,000, 5,000 and 2,345
+    assert inception_score(p, split_size=5000) == pytest.approx(want, rel=1e-12)
+    assert abs(inception_score(p, splits=3) - want) > 1e-6  # near-equal thirds are another estimate
+    with pytest.raises(ValueError, match="split_size must be >= 1"):
+        inception_score(p, split_size=0)
+
+
+def _checkpoint(tmp_path, reference: str | None) -> tuple[str, TrainConfig]:
+    model = ModelConfig(
+        name=None, depth=1, hidden_size=32, num_heads=2, patch_size=4, input_size=16, in_channels=1,
+        num_classes=10, learn_sigma=True,
+    )  # fmt: skip
+    cfg = TrainConfig(model=model)
+    cfg = replace(cfg, eval=replace(cfg.eval, reference=reference, num_samples=12, steps=3))
+    out = tmp_path / f"ckpt-{reference}"
+    sd = DiT.from_config(cfg.model.to_dit_config()).state_dict()
+    save_checkpoint(str(out), {"model": sd, "ema": sd, "config": cfg.to_flat_dict(), "step": 7})
+    return str(out), cfg
+
+
+def test_a_checkpoint_is_rescored_against_the_reference_the_run_itself_used(tmp_path, monkeypatch):
+    """The run scored itself against its eval.reference (digits:val), so the evaluate CLI without
+    --reference does too; and naming the reference the run used by default (digits) is no departure."""
+    monkeypatch.setenv("DITSCALE_CACHE", str(tmp_path / "cache"))
+    own = prepare_checkpoint_eval(CheckpointEvalConfig(checkpoint=_checkpoint(tmp_path, "digits:val")[0]))
+    assert (own.reference.spec, own.reference.split) == ("digits:val", "val")
+    plain, run_cfg = _checkpoint(tmp_path, None)
+    cfg = CheckpointEvalConfig(checkpoint=plain, reference="digits", log_to_run=True)
+    assert prepare_checkpoint_eval(cfg).reference.spec == "digits"
+    assert protocol_departures(cfg, run_cfg) == []
+    assert protocol_departures(replace(cfg, reference="digits:val"), run_cfg) == [
+        "reference digits:val (run: digits)"
+    ]
+
+
+def test_a_decoder_that_gives_non_finite_pixels_stops_the_evaluation():
+    """Finite latents, a decoder returning NaN: NonFiniteSamples, not black uint8 images scored as results."""
+    m = ModelConfig(
+        name=None, depth=1, hidden_size=32, num_heads=2, patch_size=4, input_size=8, in_channels=4,
+        num_classes=10, learn_sigma=True,
+    )  # fmt: skip
+    model = DiT.from_config(m.to_dit_config()).eval()
+    nan = lambda z: torch.nn.functional.interpolate(z[:, :3], scale_factor=2) * float("nan")  # noqa: E731
+    kw = dict(batch_size=4, num_classes=10, image_size=8, channels=4)
+    with pytest.raises(NonFiniteSamples, match="the VAE decoder gave non-finite pixels"):
+        generate_images(
+            model, create_diffusion(DiffusionConfig()), range(4), SampleSettings(steps=2), decode=nan, **kw
+        )
+    ok = lambda z: torch.nn.functional.interpolate(z[:, :3], scale_factor=2).clamp(-1, 1)  # noqa: E731
+    imgs = generate_images(
+        model, create_diffusion(DiffusionConfig()), range(4), SampleSettings(steps=2), decode=ok, **kw
+    )
+    assert imgs.shape == (4, 3, 16, 16) and imgs.dtype == torch.uint8
+
+
+def test_photo_crops_stay_inside_their_region_when_the_holdout_is_half_of_an_odd_width():
+    """An 11-column photo, holdout 0.5: 5 training columns, sides up to 0.5 x 11 = 5.5. Every crop
+    fits its region, so a constant photo renders as that constant (a crop past the region was
+    clamped but divided by its full area: darker edge columns)."""
+    crops = PhotoCrops([np.full((11, 11, 1), 200.0)], channels=1, crop_scale=(0.4, 0.5), holdout=0.5)
+    for split in ("train", "val"):
+        b = crops.boxes(np.arange(4000), split)
+        assert (b["x0"] >= b["x_lo"]).all() and (b["x0"] + b["side"] <= b["x_hi"] + 1e-9).all(), split
+        x, _ = crops.sample(np.arange(4000), split, resolution=4)
+        assert (x == 200).all(), split
+
+
+def test_a_photos_reference_name_reads_back_as_the_runs_own_options():
+    """Options that :g would round (holdout 0.2500001 -> 0.25 moves the held-out strip by a column at
+    512 px) are written exactly; the default names stay as they were (the reference cache's keys)."""
+    odd = PhotoOptions(channels=1, num_photos=3, crop_scale=(0.0800001, 0.2), holdout=0.2500001)
+    assert parse_photos_reference(photos_reference(odd, 8)) == (odd, 8)
+    tiny = PhotoOptions(crop_scale=(1e-05, 2e-05))  # exponents: their minus is no range separator
+    assert parse_photos_reference(photos_reference(tiny)) == (tiny, 2000)
+    assert photos_reference(PhotoOptions()) == (
+        "photos:channels=3,num_photos=10,crop_scale=0.08-0.2,holdout=0.25,n=2000"
+    )
+
+
+def test_a_link_into_another_class_folder_leaves_those_images_in_their_own_class(tmp_path):
+    """a/link -> b/sub: b/sub's image keeps label b (it was labelled a, and b's real folder dropped)."""
+    from PIL import Image
+
+    for d in ("a", "b/sub"):
+        (tmp_path / d).mkdir(parents=True)
+    for f in ("a/a0.png", "b/sub/b1.png", "b/b0.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f)
+    (tmp_path / "a" / "link_to_b_sub").symlink_to(tmp_path / "b" / "sub")
+    (tmp_path / "b" / "twin").symlink_to(tmp_path / "b" / "sub")  # a second link to one folder: once
+    scan = scan_image_folder(str(tmp_path))
+    got = sorted((os.path.relpath(p, tmp_path), scan.classes[y]) for p, y in scan.samples)
+    assert got == [("a/a0.png", "a"), ("b/b0.png", "b"), ("b/sub/b1.png", "b")]
