@@ -11,11 +11,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..configio import ConfigError
-from ..data import default_reference
 from ..data.latents import vae_factor
 from ..device import resolve_device
 from ..extract_latents import load_vae as load_autoencoder
-from ..trainer.evaluation import check_guidance, check_steps, run_metrics, sampling_settings
+from ..trainer.evaluation import check_guidance, check_steps, run_metrics, run_reference, sampling_settings
 from ..trainer.resume import config_changes
 from .features import known_without_logits, no_logits_message, resolve_inception_weights
 from .metrics import METRICS, check_metrics, default_metrics
@@ -63,12 +62,6 @@ def protocol_departures(cfg: CheckpointEvalConfig, run_cfg) -> list[str]:
     off = [f"{k} {getattr(cfg, k)} (run: {run[k]})" for k in keys if getattr(cfg, k) not in (None, run[k])]
     off += [f"metrics {','.join(cfg.metrics)} (run: its own)"] if cfg.metrics else []
     return off + (["--raw-weights (run: the EMA weights)"] if not cfg.use_ema else [])
-
-
-def run_reference(run_cfg) -> str | None:
-    """The reference the run (its TrainConfig ``run_cfg``) scored itself against: its
-    ``eval.reference``, else its data's own (`default_reference`; None for data without one)."""
-    return run_cfg.eval.reference or default_reference(run_cfg.data)
 
 
 def chosen_metrics(cfg: CheckpointEvalConfig, run_cfg, reference: str) -> tuple[str, ...]:

@@ -76,6 +76,13 @@ def sampling_settings(cfg: TrainConfig) -> SampleSettings:
     )  # fmt: skip
 
 
+def run_reference(cfg: TrainConfig) -> str | None:
+    """The reference a run scores its samples against: its ``eval.reference``, else its data's own
+    (`dit_core.data.default_reference`; None for data without one). The evaluate CLI rescores a
+    checkpoint against the same (`dit_core.evaluate.checkpoint_eval`)."""
+    return cfg.eval.reference or default_reference(cfg.data)
+
+
 def run_metrics(cfg: TrainConfig, reference: str) -> tuple[str, ...]:
     """The metrics a run on ``cfg`` logs against ``reference``: ``eval.metrics``, else the domain
     metrics of a digits / photos reference (eval/fid_digits, eval/fid_photos, ...; no Inception),
@@ -130,7 +137,7 @@ def check_evaluation(cfg: TrainConfig) -> None:
             f"eval.batch_size: must be >= 1 when eval.eval_every > 0 (the sampling batch), got {e.batch_size}"
             f"{off}"
         )
-    reference = e.reference or default_reference(data)
+    reference = run_reference(cfg)
     if reference is None:
         return
     names = run_metrics(cfg, reference)
@@ -167,7 +174,7 @@ def evaluate_samples(
     name}`` on rank 0. ``stop``: asked before each sampling batch
     (`dit_core.evaluate.sampling.SamplingStopped` when it says so)."""
     e, data = cfg.eval, cfg.data
-    reference = e.reference or default_reference(data)
+    reference = run_reference(cfg)
     say = log.warning if getattr(accelerator, "is_main_process", True) else log.debug  # alike on every rank
     if data.name == "latents":
         say("eval: latent runs are scored from checkpoints with a VAE (dit_core.evaluate); skipped")
