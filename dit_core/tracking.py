@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -216,12 +217,34 @@ class InterruptSafeClient:
         return call
 
 
+@contextlib.contextmanager
+def _store_folder_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the folder of the SQLite store ``path`` (no file left beside it); none
+    where the folder does not exist (MLflow then says so itself)."""
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def interrupt_safe_client(uri: str | None = None) -> InterruptSafeClient:
     """An `MlflowClient` of the store at ``uri`` (None: MLflow's default), its calls whole under a Ctrl-C
-    (`InterruptSafeClient`)."""
-    from mlflow import MlflowClient
+    (`InterruptSafeClient`). A ``sqlite:///FILE`` store is opened here under a lock on its folder:
+    the first open of a new store runs MLflow's schema migrations, and two processes migrating at once
+    (two trainers or launchers started together on a fresh store) failed with alembic errors and could
+    leave it half-migrated. MLflow keeps the opened store per URI, so later calls do not migrate again."""
+    from mlflow import MlflowClient, get_tracking_uri
 
-    return InterruptSafeClient(MlflowClient(tracking_uri=uri))
+    if (path := sqlite_store_path(uri or get_tracking_uri())) is None:
+        return InterruptSafeClient(MlflowClient(tracking_uri=uri))
+    with _store_folder_lock(path), interrupts_deferred():  # the client opens (and migrates) the store
+        return InterruptSafeClient(MlflowClient(tracking_uri=uri))
 
 
 def get_or_create_experiment(client, name: str) -> str:

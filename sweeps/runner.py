@@ -400,7 +400,8 @@ class _Runner:
         """Submit ``tasks``, each continuing its cell's one MLflow run, and record the job in it."""
         spec, uri = self.prep.spec, self.prep.tracking_uri
         new = {t.cell_id: config_hash(t.overrides) for t in tasks if self.states[t.cell_id].run_id is None}
-        for cid, run_id in create_cell_runs(uri, spec.experiment, spec.name, new).items():
+        dirs = {t.cell_id: t.run_dir for t in tasks}
+        for cid, run_id in create_cell_runs(uri, spec.experiment, spec.name, new, dirs).items():
             self.states[cid].run_id = run_id
         prepared = []
         for t in tasks:

@@ -40,6 +40,10 @@ RECORD_TAGS = (EXECUTOR_TAG, JOB_ID_TAG, "job_folder", "attempts", "config_hash"
 #: tag counting a cell's submissions stopped by their own launcher (its user's Ctrl-C while it waited, or
 #: a cancel after their record failed): not tries
 INTERRUPTS_TAG = "interrupts"
+# the cell's run folder (absolute), written when its launcher creates the run: a job's cell lock is held
+# there, and a launch from another --output-dir is refused (`check_cell_folder`) before the trainer
+# has logged its ``out``
+RUN_DIR_TAG = "run_dir"
 #: file in a cell's folder naming the jobs its launcher cancelled because their record failed (the
 #: tracking server gone), ``{job_id: the cell's interrupts counting that job}``: the record of such a job
 #: may have been written before the server failed, and the cancel could not be written beside it
@@ -78,6 +82,7 @@ class CellState:
     duplicates: int = 0
     config_hash: str | None = None
     params: dict[str, str] = field(default_factory=dict, repr=False)  # the trainer's flat config
+    run_dir: str | None = None  # the folder its launcher made the run for (`RUN_DIR_TAG`; older runs: None)
     unrecorded: bool = False  # a job ran or runs in the run, which records none (`_unrecorded_job`)
 
     @property
@@ -174,11 +179,16 @@ def _each(tracking_uri: str, fn: Callable[[Any], Any], items: list[Any]) -> list
 
 
 def create_cell_runs(
-    tracking_uri: str, experiment: str, sweep: str, hashes: dict[str, str]
+    tracking_uri: str,
+    experiment: str,
+    sweep: str,
+    hashes: dict[str, str],
+    run_dirs: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Create each cell's one MLflow run (``hashes``: ``{cell_id: config hash}``; status SCHEDULED,
-    tags ``sweep``, ``grid_cell``, ``config_hash``, ``attempts=0``); the trainer continues it
-    (``tracking.run_id``). Returns ``{cell_id: run_id}``."""
+    tags ``sweep``, ``grid_cell``, ``config_hash``, ``attempts=0`` and, given ``run_dirs``
+    ``{cell_id: run folder}``, `RUN_DIR_TAG`); the trainer continues it (``tracking.run_id``).
+    Returns ``{cell_id: run_id}``."""
     if not hashes:
         return {}
     client = _client(tracking_uri)
@@ -186,6 +196,8 @@ def create_cell_runs(
 
     def one(cell_id: str) -> str:
         tags = {SWEEP_TAG: sweep, GRID_CELL_TAG: cell_id, "config_hash": hashes[cell_id], "attempts": "0"}
+        if run_dirs and cell_id in run_dirs:
+            tags[RUN_DIR_TAG] = run_dirs[cell_id]
         run = client.create_run(exp_id, run_name=cell_id, tags=tags)
         client.update_run(run.info.run_id, status="SCHEDULED")
         return run.info.run_id
@@ -205,8 +217,8 @@ class Submission(NamedTuple):
 
 
 def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
-    """Write each submission into its cell's run: the job (executor, id, folder), the attempt count
-    and the config hash (and the interrupts, where any: those a `CANCELLED_FILE` added are kept so);
+    """Write each submission into its cell's run: the job (executor, id, folder, run folder), the attempt
+    count and the config hash (and the interrupts, where any: those a `CANCELLED_FILE` added are kept so);
     a resubmitted cell's run goes back to SCHEDULED until its trainer starts."""
     from mlflow.entities import RunTag
 
@@ -217,6 +229,8 @@ def record_submissions(tracking_uri: str, subs: list[Submission]) -> None:
         tags = [RunTag(k, v) for k, v in zip(RECORD_TAGS, values, strict=True)]
         if sub.interrupts > 0:
             tags.append(RunTag(INTERRUPTS_TAG, str(sub.interrupts)))
+        if sub.job.run_dir:  # the folder this job's lock is in (a sweep folder moved: the new one)
+            tags.append(RunTag(RUN_DIR_TAG, sub.job.run_dir))
         client.log_batch(sub.run_id, tags=tags)
         if sub.resubmitted:
             client.update_run(sub.run_id, status="SCHEDULED")
@@ -339,7 +353,7 @@ def check_cell_folder(sweep: str, st: CellState, run_dir: str | Path, experiment
             "--experiment and --tracking-uri the sweep was launched with, or delete that folder to start "
             "the cell over"
         )
-    old = st.params.get("out")
+    old = st.params.get("out") or st.run_dir
     if st.state != "finished" and old and Path(old) != run_dir and Path(old).is_dir():
         raise ValueError(
             f"cell {st.cell_id} of sweep {sweep!r}: its MLflow run {st.run_id} trains in {old}, not in "
@@ -464,6 +478,10 @@ def read_states(
     once more (`read_runs_again`); job liveness is one batched SLURM query."""
     if runs is None:
         runs = read_runs(tracking_uri, experiment, sweep)
+    # a job's lock is in the folder its run was made for, which another --output-dir does not see
+    cells = {
+        cid: runs[cid][0].data.tags.get(RUN_DIR_TAG) or rd if cid in runs else rd for cid, rd in cells.items()
+    }
     refs = {cid: job_ref(runs[cid][0], rd) for cid, rd in cells.items() if cid in runs}
     # a FINISHED run is finished whatever its job does: ask the scheduler about the others only
     unfinished = {c: r for c, r in refs.items() if r is not None and runs[c][0].info.status != "FINISHED"}
@@ -494,7 +512,7 @@ def read_states(
             st.unrecorded, st.attempts = True, st.attempts + 1
             st.interrupts = max(st.interrupts, max(cancelled_jobs(cells[cid]).values(), default=0))
         st.job_id, st.config_hash = t.get(JOB_ID_TAG), t.get("config_hash")
-        st.params = dict(run.data.params)
+        st.params, st.run_dir = dict(run.data.params), t.get(RUN_DIR_TAG)
         st.loss, st.step = latest_metric(run, (TRAIN_LOSS,))
         st.val_loss, st.val_step = latest_metric(run, (VAL_LOSS,))
         st.fid, st.fid_step = latest_metric(run, FID_METRICS)

@@ -152,3 +152,133 @@ def test_a_link_into_another_class_folder_leaves_those_images_in_their_own_class
     scan = scan_image_folder(str(tmp_path))
     got = sorted((os.path.relpath(p, tmp_path), scan.classes[y]) for p, y in scan.samples)
     assert got == [("a/a0.png", "a"), ("b/b0.png", "b"), ("b/sub/b1.png", "b")]
+
+
+@pytest.mark.parametrize(("sampler", "eta"), [("ddpm", 0.0), ("ddim", 1.0)])
+def test_stochastic_samplers_give_each_sample_the_same_images_in_any_batch(sampler, eta):
+    """A sample's per-step noise comes from its own (seed, i): batches of 7, 3 and 1 give one set (to a
+    grey level of round-off), as DDIM eta=0 always did; another seed gives another."""
+    m = ModelConfig(
+        name=None, depth=1, hidden_size=32, num_heads=2, patch_size=4, input_size=8, in_channels=1,
+        num_classes=10, learn_sigma=True,
+    )  # fmt: skip
+    model, diffusion = DiT.from_config(m.to_dit_config()).eval(), create_diffusion(DiffusionConfig())
+    kw = dict(num_classes=10, image_size=8, channels=1)
+    settings = SampleSettings(sampler=sampler, steps=4, eta=eta)
+    sets = [
+        generate_images(model, diffusion, range(7), settings, batch_size=b, **kw).int() for b in (7, 3, 1)
+    ]
+    assert all((s - sets[0]).abs().max() <= 1 for s in sets[1:])
+    other = generate_images(model, diffusion, range(7), replace(settings, seed=1), batch_size=7, **kw).int()
+    assert (other - sets[0]).abs().max() > 16
+
+
+_OPEN_STORE = """
+import sys, time
+from dit_core.tracking import get_or_create_experiment, interrupt_safe_client
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.001)
+get_or_create_experiment(interrupt_safe_client("sqlite:///" + sys.argv[1]), "e")
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_together_migrate_it_one_at_a_time(tmp_path):
+    """Three processes open one fresh store at the same instant: MLflow's schema migrations run under a
+    lock on the store's folder, so every one succeeds (without it two of three died with alembic errors,
+    "table ... already exists", in each of three trials)."""
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "fresh.db"
+    start = str(time.time() + 8)  # after the imports of all three
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_STORE, str(db), start], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert list(tmp_path.iterdir()) == [db]  # the lock is on the folder: no file left beside the store
+
+
+def test_a_launch_from_another_output_dir_sees_the_live_job_of_a_cell_and_refuses(tmp_path):
+    """Launch A made the cell's run for folder A and its job holds the cell's lock there, before the
+    trainer logged its ``out``. A launch of the same sweep from folder B read the job as dead (its lock
+    looked for in B), failed the run and trained it a second time; it now sees it alive and refuses,
+    naming A's --output-dir. A record from another folder (the sweep folder moved) moves the tag."""
+    import fcntl
+
+    from sweeps.executor import JobRef
+    from sweeps.lock import CELL_LOCK
+    from sweeps.state import (
+        RUN_DIR_TAG,
+        Submission,
+        check_cell_folder,
+        config_hash,
+        create_cell_runs,
+        read_states,
+        record_submissions,
+    )
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    a, b = tmp_path / "A" / "s" / "cells" / "c1", tmp_path / "B" / "s" / "cells" / "c1"
+    a.mkdir(parents=True)
+    h = config_hash({"x": 1})
+    (run_id,) = create_cell_runs(uri, "exp", "s", {"c1": h}, {"c1": str(a)}).values()
+    fd = os.open(a / CELL_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # A's job, alive, its submission not recorded yet
+    try:
+        st = read_states(uri, "exp", "s", {"c1": str(b)})["c1"]
+        assert (st.state, st.run_dir) == ("queued", str(a))  # alive, its trainer not started (SCHEDULED)
+        with pytest.raises(
+            ValueError, match=rf"trains in {a}, not in {b}; relaunch with --output-dir {tmp_path / 'A'}"
+        ):
+            check_cell_folder("s", st, b, "exp", uri)
+        record_submissions(
+            uri, [Submission(run_id, JobRef("local", "123", str(tmp_path / "jobs"), str(a)), 1, h, False)]
+        )
+        assert read_states(uri, "exp", "s", {"c1": str(b)})["c1"].state == "queued"  # recorded, run SCHEDULED
+    finally:
+        os.close(fd)
+    assert read_states(uri, "exp", "s", {"c1": str(b)})["c1"].state == "failed"  # the job gone
+    c = tmp_path / "C" / "s" / "cells" / "c1"
+    record_submissions(
+        uri, [Submission(run_id, JobRef("local", "124", str(tmp_path / "jobs"), str(c)), 2, h, True)]
+    )
+    from mlflow import MlflowClient
+
+    assert MlflowClient(uri).get_run(run_id).data.tags[RUN_DIR_TAG] == str(c)
+
+
+def test_a_fork_stopped_before_its_first_checkpoint_is_not_restarted_from_step_0(tmp_path):
+    """B forks A's step-4 checkpoint and dies before a checkpoint of its own (its checkpoints removed:
+    a SIGKILL). ``--resume auto`` trained B from step 0 in the fork's run; it is refused, naming the
+    source to fork again. A start from step 0 (--resume never) clears the mark."""
+    import shutil
+    import uuid
+
+    from _train_helpers import one_thread
+    from test_resume_fork import _cfg
+
+    from dit_core.configio import ConfigError
+    from dit_core.train import train
+    from dit_core.trainer.loop import FORK_FILE
+
+    experiment = f"fork-s60-{uuid.uuid4().hex[:8]}"
+    with one_thread():
+        train(_cfg(tmp_path / "a", experiment), stop_at_step=4)
+        a4 = (tmp_path / "a" / "checkpoints" / "step_0000004.pt").resolve()
+        cfg_b, b = _cfg(tmp_path / "b", experiment), tmp_path / "b"
+        train(cfg_b, resume=str(a4), stop_at_step=5)
+        assert (b / FORK_FILE).read_text() == str(a4)
+        shutil.rmtree(b / "checkpoints")
+        with pytest.raises(ConfigError, match=rf"is a fork of {a4} that stopped before .* --resume {a4} "):
+            train(cfg_b)
+        again = train(cfg_b, resume=str(a4))
+        assert again.status == "finished" and again.step == 6
+        shutil.rmtree(b / "checkpoints")
+        fresh = train(cfg_b, resume="never")
+        assert fresh.status == "finished" and not (b / FORK_FILE).exists()

@@ -70,6 +70,7 @@ def test_local_sweep_completes_then_relaunch_submits_nothing(job_env, tmp_path, 
         assert tags["executor"] == "local" and tags["job_id"] == res.job_ids[c.cell_id]
         assert Path(tags["job_folder"]).is_dir() and tags["attempts"] == "1"
         assert len(tags["config_hash"]) == 16
+        assert tags["run_dir"] == str(sweep_dir(spec) / "cells" / c.cell_id)  # where its lock is held
         hist = client.get_metric_history(run.info.run_id, "train/loss")
         assert sorted(m.step for m in hist) == list(range(1, c.steps + 1))
         # the job's result is the trainer's closed form

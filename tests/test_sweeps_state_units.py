@@ -432,7 +432,10 @@ def test_states_use_the_runs_given_and_read_none_themselves(store, exp, tmp_path
     submit(store, ids["a"], tmp_path / "a")
     runs = read_runs(store, exp, "s")
     del runs["b"]
-    got = read_states("sqlite:////no/such/store.db", exp, "s", {"a": "x", "b": "y"}, runs=runs)
+    # another store: the states come from the runs given (cell a's job found dead, its run is read once
+    # more, there, where it is not: it keeps the run given); under tmp_path, as that read makes the file
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere' / 'store.db'}"
+    got = read_states(elsewhere, exp, "s", {"a": "x", "b": "y"}, runs=runs)
     assert (got["a"].state, got["a"].run_id, got["b"].state, got["b"].run_id) == (
         "failed",
         ids["a"],

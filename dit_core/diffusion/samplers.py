@@ -53,7 +53,17 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _randn(shape: Sequence[int], generator: Generators, device: torch.device) -> torch.Tensor:
+    """Standard normal (shape); with a sequence of generators, row i from ``generator[i]`` (one per
+    sample: a sample's draws then do not depend on which batch it is in)."""
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} samples: give one per sample")
+        rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in generator]
+        return torch.stack(rows).to(device)
     gen_device = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
 
@@ -114,7 +124,7 @@ def ddim_step(
     cur: tuple[float, float],
     nxt: tuple[float, float],
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """One DDIM step between noise levels x = a x0 + s eps: cur = (a, s) -> nxt = (a', s').
 
@@ -192,7 +202,7 @@ def _flow_step(
     t_next: float,
     sampler: str,
     eta: float,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> torch.Tensor:
     """One step of the flow sampler from time t to t_next (either direction when deterministic)."""
     n = x.shape[0]
@@ -226,7 +236,7 @@ def sample(
     steps: int = 50,
     cfg_scale: float = 1.0,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     guide_channels: int | None = None,
     progress: bool = False,
     noise: torch.Tensor | None = None,

@@ -2,11 +2,10 @@
 ``evaluate_model``: sample on every process, gather, score on rank 0 (the trainer calls it every E
 steps, the CLI once on a checkpoint's EMA weights).
 
-Sample ``i`` (global index 0..N-1) has label ``i % num_classes`` (balanced classes) and starting
-noise drawn from a generator seeded by ``(seed, i)``, so with a deterministic sampler (DDIM eta=0,
-Euler, Heun) the set does not depend on how indices are batched or spread over processes. For
-stochastic samplers (DDPM, DDIM eta>0) the per-step noise comes from one generator per batch,
-seeded by ``(seed, first index)``: reproducible for a fixed batch size and process count.
+Sample ``i`` (global index 0..N-1) has label ``i % num_classes`` (balanced classes), starting noise
+drawn from a generator seeded by ``(seed, i)`` and, with a stochastic sampler (DDPM, DDIM eta>0), its
+per-step noise from another seeded by ``(seed, i, 1)``: the set does not depend on how indices are
+batched or spread over processes, for every sampler (up to float round-off between batch shapes).
 """
 
 from __future__ import annotations
@@ -116,7 +115,8 @@ def generate_images(
             ids = torch.tensor(idx)
             noise = example_noise(settings.seed, ids, shape).to(device)
             y = (ids % num_classes if labels is None else labels[idx.start : idx.stop]).to(device)
-            g = torch.Generator(device=device).manual_seed(example_seed(settings.seed, idx[0], 1))
+            # each sample's step noise (DDPM, DDIM eta > 0) from its own (seed, i): alike in any batch
+            g = [torch.Generator(device=device).manual_seed(example_seed(settings.seed, i, 1)) for i in idx]
             x = sample(
                 model, diffusion, noise.shape, y, sampler=settings.sampler, steps=settings.steps,
                 cfg_scale=settings.cfg_scale, eta=settings.eta, generator=g, noise=noise,

@@ -82,7 +82,8 @@ resume and signals:
   Running again with the same --out continues from its latest checkpoint and the same MLflow run
   (--resume auto, the default). --resume PATH of another run folder forks it into an --out without
   checkpoints: its training state continues in a new MLflow run (tagged resumed_from), and that
-  folder's run is left alone; relaunch a fork with --resume auto. A run whose final validation or
+  folder's run is left alone; relaunch a fork with --resume auto (before its first checkpoint:
+  with its --resume PATH again; auto then says so). A run whose final validation or
   evaluation failed has its last step checkpointed: running again only does those and finishes the
   run. One trainer at a time may use an --out (it holds <out>/.train.lock;
   a second one exits with 2). SIGTERM, SIGUSR1 or SIGUSR2 write a checkpoint at the next step and

@@ -84,6 +84,9 @@ __all__ = ["PeerStuck", "StuckHere", "TrainResult", "Trainer", "make_accelerator
 EVAL_PROTOCOL = ("eval.num_samples", "eval.sampler", "eval.steps", "eval.cfg_scale")
 
 #: What to do instead of restarting, in its MLflow run, a run folder's run with other settings.
+#: file in a fork's --out naming the checkpoint it forked (`Trainer.check_not_an_unstarted_fork`)
+FORK_FILE = "forked_from"
+
 RESTART_ANEW = (
     "the run in this folder stopped before its first checkpoint, and starting it again would log these "
     "settings into its MLflow run: use a new --out for a new run, or run with --resume never to start "
@@ -245,8 +248,10 @@ class Trainer:
             )
             check_resumable(saved, self.flat, f"checkpoint {self.ckpt_path}", advice, also)
             self.check_continuable(ckpt, saved)
-        elif resume == "auto" and cfg.tracking.enabled:
-            self.check_restartable()
+        elif resume == "auto":
+            self.check_not_an_unstarted_fork()
+            if cfg.tracking.enabled:
+                self.check_restartable()
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = DiT.from_config(self.dit_cfg).to(self.device)
@@ -417,6 +422,20 @@ class Trainer:
                 "new run with --resume PATH and a new --out"
             )
 
+    def check_not_an_unstarted_fork(self) -> None:
+        """ConfigError when ``out`` holds no checkpoint but is a fork (`FORK_FILE`) stopped before its
+        first one: ``--resume auto`` would train from step 0 what the fork was to continue from its
+        source checkpoint."""
+        if not (self.out / FORK_FILE).is_file():
+            return
+        src = (self.out / FORK_FILE).read_text().strip()
+        raise ConfigError(
+            f"--resume auto: {self.out} is a fork of {src} that stopped before its first checkpoint, so "
+            f"it holds no training state to continue; start the fork again with --resume {src} (a new "
+            "MLflow run; the stopped start's run is ended), or give --resume never to train from step 0 "
+            "in this folder"
+        )
+
     def check_restartable(self) -> None:
         """ConfigError, before any run is touched, when ``out`` holds no checkpoint but names the MLflow
         run of an earlier start (killed before its first checkpoint) whose ``config.json`` has other
@@ -551,6 +570,10 @@ class Trainer:
             atomic_write_text(
                 self.out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
             )
+            if self.forked_from is not None:  # until its first checkpoint, what --resume auto cannot continue
+                atomic_write_text(self.out / FORK_FILE, str(self.forked_from))
+            elif self.ckpt_path is None:  # a start from step 0 in this folder: no fork's any more
+                (self.out / FORK_FILE).unlink(missing_ok=True)
             if self.classes is not None:
                 atomic_write_text(self.out / "classes.json", json.dumps(self.class_index(), indent=2))
         self.signal_sync = SignalSync()  # a later run() of this trainer times its steps afresh
