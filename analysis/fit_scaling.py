@@ -43,7 +43,7 @@ status and exit codes (status is also in results.json, with its reasons):
   {EXIT_BAD_INPUT}  bad input (missing column, unknown experiment, too few points, ...)
   {EXIT_NOT_IDENTIFIED}  not_identified: the data leave part of the answer open (the reasons say which;
      N_opt is withheld when they bear on the allocation)
-  {EXIT_CENSORED}  censored: the optimum lies outside the models trained ("N_opt below X at every budget")
+  {EXIT_CENSORED}  censored: the grid does not bracket the optimum ("N_opt below X at every budget")
   {EXIT_PIPE_CLOSED}  the reader of its output left (`| head`); the report and --json are written
 See docs/analysis.md for what to add to the sweep in each case.
 """

@@ -149,14 +149,17 @@ def slice_sides(points: pd.DataFrame, gap_dex: float = 0.1) -> list[IsoFlopSlice
 
 
 def censored_bound(slices: list[IsoFlopSlice]) -> dict | None:
-    """{"side": "below" | "above", "N": x} when the smallest (largest) model trained wins at every budget."""
+    """{"side": "below" | "above", "N": x} when the smallest (largest) model trained wins at every budget:
+    with one minimum in N, each budget's optimum then lies below its second-smallest size (above its
+    second-largest; not below the smallest itself: it may lie between the two), so x is the largest
+    (smallest) of those over the budgets."""
     usable = [s for s in slices if s.side != "single"]
     if not usable or (len(usable) < 2 and len(usable[0].sizes) < 3):
         return None  # one slice of two sizes is too little to call (and may be an accidental cluster)
     if (side := usable[0].side) == "interior" or any(s.side != side for s in usable):
         return None
-    edge = [s.sizes[0 if side == "below" else -1] for s in usable]
-    return {"side": side, "N": max(edge) if side == "below" else min(edge)}
+    bounds = [s.sizes[1 if side == "below" else -2] for s in usable]
+    return {"side": side, "N": max(bounds) if side == "below" else min(bounds)}
 
 
 def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
@@ -165,14 +168,19 @@ def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
         return Status()
     usable = [s for s in slices if s.side != "single"]
     side, below = bound["side"], bound["side"] == "below"
-    sign, edge = ("<", 0) if below else (">", -1)
-    per = "; ".join(f"{s.compute:.3g} FLOPs{patch_text(s.patch)}: {sign} {s.sizes[edge]:.3g}" for s in usable)
+    sign, second, edge = ("<", 1, 0) if below else (">", -2, -1)
+    per = "; ".join(
+        f"{s.compute:.3g} FLOPs{patch_text(s.patch)}: {sign} {s.sizes[second]:.3g}" for s in usable
+    )
+    ends = [s.sizes[edge] for s in usable]
+    end = max(ends) if below else min(ends)
+    which = "smallest" if below else "largest"
     return Status().add(
         CENSORED,
-        f"N_opt {side} {bound['N']:.3g} {units} at every budget: the {'smallest' if below else 'largest'} "
-        f"model trained wins at each of the {len(usable)} budget(s) ({per}); the optimum is outside the grid "
-        f"- add models {'smaller' if below else 'larger'} than that (at least two sizes {side} it) at every "
-        "budget",
+        f"N_opt {side} {bound['N']:.3g} {units} at every budget: the {which} model trained wins at each of "
+        f"the {len(usable)} budget(s) ({per}: with one minimum in N, {side} the second-{which} size), so no "
+        f"model on the optimum's other side was trained and the grid does not bracket it - add models "
+        f"{'smaller' if below else 'larger'} than {end:.3g} (at least two sizes {side} it) at every budget",
     )
 
 

@@ -625,16 +625,21 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     n_runs = pts.groupby("_k")["run_id"].transform("nunique")
     if n_runs.max() < 2:
         return points, derived
-    shared = pts.groupby(["_k", "step"], dropna=False)["run_id"].transform("nunique") == n_runs
+    # the step that pairs seeds; without one, a run's only point, or else each row a point of its own
+    # (a CSV without steps: the rows of runs with several are not paired, so their seeds are kept apart)
+    alone = pts.groupby("run_id")["run_id"].transform("size") == 1
+    own = pd.Series(-2.0 - np.arange(len(pts)), index=pts.index).where(~alone, -1.0)
+    pts["_s"] = pd.to_numeric(pts["step"], errors="coerce").where(pts["step"].notna(), own)
+    shared = pts.groupby(["_k", "_s"])["run_id"].transform("nunique") == n_runs
     apart = ~shared.groupby(pts["_k"]).transform("any")  # cells whose seeds share no step
     pts.loc[apart, "_k"] = pts.loc[apart, "run_id"]
     partial = ~shared & ~apart
     pts = pts[~partial]
     rows = []
-    for _, g in pts.groupby(["_k", "step"], sort=False, dropna=False):
+    for _, g in pts.groupby(["_k", "_s"], sort=False):
         row = g.iloc[0].copy()
         for col in g.columns:
-            if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "status"):
+            if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "_s", "status"):
                 row[col] = pd.to_numeric(g[col], errors="coerce").mean()
         row["fid_se"] = float(np.sqrt((g["fid_se"] ** 2).sum(min_count=len(g)))) / len(g)  # NaN: one unknown
         row["run_id"] = " + ".join(sorted(g["run_id"].astype(str)))
@@ -645,7 +650,7 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         rows.append(row)
     out = pd.DataFrame(rows)
     cells = out.groupby("_k").agg(n=("n_seeds", "max"), model=("model", "first"), C=("C", "max"))
-    out = out.drop(columns="_k").reset_index(drop=True)
+    out = out.drop(columns=["_k", "_s"]).reset_index(drop=True)
     many = out[out["n_seeds"] > 1]
     notes = [derived] if derived else []
     if len(many):

@@ -4,7 +4,8 @@ Statuses, from best to worst:
 - ``ok``: the data identify the result; the interval is the answer.
 - ``extrapolating``: identified, but asked for more than 10x beyond the largest compute measured
   (or below the smallest).
-- ``censored``: the optimum lies outside the models trained (only a bound is known).
+- ``censored``: the smallest (largest) model wins at every budget, so the grid does not bracket the
+  optimum (only a bound is known).
 - ``not_identified``: the data do not determine the result (a flat direction, an interval that
   includes 0, approaches that disagree); no number is given as an answer.
 

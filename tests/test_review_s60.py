@@ -282,3 +282,29 @@ def test_a_fork_stopped_before_its_first_checkpoint_is_not_restarted_from_step_0
         shutil.rmtree(b / "checkpoints")
         fresh = train(cfg_b, resume="never")
         assert fresh.status == "finished" and not (b / FORK_FILE).exists()
+
+
+def test_seeds_without_steps_are_averaged_only_where_each_run_has_one_point(tmp_path):
+    """A CSV with a seed column and no step: two seeds of a model, three rows (data sizes) each, were
+    averaged into one point of all six rows (its n_seeds 6); rows that no step pairs stay apart. Runs
+    of one row each are still one point per cell, the mean of its seeds."""
+    import pandas as pd
+
+    from analysis.runs import average_seeds, load_csv
+
+    many = [
+        {"run_id": f"m{n:g}-s{s}", "seed": s, "N": n, "D": d, "loss": 1 + 100 / n + 10 / d + 0.01 * s}
+        for n in (1e3, 1e4)
+        for s in (0, 1)
+        for d in (1e2, 1e3, 1e4)
+    ]
+    pd.DataFrame(many).to_csv(tmp_path / "many.csv", index=False)
+    out, _ = average_seeds(load_csv(str(tmp_path / "many.csv")))
+    assert len(out) == 12 and set(out["n_seeds"]) == {1}
+    assert sorted(out["D"].unique()) == [1e2, 1e3, 1e4]
+    one = [r for r in many if r["D"] == 1e3]  # one row per run: the seeds pair
+    pd.DataFrame(one).to_csv(tmp_path / "one.csv", index=False)
+    out, _ = average_seeds(load_csv(str(tmp_path / "one.csv")))
+    assert len(out) == 2 and set(out["n_seeds"]) == {2}
+    want = {1e3: 1 + 0.1 + 0.01 + 0.005, 1e4: 1 + 0.01 + 0.01 + 0.005}
+    assert {n: pytest.approx(v, rel=1e-12) for n, v in want.items()} == dict(zip(out["N"], out["loss"]))
