@@ -156,6 +156,8 @@ class _ShardImages(Dataset):
 def _fingerprint(cfg: ExtractConfig, samples: list[tuple[str, int]], root: str) -> str:
     """Hash of everything that determines the shards' contents."""
     keys = ("vae", "vae_subfolder", "image_size", "posterior", "scale_factor", "shard_size", "dtype", "seed")
+    if cfg.posterior == "sample":  # a batch draws its images' noise together: another size, other latents
+        keys += ("batch_size",)
     h = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True).encode())
     for path, label in samples:
         h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())

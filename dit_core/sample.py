@@ -106,7 +106,7 @@ def labels_for(cfg: SampleConfig, num_classes: int) -> torch.Tensor:
 def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, H, W, C) uint8, labels (N,)) sampled from ``cfg.checkpoint`` (file or run folder)."""
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .data.latents import vae_factor
+    from .data.latents import latent_scale, vae_factor
     from .device import resolve_device
     from .evaluate.checkpoint_eval import check_vae, load_vae
     from .evaluate.sampling import generate_images, vae_decoder
@@ -127,7 +127,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     images = generate_images(
         model, diffusion, range(len(labels)), settings, batch_size=cfg.batch_size,
         num_classes=dit.num_classes, image_size=size, channels=dit.in_channels, labels=labels,
-        decode=vae_decoder(vae), device=device, progress=cfg.progress,
+        decode=vae_decoder(vae, latent_scale(tcfg.data)), device=device, progress=cfg.progress,
     )  # fmt: skip
     log.info("sampled %d images at %d px (%s-%d, cfg %.2f, seed %d)", len(labels), images.shape[-1],
              settings.sampler, settings.steps, settings.cfg_scale, settings.seed)  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -293,9 +294,11 @@ def budget_steps(train_flops: float, flops_per_image: float, batch_size: int) ->
     """Whole optimizer steps of `batch_size` images that fit in `train_flops` (true FLOPs):
     `floor(train_flops / (batch_size * flops_per_image))`, 0 if not even one.
 
-    A relative 1e-12 of slack absorbs float rounding, so a budget of exactly k steps gives k.
+    A slack of 4 float epsilons (relative) absorbs the roundings of the product and the quotient, so
+    a budget of exactly k steps gives k, and never a step more than fits (1e-12, until session 60,
+    gave one where the budget was up to 1e-12 short of it).
     """
-    return math.floor(train_flops / (flops_per_image * batch_size) * (1 + 1e-12))
+    return math.floor(train_flops / (flops_per_image * batch_size) * (1 + 4 * sys.float_info.epsilon))
 
 
 class Budget(Protocol):

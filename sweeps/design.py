@@ -588,7 +588,9 @@ def refit_centre(spec: SweepSpec, prior, points, done: list[float], target: floa
     strays further; with neither, the prior (the note says why)."""
     from analysis.pipeline import AnalysisConfig, analyze, predict, prepare
 
-    cfg = AnalysisConfig(n_bootstrap=0, min_steps=spec.fewest_steps())
+    cfg = AnalysisConfig(
+        n_bootstrap=0, min_steps=spec.fewest_steps(), params=getattr(prior, "n_axis", "total")
+    )
     fit, why = None, ""
     try:
         pr = predict(analyze(points, cfg), target)

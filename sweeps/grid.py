@@ -190,8 +190,10 @@ class SweepSpec:
                 f"lrs {self.lrs} repeat an lr (to 4 digits, as cell ids keep it); list each once"
             )
         check_fields(self, "", {"design": DESIGNS, "batch_size": ">= 1", "val_points": ">= 1"})
-        if isinstance(self.min_steps, bool) or not 1 <= self.fewest_steps() <= self.isoflop_max_steps:
-            raise ValueError("need 1 <= min_steps <= isoflop_max_steps (--min-steps, --max-steps)")
+        if isinstance(self.min_steps, bool) or self.fewest_steps() < 1:
+            raise ValueError("need min_steps >= 1 (--min-steps)")
+        if self.design != "grid" and self.fewest_steps() > self.isoflop_max_steps:  # a grid has no maximum
+            raise ValueError("need min_steps <= isoflop_max_steps (--min-steps, --max-steps)")
         self._validate_design()
         e = self.executor
         rules = {"name": EXECUTORS, "gpus_per_node": ">= 0", "max_retries": ">= 0"}

@@ -100,17 +100,20 @@ def ladder_tasks(spec: SweepSpec, cells: list[Cell], tasks: dict, sweep_dir: Pat
         base = tasks[group[0].cell_id].overrides
         optim = TrainConfig().replace(**base).optim
         largest, smallest = max(group, key=lambda c: c.steps), min(group, key=lambda c: c.steps)
+        forks = sorted(fork_step(c.steps, optim.cooldown_frac) for c in group)
+        # the trunk is grown to each fork as a run of that many steps, whose warmup the trainer caps at
+        # its steps - 2: a warmup past the first fork - 2 gave the trunk other lrs than the cells' own
+        warmup = max(0, min(warmup_steps(optim, smallest.steps), forks[0] - 2))
         shared = {
             "optim.lr": peak_lr(optim, largest.model.hidden_size, largest.train_flops),
             "optim.lr_scaling": "none",
             "optim.lr_flops_ref": 0.0,
-            "optim.warmup_steps": warmup_steps(optim, smallest.steps),
+            "optim.warmup_steps": warmup,
             "optim.warmup_frac": 0.0,
         }
         folder = Path(sweep_dir).resolve() / "trunks" / f"{largest.model.name}-p{largest.patch_size}-{key}"
         common = {k: v for k, v in base.items() if not _per_cell(k)}
         trunk = {**common, **shared, **TRUNK_SETTINGS, "out": str(folder)}
-        forks = sorted(fork_step(c.steps, optim.cooldown_frac) for c in group)
         for c in group:
             own = fork_step(c.steps, optim.cooldown_frac)
             if own < 1:

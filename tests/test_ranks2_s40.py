@@ -259,4 +259,5 @@ def test_after_a_resume_every_rank_holds_the_one_process_ema_and_only_rank_zero_
     assert not (probe / "writes_1.txt").exists(), (probe / "writes_1.txt").read_text()
     writes = Counter((probe / "writes_0.txt").read_text().split())
     assert writes == {"config.json": 1, "classes.json": 1, "mlflow_run_key": 1, "mlflow_run_id": 1,
-                      "step_0000006.pt": 1, "step_0000008.pt": 1, "latest.json": 2}, writes  # fmt: skip
+                      "forked_from": 1, "step_0000006.pt": 1, "step_0000008.pt": 1,
+                      "latest.json": 2}, writes  # fmt: skip

@@ -308,3 +308,106 @@ def test_seeds_without_steps_are_averaged_only_where_each_run_has_one_point(tmp_
     assert len(out) == 2 and set(out["n_seeds"]) == {2}
     want = {1e3: 1 + 0.1 + 0.01 + 0.005, 1e4: 1 + 0.01 + 0.01 + 0.005}
     assert {n: pytest.approx(v, rel=1e-12) for n, v in want.items()} == dict(zip(out["N"], out["loss"]))
+
+
+def test_an_adaptive_refit_centres_on_the_priors_own_parameter_axis():
+    """A prior fitted on non-embedding parameters places sizes on that axis, so the refit must read the
+    IsoFLOP minimum there too: a parabola whose minimum is at N_non_embedding = 2e4 (total N = 4e4, the
+    embeddings half) centres at 2e4, not at the total 4e4 read as non-embedding."""
+    import numpy as np
+    import pandas as pd
+
+    from sweeps.design import FitPrior, refit_centre
+    from sweeps.grid import load_spec
+
+    spec = load_spec("demo").replace(budgets=[1e11, 1e12], design="adaptive")
+    prior = FitPrior("fit.json", "frontier", {"A": 30341 / 1e11**0.5, "alpha": -0.5}, "non_embedding")
+    n_ne = 2e4 * np.logspace(-0.6, 0.6, 5)
+    pts = pd.DataFrame(
+        {"N": 2 * n_ne, "N_non_embedding": n_ne, "D": 1e11 / (264.0 * 2 * n_ne), "C": 1e11,
+         "loss": 0.1 + np.log(n_ne / 2e4) ** 2}
+    )  # fmt: skip
+    centre = refit_centre(spec, prior, pts, [1e11], 1e11, 2)  # the target is the budget done: no growth
+    assert centre.n == pytest.approx(2e4, rel=1e-9)
+
+
+def test_a_ladder_trunk_trains_every_step_before_a_fork_at_the_cells_own_lr(tmp_path):
+    """S at 1.5e9 (12 steps, fork 9) and 1e10 (80 steps, fork 64), warmup 10: the trunk, grown as runs
+    of 9 and 64 steps, capped its warmup at 9 - 2 = 7 while the cells' schedules kept 10, so every
+    cell's first steps were trained at other lrs (and the smallest fork was refused). The shared warmup
+    is now at most the first fork - 2: trunk and cells agree at every step before each fork."""
+    from dit_core.config import TrainConfig
+    from dit_core.trainer.lr_schedule import first_lr_change, lr_at, peak_lr
+    from sweeps.grid import expand, load_spec
+    from sweeps.task import make_tasks
+
+    spec = load_spec("demo").replace(families=["S"], budgets=[1.5e9, 1e10], min_steps=10, ladder=True)
+    cells = expand(spec)
+    tasks = make_tasks(spec, cells, tmp_path / "demo", f"sqlite:///{tmp_path / 'x.db'}")
+    trunk = max((t.trunk for t in tasks.values()), key=lambda tr: tr.fork_step)
+    assert trunk.fork_steps == (9, 64)
+    trunk_lr, prev = {}, 0
+    for f in trunk.fork_steps:  # as `grow_trunk` trains it: a run of f steps from the last fork on
+        o = TrainConfig().replace(**trunk.overrides_to(f))
+        p = peak_lr(o.optim, o.model.hidden_size, f * trunk.flops_per_step)
+        trunk_lr |= {s: lr_at(s, f, o.optim, p) for s in range(prev, f)}
+        prev = f
+    for c in cells:
+        t, per_step = tasks[c.cell_id], c.batch_size * c.train_flops_per_image
+        o = TrainConfig().replace(**t.overrides)
+        assert o.optim.warmup_steps == 7
+        p = peak_lr(o.optim, o.model.hidden_size, c.steps * per_step)
+        own = [lr_at(s, c.steps, o.optim, p) for s in range(t.trunk.fork_step)]
+        assert own == pytest.approx([trunk_lr[s] for s in range(t.trunk.fork_step)], rel=1e-12)
+        saved = TrainConfig().replace(**t.trunk.overrides_to(t.trunk.fork_step)).optim
+        kw = dict(hidden_size=o.model.hidden_size, flops_per_step=per_step)
+        assert first_lr_change(saved, t.trunk.fork_step, o.optim, c.steps, t.trunk.fork_step, **kw) is None
+
+
+def test_latents_stored_at_another_scale_are_decoded_at_that_scale(tmp_path, vae_dir, tiny_vae):
+    """Latents extracted with --scale-factor 0.5 were decoded as z / 0.18215 by sample and evaluate
+    (their pixels off by up to 1.2 in [-1, 1]); the run's manifest now gives the scale. And a sampled
+    posterior's noise depends on the batch it was drawn in, so a resume at another --batch-size is
+    refused (it wrote shards a fresh run would not)."""
+    from _image_helpers import image_folder
+
+    from dit_core.data.config import DataConfig
+    from dit_core.data.latents import SD_VAE_SCALE, LatentsDataset, latent_scale
+    from dit_core.evaluate.sampling import vae_decoder
+    from dit_core.extract_latents import ExtractConfig, extract_latents
+
+    root = image_folder(tmp_path / "imgs", per_class=2, size=(16, 16))
+    kw = dict(vae=str(vae_dir), image_size=16, shard_size=4, num_workers=0, device="cpu")
+    out = tmp_path / "lat"
+    extract_latents(
+        ExtractConfig(str(root), str(out), scale_factor=0.5, posterior="mean", batch_size=2, **kw)
+    )
+    assert latent_scale(DataConfig(name="latents", root=str(out))) == 0.5
+    assert latent_scale(DataConfig(name="latents", root=str(tmp_path / "gone"))) == SD_VAE_SCALE  # warned
+    z = LatentsDataset(str(out), random_flip=False)[0][0][None]
+    with torch.no_grad():
+        want = tiny_vae.decode(z / 0.5).sample
+        assert torch.equal(
+            vae_decoder(tiny_vae, latent_scale(DataConfig(name="latents", root=str(out))))(z), want
+        )
+    sampled = tmp_path / "sampled"
+    extract_latents(ExtractConfig(str(root), str(sampled), posterior="sample", batch_size=2, **kw))
+    with pytest.raises(ValueError, match="comes from a different extraction"):
+        extract_latents(ExtractConfig(str(root), str(sampled), posterior="sample", batch_size=4, **kw))
+
+
+def test_a_budget_one_flop_short_of_k_steps_makes_k_minus_1_and_exact_multiples_make_k():
+    """S at batch 32 costs 32 x 3,868,128 FLOPs a step: a budget one FLOP short of 267,460 steps fits
+    267,459 (a 1e-12 slack made it 267,460, over the budget); k steps' cost, however the floats
+    multiply it, stays k."""
+    import random
+
+    from dit_core.spec import budget_steps
+
+    fpi, batch = 3_868_128, 32
+    assert budget_steps(fpi * batch * 267_460 - 1, fpi, batch) == 267_459
+    assert budget_steps(float(fpi * batch * 267_460), fpi, batch) == 267_460
+    rng = random.Random(0)
+    for _ in range(20_000):
+        k, f, b = rng.randint(1, 10**9), rng.randint(10**5, 10**9), rng.choice([1, 16, 32, 256, 1024])
+        assert budget_steps(float(k) * f * b, f, b) == k and budget_steps(k * (f * b) * 1.0, f, b) == k

@@ -652,5 +652,10 @@ def test_grid_min_steps_leaves_out_the_cells_below_it_and_says_which():
     assert len(expand(spec.replace(min_steps=None))) == 8  # without min_steps every cell runs
     with pytest.raises(ValueError, match=r"budget 1e9 gives no model min_steps 50 steps \(the most: 8\)"):
         expand(spec.replace(budgets=[1e9, 1e11]))
-    with pytest.raises(ValueError, match="need 1 <= min_steps"):
+    with pytest.raises(ValueError, match=r"need min_steps >= 1 \(--min-steps\)"):
         spec.replace(min_steps=0)
+    # a grid has no maximum step count: a min_steps above isoflop_max_steps was refused (session 60)
+    (big,) = expand(spec.replace(families=["S"], budgets=[1e15], min_steps=150_000))
+    assert big.steps == 1e15 // (32 * 3_868_128) and big.steps > spec.isoflop_max_steps
+    with pytest.raises(ValueError, match=r"need min_steps <= isoflop_max_steps"):
+        spec.replace(design="isoflop", min_steps=150_000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import logging
 import os
 from typing import Any
 
@@ -17,6 +18,8 @@ from .flip import EpochFlipMixin
 from .imagefolder import class_folders
 
 #: Stable Diffusion's VAE latent scale: latents are stored times it and decoded as ``vae.decode(z / it)``.
+log = logging.getLogger(__name__)
+
 SD_VAE_SCALE = 0.18215
 
 
@@ -41,6 +44,21 @@ MANIFEST_KEYS = (
     "shards",
     "skipped",
 )
+
+
+def latent_scale(data) -> float:
+    """The scale the latents of a run on ``data`` (its DataConfig) were stored with: their manifest's
+    ``scale_factor``, which decoding divides by; `SD_VAE_SCALE` (with a warning) when the latents
+    folder is not here to say, or the data are not latents."""
+    if getattr(data, "name", None) != "latents":
+        return SD_VAE_SCALE
+    try:
+        return float(read_manifest(os.path.abspath(os.path.expanduser(data.root)))["scale_factor"])
+    except (ValueError, TypeError, KeyError) as e:
+        log.warning(
+            "latents: the scale factor of %s is unknown (%s); decoding with %g", data.root, e, SD_VAE_SCALE
+        )
+        return SD_VAE_SCALE
 
 
 def shard_name(k: int) -> str:

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..configio import ConfigError
-from ..data.latents import vae_factor
+from ..data.latents import SD_VAE_SCALE as LATENT_SCALE
+from ..data.latents import latent_scale, vae_factor
 from ..device import resolve_device
 from ..extract_latents import load_vae as load_autoencoder
 from ..trainer.evaluation import check_guidance, check_steps, run_metrics, run_reference, sampling_settings
@@ -186,6 +187,7 @@ class PreparedEval:
     metrics: tuple[str, ...]
     vae: object | None
     step: int  # the checkpoint's training step
+    latent_scale: float = LATENT_SCALE  # what the run's latents were stored with (decoding divides by it)
 
 
 def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> PreparedEval:
@@ -239,8 +241,9 @@ def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> Prep
     check_steps(settings.steps, diffusion.num_timesteps, given=cfg.steps is not None)
     num_samples = cfg.num_samples if cfg.num_samples is not None else tcfg.eval.num_samples
     return PreparedEval(
-        model, diffusion, settings, num_samples, source, tuple(metrics), vae, int(ckpt["step"])
-    )
+        model, diffusion, settings, num_samples, source, tuple(metrics), vae, int(ckpt["step"]),
+        latent_scale(data) if vae is not None else LATENT_SCALE,
+    )  # fmt: skip
 
 
 def score_prepared(
@@ -252,6 +255,6 @@ def score_prepared(
         p.model, p.diffusion, p.settings, num_samples=p.num_samples, batch_size=cfg.batch_size,
         num_classes=dit.num_classes, image_size=dit.input_size, channels=dit.in_channels,
         reference=p.reference, metrics=p.metrics, accelerator=accelerator, vae=p.vae,
-        inception_weights=cfg.inception_weights, save_samples=cfg.save_samples,
+        latent_scale=p.latent_scale, inception_weights=cfg.inception_weights, save_samples=cfg.save_samples,
         feature_spaces=feature_spaces, progress=cfg.progress,
     )  # fmt: skip

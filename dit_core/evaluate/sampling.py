@@ -30,10 +30,11 @@ from .reference import ReferenceSource
 log = logging.getLogger(__name__)
 
 
-def vae_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Latents -> pixels in [-1, 1], ``vae.decode(z / LATENT_SCALE)`` ``(N, 3, f h, f w)`` for the VAE's
-    `dit_core.data.latents.vae_factor` f (8 for Stable Diffusion's); None: no VAE."""
-    return (lambda z: vae.decode(z / LATENT_SCALE).sample) if vae is not None else None
+def vae_decoder(vae, scale: float = LATENT_SCALE) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Latents -> pixels in [-1, 1], ``vae.decode(z / scale)`` ``(N, 3, f h, f w)`` for the VAE's
+    `dit_core.data.latents.vae_factor` f (8 for Stable Diffusion's); ``scale``: the one the latents
+    were stored with (`dit_core.data.latents.latent_scale`); None: no VAE."""
+    return (lambda z: vae.decode(z / scale).sample) if vae is not None else None
 
 
 class SamplingStopped(Exception):
@@ -171,6 +172,7 @@ def evaluate_model(
     metrics: Sequence[str] = DIGITS_METRICS,
     accelerator=None,
     vae=None,
+    latent_scale: float = LATENT_SCALE,
     inception_weights: str | None = None,
     extractors: Mapping[str, FeatureExtractor] | None = None,
     save_samples: str | None = None,
@@ -184,9 +186,9 @@ def evaluate_model(
     Each process samples its share (`shard`; the sample set: the module doc); rank 0 computes the
     metrics, and the dict is broadcast so every rank returns it. ``image_size`` and
     ``channels`` describe the model's input (latent size/channels when ``vae`` is given; the
-    latents are then decoded with ``vae.decode(z / 0.18215)``). ``save_samples``: rank 0 also
-    writes the images to this file (at exactly this path; an ``.npz``) as ``arr_0`` (N, H, W, C) uint8
-    (ADM's format) and ``labels``.
+    latents are then decoded with ``vae.decode(z / latent_scale)``, the scale they were stored
+    with). ``save_samples``: rank 0 also writes the images to this file (at exactly this path; an
+    ``.npz``) as ``arr_0`` (N, H, W, C) uint8 (ADM's format) and ``labels``.
     ``feature_spaces``: filled on rank 0 with ``{family: extractor name}`` (see `evaluate_samples`).
     ``progress``: rank 0 shows a bar of its share's sampling on stderr.
     ``stop``: called before each sampling batch, the same number of times on every rank (it may be a
@@ -210,7 +212,7 @@ def evaluate_model(
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     local = generate_images(
         model, diffusion, indices, settings, batch_size=batch_size, num_classes=num_classes,
-        image_size=image_size, channels=channels, decode=vae_decoder(vae), device=device,
+        image_size=image_size, channels=channels, decode=vae_decoder(vae, latent_scale), device=device,
         progress=progress and rank == 0, stop=stop,
     )  # fmt: skip
     if stop is not None and world > 1:  # a smaller share has a batch fewer: its calls made up here
