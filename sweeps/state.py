@@ -40,9 +40,9 @@ RECORD_TAGS = (EXECUTOR_TAG, JOB_ID_TAG, "job_folder", "attempts", "config_hash"
 #: tag counting a cell's submissions stopped by their own launcher (its user's Ctrl-C while it waited, or
 #: a cancel after their record failed): not tries
 INTERRUPTS_TAG = "interrupts"
-# the cell's run folder (absolute), written when its launcher creates the run: a job's cell lock is held
-# there, and a launch from another --output-dir is refused (`check_cell_folder`) before the trainer
-# has logged its ``out``
+#: tag of the cell's run folder (absolute), written when its launcher creates the run and with each
+#: record: a job's cell lock is held there, and a launch from another --output-dir is refused
+#: (`check_cell_folder`) before the trainer has logged its ``out``
 RUN_DIR_TAG = "run_dir"
 #: file in a cell's folder naming the jobs its launcher cancelled because their record failed (the
 #: tracking server gone), ``{job_id: the cell's interrupts counting that job}``: the record of such a job

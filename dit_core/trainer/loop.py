@@ -83,10 +83,10 @@ __all__ = ["PeerStuck", "StuckHere", "TrainResult", "Trainer", "make_accelerator
 #: folder may change, as ``data.root`` may.)
 EVAL_PROTOCOL = ("eval.num_samples", "eval.sampler", "eval.steps", "eval.cfg_scale")
 
-#: What to do instead of restarting, in its MLflow run, a run folder's run with other settings.
 #: file in a fork's --out naming the checkpoint it forked (`Trainer.check_not_an_unstarted_fork`)
 FORK_FILE = "forked_from"
 
+#: What to do instead of restarting, in its MLflow run, a run folder's run with other settings.
 RESTART_ANEW = (
     "the run in this folder stopped before its first checkpoint, and starting it again would log these "
     "settings into its MLflow run: use a new --out for a new run, or run with --resume never to start "
