@@ -66,7 +66,7 @@ class JointIsoFlop:
         return {
             "a": self.a,
             "a_ci95": list(self.a_interval),
-            "interval": f"t ({self.dof} degrees of freedom, Jacobian)",
+            "interval": self.n_opt.t_interval_kind,
             "N_opt": self.n_opt.to_dict(),
             "D_opt": self.d_opt.to_dict(),
             "curvature_log_loss": self.curvature,
@@ -144,6 +144,7 @@ def fit_joint_isoflop(slices: list[tuple[float, pd.DataFrame]]) -> JointIsoFlop 
         x_name="C",
         y_name="N_opt",
         t_interval=t_intervals(ln_amp, -a, q * se_ln_a, q * se_a),
+        t_interval_kind=f"t ({dof} degrees of freedom, Jacobian)",
     )
     ln_vertex = th[1] + th[0] * (lc - c0)
     d_vertex = [d_at(g, v) for (_, g), v in zip(slices, ln_vertex)]

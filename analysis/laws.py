@@ -41,6 +41,8 @@ class PowerLawFit:
     #: the intervals reported when the bootstrap cannot vary (n <= 3 points: every resample that can
     #: be fitted holds the same points)
     t_interval: dict[str, tuple[float, float]] | None = None
+    #: how `t_interval` was made, as ``to_dict`` names it (the joint IsoFLOP fit's: from its Jacobian)
+    t_interval_kind: str = "t (log-log least squares)"
 
     def predict(self, x) -> np.ndarray:
         return power_law(self.params, x)
@@ -74,7 +76,7 @@ class PowerLawFit:
             out["bootstrap"] = self.bootstrap.to_dict()
         if self.conf_int():
             out["ci95"] = {k: list(v) for k, v in self.conf_int().items()}
-            out["interval"] = "bootstrap" if self.bootstrap is not None else "t (log-log least squares)"
+            out["interval"] = "bootstrap" if self.bootstrap is not None else self.t_interval_kind
         return out
 
 

@@ -85,6 +85,8 @@ def test_profile_and_record_of_the_fit():
     d = jf.to_dict()
     assert d["a"] == jf.a and d["a_ci95"] == list(jf.a_interval) and d["a_ci95"][0] <= jf.a <= d["a_ci95"][1]
     assert d["interval"] == "t (9 degrees of freedom, Jacobian)"
+    # the N_opt law's own interval says so too (it said "t (log-log least squares)" until session 60)
+    assert jf.n_opt.to_dict()["interval"] == "t (9 degrees of freedom, Jacobian)"
     assert d["N_opt"] == jf.n_opt.to_dict() and d["D_opt"] == jf.d_opt.to_dict()
     assert d["curvature_log_loss"] == jf.curvature and d["budgets"] == list(BUDGETS)
     assert d["loss_opt"] == list(jf.loss_opt) and (d["n_points"], d["rmse_log"]) == (16, jf.rmse_log)
