@@ -15,7 +15,8 @@ the clock starts: a store's tables are made once, not per sweep). From the cells
 
 - train share: seconds in training steps (``perf/train_s``) summed over cells / (wall x slots);
 - per model, true training FLOP/s (``compute/train_flops`` / ``perf/train_s``) and its fraction of an
-  fp32 GEMM roof measured in this process at 1 thread right after the sweep: ``(B*T) x D x 4D``
+  fp32 GEMM roof measured in this process at the cells' thread count (cores / --parallel: 1 on 2
+  cores) right after the sweep: ``(B*T) x D x 4D``
   (the model's MLP GEMM) and 512^3;
 - per cell, the fixed cost: start-up (process start until the trainer's run begins: interpreter,
   imports, data, model), MLflow (run start, params, final flush), validation, evaluation, and
@@ -110,8 +111,10 @@ def run_once(args: argparse.Namespace, i: int, folder: Path, warm: bool = True) 
         fl["tokens"] = (int(p["model.input_size"]) // int(p["model.patch_size"])) ** 2
         fl["batch"] = int(p["budget.global_batch_size"])
 
+    from sweeps.runner import threads_per_process
+
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads_per_process(spec.executor, "local"))  # the cells' own thread count
     roof512 = gemm_gflops(512, 512, 512)
     models = {}
     for name, fl in per_model.items():
@@ -147,7 +150,7 @@ def report(rows: list[dict], parallel: int) -> str:
     out.append(
         f"wall {median(rows, 'wall_s'):.1f} s, train share of wall x {parallel} slots "
         f"{median(rows, 'train_share'):.0%}, busy slots {median(rows, 'busy_slots'):.2f}, "
-        f"512^3 roof {median(rows, 'roof512'):.0f} GFLOP/s (1 thread)"
+        f"512^3 roof {median(rows, 'roof512'):.0f} GFLOP/s (the cells' threads)"
     )
     out.append("model | train GFLOP/s | MLP GEMM roof | of MLP roof | of 512^3 roof")
     for name in first["models"]:

@@ -43,11 +43,13 @@ class RandomLatents(Dataset):
 
 
 def bare_step_fn(model, diffusion, batch: int, channels: int, size: int, lr: float):
-    """A closure running one bare step: loss, backward, AdamW step (same settings as the trainer)."""
+    """A closure running one bare step: loss, backward, AdamW step (same settings as the trainer), on
+    the model's device."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
-    x = torch.randn(batch, channels, size, size)
-    y = torch.randint(0, model.num_classes, (batch,))
-    t = torch.randint(0, diffusion.num_timesteps, (batch,))
+    dev = next(model.parameters()).device
+    x = torch.randn(batch, channels, size, size, device=dev)
+    y = torch.randint(0, model.num_classes, (batch,), device=dev)
+    t = torch.randint(0, diffusion.num_timesteps, (batch,), device=dev)
     noise = torch.randn_like(x)
 
     def step() -> None:
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking=TrackingConfig(uri=f"sqlite:///{tmp}/mlflow.db", experiment="throughput"),
         out=str(tmp / "run"),
         log_every=args.log_every,
+        compile=False,  # the bare path is eager: "auto" compiled this long a run (session 60)
     )
     cfg.checkpoint.every = 0
     tr = Trainer(
@@ -115,13 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(2):
             bare()
         full_ips, bare_ips = [], []
+        sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)  # queued work: billed
         for r in range(args.rounds):
+            sync()
             t0 = time.perf_counter()
             tr.run_loop(guard, progress, stop_at_step=tr.step + args.steps)
+            sync()
             full_ips.append(args.steps * args.batch / (time.perf_counter() - t0))
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 bare()
+            sync()
             bare_ips.append(args.steps * args.batch / (time.perf_counter() - t0))
             print(f"round {r}: full {full_ips[-1]:.2f} img/s, bare {bare_ips[-1]:.2f} img/s")
     parts = loop_parts_ms(tr, args.steps)

@@ -81,8 +81,20 @@ def parse_value(value: Any, hint: Any, where: str) -> Any:
             return None
         options = [a for a in args if a is not type(None)]
         return parse_value(value, options[0], where) if len(options) == 1 else value
-    if value is None or dataclasses.is_dataclass(hint) or hint is Any:
+    if dataclasses.is_dataclass(hint) or hint is Any:
         return value
+    if value is None:  # YAML's null (an empty value) for a field that cannot be None
+        raise ConfigError(
+            f"{where}: must be set, got null (an empty value); give {_a(_type_name(hint))} value, or leave "
+            "the key out for its default"
+        )
+    if hint is str and isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans
+        raise ConfigError(
+            f"{where}: YAML read this value as the boolean {value}; quote it to give the text (e.g. "
+            f'{where.rsplit(".", 1)[-1]}: "no")'
+        )
+    if hint is str and isinstance(value, (list, tuple, dict)):
+        raise ConfigError(f"{where}: cannot use {value!r} as str; give one text value")
     try:
         return _parse(value, hint, origin, args, where)
     except (ValueError, TypeError, KeyError, AttributeError):

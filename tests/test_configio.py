@@ -64,10 +64,22 @@ def test_lists_and_tuples_keep_their_kind_and_a_bad_item_names_the_field():
         parse_value("1,x", tuple[int, ...], "model.sizes")
 
 
-def test_none_passes_through_every_type():
-    """None means unset; the dataclass's own checks decide whether it may be."""
-    assert parse_value(None, float, "lr") is None and parse_value(None, int, "steps") is None
-    assert parse_value("null", float | None, "lr") is None
+def test_none_is_refused_where_the_type_cannot_be_none():
+    """None (YAML's null, an empty value) is unset only for an optional field; for another it was
+    passed through (session 60: `tracking: {enabled: null}` turned MLflow off, `out:` crashed later)."""
+    with pytest.raises(
+        ConfigError, match=r"^lr: must be set, got null \(an empty value\); give a float value"
+    ):
+        parse_value(None, float, "lr")
+    with pytest.raises(ConfigError, match=r"^tracking.enabled: must be set, got null"):
+        parse_value(None, bool, "tracking.enabled")
+    assert parse_value("null", float | None, "lr") is None and parse_value(None, int | None, "s") is None
+    # YAML 1.1 reads `precision: no` as False: a text field says so instead of taking 'False'
+    with pytest.raises(ConfigError, match=r"^precision: YAML read this value as the boolean False; quote it"):
+        parse_value(False, str, "precision")
+    with pytest.raises(ConfigError, match=r"^out: cannot use \['a'\] as str; give one text value$"):
+        parse_value(["a"], str, "out")
+    assert parse_value(3, str, "name") == "3"
 
 
 def test_post_init_coercion_parses_leaves_names_the_field_and_leaves_sections():
