@@ -85,7 +85,10 @@ def test_a_failed_record_cancels_the_jobs_it_sent_and_a_relaunch_trains_each_cel
     # the recorded cell's job is over (before or while its trainer ran), the other's is recorded nowhere
     recorded = next(st for st in states.values() if st.run_id == sent[0].run_id)
     assert recorded.state in ("failed", "interrupted"), states
-    assert [st.state for st in states.values() if st is not recorded] == ["missing"], states
+    # the other's is recorded nowhere: missing, or, where its trainer had started the run before the
+    # cancel reached it (a warm worker under load), the run's unrecorded job (interrupted)
+    (other,) = [st for st in states.values() if st is not recorded]
+    assert other.state == "missing" or (other.state, other.unrecorded) == ("interrupted", True), states
     run_ids = {st.cell_id: st.run_id for st in states.values()}
 
     monkeypatch.setattr(runner, "record_submissions", real)  # the server is back
