@@ -411,3 +411,19 @@ def test_a_budget_one_flop_short_of_k_steps_makes_k_minus_1_and_exact_multiples_
     for _ in range(20_000):
         k, f, b = rng.randint(1, 10**9), rng.randint(10**5, 10**9), rng.choice([1, 16, 32, 256, 1024])
         assert budget_steps(float(k) * f * b, f, b) == k and budget_steps(k * (f * b) * 1.0, f, b) == k
+
+
+def test_a_store_on_a_file_system_without_flock_still_opens(tmp_path, monkeypatch):
+    """flock failing (ENOLCK: Lustre without -o flock) leaves the store unlocked, as the out folder's lock
+    does, rather than stopping every trainer and launcher on such a file system."""
+    import errno
+    import fcntl
+
+    from dit_core.tracking import get_or_create_experiment, interrupt_safe_client
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    client = interrupt_safe_client(f"sqlite:///{tmp_path / 'lustre.db'}")
+    assert get_or_create_experiment(client, "e") == client.get_experiment_by_name("e").experiment_id
