@@ -172,15 +172,20 @@ def censoring(slices: list[IsoFlopSlice], units: str = "parameters") -> Status:
     per = "; ".join(
         f"{s.compute:.3g} FLOPs{patch_text(s.patch)}: {sign} {s.sizes[second]:.3g}" for s in usable
     )
-    ends = [s.sizes[edge] for s in usable]
-    end = max(ends) if below else min(ends)
+    ends = sorted({s.sizes[edge] for s in usable})
     which = "smallest" if below else "largest"
+    # each budget's own end: one threshold (the largest smallest size) brackets nothing at the others
+    end = (
+        f"{ends[0]:.3g}"
+        if len(ends) == 1
+        else f"each budget's {which} size ({', '.join(f'{e:.3g}' for e in ends)})"
+    )
     return Status().add(
         CENSORED,
         f"N_opt {side} {bound['N']:.3g} {units} at every budget: the {which} model trained wins at each of "
         f"the {len(usable)} budget(s) ({per}: with one minimum in N, {side} the second-{which} size), so no "
         f"model on the optimum's other side was trained and the grid does not bracket it - add models "
-        f"{'smaller' if below else 'larger'} than {end:.3g} (at least two sizes {side} it) at every budget",
+        f"{'smaller' if below else 'larger'} than {end} (at least two sizes {side} it) at every budget",
     )
 
 

@@ -176,8 +176,10 @@ def fit_power_law(
     seed: int = 0,
     x_name: str = "x",
     y_name: str = "y",
+    groups=None,
 ) -> PowerLawFit:
-    """Fit y = E + A x^-alpha (saturating) or y = A x^-alpha (pure); optional point bootstrap."""
+    """Fit y = E + A x^-alpha (saturating) or y = A x^-alpha (pure); optional bootstrap over the
+    points, or over whole ``groups`` (one label per point: a run's points are correlated)."""
     names, fit_one = (("E", "A", "alpha"), _saturating) if saturating else (("A", "alpha"), _pure)
     n_params = len(names)
     x, y = _check_xy(x, y, n_params, f"power law {y_name}({x_name})")
@@ -202,7 +204,7 @@ def fit_power_law(
             return params_of(idx)
 
         fit.bootstrap = bootstrap_points(
-            one, len(x), n_bootstrap, seed=seed, desc=f"bootstrap {y_name}({x_name})"
+            one, len(x), n_bootstrap, seed=seed, groups=groups, desc=f"bootstrap {y_name}({x_name})"
         )
     return fit
 

@@ -28,6 +28,7 @@ from analysis.runs import (
     LrRedraw,
     average_seeds,
     best_lr,
+    cell_key,
     count_runs,
     diverged_runs,
     effective_data,
@@ -349,7 +350,7 @@ def analyze_prepared(prep: Prepared, cfg: AnalysisConfig) -> Analysis:
     if pts["fid"].notna().sum() > 3:
         fid_front = fit_frontier(pts, "fid", level=lvl, units=units["N"], **boot)
     try:
-        fvl = fit_fid_vs_loss(pts, **boot)
+        fvl = fit_fid_vs_loss(pts, groups=groups, **boot)  # a run's points together, as the laws above
     except ValueError as e:
         fvl = None
         msgs.append(f"FID(loss) not fitted: {e}")
@@ -870,7 +871,7 @@ def holdout_prepared(prep: Prepared, cfg: AnalysisConfig) -> HoldoutResult:
     ape = np.abs(test["pred_loss"] - test["loss"]) / test["loss"]
     # the best cell's loss, its seeds averaged as the fitted points are by default (with --per-seed too:
     # the lowest single seed is the luckiest run, below what the cell trains to)
-    cell = test["replicate"].where(test["replicate"].notna(), test["run_id"])  # `tidy` adds the column
+    cell = cell_key(test)  # with --per-seed on a CSV of seeds too: its seed column marks the cells
     # a run's point at a step; without a step, a run's only point, or else each row its own point
     alone = test.groupby("run_id")["loss"].transform("size") == 1
     own = pd.Series(-2.0 - np.arange(len(test)), test.index).where(~alone, -1.0)

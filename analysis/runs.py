@@ -608,20 +608,35 @@ def select_seeds(points: pd.DataFrame, seeds: Sequence[int]) -> tuple[pd.DataFra
     return out, note
 
 
+def seed_replicates(points: pd.DataFrame) -> pd.Series | None:
+    """For a CSV with a seed column and no replicate column, each row's cell: its lr group (`best_lr`'s,
+    by default `csv_cell`) at its lr; else None (the replicate column, or each run, is the cell)."""
+    if "seed" in points.columns and points["replicate"].isna().all() and points["seed"].nunique() > 1:
+        return lr_groups(points).map(str) + "|lr " + points["lr"].map(str)
+    return None
+
+
+def cell_key(points: pd.DataFrame) -> pd.Series:
+    """Each row's cell, the runs that differ only in their seed: `seed_replicates`, else its replicate,
+    else its own run."""
+    derived = seed_replicates(points)
+    if derived is not None:
+        return derived
+    return points["replicate"].where(points["replicate"].notna(), points["run_id"])
+
+
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """One point per (replicate, step): the mean over the seeds of a cell (docs/analysis.md). `fid_se`
     is the standard error of the mean FID (NaN when a seed's is unknown); `run_id` joins the runs' ids
     with ' + '; `n_seeds` counts them. Returns (points, note or None)."""
     derived = None
-    if "seed" in points.columns and points["replicate"].isna().all() and points["seed"].nunique() > 1:
-        # a CSV with a seed column and no replicate column: its cells are its lr groups (`best_lr`'s, by
-        # default `csv_cell`) at each lr
-        points = points.assign(replicate=lr_groups(points).map(str) + "|lr " + points["lr"].map(str))
+    if (cells := seed_replicates(points)) is not None:
+        points = points.assign(replicate=cells)
         derived = (
             "the seed column marks seeds: runs alike in model, N, budget, patch size (or lr_group) and lr "
             "are one cell (a replicate column sets the cells instead)"
         )
-    pts = points.assign(_k=points["replicate"].where(points["replicate"].notna(), points["run_id"]))
+    pts = points.assign(_k=cell_key(points))
     n_runs = pts.groupby("_k")["run_id"].transform("nunique")
     if n_runs.max() < 2:
         return points, derived

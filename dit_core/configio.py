@@ -88,10 +88,16 @@ def parse_value(value: Any, hint: Any, where: str) -> Any:
             f"{where}: must be set, got null (an empty value); give {_a(_type_name(hint))} value, or leave "
             "the key out for its default"
         )
+    key = where.rsplit(": ", 1)[-1].rsplit(".", 1)[-1]  # the field's name, after a file's "x.yaml: "
     if hint is str and isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans
         raise ConfigError(
-            f"{where}: YAML read this value as the boolean {value}; quote it to give the text (e.g. "
-            f'{where.rsplit(".", 1)[-1]}: "no")'
+            f"{where}: YAML read this value as the boolean {value}; quote it to give the text "
+            f'(e.g. {key}: "no")'
+        )
+    if hint is str and isinstance(value, (int, float)):  # and 010 as 8, 0x1F as 31, 12:30 as 750
+        raise ConfigError(
+            f"{where}: YAML read this value as the number {value!r} (it reads 010 as 8, 0x1F as 31, 12:30 as "
+            f'750); quote it to give the text as written (e.g. {key}: "010")'
         )
     if hint is str and isinstance(value, (list, tuple, dict)):
         raise ConfigError(f"{where}: cannot use {value!r} as str; give one text value")

@@ -130,12 +130,15 @@ class DiT(nn.Module):
         return unpatchify(x, self.patch_size, self.out_channels, hw)
 
     def _rope(self, grid_h: int, grid_w: int, num_prefix: int, device: torch.device):
+        """The (cos, sin) tables of a ``grid_h`` x ``grid_w`` grid, kept per grid and device; tables made
+        under ``torch.inference_mode`` are not kept (autograd could not save them for a later backward)."""
         key = (grid_h, grid_w, num_prefix, str(device))
-        if key not in self._rope_cache:
-            self._rope_cache[key] = rope_angles(
-                self.config.head_dim, grid_h, grid_w, num_prefix=num_prefix, device=device
-            )
-        return self._rope_cache[key]
+        if key in self._rope_cache:
+            return self._rope_cache[key]
+        tables = rope_angles(self.config.head_dim, grid_h, grid_w, num_prefix=num_prefix, device=device)
+        if not torch.is_inference_mode_enabled():
+            self._rope_cache[key] = tables
+        return tables
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, force_drop_ids: torch.Tensor | None = None
@@ -281,8 +284,8 @@ def load_official_checkpoint(path: str | os.PathLike, key: str | None = None) ->
     obj = obj if key is None else obj[key]
     state = {}
     for k, v in obj.items():
-        for prefix in ("module.", "_orig_mod."):
-            k = k.removeprefix(prefix)
+        while k.startswith(("module.", "_orig_mod.")):  # DDP's and torch.compile's, in either nesting
+            k = k.split(".", 1)[1]
         if not isinstance(v, torch.Tensor):
             raise ValueError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
         state[k] = v

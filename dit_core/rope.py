@@ -3,8 +3,10 @@
 Each attention head of width `d` is split in two halves of `d/2` channels; channel `i` of the first
 half is paired with channel `i` of the second half (the "rotate-half" layout) and the pair is rotated
 by angle `pos * f_j`. The first `d/4` pairs use the row index, the last `d/4` the column index, with
-`f_j = theta^(-j / (d/4))`. Only relative offsets survive in `q . k`, so the same weights work on
-any grid size.
+`f_j = theta^(-j / (d/4))`. Only relative offsets survive in `q . k` between patch tokens, so the same
+weights work on any grid size. The ``in_context`` block's t and y prefix tokens are not rotated (angle
+0, the position of grid cell (0, 0), as a ViT's class token): a patch's attention to them sees its
+absolute grid position.
 """
 
 from __future__ import annotations

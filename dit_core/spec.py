@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ class DiTConfig:
         sizes = ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels")
         sizes += ("num_classes",)
         rules = {"class_dropout_prob": "in [0, 1)", "mlp_ratio": "> 0", **dict.fromkeys(sizes, ">= 1")}
+        for name in (*sizes, "frequency_embedding_size"):  # a float would count 2.5 blocks
+            v = getattr(self, name)
+            whole = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+            require(whole, f"DiTConfig.{name}", f"must be a whole number, got {v!r}")
         check_fields(self, "DiTConfig.", {**rules, "pos_embed": POS_EMBEDS, "block_type": BLOCK_TYPES})
         f, d, heads = self.frequency_embedding_size, self.hidden_size, self.num_heads
         require(f >= 2, "DiTConfig.frequency_embedding_size", f"must be >= 2 (one sin-cos pair), got {f}")
@@ -295,8 +300,8 @@ def budget_steps(train_flops: float, flops_per_image: float, batch_size: int) ->
     `floor(train_flops / (batch_size * flops_per_image))`, 0 if not even one.
 
     A slack of 4 float epsilons (relative) absorbs the roundings of the product and the quotient, so
-    a budget of exactly k steps gives k, and never a step more than fits (1e-12, until session 60,
-    gave one where the budget was up to 1e-12 short of it).
+    a budget of exactly k steps gives k, and a step more than fits only where the budget is within a
+    few ulps of it (1e-12, until session 60, gave one where the budget was up to 1e-12 short of it).
     """
     return math.floor(train_flops / (flops_per_image * batch_size) * (1 + 4 * sys.float_info.epsilon))
 

@@ -228,22 +228,33 @@ def load_fit_prior(path: str, spec: SweepSpec | None = None) -> FitPrior:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ValueError(f"--prior {path}: no such file; {hint}") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--prior {path}: not readable JSON ({e}); {hint}") from None
     if not isinstance(data, dict) or "status" not in data:
         raise ValueError(f"--prior {path}: not an analysis results.json (no 'status'); {hint}")
+    try:
+        return _prior_of_results(data, str(path), spec)
+    except (AttributeError, TypeError, KeyError, IndexError) as e:  # a section of the wrong kind
+        raise ValueError(
+            f"--prior {path}: not an analysis results.json (a section of the wrong kind: {type(e).__name__}: "
+            f"{e}); {hint}"
+        ) from None
+
+
+def _prior_of_results(data: dict, path: str, spec: SweepSpec | None) -> FitPrior:
+    """`load_fit_prior`'s reading of a parsed results.json ``data``."""
     n_axis = (data.get("axes") or {}).get("params", "total")
     overall = str(data["status"])
     space = data.get("token_space") if isinstance(data.get("token_space"), dict) else None
     if spec is not None:
-        _check_space(str(path), space, spec)
+        _check_space(path, space, spec)
     p3 = data.get("approach3_parametric") or {}
     tried = []
     if p3.get("status") in USABLE and data.get("a") is not None:
         law, bad = _law_numbers(data, ("A", "B", "alpha", "beta", "flops_per_param_datum"), ("alpha", "beta"))
         if not bad:
             law["k"] = law.pop("flops_per_param_datum")
-            return FitPrior(str(path), "parametric", law, n_axis, overall, _fit_patches(data))
+            return FitPrior(path, "parametric", law, n_axis, overall, _fit_patches(data))
         tried.append(f"parametric law {p3['status']} but {bad}")
     else:
         tried.append(
@@ -258,7 +269,7 @@ def load_fit_prior(path: str, spec: SweepSpec | None = None) -> FitPrior:
             if not bad and nums["alpha"] >= 0:
                 bad = f"N_opt = A C^{-nums['alpha']:.3g} does not grow with compute"
             if not bad:
-                return FitPrior(str(path), kind, nums, n_axis, overall, _fit_patches(data))
+                return FitPrior(path, kind, nums, n_axis, overall, _fit_patches(data))
             tried.append(f"{kind} {part['status']} but its N_opt law {bad}")
             continue
         tried.append(f"{kind} {part.get('status', 'absent')}" + ("" if law else " without an N_opt law"))

@@ -21,7 +21,15 @@ from typing import Any
 import yaml
 
 from dit_core.atomic import atomic_write_text
-from dit_core.configio import check_fields, check_keys, parse_value, require, yaml_problem
+from dit_core.configio import (
+    check_fields,
+    check_keys,
+    iter_fields,
+    parse_value,
+    require,
+    yaml_problem,
+    yaml_to_flat,
+)
 from dit_core.spec import (
     FOLDER_DATASETS,
     MAX_IMAGES,
@@ -37,6 +45,9 @@ from dit_core.tracking import DEFAULT_EXPERIMENT
 from sweeps.families import ModelShape, Scale, custom_shape, family_shape, positive, whole
 
 log = logging.getLogger(__name__)
+
+#: The trainer module a sweep's cells run unless its ``trainer`` names another.
+DEFAULT_TRAINER = "dit_core.train"
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SPEC_RECORD = "sweep.json"  # <output_dir>/<name>/sweep.json: the spec of the sweep's last launch
@@ -127,10 +138,13 @@ class SweepSpec:
     batch_size: int = 64
     data: DataSpec = field(default_factory=DataSpec)
     train: dict[str, Any] = field(default_factory=dict)
-    trainer: str = "dit_core.train"
+    trainer: str = DEFAULT_TRAINER
     final_eval: bool = True
     val_points: int = 1
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+
+    def __post_init__(self) -> None:
+        self.train = typed_train(self.train, self.trainer, "train")
 
     def replace(self, **overrides: Any) -> SweepSpec:
         """A copy with top-level fields replaced; ``executor``/``data`` take dicts of their fields."""
@@ -202,7 +216,7 @@ class SweepSpec:
         rules |= dict.fromkeys(("array_parallelism", "local_parallelism"), ">= 1")
         check_fields(e, "executor.", rules)
         check_mem_gb(e.mem_gb)
-        if self.ladder and self.trainer != "dit_core.train":
+        if self.ladder and self.trainer != DEFAULT_TRAINER:
             raise ValueError(
                 f"ladder: trainer {self.trainer!r} cannot fork a cooldown from a trunk's checkpoint (a "
                 "ladder needs dit_core.train's resume and lr schedules); drop --ladder or the trainer setting"
@@ -329,6 +343,35 @@ class Cell:
         """`dit_core.spec.model_label`: ``DiT-S/2`` for the paper's shape, ``DiT-d3-w12/2`` else."""
         m = self.model
         return model_label(m.depth, m.hidden_size, m.num_heads, self.patch_size)
+
+
+def train_field_types(trainer: str) -> dict[str, Any]:
+    """``{dotted key: type}`` of the leaf fields of ``trainer``'s config: `dit_core.train.TrainConfig`'s
+    for the bundled trainer, none for another (whose types the sweep cannot know)."""
+    if trainer != DEFAULT_TRAINER:
+        return {}
+    from dit_core.config import TrainConfig
+
+    return {key: hint for key, hint, _ in iter_fields(TrainConfig)}
+
+
+def typed_train(train: Any, trainer: str, where: str) -> dict[str, Any]:
+    """A sweep's ``train`` section as dotted keys, each value of a known field parsed by its type as
+    the trainer will parse it (``optim.lr: 3e-2`` a float, ``keep_last: "010"`` 10, ``precision: "no"``
+    text), so that the sweep's own checks, its cost model and each cell's model read what trains.
+
+    A section written nested (``optim: {lr: 3e-2}``) is flattened (`dit_core.configio.yaml_to_flat`);
+    keys the trainer does not know, and every key of another trainer, are kept as given (the trainer's
+    config refuses an unknown key, naming the valid ones, before any cell is submitted)."""
+    if not isinstance(train, dict):
+        raise ValueError(f"{where}: must hold a mapping of dotted TrainConfig fields, got {train!r}")
+    types = train_field_types(trainer)
+    if not types:
+        return dict(train)
+    from dit_core.config import TrainConfig
+
+    flat = yaml_to_flat(TrainConfig, train, where)
+    return {k: parse_value(v, types[k], f"{where}: {k}") if k in types else v for k, v in flat.items()}
 
 
 def model_learns_sigma(train: dict[str, Any]) -> bool:
@@ -509,6 +552,8 @@ def spec_from_dict(data: dict[str, Any], where: str = "sweep config") -> SweepSp
             at = f"{where}: {key}"
             data[key] = cls(**_typed(cls, check_keys(cls, data[key] or {}, at), at))
     data = _typed(SweepSpec, data, where)
+    if "train" in data:  # here for the file's name in a message; SweepSpec types it again (a no-op)
+        data["train"] = typed_train(data["train"], data.get("trainer", DEFAULT_TRAINER), f"{where}: train")
     if "budgets" in data:
         data["budgets"] = [parse_budget(b) for b in data["budgets"]]
     if centres := data.get("isoflop_centres"):

@@ -56,6 +56,8 @@ from sweeps.grid import (
     load_spec,
     parse_budget,
     read_spec_record,
+    train_field_types,
+    typed_train,
 )
 from sweeps.ladder import trained_cells, trunk_progress
 from sweeps.lock import CELL_LOCK, launcher_pid
@@ -342,13 +344,14 @@ def spec_from_args(args: argparse.Namespace, base: SweepSpec | None = None) -> S
         if args.grid is None:
             top["families"] = []
     if args.set:
-        train = dict(spec.train)
+        train, types = dict(spec.train), train_field_types(spec.trainer)
         for item in args.set:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"--set {item!r} must be KEY=VALUE, e.g. --set optim.lr=3e-4")
-            train[key.strip()] = parse_scalar(value)
-        top["train"] = train
+            key = key.strip()  # text for a known field, which its type parses (YAML 1.1 would read
+            train[key] = value if key in types else parse_scalar(value)  # no as False, 010 as 8)
+        top["train"] = typed_train(train, spec.trainer, "--set")
     ex = {_RENAMED.get(a, a): getattr(args, a) for a in _EXECUTOR_ARGS if getattr(args, a) is not None}
     for key in ("sbatch", "setup"):  # lines added to the config's
         if getattr(args, key):

@@ -1,18 +1,19 @@
 """What one job runs: a `CellTask` (picklable) and the `TrainConfig` it becomes inside the job.
 
-The sweep never imports the trainer at launch time: a task carries dotted `TrainConfig` overrides
-(``{"model.depth": 3, ...}``) that are applied inside the job with `build_train_config`.
+A task carries dotted `TrainConfig` overrides (``{"model.depth": 3, ...}``) that are applied inside the
+job with `build_config`; the launcher builds and checks each cell's config first (`check_trainer`).
 """
 
 from __future__ import annotations
 
 import importlib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dit_core.configio import apply_flat
-from sweeps.grid import Cell, SweepSpec, cell_model_fields
+from sweeps.grid import DEFAULT_TRAINER, Cell, SweepSpec, cell_model_fields
 
 if TYPE_CHECKING:
     from sweeps.ladder import Trunk
@@ -28,7 +29,7 @@ class CellTask:
     cell_id: str
     run_dir: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    trainer: str = "dit_core.train"
+    trainer: str = DEFAULT_TRAINER
     threads: int = 0
     trunk: Trunk | None = None
 
@@ -137,6 +138,32 @@ def check_trainer(module: str, tasks: list[CellTask]) -> dict[str, Any]:
     for t in tasks:
         try:
             built[t.cell_id] = build_config(trainer, t.overrides)
+            if module == DEFAULT_TRAINER:
+                check_resolves(built[t.cell_id])
         except (TypeError, ValueError) as e:
             raise ValueError(f"cell {t.cell_id}: {e}") from e
     return built
+
+
+def check_resolves(cfg: Any) -> None:
+    """What `dit_core.trainer.resolve.resolve_config` would refuse in the job (the model against the
+    data and the diffusion, the validation and evaluation settings), told here against a stand-in of
+    the data: a bundled dataset's channels and classes, else the model's own (a folder's are read in the
+    job). A cell refused there would leave a failed MLflow run, and a relaunch fail the same way."""
+    from dit_core.trainer.resolve import resolve_config
+
+    m = cfg.model
+    channels, classes = cfg.data.bundled_shape() or (m.in_channels, m.num_classes)
+    if channels != m.in_channels:
+        raise ValueError(
+            f"{cfg.data.name} images have {channels} channel(s) (data.channels={cfg.data.channels}) but the "
+            f"sweep's models take {m.in_channels} (data.in_channels in the sweep YAML's data:); make the two "
+            "agree"
+        )
+    if classes > m.num_classes:
+        raise ValueError(
+            f"{cfg.data.name} has {classes} classes (data.num_photos) but the sweep's models have "
+            f"{m.num_classes} (data.num_classes in the sweep YAML's data:); make the two agree"
+        )
+    data = types.SimpleNamespace(resolution=m.input_size, channels=channels, num_classes=classes)
+    resolve_config(cfg, data)

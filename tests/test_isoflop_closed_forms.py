@@ -121,7 +121,11 @@ def test_slice_sides_and_censoring():
     assert [s.side for s in sides] == ["above", "above"]
     (reason,) = I.censoring(sides).reasons
     assert reason.startswith(f"N_opt above {math.exp(19.0):.3g} parameters at every budget: the largest")
-    assert "1e+19 FLOPs: > 1.78e+08" in reason and f"add models larger than {math.exp(20.0):.3g}" in reason
+    assert "1e+19 FLOPs: > 1.78e+08" in reason
+    # each budget's own largest size (session 61: "larger than 4.85e+08 at every budget" bracketed nothing
+    # at 1e20, whose largest is 8e+08)
+    ends = f"{math.exp(20.0):.3g}, {math.exp(20.5):.3g}"
+    assert f"add models larger than each budget's largest size ({ends})" in reason
 
     mixed = pd.concat([sl(1e19, sizes, -3.0), sl(1e20, (*sizes, 21.0), 0.0)])
     assert [s.side for s in I.slice_sides(mixed)] == ["below", "interior"]

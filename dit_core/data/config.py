@@ -98,6 +98,15 @@ class DataConfig:
         if self.name in roots:
             require(bool(self.root), "data.root", f"{self.name!r} needs root=<folder> ({roots[self.name]})")
 
+    def bundled_shape(self) -> tuple[int, int] | None:
+        """``(channels, classes)`` of a bundled dataset, known without reading it (digits: 1 and 10;
+        photos: ``channels`` or 3, and ``num_photos``); None for a folder's (imagefolder, latents)."""
+        if self.name == "digits":
+            return 1, 10
+        if self.name == "photos":
+            return self.photo_options().channels, self.num_photos
+        return None
+
     def photo_options(self) -> PhotoOptions:
         """The photos stream's `PhotoOptions` (channels None = colour); ValueError naming a bad one."""
         channels = PhotoOptions.channels if self.channels is None else self.channels

@@ -99,9 +99,11 @@ def _image_files(folder: str, seen: set[str], others: tuple[str, ...] = ()) -> l
     whose real path is in ``seen`` (the root, a class folder, one listed already) are not entered again,
     so a link to a parent or to another class adds no duplicates; each folder entered is added. Nor
     are links into ``others`` (the other class folders' real paths): their images keep the label of
-    the class they live in, whichever class is listed first."""
+    the class they live in, whichever class is listed first. A file link into any class folder is
+    skipped (its image is listed where it lives), and a file reached by two links is listed once."""
     files = []
-    inside = lambda r: any(r == o or r.startswith(o + os.sep) for o in others)  # noqa: E731
+    inside = lambda r, fs=others: any(r == o or r.startswith(o + os.sep) for o in fs)  # noqa: E731
+    classes = (*others, os.path.realpath(folder))
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = {d: os.path.realpath(os.path.join(dirpath, d)) for d in dirnames if not d.startswith(".")}
         keep = []
@@ -111,7 +113,13 @@ def _image_files(folder: str, seen: set[str], others: tuple[str, ...] = ()) -> l
                 seen.add(real[d])
         dirnames[:] = keep
         names = (f for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."))
-        files += [os.path.join(dirpath, f) for f in names]
+        for path in (os.path.join(dirpath, f) for f in names):
+            if os.path.islink(path):  # one lstat; a plain file's real path is its folder's, entered once
+                target = os.path.realpath(path)
+                if target in seen or inside(target, classes):
+                    continue
+                seen.add(target)
+            files.append(path)
     return files
 
 
@@ -138,6 +146,14 @@ def scan_image_folder(root: str, validate: bool = True, classes: list[str] | Non
             f"(its classes: {names[:5]}{'...' if len(names) > 5 else ''}); remove or rename them"
         )
     real = {c: os.path.realpath(os.path.join(root, c)) for c in found}
+    link_first = sorted(found, key=lambda c: not os.path.islink(os.path.join(root, c)))
+    for c, k in ((c, k) for c in link_first for k in found if c != k):  # a class folder linked to another
+        if real[c] == real[k] or real[c].startswith(real[k] + os.sep):
+            how = "the same folder as" if real[c] == real[k] else "inside"
+            raise ValueError(
+                f"image folder {root!r}: class folder {c!r} is {how} class {k!r} ({real[c]}), so its "
+                f"images would carry two labels; remove {os.path.join(root, c)} or give it images of its own"
+            )
     seen = {os.path.realpath(root), *real.values()}
     others = lambda c: tuple(r for k, r in real.items() if k != c)  # noqa: E731
     samples = [(p, label[c]) for c in found for p in _image_files(os.path.join(root, c), seen, others(c))]

@@ -20,8 +20,10 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(N,) per-example values -> (N, 1, ..., 1) in x's dtype and device, to multiply with x (N, ...)."""
-    return values.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    """(N,) per-example values -> (N, 1, ..., 1) on x's device, to multiply with x (N, ...): in x's
+    dtype, or float32 where that is wider (a bf16 coefficient near 1 loses what 1 - it keeps)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return values.to(device=x.device, dtype=dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 @contextlib.contextmanager

@@ -37,13 +37,17 @@ def discretized_gaussian_log_likelihood(
     N(mean, exp(log_scale)^2) integrated over each bin (the edge bins extend to +-infinity)."""
     half_bin = 1.0 / (bins - 1)
     inv_scale = torch.exp(-log_scale)
-    upper = (x - mean + half_bin) * inv_scale
-    lower = (x - mean - half_bin) * inv_scale
-    log_cdf_upper = torch.special.log_ndtr(upper)
-    log_sf_lower = torch.special.log_ndtr(-lower)
-    mass = (torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12)
+    log_cdf_upper = torch.special.log_ndtr((x - mean + half_bin) * inv_scale)  # the bottom bin
+    log_sf_lower = torch.special.log_ndtr(-(x - mean - half_bin) * inv_scale)  # the top bin
+    # An inner bin's mass Phi(u) - Phi(l), in log space on the mean's lower side (the bin reflected
+    # there has the same mass): float32's ndtr is 0 below z = -5.5 and 1 above 5.3, so a difference of
+    # two of them put every bin 5 sigma out at a floor (27.6 nats, no gradient).
+    far = -(x - mean).abs()
+    log_upper = torch.special.log_ndtr((far + half_bin) * inv_scale)
+    log_ratio = torch.special.log_ndtr((far - half_bin) * inv_scale) - log_upper  # log Phi(l)/Phi(u) < 0
+    log_mass = log_upper + torch.log(-torch.expm1(log_ratio.clamp(max=-1e-12)))
     edge = 1.0 - half_bin
-    return torch.where(x < -edge, log_cdf_upper, torch.where(x > edge, log_sf_lower, torch.log(mass)))
+    return torch.where(x < -edge, log_cdf_upper, torch.where(x > edge, log_sf_lower, log_mass))
 
 
 def decoder_nll_bits(x0: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
@@ -55,7 +59,8 @@ class GaussianDiffusion(Diffusion):
     """DDPM-family diffusion over T discrete steps (possibly a respaced subset of a longer process).
 
     `timestep_map[i]` is the original (trained) step index of step i; the model always receives it.
-    Schedule arrays are float64 torch tensors of shape (T,), cast to the data's dtype at gather time.
+    Schedule arrays are float64 torch tensors of shape (T,), cast to the data's dtype (at least float32)
+    at gather time.
     """
 
     def __init__(
@@ -101,11 +106,13 @@ class GaussianDiffusion(Diffusion):
 
     # ------------------------------------------------------------------ basics
     def _gather(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Schedule array `name` at step indices t (N,) -> (N, 1, ..., 1) in x's dtype and device
-        (the float64 array is cast once per device and dtype; casting commutes with indexing)."""
-        key = (name, x.device, x.dtype)
+        """Schedule array `name` at step indices t (N,) -> (N, 1, ..., 1) on x's device, in x's dtype
+        or float32 if that is wider (as ADM's ``.float()``: in bf16 abar rounds to 1 at the first steps,
+        which took the noise out of x_t); the float64 array is cast once per device and dtype."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        key = (name, x.device, dtype)
         if key not in self._device_cache:
-            self._device_cache[key] = getattr(self, name).to(device=x.device, dtype=x.dtype)
+            self._device_cache[key] = getattr(self, name).to(device=x.device, dtype=dtype)
         return broadcast_to(self._device_cache[key][t.to(x.device).long()], x)
 
     def timesteps_from_uniform(self, u: torch.Tensor) -> torch.Tensor:

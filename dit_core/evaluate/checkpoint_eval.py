@@ -18,7 +18,7 @@ from ..extract_latents import load_vae as load_autoencoder
 from ..trainer.evaluation import check_guidance, check_steps, run_metrics, run_reference, sampling_settings
 from ..trainer.resume import config_changes
 from .features import known_without_logits, no_logits_message, resolve_inception_weights
-from .metrics import METRICS, check_metrics, default_metrics
+from .metrics import METRICS, check_metrics, check_reference_size, default_metrics
 from .reference import ReferenceSource, resolve_reference
 from .sampling import SampleSettings, evaluate_model
 
@@ -229,6 +229,7 @@ def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> Prep
     if vae is None or factor:  # a reference it cannot score (pixels: the VAE's `factor` x latents)
         size = dit.input_size * (factor or 1)
         source = resolve_reference(reference, size, channels=3 if factor else dit.in_channels)  # VAE: RGB
+        check_reference_size(metrics, source)
     settings = sampling_settings(tcfg).overridden(cfg)
     if cfg.log_to_run and (off := protocol_departures(cfg, tcfg)):
         raise ValueError(

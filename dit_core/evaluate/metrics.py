@@ -136,6 +136,19 @@ def default_metrics(reference: str, inception: bool = True) -> tuple[str, ...]:
     return own + (INCEPTION_METRICS if inception or not own else ())
 
 
+def check_reference_size(metrics: Sequence[str], source: ReferenceSource) -> None:
+    """ValueError where precision or recall is asked of a reference too small for them: each real
+    image's radius is the distance to its ``PR_K``-th nearest real neighbour, so ``PR_K + 1`` images at
+    least (the generated side is checked against ``num_samples``); told before any sampling."""
+    n = source.size()
+    if n is not None and n < PR_K + 1 and any(m.startswith(("precision", "recall")) for m in metrics):
+        raise ValueError(
+            f"reference {source.spec}: {n} images are too few for precision and recall ({PR_K} nearest "
+            f"neighbours of each real image need {PR_K + 1}); give a reference of {PR_K + 1} images or "
+            "more, or metrics without them"
+        )
+
+
 def check_metrics(metrics: Sequence[str], reference: str) -> None:
     """ValueError for unknown names or domain metrics on a reference of another domain."""
     if unknown := [m for m in metrics if m not in METRICS]:

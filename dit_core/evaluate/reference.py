@@ -68,6 +68,15 @@ class ReferenceSource:
             info["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files]
         return info
 
+    def size(self) -> int | None:
+        """How many real images: an .npz's (from its header), a folder's, the photos' n; None for the
+        digits (a split of the 1797)."""
+        if self.kind == "npz":
+            return int(_npz_images(self.files[0])[0][0])
+        if self.kind == "folder":
+            return len(self.files)
+        return int(self.options["n"]) if self.kind == "photos" else None
+
     @property
     def label(self) -> str:
         if self.kind == "photos":

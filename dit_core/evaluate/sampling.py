@@ -24,7 +24,7 @@ from ..data.latents import SD_VAE_SCALE as LATENT_SCALE
 from ..diffusion.validation import example_noise, example_seed
 from ..tracking import EVAL_PREFIX, logged_steps
 from .features import FeatureExtractor, to_uint8
-from .metrics import DIGITS_METRICS, PR_K, check_metrics, evaluate_samples
+from .metrics import DIGITS_METRICS, PR_K, check_metrics, check_reference_size, evaluate_samples
 from .reference import ReferenceSource
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,14 @@ def gather_samples(local: torch.Tensor, num_samples: int, accelerator) -> torch.
     if world == 1:
         return local
     sizes = [len(shard(num_samples, r, world)) for r in range(world)]
-    pad = max(sizes)
-    buf = torch.zeros((pad, *local.shape[1:]), dtype=local.dtype)
-    buf[: len(local)] = local
+    pad, shape = max(sizes), local.shape[1:]
+    if min(sizes) == 0:  # a rank with no share holds (0, *latent shape) where a VAE decodes: rank 0's
+        from accelerate.utils import broadcast  # decoded shape (it has the first share) for every rank
+
+        shape = broadcast(torch.tensor(shape, device=accelerator.device), from_process=0).tolist()
+    buf = torch.zeros((pad, *shape), dtype=local.dtype)
+    if len(local):
+        buf[: len(local)] = local
     gathered = accelerator.gather(buf.to(accelerator.device)).cpu()  # (world * pad, ...)
     if not accelerator.is_main_process:
         return None
@@ -197,6 +202,8 @@ def evaluate_model(
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to fit a covariance, got {num_samples}")
     check_metrics(metrics, reference.spec if isinstance(reference, ReferenceSource) else reference)
+    if isinstance(reference, ReferenceSource):  # a name is resolved once the samples' size is known
+        check_reference_size(metrics, reference)
     if save_samples:  # not over a device, a checkpoint, ...: atomic_write's rename would replace it
         from .checkpoint_eval import check_output_files
 

@@ -107,7 +107,7 @@ def check_evaluation(cfg: TrainConfig) -> None:
         no_logits_message,
         resolve_inception_weights,
     )
-    from ..evaluate.metrics import METRICS, PR_K, check_metrics
+    from ..evaluate.metrics import METRICS, PR_K, check_metrics, check_reference_size
     from ..evaluate.reference import resolve_reference
 
     e, data = cfg.eval, cfg.data
@@ -152,7 +152,8 @@ def check_evaluation(cfg: TrainConfig) -> None:
             f"them{off}"
         )
     try:
-        resolve_reference(reference, cfg.model.input_size, channels=cfg.model.in_channels)
+        source = resolve_reference(reference, cfg.model.input_size, channels=cfg.model.in_channels)
+        check_reference_size(names, source)
     except ValueError as err:
         raise ConfigError(f"eval.reference: {err}{off}") from None
     if any(METRICS[m][0] == "inception" for m in names):

@@ -271,6 +271,8 @@ class Trainer:
         self.random = StepRandom(cfg.seed, self.device, cfg.model.class_dropout_prob, self.rank, self.world)
         self.step, self.images_seen = 0, 0
         self.pending: list[torch.Tensor] = []  # per-step losses since the last log
+        #: those of a resumed checkpoint, averaged over the ranks before it was written (not again)
+        self.restored_losses = torch.empty(0)
         self.last_loss: float | None = None
         self.last_val: float | None = None
         self.last_eval: dict[str, float] = {}
@@ -301,6 +303,8 @@ class Trainer:
             self.train_model, cfg.compile, device=self.device, train_flops=self.total * self.batch * self.fpi,
             steps=self.total, depth=self.dit_cfg.depth,
         )  # fmt: skip
+        if ckpt is not None and self.world > 1:
+            self.settle_gradient_buckets()
         # the val split of folder data without a val_root is the training folder: its scan said it all
         said = built and cfg.data.name in FOLDER_DATASETS and not cfg.data.val_root
         self.validator = Validator(cfg, self.diffusion, acc, self.autocast, quiet=said)
@@ -308,6 +312,20 @@ class Trainer:
             self.validator.data()
         #: seconds of this process by phase, logged as ``perf/<key>`` (`FIXED_COST_METRICS`)
         self.seconds = dict.fromkeys(("mlflow_s", "val_s", "eval_s", "train_s"), 0.0)
+
+    def settle_gradient_buckets(self) -> None:
+        """A resume of several processes: one forward and backward of a zero batch, its gradients
+        dropped (and the RNGs as they were), so that DDP rebuilds its gradient buckets before the first
+        real step, as the uninterrupted run's did after its step 1. A bucket's layout orders the ranks'
+        sum in the all-reduce: with 3 or more ranks, the resumed weights otherwise differed from the
+        uninterrupted run's in the last bits."""
+        n, c, h = self.batch // self.world, self.dit_cfg.in_channels, self.dit_cfg.input_size
+        x = torch.zeros(n, c, h, h, device=self.device)
+        t, y = torch.zeros(n, device=self.device), torch.zeros(n, dtype=torch.long, device=self.device)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            out = self.train_model(x, t, y)
+            self.update.backward(out.float().sum() * 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to ``cfg.precision`` (a no-op for "no")."""
@@ -462,7 +480,7 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.images_seen = int(ckpt["ledger"]["images_seen"])
         loop = ckpt.get("loop", {})
-        self.pending = [torch.tensor(v, dtype=torch.float32) for v in loop.get("pending_losses", [])]
+        self.restored_losses = torch.tensor(loop.get("pending_losses", []), dtype=torch.float32)
         self.last_loss, self.last_val = loop.get("last_loss"), loop.get("last_val")
         self.unsent_metrics = loop.get("unsent_metrics", [])
         self.due = list(loop.get("due", []))
@@ -925,11 +943,10 @@ class Trainer:
     def reduced_pending(self) -> torch.Tensor:
         """Per-step losses since the last log, averaged over ranks ``(K,)`` (a collective);
         FloatingPointError when one is not finite (`check_finite`)."""
-        if not self.pending:
-            return torch.empty(0)
-        vec = torch.stack(self.pending).float()
-        if self.world > 1:
+        vec = torch.stack(self.pending).float() if self.pending else torch.empty(0)
+        if self.world > 1 and self.pending:
             vec = self.acc.reduce(vec.to(self.device), reduction="mean").cpu()
+        vec = torch.cat([self.restored_losses, vec])
         self.check_finite(vec)
         return vec
 
@@ -948,7 +965,7 @@ class Trainer:
     def log_interval(self, train_time: float, interval_images: int, progress: Progress) -> None:
         """Log the mean training loss of the steps since the last log (at least the one just taken)."""
         vec = self.reduced_pending()
-        self.pending = []
+        self.pending, self.restored_losses = [], torch.empty(0)
         self.last_loss = float(vec.mean())
         ips = interval_images / train_time if train_time > 0 else 0.0
         lr = float(self.optimizer.param_groups[0]["lr"])  # what the last step used

@@ -2,7 +2,8 @@
 
 The peak lr follows the rules across model sizes and budgets (`peak_lr`), the warmup scales with the run
 (`warmup_steps`), and "cosine" and "constant_cooldown" end exactly at the run's last step, so a
-run of any length ends at ``min_lr_ratio`` x its peak.
+run of 2 steps or more ends at ``min_lr_ratio`` x its peak (`check_schedule` refuses a warmup that
+runs into the cooldown).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import math
 
 from ..config import OptimConfig
+from ..configio import ConfigError
 
-__all__ = ["cooldown_steps", "first_lr_change", "lr_at", "peak_lr", "warmup_steps"]
+__all__ = ["check_schedule", "cooldown_steps", "first_lr_change", "lr_at", "peak_lr", "warmup_steps"]
 
 
 def peak_lr(cfg: OptimConfig, hidden_size: int, train_flops: float = 0.0) -> float:
@@ -37,6 +39,22 @@ def cooldown_steps(cooldown_frac: float, total_steps: int) -> int:
     rounded to 9 decimals first: in floats 0.07 x 100 is 7.000000000000001, whose ceil would add a
     step. One rule for the trainer's schedule and the ladder's fork step (`sweeps.ladder.fork_step`)."""
     return math.ceil(round(cooldown_frac * total_steps, 9))
+
+
+def check_schedule(cfg: OptimConfig, total_steps: int) -> None:
+    """ConfigError where a "constant_cooldown" run's warmup reaches into its cooldown: the lr would
+    jump from the warmup's peak down into the cooldown's line (10 steps, warmup_frac 0.5, cooldown_frac
+    0.8: 0.2, ..., 1.0, 0.5, ...)."""
+    if cfg.schedule != "constant_cooldown":
+        return
+    warm, cool = warmup_steps(cfg, total_steps), cooldown_steps(cfg.cooldown_frac, total_steps)
+    if warm + cool > total_steps:
+        raise ConfigError(
+            f"optim.cooldown_frac: the cooldown's last {cool} of the run's {total_steps} steps begin "
+            f"before its {warm}-step warmup ends (optim.warmup_steps={cfg.warmup_steps}, "
+            f"optim.warmup_frac={cfg.warmup_frac}); lower the warmup or the cooldown so that they add up "
+            f"to {total_steps} or less"
+        )
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig, peak: float | None = None) -> float:

@@ -9,6 +9,7 @@ from ..configio import ConfigError, require
 from ..data.config import DataConfig
 from ..spec import FOLDER_DATASETS, model_config, resolve_budget_steps, train_flops_per_image
 from .evaluation import check_evaluation
+from .lr_schedule import check_schedule
 from .validation import check_validation
 
 __all__ = ["resolve_config"]
@@ -85,6 +86,7 @@ def resolve_config(cfg: TrainConfig, dataset) -> TrainConfig:
         flops = float(steps * cfg.budget.global_batch_size * fpi)
     budget = dataclasses.replace(cfg.budget, max_steps=steps, train_flops=flops)
     resolved = dataclasses.replace(cfg, model=model, budget=budget)
+    check_schedule(resolved.optim, steps)
     check_validation(resolved)
     check_evaluation(resolved)
     return resolved
