@@ -154,7 +154,8 @@ def markdown(
             f"The points as loaded are in `{points_file}` (one row per run and logged step; runs that were "
             f"not finished or diverged are not in it): `python analysis/fit_scaling.py --csv {points_file}` "
             "with the same options refits them without the store (all but --flops-per-param-datum: the "
-            "file holds the C it gave).",
+            "file holds the C it gave), except where a cell's lr had a seed that diverged: the best-lr "
+            "choice puts such an lr last, and the file, without that seed, cannot tell.",
             "",
         ]
     lines += [f"- {n}" for n in an.selection_notes] or ["- every point of every run (one point per run)"]

@@ -625,6 +625,26 @@ def cell_key(points: pd.DataFrame) -> pd.Series:
     return points["replicate"].where(points["replicate"].notna(), points["run_id"])
 
 
+def _one_row_per_seed(g: pd.DataFrame, repeats: set[str]) -> pd.DataFrame:
+    """``g`` (one cell's points at one step) with the runs of one seed averaged into one row (a seed
+    trained twice is one seed, not two: the seeds' mean and ``n_seeds`` count it once); their ids go
+    into ``repeats``. Rows without a seed are kept as they are."""
+    if "seed" not in g.columns or g["seed"].isna().all() or not g["seed"].duplicated().any():
+        return g
+    rows = []
+    for _, h in g.groupby(g["seed"].where(g["seed"].notna(), g["run_id"]), sort=False):
+        row = h.iloc[0].copy()
+        if len(h) > 1:
+            for col in h.columns:
+                if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "_s", "status"):
+                    row[col] = pd.to_numeric(h[col], errors="coerce").mean()
+            row["fid_se"] = float(np.sqrt((h["fid_se"] ** 2).sum(min_count=len(h)))) / len(h)
+            row["run_id"] = " + ".join(sorted(h["run_id"].astype(str)))
+            repeats.update(map(str, sorted(h["run_id"].astype(str))[1:]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """One point per (replicate, step): the mean over the seeds of a cell (docs/analysis.md). `fid_se`
     is the standard error of the mean FID (NaN when a seed's is unknown); `run_id` joins the runs' ids
@@ -650,8 +670,9 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     pts.loc[apart, "_k"] = pts.loc[apart, "run_id"]
     partial = ~shared & ~apart
     pts = pts[~partial]
-    rows = []
+    rows, repeats = [], set()
     for _, g in pts.groupby(["_k", "_s"], sort=False):
+        g = _one_row_per_seed(g, repeats)
         row = g.iloc[0].copy()
         for col in g.columns:
             if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "_s", "status"):
@@ -685,6 +706,12 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
             + _first([f"{r.model} at {r.C:.3g} FLOPs: {r.n:.0f}" for r in fewer.itertuples()], 8)
             + "); the parametric law and the IsoFLOP fits weigh each cell by its seeds (a mean of k "
             "seeds has variance sigma^2 / k); the frontier, a minimum over cells, weighs none"
+        )
+    if repeats:
+        notes.append(
+            f"{len(repeats)} run(s) repeat a seed of their cell (the same cell and seed launched again, e.g. "
+            f"under another sweep name): averaged with the run of that seed first, so that each seed counts "
+            f"once: {', '.join(sorted(repeats)[:5])}"
         )
     if partial.any():
         notes.append(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (default %(default)s: cuda if available)"
+#: the device types these CLIs run on (torch names more: mps, xpu, meta, ... fail at ``model.to``)
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -15,6 +17,10 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(auto if name == "auto" else name)
     except RuntimeError:
         raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in DEVICE_TYPES:  # mps, xpu, meta, ...: failed later, with a traceback
+        raise ValueError(
+            f"--device {name!r}: only the CPU and CUDA GPUs are supported; use auto, cpu, cuda or cuda:N"
+        )
     if device.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0 or (device.index or 0) >= n:

@@ -11,6 +11,7 @@ at its training size. Exits 2 with a message on bad input.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import math
 import os
@@ -127,7 +128,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
     images = generate_images(
         model, diffusion, range(len(labels)), settings, batch_size=cfg.batch_size,
         num_classes=dit.num_classes, image_size=size, channels=dit.in_channels, labels=labels,
-        decode=vae_decoder(vae, latent_scale(tcfg.data)), device=device, progress=cfg.progress,
+        decode=vae_decoder(vae, latent_scale(tcfg.data, ckpt)), device=device, progress=cfg.progress,
     )  # fmt: skip
     log.info("sampled %d images at %d px (%s-%d, cfg %.2f, seed %d)", len(labels), images.shape[-1],
              settings.sampler, settings.steps, settings.cfg_scale, settings.seed)  # fmt: skip
@@ -164,6 +165,12 @@ def image_format(path: str) -> str:
     if not suffix:
         return "PNG"
     fmt = Image.registered_extensions().get(suffix)
+    if fmt is not None and fmt in Image.SAVE:
+        try:  # a format PIL has a writer for may still refuse a grey or RGB grid (XBM, QOI) or lack
+            for mode in ("L", "RGB"):  # its handler (HDF5): tried on one pixel before any sampling
+                Image.new(mode, (1, 1)).save(io.BytesIO(), format=fmt)
+        except (OSError, ValueError, KeyError):
+            fmt = None
     if fmt is None or fmt not in Image.SAVE:
         raise ConfigError(
             f"--out {path}: {suffix} is not an image format this can write; end the name in .png (lossless, "

@@ -80,6 +80,8 @@ PERF_PREFIX = "perf/"
 FIXED_COST_METRICS = ("perf/startup_s", "perf/mlflow_s", "perf/val_s", "perf/eval_s", "perf/train_s")
 #: Tags: how the run stands (`STATUS_*`), why it failed, and the sweep cell and job it belongs to.
 STATUS_TAG = "status"
+#: points a finished run could not send before it ended (it ends interrupted; a resume sends them)
+METRICS_UNSENT_TAG = "metrics_unsent"
 ERROR_TAG = "error"
 #: A run that finishes after a failed attempt keeps that attempt's `ERROR_TAG` under this tag.
 PREVIOUS_ERROR_TAG = "error.previous"
@@ -574,14 +576,24 @@ class RunTracker:
         """Send the buffered metrics (waiting at most 300 s), set the ``status`` tag and
         end the run: finished -> FINISHED, failed -> FAILED, preempted -> KILLED (a requeued job
         continues the same run), interrupted -> KILLED (a Ctrl-C of a sweep's local job). A finished
-        run that an earlier attempt left with an ``error`` tag keeps it as ``error.previous``."""
-        self.sender.close(300.0)
+        run that an earlier attempt left with an ``error`` tag keeps it as ``error.previous``. A finished
+        run whose last metric points could not be sent ends interrupted (KILLED) with ``metrics_unsent``:
+        its final checkpoint holds them, and the resume a relaunch makes sends them and ends it FINISHED
+        (FINISHED, the analysis would fit a point before the run's last as its result)."""
+        if (left := self.sender.close(300.0)) and status == STATUS_FINISHED:
+            log.warning("run %s ends interrupted, not finished: %d metric points unsent (kept in the final "
+                        "checkpoint); run it again (relaunch the sweep, or the trainer with the same --out) "
+                        "to send them", self.run_id, left)  # fmt: skip
+            self.set_tags({METRICS_UNSENT_TAG: left})
+            status = STATUS_INTERRUPTED
         self.set_tags({STATUS_TAG: status})
         if status == STATUS_FINISHED:  # an earlier attempt's error is history, not this run's outcome
-            error = self.client.get_run(self.run_id).data.tags.get(ERROR_TAG)
-            if error is not None:
+            tags = self.client.get_run(self.run_id).data.tags
+            if (error := tags.get(ERROR_TAG)) is not None:
                 self.set_tags({PREVIOUS_ERROR_TAG: error})
                 self.client.delete_tag(self.run_id, ERROR_TAG)
+            if METRICS_UNSENT_TAG in tags:  # sent by this attempt
+                self.client.delete_tag(self.run_id, METRICS_UNSENT_TAG)
         self.client.set_terminated(self.run_id, status=_TERMINAL[status])
 
 

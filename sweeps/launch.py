@@ -763,7 +763,8 @@ def cmd_dry_run(spec: SweepSpec, args: argparse.Namespace) -> int:
     check_output_dir(sdir)
     check_wait(kind, not args.no_wait)
     tasks = make_tasks(spec, cells, sdir, uri)
-    configs = check_trainer(spec.trainer, list(tasks.values()))  # each cell's TrainConfig, or an error
+    # each cell's TrainConfig, or an error (the trainer's own checks, which import torch: at launch)
+    configs = check_trainer(spec.trainer, list(tasks.values()), resolve=False)
     states = preview(spec, tasks, configs, uri, unknown) if uri_read else {}  # a relaunch's refusals
     if gone := take_jobs_gone(states) if args.slurm_jobs_gone else []:  # as a launch takes them
         notes.append(

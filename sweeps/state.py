@@ -360,22 +360,13 @@ def check_cell_folder(sweep: str, st: CellState, run_dir: str | Path, experiment
             f"{run_dir}; relaunch with --output-dir {Path(old).parents[2]}, or start a new sweep with "
             "--name NEW"
         )
-    if st.state not in ("failed", "interrupted") or st.loss is None:
-        return
-    from dit_core.checkpoint import latest_checkpoint  # torch-free: it reads file names
-
-    if not run_dir.is_dir():
-        lost = f"its folder {run_dir} is gone with its checkpoints"
-    elif st.state == "interrupted" and latest_checkpoint(run_dir) is None:  # the trainer wrote one as it
-        lost = f"its folder {run_dir} no longer holds the checkpoint it was interrupted at"  # stopped
-    else:
-        return
-    raise ValueError(
-        f"cell {st.cell_id} of sweep {sweep!r}: its MLflow run {st.run_id} has trained steps, but {lost}, "
-        f"so a relaunch would train it again from step 0 into the same run; put the checkpoints back to "
-        f"resume it, or, to start the cell over in a new run, delete the old one "
-        f"(`MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {st.run_id}`)"
-    )
+    if st.state in ("failed", "interrupted") and st.loss is not None and not run_dir.is_dir():
+        raise ValueError(
+            f"cell {st.cell_id} of sweep {sweep!r}: its MLflow run {st.run_id} has trained steps, but its "
+            f"folder {run_dir} is gone with its checkpoints, so a relaunch would train it again from step 0 "
+            f"into the same run; put the folder back to resume it, or, to start the cell over in a new run, "
+            f"delete the old one (`MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {st.run_id}`)"
+        )
 
 
 def _stored_run(uri: str, run_id: str) -> Any | None:

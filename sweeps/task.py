@@ -120,9 +120,11 @@ def build_config(trainer: Any, overrides: dict[str, Any]) -> Any:
     return apply_flat(cfg, overrides)
 
 
-def check_trainer(module: str, tasks: list[CellTask]) -> dict[str, Any]:
+def check_trainer(module: str, tasks: list[CellTask], resolve: bool = True) -> dict[str, Any]:
     """Import the trainer here and build every task's config, so a wrong module or an override
-    naming no `TrainConfig` field fails before anything is submitted; ``{cell_id: config}``."""
+    naming no `TrainConfig` field fails before anything is submitted; ``{cell_id: config}``. The bundled
+    trainer's configs are checked as it would resolve them (`check_resolves`; ``resolve`` False: only its
+    torch-free part, for a dry run that imports no torch)."""
     try:
         trainer = importlib.import_module(module)
     except ImportError as e:
@@ -139,19 +141,18 @@ def check_trainer(module: str, tasks: list[CellTask]) -> dict[str, Any]:
         try:
             built[t.cell_id] = build_config(trainer, t.overrides)
             if module == DEFAULT_TRAINER:
-                check_resolves(built[t.cell_id])
+                check_resolves(built[t.cell_id], resolve)
         except (TypeError, ValueError) as e:
             raise ValueError(f"cell {t.cell_id}: {e}") from e
     return built
 
 
-def check_resolves(cfg: Any) -> None:
+def check_resolves(cfg: Any, resolve: bool = True) -> None:
     """What `dit_core.trainer.resolve.resolve_config` would refuse in the job (the model against the
     data and the diffusion, the validation and evaluation settings), told here against a stand-in of
     the data: a bundled dataset's channels and classes, else the model's own (a folder's are read in the
-    job). A cell refused there would leave a failed MLflow run, and a relaunch fail the same way."""
-    from dit_core.trainer.resolve import resolve_config
-
+    job). A cell refused there would leave a failed MLflow run, and a relaunch fail the same way.
+    ``resolve`` False: the data's channels and classes only (`resolve_config` imports torch)."""
     m = cfg.model
     channels, classes = cfg.data.bundled_shape() or (m.in_channels, m.num_classes)
     if channels != m.in_channels:
@@ -165,5 +166,8 @@ def check_resolves(cfg: Any) -> None:
             f"{cfg.data.name} has {classes} classes (data.num_photos) but the sweep's models have "
             f"{m.num_classes} (data.num_classes in the sweep YAML's data:); make the two agree"
         )
-    data = types.SimpleNamespace(resolution=m.input_size, channels=channels, num_classes=classes)
-    resolve_config(cfg, data)
+    if resolve:
+        from dit_core.trainer.resolve import resolve_config
+
+        data = types.SimpleNamespace(resolution=m.input_size, channels=channels, num_classes=classes)
+        resolve_config(cfg, data)

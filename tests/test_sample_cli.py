@@ -162,6 +162,7 @@ def test_it_samples_on_the_device_asked_for(runs, tmp_path, monkeypatch):
         return torch.zeros(len(indices), channels, image_size, image_size, dtype=torch.uint8)
 
     monkeypatch.setattr(sampling, "generate_images", record)
+    monkeypatch.setattr("dit_core.device.DEVICE_TYPES", ("cpu", "cuda", "meta"))  # refused as a real device
     for extra in (["--device", "meta"], []):
         assert main(["--checkpoint", str(runs / "rope.pt"), "--out", str(tmp_path / "m.png"), *extra]) == 0
     assert seen == [("meta", "meta"), ("cpu", "cpu")]

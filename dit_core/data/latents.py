@@ -46,12 +46,15 @@ MANIFEST_KEYS = (
 )
 
 
-def latent_scale(data) -> float:
-    """The scale the latents of a run on ``data`` (its DataConfig) were stored with: their manifest's
-    ``scale_factor``, which decoding divides by; `SD_VAE_SCALE` (with a warning) when the latents
-    folder is not here to say, or the data are not latents."""
+def latent_scale(data, checkpoint: dict | None = None) -> float:
+    """The scale the latents of a run on ``data`` (its DataConfig) were stored with, which decoding
+    divides by: the one its ``checkpoint`` recorded (``latent_scale``, since session 61), else its
+    latents' manifest's ``scale_factor`` (``data.root`` as the run gave it: relative to where the run
+    was started); `SD_VAE_SCALE` (with a warning) when neither can say, or the data are not latents."""
     if getattr(data, "name", None) != "latents":
         return SD_VAE_SCALE
+    if checkpoint is not None and checkpoint.get("latent_scale") is not None:
+        return float(checkpoint["latent_scale"])
     try:
         return float(read_manifest(os.path.abspath(os.path.expanduser(data.root)))["scale_factor"])
     except (ValueError, TypeError, KeyError) as e:

@@ -210,6 +210,12 @@ def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> Prep
     model, diffusion, tcfg = model_from_checkpoint(ckpt, cfg.use_ema, cfg.checkpoint)
     model = model.to(device)
     data = tcfg.data
+    if cfg.log_to_run and run_reference(tcfg) is None:  # not "drop --reference": it cannot be dropped
+        raise ValueError(
+            f"--mlflow-run-id: the run trained on {data.name!r} data without eval.reference, so it scored "
+            "no samples and has no protocol its eval/* metrics could follow; drop --mlflow-run-id and keep "
+            "the result with --output (and --reference FOLDER_OR_NPZ), or train the run with --reference"
+        )
     reference = cfg.reference or run_reference(tcfg)
     if reference is None:
         raise ValueError(
@@ -243,7 +249,7 @@ def prepare_checkpoint_eval(cfg: CheckpointEvalConfig, accelerator=None) -> Prep
     num_samples = cfg.num_samples if cfg.num_samples is not None else tcfg.eval.num_samples
     return PreparedEval(
         model, diffusion, settings, num_samples, source, tuple(metrics), vae, int(ckpt["step"]),
-        latent_scale(data) if vae is not None else LATENT_SCALE,
+        latent_scale(data, ckpt) if vae is not None else LATENT_SCALE,
     )  # fmt: skip
 
 

@@ -1055,6 +1055,9 @@ class Trainer:
             }  # fmt: skip
             if self.scaler is not None:
                 state["scaler"] = self.scaler.state_dict()
+            manifest = getattr(self.train_set, "manifest", None) if self.cfg.data.name == "latents" else None
+            if manifest:  # what decoding divides by, wherever the checkpoint is sampled (`latent_scale`)
+                state["latent_scale"] = float(manifest["scale_factor"])
             if self.classes is not None:
                 state["classes"] = self.classes
             path = save_checkpoint(self.out, state, keep_last=self.cfg.checkpoint.keep_last)
