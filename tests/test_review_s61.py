@@ -702,17 +702,8 @@ def test_logging_into_a_run_that_scored_no_samples_says_so_and_not_to_drop_the_r
     from dit_core.evaluate.checkpoint_eval import CheckpointEvalConfig, prepare_checkpoint_eval
     from dit_core.models import DiT
 
-    model = ModelConfig(
-        name=None,
-        depth=1,
-        hidden_size=16,
-        num_heads=2,
-        patch_size=2,
-        input_size=8,
-        in_channels=4,
-        num_classes=2,
-        learn_sigma=True,
-    )
+    model = ModelConfig(name=None, depth=1, hidden_size=16, num_heads=2, patch_size=2, input_size=8,
+                        in_channels=4, num_classes=2, learn_sigma=True)  # fmt: skip
     cfg = TrainConfig(model=model).replace(**{"data.name": "latents", "data.root": str(tmp_path / "lat")})
     sd = DiT.from_config(cfg.model.to_dit_config()).state_dict()
     save_checkpoint(
