@@ -633,16 +633,22 @@ def _one_row_per_seed(g: pd.DataFrame, repeats: set[str]) -> pd.DataFrame:
         return g
     rows = []
     for _, h in g.groupby(g["seed"].where(g["seed"].notna(), g["run_id"]), sort=False):
-        row = h.iloc[0].copy()
         if len(h) > 1:
-            for col in h.columns:
-                if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "_s", "status"):
-                    row[col] = pd.to_numeric(h[col], errors="coerce").mean()
-            row["fid_se"] = float(np.sqrt((h["fid_se"] ** 2).sum(min_count=len(h)))) / len(h)
-            row["run_id"] = " + ".join(sorted(h["run_id"].astype(str)))
-            repeats.update(map(str, sorted(h["run_id"].astype(str))[1:]))
-        rows.append(row)
+            repeats.update(sorted(h["run_id"].astype(str))[1:])
+        rows.append(_mean_row(h))
     return pd.DataFrame(rows)
+
+
+def _mean_row(g: pd.DataFrame) -> pd.Series:
+    """``g``'s rows as one: numbers averaged, the FID's standard error of the mean (NaN: one unknown),
+    the run ids joined with ' + '."""
+    row = g.iloc[0].copy()
+    for col in g.columns:
+        if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "_s", "status"):
+            row[col] = pd.to_numeric(g[col], errors="coerce").mean()
+    row["fid_se"] = float(np.sqrt((g["fid_se"] ** 2).sum(min_count=len(g)))) / len(g)
+    row["run_id"] = " + ".join(sorted(g["run_id"].astype(str)))
+    return row
 
 
 def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
@@ -673,12 +679,7 @@ def average_seeds(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     rows, repeats = [], set()
     for _, g in pts.groupby(["_k", "_s"], sort=False):
         g = _one_row_per_seed(g, repeats)
-        row = g.iloc[0].copy()
-        for col in g.columns:
-            if col not in TEXT_COLUMNS and col not in ("run_id", "model", "final", "_k", "_s", "status"):
-                row[col] = pd.to_numeric(g[col], errors="coerce").mean()
-        row["fid_se"] = float(np.sqrt((g["fid_se"] ** 2).sum(min_count=len(g)))) / len(g)  # NaN: one unknown
-        row["run_id"] = " + ".join(sorted(g["run_id"].astype(str)))
+        row = _mean_row(g)
         row["n_seeds"] = len(g)
         if len(g) > 1:
             row["seed"] = np.nan  # a mean of seeds has none
